@@ -1,0 +1,486 @@
+//! Outcome classification: was a finished call a success, a failure, or neither?
+//!
+//! Every policy that counts outcomes (circuit breaker, outlier ejection, retry, adaptive limits,
+//! fallback on failed responses) takes a classifier, so *what counts as failure* is decided once and
+//! separately from *what to do about it*. A classifier sees the call's result by reference and how
+//! long the call took, and returns an [`Outcome`].
+//!
+//! | classifier | `Err(_)` | `Ok(response)` |
+//! |---|---|---|
+//! | [`DefaultClassifier`] | failure | success |
+//! | [`HttpClassifier`] | failure | failure for 5xx and 429, success otherwise (configurable) |
+//! | [`GrpcClassifier`] | failure | failure when `grpc-status` is UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN (configurable) |
+//! | a closure `Fn(Result<&Res, &E>, Duration) -> Outcome` | you decide | you decide |
+//!
+//! A call whose future is dropped before it completes is never classified: the layers record it as
+//! [`Outcome::Ignored`] themselves.
+//!
+//! ```
+//! use seawall_core::classify::{Classify, HttpClassifier, Outcome};
+//! use std::time::Duration;
+//!
+//! let classifier = HttpClassifier::new();
+//! let unavailable = http::Response::builder().status(503).body(()).unwrap();
+//! let outcome = Classify::<_, std::io::Error>::classify(&classifier, Ok(&unavailable), Duration::ZERO);
+//! assert_eq!(outcome, Outcome::Failure);
+//!
+//! // A closure: slow calls count as failures too.
+//! let slow_is_failure = |result: Result<&u32, &std::io::Error>, elapsed: Duration| {
+//!     if result.is_err() || elapsed > Duration::from_secs(1) { Outcome::Failure } else { Outcome::Success }
+//! };
+//! assert_eq!(slow_is_failure.classify(Ok(&1), Duration::from_secs(2)), Outcome::Failure);
+//! ```
+
+use http::{header::RETRY_AFTER, HeaderMap, Response, StatusCode};
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+/// How a finished call counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call succeeded.
+    Success,
+    /// The call failed.
+    Failure,
+    /// The call counts as neither (a cancellation, a client error the dependency is not to blame for).
+    Ignored,
+}
+
+impl Outcome {
+    /// Whether this is [`Outcome::Failure`].
+    pub fn is_failure(self) -> bool {
+        self == Outcome::Failure
+    }
+
+    /// Whether this is [`Outcome::Success`].
+    pub fn is_success(self) -> bool {
+        self == Outcome::Success
+    }
+}
+
+/// Decides the [`Outcome`] of a finished call from its result and its duration.
+///
+/// `Res` is the response type and `E` the error type of the service being classified.
+pub trait Classify<Res, E: ?Sized> {
+    /// Classifies one finished call.
+    fn classify(&self, result: Result<&Res, &E>, elapsed: Duration) -> Outcome;
+
+    /// Whether [`classify`](Classify::classify) looks at `elapsed`.
+    ///
+    /// Layers that do not need a call's duration for themselves skip reading the clock when this is
+    /// `false` and pass [`Duration::ZERO`]. Closures answer `true`.
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
+}
+
+impl<Res, E: ?Sized, F> Classify<Res, E> for F
+where
+    F: Fn(Result<&Res, &E>, Duration) -> Outcome,
+{
+    fn classify(&self, result: Result<&Res, &E>, elapsed: Duration) -> Outcome {
+        self(result, elapsed)
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        true
+    }
+}
+
+/// `Err` is a failure, `Ok` a success.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+impl<Res, E: ?Sized> Classify<Res, E> for DefaultClassifier {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &E>, _elapsed: Duration) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// Classifies [`http::Response`]s by status code.
+///
+/// By default 5xx and 429 (Too Many Requests) are failures and every other status a success: a 4xx
+/// is the caller's fault, not the dependency's, so it must not open a breaker. Errors (connection
+/// refused, reset, timeouts) are failures.
+#[derive(Clone, Copy)]
+pub struct HttpClassifier {
+    /// One bit per status code 0..1024: set means failure.
+    failures: [u64; 16],
+}
+
+impl HttpClassifier {
+    /// 5xx and 429 are failures.
+    pub fn new() -> Self {
+        let mut c = HttpClassifier { failures: [0; 16] };
+        for code in 500..600 {
+            c.set(code, true);
+        }
+        c.set(429, true);
+        c
+    }
+
+    /// Also count `status` as a failure.
+    pub fn with_failure(mut self, status: StatusCode) -> Self {
+        self.set(status.as_u16(), true);
+        self
+    }
+
+    /// Count `status` as a success (for example 501 Not Implemented, which retrying will not fix).
+    pub fn with_success(mut self, status: StatusCode) -> Self {
+        self.set(status.as_u16(), false);
+        self
+    }
+
+    /// Whether `status` is a failure for this classifier.
+    #[inline]
+    pub fn is_failure(&self, status: StatusCode) -> bool {
+        let code = status.as_u16() as usize;
+        self.failures[code / 64] & (1 << (code % 64)) != 0
+    }
+
+    fn set(&mut self, code: u16, failure: bool) {
+        let code = code as usize;
+        if failure {
+            self.failures[code / 64] |= 1 << (code % 64);
+        } else {
+            self.failures[code / 64] &= !(1 << (code % 64));
+        }
+    }
+}
+
+impl Default for HttpClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HttpClassifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failing: Vec<u16> = (100..1000u16)
+            .filter(|&c| StatusCode::from_u16(c).is_ok_and(|s| self.is_failure(s)))
+            .collect();
+        f.debug_struct("HttpClassifier")
+            .field("failures", &failing)
+            .finish()
+    }
+}
+
+impl<B, E: ?Sized> Classify<Response<B>, E> for HttpClassifier {
+    #[inline]
+    fn classify(&self, result: Result<&Response<B>, &E>, _elapsed: Duration) -> Outcome {
+        match result {
+            Ok(res) if self.is_failure(res.status()) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// Reads a `Retry-After` header (delta-seconds or an HTTP date) as a delay from now.
+///
+/// A date in the past gives [`Duration::ZERO`]; a missing or malformed header gives `None`.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, SystemTime::now())
+}
+
+/// [`retry_after`] with an explicit current time, for HTTP-date values.
+pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// gRPC status codes, as carried in the `grpc-status` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    const ALL: [GrpcCode; 17] = [
+        GrpcCode::Ok,
+        GrpcCode::Cancelled,
+        GrpcCode::Unknown,
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::DataLoss,
+        GrpcCode::Unauthenticated,
+    ];
+
+    /// The code for a numeric value; values above 16 are [`GrpcCode::Unknown`], as gRPC specifies.
+    pub fn from_u32(value: u32) -> GrpcCode {
+        Self::ALL
+            .get(value as usize)
+            .copied()
+            .unwrap_or(GrpcCode::Unknown)
+    }
+
+    /// Reads the `grpc-status` header; `None` when it is absent.
+    pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
+        let value = headers.get("grpc-status")?;
+        Some(
+            match std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                Some(n) => GrpcCode::from_u32(n),
+                None => GrpcCode::Unknown,
+            },
+        )
+    }
+}
+
+/// Classifies gRPC responses by the `grpc-status` header.
+///
+/// A gRPC server that fails a call before sending any message answers *trailers-only*: the status
+/// is in the response headers, where this classifier reads it. A response without `grpc-status` in
+/// its headers is a success as far as the headers tell (a failure reported in the trailers of a
+/// streamed body is not visible to a response classifier). Errors are failures.
+///
+/// The default failure codes are UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and
+/// UNKNOWN: the ones that say the server (not the request) is in trouble.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcClassifier {
+    failures: u32,
+}
+
+impl GrpcClassifier {
+    /// UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and UNKNOWN are failures.
+    pub fn new() -> Self {
+        GrpcClassifier { failures: 0 }
+            .with_failure(GrpcCode::Unavailable)
+            .with_failure(GrpcCode::DeadlineExceeded)
+            .with_failure(GrpcCode::ResourceExhausted)
+            .with_failure(GrpcCode::Internal)
+            .with_failure(GrpcCode::Unknown)
+    }
+
+    /// Exactly these codes are failures.
+    pub fn with_failures(codes: impl IntoIterator<Item = GrpcCode>) -> Self {
+        codes
+            .into_iter()
+            .fold(GrpcClassifier { failures: 0 }, GrpcClassifier::with_failure)
+    }
+
+    /// Also count `code` as a failure.
+    pub fn with_failure(mut self, code: GrpcCode) -> Self {
+        self.failures |= 1 << code as u32;
+        self
+    }
+
+    /// Count `code` as a success.
+    pub fn with_success(mut self, code: GrpcCode) -> Self {
+        self.failures &= !(1 << code as u32);
+        self
+    }
+
+    /// Whether `code` is a failure for this classifier.
+    #[inline]
+    pub fn is_failure(&self, code: GrpcCode) -> bool {
+        self.failures & (1 << code as u32) != 0
+    }
+}
+
+impl Default for GrpcClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B, E: ?Sized> Classify<Response<B>, E> for GrpcClassifier {
+    #[inline]
+    fn classify(&self, result: Result<&Response<B>, &E>, _elapsed: Duration) -> Outcome {
+        match result {
+            Ok(res) => match GrpcCode::from_headers(res.headers()) {
+                Some(code) if self.is_failure(code) => Outcome::Failure,
+                _ => Outcome::Success,
+            },
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn http(status: u16) -> Response<()> {
+        Response::builder().status(status).body(()).unwrap()
+    }
+
+    fn classify_http(c: &HttpClassifier, status: u16) -> Outcome {
+        Classify::<_, io::Error>::classify(c, Ok(&http(status)), Duration::ZERO)
+    }
+
+    #[test]
+    fn http_table() {
+        let c = HttpClassifier::new();
+        let table = [
+            (100, Outcome::Success),
+            (200, Outcome::Success),
+            (204, Outcome::Success),
+            (301, Outcome::Success),
+            (400, Outcome::Success),
+            (404, Outcome::Success),
+            (428, Outcome::Success),
+            (429, Outcome::Failure),
+            (430, Outcome::Success),
+            (499, Outcome::Success),
+            (500, Outcome::Failure),
+            (502, Outcome::Failure),
+            (503, Outcome::Failure),
+            (504, Outcome::Failure),
+            (599, Outcome::Failure),
+            (600, Outcome::Success),
+            (999, Outcome::Success),
+        ];
+        for (status, expected) in table {
+            assert_eq!(classify_http(&c, status), expected, "status {status}");
+        }
+        let err = io::Error::other("reset");
+        assert_eq!(
+            Classify::<Response<()>, _>::classify(&c, Err(&err), Duration::ZERO),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn http_overrides() {
+        let c = HttpClassifier::new()
+            .with_success(StatusCode::NOT_IMPLEMENTED)
+            .with_failure(StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(classify_http(&c, 501), Outcome::Success);
+        assert_eq!(classify_http(&c, 408), Outcome::Failure);
+        assert_eq!(classify_http(&c, 500), Outcome::Failure);
+        assert!(format!("{c:?}").contains("408"));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
+
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:30 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_at(&headers, now), Some(Duration::from_secs(30)));
+        let later = now + Duration::from_secs(60);
+        assert_eq!(retry_after_at(&headers, later), Some(Duration::ZERO));
+
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    fn grpc(status: Option<&str>) -> Response<()> {
+        let mut b = Response::builder().status(200);
+        if let Some(s) = status {
+            b = b.header("grpc-status", s);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn classify_grpc(c: &GrpcClassifier, status: Option<&str>) -> Outcome {
+        Classify::<_, io::Error>::classify(c, Ok(&grpc(status)), Duration::ZERO)
+    }
+
+    #[test]
+    fn grpc_table() {
+        use Outcome::*;
+        let c = GrpcClassifier::new();
+        let expected = [
+            Success, Success, Failure, Success, Failure, Success, Success, Success, Failure,
+            Success, Success, Success, Success, Failure, Failure, Success, Success,
+        ];
+        for (code, want) in expected.iter().enumerate() {
+            let s = code.to_string();
+            assert_eq!(classify_grpc(&c, Some(&s)), *want, "grpc-status {code}");
+        }
+        assert_eq!(classify_grpc(&c, None), Success, "no grpc-status header");
+        assert_eq!(
+            classify_grpc(&c, Some("99")),
+            Failure,
+            "out of range is UNKNOWN"
+        );
+        assert_eq!(classify_grpc(&c, Some("x")), Failure, "garbage is UNKNOWN");
+        let err = io::Error::other("transport");
+        assert_eq!(
+            Classify::<Response<()>, _>::classify(&c, Err(&err), Duration::ZERO),
+            Failure
+        );
+    }
+
+    #[test]
+    fn grpc_configurable() {
+        let c = GrpcClassifier::with_failures([GrpcCode::Aborted]);
+        assert_eq!(classify_grpc(&c, Some("10")), Outcome::Failure);
+        assert_eq!(classify_grpc(&c, Some("14")), Outcome::Success);
+        let c = GrpcClassifier::new().with_success(GrpcCode::Unknown);
+        assert_eq!(classify_grpc(&c, Some("2")), Outcome::Success);
+    }
+
+    #[test]
+    fn default_and_closure() {
+        let err = io::Error::other("x");
+        assert_eq!(
+            Classify::<u8, _>::classify(&DefaultClassifier, Err(&err), Duration::ZERO),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Classify::<u8, io::Error>::classify(&DefaultClassifier, Ok(&1), Duration::ZERO),
+            Outcome::Success
+        );
+        assert!(!Classify::<u8, io::Error>::uses_elapsed(&DefaultClassifier));
+        let ignore_odd = |r: Result<&u8, &io::Error>, _: Duration| match r {
+            Ok(n) if n % 2 == 1 => Outcome::Ignored,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
+        assert_eq!(
+            ignore_odd.classify(Ok(&3), Duration::ZERO),
+            Outcome::Ignored
+        );
+        assert!(ignore_odd.uses_elapsed());
+    }
+}

@@ -1,0 +1,155 @@
+//! Request deadlines: what a timeout writes and the layers beneath it read.
+//!
+//! A timeout layer computes the request's effective deadline (the earlier of its own and any
+//! deadline the request already carries), enforces it, and writes it back on the request. A layer
+//! further in (a per-try timeout under a retry, the retry itself, hedging) reads it, so no inner
+//! timeout outlives an outer one and no retry starts an attempt that cannot finish in time.
+//!
+//! Requests carry deadlines through [`RequestDeadline`]. It is implemented for
+//! [`http::Request`] (the values live in the request's extensions, which is also how tonic and
+//! reqwest requests reach a tower service); other request types implement it themselves:
+//!
+//! ```
+//! use seawall_core::deadline::RequestDeadline;
+//! use tokio::time::Instant;
+//!
+//! struct Query { sql: String, deadline: Option<Instant> }
+//!
+//! impl RequestDeadline for Query {
+//!     fn deadline(&self) -> Option<Instant> { self.deadline }
+//!     fn set_deadline(&mut self, deadline: Instant) { self.deadline = Some(deadline) }
+//! }
+//!
+//! // A request type that carries nothing: every method has a default.
+//! struct Ping;
+//! impl RequestDeadline for Ping {}
+//! ```
+//!
+//! Per-request overrides: a caller puts a [`TimeoutOverride`] on a request to replace the timeout
+//! layer's duration for that one request (a longer budget for a report, a shorter one for a
+//! health probe). A [`Deadline`] already on the request still caps it.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The instant by which a request must be answered, as stored in [`http::Request`] extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(pub Instant);
+
+/// A timeout for one request that replaces the timeout layer's own duration.
+///
+/// ```
+/// use seawall_core::deadline::TimeoutOverride;
+/// use std::time::Duration;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(TimeoutOverride(Duration::from_secs(30)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeoutOverride(pub Duration);
+
+/// Access to the deadline and timeout override a request carries.
+///
+/// Every method has a default that carries nothing, so `impl RequestDeadline for MyRequest {}` is
+/// enough for a request type that does not take part in propagation.
+pub trait RequestDeadline {
+    /// The deadline the request already carries, if any.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Stores `deadline` on the request for inner layers to read.
+    fn set_deadline(&mut self, deadline: Instant) {
+        let _ = deadline;
+    }
+
+    /// A timeout for this request that replaces the layer's own, if any.
+    fn timeout_override(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl<B> RequestDeadline for http::Request<B> {
+    #[inline]
+    fn deadline(&self) -> Option<Instant> {
+        self.extensions().get::<Deadline>().map(|d| d.0)
+    }
+
+    #[inline]
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.extensions_mut().insert(Deadline(deadline));
+    }
+
+    #[inline]
+    fn timeout_override(&self) -> Option<Duration> {
+        self.extensions().get::<TimeoutOverride>().map(|t| t.0)
+    }
+}
+
+impl<T: RequestDeadline + ?Sized> RequestDeadline for Box<T> {
+    fn deadline(&self) -> Option<Instant> {
+        (**self).deadline()
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        (**self).set_deadline(deadline)
+    }
+
+    fn timeout_override(&self) -> Option<Duration> {
+        (**self).timeout_override()
+    }
+}
+
+/// How long from `now` until the request's deadline; `None` when it carries none.
+///
+/// A deadline already past gives [`Duration::ZERO`].
+pub fn remaining<R: RequestDeadline + ?Sized>(request: &R, now: Instant) -> Option<Duration> {
+    request.deadline().map(|d| d.saturating_duration_since(now))
+}
+
+/// `now + timeout`, saturating far in the future instead of overflowing.
+///
+/// A timeout of `Duration::MAX` means "no timeout" to some callers; adding it to an instant would
+/// panic, so the result is capped about 30 years out, as tokio does for its own far-future instants.
+#[inline]
+pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(timeout.min(FAR))
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn http_request_carries_deadline_and_override() {
+        let now = Instant::now();
+        let mut req = http::Request::new(());
+        assert_eq!(req.deadline(), None);
+        assert_eq!(req.timeout_override(), None);
+        assert_eq!(remaining(&req, now), None);
+
+        req.set_deadline(now + Duration::from_secs(3));
+        req.extensions_mut()
+            .insert(TimeoutOverride(Duration::from_millis(5)));
+        assert_eq!(req.deadline(), Some(now + Duration::from_secs(3)));
+        assert_eq!(req.timeout_override(), Some(Duration::from_millis(5)));
+        assert_eq!(remaining(&req, now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            remaining(&req, now + Duration::from_secs(10)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_after_never_overflows() {
+        let now = Instant::now();
+        assert!(deadline_after(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+    }
+}
