@@ -153,3 +153,34 @@ mod tests {
         );
     }
 }
+
+/// A call ran past its deadline and was cancelled.
+///
+/// Returned (boxed) by the timeout layer and by every other layer that enforces a deadline (a
+/// retry's per-attempt timeout, for example), so one check finds them all:
+///
+/// ```
+/// use seawall_core::{deadline::Elapsed, error};
+/// # fn handle(err: &seawall_core::BoxError) -> u16 {
+/// if error::is::<Elapsed>(&**err) { 504 } else { 502 }
+/// # }
+/// ```
+///
+/// Zero-sized: boxing it does not allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Elapsed(());
+
+impl Elapsed {
+    /// The error; for layers that enforce deadlines.
+    pub const fn new() -> Self {
+        Elapsed(())
+    }
+}
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request timed out")
+    }
+}
+
+impl std::error::Error for Elapsed {}
