@@ -1,0 +1,147 @@
+use crate::{layer::Shared, TimeoutEvent};
+use pin_project_lite::pin_project;
+use seawall_core::{deadline::Elapsed, BoxError};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+use tokio::time::{sleep_until, Instant, Sleep};
+
+pin_project! {
+    /// The response future of [`Timeout`](crate::Timeout).
+    ///
+    /// Polls the inner future first; only if it is pending is the timer armed, for the deadline
+    /// computed when the call was made. When the deadline passes the inner future is dropped at
+    /// once and the call fails with [`Elapsed`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        #[pin]
+        sleep: Option<Sleep>,
+        started: Instant,
+        deadline: Instant,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, started: Instant, deadline: Instant, shared: Arc<Shared>) -> Self {
+        ResponseFuture {
+            inner: Some(inner),
+            sleep: None,
+            started,
+            deadline,
+            shared,
+        }
+    }
+
+    /// The instant this call fails with [`Elapsed`] if it has not answered.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let inner = this
+            .inner
+            .as_mut()
+            .as_pin_mut()
+            .expect("timeout ResponseFuture polled after completion");
+        if let Poll::Ready(result) = inner.poll(cx) {
+            this.inner.set(None);
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(sleep_until(*this.deadline)));
+        }
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            ready!(sleep.poll(cx));
+        }
+        // Cancel the call now rather than whenever the caller drops this future.
+        this.inner.set(None);
+        let budget = this.deadline.saturating_duration_since(*this.started);
+        let shared = &**this.shared;
+        shared.elapsed.increment(1);
+        tracing::debug!(name = %shared.name, ?budget, "seawall timeout elapsed");
+        shared
+            .listeners
+            .emit(&shared.name, &TimeoutEvent::Elapsed { budget });
+        Poll::Ready(Err(Box::new(Elapsed::new())))
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("deadline", &self.deadline)
+            .field("armed", &self.sleep.is_some())
+            .field("done", &self.inner.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TimeoutLayer;
+    use std::{future::pending, pin::pin, task::Waker, time::Duration};
+
+    fn shared() -> Arc<Shared> {
+        let layer = TimeoutLayer::new(Duration::from_secs(1));
+        tower_layer::Layer::layer(&layer, ()).shared_for_tests()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_inner_never_arms_the_timer() {
+        let now = Instant::now();
+        let inner = std::future::ready(Ok::<_, BoxError>(7));
+        let mut fut = pin!(ResponseFuture::new(
+            inner,
+            now,
+            now + Duration::from_secs(1),
+            shared()
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert!(
+            fut.sleep.is_none(),
+            "timer must not be armed for a ready call"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_inner_arms_the_timer_once() {
+        let now = Instant::now();
+        let inner = pending::<Result<(), BoxError>>();
+        let mut fut = pin!(ResponseFuture::new(
+            inner,
+            now,
+            now + Duration::from_secs(1),
+            shared()
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(fut.sleep.is_some());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>()),
+            other => panic!("expected Elapsed, got {other:?}"),
+        }
+        assert!(
+            fut.inner.is_none(),
+            "inner future is dropped when the timeout fires"
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! A timeout layer for tower with per-request overrides and deadline propagation.
+//!
+//! [`TimeoutLayer`] fails a call with [`Elapsed`] when it has not answered by its deadline, and
+//! drops (cancels) the inner future at that moment. The deadline is:
+//!
+//! 1. `now + timeout`, where `timeout` is the layer's own duration, or the request's
+//!    [`TimeoutOverride`] when it carries one;
+//! 2. capped by a [`Deadline`] the request already carries, from an outer timeout or from the
+//!    caller; the earlier of the two wins.
+//!
+//! The effective deadline is written back on the request (unless
+//! [`propagate_deadline(false)`](TimeoutConfigBuilder::propagate_deadline)), so layers further in
+//! see it: a per-try timeout under a retry cannot outlive the total timeout above it, and the retry
+//! does not start an attempt that cannot finish. Requests carry deadlines through
+//! [`RequestDeadline`], implemented for [`http::Request`]; other request types implement it in a
+//! few lines (see [`seawall_core::deadline`]).
+//!
+//! # Defaults
+//!
+//! | option | default | note |
+//! |---|---|---|
+//! | `timeout` | required | any duration; `Duration::ZERO` only lets through calls that are ready on their first poll, `Duration::MAX` never fires |
+//! | `name` | `"timeout"` | label for events and metrics |
+//! | `propagate_deadline` | `true` | write the effective deadline on the request |
+//!
+//! # Cost
+//!
+//! A call reads the clock once. The timer is armed only if the inner future is still pending after
+//! its first poll, so a call to a service that answers at once never touches the timer wheel, and
+//! nothing on the happy path allocates (on an [`http::Request`] without extensions, propagation
+//! inserts the first extension, which allocates the request's extension map).
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::{timeout::{Elapsed, TimeoutLayer}, ServiceBuilderExt};
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let slow = service_fn(|_: http::Request<()>| async {
+//!     tokio::time::sleep(Duration::from_secs(10)).await;
+//!     Ok::<_, seawall::BoxError>("done")
+//! });
+//! let timeout = TimeoutLayer::builder()
+//!     .timeout(Duration::from_secs(1))
+//!     .name("users-api")
+//!     .build()?;
+//! let client = ServiceBuilder::new().with_timeout(timeout).service(slow);
+//!
+//! let err = client.oneshot(http::Request::new(())).await.unwrap_err();
+//! assert!(seawall::core::error::is::<Elapsed>(&*err));
+//! # Ok(())
+//! # }
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod future;
+mod layer;
+mod service;
+
+pub use config::TimeoutConfigBuilder;
+pub use future::ResponseFuture;
+pub use layer::TimeoutLayer;
+pub use seawall_core::deadline::{Deadline, Elapsed, RequestDeadline, TimeoutOverride};
+pub use service::Timeout;
+
+/// What a timeout policy reports to its [listeners](TimeoutConfigBuilder::on_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutEvent {
+    /// A call ran past its deadline and was cancelled.
+    Elapsed {
+        /// How long the call had: from the call to its effective deadline.
+        budget: std::time::Duration,
+    },
+}

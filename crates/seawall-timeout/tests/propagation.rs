@@ -1,0 +1,105 @@
+//! The effective deadline is the earlier of the layer's and the request's, and is written back.
+
+use seawall_timeout::{Elapsed, RequestDeadline, TimeoutLayer};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::{sleep, Instant};
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+
+type Seen = Arc<Mutex<Vec<Option<Instant>>>>;
+
+/// An inner service that records the deadline it sees, then sleeps.
+fn recorder(
+    seen: Seen,
+    work: Duration,
+) -> impl tower::Service<http::Request<()>, Response = (), Error = std::io::Error, Future = impl Send>
+       + Clone {
+    service_fn(move |req: http::Request<()>| {
+        seen.lock().unwrap().push(req.deadline());
+        async move {
+            sleep(work).await;
+            Ok(())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_its_deadline_on_the_request() {
+    let seen = Seen::default();
+    let svc =
+        TimeoutLayer::new(Duration::from_secs(3)).layer(recorder(seen.clone(), Duration::ZERO));
+    let start = Instant::now();
+    svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(3))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_deadline_on_the_request_wins() {
+    let seen = Seen::default();
+    let svc = TimeoutLayer::new(Duration::from_secs(3))
+        .layer(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let mut req = http::Request::new(());
+    req.set_deadline(start + Duration::from_secs(1));
+    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(1))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_deadline_on_the_request_is_tightened() {
+    let seen = Seen::default();
+    let svc = TimeoutLayer::new(Duration::from_secs(3))
+        .layer(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let mut req = http::Request::new(());
+    req.set_deadline(start + Duration::from_secs(60));
+    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(3))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
+    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline.
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(TimeoutLayer::new(Duration::from_secs(5)))
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    assert!(svc
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap_err()
+        .is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(2))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn propagation_can_be_turned_off() {
+    let seen = Seen::default();
+    let layer = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(3))
+        .propagate_deadline(false)
+        .build()
+        .unwrap();
+    let svc = layer.layer(recorder(seen.clone(), Duration::ZERO));
+    svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![None]);
+}
