@@ -1,0 +1,132 @@
+use crate::{
+    handler::{FromFn, FromService},
+    layer::{ErrorPredicate, Shared},
+    Failed, FallbackEvent, FallbackLayer,
+};
+use seawall_core::{
+    classify::DefaultClassifier, error, metrics, BoxError, ConfigError, Listener, Listeners, Name,
+};
+use std::{error::Error, fmt, sync::Arc};
+
+/// Builds a [`FallbackLayer`]; see [`FallbackLayer::builder`].
+pub struct FallbackBuilder<C = DefaultClassifier> {
+    name: Option<String>,
+    errors: Option<Vec<ErrorPredicate>>,
+    classifier: C,
+    listeners: Listeners<FallbackEvent>,
+}
+
+impl FallbackBuilder {
+    pub(crate) fn new() -> Self {
+        FallbackBuilder {
+            name: None,
+            errors: None,
+            classifier: DefaultClassifier,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<C> FallbackBuilder<C> {
+    /// The policy instance name for events and metrics. Default `"fallback"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Handle errors of type `T` found anywhere in the error's source chain.
+    ///
+    /// Replaces the default of handling every error; combine with further `on_error_type` and
+    /// [`on_error`](Self::on_error) calls to handle several kinds.
+    pub fn on_error_type<T: Error + 'static>(self) -> Self {
+        self.on_error(|e: &(dyn Error + 'static)| error::is::<T>(e))
+    }
+
+    /// Handle errors for which `predicate` returns `true`.
+    ///
+    /// Replaces the default of handling every error; predicates added this way and with
+    /// [`on_error_type`](Self::on_error_type) are alternatives (any match handles the error).
+    pub fn on_error<P>(mut self, predicate: P) -> Self
+    where
+        P: Fn(&(dyn Error + 'static)) -> bool + Send + Sync + 'static,
+    {
+        self.errors
+            .get_or_insert_with(Vec::new)
+            .push(Arc::new(predicate));
+        self
+    }
+
+    /// Handle every error (the default).
+    pub fn on_any_error(mut self) -> Self {
+        self.errors = None;
+        self
+    }
+
+    /// Let every error pass through; only responses classified as failures are handled.
+    pub fn ignore_errors(mut self) -> Self {
+        self.errors = Some(Vec::new());
+        self
+    }
+
+    /// Handle responses that `classifier` calls a [failure](seawall_core::Outcome::Failure)
+    /// (for example [`HttpClassifier`](seawall_core::classify::HttpClassifier): 5xx and 429).
+    ///
+    /// The classifier sees `Ok` results only; errors are matched by the `on_error*` rules.
+    pub fn on_response<C2>(self, classifier: C2) -> FallbackBuilder<C2> {
+        FallbackBuilder {
+            name: self.name,
+            errors: self.errors,
+            classifier,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Adds a listener called on every [`FallbackEvent`].
+    pub fn on_event(mut self, listener: impl Listener<FallbackEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Builds the layer with a synchronous fallback.
+    pub fn build_fn<F, Res>(self, fallback: F) -> Result<FallbackLayer<FromFn<F>, C>, ConfigError>
+    where
+        F: Fn(Failed<Res>) -> Result<Res, BoxError>,
+    {
+        self.build(FromFn(fallback))
+    }
+
+    /// Builds the layer with a fallback service, called with a [`Failed`] request.
+    pub fn build_service<T>(
+        self,
+        fallback: T,
+    ) -> Result<FallbackLayer<FromService<T>, C>, ConfigError> {
+        self.build(FromService(fallback))
+    }
+
+    fn build<H>(self, handler: H) -> Result<FallbackLayer<H, C>, ConfigError> {
+        let name = match self.name {
+            Some(name) => Name::validate("name", &name)?,
+            None => Name::default_for("fallback"),
+        };
+        Ok(FallbackLayer::from_shared(Arc::new(Shared {
+            handler,
+            classifier: self.classifier,
+            errors: self.errors.map(Vec::into_boxed_slice),
+            used: metrics::counter(metrics::FALLBACK_USED, &name),
+            failed: metrics::counter(metrics::FALLBACK_FAILED, &name),
+            name,
+            listeners: self.listeners,
+        })))
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for FallbackBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackBuilder")
+            .field("name", &self.name)
+            .field("error_rules", &self.errors.as_ref().map(Vec::len))
+            .field("classifier", &self.classifier)
+            .field("listeners", &self.listeners)
+            .finish()
+    }
+}

@@ -1,0 +1,125 @@
+use crate::{
+    layer::Shared, Failed, FailedResponse, FallbackEvent, FallbackFailed, FallbackHandler,
+};
+use pin_project_lite::pin_project;
+use seawall_core::{BoxError, Classify, Outcome};
+use std::{
+    error::Error,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+pin_project! {
+    /// The response future of [`Fallback`](crate::Fallback).
+    pub struct ResponseFuture<F, H, C, Res>
+    where
+        H: FallbackHandler<Res>,
+    {
+        #[pin]
+        state: State<F, H::Future>,
+        shared: Arc<Shared<H, C>>,
+        started: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, G> {
+        Primary { #[pin] fut: F },
+        Fallback { #[pin] fut: G, original: Arc<dyn Error + Send + Sync> },
+    }
+}
+
+impl<F, H, C, Res> ResponseFuture<F, H, C, Res>
+where
+    H: FallbackHandler<Res>,
+{
+    pub(crate) fn new(fut: F, shared: Arc<Shared<H, C>>, started: Option<Instant>) -> Self {
+        ResponseFuture {
+            state: State::Primary { fut },
+            shared,
+            started,
+        }
+    }
+}
+
+impl<F, E, H, C, Res> Future for ResponseFuture<F, H, C, Res>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    H: FallbackHandler<Res>,
+    C: Classify<Res, BoxError>,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Primary { fut } => {
+                    let shared = &**this.shared;
+                    let (failed, original): (Failed<Res>, Arc<dyn Error + Send + Sync>) =
+                        match ready!(fut.poll(cx)) {
+                            Ok(res) => {
+                                let elapsed = this.started.map_or(Duration::ZERO, |s| s.elapsed());
+                                if shared.classifier.classify(Ok(&res), elapsed) != Outcome::Failure
+                                {
+                                    return Poll::Ready(Ok(res));
+                                }
+                                (Failed::Response(res), Arc::new(FailedResponse::new()))
+                            }
+                            Err(err) => {
+                                let err: BoxError = err.into();
+                                if !shared.handles(&*err) {
+                                    return Poll::Ready(Err(err));
+                                }
+                                let err: Arc<dyn Error + Send + Sync> = Arc::from(err);
+                                (Failed::Error(err.clone()), err)
+                            }
+                        };
+                    let event = FallbackEvent::Used {
+                        error: failed.error().is_some(),
+                    };
+                    shared.used.increment(1);
+                    tracing::debug!(name = %shared.name, cause = %original, "seawall fallback used");
+                    shared.listeners.emit(&shared.name, &event);
+                    let fut = shared.handler.handle(failed);
+                    this.state.set(State::Fallback { fut, original });
+                }
+                StateProj::Fallback { fut, original } => {
+                    return Poll::Ready(match ready!(fut.poll(cx)) {
+                        Ok(res) => Ok(res),
+                        Err(err) => {
+                            let shared = &**this.shared;
+                            let err = FallbackFailed::new(original.clone(), err.into());
+                            shared.failed.increment(1);
+                            tracing::debug!(name = %shared.name, error = %err, "seawall fallback failed");
+                            shared.listeners.emit(&shared.name, &FallbackEvent::Failed);
+                            Err(Box::new(err))
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl<F, H, C, Res> fmt::Debug for ResponseFuture<F, H, C, Res>
+where
+    H: FallbackHandler<Res>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Primary { .. } => "primary",
+            State::Fallback { .. } => "fallback",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

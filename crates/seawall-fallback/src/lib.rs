@@ -1,0 +1,95 @@
+//! A fallback layer for tower: answer from a closure or a service when a call fails.
+//!
+//! [`FallbackLayer`] watches each call's result. When it matches — an error the layer is told to
+//! handle, or a response its classifier calls a failure — the call is answered by the fallback
+//! instead: a synchronous closure ([`build_fn`](FallbackBuilder::build_fn)) or a service
+//! ([`build_service`](FallbackBuilder::build_service), for a fallback that itself does I/O, like
+//! reading a cache or calling a secondary region). The fallback receives what failed, a
+//! [`Failed`]: the error, or the failed response.
+//!
+//! What matches:
+//!
+//! * errors: every error by default; or only those of given types anywhere in the source chain
+//!   ([`on_error_type`](FallbackBuilder::on_error_type)), e.g. `timeout::Elapsed`,
+//!   `breaker::Open`, `bulkhead::Full`; or those a predicate picks
+//!   ([`on_error`](FallbackBuilder::on_error)); or none ([`ignore_errors`](FallbackBuilder::ignore_errors));
+//! * responses: none by default; with [`on_response`](FallbackBuilder::on_response), every
+//!   response a [`Classify`](seawall_core::Classify) classifier calls a failure (an HTTP 503, a gRPC
+//!   UNAVAILABLE).
+//!
+//! Anything else passes through untouched. If the fallback fails too, the call fails with
+//! [`FallbackFailed`], which carries both failures: its `source()` is the original error and
+//! [`FallbackFailed::fallback_error`] is the fallback's.
+//!
+//! # Defaults
+//!
+//! | option | default |
+//! |---|---|
+//! | errors handled | all |
+//! | responses handled | none |
+//! | `name` | `"fallback"` |
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::{fallback::FallbackLayer, timeout::Elapsed, ServiceBuilderExt};
+//! use seawall::core::classify::HttpClassifier;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let upstream = service_fn(|_: http::Request<()>| async {
+//!     Ok::<_, seawall::BoxError>(http::Response::builder().status(503).body("busy").unwrap())
+//! });
+//! // Timeouts and 5xx/429 responses are answered from a cache.
+//! let fallback = FallbackLayer::builder()
+//!     .name("users-cache")
+//!     .on_error_type::<Elapsed>()
+//!     .on_response(HttpClassifier::new())
+//!     .build_fn(|_failed| Ok(http::Response::new("cached")))?;
+//! let client = ServiceBuilder::new()
+//!     .with_fallback(fallback)
+//!     .with_timeout(Duration::from_secs(1))
+//!     .service(upstream);
+//!
+//! let res = client.oneshot(http::Request::new(())).await?;
+//! assert_eq!(*res.body(), "cached");
+//! # Ok(())
+//! # }
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod error;
+mod future;
+mod handler;
+mod layer;
+mod service;
+
+pub use config::FallbackBuilder;
+pub use error::{FailedResponse, FallbackFailed};
+pub use future::ResponseFuture;
+pub use handler::{Failed, FallbackHandler, FromFn, FromService};
+pub use layer::FallbackLayer;
+pub use service::Fallback;
+
+/// What a fallback policy reports to its [listeners](FallbackBuilder::on_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FallbackEvent {
+    /// A failed call was handed to the fallback.
+    Used {
+        /// Whether the call failed with an error (`true`) or a failed response (`false`).
+        error: bool,
+    },
+    /// The fallback failed too.
+    Failed,
+}

@@ -1,0 +1,94 @@
+//! When the fallback fails too, the error carries both failures.
+
+use http::Response;
+use seawall_core::{classify::HttpClassifier, error, BoxError, Elapsed};
+use seawall_fallback::{Failed, FailedResponse, FallbackFailed, FallbackLayer};
+use std::{fmt, io};
+use tower::{service_fn, Layer, ServiceExt};
+
+#[derive(Debug)]
+struct CacheMiss;
+impl fmt::Display for CacheMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cache miss")
+    }
+}
+impl std::error::Error for CacheMiss {}
+
+#[tokio::test]
+async fn sync_fallback_failure_carries_both_errors() {
+    let layer = FallbackLayer::builder()
+        .build_fn(|_: Failed<()>| Err(Box::new(CacheMiss) as BoxError))
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Elapsed::new()) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+
+    let failed = err
+        .downcast_ref::<FallbackFailed>()
+        .expect("FallbackFailed");
+    assert!(failed.original().is::<Elapsed>());
+    assert!(failed.fallback_error().is::<CacheMiss>());
+    assert_eq!(err.to_string(), "fallback failed: cache miss");
+    // The original failure is in the source chain, where error helpers look for it.
+    assert!(error::is::<Elapsed>(&*err));
+    let chain: Vec<String> = error::chain(&*err).map(|e| e.to_string()).collect();
+    assert_eq!(chain, ["fallback failed: cache miss", "request timed out"]);
+}
+
+#[tokio::test]
+async fn async_fallback_service_failure_carries_both_errors() {
+    let fallback = service_fn(|failed: Failed<String>| async move {
+        assert!(failed.is::<io::Error>());
+        tokio::task::yield_now().await;
+        Err::<String, _>(CacheMiss)
+    });
+    let layer = FallbackLayer::builder().build_service(fallback).unwrap();
+    let svc = layer.layer(service_fn(|()| async {
+        Err::<String, _>(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"))
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert_eq!(
+        failed
+            .original()
+            .downcast_ref::<io::Error>()
+            .unwrap()
+            .kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+    assert!(failed.fallback_error().is::<CacheMiss>());
+}
+
+#[tokio::test]
+async fn failed_response_then_failed_fallback() {
+    let layer = FallbackLayer::builder()
+        .on_response(HttpClassifier::new())
+        .build_fn(|_: Failed<Response<()>>| Err(Box::new(CacheMiss) as BoxError))
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async {
+        Ok::<_, BoxError>(Response::builder().status(502).body(()).unwrap())
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(failed.original().is::<FailedResponse>());
+    assert!(failed.fallback_error().is::<CacheMiss>());
+}
+
+#[tokio::test]
+async fn async_fallback_service_answers() {
+    let fallback = service_fn(|failed: Failed<String>| async move {
+        tokio::task::yield_now().await;
+        Ok::<_, io::Error>(format!(
+            "secondary region after: {}",
+            failed.error().unwrap()
+        ))
+    });
+    let layer = FallbackLayer::builder().build_service(fallback).unwrap();
+    let svc = layer.layer(service_fn(|()| async {
+        Err::<String, _>(io::Error::other("primary down"))
+    }));
+    assert_eq!(
+        svc.oneshot(()).await.unwrap(),
+        "secondary region after: primary down"
+    );
+}
