@@ -23,6 +23,15 @@ pub const FALLBACK_USED: &str = "seawall_fallback_used_total";
 /// Counter: fallbacks that failed themselves.
 pub const FALLBACK_FAILED: &str = "seawall_fallback_failed_total";
 
+// ----- breaker metric names -----
+// ----- end breaker -----
+
+// ----- bulkhead and rate limiter metric names -----
+// ----- end bulkhead -----
+
+// ----- retry and hedging metric names -----
+// ----- end retry -----
+
 /// Every metric seawall emits: name, kind and help text.
 pub const ALL: &[(&str, Kind, &str)] = &[
     (
@@ -40,6 +49,12 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Seawall fallbacks that failed themselves.",
     ),
+    // ----- breaker entries -----
+    // ----- end breaker entries -----
+    // ----- bulkhead entries -----
+    // ----- end bulkhead entries -----
+    // ----- retry entries -----
+    // ----- end retry entries -----
 ];
 
 /// The kind of a metric in [`ALL`].
