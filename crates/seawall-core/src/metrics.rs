@@ -5,8 +5,10 @@
 //! one label, `name`, the policy instance [`Name`]. With no recorder installed a metric costs
 //! almost nothing.
 //!
-//! Policies register their metric handles when they are built, so install the recorder *before*
-//! building layers; a policy built earlier reports to the recorder that was current then (none).
+//! Measures taken on every call (a gauge of permits in use, a histogram of durations) use handles
+//! registered when the policy is built, so install the recorder *before* building layers. Counters
+//! of rare events (a timeout firing, a fallback answering) look their handle up when the event
+//! happens, which keeps the per-call path free of them.
 //!
 //! The full list of names is [`ALL`]; [`describe`] registers a help text for each with the installed
 //! recorder.
@@ -24,12 +26,53 @@ pub const FALLBACK_USED: &str = "seawall_fallback_used_total";
 pub const FALLBACK_FAILED: &str = "seawall_fallback_failed_total";
 
 // ----- breaker metric names -----
+/// Gauge: the breaker's state (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only).
+pub const BREAKER_STATE: &str = "seawall_breaker_state";
+/// Counter: calls through a breaker that succeeded.
+pub const BREAKER_SUCCESSES: &str = "seawall_breaker_successes_total";
+/// Counter: calls through a breaker that failed.
+pub const BREAKER_FAILURES: &str = "seawall_breaker_failures_total";
+/// Counter: calls through a breaker classified as ignored or cancelled.
+pub const BREAKER_IGNORED: &str = "seawall_breaker_ignored_total";
+/// Counter: calls through a breaker that were slow (when the slow-call rule is on).
+pub const BREAKER_SLOW: &str = "seawall_breaker_slow_calls_total";
+/// Counter: calls a breaker rejected.
+pub const BREAKER_REJECTED: &str = "seawall_breaker_rejected_total";
+/// Counter: breaker state changes (including the ones a metrics-only breaker would make).
+pub const BREAKER_TRANSITIONS: &str = "seawall_breaker_transitions_total";
 // ----- end breaker -----
 
 // ----- bulkhead and rate limiter metric names -----
+/// Gauge: permits a bulkhead has handed out and not yet got back (running calls).
+pub const BULKHEAD_IN_FLIGHT: &str = "seawall_bulkhead_in_flight";
+/// Gauge: calls waiting for a bulkhead permit.
+pub const BULKHEAD_WAITING: &str = "seawall_bulkhead_waiting";
+/// Counter: calls a bulkhead rejected because it was full.
+pub const BULKHEAD_REJECTED: &str = "seawall_bulkhead_rejected_total";
+/// Gauge: a bulkhead's current concurrency limit (fixed or adaptive).
+pub const BULKHEAD_LIMIT: &str = "seawall_bulkhead_limit";
+/// Counter: calls a rate limiter rejected.
+pub const RATELIMIT_LIMITED: &str = "seawall_ratelimit_limited_total";
+/// Counter: calls a rate limiter delayed before letting them through.
+pub const RATELIMIT_DELAYED: &str = "seawall_ratelimit_delayed_total";
+/// Gauge: keys a keyed rate limiter is tracking.
+pub const RATELIMIT_KEYS: &str = "seawall_ratelimit_keys";
 // ----- end bulkhead -----
 
 // ----- retry and hedging metric names -----
+/// Counter: retries a retry layer sent (attempts after the first).
+pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
+/// Counter: failed calls a retry layer did not retry because its budget was exhausted.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
+/// Counter: failed calls a retry layer gave up on for another reason: attempts used up, the
+/// deadline too close for the backoff, or a `Retry-After` longer than the cap.
+pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
+/// Counter: hedged copies a hedge layer sent.
+pub const HEDGE_SENT: &str = "seawall_hedge_sent_total";
+/// Counter: calls answered by a hedged copy rather than the original request.
+pub const HEDGE_WON: &str = "seawall_hedge_won_total";
+/// Counter: hedges a hedge layer did not send because its budget was exhausted.
+pub const HEDGE_BUDGET_EXHAUSTED: &str = "seawall_hedge_budget_exhausted_total";
 // ----- end retry -----
 
 /// Every metric seawall emits: name, kind and help text.
@@ -50,10 +93,110 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         "Seawall fallbacks that failed themselves.",
     ),
     // ----- breaker entries -----
+    (
+        BREAKER_STATE,
+        Kind::Gauge,
+        "State of a seawall circuit breaker: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only.",
+    ),
+    (
+        BREAKER_SUCCESSES,
+        Kind::Counter,
+        "Calls through a seawall circuit breaker that succeeded.",
+    ),
+    (
+        BREAKER_FAILURES,
+        Kind::Counter,
+        "Calls through a seawall circuit breaker that failed.",
+    ),
+    (
+        BREAKER_IGNORED,
+        Kind::Counter,
+        "Calls through a seawall circuit breaker that counted as neither success nor failure, or were cancelled.",
+    ),
+    (
+        BREAKER_SLOW,
+        Kind::Counter,
+        "Calls through a seawall circuit breaker that took at least its slow-call duration.",
+    ),
+    (
+        BREAKER_REJECTED,
+        Kind::Counter,
+        "Calls a seawall circuit breaker rejected.",
+    ),
+    (
+        BREAKER_TRANSITIONS,
+        Kind::Counter,
+        "State changes of seawall circuit breakers.",
+    ),
     // ----- end breaker entries -----
     // ----- bulkhead entries -----
+    (
+        BULKHEAD_IN_FLIGHT,
+        Kind::Gauge,
+        "Permits held by running calls in a seawall bulkhead.",
+    ),
+    (
+        BULKHEAD_WAITING,
+        Kind::Gauge,
+        "Calls waiting for a seawall bulkhead permit.",
+    ),
+    (
+        BULKHEAD_REJECTED,
+        Kind::Counter,
+        "Calls rejected by a full seawall bulkhead.",
+    ),
+    (
+        BULKHEAD_LIMIT,
+        Kind::Gauge,
+        "Current concurrency limit of a seawall bulkhead.",
+    ),
+    (
+        RATELIMIT_LIMITED,
+        Kind::Counter,
+        "Calls rejected by a seawall rate limiter.",
+    ),
+    (
+        RATELIMIT_DELAYED,
+        Kind::Counter,
+        "Calls delayed by a seawall rate limiter before being let through.",
+    ),
+    (
+        RATELIMIT_KEYS,
+        Kind::Gauge,
+        "Keys tracked by a seawall keyed rate limiter.",
+    ),
     // ----- end bulkhead entries -----
     // ----- retry entries -----
+    (
+        RETRY_RETRIES,
+        Kind::Counter,
+        "Retries sent by a seawall retry layer.",
+    ),
+    (
+        RETRY_BUDGET_EXHAUSTED,
+        Kind::Counter,
+        "Failed calls not retried because the seawall retry budget was exhausted.",
+    ),
+    (
+        RETRY_GAVE_UP,
+        Kind::Counter,
+        "Failed calls a seawall retry layer gave up on (attempts, deadline or Retry-After).",
+    ),
+    (
+        HEDGE_SENT,
+        Kind::Counter,
+        "Hedged copies sent by a seawall hedge layer.",
+    ),
+    (
+        HEDGE_WON,
+        Kind::Counter,
+        "Calls answered by a hedged copy rather than the original request.",
+    ),
+    (
+        HEDGE_BUDGET_EXHAUSTED,
+        Kind::Counter,
+        "Hedges not sent because the seawall hedge budget was exhausted.",
+    ),
     // ----- end retry entries -----
 ];
 
@@ -81,17 +224,17 @@ pub fn describe() {
 
 /// A counter handle for `metric`, labelled with the policy name.
 pub fn counter(metric: &'static str, name: &Name) -> metrics::Counter {
-    metrics::counter!(metric, LABEL => name.shared())
+    metrics::counter!(metric, LABEL => name.as_str())
 }
 
 /// A gauge handle for `metric`, labelled with the policy name.
 pub fn gauge(metric: &'static str, name: &Name) -> metrics::Gauge {
-    metrics::gauge!(metric, LABEL => name.shared())
+    metrics::gauge!(metric, LABEL => name.as_str())
 }
 
 /// A histogram handle for `metric`, labelled with the policy name.
 pub fn histogram(metric: &'static str, name: &Name) -> metrics::Histogram {
-    metrics::histogram!(metric, LABEL => name.shared())
+    metrics::histogram!(metric, LABEL => name.as_str())
 }
 
 #[cfg(test)]

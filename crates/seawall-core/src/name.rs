@@ -5,16 +5,26 @@
 //! policy after the dependency it protects (`"users-api"`), never after a request.
 
 use crate::config::ConfigError;
-use std::{fmt, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Mutex, OnceLock},
+};
 
 /// The longest name accepted, in bytes.
 pub const MAX_LEN: usize = 64;
 
-/// A validated, cheaply cloned policy instance name.
+/// How many distinct names a process may create. Names label metrics, so they must be few; a
+/// program that builds names from request data is stopped here with a [`ConfigError`].
+pub const MAX_DISTINCT: usize = 4096;
+
+/// A validated policy instance name. `Copy`: passing it around costs nothing.
 ///
-/// Names are 1 to 64 characters of ASCII letters, digits, `-`, `_`, `.`, `:` and `/`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(Arc<str>);
+/// Names are 1 to 64 characters of ASCII letters, digits, `-`, `_`, `.`, `:` and `/`. Each distinct
+/// name is stored once for the life of the process (as a metrics registry keeps its labels), so the
+/// hot path of a policy never touches a reference count to report under its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(&'static str);
 
 impl Name {
     /// Validates `name`.
@@ -49,39 +59,56 @@ impl Name {
                 format!("{name:?}"),
             ));
         }
-        Ok(Name(Arc::from(name)))
+        intern(name).map(Name)
     }
 
     /// The name used when none is given: the concern's own name (`"timeout"`, `"breaker"`, ...).
-    pub fn default_for(concern: &'static str) -> Self {
-        Name(Arc::from(concern))
+    pub const fn default_for(concern: &'static str) -> Self {
+        Name(concern)
     }
 
     /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn as_str(&self) -> &'static str {
+        self.0
     }
+}
 
-    pub(crate) fn shared(&self) -> Arc<str> {
-        self.0.clone()
+fn intern(name: &str) -> Result<&'static str, ConfigError> {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(&known) = names.get(name) {
+        return Ok(known);
     }
+    if names.len() >= MAX_DISTINCT {
+        return Err(ConfigError::invalid(
+            "name",
+            "must be one of at most 4096 distinct policy names per process (names label metrics; do not build them from request data)",
+            format!("{name:?}"),
+        ));
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    Ok(leaked)
 }
 
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.0, f)
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0)
     }
 }
 
 impl AsRef<str> for Name {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.0
     }
 }
 
@@ -104,6 +131,14 @@ mod tests {
             err.to_string().starts_with("name must contain only"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn same_name_is_stored_once() {
+        let a = Name::new("stored-once").unwrap();
+        let b = Name::new(String::from("stored-once")).unwrap();
+        assert_eq!(a, b);
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
     }
 
     #[test]

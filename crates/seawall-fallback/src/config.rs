@@ -4,7 +4,7 @@ use crate::{
     Failed, FallbackEvent, FallbackLayer,
 };
 use seawall_core::{
-    classify::DefaultClassifier, error, metrics, BoxError, ConfigError, Listener, Listeners, Name,
+    classify::DefaultClassifier, error, BoxError, ConfigError, Listener, Listeners, Name,
 };
 use std::{error::Error, fmt, sync::Arc};
 
@@ -112,8 +112,6 @@ impl<C> FallbackBuilder<C> {
             handler,
             classifier: self.classifier,
             errors: self.errors.map(Vec::into_boxed_slice),
-            used: metrics::counter(metrics::FALLBACK_USED, &name),
-            failed: metrics::counter(metrics::FALLBACK_FAILED, &name),
             name,
             listeners: self.listeners,
         })))

@@ -2,7 +2,7 @@ use crate::{
     layer::Shared, Failed, FailedResponse, FallbackEvent, FallbackFailed, FallbackHandler,
 };
 use pin_project_lite::pin_project;
-use seawall_core::{BoxError, Classify, Outcome};
+use seawall_core::{metrics, BoxError, Classify, Outcome};
 use std::{
     error::Error,
     fmt,
@@ -85,7 +85,7 @@ where
                     let event = FallbackEvent::Used {
                         error: failed.error().is_some(),
                     };
-                    shared.used.increment(1);
+                    metrics::counter(metrics::FALLBACK_USED, &shared.name).increment(1);
                     tracing::debug!(name = %shared.name, cause = %original, "seawall fallback used");
                     shared.listeners.emit(&shared.name, &event);
                     let fut = shared.handler.handle(failed);
@@ -97,7 +97,7 @@ where
                         Err(err) => {
                             let shared = &**this.shared;
                             let err = FallbackFailed::new(original.clone(), err.into());
-                            shared.failed.increment(1);
+                            metrics::counter(metrics::FALLBACK_FAILED, &shared.name).increment(1);
                             tracing::debug!(name = %shared.name, error = %err, "seawall fallback failed");
                             shared.listeners.emit(&shared.name, &FallbackEvent::Failed);
                             Err(Box::new(err))

@@ -20,8 +20,6 @@ pub(crate) struct Shared<H, C> {
     /// `None` handles every error; otherwise an error is handled when any predicate matches.
     pub(crate) errors: Option<Box<[ErrorPredicate]>>,
     pub(crate) name: Name,
-    pub(crate) used: metrics::Counter,
-    pub(crate) failed: metrics::Counter,
     pub(crate) listeners: Listeners<FallbackEvent>,
 }
 

@@ -1,5 +1,5 @@
 use crate::{layer::Shared, TimeoutEvent, TimeoutLayer};
-use seawall_core::{metrics, ConfigError, Listener, Listeners, Name};
+use seawall_core::{ConfigError, Listener, Listeners, Name};
 use std::{sync::Arc, time::Duration};
 
 /// Builds a [`TimeoutLayer`]; see [`TimeoutLayer::builder`].
@@ -71,7 +71,6 @@ impl Shared {
         Arc::new(Shared {
             timeout,
             propagate,
-            elapsed: metrics::counter(metrics::TIMEOUT_ELAPSED, &name),
             name,
             listeners,
         })

@@ -1,11 +1,10 @@
-use crate::{layer::Shared, TimeoutEvent};
+use crate::TimeoutEvent;
 use pin_project_lite::pin_project;
-use seawall_core::{deadline::Elapsed, BoxError};
+use seawall_core::{deadline::Elapsed, metrics, BoxError, Listeners, Name};
 use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
 };
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -23,18 +22,27 @@ pin_project! {
         sleep: Option<Sleep>,
         started: Instant,
         deadline: Instant,
-        shared: Arc<Shared>,
+        name: Name,
+        // `None` unless a listener is registered, so the common case copies no reference count.
+        listeners: Option<Listeners<TimeoutEvent>>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, started: Instant, deadline: Instant, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        started: Instant,
+        deadline: Instant,
+        name: Name,
+        listeners: Option<Listeners<TimeoutEvent>>,
+    ) -> Self {
         ResponseFuture {
             inner: Some(inner),
             sleep: None,
             started,
             deadline,
-            shared,
+            name,
+            listeners,
         }
     }
 
@@ -71,12 +79,12 @@ where
         // Cancel the call now rather than whenever the caller drops this future.
         this.inner.set(None);
         let budget = this.deadline.saturating_duration_since(*this.started);
-        let shared = &**this.shared;
-        shared.elapsed.increment(1);
-        tracing::debug!(name = %shared.name, ?budget, "seawall timeout elapsed");
-        shared
-            .listeners
-            .emit(&shared.name, &TimeoutEvent::Elapsed { budget });
+        let name = *this.name;
+        metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(1);
+        tracing::debug!(name = %name, ?budget, "seawall timeout elapsed");
+        if let Some(listeners) = this.listeners {
+            listeners.emit(&name, &TimeoutEvent::Elapsed { budget });
+        }
         Poll::Ready(Err(Box::new(Elapsed::new())))
     }
 }
@@ -94,24 +102,18 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TimeoutLayer;
     use std::{future::pending, pin::pin, task::Waker, time::Duration};
 
-    fn shared() -> Arc<Shared> {
-        let layer = TimeoutLayer::new(Duration::from_secs(1));
-        tower_layer::Layer::layer(&layer, ()).shared_for_tests()
+    fn future<F>(inner: F, now: Instant) -> ResponseFuture<F> {
+        let deadline = now + Duration::from_secs(1);
+        ResponseFuture::new(inner, now, deadline, Name::default_for("timeout"), None)
     }
 
     #[tokio::test(start_paused = true)]
     async fn ready_inner_never_arms_the_timer() {
         let now = Instant::now();
         let inner = std::future::ready(Ok::<_, BoxError>(7));
-        let mut fut = pin!(ResponseFuture::new(
-            inner,
-            now,
-            now + Duration::from_secs(1),
-            shared()
-        ));
+        let mut fut = pin!(future(inner, now));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
         assert!(
@@ -124,12 +126,7 @@ mod tests {
     async fn pending_inner_arms_the_timer_once() {
         let now = Instant::now();
         let inner = pending::<Result<(), BoxError>>();
-        let mut fut = pin!(ResponseFuture::new(
-            inner,
-            now,
-            now + Duration::from_secs(1),
-            shared()
-        ));
+        let mut fut = pin!(future(inner, now));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert!(fut.sleep.is_some());

@@ -16,7 +16,6 @@ pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     pub(crate) propagate: bool,
     pub(crate) name: Name,
-    pub(crate) elapsed: metrics::Counter,
     pub(crate) listeners: Listeners<TimeoutEvent>,
 }
 

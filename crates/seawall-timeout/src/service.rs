@@ -76,13 +76,13 @@ where
                 own
             }
         };
-        ResponseFuture::new(self.inner.call(req), now, deadline, self.shared.clone())
-    }
-}
-
-#[cfg(test)]
-impl<S> Timeout<S> {
-    pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
-        self.shared.clone()
+        let listeners = (!self.shared.listeners.is_empty()).then(|| self.shared.listeners.clone());
+        ResponseFuture::new(
+            self.inner.call(req),
+            now,
+            deadline,
+            self.shared.name,
+            listeners,
+        )
     }
 }
