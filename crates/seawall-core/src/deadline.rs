@@ -75,9 +75,16 @@ impl<B> RequestDeadline for http::Request<B> {
         self.extensions().get::<Deadline>().map(|d| d.0)
     }
 
+    /// Overwrites a deadline already on the request in place; otherwise inserts one, which
+    /// allocates the extension map if the request has no extensions yet.
     #[inline]
     fn set_deadline(&mut self, deadline: Instant) {
-        self.extensions_mut().insert(Deadline(deadline));
+        match self.extensions_mut().get_mut::<Deadline>() {
+            Some(existing) => existing.0 = deadline,
+            None => {
+                self.extensions_mut().insert(Deadline(deadline));
+            }
+        }
     }
 
     #[inline]

@@ -257,3 +257,124 @@ mod tests {
         }
     }
 }
+
+/// A recorder that keeps every series in memory, for tests that assert on metrics.
+///
+/// Enabled by the `testing` cargo feature.
+///
+/// ```
+/// use seawall_core::{metrics::{self, testing::TestRecorder}, Name};
+///
+/// let recorder = TestRecorder::new();
+/// let _guard = recorder.install_local();
+/// let name = Name::new("users").unwrap();
+/// metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(2);
+/// assert_eq!(recorder.counter(metrics::TIMEOUT_ELAPSED, "users"), 2);
+/// ```
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing {
+    use metrics::{
+        Counter, Gauge, Histogram, HistogramFn, Key, KeyName, LocalRecorderGuard, Metadata,
+        Recorder, SharedString, Unit,
+    };
+    use std::{
+        collections::HashMap,
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc, Mutex,
+        },
+    };
+
+    type Series<T> = Mutex<HashMap<(String, String), Arc<T>>>;
+
+    /// Keeps counters, gauges and histograms by metric name and `name` label.
+    #[derive(Debug, Default, Clone)]
+    pub struct TestRecorder {
+        inner: Arc<Inner>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Inner {
+        counters: Series<AtomicU64>,
+        gauges: Series<AtomicU64>,
+        histograms: Series<Samples>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Samples(Mutex<Vec<f64>>);
+
+    impl HistogramFn for Samples {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    fn series<T: Default>(map: &Series<T>, key: &Key) -> Arc<T> {
+        let label = key
+            .labels()
+            .find(|l| l.key() == super::LABEL)
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        map.lock()
+            .unwrap()
+            .entry((key.name().to_owned(), label))
+            .or_default()
+            .clone()
+    }
+
+    fn get<T>(map: &Series<T>, metric: &str, name: &str) -> Option<Arc<T>> {
+        map.lock()
+            .unwrap()
+            .get(&(metric.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    impl TestRecorder {
+        /// An empty recorder.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Makes this the recorder of the current thread until the guard is dropped (use a
+        /// current-thread runtime).
+        pub fn install_local(&self) -> LocalRecorderGuard<'_> {
+            metrics::set_default_local_recorder(self)
+        }
+
+        /// The value of counter `metric` for policy `name` (0 if never incremented).
+        pub fn counter(&self, metric: &str, name: &str) -> u64 {
+            get(&self.inner.counters, metric, name).map_or(0, |c| c.load(Ordering::SeqCst))
+        }
+
+        /// The value of gauge `metric` for policy `name`, if it was ever set.
+        pub fn gauge(&self, metric: &str, name: &str) -> Option<f64> {
+            get(&self.inner.gauges, metric, name).map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
+        }
+
+        /// Every value recorded in histogram `metric` for policy `name`.
+        pub fn histogram(&self, metric: &str, name: &str) -> Vec<f64> {
+            get(&self.inner.histograms, metric, name)
+                .map(|h| h.0.lock().unwrap().clone())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(series(&self.inner.counters, key))
+        }
+
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(series(&self.inner.gauges, key))
+        }
+
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(series(&self.inner.histograms, key))
+        }
+    }
+}
