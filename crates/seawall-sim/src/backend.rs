@@ -1,0 +1,322 @@
+//! Simulated backends: tower services that answer in virtual time.
+
+use crate::dist::Latency;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use seawall_core::{BoxError, RequestDeadline};
+use serde::Deserialize;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::Service;
+
+/// One backend of the simulated cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// Shown in reports; defaults to `b<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How long it takes to answer.
+    pub latency: Latency,
+    /// Share of calls that fail, in `[0, 1]`.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Zone, for zone-aware balancing.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Faults on a timeline.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+}
+
+/// A fault active from `from_ms` to `to_ms` of simulated time.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Start, milliseconds since the run began.
+    pub from_ms: u64,
+    /// End (exclusive), milliseconds since the run began.
+    pub to_ms: u64,
+    /// What goes wrong.
+    pub effect: FaultKind,
+}
+
+/// What goes wrong during a [`Fault`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultKind {
+    /// Every call takes `extra_ms` longer.
+    Slow {
+        /// Added latency, milliseconds.
+        extra_ms: f64,
+    },
+    /// Hard down: every call fails at once (connection refused).
+    Down,
+    /// Fast failures (a 503 after `latency_ms`) at `error_rate`.
+    Errors {
+        /// Share of calls that fail.
+        error_rate: f64,
+        /// How long a failing call takes, milliseconds.
+        #[serde(default)]
+        latency_ms: f64,
+    },
+    /// Down for the first half of every `period_ms`, up for the second.
+    Flapping {
+        /// Length of one down-up cycle, milliseconds.
+        period_ms: u64,
+    },
+}
+
+impl BackendSpec {
+    /// A backend with this latency and no errors or faults.
+    pub fn new(latency: Latency) -> Self {
+        BackendSpec {
+            name: None,
+            latency,
+            error_rate: 0.0,
+            zone: None,
+            faults: Vec::new(),
+        }
+    }
+
+    /// Checks the parameters, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.latency
+            .validate()
+            .map_err(|e| format!("latency: {e}"))?;
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(format!(
+                "error_rate must be in [0, 1], got {}",
+                self.error_rate
+            ));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            if f.from_ms >= f.to_ms {
+                return Err(format!(
+                    "faults[{i}]: from_ms ({}) must be before to_ms ({})",
+                    f.from_ms, f.to_ms
+                ));
+            }
+            match f.effect {
+                FaultKind::Slow { extra_ms } if !(extra_ms.is_finite() && extra_ms >= 0.0) => {
+                    return Err(format!(
+                        "faults[{i}]: extra_ms must be >= 0, got {extra_ms}"
+                    ))
+                }
+                FaultKind::Errors { error_rate, .. } if !(0.0..=1.0).contains(&error_rate) => {
+                    return Err(format!(
+                        "faults[{i}]: error_rate must be in [0, 1], got {error_rate}"
+                    ))
+                }
+                FaultKind::Flapping { period_ms: 0 } => {
+                    return Err(format!("faults[{i}]: period_ms must be > 0"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a fault that makes calls fail or slow is active at `at_ms`.
+    pub fn faulty_at(&self, at_ms: u64) -> bool {
+        self.faults
+            .iter()
+            .any(|f| (f.from_ms..f.to_ms).contains(&at_ms))
+    }
+}
+
+/// A request in the simulation.
+#[derive(Debug, Clone)]
+pub struct SimRequest {
+    /// Sequence number.
+    pub id: u64,
+    /// A key for consistent hashing (a user or tenant id).
+    pub key: u64,
+    /// The deadline a timeout layer wrote, if any.
+    pub deadline: Option<Instant>,
+}
+
+impl RequestDeadline for SimRequest {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimResponse {
+    /// Index of the backend that answered.
+    pub backend: usize,
+}
+
+/// A failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimError {
+    /// Index of the backend that failed it.
+    pub backend: usize,
+    /// Whether the backend was down (connection refused) rather than answering with an error.
+    pub down: bool,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.down {
+            write!(f, "backend {} refused the connection", self.backend)
+        } else {
+            write!(f, "backend {} answered 503", self.backend)
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Every call every backend received: (milliseconds since start, backend index).
+#[derive(Debug, Default)]
+pub struct DispatchLog {
+    calls: Mutex<Vec<(u32, u16)>>,
+}
+
+impl DispatchLog {
+    fn record(&self, at_ms: u32, backend: usize) {
+        self.calls.lock().unwrap().push((at_ms, backend as u16));
+    }
+
+    /// All calls in the order they arrived.
+    pub fn calls(&self) -> Vec<(u32, u16)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// A simulated backend, as a tower service. Clones share one backend.
+#[derive(Clone)]
+pub struct SimBackend {
+    index: usize,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    spec: BackendSpec,
+    rng: Mutex<SmallRng>,
+    start: Instant,
+    log: Arc<DispatchLog>,
+}
+
+impl fmt::Debug for SimBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimBackend")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl SimBackend {
+    /// Backend `index` of a run that started at `start`, drawing from its own seeded generator.
+    pub fn new(
+        index: usize,
+        spec: BackendSpec,
+        seed: u64,
+        start: Instant,
+        log: Arc<DispatchLog>,
+    ) -> Self {
+        let rng =
+            SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        SimBackend {
+            index,
+            shared: Arc::new(Shared {
+                spec,
+                rng: Mutex::new(rng),
+                start,
+                log,
+            }),
+        }
+    }
+
+    /// The backend's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its zone, if any.
+    pub fn zone(&self) -> Option<&str> {
+        self.shared.spec.zone.as_deref()
+    }
+
+    fn plan(&self) -> (Duration, Result<SimResponse, SimError>) {
+        let s = &*self.shared;
+        let at_ms = s.start.elapsed().as_millis() as u64;
+        s.log.record(at_ms.min(u32::MAX as u64) as u32, self.index);
+        let mut rng = s.rng.lock().unwrap();
+        let mut latency = s.spec.latency.sample(&mut rng);
+        let mut error_rate = s.spec.error_rate;
+        let ok = Ok(SimResponse {
+            backend: self.index,
+        });
+        let fail = |down| {
+            Err(SimError {
+                backend: self.index,
+                down,
+            })
+        };
+        for fault in s
+            .spec
+            .faults
+            .iter()
+            .filter(|f| (f.from_ms..f.to_ms).contains(&at_ms))
+        {
+            match fault.effect {
+                FaultKind::Down => return (Duration::ZERO, fail(true)),
+                FaultKind::Flapping { period_ms } => {
+                    if (at_ms - fault.from_ms) % period_ms < period_ms / 2 {
+                        return (Duration::ZERO, fail(true));
+                    }
+                }
+                FaultKind::Slow { extra_ms } => {
+                    latency += Duration::from_secs_f64(extra_ms / 1000.0);
+                }
+                FaultKind::Errors {
+                    error_rate: rate,
+                    latency_ms,
+                } => {
+                    if rng.random_bool(rate) {
+                        return (Duration::from_secs_f64(latency_ms / 1000.0), fail(false));
+                    }
+                }
+            }
+        }
+        error_rate = error_rate.clamp(0.0, 1.0);
+        if error_rate > 0.0 && rng.random_bool(error_rate) {
+            return (latency, fail(false));
+        }
+        (latency, ok)
+    }
+}
+
+impl Service<SimRequest> for SimBackend {
+    type Response = SimResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<SimResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: SimRequest) -> Self::Future {
+        let (latency, result) = self.plan();
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            result.map_err(BoxError::from)
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! `seawall-sim`: run cluster simulations from the command line.
+
+use clap::{Parser, Subcommand};
+use seawall_sim::{builtin, run, svg, Scenario};
+use std::{path::PathBuf, process::ExitCode};
+
+/// Simulate client-side load balancing and resilience policies in virtual time.
+#[derive(Debug, Parser)]
+#[command(name = "seawall-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the built-in scenarios.
+    List,
+    /// Run a built-in scenario (by name) or a scenario file (TOML).
+    Run {
+        /// A built-in scenario name, or the path of a `.toml` scenario file.
+        scenario: String,
+        /// Seed for every random choice; defaults to the scenario's own.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write an SVG report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the number of requests (for a quick look).
+        #[arg(long)]
+        requests: Option<u64>,
+    },
+}
+
+fn load(scenario: &str) -> Result<Scenario, String> {
+    if let Some(s) = builtin::by_name(scenario) {
+        return Ok(s);
+    }
+    let text = std::fs::read_to_string(scenario).map_err(|e| {
+        format!("{scenario:?} is neither a built-in scenario (see `seawall-sim list`) nor a readable file: {e}")
+    })?;
+    Scenario::from_toml(&text).map_err(|e| format!("{scenario}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List => {
+            for s in builtin::all() {
+                println!("{:<22} {}", s.name, s.description);
+            }
+            Ok(())
+        }
+        Command::Run {
+            scenario,
+            seed,
+            out,
+            requests,
+        } => load(&scenario).and_then(|mut s| {
+            if let Some(n) = requests {
+                if n == 0 {
+                    return Err("--requests must be > 0".into());
+                }
+                s = s.with_requests(n);
+            }
+            let seed = seed.unwrap_or(s.seed);
+            let report = run::run(&s, seed)?;
+            print!("{}", report.table());
+            if let Some(path) = out {
+                svg::write_svg(&report, &path)?;
+                println!("\nreport written to {}", path.display());
+            }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The built-in scenarios (`seawall-sim list`).
+
+use crate::{
+    backend::{BackendSpec, Fault, FaultKind},
+    client::ClientSpec,
+    dist::Latency,
+    scenario::{Load, Scenario},
+};
+
+/// Every built-in scenario.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        tower_balance(),
+        one_of_five_failing(),
+        hard_down(),
+        two_slow_of_four(),
+        heavy_tail(),
+    ]
+}
+
+/// The built-in scenario called `name`.
+pub fn by_name(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.name == name)
+}
+
+fn baseline_clients() -> Vec<ClientSpec> {
+    vec![
+        ClientSpec::RoundRobin,
+        ClientSpec::TowerP2cPending,
+        ClientSpec::TowerP2cPeakEwma {
+            default_rtt_ms: 30.0,
+            decay_ms: 10_000.0,
+        },
+    ]
+}
+
+fn lognormal(median_ms: f64) -> Latency {
+    Latency::LogNormal {
+        median_ms,
+        sigma: 0.3,
+    }
+}
+
+/// tower's own balance example: 10 endpoints with latency uniform up to
+/// [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000] ms, 100k requests at concurrency 500.
+pub fn tower_balance() -> Scenario {
+    let maxes = [
+        1.0, 5.0, 10.0, 10.0, 10.0, 100.0, 100.0, 100.0, 500.0, 1000.0,
+    ];
+    Scenario {
+        name: "tower-balance".into(),
+        description: "tower's balance example: 10 endpoints, latency uniform up to 1..1000 ms, 100k requests at concurrency 500".into(),
+        backends: maxes
+            .iter()
+            .map(|&max_ms| BackendSpec::new(Latency::Uniform { min_ms: 0.0, max_ms }))
+            .collect(),
+        load: Load::ClosedLoop {
+            concurrency: 500,
+            requests: 100_000,
+        },
+        clients: baseline_clients(),
+        seed: 1,
+    }
+}
+
+/// Five backends, one of which answers only 60% of calls successfully.
+pub fn one_of_five_failing() -> Scenario {
+    let mut backends: Vec<BackendSpec> =
+        (0..5).map(|_| BackendSpec::new(lognormal(10.0))).collect();
+    backends[2].error_rate = 0.4;
+    Scenario {
+        name: "one-of-five-failing".into(),
+        description: "5 backends, one at 60% success (fast 503s are not modelled: its errors take normal latency), open loop 1,000 rps".into(),
+        backends,
+        load: Load::OpenLoop {
+            rate_per_sec: 1000.0,
+            requests: 20_000,
+        },
+        clients: baseline_clients(),
+        seed: 1,
+    }
+}
+
+/// Five backends; one is hard down (connection refused) from 5 s to 10 s, then comes back.
+pub fn hard_down() -> Scenario {
+    let mut backends: Vec<BackendSpec> =
+        (0..5).map(|_| BackendSpec::new(lognormal(10.0))).collect();
+    backends[1].faults.push(Fault {
+        from_ms: 5_000,
+        to_ms: 10_000,
+        effect: FaultKind::Down,
+    });
+    Scenario {
+        name: "hard-down".into(),
+        description:
+            "5 backends, one refuses connections from 5 s to 10 s, open loop 1,000 rps for 20 s"
+                .into(),
+        backends,
+        load: Load::OpenLoop {
+            rate_per_sec: 1000.0,
+            requests: 20_000,
+        },
+        clients: baseline_clients(),
+        seed: 1,
+    }
+}
+
+/// Four backends; two get 5 ms slower from 2 s to 8 s.
+pub fn two_slow_of_four() -> Scenario {
+    let mut backends: Vec<BackendSpec> = (0..4).map(|_| BackendSpec::new(lognormal(5.0))).collect();
+    for b in &mut backends[2..] {
+        b.faults.push(Fault {
+            from_ms: 2_000,
+            to_ms: 8_000,
+            effect: FaultKind::Slow { extra_ms: 5.0 },
+        });
+    }
+    Scenario {
+        name: "two-slow-of-four".into(),
+        description:
+            "4 backends, two of them 5 ms slower from 2 s to 8 s, open loop 2,000 rps for 10 s"
+                .into(),
+        backends,
+        load: Load::OpenLoop {
+            rate_per_sec: 2000.0,
+            requests: 20_000,
+        },
+        clients: baseline_clients(),
+        seed: 1,
+    }
+}
+
+/// Heavy-tailed latency: 1% of calls take 100× longer than the rest.
+pub fn heavy_tail() -> Scenario {
+    let latency = Latency::Bimodal {
+        fast: Box::new(lognormal(5.0)),
+        slow: Box::new(lognormal(500.0)),
+        slow_fraction: 0.01,
+    };
+    Scenario {
+        name: "heavy-tail".into(),
+        description: "5 backends, 1% of calls take ~100x longer (bimodal), open loop 1,000 rps"
+            .into(),
+        backends: (0..5).map(|_| BackendSpec::new(latency.clone())).collect(),
+        load: Load::OpenLoop {
+            rate_per_sec: 1000.0,
+            requests: 20_000,
+        },
+        clients: baseline_clients(),
+        seed: 1,
+    }
+}

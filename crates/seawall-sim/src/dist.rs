@@ -1,0 +1,170 @@
+//! Latency distributions for simulated backends.
+
+use rand::{rngs::SmallRng, Rng};
+use rand_distr::{Distribution, LogNormal};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// How long a backend takes to answer, sampled per call.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Latency {
+    /// Always `ms`.
+    Constant {
+        /// Milliseconds.
+        ms: f64,
+    },
+    /// Uniform in `[min_ms, max_ms]`.
+    Uniform {
+        /// Lower bound, milliseconds.
+        min_ms: f64,
+        /// Upper bound, milliseconds.
+        max_ms: f64,
+    },
+    /// Log-normal with the given median and shape `sigma` (1.0 is a heavy tail).
+    LogNormal {
+        /// Median, milliseconds.
+        median_ms: f64,
+        /// Standard deviation of the underlying normal.
+        sigma: f64,
+    },
+    /// `slow` with probability `slow_fraction`, otherwise `fast`: a bimodal, heavy-tailed service.
+    Bimodal {
+        /// The common case.
+        fast: Box<Latency>,
+        /// The rare slow case.
+        slow: Box<Latency>,
+        /// Probability of the slow case, in `[0, 1]`.
+        slow_fraction: f64,
+    },
+}
+
+impl Latency {
+    /// Checks the parameters, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite_non_negative = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number >= 0, got {v}"))
+            }
+        };
+        match self {
+            Latency::Constant { ms } => finite_non_negative("ms", *ms),
+            Latency::Uniform { min_ms, max_ms } => {
+                finite_non_negative("min_ms", *min_ms)?;
+                finite_non_negative("max_ms", *max_ms)?;
+                if min_ms > max_ms {
+                    return Err(format!(
+                        "min_ms ({min_ms}) must not exceed max_ms ({max_ms})"
+                    ));
+                }
+                Ok(())
+            }
+            Latency::LogNormal { median_ms, sigma } => {
+                finite_non_negative("sigma", *sigma)?;
+                if !(median_ms.is_finite() && *median_ms > 0.0) {
+                    return Err(format!(
+                        "median_ms must be a finite number > 0, got {median_ms}"
+                    ));
+                }
+                Ok(())
+            }
+            Latency::Bimodal {
+                fast,
+                slow,
+                slow_fraction,
+            } => {
+                if !(0.0..=1.0).contains(slow_fraction) {
+                    return Err(format!(
+                        "slow_fraction must be in [0, 1], got {slow_fraction}"
+                    ));
+                }
+                fast.validate()?;
+                slow.validate()
+            }
+        }
+    }
+
+    /// Draws one latency.
+    pub fn sample(&self, rng: &mut SmallRng) -> Duration {
+        let ms = match self {
+            Latency::Constant { ms } => *ms,
+            Latency::Uniform { min_ms, max_ms } => {
+                if min_ms == max_ms {
+                    *min_ms
+                } else {
+                    rng.random_range(*min_ms..=*max_ms)
+                }
+            }
+            Latency::LogNormal { median_ms, sigma } => LogNormal::new(median_ms.ln(), *sigma)
+                .map(|d| d.sample(rng))
+                .unwrap_or(*median_ms),
+            Latency::Bimodal {
+                fast,
+                slow,
+                slow_fraction,
+            } => {
+                return if rng.random_bool(*slow_fraction) {
+                    slow.sample(rng)
+                } else {
+                    fast.sample(rng)
+                }
+            }
+        };
+        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn constant_and_uniform_bounds() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        assert_eq!(
+            Latency::Constant { ms: 5.0 }.sample(&mut rng),
+            Duration::from_millis(5)
+        );
+        let u = Latency::Uniform {
+            min_ms: 1.0,
+            max_ms: 3.0,
+        };
+        for _ in 0..1000 {
+            let d = u.sample(&mut rng);
+            assert!(d >= Duration::from_millis(1) && d <= Duration::from_millis(3));
+        }
+    }
+
+    #[test]
+    fn lognormal_median_is_close() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let d = Latency::LogNormal {
+            median_ms: 10.0,
+            sigma: 1.0,
+        };
+        let mut v: Vec<f64> = (0..20_001)
+            .map(|_| d.sample(&mut rng).as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v[10_000];
+        assert!((9.0..11.0).contains(&median), "median {median}");
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = Latency::Uniform {
+            min_ms: 5.0,
+            max_ms: 1.0,
+        };
+        assert!(bad.validate().unwrap_err().contains("min_ms"));
+        let bad = Latency::Bimodal {
+            fast: Box::new(Latency::Constant { ms: 1.0 }),
+            slow: Box::new(Latency::Constant { ms: 100.0 }),
+            slow_fraction: 2.0,
+        };
+        assert!(bad.validate().unwrap_err().contains("slow_fraction"));
+    }
+}

@@ -1,0 +1,292 @@
+//! What a run measured, summarised per client.
+
+use crate::{backend::FaultKind, run::RawRun, scenario::Scenario};
+use std::{fmt::Write as _, time::Duration};
+
+/// The results of one scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario description.
+    pub description: String,
+    /// The seed used.
+    pub seed: u64,
+    /// Backend names, by index.
+    pub backends: Vec<String>,
+    /// One entry per client, in the scenario's order.
+    pub clients: Vec<ClientReport>,
+}
+
+/// One client's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientReport {
+    /// The client's label.
+    pub client: String,
+    /// Requests offered.
+    pub requests: u64,
+    /// Requests answered successfully.
+    pub ok: u64,
+    /// Latency percentiles (p50, p90, p99, p99.9) and the maximum.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// 99.9th percentile.
+    pub p999: Duration,
+    /// Slowest request.
+    pub max: Duration,
+    /// Latency at each percentile of [`CURVE`], for the report's curves.
+    pub curve: Vec<Duration>,
+    /// Calls the backends received (attempts, retries and hedges included).
+    pub backend_calls: u64,
+    /// Share of calls per backend, per time bucket of `bucket_ms`.
+    pub share: Vec<Vec<f64>>,
+    /// Width of a share bucket, milliseconds.
+    pub bucket_ms: u64,
+    /// What happened around each fault of the scenario.
+    pub faults: Vec<FaultReport>,
+    /// Simulated time the run took.
+    pub elapsed: Duration,
+}
+
+/// How a client dealt with one fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultReport {
+    /// Backend index.
+    pub backend: usize,
+    /// What the fault was.
+    pub kind: String,
+    /// Fault window, milliseconds.
+    pub from_ms: u64,
+    /// End of the fault window, milliseconds.
+    pub to_ms: u64,
+    /// Time from the fault's start until the backend's share of calls fell below a quarter of
+    /// its fair share (None: never, within the fault).
+    pub time_to_eject: Option<Duration>,
+    /// Calls sent to the backend while the fault lasted.
+    pub wasted_calls: u64,
+    /// Time from the fault's end until the backend got at least half its fair share again (None:
+    /// never, within the run).
+    pub time_to_readmit: Option<Duration>,
+}
+
+/// Percentiles drawn in the latency curves.
+pub const CURVE: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
+
+impl ClientReport {
+    pub(crate) fn new(scenario: &Scenario, raw: RawRun) -> Self {
+        let h = &raw.latency_us;
+        let at = |q: f64| Duration::from_micros(h.value_at_quantile(q / 100.0));
+        let n = scenario.backends.len();
+        let run_ms = (raw.elapsed.as_millis() as u64).max(1);
+        let bucket_ms = (run_ms / 200).max(10);
+        let buckets = (run_ms / bucket_ms + 1) as usize;
+        let mut counts = vec![vec![0u64; n]; buckets];
+        for &(at_ms, b) in &raw.calls {
+            let i = ((at_ms as u64) / bucket_ms) as usize;
+            if let Some(row) = counts.get_mut(i) {
+                row[b as usize] += 1;
+            }
+        }
+        let share: Vec<Vec<f64>> = counts
+            .iter()
+            .map(|row| {
+                let total: u64 = row.iter().sum();
+                row.iter()
+                    .map(|&c| {
+                        if total == 0 {
+                            0.0
+                        } else {
+                            c as f64 / total as f64
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let fair = 1.0 / n as f64;
+        let mut faults = Vec::new();
+        for (b, spec) in scenario.backends.iter().enumerate() {
+            for f in &spec.faults {
+                let kind = match f.effect {
+                    FaultKind::Slow { extra_ms } => format!("slow +{extra_ms}ms"),
+                    FaultKind::Down => "down".into(),
+                    FaultKind::Errors { error_rate, .. } => {
+                        format!("errors {:.0}%", error_rate * 100.0)
+                    }
+                    FaultKind::Flapping { period_ms } => format!("flapping {period_ms}ms"),
+                };
+                let wasted_calls = raw
+                    .calls
+                    .iter()
+                    .filter(|&&(t, cb)| {
+                        cb as usize == b && (f.from_ms..f.to_ms).contains(&(t as u64))
+                    })
+                    .count() as u64;
+                let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
+                let active = |i: usize| counts[i].iter().sum::<u64>() > 0;
+                let time_to_eject = (bucket_of(f.from_ms)..=bucket_of(f.to_ms.saturating_sub(1)))
+                    .filter(|&i| i < buckets && active(i))
+                    .find(|&i| share[i][b] < fair / 4.0)
+                    .map(|i| {
+                        Duration::from_millis(
+                            ((i as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
+                        )
+                    });
+                let time_to_readmit = (bucket_of(f.to_ms).saturating_add(1)..buckets)
+                    .filter(|&i| active(i))
+                    .find(|&i| share[i][b] >= fair / 2.0)
+                    .map(|i| Duration::from_millis((i as u64 * bucket_ms).saturating_sub(f.to_ms)));
+                faults.push(FaultReport {
+                    backend: b,
+                    kind,
+                    from_ms: f.from_ms,
+                    to_ms: f.to_ms,
+                    time_to_eject,
+                    wasted_calls,
+                    time_to_readmit,
+                });
+            }
+        }
+        ClientReport {
+            client: raw.client,
+            requests: raw.ok + raw.failed,
+            ok: raw.ok,
+            p50: at(50.0),
+            p90: at(90.0),
+            p99: at(99.0),
+            p999: at(99.9),
+            max: Duration::from_micros(h.max()),
+            curve: CURVE.iter().map(|&q| at(q)).collect(),
+            backend_calls: raw.calls.len() as u64,
+            share,
+            bucket_ms,
+            faults,
+            elapsed: raw.elapsed,
+        }
+    }
+
+    /// Share of requests answered successfully.
+    pub fn success_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.ok as f64 / self.requests as f64
+        }
+    }
+
+    /// Calls beyond one per request (retries and hedges), as a share of requests.
+    pub fn extra_load(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.backend_calls as f64 / self.requests as f64 - 1.0
+        }
+    }
+
+    /// Share of all calls each backend received over the whole run.
+    pub fn total_share(&self, backends: usize) -> Vec<f64> {
+        let mut totals = vec![0.0; backends];
+        let mut weight = 0.0;
+        for row in &self.share {
+            let s: f64 = row.iter().sum();
+            if s > 0.0 {
+                weight += 1.0;
+                for (t, v) in totals.iter_mut().zip(row) {
+                    *t += v;
+                }
+            }
+        }
+        totals
+            .iter()
+            .map(|t| if weight > 0.0 { t / weight } else { 0.0 })
+            .collect()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".into(), ms)
+}
+
+impl Report {
+    /// The report as a text table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "scenario {} (seed {})", self.scenario, self.seed);
+        if !self.description.is_empty() {
+            let _ = writeln!(out, "  {}", self.description);
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "client", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "success", "extra"
+        );
+        for c in &self.clients {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
+                c.client,
+                ms(c.p50),
+                ms(c.p90),
+                ms(c.p99),
+                ms(c.p999),
+                ms(c.max),
+                c.success_rate() * 100.0,
+                c.extra_load() * 100.0
+            );
+        }
+        let _ = writeln!(out, "\nshare of calls per backend");
+        let _ = write!(out, "{:<28}", "client");
+        for b in &self.backends {
+            let _ = write!(out, " {b:>6}");
+        }
+        let _ = writeln!(out);
+        for c in &self.clients {
+            let _ = write!(out, "{:<28}", c.client);
+            for s in c.total_share(self.backends.len()) {
+                let _ = write!(out, " {:>5.1}%", s * 100.0);
+            }
+            let _ = writeln!(out);
+        }
+        if self.clients.iter().any(|c| !c.faults.is_empty()) {
+            let _ = writeln!(
+                out,
+                "\n{:<28} {:<24} {:>12} {:>12} {:>12}",
+                "client", "fault", "eject ms", "wasted", "readmit ms"
+            );
+            for c in &self.clients {
+                for f in &c.faults {
+                    let fault = format!(
+                        "{} {} {}-{}s",
+                        self.backends[f.backend],
+                        f.kind,
+                        f.from_ms as f64 / 1000.0,
+                        f.to_ms as f64 / 1000.0
+                    );
+                    let _ = writeln!(
+                        out,
+                        "{:<28} {:<24} {:>12} {:>12} {:>12}",
+                        c.client,
+                        fault,
+                        opt_ms(f.time_to_eject),
+                        f.wasted_calls,
+                        opt_ms(f.time_to_readmit)
+                    );
+                }
+            }
+        }
+        out
+    }
+}

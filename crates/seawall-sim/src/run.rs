@@ -1,0 +1,176 @@
+//! Runs a scenario in virtual time.
+
+use crate::{
+    backend::{DispatchLog, SimBackend, SimRequest},
+    client::ClientSpec,
+    report::{ClientReport, Report},
+    scenario::{Load, Scenario},
+};
+use hdrhistogram::Histogram;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{task::JoinSet, time::Instant};
+use tower::ServiceExt;
+
+/// What one client's run produced, before it is summarised.
+#[derive(Debug)]
+pub struct RawRun {
+    /// The client's label.
+    pub client: String,
+    /// Latency of every request, microseconds, from intended send time to answer.
+    pub latency_us: Histogram<u64>,
+    /// Requests answered successfully.
+    pub ok: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Every call the backends received: (ms since start, backend).
+    pub calls: Vec<(u32, u16)>,
+    /// Simulated time the run took.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug)]
+struct Tally {
+    latency_us: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+}
+
+/// Runs every client of `scenario` on its own identical cluster, seeded by `seed`.
+pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
+    scenario.validate()?;
+    let clients = scenario
+        .clients
+        .iter()
+        .map(|client| {
+            run_client(scenario, client, seed).map(|raw| ClientReport::new(scenario, raw))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        seed,
+        backends: scenario
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.name.clone().unwrap_or_else(|| format!("b{i}")))
+            .collect(),
+        clients,
+    })
+}
+
+/// Runs one client; the cluster and the request keys are the same for every client.
+pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RawRun, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| format!("cannot start the simulation runtime: {e}"))?;
+    runtime.block_on(async move {
+        let start = Instant::now();
+        let log = Arc::new(DispatchLog::default());
+        let backends: Vec<SimBackend> = scenario
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| SimBackend::new(i, spec.clone(), seed, start, log.clone()))
+            .collect();
+        let concurrency = match scenario.load {
+            Load::ClosedLoop { concurrency, .. } => concurrency,
+            Load::OpenLoop { .. } => 1024,
+        };
+        let service = client.build(backends, seed, concurrency);
+        let tally = Arc::new(Mutex::new(Tally {
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .map_err(|e| e.to_string())?,
+            ok: 0,
+            failed: 0,
+        }));
+        let keys = Arc::new(Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed_0f4e_7500)));
+        let request = move |id: u64| SimRequest {
+            id,
+            key: keys.lock().unwrap().random(),
+            deadline: None,
+        };
+        let record = {
+            let tally = tally.clone();
+            move |sent: Instant, ok: bool| {
+                let us = sent.elapsed().as_micros().clamp(1, 3_600_000_000) as u64;
+                let mut t = tally.lock().unwrap();
+                let _ = t.latency_us.record(us);
+                if ok {
+                    t.ok += 1;
+                } else {
+                    t.failed += 1;
+                }
+            }
+        };
+        let mut tasks = JoinSet::new();
+        match scenario.load {
+            Load::OpenLoop {
+                rate_per_sec,
+                requests,
+            } => {
+                let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
+                for id in 0..requests {
+                    let intended = start + interval.mul_f64(id as f64);
+                    tokio::time::sleep_until(intended).await;
+                    let svc = service.clone();
+                    let req = request(id);
+                    let record = record.clone();
+                    tasks.spawn(async move {
+                        let ok = svc.oneshot(req).await.is_ok();
+                        record(intended, ok);
+                    });
+                }
+            }
+            Load::ClosedLoop {
+                concurrency,
+                requests,
+            } => {
+                let next = Arc::new(AtomicU64::new(0));
+                for _ in 0..concurrency {
+                    let svc = service.clone();
+                    let next = next.clone();
+                    let record = record.clone();
+                    let request = request.clone();
+                    tasks.spawn(async move {
+                        loop {
+                            let id = next.fetch_add(1, Ordering::Relaxed);
+                            if id >= requests {
+                                break;
+                            }
+                            let sent = Instant::now();
+                            let ok = svc.clone().oneshot(request(id)).await.is_ok();
+                            record(sent, ok);
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| format!("a simulated caller panicked: {e}"))?;
+        }
+        let elapsed = start.elapsed();
+        drop((service, record));
+        let tally = Arc::try_unwrap(tally)
+            .map_err(|_| "tally still shared".to_string())?
+            .into_inner()
+            .map_err(|e| e.to_string())?;
+        Ok(RawRun {
+            client: client.label(),
+            latency_us: tally.latency_us,
+            ok: tally.ok,
+            failed: tally.failed,
+            calls: log.calls(),
+            elapsed,
+        })
+    })
+}

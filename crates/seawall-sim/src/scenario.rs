@@ -1,0 +1,123 @@
+//! Scenarios: a cluster, a load, and the clients to compare on it.
+
+use crate::{backend::BackendSpec, client::ClientSpec};
+use serde::Deserialize;
+
+/// A simulation: backends, load, clients under test.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (`seawall-sim run <name>`).
+    pub name: String,
+    /// One line on what it shows.
+    #[serde(default)]
+    pub description: String,
+    /// The backends.
+    pub backends: Vec<BackendSpec>,
+    /// The load offered to each client.
+    pub load: Load,
+    /// The clients to compare, each on an identical, freshly seeded cluster.
+    pub clients: Vec<ClientSpec>,
+    /// Seed used when the command line gives none.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// How requests are offered.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Load {
+    /// A fixed arrival rate regardless of how fast answers come back. Latency is measured from
+    /// each request's intended send time, so a stalled client cannot hide its queue (no
+    /// coordinated omission).
+    OpenLoop {
+        /// Requests per second.
+        rate_per_sec: f64,
+        /// Total requests.
+        requests: u64,
+    },
+    /// A fixed number of callers, each sending its next request when the last one is answered.
+    ClosedLoop {
+        /// Concurrent callers.
+        concurrency: usize,
+        /// Total requests.
+        requests: u64,
+    },
+}
+
+impl Load {
+    /// Total requests offered.
+    pub fn requests(&self) -> u64 {
+        match *self {
+            Load::OpenLoop { requests, .. } | Load::ClosedLoop { requests, .. } => requests,
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Checks every parameter, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backends.is_empty() {
+            return Err("backends must not be empty".into());
+        }
+        if self.backends.len() > u16::MAX as usize {
+            return Err(format!("at most {} backends", u16::MAX));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            b.validate().map_err(|e| format!("backends[{i}].{e}"))?;
+        }
+        match self.load {
+            Load::OpenLoop {
+                rate_per_sec,
+                requests,
+            } => {
+                if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
+                    return Err(format!("load.rate_per_sec must be > 0, got {rate_per_sec}"));
+                }
+                if requests == 0 {
+                    return Err("load.requests must be > 0".into());
+                }
+            }
+            Load::ClosedLoop {
+                concurrency,
+                requests,
+            } => {
+                if concurrency == 0 {
+                    return Err("load.concurrency must be > 0".into());
+                }
+                if requests == 0 {
+                    return Err("load.requests must be > 0".into());
+                }
+            }
+        }
+        if self.clients.is_empty() {
+            return Err("clients must not be empty".into());
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            c.validate(self.backends.len())
+                .map_err(|e| format!("clients[{i}].{e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The same scenario with `requests` requests (for quick runs and tests).
+    pub fn with_requests(mut self, requests: u64) -> Self {
+        match &mut self.load {
+            Load::OpenLoop { requests: r, .. } | Load::ClosedLoop { requests: r, .. } => {
+                *r = requests
+            }
+        }
+        self
+    }
+}

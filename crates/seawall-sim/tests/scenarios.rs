@@ -1,0 +1,80 @@
+//! Scenario files parse and validate; bad ones are rejected with the field named; the SVG report
+//! is written.
+
+use seawall_sim::{builtin, run::run, svg::write_svg, Scenario};
+use std::path::Path;
+
+#[test]
+fn shipped_scenario_files_parse_and_run() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let scenario = Scenario::from_toml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .with_requests(500);
+        let report = run(&scenario, 1).unwrap();
+        assert_eq!(report.clients.len(), scenario.clients.len());
+        count += 1;
+    }
+    assert!(count >= 2);
+}
+
+#[test]
+fn builtin_scenarios_are_valid() {
+    let all = builtin::all();
+    assert!(all.len() >= 5);
+    for s in all {
+        s.validate().unwrap_or_else(|e| panic!("{}: {e}", s.name));
+    }
+}
+
+#[test]
+fn bad_scenarios_name_the_field() {
+    let base = r#"
+        name = "x"
+        [load]
+        kind = "open_loop"
+        rate_per_sec = 10.0
+        requests = 10
+        [[clients]]
+        kind = "round_robin"
+    "#;
+    let cases = [
+        ("", "backends"),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = -1.0 }\n",
+            "backends[0].latency",
+        ),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nerror_rate = 1.5\n",
+            "error_rate",
+        ),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nfaults = [{ from_ms = 5, to_ms = 1, effect = { kind = \"down\" } }]\n",
+            "faults[0]",
+        ),
+    ];
+    for (backends, field) in cases {
+        let text = format!("{base}\n{backends}");
+        let err = match Scenario::from_toml(&text) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted: {backends}"),
+        };
+        assert!(err.contains(field), "{err} should name {field}");
+    }
+    assert!(Scenario::from_toml("name = 3").is_err());
+}
+
+#[test]
+fn svg_report_is_written() {
+    let scenario = builtin::by_name("hard-down").unwrap().with_requests(1_000);
+    let report = run(&scenario, 1).unwrap();
+    let path = std::env::temp_dir().join(format!("seawall-sim-test-{}.svg", std::process::id()));
+    write_svg(&report, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(svg.starts_with("<svg"));
+    assert!(svg.contains("tower p2c pending"));
+}

@@ -1,0 +1,52 @@
+//! tower's balance example reproduces its known shape: round robin's p99 sits near the slow
+//! endpoints' latency, tower's p2c balancers are far lower.
+
+use seawall_sim::{builtin, run::run};
+use std::time::Duration;
+
+#[test]
+fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
+    let scenario = builtin::tower_balance().with_requests(30_000);
+    let report = run(&scenario, 1).unwrap();
+    let by = |label: &str| {
+        report
+            .clients
+            .iter()
+            .find(|c| c.client == label)
+            .unwrap_or_else(|| panic!("{label} missing"))
+    };
+    let rr = by("round robin");
+    let pending = by("tower p2c pending");
+    let ewma = by("tower p2c peak-ewma");
+
+    // Round robin sends 1 in 10 calls to the 1000 ms endpoint and 1 in 10 to the 500 ms one, so
+    // its p99 is in the slowest endpoint's range.
+    assert!(rr.p99 >= Duration::from_millis(800), "rr p99 {:?}", rr.p99);
+    for p2c in [pending, ewma] {
+        assert!(
+            p2c.p99 * 2 <= rr.p99,
+            "{} p99 {:?} vs rr {:?}",
+            p2c.client,
+            p2c.p99,
+            rr.p99
+        );
+        assert!(
+            p2c.p90 * 3 <= rr.p90,
+            "{} p90 {:?} vs rr {:?}",
+            p2c.client,
+            p2c.p90,
+            rr.p90
+        );
+        // And it sends the slowest endpoint far less than its round-robin share.
+        let share = p2c.total_share(report.backends.len());
+        assert!(
+            share[9] < 0.05,
+            "{} share of the 1 s endpoint {}",
+            p2c.client,
+            share[9]
+        );
+    }
+    for c in &report.clients {
+        assert_eq!(c.success_rate(), 1.0);
+    }
+}
