@@ -107,6 +107,83 @@ impl<T: RequestDeadline + ?Sized> RequestDeadline for Box<T> {
     }
 }
 
+/// Carries a deadline and timeout override next to a request of any type.
+///
+/// For request types that cannot implement [`RequestDeadline`] themselves (a type from another
+/// crate, such as `reqwest::Request`): wrap requests on the way in and unwrap them just above the
+/// client. The deadline lives inline, so propagating it never allocates.
+///
+/// ```
+/// use seawall_core::deadline::{RequestDeadline, WithDeadline};
+/// use std::time::Duration;
+///
+/// let req = WithDeadline::new("GET /users").with_timeout(Duration::from_secs(2));
+/// assert_eq!(req.timeout_override(), Some(Duration::from_secs(2)));
+/// let inner: &str = req.into_inner();
+/// # let _ = inner;
+/// ```
+///
+/// With tower: `ServiceBuilder::new().layer(timeout).map_request(WithDeadline::into_inner).service(client)`
+/// takes `WithDeadline<Request>` at the top and hands the bare request to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithDeadline<T> {
+    inner: T,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+}
+
+impl<T> WithDeadline<T> {
+    /// Wraps `inner` with no deadline and no override.
+    pub fn new(inner: T) -> Self {
+        WithDeadline {
+            inner,
+            deadline: None,
+            timeout: None,
+        }
+    }
+
+    /// Sets a timeout for this request that replaces the timeout layer's own.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the deadline the request starts with.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The wrapped request.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The wrapped request, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// Unwraps the request, dropping its deadline.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T> RequestDeadline for WithDeadline<T> {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    fn timeout_override(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
 /// How long from `now` until the request's deadline; `None` when it carries none.
 ///
 /// A deadline already past gives [`Duration::ZERO`].
@@ -148,6 +225,18 @@ mod tests {
             remaining(&req, now + Duration::from_secs(10)),
             Some(Duration::ZERO)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_deadline_carries_values_inline() {
+        let now = Instant::now();
+        let mut req = WithDeadline::new(5u8).with_deadline(now + Duration::from_secs(9));
+        assert_eq!(req.deadline(), Some(now + Duration::from_secs(9)));
+        req.set_deadline(now + Duration::from_secs(1));
+        assert_eq!(remaining(&req, now), Some(Duration::from_secs(1)));
+        assert_eq!(req.timeout_override(), None);
+        *req.get_mut() += 1;
+        assert_eq!(req.into_inner(), 6);
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,7 +37,7 @@ pub mod name;
 
 pub use classify::{Classify, Outcome};
 pub use config::ConfigError;
-pub use deadline::{Deadline, Elapsed, RequestDeadline, TimeoutOverride};
+pub use deadline::{Deadline, Elapsed, RequestDeadline, TimeoutOverride, WithDeadline};
 pub use error::BoxError;
 pub use event::{Listener, Listeners};
 pub use name::Name;

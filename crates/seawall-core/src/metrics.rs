@@ -75,6 +75,17 @@ pub const HEDGE_WON: &str = "seawall_hedge_won_total";
 pub const HEDGE_BUDGET_EXHAUSTED: &str = "seawall_hedge_budget_exhausted_total";
 // ----- end retry -----
 
+// ----- balance metric names -----
+/// Gauge: endpoints in a balancer's set.
+pub const BALANCE_ENDPOINTS: &str = "seawall_balance_endpoints";
+/// Counter: endpoints a balancer's outlier detection ejected.
+pub const BALANCE_EJECTIONS: &str = "seawall_balance_ejections_total";
+/// Counter: calls a balancer failed because no endpoint was available within its wait.
+pub const BALANCE_NO_ENDPOINTS: &str = "seawall_balance_no_endpoints_total";
+/// Counter: DNS resolutions a discovery failed (the last good endpoint set is kept).
+pub const DISCOVER_DNS_ERRORS: &str = "seawall_discover_dns_errors_total";
+// ----- end balance -----
+
 /// Every metric seawall emits: name, kind and help text.
 pub const ALL: &[(&str, Kind, &str)] = &[
     (
@@ -198,6 +209,28 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         "Hedges not sent because the seawall hedge budget was exhausted.",
     ),
     // ----- end retry entries -----
+    // ----- balance entries -----
+    (
+        BALANCE_ENDPOINTS,
+        Kind::Gauge,
+        "Endpoints in a seawall balancer's set.",
+    ),
+    (
+        BALANCE_EJECTIONS,
+        Kind::Counter,
+        "Endpoints ejected by a seawall balancer's outlier detection.",
+    ),
+    (
+        BALANCE_NO_ENDPOINTS,
+        Kind::Counter,
+        "Calls a seawall balancer failed because no endpoint was available in time.",
+    ),
+    (
+        DISCOVER_DNS_ERRORS,
+        Kind::Counter,
+        "DNS resolutions a seawall discovery failed; the last good set is kept.",
+    ),
+    // ----- end balance entries -----
 ];
 
 /// The kind of a metric in [`ALL`].
