@@ -1,0 +1,128 @@
+//! [`ResponseFuture`]: the response of a call through a breaker.
+
+use crate::{error::Open, shared::Shared, state::Permit};
+use pin_project_lite::pin_project;
+use seawall_core::{classify::Classify, BoxError, Outcome};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+pin_project! {
+    /// The response future of [`Breaker`](crate::Breaker): the inner future, classified and
+    /// recorded when it completes, or an immediate [`Open`] rejection.
+    ///
+    /// Dropping it before it completes records the call as ignored and hands back a probe slot.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Admitted {
+            #[pin]
+            future: F,
+            guard: Guard,
+            classifier: C,
+            start: Option<Instant>,
+        },
+        Rejected,
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn admitted(future: F, guard: Guard, classifier: C, start: Option<Instant>) -> Self {
+        ResponseFuture {
+            kind: Kind::Admitted {
+                future,
+                guard,
+                classifier,
+                start,
+            },
+        }
+    }
+
+    pub(crate) fn rejected() -> Self {
+        ResponseFuture {
+            kind: Kind::Rejected,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected => Poll::Ready(Err(Box::new(Open::new()))),
+            KindProj::Admitted {
+                future,
+                guard,
+                classifier,
+                start,
+            } => {
+                let result = ready!(future.poll(cx));
+                let elapsed = start.map_or(Duration::ZERO, |start| start.elapsed());
+                let outcome = classifier.classify(result.as_ref(), elapsed);
+                guard.complete(outcome, elapsed);
+                Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Admitted { .. } => "admitted",
+            Kind::Rejected => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+/// Holds the permit of a call until its outcome is known; dropped early (the call was cancelled),
+/// it hands the permit back as an ignored call (a probe slot is freed).
+pub(crate) struct Guard {
+    shared: Arc<Shared>,
+    permit: Option<Permit>,
+}
+
+impl Guard {
+    pub(crate) fn new(shared: Arc<Shared>, permit: Permit) -> Self {
+        Guard {
+            shared,
+            permit: Some(permit),
+        }
+    }
+
+    fn complete(&mut self, outcome: Outcome, elapsed: Duration) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.complete(permit, outcome, elapsed);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared
+                .complete(permit, Outcome::Ignored, Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! A handle on one breaker: its state, its numbers, and manual control.
+
+use crate::{
+    shared::Shared,
+    state::{Snapshot, State},
+};
+use seawall_core::Name;
+use std::{fmt, sync::Arc, time::Duration};
+use tokio::sync::watch;
+
+/// Looks at and steers one breaker; from [`BreakerLayer::handle`](crate::BreakerLayer::handle)
+/// or [`Breaker::handle`](crate::Breaker::handle). Cheap to clone; every clone steers the same
+/// breaker as the layer and all services it built.
+///
+/// Manual changes (`force_open`, `disable`, `metrics_only`, `reset`) start a new generation:
+/// results of calls admitted before them are dropped.
+#[derive(Clone)]
+pub struct BreakerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl BreakerHandle {
+    /// The breaker's name.
+    pub fn name(&self) -> &Name {
+        &self.shared.name
+    }
+
+    /// The current state. An Open breaker whose wait is over reports (and moves to) HalfOpen, and
+    /// a HalfOpen breaker past its bound on probes reports (and moves to) Open, as the next call
+    /// would find it.
+    pub fn state(&self) -> State {
+        self.shared.machine.tick(self.shared.now(), &*self.shared)
+    }
+
+    /// Numbers of the breaker now: rates and counts of the window, rejections, time in state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.state();
+        self.shared.machine.snapshot(self.shared.now())
+    }
+
+    /// Rejects every call until another manual change.
+    pub fn force_open(&self) {
+        self.shared
+            .machine
+            .force_open(self.shared.now(), &*self.shared);
+    }
+
+    /// Lets every call through and records nothing until another manual change. The same as
+    /// [`disable`](Self::disable); Hystrix calls it *forced closed*.
+    pub fn force_closed(&self) {
+        self.disable();
+    }
+
+    /// Lets every call through and records nothing until another manual change (Resilience4j's
+    /// `DISABLED`).
+    pub fn disable(&self) {
+        self.shared
+            .machine
+            .disable(self.shared.now(), &*self.shared);
+    }
+
+    /// Lets every call through, records outcomes in a fresh window and reports the changes the
+    /// breaker would make (listeners see them with `metrics_only` set) without acting on them.
+    /// For rolling a breaker out: watch what it would do before letting it reject.
+    pub fn metrics_only(&self) {
+        self.shared
+            .machine
+            .metrics_only(self.shared.now(), &*self.shared);
+    }
+
+    /// Back to Closed with a fresh window and the first wait, from any state.
+    pub fn reset(&self) {
+        self.shared.machine.reset(self.shared.now(), &*self.shared);
+    }
+
+    /// A receiver that sees every state change (not the ones MetricsOnly would make; use a
+    /// listener for those). For callbacks, register a listener with
+    /// [`BreakerConfigBuilder::on_transition`](crate::BreakerConfigBuilder::on_transition).
+    pub fn subscribe(&self) -> watch::Receiver<State> {
+        self.shared.subscribe()
+    }
+
+    /// How long until an Open breaker probes again, or until a HalfOpen one gives up on its
+    /// probes; `None` in other states.
+    pub fn remaining_wait(&self) -> Option<Duration> {
+        let deadline = self.shared.machine.deadline()?;
+        Some(Duration::from_nanos(
+            deadline.saturating_sub(self.shared.now()),
+        ))
+    }
+
+    /// Whether two handles steer the same breaker.
+    pub fn same_breaker(&self, other: &BreakerHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
+    }
+}

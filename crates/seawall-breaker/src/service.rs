@@ -1,0 +1,210 @@
+//! [`Breaker`]: the circuit breaker as a tower service.
+
+use crate::{
+    future::{Guard, ResponseFuture},
+    handle::BreakerHandle,
+    layer::BreakerLayer,
+    shared::Shared,
+    state::{Permit, Rejected},
+};
+use seawall_core::{classify::Classify, BoxError};
+use std::{
+    fmt,
+    future::Future,
+    mem,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{Instant, Sleep},
+};
+use tower_service::Service;
+
+/// A service guarded by a circuit breaker; built by [`BreakerLayer`].
+///
+/// `poll_ready` asks the breaker first. When it admits the call, the permit is reserved and the
+/// inner service is polled; when it does not, `poll_ready` is ready at once without touching the
+/// inner service, and the response future fails with [`Open`](crate::Open) (or, with the
+/// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again).
+/// Cloning the service does not clone a reservation. As with every tower service, `call` panics
+/// unless `poll_ready` returned `Ready(Ok(()))` first.
+pub struct Breaker<S, C = seawall_core::classify::DefaultClassifier> {
+    inner: S,
+    classifier: C,
+    slot: Slot,
+    waiting: Option<Waiting>,
+}
+
+/// The breaker, and what `poll_ready` decided for the next call. A permit reserved and never used
+/// is handed back when the slot is dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    next: Next,
+}
+
+enum Next {
+    Undecided,
+    Admitted(Permit),
+    Rejected,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Next::Admitted(permit) = mem::replace(&mut self.next, Next::Undecided) {
+            self.shared.release(permit);
+        }
+    }
+}
+
+/// A backpressure wait: for a state change or a probe slot, and for the breaker's deadline.
+struct Waiting {
+    notified: Pin<Box<OwnedNotified>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S, C> Breaker<S, C> {
+    /// Wraps `inner` in the breaker of `layer` (the same as `layer.layer(inner)`).
+    pub fn new(inner: S, layer: &BreakerLayer<C>) -> Self
+    where
+        C: Clone,
+    {
+        Self::from_parts(inner, layer.shared.clone(), layer.classifier.clone())
+    }
+
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+        Breaker {
+            inner,
+            classifier,
+            slot: Slot {
+                shared,
+                next: Next::Undecided,
+            },
+            waiting: None,
+        }
+    }
+
+    /// A handle on the breaker.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            shared: self.slot.shared.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; a reserved permit is handed back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Backpressure: waits for a reason to ask the breaker again. `Ready` means ask again.
+    fn wait(&mut self, cx: &mut Context<'_>, rejected: Rejected) -> Poll<()> {
+        let Some(waiting) = &mut self.waiting else {
+            // Register for state changes before asking again, so no change is missed.
+            let shared = &self.slot.shared;
+            let mut notified = Box::pin(shared.notify.clone().notified_owned());
+            notified.as_mut().enable();
+            let sleep = rejected
+                .retry_at()
+                .map(|at| Box::pin(tokio::time::sleep_until(shared.instant_at(at))));
+            self.waiting = Some(Waiting { notified, sleep });
+            return Poll::Ready(());
+        };
+        let notified = waiting.notified.as_mut().poll(cx).is_ready();
+        let slept = waiting
+            .sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if notified || slept {
+            self.waiting = None;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<S, C, Req> Service<Req> for Breaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        while let Next::Undecided = self.slot.next {
+            match self.slot.shared.acquire() {
+                Ok(permit) => {
+                    self.slot.next = Next::Admitted(permit);
+                    self.waiting = None;
+                }
+                Err(_) if !self.slot.shared.backpressure => {
+                    self.slot.next = Next::Rejected;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(rejected) => {
+                    if self.wait(cx, rejected).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        match self.slot.next {
+            Next::Admitted(_) => self.inner.poll_ready(cx).map_err(Into::into),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &self.slot.shared;
+        match mem::replace(&mut self.slot.next, Next::Undecided) {
+            Next::Admitted(permit) => {
+                let start =
+                    (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
+                ResponseFuture::admitted(
+                    self.inner.call(request),
+                    Guard::new(shared.clone(), permit),
+                    self.classifier.clone(),
+                    start,
+                )
+            }
+            Next::Rejected => {
+                shared.count_rejection();
+                ResponseFuture::rejected()
+            }
+            Next::Undecided => panic!("Breaker::call without poll_ready returning Ready first"),
+        }
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
+    fn clone(&self) -> Self {
+        Breaker::from_parts(
+            self.inner.clone(),
+            self.slot.shared.clone(),
+            self.classifier.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Breaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.slot.shared)
+            .finish_non_exhaustive()
+    }
+}

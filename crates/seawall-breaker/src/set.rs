@@ -1,0 +1,188 @@
+//! [`BreakerSet`]: one breaker per key (per host, per endpoint), created on demand, bounded.
+
+use crate::{config::BreakerConfig, handle::BreakerHandle, layer::BreakerLayer, state::State};
+use seawall_core::{classify::DefaultClassifier, config::check_range, ConfigError};
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+/// A set of independent breakers, one per key, all following one configuration.
+///
+/// A breaker is created the first time its key is asked for. At most `capacity` breakers are
+/// kept: making room evicts the least recently asked-for breaker, preferring one that no service
+/// uses any more and that is Closed (a breaker that is Open remembers a failing key, so it goes
+/// last). A service built from an evicted breaker keeps working with it; asking for the key again
+/// creates a fresh one.
+///
+/// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
+/// and keep the layer or the service, not once per request.
+///
+/// ```
+/// use seawall::breaker::{BreakerConfig, BreakerSet};
+///
+/// let per_host = BreakerSet::new(BreakerConfig::builder().name("per-host").build_config()?, 1024)?;
+/// let a = per_host.get(&"10.0.0.1:80");
+/// let again = per_host.get(&"10.0.0.1:80");
+/// assert!(a.handle().same_breaker(&again.handle()));
+/// assert!(!a.handle().same_breaker(&per_host.get(&"10.0.0.2:80").handle()));
+/// # Ok::<(), seawall::ConfigError>(())
+/// ```
+pub struct BreakerSet<K, C = DefaultClassifier> {
+    inner: Arc<Inner<K, C>>,
+}
+
+struct Inner<K, C> {
+    config: BreakerConfig,
+    classifier: C,
+    capacity: usize,
+    map: Mutex<Map<K, C>>,
+}
+
+struct Map<K, C> {
+    entries: HashMap<K, Entry<C>>,
+    clock: u64,
+}
+
+struct Entry<C> {
+    layer: BreakerLayer<C>,
+    last_used: u64,
+}
+
+impl<K: Hash + Eq + Clone> BreakerSet<K> {
+    /// Up to `capacity` breakers (in `1..=1_000_000`) following `config`, with the default
+    /// classifier.
+    pub fn new(config: BreakerConfig, capacity: usize) -> Result<Self, ConfigError> {
+        Self::with_classifier(config, capacity, DefaultClassifier)
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
+    /// Up to `capacity` breakers (in `1..=1_000_000`) following `config`, classifying with
+    /// `classifier`.
+    pub fn with_classifier(
+        config: BreakerConfig,
+        capacity: usize,
+        classifier: C,
+    ) -> Result<Self, ConfigError> {
+        check_range("capacity", capacity, 1, 1_000_000)?;
+        Ok(BreakerSet {
+            inner: Arc::new(Inner {
+                config,
+                classifier,
+                capacity,
+                map: Mutex::new(Map {
+                    entries: HashMap::new(),
+                    clock: 0,
+                }),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map<K, C>> {
+        // Nothing in the set can be left half-updated by a panic; keep going after one.
+        self.inner
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The breaker of `key`, created if there is none.
+    pub fn get(&self, key: &K) -> BreakerLayer<C> {
+        let mut map = self.lock();
+        map.clock += 1;
+        let now = map.clock;
+        if let Some(entry) = map.entries.get_mut(key) {
+            entry.last_used = now;
+            return entry.layer.clone();
+        }
+        if map.entries.len() >= self.inner.capacity {
+            evict(&mut map.entries);
+        }
+        let layer =
+            BreakerLayer::from_config(self.inner.config.clone(), self.inner.classifier.clone());
+        map.entries.insert(
+            key.clone(),
+            Entry {
+                layer: layer.clone(),
+                last_used: now,
+            },
+        );
+        layer
+    }
+
+    /// The breaker of `key`, if there is one (does not create one).
+    pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
+        self.lock().entries.get(key).map(|e| e.layer.handle())
+    }
+
+    /// Forgets the breaker of `key`.
+    pub fn remove(&self, key: &K) -> bool {
+        self.lock().entries.remove(key).is_some()
+    }
+
+    /// How many breakers the set holds.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the set holds no breaker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys whose breakers are not letting calls through (Open, HalfOpen or ForcedOpen), for
+    /// a balancer to skip.
+    pub fn unhealthy(&self) -> Vec<K> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                // The state as last changed (no deadline is applied here, so no listener runs
+                // under the set's lock).
+                matches!(
+                    e.layer.shared.machine.state(),
+                    State::Open | State::HalfOpen | State::ForcedOpen
+                )
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// Removes one entry: the least recently used among the idle Closed ones, else among the idle
+/// ones, else among all.
+fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
+    let rank = |e: &Entry<C>| {
+        let in_use = Arc::strong_count(&e.layer.shared) > 1;
+        let state = e.layer.shared.machine.state();
+        let holds_failure = !matches!(state, State::Closed | State::Disabled);
+        (in_use, holds_failure, e.last_used)
+    };
+    if let Some(key) = entries
+        .iter()
+        .min_by_key(|(_, e)| rank(e))
+        .map(|(k, _)| k.clone())
+    {
+        entries.remove(&key);
+    }
+}
+
+impl<K, C> Clone for BreakerSet<K, C> {
+    fn clone(&self) -> Self {
+        BreakerSet {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, C> fmt::Debug for BreakerSet<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerSet")
+            .field("name", &self.inner.config.name)
+            .field("capacity", &self.inner.capacity)
+            .finish_non_exhaustive()
+    }
+}

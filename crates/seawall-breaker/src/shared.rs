@@ -1,0 +1,188 @@
+//! What every service of one breaker layer shares: the state machine, its clock, and what it
+//! reports to (tracing, metrics, listeners, waiting callers, timers).
+
+use crate::{
+    config::BreakerConfig,
+    state::{Machine, Observer, Permit, Rejected, State, Transition},
+};
+use seawall_core::{event::Listeners, metrics, Name, Outcome};
+use std::{
+    fmt,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
+
+pub(crate) struct Shared {
+    pub(crate) machine: Machine,
+    origin: Instant,
+    pub(crate) name: Name,
+    listeners: Listeners<Transition>,
+    /// Woken on every state change and every probe slot handed back (backpressure waiters).
+    pub(crate) notify: Arc<Notify>,
+    watch: watch::Sender<State>,
+    pub(crate) backpressure: bool,
+    pub(crate) needs_clock: bool,
+    eager: bool,
+    this: Weak<Shared>,
+    metrics: Metrics,
+}
+
+struct Metrics {
+    state: ::metrics::Gauge,
+    successes: ::metrics::Counter,
+    failures: ::metrics::Counter,
+    ignored: ::metrics::Counter,
+    slow: ::metrics::Counter,
+    rejected: ::metrics::Counter,
+    transitions: ::metrics::Counter,
+}
+
+impl Shared {
+    pub(crate) fn new(config: &BreakerConfig) -> Arc<Self> {
+        let name = config.name;
+        let metrics = Metrics {
+            state: metrics::gauge(metrics::BREAKER_STATE, &name),
+            successes: metrics::counter(metrics::BREAKER_SUCCESSES, &name),
+            failures: metrics::counter(metrics::BREAKER_FAILURES, &name),
+            ignored: metrics::counter(metrics::BREAKER_IGNORED, &name),
+            slow: metrics::counter(metrics::BREAKER_SLOW, &name),
+            rejected: metrics::counter(metrics::BREAKER_REJECTED, &name),
+            transitions: metrics::counter(metrics::BREAKER_TRANSITIONS, &name),
+        };
+        metrics.state.set(State::Closed.as_gauge());
+        let machine = Machine::new(config);
+        let needs_clock = machine.needs_clock();
+        Arc::new_cyclic(|this| Shared {
+            machine,
+            origin: Instant::now(),
+            name,
+            listeners: config.listeners.clone(),
+            notify: Arc::new(Notify::new()),
+            watch: watch::Sender::new(State::Closed),
+            backpressure: config.backpressure,
+            needs_clock,
+            eager: config.eager_half_open,
+            this: this.clone(),
+            metrics,
+        })
+    }
+
+    /// Nanoseconds since the breaker was built, on tokio's clock (so paused time drives it).
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64
+    }
+
+    /// The instant `nanos` after the breaker was built.
+    pub(crate) fn instant_at(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
+    }
+
+    #[inline]
+    pub(crate) fn acquire(&self) -> Result<Permit, Rejected> {
+        self.machine.acquire(|| self.now(), self)
+    }
+
+    /// Counts a rejection returned to a caller.
+    #[inline]
+    pub(crate) fn count_rejection(&self) {
+        self.metrics.rejected.increment(1);
+    }
+
+    #[inline]
+    pub(crate) fn complete(&self, permit: Permit, outcome: Outcome, elapsed: Duration) {
+        match outcome {
+            Outcome::Success => self.metrics.successes.increment(1),
+            Outcome::Failure => self.metrics.failures.increment(1),
+            Outcome::Ignored => self.metrics.ignored.increment(1),
+        }
+        if self.needs_clock && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
+            self.metrics.slow.increment(1);
+        }
+        self.machine
+            .complete(permit, outcome, elapsed, || self.now(), self);
+    }
+
+    /// Hands back a permit that was never used for a call.
+    pub(crate) fn release(&self, permit: Permit) {
+        self.machine.complete(
+            permit,
+            Outcome::Ignored,
+            Duration::ZERO,
+            || self.now(),
+            self,
+        );
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
+        self.watch.subscribe()
+    }
+
+    fn schedule_deadline(&self) {
+        let (Some(deadline), Ok(runtime)) = (
+            self.machine.deadline(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let at = self.instant_at(deadline);
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = this.upgrade() {
+                shared.machine.tick(shared.now(), &*shared);
+            }
+        });
+    }
+}
+
+impl Observer for Shared {
+    fn on_transition(&self, transition: &Transition) {
+        self.metrics.transitions.increment(1);
+        if transition.metrics_only {
+            tracing::info!(
+                breaker = %self.name,
+                from = %transition.from,
+                to = %transition.to,
+                wait = ?transition.wait,
+                "circuit breaker would change state (metrics only)"
+            );
+        } else {
+            tracing::info!(
+                breaker = %self.name,
+                from = %transition.from,
+                to = %transition.to,
+                wait = ?transition.wait,
+                "circuit breaker changed state"
+            );
+            self.metrics.state.set(transition.to.as_gauge());
+            self.watch.send_replace(transition.to);
+            self.notify.notify_waiters();
+        }
+        self.listeners.emit(&self.name, transition);
+        if self.eager && matches!(transition.to, State::Open | State::HalfOpen) {
+            self.schedule_deadline();
+        }
+    }
+
+    fn on_probe_released(&self) {
+        self.notify.notify_waiters();
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("machine", &self.machine)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,870 @@
+//! The circuit breaker state machine, free of tower and tokio types.
+//!
+//! [`Machine`] decides whether a call may go ahead ([`Machine::acquire`]) and takes its outcome
+//! afterwards ([`Machine::complete`]). Time enters as nanoseconds since the breaker's start, read
+//! through a closure only when a decision needs it, so tests drive the machine with any clock and
+//! the Closed path of a count window without a slow-call rule reads no clock at all. It can guard
+//! code that is not a tower service as well.
+//!
+//! # Layout
+//!
+//! - `state`: one word, `generation << 4 | mode`. Every state change is a compare-and-swap that bumps
+//!   the generation, so of two threads that both see a reason to change state only one does.
+//! - `until`: when the current Open period ends, or when the current HalfOpen gives up on its
+//!   probes, in milliseconds, tagged with the low 24 bits of the generation it belongs to. Written
+//!   right after the state change; until it is, the state's deadline reads as not yet reached.
+//! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
+//!   and slow results — updated by compare-and-swap, so the cap on concurrent probes is exact and
+//!   exactly one thread sees the last result and takes the verdict.
+//! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics.
+//!
+//! # Generations
+//!
+//! A [`Permit`] remembers the generation it was issued in. Its result is dropped when the
+//! generation has moved on: a slow call admitted while Closed cannot trip a breaker that has
+//! since opened, probed and closed again, and a probe that outlived its HalfOpen cannot decide the
+//! next one. (A result whose generation check races with a state change within the same few
+//! nanoseconds lands in the window current at that instant; it cannot change state by itself,
+//! since every change is a compare-and-swap from the generation the recorder saw.)
+//!
+//! The design follows Resilience4j's `CircuitBreakerStateMachine` (count and time windows, slow
+//! calls, manual states) and Finagle's `FailureAccrualFactory` (jittered, growing, capped waits).
+
+use crate::{
+    config::BreakerConfig,
+    sync::{AtomicU32, AtomicU64, Ordering, Padded},
+    window::{Counts, Window},
+};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use seawall_core::Outcome;
+use std::{cell::Cell, fmt, time::Duration};
+
+/// The state of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls flow; outcomes are recorded in the sliding window.
+    Closed,
+    /// Calls are rejected without reaching the inner service until the wait is over.
+    Open,
+    /// A bounded number of trial calls go through; their results decide Closed or Open.
+    HalfOpen,
+    /// Manual: every call goes through and nothing is recorded.
+    Disabled,
+    /// Manual: every call is rejected.
+    ForcedOpen,
+    /// Manual: every call goes through; outcomes are recorded and the changes the breaker would
+    /// make are reported (as [`Transition`]s with `metrics_only` set), never acted on.
+    MetricsOnly,
+}
+
+impl State {
+    /// The value of the state gauge: 0 Closed, 1 Open, 2 HalfOpen, 3 Disabled, 4 ForcedOpen,
+    /// 5 MetricsOnly.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            State::Closed => 0.0,
+            State::Open => 1.0,
+            State::HalfOpen => 2.0,
+            State::Disabled => 3.0,
+            State::ForcedOpen => 4.0,
+            State::MetricsOnly => 5.0,
+        }
+    }
+
+    /// Lowercase name, as used in logs: `"closed"`, `"half_open"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::Disabled => "disabled",
+            State::ForcedOpen => "forced_open",
+            State::MetricsOnly => "metrics_only",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state change, as given to listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The state before.
+    pub from: State,
+    /// The state after.
+    pub to: State,
+    /// Whether this is a change a breaker in [`State::MetricsOnly`] would have made: `from` and
+    /// `to` are then the states of its automatic machine (Closed, Open or HalfOpen).
+    pub metrics_only: bool,
+    /// The generation the breaker entered.
+    pub generation: u64,
+    /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
+    /// HalfOpen: how long it waits for its probes.
+    pub wait: Option<Duration>,
+}
+
+/// What the machine tells its owner about, besides return values.
+///
+/// The tower layer uses it for tracing, metrics, listeners and waking waiting callers; tests use
+/// it to count transitions. `()` ignores everything.
+pub trait Observer {
+    /// The machine changed state (or, in MetricsOnly, would have).
+    fn on_transition(&self, transition: &Transition) {
+        let _ = transition;
+    }
+
+    /// A HalfOpen probe slot was handed back (an ignored or cancelled probe): a waiting caller may
+    /// now be admitted.
+    fn on_probe_released(&self) {}
+}
+
+impl Observer for () {}
+
+/// Leave to make one call, from [`Machine::acquire`]. Hand it back with [`Machine::complete`]
+/// (a permit that is dropped instead counts as an ignored call, except that a probe slot it held
+/// is not handed back: the tower layer wraps it in a guard that does).
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a permit must be completed with Machine::complete"]
+pub struct Permit {
+    generation: u64,
+    kind: PermitKind,
+}
+
+/// What a [`Permit`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermitKind {
+    /// A call in Closed: its outcome goes into the sliding window.
+    Counted,
+    /// A trial call in HalfOpen: its outcome goes into the verdict, and it holds one probe slot.
+    Probe,
+    /// A call that is not recorded: Disabled, or one that MetricsOnly would have rejected.
+    Free,
+}
+
+impl Permit {
+    /// What this permit stands for.
+    pub fn kind(&self) -> PermitKind {
+        self.kind
+    }
+
+    /// The generation the permit was issued in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// The breaker did not admit a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    retry_at: Option<u64>,
+}
+
+impl Rejected {
+    /// When (nanoseconds since the breaker's start) the breaker may admit calls again without a
+    /// manual change: the end of the Open wait, or HalfOpen's bound on its probes. `None` when it
+    /// is not known yet, or when the breaker is forced open.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.retry_at
+    }
+}
+
+/// A point-in-time view of a breaker.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The current state.
+    pub state: State,
+    /// The state of the automatic machine: in MetricsOnly, the state the breaker would be in;
+    /// otherwise the same as `state`.
+    pub machine_state: State,
+    /// Counted calls in the sliding window.
+    pub calls: u32,
+    /// Failed calls in the sliding window.
+    pub failures: u32,
+    /// Slow calls in the sliding window.
+    pub slow_calls: u32,
+    /// `failures / calls`, 0 when the window is empty.
+    pub failure_rate: f64,
+    /// `slow_calls / calls`, 0 when the window is empty.
+    pub slow_call_rate: f64,
+    /// Failures in a row (when the consecutive-failures rule is on).
+    pub consecutive_failures: u32,
+    /// Calls rejected since the breaker was built.
+    pub rejected: u64,
+    /// Calls MetricsOnly would have rejected since the breaker was built.
+    pub would_have_rejected: u64,
+    /// Probe slots taken in the current HalfOpen (0 in other states).
+    pub probes_in_use: u32,
+    /// Probe results in the current HalfOpen (0 in other states).
+    pub probe_results: u32,
+    /// Trips since the breaker last closed (the wait grows with them).
+    pub trips: u32,
+    /// How long the breaker has been in its current state.
+    pub time_in_state: Duration,
+    /// The current generation.
+    pub generation: u64,
+}
+
+// ===== state word =====
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const DISABLED: u64 = 3;
+const FORCED_OPEN: u64 = 4;
+/// Set with CLOSED, OPEN or HALF_OPEN: the automatic machine runs in MetricsOnly.
+const SHADOW: u64 = 8;
+const MODE_BITS: u32 = 4;
+const MODE_MASK: u64 = (1 << MODE_BITS) - 1;
+
+#[inline]
+fn pack_state(generation: u64, mode: u64) -> u64 {
+    (generation << MODE_BITS) | mode
+}
+
+#[inline]
+fn mode_of(word: u64) -> u64 {
+    word & MODE_MASK
+}
+
+#[inline]
+fn generation_of(word: u64) -> u64 {
+    word >> MODE_BITS
+}
+
+fn public_state(mode: u64) -> State {
+    match mode {
+        CLOSED => State::Closed,
+        OPEN => State::Open,
+        HALF_OPEN => State::HalfOpen,
+        DISABLED => State::Disabled,
+        FORCED_OPEN => State::ForcedOpen,
+        _ => State::MetricsOnly,
+    }
+}
+
+// ===== tagged words =====
+
+const TAG_BITS: u32 = 24;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const UNTIL_BITS: u32 = 40;
+const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+#[inline]
+fn tag_of(generation: u64) -> u64 {
+    generation & TAG_MASK
+}
+
+/// Whether `tag` belongs to a generation before `generation` (24-bit wrapping comparison).
+#[inline]
+fn tag_is_older(tag: u64, generation: u64) -> bool {
+    let d = tag_of(generation).wrapping_sub(tag) & TAG_MASK;
+    d != 0 && d < (1 << (TAG_BITS - 1))
+}
+
+// probes word: tag (24) | taken (10) | results (10) | failures (10) | slow (10)
+const PROBE_TAG_SHIFT: u32 = 40;
+const TAKEN_SHIFT: u32 = 30;
+const RESULTS_SHIFT: u32 = 20;
+const PROBE_FAILURES_SHIFT: u32 = 10;
+const PROBE_FIELD: u64 = 0x3FF;
+
+#[inline]
+fn probe_field(word: u64, shift: u32) -> u64 {
+    (word >> shift) & PROBE_FIELD
+}
+
+/// Reads the clock at most once.
+struct Now<F> {
+    clock: F,
+    cached: Cell<Option<u64>>,
+}
+
+impl<F: Fn() -> u64> Now<F> {
+    fn new(clock: F) -> Self {
+        Now {
+            clock,
+            cached: Cell::new(None),
+        }
+    }
+
+    #[inline]
+    fn get(&self) -> u64 {
+        match self.cached.get() {
+            Some(now) => now,
+            None => {
+                let now = (self.clock)();
+                self.cached.set(Some(now));
+                now
+            }
+        }
+    }
+}
+
+/// The rules, in the units the machine computes with.
+#[derive(Debug)]
+struct Rules {
+    minimum_calls: u32,
+    /// Thresholds in parts per million, so rates compare exactly in integers.
+    failure_ppm: Option<u64>,
+    slow_ppm: Option<u64>,
+    slow_nanos: u64,
+    consecutive: Option<u32>,
+    wait_nanos: u64,
+    max_wait_nanos: u64,
+    multiplier: f64,
+    jitter: f64,
+    probes: u64,
+    half_open_nanos: u64,
+    seed: u64,
+}
+
+fn ppm(rate: f64) -> u64 {
+    (rate * 1_000_000.0).round() as u64
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// The breaker's state machine. See the [module docs](self).
+pub struct Machine {
+    /// Read by every call; written only on state changes.
+    state: Padded<AtomicU64>,
+    until: AtomicU64,
+    entered: AtomicU64,
+    probes: Padded<AtomicU64>,
+    window: Window,
+    consecutive: AtomicU32,
+    trips: AtomicU32,
+    draws: AtomicU64,
+    rejected: Padded<AtomicU64>,
+    would_have_rejected: AtomicU64,
+    rules: Rules,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("state", &self.state())
+            .field("generation", &self.generation())
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// A Closed machine following `config`.
+    pub fn new(config: &BreakerConfig) -> Self {
+        let rules = Rules {
+            minimum_calls: config.minimum_calls,
+            failure_ppm: config.failure_rate.map(ppm),
+            slow_ppm: config.slow_rate.map(ppm),
+            slow_nanos: nanos(config.slow_call_duration),
+            consecutive: config.consecutive_failures,
+            wait_nanos: nanos(config.wait),
+            max_wait_nanos: nanos(config.max_wait),
+            multiplier: config.multiplier,
+            jitter: config.jitter,
+            probes: config.permitted_probes as u64,
+            half_open_nanos: nanos(config.max_wait_in_half_open),
+            seed: config.seed(),
+        };
+        Machine {
+            state: Padded(AtomicU64::new(pack_state(0, CLOSED))),
+            until: AtomicU64::new(0),
+            entered: AtomicU64::new(0),
+            probes: Padded(AtomicU64::new(0)),
+            window: config.build_window(),
+            consecutive: AtomicU32::new(0),
+            trips: AtomicU32::new(0),
+            draws: AtomicU64::new(0),
+            rejected: Padded(AtomicU64::new(0)),
+            would_have_rejected: AtomicU64::new(0),
+            rules,
+        }
+    }
+
+    /// Whether the Closed path needs the time of a call's completion (a time window or a
+    /// slow-call rule). When it does not, [`complete`](Self::complete) of a Closed call reads no
+    /// clock and the elapsed time it is given is not looked at.
+    pub fn needs_clock(&self) -> bool {
+        self.window.needs_clock() || self.rules.slow_ppm.is_some()
+    }
+
+    /// The current state (without applying a deadline that has passed; see [`tick`](Self::tick)).
+    pub fn state(&self) -> State {
+        public_state(mode_of(self.state.load(Ordering::Acquire)))
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        generation_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// Asks to make one call at `now`. Moves Open → HalfOpen when the wait is over and HalfOpen →
+    /// Open when its probes have outlived their bound.
+    #[inline]
+    pub fn acquire<O: Observer + ?Sized>(
+        &self,
+        now: impl Fn() -> u64,
+        observer: &O,
+    ) -> Result<Permit, Rejected> {
+        let now = Now::new(now);
+        loop {
+            let word = self.state.load(Ordering::Acquire);
+            let generation = generation_of(word);
+            let mode = mode_of(word);
+            let permit = |kind| Permit { generation, kind };
+            match mode & !SHADOW {
+                CLOSED => return Ok(permit(PermitKind::Counted)),
+                DISABLED => return Ok(permit(PermitKind::Free)),
+                FORCED_OPEN => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(Rejected { retry_at: None });
+                }
+                OPEN => {
+                    let until = self.until_of(generation);
+                    match until {
+                        Some(until) if now.get() >= until => {
+                            self.transition(word, HALF_OPEN | (mode & SHADOW), now.get(), observer);
+                        }
+                        _ => return self.reject(mode, generation, until),
+                    }
+                }
+                _ => {
+                    let deadline = self.until_of(generation);
+                    if deadline.is_some_and(|deadline| now.get() >= deadline) {
+                        self.transition(word, OPEN | (mode & SHADOW), now.get(), observer);
+                        continue;
+                    }
+                    match self.take_probe(generation) {
+                        Some(true) => return Ok(permit(PermitKind::Probe)),
+                        Some(false) => return self.reject(mode, generation, deadline),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn reject(
+        &self,
+        mode: u64,
+        generation: u64,
+        retry_at: Option<u64>,
+    ) -> Result<Permit, Rejected> {
+        if mode & SHADOW != 0 {
+            self.would_have_rejected.fetch_add(1, Ordering::Relaxed);
+            Ok(Permit {
+                generation,
+                kind: PermitKind::Free,
+            })
+        } else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            Err(Rejected { retry_at })
+        }
+    }
+
+    /// Takes a probe slot of HalfOpen `generation`: `Some(true)` taken, `Some(false)` all taken,
+    /// `None` the machine has left that HalfOpen.
+    fn take_probe(&self, generation: u64) -> Option<bool> {
+        let mut word = self.probes.load(Ordering::Acquire);
+        loop {
+            let tag = word >> PROBE_TAG_SHIFT;
+            let next = if tag_is_older(tag, generation) {
+                // The thread that entered this HalfOpen has not reset the slots yet: help it.
+                (tag_of(generation) << PROBE_TAG_SHIFT) | (1 << TAKEN_SHIFT)
+            } else if tag != tag_of(generation) {
+                return None;
+            } else if probe_field(word, TAKEN_SHIFT) >= self.rules.probes {
+                return Some(false);
+            } else {
+                word + (1 << TAKEN_SHIFT)
+            };
+            match self
+                .probes
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(true),
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Hands back a permit with the call's outcome and how long it took. `now` is read only when
+    /// the outcome needs a time (a time window, a slow-call rule, a probe's bound).
+    #[inline]
+    pub fn complete<O: Observer + ?Sized>(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed: Duration,
+        now: impl Fn() -> u64,
+        observer: &O,
+    ) {
+        match permit.kind {
+            PermitKind::Free => {}
+            PermitKind::Counted => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                let word = self.state.load(Ordering::Acquire);
+                if generation_of(word) != permit.generation {
+                    return;
+                }
+                let now = Now::new(now);
+                let failure = outcome == Outcome::Failure;
+                let slow = self.is_slow_call(elapsed);
+                let counts = self.window.record(failure, slow, || now.get());
+                let mut trip = self.rates_trip(counts);
+                if let Some(limit) = self.rules.consecutive {
+                    if failure {
+                        trip |= self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit;
+                    } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Release);
+                    }
+                }
+                if trip {
+                    self.transition(word, OPEN | (mode_of(word) & SHADOW), now.get(), observer);
+                }
+            }
+            PermitKind::Probe => self.complete_probe(permit, outcome, elapsed, now, observer),
+        }
+    }
+
+    fn complete_probe<O: Observer + ?Sized>(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed: Duration,
+        now: impl Fn() -> u64,
+        observer: &O,
+    ) {
+        let word = self.state.load(Ordering::Acquire);
+        if generation_of(word) != permit.generation {
+            return;
+        }
+        let now = now();
+        if self
+            .until_of(permit.generation)
+            .is_some_and(|deadline| now >= deadline)
+        {
+            // The probes outlived their bound: this result is too late to count.
+            self.transition(word, OPEN | (mode_of(word) & SHADOW), now, observer);
+            return;
+        }
+        let tag = tag_of(permit.generation);
+        let mut probes = self.probes.load(Ordering::Acquire);
+        loop {
+            if probes >> PROBE_TAG_SHIFT != tag {
+                return;
+            }
+            let next = match outcome {
+                Outcome::Ignored => probes - (1 << TAKEN_SHIFT),
+                _ => {
+                    probes
+                        + (1 << RESULTS_SHIFT)
+                        + ((outcome == Outcome::Failure) as u64) * (1 << PROBE_FAILURES_SHIFT)
+                        + self.is_slow_call(elapsed) as u64
+                }
+            };
+            match self.probes.compare_exchange_weak(
+                probes,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    probes = next;
+                    break;
+                }
+                Err(actual) => probes = actual,
+            }
+        }
+        if outcome == Outcome::Ignored {
+            observer.on_probe_released();
+            return;
+        }
+        let results = probe_field(probes, RESULTS_SHIFT);
+        if results < self.rules.probes {
+            return;
+        }
+        let failures = probe_field(probes, PROBE_FAILURES_SHIFT);
+        let slow = probes & PROBE_FIELD;
+        let opens = match self.rules.failure_ppm {
+            Some(ppm) => failures * 1_000_000 >= ppm * results,
+            None => self.rules.consecutive.is_some() && failures > 0,
+        } || self
+            .rules
+            .slow_ppm
+            .is_some_and(|ppm| slow * 1_000_000 >= ppm * results);
+        let to = if opens { OPEN } else { CLOSED };
+        self.transition(word, to | (mode_of(word) & SHADOW), now, observer);
+    }
+
+    /// Whether a call that took `elapsed` counts as slow (always `false` without a slow-call rule).
+    #[inline]
+    pub fn is_slow_call(&self, elapsed: Duration) -> bool {
+        self.rules.slow_ppm.is_some() && nanos(elapsed) >= self.rules.slow_nanos
+    }
+
+    #[inline]
+    fn rates_trip(&self, counts: Counts) -> bool {
+        if counts.calls < self.rules.minimum_calls {
+            return false;
+        }
+        let calls = counts.calls as u64;
+        self.rules
+            .failure_ppm
+            .is_some_and(|ppm| counts.failures as u64 * 1_000_000 >= ppm * calls)
+            || self
+                .rules
+                .slow_ppm
+                .is_some_and(|ppm| counts.slow as u64 * 1_000_000 >= ppm * calls)
+    }
+
+    /// The deadline of `generation` (end of Open, or HalfOpen's bound), if it has been written.
+    #[inline]
+    fn until_of(&self, generation: u64) -> Option<u64> {
+        let until = self.until.load(Ordering::Acquire);
+        (until >> UNTIL_BITS == tag_of(generation))
+            .then(|| (until & UNTIL_MASK).saturating_mul(NANOS_PER_MILLI))
+    }
+
+    /// When (nanoseconds) the current state's deadline falls: the end of Open, or HalfOpen's
+    /// bound. `None` in other states, or just after a change before the deadline is written.
+    pub fn deadline(&self) -> Option<u64> {
+        let word = self.state.load(Ordering::Acquire);
+        match mode_of(word) & !SHADOW {
+            OPEN | HALF_OPEN => self.until_of(generation_of(word)),
+            _ => None,
+        }
+    }
+
+    /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open. Returns the
+    /// state after.
+    pub fn tick<O: Observer + ?Sized>(&self, now: u64, observer: &O) -> State {
+        loop {
+            let word = self.state.load(Ordering::Acquire);
+            let mode = mode_of(word);
+            let next = match mode & !SHADOW {
+                OPEN => HALF_OPEN,
+                HALF_OPEN => OPEN,
+                _ => return public_state(mode),
+            };
+            match self.until_of(generation_of(word)) {
+                Some(deadline) if now >= deadline => {
+                    self.transition(word, next | (mode & SHADOW), now, observer);
+                }
+                _ => return public_state(mode),
+            }
+        }
+    }
+
+    /// Forces the breaker open: every call is rejected until another manual change.
+    pub fn force_open<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
+        self.manual(FORCED_OPEN, false, now, observer)
+    }
+
+    /// Disables the breaker: every call goes through, nothing is recorded, until another manual
+    /// change. (Hystrix and others call this *forced closed*.)
+    pub fn disable<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
+        self.manual(DISABLED, false, now, observer)
+    }
+
+    /// Switches to MetricsOnly: every call goes through; outcomes are recorded from a fresh window
+    /// and the changes the breaker would make are reported, never acted on.
+    pub fn metrics_only<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
+        self.manual(CLOSED | SHADOW, false, now, observer)
+    }
+
+    /// Back to Closed with a fresh window and the first wait, from any state.
+    pub fn reset<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
+        self.manual(CLOSED, true, now, observer)
+    }
+
+    fn manual<O: Observer + ?Sized>(&self, to: u64, always: bool, now: u64, observer: &O) {
+        loop {
+            let word = self.state.load(Ordering::Acquire);
+            let mode = mode_of(word);
+            let already = mode == to || (to & SHADOW != 0 && mode & SHADOW != 0);
+            if (already && !always) || self.transition(word, to, now, observer) {
+                return;
+            }
+        }
+    }
+
+    /// Moves from `from` (a state word) to `to` (a mode) in the next generation, if no one else
+    /// changed the state first. Returns whether this call made the change.
+    fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
+        let generation = generation_of(from) + 1;
+        match to & !SHADOW {
+            // Nothing records into the window in Open or HalfOpen, so a window reset before the
+            // new Closed is published cannot lose a result of the new generation.
+            CLOSED => {
+                self.window.reset(|| now);
+                self.consecutive.store(0, Ordering::Release);
+            }
+            HALF_OPEN => self.advance_probes(generation),
+            _ => {}
+        }
+        let next = pack_state(generation, to);
+        if self
+            .state
+            .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        let wait = match to & !SHADOW {
+            OPEN => {
+                let trips = self.trips.fetch_add(1, Ordering::AcqRel);
+                Some(self.open_wait(trips))
+            }
+            HALF_OPEN => Some(self.rules.half_open_nanos),
+            CLOSED => {
+                self.trips.store(0, Ordering::Release);
+                None
+            }
+            _ => None,
+        };
+        if let Some(wait) = wait {
+            let until_ms = now.saturating_add(wait).div_ceil(NANOS_PER_MILLI);
+            self.advance_until(generation, until_ms.min(UNTIL_MASK));
+        }
+        self.entered.store(now, Ordering::Release);
+        let from_mode = mode_of(from);
+        let metrics_only = from_mode & SHADOW != 0 && to & SHADOW != 0;
+        let state = |mode: u64| match metrics_only {
+            true => public_state(mode & !SHADOW),
+            false => public_state(mode),
+        };
+        observer.on_transition(&Transition {
+            from: state(from_mode),
+            to: state(to),
+            metrics_only,
+            generation,
+            wait: wait.map(Duration::from_nanos),
+        });
+        true
+    }
+
+    /// The wait of the Open period after `trips` earlier trips since the breaker last closed.
+    fn open_wait(&self, trips: u32) -> u64 {
+        let rules = &self.rules;
+        let grown = rules.wait_nanos as f64 * rules.multiplier.powi(trips.min(4096) as i32);
+        let mut wait = grown.min(rules.max_wait_nanos as f64);
+        if rules.jitter > 0.0 {
+            let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+            let mut rng =
+                SmallRng::seed_from_u64(rules.seed ^ draw.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            wait *= 1.0 - rules.jitter * rng.random::<f64>();
+        }
+        (wait as u64).max(1)
+    }
+
+    /// Tags the probe slots with `generation`, unless a newer generation already did.
+    fn advance_probes(&self, generation: u64) {
+        let mut word = self.probes.load(Ordering::Acquire);
+        while tag_is_older(word >> PROBE_TAG_SHIFT, generation) {
+            match self.probes.compare_exchange_weak(
+                word,
+                tag_of(generation) << PROBE_TAG_SHIFT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Writes the deadline of `generation`, unless a newer generation already wrote its own.
+    fn advance_until(&self, generation: u64, until_ms: u64) {
+        let next = (tag_of(generation) << UNTIL_BITS) | until_ms;
+        let mut word = self.until.load(Ordering::Acquire);
+        loop {
+            let tag = word >> UNTIL_BITS;
+            if tag != tag_of(generation) && !tag_is_older(tag, generation) {
+                return;
+            }
+            match self
+                .until
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// The counts of the sliding window at `now`.
+    pub fn counts(&self, now: u64) -> Counts {
+        self.window.counts(|| now)
+    }
+
+    /// Calls rejected since the machine was built.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// A point-in-time view at `now`.
+    pub fn snapshot(&self, now: u64) -> Snapshot {
+        let word = self.state.load(Ordering::Acquire);
+        let mode = mode_of(word);
+        let generation = generation_of(word);
+        let counts = self.counts(now);
+        let rate = |n: u32| match counts.calls {
+            0 => 0.0,
+            calls => n as f64 / calls as f64,
+        };
+        let probes = self.probes.load(Ordering::Acquire);
+        let half_open =
+            mode & !SHADOW == HALF_OPEN && probes >> PROBE_TAG_SHIFT == tag_of(generation);
+        let probe = |shift| match half_open {
+            true => probe_field(probes, shift) as u32,
+            false => 0,
+        };
+        Snapshot {
+            state: public_state(mode),
+            machine_state: public_state(if mode & SHADOW != 0 {
+                mode & !SHADOW
+            } else {
+                mode
+            }),
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            failure_rate: rate(counts.failures),
+            slow_call_rate: rate(counts.slow),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            would_have_rejected: self.would_have_rejected.load(Ordering::Relaxed),
+            probes_in_use: probe(TAKEN_SHIFT),
+            probe_results: probe(RESULTS_SHIFT),
+            trips: self.trips.load(Ordering::Relaxed),
+            time_in_state: Duration::from_nanos(
+                now.saturating_sub(self.entered.load(Ordering::Acquire)),
+            ),
+            generation,
+        }
+    }
+
+    /// Checks the count window's aggregate against its slots (tests only).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn window_is_consistent(&self) -> bool {
+        match &self.window {
+            Window::Count(w) => w.recount() == w.counts(),
+            Window::Time(_) => true,
+        }
+    }
+}

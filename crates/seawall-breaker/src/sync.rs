@@ -1,0 +1,23 @@
+//! Atomics of the state machine: `std`'s normally, `loom`'s under `--cfg loom` so the loom tests can
+//! explore every interleaving of the lock-free code.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// Keeps a value on cache lines of its own (128 bytes: x86 prefetches lines in pairs), so that
+/// writes to it do not slow down readers of its neighbours.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

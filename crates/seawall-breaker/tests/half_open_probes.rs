@@ -1,0 +1,250 @@
+//! HalfOpen: N probes judged by rate, closing and re-opening, the bound on hung probes, growing
+//! and jittered waits, the eager move to HalfOpen.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, rejected, send, Call};
+use seawall::breaker::{BreakerConfigBuilder, BreakerLayer, State, Transition};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tower::{Layer, Service, ServiceExt};
+
+/// Trips on the first failure, waits 1 s, 3 probes, no jitter.
+fn breaker() -> BreakerConfigBuilder {
+    BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .backoff(2.0, Duration::from_secs(4))
+        .jitter(0.0)
+        .permitted_probes(3)
+}
+
+type Seen = Arc<Mutex<Vec<Transition>>>;
+
+fn recorder() -> (Seen, impl Fn(&seawall::Name, &Transition) + Send + Sync) {
+    let seen = Seen::default();
+    let sink = seen.clone();
+    (seen, move |_: &seawall::Name, t: &Transition| {
+        sink.lock().unwrap().push(t.clone())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn n_concurrent_probes_then_closed_with_a_fresh_window() {
+    let layer = breaker().build().unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+    assert!(rejected(&send(&mut svc, Call::Ok).await));
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three probes in flight at once; a fourth call is rejected.
+    let mut probes = Vec::new();
+    for _ in 0..3 {
+        probes.push(svc.ready().await.unwrap().call(Call::SlowOk(100)));
+    }
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_in_use, 3);
+    assert!(rejected(&send(&mut svc, Call::Ok).await));
+    assert_eq!(
+        reached.get(),
+        4,
+        "the rejected call did not reach the dependency"
+    );
+
+    for probe in probes {
+        assert_eq!(probe.await.unwrap(), "ok");
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().calls, 0, "a fresh window");
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_verdict_is_taken_by_rate() {
+    // Threshold 0.5: one failed probe of three closes, two re-open.
+    let layer = breaker()
+        .failure_rate_threshold(0.5)
+        .minimum_calls(100)
+        .sliding_window(seawall::breaker::SlidingWindow::count(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [Call::Fail, Call::Ok] {
+        let _ = send(&mut svc, call).await;
+        assert_eq!(
+            handle.state(),
+            State::HalfOpen,
+            "no verdict before 3 results"
+        );
+    }
+    let _ = send(&mut svc, Call::Ok).await;
+    assert_eq!(handle.state(), State::Closed, "1 of 3 failed");
+
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [Call::Fail, Call::Ok, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(handle.state(), State::Open, "2 of 3 failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_probe_is_bounded_by_max_wait_in_half_open() {
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .permitted_probes(1)
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert!(
+        rejected(&send(&mut svc, Call::Ok).await),
+        "the only slot is taken"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_999)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(handle.state(), State::Open, "re-opened after the bound");
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap().wait,
+        Some(Duration::from_secs(2)),
+        "the next wait grew"
+    );
+    assert!(rejected(&send(&mut svc, Call::Ok).await));
+    hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_open_wait_grows_is_capped_and_resets_on_close() {
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .permitted_probes(1)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    let mut waits = vec![handle.remaining_wait().unwrap()];
+    for _ in 0..3 {
+        tokio::time::sleep(waits.last().copied().unwrap()).await;
+        let _ = send(&mut svc, Call::Fail).await; // the probe fails
+        assert_eq!(handle.state(), State::Open);
+        waits.push(handle.remaining_wait().unwrap());
+    }
+    let secs = |s| Duration::from_secs(s);
+    assert_eq!(waits, [secs(1), secs(2), secs(4), secs(4)]);
+
+    tokio::time::sleep(secs(4)).await;
+    let _ = send(&mut svc, Call::Ok).await;
+    assert_eq!(handle.state(), State::Closed);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(
+        handle.remaining_wait(),
+        Some(secs(1)),
+        "back to the first wait"
+    );
+
+    let opened: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.to == State::Open)
+        .map(|t| t.wait.unwrap())
+        .collect();
+    assert_eq!(opened, [secs(1), secs(2), secs(4), secs(4), secs(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_waits_are_seeded_and_stay_in_range() {
+    async fn waits(seed: u64) -> Vec<Duration> {
+        let layer = breaker()
+            .permitted_probes(1)
+            .jitter(0.5)
+            .seed(seed)
+            .backoff(2.0, Duration::from_secs(8))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = layer.layer(dependency().0);
+        let _ = send(&mut svc, Call::Fail).await;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let wait = handle.remaining_wait().unwrap();
+            waits.push(wait);
+            tokio::time::sleep(wait + Duration::from_millis(1)).await;
+            let _ = send(&mut svc, Call::Fail).await;
+        }
+        waits
+    }
+    let a = waits(7).await;
+    assert_eq!(a, waits(7).await, "same seed, same waits");
+    assert_ne!(a, waits(8).await);
+    for (wait, full) in a.iter().zip([1, 2, 4, 8, 8]) {
+        let full = Duration::from_secs(full);
+        assert!(
+            *wait <= full && *wait >= full / 2,
+            "{wait:?} within [{:?}, {full:?}]",
+            full / 2
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn eager_half_open_moves_on_a_timer() {
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .eager_half_open(true)
+        .max_wait_in_half_open(Duration::from_secs(3))
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(dependency().0);
+    let mut states = layer.handle().subscribe();
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(*states.borrow_and_update(), State::Open);
+
+    // No call arrives; the timer moves the breaker and listeners see it.
+    states.changed().await.unwrap();
+    assert_eq!(*states.borrow_and_update(), State::HalfOpen);
+    states.changed().await.unwrap();
+    assert_eq!(
+        *states.borrow_and_update(),
+        State::Open,
+        "no probe within 3 s"
+    );
+    let seen: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Open)
+        ]
+    );
+}

@@ -1,0 +1,71 @@
+//! A keyed set of breakers: one per key, created on demand, bounded in number.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, rejected, send, Call};
+use seawall::breaker::{BreakerConfig, BreakerSet, State};
+use tower::Layer;
+
+fn set(capacity: usize) -> BreakerSet<&'static str> {
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .consecutive_failures(1)
+        .build_config()
+        .unwrap();
+    BreakerSet::new(config, capacity).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_has_its_own_breaker() {
+    let set = set(8);
+    let mut a = set.get(&"a").layer(dependency().0);
+    let mut b = set.get(&"b").layer(dependency().0);
+    let _ = send(&mut a, Call::Fail).await;
+    assert!(rejected(&send(&mut a, Call::Ok).await));
+    assert_eq!(send(&mut b, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(set.handle(&"a").unwrap().state(), State::Open);
+    assert_eq!(set.unhealthy(), ["a"]);
+    assert!(set
+        .get(&"a")
+        .handle()
+        .same_breaker(&set.handle(&"a").unwrap()));
+    assert!(set.handle(&"c").is_none(), "handle does not create");
+    assert_eq!(set.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
+    let set = set(3);
+    // "down" is Open and no service holds it any more.
+    let mut down = set.get(&"down").layer(dependency().0);
+    let _ = send(&mut down, Call::Fail).await;
+    drop(down);
+    // "busy" is used by a live service.
+    let busy = set.get(&"busy").layer(dependency().0);
+    set.get(&"idle");
+    set.get(&"new");
+    assert_eq!(set.len(), 3);
+    assert!(
+        set.handle(&"idle").is_none(),
+        "the idle Closed breaker went first"
+    );
+    set.get(&"newer");
+    assert_eq!(set.len(), 3);
+    assert!(set.handle(&"new").is_none());
+    assert!(
+        set.handle(&"down").is_some(),
+        "the Open breaker is kept over Closed ones"
+    );
+    assert!(set.handle(&"busy").is_some());
+    drop(busy);
+    assert!(set.remove(&"busy"));
+    assert_eq!(set.len(), 2);
+}
+
+#[test]
+fn capacity_is_validated() {
+    let config = BreakerConfig::builder().build_config().unwrap();
+    let err = BreakerSet::<u32>::new(config, 0).unwrap_err();
+    assert_eq!(err.to_string(), "capacity must be in 1..=1000000, got 0");
+}

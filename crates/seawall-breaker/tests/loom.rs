@@ -1,0 +1,219 @@
+//! Loom checks of the lock-free state machine: every interleaving of concurrent recording,
+//! of racing state changes and of the HalfOpen probe cap.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p seawall-breaker --release --test loom`.
+#![cfg(loom)]
+
+use loom::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+};
+use seawall_breaker::{
+    state::{Machine, Observer, PermitKind, State, Transition},
+    BreakerConfig, BreakerConfigBuilder, SlidingWindow,
+};
+use seawall_core::Outcome;
+use std::time::Duration;
+
+const MS: u64 = 1_000_000;
+
+#[derive(Default)]
+struct Transitions(AtomicUsize);
+
+impl Observer for Transitions {
+    fn on_transition(&self, _: &Transition) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn builder() -> BreakerConfigBuilder {
+    BreakerConfig::builder()
+        .jitter(0.0)
+        .wait_duration(Duration::from_millis(1))
+        .max_wait_in_half_open(Duration::from_secs(1))
+}
+
+fn machine(builder: BreakerConfigBuilder) -> Arc<Machine> {
+    Arc::new(Machine::new(&builder.build_config().unwrap()))
+}
+
+fn record(m: &Machine, outcome: Outcome, now: u64, observer: &impl Observer) {
+    let permit = m.acquire(|| now, observer).expect("admitted");
+    m.complete(permit, outcome, Duration::ZERO, || now, observer);
+}
+
+#[test]
+fn concurrent_recording_keeps_the_count_window_consistent() {
+    loom::model(|| {
+        // Two slots and three records: the ring wraps while both threads write.
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(2))
+                .minimum_calls(2)
+                .failure_rate_threshold(1.0),
+        );
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || {
+                record(&m, Outcome::Failure, 0, &());
+                record(&m, Outcome::Success, 0, &());
+            })
+        };
+        record(&m, Outcome::Success, 0, &());
+        a.join().unwrap();
+        let counts = m.counts(0);
+        assert_eq!(counts.calls, 2);
+        assert!(counts.failures <= 1);
+        assert!(m.window_is_consistent());
+        assert_eq!(m.state(), State::Closed);
+    });
+}
+
+#[test]
+fn concurrent_recording_into_a_time_window_loses_nothing() {
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::time_with_buckets(
+                    Duration::from_millis(2),
+                    2,
+                ))
+                .minimum_calls(3)
+                .failure_rate_threshold(1.0),
+        );
+        // Both threads restart the same stale bucket at once.
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || record(&m, Outcome::Failure, 5 * MS, &()))
+        };
+        record(&m, Outcome::Success, 5 * MS, &());
+        a.join().unwrap();
+        let counts = m.counts(5 * MS);
+        assert_eq!((counts.calls, counts.failures), (2, 1));
+    });
+}
+
+#[test]
+fn racing_trips_change_state_once() {
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(4))
+                .minimum_calls(2)
+                .failure_rate_threshold(0.5),
+        );
+        let observer = Arc::new(Transitions::default());
+        // Both failures see a window that trips; only one state change may happen.
+        let a = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || record(&m, Outcome::Failure, 0, &*observer))
+        };
+        record(&m, Outcome::Failure, 0, &*observer);
+        a.join().unwrap();
+        assert_eq!(m.state(), State::Open);
+        assert_eq!(m.generation(), 1);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// Opens `m` at time 0 (its wait is 1 ms).
+fn open(m: &Machine) {
+    record(m, Outcome::Failure, 0, &());
+    assert_eq!(m.state(), State::Open);
+}
+
+#[test]
+fn half_open_admits_at_most_its_probes() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let observer = Arc::new(Transitions::default());
+        // Two callers find the wait over at once: one moves to HalfOpen, one probe is admitted.
+        let a = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || m.acquire(|| 2 * MS, &*observer).ok().map(|p| p.kind()))
+        };
+        let b = m.acquire(|| 2 * MS, &*observer).ok().map(|p| p.kind());
+        let a = a.join().unwrap();
+        let probes = [a, b]
+            .iter()
+            .filter(|k| **k == Some(PermitKind::Probe))
+            .count();
+        assert_eq!(probes, 1, "{a:?} {b:?}");
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.generation(), 2);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+        assert_eq!(m.snapshot(2 * MS).probes_in_use, 1);
+    });
+}
+
+#[test]
+fn an_ignored_probe_hands_its_slot_back() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(probe.kind(), PermitKind::Probe);
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(probe, Outcome::Ignored, Duration::ZERO, || 2 * MS, &());
+            })
+        };
+        let admitted = m.acquire(|| 2 * MS, &()).is_ok();
+        a.join().unwrap();
+        let in_use = m.snapshot(2 * MS).probes_in_use;
+        // Admitted only if the slot was back first; never two slots in use.
+        assert_eq!(in_use, admitted as u32);
+        assert_eq!(m.state(), State::HalfOpen);
+    });
+}
+
+#[test]
+fn the_last_probe_result_takes_the_verdict_once() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+        open(&m);
+        let p1 = m.acquire(|| 2 * MS, &()).unwrap();
+        let p2 = m.acquire(|| 2 * MS, &()).unwrap();
+        let observer = Arc::new(Transitions::default());
+        let a = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || {
+                m.complete(p1, Outcome::Success, Duration::ZERO, || 2 * MS, &*observer)
+            })
+        };
+        m.complete(p2, Outcome::Success, Duration::ZERO, || 2 * MS, &*observer);
+        a.join().unwrap();
+        assert_eq!(m.state(), State::Closed);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+        assert_eq!(m.counts(2 * MS).calls, 0, "closed with a fresh window");
+    });
+}
+
+#[test]
+fn a_result_from_an_earlier_generation_cannot_change_state() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1));
+        let stale = m.acquire(|| 0, &()).unwrap();
+        let observer = Arc::new(Transitions::default());
+        let a = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || {
+                m.complete(stale, Outcome::Failure, Duration::ZERO, || 0, &*observer)
+            })
+        };
+        m.reset(0, &*observer);
+        a.join().unwrap();
+        // Either the failure came first (trip, then reset) or it was dropped: the breaker is
+        // Closed after the reset, whatever the order.
+        assert_eq!(m.state(), State::Closed);
+        let changes = observer.0.load(Ordering::SeqCst);
+        assert!(changes == 1 || changes == 2, "{changes}");
+        assert_eq!(m.generation(), changes as u64);
+        assert!(m.window_is_consistent());
+    });
+}

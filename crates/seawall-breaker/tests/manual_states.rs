@@ -1,0 +1,146 @@
+//! The manual states: ForcedOpen, Disabled (forced closed), MetricsOnly, and reset.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, rejected, send, Call};
+use seawall::breaker::{BreakerLayer, State, Transition};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tower::Layer;
+
+#[tokio::test(start_paused = true)]
+async fn forced_open_rejects_everything_until_changed() {
+    let layer = BreakerLayer::new();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    handle.force_open();
+    assert_eq!(handle.state(), State::ForcedOpen);
+    for _ in 0..3 {
+        assert!(rejected(&send(&mut svc, Call::Ok).await));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    assert_eq!(
+        handle.state(),
+        State::ForcedOpen,
+        "no wait ends a forced open"
+    );
+    assert_eq!(reached.get(), 0);
+    assert_eq!(handle.snapshot().rejected, 3);
+    assert_eq!(handle.remaining_wait(), None);
+
+    handle.reset();
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_passes_everything_and_records_nothing() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    handle.disable();
+    assert_eq!(handle.state(), State::Disabled);
+    for _ in 0..10 {
+        assert!(!rejected(&send(&mut svc, Call::Fail).await));
+    }
+    assert_eq!(reached.get(), 10);
+    assert_eq!(handle.state(), State::Disabled);
+    assert_eq!(handle.snapshot().calls, 0);
+
+    // force_closed is the same state under Hystrix's name.
+    handle.force_open();
+    handle.force_closed();
+    assert_eq!(handle.state(), State::Disabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_records_and_reports_but_never_rejects() {
+    let seen = Arc::new(Mutex::new(Vec::<Transition>::new()));
+    let sink = seen.clone();
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(2)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .on_transition(move |_: &seawall::Name, t: &Transition| {
+            sink.lock().unwrap().push(t.clone())
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    handle.metrics_only();
+    assert_eq!(handle.state(), State::MetricsOnly);
+
+    for _ in 0..2 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, State::MetricsOnly);
+    assert_eq!(snapshot.machine_state, State::Open, "it would be open");
+
+    // Would be rejected: goes through, counted as a would-be rejection.
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), 3);
+    assert_eq!(handle.snapshot().would_have_rejected, 1);
+    assert_eq!(handle.snapshot().rejected, 0);
+
+    // Its would-be HalfOpen probe succeeds: it would close.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = send(&mut svc, Call::Ok).await;
+    assert_eq!(handle.snapshot().machine_state, State::Closed);
+
+    let seen: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to, t.metrics_only))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::MetricsOnly, false),
+            (State::Closed, State::Open, true),
+            (State::Open, State::HalfOpen, true),
+            (State::HalfOpen, State::Closed, true),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_closes_with_a_fresh_window() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    for _ in 0..3 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (
+            snapshot.calls,
+            snapshot.consecutive_failures,
+            snapshot.trips
+        ),
+        (0, 0, 0)
+    );
+    // Two failures do not trip: the run started again.
+    for _ in 0..2 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+}

@@ -1,0 +1,100 @@
+//! What a breaker reports: metrics through the `metrics` facade, the snapshot, state changes to
+//! subscribers and listeners, tracing-free names.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, send, Call};
+use seawall::breaker::{BreakerLayer, SlidingWindow, State};
+use seawall_core::metrics::{self as names, testing::TestRecorder};
+use std::time::Duration;
+use tower::Layer;
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_outcomes_rejections_and_transitions() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = BreakerLayer::builder()
+        .name("users")
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(4)
+        .slow_call_rate_threshold(1.0)
+        .slow_call_duration(Duration::from_millis(100))
+        .build_with(common::ignoring)
+        .unwrap();
+    let mut svc = layer.layer(dependency().0);
+    for call in [
+        Call::Ok,
+        Call::SlowOk(200),
+        Call::Ignore,
+        Call::Fail,
+        Call::Fail,
+        Call::Fail,
+    ] {
+        let _ = send(&mut svc, call).await;
+    }
+    // Two failures of four counted calls trip the breaker; the third failure and the last call
+    // are rejected.
+    let _ = send(&mut svc, Call::Ok).await;
+    assert_eq!(recorder.counter(names::BREAKER_SUCCESSES, "users"), 2);
+    assert_eq!(recorder.counter(names::BREAKER_FAILURES, "users"), 2);
+    assert_eq!(recorder.counter(names::BREAKER_IGNORED, "users"), 1);
+    assert_eq!(recorder.counter(names::BREAKER_SLOW, "users"), 1);
+    assert_eq!(recorder.counter(names::BREAKER_REJECTED, "users"), 2);
+    assert_eq!(recorder.counter(names::BREAKER_TRANSITIONS, "users"), 1);
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "users"),
+        Some(State::Open.as_gauge())
+    );
+    layer.handle().force_open();
+    assert_eq!(recorder.gauge(names::BREAKER_STATE, "users"), Some(4.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_tells_rates_counts_and_time_in_state() {
+    let layer = BreakerLayer::builder()
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(10)
+        .slow_call_rate_threshold(1.0)
+        .slow_call_duration(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Ok, Call::Fail, Call::SlowOk(150), Call::SlowFail(150)] {
+        let _ = send(&mut svc, call).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, State::Closed);
+    assert_eq!(
+        (snapshot.calls, snapshot.failures, snapshot.slow_calls),
+        (4, 2, 2)
+    );
+    assert_eq!(snapshot.failure_rate, 0.5);
+    assert_eq!(snapshot.slow_call_rate, 0.5);
+    assert_eq!(snapshot.time_in_state, Duration::from_millis(2_300));
+    assert_eq!(snapshot.rejected, 0);
+    handle.force_open();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.snapshot().time_in_state, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_see_every_state_change() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut states = handle.subscribe();
+    assert_eq!(*states.borrow(), State::Closed);
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert!(states.has_changed().unwrap());
+    assert_eq!(*states.borrow_and_update(), State::Open);
+    handle.disable();
+    assert_eq!(*states.borrow_and_update(), State::Disabled);
+    assert_eq!(handle.name().as_str(), "breaker");
+    assert!(format!("{handle:?}").contains("Disabled"));
+}

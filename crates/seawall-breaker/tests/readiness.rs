@@ -1,0 +1,179 @@
+//! Readiness discipline: a rejecting breaker does not poll the inner service, the response future
+//! carries the rejection, a reservation is not cloned, backpressure waits on a timer, one layer is
+//! one breaker.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, rejected, send, Call};
+use seawall::{
+    breaker::{Breaker, BreakerHandle, BreakerLayer, ResponseFuture, State},
+    BoxError,
+};
+use std::time::Duration;
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+#[test]
+fn services_futures_and_handles_are_send_sync_static() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Breaker<mock::Mock<(), ()>>>();
+    check::<
+        ResponseFuture<
+            mock::future::ResponseFuture<()>,
+            seawall::core::classify::DefaultClassifier,
+        >,
+    >();
+    check::<BreakerLayer>();
+    check::<BreakerHandle>();
+    check::<seawall::breaker::BreakerSet<String>>();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_does_not_poll_the_inner_service() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
+
+    inner.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let call = svc.call("first");
+    let (_, respond) = inner.next_request().await.unwrap();
+    respond.send_error(BoxError::from("down"));
+    assert!(call.await.is_err());
+    assert_eq!(handle.state(), State::Open);
+
+    // The inner service is not ready (no capacity allowed) and is never polled: the breaker is
+    // ready at once and the response future rejects.
+    inner.allow(0);
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc.call("second").await.unwrap_err();
+    assert!(seawall::core::error::is::<seawall::breaker::Open>(&*err));
+    assert_eq!(err.to_string(), "circuit breaker is open");
+    assert!(
+        inner.poll_request().is_pending(),
+        "nothing reached the inner service"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clone_of_an_inner_service_whose_clone_resets_readiness() {
+    // ConcurrencyLimit's clone has no permit: calling a fresh clone would panic.
+    let layer = BreakerLayer::new();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(ConcurrencyLimit::new(inner, 1));
+    svc.ready().await.unwrap();
+    let mut other = svc.clone();
+    let first = svc.call(Call::SlowOk(10));
+    let mut other_ready = task::spawn(other.ready());
+    assert_pending!(other_ready.poll(), "the only permit is in use");
+    assert_eq!(first.await.unwrap(), "ok");
+    assert!(other_ready.is_woken());
+    assert_ready!(other_ready.poll()).unwrap();
+    drop(other_ready);
+    assert_eq!(other.call(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_for_the_timer_instead_of_rejecting() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(5))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+
+    let mut ready = task::spawn(svc.ready());
+    assert_pending!(ready.poll());
+    tokio::time::sleep(Duration::from_millis(4_999)).await;
+    assert!(!ready.is_woken(), "no wake-up before the wait is over");
+    assert_pending!(ready.poll());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(ready.is_woken(), "woken by the timer");
+    let svc = assert_ready!(ready.poll()).unwrap();
+    assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), 2);
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_is_woken_by_a_manual_change_and_a_freed_probe_slot() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .permitted_probes(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    handle.force_open();
+    let mut waiting = svc.clone();
+    let mut ready = task::spawn(waiting.ready());
+    assert_pending!(ready.poll());
+    handle.reset();
+    assert!(ready.is_woken());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    drop(waiting);
+
+    // HalfOpen with its one slot taken: a waiter is woken when the slot comes back.
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probe = svc.ready().await.unwrap().call(Call::Hang);
+    let mut waiting = svc.clone();
+    let mut ready = task::spawn(waiting.ready());
+    assert_pending!(ready.poll());
+    drop(probe);
+    assert!(ready.is_woken());
+    assert_ready!(ready.poll()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_layer_is_one_breaker() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let mut a = layer.layer(dependency().0);
+    let mut b = layer.layer(dependency().0);
+    let mut c = a.clone();
+    let _ = send(&mut a, Call::Fail).await;
+    assert!(
+        rejected(&send(&mut b, Call::Ok).await),
+        "another service of the same layer"
+    );
+    assert!(rejected(&send(&mut c, Call::Ok).await), "a clone");
+    assert!(a.handle().same_breaker(&layer.handle()));
+
+    let other = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let mut d = other.layer(dependency().0);
+    assert_eq!(
+        send(&mut d, Call::Ok).await.unwrap(),
+        "ok",
+        "a second layer is independent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_untouched() {
+    let layer = BreakerLayer::new();
+    let mut svc = layer.layer(dependency().0);
+    let err = send(&mut svc, Call::Fail).await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+}
