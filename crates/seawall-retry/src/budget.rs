@@ -1,0 +1,611 @@
+//! Retry budgets: a bound on how much extra load retries (and hedges) may add.
+//!
+//! Without a budget, retries multiply load exactly when a dependency is least able to take it: with
+//! 3 attempts, a dependency that fails every call receives 3× its normal traffic, and every layer of
+//! retries above it multiplies again (a *retry storm*). A budget caps retries at a share of the
+//! traffic instead, so a partial outage stays partial.
+//!
+//! A [`RetryBudget`] is a cheap handle to shared state: every layer, service and clone given the
+//! same handle draws on the same budget. Use one budget per downstream dependency.
+//!
+//! Two kinds:
+//!
+//! - **Ratio** (Finagle's `RetryBudget`, the default): every request deposits `ratio` of a retry,
+//!   every retry withdraws one, and deposits and withdrawals expire after `ttl`. A reserve of
+//!   `min_per_second × ttl` retries lets quiet clients retry at all. Over any run of length `T`,
+//!   `retries ≤ ratio × requests + min_per_second × ttl × (⌊T / ttl⌋ + 1)`; within one window,
+//!   `retries ≤ ratio × requests + min_per_second × ttl`. Defaults: `ttl` 10 s,
+//!   `min_per_second` 10, `ratio` 0.2, so a client sending 1000 requests a second may retry about
+//!   200 of them a second, and one sending 1 a second still gets 10 retries a second.
+//! - **Token bucket** (gRPC's retry throttling, [gRFC A6]): the bucket starts full with
+//!   `max_tokens`; each failed attempt takes one token, each successful one adds `token_ratio`;
+//!   retries are allowed only while more than half the tokens remain. It stops retries once
+//!   failures outnumber successes by the ratio, whatever the traffic.
+//!
+//! Accounting is in integers (millionths of a retry for the ratio budget, thousandths of a token for
+//! the bucket), so a fractional ratio never rounds in favour of retrying: with `ratio` 0.3 and no
+//! reserve, 10 requests allow exactly 3 retries, not 4 (compare tower#857).
+//!
+//! [gRFC A6]: https://github.com/grpc/proposal/blob/master/A6-client-retries.md
+
+use seawall_core::{config, ConfigError, Outcome};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// Units of one retry in the ratio budget's accounting.
+const UNIT: u64 = 1_000_000;
+/// Slices a ratio budget's window is divided into.
+const SLICES: usize = 10;
+/// The most requests counted between two clock reads of the ratio budget.
+const FLUSH_EVERY_MAX: u64 = 32;
+
+/// A budget shared by every layer, service and clone given the same handle. See the
+/// [module docs](self).
+///
+/// ```
+/// use seawall_retry::budget::RetryBudget;
+/// use std::time::Duration;
+///
+/// // Retries may add 10% to the load, plus 5 a second, counted over 10 s.
+/// let budget = RetryBudget::builder()
+///     .ratio(0.1)
+///     .min_per_second(5)
+///     .ttl(Duration::from_secs(10))
+///     .build()
+///     .unwrap();
+/// // Hand clones of `budget` to every layer that calls the same dependency.
+/// let _shared = budget.clone();
+/// ```
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: Arc<Kind>,
+}
+
+// Allocated once behind the handle's `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    Ratio(Ratio),
+    Bucket(Bucket),
+    Unlimited,
+}
+
+impl RetryBudget {
+    /// A ratio budget with the defaults: `ttl` 10 s, `min_per_second` 10, `ratio` 0.2.
+    pub fn new() -> Self {
+        RetryBudget::builder()
+            .build()
+            .expect("the default budget is valid")
+    }
+
+    /// A ratio budget (Finagle's) to configure.
+    pub fn builder() -> RatioBuilder {
+        RatioBuilder {
+            ttl: Duration::from_secs(10),
+            min_per_second: 10,
+            ratio: 0.2,
+        }
+    }
+
+    /// gRPC's token bucket: `max_tokens` in `(0, 1000]`, `token_ratio` in `(0, max_tokens]`,
+    /// each kept to three decimals as gRPC specifies.
+    ///
+    /// ```
+    /// use seawall_retry::budget::RetryBudget;
+    /// let budget = RetryBudget::token_bucket(10.0, 0.1).unwrap();
+    /// assert!(budget.can_retry());
+    /// assert!(RetryBudget::token_bucket(0.0, 0.1).is_err());
+    /// ```
+    pub fn token_bucket(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
+        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+            return Err(ConfigError::invalid(
+                "max_tokens",
+                "must be in (0, 1000]",
+                max_tokens.to_string(),
+            ));
+        }
+        if !(token_ratio > 0.0 && token_ratio <= max_tokens) {
+            return Err(ConfigError::invalid(
+                "token_ratio",
+                format!("must be in (0, max_tokens = {max_tokens}]"),
+                token_ratio.to_string(),
+            ));
+        }
+        let max = (max_tokens * 1000.0).floor() as u64;
+        let ratio = ((token_ratio * 1000.0).floor() as u64).max(1);
+        Ok(RetryBudget {
+            inner: Arc::new(Kind::Bucket(Bucket {
+                tokens: AtomicU64::new(max),
+                max,
+                ratio,
+            })),
+        })
+    }
+
+    /// No limit: every retry is allowed. For tests, or when something else bounds retries.
+    pub fn unlimited() -> Self {
+        RetryBudget {
+            inner: Arc::new(Kind::Unlimited),
+        }
+    }
+
+    /// Counts one request (not a retry). Lock-free; under load it reads the clock once in 32
+    /// requests.
+    #[inline]
+    pub fn deposit(&self) {
+        if let Kind::Ratio(r) = &*self.inner {
+            r.deposit();
+        }
+    }
+
+    /// Takes one retry from the budget; `false` when it is exhausted.
+    pub fn try_withdraw(&self) -> bool {
+        match &*self.inner {
+            Kind::Ratio(r) => r.try_withdraw(Instant::now()),
+            Kind::Bucket(b) => b.can_retry(),
+            Kind::Unlimited => true,
+        }
+    }
+
+    /// Whether a retry would be allowed now, without taking it.
+    pub fn can_retry(&self) -> bool {
+        match &*self.inner {
+            Kind::Ratio(r) => r.balance(Instant::now()) >= UNIT as i64,
+            Kind::Bucket(b) => b.can_retry(),
+            Kind::Unlimited => true,
+        }
+    }
+
+    /// Tells the budget how one attempt ended. Only the token bucket uses it: a failure takes a
+    /// token, a success adds `token_ratio`.
+    #[inline]
+    pub fn record(&self, outcome: Outcome) {
+        if let Kind::Bucket(b) = &*self.inner {
+            b.record(outcome);
+        }
+    }
+
+    /// Whether two handles share one budget.
+    pub fn same(&self, other: &RetryBudget) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget::new()
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.inner {
+            Kind::Ratio(r) => f
+                .debug_struct("RetryBudget::Ratio")
+                .field("ttl", &r.ttl)
+                .field("min_per_second", &r.min_per_second)
+                .field("ratio", &(r.deposit_units as f64 / UNIT as f64))
+                .finish(),
+            Kind::Bucket(b) => f
+                .debug_struct("RetryBudget::TokenBucket")
+                .field("max_tokens", &(b.max as f64 / 1000.0))
+                .field("token_ratio", &(b.ratio as f64 / 1000.0))
+                .field(
+                    "tokens",
+                    &(b.tokens.load(Ordering::Relaxed) as f64 / 1000.0),
+                )
+                .finish(),
+            Kind::Unlimited => f.write_str("RetryBudget::Unlimited"),
+        }
+    }
+}
+
+/// Configures a ratio budget; see [`RetryBudget::builder`].
+#[derive(Debug, Clone)]
+pub struct RatioBuilder {
+    ttl: Duration,
+    min_per_second: u32,
+    ratio: f64,
+}
+
+impl RatioBuilder {
+    /// How long deposits and withdrawals count, 1 s to 60 s (default 10 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Retries a second allowed whatever the traffic (default 10). Zero bounds retries by the
+    /// ratio alone.
+    pub fn min_per_second(mut self, min_per_second: u32) -> Self {
+        self.min_per_second = min_per_second;
+        self
+    }
+
+    /// Retries allowed per request, 0 to 1000, kept to millionths (default 0.2: retries may add
+    /// 20% to the load).
+    pub fn ratio(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Checks the values and builds the budget.
+    pub fn build(self) -> Result<RetryBudget, ConfigError> {
+        config::check_range(
+            "ttl",
+            self.ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )?;
+        if !(self.ratio.is_finite() && (0.0..=1000.0).contains(&self.ratio)) {
+            return Err(ConfigError::invalid(
+                "ratio",
+                "must be in [0, 1000]",
+                self.ratio.to_string(),
+            ));
+        }
+        // Floor, so the budget never allows more than the ratio asked for.
+        let deposit_units = (self.ratio * UNIT as f64).floor() as u64;
+        let reserve = u128::from(self.min_per_second) * self.ttl.as_nanos() * u128::from(UNIT)
+            / 1_000_000_000;
+        let reserve = i64::try_from(reserve).unwrap_or(i64::MAX);
+        let slice = self.ttl / SLICES as u32;
+        let now = Instant::now();
+        Ok(RetryBudget {
+            inner: Arc::new(Kind::Ratio(Ratio {
+                ttl: self.ttl,
+                min_per_second: self.min_per_second,
+                deposit_units,
+                reserve,
+                slice_nanos: slice.as_nanos().max(1),
+                origin: now,
+                pending: AtomicU64::new(0),
+                flush_every: AtomicU64::new(1),
+                window: Mutex::new(Window::default()),
+            })),
+        })
+    }
+}
+
+// ===== ratio budget =====
+
+/// Finagle's budget, with deposits counted lock-free and folded into a sliced window under a lock
+/// every `flush_every` requests and before every withdrawal. `flush_every` adapts between 1 and
+/// [`FLUSH_EVERY_MAX`] so that folds come about every quarter slice: busy clients read the clock
+/// once in 32 requests, quiet ones at every request (where it costs nothing that matters).
+///
+/// Deposits expire after at most `ttl`; withdrawals after at least `ttl` (they are kept one slice
+/// longer). Pending deposits are filed under the slice of the previous fold, never a later one, so
+/// no deposit outlives a withdrawal made after it. Together these give the bound in the module
+/// docs: the withdrawals alive at the last retry of a run were all made in the last `ttl`, and
+/// were paid for by deposits made in that same `ttl` plus the reserve.
+struct Ratio {
+    ttl: Duration,
+    min_per_second: u32,
+    /// Units one request deposits: the ratio in millionths.
+    deposit_units: u64,
+    /// Units always available: `min_per_second × ttl` retries.
+    reserve: i64,
+    slice_nanos: u128,
+    origin: Instant,
+    /// Requests not yet folded into the window.
+    pending: AtomicU64,
+    /// Requests between folds; adapted at each fold.
+    flush_every: AtomicU64,
+    window: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Absolute index of the current slice.
+    current: u64,
+    /// When the last fold happened, in nanoseconds since the origin.
+    folded_at: u128,
+    /// Requests per slice; ring indexed by slice index modulo `SLICES + 1`.
+    deposits: [u64; SLICES + 1],
+    /// Retries per slice, same ring.
+    withdrawals: [u64; SLICES + 1],
+}
+
+impl Ratio {
+    #[inline]
+    fn deposit(&self) {
+        let n = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.flush_every.load(Ordering::Relaxed) {
+            self.flush_quietly();
+        }
+    }
+
+    #[cold]
+    fn flush_quietly(&self) {
+        // Another thread folding is as good as this one doing it.
+        if let Ok(mut window) = self.window.try_lock() {
+            self.fold(&mut window, Instant::now(), true);
+        }
+    }
+
+    fn slice_of(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(since / self.slice_nanos).unwrap_or(u64::MAX)
+    }
+
+    /// Files pending deposits under the slice of the previous fold (when the earliest of them may
+    /// have been made: early, never late), then moves the window to `now`.
+    fn fold(&self, window: &mut Window, now: Instant, adapt: bool) {
+        let pending = self.pending.swap(0, Ordering::Relaxed);
+        let at = now.saturating_duration_since(self.origin).as_nanos();
+        // Aim for a fold every quarter slice: fewer clock reads when busy, little credit filed
+        // early when quiet.
+        if adapt {
+            // The request rate since the last fold, times a quarter slice; growing at most twofold
+            // per fold, so one quick pair of requests does not make a quiet client wait for 32.
+            let since = at.saturating_sub(window.folded_at).max(1);
+            let estimate = u128::from(pending) * (self.slice_nanos / 4) / since;
+            let doubled = 2 * u128::from(self.flush_every.load(Ordering::Relaxed));
+            let every = estimate.min(doubled).clamp(1, u128::from(FLUSH_EVERY_MAX));
+            self.flush_every.store(every as u64, Ordering::Relaxed);
+        }
+        window.folded_at = at;
+        let ring = SLICES as u64 + 1;
+        let slot = (window.current % ring) as usize;
+        window.deposits[slot] = window.deposits[slot].saturating_add(pending);
+        let target = self.slice_of(now);
+        if target > window.current {
+            let steps = (target - window.current).min(ring);
+            for i in 1..=steps {
+                let slot = ((window.current + i) % ring) as usize;
+                window.deposits[slot] = 0;
+                window.withdrawals[slot] = 0;
+            }
+            window.current = target;
+        }
+    }
+
+    /// Units available: reserve + deposits of the last `SLICES` slices − withdrawals of the last
+    /// `SLICES + 1`.
+    fn available(&self, window: &Window) -> i64 {
+        let ring = SLICES as u64 + 1;
+        let oldest = ((window.current + 1) % ring) as usize;
+        let deposits: u64 = window
+            .deposits
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != oldest)
+            .map(|(_, d)| *d)
+            .sum();
+        let withdrawals: u64 = window.withdrawals.iter().sum();
+        let credit = i128::from(deposits) * i128::from(self.deposit_units);
+        let debit = i128::from(withdrawals) * i128::from(UNIT);
+        let balance = i128::from(self.reserve) + credit - debit;
+        i64::try_from(balance).unwrap_or(if balance > 0 { i64::MAX } else { i64::MIN })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn balance(&self, now: Instant) -> i64 {
+        let mut window = self.lock();
+        self.fold(&mut window, now, false);
+        self.available(&window)
+    }
+
+    fn try_withdraw(&self, now: Instant) -> bool {
+        let mut window = self.lock();
+        self.fold(&mut window, now, false);
+        if self.available(&window) >= UNIT as i64 {
+            let slot = (window.current % (SLICES as u64 + 1)) as usize;
+            window.withdrawals[slot] += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+// ===== token bucket =====
+
+/// gRPC's throttle, in thousandths of a token.
+struct Bucket {
+    tokens: AtomicU64,
+    max: u64,
+    ratio: u64,
+}
+
+impl Bucket {
+    #[inline]
+    fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => {
+                // At rest the bucket is full: a load, no write.
+                if self.tokens.load(Ordering::Relaxed) < self.max {
+                    let _ = self
+                        .tokens
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                            Some(t.saturating_add(self.ratio).min(self.max))
+                        });
+                }
+            }
+            Outcome::Failure => {
+                let _ = self
+                    .tokens
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                        Some(t.saturating_sub(1000))
+                    });
+            }
+            Outcome::Ignored => {}
+        }
+    }
+
+    fn can_retry(&self) -> bool {
+        // gRPC: retries are throttled unless token_count > max_tokens / 2.
+        2 * self.tokens.load(Ordering::Relaxed) > self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn fractional_ratio_never_over_allocates() {
+        for (ratio, requests, expected) in [
+            (0.3, 10u64, 3u64),
+            (0.1, 10, 1),
+            (0.1, 9, 0),
+            (1.0 / 3.0, 3, 0), // 333333 millionths × 3 < 1 retry
+            (1.0 / 3.0, 4, 1),
+            (0.25, 100, 25),
+            (2.5, 2, 5),
+        ] {
+            let budget = RetryBudget::builder()
+                .ratio(ratio)
+                .min_per_second(0)
+                .build()
+                .unwrap();
+            for _ in 0..requests {
+                budget.deposit();
+            }
+            let mut retries = 0;
+            while budget.try_withdraw() {
+                retries += 1;
+            }
+            assert_eq!(retries, expected, "ratio {ratio} × {requests} requests");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_allows_min_per_second_times_ttl() {
+        let budget = RetryBudget::builder()
+            .ttl(Duration::from_secs(2))
+            .min_per_second(3)
+            .ratio(0.0)
+            .build()
+            .unwrap();
+        let mut retries = 0;
+        while budget.try_withdraw() {
+            retries += 1;
+        }
+        assert_eq!(retries, 6);
+        // Withdrawals last one slice longer than the ttl, then the reserve is back.
+        tokio::time::advance(Duration::from_millis(2000)).await;
+        assert!(!budget.can_retry());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(budget.can_retry());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_after_ttl() {
+        let budget = RetryBudget::builder()
+            .ttl(Duration::from_secs(1))
+            .min_per_second(0)
+            .ratio(1.0)
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(!budget.try_withdraw(), "deposits older than ttl are gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_clients_keep_their_credit() {
+        // One request a second, ratio 0.5, no reserve, 10 s window: about 5 retries' worth live.
+        let budget = RetryBudget::builder()
+            .ratio(0.5)
+            .min_per_second(0)
+            .build()
+            .unwrap();
+        for _ in 0..30 {
+            budget.deposit();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let mut retries = 0;
+        while budget.try_withdraw() {
+            retries += 1;
+        }
+        assert!((4..=5).contains(&retries), "{retries}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_clients_read_the_clock_rarely() {
+        let budget = RetryBudget::new();
+        let Kind::Ratio(ratio) = &*budget.inner else {
+            unreachable!()
+        };
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        assert_eq!(ratio.flush_every.load(Ordering::Relaxed), FLUSH_EVERY_MAX);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        budget.deposit();
+        for _ in 0..FLUSH_EVERY_MAX {
+            budget.deposit();
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        assert_eq!(ratio.flush_every.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn token_bucket_follows_grpc() {
+        let budget = RetryBudget::token_bucket(10.0, 0.5).unwrap();
+        // 10 tokens; threshold is > 5.
+        for _ in 0..4 {
+            budget.record(Outcome::Failure);
+        }
+        assert!(budget.can_retry(), "6 tokens > 5");
+        budget.record(Outcome::Failure);
+        assert!(!budget.try_withdraw(), "5 tokens is not > 5");
+        budget.record(Outcome::Success);
+        assert!(budget.try_withdraw(), "5.5 tokens > 5");
+        for _ in 0..100 {
+            budget.record(Outcome::Success);
+        }
+        for _ in 0..4 {
+            budget.record(Outcome::Failure);
+        }
+        assert!(budget.can_retry(), "capped at 10, so 6 left");
+        budget.record(Outcome::Ignored);
+        for _ in 0..100 {
+            budget.record(Outcome::Failure);
+        }
+        assert!(!budget.can_retry());
+    }
+
+    #[test]
+    fn validation() {
+        let e = RetryBudget::builder()
+            .ttl(Duration::from_millis(10))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "ttl");
+        let e = RetryBudget::builder().ratio(-0.1).build().unwrap_err();
+        assert_eq!(e.to_string(), "ratio must be in [0, 1000], got -0.1");
+        assert!(RetryBudget::builder().ratio(f64::NAN).build().is_err());
+        assert_eq!(
+            RetryBudget::token_bucket(2000.0, 1.0).unwrap_err().field(),
+            "max_tokens"
+        );
+        assert_eq!(
+            RetryBudget::token_bucket(10.0, 0.0).unwrap_err().field(),
+            "token_ratio"
+        );
+    }
+
+    #[test]
+    fn clones_share() {
+        let a = RetryBudget::new();
+        let b = a.clone();
+        assert!(a.same(&b));
+        assert!(!a.same(&RetryBudget::new()));
+        assert!(format!("{a:?}").contains("Ratio"));
+        assert!(RetryBudget::unlimited().try_withdraw());
+    }
+}

@@ -1,0 +1,217 @@
+use crate::{
+    backoff::Backoff,
+    budget::RetryBudget,
+    layer::Shared,
+    policy::{ByClone, Classified, HttpPolicy},
+    RetryEvent, RetryLayer,
+};
+use seawall_core::{config, ConfigError, Listener, Listeners, Name};
+use std::{
+    hash::{BuildHasher, Hasher},
+    time::Duration,
+};
+
+/// The default number of attempts, the first included: 3.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The longest server-requested pause (`Retry-After`) honoured by default: 10 s.
+pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(10);
+
+/// Builds a [`RetryLayer`]; see [`RetryLayer::builder`].
+///
+/// `P` is the [`Policy`](crate::policy::Policy) that decides what is retried and `K` the
+/// [`CloneRequest`](crate::policy::CloneRequest) that copies requests.
+#[derive(Debug)]
+pub struct RetryConfigBuilder<P = Classified, K = ByClone> {
+    max_attempts: u32,
+    backoff: Backoff,
+    retry_after_cap: Duration,
+    per_attempt_timeout: Option<Duration>,
+    budget: Option<RetryBudget>,
+    seed: Option<u64>,
+    name: Option<String>,
+    listeners: Listeners<RetryEvent>,
+    policy: P,
+    cloner: K,
+}
+
+impl RetryConfigBuilder {
+    pub(crate) fn new() -> Self {
+        RetryConfigBuilder {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Backoff::default(),
+            retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
+            per_attempt_timeout: None,
+            budget: None,
+            seed: None,
+            name: None,
+            listeners: Listeners::new(),
+            policy: Classified::default(),
+            cloner: ByClone,
+        }
+    }
+}
+
+impl<P, K> RetryConfigBuilder<P, K> {
+    /// Attempts per call, the first included, 1 to 100 (default 3). 1 turns retries off.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The delays between attempts (default: exponential with full jitter, 50 ms base, 2 s cap).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default 10 s). A failed response asking for a longer
+    /// pause is returned as it is rather than retried early against the server's wish.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = cap;
+        self
+    }
+
+    /// Gives each attempt at most `timeout`: the attempt's request carries the earlier of
+    /// `now + timeout` and the deadline the call already has, and the attempt fails with
+    /// [`Elapsed`](crate::Elapsed) (and may be retried) when it passes. Off by default.
+    pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.per_attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The budget retries draw on. Pass clones of one [`RetryBudget`] to every layer that calls
+    /// the same dependency. Default: a new ratio budget (20% plus 10 a second over 10 s) for
+    /// this layer alone.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Seeds the backoff jitter, for tests. The n-th call to retry (counting from 0) draws its
+    /// delays from `backoff.delays(seed + n × 0x9E3779B97F4A7C15)`, so the first one's delays are
+    /// exactly `backoff.delays(seed)`. Default: a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The policy instance name for events and metrics. Default `"retry"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a listener called on every [`RetryEvent`].
+    pub fn on_event(mut self, listener: impl Listener<RetryEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Decides what is retried with `policy`.
+    pub fn policy<P2>(self, policy: P2) -> RetryConfigBuilder<P2, K> {
+        RetryConfigBuilder {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            per_attempt_timeout: self.per_attempt_timeout,
+            budget: self.budget,
+            seed: self.seed,
+            name: self.name,
+            listeners: self.listeners,
+            policy,
+            cloner: self.cloner,
+        }
+    }
+
+    /// Retries what `classifier` calls a failure (any [`seawall_core::Classify`] over the
+    /// response and a [`BoxError`](seawall_core::BoxError), closures included).
+    pub fn classify<C>(self, classifier: C) -> RetryConfigBuilder<Classified<C>, K> {
+        self.policy(Classified(classifier))
+    }
+
+    /// The HTTP policy: 5xx, 429 and connection errors, idempotent methods only, `Retry-After`
+    /// honoured. See [`HttpPolicy`] to change any of it.
+    pub fn http(self) -> RetryConfigBuilder<HttpPolicy, K> {
+        self.policy(HttpPolicy::new())
+    }
+
+    /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a
+    /// closure `Fn(&Req) -> Option<Req>` (return `None` for a request that cannot be sent again).
+    pub fn clone_with<K2>(self, cloner: K2) -> RetryConfigBuilder<P, K2> {
+        RetryConfigBuilder {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            per_attempt_timeout: self.per_attempt_timeout,
+            budget: self.budget,
+            seed: self.seed,
+            name: self.name,
+            listeners: self.listeners,
+            policy: self.policy,
+            cloner,
+        }
+    }
+
+    /// Validates the configuration and builds the layer.
+    pub fn build(self) -> Result<RetryLayer<P, K>, ConfigError> {
+        config::check_range("max_attempts", self.max_attempts, 1, 100)?;
+        self.backoff.validate()?;
+        if let Some(timeout) = self.per_attempt_timeout {
+            config::check_positive_duration("per_attempt_timeout", timeout)?;
+        }
+        let name = match self.name {
+            Some(name) => Name::validate("name", &name)?,
+            None => Name::default_for("retry"),
+        };
+        Ok(RetryLayer::from_shared(Shared::new(
+            self.policy,
+            self.cloner,
+            self.max_attempts,
+            self.backoff,
+            self.retry_after_cap,
+            self.per_attempt_timeout,
+            self.budget.unwrap_or_default(),
+            self.seed.unwrap_or_else(random_seed),
+            name,
+            self.listeners,
+        )))
+    }
+}
+
+/// A seed from the standard library's per-process random hasher keys (no extra dependency).
+pub(crate) fn random_seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x5EA_3A11);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_fields() {
+        let e = RetryLayer::builder().max_attempts(0).build().unwrap_err();
+        assert_eq!(e.to_string(), "max_attempts must be in 1..=100, got 0");
+        let e = RetryLayer::builder()
+            .per_attempt_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "per_attempt_timeout");
+        let e = RetryLayer::builder()
+            .backoff(Backoff::exponential(Duration::ZERO))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "base");
+        let e = RetryLayer::builder().name("a b").build().unwrap_err();
+        assert_eq!(e.field(), "name");
+    }
+
+    #[test]
+    fn defaults() {
+        let layer = RetryLayer::builder().build().unwrap();
+        assert_eq!(layer.max_attempts(), 3);
+        assert_eq!(layer.name().as_str(), "retry");
+        assert_ne!(random_seed(), random_seed());
+    }
+}

@@ -1,0 +1,226 @@
+use super::{
+    latency::Latencies,
+    layer::{DelaySource, Shared},
+    HedgeEvent, HedgeLayer,
+};
+use crate::{
+    budget::RetryBudget,
+    policy::{ByClone, Classified, HttpPolicy},
+};
+use seawall_core::{config, ConfigError, Listener, Listeners, Name};
+use std::time::Duration;
+
+/// How long a call runs before a hedge is sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    /// Always this long.
+    Fixed(Duration),
+    /// A percentile of recent latencies: of the calls completed in the last full `period` (an
+    /// HdrHistogram, two significant digits). No hedges are sent until a period with at least
+    /// `min_data_points` calls has been measured.
+    Percentile {
+        /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
+        percentile: f64,
+        /// Calls a period needs before its percentile is used; a quieter period runs on until it
+        /// has them.
+        min_data_points: u64,
+        /// How often the percentile is recomputed from fresh data.
+        period: Duration,
+    },
+}
+
+impl Default for HedgeDelay {
+    /// The 95th percentile of the last 10 s, once 100 calls have been seen.
+    fn default() -> Self {
+        HedgeDelay::Percentile {
+            percentile: 0.95,
+            min_data_points: 100,
+            period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`HedgeLayer`]; see [`HedgeLayer::builder`].
+#[derive(Debug)]
+pub struct HedgeConfigBuilder<P = Classified, K = ByClone> {
+    max_hedges: u32,
+    delay: HedgeDelay,
+    budget: Option<RetryBudget>,
+    name: Option<String>,
+    listeners: Listeners<HedgeEvent>,
+    policy: P,
+    cloner: K,
+}
+
+impl HedgeConfigBuilder {
+    pub(crate) fn new() -> Self {
+        HedgeConfigBuilder {
+            max_hedges: 1,
+            delay: HedgeDelay::default(),
+            budget: None,
+            name: None,
+            listeners: Listeners::new(),
+            policy: Classified::default(),
+            cloner: ByClone,
+        }
+    }
+}
+
+impl<P, K> HedgeConfigBuilder<P, K> {
+    /// Extra copies a call may send, 1 to 10 (default 1). Each is sent `delay` after the
+    /// previous one while no acceptable answer has come.
+    pub fn max_hedges(mut self, max_hedges: u32) -> Self {
+        self.max_hedges = max_hedges;
+        self
+    }
+
+    /// Hedges after a fixed delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = HedgeDelay::Fixed(delay);
+        self
+    }
+
+    /// Hedges after a latency percentile of recent calls (default: the 95th over 10 s periods,
+    /// from 100 calls).
+    pub fn percentile(mut self, percentile: f64, min_data_points: u64, period: Duration) -> Self {
+        self.delay = HedgeDelay::Percentile {
+            percentile,
+            min_data_points,
+            period,
+        };
+        self
+    }
+
+    /// The budget hedges draw on. Default: a ratio budget of its own allowing hedges for 10% of
+    /// requests over 10 s, with no reserve.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The policy instance name for events and metrics. Default `"hedge"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a listener called on every [`HedgeEvent`].
+    pub fn on_event(mut self, listener: impl Listener<HedgeEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Decides which requests may be hedged and which answers are acceptable with `policy`.
+    pub fn policy<P2>(self, policy: P2) -> HedgeConfigBuilder<P2, K> {
+        HedgeConfigBuilder {
+            max_hedges: self.max_hedges,
+            delay: self.delay,
+            budget: self.budget,
+            name: self.name,
+            listeners: self.listeners,
+            policy,
+            cloner: self.cloner,
+        }
+    }
+
+    /// Accepts any answer `classifier` does not call a failure.
+    pub fn classify<C>(self, classifier: C) -> HedgeConfigBuilder<Classified<C>, K> {
+        self.policy(Classified(classifier))
+    }
+
+    /// The HTTP policy: only idempotent methods are hedged; 5xx, 429 and errors are not accepted
+    /// while another copy may still answer.
+    pub fn http(self) -> HedgeConfigBuilder<HttpPolicy, K> {
+        self.policy(HttpPolicy::new())
+    }
+
+    /// Copies requests with `cloner` (a closure `Fn(&Req) -> Option<Req>` or any
+    /// [`CloneRequest`](crate::policy::CloneRequest)); a request it cannot copy is not hedged.
+    pub fn clone_with<K2>(self, cloner: K2) -> HedgeConfigBuilder<P, K2> {
+        HedgeConfigBuilder {
+            max_hedges: self.max_hedges,
+            delay: self.delay,
+            budget: self.budget,
+            name: self.name,
+            listeners: self.listeners,
+            policy: self.policy,
+            cloner,
+        }
+    }
+
+    /// Validates the configuration and builds the layer.
+    pub fn build(self) -> Result<HedgeLayer<P, K>, ConfigError> {
+        config::check_range("max_hedges", self.max_hedges, 1, 10)?;
+        let delay = match self.delay {
+            HedgeDelay::Fixed(delay) => DelaySource::Fixed(delay),
+            HedgeDelay::Percentile {
+                percentile,
+                min_data_points,
+                period,
+            } => {
+                config::check_rate("percentile", percentile)?;
+                config::check_range("min_data_points", min_data_points, 1, u64::MAX)?;
+                config::check_positive_duration("period", period)?;
+                DelaySource::Percentile(Latencies::new(percentile, min_data_points, period))
+            }
+        };
+        let name = match self.name {
+            Some(name) => Name::validate("name", &name)?,
+            None => Name::default_for("hedge"),
+        };
+        let budget = match self.budget {
+            Some(budget) => budget,
+            None => RetryBudget::builder()
+                .ratio(0.1)
+                .min_per_second(0)
+                .build()?,
+        };
+        Ok(HedgeLayer::from_shared(Shared::new(
+            self.policy,
+            self.cloner,
+            self.max_hedges,
+            delay,
+            budget,
+            name,
+            self.listeners,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_fields() {
+        let e = HedgeLayer::builder().max_hedges(0).build().unwrap_err();
+        assert_eq!(e.to_string(), "max_hedges must be in 1..=10, got 0");
+        let e = HedgeLayer::builder()
+            .percentile(1.5, 10, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "percentile");
+        let e = HedgeLayer::builder()
+            .percentile(0.9, 0, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "min_data_points");
+        let e = HedgeLayer::builder()
+            .percentile(0.9, 10, Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "period");
+    }
+
+    #[test]
+    fn fixed_delay_is_known_at_once() {
+        let layer = HedgeLayer::builder()
+            .delay(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        assert_eq!(layer.current_delay(), Some(Duration::from_millis(5)));
+        assert_eq!(layer.name().as_str(), "hedge");
+        let layer = HedgeLayer::builder().build().unwrap();
+        assert_eq!(layer.current_delay(), None);
+    }
+}

@@ -1,0 +1,234 @@
+use super::layer::Shared;
+use crate::{
+    policy::{CloneRequest, Policy},
+    timer::Timer,
+};
+use pin_project_lite::pin_project;
+use seawall_core::{deadline::deadline_after, BoxError, Outcome};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower_service::Service;
+
+pin_project! {
+    /// The response future of [`Hedge`](super::Hedge).
+    ///
+    /// Polls the original call first; only when it is still pending is the hedge timer armed.
+    /// When the timer fires it polls the inner service ready, takes a hedge from the budget and
+    /// sends a copy. The first acceptable answer wins and every other call still running is
+    /// dropped (cancelled) at once. Allocates only when it sends a hedge.
+    pub struct ResponseFuture<S, Req, P, K>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        primary: Option<S::Future>,
+        #[pin]
+        timer: Timer,
+        hedges: Vec<InFlight<S::Future>>,
+        service: S,
+        template: Option<Req>,
+        delay: Duration,
+        sent: u32,
+        scheduled: bool,
+        due: bool,
+        started: Option<Instant>,
+        failure: Option<Result<S::Response, BoxError>>,
+        shared: Arc<Shared<P, K>>,
+    }
+}
+
+struct InFlight<F> {
+    future: Pin<Box<F>>,
+    started: Instant,
+    hedge: u32,
+}
+
+impl<S, Req, P, K> ResponseFuture<S, Req, P, K>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        template: Option<Req>,
+        delay: Duration,
+        started: Option<Instant>,
+        shared: Arc<Shared<P, K>>,
+    ) -> Self {
+        ResponseFuture {
+            primary: Some(future),
+            timer: Timer::Idle,
+            hedges: Vec::new(),
+            service,
+            template,
+            delay,
+            sent: 0,
+            scheduled: false,
+            due: false,
+            started,
+            failure: None,
+            shared,
+        }
+    }
+}
+
+/// Classifies a finished call, records its latency when it is acceptable, and says whether it is.
+fn accept<P, K, Req, Res>(
+    shared: &Shared<P, K>,
+    result: &Result<Res, BoxError>,
+    started: Option<Instant>,
+) -> bool
+where
+    P: Policy<Req, Res>,
+{
+    let (now, elapsed) = match started {
+        Some(started) => {
+            let now = Instant::now();
+            (Some(now), now.saturating_duration_since(started))
+        }
+        None => (None, Duration::ZERO),
+    };
+    let outcome = shared.policy.classify(result.as_ref(), elapsed);
+    shared.budget.record(outcome);
+    let acceptable = outcome != Outcome::Failure;
+    if let (true, Some(now)) = (acceptable, now) {
+        shared.record_latency(elapsed, now);
+    }
+    acceptable
+}
+
+impl<S, Req, P, K> Future for ResponseFuture<S, Req, P, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response>,
+    K: CloneRequest<Req>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            if let Some(primary) = this.primary.as_mut().as_pin_mut() {
+                if let Poll::Ready(result) = primary.poll(cx) {
+                    this.primary.set(None);
+                    let result = result.map_err(Into::into);
+                    if accept(shared, &result, *this.started) {
+                        // Losers are cancelled now, not when the caller drops this future.
+                        this.hedges.clear();
+                        return Poll::Ready(result);
+                    }
+                    *this.failure = Some(result);
+                }
+            }
+
+            let mut i = 0;
+            while i < this.hedges.len() {
+                let Poll::Ready(result) = this.hedges[i].future.as_mut().poll(cx) else {
+                    i += 1;
+                    continue;
+                };
+                let done = this.hedges.swap_remove(i);
+                drop(done.future);
+                let result = result.map_err(Into::into);
+                if accept(shared, &result, Some(done.started)) {
+                    this.primary.set(None);
+                    this.hedges.clear();
+                    shared.on_won(done.hedge);
+                    return Poll::Ready(result);
+                }
+                *this.failure = Some(result);
+            }
+
+            if this.primary.is_none() && this.hedges.is_empty() {
+                // Every call sent has failed: hedging is for slowness, retries are for failures.
+                return Poll::Ready(
+                    this.failure
+                        .take()
+                        .expect("a finished call left its failure"),
+                );
+            }
+            if this.template.is_none() || *this.sent >= shared.max_hedges {
+                return Poll::Pending;
+            }
+
+            if !*this.due {
+                if !*this.scheduled {
+                    let from = this.started.unwrap_or_else(Instant::now);
+                    this.timer.as_mut().arm(deadline_after(from, *this.delay));
+                    *this.scheduled = true;
+                }
+                ready!(this.timer.as_mut().poll_elapsed(cx));
+                *this.due = true;
+            }
+
+            match ready!(this.service.poll_ready(cx)) {
+                Ok(()) => {}
+                Err(error) => {
+                    // The original call may still answer; stop hedging rather than fail.
+                    let error: BoxError = error.into();
+                    tracing::debug!(name = %shared.name, %error, "seawall hedge: inner service failed readiness");
+                    *this.template = None;
+                    continue;
+                }
+            }
+            if !shared.budget.try_withdraw() {
+                shared.on_budget_exhausted();
+                *this.template = None;
+                continue;
+            }
+
+            let hedge = *this.sent + 1;
+            let copy = if hedge < shared.max_hedges {
+                this.template
+                    .as_ref()
+                    .and_then(|template| shared.cloner.clone_request(template))
+            } else {
+                None
+            };
+            let request = match copy {
+                Some(copy) => copy,
+                None => this.template.take().expect("checked above"),
+            };
+            let now = Instant::now();
+            let future = this.service.call(request);
+            this.hedges.push(InFlight {
+                future: Box::pin(future),
+                started: now,
+                hedge,
+            });
+            *this.sent = hedge;
+            *this.due = false;
+            if this.template.is_some() && hedge < shared.max_hedges {
+                this.timer.as_mut().arm(deadline_after(now, *this.delay));
+            }
+            let after = this
+                .started
+                .map(|started| now.saturating_duration_since(started))
+                .unwrap_or_else(|| this.delay.saturating_mul(hedge));
+            shared.on_sent(hedge, after);
+        }
+    }
+}
+
+impl<S, Req, P, K> fmt::Debug for ResponseFuture<S, Req, P, K>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("primary_running", &self.primary.is_some())
+            .field("hedges_running", &self.hedges.len())
+            .field("hedges_sent", &self.sent)
+            .field("delay", &self.delay)
+            .finish()
+    }
+}

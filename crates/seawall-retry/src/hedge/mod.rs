@@ -1,0 +1,76 @@
+//! Hedged requests: when a call is slow, send a copy and take whichever answers first.
+//!
+//! Tail latency is mostly bad luck: a GC pause, a cold cache, a busy neighbour on one replica. A
+//! hedge sends the same request again after a delay (to another replica, if a balancer sits
+//! underneath, since each hedge goes through the inner service's readiness), and the first
+//! acceptable answer wins; the other calls are dropped, which cancels them. With the delay at the
+//! 95th latency percentile, about 5% of calls send a second copy and the 99th percentile drops
+//! towards the 95th (Dean and Barroso, "The Tail at Scale", 2013).
+//!
+//! - **Delay**: fixed, or a percentile of recent latencies ([`HedgeDelay`]): calls' latencies go
+//!   into an HdrHistogram and at the end of each period its percentile becomes the delay, so the
+//!   delay follows the service when it gets faster or slower.
+//! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
+//! - **Acceptable** means not a [`Outcome::Failure`](seawall_core::Outcome) by the policy. A
+//!   failed answer does not win while another copy is still running; when every copy sent has
+//!   failed, the last failure is returned. Hedging does not re-send *because* of a failure:
+//!   that is what [`RetryLayer`](crate::RetryLayer) is for.
+//! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
+//!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
+//!   everything is slow at once (which is when hedges stop helping).
+//! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
+//!   idempotent methods) and the cloner must both agree.
+//!
+//! ```
+//! use seawall::{retry::HedgeLayer, ServiceBuilderExt};
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let hedge = HedgeLayer::builder()
+//!     .delay(Duration::from_millis(50))
+//!     .max_hedges(2)
+//!     .name("search")
+//!     .build()?;
+//! let replicas = service_fn(|query: &'static str| async move {
+//!     Ok::<_, seawall::BoxError>(query.len())
+//! });
+//! let client = ServiceBuilder::new().with_hedge(hedge).service(replicas);
+//! assert_eq!(client.oneshot("rust").await?, 4);
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod future;
+mod latency;
+mod layer;
+mod service;
+
+pub use config::{HedgeConfigBuilder, HedgeDelay};
+pub use future::ResponseFuture;
+pub use layer::HedgeLayer;
+pub use service::Hedge;
+
+use std::time::Duration;
+
+/// What a hedge policy reports to its [listeners](HedgeConfigBuilder::on_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HedgeEvent {
+    /// A hedged copy was sent.
+    Sent {
+        /// Which copy: 1 for the first hedge.
+        hedge: u32,
+        /// How long after the original call.
+        after: Duration,
+    },
+    /// A hedged copy answered first.
+    Won {
+        /// Which copy.
+        hedge: u32,
+    },
+    /// A hedge was due but the budget was exhausted; the call waits for what it already sent.
+    BudgetExhausted,
+}

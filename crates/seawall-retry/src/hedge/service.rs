@@ -1,0 +1,104 @@
+use super::{layer::Shared, ResponseFuture};
+use crate::policy::{ByClone, Classified, CloneRequest, Policy};
+use seawall_core::BoxError;
+use std::{
+    fmt, mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// Sends extra copies of slow calls to `S` and answers with the first acceptable response; see
+/// the [module docs](super).
+///
+/// Needs `S: Clone`: each call takes the inner service that was polled ready, and its response
+/// future polls that service ready again before each hedge.
+pub struct Hedge<S, P = Classified, K = ByClone> {
+    inner: S,
+    shared: Arc<Shared<P, K>>,
+}
+
+// ===== impl Hedge =====
+
+impl<S, P, K> Hedge<S, P, K> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, K>>) -> Self {
+        Hedge { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P, K> Clone for Hedge<S, P, K> {
+    fn clone(&self) -> Self {
+        Hedge {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P, K> fmt::Debug for Hedge<S, P, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hedge")
+            .field("inner", &self.inner)
+            .field("policy", &*self.shared)
+            .finish()
+    }
+}
+
+impl<S, Req, P, K> Service<Req> for Hedge<S, P, K>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response>,
+    K: CloneRequest<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, P, K>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut service = mem::replace(&mut self.inner, clone);
+        let shared = &*self.shared;
+        shared.budget.deposit();
+        // No copy while no delay is known yet (a percentile still being measured).
+        let delay = shared.current_delay();
+        let template = match delay {
+            Some(_) if shared.policy.is_retryable(&request) => {
+                shared.cloner.clone_request(&request)
+            }
+            _ => None,
+        };
+        let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
+        let future = service.call(request);
+        ResponseFuture::new(
+            future,
+            service,
+            template,
+            delay.unwrap_or_default(),
+            started,
+            self.shared.clone(),
+        )
+    }
+}

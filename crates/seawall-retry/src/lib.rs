@@ -1,0 +1,163 @@
+//! Budgeted retries with backoff and jitter, and hedged requests, for tower.
+//!
+//! [`RetryLayer`] sends a failed call again, up to `max_attempts` times in all, waiting a
+//! [backoff] between attempts. Every retry is bounded three ways:
+//!
+//! 1. **by a budget** ([`RetryBudget`]), shared by every service and clone that is given it, so
+//!    retries add at most a share of the load (20% by default) however many callers fail at once.
+//!    An exhausted budget returns the last real error wrapped in [`BudgetExhausted`];
+//! 2. **by the deadline**: the request's deadline (written by a timeout layer above, read through
+//!    [`RequestDeadline`]) is checked before each retry, and no attempt starts when less time is
+//!    left than the backoff. An optional per-attempt timeout gives each attempt the earlier of its
+//!    own deadline and the call's, and fails it with [`Elapsed`];
+//! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
+//!    twice (for HTTP: idempotent methods) and can be copied. A `Retry-After` on a 429 or 503 is
+//!    honoured up to a cap.
+//!
+//! Each attempt goes back through the inner service's readiness, so a balancer underneath picks
+//! an endpoint afresh and a limit underneath counts every attempt.
+//!
+//! [`HedgeLayer`] ([`hedge`]) fights slowness rather than failure: after a delay, fixed or a
+//! latency percentile, it sends up to `max_hedges` extra copies and answers with the first
+//! acceptable response, cancelling the rest.
+//!
+//! # Defaults
+//!
+//! | option | default | note |
+//! |---|---|---|
+//! | `max_attempts` | 3 | the first attempt included; 1 to 100 |
+//! | `backoff` | exponential, full jitter, 50 ms base, ×2, 2 s cap | [`Backoff`] |
+//! | `budget` | 20% of requests + 10/s over 10 s, one per layer | [`RetryBudget`]; share one per dependency |
+//! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods, `Retry-After` |
+//! | `retry_after_cap` | 10 s | a longer `Retry-After` is not retried |
+//! | `per_attempt_timeout` | none | |
+//! | request copies | `Clone` | [`RetryConfigBuilder::clone_with`] for a closure |
+//! | `seed` | random | fix it in tests |
+//! | `name` | `"retry"` | label for events and metrics |
+//!
+//! # Where it goes
+//!
+//! Above the circuit breaker and the bulkhead, below the total timeout: `timeout → retry → breaker
+//! → bulkhead → balance`. The breaker then sees every attempt (and opens on them), an open breaker
+//! fails retries at once without load, and the total timeout bounds the whole sequence. See
+//! `docs/retry.md` for what goes wrong in other orders.
+//!
+//! # Cost
+//!
+//! A call that succeeds first time copies its request once (when it is retryable) and allocates
+//! nothing: the budget counts it with one atomic add, and under load reads the clock (and takes a
+//! short lock) once in 32 calls. The timer is allocated only at the first retry, or at the call
+//! with a per-attempt timeout.
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::{retry::{RetryBudget, RetryLayer}, ServiceBuilderExt};
+//! use std::{sync::{atomic::{AtomicU32, Ordering}, Arc}, time::Duration};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! // One budget for everything that calls the users API.
+//! let budget = RetryBudget::builder().ratio(0.1).min_per_second(5).build()?;
+//! let retry = RetryLayer::builder()
+//!     .http()
+//!     .max_attempts(3)
+//!     .budget(budget.clone())
+//!     .name("users-api")
+//!     .build()?;
+//!
+//! // A flaky server: 503 on the first call, then 200.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let flaky = service_fn(move |_req: http::Request<()>| {
+//!     let n = seen.fetch_add(1, Ordering::Relaxed);
+//!     async move {
+//!         let status = if n == 0 { 503 } else { 200 };
+//!         Ok::<_, seawall::BoxError>(http::Response::builder().status(status).body(()).unwrap())
+//!     }
+//! });
+//!
+//! let client = ServiceBuilder::new()
+//!     .with_timeout(Duration::from_secs(2))
+//!     .with_retry(retry)
+//!     .service(flaky);
+//! let response = client.oneshot(http::Request::get("/users/7").body(()).unwrap()).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(calls.load(Ordering::Relaxed), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Request types other than [`http::Request`] implement [`RequestDeadline`] (one empty `impl`
+//! block if they carry no deadline) to be retried.
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backoff;
+pub mod budget;
+pub mod hedge;
+pub mod policy;
+
+mod config;
+mod error;
+mod future;
+mod layer;
+mod service;
+mod timer;
+
+pub use backoff::{Backoff, Jitter};
+pub use budget::RetryBudget;
+pub use config::{RetryConfigBuilder, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP};
+pub use error::BudgetExhausted;
+pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeDelay, HedgeEvent, HedgeLayer};
+pub use layer::RetryLayer;
+pub use policy::{ByClone, Classified, CloneRequest, HttpPolicy, NeverClone, Policy};
+pub use seawall_core::deadline::{Elapsed, RequestDeadline};
+pub use service::Retry;
+
+use std::time::Duration;
+
+/// What a retry policy reports to its [listeners](RetryConfigBuilder::on_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEvent {
+    /// A failed attempt will be retried after `delay`.
+    Retry {
+        /// The attempt about to be made: 2 for the first retry.
+        attempt: u32,
+        /// The backoff before it (or the server's `Retry-After`, if longer).
+        delay: Duration,
+    },
+    /// A failed attempt was not retried because the budget was exhausted.
+    BudgetExhausted {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A failed call was given up on for another reason.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Why.
+        reason: GiveUpReason,
+    },
+}
+
+/// Why a retry layer stopped retrying a failed call; see [`RetryEvent::GaveUp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// `max_attempts` attempts were made.
+    Attempts,
+    /// The call's deadline would pass before the backoff ended.
+    Deadline,
+    /// The server asked for a pause longer than `retry_after_cap`.
+    RetryAfter,
+}

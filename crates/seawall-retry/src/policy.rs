@@ -1,0 +1,266 @@
+//! What is retried (or hedged), and how requests are copied.
+//!
+//! A [`Policy`] answers three questions for the retry and hedge layers: may this request be sent
+//! more than once ([`is_retryable`](Policy::is_retryable)), did this attempt fail
+//! ([`classify`](Policy::classify), an [`Outcome`] as everywhere in seawall) and did the server ask
+//! for a pause ([`retry_after`](Policy::retry_after)). Two are ready-made:
+//!
+//! | policy | retryable requests | failures | server-requested pause |
+//! |---|---|---|---|
+//! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
+//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) unless opted in | 5xx, 429 and errors (connection refused, reset, timed out) | `Retry-After` on 429 and 503 |
+//!
+//! A [`CloneRequest`] makes each attempt's copy of the request: [`ByClone`] (the default) uses
+//! `Clone`, a closure `Fn(&Req) -> Option<Req>` decides per request, and [`NeverClone`] turns
+//! retries off. A request that cannot be copied is sent once.
+//!
+//! [`DefaultClassifier`]: seawall_core::classify::DefaultClassifier
+
+use http::{Method, Request, Response, StatusCode};
+use seawall_core::{
+    classify::{self, DefaultClassifier, HttpClassifier},
+    BoxError, Classify, Outcome,
+};
+use std::time::Duration;
+
+/// Decides what the retry and hedge layers may send again; see the [module docs](self).
+pub trait Policy<Req, Res> {
+    /// Whether `request` may be sent more than once (idempotency). `true` unless overridden.
+    fn is_retryable(&self, request: &Req) -> bool {
+        let _ = request;
+        true
+    }
+
+    /// How one attempt ended: only [`Outcome::Failure`] is retried (and, for hedging, not
+    /// accepted as the answer).
+    fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome;
+
+    /// A pause the server asked for before the next attempt, read from a failed response.
+    fn retry_after(&self, response: &Res) -> Option<Duration> {
+        let _ = response;
+        None
+    }
+
+    /// Whether [`classify`](Policy::classify) looks at `elapsed`; when `false` the layers pass
+    /// [`Duration::ZERO`] and skip reading the clock.
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
+}
+
+/// A [`Policy`] from a [`Classify`]: every request is retryable, failures are what the classifier
+/// says, no server-requested pauses.
+///
+/// The classifier sees the attempt's error as a [`BoxError`], so a closure is written
+/// `|result: Result<&Res, &BoxError>, elapsed: Duration| -> Outcome`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Classified<C = DefaultClassifier>(pub C);
+
+impl<Req, Res, C> Policy<Req, Res> for Classified<C>
+where
+    C: Classify<Res, BoxError>,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome {
+        self.0.classify(result, elapsed)
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        self.0.uses_elapsed()
+    }
+}
+
+/// The HTTP policy: retries 5xx, 429 and connection errors, for idempotent methods only unless
+/// [`retry_non_idempotent`](HttpPolicy::retry_non_idempotent) is set, and reads `Retry-After`
+/// on 429 and 503.
+///
+/// ```
+/// use seawall_retry::policy::{HttpPolicy, Policy};
+/// use std::time::Duration;
+///
+/// let policy = HttpPolicy::new();
+/// let get = http::Request::get("/users/1").body(()).unwrap();
+/// let post = http::Request::post("/users").body(()).unwrap();
+/// assert!(Policy::<_, http::Response<()>>::is_retryable(&policy, &get));
+/// assert!(!Policy::<_, http::Response<()>>::is_retryable(&policy, &post));
+///
+/// let busy = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
+/// assert_eq!(Policy::<http::Request<()>, _>::retry_after(&policy, &busy), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpPolicy {
+    classifier: HttpClassifier,
+    non_idempotent: bool,
+}
+
+impl HttpPolicy {
+    /// 5xx, 429 and errors are retried, for idempotent methods.
+    pub fn new() -> Self {
+        HttpPolicy::default()
+    }
+
+    /// Decides failures with `classifier` instead (for example one that treats 501 as final).
+    pub fn with_classifier(mut self, classifier: HttpClassifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Also retries POST, PATCH and other non-idempotent methods. Only for servers that
+    /// deduplicate (an idempotency key), or the same order may be placed twice.
+    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.non_idempotent = yes;
+        self
+    }
+}
+
+/// Whether `method` is idempotent (RFC 9110 §9.2.2): GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
+pub fn is_idempotent(method: &Method) -> bool {
+    method.is_idempotent()
+}
+
+impl<B, RB> Policy<Request<B>, Response<RB>> for HttpPolicy {
+    #[inline]
+    fn is_retryable(&self, request: &Request<B>) -> bool {
+        self.non_idempotent || is_idempotent(request.method())
+    }
+
+    #[inline]
+    fn classify(&self, result: Result<&Response<RB>, &BoxError>, elapsed: Duration) -> Outcome {
+        Classify::<Response<RB>, BoxError>::classify(&self.classifier, result, elapsed)
+    }
+
+    fn retry_after(&self, response: &Response<RB>) -> Option<Duration> {
+        match response.status() {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                classify::retry_after(response.headers())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Makes the copy of a request that each further attempt sends.
+///
+/// Implemented by [`ByClone`], [`NeverClone`] and closures `Fn(&Req) -> Option<Req>`; `None`
+/// means this request cannot be copied, and it is sent once.
+///
+/// ```
+/// use seawall_retry::policy::CloneRequest;
+///
+/// // Only requests with a buffered body can be sent again.
+/// let cloner = |req: &Option<String>| req.as_ref().map(|body| Some(body.clone()));
+/// assert_eq!(cloner.clone_request(&Some("x".into())), Some(Some("x".to_string())));
+/// assert_eq!(cloner.clone_request(&None), None);
+/// ```
+pub trait CloneRequest<Req> {
+    /// A copy of `request`, or `None` if it cannot be sent again.
+    fn clone_request(&self, request: &Req) -> Option<Req>;
+}
+
+/// Copies requests with `Clone` (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByClone;
+
+impl<Req: Clone> CloneRequest<Req> for ByClone {
+    #[inline]
+    fn clone_request(&self, request: &Req) -> Option<Req> {
+        Some(request.clone())
+    }
+}
+
+/// Never copies: every request is sent once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NeverClone;
+
+impl<Req> CloneRequest<Req> for NeverClone {
+    #[inline]
+    fn clone_request(&self, _request: &Req) -> Option<Req> {
+        None
+    }
+}
+
+impl<Req, F> CloneRequest<Req> for F
+where
+    F: Fn(&Req) -> Option<Req>,
+{
+    #[inline]
+    fn clone_request(&self, request: &Req) -> Option<Req> {
+        self(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Response<()> {
+        Response::builder().status(code).body(()).unwrap()
+    }
+
+    type P = dyn Policy<Request<()>, Response<()>>;
+
+    #[test]
+    fn http_policy_table() {
+        let p: &P = &HttpPolicy::new();
+        for (code, outcome) in [
+            (200, Outcome::Success),
+            (404, Outcome::Success),
+            (429, Outcome::Failure),
+            (500, Outcome::Failure),
+            (503, Outcome::Failure),
+        ] {
+            assert_eq!(p.classify(Ok(&status(code)), Duration::ZERO), outcome);
+        }
+        let err: BoxError = "connection refused".into();
+        assert_eq!(p.classify(Err(&err), Duration::ZERO), Outcome::Failure);
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            let req = Request::builder().method(m).body(()).unwrap();
+            assert!(p.is_retryable(&req), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            let req = Request::builder().method(m).body(()).unwrap();
+            assert!(!p.is_retryable(&req), "{m}");
+        }
+        let p: &P = &HttpPolicy::new().retry_non_idempotent(true);
+        assert!(p.is_retryable(&Request::post("/").body(()).unwrap()));
+        let p: &P = &HttpPolicy::new()
+            .with_classifier(HttpClassifier::new().with_success(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(
+            p.classify(Ok(&status(501)), Duration::ZERO),
+            Outcome::Success
+        );
+    }
+
+    #[test]
+    fn retry_after_only_on_429_and_503() {
+        let p: &P = &HttpPolicy::new();
+        for (code, expected) in [
+            (429, Some(Duration::from_secs(7))),
+            (503, Some(Duration::from_secs(7))),
+            (500, None),
+            (502, None),
+        ] {
+            let res = Response::builder()
+                .status(code)
+                .header("retry-after", "7")
+                .body(())
+                .unwrap();
+            assert_eq!(p.retry_after(&res), expected, "{code}");
+        }
+        assert_eq!(p.retry_after(&status(503)), None);
+    }
+
+    #[test]
+    fn classified_and_cloners() {
+        let p: Classified = Classified::default();
+        let err: BoxError = "x".into();
+        assert_eq!(
+            Policy::<(), u8>::classify(&p, Err(&err), Duration::ZERO),
+            Outcome::Failure
+        );
+        assert!(Policy::<(), u8>::is_retryable(&p, &()));
+        assert_eq!(Policy::<(), u8>::retry_after(&p, &1), None);
+        assert_eq!(ByClone.clone_request(&5u8), Some(5));
+        assert_eq!(CloneRequest::<u8>::clone_request(&NeverClone, &5u8), None);
+    }
+}

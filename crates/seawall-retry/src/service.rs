@@ -1,0 +1,105 @@
+use crate::{
+    layer::Shared,
+    policy::{ByClone, Classified, CloneRequest, Policy},
+    ResponseFuture, RetryLayer,
+};
+use seawall_core::{deadline::RequestDeadline, BoxError};
+use std::{
+    fmt, mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tower_service::Service;
+
+/// Retries failed calls to `S`; see the [crate docs](crate).
+///
+/// Needs `S: Clone`: each call takes the inner service that was just polled ready (leaving a clone
+/// behind), and its response future polls that service ready again before every retry, so a
+/// balancer underneath picks an endpoint afresh and a concurrency limit is respected per attempt.
+pub struct Retry<S, P = Classified, K = ByClone> {
+    inner: S,
+    shared: Arc<Shared<P, K>>,
+}
+
+// ===== impl Retry =====
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the default retry policy (a one-off; build a [`RetryLayer`] to share one
+    /// policy and budget between services).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&RetryLayer::new(), inner)
+    }
+}
+
+impl<S, P, K> Retry<S, P, K> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, K>>) -> Self {
+        Retry { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P, K> Clone for Retry<S, P, K> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P, K> fmt::Debug for Retry<S, P, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &*self.shared)
+            .finish()
+    }
+}
+
+impl<S, Req, P, K> Service<Req> for Retry<S, P, K>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response>,
+    K: CloneRequest<Req>,
+    Req: RequestDeadline,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, P, K>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        // Take the service that was polled ready; the clone left behind is polled next time.
+        let clone = self.inner.clone();
+        let service = mem::replace(&mut self.inner, clone);
+        let shared = &*self.shared;
+        let core = &*shared.core;
+        core.budget.deposit();
+        let template = if core.max_attempts > 1 && shared.policy.is_retryable(&request) {
+            shared.cloner.clone_request(&request)
+        } else {
+            None
+        };
+        ResponseFuture::new(service, request, template, self.shared.clone())
+    }
+}

@@ -1,0 +1,341 @@
+//! Retry budgets: the bound holds for any sequence, budgets are shared, exhaustion is reported.
+
+mod support;
+
+use proptest::prelude::*;
+use seawall_core::{error, BoxError, Name, Outcome};
+use seawall_retry::{Backoff, BudgetExhausted, RetryBudget, RetryEvent, RetryLayer};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use support::{flaky, get, ms, Req};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+const UNIT: u128 = 1_000_000;
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Request,
+    Retry,
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Request),
+        4 => Just(Op::Retry),
+        1 => (1u64..3_000).prop_map(Op::Advance),
+    ]
+}
+
+/// `retries ≤ ratio × requests + min_per_second × ttl × (⌊elapsed / ttl⌋ + 1)`, in exact
+/// integers with the ratio given in thousandths.
+fn within_bound(
+    retries: u64,
+    requests: u64,
+    ratio_milli: u64,
+    min_per_second: u64,
+    ttl: Duration,
+    elapsed: Duration,
+) -> bool {
+    let windows = (elapsed.as_nanos() / ttl.as_nanos()) + 1;
+    let reserve_per_window = u128::from(min_per_second) * ttl.as_nanos() * UNIT / 1_000_000_000;
+    let allowed =
+        u128::from(requests) * u128::from(ratio_milli) * 1000 + reserve_per_window * windows;
+    u128::from(retries) * UNIT <= allowed
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The ratio budget's arithmetic, driven directly with arbitrary interleavings of requests,
+    /// retry attempts and time.
+    #[test]
+    fn ratio_budget_never_exceeds_its_bound(
+        ratio_milli in 0u64..=3_000,
+        min_per_second in 0u32..=5,
+        ttl_secs in 1u64..=5,
+        ops in prop::collection::vec(op(), 0..400),
+    ) {
+        paused_runtime().block_on(async move {
+            let ttl = Duration::from_secs(ttl_secs);
+            let budget = RetryBudget::builder()
+                .ratio(ratio_milli as f64 / 1000.0)
+                .min_per_second(min_per_second)
+                .ttl(ttl)
+                .build()
+                .unwrap();
+            let start = Instant::now();
+            let (mut requests, mut retries) = (0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Request => {
+                        budget.deposit();
+                        requests += 1;
+                    }
+                    Op::Retry => {
+                        if budget.try_withdraw() {
+                            retries += 1;
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        tokio::time::advance(Duration::from_millis(ms)).await;
+                    }
+                }
+                let elapsed = Instant::now() - start;
+                prop_assert!(
+                    within_bound(retries, requests, ratio_milli, min_per_second.into(), ttl, elapsed),
+                    "{retries} retries for {requests} requests over {elapsed:?}"
+                );
+            }
+            Ok(())
+        })?;
+    }
+
+    /// With time frozen, the budget is exact: retries = min(asked, ⌊ratio × requests⌋ + reserve).
+    #[test]
+    fn frozen_window_is_exact(
+        ratio_milli in 0u64..=2_000,
+        min_per_second in 0u32..=3,
+        requests in 0u64..500,
+    ) {
+        paused_runtime().block_on(async move {
+            let budget = RetryBudget::builder()
+                .ratio(ratio_milli as f64 / 1000.0)
+                .min_per_second(min_per_second)
+                .ttl(Duration::from_secs(1))
+                .build()
+                .unwrap();
+            for _ in 0..requests {
+                budget.deposit();
+            }
+            let mut retries = 0u64;
+            while budget.try_withdraw() {
+                retries += 1;
+                prop_assert!(retries < 10_000);
+            }
+            let reserve = u64::from(min_per_second);
+            // The ratio is kept to millionths, rounded down: at most one millionth low.
+            let most = ratio_milli * requests / 1000 + reserve;
+            let least = (ratio_milli * 1000 - ratio_milli.min(1)) * requests / 1_000_000 + reserve;
+            prop_assert!(retries <= most && retries >= least, "{retries} not in {least}..={most}");
+            Ok(())
+        })?;
+    }
+
+    /// The same bound through the retry layer, for arbitrary calls that fail a few times each,
+    /// spread over time and over clones of the service and a second layer sharing the budget.
+    #[test]
+    fn retry_layer_stays_within_budget(
+        ratio_milli in 0u64..=1_000,
+        min_per_second in 0u32..=3,
+        calls in prop::collection::vec((0u8..5, 0u64..1_500, 0u8..3), 1..120),
+    ) {
+        paused_runtime().block_on(async move {
+            let ttl = Duration::from_secs(2);
+            let budget = RetryBudget::builder()
+                .ratio(ratio_milli as f64 / 1000.0)
+                .min_per_second(min_per_second)
+                .ttl(ttl)
+                .build()
+                .unwrap();
+            let build = || {
+                RetryLayer::builder()
+                    .max_attempts(5)
+                    .backoff(Backoff::constant(Duration::ZERO))
+                    .budget(budget.clone())
+                    .build()
+                    .unwrap()
+            };
+            // Request i fails its first `failures[i]` attempts.
+            let failures: Arc<Mutex<HashMap<u32, u8>>> = Arc::default();
+            let sent = Arc::new(Mutex::new(0u64));
+            let (f, s) = (failures.clone(), sent.clone());
+            let inner = service_fn(move |req: http::Request<u32>| {
+                *s.lock().unwrap() += 1;
+                let mut f = f.lock().unwrap();
+                let left = f.get_mut(req.body()).unwrap();
+                let fail = *left > 0;
+                *left = left.saturating_sub(1);
+                async move { if fail { Err::<(), BoxError>("down".into()) } else { Ok(()) } }
+            });
+            let a = build().layer(inner.clone());
+            let a_clone = a.clone();
+            let b = build().layer(inner);
+            let mut services = [a, a_clone, b];
+            let start = Instant::now();
+            for (id, (fails, gap_ms, which)) in calls.iter().enumerate() {
+                let id = id as u32;
+                failures.lock().unwrap().insert(id, *fails);
+                tokio::time::advance(Duration::from_millis(*gap_ms)).await;
+                let svc = &mut services[usize::from(*which)];
+                let _ = svc.ready().await.unwrap().call(http::Request::new(id)).await;
+                let requests = u64::from(id) + 1;
+                let retries = *sent.lock().unwrap() - requests;
+                let elapsed = Instant::now() - start;
+                prop_assert!(
+                    within_bound(retries, requests, ratio_milli, min_per_second.into(), ttl, elapsed),
+                    "{retries} retries for {requests} requests over {elapsed:?}"
+                );
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_budget_returns_the_real_error_wrapped() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .budget(
+            RetryBudget::builder()
+                .ratio(0.0)
+                .min_per_second(0)
+                .build()
+                .unwrap(),
+        )
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let err = layer.layer(svc).oneshot(get()).await.unwrap_err();
+    assert_eq!(calls.count(), 1);
+    let exhausted = error::find::<BudgetExhausted>(&*err).expect("BudgetExhausted in the chain");
+    assert_eq!(exhausted.last_error().to_string(), "fail 0");
+    assert_eq!(
+        error::chain(&*err)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>(),
+        ["retry budget exhausted", "fail 0"]
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::BudgetExhausted { attempts: 1 }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_budget_returns_a_failed_response_as_it_is() {
+    let layer = RetryLayer::builder()
+        .http()
+        .budget(
+            RetryBudget::builder()
+                .ratio(0.0)
+                .min_per_second(0)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (svc, calls) = support::statuses(vec![(503, None)]);
+    let res = layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ratio_budget_allows_its_share() {
+    // ratio 0.5, no reserve: every second failing call can be retried once.
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(Duration::ZERO))
+        .budget(
+            RetryBudget::builder()
+                .ratio(0.5)
+                .min_per_second(0)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut svc = layer.layer(svc);
+    let mut exhausted = 0;
+    for _ in 0..10 {
+        let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+        exhausted += usize::from(error::is::<BudgetExhausted>(&*err));
+    }
+    assert_eq!(calls.count(), 15, "10 calls + 5 retries");
+    assert_eq!(exhausted, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_budget_is_shared_by_clones_and_layers() {
+    // A reserve of exactly one retry (1 a second over 1 s) and no ratio.
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let retry = |b: &RetryBudget| {
+        RetryLayer::builder()
+            .backoff(Backoff::constant(ms(1)))
+            .budget(b.clone())
+            .build()
+            .unwrap()
+    };
+    let (svc, calls) = flaky(usize::MAX);
+    let layer = retry(&budget);
+    let mut first = layer.layer(svc.clone());
+    let mut clone = first.clone();
+    let mut same_layer_again = layer.layer(svc.clone());
+    let mut other_layer = retry(&budget).layer(svc);
+    assert!(layer.budget().same(&budget));
+    for svc in [&mut first, &mut clone, &mut same_layer_again] {
+        svc.ready().await.unwrap().call(get()).await.unwrap_err();
+    }
+    other_layer
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
+    assert_eq!(calls.count(), 5, "4 calls, 1 retry between all of them");
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_bucket_throttles_after_failures() {
+    // 4 tokens: retries allowed while more than 2 remain. Each failed attempt takes one.
+    let budget = RetryBudget::token_bucket(4.0, 1.0).unwrap();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(1)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let err = layer.layer(svc).oneshot(get()).await.unwrap_err();
+    // attempt 1 fails (3 left, > 2: retry), attempt 2 fails (2 left: throttled).
+    assert_eq!(calls.count(), 2);
+    assert!(error::is::<BudgetExhausted>(&*err));
+    // Successes refill it: back to 4.
+    budget.record(Outcome::Success);
+    budget.record(Outcome::Success);
+    assert!(budget.can_retry());
+    let (svc, calls) = flaky(1);
+    layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(calls.count(), 2);
+}
+
+#[test]
+fn layers_built_separately_have_separate_budgets() {
+    let a = RetryLayer::new();
+    let b = RetryLayer::new();
+    assert!(!a.budget().same(b.budget()));
+    assert!(a.budget().same(a.clone().budget()));
+    let _: fn(Req) = |_| {};
+}

@@ -1,0 +1,184 @@
+//! Deadline cooperation: no attempt starts that cannot finish; per-attempt timeouts.
+
+mod support;
+
+use seawall::ServiceBuilderExt;
+use seawall_core::{
+    deadline::{Elapsed, RequestDeadline},
+    error, BoxError, Name,
+};
+use seawall_retry::{Backoff, GiveUpReason, RetryBudget, RetryEvent, RetryLayer};
+use std::sync::{Arc, Mutex};
+use support::{flaky, get, ms, Calls, Req};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+
+fn retry(max_attempts: u32, delay: std::time::Duration) -> seawall_retry::RetryConfigBuilder {
+    RetryLayer::builder()
+        .max_attempts(max_attempts)
+        .backoff(Backoff::constant(delay))
+        .budget(RetryBudget::unlimited())
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_when_the_deadline_is_closer_than_the_backoff() {
+    let start = Instant::now();
+    let deadline = start + ms(250);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = retry(10, ms(100))
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(deadline);
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    // Attempts at 0, 100 and 200 ms; at 200 ms only 50 ms are left, less than the 100 ms backoff.
+    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(times, [ms(0), ms(100), ms(200)]);
+    assert_eq!(err.to_string(), "fail 2");
+    assert!(Instant::now() < deadline, "gave up at once, did not sleep");
+    assert!(events.lock().unwrap().contains(&RetryEvent::GaveUp {
+        attempts: 3,
+        reason: GiveUpReason::Deadline
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_exactly_at_the_end_of_the_backoff_stops_too() {
+    let start = Instant::now();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(100));
+    retry(10, ms(100))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        calls.count(),
+        1,
+        "an attempt starting at its deadline has no time at all"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_layer_above_propagates_its_deadline() {
+    let start = Instant::now();
+    let (svc, calls) = flaky(usize::MAX);
+    let client = ServiceBuilder::new()
+        .with_timeout(ms(350))
+        .with_retry(retry(10, ms(100)).build().unwrap())
+        .service(svc);
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert!(
+        !error::is::<Elapsed>(&*err),
+        "retry gave up before the timeout fired: {err}"
+    );
+    let calls = calls.all();
+    assert_eq!(
+        calls.len(),
+        4,
+        "attempts at 0, 100, 200, 300; none at 400, past the deadline"
+    );
+    for call in &calls {
+        assert_eq!(call.deadline, Some(start + ms(350)));
+        assert!(call.at < start + ms(350));
+    }
+}
+
+/// Hangs on the first `hangs` calls, answers at once after.
+fn hanging(
+    hangs: usize,
+) -> (
+    impl Service<Req, Response = String, Error = BoxError> + Clone,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        async move {
+            if n < hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(format!("ok {n}"))
+        }
+    });
+    (svc, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_cuts_an_attempt_and_retries() {
+    let start = Instant::now();
+    let (svc, calls) = hanging(1);
+    let ok = retry(3, ms(10))
+        .per_attempt_timeout(ms(100))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(ok, "ok 1");
+    let calls = calls.all();
+    assert_eq!(
+        calls[0].deadline,
+        Some(start + ms(100)),
+        "the attempt carries its deadline"
+    );
+    assert_eq!(
+        calls[1].at - start,
+        ms(110),
+        "timed out at 100 ms, backoff 10 ms"
+    );
+    assert_eq!(calls[1].deadline, Some(start + ms(210)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_fails_with_the_shared_elapsed_error() {
+    let (svc, calls) = hanging(usize::MAX);
+    let err = retry(3, ms(10))
+        .per_attempt_timeout(ms(100))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(calls.count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_deadline_never_outlives_the_calls_deadline() {
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(150));
+    let err = retry(5, ms(10))
+        .per_attempt_timeout(ms(100))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert!(error::is::<Elapsed>(&*err));
+    let calls = calls.all();
+    assert_eq!(
+        calls.len(),
+        2,
+        "second attempt at 110 ms is cut at 150 ms; no third"
+    );
+    assert_eq!(calls[0].deadline, Some(start + ms(100)));
+    assert_eq!(
+        calls[1].deadline,
+        Some(start + ms(150)),
+        "capped by the call's deadline"
+    );
+    assert_eq!(Instant::now() - start, ms(150));
+}

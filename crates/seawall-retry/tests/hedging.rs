@@ -1,0 +1,352 @@
+//! Hedging: the first acceptable answer wins, losers are dropped, the budget holds, and the
+//! percentile delay follows the latency.
+
+mod support;
+
+use seawall_core::{BoxError, Name};
+use seawall_retry::{HedgeEvent, HedgeLayer, RetryBudget};
+use std::{
+    future::Future,
+    pin::pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use support::{get, ms, post, Calls, Req};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// Counts calls whose futures were dropped before they finished.
+struct CancelGuard {
+    cancelled: Arc<AtomicUsize>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Call `n` takes `latency(n)` and answers `Ok(n)`, or `Err` when `fails(n)`.
+#[derive(Clone)]
+struct Replicas {
+    calls: Calls,
+    cancelled: Arc<AtomicUsize>,
+}
+
+impl Replicas {
+    fn new() -> Self {
+        Replicas {
+            calls: Calls::default(),
+            cancelled: Arc::default(),
+        }
+    }
+
+    fn service(
+        &self,
+        latency: impl Fn(usize) -> Duration + Clone + Send + 'static,
+        fails: impl Fn(usize) -> bool + Clone + Send + 'static,
+    ) -> impl Service<Req, Response = usize, Error = BoxError, Future = impl Future + Send> + Clone
+    {
+        let this = self.clone();
+        service_fn(move |req: Req| {
+            let n = this.calls.push(&req);
+            let delay = latency(n);
+            let fail = fails(n);
+            let guard = CancelGuard {
+                cancelled: this.cancelled.clone(),
+                finished: false,
+            };
+            async move {
+                // Move the whole guard in (not just its field), so dropping the future drops it.
+                let mut guard = guard;
+                tokio::time::sleep(delay).await;
+                guard.finished = true;
+                if fail {
+                    Err::<usize, BoxError>(format!("replica {n} failed").into())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+    }
+
+    fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+fn fixed(delay: Duration, max_hedges: u32) -> HedgeLayer {
+    HedgeLayer::builder()
+        .delay(delay)
+        .max_hedges(max_hedges)
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_primary_sends_no_hedge() {
+    let replicas = Replicas::new();
+    let svc = fixed(ms(100), 1).layer(replicas.service(|_| ms(20), |_| false));
+    assert_eq!(svc.oneshot(get()).await.unwrap(), 0);
+    assert_eq!(replicas.calls.count(), 1);
+    assert_eq!(replicas.cancelled(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_wins_and_the_primary_is_dropped_at_once() {
+    let start = Instant::now();
+    let replicas = Replicas::new();
+    // The primary takes 1 s, the hedge 10 ms.
+    let latency = |n| if n == 0 { ms(1000) } else { ms(10) };
+    let mut svc = fixed(ms(100), 1).layer(replicas.service(latency, |_| false));
+    let mut fut = pin!(svc.ready().await.unwrap().call(get()));
+    let answer = (&mut fut).await.unwrap();
+    assert_eq!(answer, 1, "the hedge answered");
+    assert_eq!(Instant::now() - start, ms(110));
+    // Still holding the finished future: the loser was cancelled when the winner arrived.
+    assert_eq!(replicas.cancelled(), 1);
+    let calls = replicas.calls.all();
+    assert_eq!(calls[1].at - start, ms(100), "hedge sent after the delay");
+}
+
+#[tokio::test(start_paused = true)]
+async fn primary_can_still_win_after_a_hedge_is_sent() {
+    let replicas = Replicas::new();
+    let latency = |n| if n == 0 { ms(150) } else { ms(500) };
+    let mut svc = fixed(ms(100), 1).layer(replicas.service(latency, |_| false));
+    let mut fut = pin!(svc.ready().await.unwrap().call(get()));
+    assert_eq!((&mut fut).await.unwrap(), 0);
+    assert_eq!(replicas.calls.count(), 2);
+    assert_eq!(replicas.cancelled(), 1, "the hedge lost and was cancelled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn up_to_max_hedges_each_a_delay_apart() {
+    let start = Instant::now();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(50))
+        .max_hedges(3)
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &HedgeEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // Only the third hedge is quick.
+    let latency = |n| if n == 3 { ms(5) } else { ms(10_000) };
+    let mut svc = layer.layer(replicas.service(latency, |_| false));
+    let mut fut = pin!(svc.ready().await.unwrap().call(get()));
+    assert_eq!((&mut fut).await.unwrap(), 3);
+    let sent: Vec<_> = replicas.calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(sent, [ms(0), ms(50), ms(100), ms(150)]);
+    assert_eq!(Instant::now() - start, ms(155));
+    assert_eq!(replicas.cancelled(), 3, "primary and two hedges cancelled");
+    let events = events.lock().unwrap().clone();
+    assert_eq!(
+        events,
+        [
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(50)
+            },
+            HedgeEvent::Sent {
+                hedge: 2,
+                after: ms(100)
+            },
+            HedgeEvent::Sent {
+                hedge: 3,
+                after: ms(150)
+            },
+            HedgeEvent::Won { hedge: 3 },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_answer_does_not_win_while_another_copy_runs() {
+    let replicas = Replicas::new();
+    // The primary fails slowly, after the hedge is out; the hedge succeeds later.
+    let latency = |n| if n == 0 { ms(150) } else { ms(200) };
+    let svc = fixed(ms(100), 1).layer(replicas.service(latency, |n| n == 0));
+    assert_eq!(svc.oneshot(get()).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_copy_fails_the_last_failure_is_returned() {
+    let replicas = Replicas::new();
+    let latency = |n| if n == 0 { ms(150) } else { ms(200) };
+    let svc = fixed(ms(100), 1).layer(replicas.service(latency, |_| true));
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "replica 1 failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quick_failure_is_returned_without_hedging() {
+    let replicas = Replicas::new();
+    let svc = fixed(ms(100), 1).layer(replicas.service(|_| ms(10), |_| true));
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "replica 0 failed");
+    assert_eq!(
+        replicas.calls.count(),
+        1,
+        "failures are for the retry layer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_copyable_and_retryable_requests_hedge() {
+    let replicas = Replicas::new();
+    let slow = replicas.service(|_| ms(500), |_| false);
+    let never = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .clone_with(|_: &Req| None)
+        .build()
+        .unwrap();
+    never.layer(slow.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(
+        replicas.calls.count(),
+        1,
+        "a request that cannot be copied is sent once"
+    );
+
+    let http = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .http()
+        .build()
+        .unwrap();
+    let ok = service_fn(|_: Req| async {
+        tokio::time::sleep(ms(500)).await;
+        Ok::<_, BoxError>(http::Response::new(()))
+    });
+    let counted = Arc::new(AtomicUsize::new(0));
+    let c = counted.clone();
+    let ok = ok.map_request(move |r: Req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        r
+    });
+    http.layer(ok.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(counted.load(Ordering::SeqCst), 1, "POST is not hedged");
+    http.layer(ok).oneshot(get()).await.unwrap();
+    assert_eq!(counted.load(Ordering::SeqCst), 3, "GET is");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_budget_bounds_the_extra_load() {
+    // Hedges for at most 10% of requests, no reserve.
+    let budget = RetryBudget::builder()
+        .ratio(0.1)
+        .min_per_second(0)
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget)
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // Every call is slow enough to be hedged.
+    let mut svc = layer.layer(replicas.service(|_| ms(50), |_| false));
+    for _ in 0..100 {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    let hedges = replicas.calls.count() - 100;
+    assert_eq!(hedges, 10, "10% of 100 requests");
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_budget_is_ten_percent() {
+    let layer = HedgeLayer::builder().delay(ms(10)).build().unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(20), |_| false));
+    for _ in 0..50 {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    assert_eq!(replicas.calls.count() - 50, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn percentile_delay_adapts_to_a_latency_shift() {
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 20, Duration::from_secs(1))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let latency_ms = Arc::new(AtomicU64::new(10));
+    let l = latency_ms.clone();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(move |_| ms(l.load(Ordering::SeqCst)), |_| false));
+
+    assert_eq!(
+        layer.current_delay(),
+        None,
+        "nothing measured yet: no hedging"
+    );
+    let mut go = async |total: Duration| {
+        let until = Instant::now() + total;
+        while Instant::now() < until {
+            svc.ready().await.unwrap().call(get()).await.unwrap();
+        }
+    };
+
+    go(Duration::from_millis(2_100)).await;
+    let fast = layer.current_delay().expect("a period has been measured");
+    assert!(fast >= ms(9) && fast <= ms(11), "{fast:?}");
+
+    // The service slows down tenfold; within two periods the delay follows.
+    latency_ms.store(100, Ordering::SeqCst);
+    go(Duration::from_millis(2_500)).await;
+    let slow = layer.current_delay().unwrap();
+    assert!(slow >= ms(99) && slow <= ms(102), "{slow:?}");
+
+    // And the hedging behaviour follows the delay: a 50 ms call is no longer hedged.
+    latency_ms.store(50, Ordering::SeqCst);
+    let before = replicas.calls.count();
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(replicas.calls.count() - before, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn percentile_delay_hedges_slow_outliers() {
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 10, Duration::from_secs(1))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let slow_next = Arc::new(AtomicUsize::new(usize::MAX));
+    let s = slow_next.clone();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(
+        move |n| {
+            if n == s.load(Ordering::SeqCst) {
+                ms(1000)
+            } else {
+                ms(20)
+            }
+        },
+        |_| false,
+    ));
+    let start = Instant::now();
+    while Instant::now() < start + Duration::from_millis(1_100) {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    let delay = layer.current_delay().unwrap();
+    slow_next.store(replicas.calls.count(), Ordering::SeqCst);
+    let t = Instant::now();
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    let took = Instant::now() - t;
+    assert!(
+        took <= delay + ms(21),
+        "hedged at {delay:?}, answered after {took:?}"
+    );
+}

@@ -1,0 +1,184 @@
+//! The HTTP policy: what is retried, idempotency, and `Retry-After` up to its cap.
+
+mod support;
+
+use seawall_retry::{policy::HttpPolicy, Backoff, RetryBudget, RetryLayer};
+use std::time::Duration;
+use support::{get, ms, post, statuses, Req};
+use tower::{Layer, ServiceExt};
+
+fn layer() -> seawall_retry::RetryConfigBuilder<HttpPolicy> {
+    RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_5xx_and_429_not_4xx() {
+    for (status, calls_expected) in [
+        (500, 3),
+        (502, 3),
+        (503, 3),
+        (504, 3),
+        (429, 3),
+        (400, 1),
+        (404, 1),
+        (409, 1),
+        (200, 1),
+    ] {
+        let (svc, calls) = statuses(vec![(status, None)]);
+        let res = layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+        assert_eq!(calls.count(), calls_expected, "status {status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovers_after_a_503() {
+    let (svc, calls) = statuses(vec![(503, None), (200, None)]);
+    let res = layer()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_errors_are_retried() {
+    let (svc, calls) = support::flaky(1);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    let res = layer().build().unwrap().layer(svc).oneshot(get()).await;
+    assert!(res.is_ok());
+    assert_eq!(calls.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_methods_only_when_opted_in() {
+    let (svc, calls) = statuses(vec![(503, None)]);
+    layer()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(calls.count(), 1, "POST is not retried by default");
+
+    let (svc, calls) = statuses(vec![(503, None)]);
+    layer()
+        .policy(HttpPolicy::new().retry_non_idempotent(true))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(calls.count(), 3, "POST is retried once opted in");
+
+    for method in ["PUT", "DELETE", "HEAD", "OPTIONS"] {
+        let (svc, calls) = statuses(vec![(503, None)]);
+        let req: Req = http::Request::builder().method(method).body("x").unwrap();
+        layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(calls.count(), 3, "{method} is idempotent");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_on_429_and_503() {
+    for status in [429, 503] {
+        let (svc, calls) = statuses(vec![(status, Some("3")), (200, None)]);
+        let res = layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(calls.gaps(), [Duration::from_secs(3)], "status {status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_never_shortens_the_backoff() {
+    let (svc, calls) = statuses(vec![(503, Some("0")), (200, None)]);
+    layer()
+        .backoff(Backoff::constant(ms(400)))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(calls.gaps(), [ms(400)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_on_500_is_ignored() {
+    let (svc, calls) = statuses(vec![(500, Some("3")), (200, None)]);
+    layer()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(calls.gaps(), [ms(10)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_cap_is_not_retried() {
+    let (svc, calls) = statuses(vec![(503, Some("30")), (200, None)]);
+    let res = layer()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503, "the server's answer comes back as it is");
+    assert_eq!(calls.count(), 1);
+
+    let (svc, calls) = statuses(vec![(503, Some("30")), (200, None)]);
+    let res = layer()
+        .retry_after_cap(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.gaps(), [Duration::from_secs(30)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_that_cannot_be_copied_are_sent_once() {
+    let (svc, calls) = statuses(vec![(503, None)]);
+    // Only requests whose body is "x" can be copied.
+    let cloner = |req: &Req| (*req.body() == "x").then(|| req.clone());
+    let layer = layer().clone_with(cloner).build().unwrap();
+    let streaming: Req = http::Request::get("/").body("stream").unwrap();
+    layer.layer(svc.clone()).oneshot(streaming).await.unwrap();
+    assert_eq!(calls.count(), 1);
+    layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(calls.count(), 4);
+}

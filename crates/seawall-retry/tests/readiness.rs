@@ -1,0 +1,178 @@
+//! Each attempt goes back through the inner service's readiness; the contract test with an inner
+//! whose `Clone` resets readiness.
+
+mod support;
+
+use futures_util::future::join_all;
+use seawall_core::{deadline::RequestDeadline, BoxError};
+use seawall_retry::{Backoff, HedgeLayer, RetryBudget, RetryLayer};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use support::{flaky, get, ms};
+use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_test::mock;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Ping(u32);
+impl RequestDeadline for Ping {}
+
+fn retry() -> RetryLayer {
+    RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_waits_for_the_inner_service_to_be_ready_again() {
+    // tower-test's mock panics if called without being polled ready, and a clone of it is not
+    // ready: so this also fails if the retry calls a fresh clone.
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(retry());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(Ping(1)));
+
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, Ping(1));
+    send.send_error("boom");
+    assert_pending!(fut.poll());
+
+    // Backoff over, but the inner service is not ready: the retry waits on its readiness.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert_pending!(handle.poll_request());
+
+    handle.allow(1);
+    assert_pending!(fut.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, Ping(1), "the retry sends a copy of the request");
+    send.send_response("pong");
+    assert_eq!(assert_ready_ok!(fut.poll()), "pong");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_error_on_a_retry_is_returned() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(retry());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(Ping(1)));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("boom");
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    handle.send_error("broken");
+    let err = assert_ready_err!(fut.poll());
+    assert_eq!(err.to_string(), "broken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn contract_with_concurrency_limit_whose_clone_resets_readiness() {
+    // ConcurrencyLimit holds its permit in the instance that was polled ready; a clone has none,
+    // and calling one panics. Retry must keep using the instance it took.
+    let (inner, calls) = flaky(2);
+    let mut client = ServiceBuilder::new()
+        .layer(retry())
+        .concurrency_limit(1)
+        .service(inner);
+    let ok = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(ok, "ok 2");
+    assert_eq!(calls.count(), 3);
+
+    // Many concurrent callers through clones, with one permit between them: every attempt of
+    // every call waits its turn, none panics, all finish.
+    let (inner, calls) = flaky(5);
+    let client = ServiceBuilder::new()
+        .layer(retry())
+        .concurrency_limit(1)
+        .service(inner);
+    let calls_in_flight = (0..4).map(|_| client.clone().oneshot(get()));
+    let ok = join_all(calls_in_flight)
+        .await
+        .iter()
+        .filter(|r| r.is_ok())
+        .count();
+    assert!(ok >= 2, "{ok}");
+    assert!(calls.count() >= 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_limit_sees_at_most_one_attempt_at_a_time() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let inner = service_fn(move |_req: support::Req| {
+        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+        m.fetch_max(now, Ordering::SeqCst);
+        let r = r.clone();
+        async move {
+            tokio::time::sleep(ms(5)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Err::<(), BoxError>("down".into())
+        }
+    });
+    let client = ServiceBuilder::new()
+        .layer(retry())
+        .concurrency_limit(1)
+        .service(inner);
+    let results = join_all((0..5).map(|_| client.clone().oneshot(get()))).await;
+    assert!(results.iter().all(|r| r.is_err()));
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_call_during_backoff_releases_the_permit() {
+    let (inner, _) = flaky(usize::MAX);
+    let mut client = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .backoff(Backoff::constant(Duration::from_secs(60)))
+                .budget(RetryBudget::unlimited())
+                .build()
+                .unwrap(),
+        )
+        .concurrency_limit(1)
+        .service(inner);
+    {
+        let mut fut = tokio_test::task::spawn(client.ready().await.unwrap().call(get()));
+        assert_pending!(fut.poll(), "waiting out a 60 s backoff");
+    }
+    // The permit went back when the call was dropped.
+    let mut ready = tokio_test::task::spawn(client.ready());
+    assert_ready!(ready.poll()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_also_go_through_readiness() {
+    let hedge = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(hedge);
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(Ping(1)));
+    let (_, primary) = handle.next_request().await.unwrap();
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert_pending!(
+        handle.poll_request(),
+        "no hedge until the inner service is ready"
+    );
+    handle.allow(1);
+    assert_pending!(fut.poll());
+    let (req, hedge) = handle.next_request().await.unwrap();
+    assert_eq!(req, Ping(1));
+    hedge.send_response("from hedge");
+    assert_eq!(assert_ready_ok!(fut.poll()), "from hedge");
+    drop(primary);
+}

@@ -1,0 +1,106 @@
+//! Services that record when they were called, for the retry and hedge tests.
+#![allow(dead_code, unreachable_pub)]
+
+use seawall_core::{deadline::RequestDeadline, BoxError};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{service_fn, Service};
+
+pub type Req = http::Request<&'static str>;
+
+pub const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub fn get() -> Req {
+    http::Request::get("/things/1").body("x").unwrap()
+}
+
+pub fn post() -> Req {
+    http::Request::post("/things").body("x").unwrap()
+}
+
+/// One call seen by a recording service.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub at: Instant,
+    pub deadline: Option<Instant>,
+}
+
+/// The calls a recording service saw.
+#[derive(Clone, Default)]
+pub struct Calls(Arc<Mutex<Vec<Call>>>);
+
+impl Calls {
+    pub fn push(&self, req: &Req) -> usize {
+        let mut calls = self.0.lock().unwrap();
+        calls.push(Call {
+            at: Instant::now(),
+            deadline: req.deadline(),
+        });
+        calls.len() - 1
+    }
+
+    pub fn all(&self) -> Vec<Call> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The gaps between consecutive calls.
+    pub fn gaps(&self) -> Vec<Duration> {
+        self.all().windows(2).map(|w| w[1].at - w[0].at).collect()
+    }
+}
+
+/// Fails the first `failures` calls with the error `"fail {n}"`, then answers `"ok {n}"`.
+pub fn flaky(
+    failures: usize,
+) -> (
+    impl Service<Req, Response = String, Error = BoxError, Future = impl Send> + Clone + Send,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        async move {
+            if n < failures {
+                Err::<String, BoxError>(format!("fail {n}").into())
+            } else {
+                Ok(format!("ok {n}"))
+            }
+        }
+    });
+    (svc, calls)
+}
+
+/// Answers with the HTTP statuses in `script` in turn (the last one repeats), each with the
+/// given `Retry-After` header if any.
+pub fn statuses(
+    script: Vec<(u16, Option<&'static str>)>,
+) -> (
+    impl Service<Req, Response = http::Response<()>, Error = BoxError> + Clone,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let script = Arc::new(script);
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        let (status, after) = script[n.min(script.len() - 1)];
+        async move {
+            let mut res = http::Response::builder().status(status);
+            if let Some(after) = after {
+                res = res.header("retry-after", after);
+            }
+            Ok::<_, BoxError>(res.body(()).unwrap())
+        }
+    });
+    (svc, calls)
+}
