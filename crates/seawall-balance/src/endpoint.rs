@@ -1,0 +1,261 @@
+//! One endpoint of a balancer: its service, its metadata and its lock-free statistics.
+
+use std::{
+    fmt,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+    sync::Arc,
+};
+
+/// What a balancer needs to know about an endpoint key beyond its identity.
+///
+/// Weighted round robin reads [`weight`](EndpointMeta::weight) and zone-aware picking reads
+/// [`zone`](EndpointMeta::zone). Implemented for the usual key types (every endpoint weighs 1 and
+/// has no zone); wrap a key in [`Tagged`] to give it a weight and a zone, as `seawall-discover`
+/// does for DNS SRV records.
+pub trait EndpointMeta {
+    /// The endpoint's static weight, at least 1 (0 is read as 1). Default 1.
+    fn weight(&self) -> u32 {
+        1
+    }
+
+    /// The zone (availability zone, rack, region) the endpoint runs in. Default none.
+    fn zone(&self) -> Option<&str> {
+        None
+    }
+}
+
+macro_rules! plain_meta {
+    ($($t:ty),*) => { $(impl EndpointMeta for $t {})* };
+}
+plain_meta!(
+    SocketAddr,
+    IpAddr,
+    String,
+    &'static str,
+    u8,
+    u16,
+    u32,
+    u64,
+    usize,
+    i32,
+    i64
+);
+
+/// An endpoint key with a weight and a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tagged<K> {
+    /// The endpoint's identity (an address, a name).
+    pub key: K,
+    /// The endpoint's weight (see [`EndpointMeta::weight`]).
+    pub weight: u32,
+    /// The endpoint's zone.
+    pub zone: Option<Arc<str>>,
+}
+
+impl<K> Tagged<K> {
+    /// `key` with weight 1 and no zone.
+    pub fn new(key: K) -> Self {
+        Tagged {
+            key,
+            weight: 1,
+            zone: None,
+        }
+    }
+
+    /// Sets the weight.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the zone.
+    pub fn with_zone(mut self, zone: impl Into<Arc<str>>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+}
+
+impl<K> EndpointMeta for Tagged<K> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+}
+
+impl<K: fmt::Display> fmt::Display for Tagged<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.key, f)
+    }
+}
+
+/// Bounds every endpoint key meets.
+pub trait Key: Hash + Eq + Clone + fmt::Debug + EndpointMeta + Send + Sync + 'static {}
+impl<K> Key for K where K: Hash + Eq + Clone + fmt::Debug + EndpointMeta + Send + Sync + 'static {}
+
+pub(crate) const NONE: u64 = u64::MAX;
+
+/// An endpoint in a balancer's set. Shared by snapshots: statistics survive set changes.
+pub(crate) struct Endpoint<K, S> {
+    pub(crate) key: K,
+    pub(crate) service: S,
+    pub(crate) weight: u32,
+    pub(crate) zone: u16,
+    pub(crate) key_hash: u64,
+    pub(crate) stats: Stats,
+}
+
+/// Lock-free per-endpoint statistics. Times are nanoseconds since the balancer's epoch.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub(crate) outstanding: AtomicU32,
+    /// PeakEWMA of latency in nanoseconds (f64 bits); [`NONE`] before the first sample.
+    pub(crate) peak: AtomicU64,
+    pub(crate) peak_at: AtomicU64,
+    /// Plain EWMA of successful calls' latency in nanoseconds (f64 bits), for latency ejection.
+    pub(crate) latency: AtomicU64,
+    pub(crate) latency_at: AtomicU64,
+    pub(crate) latency_samples: AtomicU32,
+    /// Since when the latency has been an outlier; [`NONE`] when it is not.
+    pub(crate) slow_since: AtomicU64,
+    pub(crate) successes: AtomicU32,
+    pub(crate) failures: AtomicU32,
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Ejected by outlier detection (success rate, failure percentage, consecutive, latency).
+    pub(crate) ejected: AtomicBool,
+    pub(crate) ejected_at: AtomicU64,
+    pub(crate) multiplier: AtomicU32,
+    /// The active health check's verdict.
+    pub(crate) probe_ok: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            outstanding: AtomicU32::new(0),
+            peak: AtomicU64::new(NONE),
+            peak_at: AtomicU64::new(0),
+            latency: AtomicU64::new(NONE),
+            latency_at: AtomicU64::new(0),
+            latency_samples: AtomicU32::new(0),
+            slow_since: AtomicU64::new(NONE),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejected_at: AtomicU64::new(0),
+            multiplier: AtomicU32::new(0),
+            probe_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Stats {
+    /// Whether health checks let this endpoint take traffic.
+    #[inline]
+    pub(crate) fn healthy(&self) -> bool {
+        !self.ejected.load(Relaxed) && self.probe_ok.load(Relaxed)
+    }
+
+    /// Finagle's PeakEWMA cost: the decayed peak latency times (outstanding + 1).
+    ///
+    /// An endpoint never measured, or whose estimate no call has refreshed for a whole decay
+    /// period, is stale. A stale endpoint with no call in flight costs nothing, so the next pick
+    /// that draws it sends it one trial call, whose answer replaces the estimate; while that call
+    /// is in flight it costs `default_ns`. Without this, an endpoint whose estimate is high (a
+    /// failure penalty, a slow spell) draws no calls, so nothing measures it again and it stays
+    /// out for many decay periods after it has recovered; and under light load a new endpoint
+    /// would lose every pick to peers measured faster than `default_ns`.
+    #[inline]
+    pub(crate) fn peak_cost(&self, now: u64, tau_ns: f64, default_ns: f64) -> f64 {
+        let outstanding = self.outstanding.load(Relaxed) as f64;
+        let bits = self.peak.load(Relaxed);
+        let stale = bits == NONE || now.saturating_sub(self.peak_at.load(Relaxed)) as f64 >= tau_ns;
+        let ewma = if stale {
+            if outstanding == 0.0 {
+                return 0.0;
+            }
+            default_ns
+        } else {
+            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+            f64::from_bits(bits) * (-dt / tau_ns).exp()
+        };
+        ewma * (outstanding + 1.0)
+    }
+
+    /// Records a latency sample in the PeakEWMA: a sample above the current value replaces it,
+    /// a lower one is averaged in with weight decaying over `tau`, and one arriving after a whole
+    /// `tau` without samples replaces a stale estimate.
+    #[inline]
+    pub(crate) fn record_peak(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
+        let bits = self.peak.load(Relaxed);
+        let next = if bits == NONE {
+            rtt_ns
+        } else {
+            let at = self.peak_at.load(Relaxed);
+            let dt = now.saturating_sub(at) as f64;
+            let old = f64::from_bits(bits);
+            if rtt_ns > old || dt >= tau_ns {
+                // A higher sample is the new peak; after a whole decay period without samples
+                // the old estimate is stale and the new sample replaces it.
+                rtt_ns
+            } else {
+                let w = (-dt / tau_ns).exp();
+                old * w + rtt_ns * (1.0 - w)
+            }
+        };
+        self.peak.store(next.to_bits(), Relaxed);
+        self.peak_at.store(now, Relaxed);
+    }
+
+    /// Records a successful call's latency in the plain EWMA used by latency ejection.
+    pub(crate) fn record_latency(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
+        let bits = self.latency.load(Relaxed);
+        let next = if bits == NONE {
+            rtt_ns
+        } else {
+            let at = self.latency_at.load(Relaxed);
+            let w = (-(now.saturating_sub(at) as f64) / tau_ns).exp();
+            f64::from_bits(bits) * w + rtt_ns * (1.0 - w)
+        };
+        self.latency.store(next.to_bits(), Relaxed);
+        self.latency_at.store(now, Relaxed);
+        self.latency_samples.fetch_add(1, Relaxed);
+    }
+
+    /// The latency EWMA in nanoseconds, if any call has completed.
+    pub(crate) fn latency_ns(&self) -> Option<f64> {
+        let bits = self.latency.load(Relaxed);
+        (bits != NONE).then(|| f64::from_bits(bits))
+    }
+}
+
+impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("key", &self.key)
+            .field("weight", &self.weight)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// A stable 64-bit hash (SipHash with fixed keys), so rings agree across processes.
+pub(crate) fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
+/// A bit mixer (splitmix64's finalizer), so user keys that are small integers spread over the ring.
+#[inline]
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

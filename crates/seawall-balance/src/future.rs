@@ -1,0 +1,338 @@
+use crate::{
+    endpoint::{Endpoint, Key},
+    picker::PickCx,
+    set::Snapshot,
+    shared::Shared,
+    BalanceEvent, NoEndpoints,
+};
+use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use seawall_core::{metrics, BoxError, Classify, Outcome};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+use tokio::{
+    sync::futures::OwnedNotified,
+    time::{sleep_until, Instant, Sleep},
+};
+use tower_service::Service;
+
+pin_project! {
+    /// The response future of [`Balance`](crate::Balance).
+    ///
+    /// First it picks an endpoint that is available and ready (waiting, at most the balancer's
+    /// `max_wait`, for one to become so), then it calls it and records the outcome. Dropping it
+    /// at any point releases the endpoint's in-flight count and records nothing.
+    pub struct ResponseFuture<K, S, C, Req, F> {
+        #[pin]
+        state: State<K, S, Req, F>,
+        shared: Arc<Shared<K, S, C>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<K, S, Req, F> {
+        Pick {
+            req: Option<Req>,
+            snapshot: Arc<Snapshot<K, S>>,
+            rng: SmallRng,
+            hash: Option<u64>,
+            // An endpoint that was picked but not ready: kept so its readiness wakes this task.
+            pending: Option<(Arc<Endpoint<K, S>>, S)>,
+            deadline: Option<Instant>,
+            #[pin]
+            sleep: Option<Sleep>,
+            #[pin]
+            notified: Option<OwnedNotified>,
+            waiter: Option<Waiter>,
+        },
+        Call {
+            #[pin]
+            fut: F,
+            guard: Guard<K, S>,
+        },
+        Done,
+    }
+}
+
+/// Counts this call among the calls waiting for an endpoint, until it is dropped.
+pub(crate) struct Waiter(Arc<AtomicUsize>);
+
+impl Waiter {
+    fn new(waiting: &Arc<AtomicUsize>) -> Self {
+        waiting.fetch_add(1, Relaxed);
+        Waiter(waiting.clone())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Holds an endpoint's in-flight count for the length of a call.
+pub(crate) struct Guard<K, S> {
+    endpoint: Arc<Endpoint<K, S>>,
+    start: Option<Instant>,
+}
+
+impl<K, S> Guard<K, S> {
+    fn new(endpoint: Arc<Endpoint<K, S>>, start: Option<Instant>) -> Self {
+        endpoint.stats.outstanding.fetch_add(1, Relaxed);
+        Guard { endpoint, start }
+    }
+}
+
+impl<K, S> Drop for Guard<K, S> {
+    fn drop(&mut self) {
+        self.endpoint.stats.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
+    pub(crate) fn new(
+        shared: Arc<Shared<K, S, C>>,
+        snapshot: Arc<Snapshot<K, S>>,
+        req: Req,
+        rng: SmallRng,
+        hash: Option<u64>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Pick {
+                req: Some(req),
+                snapshot,
+                rng,
+                hash,
+                pending: None,
+                deadline: None,
+                sleep: None,
+                notified: None,
+                waiter: None,
+            },
+            shared,
+        }
+    }
+}
+
+enum Step<K, S> {
+    Call(Arc<Endpoint<K, S>>, S),
+    Fail(BoxError),
+    Wait,
+}
+
+impl<K, S, C, Req> ResponseFuture<K, S, C, Req, S::Future>
+where
+    K: Key,
+    S: Service<Req> + Clone + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    /// Picks an available endpoint and polls it ready; falls back to any other available endpoint
+    /// that is ready, so one unready endpoint never holds a call up.
+    fn try_pick(
+        shared: &Shared<K, S, C>,
+        snapshot: &Snapshot<K, S>,
+        rng: &mut SmallRng,
+        hash: Option<u64>,
+        pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
+        cx: &mut Context<'_>,
+    ) -> Step<K, S> {
+        if let Some((ep, mut svc)) = pending.take() {
+            match svc.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Step::Call(ep, svc),
+                Poll::Ready(Err(e)) => return Self::ready_failed(shared, &ep, e),
+                Poll::Pending => *pending = Some((ep, svc)),
+            }
+        }
+        let n = snapshot.len();
+        if n == 0 {
+            return Step::Wait;
+        }
+        let panic = shared.panicking(n);
+        let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
+        let now = if shared.settings.picker.uses_latency() {
+            shared.nanos(Instant::now())
+        } else {
+            0
+        };
+        let mut pcx = PickCx {
+            rng,
+            hash,
+            now,
+            round_robin: &shared.round_robin,
+            available: &available,
+        };
+        let Some(first) = shared
+            .settings
+            .picker
+            .pick(snapshot, &shared.tuning, &mut pcx)
+        else {
+            return Step::Wait;
+        };
+        let ep = &snapshot.endpoints[first];
+        let mut svc = ep.service.clone();
+        match svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
+            Poll::Ready(Err(e)) => return Self::ready_failed(shared, ep, e),
+            Poll::Pending => {}
+        }
+        // The pick is not ready: take any other available endpoint that is.
+        for step in 1..n {
+            let i = (first + step) % n;
+            let other = &snapshot.endpoints[i];
+            if !available(i, &other.key) {
+                continue;
+            }
+            let mut candidate = other.service.clone();
+            if let Poll::Ready(Ok(())) = candidate.poll_ready(cx) {
+                return Step::Call(other.clone(), candidate);
+            }
+        }
+        if pending.is_none() {
+            *pending = Some((ep.clone(), svc));
+        }
+        Step::Wait
+    }
+
+    fn ready_failed(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) -> Step<K, S> {
+        shared.record(ep, Outcome::Failure, None, None);
+        Step::Fail(e.into())
+    }
+}
+
+impl<K, S, C, Req> Future for ResponseFuture<K, S, C, Req, S::Future>
+where
+    K: Key,
+    S: Service<Req> + Clone + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Pick {
+                    req,
+                    snapshot,
+                    rng,
+                    hash,
+                    pending,
+                    deadline,
+                    mut sleep,
+                    mut notified,
+                    waiter,
+                } => {
+                    let shared = &**this.shared;
+                    match Self::try_pick(shared, snapshot, rng, *hash, pending, cx) {
+                        Step::Call(endpoint, mut svc) => {
+                            let req = req.take().expect("request taken once");
+                            let timed = shared.timed
+                                || <C as Classify<S::Response, S::Error>>::uses_elapsed(
+                                    &shared.classifier,
+                                );
+                            let start = timed.then(Instant::now);
+                            let guard = Guard::new(endpoint, start);
+                            let fut = svc.call(req);
+                            this.state.set(State::Call { fut, guard });
+                            continue;
+                        }
+                        Step::Fail(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                        Step::Wait => {}
+                    }
+                    // Nothing to call yet: arm the deadline, listen for set and health changes,
+                    // and look again once listening (a change may have landed since the pick).
+                    if waiter.is_none() {
+                        *waiter = Some(Waiter::new(&shared.waiting));
+                    }
+                    if deadline.is_none() {
+                        if let Some(wait) = shared.settings.max_wait {
+                            let at = Instant::now() + wait;
+                            *deadline = Some(at);
+                            sleep.set(Some(sleep_until(at)));
+                        }
+                    }
+                    match notified.as_mut().as_pin_mut() {
+                        Some(n) => {
+                            if n.poll(cx).is_ready() {
+                                notified.set(None);
+                                *snapshot = shared.current();
+                                continue;
+                            }
+                        }
+                        None => {
+                            notified.set(Some(shared.changed.clone().notified_owned()));
+                            if let Some(n) = notified.as_mut().as_pin_mut() {
+                                n.enable();
+                            }
+                            *snapshot = shared.current();
+                            continue;
+                        }
+                    }
+                    if let Some(s) = sleep.as_mut().as_pin_mut() {
+                        if s.poll(cx).is_ready() {
+                            let waited = shared.settings.max_wait.unwrap_or_default();
+                            this.state.set(State::Done);
+                            metrics::counter(metrics::BALANCE_NO_ENDPOINTS, &shared.name)
+                                .increment(1);
+                            tracing::debug!(name = %shared.name, ?waited, "seawall balance found no endpoint");
+                            shared
+                                .listeners
+                                .emit(&shared.name, &BalanceEvent::NoEndpoints { waited });
+                            return Poll::Ready(Err(Box::new(NoEndpoints::new())));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                StateProj::Call { fut, guard } => {
+                    let result = match fut.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    let shared = &**this.shared;
+                    let end = guard.start.map(|_| Instant::now());
+                    let elapsed = match (guard.start, end) {
+                        (Some(s), Some(e)) => e.saturating_duration_since(s),
+                        _ => std::time::Duration::ZERO,
+                    };
+                    let outcome = shared.classifier.classify(result.as_ref(), elapsed);
+                    shared.record(&guard.endpoint, outcome, end, guard.start);
+                    // Dropping the call releases the endpoint's capacity; wake calls waiting
+                    // for a ready endpoint.
+                    this.state.set(State::Done);
+                    if shared.waiting.load(Relaxed) > 0 {
+                        shared.changed.notify_waiters();
+                    }
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                StateProj::Done => panic!("balance ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<K, S, C, Req, F> fmt::Debug for ResponseFuture<K, S, C, Req, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Pick { .. } => "picking",
+            State::Call { .. } => "calling",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,144 @@
+//! The hooks a balancer calls: the request's hash key, the active health probe and the
+//! availability filter.
+
+use std::future::{ready, Future, Ready};
+
+/// The key of a request for [`Picker::ConsistentHash`](crate::Picker::ConsistentHash).
+///
+/// Implemented for closures `Fn(&Req) -> u64`; [`NoKey`] gives every request no key.
+pub trait HashKey<Req> {
+    /// The request's key, or `None` to let the balancer pick at random.
+    fn hash_key(&self, req: &Req) -> Option<u64>;
+}
+
+impl<Req, F> HashKey<Req> for F
+where
+    F: Fn(&Req) -> u64,
+{
+    #[inline]
+    fn hash_key(&self, req: &Req) -> Option<u64> {
+        Some(self(req))
+    }
+}
+
+/// No request has a hash key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKey;
+
+impl<Req> HashKey<Req> for NoKey {
+    #[inline]
+    fn hash_key(&self, _req: &Req) -> Option<u64> {
+        None
+    }
+}
+
+/// An active health probe (Ribbon's `IPing`): given an endpoint's key and a clone of its service,
+/// answers whether the endpoint is alive.
+///
+/// Implemented for closures `Fn(&K, S) -> impl Future<Output = bool>`.
+pub trait Probe<K, S>: Send + Sync + 'static {
+    /// The probe's future.
+    type Future: Future<Output = bool> + Send + 'static;
+
+    /// Probes one endpoint.
+    fn probe(&self, key: &K, service: S) -> Self::Future;
+
+    /// Whether this probe never fails, so the balancer can skip probing.
+    fn is_noop(&self) -> bool {
+        false
+    }
+}
+
+impl<K, S, F, Fut> Probe<K, S> for F
+where
+    F: Fn(&K, S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn probe(&self, key: &K, service: S) -> Fut {
+        self(key, service)
+    }
+}
+
+/// No active health checking: every endpoint is alive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProbe;
+
+impl<K, S> Probe<K, S> for NoProbe {
+    type Future = Ready<bool>;
+
+    fn probe(&self, _key: &K, _service: S) -> Ready<bool> {
+        ready(true)
+    }
+
+    fn is_noop(&self) -> bool {
+        true
+    }
+}
+
+/// An availability filter consulted on each pick: `false` keeps the endpoint out of the pick
+/// (Ribbon's `AvailabilityFilteringRule`).
+///
+/// Implemented for closures `Fn(&K, &S) -> bool`, given the endpoint's key and service. It runs on
+/// the hot path: keep it to a few atomic loads. With the `breaker` feature, [`BreakerFilter`]
+/// skips endpoints whose own circuit breaker is open.
+///
+/// [`BreakerFilter`]: crate::BreakerFilter
+pub trait Filter<K, S>: Send + Sync + 'static {
+    /// Whether the endpoint may take a call now.
+    fn available(&self, key: &K, service: &S) -> bool;
+
+    /// Whether this filter lets every endpoint through, so the balancer can skip calling it.
+    fn is_noop(&self) -> bool {
+        false
+    }
+}
+
+impl<K, S, F> Filter<K, S> for F
+where
+    F: Fn(&K, &S) -> bool + Send + Sync + 'static,
+{
+    #[inline]
+    fn available(&self, key: &K, service: &S) -> bool {
+        self(key, service)
+    }
+}
+
+/// Every endpoint is available.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFilter;
+
+impl<K, S> Filter<K, S> for NoFilter {
+    #[inline]
+    fn available(&self, _key: &K, _service: &S) -> bool {
+        true
+    }
+
+    fn is_noop(&self) -> bool {
+        true
+    }
+}
+
+/// Skips endpoints whose per-endpoint circuit breaker is Open or ForcedOpen.
+///
+/// Wrap each endpoint's service in a [`Breaker`](seawall_breaker::Breaker) when discovery makes
+/// it (for example with [`BreakerSet::get`](seawall_breaker::BreakerSet::get), one breaker per
+/// address) and pass this filter to
+/// [`BalanceConfigBuilder::filter`](crate::BalanceConfigBuilder::filter). An endpoint whose
+/// breaker is half-open takes calls again, so its trial calls can close it.
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BreakerFilter;
+
+#[cfg(feature = "breaker")]
+impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
+    #[inline]
+    fn available(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> bool {
+        !matches!(
+            service.handle().state(),
+            seawall_breaker::State::Open | seawall_breaker::State::ForcedOpen
+        )
+    }
+}

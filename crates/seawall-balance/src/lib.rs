@@ -1,0 +1,222 @@
+//! Client-side load balancing for [`tower`] that routes around failing and slow endpoints.
+//!
+//! A [`Balance`] spreads calls over a set of endpoints that a discovery stream keeps up to date
+//! (any [`tower::discover::Discover`]: a static list, a watch channel, DNS via `seawall-discover`).
+//! It is the Ribbon half of seawall: a [`Picker`] chooses the endpoint, passive outlier detection
+//! and an optional active health check take bad endpoints out, and a panic threshold puts them
+//! back when too many are out.
+//!
+//! # What sets it apart from tower's `p2c::Balance`
+//!
+//! - **`Clone`, no `Buffer`.** Clones share one endpoint set and its statistics.
+//! - **Discovery is applied while idle.** A background task applies inserts and removes (and runs
+//!   health checks) as they come, not when the next call happens to drive the balancer.
+//! - **Bounded waiting.** With no available endpoint a call waits at most
+//!   [`max_wait`](BalanceConfigBuilder::max_wait), then fails with [`NoEndpoints`].
+//! - **Readiness per call.** The response future polls the picked endpoint ready and falls back
+//!   to any other ready endpoint, so one unready endpoint never holds the balancer up.
+//! - **Failures count as slow.** PeakEWMA records a failed call as taking at least
+//!   `failure_penalty`, so an endpoint that fails fast does not attract traffic.
+//! - **Latency outlier ejection**: an endpoint much slower than its peers for long enough is
+//!   ejected like a failing one.
+//!
+//! # Pickers
+//!
+//! See [`Picker`]: round robin, random, weighted round robin (EDF), least outstanding, power of
+//! d choices by outstanding calls or by PeakEWMA, consistent hashing (ring) and zone-aware.
+//! Picking never allocates and takes no lock.
+//!
+//! # Health
+//!
+//! [`OutlierDetection`] follows gRPC's outlier detection (gRFC A50): every `interval` the
+//! success-rate and failure-percentage rules run over the interval's calls, Envoy's
+//! consecutive-failures rule ejects at once, and seawall's latency rule ejects an endpoint whose
+//! latency EWMA stays above `factor ×` its peers' median. An ejection lasts
+//! `base_ejection_time × ejections so far`, capped; at most `max_ejection_percent` of the
+//! endpoints are out at once and never the last healthy one. [`HealthCheck`] probes every endpoint
+//! periodically (Ribbon's `IPing`). A [`Filter`] keeps endpoints out on every pick (Ribbon's
+//! `AvailabilityFilteringRule`); with the default `breaker` feature, `BreakerFilter` skips
+//! endpoints whose own `seawall-breaker` circuit breaker is open. When
+//! fewer than `panic_threshold` of the endpoints are healthy, health is ignored.
+//! What counts as a failure comes from a `seawall-core` classifier.
+//!
+//! # Defaults
+//!
+//! | option | default | note |
+//! |---|---|---|
+//! | `picker` | [`Picker::p2c_peak_ewma`] | choices 2, decay 10 s, default latency 30 ms, failure penalty 1 s |
+//! | `max_wait` | 2 s | `None` waits as long as it takes |
+//! | `panic_threshold` | 0.5 | Envoy's default |
+//! | `outlier_detection.interval` | 10 s | gRPC |
+//! | `base_ejection_time` / `max_ejection_time` | 30 s / 300 s | gRPC |
+//! | `max_ejection_percent` | 0.1 | gRPC; one endpoint can always be ejected |
+//! | `consecutive_failures` | 5 | Envoy |
+//! | `success_rate` | stdev factor 1.9, 5 hosts, 100 calls | gRPC |
+//! | `failure_percentage` | 85 %, 5 hosts, 50 calls | gRPC |
+//! | `latency` | 3 × peers' median for 30 s, decay 10 s, 3 hosts, 10 samples | |
+//! | `health_check` | off | |
+//! | `filter` | none | `BreakerFilter` for per-endpoint breakers (`breaker` feature, default on) |
+//! | `classifier` | `Err` is a failure | |
+//! | `seed` | from the process's hash randomness | set it for reproducible runs |
+//! | `name` | `"balance"` | |
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::balance::{BalanceLayer, NoEndpoints, Picker};
+//! use std::time::Duration;
+//! use tower::{discover::ServiceList, service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! // Three endpoints; a real client would bind a hyper client to each discovered address.
+//! let endpoints = (0..3).map(|i| service_fn(move |req: u32| async move {
+//!     Ok::<_, seawall::BoxError>(format!("endpoint {i} answered {req}"))
+//! }));
+//! let balancer = BalanceLayer::builder()
+//!     .name("users-api")
+//!     .picker(Picker::RoundRobin)
+//!     .max_wait(Duration::from_millis(100))
+//!     .seed(7)
+//!     .build()?
+//!     .layer(ServiceList::new(endpoints.collect::<Vec<_>>()));
+//! tokio::task::yield_now().await; // the background task applies the list
+//!
+//! let answer = balancer.clone().oneshot(1).await?;
+//! assert!(answer.starts_with("endpoint"));
+//!
+//! // With no endpoint at all a call fails after max_wait.
+//! let empty = BalanceLayer::builder()
+//!     .max_wait(Duration::from_millis(100))
+//!     .build()?
+//!     .layer(ServiceList::new(Vec::<tower::util::BoxCloneSyncService<u32, String, seawall::BoxError>>::new()));
+//! let err = empty.oneshot(1).await.unwrap_err();
+//! assert!(err.is::<NoEndpoints>());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! In a stack with other seawall layers, the balancer goes innermost and the stack is built on the
+//! discovery stream:
+//!
+//! ```
+//! use seawall::{balance::BalanceLayer, discover, ServiceBuilderExt};
+//! use std::{net::SocketAddr, time::Duration};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let addrs: Vec<SocketAddr> = vec!["10.0.0.1:80".parse()?, "10.0.0.2:80".parse()?];
+//! let client = ServiceBuilder::new()
+//!     .with_timeout(Duration::from_secs(1))
+//!     .with_balance(BalanceLayer::builder().name("users-api").build()?)
+//!     .service(discover::from_list(addrs, |addr: &SocketAddr| {
+//!         let addr = *addr;
+//!         service_fn(move |_req: http::Request<()>| async move {
+//!             Ok::<_, seawall::BoxError>(addr.port())
+//!         })
+//!     }));
+//! assert_eq!(client.oneshot(http::Request::new(())).await?, 80);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See `docs/load-balancing.md` in the repository for when to use each picker and how Ribbon's
+//! rules map onto seawall's.
+//!
+//! [`tower`]: https://docs.rs/tower
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod endpoint;
+mod error;
+mod future;
+mod hook;
+mod layer;
+pub mod picker;
+mod service;
+mod set;
+mod shared;
+
+pub use config::{
+    BalanceConfigBuilder, FailurePercentage, HealthCheck, LatencyEjection, OutlierDetection,
+    SuccessRate, DEFAULT_MAX_WAIT, DEFAULT_PANIC_THRESHOLD,
+};
+pub use endpoint::{EndpointMeta, Key, Tagged};
+pub use error::NoEndpoints;
+pub use future::ResponseFuture;
+#[cfg(feature = "breaker")]
+pub use hook::BreakerFilter;
+pub use hook::{Filter, HashKey, NoFilter, NoKey, NoProbe, Probe};
+pub use layer::BalanceLayer;
+pub use picker::Picker;
+pub use service::Balance;
+pub use tower::discover::Change;
+
+/// Why an endpoint was ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EjectReason {
+    /// Too many failed calls in a row.
+    ConsecutiveFailures,
+    /// Its success rate was an outlier among the endpoints'.
+    SuccessRate,
+    /// Its share of failed calls was above the threshold.
+    FailurePercentage,
+    /// Its latency was an outlier among the endpoints'.
+    Latency,
+}
+
+/// What a balancer reports to its [listeners](BalanceConfigBuilder::on_event).
+///
+/// Endpoint keys are given in their `Debug` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BalanceEvent {
+    /// Discovery added (or replaced) an endpoint.
+    EndpointAdded {
+        /// The endpoint's key.
+        key: String,
+    },
+    /// Discovery removed an endpoint.
+    EndpointRemoved {
+        /// The endpoint's key.
+        key: String,
+    },
+    /// Outlier detection ejected an endpoint.
+    Ejected {
+        /// The endpoint's key.
+        key: String,
+        /// Which rule ejected it.
+        reason: EjectReason,
+        /// How long it stays out.
+        duration: std::time::Duration,
+    },
+    /// An ejected endpoint's time was up and it takes traffic again.
+    Returned {
+        /// The endpoint's key.
+        key: String,
+    },
+    /// An endpoint failed its active health check.
+    ProbeFailed {
+        /// The endpoint's key.
+        key: String,
+    },
+    /// An endpoint passed its active health check after failing it.
+    ProbePassed {
+        /// The endpoint's key.
+        key: String,
+    },
+    /// A call found no available endpoint within `max_wait`.
+    NoEndpoints {
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+}

@@ -1,0 +1,452 @@
+//! Pickers: how a balancer chooses an endpoint for a call.
+//!
+//! | picker | choice | source |
+//! |---|---|---|
+//! | [`Picker::RoundRobin`] | next endpoint in turn | Ribbon `RoundRobinRule` |
+//! | [`Picker::Random`] | uniformly random | Ribbon `RandomRule` |
+//! | [`Picker::WeightedRoundRobin`] | in turn, in proportion to [`EndpointMeta::weight`](crate::EndpointMeta::weight), earliest deadline first | Envoy's weighted round robin |
+//! | [`Picker::LeastOutstanding`] | fewest calls in flight over all endpoints | Ribbon `BestAvailableRule` |
+//! | [`Picker::P2cOutstanding`] | best of `choices` random endpoints by calls in flight | Mitzenmacher, *The Power of Two Choices* (2001) |
+//! | [`Picker::P2cPeakEwma`] | best of `choices` random endpoints by PeakEWMA latency × (calls in flight + 1) | Finagle's `P2CPeakEwma` |
+//! | [`Picker::LeastPeakEwma`] | cheapest of all endpoints by PeakEWMA latency × (calls in flight + 1) | Ribbon `BestAvailableRule` with Finagle's cost |
+//! | [`Picker::ConsistentHash`] | the endpoint owning the request's key on a hash ring | Karger et al. (1997), Ketama |
+//! | [`Picker::ZoneAware`] | the local zone while it is healthy enough, otherwise the healthy zones | Ribbon `ZoneAvoidanceRule` |
+//!
+//! Every picker skips endpoints that health checking has taken out (unless the balancer is in
+//! panic mode) and never allocates.
+
+use crate::{endpoint::mix, set::Snapshot};
+use rand::{rngs::SmallRng, Rng};
+use seawall_core::{config::check_range, ConfigError};
+use std::{sync::Arc, time::Duration};
+
+/// How a balancer picks an endpoint; see the [module docs](self).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Picker {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// A uniformly random endpoint.
+    Random,
+    /// Each endpoint in turn, as often as its weight says (earliest deadline first: an endpoint of
+    /// weight `w` is due every `1/w`).
+    WeightedRoundRobin,
+    /// The endpoint with the fewest calls in flight; ties go to a random one.
+    LeastOutstanding,
+    /// The endpoint with the fewest calls in flight among `choices` drawn at random.
+    P2cOutstanding {
+        /// How many endpoints to draw (2 is the classic power of two choices).
+        choices: usize,
+    },
+    /// The cheapest endpoint among `choices` drawn at random, where cost is the PeakEWMA latency
+    /// times (calls in flight + 1). A failed call counts as taking at least `failure_penalty`, so
+    /// an endpoint that fails fast looks slow rather than attractive.
+    P2cPeakEwma {
+        /// How many endpoints to draw.
+        choices: usize,
+        /// How fast old latencies are forgotten (the EWMA's time constant).
+        decay: Duration,
+        /// The latency assumed for an endpoint that has not answered yet.
+        default_rtt: Duration,
+        /// The latency a failed call is recorded as, at least.
+        failure_penalty: Duration,
+    },
+    /// The cheapest of *all* available endpoints, where cost is the PeakEWMA latency times (calls
+    /// in flight + 1), as for [`P2cPeakEwma`](Picker::P2cPeakEwma). A scan costs O(endpoints)
+    /// per pick, so this suits sets of tens of endpoints, where it keeps traffic off slow
+    /// endpoints far better than two random choices do.
+    LeastPeakEwma {
+        /// How fast old latencies are forgotten (the EWMA's time constant).
+        decay: Duration,
+        /// The latency assumed for an endpoint that has not answered yet.
+        default_rtt: Duration,
+        /// The latency a failed call is recorded as, at least.
+        failure_penalty: Duration,
+    },
+    /// The endpoint owning the request's key (see
+    /// [`hash_key`](crate::BalanceConfigBuilder::hash_key)) on a ring with `replicas` points per
+    /// endpoint. A request without a key goes to a random endpoint. When the owner is unavailable
+    /// the next endpoint on the ring takes the call.
+    ConsistentHash {
+        /// Points per endpoint on the ring; more points spread keys more evenly.
+        replicas: u32,
+    },
+    /// Endpoints in `local_zone` while at least `min_healthy_share` of them are healthy; otherwise
+    /// the zones that are healthy enough (every available endpoint when none is). Within the
+    /// chosen zones, power of two choices by calls in flight. Zones come from
+    /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
+    /// of their own, and beyond 31 distinct zones the rest are judged together.
+    ZoneAware {
+        /// The caller's own zone.
+        local_zone: Arc<str>,
+        /// The share of a zone's endpoints that must be healthy for the zone to take traffic.
+        min_healthy_share: f64,
+    },
+}
+
+impl Picker {
+    /// Power of two choices by calls in flight.
+    pub fn p2c() -> Self {
+        Picker::P2cOutstanding { choices: 2 }
+    }
+
+    /// Power of two choices by PeakEWMA with the defaults: decay 10 s, default latency 30 ms,
+    /// failure penalty 1 s.
+    pub fn p2c_peak_ewma() -> Self {
+        Picker::P2cPeakEwma {
+            choices: 2,
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+
+    /// The cheapest endpoint of all by PeakEWMA, with [`p2c_peak_ewma`](Picker::p2c_peak_ewma)'s
+    /// defaults.
+    pub fn least_peak_ewma() -> Self {
+        Picker::LeastPeakEwma {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+
+    /// Consistent hashing with 160 points per endpoint (Ketama's figure).
+    pub fn consistent_hash() -> Self {
+        Picker::ConsistentHash { replicas: 160 }
+    }
+
+    /// Zone-aware picking preferring `local_zone` while 70 % of it is healthy.
+    pub fn zone_aware(local_zone: impl Into<Arc<str>>) -> Self {
+        Picker::ZoneAware {
+            local_zone: local_zone.into(),
+            min_healthy_share: 0.7,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            Picker::P2cOutstanding { choices } => {
+                check_range("choices", *choices, 1, 64)?;
+            }
+            Picker::LeastPeakEwma {
+                decay,
+                default_rtt,
+                failure_penalty,
+            } => check_peak_ewma(*decay, *default_rtt, *failure_penalty)?,
+            Picker::P2cPeakEwma {
+                choices,
+                decay,
+                default_rtt,
+                failure_penalty,
+            } => {
+                check_range("choices", *choices, 1, 64)?;
+                check_peak_ewma(*decay, *default_rtt, *failure_penalty)?;
+            }
+            Picker::ConsistentHash { replicas } => {
+                check_range("replicas", *replicas, 1, 10_000)?;
+            }
+            Picker::ZoneAware {
+                local_zone,
+                min_healthy_share,
+            } => {
+                seawall_core::config::check_fraction("min_healthy_share", *min_healthy_share)?;
+                if local_zone.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "local_zone",
+                        "must not be empty",
+                        "\"\"",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn uses_latency(&self) -> bool {
+        matches!(
+            self,
+            Picker::P2cPeakEwma { .. } | Picker::LeastPeakEwma { .. }
+        )
+    }
+}
+
+impl Default for Picker {
+    /// [`Picker::p2c_peak_ewma`].
+    fn default() -> Self {
+        Picker::p2c_peak_ewma()
+    }
+}
+
+/// What a pick needs besides the snapshot.
+pub(crate) struct PickCx<'a, K> {
+    pub(crate) rng: &'a mut SmallRng,
+    pub(crate) hash: Option<u64>,
+    /// Nanoseconds since the balancer's epoch (read only by PeakEWMA).
+    pub(crate) now: u64,
+    pub(crate) round_robin: &'a std::sync::atomic::AtomicUsize,
+    pub(crate) available: &'a dyn Fn(usize, &K) -> bool,
+}
+
+/// Tuning read on the hot path, precomputed from the [`Picker`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub(crate) tau_ns: f64,
+    pub(crate) default_ns: f64,
+    pub(crate) penalty_ns: f64,
+}
+
+impl Tuning {
+    pub(crate) fn new(picker: &Picker) -> Self {
+        match picker {
+            Picker::P2cPeakEwma {
+                decay,
+                default_rtt,
+                failure_penalty,
+                ..
+            }
+            | Picker::LeastPeakEwma {
+                decay,
+                default_rtt,
+                failure_penalty,
+            } => Tuning {
+                tau_ns: decay.as_nanos() as f64,
+                default_ns: default_rtt.as_nanos() as f64,
+                penalty_ns: failure_penalty.as_nanos() as f64,
+            },
+            _ => Tuning {
+                tau_ns: 10e9,
+                default_ns: 30e6,
+                penalty_ns: 1e9,
+            },
+        }
+    }
+}
+
+fn check_peak_ewma(
+    decay: Duration,
+    default_rtt: Duration,
+    failure_penalty: Duration,
+) -> Result<(), ConfigError> {
+    seawall_core::config::check_positive_duration("decay", decay)?;
+    seawall_core::config::check_positive_duration("default_rtt", default_rtt)?;
+    check_range(
+        "failure_penalty",
+        failure_penalty,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
+    Ok(())
+}
+
+const MAX_ZONES: usize = 32;
+
+impl Picker {
+    /// Picks an available endpoint of `set`, or `None` when none is available.
+    pub(crate) fn pick<K, S>(
+        &self,
+        set: &Snapshot<K, S>,
+        tuning: &Tuning,
+        cx: &mut PickCx<'_, K>,
+    ) -> Option<usize> {
+        let n = set.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let avail = |i: usize| (cx.available)(i, &set.endpoints[i].key);
+        match self {
+            Picker::RoundRobin => {
+                // An unavailable endpoint's turn goes to the next call's turn, so the others
+                // stay even.
+                let mut at = 0;
+                for _ in 0..n {
+                    at = cx
+                        .round_robin
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if avail(at % n) {
+                        return Some(at % n);
+                    }
+                }
+                scan(n, at % n, &avail)
+            }
+            Picker::Random => {
+                let start = cx.rng.random_range(0..n);
+                sample(n, cx.rng, &avail).or_else(|| scan(n, start, &avail))
+            }
+            Picker::WeightedRoundRobin => {
+                let len = set.schedule.len();
+                if len == 0 {
+                    return None;
+                }
+                // An unavailable endpoint's slots pass to the next slots due.
+                let mut at = 0;
+                for _ in 0..len.min(4 * n) {
+                    at = cx
+                        .round_robin
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = set.schedule[at % len] as usize;
+                    if avail(i) {
+                        return Some(i);
+                    }
+                }
+                scan(n, at % n, &avail)
+            }
+            Picker::LeastOutstanding => {
+                let start = cx.rng.random_range(0..n);
+                let mut best: Option<(usize, u32)> = None;
+                for step in 0..n {
+                    let i = (start + step) % n;
+                    if !avail(i) {
+                        continue;
+                    }
+                    let load = set.endpoints[i]
+                        .stats
+                        .outstanding
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    if best.is_none_or(|(_, b)| load < b) {
+                        best = Some((i, load));
+                    }
+                }
+                best.map(|(i, _)| i)
+            }
+            Picker::P2cOutstanding { choices } => best_of(n, *choices, cx.rng, &avail, |i| {
+                set.endpoints[i]
+                    .stats
+                    .outstanding
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64
+            }),
+            Picker::P2cPeakEwma { choices, .. } => {
+                let now = cx.now;
+                best_of(n, *choices, cx.rng, &avail, |i| {
+                    set.endpoints[i]
+                        .stats
+                        .peak_cost(now, tuning.tau_ns, tuning.default_ns)
+                })
+            }
+            Picker::LeastPeakEwma { .. } => {
+                let now = cx.now;
+                let mut best: Option<(usize, f64)> = None;
+                for i in 0..n {
+                    if !avail(i) {
+                        continue;
+                    }
+                    let cost =
+                        set.endpoints[i]
+                            .stats
+                            .peak_cost(now, tuning.tau_ns, tuning.default_ns);
+                    if best.is_none_or(|(_, b)| cost < b) {
+                        best = Some((i, cost));
+                    }
+                }
+                best.map(|(i, _)| i)
+            }
+            Picker::ConsistentHash { .. } => match cx.hash {
+                Some(key) => {
+                    let ring = &set.ring;
+                    if ring.is_empty() {
+                        return None;
+                    }
+                    let point = mix(key);
+                    let at = ring.partition_point(|&(h, _)| h < point);
+                    // The owner, or the next distinct endpoint clockwise.
+                    for step in 0..ring.len() {
+                        let i = ring[(at + step) % ring.len()].1 as usize;
+                        if avail(i) {
+                            return Some(i);
+                        }
+                    }
+                    None
+                }
+                None => sample(n, cx.rng, &avail).or_else(|| scan(n, 0, &avail)),
+            },
+            Picker::ZoneAware {
+                min_healthy_share, ..
+            } => {
+                let mut healthy = [0u32; MAX_ZONES];
+                let mut total = [0u32; MAX_ZONES];
+                for (i, ep) in set.endpoints.iter().enumerate() {
+                    let z = (ep.zone as usize).min(MAX_ZONES - 1);
+                    total[z] += 1;
+                    if avail(i) {
+                        healthy[z] += 1;
+                    }
+                }
+                let ok = |z: usize| {
+                    total[z] > 0
+                        && healthy[z] > 0
+                        && healthy[z] as f64 >= *min_healthy_share * total[z] as f64
+                };
+                let local = set.local_zone as usize;
+                let zone_of = |i: usize| (set.endpoints[i].zone as usize).min(MAX_ZONES - 1);
+                if local < MAX_ZONES && ok(local) {
+                    let in_local = |i: usize| zone_of(i) == local && avail(i);
+                    return best_of(n, 2, cx.rng, &in_local, |i| outstanding(set, i));
+                }
+                let in_good = |i: usize| zone_of(i) != local && ok(zone_of(i)) && avail(i);
+                best_of(n, 2, cx.rng, &in_good, |i| outstanding(set, i))
+                    .or_else(|| best_of(n, 2, cx.rng, &avail, |i| outstanding(set, i)))
+            }
+        }
+    }
+}
+
+fn outstanding<K, S>(set: &Snapshot<K, S>, i: usize) -> f64 {
+    set.endpoints[i]
+        .stats
+        .outstanding
+        .load(std::sync::atomic::Ordering::Relaxed) as f64
+}
+
+/// The first index from `start` on (wrapping) that is available.
+#[inline]
+fn scan(n: usize, start: usize, avail: &dyn Fn(usize) -> bool) -> Option<usize> {
+    (0..n).map(|step| (start + step) % n).find(|&i| avail(i))
+}
+
+/// A uniformly random available index: a few random draws, then a scan from the last draw.
+#[inline]
+fn sample(n: usize, rng: &mut SmallRng, avail: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let mut i = 0;
+    for _ in 0..4 {
+        i = rng.random_range(0..n);
+        if avail(i) {
+            return Some(i);
+        }
+    }
+    scan(n, i, avail)
+}
+
+/// The lowest-cost of `choices` distinct random available indices.
+#[inline]
+fn best_of(
+    n: usize,
+    choices: usize,
+    rng: &mut SmallRng,
+    avail: &dyn Fn(usize) -> bool,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let first = sample(n, rng, avail)?;
+    let mut best = (first, cost(first));
+    let mut prev = first;
+    for _ in 1..choices.min(n) {
+        // Draw among the other indices so the choices differ.
+        let mut i = prev;
+        for _ in 0..4 {
+            let j = (prev + 1 + rng.random_range(0..n - 1)) % n;
+            if avail(j) && j != best.0 {
+                i = j;
+                break;
+            }
+        }
+        if i == prev {
+            continue;
+        }
+        let c = cost(i);
+        if c < best.1 {
+            best = (i, c);
+        }
+        prev = i;
+    }
+    Some(best.0)
+}

@@ -1,0 +1,642 @@
+//! State one balancer and its clones share: the endpoint set, health and the background task that
+//! applies discovery changes and runs health checks whether or not calls arrive.
+
+use crate::{
+    config::Settings,
+    endpoint::{stable_hash, Endpoint, Key, Stats, NONE},
+    hook::{Filter, Probe},
+    picker::Tuning,
+    set::Snapshot,
+    BalanceEvent, EjectReason,
+};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use seawall_core::{metrics, Listeners, Name, Outcome};
+use std::{
+    fmt,
+    future::{poll_fn, Future},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::*},
+        Arc, Mutex, PoisonError, RwLock, Weak,
+    },
+    time::Duration,
+};
+use tokio::{
+    sync::Notify,
+    task::{AbortHandle, JoinSet},
+    time::{Instant, MissedTickBehavior},
+};
+use tower::discover::{Change, Discover};
+
+type BoxProbe<K, S> =
+    Arc<dyn Fn(&K, S) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+pub(crate) struct Shared<K, S, C> {
+    pub(crate) settings: Settings,
+    pub(crate) name: Name,
+    pub(crate) tuning: Tuning,
+    pub(crate) classifier: C,
+    /// Whether completed calls need their duration for the balancer itself (PeakEWMA, latency
+    /// ejection).
+    pub(crate) timed: bool,
+    pub(crate) count_outcomes: bool,
+    pub(crate) epoch: Instant,
+    pub(crate) seed: u64,
+    pub(crate) clones: AtomicU64,
+    pub(crate) version: AtomicU64,
+    pub(crate) current: RwLock<Arc<Snapshot<K, S>>>,
+    /// Woken on every set or health change, and at every health sweep.
+    pub(crate) changed: Arc<Notify>,
+    /// Calls waiting for an endpoint; completions wake them only when there are some.
+    pub(crate) waiting: Arc<AtomicUsize>,
+    pub(crate) round_robin: AtomicUsize,
+    /// Endpoints that health checking keeps out of the pick.
+    pub(crate) unhealthy: AtomicUsize,
+    pub(crate) filter: Option<Box<dyn Filter<K, S>>>,
+    pub(crate) listeners: Listeners<BalanceEvent>,
+    health: Mutex<Health>,
+    task: Mutex<Option<AbortHandle>>,
+    endpoints_gauge: metrics_handles::Gauge,
+}
+
+mod metrics_handles {
+    pub(crate) type Gauge = ::metrics::Gauge;
+}
+
+struct Health {
+    rng: SmallRng,
+    zones: Vec<Arc<str>>,
+}
+
+impl<K: Key, S: 'static, C> Shared<K, S, C> {
+    pub(crate) fn new(
+        settings: Settings,
+        listeners: Listeners<BalanceEvent>,
+        classifier: C,
+        filter: Option<Box<dyn Filter<K, S>>>,
+    ) -> Self {
+        let seed = settings.seed.unwrap_or_else(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x5ea_u64)
+        });
+        let outlier = &settings.outlier;
+        let timed = settings.picker.uses_latency() || outlier.latency.is_some();
+        let tuning = Tuning::new(&settings.picker);
+        let mut zones = Vec::new();
+        let local_zone = match &settings.picker {
+            crate::Picker::ZoneAware { local_zone, .. } => {
+                zones.push(local_zone.clone());
+                0
+            }
+            _ => u16::MAX,
+        };
+        let name = settings.name;
+        Shared {
+            count_outcomes: outlier.any(),
+            timed,
+            tuning,
+            classifier,
+            epoch: Instant::now(),
+            seed,
+            clones: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            current: RwLock::new(Arc::new(Snapshot {
+                local_zone,
+                ..Snapshot::empty()
+            })),
+            changed: Arc::new(Notify::new()),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            round_robin: AtomicUsize::new(0),
+            unhealthy: AtomicUsize::new(0),
+            filter,
+            listeners,
+            health: Mutex::new(Health {
+                rng: SmallRng::seed_from_u64(seed ^ 0x0u64.wrapping_sub(1)),
+                zones,
+            }),
+            task: Mutex::new(None),
+            endpoints_gauge: metrics::gauge(metrics::BALANCE_ENDPOINTS, &name),
+            name,
+            settings,
+        }
+    }
+
+    /// Nanoseconds since the balancer was built.
+    #[inline]
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// The current endpoint set.
+    pub(crate) fn current(&self) -> Arc<Snapshot<K, S>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether fewer than `panic_threshold` of the endpoints are healthy: then health is ignored.
+    #[inline]
+    pub(crate) fn panicking(&self, total: usize) -> bool {
+        let unhealthy = self.unhealthy.load(Relaxed);
+        unhealthy > 0
+            && ((total - unhealthy.min(total)) as f64)
+                < self.settings.panic_threshold * total as f64
+    }
+
+    /// Whether endpoint `ep` may take a call (health and filter); in panic mode every one may.
+    #[inline]
+    pub(crate) fn available(&self, panic: bool, ep: &Endpoint<K, S>) -> bool {
+        if panic {
+            return true;
+        }
+        ep.stats.healthy()
+            && self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.available(&ep.key, &ep.service))
+    }
+
+    fn emit(&self, event: BalanceEvent) {
+        self.listeners.emit(&self.name, &event);
+    }
+
+    fn publish(&self, snapshot: Snapshot<K, S>) {
+        let len = snapshot.len();
+        let unhealthy = snapshot
+            .endpoints
+            .iter()
+            .filter(|e| !e.stats.healthy())
+            .count();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+        self.unhealthy.store(unhealthy, Relaxed);
+        self.version.fetch_add(1, Release);
+        self.endpoints_gauge.set(len as f64);
+        self.changed.notify_waiters();
+    }
+
+    /// Applies one discovery change.
+    pub(crate) fn apply(&self, change: Change<K, S>) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.current();
+        let mut endpoints = old.endpoints.clone();
+        match change {
+            Change::Insert(key, service) => {
+                let zone = match key.zone() {
+                    None => u16::MAX - 1,
+                    Some(z) => match health.zones.iter().position(|known| &**known == z) {
+                        Some(id) => id as u16,
+                        None if health.zones.len() < usize::from(u16::MAX - 2) => {
+                            health.zones.push(Arc::from(z));
+                            (health.zones.len() - 1) as u16
+                        }
+                        None => u16::MAX - 1,
+                    },
+                };
+                let endpoint = Arc::new(Endpoint {
+                    key_hash: stable_hash(&key),
+                    weight: key.weight().max(1),
+                    zone,
+                    stats: Stats::default(),
+                    service,
+                    key,
+                });
+                tracing::debug!(name = %self.name, key = ?endpoint.key, "seawall balance endpoint added");
+                let event = BalanceEvent::EndpointAdded {
+                    key: format!("{:?}", endpoint.key),
+                };
+                match endpoints.iter().position(|e| e.key == endpoint.key) {
+                    Some(i) => endpoints[i] = endpoint,
+                    None => endpoints.push(endpoint),
+                }
+                self.emit(event);
+            }
+            Change::Remove(key) => {
+                let before = endpoints.len();
+                endpoints.retain(|e| e.key != key);
+                if endpoints.len() == before {
+                    return;
+                }
+                tracing::debug!(name = %self.name, ?key, "seawall balance endpoint removed");
+                self.emit(BalanceEvent::EndpointRemoved {
+                    key: format!("{key:?}"),
+                });
+            }
+        }
+        // Published under the health lock, so the unhealthy count cannot race an ejection.
+        self.publish(Snapshot::build(
+            endpoints,
+            &self.settings.picker,
+            old.local_zone,
+        ));
+        drop(health);
+    }
+
+    /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns whether it did.
+    pub(crate) fn eject(
+        &self,
+        set: &Snapshot<K, S>,
+        i: usize,
+        now: u64,
+        reason: EjectReason,
+    ) -> bool {
+        let _health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        self.eject_locked(set, i, now, reason)
+    }
+
+    fn eject_locked(&self, set: &Snapshot<K, S>, i: usize, now: u64, reason: EjectReason) -> bool {
+        let ep = &set.endpoints[i];
+        if ep.stats.ejected.load(Relaxed) {
+            return false;
+        }
+        let total = set.len();
+        let ejected = set
+            .endpoints
+            .iter()
+            .filter(|e| e.stats.ejected.load(Relaxed))
+            .count();
+        // gRPC: stop once the ejected share reaches max_ejection_percent (one is always allowed).
+        if ejected > 0
+            && ejected as f64 >= self.settings.outlier.max_ejection_percent * total as f64
+        {
+            return false;
+        }
+        // Never the last healthy endpoint.
+        let healthy_others = set
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| *j != i && e.stats.healthy())
+            .count();
+        if healthy_others == 0 {
+            return false;
+        }
+        let multiplier = ep.stats.multiplier.fetch_add(1, Relaxed) + 1;
+        ep.stats.ejected_at.store(now, Relaxed);
+        ep.stats.ejected.store(true, Relaxed);
+        ep.stats.slow_since.store(NONE, Relaxed);
+        let duration = self.ejection_time(multiplier);
+        self.recount(set);
+        metrics::counter(metrics::BALANCE_EJECTIONS, &self.name).increment(1);
+        tracing::info!(name = %self.name, key = ?ep.key, ?reason, ?duration, "seawall balance endpoint ejected");
+        self.emit(BalanceEvent::Ejected {
+            key: format!("{:?}", ep.key),
+            reason,
+            duration,
+        });
+        true
+    }
+
+    fn ejection_time(&self, multiplier: u32) -> Duration {
+        let o = &self.settings.outlier;
+        let cap = o.base_ejection_time.max(o.max_ejection_time);
+        o.base_ejection_time.saturating_mul(multiplier).min(cap)
+    }
+
+    fn recount(&self, set: &Snapshot<K, S>) {
+        let unhealthy = set.endpoints.iter().filter(|e| !e.stats.healthy()).count();
+        self.unhealthy.store(unhealthy, Relaxed);
+    }
+
+    /// Records a finished call on endpoint `ep` of the current set.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        ep: &Endpoint<K, S>,
+        outcome: Outcome,
+        end: Option<Instant>,
+        start: Option<Instant>,
+    ) {
+        let stats = &ep.stats;
+        let timing = match (start, end) {
+            (Some(s), Some(e)) => Some((
+                self.nanos(e),
+                e.saturating_duration_since(s).as_nanos() as f64,
+            )),
+            _ => None,
+        };
+        match outcome {
+            Outcome::Success => {
+                if self.count_outcomes {
+                    stats.successes.fetch_add(1, Relaxed);
+                    if stats.consecutive_failures.load(Relaxed) != 0 {
+                        stats.consecutive_failures.store(0, Relaxed);
+                    }
+                }
+                if let Some((now, rtt)) = timing {
+                    if self.settings.picker.uses_latency() {
+                        stats.record_peak(now, rtt, self.tuning.tau_ns);
+                    }
+                    if let Some(lat) = &self.settings.outlier.latency {
+                        stats.record_latency(now, rtt, lat.decay.as_nanos() as f64);
+                    }
+                }
+            }
+            Outcome::Failure => {
+                if let Some((now, rtt)) = timing {
+                    if self.settings.picker.uses_latency() {
+                        // A failure counts as slow: fast failures must not attract traffic.
+                        stats.record_peak(now, rtt.max(self.tuning.penalty_ns), self.tuning.tau_ns);
+                    }
+                }
+                if self.count_outcomes {
+                    stats.failures.fetch_add(1, Relaxed);
+                    let run = stats.consecutive_failures.fetch_add(1, Relaxed) + 1;
+                    if let Some(limit) = self.settings.outlier.consecutive_failures {
+                        if run >= limit && !stats.ejected.load(Relaxed) {
+                            let set = self.current();
+                            if let Some(i) =
+                                set.endpoints.iter().position(|e| std::ptr::eq(&**e, ep))
+                            {
+                                let now = self.nanos(end.unwrap_or_else(Instant::now));
+                                if self.eject(&set, i, now, EjectReason::ConsecutiveFailures) {
+                                    self.changed.notify_waiters();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Outcome::Ignored => {}
+        }
+    }
+
+    /// One outlier detection pass (gRFC A50), run every `interval`.
+    pub(crate) fn sweep(&self, now_instant: Instant) {
+        let now = self.nanos(now_instant);
+        let set = self.current();
+        let o = &self.settings.outlier;
+        let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let health = &mut *guard;
+        // 1. Return endpoints whose ejection is over; decay the others' multipliers.
+        for ep in &set.endpoints {
+            let s = &ep.stats;
+            if s.ejected.load(Relaxed) {
+                let m = s.multiplier.load(Relaxed).max(1);
+                let until = s
+                    .ejected_at
+                    .load(Relaxed)
+                    .saturating_add(self.ejection_time(m).as_nanos() as u64);
+                if now >= until {
+                    s.ejected.store(false, Relaxed);
+                    s.consecutive_failures.store(0, Relaxed);
+                    // A fresh latency record: old samples are what got it ejected.
+                    s.latency.store(NONE, Relaxed);
+                    s.latency_samples.store(0, Relaxed);
+                    s.slow_since.store(NONE, Relaxed);
+                    tracing::info!(name = %self.name, key = ?ep.key, "seawall balance endpoint returned");
+                    self.emit(BalanceEvent::Returned {
+                        key: format!("{:?}", ep.key),
+                    });
+                }
+            } else if s.multiplier.load(Relaxed) > 0 {
+                s.multiplier.fetch_sub(1, Relaxed);
+            }
+        }
+        self.recount(&set);
+        // Interval counts, read and reset.
+        let counts: Vec<(u32, u32)> = set
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.stats.successes.swap(0, Relaxed),
+                    e.stats.failures.swap(0, Relaxed),
+                )
+            })
+            .collect();
+        // 2. Success rate.
+        if let Some(rule) = &o.success_rate {
+            let candidates: Vec<usize> = (0..set.len())
+                .filter(|&i| counts[i].0 + counts[i].1 >= rule.request_volume)
+                .collect();
+            if candidates.len() >= rule.minimum_hosts {
+                let rate = |i: usize| counts[i].0 as f64 / (counts[i].0 + counts[i].1) as f64;
+                let mean =
+                    candidates.iter().map(|&i| rate(i)).sum::<f64>() / candidates.len() as f64;
+                let var = candidates
+                    .iter()
+                    .map(|&i| (rate(i) - mean).powi(2))
+                    .sum::<f64>()
+                    / candidates.len() as f64;
+                let threshold = mean - rule.stdev_factor * var.sqrt();
+                for &i in &candidates {
+                    if rate(i) < threshold && health.rng.random::<f64>() < rule.enforcement {
+                        self.eject_locked(&set, i, now, EjectReason::SuccessRate);
+                    }
+                }
+            }
+        }
+        // 3. Failure percentage.
+        if let Some(rule) = &o.failure_percentage {
+            let candidates: Vec<usize> = (0..set.len())
+                .filter(|&i| counts[i].0 + counts[i].1 >= rule.request_volume)
+                .collect();
+            if candidates.len() >= rule.minimum_hosts {
+                for &i in &candidates {
+                    let share = counts[i].1 as f64 / (counts[i].0 + counts[i].1) as f64;
+                    if share > rule.threshold && health.rng.random::<f64>() < rule.enforcement {
+                        self.eject_locked(&set, i, now, EjectReason::FailurePercentage);
+                    }
+                }
+            }
+        }
+        // 4. Latency: an EWMA above factor × the peers' median, for long enough.
+        if let Some(rule) = &o.latency {
+            let judged: Vec<(usize, f64)> = set
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    !e.stats.ejected.load(Relaxed)
+                        && e.stats.latency_samples.load(Relaxed) >= rule.minimum_samples
+                })
+                .filter_map(|(i, e)| e.stats.latency_ns().map(|l| (i, l)))
+                .collect();
+            if judged.len() >= rule.minimum_hosts {
+                let mut peers = Vec::with_capacity(judged.len());
+                for &(i, latency) in &judged {
+                    peers.clear();
+                    peers.extend(judged.iter().filter(|(j, _)| *j != i).map(|(_, l)| *l));
+                    peers.sort_by(f64::total_cmp);
+                    let mid = peers.len() / 2;
+                    let median = if peers.len() % 2 == 1 {
+                        peers[mid]
+                    } else {
+                        (peers[mid - 1] + peers[mid]) / 2.0
+                    };
+                    let s = &set.endpoints[i].stats;
+                    if latency > rule.factor * median {
+                        let since = s.slow_since.load(Relaxed);
+                        if since == NONE {
+                            s.slow_since.store(now, Relaxed);
+                        } else if now.saturating_sub(since) >= rule.duration.as_nanos() as u64 {
+                            self.eject_locked(&set, i, now, EjectReason::Latency);
+                        }
+                    } else {
+                        s.slow_since.store(NONE, Relaxed);
+                    }
+                }
+            } else {
+                for e in &set.endpoints {
+                    e.stats.slow_since.store(NONE, Relaxed);
+                }
+            }
+        }
+        drop(guard);
+        self.changed.notify_waiters();
+    }
+
+    /// Applies a health probe's verdict on the endpoint with `key`.
+    fn probed(&self, key: &K, ok: bool) {
+        let _health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = self.current();
+        let Some(ep) = set.endpoints.iter().find(|e| &e.key == key) else {
+            return;
+        };
+        if ep.stats.probe_ok.swap(ok, Relaxed) == ok {
+            return;
+        }
+        self.recount(&set);
+        let key = format!("{key:?}");
+        if ok {
+            tracing::info!(name = %self.name, %key, "seawall balance endpoint passed its health check");
+            self.emit(BalanceEvent::ProbePassed { key });
+            self.changed.notify_waiters();
+        } else {
+            tracing::info!(name = %self.name, %key, "seawall balance endpoint failed its health check");
+            self.emit(BalanceEvent::ProbeFailed { key });
+        }
+    }
+
+    pub(crate) fn set_task(&self, handle: AbortHandle) {
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+    }
+}
+
+impl<K, S, C> Drop for Shared<K, S, C> {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl<K: fmt::Debug, S, C> fmt::Debug for Shared<K, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("name", &self.name)
+            .field("picker", &self.settings.picker)
+            .field(
+                "endpoints",
+                &*self.current.read().unwrap_or_else(PoisonError::into_inner),
+            )
+            .field("unhealthy", &self.unhealthy.load(Relaxed))
+            .finish()
+    }
+}
+
+/// Boxes a [`Probe`] for the background task.
+pub(crate) fn box_probe<K, S, P>(probe: P) -> Option<BoxProbe<K, S>>
+where
+    P: Probe<K, S>,
+{
+    if probe.is_noop() {
+        return None;
+    }
+    Some(Arc::new(move |key: &K, service: S| {
+        Box::pin(probe.probe(key, service)) as Pin<Box<dyn Future<Output = bool> + Send>>
+    }))
+}
+
+/// Spawns the task that applies discovery changes and runs health checks for `shared`.
+///
+/// The task holds only a weak reference: it ends when the last balancer is dropped (which also
+/// aborts it).
+pub(crate) fn spawn<K, S, C, D>(
+    shared: &Arc<Shared<K, S, C>>,
+    discover: D,
+    probe: Option<BoxProbe<K, S>>,
+) where
+    K: Key,
+    S: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+    D: Discover<Key = K, Service = S> + Send + 'static,
+    D::Error: fmt::Display,
+{
+    let weak = Arc::downgrade(shared);
+    let interval = shared.settings.outlier.interval;
+    let check = shared.settings.health_check;
+    let handle = tokio::spawn(run(weak, discover, interval, check.zip(probe)));
+    shared.set_task(handle.abort_handle());
+}
+
+async fn run<K, S, C, D>(
+    weak: Weak<Shared<K, S, C>>,
+    discover: D,
+    interval: Duration,
+    probe: Option<(crate::HealthCheck, BoxProbe<K, S>)>,
+) where
+    K: Key,
+    S: Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+    D: Discover<Key = K, Service = S> + Send + 'static,
+    D::Error: fmt::Display,
+{
+    let mut discover = Box::pin(discover);
+    let mut discovering = true;
+    let mut sweep = tokio::time::interval_at(Instant::now() + interval, interval);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let probe_every = probe
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(c, _)| c.interval);
+    let mut probe_tick = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
+    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut probes: JoinSet<(K, bool)> = JoinSet::new();
+    loop {
+        tokio::select! {
+            change = poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering => {
+                let Some(shared) = weak.upgrade() else { return };
+                match change {
+                    Some(Ok(change)) => shared.apply(change),
+                    Some(Err(error)) => {
+                        tracing::warn!(name = %shared.name, %error, "seawall balance discovery error; keeping the current endpoints");
+                    }
+                    None => {
+                        tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
+                        discovering = false;
+                    }
+                }
+            }
+            at = sweep.tick() => {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.sweep(at);
+            }
+            _ = probe_tick.tick(), if probe.is_some() => {
+                let Some(shared) = weak.upgrade() else { return };
+                let Some((check, probe)) = &probe else { continue };
+                let set = shared.current();
+                for ep in &set.endpoints {
+                    let fut = probe(&ep.key, ep.service.clone());
+                    let key = ep.key.clone();
+                    let timeout = check.timeout;
+                    probes.spawn(async move {
+                        let ok = matches!(tokio::time::timeout(timeout, fut).await, Ok(true));
+                        (key, ok)
+                    });
+                }
+            }
+            Some(result) = probes.join_next(), if !probes.is_empty() => {
+                let Some(shared) = weak.upgrade() else { return };
+                if let Ok((key, ok)) = result {
+                    shared.probed(&key, ok);
+                }
+            }
+        }
+    }
+}

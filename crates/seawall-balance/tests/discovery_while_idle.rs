@@ -1,0 +1,127 @@
+//! Discovery changes are applied by the balancer's own task, with no call driving it.
+
+mod common;
+
+use common::{channel, Behavior, Node};
+use seawall::balance::{BalanceLayer, Change, OutlierDetection, Picker};
+use std::{sync::Arc, time::Duration};
+use tower::{Layer, ServiceExt};
+
+#[tokio::test(start_paused = true)]
+async fn inserts_and_removes_apply_without_calls() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let node = |id| Node {
+        id,
+        behavior: Arc::new(Behavior::default()),
+    };
+    for id in 0..3usize {
+        tx.send(Change::Insert(id, node(id))).unwrap();
+    }
+    // No call is made: the set follows discovery anyway.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(balance.endpoints(), vec![0, 1, 2]);
+    tx.send(Change::Remove(1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(balance.endpoints(), vec![0, 2]);
+
+    // A clone made before the change sees the new set on its next call.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        seen.insert(balance.clone().oneshot(i).await.unwrap());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replacing_an_endpoint_keeps_one_entry() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let node = |id| Node {
+        id,
+        behavior: Arc::new(Behavior::default()),
+    };
+    tx.send(Change::Insert(5usize, node(1))).unwrap();
+    tx.send(Change::Insert(5usize, node(2))).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(balance.endpoints(), vec![5]);
+    assert_eq!(balance.oneshot(0).await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_task_ends_with_the_last_balancer() {
+    let (tx, stream) = channel::<usize, Node>();
+    let balance = BalanceLayer::builder().build().unwrap().layer(stream);
+    let copy = balance.clone();
+    drop(balance);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!tx.is_closed(), "a clone still uses the set");
+    drop(copy);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        tx.is_closed(),
+        "the discovery stream is dropped with the task"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn balance_new_takes_any_discover() {
+    let nodes = (0..3).map(|id| Node {
+        id,
+        behavior: Arc::new(Behavior::default()),
+    });
+    let balance = seawall::balance::Balance::new(seawall::discover::fixed(nodes.enumerate()));
+    let answer = balance.clone().oneshot(1).await.unwrap();
+    assert!(answer < 3);
+    assert_eq!(balance.endpoints().len(), 3);
+    assert_eq!(balance.name().as_str(), "balance");
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_errors_keep_the_set_and_events_report_changes() {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let node = |id| Node {
+        id,
+        behavior: Arc::new(Behavior::default()),
+    };
+    let changes: Vec<Result<Change<usize, Node>, &'static str>> = vec![
+        Ok(Change::Insert(0, node(0))),
+        Err("registry unreachable"),
+        Ok(Change::Insert(1, node(1))),
+        Ok(Change::Remove(0)),
+        Ok(Change::Remove(7)),
+    ];
+    let stream = futures_util::stream::iter(changes);
+    let balance = BalanceLayer::builder()
+        .on_event(
+            move |_: &seawall::core::Name, e: &seawall::balance::BalanceEvent| {
+                seen.lock().unwrap().push(e.clone())
+            },
+        )
+        .build()
+        .unwrap()
+        .layer(stream);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The error is logged and skipped; the stream's end leaves the set in place.
+    assert_eq!(balance.endpoints(), vec![1]);
+    assert_eq!(balance.clone().oneshot(0).await.unwrap(), 1);
+    use seawall::balance::BalanceEvent::*;
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            EndpointAdded { key: "0".into() },
+            EndpointAdded { key: "1".into() },
+            EndpointRemoved { key: "0".into() },
+        ],
+        "removing an unknown key is not an event"
+    );
+}

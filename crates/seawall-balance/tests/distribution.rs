@@ -1,0 +1,302 @@
+//! Distribution per picker, with seeded randomness and statistical bounds.
+
+mod common;
+
+use common::{cluster, drive, drive_concurrent, settle, Behavior, Node};
+use seawall::balance::{BalanceLayer, Change, OutlierDetection, Picker, Tagged};
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+use tower::{Layer, ServiceExt};
+
+fn quiet() -> seawall::balance::BalanceConfigBuilder {
+    BalanceLayer::builder()
+        .seed(42)
+        .outlier_detection(OutlierDetection::disabled())
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_is_exactly_even() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::RoundRobin)).await;
+    assert_eq!(drive(&balance, 400).await, 0);
+    assert_eq!(cluster.hits(), vec![100; 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_is_uniform_within_bounds() {
+    let (balance, cluster) = cluster(5, quiet().picker(Picker::Random)).await;
+    let calls = 5000;
+    assert_eq!(drive(&balance, calls).await, 0);
+    // Binomial(5000, 0.2): sd ≈ 28; 5 sd bounds.
+    for hits in cluster.hits() {
+        assert!((860..=1140).contains(&hits), "{:?}", cluster.hits());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_honours_weights() {
+    let (tx, stream) = common::channel();
+    let balance = quiet()
+        .picker(Picker::WeightedRoundRobin)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for (id, weight) in [(0usize, 1u32), (1, 2), (2, 5)] {
+        let behavior = Arc::new(Behavior::default());
+        behaviors.push(behavior.clone());
+        let key = Tagged::new(id).with_weight(weight);
+        tx.send(Change::Insert(key, Node { id, behavior })).unwrap();
+    }
+    settle().await;
+    for i in 0..800u64 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = behaviors.iter().map(|b| b.hits.load(Relaxed)).collect();
+    // 100 full cycles of 1 + 2 + 5.
+    assert_eq!(hits, vec![100, 200, 500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_outstanding_avoids_busy_endpoints() {
+    let (balance, cluster) = cluster(3, quiet().picker(Picker::LeastOutstanding)).await;
+    for b in &cluster.behaviors {
+        b.delay_ms.store(100, Relaxed);
+    }
+    // 30 concurrent calls: each lands on an endpoint with the fewest in flight, so they spread
+    // exactly evenly.
+    assert_eq!(drive_concurrent(&balance, 30, 30).await, 0);
+    assert_eq!(cluster.hits(), vec![10, 10, 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_by_outstanding_moves_load_off_a_slow_endpoint() {
+    for choices in [2, 3] {
+        let (balance, cluster) =
+            cluster(4, quiet().picker(Picker::P2cOutstanding { choices })).await;
+        // Node 0 holds its calls 20 times longer, so its in-flight count stays high.
+        cluster.node(0).delay_ms.store(200, Relaxed);
+        for i in 1..4 {
+            cluster.node(i).delay_ms.store(10, Relaxed);
+        }
+        assert_eq!(drive_concurrent(&balance, 2000, 16).await, 0);
+        let hits = cluster.hits();
+        let fast_mean = hits[1..].iter().sum::<u32>() as f64 / 3.0;
+        assert!(
+            (hits[0] as f64) < fast_mean * 0.5,
+            "choices {choices}: slow endpoint got {hits:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_by_outstanding_is_even_for_equal_endpoints() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::p2c())).await;
+    for b in &cluster.behaviors {
+        b.delay_ms.store(10, Relaxed);
+    }
+    assert_eq!(drive_concurrent(&balance, 4000, 8).await, 0);
+    for hits in cluster.hits() {
+        assert!((850..=1150).contains(&hits), "{:?}", cluster.hits());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_prefers_fast_endpoints() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::p2c_peak_ewma())).await;
+    cluster.node(0).delay_ms.store(100, Relaxed);
+    for i in 1..4 {
+        cluster.node(i).delay_ms.store(5, Relaxed);
+    }
+    assert_eq!(drive(&balance, 2000).await, 0);
+    let hits = cluster.hits();
+    // Sequential calls: p2c draws the slow endpoint in half of its pairs and loses them all
+    // once its latency is known.
+    assert!(hits[0] < 60, "{hits:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_counts_fast_failures_as_slow() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::p2c_peak_ewma())).await;
+    // Node 0 fails at once; the others take 20 ms. Without the failure penalty node 0 would
+    // look fastest and draw most of the traffic.
+    cluster.node(0).fail.store(true, Relaxed);
+    for i in 1..4 {
+        cluster.node(i).delay_ms.store(20, Relaxed);
+    }
+    let failed = drive(&balance, 2000).await;
+    let hits = cluster.hits();
+    assert_eq!(failed as u32, hits[0]);
+    assert!(
+        hits[0] < 60,
+        "fast-failing endpoint attracted traffic: {hits:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_sends_the_slowest_almost_nothing() {
+    let (balance, cluster) = cluster(5, quiet().picker(Picker::least_peak_ewma())).await;
+    let delays = [1, 2, 3, 50, 200];
+    for (i, d) in delays.iter().enumerate() {
+        cluster.node(i).delay_ms.store(*d, Relaxed);
+    }
+    assert_eq!(drive(&balance, 2000).await, 0);
+    let hits = cluster.hits();
+    // A full scan finds the cheapest every time: after one call each to learn their latency,
+    // the 50 ms and 200 ms endpoints are never the cheapest of sequential calls.
+    assert!(hits[3] <= 2 && hits[4] <= 2, "{hits:?}");
+    assert!(hits[0] > 1500, "{hits:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_counts_fast_failures_as_slow() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::least_peak_ewma())).await;
+    cluster.node(0).fail.store(true, Relaxed);
+    for i in 1..4 {
+        cluster.node(i).delay_ms.store(20, Relaxed);
+    }
+    // 2000 calls of 20 ms last 40 s: a trial call per 10 s decay period, and no more.
+    let failed = drive(&balance, 2000).await;
+    assert!(
+        failed <= 6,
+        "{failed} calls went to the fast-failing endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_readmits_a_recovered_endpoint_within_one_decay_period() {
+    let (balance, cluster) = cluster(4, quiet().picker(Picker::p2c_peak_ewma())).await;
+    for i in 0..4 {
+        cluster.node(i).delay_ms.store(10, Relaxed);
+    }
+    // Node 0 fails fast for a while: after its trial call, its failure penalty keeps it out.
+    cluster.node(0).fail.store(true, Relaxed);
+    drive(&balance, 200).await;
+    let out = cluster.hits()[0];
+    assert!((1..=3).contains(&out), "{out}");
+    cluster.node(0).fail.store(false, Relaxed);
+    // Once its estimate is a decay period (10 s) old it is tried again and, now fast, readmitted.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    drive(&balance, 400).await;
+    let back = cluster.hits()[0] - out;
+    assert!(back >= 50, "recovered endpoint got {back} of 400 calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn consistent_hash_is_sticky_and_spread() {
+    let (balance, cluster) = cluster(
+        5,
+        quiet()
+            .picker(Picker::consistent_hash())
+            .hash_key(common::key_of),
+    )
+    .await;
+    let mut owner = Vec::new();
+    for key in 0..2000u64 {
+        owner.push(balance.clone().oneshot(key).await.unwrap());
+        // The same key always lands on the same endpoint.
+        assert_eq!(
+            balance.clone().oneshot(key).await.unwrap(),
+            owner[key as usize]
+        );
+    }
+    // 160 points per endpoint: each owns 20 % ± a few points of the keys.
+    for hits in cluster.hits() {
+        assert!((2 * 250..=2 * 550).contains(&hits), "{:?}", cluster.hits());
+    }
+
+    // Removing one of n endpoints moves only its own keys (≤ 1/n + ε of all keys).
+    cluster.tx.send(Change::Remove(3)).unwrap();
+    settle().await;
+    let mut moved = 0;
+    for key in 0..2000u64 {
+        let now = balance.clone().oneshot(key).await.unwrap();
+        if now != owner[key as usize] {
+            assert_eq!(
+                owner[key as usize], 3,
+                "key {key} moved off a surviving endpoint"
+            );
+            moved += 1;
+        }
+    }
+    let share = moved as f64 / 2000.0;
+    assert!(share <= 0.2 + 0.07, "moved {share}");
+    assert!(share > 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consistent_hash_skips_an_unavailable_owner() {
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(1)
+            .picker(Picker::consistent_hash())
+            .hash_key(common::key_of)
+            .outlier_detection(OutlierDetection {
+                consecutive_failures: Some(1),
+                success_rate: None,
+                failure_percentage: None,
+                latency: None,
+                max_ejection_percent: 1.0,
+                ..OutlierDetection::default()
+            }),
+    )
+    .await;
+    let owner = balance.clone().oneshot(9).await.unwrap();
+    cluster.node(owner).fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(9).await.is_err());
+    // Ejected now: key 9 goes to the next endpoint on the ring, consistently.
+    let next = balance.clone().oneshot(9).await.unwrap();
+    assert_ne!(next, owner);
+    assert_eq!(balance.clone().oneshot(9).await.unwrap(), next);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zone_aware_prefers_the_local_zone_and_leaves_it_when_unhealthy() {
+    let (tx, stream) = common::channel();
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::zone_aware("a"))
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(1),
+            success_rate: None,
+            failure_percentage: None,
+            latency: None,
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::default()
+        })
+        .panic_threshold(0.0)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for (id, zone) in [(0usize, "a"), (1, "a"), (2, "b"), (3, "b"), (4, "c")] {
+        let behavior = Arc::new(Behavior::default());
+        behaviors.push(behavior.clone());
+        let key = Tagged::new(id).with_zone(zone);
+        tx.send(Change::Insert(key, Node { id, behavior })).unwrap();
+    }
+    settle().await;
+    let hits = |b: &[Arc<Behavior>]| {
+        b.iter()
+            .map(|b| b.hits.swap(0, Relaxed))
+            .collect::<Vec<_>>()
+    };
+    for i in 0..200u64 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let h = hits(&behaviors);
+    assert_eq!(h[0] + h[1], 200, "all traffic stays in zone a: {h:?}");
+    assert!(h[0] > 60 && h[1] > 60, "{h:?}");
+
+    // Zone a loses half its endpoints: 50 % healthy < 70 %, so traffic leaves for b and c.
+    behaviors[0].fail.store(true, Relaxed);
+    while balance.unhealthy().is_empty() {
+        let _ = balance.clone().oneshot(0).await;
+    }
+    hits(&behaviors);
+    for i in 0..300u64 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let h = hits(&behaviors);
+    assert_eq!(h[0] + h[1], 0, "zone a avoided: {h:?}");
+    assert!(h[2] + h[3] > 100 && h[4] > 30, "{h:?}");
+}

@@ -1,0 +1,192 @@
+//! Integration: a balancer over four axum servers on loopback, one shut down mid-test and
+//! another turned slow. Calls keep succeeding and traffic moves away within the documented
+//! bounds:
+//!
+//! - a shut-down endpoint fails at most `consecutive_failures` calls plus the calls already in
+//!   flight when it went away (here 3 + 8) before PeakEWMA's failure penalty or ejection takes it
+//!   out; afterwards a stray call (at most a burst of `concurrency`) reaches it only when its
+//!   penalty has decayed, until its third failure ejects it: at most 3 + 8 + 2 × 8 failed calls
+//!   in all, every one of them on the dead server;
+//! - a slow endpoint (100× slower than its peers) stops being picked by PeakEWMA as soon as its
+//!   latency is known: it takes under 5 % of the calls that follow.
+//!
+//! Sockets are involved, so this runs in real time with generous bounds and bounded loops.
+
+use axum::{routing::get, Router};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use seawall::balance::{BalanceLayer, LatencyEjection, OutlierDetection, Picker};
+use seawall::discover;
+use seawall::BoxError;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tower::{service_fn, util::BoxCloneSyncService, Layer, ServiceExt};
+
+struct Server {
+    addr: SocketAddr,
+    hits: Arc<AtomicU32>,
+    slow: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+async fn server(id: usize) -> Server {
+    let hits = Arc::new(AtomicU32::new(0));
+    let slow = Arc::new(AtomicBool::new(false));
+    let (h, s) = (hits.clone(), slow.clone());
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let (h, s) = (h.clone(), s.clone());
+            async move {
+                h.fetch_add(1, Relaxed);
+                if s.load(Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                id.to_string()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    Server {
+        addr,
+        hits,
+        slow,
+        stop: Some(stop),
+        task,
+    }
+}
+
+type Endpoint = BoxCloneSyncService<(), usize, BoxError>;
+
+/// An endpoint service: a hyper client bound to one address.
+fn endpoint(addr: &SocketAddr) -> Endpoint {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(500))
+        .build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
+    BoxCloneSyncService::new(service_fn(move |()| {
+        let client = client.clone();
+        let uri = uri.clone();
+        async move {
+            let res = client.get(uri).await?;
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>(std::str::from_utf8(&body)?.parse()?)
+        }
+    }))
+}
+
+fn snapshot(servers: &[Server]) -> Vec<u32> {
+    servers.iter().map(|s| s.hits.load(Relaxed)).collect()
+}
+
+fn since(now: &[u32], before: &[u32]) -> Vec<u32> {
+    now.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+async fn drive(
+    balance: &seawall::balance::Balance<SocketAddr, Endpoint>,
+    calls: usize,
+) -> (usize, usize) {
+    let failed = Arc::new(AtomicU32::new(0));
+    futures_util::stream::iter(0..calls)
+        .for_each_concurrent(8, |_| {
+            let b = balance.clone();
+            let failed = failed.clone();
+            async move {
+                let call = tokio::time::timeout(Duration::from_secs(10), b.oneshot(()));
+                match call.await {
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        failed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+    let failed = failed.load(Relaxed) as usize;
+    (calls - failed, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_moves_away_from_a_dead_and_a_slow_server() {
+    let mut servers = Vec::new();
+    for id in 0..4 {
+        servers.push(server(id).await);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let balance = BalanceLayer::builder()
+        .name("http-cluster")
+        .seed(11)
+        .picker(Picker::p2c_peak_ewma())
+        .max_wait(Duration::from_secs(2))
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_millis(250),
+            base_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 0.5,
+            consecutive_failures: Some(3),
+            latency: Some(LatencyEjection {
+                factor: 5.0,
+                duration: Duration::from_millis(500),
+                ..LatencyEjection::default()
+            }),
+            ..OutlierDetection::default()
+        })
+        .build()
+        .unwrap()
+        .layer(discover::from_list(addrs.clone(), endpoint));
+
+    // Healthy: every call succeeds, every server serves.
+    let (ok, failed) = drive(&balance, 400).await;
+    assert_eq!((ok, failed), (400, 0));
+    let first = snapshot(&servers);
+    assert_eq!(first.iter().sum::<u32>(), 400);
+
+    // Server 0 shuts down.
+    servers[0].stop.take().unwrap().send(()).unwrap();
+    (&mut servers[0].task).await.unwrap();
+    let (_, mut lost) = drive(&balance, 400).await;
+    assert!(lost <= 3 + 8, "{lost} calls failed on the dead server");
+    // PeakEWMA counts each failure as a 1 s call, so the dead server is avoided at once; a stray
+    // call reaches it only once its penalty has decayed, and its third failure ejects it.
+    let (_, failed) = drive(&balance, 400).await;
+    lost += failed;
+
+    // Server 1 turns slow: calls still succeed, and traffic moves to servers 2 and 3.
+    servers[1].slow.store(true, Relaxed);
+    let (_, failed) = drive(&balance, 100).await;
+    lost += failed;
+    let before = snapshot(&servers);
+    let (_, failed) = drive(&balance, 1000).await;
+    lost += failed;
+    // Every failure is a call to the dead server: its failures before the penalty took hold,
+    // plus strays in bursts of at most the concurrency, until the third ejects it.
+    assert!(lost <= 3 + 8 + 2 * 8, "{lost} calls failed in all");
+    assert!(failed <= 8, "{failed} of 1000 calls failed");
+    let moved = since(&snapshot(&servers), &before);
+    assert!(moved[1] < 50, "slow server kept traffic: {moved:?}");
+    assert!(moved[2] > 300 && moved[3] > 300, "{moved:?}");
+
+    for s in &mut servers[1..] {
+        let _ = s.stop.take().unwrap().send(());
+    }
+}

@@ -1,0 +1,112 @@
+//! Bounded waiting: `NoEndpoints` after `max_wait`, and a waiting call taking an endpoint that
+//! appears while it waits.
+
+mod common;
+
+use common::{channel, Behavior, Node};
+use seawall::balance::{BalanceEvent, BalanceLayer, Change, NoEndpoints};
+use seawall::core::error::is;
+use std::{sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_set_fails_after_max_wait() {
+    let (_tx, stream) = channel::<usize, Node>();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let events = seen.clone();
+    let balance = BalanceLayer::builder()
+        .max_wait(Duration::from_millis(250))
+        .on_event(move |_: &seawall::core::Name, e: &BalanceEvent| {
+            events.lock().unwrap().push(e.clone())
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    let start = Instant::now();
+    let err = balance.oneshot(1).await.unwrap_err();
+    assert!(is::<NoEndpoints>(&*err), "{err}");
+    assert_eq!(err.to_string(), "no endpoint available");
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![BalanceEvent::NoEndpoints {
+            waited: Duration::from_millis(250)
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_wait_fails_at_once() {
+    let (_tx, stream) = channel::<usize, Node>();
+    let balance = BalanceLayer::builder()
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let start = Instant::now();
+    assert!(balance.oneshot(1).await.is_err());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_takes_an_endpoint_discovered_while_it_waits() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .max_wait(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let call = tokio::spawn(balance.clone().oneshot(7));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!call.is_finished());
+    let behavior = Arc::new(Behavior::default());
+    tx.send(Change::Insert(3usize, Node { id: 3, behavior }))
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(call.await.unwrap().unwrap(), 3);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "woken by the change, not by a timer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wait_limit_waits_as_long_as_it_takes() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .max_wait(None)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let call = tokio::spawn(balance.clone().oneshot(7));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!call.is_finished());
+    let behavior = Arc::new(Behavior::default());
+    tx.send(Change::Insert(1usize, Node { id: 1, behavior }))
+        .unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_filter_that_refuses_every_endpoint_gives_no_endpoints() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .max_wait(Duration::from_millis(100))
+        .filter(|key: &usize, _: &Node| *key != 0)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    tx.send(Change::Insert(0usize, Node { id: 0, behavior }))
+        .unwrap();
+    common::settle().await;
+    let err = balance.clone().oneshot(1).await.unwrap_err();
+    assert!(is::<NoEndpoints>(&*err));
+    let behavior = Arc::new(Behavior::default());
+    tx.send(Change::Insert(1usize, Node { id: 1, behavior }))
+        .unwrap();
+    common::settle().await;
+    assert_eq!(balance.oneshot(1).await.unwrap(), 1);
+}

@@ -1,0 +1,245 @@
+//! Outlier ejection sequences in paused time: consecutive failures, multiplier growth and decay,
+//! success rate, failure percentage, max ejection percentage, at least one left, panic threshold.
+
+mod common;
+
+use common::{cluster, drive, Recorder};
+use seawall::balance::{
+    BalanceEvent, BalanceLayer, EjectReason, FailurePercentage, OutlierDetection, Picker,
+    SuccessRate,
+};
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use tokio::time::{sleep, Instant};
+
+fn consecutive(n: u32) -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(10),
+        max_ejection_time: Duration::from_secs(25),
+        max_ejection_percent: 1.0,
+        consecutive_failures: Some(n),
+        success_rate: None,
+        failure_percentage: None,
+        latency: None,
+    }
+}
+
+fn ejections(events: &[(Duration, BalanceEvent)]) -> Vec<(u64, String, EjectReason, Duration)> {
+    events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            BalanceEvent::Ejected {
+                key,
+                reason,
+                duration,
+            } => Some((at.as_secs(), key.clone(), *reason, *duration)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn returns(events: &[(Duration, BalanceEvent)]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            BalanceEvent::Returned { key } => Some((at.as_secs(), key.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_with_growing_then_decaying_time() {
+    let rec = Recorder::default();
+    let start = Instant::now();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .outlier_detection(consecutive(3))
+            .on_event(rec.listener(start)),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    // Round robin: node 0 gets every third call; its third failure ejects it.
+    assert_eq!(drive(&balance, 9).await, 3);
+    assert_eq!(balance.unhealthy(), vec![0]);
+    cluster.reset();
+    assert_eq!(drive(&balance, 30).await, 0);
+    assert_eq!(
+        cluster.hits(),
+        vec![0, 15, 15],
+        "an ejected endpoint takes no calls"
+    );
+
+    // Back after base_ejection_time (10 s, seen at the next 1 s sweep).
+    sleep(Duration::from_millis(10_500)).await;
+    assert!(balance.unhealthy().is_empty());
+    // Still failing: ejected again, now for 2 × 10 s.
+    assert_eq!(drive(&balance, 9).await, 3);
+    assert_eq!(balance.unhealthy(), vec![0]);
+    sleep(Duration::from_secs(19)).await;
+    assert_eq!(balance.unhealthy(), vec![0], "second ejection lasts 20 s");
+    sleep(Duration::from_secs(2)).await;
+    assert!(balance.unhealthy().is_empty());
+    // Third time: 3 × 10 s capped at max_ejection_time 25 s.
+    drive(&balance, 9).await;
+    sleep(Duration::from_secs(24)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    sleep(Duration::from_secs(2)).await;
+    assert!(balance.unhealthy().is_empty());
+
+    // Healthy for a while: each interval takes one off the multiplier (3 → 0 in 3 s).
+    cluster.node(0).fail.store(false, Relaxed);
+    sleep(Duration::from_secs(5)).await;
+    cluster.node(0).fail.store(true, Relaxed);
+    drive(&balance, 9).await;
+    let events = rec.take();
+    let ej = ejections(&events);
+    let durations: Vec<u64> = ej.iter().map(|e| e.3.as_secs()).collect();
+    assert_eq!(durations, vec![10, 20, 25, 10]);
+    assert!(ej
+        .iter()
+        .all(|e| e.1 == "0" && e.2 == EjectReason::ConsecutiveFailures));
+    assert_eq!(returns(&events).len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_ejection_percent_and_at_least_one_left() {
+    let (balance, cluster) = cluster(
+        10,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.0)
+            .outlier_detection(OutlierDetection {
+                max_ejection_percent: 0.2,
+                ..consecutive(2)
+            }),
+    )
+    .await;
+    for i in 0..4 {
+        cluster.node(i).fail.store(true, Relaxed);
+    }
+    drive(&balance, 100).await;
+    assert_eq!(balance.unhealthy().len(), 2, "20 % of 10 endpoints");
+
+    // Two endpoints, both failing, no limit: one stays in.
+    let (balance, cluster) = common::cluster(
+        2,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.0)
+            .outlier_detection(consecutive(1)),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    cluster.node(1).fail.store(true, Relaxed);
+    drive(&balance, 20).await;
+    assert_eq!(
+        balance.unhealthy().len(),
+        1,
+        "never the last healthy endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_rule_ejects_the_outlier() {
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        6,
+        BalanceLayer::builder()
+            .seed(9)
+            .picker(Picker::RoundRobin)
+            .on_event(rec.listener(Instant::now()))
+            .outlier_detection(OutlierDetection {
+                consecutive_failures: None,
+                success_rate: Some(SuccessRate {
+                    request_volume: 20,
+                    ..SuccessRate::default()
+                }),
+                max_ejection_percent: 0.5,
+                ..consecutive(1)
+            }),
+    )
+    .await;
+    // Node 0 fails every other call; node 1 one call in 20 (within the spread).
+    cluster.node(0).fail_every.store(2, Relaxed);
+    cluster.node(1).fail_every.store(20, Relaxed);
+    drive(&balance, 600).await;
+    assert!(
+        balance.unhealthy().is_empty(),
+        "rules run only at the interval"
+    );
+    sleep(Duration::from_millis(1001)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    let ej = ejections(&rec.take());
+    assert_eq!(ej.len(), 1);
+    assert_eq!(ej[0].2, EjectReason::SuccessRate);
+
+    // Too few calls in the interval: the rule does not judge.
+    sleep(Duration::from_secs(11)).await;
+    assert!(balance.unhealthy().is_empty());
+    drive(&balance, 60).await;
+    sleep(Duration::from_millis(1001)).await;
+    assert!(balance.unhealthy().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_percentage_rule_ejects_above_threshold() {
+    let (balance, cluster) = cluster(
+        5,
+        BalanceLayer::builder()
+            .seed(9)
+            .picker(Picker::RoundRobin)
+            .outlier_detection(OutlierDetection {
+                consecutive_failures: None,
+                failure_percentage: Some(FailurePercentage {
+                    threshold: 0.4,
+                    request_volume: 10,
+                    ..FailurePercentage::default()
+                }),
+                max_ejection_percent: 0.5,
+                ..consecutive(1)
+            }),
+    )
+    .await;
+    cluster.node(2).fail_every.store(2, Relaxed); // 50 % > 40 %
+    cluster.node(3).fail_every.store(3, Relaxed); // 33 % < 40 %
+    drive(&balance, 100).await;
+    sleep(Duration::from_millis(1001)).await;
+    assert_eq!(balance.unhealthy(), vec![2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_threshold_spreads_over_all_endpoints() {
+    for (threshold, panics) in [(0.5, true), (0.0, false)] {
+        let (balance, cluster) = cluster(
+            4,
+            BalanceLayer::builder()
+                .seed(2)
+                .picker(Picker::RoundRobin)
+                .panic_threshold(threshold)
+                .outlier_detection(consecutive(1)),
+        )
+        .await;
+        for i in 0..3 {
+            cluster.node(i).fail.store(true, Relaxed);
+        }
+        drive(&balance, 20).await;
+        assert_eq!(balance.unhealthy().len(), 3);
+        assert_eq!(balance.is_panicking(), panics);
+        cluster.reset();
+        let failed = drive(&balance, 40).await;
+        if panics {
+            // 1 of 4 healthy < 50 %: health is ignored and calls go everywhere.
+            assert_eq!(cluster.hits(), vec![10, 10, 10, 10]);
+            assert_eq!(failed, 30);
+        } else {
+            assert_eq!(cluster.hits(), vec![0, 0, 0, 40]);
+            assert_eq!(failed, 0);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Readiness and cancellation: endpoints whose `Clone` resets readiness (tower's
+//! `ConcurrencyLimit`), one unready endpoint never holding calls up, in-flight counts released on
+//! drop, and `Send + Sync + 'static` of the public types.
+
+mod common;
+
+use common::{channel, Behavior, Node};
+use seawall::balance::{Balance, BalanceLayer, Change, OutlierDetection, Picker, ResponseFuture};
+use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
+
+fn assert_send_sync<T: Send + Sync + 'static>() {}
+fn assert_send<T: Send + 'static>() {}
+
+#[test]
+fn public_types_are_send_sync() {
+    assert_send_sync::<Balance<usize, Node>>();
+    assert_send_sync::<BalanceLayer>();
+    assert_send::<
+        ResponseFuture<
+            usize,
+            Node,
+            seawall::core::classify::DefaultClassifier,
+            u64,
+            <Node as Service<u64>>::Future,
+        >,
+    >();
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_whose_clone_resets_readiness() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(1)
+        .picker(Picker::p2c())
+        .max_wait(None)
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for id in 0..2usize {
+        let behavior = Arc::new(Behavior::default());
+        behavior.delay_ms.store(100, Relaxed);
+        behaviors.push(behavior.clone());
+        // One call at a time per endpoint.
+        tx.send(Change::Insert(
+            id,
+            ConcurrencyLimit::new(Node { id, behavior }, 1),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..6u64)
+        .map(|i| tokio::spawn(balance.clone().oneshot(i)))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // Two at a time: 3 rounds of 100 ms, none failed, none ran past its endpoint's limit.
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    assert_eq!(
+        behaviors[0].hits.load(Relaxed) + behaviors[1].hits.load(Relaxed),
+        6
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unready_endpoint_does_not_hold_calls_up() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(1)
+        .picker(Picker::RoundRobin)
+        .max_wait(Duration::from_secs(1))
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let slow = Arc::new(Behavior::default());
+    slow.delay_ms.store(10_000, Relaxed);
+    let fast = Arc::new(Behavior::default());
+    tx.send(Change::Insert(
+        0usize,
+        ConcurrencyLimit::new(
+            Node {
+                id: 0,
+                behavior: slow.clone(),
+            },
+            1,
+        ),
+    ))
+    .unwrap();
+    tx.send(Change::Insert(
+        1usize,
+        ConcurrencyLimit::new(
+            Node {
+                id: 1,
+                behavior: fast.clone(),
+            },
+            1,
+        ),
+    ))
+    .unwrap();
+    common::settle().await;
+    // Occupy endpoint 0.
+    let mut held = None;
+    while held.is_none() {
+        let call = tokio::spawn(balance.clone().oneshot(0));
+        common::settle().await;
+        if slow.hits.load(Relaxed) == 1 {
+            held = Some(call);
+        } else {
+            call.await.unwrap().unwrap();
+        }
+    }
+    // Round robin keeps choosing endpoint 0 every other call; it is not ready, so endpoint 1
+    // takes every call at once.
+    let start = tokio::time::Instant::now();
+    for i in 0..10 {
+        assert_eq!(balance.clone().oneshot(i).await.unwrap(), 1);
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_call_releases_its_in_flight_count() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    behavior.delay_ms.store(1000, Relaxed);
+    tx.send(Change::Insert(0usize, Node { id: 0, behavior }))
+        .unwrap();
+    common::settle().await;
+    let mut svc = balance.clone();
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(1));
+    tokio_test::assert_pending!(fut.poll());
+    assert_eq!(balance.outstanding(&0), Some(1));
+    drop(fut);
+    assert_eq!(balance.outstanding(&0), Some(0));
+    assert!(balance.unhealthy().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn balancer_is_always_ready_and_works_in_a_boxed_clone_service() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder().build().unwrap().layer(stream);
+    tx.send(Change::Insert(
+        0usize,
+        Node {
+            id: 0,
+            behavior: Arc::new(Behavior::default()),
+        },
+    ))
+    .unwrap();
+    common::settle().await;
+    let mut boxed = tower::util::BoxCloneSyncService::new(balance);
+    let mut ready = tokio_test::task::spawn(std::future::poll_fn(|cx| boxed.poll_ready(cx)));
+    tokio_test::assert_ready_ok!(ready.poll());
+    drop(ready);
+    assert_eq!(boxed.call(3).await.unwrap(), 0);
+}
+
+/// An endpoint whose readiness fails when `broken`.
+#[derive(Clone)]
+struct MaybeBroken {
+    broken: bool,
+    node: Node,
+}
+
+impl Service<u64> for MaybeBroken {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = <Node as Service<u64>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.broken {
+            std::task::Poll::Ready(Err(std::io::Error::other("connection refused").into()))
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.node.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_readiness_error_fails_that_call_and_counts_against_the_endpoint() {
+    let (tx, stream) = channel::<usize, MaybeBroken>();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(2),
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::disabled()
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    for id in 0..2 {
+        let node = Node {
+            id,
+            behavior: Arc::new(Behavior::default()),
+        };
+        tx.send(Change::Insert(
+            id,
+            MaybeBroken {
+                broken: id == 0,
+                node,
+            },
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    let mut errors = Vec::new();
+    for i in 0..20 {
+        if let Err(e) = balance.clone().oneshot(i).await {
+            errors.push(e.to_string());
+        }
+    }
+    // The inner error passes through untouched; two in a row eject the endpoint.
+    assert_eq!(errors, vec!["connection refused"; 2]);
+    assert_eq!(balance.unhealthy(), vec![0]);
+}
