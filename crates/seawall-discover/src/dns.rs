@@ -1,0 +1,313 @@
+//! DNS discovery: A/AAAA or SRV records, re-resolved as their TTL runs out.
+
+use crate::{diff::Tracker, discovery::publish, Discovery};
+use hickory_resolver::{
+    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    name_server::TokioConnectionProvider,
+    proto::rr::RData,
+    ResolveError, TokioResolver,
+};
+use seawall_balance::Tagged;
+use seawall_core::{config::check_positive_duration, metrics, ConfigError, Name};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+
+/// Default [`min_refresh`](DnsBuilder::min_refresh): 1 s.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Default [`max_refresh`](DnsBuilder::max_refresh): 60 s.
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(60);
+/// Default [`timeout`](DnsBuilder::timeout) of one DNS query: 2 s.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+enum Query {
+    /// A and AAAA records of `host`, each address with `port`.
+    Ip { host: String, port: u16 },
+    /// SRV records of `name`: targets, ports and weights; lowest priority only.
+    Srv { name: String },
+}
+
+/// DNS endpoint discovery; see [`Dns::a`] and [`Dns::srv`].
+///
+/// The name is resolved at once, then again when the answer's TTL runs out (the smallest TTL of
+/// the records), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server
+/// failure, or an answer without records) keeps the last good set and is retried after
+/// `min_refresh`, doubling up to `max_refresh` while failures last. Endpoint keys are
+/// [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round robin),
+/// A/AAAA endpoints weigh 1.
+#[derive(Debug, Clone)]
+pub struct Dns;
+
+impl Dns {
+    /// Discovers `host`'s A and AAAA records; each address is an endpoint on `port`.
+    pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
+        DnsBuilder::new(Query::Ip {
+            host: host.into(),
+            port,
+        })
+    }
+
+    /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
+    /// each target's addresses on the record's port, weighted by the record's weight. Only the
+    /// records of the lowest priority are used (RFC 2782).
+    pub fn srv(name: impl Into<String>) -> DnsBuilder {
+        DnsBuilder::new(Query::Srv { name: name.into() })
+    }
+}
+
+/// Builds a DNS [`Discovery`]; see [`Dns`].
+pub struct DnsBuilder {
+    query: Query,
+    nameservers: Option<Vec<SocketAddr>>,
+    min_refresh: Duration,
+    max_refresh: Duration,
+    timeout: Duration,
+    name: Option<String>,
+}
+
+impl DnsBuilder {
+    fn new(query: Query) -> Self {
+        DnsBuilder {
+            query,
+            nameservers: None,
+            min_refresh: DEFAULT_MIN_REFRESH,
+            max_refresh: DEFAULT_MAX_REFRESH,
+            timeout: DEFAULT_DNS_TIMEOUT,
+            name: None,
+        }
+    }
+
+    /// Ask these name servers (UDP, falling back to TCP). Default: the system's configuration
+    /// (`/etc/resolv.conf`), with the `system-config` feature.
+    pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.nameservers = Some(servers.into_iter().collect());
+        self
+    }
+
+    /// The shortest time between resolutions, whatever the TTL. Default 1 s.
+    pub fn min_refresh(mut self, min: Duration) -> Self {
+        self.min_refresh = min;
+        self
+    }
+
+    /// The longest time between resolutions, whatever the TTL. Default 60 s.
+    pub fn max_refresh(mut self, max: Duration) -> Self {
+        self.max_refresh = max;
+        self
+    }
+
+    /// How long one DNS query may take. Default 2 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The name for logs and metrics. Default `"discover"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Validates the configuration and starts resolving; `make` turns each discovered address
+    /// into an endpoint service (for example a hyper client bound to it).
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
+    where
+        S: Send + 'static,
+        M: FnMut(&Tagged<SocketAddr>) -> S + Send + 'static,
+    {
+        check_positive_duration("min_refresh", self.min_refresh)?;
+        check_positive_duration("timeout", self.timeout)?;
+        if self.max_refresh < self.min_refresh {
+            return Err(ConfigError::conflict(
+                "max_refresh",
+                format!(
+                    "must not be below min_refresh ({:?}), got {:?}",
+                    self.min_refresh, self.max_refresh
+                ),
+            ));
+        }
+        let name = match &self.name {
+            Some(name) => Name::validate("name", name)?,
+            None => Name::default_for("discover"),
+        };
+        let config = match &self.nameservers {
+            Some(servers) if servers.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "nameservers",
+                    "must not be empty",
+                    "[]",
+                ))
+            }
+            Some(servers) => {
+                let mut group = NameServerConfigGroup::new();
+                for server in servers {
+                    group.merge(NameServerConfigGroup::from_ips_clear(
+                        &[server.ip()],
+                        server.port(),
+                        true,
+                    ));
+                }
+                ResolverConfig::from_parts(None, vec![], group)
+            }
+            None => system_config()?,
+        };
+        let mut opts = ResolverOpts::default();
+        opts.timeout = self.timeout;
+        opts.attempts = 1;
+        // Every resolution asks the server: the refresh schedule follows the TTLs itself.
+        opts.cache_size = 0;
+        let resolver =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                .with_options(opts)
+                .build();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            resolver,
+            self.query,
+            self.min_refresh,
+            self.max_refresh,
+            name,
+            make,
+            tx,
+        ));
+        Ok(Discovery::new(rx, Some(task.abort_handle())))
+    }
+}
+
+impl fmt::Debug for DnsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsBuilder")
+            .field("query", &self.query)
+            .field("nameservers", &self.nameservers)
+            .field("min_refresh", &self.min_refresh)
+            .field("max_refresh", &self.max_refresh)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[cfg(feature = "system-config")]
+fn system_config() -> Result<ResolverConfig, ConfigError> {
+    hickory_resolver::system_conf::read_system_conf()
+        .map(|(config, _)| config)
+        .map_err(|e| {
+            ConfigError::invalid(
+                "nameservers",
+                "could not be read from the system",
+                e.to_string(),
+            )
+        })
+}
+
+#[cfg(not(feature = "system-config"))]
+fn system_config() -> Result<ResolverConfig, ConfigError> {
+    Err(ConfigError::missing("nameservers"))
+}
+
+async fn run<S, M>(
+    resolver: TokioResolver,
+    query: Query,
+    min: Duration,
+    max: Duration,
+    name: Name,
+    mut make: M,
+    tx: mpsc::UnboundedSender<seawall_balance::Change<Tagged<SocketAddr>, S>>,
+) where
+    M: FnMut(&Tagged<SocketAddr>) -> S,
+{
+    let mut tracker = Tracker::new();
+    let mut failures = 0u32;
+    loop {
+        let wait = match resolve(&resolver, &query).await {
+            Ok((endpoints, ttl)) => {
+                failures = 0;
+                tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, "seawall discover resolved");
+                if !publish(&mut tracker, endpoints, &mut make, &tx) {
+                    return;
+                }
+                ttl.clamp(min, max)
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
+                tracing::warn!(name = %name, ?query, %error, kept = tracker.len(), "seawall discover DNS resolution failed; keeping the last endpoints");
+                min.saturating_mul(1 << failures.min(16).saturating_sub(1))
+                    .min(max)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// One resolution: the endpoints and the smallest TTL of the records that gave them.
+async fn resolve(
+    resolver: &TokioResolver,
+    query: &Query,
+) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
+    match query {
+        Query::Ip { host, port } => {
+            let (ips, ttl) = lookup_ips(resolver, host).await?;
+            let endpoints = ips
+                .into_iter()
+                .map(|ip| Tagged::new(SocketAddr::new(ip, *port)))
+                .collect();
+            Ok((endpoints, ttl))
+        }
+        Query::Srv { name } => {
+            let lookup = resolver.srv_lookup(name.as_str()).await?;
+            let mut ttl = u32::MAX;
+            let mut records = Vec::new();
+            for record in lookup.as_lookup().records() {
+                if let RData::SRV(srv) = record.data() {
+                    ttl = ttl.min(record.ttl());
+                    records.push(srv.clone());
+                }
+            }
+            let Some(priority) = records.iter().map(|r| r.priority()).min() else {
+                return Err(ResolveError::from("no SRV records"));
+            };
+            let mut endpoints = Vec::new();
+            for srv in records.iter().filter(|r| r.priority() == priority) {
+                let target = srv.target().to_string();
+                let (ips, ip_ttl) = lookup_ips(resolver, &target).await?;
+                ttl = ttl.min(ip_ttl.as_secs() as u32);
+                for ip in ips {
+                    endpoints.push(
+                        Tagged::new(SocketAddr::new(ip, srv.port()))
+                            .with_weight(srv.weight().max(1).into()),
+                    );
+                }
+            }
+            Ok((endpoints, Duration::from_secs(ttl.into())))
+        }
+    }
+}
+
+async fn lookup_ips(
+    resolver: &TokioResolver,
+    host: &str,
+) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+    let lookup = resolver.lookup_ip(host).await?;
+    let ttl = lookup
+        .as_lookup()
+        .records()
+        .iter()
+        .filter(|r| matches!(r.data(), RData::A(_) | RData::AAAA(_)))
+        .map(|r| r.ttl())
+        .min()
+        .unwrap_or(0);
+    let ips: Vec<IpAddr> = lookup.iter().collect();
+    if ips.is_empty() {
+        return Err(ResolveError::from("no addresses"));
+    }
+    Ok((ips, Duration::from_secs(ttl.into())))
+}

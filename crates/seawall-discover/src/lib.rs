@@ -1,0 +1,81 @@
+//! Endpoint discovery for client-side balancers.
+//!
+//! Each source here produces a [`Discovery`]: a stream of `Change::Insert` / `Change::Remove`
+//! that is a [`tower::discover::Discover`], ready for `seawall::balance::BalanceLayer` (or tower's
+//! own balancer). Where the source yields addresses, a function you give turns each new address
+//! into an endpoint service, for example a hyper client bound to it.
+//!
+//! | source | changes | use it for |
+//! |---|---|---|
+//! | [`fixed`] | the endpoints given, once | tests, fixed fleets |
+//! | [`from_list`] | the addresses given, once, each made into a service | a static list from configuration |
+//! | [`watch()`] | each list the application publishes on a `tokio::sync::watch` channel, as a difference | service registries with their own client (Consul, Eureka, etcd watches) |
+//! | [`Dns::a`] | A/AAAA records, re-resolved as their TTL runs out | Kubernetes headless services, Consul DNS |
+//! | [`Dns::srv`] | SRV records (targets, ports, weights), re-resolved likewise | Consul and Kubernetes SRV names |
+//!
+//! DNS discovery keeps the last good set when a resolution fails: a DNS outage does not empty
+//! the balancer.
+//!
+//! # Defaults (DNS)
+//!
+//! | option | default |
+//! |---|---|
+//! | `nameservers` | the system's (`/etc/resolv.conf`), with the default `system-config` feature |
+//! | `min_refresh` | 1 s |
+//! | `max_refresh` | 60 s |
+//! | `timeout` | 2 s per query, one attempt |
+//! | `name` | `"discover"` |
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::balance::{BalanceLayer, Picker};
+//! use seawall::discover;
+//! use std::{net::SocketAddr, time::Duration};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! let (publish, addresses) = tokio::sync::watch::channel(vec![
+//!     "10.0.0.1:80".parse::<SocketAddr>()?,
+//!     "10.0.0.2:80".parse()?,
+//! ]);
+//! // One service per address; a real client binds a connection pool to it.
+//! let discovery = discover::watch(addresses, |addr: &SocketAddr| {
+//!     let addr = *addr;
+//!     service_fn(move |_req: ()| async move { Ok::<_, seawall::BoxError>(addr) })
+//! });
+//! let balancer = BalanceLayer::builder()
+//!     .picker(Picker::RoundRobin)
+//!     .max_wait(Duration::from_secs(1))
+//!     .build()?
+//!     .layer(discovery);
+//!
+//! let first = balancer.clone().oneshot(()).await?;
+//! assert!(first.port() == 80);
+//!
+//! // The registry says the fleet changed: the balancer follows, even while idle.
+//! publish.send(vec!["10.0.0.3:80".parse()?])?;
+//! while balancer.endpoints() != vec!["10.0.0.3:80".parse::<SocketAddr>()?] {
+//!     tokio::task::yield_now().await;
+//! }
+//! assert_eq!(balancer.clone().oneshot(()).await?, "10.0.0.3:80".parse()?);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod diff;
+mod discovery;
+mod dns;
+
+pub use discovery::{fixed, from_list, watch, Discovery};
+pub use dns::{Dns, DnsBuilder, DEFAULT_DNS_TIMEOUT, DEFAULT_MAX_REFRESH, DEFAULT_MIN_REFRESH};
+pub use seawall_balance::{Change, Tagged};

@@ -1,0 +1,66 @@
+//! Static lists and the watch channel source.
+
+use futures_util::StreamExt;
+use seawall::discover::{fixed, from_list, watch, Change};
+use std::time::Duration;
+
+fn keys<S>(changes: &[Change<u32, S>]) -> Vec<(char, u32)> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert(k, _) => ('+', *k),
+            Change::Remove(k) => ('-', *k),
+        })
+        .collect()
+}
+
+async fn next_n<S>(d: &mut seawall::discover::Discovery<u32, S>, n: usize) -> Vec<Change<u32, S>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(d.next().await.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn fixed_and_list_insert_once_then_end() {
+    let mut d = fixed([(1u32, "a"), (2, "b")]);
+    let changes = next_n(&mut d, 2).await;
+    assert_eq!(keys(&changes), vec![('+', 1), ('+', 2)]);
+    assert!(d.next().await.is_none());
+
+    let mut d = from_list([5u32, 6, 5], |k: &u32| k * 10);
+    let changes = next_n(&mut d, 2).await;
+    assert_eq!(keys(&changes), vec![('+', 5), ('+', 6)]);
+    assert!(matches!(changes[1], Change::Insert(6, 60)));
+    assert!(d.next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_sends_differences_and_makes_services_for_new_keys() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![1u32, 2]);
+    let mut d = watch(rx, |k: &u32| format!("svc-{k}"));
+    assert_eq!(keys(&next_n(&mut d, 2).await), vec![('+', 1), ('+', 2)]);
+    tx.send(vec![2, 3]).unwrap();
+    let mut changes = keys(&next_n(&mut d, 2).await);
+    changes.sort();
+    assert_eq!(changes, vec![('+', 3), ('-', 1)]);
+    // Publishing the same list changes nothing.
+    tx.send(vec![3, 2]).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    tx.send(vec![3]).unwrap();
+    assert_eq!(keys(&next_n(&mut d, 1).await), vec![('-', 2)]);
+    // The sender going away ends the stream; a balancer keeps its last set.
+    drop(tx);
+    assert!(d.next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_discovery_stops_its_task() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![1u32]);
+    let d = watch(rx, |k: &u32| *k);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(d);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(tx.is_closed(), "the receiver is dropped with the task");
+}
