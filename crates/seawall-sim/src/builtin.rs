@@ -2,7 +2,7 @@
 
 use crate::{
     backend::{BackendSpec, Fault, FaultKind},
-    client::ClientSpec,
+    client::{ClientSpec, HedgeSpec, OutlierSpec, PickerSpec, RetrySpec, SeawallSpec},
     dist::Latency,
     scenario::{Load, Scenario},
 };
@@ -15,6 +15,7 @@ pub fn all() -> Vec<Scenario> {
         hard_down(),
         two_slow_of_four(),
         heavy_tail(),
+        retry_storm(),
     ]
 }
 
@@ -32,6 +33,48 @@ fn baseline_clients() -> Vec<ClientSpec> {
             decay_ms: 10_000.0,
         },
     ]
+}
+
+/// seawall's balancer with every default.
+fn seawall_default() -> ClientSpec {
+    ClientSpec::Seawall(SeawallSpec::default())
+}
+
+/// seawall's balancer with outlier detection (and the picker's memory) tuned to a run of seconds
+/// rather than minutes: 2 s ejections, 2 s PeakEWMA decay.
+fn seawall_fast_ejection() -> ClientSpec {
+    ClientSpec::Seawall(SeawallSpec {
+        label: Some("seawall p2c peak-ewma + ejection".into()),
+        picker: fast_picker(),
+        outlier: Some(fast_outlier()),
+        ..SeawallSpec::default()
+    })
+}
+
+fn fast_picker() -> PickerSpec {
+    PickerSpec::P2cPeakEwma {
+        choices: 2,
+        decay_ms: Some(2_000),
+    }
+}
+
+fn fast_outlier() -> OutlierSpec {
+    OutlierSpec {
+        interval_ms: Some(1_000),
+        base_ejection_ms: Some(2_000),
+        max_ejection_ms: Some(10_000),
+        max_ejection_percent: Some(0.5),
+        consecutive_failures: Some(5),
+        failure_percentage: Some(0.3),
+        failure_percentage_volume: Some(20),
+        latency_factor: Some(3.0),
+        latency_duration_ms: Some(1_000),
+    }
+}
+
+fn with_seawall(mut clients: Vec<ClientSpec>, extra: Vec<ClientSpec>) -> Vec<ClientSpec> {
+    clients.extend(extra);
+    clients
 }
 
 fn lognormal(median_ms: f64) -> Latency {
@@ -58,7 +101,24 @@ pub fn tower_balance() -> Scenario {
             concurrency: 500,
             requests: 100_000,
         },
-        clients: baseline_clients(),
+        clients: with_seawall(
+            baseline_clients(),
+            vec![
+                seawall_default(),
+                ClientSpec::Seawall(SeawallSpec {
+                    picker: PickerSpec::P2cOutstanding { choices: 2 },
+                    ..SeawallSpec::default()
+                }),
+                ClientSpec::Seawall(SeawallSpec {
+                    picker: PickerSpec::LeastOutstanding,
+                    ..SeawallSpec::default()
+                }),
+                ClientSpec::Seawall(SeawallSpec {
+                    picker: PickerSpec::LeastPeakEwma { decay_ms: None },
+                    ..SeawallSpec::default()
+                }),
+            ],
+        ),
         seed: 1,
     }
 }
@@ -76,7 +136,25 @@ pub fn one_of_five_failing() -> Scenario {
             rate_per_sec: 1000.0,
             requests: 20_000,
         },
-        clients: baseline_clients(),
+        clients: with_seawall(
+            baseline_clients(),
+            vec![
+                seawall_default(),
+                seawall_fast_ejection(),
+                ClientSpec::Seawall(SeawallSpec {
+                    label: Some("seawall p2c peak-ewma + ejection + retry (20% budget)".into()),
+                    picker: fast_picker(),
+                    outlier: Some(fast_outlier()),
+                    retry: Some(RetrySpec {
+                        max_attempts: 3,
+                        budget_ratio: Some(0.2),
+                        budget_min_per_second: 10,
+                        attempt_timeout_ms: None,
+                    }),
+                    ..SeawallSpec::default()
+                }),
+            ],
+        ),
         seed: 1,
     }
 }
@@ -100,7 +178,10 @@ pub fn hard_down() -> Scenario {
             rate_per_sec: 1000.0,
             requests: 20_000,
         },
-        clients: baseline_clients(),
+        clients: with_seawall(
+            baseline_clients(),
+            vec![seawall_default(), seawall_fast_ejection()],
+        ),
         seed: 1,
     }
 }
@@ -125,7 +206,10 @@ pub fn two_slow_of_four() -> Scenario {
             rate_per_sec: 2000.0,
             requests: 20_000,
         },
-        clients: baseline_clients(),
+        clients: with_seawall(
+            baseline_clients(),
+            vec![seawall_default(), seawall_fast_ejection()],
+        ),
         seed: 1,
     }
 }
@@ -146,7 +230,61 @@ pub fn heavy_tail() -> Scenario {
             rate_per_sec: 1000.0,
             requests: 20_000,
         },
-        clients: baseline_clients(),
+        clients: with_seawall(
+            baseline_clients(),
+            vec![
+                seawall_default(),
+                ClientSpec::Seawall(SeawallSpec {
+                    hedge: Some(HedgeSpec {
+                        delay_ms: None,
+                        percentile: Some(0.97),
+                        max_hedges: 1,
+                        budget_ratio: 0.05,
+                    }),
+                    ..SeawallSpec::default()
+                }),
+            ],
+        ),
+        seed: 1,
+    }
+}
+
+/// Every backend fails half its calls: retries without a budget multiply the load; with one they
+/// stay bounded.
+pub fn retry_storm() -> Scenario {
+    let mut backend = BackendSpec::new(lognormal(10.0));
+    backend.error_rate = 0.5;
+    let retry = |budget_ratio| {
+        ClientSpec::Seawall(SeawallSpec {
+            label: Some(match budget_ratio {
+                Some(r) => format!("seawall retry x3, budget {:.0}%", r * 100.0),
+                None => "seawall retry x3, no budget".into(),
+            }),
+            picker: PickerSpec::RoundRobin,
+            outlier: Some(OutlierSpec {
+                consecutive_failures: Some(0),
+                failure_percentage: Some(0.0),
+                latency_factor: Some(0.0),
+                ..OutlierSpec::default()
+            }),
+            retry: Some(RetrySpec {
+                max_attempts: 3,
+                budget_ratio,
+                budget_min_per_second: 0,
+                attempt_timeout_ms: None,
+            }),
+            ..SeawallSpec::default()
+        })
+    };
+    Scenario {
+        name: "retry-storm".into(),
+        description: "5 backends each failing 50% of calls, open loop 1,000 rps: retries with and without a budget".into(),
+        backends: vec![backend; 5],
+        load: Load::OpenLoop {
+            rate_per_sec: 1000.0,
+            requests: 20_000,
+        },
+        clients: vec![ClientSpec::RoundRobin, retry(None), retry(Some(0.2))],
         seed: 1,
     }
 }

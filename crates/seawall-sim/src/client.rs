@@ -2,7 +2,10 @@
 
 use crate::backend::{SimBackend, SimRequest, SimResponse};
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
-use seawall_core::BoxError;
+use seawall_balance::{BalanceLayer, OutlierDetection, Picker};
+use seawall_core::{BoxError, ConfigError};
+use seawall_retry::{HedgeLayer, RetryBudget, RetryLayer};
+use seawall_timeout::TimeoutLayer;
 use serde::Deserialize;
 use std::{
     sync::{
@@ -18,7 +21,7 @@ use tower::{
     discover::ServiceList,
     load::{CompleteOnResponse, PeakEwma, PendingRequests},
     util::BoxCloneService,
-    Service, ServiceExt,
+    Layer, Service, ServiceExt,
 };
 
 /// A client under test, as a cloneable boxed tower service.
@@ -41,6 +44,152 @@ pub enum ClientSpec {
         #[serde(default = "default_decay_ms")]
         decay_ms: f64,
     },
+    /// A seawall stack: total timeout → retry → hedge → balancer, each optional but the balancer.
+    Seawall(SeawallSpec),
+}
+
+/// A seawall client stack, outer to inner: total timeout, budgeted retry, hedging, balancer.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeawallSpec {
+    /// Shown in reports; defaults to a description of the stack.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// How the balancer picks an endpoint (default: power of two choices by PeakEWMA).
+    #[serde(default)]
+    pub picker: PickerSpec,
+    /// Passive outlier detection (default: seawall-balance's defaults).
+    #[serde(default)]
+    pub outlier: Option<OutlierSpec>,
+    /// A timeout for the whole call, retries included, milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Budgeted retries.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Hedged requests.
+    #[serde(default)]
+    pub hedge: Option<HedgeSpec>,
+}
+
+/// The balancer's picker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PickerSpec {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// A random endpoint.
+    Random,
+    /// Fewest calls in flight over all endpoints.
+    LeastOutstanding,
+    /// Power of d choices by calls in flight.
+    P2cOutstanding {
+        /// Endpoints drawn per pick.
+        #[serde(default = "two")]
+        choices: usize,
+    },
+    /// The cheapest of all endpoints by PeakEWMA cost.
+    LeastPeakEwma {
+        /// The EWMA's time constant, milliseconds (default 10,000); also how long an estimate
+        /// lasts before the endpoint gets a trial call.
+        #[serde(default)]
+        decay_ms: Option<u64>,
+    },
+    /// Power of d choices by PeakEWMA (seawall's default picker; d = 2).
+    P2cPeakEwma {
+        /// Endpoints drawn per pick.
+        #[serde(default = "two")]
+        choices: usize,
+        /// The EWMA's time constant, milliseconds (default 10,000).
+        #[serde(default)]
+        decay_ms: Option<u64>,
+    },
+}
+
+/// The default picker is seawall-balance's default, power of two choices by PeakEWMA.
+impl Default for PickerSpec {
+    fn default() -> Self {
+        PickerSpec::P2cPeakEwma {
+            choices: 2,
+            decay_ms: None,
+        }
+    }
+}
+
+fn two() -> usize {
+    2
+}
+
+/// Outlier detection settings; anything not given keeps seawall-balance's default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    /// How often the rate rules run, milliseconds.
+    pub interval_ms: Option<u64>,
+    /// The first ejection's length, milliseconds.
+    pub base_ejection_ms: Option<u64>,
+    /// The longest ejection, milliseconds.
+    pub max_ejection_ms: Option<u64>,
+    /// Share of endpoints that may be out at once.
+    pub max_ejection_percent: Option<f64>,
+    /// Failures in a row that eject at once (0 turns the rule off).
+    pub consecutive_failures: Option<u32>,
+    /// Failure share over an interval that ejects (0 turns the rule off).
+    pub failure_percentage: Option<f64>,
+    /// Calls an endpoint needs in an interval for the failure-percentage rule.
+    pub failure_percentage_volume: Option<u32>,
+    /// How many times the peers' median latency ejects (0 turns the rule off).
+    pub latency_factor: Option<f64>,
+    /// How long an endpoint must stay that slow, milliseconds.
+    pub latency_duration_ms: Option<u64>,
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first included.
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Retries allowed per request (the budget's ratio); absent means no budget at all.
+    #[serde(default)]
+    pub budget_ratio: Option<f64>,
+    /// Retries a second allowed whatever the traffic.
+    #[serde(default)]
+    pub budget_min_per_second: u32,
+    /// A timeout for each attempt, milliseconds.
+    #[serde(default)]
+    pub attempt_timeout_ms: Option<u64>,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// Hedging settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeSpec {
+    /// Hedge after this fixed delay, milliseconds; or
+    #[serde(default)]
+    pub delay_ms: Option<f64>,
+    /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95).
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    /// Extra copies at most.
+    #[serde(default = "one")]
+    pub max_hedges: u32,
+    /// Hedges allowed per request (the hedge budget).
+    #[serde(default = "hedge_ratio")]
+    pub budget_ratio: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn hedge_ratio() -> f64 {
+    0.1
 }
 
 fn default_rtt_ms() -> f64 {
@@ -58,6 +207,7 @@ impl ClientSpec {
             ClientSpec::RoundRobin => "round robin".into(),
             ClientSpec::TowerP2cPending => "tower p2c pending".into(),
             ClientSpec::TowerP2cPeakEwma { .. } => "tower p2c peak-ewma".into(),
+            ClientSpec::Seawall(spec) => spec.label(),
         }
     }
 
@@ -65,6 +215,14 @@ impl ClientSpec {
     pub fn validate(&self, _backends: usize) -> Result<(), String> {
         match self {
             ClientSpec::RoundRobin | ClientSpec::TowerP2cPending => Ok(()),
+            ClientSpec::Seawall(spec) => {
+                // Building validates every value through the seawall builders, naming the field.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async { spec.build(Vec::new(), 0).map(drop) })
+            }
             ClientSpec::TowerP2cPeakEwma {
                 default_rtt_ms,
                 decay_ms,
@@ -81,9 +239,15 @@ impl ClientSpec {
     }
 
     /// Builds the client over `backends`. Must run inside the simulation's runtime.
-    pub fn build(&self, backends: Vec<SimBackend>, seed: u64, concurrency: usize) -> SimClient {
+    pub fn build(
+        &self,
+        backends: Vec<SimBackend>,
+        seed: u64,
+        concurrency: usize,
+    ) -> Result<SimClient, String> {
         let buffer = concurrency.max(1) + 1024;
-        match self {
+        Ok(match self {
+            ClientSpec::Seawall(spec) => spec.build(backends, seed)?,
             ClientSpec::RoundRobin => BoxCloneService::new(RoundRobin::new(backends)),
             ClientSpec::TowerP2cPending => {
                 let endpoints = backends
@@ -104,7 +268,163 @@ impl ClientSpec {
                 let balance = Balance::from_rng(ServiceList::new(endpoints), TowerRng::new(seed));
                 BoxCloneService::new(Buffer::new(balance, buffer))
             }
+        })
+    }
+}
+
+impl SeawallSpec {
+    /// The label shown in reports.
+    pub fn label(&self) -> String {
+        if let Some(label) = &self.label {
+            return label.clone();
         }
+        let mut parts = vec![match self.picker {
+            PickerSpec::RoundRobin => "seawall round robin".to_string(),
+            PickerSpec::Random => "seawall random".to_string(),
+            PickerSpec::LeastOutstanding => "seawall least outstanding".to_string(),
+            PickerSpec::P2cOutstanding { choices } => format!("seawall p{choices}c pending"),
+            PickerSpec::LeastPeakEwma { .. } => "seawall least peak-ewma".to_string(),
+            PickerSpec::P2cPeakEwma { choices: 2, .. } => "seawall p2c peak-ewma".to_string(),
+            PickerSpec::P2cPeakEwma { choices, .. } => format!("seawall p{choices}c peak-ewma"),
+        }];
+        if self.retry.is_some() {
+            parts.push("retry".into());
+        }
+        if self.hedge.is_some() {
+            parts.push("hedge".into());
+        }
+        parts.join(" + ")
+    }
+
+    fn build(&self, backends: Vec<SimBackend>, seed: u64) -> Result<SimClient, String> {
+        let err = |e: ConfigError| e.to_string();
+        let picker = match self.picker {
+            PickerSpec::RoundRobin => Picker::RoundRobin,
+            PickerSpec::Random => Picker::Random,
+            PickerSpec::LeastOutstanding => Picker::LeastOutstanding,
+            PickerSpec::P2cOutstanding { choices } => Picker::P2cOutstanding { choices },
+            PickerSpec::LeastPeakEwma { decay_ms } => match Picker::least_peak_ewma() {
+                Picker::LeastPeakEwma {
+                    decay,
+                    default_rtt,
+                    failure_penalty,
+                } => Picker::LeastPeakEwma {
+                    decay: decay_ms.map_or(decay, Duration::from_millis),
+                    default_rtt,
+                    failure_penalty,
+                },
+                other => other,
+            },
+            PickerSpec::P2cPeakEwma { choices, decay_ms } => match Picker::p2c_peak_ewma() {
+                Picker::P2cPeakEwma {
+                    decay,
+                    default_rtt,
+                    failure_penalty,
+                    ..
+                } => Picker::P2cPeakEwma {
+                    choices,
+                    decay: decay_ms.map_or(decay, Duration::from_millis),
+                    default_rtt,
+                    failure_penalty,
+                },
+                other => other,
+            },
+        };
+        let mut balance = BalanceLayer::builder().picker(picker).seed(seed);
+        if let Some(o) = &self.outlier {
+            balance = balance.outlier_detection(o.to_config());
+        }
+        let mut svc: SimClient = BoxCloneService::new(
+            balance
+                .build()
+                .map_err(err)?
+                .layer(ServiceList::new(backends)),
+        );
+        if let Some(h) = &self.hedge {
+            let budget = RetryBudget::builder()
+                .ratio(h.budget_ratio)
+                .min_per_second(0)
+                .build()
+                .map_err(err)?;
+            let mut hedge = HedgeLayer::builder()
+                .max_hedges(h.max_hedges)
+                .budget(budget);
+            hedge = match (h.delay_ms, h.percentile) {
+                (Some(ms), None) => hedge.delay(Duration::from_secs_f64(ms / 1000.0)),
+                (None, Some(p)) => hedge.percentile(p, 100, Duration::from_secs(1)),
+                _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
+            };
+            svc = BoxCloneService::new(hedge.build().map_err(err)?.layer(svc));
+        }
+        if let Some(r) = &self.retry {
+            let budget = match r.budget_ratio {
+                Some(ratio) => RetryBudget::builder()
+                    .ratio(ratio)
+                    .min_per_second(r.budget_min_per_second)
+                    .build()
+                    .map_err(err)?,
+                None => RetryBudget::unlimited(),
+            };
+            let mut retry = RetryLayer::builder()
+                .max_attempts(r.max_attempts)
+                .budget(budget)
+                .seed(seed);
+            if let Some(ms) = r.attempt_timeout_ms {
+                retry = retry.per_attempt_timeout(Duration::from_millis(ms));
+            }
+            svc = BoxCloneService::new(retry.build().map_err(err)?.layer(svc));
+        }
+        if let Some(ms) = self.timeout_ms {
+            svc = BoxCloneService::new(TimeoutLayer::new(Duration::from_millis(ms)).layer(svc));
+        }
+        Ok(svc)
+    }
+}
+
+impl OutlierSpec {
+    fn to_config(&self) -> OutlierDetection {
+        let mut o = OutlierDetection::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = self.interval_ms {
+            o.interval = ms(v);
+        }
+        if let Some(v) = self.base_ejection_ms {
+            o.base_ejection_time = ms(v);
+        }
+        if let Some(v) = self.max_ejection_ms {
+            o.max_ejection_time = ms(v);
+        }
+        if let Some(v) = self.max_ejection_percent {
+            o.max_ejection_percent = v;
+        }
+        if let Some(v) = self.consecutive_failures {
+            o.consecutive_failures = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.failure_percentage {
+            if v > 0.0 {
+                let mut rule = o.failure_percentage.unwrap_or_default();
+                rule.threshold = v;
+                if let Some(volume) = self.failure_percentage_volume {
+                    rule.request_volume = volume;
+                }
+                o.failure_percentage = Some(rule);
+            } else {
+                o.failure_percentage = None;
+            }
+        }
+        if let Some(v) = self.latency_factor {
+            if v > 0.0 {
+                let mut rule = o.latency.unwrap_or_default();
+                rule.factor = v;
+                if let Some(d) = self.latency_duration_ms {
+                    rule.duration = ms(d);
+                }
+                o.latency = Some(rule);
+            } else {
+                o.latency = None;
+            }
+        }
+        o
     }
 }
 

@@ -223,6 +223,13 @@ fn opt_ms(d: Option<Duration>) -> String {
 impl Report {
     /// The report as a text table.
     pub fn table(&self) -> String {
+        let w = self
+            .clients
+            .iter()
+            .map(|c| c.client.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
         let mut out = String::new();
         let _ = writeln!(out, "scenario {} (seed {})", self.scenario, self.seed);
         if !self.description.is_empty() {
@@ -230,13 +237,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "\n{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
             "client", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "success", "extra"
         );
         for c in &self.clients {
             let _ = writeln!(
                 out,
-                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
+                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
                 c.client,
                 ms(c.p50),
                 ms(c.p90),
@@ -248,13 +255,13 @@ impl Report {
             );
         }
         let _ = writeln!(out, "\nshare of calls per backend");
-        let _ = write!(out, "{:<28}", "client");
+        let _ = write!(out, "{:<w$}", "client");
         for b in &self.backends {
             let _ = write!(out, " {b:>6}");
         }
         let _ = writeln!(out);
         for c in &self.clients {
-            let _ = write!(out, "{:<28}", c.client);
+            let _ = write!(out, "{:<w$}", c.client);
             for s in c.total_share(self.backends.len()) {
                 let _ = write!(out, " {:>5.1}%", s * 100.0);
             }
@@ -263,7 +270,7 @@ impl Report {
         if self.clients.iter().any(|c| !c.faults.is_empty()) {
             let _ = writeln!(
                 out,
-                "\n{:<28} {:<24} {:>12} {:>12} {:>12}",
+                "\n{:<w$} {:<24} {:>12} {:>12} {:>12}",
                 "client", "fault", "eject ms", "wasted", "readmit ms"
             );
             for c in &self.clients {
@@ -277,7 +284,7 @@ impl Report {
                     );
                     let _ = writeln!(
                         out,
-                        "{:<28} {:<24} {:>12} {:>12} {:>12}",
+                        "{:<w$} {:<24} {:>12} {:>12} {:>12}",
                         c.client,
                         fault,
                         opt_ms(f.time_to_eject),

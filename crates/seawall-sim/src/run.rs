@@ -86,7 +86,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
             Load::ClosedLoop { concurrency, .. } => concurrency,
             Load::OpenLoop { .. } => 1024,
         };
-        let service = client.build(backends, seed, concurrency);
+        let service = client.build(backends, seed, concurrency)?;
         let tally = Arc::new(Mutex::new(Tally {
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .map_err(|e| e.to_string())?,

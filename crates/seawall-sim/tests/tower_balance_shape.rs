@@ -46,6 +46,20 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
             share[9]
         );
     }
+    // seawall's full-scan PeakEWMA keeps the slow endpoints nearly idle once measured.
+    let least = by("seawall least peak-ewma");
+    assert!(
+        least.p99 * 10 <= ewma.p99,
+        "least p99 {:?} vs tower {:?}",
+        least.p99,
+        ewma.p99
+    );
+    assert!(
+        least.p999 < ewma.p999,
+        "least p99.9 {:?} vs tower {:?}",
+        least.p999,
+        ewma.p999
+    );
     for c in &report.clients {
         assert_eq!(c.success_rate(), 1.0);
     }
