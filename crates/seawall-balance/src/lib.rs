@@ -23,7 +23,8 @@
 //! # Pickers
 //!
 //! See [`Picker`]: round robin, random, weighted round robin (EDF), least outstanding, power of
-//! d choices by outstanding calls or by PeakEWMA, consistent hashing (ring) and zone-aware.
+//! d choices by outstanding calls or by PeakEWMA, the cheapest of all by PeakEWMA, consistent
+//! hashing (ring) and zone-aware.
 //! Picking never allocates and takes no lock.
 //!
 //! # Health

@@ -28,6 +28,8 @@ use tower::{
 pub type SimClient = BoxCloneService<SimRequest, SimResponse, BoxError>;
 
 /// A client to put under load.
+// A configuration value, built once per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientSpec {
