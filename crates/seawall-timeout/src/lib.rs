@@ -12,7 +12,7 @@
 //! [`propagate_deadline(false)`](TimeoutConfigBuilder::propagate_deadline)), so layers further in
 //! see it: a per-try timeout under a retry cannot outlive the total timeout above it, and the retry
 //! does not start an attempt that cannot finish. Requests carry deadlines through
-//! [`RequestDeadline`], implemented for [`http::Request`]; other request types implement it in a
+//! [`RequestDeadline`], implemented for [`http::Request`](https://docs.rs/http/1/http/request/struct.Request.html); other request types implement it in a
 //! few lines (see [`seawall_core::deadline`]).
 //!
 //! # Defaults
@@ -27,7 +27,7 @@
 //!
 //! A call reads the clock once. The timer is armed only if the inner future is still pending after
 //! its first poll, so a call to a service that answers at once never touches the timer wheel, and
-//! nothing on the happy path allocates (on an [`http::Request`] without extensions, propagation
+//! nothing on the happy path allocates (on an [`http::Request`](https://docs.rs/http/1/http/request/struct.Request.html) without extensions, propagation
 //! inserts the first extension, which allocates the request's extension map).
 //!
 //! # Example
