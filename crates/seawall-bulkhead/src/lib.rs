@@ -1,0 +1,148 @@
+//! Bulkheads for tower: fail-fast concurrency limits, fixed or adaptive, and a shareable rate
+//! limiter.
+//!
+//! A [`BulkheadLayer`] lets at most `limit` calls run at once, like Hystrix's and Resilience4j's
+//! semaphore bulkheads: a call beyond the limit waits, in FIFO order, at most `max_wait` for a
+//! permit and is then rejected with [`Full`]. With `max_wait` zero (the default) it is rejected at
+//! once. The permit lives in the response future and returns when the call finishes or the future
+//! is dropped; with [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) it lives
+//! on in the `http` response body until the body is read or dropped. Every service the layer makes,
+//! and every clone, shares one set of permits.
+//!
+//! The limit can be [adaptive](limit): AIMD, Gradient2 or Vegas, after Netflix's
+//! concurrency-limits, move it within bounds from the outcome (by the layer's classifier) and
+//! duration of each call. The [`ratelimit`] module holds a GCRA rate limiter, plain and keyed.
+//!
+//! # Readiness and waiting
+//!
+//! tower's `ConcurrencyLimit` only queues: its `poll_ready` is `Pending` until a permit frees, so
+//! a caller that wants to fail fast adds `LoadShed`, which rejects on *any* `Pending`, including
+//! the inner service's own (tower#793). A bulkhead rejects only for lack of a permit, and never
+//! from `poll_ready` (an error there is terminal for tower and poisons a `Buffer`):
+//!
+//! 1. `poll_ready` drives the inner service to readiness, then takes a free permit if there is
+//!    one and keeps it for the next `call`. It never waits for a permit and never fails for lack
+//!    of one.
+//! 2. `call` with a permit calls the inner service at once; the response future holds the permit.
+//! 3. `call` without one (the bulkhead was full at `poll_ready`) tries once more; if the bulkhead
+//!    is still full and `max_wait` is zero, the response future fails with [`Full`] and the inner
+//!    service stays ready for the next call. Otherwise the future waits for a permit: the service
+//!    that `poll_ready` made ready moves into the future with the request (`mem::replace` with a
+//!    clone, which the next `poll_ready` polls ready in turn), so when a permit comes, the call
+//!    goes to a service that was polled ready, never to a fresh clone. The future polls the
+//!    bulkhead's semaphore directly (FIFO, no task spawned) and a `max_wait` timer, and fails
+//!    with [`Full`] when the timer fires first.
+//!
+//! With [`backpressure(true)`](BulkheadConfigBuilder::backpressure) the bulkhead behaves like
+//! `ConcurrencyLimit` instead: `poll_ready` is `Pending` until a permit is free (FIFO), then
+//! polls the inner service; nothing is rejected.
+//!
+//! A clone never carries the reserved permit of the service it was cloned from. Dropping a
+//! response future at any point (waiting, running) releases everything it holds and counts as
+//! *ignored* for an adaptive limit.
+//!
+//! # Defaults
+//!
+//! | option | default | note |
+//! |---|---|---|
+//! | `max_concurrent` | 25 | fixed limit, as Resilience4j; conflicts with `adaptive` |
+//! | `max_wait` | zero | reject at once when full |
+//! | `backpressure` | `false` | reject from the future; `true` waits in `poll_ready` |
+//! | `adaptive` | none | [`limit::Aimd`], [`limit::Gradient2`], [`limit::Vegas`] or your [`limit::Limit`] |
+//! | `classifier` | [`DefaultClassifier`](seawall_core::classify::DefaultClassifier) | what counts as a dropped call for an adaptive limit |
+//! | release | on response | [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) for `http` bodies |
+//! | `name` | `"bulkhead"` | label for events and metrics |
+//!
+//! # Observability
+//!
+//! Metrics (label `name`): `seawall_bulkhead_in_flight`, `seawall_bulkhead_waiting`,
+//! `seawall_bulkhead_limit` (gauges) and `seawall_bulkhead_rejected_total`. Listeners get each
+//! [`BulkheadEvent`]: rejections and limit changes. [`BulkheadLayer::handle`] reads the current
+//! limit, free permits, calls in flight and waiting.
+//!
+//! # Cost
+//!
+//! The permits are a fair semaphore of seawall's own whose uncontended paths take no lock: an
+//! admitted call costs one compare-and-swap to take its permit, one to give it back, and one
+//! `Arc` clone; a rejected call (with `max_wait` zero) costs one failed compare-and-swap. Neither
+//! allocates: [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
+//! allocates its waiting state once. Fixed limits never read the clock; adaptive limits read it
+//! twice per call and update the algorithm under a mutex. The accounting is model-checked with
+//! loom (`tests/loom.rs`) and property-tested (`tests/permits_conserved.rs`).
+//!
+//! # Example
+//!
+//! ```
+//! # async fn demo() -> Result<(), seawall::BoxError> {
+//! use seawall::bulkhead::{BulkheadLayer, Full};
+//! use seawall::ServiceBuilderExt;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! let bulkhead = BulkheadLayer::builder()
+//!     .name("users-api")
+//!     .max_concurrent(1)
+//!     .max_wait(Duration::from_millis(50))
+//!     .build()?;
+//! let handle = bulkhead.handle();
+//!
+//! let client = ServiceBuilder::new()
+//!     .with_bulkhead(bulkhead)
+//!     .service(service_fn(|_req: ()| async {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Ok::<_, seawall::BoxError>("done")
+//!     }));
+//!
+//! // One call runs; the next waits 50 ms for a permit, then is rejected.
+//! let first = tokio::spawn(client.clone().oneshot(()));
+//! tokio::task::yield_now().await;
+//! assert_eq!(handle.in_flight(), 1);
+//! let err = client.clone().oneshot(()).await.unwrap_err();
+//! assert!(seawall::core::error::is::<Full>(&*err));
+//! assert_eq!(first.await.unwrap()?, "done");
+//! assert_eq!(handle.available(), 1);
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(demo()).unwrap();
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod error;
+mod event;
+mod future;
+mod layer;
+pub mod limit;
+mod permits;
+pub mod ratelimit;
+mod release;
+mod service;
+mod state;
+mod sync;
+
+pub use config::{BulkheadConfigBuilder, DEFAULT_MAX_CONCURRENT};
+pub use error::Full;
+pub use event::BulkheadEvent;
+pub use future::ResponseFuture;
+pub use layer::BulkheadLayer;
+pub use release::{OnBodyEnd, OnResponse, PermitBody, Release};
+pub use service::Bulkhead;
+#[doc(hidden)]
+pub use state::Timing;
+pub use state::{BulkheadHandle, Permit};
+
+/// Internals exposed to the loom model checks (`--cfg loom` only).
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::permits::{Permits, Waiter};
+    pub use crate::ratelimit::{Gcra, Grant};
+    pub use crate::state::Debt;
+}

@@ -1,0 +1,230 @@
+use super::{check_bounds, Limit, Sample};
+use seawall_core::{config, ConfigError};
+
+/// Latency-based limit from the gradient between a long-term and the current round-trip time
+/// (Netflix `Gradient2Limit`).
+///
+/// Each sample updates a long-term RTT (an exponential average over `long_window` samples, a plain
+/// average for the first 10) and takes the sample itself as the short-term RTT. Then, unless the
+/// bulkhead is app-limited (fewer than half the limit in flight):
+///
+/// ```text
+/// gradient  = clamp(long_rtt / short_rtt, 0.5, 1.0)
+/// estimate  = limit × gradient + queue_size
+/// limit     = limit × (1 − smoothing) + estimate × smoothing      (within min..=max)
+/// ```
+///
+/// When latency rises the gradient drops below 1 and the limit shrinks (by at most half per
+/// sample before smoothing); while latency is steady the limit grows by `queue_size × smoothing`
+/// per sample. When the long-term RTT is more than twice the short-term one (latency has recovered
+/// after a long slow period) it is cut by 10% per sample, so the limit recovers without waiting for
+/// the average to decay.
+#[derive(Debug, Clone)]
+pub struct Gradient2 {
+    estimate: f64,
+    min: usize,
+    max: usize,
+    smoothing: f64,
+    queue_size: f64,
+    long_rtt: ExpAvg,
+}
+
+impl Gradient2 {
+    /// Starts a builder with the defaults (initial 20, bounds 1..=200, smoothing 0.2, queue size 4,
+    /// long window 600).
+    pub fn builder() -> Gradient2Builder {
+        Gradient2Builder {
+            initial: 20,
+            min: 1,
+            max: 200,
+            smoothing: 0.2,
+            queue_size: 4,
+            long_window: 600,
+        }
+    }
+}
+
+impl Default for Gradient2 {
+    fn default() -> Self {
+        Gradient2::builder()
+            .build()
+            .expect("default Gradient2 configuration is valid")
+    }
+}
+
+impl Limit for Gradient2 {
+    fn initial_limit(&self) -> usize {
+        self.estimate as usize
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (self.min, self.max)
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let short = (sample.rtt.as_nanos() as f64).max(1.0);
+        let long = self.long_rtt.add(short);
+        if long / short > 2.0 {
+            self.long_rtt.value *= 0.9;
+        }
+        if (sample.in_flight as f64) < self.estimate / 2.0 {
+            return self.estimate as usize;
+        }
+        let gradient = (long / short).clamp(0.5, 1.0);
+        let estimate = self.estimate * gradient + self.queue_size;
+        let smoothed = self.estimate * (1.0 - self.smoothing) + estimate * self.smoothing;
+        self.estimate = smoothed.clamp(self.min as f64, self.max as f64);
+        self.estimate as usize
+    }
+}
+
+/// An average that is plain for the first `warmup` samples, then exponential with factor
+/// `2 / (window + 1)` (Netflix `ExpAvgMeasurement`).
+#[derive(Debug, Clone)]
+struct ExpAvg {
+    value: f64,
+    sum: f64,
+    count: usize,
+    warmup: usize,
+    factor: f64,
+}
+
+impl ExpAvg {
+    fn new(window: usize, warmup: usize) -> Self {
+        ExpAvg {
+            value: 0.0,
+            sum: 0.0,
+            count: 0,
+            warmup,
+            factor: 2.0 / (window as f64 + 1.0),
+        }
+    }
+
+    fn add(&mut self, sample: f64) -> f64 {
+        if self.count < self.warmup {
+            self.count += 1;
+            self.sum += sample;
+            self.value = self.sum / self.count as f64;
+        } else {
+            self.value = self.value * (1.0 - self.factor) + sample * self.factor;
+        }
+        self.value
+    }
+}
+
+/// Builds a [`Gradient2`] limit; see [`Gradient2::builder`].
+#[derive(Debug, Clone)]
+pub struct Gradient2Builder {
+    initial: usize,
+    min: usize,
+    max: usize,
+    smoothing: f64,
+    queue_size: usize,
+    long_window: usize,
+}
+
+impl Gradient2Builder {
+    /// The limit before any sample. Default 20.
+    pub fn initial_limit(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The floor. Default 1.
+    pub fn min_limit(mut self, limit: usize) -> Self {
+        self.min = limit;
+        self
+    }
+
+    /// The ceiling. Default 200.
+    pub fn max_limit(mut self, limit: usize) -> Self {
+        self.max = limit;
+        self
+    }
+
+    /// How much of each new estimate is taken, in `(0, 1]`. Default 0.2.
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.smoothing = smoothing;
+        self
+    }
+
+    /// How far the estimate may run ahead of the measured capacity while latency is steady.
+    /// Default 4.
+    pub fn queue_size(mut self, queue_size: usize) -> Self {
+        self.queue_size = queue_size;
+        self
+    }
+
+    /// Samples in the long-term RTT average, at least 1. Default 600.
+    pub fn long_window(mut self, samples: usize) -> Self {
+        self.long_window = samples;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Gradient2, ConfigError> {
+        check_bounds(self.min, self.initial, self.max)?;
+        config::check_rate("smoothing", self.smoothing)?;
+        config::check_range("long_window", self.long_window, 1, 1 << 30)?;
+        config::check_range("queue_size", self.queue_size, 0, super::MAX_LIMIT)?;
+        Ok(Gradient2 {
+            estimate: self.initial as f64,
+            min: self.min,
+            max: self.max,
+            smoothing: self.smoothing,
+            queue_size: self.queue_size as f64,
+            long_rtt: ExpAvg::new(self.long_window, 10),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample(ms: u64, in_flight: usize) -> Sample {
+        Sample::new(Duration::from_millis(ms), in_flight, false)
+    }
+
+    #[test]
+    fn steady_latency_grows_slowly_and_slow_latency_shrinks() {
+        let mut g = Gradient2::builder().initial_limit(20).build().unwrap();
+        for _ in 0..10 {
+            g.update(&sample(10, 20));
+        }
+        let steady = g.update(&sample(10, 20));
+        assert!(steady > 20, "steady latency grows the limit: {steady}");
+        let before = g.estimate;
+        g.update(&sample(40, 30));
+        assert!(g.estimate < before, "a slow sample shrinks the limit");
+    }
+
+    #[test]
+    fn app_limited_does_not_grow() {
+        let mut g = Gradient2::default();
+        for _ in 0..100 {
+            assert_eq!(g.update(&sample(10, 1)), 20);
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(
+            Gradient2::builder()
+                .smoothing(0.0)
+                .build()
+                .unwrap_err()
+                .field(),
+            "smoothing"
+        );
+        assert_eq!(
+            Gradient2::builder()
+                .long_window(0)
+                .build()
+                .unwrap_err()
+                .field(),
+            "long_window"
+        );
+    }
+}

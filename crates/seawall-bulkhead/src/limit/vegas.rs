@@ -1,0 +1,219 @@
+use super::{check_bounds, log10_root, Limit, Sample};
+use seawall_core::{config, ConfigError};
+
+/// Latency-based limit after TCP Vegas (Netflix `VegasLimit`).
+///
+/// The no-load RTT is the smallest RTT seen. Each sample estimates the queue the limit builds:
+/// `queue = ceil(limit × (1 − rtt_noload / rtt))`. With `log = max(1, floor(log10(limit)))`:
+///
+/// | condition | new limit |
+/// |---|---|
+/// | the call was dropped | `limit − log` |
+/// | fewer than half the limit in flight | unchanged (app-limited) |
+/// | `queue <= log` | `limit + 6·log` (no queueing: grow fast) |
+/// | `queue < 3·log` (`alpha`) | `limit + log` |
+/// | `queue > 6·log` (`beta`) | `limit − log` |
+/// | otherwise | unchanged |
+///
+/// then `limit = (1 − smoothing) × limit + smoothing × new`, within `min..=max`. Every
+/// `probe_multiplier × limit × jitter` samples (jitter uniform in `[0.5, 1)`, from a seedable
+/// generator) the no-load RTT is reset to the current sample, so the limit can follow a dependency
+/// whose baseline latency has moved.
+#[derive(Debug, Clone)]
+pub struct Vegas {
+    estimate: f64,
+    min: usize,
+    max: usize,
+    smoothing: f64,
+    probe_multiplier: usize,
+    rtt_noload: u64,
+    probe_count: usize,
+    probe_jitter: f64,
+    rng: u64,
+}
+
+impl Vegas {
+    /// Starts a builder with the defaults (initial 20, bounds 1..=1000, smoothing 1.0, probe
+    /// multiplier 30).
+    pub fn builder() -> VegasBuilder {
+        VegasBuilder {
+            initial: 20,
+            min: 1,
+            max: 1000,
+            smoothing: 1.0,
+            probe_multiplier: 30,
+            seed: 0x5eaa_a11b_u64,
+        }
+    }
+
+    fn next_jitter(&mut self) -> f64 {
+        // SplitMix64: a small, seedable generator; only the probe jitter needs randomness.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+impl Default for Vegas {
+    fn default() -> Self {
+        Vegas::builder()
+            .build()
+            .expect("default Vegas configuration is valid")
+    }
+}
+
+impl Limit for Vegas {
+    fn initial_limit(&self) -> usize {
+        self.estimate as usize
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (self.min, self.max)
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let rtt = (sample.rtt.as_nanos().min(u64::MAX as u128) as u64).max(1);
+        self.probe_count += 1;
+        if self.probe_jitter * self.probe_multiplier as f64 * self.estimate
+            <= self.probe_count as f64
+        {
+            self.probe_jitter = self.next_jitter();
+            self.probe_count = 0;
+            self.rtt_noload = rtt;
+            return self.estimate as usize;
+        }
+        if self.rtt_noload == 0 || rtt < self.rtt_noload {
+            self.rtt_noload = rtt;
+            return self.estimate as usize;
+        }
+
+        let limit = self.estimate as usize;
+        let queue = (self.estimate * (1.0 - self.rtt_noload as f64 / rtt as f64)).ceil() as usize;
+        let log = log10_root(limit) as f64;
+        let new = if sample.dropped {
+            self.estimate - log
+        } else if sample.in_flight.saturating_mul(2) < limit {
+            return limit;
+        } else if queue as f64 <= log {
+            self.estimate + 6.0 * log
+        } else if (queue as f64) < 3.0 * log {
+            self.estimate + log
+        } else if queue as f64 > 6.0 * log {
+            self.estimate - log
+        } else {
+            return limit;
+        };
+        let new = new.clamp(self.min as f64, self.max as f64);
+        self.estimate = (1.0 - self.smoothing) * self.estimate + self.smoothing * new;
+        self.estimate as usize
+    }
+}
+
+/// Builds a [`Vegas`] limit; see [`Vegas::builder`].
+#[derive(Debug, Clone)]
+pub struct VegasBuilder {
+    initial: usize,
+    min: usize,
+    max: usize,
+    smoothing: f64,
+    probe_multiplier: usize,
+    seed: u64,
+}
+
+impl VegasBuilder {
+    /// The limit before any sample. Default 20.
+    pub fn initial_limit(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The floor. Default 1.
+    pub fn min_limit(mut self, limit: usize) -> Self {
+        self.min = limit;
+        self
+    }
+
+    /// The ceiling. Default 1000.
+    pub fn max_limit(mut self, limit: usize) -> Self {
+        self.max = limit;
+        self
+    }
+
+    /// How much of each new limit is taken, in `(0, 1]`. Default 1.0 (no smoothing).
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.smoothing = smoothing;
+        self
+    }
+
+    /// The no-load RTT is re-probed about every `probe_multiplier × limit` samples. At least 1;
+    /// default 30.
+    pub fn probe_multiplier(mut self, multiplier: usize) -> Self {
+        self.probe_multiplier = multiplier;
+        self
+    }
+
+    /// Seeds the probe jitter, for reproducible runs. Default: a fixed seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Vegas, ConfigError> {
+        check_bounds(self.min, self.initial, self.max)?;
+        config::check_rate("smoothing", self.smoothing)?;
+        config::check_range("probe_multiplier", self.probe_multiplier, 1, 1 << 20)?;
+        let mut vegas = Vegas {
+            estimate: self.initial as f64,
+            min: self.min,
+            max: self.max,
+            smoothing: self.smoothing,
+            probe_multiplier: self.probe_multiplier,
+            rtt_noload: 0,
+            probe_count: 0,
+            probe_jitter: 1.0,
+            rng: self.seed,
+        };
+        vegas.probe_jitter = vegas.next_jitter();
+        Ok(vegas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample(ms: u64, in_flight: usize) -> Sample {
+        Sample::new(Duration::from_millis(ms), in_flight, false)
+    }
+
+    #[test]
+    fn grows_without_queueing_and_shrinks_with_it() {
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(
+            v.update(&sample(10, 20)),
+            20,
+            "first sample sets rtt_noload"
+        );
+        assert_eq!(v.update(&sample(10, 20)), 26, "no queue: + 6·log");
+        // rtt doubled: queue = ceil(26 / 2) = 13 > beta = 6.
+        assert_eq!(v.update(&sample(20, 26)), 25);
+        let drop = Sample::new(Duration::from_millis(10), 25, true);
+        assert_eq!(v.update(&drop), 24);
+    }
+
+    #[test]
+    fn jitter_is_in_range_and_seeded() {
+        let mut a = Vegas::builder().seed(7).build().unwrap();
+        let mut b = Vegas::builder().seed(7).build().unwrap();
+        for _ in 0..1000 {
+            let j = a.next_jitter();
+            assert!((0.5..1.0).contains(&j));
+            assert_eq!(j, b.next_jitter());
+        }
+    }
+}

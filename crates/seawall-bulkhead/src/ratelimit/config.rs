@@ -1,0 +1,210 @@
+use super::{
+    keyed::{KeyedRateLimitLayer, KeyedShared},
+    layer::{RateLimitLayer, Shared},
+};
+use seawall_core::{config, ConfigError, Name};
+use std::{hash::Hash, time::Duration};
+
+/// The largest number of keys a keyed limiter tracks when `max_keys` is not set.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+/// Builds a [`RateLimitLayer`] or a [`KeyedRateLimitLayer`]; see [`RateLimitLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct RateLimitConfigBuilder {
+    rate: Option<(u64, Duration)>,
+    burst: Option<u64>,
+    max_wait: Duration,
+    backpressure: bool,
+    name: Option<String>,
+    max_keys: usize,
+}
+
+/// What both limiters are built from, validated.
+pub(crate) struct Validated {
+    pub(crate) interval: u64,
+    pub(crate) burst: u64,
+    pub(crate) max_wait: Duration,
+    pub(crate) backpressure: bool,
+    pub(crate) name: Name,
+    pub(crate) max_keys: usize,
+}
+
+impl RateLimitConfigBuilder {
+    pub(crate) fn new() -> Self {
+        RateLimitConfigBuilder {
+            rate: None,
+            burst: None,
+            max_wait: Duration::ZERO,
+            backpressure: false,
+            name: None,
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+
+    /// `permits` calls per `period`, spread evenly: one every `period / permits` (rounded down to
+    /// the nanosecond). Required.
+    pub fn rate(mut self, permits: u64, period: Duration) -> Self {
+        self.rate = Some((permits, period));
+        self
+    }
+
+    /// How many calls may go at once after an idle spell. Default: `permits` (a full period's
+    /// worth); 1 spaces every call evenly.
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// How long a call may wait for its permit before it is rejected with
+    /// [`Limited`](super::Limited). Default zero: reject at once.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Makes `poll_ready` return `Pending` until the next permit is due, as tower's `RateLimit`
+    /// does, instead of rejecting. Default `false`. Not available for the keyed limiter, whose key
+    /// is only known in `call`.
+    pub fn backpressure(mut self, backpressure: bool) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// The policy instance name for metrics and logs. Default `"ratelimit"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The most keys a keyed limiter tracks. Default 10 000. See
+    /// [`KeyedRateLimitLayer`] for eviction.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    fn validate(self) -> Result<Validated, ConfigError> {
+        let (permits, period) = self.rate.ok_or(ConfigError::missing("rate"))?;
+        config::check_range("rate", permits, 1, u64::MAX)?;
+        config::check_positive_duration("period", period)?;
+        let interval = period.as_nanos() / permits as u128;
+        if interval == 0 || interval > u64::MAX as u128 / 4 {
+            return Err(ConfigError::invalid(
+                "rate",
+                "must space permits between 1 ns and about 146 years apart",
+                format!("{permits} per {period:?}"),
+            ));
+        }
+        let interval = interval as u64;
+        let burst = self.burst.unwrap_or(permits);
+        config::check_range("burst", burst, 1, u64::MAX)?;
+        if interval.checked_mul(burst).is_none_or(|t| t > u64::MAX / 4) {
+            return Err(ConfigError::conflict(
+                "burst",
+                format!("is too large for the rate (burst × interval overflows), got {burst}"),
+            ));
+        }
+        if self.backpressure && !self.max_wait.is_zero() {
+            return Err(ConfigError::conflict(
+                "max_wait",
+                format!(
+                    "must be zero with backpressure (poll_ready waits instead), got {:?}",
+                    self.max_wait
+                ),
+            ));
+        }
+        config::check_range("max_keys", self.max_keys, 1, usize::MAX)?;
+        let name = match self.name {
+            Some(name) => Name::validate("name", &name)?,
+            None => Name::default_for("ratelimit"),
+        };
+        Ok(Validated {
+            interval,
+            burst,
+            max_wait: self.max_wait,
+            backpressure: self.backpressure,
+            name,
+            max_keys: self.max_keys,
+        })
+    }
+
+    /// Validates and builds a limiter shared by every request.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        Ok(RateLimitLayer::from_shared(Shared::new(self.validate()?)))
+    }
+
+    /// Validates and builds a limiter with one budget per key, `key` computing a request's key
+    /// (a tenant, a user, a client address).
+    pub fn build_keyed<Req, K, F>(self, key: F) -> Result<KeyedRateLimitLayer<K, F>, ConfigError>
+    where
+        F: Fn(&Req) -> K,
+        K: Hash + Eq,
+    {
+        let validated = self.validate()?;
+        if validated.backpressure {
+            return Err(ConfigError::conflict(
+                "backpressure",
+                "is not available for a keyed limiter (the key is only known in call)",
+            ));
+        }
+        Ok(KeyedRateLimitLayer::new(KeyedShared::new(validated), key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RateLimitLayer;
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = RateLimitLayer::builder().build().unwrap_err();
+        assert_eq!(err.to_string(), "rate is required");
+        let err = RateLimitLayer::builder()
+            .rate(0, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "rate");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "period");
+        let err = RateLimitLayer::builder()
+            .rate(2_000_000_000, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "rate");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "burst");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(u64::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "burst");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .backpressure(true)
+            .max_wait(Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "max_wait");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .backpressure(true)
+            .build_keyed(|r: &u32| *r)
+            .unwrap_err();
+        assert_eq!(err.field(), "backpressure");
+        let err = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .max_keys(0)
+            .build_keyed(|r: &u32| *r)
+            .unwrap_err();
+        assert_eq!(err.field(), "max_keys");
+    }
+}

@@ -1,0 +1,160 @@
+//! The generic cell rate algorithm (GCRA), lock-free in one `AtomicU64`.
+//!
+//! GCRA (ITU-T I.371, the "virtual scheduling" form) keeps one number per limiter: the
+//! *theoretical arrival time* (TAT) of the next request if requests came exactly at the rate. With
+//! an emission interval `T = period / permits` and a burst of `B` (tolerance `τ = B × T`), a request
+//! at time `t` is allowed when `max(TAT, t) + T − τ <= t`, and then `TAT = max(TAT, t) + T`.
+//! That is a token bucket of `B` tokens refilled one per `T`, without a refill task or a lock: one
+//! compare-and-swap per request. A request that would be allowed within `max_wait` reserves its
+//! slot at once (the TAT moves) and waits for it, so waiters are served in arrival order.
+//!
+//! Times are nanoseconds since the limiter's epoch (a `tokio::time::Instant`), so the limiter
+//! follows tokio's paused clock in tests.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// A request admitted now (`delay == 0`) or after `delay` nanoseconds; `tat` is the theoretical
+/// arrival time it stored, needed to refund it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)] // public to the loom tests under `--cfg loom`
+pub struct Grant {
+    /// Nanoseconds to wait before the request may go.
+    pub delay: u64,
+    /// The TAT this grant stored.
+    pub tat: u64,
+}
+
+/// Nanoseconds from `epoch` to now on tokio's clock (saturating: 584 years fit in a `u64`).
+#[inline]
+pub(crate) fn nanos_since(epoch: tokio::time::Instant) -> u64 {
+    to_nanos(tokio::time::Instant::now().saturating_duration_since(epoch))
+}
+
+/// `d` in whole nanoseconds, saturating at `u64::MAX`; cheaper than `as_nanos` (no `u128`).
+#[inline]
+pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// The decision for one request given the current TAT: `Ok((new_tat, delay))`, or `Err(retry)`,
+/// the nanoseconds after which the request would be allowed at once.
+#[inline]
+pub(crate) fn decide(
+    tat: u64,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+    max_wait: u64,
+) -> Result<(u64, u64), u64> {
+    let new_tat = tat.max(now).saturating_add(interval);
+    let allowed_at = new_tat.saturating_sub(tolerance);
+    let delay = allowed_at.saturating_sub(now);
+    if delay > max_wait {
+        Err(delay)
+    } else {
+        Ok((new_tat, delay))
+    }
+}
+
+/// GCRA state: the theoretical arrival time, in one atomic.
+#[derive(Debug)]
+#[allow(unreachable_pub)] // public to the loom tests under `--cfg loom`
+pub struct Gcra {
+    tat: AtomicU64,
+    interval: u64,
+    tolerance: u64,
+}
+
+#[allow(unreachable_pub)]
+impl Gcra {
+    /// `interval` nanoseconds between permits, `burst` permits at once. Both at least 1, and
+    /// `interval × burst` must fit in a `u64` (the builder checks).
+    pub fn new(interval: u64, burst: u64) -> Self {
+        Gcra {
+            tat: AtomicU64::new(0),
+            interval,
+            tolerance: interval.saturating_mul(burst),
+        }
+    }
+
+    /// Takes one permit at `now` if it is free or will be within `max_wait` nanoseconds.
+    /// `Err(retry)`: none within `max_wait`; one is free at once after `retry` nanoseconds.
+    #[inline]
+    pub fn acquire(&self, now: u64, max_wait: u64) -> Result<Grant, u64> {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let (new_tat, delay) = decide(tat, now, self.interval, self.tolerance, max_wait)?;
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Grant {
+                        delay,
+                        tat: new_tat,
+                    })
+                }
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    /// Gives back a grant that will not be used (its waiter was dropped), if no later grant was
+    /// made since: the TAT moves back by one interval. Returns whether it did.
+    pub fn refund(&self, granted: Grant) -> bool {
+        self.tat
+            .compare_exchange(
+                granted.tat,
+                granted.tat - self.interval,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The current theoretical arrival time.
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub fn tat(&self) -> u64 {
+        self.tat.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    pub(crate) fn tolerance(&self) -> u64 {
+        self.tolerance
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_one_per_interval() {
+        let g = Gcra::new(100, 3);
+        for _ in 0..3 {
+            assert_eq!(g.acquire(0, 0).unwrap().delay, 0);
+        }
+        assert_eq!(g.acquire(0, 0), Err(100));
+        assert_eq!(g.acquire(99, 0), Err(1));
+        assert!(g.acquire(100, 0).is_ok());
+        assert_eq!(g.acquire(100, 0), Err(100));
+    }
+
+    #[test]
+    fn waiting_reserves_in_order_and_refunds() {
+        let g = Gcra::new(100, 1);
+        assert_eq!(g.acquire(0, 0).unwrap().delay, 0);
+        let first = g.acquire(0, 250).unwrap();
+        let second = g.acquire(0, 250).unwrap();
+        assert_eq!((first.delay, second.delay), (100, 200));
+        assert_eq!(g.acquire(0, 250), Err(300));
+        assert!(!g.refund(first), "a later grant exists");
+        assert!(g.refund(second));
+        assert_eq!(g.acquire(0, 250).unwrap().delay, 200);
+    }
+}

@@ -1,0 +1,117 @@
+use super::{
+    config::{RateLimitConfigBuilder, Validated},
+    future::Refund,
+    gcra::{nanos_since, to_nanos, Gcra, Grant},
+    RateLimit,
+};
+use seawall_core::{metrics, Name};
+use std::{fmt, sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+/// Applies a [`RateLimit`] to every service it wraps.
+///
+/// One layer instance is one budget: the services it makes and all their clones draw from it, so a
+/// rate limiter can be shared by every connection of a client, or by several clients.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) gcra: Gcra,
+    pub(crate) epoch: Instant,
+    pub(crate) max_wait: u64,
+    pub(crate) backpressure: bool,
+    pub(crate) name: Name,
+    pub(crate) limited: ::metrics::Counter,
+    pub(crate) delayed: ::metrics::Counter,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Validated) -> Arc<Self> {
+        Arc::new(Shared {
+            gcra: Gcra::new(config.interval, config.burst),
+            epoch: Instant::now(),
+            max_wait: to_nanos(config.max_wait),
+            backpressure: config.backpressure,
+            limited: metrics::counter(metrics::RATELIMIT_LIMITED, &config.name),
+            delayed: metrics::counter(metrics::RATELIMIT_DELAYED, &config.name),
+            name: config.name,
+        })
+    }
+
+    /// Nanoseconds since the epoch, on tokio's clock.
+    #[inline(always)]
+    pub(crate) fn now(&self) -> u64 {
+        nanos_since(self.epoch)
+    }
+
+    pub(crate) fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    pub(crate) fn on_limited(&self, retry: u64) -> Duration {
+        self.limited.increment(1);
+        tracing::debug!(ratelimit = %self.name, retry_after_ns = retry, "rate limited");
+        Duration::from_nanos(retry)
+    }
+}
+
+/// A grant reserved ahead of its time, refunded if dropped before use.
+pub(crate) struct Reservation {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) grant: Grant,
+}
+
+impl Refund for Reservation {
+    fn refund(&self) {
+        self.shared.gcra.refund(self.grant);
+    }
+}
+
+impl RateLimitLayer {
+    /// Starts a builder; see the [module docs](super) for the options and their defaults.
+    pub fn builder() -> RateLimitConfigBuilder {
+        RateLimitConfigBuilder::new()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        RateLimitLayer { shared }
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The policy instance name.
+    pub fn name(&self) -> &Name {
+        &self.shared.name
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self)
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("name", &self.name)
+            .field("interval", &Duration::from_nanos(self.gcra.interval()))
+            .field("burst", &(self.gcra.tolerance() / self.gcra.interval()))
+            .field("max_wait", &Duration::from_nanos(self.max_wait))
+            .field("backpressure", &self.backpressure)
+            .finish()
+    }
+}

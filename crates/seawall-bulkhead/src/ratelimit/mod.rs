@@ -1,0 +1,73 @@
+//! A rate limiter: GCRA in one atomic, `Clone` and shared, with bursts, bounded waiting and a keyed
+//! variant.
+//!
+//! [`RateLimitLayer`] lets through `permits` calls per `period`, spaced evenly, with up to `burst`
+//! at once after an idle spell. It implements the generic cell rate algorithm: the whole state is
+//! one `AtomicU64` (the theoretical arrival time of the next call), updated with one
+//! compare-and-swap per call; no refill task, no lock, no allocation on the admitted path.
+//!
+//! A call that finds no permit is rejected with [`Limited`] (which carries how long until a permit
+//! is free, for a `Retry-After` header), or, with `max_wait`, reserves the next permit due within
+//! that time and waits for it inside its response future; waiters go in arrival order and a
+//! dropped waiter gives its permit back when no later call has reserved one. With
+//! [`backpressure`](RateLimitConfigBuilder::backpressure) `poll_ready` waits for the next permit
+//! instead, as tower's `RateLimit` does.
+//!
+//! Unlike tower's `RateLimit` (a fixed window that resets each period, so up to twice the rate can
+//! pass around a window edge, and whose state is copied by `Clone`), every service a layer makes
+//! and every clone draws from one budget, and the rate holds over any window.
+//!
+//! [`KeyedRateLimitLayer`] keeps one budget per key computed from the request (a tenant, a user),
+//! in a bounded table that evicts idle keys.
+//!
+//! # Defaults
+//!
+//! | option | default | note |
+//! |---|---|---|
+//! | `rate(permits, period)` | required | one permit every `period / permits` |
+//! | `burst` | `permits` | calls that may go at once after an idle spell |
+//! | `max_wait` | zero | reject at once |
+//! | `backpressure` | `false` | reject from the response future instead of waiting in `poll_ready` |
+//! | `name` | `"ratelimit"` | label for logs and metrics |
+//! | `max_keys` | 10 000 | keyed limiter only |
+//!
+//! # Example
+//!
+//! ```
+//! # async fn demo() -> Result<(), seawall::BoxError> {
+//! use seawall::bulkhead::ratelimit::{Limited, RateLimitLayer};
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! let limit = RateLimitLayer::builder()
+//!     .rate(2, Duration::from_secs(1))
+//!     .build()?;
+//! let svc = limit.layer(service_fn(|n: u32| async move { Ok::<_, seawall::BoxError>(n) }));
+//!
+//! assert_eq!(svc.clone().oneshot(1).await?, 1);
+//! assert_eq!(svc.clone().oneshot(2).await?, 2);
+//! let err = svc.clone().oneshot(3).await.unwrap_err();
+//! let limited = seawall::core::error::find::<Limited>(&*err).unwrap();
+//! assert_eq!(limited.retry_after(), Duration::from_millis(500));
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(demo()).unwrap();
+//! ```
+
+mod config;
+mod error;
+mod future;
+mod gcra;
+mod keyed;
+mod layer;
+mod service;
+
+pub use config::{RateLimitConfigBuilder, DEFAULT_MAX_KEYS};
+pub use error::Limited;
+pub use future::ResponseFuture;
+pub use keyed::{KeyedRateLimit, KeyedRateLimitLayer};
+pub use layer::RateLimitLayer;
+pub use service::RateLimit;
+
+#[cfg(loom)]
+pub use gcra::{Gcra, Grant};

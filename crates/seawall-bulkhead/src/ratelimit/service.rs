@@ -1,0 +1,168 @@
+use super::{
+    future::{Refund, ResponseFuture},
+    layer::{RateLimitLayer, Reservation, Shared},
+};
+use seawall_core::BoxError;
+use std::{
+    fmt,
+    future::Future,
+    mem,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+use tokio::time::Sleep;
+use tower_service::Service;
+
+/// A GCRA rate limit around `S`. Made by [`RateLimitLayer`]; see the [module docs](super).
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// Backpressure mode: the permit reserved by `poll_ready` and, while it is not yet due, the
+    /// timer for it.
+    reserved: Option<Reserved>,
+}
+
+struct Reserved {
+    /// `None` once used by `call`; refunded if the service drops it unused.
+    reservation: Option<Reservation>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.refund();
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner` in the rate limit `layer` (the same as `layer.layer(inner)`).
+    pub fn new(inner: S, layer: &RateLimitLayer) -> Self {
+        RateLimit {
+            inner,
+            shared: layer.shared(),
+            reserved: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let reserved = match &mut self.reserved {
+            Some(reserved) => reserved,
+            None => {
+                let now = self.shared.now();
+                let grant = match self.shared.gcra.acquire(now, u64::MAX) {
+                    Ok(grant) => grant,
+                    // Unreachable with an unbounded wait; try again on the next poll.
+                    Err(_) => {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                };
+                let sleep = (grant.delay > 0).then(|| {
+                    self.shared.delayed.increment(1);
+                    Box::pin(tokio::time::sleep_until(
+                        self.shared.instant(now + grant.delay),
+                    ))
+                });
+                self.reserved.insert(Reserved {
+                    reservation: Some(Reservation {
+                        shared: self.shared.clone(),
+                        grant,
+                    }),
+                    sleep,
+                })
+            }
+        };
+        if let Some(sleep) = &mut reserved.sleep {
+            ready!(sleep.as_mut().poll(cx));
+            reserved.sleep = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<S, Req> Service<Req> for RateLimit<S>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.shared.backpressure {
+            ready!(self.poll_reserve(cx));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        if self.reserved.is_some() {
+            if let Some(mut reserved) = self.reserved.take() {
+                if reserved.sleep.is_none() {
+                    reserved.reservation = None;
+                    return ResponseFuture::running(self.inner.call(request));
+                }
+                // Called before the reserved permit was due: give it back and decide afresh.
+            }
+        }
+        let now = self.shared.now();
+        match self.shared.gcra.acquire(now, self.shared.max_wait) {
+            Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
+            Ok(grant) => {
+                self.shared.delayed.increment(1);
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(
+                    self.shared.instant(now + grant.delay),
+                    ready,
+                    request,
+                    Box::new(Reservation {
+                        shared: self.shared.clone(),
+                        grant,
+                    }),
+                )
+            }
+            Err(retry) => ResponseFuture::limited(self.shared.on_limited(retry)),
+        }
+    }
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    /// A clone shares the budget but not this service's reserved permit.
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            reserved: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("reserved", &self.reserved.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,136 @@
+use crate::{
+    future::ResponseFuture,
+    release::{OnResponse, Release},
+    state::{Permit, Place, Shared},
+    BulkheadLayer,
+};
+use seawall_core::{classify::DefaultClassifier, BoxError, Classify};
+use std::{
+    fmt, mem,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+use tower_service::Service;
+
+/// A bulkhead around `S`: at most the limit of calls run at once; the rest wait up to `max_wait`
+/// or are rejected with [`Full`](crate::Full).
+///
+/// Made by [`BulkheadLayer`]; every service a layer makes, and every clone, shares its permits.
+/// See the [crate docs](crate) for readiness and waiting.
+pub struct Bulkhead<S, C = DefaultClassifier, R = OnResponse> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: Arc<C>,
+    reserved: Option<Permit>,
+    /// Backpressure mode: this service's place in the queue while `poll_ready` waits.
+    place: Option<Place>,
+    _release: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<S, C, R> Bulkhead<S, C, R> {
+    /// Wraps `inner` in the bulkhead `layer` (the same as `layer.layer(inner)`).
+    pub fn new(inner: S, layer: &BulkheadLayer<C, R>) -> Self {
+        let (shared, classifier) = layer.parts();
+        Bulkhead {
+            inner,
+            shared,
+            classifier,
+            reserved: None,
+            place: None,
+            _release: std::marker::PhantomData,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service; a reserved permit goes back to the bulkhead.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for Bulkhead<S, C, R>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+    R: Release<S::Response>,
+{
+    type Response = R::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S, Req, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.shared.backpressure && self.reserved.is_none() {
+            let shared = &self.shared;
+            let place = self.place.get_or_insert_with(|| Place::new(shared.clone()));
+            self.reserved = Some(ready!(place.poll_acquire(cx)));
+        }
+        ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
+        if self.reserved.is_none() {
+            self.reserved = Permit::try_acquire(&self.shared);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let classifier = if self.shared.is_adaptive() {
+            Some(self.classifier.clone())
+        } else {
+            None
+        };
+        match self
+            .reserved
+            .take()
+            .or_else(|| Permit::try_acquire(&self.shared))
+        {
+            Some(permit) => {
+                let timing = permit.start();
+                ResponseFuture::running(self.inner.call(request), permit, timing, classifier)
+            }
+            None if self.shared.max_wait.is_zero() => {
+                self.shared.reject(false);
+                ResponseFuture::rejected()
+            }
+            None => {
+                // The ready service waits with the request; the clone left behind is polled
+                // ready again before the next call.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(self.shared.clone(), ready, request, classifier)
+            }
+        }
+    }
+}
+
+impl<S: Clone, C, R> Clone for Bulkhead<S, C, R> {
+    /// A clone shares the bulkhead but not this service's reserved permit.
+    fn clone(&self) -> Self {
+        Bulkhead {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            classifier: self.classifier.clone(),
+            reserved: None,
+            place: None,
+            _release: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, R> fmt::Debug for Bulkhead<S, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("reserved", &self.reserved.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,406 @@
+//! The state one bulkhead policy shares across its services: the semaphore, the adaptive limit and
+//! the metric handles; and [`Permit`], the RAII guard a call holds.
+
+use crate::{
+    limit::{Limit, Sample},
+    permits::{Permits, Waiter},
+    sync::{AtomicUsize, Ordering},
+    BulkheadEvent,
+};
+use seawall_core::{metrics, Listeners, Name, Outcome};
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// Permits owed to the semaphore after the limit shrank while they were in use.
+///
+/// The semaphore can only forget permits that are free. When an adaptive limit falls by more
+/// than the free permits, the rest is recorded here and paid off by the next permits released,
+/// which are then forgotten instead of returned. With `A` free permits, `H` held and `D` owed,
+/// `A + H − D` is the limit at every step, and `D` is zero once nothing is held.
+#[derive(Debug)]
+#[allow(unreachable_pub)] // public to the loom tests under `--cfg loom`
+pub struct Debt(AtomicUsize);
+
+#[allow(unreachable_pub)]
+impl Debt {
+    /// Nothing owed.
+    pub fn new() -> Self {
+        Debt(AtomicUsize::new(0))
+    }
+
+    /// A held permit comes back: `true` when it pays off one owed permit (and so must not return
+    /// to the semaphore).
+    #[inline]
+    pub fn absorb_release(&self) -> bool {
+        let owed = self.0.load(Ordering::Acquire);
+        owed > 0 && self.pay_one(owed)
+    }
+
+    #[cold]
+    fn pay_one(&self, mut owed: usize) -> bool {
+        while owed > 0 {
+            match self
+                .0
+                .compare_exchange_weak(owed, owed - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => owed = now,
+            }
+        }
+        false
+    }
+
+    /// The limit grew by `n`: pays what is owed first and returns how many permits to add.
+    pub fn absorb_increase(&self, n: usize) -> usize {
+        let mut owed = self.0.load(Ordering::Acquire);
+        loop {
+            let pay = owed.min(n);
+            if pay == 0 {
+                return n;
+            }
+            match self.0.compare_exchange_weak(
+                owed,
+                owed - pay,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return n - pay,
+                Err(now) => owed = now,
+            }
+        }
+    }
+
+    /// Records `n` more owed permits.
+    pub fn owe(&self, n: usize) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Permits owed now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) struct Metrics {
+    pub(crate) in_flight: ::metrics::Gauge,
+    pub(crate) waiting: ::metrics::Gauge,
+    pub(crate) rejected: ::metrics::Counter,
+    pub(crate) limit: ::metrics::Gauge,
+}
+
+pub(crate) struct Shared {
+    permits: Permits,
+    debt: Debt,
+    limit: AtomicUsize,
+    waiting: AtomicUsize,
+    pub(crate) max_wait: Duration,
+    pub(crate) backpressure: bool,
+    adaptive: Option<Mutex<Box<dyn Limit>>>,
+    pub(crate) name: Name,
+    listeners: Listeners<BulkheadEvent>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        limit: usize,
+        adaptive: Option<Box<dyn Limit>>,
+        max_wait: Duration,
+        backpressure: bool,
+        name: Name,
+        listeners: Listeners<BulkheadEvent>,
+    ) -> Arc<Self> {
+        let metrics = Metrics {
+            in_flight: metrics::gauge(metrics::BULKHEAD_IN_FLIGHT, &name),
+            waiting: metrics::gauge(metrics::BULKHEAD_WAITING, &name),
+            rejected: metrics::counter(metrics::BULKHEAD_REJECTED, &name),
+            limit: metrics::gauge(metrics::BULKHEAD_LIMIT, &name),
+        };
+        metrics.limit.set(limit as f64);
+        Arc::new(Shared {
+            permits: Permits::new(limit),
+            debt: Debt::new(),
+            limit: AtomicUsize::new(limit),
+            waiting: AtomicUsize::new(0),
+            max_wait,
+            backpressure,
+            adaptive: adaptive.map(Mutex::new),
+            name,
+            listeners,
+            metrics,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn available(&self) -> usize {
+        self.permits.available()
+    }
+
+    /// Permits held (calls running, and permits reserved by ready services). Exact when the
+    /// bulkhead is quiet; a close estimate while permits move.
+    pub(crate) fn in_flight(&self) -> usize {
+        (self.limit() + self.debt.get()).saturating_sub(self.available())
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn enter_wait(&self) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.metrics.waiting.increment(1.0);
+    }
+
+    pub(crate) fn leave_wait(&self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.waiting.decrement(1.0);
+    }
+
+    pub(crate) fn reject(&self, waited: bool) {
+        self.metrics.rejected.increment(1);
+        tracing::debug!(bulkhead = %self.name, waited, "bulkhead full, call rejected");
+        self.listeners
+            .emit(&self.name, &BulkheadEvent::Rejected { waited });
+    }
+
+    #[inline]
+    fn release_one(&self) {
+        if !self.debt.absorb_release() {
+            self.permits.release(1);
+        }
+        self.metrics.in_flight.decrement(1.0);
+    }
+
+    /// Feeds one sample to the adaptive limit and resizes the semaphore to its answer.
+    fn sample(&self, sample: Sample) {
+        let Some(adaptive) = &self.adaptive else {
+            return;
+        };
+        let (from, to) = {
+            let mut algorithm = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
+            let (min, max) = algorithm.bounds();
+            // Not `clamp`: a custom algorithm's bounds are not re-validated, and must not panic.
+            let to = algorithm
+                .update(&sample)
+                .min(max.min(crate::limit::MAX_LIMIT))
+                .max(min.max(1));
+            let from = self.limit.load(Ordering::Acquire);
+            if to == from {
+                return;
+            }
+            if to > from {
+                let add = self.debt.absorb_increase(to - from);
+                self.permits.release(add);
+            } else {
+                let cut = from - to;
+                let forgotten = self.permits.forget(cut);
+                self.debt.owe(cut - forgotten);
+            }
+            self.limit.store(to, Ordering::Release);
+            (from, to)
+        };
+        self.metrics.limit.set(to as f64);
+        tracing::debug!(bulkhead = %self.name, from, to, "bulkhead limit changed");
+        self.listeners
+            .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Bulkhead");
+        d.field("name", &self.name)
+            .field("limit", &self.limit())
+            .field("available", &self.available())
+            .field("waiting", &self.waiting())
+            .field("max_wait", &self.max_wait)
+            .field("backpressure", &self.backpressure);
+        if let Some(adaptive) = &self.adaptive {
+            match adaptive.try_lock() {
+                Ok(algorithm) => d.field("adaptive", &*algorithm),
+                Err(_) => d.field("adaptive", &"<busy>"),
+            };
+        }
+        d.field("listeners", &self.listeners).finish()
+    }
+}
+
+/// One bulkhead permit, held by a call from admission until its response (or, with
+/// [`OnBodyEnd`](crate::OnBodyEnd), its response body) is finished or dropped.
+///
+/// Dropping a permit returns it; a permit dropped before its call finished teaches an
+/// adaptive limit nothing (the call counts as ignored).
+pub struct Permit {
+    shared: Arc<Shared>,
+}
+
+/// When an adaptive bulkhead's call started and how many were in flight then; `None` for fixed
+/// limits, which never read the clock. Opaque: only passed between the bulkhead's own types.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    start: Instant,
+    in_flight: usize,
+}
+
+impl Timing {
+    /// How long since the call started.
+    pub(crate) fn elapsed(timing: Option<Timing>) -> Duration {
+        timing.map(|t| t.start.elapsed()).unwrap_or_default()
+    }
+}
+
+impl Permit {
+    /// Takes a free permit, if there is one and nobody is waiting. Never waits.
+    #[inline]
+    pub(crate) fn try_acquire(shared: &Arc<Shared>) -> Option<Permit> {
+        if shared.permits.try_acquire() {
+            Some(Permit::assume(shared))
+        } else {
+            None
+        }
+    }
+
+    /// Wraps a permit already taken from the semaphore.
+    #[inline]
+    fn assume(shared: &Arc<Shared>) -> Permit {
+        shared.metrics.in_flight.increment(1.0);
+        Permit {
+            shared: shared.clone(),
+        }
+    }
+
+    /// The call starts now: adaptive bulkheads read the clock and the load.
+    #[inline]
+    pub(crate) fn start(&self) -> Option<Timing> {
+        if self.shared.is_adaptive() {
+            Some(Timing {
+                start: Instant::now(),
+                in_flight: self.shared.in_flight(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Finishes the call with `outcome` and returns the permit.
+    #[inline]
+    pub(crate) fn finish(self, outcome: Outcome, timing: Option<Timing>) {
+        if let Some(timing) = timing {
+            if outcome != Outcome::Ignored {
+                self.shared.sample(Sample::new(
+                    timing.start.elapsed(),
+                    timing.in_flight,
+                    outcome.is_failure(),
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.shared.release_one();
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("bulkhead", &self.shared.name)
+            .finish()
+    }
+}
+
+/// A call's place in the FIFO queue for a permit, counted as waiting while it is queued. Dropping
+/// it (the future dropped, `max_wait` over) leaves the queue, or passes on a permit handed over in
+/// the meantime.
+pub(crate) struct Place {
+    pub(crate) shared: Arc<Shared>,
+    slot: Option<Arc<Waiter>>,
+}
+
+impl Place {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Place { shared, slot: None }
+    }
+
+    /// Takes a permit, queueing for one if there is none.
+    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
+        let queued = self.slot.is_some();
+        let poll = self.shared.permits.poll_acquire(&mut self.slot, cx);
+        match (queued, self.slot.is_some()) {
+            (false, true) => self.shared.enter_wait(),
+            (true, false) => self.shared.leave_wait(),
+            _ => {}
+        }
+        poll.map(|()| Permit::assume(&self.shared))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.slot.take() {
+            self.shared.leave_wait();
+            self.shared.permits.cancel(&waiter);
+        }
+    }
+}
+
+/// A view of one bulkhead's current state, for dashboards, tests and health checks.
+///
+/// Get one with [`BulkheadLayer::handle`](crate::BulkheadLayer::handle); it shares the layer's
+/// state, so it sees every service the layer made.
+#[derive(Clone)]
+pub struct BulkheadHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl BulkheadHandle {
+    /// The current limit: fixed, or where the adaptive algorithm has moved it.
+    pub fn limit(&self) -> usize {
+        self.shared.limit()
+    }
+
+    /// Permits free right now.
+    pub fn available(&self) -> usize {
+        self.shared.available()
+    }
+
+    /// Permits held: calls running (and permits reserved by services that are ready).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// Calls waiting for a permit: response futures waiting up to `max_wait`, and services waiting
+    /// in `poll_ready` with backpressure.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting()
+    }
+
+    /// The policy instance name.
+    pub fn name(&self) -> &Name {
+        &self.shared.name
+    }
+}
+
+impl fmt::Debug for BulkheadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
+    }
+}

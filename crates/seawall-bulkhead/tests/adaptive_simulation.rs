@@ -1,0 +1,166 @@
+//! Deterministic simulations in paused time: a dependency whose latency doubles for a while and
+//! then recovers, called by more clients than the limit admits. For each algorithm the limit
+//! falls when latency doubles, returns once it recovers, and never leaves its bounds.
+//!
+//! Timeline: 0–10 s latency 20 ms; 10–11 s latency 40 ms; 11–30 s latency 20 ms again.
+
+use seawall_bulkhead::{
+    limit::{Aimd, Gradient2, Limit, Vegas},
+    BulkheadLayer,
+};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, ServiceExt};
+
+const CLIENTS: usize = 60;
+const MIN: usize = 2;
+const MAX: usize = 50;
+const SLOW_FROM: Duration = Duration::from_secs(10);
+const SLOW_UNTIL: Duration = Duration::from_secs(11);
+const END: Duration = Duration::from_secs(30);
+
+fn latency(since_start: Duration) -> Duration {
+    if since_start >= SLOW_FROM && since_start < SLOW_UNTIL {
+        Duration::from_millis(40)
+    } else {
+        Duration::from_millis(20)
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    /// Limit just before latency doubled.
+    before: usize,
+    /// Lowest limit while latency was doubled.
+    lowest_slow: usize,
+    /// Limit when latency recovered.
+    at_recovery: usize,
+    /// Time after latency recovered until the limit was back to 90% of `before`.
+    recovered_after: Option<Duration>,
+    /// Limit at the end.
+    end: usize,
+    /// Smallest and largest limit seen.
+    range: (usize, usize),
+}
+
+async fn simulate(limit: impl Limit) -> Run {
+    let layer = BulkheadLayer::builder().adaptive(limit).build().unwrap();
+    let handle = layer.handle();
+    let start = Instant::now();
+    let service = layer.layer(service_fn(move |()| async move {
+        tokio::time::sleep(latency(start.elapsed())).await;
+        Ok::<_, std::io::Error>(())
+    }));
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let service = service.clone();
+        clients.push(tokio::spawn(async move {
+            while start.elapsed() < END {
+                if service.clone().oneshot(()).await.is_err() {
+                    // Rejected: back off briefly and try again.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+
+    let trace = Arc::new(Mutex::new(Vec::new()));
+    while start.elapsed() < END {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        trace
+            .lock()
+            .unwrap()
+            .push((start.elapsed(), handle.limit()));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let trace = trace.lock().unwrap();
+    let at = |t: Duration| trace.iter().rev().find(|(s, _)| *s <= t).unwrap().1;
+    let before = at(SLOW_FROM - Duration::from_millis(10));
+    let lowest_slow = trace
+        .iter()
+        .filter(|(s, _)| *s >= SLOW_FROM && *s < SLOW_UNTIL)
+        .map(|(_, l)| *l)
+        .min()
+        .unwrap();
+    let at_recovery = at(SLOW_UNTIL);
+    let recovered_after = trace
+        .iter()
+        .find(|(s, l)| *s >= SLOW_UNTIL && *l * 10 >= before * 9)
+        .map(|(s, _)| *s - SLOW_UNTIL);
+    let range = trace
+        .iter()
+        .fold((usize::MAX, 0), |(lo, hi), (_, l)| (lo.min(*l), hi.max(*l)));
+    Run {
+        before,
+        lowest_slow,
+        at_recovery,
+        recovered_after,
+        end: trace.last().unwrap().1,
+        range,
+    }
+}
+
+fn check(run: &Run, recover_within: Duration) {
+    println!(
+        "before {} lowest {} at recovery {} recovered after {:?} end {}",
+        run.before, run.lowest_slow, run.at_recovery, run.recovered_after, run.end
+    );
+    assert!(run.range.0 >= MIN && run.range.1 <= MAX, "bounds: {run:?}");
+    assert!(run.before >= MAX * 9 / 10, "grows under load: {run:?}");
+    assert!(
+        run.lowest_slow * 2 <= run.before,
+        "falls to at most half when latency doubles: {run:?}"
+    );
+    let recovered = run.recovered_after.expect("the limit recovers");
+    assert!(
+        recovered <= recover_within,
+        "back to 90% within {recover_within:?}: {run:?}"
+    );
+    assert!(run.end * 10 >= run.before * 9, "stays recovered: {run:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn aimd_falls_and_recovers() {
+    let aimd = Aimd::builder()
+        .initial_limit(10)
+        .min_limit(MIN)
+        .max_limit(MAX)
+        // 40 ms calls are over this timeout: AIMD sees the slowdown as drops.
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let run = simulate(aimd).await;
+    check(&run, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gradient2_falls_and_recovers() {
+    let gradient = Gradient2::builder()
+        .initial_limit(10)
+        .min_limit(MIN)
+        .max_limit(MAX)
+        .build()
+        .unwrap();
+    let run = simulate(gradient).await;
+    check(&run, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn vegas_falls_and_recovers() {
+    let vegas = Vegas::builder()
+        .initial_limit(10)
+        .min_limit(MIN)
+        .max_limit(MAX)
+        .seed(42)
+        .build()
+        .unwrap();
+    let run = simulate(vegas).await;
+    check(&run, Duration::from_secs(2));
+}

@@ -1,0 +1,197 @@
+//! Waiting: FIFO order among waiters, `max_wait` expiry in paused time, cancellation while waiting.
+
+use seawall_bulkhead::{BulkheadEvent, BulkheadLayer, Full};
+use seawall_core::error::is;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{sync::oneshot, time::Instant};
+use tower::{service_fn, Layer, ServiceExt};
+
+type Gate = oneshot::Receiver<()>;
+
+fn gated(
+) -> impl tower::Service<(u32, Gate), Response = u32, Error = std::io::Error, Future = impl Send>
+       + Clone
+       + Send {
+    service_fn(|(n, gate): (u32, Gate)| async move {
+        let _ = gate.await;
+        Ok::<_, std::io::Error>(n)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_arrival_order() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(gated());
+    let order = Arc::new(Mutex::new(Vec::new()));
+
+    let (release_holder, gate) = oneshot::channel();
+    let holder = tokio::spawn(service.clone().oneshot((0, gate)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.in_flight(), 1);
+
+    let mut waiters = Vec::new();
+    for n in 1..=5u32 {
+        let service = service.clone();
+        let order = order.clone();
+        let (tx, gate) = oneshot::channel::<()>();
+        drop(tx); // each waiter finishes as soon as it runs
+        waiters.push(tokio::spawn(async move {
+            let n = service.oneshot((n, gate)).await.unwrap();
+            order.lock().unwrap().push(n);
+        }));
+        // Let this waiter queue before the next one arrives.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert_eq!(handle.waiting(), 5);
+
+    release_holder.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), 0);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(handle.waiting(), 0);
+    assert_eq!(handle.available(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_expires_in_virtual_time() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_millis(250))
+        .on_event(move |_: &seawall_core::Name, e: &BulkheadEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(gated());
+
+    let (_hold, gate) = oneshot::channel();
+    let _holder = tokio::spawn(service.clone().oneshot((0, gate)));
+    tokio::task::yield_now().await;
+
+    let start = Instant::now();
+    let (_tx, gate) = oneshot::channel();
+    let err = service.clone().oneshot((1, gate)).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(handle.waiting(), 0);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![BulkheadEvent::Rejected { waited: true }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_that_frees_in_time_is_taken() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(|ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, std::io::Error>(ms)
+    }));
+    let holder = tokio::spawn(service.clone().oneshot(200));
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    assert_eq!(service.clone().oneshot(10).await.unwrap(), 10);
+    assert_eq!(start.elapsed(), Duration::from_millis(210));
+    holder.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_waiter_leaves_the_queue_and_loses_no_permit() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(gated());
+
+    let (release, gate) = oneshot::channel();
+    let holder = tokio::spawn(service.clone().oneshot((0, gate)));
+    tokio::task::yield_now().await;
+
+    let (_tx, gate) = oneshot::channel();
+    let waiter = tokio::spawn(service.clone().oneshot((1, gate)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.waiting(), 1);
+    waiter.abort();
+    let _ = waiter.await;
+    assert_eq!(handle.waiting(), 0);
+
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    assert_eq!(handle.available(), 1);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_call_returns_its_permit() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(gated());
+    let (_tx, gate) = oneshot::channel();
+    let running = tokio::spawn(service.clone().oneshot((0, gate)));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.in_flight(), 1);
+    running.abort();
+    let _ = running.await;
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.available(), 1);
+}
+
+/// The permit a finished call returns goes to the oldest waiter, whichever future is polled first,
+/// and a newcomer queues behind the waiters rather than barging in.
+#[tokio::test(start_paused = true)]
+async fn fifo_holds_whatever_the_poll_order() {
+    use tokio_test::{assert_pending, assert_ready, task::spawn};
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(gated());
+    let open = || {
+        let (tx, gate) = oneshot::channel::<()>();
+        drop(tx);
+        gate
+    };
+
+    let (release, gate) = oneshot::channel();
+    let mut holder = spawn(service.clone().oneshot((0, gate)));
+    assert_pending!(holder.poll());
+    let mut first = spawn(service.clone().oneshot((1, open())));
+    assert_pending!(first.poll());
+    let mut second = spawn(service.clone().oneshot((2, open())));
+    assert_pending!(second.poll());
+    assert_eq!(handle.waiting(), 2);
+
+    release.send(()).unwrap();
+    assert_eq!(assert_ready!(holder.poll()).unwrap(), 0);
+    assert!(first.is_woken());
+    assert!(!second.is_woken());
+
+    let mut newcomer = spawn(service.clone().oneshot((9, open())));
+    assert_pending!(newcomer.poll());
+    assert_pending!(second.poll());
+    assert_eq!(assert_ready!(first.poll()).unwrap(), 1);
+    assert_pending!(newcomer.poll());
+    assert_eq!(assert_ready!(second.poll()).unwrap(), 2);
+    assert_eq!(assert_ready!(newcomer.poll()).unwrap(), 9);
+    assert_eq!(handle.available(), 1);
+}

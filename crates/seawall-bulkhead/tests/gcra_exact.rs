@@ -1,0 +1,231 @@
+//! GCRA in virtual time: exactly the configured permits per period, burst included; waiting up to
+//! `max_wait`; `Limited` carries when to retry; cancelled waiters give their permit back.
+
+use seawall_bulkhead::ratelimit::{Limited, RateLimitLayer};
+use seawall_core::error::find;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+fn echo() -> impl Service<
+    u32,
+    Response = u32,
+    Error = std::io::Error,
+    Future = impl std::future::Future<Output = Result<u32, std::io::Error>> + Send,
+> + Clone {
+    service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) })
+}
+
+/// Tries a call every millisecond for `seconds`; returns how many got through in each second.
+async fn admitted_per_second(layer: &RateLimitLayer, seconds: u32) -> Vec<u32> {
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    let mut per_second = vec![0; seconds as usize];
+    for ms in 0..seconds * 1000 {
+        tokio::time::sleep_until(start + Duration::from_millis(ms as u64)).await;
+        // Greedy: as many calls as get through at this instant.
+        while service.clone().oneshot(ms).await.is_ok() {
+            per_second[(ms / 1000) as usize] += 1;
+        }
+    }
+    per_second
+}
+
+#[tokio::test(start_paused = true)]
+async fn exactly_the_rate_per_period_after_the_burst() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let counts = admitted_per_second(&layer, 5).await;
+    // The first second: the burst of 10 at once plus the 9 refills due within it (100 ms apart,
+    // the 10th lands at 1.0 s); then exactly 10 a second.
+    assert_eq!(counts, vec![19, 10, 10, 10, 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_one_spaces_calls_evenly() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    let mut admitted = Vec::new();
+    for ms in 0..1000u64 {
+        tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+        if service.clone().oneshot(0).await.is_ok() {
+            admitted.push(ms);
+        }
+    }
+    assert_eq!(admitted, (0..10).map(|i| i * 100).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn larger_burst_then_steady_rate() {
+    let layer = RateLimitLayer::builder()
+        .rate(5, Duration::from_secs(1))
+        .burst(20)
+        .build()
+        .unwrap();
+    let counts = admitted_per_second(&layer, 4).await;
+    assert_eq!(counts, vec![24, 5, 5, 5]);
+    // Idle for long enough to refill the burst, and it is all there again, and no more.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let service = layer.layer(echo());
+    let mut n = 0;
+    while service.clone().oneshot(0).await.is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limited_carries_retry_after() {
+    let layer = RateLimitLayer::builder()
+        .rate(4, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    service.clone().oneshot(1).await.unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let err = service.clone().oneshot(2).await.unwrap_err();
+    let limited = find::<Limited>(&*err).expect("a Limited error");
+    assert_eq!(limited.retry_after(), Duration::from_millis(150));
+    assert_eq!(err.to_string(), "rate limit exceeded");
+    tokio::time::advance(limited.retry_after()).await;
+    service.clone().oneshot(3).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_up_to_max_wait_in_order() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|n| {
+            let call = service.clone().oneshot(n);
+            tokio::spawn(async move {
+                let result = call.await;
+                (n, result.is_ok(), start.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    assert_eq!(
+        results,
+        vec![
+            (0, true, Duration::ZERO),
+            (1, true, Duration::from_millis(100)),
+            (2, true, Duration::from_millis(200)),
+            (3, false, Duration::ZERO), // would wait 300 ms > 250 ms: rejected at once
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_waiter_gives_its_permit_back() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    service.clone().oneshot(0).await.unwrap();
+    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(1));
+    assert_pending!(waiting.poll());
+    drop(waiting);
+    // The slot at 100 ms is free again: a call now waits 100 ms, not 200 ms.
+    let start = Instant::now();
+    service.clone().oneshot(2).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_by_clones_and_services_of_one_layer() {
+    let layer = RateLimitLayer::builder()
+        .rate(3, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = layer.layer(echo());
+    let b = layer.layer(echo());
+    a.clone().oneshot(1).await.unwrap();
+    b.clone().oneshot(2).await.unwrap();
+    a.clone().clone().oneshot(3).await.unwrap();
+    assert!(b.oneshot(4).await.is_err(), "one budget for all");
+}
+
+#[tokio::test(start_paused = true)]
+async fn limited_comes_from_the_future_not_poll_ready() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let first = service.call(1);
+    let (_, respond) = server.next_request().await.unwrap();
+    respond.send_response(1);
+    assert_eq!(first.await.unwrap(), 1);
+    assert_ready_ok!(service.poll_ready());
+    let err = service.call(2).await.unwrap_err();
+    assert!(err.is::<Limited>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_in_poll_ready() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let first = service.call(1);
+    let (_, respond) = server.next_request().await.unwrap();
+    respond.send_response(1);
+    first.await.unwrap();
+
+    assert_pending!(service.poll_ready());
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_pending!(service.poll_ready());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(service.is_woken());
+    assert_ready_ok!(service.poll_ready());
+    let second = service.call(2);
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 2);
+    respond.send_response(2);
+    assert_eq!(second.await.unwrap(), 2);
+}
+
+/// The waiting call must go to the inner service polled ready, not a fresh clone of a service
+/// whose `Clone` forgets readiness.
+#[tokio::test(start_paused = true)]
+async fn waiting_call_uses_the_ready_inner_service() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ConcurrencyLimit::new(echo(), 5));
+    let a = service.ready().await.unwrap().call(1);
+    let b = service.ready().await.unwrap().call(2);
+    let c = service.ready().await.unwrap().call(3);
+    let (a, b, c) = tokio::join!(a, b, c);
+    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 2, 3));
+}

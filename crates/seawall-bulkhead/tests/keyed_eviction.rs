@@ -1,0 +1,131 @@
+//! The keyed rate limiter: one budget per key, bounded memory, idle keys evicted.
+
+use seawall_bulkhead::ratelimit::{Limited, RateLimitLayer};
+use std::time::Duration;
+use tower::{service_fn, Layer, ServiceExt};
+
+fn echo() -> impl tower::Service<
+    (u64, u32),
+    Response = u32,
+    Error = std::io::Error,
+    Future = impl std::future::Future<Output = Result<u32, std::io::Error>> + Send,
+> + Clone {
+    service_fn(|(_, n): (u64, u32)| async move { Ok::<_, std::io::Error>(n) })
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_has_its_own_budget() {
+    let layer = RateLimitLayer::builder()
+        .rate(2, Duration::from_secs(1))
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    for tenant in [1, 2, 3] {
+        service.clone().oneshot((tenant, 0)).await.unwrap();
+        service.clone().oneshot((tenant, 1)).await.unwrap();
+        let err = service.clone().oneshot((tenant, 2)).await.unwrap_err();
+        let limited = err.downcast_ref::<Limited>().unwrap();
+        assert_eq!(limited.retry_after(), Duration::from_millis(500));
+    }
+    assert_eq!(layer.tracked_keys(), 3);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    service.clone().oneshot((1, 3)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_is_bounded_whatever_the_keys() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .max_keys(64)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    // 10 000 distinct keys within one instant: every key is busy, yet the table stays bounded.
+    for key in 0..10_000 {
+        service.clone().oneshot((key, 0)).await.unwrap();
+        assert!(layer.tracked_keys() <= 64, "{} keys", layer.tracked_keys());
+    }
+    assert_eq!(layer.tracked_keys(), 64, "the table is used to its bound");
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_tables_are_bounded_too() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .max_keys(2_048)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    for key in 0..20_000 {
+        service.clone().oneshot((key, 0)).await.unwrap();
+    }
+    assert!(
+        layer.tracked_keys() <= 2_048,
+        "{} keys",
+        layer.tracked_keys()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_evicted_before_busy_ones() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(10))
+        .max_keys(16)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    for key in 0..16 {
+        service.clone().oneshot((key, 0)).await.unwrap();
+    }
+    assert_eq!(layer.tracked_keys(), 16);
+
+    // Everything goes idle; then keys 0..8 are used again, so 8..16 stay idle.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    for key in 0..8 {
+        service.clone().oneshot((key, 1)).await.unwrap();
+    }
+    assert_eq!(layer.tracked_keys(), 16);
+
+    // A new key finds the table full: the 8 idle keys go, the busy ones stay.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    service.clone().oneshot((1_000, 0)).await.unwrap();
+    assert_eq!(layer.tracked_keys(), 9);
+    for key in 0..8 {
+        let err = service.clone().oneshot((key, 2)).await.unwrap_err();
+        assert!(err.is::<Limited>(), "busy key {key} kept its spent budget");
+    }
+
+    // Fill up with more busy keys; when nothing is idle, the key closest to idle (0..8, used
+    // earliest) makes room, and the later busy key 1 000 stays.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    for key in 2_000..2_010 {
+        service.clone().oneshot((key, 0)).await.unwrap();
+        assert!(layer.tracked_keys() <= 16);
+    }
+    assert_eq!(layer.tracked_keys(), 16);
+    let err = service.clone().oneshot((1_000, 1)).await.unwrap_err();
+    assert!(err.is::<Limited>(), "key 1 000 was not evicted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn eviction_of_idle_keys_loses_nothing() {
+    let layer = RateLimitLayer::builder()
+        .rate(3, Duration::from_secs(1))
+        .max_keys(1)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    for n in 0..3 {
+        service.clone().oneshot((7, n)).await.unwrap();
+    }
+    assert!(service.clone().oneshot((7, 3)).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Key 7 is idle: key 8 takes its place ...
+    service.clone().oneshot((8, 0)).await.unwrap();
+    assert_eq!(layer.tracked_keys(), 1);
+    // ... and key 7, back as a fresh key, has exactly the budget it would have had anyway.
+    for n in 0..3 {
+        service.clone().oneshot((7, n)).await.unwrap();
+    }
+    assert!(service.clone().oneshot((7, 3)).await.is_err());
+}

@@ -1,0 +1,189 @@
+//! Model checks of the lock-free accounting: the bulkhead's fair semaphore (fast paths racing the
+//! FIFO hand-off and cancellation), its debt of permits owed after an adaptive limit shrinks, and
+//! the GCRA compare-and-swap.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p seawall-bulkhead --release --test loom`
+#![cfg(loom)]
+
+use loom::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+};
+use seawall_bulkhead::__loom::{Debt, Gcra, Permits};
+use std::task::{Context, Poll, Waker};
+
+/// Explores every interleaving with up to three preemptions, which covers each compare-and-swap
+/// losing a race to each other thread.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(f);
+}
+
+/// Three callers race for a burst of two at one instant: exactly two win, and the TAT records
+/// exactly two grants.
+#[test]
+fn gcra_grants_exactly_the_burst() {
+    model(|| {
+        let gcra = Arc::new(Gcra::new(100, 2));
+        let granted = Arc::new(AtomicUsize::new(0));
+        let racer = || {
+            let gcra = gcra.clone();
+            let granted = granted.clone();
+            move || {
+                if gcra.acquire(0, 0).is_ok() {
+                    granted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        };
+        let a = thread::spawn(racer());
+        let b = thread::spawn(racer());
+        racer()();
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(granted.load(Ordering::SeqCst), 2);
+        assert_eq!(gcra.tat(), 200);
+    });
+}
+
+/// A waiter racing with a refund: a refund only undoes the latest grant, and the TAT always equals
+/// one interval per grant not refunded.
+#[test]
+fn gcra_waiter_and_refund() {
+    model(|| {
+        let gcra = Arc::new(Gcra::new(100, 1));
+        let first = gcra.acquire(0, 1_000).unwrap();
+        let waiter = {
+            let gcra = gcra.clone();
+            thread::spawn(move || gcra.acquire(0, 1_000).unwrap())
+        };
+        let refunded = gcra.refund(first);
+        let second = waiter.join().unwrap();
+        let live = if refunded { 1 } else { 2 };
+        assert_eq!(gcra.tat(), 100 * live);
+        // A refund succeeds only before the second grant, which then takes the refunded slot.
+        assert_eq!(second.tat, if refunded { 100 } else { 200 });
+        assert_eq!(second.delay, if refunded { 0 } else { 100 });
+    });
+}
+
+/// A shrink that could forget no free permit (so two are owed) races with two releases and a
+/// growth by one: whatever the order, the pool (standing in for tokio's semaphore) plus held
+/// permits minus the debt is the limit, and once nothing is held nothing is owed.
+#[test]
+fn debt_conserves_permits() {
+    model(|| {
+        // Limit 3, all held; the limit falls to 1: nothing free to forget, so 2 are owed.
+        let debt = Arc::new(Debt::new());
+        let pool = Arc::new(AtomicUsize::new(0));
+        debt.owe(2);
+        let release = {
+            let debt = debt.clone();
+            let pool = pool.clone();
+            move || {
+                if !debt.absorb_release() {
+                    pool.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        };
+        let releaser = thread::spawn(release.clone());
+        let grower = {
+            let debt = debt.clone();
+            let pool = pool.clone();
+            // The limit grows back to 2.
+            thread::spawn(move || {
+                let add = debt.absorb_increase(1);
+                pool.fetch_add(add, Ordering::SeqCst);
+            })
+        };
+        release();
+        releaser.join().unwrap();
+        grower.join().unwrap();
+        // One permit still held: pool + held − debt == limit (2).
+        assert_eq!(pool.load(Ordering::SeqCst) + 1 - debt.get(), 2);
+        // The last holder releases: nothing held, nothing owed, the pool is the limit.
+        if !debt.absorb_release() {
+            pool.fetch_add(1, Ordering::SeqCst);
+        }
+        assert_eq!(debt.get(), 0);
+        assert_eq!(pool.load(Ordering::SeqCst), 2);
+    });
+}
+
+/// One permit; a holder releases it while a queued waiter and a fast-path newcomer race for it.
+/// Never two holders at once, and the permit is back in the pool at the end.
+#[test]
+fn permits_hand_off_without_loss_or_overlap() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        let holders = Arc::new(AtomicUsize::new(0));
+        assert!(permits.try_acquire());
+        holders.fetch_add(1, Ordering::SeqCst);
+
+        let waiter = {
+            let permits = permits.clone();
+            let holders = holders.clone();
+            thread::spawn(move || {
+                // One poll: either the permit at once, or a place in the queue, handed back.
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut slot = None;
+                if permits.poll_acquire(&mut slot, &mut cx).is_ready() {
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    permits.release(1);
+                }
+                slot
+            })
+        };
+        let newcomer = {
+            let permits = permits.clone();
+            let holders = holders.clone();
+            thread::spawn(move || {
+                if permits.try_acquire() {
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    permits.release(1);
+                }
+            })
+        };
+        holders.fetch_sub(1, Ordering::SeqCst);
+        permits.release(1);
+        let mut slot = waiter.join().unwrap();
+        newcomer.join().unwrap();
+        if slot.is_some() {
+            // Queued: every other holder is done, so the permit has been handed over.
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+            assert_eq!(holders.load(Ordering::SeqCst), 0, "two holders");
+            permits.release(1);
+        }
+        assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}
+
+/// A queued waiter gives up while the holder releases: whether the permit was already handed to
+/// it or not, it ends up back in the pool.
+#[test]
+fn permits_cancelled_waiter_passes_the_permit_on() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        assert!(permits.try_acquire());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut slot = None;
+        assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Pending);
+        let waiter = slot.take().unwrap();
+
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
+        };
+        permits.cancel(&waiter);
+        releaser.join().unwrap();
+        assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}

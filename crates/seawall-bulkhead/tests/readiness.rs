@@ -1,0 +1,176 @@
+//! Readiness discipline: rejections come from the response future, never from `poll_ready`;
+//! `Clone` resets a reservation; a waiting call uses the service that was polled ready; the
+//! `backpressure` option makes `poll_ready` wait instead.
+
+use seawall_bulkhead::{BulkheadLayer, Full};
+use seawall_core::error::is;
+use std::time::Duration;
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+use tower::{limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+#[tokio::test(start_paused = true)]
+async fn full_is_an_error_of_the_response_future() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let (mut first, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    let mut second = first.clone();
+
+    assert_ready_ok!(first.poll_ready());
+    assert_eq!(handle.available(), 0, "poll_ready reserved the permit");
+    let running = first.call(1);
+
+    // The bulkhead is full, yet poll_ready succeeds: the rejection comes from the future.
+    assert_ready_ok!(second.poll_ready());
+    let err = second.call(2).await.unwrap_err();
+    assert!(is::<Full>(&*err), "{err}");
+    assert_eq!(err.to_string(), "bulkhead is full");
+
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 1);
+    respond.send_response(10);
+    assert_eq!(running.await.unwrap(), 10);
+    assert_eq!(handle.available(), 1, "the permit came back");
+
+    // The service that was rejected can be used again.
+    assert_ready_ok!(second.poll_ready());
+    let call = second.call(3);
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 3);
+    respond.send_response(30);
+    assert_eq!(call.await.unwrap(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clone_does_not_carry_the_reservation() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let (mut service, _server) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut clone = service.clone();
+    let err = clone.call(1).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+    drop(service);
+    assert_eq!(
+        handle.available(),
+        1,
+        "dropping a ready service returns its permit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_and_release() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let call = service.call(1);
+    let (_, respond) = server.next_request().await.unwrap();
+    respond.send_error(std::io::Error::other("boom"));
+    let err = call.await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert!(err.downcast_ref::<std::io::Error>().is_some());
+    assert_eq!(handle.available(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_inner_is_not_a_rejection() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    server.allow(0);
+    assert_pending!(service.poll_ready());
+    assert_eq!(
+        handle.available(),
+        1,
+        "no permit is held while the inner service is pending"
+    );
+    server.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    assert_eq!(handle.available(), 0);
+}
+
+/// tower's `ConcurrencyLimit` forgets its readiness when cloned: calling a fresh clone panics. The
+/// waiting call must use the service that was polled ready.
+#[tokio::test(start_paused = true)]
+async fn waiting_call_uses_the_ready_inner_service() {
+    let inner = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(n)
+        }),
+        10,
+    );
+    let bulkhead = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut service = bulkhead.layer(inner);
+
+    let first = service.ready().await.unwrap().call(1);
+    let second = service.ready().await.unwrap().call(2);
+    let third = service.ready().await.unwrap().call(3);
+    let (a, b, c) = tokio::join!(first, second, third);
+    assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 2, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_in_poll_ready() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let (mut first, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
+    let mut second = first.clone();
+
+    assert_ready_ok!(first.poll_ready());
+    let running = first.call(1);
+    assert_pending!(second.poll_ready());
+
+    let (_, respond) = server.next_request().await.unwrap();
+    respond.send_response(1);
+    running.await.unwrap();
+    assert!(second.is_woken());
+    assert_ready_ok!(second.poll_ready());
+    let call = second.call(2);
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 2);
+    respond.send_response(2);
+    assert_eq!(call.await.unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_across_layer_calls_and_clones() {
+    let layer = BulkheadLayer::builder().max_concurrent(2).build().unwrap();
+    let handle = layer.handle();
+    let (mut a, _sa) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    let (mut b, _sb) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    let mut c = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    assert_ready_ok!(b.poll_ready());
+    assert_ready_ok!(c.poll_ready());
+    assert_eq!(
+        handle.in_flight(),
+        2,
+        "two services made by one layer share two permits"
+    );
+    let err = c.call(3).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+
+    // A second layer built separately is an independent bulkhead.
+    let other = BulkheadLayer::builder().max_concurrent(2).build().unwrap();
+    assert_eq!(other.handle().available(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_future_polled_after_ready_is_not_reused() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let (mut service, _server) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    let (mut other, _other_server) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut rejected = tokio_test::task::spawn(other.call(1));
+    let err = assert_ready!(rejected.poll()).unwrap_err();
+    assert!(is::<Full>(&*err));
+}
