@@ -1,0 +1,240 @@
+//! seawall's circuit breaker next to tower-resilience's, failsafe's and recloser's: the Closed
+//! path (a call that goes through and is recorded), the Open path (a call rejected), a 2-thread
+//! contended Closed path on one shared breaker, and allocations per call for each.
+//!
+//! failsafe and recloser are not tower layers: they wrap the inner service's future, which is the
+//! closest equivalent (their numbers do not include readiness handling). Every breaker is built
+//! outside the timed loop; the inner service answers at once.
+//!
+//! ```text
+//! cargo bench --bench breaker
+//! ```
+
+mod support;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use failsafe::futures::CircuitBreaker as _;
+use seawall::breaker::{BreakerLayer, State};
+use std::{
+    future::{poll_fn, ready, Ready},
+    hint::black_box,
+    io,
+    sync::Barrier,
+    time::Duration,
+};
+use tower::{service_fn, Layer, Service};
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Answers at once: `Err` for request 0, `Ok` otherwise.
+fn inner() -> impl Service<u32, Response = u32, Error = io::Error, Future = Ready<io::Result<u32>>>
+       + Clone
+       + Send
+       + 'static {
+    service_fn(|x: u32| {
+        ready(match x {
+            0 => Err(io::Error::other("down")),
+            x => Ok(x),
+        })
+    })
+}
+
+/// One call through a tower service: `poll_ready`, then the response future, both ready at once
+/// (spinning on the rare contended lock of a competitor).
+#[inline]
+fn call<S: Service<u32>>(svc: &mut S, req: u32) -> Result<S::Response, S::Error> {
+    support::poll_until_ready(poll_fn(|cx| svc.poll_ready(cx)))?;
+    support::poll_until_ready(svc.call(req))
+}
+
+fn seawall_layer() -> BreakerLayer {
+    BreakerLayer::builder().wait_duration(DAY).build().unwrap()
+}
+
+fn tower_resilience_layer() -> tower_resilience_circuitbreaker::CircuitBreakerLayer<
+    tower_resilience_circuitbreaker::DefaultClassifier,
+> {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .wait_duration_in_open(DAY)
+        .build()
+        .unwrap()
+}
+
+fn failsafe_breaker() -> impl failsafe::futures::CircuitBreaker + Clone + Send + Sync {
+    let backoff = failsafe::backoff::constant(DAY);
+    failsafe::Config::new()
+        .failure_policy(failsafe::failure_policy::consecutive_failures(5, backoff))
+        .build()
+}
+
+fn recloser_breaker() -> recloser::AsyncRecloser {
+    recloser::AsyncRecloser::from(recloser::Recloser::custom().open_wait(DAY).build())
+}
+
+fn bench(c: &mut Criterion) {
+    // tower-resilience's breaker uses tokio's mutex and clock; give it a runtime context.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+
+    // ----- Closed path -----
+    let mut bare = inner();
+    let seawall = seawall_layer();
+    let mut seawall_svc = seawall.layer(inner());
+    let mut tr_svc = tower_resilience_layer().layer(inner());
+    let failsafe = failsafe_breaker();
+    let recloser = recloser_breaker();
+    let mut plain = inner();
+
+    let mut group = c.benchmark_group("breaker/closed");
+    group.bench_function("no breaker", |b| {
+        b.iter(|| call(&mut bare, black_box(1)).unwrap())
+    });
+    group.bench_function("seawall", |b| {
+        b.iter(|| call(&mut seawall_svc, black_box(1)).unwrap())
+    });
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| call(&mut tr_svc, black_box(1)).unwrap())
+    });
+    group.bench_function("failsafe", |b| {
+        b.iter(|| support::now_or_never(failsafe.call(plain.call(black_box(1)))).unwrap())
+    });
+    group.bench_function("recloser", |b| {
+        b.iter(|| support::now_or_never(recloser.call(plain.call(black_box(1)))).unwrap())
+    });
+    group.finish();
+    assert_eq!(seawall.handle().state(), State::Closed);
+
+    // ----- Open path: trip each breaker, then measure the rejection -----
+    let mut seawall_open = seawall_layer().layer(inner());
+    let mut tr_open = tower_resilience_layer().layer(inner());
+    let failsafe_open = failsafe_breaker();
+    let recloser_open = recloser_breaker();
+    for _ in 0..200 {
+        let _ = call(&mut seawall_open, 0);
+        let _ = call(&mut tr_open, 0);
+        let _ = support::now_or_never(failsafe_open.call(plain.call(0)));
+        let _ = support::now_or_never(recloser_open.call(plain.call(0)));
+    }
+    assert_eq!(seawall_open.handle().state(), State::Open);
+    assert!(matches!(
+        call(&mut tr_open, 1),
+        Err(tower_resilience_circuitbreaker::CircuitBreakerError::OpenCircuit)
+    ));
+    assert!(matches!(
+        support::now_or_never(failsafe_open.call(plain.call(1))),
+        Err(failsafe::Error::Rejected)
+    ));
+    assert!(matches!(
+        support::now_or_never(recloser_open.call(plain.call(1))),
+        Err(recloser::Error::Rejected)
+    ));
+
+    let mut group = c.benchmark_group("breaker/open");
+    group.bench_function("seawall", |b| {
+        b.iter(|| call(&mut seawall_open, black_box(1)).unwrap_err())
+    });
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| call(&mut tr_open, black_box(1)).unwrap_err())
+    });
+    group.bench_function("failsafe", |b| {
+        b.iter(|| support::now_or_never(failsafe_open.call(plain.call(black_box(1)))).unwrap_err())
+    });
+    group.bench_function("recloser", |b| {
+        b.iter(|| support::now_or_never(recloser_open.call(plain.call(black_box(1)))).unwrap_err())
+    });
+    group.finish();
+
+    // ----- 2 threads on one shared breaker (Closed path) -----
+    let mut group = c.benchmark_group("breaker/closed-2-threads");
+    group.throughput(Throughput::Elements(2));
+    group.bench_function(BenchmarkId::from_parameter("seawall"), |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || seawall_svc.clone(), |svc| call(svc, 1).unwrap())
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("tower-resilience"), |b| {
+        b.iter_custom(|iters| {
+            let _guard = rt.enter();
+            two_threads(iters, || tr_svc.clone(), |svc| call(svc, 1).unwrap())
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("failsafe"), |b| {
+        b.iter_custom(|iters| {
+            two_threads(
+                iters,
+                || (failsafe.clone(), inner()),
+                |(cb, svc)| support::now_or_never(cb.call(svc.call(1))).unwrap(),
+            )
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("recloser"), |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, inner, |svc| {
+                support::now_or_never(recloser.call(svc.call(1))).unwrap()
+            })
+        })
+    });
+    group.finish();
+
+    // ----- allocations per call -----
+    const CALLS: u32 = 10_000;
+    support::report_allocs("breaker/closed", "no breaker", CALLS, || {
+        call(&mut bare, 1).unwrap();
+    });
+    support::report_allocs("breaker/closed", "seawall", CALLS, || {
+        call(&mut seawall_svc, 1).unwrap();
+    });
+    support::report_allocs("breaker/closed", "tower-resilience", CALLS, || {
+        call(&mut tr_svc, 1).unwrap();
+    });
+    support::report_allocs("breaker/closed", "failsafe", CALLS, || {
+        support::now_or_never(failsafe.call(plain.call(1))).unwrap();
+    });
+    support::report_allocs("breaker/closed", "recloser", CALLS, || {
+        support::now_or_never(recloser.call(plain.call(1))).unwrap();
+    });
+    support::report_allocs("breaker/open", "seawall", CALLS, || {
+        call(&mut seawall_open, 1).unwrap_err();
+    });
+    support::report_allocs("breaker/open", "tower-resilience", CALLS, || {
+        call(&mut tr_open, 1).unwrap_err();
+    });
+    support::report_allocs("breaker/open", "failsafe", CALLS, || {
+        support::now_or_never(failsafe_open.call(plain.call(1))).unwrap_err();
+    });
+    support::report_allocs("breaker/open", "recloser", CALLS, || {
+        support::now_or_never(recloser_open.call(plain.call(1))).unwrap_err();
+    });
+}
+
+/// Runs `iters` calls on each of two threads sharing one breaker; returns the slower thread's
+/// time.
+fn two_threads<T: Send, R>(
+    iters: u64,
+    make: impl Fn() -> T,
+    one_call: impl Fn(&mut T) -> R + Sync,
+) -> Duration {
+    let barrier = Barrier::new(2);
+    let (a, b) = (make(), make());
+    std::thread::scope(|scope| {
+        let run = |mut state: T| {
+            let (barrier, one_call) = (&barrier, &one_call);
+            scope.spawn(move || {
+                barrier.wait();
+                let start = tokio::time::Instant::now();
+                for _ in 0..iters {
+                    black_box(one_call(&mut state));
+                }
+                start.elapsed()
+            })
+        };
+        let (a, b) = (run(a), run(b));
+        a.join().unwrap().max(b.join().unwrap())
+    })
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
