@@ -76,7 +76,11 @@ pub struct FaultReport {
 pub const CURVE: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
 
 impl ClientReport {
-    pub(crate) fn new(scenario: &Scenario, raw: RawRun) -> Self {
+    /// Summarises one client's run over `scenario`'s backends, judging each of its faults.
+    ///
+    /// `raw` may come from the simulator or from a live run against real servers (the showcase
+    /// example does this), as long as its calls are indexed like `scenario.backends`.
+    pub fn new(scenario: &Scenario, raw: RawRun) -> Self {
         let h = &raw.latency_us;
         let at = |q: f64| Duration::from_micros(h.value_at_quantile(q / 100.0));
         let n = scenario.backends.len();
