@@ -10,6 +10,7 @@ use crate::{
     BalanceEvent, EjectReason,
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+use seawall_core::deadline::deadline_after;
 use seawall_core::{metrics, Listeners, Name, Outcome};
 use std::{
     fmt,
@@ -376,7 +377,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 let until = s
                     .ejected_at
                     .load(Relaxed)
-                    .saturating_add(self.ejection_time(m).as_nanos() as u64);
+                    .saturating_add(nanos_u64(self.ejection_time(m)));
                 if now >= until {
                     s.ejected.store(false, Relaxed);
                     s.consecutive_failures.store(0, Relaxed);
@@ -395,20 +396,20 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
         self.recount(&set);
         // Interval counts, read and reset.
-        let counts: Vec<(u32, u32)> = set
+        let counts: Vec<(u64, u64)> = set
             .endpoints
             .iter()
             .map(|e| {
                 (
-                    e.stats.successes.swap(0, Relaxed),
-                    e.stats.failures.swap(0, Relaxed),
+                    u64::from(e.stats.successes.swap(0, Relaxed)),
+                    u64::from(e.stats.failures.swap(0, Relaxed)),
                 )
             })
             .collect();
         // 2. Success rate.
         if let Some(rule) = &o.success_rate {
             let candidates: Vec<usize> = (0..set.len())
-                .filter(|&i| counts[i].0 + counts[i].1 >= rule.request_volume)
+                .filter(|&i| counts[i].0 + counts[i].1 >= u64::from(rule.request_volume))
                 .collect();
             if candidates.len() >= rule.minimum_hosts {
                 let rate = |i: usize| counts[i].0 as f64 / (counts[i].0 + counts[i].1) as f64;
@@ -430,7 +431,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         // 3. Failure percentage.
         if let Some(rule) = &o.failure_percentage {
             let candidates: Vec<usize> = (0..set.len())
-                .filter(|&i| counts[i].0 + counts[i].1 >= rule.request_volume)
+                .filter(|&i| counts[i].0 + counts[i].1 >= u64::from(rule.request_volume))
                 .collect();
             if candidates.len() >= rule.minimum_hosts {
                 for &i in &candidates {
@@ -470,7 +471,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         let since = s.slow_since.load(Relaxed);
                         if since == NONE {
                             s.slow_since.store(now, Relaxed);
-                        } else if now.saturating_sub(since) >= rule.duration.as_nanos() as u64 {
+                        } else if now.saturating_sub(since) >= nanos_u64(rule.duration) {
                             self.eject_locked(&set, i, now, EjectReason::Latency);
                         }
                     } else {
@@ -590,12 +591,13 @@ async fn run<K, S, C, D>(
 {
     let mut discover = Box::pin(discover);
     let mut discovering = true;
-    let mut sweep = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut sweep = tokio::time::interval_at(deadline_after(Instant::now(), interval), interval);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let probe_every = probe
         .as_ref()
         .map_or(Duration::from_secs(3600), |(c, _)| c.interval);
-    let mut probe_tick = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
+    let mut probe_tick =
+        tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probes: JoinSet<(K, bool)> = JoinSet::new();
     loop {
@@ -639,4 +641,9 @@ async fn run<K, S, C, D>(
             }
         }
     }
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years) instead of truncating.
+fn nanos_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -110,3 +110,30 @@ async fn a_filter_that_refuses_every_endpoint_gives_no_endpoints() {
     common::settle().await;
     assert_eq!(balance.oneshot(1).await.unwrap(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn huge_intervals_do_not_overflow_the_background_task() {
+    use seawall::balance::OutlierDetection;
+    let (tx, stream) = channel::<usize, Node>();
+    let balance = BalanceLayer::builder()
+        .outlier_detection(OutlierDetection {
+            interval: Duration::MAX,
+            base_ejection_time: Duration::MAX,
+            max_ejection_time: Duration::MAX,
+            ..OutlierDetection::default()
+        })
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(stream);
+    tx.send(Change::Insert(
+        0,
+        Node {
+            id: 0,
+            behavior: Arc::new(Behavior::default()),
+        },
+    ))
+    .unwrap();
+    // The background task survived building its timers and applies discovery.
+    assert_eq!(balance.oneshot(7).await.unwrap(), 0);
+}

@@ -84,7 +84,10 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
         classifier: Option<Arc<C>>,
     ) -> Self {
         let wait = Wait {
-            sleep: tokio::time::sleep_until(Instant::now() + shared.max_wait),
+            sleep: tokio::time::sleep_until(seawall_core::deadline::deadline_after(
+                Instant::now(),
+                shared.max_wait,
+            )),
             place: Place::new(shared),
             call: Some((service, request)),
         };

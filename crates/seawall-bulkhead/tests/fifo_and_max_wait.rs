@@ -195,3 +195,21 @@ async fn fifo_holds_whatever_the_poll_order() {
     assert_eq!(assert_ready!(newcomer.poll()).unwrap(), 9);
     assert_eq!(handle.available(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_of_duration_max_waits_without_overflow() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::MAX)
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(|ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, std::io::Error>(ms)
+    }));
+    let holder = tokio::spawn(service.clone().oneshot(5_000));
+    tokio::task::yield_now().await;
+    // Waits as long as it takes (here 5 s) rather than overflowing the deadline.
+    assert_eq!(service.clone().oneshot(1).await.unwrap(), 1);
+    holder.await.unwrap().unwrap();
+}
