@@ -137,7 +137,7 @@ impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
     #[inline]
     fn available(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> bool {
         !matches!(
-            service.handle().state(),
+            service.state(),
             seawall_breaker::State::Open | seawall_breaker::State::ForcedOpen
         )
     }

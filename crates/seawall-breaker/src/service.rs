@@ -5,7 +5,7 @@ use crate::{
     handle::BreakerHandle,
     layer::BreakerLayer,
     shared::Shared,
-    state::{Permit, Rejected},
+    state::{Permit, PermitKind, Rejected},
 };
 use seawall_core::{classify::Classify, BoxError};
 use std::{
@@ -83,6 +83,13 @@ impl<S, C> Breaker<S, C> {
             },
             waiting: None,
         }
+    }
+
+    /// The breaker's state now, as [`BreakerHandle::state`] gives it, without taking a handle
+    /// (no reference count): cheap enough to ask on every pick of a balancer.
+    pub fn state(&self) -> crate::State {
+        let shared = &*self.slot.shared;
+        shared.machine.tick(shared.now(), shared)
     }
 
     /// A handle on the breaker.
@@ -171,7 +178,24 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.slot.shared;
         match mem::replace(&mut self.slot.next, Next::Undecided) {
-            Next::Admitted(permit) => {
+            Next::Admitted(mut permit) => {
+                // A permit reserved before the breaker changed state (the call waited above, say
+                // in a full bulkhead or a rate limiter) must not let a call through a breaker
+                // that opened since: ask again. A trial call's HalfOpen may also have run out of
+                // time meanwhile (the only change applied lazily that matters here).
+                if permit.kind() == PermitKind::Probe {
+                    shared.machine.tick(shared.now(), &**shared);
+                }
+                if permit.generation() != shared.machine.generation() {
+                    shared.release(permit);
+                    match shared.acquire() {
+                        Ok(fresh) => permit = fresh,
+                        Err(_) => {
+                            shared.count_rejection();
+                            return ResponseFuture::rejected();
+                        }
+                    }
+                }
                 let start =
                     (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
                 ResponseFuture::admitted(
