@@ -1,0 +1,286 @@
+//! tonic `Channel`s calling tonic servers (the standard gRPC health service) on loopback, behind
+//! seawall layers that classify gRPC statuses with `GrpcClassifier`.
+//!
+//! A misbehaving server answers every call trailers-only with `grpc-status: 14` (UNAVAILABLE):
+//! HTTP 200, so only the gRPC status tells the call failed. Another is shut down mid-test.
+
+use seawall::{
+    balance::{BalanceEvent, BalanceLayer, EjectReason, OutlierDetection, Picker},
+    breaker::{BreakerLayer, Open, SlidingWindow, State},
+    core::{
+        classify::{GrpcClassifier, GrpcCode},
+        deadline::WithDeadline,
+        error::{find, is},
+    },
+    discover,
+    retry::{Backoff, RetryBudget, RetryEvent, RetryLayer},
+    BoxError, Name, Outcome, ServiceBuilderExt,
+};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::SeqCst},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Channel, Endpoint, Server},
+    Code, Status,
+};
+use tonic_health::{
+    pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+        HealthCheckResponse,
+    },
+    server::HealthReporter,
+};
+use tower::{service_fn, util::BoxCloneService, Layer, ServiceBuilder, ServiceExt};
+
+struct GrpcServer {
+    addr: SocketAddr,
+    /// Calls that reached the server.
+    hits: Arc<AtomicU32>,
+    /// When set, every call is answered UNAVAILABLE.
+    unavailable: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    _reporter: HealthReporter,
+}
+
+async fn grpc_server() -> GrpcServer {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let hits = Arc::new(AtomicU32::new(0));
+    let unavailable = Arc::new(AtomicBool::new(false));
+    let (h, u) = (hits.clone(), unavailable.clone());
+    // A failing interceptor answers trailers-only: `grpc-status` in the response headers.
+    let svc = InterceptedService::new(health, move |req: tonic::Request<()>| {
+        h.fetch_add(1, SeqCst);
+        if u.load(SeqCst) {
+            Err(Status::unavailable("draining"))
+        } else {
+            Ok(req)
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    GrpcServer {
+        addr,
+        hits,
+        unavailable,
+        stop: Some(stop),
+        _reporter: reporter,
+    }
+}
+
+fn channel(addr: &SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .connect_lazy()
+}
+
+fn check() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+/// UNAVAILABLE (and transport errors) are worth retrying; other statuses are the answer.
+fn retry_classifier(result: Result<&HealthCheckResponse, &BoxError>, _: Duration) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(err) => match find::<Status>(&**err) {
+            Some(status) if status.code() != Code::Unavailable => Outcome::Success,
+            _ => Outcome::Failure,
+        },
+    }
+}
+
+#[test]
+fn grpc_classifier_reads_trailers_only_status() {
+    use seawall::core::Classify;
+    let classify = |status: Status| {
+        Classify::<_, BoxError>::classify(
+            &GrpcClassifier::new(),
+            Ok(&status.into_http::<()>()),
+            Duration::ZERO,
+        )
+    };
+    assert_eq!(classify(Status::unavailable("x")), Outcome::Failure);
+    assert_eq!(classify(Status::deadline_exceeded("x")), Outcome::Failure);
+    assert_eq!(classify(Status::not_found("x")), Outcome::Success);
+    assert_eq!(classify(Status::ok("")), Outcome::Success);
+    assert_eq!(
+        GrpcCode::from_headers(Status::unavailable("x").into_http::<()>().headers()),
+        Some(GrpcCode::Unavailable)
+    );
+}
+
+/// Retry over a balancer over three `Channel`s: one server answers UNAVAILABLE, then another is
+/// shut down. Every call succeeds, and outlier detection (by `GrpcClassifier`) ejects both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_channels_route_around_unavailable_and_dead_servers() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(grpc_server().await);
+    }
+    servers[0].unavailable.store(true, SeqCst);
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+
+    let ejected = Arc::new(Mutex::new(Vec::new()));
+    let retries = Arc::new(AtomicU32::new(0));
+    let (e, r) = (ejected.clone(), retries.clone());
+
+    let balance = BalanceLayer::builder()
+        .name("grpc-cluster")
+        .picker(Picker::RoundRobin)
+        .classifier(GrpcClassifier::new())
+        .max_wait(Duration::from_secs(2))
+        .panic_threshold(0.3)
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_secs(1),
+            base_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 0.67,
+            consecutive_failures: Some(3),
+            latency: None,
+            success_rate: None,
+            failure_percentage: None,
+            ..OutlierDetection::default()
+        })
+        .on_event(move |_: &Name, event: &BalanceEvent| {
+            if let BalanceEvent::Ejected { key, reason, .. } = event {
+                e.lock().unwrap().push((key.clone(), *reason));
+            }
+        })
+        .seed(5)
+        .build()
+        .unwrap()
+        .layer(discover::from_list(addrs.clone(), channel));
+    let grpc = HealthClient::new(balance);
+
+    let retry = RetryLayer::builder()
+        .name("grpc-retry")
+        .classify(retry_classifier)
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(5)))
+        .budget(RetryBudget::unlimited())
+        .seed(9)
+        .on_event(move |_: &Name, event: &RetryEvent| {
+            if matches!(event, RetryEvent::Retry { .. }) {
+                r.fetch_add(1, SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .with_timeout(Duration::from_secs(5))
+        .with_retry(retry)
+        .service(service_fn(move |req: WithDeadline<HealthCheckRequest>| {
+            let mut grpc = grpc.clone();
+            async move {
+                let res = grpc.check(req.into_inner()).await?;
+                Ok::<_, BoxError>(res.into_inner())
+            }
+        }));
+
+    let call =
+        |client: &BoxCloneService<_, _, _>| client.clone().oneshot(WithDeadline::new(check()));
+    let client = BoxCloneService::new(client);
+
+    // Server 0 answers UNAVAILABLE: each of its calls is retried on the next server, and its
+    // third failure in a row ejects it.
+    for _ in 0..60 {
+        let res = call(&client).await.unwrap();
+        assert_eq!(res.status(), ServingStatus::Serving);
+    }
+    assert_eq!(servers[0].hits.load(SeqCst), 3);
+    assert_eq!(retries.load(SeqCst), 3);
+    assert_eq!(
+        *ejected.lock().unwrap(),
+        vec![(format!("{:?}", addrs[0]), EjectReason::ConsecutiveFailures)]
+    );
+
+    // Server 1 shuts down: connection errors are failures too.
+    servers[1].stop.take().unwrap().send(()).unwrap();
+    let before = servers[2].hits.load(SeqCst);
+    for _ in 0..60 {
+        let res = call(&client).await.unwrap();
+        assert_eq!(res.status(), ServingStatus::Serving);
+    }
+    let ejected = ejected.lock().unwrap().clone();
+    assert_eq!(ejected.len(), 2, "{ejected:?}");
+    assert_eq!(ejected[1].0, format!("{:?}", addrs[1]));
+    // The dead server cost at most its three failures in a row (plus calls on the connection
+    // it was draining), each retried once.
+    assert!(retries.load(SeqCst) <= 3 + 3 + 1, "{retries:?}");
+    assert!(servers[2].hits.load(SeqCst) - before >= 55);
+    assert_eq!(servers[0].hits.load(SeqCst), 3);
+}
+
+/// A breaker over one `Channel`: UNAVAILABLE (HTTP 200, `grpc-status: 14`) opens it, NOT_FOUND
+/// does not, and it closes again once the server recovers.
+#[tokio::test]
+async fn breaker_over_a_channel_opens_on_unavailable_and_recovers() {
+    let server = grpc_server().await;
+    let breaker = BreakerLayer::builder()
+        .name("grpc-breaker")
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(4)
+        .failure_rate_threshold(0.5)
+        .wait_duration(Duration::from_millis(200))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build_with(GrpcClassifier::new())
+        .unwrap();
+    let handle = breaker.handle();
+    let channel = ServiceBuilder::new()
+        .with_breaker(breaker)
+        .service(channel(&server.addr));
+    let mut grpc = HealthClient::new(channel);
+
+    // NOT_FOUND is the caller's problem: four of them leave the breaker closed.
+    for _ in 0..4 {
+        let err = grpc
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    assert_eq!(handle.state(), State::Closed);
+
+    // UNAVAILABLE counts as a failure: 4 of 8 opens the breaker.
+    server.unavailable.store(true, SeqCst);
+    for _ in 0..4 {
+        let err = grpc.check(check()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+    assert_eq!(handle.state(), State::Open);
+    let hits = server.hits.load(SeqCst);
+    assert_eq!(hits, 8);
+
+    // Open: rejected before reaching the server; the `Open` error is the status's source.
+    let err = grpc.check(check()).await.unwrap_err();
+    assert!(is::<Open>(&err), "{err:?}");
+    assert_eq!(server.hits.load(SeqCst), hits);
+
+    // The server recovers; after the wait one probe closes the breaker.
+    server.unavailable.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let res = grpc.check(check()).await.unwrap().into_inner();
+    assert_eq!(res.status(), ServingStatus::Serving);
+    assert_eq!(handle.state(), State::Closed);
+}
