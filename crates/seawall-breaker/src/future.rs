@@ -67,7 +67,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Rejected => Poll::Ready(Err(Box::new(Open::new()))),
+            KindProj::Rejected => {
+                // A rejection is progress for tokio's cooperative scheduling: a caller looping on
+                // rejected calls must still yield, or it starves its worker thread.
+                ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                Poll::Ready(Err(Box::new(Open::new())))
+            }
             KindProj::Admitted {
                 future,
                 guard,

@@ -158,6 +158,9 @@ where
                     }
                 }
                 KindProj::Rejected => {
+                    // A rejection is progress for tokio's cooperative scheduling: a caller looping
+                    // on rejected calls must still yield, or it starves its worker thread.
+                    ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                     this.kind.set(Kind::Done);
                     return Poll::Ready(Err(Box::new(Full::new())));
                 }

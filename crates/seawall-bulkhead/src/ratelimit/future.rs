@@ -123,6 +123,9 @@ where
                     this.kind.set(Kind::Running { future });
                 }
                 KindProj::Limited { retry_after } => {
+                    // A rejection is progress for tokio's cooperative scheduling: a caller looping
+                    // on rejected calls must still yield, or it starves its worker thread.
+                    ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                     let error = Limited::new(*retry_after);
                     this.kind.set(Kind::Done);
                     return Poll::Ready(Err(Box::new(error)));
