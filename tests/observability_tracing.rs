@@ -149,7 +149,7 @@ async fn breaker_transitions_are_traced() {
         .into_iter()
         .map(|e| {
             assert_eq!(e.level, Level::INFO);
-            assert_eq!(e.field("breaker"), Some("traced-breaker"));
+            assert_eq!(e.field("name"), Some("traced-breaker"));
             (
                 e.field("from").unwrap().to_owned(),
                 e.field("to").unwrap().to_owned(),
@@ -253,5 +253,5 @@ async fn bulkhead_rejections_are_traced() {
 
     let rejected = capture.with_message("bulkhead full, call rejected");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
-    assert_eq!(rejected[0].field("bulkhead"), Some("traced-bulkhead"));
+    assert_eq!(rejected[0].field("name"), Some("traced-bulkhead"));
 }

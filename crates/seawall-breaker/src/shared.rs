@@ -148,7 +148,7 @@ impl Observer for Shared {
         self.metrics.transitions.increment(1);
         if transition.metrics_only {
             tracing::info!(
-                breaker = %self.name,
+                name = %self.name,
                 from = %transition.from,
                 to = %transition.to,
                 wait = ?transition.wait,
@@ -156,7 +156,7 @@ impl Observer for Shared {
             );
         } else {
             tracing::info!(
-                breaker = %self.name,
+                name = %self.name,
                 from = %transition.from,
                 to = %transition.to,
                 wait = ?transition.wait,

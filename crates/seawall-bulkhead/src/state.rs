@@ -173,7 +173,7 @@ impl Shared {
 
     pub(crate) fn reject(&self, waited: bool) {
         self.metrics.rejected.increment(1);
-        tracing::debug!(bulkhead = %self.name, waited, "bulkhead full, call rejected");
+        tracing::debug!(name = %self.name, waited, "bulkhead full, call rejected");
         self.listeners
             .emit(&self.name, &BulkheadEvent::Rejected { waited });
     }
@@ -215,7 +215,7 @@ impl Shared {
             (from, to)
         };
         self.metrics.limit.set(to as f64);
-        tracing::debug!(bulkhead = %self.name, from, to, "bulkhead limit changed");
+        tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
         self.listeners
             .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
     }

@@ -304,7 +304,7 @@ where
             }
             Err(retry) => {
                 self.shared.limited.increment(1);
-                tracing::debug!(ratelimit = %self.shared.name, retry_after_ns = retry, "rate limited");
+                tracing::debug!(name = %self.shared.name, retry_after_ns = retry, "rate limited");
                 ResponseFuture::limited(Duration::from_nanos(retry))
             }
         }

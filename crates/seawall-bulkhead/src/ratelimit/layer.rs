@@ -53,7 +53,7 @@ impl Shared {
 
     pub(crate) fn on_limited(&self, retry: u64) -> Duration {
         self.limited.increment(1);
-        tracing::debug!(ratelimit = %self.name, retry_after_ns = retry, "rate limited");
+        tracing::debug!(name = %self.name, retry_after_ns = retry, "rate limited");
         Duration::from_nanos(retry)
     }
 }
