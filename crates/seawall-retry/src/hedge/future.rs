@@ -38,6 +38,8 @@ pin_project! {
         sent: u32,
         scheduled: bool,
         due: bool,
+        // The budget's token for the next hedge, taken before the service is polled ready.
+        withdrawn: bool,
         started: Option<Instant>,
         failure: Option<Result<S::Response, BoxError>>,
         shared: Arc<Shared<P, K>>,
@@ -72,6 +74,7 @@ where
             sent: 0,
             scheduled: false,
             due: false,
+            withdrawn: false,
             started,
             failure: None,
             shared,
@@ -170,6 +173,17 @@ where
                 *this.due = true;
             }
 
+            // Take the budget before polling the service ready: a service made ready and then left
+            // unused would hold its reservation (a `Buffer` slot, a permit) until the call ends,
+            // which deadlocks when the call itself needs it (a retry underneath).
+            if !*this.withdrawn {
+                if !shared.budget.try_withdraw() {
+                    shared.on_budget_exhausted();
+                    *this.template = None;
+                    continue;
+                }
+                *this.withdrawn = true;
+            }
             match ready!(this.service.poll_ready(cx)) {
                 Ok(()) => {}
                 Err(error) => {
@@ -180,11 +194,7 @@ where
                     continue;
                 }
             }
-            if !shared.budget.try_withdraw() {
-                shared.on_budget_exhausted();
-                *this.template = None;
-                continue;
-            }
+            *this.withdrawn = false;
 
             let hedge = *this.sent + 1;
             let copy = if hedge < shared.max_hedges {
