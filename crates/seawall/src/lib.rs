@@ -16,6 +16,7 @@
 //! | `retry` | `retry` | budgeted retries with backoff, hedging |
 //! | `balance` | `balance` | client-side load balancing, outlier ejection |
 //! | `discover` | `discover` | endpoint discovery: static, watch channel, DNS |
+//! | `stack` | `stack` | the canonical client stack in one builder (`ClientStack`) |
 //!
 //! Every layer is an ordinary [`tower::Layer`], so it works inside [`tower::ServiceBuilder`] and
 //! behind `BoxCloneService`; [`ServiceBuilderExt`] adds methods that read naturally:
@@ -94,3 +95,10 @@ pub use seawall_balance as balance;
 #[cfg(feature = "discover")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discover")))]
 pub use seawall_discover as discover;
+
+#[cfg(feature = "stack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stack")))]
+pub mod stack;
+#[cfg(feature = "stack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stack")))]
+pub use stack::{ClientStack, ClientStackBuilder};

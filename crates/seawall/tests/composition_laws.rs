@@ -6,20 +6,26 @@
 
 use proptest::prelude::*;
 use seawall::{
+    breaker::{BreakerHandle, BreakerLayer, SlidingWindow, State, Transition},
+    bulkhead::{ratelimit::RateLimitLayer, BulkheadHandle, BulkheadLayer},
     core::{BoxError, RequestDeadline},
     fallback::FallbackLayer,
     retry::{HedgeLayer, RetryBudget, RetryLayer},
     timeout::TimeoutLayer,
 };
 use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::time::Instant;
-use tower::{buffer::BufferLayer, service_fn, util::BoxCloneService, Layer, ServiceExt};
+use tower::{buffer::BufferLayer, service_fn, util::BoxCloneService, Layer, Service, ServiceExt};
 
 /// A request: how long the inner service works on it, whether it fails, and when the caller gives
 /// up on it (a cancellation).
@@ -56,12 +62,126 @@ enum LayerSpec {
     Retry { max_attempts: u32, ratio_pct: u32 },
     /// A hedge after `delay_ms`, at most `max_hedges` copies.
     Hedge { delay_ms: u64, max_hedges: u32 },
+    /// A circuit breaker over a count window of `window` calls, opening at a 50 % failure rate
+    /// once `min_calls` are in, waiting `wait_ms`, then admitting `probes` trial calls (for at
+    /// most `half_open_ms`).
+    Breaker {
+        window: u32,
+        min_calls: u32,
+        wait_ms: u64,
+        probes: u32,
+        half_open_ms: u64,
+    },
+    /// A bulkhead of `limit` permits; a call waits at most `max_wait_ms` for one.
+    Bulkhead { limit: usize, max_wait_ms: u64 },
+    /// A rate limiter of `per_sec` calls a second, bursts of `burst`, waiting at most
+    /// `max_wait_ms`.
+    RateLimit {
+        per_sec: u64,
+        burst: u64,
+        max_wait_ms: u64,
+    },
 }
 
 const FALLBACK: u64 = u64::MAX;
 
+/// What the laws look at once a run has settled: each bulkhead's permits, and each breaker's
+/// admissions while it was not closed.
+#[derive(Default)]
+struct Observed {
+    bulkheads: Mutex<Vec<BulkheadHandle>>,
+    breakers: Mutex<Vec<Arc<BreakerWatch>>>,
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed")
+            .field("bulkheads", &self.bulkheads.lock().unwrap().len())
+            .field("breakers", &self.breakers.lock().unwrap().len())
+            .finish()
+    }
+}
+
+/// Watches the calls one breaker admits, from just under it.
+struct BreakerWatch {
+    handle: BreakerHandle,
+    probes: u32,
+    /// The generation of the breaker's last state change (from its listener).
+    generation: Arc<AtomicU64>,
+    /// Calls admitted while HalfOpen and still running, by the generation they were admitted in.
+    probes_in_flight: Mutex<HashMap<u64, u32>>,
+    /// The most trial calls ever running at once within one HalfOpen generation.
+    max_probes_in_flight: AtomicUsize,
+    /// Calls admitted while the breaker was Open.
+    admitted_while_open: AtomicUsize,
+    /// Calls admitted while HalfOpen, in all.
+    probes_admitted: AtomicUsize,
+}
+
+impl BreakerWatch {
+    fn enter(self: &Arc<Self>) -> ProbeGuard {
+        match self.handle.state() {
+            State::Open | State::ForcedOpen => {
+                self.admitted_while_open.fetch_add(1, Ordering::SeqCst);
+                ProbeGuard(None)
+            }
+            State::HalfOpen => {
+                let generation = self.generation.load(Ordering::SeqCst);
+                let mut map = self.probes_in_flight.lock().unwrap();
+                let n = map.entry(generation).or_default();
+                *n += 1;
+                self.max_probes_in_flight
+                    .fetch_max(*n as usize, Ordering::SeqCst);
+                self.probes_admitted.fetch_add(1, Ordering::SeqCst);
+                ProbeGuard(Some((self.clone(), generation)))
+            }
+            _ => ProbeGuard(None),
+        }
+    }
+}
+
+/// A trial call in flight; dropping it (the call finished or was cancelled) ends it.
+struct ProbeGuard(Option<(Arc<BreakerWatch>, u64)>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some((watch, generation)) = self.0.take() {
+            let mut map = watch.probes_in_flight.lock().unwrap();
+            if let Some(n) = map.get_mut(&generation) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// The service just under a breaker: tells the watch about every call the breaker admits.
+#[derive(Clone)]
+struct Watched {
+    inner: Svc,
+    watch: Arc<BreakerWatch>,
+}
+
+impl Service<Req> for Watched {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let guard = self.watch.enter();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let _guard = guard;
+            fut.await
+        })
+    }
+}
+
 impl LayerSpec {
-    fn apply(&self, inner: Svc) -> Svc {
+    fn apply(&self, inner: Svc, observed: &Observed) -> Svc {
         match *self {
             LayerSpec::Timeout { ms } => {
                 BoxCloneService::new(TimeoutLayer::new(Duration::from_millis(ms)).layer(inner))
@@ -110,6 +230,62 @@ impl LayerSpec {
                     .expect("valid hedge");
                 BoxCloneService::new(layer.layer(inner))
             }
+            LayerSpec::Breaker {
+                window,
+                min_calls,
+                wait_ms,
+                probes,
+                half_open_ms,
+            } => {
+                let generation = Arc::new(AtomicU64::new(0));
+                let seen = generation.clone();
+                let layer = BreakerLayer::builder()
+                    .sliding_window(SlidingWindow::count(window))
+                    .minimum_calls(min_calls)
+                    .failure_rate_threshold(0.5)
+                    .wait_duration(Duration::from_millis(wait_ms))
+                    .permitted_probes(probes)
+                    .max_wait_in_half_open(Duration::from_millis(half_open_ms))
+                    .seed(5)
+                    .on_transition(move |_: &seawall::Name, t: &Transition| {
+                        seen.store(t.generation, Ordering::SeqCst)
+                    })
+                    .build()
+                    .expect("valid breaker");
+                let watch = Arc::new(BreakerWatch {
+                    handle: layer.handle(),
+                    probes,
+                    generation,
+                    probes_in_flight: Mutex::default(),
+                    max_probes_in_flight: AtomicUsize::new(0),
+                    admitted_while_open: AtomicUsize::new(0),
+                    probes_admitted: AtomicUsize::new(0),
+                });
+                observed.breakers.lock().unwrap().push(watch.clone());
+                BoxCloneService::new(layer.layer(Watched { inner, watch }))
+            }
+            LayerSpec::Bulkhead { limit, max_wait_ms } => {
+                let layer = BulkheadLayer::builder()
+                    .max_concurrent(limit)
+                    .max_wait(Duration::from_millis(max_wait_ms))
+                    .build()
+                    .expect("valid bulkhead");
+                observed.bulkheads.lock().unwrap().push(layer.handle());
+                BoxCloneService::new(layer.layer(inner))
+            }
+            LayerSpec::RateLimit {
+                per_sec,
+                burst,
+                max_wait_ms,
+            } => {
+                let layer = RateLimitLayer::builder()
+                    .rate(per_sec, Duration::from_secs(1))
+                    .burst(burst)
+                    .max_wait(Duration::from_millis(max_wait_ms))
+                    .build()
+                    .expect("valid rate limit");
+                BoxCloneService::new(layer.layer(inner))
+            }
         }
     }
 
@@ -119,7 +295,11 @@ impl LayerSpec {
             LayerSpec::Timeout { .. }
             | LayerSpec::TotalFallback
             | LayerSpec::TimeoutFallback
-            | LayerSpec::Buffer { .. } => false,
+            | LayerSpec::Buffer { .. }
+            | LayerSpec::Breaker { .. } => false,
+            LayerSpec::Bulkhead { max_wait_ms, .. } | LayerSpec::RateLimit { max_wait_ms, .. } => {
+                *max_wait_ms > 0
+            }
             LayerSpec::Retry { .. } | LayerSpec::Hedge { .. } => true,
         }
     }
@@ -136,7 +316,37 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
             delay_ms,
             max_hedges
         }),
+        breaker_spec(),
+        bulkhead_spec(),
+        rate_limit_spec(),
     ]
+}
+
+fn breaker_spec() -> impl Strategy<Value = LayerSpec> {
+    (2u32..10, 1u32..6, 1u64..400, 1u32..4, 50u64..1_000).prop_map(
+        |(window, min_calls, wait_ms, probes, half_open_ms)| LayerSpec::Breaker {
+            window,
+            min_calls: min_calls.min(window),
+            wait_ms,
+            probes,
+            half_open_ms,
+        },
+    )
+}
+
+fn bulkhead_spec() -> impl Strategy<Value = LayerSpec> {
+    (1usize..6, prop_oneof![Just(0u64), 1u64..200])
+        .prop_map(|(limit, max_wait_ms)| LayerSpec::Bulkhead { limit, max_wait_ms })
+}
+
+fn rate_limit_spec() -> impl Strategy<Value = LayerSpec> {
+    (1u64..50, 1u64..5, prop_oneof![Just(0u64), 1u64..200]).prop_map(
+        |(per_sec, burst, max_wait_ms)| LayerSpec::RateLimit {
+            per_sec,
+            burst,
+            max_wait_ms,
+        },
+    )
 }
 
 fn retry_spec() -> impl Strategy<Value = LayerSpec> {
@@ -153,6 +363,8 @@ fn plain_layer_spec() -> impl Strategy<Value = LayerSpec> {
         Just(LayerSpec::TotalFallback),
         Just(LayerSpec::TimeoutFallback),
         (1usize..64).prop_map(|capacity| LayerSpec::Buffer { capacity }),
+        breaker_spec(),
+        bulkhead_spec(),
     ]
 }
 
@@ -165,10 +377,15 @@ struct Call {
 }
 
 fn call() -> impl Strategy<Value = Call> {
+    call_failing(0.3)
+}
+
+/// Calls that fail with probability `p`.
+fn call_failing(p: f64) -> impl Strategy<Value = Call> {
     (
         0u64..1_000,
         0u64..1_000,
-        prop::bool::weighted(0.3),
+        prop::bool::weighted(p),
         prop::option::weighted(0.2, 0u64..300),
     )
         .prop_map(|(start_ms, work_ms, fail, cancel_after_ms)| Call {
@@ -230,6 +447,8 @@ struct Run {
     in_flight: usize,
     /// Inner calls made in all.
     inner_calls: usize,
+    /// The stack's bulkheads and breakers.
+    observed: Observed,
 }
 
 /// Runs `calls` through the stack in paused time.
@@ -242,9 +461,10 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
     rt.block_on(async {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let inner_calls = Arc::new(AtomicUsize::new(0));
+        let observed = Observed::default();
         let svc = stack.iter().rev().fold(
             inner(in_flight.clone(), inner_calls.clone()),
-            |svc, layer| layer.apply(svc),
+            |svc, layer| layer.apply(svc, &observed),
         );
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -252,18 +472,28 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             let svc = svc.clone();
             tasks.spawn(async move {
                 tokio::time::sleep_until(start + Duration::from_millis(c.start_ms)).await;
-                let t0 = Instant::now();
-                let fut = svc.oneshot(c.req);
+                // A deadline bounds a call from `call`, not the wait for readiness before it.
+                let fut = async move {
+                    let mut svc = svc;
+                    let start = Instant::now();
+                    match svc.ready().await {
+                        Ok(ready) => {
+                            let t0 = Instant::now();
+                            (t0, ready.call(c.req).await)
+                        }
+                        Err(e) => (start, Err(e)),
+                    }
+                };
                 match c.cancel_after_ms {
                     Some(ms) => {
                         let _ = tokio::time::timeout(Duration::from_millis(ms), fut).await;
                         None
                     }
                     None => {
-                        let result = fut.await.map_err(|e| e.to_string());
+                        let (t0, result) = fut.await;
                         Some(Outcome {
                             took: t0.elapsed(),
-                            result,
+                            result: result.map_err(|e| e.to_string()),
                         })
                     }
                 }
@@ -286,6 +516,7 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             outcomes,
             in_flight: in_flight.load(Ordering::SeqCst),
             inner_calls: inner_calls.load(Ordering::SeqCst),
+            observed,
         }
     })
 }
@@ -387,4 +618,146 @@ proptest! {
             ratio_pct
         );
     }
+
+    /// Permits are conserved after quiescence: once every call has settled (cancellations and
+    /// timeouts included), each bulkhead has its full limit available, no call in flight and none
+    /// waiting, and no breaker holds a trial-call slot.
+    #[test]
+    fn permits_are_conserved_after_quiescence(
+        above in prop::collection::vec(layer_spec(), 0..=3),
+        bulkhead in bulkhead_spec(),
+        below in prop::collection::vec(layer_spec(), 0..=2),
+        calls in prop::collection::vec(call(), 1..30),
+    ) {
+        let mut stack = above;
+        stack.push(bulkhead);
+        stack.extend(below);
+        let run = run(&stack, &calls);
+        for b in run.observed.bulkheads.lock().unwrap().iter() {
+            prop_assert_eq!(b.available(), b.limit(), "permits lost");
+            prop_assert_eq!(b.in_flight(), 0);
+            prop_assert_eq!(b.waiting(), 0);
+        }
+        for w in run.observed.breakers.lock().unwrap().iter() {
+            // Slots of trial calls that finished stay taken until the verdict; none may be held
+            // by a call that is no longer running.
+            let snapshot = w.handle.snapshot();
+            prop_assert_eq!(snapshot.probes_in_use, snapshot.probe_results, "probe slot lost");
+        }
+    }
+
+    /// An open breaker lets through at most its probes: no call is admitted while it is Open, and
+    /// while it is HalfOpen the trial calls running at once never exceed `permitted_probes`.
+    #[test]
+    fn an_open_breaker_lets_through_at_most_its_probes(
+        above in prop::collection::vec(layer_spec(), 0..=3),
+        breaker in breaker_spec(),
+        below in prop::collection::vec(layer_spec(), 0..=2),
+        calls in prop::collection::vec(call_failing(0.6), 1..40),
+    ) {
+        let mut stack = above;
+        stack.push(breaker);
+        stack.extend(below);
+        let run = run(&stack, &calls);
+        for w in run.observed.breakers.lock().unwrap().iter() {
+            prop_assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
+            let max = w.max_probes_in_flight.load(Ordering::SeqCst);
+            prop_assert!(max <= w.probes as usize, "{} probes at once, {} permitted", max, w.probes);
+        }
+    }
+}
+
+/// The probe law is not vacuous: a breaker over a failing service does open, half-open and admit
+/// trial calls, and the watch sees them.
+#[test]
+fn the_breaker_watch_sees_trial_calls() {
+    let stack = [LayerSpec::Breaker {
+        window: 4,
+        min_calls: 2,
+        wait_ms: 50,
+        probes: 2,
+        half_open_ms: 500,
+    }];
+    let calls: Vec<Call> = (0..40)
+        .map(|i| Call {
+            start_ms: i * 20,
+            req: Req {
+                work_ms: 30,
+                fail: true,
+                deadline: None,
+            },
+            cancel_after_ms: None,
+        })
+        .collect();
+    let run = run(&stack, &calls);
+    let breakers = run.observed.breakers.lock().unwrap();
+    let w = &breakers[0];
+    assert!(w.probes_admitted.load(Ordering::SeqCst) >= 2);
+    assert_eq!(w.max_probes_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
+    assert!(
+        run.inner_calls < calls.len(),
+        "the open breaker rejected calls"
+    );
+}
+
+/// The permits law is not vacuous: a full bulkhead rejects, and a cancelled waiter gives its
+/// place back.
+#[test]
+fn the_bulkhead_is_full_under_load_and_drains() {
+    let stack = [
+        LayerSpec::TotalFallback,
+        LayerSpec::Bulkhead {
+            limit: 2,
+            max_wait_ms: 100,
+        },
+    ];
+    let calls: Vec<Call> = (0..10)
+        .map(|i| Call {
+            start_ms: 0,
+            req: Req {
+                work_ms: 500,
+                fail: false,
+                deadline: None,
+            },
+            cancel_after_ms: (i % 3 == 0).then_some(50),
+        })
+        .collect();
+    let run = run(&stack, &calls);
+    // Two calls take the permits; a waiter takes the one a cancelled call gives back at 50 ms.
+    assert_eq!(run.inner_calls, 3);
+    assert!(run.outcomes.iter().any(|o| o.result == Ok(FALLBACK)));
+    let bulkheads = run.observed.bulkheads.lock().unwrap();
+    assert_eq!(bulkheads[0].available(), 2);
+}
+
+/// Found by `nothing_hangs_and_nothing_leaks`: a hedge whose budget ran out while its service was
+/// ready kept a `Buffer` slot that the retry under it needed, and both waited for ever.
+#[test]
+fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
+    let stack = [
+        LayerSpec::Hedge {
+            delay_ms: 1,
+            max_hedges: 1,
+        },
+        LayerSpec::Retry {
+            max_attempts: 2,
+            ratio_pct: 12,
+        },
+        LayerSpec::Buffer { capacity: 1 },
+    ];
+    let calls: Vec<Call> = (0..9)
+        .map(|i| Call {
+            start_ms: 0,
+            req: Req {
+                work_ms: 0,
+                fail: i == 8,
+                deadline: None,
+            },
+            cancel_after_ms: None,
+        })
+        .collect();
+    let run = run(&stack, &calls);
+    assert_eq!(run.outcomes.len(), 9);
+    assert_eq!(run.in_flight, 0);
 }

@@ -1,0 +1,736 @@
+//! The canonical client stack in one builder.
+//!
+//! [`ClientStack::builder`] assembles, over a discovery stream of endpoint services, the stack
+//! seawall recommends for calling a dependency, outer to inner:
+//!
+//! ```text
+//! fallback → timeout (total) → retry (budgeted) → breaker (dependency) → bulkhead (dependency)
+//!   → balance → per endpoint: breaker (BreakerFilter) → timeout (per try) → endpoint service
+//! ```
+//!
+//! - the **fallback** sees every failure of the layers under it: a timeout, an exhausted retry
+//!   budget, an open breaker, a full bulkhead, no endpoint;
+//! - the **total timeout** bounds the whole call, retries and backoff included, and writes the
+//!   deadline on the request so the retry does not start an attempt it cannot finish and the
+//!   per-try timeout never outlives it;
+//! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
+//!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
+//!   an open breaker fails retries at once, without load on the dependency;
+//! - the **breaker** and **bulkhead** protect the dependency as a whole, over all its endpoints;
+//! - the **balancer** skips endpoints that outlier detection ejected or whose own breaker is open;
+//! - the **per-endpoint breaker** counts one endpoint's failures, per-try timeouts included,
+//!   and takes the endpoint out of the pick while it is open;
+//! - the **per-try timeout** bounds one attempt on one endpoint.
+//!
+//! `docs/composition.md` in the repository explains what each reordering does.
+//!
+//! # Defaults
+//!
+//! The builder starts from a standard stack, after Polly's standard resilience pipeline; every
+//! piece can be replaced with a layer of your own, and every piece but the balancer removed.
+//!
+//! | piece | default | set with | remove with |
+//! |---|---|---|---|
+//! | fallback | none | [`fallback`](ClientStackBuilder::fallback) | — |
+//! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) |
+//! | retry | [`RetryLayer::new`]: 3 attempts, exponential backoff, 20 % budget | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | breaker | [`BreakerLayer::new`] | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
+//! | bulkhead | 1000 calls at once, no wait | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
+//! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection | [`balance`](ClientStackBuilder::balance) | — |
+//! | per-endpoint breakers | none | [`endpoint_breakers`](ClientStackBuilder::endpoint_breakers) | — |
+//! | per-try timeout | 10 s | [`per_try_timeout`](ClientStackBuilder::per_try_timeout) | [`without_per_try_timeout`](ClientStackBuilder::without_per_try_timeout) |
+//!
+//! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
+//! than the total one is an error) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
+//! clone sharing the one set of policies. The request type implements
+//! [`RequestDeadline`] (done for `http::Request`), so the timeouts
+//! and the retry agree on the deadline.
+//!
+//! # Example
+//!
+//! ```
+//! use seawall::{
+//!     balance::{BalanceLayer, Picker},
+//!     breaker::{BreakerConfig, BreakerSet, Open},
+//!     fallback::FallbackLayer,
+//!     retry::{RetryBudget, RetryLayer},
+//!     stack::ClientStack,
+//! };
+//! use std::{net::SocketAddr, time::Duration};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[cfg(feature = "discover")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), seawall::BoxError> {
+//! // One service per address (`discover` feature); a real client binds a hyper client to it.
+//! let addrs: Vec<SocketAddr> = vec!["10.0.0.1:80".parse()?, "10.0.0.2:80".parse()?];
+//! let endpoints = seawall::discover::from_list(addrs, |addr: &SocketAddr| {
+//!     let port = addr.port();
+//!     service_fn(move |_req: http::Request<()>| async move {
+//!         Ok::<_, seawall::BoxError>(http::Response::new(format!("from {port}")))
+//!     })
+//! });
+//!
+//! let client = ClientStack::builder()
+//!     .fallback(
+//!         FallbackLayer::builder()
+//!             .on_error_type::<Open>()
+//!             .build_fn(|_failed| Ok(http::Response::new("cached".to_string())))?,
+//!     )
+//!     .timeout(Duration::from_secs(2))
+//!     .retry(
+//!         RetryLayer::builder()
+//!             .http()
+//!             .budget(RetryBudget::builder().ratio(0.1).build()?)
+//!             .name("users-api")
+//!             .build()?,
+//!     )
+//!     .balance(BalanceLayer::builder().name("users-api").picker(Picker::RoundRobin))
+//!     .endpoint_breakers(BreakerSet::new(
+//!         BreakerConfig::builder().name("users-api-endpoint").build_config()?,
+//!         1024,
+//!     )?)
+//!     .per_try_timeout(Duration::from_millis(500))
+//!     .build(endpoints)?;
+//!
+//! let response = client.oneshot(http::Request::get("/users/7").body(())?).await?;
+//! assert!(response.body().starts_with("from 80"));
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "discover"))]
+//! # fn main() {}
+//! ```
+
+use crate::{
+    balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
+    breaker::{Breaker, BreakerLayer, BreakerSet},
+    bulkhead::BulkheadLayer,
+    core::{BoxError, ConfigError, RequestDeadline},
+    retry::RetryLayer,
+    timeout::{Timeout, TimeoutLayer},
+};
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tower::{
+    discover::{Change, Discover},
+    layer::util::{Identity, Stack},
+    util::{BoxCloneSyncService, Either},
+    Layer, Service, ServiceBuilder,
+};
+
+/// The default total timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default per-try timeout.
+pub const DEFAULT_PER_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default bulkhead limit: calls in flight to the dependency at once.
+pub const DEFAULT_BULKHEAD_LIMIT: usize = 1000;
+
+// ===== ClientStack =====
+
+/// The canonical client stack, built by [`ClientStack::builder`].
+///
+/// `Clone + Send + Sync`: every clone shares the stack's policies (budget, breakers, permits,
+/// endpoint set). It is ready when its outer layers are; rejections (open breaker, full bulkhead,
+/// no endpoint, exhausted budget, timeout) come from the response future as errors.
+pub struct ClientStack<Req, Res> {
+    inner: BoxCloneSyncService<Req, Res, BoxError>,
+}
+
+impl ClientStack<(), ()> {
+    /// Starts a builder with the standard stack; see the [module docs](self).
+    pub fn builder() -> ClientStackBuilder {
+        ClientStackBuilder::new()
+    }
+}
+
+impl<Req, Res> Clone for ClientStack<Req, Res> {
+    fn clone(&self) -> Self {
+        ClientStack {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<Req, Res> Service<Req> for ClientStack<Req, Res> {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = <BoxCloneSyncService<Req, Res, BoxError> as Service<Req>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+impl<Req, Res> fmt::Debug for ClientStack<Req, Res> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStack").finish_non_exhaustive()
+    }
+}
+
+// ===== ClientStackBuilder =====
+
+/// Builds a [`ClientStack`]; see the [module docs](self) for the order, the defaults and an
+/// example.
+///
+/// The type parameters are the pieces' layer types, [`Identity`] for a piece left out: the
+/// fallback, the total timeout, the retry, the dependency breaker, the bulkhead, the balancer's
+/// configuration and the per-endpoint breakers ([`NoEndpointBreakers`] or a [`BreakerSet`]). A
+/// piece left out costs nothing: it is not in the stack's type.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClientStackBuilder<
+    Fb = Identity,
+    To = TimeoutLayer,
+    Rt = RetryLayer,
+    Br = BreakerLayer,
+    Bh = BulkheadLayer,
+    Ba = BalanceConfigBuilder,
+    Eb = NoEndpointBreakers,
+> {
+    fallback: Fb,
+    timeout: To,
+    /// The total timeout's duration, to check the per-try timeout against.
+    total: Option<Duration>,
+    retry: Rt,
+    breaker: Br,
+    bulkhead: Bh,
+    balance: Ba,
+    endpoint_breakers: Eb,
+    per_try_timeout: Option<TimeoutLayer>,
+}
+
+impl ClientStackBuilder {
+    /// The standard stack: see the defaults in the [module docs](self).
+    pub fn new() -> Self {
+        ClientStackBuilder {
+            fallback: Identity::new(),
+            timeout: TimeoutLayer::new(DEFAULT_TIMEOUT),
+            total: Some(DEFAULT_TIMEOUT),
+            retry: RetryLayer::new(),
+            breaker: BreakerLayer::new(),
+            bulkhead: BulkheadLayer::builder()
+                .max_concurrent(DEFAULT_BULKHEAD_LIMIT)
+                .build()
+                .expect("the default bulkhead is valid"),
+            balance: BalanceLayer::builder(),
+            endpoint_breakers: NoEndpointBreakers,
+            per_try_timeout: Some(TimeoutLayer::new(DEFAULT_PER_TRY_TIMEOUT)),
+        }
+    }
+}
+
+impl Default for ClientStackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> {
+    /// The outermost piece: a [`FallbackLayer`](crate::fallback::FallbackLayer) answering the
+    /// failures it is built to handle (an open breaker, a timeout, anything).
+    pub fn fallback<F2>(self, fallback: F2) -> ClientStackBuilder<F2, To, Rt, Br, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The total timeout: a `Duration` or a [`TimeoutLayer`]. It bounds the whole call, retries
+    /// included.
+    pub fn timeout(
+        self,
+        timeout: impl Into<TimeoutLayer>,
+    ) -> ClientStackBuilder<Fb, TimeoutLayer, Rt, Br, Bh, Ba, Eb> {
+        let layer: TimeoutLayer = timeout.into();
+        let duration = layer.timeout();
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: layer,
+            total: Some(duration),
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// No total timeout.
+    pub fn without_timeout(self) -> ClientStackBuilder<Fb, Identity, Rt, Br, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: Identity::new(),
+            total: None,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The retry layer. Share its [`RetryBudget`](crate::retry::RetryBudget) with every other
+    /// client of the same dependency.
+    pub fn retry<R2>(self, retry: R2) -> ClientStackBuilder<Fb, To, R2, Br, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// No retries.
+    pub fn without_retry(self) -> ClientStackBuilder<Fb, To, Identity, Br, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: Identity::new(),
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The circuit breaker of the dependency as a whole.
+    pub fn breaker<B2>(self, breaker: B2) -> ClientStackBuilder<Fb, To, Rt, B2, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// No dependency breaker (per-endpoint breakers and outlier ejection still act).
+    pub fn without_breaker(self) -> ClientStackBuilder<Fb, To, Rt, Identity, Bh, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: Identity::new(),
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The bulkhead of the dependency: at most so many calls (attempts) in flight to it.
+    pub fn bulkhead<H2>(self, bulkhead: H2) -> ClientStackBuilder<Fb, To, Rt, Br, H2, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead,
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// No bulkhead.
+    pub fn without_bulkhead(self) -> ClientStackBuilder<Fb, To, Rt, Br, Identity, Ba, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: Identity::new(),
+            balance: self.balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The balancer's configuration: `BalanceLayer::builder()` with your picker, outlier
+    /// detection, name. It is validated by [`build`](Self::build); its availability filter is
+    /// the stack's (the per-endpoint breakers).
+    pub fn balance<C, H, P>(
+        self,
+        balance: BalanceConfigBuilder<C, H, P>,
+    ) -> ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<C, H, P>, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// A circuit breaker per endpoint, taken from `breakers` by the endpoint's key when discovery
+    /// adds it; the balancer skips an endpoint while its breaker is open
+    /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
+    pub fn endpoint_breakers<K, C>(
+        self,
+        breakers: BreakerSet<K, C>,
+    ) -> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, BreakerSet<K, C>> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            balance: self.balance,
+            endpoint_breakers: breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// The timeout of one attempt on one endpoint: a `Duration` or a [`TimeoutLayer`]. It is
+    /// capped by the total timeout's deadline.
+    pub fn per_try_timeout(mut self, timeout: impl Into<TimeoutLayer>) -> Self {
+        self.per_try_timeout = Some(timeout.into());
+        self
+    }
+
+    /// No per-try timeout.
+    pub fn without_per_try_timeout(mut self) -> Self {
+        self.per_try_timeout = None;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let (Some(total), Some(per_try)) = (self.total, &self.per_try_timeout) {
+            if per_try.timeout() > total {
+                return Err(ConfigError::conflict(
+                    "per_try_timeout",
+                    format!(
+                        "must not exceed timeout ({total:?}), got {:?}",
+                        per_try.timeout()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layers above the balancer, outer to inner: fallback, total timeout, retry, breaker,
+/// bulkhead.
+pub type UpperLayers<Fb, To, Rt, Br, Bh> =
+    Stack<Bh, Stack<Br, Stack<Rt, Stack<To, Stack<Fb, Identity>>>>>;
+
+impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
+    ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<LC, LH, LP>, Eb>
+{
+    /// Validates the pieces and builds the stack over `discover`, a stream of endpoint services
+    /// (for example [`discover::from_list`](crate::discover) or a `tower::discover::ServiceList`).
+    ///
+    /// Must be called inside a Tokio runtime: the balancer runs a task that applies discovery
+    /// changes even while no calls arrive.
+    pub fn build<D, Req, Res>(self, discover: D) -> Result<ClientStack<Req, Res>, ConfigError>
+    where
+        D: Discover,
+        Eb: EndpointBreakers<D, LC, LH, LP>,
+        UpperLayers<Fb, To, Rt, Br, Bh>: Layer<Eb::Balanced>,
+        <UpperLayers<Fb, To, Rt, Br, Bh> as Layer<Eb::Balanced>>::Service:
+            Service<Req, Response = Res, Error = BoxError> + Clone + Send + Sync + 'static,
+        <<UpperLayers<Fb, To, Rt, Br, Bh> as Layer<Eb::Balanced>>::Service as Service<Req>>::Future:
+            Send + 'static,
+    {
+        self.validate()?;
+        let balanced =
+            self.endpoint_breakers
+                .balance(self.balance, self.per_try_timeout, discover)?;
+        let upper = ServiceBuilder::new()
+            .layer(self.fallback)
+            .layer(self.timeout)
+            .layer(self.retry)
+            .layer(self.breaker)
+            .layer(self.bulkhead)
+            .into_inner();
+        Ok(ClientStack {
+            inner: BoxCloneSyncService::new(upper.layer(balanced)),
+        })
+    }
+}
+
+impl<Fb, To, Rt, Br, Bh, Ba, Eb> fmt::Debug for ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb>
+where
+    To: fmt::Debug,
+    Rt: fmt::Debug,
+    Br: fmt::Debug,
+    Bh: fmt::Debug,
+    Eb: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStackBuilder")
+            .field("fallback", &std::any::type_name::<Fb>())
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("endpoint_breakers", &self.endpoint_breakers)
+            .field("per_try_timeout", &self.per_try_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== per-endpoint pieces =====
+
+/// No per-endpoint breakers (the default): the balancer's outlier ejection alone watches
+/// endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEndpointBreakers;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::NoEndpointBreakers {}
+    impl<K, C> Sealed for crate::breaker::BreakerSet<K, C> {}
+}
+
+/// What wraps each discovered endpoint and builds the balancer over them: [`NoEndpointBreakers`]
+/// or a [`BreakerSet`]. Sealed.
+pub trait EndpointBreakers<D: Discover, C, H, P>: sealed::Sealed {
+    /// The balancer over the wrapped endpoints.
+    type Balanced;
+
+    /// Wraps each endpoint `discover` yields in the per-try timeout (and breaker), and starts
+    /// the balancer over them.
+    fn balance(
+        self,
+        config: BalanceConfigBuilder<C, H, P>,
+        per_try: Option<TimeoutLayer>,
+        discover: D,
+    ) -> Result<Self::Balanced, ConfigError>;
+}
+
+impl<D, C, H, P> EndpointBreakers<D, C, H, P> for NoEndpointBreakers
+where
+    D: Discover + Send + 'static,
+    D::Key: Key,
+    D::Service: Clone + Send + Sync + 'static,
+    D::Error: fmt::Display,
+    C: Clone + Send + Sync + 'static,
+    H: Clone,
+    P: Probe<D::Key, PerTry<D::Service>>,
+{
+    type Balanced = Balance<D::Key, PerTry<D::Service>, C, H>;
+
+    fn balance(
+        self,
+        config: BalanceConfigBuilder<C, H, P>,
+        per_try: Option<TimeoutLayer>,
+        discover: D,
+    ) -> Result<Self::Balanced, ConfigError> {
+        let layer = config.build()?;
+        Ok(
+            layer.layer(MapEndpoints::new(discover, move |_key, service| {
+                PerTry::new(service, per_try.as_ref())
+            })),
+        )
+    }
+}
+
+impl<D, C, H, P, BC> EndpointBreakers<D, C, H, P> for BreakerSet<D::Key, BC>
+where
+    D: Discover + Send + 'static,
+    D::Key: Key,
+    D::Service: Clone + Send + Sync + 'static,
+    D::Error: fmt::Display,
+    C: Clone + Send + Sync + 'static,
+    H: Clone,
+    P: Probe<D::Key, Breaker<PerTry<D::Service>, BC>>,
+    BC: Clone + Send + Sync + 'static,
+{
+    type Balanced = Balance<D::Key, Breaker<PerTry<D::Service>, BC>, C, H>;
+
+    fn balance(
+        self,
+        config: BalanceConfigBuilder<C, H, P>,
+        per_try: Option<TimeoutLayer>,
+        discover: D,
+    ) -> Result<Self::Balanced, ConfigError> {
+        let layer = config.filter(BreakerFilter).build()?;
+        Ok(
+            layer.layer(MapEndpoints::new(discover, move |key, service| {
+                self.get(key).layer(PerTry::new(service, per_try.as_ref()))
+            })),
+        )
+    }
+}
+
+/// A discovery stream whose inserted services are wrapped by `wrap`.
+struct MapEndpoints<D, F> {
+    discover: Pin<Box<D>>,
+    wrap: F,
+}
+
+impl<D, F> MapEndpoints<D, F> {
+    fn new<S2>(discover: D, wrap: F) -> Self
+    where
+        D: Discover,
+        F: FnMut(&D::Key, D::Service) -> S2,
+    {
+        MapEndpoints {
+            discover: Box::pin(discover),
+            wrap,
+        }
+    }
+}
+
+impl<D, F, S2> Stream for MapEndpoints<D, F>
+where
+    D: Discover,
+    F: FnMut(&D::Key, D::Service) -> S2 + Unpin,
+{
+    type Item = Result<Change<D::Key, S2>, D::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let change = match this.discover.as_mut().poll_discover(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(change))) => change,
+        };
+        Poll::Ready(Some(Ok(match change {
+            Change::Insert(key, service) => {
+                let service = (this.wrap)(&key, service);
+                Change::Insert(key, service)
+            }
+            Change::Remove(key) => Change::Remove(key),
+        })))
+    }
+}
+
+/// One endpoint's service under its per-try timeout, if the stack has one.
+#[derive(Clone, Debug)]
+pub struct PerTry<S> {
+    inner: Either<Timeout<S>, S>,
+}
+
+impl<S> PerTry<S> {
+    fn new(service: S, timeout: Option<&TimeoutLayer>) -> Self {
+        PerTry {
+            inner: match timeout {
+                Some(layer) => Either::Left(layer.layer(service)),
+                None => Either::Right(service),
+            },
+        }
+    }
+
+    /// The endpoint's service.
+    pub fn get_ref(&self) -> &S {
+        match &self.inner {
+            Either::Left(timeout) => timeout.get_ref(),
+            Either::Right(service) => service,
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for PerTry<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: RequestDeadline,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = PerTryFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.inner {
+            Either::Left(timeout) => timeout.poll_ready(cx),
+            Either::Right(service) => service.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        PerTryFuture {
+            kind: match &mut self.inner {
+                Either::Left(timeout) => Kind::Timed {
+                    future: timeout.call(req),
+                },
+                Either::Right(service) => Kind::Plain {
+                    future: service.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`PerTry`].
+    pub struct PerTryFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Timed { #[pin] future: crate::timeout::ResponseFuture<F> },
+        Plain { #[pin] future: F },
+    }
+}
+
+impl<F, T, E> Future for PerTryFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Timed { future } => future.poll(cx),
+            KindProj::Plain { future } => future.poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+impl<F> fmt::Debug for PerTryFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerTryFuture").finish_non_exhaustive()
+    }
+}

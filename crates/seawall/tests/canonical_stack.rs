@@ -1,0 +1,394 @@
+//! The canonical client stack from `ClientStack::builder()`, over in-process endpoints in paused
+//! time: one endpoint fails every call, one is slow, the others are healthy.
+
+use seawall::{
+    balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, SlidingWindow, State},
+    bulkhead::{BulkheadLayer, Full},
+    core::{error::is, BoxError, RequestDeadline},
+    discover,
+    fallback::FallbackLayer,
+    retry::{RetryBudget, RetryEvent, RetryLayer},
+    stack::ClientStack,
+    timeout::Elapsed,
+};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{service_fn, Service, ServiceExt};
+
+#[derive(Debug, Clone, Default)]
+struct Req {
+    deadline: Option<Instant>,
+}
+
+impl RequestDeadline for Req {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// Calls each endpoint received, by key.
+#[derive(Clone, Default)]
+struct Calls(
+    Arc<Mutex<HashMap<&'static str, usize>>>,
+    /// Calls that reached an endpoint without a deadline on the request.
+    Arc<AtomicUsize>,
+);
+
+impl Calls {
+    fn get(&self, key: &str) -> usize {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+    fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+/// `bad` fails at once, `slow` answers after 5 s, every other key answers at once.
+fn endpoints(
+    keys: &[&'static str],
+    calls: &Calls,
+) -> discover::Discovery<&'static str, tower::util::BoxCloneSyncService<Req, &'static str, BoxError>>
+{
+    let calls = calls.clone();
+    discover::from_list(keys.to_vec(), move |key: &&'static str| {
+        let key = *key;
+        let calls = calls.clone();
+        tower::util::BoxCloneSyncService::new(service_fn(move |req: Req| {
+            *calls.0.lock().unwrap().entry(key).or_default() += 1;
+            if req.deadline.is_none() {
+                calls.1.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                match key {
+                    "bad" => Err::<_, BoxError>("connection reset".into()),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        Ok(key)
+                    }
+                    _ => Ok(key),
+                }
+            }
+        }))
+    })
+}
+
+fn endpoint_breakers() -> BreakerSet<&'static str> {
+    BreakerSet::new(
+        BreakerConfig::builder()
+            .name("endpoint")
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_calls(3)
+            .wait_duration(Duration::from_secs(60))
+            .jitter(0.0)
+            .build_config()
+            .unwrap(),
+        16,
+    )
+    .unwrap()
+}
+
+fn retry_counter() -> (RetryLayer, Arc<AtomicUsize>) {
+    let retries = Arc::new(AtomicUsize::new(0));
+    let seen = retries.clone();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .budget(RetryBudget::unlimited())
+        .seed(1)
+        .on_event(move |_: &seawall::Name, event: &RetryEvent| {
+            if matches!(event, RetryEvent::Retry { .. }) {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    (layer, retries)
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_succeed_while_one_endpoint_fails_and_one_is_slow() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let (retry, retries) = retry_counter();
+    let dependency = BreakerLayer::new();
+    let dependency_state = dependency.handle();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(2))
+        .retry(retry)
+        .breaker(dependency)
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled())
+                .seed(3),
+        )
+        .endpoint_breakers(breakers.clone())
+        .per_try_timeout(Duration::from_millis(200))
+        .build(endpoints(&["good-1", "bad", "slow", "good-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    for i in 0..200 {
+        let answer = client.clone().oneshot(Req::default()).await;
+        assert!(
+            matches!(answer, Ok("good-1" | "good-2")),
+            "call {i}: {answer:?}"
+        );
+    }
+    // The per-endpoint breakers opened on the failing endpoint and on the slow one (its per-try
+    // timeouts count as failures), and the balancer skipped them from then on.
+    assert_eq!(breakers.handle(&"bad").unwrap().state(), State::Open);
+    assert_eq!(breakers.handle(&"slow").unwrap().state(), State::Open);
+    assert_eq!(breakers.handle(&"good-1").unwrap().state(), State::Closed);
+    // The retry re-picked healthy endpoints: the dependency as a whole looks healthy.
+    assert_eq!(dependency_state.state(), State::Closed);
+    assert!(calls.get("bad") <= 3, "bad called {}", calls.get("bad"));
+    assert!(calls.get("slow") <= 3, "slow called {}", calls.get("slow"));
+    // The failed attempts were retried on another endpoint.
+    let r = retries.load(Ordering::SeqCst);
+    assert!((1..=6).contains(&r), "{r} retries");
+    assert_eq!(calls.total(), 200 + r);
+    assert_eq!(
+        calls.1.load(Ordering::SeqCst),
+        0,
+        "the total timeout writes the deadline every attempt carries"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_detection_ejects_the_failing_endpoint() {
+    let calls = Calls::default();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let client = ClientStack::builder()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection {
+                    consecutive_failures: Some(3),
+                    max_ejection_percent: 0.5,
+                    ..OutlierDetection::default()
+                })
+                .on_event(move |_: &seawall::Name, e: &BalanceEvent| {
+                    seen.lock().unwrap().push(e.clone())
+                })
+                .seed(3),
+        )
+        .build(endpoints(&["good-1", "bad", "good-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    for i in 0..100 {
+        let answer = client.clone().oneshot(Req::default()).await;
+        assert!(answer.is_ok(), "call {i}: {answer:?}");
+    }
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, BalanceEvent::Ejected { key, .. } if key == "\"bad\"")));
+    assert_eq!(calls.get("bad"), 3, "ejected after three failures in a row");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fallback_sees_breaker_rejections() {
+    let calls = Calls::default();
+    let breaker = BreakerLayer::new();
+    let handle = breaker.handle();
+    let client = ClientStack::builder()
+        .fallback(
+            FallbackLayer::builder()
+                .on_error_type::<Open>()
+                .build_fn(|_failed| Ok("fallback"))
+                .unwrap(),
+        )
+        .breaker(breaker)
+        .without_retry()
+        .build(endpoints(&["good-1"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    assert_eq!(
+        client.clone().oneshot(Req::default()).await.unwrap(),
+        "good-1"
+    );
+    handle.force_open();
+    assert_eq!(
+        client.clone().oneshot(Req::default()).await.unwrap(),
+        "fallback"
+    );
+    assert_eq!(
+        calls.total(),
+        1,
+        "an open breaker does not call the endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_sees_every_attempt_of_the_retry_above_it() {
+    let calls = Calls::default();
+    let breaker = BreakerLayer::builder()
+        .sliding_window(SlidingWindow::count(20))
+        .minimum_calls(6)
+        .failure_rate_threshold(0.5)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let (retry, _) = retry_counter();
+    let client = ClientStack::builder()
+        .retry(retry)
+        .breaker(breaker)
+        .balance(BalanceLayer::builder().outlier_detection(OutlierDetection::disabled()))
+        .build(endpoints(&["bad"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    for _ in 0..2 {
+        assert!(client.clone().oneshot(Req::default()).await.is_err());
+    }
+    // Two calls of three attempts each: six failures, enough to open.
+    assert_eq!(calls.get("bad"), 6);
+    assert_eq!(handle.state(), State::Open);
+    let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Open>(&*err), "{err}");
+    assert_eq!(
+        calls.get("bad"),
+        6,
+        "open: retries fail at once, without load"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_timeout_bounds_the_retries() {
+    let calls = Calls::default();
+    let retry = RetryLayer::builder()
+        .max_attempts(50)
+        .budget(RetryBudget::unlimited())
+        .seed(1)
+        .build()
+        .unwrap();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(1))
+        .retry(retry)
+        .without_breaker()
+        .balance(BalanceLayer::builder().outlier_detection(OutlierDetection::disabled()))
+        .per_try_timeout(Duration::from_millis(300))
+        .build(endpoints(&["slow"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let start = Instant::now();
+    let err = client.oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Elapsed>(&*err), "{err}");
+    assert!(
+        start.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let attempts = calls.get("slow");
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bulkhead_bounds_attempts_in_flight() {
+    let calls = Calls::default();
+    let bulkhead = BulkheadLayer::builder().max_concurrent(2).build().unwrap();
+    let permits = bulkhead.handle();
+    let client = ClientStack::builder()
+        .bulkhead(bulkhead)
+        .without_retry()
+        .per_try_timeout(Duration::from_secs(10))
+        .build(endpoints(&["slow"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let running: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(client.clone().oneshot(Req::default())))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(permits.in_flight(), 2);
+    let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Full>(&*err), "{err}");
+    for r in running {
+        assert_eq!(r.await.unwrap().unwrap(), "slow");
+    }
+    assert_eq!(permits.available(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_standard_stack_works_unchanged() {
+    let calls = Calls::default();
+    let mut client = ClientStack::builder()
+        .build(endpoints(&["good-1", "good-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..10 {
+        let answer = client.ready().await.unwrap().call(Req::default()).await;
+        assert!(answer.is_ok());
+    }
+    assert_eq!(calls.total(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn build_checks_that_the_pieces_agree() {
+    let calls = Calls::default();
+    let err = ClientStack::builder()
+        .timeout(Duration::from_secs(1))
+        .per_try_timeout(Duration::from_secs(2))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "per_try_timeout");
+
+    let err = ClientStack::builder()
+        .balance(BalanceLayer::builder().panic_threshold(2.0))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "panic_threshold");
+}
+
+#[test]
+fn stack_is_clone_send_sync() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    fn future<T: Send + 'static>() {}
+    check::<ClientStack<Req, &'static str>>();
+    future::<<ClientStack<Req, &'static str> as Service<Req>>::Future>();
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_piece_but_the_balancer_can_be_left_out() {
+    let calls = Calls::default();
+    let client = ClientStack::builder()
+        .without_timeout()
+        .without_retry()
+        .without_breaker()
+        .without_bulkhead()
+        .without_per_try_timeout()
+        .build(endpoints(&["good-1", "bad"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let mut failures = 0;
+    for _ in 0..10 {
+        if client.clone().oneshot(Req::default()).await.is_err() {
+            failures += 1;
+        }
+    }
+    // No retry: the calls the balancer sent to the failing endpoint fail.
+    assert!(failures > 0);
+    assert_eq!(calls.total(), 10);
+    assert_eq!(
+        calls.1.load(Ordering::SeqCst),
+        10,
+        "no timeout, no deadline"
+    );
+}
