@@ -20,7 +20,6 @@ use std::{
     convert::Infallible,
     future::{ready, Ready},
     hint::black_box,
-    task::{Context, Poll, Waker},
     time::Duration,
 };
 use tower::{
@@ -40,20 +39,6 @@ fn endpoint() -> Endpoint {
 
 fn endpoints() -> Vec<Endpoint> {
     (0..ENDPOINTS).map(|_| endpoint()).collect()
-}
-
-/// poll_ready, call, and the response future polled once: what one call through a balancer costs.
-fn call<S>(svc: &mut S, req: u64) -> u64
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("balancer not ready"),
-    }
-    support::now_or_never(svc.call(req)).unwrap()
 }
 
 fn seawall(
@@ -107,48 +92,48 @@ fn bench(c: &mut Criterion) {
             .collect::<Vec<_>>(),
     ));
     // Warm up tower's balancers (they take in the endpoint list on their first poll_ready).
-    call(&mut tower_p2c, 0);
-    call(&mut tower_ewma, 0);
+    support::call_ok(&mut tower_p2c, 0);
+    support::call_ok(&mut tower_ewma, 0);
 
     let mut group = c.benchmark_group("balance/p2c_outstanding");
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_p2c, black_box(1))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_p2c, black_box(1))))
     });
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call(&mut tower_p2c, black_box(1))))
+        b.iter(|| black_box(support::call_ok(&mut tower_p2c, black_box(1))))
     });
     group.finish();
 
     let mut group = c.benchmark_group("balance/p2c_peak_ewma");
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_ewma, black_box(1))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_ewma, black_box(1))))
     });
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call(&mut tower_ewma, black_box(1))))
+        b.iter(|| black_box(support::call_ok(&mut tower_ewma, black_box(1))))
     });
     group.finish();
 
     let mut group = c.benchmark_group("balance/round_robin");
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_rr, black_box(1))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_rr, black_box(1))))
     });
     group.finish();
 
     let calls = 10_000;
     support::report_allocs("balance/p2c_outstanding", "seawall", calls, || {
-        call(&mut seawall_p2c, 1);
+        support::call_ok(&mut seawall_p2c, 1);
     });
     support::report_allocs("balance/p2c_outstanding", "tower", calls, || {
-        call(&mut tower_p2c, 1);
+        support::call_ok(&mut tower_p2c, 1);
     });
     support::report_allocs("balance/p2c_peak_ewma", "seawall", calls, || {
-        call(&mut seawall_ewma, 1);
+        support::call_ok(&mut seawall_ewma, 1);
     });
     support::report_allocs("balance/p2c_peak_ewma", "tower", calls, || {
-        call(&mut tower_ewma, 1);
+        support::call_ok(&mut tower_ewma, 1);
     });
     support::report_allocs("balance/round_robin", "seawall", calls, || {
-        call(&mut seawall_rr, 1);
+        support::call_ok(&mut seawall_rr, 1);
     });
 }
 

@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use failsafe::futures::CircuitBreaker as _;
 use seawall::breaker::{BreakerLayer, State};
 use std::{
-    future::{poll_fn, ready, Ready},
+    future::{ready, Ready},
     hint::black_box,
     io,
     sync::Barrier,
@@ -37,14 +37,6 @@ fn inner() -> impl Service<u32, Response = u32, Error = io::Error, Future = Read
             x => Ok(x),
         })
     })
-}
-
-/// One call through a tower service: `poll_ready`, then the response future, both ready at once
-/// (spinning on the rare contended lock of a competitor).
-#[inline]
-fn call<S: Service<u32>>(svc: &mut S, req: u32) -> Result<S::Response, S::Error> {
-    support::poll_until_ready(poll_fn(|cx| svc.poll_ready(cx)))?;
-    support::poll_until_ready(svc.call(req))
 }
 
 fn seawall_layer() -> BreakerLayer {
@@ -90,13 +82,13 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("breaker/closed");
     group.bench_function("no breaker", |b| {
-        b.iter(|| call(&mut bare, black_box(1)).unwrap())
+        b.iter(|| support::call(&mut bare, black_box(1)).unwrap())
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| call(&mut seawall_svc, black_box(1)).unwrap())
+        b.iter(|| support::call(&mut seawall_svc, black_box(1)).unwrap())
     });
     group.bench_function("tower-resilience", |b| {
-        b.iter(|| call(&mut tr_svc, black_box(1)).unwrap())
+        b.iter(|| support::call(&mut tr_svc, black_box(1)).unwrap())
     });
     group.bench_function("failsafe", |b| {
         b.iter(|| support::now_or_never(failsafe.call(plain.call(black_box(1)))).unwrap())
@@ -113,14 +105,14 @@ fn bench(c: &mut Criterion) {
     let failsafe_open = failsafe_breaker();
     let recloser_open = recloser_breaker();
     for _ in 0..200 {
-        let _ = call(&mut seawall_open, 0);
-        let _ = call(&mut tr_open, 0);
+        let _ = support::call(&mut seawall_open, 0);
+        let _ = support::call(&mut tr_open, 0);
         let _ = support::now_or_never(failsafe_open.call(plain.call(0)));
         let _ = support::now_or_never(recloser_open.call(plain.call(0)));
     }
     assert_eq!(seawall_open.handle().state(), State::Open);
     assert!(matches!(
-        call(&mut tr_open, 1),
+        support::call(&mut tr_open, 1),
         Err(tower_resilience_circuitbreaker::CircuitBreakerError::OpenCircuit)
     ));
     assert!(matches!(
@@ -134,10 +126,10 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("breaker/open");
     group.bench_function("seawall", |b| {
-        b.iter(|| call(&mut seawall_open, black_box(1)).unwrap_err())
+        b.iter(|| support::call(&mut seawall_open, black_box(1)).unwrap_err())
     });
     group.bench_function("tower-resilience", |b| {
-        b.iter(|| call(&mut tr_open, black_box(1)).unwrap_err())
+        b.iter(|| support::call(&mut tr_open, black_box(1)).unwrap_err())
     });
     group.bench_function("failsafe", |b| {
         b.iter(|| support::now_or_never(failsafe_open.call(plain.call(black_box(1)))).unwrap_err())
@@ -152,13 +144,21 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(2));
     group.bench_function(BenchmarkId::from_parameter("seawall"), |b| {
         b.iter_custom(|iters| {
-            two_threads(iters, || seawall_svc.clone(), |svc| call(svc, 1).unwrap())
+            two_threads(
+                iters,
+                || seawall_svc.clone(),
+                |svc| support::call(svc, 1).unwrap(),
+            )
         })
     });
     group.bench_function(BenchmarkId::from_parameter("tower-resilience"), |b| {
         b.iter_custom(|iters| {
             let _guard = rt.enter();
-            two_threads(iters, || tr_svc.clone(), |svc| call(svc, 1).unwrap())
+            two_threads(
+                iters,
+                || tr_svc.clone(),
+                |svc| support::call(svc, 1).unwrap(),
+            )
         })
     });
     group.bench_function(BenchmarkId::from_parameter("failsafe"), |b| {
@@ -182,13 +182,13 @@ fn bench(c: &mut Criterion) {
     // ----- allocations per call -----
     const CALLS: u32 = 10_000;
     support::report_allocs("breaker/closed", "no breaker", CALLS, || {
-        call(&mut bare, 1).unwrap();
+        support::call(&mut bare, 1).unwrap();
     });
     support::report_allocs("breaker/closed", "seawall", CALLS, || {
-        call(&mut seawall_svc, 1).unwrap();
+        support::call(&mut seawall_svc, 1).unwrap();
     });
     support::report_allocs("breaker/closed", "tower-resilience", CALLS, || {
-        call(&mut tr_svc, 1).unwrap();
+        support::call(&mut tr_svc, 1).unwrap();
     });
     support::report_allocs("breaker/closed", "failsafe", CALLS, || {
         support::now_or_never(failsafe.call(plain.call(1))).unwrap();
@@ -197,10 +197,10 @@ fn bench(c: &mut Criterion) {
         support::now_or_never(recloser.call(plain.call(1))).unwrap();
     });
     support::report_allocs("breaker/open", "seawall", CALLS, || {
-        call(&mut seawall_open, 1).unwrap_err();
+        support::call(&mut seawall_open, 1).unwrap_err();
     });
     support::report_allocs("breaker/open", "tower-resilience", CALLS, || {
-        call(&mut tr_open, 1).unwrap_err();
+        support::call(&mut tr_open, 1).unwrap_err();
     });
     support::report_allocs("breaker/open", "failsafe", CALLS, || {
         support::now_or_never(failsafe_open.call(plain.call(1))).unwrap_err();

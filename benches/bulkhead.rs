@@ -43,21 +43,7 @@ fn inner() -> impl Service<u32, Response = u64, Error = Infallible, Future = Ans
     service_fn(|req: u32| Answer(req != 0))
 }
 
-/// `poll_ready`, `call`, and poll the response until it is ready; `true` when admitted.
-fn call<S>(svc: &mut S, req: u32) -> bool
-where
-    S: Service<u32>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(_)) => return false,
-        Poll::Pending => panic!("benchmarked service not ready"),
-    }
-    support::poll_until_ready(svc.call(req)).is_ok()
-}
-
-/// As [`call`], awaiting the response (for futures that need the runtime to turn).
+/// As [`support::call`], awaiting the response (for futures that need the runtime to turn).
 async fn call_async<S>(svc: &mut S, req: u32) -> bool
 where
     S: Service<u32>,
@@ -114,19 +100,19 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("bulkhead/admitted");
     group.bench_function("no limit (baseline)", |b| {
-        b.iter(|| black_box(call(&mut bare, black_box(1))))
+        b.iter(|| black_box(support::call(&mut bare, black_box(1)).is_ok()))
     });
     group.bench_function("tower ConcurrencyLimit", |b| {
-        b.iter(|| black_box(call(&mut tower_limit, black_box(1))))
+        b.iter(|| black_box(support::call(&mut tower_limit, black_box(1)).is_ok()))
     });
     group.bench_function("tower-resilience", |b| {
-        b.iter(|| black_box(call(&mut resilience, black_box(1))))
+        b.iter(|| black_box(support::call(&mut resilience, black_box(1)).is_ok()))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall, black_box(1)).is_ok()))
     });
     group.bench_function("seawall adaptive (AIMD)", |b| {
-        b.iter(|| black_box(call(&mut seawall_adaptive, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall_adaptive, black_box(1)).is_ok()))
     });
     group.finish();
 
@@ -149,8 +135,8 @@ fn bench(c: &mut Criterion) {
     let mut seawall_full = seawall_layer.layer(inner());
     let _seawall_held = hold(&mut seawall_full);
 
-    assert!(!call(&mut tower_shed, 1));
-    assert!(!call(&mut seawall_full, 1));
+    assert!(support::call(&mut tower_shed, 1).is_err());
+    assert!(support::call(&mut seawall_full, 1).is_err());
     // tower-resilience rejects by racing the permit against a zero-length tokio timer, which
     // only fires when the runtime turns: its rejections need an executor, so all three are also
     // measured through `block_on`.
@@ -158,10 +144,10 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("bulkhead/rejected");
     group.bench_function("tower LoadShed+ConcurrencyLimit", |b| {
-        b.iter(|| black_box(call(&mut tower_shed, black_box(1))))
+        b.iter(|| black_box(support::call(&mut tower_shed, black_box(1)).is_ok()))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_full, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall_full, black_box(1)).is_ok()))
     });
     group.finish();
 
@@ -194,16 +180,16 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ratelimit/admitted");
     group.bench_function("tower RateLimit", |b| {
-        b.iter(|| black_box(call(&mut tower_rate, black_box(1))))
+        b.iter(|| black_box(support::call(&mut tower_rate, black_box(1)).is_ok()))
     });
     group.bench_function("governor check (no service)", |b| {
         b.iter(|| black_box(governor.check().is_ok()))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_rate, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall_rate, black_box(1)).is_ok()))
     });
     group.bench_function("seawall keyed (one key)", |b| {
-        b.iter(|| black_box(call(&mut seawall_keyed, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall_keyed, black_box(1)).is_ok()))
     });
     group.finish();
 
@@ -215,8 +201,8 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap()
         .layer(inner());
-    assert!(call(&mut seawall_spent, 1));
-    assert!(!call(&mut seawall_spent, 1));
+    assert!(support::call(&mut seawall_spent, 1).is_ok());
+    assert!(support::call(&mut seawall_spent, 1).is_err());
     assert!(governor_spent.check().is_err());
 
     let mut group = c.benchmark_group("ratelimit/rejected");
@@ -224,29 +210,29 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(governor_spent.check().is_err()))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call(&mut seawall_spent, black_box(1))))
+        b.iter(|| black_box(support::call(&mut seawall_spent, black_box(1)).is_ok()))
     });
     group.finish();
 
     const N: u32 = 10_000;
     support::report_allocs("bulkhead/admitted", "tower ConcurrencyLimit", N, || {
-        call(&mut tower_limit, 1);
+        let _ = support::call(&mut tower_limit, 1);
     });
     support::report_allocs("bulkhead/admitted", "tower-resilience", N, || {
-        call(&mut resilience, 1);
+        let _ = support::call(&mut resilience, 1);
     });
     support::report_allocs("bulkhead/admitted", "seawall", N, || {
-        call(&mut seawall, 1);
+        let _ = support::call(&mut seawall, 1);
     });
     support::report_allocs("bulkhead/admitted", "seawall adaptive (AIMD)", N, || {
-        call(&mut seawall_adaptive, 1);
+        let _ = support::call(&mut seawall_adaptive, 1);
     });
     support::report_allocs(
         "bulkhead/rejected",
         "tower LoadShed+ConcurrencyLimit",
         N,
         || {
-            call(&mut tower_shed, 1);
+            let _ = support::call(&mut tower_shed, 1);
         },
     );
     support::report_allocs(
@@ -261,25 +247,25 @@ fn bench(c: &mut Criterion) {
         rt.block_on(call_async(&mut seawall_full, 1));
     });
     support::report_allocs("bulkhead/rejected", "seawall", N, || {
-        call(&mut seawall_full, 1);
+        let _ = support::call(&mut seawall_full, 1);
     });
     support::report_allocs("ratelimit/admitted", "tower RateLimit", N, || {
-        call(&mut tower_rate, 1);
+        let _ = support::call(&mut tower_rate, 1);
     });
     support::report_allocs("ratelimit/admitted", "governor check", N, || {
         let _ = governor.check();
     });
     support::report_allocs("ratelimit/admitted", "seawall", N, || {
-        call(&mut seawall_rate, 1);
+        let _ = support::call(&mut seawall_rate, 1);
     });
     support::report_allocs("ratelimit/admitted", "seawall keyed (one key)", N, || {
-        call(&mut seawall_keyed, 1);
+        let _ = support::call(&mut seawall_keyed, 1);
     });
     support::report_allocs("ratelimit/rejected", "governor check", N, || {
         let _ = governor_spent.check();
     });
     support::report_allocs("ratelimit/rejected", "seawall", N, || {
-        call(&mut seawall_spent, 1);
+        let _ = support::call(&mut seawall_spent, 1);
     });
 }
 

@@ -17,7 +17,6 @@ use std::{
     future::{ready, Ready},
     hint::black_box,
     sync::Arc,
-    task::{Context, Poll, Waker},
     time::Duration,
 };
 use tower::{
@@ -95,19 +94,6 @@ impl tower::hedge::Policy<Req> for HedgeAll {
     }
 }
 
-fn call<S>(svc: &mut S, req: Req) -> u64
-where
-    S: Service<Req, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("inner not ready"),
-    }
-    support::poll_until_ready(svc.call(req)).unwrap()
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -134,22 +120,22 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("retry/no-retry");
     group.bench_function("no retry (baseline)", |b| {
-        b.iter(|| black_box(call(&mut bare, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut bare, black_box(Req(1)))))
     });
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call(&mut tower_retry, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut tower_retry, black_box(Req(1)))))
     });
     group.bench_function("tower + TpsBudget", |b| {
-        b.iter(|| black_box(call(&mut tower_budgeted, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut tower_budgeted, black_box(Req(1)))))
     });
     group.bench_function("tower-resilience", |b| {
-        b.iter(|| black_box(call(&mut resilience, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut resilience, black_box(Req(1)))))
     });
     group.bench_function("seawall (budgeted)", |b| {
-        b.iter(|| black_box(call(&mut seawall, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut seawall, black_box(Req(1)))))
     });
     group.bench_function("seawall (unlimited budget)", |b| {
-        b.iter(|| black_box(call(&mut seawall_unbudgeted, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_unbudgeted, black_box(Req(1)))))
     });
     group.finish();
 
@@ -169,40 +155,40 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("hedge/primary-wins");
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call(&mut tower_hedge, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut tower_hedge, black_box(Req(1)))))
     });
     group.bench_function("seawall (p95 delay)", |b| {
-        b.iter(|| black_box(call(&mut seawall_percentile, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_percentile, black_box(Req(1)))))
     });
     group.bench_function("seawall (fixed delay)", |b| {
-        b.iter(|| black_box(call(&mut seawall_fixed, black_box(Req(1)))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_fixed, black_box(Req(1)))))
     });
     group.finish();
 
     const N: u32 = 10_000;
     support::report_allocs("retry/no-retry", "tower", N, || {
-        call(&mut tower_retry, Req(1));
+        support::call_ok(&mut tower_retry, Req(1));
     });
     support::report_allocs("retry/no-retry", "tower + TpsBudget", N, || {
-        call(&mut tower_budgeted, Req(1));
+        support::call_ok(&mut tower_budgeted, Req(1));
     });
     support::report_allocs("retry/no-retry", "tower-resilience", N, || {
-        call(&mut resilience, Req(1));
+        support::call_ok(&mut resilience, Req(1));
     });
     support::report_allocs("retry/no-retry", "seawall (budgeted)", N, || {
-        call(&mut seawall, Req(1));
+        support::call_ok(&mut seawall, Req(1));
     });
     support::report_allocs("retry/no-retry", "seawall (unlimited budget)", N, || {
-        call(&mut seawall_unbudgeted, Req(1));
+        support::call_ok(&mut seawall_unbudgeted, Req(1));
     });
     support::report_allocs("hedge/primary-wins", "tower", N, || {
-        call(&mut tower_hedge, Req(1));
+        support::call_ok(&mut tower_hedge, Req(1));
     });
     support::report_allocs("hedge/primary-wins", "seawall (p95 delay)", N, || {
-        call(&mut seawall_percentile, Req(1));
+        support::call_ok(&mut seawall_percentile, Req(1));
     });
     support::report_allocs("hedge/primary-wins", "seawall (fixed delay)", N, || {
-        call(&mut seawall_fixed, Req(1));
+        support::call_ok(&mut seawall_fixed, Req(1));
     });
 }
 

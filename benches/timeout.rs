@@ -14,7 +14,7 @@ use std::{
     future::{ready, Future, Ready},
     hint::black_box,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::Duration,
 };
 use tower::{service_fn, Layer, Service};
@@ -48,19 +48,6 @@ fn pending_once_inner() -> impl Service<Req, Response = u64, Error = Infallible,
     service_fn(|_: Req| YieldOnce(false))
 }
 
-fn call_ready<S, R>(svc: &mut S, req: R) -> S::Response
-where
-    S: Service<R>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("inner not ready"),
-    }
-    support::poll_until_ready(svc.call(req)).unwrap()
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -79,52 +66,52 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("timeout/ready");
     group.bench_function("no timeout (baseline)", |b| {
-        b.iter(|| black_box(call_ready(&mut bare, black_box(Req))))
+        b.iter(|| black_box(support::call_ok(&mut bare, black_box(Req))))
     });
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call_ready(&mut tower_ready, black_box(Req))))
+        b.iter(|| black_box(support::call_ok(&mut tower_ready, black_box(Req))))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call_ready(&mut seawall_ready, black_box(Req))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_ready, black_box(Req))))
     });
     group.finish();
 
     let mut group = c.benchmark_group("timeout/http-request");
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call_ready(&mut tower_http, http::Request::new(()))))
+        b.iter(|| black_box(support::call_ok(&mut tower_http, http::Request::new(()))))
     });
     group.bench_function("seawall (propagating)", |b| {
-        b.iter(|| black_box(call_ready(&mut seawall_http, http::Request::new(()))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_http, http::Request::new(()))))
     });
     group.finish();
 
     let mut group = c.benchmark_group("timeout/pending-once");
     group.bench_function("tower", |b| {
-        b.iter(|| black_box(call_ready(&mut tower_pending, black_box(Req))))
+        b.iter(|| black_box(support::call_ok(&mut tower_pending, black_box(Req))))
     });
     group.bench_function("seawall", |b| {
-        b.iter(|| black_box(call_ready(&mut seawall_pending, black_box(Req))))
+        b.iter(|| black_box(support::call_ok(&mut seawall_pending, black_box(Req))))
     });
     group.finish();
 
     const N: u32 = 10_000;
     support::report_allocs("timeout/ready", "tower", N, || {
-        call_ready(&mut tower_ready, Req);
+        support::call_ok(&mut tower_ready, Req);
     });
     support::report_allocs("timeout/ready", "seawall", N, || {
-        call_ready(&mut seawall_ready, Req);
+        support::call_ok(&mut seawall_ready, Req);
     });
     support::report_allocs("timeout/http-request", "tower", N, || {
-        call_ready(&mut tower_http, http::Request::new(()));
+        support::call_ok(&mut tower_http, http::Request::new(()));
     });
     support::report_allocs("timeout/http-request", "seawall (propagating)", N, || {
-        call_ready(&mut seawall_http, http::Request::new(()));
+        support::call_ok(&mut seawall_http, http::Request::new(()));
     });
     support::report_allocs("timeout/pending-once", "tower", N, || {
-        call_ready(&mut tower_pending, Req);
+        support::call_ok(&mut tower_pending, Req);
     });
     support::report_allocs("timeout/pending-once", "seawall", N, || {
-        call_ready(&mut seawall_pending, Req);
+        support::call_ok(&mut seawall_pending, Req);
     });
 }
 

@@ -59,3 +59,24 @@ pub fn poll_until_ready<F: Future>(fut: F) -> F::Output {
         }
     }
 }
+
+/// Polls `svc` ready (it must be ready at once; an error is returned as is), then drives the call
+/// to completion with a no-op waker: one call through a layer, without an executor.
+pub fn call<S: tower::Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Err(e),
+        Poll::Pending => panic!("benchmarked service was not ready"),
+    }
+    poll_until_ready(svc.call(req))
+}
+
+/// [`call`] for a call that must succeed.
+pub fn call_ok<S, R>(svc: &mut S, req: R) -> S::Response
+where
+    S: tower::Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    call(svc, req).expect("benchmarked call failed")
+}
