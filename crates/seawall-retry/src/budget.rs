@@ -171,6 +171,12 @@ impl RetryBudget {
         }
     }
 
+    /// Whether this is [`RetryBudget::unlimited`], which keeps no state: a layer with it and no
+    /// listeners shares nothing between calls.
+    pub fn is_unlimited(&self) -> bool {
+        matches!(&*self.inner, Kind::Unlimited)
+    }
+
     /// Whether two handles share one budget.
     pub fn same(&self, other: &RetryBudget) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

@@ -1,7 +1,7 @@
 use crate::{
     backoff::Backoff,
     budget::RetryBudget,
-    layer::Shared,
+    layer::Settings,
     policy::{ByClone, Classified, HttpPolicy},
     RetryEvent, RetryLayer,
 };
@@ -89,7 +89,7 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// Seeds the backoff jitter, for tests. The n-th call to retry (counting from 0) draws its
     /// delays from `backoff.delays(seed + n × 0x9E3779B97F4A7C15)`, so the first one's delays are
-    /// exactly `backoff.delays(seed)`. Default: a random seed.
+    /// exactly `backoff.delays(seed)`. Default: each retried call draws a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -107,7 +107,8 @@ impl<P, K> RetryConfigBuilder<P, K> {
         self
     }
 
-    /// Decides what is retried with `policy`.
+    /// Decides what is retried with `policy`. Each call takes a clone of it (as tower's `Retry`
+    /// does its policy), so keep it cheap to clone: put large state behind an `Arc`.
     pub fn policy<P2>(self, policy: P2) -> RetryConfigBuilder<P2, K> {
         RetryConfigBuilder {
             max_attempts: self.max_attempts,
@@ -124,7 +125,8 @@ impl<P, K> RetryConfigBuilder<P, K> {
     }
 
     /// Retries what `classifier` calls a failure (any [`seawall_core::Classify`] over the
-    /// response and a [`BoxError`](seawall_core::BoxError), closures included).
+    /// response and a [`BoxError`](seawall_core::BoxError), closures included). Cloned into each
+    /// call, like [`policy`](Self::policy).
     pub fn classify<C>(self, classifier: C) -> RetryConfigBuilder<Classified<C>, K> {
         self.policy(Classified(classifier))
     }
@@ -137,6 +139,7 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a
     /// closure `Fn(&Req) -> Option<Req>` (return `None` for a request that cannot be sent again).
+    /// Cloned into each call, like [`policy`](Self::policy).
     pub fn clone_with<K2>(self, cloner: K2) -> RetryConfigBuilder<P, K2> {
         RetryConfigBuilder {
             max_attempts: self.max_attempts,
@@ -163,18 +166,21 @@ impl<P, K> RetryConfigBuilder<P, K> {
             Some(name) => Name::validate("name", &name)?,
             None => Name::default_for("retry"),
         };
-        Ok(RetryLayer::from_shared(Shared::new(
+        let settings = Settings {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            per_attempt_timeout: self.per_attempt_timeout,
+            name,
+        };
+        Ok(RetryLayer::from_parts(
             self.policy,
             self.cloner,
-            self.max_attempts,
-            self.backoff,
-            self.retry_after_cap,
-            self.per_attempt_timeout,
+            settings,
             self.budget.unwrap_or_default(),
-            self.seed.unwrap_or_else(random_seed),
-            name,
+            self.seed,
             self.listeners,
-        )))
+        ))
     }
 }
 

@@ -1,6 +1,6 @@
 use crate::{
     backoff::Delays,
-    layer::{Core, Shared},
+    layer::{Link, Settings},
     policy::{CloneRequest, Policy},
     BudgetExhausted, GiveUpReason,
 };
@@ -13,8 +13,8 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -37,11 +37,10 @@ pin_project! {
         service: S,
         template: Option<Req>,
         attempt: u32,
-        max_attempts: u32,
         started: Option<Instant>,
-        waits: Option<Pin<Box<Waits>>>,
-        // Holds the layer's policy alive even when every service is gone (after `oneshot`).
-        shared: Arc<Shared<P, K>>,
+        waits: Timer,
+        // The layer's policy, settings and shared state, alive even when every service is gone.
+        link: Link<P, K>,
     }
 }
 
@@ -53,6 +52,40 @@ pin_project! {
         // Whether `sleep` is the running attempt's timeout (rather than a finished backoff).
         timed: bool,
         delays: Option<Delays>,
+    }
+}
+
+/// The future's timer, allocated when first needed. Dropping an unused one is a null check that
+/// inlines; dropping a used one (deregistering the timer) is out of line.
+struct Timer(Option<Pin<Box<Waits>>>);
+
+impl Drop for Timer {
+    #[inline]
+    fn drop(&mut self) {
+        #[cold]
+        #[inline(never)]
+        fn drop_slow(waits: Pin<Box<Waits>>) {
+            drop(waits);
+        }
+        if let Some(waits) = self.0.take() {
+            drop_slow(waits);
+        }
+    }
+}
+
+impl std::ops::Deref for Timer {
+    type Target = Option<Pin<Box<Waits>>>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Timer {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -98,15 +131,20 @@ struct Attempt {
     started: Option<Instant>,
 }
 
-fn prepare<Req: RequestDeadline>(core: &Core, uses_elapsed: bool, request: &mut Req) -> Attempt {
-    if core.per_attempt_timeout.is_none() && !uses_elapsed {
+#[inline]
+fn prepare<Req: RequestDeadline>(
+    settings: &Settings,
+    uses_elapsed: bool,
+    request: &mut Req,
+) -> Attempt {
+    if settings.per_attempt_timeout.is_none() && !uses_elapsed {
         return Attempt {
             deadline: None,
             started: None,
         };
     }
     let now = Instant::now();
-    let deadline = core.per_attempt_timeout.map(|timeout| {
+    let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
         match request.deadline() {
             Some(outer) if outer <= own => outer,
@@ -128,15 +166,15 @@ where
     P: Policy<Req, S::Response>,
     Req: RequestDeadline,
 {
+    #[inline]
     pub(crate) fn new(
         mut service: S,
         mut request: Req,
         template: Option<Req>,
-        shared: Arc<Shared<P, K>>,
+        link: Link<P, K>,
     ) -> Self {
-        let core = &*shared.core;
-        let attempt = prepare(core, shared.policy.uses_elapsed(), &mut request);
-        let mut waits = None;
+        let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
+        let mut waits = Timer(None);
         if let Some(deadline) = attempt.deadline {
             Waits::arm(&mut waits, deadline, true);
         }
@@ -146,12 +184,135 @@ where
             service,
             template,
             attempt: 1,
-            max_attempts: core.max_attempts,
             started: attempt.started,
             waits,
-            shared,
+            link,
         }
     }
+}
+
+/// Decides whether a failed attempt is retried. `Ok(delay)` when it is (the timer armed for a
+/// non-zero delay), or `Err` with what the call returns. Out of line: a call that succeeds first
+/// time never runs it.
+#[inline(never)]
+fn schedule_retry<Req, Res, P, K>(
+    link: &Link<P, K>,
+    waits: &mut Timer,
+    template: Option<&Req>,
+    attempts: u32,
+    result: Result<Res, BoxError>,
+) -> Result<Duration, Result<Res, BoxError>>
+where
+    P: Policy<Req, Res>,
+    Req: RequestDeadline,
+{
+    let settings = link.settings();
+    if attempts >= settings.max_attempts {
+        if attempts > 1 {
+            link.on_give_up(attempts, GiveUpReason::Attempts);
+        }
+        return Err(result);
+    }
+    let Some(template) = template else {
+        // Not retryable, or not copyable.
+        return Err(result);
+    };
+    let now = Instant::now();
+    // Allocates the timer and generator on the first retry; a zero delay is still drawn so a
+    // seeded sequence stays the same.
+    Waits::arm(waits, now, false);
+    let waits = waits.as_mut().expect("just armed").as_mut().project();
+    let mut delay = waits
+        .delays
+        .get_or_insert_with(|| settings.backoff.delays(link.next_seed()))
+        .next_delay();
+    if let Ok(response) = &result {
+        if let Some(after) = link.policy.retry_after(response) {
+            if after > settings.retry_after_cap {
+                link.on_give_up(attempts, GiveUpReason::RetryAfter);
+                return Err(result);
+            }
+            delay = delay.max(after);
+        }
+    }
+    if let Some(remaining) = deadline::remaining(template, now) {
+        if remaining <= delay {
+            link.on_give_up(attempts, GiveUpReason::Deadline);
+            return Err(result);
+        }
+    }
+    if !link.try_withdraw() {
+        link.on_budget_exhausted(attempts);
+        return Err(match result {
+            Err(error) => Err(Box::new(BudgetExhausted::new(error)) as BoxError),
+            response => response,
+        });
+    }
+    link.on_retry(attempts + 1, delay);
+    drop(result);
+    if !delay.is_zero() {
+        waits.sleep.reset(deadline_after(now, delay));
+    }
+    Ok(delay)
+}
+
+/// Waits out the backoff, polls the service ready and sends the next attempt. Out of line, like
+/// [`schedule_retry`].
+#[inline(never)]
+fn advance<S, Req, P, K>(
+    future: Pin<&mut ResponseFuture<S, Req, P, K>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), BoxError>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response>,
+    K: CloneRequest<Req>,
+    Req: RequestDeadline,
+{
+    let mut this = future.project();
+    match this.state.as_mut().project() {
+        StateProj::Waiting => {
+            let waits = this.waits.as_mut().expect("a backoff has a timer");
+            ready!(waits.as_mut().project().sleep.poll(cx));
+            this.state.set(State::Ready);
+        }
+        StateProj::Ready => {}
+        StateProj::Calling { .. } => return Poll::Ready(Ok(())),
+        StateProj::Done => panic!("retry ResponseFuture polled after completion"),
+    }
+    // Each attempt goes through the inner service's readiness again.
+    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+    let link = &*this.link;
+    let next = *this.attempt + 1;
+    let template = this
+        .template
+        .as_ref()
+        .expect("a retry is only scheduled with a request to copy");
+    let copy = if next < link.settings().max_attempts {
+        link.cloner.clone_request(template)
+    } else {
+        None
+    };
+    // The last attempt (or one whose copy failed) sends the template itself.
+    let mut request = match copy {
+        Some(copy) => copy,
+        None => this.template.take().expect("checked above"),
+    };
+    let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
+    match attempt.deadline {
+        Some(deadline) => Waits::arm(this.waits, deadline, true),
+        None => {
+            if let Some(waits) = this.waits.as_mut() {
+                *waits.as_mut().project().timed = false;
+            }
+        }
+    }
+    *this.started = attempt.started;
+    *this.attempt = next;
+    let future = this.service.call(request);
+    this.state.set(State::Calling { future });
+    Poll::Ready(Ok(()))
 }
 
 impl<S, Req, P, K> Future for ResponseFuture<S, Req, P, K>
@@ -164,9 +325,10 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
+            let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = match future.poll(cx) {
@@ -185,108 +347,28 @@ where
                         .started
                         .map(|started| started.elapsed())
                         .unwrap_or_default();
-                    let shared = &**this.shared;
-                    let core = &*shared.core;
-                    let outcome = shared.policy.classify(result.as_ref(), elapsed);
-                    core.budget.record(outcome);
+                    let link = &*this.link;
+                    let outcome = link.policy.classify(result.as_ref(), elapsed);
+                    link.record(outcome);
                     if outcome != Outcome::Failure {
                         return Poll::Ready(result);
                     }
 
                     // A failure: retry if every rule allows it, else return it as it is.
-                    let attempts = *this.attempt;
-                    if attempts >= *this.max_attempts {
-                        if attempts > 1 {
-                            core.on_give_up(attempts, GiveUpReason::Attempts);
-                        }
-                        return Poll::Ready(result);
-                    }
-                    let Some(template) = this.template.as_ref() else {
-                        // Not retryable, or not copyable.
-                        return Poll::Ready(result);
-                    };
-                    let now = Instant::now();
-                    // Allocates the timer and generator on the first retry; a zero delay is
-                    // still drawn so a seeded sequence stays the same.
-                    Waits::arm(this.waits, now, false);
-                    let waits = this.waits.as_mut().expect("just armed").as_mut().project();
-                    let mut delay = waits
-                        .delays
-                        .get_or_insert_with(|| core.backoff.delays(core.next_seed()))
-                        .next_delay();
-                    if let Ok(response) = &result {
-                        if let Some(after) = shared.policy.retry_after(response) {
-                            if after > core.retry_after_cap {
-                                core.on_give_up(attempts, GiveUpReason::RetryAfter);
-                                return Poll::Ready(result);
-                            }
-                            delay = delay.max(after);
-                        }
-                    }
-                    if let Some(remaining) = deadline::remaining(template, now) {
-                        if remaining <= delay {
-                            core.on_give_up(attempts, GiveUpReason::Deadline);
-                            return Poll::Ready(result);
-                        }
-                    }
-                    if !core.budget.try_withdraw() {
-                        core.on_budget_exhausted(attempts);
-                        return Poll::Ready(match result {
-                            Err(error) => Err(Box::new(BudgetExhausted::new(error)) as BoxError),
-                            response => response,
-                        });
-                    }
-                    core.on_retry(attempts + 1, delay);
-                    drop(result);
-                    if delay.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        waits.sleep.reset(deadline_after(now, delay));
-                        this.state.set(State::Waiting);
+                    let template = this.template.as_ref();
+                    match schedule_retry(link, this.waits, template, *this.attempt, result) {
+                        Ok(delay) if delay.is_zero() => this.state.set(State::Ready),
+                        Ok(_) => this.state.set(State::Waiting),
+                        Err(result) => return Poll::Ready(result),
                     }
                 }
-                StateProj::Waiting => {
-                    let waits = this.waits.as_mut().expect("a backoff has a timer");
-                    ready!(waits.as_mut().project().sleep.poll(cx));
-                    this.state.set(State::Ready);
-                }
-                StateProj::Ready => {
-                    // Each attempt goes through the inner service's readiness again.
-                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(error.into()));
+                _ => {
+                    // Between attempts: out of line, so the first attempt's path stays short.
+                    if let Err(error) = ready!(advance(self.as_mut(), cx)) {
+                        self.as_mut().project().state.set(State::Done);
+                        return Poll::Ready(Err(error));
                     }
-                    let shared = &**this.shared;
-                    let next = *this.attempt + 1;
-                    let template = this
-                        .template
-                        .as_ref()
-                        .expect("a retry is only scheduled with a request to copy");
-                    let copy = if next < *this.max_attempts {
-                        shared.cloner.clone_request(template)
-                    } else {
-                        None
-                    };
-                    // The last attempt (or one whose copy failed) sends the template itself.
-                    let mut request = match copy {
-                        Some(copy) => copy,
-                        None => this.template.take().expect("checked above"),
-                    };
-                    let attempt = prepare(&shared.core, shared.policy.uses_elapsed(), &mut request);
-                    match attempt.deadline {
-                        Some(deadline) => Waits::arm(this.waits, deadline, true),
-                        None => {
-                            if let Some(waits) = this.waits.as_mut() {
-                                *waits.as_mut().project().timed = false;
-                            }
-                        }
-                    }
-                    *this.started = attempt.started;
-                    *this.attempt = next;
-                    let future = this.service.call(request);
-                    this.state.set(State::Calling { future });
                 }
-                StateProj::Done => panic!("retry ResponseFuture polled after completion"),
             }
         }
     }

@@ -1,16 +1,12 @@
 use crate::{
-    backoff::Backoff,
-    budget::RetryBudget,
-    config::RetryConfigBuilder,
-    policy::{ByClone, Classified},
-    GiveUpReason, Retry, RetryEvent,
+    backoff::Backoff, budget::RetryBudget, config::random_seed, GiveUpReason, Retry, RetryEvent,
 };
 use seawall_core::{metrics, Listeners, Name};
 use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
@@ -21,27 +17,64 @@ use tower_layer::Layer;
 /// One layer instance is one policy: the services it produces, and their clones, share its
 /// budget, name, listeners and metric handles.
 pub struct RetryLayer<P = Classified, K = ByClone> {
-    shared: Arc<Shared<P, K>>,
+    link: Link<P, K>,
+    budget: RetryBudget,
 }
 
-/// The layer's policy: the generic parts, and the rest (kept apart so the future's code that does
-/// not depend on the request type is compiled once).
-pub(crate) struct Shared<P, K> {
+use crate::policy::{ByClone, Classified};
+
+/// What each service, clone and response future of one layer carries.
+///
+/// The policy and cloner are held by value, the settings by an interned reference, and the shared
+/// state only when there is something to share (a budget, listeners or a seed): a call through a
+/// layer with an unlimited budget and no listeners writes to no shared memory at all.
+pub(crate) struct Link<P, K> {
     pub(crate) policy: P,
     pub(crate) cloner: K,
-    pub(crate) core: Arc<Core>,
+    // `None` only when `core` holds them.
+    settings: Option<&'static Settings>,
+    pub(crate) core: Option<Arc<Core>>,
 }
 
-/// What a retry layer shares between its services, clones and response futures.
-pub(crate) struct Core {
+/// The layer's plain settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Settings {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) retry_after_cap: Duration,
     pub(crate) per_attempt_timeout: Option<Duration>,
-    pub(crate) budget: RetryBudget,
-    seed: u64,
-    retried: AtomicU64,
     pub(crate) name: Name,
+}
+
+/// How many distinct [`Settings`] are interned per process; the layers of any further ones keep
+/// theirs in their [`Core`].
+const MAX_INTERNED: usize = 4096;
+
+/// `settings` as a reference that is free to copy: interned (a process builds few distinct retry
+/// configurations), or `None` past [`MAX_INTERNED`].
+fn intern(settings: Settings) -> Option<&'static Settings> {
+    static INTERNED: OnceLock<Mutex<Vec<&'static Settings>>> = OnceLock::new();
+    let mut interned = INTERNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(found) = interned.iter().find(|found| ***found == settings) {
+        return Some(found);
+    }
+    if interned.len() >= MAX_INTERNED {
+        return None;
+    }
+    let leaked: &'static Settings = Box::leak(Box::new(settings));
+    interned.push(leaked);
+    Some(leaked)
+}
+
+/// What the services, clones and response futures of one layer share.
+pub(crate) struct Core {
+    settings: Settings,
+    pub(crate) budget: RetryBudget,
+    seed: Option<u64>,
+    retried: AtomicU64,
     listeners: Listeners<RetryEvent>,
     retries: ::metrics::Counter,
     budget_exhausted: ::metrics::Counter,
@@ -58,8 +91,8 @@ impl RetryLayer {
     }
 
     /// Starts a builder.
-    pub fn builder() -> RetryConfigBuilder {
-        RetryConfigBuilder::new()
+    pub fn builder() -> crate::RetryConfigBuilder {
+        crate::RetryConfigBuilder::new()
     }
 }
 
@@ -70,130 +103,240 @@ impl Default for RetryLayer {
 }
 
 impl<P, K> RetryLayer<P, K> {
-    pub(crate) fn from_shared(shared: Arc<Shared<P, K>>) -> Self {
-        RetryLayer { shared }
+    pub(crate) fn from_parts(
+        policy: P,
+        cloner: K,
+        settings: Settings,
+        budget: RetryBudget,
+        seed: Option<u64>,
+        listeners: Listeners<RetryEvent>,
+    ) -> Self {
+        let interned = intern(settings);
+        let shared =
+            !budget.is_unlimited() || seed.is_some() || !listeners.is_empty() || interned.is_none();
+        let core = shared.then(|| {
+            let name = &settings.name;
+            Arc::new(Core {
+                settings,
+                budget: budget.clone(),
+                seed,
+                retried: AtomicU64::new(0),
+                listeners,
+                retries: metrics::counter(metrics::RETRY_RETRIES, name),
+                budget_exhausted: metrics::counter(metrics::RETRY_BUDGET_EXHAUSTED, name),
+                gave_up: metrics::counter(metrics::RETRY_GAVE_UP, name),
+            })
+        });
+        RetryLayer {
+            link: Link {
+                policy,
+                cloner,
+                settings: interned,
+                core,
+            },
+            budget,
+        }
     }
 
     /// The budget this layer's retries draw on.
     pub fn budget(&self) -> &RetryBudget {
-        &self.shared.core.budget
+        &self.budget
     }
 
     /// Attempts per call, the first included.
     pub fn max_attempts(&self) -> u32 {
-        self.shared.core.max_attempts
+        self.link.settings().max_attempts
     }
 
     /// The policy instance name.
     pub fn name(&self) -> &Name {
-        &self.shared.core.name
+        &self.link.settings().name
     }
 }
 
-impl<P, K> Clone for RetryLayer<P, K> {
+impl<P: Clone, K: Clone> Clone for RetryLayer<P, K> {
     fn clone(&self) -> Self {
         RetryLayer {
-            shared: self.shared.clone(),
+            link: self.link.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
 
-impl<S, P, K> Layer<S> for RetryLayer<P, K> {
+impl<S, P: Clone, K: Clone> Layer<S> for RetryLayer<P, K> {
     type Service = Retry<S, P, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::from_shared(inner, self.shared.clone())
+        Retry::from_link(inner, self.link.clone())
     }
 }
 
 impl<P, K> fmt::Debug for RetryLayer<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.shared, f)
-    }
-}
-
-impl<P, K> fmt::Debug for Shared<P, K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let core = &*self.core;
-        f.debug_struct("RetryLayer")
-            .field("name", &core.name)
-            .field("max_attempts", &core.max_attempts)
-            .field("backoff", &core.backoff)
-            .field("retry_after_cap", &core.retry_after_cap)
-            .field("per_attempt_timeout", &core.per_attempt_timeout)
-            .field("budget", &core.budget)
+        let settings = self.link.settings();
+        let mut f = f.debug_struct("RetryLayer");
+        f.field("name", &settings.name)
+            .field("max_attempts", &settings.max_attempts)
+            .field("backoff", &settings.backoff)
+            .field("retry_after_cap", &settings.retry_after_cap)
+            .field("per_attempt_timeout", &settings.per_attempt_timeout)
+            .field("budget", &self.budget)
             .field("policy", &std::any::type_name::<P>())
-            .field("cloner", &std::any::type_name::<K>())
-            .field("listeners", &core.listeners)
-            .finish()
+            .field("cloner", &std::any::type_name::<K>());
+        if let Some(core) = &self.link.core {
+            f.field("listeners", &core.listeners);
+        }
+        f.finish()
     }
 }
 
-impl<P, K> Shared<P, K> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        policy: P,
-        cloner: K,
-        max_attempts: u32,
-        backoff: Backoff,
-        retry_after_cap: Duration,
-        per_attempt_timeout: Option<Duration>,
-        budget: RetryBudget,
-        seed: u64,
-        name: Name,
-        listeners: Listeners<RetryEvent>,
-    ) -> Arc<Self> {
-        let core = Arc::new(Core {
-            max_attempts,
-            backoff,
-            retry_after_cap,
-            per_attempt_timeout,
-            budget,
-            seed,
-            retried: AtomicU64::new(0),
-            retries: metrics::counter(metrics::RETRY_RETRIES, &name),
-            budget_exhausted: metrics::counter(metrics::RETRY_BUDGET_EXHAUSTED, &name),
-            gave_up: metrics::counter(metrics::RETRY_GAVE_UP, &name),
-            name,
-            listeners,
-        });
-        Arc::new(Shared {
-            policy,
-            cloner,
-            core,
-        })
+impl<P: Clone, K: Clone> Clone for Link<P, K> {
+    #[inline]
+    fn clone(&self) -> Self {
+        Link {
+            policy: self.policy.clone(),
+            cloner: self.cloner.clone(),
+            settings: self.settings,
+            core: self.core.clone(),
+        }
     }
 }
 
-impl Core {
-    /// The seed of the next call to retry.
+impl<P, K> Link<P, K> {
+    /// The layer's settings.
+    #[inline]
+    pub(crate) fn settings(&self) -> &Settings {
+        match (self.settings, &self.core) {
+            (Some(settings), _) => settings,
+            (None, Some(core)) => &core.settings,
+            (None, None) => unreachable!("a retry layer's settings are interned or in its core"),
+        }
+    }
+
+    /// Counts one request (not a retry) in the budget.
+    #[inline]
+    pub(crate) fn deposit(&self) {
+        if let Some(core) = &self.core {
+            core.budget.deposit();
+        }
+    }
+
+    /// Tells the budget how one attempt ended.
+    #[inline]
+    pub(crate) fn record(&self, outcome: seawall_core::Outcome) {
+        if let Some(core) = &self.core {
+            core.budget.record(outcome);
+        }
+    }
+
+    /// Takes one retry from the budget.
+    pub(crate) fn try_withdraw(&self) -> bool {
+        match &self.core {
+            Some(core) => core.budget.try_withdraw(),
+            None => true,
+        }
+    }
+
+    /// The seed of the next call to retry: the layer's seed stepped once per retried call, or a
+    /// fresh random one when the layer was not seeded.
     pub(crate) fn next_seed(&self) -> u64 {
-        let n = self.retried.fetch_add(1, Ordering::Relaxed);
-        self.seed
-            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        match &self.core {
+            Some(core) => match core.seed {
+                Some(seed) => {
+                    let n = core.retried.fetch_add(1, Ordering::Relaxed);
+                    seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                }
+                None => random_seed(),
+            },
+            None => random_seed(),
+        }
     }
 
     #[cold]
     pub(crate) fn on_retry(&self, attempt: u32, delay: Duration) {
-        self.retries.increment(1);
-        tracing::debug!(name = %self.name, attempt, ?delay, "seawall retry");
-        self.listeners
-            .emit(&self.name, &RetryEvent::Retry { attempt, delay });
+        let name = &self.settings().name;
+        match &self.core {
+            Some(core) => core.retries.increment(1),
+            None => metrics::counter(metrics::RETRY_RETRIES, name).increment(1),
+        }
+        tracing::debug!(name = %name, attempt, ?delay, "seawall retry");
+        if let Some(core) = &self.core {
+            core.listeners
+                .emit(name, &RetryEvent::Retry { attempt, delay });
+        }
     }
 
     #[cold]
     pub(crate) fn on_budget_exhausted(&self, attempts: u32) {
-        self.budget_exhausted.increment(1);
-        tracing::debug!(name = %self.name, attempts, "seawall retry budget exhausted");
-        self.listeners
-            .emit(&self.name, &RetryEvent::BudgetExhausted { attempts });
+        let name = &self.settings().name;
+        if let Some(core) = &self.core {
+            core.budget_exhausted.increment(1);
+            tracing::debug!(name = %name, attempts, "seawall retry budget exhausted");
+            core.listeners
+                .emit(name, &RetryEvent::BudgetExhausted { attempts });
+        }
     }
 
     #[cold]
     pub(crate) fn on_give_up(&self, attempts: u32, reason: GiveUpReason) {
-        self.gave_up.increment(1);
-        tracing::debug!(name = %self.name, attempts, ?reason, "seawall retry gave up");
-        self.listeners
-            .emit(&self.name, &RetryEvent::GaveUp { attempts, reason });
+        let name = &self.settings().name;
+        match &self.core {
+            Some(core) => core.gave_up.increment(1),
+            None => metrics::counter(metrics::RETRY_GAVE_UP, name).increment(1),
+        }
+        tracing::debug!(name = %name, attempts, ?reason, "seawall retry gave up");
+        if let Some(core) = &self.core {
+            core.listeners
+                .emit(name, &RetryEvent::GaveUp { attempts, reason });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RetryLayer;
+
+    fn unlimited() -> crate::RetryConfigBuilder {
+        RetryLayer::builder().budget(RetryBudget::unlimited())
+    }
+
+    #[test]
+    fn shares_state_only_when_there_is_some_to_share() {
+        assert!(unlimited().build().unwrap().link.core.is_none());
+        assert!(RetryLayer::new().link.core.is_some());
+        assert!(unlimited().seed(1).build().unwrap().link.core.is_some());
+        let with_listener = unlimited()
+            .on_event(|_: &Name, _: &RetryEvent| {})
+            .build()
+            .unwrap();
+        assert!(with_listener.link.core.is_some());
+    }
+
+    // One test: filling the process-wide table would starve any interning test that ran after it.
+    #[test]
+    fn equal_settings_are_interned_once_and_the_table_is_bounded() {
+        let a = unlimited().name("interned-a").build().unwrap();
+        let b = unlimited().name("interned-a").build().unwrap();
+        let c = unlimited().name("interned-c").build().unwrap();
+        let (a, b, c) = (a.link.settings, b.link.settings, c.link.settings);
+        assert!(std::ptr::eq(a.unwrap(), b.unwrap()));
+        assert!(!std::ptr::eq(a.unwrap(), c.unwrap()));
+
+        // Distinct per-attempt timeouts make distinct settings; fill the table and go past it.
+        let layers: Vec<_> = (1..=MAX_INTERNED as u64 + 8)
+            .map(|n| {
+                let timeout = Duration::from_nanos(1_000_000_007 * n);
+                let layer = unlimited().per_attempt_timeout(timeout).build().unwrap();
+                (timeout, layer)
+            })
+            .collect();
+        let (timeout, last) = layers.last().unwrap();
+        assert!(last.link.settings.is_none());
+        assert!(last.link.core.is_some());
+        assert_eq!(last.link.settings().per_attempt_timeout, Some(*timeout));
+        for (timeout, layer) in &layers {
+            assert_eq!(layer.link.settings().per_attempt_timeout, Some(*timeout));
+        }
     }
 }

@@ -45,9 +45,13 @@
 //! # Cost
 //!
 //! A call that succeeds first time copies its request once (when it is retryable) and allocates
-//! nothing: the budget counts it with one atomic add, and under load reads the clock (and takes a
-//! short lock) once in 32 calls. The timer is allocated only at the first retry, or at the call
-//! with a per-attempt timeout.
+//! nothing. Its response future carries the policy by value and the layer's settings by an
+//! interned reference; the layer's shared state (budget, seed, listeners) is reference counted
+//! into it only when the layer has some. With a budget, the call takes that reference and is
+//! counted with one atomic add (under load the budget reads the clock, and takes a short lock,
+//! once in 32 calls); with [`RetryBudget::unlimited`] and no listeners it writes to no shared
+//! memory at all. The timer is allocated only at the first retry, or at the call with a
+//! per-attempt timeout.
 //!
 //! # Example
 //!

@@ -1,12 +1,11 @@
 use crate::{
-    layer::Shared,
+    layer::Link,
     policy::{ByClone, Classified, CloneRequest, Policy},
     ResponseFuture, RetryLayer,
 };
 use seawall_core::{deadline::RequestDeadline, BoxError};
 use std::{
     fmt, mem,
-    sync::Arc,
     task::{Context, Poll},
 };
 use tower_service::Service;
@@ -16,9 +15,12 @@ use tower_service::Service;
 /// Needs `S: Clone`: each call takes the inner service that was just polled ready (leaving a clone
 /// behind), and its response future polls that service ready again before every retry, so a
 /// balancer underneath picks an endpoint afresh and a concurrency limit is respected per attempt.
+///
+/// The policy `P` and cloner `K` are cloned into each response future (as tower's `Retry` clones
+/// its policy): keep them cheap to clone, behind an `Arc` if they hold much.
 pub struct Retry<S, P = Classified, K = ByClone> {
     inner: S,
-    shared: Arc<Shared<P, K>>,
+    link: Link<P, K>,
 }
 
 // ===== impl Retry =====
@@ -32,8 +34,8 @@ impl<S> Retry<S> {
 }
 
 impl<S, P, K> Retry<S, P, K> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, K>>) -> Self {
-        Retry { inner, shared }
+    pub(crate) fn from_link(inner: S, link: Link<P, K>) -> Self {
+        Retry { inner, link }
     }
 
     /// The inner service.
@@ -52,20 +54,23 @@ impl<S, P, K> Retry<S, P, K> {
     }
 }
 
-impl<S: Clone, P, K> Clone for Retry<S, P, K> {
+impl<S: Clone, P: Clone, K: Clone> Clone for Retry<S, P, K> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            link: self.link.clone(),
         }
     }
 }
 
 impl<S: fmt::Debug, P, K> fmt::Debug for Retry<S, P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = self.link.settings();
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("policy", &*self.shared)
+            .field("name", &settings.name)
+            .field("max_attempts", &settings.max_attempts)
+            .field("policy", &std::any::type_name::<P>())
             .finish()
     }
 }
@@ -74,8 +79,8 @@ impl<S, Req, P, K> Service<Req> for Retry<S, P, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    P: Policy<Req, S::Response>,
-    K: CloneRequest<Req>,
+    P: Policy<Req, S::Response> + Clone,
+    K: CloneRequest<Req> + Clone,
     Req: RequestDeadline,
 {
     type Response = S::Response;
@@ -92,14 +97,13 @@ where
         // Take the service that was polled ready; the clone left behind is polled next time.
         let clone = self.inner.clone();
         let service = mem::replace(&mut self.inner, clone);
-        let shared = &*self.shared;
-        let core = &*shared.core;
-        core.budget.deposit();
-        let template = if core.max_attempts > 1 && shared.policy.is_retryable(&request) {
-            shared.cloner.clone_request(&request)
+        let link = &self.link;
+        link.deposit();
+        let template = if link.settings().max_attempts > 1 && link.policy.is_retryable(&request) {
+            link.cloner.clone_request(&request)
         } else {
             None
         };
-        ResponseFuture::new(service, request, template, self.shared.clone())
+        ResponseFuture::new(service, request, template, self.link.clone())
     }
 }
