@@ -1,11 +1,22 @@
-//! The bulkhead's and the rate limiter's metrics, under the policy name.
+//! The bulkhead's and the rate limiter's metrics, under the policy name, and the rate limiter's
+//! events.
 
-use seawall_bulkhead::{limit::Aimd, ratelimit::RateLimitLayer, BulkheadLayer};
-use seawall_core::metrics::{
-    testing::TestRecorder, BULKHEAD_IN_FLIGHT, BULKHEAD_LIMIT, BULKHEAD_REJECTED, BULKHEAD_WAITING,
-    RATELIMIT_DELAYED, RATELIMIT_KEYS, RATELIMIT_LIMITED,
+use seawall_bulkhead::{
+    limit::Aimd,
+    ratelimit::{RateLimitEvent, RateLimitLayer},
+    BulkheadLayer,
 };
-use std::time::Duration;
+use seawall_core::{
+    metrics::{
+        testing::TestRecorder, BULKHEAD_IN_FLIGHT, BULKHEAD_LIMIT, BULKHEAD_REJECTED,
+        BULKHEAD_WAITING, RATELIMIT_DELAYED, RATELIMIT_KEYS, RATELIMIT_LIMITED,
+    },
+    Name,
+};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::sync::oneshot;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -100,4 +111,64 @@ async fn rate_limiter_counts_limited_and_delayed() {
     }
     assert_eq!(recorder.gauge(RATELIMIT_KEYS, "tenants"), Some(3.0));
     assert_eq!(recorder.counter(RATELIMIT_LIMITED, "tenants"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limiter_reports_limited_and_delayed_calls_to_listeners() {
+    let echo = service_fn(|key: u32| async move { Ok::<_, std::io::Error>(key) });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = |seen: &Arc<Mutex<Vec<(String, RateLimitEvent)>>>| {
+        let seen = seen.clone();
+        move |name: &Name, event: &RateLimitEvent| {
+            seen.lock().unwrap().push((name.to_string(), *event));
+        }
+    };
+
+    let layer = RateLimitLayer::builder()
+        .name("quota")
+        .rate(1, Duration::from_secs(1))
+        .max_wait(Duration::from_millis(1_500))
+        .on_event(record(&seen))
+        .build()
+        .unwrap();
+    let service = layer.layer(echo);
+    service.clone().oneshot(1).await.unwrap(); // admitted at once: no event
+    service.clone().oneshot(2).await.unwrap(); // waits 1 s
+    let (a, b) = tokio::join!(service.clone().oneshot(3), service.clone().oneshot(4));
+    assert!(a.is_ok() && b.is_err());
+    let secs = Duration::from_secs;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("quota".into(), RateLimitEvent::Delayed { delay: secs(1) }),
+            ("quota".into(), RateLimitEvent::Delayed { delay: secs(1) }),
+            (
+                "quota".into(),
+                RateLimitEvent::Limited {
+                    retry_after: secs(2)
+                }
+            ),
+        ]
+    );
+
+    seen.lock().unwrap().clear();
+    let keyed = RateLimitLayer::builder()
+        .name("tenants")
+        .rate(1, Duration::from_secs(1))
+        .on_event(record(&seen))
+        .build_keyed(|key: &u32| *key)
+        .unwrap();
+    let service = keyed.layer(echo);
+    for key in [1, 2, 3, 1] {
+        let _ = service.clone().oneshot(key).await;
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(
+            "tenants".into(),
+            RateLimitEvent::Limited {
+                retry_after: secs(1)
+            }
+        )]
+    );
 }

@@ -1,8 +1,9 @@
+use super::RateLimitEvent;
 use super::{
     keyed::{KeyedRateLimitLayer, KeyedShared},
     layer::{RateLimitLayer, Shared},
 };
-use seawall_core::{config, ConfigError, Name};
+use seawall_core::{config, ConfigError, Listener, Listeners, Name};
 use std::{hash::Hash, time::Duration};
 
 /// The largest number of keys a keyed limiter tracks when `max_keys` is not set.
@@ -17,6 +18,7 @@ pub struct RateLimitConfigBuilder {
     backpressure: bool,
     name: Option<String>,
     max_keys: usize,
+    listeners: Listeners<RateLimitEvent>,
 }
 
 /// What both limiters are built from, validated.
@@ -27,6 +29,7 @@ pub(crate) struct Validated {
     pub(crate) backpressure: bool,
     pub(crate) name: Name,
     pub(crate) max_keys: usize,
+    pub(crate) listeners: Listeners<RateLimitEvent>,
 }
 
 impl RateLimitConfigBuilder {
@@ -38,6 +41,7 @@ impl RateLimitConfigBuilder {
             backpressure: false,
             name: None,
             max_keys: DEFAULT_MAX_KEYS,
+            listeners: Listeners::new(),
         }
     }
 
@@ -125,7 +129,15 @@ impl RateLimitConfigBuilder {
             backpressure: self.backpressure,
             name,
             max_keys: self.max_keys,
+            listeners: self.listeners,
         })
+    }
+
+    /// Adds a listener called on every [`RateLimitEvent`]: each rejected call, and each call
+    /// that waits for its permit. Calls admitted at once report nothing.
+    pub fn on_event(mut self, listener: impl Listener<RateLimitEvent>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
     }
 
     /// Validates and builds a limiter shared by every request.

@@ -1,5 +1,6 @@
 use super::{
     config::Validated,
+    event::Reporter,
     future::{Refund, ResponseFuture},
     gcra::{decide, nanos_since, to_nanos, Grant},
 };
@@ -60,10 +61,8 @@ pub(crate) struct KeyedShared<K> {
     tolerance: u64,
     epoch: Instant,
     max_wait: u64,
-    name: Name,
-    limited: ::metrics::Counter,
-    delayed: ::metrics::Counter,
     keys_gauge: ::metrics::Gauge,
+    report: Reporter,
 }
 
 impl<K: Hash + Eq> KeyedShared<K> {
@@ -78,10 +77,8 @@ impl<K: Hash + Eq> KeyedShared<K> {
             tolerance: config.interval.saturating_mul(config.burst),
             epoch: Instant::now(),
             max_wait: to_nanos(config.max_wait),
-            limited: metrics::counter(metrics::RATELIMIT_LIMITED, &config.name),
-            delayed: metrics::counter(metrics::RATELIMIT_DELAYED, &config.name),
             keys_gauge: metrics::gauge(metrics::RATELIMIT_KEYS, &config.name),
-            name: config.name,
+            report: Reporter::new(config.name, config.listeners),
         })
     }
 
@@ -194,7 +191,7 @@ impl<K, F> KeyedRateLimitLayer<K, F> {
 
     /// The policy instance name.
     pub fn name(&self) -> &Name {
-        &self.shared.name
+        &self.shared.report.name
     }
 }
 
@@ -228,7 +225,7 @@ impl<K, F> fmt::Debug for KeyedRateLimitLayer<K, F> {
 impl<K> fmt::Debug for KeyedShared<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimit")
-            .field("name", &self.name)
+            .field("name", &self.report.name)
             .field("interval", &Duration::from_nanos(self.interval))
             .field("burst", &(self.tolerance / self.interval))
             .field("max_wait", &Duration::from_nanos(self.max_wait))
@@ -288,7 +285,7 @@ where
         match self.shared.acquire(&key, now) {
             Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok(grant) => {
-                self.shared.delayed.increment(1);
+                self.shared.report.delayed(grant.delay);
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(
@@ -302,11 +299,7 @@ where
                     }),
                 )
             }
-            Err(retry) => {
-                self.shared.limited.increment(1);
-                tracing::debug!(name = %self.shared.name, retry_after_ns = retry, "rate limited");
-                ResponseFuture::limited(Duration::from_nanos(retry))
-            }
+            Err(retry) => ResponseFuture::limited(self.shared.report.limited(retry)),
         }
     }
 }
@@ -325,7 +318,7 @@ impl<S: fmt::Debug, K, F> fmt::Debug for KeyedRateLimit<S, K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimit")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.report.name)
             .finish()
     }
 }

@@ -1,10 +1,11 @@
 use super::{
     config::{RateLimitConfigBuilder, Validated},
+    event::Reporter,
     future::Refund,
     gcra::{nanos_since, to_nanos, Gcra, Grant},
     RateLimit,
 };
-use seawall_core::{metrics, Name};
+use seawall_core::Name;
 use std::{fmt, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -23,9 +24,7 @@ pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     pub(crate) max_wait: u64,
     pub(crate) backpressure: bool,
-    pub(crate) name: Name,
-    pub(crate) limited: ::metrics::Counter,
-    pub(crate) delayed: ::metrics::Counter,
+    pub(crate) report: Reporter,
 }
 
 impl Shared {
@@ -35,9 +34,7 @@ impl Shared {
             epoch: Instant::now(),
             max_wait: to_nanos(config.max_wait),
             backpressure: config.backpressure,
-            limited: metrics::counter(metrics::RATELIMIT_LIMITED, &config.name),
-            delayed: metrics::counter(metrics::RATELIMIT_DELAYED, &config.name),
-            name: config.name,
+            report: Reporter::new(config.name, config.listeners),
         })
     }
 
@@ -49,12 +46,6 @@ impl Shared {
 
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
-    }
-
-    pub(crate) fn on_limited(&self, retry: u64) -> Duration {
-        self.limited.increment(1);
-        tracing::debug!(name = %self.name, retry_after_ns = retry, "rate limited");
-        Duration::from_nanos(retry)
     }
 }
 
@@ -86,7 +77,7 @@ impl RateLimitLayer {
 
     /// The policy instance name.
     pub fn name(&self) -> &Name {
-        &self.shared.name
+        &self.shared.report.name
     }
 }
 
@@ -107,7 +98,7 @@ impl fmt::Debug for RateLimitLayer {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
-            .field("name", &self.name)
+            .field("name", &self.report.name)
             .field("interval", &Duration::from_nanos(self.gcra.interval()))
             .field("burst", &(self.gcra.tolerance() / self.gcra.interval()))
             .field("max_wait", &Duration::from_nanos(self.max_wait))

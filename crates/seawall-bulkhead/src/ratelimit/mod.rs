@@ -30,6 +30,7 @@
 //! | `backpressure` | `false` | reject from the response future instead of waiting in `poll_ready` |
 //! | `name` | `"ratelimit"` | label for logs and metrics |
 //! | `max_keys` | 10 000 | keyed limiter only |
+//! | `on_event` | none | listeners for [`RateLimitEvent`]s: rejected and waiting calls |
 //!
 //! # Example
 //!
@@ -56,6 +57,7 @@
 
 mod config;
 mod error;
+mod event;
 mod future;
 mod gcra;
 mod keyed;
@@ -64,6 +66,7 @@ mod service;
 
 pub use config::{RateLimitConfigBuilder, DEFAULT_MAX_KEYS};
 pub use error::Limited;
+pub use event::RateLimitEvent;
 pub use future::ResponseFuture;
 pub use keyed::{KeyedRateLimit, KeyedRateLimitLayer};
 pub use layer::RateLimitLayer;

@@ -76,7 +76,7 @@ impl<S> RateLimit<S> {
                     }
                 };
                 let sleep = (grant.delay > 0).then(|| {
-                    self.shared.delayed.increment(1);
+                    self.shared.report.delayed(grant.delay);
                     Box::pin(tokio::time::sleep_until(
                         self.shared.instant(now + grant.delay),
                     ))
@@ -128,7 +128,7 @@ where
         match self.shared.gcra.acquire(now, self.shared.max_wait) {
             Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok(grant) => {
-                self.shared.delayed.increment(1);
+                self.shared.report.delayed(grant.delay);
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(
@@ -141,7 +141,7 @@ where
                     }),
                 )
             }
-            Err(retry) => ResponseFuture::limited(self.shared.on_limited(retry)),
+            Err(retry) => ResponseFuture::limited(self.shared.report.limited(retry)),
         }
     }
 }
@@ -161,7 +161,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.shared.report.name)
             .field("reserved", &self.reserved.is_some())
             .finish()
     }
