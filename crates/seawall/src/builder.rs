@@ -1,6 +1,15 @@
 //! `ServiceBuilder` methods for seawall layers.
 
-use tower::{layer::util::Stack, ServiceBuilder};
+#[cfg(any(
+    feature = "timeout",
+    feature = "fallback",
+    feature = "breaker",
+    feature = "bulkhead",
+    feature = "retry",
+    feature = "balance"
+))]
+use tower::layer::util::Stack;
+use tower::ServiceBuilder;
 
 /// Adds a method per seawall concern to [`tower::ServiceBuilder`].
 ///
