@@ -13,6 +13,7 @@ use seawall::{
         error::{find, is},
     },
     discover,
+    grpc::StatusLayer,
     retry::{Backoff, RetryBudget, RetryEvent, RetryLayer},
     BoxError, Name, Outcome, ServiceBuilderExt,
 };
@@ -283,4 +284,53 @@ async fn breaker_over_a_channel_opens_on_unavailable_and_recovers() {
     let res = grpc.check(check()).await.unwrap().into_inner();
     assert_eq!(res.status(), ServingStatus::Serving);
     assert_eq!(handle.state(), State::Closed);
+}
+
+/// Below a generated client, an open breaker surfaces as UNKNOWN; with `StatusLayer` above the
+/// seawall layers it is UNAVAILABLE, the code gRPC clients and their retry policies act on.
+#[tokio::test]
+async fn status_layer_gives_generated_clients_grpc_codes() {
+    let server = grpc_server().await;
+    let breaker = BreakerLayer::new();
+    breaker.handle().force_open();
+
+    let mut plain = HealthClient::new(
+        ServiceBuilder::new()
+            .with_breaker(breaker.clone())
+            .service(channel(&server.addr)),
+    );
+    let err = plain.check(check()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unknown);
+
+    let mut mapped = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .with_breaker(breaker)
+            .service(channel(&server.addr)),
+    );
+    let err = mapped.check(check()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        is::<Open>(&err),
+        "the seawall error stays the source: {err:?}"
+    );
+    assert_eq!(server.hits.load(SeqCst), 0);
+
+    // Answers and the server's own statuses pass through unchanged.
+    let breaker = BreakerLayer::new();
+    let mut mapped = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .with_breaker(breaker)
+            .service(channel(&server.addr)),
+    );
+    let res = mapped.check(check()).await.unwrap().into_inner();
+    assert_eq!(res.status(), ServingStatus::Serving);
+    let err = mapped
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }

@@ -17,6 +17,7 @@
 //! | `balance` | `balance` | client-side load balancing, outlier ejection |
 //! | `discover` | `discover` | endpoint discovery: static, watch channel, DNS |
 //! | `stack` | `stack` | the canonical client stack in one builder (`ClientStack`) |
+//! | `grpc` | `grpc` | gRPC status codes for seawall's rejections, below tonic's generated clients |
 //!
 //! Every layer is an ordinary [`tower::Layer`], so it works inside [`tower::ServiceBuilder`] and
 //! behind `BoxCloneService`; [`ServiceBuilderExt`] adds methods that read naturally:
@@ -102,3 +103,7 @@ pub mod stack;
 #[cfg(feature = "stack")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stack")))]
 pub use stack::{ClientStack, ClientStackBuilder};
+
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;

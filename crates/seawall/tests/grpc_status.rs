@@ -1,0 +1,181 @@
+//! seawall's rejections become the gRPC statuses a client expects, with the seawall error kept as
+//! the status's source; a readiness error comes back from the next call.
+
+use seawall::{
+    balance::{BalanceLayer, NoEndpoints},
+    breaker::{BreakerLayer, Open},
+    bulkhead::{ratelimit::RateLimitLayer, BulkheadLayer, Full},
+    core::error::find,
+    discover,
+    grpc::{code, to_status, StatusLayer},
+    retry::{BudgetExhausted, RequestDeadline, RetryBudget, RetryLayer},
+    BoxError,
+};
+use std::{
+    future::pending,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tonic::{Code, Status};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+
+fn ok() -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone {
+    service_fn(|()| async { Ok::<_, BoxError>(()) })
+}
+
+/// Calls `svc` with `request` through a [`StatusLayer`] and returns the status it failed with.
+async fn status_with<S, R>(svc: S, request: R) -> Status
+where
+    S: Service<R, Error = BoxError>,
+{
+    let error = StatusLayer::new()
+        .layer(svc)
+        .oneshot(request)
+        .await
+        .err()
+        .expect("the call fails");
+    *error.downcast::<Status>().expect("a tonic Status")
+}
+
+async fn status_of<S: Service<(), Error = BoxError>>(svc: S) -> Status {
+    status_with(svc, ()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_is_unavailable() {
+    let breaker = BreakerLayer::new();
+    breaker.handle().force_open();
+    let status = status_of(breaker.layer(ok())).await;
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        find::<Open>(&status).is_some(),
+        "the seawall error is the source"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_and_a_rate_limit_are_resource_exhausted() {
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let stuck = bulkhead.layer(service_fn(|()| pending::<Result<(), BoxError>>()));
+    let holder = tokio::spawn(stuck.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    let status = status_of(stuck).await;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(find::<Full>(&status).is_some());
+    holder.abort();
+
+    let limiter = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let limited = limiter.layer(ok());
+    limited.clone().oneshot(()).await.unwrap();
+    let status = status_of(limited).await;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_is_deadline_exceeded() {
+    let slow = service_fn(|_: Req| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, BoxError>(())
+    });
+    let svc = ServiceBuilder::new()
+        .layer(seawall::timeout::TimeoutLayer::new(Duration::from_millis(
+            10,
+        )))
+        .service(slow);
+    assert_eq!(status_with(svc, Req).await.code(), Code::DeadlineExceeded);
+}
+
+#[derive(Clone)]
+struct Req;
+impl RequestDeadline for Req {}
+
+#[tokio::test(start_paused = true)]
+async fn the_servers_status_under_an_exhausted_budget_is_kept() {
+    let draining = service_fn(|_: Req| async {
+        let mut status = Status::unavailable("draining");
+        status
+            .metadata_mut()
+            .insert("x-backend", "b1".parse().unwrap());
+        Err::<(), BoxError>(Box::new(status))
+    });
+    // One failure empties gRPC's token bucket of 1: no retry is allowed.
+    let retry = RetryLayer::builder()
+        .budget(RetryBudget::token_bucket(1.0, 0.1).unwrap())
+        .build()
+        .unwrap();
+    let error = retry.layer(draining).oneshot(Req).await.unwrap_err();
+    assert!(find::<BudgetExhausted>(&*error).is_some());
+    assert_eq!(code(&*error), Some(Code::Unavailable));
+    let status = to_status(error);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "draining");
+    assert_eq!(status.metadata().get("x-backend").unwrap(), "b1");
+    assert!(find::<BudgetExhausted>(&status).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_errors_are_mapped_as_tonic_maps_them() {
+    let failing = service_fn(|()| async { Err::<(), BoxError>("boom".into()) });
+    let status = status_of(failing).await;
+    assert_eq!(status.code(), Code::Unknown);
+    assert_eq!(code(&std::io::Error::other("boom")), None);
+    let status = Status::permission_denied("no");
+    assert_eq!(to_status(Box::new(status)).code(), Code::PermissionDenied);
+}
+
+/// Fails `poll_ready` once (a connection that could not be made), then answers.
+#[derive(Default)]
+struct FailsReadyOnce {
+    failed: bool,
+}
+
+impl Service<()> for FailsReadyOnce {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if std::mem::replace(&mut self.failed, true) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(Box::new(Status::unavailable("connection refused"))))
+        }
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok("answer"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_comes_back_from_the_next_call() {
+    let mut svc = StatusLayer::new().layer(FailsReadyOnce::default());
+    // tonic's generated clients map any readiness error to UNKNOWN: it is held back instead.
+    svc.ready().await.expect("readiness errors are held back");
+    let status = svc
+        .call(())
+        .await
+        .unwrap_err()
+        .downcast::<Status>()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "connection refused");
+    // The next call polls the inner service again.
+    svc.ready().await.unwrap();
+    assert_eq!(svc.call(()).await.unwrap(), "answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balancer_with_no_endpoint_is_unavailable() {
+    let balance = BalanceLayer::builder()
+        .max_wait(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .layer(discover::from_list(Vec::<u16>::new(), |_| ok()));
+    let status = status_of(balance).await;
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(find::<NoEndpoints>(&status).is_some());
+}
