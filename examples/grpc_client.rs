@@ -1,7 +1,9 @@
 //! A gRPC client over three tonic servers on loopback: a seawall balancer over tonic `Channel`s,
 //! each behind its own circuit breaker, with retries above. Statuses are classified with
 //! `GrpcClassifier`, which reads `grpc-status` from trailers-only responses (HTTP 200 with a
-//! failing gRPC status).
+//! failing gRPC status). `StatusLayer`, directly below the generated client, turns an endpoint's
+//! open breaker into `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above
+//! needs to know only gRPC codes.
 //!
 //! One server answers every call UNAVAILABLE; halfway through another shuts down. Every call
 //! still succeeds; the log shows the breakers opening, the ejections and the retries.
@@ -15,13 +17,10 @@
 
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
-    breaker::{BreakerLayer, Open, SlidingWindow, Transition},
-    core::{
-        classify::GrpcClassifier,
-        deadline::WithDeadline,
-        error::{find, is},
-    },
+    breaker::{BreakerLayer, SlidingWindow, Transition},
+    core::{classify::GrpcClassifier, deadline::WithDeadline, error::find},
     discover,
+    grpc::StatusLayer,
     retry::{Backoff, RetryEvent, RetryLayer},
     BoxError, Name, Outcome, ServiceBuilderExt,
 };
@@ -78,12 +77,11 @@ async fn backend(unavailable: bool) -> Result<Backend, BoxError> {
     Ok(Backend { addr, hits, stop })
 }
 
-/// Retry UNAVAILABLE, transport errors and an endpoint's open breaker (another endpoint may
-/// answer); any other status is the answer.
+/// Retry UNAVAILABLE (which includes an endpoint's open breaker: another endpoint may answer) and
+/// transport errors; any other status is the answer.
 fn retryable(result: Result<&HealthCheckResponse, &BoxError>, _: Duration) -> Outcome {
     match result {
         Ok(_) => Outcome::Success,
-        Err(err) if is::<Open>(&**err) => Outcome::Failure,
         Err(err) => match find::<Status>(&**err) {
             Some(status) if status.code() != Code::Unavailable => Outcome::Success,
             _ => Outcome::Failure,
@@ -135,7 +133,7 @@ async fn main() -> Result<(), BoxError> {
         })
         .build()?
         .layer(discover::from_list(addrs.clone(), endpoint));
-    let grpc = HealthClient::new(balance);
+    let grpc = HealthClient::new(StatusLayer::new().layer(balance));
 
     let retry = RetryLayer::builder()
         .name("grpc-retry")
