@@ -1,5 +1,9 @@
 use crate::{
-    backoff::Backoff, budget::RetryBudget, config::random_seed, GiveUpReason, Retry, RetryEvent,
+    backoff::Backoff,
+    budget::RetryBudget,
+    config::random_seed,
+    policy::{ByClone, Classified},
+    GiveUpReason, Retry, RetryEvent,
 };
 use seawall_core::{metrics, Listeners, Name};
 use std::{
@@ -20,8 +24,6 @@ pub struct RetryLayer<P = Classified, K = ByClone> {
     link: Link<P, K>,
     budget: RetryBudget,
 }
-
-use crate::policy::{ByClone, Classified};
 
 /// What each service, clone and response future of one layer carries.
 ///
