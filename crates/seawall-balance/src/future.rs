@@ -29,7 +29,9 @@ pin_project! {
     ///
     /// First it picks an endpoint that is available and ready (waiting, at most the balancer's
     /// `max_wait`, for one to become so), then it calls it and records the outcome. Dropping it
-    /// at any point releases the endpoint's in-flight count and records nothing.
+    /// at any point releases the endpoint's in-flight count and records no outcome; with a
+    /// latency-aware picker, a call dropped in flight counts the time it had taken so far as a
+    /// latency sample (as tower's `PeakEwma` does).
     pub struct ResponseFuture<K, S, C, Req, F> {
         #[pin]
         state: State<K, S, Req, F>,
@@ -83,17 +85,37 @@ impl Drop for Waiter {
 pub(crate) struct Guard<K, S> {
     endpoint: Arc<Endpoint<K, S>>,
     start: Option<Instant>,
+    // With a latency-aware picker, until the call's outcome is recorded: the balancer's clock
+    // origin and PeakEWMA decay, to record the time a dropped call had been in flight.
+    unfinished: Option<(Instant, f64)>,
 }
 
 impl<K, S> Guard<K, S> {
-    fn new(endpoint: Arc<Endpoint<K, S>>, start: Option<Instant>) -> Self {
+    fn new(
+        endpoint: Arc<Endpoint<K, S>>,
+        start: Option<Instant>,
+        peak: Option<(Instant, f64)>,
+    ) -> Self {
         endpoint.stats.outstanding.fetch_add(1, Relaxed);
-        Guard { endpoint, start }
+        Guard {
+            endpoint,
+            start,
+            unfinished: peak.filter(|_| start.is_some()),
+        }
     }
 }
 
 impl<K, S> Drop for Guard<K, S> {
     fn drop(&mut self) {
+        // A call dropped in flight (an outer timeout, a hedge that lost) has no outcome, but the
+        // endpoint took at least this long: without the sample, an endpoint that never answers
+        // would never be measured and would keep winning picks.
+        if let (Some((epoch, tau_ns)), Some(start)) = (self.unfinished, self.start) {
+            let now = Instant::now();
+            let at = now.saturating_duration_since(epoch).as_nanos() as u64;
+            let rtt = now.saturating_duration_since(start).as_nanos() as f64;
+            self.endpoint.stats.record_peak(at, rtt, tau_ns);
+        }
         self.endpoint.stats.outstanding.fetch_sub(1, Relaxed);
     }
 }
@@ -242,7 +264,7 @@ where
                                     &shared.classifier,
                                 );
                             let start = timed.then(Instant::now);
-                            let guard = Guard::new(endpoint, start);
+                            let guard = Guard::new(endpoint, start, shared.peak_clock());
                             let fut = svc.call(req);
                             this.state.set(State::Call { fut, guard });
                             continue;
@@ -310,6 +332,7 @@ where
                     };
                     let outcome = shared.classifier.classify(result.as_ref(), elapsed);
                     shared.record(&guard.endpoint, outcome, end, guard.start);
+                    guard.unfinished = None;
                     // Dropping the call releases the endpoint's capacity; wake calls waiting
                     // for a ready endpoint.
                     this.state.set(State::Done);

@@ -128,6 +128,16 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
+    /// The clock origin and PeakEWMA decay a call needs to record its latency when it is dropped
+    /// in flight; `None` unless the picker uses latency.
+    #[inline]
+    pub(crate) fn peak_clock(&self) -> Option<(Instant, f64)> {
+        self.settings
+            .picker
+            .uses_latency()
+            .then_some((self.epoch, self.tuning.tau_ns))
+    }
+
     /// The current endpoint set.
     pub(crate) fn current(&self) -> Arc<Snapshot<K, S>> {
         self.current

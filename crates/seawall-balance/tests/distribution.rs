@@ -4,7 +4,10 @@ mod common;
 
 use common::{cluster, drive, drive_concurrent, settle, Behavior, Node};
 use seawall::balance::{BalanceLayer, Change, OutlierDetection, Picker, Tagged};
-use std::sync::{atomic::Ordering::Relaxed, Arc};
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 use tower::{Layer, ServiceExt};
 
 fn quiet() -> seawall::balance::BalanceConfigBuilder {
@@ -129,6 +132,43 @@ async fn peak_ewma_counts_fast_failures_as_slow() {
         hits[0] < 60,
         "fast-failing endpoint attracted traffic: {hits:?}"
     );
+}
+
+/// Calls to node 0 never answer and are dropped by a timeout above the balancer. A dropped call has
+/// no outcome, but the time it had been in flight is a latency sample: without it node 0 would
+/// never be measured, would cost nothing whenever idle, and would win most picks.
+async fn hanging_endpoint_loses_picks_when_its_calls_are_dropped(picker: Picker) {
+    let (balance, cluster) = cluster(4, quiet().picker(picker)).await;
+    cluster.node(0).delay_ms.store(u64::MAX / 4, Relaxed);
+    for i in 1..4 {
+        cluster.node(i).delay_ms.store(5, Relaxed);
+    }
+    let mut timed_out = 0;
+    for i in 0..400 {
+        let call = balance.clone().oneshot(i);
+        if tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err()
+        {
+            timed_out += 1;
+        }
+    }
+    // About 400 × 5 ms + timeouts: a few seconds, within one 10 s decay period, so one trial call.
+    assert_eq!(cluster.hits()[0], timed_out);
+    assert!(
+        timed_out <= 2,
+        "{timed_out} of 400 calls went to the hanging endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_peak_ewma_counts_dropped_calls_as_slow() {
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::p2c_peak_ewma()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_counts_dropped_calls_as_slow() {
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::least_peak_ewma()).await;
 }
 
 #[tokio::test(start_paused = true)]
