@@ -92,6 +92,15 @@ impl<S, C> Breaker<S, C> {
         shared.machine.tick(shared.now(), shared)
     }
 
+    /// Whether a call made now would be let through, without taking a permit: Closed, Disabled
+    /// or MetricsOnly; Open once its wait is over (the call moves it to HalfOpen); HalfOpen while a
+    /// probe slot is free. A balancer's filter asks this (see `seawall-balance`'s
+    /// `BreakerFilter`), so a half-open endpoint whose probes are all out gets no more calls.
+    pub fn is_call_permitted(&self) -> bool {
+        let shared = &*self.slot.shared;
+        shared.machine.permits(|| shared.now())
+    }
+
     /// A handle on the breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {

@@ -473,6 +473,38 @@ impl Machine {
         }
     }
 
+    /// Whether [`acquire`](Self::acquire) at `now` would let a call through, taking nothing and
+    /// changing nothing: a slot free in HalfOpen, or an Open wait that is over.
+    pub fn permits(&self, now: impl Fn() -> u64) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        let mode = mode_of(word);
+        if mode & SHADOW != 0 {
+            return true;
+        }
+        let generation = generation_of(word);
+        match mode {
+            CLOSED | DISABLED => true,
+            FORCED_OPEN => false,
+            OPEN => self
+                .until_of(generation)
+                .is_some_and(|until| now() >= until),
+            _ => {
+                if self
+                    .until_of(generation)
+                    .is_some_and(|deadline| now() >= deadline)
+                {
+                    // The probes outlived their bound: the next call reopens the breaker.
+                    return false;
+                }
+                let probes = self.probes.load(Ordering::Acquire);
+                let tag = probes >> PROBE_TAG_SHIFT;
+                tag_is_older(tag, generation)
+                    || (tag == tag_of(generation)
+                        && probe_field(probes, TAKEN_SHIFT) < self.rules.probes)
+            }
+        }
+    }
+
     /// Takes a probe slot of HalfOpen `generation`: `Some(true)` taken, `Some(false)` all taken,
     /// `None` the machine has left that HalfOpen.
     fn take_probe(&self, generation: u64) -> Option<bool> {

@@ -248,3 +248,41 @@ async fn eager_half_open_moves_on_a_timer() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
+    let layer = breaker().build().unwrap();
+    let handle = layer.handle();
+    let (inner, _) = dependency();
+    let mut svc = layer.layer(inner);
+    assert!(svc.is_call_permitted());
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+    assert!(!svc.is_call_permitted());
+
+    // Once the wait is over a call would be let through (it moves the breaker to HalfOpen);
+    // asking changes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(svc.is_call_permitted());
+    assert_eq!(handle.state(), State::HalfOpen);
+    let mut probes = Vec::new();
+    for taken in 1..=3 {
+        probes.push(svc.ready().await.unwrap().call(Call::SlowOk(100)));
+        assert_eq!(
+            svc.is_call_permitted(),
+            taken < 3,
+            "{taken} of 3 slots taken"
+        );
+    }
+    assert_eq!(handle.snapshot().probes_in_use, 3);
+    for probe in probes {
+        probe.await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed);
+    assert!(svc.is_call_permitted());
+
+    handle.force_open();
+    assert!(!svc.is_call_permitted());
+    handle.metrics_only();
+    assert!(svc.is_call_permitted());
+}
