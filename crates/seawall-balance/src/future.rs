@@ -7,7 +7,7 @@ use crate::{
 };
 use pin_project_lite::pin_project;
 use rand::rngs::SmallRng;
-use seawall_core::{metrics, BoxError, Classify, Outcome};
+use seawall_core::{deadline::deadline_after, metrics, BoxError, Classify, Outcome};
 use std::{
     fmt,
     future::Future,
@@ -17,12 +17,16 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 use tokio::{
     sync::futures::OwnedNotified,
     time::{sleep_until, Instant, Sleep},
 };
 use tower_service::Service;
+
+/// The least a waiting call sleeps before asking the filter again.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
 
 pin_project! {
     /// The response future of [`Balance`](crate::Balance).
@@ -52,6 +56,9 @@ pin_project! {
             deadline: Option<Instant>,
             #[pin]
             sleep: Option<Sleep>,
+            // When the filter expects a refused endpoint to take calls again.
+            #[pin]
+            recheck: Option<Sleep>,
             #[pin]
             notified: Option<OwnedNotified>,
             waiter: Option<Waiter>,
@@ -137,6 +144,7 @@ impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
                 pending: None,
                 deadline: None,
                 sleep: None,
+                recheck: None,
                 notified: None,
                 waiter: None,
             },
@@ -168,18 +176,23 @@ where
         pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
         cx: &mut Context<'_>,
     ) -> Step<K, S> {
+        let n = snapshot.len();
+        let panic = shared.panicking(n);
         if let Some((ep, mut svc)) = pending.take() {
-            match svc.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Step::Call(ep, svc),
-                Poll::Ready(Err(e)) => return Self::ready_failed(shared, &ep, e),
-                Poll::Pending => *pending = Some((ep, svc)),
+            // Only while the endpoint is still in the set and still available; else it is
+            // dropped (with anything its service reserved) and the pick starts over.
+            let current = snapshot.endpoints.iter().any(|e| Arc::ptr_eq(e, &ep));
+            if current && shared.available(panic, &ep) {
+                match svc.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => return Step::Call(ep, svc),
+                    Poll::Ready(Err(e)) => return Self::ready_failed(shared, &ep, e),
+                    Poll::Pending => *pending = Some((ep, svc)),
+                }
             }
         }
-        let n = snapshot.len();
         if n == 0 {
             return Step::Wait;
         }
-        let panic = shared.panicking(n);
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
         let now = if shared.settings.picker.uses_latency() {
             shared.nanos(Instant::now())
@@ -252,6 +265,7 @@ where
                     pending,
                     deadline,
                     mut sleep,
+                    mut recheck,
                     mut notified,
                     waiter,
                 } => {
@@ -301,6 +315,20 @@ where
                                 n.enable();
                             }
                             *snapshot = shared.current();
+                            continue;
+                        }
+                    }
+                    // A filter that knows when a refused endpoint returns (an open breaker's
+                    // wait): look again then.
+                    if recheck.is_none() {
+                        if let Some(wait) = shared.filter_recheck(snapshot) {
+                            let at = deadline_after(Instant::now(), wait.max(MIN_RECHECK));
+                            recheck.set(Some(sleep_until(at)));
+                        }
+                    }
+                    if let Some(r) = recheck.as_mut().as_pin_mut() {
+                        if r.poll(cx).is_ready() {
+                            recheck.set(None);
                             continue;
                         }
                     }

@@ -1,7 +1,10 @@
 //! The hooks a balancer calls: the request's hash key, the active health probe and the
 //! availability filter.
 
-use std::future::{ready, Future, Ready};
+use std::{
+    future::{ready, Future, Ready},
+    time::Duration,
+};
 
 /// The key of a request for [`Picker::ConsistentHash`](crate::Picker::ConsistentHash).
 ///
@@ -89,6 +92,15 @@ pub trait Filter<K, S>: Send + Sync + 'static {
     /// Whether the endpoint may take a call now.
     fn available(&self, key: &K, service: &S) -> bool;
 
+    /// For an endpoint this filter refuses: how soon it may take calls again, when the filter
+    /// knows (an open breaker's remaining wait). A call waiting for an endpoint looks again then;
+    /// otherwise it is woken only by what the balancer sees (the set or health changing, one of
+    /// its calls finishing) or by its `max_wait`. `None` by default.
+    fn available_in(&self, key: &K, service: &S) -> Option<Duration> {
+        let _ = (key, service);
+        None
+    }
+
     /// Whether this filter lets every endpoint through, so the balancer can skip calling it.
     fn is_noop(&self) -> bool {
         false
@@ -120,13 +132,15 @@ impl<K, S> Filter<K, S> for NoFilter {
     }
 }
 
-/// Skips endpoints whose per-endpoint circuit breaker is Open or ForcedOpen.
+/// Skips endpoints whose per-endpoint circuit breaker would reject a call: Open, ForcedOpen, or
+/// HalfOpen with every probe slot taken.
 ///
 /// Wrap each endpoint's service in a [`Breaker`](seawall_breaker::Breaker) when discovery makes
 /// it (for example with [`BreakerSet::get`](seawall_breaker::BreakerSet::get), one breaker per
 /// address) and pass this filter to
 /// [`BalanceConfigBuilder::filter`](crate::BalanceConfigBuilder::filter). An endpoint whose
-/// breaker is half-open takes calls again, so its trial calls can close it.
+/// breaker is half-open takes as many calls as it has probe slots, so its trial calls can close
+/// it; a call waiting for an endpoint looks again when an open breaker's wait ends.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,9 +150,13 @@ pub struct BreakerFilter;
 impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
     #[inline]
     fn available(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> bool {
-        !matches!(
-            service.state(),
-            seawall_breaker::State::Open | seawall_breaker::State::ForcedOpen
-        )
+        service.is_call_permitted()
+    }
+
+    fn available_in(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> Option<Duration> {
+        match service.state() {
+            seawall_breaker::State::Open => service.handle().remaining_wait(),
+            _ => None,
+        }
     }
 }

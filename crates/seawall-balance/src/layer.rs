@@ -6,7 +6,7 @@ use crate::{
     Balance, BalanceEvent,
 };
 use seawall_core::{classify::DefaultClassifier, Listeners, Name};
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 use tower::discover::Discover;
 use tower_layer::Layer;
 
@@ -85,10 +85,7 @@ where
         let filter: Option<Box<dyn Filter<D::Key, D::Service>>> = if self.filter.is_noop() {
             None
         } else {
-            let filter = self.filter.clone();
-            Some(Box::new(move |key: &D::Key, svc: &D::Service| {
-                filter.available(key, svc)
-            }))
+            Some(Box::new(SharedFilter(self.filter.clone())))
         };
         let probe = if self.probe.is_noop() {
             None
@@ -118,5 +115,19 @@ impl<C, H, P, F> fmt::Debug for BalanceLayer<C, H, P, F> {
             .field("health_check", &self.settings.health_check)
             .field("listeners", &self.listeners)
             .finish()
+    }
+}
+
+/// The layer's filter, shared by the balancers it builds.
+struct SharedFilter<F>(Arc<F>);
+
+impl<K, S, F: Filter<K, S>> Filter<K, S> for SharedFilter<F> {
+    #[inline]
+    fn available(&self, key: &K, service: &S) -> bool {
+        self.0.available(key, service)
+    }
+
+    fn available_in(&self, key: &K, service: &S) -> Option<Duration> {
+        self.0.available_in(key, service)
     }
 }

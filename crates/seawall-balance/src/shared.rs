@@ -155,17 +155,26 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 < self.settings.panic_threshold * total as f64
     }
 
-    /// Whether endpoint `ep` may take a call (health and filter); in panic mode every one may.
+    /// Whether endpoint `ep` may take a call: healthy (in panic mode, every endpoint is) and let
+    /// through by the filter.
     #[inline]
     pub(crate) fn available(&self, panic: bool, ep: &Endpoint<K, S>) -> bool {
-        if panic {
-            return true;
-        }
-        ep.stats.healthy()
+        (panic || ep.stats.healthy())
             && self
                 .filter
                 .as_ref()
                 .is_none_or(|f| f.available(&ep.key, &ep.service))
+    }
+
+    /// The soonest the filter expects one of the endpoints it refuses to take calls again.
+    pub(crate) fn filter_recheck(&self, snapshot: &Snapshot<K, S>) -> Option<Duration> {
+        let filter = self.filter.as_ref()?;
+        snapshot
+            .endpoints
+            .iter()
+            .filter(|ep| !filter.available(&ep.key, &ep.service))
+            .filter_map(|ep| filter.available_in(&ep.key, &ep.service))
+            .min()
     }
 
     fn emit(&self, event: BalanceEvent) {

@@ -5,10 +5,21 @@ mod common;
 
 use common::{channel, drive_keys, Behavior, Node};
 use seawall::balance::{BalanceLayer, BreakerFilter, Change, OutlierDetection, Picker};
-use seawall::breaker::{BreakerConfig, BreakerSet, SlidingWindow, State};
+use seawall::breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
 use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
-use tokio::time::sleep;
-use tower::Layer;
+use tokio::time::{sleep, Instant};
+use tower::{Layer, ServiceExt};
+
+/// A breaker that opens on one failure, waits 100 ms and then lets `probes` trial calls through.
+fn quick_breaker(probes: u32) -> BreakerLayer {
+    BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_millis(100))
+        .permitted_probes(probes)
+        .jitter(0.0)
+        .build()
+        .unwrap()
+}
 
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_whose_breaker_is_open_takes_no_calls() {
@@ -67,4 +78,79 @@ async fn an_endpoint_whose_breaker_is_open_takes_no_calls() {
     assert_eq!((ok, failed), (30, 0));
     assert_eq!(breakers.handle(&0).unwrap().state(), State::Closed);
     assert!(hits(&behaviors)[0] > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_endpoint_takes_no_more_calls_than_its_probe_slots() {
+    let breakers: Vec<_> = (0..3).map(|_| quick_breaker(1)).collect();
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for (id, breaker) in breakers.iter().enumerate() {
+        let behavior = Arc::new(Behavior::default());
+        behaviors.push(behavior.clone());
+        let service = breaker.layer(Node { id, behavior });
+        tx.send(Change::Insert(id, service)).unwrap();
+    }
+    common::settle().await;
+    behaviors[0].fail.store(true, Relaxed);
+    for i in 0..3 {
+        let _ = balance.clone().oneshot(i).await;
+    }
+    assert_eq!(breakers[0].handle().state(), State::Open);
+    behaviors[0].fail.store(false, Relaxed);
+    behaviors[0].delay_ms.store(1000, Relaxed);
+    behaviors[0].hits.store(0, Relaxed);
+    sleep(Duration::from_millis(200)).await;
+
+    // Nine calls at once: endpoint 0 is half-open with one probe slot, so it takes one (slow)
+    // trial call and the other eight go to the healthy endpoints; none fails with `Open`.
+    let calls: Vec<_> = (0..9)
+        .map(|i| tokio::spawn(balance.clone().oneshot(i)))
+        .collect();
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("no call is sent to a breaker that would reject it");
+    }
+    assert_eq!(behaviors[0].hits.load(Relaxed), 1);
+    assert_eq!(breakers[0].handle().state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_is_served_when_an_open_breaker_s_wait_ends() {
+    let breaker = quick_breaker(1);
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    let service = breaker.layer(Node {
+        id: 0,
+        behavior: behavior.clone(),
+    });
+    tx.send(Change::Insert(0usize, service)).unwrap();
+    common::settle().await;
+    behavior.fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(1).await.is_err());
+    assert_eq!(breaker.handle().state(), State::Open);
+    behavior.fail.store(false, Relaxed);
+
+    // The only endpoint is refused until its breaker's 100 ms wait ends; the waiting call looks
+    // again then rather than at its 2 s `max_wait`.
+    let start = Instant::now();
+    assert_eq!(balance.clone().oneshot(2).await.unwrap(), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!(breaker.handle().state(), State::Closed);
 }

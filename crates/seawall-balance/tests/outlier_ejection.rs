@@ -243,3 +243,29 @@ async fn panic_threshold_spreads_over_all_endpoints() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_ignores_health_but_not_the_filter() {
+    let (balance, cluster) = cluster(
+        5,
+        BalanceLayer::builder()
+            .seed(2)
+            .picker(Picker::RoundRobin)
+            .filter(|key: &usize, _: &common::Node| *key != 0)
+            .outlier_detection(consecutive(1)),
+    )
+    .await;
+    for i in 1..4 {
+        cluster.node(i).fail.store(true, Relaxed);
+    }
+    drive(&balance, 20).await;
+    assert_eq!(balance.unhealthy(), vec![1, 2, 3]);
+    assert!(balance.is_panicking(), "2 of 5 healthy < 50 %");
+    cluster.reset();
+    drive(&balance, 40).await;
+    let hits = cluster.hits();
+    // Health is ignored, so the ejected endpoints take calls again; the filter still holds.
+    assert_eq!(hits[0], 0, "{hits:?}");
+    assert!(hits[1..4].iter().all(|&h| h > 0), "{hits:?}");
+    assert_eq!(hits.iter().sum::<u32>(), 40);
+}

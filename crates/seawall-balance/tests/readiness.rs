@@ -232,3 +232,81 @@ async fn an_endpoint_readiness_error_fails_that_call_and_counts_against_the_endp
     assert_eq!(errors, vec!["connection refused"; 2]);
     assert_eq!(balance.unhealthy(), vec![0]);
 }
+
+/// An endpoint that is ready only once its gate opens.
+#[derive(Clone)]
+struct Gate {
+    id: usize,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    hits: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Gate {
+    fn new(id: usize) -> Self {
+        Gate {
+            id,
+            open: Arc::default(),
+            waker: Arc::default(),
+            hits: Arc::default(),
+        }
+    }
+
+    fn open(&self) {
+        self.open.store(true, Relaxed);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<u64> for Gate {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = std::future::Ready<Result<usize, seawall::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), seawall::BoxError>> {
+        if self.open.load(Relaxed) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        self.hits.fetch_add(1, Relaxed);
+        std::future::ready(Ok(self.id))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .max_wait(None)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let (gone, new) = (Gate::new(0), Gate::new(1));
+    tx.send(Change::Insert(0usize, gone.clone())).unwrap();
+    common::settle().await;
+    // The call waits on endpoint 0, which is not ready; discovery then replaces it with endpoint
+    // 1 (not ready yet either), and only after that does endpoint 0 turn ready.
+    let call = tokio::spawn(balance.clone().oneshot(7));
+    common::settle().await;
+    tx.send(Change::Remove(0usize)).unwrap();
+    tx.send(Change::Insert(1usize, new.clone())).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![1]);
+    gone.open();
+    common::settle().await;
+    assert!(!call.is_finished());
+    new.open();
+    assert_eq!(call.await.unwrap().unwrap(), 1);
+    assert_eq!(gone.hits.load(Relaxed), 0);
+}
