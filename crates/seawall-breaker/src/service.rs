@@ -161,6 +161,14 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A rejection decided by an earlier poll is looked at again: the breaker may have
+        // recovered since (a reset, the wait over), and a caller that polls ready again before
+        // calling must not get a stale `Open`.
+        if let Next::Rejected = self.slot.next {
+            if self.is_call_permitted() {
+                self.slot.next = Next::Undecided;
+            }
+        }
         while let Next::Undecided = self.slot.next {
             match self.slot.shared.acquire() {
                 Ok(permit) => {

@@ -177,3 +177,39 @@ async fn inner_errors_pass_through_untouched() {
     let err = send(&mut svc, Call::Fail).await.unwrap_err();
     assert_eq!(err.to_string(), "boom");
 }
+
+#[tokio::test(start_paused = true)]
+async fn polling_ready_again_after_a_rejection_asks_the_breaker_again() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .permitted_probes(1)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    assert!(send(&mut svc, Call::Fail).await.is_err());
+    // Polled ready while Open: the call would be rejected...
+    svc.ready().await.unwrap();
+    let before = handle.snapshot().rejected;
+    // ...but the breaker is reset before the call, and the caller polls ready again.
+    handle.reset();
+    svc.ready().await.unwrap();
+    assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), 2);
+    assert_eq!(
+        handle.snapshot().rejected,
+        before,
+        "no rejection counted twice"
+    );
+
+    // The same once the Open wait is over (the breaker goes half-open for the call).
+    assert!(send(&mut svc, Call::Fail).await.is_err());
+    svc.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap();
+    assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+}
