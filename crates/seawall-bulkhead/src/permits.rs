@@ -197,9 +197,11 @@ impl Permits {
         Poll::Pending
     }
 
-    /// Gives up a place taken by [`poll_acquire`](Permits::poll_acquire): leaves the queue, or
-    /// passes on the permit handed over in the meantime.
-    pub fn cancel(&self, waiter: &Arc<Waiter>) {
+    /// Gives up a place taken by [`poll_acquire`](Permits::poll_acquire): leaves the queue.
+    /// `true` when a permit was handed over in the meantime: the caller now holds it, and gives
+    /// it back as it would any permit (so an adaptive limit's debt is paid first).
+    #[must_use = "a permit handed over must be given back"]
+    pub fn cancel(&self, waiter: &Arc<Waiter>) -> bool {
         {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
@@ -207,12 +209,10 @@ impl Permits {
                 if queue.is_empty() {
                     self.state.fetch_and(!WAITERS, Ordering::AcqRel);
                 }
-                return;
+                return false;
             }
         }
-        if waiter.take_grant() {
-            self.release(1);
-        }
+        waiter.take_grant()
     }
 }
 

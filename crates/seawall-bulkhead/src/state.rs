@@ -180,10 +180,16 @@ impl Shared {
 
     #[inline]
     fn release_one(&self) {
+        self.give_back();
+        self.metrics.in_flight.decrement(1.0);
+    }
+
+    /// Returns one permit to the semaphore, unless it pays off one the adaptive limit owes.
+    #[inline]
+    fn give_back(&self) {
         if !self.debt.absorb_release() {
             self.permits.release(1);
         }
-        self.metrics.in_flight.decrement(1.0);
     }
 
     /// Feeds one sample to the adaptive limit and resizes the semaphore to its answer.
@@ -357,7 +363,10 @@ impl Drop for Place {
     fn drop(&mut self) {
         if let Some(waiter) = self.slot.take() {
             self.shared.leave_wait();
-            self.shared.permits.cancel(&waiter);
+            if self.shared.permits.cancel(&waiter) {
+                // Handed a permit it never used.
+                self.shared.give_back();
+            }
         }
     }
 }

@@ -213,3 +213,77 @@ async fn max_wait_of_duration_max_waits_without_overflow() {
     assert_eq!(service.clone().oneshot(1).await.unwrap(), 1);
     holder.await.unwrap().unwrap();
 }
+
+/// An adaptive limit whose answers the test sets: it keeps its last answer until given another.
+#[derive(Debug, Clone)]
+struct Scripted(Arc<Mutex<usize>>);
+
+impl seawall_bulkhead::limit::Limit for Scripted {
+    fn initial_limit(&self) -> usize {
+        3
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (1, 3)
+    }
+
+    fn update(&mut self, _: &seawall_bulkhead::limit::Sample) -> usize {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_handed_a_permit_and_dropped_pays_the_limits_debt() {
+    use tokio_test::task::spawn;
+    use tower::Service;
+
+    let limit = Arc::new(Mutex::new(3));
+    let layer = BulkheadLayer::builder()
+        .adaptive(Scripted(limit.clone()))
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|(n, gate): (u32, Gate)| async move {
+        let _ = gate.await;
+        Ok::<_, std::io::Error>(n)
+    }));
+    let mut calls = Vec::new();
+    let mut gates = Vec::new();
+    // Three calls hold the limit of 3; a fourth (W) waits.
+    for n in 0..4 {
+        let (tx, rx) = oneshot::channel();
+        gates.push(tx);
+        svc.ready().await.unwrap();
+        let mut call = spawn(svc.call((n, rx)));
+        assert!(call.poll().is_pending());
+        calls.push(call);
+    }
+    assert_eq!(handle.waiting(), 1);
+    let mut gates = gates.into_iter();
+    let mut calls = calls.into_iter();
+    let (mut a, mut b, c, w) = (
+        calls.next().unwrap(),
+        calls.next().unwrap(),
+        calls.next().unwrap(),
+        calls.next().unwrap(),
+    );
+    // A finishes: its permit is handed to W, which is not polled to take it.
+    gates.next().unwrap().send(()).unwrap();
+    assert!(a.poll().is_ready());
+    // B finishes and the limit falls to 1 while two permits are held (C's, and W's): one owed.
+    *limit.lock().unwrap() = 1;
+    gates.next().unwrap().send(()).unwrap();
+    assert!(b.poll().is_ready());
+    assert_eq!(handle.limit(), 1);
+    // W gives up the permit it never used: it pays the debt rather than returning to the pool,
+    // so with C running a new call waits.
+    drop(w);
+    assert_eq!(handle.available(), 0);
+    let (_d_gate, rx) = oneshot::channel();
+    svc.ready().await.unwrap();
+    let mut d = spawn(svc.call((4, rx)));
+    assert!(d.poll().is_pending());
+    assert_eq!(handle.waiting(), 1, "C alone uses the limit of 1");
+    drop(c);
+}
