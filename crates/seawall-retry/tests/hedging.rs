@@ -350,3 +350,55 @@ async fn percentile_delay_hedges_slow_outliers() {
         "hedged at {delay:?}, answered after {took:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_win() {
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 20, Duration::from_secs(10))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    // Every fifth call's original copy is slow, 100 ms to 1 s in turn; every other copy takes
+    // 10 ms. The service's 90th percentile is therefore the median of the slow ones, ~550 ms.
+    let slow_next: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (s, n) = (slow_next.clone(), sent.clone());
+    let mut svc = layer.layer(service_fn(move |_: Req| {
+        n.fetch_add(1, Ordering::SeqCst);
+        let latency = s.lock().unwrap().take().unwrap_or(ms(10));
+        async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, BoxError>(())
+        }
+    }));
+    let mut calls = 0u64;
+    let mut period = async |layer: &HedgeLayer| {
+        let (until, before) = (
+            Instant::now() + Duration::from_secs(10),
+            sent.load(Ordering::SeqCst),
+        );
+        let mut made = 0;
+        while Instant::now() < until {
+            if calls % 5 == 0 {
+                *slow_next.lock().unwrap() = Some(ms(100 * (1 + (calls / 5) % 10)));
+            }
+            calls += 1;
+            made += 1;
+            svc.ready().await.unwrap().call(get()).await.unwrap();
+        }
+        let hedges = sent.load(Ordering::SeqCst) - before - made;
+        (layer.current_delay(), hedges as f64 / made as f64)
+    };
+    for _ in 0..2 {
+        period(&layer).await;
+    }
+    // Once hedging runs, each rescued call is recorded as taking the delay plus the hedge's
+    // 10 ms, not the hedge's 10 ms alone: the delay holds near the service's percentile and about
+    // one call in ten is hedged, period after period.
+    for _ in 0..6 {
+        let (delay, hedged) = period(&layer).await;
+        let delay = delay.unwrap();
+        assert!(delay >= ms(400) && delay <= ms(700), "delay {delay:?}");
+        assert!(hedged <= 0.15, "{:.1} % of calls hedged", hedged * 100.0);
+    }
+}

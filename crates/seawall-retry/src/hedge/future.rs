@@ -82,27 +82,30 @@ where
     }
 }
 
-/// Classifies a finished call, records its latency when it is acceptable, and says whether it is.
+/// Classifies a finished copy by its own duration (from `sent`) and says whether it is
+/// acceptable. The first acceptable one answers the call: the call's latency (from
+/// `call_started`, when latencies are recorded) goes into the histogram. Recording the winning
+/// copy's own latency instead would replace every slow call a hedge rescued by a fast sample and
+/// drag the percentile, and with it the delay, below the service's real one.
 fn accept<P, K, Req, Res>(
     shared: &Shared<P, K>,
     result: &Result<Res, BoxError>,
-    started: Option<Instant>,
+    sent: Option<Instant>,
+    call_started: Option<Instant>,
 ) -> bool
 where
     P: Policy<Req, Res>,
 {
-    let (now, elapsed) = match started {
-        Some(started) => {
-            let now = Instant::now();
-            (Some(now), now.saturating_duration_since(started))
-        }
-        None => (None, Duration::ZERO),
+    let now = (sent.is_some() || call_started.is_some()).then(Instant::now);
+    let since = |from: Option<Instant>| match (from, now) {
+        (Some(from), Some(now)) => now.saturating_duration_since(from),
+        _ => Duration::ZERO,
     };
-    let outcome = shared.policy.classify(result.as_ref(), elapsed);
+    let outcome = shared.policy.classify(result.as_ref(), since(sent));
     shared.budget.record(outcome);
     let acceptable = outcome != Outcome::Failure;
-    if let (true, Some(now)) = (acceptable, now) {
-        shared.record_latency(elapsed, now);
+    if let (true, Some(_), Some(now)) = (acceptable, call_started, now) {
+        shared.record_latency(since(call_started), now);
     }
     acceptable
 }
@@ -124,7 +127,7 @@ where
                 if let Poll::Ready(result) = primary.poll(cx) {
                     this.primary.set(None);
                     let result = result.map_err(Into::into);
-                    if accept(shared, &result, *this.started) {
+                    if accept(shared, &result, *this.started, *this.started) {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();
                         return Poll::Ready(result);
@@ -142,7 +145,7 @@ where
                 let done = this.hedges.swap_remove(i);
                 drop(done.future);
                 let result = result.map_err(Into::into);
-                if accept(shared, &result, Some(done.started)) {
+                if accept(shared, &result, Some(done.started), *this.started) {
                     this.primary.set(None);
                     this.hedges.clear();
                     shared.on_won(done.hedge);
