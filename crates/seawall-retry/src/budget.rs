@@ -93,7 +93,7 @@ impl RetryBudget {
         }
     }
 
-    /// gRPC's token bucket: `max_tokens` in `(0, 1000]`, `token_ratio` in `(0, max_tokens]`,
+    /// gRPC's token bucket: `max_tokens` in `[0.001, 1000]`, `token_ratio` in `(0, max_tokens]`,
     /// each kept to three decimals as gRPC specifies.
     ///
     /// ```
@@ -103,10 +103,11 @@ impl RetryBudget {
     /// assert!(RetryBudget::token_bucket(0.0, 0.1).is_err());
     /// ```
     pub fn token_bucket(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
-        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+        // Tokens are counted in thousandths, as gRPC keeps three decimal places.
+        if !(max_tokens >= 0.001 && max_tokens <= 1000.0) {
             return Err(ConfigError::invalid(
                 "max_tokens",
-                "must be in (0, 1000]",
+                "must be in [0.001, 1000]",
                 max_tokens.to_string(),
             ));
         }
@@ -598,6 +599,11 @@ mod tests {
         assert_eq!(
             RetryBudget::token_bucket(2000.0, 1.0).unwrap_err().field(),
             "max_tokens"
+        );
+        assert_eq!(
+            RetryBudget::token_bucket(0.0004, 0.0001).unwrap_err().field(),
+            "max_tokens",
+            "a bucket of less than a thousandth of a token would never allow a retry"
         );
         assert_eq!(
             RetryBudget::token_bucket(10.0, 0.0).unwrap_err().field(),
