@@ -601,7 +601,9 @@ mod tests {
             "max_tokens"
         );
         assert_eq!(
-            RetryBudget::token_bucket(0.0004, 0.0001).unwrap_err().field(),
+            RetryBudget::token_bucket(0.0004, 0.0001)
+                .unwrap_err()
+                .field(),
             "max_tokens",
             "a bucket of less than a thousandth of a token would never allow a retry"
         );

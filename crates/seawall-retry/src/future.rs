@@ -281,14 +281,31 @@ where
         StateProj::Calling { .. } => return Poll::Ready(Ok(())),
         StateProj::Done => panic!("retry ResponseFuture polled after completion"),
     }
-    // Each attempt goes through the inner service's readiness again.
-    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
     let link = &*this.link;
-    let next = *this.attempt + 1;
     let template = this
         .template
         .as_ref()
         .expect("a retry is only scheduled with a request to copy");
+    // Each attempt goes through the inner service's readiness again, and none starts once the
+    // call's deadline has passed: waiting for readiness past it gives up at the deadline.
+    let deadline = template.deadline();
+    let ready = this.service.poll_ready(cx);
+    if let Some(deadline) = deadline {
+        if Instant::now() >= deadline {
+            link.on_give_up(*this.attempt, GiveUpReason::Deadline);
+            return Poll::Ready(Err(Box::new(Elapsed::new())));
+        }
+        if ready.is_pending() {
+            Waits::arm(this.waits, deadline, false);
+            let waits = this.waits.as_mut().expect("just armed");
+            if waits.as_mut().project().sleep.poll(cx).is_ready() {
+                link.on_give_up(*this.attempt, GiveUpReason::Deadline);
+                return Poll::Ready(Err(Box::new(Elapsed::new())));
+            }
+        }
+    }
+    ready!(ready).map_err(Into::into)?;
+    let next = *this.attempt + 1;
     let copy = if next < link.settings().max_attempts {
         link.cloner.clone_request(template)
     } else {

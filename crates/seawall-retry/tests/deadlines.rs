@@ -182,3 +182,63 @@ async fn per_attempt_deadline_never_outlives_the_calls_deadline() {
     );
     assert_eq!(Instant::now() - start, ms(150));
 }
+
+/// Fails every call; after the first call it is not ready again until `open_at`.
+#[derive(Clone)]
+struct SlowToReady {
+    calls: Calls,
+    open_at: Instant,
+    sleep: Arc<Mutex<Option<std::pin::Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+impl Service<Req> for SlowToReady {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.calls.count() == 0 {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let mut sleep = self.sleep.lock().unwrap();
+        let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.open_at)));
+        std::future::Future::poll(sleep.as_mut(), cx).map(Ok)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.calls.push(&req);
+        std::future::ready(Err("down".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_starts_after_the_deadline_while_waiting_for_readiness() {
+    let start = Instant::now();
+    let calls = Calls::default();
+    let inner = SlowToReady {
+        calls: calls.clone(),
+        open_at: start + ms(500),
+        sleep: Arc::default(),
+    };
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = retry(3, ms(10))
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let mut req = get();
+    req.set_deadline(start + ms(200));
+    // The backoff (10 ms) fits before the deadline, but the service is not ready until 500 ms:
+    // the retry gives up at the deadline instead of sending an attempt past it.
+    let err = layer.layer(inner).oneshot(req).await.unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(200));
+    assert_eq!(calls.count(), 1);
+    assert!(events.lock().unwrap().contains(&RetryEvent::GaveUp {
+        attempts: 1,
+        reason: GiveUpReason::Deadline
+    }));
+}
