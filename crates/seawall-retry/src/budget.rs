@@ -104,7 +104,7 @@ impl RetryBudget {
     /// ```
     pub fn token_bucket(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
         // Tokens are counted in thousandths, as gRPC keeps three decimal places.
-        if !(max_tokens >= 0.001 && max_tokens <= 1000.0) {
+        if !(0.001..=1000.0).contains(&max_tokens) {
             return Err(ConfigError::invalid(
                 "max_tokens",
                 "must be in [0.001, 1000]",
