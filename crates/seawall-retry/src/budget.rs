@@ -148,9 +148,21 @@ impl RetryBudget {
     /// Takes one retry from the budget; `false` when it is exhausted.
     pub fn try_withdraw(&self) -> bool {
         match &*self.inner {
-            Kind::Ratio(r) => r.try_withdraw(Instant::now()),
+            Kind::Ratio(r) => r.try_withdraw(Instant::now()).is_some(),
             Kind::Bucket(b) => b.can_retry(),
             Kind::Unlimited => true,
+        }
+    }
+
+    /// Takes one retry from the budget, to be given back if the retry is never sent; `None` when
+    /// the budget is exhausted.
+    pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
+        match &*self.inner {
+            Kind::Ratio(r) => r
+                .try_withdraw(Instant::now())
+                .map(|slice| Withdrawal(Some((self.clone(), slice)))),
+            Kind::Bucket(b) => b.can_retry().then_some(Withdrawal(None)),
+            Kind::Unlimited => Some(Withdrawal(None)),
         }
     }
 
@@ -280,6 +292,35 @@ impl RatioBuilder {
     }
 }
 
+/// One retry (or hedge) taken from a budget by [`RetryBudget::withdraw`]. Dropped before it is
+/// [spent](Withdrawal::spend), it is given back: a retry or hedge that was never sent (the caller
+/// gave up during the backoff, the original call answered first) does not count against the
+/// budget. Given back after its slice has left the window, it changes nothing.
+#[must_use = "dropping a withdrawal gives it back"]
+pub(crate) struct Withdrawal(Option<(RetryBudget, u64)>);
+
+impl Withdrawal {
+    /// A withdrawal from no budget (an unlimited one).
+    pub(crate) fn free() -> Self {
+        Withdrawal(None)
+    }
+
+    /// The retry or hedge it paid for was sent: it stays withdrawn.
+    pub(crate) fn spend(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Withdrawal {
+    fn drop(&mut self) {
+        if let Some((budget, slice)) = self.0.take() {
+            if let Kind::Ratio(r) = &*budget.inner {
+                r.refund(slice, Instant::now());
+            }
+        }
+    }
+}
+
 // ===== ratio budget =====
 
 /// Finagle's budget, with deposits counted lock-free and folded into a sliced window under a lock
@@ -403,15 +444,26 @@ impl Ratio {
         self.available(&window)
     }
 
-    fn try_withdraw(&self, now: Instant) -> bool {
+    /// Takes one retry; the slice it is counted in, or `None` when none is available.
+    fn try_withdraw(&self, now: Instant) -> Option<u64> {
         let mut window = self.lock();
         self.fold(&mut window, now, false);
         if self.available(&window) >= UNIT as i64 {
             let slot = (window.current % (SLICES as u64 + 1)) as usize;
             window.withdrawals[slot] += 1;
-            true
+            Some(window.current)
         } else {
-            false
+            None
+        }
+    }
+
+    /// Gives back a retry taken in `slice`, unless that slice has left the window.
+    fn refund(&self, slice: u64, now: Instant) {
+        let mut window = self.lock();
+        self.fold(&mut window, now, false);
+        if window.current.saturating_sub(slice) <= SLICES as u64 {
+            let slot = (slice % (SLICES as u64 + 1)) as usize;
+            window.withdrawals[slot] = window.withdrawals[slot].saturating_sub(1);
         }
     }
 }

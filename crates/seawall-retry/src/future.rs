@@ -1,5 +1,6 @@
 use crate::{
     backoff::Delays,
+    budget::Withdrawal,
     layer::{Link, Settings},
     policy::{CloneRequest, Policy},
     BudgetExhausted, GiveUpReason,
@@ -52,6 +53,8 @@ pin_project! {
         // Whether `sleep` is the running attempt's timeout (rather than a finished backoff).
         timed: bool,
         delays: Option<Delays>,
+        // The budget's retry for the attempt being prepared: given back if it is never sent.
+        paid: Option<Withdrawal>,
     }
 }
 
@@ -103,6 +106,7 @@ impl Waits {
                     sleep: sleep_until(deadline),
                     timed,
                     delays: None,
+                    paid: None,
                 }))
             }
         }
@@ -241,13 +245,14 @@ where
             return Err(result);
         }
     }
-    if !link.try_withdraw() {
+    let Some(paid) = link.withdraw() else {
         link.on_budget_exhausted(attempts);
         return Err(match result {
             Err(error) => Err(Box::new(BudgetExhausted::new(error)) as BoxError),
             response => response,
         });
-    }
+    };
+    *waits.paid = Some(paid);
     link.on_retry(attempts + 1, delay);
     drop(result);
     if !delay.is_zero() {
@@ -329,6 +334,13 @@ where
     *this.attempt = next;
     let future = this.service.call(request);
     this.state.set(State::Calling { future });
+    if let Some(paid) = this
+        .waits
+        .as_mut()
+        .and_then(|w| w.as_mut().project().paid.take())
+    {
+        paid.spend();
+    }
     Poll::Ready(Ok(()))
 }
 

@@ -1,6 +1,6 @@
 use crate::{
     backoff::Backoff,
-    budget::RetryBudget,
+    budget::{RetryBudget, Withdrawal},
     config::random_seed,
     policy::{ByClone, Classified},
     GiveUpReason, Retry, RetryEvent,
@@ -231,11 +231,11 @@ impl<P, K> Link<P, K> {
         }
     }
 
-    /// Takes one retry from the budget.
-    pub(crate) fn try_withdraw(&self) -> bool {
+    /// Takes one retry from the budget, given back if the retry is never sent.
+    pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
         match &self.core {
-            Some(core) => core.budget.try_withdraw(),
-            None => true,
+            Some(core) => core.budget.withdraw(),
+            None => Some(Withdrawal::free()),
         }
     }
 

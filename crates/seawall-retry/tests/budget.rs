@@ -339,3 +339,37 @@ fn layers_built_separately_have_separate_budgets() {
     assert!(a.budget().same(a.clone().budget()));
     let _: fn(Req) = |_| {};
 }
+
+/// A budget of exactly one retry per second: no ratio, a reserve of one.
+fn one_retry() -> RetryBudget {
+    RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_dropped_during_its_backoff_gives_its_budget_back() {
+    let budget = one_retry();
+    let layer = RetryLayer::builder()
+        .backoff(Backoff::constant(ms(100)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut svc = layer.layer(svc);
+    let call = svc.ready().await.unwrap().call(get());
+    // The first attempt fails and the retry is scheduled (the budget's one retry taken); the
+    // caller gives up during the backoff.
+    assert!(tokio::time::timeout(ms(50), call).await.is_err());
+    assert_eq!(calls.count(), 1);
+    assert!(budget.can_retry(), "the retry never sent is given back");
+
+    // A retry that is sent stays spent: the next call gets one retry, then finds the budget empty.
+    let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(error::is::<BudgetExhausted>(&*err), "{err}");
+    assert_eq!(calls.count(), 3);
+    assert!(!budget.can_retry());
+}

@@ -402,3 +402,28 @@ async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_
         assert!(hedged <= 0.15, "{:.1} % of calls hedged", hedged * 100.0);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_never_sent_gives_its_budget_back() {
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // One call at a time underneath: the hedge, due at 10 ms, waits for readiness until the
+    // original answers at 50 ms, and is never sent.
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(replicas.service(|_| ms(50), |_| false));
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(replicas.calls.count(), 1);
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+}

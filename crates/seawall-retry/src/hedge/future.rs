@@ -1,5 +1,6 @@
 use super::layer::Shared;
 use crate::{
+    budget::Withdrawal,
     policy::{CloneRequest, Policy},
     timer::Timer,
 };
@@ -38,8 +39,9 @@ pin_project! {
         sent: u32,
         scheduled: bool,
         due: bool,
-        // The budget's token for the next hedge, taken before the service is polled ready.
-        withdrawn: bool,
+        // The budget's hedge for the next copy, taken before the service is polled ready and
+        // given back if the copy is never sent.
+        withdrawn: Option<Withdrawal>,
         started: Option<Instant>,
         failure: Option<Result<S::Response, BoxError>>,
         shared: Arc<Shared<P, K>>,
@@ -74,7 +76,7 @@ where
             sent: 0,
             scheduled: false,
             due: false,
-            withdrawn: false,
+            withdrawn: None,
             started,
             failure: None,
             shared,
@@ -179,13 +181,13 @@ where
             // Take the budget before polling the service ready: a service made ready and then left
             // unused would hold its reservation (a `Buffer` slot, a permit) until the call ends,
             // which deadlocks when the call itself needs it (a retry underneath).
-            if !*this.withdrawn {
-                if !shared.budget.try_withdraw() {
+            if this.withdrawn.is_none() {
+                let Some(withdrawal) = shared.budget.withdraw() else {
                     shared.on_budget_exhausted();
                     *this.template = None;
                     continue;
-                }
-                *this.withdrawn = true;
+                };
+                *this.withdrawn = Some(withdrawal);
             }
             match ready!(this.service.poll_ready(cx)) {
                 Ok(()) => {}
@@ -194,10 +196,10 @@ where
                     let error: BoxError = error.into();
                     tracing::debug!(name = %shared.name, %error, "seawall hedge: inner service failed readiness");
                     *this.template = None;
+                    *this.withdrawn = None;
                     continue;
                 }
             }
-            *this.withdrawn = false;
 
             let hedge = *this.sent + 1;
             let copy = if hedge < shared.max_hedges {
@@ -213,6 +215,9 @@ where
             };
             let now = Instant::now();
             let future = this.service.call(request);
+            if let Some(withdrawal) = this.withdrawn.take() {
+                withdrawal.spend();
+            }
             this.hedges.push(InFlight {
                 future: Box::pin(future),
                 started: now,
