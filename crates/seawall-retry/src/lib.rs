@@ -94,7 +94,7 @@
 //! ```
 //!
 //! Request types other than [`http::Request`] implement [`RequestDeadline`] (one empty `impl`
-//! block if they carry no deadline) to be retried.
+//! block if they carry no deadline) to be retried or hedged.
 #![warn(
     missing_docs,
     missing_debug_implementations,

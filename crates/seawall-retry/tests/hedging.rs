@@ -427,3 +427,25 @@ async fn a_hedge_never_sent_gives_its_budget_back() {
     assert_eq!(replicas.calls.count(), 1);
     assert!(budget.can_retry(), "the hedge never sent is given back");
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_copy_is_sent_once_the_calls_deadline_has_passed() {
+    use seawall_core::deadline::RequestDeadline;
+
+    let replicas = Replicas::new();
+    let mut svc = fixed(ms(10), 3).layer(replicas.service(|_| ms(100), |_| false));
+    // Hedges are due at 10, 20 and 30 ms; the deadline at 25 ms leaves room for the first two.
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(25));
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    let starts: Vec<_> = replicas.calls.all().iter().map(|c| c.at).collect();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert_eq!(starts[2] - starts[0], ms(20));
+
+    // A deadline before the first hedge is due: no copy at all.
+    let before = replicas.calls.count();
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(10));
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(replicas.calls.count() - before, 1);
+}

@@ -5,7 +5,10 @@ use crate::{
     timer::Timer,
 };
 use pin_project_lite::pin_project;
-use seawall_core::{deadline::deadline_after, BoxError, Outcome};
+use seawall_core::{
+    deadline::{deadline_after, RequestDeadline},
+    BoxError, Outcome,
+};
 use std::{
     fmt,
     future::Future,
@@ -118,6 +121,8 @@ where
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response>,
     K: CloneRequest<Req>,
+    S: Clone,
+    Req: RequestDeadline,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -178,6 +183,17 @@ where
                 *this.due = true;
             }
 
+            // No copy starts once the call's deadline has passed: it would have no time at all.
+            let past_deadline = |template: &Option<Req>| {
+                let deadline = template.as_ref().and_then(RequestDeadline::deadline);
+                deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            };
+            if past_deadline(this.template) {
+                *this.template = None;
+                *this.withdrawn = None;
+                continue;
+            }
+
             // Take the budget before polling the service ready: a service made ready and then left
             // unused would hold its reservation (a `Buffer` slot, a permit) until the call ends,
             // which deadlocks when the call itself needs it (a retry underneath).
@@ -199,6 +215,14 @@ where
                     *this.withdrawn = None;
                     continue;
                 }
+            }
+            if past_deadline(this.template) {
+                // It passed while the service got ready: hand back what readiness reserved (a
+                // clone reserves nothing) rather than hold it while the calls already out run.
+                *this.service = this.service.clone();
+                *this.template = None;
+                *this.withdrawn = None;
+                continue;
             }
 
             let hedge = *this.sent + 1;

@@ -20,6 +20,9 @@
 //!   everything is slow at once (which is when hedges stop helping).
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
+//! - **Deadline**: no copy is sent once the request's deadline (read through
+//!   [`RequestDeadline`](seawall_core::deadline::RequestDeadline)) has passed, and a request whose
+//!   deadline comes before its first hedge is due is not copied.
 //!
 //! ```
 //! use seawall::{retry::HedgeLayer, ServiceBuilderExt};

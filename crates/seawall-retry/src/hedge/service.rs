@@ -1,6 +1,9 @@
 use super::{layer::Shared, ResponseFuture};
 use crate::policy::{ByClone, Classified, CloneRequest, Policy};
-use seawall_core::BoxError;
+use seawall_core::{
+    deadline::{deadline_after, RequestDeadline},
+    BoxError,
+};
 use std::{
     fmt, mem,
     sync::Arc,
@@ -66,6 +69,7 @@ where
     S::Error: Into<BoxError>,
     P: Policy<Req, S::Response>,
     K: CloneRequest<Req>,
+    Req: RequestDeadline,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -84,13 +88,18 @@ where
         shared.budget.deposit();
         // No copy while no delay is known yet (a percentile still being measured).
         let delay = shared.current_delay();
+        let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
         let template = match delay {
-            Some(_) if shared.policy.is_retryable(&request) => {
-                shared.cloner.clone_request(&request)
+            // No copy for a request whose deadline comes before its first hedge would.
+            Some(delay) if shared.policy.is_retryable(&request) => {
+                let hedge_at = || deadline_after(started.unwrap_or_else(Instant::now), delay);
+                match request.deadline() {
+                    Some(deadline) if deadline <= hedge_at() => None,
+                    _ => shared.cloner.clone_request(&request),
+                }
             }
             _ => None,
         };
-        let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
         let future = service.call(request);
         ResponseFuture::new(
             future,
