@@ -136,6 +136,15 @@ impl<S, C> Breaker<S, C> {
             self.waiting = Some(Waiting { notified, sleep });
             return Poll::Ready(());
         };
+        if waiting.sleep.is_none() {
+            // The first rejection can come between a change of state and its deadline being
+            // written, and the notice of the change before this waiter listened: take the deadline
+            // from this rejection, so the wait always ends.
+            if let Some(at) = rejected.retry_at() {
+                let at = self.slot.shared.instant_at(at);
+                waiting.sleep = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+        }
         let notified = waiting.notified.as_mut().poll(cx).is_ready();
         let slept = waiting
             .sleep
