@@ -25,9 +25,14 @@
 //!   deadline comes before its first hedge is due is not copied.
 //!
 //! ```
-//! use seawall::{retry::HedgeLayer, ServiceBuilderExt};
+//! use seawall::{retry::{HedgeLayer, RequestDeadline}, ServiceBuilderExt};
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! /// A request that carries no deadline.
+//! #[derive(Clone)]
+//! struct Query(&'static str);
+//! impl RequestDeadline for Query {}
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), seawall::BoxError> {
@@ -36,11 +41,11 @@
 //!     .max_hedges(2)
 //!     .name("search")
 //!     .build()?;
-//! let replicas = service_fn(|query: &'static str| async move {
-//!     Ok::<_, seawall::BoxError>(query.len())
+//! let replicas = service_fn(|query: Query| async move {
+//!     Ok::<_, seawall::BoxError>(query.0.len())
 //! });
 //! let client = ServiceBuilder::new().with_hedge(hedge).service(replicas);
-//! assert_eq!(client.oneshot("rust").await?, 4);
+//! assert_eq!(client.oneshot(Query("rust")).await?, 4);
 //! # Ok(())
 //! # }
 //! ```
