@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use support::{flaky, get, ms, Req};
+use support::{flaky, get, ms, one_retry, Req};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -273,13 +273,7 @@ async fn ratio_budget_allows_its_share() {
 
 #[tokio::test(start_paused = true)]
 async fn one_budget_is_shared_by_clones_and_layers() {
-    // A reserve of exactly one retry (1 a second over 1 s) and no ratio.
-    let budget = RetryBudget::builder()
-        .ratio(0.0)
-        .min_per_second(1)
-        .ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let budget = one_retry();
     let retry = |b: &RetryBudget| {
         RetryLayer::builder()
             .backoff(Backoff::constant(ms(1)))
@@ -338,16 +332,6 @@ fn layers_built_separately_have_separate_budgets() {
     assert!(!a.budget().same(b.budget()));
     assert!(a.budget().same(a.clone().budget()));
     let _: fn(Req) = |_| {};
-}
-
-/// A budget of exactly one retry per second: no ratio, a reserve of one.
-fn one_retry() -> RetryBudget {
-    RetryBudget::builder()
-        .ratio(0.0)
-        .min_per_second(1)
-        .ttl(std::time::Duration::from_secs(1))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -405,12 +405,7 @@ async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_
 
 #[tokio::test(start_paused = true)]
 async fn a_hedge_never_sent_gives_its_budget_back() {
-    let budget = RetryBudget::builder()
-        .ratio(0.0)
-        .min_per_second(1)
-        .ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let budget = support::one_retry();
     let layer = HedgeLayer::builder()
         .delay(ms(10))
         .budget(budget.clone())

@@ -15,6 +15,16 @@ pub const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A budget of exactly one retry: no ratio, a reserve of one a second over one second.
+pub fn one_retry() -> seawall_retry::RetryBudget {
+    seawall_retry::RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 pub fn get() -> Req {
     http::Request::get("/things/1").body("x").unwrap()
 }
