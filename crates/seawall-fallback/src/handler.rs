@@ -1,4 +1,4 @@
-use seawall_core::{error, BoxError};
+use seawall_core::{error, BoxError, RequestDeadline};
 use std::{
     error::Error,
     fmt,
@@ -46,6 +46,10 @@ impl<Res> Failed<Res> {
         }
     }
 }
+
+/// A failed call carries no deadline: a `TimeoutLayer` around a fallback service bounds the
+/// fallback on its own, whatever time the original call used.
+impl<Res> RequestDeadline for Failed<Res> {}
 
 impl<Res> fmt::Debug for Failed<Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

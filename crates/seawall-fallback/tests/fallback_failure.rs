@@ -92,3 +92,24 @@ async fn async_fallback_service_answers() {
         "secondary region after: primary down"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_layer_bounds_a_slow_fallback_service() {
+    let slow_cache = service_fn(|_: Failed<&'static str>| async {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        Ok::<_, BoxError>("cached")
+    });
+    let bounded = seawall::timeout::TimeoutLayer::new(std::time::Duration::from_millis(100))
+        .layer(slow_cache);
+    let svc = FallbackLayer::builder()
+        .build_service(bounded)
+        .unwrap()
+        .layer(service_fn(|()| async {
+            Err::<&'static str, BoxError>("down".into())
+        }));
+    let started = tokio::time::Instant::now();
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(100));
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(error::is::<Elapsed>(failed.fallback_error()));
+}
