@@ -252,6 +252,32 @@ impl GrpcCode {
             .unwrap_or(GrpcCode::Unknown)
     }
 
+    /// The code a gRPC client reports for a response that has HTTP status `status` and no
+    /// `grpc-status`, as gRPC's HTTP-to-gRPC status mapping gives it: 400 INTERNAL, 401
+    /// UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 429, 502, 503 and 504
+    /// UNAVAILABLE, any other UNKNOWN.
+    pub fn from_http_status(status: http::StatusCode) -> GrpcCode {
+        match status.as_u16() {
+            400 => GrpcCode::Internal,
+            401 => GrpcCode::Unauthenticated,
+            403 => GrpcCode::PermissionDenied,
+            404 => GrpcCode::Unimplemented,
+            429 | 502 | 503 | 504 => GrpcCode::Unavailable,
+            _ => GrpcCode::Unknown,
+        }
+    }
+
+    /// The status a gRPC response's headers tell: its `grpc-status`, or, when that is absent and
+    /// the HTTP status is not 200, the code [`from_http_status`](Self::from_http_status) maps it
+    /// to. `None` for a 200 response whose status is still to come in the trailers.
+    pub fn from_response<B>(response: &Response<B>) -> Option<GrpcCode> {
+        match GrpcCode::from_headers(response.headers()) {
+            Some(code) => Some(code),
+            None if response.status() == http::StatusCode::OK => None,
+            None => Some(GrpcCode::from_http_status(response.status())),
+        }
+    }
+
     /// Reads the `grpc-status` header; `None` when it is absent.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
         let value = headers.get("grpc-status")?;
@@ -270,9 +296,12 @@ impl GrpcCode {
 /// Classifies gRPC responses by the `grpc-status` header.
 ///
 /// A gRPC server that fails a call before sending any message answers *trailers-only*: the status
-/// is in the response headers, where this classifier reads it. A response without `grpc-status` in
-/// its headers is a success as far as the headers tell (a failure reported in the trailers of a
-/// streamed body is not visible to a response classifier). Errors are failures.
+/// is in the response headers, where this classifier reads it. A response with HTTP status other
+/// than 200 and no `grpc-status` (an error page from a proxy or load balancer in front of the
+/// server) is read as gRPC clients read it, through [`GrpcCode::from_http_status`]: 429, 502, 503
+/// and 504 are UNAVAILABLE, and so a failure. A 200 response without `grpc-status` in its headers
+/// is a success as far as the headers tell (a failure reported in the trailers of a streamed body
+/// is not visible to a response classifier). Errors are failures.
 ///
 /// The default failure codes are UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and
 /// UNKNOWN: the ones that say the server (not the request) is in trouble.
@@ -328,7 +357,7 @@ impl<B, E: ?Sized> Classify<Response<B>, E> for GrpcClassifier {
     #[inline]
     fn classify(&self, result: Result<&Response<B>, &E>, _elapsed: Duration) -> Outcome {
         match result {
-            Ok(res) => match GrpcCode::from_headers(res.headers()) {
+            Ok(res) => match GrpcCode::from_response(res) {
                 Some(code) if self.is_failure(code) => Outcome::Failure,
                 _ => Outcome::Success,
             },
@@ -449,6 +478,48 @@ mod tests {
             Classify::<Response<()>, _>::classify(&c, Err(&err), Duration::ZERO),
             Failure
         );
+    }
+
+    #[test]
+    fn grpc_reads_an_http_error_without_grpc_status_as_grpc_clients_do() {
+        let c = GrpcClassifier::new();
+        let page = |status: u16| {
+            let res = Response::builder()
+                .status(status)
+                .header("content-type", "text/html")
+                .body(())
+                .unwrap();
+            (
+                GrpcCode::from_response(&res),
+                Classify::<_, io::Error>::classify(&c, Ok(&res), Duration::ZERO),
+            )
+        };
+        use GrpcCode::{
+            Internal, PermissionDenied, Unauthenticated, Unavailable, Unimplemented, Unknown,
+        };
+        let table = [
+            (400, Internal, Outcome::Failure),
+            (401, Unauthenticated, Outcome::Success),
+            (403, PermissionDenied, Outcome::Success),
+            (404, Unimplemented, Outcome::Success),
+            (429, Unavailable, Outcome::Failure),
+            (500, Unknown, Outcome::Failure),
+            (502, Unavailable, Outcome::Failure),
+            (503, Unavailable, Outcome::Failure),
+            (504, Unavailable, Outcome::Failure),
+            (302, Unknown, Outcome::Failure),
+        ];
+        for (status, code, outcome) in table {
+            assert_eq!(page(status), (Some(code), outcome), "HTTP {status}");
+        }
+        // A grpc-status header wins over the HTTP status.
+        let res = Response::builder()
+            .status(503)
+            .header("grpc-status", "0")
+            .body(())
+            .unwrap();
+        assert_eq!(GrpcCode::from_response(&res), Some(GrpcCode::Ok));
+        assert_eq!(GrpcCode::from_response(&grpc(None)), None);
     }
 
     #[test]
