@@ -59,7 +59,7 @@ impl Name {
                 format!("{name:?}"),
             ));
         }
-        intern(name).map(Name)
+        intern(field, name).map(Name)
     }
 
     /// The name used when none is given: the concern's own name (`"timeout"`, `"breaker"`, ...).
@@ -73,7 +73,7 @@ impl Name {
     }
 }
 
-fn intern(name: &str) -> Result<&'static str, ConfigError> {
+fn intern(field: &'static str, name: &str) -> Result<&'static str, ConfigError> {
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut names = NAMES
         .get_or_init(Default::default)
@@ -84,7 +84,7 @@ fn intern(name: &str) -> Result<&'static str, ConfigError> {
     }
     if names.len() >= MAX_DISTINCT {
         return Err(ConfigError::invalid(
-            "name",
+            field,
             "must be one of at most 4096 distinct policy names per process (names label metrics; do not build them from request data)",
             format!("{name:?}"),
         ));
