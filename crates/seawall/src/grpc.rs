@@ -16,6 +16,9 @@
 //! | `core::deadline::Elapsed` (a timeout, total or per attempt) | `DEADLINE_EXCEEDED` |
 //! | anything else | as tonic maps it (`UNAVAILABLE` for connection errors, else `UNKNOWN`) |
 //!
+//! The table holds whichever seawall features are enabled: a rejection from `seawall-breaker`
+//! used directly, without the facade's `breaker` feature, maps the same way.
+//!
 //! The first of these found walking the chain from the outermost error decides: a retry that gave
 //! up on an exhausted budget after the server answered `UNAVAILABLE` reports that status, a total
 //! timeout reports `DEADLINE_EXCEEDED` whatever the attempt was doing.
@@ -72,15 +75,12 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
     if error.is::<Elapsed>() {
         return Some(Code::DeadlineExceeded);
     }
-    #[cfg(feature = "breaker")]
     if error.is::<seawall_breaker::Open>() {
         return Some(Code::Unavailable);
     }
-    #[cfg(feature = "balance")]
     if error.is::<seawall_balance::NoEndpoints>() {
         return Some(Code::Unavailable);
     }
-    #[cfg(feature = "bulkhead")]
     if error.is::<seawall_bulkhead::Full>() || error.is::<seawall_bulkhead::ratelimit::Limited>() {
         return Some(Code::ResourceExhausted);
     }
@@ -268,5 +268,30 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    // The breaker crate's own layer, not the facade's re-export: the table must not depend on
+    // which facade features are on.
+    #[tokio::test]
+    async fn a_rejection_maps_whatever_the_facade_features() {
+        let breaker = seawall_breaker::BreakerLayer::new();
+        breaker.handle().force_open();
+        let inner = breaker.layer(service_fn(|()| async { Ok::<_, Status>(()) }));
+        let error = StatusLayer::new()
+            .layer(inner)
+            .oneshot(())
+            .await
+            .unwrap_err();
+        assert_eq!(code(&*error), Some(Code::Unavailable));
+        assert_eq!(
+            error.downcast::<Status>().unwrap().code(),
+            Code::Unavailable
+        );
     }
 }
