@@ -2,7 +2,7 @@
 
 use crate::{diff::Tracker, discovery::publish, Discovery};
 use hickory_resolver::{
-    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts},
     name_server::TokioConnectionProvider,
     proto::rr::RData,
     ResolveError, TokioResolver,
@@ -43,7 +43,8 @@ enum Query {
 pub struct Dns;
 
 impl Dns {
-    /// Discovers `host`'s A and AAAA records; each address is an endpoint on `port`.
+    /// Discovers `host`'s A and AAAA records, both asked for together; each address of either
+    /// family is an endpoint on `port`.
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -160,6 +161,9 @@ impl DnsBuilder {
         let mut opts = ResolverOpts::default();
         opts.timeout = self.timeout;
         opts.attempts = 1;
+        // Both families, asked in parallel: the default asks for AAAA only when A has no
+        // records, which would drop a dual-stack host's IPv6 addresses.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // Every resolution asks the server: the refresh schedule follows the TTLs itself.
         opts.cache_size = 0;
         let resolver =

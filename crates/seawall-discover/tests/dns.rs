@@ -3,155 +3,19 @@
 //!
 //! Sockets are involved, so these tests run in real time with generous, bounded waits.
 
-use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
-    rr::{
-        rdata::{A, SRV},
-        Name, RData, Record, RecordType,
-    },
-};
+mod common;
+
+use common::{addr, eventually, first_resolution, make, queued, sorted, Endpoint, Zone};
+use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceLayer, Picker, Tagged};
 use seawall::discover::{Change, Discovery, Dns};
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
-    str::FromStr,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
-        Arc, Mutex,
-    },
+    net::{Ipv6Addr, SocketAddr},
+    sync::atomic::Ordering::Relaxed,
     time::Duration,
 };
-use tokio::net::UdpSocket;
-use tower::{service_fn, Layer, ServiceExt};
-
-type Table = HashMap<(String, RecordType), Vec<RData>>;
-
-/// A tiny authoritative DNS server: answers A and SRV questions from a table the test edits.
-#[derive(Clone, Default)]
-struct Zone {
-    records: Arc<Mutex<Table>>,
-    down: Arc<AtomicBool>,
-    queries: Arc<AtomicU32>,
-    ttl: Arc<AtomicU32>,
-}
-
-impl Zone {
-    fn set_a(&self, host: &str, ips: &[[u8; 4]]) {
-        let data = ips
-            .iter()
-            .map(|ip| RData::A(A(Ipv4Addr::from(*ip))))
-            .collect();
-        self.records
-            .lock()
-            .unwrap()
-            .insert((host.to_owned(), RecordType::A), data);
-    }
-
-    fn set_srv(&self, name: &str, targets: &[(u16, u16, u16, &str)]) {
-        let data = targets
-            .iter()
-            .map(|&(priority, weight, port, target)| {
-                RData::SRV(SRV::new(
-                    priority,
-                    weight,
-                    port,
-                    Name::from_str(target).unwrap(),
-                ))
-            })
-            .collect();
-        self.records
-            .lock()
-            .unwrap()
-            .insert((name.to_owned(), RecordType::SRV), data);
-    }
-
-    async fn serve(&self) -> SocketAddr {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let zone = self.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
-                    return;
-                };
-                zone.queries.fetch_add(1, Relaxed);
-                if zone.down.load(Relaxed) {
-                    continue; // an outage: no answer at all
-                }
-                let Ok(request) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let response = zone.answer(&request);
-                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
-            }
-        });
-        addr
-    }
-
-    fn answer(&self, request: &Message) -> Message {
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(OpCode::Query)
-            .set_authoritative(true)
-            .set_recursion_desired(request.recursion_desired())
-            .set_recursion_available(true);
-        let ttl = self.ttl.load(Relaxed);
-        let mut found = false;
-        for query in request.queries() {
-            response.add_query(query.clone());
-            let host = query.name().to_string();
-            let host = host.trim_end_matches('.').to_owned();
-            let records = self.records.lock().unwrap();
-            if let Some(data) = records.get(&(host, query.query_type())) {
-                for rdata in data {
-                    found = true;
-                    response.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        ttl,
-                        rdata.clone(),
-                    ));
-                }
-            }
-        }
-        if !found {
-            response.set_response_code(ResponseCode::NXDomain);
-        }
-        response
-    }
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-type Endpoint = tower::util::BoxCloneSyncService<(), SocketAddr, seawall::BoxError>;
-
-fn make(key: &Tagged<SocketAddr>) -> Endpoint {
-    let addr = key.key;
-    tower::util::BoxCloneSyncService::new(service_fn(move |()| async move {
-        Ok::<_, seawall::BoxError>(addr)
-    }))
-}
-
-fn sorted(mut keys: Vec<Tagged<SocketAddr>>) -> Vec<SocketAddr> {
-    keys.sort();
-    keys.into_iter().map(|k| k.key).collect()
-}
+use tower::{Layer, ServiceExt};
 
 #[tokio::test]
 async fn a_records_follow_changes_and_survive_an_outage() {
@@ -233,11 +97,58 @@ async fn the_ttl_paces_re_resolution_within_min_and_max() {
     use futures_util::StreamExt;
     let change = discovery.next().await.unwrap().unwrap();
     assert!(matches!(change, Change::Insert(ref k, _) if k.key == addr("10.0.0.1:80")));
-    // TTL 1 h is capped at max_refresh 300 ms: a handful of queries in a second, not 50.
-    let start = zone.queries.load(Relaxed);
+    // TTL 1 h is capped at max_refresh 300 ms: a handful of resolutions in a second, not 50.
+    let start = zone.asked(RecordType::A);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let asked = zone.queries.load(Relaxed) - start;
+    let asked = zone.asked(RecordType::A) - start;
     assert!((2..=6).contains(&asked), "{asked} queries");
+}
+
+#[tokio::test]
+async fn a_and_aaaa_records_both_become_endpoints() {
+    let zone = Zone::default();
+    zone.set_a("dual.test", &[[10, 0, 0, 1]]);
+    zone.set_aaaa("dual.test", &[Ipv6Addr::LOCALHOST]);
+    zone.set_a("v4.test", &[[10, 0, 0, 2]]);
+    zone.set_aaaa("v6.test", &["2001:db8::6".parse().unwrap()]);
+    let server = zone.serve().await;
+    let discover = |host: &str| {
+        Dns::a(host, 80)
+            .nameservers([server])
+            .min_refresh(Duration::from_millis(50))
+            .max_refresh(Duration::from_millis(200))
+            .timeout(Duration::from_millis(500))
+            .build(make)
+            .unwrap()
+    };
+
+    // A dual-stack host: every address of both families, in one resolution.
+    let mut dual = discover("dual.test.");
+    assert_eq!(
+        first_resolution(&mut dual).await,
+        vec![('+', addr("10.0.0.1:80"), 1), ('+', addr("[::1]:80"), 1),]
+    );
+    // A host with one family only: an empty answer for the other is no failure.
+    let mut v4 = discover("v4.test.");
+    assert_eq!(
+        first_resolution(&mut v4).await,
+        vec![('+', addr("10.0.0.2:80"), 1)]
+    );
+    let mut v6 = discover("v6.test.");
+    assert_eq!(
+        first_resolution(&mut v6).await,
+        vec![('+', addr("[2001:db8::6]:80"), 1)]
+    );
+
+    // Later resolutions find the same addresses: nothing changes.
+    let before = zone.asked(RecordType::AAAA);
+    eventually("more resolutions", || {
+        zone.asked(RecordType::AAAA) >= before + 6
+    })
+    .await;
+    assert_eq!(queued(&mut dual), vec![]);
+    assert_eq!(queued(&mut v4), vec![]);
+    assert_eq!(queued(&mut v6), vec![]);
 }
 
 #[tokio::test]

@@ -1,0 +1,222 @@
+//! What the DNS tests share: an authoritative DNS server on loopback that answers from a table the
+//! test edits, and bounded waits.
+//!
+//! Sockets are involved, so DNS tests run in real time with generous, bounded waits.
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures_util::StreamExt;
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{
+        rdata::{A, AAAA, SRV},
+        Name, RData, Record, RecordType,
+    },
+};
+use seawall::balance::Tagged;
+use seawall::discover::{Change, Discovery};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::net::UdpSocket;
+use tower::service_fn;
+
+type Table = HashMap<(String, RecordType), Vec<RData>>;
+
+/// A tiny authoritative DNS server: answers A, AAAA and SRV questions from a table the test
+/// edits. A name with no records of any type is NXDOMAIN; a name with records of other types
+/// only gets an empty answer (NODATA).
+#[derive(Clone, Default)]
+pub struct Zone {
+    records: Arc<Mutex<Table>>,
+    asked: Arc<Mutex<HashMap<RecordType, u32>>>,
+    /// While set, questions go unanswered (an outage).
+    pub down: Arc<AtomicBool>,
+    /// Questions received, answered or not.
+    pub queries: Arc<AtomicU32>,
+    /// The TTL of every record in answers, in seconds.
+    pub ttl: Arc<AtomicU32>,
+}
+
+impl Zone {
+    fn set(&self, host: &str, ty: RecordType, data: Vec<RData>) {
+        self.records
+            .lock()
+            .unwrap()
+            .insert((host.to_owned(), ty), data);
+    }
+
+    pub fn set_a(&self, host: &str, ips: &[[u8; 4]]) {
+        let data = ips
+            .iter()
+            .map(|ip| RData::A(A(Ipv4Addr::from(*ip))))
+            .collect();
+        self.set(host, RecordType::A, data);
+    }
+
+    pub fn set_aaaa(&self, host: &str, ips: &[Ipv6Addr]) {
+        let data = ips.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect();
+        self.set(host, RecordType::AAAA, data);
+    }
+
+    /// SRV records of `name`: `(priority, weight, port, target)` each.
+    pub fn set_srv(&self, name: &str, targets: &[(u16, u16, u16, &str)]) {
+        let data = targets
+            .iter()
+            .map(|&(priority, weight, port, target)| {
+                RData::SRV(SRV::new(
+                    priority,
+                    weight,
+                    port,
+                    Name::from_str(target).unwrap(),
+                ))
+            })
+            .collect();
+        self.set(name, RecordType::SRV, data);
+    }
+
+    /// How many questions of type `ty` arrived.
+    pub fn asked(&self, ty: RecordType) -> u32 {
+        self.asked.lock().unwrap().get(&ty).copied().unwrap_or(0)
+    }
+
+    /// Starts answering on a UDP socket on 127.0.0.1; the server runs until the runtime ends.
+    pub async fn serve(&self) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let zone = self.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                zone.queries.fetch_add(1, Relaxed);
+                let Ok(request) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                {
+                    let mut asked = zone.asked.lock().unwrap();
+                    for query in request.queries() {
+                        *asked.entry(query.query_type()).or_insert(0) += 1;
+                    }
+                }
+                if zone.down.load(Relaxed) {
+                    continue; // an outage: no answer at all
+                }
+                let response = zone.answer(&request);
+                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    fn answer(&self, request: &Message) -> Message {
+        let mut response = Message::new();
+        response
+            .set_id(request.id())
+            .set_message_type(MessageType::Response)
+            .set_op_code(OpCode::Query)
+            .set_authoritative(true)
+            .set_recursion_desired(request.recursion_desired())
+            .set_recursion_available(true);
+        let ttl = self.ttl.load(Relaxed);
+        let records = self.records.lock().unwrap();
+        let mut known = false;
+        for query in request.queries() {
+            response.add_query(query.clone());
+            let host = query.name().to_string();
+            let host = host.trim_end_matches('.');
+            known |= records.keys().any(|(name, _)| name == host);
+            if let Some(data) = records.get(&(host.to_owned(), query.query_type())) {
+                for rdata in data {
+                    response.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        ttl,
+                        rdata.clone(),
+                    ));
+                }
+            }
+        }
+        if !known {
+            response.set_response_code(ResponseCode::NXDomain);
+        }
+        response
+    }
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Waits (bounded) until `check` holds.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub type Endpoint = tower::util::BoxCloneSyncService<(), SocketAddr, seawall::BoxError>;
+
+/// An endpoint service that answers with its address.
+pub fn make(key: &Tagged<SocketAddr>) -> Endpoint {
+    let addr = key.key;
+    tower::util::BoxCloneSyncService::new(service_fn(move |()| async move {
+        Ok::<_, seawall::BoxError>(addr)
+    }))
+}
+
+pub fn sorted(mut keys: Vec<Tagged<SocketAddr>>) -> Vec<SocketAddr> {
+    keys.sort();
+    keys.into_iter().map(|k| k.key).collect()
+}
+
+/// A change reduced to what the tests compare: `('+', address, weight)` or `('-', address, weight)`.
+pub type Seen = (char, SocketAddr, u32);
+
+pub fn seen<S>(change: &Change<Tagged<SocketAddr>, S>) -> Seen {
+    match change {
+        Change::Insert(k, _) => ('+', k.key, k.weight),
+        Change::Remove(k) => ('-', k.key, k.weight),
+    }
+}
+
+/// The next change, waiting at most 5 s for it.
+pub async fn next_change<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Seen {
+    match tokio::time::timeout(Duration::from_secs(5), discovery.next()).await {
+        Ok(Some(Ok(change))) => seen(&change),
+        Ok(_) => panic!("the discovery ended"),
+        Err(_) => panic!("timed out waiting for a discovery change"),
+    }
+}
+
+/// The changes already queued, without waiting. One resolution's changes are sent together, with
+/// no await between them, so on the tests' current-thread runtime this gives the rest of a
+/// resolution once its first change has arrived.
+pub fn queued<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while let Some(Some(Ok(change))) = futures_util::FutureExt::now_or_never(discovery.next()) {
+        out.push(seen(&change));
+    }
+    out
+}
+
+/// The first resolution's changes: waits (bounded) for the first, then takes the rest queued with
+/// it, sorted.
+pub async fn first_resolution<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Vec<Seen> {
+    let mut out = vec![next_change(discovery).await];
+    out.extend(queued(discovery));
+    out.sort();
+    out
+}
