@@ -4,12 +4,17 @@ use crate::{diff::Tracker, discovery::publish, Discovery};
 use hickory_resolver::{
     config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts},
     name_server::TokioConnectionProvider,
-    proto::rr::RData,
-    ResolveError, TokioResolver,
+    proto::{
+        op::ResponseCode,
+        rr::{Name as DnsName, RData},
+        ProtoErrorKind,
+    },
+    ResolveError, ResolveErrorKind, TokioResolver,
 };
 use seawall_balance::Tagged;
 use seawall_core::{config::check_positive_duration, metrics, ConfigError, Name};
 use std::{
+    collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
     time::Duration,
@@ -53,8 +58,14 @@ impl Dns {
     }
 
     /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
-    /// each target's addresses on the record's port, weighted by the record's weight. Only the
-    /// records of the lowest priority are used (RFC 2782).
+    /// each target's addresses (A and AAAA) on the record's port, weighted by the record's
+    /// weight. Only the records of the lowest priority are used (RFC 2782).
+    ///
+    /// Each target is resolved on its own. A target the server says has no addresses is left
+    /// out, and the others still serve; a target whose lookup fails without such an answer (a
+    /// timeout, a server failure) keeps the addresses it had at the last good resolution. A
+    /// target of `"."` means the service is not available there (RFC 2782) and is left out. The
+    /// resolution fails, keeping the last good set, only when no target gives an address.
     pub fn srv(name: impl Into<String>) -> DnsBuilder {
         DnsBuilder::new(Query::Srv { name: name.into() })
     }
@@ -226,9 +237,10 @@ async fn run<S, M>(
     M: FnMut(&Tagged<SocketAddr>) -> S,
 {
     let mut tracker = Tracker::new();
+    let mut targets = Targets::new();
     let mut failures = 0u32;
     loop {
-        let wait = match resolve(&resolver, &query).await {
+        let wait = match resolve(&resolver, &query, &name, &mut targets).await {
             Ok((endpoints, ttl)) => {
                 failures = 0;
                 tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, "seawall discover resolved");
@@ -252,22 +264,34 @@ async fn run<S, M>(
     }
 }
 
+/// The addresses each SRV target had at the last good resolution.
+type Targets = HashMap<DnsName, Vec<IpAddr>>;
+
 /// One resolution: the endpoints and the smallest TTL of the records that gave them.
+///
+/// For SRV, `targets` holds each target's addresses from the last good resolution: a target whose
+/// lookup fails for a moment (a timeout, a server failure) keeps them, so one lost answer does
+/// not drop its endpoints; a target the server says has no addresses is skipped.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Query,
+    name: &Name,
+    targets: &mut Targets,
 ) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
     match query {
         Query::Ip { host, port } => {
             let (ips, ttl) = lookup_ips(resolver, host).await?;
+            if ips.is_empty() {
+                return Err(ResolveError::from("no addresses"));
+            }
             let endpoints = ips
                 .into_iter()
                 .map(|ip| Tagged::new(SocketAddr::new(ip, *port)))
                 .collect();
             Ok((endpoints, ttl))
         }
-        Query::Srv { name } => {
-            let lookup = resolver.srv_lookup(name.as_str()).await?;
+        Query::Srv { name: srv_name } => {
+            let lookup = resolver.srv_lookup(srv_name.as_str()).await?;
             let mut ttl = u32::MAX;
             let mut records = Vec::new();
             for record in lookup.as_lookup().records() {
@@ -279,23 +303,75 @@ async fn resolve(
             let Some(priority) = records.iter().map(|r| r.priority()).min() else {
                 return Err(ResolveError::from("no SRV records"));
             };
+            // Each target on its own: one that does not resolve leaves the others serving. A
+            // target of "." says the service is not offered there (RFC 2782).
             let mut endpoints = Vec::new();
+            let mut found = Targets::new();
+            let mut failed = None;
             for srv in records.iter().filter(|r| r.priority() == priority) {
-                let target = srv.target().to_string();
-                let (ips, ip_ttl) = lookup_ips(resolver, &target).await?;
-                ttl = ttl.min(ip_ttl.as_secs() as u32);
-                for ip in ips {
+                let target = srv.target();
+                if target.is_root() {
+                    tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
+                    continue;
+                }
+                let ips = match found.get(target) {
+                    Some(ips) => ips.clone(),
+                    None => match lookup_ips(resolver, &target.to_string()).await {
+                        Ok((ips, ip_ttl)) if !ips.is_empty() => {
+                            ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
+                            ips
+                        }
+                        Ok(_) => {
+                            tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV target without addresses");
+                            continue;
+                        }
+                        Err(error) => match targets.get(target) {
+                            Some(last) if !is_absent(&error) => {
+                                tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                last.clone()
+                            }
+                            _ => {
+                                tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                failed = Some(error);
+                                continue;
+                            }
+                        },
+                    },
+                };
+                for &ip in &ips {
                     endpoints.push(
                         Tagged::new(SocketAddr::new(ip, srv.port()))
                             .with_weight(srv.weight().max(1).into()),
                     );
                 }
+                found.insert(target.clone(), ips);
             }
+            if endpoints.is_empty() {
+                return Err(
+                    failed.unwrap_or_else(|| ResolveError::from("no SRV target has an address"))
+                );
+            }
+            *targets = found;
             Ok((endpoints, Duration::from_secs(ttl.into())))
         }
     }
 }
 
+/// Whether the server answered that the name has no addresses (as opposed to not answering).
+fn is_absent(error: &ResolveError) -> bool {
+    match error.kind() {
+        ResolveErrorKind::Proto(proto) => matches!(
+            proto.kind(),
+            ProtoErrorKind::NoRecordsFound {
+                response_code: ResponseCode::NoError | ResponseCode::NXDomain,
+                ..
+            }
+        ),
+        _ => false,
+    }
+}
+
+/// The addresses of `host`, both families, and the smallest TTL of their records.
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &str,
@@ -309,9 +385,5 @@ async fn lookup_ips(
         .map(|r| r.ttl())
         .min()
         .unwrap_or(0);
-    let ips: Vec<IpAddr> = lookup.iter().collect();
-    if ips.is_empty() {
-        return Err(ResolveError::from("no addresses"));
-    }
-    Ok((ips, Duration::from_secs(ttl.into())))
+    Ok((lookup.iter().collect(), Duration::from_secs(ttl.into())))
 }

@@ -16,7 +16,7 @@ use hickory_proto::{
 use seawall::balance::Tagged;
 use seawall::discover::{Change, Discovery};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     sync::{
@@ -37,6 +37,7 @@ type Table = HashMap<(String, RecordType), Vec<RData>>;
 pub struct Zone {
     records: Arc<Mutex<Table>>,
     asked: Arc<Mutex<HashMap<RecordType, u32>>>,
+    silent: Arc<Mutex<HashSet<String>>>,
     /// While set, questions go unanswered (an outage).
     pub down: Arc<AtomicBool>,
     /// Questions received, answered or not.
@@ -82,6 +83,16 @@ impl Zone {
         self.set(name, RecordType::SRV, data);
     }
 
+    /// While `on`, questions about `host` go unanswered (that name's server is unreachable).
+    pub fn silence(&self, host: &str, on: bool) {
+        let mut silent = self.silent.lock().unwrap();
+        if on {
+            silent.insert(host.to_owned());
+        } else {
+            silent.remove(host);
+        }
+    }
+
     /// How many questions of type `ty` arrived.
     pub fn asked(&self, ty: RecordType) -> u32 {
         self.asked.lock().unwrap().get(&ty).copied().unwrap_or(0)
@@ -108,7 +119,7 @@ impl Zone {
                         *asked.entry(query.query_type()).or_insert(0) += 1;
                     }
                 }
-                if zone.down.load(Relaxed) {
+                if zone.down.load(Relaxed) || zone.silenced(&request) {
                     continue; // an outage: no answer at all
                 }
                 let response = zone.answer(&request);
@@ -116,6 +127,14 @@ impl Zone {
             }
         });
         addr
+    }
+
+    fn silenced(&self, request: &Message) -> bool {
+        let silent = self.silent.lock().unwrap();
+        request
+            .queries()
+            .iter()
+            .any(|q| silent.contains(q.name().to_string().trim_end_matches('.')))
     }
 
     fn answer(&self, request: &Message) -> Message {
