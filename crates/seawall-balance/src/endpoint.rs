@@ -106,7 +106,10 @@ pub(crate) struct Endpoint<K, S> {
     pub(crate) weight: u32,
     pub(crate) zone: u16,
     pub(crate) key_hash: u64,
-    pub(crate) stats: Stats,
+    /// Shared with the endpoint this one replaced, when discovery inserted a key already in the
+    /// set (a new weight, zone or service for the same endpoint): its load, latency and health
+    /// carry over, and calls still in flight on the old version count on the new one.
+    pub(crate) stats: Arc<Stats>,
 }
 
 /// Lock-free per-endpoint statistics. Times are nanoseconds since the balancer's epoch.

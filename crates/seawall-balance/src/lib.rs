@@ -181,7 +181,8 @@ pub enum EjectReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BalanceEvent {
-    /// Discovery added (or replaced) an endpoint.
+    /// Discovery added an endpoint, or inserted a key already in the set: then the endpoint
+    /// takes the new key's weight, zone and service and keeps its statistics and health.
     EndpointAdded {
         /// The endpoint's key.
         key: String,

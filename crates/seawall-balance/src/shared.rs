@@ -3,7 +3,7 @@
 
 use crate::{
     config::Settings,
-    endpoint::{stable_hash, Endpoint, Key, Stats, NONE},
+    endpoint::{stable_hash, Endpoint, Key, NONE},
     hook::{Filter, Probe},
     picker::Tuning,
     set::Snapshot,
@@ -213,21 +213,29 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         None => u16::MAX - 1,
                     },
                 };
+                // A key already in the set is the same endpoint with a new weight, zone or
+                // service: it keeps its place, statistics and health.
+                let present = endpoints.iter().position(|e| e.key == key);
                 let endpoint = Arc::new(Endpoint {
                     key_hash: stable_hash(&key),
                     weight: key.weight().max(1),
                     zone,
-                    stats: Stats::default(),
+                    stats: present.map_or_else(Arc::default, |i| endpoints[i].stats.clone()),
                     service,
                     key,
                 });
-                tracing::debug!(name = %self.name, key = ?endpoint.key, "seawall balance endpoint added");
                 let event = BalanceEvent::EndpointAdded {
                     key: format!("{:?}", endpoint.key),
                 };
-                match endpoints.iter().position(|e| e.key == endpoint.key) {
-                    Some(i) => endpoints[i] = endpoint,
-                    None => endpoints.push(endpoint),
+                match present {
+                    Some(i) => {
+                        tracing::debug!(name = %self.name, key = ?endpoint.key, weight = endpoint.weight, "seawall balance endpoint updated");
+                        endpoints[i] = endpoint;
+                    }
+                    None => {
+                        tracing::debug!(name = %self.name, key = ?endpoint.key, "seawall balance endpoint added");
+                        endpoints.push(endpoint);
+                    }
                 }
                 self.emit(event);
             }
@@ -364,9 +372,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     let run = stats.consecutive_failures.fetch_add(1, Relaxed) + 1;
                     if let Some(limit) = self.settings.outlier.consecutive_failures {
                         if run >= limit && !stats.ejected.load(Relaxed) {
+                            // Found by its statistics: a call that started before discovery
+                            // updated the endpoint still counts on it.
                             let set = self.current();
-                            if let Some(i) =
-                                set.endpoints.iter().position(|e| std::ptr::eq(&**e, ep))
+                            if let Some(i) = set
+                                .endpoints
+                                .iter()
+                                .position(|e| Arc::ptr_eq(&e.stats, stats))
                             {
                                 let now = self.nanos(end.unwrap_or_else(Instant::now));
                                 if self.eject(&set, i, now, EjectReason::ConsecutiveFailures) {
