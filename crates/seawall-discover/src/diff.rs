@@ -1,29 +1,54 @@
 //! Turning successive endpoint lists into inserts and removes.
 
+use seawall_balance::EndpointMeta;
 use std::{collections::HashSet, hash::Hash};
 
 /// The set last published, and what changed when a new list arrives.
 #[derive(Debug)]
 pub(crate) struct Tracker<K> {
     current: HashSet<K>,
+    /// Whether two equal keys also carry the same metadata; when not, the key is inserted again.
+    same: fn(&K, &K) -> bool,
 }
 
 impl<K: Hash + Eq + Clone> Tracker<K> {
+    /// A tracker that compares keys by equality alone.
     pub(crate) fn new() -> Self {
         Tracker {
             current: HashSet::new(),
+            same: |_, _| true,
         }
     }
 
-    /// Replaces the set with `next`; returns the keys added and the keys removed, in a stable
-    /// order (the order of `next` for additions).
+    /// A tracker that also inserts again a key whose weight or zone changed.
+    pub(crate) fn with_meta() -> Self
+    where
+        K: EndpointMeta,
+    {
+        Tracker {
+            current: HashSet::new(),
+            same: |a, b| a.weight() == b.weight() && a.zone() == b.zone(),
+        }
+    }
+
+    /// Replaces the set with `next`; returns the keys to insert (new, or equal to a published
+    /// key but with other metadata) and the keys removed, in a stable order (the order of
+    /// `next` for insertions). Of equal keys in `next`, the first counts.
     pub(crate) fn update(&mut self, next: impl IntoIterator<Item = K>) -> (Vec<K>, Vec<K>) {
         let mut seen = HashSet::new();
-        let mut added = Vec::new();
+        let mut inserted = Vec::new();
         for key in next {
-            if seen.insert(key.clone()) && !self.current.contains(&key) {
-                added.push(key);
+            if seen.contains(&key) {
+                continue;
             }
+            if self
+                .current
+                .get(&key)
+                .is_none_or(|old| !(self.same)(old, &key))
+            {
+                inserted.push(key.clone());
+            }
+            seen.insert(key);
         }
         let removed: Vec<K> = self
             .current
@@ -32,7 +57,7 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
             .cloned()
             .collect();
         self.current = seen;
-        (added, removed)
+        (inserted, removed)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -56,5 +81,63 @@ mod tests {
         let (added, mut removed) = t.update([]);
         removed.sort();
         assert_eq!((added, removed), (vec![], vec![3, 4]));
+    }
+
+    /// A key equal by `id` alone, with a weight and a zone.
+    #[derive(Debug, Clone)]
+    struct Meta(u32, u32, Option<&'static str>);
+
+    impl PartialEq for Meta {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+
+    impl Eq for Meta {}
+
+    impl Hash for Meta {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl EndpointMeta for Meta {
+        fn weight(&self) -> u32 {
+            self.1
+        }
+
+        fn zone(&self) -> Option<&str> {
+            self.2
+        }
+    }
+
+    fn parts(keys: Vec<Meta>) -> Vec<(u32, u32, Option<&'static str>)> {
+        keys.into_iter().map(|k| (k.0, k.1, k.2)).collect()
+    }
+
+    #[test]
+    fn a_changed_weight_or_zone_is_inserted_again_without_a_remove() {
+        let mut t = Tracker::with_meta();
+        let (added, removed) = t.update([Meta(1, 3, None), Meta(2, 1, None)]);
+        assert_eq!(
+            (parts(added), parts(removed)),
+            (vec![(1, 3, None), (2, 1, None)], vec![])
+        );
+        let (added, removed) = t.update([Meta(1, 5, None), Meta(2, 1, Some("b"))]);
+        assert_eq!(
+            (parts(added), parts(removed)),
+            (vec![(1, 5, None), (2, 1, Some("b"))], vec![])
+        );
+        // The metadata now published is the new one: the same list again changes nothing.
+        let (added, removed) = t.update([Meta(2, 1, Some("b")), Meta(1, 5, None)]);
+        assert_eq!((parts(added), parts(removed)), (vec![], vec![]));
+        // Of equal keys in one list, the first counts.
+        let (added, removed) =
+            t.update([Meta(1, 7, None), Meta(1, 5, None), Meta(2, 1, Some("b"))]);
+        assert_eq!((parts(added), parts(removed)), (vec![(1, 7, None)], vec![]));
+        // A plain tracker does not look at metadata.
+        let mut plain = Tracker::new();
+        plain.update([Meta(1, 3, None)]);
+        assert_eq!(parts(plain.update([Meta(1, 5, None)]).0), vec![]);
     }
 }

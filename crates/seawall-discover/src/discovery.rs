@@ -2,6 +2,7 @@
 
 use crate::diff::Tracker;
 use futures_core::Stream;
+use seawall_balance::EndpointMeta;
 use std::{
     convert::Infallible,
     fmt,
@@ -57,7 +58,8 @@ impl<K, S> fmt::Debug for Discovery<K, S> {
 }
 
 /// Sends the difference between the published set and `next` down `tx`, making a service for
-/// each new key. Returns `false` when the stream has been dropped.
+/// each key inserted (new, or with new metadata). Returns `false` when the stream has been
+/// dropped.
 pub(crate) fn publish<K, S, M>(
     tracker: &mut Tracker<K>,
     next: impl IntoIterator<Item = K>,
@@ -116,17 +118,22 @@ where
 /// previous one and the differences are sent as inserts and removes; `make` turns a new key into
 /// a service.
 ///
+/// A key equal to one already published but with another [`weight`](EndpointMeta::weight) or
+/// [`zone`](EndpointMeta::zone) (a [`Tagged`](seawall_balance::Tagged) key whose weight changed)
+/// is the same endpoint with new metadata: it is inserted again, with a service from `make`, and
+/// not removed; seawall's balancer then updates the endpoint in place.
+///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set).
 pub fn watch<K, S, M>(mut rx: tokio::sync::watch::Receiver<Vec<K>>, mut make: M) -> Discovery<K, S>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + EndpointMeta + Send + Sync + 'static,
     S: Send + 'static,
     M: FnMut(&K) -> S + Send + 'static,
 {
     let (tx, out) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let mut tracker = Tracker::new();
+        let mut tracker = Tracker::with_meta();
         loop {
             let next = rx.borrow_and_update().clone();
             if !publish(&mut tracker, next, &mut make, &tx) {

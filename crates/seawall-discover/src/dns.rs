@@ -236,7 +236,7 @@ async fn run<S, M>(
 ) where
     M: FnMut(&Tagged<SocketAddr>) -> S,
 {
-    let mut tracker = Tracker::new();
+    let mut tracker = Tracker::with_meta();
     let mut targets = Targets::new();
     let mut failures = 0u32;
     loop {
