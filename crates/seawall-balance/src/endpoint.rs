@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    hash::Hash,
+    hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
     sync::Arc,
@@ -44,7 +44,15 @@ plain_meta!(
 );
 
 /// An endpoint key with a weight and a zone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The endpoint's identity is `key` alone: two `Tagged` with the same `key` are equal, hash alike
+/// and order as equal whatever their weights and zones. A new weight or zone (an SRV record
+/// whose weight changed) is so the same endpoint with new metadata, not another endpoint:
+/// discovery sends it as an insert of a key already in the set, which the balancer applies in
+/// place (the endpoint keeps its statistics and health), and state kept per key elsewhere (a
+/// `BreakerSet`'s breakers, the consistent hash ring's points) stays with the endpoint. Compare
+/// the fields to tell weights and zones apart.
+#[derive(Debug, Clone)]
 pub struct Tagged<K> {
     /// The endpoint's identity (an address, a name).
     pub key: K,
@@ -74,6 +82,32 @@ impl<K> Tagged<K> {
     pub fn with_zone(mut self, zone: impl Into<Arc<str>>) -> Self {
         self.zone = Some(zone.into());
         self
+    }
+}
+
+impl<K: PartialEq> PartialEq for Tagged<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Tagged<K> {}
+
+impl<K: Hash> Hash for Tagged<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl<K: PartialOrd> PartialOrd for Tagged<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.key.partial_cmp(&other.key)
+    }
+}
+
+impl<K: Ord> Ord for Tagged<K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
     }
 }
 
@@ -261,4 +295,22 @@ pub(crate) fn mix(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn tagged_is_identified_by_its_key_alone() {
+        let a = Tagged::new(1u32).with_weight(3);
+        let b = Tagged::new(1u32).with_weight(5).with_zone("b");
+        assert_eq!(a, b);
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        assert_eq!(stable_hash(&a), stable_hash(&b));
+        assert_eq!(HashSet::from([a.clone(), b]).len(), 1);
+        assert_ne!(a, Tagged::new(2u32).with_weight(3));
+        assert!(a < Tagged::new(2u32));
+    }
 }

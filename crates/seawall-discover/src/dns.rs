@@ -43,7 +43,8 @@ enum Query {
 /// failure, or an answer without records) keeps the last good set and is retried after
 /// `min_refresh`, doubling up to `max_refresh` while failures last. Endpoint keys are
 /// [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round robin),
-/// A/AAAA endpoints weigh 1.
+/// A/AAAA endpoints weigh 1. A record whose weight changes is the same endpoint: it is inserted
+/// again with the new weight, not removed, and the balancer updates it in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 

@@ -1,0 +1,116 @@
+//! An SRV record whose weight changes, same target and port: the same endpoint with a new
+//! weight. Discovery inserts it again and never removes it, so the balancer updates it in place
+//! (it keeps its statistics and health) and picks follow the new weight.
+//!
+//! Sockets are involved, so these tests run in real time with generous, bounded waits.
+
+mod common;
+
+use common::{addr, eventually, first_resolution, make, next_change, queued, Zone};
+use hickory_proto::rr::RecordType;
+use seawall::balance::{BalanceEvent, BalanceLayer, Picker};
+use seawall::discover::Dns;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tower::{Layer, ServiceExt};
+
+const SRV: &str = "_http._tcp.api.test";
+
+#[tokio::test]
+async fn a_weight_change_inserts_the_endpoint_again_without_removing_it() {
+    let zone = Zone::default();
+    zone.set_srv(SRV, &[(10, 3, 8001, "a.api.test.")]);
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    let server = zone.serve().await;
+    let mut discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .min_refresh(Duration::from_millis(20))
+        .max_refresh(Duration::from_millis(50))
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.1.0.1:8001"), 3)]
+    );
+
+    zone.set_srv(SRV, &[(10, 5, 8001, "a.api.test.")]);
+    assert_eq!(
+        next_change(&mut discovery).await,
+        ('+', addr("10.1.0.1:8001"), 5)
+    );
+    // Later resolutions give the same weight: nothing more.
+    let before = zone.asked(RecordType::SRV);
+    eventually("more resolutions", || {
+        zone.asked(RecordType::SRV) >= before + 3
+    })
+    .await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
+#[tokio::test]
+async fn the_balancer_follows_a_weight_change_without_losing_the_endpoint() {
+    let zone = Zone::default();
+    zone.set_srv(
+        SRV,
+        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    let server = zone.serve().await;
+    let discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .min_refresh(Duration::from_millis(20))
+        .max_refresh(Duration::from_millis(50))
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::WeightedRoundRobin)
+        .on_event(move |_: &seawall::core::Name, e: &BalanceEvent| {
+            seen.lock().unwrap().push(e.clone())
+        })
+        .build()
+        .unwrap()
+        .layer(discovery);
+    let weights = |balance: &seawall::balance::Balance<_, _>| {
+        let mut w: Vec<(std::net::SocketAddr, u32)> = balance
+            .endpoints()
+            .into_iter()
+            .map(|k: seawall::balance::Tagged<_>| (k.key, k.weight))
+            .collect();
+        w.sort();
+        w
+    };
+    eventually("both endpoints", || balance.endpoints().len() == 2).await;
+
+    zone.set_srv(
+        SRV,
+        &[(10, 3, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
+    );
+    eventually("the new weight", || {
+        weights(&balance) == vec![(addr("10.1.0.1:8001"), 3), (addr("10.1.0.2:8002"), 1)]
+    })
+    .await;
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, BalanceEvent::EndpointRemoved { .. })),
+        "{events:?}"
+    );
+    let mut counts = HashMap::new();
+    for _ in 0..40 {
+        *counts
+            .entry(balance.clone().oneshot(()).await.unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts[&addr("10.1.0.1:8001")], 30);
+    assert_eq!(counts[&addr("10.1.0.2:8002")], 10);
+}
