@@ -1,6 +1,6 @@
 //! Simulated backends: tower services that answer in virtual time.
 
-use crate::dist::Latency;
+use crate::dist::{check_ms, duration_ms, Latency};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::{BoxError, RequestDeadline};
 use serde::Deserialize;
@@ -66,9 +66,9 @@ pub enum FaultKind {
         #[serde(default)]
         latency_ms: f64,
     },
-    /// Down for the first half of every `period_ms`, up for the second.
+    /// Down for the first half of every `period_ms` (rounded up), up for the second.
     Flapping {
-        /// Length of one down-up cycle, milliseconds.
+        /// Length of one down-up cycle, milliseconds, at least 2.
         period_ms: u64,
     },
 }
@@ -103,21 +103,25 @@ impl BackendSpec {
                     f.from_ms, f.to_ms
                 ));
             }
+            let fault = |e: String| format!("faults[{i}]: {e}");
             match f.effect {
-                FaultKind::Slow { extra_ms } if !(extra_ms.is_finite() && extra_ms >= 0.0) => {
-                    return Err(format!(
-                        "faults[{i}]: extra_ms must be >= 0, got {extra_ms}"
-                    ))
+                FaultKind::Slow { extra_ms } => check_ms("extra_ms", extra_ms).map_err(fault)?,
+                FaultKind::Errors {
+                    error_rate,
+                    latency_ms,
+                } => {
+                    if !(0.0..=1.0).contains(&error_rate) {
+                        return Err(fault(format!(
+                            "error_rate must be in [0, 1], got {error_rate}"
+                        )));
+                    }
+                    check_ms("latency_ms", latency_ms).map_err(fault)?;
                 }
-                FaultKind::Errors { error_rate, .. } if !(0.0..=1.0).contains(&error_rate) => {
-                    return Err(format!(
-                        "faults[{i}]: error_rate must be in [0, 1], got {error_rate}"
-                    ))
+                // Down for the first half of each period: a period of 1 ms would have no down half.
+                FaultKind::Flapping { period_ms } if period_ms < 2 => {
+                    return Err(fault(format!("period_ms must be >= 2, got {period_ms}")))
                 }
-                FaultKind::Flapping { period_ms: 0 } => {
-                    return Err(format!("faults[{i}]: period_ms must be > 0"))
-                }
-                _ => {}
+                FaultKind::Flapping { .. } | FaultKind::Down => {}
             }
         }
         Ok(())
@@ -276,19 +280,19 @@ impl SimBackend {
             match fault.effect {
                 FaultKind::Down => return (Duration::ZERO, fail(true)),
                 FaultKind::Flapping { period_ms } => {
-                    if (at_ms - fault.from_ms) % period_ms < period_ms / 2 {
+                    if 2 * ((at_ms - fault.from_ms) % period_ms) < period_ms {
                         return (Duration::ZERO, fail(true));
                     }
                 }
                 FaultKind::Slow { extra_ms } => {
-                    latency += Duration::from_secs_f64(extra_ms / 1000.0);
+                    latency += duration_ms(extra_ms);
                 }
                 FaultKind::Errors {
                     error_rate: rate,
                     latency_ms,
                 } => {
                     if rng.random_bool(rate) {
-                        return (Duration::from_secs_f64(latency_ms / 1000.0), fail(false));
+                        return (duration_ms(latency_ms), fail(false));
                     }
                 }
             }

@@ -69,6 +69,7 @@ fn fast_outlier() -> OutlierSpec {
         failure_percentage_volume: Some(20),
         latency_factor: Some(3.0),
         latency_duration_ms: Some(1_000),
+        success_rate_factor: None,
     }
 }
 
@@ -265,6 +266,7 @@ pub fn retry_storm() -> Scenario {
                 consecutive_failures: Some(0),
                 failure_percentage: Some(0.0),
                 latency_factor: Some(0.0),
+                success_rate_factor: Some(0.0),
                 ..OutlierSpec::default()
             }),
             retry: Some(RetrySpec {

@@ -1,6 +1,9 @@
 //! The clients under test, each built over the same simulated backends.
 
-use crate::backend::{SimBackend, SimRequest, SimResponse};
+use crate::{
+    backend::{SimBackend, SimRequest, SimResponse},
+    dist::{check_ms, duration_ms},
+};
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use seawall_balance::{BalanceLayer, OutlierDetection, Picker};
 use seawall_core::{BoxError, ConfigError};
@@ -144,6 +147,9 @@ pub struct OutlierSpec {
     pub latency_factor: Option<f64>,
     /// How long an endpoint must stay that slow, milliseconds.
     pub latency_duration_ms: Option<u64>,
+    /// Standard deviations below the endpoints' mean success rate that eject (gRPC's
+    /// success-rate rule; 0 turns the rule off).
+    pub success_rate_factor: Option<f64>,
 }
 
 /// Retry settings.
@@ -229,9 +235,7 @@ impl ClientSpec {
                 default_rtt_ms,
                 decay_ms,
             } => {
-                if !(default_rtt_ms.is_finite() && *default_rtt_ms >= 0.0) {
-                    return Err(format!("default_rtt_ms must be >= 0, got {default_rtt_ms}"));
-                }
+                check_ms("default_rtt_ms", *default_rtt_ms)?;
                 if !(decay_ms.is_finite() && *decay_ms > 0.0) {
                     return Err(format!("decay_ms must be > 0, got {decay_ms}"));
                 }
@@ -262,7 +266,7 @@ impl ClientSpec {
                 default_rtt_ms,
                 decay_ms,
             } => {
-                let rtt = Duration::from_secs_f64(default_rtt_ms / 1000.0);
+                let rtt = duration_ms(*default_rtt_ms);
                 let decay_ns = decay_ms * 1_000_000.0;
                 let endpoints = backends
                     .into_iter()
@@ -352,7 +356,10 @@ impl SeawallSpec {
                 .max_hedges(h.max_hedges)
                 .budget(budget);
             hedge = match (h.delay_ms, h.percentile) {
-                (Some(ms), None) => hedge.delay(Duration::from_secs_f64(ms / 1000.0)),
+                (Some(ms), None) => {
+                    check_ms("hedge.delay_ms", ms)?;
+                    hedge.delay(duration_ms(ms))
+                }
                 (None, Some(p)) => hedge.percentile(p, 100, Duration::from_secs(1)),
                 _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
             };
@@ -370,7 +377,8 @@ impl SeawallSpec {
             let mut retry = RetryLayer::builder()
                 .max_attempts(r.max_attempts)
                 .budget(budget)
-                .seed(seed);
+                // Its own stream: the bare seed is backend 0's.
+                .seed(seed ^ 0x2e72_7e75_5eed_0003);
             if let Some(ms) = r.attempt_timeout_ms {
                 retry = retry.per_attempt_timeout(Duration::from_millis(ms));
             }
@@ -412,6 +420,15 @@ impl OutlierSpec {
                 o.failure_percentage = Some(rule);
             } else {
                 o.failure_percentage = None;
+            }
+        }
+        if let Some(v) = self.success_rate_factor {
+            if v > 0.0 {
+                let mut rule = o.success_rate.unwrap_or_default();
+                rule.stdev_factor = v;
+                o.success_rate = Some(rule);
+            } else {
+                o.success_rate = None;
             }
         }
         if let Some(v) = self.latency_factor {
@@ -474,5 +491,32 @@ impl Service<SimRequest> for RoundRobin {
     fn call(&mut self, req: SimRequest) -> Self::Future {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
         self.backends[i].clone().oneshot(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_at_zero_turns_outlier_detection_off() {
+        let off = OutlierSpec {
+            consecutive_failures: Some(0),
+            failure_percentage: Some(0.0),
+            latency_factor: Some(0.0),
+            success_rate_factor: Some(0.0),
+            ..OutlierSpec::default()
+        }
+        .to_config();
+        assert_eq!(off.consecutive_failures, None);
+        assert_eq!(off.failure_percentage, None);
+        assert_eq!(off.latency, None);
+        assert_eq!(off.success_rate, None);
+        let tuned = OutlierSpec {
+            success_rate_factor: Some(1.0),
+            ..OutlierSpec::default()
+        }
+        .to_config();
+        assert_eq!(tuned.success_rate.map(|r| r.stdev_factor), Some(1.0));
     }
 }

@@ -39,21 +39,40 @@ pub enum Latency {
     },
 }
 
+/// The longest duration a scenario may give, in milliseconds (an hour: the latency histogram's
+/// ceiling).
+pub const MAX_MS: f64 = 3_600_000.0;
+
+/// Checks a duration in milliseconds: a number in `[0, MAX_MS]`, naming it otherwise.
+pub fn check_ms(name: &str, v: f64) -> Result<(), String> {
+    if (0.0..=MAX_MS).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} must be a number of milliseconds in [0, {MAX_MS}], got {v}"
+        ))
+    }
+}
+
+/// `ms` milliseconds as a duration, clamped to `[0, MAX_MS]` (a log-normal tail can exceed any
+/// bound).
+pub fn duration_ms(ms: f64) -> Duration {
+    let ms = if ms.is_nan() {
+        0.0
+    } else {
+        ms.clamp(0.0, MAX_MS)
+    };
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
 impl Latency {
     /// Checks the parameters, naming the first bad one.
     pub fn validate(&self) -> Result<(), String> {
-        let finite_non_negative = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(format!("{name} must be a finite number >= 0, got {v}"))
-            }
-        };
         match self {
-            Latency::Constant { ms } => finite_non_negative("ms", *ms),
+            Latency::Constant { ms } => check_ms("ms", *ms),
             Latency::Uniform { min_ms, max_ms } => {
-                finite_non_negative("min_ms", *min_ms)?;
-                finite_non_negative("max_ms", *max_ms)?;
+                check_ms("min_ms", *min_ms)?;
+                check_ms("max_ms", *max_ms)?;
                 if min_ms > max_ms {
                     return Err(format!(
                         "min_ms ({min_ms}) must not exceed max_ms ({max_ms})"
@@ -62,10 +81,12 @@ impl Latency {
                 Ok(())
             }
             Latency::LogNormal { median_ms, sigma } => {
-                finite_non_negative("sigma", *sigma)?;
-                if !(median_ms.is_finite() && *median_ms > 0.0) {
+                if !(sigma.is_finite() && *sigma >= 0.0) {
+                    return Err(format!("sigma must be a finite number >= 0, got {sigma}"));
+                }
+                if !(*median_ms > 0.0 && *median_ms <= MAX_MS) {
                     return Err(format!(
-                        "median_ms must be a finite number > 0, got {median_ms}"
+                        "median_ms must be a number of milliseconds in (0, {MAX_MS}], got {median_ms}"
                     ));
                 }
                 Ok(())
@@ -112,7 +133,7 @@ impl Latency {
                 }
             }
         };
-        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+        duration_ms(ms)
     }
 }
 
@@ -166,5 +187,28 @@ mod tests {
             slow_fraction: 2.0,
         };
         assert!(bad.validate().unwrap_err().contains("slow_fraction"));
+        for bad in [
+            Latency::Constant { ms: 1e30 },
+            Latency::Constant { ms: -1.0 },
+            Latency::Constant { ms: f64::NAN },
+        ] {
+            assert!(
+                bad.validate().unwrap_err().starts_with("ms must be"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tail_past_the_ceiling_is_clamped_not_a_panic() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let wide = Latency::LogNormal {
+            median_ms: 10.0,
+            sigma: 1000.0,
+        };
+        assert!(wide.validate().is_ok());
+        for _ in 0..100 {
+            assert!(wide.sample(&mut rng) <= Duration::from_secs(3600));
+        }
     }
 }

@@ -138,7 +138,9 @@ impl ClientReport {
                             ((i as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
                         )
                     });
-                let time_to_readmit = (bucket_of(f.to_ms).saturating_add(1)..buckets)
+                // From the first bucket wholly after the fault: a client that kept sending to the
+                // backend throughout reads 0.
+                let time_to_readmit = (f.to_ms.div_ceil(bucket_ms) as usize..buckets)
                     .filter(|&i| active(i))
                     .find(|&i| share[i][b] >= fair / 2.0)
                     .map(|i| Duration::from_millis((i as u64 * bucket_ms).saturating_sub(f.to_ms)));

@@ -82,8 +82,11 @@ impl Scenario {
                 rate_per_sec,
                 requests,
             } => {
-                if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
-                    return Err(format!("load.rate_per_sec must be > 0, got {rate_per_sec}"));
+                // At least one call an hour, the longest gap a scenario may have.
+                if !(rate_per_sec.is_finite() && rate_per_sec >= 1.0 / 3600.0) {
+                    return Err(format!(
+                        "load.rate_per_sec must be a finite number >= 1/3600, got {rate_per_sec}"
+                    ));
                 }
                 if requests == 0 {
                     return Err("load.requests must be > 0".into());

@@ -56,6 +56,38 @@ fn bad_scenarios_name_the_field() {
             "faults[0]",
         ),
     ];
+    let fault = |effect: &str| {
+        format!(
+            "[[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\nfaults = [{{ from_ms = 0, to_ms = 100, effect = {effect} }}]\n"
+        )
+    };
+    let more = [
+        (
+            fault("{ kind = \"errors\", error_rate = 1.0, latency_ms = -5.0 }"),
+            "faults[0]: latency_ms",
+        ),
+        (
+            fault("{ kind = \"slow\", extra_ms = 1e30 }"),
+            "faults[0]: extra_ms",
+        ),
+        (
+            fault("{ kind = \"flapping\", period_ms = 1 }"),
+            "faults[0]: period_ms",
+        ),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = 1e30 }\n".to_string(),
+            "backends[0].latency: ms",
+        ),
+        (
+            "[[backends]]\nlatency = { kind = \"log_normal\", median_ms = 1e30, sigma = 1.0 }\n"
+                .to_string(),
+            "median_ms",
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(backends, field)| (backends.to_string(), field))
+        .chain(more);
     for (backends, field) in cases {
         let text = format!("{base}\n{backends}");
         let err = match Scenario::from_toml(&text) {
@@ -65,6 +97,43 @@ fn bad_scenarios_name_the_field() {
         assert!(err.contains(field), "{err} should name {field}");
     }
     assert!(Scenario::from_toml("name = 3").is_err());
+}
+
+/// Values that used to pass validation and then panic during the run.
+#[test]
+fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
+    let backend = "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\n";
+    let scenario = |load: &str, client: &str| {
+        format!("name = \"x\"\n[load]\nkind = \"open_loop\"\n{load}\nrequests = 10\n{backend}[[clients]]\n{client}\n")
+    };
+    let cases = [
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { delay_ms = -1.0 }",
+            ),
+            "hedge.delay_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"tower_p2c_peak_ewma\"\ndefault_rtt_ms = 1e30",
+            ),
+            "default_rtt_ms",
+        ),
+        (
+            scenario("rate_per_sec = 1e-30", "kind = \"round_robin\""),
+            "load.rate_per_sec",
+        ),
+    ];
+    for (text, field) in cases {
+        let err = match std::panic::catch_unwind(|| Scenario::from_toml(&text)) {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("accepted:\n{text}"),
+            Err(_) => panic!("panicked:\n{text}"),
+        };
+        assert!(err.contains(field), "{err} should name {field}");
+    }
 }
 
 #[test]

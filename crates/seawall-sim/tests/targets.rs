@@ -54,6 +54,14 @@ fn hard_down_is_left_at_once_and_readmitted_within_an_ejection_period() {
         "{tuned:?}"
     );
     assert!(fault("seawall p2c peak-ewma").wasted_calls <= 5);
+    // Round robin never leaves it, so there is nothing to wait for once it is back.
+    let round_robin = fault("round robin");
+    assert_eq!(round_robin.time_to_eject, None, "{round_robin:?}");
+    assert_eq!(
+        round_robin.time_to_readmit,
+        Some(Duration::ZERO),
+        "{round_robin:?}"
+    );
 }
 
 #[test]
