@@ -12,9 +12,12 @@ use tokio::time::{sleep_until, Instant, Sleep};
 pin_project! {
     /// The response future of [`Timeout`](crate::Timeout).
     ///
-    /// Polls the inner future first; only if it is pending is the timer armed, for the deadline
-    /// computed when the call was made. When the deadline passes the inner future is dropped at
-    /// once and the call fails with [`Elapsed`].
+    /// An answer ready on the first poll wins, and costs no clock read and no timer. Otherwise
+    /// the timer is armed for the deadline computed when the call was made (or the call fails at
+    /// once if that deadline has already passed), and every later poll checks the clock before
+    /// the inner future: an answer that comes after the deadline is not returned, even before the
+    /// timer's next tick. When the deadline passes the inner future is dropped at once and the
+    /// call fails with [`Elapsed`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
@@ -66,15 +69,33 @@ where
             .as_mut()
             .as_pin_mut()
             .expect("timeout ResponseFuture polled after completion");
-        if let Poll::Ready(result) = inner.poll(cx) {
-            this.inner.set(None);
-            return Poll::Ready(result.map_err(Into::into));
-        }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(*this.deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-            ready!(sleep.poll(cx));
+        match this.sleep.as_mut().as_pin_mut() {
+            // The first poll: an answer ready now wins, without a look at the clock.
+            None => {
+                if let Poll::Ready(result) = inner.poll(cx) {
+                    this.inner.set(None);
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                // Pending: a deadline already past (a zero timeout, an outer deadline that ran
+                // out before the call) fires now; otherwise arm the timer.
+                if Instant::now() < *this.deadline {
+                    this.sleep.set(Some(sleep_until(*this.deadline)));
+                    let sleep = this.sleep.as_mut().as_pin_mut().expect("just armed");
+                    ready!(sleep.poll(cx));
+                }
+            }
+            // A later poll: the timer rounds the deadline up to its next tick, so an answer can
+            // arrive after the deadline and before the timer fires. The clock decides, before the
+            // inner future is polled.
+            Some(sleep) => {
+                if Instant::now() < *this.deadline {
+                    if let Poll::Ready(result) = inner.poll(cx) {
+                        this.inner.set(None);
+                        return Poll::Ready(result.map_err(Into::into));
+                    }
+                    ready!(sleep.poll(cx));
+                }
+            }
         }
         // Cancel the call now rather than whenever the caller drops this future.
         this.inner.set(None);
@@ -139,6 +160,52 @@ mod tests {
         assert!(
             fut.inner.is_none(),
             "inner future is dropped when the timeout fires"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_past_deadline_fires_on_the_first_pending_poll_without_a_timer() {
+        let now = Instant::now();
+        let inner = pending::<Result<(), BoxError>>();
+        let mut fut = pin!(ResponseFuture::new(
+            inner,
+            now,
+            now,
+            Name::default_for("timeout"),
+            None
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>()),
+            other => panic!("expected Elapsed, got {other:?}"),
+        }
+        assert!(fut.sleep.is_none(), "no timer for a deadline already past");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_poll_checks_the_clock_before_the_inner_future() {
+        let now = Instant::now();
+        let polled = std::cell::Cell::new(0);
+        let inner = std::future::poll_fn(|_| {
+            polled.set(polled.get() + 1);
+            if polled.get() == 1 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok::<_, BoxError>(()))
+            }
+        });
+        let mut fut = pin!(future(inner, now));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(1000) + Duration::from_micros(1)).await;
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>()),
+            other => panic!("expected Elapsed, got {other:?}"),
+        }
+        assert_eq!(
+            polled.get(),
+            1,
+            "the inner future is not polled past the deadline"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The timeout fires in virtual time and cancels the inner call at that moment.
 
-use seawall_timeout::{Elapsed, TimeoutLayer};
+use seawall_timeout::{Elapsed, RequestDeadline, TimeoutLayer};
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -8,7 +8,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tower::{service_fn, Layer, ServiceExt};
 
 struct SetOnDrop(Arc<AtomicBool>);
@@ -89,6 +89,62 @@ async fn zero_timeout_lets_only_ready_calls_through() {
         .await
         .unwrap_err()
         .is::<Elapsed>());
+}
+
+/// The runtime's timer ticks in whole milliseconds and rounds a deadline up to the next tick; a
+/// clock off the tick (always, outside paused tests) must not stretch a zero timeout.
+#[tokio::test(start_paused = true)]
+async fn zero_timeout_fails_a_yielding_call_off_the_timer_tick() {
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let yields = service_fn(|_: http::Request<()>| async {
+        tokio::task::yield_now().await; // not ready on the first poll
+        Ok::<_, std::io::Error>(1)
+    });
+    let svc = TimeoutLayer::new(Duration::ZERO).layer(yields);
+    let res = svc.oneshot(http::Request::new(())).await;
+    assert!(
+        res.as_ref().is_err_and(|e| e.is::<Elapsed>()),
+        "expected Elapsed, got {res:?}"
+    );
+}
+
+/// An answer that comes after the deadline but before the timer's tick is not returned.
+#[tokio::test(start_paused = true)]
+async fn an_answer_after_the_deadline_fails_before_the_timer_tick() {
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let deadline = Instant::now() + Duration::from_millis(1);
+    let late = service_fn(move |_: http::Request<()>| async move {
+        sleep_until(deadline + Duration::from_micros(200)).await;
+        Ok::<_, std::io::Error>(Instant::now())
+    });
+    let svc = TimeoutLayer::new(Duration::from_millis(1)).layer(late);
+    match svc.oneshot(http::Request::new(())).await {
+        Ok(answered_at) => panic!(
+            "got Ok for an answer {:?} after the deadline",
+            answered_at - deadline
+        ),
+        Err(e) => assert!(e.is::<Elapsed>(), "{e}"),
+    }
+}
+
+/// A deadline the request brings that has already passed fails a pending call on its first poll.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_already_past_fails_a_pending_call_at_once() {
+    let past = Instant::now();
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let yields = service_fn(|_: http::Request<()>| async {
+        tokio::task::yield_now().await;
+        Ok::<_, std::io::Error>(1)
+    });
+    let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(yields);
+    let mut req = http::Request::new(());
+    req.set_deadline(past);
+    let res = svc.oneshot(req).await;
+    assert!(
+        res.as_ref().is_err_and(|e| e.is::<Elapsed>()),
+        "expected Elapsed, got {res:?}"
+    );
+    assert_eq!(Instant::now(), past + Duration::from_micros(300), "no wait");
 }
 
 #[tokio::test(start_paused = true)]
