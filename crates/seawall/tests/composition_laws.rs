@@ -32,6 +32,8 @@ use tower::{buffer::BufferLayer, service_fn, util::BoxCloneService, Layer, Servi
 #[derive(Debug, Clone)]
 struct Req {
     work_ms: u64,
+    /// Microseconds of work beyond `work_ms`, to answer off the timer's millisecond tick.
+    work_extra_us: u64,
     fail: bool,
     deadline: Option<Instant>,
 }
@@ -372,6 +374,8 @@ fn plain_layer_spec() -> impl Strategy<Value = LayerSpec> {
 #[derive(Debug, Clone)]
 struct Call {
     start_ms: u64,
+    /// Microseconds after `start_ms`, to call off the timer's millisecond tick.
+    start_extra_us: u64,
     req: Req,
     cancel_after_ms: Option<u64>,
 }
@@ -390,13 +394,28 @@ fn call_failing(p: f64) -> impl Strategy<Value = Call> {
     )
         .prop_map(|(start_ms, work_ms, fail, cancel_after_ms)| Call {
             start_ms,
+            start_extra_us: 0,
             req: Req {
                 work_ms,
+                work_extra_us: 0,
                 fail,
                 deadline: None,
             },
             cancel_after_ms,
         })
+}
+
+/// Calls that start and answer between the timer's millisecond ticks, as they do outside tests,
+/// and work at most `max_work_ms`.
+fn call_off_the_tick(max_work_ms: u64) -> impl Strategy<Value = Call> {
+    (call(), 0..=max_work_ms, 1u64..1_000, 1u64..1_000).prop_map(
+        |(mut call, work_ms, start_extra_us, work_extra_us)| {
+            call.start_extra_us = start_extra_us;
+            call.req.work_ms = work_ms;
+            call.req.work_extra_us = work_extra_us;
+            call
+        },
+    )
 }
 
 fn cases() -> u32 {
@@ -421,7 +440,10 @@ fn inner(in_flight: Arc<AtomicUsize>, calls: Arc<AtomicUsize>) -> Svc {
         let done = Done(in_flight);
         async move {
             let _done = done;
-            tokio::time::sleep(Duration::from_millis(req.work_ms)).await;
+            tokio::time::sleep(
+                Duration::from_millis(req.work_ms) + Duration::from_micros(req.work_extra_us),
+            )
+            .await;
             if req.fail {
                 Err::<u64, BoxError>("inner failure".into())
             } else {
@@ -472,6 +494,11 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             let svc = svc.clone();
             tasks.spawn(async move {
                 tokio::time::sleep_until(start + Duration::from_millis(c.start_ms)).await;
+                // Paused time wakes sleepers on the timer's millisecond ticks; only `advance`
+                // moves the clock between them.
+                if c.start_extra_us > 0 {
+                    tokio::time::advance(Duration::from_micros(c.start_extra_us)).await;
+                }
                 // A deadline bounds a call from `call`, not the wait for readiness before it.
                 let fut = async move {
                     let mut svc = svc;
@@ -546,6 +573,30 @@ proptest! {
         let outcomes = run(&stack, &calls).outcomes;
         if let Some(bound) = guaranteed_bound(&stack) {
             for o in &outcomes {
+                prop_assert!(o.took <= bound, "took {:?} > {:?}: {:?}", o.took, bound, o.result);
+            }
+        }
+    }
+
+    /// No response arrives after its deadline when calls start between the timer's millisecond
+    /// ticks, as they do outside tests: the timer rounds a deadline up to its next tick, and an
+    /// answer from inside that comes in between must not get out. (The timeout's own error comes
+    /// at the tick, and a fallback may answer it; the law above bounds those.)
+    #[test]
+    fn no_response_after_its_deadline_off_the_timer_tick(
+        outer_ms in 1u64..40,
+        below in prop::collection::vec(layer_spec(), 1..=5),
+        calls in prop::collection::vec(call_off_the_tick(40), 1..20),
+    ) {
+        // Work about as long as the outer timeout, so that answers land next to its deadline.
+        let mut stack = below;
+        stack.insert(0, LayerSpec::Timeout { ms: outer_ms });
+        let outcomes = run(&stack, &calls).outcomes;
+        let bound = Duration::from_millis(outer_ms);
+        for o in &outcomes {
+            let timed_out = matches!(&o.result, Ok(FALLBACK))
+                || matches!(&o.result, Err(e) if e == "request timed out");
+            if !timed_out {
                 prop_assert!(o.took <= bound, "took {:?} > {:?}: {:?}", o.took, bound, o.result);
             }
         }
@@ -681,8 +732,10 @@ fn the_breaker_watch_sees_trial_calls() {
     let calls: Vec<Call> = (0..40)
         .map(|i| Call {
             start_ms: i * 20,
+            start_extra_us: 0,
             req: Req {
                 work_ms: 30,
+                work_extra_us: 0,
                 fail: true,
                 deadline: None,
             },
@@ -715,8 +768,10 @@ fn the_bulkhead_is_full_under_load_and_drains() {
     let calls: Vec<Call> = (0..10)
         .map(|i| Call {
             start_ms: 0,
+            start_extra_us: 0,
             req: Req {
                 work_ms: 500,
+                work_extra_us: 0,
                 fail: false,
                 deadline: None,
             },
@@ -749,8 +804,10 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
     let calls: Vec<Call> = (0..9)
         .map(|i| Call {
             start_ms: 0,
+            start_extra_us: 0,
             req: Req {
                 work_ms: 0,
+                work_extra_us: 0,
                 fail: i == 8,
                 deadline: None,
             },
