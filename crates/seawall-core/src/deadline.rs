@@ -27,7 +27,8 @@
 //!
 //! Per-request overrides: a caller puts a [`TimeoutOverride`] on a request to replace the timeout
 //! layer's duration for that one request (a longer budget for a report, a shorter one for a
-//! health probe). A [`Deadline`] already on the request still caps it.
+//! health probe). Every timeout layer that honors overrides reads it (by default all do; a per-try
+//! timeout under a retry should not). A [`Deadline`] already on the request still caps it.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -37,6 +38,10 @@ use tokio::time::Instant;
 pub struct Deadline(pub Instant);
 
 /// A timeout for one request that replaces the timeout layer's own duration.
+///
+/// Read by every timeout layer the request passes through that honors overrides (all do by
+/// default), so it is meant for the total timeout; a per-try timeout under a retry should not
+/// honor it.
 ///
 /// ```
 /// use seawall_core::deadline::TimeoutOverride;

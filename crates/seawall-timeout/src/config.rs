@@ -1,4 +1,7 @@
-use crate::{layer::Shared, TimeoutEvent, TimeoutLayer};
+use crate::{
+    layer::{Options, Shared},
+    TimeoutEvent, TimeoutLayer,
+};
 use seawall_core::{ConfigError, Listener, Listeners, Name};
 use std::{sync::Arc, time::Duration};
 
@@ -8,6 +11,8 @@ pub struct TimeoutConfigBuilder {
     timeout: Option<Duration>,
     name: Option<String>,
     propagate: bool,
+    honor_override: bool,
+    enforce_outer: bool,
     listeners: Listeners<TimeoutEvent>,
 }
 
@@ -17,6 +22,8 @@ impl TimeoutConfigBuilder {
             timeout: None,
             name: None,
             propagate: true,
+            honor_override: true,
+            enforce_outer: true,
             listeners: Listeners::new(),
         }
     }
@@ -39,6 +46,33 @@ impl TimeoutConfigBuilder {
         self
     }
 
+    /// Whether a request's [`TimeoutOverride`](crate::TimeoutOverride) replaces this layer's
+    /// timeout. Default `true`.
+    ///
+    /// Turn it off for a timeout that bounds something other than the whole call, such as the
+    /// per-try timeout under a retry: an override says "this request may take longer (or must
+    /// be quicker) overall", and should not also stretch or shrink each attempt.
+    pub fn honor_override(mut self, honor: bool) -> Self {
+        self.honor_override = honor;
+        self
+    }
+
+    /// Whether to fail the call at a deadline the request already carries (from an outer
+    /// timeout or from the caller) when it is earlier than this layer's own. Default `true`.
+    ///
+    /// With `false` the layer fires only at its own deadline and leaves an earlier one to the
+    /// layer that enforces it further out, which cancels the call by dropping it; the earlier
+    /// deadline stays on the request for inner layers either way. This is for a timeout under a
+    /// layer that counts outcomes, such as the per-try timeout under a per-endpoint breaker or
+    /// a balancer: a call dropped by the outer timeout records no outcome, while an [`Elapsed`](crate::Elapsed)
+    /// from this layer counts as the endpoint's failure, though the endpoint was not too slow by
+    /// its own timeout, the caller was impatient. Only turn it off where a layer further out does
+    /// enforce the deadline, or calls can outlive it.
+    pub fn enforce_outer_deadline(mut self, enforce: bool) -> Self {
+        self.enforce_outer = enforce;
+        self
+    }
+
     /// Adds a listener called on every [`TimeoutEvent`].
     pub fn on_event(mut self, listener: impl Listener<TimeoutEvent>) -> Self {
         self.listeners = self.listeners.with(listener);
@@ -55,7 +89,11 @@ impl TimeoutConfigBuilder {
         Ok(TimeoutLayer::from_shared(Shared::new(
             timeout,
             name,
-            self.propagate,
+            Options {
+                propagate: self.propagate,
+                honor_override: self.honor_override,
+                enforce_outer: self.enforce_outer,
+            },
             self.listeners,
         )))
     }
@@ -65,12 +103,14 @@ impl Shared {
     pub(crate) fn new(
         timeout: Duration,
         name: Name,
-        propagate: bool,
+        options: Options,
         listeners: Listeners<TimeoutEvent>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             timeout,
-            propagate,
+            propagate: options.propagate,
+            honor_override: options.honor_override,
+            enforce_outer: options.enforce_outer,
             name,
             listeners,
         })
@@ -96,6 +136,24 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "name");
+    }
+
+    #[test]
+    fn options_default_to_a_whole_call_timeout() {
+        let layer = TimeoutLayer::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert!(layer.honors_override());
+        assert!(layer.enforces_outer_deadline());
+        let layer = TimeoutLayer::builder()
+            .timeout(Duration::from_secs(1))
+            .honor_override(false)
+            .enforce_outer_deadline(false)
+            .build()
+            .unwrap();
+        assert!(!layer.honors_override());
+        assert!(!layer.enforces_outer_deadline());
     }
 
     #[test]

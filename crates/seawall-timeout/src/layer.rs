@@ -15,8 +15,28 @@ pub struct TimeoutLayer {
 pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     pub(crate) propagate: bool,
+    pub(crate) honor_override: bool,
+    pub(crate) enforce_outer: bool,
     pub(crate) name: Name,
     pub(crate) listeners: Listeners<TimeoutEvent>,
+}
+
+/// The switches of a policy; every one `true` by default.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) propagate: bool,
+    pub(crate) honor_override: bool,
+    pub(crate) enforce_outer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            propagate: true,
+            honor_override: true,
+            enforce_outer: true,
+        }
+    }
 }
 
 impl TimeoutLayer {
@@ -27,7 +47,7 @@ impl TimeoutLayer {
         Self::from_shared(Shared::new(
             timeout,
             Name::default_for("timeout"),
-            true,
+            Options::default(),
             Listeners::new(),
         ))
     }
@@ -49,6 +69,39 @@ impl TimeoutLayer {
     /// The policy instance name.
     pub fn name(&self) -> &Name {
         &self.shared.name
+    }
+
+    /// Whether a request's [`TimeoutOverride`](crate::TimeoutOverride) replaces the layer's
+    /// timeout; see [`honor_override`](TimeoutConfigBuilder::honor_override).
+    pub fn honors_override(&self) -> bool {
+        self.shared.honor_override
+    }
+
+    /// Whether the layer fails calls at an earlier deadline the request already carries; see
+    /// [`enforce_outer_deadline`](TimeoutConfigBuilder::enforce_outer_deadline).
+    pub fn enforces_outer_deadline(&self) -> bool {
+        self.shared.enforce_outer
+    }
+
+    /// This policy (its duration, name, listeners and propagation) set up to time one attempt
+    /// under a retry: it ignores a request's [`TimeoutOverride`](crate::TimeoutOverride) and
+    /// fires only at its own deadline, leaving an earlier deadline on the request to the layer
+    /// further out that enforces it ([`honor_override(false)`](TimeoutConfigBuilder::honor_override),
+    /// [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline)).
+    ///
+    /// The facade's `ClientStack` builds its per-try timeout this way.
+    pub fn per_try(&self) -> TimeoutLayer {
+        let shared = &*self.shared;
+        TimeoutLayer::from_shared(Shared::new(
+            shared.timeout,
+            shared.name,
+            Options {
+                propagate: shared.propagate,
+                honor_override: false,
+                enforce_outer: false,
+            },
+            shared.listeners.clone(),
+        ))
     }
 }
 
@@ -78,6 +131,8 @@ impl fmt::Debug for Shared {
             .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("propagate", &self.propagate)
+            .field("honor_override", &self.honor_override)
+            .field("enforce_outer_deadline", &self.enforce_outer)
             .field("listeners", &self.listeners)
             .finish()
     }

@@ -4,9 +4,15 @@
 //! drops (cancels) the inner future at that moment. The deadline is:
 //!
 //! 1. `now + timeout`, where `timeout` is the layer's own duration, or the request's
-//!    [`TimeoutOverride`] when it carries one;
+//!    [`TimeoutOverride`] when it carries one (read by every timeout layer in the stack that
+//!    honors overrides, which they all do unless built with
+//!    [`honor_override(false)`](TimeoutConfigBuilder::honor_override));
 //! 2. capped by a [`Deadline`] the request already carries, from an outer timeout or from the
-//!    caller; the earlier of the two wins.
+//!    caller; the earlier of the two wins. A layer built with
+//!    [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) leaves an
+//!    earlier deadline to the layer further out that enforces it and fires only at its own.
+//!
+//! A per-try timeout under a retry usually wants both off: [`TimeoutLayer::per_try`].
 //!
 //! The effective deadline is written back on the request (unless
 //! [`propagate_deadline(false)`](TimeoutConfigBuilder::propagate_deadline)), so layers further in
@@ -22,6 +28,8 @@
 //! | `timeout` | required | any duration; `Duration::ZERO` only lets through calls that are ready on their first poll, `Duration::MAX` never fires |
 //! | `name` | `"timeout"` | label for events and metrics |
 //! | `propagate_deadline` | `true` | write the effective deadline on the request |
+//! | `honor_override` | `true` | a request's [`TimeoutOverride`] replaces `timeout` |
+//! | `enforce_outer_deadline` | `true` | fail the call at an earlier deadline the request carries |
 //!
 //! # Cost
 //!

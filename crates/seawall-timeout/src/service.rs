@@ -65,10 +65,18 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let timeout = req.timeout_override().unwrap_or(self.shared.timeout);
+        let timeout = match self.shared.honor_override {
+            true => req.timeout_override().unwrap_or(self.shared.timeout),
+            false => self.shared.timeout,
+        };
         let own = deadline_after(now, timeout);
         let deadline = match req.deadline() {
-            Some(outer) if outer <= own => outer,
+            // An earlier deadline stays on the request; this layer enforces it unless a layer
+            // further out does.
+            Some(outer) if outer <= own => match self.shared.enforce_outer {
+                true => outer,
+                false => own,
+            },
             _ => {
                 if self.shared.propagate {
                     req.set_deadline(own);

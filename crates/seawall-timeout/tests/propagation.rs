@@ -103,3 +103,76 @@ async fn propagation_can_be_turned_off() {
     svc.oneshot(http::Request::new(())).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![None]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_leaves_the_outer_deadline_fires_only_at_its_own() {
+    let seen = Seen::default();
+    let layer = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(3))
+        .enforce_outer_deadline(false)
+        .build()
+        .unwrap();
+    let svc = layer.layer(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let mut req = http::Request::new(());
+    req.set_deadline(start + Duration::from_secs(1));
+    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(3), "its own deadline");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(1))],
+        "the earlier deadline stays on the request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_leaves_the_outer_deadline_to_the_outer_layer() {
+    // total 2s outside, per-try 5s inside: the outer layer cuts the call, the inner one never
+    // fires (it is dropped with the call).
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let sink = fired.clone();
+    let per_try = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(5))
+        .name("per-try")
+        .on_event(
+            move |name: &seawall_core::Name, _: &seawall_timeout::TimeoutEvent| {
+                sink.lock().unwrap().push(name.to_string());
+            },
+        )
+        .build()
+        .unwrap()
+        .per_try();
+    assert_eq!(per_try.name().to_string(), "per-try");
+    assert!(!per_try.honors_override() && !per_try.enforces_outer_deadline());
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(per_try.clone())
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    assert!(svc
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap_err()
+        .is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(2))]
+    );
+    assert!(fired.lock().unwrap().is_empty(), "{fired:?}");
+
+    // Its own, earlier deadline it enforces, and reports under its name.
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(20)))
+        .layer(per_try)
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    assert!(svc
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap_err()
+        .is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(*fired.lock().unwrap(), vec!["per-try".to_string()]);
+}

@@ -51,6 +51,22 @@ async fn override_is_still_capped_by_a_deadline_on_the_request() {
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_does_not_honor_overrides_keeps_its_own_timeout() {
+    let layer = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(1))
+        .honor_override(false)
+        .build()
+        .unwrap();
+    let svc = layer.layer(sleeper(Duration::from_secs(5)));
+    let mut req = http::Request::new(());
+    req.extensions_mut()
+        .insert(TimeoutOverride(Duration::from_secs(10)));
+    let start = Instant::now();
+    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
 /// A request type of the application's own, opting in through the trait.
 struct Query {
     override_timeout: Option<Duration>,
