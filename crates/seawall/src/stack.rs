@@ -11,8 +11,9 @@
 //! - the **fallback** sees every failure of the layers under it: a timeout, an exhausted retry
 //!   budget, an open breaker, a full bulkhead, no endpoint;
 //! - the **total timeout** bounds the whole call, retries and backoff included, and writes the
-//!   deadline on the request so the retry does not start an attempt it cannot finish and the
-//!   per-try timeout never outlives it;
+//!   deadline on the request so the retry does not start an attempt it cannot finish; it is the
+//!   one layer that enforces the call's deadline (its own, or an earlier one the caller put on the
+//!   request), and it cancels an attempt still running then, which records no outcome below;
 //! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
 //!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
 //!   an open breaker fails retries at once, without load on the dependency;
@@ -20,7 +21,13 @@
 //! - the **balancer** skips endpoints that outlier detection ejected or whose own breaker is open;
 //! - the **per-endpoint breaker** counts one endpoint's failures, per-try timeouts included,
 //!   and takes the endpoint out of the pick while it is open;
-//! - the **per-try timeout** bounds one attempt on one endpoint.
+//! - the **per-try timeout** bounds one attempt on one endpoint. It is built with
+//!   [`TimeoutLayer::per_try`]: it ignores a request's
+//!   [`TimeoutOverride`](crate::timeout::TimeoutOverride) (which is for the total timeout, so a
+//!   longer override does not stop hung attempts being cut and retried elsewhere), and it fires
+//!   only at its own deadline, so only an endpoint slower than the per-try timeout is charged a
+//!   failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
+//!   cancelled from above and counts against no endpoint.
 //!
 //! `docs/composition.md` in the repository explains what each reordering does.
 //!
@@ -32,7 +39,7 @@
 //! | piece | default | set with | remove with |
 //! |---|---|---|---|
 //! | fallback | none | [`fallback`](ClientStackBuilder::fallback) | — |
-//! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) |
+//! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
 //! | retry | [`RetryLayer::new`]: 3 attempts, exponential backoff, 20 % budget | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
 //! | breaker | [`BreakerLayer::new`] | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
@@ -188,7 +195,9 @@ impl<Req, Res> fmt::Debug for ClientStack<Req, Res> {
 /// The type parameters are the pieces' layer types, [`Identity`] for a piece left out: the
 /// fallback, the total timeout, the retry, the dependency breaker, the bulkhead, the balancer's
 /// configuration and the per-endpoint breakers ([`NoEndpointBreakers`] or a [`BreakerSet`]). A
-/// piece left out costs nothing: it is not in the stack's type.
+/// piece left out costs nothing: it is not in the stack's type. The total timeout is the
+/// exception: without one, a [`TimeoutLayer`] in its place still enforces a deadline the caller
+/// put on the request (see [`without_timeout`](ClientStackBuilder::without_timeout)).
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientStackBuilder<
     Fb = Identity,
@@ -275,11 +284,18 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
     }
 
-    /// No total timeout.
-    pub fn without_timeout(self) -> ClientStackBuilder<Fb, Identity, Rt, Br, Bh, Ba, Eb> {
+    /// No total timeout of the stack's own.
+    ///
+    /// A deadline the caller puts on the request is still enforced in the total timeout's place
+    /// (above the retry), and only there: the per-try timeout leaves it to this layer, so an
+    /// attempt cut by it counts against no endpoint. The layer has no duration of its own, ignores
+    /// [`TimeoutOverride`](crate::timeout::TimeoutOverride)s and writes nothing on the request; a
+    /// request without a deadline passes with one clock read (and, while it is pending, a timer
+    /// that never fires).
+    pub fn without_timeout(self) -> ClientStackBuilder<Fb, TimeoutLayer, Rt, Br, Bh, Ba, Eb> {
         ClientStackBuilder {
             fallback: self.fallback,
-            timeout: Identity::new(),
+            timeout: callers_deadline_only(),
             total: None,
             retry: self.retry,
             breaker: self.breaker,
@@ -421,8 +437,13 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
     }
 
-    /// The timeout of one attempt on one endpoint: a `Duration` or a [`TimeoutLayer`]. It is
-    /// capped by the total timeout's deadline.
+    /// The timeout of one attempt on one endpoint: a `Duration` or a [`TimeoutLayer`].
+    ///
+    /// The stack uses it as [`TimeoutLayer::per_try`] (same duration, name and listeners): it
+    /// ignores a request's [`TimeoutOverride`](crate::timeout::TimeoutOverride), and does not
+    /// fire at the call's deadline, which the total timeout (or, without one, the layer in its
+    /// place) enforces by cancelling the attempt, so an impatient caller's cut counts against no
+    /// endpoint.
     pub fn per_try_timeout(mut self, timeout: impl Into<TimeoutLayer>) -> Self {
         self.per_try_timeout = Some(timeout.into());
         self
@@ -450,6 +471,18 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     }
 }
 
+/// What stands in for the total timeout when the stack has none: a caller's deadline on the
+/// request is enforced there, above the retry, so that no layer below has to (and the per-try
+/// timeout does not, see [`TimeoutLayer::per_try`]).
+fn callers_deadline_only() -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .timeout(Duration::MAX)
+        .propagate_deadline(false)
+        .honor_override(false)
+        .build()
+        .expect("a timeout of any duration is valid")
+}
+
 /// The layers above the balancer, outer to inner: fallback, total timeout, retry, breaker,
 /// bulkhead.
 pub type UpperLayers<Fb, To, Rt, Br, Bh> =
@@ -474,9 +507,10 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
             Send + 'static,
     {
         self.validate()?;
-        let balanced =
-            self.endpoint_breakers
-                .balance(self.balance, self.per_try_timeout, discover)?;
+        let per_try = self.per_try_timeout.as_ref().map(TimeoutLayer::per_try);
+        let balanced = self
+            .endpoint_breakers
+            .balance(self.balance, per_try, discover)?;
         let upper = ServiceBuilder::new()
             .layer(self.fallback)
             .layer(self.timeout)

@@ -26,6 +26,8 @@ use tower::{service_fn, Service, ServiceExt};
 #[derive(Debug, Clone, Default)]
 struct Req {
     deadline: Option<Instant>,
+    /// A `TimeoutOverride`.
+    timeout: Option<Duration>,
 }
 
 impl RequestDeadline for Req {
@@ -34,6 +36,9 @@ impl RequestDeadline for Req {
     }
     fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = Some(deadline);
+    }
+    fn timeout_override(&self) -> Option<Duration> {
+        self.timeout
     }
 }
 
@@ -54,7 +59,8 @@ impl Calls {
     }
 }
 
-/// `bad` fails at once, `slow` answers after 5 s, every other key answers at once.
+/// `bad` fails at once, `slow` answers after 5 s, `hung` after an hour, `steady` after 300 ms,
+/// every other key answers at once.
 fn endpoints(
     keys: &[&'static str],
     calls: &Calls,
@@ -74,6 +80,14 @@ fn endpoints(
                     "bad" => Err::<_, BoxError>("connection reset".into()),
                     "slow" => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
+                        Ok(key)
+                    }
+                    "hung" => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(key)
+                    }
+                    "steady" => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                         Ok(key)
                     }
                     _ => Ok(key),
@@ -298,6 +312,120 @@ async fn the_total_timeout_bounds_the_retries() {
     );
     let attempts = calls.get("slow");
     assert!((2..=4).contains(&attempts), "{attempts} attempts in 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_override_does_not_disable_the_per_try_timeout() {
+    let calls = Calls::default();
+    let (retry, retries) = retry_counter();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(2))
+        .retry(retry)
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .per_try_timeout(Duration::from_millis(200))
+        .build(endpoints(&["hung", "good-1"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for i in 0..4 {
+        // "This request may take a second overall": the total timeout reads the override, the
+        // per-try timeout does not, so an attempt on the hung endpoint is still cut at 200 ms
+        // and retried on the other one.
+        let req = Req {
+            timeout: Some(Duration::from_secs(1)),
+            ..Req::default()
+        };
+        let start = Instant::now();
+        let answer = client.clone().oneshot(req).await;
+        assert!(matches!(answer, Ok("good-1")), "call {i}: {answer:?}");
+        assert!(start.elapsed() < Duration::from_millis(300), "call {i}");
+    }
+    // Every attempt the hung endpoint got was cut and retried.
+    assert!(calls.get("hung") >= 1);
+    assert_eq!(retries.load(Ordering::SeqCst), calls.get("hung"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_short_deadline_counts_against_no_endpoint() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(2))
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        // Healthy: answers in 300 ms, within its 500 ms per-try timeout.
+        .per_try_timeout(Duration::from_millis(500))
+        .build(endpoints(&["steady"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        // Impatient callers with a 100 ms deadline of their own: their calls fail, at 100 ms,
+        // with `Elapsed`, and the endpoint is not to blame.
+        let start = Instant::now();
+        let req = Req {
+            deadline: Some(start + Duration::from_millis(100)),
+            ..Req::default()
+        };
+        let err = client.clone().oneshot(req).await.unwrap_err();
+        assert!(is::<Elapsed>(&*err), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+    let breaker = breakers.handle(&"steady").unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failures, 0);
+    let answer = client.clone().oneshot(Req::default()).await;
+    assert!(matches!(answer, Ok("steady")), "{answer:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_total_timeout_a_callers_deadline_is_still_enforced_above_the_endpoints() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let client = ClientStack::builder()
+        .without_timeout()
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .per_try_timeout(Duration::from_millis(500))
+        .build(endpoints(&["steady"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let req = Req {
+            deadline: Some(start + Duration::from_millis(100)),
+            timeout: Some(Duration::from_millis(10)),
+        };
+        let err = client.clone().oneshot(req).await.unwrap_err();
+        assert!(is::<Elapsed>(&*err), "{err}");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(100),
+            "the override is ignored"
+        );
+    }
+    let breaker = breakers.handle(&"steady").unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.snapshot().failures, 0);
+    assert!(matches!(
+        client.clone().oneshot(Req::default()).await,
+        Ok("steady")
+    ));
 }
 
 #[tokio::test(start_paused = true)]
