@@ -14,10 +14,11 @@ pin_project! {
     ///
     /// An answer ready on the first poll wins, and costs no clock read and no timer. Otherwise
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
-    /// once if that deadline has already passed), and every later poll checks the clock before
-    /// the inner future: an answer that comes after the deadline is not returned, even before the
-    /// timer's next tick. When the deadline passes the inner future is dropped at once and the
-    /// call fails with [`Elapsed`].
+    /// once if that deadline had already passed when the call was made), and an answer on a later
+    /// poll is checked against the clock: one that comes after the deadline is not returned, even
+    /// before the timer's next tick. When the deadline passes the inner future is dropped at once
+    /// and the call fails with [`Elapsed`].
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
@@ -62,6 +63,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let inner = this
@@ -69,45 +71,59 @@ where
             .as_mut()
             .as_pin_mut()
             .expect("timeout ResponseFuture polled after completion");
-        match this.sleep.as_mut().as_pin_mut() {
-            // The first poll: an answer ready now wins, without a look at the clock.
-            None => {
-                if let Poll::Ready(result) = inner.poll(cx) {
-                    this.inner.set(None);
-                    return Poll::Ready(result.map_err(Into::into));
-                }
-                // Pending: a deadline already past (a zero timeout, an outer deadline that ran
-                // out before the call) fires now; otherwise arm the timer.
-                if Instant::now() < *this.deadline {
-                    this.sleep.set(Some(sleep_until(*this.deadline)));
-                    let sleep = this.sleep.as_mut().as_pin_mut().expect("just armed");
-                    ready!(sleep.poll(cx));
-                }
+        match inner.poll(cx) {
+            // Ready on the first poll: in time, without a look at the clock or a timer.
+            Poll::Ready(result) if this.sleep.is_none() => {
+                this.inner.set(None);
+                Poll::Ready(result.map_err(Into::into))
             }
-            // A later poll: the timer rounds the deadline up to its next tick, so an answer can
-            // arrive after the deadline and before the timer fires. The clock decides, before the
-            // inner future is polled.
-            Some(sleep) => {
-                if Instant::now() < *this.deadline {
-                    if let Poll::Ready(result) = inner.poll(cx) {
-                        this.inner.set(None);
-                        return Poll::Ready(result.map_err(Into::into));
-                    }
-                    ready!(sleep.poll(cx));
-                }
-            }
+            polled => poll_late(this, polled, cx),
         }
-        // Cancel the call now rather than whenever the caller drops this future.
-        this.inner.set(None);
-        let budget = this.deadline.saturating_duration_since(*this.started);
-        let name = *this.name;
-        metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(1);
-        tracing::debug!(name = %name, ?budget, "seawall timeout elapsed");
-        if let Some(listeners) = this.listeners {
-            listeners.emit(&name, &TimeoutEvent::Elapsed { budget });
-        }
-        Poll::Ready(Err(Box::new(Elapsed::new())))
     }
+}
+
+/// Every poll but a first one that found the answer ready: out of line, so that one stays short.
+#[inline(never)]
+fn poll_late<F, T, E>(
+    mut this: ResponseFutureProj<'_, F>,
+    polled: Poll<Result<T, E>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, BoxError>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    match polled {
+        // An answer on a later poll: the clock decides, since the timer rounds the deadline up
+        // to its next tick and an answer can come after the deadline and before the timer fires.
+        Poll::Ready(result) => {
+            if Instant::now() < *this.deadline {
+                this.inner.set(None);
+                return Poll::Ready(result.map_err(Into::into));
+            }
+        }
+        // Pending: arm the timer on the first poll. A deadline already past when the call was
+        // made (a zero timeout, an outer deadline that had run out) skips this and fires now.
+        Poll::Pending if this.sleep.is_some() || *this.deadline > *this.started => {
+            if this.sleep.is_none() {
+                this.sleep.set(Some(sleep_until(*this.deadline)));
+            }
+            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                ready!(sleep.poll(cx));
+            }
+        }
+        Poll::Pending => {}
+    }
+    // Cancel the call now rather than whenever the caller drops this future.
+    this.inner.set(None);
+    let budget = this.deadline.saturating_duration_since(*this.started);
+    let name = *this.name;
+    metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(1);
+    tracing::debug!(name = %name, ?budget, "seawall timeout elapsed");
+    if let Some(listeners) = this.listeners {
+        listeners.emit(&name, &TimeoutEvent::Elapsed { budget });
+    }
+    Poll::Ready(Err(Box::new(Elapsed::new())))
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -183,7 +199,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_late_poll_checks_the_clock_before_the_inner_future() {
+    async fn an_answer_after_the_deadline_on_a_later_poll_is_elapsed() {
         let now = Instant::now();
         let polled = std::cell::Cell::new(0);
         let inner = std::future::poll_fn(|_| {
@@ -197,15 +213,31 @@ mod tests {
         let mut fut = pin!(future(inner, now));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // Past the deadline, before the timer's next tick.
         tokio::time::advance(Duration::from_millis(1000) + Duration::from_micros(1)).await;
         match fut.as_mut().poll(&mut cx) {
             Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>()),
             other => panic!("expected Elapsed, got {other:?}"),
         }
-        assert_eq!(
-            polled.get(),
-            1,
-            "the inner future is not polled past the deadline"
-        );
+        assert!(fut.inner.is_none(), "the late answer is dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_before_the_deadline_on_a_later_poll_wins() {
+        let now = Instant::now();
+        let polled = std::cell::Cell::new(0);
+        let inner = std::future::poll_fn(|_| {
+            polled.set(polled.get() + 1);
+            if polled.get() == 1 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok::<_, BoxError>(5))
+            }
+        });
+        let mut fut = pin!(future(inner, now));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(999) + Duration::from_micros(999)).await;
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(5))));
     }
 }

@@ -35,9 +35,9 @@
 //!
 //! A call reads the clock once. The timer is armed only if the inner future is still pending after
 //! its first poll, so a call to a service that answers at once never touches the timer wheel, and
-//! nothing on the happy path allocates. A pending call reads the clock again on each later poll,
-//! before polling the inner future: the timer rounds the deadline up to its next millisecond tick,
-//! and an answer that arrives in between is past the deadline and fails with [`Elapsed`] (on an [`http::Request`](https://docs.rs/http/1/http/request/struct.Request.html) without extensions, propagation
+//! nothing on the happy path allocates. A pending call reads the clock again when it answers: the
+//! timer rounds the deadline up to its next millisecond tick, and an answer that arrives in between
+//! is past the deadline and fails with [`Elapsed`] (on an [`http::Request`](https://docs.rs/http/1/http/request/struct.Request.html) without extensions, propagation
 //! inserts the first extension, which allocates the request's extension map).
 //!
 //! # Example
