@@ -7,34 +7,10 @@
 
 mod common;
 
-use common::{addr, eventually, first_resolution, make, next_change, queued, Endpoint, Zone};
+use common::{addr, first_resolution, next_change, queued, Zone};
 use hickory_proto::rr::RecordType;
-use seawall::balance::Tagged;
-use seawall::discover::{Discovery, Dns};
-use std::{net::SocketAddr, time::Duration};
 
 const SRV: &str = "_http._tcp.api.test";
-
-async fn discover(zone: &Zone) -> Discovery<Tagged<SocketAddr>, Endpoint> {
-    let server = zone.serve().await;
-    Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_millis(20))
-        .max_refresh(Duration::from_millis(50))
-        .timeout(Duration::from_millis(300))
-        .build(make)
-        .unwrap()
-}
-
-/// Waits (bounded) until the server has been asked for `n` more A records: `n` more resolutions
-/// of each target.
-async fn resolutions(zone: &Zone, n: u32) {
-    let before = zone.asked(RecordType::A);
-    eventually("more resolutions", || {
-        zone.asked(RecordType::A) >= before + n
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn a_target_without_addresses_does_not_hide_the_others() {
@@ -47,7 +23,7 @@ async fn a_target_without_addresses_does_not_hide_the_others() {
         ],
     );
     zone.set_a("good.api.test", &[[10, 1, 0, 1]]); // gone.api.test has no records: NXDOMAIN
-    let mut discovery = discover(&zone).await;
+    let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.1:8001"), 1)]
@@ -65,7 +41,7 @@ async fn a_target_without_addresses_does_not_hide_the_others() {
         next_change(&mut discovery).await,
         ('-', addr("10.1.0.2:8002"), 1)
     );
-    resolutions(&zone, 6).await;
+    zone.more_questions(RecordType::A, 6).await;
     assert_eq!(queued(&mut discovery), vec![]);
 }
 
@@ -74,7 +50,7 @@ async fn a_dot_target_is_skipped_and_alone_keeps_the_last_set() {
     let zone = Zone::default();
     zone.set_srv(SRV, &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, ".")]);
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
-    let mut discovery = discover(&zone).await;
+    let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.1:8001"), 1)]
@@ -83,11 +59,7 @@ async fn a_dot_target_is_skipped_and_alone_keeps_the_last_set() {
     // Only "." left: the service says it is not available, an answer without endpoints, which
     // keeps the last set like any failed resolution.
     zone.set_srv(SRV, &[(10, 1, 8001, ".")]);
-    let before = zone.asked(RecordType::SRV);
-    eventually("more resolutions", || {
-        zone.asked(RecordType::SRV) >= before + 3
-    })
-    .await;
+    zone.more_questions(RecordType::SRV, 3).await;
     assert_eq!(queued(&mut discovery), vec![]);
 }
 
@@ -100,7 +72,7 @@ async fn a_target_whose_server_stops_answering_keeps_its_addresses() {
     );
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
     zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
-    let mut discovery = discover(&zone).await;
+    let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![
@@ -111,7 +83,7 @@ async fn a_target_whose_server_stops_answering_keeps_its_addresses() {
 
     // Questions about b time out: b keeps the addresses it had, a follows its records.
     zone.silence("b.api.test", true);
-    resolutions(&zone, 3).await;
+    zone.more_questions(RecordType::A, 3).await;
     assert_eq!(queued(&mut discovery), vec![]);
     zone.set_a("a.api.test", &[[10, 1, 0, 3]]);
     let mut changes = vec![
@@ -145,13 +117,13 @@ async fn when_no_target_resolves_the_last_set_stays() {
     );
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
     zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
-    let mut discovery = discover(&zone).await;
+    let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 
     // Every target's addresses are gone: a failed resolution, the set stays.
     zone.set_a("a.api.test", &[]);
     zone.set_a("b.api.test", &[]);
-    resolutions(&zone, 6).await;
+    zone.more_questions(RecordType::A, 6).await;
     assert_eq!(queued(&mut discovery), vec![]);
 
     // One comes back: the set follows the server again.

@@ -6,14 +6,12 @@
 
 mod common;
 
-use common::{addr, eventually, first_resolution, make, next_change, queued, Zone};
+use common::{addr, eventually, first_resolution, next_change, queued, Zone};
 use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceEvent, BalanceLayer, Picker};
-use seawall::discover::Dns;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 use tower::{Layer, ServiceExt};
 
@@ -24,14 +22,7 @@ async fn a_weight_change_inserts_the_endpoint_again_without_removing_it() {
     let zone = Zone::default();
     zone.set_srv(SRV, &[(10, 3, 8001, "a.api.test.")]);
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
-    let server = zone.serve().await;
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_millis(20))
-        .max_refresh(Duration::from_millis(50))
-        .timeout(Duration::from_millis(500))
-        .build(make)
-        .unwrap();
+    let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.1:8001"), 3)]
@@ -43,11 +34,7 @@ async fn a_weight_change_inserts_the_endpoint_again_without_removing_it() {
         ('+', addr("10.1.0.1:8001"), 5)
     );
     // Later resolutions give the same weight: nothing more.
-    let before = zone.asked(RecordType::SRV);
-    eventually("more resolutions", || {
-        zone.asked(RecordType::SRV) >= before + 3
-    })
-    .await;
+    zone.more_questions(RecordType::SRV, 3).await;
     assert_eq!(queued(&mut discovery), vec![]);
 }
 
@@ -60,14 +47,7 @@ async fn the_balancer_follows_a_weight_change_without_losing_the_endpoint() {
     );
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
     zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
-    let server = zone.serve().await;
-    let discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_millis(20))
-        .max_refresh(Duration::from_millis(50))
-        .timeout(Duration::from_millis(500))
-        .build(make)
-        .unwrap();
+    let discovery = zone.srv_discovery(SRV).await;
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let balance = BalanceLayer::builder()

@@ -98,6 +98,25 @@ impl Zone {
         self.asked.lock().unwrap().get(&ty).copied().unwrap_or(0)
     }
 
+    /// Waits (bounded) until `n` more questions of type `ty` have arrived.
+    pub async fn more_questions(&self, ty: RecordType, n: u32) {
+        let before = self.asked(ty);
+        eventually("more resolutions", || self.asked(ty) >= before + n).await;
+    }
+
+    /// SRV discovery of `service` against this zone, served on loopback, refreshing every
+    /// 20–50 ms.
+    pub async fn srv_discovery(&self, service: &str) -> Discovery<Tagged<SocketAddr>, Endpoint> {
+        let server = self.serve().await;
+        seawall::discover::Dns::srv(format!("{service}."))
+            .nameservers([server])
+            .min_refresh(Duration::from_millis(20))
+            .max_refresh(Duration::from_millis(50))
+            .timeout(Duration::from_millis(300))
+            .build(make)
+            .unwrap()
+    }
+
     /// Starts answering on a UDP socket on 127.0.0.1; the server runs until the runtime ends.
     pub async fn serve(&self) -> SocketAddr {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
