@@ -141,6 +141,18 @@ mod tests {
     use super::*;
     use std::{future::pending, pin::pin, task::Waker, time::Duration};
 
+    /// Pending on its first poll, `value` on the next.
+    fn pending_once<T>(value: T) -> impl Future<Output = Result<T, BoxError>> {
+        let mut first = true;
+        let mut value = Some(value);
+        std::future::poll_fn(move |_| {
+            if std::mem::take(&mut first) {
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(value.take().expect("polled after completion")))
+        })
+    }
+
     fn future<F>(inner: F, now: Instant) -> ResponseFuture<F> {
         let deadline = now + Duration::from_secs(1);
         ResponseFuture::new(inner, now, deadline, Name::default_for("timeout"), None)
@@ -201,16 +213,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_after_the_deadline_on_a_later_poll_is_elapsed() {
         let now = Instant::now();
-        let polled = std::cell::Cell::new(0);
-        let inner = std::future::poll_fn(|_| {
-            polled.set(polled.get() + 1);
-            if polled.get() == 1 {
-                Poll::Pending
-            } else {
-                Poll::Ready(Ok::<_, BoxError>(()))
-            }
-        });
-        let mut fut = pin!(future(inner, now));
+        let mut fut = pin!(future(pending_once(()), now));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         // Past the deadline, before the timer's next tick.
@@ -225,16 +228,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_before_the_deadline_on_a_later_poll_wins() {
         let now = Instant::now();
-        let polled = std::cell::Cell::new(0);
-        let inner = std::future::poll_fn(|_| {
-            polled.set(polled.get() + 1);
-            if polled.get() == 1 {
-                Poll::Pending
-            } else {
-                Poll::Ready(Ok::<_, BoxError>(5))
-            }
-        });
-        let mut fut = pin!(future(inner, now));
+        let mut fut = pin!(future(pending_once(5), now));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         tokio::time::advance(Duration::from_millis(999) + Duration::from_micros(999)).await;
