@@ -15,7 +15,6 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -26,104 +25,104 @@ pin_project! {
     /// Holds the inner service taken in `call` and a copy of the request. After a failed attempt
     /// it waits out the backoff, polls the service ready, and sends the next copy.
     ///
-    /// A call that succeeds first time allocates nothing. The timer and the backoff's random
-    /// generator are allocated together, once, at the first retry (or at the call, with a
-    /// per-attempt timeout), which keeps this future small on the happy path.
+    /// A call that succeeds first time allocates nothing and runs inline: no part of the first
+    /// attempt is lent to code out of line, so the compiler can see through the whole call. What
+    /// later attempts need (the timer, the backoff's random generator) is allocated together
+    /// with the service, the request copy and the policy, once, at the first retry (or at the
+    /// call, with a per-attempt timeout).
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
-        service: S,
-        template: Option<Req>,
-        attempt: u32,
-        started: Option<Instant>,
-        waits: Timer,
-        // The layer's policy, settings and shared state, alive even when every service is gone.
-        link: Link<P, K>,
-    }
-}
-
-pin_project! {
-    /// What only a retried or timed call needs.
-    struct Waits {
-        #[pin]
-        sleep: Sleep,
-        // Whether `sleep` is the running attempt's timeout (rather than a finished backoff).
-        timed: bool,
-        delays: Option<Delays>,
-        // The budget's retry for the attempt being prepared: given back if it is never sent.
-        paid: Option<Withdrawal>,
-    }
-}
-
-/// The future's timer, allocated when first needed. Dropping an unused one is a null check that
-/// inlines; dropping a used one (deregistering the timer) is out of line.
-struct Timer(Option<Pin<Box<Waits>>>);
-
-impl Drop for Timer {
-    #[inline]
-    fn drop(&mut self) {
-        #[cold]
-        #[inline(never)]
-        fn drop_slow(waits: Pin<Box<Waits>>) {
-            drop(waits);
-        }
-        if let Some(waits) = self.0.take() {
-            drop_slow(waits);
-        }
-    }
-}
-
-impl std::ops::Deref for Timer {
-    type Target = Option<Pin<Box<Waits>>>;
-
-    #[inline]
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Timer {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Waits {
-    /// Arms the timer for `deadline`, creating it on first use.
-    fn arm(waits: &mut Option<Pin<Box<Waits>>>, deadline: Instant, timed: bool) {
-        match waits {
-            Some(waits) => {
-                let this = waits.as_mut().project();
-                this.sleep.reset(deadline);
-                *this.timed = timed;
-            }
-            None => {
-                *waits = Some(Box::pin(Waits {
-                    sleep: sleep_until(deadline),
-                    timed,
-                    delays: None,
-                    paid: None,
-                }))
-            }
-        }
+        state: State<S, Req, P, K>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    #[project_replace = StateReplace]
+    enum State<S, Req, P, K>
+    where
+        S: Service<Req>,
+    {
+        // The first attempt is in flight.
+        First {
+            // Dropped first: its shared state is let go of without unwinding, so dropping a
+            // finished future needs no cleanup path.
+            link: Link<P, K>,
+            service: S,
+            template: Option<Req>,
+            started: Option<Instant>,
+            #[pin]
+            future: S::Future,
+        },
+        // Past the first attempt, or timing each attempt; empty once finished.
+        Retrying { retrying: Boxed<Retrying<S, Req, P, K>> },
+    }
+}
+
+/// The later attempts' pinned box, empty once the call has finished. Its drop, deallocation
+/// included, is one call out of line, so dropping a [`ResponseFuture`] stays small enough to
+/// inline.
+struct Boxed<T>(Option<Pin<Box<T>>>);
+
+impl<T> Boxed<T> {
+    fn new(value: Pin<Box<T>>) -> Self {
+        Boxed(Some(value))
+    }
+
+    const EMPTY: Self = Boxed(None);
+}
+
+impl<T> Drop for Boxed<T> {
+    #[inline]
+    fn drop(&mut self) {
+        #[inline(never)]
+        fn drop_boxed<T>(value: Pin<Box<T>>) {
+            drop(value);
+        }
+        if let Some(value) = self.0.take() {
+            drop_boxed(value);
+        }
+    }
+}
+
+pin_project! {
+    /// A call past its first attempt, or one with a per-attempt timeout.
+    struct Retrying<S, Req, P, K>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        step: Step<S::Future>,
+        #[pin]
+        sleep: Sleep,
+        // Whether `sleep` is the running attempt's timeout (rather than a backoff or the
+        // call's deadline).
+        timed: bool,
+        delays: Option<Delays>,
+        // The budget's retry for the attempt being prepared: given back if it is never sent.
+        paid: Option<Withdrawal>,
+        service: S,
+        template: Option<Req>,
+        attempt: u32,
+        started: Option<Instant>,
+        link: Link<P, K>,
+    }
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<F> {
         // An attempt is in flight.
         Calling { #[pin] future: F },
         // Waiting out the backoff before the next attempt.
         Waiting,
         // Polling the service ready for the next attempt.
         Ready,
-        // Finished.
-        Done,
+        // Between a failed attempt and the decision on the next.
+        Deciding,
     }
 }
 
@@ -178,96 +177,157 @@ where
         link: Link<P, K>,
     ) -> Self {
         let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
-        let mut waits = Timer(None);
-        if let Some(deadline) = attempt.deadline {
-            Waits::arm(&mut waits, deadline, true);
-        }
+        let state = match attempt.deadline {
+            None => {
+                let future = service.call(request);
+                State::First {
+                    link,
+                    service,
+                    template,
+                    started: attempt.started,
+                    future,
+                }
+            }
+            Some(deadline) => State::Retrying {
+                retrying: Retrying::timed(service, request, template, link, deadline, attempt),
+            },
+        };
+        ResponseFuture { state }
+    }
+}
+
+impl<S, Req, P, K> Retrying<S, Req, P, K>
+where
+    S: Service<Req>,
+    P: Policy<Req, S::Response>,
+    Req: RequestDeadline,
+{
+    /// A first attempt with a per-attempt timeout.
+    #[inline(never)]
+    fn timed(
+        mut service: S,
+        request: Req,
+        template: Option<Req>,
+        link: Link<P, K>,
+        deadline: Instant,
+        attempt: Attempt,
+    ) -> Boxed<Self> {
         let future = service.call(request);
-        ResponseFuture {
-            state: State::Calling { future },
+        Boxed::new(Box::pin(Retrying {
+            step: Step::Calling { future },
+            sleep: sleep_until(deadline),
+            timed: true,
+            delays: None,
+            paid: None,
             service,
             template,
             attempt: 1,
             started: attempt.started,
-            waits,
             link,
-        }
+        }))
     }
-}
 
-/// Decides whether a failed attempt is retried. `Ok(delay)` when it is (the timer armed for a
-/// non-zero delay), or `Err` with what the call returns. Out of line: a call that succeeds first
-/// time never runs it.
-#[inline(never)]
-fn schedule_retry<Req, Res, P, K>(
-    link: &Link<P, K>,
-    waits: &mut Timer,
-    template: Option<&Req>,
-    attempts: u32,
-    result: Result<Res, BoxError>,
-) -> Result<Duration, Result<Res, BoxError>>
-where
-    P: Policy<Req, Res>,
-    Req: RequestDeadline,
-{
-    let settings = link.settings();
-    if attempts >= settings.max_attempts {
-        if attempts > 1 {
-            link.on_give_up(attempts, GiveUpReason::Attempts);
-        }
-        return Err(result);
-    }
-    let Some(template) = template else {
-        // Not retryable, or not copyable.
-        return Err(result);
-    };
-    let now = Instant::now();
-    // Allocates the timer and generator on the first retry; a zero delay is still drawn so a
-    // seeded sequence stays the same.
-    Waits::arm(waits, now, false);
-    let waits = waits.as_mut().expect("just armed").as_mut().project();
-    let mut delay = waits
-        .delays
-        .get_or_insert_with(|| settings.backoff.delays(link.next_seed()))
-        .next_delay();
-    if let Ok(response) = &result {
-        if let Some(after) = link.policy.retry_after(response) {
-            if after > settings.retry_after_cap {
-                link.on_give_up(attempts, GiveUpReason::RetryAfter);
-                return Err(result);
-            }
-            delay = delay.max(after);
-        }
-    }
-    if let Some(remaining) = deadline::remaining(template, now) {
-        if remaining <= delay {
-            link.on_give_up(attempts, GiveUpReason::Deadline);
+    /// Decides whether the failed first attempt is retried: `Ok` with the retry scheduled, or
+    /// `Err` with what the call returns. Out of line, and given the first attempt's parts by
+    /// value: a call that succeeds first time never runs it.
+    #[inline(never)]
+    fn after_first(
+        first: StateReplace<S, Req, P, K>,
+        result: Result<S::Response, BoxError>,
+    ) -> Result<Boxed<Self>, Result<S::Response, BoxError>> {
+        let StateReplace::First {
+            link,
+            service,
+            template,
+            ..
+        } = first
+        else {
+            unreachable!("only the first attempt is replaced");
+        };
+        // Refusals that need no state come first, so a call that is not retried allocates
+        // nothing.
+        if link.settings().max_attempts <= 1 || template.is_none() {
             return Err(result);
         }
-    }
-    let Some(paid) = link.withdraw() else {
-        link.on_budget_exhausted(attempts);
-        return Err(match result {
-            Err(error) => Err(Box::new(BudgetExhausted::new(error)) as BoxError),
-            response => response,
+        let mut retrying = Box::pin(Retrying {
+            step: Step::Deciding,
+            sleep: sleep_until(Instant::now()),
+            timed: false,
+            delays: None,
+            paid: None,
+            service,
+            template,
+            attempt: 1,
+            started: None,
+            link,
         });
-    };
-    *waits.paid = Some(paid);
-    link.on_retry(attempts + 1, delay);
-    drop(result);
-    if !delay.is_zero() {
-        waits.sleep.reset(deadline_after(now, delay));
+        retrying.as_mut().schedule(result)?;
+        Ok(Boxed::new(retrying))
     }
-    Ok(delay)
+
+    /// Schedules the next attempt after a failed one, if every rule allows it; else `Err` with
+    /// what the call returns.
+    fn schedule(
+        self: Pin<&mut Self>,
+        result: Result<S::Response, BoxError>,
+    ) -> Result<(), Result<S::Response, BoxError>> {
+        let mut this = self.project();
+        let link = &*this.link;
+        let settings = link.settings();
+        let attempts = *this.attempt;
+        if attempts >= settings.max_attempts {
+            if attempts > 1 {
+                link.on_give_up(attempts, GiveUpReason::Attempts);
+            }
+            return Err(result);
+        }
+        let Some(template) = this.template.as_ref() else {
+            // Not retryable, or not copyable.
+            return Err(result);
+        };
+        let now = Instant::now();
+        // A zero delay is still drawn, so a seeded sequence stays the same.
+        let mut delay = this
+            .delays
+            .get_or_insert_with(|| settings.backoff.delays(link.next_seed()))
+            .next_delay();
+        if let Ok(response) = &result {
+            if let Some(after) = link.policy.retry_after(response) {
+                if after > settings.retry_after_cap {
+                    link.on_give_up(attempts, GiveUpReason::RetryAfter);
+                    return Err(result);
+                }
+                delay = delay.max(after);
+            }
+        }
+        if let Some(remaining) = deadline::remaining(template, now) {
+            if remaining <= delay {
+                link.on_give_up(attempts, GiveUpReason::Deadline);
+                return Err(result);
+            }
+        }
+        let Some(paid) = link.withdraw() else {
+            link.on_budget_exhausted(attempts);
+            return Err(match result {
+                Err(error) => Err(Box::new(BudgetExhausted::new(error)) as BoxError),
+                response => response,
+            });
+        };
+        *this.paid = Some(paid);
+        link.on_retry(attempts + 1, delay);
+        drop(result);
+        *this.timed = false;
+        if delay.is_zero() {
+            this.step.set(Step::Ready);
+        } else {
+            this.sleep.as_mut().reset(deadline_after(now, delay));
+            this.step.set(Step::Waiting);
+        }
+        Ok(())
+    }
 }
 
-/// Waits out the backoff, polls the service ready and sends the next attempt. Out of line, like
-/// [`schedule_retry`].
-#[inline(never)]
-fn advance<S, Req, P, K>(
-    future: Pin<&mut ResponseFuture<S, Req, P, K>>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), BoxError>>
+impl<S, Req, P, K> Retrying<S, Req, P, K>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -275,73 +335,105 @@ where
     K: CloneRequest<Req>,
     Req: RequestDeadline,
 {
-    let mut this = future.project();
-    match this.state.as_mut().project() {
-        StateProj::Waiting => {
-            let waits = this.waits.as_mut().expect("a backoff has a timer");
-            ready!(waits.as_mut().project().sleep.poll(cx));
-            this.state.set(State::Ready);
+    /// Drives the attempts after the first (or every attempt, when each is timed) to the
+    /// call's answer.
+    #[inline(never)]
+    fn poll_attempts(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.step.as_mut().project() {
+                StepProj::Calling { future } => {
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending if *this.timed => {
+                            ready!(this.sleep.poll(cx));
+                            Err(Box::new(Elapsed::new()) as BoxError)
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    // Drops the attempt's future (cancelling it when its timeout fired).
+                    this.step.set(Step::Deciding);
+                    let elapsed = this
+                        .started
+                        .map(|started| started.elapsed())
+                        .unwrap_or_default();
+                    let outcome = this.link.policy.classify(result.as_ref(), elapsed);
+                    this.link.record(outcome);
+                    if outcome != Outcome::Failure {
+                        return Poll::Ready(result);
+                    }
+                    if let Err(result) = self.as_mut().schedule(result) {
+                        return Poll::Ready(result);
+                    }
+                }
+                StepProj::Waiting => {
+                    ready!(this.sleep.poll(cx));
+                    this.step.set(Step::Ready);
+                }
+                StepProj::Ready => ready!(self.as_mut().send(cx))?,
+                StepProj::Deciding => unreachable!("a decision is made where an attempt ends"),
+            }
         }
-        StateProj::Ready => {}
-        StateProj::Calling { .. } => return Poll::Ready(Ok(())),
-        StateProj::Done => panic!("retry ResponseFuture polled after completion"),
     }
-    let link = &*this.link;
-    let template = this
-        .template
-        .as_ref()
-        .expect("a retry is only scheduled with a request to copy");
-    // Each attempt goes through the inner service's readiness again, and none starts once the
-    // call's deadline has passed: waiting for readiness past it gives up at the deadline.
-    let deadline = template.deadline();
-    let ready = this.service.poll_ready(cx);
-    if let Some(deadline) = deadline {
-        if Instant::now() >= deadline {
-            link.on_give_up(*this.attempt, GiveUpReason::Deadline);
-            return Poll::Ready(Err(Box::new(Elapsed::new())));
-        }
-        if ready.is_pending() {
-            Waits::arm(this.waits, deadline, false);
-            let waits = this.waits.as_mut().expect("just armed");
-            if waits.as_mut().project().sleep.poll(cx).is_ready() {
+
+    /// Polls the service ready and sends the next attempt.
+    fn send(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let mut this = self.project();
+        let link = &*this.link;
+        let template = this
+            .template
+            .as_ref()
+            .expect("a retry is only scheduled with a request to copy");
+        // Each attempt goes through the inner service's readiness again, and none starts once the
+        // call's deadline has passed: waiting for readiness past it gives up at the deadline.
+        let deadline = template.deadline();
+        let ready = this.service.poll_ready(cx);
+        if let Some(deadline) = deadline {
+            if Instant::now() >= deadline {
                 link.on_give_up(*this.attempt, GiveUpReason::Deadline);
                 return Poll::Ready(Err(Box::new(Elapsed::new())));
             }
-        }
-    }
-    ready!(ready).map_err(Into::into)?;
-    let next = *this.attempt + 1;
-    let copy = if next < link.settings().max_attempts {
-        link.cloner.clone_request(template)
-    } else {
-        None
-    };
-    // The last attempt (or one whose copy failed) sends the template itself.
-    let mut request = match copy {
-        Some(copy) => copy,
-        None => this.template.take().expect("checked above"),
-    };
-    let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
-    match attempt.deadline {
-        Some(deadline) => Waits::arm(this.waits, deadline, true),
-        None => {
-            if let Some(waits) = this.waits.as_mut() {
-                *waits.as_mut().project().timed = false;
+            if ready.is_pending() {
+                this.sleep.as_mut().reset(deadline);
+                *this.timed = false;
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    link.on_give_up(*this.attempt, GiveUpReason::Deadline);
+                    return Poll::Ready(Err(Box::new(Elapsed::new())));
+                }
             }
         }
+        ready!(ready).map_err(Into::into)?;
+        let next = *this.attempt + 1;
+        let copy = if next < link.settings().max_attempts {
+            link.cloner.clone_request(template)
+        } else {
+            None
+        };
+        // The last attempt (or one whose copy failed) sends the template itself.
+        let mut request = match copy {
+            Some(copy) => copy,
+            None => this.template.take().expect("checked above"),
+        };
+        let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
+        *this.timed = match attempt.deadline {
+            Some(deadline) => {
+                this.sleep.as_mut().reset(deadline);
+                true
+            }
+            None => false,
+        };
+        *this.started = attempt.started;
+        *this.attempt = next;
+        let future = this.service.call(request);
+        this.step.set(Step::Calling { future });
+        if let Some(paid) = this.paid.take() {
+            paid.spend();
+        }
+        Poll::Ready(Ok(()))
     }
-    *this.started = attempt.started;
-    *this.attempt = next;
-    let future = this.service.call(request);
-    this.state.set(State::Calling { future });
-    if let Some(paid) = this
-        .waits
-        .as_mut()
-        .and_then(|w| w.as_mut().project().paid.take())
-    {
-        paid.spend();
-    }
-    Poll::Ready(Ok(()))
 }
 
 impl<S, Req, P, K> Future for ResponseFuture<S, Req, P, K>
@@ -355,49 +447,52 @@ where
     type Output = Result<S::Response, BoxError>;
 
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let mut this = self.as_mut().project();
-            match this.state.as_mut().project() {
-                StateProj::Calling { future } => {
-                    let result = match future.poll(cx) {
-                        Poll::Ready(result) => result.map_err(Into::into),
-                        Poll::Pending => match this.waits.as_mut() {
-                            Some(waits) if waits.timed => {
-                                ready!(waits.as_mut().project().sleep.poll(cx));
-                                Err(Box::new(Elapsed::new()) as BoxError)
-                            }
-                            _ => return Poll::Pending,
-                        },
-                    };
-                    // Drops the attempt's future (cancelling it when its timeout fired).
-                    this.state.set(State::Done);
-                    let elapsed = this
-                        .started
-                        .map(|started| started.elapsed())
-                        .unwrap_or_default();
-                    let link = &*this.link;
-                    let outcome = link.policy.classify(result.as_ref(), elapsed);
-                    link.record(outcome);
-                    if outcome != Outcome::Failure {
-                        return Poll::Ready(result);
-                    }
-
-                    // A failure: retry if every rule allows it, else return it as it is.
-                    let template = this.template.as_ref();
-                    match schedule_retry(link, this.waits, template, *this.attempt, result) {
-                        Ok(delay) if delay.is_zero() => this.state.set(State::Ready),
-                        Ok(_) => this.state.set(State::Waiting),
-                        Err(result) => return Poll::Ready(result),
-                    }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        let result = match state.as_mut().project() {
+            StateProj::First {
+                link,
+                started,
+                future,
+                ..
+            } => {
+                let result = ready!(future.poll(cx)).map_err(Into::into);
+                let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
+                let outcome = link.policy.classify(result.as_ref(), elapsed);
+                link.record(outcome);
+                if outcome != Outcome::Failure {
+                    state.set(State::Retrying {
+                        retrying: Boxed::EMPTY,
+                    });
+                    return Poll::Ready(result);
                 }
-                _ => {
-                    // Between attempts: out of line, so the first attempt's path stays short.
-                    if let Err(error) = ready!(advance(self.as_mut(), cx)) {
-                        self.as_mut().project().state.set(State::Done);
-                        return Poll::Ready(Err(error));
-                    }
-                }
+                result
+            }
+            StateProj::Retrying { retrying } => {
+                let Some(attempts) = retrying.0.as_mut() else {
+                    panic!("retry ResponseFuture polled after completion");
+                };
+                let result = ready!(attempts.as_mut().poll_attempts(cx));
+                *retrying = Boxed::EMPTY;
+                return Poll::Ready(result);
+            }
+        };
+        // The first attempt failed: retry if every rule allows it, else return it as it is.
+        let first = state.as_mut().project_replace(State::Retrying {
+            retrying: Boxed::EMPTY,
+        });
+        let mut retrying = match Retrying::after_first(first, result) {
+            Ok(retrying) => retrying,
+            Err(result) => return Poll::Ready(result),
+        };
+        let Some(attempts) = retrying.0.as_mut() else {
+            unreachable!("a scheduled retry is boxed");
+        };
+        match attempts.as_mut().poll_attempts(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => {
+                state.set(State::Retrying { retrying });
+                Poll::Pending
             }
         }
     }
@@ -408,17 +503,145 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Calling { .. } => "calling",
-            State::Waiting => "waiting",
-            State::Ready => "ready",
-            State::Done => "done",
+        let (state, attempt, retryable, timer) = match &self.state {
+            State::First { template, .. } => ("calling", 1, template.is_some(), false),
+            State::Retrying {
+                retrying: Boxed(Some(retrying)),
+            } => {
+                let step = match retrying.step {
+                    Step::Calling { .. } => "calling",
+                    Step::Waiting => "waiting",
+                    Step::Ready => "ready",
+                    Step::Deciding => "deciding",
+                };
+                (step, retrying.attempt, retrying.template.is_some(), true)
+            }
+            State::Retrying { retrying: _ } => ("done", 0, false, false),
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("attempt", &self.attempt)
-            .field("retryable", &self.template.is_some())
-            .field("timer", &self.waits.is_some())
+            .field("attempt", &attempt)
+            .field("retryable", &retryable)
+            .field("timer", &timer)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Backoff, RetryBudget, RetryLayer};
+    use seawall_core::BoxError;
+    use std::{
+        future::{ready, Future},
+        pin::pin,
+        sync::{
+            atomic::{AtomicU32, Ordering},
+            Arc,
+        },
+        task::{Context, Poll},
+        time::Duration,
+    };
+    use tower::{service_fn, Layer, Service};
+
+    #[derive(Clone, Copy)]
+    struct Req;
+    impl seawall_core::deadline::RequestDeadline for Req {}
+
+    /// Fails the first `failures` calls, then answers.
+    fn failing(
+        failures: u32,
+    ) -> impl Service<
+        Req,
+        Response = u32,
+        Error = BoxError,
+        Future = std::future::Ready<Result<u32, BoxError>>,
+    > + Clone {
+        let calls = Arc::new(AtomicU32::new(0));
+        service_fn(move |_: Req| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            ready(if n < failures {
+                Err::<u32, BoxError>("down".into())
+            } else {
+                Ok(n)
+            })
+        })
+    }
+
+    fn layer(backoff: Duration, per_attempt: Option<Duration>) -> RetryLayer {
+        let mut builder = RetryLayer::builder()
+            .max_attempts(3)
+            .backoff(Backoff::constant(backoff))
+            .budget(RetryBudget::unlimited());
+        if let Some(timeout) = per_attempt {
+            builder = builder.per_attempt_timeout(timeout);
+        }
+        builder.build().unwrap()
+    }
+
+    fn debug<T: std::fmt::Debug>(value: &T) -> String {
+        format!("{value:?}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_time_success_finishes_inline_and_says_so() {
+        let mut svc = layer(Duration::from_millis(10), None).layer(failing(0));
+        let mut future = pin!(svc.call(Req));
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "calling", attempt: 1, retryable: true, timer: false }"#
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(0))));
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "done", attempt: 0, retryable: false, timer: false }"#
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_first_attempt_moves_to_the_heap_and_waits_its_backoff() {
+        let mut svc = layer(Duration::from_millis(10), None).layer(failing(1));
+        let mut future = pin!(svc.call(Req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "waiting", attempt: 1, retryable: true, timer: true }"#
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        assert!(debug(&future).contains(r#"state: "done""#));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_call_starts_on_the_heap() {
+        let mut svc =
+            layer(Duration::from_millis(10), Some(Duration::from_secs(1))).layer(failing(0));
+        let future = svc.call(Req);
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "calling", attempt: 1, retryable: true, timer: true }"#
+        );
+        assert_eq!(future.await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "polled after completion")]
+    async fn polling_a_finished_call_panics() {
+        let mut svc = layer(Duration::ZERO, None).layer(failing(1));
+        let mut future = pin!(svc.call(Req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        let _ = future.as_mut().poll(&mut cx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "polled after completion")]
+    async fn polling_a_call_finished_first_time_panics() {
+        let mut svc = layer(Duration::ZERO, None).layer(failing(0));
+        let mut future = pin!(svc.call(Req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(0))));
+        let _ = future.as_mut().poll(&mut cx);
     }
 }

@@ -35,7 +35,36 @@ pub(crate) struct Link<P, K> {
     pub(crate) cloner: K,
     // `None` only when `core` holds them.
     settings: Option<&'static Settings>,
-    pub(crate) core: Option<Arc<Core>>,
+    pub(crate) core: SharedCore,
+}
+
+/// The layer's shared state, if it has any, let go of out of line and without unwinding (a panic
+/// while dropping it aborts): a response future's drop then needs no cleanup path, which keeps
+/// it small enough to inline.
+#[derive(Clone)]
+pub(crate) struct SharedCore(Option<Arc<Core>>);
+
+impl std::ops::Deref for SharedCore {
+    type Target = Option<Arc<Core>>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for SharedCore {
+    #[inline]
+    fn drop(&mut self) {
+        #[allow(improper_ctypes_definitions)]
+        #[inline(never)]
+        extern "C" fn release(core: Arc<Core>) {
+            drop(core);
+        }
+        if let Some(core) = self.0.take() {
+            release(core);
+        }
+    }
 }
 
 /// The layer's plain settings.
@@ -134,7 +163,7 @@ impl<P, K> RetryLayer<P, K> {
                 policy,
                 cloner,
                 settings: interned,
-                core,
+                core: SharedCore(core),
             },
             budget,
         }
@@ -185,7 +214,7 @@ impl<P, K> fmt::Debug for RetryLayer<P, K> {
             .field("budget", &self.budget)
             .field("policy", &std::any::type_name::<P>())
             .field("cloner", &std::any::type_name::<K>());
-        if let Some(core) = &self.link.core {
+        if let Some(core) = self.link.core.as_ref() {
             f.field("listeners", &core.listeners);
         }
         f.finish()
@@ -208,7 +237,7 @@ impl<P, K> Link<P, K> {
     /// The layer's settings.
     #[inline]
     pub(crate) fn settings(&self) -> &Settings {
-        match (self.settings, &self.core) {
+        match (self.settings, self.core.as_ref()) {
             (Some(settings), _) => settings,
             (None, Some(core)) => &core.settings,
             (None, None) => unreachable!("a retry layer's settings are interned or in its core"),
@@ -218,7 +247,7 @@ impl<P, K> Link<P, K> {
     /// Counts one request (not a retry) in the budget.
     #[inline]
     pub(crate) fn deposit(&self) {
-        if let Some(core) = &self.core {
+        if let Some(core) = self.core.as_ref() {
             core.budget.deposit();
         }
     }
@@ -226,14 +255,14 @@ impl<P, K> Link<P, K> {
     /// Tells the budget how one attempt ended.
     #[inline]
     pub(crate) fn record(&self, outcome: seawall_core::Outcome) {
-        if let Some(core) = &self.core {
+        if let Some(core) = self.core.as_ref() {
             core.budget.record(outcome);
         }
     }
 
     /// Takes one retry from the budget, given back if the retry is never sent.
     pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
-        match &self.core {
+        match self.core.as_ref() {
             Some(core) => core.budget.withdraw(),
             None => Some(Withdrawal::free()),
         }
@@ -242,7 +271,7 @@ impl<P, K> Link<P, K> {
     /// The seed of the next call to retry: the layer's seed stepped once per retried call, or a
     /// fresh random one when the layer was not seeded.
     pub(crate) fn next_seed(&self) -> u64 {
-        match &self.core {
+        match self.core.as_ref() {
             Some(core) => match core.seed {
                 Some(seed) => {
                     let n = core.retried.fetch_add(1, Ordering::Relaxed);
@@ -257,12 +286,12 @@ impl<P, K> Link<P, K> {
     #[cold]
     pub(crate) fn on_retry(&self, attempt: u32, delay: Duration) {
         let name = &self.settings().name;
-        match &self.core {
+        match self.core.as_ref() {
             Some(core) => core.retries.increment(1),
             None => metrics::counter(metrics::RETRY_RETRIES, name).increment(1),
         }
         tracing::debug!(name = %name, attempt, ?delay, "seawall retry");
-        if let Some(core) = &self.core {
+        if let Some(core) = self.core.as_ref() {
             core.listeners
                 .emit(name, &RetryEvent::Retry { attempt, delay });
         }
@@ -271,7 +300,7 @@ impl<P, K> Link<P, K> {
     #[cold]
     pub(crate) fn on_budget_exhausted(&self, attempts: u32) {
         let name = &self.settings().name;
-        if let Some(core) = &self.core {
+        if let Some(core) = self.core.as_ref() {
             core.budget_exhausted.increment(1);
             tracing::debug!(name = %name, attempts, "seawall retry budget exhausted");
             core.listeners
@@ -282,12 +311,12 @@ impl<P, K> Link<P, K> {
     #[cold]
     pub(crate) fn on_give_up(&self, attempts: u32, reason: GiveUpReason) {
         let name = &self.settings().name;
-        match &self.core {
+        match self.core.as_ref() {
             Some(core) => core.gave_up.increment(1),
             None => metrics::counter(metrics::RETRY_GAVE_UP, name).increment(1),
         }
         tracing::debug!(name = %name, attempts, ?reason, "seawall retry gave up");
-        if let Some(core) = &self.core {
+        if let Some(core) = self.core.as_ref() {
             core.listeners
                 .emit(name, &RetryEvent::GaveUp { attempts, reason });
         }
