@@ -33,13 +33,29 @@ pin_project! {
     ///
     /// First it picks an endpoint that is available and ready (waiting, at most the balancer's
     /// `max_wait`, for one to become so), then it calls it and records the outcome. Dropping it
-    /// at any point releases the endpoint's in-flight count and records no outcome; with a
+    /// at any point releases the endpoint's in-flight count and records no outcome (a call
+    /// dropped in flight wakes calls waiting for an endpoint, as a completed call does); with a
     /// latency-aware picker, a call dropped in flight counts the time it had taken so far as a
     /// latency sample (as tower's `PeakEwma` does).
     pub struct ResponseFuture<K, S, C, Req, F> {
         #[pin]
         state: State<K, S, Req, F>,
         shared: Arc<Shared<K, S, C>>,
+    }
+
+    impl<K, S, C, Req, F> PinnedDrop for ResponseFuture<K, S, C, Req, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // A call dropped in flight gives back what it held (its in-flight count, a
+            // half-open breaker's probe slot inside the endpoint's future): wake calls waiting
+            // for an endpoint, as a completed call does. A completed call is `Done` already.
+            if let StateProj::Call { .. } = this.state.as_mut().project() {
+                this.state.set(State::Done);
+                if this.shared.waiting.load(Relaxed) > 0 {
+                    this.shared.changed.notify_waiters();
+                }
+            }
+        }
     }
 }
 

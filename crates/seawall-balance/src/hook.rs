@@ -95,7 +95,7 @@ pub trait Filter<K, S>: Send + Sync + 'static {
     /// For an endpoint this filter refuses: how soon it may take calls again, when the filter
     /// knows (an open breaker's remaining wait). A call waiting for an endpoint looks again then;
     /// otherwise it is woken only by what the balancer sees (the set or health changing, one of
-    /// its calls finishing) or by its `max_wait`. `None` by default.
+    /// its calls completing or being cancelled) or by its `max_wait`. `None` by default.
     fn available_in(&self, key: &K, service: &S) -> Option<Duration> {
         let _ = (key, service);
         None

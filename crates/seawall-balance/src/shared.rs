@@ -48,7 +48,8 @@ pub(crate) struct Shared<K, S, C> {
     pub(crate) current: RwLock<Arc<Snapshot<K, S>>>,
     /// Woken on every set or health change, and at every health sweep.
     pub(crate) changed: Arc<Notify>,
-    /// Calls waiting for an endpoint; completions wake them only when there are some.
+    /// Calls waiting for an endpoint; completed and cancelled calls wake them only when
+    /// there are some.
     pub(crate) waiting: Arc<AtomicUsize>,
     pub(crate) round_robin: AtomicUsize,
     /// Endpoints that health checking keeps out of the pick.

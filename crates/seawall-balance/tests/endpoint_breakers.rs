@@ -154,3 +154,54 @@ async fn a_waiting_call_is_served_when_an_open_breaker_s_wait_ends() {
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert_eq!(breaker.handle().state(), State::Closed);
 }
+
+/// A call waiting for a half-open endpoint whose only probe slot another call holds is served
+/// as soon as that other call is cancelled and hands the slot back.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_call_wakes_a_call_waiting_for_its_slot() {
+    let breaker = quick_breaker(1);
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    let service = breaker.layer(Node {
+        id: 0,
+        behavior: behavior.clone(),
+    });
+    tx.send(Change::Insert(0usize, service)).unwrap();
+    common::settle().await;
+
+    // Trip the endpoint's breaker, then let its wait pass.
+    behavior.fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(1).await.is_err());
+    assert_eq!(breaker.handle().state(), State::Open);
+    behavior.fail.store(false, Relaxed);
+    behavior.delay_ms.store(1_000_000, Relaxed);
+    sleep(Duration::from_millis(200)).await;
+
+    // Call A takes the only probe slot and hangs.
+    let a = tokio::spawn(balance.clone().oneshot(2));
+    common::settle().await;
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
+    // Call B finds the endpoint refused (no probe slot free) and waits.
+    let b = tokio::spawn(balance.clone().oneshot(3));
+    common::settle().await;
+    assert!(!b.is_finished());
+
+    // A is cancelled (an outer timeout, say) and hands its probe slot back: B takes it at once,
+    // not at its 2 s `max_wait`, and its trial call closes the breaker.
+    behavior.delay_ms.store(0, Relaxed);
+    let start = Instant::now();
+    a.abort();
+    assert!(a.await.unwrap_err().is_cancelled());
+    assert_eq!(b.await.unwrap().unwrap(), 0);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(behavior.hits.load(Relaxed), 3);
+    assert_eq!(breaker.handle().state(), State::Closed);
+}
