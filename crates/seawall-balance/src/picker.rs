@@ -29,7 +29,8 @@ pub enum Picker {
     /// A uniformly random endpoint.
     Random,
     /// Each endpoint in turn, as often as its weight says (earliest deadline first: an endpoint of
-    /// weight `w` is due every `1/w`).
+    /// weight `w` is due every `1/w`). An unavailable endpoint's calls go to the available ones,
+    /// still in proportion to their weights.
     WeightedRoundRobin,
     /// The endpoint with the fewest calls in flight; ties go to a random one.
     LeastOutstanding,
@@ -280,9 +281,8 @@ impl Picker {
                     return None;
                 }
                 // An unavailable endpoint's slots pass to the next slots due.
-                let mut at = 0;
                 for _ in 0..len.min(4 * n) {
-                    at = cx
+                    let at = cx
                         .round_robin
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let i = set.schedule[at % len] as usize;
@@ -290,7 +290,9 @@ impl Picker {
                         return Some(i);
                     }
                 }
-                scan(n, at % n, &avail)
+                // None of those slots is due to an available endpoint (a heavy endpoint is out):
+                // draw among the available ones in proportion to their weights.
+                weighted(n, cx.rng, &avail, |i| set.endpoints[i].weight)
             }
             Picker::LeastOutstanding => {
                 let start = cx.rng.random_range(0..n);
@@ -415,6 +417,31 @@ fn sample(n: usize, rng: &mut SmallRng, avail: &dyn Fn(usize) -> bool) -> Option
         }
     }
     scan(n, i, avail)
+}
+
+/// A random available index, drawn in proportion to `weight` in one pass (weighted reservoir
+/// sampling: the `k`-th available index replaces the choice so far with probability
+/// `weight / the weights seen so far`).
+#[inline]
+fn weighted(
+    n: usize,
+    rng: &mut SmallRng,
+    avail: &dyn Fn(usize) -> bool,
+    weight: impl Fn(usize) -> u32,
+) -> Option<usize> {
+    let mut total = 0u64;
+    let mut chosen = None;
+    for i in 0..n {
+        if !avail(i) {
+            continue;
+        }
+        let w = u64::from(weight(i).max(1));
+        total += w;
+        if rng.random_range(0..total) < w {
+            chosen = Some(i);
+        }
+    }
+    chosen
 }
 
 /// The lowest-cost of `choices` distinct random available indices.

@@ -340,3 +340,50 @@ async fn zone_aware_prefers_the_local_zone_and_leaves_it_when_unhealthy() {
     assert_eq!(h[0] + h[1], 0, "zone a avoided: {h:?}");
     assert!(h[2] + h[3] > 100 && h[4] > 30, "{h:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_stays_weighted_when_a_heavy_endpoint_is_unavailable() {
+    // An unavailable endpoint's slots pass to the next slots due: with the heavy endpoint
+    // refused, the two of equal weight left share the calls evenly.
+    let hits = weighted_without_the_heaviest([100, 1, 1], 1200).await;
+    assert!(
+        (500..=700).contains(&hits[1]) && (500..=700).contains(&hits[2]),
+        "equal weights, unequal shares: {hits:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_keeps_the_weights_of_the_endpoints_left() {
+    // Weights 100, 1 and 3 with the heavy endpoint refused: the other two share 1 : 3.
+    let hits = weighted_without_the_heaviest([100, 1, 3], 1200).await;
+    assert!(
+        (200..=400).contains(&hits[1]) && (800..=1000).contains(&hits[2]),
+        "weights 1 : 3, shares {hits:?}"
+    );
+}
+
+/// Sends `calls` calls through weighted round robin over three endpoints of `weights`, the first
+/// of them refused by the filter; returns each endpoint's hits.
+async fn weighted_without_the_heaviest(weights: [u32; 3], calls: u64) -> Vec<u32> {
+    let (tx, stream) = common::channel();
+    let balance = quiet()
+        .picker(Picker::WeightedRoundRobin)
+        .filter(|key: &Tagged<usize>, _: &Node| key.key != 0)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for (id, weight) in weights.into_iter().enumerate() {
+        let behavior = Arc::new(Behavior::default());
+        behaviors.push(behavior.clone());
+        let key = Tagged::new(id).with_weight(weight);
+        tx.send(Change::Insert(key, Node { id, behavior })).unwrap();
+    }
+    settle().await;
+    for i in 0..calls {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = behaviors.iter().map(|b| b.hits.load(Relaxed)).collect();
+    assert_eq!(hits[0], 0, "the refused endpoint took calls");
+    hits
+}
