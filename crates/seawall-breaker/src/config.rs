@@ -207,7 +207,9 @@ impl BreakerConfigBuilder {
     }
 
     /// Trip when failures / counted calls in the window reach this share, in `(0, 1]`.
-    /// Default 0.5. In HalfOpen the probes' failure rate is judged against it too.
+    /// Default 0.5. In HalfOpen the probes' failure rate is judged against it too. Rates are
+    /// compared in whole parts per million: a threshold between two is rounded up, and one below
+    /// a millionth counts as a millionth, so the breaker never trips below the configured rate.
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
         self.failure_rate = Some(threshold);
         self
@@ -221,7 +223,9 @@ impl BreakerConfigBuilder {
 
     /// Trip when slow calls / counted calls in the window reach this share, in `(0, 1]`.
     /// Off by default. A call is slow when it takes at least
-    /// [`slow_call_duration`](Self::slow_call_duration), whether it succeeded or failed.
+    /// [`slow_call_duration`](Self::slow_call_duration), whether it succeeded or failed. Compared
+    /// in whole parts per million, rounded up as
+    /// [`failure_rate_threshold`](Self::failure_rate_threshold) is.
     pub fn slow_call_rate_threshold(mut self, threshold: f64) -> Self {
         self.slow_rate = Some(threshold);
         self

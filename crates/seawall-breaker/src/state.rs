@@ -325,8 +325,11 @@ struct Rules {
     seed: u64,
 }
 
+/// A rate threshold in whole parts per million, rounded up (and at least 1) so the breaker never
+/// trips below the configured rate. The allowance of a millionth of a ppm keeps a threshold that
+/// is a whole number of ppm in decimal (`0.07`) at that number despite its binary rounding.
 fn ppm(rate: f64) -> u64 {
-    (rate * 1_000_000.0).round() as u64
+    ((rate * 1_000_000.0 - 1e-6).ceil() as u64).max(1)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -897,6 +900,23 @@ impl Machine {
         match &self.window {
             Window::Count(w) => w.recount() == w.counts(),
             Window::Time(_) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ppm;
+
+    #[test]
+    fn thresholds_round_up_to_whole_ppm() {
+        assert_eq!(ppm(1e-7), 1);
+        assert_eq!(ppm(1.4e-6), 2);
+        assert_eq!(ppm(0.5), 500_000);
+        assert_eq!(ppm(1.0), 1_000_000);
+        // Every threshold that is a whole number of ppm in decimal keeps that number.
+        for k in 1..=1_000_000u64 {
+            assert_eq!(ppm(k as f64 / 1e6), k, "{k} ppm");
         }
     }
 }

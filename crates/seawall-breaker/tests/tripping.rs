@@ -111,6 +111,50 @@ async fn trips_on_slow_calls_whether_they_succeed_or_fail() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_tiny_failure_rate_threshold_needs_a_failure_to_trip() {
+    // Any threshold in (0, 1] is valid; one far below a part per million still asks for a
+    // failure rate above zero.
+    let layer = BreakerLayer::builder()
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(1)
+        .failure_rate_threshold(1e-7)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    for _ in 0..10 {
+        send(&mut svc, Call::Ok).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed, "tripped on successes alone");
+    assert!(send(&mut svc, Call::Fail).await.is_err());
+    assert_eq!(handle.state(), State::Open, "1 failure of 10 is above 1e-7");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tiny_slow_call_rate_threshold_needs_a_slow_call_to_trip() {
+    let layer = BreakerLayer::builder()
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(1)
+        .without_failure_rate()
+        .slow_call_rate_threshold(1e-7)
+        .slow_call_duration(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    for _ in 0..10 {
+        send(&mut svc, Call::SlowOk(99)).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed, "tripped on fast calls alone");
+    send(&mut svc, Call::SlowOk(100)).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "1 slow call of 10 is above 1e-7"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn consecutive_failures_alone() {
     let layer = BreakerLayer::builder()
         .without_failure_rate()
