@@ -184,7 +184,9 @@ impl<B, E: ?Sized> Classify<Response<B>, E> for HttpClassifier {
 
 /// Reads a `Retry-After` header (delta-seconds or an HTTP date) as a delay from now.
 ///
-/// A date in the past gives [`Duration::ZERO`]; a missing or malformed header gives `None`.
+/// A date in the past gives [`Duration::ZERO`]; a number of seconds too large to count saturates at
+/// `u64::MAX` seconds (it is still a pause longer than any cap); a missing or malformed header gives
+/// `None`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry_after_at(headers, SystemTime::now())
 }
@@ -194,6 +196,10 @@ pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> 
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
+    }
+    // Digits only, yet no u64: a pause longer than anyone will wait, not a missing header.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(u64::MAX));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -440,6 +446,27 @@ mod tests {
 
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_beyond_u64_saturate() {
+        let mut headers = HeaderMap::new();
+        for huge in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ] {
+            headers.insert(RETRY_AFTER, huge.parse().unwrap());
+            assert_eq!(
+                retry_after(&headers),
+                Some(Duration::from_secs(u64::MAX)),
+                "{huge}"
+            );
+        }
+        for malformed in ["99999999999999999999999x", "-1", "1.5", "1 2"] {
+            headers.insert(RETRY_AFTER, malformed.parse().unwrap());
+            assert_eq!(retry_after(&headers), None, "{malformed}");
+        }
     }
 
     fn grpc(status: Option<&str>) -> Response<()> {

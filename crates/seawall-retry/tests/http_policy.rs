@@ -170,6 +170,27 @@ async fn retry_after_beyond_the_cap_is_not_retried() {
     assert_eq!(calls.gaps(), [Duration::from_secs(30)]);
 }
 
+/// A delta-seconds value too large for a u64 is a pause beyond any cap, not a missing header.
+#[tokio::test(start_paused = true)]
+async fn retry_after_too_large_to_count_is_not_retried() {
+    for huge in ["18446744073709551616", "99999999999999999999999"] {
+        let (svc, calls) = statuses(vec![(503, Some(huge)), (200, None)]);
+        let res = layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status().as_u16(), calls.count()),
+            (503, 1),
+            "Retry-After: {huge} was retried after {:?}",
+            calls.gaps()
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn requests_that_cannot_be_copied_are_sent_once() {
     let (svc, calls) = statuses(vec![(503, None)]);
