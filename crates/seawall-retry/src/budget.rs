@@ -33,7 +33,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError, TryLockError,
     },
     time::Duration,
 };
@@ -45,6 +45,10 @@ const UNIT: u64 = 1_000_000;
 const SLICES: usize = 10;
 /// The most requests counted between two clock reads of the ratio budget.
 const FLUSH_EVERY_MAX: u64 = 32;
+/// Low bits of the ratio budget's pending batch that count its requests; the bits above hold the
+/// slice it started in.
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// A budget shared by every layer, service and clone given the same handle. See the
 /// [module docs](self).
@@ -284,7 +288,7 @@ impl RatioBuilder {
                 reserve,
                 slice_nanos: slice.as_nanos().max(1),
                 origin: now,
-                pending: AtomicU64::new(0),
+                pending: AtomicU64::new(batch(0, 0)),
                 flush_every: AtomicU64::new(1),
                 window: Mutex::new(Window::default()),
             })),
@@ -323,16 +327,26 @@ impl Drop for Withdrawal {
 
 // ===== ratio budget =====
 
-/// Finagle's budget, with deposits counted lock-free and folded into a sliced window under a lock
-/// every `flush_every` requests and before every withdrawal. `flush_every` adapts between 1 and
-/// [`FLUSH_EVERY_MAX`] so that folds come about every quarter slice: busy clients read the clock
-/// once in 32 requests, quiet ones at every request (where it costs nothing that matters).
+/// Finagle's budget, with deposits counted lock-free in batches that are folded into a sliced
+/// window under a lock. The first request of a batch reads the clock and notes its slice; the
+/// others only count themselves, up to `flush_every`; the request after a full batch files it and
+/// opens the next one. Withdrawals (and [`RetryBudget::can_retry`]) file the open batch first.
+/// `flush_every` adapts between 1 and [`FLUSH_EVERY_MAX`] so that a batch lasts about a quarter
+/// slice: busy clients read the clock once in 32 requests, quiet ones at every request (where it
+/// costs nothing that matters). It is measured when a batch fills, and at any fold a quarter slice
+/// or more after the previous one, so a client that turns quiet is noticed at its next retry even
+/// when its batches never fill.
 ///
 /// Deposits expire after at most `ttl`; withdrawals after at least `ttl` (they are kept one slice
-/// longer). Pending deposits are filed under the slice of the previous fold, never a later one, so
+/// longer). A batch is filed under the slice its first request was made in, never a later one, so
 /// no deposit outlives a withdrawal made after it. Together these give the bound in the module
 /// docs: the withdrawals alive at the last retry of a run were all made in the last `ttl`, and
 /// were paid for by deposits made in that same `ttl` plus the reserve.
+///
+/// Filed early, a batch's later requests may lose their credit sooner than `ttl`; once
+/// `flush_every` has adapted, a batch lasts about a quarter slice, so that is about a slice early
+/// at most. Right after a burst, though, a quiet client's requests join the burst's last batch
+/// (fewer than 32 requests) until it fills or a withdrawal files it, and count from the burst.
 struct Ratio {
     ttl: Duration,
     min_per_second: u32,
@@ -342,9 +356,11 @@ struct Ratio {
     reserve: i64,
     slice_nanos: u128,
     origin: Instant,
-    /// Requests not yet folded into the window.
+    /// Requests not yet folded into the window, as one batch (see [`batch`]): how many, and a slice
+    /// no later than the one the first of them was made in.
     pending: AtomicU64,
-    /// Requests between folds; adapted at each fold.
+    /// Requests in a full batch; adapted when one fills and at any fold a quarter slice or more
+    /// after the previous one.
     flush_every: AtomicU64,
     window: Mutex<Window>,
 }
@@ -364,18 +380,65 @@ struct Window {
 impl Ratio {
     #[inline]
     fn deposit(&self) {
-        let n = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.flush_every.load(Ordering::Relaxed) {
-            self.flush_quietly();
+        let count = self.pending.load(Ordering::Relaxed) & COUNT_MASK;
+        if count != 0 && count < self.flush_every.load(Ordering::Relaxed) {
+            // Joins the open batch. Should a fold take it meanwhile, this request opens the next
+            // one, which starts at the fold's slice: no later than now.
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open_batch();
         }
     }
 
+    /// Opens a batch with this request, after filing the full one before it if there is one.
     #[cold]
-    fn flush_quietly(&self) {
-        // Another thread folding is as good as this one doing it.
-        if let Ok(mut window) = self.window.try_lock() {
-            self.fold(&mut window, Instant::now(), true);
+    fn open_batch(&self) {
+        let now = Instant::now();
+        let slice = self.slice_of(now);
+        let mut pending = self.pending.load(Ordering::Relaxed);
+        loop {
+            let count = pending & COUNT_MASK;
+            if count >= self.flush_every.load(Ordering::Relaxed) {
+                break;
+            }
+            // Empty: this request starts a batch at its slice (or at a later fold's, which was no
+            // later than now either). Opened by another request meanwhile: this one joins it.
+            let next = if count == 0 {
+                batch((pending >> COUNT_BITS).max(slice), 1)
+            } else {
+                pending + 1
+            };
+            match self.pending.compare_exchange_weak(
+                pending,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => pending = actual,
+            }
         }
+        let mut window = match self.window.try_lock() {
+            Ok(window) => window,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            // Another thread is folding: as good as this one doing it. The request joins whatever
+            // batch is open, unless so many have piled up that it must wait its turn.
+            Err(TryLockError::WouldBlock) if pending & COUNT_MASK < COUNT_MASK / 2 => {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(TryLockError::WouldBlock) => self.lock(),
+        };
+        let full = self.pending.swap(batch(slice, 1), Ordering::Relaxed);
+        self.fold(&mut window, now, full, true);
+    }
+
+    /// Files the open batch, leaving an empty one that starts at `now`.
+    fn drain(&self, window: &mut Window, now: Instant) {
+        let pending = self
+            .pending
+            .swap(batch(self.slice_of(now), 0), Ordering::Relaxed);
+        self.fold(window, now, pending, false);
     }
 
     fn slice_of(&self, now: Instant) -> u64 {
@@ -383,26 +446,27 @@ impl Ratio {
         u64::try_from(since / self.slice_nanos).unwrap_or(u64::MAX)
     }
 
-    /// Files pending deposits under the slice of the previous fold (when the earliest of them may
-    /// have been made: early, never late), then moves the window to `now`.
-    fn fold(&self, window: &mut Window, now: Instant, adapt: bool) {
-        let pending = self.pending.swap(0, Ordering::Relaxed);
+    /// Moves the window to `now`, then files `pending` (a [`batch`] taken from `self.pending`)
+    /// under the slice its first request was made in: early, never late. `full` when the batch
+    /// filled up rather than being taken by a withdrawal.
+    fn fold(&self, window: &mut Window, now: Instant, pending: u64, full: bool) {
+        let count = pending & COUNT_MASK;
         let at = now.saturating_duration_since(self.origin).as_nanos();
-        // Aim for a fold every quarter slice: fewer clock reads when busy, little credit filed
-        // early when quiet.
-        if adapt {
+        let since = at.saturating_sub(window.folded_at);
+        let quarter = self.slice_nanos / 4;
+        // Aim for a batch every quarter slice: fewer clock reads when busy, little credit filed
+        // early when quiet. A full batch measures the rate, and so does a quarter slice in which
+        // no batch filled.
+        if full || since >= quarter {
             // The request rate since the last fold, times a quarter slice; growing at most twofold
             // per fold, so one quick pair of requests does not make a quiet client wait for 32.
-            let since = at.saturating_sub(window.folded_at).max(1);
-            let estimate = u128::from(pending) * (self.slice_nanos / 4) / since;
+            let estimate = u128::from(count) * quarter / since.max(1);
             let doubled = 2 * u128::from(self.flush_every.load(Ordering::Relaxed));
             let every = estimate.min(doubled).clamp(1, u128::from(FLUSH_EVERY_MAX));
             self.flush_every.store(every as u64, Ordering::Relaxed);
         }
-        window.folded_at = at;
+        window.folded_at = window.folded_at.max(at);
         let ring = SLICES as u64 + 1;
-        let slot = (window.current % ring) as usize;
-        window.deposits[slot] = window.deposits[slot].saturating_add(pending);
         let target = self.slice_of(now);
         if target > window.current {
             let steps = (target - window.current).min(ring);
@@ -412,6 +476,13 @@ impl Ratio {
                 window.withdrawals[slot] = 0;
             }
             window.current = target;
+        }
+        // A batch opened after this fold read the clock is filed under the current slice, and one
+        // that has left the window is dropped.
+        let start = (pending >> COUNT_BITS).min(window.current);
+        if count > 0 && window.current - start < SLICES as u64 {
+            let slot = (start % ring) as usize;
+            window.deposits[slot] = window.deposits[slot].saturating_add(count);
         }
     }
 
@@ -434,20 +505,20 @@ impl Ratio {
         i64::try_from(balance).unwrap_or(if balance > 0 { i64::MAX } else { i64::MIN })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+    fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn balance(&self, now: Instant) -> i64 {
         let mut window = self.lock();
-        self.fold(&mut window, now, false);
+        self.drain(&mut window, now);
         self.available(&window)
     }
 
     /// Takes one retry; the slice it is counted in, or `None` when none is available.
     fn try_withdraw(&self, now: Instant) -> Option<u64> {
         let mut window = self.lock();
-        self.fold(&mut window, now, false);
+        self.drain(&mut window, now);
         if self.available(&window) >= UNIT as i64 {
             let slot = (window.current % (SLICES as u64 + 1)) as usize;
             window.withdrawals[slot] += 1;
@@ -460,12 +531,17 @@ impl Ratio {
     /// Gives back a retry taken in `slice`, unless that slice has left the window.
     fn refund(&self, slice: u64, now: Instant) {
         let mut window = self.lock();
-        self.fold(&mut window, now, false);
+        self.drain(&mut window, now);
         if window.current.saturating_sub(slice) <= SLICES as u64 {
             let slot = (slice % (SLICES as u64 + 1)) as usize;
             window.withdrawals[slot] = window.withdrawals[slot].saturating_sub(1);
         }
     }
+}
+
+/// A ratio budget's pending requests in one word: `count` of them, the first made in `start`.
+fn batch(start: u64, count: u64) -> u64 {
+    (start.min(u64::MAX >> COUNT_BITS) << COUNT_BITS) | count
 }
 
 // ===== token bucket =====
@@ -591,6 +667,57 @@ mod tests {
             retries += 1;
         }
         assert!((4..=5).contains(&retries), "{retries}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_client_after_a_burst_keeps_its_credit() {
+        let budget = RetryBudget::builder()
+            .ratio(0.5)
+            .min_per_second(0)
+            .ttl(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        // One busy moment, then its credit expires.
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!budget.can_retry());
+        for round in 0..4 {
+            // One request a second for 15 s, then a retry: the last 10 s hold about 5 retries.
+            for _ in 0..15 {
+                budget.deposit();
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+            assert!(budget.try_withdraw(), "round {round}: no retry allowed");
+        }
+    }
+
+    #[test]
+    fn concurrent_deposits_are_all_counted() {
+        let budget = RetryBudget::builder()
+            .ratio(1.0)
+            .min_per_second(0)
+            .ttl(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for i in 0..50_000 {
+                        budget.deposit();
+                        if i % 1000 == 0 {
+                            budget.can_retry();
+                        }
+                    }
+                });
+            }
+        });
+        let mut retries = 0;
+        while budget.try_withdraw() {
+            retries += 1;
+        }
+        assert_eq!(retries, 200_000);
     }
 
     #[tokio::test(start_paused = true)]
