@@ -97,14 +97,17 @@ impl RetryBudget {
         }
     }
 
-    /// gRPC's token bucket: `max_tokens` in `[0.001, 1000]`, `token_ratio` in `(0, max_tokens]`,
-    /// each kept to three decimals as gRPC specifies.
+    /// gRPC's token bucket: `max_tokens` in `[0.001, 1000]`, `token_ratio` in
+    /// `[0.001, max_tokens]`, each kept to three decimals as gRPC specifies (further decimals are
+    /// dropped). A `token_ratio` under 0.001 is an error rather than being rounded to a
+    /// thousandth: rounding it up would refill the bucket faster than asked, and down, never.
     ///
     /// ```
     /// use seawall_retry::budget::RetryBudget;
     /// let budget = RetryBudget::token_bucket(10.0, 0.1).unwrap();
     /// assert!(budget.can_retry());
     /// assert!(RetryBudget::token_bucket(0.0, 0.1).is_err());
+    /// assert!(RetryBudget::token_bucket(10.0, 0.0001).is_err());
     /// ```
     pub fn token_bucket(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
         // Tokens are counted in thousandths, as gRPC keeps three decimal places.
@@ -115,15 +118,15 @@ impl RetryBudget {
                 max_tokens.to_string(),
             ));
         }
-        if !(token_ratio > 0.0 && token_ratio <= max_tokens) {
+        if !(token_ratio >= 0.001 && token_ratio <= max_tokens) {
             return Err(ConfigError::invalid(
                 "token_ratio",
-                format!("must be in (0, max_tokens = {max_tokens}]"),
+                format!("must be in [0.001, max_tokens = {max_tokens}]"),
                 token_ratio.to_string(),
             ));
         }
-        let max = (max_tokens * 1000.0).floor() as u64;
-        let ratio = ((token_ratio * 1000.0).floor() as u64).max(1);
+        let max = thousandths(max_tokens);
+        let ratio = thousandths(token_ratio);
         Ok(RetryBudget {
             inner: Arc::new(Kind::Bucket(Bucket {
                 tokens: AtomicU64::new(max),
@@ -553,6 +556,18 @@ struct Bucket {
     ratio: u64,
 }
 
+/// `value` (in `[0.001, 1000]`) in whole thousandths, rounded down; a value within float error of a
+/// thousandth is that thousandth (`1.001 * 1000.0` is 1000.999…, yet 1.001 is 1001 thousandths).
+fn thousandths(value: f64) -> u64 {
+    let scaled = value * 1000.0;
+    let nearest = scaled.round();
+    if (scaled - nearest).abs() < 1e-9 {
+        nearest as u64
+    } else {
+        scaled.floor() as u64
+    }
+}
+
 impl Bucket {
     #[inline]
     fn record(&self, outcome: Outcome) {
@@ -763,6 +778,53 @@ mod tests {
             budget.record(Outcome::Failure);
         }
         assert!(!budget.can_retry());
+    }
+
+    #[test]
+    fn token_ratio_below_a_thousandth_is_rejected() {
+        for ratio in [0.0001, 0.0009, 1e-300] {
+            let e = RetryBudget::token_bucket(10.0, ratio).unwrap_err();
+            assert_eq!(e.field(), "token_ratio", "{ratio}");
+        }
+        assert_eq!(
+            RetryBudget::token_bucket(10.0, 0.0001)
+                .unwrap_err()
+                .to_string(),
+            "token_ratio must be in [0.001, max_tokens = 10], got 0.0001"
+        );
+        let budget = RetryBudget::token_bucket(10.0, 0.001).unwrap();
+        // 10 tokens; six failures leave 4, under the threshold of more than 5.
+        for _ in 0..6 {
+            budget.record(Outcome::Failure);
+        }
+        // 999 successes at 0.001 each: 4.999 tokens, still not more than 5.
+        for _ in 0..999 {
+            budget.record(Outcome::Success);
+        }
+        assert!(!budget.can_retry(), "{budget:?}");
+        budget.record(Outcome::Success);
+        budget.record(Outcome::Success);
+        assert!(budget.can_retry(), "{budget:?}");
+    }
+
+    #[test]
+    fn token_bucket_keeps_three_decimals_despite_float_error() {
+        for (value, expected) in [
+            (1.001, 1001),
+            (4.35, 4350),
+            (0.001, 1),
+            (999.999, 999_999),
+            (1000.0, 1_000_000),
+            (0.0015, 1),
+            (2.0009, 2000),
+        ] {
+            assert_eq!(thousandths(value), expected, "{value}");
+        }
+        let budget = RetryBudget::token_bucket(1.001, 1.001).unwrap();
+        let Kind::Bucket(bucket) = &*budget.inner else {
+            unreachable!()
+        };
+        assert_eq!((bucket.max, bucket.ratio), (1001, 1001));
     }
 
     #[test]
