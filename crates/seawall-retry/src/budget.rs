@@ -281,7 +281,8 @@ impl RatioBuilder {
         let reserve = u128::from(self.min_per_second) * self.ttl.as_nanos() * u128::from(UNIT)
             / 1_000_000_000;
         let reserve = i64::try_from(reserve).unwrap_or(i64::MAX);
-        let slice = self.ttl / SLICES as u32;
+        // Rounded up: ten slices are never shorter than the ttl, so neither are withdrawals.
+        let slice_nanos = self.ttl.as_nanos().div_ceil(SLICES as u128);
         let now = Instant::now();
         Ok(RetryBudget {
             inner: Arc::new(Kind::Ratio(Ratio {
@@ -289,7 +290,7 @@ impl RatioBuilder {
                 min_per_second: self.min_per_second,
                 deposit_units,
                 reserve,
-                slice_nanos: slice.as_nanos().max(1),
+                slice_nanos,
                 origin: now,
                 pending: AtomicU64::new(batch(0, 0)),
                 flush_every: AtomicU64::new(1),
@@ -340,11 +341,14 @@ impl Drop for Withdrawal {
 /// or more after the previous one, so a client that turns quiet is noticed at its next retry even
 /// when its batches never fill.
 ///
-/// Deposits expire after at most `ttl`; withdrawals after at least `ttl` (they are kept one slice
-/// longer). A batch is filed under the slice its first request was made in, never a later one, so
-/// no deposit outlives a withdrawal made after it. Together these give the bound in the module
-/// docs: the withdrawals alive at the last retry of a run were all made in the last `ttl`, and
-/// were paid for by deposits made in that same `ttl` plus the reserve.
+/// A slice is a tenth of `ttl` rounded up to the nanosecond, so ten of them, a *window*, are never
+/// shorter than `ttl` (and longer by under 10 ns). Deposits expire within a window; withdrawals
+/// after at least a window (they are kept one slice longer), so after at least `ttl`. A batch is
+/// filed under the slice its first request was made in, never a later one, so no deposit outlives
+/// a withdrawal made after it. Together these give the bound in the module docs: every withdrawal
+/// made in the window before a retry still counts at that retry, and every deposit that counts was
+/// made in that window, so the retries of any window are paid for by its requests plus the
+/// reserve; and a run of length `T` is covered by `⌊T / ttl⌋ + 1` windows.
 ///
 /// Filed early, a batch's later requests may lose their credit sooner than `ttl`; once
 /// `flush_every` has adapted, a batch lasts about a quarter slice, so that is about a slice early
@@ -648,6 +652,39 @@ mod tests {
         assert!(!budget.can_retry());
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(budget.can_retry());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn withdrawals_last_at_least_ttl_when_ttl_is_not_a_multiple_of_ten_ns() {
+        let ttl = Duration::from_nanos(1_000_000_009);
+        for offset in [
+            0,
+            1,
+            99_999_999,
+            100_000_000,
+            100_000_001,
+            150_000_000,
+            999_999_999,
+        ] {
+            // A reserve of 1 × 1.000000009 s: one retry per ttl.
+            let budget = RetryBudget::builder()
+                .ratio(0.0)
+                .min_per_second(1)
+                .ttl(ttl)
+                .build()
+                .unwrap();
+            tokio::time::advance(Duration::from_nanos(offset)).await;
+            assert!(budget.try_withdraw(), "offset {offset}");
+            tokio::time::advance(ttl - Duration::from_nanos(1)).await;
+            assert!(
+                !budget.try_withdraw(),
+                "offset {offset}: a second retry within one ttl of a 1-retry reserve"
+            );
+            // Nor are they kept longer than 11 slices of a tenth of the ttl, rounded up.
+            tokio::time::advance(Duration::from_nanos(11 * 100_000_001) - ttl).await;
+            tokio::time::advance(Duration::from_nanos(1)).await;
+            assert!(budget.try_withdraw(), "offset {offset}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
