@@ -239,7 +239,7 @@ fn seawall_client(
                 ));
             })
             .build_with(classify)?;
-        let per_try = TimeoutLayer::new(Duration::from_millis(300));
+        let per_try = TimeoutLayer::new(Duration::from_millis(300)).per_try();
         endpoints.push(breaker.layer(per_try.layer(endpoint(
             i,
             *addr,
