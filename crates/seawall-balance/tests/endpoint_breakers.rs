@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{channel, drive_keys, Behavior, Node};
+use common::{channel, drive_keys, Behavior, Node, Sender};
 use seawall::balance::{BalanceLayer, BreakerFilter, Change, OutlierDetection, Picker};
-use seawall::breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
+use seawall::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
 use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 use tokio::time::{sleep, Instant};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 /// A breaker that opens on one failure, waits 100 ms and then lets `probes` trial calls through.
 fn quick_breaker(probes: u32) -> BreakerLayer {
@@ -19,6 +19,42 @@ fn quick_breaker(probes: u32) -> BreakerLayer {
         .jitter(0.0)
         .build()
         .unwrap()
+}
+
+/// A balancer (2 s `max_wait`) over one endpoint behind [`quick_breaker`], whose breaker one
+/// failed call has just opened; the endpoint answers again. Keep the sender: dropping it ends
+/// discovery.
+async fn one_tripped_endpoint() -> (
+    BreakerLayer,
+    impl Service<u64, Response = usize, Error = seawall::BoxError, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+    Arc<Behavior>,
+    Sender<usize, Breaker<Node>>,
+) {
+    let breaker = quick_breaker(1);
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    let service = breaker.layer(Node {
+        id: 0,
+        behavior: behavior.clone(),
+    });
+    tx.send(Change::Insert(0usize, service)).unwrap();
+    common::settle().await;
+    behavior.fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(1).await.is_err());
+    assert_eq!(breaker.handle().state(), State::Open);
+    behavior.fail.store(false, Relaxed);
+    (breaker, balance, behavior, tx)
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,27 +161,7 @@ async fn a_half_open_endpoint_takes_no_more_calls_than_its_probe_slots() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_is_served_when_an_open_breaker_s_wait_ends() {
-    let breaker = quick_breaker(1);
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .filter(BreakerFilter)
-        .max_wait(Duration::from_secs(2))
-        .build()
-        .unwrap()
-        .layer(stream);
-    let behavior = Arc::new(Behavior::default());
-    let service = breaker.layer(Node {
-        id: 0,
-        behavior: behavior.clone(),
-    });
-    tx.send(Change::Insert(0usize, service)).unwrap();
-    common::settle().await;
-    behavior.fail.store(true, Relaxed);
-    assert!(balance.clone().oneshot(1).await.is_err());
-    assert_eq!(breaker.handle().state(), State::Open);
-    behavior.fail.store(false, Relaxed);
+    let (breaker, balance, _behavior, _tx) = one_tripped_endpoint().await;
 
     // The only endpoint is refused until its breaker's 100 ms wait ends; the waiting call looks
     // again then rather than at its 2 s `max_wait`.
@@ -159,29 +175,7 @@ async fn a_waiting_call_is_served_when_an_open_breaker_s_wait_ends() {
 /// as soon as that other call is cancelled and hands the slot back.
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_call_wakes_a_call_waiting_for_its_slot() {
-    let breaker = quick_breaker(1);
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .filter(BreakerFilter)
-        .max_wait(Duration::from_secs(2))
-        .build()
-        .unwrap()
-        .layer(stream);
-    let behavior = Arc::new(Behavior::default());
-    let service = breaker.layer(Node {
-        id: 0,
-        behavior: behavior.clone(),
-    });
-    tx.send(Change::Insert(0usize, service)).unwrap();
-    common::settle().await;
-
-    // Trip the endpoint's breaker, then let its wait pass.
-    behavior.fail.store(true, Relaxed);
-    assert!(balance.clone().oneshot(1).await.is_err());
-    assert_eq!(breaker.handle().state(), State::Open);
-    behavior.fail.store(false, Relaxed);
+    let (breaker, balance, behavior, _tx) = one_tripped_endpoint().await;
     behavior.delay_ms.store(1_000_000, Relaxed);
     sleep(Duration::from_millis(200)).await;
 

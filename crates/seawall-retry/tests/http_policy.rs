@@ -15,6 +15,20 @@ fn layer() -> seawall_retry::RetryConfigBuilder<HttpPolicy> {
         .budget(RetryBudget::unlimited())
 }
 
+/// Sends one GET through the default test layer over `svc`.
+async fn send_get<S>(svc: S) -> http::Response<()>
+where
+    S: tower::Service<Req, Response = http::Response<()>, Error = seawall_core::BoxError> + Clone,
+{
+    layer()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn retries_5xx_and_429_not_4xx() {
     for (status, calls_expected) in [
@@ -29,13 +43,7 @@ async fn retries_5xx_and_429_not_4xx() {
         (200, 1),
     ] {
         let (svc, calls) = statuses(vec![(status, None)]);
-        let res = layer()
-            .build()
-            .unwrap()
-            .layer(svc)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let res = send_get(svc).await;
         assert_eq!(res.status(), status);
         assert_eq!(calls.count(), calls_expected, "status {status}");
     }
@@ -44,13 +52,7 @@ async fn retries_5xx_and_429_not_4xx() {
 #[tokio::test(start_paused = true)]
 async fn recovers_after_a_503() {
     let (svc, calls) = statuses(vec![(503, None), (200, None)]);
-    let res = layer()
-        .build()
-        .unwrap()
-        .layer(svc)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let res = send_get(svc).await;
     assert_eq!(res.status(), 200);
     assert_eq!(calls.count(), 2);
 }
@@ -105,13 +107,7 @@ async fn non_idempotent_methods_only_when_opted_in() {
 async fn retry_after_is_honoured_on_429_and_503() {
     for status in [429, 503] {
         let (svc, calls) = statuses(vec![(status, Some("3")), (200, None)]);
-        let res = layer()
-            .build()
-            .unwrap()
-            .layer(svc)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let res = send_get(svc).await;
         assert_eq!(res.status(), 200);
         assert_eq!(calls.gaps(), [Duration::from_secs(3)], "status {status}");
     }
@@ -134,26 +130,14 @@ async fn retry_after_never_shortens_the_backoff() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_on_500_is_ignored() {
     let (svc, calls) = statuses(vec![(500, Some("3")), (200, None)]);
-    layer()
-        .build()
-        .unwrap()
-        .layer(svc)
-        .oneshot(get())
-        .await
-        .unwrap();
+    send_get(svc).await;
     assert_eq!(calls.gaps(), [ms(10)]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_cap_is_not_retried() {
     let (svc, calls) = statuses(vec![(503, Some("30")), (200, None)]);
-    let res = layer()
-        .build()
-        .unwrap()
-        .layer(svc)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let res = send_get(svc).await;
     assert_eq!(res.status(), 503, "the server's answer comes back as it is");
     assert_eq!(calls.count(), 1);
 
@@ -175,13 +159,7 @@ async fn retry_after_beyond_the_cap_is_not_retried() {
 async fn retry_after_too_large_to_count_is_not_retried() {
     for huge in ["18446744073709551616", "99999999999999999999999"] {
         let (svc, calls) = statuses(vec![(503, Some(huge)), (200, None)]);
-        let res = layer()
-            .build()
-            .unwrap()
-            .layer(svc)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let res = send_get(svc).await;
         assert_eq!(
             (res.status().as_u16(), calls.count()),
             (503, 1),
