@@ -57,8 +57,9 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
-        // Past the first attempt, or timing each attempt; empty once finished.
-        Retrying { retrying: Boxed<Retrying<S, Req, P, K>> },
+        // Past the first attempt, or timing each attempt; empty once finished, when `attempts`
+        // says how many were made.
+        Retrying { retrying: Boxed<Retrying<S, Req, P, K>>, attempts: u32 },
     }
 }
 
@@ -190,6 +191,7 @@ where
             }
             Some(deadline) => State::Retrying {
                 retrying: Retrying::timed(service, request, template, link, deadline, attempt),
+                attempts: 0,
             },
         };
         ResponseFuture { state }
@@ -463,16 +465,18 @@ where
                 if outcome != Outcome::Failure {
                     state.set(State::Retrying {
                         retrying: Boxed::EMPTY,
+                        attempts: 1,
                     });
                     return Poll::Ready(result);
                 }
                 result
             }
-            StateProj::Retrying { retrying } => {
-                let Some(attempts) = retrying.0.as_mut() else {
+            StateProj::Retrying { retrying, attempts } => {
+                let Some(later) = retrying.0.as_mut() else {
                     panic!("retry ResponseFuture polled after completion");
                 };
-                let result = ready!(attempts.as_mut().poll_attempts(cx));
+                let result = ready!(later.as_mut().poll_attempts(cx));
+                *attempts = later.attempt;
                 *retrying = Boxed::EMPTY;
                 return Poll::Ready(result);
             }
@@ -480,18 +484,29 @@ where
         // The first attempt failed: retry if every rule allows it, else return it as it is.
         let first = state.as_mut().project_replace(State::Retrying {
             retrying: Boxed::EMPTY,
+            attempts: 1,
         });
         let mut retrying = match Retrying::after_first(first, result) {
             Ok(retrying) => retrying,
             Err(result) => return Poll::Ready(result),
         };
-        let Some(attempts) = retrying.0.as_mut() else {
+        let Some(later) = retrying.0.as_mut() else {
             unreachable!("a scheduled retry is boxed");
         };
-        match attempts.as_mut().poll_attempts(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
+        match later.as_mut().poll_attempts(cx) {
+            Poll::Ready(result) => {
+                let attempts = later.attempt;
+                state.set(State::Retrying {
+                    retrying: Boxed::EMPTY,
+                    attempts,
+                });
+                Poll::Ready(result)
+            }
             Poll::Pending => {
-                state.set(State::Retrying { retrying });
+                state.set(State::Retrying {
+                    retrying,
+                    attempts: 0,
+                });
                 Poll::Pending
             }
         }
@@ -507,6 +522,7 @@ where
             State::First { template, .. } => ("calling", 1, template.is_some(), false),
             State::Retrying {
                 retrying: Boxed(Some(retrying)),
+                ..
             } => {
                 let step = match retrying.step {
                     Step::Calling { .. } => "calling",
@@ -516,7 +532,10 @@ where
                 };
                 (step, retrying.attempt, retrying.template.is_some(), true)
             }
-            State::Retrying { retrying: _ } => ("done", 0, false, false),
+            State::Retrying {
+                retrying: Boxed(None),
+                attempts,
+            } => ("done", *attempts, false, false),
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -594,7 +613,7 @@ mod tests {
         assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(0))));
         assert_eq!(
             debug(&future),
-            r#"ResponseFuture { state: "done", attempt: 0, retryable: false, timer: false }"#
+            r#"ResponseFuture { state: "done", attempt: 1, retryable: false, timer: false }"#
         );
     }
 
@@ -610,7 +629,10 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
-        assert!(debug(&future).contains(r#"state: "done""#));
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "done", attempt: 2, retryable: false, timer: false }"#
+        );
     }
 
     #[tokio::test(start_paused = true)]
