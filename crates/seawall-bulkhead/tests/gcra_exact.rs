@@ -1,5 +1,6 @@
-//! GCRA in virtual time: exactly the configured permits per period, burst included; waiting up to
-//! `max_wait`; `Limited` carries when to retry; cancelled waiters give their permit back.
+//! GCRA in virtual time: exactly the configured permits per period, burst included, and never more
+//! when the interval does not divide evenly; waiting up to `max_wait`; `Limited` carries when to
+//! retry; cancelled waiters give their permit back.
 
 use seawall_bulkhead::ratelimit::{Limited, RateLimitLayer};
 use seawall_core::error::find;
@@ -33,6 +34,24 @@ async fn admitted_per_second(layer: &RateLimitLayer, seconds: u32) -> Vec<u32> {
     per_second
 }
 
+/// Calls as greedily as possible (each retry exactly at `retry_after`) and returns the times,
+/// relative to the start, of every call admitted before `until`.
+async fn greedy_admissions(layer: &RateLimitLayer, until: Duration) -> Vec<Duration> {
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    let mut admitted = Vec::new();
+    while start.elapsed() < until {
+        match service.clone().oneshot(0).await {
+            Ok(_) => admitted.push(start.elapsed()),
+            Err(err) => {
+                let limited = find::<Limited>(&*err).expect("a Limited error");
+                tokio::time::advance(limited.retry_after()).await;
+            }
+        }
+    }
+    admitted
+}
+
 #[tokio::test(start_paused = true)]
 async fn exactly_the_rate_per_period_after_the_burst() {
     let layer = RateLimitLayer::builder()
@@ -43,6 +62,47 @@ async fn exactly_the_rate_per_period_after_the_burst() {
     // The first second: the burst of 10 at once plus the 9 refills due within it (100 ms apart,
     // the 10th lands at 1.0 s); then exactly 10 a second.
     assert_eq!(counts, vec![19, 10, 10, 10, 10]);
+}
+
+/// 3 a second is an interval of 333 333 333⅓ ns: rounded down, a fourth call would get through at
+/// 999 999 999 ns, within the first second.
+#[tokio::test(start_paused = true)]
+async fn an_uneven_interval_never_exceeds_the_rate() {
+    let layer = RateLimitLayer::builder()
+        .rate(3, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let admitted = greedy_admissions(&layer, Duration::from_secs(1)).await;
+    assert_eq!(admitted.len(), 3, "{admitted:?}");
+}
+
+/// The burst of 3 at once and the two refills due within the first second; the third refill lands
+/// just after it.
+#[tokio::test(start_paused = true)]
+async fn an_uneven_interval_admits_the_burst_and_the_refills_due_in_the_first_period() {
+    let layer = RateLimitLayer::builder()
+        .rate(3, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let admitted = greedy_admissions(&layer, Duration::from_secs(1)).await;
+    assert_eq!(admitted.len(), 5, "{admitted:?}");
+}
+
+/// 2 per 3 ns is 1.5 ns apart; whole nanoseconds round that up to 2 ns, never down to 1 ns.
+#[tokio::test(start_paused = true)]
+async fn a_fractional_nanosecond_interval_rounds_up() {
+    let layer = RateLimitLayer::builder()
+        .rate(2, Duration::from_nanos(3))
+        .burst(1)
+        .build()
+        .unwrap();
+    let admitted = greedy_admissions(&layer, Duration::from_nanos(3_000)).await;
+    assert!(
+        admitted.len() <= 2_000,
+        "2 per 3 ns over 3 µs admitted {} calls",
+        admitted.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]

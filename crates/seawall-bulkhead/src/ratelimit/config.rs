@@ -45,8 +45,8 @@ impl RateLimitConfigBuilder {
         }
     }
 
-    /// `permits` calls per `period`, spread evenly: one every `period / permits` (rounded down to
-    /// the nanosecond). Required.
+    /// `permits` calls per `period`, spread evenly: one every `period / permits` (rounded up to
+    /// the nanosecond, so never more than `permits` per `period`). Required.
     pub fn rate(mut self, permits: u64, period: Duration) -> Self {
         self.rate = Some((permits, period));
         self
@@ -91,8 +91,10 @@ impl RateLimitConfigBuilder {
         let (permits, period) = self.rate.ok_or(ConfigError::missing("rate"))?;
         config::check_range("rate", permits, 1, u64::MAX)?;
         config::check_positive_duration("period", period)?;
-        let interval = period.as_nanos() / permits as u128;
-        if interval == 0 || interval > u64::MAX as u128 / 4 {
+        // Rounded up to the nanosecond, so the rate is never exceeded; a rate of more than one
+        // permit a nanosecond cannot be kept and is refused rather than slowed.
+        let interval = period.as_nanos().div_ceil(u128::from(permits));
+        if u128::from(permits) > period.as_nanos() || interval > u64::MAX as u128 / 4 {
             return Err(ConfigError::invalid(
                 "rate",
                 "must space permits between 1 ns and about 146 years apart",
@@ -218,5 +220,20 @@ mod tests {
             .build_keyed(|r: &u32| *r)
             .unwrap_err();
         assert_eq!(err.field(), "max_keys");
+    }
+
+    #[test]
+    fn interval_rounds_up_to_the_nanosecond() {
+        let interval = |permits, period| {
+            RateLimitLayer::builder()
+                .rate(permits, period)
+                .validate()
+                .unwrap()
+                .interval
+        };
+        assert_eq!(interval(10, Duration::from_secs(1)), 100_000_000);
+        assert_eq!(interval(3, Duration::from_secs(1)), 333_333_334);
+        assert_eq!(interval(2, Duration::from_nanos(3)), 2);
+        assert_eq!(interval(1_000_000_000, Duration::from_secs(1)), 1);
     }
 }
