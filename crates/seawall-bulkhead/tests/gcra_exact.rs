@@ -1,10 +1,13 @@
 //! GCRA in virtual time: exactly the configured permits per period, burst included, and never more
-//! when the interval does not divide evenly; waiting up to `max_wait`; `Limited` carries when to
-//! retry; cancelled waiters give their permit back.
+//! when the interval does not divide evenly; waiting up to `max_wait`, each waiter in its own slot;
+//! `Limited` carries when to retry; cancelled waiters give their permit back.
 
-use seawall_bulkhead::ratelimit::{Limited, RateLimitLayer};
+use seawall_bulkhead::ratelimit::{Limited, RateLimitEvent, RateLimitLayer};
 use seawall_core::error::find;
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
@@ -195,6 +198,58 @@ async fn waits_up_to_max_wait_in_order() {
     );
 }
 
+/// One permit a century with an unbounded `max_wait`: each waiter reserves its own slot, a century
+/// after the one before, until the next slot is past the clock's range (about 584 years); from
+/// then on calls are rejected, never given a slot they would share.
+#[tokio::test(start_paused = true)]
+async fn waiters_never_share_a_slot_however_long_they_wait() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(100 * 365 * 86_400))
+        .burst(1)
+        .max_wait(Duration::MAX)
+        .on_event(move |_: &seawall_core::Name, e: &RateLimitEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(echo());
+    let mut calls = Vec::new();
+    for n in 0..8 {
+        service.ready().await.unwrap();
+        calls.push(service.call(n));
+    }
+    let events = events.lock().unwrap().clone();
+    assert_eq!(
+        events.len(),
+        7,
+        "every call but the first reports: {events:?}"
+    );
+    let delays: Vec<Duration> = events
+        .iter()
+        .map_while(|e| match e {
+            RateLimitEvent::Delayed { delay } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert!(delays.len() >= 2, "{events:?}");
+    for pair in delays.windows(2) {
+        assert!(
+            pair[1] >= pair[0] + Duration::from_secs(100 * 365 * 86_400),
+            "two waiters given the same slot: {events:?}"
+        );
+    }
+    for event in &events[delays.len()..] {
+        assert!(
+            matches!(event, RateLimitEvent::Limited { retry_after } if retry_after > delays.last().unwrap()),
+            "a waiter admitted after a rejection: {events:?}"
+        );
+    }
+    assert!(
+        delays.len() < 7,
+        "eight centuries do not fit the clock: {events:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropped_waiter_gives_its_permit_back() {
     let layer = RateLimitLayer::builder()
@@ -270,6 +325,37 @@ async fn backpressure_waits_in_poll_ready() {
     assert_eq!(request, 2);
     respond.send_response(2);
     assert_eq!(second.await.unwrap(), 2);
+}
+
+/// With backpressure, a permit past the clock's range is not reserved either: `poll_ready` stays
+/// pending on a timer rather than waking itself in a loop.
+#[tokio::test(start_paused = true)]
+async fn backpressure_past_the_clocks_range_waits_without_spinning() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(100 * 365 * 86_400))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    // Kept, as each holds its own reservation.
+    let mut clones = Vec::new();
+    let mut ready = 0;
+    for _ in 0..8 {
+        let mut clone = service.clone();
+        let mut task = tokio_test::task::spawn(());
+        match task.enter(|cx, _| clone.poll_ready(cx)) {
+            std::task::Poll::Ready(result) => {
+                result.unwrap();
+                ready += 1;
+            }
+            std::task::Poll::Pending => {
+                assert!(!task.is_woken(), "poll_ready woke itself at once")
+            }
+        }
+        clones.push((clone, task));
+    }
+    assert_eq!(ready, 1);
 }
 
 /// The waiting call must go to the inner service polled ready, not a fresh clone of a service

@@ -9,7 +9,9 @@
 //! slot at once (the TAT moves) and waits for it, so waiters are served in arrival order.
 //!
 //! Times are nanoseconds since the limiter's epoch (a `tokio::time::Instant`), so the limiter
-//! follows tokio's paused clock in tests.
+//! follows tokio's paused clock in tests. A TAT past the end of that clock (`u64::MAX`, about 584
+//! years) is never stored: the request is rejected instead, as saturating would give every later
+//! request the same slot.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -39,7 +41,8 @@ pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
 }
 
 /// The decision for one request given the current TAT: `Ok((new_tat, delay))`, or `Err(retry)`,
-/// the nanoseconds after which the request would be allowed at once.
+/// the nanoseconds after which the request would be allowed at once; `u64::MAX` when its slot is
+/// past the end of the clock (the TAT cannot move on without overflowing).
 #[inline]
 pub(crate) fn decide(
     tat: u64,
@@ -48,7 +51,10 @@ pub(crate) fn decide(
     tolerance: u64,
     max_wait: u64,
 ) -> Result<(u64, u64), u64> {
-    let new_tat = tat.max(now).saturating_add(interval);
+    let Some(new_tat) = tat.max(now).checked_add(interval) else {
+        return Err(u64::MAX);
+    };
+    // `tolerance >= interval`, so `allowed_at <= max(tat, now)`: `delay` never overflows.
     let allowed_at = new_tat.saturating_sub(tolerance);
     let delay = allowed_at.saturating_sub(now);
     if delay > max_wait {
@@ -80,7 +86,9 @@ impl Gcra {
     }
 
     /// Takes one permit at `now` if it is free or will be within `max_wait` nanoseconds.
-    /// `Err(retry)`: none within `max_wait`; one is free at once after `retry` nanoseconds.
+    /// `Err(retry)`: none within `max_wait`; one is free at once after `retry` nanoseconds
+    /// (`u64::MAX`: none within the clock's range). Every grant stores a TAT later than the grant
+    /// before it, so no two outstanding grants share a slot.
     #[inline]
     pub fn acquire(&self, now: u64, max_wait: u64) -> Result<Grant, u64> {
         let mut tat = self.tat.load(Ordering::Acquire);
@@ -156,5 +164,21 @@ mod tests {
         assert!(!g.refund(first), "a later grant exists");
         assert!(g.refund(second));
         assert_eq!(g.acquire(0, 250).unwrap().delay, 200);
+    }
+
+    #[test]
+    fn a_slot_past_the_end_of_the_clock_is_refused_not_shared() {
+        let interval = u64::MAX / 4;
+        let g = Gcra::new(interval, 1);
+        let grants: Vec<Grant> = (0..4).map(|_| g.acquire(0, u64::MAX).unwrap()).collect();
+        let delays: Vec<u64> = grants.iter().map(|g| g.delay).collect();
+        assert_eq!(delays, vec![0, interval, 2 * interval, 3 * interval]);
+        assert_eq!(g.tat(), 4 * interval);
+        assert_eq!(g.acquire(0, u64::MAX), Err(u64::MAX));
+        assert_eq!(g.acquire(u64::MAX, u64::MAX), Err(u64::MAX));
+        assert_eq!(g.tat(), 4 * interval, "a refused request moves nothing");
+        assert!(!g.refund(grants[2]));
+        assert!(g.refund(grants[3]));
+        assert_eq!(g.acquire(0, u64::MAX).unwrap().delay, 3 * interval);
     }
 }

@@ -24,7 +24,8 @@ pub struct RateLimit<S> {
 }
 
 struct Reserved {
-    /// `None` once used by `call`; refunded if the service drops it unused.
+    /// `None` once used by `call`, or when no slot was in the clock's range (then `sleep` waits
+    /// to look again); refunded if the service drops it unused.
     reservation: Option<Reservation>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
@@ -67,32 +68,40 @@ impl<S> RateLimit<S> {
             Some(reserved) => reserved,
             None => {
                 let now = self.shared.now();
-                let grant = match self.shared.gcra.acquire(now, u64::MAX) {
-                    Ok(grant) => grant,
-                    // Unreachable with an unbounded wait; try again on the next poll.
-                    Err(_) => {
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
+                let reserved = match self.shared.gcra.acquire(now, u64::MAX) {
+                    Ok(grant) => Reserved {
+                        sleep: (grant.delay > 0).then(|| {
+                            self.shared.report.delayed(grant.delay);
+                            Box::pin(tokio::time::sleep_until(
+                                self.shared.instant(now + grant.delay),
+                            ))
+                        }),
+                        reservation: Some(Reservation {
+                            shared: self.shared.clone(),
+                            grant,
+                        }),
+                    },
+                    // No slot within the clock's range (only with intervals of centuries):
+                    // nothing is reserved; look again once `retry` has passed.
+                    Err(retry) => Reserved {
+                        reservation: None,
+                        sleep: Some(Box::pin(tokio::time::sleep_until(
+                            self.shared.instant(now.saturating_add(retry)),
+                        ))),
+                    },
                 };
-                let sleep = (grant.delay > 0).then(|| {
-                    self.shared.report.delayed(grant.delay);
-                    Box::pin(tokio::time::sleep_until(
-                        self.shared.instant(now + grant.delay),
-                    ))
-                });
-                self.reserved.insert(Reserved {
-                    reservation: Some(Reservation {
-                        shared: self.shared.clone(),
-                        grant,
-                    }),
-                    sleep,
-                })
+                self.reserved.insert(reserved)
             }
         };
         if let Some(sleep) = &mut reserved.sleep {
             ready!(sleep.as_mut().poll(cx));
             reserved.sleep = None;
+        }
+        if reserved.reservation.is_none() {
+            // The retry is due: look again on the next poll.
+            self.reserved = None;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         Poll::Ready(())
     }
