@@ -33,8 +33,10 @@ pin_project! {
     ///
     /// First it picks an endpoint that is available and ready (waiting, at most the balancer's
     /// `max_wait`, for one to become so), then it calls it and records the outcome. Dropping it
-    /// at any point releases the endpoint's in-flight count and records no outcome (a call
-    /// dropped in flight wakes calls waiting for an endpoint, as a completed call does); with a
+    /// at any point releases what it holds and records no outcome: in flight, the endpoint's
+    /// in-flight count and the endpoint's future; while waiting, the endpoint service it was
+    /// polling ready, with any capacity already handed to it (a concurrency limit's permit).
+    /// Either way it wakes calls waiting for an endpoint, as a completed call does. With a
     /// latency-aware picker, a call dropped in flight counts the time it had taken so far as a
     /// latency sample (as tower's `PeakEwma` does).
     pub struct ResponseFuture<K, S, C, Req, F> {
@@ -46,10 +48,19 @@ pin_project! {
     impl<K, S, C, Req, F> PinnedDrop for ResponseFuture<K, S, C, Req, F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
-            // A call dropped in flight gives back what it held (its in-flight count, a
-            // half-open breaker's probe slot inside the endpoint's future): wake calls waiting
-            // for an endpoint, as a completed call does. A completed call is `Done` already.
-            if let StateProj::Call { .. } = this.state.as_mut().project() {
+            // A call dropped before it completed gives back what it held: in flight, its
+            // in-flight count and the endpoint's future (a half-open breaker's probe slot);
+            // waiting, the endpoint service it was polling ready (a concurrency limit's permit
+            // already handed to it). Wake calls waiting for an endpoint, as a completed call
+            // does. A completed call is `Done` already, and a call holding no endpoint service
+            // frees nothing another could take.
+            let held = match this.state.as_mut().project() {
+                StateProj::Call { .. } => true,
+                StateProj::Pick { pending, .. } => pending.is_some(),
+                StateProj::Done => false,
+            };
+            if held {
+                // Released first, and this call no longer counted among the waiters.
                 this.state.set(State::Done);
                 if this.shared.waiting.load(Relaxed) > 0 {
                     this.shared.changed.notify_waiters();

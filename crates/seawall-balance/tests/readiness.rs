@@ -1,12 +1,14 @@
 //! Readiness and cancellation: endpoints whose `Clone` resets readiness (tower's
 //! `ConcurrencyLimit`), one unready endpoint never holding calls up, in-flight counts released on
-//! drop, and `Send + Sync + 'static` of the public types.
+//! drop, a call cancelled while waiting waking the others, and `Send + Sync + 'static` of the
+//! public types.
 
 mod common;
 
 use common::{channel, Behavior, Node};
 use seawall::balance::{Balance, BalanceLayer, Change, OutlierDetection, Picker, ResponseFuture};
 use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
+use tokio_test::{assert_pending, assert_ready_ok, task::spawn};
 use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
 
 fn assert_send_sync<T: Send + Sync + 'static>() {}
@@ -144,6 +146,71 @@ async fn dropping_a_call_releases_its_in_flight_count() {
     drop(fut);
     assert_eq!(balance.outstanding(&0), Some(0));
     assert!(balance.unhealthy().is_empty());
+}
+
+/// Three endpoints, each a connection that takes one call at a time (tower's `ConcurrencyLimit`),
+/// all busy; W1 waits on endpoint 0, W3 on endpoint 2. Endpoint 0's call finishes: its permit goes
+/// to W1's queued acquire and every waiter is woken. W3 looks first and finds endpoint 0 taken (by
+/// W1's permit). Then W1 is cancelled while still waiting: the permit goes back to endpoint 0, and
+/// W3 must be woken to take it rather than sleep until its `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
+    let (tx, stream) = channel();
+    let mut balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .layer(stream);
+    for id in 0..3usize {
+        let behavior = Arc::new(Behavior::default());
+        behavior
+            .delay_ms
+            .store(if id == 0 { 100 } else { 1_000_000 }, Relaxed);
+        tx.send(Change::Insert(
+            id,
+            ConcurrencyLimit::new(Node { id, behavior }, 1),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+
+    // X, Y, Z: one call in flight on each endpoint (round robin: 0, 1, 2).
+    let mut x = spawn(balance.call(0));
+    assert_pending!(x.poll());
+    let mut y = spawn(balance.call(1));
+    assert_pending!(y.poll());
+    let mut z = spawn(balance.call(2));
+    assert_pending!(z.poll());
+    for id in 0..3 {
+        assert_eq!(balance.outstanding(&id), Some(1));
+    }
+
+    // W1 waits for endpoint 0, W3 for endpoint 2.
+    let mut w1 = spawn(balance.call(10));
+    assert_pending!(w1.poll());
+    let mut w3 = spawn(balance.call(30));
+    assert_pending!(w3.poll());
+
+    // X finishes: endpoint 0's permit is handed to W1's queued acquire; waiters are woken.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(assert_ready_ok!(x.poll()), 0);
+    assert!(w3.is_woken());
+    // W3 looks first: endpoint 0's permit is W1's, so W3 waits on.
+    assert_pending!(w3.poll());
+    assert!(!w3.is_woken());
+
+    // W1 is cancelled while still waiting: endpoint 0 is free again, and W3 takes it at once.
+    drop(w1);
+    assert!(w3.is_woken(), "endpoint 0 is free, yet W3 was not woken");
+    assert_pending!(w3.poll());
+    assert_eq!(
+        balance.outstanding(&0),
+        Some(1),
+        "W3 now runs on endpoint 0"
+    );
+    drop((y, z, w3));
 }
 
 #[tokio::test(start_paused = true)]
