@@ -339,7 +339,8 @@ impl Drop for Withdrawal {
 /// slice: busy clients read the clock once in 32 requests, quiet ones at every request (where it
 /// costs nothing that matters). It is measured when a batch fills, and at any fold a quarter slice
 /// or more after the previous one, so a client that turns quiet is noticed at its next retry even
-/// when its batches never fill.
+/// when its batches never fill; and it grows only while the current slice holds at least
+/// [`FLUSH_EVERY_MAX`] requests, so a client below that rate files every request on its own.
 ///
 /// A slice is a tenth of `ttl` rounded up to the nanosecond, so ten of them, a *window*, are never
 /// shorter than `ttl` (and longer by under 10 ns). Deposits expire within a window; withdrawals
@@ -350,10 +351,10 @@ impl Drop for Withdrawal {
 /// made in that window, so the retries of any window are paid for by its requests plus the
 /// reserve; and a run of length `T` is covered by `⌊T / ttl⌋ + 1` windows.
 ///
-/// Filed early, a batch's later requests may lose their credit sooner than `ttl`; once
-/// `flush_every` has adapted, a batch lasts about a quarter slice, so that is about a slice early
-/// at most. Right after a burst, though, a quiet client's requests join the burst's last batch
-/// (fewer than 32 requests) until it fills or a withdrawal files it, and count from the burst.
+/// Filed early, a batch's later requests may lose their credit sooner than `ttl`; while the client
+/// stays busy a batch lasts about a quarter slice, so that is about a slice early at most. Right
+/// after a burst, though, a quiet client's requests join the burst's last batch (at most 31 of
+/// them) until it fills or a withdrawal files it, and count from the burst.
 struct Ratio {
     ttl: Duration,
     min_per_second: u32,
@@ -460,18 +461,6 @@ impl Ratio {
         let count = pending & COUNT_MASK;
         let at = now.saturating_duration_since(self.origin).as_nanos();
         let since = at.saturating_sub(window.folded_at);
-        let quarter = self.slice_nanos / 4;
-        // Aim for a batch every quarter slice: fewer clock reads when busy, little credit filed
-        // early when quiet. A full batch measures the rate, and so does a quarter slice in which
-        // no batch filled.
-        if full || since >= quarter {
-            // The request rate since the last fold, times a quarter slice; growing at most twofold
-            // per fold, so one quick pair of requests does not make a quiet client wait for 32.
-            let estimate = u128::from(count) * quarter / since.max(1);
-            let doubled = 2 * u128::from(self.flush_every.load(Ordering::Relaxed));
-            let every = estimate.min(doubled).clamp(1, u128::from(FLUSH_EVERY_MAX));
-            self.flush_every.store(every as u64, Ordering::Relaxed);
-        }
         window.folded_at = window.folded_at.max(at);
         let ring = SLICES as u64 + 1;
         let target = self.slice_of(now);
@@ -490,6 +479,25 @@ impl Ratio {
         if count > 0 && window.current - start < SLICES as u64 {
             let slot = (start % ring) as usize;
             window.deposits[slot] = window.deposits[slot].saturating_add(count);
+        }
+        // Aim for a batch every quarter slice: fewer clock reads when busy, little credit filed
+        // early when quiet. A full batch measures the rate, and so does a quarter slice in which
+        // no batch filled.
+        let quarter = self.slice_nanos / 4;
+        if full || since >= quarter {
+            // The request rate since the last fold, times a quarter slice, growing at most
+            // twofold per fold, and only for a client with a full batch's worth of requests in
+            // this slice: a quiet one, even one whose requests come in pairs, keeps filing each
+            // request under its own slice.
+            let estimate = u128::from(count) * quarter / since.max(1);
+            let busy = window.deposits[(window.current % ring) as usize] >= FLUSH_EVERY_MAX;
+            let most = if busy {
+                2 * u128::from(self.flush_every.load(Ordering::Relaxed))
+            } else {
+                1
+            };
+            let every = estimate.min(most).clamp(1, u128::from(FLUSH_EVERY_MAX));
+            self.flush_every.store(every as u64, Ordering::Relaxed);
         }
     }
 

@@ -357,3 +357,70 @@ async fn a_retry_dropped_during_its_backoff_gives_its_budget_back() {
     assert_eq!(calls.count(), 3);
     assert!(!budget.can_retry());
 }
+
+/// A ratio budget with no reserve, so what it allows comes from its requests alone.
+fn ratio_only(ratio: f64) -> RetryBudget {
+    RetryBudget::builder()
+        .ratio(ratio)
+        .min_per_second(0)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Two requests at once do not make a quiet client batch its requests: the next one, 9 s later,
+/// is counted from when it was made.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_request_after_a_pair_keeps_its_credit() {
+    let budget = ratio_only(1.0);
+    budget.deposit();
+    budget.deposit();
+    tokio::time::advance(Duration::from_secs(9)).await;
+    budget.deposit();
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert!(
+        budget.try_withdraw(),
+        "a request made 1.5 s ago allows no retry"
+    );
+    assert!(!budget.try_withdraw());
+}
+
+/// A client sending two requests together every 9 s: the last pair, 9.5 s old, still counts.
+#[tokio::test(start_paused = true)]
+async fn pairs_every_nine_seconds_keep_their_credit() {
+    let budget = ratio_only(0.5);
+    for _ in 0..6 {
+        budget.deposit();
+        budget.deposit();
+        tokio::time::advance(Duration::from_secs(9)).await;
+    }
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(
+        budget.try_withdraw(),
+        "the pair made 9.5 s ago allows no retry"
+    );
+    assert!(!budget.try_withdraw());
+}
+
+/// After a burst, with no retry to file its last batch, a quiet client's requests join that batch
+/// until it is full (at most 31 of them) and count from the burst; every request after that counts
+/// from when it was made.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_client_after_a_burst_loses_at_most_a_batch_of_credit() {
+    let budget = ratio_only(0.5);
+    for _ in 0..1000 {
+        budget.deposit();
+    }
+    tokio::time::advance(Duration::from_secs(11)).await;
+    for _ in 0..45 {
+        budget.deposit();
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // At 56 s the window holds the requests made at 47..=55 s, all after the burst's batch filled:
+    // 9 × 0.5, 4 whole retries.
+    let mut retries = 0;
+    while budget.try_withdraw() {
+        retries += 1;
+    }
+    assert_eq!(retries, 4);
+}
