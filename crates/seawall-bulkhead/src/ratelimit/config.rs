@@ -105,10 +105,21 @@ impl RateLimitConfigBuilder {
         let burst = self.burst.unwrap_or(permits);
         config::check_range("burst", burst, 1, u64::MAX)?;
         if interval.checked_mul(burst).is_none_or(|t| t > u64::MAX / 4) {
-            return Err(ConfigError::conflict(
-                "burst",
-                format!("is too large for the rate (burst × interval overflows), got {burst}"),
-            ));
+            return Err(match self.burst {
+                Some(_) => ConfigError::conflict(
+                    "burst",
+                    format!("is too large for the rate (burst × interval overflows), got {burst}"),
+                ),
+                // The burst was not set: it is the rate's own permits that do not fit.
+                None => ConfigError::conflict(
+                    "rate",
+                    format!(
+                        "spans too long a time for its default burst of {permits} \
+                         (burst × interval overflows); set a smaller burst, got {permits} per \
+                         {period:?}"
+                    ),
+                ),
+            });
         }
         if self.backpressure && !self.max_wait.is_zero() {
             return Err(ConfigError::conflict(
@@ -201,6 +212,26 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "burst");
+        // A rate whose own permits, as the default burst, span too long: the rate is named, not
+        // the burst the caller never set.
+        let two_centuries = Duration::from_secs(200 * 365 * 86_400);
+        let err = RateLimitLayer::builder()
+            .rate(1_000_000, two_centuries)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "rate");
+        assert!(err.to_string().contains("set a smaller burst"), "{err}");
+        let err = RateLimitLayer::builder()
+            .rate(1_000_000, two_centuries)
+            .burst(1_000_000)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "burst");
+        assert!(RateLimitLayer::builder()
+            .rate(1_000_000, two_centuries)
+            .burst(1)
+            .build()
+            .is_ok());
         let err = RateLimitLayer::builder()
             .rate(1, Duration::from_secs(1))
             .backpressure(true)
