@@ -5,12 +5,13 @@
 
 mod common;
 
-use common::{addr, eventually, first_resolution, make, queued, sorted, Endpoint, Zone};
+use common::{
+    addr, count_answers, eventually, first_resolution, make, queued, sorted, Endpoint, Zone,
+};
 use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceLayer, Picker, Tagged};
 use seawall::discover::{Change, Discovery, Dns};
 use std::{
-    collections::HashMap,
     net::{Ipv6Addr, SocketAddr},
     sync::atomic::Ordering::Relaxed,
     time::Duration,
@@ -190,12 +191,7 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority() {
         weighted(keys),
         vec![(addr("10.1.0.1:8001"), 3), (addr("10.1.0.2:8002"), 1)]
     );
-    let mut counts = HashMap::new();
-    for _ in 0..40 {
-        *counts
-            .entry(balance.clone().oneshot(()).await.unwrap())
-            .or_insert(0) += 1;
-    }
+    let counts = count_answers(&balance, 40).await;
     assert_eq!(counts[&addr("10.1.0.1:8001")], 30);
     assert_eq!(counts[&addr("10.1.0.2:8002")], 10);
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{addr, first_resolution, next_change, queued, Zone};
+use common::{addr, first_resolution, next_change, queued, two_targets, Zone};
 use hickory_proto::rr::RecordType;
 
 const SRV: &str = "_http._tcp.api.test";
@@ -66,12 +66,7 @@ async fn a_dot_target_is_skipped_and_alone_keeps_the_last_set() {
 #[tokio::test]
 async fn a_target_whose_server_stops_answering_keeps_its_addresses() {
     let zone = Zone::default();
-    zone.set_srv(
-        SRV,
-        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
-    );
-    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
-    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    two_targets(&zone, SRV);
     let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
@@ -111,12 +106,7 @@ async fn a_target_whose_server_stops_answering_keeps_its_addresses() {
 #[tokio::test]
 async fn when_no_target_resolves_the_last_set_stays() {
     let zone = Zone::default();
-    zone.set_srv(
-        SRV,
-        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
-    );
-    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
-    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    two_targets(&zone, SRV);
     let mut discovery = zone.srv_discovery(SRV).await;
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 

@@ -6,14 +6,13 @@
 
 mod common;
 
-use common::{addr, eventually, first_resolution, next_change, queued, Zone};
+use common::{
+    addr, count_answers, eventually, first_resolution, next_change, queued, two_targets, Zone,
+};
 use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceEvent, BalanceLayer, Picker};
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
-use tower::{Layer, ServiceExt};
+use std::sync::{Arc, Mutex};
+use tower::Layer;
 
 const SRV: &str = "_http._tcp.api.test";
 
@@ -41,12 +40,7 @@ async fn a_weight_change_inserts_the_endpoint_again_without_removing_it() {
 #[tokio::test]
 async fn the_balancer_follows_a_weight_change_without_losing_the_endpoint() {
     let zone = Zone::default();
-    zone.set_srv(
-        SRV,
-        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
-    );
-    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
-    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    two_targets(&zone, SRV);
     let discovery = zone.srv_discovery(SRV).await;
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
@@ -85,12 +79,7 @@ async fn the_balancer_follows_a_weight_change_without_losing_the_endpoint() {
             .any(|e| matches!(e, BalanceEvent::EndpointRemoved { .. })),
         "{events:?}"
     );
-    let mut counts = HashMap::new();
-    for _ in 0..40 {
-        *counts
-            .entry(balance.clone().oneshot(()).await.unwrap())
-            .or_insert(0) += 1;
-    }
+    let counts = count_answers(&balance, 40).await;
     assert_eq!(counts[&addr("10.1.0.1:8001")], 30);
     assert_eq!(counts[&addr("10.1.0.2:8002")], 10);
 }

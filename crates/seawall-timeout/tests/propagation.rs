@@ -70,13 +70,13 @@ async fn a_later_deadline_on_the_request_is_tightened() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
-    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline.
+/// Puts `inner` under a 2 s timeout over a service that takes 10 s: the call fails at 2 s, and
+/// the service saw the outer deadline on its request.
+async fn outer_deadline_cuts_the_call(inner: TimeoutLayer) {
     let seen = Seen::default();
     let svc = ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_secs(2)))
-        .layer(TimeoutLayer::new(Duration::from_secs(5)))
+        .layer(inner)
         .service(recorder(seen.clone(), Duration::from_secs(10)));
     let start = Instant::now();
     assert!(svc
@@ -89,6 +89,12 @@ async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
         *seen.lock().unwrap(),
         vec![Some(start + Duration::from_secs(2))]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
+    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline.
+    outer_deadline_cuts_the_call(TimeoutLayer::new(Duration::from_secs(5))).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -144,25 +150,11 @@ async fn a_per_try_timeout_leaves_the_outer_deadline_to_the_outer_layer() {
         .per_try();
     assert_eq!(per_try.name().to_string(), "per-try");
     assert!(!per_try.honors_override() && !per_try.enforces_outer_deadline());
-    let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_secs(2)))
-        .layer(per_try.clone())
-        .service(recorder(seen.clone(), Duration::from_secs(10)));
-    let start = Instant::now();
-    assert!(svc
-        .oneshot(http::Request::new(()))
-        .await
-        .unwrap_err()
-        .is::<Elapsed>());
-    assert_eq!(start.elapsed(), Duration::from_secs(2));
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec![Some(start + Duration::from_secs(2))]
-    );
+    outer_deadline_cuts_the_call(per_try.clone()).await;
     assert!(fired.lock().unwrap().is_empty(), "{fired:?}");
 
     // Its own, earlier deadline it enforces, and reports under its name.
+    let seen = Seen::default();
     let svc = ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_secs(20)))
         .layer(per_try)

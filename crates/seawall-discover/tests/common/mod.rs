@@ -190,6 +190,34 @@ impl Zone {
     }
 }
 
+/// Points the SRV records of `service` at two targets, `a.api.test.` (10.1.0.1, port 8001) and
+/// `b.api.test.` (10.1.0.2, port 8002), each of weight 1.
+pub fn two_targets(zone: &Zone, service: &str) {
+    zone.set_srv(
+        service,
+        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+}
+
+/// Sends `n` calls through `balance` and counts the answers (each endpoint answers with its
+/// address).
+pub async fn count_answers<S>(balance: &S, n: usize) -> HashMap<SocketAddr, usize>
+where
+    S: tower::Service<(), Response = SocketAddr> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let answer = tower::ServiceExt::oneshot(balance.clone(), ())
+            .await
+            .unwrap();
+        *counts.entry(answer).or_insert(0) += 1;
+    }
+    counts
+}
+
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
