@@ -147,6 +147,17 @@ fn prepare<Req: RequestDeadline>(
             started: None,
         };
     }
+    prepare_timed(settings, uses_elapsed, request)
+}
+
+/// [`prepare`] for an attempt that reads the clock, out of line.
+#[cold]
+#[inline(never)]
+fn prepare_timed<Req: RequestDeadline>(
+    settings: &Settings,
+    uses_elapsed: bool,
+    request: &mut Req,
+) -> Attempt {
     let now = Instant::now();
     let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
