@@ -444,3 +444,36 @@ async fn no_copy_is_sent_once_the_calls_deadline_has_passed() {
     svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(replicas.calls.count() - before, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent() {
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+
+    let budget = support::one_retry();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(replicas.service(|_| ms(50), |_| false));
+    let mut other = svc.clone();
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(fut.poll());
+    // The hedge is due at 10 ms and waits for the one permit, held by the original call.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(40)).await;
+    assert_eq!(assert_ready_ok!(fut.poll()), 0);
+    // The caller still holds the finished future: the permit the hedge was waiting for and the
+    // hedge taken from the budget are back already.
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    drop(fut);
+    assert_eq!(replicas.calls.count(), 1);
+}

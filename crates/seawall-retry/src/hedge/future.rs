@@ -115,6 +115,16 @@ where
     acceptable
 }
 
+/// Gives up a hedge that is due but not sent, when the call has its answer: the hedge goes back
+/// to the budget and whatever the service's readiness holds for it (a queued claim on a permit,
+/// which may already have been granted) is released by replacing the service with a clone, now
+/// rather than when the caller drops the finished future. Nothing to do when no hedge is pending.
+fn abandon_hedge<S: Clone>(service: &mut S, withdrawn: &mut Option<Withdrawal>) {
+    if withdrawn.take().is_some() {
+        *service = service.clone();
+    }
+}
+
 impl<S, Req, P, K> Future for ResponseFuture<S, Req, P, K>
 where
     S: Service<Req>,
@@ -137,6 +147,7 @@ where
                     if accept(shared, &result, *this.started, *this.started) {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();
+                        abandon_hedge(this.service, this.withdrawn);
                         return Poll::Ready(result);
                     }
                     *this.failure = Some(result);
@@ -155,6 +166,7 @@ where
                 if accept(shared, &result, Some(done.started), *this.started) {
                     this.primary.set(None);
                     this.hedges.clear();
+                    abandon_hedge(this.service, this.withdrawn);
                     shared.on_won(done.hedge);
                     return Poll::Ready(result);
                 }
@@ -163,6 +175,7 @@ where
 
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
+                abandon_hedge(this.service, this.withdrawn);
                 return Poll::Ready(
                     this.failure
                         .take()
