@@ -477,3 +477,40 @@ async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent()
     drop(fut);
     assert_eq!(replicas.calls.count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn sent_event_says_when_the_hedge_went_out_after_waiting_for_readiness() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &HedgeEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // Two permits underneath: the original (100 ms) and another caller's call (30 ms) hold them,
+    // so the hedge due at 10 ms waits until 30 ms for one.
+    let latency = |n| [ms(100), ms(30), ms(10)][n];
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(2)
+        .service(replicas.service(latency, |_| false));
+    let mut other = svc.clone();
+    let start = Instant::now();
+    let call = svc.ready().await.unwrap().call(get());
+    let other_call = other.ready().await.unwrap().call(get());
+    let (answer, _) = tokio::join!(call, other_call);
+    assert_eq!(answer.unwrap(), 2, "the hedge answered");
+    assert_eq!(replicas.calls.all()[2].at - start, ms(30));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(30)
+            },
+            HedgeEvent::Won { hedge: 1 },
+        ]
+    );
+}

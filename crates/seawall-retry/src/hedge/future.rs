@@ -46,6 +46,8 @@ pin_project! {
         // given back if the copy is never sent.
         withdrawn: Option<Withdrawal>,
         started: Option<Instant>,
+        // What the first hedge's delay counts from: the call (`started`), or its first poll.
+        counted_from: Option<Instant>,
         failure: Option<Result<S::Response, BoxError>>,
         shared: Arc<Shared<P, K>>,
     }
@@ -81,6 +83,7 @@ where
             due: false,
             withdrawn: None,
             started,
+            counted_from: None,
             failure: None,
             shared,
         }
@@ -189,6 +192,7 @@ where
             if !*this.due {
                 if !*this.scheduled {
                     let from = this.started.unwrap_or_else(Instant::now);
+                    *this.counted_from = Some(from);
                     this.timer.as_mut().arm(deadline_after(from, *this.delay));
                     *this.scheduled = true;
                 }
@@ -266,9 +270,8 @@ where
                 this.timer.as_mut().arm(deadline_after(now, *this.delay));
             }
             let after = this
-                .started
-                .map(|started| now.saturating_duration_since(started))
-                .unwrap_or_else(|| this.delay.saturating_mul(hedge));
+                .counted_from
+                .map_or(Duration::ZERO, |from| now.saturating_duration_since(from));
             shared.on_sent(hedge, after);
         }
     }
