@@ -266,7 +266,10 @@ where
     }
 
     fn ready_failed(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) -> Step<K, S> {
-        shared.record(ep, Outcome::Failure, None, None);
+        // A failure like a failed call: with a latency-aware picker it is recorded as taking
+        // `failure_penalty`, so an endpoint whose readiness fails at once does not look fast.
+        let now = shared.timed.then(Instant::now);
+        shared.record(ep, Outcome::Failure, now, now);
         Step::Fail(e.into())
     }
 }

@@ -377,3 +377,51 @@ async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
     assert_eq!(call.await.unwrap().unwrap(), 1);
     assert_eq!(gone.hits.load(Relaxed), 0);
 }
+
+/// A readiness error is a failure like any other: PeakEWMA must count it as slow, or an endpoint
+/// that refuses every connection at once keeps the cost of one never measured (nothing) and wins
+/// every pick that draws it.
+async fn a_readiness_error_counts_as_slow(picker: Picker) {
+    let (tx, stream) = channel::<usize, MaybeBroken>();
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(picker)
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    for id in 0..2 {
+        let behavior = Arc::new(Behavior::default());
+        behavior.delay_ms.store(1, Relaxed);
+        tx.send(Change::Insert(
+            id,
+            MaybeBroken {
+                broken: id == 0,
+                node: Node { id, behavior },
+            },
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    let mut failed = 0;
+    for i in 0..100 {
+        if balance.clone().oneshot(i).await.is_err() {
+            failed += 1;
+        }
+    }
+    // 100 calls of 1 ms: well within one decay period, so one trial call finds endpoint 0 out.
+    assert_eq!(
+        failed, 1,
+        "{failed} of 100 calls went to the broken endpoint"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_peak_ewma_counts_a_readiness_error_as_slow() {
+    a_readiness_error_counts_as_slow(Picker::p2c_peak_ewma()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_counts_a_readiness_error_as_slow() {
+    a_readiness_error_counts_as_slow(Picker::least_peak_ewma()).await;
+}
