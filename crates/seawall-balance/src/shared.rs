@@ -535,11 +535,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         if ok {
             tracing::info!(name = %self.name, %key, "seawall balance endpoint passed its health check");
             self.emit(BalanceEvent::ProbePassed { key });
-            self.changed.notify_waiters();
         } else {
             tracing::info!(name = %self.name, %key, "seawall balance endpoint failed its health check");
             self.emit(BalanceEvent::ProbeFailed { key });
         }
+        // Either way calls waiting for an endpoint look again: a failed probe can start panic
+        // mode, which lets every endpoint take calls.
+        self.changed.notify_waiters();
     }
 
     pub(crate) fn set_task(&self, handle: AbortHandle) {

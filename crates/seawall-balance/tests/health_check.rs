@@ -109,3 +109,74 @@ async fn the_filter_is_consulted_on_every_pick() {
     common::drive(&balance, 30).await;
     assert_eq!(cluster.hits(), vec![10, 10, 10]);
 }
+
+/// Endpoint 0 fails its health check; endpoint 1, the only one left, is busy (one call at a time),
+/// so a call waits for it. Then endpoint 1 fails its health check too: no endpoint is healthy,
+/// panic mode ignores health, and endpoint 0, idle, can take the waiting call at once.
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_that_starts_panic_mode_wakes_waiting_calls() {
+    use seawall::balance::Change;
+    use tower::{limit::ConcurrencyLimit, Layer, ServiceExt};
+
+    let down: Arc<[AtomicBool; 2]> = Arc::new(Default::default());
+    let probe_down = down.clone();
+    let (tx, stream) = common::channel();
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .max_wait(Duration::from_secs(30))
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_secs(3600),
+            ..OutlierDetection::disabled()
+        })
+        .health_check(
+            HealthCheck {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+            },
+            move |key: &usize, _svc: ConcurrencyLimit<common::Node>| {
+                let fail = probe_down[*key].load(Relaxed);
+                async move { !fail }
+            },
+        )
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut hits = Vec::new();
+    for id in 0..2usize {
+        let behavior = Arc::new(common::Behavior::default());
+        behavior
+            .delay_ms
+            .store(if id == 1 { 1_000_000 } else { 0 }, Relaxed);
+        hits.push(behavior.clone());
+        let node = common::Node { id, behavior };
+        tx.send(Change::Insert(id, ConcurrencyLimit::new(node, 1)))
+            .unwrap();
+    }
+    common::settle().await;
+
+    // Probed at 5 s: endpoint 0 is out, 1 of 2 healthy is not yet panic.
+    down[0].store(true, Relaxed);
+    sleep(Duration::from_secs(6)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    assert!(!balance.is_panicking());
+
+    // Endpoint 1 takes a long call; the next call waits for it.
+    let busy = tokio::spawn(balance.clone().oneshot(1));
+    common::settle().await;
+    assert_eq!(hits[1].hits.load(Relaxed), 1);
+    let waiting = tokio::spawn(balance.clone().oneshot(2));
+    common::settle().await;
+    assert!(!waiting.is_finished());
+
+    // Probed at 10 s: endpoint 1 fails too, panic mode lets endpoint 0 take the waiting call.
+    down[1].store(true, Relaxed);
+    sleep(Duration::from_millis(4_500)).await;
+    assert!(balance.is_panicking());
+    assert!(
+        waiting.is_finished(),
+        "the waiting call was not woken when endpoint 0 became available"
+    );
+    assert_eq!(waiting.await.unwrap().unwrap(), 0);
+    busy.abort();
+}
