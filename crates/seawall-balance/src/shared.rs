@@ -401,32 +401,6 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let o = &self.settings.outlier;
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
-        // 1. Return endpoints whose ejection is over; decay the others' multipliers.
-        for ep in &set.endpoints {
-            let s = &ep.stats;
-            if s.ejected.load(Relaxed) {
-                let m = s.multiplier.load(Relaxed).max(1);
-                let until = s
-                    .ejected_at
-                    .load(Relaxed)
-                    .saturating_add(nanos_u64(self.ejection_time(m)));
-                if now >= until {
-                    s.ejected.store(false, Relaxed);
-                    s.consecutive_failures.store(0, Relaxed);
-                    // A fresh latency record: old samples are what got it ejected.
-                    s.latency.store(NONE, Relaxed);
-                    s.latency_samples.store(0, Relaxed);
-                    s.slow_since.store(NONE, Relaxed);
-                    tracing::info!(name = %self.name, key = ?ep.key, "seawall balance endpoint returned");
-                    self.emit(BalanceEvent::Returned {
-                        key: format!("{:?}", ep.key),
-                    });
-                }
-            } else if s.multiplier.load(Relaxed) > 0 {
-                s.multiplier.fetch_sub(1, Relaxed);
-            }
-        }
-        self.recount(&set);
         // Interval counts, read and reset.
         let counts: Vec<(u64, u64)> = set
             .endpoints
@@ -438,7 +412,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 )
             })
             .collect();
-        // 2. Success rate.
+        // 1. Success rate.
         if let Some(rule) = &o.success_rate {
             let candidates: Vec<usize> = (0..set.len())
                 .filter(|&i| counts[i].0 + counts[i].1 >= u64::from(rule.request_volume))
@@ -460,7 +434,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
         }
-        // 3. Failure percentage.
+        // 2. Failure percentage.
         if let Some(rule) = &o.failure_percentage {
             let candidates: Vec<usize> = (0..set.len())
                 .filter(|&i| counts[i].0 + counts[i].1 >= u64::from(rule.request_volume))
@@ -474,7 +448,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
         }
-        // 4. Latency: an EWMA above factor × the peers' median, for long enough.
+        // 3. Latency: an EWMA above factor × the peers' median, for long enough.
         if let Some(rule) = &o.latency {
             let judged: Vec<(usize, f64)> = set
                 .endpoints
@@ -516,6 +490,34 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
         }
+        // 4. After the rules (gRFC A50): return endpoints whose ejection is over, and take one
+        // off the multiplier of each endpoint that ends the interval in the set, so one ejected
+        // again soon after it returns stays out longer each time.
+        for ep in &set.endpoints {
+            let s = &ep.stats;
+            if s.ejected.load(Relaxed) {
+                let m = s.multiplier.load(Relaxed).max(1);
+                let until = s
+                    .ejected_at
+                    .load(Relaxed)
+                    .saturating_add(nanos_u64(self.ejection_time(m)));
+                if now >= until {
+                    s.ejected.store(false, Relaxed);
+                    s.consecutive_failures.store(0, Relaxed);
+                    // A fresh latency record: old samples are what got it ejected.
+                    s.latency.store(NONE, Relaxed);
+                    s.latency_samples.store(0, Relaxed);
+                    s.slow_since.store(NONE, Relaxed);
+                    tracing::info!(name = %self.name, key = ?ep.key, "seawall balance endpoint returned");
+                    self.emit(BalanceEvent::Returned {
+                        key: format!("{:?}", ep.key),
+                    });
+                }
+            } else if s.multiplier.load(Relaxed) > 0 {
+                s.multiplier.fetch_sub(1, Relaxed);
+            }
+        }
+        self.recount(&set);
         drop(guard);
         self.changed.notify_waiters();
     }

@@ -269,3 +269,46 @@ async fn panic_mode_ignores_health_but_not_the_filter() {
     assert!(hits[1..4].iter().all(|&h| h > 0), "{hits:?}");
     assert_eq!(hits.iter().sum::<u32>(), 40);
 }
+
+/// gRFC A50: an endpoint the interval rules eject again soon after it returns is ejected for
+/// longer each time. The multiplier comes off only for intervals the endpoint ends in the set.
+#[tokio::test(start_paused = true)]
+async fn interval_rules_eject_a_relapsing_endpoint_for_longer_each_time() {
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        5,
+        BalanceLayer::builder()
+            .seed(9)
+            .picker(Picker::RoundRobin)
+            .on_event(rec.listener(Instant::now()))
+            .outlier_detection(OutlierDetection {
+                consecutive_failures: None,
+                failure_percentage: Some(FailurePercentage {
+                    threshold: 0.5,
+                    minimum_hosts: 3,
+                    request_volume: 10,
+                    ..FailurePercentage::default()
+                }),
+                base_ejection_time: Duration::from_secs(10),
+                max_ejection_time: Duration::from_secs(100),
+                max_ejection_percent: 0.5,
+                ..consecutive(1)
+            }),
+    )
+    .await;
+    cluster.node(2).fail.store(true, Relaxed);
+    // Calls half way through each 1 s interval, for 60 s.
+    sleep(Duration::from_millis(500)).await;
+    for _ in 0..60 {
+        drive(&balance, 100).await;
+        sleep(Duration::from_secs(1)).await;
+    }
+    let ej = ejections(&rec.take());
+    assert!(ej
+        .iter()
+        .all(|e| e.1 == "2" && e.2 == EjectReason::FailurePercentage));
+    let timeline: Vec<(u64, u64)> = ej.iter().map(|e| (e.0, e.3.as_secs())).collect();
+    // Out at 1 s for 10 s, back at 11 s; out again at 12 s for 20 s, back at 32 s; out at 33 s
+    // for 30 s.
+    assert_eq!(timeline, vec![(1, 10), (12, 20), (33, 30)]);
+}
