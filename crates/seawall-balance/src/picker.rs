@@ -406,17 +406,18 @@ fn scan(n: usize, start: usize, avail: &dyn Fn(usize) -> bool) -> Option<usize> 
     (0..n).map(|step| (start + step) % n).find(|&i| avail(i))
 }
 
-/// A uniformly random available index: a few random draws, then a scan from the last draw.
+/// A uniformly random available index: a few random draws, then one pass over every index that
+/// draws among the available ones (reservoir sampling), so an available endpoint that follows
+/// unavailable ones in the set is not favoured.
 #[inline]
 fn sample(n: usize, rng: &mut SmallRng, avail: &dyn Fn(usize) -> bool) -> Option<usize> {
-    let mut i = 0;
     for _ in 0..4 {
-        i = rng.random_range(0..n);
+        let i = rng.random_range(0..n);
         if avail(i) {
             return Some(i);
         }
     }
-    scan(n, i, avail)
+    weighted(n, rng, avail, |_| 1)
 }
 
 /// A random available index, drawn in proportion to `weight` in one pass (weighted reservoir

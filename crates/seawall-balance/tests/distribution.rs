@@ -34,6 +34,25 @@ async fn random_is_uniform_within_bounds() {
     }
 }
 
+/// Two endpoints of ten are available (a filter refuses the others, as open breakers would):
+/// random picks stay uniform over the two, whichever places they hold in the set.
+#[tokio::test(start_paused = true)]
+async fn random_is_uniform_over_the_available_endpoints() {
+    let (balance, cluster) = cluster(
+        10,
+        quiet()
+            .picker(Picker::Random)
+            .filter(|key: &usize, _: &Node| *key < 2),
+    )
+    .await;
+    let calls = 4000;
+    assert_eq!(drive(&balance, calls).await, 0);
+    let hits = cluster.hits();
+    // Binomial(4000, 0.5): sd ≈ 32; 5 sd bounds.
+    assert!((1840..=2160).contains(&hits[0]), "{hits:?}");
+    assert_eq!(hits[0] + hits[1], 4000, "{hits:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn weighted_round_robin_honours_weights() {
     let (tx, stream) = common::channel();
