@@ -128,6 +128,10 @@ impl DnsBuilder {
     /// Validates the configuration and starts resolving; `make` turns each discovered address
     /// into an endpoint service (for example a hyper client bound to it).
     ///
+    /// The host of [`Dns::a`] must be a DNS name or an IP address, the name of [`Dns::srv`] a
+    /// DNS name: one that can never resolve (empty, the root, an empty label) is rejected here
+    /// rather than failing every resolution.
+    ///
     /// Must be called inside a Tokio runtime.
     pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
     where
@@ -144,6 +148,14 @@ impl DnsBuilder {
                     self.min_refresh, self.max_refresh
                 ),
             ));
+        }
+        match &self.query {
+            Query::Ip { host, .. } => {
+                if host.parse::<IpAddr>().is_err() {
+                    check_dns_name("host", host)?;
+                }
+            }
+            Query::Srv { name } => check_dns_name("srv", name)?,
         }
         let name = match &self.name {
             Some(name) => Name::validate("name", name)?,
@@ -205,6 +217,23 @@ impl fmt::Debug for DnsBuilder {
             .field("max_refresh", &self.max_refresh)
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// `name` must be a DNS name other than the root: one that a resolution could answer.
+fn check_dns_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    match DnsName::from_utf8(name) {
+        Ok(parsed) if parsed.num_labels() > 0 => Ok(()),
+        Ok(_) => Err(ConfigError::invalid(
+            field,
+            "must be a DNS name other than the root",
+            format!("{name:?}"),
+        )),
+        Err(error) => Err(ConfigError::invalid(
+            field,
+            format!("must be a DNS name ({error})"),
+            format!("{name:?}"),
+        )),
     }
 }
 

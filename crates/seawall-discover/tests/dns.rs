@@ -224,3 +224,32 @@ async fn invalid_configuration_is_rejected() {
         .unwrap_err();
     assert_eq!(err.field(), "min_refresh");
 }
+
+#[tokio::test]
+async fn names_that_can_never_resolve_are_rejected() {
+    let server = addr("127.0.0.1:53");
+    for host in ["", ".", "a..b.test", "-bad.test", "x.test.."] {
+        let err = Dns::a(host, 80)
+            .nameservers([server])
+            .build(make)
+            .map(drop)
+            .expect_err(host);
+        assert_eq!(err.field(), "host", "{host:?}: {err}");
+        let err = Dns::srv(host)
+            .nameservers([server])
+            .build(make)
+            .map(drop)
+            .expect_err(host);
+        assert_eq!(err.field(), "srv", "{host:?}: {err}");
+    }
+    for host in ["users.test", "users.test.", "10.0.0.1", "::1", "localhost"] {
+        assert!(
+            Dns::a(host, 80).nameservers([server]).build(make).is_ok(),
+            "{host:?}"
+        );
+    }
+    assert!(Dns::srv("_http._tcp.users.test.")
+        .nameservers([server])
+        .build(make)
+        .is_ok());
+}
