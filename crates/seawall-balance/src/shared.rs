@@ -636,21 +636,45 @@ async fn run<K, S, C, D>(
         tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probes: JoinSet<(K, bool)> = JoinSet::new();
+    // After errors in a row, discovery is read again only after a pause, so a source that fails at
+    // once every time neither spins the task nor floods the log.
+    let mut errors_in_a_row = 0u32;
+    let resume = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(resume);
+    let mut paused = false;
     loop {
+        let mut yield_first = false;
         tokio::select! {
-            change = poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering => {
+            change = poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering && !paused => {
                 let Some(shared) = weak.upgrade() else { return };
-                match change {
-                    Some(Ok(change)) => shared.apply(change),
+                let pause = match change {
+                    Some(Ok(change)) => {
+                        errors_in_a_row = 0;
+                        shared.apply(change);
+                        None
+                    }
                     Some(Err(error)) => {
-                        tracing::warn!(name = %shared.name, %error, "seawall balance discovery error; keeping the current endpoints");
+                        let pause = discovery_pause(errors_in_a_row);
+                        errors_in_a_row = errors_in_a_row.saturating_add(1);
+                        tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints");
+                        Some(pause)
                     }
                     None => {
                         tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
                         discovering = false;
+                        None
                     }
+                };
+                match pause {
+                    Some(pause) if pause.is_zero() => yield_first = true,
+                    Some(pause) => {
+                        resume.as_mut().reset(deadline_after(Instant::now(), pause));
+                        paused = true;
+                    }
+                    None => {}
                 }
             }
+            () = &mut resume, if paused => paused = false,
             at = sweep.tick() => {
                 let Some(shared) = weak.upgrade() else { return };
                 shared.sweep(at);
@@ -676,6 +700,21 @@ async fn run<K, S, C, D>(
                 }
             }
         }
+        if yield_first {
+            // After a lone error, let the runtime run other tasks before reading again.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// How long to wait before reading discovery again after `before` errors in a row and one more:
+/// nothing after a lone error, then 50 ms doubling up to 5 s.
+fn discovery_pause(before: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+    match before {
+        0 => Duration::ZERO,
+        n => FIRST.saturating_mul(1 << (n - 1).min(16)).min(MAX),
     }
 }
 

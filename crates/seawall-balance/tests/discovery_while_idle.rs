@@ -125,3 +125,64 @@ async fn discovery_errors_keep_the_set_and_events_report_changes() {
         "removing an unknown key is not an event"
     );
 }
+
+/// A discovery source that fails at once `errors` times, then inserts endpoint 7 and goes quiet.
+struct Failing {
+    errors: u32,
+    polls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl futures_util::Stream for Failing {
+    type Item = Result<Change<usize, Node>, &'static str>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polls = self
+            .polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if polls < self.errors {
+            return std::task::Poll::Ready(Some(Err("registry down")));
+        }
+        if polls == self.errors {
+            let node = Node {
+                id: 7,
+                behavior: Arc::new(Behavior::default()),
+            };
+            return std::task::Poll::Ready(Some(Ok(Change::Insert(7, node))));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_keeps_failing_is_read_again_after_a_growing_pause() {
+    let polls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let source = Failing {
+        errors: 50_000,
+        polls: polls.clone(),
+    };
+    let balance = BalanceLayer::builder().build().unwrap().layer(source);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read = polls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (2..=8).contains(&read),
+        "a failing source is not read in a loop: {read} reads in 1 s"
+    );
+    // The pause stops growing: a source read every few seconds at most.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let read_next = polls.load(std::sync::atomic::Ordering::Relaxed) - read;
+    assert!((6..=60).contains(&read_next), "{read_next} reads in 60 s");
+    assert!(balance.endpoints().is_empty());
+
+    // A source that recovers is applied after its pause.
+    let polls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let source = Failing {
+        errors: 3,
+        polls: polls.clone(),
+    };
+    let balance = BalanceLayer::builder().build().unwrap().layer(source);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(balance.endpoints(), vec![7]);
+}
