@@ -262,17 +262,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns whether it did.
-    pub(crate) fn eject(
-        &self,
-        set: &Snapshot<K, S>,
-        i: usize,
-        now: u64,
-        reason: EjectReason,
-    ) -> bool {
-        let _health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        self.eject_locked(set, i, now, reason)
-    }
-
+    /// The caller holds the health lock and read `set` under it.
     fn eject_locked(&self, set: &Snapshot<K, S>, i: usize, now: u64, reason: EjectReason) -> bool {
         let ep = &set.endpoints[i];
         if ep.stats.ejected.load(Relaxed) {
@@ -375,16 +365,26 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         if run >= limit && !stats.ejected.load(Relaxed) {
                             // Found by its statistics: a call that started before discovery
                             // updated the endpoint still counts on it.
+                            // The set is read under the lock that discovery changes take, so
+                            // the ejection limits count the set in force.
+                            let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
                             let set = self.current();
-                            if let Some(i) = set
+                            let ejected = set
                                 .endpoints
                                 .iter()
                                 .position(|e| Arc::ptr_eq(&e.stats, stats))
-                            {
-                                let now = self.nanos(end.unwrap_or_else(Instant::now));
-                                if self.eject(&set, i, now, EjectReason::ConsecutiveFailures) {
-                                    self.changed.notify_waiters();
-                                }
+                                .is_some_and(|i| {
+                                    let now = self.nanos(end.unwrap_or_else(Instant::now));
+                                    self.eject_locked(
+                                        &set,
+                                        i,
+                                        now,
+                                        EjectReason::ConsecutiveFailures,
+                                    )
+                                });
+                            drop(health);
+                            if ejected {
+                                self.changed.notify_waiters();
                             }
                         }
                     }
@@ -397,10 +397,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// One outlier detection pass (gRFC A50), run every `interval`.
     pub(crate) fn sweep(&self, now_instant: Instant) {
         let now = self.nanos(now_instant);
-        let set = self.current();
         let o = &self.settings.outlier;
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
+        // Read under the lock discovery changes take: the pass works on the set in force.
+        let set = self.current();
         // Interval counts, read and reset.
         let counts: Vec<(u64, u64)> = set
             .endpoints
