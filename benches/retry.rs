@@ -1,5 +1,5 @@
-//! seawall's retry next to tower's `Retry` and tower-resilience's retry on the happy path (the
-//! call succeeds first time, so nothing is retried), and seawall's hedge next to tower's `Hedge`
+//! seawall's retry next to tower's `Retry` (with and without tower's backoff and budget) and
+//! tower-resilience's retry on the happy path (the call succeeds first time, so nothing is retried), and seawall's hedge next to tower's `Hedge`
 //! when the original call wins. Allocations per call are printed after the timings.
 //!
 //! ```text
@@ -20,8 +20,13 @@ use std::{
     time::Duration,
 };
 use tower::{
-    retry::budget::{Budget as _, TpsBudget},
-    service_fn, Layer, Service,
+    retry::{
+        backoff::{Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff as _},
+        budget::{Budget as _, TpsBudget},
+    },
+    service_fn,
+    util::rng::HasherRng,
+    Layer, Service,
 };
 
 /// A small cloneable request that takes no part in deadline propagation.
@@ -48,6 +53,50 @@ impl<E> tower::retry::Policy<Req, u64, E> for Attempts {
             Err(_) if self.0 > 1 => {
                 self.0 -= 1;
                 Some(ready(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(*req)
+    }
+}
+
+/// tower's retry policy with tower's own exponential backoff and jitter, the like of seawall's
+/// default (without a budget): retry errors up to 3 attempts, sleeping between them.
+#[derive(Clone)]
+struct AttemptsBackoff {
+    attempts: u32,
+    backoff: ExponentialBackoff,
+}
+
+impl AttemptsBackoff {
+    fn new() -> Self {
+        let backoff = ExponentialBackoffMaker::new(
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+            1.0,
+            HasherRng::default(),
+        )
+        .expect("valid backoff")
+        .make_backoff();
+        AttemptsBackoff {
+            attempts: 3,
+            backoff,
+        }
+    }
+}
+
+impl<E> tower::retry::Policy<Req, u64, E> for AttemptsBackoff {
+    type Future = tokio::time::Sleep;
+
+    fn retry(&mut self, _: &mut Req, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        match result {
+            Ok(_) => None,
+            Err(_) if self.attempts > 1 => {
+                self.attempts -= 1;
+                Some(self.backoff.next_backoff())
             }
             Err(_) => None,
         }
@@ -104,6 +153,8 @@ fn bench(c: &mut Criterion) {
     // ----- retry: the call succeeds first time -----
     let mut bare = ready_inner();
     let mut tower_retry = tower::retry::RetryLayer::new(Attempts(3)).layer(ready_inner());
+    let mut tower_backoff =
+        tower::retry::RetryLayer::new(AttemptsBackoff::new()).layer(ready_inner());
     let tps = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
     let mut tower_budgeted = tower::retry::RetryLayer::new(Budgeted(tps)).layer(ready_inner());
     let mut resilience = tower_resilience_retry::RetryLayer::<Req, u64, BoxError>::builder()
@@ -124,6 +175,9 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tower", |b| {
         b.iter(|| black_box(support::call_ok(&mut tower_retry, black_box(Req(1)))))
+    });
+    group.bench_function("tower + backoff", |b| {
+        b.iter(|| black_box(support::call_ok(&mut tower_backoff, black_box(Req(1)))))
     });
     group.bench_function("tower + TpsBudget", |b| {
         b.iter(|| black_box(support::call_ok(&mut tower_budgeted, black_box(Req(1)))))
@@ -168,6 +222,9 @@ fn bench(c: &mut Criterion) {
     const N: u32 = 10_000;
     support::report_allocs("retry/no-retry", "tower", N, || {
         support::call_ok(&mut tower_retry, Req(1));
+    });
+    support::report_allocs("retry/no-retry", "tower + backoff", N, || {
+        support::call_ok(&mut tower_backoff, Req(1));
     });
     support::report_allocs("retry/no-retry", "tower + TpsBudget", N, || {
         support::call_ok(&mut tower_budgeted, Req(1));
