@@ -1,6 +1,7 @@
 //! seawall's retry next to tower's `Retry` (with and without tower's backoff and budget) and
-//! tower-resilience's retry on the happy path (the call succeeds first time, so nothing is retried), and seawall's hedge next to tower's `Hedge`
-//! when the original call wins. Allocations per call are printed after the timings.
+//! tower-resilience's retry on the happy path (the call succeeds first time, so nothing is
+//! retried), and seawall's hedge next to tower's `Hedge` when the original call wins. Allocations
+//! per call are printed after the timings.
 //!
 //! ```text
 //! cargo bench --bench retry
