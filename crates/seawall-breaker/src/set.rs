@@ -133,19 +133,20 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         self.len() == 0
     }
 
-    /// The keys whose breakers are not letting calls through (Open, HalfOpen or ForcedOpen), for
-    /// a balancer to skip.
+    /// The keys whose breakers are not letting calls through, for a balancer to skip: ForcedOpen,
+    /// Open until its wait is over, and HalfOpen while every probe slot is taken (the same answer
+    /// as [`Breaker::is_call_permitted`](crate::Breaker::is_call_permitted)). An Open breaker whose
+    /// wait is over is not listed: the next call is its probe, and a balancer that skipped it would
+    /// keep a lazy breaker Open for good.
     pub fn unhealthy(&self) -> Vec<K> {
         self.lock()
             .entries
             .iter()
             .filter(|(_, e)| {
-                // The state as last changed (no deadline is applied here, so no listener runs
-                // under the set's lock).
-                matches!(
-                    e.layer.shared.machine.state(),
-                    State::Open | State::HalfOpen | State::ForcedOpen
-                )
+                // Asked without applying a deadline, so no state changes and no listener runs
+                // under the set's lock.
+                let shared = &e.layer.shared;
+                !shared.machine.permits(|| shared.now())
             })
             .map(|(k, _)| k.clone())
             .collect()

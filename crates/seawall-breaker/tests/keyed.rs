@@ -5,7 +5,8 @@ mod common;
 
 use common::{dependency, rejected, send, Call};
 use seawall::breaker::{BreakerConfig, BreakerSet, State};
-use tower::Layer;
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
 
 fn set(capacity: usize) -> BreakerSet<&'static str> {
     let config = BreakerConfig::builder()
@@ -61,6 +62,39 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     drop(busy);
     assert!(set.remove(&"busy"));
     assert_eq!(set.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_due_to_probe_is_not_listed_unhealthy() {
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::new(config, 8).unwrap();
+    let mut a = set.get(&"a").layer(dependency().0);
+    let _ = send(&mut a, Call::Fail).await;
+    assert_eq!(set.unhealthy(), ["a"]);
+
+    // The wait is over: the next call would be let through as a probe. A balancer that skips
+    // the keys `unhealthy` lists must send it one, or a lazy breaker never probes again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(set.unhealthy().is_empty(), "{:?}", set.unhealthy());
+    assert!(a.is_call_permitted());
+
+    // Its only probe slot taken, it lets nothing through.
+    let probe = a.ready().await.unwrap().call(Call::Hang);
+    assert_eq!(set.handle(&"a").unwrap().state(), State::HalfOpen);
+    assert_eq!(set.unhealthy(), ["a"]);
+    drop(probe);
+    assert!(set.unhealthy().is_empty());
+    assert_eq!(send(&mut a, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(set.handle(&"a").unwrap().state(), State::Closed);
+
+    set.handle(&"a").unwrap().force_open();
+    assert_eq!(set.unhealthy(), ["a"]);
 }
 
 #[test]
