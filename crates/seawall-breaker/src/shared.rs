@@ -85,14 +85,17 @@ impl Shared {
         self.origin + Duration::from_nanos(nanos)
     }
 
+    /// Asks the machine for a permit; a rejection is not counted until a caller gets it
+    /// ([`count_rejection`](Self::count_rejection)).
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, Rejected> {
-        self.machine.acquire(|| self.now(), self)
+        self.machine.acquire_uncounted(|| self.now(), self)
     }
 
-    /// Counts a rejection returned to a caller.
+    /// Counts a rejection returned to a caller, in the metric and the snapshot.
     #[inline]
     pub(crate) fn count_rejection(&self) {
+        self.machine.count_rejected();
         self.metrics.rejected.increment(1);
     }
 

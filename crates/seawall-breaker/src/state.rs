@@ -412,12 +412,42 @@ impl Machine {
     }
 
     /// Asks to make one call at `now`. Moves Open → HalfOpen when the wait is over and HalfOpen →
-    /// Open when its probes have outlived their bound.
+    /// Open when its probes have outlived their bound. A rejection is counted in
+    /// [`rejected`](Self::rejected).
     #[inline]
     pub fn acquire<O: Observer + ?Sized>(
         &self,
         now: impl Fn() -> u64,
         observer: &O,
+    ) -> Result<Permit, Rejected> {
+        self.admit(now, observer, true)
+    }
+
+    /// As [`acquire`](Self::acquire), but a rejection is not counted: the tower layer asks in
+    /// `poll_ready`, where a rejection may still turn into a wait (backpressure) or an admission
+    /// (the breaker recovers before the call), and counts it with
+    /// [`count_rejected`](Self::count_rejected) once a caller gets it.
+    #[inline]
+    pub(crate) fn acquire_uncounted<O: Observer + ?Sized>(
+        &self,
+        now: impl Fn() -> u64,
+        observer: &O,
+    ) -> Result<Permit, Rejected> {
+        self.admit(now, observer, false)
+    }
+
+    /// Counts one rejection handed to a caller.
+    #[inline]
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn admit<O: Observer + ?Sized>(
+        &self,
+        now: impl Fn() -> u64,
+        observer: &O,
+        count: bool,
     ) -> Result<Permit, Rejected> {
         let now = Now::new(now);
         loop {
@@ -429,7 +459,9 @@ impl Machine {
                 CLOSED => return Ok(permit(PermitKind::Counted)),
                 DISABLED => return Ok(permit(PermitKind::Free)),
                 FORCED_OPEN => {
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    if count {
+                        self.count_rejected();
+                    }
                     return Err(Rejected { retry_at: None });
                 }
                 OPEN => {
@@ -438,7 +470,7 @@ impl Machine {
                         Some(until) if now.get() >= until => {
                             self.transition(word, HALF_OPEN | (mode & SHADOW), now.get(), observer);
                         }
-                        _ => return self.reject(mode, generation, until),
+                        _ => return self.reject(mode, generation, until, count),
                     }
                 }
                 _ => {
@@ -449,7 +481,7 @@ impl Machine {
                     }
                     match self.take_probe(generation) {
                         Some(true) => return Ok(permit(PermitKind::Probe)),
-                        Some(false) => return self.reject(mode, generation, deadline),
+                        Some(false) => return self.reject(mode, generation, deadline, count),
                         None => {}
                     }
                 }
@@ -463,6 +495,7 @@ impl Machine {
         mode: u64,
         generation: u64,
         retry_at: Option<u64>,
+        count: bool,
     ) -> Result<Permit, Rejected> {
         if mode & SHADOW != 0 {
             self.would_have_rejected.fetch_add(1, Ordering::Relaxed);
@@ -471,7 +504,9 @@ impl Machine {
                 kind: PermitKind::Free,
             })
         } else {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
+            if count {
+                self.count_rejected();
+            }
             Err(Rejected { retry_at })
         }
     }

@@ -8,7 +8,8 @@ use common::{dependency, send, Call};
 use seawall::breaker::{BreakerLayer, SlidingWindow, State};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::time::Duration;
-use tower::Layer;
+use tokio_test::{assert_pending, assert_ready, task};
+use tower::{Layer, Service, ServiceExt};
 
 #[tokio::test(start_paused = true)]
 async fn metrics_count_outcomes_rejections_and_transitions() {
@@ -97,4 +98,52 @@ async fn subscribers_see_every_state_change() {
     assert_eq!(*states.borrow_and_update(), State::Disabled);
     assert_eq!(handle.name().as_str(), "breaker");
     assert!(format!("{handle:?}").contains("Disabled"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_counts_only_the_rejections_callers_get() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let build = |name: &str, backpressure: bool| {
+        BreakerLayer::builder()
+            .name(name)
+            .consecutive_failures(1)
+            .wait_duration(Duration::from_secs(5))
+            .jitter(0.0)
+            .permitted_probes(1)
+            .backpressure(backpressure)
+            .build()
+            .unwrap()
+    };
+
+    // With backpressure nothing is rejected: the caller waits in `poll_ready`.
+    let layer = build("waits", true);
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    let mut ready = task::spawn(svc.ready());
+    assert_pending!(ready.poll());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let svc = assert_ready!(ready.poll()).unwrap();
+    assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(recorder.counter(names::BREAKER_REJECTED, "waits"), 0);
+    assert_eq!(handle.snapshot().rejected, 0);
+
+    // A call that `poll_ready` first found rejected, but that went through once the breaker had
+    // recovered, was not rejected either; one that got `Open` was.
+    let layer = build("rejects", false);
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    svc.ready().await.unwrap();
+    handle.reset();
+    assert_eq!(
+        svc.ready().await.unwrap().call(Call::Ok).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(handle.snapshot().rejected, 0);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert!(common::rejected(&send(&mut svc, Call::Ok).await));
+    assert_eq!(recorder.counter(names::BREAKER_REJECTED, "rejects"), 1);
+    assert_eq!(handle.snapshot().rejected, 1);
 }
