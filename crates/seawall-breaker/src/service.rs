@@ -222,11 +222,14 @@ where
                         }
                     }
                 }
+                // The guard first: if the inner `call` panics, it hands the permit back (a probe
+                // slot is freed) as it unwinds.
+                let guard = Guard::new(shared.clone(), permit);
                 let start =
                     (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
                 ResponseFuture::admitted(
                     self.inner.call(request),
-                    Guard::new(shared.clone(), permit),
+                    guard,
                     self.classifier.clone(),
                     start,
                 )

@@ -73,3 +73,38 @@ async fn a_reserved_probe_slot_is_handed_back_when_the_service_is_dropped() {
     assert_eq!(handle.snapshot().probes_in_use, 0);
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_inner_call_panics_hands_its_slot_back() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .permitted_probes(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // `Some(true)` fails, `Some(false)` succeeds, `None` panics in `call`.
+    let mut svc = layer.layer(tower::service_fn(|call: Option<bool>| {
+        let fail = call.expect("the inner service panics in call");
+        std::future::ready(match fail {
+            true => Err::<&str, seawall::BoxError>("failed".into()),
+            false => Ok("ok"),
+        })
+    }));
+    let _ = svc.ready().await.unwrap().call(Some(true)).await;
+    assert_eq!(handle.state(), State::Open);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    svc.ready().await.unwrap();
+    assert_eq!(handle.snapshot().probes_in_use, 1);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(svc.call(None));
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(handle.snapshot().probes_in_use, 0, "the slot came back");
+    assert_eq!(
+        svc.ready().await.unwrap().call(Some(false)).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(handle.state(), State::Closed);
+}
