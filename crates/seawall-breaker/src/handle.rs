@@ -73,8 +73,9 @@ impl BreakerHandle {
         self.shared.machine.reset(self.shared.now(), &*self.shared);
     }
 
-    /// A receiver that sees every state change (not the ones MetricsOnly would make; use a
-    /// listener for those). For callbacks, register a listener with
+    /// A receiver of the current state, marked changed on every state change (not the ones
+    /// MetricsOnly would make; use a listener for those). Like any `watch`, it keeps the latest
+    /// state: changes that follow each other quickly may be seen as one. For callbacks, register a listener with
     /// [`BreakerConfigBuilder::on_transition`](crate::BreakerConfigBuilder::on_transition).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.shared.subscribe()

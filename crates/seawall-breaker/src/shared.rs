@@ -165,8 +165,14 @@ impl Observer for Shared {
                 wait = ?transition.wait,
                 "circuit breaker changed state"
             );
-            self.metrics.state.set(transition.to.as_gauge());
-            self.watch.send_replace(transition.to);
+            // Two changes made at once on two threads can get here in either order: publish the
+            // state the breaker is in now, read under the watch's lock, so whichever publishes
+            // last leaves the current state in the watch and the gauge, never a superseded one.
+            self.watch.send_if_modified(|published| {
+                let now = self.machine.state();
+                self.metrics.state.set(now.as_gauge());
+                std::mem::replace(published, now) != now
+            });
             self.notify.notify_waiters();
         }
         self.listeners.emit(&self.name, transition);
