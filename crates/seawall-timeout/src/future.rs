@@ -15,8 +15,8 @@ pin_project! {
     /// An answer ready on the first poll wins, and costs no clock read and no timer. Otherwise
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
     /// once if that deadline had already passed when the call was made), and an answer on a later
-    /// poll is checked against the clock: one that comes after the deadline is not returned, even
-    /// before the timer's next tick. When the deadline passes the inner future is dropped at once
+    /// poll is checked against the clock: one that comes at the deadline is in time, one that comes
+    /// after it is not returned, even before the timer's next tick. When the deadline passes the inner future is dropped at once
     /// and the call fails with [`Elapsed`].
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
@@ -96,8 +96,9 @@ where
     match polled {
         // An answer on a later poll: the clock decides, since the timer rounds the deadline up
         // to its next tick and an answer can come after the deadline and before the timer fires.
+        // An answer at the deadline itself is in time.
         Poll::Ready(result) => {
-            if Instant::now() < *this.deadline {
+            if Instant::now() <= *this.deadline {
                 this.inner.set(None);
                 return Poll::Ready(result.map_err(Into::into));
             }

@@ -164,3 +164,18 @@ async fn max_timeout_does_not_overflow() {
 fn elapsed_is_zero_sized() {
     assert_eq!(std::mem::size_of::<Elapsed>(), 0);
 }
+
+/// An answer that comes exactly at the deadline is in time, as with tower's `Timeout`: the
+/// deadline is the instant by which the call must answer, and it has not passed yet.
+#[tokio::test(start_paused = true)]
+async fn an_answer_exactly_at_the_deadline_is_in_time() {
+    let inner = service_fn(|_: http::Request<()>| async {
+        sleep(Duration::from_millis(250)).await;
+        Ok::<_, std::io::Error>("just in time")
+    });
+    let svc = TimeoutLayer::new(Duration::from_millis(250)).layer(inner);
+    let start = Instant::now();
+    let res = svc.oneshot(http::Request::new(())).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(res.unwrap(), "just in time");
+}
