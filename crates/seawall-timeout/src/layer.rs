@@ -89,12 +89,20 @@ impl TimeoutLayer {
     /// further out that enforces it ([`honor_override(false)`](TimeoutConfigBuilder::honor_override),
     /// [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline)).
     ///
+    /// A policy left with the default name `"timeout"` is named `"per_try_timeout"`, so its
+    /// events and metrics are told apart from those of the total timeout above the retry.
+    ///
     /// The facade's `ClientStack` builds its per-try timeout this way.
     pub fn per_try(&self) -> TimeoutLayer {
         let shared = &*self.shared;
+        let name = if shared.name == Name::default_for("timeout") {
+            Name::default_for("per_try_timeout")
+        } else {
+            shared.name
+        };
         TimeoutLayer::from_shared(Shared::new(
             shared.timeout,
-            shared.name,
+            name,
             Options {
                 propagate: shared.propagate,
                 honor_override: false,

@@ -10,7 +10,7 @@ use seawall::{
     fallback::FallbackLayer,
     retry::{RetryBudget, RetryEvent, RetryLayer},
     stack::ClientStack,
-    timeout::Elapsed,
+    timeout::{Elapsed, TimeoutEvent, TimeoutLayer},
 };
 use std::{
     collections::HashMap,
@@ -312,6 +312,50 @@ async fn the_total_timeout_bounds_the_retries() {
     );
     let attempts = calls.get("slow");
     assert!((2..=4).contains(&attempts), "{attempts} attempts in 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_two_timeouts_report_under_different_names() {
+    let calls = Calls::default();
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let timeout = |duration| {
+        let sink = fired.clone();
+        TimeoutLayer::builder()
+            .timeout(duration)
+            .on_event(move |name: &seawall::Name, _: &TimeoutEvent| {
+                sink.lock().unwrap().push(name.to_string());
+            })
+            .build()
+            .unwrap()
+    };
+    let client = ClientStack::builder()
+        .timeout(timeout(Duration::from_secs(1)))
+        .retry(
+            RetryLayer::builder()
+                .budget(RetryBudget::unlimited())
+                .seed(1)
+                .build()
+                .unwrap(),
+        )
+        .without_breaker()
+        .balance(BalanceLayer::builder().outlier_detection(OutlierDetection::disabled()))
+        .per_try_timeout(timeout(Duration::from_millis(300)))
+        .build(endpoints(&["slow"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let err = client.oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Elapsed>(&*err), "{err}");
+    let fired = fired.lock().unwrap().clone();
+    assert!(
+        fired.iter().any(|name| name == "per_try_timeout"),
+        "{fired:?}"
+    );
+    assert_eq!(
+        fired.last().map(String::as_str),
+        Some("timeout"),
+        "{fired:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
