@@ -328,15 +328,24 @@ impl BreakerConfigBuilder {
                     Duration::from_micros(buckets as u64),
                     MAX_DURATION,
                 )?;
-                window::MAX_COUNT_WINDOW
+                // A window never holds more calls than its buckets can count.
+                buckets
+                    .saturating_mul(window::MAX_BUCKET_CALLS)
+                    .min(window::MAX_COUNT_WINDOW)
             }
         };
         check_range("minimum_calls", self.minimum_calls, 1, window_limit).map_err(|err| {
             if self.minimum_calls > window_limit && self.minimum_calls <= window::MAX_COUNT_WINDOW {
+                let what = match self.window {
+                    SlidingWindow::Count(_) => "the count window".to_string(),
+                    SlidingWindow::Time { buckets, .. } => {
+                        format!("what a time window of {buckets} buckets counts")
+                    }
+                };
                 ConfigError::conflict(
                     "minimum_calls",
                     format!(
-                        "must not exceed the count window ({window_limit}), got {}",
+                        "must not exceed {what} ({window_limit}), got {}",
                         self.minimum_calls
                     ),
                 )
@@ -471,6 +480,12 @@ mod tests {
             (
                 err(b().minimum_calls(0)),
                 "minimum_calls must be in 1..=100, got 0",
+            ),
+            (
+                err(b()
+                    .sliding_window(SlidingWindow::time_with_buckets(Duration::from_secs(10), 2))
+                    .minimum_calls(200_000)),
+                "minimum_calls must not exceed what a time window of 2 buckets counts (131070), got 200000",
             ),
             (
                 err(b().permitted_probes(0)),

@@ -195,6 +195,9 @@ impl CountWindow {
 const STAMP_SHIFT: u32 = 48;
 const COUNT_MASK: u64 = 0xFFFF;
 
+/// The most calls one time-window bucket counts: a full bucket halves its counters.
+pub(crate) const MAX_BUCKET_CALLS: u32 = COUNT_MASK as u32;
+
 /// The most buckets a time window may have (stamps are 16 bits; twice the window must fit).
 pub(crate) const MAX_BUCKETS: u32 = 1000;
 
