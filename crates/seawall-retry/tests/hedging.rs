@@ -479,6 +479,39 @@ async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
+    use seawall_core::deadline::RequestDeadline;
+    use tokio_test::assert_pending;
+
+    let budget = support::one_retry();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(replicas.service(|_| ms(100), |_| false));
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(30));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    assert_pending!(fut.poll());
+    // The hedge is due at 10 ms and waits for the one permit, held by the original call.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert!(!budget.can_retry(), "the waiting hedge holds its share");
+    // At the deadline no copy may start: the call is woken to give the hedge up.
+    tokio::time::advance(ms(20)).await;
+    assert!(fut.is_woken(), "woken at the deadline");
+    assert_pending!(fut.poll());
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    drop(fut);
+    assert_eq!(replicas.calls.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn sent_event_says_when_the_hedge_went_out_after_waiting_for_readiness() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();

@@ -222,7 +222,22 @@ where
                 };
                 *this.withdrawn = Some(withdrawal);
             }
-            match ready!(this.service.poll_ready(cx)) {
+            let Poll::Ready(ready) = this.service.poll_ready(cx) else {
+                // Waiting past the call's deadline is pointless: be woken then to give the hedge
+                // up (the timer is free: the hedge is due).
+                let deadline = this.template.as_ref().and_then(RequestDeadline::deadline);
+                if let Some(deadline) = deadline {
+                    this.timer.as_mut().arm(deadline);
+                    if this.timer.as_mut().poll_elapsed(cx).is_ready() {
+                        *this.service = this.service.clone();
+                        *this.template = None;
+                        *this.withdrawn = None;
+                        continue;
+                    }
+                }
+                return Poll::Pending;
+            };
+            match ready {
                 Ok(()) => {}
                 Err(error) => {
                     // The original call may still answer; stop hedging rather than fail.
