@@ -222,6 +222,9 @@ where
                         }
                     }
                 }
+                if permit.shadowed() {
+                    shared.machine.count_would_have_rejected();
+                }
                 // The guard first: if the inner `call` panics, it hands the permit back (a probe
                 // slot is freed) as it unwinds.
                 let guard = Guard::new(shared.clone(), permit);

@@ -133,6 +133,8 @@ impl Observer for () {}
 pub struct Permit {
     generation: u64,
     kind: PermitKind,
+    // MetricsOnly let through a call it would have rejected.
+    shadowed: bool,
 }
 
 /// What a [`Permit`] stands for.
@@ -155,6 +157,11 @@ impl Permit {
     /// The generation the permit was issued in.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether MetricsOnly let this call through in place of a rejection.
+    pub(crate) fn shadowed(&self) -> bool {
+        self.shadowed
     }
 }
 
@@ -423,10 +430,10 @@ impl Machine {
         self.admit(now, observer, true)
     }
 
-    /// As [`acquire`](Self::acquire), but a rejection is not counted: the tower layer asks in
-    /// `poll_ready`, where a rejection may still turn into a wait (backpressure) or an admission
-    /// (the breaker recovers before the call), and counts it with
-    /// [`count_rejected`](Self::count_rejected) once a caller gets it.
+    /// As [`acquire`](Self::acquire), but a rejection (or a call MetricsOnly lets through in
+    /// place of one) is not counted: the tower layer asks in `poll_ready`, where a rejection may
+    /// still turn into a wait (backpressure) or an admission (the breaker recovers before the
+    /// call), and counts it once a caller gets it or the call is made.
     #[inline]
     pub(crate) fn acquire_uncounted<O: Observer + ?Sized>(
         &self,
@@ -442,6 +449,12 @@ impl Machine {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one call MetricsOnly let through in place of a rejection.
+    #[inline]
+    pub(crate) fn count_would_have_rejected(&self) {
+        self.would_have_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     #[inline]
     fn admit<O: Observer + ?Sized>(
         &self,
@@ -454,7 +467,11 @@ impl Machine {
             let word = self.state.load(Ordering::Acquire);
             let generation = generation_of(word);
             let mode = mode_of(word);
-            let permit = |kind| Permit { generation, kind };
+            let permit = |kind| Permit {
+                generation,
+                kind,
+                shadowed: false,
+            };
             match mode & !SHADOW {
                 CLOSED => return Ok(permit(PermitKind::Counted)),
                 DISABLED => return Ok(permit(PermitKind::Free)),
@@ -498,10 +515,13 @@ impl Machine {
         count: bool,
     ) -> Result<Permit, Rejected> {
         if mode & SHADOW != 0 {
-            self.would_have_rejected.fetch_add(1, Ordering::Relaxed);
+            if count {
+                self.count_would_have_rejected();
+            }
             Ok(Permit {
                 generation,
                 kind: PermitKind::Free,
+                shadowed: true,
             })
         } else {
             if count {

@@ -144,3 +144,37 @@ async fn reset_closes_with_a_fresh_window() {
     }
     assert_eq!(handle.state(), State::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_counts_a_would_be_rejection_once_per_call_made() {
+    use tower::{Service, ServiceExt};
+
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, _reached) = dependency();
+    let mut svc = layer.layer(inner);
+    handle.metrics_only();
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.snapshot().machine_state, State::Open);
+
+    // Polled ready and dropped without a call (a balancer's spare candidate, say): no call was
+    // made, so none would have been rejected.
+    let mut spare = svc.clone();
+    spare.ready().await.unwrap();
+    drop(spare);
+    assert_eq!(handle.snapshot().would_have_rejected, 0);
+
+    // Polled ready, then the would-be state changes (closes and opens again) before the call:
+    // still one call.
+    let mut once = svc.clone();
+    once.ready().await.unwrap();
+    handle.reset();
+    handle.metrics_only();
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.snapshot().machine_state, State::Open);
+    let _ = once.call(Call::Ok).await;
+    assert_eq!(handle.snapshot().would_have_rejected, 1);
+}
