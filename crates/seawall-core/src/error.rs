@@ -5,6 +5,11 @@
 //! error may be wrapped by outer layers, so these helpers look for a type anywhere in the
 //! [`source()`](std::error::Error::source) chain rather than only at the top.
 //!
+//! An error shared as `Arc<dyn Error>` (as a fallback receives it) is an error of its own type
+//! whose `source()` skips the error it holds; the helpers look through it, so an error raised again
+//! from an `Arc` is still found by its type. An `Arc<T>` or `Box<T>` of the type looked for counts
+//! as that type too.
+//!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
 //!
@@ -20,14 +25,18 @@
 //! assert!(find::<std::io::Error>(&*err).is_none());
 //! ```
 
-use std::error::Error;
+use std::{error::Error, sync::Arc};
 
 /// A type-erased error, the error type of every seawall service.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
 /// Finds the first error of type `T` in `err` or its `source()` chain.
 pub fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
-    chain(err).find_map(|e| e.downcast_ref::<T>())
+    chain(err).find_map(|e| {
+        e.downcast_ref::<T>()
+            .or_else(|| e.downcast_ref::<Arc<T>>().map(|shared| &**shared))
+            .or_else(|| e.downcast_ref::<Box<T>>().map(|boxed| &**boxed))
+    })
 }
 
 /// Whether an error of type `T` is `err` or in its `source()` chain.
@@ -36,6 +45,9 @@ pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
 }
 
 /// Iterates over `err` and then each error in its `source()` chain.
+///
+/// An `Arc<dyn Error>` in the chain is replaced by the error it holds (it displays the same and has
+/// the same source), so that error is not skipped.
 pub fn chain<'a>(err: &'a (dyn Error + 'static)) -> Chain<'a> {
     Chain { next: Some(err) }
 }
@@ -50,16 +62,32 @@ impl<'a> Iterator for Chain<'a> {
     type Item = &'a (dyn Error + 'static);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let current = self.next?;
+        let current = unshare(self.next?);
         self.next = current.source();
         Some(current)
+    }
+}
+
+/// The error an `Arc<dyn Error>` holds, through any number of them; `err` itself otherwise.
+fn unshare<'a>(mut err: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
+    // Each step goes one allocation further in; an `Arc`'s contents cannot refer back to it.
+    loop {
+        err = if let Some(shared) = err.downcast_ref::<Arc<dyn Error + Send + Sync>>() {
+            &**shared
+        } else if let Some(shared) = err.downcast_ref::<Arc<dyn Error + Send>>() {
+            &**shared
+        } else if let Some(shared) = err.downcast_ref::<Arc<dyn Error>>() {
+            &**shared
+        } else {
+            return err;
+        };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt;
+    use std::{fmt, sync::Arc};
 
     #[derive(Debug)]
     struct Leaf;
@@ -89,6 +117,29 @@ mod tests {
         assert!(is::<Leaf>(&*err));
         assert!(is::<Wrap>(&*err));
         assert_eq!(chain(&*err).count(), 3);
+        assert!(find::<std::io::Error>(&*err).is_none());
+    }
+
+    #[test]
+    fn finds_type_through_shared_and_boxed_errors() {
+        // An error shared behind an `Arc` (as a fallback receives it) and raised again.
+        let shared: Arc<dyn Error + Send + Sync> = Arc::new(Wrap(Box::new(Leaf)));
+        let err: BoxError = Box::new(shared.clone());
+        assert!(is::<Wrap>(&*err));
+        assert!(is::<Leaf>(&*err));
+        assert_eq!(chain(&*err).count(), 2);
+        let err: BoxError = Box::new(Wrap(Box::new(shared)));
+        assert!(is::<Leaf>(&*err));
+        assert_eq!(chain(&*err).count(), 3);
+
+        let local: Arc<dyn Error> = Arc::new(Leaf);
+        assert!(is::<Leaf>(&local));
+
+        // Concrete wrappers of the type looked for.
+        let err: BoxError = Box::new(Arc::new(Leaf));
+        assert!(is::<Leaf>(&*err));
+        let err: BoxError = Box::new(Wrap(Box::new(Box::new(Leaf))));
+        assert!(is::<Leaf>(&*err));
         assert!(find::<std::io::Error>(&*err).is_none());
     }
 
