@@ -23,6 +23,9 @@ pub struct Scenario {
     pub seed: u64,
 }
 
+/// The most concurrent callers a closed loop may have (each is a task of the simulation).
+pub const MAX_CONCURRENCY: usize = 100_000;
+
 fn default_seed() -> u64 {
     1
 }
@@ -42,7 +45,7 @@ pub enum Load {
     },
     /// A fixed number of callers, each sending its next request when the last one is answered.
     ClosedLoop {
-        /// Concurrent callers.
+        /// Concurrent callers, at most [`MAX_CONCURRENCY`].
         concurrency: usize,
         /// Total requests.
         requests: u64,
@@ -96,8 +99,10 @@ impl Scenario {
                 concurrency,
                 requests,
             } => {
-                if concurrency == 0 {
-                    return Err("load.concurrency must be > 0".into());
+                if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+                    return Err(format!(
+                        "load.concurrency must be in 1..={MAX_CONCURRENCY}, got {concurrency}"
+                    ));
                 }
                 if requests == 0 {
                     return Err("load.requests must be > 0".into());

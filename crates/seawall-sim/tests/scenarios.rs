@@ -1,7 +1,13 @@
 //! Scenario files parse and validate; bad ones are rejected with the field named; the SVG report
 //! is written.
 
-use seawall_sim::{builtin, run::run, svg::write_svg, Scenario};
+use seawall_sim::{
+    builtin,
+    run::run,
+    scenario::{Load, MAX_CONCURRENCY},
+    svg::write_svg,
+    Scenario,
+};
 use std::path::Path;
 
 #[test]
@@ -134,6 +140,33 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
         };
         assert!(err.contains(field), "{err} should name {field}");
     }
+}
+
+/// A closed loop spawns one task per caller and sizes tower's `Buffer` by the callers: a huge
+/// concurrency must be rejected, not hang the run or panic in a semaphore.
+#[test]
+fn closed_loop_concurrency_past_the_cap_is_rejected() {
+    let text = |concurrency: u64, client: &str| {
+        format!(
+            "name = \"x\"\n[load]\nkind = \"closed_loop\"\nconcurrency = {concurrency}\nrequests = 10\n\
+             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n[[clients]]\nkind = \"{client}\"\n"
+        )
+    };
+    for concurrency in [MAX_CONCURRENCY as u64 + 1, 1 << 62, i64::MAX as u64] {
+        for client in ["round_robin", "tower_p2c_pending"] {
+            let err = Scenario::from_toml(&text(concurrency, client))
+                .expect_err("a concurrency past the cap is rejected");
+            assert!(err.contains("load.concurrency"), "{err}");
+        }
+    }
+    let mut scenario = Scenario::from_toml(&text(4, "tower_p2c_pending")).unwrap();
+    scenario.load = Load::ClosedLoop {
+        concurrency: usize::MAX,
+        requests: 10,
+    };
+    assert!(run(&scenario, 1).unwrap_err().contains("load.concurrency"));
+    let at_cap = Scenario::from_toml(&text(MAX_CONCURRENCY as u64, "round_robin")).unwrap();
+    assert_eq!(at_cap.validate(), Ok(()));
 }
 
 #[test]
