@@ -138,9 +138,10 @@ impl ClientReport {
                             ((i as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
                         )
                     });
-                // From the first bucket wholly after the fault: a client that kept sending to the
-                // backend throughout reads 0.
-                let time_to_readmit = (f.to_ms.div_ceil(bucket_ms) as usize..buckets)
+                // From the bucket the fault ends in (counted from the fault's end, not before it):
+                // a client that kept sending to the backend throughout reads 0, wherever the
+                // bucket edges fall.
+                let time_to_readmit = (bucket_of(f.to_ms)..buckets)
                     .filter(|&i| active(i))
                     .find(|&i| share[i][b] >= fair / 2.0)
                     .map(|i| Duration::from_millis((i as u64 * bucket_ms).saturating_sub(f.to_ms)));
@@ -301,5 +302,89 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        backend::{BackendSpec, Fault},
+        client::ClientSpec,
+        dist::Latency,
+        scenario::Load,
+    };
+    use hdrhistogram::Histogram;
+
+    /// Two backends, b1 down from 2 s to 4 s.
+    fn scenario() -> Scenario {
+        let backend = || BackendSpec::new(Latency::Constant { ms: 1.0 });
+        let mut down = backend();
+        down.faults.push(Fault {
+            from_ms: 2_000,
+            to_ms: 4_000,
+            effect: FaultKind::Down,
+        });
+        Scenario {
+            name: "readmit".into(),
+            description: String::new(),
+            backends: vec![backend(), down],
+            load: Load::OpenLoop {
+                rate_per_sec: 1_000.0,
+                requests: 6_150,
+            },
+            clients: vec![ClientSpec::RoundRobin],
+            seed: 1,
+        }
+    }
+
+    /// One call a millisecond for 6.15 s, alternating between the backends, except that b1 gets
+    /// none in `skip`: time buckets of 30 ms, so the fault ends inside one.
+    fn raw(skip: std::ops::Range<u32>) -> RawRun {
+        let calls = (0..6_150u32)
+            .map(|ms| {
+                let b = if ms % 2 == 1 && !skip.contains(&ms) {
+                    1
+                } else {
+                    0
+                };
+                (ms, b)
+            })
+            .collect();
+        RawRun {
+            client: "test".into(),
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+            ok: 6_150,
+            failed: 0,
+            calls,
+            elapsed: Duration::from_millis(6_150),
+        }
+    }
+
+    #[test]
+    fn a_client_that_never_left_the_backend_reads_zero_readmit_whatever_the_buckets() {
+        let report = ClientReport::new(&scenario(), raw(0..0));
+        assert_eq!(report.bucket_ms, 30);
+        let fault = &report.faults[0];
+        assert_eq!(fault.time_to_eject, None, "{fault:?}");
+        assert_eq!(fault.time_to_readmit, Some(Duration::ZERO), "{fault:?}");
+    }
+
+    #[test]
+    fn readmit_counts_from_the_fault_end_to_the_bucket_the_backend_is_back_in() {
+        let report = ClientReport::new(&scenario(), raw(2_000..4_600));
+        let fault = &report.faults[0];
+        // Gone from the bucket after the one the fault starts in (1.98 s to 2.01 s).
+        assert_eq!(
+            fault.time_to_eject,
+            Some(Duration::from_millis(40)),
+            "{fault:?}"
+        );
+        // Back at 4.6 s, in the bucket that starts at 4.59 s.
+        assert_eq!(
+            fault.time_to_readmit,
+            Some(Duration::from_millis(590)),
+            "{fault:?}"
+        );
     }
 }
