@@ -194,12 +194,11 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// [`retry_after`] with an explicit current time, for HTTP-date values.
 pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    // Digits only, yet no u64: a pause longer than anyone will wait, not a missing header.
+    // delta-seconds is digits only (RFC 9110 §10.2.3): no sign, which `u64::from_str` would take.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(Duration::from_secs(u64::MAX));
+        // Digits, yet no u64: a pause longer than anyone will wait, not a missing header.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -463,7 +462,7 @@ mod tests {
                 "{huge}"
             );
         }
-        for malformed in ["99999999999999999999999x", "-1", "1.5", "1 2"] {
+        for malformed in ["99999999999999999999999x", "-1", "1.5", "1 2", "+5", "+"] {
             headers.insert(RETRY_AFTER, malformed.parse().unwrap());
             assert_eq!(retry_after(&headers), None, "{malformed}");
         }
