@@ -287,8 +287,10 @@ impl GrpcCode {
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
         let value = headers.get("grpc-status")?;
         Some(
+            // Digits only: a sign, which `parse` would accept, makes it malformed.
             match std::str::from_utf8(value.as_bytes())
                 .ok()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse().ok())
             {
                 Some(n) => GrpcCode::from_u32(n),
@@ -498,6 +500,15 @@ mod tests {
             Failure,
             "out of range is UNKNOWN"
         );
+        let mut headers = HeaderMap::new();
+        for malformed in ["+0", "+14", "-0", " 0", "0x1", ""] {
+            headers.insert("grpc-status", malformed.parse().unwrap());
+            assert_eq!(
+                GrpcCode::from_headers(&headers),
+                Some(GrpcCode::Unknown),
+                "malformed grpc-status {malformed:?} is UNKNOWN"
+            );
+        }
         assert_eq!(classify_grpc(&c, Some("x")), Failure, "garbage is UNKNOWN");
         let err = io::Error::other("transport");
         assert_eq!(
