@@ -9,7 +9,7 @@ use rand::{rngs::SmallRng, SeedableRng};
 use seawall_core::{classify::DefaultClassifier, BoxError, Classify};
 use std::{
     fmt,
-    sync::{atomic::Ordering::*, Arc},
+    sync::{atomic::Ordering::*, Arc, Weak},
     task::{Context, Poll},
 };
 use tower_service::Service;
@@ -22,7 +22,9 @@ use tower_service::Service;
 pub struct Balance<K, S, C = DefaultClassifier, H = NoKey> {
     shared: Arc<Shared<K, S, C>>,
     hash_key: H,
-    snapshot: Arc<Snapshot<K, S>>,
+    // The set as of `version`, held weakly: an idle clone keeps no endpoint alive that discovery
+    // has removed (a connection stays open only while calls use it).
+    snapshot: Weak<Snapshot<K, S>>,
     version: u64,
     rng: SmallRng,
 }
@@ -52,7 +54,7 @@ impl<K: Key, S: 'static, C, H> Balance<K, S, C, H> {
         let n = shared.clones.fetch_add(1, Relaxed);
         let rng = SmallRng::seed_from_u64(shared.seed ^ crate::endpoint::mix(n + 1));
         let version = shared.version.load(Acquire);
-        let snapshot = shared.current();
+        let snapshot = Arc::downgrade(&shared.current());
         Balance {
             shared,
             hash_key,
@@ -131,13 +133,20 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let version = self.shared.version.load(Acquire);
-        if version != self.version {
-            self.snapshot = self.shared.current();
+        let cached = if version == self.version {
+            self.snapshot.upgrade()
+        } else {
+            None
+        };
+        let snapshot = cached.unwrap_or_else(|| {
+            let current = self.shared.current();
+            self.snapshot = Arc::downgrade(&current);
             self.version = version;
-        }
+            current
+        });
         let hash = self.hash_key.hash_key(&req);
         let rng = SmallRng::from_rng(&mut self.rng);
-        ResponseFuture::new(self.shared.clone(), self.snapshot.clone(), req, rng, hash)
+        ResponseFuture::new(self.shared.clone(), snapshot, req, rng, hash)
     }
 }
 

@@ -186,3 +186,46 @@ async fn a_source_that_keeps_failing_is_read_again_after_a_growing_pause() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(balance.endpoints(), vec![7]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_clone_keeps_no_removed_endpoint_alive() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let gone = Arc::new(Behavior::default());
+    let watch = Arc::downgrade(&gone);
+    tx.send(Change::Insert(
+        0usize,
+        Node {
+            id: 0,
+            behavior: gone,
+        },
+    ))
+    .unwrap();
+    tx.send(Change::Insert(
+        1,
+        Node {
+            id: 1,
+            behavior: Arc::new(Behavior::default()),
+        },
+    ))
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // A clone that has made calls, then sits idle while endpoint 0 is removed.
+    let mut idle = balance.clone();
+    for i in 0..2 {
+        (&mut idle).oneshot(i).await.unwrap();
+    }
+    tx.send(Change::Remove(0)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(balance.endpoints(), vec![1]);
+    assert!(
+        watch.upgrade().is_none(),
+        "the removed endpoint's service is dropped (a connection closed), idle clones or not"
+    );
+    // The idle clone picks from the current set when used again.
+    assert_eq!(idle.oneshot(0).await.unwrap(), 1);
+}
