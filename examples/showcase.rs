@@ -154,7 +154,7 @@ struct Resp {
 type Endpoint = BoxCloneSyncService<Req, Resp, BoxError>;
 
 /// Every call a backend was sent: (milliseconds since start, backend).
-type CallLog = Arc<Mutex<Vec<(u32, u16)>>>;
+type CallLog = Arc<Mutex<Vec<(u64, u16)>>>;
 
 /// 5xx and 429 are failures, as are errors (connection refused, timeouts).
 fn classify(result: Result<&Resp, &BoxError>, _elapsed: Duration) -> Outcome {
@@ -179,7 +179,7 @@ fn endpoint(
     BoxCloneSyncService::new(service_fn(move |_req: Req| {
         log.lock()
             .unwrap()
-            .push((start.elapsed().as_millis() as u32, index as u16));
+            .push((start.elapsed().as_millis() as u64, index as u16));
         let response = http.get(uri.clone());
         async move {
             let response = response.await?;

@@ -187,16 +187,16 @@ impl std::error::Error for SimError {}
 /// Every call every backend received: (milliseconds since start, backend index).
 #[derive(Debug, Default)]
 pub struct DispatchLog {
-    calls: Mutex<Vec<(u32, u16)>>,
+    calls: Mutex<Vec<(u64, u16)>>,
 }
 
 impl DispatchLog {
-    fn record(&self, at_ms: u32, backend: usize) {
+    fn record(&self, at_ms: u64, backend: usize) {
         self.calls.lock().unwrap().push((at_ms, backend as u16));
     }
 
     /// All calls in the order they arrived.
-    pub fn calls(&self) -> Vec<(u32, u16)> {
+    pub fn calls(&self) -> Vec<(u64, u16)> {
         self.calls.lock().unwrap().clone()
     }
 }
@@ -257,8 +257,8 @@ impl SimBackend {
 
     fn plan(&self) -> (Duration, Result<SimResponse, SimError>) {
         let s = &*self.shared;
-        let at_ms = s.start.elapsed().as_millis() as u64;
-        s.log.record(at_ms.min(u32::MAX as u64) as u32, self.index);
+        let at_ms = u64::try_from(s.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        s.log.record(at_ms, self.index);
         let mut rng = s.rng.lock().unwrap();
         let mut latency = s.spec.latency.sample(&mut rng);
         let mut error_rate = s.spec.error_rate;

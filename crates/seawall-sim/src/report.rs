@@ -89,7 +89,7 @@ impl ClientReport {
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
         for &(at_ms, b) in &raw.calls {
-            let i = ((at_ms as u64) / bucket_ms) as usize;
+            let i = (at_ms / bucket_ms) as usize;
             if let Some(row) = counts.get_mut(i) {
                 row[b as usize] += 1;
             }
@@ -124,9 +124,7 @@ impl ClientReport {
                 let wasted_calls = raw
                     .calls
                     .iter()
-                    .filter(|&&(t, cb)| {
-                        cb as usize == b && (f.from_ms..f.to_ms).contains(&(t as u64))
-                    })
+                    .filter(|&&(t, cb)| cb as usize == b && (f.from_ms..f.to_ms).contains(&t))
                     .count() as u64;
                 let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
                 let active = |i: usize| counts[i].iter().sum::<u64>() > 0;
@@ -340,8 +338,8 @@ mod tests {
 
     /// One call a millisecond for 6.15 s, alternating between the backends, except that b1 gets
     /// none in `skip`: time buckets of 30 ms, so the fault ends inside one.
-    fn raw(skip: std::ops::Range<u32>) -> RawRun {
-        let calls = (0..6_150u32)
+    fn raw(skip: std::ops::Range<u64>) -> RawRun {
+        let calls = (0..6_150u64)
             .map(|ms| {
                 let b = if ms % 2 == 1 && !skip.contains(&ms) {
                     1

@@ -30,7 +30,7 @@ pub struct RawRun {
     /// Requests that failed.
     pub failed: u64,
     /// Every call the backends received: (ms since start, backend).
-    pub calls: Vec<(u32, u16)>,
+    pub calls: Vec<(u64, u16)>,
     /// Simulated time the run took.
     pub elapsed: Duration,
 }

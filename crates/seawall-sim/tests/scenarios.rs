@@ -180,3 +180,34 @@ fn svg_report_is_written() {
     assert!(svg.starts_with("<svg"));
     assert!(svg.contains("tower p2c pending"));
 }
+
+#[test]
+fn calls_past_seven_weeks_land_in_their_fault() {
+    // One call an hour for 1,300 hours; the backend is down for the last 50 of them.
+    let hour_ms: u64 = 3_600_000;
+    let text = format!(
+        r#"
+        name = "long"
+        [load]
+        kind = "open_loop"
+        rate_per_sec = {rate}
+        requests = 1300
+        [[backends]]
+        latency = {{ kind = "constant", ms = 1.0 }}
+        faults = [{{ from_ms = {from}, to_ms = {to}, effect = {{ kind = "down" }} }}]
+        [[clients]]
+        kind = "round_robin"
+        "#,
+        rate = 1.0 / 3600.0,
+        from = 1250 * hour_ms,
+        to = 1300 * hour_ms,
+    );
+    let scenario = Scenario::from_toml(&text).unwrap();
+    let report = run(&scenario, 1).unwrap();
+    let fault = &report.clients[0].faults[0];
+    assert!(
+        (49..=51).contains(&fault.wasted_calls),
+        "{} calls in the last 50 hours",
+        fault.wasted_calls
+    );
+}
