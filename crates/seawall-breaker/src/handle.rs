@@ -73,9 +73,10 @@ impl BreakerHandle {
         self.shared.machine.reset(self.shared.now(), &*self.shared);
     }
 
-    /// A receiver of the current state, marked changed on every state change (not the ones
+    /// A receiver of the current state, marked changed when the state changes (not the changes
     /// MetricsOnly would make; use a listener for those). Like any `watch`, it keeps the latest
-    /// state: changes that follow each other quickly may be seen as one. For callbacks, register a listener with
+    /// state: changes that follow each other quickly may be seen as one, or as none if they end
+    /// where they began. To see each change, register a listener with
     /// [`BreakerConfigBuilder::on_transition`](crate::BreakerConfigBuilder::on_transition).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.shared.subscribe()
