@@ -113,7 +113,8 @@ impl DnsBuilder {
         self
     }
 
-    /// How long one DNS query may take. Default 2 s.
+    /// How long one DNS query may take. Default 2 s. A query without an answer in that time is
+    /// not sent again: the resolution fails and the next one follows the backoff.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -184,7 +185,9 @@ impl DnsBuilder {
         };
         let mut opts = ResolverOpts::default();
         opts.timeout = self.timeout;
-        opts.attempts = 1;
+        // hickory's `attempts` counts the retries after the first query: one query, no retry
+        // (the refresh schedule retries).
+        opts.attempts = 0;
         // Both families, asked in parallel: the default asks for AAAA only when A has no
         // records, which would drop a dual-stack host's IPv6 addresses.
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;

@@ -37,6 +37,8 @@ type Table = HashMap<(String, RecordType), Vec<RData>>;
 pub struct Zone {
     records: Arc<Mutex<Table>>,
     asked: Arc<Mutex<HashMap<RecordType, u32>>>,
+    /// When each question arrived, and its type (Tokio time, so paused tests can read it).
+    log: Arc<Mutex<Vec<(tokio::time::Instant, RecordType)>>>,
     silent: Arc<Mutex<HashSet<String>>>,
     /// While set, questions go unanswered (an outage).
     pub down: Arc<AtomicBool>,
@@ -98,6 +100,17 @@ impl Zone {
         self.asked.lock().unwrap().get(&ty).copied().unwrap_or(0)
     }
 
+    /// When each question of type `ty` arrived, as offsets from `start`.
+    pub fn asked_at(&self, ty: RecordType, start: tokio::time::Instant) -> Vec<Duration> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| *t == ty)
+            .map(|(at, _)| at.saturating_duration_since(start))
+            .collect()
+    }
+
     /// Waits (bounded) until `n` more questions of type `ty` have arrived.
     pub async fn more_questions(&self, ty: RecordType, n: u32) {
         let before = self.asked(ty);
@@ -134,8 +147,10 @@ impl Zone {
                 };
                 {
                     let mut asked = zone.asked.lock().unwrap();
+                    let mut log = zone.log.lock().unwrap();
                     for query in request.queries() {
                         *asked.entry(query.query_type()).or_insert(0) += 1;
+                        log.push((tokio::time::Instant::now(), query.query_type()));
                     }
                 }
                 if zone.down.load(Relaxed) || zone.silenced(&request) {

@@ -1,0 +1,86 @@
+//! When DNS discovery asks again, in paused time: after the TTL (clamped to `[min_refresh,
+//! max_refresh]`) while the server answers, and after `min_refresh` doubling up to `max_refresh`
+//! while it does not, each resolution sending one query per record type.
+//!
+//! The server is on loopback and answers at once, so virtual time only moves on timers: the
+//! question times are exact.
+
+mod common;
+
+use common::{first_resolution, make, Zone};
+use hickory_proto::rr::RecordType;
+use seawall::discover::Dns;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+
+fn secs(list: &[u64]) -> Vec<Duration> {
+    list.iter().map(|&s| Duration::from_secs(s)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_answer() {
+    let zone = Zone::default();
+    zone.ttl.store(5, Relaxed);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.down.store(true, Relaxed);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_secs(1))
+        .max_refresh(Duration::from_secs(8))
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap();
+
+    // Each resolution: one query, unanswered for the 2 s timeout, then a pause of 1, 2, 4, 8, 8 s.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(
+        zone.asked_at(RecordType::A, start),
+        secs(&[0, 3, 7, 13, 23, 33])
+    );
+
+    // The server answers again: the resolution at 43 s succeeds, and the next follow the 5 s TTL.
+    zone.down.store(false, Relaxed);
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', common::addr("10.0.0.1:80"), 1)]
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(43));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        zone.asked_at(RecordType::A, start),
+        secs(&[0, 3, 7, 13, 23, 33, 43, 48, 53])
+    );
+
+    // A failure after a success starts again from min_refresh: 58 s unanswered until 60 s, a
+    // pause of 1 s, 61 s unanswered until 63 s, a pause of 2 s.
+    zone.down.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        zone.asked_at(RecordType::A, start)[9..],
+        secs(&[58, 61, 65])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ttl_is_clamped_to_min_and_max_refresh() {
+    for (ttl, every) in [(0, 2), (1, 2), (3, 3), (7, 7), (100, 10), (u32::MAX, 10)] {
+        let zone = Zone::default();
+        zone.ttl.store(ttl, Relaxed);
+        zone.set_a("users.test", &[[10, 0, 0, 1]]);
+        let server = zone.serve().await;
+        let start = tokio::time::Instant::now();
+        let mut discovery = Dns::a("users.test.", 80)
+            .nameservers([server])
+            .min_refresh(Duration::from_secs(2))
+            .max_refresh(Duration::from_secs(10))
+            .build(make)
+            .unwrap();
+        assert_eq!(first_resolution(&mut discovery).await.len(), 1);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let expected: Vec<Duration> = (0..=31 / every)
+            .map(|i| Duration::from_secs(i * every))
+            .collect();
+        assert_eq!(zone.asked_at(RecordType::A, start), expected, "TTL {ttl}");
+    }
+}
