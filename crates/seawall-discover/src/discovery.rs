@@ -58,7 +58,9 @@ impl<K, S> fmt::Debug for Discovery<K, S> {
 }
 
 /// Sends the difference between the published set and `next` down `tx`, making a service for
-/// each key inserted (new, or with new metadata). Returns `false` when the stream has been
+/// each key inserted (new, or with new metadata). Inserts go first: a balancer applies changes
+/// one at a time, and removing first would leave it, for a moment, without the endpoints of
+/// either list (empty, when the whole set turns over). Returns `false` when the stream has been
 /// dropped.
 pub(crate) fn publish<K, S, M>(
     tracker: &mut Tracker<K>,
@@ -71,14 +73,14 @@ where
     M: FnMut(&K) -> S,
 {
     let (added, removed) = tracker.update(next);
-    for key in removed {
-        if tx.send(Change::Remove(key)).is_err() {
-            return false;
-        }
-    }
     for key in added {
         let service = make(&key);
         if tx.send(Change::Insert(key, service)).is_err() {
+            return false;
+        }
+    }
+    for key in removed {
+        if tx.send(Change::Remove(key)).is_err() {
             return false;
         }
     }
@@ -116,7 +118,8 @@ where
 
 /// Endpoints from a watch channel the application updates: each new list is compared with the
 /// previous one and the differences are sent as inserts and removes; `make` turns a new key into
-/// a service.
+/// a service. The new keys are inserted before the old ones are removed, so a balancer never
+/// sees its set empty while it turns over.
 ///
 /// A key equal to one already published but with another [`weight`](EndpointMeta::weight) or
 /// [`zone`](EndpointMeta::zone) (a [`Tagged`](seawall_balance::Tagged) key whose weight changed)
