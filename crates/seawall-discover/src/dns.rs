@@ -60,7 +60,9 @@ impl Dns {
 
     /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
     /// each target's addresses (A and AAAA) on the record's port, weighted by the record's
-    /// weight. Only the records of the lowest priority are used (RFC 2782).
+    /// weight; an address that several records name (two names of one host) weighs the sum of
+    /// their weights, whatever their order. Only the records of the lowest priority are used
+    /// (RFC 2782).
     ///
     /// Each target is resolved on its own. A target the server says has no addresses is left
     /// out, and the others still serve; a target whose lookup fails without such an answer (a
@@ -338,7 +340,8 @@ async fn resolve(
             };
             // Each target on its own: one that does not resolve leaves the others serving. A
             // target of "." says the service is not offered there (RFC 2782).
-            let mut endpoints = Vec::new();
+            let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
+            let mut index = HashMap::new();
             let mut found = Targets::new();
             let mut failed = None;
             for srv in records.iter().filter(|r| r.priority() == priority) {
@@ -371,11 +374,22 @@ async fn resolve(
                         },
                     },
                 };
+                // An address several records name (two names of one host, one target listed
+                // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
+                // it: a weight that did not depend on the records' order, which servers rotate.
+                let weight = u32::from(srv.weight().max(1));
                 for &ip in &ips {
-                    endpoints.push(
-                        Tagged::new(SocketAddr::new(ip, srv.port()))
-                            .with_weight(srv.weight().max(1).into()),
-                    );
+                    let addr = SocketAddr::new(ip, srv.port());
+                    match index.get(&addr) {
+                        Some(&i) => {
+                            let endpoint: &mut Tagged<SocketAddr> = &mut endpoints[i];
+                            endpoint.weight = endpoint.weight.saturating_add(weight);
+                        }
+                        None => {
+                            index.insert(addr, endpoints.len());
+                            endpoints.push(Tagged::new(addr).with_weight(weight));
+                        }
+                    }
                 }
                 found.insert(target.clone(), ips);
             }

@@ -83,3 +83,45 @@ async fn the_balancer_follows_a_weight_change_without_losing_the_endpoint() {
     assert_eq!(counts[&addr("10.1.0.1:8001")], 30);
     assert_eq!(counts[&addr("10.1.0.2:8002")], 10);
 }
+
+#[tokio::test]
+async fn records_for_one_address_weigh_their_sum_whatever_their_order() {
+    let zone = Zone::default();
+    // Two targets (two names of one host) on the same port, and the same target twice.
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 3, 8001, "a.api.test."),
+            (10, 1, 8001, "alias.api.test."),
+            (10, 2, 8002, "b.api.test."),
+            (10, 5, 8002, "b.api.test."),
+        ],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("alias.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    // RFC 2782 picks a record with a chance proportional to its weight: an address named by
+    // several records gets the sum of their chances.
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![
+            ('+', addr("10.1.0.1:8001"), 4),
+            ('+', addr("10.1.0.2:8002"), 7)
+        ]
+    );
+
+    // The server hands the records out in another order (DNS servers rotate them): nothing
+    // changes.
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 5, 8002, "b.api.test."),
+            (10, 1, 8001, "alias.api.test."),
+            (10, 2, 8002, "b.api.test."),
+            (10, 3, 8001, "a.api.test."),
+        ],
+    );
+    zone.more_questions(RecordType::SRV, 3).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
