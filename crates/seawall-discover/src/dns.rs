@@ -9,7 +9,7 @@ use hickory_resolver::{
         rr::{Name as DnsName, RData},
         ProtoErrorKind,
     },
-    ResolveError, ResolveErrorKind, TokioResolver,
+    IntoName, ResolveError, ResolveErrorKind, TokioResolver,
 };
 use seawall_balance::Tagged;
 use seawall_core::{config::check_positive_duration, metrics, ConfigError, Name};
@@ -34,6 +34,17 @@ enum Query {
     Ip { host: String, port: u16 },
     /// SRV records of `name`: targets, ports and weights; lowest priority only.
     Srv { name: String },
+}
+
+/// What a resolution asks for: `query` with its name parsed once, at build time.
+#[derive(Debug)]
+enum Parsed {
+    /// An IP address: its own answer.
+    Addr(IpAddr, u16),
+    /// A and AAAA records of a name, each address with the port.
+    Ip(DnsName, u16),
+    /// SRV records of a name.
+    Srv(DnsName),
 }
 
 /// DNS endpoint discovery; see [`Dns::a`] and [`Dns::srv`].
@@ -132,8 +143,9 @@ impl DnsBuilder {
     /// into an endpoint service (for example a hyper client bound to it).
     ///
     /// The host of [`Dns::a`] must be a DNS name or an IP address, the name of [`Dns::srv`] a
-    /// DNS name: one that can never resolve (empty, the root, an empty label) is rejected here
-    /// rather than failing every resolution.
+    /// DNS name (labels may hold underscores, as Docker's service names do): one that can never
+    /// resolve (empty, the root, an empty label) is rejected here rather than failing every
+    /// resolution.
     ///
     /// Must be called inside a Tokio runtime.
     pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
@@ -152,14 +164,13 @@ impl DnsBuilder {
                 ),
             ));
         }
-        match &self.query {
-            Query::Ip { host, .. } => {
-                if host.parse::<IpAddr>().is_err() {
-                    check_dns_name("host", host)?;
-                }
-            }
-            Query::Srv { name } => check_dns_name("srv", name)?,
-        }
+        let parsed = match &self.query {
+            Query::Ip { host, port } => match host.parse::<IpAddr>() {
+                Ok(ip) => Parsed::Addr(ip, *port),
+                Err(_) => Parsed::Ip(check_dns_name("host", host)?, *port),
+            },
+            Query::Srv { name } => Parsed::Srv(check_dns_name("srv", name)?),
+        };
         let name = match &self.name {
             Some(name) => Name::validate("name", name)?,
             None => Name::default_for("discover"),
@@ -202,7 +213,7 @@ impl DnsBuilder {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             resolver,
-            self.query,
+            parsed,
             self.min_refresh,
             self.max_refresh,
             name,
@@ -226,9 +237,12 @@ impl fmt::Debug for DnsBuilder {
 }
 
 /// `name` must be a DNS name other than the root: one that a resolution could answer.
-fn check_dns_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
-    match DnsName::from_utf8(name) {
-        Ok(parsed) if parsed.num_labels() > 0 => Ok(()),
+///
+/// Besides host names (internationalized ones included), labels may hold underscores, as names
+/// served by Docker's DNS (`user_api`) and SRV names do.
+fn check_dns_name(field: &'static str, name: &str) -> Result<DnsName, ConfigError> {
+    match DnsName::from_utf8(name).or_else(|error| DnsName::from_ascii(name).map_err(|_| error)) {
+        Ok(parsed) if parsed.num_labels() > 0 => Ok(parsed),
         Ok(_) => Err(ConfigError::invalid(
             field,
             "must be a DNS name other than the root",
@@ -262,7 +276,7 @@ fn system_config() -> Result<ResolverConfig, ConfigError> {
 
 async fn run<S, M>(
     resolver: TokioResolver,
-    query: Query,
+    query: Parsed,
     min: Duration,
     max: Duration,
     name: Name,
@@ -309,24 +323,15 @@ type Targets = HashMap<DnsName, Vec<IpAddr>>;
 /// not drop its endpoints; a target the server says has no addresses is skipped.
 async fn resolve(
     resolver: &TokioResolver,
-    query: &Query,
+    query: &Parsed,
     name: &Name,
     targets: &mut Targets,
 ) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
     match query {
-        Query::Ip { host, port } => {
-            let (ips, ttl) = lookup_ips(resolver, host).await?;
-            if ips.is_empty() {
-                return Err(ResolveError::from("no addresses"));
-            }
-            let endpoints = ips
-                .into_iter()
-                .map(|ip| Tagged::new(SocketAddr::new(ip, *port)))
-                .collect();
-            Ok((endpoints, ttl))
-        }
-        Query::Srv { name: srv_name } => {
-            let lookup = resolver.srv_lookup(srv_name.as_str()).await?;
+        Parsed::Addr(ip, port) => ip_endpoints(lookup_ips(resolver, ip.to_string()).await?, *port),
+        Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host.clone()).await?, *port),
+        Parsed::Srv(srv_name) => {
+            let lookup = resolver.srv_lookup(srv_name.clone()).await?;
             let mut ttl = u32::MAX;
             let mut records = Vec::new();
             for record in lookup.as_lookup().records() {
@@ -352,7 +357,7 @@ async fn resolve(
                 }
                 let ips = match found.get(target) {
                     Some(ips) => ips.clone(),
-                    None => match lookup_ips(resolver, &target.to_string()).await {
+                    None => match lookup_ips(resolver, target.clone()).await {
                         Ok((ips, ip_ttl)) if !ips.is_empty() => {
                             ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
                             ips
@@ -404,6 +409,21 @@ async fn resolve(
     }
 }
 
+/// The endpoints of an A/AAAA resolution: each address on `port`.
+fn ip_endpoints(
+    (ips, ttl): (Vec<IpAddr>, Duration),
+    port: u16,
+) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
+    if ips.is_empty() {
+        return Err(ResolveError::from("no addresses"));
+    }
+    let endpoints = ips
+        .into_iter()
+        .map(|ip| Tagged::new(SocketAddr::new(ip, port)))
+        .collect();
+    Ok((endpoints, ttl))
+}
+
 /// Whether the server answered that the name has no addresses (as opposed to not answering).
 fn is_absent(error: &ResolveError) -> bool {
     match error.kind() {
@@ -421,7 +441,7 @@ fn is_absent(error: &ResolveError) -> bool {
 /// The addresses of `host`, both families, and the smallest TTL of their records.
 async fn lookup_ips(
     resolver: &TokioResolver,
-    host: &str,
+    host: impl IntoName,
 ) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
     let lookup = resolver.lookup_ip(host).await?;
     let ttl = lookup

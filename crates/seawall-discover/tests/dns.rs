@@ -253,3 +253,30 @@ async fn names_that_can_never_resolve_are_rejected() {
         .build(make)
         .is_ok());
 }
+
+#[tokio::test]
+async fn names_with_underscores_resolve() {
+    // Docker's and Compose's DNS serve service names such as `user_api`; glibc, Go and gRPC
+    // resolve them, and so do SRV targets named like that.
+    let zone = Zone::default();
+    zone.set_a("user_api", &[[10, 0, 0, 1]]);
+    zone.set_srv("_http._tcp.api.test", &[(10, 1, 8001, "node_1.api.test.")]);
+    zone.set_a("node_1.api.test", &[[10, 1, 0, 1]]);
+    let server = zone.serve().await;
+    let mut a = Dns::a("user_api", 8080)
+        .nameservers([server])
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut a).await,
+        vec![('+', addr("10.0.0.1:8080"), 1)]
+    );
+    let mut srv = Dns::srv("_http._tcp.api.test.")
+        .nameservers([server])
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut srv).await,
+        vec![('+', addr("10.1.0.1:8001"), 1)]
+    );
+}

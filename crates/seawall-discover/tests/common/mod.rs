@@ -18,7 +18,6 @@ use seawall::discover::{Change, Discovery};
 use std::{
     collections::{HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    str::FromStr,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
         Arc, Mutex,
@@ -78,7 +77,7 @@ impl Zone {
                     priority,
                     weight,
                     port,
-                    Name::from_str(target).unwrap(),
+                    Name::from_ascii(target).unwrap(),
                 ))
             })
             .collect();
