@@ -492,8 +492,10 @@ impl Machine {
                 }
                 _ => {
                     let deadline = self.until_of(generation);
-                    if deadline.is_some_and(|deadline| now.get() >= deadline) {
-                        self.transition(word, OPEN | (mode & SHADOW), now.get(), observer);
+                    if let Some(deadline) = deadline.filter(|&deadline| now.get() >= deadline) {
+                        // Open as of the bound, not of now: a HalfOpen that ran out unattended
+                        // has served its Open wait meanwhile, and this call may be its probe.
+                        self.transition(word, OPEN | (mode & SHADOW), deadline, observer);
                         continue;
                     }
                     match self.take_probe(generation) {
@@ -547,12 +549,19 @@ impl Machine {
                 .until_of(generation)
                 .is_some_and(|until| now() >= until),
             _ => {
-                if self
-                    .until_of(generation)
-                    .is_some_and(|deadline| now() >= deadline)
-                {
-                    // The probes outlived their bound: the next call reopens the breaker.
-                    return false;
+                if let Some(deadline) = self.until_of(generation) {
+                    let now = now();
+                    if now >= deadline {
+                        // The probes outlived their bound: the breaker is open as of then, and
+                        // the next call after that Open wait is a probe (with jitter, the
+                        // shortest wait it may draw).
+                        let trips = self.trips.load(Ordering::Acquire);
+                        let wait = self.grown_wait(trips) * (1.0 - self.rules.jitter);
+                        let until_ms = deadline
+                            .saturating_add((wait as u64).max(1))
+                            .div_ceil(NANOS_PER_MILLI);
+                        return now >= until_ms.saturating_mul(NANOS_PER_MILLI);
+                    }
                 }
                 let probes = self.probes.load(Ordering::Acquire);
                 let tag = probes >> PROBE_TAG_SHIFT;
@@ -643,12 +652,13 @@ impl Machine {
             return;
         }
         let now = now();
-        if self
+        if let Some(deadline) = self
             .until_of(permit.generation)
-            .is_some_and(|deadline| now >= deadline)
+            .filter(|&deadline| now >= deadline)
         {
-            // The probes outlived their bound: this result is too late to count.
-            self.transition(word, OPEN | (mode_of(word) & SHADOW), now, observer);
+            // The probes outlived their bound: this result is too late to count, and the
+            // breaker has been open since the bound.
+            self.transition(word, OPEN | (mode_of(word) & SHADOW), deadline, observer);
             return;
         }
         let tag = tag_of(permit.generation);
@@ -752,7 +762,10 @@ impl Machine {
             };
             match self.until_of(generation_of(word)) {
                 Some(deadline) if now >= deadline => {
-                    self.transition(word, next | (mode & SHADOW), now, observer);
+                    // A HalfOpen that ran out is open as of its bound; an Open whose wait is
+                    // over starts its probe window now.
+                    let at = if next == OPEN { deadline } else { now };
+                    self.transition(word, next | (mode & SHADOW), at, observer);
                 }
                 _ => return public_state(mode),
             }
@@ -847,11 +860,17 @@ impl Machine {
         true
     }
 
+    /// The Open wait after `trips` earlier trips, before jitter, in nanoseconds.
+    fn grown_wait(&self, trips: u32) -> f64 {
+        let rules = &self.rules;
+        let grown = rules.wait_nanos as f64 * rules.multiplier.powi(trips.min(4096) as i32);
+        grown.min(rules.max_wait_nanos as f64)
+    }
+
     /// The wait of the Open period after `trips` earlier trips since the breaker last closed.
     fn open_wait(&self, trips: u32) -> u64 {
         let rules = &self.rules;
-        let grown = rules.wait_nanos as f64 * rules.multiplier.powi(trips.min(4096) as i32);
-        let mut wait = grown.min(rules.max_wait_nanos as f64);
+        let mut wait = self.grown_wait(trips);
         if rules.jitter > 0.0 {
             let draw = self.draws.fetch_add(1, Ordering::Relaxed);
             let mut rng =

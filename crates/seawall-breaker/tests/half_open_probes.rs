@@ -286,3 +286,40 @@ async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
     handle.metrics_only();
     assert!(svc.is_call_permitted());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
+    // HalfOpen for at most 2 s, 3 probes; Open for 1 s, then 2 s.
+    let layer = breaker()
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One probe of three succeeds; then no traffic at all (a balancer skipping the endpoint,
+    // a quiet night).
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::HalfOpen);
+    // The HalfOpen ran out 2 s in: it counts as Open from then, for the next wait (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !svc.is_call_permitted(),
+        "1 s into the Open wait that began when the HalfOpen ran out"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        svc.is_call_permitted(),
+        "the wait is over: a filter that skips refusing breakers must not strand this one"
+    );
+    let reached_before = reached.get();
+    assert_eq!(
+        send(&mut svc, Call::Ok).await.unwrap(),
+        "ok",
+        "let through as a probe"
+    );
+    assert_eq!(reached.get(), reached_before + 1);
+    assert_eq!(handle.state(), State::HalfOpen);
+}

@@ -86,8 +86,8 @@ struct ModelPermit {
     kind: PermitKind,
 }
 
-/// The breaker as the issue describes it, with plain data and no concurrency.
-#[derive(Debug)]
+/// The breaker as specified, with plain data and no concurrency.
+#[derive(Debug, Clone)]
 struct Model {
     p: Params,
     phase: Phase,
@@ -240,7 +240,9 @@ impl Model {
                     deadline, taken, ..
                 } => {
                     if now >= *deadline {
-                        self.open(now);
+                        // Open as of the bound the HalfOpen ran out at.
+                        let at = *deadline;
+                        self.open(at);
                     } else if *taken < self.p.probes {
                         *taken += 1;
                         return permit(PermitKind::Probe);
@@ -297,7 +299,8 @@ impl Model {
                     unreachable!("a probe of the current generation means HalfOpen")
                 };
                 if now >= *deadline {
-                    self.open(now);
+                    let at = *deadline;
+                    self.open(at);
                     return;
                 }
                 if outcome == Outcome::Ignored {
@@ -328,7 +331,7 @@ impl Model {
         loop {
             match self.phase {
                 Phase::Open { until } if now >= until => self.half_open(now),
-                Phase::HalfOpen { deadline, .. } if now >= deadline => self.open(now),
+                Phase::HalfOpen { deadline, .. } if now >= deadline => self.open(deadline),
                 _ => return,
             }
         }
@@ -481,6 +484,9 @@ fn run(params: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Admit => {
+                // Asking first changes nothing, and tells what admission will say.
+                let would = model.clone().acquire(now).is_some();
+                prop_assert_eq!(machine.permits(|| now), would, "step {}: permits", step);
                 let real = machine.acquire(|| now, &());
                 let expected = model.acquire(now);
                 prop_assert_eq!(
