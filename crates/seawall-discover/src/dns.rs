@@ -164,6 +164,9 @@ impl DnsBuilder {
                 ),
             ));
         }
+        if let Query::Ip { port: 0, .. } = self.query {
+            return Err(ConfigError::invalid("port", "must not be 0", "0"));
+        }
         let parsed = match &self.query {
             Query::Ip { host, port } => match host.parse::<IpAddr>() {
                 Ok(ip) => Parsed::Addr(ip, *port),
@@ -184,6 +187,13 @@ impl DnsBuilder {
                 ))
             }
             Some(servers) => {
+                if let Some(server) = servers.iter().find(|server| server.port() == 0) {
+                    return Err(ConfigError::invalid(
+                        "nameservers",
+                        "ports must not be 0",
+                        server.to_string(),
+                    ));
+                }
                 let mut group = NameServerConfigGroup::new();
                 for server in servers {
                     group.merge(NameServerConfigGroup::from_ips_clear(
@@ -192,20 +202,15 @@ impl DnsBuilder {
                         true,
                     ));
                 }
-                ResolverConfig::from_parts(None, vec![], group)
+                (
+                    ResolverConfig::from_parts(None, vec![], group),
+                    ResolverOpts::default(),
+                )
             }
             None => system_config()?,
         };
-        let mut opts = ResolverOpts::default();
-        opts.timeout = self.timeout;
-        // hickory's `attempts` counts the retries after the first query: one query, no retry
-        // (the refresh schedule retries).
-        opts.attempts = 0;
-        // Both families, asked in parallel: the default asks for AAAA only when A has no
-        // records, which would drop a dual-stack host's IPv6 addresses.
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        // Every resolution asks the server: the refresh schedule follows the TTLs itself.
-        opts.cache_size = 0;
+        let (config, opts) = config;
+        let opts = resolver_opts(opts, self.timeout);
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(opts)
@@ -236,6 +241,21 @@ impl fmt::Debug for DnsBuilder {
     }
 }
 
+/// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or
+/// hickory's defaults, with what discovery needs set over them.
+fn resolver_opts(mut opts: ResolverOpts, timeout: Duration) -> ResolverOpts {
+    opts.timeout = timeout;
+    // hickory's `attempts` counts the retries after the first query: one query, no retry (the
+    // refresh schedule retries).
+    opts.attempts = 0;
+    // Both families, asked in parallel: the default asks for AAAA only when A has no records,
+    // which would drop a dual-stack host's IPv6 addresses.
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // Every resolution asks the server: the refresh schedule follows the TTLs itself.
+    opts.cache_size = 0;
+    opts
+}
+
 /// `name` must be a DNS name other than the root: one that a resolution could answer.
 ///
 /// Besides host names (internationalized ones included), labels may hold underscores, as names
@@ -257,20 +277,18 @@ fn check_dns_name(field: &'static str, name: &str) -> Result<DnsName, ConfigErro
 }
 
 #[cfg(feature = "system-config")]
-fn system_config() -> Result<ResolverConfig, ConfigError> {
-    hickory_resolver::system_conf::read_system_conf()
-        .map(|(config, _)| config)
-        .map_err(|e| {
-            ConfigError::invalid(
-                "nameservers",
-                "could not be read from the system",
-                e.to_string(),
-            )
-        })
+fn system_config() -> Result<(ResolverConfig, ResolverOpts), ConfigError> {
+    hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+        ConfigError::invalid(
+            "nameservers",
+            "could not be read from the system",
+            e.to_string(),
+        )
+    })
 }
 
 #[cfg(not(feature = "system-config"))]
-fn system_config() -> Result<ResolverConfig, ConfigError> {
+fn system_config() -> Result<(ResolverConfig, ResolverOpts), ConfigError> {
     Err(ConfigError::missing("nameservers"))
 }
 
@@ -453,4 +471,23 @@ async fn lookup_ips(
         .min()
         .unwrap_or(0);
     Ok((lookup.iter().collect(), Duration::from_secs(ttl.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_systems_resolver_options_are_kept_under_discoverys_own() {
+        let mut system = ResolverOpts::default();
+        system.ndots = 5;
+        system.edns0 = true;
+        system.attempts = 3;
+        let opts = resolver_opts(system, Duration::from_millis(1500));
+        assert_eq!((opts.ndots, opts.edns0), (5, true));
+        assert_eq!(opts.timeout, Duration::from_millis(1500));
+        assert_eq!(opts.attempts, 0);
+        assert_eq!(opts.cache_size, 0);
+        assert_eq!(opts.ip_strategy, LookupIpStrategy::Ipv4AndIpv6);
+    }
 }

@@ -255,6 +255,24 @@ async fn names_that_can_never_resolve_are_rejected() {
 }
 
 #[tokio::test]
+async fn port_zero_is_rejected_naming_the_field() {
+    let server = addr("127.0.0.1:53");
+    let err = Dns::a("users.test", 0)
+        .nameservers([server])
+        .build(make)
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.field(), "port", "{err}");
+    let err = Dns::a("users.test", 80)
+        .nameservers([server, addr("127.0.0.1:0")])
+        .build(make)
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.field(), "nameservers", "{err}");
+    assert!(err.to_string().contains("127.0.0.1:0"), "{err}");
+}
+
+#[tokio::test]
 async fn names_with_underscores_resolve() {
     // Docker's and Compose's DNS serve service names such as `user_api`; glibc, Go and gRPC
     // resolve them, and so do SRV targets named like that.
