@@ -491,7 +491,7 @@ impl Machine {
                     }
                 }
                 _ => {
-                    let deadline = self.until_of(generation);
+                    let deadline = self.half_open_bound(generation);
                     if let Some(deadline) = deadline.filter(|&deadline| now.get() >= deadline) {
                         // Open as of the bound, not of now: a HalfOpen that ran out unattended
                         // has served its Open wait meanwhile, and this call may be its probe.
@@ -549,7 +549,7 @@ impl Machine {
                 .until_of(generation)
                 .is_some_and(|until| now() >= until),
             _ => {
-                if let Some(deadline) = self.until_of(generation) {
+                if let Some(deadline) = self.half_open_bound(generation) {
                     let now = now();
                     if now >= deadline {
                         // The probes outlived their bound: the breaker is open as of then, and
@@ -653,7 +653,7 @@ impl Machine {
         }
         let now = now();
         if let Some(deadline) = self
-            .until_of(permit.generation)
+            .half_open_bound(permit.generation)
             .filter(|&deadline| now >= deadline)
         {
             // The probes outlived their bound: this result is too late to count, and the
@@ -739,12 +739,22 @@ impl Machine {
             .then(|| (until & UNTIL_MASK).saturating_mul(NANOS_PER_MILLI))
     }
 
+    /// HalfOpen `generation`'s bound: its deadline, unless that was cut to the end of the
+    /// deadline range (a clock some 34.8 years past the breaker's start, or not counted from
+    /// it). Then the probes decide alone: a bound already due would reopen the breaker, whose
+    /// wait, as cut, is over at once, and so round forever.
+    fn half_open_bound(&self, generation: u64) -> Option<u64> {
+        self.until_of(generation)
+            .filter(|&deadline| deadline < UNTIL_MASK * NANOS_PER_MILLI)
+    }
+
     /// When (nanoseconds) the current state's deadline falls: the end of Open, or HalfOpen's
     /// bound. `None` in other states, or just after a change before the deadline is written.
     pub fn deadline(&self) -> Option<u64> {
         let word = self.state.load(Ordering::Acquire);
         match mode_of(word) & !SHADOW {
-            OPEN | HALF_OPEN => self.until_of(generation_of(word)),
+            OPEN => self.until_of(generation_of(word)),
+            HALF_OPEN => self.half_open_bound(generation_of(word)),
             _ => None,
         }
     }
@@ -760,7 +770,11 @@ impl Machine {
                 HALF_OPEN => OPEN,
                 _ => return public_state(mode),
             };
-            match self.until_of(generation_of(word)) {
+            let deadline = match next {
+                OPEN => self.half_open_bound(generation_of(word)),
+                _ => self.until_of(generation_of(word)),
+            };
+            match deadline {
                 Some(deadline) if now >= deadline => {
                     // A HalfOpen that ran out is open as of its bound; an Open whose wait is
                     // over starts its probe window now.

@@ -323,3 +323,40 @@ async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
     assert_eq!(reached.get(), reached_before + 1);
     assert_eq!(handle.state(), State::HalfOpen);
 }
+
+#[test]
+fn a_clock_past_the_deadline_range_does_not_spin() {
+    use seawall::breaker::{state::Machine, BreakerConfig};
+
+    // Deadlines are whole milliseconds in 40 bits (about 34.8 years from the breaker's start);
+    // a clock past that (a caller's Unix-epoch nanoseconds, say) must still get answers.
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build_config()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let machine = Machine::new(&config);
+        let now = 1_765_000_000_000_000_000u64;
+        let permit = machine.acquire(|| now, &()).unwrap();
+        machine.complete(
+            permit,
+            seawall::core::Outcome::Failure,
+            Duration::ZERO,
+            || now,
+            &(),
+        );
+        let later = now + 10_000_000_000;
+        let first = machine.acquire(|| later, &()).map(|p| p.kind());
+        let again = machine.acquire(|| later, &()).map(|p| p.kind()).ok();
+        tx.send((first.ok(), again, machine.permits(|| later)))
+            .unwrap();
+    });
+    let answers = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the machine answered");
+    assert!(
+        answers.0.is_some(),
+        "past its wait, a call is let through: {answers:?}"
+    );
+}
