@@ -403,8 +403,15 @@ async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hedge_never_sent_gives_its_budget_back() {
+/// A hedge due at 10 ms over replicas answering after `latency`, one call at a time underneath
+/// (so a due hedge waits for readiness while the original runs), and the hedge budget of one.
+fn one_permit_under_a_hedge(
+    latency: Duration,
+) -> (
+    RetryBudget,
+    Replicas,
+    impl Service<Req, Response = usize, Error = BoxError> + Clone,
+) {
     let budget = support::one_retry();
     let layer = HedgeLayer::builder()
         .delay(ms(10))
@@ -412,12 +419,18 @@ async fn a_hedge_never_sent_gives_its_budget_back() {
         .build()
         .unwrap();
     let replicas = Replicas::new();
-    // One call at a time underneath: the hedge, due at 10 ms, waits for readiness until the
-    // original answers at 50 ms, and is never sent.
-    let mut svc = tower::ServiceBuilder::new()
+    let svc = tower::ServiceBuilder::new()
         .layer(layer)
         .concurrency_limit(1)
-        .service(replicas.service(|_| ms(50), |_| false));
+        .service(replicas.service(move |_| latency, |_| false));
+    (budget, replicas, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_never_sent_gives_its_budget_back() {
+    // One call at a time underneath: the hedge, due at 10 ms, waits for readiness until the
+    // original answers at 50 ms, and is never sent.
+    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(50));
     svc.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(replicas.calls.count(), 1);
     assert!(budget.can_retry(), "the hedge never sent is given back");
@@ -449,17 +462,7 @@ async fn no_copy_is_sent_once_the_calls_deadline_has_passed() {
 async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent() {
     use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 
-    let budget = support::one_retry();
-    let layer = HedgeLayer::builder()
-        .delay(ms(10))
-        .budget(budget.clone())
-        .build()
-        .unwrap();
-    let replicas = Replicas::new();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .concurrency_limit(1)
-        .service(replicas.service(|_| ms(50), |_| false));
+    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(50));
     let mut other = svc.clone();
     let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
     assert_pending!(fut.poll());
@@ -483,17 +486,7 @@ async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
     use seawall_core::deadline::RequestDeadline;
     use tokio_test::assert_pending;
 
-    let budget = support::one_retry();
-    let layer = HedgeLayer::builder()
-        .delay(ms(10))
-        .budget(budget.clone())
-        .build()
-        .unwrap();
-    let replicas = Replicas::new();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .concurrency_limit(1)
-        .service(replicas.service(|_| ms(100), |_| false));
+    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(100));
     let mut req = get();
     req.set_deadline(Instant::now() + ms(30));
     let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
