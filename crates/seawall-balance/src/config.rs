@@ -106,8 +106,9 @@ impl Default for LatencyEjection {
 /// ejected for `base_ejection_time × ejections so far`, capped at
 /// `max(base_ejection_time, max_ejection_time)`. Each interval an endpoint spends in the set
 /// without being ejected (by that interval's rules too) takes one off its ejection count, and
-/// an ejection that is over ends after the rules have run, as in gRPC. At most `max_ejection_percent` of the
-/// endpoints are ejected at a time (one can always be), and never the last healthy one.
+/// an ejection that is over ends after the rules have run, as in gRPC. At most
+/// `max_ejection_percent` of the endpoints are ejected at a time (one can always be), and never
+/// the last healthy one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     /// How often the rules run. Default 10 s.

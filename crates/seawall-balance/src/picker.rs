@@ -271,10 +271,7 @@ impl Picker {
                 }
                 scan(n, at % n, &avail)
             }
-            Picker::Random => {
-                let start = cx.rng.random_range(0..n);
-                sample(n, cx.rng, &avail).or_else(|| scan(n, start, &avail))
-            }
+            Picker::Random => sample(n, cx.rng, &avail),
             Picker::WeightedRoundRobin => {
                 let len = set.schedule.len();
                 if len == 0 {
@@ -360,7 +357,7 @@ impl Picker {
                     }
                     None
                 }
-                None => sample(n, cx.rng, &avail).or_else(|| scan(n, 0, &avail)),
+                None => sample(n, cx.rng, &avail),
             },
             Picker::ZoneAware {
                 min_healthy_share, ..
@@ -406,9 +403,9 @@ fn scan(n: usize, start: usize, avail: &dyn Fn(usize) -> bool) -> Option<usize> 
     (0..n).map(|step| (start + step) % n).find(|&i| avail(i))
 }
 
-/// A uniformly random available index: a few random draws, then one pass over every index that
-/// draws among the available ones (reservoir sampling), so an available endpoint that follows
-/// unavailable ones in the set is not favoured.
+/// A uniformly random available index, `None` only when none is: a few random draws, then one
+/// pass over every index that draws among the available ones (reservoir sampling), so an
+/// available endpoint that follows unavailable ones in the set is not favoured.
 #[inline]
 fn sample(n: usize, rng: &mut SmallRng, avail: &dyn Fn(usize) -> bool) -> Option<usize> {
     for _ in 0..4 {

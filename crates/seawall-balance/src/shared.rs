@@ -363,10 +363,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     let run = stats.consecutive_failures.fetch_add(1, Relaxed) + 1;
                     if let Some(limit) = self.settings.outlier.consecutive_failures {
                         if run >= limit && !stats.ejected.load(Relaxed) {
-                            // Found by its statistics: a call that started before discovery
-                            // updated the endpoint still counts on it.
-                            // The set is read under the lock that discovery changes take, so
-                            // the ejection limits count the set in force.
+                            // Found by its statistics (a call that started before discovery
+                            // updated the endpoint still counts on it) in the set read under
+                            // the lock discovery changes take, so the limits count the set in
+                            // force.
                             let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
                             let set = self.current();
                             let ejected = set

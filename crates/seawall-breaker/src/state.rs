@@ -263,6 +263,14 @@ const UNTIL_BITS: u32 = 40;
 const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
 const NANOS_PER_MILLI: u64 = 1_000_000;
 
+/// A deadline `wait` after `from` (nanoseconds), as stored: whole milliseconds, rounded up, cut
+/// to the end of the range.
+fn until_ms(from: u64, wait: u64) -> u64 {
+    from.saturating_add(wait)
+        .div_ceil(NANOS_PER_MILLI)
+        .min(UNTIL_MASK)
+}
+
 #[inline]
 fn tag_of(generation: u64) -> u64 {
     generation & TAG_MASK
@@ -557,9 +565,7 @@ impl Machine {
                         // shortest wait it may draw).
                         let trips = self.trips.load(Ordering::Acquire);
                         let wait = self.grown_wait(trips) * (1.0 - self.rules.jitter);
-                        let until_ms = deadline
-                            .saturating_add((wait as u64).max(1))
-                            .div_ceil(NANOS_PER_MILLI);
+                        let until_ms = until_ms(deadline, (wait as u64).max(1));
                         return now >= until_ms.saturating_mul(NANOS_PER_MILLI);
                     }
                 }
@@ -854,8 +860,7 @@ impl Machine {
             _ => None,
         };
         if let Some(wait) = wait {
-            let until_ms = now.saturating_add(wait).div_ceil(NANOS_PER_MILLI);
-            self.advance_until(generation, until_ms.min(UNTIL_MASK));
+            self.advance_until(generation, until_ms(now, wait));
         }
         self.entered.store(now, Ordering::Release);
         let from_mode = mode_of(from);
