@@ -209,6 +209,25 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_accepts_the_largest_limit() {
+        use crate::limit::{Gradient2, Vegas};
+        let vegas = Vegas::builder()
+            .initial_limit(MAX_LIMIT)
+            .max_limit(MAX_LIMIT)
+            .build()
+            .unwrap();
+        let layer = BulkheadLayer::builder().adaptive(vegas).build().unwrap();
+        assert_eq!(layer.handle().limit(), MAX_LIMIT);
+        let gradient = Gradient2::builder()
+            .initial_limit(MAX_LIMIT)
+            .max_limit(MAX_LIMIT)
+            .build()
+            .unwrap();
+        let layer = BulkheadLayer::builder().adaptive(gradient).build().unwrap();
+        assert_eq!(layer.handle().limit(), MAX_LIMIT);
+    }
+
+    #[test]
     fn adaptive_starts_at_initial_limit() {
         let layer = BulkheadLayer::builder()
             .adaptive(Aimd::builder().initial_limit(7).build().unwrap())

@@ -52,9 +52,17 @@ impl Default for Gradient2 {
     }
 }
 
+impl Gradient2 {
+    /// The estimate as a whole limit. Above 2^53 an `f64` no longer holds every integer, and the
+    /// estimate can round past a bound; the answer never does.
+    fn limit(&self) -> usize {
+        (self.estimate as usize).clamp(self.min, self.max)
+    }
+}
+
 impl Limit for Gradient2 {
     fn initial_limit(&self) -> usize {
-        self.estimate as usize
+        self.limit()
     }
 
     fn bounds(&self) -> (usize, usize) {
@@ -68,13 +76,13 @@ impl Limit for Gradient2 {
             self.long_rtt.value *= 0.9;
         }
         if (sample.in_flight as f64) < self.estimate / 2.0 {
-            return self.estimate as usize;
+            return self.limit();
         }
         let gradient = (long / short).clamp(0.5, 1.0);
         let estimate = self.estimate * gradient + self.queue_size;
         let smoothed = self.estimate * (1.0 - self.smoothing) + estimate * self.smoothing;
         self.estimate = smoothed.clamp(self.min as f64, self.max as f64);
-        self.estimate as usize
+        self.limit()
     }
 }
 
@@ -206,6 +214,28 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(g.update(&sample(10, 1)), 20);
         }
+    }
+
+    #[test]
+    fn limits_beyond_f64_precision_stay_within_bounds() {
+        let max = crate::limit::MAX_LIMIT;
+        let g = Gradient2::builder()
+            .initial_limit(max)
+            .max_limit(max)
+            .build()
+            .unwrap();
+        assert_eq!(g.initial_limit(), max);
+
+        let min = (1 << 53) + 1;
+        let mut g = Gradient2::builder()
+            .min_limit(min)
+            .initial_limit(min)
+            .max_limit(1 << 54)
+            .build()
+            .unwrap();
+        assert_eq!(g.initial_limit(), min);
+        assert_eq!(g.update(&sample(10, 1)), min, "app-limited");
+        assert_eq!(g.update(&sample(100, min)), min, "slower: at the floor");
     }
 
     #[test]

@@ -55,6 +55,12 @@ impl Vegas {
         z ^= z >> 31;
         0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
     }
+
+    /// The estimate as a whole limit. Above 2^53 an `f64` no longer holds every integer, and the
+    /// estimate can round past a bound; the answer never does.
+    fn limit(&self) -> usize {
+        (self.estimate as usize).clamp(self.min, self.max)
+    }
 }
 
 impl Default for Vegas {
@@ -67,7 +73,7 @@ impl Default for Vegas {
 
 impl Limit for Vegas {
     fn initial_limit(&self) -> usize {
-        self.estimate as usize
+        self.limit()
     }
 
     fn bounds(&self) -> (usize, usize) {
@@ -83,14 +89,14 @@ impl Limit for Vegas {
             self.probe_jitter = self.next_jitter();
             self.probe_count = 0;
             self.rtt_noload = rtt;
-            return self.estimate as usize;
+            return self.limit();
         }
         if self.rtt_noload == 0 || rtt < self.rtt_noload {
             self.rtt_noload = rtt;
-            return self.estimate as usize;
+            return self.limit();
         }
 
-        let limit = self.estimate as usize;
+        let limit = self.limit();
         let queue = (self.estimate * (1.0 - self.rtt_noload as f64 / rtt as f64)).ceil() as usize;
         let log = log10_root(limit) as f64;
         let new = if sample.dropped {
@@ -108,7 +114,7 @@ impl Limit for Vegas {
         };
         let new = new.clamp(self.min as f64, self.max as f64);
         self.estimate = (1.0 - self.smoothing) * self.estimate + self.smoothing * new;
-        self.estimate as usize
+        self.limit()
     }
 }
 
@@ -204,6 +210,33 @@ mod tests {
         assert_eq!(v.update(&sample(20, 26)), 25);
         let drop = Sample::new(Duration::from_millis(10), 25, true);
         assert_eq!(v.update(&drop), 24);
+    }
+
+    #[test]
+    fn limits_beyond_f64_precision_stay_within_bounds() {
+        let max = crate::limit::MAX_LIMIT;
+        let v = Vegas::builder()
+            .initial_limit(max)
+            .max_limit(max)
+            .build()
+            .unwrap();
+        assert_eq!(v.initial_limit(), max);
+
+        let min = (1 << 53) + 1;
+        let mut v = Vegas::builder()
+            .min_limit(min)
+            .initial_limit(min)
+            .max_limit(1 << 54)
+            .build()
+            .unwrap();
+        assert_eq!(v.initial_limit(), min);
+        assert_eq!(
+            v.update(&sample(10, min)),
+            min,
+            "first sample sets rtt_noload"
+        );
+        let drop = Sample::new(Duration::from_millis(10), min, true);
+        assert_eq!(v.update(&drop), min, "a drop stays at the floor");
     }
 
     #[test]
