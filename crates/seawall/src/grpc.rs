@@ -99,16 +99,21 @@ pub fn to_status(error: BoxError) -> Status {
         Ok(status) => return *status,
         Err(error) => error,
     };
-    let found = seawall_core::error::chain(&*error)
-        .find_map(|e| code_of_one(e).map(|code| (code, e.downcast_ref::<Status>())));
+    // The status takes the code and the message of the error that decided the code, not those
+    // of a wrapper around it (a retry's `BudgetExhausted` says nothing about why the call failed).
+    let found = seawall_core::error::chain(&*error).find_map(|e| {
+        code_of_one(e).map(|code| match e.downcast_ref::<Status>() {
+            Some(inner) => Status::with_details_and_metadata(
+                inner.code(),
+                inner.message(),
+                inner.details().to_vec().into(),
+                inner.metadata().clone(),
+            ),
+            None => Status::new(code, e.to_string()),
+        })
+    });
     let mut status = match found {
-        Some((_, Some(inner))) => Status::with_details_and_metadata(
-            inner.code(),
-            inner.message(),
-            inner.details().to_vec().into(),
-            inner.metadata().clone(),
-        ),
-        Some((code, None)) => Status::new(code, error.to_string()),
+        Some(status) => status,
         None => return Status::from_error(error),
     };
     status.set_source(Arc::from(error));

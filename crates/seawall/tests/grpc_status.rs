@@ -117,6 +117,30 @@ async fn the_servers_status_under_an_exhausted_budget_is_kept() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rejection_under_a_wrapper_gives_the_status_its_own_message() {
+    // The breaker rejects the only attempt and the empty budget allows no retry: the error is a
+    // `BudgetExhausted` wrapping `Open`, and the code comes from `Open`.
+    let breaker = BreakerLayer::new();
+    breaker.handle().force_open();
+    let retry = RetryLayer::builder()
+        .budget(RetryBudget::token_bucket(1.0, 0.1).unwrap())
+        .build()
+        .unwrap();
+    let ok = service_fn(|_: Req| async { Ok::<_, BoxError>(()) });
+    let error = retry
+        .layer(breaker.layer(ok))
+        .oneshot(Req)
+        .await
+        .unwrap_err();
+    assert!(find::<BudgetExhausted>(&*error).is_some());
+    let status = to_status(error);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "circuit breaker is open");
+    assert!(find::<BudgetExhausted>(&status).is_some());
+    assert!(find::<Open>(&status).is_some());
+}
+
+#[tokio::test(start_paused = true)]
 async fn other_errors_are_mapped_as_tonic_maps_them() {
     let failing = service_fn(|()| async { Err::<(), BoxError>("boom".into()) });
     let status = status_of(failing).await;
