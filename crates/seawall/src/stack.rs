@@ -48,7 +48,8 @@
 //! | per-try timeout | 10 s | [`per_try_timeout`](ClientStackBuilder::per_try_timeout) | [`without_per_try_timeout`](ClientStackBuilder::without_per_try_timeout) |
 //!
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
-//! than the total one is an error) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
+//! than the total one is an error, the default 10 s one under a total timeout below 10 s
+//! included, as in Polly) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
 //! clone sharing the one set of policies. The request type implements
 //! [`RequestDeadline`] (done for `http::Request`), so the timeouts
 //! and the retry agree on the deadline.
@@ -462,7 +463,9 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
                 return Err(ConfigError::conflict(
                     "per_try_timeout",
                     format!(
-                        "must not exceed timeout ({total:?}), got {:?}",
+                        "must not exceed timeout ({total:?}), got {:?} (the default is \
+                         {DEFAULT_PER_TRY_TIMEOUT:?}: set a shorter per_try_timeout, or none with \
+                         without_per_try_timeout)",
                         per_try.timeout()
                     ),
                 ));

@@ -514,6 +514,19 @@ async fn build_checks_that_the_pieces_agree() {
         .unwrap_err();
     assert_eq!(err.field(), "per_try_timeout");
 
+    // A total timeout under the default per-try one says how to resolve it.
+    let err = ClientStack::builder()
+        .timeout(Duration::from_secs(5))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "per_try_timeout");
+    let message = err.to_string();
+    assert!(
+        message.contains("5s") && message.contains("10s"),
+        "{message}"
+    );
+    assert!(message.contains("without_per_try_timeout"), "{message}");
+
     let err = ClientStack::builder()
         .balance(BalanceLayer::builder().panic_threshold(2.0))
         .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
