@@ -218,9 +218,11 @@ impl Shared {
                 self.debt.owe(cut - forgotten);
             }
             self.limit.store(to, Ordering::Release);
+            // Under the lock, so racing samples set the gauge in the order they set the limit
+            // and it ends on the current one. Listeners run after, unlocked: one may call in.
+            self.metrics.limit.set(to as f64);
             (from, to)
         };
-        self.metrics.limit.set(to as f64);
         tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
         self.listeners
             .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });

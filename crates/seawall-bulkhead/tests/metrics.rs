@@ -1,8 +1,11 @@
 //! The bulkhead's and the rate limiter's metrics, under the policy name, and the rate limiter's
 //! events.
 
+use metrics::{
+    Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use seawall_bulkhead::{
-    limit::Aimd,
+    limit::{Aimd, Limit, Sample},
     ratelimit::{RateLimitEvent, RateLimitLayer},
     BulkheadLayer,
 };
@@ -14,7 +17,8 @@ use seawall_core::{
     Name,
 };
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
+    thread,
     time::Duration,
 };
 use tokio::sync::oneshot;
@@ -75,6 +79,148 @@ async fn adaptive_limit_gauge_follows_the_limit() {
     let _ = service.clone().oneshot(true).await;
     assert_eq!(handle.limit(), 9);
     assert_eq!(recorder.gauge(BULKHEAD_LIMIT, "adaptive"), Some(9.0));
+}
+
+/// A limit that grows by one with every sample, whatever the sample says.
+#[derive(Debug)]
+struct Steps(usize);
+
+impl Limit for Steps {
+    fn initial_limit(&self) -> usize {
+        self.0
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (1, 100)
+    }
+
+    fn update(&mut self, _: &Sample) -> usize {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// The limit gauge, slow to take the value `SLOW`: that `set` lets another thread's `set` go first
+/// (waiting for one up to 500 ms) before it stores its value.
+#[derive(Debug, Default)]
+struct SlowGauge {
+    state: Mutex<GaugeState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GaugeState {
+    value: f64,
+    sets: usize,
+    slow_set_started: bool,
+}
+
+impl SlowGauge {
+    const SLOW: f64 = 11.0;
+
+    /// Waits (up to 10 s) until a `set` of `SLOW` has started.
+    fn wait_for_slow_set(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, Duration::from_secs(10), |s| !s.slow_set_started)
+            .unwrap();
+        state.slow_set_started
+    }
+
+    fn value(&self) -> f64 {
+        self.state.lock().unwrap().value
+    }
+}
+
+impl GaugeFn for SlowGauge {
+    fn increment(&self, value: f64) {
+        self.set(self.value() + value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.set(self.value() - value);
+    }
+
+    fn set(&self, value: f64) {
+        let mut state = self.state.lock().unwrap();
+        if value == Self::SLOW {
+            state.slow_set_started = true;
+            self.changed.notify_all();
+            let sets = state.sets;
+            state = self
+                .changed
+                .wait_timeout_while(state, Duration::from_millis(500), |s| s.sets == sets)
+                .unwrap()
+                .0;
+        }
+        state.value = value;
+        state.sets += 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Hands out `gauge` for the bulkhead's limit and does not record anything else.
+#[derive(Debug)]
+struct LimitRecorder(Arc<SlowGauge>);
+
+impl Recorder for LimitRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        if key.name() == BULKHEAD_LIMIT {
+            Gauge::from_arc(self.0.clone())
+        } else {
+            Gauge::noop()
+        }
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+/// Two samples race: the first (limit 10 to 11) is still setting the gauge when the second (11 to
+/// 12) comes. The gauge must end on the limit, 12, not on the older 11.
+#[test]
+fn racing_samples_leave_the_limit_gauge_on_the_limit() {
+    let gauge = Arc::new(SlowGauge::default());
+    let recorder = LimitRecorder(gauge.clone());
+    // The bulkhead takes its metric handles when it is built; they work from any thread.
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder()
+            .name("racing")
+            .adaptive(Steps(10))
+            .build()
+            .unwrap()
+    });
+    assert_eq!(gauge.value(), 10.0);
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+    let call = |service: seawall_bulkhead::Bulkhead<_>| {
+        thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(service.oneshot(()))
+                .unwrap()
+        })
+    };
+
+    let first = call(service.clone());
+    assert!(gauge.wait_for_slow_set(), "the first sample sets 11");
+    let second = call(service);
+    first.join().unwrap();
+    second.join().unwrap();
+
+    assert_eq!(handle.limit(), 12);
+    assert_eq!(gauge.value(), 12.0);
 }
 
 #[tokio::test(start_paused = true)]
