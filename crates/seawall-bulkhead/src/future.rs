@@ -123,17 +123,19 @@ where
                         .permit
                         .take()
                         .expect("a running bulkhead call holds a permit");
+                    // One clock read: the classifier and the limit's sample see the same duration.
+                    let rtt = Timing::elapsed(*this.timing);
                     let outcome = match this.classifier {
-                        Some(classifier) => {
-                            classifier.classify(result.as_ref(), Timing::elapsed(*this.timing))
-                        }
+                        Some(classifier) => classifier.classify(result.as_ref(), rtt),
                         None => Outcome::Ignored,
                     };
                     this.kind.set(Kind::Done);
                     return Poll::Ready(match result {
-                        Ok(response) => Ok(R::release(response, permit, outcome, *this.timing)),
+                        Ok(response) => {
+                            Ok(R::release(response, permit, outcome, *this.timing, rtt))
+                        }
                         Err(error) => {
-                            permit.finish(outcome, *this.timing);
+                            permit.finish(outcome, *this.timing, rtt);
                             Err(error.into())
                         }
                     });

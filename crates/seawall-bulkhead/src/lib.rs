@@ -67,8 +67,11 @@
 //! `Arc` clone; a rejected call (with `max_wait` zero) costs one failed compare-and-swap. Neither
 //! allocates: [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
 //! allocates its waiting state once. Fixed limits never read the clock; adaptive limits read it
-//! twice per call and update the algorithm under a mutex. The accounting is model-checked with
-//! loom (`tests/loom.rs`) and property-tested (`tests/permits_conserved.rs`).
+//! twice per call (when it starts and when it answers: the classifier and the algorithm get the
+//! same duration), once more when a body held with
+//! [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update the
+//! algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and
+//! property-tested (`tests/permits_conserved.rs`).
 //!
 //! # Example
 //!

@@ -9,6 +9,7 @@ use std::{
     fmt,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 /// Decides when a finished call releases its permit. Implemented by [`OnResponse`] and
@@ -18,12 +19,14 @@ pub trait Release<Res>: sealed::Sealed {
     type Response;
 
     /// Hands the call's permit and classified outcome to the response (or releases it now).
+    /// `rtt` is the duration the outcome was classified with.
     #[doc(hidden)]
     fn release(
         response: Res,
         permit: Permit,
         outcome: Outcome,
         timing: Option<Timing>,
+        rtt: Duration,
     ) -> Self::Response;
 }
 
@@ -42,8 +45,14 @@ impl<Res> Release<Res> for OnResponse {
     type Response = Res;
 
     #[inline]
-    fn release(response: Res, permit: Permit, outcome: Outcome, timing: Option<Timing>) -> Res {
-        permit.finish(outcome, timing);
+    fn release(
+        response: Res,
+        permit: Permit,
+        outcome: Outcome,
+        timing: Option<Timing>,
+        rtt: Duration,
+    ) -> Res {
+        permit.finish(outcome, timing, rtt);
         response
     }
 }
@@ -56,10 +65,11 @@ impl<B: Body> Release<http::Response<B>> for OnBodyEnd {
         permit: Permit,
         outcome: Outcome,
         timing: Option<Timing>,
+        rtt: Duration,
     ) -> http::Response<PermitBody<B>> {
         response.map(|body| {
             let permit = if body.is_end_stream() {
-                permit.finish(outcome, timing);
+                permit.finish(outcome, timing, rtt);
                 None
             } else {
                 Some((permit, outcome, timing))
@@ -117,7 +127,8 @@ impl<B: Body> Body for PermitBody<B> {
         };
         if let Some(over) = finished {
             if let Some((permit, outcome, timing)) = this.permit.take() {
-                permit.finish(over.unwrap_or(outcome), timing);
+                // The body ends now: the limit's sample runs until here.
+                permit.finish(over.unwrap_or(outcome), timing, Timing::elapsed(timing));
             }
         }
         Poll::Ready(frame)

@@ -266,7 +266,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// How long since the call started.
+    /// How long since the call started: one clock read, or none (and zero) for a fixed limit.
     pub(crate) fn elapsed(timing: Option<Timing>) -> Duration {
         timing.map(|t| t.start.elapsed()).unwrap_or_default()
     }
@@ -305,16 +305,14 @@ impl Permit {
         }
     }
 
-    /// Finishes the call with `outcome` and returns the permit.
+    /// Finishes the call with `outcome` after holding the permit for `rtt` (measured by the
+    /// caller, so the classifier and the limit see the same duration) and returns the permit.
     #[inline]
-    pub(crate) fn finish(self, outcome: Outcome, timing: Option<Timing>) {
+    pub(crate) fn finish(self, outcome: Outcome, timing: Option<Timing>, rtt: Duration) {
         if let Some(timing) = timing {
             if outcome != Outcome::Ignored {
-                self.shared.sample(Sample::new(
-                    timing.start.elapsed(),
-                    timing.in_flight,
-                    outcome.is_failure(),
-                ));
+                self.shared
+                    .sample(Sample::new(rtt, timing.in_flight, outcome.is_failure()));
             }
         }
     }
