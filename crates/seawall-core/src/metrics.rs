@@ -53,7 +53,8 @@ pub const BULKHEAD_REJECTED: &str = "seawall_bulkhead_rejected_total";
 pub const BULKHEAD_LIMIT: &str = "seawall_bulkhead_limit";
 /// Counter: calls a rate limiter rejected.
 pub const RATELIMIT_LIMITED: &str = "seawall_ratelimit_limited_total";
-/// Counter: calls a rate limiter delayed before letting them through.
+/// Counter: calls a rate limiter made wait for a permit, counted when the wait starts, whether or
+/// not they are let through (a call dropped while it waits counts too).
 pub const RATELIMIT_DELAYED: &str = "seawall_ratelimit_delayed_total";
 /// Gauge: keys a keyed rate limiter is tracking.
 pub const RATELIMIT_KEYS: &str = "seawall_ratelimit_keys";
@@ -169,7 +170,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RATELIMIT_DELAYED,
         Kind::Counter,
-        "Calls delayed by a seawall rate limiter before being let through.",
+        "Calls a seawall rate limiter made wait for a permit, whether or not they were let through.",
     ),
     (
         RATELIMIT_KEYS,
