@@ -5,10 +5,10 @@
 //! one label, `name`, the policy instance [`Name`]. With no recorder installed a metric costs
 //! almost nothing.
 //!
-//! Measures taken on every call (a gauge of permits in use, a histogram of durations) use handles
-//! registered when the policy is built, so install the recorder *before* building layers. Counters
-//! of rare events (a timeout firing, a fallback answering) look their handle up when the event
-//! happens, which keeps the per-call path free of them.
+//! Measures taken on every call (a gauge of permits in use, a breaker's success counter) use
+//! handles registered when the policy is built, so install the recorder *before* building layers.
+//! Counters of rare events (a timeout firing, a fallback answering) look their handle up when the
+//! event happens, which keeps the per-call path free of them. No seawall metric is a histogram.
 //!
 //! The full list of names is [`ALL`]; [`describe`] registers a help text for each with the installed
 //! recorder.
