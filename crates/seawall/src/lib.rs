@@ -4,7 +4,8 @@
 //! `tower::Service`) in layers that keep a service healthy when what it calls is not: timeouts,
 //! fallbacks, circuit breakers, bulkheads and rate limits, budgeted retries and hedging, and
 //! client-side load balancing. Each concern is its own crate, re-exported here behind a cargo
-//! feature of the same name (`full` turns on all of them):
+//! feature of the same name (`timeout` and `fallback` are on by default; `full` turns on all of
+//! them but `grpc`):
 //!
 //! | feature | module | what it gives |
 //! |---|---|---|
