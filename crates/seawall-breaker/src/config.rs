@@ -251,8 +251,9 @@ impl BreakerConfigBuilder {
     }
 
     /// Each further trip without closing in between multiplies the wait by `multiplier`, up to
-    /// `max_wait`. Default ×2 up to 60 s. `multiplier` 1 keeps the wait constant. The wait is back
-    /// to [`wait_duration`](Self::wait_duration) once the breaker closes.
+    /// `max_wait`. Default ×2 up to 60 s, or up to `wait_duration` if that is longer. `multiplier` 1
+    /// keeps the wait constant. The wait is back to [`wait_duration`](Self::wait_duration) once the
+    /// breaker closes.
     pub fn backoff(mut self, multiplier: f64, max_wait: Duration) -> Self {
         self.multiplier = multiplier;
         self.max_wait = Some(max_wait);

@@ -49,7 +49,7 @@
 //! | [`slow_call_duration`](BreakerConfigBuilder::slow_call_duration) | 5 s | 60 s | — | 60 s is longer than most callers wait |
 //! | [`consecutive_failures`](BreakerConfigBuilder::consecutive_failures) | off | — | — (v7's basic breaker) | |
 //! | [`wait_duration`](BreakerConfigBuilder::wait_duration) | 5 s | 60 s | 5 s | a minute of rejections after one blip is costly; growth covers long outages |
-//! | [`backoff`](BreakerConfigBuilder::backoff) | ×2, up to 60 s | constant | constant | Finagle-style: repeated trips wait longer, back to 5 s once closed |
+//! | [`backoff`](BreakerConfigBuilder::backoff) | ×2, up to 60 s (or `wait_duration`, if longer) | constant | constant | Finagle-style: repeated trips wait longer, back to `wait_duration` once closed |
 //! | [`jitter`](BreakerConfigBuilder::jitter) | 0.2 | none | none | many clients should not probe a recovering dependency in lockstep |
 //! | [`permitted_probes`](BreakerConfigBuilder::permitted_probes) | 3 | 10 | 1 | one probe decides on a coin toss; ten is much load on a sick dependency |
 //! | [`max_wait_in_half_open`](BreakerConfigBuilder::max_wait_in_half_open) | 30 s | 0 (wait forever) | — | a hung probe must not hold the breaker half-open |
