@@ -43,7 +43,8 @@ pub const BREAKER_TRANSITIONS: &str = "seawall_breaker_transitions_total";
 // ----- end breaker -----
 
 // ----- bulkhead and rate limiter metric names -----
-/// Gauge: permits a bulkhead has handed out and not yet got back (running calls).
+/// Gauge: permits a bulkhead has handed out and not yet got back (running calls, and permits
+/// reserved by services polled ready).
 pub const BULKHEAD_IN_FLIGHT: &str = "seawall_bulkhead_in_flight";
 /// Gauge: calls waiting for a bulkhead permit.
 pub const BULKHEAD_WAITING: &str = "seawall_bulkhead_waiting";
