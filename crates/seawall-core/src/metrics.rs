@@ -146,7 +146,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         BULKHEAD_IN_FLIGHT,
         Kind::Gauge,
-        "Permits held by running calls in a seawall bulkhead.",
+        "Permits held by running calls, and reserved by ready ones, in a seawall bulkhead.",
     ),
     (
         BULKHEAD_WAITING,
