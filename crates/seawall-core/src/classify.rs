@@ -70,9 +70,11 @@ pub trait Classify<Res, E: ?Sized> {
     /// Whether [`classify`](Classify::classify) looks at `elapsed`.
     ///
     /// Layers that do not need a call's duration for themselves skip reading the clock when this is
-    /// `false` and pass [`Duration::ZERO`]. Closures answer `true`.
+    /// `false` and pass [`Duration::ZERO`]. `true` unless overridden, so a classifier that reads
+    /// `elapsed` always gets the real duration; one that never does can answer `false` to save the
+    /// clock reads, as [`DefaultClassifier`], [`HttpClassifier`] and [`GrpcClassifier`] do.
     fn uses_elapsed(&self) -> bool {
-        false
+        true
     }
 }
 
@@ -100,6 +102,10 @@ impl<Res, E: ?Sized> Classify<Res, E> for DefaultClassifier {
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
         }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
     }
 }
 
@@ -179,6 +185,10 @@ impl<B, E: ?Sized> Classify<Response<B>, E> for HttpClassifier {
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
         }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
     }
 }
 
@@ -370,6 +380,10 @@ impl<B, E: ?Sized> Classify<Response<B>, E> for GrpcClassifier {
             },
             Err(_) => Outcome::Failure,
         }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
     }
 }
 
@@ -566,6 +580,30 @@ mod tests {
         assert_eq!(classify_grpc(&c, Some("14")), Outcome::Success);
         let c = GrpcClassifier::new().with_success(GrpcCode::Unknown);
         assert_eq!(classify_grpc(&c, Some("2")), Outcome::Success);
+    }
+
+    /// A classifier of the user's own that reads `elapsed` must get the call's real duration
+    /// without having to know about `uses_elapsed`: layers pass `Duration::ZERO` when it says
+    /// `false`, and a slow-call rule would then never fire.
+    #[test]
+    fn a_classifier_of_ones_own_is_given_the_duration_by_default() {
+        struct SlowIsFailure;
+        impl Classify<u8, io::Error> for SlowIsFailure {
+            fn classify(&self, _: Result<&u8, &io::Error>, elapsed: Duration) -> Outcome {
+                match elapsed > Duration::from_secs(1) {
+                    true => Outcome::Failure,
+                    false => Outcome::Success,
+                }
+            }
+        }
+        assert!(Classify::<u8, io::Error>::uses_elapsed(&SlowIsFailure));
+        // The ready-made classifiers do not read it, and say so.
+        assert!(!Classify::<Response<()>, io::Error>::uses_elapsed(
+            &HttpClassifier::new()
+        ));
+        assert!(!Classify::<Response<()>, io::Error>::uses_elapsed(
+            &GrpcClassifier::new()
+        ));
     }
 
     #[test]
