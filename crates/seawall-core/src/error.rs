@@ -8,7 +8,9 @@
 //! An error shared as `Arc<dyn Error>` (as a fallback receives it) is an error of its own type
 //! whose `source()` skips the error it holds; the helpers look through it, so an error raised again
 //! from an `Arc` is still found by its type. An `Arc<T>` or `Box<T>` of the type looked for counts
-//! as that type too.
+//! as that type too. A [`std::io::Error`] made from another error (`io::Error::other(e)`, as an
+//! error crosses an `AsyncRead` or a body stream) likewise has a `source()` that skips `e`; the
+//! helpers visit the `io::Error` and then `e`.
 //!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
@@ -47,7 +49,9 @@ pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
 /// Iterates over `err` and then each error in its `source()` chain.
 ///
 /// An `Arc<dyn Error>` in the chain is replaced by the error it holds (it displays the same and has
-/// the same source), so that error is not skipped.
+/// the same source), so that error is not skipped. An [`std::io::Error`] that wraps an error is
+/// followed by the error it wraps ([`get_ref`](std::io::Error::get_ref)), not by that error's
+/// source, which is what its own `source()` gives.
 pub fn chain<'a>(err: &'a (dyn Error + 'static)) -> Chain<'a> {
     Chain { next: Some(err) }
 }
@@ -63,7 +67,12 @@ impl<'a> Iterator for Chain<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let current = unshare(self.next?);
-        self.next = current.source();
+        self.next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|wrapped| wrapped as &(dyn Error + 'static)),
+            None => current.source(),
+        };
         Some(current)
     }
 }
@@ -141,6 +150,28 @@ mod tests {
         let err: BoxError = Box::new(Wrap(Box::new(Box::new(Leaf))));
         assert!(is::<Leaf>(&*err));
         assert!(find::<std::io::Error>(&*err).is_none());
+    }
+
+    #[test]
+    fn finds_type_wrapped_in_an_io_error() {
+        // `io::Error::other(e)` displays `e` but its `source()` is `e.source()`, skipping `e`:
+        // how an error crosses an `AsyncRead` or a body stream.
+        let err: BoxError = Box::new(std::io::Error::other(Wrap(Box::new(Leaf))));
+        assert!(is::<std::io::Error>(&*err));
+        assert!(is::<Wrap>(&*err));
+        assert!(is::<Leaf>(&*err));
+        assert_eq!(chain(&*err).count(), 3);
+        let err: BoxError = Box::new(Wrap(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            Leaf,
+        ))));
+        assert!(is::<Leaf>(&*err));
+        // An io::Error without a payload ends the chain.
+        let err: BoxError = Box::new(Wrap(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        assert_eq!(chain(&*err).count(), 2);
+        assert!(find::<Leaf>(&*err).is_none());
     }
 
     #[test]
