@@ -9,7 +9,7 @@
 //! | [`Backoff::exponential`] (default, full jitter) | uniform in `[0, min(max_delay, base × multiplier^n)]` |
 //! | `exponential` with [`Jitter::Equal`] | half of the ceiling plus uniform in `[0, ceiling / 2]` |
 //! | `exponential` with [`Jitter::None`] | `min(max_delay, base × multiplier^n)` |
-//! | [`Backoff::decorrelated`] | uniform in `[base, min(max_delay, 3 × previous)]`, the first previous being `base` |
+//! | [`Backoff::decorrelated`] | `min(max_delay, uniform in [base, 3 × previous])`, the first previous being `base` |
 //!
 //! Randomness comes from a seeded `SmallRng` (from `rand`), so a test that fixes the seed
 //! sees the same delays every run:
@@ -95,9 +95,10 @@ impl Backoff {
         }
     }
 
-    /// Decorrelated jitter: each delay is uniform in `[base, 3 × previous delay]`, capped at
-    /// `max_delay` (2 s unless set). Spreads retries about as well as full jitter while never
-    /// retrying sooner than `base`.
+    /// Decorrelated jitter: each delay is drawn uniformly from `[base, 3 × previous delay]` and
+    /// then capped at `max_delay` (2 s unless set), so once the delays have grown a share of them
+    /// is the cap itself. Spreads retries about as well as full jitter while never retrying
+    /// sooner than `base`.
     pub fn decorrelated(base: Duration) -> Self {
         Backoff {
             kind: Kind::Decorrelated,
@@ -222,9 +223,11 @@ impl Delays {
                 }
             }
             Kind::Decorrelated => {
+                // Drawn up to three times the previous delay, then capped (not drawn below the
+                // cap), as Brooker's formula has it.
                 let base = nanos(b.base).min(cap);
-                let upper = nanos(self.previous).saturating_mul(3).min(cap).max(base);
-                self.rng.random_range(base..=upper)
+                let upper = nanos(self.previous).saturating_mul(3).max(base);
+                self.rng.random_range(base..=upper).min(cap)
             }
         };
         self.retry = self.retry.saturating_add(1);
@@ -316,6 +319,31 @@ mod tests {
                 previous = d;
             }
         }
+    }
+
+    /// Brooker's decorrelated jitter: `sleep = min(cap, random_between(base, sleep × 3))`. The
+    /// draw spans `[base, 3 × previous]` even when that reaches past the cap, and is then capped,
+    /// so once the delays have grown a share of them is exactly the cap.
+    #[test]
+    fn decorrelated_draws_up_to_three_times_the_previous_delay_then_caps() {
+        for seed in 0..50 {
+            let (base, cap) = (nanos(10 * MS), nanos(100 * MS));
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut sleep = base;
+            let want: Vec<Duration> = (0..20)
+                .map(|_| {
+                    sleep = rng.random_range(base..=sleep * 3).min(cap);
+                    Duration::from_nanos(sleep)
+                })
+                .collect();
+            let b = Backoff::decorrelated(10 * MS).with_max_delay(100 * MS);
+            let got: Vec<Duration> = b.delays(seed).take(20).collect();
+            assert_eq!(got, want, "seed {seed}");
+        }
+        // With a cap below three times the base, at least half the draws land on the cap.
+        let b = Backoff::decorrelated(10 * MS).with_max_delay(20 * MS);
+        let at_cap = b.delays(1).take(100).filter(|d| *d == 20 * MS).count();
+        assert!(at_cap >= 40, "{at_cap} of 100 delays at the cap");
     }
 
     #[test]
