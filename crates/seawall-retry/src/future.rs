@@ -445,6 +445,7 @@ where
         if let Some(paid) = this.paid.take() {
             paid.spend();
         }
+        link.on_retry_sent();
         Poll::Ready(Ok(()))
     }
 }

@@ -283,17 +283,24 @@ impl<P, K> Link<P, K> {
         }
     }
 
+    /// A retry was scheduled: reported to the listeners and traced. It is counted in the metric
+    /// only once sent ([`on_retry_sent`](Self::on_retry_sent)).
     #[cold]
     pub(crate) fn on_retry(&self, attempt: u32, delay: Duration) {
         let name = &self.settings().name;
-        match self.core.as_ref() {
-            Some(core) => core.retries.increment(1),
-            None => metrics::counter(metrics::RETRY_RETRIES, name).increment(1),
-        }
         tracing::debug!(name = %name, attempt, ?delay, "seawall retry");
         if let Some(core) = self.core.as_ref() {
             core.listeners
                 .emit(name, &RetryEvent::Retry { attempt, delay });
+        }
+    }
+
+    /// A retry was sent.
+    #[cold]
+    pub(crate) fn on_retry_sent(&self) {
+        match self.core.as_ref() {
+            Some(core) => core.retries.increment(1),
+            None => metrics::counter(metrics::RETRY_RETRIES, &self.settings().name).increment(1),
         }
     }
 

@@ -76,3 +76,67 @@ async fn a_budgeted_layer_counts_retries_and_exhaustion() {
     assert_eq!(recorder.counter(RETRY_BUDGET_EXHAUSTED, "budgeted"), 18);
     assert_eq!(recorder.counter(RETRY_GAVE_UP, "budgeted"), 2);
 }
+
+/// `seawall_retry_retries_total` counts retries sent: one scheduled and then never sent (the caller
+/// gave up during the backoff, or the deadline passed while the service was not ready) is not a
+/// retry, and the budget gets it back too.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_is_never_sent_is_not_counted() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = |name: &'static str| {
+        RetryLayer::builder()
+            .name(name)
+            .max_attempts(3)
+            .backoff(Backoff::constant(Duration::from_millis(100)))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap()
+    };
+    let failing = || service_fn(|_: Req| async { Err::<(), BoxError>("down".into()) });
+
+    // The caller gives up during the first backoff.
+    let call = layer("dropped").layer(failing()).oneshot(Req);
+    assert!(tokio::time::timeout(Duration::from_millis(50), call)
+        .await
+        .is_err());
+    assert_eq!(recorder.counter(RETRY_RETRIES, "dropped"), 0);
+
+    // The service never becomes ready again before the deadline: the call gives up, once.
+    #[derive(Clone)]
+    struct ReadyOnce(Arc<AtomicU32>);
+    impl tower::Service<seawall_core::deadline::WithDeadline<()>> for ReadyOnce {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            if self.0.load(Ordering::SeqCst) == 0 {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+        fn call(&mut self, _: seawall_core::deadline::WithDeadline<()>) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Err("down".into()))
+        }
+    }
+    let sent = Arc::new(AtomicU32::new(0));
+    let req = seawall_core::deadline::WithDeadline::new(())
+        .with_deadline(tokio::time::Instant::now() + Duration::from_millis(300));
+    let err = layer("not-ready")
+        .layer(ReadyOnce(sent.clone()))
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert!(
+        seawall_core::error::is::<seawall_retry::Elapsed>(&*err),
+        "{err}"
+    );
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(recorder.counter(RETRY_RETRIES, "not-ready"), 0);
+    assert_eq!(recorder.counter(RETRY_GAVE_UP, "not-ready"), 1);
+}
