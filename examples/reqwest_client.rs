@@ -53,6 +53,11 @@ impl Policy<Req, reqwest::Response> for ReqwestPolicy {
     fn retry_after(&self, response: &reqwest::Response) -> Option<Duration> {
         seawall::core::classify::retry_after(response.headers())
     }
+
+    // `classify` ignores how long an attempt took: the layer need not read the clock.
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
 }
 
 /// A copy for another attempt, keeping the deadline; a streaming body cannot be copied.

@@ -42,9 +42,12 @@ pub trait Policy<Req, Res> {
     }
 
     /// Whether [`classify`](Policy::classify) looks at `elapsed`; when `false` the layers pass
-    /// [`Duration::ZERO`] and skip reading the clock.
+    /// [`Duration::ZERO`] and skip reading the clock. `true` unless overridden, so a policy that
+    /// reads `elapsed` always gets the real duration; one that never does can answer `false` to
+    /// save the clock reads, as [`HttpPolicy`] and [`Classified`] over the ready-made classifiers
+    /// do.
     fn uses_elapsed(&self) -> bool {
-        false
+        true
     }
 }
 
@@ -127,6 +130,10 @@ impl<B, RB> Policy<Request<B>, Response<RB>> for HttpPolicy {
     #[inline]
     fn classify(&self, result: Result<&Response<RB>, &BoxError>, elapsed: Duration) -> Outcome {
         Classify::<Response<RB>, BoxError>::classify(&self.classifier, result, elapsed)
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        Classify::<Response<RB>, BoxError>::uses_elapsed(&self.classifier)
     }
 
     fn retry_after(&self, response: &Response<RB>) -> Option<Duration> {
@@ -248,6 +255,65 @@ mod tests {
             assert_eq!(p.retry_after(&res), expected, "{code}");
         }
         assert_eq!(p.retry_after(&status(503)), None);
+    }
+
+    /// A slow-call rule of one's own: an answer after 50 ms is a failure.
+    #[derive(Clone)]
+    struct SlowIsFailure;
+
+    #[derive(Clone, Copy)]
+    struct Ping;
+    impl seawall_core::deadline::RequestDeadline for Ping {}
+
+    impl Policy<Ping, u8> for SlowIsFailure {
+        fn classify(&self, result: Result<&u8, &BoxError>, elapsed: Duration) -> Outcome {
+            match result {
+                Ok(_) if elapsed <= Duration::from_millis(50) => Outcome::Success,
+                _ => Outcome::Failure,
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_of_ones_own_is_given_the_duration_by_default() {
+        assert!(Policy::<Ping, u8>::uses_elapsed(&SlowIsFailure));
+        assert!(!Policy::<(), u8>::uses_elapsed(&Classified::<
+            DefaultClassifier,
+        >::default()));
+        let p: &P = &HttpPolicy::new();
+        assert!(!p.uses_elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_is_retried_by_a_policy_that_reads_the_duration() {
+        use crate::{Backoff, RetryBudget, RetryLayer};
+        use std::sync::{
+            atomic::{AtomicU32, Ordering},
+            Arc,
+        };
+        use tower::{service_fn, Layer, ServiceExt};
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        // The first answer takes 100 ms, the second 10 ms.
+        let inner = service_fn(move |_: Ping| {
+            let n = counted.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let took = if n == 0 { 100 } else { 10 };
+                tokio::time::sleep(Duration::from_millis(took)).await;
+                Ok::<u8, BoxError>(n as u8)
+            }
+        });
+        let layer = RetryLayer::builder()
+            .policy(SlowIsFailure)
+            .max_attempts(3)
+            .backoff(Backoff::constant(Duration::ZERO))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap();
+        let answer = layer.layer(inner).oneshot(Ping).await.unwrap();
+        assert_eq!(answer, 1, "the slow first answer was retried");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 
     #[test]
