@@ -151,6 +151,14 @@ impl Backoff {
     ///     .validate()
     ///     .unwrap_err();
     /// assert_eq!(err.to_string(), "max_delay must be at least the base delay (5s), got 1s");
+    ///
+    /// // The default cap is 2 s: a longer base needs a cap of its own.
+    /// let err = Backoff::exponential(Duration::from_secs(5)).validate().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "max_delay must be at least the base delay (5s), got 2s \
+    ///      (the default; raise it with with_max_delay)"
+    /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.kind {
@@ -164,10 +172,16 @@ impl Backoff {
             }
         }
         if self.max_delay < self.base {
+            // The default cap may not have been set by hand: say where it came from.
+            let hint = if self.max_delay == DEFAULT_MAX_DELAY {
+                " (the default; raise it with with_max_delay)"
+            } else {
+                ""
+            };
             return Err(ConfigError::conflict(
                 "max_delay",
                 format!(
-                    "must be at least the base delay ({:?}), got {:?}",
+                    "must be at least the base delay ({:?}), got {:?}{hint}",
                     self.base, self.max_delay
                 ),
             ));
