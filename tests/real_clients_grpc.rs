@@ -2,7 +2,8 @@
 //! seawall layers that classify gRPC statuses with `GrpcClassifier`.
 //!
 //! A misbehaving server answers every call trailers-only with `grpc-status: 14` (UNAVAILABLE):
-//! HTTP 200, so only the gRPC status tells the call failed. Another is shut down mid-test.
+//! HTTP 200, so only the gRPC status tells the call failed. Another is shut down mid-test. The
+//! servers record the `grpc-timeout` each call arrives with.
 
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, EjectReason, OutlierDetection, Picker},
@@ -13,7 +14,7 @@ use seawall::{
         error::{find, is},
     },
     discover,
-    grpc::StatusLayer,
+    grpc::{parse_timeout, HonorTimeoutLayer, SendDeadlineLayer, StatusLayer},
     retry::{Backoff, RetryBudget, RetryEvent, RetryLayer},
     BoxError, Name, Outcome, ServiceBuilderExt,
 };
@@ -46,6 +47,8 @@ struct GrpcServer {
     hits: Arc<AtomicU32>,
     /// When set, every call is answered UNAVAILABLE.
     unavailable: Arc<AtomicBool>,
+    /// The `grpc-timeout` of each call that reached the server, in order.
+    timeouts: Arc<Mutex<Vec<Option<String>>>>,
     stop: Option<oneshot::Sender<()>>,
     _reporter: HealthReporter,
 }
@@ -54,10 +57,15 @@ async fn grpc_server() -> GrpcServer {
     let (reporter, health) = tonic_health::server::health_reporter();
     let hits = Arc::new(AtomicU32::new(0));
     let unavailable = Arc::new(AtomicBool::new(false));
-    let (h, u) = (hits.clone(), unavailable.clone());
+    let timeouts = Arc::new(Mutex::new(Vec::new()));
+    let (h, u, t) = (hits.clone(), unavailable.clone(), timeouts.clone());
     // A failing interceptor answers trailers-only: `grpc-status` in the response headers.
     let svc = InterceptedService::new(health, move |req: tonic::Request<()>| {
         h.fetch_add(1, SeqCst);
+        let timeout = req.metadata().get("grpc-timeout");
+        t.lock()
+            .unwrap()
+            .push(timeout.map(|v| v.to_str().unwrap().to_owned()));
         if u.load(SeqCst) {
             Err(Status::unavailable("draining"))
         } else {
@@ -80,6 +88,7 @@ async fn grpc_server() -> GrpcServer {
         addr,
         hits,
         unavailable,
+        timeouts,
         stop: Some(stop),
         _reporter: reporter,
     }
@@ -333,4 +342,76 @@ async fn status_layer_gives_generated_clients_grpc_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+}
+
+impl GrpcServer {
+    /// The `grpc-timeout` the last call arrived with, read as gRPC reads it.
+    fn last_timeout(&self) -> Option<Duration> {
+        let timeouts = self.timeouts.lock().unwrap();
+        let value = timeouts
+            .last()
+            .expect("a call reached the server")
+            .as_deref()?;
+        Some(
+            parse_timeout(&http::HeaderValue::from_str(value).unwrap())
+                .expect("a valid grpc-timeout"),
+        )
+    }
+}
+
+/// With `SendDeadlineLayer` above the `Channel`, the server is told the deadline seawall
+/// enforces: never more time than the client's total timeout leaves, a caller's longer
+/// `grpc-timeout` cut down to it, and a caller's shorter one (read by `HonorTimeoutLayer`) kept.
+#[tokio::test]
+async fn the_server_is_told_the_clients_deadline() {
+    let server = grpc_server().await;
+    let total = Duration::from_secs(5);
+
+    // Without the layer the deadline stays in the client.
+    let mut plain = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .with_timeout(total)
+            .service(channel(&server.addr)),
+    );
+    plain.check(check()).await.unwrap();
+    assert_eq!(server.last_timeout(), None);
+
+    let mut sending = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .with_timeout(total)
+            .layer(SendDeadlineLayer::new())
+            .service(channel(&server.addr)),
+    );
+    let res = sending.check(check()).await.unwrap().into_inner();
+    assert_eq!(res.status(), ServingStatus::Serving);
+    let sent = server.last_timeout().expect("the deadline is sent");
+    assert!(sent > Duration::ZERO && sent <= total, "{sent:?}");
+
+    // A caller's longer timeout is cut to what the total timeout leaves.
+    let mut request = tonic::Request::new(check());
+    request.set_timeout(Duration::from_secs(60));
+    sending.check(request).await.unwrap();
+    let sent = server.last_timeout().expect("the deadline is sent");
+    assert!(sent > Duration::ZERO && sent <= total, "{sent:?}");
+
+    // A caller's shorter timeout is the call's deadline, and the server's.
+    let mut honoring = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .layer(HonorTimeoutLayer::new())
+            .with_timeout(total)
+            .layer(SendDeadlineLayer::new())
+            .service(channel(&server.addr)),
+    );
+    let mut request = tonic::Request::new(check());
+    request.set_timeout(Duration::from_millis(1500));
+    honoring.check(request).await.unwrap();
+    let sent = server.last_timeout().expect("the deadline is sent");
+    assert!(
+        sent > Duration::ZERO && sent <= Duration::from_millis(1500),
+        "{sent:?}"
+    );
+    assert_eq!(server.hits.load(SeqCst), 4);
 }

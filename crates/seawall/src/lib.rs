@@ -18,7 +18,7 @@
 //! | `balance` | `balance` | client-side load balancing, outlier ejection |
 //! | `discover` | `discover` | endpoint discovery: static, watch channel, DNS |
 //! | `stack` | `stack` | the canonical client stack in one builder (`ClientStack`) |
-//! | `grpc` | `grpc` | gRPC status codes for seawall's rejections, below tonic's generated clients |
+//! | `grpc` | `grpc` | gRPC status codes for seawall's rejections, below tonic's generated clients; gRPC deadlines (`grpc-timeout`) read from callers and sent to servers |
 //!
 //! Every layer is an ordinary [`tower::Layer`], so it works inside [`tower::ServiceBuilder`] and
 //! behind `BoxCloneService`; [`ServiceBuilderExt`] adds methods that read naturally:
