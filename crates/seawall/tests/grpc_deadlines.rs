@@ -1,9 +1,9 @@
-//! gRPC deadlines meet seawall's: a caller's `grpc-timeout` sets the total timeout
-//! (`HonorTimeoutLayer`), and the deadline seawall enforces goes to the server in `grpc-timeout`
+//! gRPC deadlines meet seawall's: a caller's `grpc-timeout` is the request's deadline, which the
+//! total timeout keeps to (`HonorTimeoutLayer`), and the deadline seawall enforces goes to the server in `grpc-timeout`
 //! (`SendDeadlineLayer`). In paused time.
 
 use seawall::{
-    core::{error::is, Deadline, TimeoutOverride},
+    core::{deadline::RequestDeadline, error::is, Deadline, TimeoutOverride},
     grpc::{HonorTimeout, HonorTimeoutLayer, SendDeadline, SendDeadlineLayer},
     timeout::{Elapsed, TimeoutLayer},
     BoxError, ServiceBuilderExt,
@@ -16,7 +16,7 @@ use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
     grpc_timeout: Option<String>,
-    timeout_override: Option<Duration>,
+    deadline: Option<Instant>,
 }
 
 fn seen(request: &http::Request<()>) -> Seen {
@@ -25,7 +25,7 @@ fn seen(request: &http::Request<()>) -> Seen {
             .headers()
             .get("grpc-timeout")
             .map(|v| v.to_str().unwrap().to_owned()),
-        timeout_override: request.extensions().get::<TimeoutOverride>().map(|t| t.0),
+        deadline: request.deadline(),
     }
 }
 
@@ -65,7 +65,7 @@ async fn a_grpc_timeout_shorter_than_the_total_timeout_cuts_the_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_inner_service_sees_the_grpc_timeout_as_an_override() {
+async fn the_inner_service_sees_the_grpc_timeout_as_the_deadline() {
     let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
     let seen = client
         .oneshot(with_grpc_timeout("99999999u"))
@@ -75,44 +75,91 @@ async fn the_inner_service_sees_the_grpc_timeout_as_an_override() {
         seen,
         Seen {
             grpc_timeout: header("99999999u"),
-            timeout_override: Some(Duration::from_micros(99_999_999)),
+            deadline: Some(Instant::now() + Duration::from_micros(99_999_999)),
         }
     );
 }
 
-/// The caller's timeout replaces the total timeout's duration, as any `TimeoutOverride` does.
+/// As with tonic's own `Endpoint::timeout`, the shorter of the caller's timeout and the stack's
+/// wins: a caller's longer timeout does not stretch the total timeout.
 #[tokio::test(start_paused = true)]
-async fn a_longer_grpc_timeout_replaces_the_total_timeout() {
+async fn a_longer_grpc_timeout_does_not_stretch_the_total_timeout() {
     let client = ServiceBuilder::new()
         .layer(HonorTimeoutLayer::new())
         .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
         .service(inner(Duration::from_millis(1500)));
-    assert!(client.oneshot(with_grpc_timeout("2S")).await.is_ok());
+    let start = Instant::now();
+    let error = client.oneshot(with_grpc_timeout("2S")).await.unwrap_err();
+    assert!(is::<Elapsed>(&*error), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_override_already_on_the_request_wins() {
+async fn an_earlier_deadline_on_the_request_is_kept() {
+    let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
+    let mut request = with_grpc_timeout("10S");
+    let earlier = Instant::now() + Duration::from_millis(50);
+    request.set_deadline(earlier);
+    assert_eq!(
+        client.clone().oneshot(request).await.unwrap().deadline,
+        Some(earlier)
+    );
+
+    // A later one is brought forward to the caller's timeout.
+    let mut request = with_grpc_timeout("10S");
+    request.set_deadline(Instant::now() + Duration::from_secs(60));
+    assert_eq!(
+        client.oneshot(request).await.unwrap().deadline,
+        Some(Instant::now() + Duration::from_secs(10))
+    );
+}
+
+/// An override changes the total timeout's own duration; the caller's deadline still caps it.
+#[tokio::test(start_paused = true)]
+async fn an_override_and_the_grpc_timeout_the_shorter_wins() {
     let client = ServiceBuilder::new()
         .layer(HonorTimeoutLayer::new())
         .with_timeout(TimeoutLayer::new(Duration::from_secs(30)))
         .service(inner(Duration::from_secs(1)));
+    for (grpc_timeout, overridden, ends_at) in [("10S", 50, 50), ("100m", 500, 100)] {
+        let mut request = with_grpc_timeout(grpc_timeout);
+        request
+            .extensions_mut()
+            .insert(TimeoutOverride(Duration::from_millis(overridden)));
+        let start = Instant::now();
+        let error = client.clone().oneshot(request).await.unwrap_err();
+        assert!(is::<Elapsed>(&*error), "{error:?}");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(ends_at),
+            "{grpc_timeout}"
+        );
+    }
+}
 
-    let mut request = with_grpc_timeout("10S");
-    request
-        .extensions_mut()
-        .insert(TimeoutOverride(Duration::from_millis(50)));
+/// Without a total timeout of its own, a `ClientStack`-like stack still ends the call at the
+/// caller's deadline: the stand-in that enforces only a caller's deadline sees it.
+#[tokio::test(start_paused = true)]
+async fn a_caller_deadline_is_enforced_without_a_total_timeout() {
+    let callers_deadline_only = TimeoutLayer::builder()
+        .timeout(Duration::MAX)
+        .propagate_deadline(false)
+        .honor_override(false)
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(HonorTimeoutLayer::new())
+        .with_timeout(callers_deadline_only)
+        .service(inner(Duration::from_secs(1)));
     let start = Instant::now();
-    let error = client.oneshot(request).await.unwrap_err();
+    let error = client.oneshot(with_grpc_timeout("250m")).await.unwrap_err();
     assert!(is::<Elapsed>(&*error), "{error:?}");
-    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_malformed_grpc_timeout_is_left_alone() {
-    let client = ServiceBuilder::new()
-        .layer(HonorTimeoutLayer::new())
-        .with_timeout(TimeoutLayer::new(Duration::from_secs(30)))
-        .service(inner(Duration::from_secs(1)));
+    let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
     for bad in ["1.5S", "123456789m", "10s", "m", "-1S"] {
         let seen = client
             .clone()
@@ -123,7 +170,7 @@ async fn a_malformed_grpc_timeout_is_left_alone() {
             seen,
             Seen {
                 grpc_timeout: header(bad),
-                timeout_override: None
+                deadline: None
             },
             "{bad:?}"
         );
@@ -133,7 +180,7 @@ async fn a_malformed_grpc_timeout_is_left_alone() {
         seen,
         Seen {
             grpc_timeout: None,
-            timeout_override: None
+            deadline: None
         }
     );
 }
