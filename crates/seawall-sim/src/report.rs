@@ -1,6 +1,7 @@
 //! What a run measured, summarised per client.
 
 use crate::{backend::FaultKind, run::RawRun, scenario::Scenario};
+use hdrhistogram::Histogram;
 use std::{fmt::Write as _, time::Duration};
 
 /// The results of one scenario.
@@ -82,7 +83,7 @@ impl ClientReport {
     /// example does this), as long as its calls are indexed like `scenario.backends`.
     pub fn new(scenario: &Scenario, raw: RawRun) -> Self {
         let h = &raw.latency_us;
-        let at = |q: f64| Duration::from_micros(h.value_at_quantile(q / 100.0));
+        let at = |q: f64| Duration::from_micros(value_at_percentile(h, q));
         let n = scenario.backends.len();
         let run_ms = (raw.elapsed.as_millis() as u64).max(1);
         let bucket_ms = (run_ms / 200).max(10);
@@ -210,6 +211,26 @@ impl ClientReport {
     }
 }
 
+/// The latency at `percentile`: the value of nearest rank `⌈percentile/100 × n⌉`, as hdrhistogram
+/// defines it, but with the rank in integer arithmetic. `value_at_quantile(q / 100.0)` lands one
+/// rank high wherever the division rounds up (99.9 / 100 is a hair above 0.999), which made p99.9
+/// of 1,000 requests their maximum.
+fn value_at_percentile(h: &Histogram<u64>, percentile: f64) -> u64 {
+    // In millionths, exact for percentiles given to four decimals (every one of CURVE).
+    let millionths = (percentile * 10_000.0).round().clamp(0.0, 1_000_000.0) as u128;
+    let rank = (u128::from(h.len()) * millionths)
+        .div_ceil(1_000_000)
+        .max(1);
+    let mut seen = 0u128;
+    for v in h.iter_recorded() {
+        seen += u128::from(v.count_since_last_iteration());
+        if seen >= rank {
+            return h.highest_equivalent(v.value_iterated_to());
+        }
+    }
+    0
+}
+
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms >= 100.0 {
@@ -312,7 +333,6 @@ mod tests {
         dist::Latency,
         scenario::Load,
     };
-    use hdrhistogram::Histogram;
 
     /// Two backends, b1 down from 2 s to 4 s.
     fn scenario() -> Scenario {
@@ -357,6 +377,39 @@ mod tests {
             calls,
             elapsed: Duration::from_millis(6_150),
         }
+    }
+
+    /// `requests` requests answered in 1, 2, 3, ... µs (exact in hdrhistogram up to 2,047).
+    fn ranked(requests: u64) -> RawRun {
+        let mut latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for us in 1..=requests {
+            latency_us.record(us).unwrap();
+        }
+        RawRun {
+            client: "test".into(),
+            latency_us,
+            ok: requests,
+            failed: 0,
+            calls: Vec::new(),
+            elapsed: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_not_one_past_it() {
+        let us = Duration::from_micros;
+        let report = ClientReport::new(&scenario(), ranked(1_000));
+        assert_eq!(report.p50, us(500));
+        assert_eq!(report.p90, us(900));
+        assert_eq!(report.p99, us(990));
+        // The 999th of 1,000, not the slowest: 99.9 / 100 is a hair above 0.999 in binary.
+        assert_eq!(report.p999, us(999));
+        assert_eq!(report.max, us(1_000));
+        // Nearest rank: the ceiling of q × 1,000.
+        let curve = [500, 750, 900, 950, 990, 995, 999, 1_000, 1_000].map(us);
+        assert_eq!(report.curve, curve, "{CURVE:?}");
+        let report = ClientReport::new(&scenario(), ranked(2_000));
+        assert_eq!(report.p999, us(1_998));
     }
 
     #[test]
