@@ -414,13 +414,16 @@ impl OutlierSpec {
             if v > 0.0 {
                 let mut rule = o.failure_percentage.unwrap_or_default();
                 rule.threshold = v;
-                if let Some(volume) = self.failure_percentage_volume {
-                    rule.request_volume = volume;
-                }
                 o.failure_percentage = Some(rule);
             } else {
                 o.failure_percentage = None;
             }
+        }
+        // Tunes the rule whether its threshold was given or is the default.
+        if let (Some(rule), Some(volume)) =
+            (&mut o.failure_percentage, self.failure_percentage_volume)
+        {
+            rule.request_volume = volume;
         }
         if let Some(v) = self.success_rate_factor {
             if v > 0.0 {
@@ -435,13 +438,13 @@ impl OutlierSpec {
             if v > 0.0 {
                 let mut rule = o.latency.unwrap_or_default();
                 rule.factor = v;
-                if let Some(d) = self.latency_duration_ms {
-                    rule.duration = ms(d);
-                }
                 o.latency = Some(rule);
             } else {
                 o.latency = None;
             }
+        }
+        if let (Some(rule), Some(d)) = (&mut o.latency, self.latency_duration_ms) {
+            rule.duration = ms(d);
         }
         o
     }
@@ -518,5 +521,38 @@ mod tests {
         }
         .to_config();
         assert_eq!(tuned.success_rate.map(|r| r.stdev_factor), Some(1.0));
+    }
+
+    /// The failure-percentage and latency rules are on by default: a setting of theirs given
+    /// without the threshold tunes the default rule rather than being dropped.
+    #[test]
+    fn a_rule_setting_given_alone_tunes_the_default_rule() {
+        let tuned = OutlierSpec {
+            failure_percentage_volume: Some(20),
+            latency_duration_ms: Some(1_000),
+            ..OutlierSpec::default()
+        }
+        .to_config();
+        let defaults = OutlierDetection::default();
+        let failure = tuned.failure_percentage.expect("on by default");
+        assert_eq!(failure.request_volume, 20);
+        assert_eq!(
+            Some(failure.threshold),
+            defaults.failure_percentage.map(|r| r.threshold)
+        );
+        let latency = tuned.latency.expect("on by default");
+        assert_eq!(latency.duration, Duration::from_secs(1));
+        assert_eq!(Some(latency.factor), defaults.latency.map(|r| r.factor));
+        // With the rule turned off there is nothing to tune.
+        let off = OutlierSpec {
+            failure_percentage: Some(0.0),
+            failure_percentage_volume: Some(20),
+            latency_factor: Some(0.0),
+            latency_duration_ms: Some(1_000),
+            ..OutlierSpec::default()
+        }
+        .to_config();
+        assert_eq!(off.failure_percentage, None);
+        assert_eq!(off.latency, None);
     }
 }
