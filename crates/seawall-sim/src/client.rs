@@ -338,7 +338,7 @@ impl SeawallSpec {
         };
         let mut balance = BalanceLayer::builder().picker(picker).seed(seed);
         if let Some(o) = &self.outlier {
-            balance = balance.outlier_detection(o.to_config());
+            balance = balance.outlier_detection(o.to_config()?);
         }
         let mut svc: SimClient = BoxCloneService::new(
             balance
@@ -392,7 +392,20 @@ impl SeawallSpec {
 }
 
 impl OutlierSpec {
-    fn to_config(&self) -> OutlierDetection {
+    fn to_config(&self) -> Result<OutlierDetection, String> {
+        // 0 turns a rule off; a negative or NaN value is a mistake, not a quiet "off" (the
+        // builder checks the rest of each range, naming the rule's own field).
+        for (name, v) in [
+            ("failure_percentage", self.failure_percentage),
+            ("success_rate_factor", self.success_rate_factor),
+            ("latency_factor", self.latency_factor),
+        ] {
+            if let Some(v) = v.filter(|v| v.is_nan() || *v < 0.0) {
+                return Err(format!(
+                    "outlier.{name} must be >= 0 (0 turns the rule off), got {v}"
+                ));
+            }
+        }
         let mut o = OutlierDetection::default();
         let ms = Duration::from_millis;
         if let Some(v) = self.interval_ms {
@@ -446,7 +459,7 @@ impl OutlierSpec {
         if let (Some(rule), Some(d)) = (&mut o.latency, self.latency_duration_ms) {
             rule.duration = ms(d);
         }
-        o
+        Ok(o)
     }
 }
 
@@ -510,7 +523,8 @@ mod tests {
             success_rate_factor: Some(0.0),
             ..OutlierSpec::default()
         }
-        .to_config();
+        .to_config()
+        .unwrap();
         assert_eq!(off.consecutive_failures, None);
         assert_eq!(off.failure_percentage, None);
         assert_eq!(off.latency, None);
@@ -519,7 +533,8 @@ mod tests {
             success_rate_factor: Some(1.0),
             ..OutlierSpec::default()
         }
-        .to_config();
+        .to_config()
+        .unwrap();
         assert_eq!(tuned.success_rate.map(|r| r.stdev_factor), Some(1.0));
     }
 
@@ -532,7 +547,8 @@ mod tests {
             latency_duration_ms: Some(1_000),
             ..OutlierSpec::default()
         }
-        .to_config();
+        .to_config()
+        .unwrap();
         let defaults = OutlierDetection::default();
         let failure = tuned.failure_percentage.expect("on by default");
         assert_eq!(failure.request_volume, 20);
@@ -551,7 +567,8 @@ mod tests {
             latency_duration_ms: Some(1_000),
             ..OutlierSpec::default()
         }
-        .to_config();
+        .to_config()
+        .unwrap();
         assert_eq!(off.failure_percentage, None);
         assert_eq!(off.latency, None);
     }

@@ -131,6 +131,28 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             scenario("rate_per_sec = 1e-30", "kind = \"round_robin\""),
             "load.rate_per_sec",
         ),
+        // Only 0 turns a rule off; anything else below it is a mistake, not "off".
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { failure_percentage = -0.5 }",
+            ),
+            "outlier.failure_percentage",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { latency_factor = -3.0 }",
+            ),
+            "outlier.latency_factor",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { success_rate_factor = nan }",
+            ),
+            "outlier.success_rate_factor",
+        ),
     ];
     for (text, field) in cases {
         let err = match std::panic::catch_unwind(|| Scenario::from_toml(&text)) {
