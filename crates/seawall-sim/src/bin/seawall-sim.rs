@@ -2,7 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use seawall_sim::{builtin, run, svg, Scenario};
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::{ErrorKind, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 /// Simulate client-side load balancing and resilience policies in virtual time.
 #[derive(Debug, Parser)]
@@ -42,15 +46,27 @@ fn load(scenario: &str) -> Result<Scenario, String> {
     Scenario::from_toml(&text).map_err(|e| format!("{scenario}: {e}"))
 }
 
+/// Writes `text` to standard output. A reader that has gone away (`| head`) ends the output
+/// quietly; any other failure is an error.
+fn emit(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::List => {
-            for s in builtin::all() {
-                println!("{:<22} {}", s.name, s.description);
-            }
-            Ok(())
-        }
+        Command::List => emit(
+            &builtin::all()
+                .iter()
+                .map(|s| format!("{:<22} {}\n", s.name, s.description))
+                .collect::<String>(),
+        ),
         Command::Run {
             scenario,
             seed,
@@ -65,10 +81,10 @@ fn main() -> ExitCode {
             }
             let seed = seed.unwrap_or(s.seed);
             let report = run::run(&s, seed)?;
-            print!("{}", report.table());
+            emit(&report.table())?;
             if let Some(path) = out {
                 svg::write_svg(&report, &path)?;
-                println!("\nreport written to {}", path.display());
+                emit(&format!("\nreport written to {}\n", path.display()))?;
             }
             Ok(())
         }),

@@ -1,0 +1,62 @@
+//! The command line reports bad input and failed output as an error, never a panic.
+
+use std::process::{Command, Output, Stdio};
+
+fn sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_seawall-sim"))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_clean_error(out: &Output, says: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+}
+
+#[test]
+fn an_unknown_scenario_or_an_unwritable_report_is_an_error() {
+    let out = sim().args(["run", "no-such-scenario"]).output().unwrap();
+    assert_clean_error(&out, "neither a built-in scenario");
+    let dir = std::env::temp_dir().join(format!("seawall-sim-cli-{}", std::process::id()));
+    let missing = dir.join("missing").join("report.svg");
+    let out = sim()
+        .args(["run", "hard-down", "--requests", "100", "--out"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "cannot draw");
+}
+
+/// `seawall-sim run ... | head -3`: the reader leaves before the table is printed.
+#[test]
+fn a_reader_that_leaves_early_is_no_panic() {
+    let mut child = sim()
+        .args(["run", "hard-down", "--requests", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end while the simulation is still running.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_to_standard_output_is_an_error() {
+    for args in [&["list"][..], &["run", "hard-down", "--requests", "100"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = sim().args(args).stdout(full).output().unwrap();
+        assert_clean_error(&out, "standard output");
+    }
+}
