@@ -32,7 +32,8 @@ pub enum Picker {
     /// weight `w` is due every `1/w`). An unavailable endpoint's calls go to the available ones,
     /// still in proportion to their weights.
     WeightedRoundRobin,
-    /// The endpoint with the fewest calls in flight; ties go to a random one.
+    /// The endpoint with the fewest calls in flight; ties go to one of the tied endpoints, each
+    /// as likely as the others.
     LeastOutstanding,
     /// The endpoint with the fewest calls in flight among `choices` drawn at random.
     P2cOutstanding {
@@ -292,10 +293,12 @@ impl Picker {
                 weighted(n, cx.rng, &avail, |i| set.endpoints[i].weight)
             }
             Picker::LeastOutstanding => {
-                let start = cx.rng.random_range(0..n);
+                // Ties go to one of the tied endpoints drawn uniformly (reservoir sampling: the
+                // k-th tie replaces the choice with probability 1/k). Taking the first tie after
+                // a random start instead would favour an endpoint that follows busy ones.
                 let mut best: Option<(usize, u32)> = None;
-                for step in 0..n {
-                    let i = (start + step) % n;
+                let mut ties = 0u32;
+                for i in 0..n {
                     if !avail(i) {
                         continue;
                     }
@@ -303,8 +306,18 @@ impl Picker {
                         .stats
                         .outstanding
                         .load(std::sync::atomic::Ordering::Relaxed);
-                    if best.is_none_or(|(_, b)| load < b) {
-                        best = Some((i, load));
+                    match best {
+                        Some((_, b)) if load > b => {}
+                        Some((_, b)) if load == b => {
+                            ties += 1;
+                            if cx.rng.random_range(0..ties) == 0 {
+                                best = Some((i, load));
+                            }
+                        }
+                        _ => {
+                            best = Some((i, load));
+                            ties = 1;
+                        }
                     }
                 }
                 best.map(|(i, _)| i)
@@ -474,4 +487,71 @@ fn best_of(
         prev = i;
     }
     Some(best.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{stable_hash, Endpoint, Stats};
+    use rand::SeedableRng;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    fn snapshot(loads: &[u32], zones: &[u16], picker: &Picker) -> Snapshot<usize, ()> {
+        let endpoints = loads
+            .iter()
+            .enumerate()
+            .map(|(i, &load)| {
+                let stats = Stats::default();
+                stats.outstanding.store(load, Relaxed);
+                Arc::new(Endpoint {
+                    key: i,
+                    service: (),
+                    weight: 1,
+                    zone: zones.get(i).copied().unwrap_or(u16::MAX - 1),
+                    key_hash: stable_hash(&i),
+                    stats: Arc::new(stats),
+                })
+            })
+            .collect();
+        Snapshot::build(endpoints, picker, 0)
+    }
+
+    /// How often each endpoint of `set` is picked over `picks` picks, with `avail` saying which
+    /// endpoints may take calls.
+    fn counts(
+        picker: &Picker,
+        set: &Snapshot<usize, ()>,
+        avail: &dyn Fn(usize, &usize) -> bool,
+        picks: usize,
+    ) -> Vec<usize> {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let rr = AtomicUsize::new(0);
+        let tuning = Tuning::new(picker);
+        let mut counts = vec![0; set.len()];
+        for _ in 0..picks {
+            let mut cx = PickCx {
+                rng: &mut rng,
+                hash: None,
+                now: 0,
+                round_robin: &rr,
+                available: avail,
+            };
+            if let Some(i) = picker.pick(set, &tuning, &mut cx) {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Two idle endpoints among busy ones: whichever places they hold in the set, each takes
+    /// half of the picks.
+    #[test]
+    fn least_outstanding_breaks_ties_evenly() {
+        let picker = Picker::LeastOutstanding;
+        let set = snapshot(&[0, 5, 5, 5, 0], &[], &picker);
+        let picked = counts(&picker, &set, &|_, _| true, 10_000);
+        // Binomial(10 000, 0.5): sd 50; 6 sd bounds.
+        assert!((4700..=5300).contains(&picked[0]), "{picked:?}");
+        assert_eq!(picked[0] + picked[4], 10_000, "{picked:?}");
+    }
 }
