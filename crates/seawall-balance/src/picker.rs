@@ -455,7 +455,12 @@ fn weighted(
     chosen
 }
 
-/// The lowest-cost of `choices` distinct random available indices.
+/// The most choices a pick may draw ([`Picker::P2cOutstanding`] and [`Picker::P2cPeakEwma`]
+/// accept at most 64).
+const MAX_CHOICES: usize = 64;
+
+/// The lowest-cost of `choices` distinct random available indices (fewer when fewer are
+/// available).
 #[inline]
 fn best_of(
     n: usize,
@@ -466,27 +471,38 @@ fn best_of(
 ) -> Option<usize> {
     let first = sample(n, rng, avail)?;
     let mut best = (first, cost(first));
-    let mut prev = first;
-    for _ in 1..choices.min(n) {
-        // Draw among the other indices so the choices differ.
-        let mut i = prev;
-        for _ in 0..4 {
-            let j = (prev + 1 + rng.random_range(0..n - 1)) % n;
-            if avail(j) && j != best.0 {
-                i = j;
-                break;
-            }
-        }
-        if i == prev {
-            continue;
-        }
+    let mut drawn = [first; MAX_CHOICES];
+    let choices = choices.clamp(1, MAX_CHOICES).min(n);
+    for k in 1..choices {
+        let Some(i) = sample_other(n, rng, avail, &drawn[..k]) else {
+            break;
+        };
+        drawn[k] = i;
         let c = cost(i);
         if c < best.1 {
             best = (i, c);
         }
-        prev = i;
     }
     Some(best.0)
+}
+
+/// A uniformly random available index not in `drawn`, `None` only when there is none: a few
+/// random draws, then one pass that draws among the rest (reservoir sampling), so a pick among
+/// few available endpoints (most filtered out, a small local zone) still compares several.
+#[inline]
+fn sample_other(
+    n: usize,
+    rng: &mut SmallRng,
+    avail: &dyn Fn(usize) -> bool,
+    drawn: &[usize],
+) -> Option<usize> {
+    for _ in 0..4 {
+        let i = rng.random_range(0..n);
+        if !drawn.contains(&i) && avail(i) {
+            return Some(i);
+        }
+    }
+    weighted(n, rng, &|i| !drawn.contains(&i) && avail(i), |_| 1)
 }
 
 #[cfg(test)]
@@ -553,5 +569,45 @@ mod tests {
         // Binomial(10 000, 0.5): sd 50; 6 sd bounds.
         assert!((4700..=5300).contains(&picked[0]), "{picked:?}");
         assert_eq!(picked[0] + picked[4], 10_000, "{picked:?}");
+    }
+
+    /// Power of two choices with three of twenty endpoints available (a filter or health keeps
+    /// the rest out): both choices are drawn among the three, so the busy one never wins.
+    #[test]
+    fn p2c_draws_two_choices_when_few_endpoints_are_available() {
+        let picker = Picker::p2c();
+        let mut loads = [0; 20];
+        loads[0] = 9;
+        let set = snapshot(&loads, &[], &picker);
+        let picked = counts(&picker, &set, &|i, _| i < 3, 10_000);
+        assert_eq!(picked[0], 0, "{picked:?}");
+        assert_eq!(picked[1] + picked[2], 10_000, "{picked:?}");
+    }
+
+    /// Zone-aware picking within a local zone of three endpoints out of thirty is still power of
+    /// two choices: the busy local endpoint never wins.
+    #[test]
+    fn zone_aware_draws_two_choices_in_a_small_local_zone() {
+        let picker = Picker::zone_aware("a");
+        let mut loads = [0; 30];
+        loads[0] = 9;
+        let mut zones = [1; 30];
+        zones[..3].fill(0);
+        let set = snapshot(&loads, &zones, &picker);
+        let picked = counts(&picker, &set, &|_, _| true, 10_000);
+        assert_eq!(picked[0], 0, "{picked:?}");
+        assert_eq!(picked[1] + picked[2], 10_000, "{picked:?}");
+    }
+
+    /// Three choices of four endpoints are three distinct endpoints: the idle one is among them,
+    /// and wins, three times in four.
+    #[test]
+    fn p2c_choices_are_distinct() {
+        let picker = Picker::P2cOutstanding { choices: 3 };
+        let set = snapshot(&[9, 0, 5, 5], &[], &picker);
+        let picked = counts(&picker, &set, &|_, _| true, 10_000);
+        // Binomial(10 000, 0.75): sd 43; 6 sd bounds.
+        assert!((7240..=7760).contains(&picked[1]), "{picked:?}");
+        assert_eq!(picked[0], 0, "{picked:?}");
     }
 }
