@@ -202,25 +202,33 @@ impl Stats {
     ///
     /// An endpoint never measured, or whose estimate no call has refreshed for a whole decay
     /// period, is stale. A stale endpoint with no call in flight costs nothing, so the next pick
-    /// that draws it sends it one trial call, whose answer replaces the estimate; while that call
-    /// is in flight it costs `default_ns`. Without this, an endpoint whose estimate is high (a
-    /// failure penalty, a slow spell) draws no calls, so nothing measures it again and it stays
-    /// out for many decay periods after it has recovered; and under light load a new endpoint
-    /// would lose every pick to peers measured faster than `default_ns`.
+    /// that draws it sends it one trial call, whose answer replaces the estimate. While calls are
+    /// in flight it costs what it was last measured at (decayed as ever), at least `default_ns`;
+    /// `default_ns` if it was never measured. Without the trial, an endpoint whose estimate is
+    /// high (a failure penalty, a slow spell) draws no calls, so nothing measures it again and it
+    /// stays out for many decay periods after it has recovered; and under light load a new
+    /// endpoint would lose every pick to peers measured faster than `default_ns`. Without the
+    /// old estimate during the trial, an endpoint still slow would look like `default_ns` and,
+    /// while its trial call is out, draw every call its busier peers cost more than that for.
     #[inline]
     pub(crate) fn peak_cost(&self, now: u64, tau_ns: f64, default_ns: f64) -> f64 {
         let outstanding = self.outstanding.load(Relaxed) as f64;
         let bits = self.peak.load(Relaxed);
-        let stale = bits == NONE || now.saturating_sub(self.peak_at.load(Relaxed)) as f64 >= tau_ns;
-        let ewma = if stale {
+        if bits == NONE {
+            return if outstanding == 0.0 {
+                0.0
+            } else {
+                default_ns * (outstanding + 1.0)
+            };
+        }
+        let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+        let ewma = f64::from_bits(bits) * (-dt / tau_ns).exp();
+        if dt >= tau_ns {
             if outstanding == 0.0 {
                 return 0.0;
             }
-            default_ns
-        } else {
-            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
-            f64::from_bits(bits) * (-dt / tau_ns).exp()
-        };
+            return ewma.max(default_ns) * (outstanding + 1.0);
+        }
         ewma * (outstanding + 1.0)
     }
 

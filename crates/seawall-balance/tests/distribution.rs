@@ -239,6 +239,40 @@ async fn peak_ewma_readmits_a_recovered_endpoint_within_one_decay_period() {
     assert!(back >= 50, "recovered endpoint got {back} of 400 calls");
 }
 
+/// Node 0 answers in 2 s, the others in 10 ms, under 64 calls at a time. Once node 0's estimate
+/// is a decay period old it gets a trial call; while that call is in flight node 0 still costs
+/// what it was last measured at, so the calls that arrive meanwhile go to the fast endpoints: one
+/// trial call per decay period to an endpoint that is still slow, however busy the others are.
+async fn a_slow_endpoint_gets_one_trial_call_under_load(picker: Picker) {
+    let (balance, cluster) = cluster(4, quiet().picker(picker.clone())).await;
+    cluster.node(0).delay_ms.store(2000, Relaxed);
+    for i in 1..4 {
+        cluster.node(i).delay_ms.store(10, Relaxed);
+    }
+    // Node 0 gets measured (this waits for its 2 s calls).
+    assert_eq!(drive_concurrent(&balance, 2000, 64).await, 0);
+    assert!(cluster.hits()[0] > 0);
+    // A decay period later its estimate is stale.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    cluster.reset();
+    let start = tokio::time::Instant::now();
+    assert_eq!(drive_concurrent(&balance, 10_000, 64).await, 0);
+    // The fast endpoints took those calls in about 1.6 s, within node 0's trial call.
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let hits = cluster.hits();
+    assert_eq!(hits[0], 1, "{picker:?}: {hits:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_peak_ewma_sends_a_slow_endpoint_one_trial_call_under_load() {
+    a_slow_endpoint_gets_one_trial_call_under_load(Picker::p2c_peak_ewma()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_sends_a_slow_endpoint_one_trial_call_under_load() {
+    a_slow_endpoint_gets_one_trial_call_under_load(Picker::least_peak_ewma()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn consistent_hash_is_sticky_and_spread() {
     let (balance, cluster) = cluster(
