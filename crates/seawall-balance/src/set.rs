@@ -79,6 +79,8 @@ fn ring<K, S>(endpoints: &[Arc<Endpoint<K, S>>], replicas: u32) -> Vec<(u64, u32
 struct Due {
     deadline: f64,
     index: u32,
+    /// Slots the endpoint has had so far.
+    turns: u32,
 }
 
 impl Eq for Due {}
@@ -99,29 +101,72 @@ impl Ord for Due {
     }
 }
 
-/// Earliest deadline first: an endpoint of weight `w` is due every `1/w`; the schedule lists the
-/// endpoints in the order they fall due over one cycle (the sum of the weights, at most
-/// `MAX_SCHEDULE` slots).
 fn edf_schedule<K, S>(endpoints: &[Arc<Endpoint<K, S>>]) -> Vec<u32> {
-    if endpoints.is_empty() {
-        return Vec::new();
-    }
-    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+    edf_order(&weights)
+}
+
+/// Earliest deadline first: an endpoint of weight `w` is due every `1/w`, first at half that; the
+/// schedule lists the endpoints' indices in the order they fall due over one cycle (the sum of the
+/// weights, at most `MAX_SCHEDULE` slots). Starting each endpoint half a period in interleaves
+/// them: weights 5, 1 and 1 give `0 0 0 1 2 0 0`, not `0 0 0 0 0 1 2`.
+fn edf_order(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let len = total.min(MAX_SCHEDULE) as usize;
-    let mut heap: BinaryHeap<Due> = endpoints
+    let mut heap: BinaryHeap<Due> = weights
         .iter()
         .enumerate()
-        .map(|(i, e)| Due {
-            deadline: 1.0 / f64::from(e.weight),
+        .map(|(i, &w)| Due {
+            deadline: 0.5 / f64::from(w),
             index: i as u32,
+            turns: 0,
         })
         .collect();
     let mut schedule = Vec::with_capacity(len);
     while schedule.len() < len {
         let Some(mut due) = heap.pop() else { break };
         schedule.push(due.index);
-        due.deadline += 1.0 / f64::from(endpoints[due.index as usize].weight);
+        // Worked out afresh each time rather than summed, so equal deadlines stay equal.
+        due.turns += 1;
+        due.deadline = (f64::from(due.turns) + 0.5) / f64::from(weights[due.index as usize]);
         heap.push(due);
     }
     schedule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edf_order;
+
+    #[test]
+    fn a_heavy_endpoint_is_interleaved_with_the_light_ones() {
+        assert_eq!(edf_order(&[5, 1, 1]), [0, 0, 0, 1, 2, 0, 0]);
+        assert_eq!(edf_order(&[2, 1]), [0, 1, 0]);
+        assert_eq!(edf_order(&[1, 1, 1]), [0, 1, 2]);
+    }
+
+    #[test]
+    fn every_endpoint_gets_its_weight_in_slots() {
+        let weights = [7, 3, 1, 12, 5];
+        let order = edf_order(&weights);
+        assert_eq!(order.len(), 28);
+        for (i, &w) in weights.iter().enumerate() {
+            assert_eq!(
+                order.iter().filter(|&&j| j as usize == i).count(),
+                w as usize
+            );
+        }
+        // No endpoint is called more than twice its share in a row.
+        let longest = order
+            .chunk_by(|a, b| a == b)
+            .map(|run| run.len())
+            .max()
+            .unwrap();
+        assert!(longest <= 2, "{order:?}");
+    }
+
+    #[test]
+    fn no_endpoints_no_schedule() {
+        assert!(edf_order(&[]).is_empty());
+    }
 }
