@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Picker {
-    /// Each endpoint in turn.
+    /// Each endpoint in turn, starting from a place drawn from the balancer's seed.
     RoundRobin,
     /// A uniformly random endpoint.
     Random,

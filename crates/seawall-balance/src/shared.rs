@@ -108,7 +108,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             })),
             changed: Arc::new(Notify::new()),
             waiting: Arc::new(AtomicUsize::new(0)),
-            round_robin: AtomicUsize::new(0),
+            // Each balancer starts its turns at a random place (the seed's), so clients started
+            // together over the same discovery order do not call the same endpoints in lockstep.
+            round_robin: AtomicUsize::new(round_robin_start(seed)),
             unhealthy: AtomicUsize::new(0),
             filter,
             listeners,
@@ -706,6 +708,16 @@ async fn run<K, S, C, D>(
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Where a balancer seeded with `seed` starts its round robin turns (SplitMix64's finaliser, so
+/// nearby seeds start far apart).
+fn round_robin_start(seed: u64) -> usize {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    // Kept far below `usize::MAX`: the counter wraps only after as many calls again.
+    (z ^ (z >> 31)) as usize >> 1
 }
 
 /// How long to wait before reading discovery again after `before` errors in a row and one more:

@@ -23,6 +23,33 @@ async fn round_robin_is_exactly_even() {
     assert_eq!(cluster.hits(), vec![100; 4]);
 }
 
+/// Balancers started together over the same discovery order do not move in lockstep: each
+/// starts its turns where its seed says, and the same seed starts at the same place.
+#[tokio::test(start_paused = true)]
+async fn round_robin_starts_at_a_place_of_its_seed() {
+    let mut firsts = Vec::new();
+    for seed in 0..16 {
+        let builder = BalanceLayer::builder()
+            .seed(seed)
+            .outlier_detection(OutlierDetection::disabled())
+            .picker(Picker::RoundRobin);
+        let (balance, cluster) = cluster(8, builder).await;
+        assert_eq!(drive(&balance, 1).await, 0);
+        let hits = cluster.hits();
+        firsts.push(hits.iter().position(|&h| h == 1).unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+    assert!(distinct.len() >= 5, "16 seeds started at {firsts:?}");
+
+    let again = BalanceLayer::builder()
+        .seed(3)
+        .outlier_detection(OutlierDetection::disabled())
+        .picker(Picker::RoundRobin);
+    let (balance, cluster) = cluster(8, again).await;
+    assert_eq!(drive(&balance, 1).await, 0);
+    assert_eq!(cluster.hits().iter().position(|&h| h == 1), Some(firsts[3]));
+}
+
 #[tokio::test(start_paused = true)]
 async fn random_is_uniform_within_bounds() {
     let (balance, cluster) = cluster(5, quiet().picker(Picker::Random)).await;
