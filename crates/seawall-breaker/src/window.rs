@@ -297,14 +297,14 @@ impl TimeWindow {
         if previous + len <= epoch + 1 {
             // Nothing recorded for a whole window (or ever): every bucket is stale, whatever its
             // stamp says after a long idle period. Keep only a bucket restarted for the epoch it
-            // would hold now (a concurrent recorder may already have written it).
+            // would hold now or a later one: concurrent recorders may already have written it,
+            // at this epoch or, when this cleaning runs late, at a later one.
             for (i, bucket) in self.buckets.iter().enumerate() {
                 let expected = epoch - (epoch + len - i as u64 % len) % len;
                 let stale = stamp_of(expected.wrapping_sub(len));
                 let mut current = bucket.load(Ordering::Acquire);
                 while current >> STAMP_SHIFT != stale
-                    && (current >> STAMP_SHIFT != stamp_of(expected)
-                        || self.epochs[i].load(Ordering::Acquire) != expected)
+                    && !self.restarted_since(i, current >> STAMP_SHIFT, expected)
                 {
                     match bucket.compare_exchange_weak(
                         current,
@@ -337,6 +337,13 @@ impl TimeWindow {
                 }
             }
         }
+    }
+
+    /// Whether bucket `i`, stamped `stamp`, was restarted for epoch `expected` or a later one.
+    /// Its full epoch tells a recent restart from a stamp that only looks recent after a long
+    /// idle period; a restarter publishes it before restamping the bucket.
+    fn restarted_since(&self, i: usize, stamp: u64, expected: u64) -> bool {
+        self.epochs[i].load(Ordering::Acquire) >= expected && !is_older(stamp, expected)
     }
 
     /// The counts of the window that ends at `now`.

@@ -97,6 +97,31 @@ fn concurrent_recording_into_a_time_window_loses_nothing() {
 }
 
 #[test]
+fn a_late_cleaner_keeps_a_bucket_restarted_for_a_later_epoch() {
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::time_with_buckets(
+                    Duration::from_millis(2),
+                    2,
+                ))
+                .minimum_calls(3)
+                .failure_rate_threshold(1.0),
+        );
+        // The first record ever, at epoch 5, cleans every bucket; a record at epoch 6 that
+        // restarts its bucket meanwhile must survive that cleaning.
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || record(&m, Outcome::Failure, 5 * MS, &()))
+        };
+        record(&m, Outcome::Success, 6 * MS, &());
+        a.join().unwrap();
+        let counts = m.counts(6 * MS);
+        assert_eq!((counts.calls, counts.failures), (2, 1));
+    });
+}
+
+#[test]
 fn racing_trips_change_state_once() {
     loom::model(|| {
         let m = machine(
