@@ -13,6 +13,8 @@
 //! - `until`: when the current Open period ends, or when the current HalfOpen gives up on its
 //!   probes, in milliseconds, tagged with the low 24 bits of the generation it belongs to. Written
 //!   right after the state change; until it is, the state's deadline reads as not yet reached.
+//!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
+//!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
 //!   and slow results — updated by compare-and-swap, so the cap on concurrent probes is exact and
 //!   exactly one thread sees the last result and takes the verdict.
@@ -859,8 +861,13 @@ impl Machine {
             }
             _ => None,
         };
-        if let Some(wait) = wait {
-            self.advance_until(generation, until_ms(now, wait));
+        // Every change tags the deadline and the probe slots with its generation, even when it
+        // has no deadline or probes: a tag left behind by more than half the tags' range would
+        // read as newer than every generation after it, and the next Open would never get its
+        // deadline, or the next HalfOpen its probe slots.
+        self.advance_until(generation, wait.map_or(0, |wait| until_ms(now, wait)));
+        if to & !SHADOW != HALF_OPEN {
+            self.advance_probes(generation);
         }
         self.entered.store(now, Ordering::Release);
         let from_mode = mode_of(from);

@@ -92,3 +92,60 @@ async fn a_result_from_before_a_manual_reset_is_dropped() {
     assert_eq!(handle.state(), State::Closed);
     assert_eq!(handle.snapshot().calls, 0);
 }
+
+/// Millions of state changes with no Open or HalfOpen among them (a breaker reset on a schedule,
+/// say) must leave the next Open wait and the next HalfOpen's probes working.
+#[test]
+fn millions_of_manual_changes_leave_the_next_trip_and_probes_working() {
+    use seawall::breaker::{
+        state::{Machine, PermitKind},
+        BreakerConfig,
+    };
+    use seawall::Outcome;
+    use std::sync::{mpsc, Arc};
+
+    const MS: u64 = 1_000_000;
+    let config = BreakerConfig::builder()
+        .sliding_window(SlidingWindow::count(1))
+        .minimum_calls(1)
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_millis(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build_config()
+        .unwrap();
+    let trip = |m: &Machine| {
+        let permit = m.acquire(|| 0, &()).expect("closed");
+        m.complete(permit, Outcome::Failure, Duration::ZERO, || 0, &());
+        assert_eq!(m.state(), State::Open);
+    };
+    // Asks for a call once the Open wait is over, on a thread of its own: a HalfOpen whose probe
+    // slots are not tagged with its generation neither admits nor rejects, it spins.
+    let ask = |m: Machine| {
+        let (tx, rx) = mpsc::channel();
+        let m = Arc::new(m);
+        std::thread::spawn(move || {
+            let _ = tx.send(m.acquire(|| 2 * MS, &()).map(|permit| permit.kind()));
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("acquire answered")
+    };
+
+    // Half of the generation tags' range in resets: the deadline and the probe slots were last
+    // tagged at generation 0.
+    let m = Machine::new(&config);
+    for _ in 0..1 << 23 {
+        m.reset(0, &());
+    }
+    trip(&m);
+    assert_eq!(ask(m), Ok(PermitKind::Probe));
+
+    // Trips cut short by a reset: the deadline is tagged each time, the probe slots never.
+    let m = Machine::new(&config);
+    for _ in 0..1 << 22 {
+        trip(&m);
+        m.reset(0, &());
+    }
+    trip(&m);
+    assert_eq!(ask(m), Ok(PermitKind::Probe));
+}
