@@ -9,6 +9,13 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+/// The same `u64` for the same key in every process: std's hasher with its fixed keys.
+fn key_seed<K: Hash>(key: &K) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(key)
+}
+
 /// A set of independent breakers, one per key, all following one configuration.
 ///
 /// A breaker is created the first time its key is asked for. At most `capacity` breakers are
@@ -101,8 +108,13 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         if map.entries.len() >= self.inner.capacity {
             evict(&mut map.entries);
         }
-        let layer =
-            BreakerLayer::from_config(self.inner.config.clone(), self.inner.classifier.clone());
+        let mut config = self.inner.config.clone();
+        // A seeded set stays reproducible, but each key draws its own jitter: keys that trip
+        // together (one dependency's hosts) do not probe again in lockstep.
+        if let Some(seed) = config.seed {
+            config.seed = Some(seed ^ key_seed(key));
+        }
+        let layer = BreakerLayer::from_config(config, self.inner.classifier.clone());
         map.entries.insert(
             key.clone(),
             Entry {

@@ -64,6 +64,33 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
+/// Hosts of one dependency that trip together wait different jittered times, seeded or not, so
+/// they do not all probe at once; a seeded set draws the same waits again.
+#[tokio::test(start_paused = true)]
+async fn keys_tripped_together_draw_their_own_jitter() {
+    async fn waits(seed: u64) -> Vec<Duration> {
+        let config = BreakerConfig::builder()
+            .consecutive_failures(1)
+            .wait_duration(Duration::from_secs(10))
+            .jitter(0.5)
+            .seed(seed)
+            .build_config()
+            .unwrap();
+        let set = BreakerSet::new(config, 8).unwrap();
+        let mut waits = Vec::new();
+        for key in ["a", "b", "c", "d"] {
+            let mut svc = set.get(&key).layer(dependency().0);
+            let _ = send(&mut svc, Call::Fail).await;
+            waits.push(set.handle(&key).unwrap().remaining_wait().unwrap());
+        }
+        waits
+    }
+    let first = waits(7).await;
+    let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+    assert_eq!(distinct.len(), 4, "{first:?}");
+    assert_eq!(first, waits(7).await);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_breaker_due_to_probe_is_not_listed_unhealthy() {
     let config = BreakerConfig::builder()
