@@ -222,11 +222,12 @@ impl Stats {
             };
         }
         let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+        let stale = dt >= tau_ns;
+        if stale && outstanding == 0.0 {
+            return 0.0;
+        }
         let ewma = f64::from_bits(bits) * (-dt / tau_ns).exp();
-        if dt >= tau_ns {
-            if outstanding == 0.0 {
-                return 0.0;
-            }
+        if stale {
             return ewma.max(default_ns) * (outstanding + 1.0);
         }
         ewma * (outstanding + 1.0)

@@ -470,9 +470,21 @@ fn best_of(
     cost: impl Fn(usize) -> f64,
 ) -> Option<usize> {
     let first = sample(n, rng, avail)?;
-    let mut best = (first, cost(first));
-    let mut drawn = [first; MAX_CHOICES];
     let choices = choices.clamp(1, MAX_CHOICES).min(n);
+    if choices == 1 {
+        return Some(first);
+    }
+    let mut best = (first, cost(first));
+    if choices == 2 {
+        // The usual power of two choices, without the list of drawn indices to fill.
+        if let Some(i) = sample_other(n, rng, avail, &[first]) {
+            if cost(i) < best.1 {
+                best.0 = i;
+            }
+        }
+        return Some(best.0);
+    }
+    let mut drawn = [first; MAX_CHOICES];
     for k in 1..choices {
         let Some(i) = sample_other(n, rng, avail, &drawn[..k]) else {
             break;
