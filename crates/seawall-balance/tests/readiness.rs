@@ -149,10 +149,10 @@ async fn dropping_a_call_releases_its_in_flight_count() {
 }
 
 /// Three endpoints, each a connection that takes one call at a time (tower's `ConcurrencyLimit`),
-/// all busy; W1 waits on endpoint 0, W3 on endpoint 2. Endpoint 0's call finishes: its permit goes
-/// to W1's queued acquire and every waiter is woken. W3 looks first and finds endpoint 0 taken (by
-/// W1's permit). Then W1 is cancelled while still waiting: the permit goes back to endpoint 0, and
-/// W3 must be woken to take it rather than sleep until its `max_wait`.
+/// all busy; W1 waits on the first call's endpoint, W3 on the third's. The first call finishes:
+/// its endpoint's permit goes to W1's queued acquire and every waiter is woken. W3 looks first and
+/// finds that endpoint taken (by W1's permit). Then W1 is cancelled while still waiting: the permit
+/// goes back, and W3 must be woken to take it rather than sleep until its `max_wait`.
 #[tokio::test(start_paused = true)]
 async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
     let (tx, stream) = channel();
@@ -163,11 +163,11 @@ async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
         .build()
         .unwrap()
         .layer(stream);
+    let mut behaviors = Vec::new();
     for id in 0..3usize {
         let behavior = Arc::new(Behavior::default());
-        behavior
-            .delay_ms
-            .store(if id == 0 { 100 } else { 1_000_000 }, Relaxed);
+        behavior.delay_ms.store(100, Relaxed);
+        behaviors.push(behavior.clone());
         tx.send(Change::Insert(
             id,
             ConcurrencyLimit::new(Node { id, behavior }, 1),
@@ -176,9 +176,13 @@ async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
     }
     common::settle().await;
 
-    // X, Y, Z: one call in flight on each endpoint (round robin: 0, 1, 2).
+    // X, Y, Z: one call in flight on each endpoint, in round robin turns from wherever the
+    // balancer starts. X, on the first, takes 100 ms; the others hang.
     let mut x = spawn(balance.call(0));
     assert_pending!(x.poll());
+    for behavior in &behaviors {
+        behavior.delay_ms.store(1_000_000, Relaxed);
+    }
     let mut y = spawn(balance.call(1));
     assert_pending!(y.poll());
     let mut z = spawn(balance.call(2));
@@ -187,28 +191,31 @@ async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
         assert_eq!(balance.outstanding(&id), Some(1));
     }
 
-    // W1 waits for endpoint 0, W3 for endpoint 2.
+    // W1 waits for X's endpoint, W3 for Z's.
     let mut w1 = spawn(balance.call(10));
     assert_pending!(w1.poll());
     let mut w3 = spawn(balance.call(30));
     assert_pending!(w3.poll());
 
-    // X finishes: endpoint 0's permit is handed to W1's queued acquire; waiters are woken.
+    // X finishes: its endpoint's permit is handed to W1's queued acquire; waiters are woken.
     tokio::time::advance(Duration::from_millis(100)).await;
-    assert_eq!(assert_ready_ok!(x.poll()), 0);
+    let first = assert_ready_ok!(x.poll());
     assert!(w3.is_woken());
-    // W3 looks first: endpoint 0's permit is W1's, so W3 waits on.
+    // W3 looks first: that endpoint's permit is W1's, so W3 waits on.
     assert_pending!(w3.poll());
     assert!(!w3.is_woken());
 
-    // W1 is cancelled while still waiting: endpoint 0 is free again, and W3 takes it at once.
+    // W1 is cancelled while still waiting: X's endpoint is free again, and W3 takes it at once.
     drop(w1);
-    assert!(w3.is_woken(), "endpoint 0 is free, yet W3 was not woken");
+    assert!(
+        w3.is_woken(),
+        "endpoint {first} is free, yet W3 was not woken"
+    );
     assert_pending!(w3.poll());
     assert_eq!(
-        balance.outstanding(&0),
+        balance.outstanding(&first),
         Some(1),
-        "W3 now runs on endpoint 0"
+        "W3 now runs on endpoint {first}"
     );
     drop((y, z, w3));
 }
