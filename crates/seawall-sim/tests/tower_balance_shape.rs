@@ -54,8 +54,10 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
         least.p99,
         ewma.p99
     );
+    // The documented target is p99.9 ≤ 0.5× tower's over 100k requests (0.29× with seed 1); over
+    // this shorter run, where the unmeasured start weighs more, it is 0.52×: hold it to 0.6×.
     assert!(
-        least.p999 < ewma.p999,
+        least.p999 * 10 <= ewma.p999 * 6,
         "least p99.9 {:?} vs tower {:?}",
         least.p999,
         ewma.p999
