@@ -10,8 +10,8 @@
 //! | feature | module | what it gives |
 //! |---|---|---|
 //! | always | [`core`] | errors, outcome classification, deadlines, config errors, names, events, metric names |
-//! | `timeout` | [`timeout`] | per-call timeout, per-request override, deadline propagation |
-//! | `fallback` | [`fallback`] | answer from a closure or a service when a call fails |
+//! | `timeout` | `timeout` | per-call timeout, per-request override, deadline propagation |
+//! | `fallback` | `fallback` | answer from a closure or a service when a call fails |
 //! | `breaker` | `breaker` | circuit breaker |
 //! | `bulkhead` | `bulkhead` | concurrency bulkhead, adaptive limits, rate limiter |
 //! | `retry` | `retry` | budgeted retries with backoff, hedging |

@@ -496,7 +496,8 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<LC, LH, LP>, Eb>
 {
     /// Validates the pieces and builds the stack over `discover`, a stream of endpoint services
-    /// (for example [`discover::from_list`](crate::discover) or a `tower::discover::ServiceList`).
+    /// (for example `discover::from_list` with the `discover` feature, or a
+    /// `tower::discover::ServiceList`).
     ///
     /// Must be called inside a Tokio runtime: the balancer runs a task that applies discovery
     /// changes even while no calls arrive.
