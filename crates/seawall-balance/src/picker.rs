@@ -337,8 +337,12 @@ impl Picker {
                 })
             }
             Picker::LeastPeakEwma { .. } => {
+                // Ties (every idle endpoint costs 0 once its estimate is stale, after a quiet
+                // spell) go to one drawn uniformly, as for least outstanding: the first would
+                // send every client's next call to the same endpoint.
                 let now = cx.now;
                 let mut best: Option<(usize, f64)> = None;
+                let mut ties = 0u32;
                 for i in 0..n {
                     if !avail(i) {
                         continue;
@@ -347,8 +351,18 @@ impl Picker {
                         set.endpoints[i]
                             .stats
                             .peak_cost(now, tuning.tau_ns, tuning.default_ns);
-                    if best.is_none_or(|(_, b)| cost < b) {
-                        best = Some((i, cost));
+                    match best {
+                        Some((_, b)) if cost > b => {}
+                        Some((_, b)) if cost == b => {
+                            ties += 1;
+                            if cx.rng.random_range(0..ties) == 0 {
+                                best = Some((i, cost));
+                            }
+                        }
+                        _ => {
+                            best = Some((i, cost));
+                            ties = 1;
+                        }
                     }
                 }
                 best.map(|(i, _)| i)
@@ -581,6 +595,19 @@ mod tests {
         // Binomial(10 000, 0.5): sd 50; 6 sd bounds.
         assert!((4700..=5300).contains(&picked[0]), "{picked:?}");
         assert_eq!(picked[0] + picked[4], 10_000, "{picked:?}");
+    }
+
+    /// Idle endpoints whose estimates have gone stale all cost nothing: each takes an even share
+    /// of the picks, not the first of them all.
+    #[test]
+    fn least_peak_ewma_breaks_ties_evenly() {
+        let picker = Picker::least_peak_ewma();
+        let set = snapshot(&[0, 0, 0, 0], &[], &picker);
+        let picked = counts(&picker, &set, &|_, _| true, 10_000);
+        // Binomial(10 000, 0.25): sd 43; 6 sd bounds.
+        for count in &picked {
+            assert!((2240..=2760).contains(count), "{picked:?}");
+        }
     }
 
     /// Power of two choices with three of twenty endpoints available (a filter or health keeps
