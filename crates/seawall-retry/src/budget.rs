@@ -97,9 +97,10 @@ impl RetryBudget {
         }
     }
 
-    /// gRPC's token bucket: `max_tokens` in `[0.001, 1000]`, `token_ratio` in
-    /// `[0.001, max_tokens]`, each kept to three decimals as gRPC specifies (further decimals are
-    /// dropped). A `token_ratio` under 0.001 is an error rather than being rounded to a
+    /// gRPC's token bucket: `max_tokens` in `[0.001, 1000]`, `token_ratio` at least 0.001 (as
+    /// gRPC asks only that it be positive, one larger than `max_tokens` is allowed: a success
+    /// then fills the bucket), each kept to three decimals as gRPC specifies (further decimals
+    /// are dropped). A `token_ratio` under 0.001 is an error rather than being rounded to a
     /// thousandth: rounding it up would refill the bucket faster than asked, and down, never.
     ///
     /// ```
@@ -108,6 +109,7 @@ impl RetryBudget {
     /// assert!(budget.can_retry());
     /// assert!(RetryBudget::token_bucket(0.0, 0.1).is_err());
     /// assert!(RetryBudget::token_bucket(10.0, 0.0001).is_err());
+    /// assert!(RetryBudget::token_bucket(10.0, 20.0).is_ok());
     /// ```
     pub fn token_bucket(max_tokens: f64, token_ratio: f64) -> Result<Self, ConfigError> {
         // Tokens are counted in thousandths, as gRPC keeps three decimal places.
@@ -118,10 +120,10 @@ impl RetryBudget {
                 max_tokens.to_string(),
             ));
         }
-        if !(token_ratio >= 0.001 && token_ratio <= max_tokens) {
+        if !(token_ratio >= 0.001 && token_ratio.is_finite()) {
             return Err(ConfigError::invalid(
                 "token_ratio",
-                format!("must be in [0.001, max_tokens = {max_tokens}]"),
+                "must be finite and at least 0.001",
                 token_ratio.to_string(),
             ));
         }
@@ -568,8 +570,9 @@ struct Bucket {
     ratio: u64,
 }
 
-/// `value` (in `[0.001, 1000]`) in whole thousandths, rounded down; a value within float error of a
-/// thousandth is that thousandth (`1.001 * 1000.0` is 1000.999…, yet 1.001 is 1001 thousandths).
+/// `value` (finite, at least 0.001; past `u64::MAX` thousandths it saturates) in whole
+/// thousandths, rounded down; a value within float error of a thousandth is that thousandth
+/// (`1.001 * 1000.0` is 1000.999…, yet 1.001 is 1001 thousandths).
 fn thousandths(value: f64) -> u64 {
     let scaled = value * 1000.0;
     let nearest = scaled.round();
@@ -825,6 +828,23 @@ mod tests {
         assert!(!budget.can_retry());
     }
 
+    /// gRPC asks only that `token_ratio` be positive: one above `max_tokens` refills the bucket
+    /// with a single success.
+    #[test]
+    fn token_ratio_above_max_tokens_fills_the_bucket_with_one_success() {
+        let budget = RetryBudget::token_bucket(10.0, 20.0).unwrap();
+        for _ in 0..10 {
+            budget.record(Outcome::Failure);
+        }
+        assert!(!budget.can_retry());
+        budget.record(Outcome::Success);
+        assert!(budget.can_retry(), "{budget:?}");
+        for ratio in [f64::INFINITY, f64::NAN] {
+            let e = RetryBudget::token_bucket(10.0, ratio).unwrap_err();
+            assert_eq!(e.field(), "token_ratio", "{ratio}");
+        }
+    }
+
     #[test]
     fn token_ratio_below_a_thousandth_is_rejected() {
         for ratio in [0.0001, 0.0009, 1e-300] {
@@ -835,7 +855,7 @@ mod tests {
             RetryBudget::token_bucket(10.0, 0.0001)
                 .unwrap_err()
                 .to_string(),
-            "token_ratio must be in [0.001, max_tokens = 10], got 0.0001"
+            "token_ratio must be finite and at least 0.001, got 0.0001"
         );
         let budget = RetryBudget::token_bucket(10.0, 0.001).unwrap();
         // 10 tokens; six failures leave 4, under the threshold of more than 5.
