@@ -28,6 +28,10 @@ use tower_service::Service;
 /// The least a waiting call sleeps before asking the filter again.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
 
+/// How many more picks a call asks for when the picked endpoint is not ready, before it takes any
+/// available endpoint that is.
+const REPICKS: usize = 3;
+
 pin_project! {
     /// The response future of [`Balance`](crate::Balance).
     ///
@@ -247,7 +251,35 @@ where
             Poll::Ready(Err(e)) => return Self::ready_failed(shared, ep, e),
             Poll::Pending => {}
         }
-        // The pick is not ready: take any other available endpoint that is.
+        // The pick is not ready. Ask the picker again without it, a few times: a consistent hash
+        // then walks on along its ring, so a key keeps to the endpoints it would move to anyway,
+        // and the other pickers draw afresh rather than load the next endpoint in the set.
+        let mut unready = [first; REPICKS + 1];
+        for tried in 1..=REPICKS {
+            let next = {
+                let skip = &unready[..tried];
+                let available = |i: usize, key: &K| !skip.contains(&i) && available(i, key);
+                let mut pcx = PickCx {
+                    rng: &mut *pcx.rng,
+                    hash,
+                    now,
+                    round_robin: &shared.round_robin,
+                    available: &available,
+                };
+                shared
+                    .settings
+                    .picker
+                    .pick(snapshot, &shared.tuning, &mut pcx)
+            };
+            let Some(i) = next else { break };
+            let other = &snapshot.endpoints[i];
+            let mut candidate = other.service.clone();
+            if let Poll::Ready(Ok(())) = candidate.poll_ready(cx) {
+                return Step::Call(other.clone(), candidate);
+            }
+            unready[tried] = i;
+        }
+        // Still none: take any other available endpoint that is ready.
         for step in 1..n {
             let i = (first + step) % n;
             let other = &snapshot.endpoints[i];

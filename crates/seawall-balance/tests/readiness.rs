@@ -432,3 +432,61 @@ async fn p2c_peak_ewma_counts_a_readiness_error_as_slow() {
 async fn least_peak_ewma_counts_a_readiness_error_as_slow() {
     a_readiness_error_counts_as_slow(Picker::least_peak_ewma()).await;
 }
+
+/// A key whose owner on the ring is busy (its connection takes one call at a time) goes where it
+/// would go were the owner out: on along the ring, not to the owner's neighbour in the set.
+#[tokio::test(start_paused = true)]
+async fn a_consistent_hash_key_whose_owner_is_not_ready_walks_on_along_the_ring() {
+    use std::sync::atomic::AtomicUsize;
+
+    let (tx, stream) = channel();
+    let blocked = Arc::new(AtomicUsize::new(usize::MAX));
+    let refused = blocked.clone();
+    let balance = BalanceLayer::builder()
+        .seed(1)
+        .picker(Picker::consistent_hash())
+        .hash_key(common::key_of)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(move |key: &usize, _: &ConcurrencyLimit<Node>| *key != refused.load(Relaxed))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for id in 0..10usize {
+        let behavior = Arc::new(Behavior::default());
+        behaviors.push(behavior.clone());
+        tx.send(Change::Insert(
+            id,
+            ConcurrencyLimit::new(Node { id, behavior }, 1),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+
+    let mut not_the_neighbour = 0;
+    for key in 0..20u64 {
+        let owner = balance.clone().oneshot(key).await.unwrap();
+        // Where the key goes with its owner out of the pick.
+        blocked.store(owner, Relaxed);
+        let successor = balance.clone().oneshot(key).await.unwrap();
+        blocked.store(usize::MAX, Relaxed);
+        assert_ne!(successor, owner);
+
+        // The owner busy with a call that hangs: the key goes to the same successor.
+        behaviors[owner].delay_ms.store(1_000_000, Relaxed);
+        let mut hanging = spawn(balance.clone().oneshot(key));
+        assert_pending!(hanging.poll());
+        behaviors[owner].delay_ms.store(0, Relaxed);
+        assert_eq!(
+            balance.clone().oneshot(key).await.unwrap(),
+            successor,
+            "key {key}: owner {owner} busy"
+        );
+        if successor != (owner + 1) % 10 {
+            not_the_neighbour += 1;
+        }
+        drop(hanging);
+    }
+    // The test tells the ring from the set's order.
+    assert!(not_the_neighbour > 10, "{not_the_neighbour}");
+}
