@@ -292,36 +292,12 @@ impl Picker {
                 // draw among the available ones in proportion to their weights.
                 weighted(n, cx.rng, &avail, |i| set.endpoints[i].weight)
             }
-            Picker::LeastOutstanding => {
-                // Ties go to one of the tied endpoints drawn uniformly (reservoir sampling: the
-                // k-th tie replaces the choice with probability 1/k). Taking the first tie after
-                // a random start instead would favour an endpoint that follows busy ones.
-                let mut best: Option<(usize, u32)> = None;
-                let mut ties = 0u32;
-                for i in 0..n {
-                    if !avail(i) {
-                        continue;
-                    }
-                    let load = set.endpoints[i]
-                        .stats
-                        .outstanding
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    match best {
-                        Some((_, b)) if load > b => {}
-                        Some((_, b)) if load == b => {
-                            ties += 1;
-                            if cx.rng.random_range(0..ties) == 0 {
-                                best = Some((i, load));
-                            }
-                        }
-                        _ => {
-                            best = Some((i, load));
-                            ties = 1;
-                        }
-                    }
-                }
-                best.map(|(i, _)| i)
-            }
+            Picker::LeastOutstanding => least(n, cx.rng, &avail, |i| {
+                set.endpoints[i]
+                    .stats
+                    .outstanding
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
             Picker::P2cOutstanding { choices } => best_of(n, *choices, cx.rng, &avail, |i| {
                 set.endpoints[i]
                     .stats
@@ -337,35 +313,12 @@ impl Picker {
                 })
             }
             Picker::LeastPeakEwma { .. } => {
-                // Ties (every idle endpoint costs 0 once its estimate is stale, after a quiet
-                // spell) go to one drawn uniformly, as for least outstanding: the first would
-                // send every client's next call to the same endpoint.
                 let now = cx.now;
-                let mut best: Option<(usize, f64)> = None;
-                let mut ties = 0u32;
-                for i in 0..n {
-                    if !avail(i) {
-                        continue;
-                    }
-                    let cost =
-                        set.endpoints[i]
-                            .stats
-                            .peak_cost(now, tuning.tau_ns, tuning.default_ns);
-                    match best {
-                        Some((_, b)) if cost > b => {}
-                        Some((_, b)) if cost == b => {
-                            ties += 1;
-                            if cx.rng.random_range(0..ties) == 0 {
-                                best = Some((i, cost));
-                            }
-                        }
-                        _ => {
-                            best = Some((i, cost));
-                            ties = 1;
-                        }
-                    }
-                }
-                best.map(|(i, _)| i)
+                least(n, cx.rng, &avail, |i| {
+                    set.endpoints[i]
+                        .stats
+                        .peak_cost(now, tuning.tau_ns, tuning.default_ns)
+                })
             }
             Picker::ConsistentHash { .. } => match cx.hash {
                 Some(key) => {
@@ -442,6 +395,41 @@ fn sample(n: usize, rng: &mut SmallRng, avail: &dyn Fn(usize) -> bool) -> Option
         }
     }
     weighted(n, rng, avail, |_| 1)
+}
+
+/// The available index of least `cost`. Ties go to one of the tied indices drawn uniformly
+/// (reservoir sampling: the `k`-th tie replaces the choice with probability `1/k`): taking the
+/// first would favour an endpoint that follows busy ones, and, for PeakEWMA after a quiet spell
+/// (every idle endpoint's stale estimate costs 0), send every client's next call to one endpoint.
+#[inline]
+fn least<T: PartialOrd>(
+    n: usize,
+    rng: &mut SmallRng,
+    avail: &dyn Fn(usize) -> bool,
+    cost: impl Fn(usize) -> T,
+) -> Option<usize> {
+    let mut best: Option<(usize, T)> = None;
+    let mut ties = 0u32;
+    for i in 0..n {
+        if !avail(i) {
+            continue;
+        }
+        let c = cost(i);
+        match &best {
+            Some((_, b)) if c > *b => {}
+            Some((_, b)) if c == *b => {
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = Some((i, c));
+                }
+            }
+            _ => {
+                best = Some((i, c));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// A random available index, drawn in proportion to `weight` in one pass (weighted reservoir

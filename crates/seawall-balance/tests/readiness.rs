@@ -11,6 +11,33 @@ use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 use tokio_test::{assert_pending, assert_ready_ok, task::spawn};
 use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
 
+/// Sends `n` endpoints, each a connection that takes one call at a time (tower's
+/// `ConcurrencyLimit`) and answers after `delay_ms`; returns their behaviours, by id.
+fn send_limited_endpoints(
+    tx: &common::Sender<usize, ConcurrencyLimit<Node>>,
+    n: usize,
+    delay_ms: u64,
+) -> Vec<Arc<Behavior>> {
+    (0..n)
+        .map(|id| {
+            let behavior = Arc::new(Behavior::default());
+            behavior.delay_ms.store(delay_ms, Relaxed);
+            tx.send(Change::Insert(
+                id,
+                ConcurrencyLimit::new(
+                    Node {
+                        id,
+                        behavior: behavior.clone(),
+                    },
+                    1,
+                ),
+            ))
+            .unwrap();
+            behavior
+        })
+        .collect()
+}
+
 fn assert_send_sync<T: Send + Sync + 'static>() {}
 fn assert_send<T: Send + 'static>() {}
 
@@ -40,18 +67,8 @@ async fn endpoints_whose_clone_resets_readiness() {
         .build()
         .unwrap()
         .layer(stream);
-    let mut behaviors = Vec::new();
-    for id in 0..2usize {
-        let behavior = Arc::new(Behavior::default());
-        behavior.delay_ms.store(100, Relaxed);
-        behaviors.push(behavior.clone());
-        // One call at a time per endpoint.
-        tx.send(Change::Insert(
-            id,
-            ConcurrencyLimit::new(Node { id, behavior }, 1),
-        ))
-        .unwrap();
-    }
+    // One call at a time per endpoint.
+    let behaviors = send_limited_endpoints(&tx, 2, 100);
     common::settle().await;
     let start = tokio::time::Instant::now();
     let calls: Vec<_> = (0..6u64)
@@ -163,17 +180,7 @@ async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
         .build()
         .unwrap()
         .layer(stream);
-    let mut behaviors = Vec::new();
-    for id in 0..3usize {
-        let behavior = Arc::new(Behavior::default());
-        behavior.delay_ms.store(100, Relaxed);
-        behaviors.push(behavior.clone());
-        tx.send(Change::Insert(
-            id,
-            ConcurrencyLimit::new(Node { id, behavior }, 1),
-        ))
-        .unwrap();
-    }
+    let behaviors = send_limited_endpoints(&tx, 3, 100);
     common::settle().await;
 
     // X, Y, Z: one call in flight on each endpoint, in round robin turns from wherever the
@@ -451,16 +458,7 @@ async fn a_consistent_hash_key_whose_owner_is_not_ready_walks_on_along_the_ring(
         .build()
         .unwrap()
         .layer(stream);
-    let mut behaviors = Vec::new();
-    for id in 0..10usize {
-        let behavior = Arc::new(Behavior::default());
-        behaviors.push(behavior.clone());
-        tx.send(Change::Insert(
-            id,
-            ConcurrencyLimit::new(Node { id, behavior }, 1),
-        ))
-        .unwrap();
-    }
+    let behaviors = send_limited_endpoints(&tx, 10, 0);
     common::settle().await;
 
     let mut not_the_neighbour = 0;
