@@ -72,53 +72,39 @@ fn concurrent_recording_keeps_the_count_window_consistent() {
     });
 }
 
+/// A failure recorded at `first_ms` on one thread and a success at `second_ms` on another, into
+/// a fresh time window of two 1 ms buckets: the counts at `second_ms`.
+fn race_two_records_into_a_time_window(first_ms: u64, second_ms: u64) -> (u32, u32) {
+    let m = machine(
+        builder()
+            .sliding_window(SlidingWindow::time_with_buckets(
+                Duration::from_millis(2),
+                2,
+            ))
+            .minimum_calls(3)
+            .failure_rate_threshold(1.0),
+    );
+    let a = {
+        let m = m.clone();
+        thread::spawn(move || record(&m, Outcome::Failure, first_ms * MS, &()))
+    };
+    record(&m, Outcome::Success, second_ms * MS, &());
+    a.join().unwrap();
+    let counts = m.counts(second_ms * MS);
+    (counts.calls, counts.failures)
+}
+
 #[test]
 fn concurrent_recording_into_a_time_window_loses_nothing() {
-    loom::model(|| {
-        let m = machine(
-            builder()
-                .sliding_window(SlidingWindow::time_with_buckets(
-                    Duration::from_millis(2),
-                    2,
-                ))
-                .minimum_calls(3)
-                .failure_rate_threshold(1.0),
-        );
-        // Both threads restart the same stale bucket at once.
-        let a = {
-            let m = m.clone();
-            thread::spawn(move || record(&m, Outcome::Failure, 5 * MS, &()))
-        };
-        record(&m, Outcome::Success, 5 * MS, &());
-        a.join().unwrap();
-        let counts = m.counts(5 * MS);
-        assert_eq!((counts.calls, counts.failures), (2, 1));
-    });
+    // Both threads restart the same stale bucket at once.
+    loom::model(|| assert_eq!(race_two_records_into_a_time_window(5, 5), (2, 1)));
 }
 
 #[test]
 fn a_late_cleaner_keeps_a_bucket_restarted_for_a_later_epoch() {
-    loom::model(|| {
-        let m = machine(
-            builder()
-                .sliding_window(SlidingWindow::time_with_buckets(
-                    Duration::from_millis(2),
-                    2,
-                ))
-                .minimum_calls(3)
-                .failure_rate_threshold(1.0),
-        );
-        // The first record ever, at epoch 5, cleans every bucket; a record at epoch 6 that
-        // restarts its bucket meanwhile must survive that cleaning.
-        let a = {
-            let m = m.clone();
-            thread::spawn(move || record(&m, Outcome::Failure, 5 * MS, &()))
-        };
-        record(&m, Outcome::Success, 6 * MS, &());
-        a.join().unwrap();
-        let counts = m.counts(6 * MS);
-        assert_eq!((counts.calls, counts.failures), (2, 1));
-    });
+    // The first record ever, at epoch 5, cleans every bucket; a record at epoch 6 that restarts
+    // its bucket meanwhile must survive that cleaning.
+    loom::model(|| assert_eq!(race_two_records_into_a_time_window(5, 6), (2, 1)));
 }
 
 #[test]
