@@ -26,6 +26,10 @@ pub struct Scenario {
 /// The most concurrent callers a closed loop may have (each is a task of the simulation).
 pub const MAX_CONCURRENCY: usize = 100_000;
 
+/// The most requests a scenario may offer: every call is logged for the report (and an open loop
+/// may have them all in flight at once), so memory grows with the count.
+pub const MAX_REQUESTS: u64 = 10_000_000;
+
 fn default_seed() -> u64 {
     1
 }
@@ -40,14 +44,14 @@ pub enum Load {
     OpenLoop {
         /// Requests per second.
         rate_per_sec: f64,
-        /// Total requests.
+        /// Total requests, at most [`MAX_REQUESTS`].
         requests: u64,
     },
     /// A fixed number of callers, each sending its next request when the last one is answered.
     ClosedLoop {
         /// Concurrent callers, at most [`MAX_CONCURRENCY`].
         concurrency: usize,
-        /// Total requests.
+        /// Total requests, at most [`MAX_REQUESTS`].
         requests: u64,
     },
 }
@@ -59,6 +63,15 @@ impl Load {
             Load::OpenLoop { requests, .. } | Load::ClosedLoop { requests, .. } => requests,
         }
     }
+}
+
+fn check_requests(requests: u64) -> Result<(), String> {
+    if !(1..=MAX_REQUESTS).contains(&requests) {
+        return Err(format!(
+            "load.requests must be in 1..={MAX_REQUESTS}, got {requests}"
+        ));
+    }
+    Ok(())
 }
 
 impl Scenario {
@@ -91,9 +104,7 @@ impl Scenario {
                         "load.rate_per_sec must be a finite number >= 1/3600, got {rate_per_sec}"
                     ));
                 }
-                if requests == 0 {
-                    return Err("load.requests must be > 0".into());
-                }
+                check_requests(requests)?;
             }
             Load::ClosedLoop {
                 concurrency,
@@ -104,9 +115,7 @@ impl Scenario {
                         "load.concurrency must be in 1..={MAX_CONCURRENCY}, got {concurrency}"
                     ));
                 }
-                if requests == 0 {
-                    return Err("load.requests must be > 0".into());
-                }
+                check_requests(requests)?;
             }
         }
         if self.clients.is_empty() {

@@ -4,7 +4,7 @@
 use seawall_sim::{
     builtin,
     run::run,
-    scenario::{Load, MAX_CONCURRENCY},
+    scenario::{Load, MAX_CONCURRENCY, MAX_REQUESTS},
     svg::write_svg,
     Scenario,
 };
@@ -189,6 +189,33 @@ fn closed_loop_concurrency_past_the_cap_is_rejected() {
     assert!(run(&scenario, 1).unwrap_err().contains("load.concurrency"));
     let at_cap = Scenario::from_toml(&text(MAX_CONCURRENCY as u64, "round_robin")).unwrap();
     assert_eq!(at_cap.validate(), Ok(()));
+}
+
+/// Every call is logged for the report: a request count past the cap is rejected, not left to
+/// run out of memory.
+#[test]
+fn request_counts_past_the_cap_are_rejected() {
+    for (load, extra) in [
+        ("open_loop", "rate_per_sec = 10.0"),
+        ("closed_loop", "concurrency = 4"),
+    ] {
+        let text = |requests: u64| {
+            format!(
+                "name = \"x\"\n[load]\nkind = \"{load}\"\n{extra}\nrequests = {requests}\n\
+                 [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n\
+                 [[clients]]\nkind = \"round_robin\"\n"
+            )
+        };
+        for requests in [0, MAX_REQUESTS + 1, u64::MAX >> 1] {
+            let err = Scenario::from_toml(&text(requests)).expect_err("rejected");
+            assert!(err.contains("load.requests"), "{err}");
+        }
+        assert!(Scenario::from_toml(&text(MAX_REQUESTS)).is_ok());
+    }
+    let huge = builtin::by_name("hard-down")
+        .unwrap()
+        .with_requests(MAX_REQUESTS + 1);
+    assert!(run(&huge, 1).unwrap_err().contains("load.requests"));
 }
 
 #[test]
