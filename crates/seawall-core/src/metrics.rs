@@ -67,7 +67,8 @@ pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
 /// Counter: failed calls a retry layer did not retry because its budget was exhausted.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
 /// Counter: failed calls a retry layer gave up on for another reason: attempts used up, the
-/// deadline too close for the backoff, or a `Retry-After` longer than the cap.
+/// deadline too close for the backoff, a `Retry-After` longer than the cap, or a request it could
+/// no longer copy.
 pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
 /// Counter: hedged copies a hedge layer sent.
 pub const HEDGE_SENT: &str = "seawall_hedge_sent_total";
@@ -193,7 +194,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RETRY_GAVE_UP,
         Kind::Counter,
-        "Failed calls a seawall retry layer gave up on (attempts, deadline or Retry-After).",
+        "Failed calls a seawall retry layer gave up on (attempts, deadline, Retry-After or a request it could not copy).",
     ),
     (
         HEDGE_SENT,

@@ -295,7 +295,11 @@ where
             return Err(result);
         }
         let Some(template) = this.template.as_ref() else {
-            // Not retryable, or not copyable.
+            // Never retryable (a first attempt, timed), or the request could not be copied
+            // for this attempt, which was sent as the last: only the latter gives up.
+            if attempts > 1 {
+                link.on_give_up(attempts, GiveUpReason::NotCopyable);
+            }
             return Err(result);
         };
         let now = Instant::now();

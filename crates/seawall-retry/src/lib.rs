@@ -164,4 +164,8 @@ pub enum GiveUpReason {
     Deadline,
     /// The server asked for a pause longer than `retry_after_cap`.
     RetryAfter,
+    /// The request could not be copied for another attempt (the cloner returned `None` part way
+    /// through, for a body that can no longer be replayed), so its last copy was sent as the
+    /// last attempt.
+    NotCopyable,
 }

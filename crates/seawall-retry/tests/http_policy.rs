@@ -181,3 +181,36 @@ async fn requests_that_cannot_be_copied_are_sent_once() {
     layer.layer(svc).oneshot(get()).await.unwrap();
     assert_eq!(calls.count(), 4);
 }
+
+/// A request whose copy fails part way (its body can be replayed once) is sent as the last
+/// attempt, and the layer says why it stopped before `max_attempts`.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_copied_again_gives_up_saying_so() {
+    use seawall_core::Name;
+    use seawall_retry::{GiveUpReason, RetryEvent};
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    };
+
+    let (svc, calls) = statuses(vec![(503, None), (503, None), (200, None)]);
+    let copies = Arc::new(AtomicU32::new(0));
+    let cloner =
+        move |req: &Req| (copies.fetch_add(1, Ordering::Relaxed) == 0).then(|| req.clone());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = layer()
+        .clone_with(cloner)
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let res = layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!((res.status().as_u16(), calls.count()), (503, 2));
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&RetryEvent::GaveUp {
+            attempts: 2,
+            reason: GiveUpReason::NotCopyable
+        })
+    );
+}
