@@ -303,7 +303,20 @@ impl SeawallSpec {
     }
 
     fn build(&self, backends: Vec<SimBackend>, seed: u64) -> Result<SimClient, String> {
-        let err = |e: ConfigError| e.to_string();
+        // Errors from the seawall builders, naming the scenario's keys rather than the builders'.
+        let balance_err = keyed(
+            "",
+            &[
+                ("interval", "outlier.interval_ms"),
+                ("base_ejection_time", "outlier.base_ejection_ms"),
+                ("max_ejection_time", "outlier.max_ejection_ms"),
+                ("max_ejection_percent", "outlier.max_ejection_percent"),
+                ("consecutive_failures", "outlier.consecutive_failures"),
+                ("request_volume", "outlier.failure_percentage_volume"),
+                ("latency_duration", "outlier.latency_duration_ms"),
+                ("decay", "picker.decay_ms"),
+            ],
+        );
         let picker = match self.picker {
             PickerSpec::RoundRobin => Picker::RoundRobin,
             PickerSpec::Random => Picker::Random,
@@ -343,7 +356,7 @@ impl SeawallSpec {
         let mut svc: SimClient = BoxCloneService::new(
             balance
                 .build()
-                .map_err(err)?
+                .map_err(balance_err)?
                 .layer(ServiceList::new(backends)),
         );
         if let Some(h) = &self.hedge {
@@ -351,7 +364,7 @@ impl SeawallSpec {
                 .ratio(h.budget_ratio)
                 .min_per_second(0)
                 .build()
-                .map_err(err)?;
+                .map_err(keyed("hedge.", &[("ratio", "budget_ratio")]))?;
             let mut hedge = HedgeLayer::builder()
                 .max_hedges(h.max_hedges)
                 .budget(budget);
@@ -363,7 +376,10 @@ impl SeawallSpec {
                 (None, Some(p)) => hedge.percentile(p, 100, Duration::from_secs(1)),
                 _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
             };
-            svc = BoxCloneService::new(hedge.build().map_err(err)?.layer(svc));
+            let hedge = hedge
+                .build()
+                .map_err(keyed("hedge.", &[("delay", "delay_ms")]))?;
+            svc = BoxCloneService::new(hedge.layer(svc));
         }
         if let Some(r) = &self.retry {
             let budget = match r.budget_ratio {
@@ -371,7 +387,13 @@ impl SeawallSpec {
                     .ratio(ratio)
                     .min_per_second(r.budget_min_per_second)
                     .build()
-                    .map_err(err)?,
+                    .map_err(keyed(
+                        "retry.",
+                        &[
+                            ("ratio", "budget_ratio"),
+                            ("min_per_second", "budget_min_per_second"),
+                        ],
+                    ))?,
                 None => RetryBudget::unlimited(),
             };
             let mut retry = RetryLayer::builder()
@@ -382,12 +404,34 @@ impl SeawallSpec {
             if let Some(ms) = r.attempt_timeout_ms {
                 retry = retry.per_attempt_timeout(Duration::from_millis(ms));
             }
-            svc = BoxCloneService::new(retry.build().map_err(err)?.layer(svc));
+            let retry = retry.build().map_err(keyed(
+                "retry.",
+                &[("per_attempt_timeout", "attempt_timeout_ms")],
+            ))?;
+            svc = BoxCloneService::new(retry.layer(svc));
         }
         if let Some(ms) = self.timeout_ms {
             svc = BoxCloneService::new(TimeoutLayer::new(Duration::from_millis(ms)).layer(svc));
         }
         Ok(svc)
+    }
+}
+
+/// Turns a seawall builder's error into one naming the scenario's key: the builder's field
+/// renamed by `keys` (or kept), after `section`.
+fn keyed(
+    section: &'static str,
+    keys: &'static [(&'static str, &'static str)],
+) -> impl Fn(ConfigError) -> String {
+    move |e| {
+        let field = e.field();
+        let key = keys
+            .iter()
+            .find(|(builder, _)| *builder == field)
+            .map_or(field, |(_, key)| key);
+        let message = e.to_string();
+        let rule = message.strip_prefix(field).unwrap_or(&message);
+        format!("{section}{key}{rule}")
     }
 }
 

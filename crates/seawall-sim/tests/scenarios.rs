@@ -153,6 +153,36 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             ),
             "outlier.success_rate_factor",
         ),
+        // Errors from the seawall builders name the scenario's keys, not the builders' fields:
+        // both budgets have a `ratio`.
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { delay_ms = 5.0, budget_ratio = -1.0 }",
+            ),
+            "hedge.budget_ratio",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nretry = { budget_ratio = 5000.0 }",
+            ),
+            "retry.budget_ratio",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { interval_ms = 0 }",
+            ),
+            "outlier.interval_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { max_ejection_percent = 2.0 }",
+            ),
+            "outlier.max_ejection_percent",
+        ),
     ];
     for (text, field) in cases {
         let err = match std::panic::catch_unwind(|| Scenario::from_toml(&text)) {
