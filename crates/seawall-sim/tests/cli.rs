@@ -28,7 +28,13 @@ fn an_unknown_scenario_or_an_unwritable_report_is_an_error() {
         .arg(&missing)
         .output()
         .unwrap();
-    assert_clean_error(&out, "cannot draw");
+    assert_clean_error(&out, "cannot write");
+    // Said before the run, not after it: no table was printed.
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// `seawall-sim run ... | head -3`: the reader leaves before the table is printed.

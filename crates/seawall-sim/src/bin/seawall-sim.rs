@@ -80,6 +80,15 @@ fn main() -> ExitCode {
                 s = s.with_requests(n);
             }
             let seed = seed.unwrap_or(s.seed);
+            if let Some(path) = &out {
+                // Found out before the run rather than after it; the report replaces the file.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
             let report = run::run(&s, seed)?;
             emit(&report.table())?;
             if let Some(path) = out {
