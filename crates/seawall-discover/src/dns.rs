@@ -32,7 +32,7 @@ pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 enum Query {
     /// A and AAAA records of `host`, each address with `port`.
     Ip { host: String, port: u16 },
-    /// SRV records of `name`: targets, ports and weights; lowest priority only.
+    /// SRV records of `name`: targets, ports and weights; the lowest priority that resolves.
     Srv { name: String },
 }
 
@@ -72,8 +72,9 @@ impl Dns {
     /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
     /// each target's addresses (A and AAAA) on the record's port, weighted by the record's
     /// weight; an address that several records name (two names of one host) weighs the sum of
-    /// their weights, whatever their order. Only the records of the lowest priority are used
-    /// (RFC 2782).
+    /// their weights, whatever their order. Only the records of the lowest priority whose targets
+    /// give an address are used: a higher priority (a backup) serves only while no target of a
+    /// lower one does (RFC 2782).
     ///
     /// Each target is resolved on its own. A target the server says has no addresses is left
     /// out, and the others still serve; a target whose lookup fails without such an answer (a
@@ -358,63 +359,73 @@ async fn resolve(
                     records.push(srv.clone());
                 }
             }
-            let Some(priority) = records.iter().map(|r| r.priority()).min() else {
+            if records.is_empty() {
                 return Err(ResolveError::from("no SRV records"));
-            };
+            }
+            let mut priorities: Vec<u16> = records.iter().map(|r| r.priority()).collect();
+            priorities.sort_unstable();
+            priorities.dedup();
             // Each target on its own: one that does not resolve leaves the others serving. A
-            // target of "." says the service is not offered there (RFC 2782).
+            // target of "." says the service is not offered there (RFC 2782). The lowest
+            // priority whose targets give an address is used: a higher one only while none of
+            // the lower ones can be reached, as RFC 2782 has clients do.
             let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
             let mut index = HashMap::new();
             let mut found = Targets::new();
             let mut failed = None;
-            for srv in records.iter().filter(|r| r.priority() == priority) {
-                let target = srv.target();
-                if target.is_root() {
-                    tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
-                    continue;
-                }
-                let ips = match found.get(target) {
-                    Some(ips) => ips.clone(),
-                    None => match lookup_ips(resolver, target.clone()).await {
-                        Ok((ips, ip_ttl)) if !ips.is_empty() => {
-                            ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
-                            ips
-                        }
-                        Ok(_) => {
-                            tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV target without addresses");
-                            continue;
-                        }
-                        Err(error) => match targets.get(target) {
-                            Some(last) if !is_absent(&error) => {
-                                tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
-                                last.clone()
+            for priority in priorities {
+                for srv in records.iter().filter(|r| r.priority() == priority) {
+                    let target = srv.target();
+                    if target.is_root() {
+                        tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
+                        continue;
+                    }
+                    let ips = match found.get(target) {
+                        Some(ips) => ips.clone(),
+                        None => match lookup_ips(resolver, target.clone()).await {
+                            Ok((ips, ip_ttl)) if !ips.is_empty() => {
+                                ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
+                                ips
                             }
-                            _ => {
-                                tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
-                                failed = Some(error);
+                            Ok(_) => {
+                                tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV target without addresses");
                                 continue;
                             }
+                            Err(error) => match targets.get(target) {
+                                Some(last) if !is_absent(&error) => {
+                                    tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                    last.clone()
+                                }
+                                _ => {
+                                    tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                    failed = Some(error);
+                                    continue;
+                                }
+                            },
                         },
-                    },
-                };
-                // An address several records name (two names of one host, one target listed
-                // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
-                // it: a weight that did not depend on the records' order, which servers rotate.
-                let weight = u32::from(srv.weight().max(1));
-                for &ip in &ips {
-                    let addr = SocketAddr::new(ip, srv.port());
-                    match index.get(&addr) {
-                        Some(&i) => {
-                            let endpoint: &mut Tagged<SocketAddr> = &mut endpoints[i];
-                            endpoint.weight = endpoint.weight.saturating_add(weight);
-                        }
-                        None => {
-                            index.insert(addr, endpoints.len());
-                            endpoints.push(Tagged::new(addr).with_weight(weight));
+                    };
+                    // An address several records name (two names of one host, one target listed
+                    // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
+                    // it: a weight that did not depend on the records' order, which servers rotate.
+                    let weight = u32::from(srv.weight().max(1));
+                    for &ip in &ips {
+                        let addr = SocketAddr::new(ip, srv.port());
+                        match index.get(&addr) {
+                            Some(&i) => {
+                                let endpoint: &mut Tagged<SocketAddr> = &mut endpoints[i];
+                                endpoint.weight = endpoint.weight.saturating_add(weight);
+                            }
+                            None => {
+                                index.insert(addr, endpoints.len());
+                                endpoints.push(Tagged::new(addr).with_weight(weight));
+                            }
                         }
                     }
+                    found.insert(target.clone(), ips);
                 }
-                found.insert(target.clone(), ips);
+                if !endpoints.is_empty() {
+                    break;
+                }
             }
             if endpoints.is_empty() {
                 return Err(

@@ -1,7 +1,8 @@
 //! SRV discovery when some targets do not resolve: each target is resolved on its own, so one
 //! target without addresses, or one whose server does not answer, does not hide the others; a
-//! target of "." (RFC 2782: not available) is skipped; only when no target resolves is the
-//! resolution a failure, which keeps the last set.
+//! target of "." (RFC 2782: not available) is skipped; a backup priority serves while no target
+//! of a lower one resolves; only when no target resolves is the resolution a failure, which keeps
+//! the last set.
 //!
 //! Sockets are involved, so these tests run in real time with generous, bounded waits.
 
@@ -123,4 +124,41 @@ async fn when_no_target_resolves_the_last_set_stays() {
         ('-', addr("10.1.0.1:8001"), 1)
     );
     assert_eq!(queued(&mut discovery), vec![]);
+}
+
+/// RFC 2782: a client uses the lowest priority it can reach. Primary targets that are listed but
+/// have no addresses (or are ".") hand over to the backup priority, and take over again once
+/// they resolve.
+#[tokio::test]
+async fn the_backup_priority_serves_while_no_primary_target_resolves() {
+    let zone = Zone::default();
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 1, 8001, "primary.api.test."),
+            (10, 1, 8002, "."),
+            (20, 1, 8003, "backup.api.test."),
+        ],
+    );
+    zone.set_a("backup.api.test", &[[10, 1, 0, 3]]); // primary.api.test: NXDOMAIN
+    let mut discovery = zone.srv_discovery(SRV).await;
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.1.0.3:8003"), 1)]
+    );
+
+    // The primary resolves: it serves, and the backup leaves.
+    zone.set_a("primary.api.test", &[[10, 1, 0, 1]]);
+    let mut changes = vec![
+        next_change(&mut discovery).await,
+        next_change(&mut discovery).await,
+    ];
+    changes.sort();
+    assert_eq!(
+        changes,
+        vec![
+            ('+', addr("10.1.0.1:8001"), 1),
+            ('-', addr("10.1.0.3:8003"), 1)
+        ]
+    );
 }
