@@ -1,6 +1,6 @@
 use crate::{
     endpoint::{Endpoint, Key},
-    picker::PickCx,
+    picker::{PickCx, Picker},
     set::Snapshot,
     shared::Shared,
     BalanceEvent, NoEndpoints,
@@ -197,8 +197,9 @@ where
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
 {
-    /// Picks an available endpoint and polls it ready; falls back to any other available endpoint
-    /// that is ready, so one unready endpoint never holds a call up.
+    /// Picks an available endpoint and polls it ready; if it is not, picks again without it, then
+    /// falls back to any other available endpoint that is ready, so one unready endpoint never
+    /// holds a call up.
     fn try_pick(
         shared: &Shared<K, S, C>,
         snapshot: &Snapshot<K, S>,
@@ -253,9 +254,15 @@ where
         }
         // The pick is not ready. Ask the picker again without it, a few times: a consistent hash
         // then walks on along its ring, so a key keeps to the endpoints it would move to anyway,
-        // and the other pickers draw afresh rather than load the next endpoint in the set.
+        // and the random and least-loaded pickers draw afresh rather than load the next endpoint
+        // in the set. Not the turn-taking pickers: each pick would use up a turn, and the next
+        // endpoints in the set are the next turns anyway.
+        let repicks = match shared.settings.picker {
+            Picker::RoundRobin | Picker::WeightedRoundRobin => 0,
+            _ => REPICKS,
+        };
         let mut unready = [first; REPICKS + 1];
-        for tried in 1..=REPICKS {
+        for tried in 1..=repicks {
             let next = {
                 let skip = &unready[..tried];
                 let available = |i: usize, key: &K| !skip.contains(&i) && available(i, key);

@@ -13,8 +13,9 @@
 //!   health checks) as they come, not when the next call happens to drive the balancer.
 //! - **Bounded waiting.** With no available endpoint a call waits at most
 //!   [`max_wait`](BalanceConfigBuilder::max_wait), then fails with [`NoEndpoints`].
-//! - **Readiness per call.** The response future polls the picked endpoint ready and falls back
-//!   to any other ready endpoint, so one unready endpoint never holds the balancer up.
+//! - **Readiness per call.** The response future polls the picked endpoint ready; if it is not,
+//!   it picks again without it (a consistent-hash key walks on along its ring), then falls back to
+//!   any other ready endpoint, so one unready endpoint never holds the balancer up.
 //! - **Failures count as slow.** PeakEWMA records a failed call as taking at least
 //!   `failure_penalty`, so an endpoint that fails fast does not attract traffic.
 //! - **Latency outlier ejection**: an endpoint much slower than its peers for long enough is

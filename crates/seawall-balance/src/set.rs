@@ -156,7 +156,7 @@ mod tests {
                 w as usize
             );
         }
-        // No endpoint is called more than twice its share in a row.
+        // No endpoint gets more than two slots in a row.
         let longest = order
             .chunk_by(|a, b| a == b)
             .map(|run| run.len())
