@@ -309,11 +309,13 @@ impl SeawallSpec {
             &[
                 ("interval", "outlier.interval_ms"),
                 ("base_ejection_time", "outlier.base_ejection_ms"),
-                ("max_ejection_time", "outlier.max_ejection_ms"),
                 ("max_ejection_percent", "outlier.max_ejection_percent"),
                 ("consecutive_failures", "outlier.consecutive_failures"),
+                ("threshold", "outlier.failure_percentage"),
                 ("request_volume", "outlier.failure_percentage_volume"),
-                ("latency_duration", "outlier.latency_duration_ms"),
+                ("stdev_factor", "outlier.success_rate_factor"),
+                ("factor", "outlier.latency_factor"),
+                ("choices", "picker.choices"),
                 ("decay", "picker.decay_ms"),
             ],
         );

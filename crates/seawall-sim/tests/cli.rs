@@ -35,6 +35,18 @@ fn an_unknown_scenario_or_an_unwritable_report_is_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // A run that fails leaves no empty report behind.
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.svg");
+    let out = sim()
+        .args(["run", "hard-down", "--requests", "99999999999", "--out"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "load.requests");
+    assert!(!report.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `seawall-sim run ... | head -3`: the reader leaves before the table is printed.

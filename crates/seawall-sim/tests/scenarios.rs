@@ -183,6 +183,20 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             ),
             "outlier.max_ejection_percent",
         ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { failure_percentage = 50.0 }",
+            ),
+            "outlier.failure_percentage",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\noutlier = { latency_factor = 0.5 }",
+            ),
+            "outlier.latency_factor",
+        ),
     ];
     for (text, field) in cases {
         let err = match std::panic::catch_unwind(|| Scenario::from_toml(&text)) {

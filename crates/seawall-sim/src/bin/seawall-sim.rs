@@ -80,16 +80,26 @@ fn main() -> ExitCode {
                 s = s.with_requests(n);
             }
             let seed = seed.unwrap_or(s.seed);
-            if let Some(path) = &out {
-                // Found out before the run rather than after it; the report replaces the file.
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            }
-            let report = run::run(&s, seed)?;
+            // An unwritable report is found out before the run rather than after it; the
+            // report replaces the file, and a file made for it goes again if the run fails.
+            let made = match &out {
+                Some(path) => {
+                    let existed = path.exists();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(path)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    (!existed).then_some(path)
+                }
+                None => None,
+            };
+            let report = run::run(&s, seed).inspect_err(|_| {
+                if let Some(path) = made {
+                    let _ = std::fs::remove_file(path);
+                }
+            })?;
             emit(&report.table())?;
             if let Some(path) = out {
                 svg::write_svg(&report, &path)?;
