@@ -157,7 +157,7 @@ impl Backoff {
     /// assert_eq!(
     ///     err.to_string(),
     ///     "max_delay must be at least the base delay (5s), got 2s \
-    ///      (the default; raise it with with_max_delay)"
+    ///      (2s unless set with with_max_delay)"
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -172,9 +172,9 @@ impl Backoff {
             }
         }
         if self.max_delay < self.base {
-            // The default cap may not have been set by hand: say where it came from.
+            // The cap may be the default, never set by hand: say where it may have come from.
             let hint = if self.max_delay == DEFAULT_MAX_DELAY {
-                " (the default; raise it with with_max_delay)"
+                " (2s unless set with with_max_delay)"
             } else {
                 ""
             };

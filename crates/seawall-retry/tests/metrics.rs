@@ -79,7 +79,7 @@ async fn a_budgeted_layer_counts_retries_and_exhaustion() {
 
 /// `seawall_retry_retries_total` counts retries sent: one scheduled and then never sent (the caller
 /// gave up during the backoff, or the deadline passed while the service was not ready) is not a
-/// retry, and the budget gets it back too.
+/// retry.
 #[tokio::test(start_paused = true)]
 async fn a_retry_that_is_never_sent_is_not_counted() {
     let recorder = TestRecorder::new();
