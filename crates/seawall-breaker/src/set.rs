@@ -9,7 +9,8 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-/// The same `u64` for the same key in every process: std's hasher with its fixed keys.
+/// The same `u64` for the same key in every process built with the same toolchain: std's hasher
+/// with its fixed keys.
 fn key_seed<K: Hash>(key: &K) -> u64 {
     use std::hash::BuildHasher;
     std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()

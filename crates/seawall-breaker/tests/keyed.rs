@@ -64,8 +64,8 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
-/// Hosts of one dependency that trip together wait different jittered times, seeded or not, so
-/// they do not all probe at once; a seeded set draws the same waits again.
+/// Hosts of one dependency that trip together wait different jittered times even in a seeded
+/// set, so they do not all probe at once; the same seed draws the same waits again.
 #[tokio::test(start_paused = true)]
 async fn keys_tripped_together_draw_their_own_jitter() {
     async fn waits(seed: u64) -> Vec<Duration> {
