@@ -281,6 +281,14 @@ pub async fn next_change<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) ->
     }
 }
 
+/// The next two changes, in order of [`Seen`] (an insert before a remove), whichever was sent
+/// first.
+pub async fn next_two_changes<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Vec<Seen> {
+    let mut changes = vec![next_change(discovery).await, next_change(discovery).await];
+    changes.sort();
+    changes
+}
+
 /// The changes already queued, without waiting. One resolution's changes are sent together, with
 /// no await between them, so on the tests' current-thread runtime this gives the rest of a
 /// resolution once its first change has arrived.
