@@ -9,6 +9,16 @@ use seawall::breaker::{BreakerLayer, SlidingWindow, State};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
+/// Trips on the first failure, waits 1 s, then lets one probe through.
+fn one_probe_breaker() -> BreakerLayer {
+    BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .permitted_probes(1)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancelled_calls_count_as_ignored() {
     let layer = BreakerLayer::builder()
@@ -31,12 +41,7 @@ async fn cancelled_calls_count_as_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_hands_its_slot_back() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .permitted_probes(1)
-        .build()
-        .unwrap();
+    let layer = one_probe_breaker();
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
     let _ = send(&mut svc, Call::Fail).await;
@@ -55,12 +60,7 @@ async fn a_cancelled_probe_hands_its_slot_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reserved_probe_slot_is_handed_back_when_the_service_is_dropped() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .permitted_probes(1)
-        .build()
-        .unwrap();
+    let layer = one_probe_breaker();
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
     let _ = send(&mut svc, Call::Fail).await;
@@ -76,12 +76,7 @@ async fn a_reserved_probe_slot_is_handed_back_when_the_service_is_dropped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_whose_inner_call_panics_hands_its_slot_back() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .permitted_probes(1)
-        .build()
-        .unwrap();
+    let layer = one_probe_breaker();
     let handle = layer.handle();
     // `Some(true)` fails, `Some(false)` succeeds, `None` panics in `call`.
     let mut svc = layer.layer(tower::service_fn(|call: Option<bool>| {
