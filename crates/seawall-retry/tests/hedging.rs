@@ -412,6 +412,18 @@ fn one_permit_under_a_hedge(
     Replicas,
     impl Service<Req, Response = usize, Error = BoxError> + Clone,
 ) {
+    permits_under_a_hedge(1, latency)
+}
+
+/// [`one_permit_under_a_hedge`] with `permits` calls at a time underneath.
+fn permits_under_a_hedge(
+    permits: usize,
+    latency: Duration,
+) -> (
+    RetryBudget,
+    Replicas,
+    impl Service<Req, Response = usize, Error = BoxError> + Clone,
+) {
     let budget = support::one_retry();
     let layer = HedgeLayer::builder()
         .delay(ms(10))
@@ -421,7 +433,7 @@ fn one_permit_under_a_hedge(
     let replicas = Replicas::new();
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
-        .concurrency_limit(1)
+        .concurrency_limit(permits)
         .service(replicas.service(move |_| latency, |_| false));
     (budget, replicas, svc)
 }
@@ -501,6 +513,64 @@ async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
     assert_pending!(fut.poll());
     assert!(budget.can_retry(), "the hedge never sent is given back");
     drop(fut);
+    assert_eq!(replicas.calls.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_given_up_at_the_deadline_holds_no_reservation_once_the_call_answers() {
+    use seawall_core::deadline::RequestDeadline;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+
+    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(100));
+    let mut other = svc.clone();
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(30));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    assert_pending!(fut.poll());
+    // The hedge is due at 10 ms and waits for the one permit, held by the original call.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    // At the deadline the hedge is given up; the original runs on.
+    tokio::time::advance(ms(20)).await;
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(70)).await;
+    assert_eq!(assert_ready_ok!(fut.poll()), 0);
+    // The caller still holds the finished future: the permit the original released is free,
+    // not taken by the hedge given up.
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    drop(fut);
+    assert_eq!(replicas.calls.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_given_up_at_the_deadline_takes_no_permit_another_caller_releases() {
+    use seawall_core::deadline::RequestDeadline;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+
+    let (_budget, replicas, mut svc) = permits_under_a_hedge(2, ms(100));
+    // Another caller holds the second permit, so the hedge due at 10 ms waits for it.
+    let mut holder = svc.clone();
+    holder.ready().await.unwrap();
+    let mut third = svc.clone();
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(30));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    // At the deadline the hedge is given up, with the original still running.
+    tokio::time::advance(ms(20)).await;
+    assert_pending!(fut.poll());
+    // The other caller lets its permit go: it is free for the next caller, not kept for the hedge.
+    drop(holder);
+    let mut ready = tokio_test::task::spawn(third.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    tokio::time::advance(ms(70)).await;
+    assert_eq!(assert_ready_ok!(fut.poll()), 0);
     assert_eq!(replicas.calls.count(), 1);
 }
 

@@ -12,6 +12,7 @@ use seawall_core::{
 use std::{
     fmt,
     future::Future,
+    mem,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -45,6 +46,9 @@ pin_project! {
         // The budget's hedge for the next copy, taken before the service is polled ready and
         // given back if the copy is never sent.
         withdrawn: Option<Withdrawal>,
+        // Whether the service has been polled ready for the next copy and not called since: its
+        // readiness may hold a reservation (a permit, or a queued claim on one) for that copy.
+        readying: bool,
         started: Option<Instant>,
         // What the first hedge's delay counts from: the call (`started`), or its first poll.
         counted_from: Option<Instant>,
@@ -82,6 +86,7 @@ where
             scheduled: false,
             due: false,
             withdrawn: None,
+            readying: false,
             started,
             counted_from: None,
             failure: None,
@@ -118,12 +123,18 @@ where
     acceptable
 }
 
-/// Gives up a hedge that is due but not sent, when the call has its answer: the hedge goes back
-/// to the budget and whatever the service's readiness holds for it (a queued claim on a permit,
-/// which may already have been granted) is released by replacing the service with a clone, now
-/// rather than when the caller drops the finished future. Nothing to do when no hedge is pending.
-fn abandon_hedge<S: Clone>(service: &mut S, withdrawn: &mut Option<Withdrawal>) {
-    if withdrawn.take().is_some() {
+/// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
+/// service failed): the hedge goes back to the budget, and whatever the service's readiness holds
+/// for it (a queued claim on a permit, which may already have been granted) is released by
+/// replacing the service with a clone, which reserves nothing, now rather than when the caller
+/// drops the future. Nothing to do when no hedge is pending.
+fn abandon_hedge<S: Clone>(
+    service: &mut S,
+    withdrawn: &mut Option<Withdrawal>,
+    readying: &mut bool,
+) {
+    *withdrawn = None;
+    if mem::take(readying) {
         *service = service.clone();
     }
 }
@@ -150,7 +161,7 @@ where
                     if accept(shared, &result, *this.started, *this.started) {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();
-                        abandon_hedge(this.service, this.withdrawn);
+                        abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
                     *this.failure = Some(result);
@@ -169,7 +180,7 @@ where
                 if accept(shared, &result, Some(done.started), *this.started) {
                     this.primary.set(None);
                     this.hedges.clear();
-                    abandon_hedge(this.service, this.withdrawn);
+                    abandon_hedge(this.service, this.withdrawn, this.readying);
                     shared.on_won(done.hedge);
                     return Poll::Ready(result);
                 }
@@ -178,7 +189,7 @@ where
 
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
-                abandon_hedge(this.service, this.withdrawn);
+                abandon_hedge(this.service, this.withdrawn, this.readying);
                 return Poll::Ready(
                     this.failure
                         .take()
@@ -207,7 +218,7 @@ where
             };
             if past_deadline(this.template) {
                 *this.template = None;
-                *this.withdrawn = None;
+                abandon_hedge(this.service, this.withdrawn, this.readying);
                 continue;
             }
 
@@ -222,6 +233,7 @@ where
                 };
                 *this.withdrawn = Some(withdrawal);
             }
+            *this.readying = true;
             let Poll::Ready(ready) = this.service.poll_ready(cx) else {
                 // Waiting past the call's deadline is pointless: be woken then to give the hedge
                 // up (the timer is free: the hedge is due).
@@ -229,9 +241,8 @@ where
                 if let Some(deadline) = deadline {
                     this.timer.as_mut().arm(deadline);
                     if this.timer.as_mut().poll_elapsed(cx).is_ready() {
-                        *this.service = this.service.clone();
                         *this.template = None;
-                        *this.withdrawn = None;
+                        abandon_hedge(this.service, this.withdrawn, this.readying);
                         continue;
                     }
                 }
@@ -244,16 +255,15 @@ where
                     let error: BoxError = error.into();
                     tracing::debug!(name = %shared.name, %error, "seawall hedge: inner service failed readiness");
                     *this.template = None;
-                    *this.withdrawn = None;
+                    abandon_hedge(this.service, this.withdrawn, this.readying);
                     continue;
                 }
             }
             if past_deadline(this.template) {
-                // It passed while the service got ready: hand back what readiness reserved (a
-                // clone reserves nothing) rather than hold it while the calls already out run.
-                *this.service = this.service.clone();
+                // It passed while the service got ready: hand back what readiness reserved rather
+                // than hold it while the calls already out run.
                 *this.template = None;
-                *this.withdrawn = None;
+                abandon_hedge(this.service, this.withdrawn, this.readying);
                 continue;
             }
 
@@ -271,6 +281,7 @@ where
             };
             let now = Instant::now();
             let future = this.service.call(request);
+            *this.readying = false;
             if let Some(withdrawal) = this.withdrawn.take() {
                 withdrawal.spend();
             }
