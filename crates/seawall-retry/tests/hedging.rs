@@ -3,8 +3,8 @@
 
 mod support;
 
-use seawall_core::{BoxError, Name};
-use seawall_retry::{HedgeEvent, HedgeLayer, RetryBudget};
+use seawall_core::{BoxError, Name, Outcome};
+use seawall_retry::{hedge::HedgeConfigBuilder, HedgeEvent, HedgeLayer, Policy, RetryBudget};
 use std::{
     future::Future,
     pin::pin,
@@ -168,6 +168,64 @@ async fn up_to_max_hedges_each_a_delay_apart() {
             HedgeEvent::Won { hedge: 3 },
         ]
     );
+}
+
+/// A call through the hedge `configure` builds from a fixed 50 ms delay, over replicas whose
+/// original copy takes 1 s, its future first polled 60 ms after the call: when the hedge was sent,
+/// counted from the call, and the events.
+async fn hedge_of_a_call_first_polled_late<P>(
+    configure: impl FnOnce(HedgeConfigBuilder) -> HedgeLayer<P>,
+) -> (Duration, Vec<HedgeEvent>)
+where
+    P: Policy<Req, usize>,
+{
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = configure(
+        HedgeLayer::builder()
+            .delay(ms(50))
+            .budget(RetryBudget::unlimited())
+            .on_event(move |_: &Name, e: &HedgeEvent| seen.lock().unwrap().push(*e)),
+    );
+    let replicas = Replicas::new();
+    let latency = |n| if n == 0 { ms(1000) } else { ms(10) };
+    let mut svc = layer.layer(replicas.service(latency, |_| false));
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call(get());
+    tokio::time::advance(ms(60)).await;
+    assert_eq!(fut.await.unwrap(), 1, "the hedge answered");
+    let sent = replicas.calls.all()[1].at - start;
+    let events = events.lock().unwrap().clone();
+    (sent, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_delay_counts_from_the_first_poll_whatever_the_classifier() {
+    let by_default = hedge_of_a_call_first_polled_late(|b| b.build().unwrap()).await;
+    let by_closure = hedge_of_a_call_first_polled_late(|b| {
+        b.classify(|r: Result<&usize, &BoxError>, _: Duration| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            }
+        })
+        .build()
+        .unwrap()
+    })
+    .await;
+    let expected = (
+        ms(110),
+        vec![
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(50),
+            },
+            HedgeEvent::Won { hedge: 1 },
+        ],
+    );
+    assert_eq!(by_default, expected, "default classifier");
+    assert_eq!(by_closure, expected, "closure classifier");
 }
 
 #[tokio::test(start_paused = true)]

@@ -50,7 +50,8 @@ pin_project! {
         // readiness may hold a reservation (a permit, or a queued claim on one) for that copy.
         readying: bool,
         started: Option<Instant>,
-        // What the first hedge's delay counts from: the call (`started`), or its first poll.
+        // What the first hedge's delay counts from: the call (`started`) with a percentile delay,
+        // the first poll with a fixed one.
         counted_from: Option<Instant>,
         failure: Option<Result<S::Response, BoxError>>,
         shared: Arc<Shared<P, K>>,
@@ -202,7 +203,13 @@ where
 
             if !*this.due {
                 if !*this.scheduled {
-                    let from = this.started.unwrap_or_else(Instant::now);
+                    // A percentile delay counts from the call, as the latencies it comes from
+                    // do; a fixed one from this first poll, whatever the policy, so that a call
+                    // answered at once reads no clock for it.
+                    let from = match *this.started {
+                        Some(call) if shared.records_latency() => call,
+                        _ => Instant::now(),
+                    };
                     *this.counted_from = Some(from);
                     this.timer.as_mut().arm(deadline_after(from, *this.delay));
                     *this.scheduled = true;

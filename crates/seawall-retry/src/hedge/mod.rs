@@ -71,8 +71,9 @@ pub enum HedgeEvent {
     Sent {
         /// Which copy: 1 for the first hedge.
         hedge: u32,
-        /// How long after the original call (with a fixed delay, after its first poll) it was
-        /// sent: the delays before it plus any wait for the inner service to be ready.
+        /// How long after the original call (with a fixed delay, after its first poll, whatever
+        /// the policy) it was sent: the delays before it plus any wait for the inner service to
+        /// be ready.
         after: Duration,
     },
     /// A hedged copy answered first.
