@@ -6,7 +6,9 @@
 //! traffic instead, so a partial outage stays partial.
 //!
 //! A [`RetryBudget`] is a cheap handle to shared state: every layer, service and clone given the
-//! same handle draws on the same budget. Use one budget per downstream dependency.
+//! same handle draws on the same budget. Use one budget per downstream dependency and layer: each
+//! request deposits in the budget of every retry or hedge layer it passes, so one handle given to
+//! both a hedge and a retry layer on the same path counts each request twice.
 //!
 //! Two kinds:
 //!
