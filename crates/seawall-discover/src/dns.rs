@@ -39,7 +39,7 @@ enum Query {
 /// What a resolution asks for: `query` with its name parsed once, at build time.
 #[derive(Debug)]
 enum Parsed {
-    /// An IP address: its own answer.
+    /// An IP address: its own answer, never asked about.
     Addr(IpAddr, u16),
     /// A and AAAA records of a name, each address with the port.
     Ip(DnsName, u16),
@@ -61,7 +61,8 @@ pub struct Dns;
 
 impl Dns {
     /// Discovers `host`'s A and AAAA records, both asked for together; each address of either
-    /// family is an endpoint on `port`.
+    /// family is an endpoint on `port`. A `host` that is an IP address is its own endpoint: it is
+    /// not looked up, nor resolved again.
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -315,6 +316,11 @@ async fn run<S, M>(
                 if !publish(&mut tracker, endpoints, &mut make, &tx) {
                     return;
                 }
+                if let Parsed::Addr(..) = query {
+                    // An address does not change: there is nothing to resolve again.
+                    tx.closed().await;
+                    return;
+                }
                 ttl.clamp(min, max)
             }
             Err(error) => {
@@ -347,7 +353,10 @@ async fn resolve(
     targets: &mut Targets,
 ) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
     match query {
-        Parsed::Addr(ip, port) => ip_endpoints(lookup_ips(resolver, ip.to_string()).await?, *port),
+        Parsed::Addr(ip, port) => Ok((
+            vec![Tagged::new(SocketAddr::new(*ip, *port))],
+            Duration::MAX,
+        )),
         Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host.clone()).await?, *port),
         Parsed::Srv(srv_name) => {
             let lookup = resolver.srv_lookup(srv_name.clone()).await?;
@@ -500,5 +509,56 @@ mod tests {
         assert_eq!(opts.attempts, 0);
         assert_eq!(opts.cache_size, 0);
         assert_eq!(opts.ip_strategy, LookupIpStrategy::Ipv4AndIpv6);
+    }
+
+    /// With `ndots` of 5 (Kubernetes' resolv.conf) a resolver would try `10.0.0.5` under each
+    /// search domain first; an address must not be asked about at all.
+    #[tokio::test(start_paused = true)]
+    async fn an_address_is_its_own_answer_without_a_query() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut system = ResolverOpts::default();
+        system.ndots = 5;
+        let config = ResolverConfig::from_parts(
+            None,
+            vec![DnsName::from_ascii("svc.cluster.local.").unwrap()],
+            NameServerConfigGroup::from_ips_clear(
+                &[server.local_addr().unwrap().ip()],
+                server.local_addr().unwrap().port(),
+                true,
+            ),
+        );
+        let resolver =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                .with_options(resolver_opts(system, Duration::from_millis(50)))
+                .build();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            resolver,
+            Parsed::Addr("10.0.0.5".parse().unwrap(), 80),
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            Name::default_for("discover"),
+            |_: &Tagged<SocketAddr>| (),
+            tx,
+        ));
+        let change = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let tower::discover::Change::Insert(key, ()) = change else {
+            panic!("{change:?}");
+        };
+        assert_eq!(key.key, SocketAddr::from(([10, 0, 0, 5], 80)));
+        // Several refresh periods later: still no question, and nothing more to say.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 512];
+        let asked = server.recv_from(&mut buf);
+        assert!(
+            matches!(&asked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{asked:?}"
+        );
+        assert!(rx.try_recv().is_err());
+        task.abort();
     }
 }
