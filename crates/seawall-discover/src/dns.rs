@@ -2,14 +2,15 @@
 
 use crate::{diff::Tracker, discovery::publish, Discovery};
 use hickory_resolver::{
-    config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    lookup::Lookup,
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
         rr::{Name as DnsName, RData},
         ProtoErrorKind,
     },
-    IntoName, ResolveError, ResolveErrorKind, TokioResolver,
+    ResolveError, ResolveErrorKind, TokioResolver,
 };
 use seawall_balance::Tagged;
 use seawall_core::{config::check_positive_duration, metrics, ConfigError, Name};
@@ -61,8 +62,10 @@ pub struct Dns;
 
 impl Dns {
     /// Discovers `host`'s A and AAAA records, both asked for together; each address of either
-    /// family is an endpoint on `port`. A `host` that is an IP address is its own endpoint: it is
-    /// not looked up, nor resolved again.
+    /// family is an endpoint on `port`. A family the server says has no records adds none; a
+    /// family whose answer does not come (a timeout, a server failure) fails the resolution,
+    /// which keeps the last good set, both families' endpoints. A `host` that is an IP address
+    /// is its own endpoint: it is not looked up, nor resolved again.
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -250,9 +253,6 @@ fn resolver_opts(mut opts: ResolverOpts, timeout: Duration) -> ResolverOpts {
     // hickory's `attempts` counts the retries after the first query: one query, no retry (the
     // refresh schedule retries).
     opts.attempts = 0;
-    // Both families, asked in parallel: the default asks for AAAA only when A has no records,
-    // which would drop a dual-stack host's IPv6 addresses.
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     // Every resolution asks the server: the refresh schedule follows the TTLs itself.
     opts.cache_size = 0;
     opts
@@ -357,7 +357,7 @@ async fn resolve(
             vec![Tagged::new(SocketAddr::new(*ip, *port))],
             Duration::MAX,
         )),
-        Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host.clone()).await?, *port),
+        Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host).await?, *port),
         Parsed::Srv(srv_name) => {
             let lookup = resolver.srv_lookup(srv_name.clone()).await?;
             let mut ttl = u32::MAX;
@@ -391,14 +391,10 @@ async fn resolve(
                     }
                     let ips = match found.get(target) {
                         Some(ips) => ips.clone(),
-                        None => match lookup_ips(resolver, target.clone()).await {
-                            Ok((ips, ip_ttl)) if !ips.is_empty() => {
+                        None => match lookup_ips(resolver, target).await {
+                            Ok((ips, ip_ttl)) => {
                                 ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
                                 ips
-                            }
-                            Ok(_) => {
-                                tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV target without addresses");
-                                continue;
                             }
                             Err(error) => match targets.get(target) {
                                 Some(last) if !is_absent(&error) => {
@@ -476,21 +472,82 @@ fn is_absent(error: &ResolveError) -> bool {
     }
 }
 
-/// The addresses of `host`, both families, and the smallest TTL of their records.
+/// The addresses of `host`, both families, and the smallest TTL of their records; an error when
+/// it has none (one [`is_absent`] holds for when the server said so).
+///
+/// A and AAAA are asked for apart, at once, so that each family's answer counts: a family the
+/// server says has no records adds none, and one that does not answer (a timeout, a server
+/// failure) fails the lookup. hickory's `lookup_ip` would answer with the other family alone, and
+/// one lost AAAA answer would then take a dual-stack host's IPv6 endpoints away until the next
+/// resolution. The names of [`search_names`] are tried in turn: the first with an address of
+/// either family answers, one that fails ends the lookup (a later name may be another host).
 async fn lookup_ips(
     resolver: &TokioResolver,
-    host: impl IntoName,
+    host: &DnsName,
 ) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
-    let lookup = resolver.lookup_ip(host).await?;
-    let ttl = lookup
-        .as_lookup()
-        .records()
-        .iter()
-        .filter(|r| matches!(r.data(), RData::A(_) | RData::AAAA(_)))
-        .map(|r| r.ttl())
-        .min()
-        .unwrap_or(0);
-    Ok((lookup.iter().collect(), Duration::from_secs(ttl.into())))
+    let mut absent = None;
+    for name in search_names(resolver, host) {
+        let (v4, v6) = tokio::join!(
+            resolver.ipv4_lookup(name.clone()),
+            resolver.ipv6_lookup(name)
+        );
+        let mut ips = Vec::new();
+        let mut ttl = u32::MAX;
+        for answer in [v4.map(Lookup::from), v6.map(Lookup::from)] {
+            let lookup = match answer {
+                Ok(lookup) => lookup,
+                Err(error) if is_absent(&error) => {
+                    absent = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            for record in lookup.records() {
+                let ip = match record.data() {
+                    RData::A(a) => IpAddr::V4(a.0),
+                    RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                    _ => continue,
+                };
+                ttl = ttl.min(record.ttl());
+                ips.push(ip);
+            }
+        }
+        if !ips.is_empty() {
+            return Ok((ips, Duration::from_secs(ttl.into())));
+        }
+    }
+    Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))
+}
+
+/// The names a lookup of `host` tries, in order, as the resolver's own lookups order them: a
+/// fully qualified name alone; otherwise the name under the configured domain and under each
+/// search domain, and the name itself, first when it has more than `ndots` labels (or is
+/// localhost), else last. Each is fully qualified, so the resolver asks about it alone.
+fn search_names(resolver: &TokioResolver, host: &DnsName) -> Vec<DnsName> {
+    let mut itself = host.clone();
+    itself.set_fqdn(true);
+    if host.is_fqdn() {
+        return vec![itself];
+    }
+    let config = resolver.config();
+    let itself_first =
+        usize::from(host.num_labels()) > resolver.options().ndots || host.is_localhost();
+    let mut names = Vec::new();
+    if itself_first {
+        names.push(itself.clone());
+    }
+    for domain in config.domain().into_iter().chain(config.search()) {
+        if let Ok(mut name) = host.clone().append_domain(domain) {
+            name.set_fqdn(true);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if !itself_first {
+        names.push(itself);
+    }
+    names
 }
 
 #[cfg(test)]
@@ -508,7 +565,48 @@ mod tests {
         assert_eq!(opts.timeout, Duration::from_millis(1500));
         assert_eq!(opts.attempts, 0);
         assert_eq!(opts.cache_size, 0);
-        assert_eq!(opts.ip_strategy, LookupIpStrategy::Ipv4AndIpv6);
+    }
+
+    #[test]
+    fn search_names_follow_the_resolvers_order() {
+        let resolver = |ndots: usize| {
+            let mut opts = ResolverOpts::default();
+            opts.ndots = ndots;
+            let search = ["default.svc.cluster.local.", "svc.cluster.local."]
+                .map(|domain| DnsName::from_ascii(domain).unwrap());
+            let config = ResolverConfig::from_parts(
+                None,
+                search.to_vec(),
+                NameServerConfigGroup::from_ips_clear(&[IpAddr::from([127, 0, 0, 1])], 53, true),
+            );
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                .with_options(opts)
+                .build()
+        };
+        let names = |resolver: &TokioResolver, host: &str| -> Vec<String> {
+            search_names(resolver, &DnsName::from_ascii(host).unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let kubernetes = resolver(5);
+        assert_eq!(names(&kubernetes, "users.test."), ["users.test."]);
+        assert_eq!(
+            names(&kubernetes, "users"),
+            [
+                "users.default.svc.cluster.local.",
+                "users.svc.cluster.local.",
+                "users."
+            ]
+        );
+        assert_eq!(
+            names(&resolver(1), "users.test"),
+            [
+                "users.test.",
+                "users.test.default.svc.cluster.local.",
+                "users.test.svc.cluster.local."
+            ]
+        );
     }
 
     /// With `ndots` of 5 (Kubernetes' resolv.conf) a resolver would try `10.0.0.5` under each

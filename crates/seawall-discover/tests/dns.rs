@@ -152,6 +152,48 @@ async fn a_and_aaaa_records_both_become_endpoints() {
     assert_eq!(queued(&mut v6), vec![]);
 }
 
+/// A dual-stack host whose answers of one family (`lost`) stop arriving: each resolution times out
+/// on that family, which fails the whole resolution, so the endpoints of both families stay.
+async fn one_lost_family_keeps_both(lost: RecordType) {
+    let zone = Zone::default();
+    zone.set_a("dual.test", &[[10, 0, 0, 1]]);
+    zone.set_aaaa("dual.test", &["fd00::1".parse().unwrap()]);
+    let server = zone.serve().await;
+    let mut discovery: Discovery<Tagged<SocketAddr>, Endpoint> = Dns::a("dual.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_millis(20))
+        .max_refresh(Duration::from_millis(50))
+        .timeout(Duration::from_millis(100))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![
+            ('+', addr("10.0.0.1:80"), 1),
+            ('+', addr("[fd00::1]:80"), 1)
+        ]
+    );
+
+    zone.silence_type("dual.test", lost, true);
+    zone.more_questions(lost, 4).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+
+    // The family answers again: the same addresses, nothing to change.
+    zone.silence_type("dual.test", lost, false);
+    zone.more_questions(lost, 3).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
+#[tokio::test]
+async fn a_lost_aaaa_answer_keeps_the_ipv6_endpoints() {
+    one_lost_family_keeps_both(RecordType::AAAA).await;
+}
+
+#[tokio::test]
+async fn a_lost_a_answer_keeps_the_ipv4_endpoints() {
+    one_lost_family_keeps_both(RecordType::A).await;
+}
+
 #[tokio::test]
 async fn srv_records_give_ports_and_weights_of_the_lowest_priority() {
     let zone = Zone::default();

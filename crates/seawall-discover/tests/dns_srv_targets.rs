@@ -100,6 +100,24 @@ async fn a_target_whose_server_stops_answering_keeps_its_addresses() {
 }
 
 #[tokio::test]
+async fn a_target_whose_a_answer_is_lost_keeps_its_addresses() {
+    let zone = Zone::default();
+    two_targets(&zone, SRV);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    assert_eq!(first_resolution(&mut discovery).await.len(), 2);
+
+    // b has no AAAA records, and that empty answer arrives; its A answer does not. Not knowing
+    // b's IPv4 addresses is no answer that it has none: b keeps them.
+    zone.silence_type("b.api.test", RecordType::A, true);
+    zone.more_questions(RecordType::AAAA, 6).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+
+    zone.silence_type("b.api.test", RecordType::A, false);
+    zone.more_questions(RecordType::A, 4).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
+#[tokio::test]
 async fn when_no_target_resolves_the_last_set_stays() {
     let zone = Zone::default();
     two_targets(&zone, SRV);

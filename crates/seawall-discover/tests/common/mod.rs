@@ -39,6 +39,7 @@ pub struct Zone {
     /// When each question arrived, and its type (Tokio time, so paused tests can read it).
     log: Arc<Mutex<Vec<(tokio::time::Instant, RecordType)>>>,
     silent: Arc<Mutex<HashSet<String>>>,
+    silent_types: Arc<Mutex<HashSet<(String, RecordType)>>>,
     /// While set, questions go unanswered (an outage).
     pub down: Arc<AtomicBool>,
     /// Questions received, answered or not.
@@ -91,6 +92,17 @@ impl Zone {
             silent.insert(host.to_owned());
         } else {
             silent.remove(host);
+        }
+    }
+
+    /// While `on`, questions of type `ty` about `host` go unanswered; its other types are still
+    /// answered (one family's answer lost on the way).
+    pub fn silence_type(&self, host: &str, ty: RecordType, on: bool) {
+        let mut silent = self.silent_types.lock().unwrap();
+        if on {
+            silent.insert((host.to_owned(), ty));
+        } else {
+            silent.remove(&(host.to_owned(), ty));
         }
     }
 
@@ -164,10 +176,12 @@ impl Zone {
 
     fn silenced(&self, request: &Message) -> bool {
         let silent = self.silent.lock().unwrap();
-        request
-            .queries()
-            .iter()
-            .any(|q| silent.contains(q.name().to_string().trim_end_matches('.')))
+        let silent_types = self.silent_types.lock().unwrap();
+        request.queries().iter().any(|q| {
+            let host = q.name().to_string();
+            let host = host.trim_end_matches('.');
+            silent.contains(host) || silent_types.contains(&(host.to_owned(), q.query_type()))
+        })
     }
 
     fn answer(&self, request: &Message) -> Message {
