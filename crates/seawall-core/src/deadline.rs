@@ -6,8 +6,9 @@
 //! timeout outlives an outer one and no retry starts an attempt that cannot finish in time.
 //!
 //! Requests carry deadlines through [`RequestDeadline`]. It is implemented for
-//! [`http::Request`] (the values live in the request's extensions, which is also how tonic and
-//! reqwest requests reach a tower service); other request types implement it themselves:
+//! [`http::Request`] (the values live in the request's extensions, which is also how tonic requests
+//! reach a tower service); a type from another crate, such as `reqwest::Request`, travels in a
+//! [`WithDeadline`]; other request types implement it themselves:
 //!
 //! ```
 //! use seawall_core::deadline::RequestDeadline;

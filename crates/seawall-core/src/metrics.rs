@@ -7,8 +7,9 @@
 //!
 //! Measures taken on every call (a gauge of permits in use, a breaker's success counter) use
 //! handles registered when the policy is built, so install the recorder *before* building layers.
-//! Counters of rare events (a timeout firing, a fallback answering) look their handle up when the
-//! event happens, which keeps the per-call path free of them. No seawall metric is a histogram.
+//! The retry, hedge and rate-limit counters are registered with their layer too. Other counters of
+//! rare events (a timeout firing, a fallback answering) look their handle up when the event
+//! happens, which keeps the per-call path free of them. No seawall metric is a histogram.
 //!
 //! The full list of names is [`ALL`]; [`describe`] registers a help text for each with the installed
 //! recorder.
