@@ -129,3 +129,31 @@ async fn eviction_of_idle_keys_loses_nothing() {
     }
     assert!(service.clone().oneshot((7, 3)).await.is_err());
 }
+
+/// A waiter dropped after its key was evicted and made afresh gives nothing back to the new
+/// budget: its slot was in the old one, and the new one's slots are all its own.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_of_an_evicted_key_gives_nothing_to_its_successor() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+        .max_keys(1)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(echo());
+    service.clone().oneshot((7, 0)).await.unwrap();
+    let mut old = tokio_test::task::spawn(service.clone().oneshot((7, 1)));
+    tokio_test::assert_pending!(old.poll());
+    // Key 8 takes the only place; key 7 comes back with a fresh budget and a waiter at 100 ms.
+    service.clone().oneshot((8, 0)).await.unwrap();
+    service.clone().oneshot((7, 2)).await.unwrap();
+    let mut new = tokio_test::task::spawn(service.clone().oneshot((7, 3)));
+    tokio_test::assert_pending!(new.poll());
+    drop(old);
+    // The slot at 100 ms is the new waiter's: the next call waits for 200 ms.
+    let start = tokio::time::Instant::now();
+    service.clone().oneshot((7, 4)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert!(new.poll().is_ready());
+}

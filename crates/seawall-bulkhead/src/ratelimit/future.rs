@@ -38,8 +38,8 @@ pin_project! {
     /// [`KeyedRateLimit`](super::KeyedRateLimit).
     ///
     /// A call that must wait for its permit waits here, with the inner service that was made ready
-    /// for it; dropping the future while it waits gives the permit back when no later call has
-    /// reserved one since.
+    /// for it; dropping the future while it waits gives the permit back, to the next call that
+    /// would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
         kind: Kind<F, S, Req>,

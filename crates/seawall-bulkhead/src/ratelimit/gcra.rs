@@ -6,14 +6,23 @@
 //! at time `t` is allowed when `max(TAT, t) + T − τ <= t`, and then `TAT = max(TAT, t) + T`.
 //! That is a token bucket of `B` tokens refilled one per `T`, without a refill task or a lock: one
 //! compare-and-swap per request. A request that would be allowed within `max_wait` reserves its
-//! slot at once (the TAT moves) and waits for it, so waiters are served in arrival order.
+//! slot at once (the TAT moves) and waits for it, so waiters are served in the order of their slots.
+//!
+//! Every grant's TAT is at least `T` from every other's, and a grant runs no earlier than its TAT
+//! minus `τ` and no earlier than it was asked for; so at most `B + ⌊w / T⌋` grants run within any
+//! window `w`. A grant whose waiter is dropped gives its slot back: the latest grant by moving the
+//! TAT back one interval, any other as a *hole*, a TAT kept beside the limiter's. The next request
+//! takes the earliest hole whose slot has not passed (it is earlier than any slot the TAT offers)
+//! instead of moving the TAT; a hole that reaches the TAT folds back into it. Holes sit under a
+//! mutex with a count beside it, so while there are none (the common case) nothing takes the lock.
 //!
 //! Times are nanoseconds since the limiter's epoch (a `tokio::time::Instant`), so the limiter
 //! follows tokio's paused clock in tests. A TAT past the end of that clock (`u64::MAX`, about 584
 //! years) is never stored: the request is rejected instead, as saturating would give every later
 //! request the same slot.
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use std::sync::PoisonError;
 
 /// A request admitted now (`delay == 0`) or after `delay` nanoseconds; `tat` is the theoretical
 /// arrival time it stored, needed to refund it.
@@ -64,11 +73,38 @@ pub(crate) fn decide(
     }
 }
 
-/// GCRA state: the theoretical arrival time, in one atomic.
+/// Takes the earliest of `holes` (TATs of given-back grants) whose slot has not passed at `now`,
+/// dropping those that have. `Err(retry)`: none within `max_wait`; the earliest is free at once
+/// after `retry` nanoseconds (`u64::MAX`: there is none).
+pub(crate) fn take_hole(
+    holes: &mut Vec<u64>,
+    now: u64,
+    tolerance: u64,
+    max_wait: u64,
+) -> Result<Grant, u64> {
+    // A hole's slot is `tat − τ`; it has passed when that is before `now`.
+    let due = now.saturating_add(tolerance);
+    holes.retain(|&tat| tat >= due);
+    let Some((index, &tat)) = holes.iter().enumerate().min_by_key(|&(_, &tat)| tat) else {
+        return Err(u64::MAX);
+    };
+    let delay = tat - due;
+    if delay > max_wait {
+        return Err(delay);
+    }
+    holes.swap_remove(index);
+    Ok(Grant { delay, tat })
+}
+
+/// GCRA state: the theoretical arrival time, in one atomic, and the holes left by given-back
+/// grants that were not the latest.
 #[derive(Debug)]
 #[allow(unreachable_pub)] // public to the loom tests under `--cfg loom`
 pub struct Gcra {
     tat: AtomicU64,
+    /// `holes.len()`, read without the lock: zero means there is nothing to look at.
+    hole_count: AtomicUsize,
+    holes: Mutex<Vec<u64>>,
     interval: u64,
     tolerance: u64,
 }
@@ -80,20 +116,35 @@ impl Gcra {
     pub fn new(interval: u64, burst: u64) -> Self {
         Gcra {
             tat: AtomicU64::new(0),
+            hole_count: AtomicUsize::new(0),
+            holes: Mutex::new(Vec::new()),
             interval,
             tolerance: interval.saturating_mul(burst),
         }
     }
 
-    /// Takes one permit at `now` if it is free or will be within `max_wait` nanoseconds.
-    /// `Err(retry)`: none within `max_wait`; one is free at once after `retry` nanoseconds
-    /// (`u64::MAX`: none within the clock's range). Every grant stores a TAT later than the grant
-    /// before it, so no two outstanding grants share a slot.
+    /// Takes one permit at `now` if it is free or will be within `max_wait` nanoseconds: the
+    /// earliest hole if there is one in time, else the slot after the TAT. `Err(retry)`: none
+    /// within `max_wait`; one is free at once after `retry` nanoseconds (`u64::MAX`: none within
+    /// the clock's range). A grant takes either a hole, which no other grant holds, or a TAT later
+    /// than every outstanding grant's, so no two outstanding grants share a slot.
     #[inline]
     pub fn acquire(&self, now: u64, max_wait: u64) -> Result<Grant, u64> {
+        let mut hole_retry = u64::MAX;
+        if self.hole_count.load(Ordering::Acquire) > 0 {
+            let mut holes = self.lock_holes();
+            self.fold(&mut holes);
+            let taken = take_hole(&mut holes, now, self.tolerance, max_wait);
+            self.hole_count.store(holes.len(), Ordering::Release);
+            match taken {
+                Ok(grant) => return Ok(grant),
+                Err(retry) => hole_retry = retry,
+            }
+        }
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
-            let (new_tat, delay) = decide(tat, now, self.interval, self.tolerance, max_wait)?;
+            let (new_tat, delay) = decide(tat, now, self.interval, self.tolerance, max_wait)
+                .map_err(|retry| retry.min(hole_retry))?;
             match self
                 .tat
                 .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
@@ -109,17 +160,50 @@ impl Gcra {
         }
     }
 
-    /// Gives back a grant that will not be used (its waiter was dropped), if no later grant was
-    /// made since: the TAT moves back by one interval. Returns whether it did.
-    pub fn refund(&self, granted: Grant) -> bool {
-        self.tat
+    /// Gives back a grant that will not be used (its waiter was dropped). The latest grant moves
+    /// the TAT back one interval; any other becomes a hole for the next request to take.
+    pub fn refund(&self, granted: Grant) {
+        let latest = self
+            .tat
             .compare_exchange(
                 granted.tat,
                 granted.tat - self.interval,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .is_ok();
+        if !latest || self.hole_count.load(Ordering::Acquire) > 0 {
+            let mut holes = self.lock_holes();
+            if !latest {
+                holes.push(granted.tat);
+            }
+            self.fold(&mut holes);
+            self.hole_count.store(holes.len(), Ordering::Release);
+        }
+    }
+
+    /// Moves the TAT back over every hole at its end: a hole equal to the TAT is the latest slot
+    /// reserved, and nobody holds it.
+    fn fold(&self, holes: &mut Vec<u64>) {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        while let Some(index) = holes.iter().position(|&hole| hole == tat) {
+            match self.tat.compare_exchange(
+                tat,
+                tat - self.interval,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    holes.swap_remove(index);
+                    tat -= self.interval;
+                }
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    fn lock_holes(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.holes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The current theoretical arrival time.
@@ -154,16 +238,87 @@ mod tests {
     }
 
     #[test]
-    fn waiting_reserves_in_order_and_refunds() {
+    fn waiting_reserves_in_order() {
         let g = Gcra::new(100, 1);
         assert_eq!(g.acquire(0, 0).unwrap().delay, 0);
         let first = g.acquire(0, 250).unwrap();
         let second = g.acquire(0, 250).unwrap();
         assert_eq!((first.delay, second.delay), (100, 200));
         assert_eq!(g.acquire(0, 250), Err(300));
-        assert!(!g.refund(first), "a later grant exists");
-        assert!(g.refund(second));
-        assert_eq!(g.acquire(0, 250).unwrap().delay, 200);
+    }
+
+    #[test]
+    fn the_latest_grant_given_back_moves_the_tat_back() {
+        let g = Gcra::new(100, 1);
+        g.acquire(0, 0).unwrap();
+        let _first = g.acquire(0, 250).unwrap();
+        let second = g.acquire(0, 250).unwrap();
+        g.refund(second);
+        assert_eq!(g.tat(), 200);
+        assert_eq!(
+            g.acquire(0, 250),
+            Ok(Grant {
+                delay: 200,
+                tat: 300
+            })
+        );
+    }
+
+    #[test]
+    fn an_earlier_grant_given_back_is_a_hole_the_next_request_takes() {
+        let g = Gcra::new(100, 1);
+        g.acquire(0, 0).unwrap();
+        let first = g.acquire(0, 250).unwrap();
+        let _second = g.acquire(0, 250).unwrap();
+        g.refund(first);
+        assert_eq!(g.tat(), 300, "a later grant holds the TAT");
+        // Waiting for it is within `max_wait` at once, and rejected calls learn of it.
+        assert_eq!(g.acquire(50, 0), Err(50));
+        assert_eq!(
+            g.acquire(0, 250),
+            Ok(Grant {
+                delay: 100,
+                tat: 200
+            })
+        );
+        assert_eq!(g.acquire(0, 250), Err(300), "one hole, taken once");
+    }
+
+    #[test]
+    fn holes_fold_back_into_the_tat() {
+        let g = Gcra::new(100, 1);
+        g.acquire(0, 0).unwrap();
+        let waiters: Vec<Grant> = (0..4).map(|_| g.acquire(0, 1_000).unwrap()).collect();
+        for grant in &waiters {
+            g.refund(*grant);
+        }
+        assert_eq!(g.tat(), 100);
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            g.acquire(0, 1_000),
+            Ok(Grant {
+                delay: 100,
+                tat: 200
+            })
+        );
+    }
+
+    #[test]
+    fn a_hole_whose_slot_has_passed_is_dropped() {
+        let g = Gcra::new(100, 1);
+        g.acquire(0, 0).unwrap();
+        let first = g.acquire(0, 1_000).unwrap();
+        let _second = g.acquire(0, 1_000).unwrap();
+        g.refund(first);
+        // The hole's slot was at 100: at 150 it is gone, and the next slot is after the TAT.
+        assert_eq!(
+            g.acquire(150, 1_000),
+            Ok(Grant {
+                delay: 150,
+                tat: 400
+            })
+        );
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -177,8 +332,9 @@ mod tests {
         assert_eq!(g.acquire(0, u64::MAX), Err(u64::MAX));
         assert_eq!(g.acquire(u64::MAX, u64::MAX), Err(u64::MAX));
         assert_eq!(g.tat(), 4 * interval, "a refused request moves nothing");
-        assert!(!g.refund(grants[2]));
-        assert!(g.refund(grants[3]));
-        assert_eq!(g.acquire(0, u64::MAX).unwrap().delay, 3 * interval);
+        g.refund(grants[2]);
+        g.refund(grants[3]);
+        assert_eq!(g.tat(), 2 * interval);
+        assert_eq!(g.acquire(0, u64::MAX).unwrap().delay, 2 * interval);
     }
 }

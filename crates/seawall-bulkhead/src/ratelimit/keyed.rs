@@ -2,7 +2,7 @@ use super::{
     config::Validated,
     event::Reporter,
     future::{Refund, ResponseFuture},
-    gcra::{decide, nanos_since, to_nanos, Grant},
+    gcra::{decide, nanos_since, take_hole, to_nanos, Grant},
 };
 use seawall_core::{metrics, BoxError, Name};
 use std::{
@@ -11,7 +11,7 @@ use std::{
     hash::{BuildHasher, Hash, RandomState},
     mem,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
     task::{Context, Poll},
@@ -52,11 +52,22 @@ pub struct KeyedRateLimitLayer<K, F> {
     key: Arc<F>,
 }
 
+/// One key's budget: its TAT and the holes left by given-back grants that were not the latest (as
+/// in [`Gcra`](super::gcra::Gcra)); `id` tells this entry from a later one for the same key, made
+/// after an eviction, so a grant from before is never given back to it.
+struct Entry {
+    tat: u64,
+    holes: Vec<u64>,
+    id: u64,
+}
+
 pub(crate) struct KeyedShared<K> {
-    shards: Box<[Mutex<HashMap<K, u64>>]>,
+    shards: Box<[Mutex<HashMap<K, Entry>>]>,
     hasher: RandomState,
     shard_capacity: usize,
     keys: AtomicUsize,
+    /// The next [`Entry::id`].
+    next_id: AtomicU64,
     interval: u64,
     tolerance: u64,
     epoch: Instant,
@@ -73,6 +84,7 @@ impl<K: Hash + Eq> KeyedShared<K> {
             hasher: RandomState::new(),
             shard_capacity: config.max_keys / shards,
             keys: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
             interval: config.interval,
             tolerance: config.interval.saturating_mul(config.burst),
             epoch: Instant::now(),
@@ -86,13 +98,14 @@ impl<K: Hash + Eq> KeyedShared<K> {
         nanos_since(self.epoch)
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, u64>> {
+    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Entry>> {
         let index = self.hasher.hash_one(key) as usize % self.shards.len();
         &self.shards[index]
     }
 
-    /// Takes a permit for `key` at `now`: as [`Gcra::acquire`](super::gcra::Gcra::acquire).
-    fn acquire(&self, key: &K, now: u64) -> Result<Grant, u64>
+    /// Takes a permit for `key` at `now`: as [`Gcra::acquire`](super::gcra::Gcra::acquire). The
+    /// grant comes with the id of the key's entry, for [`refund`](Self::refund).
+    fn acquire(&self, key: &K, now: u64) -> Result<(Grant, u64), u64>
     where
         K: Clone,
     {
@@ -100,40 +113,48 @@ impl<K: Hash + Eq> KeyedShared<K> {
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (new_tat, delay) = match map.get_mut(key) {
-            Some(tat) => {
-                let decided = decide(*tat, now, self.interval, self.tolerance, self.max_wait)?;
-                *tat = decided.0;
-                decided
-            }
-            None => {
-                let decided = decide(0, now, self.interval, self.tolerance, self.max_wait)?;
-                let before = map.len();
-                if before >= self.shard_capacity {
-                    self.evict(&mut map, now);
+        if let Some(entry) = map.get_mut(key) {
+            let mut hole_retry = u64::MAX;
+            if !entry.holes.is_empty() {
+                match take_hole(&mut entry.holes, now, self.tolerance, self.max_wait) {
+                    Ok(grant) => return Ok((grant, entry.id)),
+                    Err(retry) => hole_retry = retry,
                 }
-                map.insert(key.clone(), decided.0);
-                self.count_keys(before, map.len());
-                decided
             }
-        };
-        Ok(Grant {
-            delay,
-            tat: new_tat,
-        })
+            let (tat, delay) = decide(entry.tat, now, self.interval, self.tolerance, self.max_wait)
+                .map_err(|retry| retry.min(hole_retry))?;
+            entry.tat = tat;
+            return Ok((Grant { delay, tat }, entry.id));
+        }
+        let (tat, delay) = decide(0, now, self.interval, self.tolerance, self.max_wait)?;
+        let before = map.len();
+        if before >= self.shard_capacity {
+            self.evict(&mut map, now);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(
+            key.clone(),
+            Entry {
+                tat,
+                holes: Vec::new(),
+                id,
+            },
+        );
+        self.count_keys(before, map.len());
+        Ok((Grant { delay, tat }, id))
     }
 
-    /// Makes room in a full shard: every idle key (budget full again), else the key closest to
-    /// idle.
-    fn evict(&self, map: &mut HashMap<K, u64>, now: u64)
+    /// Makes room in a full shard: every idle key (budget full again; its holes, all earlier than
+    /// its TAT, have passed too), else the key closest to idle.
+    fn evict(&self, map: &mut HashMap<K, Entry>, now: u64)
     where
         K: Clone,
     {
-        map.retain(|_, tat| *tat > now);
+        map.retain(|_, entry| entry.tat > now);
         if map.len() >= self.shard_capacity {
             let closest = map
                 .iter()
-                .min_by_key(|(_, tat)| **tat)
+                .min_by_key(|(_, entry)| entry.tat)
                 .map(|(key, _)| key.clone());
             if let Some(key) = closest {
                 map.remove(&key);
@@ -151,15 +172,25 @@ impl<K: Hash + Eq> KeyedShared<K> {
         }
     }
 
-    fn refund(&self, key: &K, grant: Grant) {
+    /// Gives back a grant of the entry `id` for `key`, as [`Gcra::refund`](super::gcra::Gcra::refund):
+    /// the latest moves the TAT back, any other becomes a hole, and holes at the TAT fold into it.
+    /// Nothing happens if that entry was evicted since.
+    fn refund(&self, key: &K, id: u64, grant: Grant) {
         let mut map = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(tat) = map.get_mut(key) {
-            if *tat == grant.tat {
-                *tat -= self.interval;
-            }
+        let Some(entry) = map.get_mut(key).filter(|entry| entry.id == id) else {
+            return;
+        };
+        if entry.tat == grant.tat {
+            entry.tat -= self.interval;
+        } else {
+            entry.holes.push(grant.tat);
+        }
+        while let Some(index) = entry.holes.iter().position(|&hole| hole == entry.tat) {
+            entry.holes.swap_remove(index);
+            entry.tat -= self.interval;
         }
     }
 }
@@ -167,12 +198,13 @@ impl<K: Hash + Eq> KeyedShared<K> {
 struct KeyedReservation<K> {
     shared: Arc<KeyedShared<K>>,
     key: K,
+    id: u64,
     grant: Grant,
 }
 
 impl<K: Hash + Eq + Send + Sync + 'static> Refund for KeyedReservation<K> {
     fn refund(&self) {
-        self.shared.refund(&self.key, self.grant);
+        self.shared.refund(&self.key, self.id, self.grant);
     }
 }
 
@@ -283,8 +315,8 @@ where
         let key = (self.key)(&request);
         let now = self.shared.now();
         match self.shared.acquire(&key, now) {
-            Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
-            Ok(grant) => {
+            Ok((grant, _)) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
+            Ok((grant, id)) => {
                 self.shared.report.delayed(grant.delay);
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
@@ -295,6 +327,7 @@ where
                     Box::new(KeyedReservation {
                         shared: self.shared.clone(),
                         key,
+                        id,
                         grant,
                     }),
                 )

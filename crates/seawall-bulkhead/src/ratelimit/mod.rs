@@ -2,16 +2,19 @@
 //! variant.
 //!
 //! [`RateLimitLayer`] lets through `permits` calls per `period`, spaced evenly, with up to `burst`
-//! at once after an idle spell. It implements the generic cell rate algorithm: the whole state is
-//! one `AtomicU64` (the theoretical arrival time of the next call), updated with one
-//! compare-and-swap per call; no refill task, no lock, no allocation on the admitted path.
+//! at once after an idle spell. It implements the generic cell rate algorithm: the state is one
+//! `AtomicU64` (the theoretical arrival time of the next call), updated with one compare-and-swap
+//! per call; no refill task, and no lock or allocation on the admitted path while no dropped
+//! waiter's permit is set aside (below).
 //!
 //! A call that finds no permit is rejected with [`Limited`] (which carries how long until a permit
 //! is free, for a `Retry-After` header), or, with `max_wait`, reserves the next permit due within
-//! that time and waits for it inside its response future; waiters go in arrival order and a
-//! dropped waiter gives its permit back when no later call has reserved one. With
-//! [`backpressure`](RateLimitConfigBuilder::backpressure) `poll_ready` waits for the next permit
-//! instead, as tower's `RateLimit` does.
+//! that time and waits for it inside its response future; each waiter has a permit of its own, in
+//! arrival order. A dropped waiter (a timeout above the limiter, a client gone) gives its permit
+//! back: the next call that would otherwise wait longer takes it, and may then go before waiters
+//! that came earlier. Until that permit is taken or its time has passed, calls take a lock to look
+//! at it. With [`backpressure`](RateLimitConfigBuilder::backpressure) `poll_ready` waits for the
+//! next permit instead, as tower's `RateLimit` does.
 //!
 //! Unlike tower's `RateLimit` (a fixed window that resets each period, so up to twice the rate can
 //! pass around a window edge, and whose state is copied by `Clone`), every service a layer makes

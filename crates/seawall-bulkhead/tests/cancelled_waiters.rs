@@ -1,0 +1,370 @@
+//! A dropped waiter's slot is not lost: the next caller that would otherwise wait longer takes it,
+//! whichever waiter was dropped (the oldest, as a timeout above the limiter drops them, or the
+//! newest). Plain and keyed limiters alike; under random calls, cancellations and time, no window
+//! ever sees more than `burst + ⌊w / T⌋` calls.
+
+use proptest::prelude::*;
+use seawall_bulkhead::ratelimit::RateLimitLayer;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tokio_test::{assert_pending, task::spawn};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+fn echo() -> impl Service<
+    u32,
+    Response = u32,
+    Error = std::io::Error,
+    Future = impl std::future::Future<Output = Result<u32, std::io::Error>> + Send,
+> + Clone {
+    service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) })
+}
+
+fn keyed_echo() -> impl Service<
+    (u64, u32),
+    Response = u32,
+    Error = std::io::Error,
+    Future = impl std::future::Future<Output = Result<u32, std::io::Error>> + Send,
+> + Clone {
+    service_fn(|(_, n): (u64, u32)| async move { Ok::<_, std::io::Error>(n) })
+}
+
+/// 10 a second, no burst, up to 1 s of waiting: one call goes at once, five waiters hold the
+/// slots at 100..500 ms.
+fn ten_a_second() -> seawall_bulkhead::ratelimit::RateLimitConfigBuilder {
+    RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_dropped_oldest_first_give_every_slot_back() {
+    let layer = ten_a_second().build().unwrap();
+    let service = layer.layer(echo());
+    service.clone().oneshot(0).await.unwrap();
+    let mut waiters: Vec<_> = (1..=5).map(|n| spawn(service.clone().oneshot(n))).collect();
+    for waiter in &mut waiters {
+        assert_pending!(waiter.poll());
+    }
+    // Oldest first, as a timeout above the limiter drops them.
+    drop(waiters);
+    // No call ran since the first: the slot at 100 ms is free, not the one at 500 ms.
+    let start = Instant::now();
+    service.clone().oneshot(6).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_takes_the_earliest_freed_slot_and_later_waiters_keep_theirs() {
+    let layer = ten_a_second().build().unwrap();
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    service.clone().oneshot(0).await.unwrap();
+    let mut waiters: Vec<_> = (1..=5)
+        .map(|n| {
+            let call = service.clone().oneshot(n);
+            tokio::spawn(async move { call.await.map(|_| start.elapsed()).ok() })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // The waiters for 100 and 200 ms go; those for 300, 400 and 500 ms stay.
+    for waiter in waiters.drain(..2) {
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+    }
+    let newcomers: Vec<_> = (6..=8)
+        .map(|n| {
+            let call = service.clone().oneshot(n);
+            tokio::spawn(async move { call.await.map(|_| start.elapsed()).ok() })
+        })
+        .collect();
+    let mut ran = Vec::new();
+    for call in waiters.into_iter().chain(newcomers) {
+        ran.push(call.await.unwrap().map(|d| d.as_millis()));
+    }
+    // The kept waiters at their slots; the newcomers in the freed slots, then after the last.
+    assert_eq!(
+        ran,
+        vec![
+            Some(300),
+            Some(400),
+            Some(500),
+            Some(100),
+            Some(200),
+            Some(600)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_waiters_dropped_oldest_first_give_every_slot_back() {
+    let layer = ten_a_second()
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(keyed_echo());
+    service.clone().oneshot((7, 0)).await.unwrap();
+    let mut waiters: Vec<_> = (1..=5)
+        .map(|n| spawn(service.clone().oneshot((7, n))))
+        .collect();
+    for waiter in &mut waiters {
+        assert_pending!(waiter.poll());
+    }
+    drop(waiters);
+    let start = Instant::now();
+    service.clone().oneshot((7, 6)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_newcomer_takes_the_earliest_freed_slot_of_its_key() {
+    let layer = ten_a_second()
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(keyed_echo());
+    service.clone().oneshot((7, 0)).await.unwrap();
+    service.clone().oneshot((8, 0)).await.unwrap();
+    let mut waiters: Vec<_> = (1..=3)
+        .map(|n| spawn(service.clone().oneshot((7, n))))
+        .collect();
+    for waiter in &mut waiters {
+        assert_pending!(waiter.poll());
+    }
+    drop(waiters.remove(0));
+    // Key 8 has its own budget: its slot at 100 ms is its own, not key 7's freed one.
+    let mut other = spawn(service.clone().oneshot((8, 1)));
+    assert_pending!(other.poll());
+    let start = Instant::now();
+    service.clone().oneshot((7, 4)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    // Key 7's next free slot is after its kept waiters (200 and 300 ms).
+    let waited = Instant::now();
+    service.clone().oneshot((7, 5)).await.unwrap();
+    assert_eq!(waited.elapsed(), Duration::from_millis(300));
+    assert!(other.poll().is_ready());
+}
+
+/// Sustained overload: a caller every 10 ms, each giving up after 300 ms (a timeout above the
+/// limiter, shorter than its `max_wait` of 1 s). Returns how many calls got through in 5 s.
+async fn admitted_under_overload() -> usize {
+    let layer = ten_a_second().build().unwrap();
+    let service = layer.layer(echo());
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for n in 0..500 {
+        tokio::time::sleep_until(start + Duration::from_millis(10 * n)).await;
+        let call = service.clone().oneshot(n as u32);
+        calls.push(tokio::spawn(async move {
+            matches!(
+                tokio::time::timeout(Duration::from_millis(300), call).await,
+                Ok(Ok(_))
+            )
+        }));
+    }
+    let mut admitted = 0;
+    for call in calls {
+        admitted += usize::from(call.await.unwrap());
+    }
+    admitted
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_timing_out_before_max_wait_still_get_the_rate() {
+    // Calls run from 0 to 5.29 s at 10 a second: 53 at most. If the slots of callers that gave
+    // up were not reused, only the few callers with a slot within 300 ms would get through.
+    let admitted = admitted_under_overload().await;
+    assert!((48..=53).contains(&admitted), "{admitted} calls in 5 s");
+}
+
+// ===== property: random calls and cancellations never exceed the rate =====
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A call for key `0..3` (the plain limiter ignores the key).
+    Call(u64),
+    /// Drop a live call, waiting or not.
+    Cancel(usize),
+    /// Advance virtual time by this many milliseconds.
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0u64..3).prop_map(Op::Call),
+        3 => any::<usize>().prop_map(Op::Cancel),
+        2 => (0u64..120).prop_map(Op::Advance),
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("SEAWALL_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// `times` (nanoseconds) admit at most `burst + ⌊w / interval⌋` calls in any window `w`.
+fn within_rate(times: &[u64], interval: u64, burst: u64) -> Result<(), TestCaseError> {
+    let mut times = times.to_vec();
+    times.sort_unstable();
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let calls = (j - i + 1) as u64;
+            let allowed = burst + (times[j] - times[i]) / interval;
+            prop_assert!(
+                calls <= allowed,
+                "{calls} calls within {} ns, at most {allowed} allowed: {times:?}",
+                times[j] - times[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ops` against a limiter of one call every `interval_ms` (whole milliseconds, so tokio's
+/// millisecond timer wakes each waiter exactly at its slot), each call a task of its own that
+/// records when the inner service is called.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Keyed,
+    /// `poll_ready` waits for the permit; a call dropped there gives back its reservation.
+    Backpressure,
+}
+
+fn run(
+    mode: Mode,
+    interval_ms: u64,
+    permits: u64,
+    burst: u64,
+    max_wait_ms: u64,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let interval = interval_ms * 1_000_000;
+        let keyed = mode == Mode::Keyed;
+        let backpressure = mode == Mode::Backpressure;
+        let max_wait_ms = if backpressure { 0 } else { max_wait_ms };
+        let builder = RateLimitLayer::builder()
+            .rate(permits, Duration::from_millis(interval_ms * permits))
+            .burst(burst)
+            .max_wait(Duration::from_millis(max_wait_ms))
+            .backpressure(backpressure);
+        let start = Instant::now();
+        let ran: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let record = ran.clone();
+        let inner = service_fn(move |(key, _): (u64, u32)| {
+            let at = start.elapsed().as_nanos() as u64;
+            record.lock().unwrap().push((key, at));
+            async move { Ok::<_, std::io::Error>(0u32) }
+        });
+        type Call = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let make: Box<dyn Fn(u64) -> Call> = if keyed {
+            let layer = builder.build_keyed(|req: &(u64, u32)| req.0).unwrap();
+            let service = layer.layer(inner);
+            Box::new(move |key| {
+                let call = service.clone().oneshot((key, 0));
+                Box::pin(async move {
+                    let _ = call.await;
+                })
+            })
+        } else {
+            let layer = builder.build().unwrap();
+            let service = layer.layer(inner);
+            Box::new(move |key| {
+                let call = service.clone().oneshot((key, 0));
+                Box::pin(async move {
+                    let _ = call.await;
+                })
+            })
+        };
+        let check = |ran: &[(u64, u64)]| -> Result<(), TestCaseError> {
+            let keys = if keyed { 0..3 } else { 0..1 };
+            for key in keys {
+                let times: Vec<u64> = ran
+                    .iter()
+                    .filter(|(k, _)| !keyed || *k == key)
+                    .map(|(_, t)| *t)
+                    .collect();
+                within_rate(&times, interval, burst)?;
+            }
+            Ok(())
+        };
+
+        let calls = ops.iter().filter(|op| matches!(op, Op::Call(_))).count() as u64;
+        let mut live = Vec::new();
+        for op in ops {
+            match op {
+                Op::Call(key) => live.push(tokio::spawn(make(key))),
+                Op::Cancel(i) if !live.is_empty() => live.swap_remove(i % live.len()).abort(),
+                Op::Cancel(_) => {}
+                // Sleeping lets the paused clock run from timer to timer, each waiter at its slot.
+                Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            live.retain(|call| !call.is_finished());
+            let ran = ran.lock().unwrap().clone();
+            check(&ran)?;
+        }
+        // Every waiter left runs within `max_wait`, or with backpressure once every call made
+        // could have had its slot.
+        let settle = if backpressure {
+            interval_ms * calls
+        } else {
+            max_wait_ms
+        };
+        tokio::time::sleep(Duration::from_millis(settle + 1)).await;
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        live.retain(|call| !call.is_finished());
+        prop_assert!(live.is_empty(), "{} waiters never ran", live.len());
+        let ran = ran.lock().unwrap().clone();
+        check(&ran)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn random_cancellations_never_exceed_the_rate(
+        interval_ms in 10u64..200,
+        permits in 1u64..5,
+        burst in 1u64..4,
+        max_wait_ms in prop_oneof![Just(0u64), 1u64..1_000],
+        ops in prop::collection::vec(op(), 1..100),
+    ) {
+        run(Mode::Plain, interval_ms, permits, burst, max_wait_ms, ops)?;
+    }
+
+    #[test]
+    fn random_cancellations_never_exceed_the_rate_of_a_key(
+        interval_ms in 10u64..200,
+        permits in 1u64..5,
+        burst in 1u64..4,
+        max_wait_ms in prop_oneof![Just(0u64), 1u64..1_000],
+        ops in prop::collection::vec(op(), 1..100),
+    ) {
+        run(Mode::Keyed, interval_ms, permits, burst, max_wait_ms, ops)?;
+    }
+
+    #[test]
+    fn random_cancellations_in_poll_ready_never_exceed_the_rate(
+        interval_ms in 10u64..200,
+        permits in 1u64..5,
+        burst in 1u64..4,
+        ops in prop::collection::vec(op(), 1..100),
+    ) {
+        run(Mode::Backpressure, interval_ms, permits, burst, 0, ops)?;
+    }
+}
