@@ -107,27 +107,65 @@ async fn idle_keys_are_evicted_before_busy_ones() {
     assert!(err.is::<Limited>(), "key 1 000 was not evicted");
 }
 
+/// 3 a second, keyed by the first element, in a table of `max_keys`.
+fn three_a_second(
+    max_keys: usize,
+) -> seawall_bulkhead::ratelimit::KeyedRateLimitLayer<u64, impl Fn(&(u64, u32)) -> u64> {
+    RateLimitLayer::builder()
+        .rate(3, Duration::from_secs(1))
+        .max_keys(max_keys)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap()
+}
+
+/// Calls for `key` at this instant until one is rejected; how many got through.
+async fn admitted_now<S>(service: &S, key: u64) -> u32
+where
+    S: tower::Service<(u64, u32), Response = u32, Error = seawall_core::BoxError> + Clone,
+{
+    let mut n = 0;
+    while service.clone().oneshot((key, n)).await.is_ok() {
+        n += 1;
+    }
+    n
+}
+
 #[tokio::test(start_paused = true)]
 async fn eviction_of_idle_keys_loses_nothing() {
-    let layer = RateLimitLayer::builder()
-        .rate(3, Duration::from_secs(1))
-        .max_keys(1)
-        .build_keyed(|req: &(u64, u32)| req.0)
-        .unwrap();
-    let service = layer.layer(echo());
-    for n in 0..3 {
-        service.clone().oneshot((7, n)).await.unwrap();
+    // The same calls against a table of one key and a table with room to spare.
+    let (small, roomy) = (three_a_second(1), three_a_second(1_000));
+    let (evicting, control) = (small.layer(echo()), roomy.layer(echo()));
+    for service in [&evicting, &control] {
+        assert_eq!(admitted_now(service, 7).await, 3);
     }
-    assert!(service.clone().oneshot((7, 3)).await.is_err());
-    tokio::time::advance(Duration::from_secs(1)).await;
+    // 3 a second is an interval of 333 333 334 ns (rounded up), so the burst left key 7's TAT at
+    // 1 000 000 002 ns: it is idle from then on, not at 1 s.
+    let idle = Duration::from_nanos(3 * 1_000_000_000u64.div_ceil(3));
+    tokio::time::advance(idle).await;
     // Key 7 is idle: key 8 takes its place ...
-    service.clone().oneshot((8, 0)).await.unwrap();
-    assert_eq!(layer.tracked_keys(), 1);
+    evicting.clone().oneshot((8, 0)).await.unwrap();
+    assert_eq!(small.tracked_keys(), 1);
     // ... and key 7, back as a fresh key, has exactly the budget it would have had anyway.
-    for n in 0..3 {
-        service.clone().oneshot((7, n)).await.unwrap();
+    let kept = admitted_now(&control, 7).await;
+    assert_eq!(kept, 3, "the whole burst is back once idle");
+    assert_eq!(admitted_now(&evicting, 7).await, kept);
+}
+
+/// The documented cost of a table too small for its busy keys: when every key is busy, the one
+/// closest to idle goes, and comes back with a whole budget before its own would be whole again.
+#[tokio::test(start_paused = true)]
+async fn evicting_a_busy_key_gives_it_a_fresh_budget_early() {
+    let (small, roomy) = (three_a_second(1), three_a_second(1_000));
+    let (evicting, control) = (small.layer(echo()), roomy.layer(echo()));
+    for service in [&evicting, &control] {
+        assert_eq!(admitted_now(service, 7).await, 3);
     }
-    assert!(service.clone().oneshot((7, 3)).await.is_err());
+    // 2 ns before key 7 is idle: two of its three permits are back, not the third.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    evicting.clone().oneshot((8, 0)).await.unwrap();
+    assert_eq!(small.tracked_keys(), 1, "busy key 7 made room for key 8");
+    assert_eq!(admitted_now(&control, 7).await, 2);
+    assert_eq!(admitted_now(&evicting, 7).await, 3, "a fresh budget");
 }
 
 /// A waiter dropped after its key was evicted and made afresh gives nothing back to the new
