@@ -64,13 +64,14 @@
 //!
 //! The permits are a fair semaphore of seawall's own whose uncontended paths take no lock: an
 //! admitted call costs one compare-and-swap to take its permit, one to give it back, and one
-//! `Arc` clone; a rejected call (with `max_wait` zero) costs one failed compare-and-swap. Neither
+//! `Arc` clone; a rejected call (with `max_wait` zero) costs no compare-and-swap: it reads the
+//! permit word (in `poll_ready`, and again in `call`), finds no permit free and gives up. Neither
 //! allocates: [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
-//! allocates its waiting state once. Fixed limits never read the clock; adaptive limits read it
-//! twice per call (when it starts and when it answers: the classifier and the algorithm get the
-//! same duration), once more when a body held with
-//! [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update the
-//! algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and
+//! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
+//! for its `max_wait` deadline); adaptive limits read it twice per call (when it starts and when
+//! it answers: the classifier and the algorithm get the same duration), once more when a body held
+//! with [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
+//! the algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and
 //! property-tested (`tests/permits_conserved.rs`).
 //!
 //! # Example

@@ -258,7 +258,7 @@ pub struct Permit {
 }
 
 /// When an adaptive bulkhead's call started and how many were in flight then; `None` for fixed
-/// limits, which never read the clock. Opaque: only passed between the bulkhead's own types.
+/// limits, which do not time their calls. Opaque: only passed between the bulkhead's own types.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     start: Instant,
