@@ -170,6 +170,42 @@ async fn up_to_max_hedges_each_a_delay_apart() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn no_more_than_max_hedges_copies_are_sent() {
+    let start = Instant::now();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(50))
+        .max_hedges(2)
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &HedgeEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // Every copy outlasts the time at which a third or fourth hedge would be due.
+    let mut svc = layer.layer(replicas.service(|_| ms(10_000), |_| false));
+    let mut fut = pin!(svc.ready().await.unwrap().call(get()));
+    assert_eq!((&mut fut).await.unwrap(), 0, "the original answered first");
+    assert_eq!(Instant::now() - start, ms(10_000));
+    let sent: Vec<_> = replicas.calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(sent, [ms(0), ms(50), ms(100)], "nothing at 150 or 200 ms");
+    assert_eq!(replicas.cancelled(), 2, "both hedges cancelled");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(50)
+            },
+            HedgeEvent::Sent {
+                hedge: 2,
+                after: ms(100)
+            },
+        ]
+    );
+}
+
 /// A call through the hedge `configure` builds from a fixed 50 ms delay, over replicas whose
 /// original copy takes 1 s, its future first polled 60 ms after the call: when the hedge was sent,
 /// counted from the call, and the events.
@@ -333,6 +369,35 @@ async fn default_budget_is_ten_percent() {
     assert_eq!(replicas.calls.count() - 50, 5);
 }
 
+/// Makes calls through `svc`, one at a time, for `total`.
+async fn call_for<S>(svc: &mut S, total: Duration)
+where
+    S: Service<Req, Error = BoxError>,
+{
+    let until = Instant::now() + total;
+    while Instant::now() < until {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+    }
+}
+
+/// Makes one call through `svc` whose original copy is the slow one (its index stored in
+/// `slow_call`), and returns how long after it its one hedge was sent.
+async fn slow_calls_hedge_gap<S>(
+    svc: &mut S,
+    replicas: &Replicas,
+    slow_call: &AtomicUsize,
+) -> Duration
+where
+    S: Service<Req, Error = BoxError>,
+{
+    let first = replicas.calls.count();
+    slow_call.store(first, Ordering::SeqCst);
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    let calls = replicas.calls.all();
+    assert_eq!(calls.len() - first, 2, "the slow call and its hedge");
+    calls[first + 1].at - calls[first].at
+}
+
 #[tokio::test(start_paused = true)]
 async fn percentile_delay_adapts_to_a_latency_shift() {
     let layer = HedgeLayer::builder()
@@ -341,29 +406,34 @@ async fn percentile_delay_adapts_to_a_latency_shift() {
         .build()
         .unwrap();
     let latency_ms = Arc::new(AtomicU64::new(10));
-    let l = latency_ms.clone();
+    // The original copy of the call with this index takes 1 s; every other copy `latency_ms`.
+    let slow_call = Arc::new(AtomicUsize::new(usize::MAX));
+    let (l, s) = (latency_ms.clone(), slow_call.clone());
     let replicas = Replicas::new();
-    let mut svc = layer.layer(replicas.service(move |_| ms(l.load(Ordering::SeqCst)), |_| false));
+    let mut svc = layer.layer(replicas.service(
+        move |n| {
+            if n == s.load(Ordering::SeqCst) {
+                ms(1000)
+            } else {
+                ms(l.load(Ordering::SeqCst))
+            }
+        },
+        |_| false,
+    ));
 
     assert_eq!(
         layer.current_delay(),
         None,
         "nothing measured yet: no hedging"
     );
-    let mut go = async |total: Duration| {
-        let until = Instant::now() + total;
-        while Instant::now() < until {
-            svc.ready().await.unwrap().call(get()).await.unwrap();
-        }
-    };
 
-    go(Duration::from_millis(2_100)).await;
+    call_for(&mut svc, Duration::from_millis(2_100)).await;
     let fast = layer.current_delay().expect("a period has been measured");
     assert!(fast >= ms(9) && fast <= ms(11), "{fast:?}");
 
     // The service slows down tenfold; within two periods the delay follows.
     latency_ms.store(100, Ordering::SeqCst);
-    go(Duration::from_millis(2_500)).await;
+    call_for(&mut svc, Duration::from_millis(2_500)).await;
     let slow = layer.current_delay().unwrap();
     assert!(slow >= ms(99) && slow <= ms(102), "{slow:?}");
 
@@ -372,6 +442,18 @@ async fn percentile_delay_adapts_to_a_latency_shift() {
     let before = replicas.calls.count();
     svc.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(replicas.calls.count() - before, 1);
+
+    // A slow call is hedged at the new delay, not the old one.
+    let gap = slow_calls_hedge_gap(&mut svc, &replicas, &slow_call).await;
+    assert!(gap >= slow && gap <= slow + ms(1), "hedged after {gap:?}");
+
+    // The service speeds up again; within two periods the delay follows it down.
+    latency_ms.store(10, Ordering::SeqCst);
+    call_for(&mut svc, Duration::from_millis(2_100)).await;
+    let fast = layer.current_delay().unwrap();
+    assert!(fast >= ms(9) && fast <= ms(11), "{fast:?}");
+    let gap = slow_calls_hedge_gap(&mut svc, &replicas, &slow_call).await;
+    assert!(gap >= fast && gap <= fast + ms(1), "hedged after {gap:?}");
 }
 
 #[tokio::test(start_paused = true)]
