@@ -360,6 +360,87 @@ mod tests {
         assert!(at_cap >= 40, "{at_cap} of 100 delays at the cap");
     }
 
+    /// Full jitter draws uniformly from `[0, ceiling]` and equal jitter adds a draw from
+    /// `[0, ceiling / 2]` to the other half of the ceiling (the larger half, for an odd number
+    /// of nanoseconds), where the ceiling is `min(cap, base × multiplier^n)`: one draw a delay,
+    /// from the generator seeded with the seed. A multiplier of 1.5 gives an odd ceiling at the
+    /// eighth retry (170 859 375 ns) before the cap is reached.
+    #[test]
+    fn full_and_equal_jitter_draw_from_the_documented_ranges() {
+        let (base, cap) = (10 * MS, 200 * MS);
+        // base × 1.5^n, exact in nanoseconds up to n = 7, then capped.
+        let ceilings: Vec<u64> = (0..12)
+            .map(|n| {
+                let exact = 10_000_000 * 3u64.pow(n) / 2u64.pow(n);
+                exact.min(nanos(cap))
+            })
+            .collect();
+        assert_eq!(ceilings[7], 170_859_375);
+        assert_eq!(ceilings[8], nanos(cap));
+        let exponential = Backoff::exponential(base)
+            .with_multiplier(1.5)
+            .with_max_delay(cap);
+        for seed in 0..200 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let want: Vec<Duration> = ceilings
+                .iter()
+                .map(|&c| Duration::from_nanos(rng.random_range(0..=c)))
+                .collect();
+            let got: Vec<Duration> = exponential.delays(seed).take(12).collect();
+            assert_eq!(got, want, "full jitter, seed {seed}");
+
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let want: Vec<Duration> = ceilings
+                .iter()
+                .map(|&c| Duration::from_nanos(c.div_ceil(2) + rng.random_range(0..=c / 2)))
+                .collect();
+            let b = exponential.with_jitter(Jitter::Equal);
+            let got: Vec<Duration> = b.delays(seed).take(12).collect();
+            assert_eq!(got, want, "equal jitter, seed {seed}");
+        }
+    }
+
+    /// Over many seeds, the delay before one retry spreads across its whole range: full jitter
+    /// averages half the ceiling and reaches down to about zero, equal jitter averages three
+    /// quarters and reaches down to about half, both at a step below the cap and at one far
+    /// past it (where only the cap bounds the draw).
+    #[test]
+    fn jittered_delays_spread_over_their_whole_range() {
+        const SEEDS: u64 = 10_000;
+        let b = Backoff::exponential(100 * MS).with_max_delay(Duration::from_secs(1));
+        // Retry 0: ceiling 100 ms. Retry 6: 6.4 s uncapped, 1 s capped.
+        for (retry, ceiling) in [(0, 100 * MS), (6, Duration::from_secs(1))] {
+            for (jitter, mean_share, low_share) in
+                [(Jitter::Full, 0.5, 0.0), (Jitter::Equal, 0.75, 0.5)]
+            {
+                let draws: Vec<f64> = (0..SEEDS)
+                    .map(|seed| {
+                        let d = b.with_jitter(jitter).delays(seed).nth(retry).unwrap();
+                        d.as_secs_f64() / ceiling.as_secs_f64()
+                    })
+                    .collect();
+                let what = format!("{jitter:?} jitter, retry {retry}");
+                let mean = draws.iter().sum::<f64>() / SEEDS as f64;
+                let min = draws.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = draws.iter().copied().fold(0.0, f64::max);
+                assert!(
+                    (mean - mean_share).abs() < 0.01,
+                    "{what}: mean {mean} of the ceiling"
+                );
+                assert!(
+                    min >= low_share && min < low_share + 0.01,
+                    "{what}: min {min}"
+                );
+                assert!(max <= 1.0 && max > 0.99, "{what}: max {max}");
+                let at_ceiling = draws.iter().filter(|&&d| d == 1.0).count();
+                assert!(
+                    at_ceiling <= 1,
+                    "{what}: {at_ceiling} draws exactly at the ceiling"
+                );
+            }
+        }
+    }
+
     #[test]
     fn seeds_repeat_and_differ() {
         let b = Backoff::default();
