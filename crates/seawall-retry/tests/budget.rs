@@ -39,20 +39,34 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A ratio in `[0, most]`: as often a whole number of thousandths as an arbitrary float.
+fn ratio(most: f64) -> impl Strategy<Value = f64> {
+    let thousandths = (most * 1000.0) as u64;
+    prop_oneof![
+        (0..=thousandths).prop_map(|milli| milli as f64 / 1000.0),
+        0.0..=most,
+    ]
+}
+
+/// What one request deposits, in millionths of a retry, as the budget keeps a ratio:
+/// `⌊ratio × 10⁶⌋`.
+fn units(ratio: f64) -> u64 {
+    (ratio * UNIT as f64).floor() as u64
+}
+
 /// `retries ≤ ratio × requests + min_per_second × ttl × (⌊elapsed / ttl⌋ + 1)`, in exact
-/// integers with the ratio given in thousandths.
+/// integers with the ratio in millionths (see [`units`]).
 fn within_bound(
     retries: u64,
     requests: u64,
-    ratio_milli: u64,
+    ratio_units: u64,
     min_per_second: u64,
     ttl: Duration,
     elapsed: Duration,
 ) -> bool {
     let windows = (elapsed.as_nanos() / ttl.as_nanos()) + 1;
     let reserve_per_window = u128::from(min_per_second) * ttl.as_nanos() * UNIT / 1_000_000_000;
-    let allowed =
-        u128::from(requests) * u128::from(ratio_milli) * 1000 + reserve_per_window * windows;
+    let allowed = u128::from(requests) * u128::from(ratio_units) + reserve_per_window * windows;
     u128::from(retries) * UNIT <= allowed
 }
 
@@ -63,7 +77,7 @@ proptest! {
     /// retry attempts and time.
     #[test]
     fn ratio_budget_never_exceeds_its_bound(
-        ratio_milli in 0u64..=3_000,
+        ratio in ratio(3.0),
         min_per_second in 0u32..=5,
         ttl_secs in 1u64..=5,
         ops in prop::collection::vec(op(), 0..400),
@@ -71,7 +85,7 @@ proptest! {
         paused_runtime().block_on(async move {
             let ttl = Duration::from_secs(ttl_secs);
             let budget = RetryBudget::builder()
-                .ratio(ratio_milli as f64 / 1000.0)
+                .ratio(ratio)
                 .min_per_second(min_per_second)
                 .ttl(ttl)
                 .build()
@@ -95,7 +109,7 @@ proptest! {
                 }
                 let elapsed = Instant::now() - start;
                 prop_assert!(
-                    within_bound(retries, requests, ratio_milli, min_per_second.into(), ttl, elapsed),
+                    within_bound(retries, requests, units(ratio), min_per_second.into(), ttl, elapsed),
                     "{retries} retries for {requests} requests over {elapsed:?}"
                 );
             }
@@ -103,16 +117,17 @@ proptest! {
         })?;
     }
 
-    /// With time frozen, the budget is exact: retries = min(asked, ⌊ratio × requests⌋ + reserve).
+    /// With time frozen, the budget is exact:
+    /// `retries = ⌊⌊ratio × 10⁶⌋ × requests / 10⁶⌋ + reserve`.
     #[test]
     fn frozen_window_is_exact(
-        ratio_milli in 0u64..=2_000,
+        ratio in ratio(2.0),
         min_per_second in 0u32..=3,
         requests in 0u64..500,
     ) {
         paused_runtime().block_on(async move {
             let budget = RetryBudget::builder()
-                .ratio(ratio_milli as f64 / 1000.0)
+                .ratio(ratio)
                 .min_per_second(min_per_second)
                 .ttl(Duration::from_secs(1))
                 .build()
@@ -125,27 +140,31 @@ proptest! {
                 retries += 1;
                 prop_assert!(retries < 10_000);
             }
-            let reserve = u64::from(min_per_second);
-            // The ratio is kept to millionths, rounded down: at most one millionth low.
-            let most = ratio_milli * requests / 1000 + reserve;
-            let least = (ratio_milli * 1000 - ratio_milli.min(1)) * requests / 1_000_000 + reserve;
-            prop_assert!(retries <= most && retries >= least, "{retries} not in {least}..={most}");
+            let want = units(ratio) * requests / UNIT as u64 + u64::from(min_per_second);
+            prop_assert_eq!(retries, want);
             Ok(())
         })?;
     }
 
     /// The same bound through the retry layer, for arbitrary calls that fail a few times each,
     /// spread over time and over clones of the service and a second layer sharing the budget.
+    /// Some callers give up after `give_up` ms: attempts answer at once, so a caller still waiting
+    /// then is in a backoff, and the retry it waits for is given back to the budget (or, with a
+    /// backoff longer than the ttl, has already left the window).
     #[test]
     fn retry_layer_stays_within_budget(
-        ratio_milli in 0u64..=1_000,
+        ratio in ratio(1.0),
         min_per_second in 0u32..=3,
-        calls in prop::collection::vec((0u8..5, 0u64..1_500, 0u8..3), 1..120),
+        backoff_ms in 1u64..3_000,
+        calls in prop::collection::vec(
+            (0u8..5, 0u64..1_500, 0u8..3, prop::option::of(1u64..12_000)),
+            1..120,
+        ),
     ) {
         paused_runtime().block_on(async move {
             let ttl = Duration::from_secs(2);
             let budget = RetryBudget::builder()
-                .ratio(ratio_milli as f64 / 1000.0)
+                .ratio(ratio)
                 .min_per_second(min_per_second)
                 .ttl(ttl)
                 .build()
@@ -153,7 +172,7 @@ proptest! {
             let build = || {
                 RetryLayer::builder()
                     .max_attempts(5)
-                    .backoff(Backoff::constant(Duration::ZERO))
+                    .backoff(Backoff::constant(ms(backoff_ms)))
                     .budget(budget.clone())
                     .build()
                     .unwrap()
@@ -175,17 +194,25 @@ proptest! {
             let b = build().layer(inner);
             let mut services = [a, a_clone, b];
             let start = Instant::now();
-            for (id, (fails, gap_ms, which)) in calls.iter().enumerate() {
+            for (id, (fails, gap_ms, which, give_up)) in calls.iter().enumerate() {
                 let id = id as u32;
                 failures.lock().unwrap().insert(id, *fails);
                 tokio::time::advance(Duration::from_millis(*gap_ms)).await;
                 let svc = &mut services[usize::from(*which)];
-                let _ = svc.ready().await.unwrap().call(http::Request::new(id)).await;
+                let call = svc.ready().await.unwrap().call(http::Request::new(id));
+                match give_up {
+                    Some(after) => {
+                        let _ = tokio::time::timeout(ms(*after), call).await;
+                    }
+                    None => {
+                        let _ = call.await;
+                    }
+                }
                 let requests = u64::from(id) + 1;
                 let retries = *sent.lock().unwrap() - requests;
                 let elapsed = Instant::now() - start;
                 prop_assert!(
-                    within_bound(retries, requests, ratio_milli, min_per_second.into(), ttl, elapsed),
+                    within_bound(retries, requests, units(ratio), min_per_second.into(), ttl, elapsed),
                     "{retries} retries for {requests} requests over {elapsed:?}"
                 );
             }
@@ -263,12 +290,54 @@ async fn ratio_budget_allows_its_share() {
     let (svc, calls) = flaky(usize::MAX);
     let mut svc = layer.layer(svc);
     let mut exhausted = 0;
+    let mut last_errors = Vec::new();
     for _ in 0..10 {
         let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
-        exhausted += usize::from(error::is::<BudgetExhausted>(&*err));
+        match error::find::<BudgetExhausted>(&*err) {
+            Some(e) => {
+                exhausted += 1;
+                last_errors.push(e.last_error().to_string());
+            }
+            None => last_errors.push(err.to_string()),
+        }
     }
     assert_eq!(calls.count(), 15, "10 calls + 5 retries");
     assert_eq!(exhausted, 5);
+    // Every other call, from the first, finds half a retry and fails with its one attempt's
+    // error; the calls between retry once and fail with the retry's.
+    let want: Vec<String> = (0..5)
+        .flat_map(|i| [format!("fail {}", 3 * i), format!("fail {}", 3 * i + 2)])
+        .collect();
+    assert_eq!(last_errors, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_exhausted_after_retries_returns_the_last_attempts_error() {
+    // Two retries in the budget, five attempts allowed.
+    let layer = RetryLayer::builder()
+        .max_attempts(5)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(
+            RetryBudget::builder()
+                .ratio(0.0)
+                .min_per_second(2)
+                .ttl(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let err = layer.layer(svc).oneshot(get()).await.unwrap_err();
+    assert_eq!(calls.count(), 3);
+    let exhausted = error::find::<BudgetExhausted>(&*err).expect("BudgetExhausted in the chain");
+    assert_eq!(exhausted.last_error().to_string(), "fail 2");
+    assert_eq!(
+        error::chain(&*err)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>(),
+        ["retry budget exhausted", "fail 2"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -353,9 +422,79 @@ async fn a_retry_dropped_during_its_backoff_gives_its_budget_back() {
 
     // A retry that is sent stays spent: the next call gets one retry, then finds the budget empty.
     let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
-    assert!(error::is::<BudgetExhausted>(&*err), "{err}");
+    let exhausted = error::find::<BudgetExhausted>(&*err).expect("BudgetExhausted in the chain");
+    assert_eq!(
+        exhausted.last_error().to_string(),
+        "fail 2",
+        "the retry's error"
+    );
     assert_eq!(calls.count(), 3);
     assert!(!budget.can_retry());
+}
+
+/// A retry layer that waits `backoff` before each retry, drawing on `budget`.
+fn backing_off(backoff: Duration, budget: &RetryBudget) -> RetryLayer {
+    RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(backoff))
+        .budget(budget.clone())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_given_back_frees_only_its_own_share() {
+    use tokio_test::assert_pending;
+
+    // Two retries, both taken by calls waiting out their backoff in the same slice.
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(2)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut svc = backing_off(ms(100), &budget).layer(svc);
+    let mut a = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    let mut b = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert!(!budget.can_retry());
+    drop(a);
+    assert!(budget.can_retry(), "the dropped call's retry is given back");
+    // A third call takes it; the retry still held by the second call stays taken.
+    let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "fail 3");
+    assert_eq!(calls.count(), 4, "three calls and the third one's retry");
+    assert!(!budget.can_retry(), "one given back, one taken again");
+    drop(b);
+    assert!(budget.can_retry());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_given_back_after_it_left_the_window_changes_nothing() {
+    use tokio_test::assert_pending;
+
+    // One retry over 1 s: a withdrawal counts for 1.1 s (a ttl and a slice).
+    let budget = one_retry();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut svc = backing_off(Duration::from_secs(2), &budget).layer(svc);
+    let mut a = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(a.poll());
+    assert!(!budget.can_retry());
+    // A's retry leaves the window at 1.1 s; B takes the retry at 1.15 s.
+    tokio::time::advance(ms(1_150)).await;
+    assert!(budget.can_retry());
+    let mut b = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(b.poll());
+    assert!(!budget.can_retry());
+    // A gives up at 1.25 s: its retry, long gone from the window, frees nothing of B's.
+    tokio::time::advance(ms(100)).await;
+    drop(a);
+    assert!(!budget.can_retry(), "B's retry is still taken");
+    drop(b);
+    assert!(budget.can_retry(), "B's retry is given back");
+    assert_eq!(calls.count(), 2);
 }
 
 /// A ratio budget with no reserve, so what it allows comes from its requests alone.
