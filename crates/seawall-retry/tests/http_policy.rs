@@ -103,6 +103,47 @@ async fn non_idempotent_methods_only_when_opted_in() {
     }
 }
 
+/// Neither a connection error nor a retryable status makes a non-idempotent request retried
+/// unless opted in: the server may have acted on it.
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_methods_are_sent_once_whatever_the_failure() {
+    let (svc, calls) = support::flaky(1);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    let err = layer().build().unwrap().layer(svc).oneshot(post()).await;
+    assert_eq!(err.unwrap_err().to_string(), "fail 0");
+    assert_eq!(calls.count(), 1, "POST after a connection error");
+
+    for (method, status) in [("POST", 429), ("POST", 503), ("PATCH", 503), ("PATCH", 429)] {
+        let (svc, calls) = statuses(vec![(status, None), (200, None)]);
+        let req: Req = http::Request::builder().method(method).body("x").unwrap();
+        let res = layer()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            status,
+            "{method} {status} comes back as it is"
+        );
+        assert_eq!(calls.count(), 1, "{method} {status}");
+    }
+
+    let (svc, calls) = support::flaky(1);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    layer()
+        .policy(HttpPolicy::new().retry_non_idempotent(true))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(calls.count(), 2, "POST after a connection error, opted in");
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured_on_429_and_503() {
     for status in [429, 503] {
