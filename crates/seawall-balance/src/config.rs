@@ -193,8 +193,8 @@ impl OutlierDetection {
 }
 
 /// Active health checking (Ribbon's `IPing`): every `interval` each endpoint is probed; an
-/// endpoint whose probe fails or takes longer than `timeout` takes no traffic until a probe
-/// succeeds.
+/// endpoint whose probe answers `false`, panics or takes longer than `timeout` takes no traffic
+/// until a probe succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheck {
     /// How often each endpoint is probed.

@@ -13,6 +13,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::deadline::deadline_after;
 use seawall_core::{metrics, Listeners, Name, Outcome};
 use std::{
+    collections::HashMap,
     fmt,
     future::{poll_fn, Future},
     pin::Pin,
@@ -24,7 +25,7 @@ use std::{
 };
 use tokio::{
     sync::Notify,
-    task::{AbortHandle, JoinSet},
+    task::{self, AbortHandle, JoinSet},
     time::{Instant, MissedTickBehavior},
 };
 use tower::discover::{Change, Discover};
@@ -638,7 +639,9 @@ async fn run<K, S, C, D>(
     let mut probe_tick =
         tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut probes: JoinSet<(K, bool)> = JoinSet::new();
+    let mut probes: JoinSet<bool> = JoinSet::new();
+    // The endpoint each running probe checks.
+    let mut probing: HashMap<task::Id, K> = HashMap::new();
     // After errors in a row, discovery is read again only after a pause, so a source that fails at
     // once every time neither spins the task nor floods the log.
     let mut errors_in_a_row = 0u32;
@@ -688,17 +691,21 @@ async fn run<K, S, C, D>(
                 let set = shared.current();
                 for ep in &set.endpoints {
                     let fut = probe(&ep.key, ep.service.clone());
-                    let key = ep.key.clone();
                     let timeout = check.timeout;
-                    probes.spawn(async move {
-                        let ok = matches!(tokio::time::timeout(timeout, fut).await, Ok(true));
-                        (key, ok)
+                    let handle = probes.spawn(async move {
+                        matches!(tokio::time::timeout(timeout, fut).await, Ok(true))
                     });
+                    probing.insert(handle.id(), ep.key.clone());
                 }
             }
-            Some(result) = probes.join_next(), if !probes.is_empty() => {
+            Some(result) = probes.join_next_with_id(), if !probes.is_empty() => {
                 let Some(shared) = weak.upgrade() else { return };
-                if let Ok((key, ok)) = result {
+                // A probe that panicked (an `unwrap` on a refused connection) failed.
+                let (id, ok) = match result {
+                    Ok((id, ok)) => (id, ok),
+                    Err(error) => (error.id(), false),
+                };
+                if let Some(key) = probing.remove(&id) {
                     shared.probed(&key, ok);
                 }
             }

@@ -180,3 +180,31 @@ async fn a_failed_probe_that_starts_panic_mode_wakes_waiting_calls() {
     assert_eq!(waiting.await.unwrap().unwrap(), 0);
     busy.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_counts_as_failed() {
+    let (balance, _cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .outlier_detection(OutlierDetection::disabled())
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(1),
+                },
+                |key: &usize, _svc: common::Node| {
+                    let refused = *key == 0;
+                    async move {
+                        if refused {
+                            panic!("connection refused");
+                        }
+                        true
+                    }
+                },
+            ),
+    )
+    .await;
+    // Probed at 5 s; the probe of endpoint 0 panics.
+    sleep(Duration::from_secs(6)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+}
