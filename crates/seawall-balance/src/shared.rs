@@ -639,9 +639,7 @@ async fn run<K, S, C, D>(
     let mut probe_tick =
         tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut probes: JoinSet<bool> = JoinSet::new();
-    // The endpoint each running probe checks.
-    let mut probing: HashMap<task::Id, K> = HashMap::new();
+    let mut probes = Probes::default();
     // After errors in a row, discovery is read again only after a pause, so a source that fails at
     // once every time neither spins the task nor floods the log.
     let mut errors_in_a_row = 0u32;
@@ -656,6 +654,8 @@ async fn run<K, S, C, D>(
                 let pause = match change {
                     Some(Ok(change)) => {
                         errors_in_a_row = 0;
+                        let (Change::Insert(key, _) | Change::Remove(key)) = &change;
+                        probes.cancel(key);
                         shared.apply(change);
                         None
                     }
@@ -690,22 +690,17 @@ async fn run<K, S, C, D>(
                 let Some((check, probe)) = &probe else { continue };
                 let set = shared.current();
                 for ep in &set.endpoints {
-                    let fut = probe(&ep.key, ep.service.clone());
-                    let timeout = check.timeout;
-                    let handle = probes.spawn(async move {
-                        matches!(tokio::time::timeout(timeout, fut).await, Ok(true))
-                    });
-                    probing.insert(handle.id(), ep.key.clone());
+                    // An endpoint whose last probe still runs is not probed again until it ends
+                    // (as Envoy does), so verdicts apply in the order the probes started.
+                    if !probes.running.contains_key(&ep.key) {
+                        let fut = probe(&ep.key, ep.service.clone());
+                        probes.start(ep.key.clone(), check.timeout, fut);
+                    }
                 }
             }
-            Some(result) = probes.join_next_with_id(), if !probes.is_empty() => {
+            Some(result) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
                 let Some(shared) = weak.upgrade() else { return };
-                // A probe that panicked (an `unwrap` on a refused connection) failed.
-                let (id, ok) = match result {
-                    Ok((id, ok)) => (id, ok),
-                    Err(error) => (error.id(), false),
-                };
-                if let Some(key) = probing.remove(&id) {
+                if let Some((key, ok)) = probes.finished(result) {
                     shared.probed(&key, ok);
                 }
             }
@@ -714,6 +709,64 @@ async fn run<K, S, C, D>(
             // After a lone error, let the runtime run other tasks before reading again.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// The health probes running: at most one per endpoint, each on the service the endpoint had when
+/// it started.
+struct Probes<K> {
+    tasks: JoinSet<bool>,
+    /// The endpoint each running probe checks.
+    keys: HashMap<task::Id, K>,
+    /// The running probe of each endpoint being probed.
+    running: HashMap<K, AbortHandle>,
+}
+
+impl<K> Default for Probes<K> {
+    fn default() -> Self {
+        Probes {
+            tasks: JoinSet::new(),
+            keys: HashMap::new(),
+            running: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Key> Probes<K> {
+    /// Starts probing the endpoint with `key`; a probe longer than `timeout` fails.
+    fn start<F>(&mut self, key: K, timeout: Duration, probe: F)
+    where
+        F: Future<Output = bool> + Send + 'static,
+    {
+        let task = self
+            .tasks
+            .spawn(async move { matches!(tokio::time::timeout(timeout, probe).await, Ok(true)) });
+        self.keys.insert(task.id(), key.clone());
+        self.running.insert(key, task);
+    }
+
+    /// Stops the probe of the endpoint with `key`, which discovery removed or replaced: its verdict
+    /// is about a service no longer in the set, and the clone of that service it holds is dropped.
+    fn cancel(&mut self, key: &K) {
+        if self.running.is_empty() {
+            return;
+        }
+        if let Some(task) = self.running.remove(key) {
+            task.abort();
+            self.keys.remove(&task.id());
+        }
+    }
+
+    /// The endpoint a probe that ended checked and its verdict, or `None` for a cancelled probe.
+    fn finished(&mut self, result: Result<(task::Id, bool), task::JoinError>) -> Option<(K, bool)> {
+        // A probe that panicked (an `unwrap` on a refused connection) failed.
+        let (id, ok) = match result {
+            Ok((id, ok)) => (id, ok),
+            Err(error) => (error.id(), false),
+        };
+        let key = self.keys.remove(&id)?;
+        self.running.remove(&key);
+        Some((key, ok))
     }
 }
 

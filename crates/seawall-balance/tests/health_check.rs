@@ -208,3 +208,145 @@ async fn a_probe_that_panics_counts_as_failed() {
     sleep(Duration::from_secs(6)).await;
     assert_eq!(balance.unhealthy(), vec![0]);
 }
+
+/// A probe still running when the next interval comes is not started again: endpoint 0's first
+/// probe hangs past four intervals, times out, and the next probe puts it back.
+#[tokio::test(start_paused = true)]
+async fn a_probe_still_running_is_not_started_again() {
+    use std::sync::atomic::AtomicU32;
+
+    let started: Arc<[AtomicU32; 2]> = Arc::new(Default::default());
+    let counts = started.clone();
+    let rec = common::Recorder::default();
+    let (balance, _cluster) = cluster(
+        2,
+        BalanceLayer::builder()
+            .on_event(rec.listener(tokio::time::Instant::now()))
+            .outlier_detection(OutlierDetection::disabled())
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(5),
+                },
+                move |key: &usize, _svc: common::Node| {
+                    let n = counts[*key].fetch_add(1, Relaxed) + 1;
+                    let hang = *key == 0 && n == 1;
+                    async move {
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        true
+                    }
+                },
+            ),
+    )
+    .await;
+    // Probes start at 1, 2, 3, 4 and 5 s; endpoint 0's first is still running at each.
+    sleep(Duration::from_millis(5500)).await;
+    assert_eq!(started[0].load(Relaxed), 1);
+    assert_eq!(started[1].load(Relaxed), 5);
+    assert!(balance.unhealthy().is_empty());
+    // It times out at 6 s; the probe of 6 or 7 s passes.
+    sleep(Duration::from_secs(2)).await;
+    assert!(balance.unhealthy().is_empty());
+    let probes: Vec<_> = rec
+        .take()
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                BalanceEvent::ProbeFailed { .. } | BalanceEvent::ProbePassed { .. }
+            )
+        })
+        .collect();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    assert_eq!(probes[0].0, Duration::from_secs(6), "{probes:?}");
+    assert!(
+        matches!(&probes[0].1, BalanceEvent::ProbeFailed { key } if key == "0"),
+        "{probes:?}"
+    );
+    assert!(probes[1].0 <= Duration::from_secs(7), "{probes:?}");
+    assert!(
+        matches!(&probes[1].1, BalanceEvent::ProbePassed { key } if key == "0"),
+        "{probes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoints_probe_releases_its_service() {
+    use seawall::balance::Change;
+
+    let (balance, cluster) = cluster(
+        2,
+        BalanceLayer::builder()
+            .outlier_detection(OutlierDetection::disabled())
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(30),
+                },
+                |_key: &usize, svc: common::Node| async move {
+                    let _held = svc;
+                    std::future::pending::<bool>().await
+                },
+            ),
+    )
+    .await;
+    // The probes started at 1 s hold a clone of each service.
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(Arc::strong_count(&cluster.behaviors[0]), 3);
+    cluster.tx.send(Change::Remove(0)).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints().len(), 1);
+    assert_eq!(
+        Arc::strong_count(&cluster.behaviors[0]),
+        1,
+        "the removed endpoint's probe still holds its service"
+    );
+}
+
+/// Endpoint 0 is removed while its first probe runs and inserted again; that probe's late failure
+/// belongs to the endpoint that was removed and is not applied to the new one.
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoints_probe_verdict_is_not_applied_after_it_returns() {
+    use seawall::balance::Change;
+    use std::sync::atomic::AtomicU32;
+
+    let started = Arc::new(AtomicU32::new(0));
+    let counts = started.clone();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .outlier_detection(OutlierDetection::disabled())
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(5),
+                },
+                move |key: &usize, _svc: common::Node| {
+                    let first = *key == 0 && counts.fetch_add(1, Relaxed) == 0;
+                    async move {
+                        if first {
+                            sleep(Duration::from_millis(2500)).await;
+                            return false;
+                        }
+                        true
+                    }
+                },
+            ),
+    )
+    .await;
+    // Endpoint 0's first probe starts at 1 s and would fail at 3.5 s, between two probes.
+    sleep(Duration::from_millis(1500)).await;
+    cluster.tx.send(Change::Remove(0)).unwrap();
+    common::settle().await;
+    let node = common::Node {
+        id: 0,
+        behavior: cluster.behaviors[0].clone(),
+    };
+    cluster.tx.send(Change::Insert(0, node)).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints().len(), 3);
+    sleep(Duration::from_millis(2300)).await;
+    assert!(balance.unhealthy().is_empty());
+}
