@@ -103,19 +103,21 @@ impl Default for LatencyEjection {
 /// failures rule and seawall's latency rule.
 ///
 /// Every `interval` the rules run over the calls of the interval; an endpoint found an outlier is
-/// ejected for `base_ejection_time × ejections so far`, capped at
-/// `max(base_ejection_time, max_ejection_time)`. Each interval an endpoint spends in the set
-/// without being ejected (by that interval's rules too) takes one off its ejection count, and
-/// an ejection that is over ends after the rules have run, as in gRPC. At most
+/// ejected for `base_ejection_time × k`, capped at `max(base_ejection_time, max_ejection_time)`,
+/// where k goes up by one at each ejection and down by one (to 0) for each interval the endpoint
+/// ends in the set without being ejected (by that interval's rules too). An ejected endpoint is
+/// returned at the first pass at or after its time is up, after that pass's rules have run, as in
+/// gRPC, so it can stay out up to one interval longer than its time (when consecutive failures
+/// ejected it between passes, or its time is not a multiple of `interval`). At most
 /// `max_ejection_percent` of the endpoints are ejected at a time (one can always be), and never
 /// the last healthy one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     /// How often the rules run. Default 10 s.
     pub interval: Duration,
-    /// The first ejection's length. Default 30 s.
+    /// The ejection time for k = 1 (an endpoint's first ejection). Default 30 s.
     pub base_ejection_time: Duration,
-    /// The longest ejection. Default 300 s.
+    /// The longest ejection time. Default 300 s.
     pub max_ejection_time: Duration,
     /// The largest share of endpoints ejected at once, in `[0, 1]`. Default 0.1.
     pub max_ejection_percent: f64,

@@ -33,13 +33,14 @@
 //! [`OutlierDetection`] follows gRPC's outlier detection (gRFC A50): every `interval` the
 //! success-rate and failure-percentage rules run over the interval's calls, Envoy's
 //! consecutive-failures rule ejects at once, and seawall's latency rule ejects an endpoint whose
-//! latency EWMA stays above `factor ×` its peers' median. An ejection lasts
-//! `base_ejection_time × ejections so far`, capped; at most `max_ejection_percent` of the
-//! endpoints are out at once and never the last healthy one. [`HealthCheck`] probes every endpoint
-//! periodically (Ribbon's `IPing`). A [`Filter`] keeps endpoints out on every pick (Ribbon's
-//! `AvailabilityFilteringRule`); with the default `breaker` feature, `BreakerFilter` skips
-//! endpoints whose own `seawall-breaker` circuit breaker is open. When
-//! fewer than `panic_threshold` of the endpoints are healthy, health is ignored.
+//! latency EWMA stays above `factor ×` its peers' median. An ejected endpoint is returned at the
+//! first pass at or after `base_ejection_time × k` (capped) is up, where k goes up by one at each
+//! ejection and down by one for each interval the endpoint ends in the set without being ejected;
+//! at most `max_ejection_percent` of the endpoints are out at once and never the last healthy one.
+//! [`HealthCheck`] probes every endpoint periodically (Ribbon's `IPing`). A [`Filter`] keeps
+//! endpoints out on every pick (Ribbon's `AvailabilityFilteringRule`); with the default `breaker`
+//! feature, `BreakerFilter` skips endpoints whose own `seawall-breaker` circuit breaker is open.
+//! When fewer than `panic_threshold` of the endpoints are healthy, health is ignored.
 //! What counts as a failure comes from a `seawall-core` classifier.
 //!
 //! # Defaults
@@ -199,10 +200,12 @@ pub enum BalanceEvent {
         key: String,
         /// Which rule ejected it.
         reason: EjectReason,
-        /// How long it stays out.
+        /// Its ejection time: it is returned at the first outlier detection pass (every
+        /// `interval`) at or after this has passed, so it stays out up to one interval longer.
         duration: std::time::Duration,
     },
-    /// An ejected endpoint's time was up and it takes traffic again.
+    /// An ejected endpoint's time was up at this outlier detection pass and it takes traffic
+    /// again.
     Returned {
         /// The endpoint's key.
         key: String,
