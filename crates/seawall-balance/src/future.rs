@@ -13,7 +13,10 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicUsize,
+            Ordering::{Acquire, Relaxed},
+        },
         Arc,
     },
     task::{Context, Poll},
@@ -66,9 +69,7 @@ pin_project! {
             if held {
                 // Released first, and this call no longer counted among the waiters.
                 this.state.set(State::Done);
-                if this.shared.waiting.load(Relaxed) > 0 {
-                    this.shared.changed.notify_waiters();
-                }
+                wake_waiters(this.shared);
             }
         }
     }
@@ -80,6 +81,9 @@ pin_project! {
         Pick {
             req: Option<Req>,
             snapshot: Arc<Snapshot<K, S>>,
+            // A version of the set no newer than `snapshot`; another current version means the
+            // set may have changed since.
+            version: u64,
             rng: SmallRng,
             hash: Option<u64>,
             // An endpoint that was picked but not ready: kept so its readiness wakes this task.
@@ -116,6 +120,14 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Wakes the calls waiting for an endpoint, if there are any: a call has completed or given back
+/// an endpoint service it held (with any capacity reserved for it, a probe slot or a permit).
+fn wake_waiters<K, S, C>(shared: &Shared<K, S, C>) {
+    if shared.waiting.load(Relaxed) > 0 {
+        shared.changed.notify_waiters();
     }
 }
 
@@ -162,6 +174,7 @@ impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
     pub(crate) fn new(
         shared: Arc<Shared<K, S, C>>,
         snapshot: Arc<Snapshot<K, S>>,
+        version: u64,
         req: Req,
         rng: SmallRng,
         hash: Option<u64>,
@@ -170,6 +183,7 @@ impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
             state: State::Pick {
                 req: Some(req),
                 snapshot,
+                version,
                 rng,
                 hash,
                 pending: None,
@@ -211,10 +225,10 @@ where
         let n = snapshot.len();
         let panic = shared.panicking(n);
         if let Some((ep, mut svc)) = pending.take() {
-            // Only while the endpoint is still in the set and still available; else it is
-            // dropped (with anything its service reserved) and the pick starts over.
-            let current = snapshot.endpoints.iter().any(|e| Arc::ptr_eq(e, &ep));
-            if current && shared.available(panic, &ep) {
+            // Only while the endpoint is still available; else it is dropped (with anything its
+            // service reserved) and the pick starts over. It is in `snapshot`: the caller lets go
+            // of it when it moves to a set without it.
+            if shared.available(panic, &ep) {
                 match svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
                     Poll::Ready(Err(e)) => return Self::ready_failed(shared, &ep, e),
@@ -329,6 +343,7 @@ where
                 StateProj::Pick {
                     req,
                     snapshot,
+                    version,
                     rng,
                     hash,
                     pending,
@@ -339,6 +354,21 @@ where
                     waiter,
                 } => {
                     let shared = &**this.shared;
+                    // Pick from the set in force: the set may have changed since the call was
+                    // made (a call stored or queued before its first poll) or last polled. An
+                    // endpoint held that is no longer in it is let go: it must not be called.
+                    let latest = shared.version.load(Acquire);
+                    if *version != latest {
+                        *version = latest;
+                        *snapshot = shared.current();
+                        let removed = pending.as_ref().is_some_and(|(ep, _)| {
+                            !snapshot.endpoints.iter().any(|e| Arc::ptr_eq(e, ep))
+                        });
+                        if removed {
+                            *pending = None;
+                            wake_waiters(shared);
+                        }
+                    }
                     match Self::try_pick(shared, snapshot, rng, *hash, pending, cx) {
                         Step::Call(endpoint, mut svc) => {
                             let req = req.take().expect("request taken once");
@@ -374,7 +404,6 @@ where
                         Some(n) => {
                             if n.poll(cx).is_ready() {
                                 notified.set(None);
-                                *snapshot = shared.current();
                                 continue;
                             }
                         }
@@ -383,7 +412,6 @@ where
                             if let Some(n) = notified.as_mut().as_pin_mut() {
                                 n.enable();
                             }
-                            *snapshot = shared.current();
                             continue;
                         }
                     }
@@ -433,9 +461,7 @@ where
                     // Dropping the call releases the endpoint's capacity; wake calls waiting
                     // for a ready endpoint.
                     this.state.set(State::Done);
-                    if shared.waiting.load(Relaxed) > 0 {
-                        shared.changed.notify_waiters();
-                    }
+                    wake_waiters(shared);
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 StateProj::Done => panic!("balance ResponseFuture polled after completion"),

@@ -146,7 +146,7 @@ where
         });
         let hash = self.hash_key.hash_key(&req);
         let rng = SmallRng::from_rng(&mut self.rng);
-        ResponseFuture::new(self.shared.clone(), snapshot, req, rng, hash)
+        ResponseFuture::new(self.shared.clone(), snapshot, version, req, rng, hash)
     }
 }
 

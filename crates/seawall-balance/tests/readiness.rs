@@ -392,6 +392,62 @@ async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
     assert_eq!(gone.hits.load(Relaxed), 0);
 }
 
+/// A call made before discovery replaced its endpoint and first polled after (stored, joined,
+/// handed back by a `Buffer`) picks from the set in force when it is polled.
+#[tokio::test(start_paused = true)]
+async fn a_call_first_polled_after_discovery_replaced_its_endpoint_goes_to_the_new_one() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let (gone, new) = (Arc::new(Behavior::default()), Arc::new(Behavior::default()));
+    let node = |id, behavior: &Arc<Behavior>| Node {
+        id,
+        behavior: behavior.clone(),
+    };
+    tx.send(Change::Insert(0usize, node(0, &gone))).unwrap();
+    common::settle().await;
+    let mut service = balance.clone();
+    let call = service.ready().await.unwrap().call(7);
+    tx.send(Change::Remove(0usize)).unwrap();
+    tx.send(Change::Insert(1usize, node(1, &new))).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![1]);
+    assert_eq!(call.await.unwrap(), 1);
+    assert_eq!(gone.hits.load(Relaxed), 0);
+}
+
+/// A waiting call holding an unready endpoint that discovery then replaces, and not polled
+/// until that endpoint has turned ready, lets it go and calls the new one.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_polled_after_its_endpoint_was_removed_and_turned_ready_lets_it_go() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .max_wait(None)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let (gone, new) = (Gate::new(0), Gate::new(1));
+    tx.send(Change::Insert(0usize, gone.clone())).unwrap();
+    common::settle().await;
+    let mut call = spawn(balance.clone().oneshot(7));
+    assert_pending!(call.poll());
+    new.open();
+    tx.send(Change::Remove(0usize)).unwrap();
+    tx.send(Change::Insert(1usize, new.clone())).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![1]);
+    gone.open();
+    assert_eq!(assert_ready_ok!(call.poll()), 1);
+    assert_eq!(gone.hits.load(Relaxed), 0);
+    assert_eq!(new.hits.load(Relaxed), 1);
+}
+
 /// A readiness error is a failure like any other: PeakEWMA must count it as slow, or an endpoint
 /// that refuses every connection at once keeps the cost of one never measured (nothing) and wins
 /// every pick that draws it.
