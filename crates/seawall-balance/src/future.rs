@@ -43,7 +43,8 @@ pin_project! {
     /// at any point releases what it holds and records no outcome: in flight, the endpoint's
     /// in-flight count and the endpoint's future; while waiting, the endpoint service it was
     /// polling ready, with any capacity already handed to it (a concurrency limit's permit).
-    /// Either way it wakes calls waiting for an endpoint, as a completed call does. With a
+    /// Either way it wakes calls waiting for an endpoint, as a completed call does, and so does
+    /// a call that lets go of an endpoint service it held without calling it. With a
     /// latency-aware picker, a call dropped in flight counts the time it had taken so far as a
     /// latency sample (as tower's `PeakEwma` does).
     pub struct ResponseFuture<K, S, C, Req, F> {
@@ -369,7 +370,14 @@ where
                             wake_waiters(shared);
                         }
                     }
-                    match Self::try_pick(shared, snapshot, rng, *hash, pending, cx) {
+                    let step = Self::try_pick(shared, snapshot, rng, *hash, pending, cx);
+                    // An endpoint service still held is dropped when the call leaves the pick
+                    // (it calls another endpoint, or gives up at `max_wait`); a readiness error
+                    // drops the failed service. Either may give back capacity another call can
+                    // take (a probe slot, a permit): wake the waiting calls, as a cancelled call
+                    // does.
+                    let held = pending.is_some();
+                    match step {
                         Step::Call(endpoint, mut svc) => {
                             let req = req.take().expect("request taken once");
                             let timed = shared.timed
@@ -380,10 +388,14 @@ where
                             let guard = Guard::new(endpoint, start, shared.peak_clock());
                             let fut = svc.call(req);
                             this.state.set(State::Call { fut, guard });
+                            if held {
+                                wake_waiters(shared);
+                            }
                             continue;
                         }
                         Step::Fail(e) => {
                             this.state.set(State::Done);
+                            wake_waiters(shared);
                             return Poll::Ready(Err(e));
                         }
                         Step::Wait => {}
@@ -433,6 +445,9 @@ where
                         if s.poll(cx).is_ready() {
                             let waited = shared.settings.max_wait.unwrap_or_default();
                             this.state.set(State::Done);
+                            if held {
+                                wake_waiters(shared);
+                            }
                             metrics::counter(metrics::BALANCE_NO_ENDPOINTS, &shared.name)
                                 .increment(1);
                             tracing::debug!(name = %shared.name, ?waited, "seawall balance found no endpoint");

@@ -4,10 +4,19 @@
 mod common;
 
 use common::{channel, drive_keys, Behavior, Node, Sender};
-use seawall::balance::{BalanceLayer, BreakerFilter, Change, OutlierDetection, Picker};
+use seawall::balance::{
+    BalanceLayer, BreakerFilter, Change, NoEndpoints, OutlierDetection, Picker,
+};
 use seawall::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
-use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
-use tokio::time::{sleep, Instant};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+use tokio::time::{sleep, sleep_until, Instant};
 use tower::{Layer, Service, ServiceExt};
 
 /// A breaker that opens on one failure, waits 100 ms and then lets `probes` trial calls through.
@@ -197,5 +206,102 @@ async fn a_cancelled_probe_call_wakes_a_call_waiting_for_its_slot() {
     assert_eq!(b.await.unwrap().unwrap(), 0);
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(behavior.hits.load(Relaxed), 3);
+    assert_eq!(breaker.handle().state(), State::Closed);
+}
+
+/// An endpoint that is ready only once its gate opens; its calls fail while `fail` is set.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    fail: Arc<AtomicBool>,
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.open.store(true, Relaxed);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<u64> for Gate {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = std::future::Ready<Result<usize, seawall::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), seawall::BoxError>> {
+        if self.open.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        std::future::ready(match self.fail.load(Relaxed) {
+            true => Err("gate failed".into()),
+            false => Ok(0),
+        })
+    }
+}
+
+/// A call that gives up waiting (`max_wait`) while holding a half-open endpoint's only probe slot
+/// hands the slot back and wakes a call waiting for it, as a cancelled call does.
+#[tokio::test(start_paused = true)]
+async fn a_probe_call_that_finds_no_endpoint_wakes_a_call_waiting_for_its_slot() {
+    let breaker = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_millis(200))
+        .permitted_probes(1)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            // No health sweep wakes the waiting calls.
+            interval: Duration::from_secs(3600),
+            ..OutlierDetection::disabled()
+        })
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let gate = Gate::default();
+    gate.open.store(true, Relaxed);
+    gate.fail.store(true, Relaxed);
+    tx.send(Change::Insert(0usize, breaker.layer(gate.clone())))
+        .unwrap();
+    common::settle().await;
+    let start = Instant::now();
+    assert!(balance.clone().oneshot(1).await.is_err());
+    assert_eq!(breaker.handle().state(), State::Open);
+    gate.fail.store(false, Relaxed);
+    gate.open.store(false, Relaxed);
+
+    // At 0.2 s call X takes the only probe slot; the endpoint is not ready, so X waits.
+    sleep(Duration::from_millis(200)).await;
+    let x = tokio::spawn(balance.clone().oneshot(2));
+    common::settle().await;
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
+    // At 0.7 s call Y finds the endpoint refused (its slot taken) and waits.
+    sleep(Duration::from_millis(500)).await;
+    let y = tokio::spawn(balance.clone().oneshot(3));
+    common::settle().await;
+    assert!(!y.is_finished());
+
+    // At 1.2 s X gives up and hands the slot back: Y takes it, and is served when the endpoint
+    // turns ready at 1.3 s, not at its own `max_wait`.
+    sleep_until(start + Duration::from_millis(1300)).await;
+    let x = x.await.unwrap().unwrap_err();
+    assert!(x.is::<NoEndpoints>(), "{x}");
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
+    gate.open();
+    assert_eq!(y.await.unwrap().unwrap(), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(1300));
     assert_eq!(breaker.handle().state(), State::Closed);
 }
