@@ -27,7 +27,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 /// Local rejections (a full bulkhead, an open breaker) are not the dependency failing: neither
@@ -75,17 +75,20 @@ async fn scraped_metrics_show_every_concern_by_name() {
     let handle = PrometheusBuilder::new().install_recorder().unwrap();
     metrics::describe();
 
-    // Endpoint 0 always fails; `slow` makes every endpoint slow; `down` makes every one fail.
+    // Endpoint 0 always fails; `slow` makes every endpoint wait until `gate` is closed; `down`
+    // makes every one fail.
     let slow = Arc::new(AtomicBool::new(false));
     let down = Arc::new(AtomicBool::new(false));
-    let (s, d) = (slow.clone(), down.clone());
+    let gate = Arc::new(Semaphore::new(0));
+    let (s, d, g) = (slow.clone(), down.clone(), gate.clone());
     let discovery = discover::from_list(0..3usize, move |&id| {
-        let (slow, down) = (s.clone(), d.clone());
+        let (slow, down, gate) = (s.clone(), d.clone(), g.clone());
         service_fn(move |_req: http::Request<()>| {
-            let (slow, down) = (slow.load(SeqCst), down.load(SeqCst));
+            let (slow, down, gate) = (slow.load(SeqCst), down.load(SeqCst), gate.clone());
             async move {
                 if slow {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Holds until the gate is closed, which fails every acquire.
+                    let _ = gate.acquire().await;
                 }
                 if id == 0 || down {
                     Err::<usize, BoxError>("endpoint failed".into())
@@ -146,19 +149,34 @@ async fn scraped_metrics_show_every_concern_by_name() {
             .unwrap();
     }
 
-    // 2. A burst of 6 slow calls through a bulkhead of 2: 4 are rejected, none retried.
+    // 2. A burst of 6 held calls through a bulkhead of 2: 4 are rejected, none retried. The two
+    // admitted calls hold their permits until the gate opens, so the first 4 results are the
+    // rejections and the last 2 are successes.
     slow.store(true, SeqCst);
-    let burst: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(client.clone().oneshot(http::Request::new(()))))
-        .collect();
+    let mut burst = JoinSet::new();
+    for _ in 0..6 {
+        burst.spawn(client.clone().oneshot(http::Request::new(())));
+    }
     let mut rejected = 0;
-    for call in burst {
-        if let Err(e) = call.await.unwrap() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while rejected < 4 {
+            let result = burst.join_next().await.expect("a call is left").unwrap();
+            let e = result.expect_err("an admitted call finished before the gate opened");
             assert!(is::<Full>(&*e), "{e}");
             rejected += 1;
         }
-    }
+    })
+    .await
+    .expect("4 rejections within 30 s");
     assert_eq!(rejected, 4);
+    gate.close();
+    let admitted = tokio::time::timeout(Duration::from_secs(30), burst.join_all())
+        .await
+        .expect("the admitted calls finish within 30 s once the gate opens");
+    assert_eq!(admitted.len(), 2);
+    for result in admitted {
+        assert!(result.is_ok(), "{:?}", result.err());
+    }
     slow.store(false, SeqCst);
 
     // 3. Every endpoint fails: the breaker opens and rejects.
