@@ -129,14 +129,27 @@ impl Zone {
     }
 
     /// SRV discovery of `service` against this zone, served on loopback, refreshing every
-    /// 20–50 ms.
+    /// 20–50 ms, with a query timeout of 2 s: a target whose lookup times out is left out of a
+    /// resolution, so the timeout is long enough for every answered lookup to arrive in time.
     pub async fn srv_discovery(&self, service: &str) -> Discovery<Tagged<SocketAddr>, Endpoint> {
+        self.srv_discovery_with_timeout(service, Duration::from_secs(2))
+            .await
+    }
+
+    /// [`srv_discovery`](Self::srv_discovery) with a query timeout of `timeout`, for tests that
+    /// silence a target and need its lookups to time out quickly. With a short timeout a first
+    /// resolution may leave a target out: read it with [`first_changes`].
+    pub async fn srv_discovery_with_timeout(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> Discovery<Tagged<SocketAddr>, Endpoint> {
         let server = self.serve().await;
         seawall::discover::Dns::srv(format!("{service}."))
             .nameservers([server])
             .min_refresh(Duration::from_millis(20))
             .max_refresh(Duration::from_millis(50))
-            .timeout(Duration::from_millis(300))
+            .timeout(timeout)
             .build(make)
             .unwrap()
     }
@@ -318,6 +331,21 @@ pub fn queued<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Vec<Seen> 
 /// it, sorted.
 pub async fn first_resolution<S>(discovery: &mut Discovery<Tagged<SocketAddr>, S>) -> Vec<Seen> {
     let mut out = vec![next_change(discovery).await];
+    out.extend(queued(discovery));
+    out.sort();
+    out
+}
+
+/// The first `n` changes, whether one resolution or several sent them (each waited for at most
+/// 5 s), then the rest queued with the last, sorted.
+pub async fn first_changes<S>(
+    discovery: &mut Discovery<Tagged<SocketAddr>, S>,
+    n: usize,
+) -> Vec<Seen> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(next_change(discovery).await);
+    }
     out.extend(queued(discovery));
     out.sort();
     out
