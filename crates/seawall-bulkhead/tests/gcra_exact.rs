@@ -22,6 +22,24 @@ fn echo() -> impl Service<
     service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) })
 }
 
+/// More calls admitted at one instant than any test's burst: a limiter that admits this many
+/// admits without limit.
+const MAX_AT_ONCE: u32 = 1_000;
+
+/// Calls `service` until one is rejected, at most [`MAX_AT_ONCE`] times; returns how many got
+/// through.
+async fn admitted_at_once<S>(service: &S, request: u32) -> u32
+where
+    S: Service<u32> + Clone,
+{
+    for n in 0..MAX_AT_ONCE {
+        if service.clone().oneshot(request).await.is_err() {
+            return n;
+        }
+    }
+    panic!("{MAX_AT_ONCE} calls admitted at one instant");
+}
+
 /// Tries a call every millisecond for `seconds`; returns how many got through in each second.
 async fn admitted_per_second(layer: &RateLimitLayer, seconds: u32) -> Vec<u32> {
     let service = layer.layer(echo());
@@ -30,20 +48,26 @@ async fn admitted_per_second(layer: &RateLimitLayer, seconds: u32) -> Vec<u32> {
     for ms in 0..seconds * 1000 {
         tokio::time::sleep_until(start + Duration::from_millis(ms as u64)).await;
         // Greedy: as many calls as get through at this instant.
-        while service.clone().oneshot(ms).await.is_ok() {
-            per_second[(ms / 1000) as usize] += 1;
-        }
+        per_second[(ms / 1000) as usize] += admitted_at_once(&service, ms).await;
     }
     per_second
 }
 
 /// Calls as greedily as possible (each retry exactly at `retry_after`) and returns the times,
-/// relative to the start, of every call admitted before `until`.
-async fn greedy_admissions(layer: &RateLimitLayer, until: Duration) -> Vec<Duration> {
+/// relative to the start, of every call admitted before `until`. At most `max_calls` calls are
+/// made: a `retry_after` of zero would otherwise retry at the same instant forever.
+async fn greedy_admissions(
+    layer: &RateLimitLayer,
+    until: Duration,
+    max_calls: usize,
+) -> Vec<Duration> {
     let service = layer.layer(echo());
     let start = Instant::now();
     let mut admitted = Vec::new();
-    while start.elapsed() < until {
+    for _ in 0..max_calls {
+        if start.elapsed() >= until {
+            return admitted;
+        }
         match service.clone().oneshot(0).await {
             Ok(_) => admitted.push(start.elapsed()),
             Err(err) => {
@@ -52,7 +76,11 @@ async fn greedy_admissions(layer: &RateLimitLayer, until: Duration) -> Vec<Durat
             }
         }
     }
-    admitted
+    panic!(
+        "{max_calls} calls in {:?} of {until:?}: {} admitted",
+        start.elapsed(),
+        admitted.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -76,7 +104,7 @@ async fn an_uneven_interval_never_exceeds_the_rate() {
         .burst(1)
         .build()
         .unwrap();
-    let admitted = greedy_admissions(&layer, Duration::from_secs(1)).await;
+    let admitted = greedy_admissions(&layer, Duration::from_secs(1), 1_000).await;
     assert_eq!(admitted.len(), 3, "{admitted:?}");
 }
 
@@ -88,7 +116,7 @@ async fn an_uneven_interval_admits_the_burst_and_the_refills_due_in_the_first_pe
         .rate(3, Duration::from_secs(1))
         .build()
         .unwrap();
-    let admitted = greedy_admissions(&layer, Duration::from_secs(1)).await;
+    let admitted = greedy_admissions(&layer, Duration::from_secs(1), 1_000).await;
     assert_eq!(admitted.len(), 5, "{admitted:?}");
 }
 
@@ -100,7 +128,7 @@ async fn a_fractional_nanosecond_interval_rounds_up() {
         .burst(1)
         .build()
         .unwrap();
-    let admitted = greedy_admissions(&layer, Duration::from_nanos(3_000)).await;
+    let admitted = greedy_admissions(&layer, Duration::from_nanos(3_000), 100_000).await;
     assert!(
         admitted.len() <= 2_000,
         "2 per 3 ns over 3 µs admitted {} calls",
@@ -139,11 +167,7 @@ async fn larger_burst_then_steady_rate() {
     // Idle for long enough to refill the burst, and it is all there again, and no more.
     tokio::time::advance(Duration::from_secs(10)).await;
     let service = layer.layer(echo());
-    let mut n = 0;
-    while service.clone().oneshot(0).await.is_ok() {
-        n += 1;
-    }
-    assert_eq!(n, 20);
+    assert_eq!(admitted_at_once(&service, 0).await, 20);
 }
 
 #[tokio::test(start_paused = true)]
