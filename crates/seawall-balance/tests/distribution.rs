@@ -409,9 +409,16 @@ async fn zone_aware_prefers_the_local_zone_and_leaves_it_when_unhealthy() {
 
     // Zone a loses half its endpoints: 50 % healthy < 70 %, so traffic leaves for b and c.
     behaviors[0].fail.store(true, Relaxed);
-    while balance.unhealthy().is_empty() {
+    for _ in 0..1_000 {
+        if !balance.unhealthy().is_empty() {
+            break;
+        }
         let _ = balance.clone().oneshot(0).await;
     }
+    assert!(
+        !balance.unhealthy().is_empty(),
+        "no endpoint of zone a marked unhealthy after 1 000 calls"
+    );
     hits(&behaviors);
     for i in 0..300u64 {
         balance.clone().oneshot(i).await.unwrap();

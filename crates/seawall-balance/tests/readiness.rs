@@ -124,15 +124,16 @@ async fn an_unready_endpoint_does_not_hold_calls_up() {
     common::settle().await;
     // Occupy endpoint 0.
     let mut held = None;
-    while held.is_none() {
+    for _ in 0..100 {
         let call = tokio::spawn(balance.clone().oneshot(0));
         common::settle().await;
         if slow.hits.load(Relaxed) == 1 {
             held = Some(call);
-        } else {
-            call.await.unwrap().unwrap();
+            break;
         }
+        call.await.unwrap().unwrap();
     }
+    let held = held.expect("endpoint 0 taken within 100 calls");
     // Round robin keeps choosing endpoint 0 every other call; it is not ready, so endpoint 1
     // takes every call at once.
     let start = tokio::time::Instant::now();
