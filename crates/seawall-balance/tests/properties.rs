@@ -16,7 +16,19 @@ fn config() -> ProptestConfig {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(48);
-    ProptestConfig::with_cases(cases)
+    seeded(cases)
+}
+
+/// Proptest's configuration with `cases` cases and a fixed seed, so that every run tries the same
+/// cases; a seed in `PROPTEST_RNG_SEED` still takes precedence.
+fn seeded(cases: u32) -> ProptestConfig {
+    use proptest::test_runner::RngSeed;
+    let mut config = ProptestConfig::with_cases(cases);
+    // `ProptestConfig::default()` reads `PROPTEST_RNG_SEED`; without it the seed is random.
+    if config.rng_seed == RngSeed::Random {
+        config.rng_seed = RngSeed::Fixed(0x05EA_0A11);
+    }
+    config
 }
 
 fn runtime() -> tokio::runtime::Runtime {
