@@ -26,6 +26,18 @@ fn cases() -> u32 {
         .unwrap_or(256)
 }
 
+/// Proptest's configuration with `cases` cases and a fixed seed, so that every run tries the same
+/// cases; a seed in `PROPTEST_RNG_SEED` still takes precedence.
+fn seeded(cases: u32) -> ProptestConfig {
+    use proptest::test_runner::RngSeed;
+    let mut config = ProptestConfig::with_cases(cases);
+    // `ProptestConfig::default()` reads `PROPTEST_RNG_SEED`; without it the seed is random.
+    if config.rng_seed == RngSeed::Random {
+        config.rng_seed = RngSeed::Fixed(0x05EA_0A11);
+    }
+    config
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// poll_ready + call on a fresh clone.
@@ -226,7 +238,7 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(seeded(cases()))]
 
     #[test]
     fn fixed_limit_conserves_permits(
