@@ -12,6 +12,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -22,9 +23,12 @@ pin_project! {
     /// It holds the call's permit and releases it when the call finishes or the future is dropped.
     /// A call that must wait (no free permit, `max_wait` above zero) waits here, in FIFO order, with
     /// the inner service that was made ready for it.
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<F, S, Req, C, R> {
         #[pin]
-        kind: Kind<F, S, Req>,
+        kind: Kind<F>,
+        // Beside `kind`, not in it: finishing a running call then drops only its future.
+        wait: Option<Pin<Box<Wait<S, Req>>>>,
         permit: Option<Permit>,
         timing: Option<Timing>,
         classifier: Option<Arc<C>>,
@@ -34,9 +38,10 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, S, Req> {
+    enum Kind<F> {
         Running { #[pin] future: F },
-        Waiting { wait: Pin<Box<Wait<S, Req>>> },
+        // The call and its place in the queue are in `wait`.
+        Waiting,
         Rejected,
         Done,
     }
@@ -60,6 +65,7 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
     ) -> Self {
         ResponseFuture {
             kind: Kind::Running { future },
+            wait: None,
             permit: Some(permit),
             timing,
             classifier,
@@ -70,6 +76,7 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
     pub(crate) fn rejected() -> Self {
         ResponseFuture {
             kind: Kind::Rejected,
+            wait: None,
             permit: None,
             timing: None,
             classifier: None,
@@ -92,9 +99,8 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
             call: Some((service, request)),
         };
         ResponseFuture {
-            kind: Kind::Waiting {
-                wait: Box::pin(wait),
-            },
+            kind: Kind::Waiting,
+            wait: Some(Box::pin(wait)),
             permit: None,
             timing: None,
             classifier,
@@ -113,61 +119,124 @@ where
 {
     type Output = Result<R::Response, BoxError>;
 
+    // Always inlined: with every other state out of line the running path is small, and a
+    // caller that inlines it can keep the future out of memory.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.kind.as_mut().project() {
-                KindProj::Running { future } => {
-                    let result = ready!(future.poll(cx));
-                    let permit = this
-                        .permit
-                        .take()
-                        .expect("a running bulkhead call holds a permit");
-                    // One clock read: the classifier and the limit's sample see the same duration.
-                    let rtt = Timing::elapsed(*this.timing);
-                    let outcome = match this.classifier {
-                        Some(classifier) => classifier.classify(result.as_ref(), rtt),
-                        None => Outcome::Ignored,
-                    };
-                    this.kind.set(Kind::Done);
-                    return Poll::Ready(match result {
-                        Ok(response) => {
-                            Ok(R::release(response, permit, outcome, *this.timing, rtt))
-                        }
-                        Err(error) => {
-                            permit.finish(outcome, *this.timing, rtt);
-                            Err(error.into())
-                        }
-                    });
+            let KindProj::Running { future } = this.kind.as_mut().project() else {
+                ready!(Self::poll_start(&mut this, cx))?;
+                continue;
+            };
+            let result = ready!(future.poll(cx));
+            let permit = this
+                .permit
+                .take()
+                .expect("a running bulkhead call holds a permit");
+            this.kind.set(Kind::Done);
+            if let Some(classifier) = this.classifier {
+                return Poll::Ready(Self::finish_classified(
+                    classifier,
+                    result,
+                    permit,
+                    *this.timing,
+                ));
+            }
+            // A fixed limit: the outcome teaches it nothing.
+            return Poll::Ready(match result {
+                Ok(response) => Ok(R::release(
+                    response,
+                    permit,
+                    Outcome::Ignored,
+                    None,
+                    Duration::ZERO,
+                )),
+                Err(error) => {
+                    drop(permit);
+                    Err(error.into())
                 }
-                KindProj::Waiting { wait } => {
-                    let wait = wait.as_mut().project();
-                    match wait.place.poll_acquire(cx) {
-                        Poll::Ready(permit) => {
-                            *this.timing = permit.start();
-                            let (mut service, request) =
-                                wait.call.take().expect("a waiting call is called once");
-                            let future = service.call(request);
-                            *this.permit = Some(permit);
-                            this.kind.set(Kind::Running { future });
-                        }
-                        Poll::Pending => {
-                            ready!(wait.sleep.poll(cx));
-                            wait.place.shared.reject(true);
-                            this.kind.set(Kind::Done);
-                            return Poll::Ready(Err(Box::new(Full::new())));
-                        }
+            });
+        }
+    }
+}
+
+impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
+    /// An adaptive limit's finished call: classified, and sampled when its permit is released.
+    #[inline(never)]
+    fn finish_classified<Res, E>(
+        classifier: &C,
+        result: Result<Res, E>,
+        permit: Permit,
+        timing: Option<Timing>,
+    ) -> Result<R::Response, BoxError>
+    where
+        E: Into<BoxError>,
+        C: Classify<Res, E>,
+        R: Release<Res>,
+    {
+        // One clock read: the classifier and the limit's sample see the same duration.
+        let rtt = Timing::elapsed(timing);
+        let outcome = classifier.classify(result.as_ref(), rtt);
+        match result {
+            Ok(response) => Ok(R::release(response, permit, outcome, timing, rtt)),
+            Err(error) => {
+                permit.finish(outcome, timing, rtt);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R>
+where
+    S: Service<Req, Future = F>,
+{
+    /// Every state but `Running`, kept out of line so the running path stays small: a waiting
+    /// call that gets its permit starts (`Ok`, and the caller polls it as running), one whose
+    /// `max_wait` passes and a rejected call end with [`Full`].
+    #[inline(never)]
+    fn poll_start(
+        this: &mut ResponseFutureProj<'_, F, S, Req, C, R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Full>> {
+        match this.kind.as_mut().project() {
+            KindProj::Waiting => {
+                let wait = this
+                    .wait
+                    .as_mut()
+                    .expect("a waiting bulkhead call has its wait")
+                    .as_mut()
+                    .project();
+                match wait.place.poll_acquire(cx) {
+                    Poll::Ready(permit) => {
+                        *this.timing = permit.start();
+                        let (mut service, request) =
+                            wait.call.take().expect("a waiting call is called once");
+                        let future = service.call(request);
+                        *this.permit = Some(permit);
+                        this.kind.set(Kind::Running { future });
+                        *this.wait = None;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Pending => {
+                        ready!(wait.sleep.poll(cx));
+                        wait.place.shared.reject(true);
+                        this.kind.set(Kind::Done);
+                        *this.wait = None;
+                        Poll::Ready(Err(Full::new()))
                     }
                 }
-                KindProj::Rejected => {
-                    // A rejection is progress for tokio's cooperative scheduling: a caller looping
-                    // on rejected calls must still yield, or it starves its worker thread.
-                    ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
-                    this.kind.set(Kind::Done);
-                    return Poll::Ready(Err(Box::new(Full::new())));
-                }
-                KindProj::Done => panic!("bulkhead ResponseFuture polled after completion"),
             }
+            KindProj::Rejected => {
+                // A rejection is progress for tokio's cooperative scheduling: a caller looping
+                // on rejected calls must still yield, or it starves its worker thread.
+                ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                this.kind.set(Kind::Done);
+                Poll::Ready(Err(Full::new()))
+            }
+            KindProj::Running { .. } => Poll::Ready(Ok(())),
+            KindProj::Done => panic!("bulkhead ResponseFuture polled after completion"),
         }
     }
 }
@@ -176,7 +245,7 @@ impl<F, S, Req, C, R> fmt::Debug for ResponseFuture<F, S, Req, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.kind {
             Kind::Running { .. } => "running",
-            Kind::Waiting { .. } => "waiting",
+            Kind::Waiting => "waiting",
             Kind::Rejected => "rejected",
             Kind::Done => "done",
         };

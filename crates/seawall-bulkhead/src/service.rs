@@ -1,7 +1,7 @@
 use crate::{
     future::ResponseFuture,
     release::{OnResponse, Release},
-    state::{Permit, Place, Shared},
+    state::{Permit, Place, Shared, Unreserved},
     BulkheadLayer,
 };
 use seawall_core::{classify::DefaultClassifier, BoxError, Classify};
@@ -68,11 +68,10 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, S, Req, C, R>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.shared.backpressure && self.reserved.is_none() {
-            let shared = &self.shared;
-            let place = self.place.get_or_insert_with(|| Place::new(shared.clone()));
-            self.reserved = Some(ready!(place.poll_acquire(cx)));
+            ready!(self.poll_queued(cx));
         }
         ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
         if self.reserved.is_none() {
@@ -81,33 +80,53 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        let permit = match self.reserved.take() {
+            Some(permit) => permit,
+            None => match Permit::try_acquire_or_reject(&self.shared) {
+                Unreserved::Acquired(permit) => permit,
+                Unreserved::Rejected => return ResponseFuture::rejected(),
+                Unreserved::Wait => return self.call_waiting(request),
+            },
+        };
+        let timing = permit.start();
         let classifier = if self.shared.is_adaptive() {
             Some(self.classifier.clone())
         } else {
             None
         };
-        match self
-            .reserved
-            .take()
-            .or_else(|| Permit::try_acquire(&self.shared))
-        {
-            Some(permit) => {
-                let timing = permit.start();
-                ResponseFuture::running(self.inner.call(request), permit, timing, classifier)
-            }
-            None if self.shared.max_wait.is_zero() => {
-                self.shared.reject(false);
-                ResponseFuture::rejected()
-            }
-            None => {
-                // The ready service waits with the request; the clone left behind is polled
-                // ready again before the next call.
-                let clone = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(self.shared.clone(), ready, request, classifier)
-            }
-        }
+        ResponseFuture::running(self.inner.call(request), permit, timing, classifier)
+    }
+}
+
+impl<S, C, R> Bulkhead<S, C, R> {
+    /// Backpressure: waits in the queue for a permit and reserves it.
+    #[inline(never)]
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.shared;
+        let place = self.place.get_or_insert_with(|| Place::new(shared.clone()));
+        self.reserved = Some(ready!(place.poll_acquire(cx)));
+        Poll::Ready(())
+    }
+
+    /// No permit is free and `max_wait` is above zero: the call waits for one in its future.
+    #[cold]
+    #[inline(never)]
+    fn call_waiting<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, S, Req, C, R>
+    where
+        S: Service<Req> + Clone,
+    {
+        let classifier = if self.shared.is_adaptive() {
+            Some(self.classifier.clone())
+        } else {
+            None
+        };
+        // The ready service waits with the request; the clone left behind is polled ready again
+        // before the next call.
+        let clone = self.inner.clone();
+        let ready = mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting(self.shared.clone(), ready, request, classifier)
     }
 }
 

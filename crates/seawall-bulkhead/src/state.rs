@@ -171,6 +171,7 @@ impl Shared {
         self.metrics.waiting.decrement(1.0);
     }
 
+    #[inline]
     pub(crate) fn reject(&self, waited: bool) {
         self.metrics.rejected.increment(1);
         tracing::debug!(name = %self.name, waited, "bulkhead full, call rejected");
@@ -257,6 +258,13 @@ pub struct Permit {
     shared: Arc<Shared>,
 }
 
+/// What a call that reserved no permit gets: a free permit, a rejection, or a place to wait.
+pub(crate) enum Unreserved {
+    Acquired(Permit),
+    Rejected,
+    Wait,
+}
+
 /// When an adaptive bulkhead's call started and how many were in flight then; `None` for fixed
 /// limits, which do not time their calls. Opaque: only passed between the bulkhead's own types.
 #[derive(Debug, Clone, Copy)]
@@ -284,6 +292,20 @@ impl Permit {
             Some(Permit::assume(shared))
         } else {
             None
+        }
+    }
+
+    /// For a call that reserved no permit: takes a free one, or rejects the call (counted, and
+    /// reported to listeners) when it may not wait.
+    #[inline(never)]
+    pub(crate) fn try_acquire_or_reject(shared: &Arc<Shared>) -> Unreserved {
+        if let Some(permit) = Permit::try_acquire(shared) {
+            Unreserved::Acquired(permit)
+        } else if shared.max_wait.is_zero() {
+            shared.reject(false);
+            Unreserved::Rejected
+        } else {
+            Unreserved::Wait
         }
     }
 
