@@ -174,9 +174,18 @@ impl Shared {
     #[inline]
     pub(crate) fn reject(&self, waited: bool) {
         self.metrics.rejected.increment(1);
-        tracing::debug!(name = %self.name, waited, "bulkhead full, call rejected");
+        // The event is built out of line, and only when some subscriber may take debug events.
+        if tracing::Level::DEBUG <= tracing::level_filters::LevelFilter::current() {
+            self.trace_reject(waited);
+        }
         self.listeners
             .emit(&self.name, &BulkheadEvent::Rejected { waited });
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn trace_reject(&self, waited: bool) {
+        tracing::debug!(name = %self.name, waited, "bulkhead full, call rejected");
     }
 
     #[inline]
