@@ -3,7 +3,9 @@
 mod common;
 
 use common::cluster;
-use seawall::balance::{BalanceEvent, BalanceLayer, HealthCheck, OutlierDetection, Picker};
+use seawall::balance::{
+    Balance, BalanceEvent, BalanceLayer, HealthCheck, OutlierDetection, Picker,
+};
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -59,9 +61,10 @@ async fn failing_probes_take_an_endpoint_out_until_it_passes() {
     assert_eq!(kinds.len(), 2, "{kinds:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_probe_that_hangs_counts_as_failed() {
-    let (balance, _cluster) = cluster(
+/// Three endpoints probed every 5 s with a 1 s timeout; endpoint 0's probe hangs, or panics (an
+/// `unwrap` on a refused connection).
+async fn probed_with_a_faulty_probe(hang: bool) -> (Balance<usize, common::Node>, common::Cluster) {
+    cluster(
         3,
         BalanceLayer::builder()
             .outlier_detection(OutlierDetection::disabled())
@@ -70,18 +73,26 @@ async fn a_probe_that_hangs_counts_as_failed() {
                     interval: Duration::from_secs(5),
                     timeout: Duration::from_secs(1),
                 },
-                |key: &usize, _svc: common::Node| {
-                    let hang = *key == 0;
+                move |key: &usize, _svc: common::Node| {
+                    let faulty = *key == 0;
                     async move {
-                        if hang {
+                        if faulty && hang {
                             std::future::pending::<()>().await;
+                        }
+                        if faulty {
+                            panic!("connection refused");
                         }
                         true
                     }
                 },
             ),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_hangs_counts_as_failed() {
+    let (balance, _cluster) = probed_with_a_faulty_probe(true).await;
     // Probed at 5 s; the hung probe times out at 6 s.
     sleep(Duration::from_millis(5500)).await;
     assert!(balance.unhealthy().is_empty());
@@ -183,27 +194,7 @@ async fn a_failed_probe_that_starts_panic_mode_wakes_waiting_calls() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_panics_counts_as_failed() {
-    let (balance, _cluster) = cluster(
-        3,
-        BalanceLayer::builder()
-            .outlier_detection(OutlierDetection::disabled())
-            .health_check(
-                HealthCheck {
-                    interval: Duration::from_secs(5),
-                    timeout: Duration::from_secs(1),
-                },
-                |key: &usize, _svc: common::Node| {
-                    let refused = *key == 0;
-                    async move {
-                        if refused {
-                            panic!("connection refused");
-                        }
-                        true
-                    }
-                },
-            ),
-    )
-    .await;
+    let (balance, _cluster) = probed_with_a_faulty_probe(false).await;
     // Probed at 5 s; the probe of endpoint 0 panics.
     sleep(Duration::from_secs(6)).await;
     assert_eq!(balance.unhealthy(), vec![0]);
