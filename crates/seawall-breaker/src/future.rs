@@ -39,6 +39,7 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn admitted(future: F, guard: Guard, classifier: C, start: Option<Instant>) -> Self {
         ResponseFuture {
             kind: Kind::Admitted {
@@ -65,14 +66,11 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    // Always inlined: with a rejection out of line the admitted path is small, and a caller that
+    // inlines it can keep the future out of memory.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Rejected => {
-                // A rejection is progress for tokio's cooperative scheduling: a caller looping on
-                // rejected calls must still yield, or it starves its worker thread.
-                ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
-                Poll::Ready(Err(Box::new(Open::new())))
-            }
             KindProj::Admitted {
                 future,
                 guard,
@@ -85,8 +83,21 @@ where
                 guard.complete(outcome, elapsed);
                 Poll::Ready(result.map_err(Into::into))
             }
+            KindProj::Rejected => {
+                ready!(proceed(cx));
+                Poll::Ready(Err(Box::new(Open::new())))
+            }
         }
     }
+}
+
+/// Whether a rejected call may answer now. A rejection is progress for tokio's cooperative
+/// scheduling: a caller looping on rejected calls must still yield, or it starves its worker
+/// thread.
+#[inline(never)]
+fn proceed(cx: &mut Context<'_>) -> Poll<()> {
+    ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+    Poll::Ready(())
 }
 
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {
@@ -109,6 +120,7 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
+    #[inline]
     pub(crate) fn new(shared: Arc<Shared>, permit: Permit) -> Self {
         Guard {
             shared,
@@ -116,18 +128,27 @@ impl Guard {
         }
     }
 
+    #[inline]
     fn complete(&mut self, outcome: Outcome, elapsed: Duration) {
         if let Some(permit) = self.permit.take() {
             self.shared.complete(permit, outcome, elapsed);
         }
     }
+
+    /// Hands back the permit of a call dropped before its outcome was known.
+    #[cold]
+    #[inline(never)]
+    fn cancel(&mut self, permit: Permit) {
+        self.shared
+            .complete(permit, Outcome::Ignored, Duration::ZERO);
+    }
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.shared
-                .complete(permit, Outcome::Ignored, Duration::ZERO);
+            self.cancel(permit);
         }
     }
 }

@@ -169,7 +169,59 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.slot.next {
+            Next::Undecided => match self.slot.shared.machine.closed_permit() {
+                Some(permit) => {
+                    self.slot.next = Next::Admitted(permit);
+                    if self.waiting.is_some() {
+                        self.waiting = None;
+                    }
+                }
+                None => return self.decide(cx),
+            },
+            Next::Admitted(_) => {}
+            Next::Rejected => return self.decide(cx),
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &self.slot.shared;
+        match mem::replace(&mut self.slot.next, Next::Undecided) {
+            // A Closed call whose permit is still of the current generation.
+            Next::Admitted(permit) if permit.is_counted_in(shared.machine.generation()) => {
+                // The guard first: if the inner `call` panics, it hands the permit back as it
+                // unwinds.
+                let guard = Guard::new(shared.clone(), permit);
+                let start =
+                    (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
+                ResponseFuture::admitted(
+                    self.inner.call(request),
+                    guard,
+                    self.classifier.clone(),
+                    start,
+                )
+            }
+            Next::Rejected => {
+                shared.count_rejection();
+                ResponseFuture::rejected()
+            }
+            next => self.call_unusual(next, request),
+        }
+    }
+}
+
+impl<S, C> Breaker<S, C> {
+    /// `poll_ready` in every case but a Closed breaker admitting a call not yet decided.
+    #[inline(never)]
+    fn decide<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         // A rejection decided by an earlier poll is looked at again: the breaker may have
         // recovered since (a reset, the wait over), and a caller that polls ready again before
         // calling must not get a stale `Open`.
@@ -201,9 +253,17 @@ where
         }
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    /// `call` of an admitted call that is not a Closed call with a current permit: a probe, a
+    /// permit from an earlier generation, a call MetricsOnly or Disabled lets through.
+    #[inline(never)]
+    fn call_unusual<Req>(&mut self, next: Next, request: Req) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+        C: Classify<S::Response, S::Error> + Clone,
+    {
         let shared = &self.slot.shared;
-        match mem::replace(&mut self.slot.next, Next::Undecided) {
+        match next {
             Next::Admitted(mut permit) => {
                 // A permit reserved before the breaker changed state (the call waited above, say
                 // in a full bulkhead or a rate limiter) must not let a call through a breaker

@@ -39,7 +39,7 @@ use crate::{
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::Outcome;
-use std::{cell::Cell, fmt, time::Duration};
+use std::{cell::Cell, fmt, num::NonZeroU64, time::Duration};
 
 /// The state of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,13 +130,12 @@ impl Observer for () {}
 /// Leave to make one call, from [`Machine::acquire`]. Hand it back with [`Machine::complete`]
 /// (a permit that is dropped instead counts as an ignored call, except that a probe slot it held
 /// is not handed back: the tower layer wraps it in a guard that does).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 #[must_use = "a permit must be completed with Machine::complete"]
 pub struct Permit {
-    generation: u64,
-    kind: PermitKind,
-    // MetricsOnly let through a call it would have rejected.
-    shadowed: bool,
+    /// `generation << 4 | shadowed << 2 | kind`, `kind` never 0: one word, so a permit moves in a
+    /// register and `Option<Permit>` needs no more room.
+    word: NonZeroU64,
 }
 
 /// What a [`Permit`] stands for.
@@ -150,20 +149,70 @@ pub enum PermitKind {
     Free,
 }
 
+const PERMIT_COUNTED: u64 = 1;
+const PERMIT_PROBE: u64 = 2;
+const PERMIT_FREE: u64 = 3;
+const PERMIT_KIND_MASK: u64 = 3;
+// MetricsOnly let through a call it would have rejected.
+const PERMIT_SHADOWED: u64 = 4;
+const PERMIT_GENERATION_SHIFT: u32 = 4;
+
 impl Permit {
+    #[inline]
+    fn new(generation: u64, kind: PermitKind, shadowed: bool) -> Self {
+        let kind = match kind {
+            PermitKind::Counted => PERMIT_COUNTED,
+            PermitKind::Probe => PERMIT_PROBE,
+            PermitKind::Free => PERMIT_FREE,
+        };
+        Permit::from_word(
+            (generation << PERMIT_GENERATION_SHIFT) | (shadowed as u64 * PERMIT_SHADOWED) | kind,
+        )
+    }
+
+    #[inline]
+    fn from_word(word: u64) -> Self {
+        Permit {
+            word: NonZeroU64::new(word).expect("a permit's kind is never 0"),
+        }
+    }
+
     /// What this permit stands for.
+    #[inline]
     pub fn kind(&self) -> PermitKind {
-        self.kind
+        match self.word.get() & PERMIT_KIND_MASK {
+            PERMIT_COUNTED => PermitKind::Counted,
+            PERMIT_PROBE => PermitKind::Probe,
+            _ => PermitKind::Free,
+        }
     }
 
     /// The generation the permit was issued in.
+    #[inline]
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.word.get() >> PERMIT_GENERATION_SHIFT
     }
 
     /// Whether MetricsOnly let this call through in place of a rejection.
+    #[inline]
     pub(crate) fn shadowed(&self) -> bool {
-        self.shadowed
+        self.word.get() & PERMIT_SHADOWED != 0
+    }
+
+    /// Whether this is a Closed call's permit of `generation`, neither a probe nor shadowed.
+    #[inline]
+    pub(crate) fn is_counted_in(&self, generation: u64) -> bool {
+        self.word.get() == (generation << PERMIT_GENERATION_SHIFT) | PERMIT_COUNTED
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("generation", &self.generation())
+            .field("kind", &self.kind())
+            .field("shadowed", &self.shadowed())
+            .finish()
     }
 }
 
@@ -424,6 +473,7 @@ impl Machine {
     }
 
     /// The current generation.
+    #[inline]
     pub fn generation(&self) -> u64 {
         generation_of(self.state.load(Ordering::Acquire))
     }
@@ -465,8 +515,31 @@ impl Machine {
         self.would_have_rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A permit for a call in Closed, if the breaker is Closed (not MetricsOnly): the admission
+    /// [`acquire`](Self::acquire) would give, without a clock or an observer.
+    #[inline]
+    pub(crate) fn closed_permit(&self) -> Option<Permit> {
+        let word = self.state.load(Ordering::Acquire);
+        (mode_of(word) == CLOSED)
+            .then(|| Permit::new(generation_of(word), PermitKind::Counted, false))
+    }
+
     #[inline]
     fn admit<O: Observer + ?Sized>(
+        &self,
+        now: impl Fn() -> u64,
+        observer: &O,
+        count: bool,
+    ) -> Result<Permit, Rejected> {
+        match self.closed_permit() {
+            Some(permit) => Ok(permit),
+            None => self.admit_unusual(now, observer, count),
+        }
+    }
+
+    /// [`admit`](Self::admit) in every state but Closed.
+    #[inline(never)]
+    fn admit_unusual<O: Observer + ?Sized>(
         &self,
         now: impl Fn() -> u64,
         observer: &O,
@@ -477,11 +550,7 @@ impl Machine {
             let word = self.state.load(Ordering::Acquire);
             let generation = generation_of(word);
             let mode = mode_of(word);
-            let permit = |kind| Permit {
-                generation,
-                kind,
-                shadowed: false,
-            };
+            let permit = |kind| Permit::new(generation, kind, false);
             match mode & !SHADOW {
                 CLOSED => return Ok(permit(PermitKind::Counted)),
                 DISABLED => return Ok(permit(PermitKind::Free)),
@@ -530,11 +599,7 @@ impl Machine {
             if count {
                 self.count_would_have_rejected();
             }
-            Ok(Permit {
-                generation,
-                kind: PermitKind::Free,
-                shadowed: true,
-            })
+            Ok(Permit::new(generation, PermitKind::Free, true))
         } else {
             if count {
                 self.count_rejected();
@@ -617,14 +682,14 @@ impl Machine {
         now: impl Fn() -> u64,
         observer: &O,
     ) {
-        match permit.kind {
+        match permit.kind() {
             PermitKind::Free => {}
             PermitKind::Counted => {
                 if outcome == Outcome::Ignored {
                     return;
                 }
                 let word = self.state.load(Ordering::Acquire);
-                if generation_of(word) != permit.generation {
+                if generation_of(word) != permit.generation() {
                     return;
                 }
                 let now = Now::new(now);
@@ -647,6 +712,7 @@ impl Machine {
         }
     }
 
+    #[inline(never)]
     fn complete_probe<O: Observer + ?Sized>(
         &self,
         permit: Permit,
@@ -656,12 +722,12 @@ impl Machine {
         observer: &O,
     ) {
         let word = self.state.load(Ordering::Acquire);
-        if generation_of(word) != permit.generation {
+        if generation_of(word) != permit.generation() {
             return;
         }
         let now = now();
         if let Some(deadline) = self
-            .half_open_bound(permit.generation)
+            .half_open_bound(permit.generation())
             .filter(|&deadline| now >= deadline)
         {
             // The probes outlived their bound: this result is too late to count, and the
@@ -669,7 +735,7 @@ impl Machine {
             self.transition(word, OPEN | (mode_of(word) & SHADOW), deadline, observer);
             return;
         }
-        let tag = tag_of(permit.generation);
+        let tag = tag_of(permit.generation());
         let mut probes = self.probes.load(Ordering::Acquire);
         loop {
             if probes >> PROBE_TAG_SHIFT != tag {
@@ -829,6 +895,8 @@ impl Machine {
 
     /// Moves from `from` (a state word) to `to` (a mode) in the next generation, if no one else
     /// changed the state first. Returns whether this call made the change.
+    #[cold]
+    #[inline(never)]
     fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
         let generation = generation_of(from) + 1;
         match to & !SHADOW {
