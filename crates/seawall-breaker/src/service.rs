@@ -190,27 +190,61 @@ where
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.slot.shared;
-        match mem::replace(&mut self.slot.next, Next::Undecided) {
+        let permit = match mem::replace(&mut self.slot.next, Next::Undecided) {
             // A Closed call whose permit is still of the current generation.
-            Next::Admitted(permit) if permit.is_counted_in(shared.machine.generation()) => {
-                // The guard first: if the inner `call` panics, it hands the permit back as it
-                // unwinds.
-                let guard = Guard::new(shared.clone(), permit);
-                let start =
-                    (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
-                ResponseFuture::admitted(
-                    self.inner.call(request),
-                    guard,
-                    self.classifier.clone(),
-                    start,
-                )
+            Next::Admitted(permit) if permit.is_counted_in(shared.machine.generation()) => permit,
+            next => match settle(shared, next) {
+                Some(permit) => permit,
+                None => return ResponseFuture::rejected(),
+            },
+        };
+        // The guard first: if the inner `call` panics, it hands the permit back (a probe slot is
+        // freed) as it unwinds.
+        let guard = Guard::new(shared.clone(), permit);
+        let start = (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
+        ResponseFuture::admitted(
+            self.inner.call(request),
+            guard,
+            self.classifier.clone(),
+            start,
+        )
+    }
+}
+
+/// The permit a call goes ahead with, in every case but a Closed call whose permit is current: a
+/// probe, a permit from an earlier generation, a call MetricsOnly or Disabled lets through.
+/// `None`, and the rejection counted, when the call is rejected.
+#[inline(never)]
+fn settle(shared: &Shared, next: Next) -> Option<Permit> {
+    match next {
+        Next::Admitted(mut permit) => {
+            // A permit reserved before the breaker changed state (the call waited above, say in
+            // a full bulkhead or a rate limiter) must not let a call through a breaker that
+            // opened since: ask again. A trial call's HalfOpen may also have run out of time
+            // meanwhile (the only change applied lazily that matters here).
+            if permit.kind() == PermitKind::Probe {
+                shared.machine.tick(shared.now(), shared);
             }
-            Next::Rejected => {
-                shared.count_rejection();
-                ResponseFuture::rejected()
+            if permit.generation() != shared.machine.generation() {
+                shared.release(permit);
+                match shared.acquire() {
+                    Ok(fresh) => permit = fresh,
+                    Err(_) => {
+                        shared.count_rejection();
+                        return None;
+                    }
+                }
             }
-            next => self.call_unusual(next, request),
+            if permit.shadowed() {
+                shared.machine.count_would_have_rejected();
+            }
+            Some(permit)
         }
+        Next::Rejected => {
+            shared.count_rejection();
+            None
+        }
+        Next::Undecided => panic!("Breaker::call without poll_ready returning Ready first"),
     }
 }
 
@@ -250,58 +284,6 @@ impl<S, C> Breaker<S, C> {
         match self.slot.next {
             Next::Admitted(_) => self.inner.poll_ready(cx).map_err(Into::into),
             _ => Poll::Ready(Ok(())),
-        }
-    }
-
-    /// `call` of an admitted call that is not a Closed call with a current permit: a probe, a
-    /// permit from an earlier generation, a call MetricsOnly or Disabled lets through.
-    #[inline(never)]
-    fn call_unusual<Req>(&mut self, next: Next, request: Req) -> ResponseFuture<S::Future, C>
-    where
-        S: Service<Req>,
-        S::Error: Into<BoxError>,
-        C: Classify<S::Response, S::Error> + Clone,
-    {
-        let shared = &self.slot.shared;
-        match next {
-            Next::Admitted(mut permit) => {
-                // A permit reserved before the breaker changed state (the call waited above, say
-                // in a full bulkhead or a rate limiter) must not let a call through a breaker
-                // that opened since: ask again. A trial call's HalfOpen may also have run out of
-                // time meanwhile (the only change applied lazily that matters here).
-                if permit.kind() == PermitKind::Probe {
-                    shared.machine.tick(shared.now(), &**shared);
-                }
-                if permit.generation() != shared.machine.generation() {
-                    shared.release(permit);
-                    match shared.acquire() {
-                        Ok(fresh) => permit = fresh,
-                        Err(_) => {
-                            shared.count_rejection();
-                            return ResponseFuture::rejected();
-                        }
-                    }
-                }
-                if permit.shadowed() {
-                    shared.machine.count_would_have_rejected();
-                }
-                // The guard first: if the inner `call` panics, it hands the permit back (a probe
-                // slot is freed) as it unwinds.
-                let guard = Guard::new(shared.clone(), permit);
-                let start =
-                    (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
-                ResponseFuture::admitted(
-                    self.inner.call(request),
-                    guard,
-                    self.classifier.clone(),
-                    start,
-                )
-            }
-            Next::Rejected => {
-                shared.count_rejection();
-                ResponseFuture::rejected()
-            }
-            Next::Undecided => panic!("Breaker::call without poll_ready returning Ready first"),
         }
     }
 }

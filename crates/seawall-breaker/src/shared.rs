@@ -93,7 +93,7 @@ impl Shared {
     }
 
     /// Counts a rejection returned to a caller, in the metric and the snapshot.
-    #[inline(never)]
+    #[inline]
     pub(crate) fn count_rejection(&self) {
         self.machine.count_rejected();
         self.metrics.rejected.increment(1);

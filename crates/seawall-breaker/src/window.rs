@@ -163,6 +163,7 @@ impl CountWindow {
         decode(after)
     }
 
+    #[inline]
     pub(crate) fn counts(&self) -> Counts {
         decode(self.aggregate.load(Ordering::Acquire))
     }
