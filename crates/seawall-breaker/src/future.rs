@@ -115,40 +115,38 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 /// Holds the permit of a call until its outcome is known; dropped early (the call was cancelled),
 /// it hands the permit back as an ignored call (a probe slot is freed).
 pub(crate) struct Guard {
-    shared: Arc<Shared>,
-    permit: Option<Permit>,
+    /// The breaker and the permit, until the call's outcome is recorded or it is cancelled.
+    held: Option<(Arc<Shared>, Permit)>,
 }
 
 impl Guard {
     #[inline]
     pub(crate) fn new(shared: Arc<Shared>, permit: Permit) -> Self {
         Guard {
-            shared,
-            permit: Some(permit),
+            held: Some((shared, permit)),
         }
     }
 
     #[inline]
     fn complete(&mut self, outcome: Outcome, elapsed: Duration) {
-        if let Some(permit) = self.permit.take() {
-            self.shared.complete(permit, outcome, elapsed);
+        if let Some((shared, permit)) = self.held.take() {
+            shared.complete(permit, outcome, elapsed);
         }
     }
 
     /// Hands back the permit of a call dropped before its outcome was known.
     #[cold]
     #[inline(never)]
-    fn cancel(&mut self, permit: Permit) {
-        self.shared
-            .complete(permit, Outcome::Ignored, Duration::ZERO);
+    fn cancel(shared: Arc<Shared>, permit: Permit) {
+        shared.complete(permit, Outcome::Ignored, Duration::ZERO);
     }
 }
 
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.cancel(permit);
+        if let Some((shared, permit)) = self.held.take() {
+            Guard::cancel(shared, permit);
         }
     }
 }
