@@ -636,9 +636,10 @@ async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent()
 #[tokio::test(start_paused = true)]
 async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
     use seawall_core::deadline::RequestDeadline;
-    use tokio_test::assert_pending;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 
     let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(100));
+    let mut other = svc.clone();
     let mut req = get();
     req.set_deadline(Instant::now() + ms(30));
     let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
@@ -652,32 +653,10 @@ async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
     assert!(fut.is_woken(), "woken at the deadline");
     assert_pending!(fut.poll());
     assert!(budget.can_retry(), "the hedge never sent is given back");
-    drop(fut);
-    assert_eq!(replicas.calls.count(), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_hedge_given_up_at_the_deadline_holds_no_reservation_once_the_call_answers() {
-    use seawall_core::deadline::RequestDeadline;
-    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
-
-    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(100));
-    let mut other = svc.clone();
-    let mut req = get();
-    req.set_deadline(Instant::now() + ms(30));
-    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
-    assert_pending!(fut.poll());
-    // The hedge is due at 10 ms and waits for the one permit, held by the original call.
-    tokio::time::advance(ms(10)).await;
-    assert_pending!(fut.poll());
-    // At the deadline the hedge is given up; the original runs on.
-    tokio::time::advance(ms(20)).await;
-    assert_pending!(fut.poll());
+    // The original runs on and answers. The caller still holds the finished future: the permit
+    // the original released is free, not taken by the hedge given up.
     tokio::time::advance(ms(70)).await;
     assert_eq!(assert_ready_ok!(fut.poll()), 0);
-    // The caller still holds the finished future: the permit the original released is free,
-    // not taken by the hedge given up.
-    assert!(budget.can_retry(), "the hedge never sent is given back");
     let mut ready = tokio_test::task::spawn(other.ready());
     assert_ready!(ready.poll()).unwrap();
     drop(ready);
