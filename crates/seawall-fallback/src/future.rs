@@ -31,6 +31,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F, G> {
         Primary { #[pin] fut: F },
+        // The inner service's readiness failed with an error the layer handles; it was not called.
+        NotReady { error: Option<BoxError> },
         Fallback { #[pin] fut: G, original: Arc<dyn Error + Send + Sync> },
     }
 }
@@ -44,6 +46,15 @@ where
             state: State::Primary { fut },
             shared,
             started,
+        }
+    }
+
+    /// A call answered from the fallback with the inner service's readiness error.
+    pub(crate) fn not_ready(error: BoxError, shared: Arc<Shared<H, C>>) -> Self {
+        ResponseFuture {
+            state: State::NotReady { error: Some(error) },
+            shared,
+            started: None,
         }
     }
 }
@@ -82,14 +93,20 @@ where
                                 (Failed::Error(err.clone()), err)
                             }
                         };
-                    let event = FallbackEvent::Used {
-                        error: failed.error().is_some(),
-                    };
-                    metrics::counter(metrics::FALLBACK_USED, &shared.name).increment(1);
-                    tracing::debug!(name = %shared.name, cause = %original, "seawall fallback used");
-                    shared.listeners.emit(&shared.name, &event);
-                    let fut = shared.handler.handle(failed);
-                    this.state.set(State::Fallback { fut, original });
+                    use_fallback(this.state.as_mut(), this.shared, failed, original);
+                }
+                StateProj::NotReady { error } => {
+                    let err: Arc<dyn Error + Send + Sync> = Arc::from(
+                        error
+                            .take()
+                            .expect("fallback ResponseFuture polled after completion"),
+                    );
+                    use_fallback(
+                        this.state.as_mut(),
+                        this.shared,
+                        Failed::Error(err.clone()),
+                        err,
+                    );
                 }
                 StateProj::Fallback { fut, original } => {
                     return Poll::Ready(match ready!(fut.poll(cx)) {
@@ -109,6 +126,25 @@ where
     }
 }
 
+/// Hands a failed call to the fallback.
+fn use_fallback<F, H, C, Res>(
+    mut state: Pin<&mut State<F, H::Future>>,
+    shared: &Shared<H, C>,
+    failed: Failed<Res>,
+    original: Arc<dyn Error + Send + Sync>,
+) where
+    H: FallbackHandler<Res>,
+{
+    let event = FallbackEvent::Used {
+        error: failed.error().is_some(),
+    };
+    metrics::counter(metrics::FALLBACK_USED, &shared.name).increment(1);
+    tracing::debug!(name = %shared.name, cause = %original, "seawall fallback used");
+    shared.listeners.emit(&shared.name, &event);
+    let fut = shared.handler.handle(failed);
+    state.set(State::Fallback { fut, original });
+}
+
 impl<F, H, C, Res> fmt::Debug for ResponseFuture<F, H, C, Res>
 where
     H: FallbackHandler<Res>,
@@ -116,6 +152,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Primary { .. } => "primary",
+            State::NotReady { .. } => "not ready",
             State::Fallback { .. } => "fallback",
         };
         f.debug_struct("ResponseFuture")

@@ -4,7 +4,9 @@ use seawall_core::{BoxError, Name};
 use seawall_fallback::{Fallback, FallbackEvent, FallbackLayer, FromFn, ResponseFuture};
 use std::sync::{Arc, Mutex};
 use tokio_test::{assert_pending, assert_ready_ok};
-use tower::{buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, ServiceExt};
+use tower::{
+    buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, Service, ServiceExt,
+};
 use tower_test::mock;
 
 type Fb = FromFn<fn(seawall_fallback::Failed<&'static str>) -> Result<&'static str, BoxError>>;
@@ -98,4 +100,119 @@ fn services_and_futures_are_send_sync_static() {
             &'static str,
         >,
     >();
+}
+
+/// An inner service whose readiness fails `failures` times, then answers every call with "inner".
+#[derive(Clone)]
+struct NotReady {
+    failures: Arc<Mutex<u32>>,
+    calls: Arc<Mutex<u32>>,
+    error: fn() -> BoxError,
+}
+
+impl tower::Service<()> for NotReady {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let mut failures = self.failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return std::task::Poll::Ready(Err((self.error)()));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        *self.calls.lock().unwrap() += 1;
+        std::future::ready(Ok("inner"))
+    }
+}
+
+fn not_ready(failures: u32, error: fn() -> BoxError) -> NotReady {
+    NotReady {
+        failures: Arc::new(Mutex::new(failures)),
+        calls: Arc::new(Mutex::new(0)),
+        error,
+    }
+}
+
+#[tokio::test]
+async fn a_handled_readiness_error_is_answered_from_the_fallback() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let saw = seen.clone();
+    let layer = FallbackLayer::builder()
+        .on_event(move |_: &Name, e: &FallbackEvent| sink.lock().unwrap().push(*e))
+        .build_fn(move |failed: seawall_fallback::Failed<&'static str>| {
+            saw.lock()
+                .unwrap()
+                .push(failed.error().unwrap().to_string());
+            Ok("fallback")
+        })
+        .unwrap();
+    let inner = not_ready(1, || "worker gone".into());
+    let calls = inner.calls.clone();
+    let mut svc = layer.layer(inner);
+
+    // The readiness error is held back and answers the next call, which never reaches the inner
+    // service.
+    assert_eq!(
+        svc.ready().await.unwrap().call(()).await.unwrap(),
+        "fallback"
+    );
+    assert_eq!(*calls.lock().unwrap(), 0);
+    assert_eq!(*seen.lock().unwrap(), vec!["worker gone".to_string()]);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![FallbackEvent::Used { error: true }]
+    );
+
+    // The call after it polls the inner service ready again and reaches it.
+    assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "inner");
+    assert_eq!(*calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_unhandled_readiness_error_comes_out_of_poll_ready() {
+    #[derive(Debug)]
+    struct Other;
+    impl std::fmt::Display for Other {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("other")
+        }
+    }
+    impl std::error::Error for Other {}
+
+    let layer = FallbackLayer::builder()
+        .on_error_type::<Other>()
+        .build_fn(|_: seawall_fallback::Failed<&'static str>| Ok("fallback"))
+        .unwrap();
+    let mut svc = layer.layer(not_ready(1, || "worker gone".into()));
+    let err = svc.ready().await.map(|_| ()).unwrap_err();
+    assert_eq!(err.to_string(), "worker gone");
+    // A handled one of the same service is answered from the fallback.
+    let mut svc = layer.layer(not_ready(1, || Box::new(Other)));
+    assert_eq!(
+        svc.ready().await.unwrap().call(()).await.unwrap(),
+        "fallback"
+    );
+}
+
+#[tokio::test]
+async fn a_clone_does_not_inherit_a_held_back_readiness_error() {
+    let inner = not_ready(1, || "worker gone".into());
+    let mut svc = layer().layer(inner);
+    svc.ready().await.unwrap();
+    let mut clone = svc.clone();
+    assert_eq!(
+        clone.ready().await.unwrap().call(()).await.unwrap(),
+        "inner"
+    );
+    assert_eq!(svc.call(()).await.unwrap(), "fallback");
 }
