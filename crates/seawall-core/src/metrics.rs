@@ -100,7 +100,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         FALLBACK_USED,
         Kind::Counter,
-        "Failed calls answered by a seawall fallback.",
+        "Failed calls handed to a seawall fallback, whether or not it answered.",
     ),
     (
         FALLBACK_FAILED,
