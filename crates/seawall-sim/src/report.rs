@@ -42,6 +42,8 @@ pub struct ClientReport {
     pub curve: Vec<Duration>,
     /// Calls the backends received (attempts, retries and hedges included).
     pub backend_calls: u64,
+    /// Calls each backend received over the whole run.
+    pub calls_per_backend: Vec<u64>,
     /// Share of calls per backend, per time bucket of `bucket_ms`.
     pub share: Vec<Vec<f64>>,
     /// Width of a share bucket, milliseconds.
@@ -89,7 +91,9 @@ impl ClientReport {
         let bucket_ms = (run_ms / 200).max(10);
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
+        let mut calls_per_backend = vec![0u64; n];
         for &(at_ms, b) in &raw.calls {
+            calls_per_backend[b as usize] += 1;
             let i = (at_ms / bucket_ms) as usize;
             if let Some(row) = counts.get_mut(i) {
                 row[b as usize] += 1;
@@ -166,6 +170,7 @@ impl ClientReport {
             max: Duration::from_micros(h.max()),
             curve: CURVE.iter().map(|&q| at(q)).collect(),
             backend_calls: raw.calls.len() as u64,
+            calls_per_backend,
             share,
             bucket_ms,
             faults,
@@ -192,21 +197,17 @@ impl ClientReport {
     }
 
     /// Share of all calls each backend received over the whole run.
-    pub fn total_share(&self, backends: usize) -> Vec<f64> {
-        let mut totals = vec![0.0; backends];
-        let mut weight = 0.0;
-        for row in &self.share {
-            let s: f64 = row.iter().sum();
-            if s > 0.0 {
-                weight += 1.0;
-                for (t, v) in totals.iter_mut().zip(row) {
-                    *t += v;
-                }
-            }
-        }
-        totals
+    pub fn total_share(&self) -> Vec<f64> {
+        let total: u64 = self.calls_per_backend.iter().sum();
+        self.calls_per_backend
             .iter()
-            .map(|t| if weight > 0.0 { t / weight } else { 0.0 })
+            .map(|&calls| {
+                if total == 0 {
+                    0.0
+                } else {
+                    calls as f64 / total as f64
+                }
+            })
             .collect()
     }
 }
@@ -288,7 +289,7 @@ impl Report {
         let _ = writeln!(out);
         for c in &self.clients {
             let _ = write!(out, "{:<w$}", c.client);
-            for s in c.total_share(self.backends.len()) {
+            for s in c.total_share() {
                 let _ = write!(out, " {:>5.1}%", s * 100.0);
             }
             let _ = writeln!(out);

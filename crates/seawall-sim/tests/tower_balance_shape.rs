@@ -6,8 +6,7 @@ use std::time::Duration;
 
 #[test]
 fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
-    let scenario = builtin::tower_balance().with_requests(30_000);
-    let report = run(&scenario, 1).unwrap();
+    let report = run(&builtin::tower_balance(), 1).unwrap();
     let by = |label: &str| {
         report
             .clients
@@ -38,7 +37,7 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
             rr.p90
         );
         // And it sends the slowest endpoint far less than its round-robin share.
-        let share = p2c.total_share(report.backends.len());
+        let share = p2c.total_share();
         assert!(
             share[9] < 0.05,
             "{} share of the 1 s endpoint {}",
@@ -54,10 +53,9 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
         least.p99,
         ewma.p99
     );
-    // The documented target is p99.9 ≤ 0.5× tower's over 100k requests (0.29× with seed 1); over
-    // this shorter run, where the unmeasured start weighs more, it is 0.52×: hold it to 0.6×.
+    // The documented target: p99.9 ≤ 0.5× tower's (0.29× with seed 1).
     assert!(
-        least.p999 * 10 <= ewma.p999 * 6,
+        least.p999 * 2 <= ewma.p999,
         "least p99.9 {:?} vs tower {:?}",
         least.p999,
         ewma.p999
