@@ -59,12 +59,11 @@ async fn main() -> Result<(), BoxError> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!("metrics on http://{addr}/metrics");
 
-    // 3. The dependency: endpoint 2 fails every third call; `outage` fails them all.
+    // 3. The dependency: endpoint 2 fails every third call it gets; `outage` fails them all.
     let outage = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(AtomicU64::new(0));
-    let (o, c) = (outage.clone(), calls.clone());
+    let o = outage.clone();
     let discovery = discover::from_list(0..3u64, move |&id| {
-        let (outage, calls) = (o.clone(), c.clone());
+        let (outage, calls) = (o.clone(), Arc::new(AtomicU64::new(0)));
         service_fn(move |_req: http::Request<()>| {
             let n = calls.fetch_add(1, Relaxed);
             let fail = outage.load(Relaxed) || (id == 2 && n % 3 == 0);

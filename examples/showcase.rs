@@ -106,6 +106,8 @@ async fn serve(listener: TcpListener, app: Router) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
@@ -118,14 +120,15 @@ async fn serve(listener: TcpListener, app: Router) {
     }
 }
 
-async fn bind(addr: SocketAddr) -> TcpListener {
+/// Binds `addr` again, retrying for about a second while the old socket is let go of.
+async fn bind(addr: SocketAddr) -> Option<TcpListener> {
     for _ in 0..50 {
         if let Ok(listener) = TcpListener::bind(addr).await {
-            return listener;
+            return Some(listener);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("cannot bind {addr} again");
+    None
 }
 
 // ===== the clients =====
@@ -440,7 +443,13 @@ async fn main() -> Result<(), BoxError> {
         tokio::time::sleep_until(start + DIES_AT).await;
         dying.abort();
         tokio::time::sleep_until(start + BACK_AT).await;
-        let listener = bind(dying_addr).await;
+        let Some(listener) = bind(dying_addr).await else {
+            eprintln!(
+                "warning: cannot bind {dying_addr} again, so b4 stays down: \
+                 read its readmit figures as never"
+            );
+            return;
+        };
         serve(listener, dying_app).await;
     });
 
