@@ -2,7 +2,7 @@ use crate::{
     backoff::Backoff,
     budget::RetryBudget,
     layer::Settings,
-    policy::{ByClone, Classified, HttpPolicy},
+    policy::{ByClone, Classified, HttpPolicy, Ignoring},
     RetryEvent, RetryLayer,
 };
 use seawall_core::{config, ConfigError, Listener, Listeners, Name};
@@ -135,6 +135,40 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// honoured. See [`HttpPolicy`] to change any of it.
     pub fn http(self) -> RetryConfigBuilder<HttpPolicy, K> {
         self.policy(HttpPolicy::new())
+    }
+
+    /// Returns errors of type `E` (found anywhere in an error's `source()` chain) at once, not
+    /// retried, whatever the policy chosen so far says; see [`Ignoring`]. Call it after
+    /// [`policy`](Self::policy), [`classify`](Self::classify) or [`http`](Self::http), which
+    /// replace the policy; call it again for another type.
+    ///
+    /// Above all for a circuit breaker's `Open` under the retry: its wait is seconds, a backoff
+    /// tens of milliseconds, so retrying it only waits to be rejected again, and spends the
+    /// budget real failures need once the breaker closes. The client stack's retry ignores
+    /// `Open`.
+    ///
+    /// ```
+    /// use seawall::{breaker::Open, retry::RetryLayer};
+    ///
+    /// let retry = RetryLayer::builder().http().ignore_error::<Open>().build()?;
+    /// # Ok::<(), seawall::core::ConfigError>(())
+    /// ```
+    pub fn ignore_error<E: std::error::Error + 'static>(
+        self,
+    ) -> RetryConfigBuilder<Ignoring<P, E>, K> {
+        let policy = Ignoring::new(self.policy);
+        RetryConfigBuilder {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            per_attempt_timeout: self.per_attempt_timeout,
+            budget: self.budget,
+            seed: self.seed,
+            name: self.name,
+            listeners: self.listeners,
+            policy,
+            cloner: self.cloner,
+        }
     }
 
     /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a

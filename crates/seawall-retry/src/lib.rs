@@ -123,7 +123,7 @@ pub use error::BudgetExhausted;
 pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeDelay, HedgeEvent, HedgeLayer};
 pub use layer::RetryLayer;
-pub use policy::{ByClone, Classified, CloneRequest, HttpPolicy, NeverClone, Policy};
+pub use policy::{ByClone, Classified, CloneRequest, HttpPolicy, Ignoring, NeverClone, Policy};
 pub use seawall_core::deadline::{Elapsed, RequestDeadline};
 pub use service::Retry;
 

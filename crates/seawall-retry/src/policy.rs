@@ -10,6 +10,10 @@
 //! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
 //! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) unless opted in | 5xx, 429 and errors (connection refused, reset, timed out) | `Retry-After` on 429 and 503 |
 //!
+//! [`Ignoring`] wraps either so that errors of one type are returned at once, not retried: a
+//! circuit breaker's `Open` above all (see
+//! [`ignore_error`](crate::RetryConfigBuilder::ignore_error)).
+//!
 //! A [`CloneRequest`] makes each attempt's copy of the request: [`ByClone`] (the default) uses
 //! `Clone`, a closure `Fn(&Req) -> Option<Req>` decides per request, and [`NeverClone`] turns
 //! retries off. A request that cannot be copied is sent once.
@@ -21,7 +25,7 @@ use seawall_core::{
     classify::{self, DefaultClassifier, HttpClassifier},
     BoxError, Classify, Outcome,
 };
-use std::time::Duration;
+use std::{error::Error, fmt, marker::PhantomData, time::Duration};
 
 /// Decides what the retry and hedge layers may send again; see the [module docs](self).
 pub trait Policy<Req, Res> {
@@ -48,6 +52,75 @@ pub trait Policy<Req, Res> {
     /// do.
     fn uses_elapsed(&self) -> bool {
         true
+    }
+}
+
+/// A [`Policy`] that returns errors of type `E` at once: an attempt whose error has an `E`
+/// anywhere in its `source()` chain is [`Outcome::Ignored`], so it is neither retried (nor, by a
+/// hedge, passed over) nor counted by a token-bucket budget. Everything else is as `P` says.
+/// Made by [`ignore_error`](crate::RetryConfigBuilder::ignore_error).
+pub struct Ignoring<P, E> {
+    policy: P,
+    error: PhantomData<fn() -> E>,
+}
+
+impl<P, E> Ignoring<P, E> {
+    /// `policy`, returning errors of type `E` at once.
+    pub fn new(policy: P) -> Self {
+        Ignoring {
+            policy,
+            error: PhantomData,
+        }
+    }
+
+    /// The policy for everything else.
+    pub fn get_ref(&self) -> &P {
+        &self.policy
+    }
+}
+
+impl<Req, Res, P, E> Policy<Req, Res> for Ignoring<P, E>
+where
+    P: Policy<Req, Res>,
+    E: Error + 'static,
+{
+    #[inline]
+    fn is_retryable(&self, request: &Req) -> bool {
+        self.policy.is_retryable(request)
+    }
+
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome {
+        match result {
+            Err(error) if seawall_core::error::is::<E>(&**error) => Outcome::Ignored,
+            result => self.policy.classify(result, elapsed),
+        }
+    }
+
+    #[inline]
+    fn retry_after(&self, response: &Res) -> Option<Duration> {
+        self.policy.retry_after(response)
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        self.policy.uses_elapsed()
+    }
+}
+
+impl<P: Clone, E> Clone for Ignoring<P, E> {
+    fn clone(&self) -> Self {
+        Ignoring::new(self.policy.clone())
+    }
+}
+
+impl<P: Copy, E> Copy for Ignoring<P, E> {}
+
+impl<P: fmt::Debug, E> fmt::Debug for Ignoring<P, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ignoring")
+            .field("policy", &self.policy)
+            .field("error", &std::any::type_name::<E>())
+            .finish()
     }
 }
 
@@ -314,6 +387,96 @@ mod tests {
         let answer = layer.layer(inner).oneshot(Ping).await.unwrap();
         assert_eq!(answer, 1, "the slow first answer was retried");
         assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[derive(Debug)]
+    struct Refused;
+    impl fmt::Display for Refused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("refused")
+        }
+    }
+    impl Error for Refused {}
+
+    /// An error that has another as its source.
+    #[derive(Debug)]
+    struct Wrapped(Refused);
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrapped {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn ignoring_returns_its_error_type_and_defers_the_rest() {
+        let p: &P = &Ignoring::<_, Refused>::new(HttpPolicy::new());
+        let refused: BoxError = Box::new(Refused);
+        let wrapped: BoxError = Box::new(Wrapped(Refused));
+        let other: BoxError = "connection reset".into();
+        assert_eq!(p.classify(Err(&refused), Duration::ZERO), Outcome::Ignored);
+        assert_eq!(p.classify(Err(&wrapped), Duration::ZERO), Outcome::Ignored);
+        assert_eq!(p.classify(Err(&other), Duration::ZERO), Outcome::Failure);
+        assert_eq!(
+            p.classify(Ok(&status(503)), Duration::ZERO),
+            Outcome::Failure
+        );
+        assert_eq!(
+            p.classify(Ok(&status(200)), Duration::ZERO),
+            Outcome::Success
+        );
+        assert!(!p.is_retryable(&Request::post("/").body(()).unwrap()));
+        assert!(p.is_retryable(&Request::get("/").body(()).unwrap()));
+        let busy = Response::builder()
+            .status(503)
+            .header("retry-after", "2")
+            .body(())
+            .unwrap();
+        assert_eq!(p.retry_after(&busy), Some(Duration::from_secs(2)));
+        assert!(!p.uses_elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ignored_error_is_returned_at_once() {
+        use crate::{RetryBudget, RetryLayer};
+        use seawall_core::error::is;
+        use std::sync::{
+            atomic::{AtomicU32, Ordering},
+            Arc,
+        };
+        use tokio::time::Instant;
+        use tower::{service_fn, Layer, ServiceExt};
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        // Refused first, then a plain failure, then an answer.
+        let inner = service_fn(move |_: Ping| {
+            let n = counted.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(match n % 3 {
+                0 => Err::<u8, BoxError>(Box::new(Wrapped(Refused))),
+                1 => Err("reset".into()),
+                _ => Ok(7),
+            })
+        });
+        let layer = RetryLayer::builder()
+            .budget(RetryBudget::unlimited())
+            .ignore_error::<Refused>()
+            .build()
+            .unwrap();
+        let svc = layer.layer(inner);
+
+        let start = Instant::now();
+        let err = svc.clone().oneshot(Ping).await.unwrap_err();
+        assert!(is::<Refused>(&*err), "{err}");
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "not retried");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no backoff");
+        // Any other failure is still retried.
+        assert_eq!(svc.oneshot(Ping).await.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
     }
 
     #[test]

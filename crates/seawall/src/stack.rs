@@ -16,7 +16,8 @@
 //!   request), and it cancels an attempt still running then, which records no outcome below;
 //! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
 //!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
-//!   an open breaker fails retries at once, without load on the dependency;
+//!   an open breaker rejects an attempt without load on the dependency, and its rejection is
+//!   returned at once rather than retried;
 //! - the **breaker** and **bulkhead** protect the dependency as a whole, over all its endpoints;
 //! - the **balancer** skips endpoints that outlier detection ejected or whose own breaker is open;
 //! - the **per-endpoint breaker** counts one endpoint's failures, per-try timeouts included,
@@ -40,7 +41,7 @@
 //! |---|---|---|---|
 //! | fallback | none | [`fallback`](ClientStackBuilder::fallback) | — |
 //! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
-//! | retry | [`RetryLayer::new`]: 3 attempts, exponential backoff, 20 % budget | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`](crate::breaker::Open) is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
 //! | breaker | [`BreakerLayer::new`] | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
 //! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection | [`balance`](ClientStackBuilder::balance) | — |
@@ -89,6 +90,7 @@
 //!     .retry(
 //!         RetryLayer::builder()
 //!             .http()
+//!             .ignore_error::<Open>()
 //!             .budget(RetryBudget::builder().ratio(0.1).build()?)
 //!             .name("users-api")
 //!             .build()?,
@@ -111,10 +113,10 @@
 
 use crate::{
     balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
-    breaker::{Breaker, BreakerLayer, BreakerSet},
+    breaker::{Breaker, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
     core::{BoxError, ConfigError, RequestDeadline},
-    retry::RetryLayer,
+    retry::{policy::Classified, Ignoring, RetryLayer},
     timeout::{Timeout, TimeoutLayer},
 };
 use futures_core::Stream;
@@ -203,7 +205,7 @@ impl<Req, Res> fmt::Debug for ClientStack<Req, Res> {
 pub struct ClientStackBuilder<
     Fb = Identity,
     To = TimeoutLayer,
-    Rt = RetryLayer,
+    Rt = RetryLayer<Ignoring<Classified, Open>>,
     Br = BreakerLayer,
     Bh = BulkheadLayer,
     Ba = BalanceConfigBuilder,
@@ -228,7 +230,10 @@ impl ClientStackBuilder {
             fallback: Identity::new(),
             timeout: TimeoutLayer::new(DEFAULT_TIMEOUT),
             total: Some(DEFAULT_TIMEOUT),
-            retry: RetryLayer::new(),
+            retry: RetryLayer::builder()
+                .ignore_error::<Open>()
+                .build()
+                .expect("the default retry is valid"),
             breaker: BreakerLayer::new(),
             bulkhead: BulkheadLayer::builder()
                 .max_concurrent(DEFAULT_BULKHEAD_LIMIT)
@@ -308,7 +313,9 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     }
 
     /// The retry layer. Share its [`RetryBudget`](crate::retry::RetryBudget) with every other
-    /// client of the same dependency.
+    /// client of the same dependency, and build it with
+    /// [`ignore_error::<Open>()`](crate::retry::RetryConfigBuilder::ignore_error), as the default
+    /// is, unless an open breaker's rejection should wait out a backoff and be tried again.
     pub fn retry<R2>(self, retry: R2) -> ClientStackBuilder<Fb, To, R2, Br, Bh, Ba, Eb> {
         ClientStackBuilder {
             fallback: self.fallback,

@@ -284,6 +284,28 @@ async fn the_breaker_sees_every_attempt_of_the_retry_above_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_default_retry_returns_an_open_breakers_rejection_at_once() {
+    let calls = Calls::default();
+    let breaker = BreakerLayer::new();
+    let handle = breaker.handle();
+    let client = ClientStack::builder()
+        .breaker(breaker)
+        .build(endpoints(&["good-1"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    handle.force_open();
+    let start = Instant::now();
+    let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Open>(&*err), "{err}");
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff before the answer");
+    assert_eq!(calls.get("good-1"), 0);
+    // Once it closes, calls go through.
+    handle.reset();
+    client.oneshot(Req::default()).await.unwrap();
+    assert_eq!(calls.get("good-1"), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_total_timeout_bounds_the_retries() {
     let calls = Calls::default();
     let retry = RetryLayer::builder()
