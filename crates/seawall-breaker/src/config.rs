@@ -21,7 +21,9 @@ pub enum SlidingWindow {
     /// The last `n` calls (Resilience4j's `COUNT_BASED`). `n` in `1..=1_000_000`.
     Count(u32),
     /// The calls of the last `length`, kept in `buckets` buckets of `length / buckets` each
-    /// (Resilience4j's `TIME_BASED`, Polly's sampling duration). `buckets` in `1..=1000`.
+    /// (Resilience4j's `TIME_BASED`, Polly's sampling duration). `buckets` in `1..=1000`. A
+    /// bucket counts its first 32,767 calls exactly and a random sample of any further ones,
+    /// weighted so that the window's rates stay unbiased (see [`window`](crate::window)).
     Time {
         /// How far back the window reaches.
         length: Duration,
@@ -200,7 +202,7 @@ impl BreakerConfigBuilder {
     }
 
     /// How many counted calls the window must hold before a rate can trip the breaker.
-    /// Default 20; at most the size of a count window.
+    /// Default 20; at most the size of a count window, and at most 1,000,000 for a time window.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.minimum_calls = calls;
         self
@@ -209,7 +211,9 @@ impl BreakerConfigBuilder {
     /// Trip when failures / counted calls in the window reach this share, in `(0, 1]`.
     /// Default 0.5. In HalfOpen the probes' failure rate is judged against it too. Rates are
     /// compared in whole parts per million: a threshold between two is rounded up, and one below
-    /// a millionth counts as a millionth, so the breaker never trips below the configured rate.
+    /// a millionth counts as a millionth, so the breaker never trips below the configured rate
+    /// while the window counts exactly (a time bucket past 32,767 calls counts a sample; see
+    /// [`window`](crate::window) for its error).
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
         self.failure_rate = Some(threshold);
         self
@@ -329,31 +333,27 @@ impl BreakerConfigBuilder {
                     Duration::from_micros(buckets as u64),
                     MAX_DURATION,
                 )?;
-                // A window never holds more calls than its buckets can count.
-                buckets
-                    .saturating_mul(window::MAX_BUCKET_CALLS)
-                    .min(window::MAX_COUNT_WINDOW)
+                // A time window counts any number of calls (past what a bucket counts exactly, a
+                // sample of them); `minimum_calls` has the bound of the largest count window.
+                window::MAX_COUNT_WINDOW
             }
         };
-        check_range("minimum_calls", self.minimum_calls, 1, window_limit).map_err(|err| {
-            if self.minimum_calls > window_limit && self.minimum_calls <= window::MAX_COUNT_WINDOW {
-                let what = match self.window {
-                    SlidingWindow::Count(_) => "the count window".to_string(),
-                    SlidingWindow::Time { buckets, .. } => {
-                        format!("what a time window of {buckets} buckets counts")
-                    }
-                };
-                ConfigError::conflict(
-                    "minimum_calls",
-                    format!(
-                        "must not exceed {what} ({window_limit}), got {}",
-                        self.minimum_calls
-                    ),
-                )
-            } else {
-                err
-            }
-        })?;
+        check_range("minimum_calls", self.minimum_calls, 1, window_limit).map_err(
+            |err| match self.window {
+                SlidingWindow::Count(n)
+                    if self.minimum_calls > n && self.minimum_calls <= window::MAX_COUNT_WINDOW =>
+                {
+                    ConfigError::conflict(
+                        "minimum_calls",
+                        format!(
+                            "must not exceed the count window ({n}), got {}",
+                            self.minimum_calls
+                        ),
+                    )
+                }
+                _ => err,
+            },
+        )?;
         if let Some(rate) = self.failure_rate {
             check_rate("failure_rate_threshold", rate)?;
         }
@@ -485,8 +485,8 @@ mod tests {
             (
                 err(b()
                     .sliding_window(SlidingWindow::time_with_buckets(Duration::from_secs(10), 2))
-                    .minimum_calls(200_000)),
-                "minimum_calls must not exceed what a time window of 2 buckets counts (131070), got 200000",
+                    .minimum_calls(1_000_001)),
+                "minimum_calls must be in 1..=1000000, got 1000001",
             ),
             (
                 err(b().permitted_probes(0)),
@@ -549,5 +549,18 @@ mod tests {
             .build_config()
             .unwrap();
         assert_eq!(config.max_wait, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_time_window_takes_any_minimum_calls_up_to_a_million() {
+        for buckets in [1, 2, 1000] {
+            let window = SlidingWindow::time_with_buckets(Duration::from_secs(1), buckets);
+            let config = BreakerConfig::builder()
+                .sliding_window(window)
+                .minimum_calls(1_000_000)
+                .build_config()
+                .unwrap();
+            assert_eq!(config.minimum_calls, 1_000_000);
+        }
     }
 }

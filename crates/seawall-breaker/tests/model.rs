@@ -402,7 +402,8 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (any::<usize>(), outcome(), prop_oneof![Just(0u64), Just(10), Just(60), 0..200u64])
             .prop_map(|(index, outcome, elapsed_ms)| Op::Complete { index, outcome, elapsed_ms }),
         1 => any::<usize>().prop_map(Op::Cancel),
-        // 6,553,600 ms is 65,536 buckets of 100 ms: a bucket's 16-bit stamp comes round again.
+        // 6,553,600 ms is 65,536 buckets of 100 ms, a multiple of the 16,384 stamps a bucket has:
+        // its stamp comes round again.
         3 => prop_oneof![
             0..50u64,
             50..400u64,
