@@ -110,6 +110,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// Decides what is retried with `policy`. Each call takes a clone of it (as tower's `Retry`
     /// does its policy), so keep it cheap to clone: put large state behind an `Arc`.
     pub fn policy<P2>(self, policy: P2) -> RetryConfigBuilder<P2, K> {
+        self.map_policy(|_| policy)
+    }
+
+    fn map_policy<P2>(self, f: impl FnOnce(P) -> P2) -> RetryConfigBuilder<P2, K> {
         RetryConfigBuilder {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
@@ -119,7 +123,7 @@ impl<P, K> RetryConfigBuilder<P, K> {
             seed: self.seed,
             name: self.name,
             listeners: self.listeners,
-            policy,
+            policy: f(self.policy),
             cloner: self.cloner,
         }
     }
@@ -156,19 +160,7 @@ impl<P, K> RetryConfigBuilder<P, K> {
     pub fn ignore_error<E: std::error::Error + 'static>(
         self,
     ) -> RetryConfigBuilder<Ignoring<P, E>, K> {
-        let policy = Ignoring::new(self.policy);
-        RetryConfigBuilder {
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            retry_after_cap: self.retry_after_cap,
-            per_attempt_timeout: self.per_attempt_timeout,
-            budget: self.budget,
-            seed: self.seed,
-            name: self.name,
-            listeners: self.listeners,
-            policy,
-            cloner: self.cloner,
-        }
+        self.map_policy(Ignoring::new)
     }
 
     /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a

@@ -297,7 +297,11 @@ async fn the_default_retry_returns_an_open_breakers_rejection_at_once() {
     let start = Instant::now();
     let err = client.clone().oneshot(Req::default()).await.unwrap_err();
     assert!(is::<Open>(&*err), "{err}");
-    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff before the answer");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no backoff before the answer"
+    );
     assert_eq!(calls.get("good-1"), 0);
     // Once it closes, calls go through.
     handle.reset();
