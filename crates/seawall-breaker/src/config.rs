@@ -284,16 +284,19 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// How long HalfOpen waits for its probes' results before it gives up on them and opens
-    /// again (a probe that hangs must not hold the breaker). Default 30 s.
+    /// How long HalfOpen waits for its probes' results, counted from the first probe it admits,
+    /// before it gives up on them and opens again (a probe that hangs must not hold the
+    /// breaker). A HalfOpen that has admitted no probe waits for its next call without a limit.
+    /// Default 30 s.
     pub fn max_wait_in_half_open(mut self, bound: Duration) -> Self {
         self.max_wait_in_half_open = bound;
         self
     }
 
-    /// Move Open → HalfOpen (and a HalfOpen past its bound → Open) on a timer, so that listeners
-    /// and metrics see it when it is due, instead of lazily on the next call. Needs a tokio
-    /// runtime when the breaker opens; without one the move stays lazy. Default `false`.
+    /// Move Open → HalfOpen (and a HalfOpen whose probes outlived their bound → Open) on a
+    /// timer, so that listeners and metrics see it when it is due, instead of lazily on the next
+    /// call. Needs a tokio runtime when the breaker opens; without one the move stays lazy.
+    /// Default `false`.
     pub fn eager_half_open(mut self, eager: bool) -> Self {
         self.eager_half_open = eager;
         self

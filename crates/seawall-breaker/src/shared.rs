@@ -184,6 +184,15 @@ impl Observer for Shared {
     fn on_probe_released(&self) {
         self.notify.notify_waiters();
     }
+
+    fn on_bound_started(&self) {
+        // A caller that waits (backpressure) and was rejected before the bound was written has
+        // no deadline to sleep to: let it ask again.
+        self.notify.notify_waiters();
+        if self.eager {
+            self.schedule_deadline();
+        }
+    }
 }
 
 impl fmt::Debug for Shared {

@@ -13,6 +13,8 @@
 //! - `until`: when the current Open period ends, or when the current HalfOpen gives up on its
 //!   probes, in milliseconds, tagged with the low 24 bits of the generation it belongs to. Written
 //!   right after the state change; until it is, the state's deadline reads as not yet reached.
+//!   HalfOpen's bound guards against probes that hang, so it starts with the first probe: the
+//!   change writes `NO_BOUND` and the call that takes the first slot writes the bound.
 //!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
 //!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
@@ -106,7 +108,7 @@ pub struct Transition {
     /// The generation the breaker entered.
     pub generation: u64,
     /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
-    /// HalfOpen: how long it waits for its probes.
+    /// HalfOpen: how long it waits for its probes, counted from the first probe it admits.
     pub wait: Option<Duration>,
 }
 
@@ -123,6 +125,10 @@ pub trait Observer {
     /// A HalfOpen probe slot was handed back (an ignored or cancelled probe): a waiting caller may
     /// now be admitted.
     fn on_probe_released(&self) {}
+
+    /// A HalfOpen admitted its first probe, which started its bound: [`Machine::deadline`] now
+    /// has a value to wait for.
+    fn on_bound_started(&self) {}
 }
 
 impl Observer for () {}
@@ -313,6 +319,9 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const UNTIL_BITS: u32 = 40;
 const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
 const NANOS_PER_MILLI: u64 = 1_000_000;
+/// The deadline of a HalfOpen that has admitted no probe yet: the end of the range, which reads
+/// as no bound at all (see [`Machine::half_open_bound`]).
+const NO_BOUND: u64 = UNTIL_MASK;
 
 /// A deadline `wait` after `from` (nanoseconds), as stored: whole milliseconds, rounded up, cut
 /// to the end of the range.
@@ -578,7 +587,12 @@ impl Machine {
                         continue;
                     }
                     match self.take_probe(generation) {
-                        Some(true) => return Ok(permit(PermitKind::Probe)),
+                        Some(true) => {
+                            if deadline.is_none() && self.start_bound(generation, now.get()) {
+                                observer.on_bound_started();
+                            }
+                            return Ok(permit(PermitKind::Probe));
+                        }
                         Some(false) => return self.reject(mode, generation, deadline, count),
                         None => {}
                     }
@@ -669,6 +683,29 @@ impl Machine {
                 Err(actual) => word = actual,
             }
         }
+    }
+
+    /// Starts the bound of HalfOpen `generation` at `now`, unless it has started already (or a
+    /// newer generation wrote its deadline). Returns whether this call started it.
+    fn start_bound(&self, generation: u64, now: u64) -> bool {
+        let tag = tag_of(generation);
+        let bound = until_ms(now, self.rules.half_open_nanos);
+        let unset = (tag << UNTIL_BITS) | NO_BOUND;
+        let mut word = self.until.load(Ordering::Acquire);
+        // The change into this HalfOpen may not have written its tag yet: writing the bound
+        // first is fine, the change leaves a deadline of its own generation in place.
+        while word == unset || tag_is_older(word >> UNTIL_BITS, generation) {
+            match self.until.compare_exchange_weak(
+                word,
+                (tag << UNTIL_BITS) | bound,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return bound != NO_BOUND,
+                Err(actual) => word = actual,
+            }
+        }
+        false
     }
 
     /// Hands back a permit with the call's outcome and how long it took. `now` is read only when
@@ -813,17 +850,20 @@ impl Machine {
             .then(|| (until & UNTIL_MASK).saturating_mul(NANOS_PER_MILLI))
     }
 
-    /// HalfOpen `generation`'s bound: its deadline, unless that was cut to the end of the
-    /// deadline range (a clock some 34.8 years past the breaker's start, or not counted from
-    /// it). Then the probes decide alone: a bound already due would reopen the breaker, whose
-    /// wait, as cut, is over at once, and so round forever.
+    /// HalfOpen `generation`'s bound: its deadline, unless no probe has started it yet
+    /// ([`NO_BOUND`]: a HalfOpen without probes has nothing to give up on, and waits for its
+    /// next call however long that takes) or it was cut to the end of the deadline range (a
+    /// clock some 34.8 years past the breaker's start, or not counted from it). Then the probes
+    /// decide alone: a bound already due would reopen the breaker, whose wait, as cut, is over at
+    /// once, and so round forever.
     fn half_open_bound(&self, generation: u64) -> Option<u64> {
         self.until_of(generation)
             .filter(|&deadline| deadline < UNTIL_MASK * NANOS_PER_MILLI)
     }
 
     /// When (nanoseconds) the current state's deadline falls: the end of Open, or HalfOpen's
-    /// bound. `None` in other states, or just after a change before the deadline is written.
+    /// bound once its first probe has started it. `None` in other states, in a HalfOpen that has
+    /// admitted no probe, or just after a change before the deadline is written.
     pub fn deadline(&self) -> Option<u64> {
         let word = self.state.load(Ordering::Acquire);
         match mode_of(word) & !SHADOW {
@@ -833,8 +873,8 @@ impl Machine {
         }
     }
 
-    /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open. Returns the
-    /// state after.
+    /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open (only once
+    /// a probe has started its bound). Returns the state after.
     pub fn tick<O: Observer + ?Sized>(&self, now: u64, observer: &O) -> State {
         loop {
             let word = self.state.load(Ordering::Acquire);
@@ -933,7 +973,11 @@ impl Machine {
         // has no deadline or probes: a tag left behind by more than half the tags' range would
         // read as newer than every generation after it, and the next Open would never get its
         // deadline, or the next HalfOpen its probe slots.
-        self.advance_until(generation, wait.map_or(0, |wait| until_ms(now, wait)));
+        let until = match to & !SHADOW {
+            HALF_OPEN => NO_BOUND,
+            _ => wait.map_or(0, |wait| until_ms(now, wait)),
+        };
+        self.advance_until(generation, until);
         if to & !SHADOW != HALF_OPEN {
             self.advance_probes(generation);
         }
@@ -990,13 +1034,13 @@ impl Machine {
         }
     }
 
-    /// Writes the deadline of `generation`, unless a newer generation already wrote its own.
+    /// Writes the deadline of `generation`, unless it has one already (a HalfOpen's first probe
+    /// can start its bound before the change writes) or a newer generation wrote its own.
     fn advance_until(&self, generation: u64, until_ms: u64) {
         let next = (tag_of(generation) << UNTIL_BITS) | until_ms;
         let mut word = self.until.load(Ordering::Acquire);
         loop {
-            let tag = word >> UNTIL_BITS;
-            if tag != tag_of(generation) && !tag_is_older(tag, generation) {
+            if !tag_is_older(word >> UNTIL_BITS, generation) {
                 return;
             }
             match self

@@ -227,12 +227,19 @@ async fn eager_half_open_moves_on_a_timer() {
     // No call arrives; the timer moves the breaker and listeners see it.
     states.changed().await.unwrap();
     assert_eq!(*states.borrow_and_update(), State::HalfOpen);
+    // Without a probe there is nothing to give up on: no further move, however long it waits.
+    let quiet = tokio::time::timeout(Duration::from_secs(60), states.changed()).await;
+    assert!(quiet.is_err(), "no probe, no bound");
+    // A probe that hangs starts the bound, and the timer re-opens the breaker 3 s later.
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    let start = tokio::time::Instant::now();
     states.changed().await.unwrap();
     assert_eq!(
         *states.borrow_and_update(),
         State::Open,
-        "no probe within 3 s"
+        "no verdict within 3 s of the probe"
     );
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
     let seen: Vec<_> = seen
         .lock()
         .unwrap()
@@ -247,6 +254,7 @@ async fn eager_half_open_moves_on_a_timer() {
             (State::HalfOpen, State::Open)
         ]
     );
+    hung.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -359,4 +367,118 @@ fn a_clock_past_the_deadline_range_does_not_spin() {
         answers.0.is_some(),
         "past its wait, a call is let through: {answers:?}"
     );
+}
+
+/// One probe, trips on the first failure, waits 1 s growing to 8 s, HalfOpen bound 2 s.
+fn idle_breaker() -> BreakerConfigBuilder {
+    breaker()
+        .permitted_probes(1)
+        .backoff(2.0, Duration::from_secs(8))
+        .max_wait_in_half_open(Duration::from_secs(2))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_eager_half_open_waits_for_its_probe_without_tripping() {
+    let (seen, listener) = recorder();
+    let layer = idle_breaker()
+        .eager_half_open(true)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.snapshot().trips, 1);
+
+    // No call for ten minutes: the timer moves the breaker to HalfOpen once, and there it stays.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(
+        handle.snapshot().trips,
+        1,
+        "no probe was taken, none failed"
+    );
+    assert_eq!(handle.remaining_wait(), None, "no probe to bound yet");
+    let moves: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        moves,
+        [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
+    );
+
+    // The first call is the probe, and its success closes the breaker.
+    let before = reached.get();
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), before + 1);
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().trips, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_breaker_polled_by_a_dashboard_does_not_escalate() {
+    let layer = idle_breaker().build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+
+    // A dashboard asks every second; each look applies a deadline that has passed.
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snapshot = handle.snapshot();
+        assert_eq!(snapshot.trips, 1, "at {:?}", snapshot.time_in_state);
+    }
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert!(svc.is_call_permitted());
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_half_open_bound_runs_from_the_first_probe() {
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .permitted_probes(2)
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .eager_half_open(true)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    // Quiet for 5 s, then a probe that hangs: the bound starts with it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.snapshot().probes_in_use, 1);
+    assert_eq!(handle.remaining_wait(), Some(Duration::from_secs(2)));
+    // A second probe does not move the bound.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.remaining_wait(), Some(Duration::from_secs(1)));
+
+    // The eager timer re-opens the breaker at the bound, without anyone asking.
+    let mut states = handle.subscribe();
+    states.borrow_and_update();
+    states.changed().await.unwrap();
+    assert_eq!(*states.borrow_and_update(), State::Open);
+    assert_eq!(handle.snapshot().trips, 2);
+    let last = seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!((last.from, last.to), (State::HalfOpen, State::Open));
+    assert_eq!(
+        last.wait,
+        Some(Duration::from_secs(2)),
+        "the next wait grew"
+    );
+    hung.abort();
+    second.abort();
 }

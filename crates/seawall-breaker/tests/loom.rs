@@ -162,6 +162,54 @@ fn half_open_admits_at_most_its_probes() {
 }
 
 #[test]
+fn the_first_probe_starts_the_bound_whatever_the_order() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+        open(&m);
+        // A look at the state (which takes no probe) and a call find the wait over at once. When
+        // the look moves the breaker to HalfOpen, the call may take the first probe, and start
+        // the bound, before the move has written its deadline.
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || m.tick(2 * MS, &()))
+        };
+        let b = m.acquire(|| 2 * MS, &()).ok().map(|p| p.kind());
+        a.join().unwrap();
+        assert_eq!(m.state(), State::HalfOpen);
+        match b {
+            Some(kind) => {
+                assert_eq!(kind, PermitKind::Probe);
+                assert_eq!(
+                    m.deadline(),
+                    Some(1_002 * MS),
+                    "bounded from the first probe"
+                );
+            }
+            // A call that read Open just before the move may be turned away; then no probe has
+            // started the bound.
+            None => assert_eq!(m.deadline(), None),
+        }
+    });
+}
+
+#[test]
+fn a_half_open_without_probes_has_no_bound() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        assert_eq!(m.tick(2 * MS, &()), State::HalfOpen);
+        assert_eq!(m.deadline(), None);
+        assert_eq!(m.tick(10_000 * MS, &()), State::HalfOpen);
+        assert_eq!(m.snapshot(10_000 * MS).trips, 1);
+        let probe = m.acquire(|| 10_000 * MS, &()).unwrap();
+        assert_eq!(probe.kind(), PermitKind::Probe);
+        assert_eq!(m.deadline(), Some(11_000 * MS));
+        assert_eq!(m.tick(11_000 * MS, &()), State::Open);
+        assert_eq!(m.snapshot(11_000 * MS).trips, 2);
+    });
+}
+
+#[test]
 fn an_ignored_probe_hands_its_slot_back() {
     loom::model(|| {
         let m = machine(builder().consecutive_failures(1).permitted_probes(1));

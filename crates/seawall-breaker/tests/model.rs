@@ -84,7 +84,8 @@ enum Phase {
         until: u64,
     },
     HalfOpen {
-        deadline: u64,
+        /// Set by the first probe: the bound guards against probes that hang.
+        deadline: Option<u64>,
         taken: u32,
         results: Vec<(bool, bool)>,
     },
@@ -192,7 +193,7 @@ impl Model {
                 Phase::Open { until }
             }
             Phase::HalfOpen { .. } => Phase::HalfOpen {
-                deadline: ceil_ms(now + self.p.half_open_ms * MS),
+                deadline: None,
                 taken: 0,
                 results: Vec::new(),
             },
@@ -206,7 +207,7 @@ impl Model {
 
     fn half_open(&mut self, now: u64) {
         let phase = Phase::HalfOpen {
-            deadline: 0,
+            deadline: None,
             taken: 0,
             results: vec![],
         };
@@ -251,12 +252,13 @@ impl Model {
                 Phase::HalfOpen {
                     deadline, taken, ..
                 } => {
-                    if now >= *deadline {
+                    if let Some(at) = deadline.filter(|&deadline| now >= deadline) {
                         // Open as of the bound the HalfOpen ran out at.
-                        let at = *deadline;
                         self.open(at);
                     } else if *taken < self.p.probes {
                         *taken += 1;
+                        // The first probe starts the bound.
+                        deadline.get_or_insert(ceil_ms(now + self.p.half_open_ms * MS));
                         return permit(PermitKind::Probe);
                     } else {
                         return self.reject();
@@ -310,8 +312,7 @@ impl Model {
                 else {
                     unreachable!("a probe of the current generation means HalfOpen")
                 };
-                if now >= *deadline {
-                    let at = *deadline;
+                if let Some(at) = deadline.filter(|&deadline| now >= deadline) {
                     self.open(at);
                     return;
                 }
@@ -343,7 +344,10 @@ impl Model {
         loop {
             match self.phase {
                 Phase::Open { until } if now >= until => self.half_open(now),
-                Phase::HalfOpen { deadline, .. } if now >= deadline => self.open(deadline),
+                Phase::HalfOpen {
+                    deadline: Some(deadline),
+                    ..
+                } if now >= deadline => self.open(deadline),
                 _ => return,
             }
         }
@@ -645,6 +649,15 @@ fn model_walkthrough() {
         Op::Admit,
         Op::Advance(600),
         Op::Tick, // hung probe: back to Open
+        Op::Advance(400),
+        Op::Tick, // HalfOpen, no probe yet
+        Op::Advance(100_000),
+        Op::Tick,  // no probe, nothing to bound: still HalfOpen, no trip
+        Op::Admit, // the probe, which starts the bound
+        Op::Advance(499),
+        Op::Tick,
+        Op::Advance(1),
+        Op::Tick, // the probe hung: back to Open
         Op::Manual(Manual::MetricsOnly),
         Op::Admit,
         Op::Admit,
