@@ -1,7 +1,7 @@
 //! [`BreakerSet`]: one breaker per key (per host, per endpoint), created on demand, bounded.
 
 use crate::{config::BreakerConfig, handle::BreakerHandle, layer::BreakerLayer, state::State};
-use seawall_core::{classify::DefaultClassifier, config::check_range, ConfigError};
+use seawall_core::{classify::DefaultClassifier, config::check_range, metrics, ConfigError};
 use std::{
     collections::HashMap,
     fmt,
@@ -28,6 +28,11 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
 /// and keep the layer or the service, not once per request.
 ///
+/// Every breaker of the set carries the set's name, so their counters add up under it. None of
+/// them sets `seawall_breaker_state` (it would show whichever key changed last); the set reports
+/// `seawall_breaker_keys_open` instead: how many of the breakers it holds are Open, HalfOpen or
+/// ForcedOpen. [`handle`](Self::handle) tells one key's state.
+///
 /// ```
 /// use seawall::breaker::{BreakerConfig, BreakerSet};
 ///
@@ -47,6 +52,8 @@ struct Inner<K, C> {
     classifier: C,
     capacity: usize,
     map: Mutex<Map<K, C>>,
+    /// `seawall_breaker_keys_open`, which every breaker of the set counts itself in.
+    keys_open: ::metrics::Gauge,
 }
 
 struct Map<K, C> {
@@ -57,6 +64,14 @@ struct Map<K, C> {
 struct Entry<C> {
     layer: BreakerLayer<C>,
     last_used: u64,
+}
+
+impl<C> Drop for Entry<C> {
+    /// Removed, evicted, or the set dropped: a breaker that lives on in a service no longer
+    /// counts in the set's gauge.
+    fn drop(&mut self) {
+        self.layer.shared.leave_set();
+    }
 }
 
 impl<K: Hash + Eq + Clone> BreakerSet<K> {
@@ -76,8 +91,10 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         classifier: C,
     ) -> Result<Self, ConfigError> {
         check_range("capacity", capacity, 1, 1_000_000)?;
+        let keys_open = metrics::gauge(metrics::BREAKER_KEYS_OPEN, &config.name);
         Ok(BreakerSet {
             inner: Arc::new(Inner {
+                keys_open,
                 config,
                 classifier,
                 capacity,
@@ -115,7 +132,11 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         if let Some(seed) = config.seed {
             config.seed = Some(seed ^ key_seed(key));
         }
-        let layer = BreakerLayer::from_config(config, self.inner.classifier.clone());
+        let layer = BreakerLayer::keyed(
+            config,
+            self.inner.classifier.clone(),
+            self.inner.keys_open.clone(),
+        );
         map.entries.insert(
             key.clone(),
             Entry {

@@ -8,7 +8,7 @@ use crate::{
 use seawall_core::{event::Listeners, metrics, Name, Outcome};
 use std::{
     fmt,
-    sync::{Arc, Weak},
+    sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
 use tokio::{
@@ -32,7 +32,7 @@ pub(crate) struct Shared {
 }
 
 struct Metrics {
-    state: ::metrics::Gauge,
+    state: StateGauge,
     successes: ::metrics::Counter,
     failures: ::metrics::Counter,
     ignored: ::metrics::Counter,
@@ -41,11 +41,74 @@ struct Metrics {
     transitions: ::metrics::Counter,
 }
 
+/// Where a breaker publishes its state.
+enum StateGauge {
+    /// `seawall_breaker_state` under the breaker's name.
+    Own(::metrics::Gauge),
+    /// A breaker of a keyed set, which carries the set's name like every other key: a state
+    /// gauge of that name would show whichever key changed last. The breaker is counted in the
+    /// set's `seawall_breaker_keys_open` instead, while the set holds it.
+    Key(Mutex<KeyGauge>),
+}
+
+struct KeyGauge {
+    keys_open: ::metrics::Gauge,
+    /// Whether this breaker is counted in `keys_open`.
+    counted: bool,
+    /// Whether the set still holds this breaker.
+    in_set: bool,
+}
+
+impl KeyGauge {
+    fn count(&mut self, open: bool) {
+        let open = open && self.in_set;
+        if open != self.counted {
+            match open {
+                true => self.keys_open.increment(1.0),
+                false => self.keys_open.decrement(1.0),
+            }
+            self.counted = open;
+        }
+    }
+}
+
+impl StateGauge {
+    fn publish(&self, state: State) {
+        match self {
+            StateGauge::Own(gauge) => gauge.set(state.as_gauge()),
+            StateGauge::Key(key) => {
+                key.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .count(matches!(
+                        state,
+                        State::Open | State::HalfOpen | State::ForcedOpen
+                    ))
+            }
+        }
+    }
+}
+
 impl Shared {
     pub(crate) fn new(config: &BreakerConfig) -> Arc<Self> {
+        let state = metrics::gauge(metrics::BREAKER_STATE, &config.name);
+        state.set(State::Closed.as_gauge());
+        Self::with_state_gauge(config, StateGauge::Own(state))
+    }
+
+    /// A breaker of a keyed set, counted in the set's `keys_open` gauge while it is open.
+    pub(crate) fn keyed(config: &BreakerConfig, keys_open: ::metrics::Gauge) -> Arc<Self> {
+        let key = KeyGauge {
+            keys_open,
+            counted: false,
+            in_set: true,
+        };
+        Self::with_state_gauge(config, StateGauge::Key(Mutex::new(key)))
+    }
+
+    fn with_state_gauge(config: &BreakerConfig, state: StateGauge) -> Arc<Self> {
         let name = config.name;
         let metrics = Metrics {
-            state: metrics::gauge(metrics::BREAKER_STATE, &name),
+            state,
             successes: metrics::counter(metrics::BREAKER_SUCCESSES, &name),
             failures: metrics::counter(metrics::BREAKER_FAILURES, &name),
             ignored: metrics::counter(metrics::BREAKER_IGNORED, &name),
@@ -53,7 +116,6 @@ impl Shared {
             rejected: metrics::counter(metrics::BREAKER_REJECTED, &name),
             transitions: metrics::counter(metrics::BREAKER_TRANSITIONS, &name),
         };
-        metrics.state.set(State::Closed.as_gauge());
         let machine = Machine::new(config);
         let needs_clock = machine.needs_clock();
         Arc::new_cyclic(|this| Shared {
@@ -124,6 +186,16 @@ impl Shared {
         );
     }
 
+    /// The keyed set this breaker belongs to let go of it: it no longer counts in the set's
+    /// gauge, whatever its state.
+    pub(crate) fn leave_set(&self) {
+        if let StateGauge::Key(key) = &self.metrics.state {
+            let mut key = key.lock().unwrap_or_else(PoisonError::into_inner);
+            key.in_set = false;
+            key.count(false);
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
         self.watch.subscribe()
     }
@@ -170,7 +242,7 @@ impl Observer for Shared {
             // last leaves the current state in the watch and the gauge, never a superseded one.
             self.watch.send_if_modified(|published| {
                 let now = self.machine.state();
-                self.metrics.state.set(now.as_gauge());
+                self.metrics.state.publish(now);
                 std::mem::replace(published, now) != now
             });
             self.notify.notify_waiters();

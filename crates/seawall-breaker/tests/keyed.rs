@@ -5,6 +5,7 @@ mod common;
 
 use common::{dependency, rejected, send, Call};
 use seawall::breaker::{BreakerConfig, BreakerSet, State};
+use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
@@ -122,6 +123,83 @@ async fn a_breaker_due_to_probe_is_not_listed_unhealthy() {
 
     set.handle(&"a").unwrap().force_open();
     assert_eq!(set.unhealthy(), ["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_key_does_not_reset_the_state_gauge() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let set = set(8);
+    let mut a = set.get(&"a").layer(dependency().0);
+    let _ = send(&mut a, Call::Fail).await;
+    assert_eq!(set.handle(&"a").unwrap().state(), State::Open);
+
+    // Every key's breaker has the set's name: one key must not speak for the others.
+    set.get(&"b");
+    assert_ne!(
+        recorder.gauge(names::BREAKER_STATE, "per-host"),
+        Some(State::Closed.as_gauge()),
+        "a is Open"
+    );
+    assert_eq!(
+        recorder.gauge(names::BREAKER_KEYS_OPEN, "per-host"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_set_counts_its_keys_that_are_open() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::new(config, 2).unwrap();
+    let open = || recorder.gauge(names::BREAKER_KEYS_OPEN, "per-host");
+    assert_eq!(open(), Some(0.0));
+
+    let mut a = set.get(&"a").layer(dependency().0);
+    let mut b = set.get(&"b").layer(dependency().0);
+    let _ = send(&mut a, Call::Fail).await;
+    let _ = send(&mut b, Call::Fail).await;
+    assert_eq!(open(), Some(2.0));
+    assert_eq!(recorder.gauge(names::BREAKER_STATE, "per-host"), None);
+
+    // HalfOpen still counts; closing does not.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(set.handle(&"a").unwrap().state(), State::HalfOpen);
+    assert_eq!(open(), Some(2.0));
+    assert_eq!(send(&mut a, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(open(), Some(1.0));
+    set.handle(&"a").unwrap().force_open();
+    assert_eq!(open(), Some(2.0));
+    set.handle(&"a").unwrap().disable();
+    assert_eq!(open(), Some(1.0));
+
+    // A breaker the set no longer holds does not count, whatever it does afterwards.
+    assert!(set.remove(&"b"));
+    assert_eq!(open(), Some(0.0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        send(&mut b, Call::Fail).await.unwrap_err().to_string(),
+        "boom"
+    );
+    assert_eq!(open(), Some(0.0));
+    // Nor does one evicted to make room.
+    set.handle(&"a").unwrap().force_open();
+    assert_eq!(open(), Some(1.0));
+    drop(a);
+    let _c = set.get(&"c");
+    set.get(&"d");
+    assert!(set.handle(&"a").is_none());
+    assert_eq!(open(), Some(0.0));
+    drop(set);
+    assert_eq!(open(), Some(0.0));
 }
 
 #[test]

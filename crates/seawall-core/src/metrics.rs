@@ -41,6 +41,9 @@ pub const BREAKER_SLOW: &str = "seawall_breaker_slow_calls_total";
 pub const BREAKER_REJECTED: &str = "seawall_breaker_rejected_total";
 /// Counter: breaker state changes (including the ones a metrics-only breaker would make).
 pub const BREAKER_TRANSITIONS: &str = "seawall_breaker_transitions_total";
+/// Gauge: keys of a keyed breaker set whose breaker is open, half-open or forced open. The
+/// breakers of a set share its name and leave [`BREAKER_STATE`] alone.
+pub const BREAKER_KEYS_OPEN: &str = "seawall_breaker_keys_open";
 // ----- end breaker -----
 
 // ----- bulkhead and rate limiter metric names -----
@@ -142,6 +145,11 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         BREAKER_TRANSITIONS,
         Kind::Counter,
         "State changes of seawall circuit breakers.",
+    ),
+    (
+        BREAKER_KEYS_OPEN,
+        Kind::Gauge,
+        "Keys of a seawall keyed circuit breaker set whose breaker is open, half-open or forced open.",
     ),
     // ----- end breaker entries -----
     // ----- bulkhead entries -----
