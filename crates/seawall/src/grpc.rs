@@ -65,7 +65,10 @@
 //! - [`SendDeadlineLayer`], at the bottom, writes the deadline seawall enforces (the total
 //!   timeout's, the per-try timeout's, a caller's [`Deadline`](seawall_core::deadline::Deadline))
 //!   into `grpc-timeout` as the time left, so the server stops working on an attempt the client
-//!   has given up on. A shorter `grpc-timeout` already on the request is kept.
+//!   has given up on. A shorter `grpc-timeout` already on the request is kept. For unary calls:
+//!   seawall's timeouts end when the response headers arrive, while a server applies
+//!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
+//!   stream that outlasts the deadline.
 //!
 //! Where they go, outer to inner:
 //!
@@ -634,6 +637,9 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// longer than that; a longer one, or one that does not follow the spec, is replaced. A request
 /// without a deadline passes untouched, without reading the clock; nothing is allocated unless
 /// the header is written.
+///
+/// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
+/// whole body on the server, past the response headers where seawall's own timeouts end.
 #[derive(Debug, Clone)]
 pub struct SendDeadline<S> {
     inner: S,
