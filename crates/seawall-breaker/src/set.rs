@@ -22,8 +22,10 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// A breaker is created the first time its key is asked for. At most `capacity` breakers are
 /// kept: making room evicts the least recently asked-for breaker, preferring one that no service
 /// uses any more and that is Closed (a breaker that is Open remembers a failing key, so it goes
-/// last). A service built from an evicted breaker keeps working with it; asking for the key again
-/// creates a fresh one.
+/// last). A set of 128 or more makes room for several at once: up to a 64th of it, among the
+/// breakers no service uses, so a set kept full by new keys is scanned once per 64th of its
+/// capacity rather than for every new key. A service built from an evicted breaker keeps working
+/// with it; asking for the key again creates a fresh one.
 ///
 /// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
 /// and keep the layer or the service, not once per request.
@@ -187,8 +189,9 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     }
 }
 
-/// Removes one entry: the least recently used among the idle Closed ones, else among the idle
-/// ones, else among all.
+/// Makes room for one more entry: removes the least recently used among the idle Closed entries,
+/// else among the idle ones, else among all. From 128 entries on, it removes up to a 64th of them
+/// in that order, idle ones only (at least one entry).
 fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let rank = |e: &Entry<C>| {
         let in_use = Arc::strong_count(&e.layer.shared) > 1;
@@ -196,11 +199,28 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
         let holds_failure = !matches!(state, State::Closed | State::Disabled);
         (in_use, holds_failure, e.last_used)
     };
-    if let Some(key) = entries
+    let batch = entries.len() / 64;
+    if batch <= 1 {
+        if let Some(key) = entries
+            .iter()
+            .min_by_key(|(_, e)| rank(e))
+            .map(|(k, _)| k.clone())
+        {
+            entries.remove(&key);
+        }
+        return;
+    }
+    let mut ranked: Vec<_> = entries.iter().map(|(k, e)| (rank(e), k)).collect();
+    ranked.select_nth_unstable_by_key(batch - 1, |(rank, _)| *rank);
+    ranked.truncate(batch);
+    ranked.sort_unstable_by_key(|(rank, _)| *rank);
+    let evicted: Vec<K> = ranked
         .iter()
-        .min_by_key(|(_, e)| rank(e))
-        .map(|(k, _)| k.clone())
-    {
+        .enumerate()
+        .filter(|(i, ((in_use, ..), _))| *i == 0 || !in_use)
+        .map(|(_, (_, k))| (*k).clone())
+        .collect();
+    for key in evicted {
         entries.remove(&key);
     }
 }

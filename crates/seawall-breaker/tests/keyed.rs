@@ -65,6 +65,44 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
+/// A large full set makes room for a 64th of itself at once, among breakers no service uses,
+/// least recently used first; with every breaker in use it evicts one at a time.
+#[test]
+fn a_large_set_evicts_in_batches_of_idle_breakers() {
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::<u32>::new(config, 256).unwrap();
+    // One in use, asked for first (least recently used of all).
+    let held = set.get(&1000);
+    for key in 0..255 {
+        set.get(&key);
+    }
+    assert_eq!(set.len(), 256);
+    set.get(&256);
+    // 256 / 64 = 4 go: the four least recently used idle ones, not the one in use.
+    assert_eq!(set.len(), 253);
+    assert!(set.handle(&1000).is_some());
+    for key in 0..4 {
+        assert!(set.handle(&key).is_none(), "{key}");
+    }
+    assert!(set.handle(&4).is_some());
+    drop(held);
+
+    // Every breaker in use: one goes per new key.
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::<u32>::new(config, 128).unwrap();
+    let held: Vec<_> = (0..128).map(|key| set.get(&key)).collect();
+    set.get(&128);
+    assert_eq!(set.len(), 128);
+    assert!(set.handle(&0).is_none());
+    drop(held);
+}
+
 /// Hosts of one dependency that trip together wait different jittered times even in a seeded
 /// set, so they do not all probe at once; the same seed draws the same waits again.
 #[tokio::test(start_paused = true)]
