@@ -315,18 +315,25 @@ fn with_call(word: u64, failure: bool, slow: bool, random: &mut Option<u64>) -> 
     Some(word + one_call(failure, slow))
 }
 
-/// 64 random bits from a per-thread SplitMix64 generator (Steele, Lea and Flood, 2014). Its
-/// seed is fixed, so a single-threaded run samples the same calls every time.
+/// 64 random bits from a per-thread SplitMix64 generator (Steele, Lea and Flood, 2014). Each
+/// thread starts at its own point, taken in turn from one counter, so threads sample
+/// independently of each other; the first thread's sequence is the same in every run.
 fn random_bits() -> u64 {
-    std::thread_local! {
-        static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-    STATE.with(|state| {
-        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(z);
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+    static NEXT_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::thread_local! {
+        static STATE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    }
+    STATE.with(|state| {
+        let start = || mix(NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let z = state.get().unwrap_or_else(start).wrapping_add(GOLDEN);
+        state.set(Some(z));
+        mix(z)
     })
 }
 
@@ -380,10 +387,11 @@ impl TimeWindow {
         loop {
             let stamp = current >> STAMP_SHIFT;
             let restart = is_older(stamp, epoch);
-            if restart {
-                // Published before the restart, so a concurrent cleaner that sees the restarted
-                // bucket knows it is fresh.
-                self.epochs[index].fetch_max(epoch, Ordering::AcqRel);
+            // Published before the restart, so a concurrent cleaner that sees the restarted bucket
+            // knows it is fresh. A bucket already restarted for a later epoch belongs to a window
+            // this call is outside of, however its stamp compares after a long stall.
+            if restart && self.epochs[index].fetch_max(epoch, Ordering::AcqRel) > epoch {
+                break;
             }
             let next = if stamp == stamp_of(epoch) {
                 match with_call(current, failure, slow, &mut random) {
@@ -589,11 +597,46 @@ mod tests {
         for i in 0..1_000_000u32 {
             w.record(i % 4 == 0, i % 8 == 1, 10);
         }
+        // Six standard errors: threads draw their own random bits, so runs differ.
         let c = w.counts(10);
-        assert!(c.calls.abs_diff(1_000_000) < 20_000, "{c:?}");
+        assert!(c.calls.abs_diff(1_000_000) < 30_000, "{c:?}");
         let rate = |n: u32| n as f64 / c.calls as f64;
         assert!((rate(c.failures) - 0.25).abs() < 0.015, "{c:?}");
         assert!((rate(c.slow) - 0.125).abs() < 0.015, "{c:?}");
+    }
+
+    #[test]
+    fn threads_sample_independently() {
+        // A full bucket, then one failure from each of 1,000 threads: each is kept with
+        // probability 1/2 and then stands for 2, so about 1,000 failures (a standard deviation
+        // of about 32).
+        let w = TimeWindow::new(1_000_000_000, 1);
+        for _ in 0..COUNT_MASK {
+            w.record(false, false, 0);
+        }
+        std::thread::scope(|scope| {
+            for _ in 0..1_000 {
+                scope.spawn(|| w.record(true, false, 0));
+            }
+        });
+        let c = w.counts(0);
+        assert!(c.failures.abs_diff(1_000) < 200, "{c:?}");
+    }
+
+    #[test]
+    fn a_call_behind_a_restarted_bucket_leaves_it_alone() {
+        // 1 ms window of 1,000 buckets of 1 µs; the bucket of epoch 0 was restarted for
+        // epoch 9,000.
+        let w = TimeWindow::new(1_000, 1_000);
+        w.record(true, false, 9_000_000);
+        let before = w.counts(9_000_000);
+        assert_eq!(before.calls, 1);
+        // A recorder of epoch 0 that stalled past its window check: its bucket's stamp
+        // (9,000 mod 2^14) reads as older than epoch 0 to a 14-bit comparison.
+        w.newest.store(1, Ordering::Release);
+        w.record(false, false, 0);
+        w.newest.store(9_001, Ordering::Release);
+        assert_eq!(w.counts(9_000_000), before);
     }
 
     #[test]
@@ -607,14 +650,15 @@ mod tests {
         for _ in 0..34_464 {
             w.record(true, false, s);
         }
+        // Six standard errors: threads draw their own random bits, so runs differ.
         let c = w.counts(s);
-        assert!(c.calls.abs_diff(134_464) < 2_000, "{c:?}");
+        assert!(c.calls.abs_diff(134_464) < 3_500, "{c:?}");
         let rate = c.failures as f64 / c.calls as f64;
-        assert!((rate - 34_464.0 / 134_464.0).abs() < 0.01, "{rate}");
+        assert!((rate - 34_464.0 / 134_464.0).abs() < 0.013, "{rate}");
         // Once the first bucket leaves the window, the second counts alone.
         let c = w.counts(2 * s);
         assert_eq!(c.failures, c.calls);
-        assert!(c.calls.abs_diff(34_464) < 700, "{c:?}");
+        assert!(c.calls.abs_diff(34_464) < 1_100, "{c:?}");
     }
 
     #[test]
