@@ -286,8 +286,9 @@ impl BreakerConfigBuilder {
 
     /// How long HalfOpen waits for its probes' results, counted from the first probe it admits,
     /// before it gives up on them and opens again (a probe that hangs must not hold the
-    /// breaker). A HalfOpen that has admitted no probe waits for its next call without a limit.
-    /// Default 30 s.
+    /// breaker). A HalfOpen with no probe in flight and no result in (none admitted yet, or every
+    /// one ignored or cancelled) waits for its next call without a limit, and that call starts
+    /// the bound afresh. Default 30 s.
     pub fn max_wait_in_half_open(mut self, bound: Duration) -> Self {
         self.max_wait_in_half_open = bound;
         self

@@ -27,8 +27,72 @@ pub(crate) struct Shared {
     pub(crate) backpressure: bool,
     pub(crate) needs_clock: bool,
     eager: bool,
+    /// The eager timer's task, if one is running.
+    timer: Mutex<Timer>,
     this: Weak<Shared>,
     metrics: Metrics,
+}
+
+/// The eager timer: one task at a time sleeps to the earliest deadline it was asked for, applies
+/// what is due when it wakes, and sleeps on to the next deadline if there is one. A HalfOpen's
+/// bound may start and stop many times (probes reserved and handed back): each start asks for
+/// the timer, and a task already set to wake no later serves it without another.
+#[derive(Default)]
+struct Timer {
+    /// When the running task wakes next; `None` when none runs.
+    wakes_at: Option<Instant>,
+    /// The running task's number. A task that finds another number was replaced by one that
+    /// wakes earlier, and ends.
+    task: u64,
+}
+
+/// The eager timer's task. Holds the breaker weakly: a breaker no one uses ends its timer.
+struct TimerTask {
+    shared: Weak<Shared>,
+    number: u64,
+}
+
+impl TimerTask {
+    async fn run(self, mut at: Instant) {
+        loop {
+            tokio::time::sleep_until(at).await;
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            // Not under the timer's lock: a change made here asks for the timer again.
+            shared.machine.tick(shared.now(), &*shared);
+            let mut timer = shared.timer.lock().unwrap_or_else(PoisonError::into_inner);
+            if timer.task != self.number {
+                return;
+            }
+            // Read under the lock, as the thread that starts a deadline and asks for the timer
+            // does: either this task sees the deadline, or that thread finds no task and starts
+            // one.
+            match shared.machine.deadline() {
+                Some(deadline) => {
+                    at = shared.instant_at(deadline);
+                    timer.wakes_at = Some(at);
+                }
+                None => {
+                    timer.wakes_at = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TimerTask {
+    fn drop(&mut self) {
+        // Also run when the runtime shuts down with the task asleep: the next deadline then
+        // starts a task on whichever runtime asks.
+        if let Some(shared) = self.shared.upgrade() {
+            let mut timer = shared.timer.lock().unwrap_or_else(PoisonError::into_inner);
+            if timer.task == self.number {
+                timer.wakes_at = None;
+            }
+        }
+    }
 }
 
 struct Metrics {
@@ -128,6 +192,7 @@ impl Shared {
             backpressure: config.backpressure,
             needs_clock,
             eager: config.eager_half_open,
+            timer: Mutex::default(),
             this: this.clone(),
             metrics,
         })
@@ -200,21 +265,28 @@ impl Shared {
         self.watch.subscribe()
     }
 
+    /// Makes sure the eager timer wakes by the current deadline, if there is one.
     fn schedule_deadline(&self) {
-        let (Some(deadline), Ok(runtime)) = (
-            self.machine.deadline(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(deadline) = self.machine.deadline() else {
             return;
         };
         let at = self.instant_at(deadline);
-        let this = self.this.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep_until(at).await;
-            if let Some(shared) = this.upgrade() {
-                shared.machine.tick(shared.now(), &*shared);
-            }
-        });
+        if timer.wakes_at.is_some_and(|wakes_at| wakes_at <= at) {
+            // The running task wakes first and sleeps on to this deadline.
+            return;
+        }
+        timer.task = timer.task.wrapping_add(1);
+        timer.wakes_at = Some(at);
+        let task = TimerTask {
+            shared: self.this.clone(),
+            number: timer.task,
+        };
+        drop(timer);
+        runtime.spawn(task.run(at));
     }
 }
 

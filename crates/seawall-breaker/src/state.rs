@@ -13,8 +13,10 @@
 //! - `until`: when the current Open period ends, or when the current HalfOpen gives up on its
 //!   probes, in milliseconds, tagged with the low 24 bits of the generation it belongs to. Written
 //!   right after the state change; until it is, the state's deadline reads as not yet reached.
-//!   HalfOpen's bound guards against probes that hang, so it starts with the first probe: the
-//!   change writes `NO_BOUND` and the call that takes the first slot writes the bound.
+//!   HalfOpen's bound guards against probes that hang, so it runs only while a probe does: the
+//!   change writes `NO_BOUND`, the call that takes the first slot writes the bound, and a probe
+//!   handed back without a result that leaves no slot taken and no result in writes `NO_BOUND`
+//!   again (see `Machine::stop_bound`), so the next probe starts a fresh bound.
 //!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
 //!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
@@ -108,7 +110,8 @@ pub struct Transition {
     /// The generation the breaker entered.
     pub generation: u64,
     /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
-    /// HalfOpen: how long it waits for its probes, counted from the first probe it admits.
+    /// HalfOpen: how long it waits for its probes, counted from the first probe it admits (and
+    /// again from the next one, if every probe is handed back without a result).
     pub wait: Option<Duration>,
 }
 
@@ -126,8 +129,8 @@ pub trait Observer {
     /// now be admitted.
     fn on_probe_released(&self) {}
 
-    /// A HalfOpen admitted its first probe, which started its bound: [`Machine::deadline`] now
-    /// has a value to wait for.
+    /// A HalfOpen's bound started (with its first probe, or with the first one after every probe
+    /// was handed back without a result): [`Machine::deadline`] now has a value to wait for.
     fn on_bound_started(&self) {}
 }
 
@@ -588,7 +591,9 @@ impl Machine {
                     }
                     match self.take_probe(generation) {
                         Some(true) => {
-                            if deadline.is_none() && self.start_bound(generation, now.get()) {
+                            // Asked after the slot is taken, whatever `deadline` said: a probe
+                            // handed back meanwhile may have stopped the bound read above.
+                            if self.start_bound(generation, now.get()) {
                                 observer.on_bound_started();
                             }
                             return Ok(permit(PermitKind::Probe));
@@ -685,7 +690,7 @@ impl Machine {
         }
     }
 
-    /// Starts the bound of HalfOpen `generation` at `now`, unless it has started already (or a
+    /// Starts the bound of HalfOpen `generation` at `now`, unless it is running already (or a
     /// newer generation wrote its deadline). Returns whether this call started it.
     fn start_bound(&self, generation: u64, now: u64) -> bool {
         let tag = tag_of(generation);
@@ -801,6 +806,9 @@ impl Machine {
             }
         }
         if outcome == Outcome::Ignored {
+            if probe_field(probes, TAKEN_SHIFT) == 0 && probe_field(probes, RESULTS_SHIFT) == 0 {
+                self.stop_bound(permit.generation(), now, observer);
+            }
             observer.on_probe_released();
             return;
         }
@@ -819,6 +827,44 @@ impl Machine {
             .is_some_and(|ppm| slow * 1_000_000 >= ppm * results);
         let to = if opens { OPEN } else { CLOSED };
         self.transition(word, to | (mode_of(word) & SHADOW), now, observer);
+    }
+
+    /// Stops the bound of HalfOpen `generation`, whose last probe was just handed back without a
+    /// result (no slot taken, no result in): with no probe in flight there is nothing to give up
+    /// on, and the next probe starts a fresh bound. Called at `now`, after the hand-back.
+    ///
+    /// A call may take a slot meanwhile. If it takes it after the re-read below (a
+    /// read-modify-write, so it is ordered against every take), it reads `NO_BOUND` and starts
+    /// the bound itself. If it took it before, it may have seen the old bound still in place and
+    /// left it; the re-read sees its slot and starts the bound again, from `now`. Either way a
+    /// probe in flight has a bound, and `until` changes only by compare-and-swap from a word of
+    /// this generation, so a newer generation's deadline is left alone. (Of several hand-backs,
+    /// the one whose swap lands last makes the re-read that settles it.) Until the swap the old
+    /// bound still reads as running: a bound that ends in that instant reopens the breaker, as
+    /// it would have with the probe still out.
+    #[cold]
+    fn stop_bound<O: Observer + ?Sized>(&self, generation: u64, now: u64, observer: &O) {
+        let tag = tag_of(generation);
+        let unset = (tag << UNTIL_BITS) | NO_BOUND;
+        let word = self.until.load(Ordering::Acquire);
+        if word >> UNTIL_BITS != tag
+            || word == unset
+            || self
+                .until
+                .compare_exchange(word, unset, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            // No bound of this generation to stop (not started, stopped already, or a newer
+            // generation's), or another thread changed it first and owns what follows.
+            return;
+        }
+        let probes = self.probes.fetch_add(0, Ordering::AcqRel);
+        if probes >> PROBE_TAG_SHIFT == tag
+            && probe_field(probes, TAKEN_SHIFT) > 0
+            && self.start_bound(generation, now)
+        {
+            observer.on_bound_started();
+        }
     }
 
     /// Whether a call that took `elapsed` counts as slow (always `false` without a slow-call rule).
@@ -850,20 +896,21 @@ impl Machine {
             .then(|| (until & UNTIL_MASK).saturating_mul(NANOS_PER_MILLI))
     }
 
-    /// HalfOpen `generation`'s bound: its deadline, unless no probe has started it yet
-    /// ([`NO_BOUND`]: a HalfOpen without probes has nothing to give up on, and waits for its
-    /// next call however long that takes) or it was cut to the end of the deadline range (a
-    /// clock some 34.8 years past the breaker's start, or not counted from it). Then the probes
-    /// decide alone: a bound already due would reopen the breaker, whose wait, as cut, is over at
-    /// once, and so round forever.
+    /// HalfOpen `generation`'s bound: its deadline, unless no probe has started it yet or every
+    /// probe was handed back without a result ([`NO_BOUND`]: a HalfOpen without probes has
+    /// nothing to give up on, and waits for its next call however long that takes) or it was
+    /// cut to the end of the deadline range (a clock some 34.8 years past the breaker's start,
+    /// or not counted from it). Then the probes decide alone: a bound already due would reopen
+    /// the breaker, whose wait, as cut, is over at once, and so round forever.
     fn half_open_bound(&self, generation: u64) -> Option<u64> {
         self.until_of(generation)
             .filter(|&deadline| deadline < UNTIL_MASK * NANOS_PER_MILLI)
     }
 
     /// When (nanoseconds) the current state's deadline falls: the end of Open, or HalfOpen's
-    /// bound once its first probe has started it. `None` in other states, in a HalfOpen that has
-    /// admitted no probe, or just after a change before the deadline is written.
+    /// bound while it runs (from the first probe until a verdict, or until every probe is handed
+    /// back without a result). `None` in other states, in a HalfOpen with no bound running, or
+    /// just after a change before the deadline is written.
     pub fn deadline(&self) -> Option<u64> {
         let word = self.state.load(Ordering::Acquire);
         match mode_of(word) & !SHADOW {
@@ -873,8 +920,8 @@ impl Machine {
         }
     }
 
-    /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open (only once
-    /// a probe has started its bound). Returns the state after.
+    /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open (only while
+    /// a bound runs, see [`deadline`](Self::deadline)). Returns the state after.
     pub fn tick<O: Observer + ?Sized>(&self, now: u64, observer: &O) -> State {
         loop {
             let word = self.state.load(Ordering::Acquire);

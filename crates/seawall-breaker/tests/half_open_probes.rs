@@ -482,3 +482,171 @@ async fn the_half_open_bound_runs_from_the_first_probe() {
     hung.abort();
     second.abort();
 }
+
+/// Trips, waits into HalfOpen, then reserves the only probe on a clone of `svc` and drops the
+/// clone, as a balancer does with a candidate it did not pick: the slot is handed back without a
+/// result.
+async fn reserve_and_drop_the_probe<S>(svc: &S, handle: &seawall::breaker::BreakerHandle)
+where
+    S: Service<Call, Response = &'static str, Error = seawall::BoxError> + Clone,
+{
+    let mut candidate = svc.clone();
+    candidate.ready().await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_in_use, 1);
+    drop(candidate);
+    assert_eq!(handle.snapshot().probes_in_use, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_leaves_an_eager_half_open_without_a_bound() {
+    let (seen, listener) = recorder();
+    let layer = idle_breaker()
+        .eager_half_open(true)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    reserve_and_drop_the_probe(&svc, &handle).await;
+    assert_eq!(handle.remaining_wait(), None, "no probe in flight to bound");
+
+    // The timer set for the bound fires and finds nothing to do; the breaker stays HalfOpen.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(
+        handle.snapshot().trips,
+        1,
+        "the cancelled probe did not fail"
+    );
+    let moves: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        moves,
+        [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
+    );
+
+    let before = reached.get();
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), before + 1, "the next call is the probe");
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().trips, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_leaves_a_lazy_half_open_without_a_bound() {
+    let layer = idle_breaker().build().unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The reservation moves the breaker to HalfOpen and takes the probe; the drop hands it back.
+    reserve_and_drop_the_probe(&svc, &handle).await;
+    assert_eq!(handle.remaining_wait(), None, "no probe in flight to bound");
+
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(
+        handle.snapshot().trips,
+        1,
+        "the cancelled probe did not fail"
+    );
+    assert!(svc.is_call_permitted());
+
+    let before = reached.get();
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), before + 1, "the next call is the probe");
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().trips, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_probe_leaves_the_half_open_without_a_bound() {
+    let layer = idle_breaker().build_with(common::ignoring).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    assert_eq!(send(&mut svc, Call::Ignore).await.unwrap(), "ignore");
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_in_use, 0);
+    assert_eq!(handle.remaining_wait(), None, "no probe in flight to bound");
+
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().trips, 1);
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_probe_after_a_cancelled_one_starts_a_fresh_bound() {
+    let layer = idle_breaker().eager_half_open(true).build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    // The timer moves the breaker to HalfOpen at 1 s; the first probe comes later.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // A bound started 1 s before the next probe, then stopped: the timer set for it wakes
+    // before the new bound and must wait on for it.
+    reserve_and_drop_the_probe(&svc, &handle).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(handle.remaining_wait(), Some(Duration::from_secs(2)));
+
+    let mut states = handle.subscribe();
+    states.borrow_and_update();
+    tokio::time::timeout(Duration::from_secs(60), states.changed())
+        .await
+        .expect("the timer re-opens the breaker")
+        .unwrap();
+    assert_eq!(*states.borrow_and_update(), State::Open);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "2 s after the hung probe"
+    );
+    assert_eq!(handle.snapshot().trips, 2);
+    hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_reserved_and_handed_back_again_and_again_keep_one_timer() {
+    let layer = idle_breaker().eager_half_open(true).build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    // Every reservation starts a bound; every drop stops it.
+    let runtime = tokio::runtime::Handle::current();
+    for _ in 0..500 {
+        reserve_and_drop_the_probe(&svc, &handle).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(
+        runtime.metrics().num_alive_tasks() <= 1,
+        "{} timer tasks",
+        runtime.metrics().num_alive_tasks()
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(runtime.metrics().num_alive_tasks(), 0, "no bound, no timer");
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().trips, 1);
+}

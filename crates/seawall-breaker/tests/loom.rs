@@ -232,6 +232,76 @@ fn an_ignored_probe_hands_its_slot_back() {
 }
 
 #[test]
+fn a_probe_handed_back_stops_the_bound_unless_a_new_probe_takes_its_slot() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(m.deadline(), Some(1_002 * MS));
+        // A call asks while the probe is handed back. It may read the old bound before the
+        // hand-back stops it, and take the slot after: its probe must still be bounded. (The
+        // hand-back runs on this thread: its writes are what loom orders the call's reads
+        // against.)
+        let call = {
+            let m = m.clone();
+            thread::spawn(move || m.acquire(|| 3 * MS, &()).is_ok())
+        };
+        m.complete(probe, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
+        let admitted = call.join().unwrap();
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.snapshot(3 * MS).trips, 1);
+        assert_eq!(m.snapshot(3 * MS).probes_in_use, admitted as u32);
+        match admitted {
+            true => assert_eq!(m.deadline(), Some(1_003 * MS), "a fresh bound"),
+            false => assert_eq!(m.deadline(), None, "no probe in flight, no bound"),
+        }
+    });
+}
+
+#[test]
+fn the_last_of_two_probes_handed_back_stops_the_bound() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+        open(&m);
+        let p1 = m.acquire(|| 2 * MS, &()).unwrap();
+        let p2 = m.acquire(|| 2 * MS, &()).unwrap();
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(p1, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
+            })
+        };
+        m.complete(p2, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
+        a.join().unwrap();
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.snapshot(3 * MS).probes_in_use, 0);
+        assert_eq!(m.deadline(), None);
+    });
+}
+
+#[test]
+fn a_probe_handed_back_after_a_result_keeps_the_bound() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+        open(&m);
+        let p1 = m.acquire(|| 2 * MS, &()).unwrap();
+        let p2 = m.acquire(|| 2 * MS, &()).unwrap();
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(p1, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
+            })
+        };
+        m.complete(p2, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+        a.join().unwrap();
+        // A result is in, in either order: the HalfOpen waits for the rest within its bound.
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.snapshot(3 * MS).probe_results, 1);
+        assert_eq!(m.deadline(), Some(1_002 * MS));
+    });
+}
+
+#[test]
 fn the_last_probe_result_takes_the_verdict_once() {
     loom::model(|| {
         let m = machine(builder().consecutive_failures(1).permitted_probes(2));

@@ -84,7 +84,8 @@ enum Phase {
         until: u64,
     },
     HalfOpen {
-        /// Set by the first probe: the bound guards against probes that hang.
+        /// Set by the first probe: the bound guards against probes that hang. Cleared when the
+        /// last probe is handed back without a result, so the next probe sets it afresh.
         deadline: Option<u64>,
         taken: u32,
         results: Vec<(bool, bool)>,
@@ -318,6 +319,10 @@ impl Model {
                 }
                 if outcome == Outcome::Ignored {
                     *taken -= 1;
+                    if *taken == 0 && results.is_empty() {
+                        // No probe in flight, no result in: nothing to bound.
+                        *deadline = None;
+                    }
                     return;
                 }
                 results.push((failed, slow));
@@ -653,7 +658,12 @@ fn model_walkthrough() {
         Op::Tick, // HalfOpen, no probe yet
         Op::Advance(100_000),
         Op::Tick,  // no probe, nothing to bound: still HalfOpen, no trip
-        Op::Admit, // the probe, which starts the bound
+        Op::Admit, // a probe, which starts the bound
+        Op::Advance(300),
+        Op::Cancel(1), // this probe (0 is a stale one) handed back: the bound stops
+        Op::Advance(1_000),
+        Op::Tick,  // nothing to bound: still HalfOpen, no trip
+        Op::Admit, // the next probe starts a fresh bound
         Op::Advance(499),
         Op::Tick,
         Op::Advance(1),
