@@ -370,6 +370,30 @@ fn a_clock_past_the_deadline_range_does_not_spin() {
 }
 
 /// One probe, trips on the first failure, waits 1 s growing to 8 s, HalfOpen bound 2 s.
+/// The state changes a recorder saw, in order.
+fn moves(seen: &Seen) -> Vec<(State, State)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect()
+}
+
+/// The next call reaches the dependency as the probe, and its success closes the breaker.
+async fn the_next_call_probes_and_closes<S>(
+    svc: &mut S,
+    reached: &common::Reached,
+    handle: &seawall::breaker::BreakerHandle,
+) where
+    S: Service<Call, Response = &'static str, Error = seawall::BoxError>,
+{
+    let before = reached.get();
+    assert_eq!(send(svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(reached.get(), before + 1, "the next call is the probe");
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().trips, 0);
+}
+
 fn idle_breaker() -> BreakerConfigBuilder {
     breaker()
         .permitted_probes(1)
@@ -400,23 +424,13 @@ async fn an_idle_eager_half_open_waits_for_its_probe_without_tripping() {
         "no probe was taken, none failed"
     );
     assert_eq!(handle.remaining_wait(), None, "no probe to bound yet");
-    let moves: Vec<_> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|t| (t.from, t.to))
-        .collect();
     assert_eq!(
-        moves,
+        moves(&seen),
         [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
     );
 
     // The first call is the probe, and its success closes the breaker.
-    let before = reached.get();
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
-    assert_eq!(reached.get(), before + 1);
-    assert_eq!(handle.state(), State::Closed);
-    assert_eq!(handle.snapshot().trips, 0);
+    the_next_call_probes_and_closes(&mut svc, &reached, &handle).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -524,22 +538,12 @@ async fn a_cancelled_probe_leaves_an_eager_half_open_without_a_bound() {
         1,
         "the cancelled probe did not fail"
     );
-    let moves: Vec<_> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|t| (t.from, t.to))
-        .collect();
     assert_eq!(
-        moves,
+        moves(&seen),
         [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
     );
 
-    let before = reached.get();
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
-    assert_eq!(reached.get(), before + 1, "the next call is the probe");
-    assert_eq!(handle.state(), State::Closed);
-    assert_eq!(handle.snapshot().trips, 0);
+    the_next_call_probes_and_closes(&mut svc, &reached, &handle).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -564,11 +568,7 @@ async fn a_cancelled_probe_leaves_a_lazy_half_open_without_a_bound() {
     );
     assert!(svc.is_call_permitted());
 
-    let before = reached.get();
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
-    assert_eq!(reached.get(), before + 1, "the next call is the probe");
-    assert_eq!(handle.state(), State::Closed);
-    assert_eq!(handle.snapshot().trips, 0);
+    the_next_call_probes_and_closes(&mut svc, &reached, &handle).await;
 }
 
 #[tokio::test(start_paused = true)]
