@@ -216,14 +216,14 @@ fn an_ignored_probe_hands_its_slot_back() {
         open(&m);
         let probe = m.acquire(|| 2 * MS, &()).unwrap();
         assert_eq!(probe.kind(), PermitKind::Probe);
-        let a = {
+        // The hand-back runs on this thread and the new call on the other: loom orders the
+        // call's reads against this thread's writes.
+        let call = {
             let m = m.clone();
-            thread::spawn(move || {
-                m.complete(probe, Outcome::Ignored, Duration::ZERO, || 2 * MS, &());
-            })
+            thread::spawn(move || m.acquire(|| 2 * MS, &()).is_ok())
         };
-        let admitted = m.acquire(|| 2 * MS, &()).is_ok();
-        a.join().unwrap();
+        m.complete(probe, Outcome::Ignored, Duration::ZERO, || 2 * MS, &());
+        let admitted = call.join().unwrap();
         let in_use = m.snapshot(2 * MS).probes_in_use;
         // Admitted only if the slot was back first; never two slots in use.
         assert_eq!(in_use, admitted as u32);
