@@ -73,7 +73,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// Gives each attempt at most `timeout`: the attempt's request carries the earlier of
     /// `now + timeout` and the deadline the call already has, and the attempt fails with
-    /// [`Elapsed`](crate::Elapsed) (and may be retried) when it passes. Off by default.
+    /// [`Elapsed`](crate::Elapsed) (and may be retried) when it passes. When the call's deadline
+    /// is the earlier, the attempt is cut there and counts for nothing (no failure for the budget,
+    /// no give-up event), as when the timeout above cancels it: the call fails with `Elapsed`.
+    /// Off by default.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
         self

@@ -99,9 +99,8 @@ pin_project! {
         step: Step<S::Future>,
         #[pin]
         sleep: Sleep,
-        // Whether `sleep` is the running attempt's timeout (rather than a backoff or the
-        // call's deadline).
-        timed: bool,
+        // What `sleep` times while an attempt runs.
+        timed: Timed,
         delays: Option<Delays>,
         // The budget's retry for the attempt being prepared: given back if it is never sent.
         paid: Option<Withdrawal>,
@@ -127,12 +126,38 @@ pin_project! {
     }
 }
 
+/// What a retry layer's timer times while an attempt runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timed {
+    /// Nothing: the timer is a backoff's, or the call's deadline while waiting for readiness.
+    No,
+    /// The attempt's own timeout: an attempt cut by it failed, and may be retried.
+    Attempt,
+    /// The call's deadline, earlier than the attempt's own timeout: an attempt cut by it is
+    /// cancelled and counts for nothing, as when a timeout above cancels it, and the call fails
+    /// with `Elapsed`.
+    Call,
+}
+
 /// What the next attempt needs to know, read once per attempt.
 struct Attempt {
     /// When the attempt fails with `Elapsed`, with a per-attempt timeout.
     deadline: Option<Instant>,
+    /// Whether `deadline` is the call's own, earlier than the attempt's timeout.
+    call_deadline: bool,
     /// When it started, if the policy looks at durations.
     started: Option<Instant>,
+}
+
+impl Attempt {
+    /// What the timer times while this attempt runs.
+    fn timed(&self) -> Timed {
+        match (self.deadline, self.call_deadline) {
+            (None, _) => Timed::No,
+            (Some(_), false) => Timed::Attempt,
+            (Some(_), true) => Timed::Call,
+        }
+    }
 }
 
 #[inline]
@@ -144,6 +169,7 @@ fn prepare<Req: RequestDeadline>(
     if settings.per_attempt_timeout.is_none() && !uses_elapsed {
         return Attempt {
             deadline: None,
+            call_deadline: false,
             started: None,
         };
     }
@@ -159,10 +185,14 @@ fn prepare_timed<Req: RequestDeadline>(
     request: &mut Req,
 ) -> Attempt {
     let now = Instant::now();
+    let mut call_deadline = false;
     let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
         match request.deadline() {
-            Some(outer) if outer <= own => outer,
+            Some(outer) if outer <= own => {
+                call_deadline = true;
+                outer
+            }
             _ => {
                 request.set_deadline(own);
                 own
@@ -171,6 +201,7 @@ fn prepare_timed<Req: RequestDeadline>(
     });
     Attempt {
         deadline,
+        call_deadline,
         started: uses_elapsed.then_some(now),
     }
 }
@@ -229,7 +260,7 @@ where
         Boxed::new(Box::pin(Retrying {
             step: Step::Calling { future },
             sleep: sleep_until(deadline),
-            timed: true,
+            timed: attempt.timed(),
             delays: None,
             paid: None,
             service,
@@ -265,7 +296,7 @@ where
         let mut retrying = Box::pin(Retrying {
             step: Step::Deciding,
             sleep: sleep_until(Instant::now()),
-            timed: false,
+            timed: Timed::No,
             delays: None,
             paid: None,
             service,
@@ -333,7 +364,7 @@ where
         *this.paid = Some(paid);
         link.on_retry(attempts + 1, delay);
         drop(result);
-        *this.timed = false;
+        *this.timed = Timed::No;
         if delay.is_zero() {
             this.step.set(Step::Ready);
         } else {
@@ -365,8 +396,13 @@ where
                 StepProj::Calling { future } => {
                     let result = match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
-                        Poll::Pending if *this.timed => {
+                        Poll::Pending if *this.timed != Timed::No => {
                             ready!(this.sleep.poll(cx));
+                            if *this.timed == Timed::Call {
+                                // The call is over; the attempt is cancelled, not failed.
+                                this.step.set(Step::Deciding);
+                                return Poll::Ready(Err(Box::new(Elapsed::new())));
+                            }
                             Err(Box::new(Elapsed::new()) as BoxError)
                         }
                         Poll::Pending => return Poll::Pending,
@@ -415,7 +451,7 @@ where
             }
             if ready.is_pending() {
                 this.sleep.as_mut().reset(deadline);
-                *this.timed = false;
+                *this.timed = Timed::No;
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     link.on_give_up(*this.attempt, GiveUpReason::Deadline);
                     return Poll::Ready(Err(Box::new(Elapsed::new())));
@@ -435,13 +471,10 @@ where
             None => this.template.take().expect("checked above"),
         };
         let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
-        *this.timed = match attempt.deadline {
-            Some(deadline) => {
-                this.sleep.as_mut().reset(deadline);
-                true
-            }
-            None => false,
-        };
+        if let Some(deadline) = attempt.deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        *this.timed = attempt.timed();
         *this.started = attempt.started;
         *this.attempt = next;
         let future = this.service.call(request);

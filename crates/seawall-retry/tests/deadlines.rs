@@ -183,6 +183,47 @@ async fn per_attempt_deadline_never_outlives_the_calls_deadline() {
     assert_eq!(Instant::now() - start, ms(150));
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_the_calls_deadline_counts_for_nothing() {
+    // The call's deadline (200 ms, from the timeout above) comes before the attempt's own
+    // timeout (500 ms): the attempt is cancelled then, as if the timeout above had dropped it,
+    // and neither fails in the budget nor ends in a give-up.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let budget = RetryBudget::token_bucket(2.0, 0.1).unwrap();
+    let layer = RetryLayer::builder()
+        .per_attempt_timeout(ms(500))
+        .budget(budget.clone())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (svc, calls) = hanging(usize::MAX);
+    let client = ServiceBuilder::new()
+        .with_timeout(ms(200))
+        .layer(layer)
+        .service(svc);
+    let start = Instant::now();
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(200));
+    assert_eq!(calls.count(), 1);
+    assert!(budget.can_retry(), "no failure was recorded");
+    assert_eq!(*events.lock().unwrap(), []);
+
+    // The attempt's own timeout, shorter than the call's, is a failure and is retried.
+    let (svc, calls) = hanging(1);
+    let layer = retry(3, ms(10))
+        .per_attempt_timeout(ms(50))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .with_timeout(ms(200))
+        .layer(layer)
+        .service(svc);
+    assert_eq!(client.oneshot(get()).await.unwrap(), "ok 1");
+    assert_eq!(calls.count(), 2);
+}
+
 /// Fails every call; after the first call it is not ready again until `open_at`.
 #[derive(Clone)]
 struct SlowToReady {
