@@ -25,7 +25,7 @@ pin_project! {
     /// The response future of [`Hedge`](super::Hedge).
     ///
     /// Polls the original call first; only when it is still pending is the hedge timer armed.
-    /// When the timer fires it polls the inner service ready, takes a hedge from the budget and
+    /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
     /// sends a copy. The first acceptable answer wins and every other call still running is
     /// dropped (cancelled) at once. Allocates only when it sends a hedge.
     pub struct ResponseFuture<S, Req, P, K>
@@ -117,11 +117,12 @@ where
     };
     let outcome = shared.policy.classify(result.as_ref(), since(sent));
     shared.budget.record(outcome);
-    let acceptable = outcome != Outcome::Failure;
-    if let (true, Some(_), Some(now)) = (acceptable, call_started, now) {
+    // Only a success says how long the dependency takes: an ignored error (an open breaker's
+    // rejection) comes back at once, and would drag the percentile delay down.
+    if let (Outcome::Success, Some(_), Some(now)) = (outcome, call_started, now) {
         shared.record_latency(since(call_started), now);
     }
-    acceptable
+    outcome != Outcome::Failure
 }
 
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
