@@ -58,6 +58,35 @@ async fn waiters_dropped_oldest_first_give_every_slot_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_a_burst_a_freed_slot_is_kept_while_it_can_still_run() {
+    // 10 a second in bursts of 2 (T = 100 ms, τ = 200 ms): two calls at 0 ms, then waiters for
+    // 100 and 200 ms. The first waiter goes; its slot may run until 200 ms and still keep every
+    // window to burst + ⌊w/T⌋, so a newcomer at 150 ms takes it and runs at once.
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(2)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    service.clone().oneshot(0).await.unwrap();
+    service.clone().oneshot(1).await.unwrap();
+    let mut first = spawn(service.clone().oneshot(2));
+    let mut second = spawn(service.clone().oneshot(3));
+    assert_pending!(first.poll());
+    assert_pending!(second.poll());
+    drop(first);
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let start = Instant::now();
+    service.clone().oneshot(4).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The second waiter keeps its slot at 200 ms.
+    assert_pending!(second.poll());
+    tokio::time::advance(Duration::from_millis(50)).await;
+    assert_eq!(second.await.unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_newcomer_takes_the_earliest_freed_slot_and_later_waiters_keep_theirs() {
     let layer = ten_a_second().build().unwrap();
     let service = layer.layer(echo());

@@ -76,19 +76,23 @@ pub(crate) fn decide(
 /// Takes the earliest of `holes` (TATs of given-back grants) whose slot has not passed at `now`,
 /// dropping those that have. `Err(retry)`: none within `max_wait`; the earliest is free at once
 /// after `retry` nanoseconds (`u64::MAX`: there is none).
+///
+/// A grant of TAT `tat` may run from `tat − τ` (`tolerance`) up to `tat − T` (`interval`): every
+/// call run within its grant's span keeps any window of `w` to `burst + ⌊w/T⌋` calls. So a hole
+/// is usable until `tat − T`, and its taker waits until `tat − τ` if that is still to come.
 pub(crate) fn take_hole(
     holes: &mut Vec<u64>,
     now: u64,
+    interval: u64,
     tolerance: u64,
     max_wait: u64,
 ) -> Result<Grant, u64> {
-    // A hole's slot is `tat − τ`; it has passed when that is before `now`.
-    let due = now.saturating_add(tolerance);
+    let due = now.saturating_add(interval);
     holes.retain(|&tat| tat >= due);
     let Some((index, &tat)) = holes.iter().enumerate().min_by_key(|&(_, &tat)| tat) else {
         return Err(u64::MAX);
     };
-    let delay = tat - due;
+    let delay = tat.saturating_sub(tolerance).saturating_sub(now);
     if delay > max_wait {
         return Err(delay);
     }
@@ -134,7 +138,7 @@ impl Gcra {
         if self.hole_count.load(Ordering::Acquire) > 0 {
             let mut holes = self.lock_holes();
             self.fold(&mut holes);
-            let taken = take_hole(&mut holes, now, self.tolerance, max_wait);
+            let taken = take_hole(&mut holes, now, self.interval, self.tolerance, max_wait);
             self.hole_count.store(holes.len(), Ordering::Release);
             match taken {
                 Ok(grant) => return Ok(grant),

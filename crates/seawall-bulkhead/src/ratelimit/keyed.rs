@@ -116,7 +116,13 @@ impl<K: Hash + Eq> KeyedShared<K> {
         if let Some(entry) = map.get_mut(key) {
             let mut hole_retry = u64::MAX;
             if !entry.holes.is_empty() {
-                match take_hole(&mut entry.holes, now, self.tolerance, self.max_wait) {
+                match take_hole(
+                    &mut entry.holes,
+                    now,
+                    self.interval,
+                    self.tolerance,
+                    self.max_wait,
+                ) {
                     Ok(grant) => return Ok((grant, entry.id)),
                     Err(retry) => hole_retry = retry,
                 }
