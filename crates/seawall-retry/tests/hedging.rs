@@ -457,6 +457,40 @@ async fn percentile_delay_adapts_to_a_latency_shift() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ignored_errors_do_not_drag_the_percentile_delay_down() {
+    // Errors the policy ignores (an open breaker's rejection) come back at once; only successes
+    // say how long the dependency takes.
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 10, Duration::from_secs(1))
+        .classify(
+            |result: Result<&usize, &BoxError>, _: Duration| match result {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Ignored,
+            },
+        )
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(50), |_| false));
+    call_for(&mut svc, Duration::from_millis(2_100)).await;
+    let before = layer.current_delay().expect("a period has been measured");
+    assert!(before >= ms(49) && before <= ms(51), "{before:?}");
+
+    // Two periods of rejections through the same layer, each after 1 ms, then a success that
+    // closes the period.
+    let rejected = Replicas::new();
+    let mut rejecting = layer.layer(rejected.service(|_| ms(1), |_| true));
+    let until = Instant::now() + ms(2_100);
+    while Instant::now() < until {
+        assert!(rejecting.ready().await.unwrap().call(get()).await.is_err());
+    }
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    let after = layer.current_delay().unwrap();
+    assert!(after >= ms(49), "{after:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn percentile_delay_hedges_slow_outliers() {
     let layer = HedgeLayer::builder()
         .percentile(0.9, 10, Duration::from_secs(1))
