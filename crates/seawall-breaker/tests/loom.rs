@@ -258,21 +258,28 @@ fn a_probe_handed_back_stops_the_bound_unless_a_new_probe_takes_its_slot() {
     });
 }
 
+/// Two probes out at 2 ms; at 3 ms the first is handed back without a result on another thread
+/// while this one completes the second with `second`.
+fn two_probes_end(second: Outcome) -> Arc<Machine> {
+    let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+    open(&m);
+    let p1 = m.acquire(|| 2 * MS, &()).unwrap();
+    let p2 = m.acquire(|| 2 * MS, &()).unwrap();
+    let a = {
+        let m = m.clone();
+        thread::spawn(move || {
+            m.complete(p1, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
+        })
+    };
+    m.complete(p2, second, Duration::ZERO, || 3 * MS, &());
+    a.join().unwrap();
+    m
+}
+
 #[test]
 fn the_last_of_two_probes_handed_back_stops_the_bound() {
     loom::model(|| {
-        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
-        open(&m);
-        let p1 = m.acquire(|| 2 * MS, &()).unwrap();
-        let p2 = m.acquire(|| 2 * MS, &()).unwrap();
-        let a = {
-            let m = m.clone();
-            thread::spawn(move || {
-                m.complete(p1, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
-            })
-        };
-        m.complete(p2, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
-        a.join().unwrap();
+        let m = two_probes_end(Outcome::Ignored);
         assert_eq!(m.state(), State::HalfOpen);
         assert_eq!(m.snapshot(3 * MS).probes_in_use, 0);
         assert_eq!(m.deadline(), None);
@@ -282,18 +289,7 @@ fn the_last_of_two_probes_handed_back_stops_the_bound() {
 #[test]
 fn a_probe_handed_back_after_a_result_keeps_the_bound() {
     loom::model(|| {
-        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
-        open(&m);
-        let p1 = m.acquire(|| 2 * MS, &()).unwrap();
-        let p2 = m.acquire(|| 2 * MS, &()).unwrap();
-        let a = {
-            let m = m.clone();
-            thread::spawn(move || {
-                m.complete(p1, Outcome::Ignored, Duration::ZERO, || 3 * MS, &());
-            })
-        };
-        m.complete(p2, Outcome::Success, Duration::ZERO, || 3 * MS, &());
-        a.join().unwrap();
+        let m = two_probes_end(Outcome::Success);
         // A result is in, in either order: the HalfOpen waits for the rest within its bound.
         assert_eq!(m.state(), State::HalfOpen);
         assert_eq!(m.snapshot(3 * MS).probe_results, 1);
