@@ -211,7 +211,8 @@ async fn callers_timing_out_before_max_wait_still_get_the_rate() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A call for key `0..3` (the plain limiter ignores the key).
+    /// A call for key `0..3` (the plain limiter ignores the key; with backpressure it sets how long
+    /// the call holds its ready service).
     Call(u64),
     /// Drop a live call, waiting or not.
     Cancel(usize),
@@ -246,14 +247,14 @@ fn seeded(cases: u32) -> ProptestConfig {
     config
 }
 
-/// `times` (nanoseconds) admit at most `burst + ⌊w / interval⌋` calls in any window `w`.
-fn within_rate(times: &[u64], interval: u64, burst: u64) -> Result<(), TestCaseError> {
+/// `times` (nanoseconds) admit at most `burst + ⌊(w + slack) / interval⌋` calls in any window `w`.
+fn within_rate(times: &[u64], interval: u64, burst: u64, slack: u64) -> Result<(), TestCaseError> {
     let mut times = times.to_vec();
     times.sort_unstable();
     for i in 0..times.len() {
         for j in i..times.len() {
             let calls = (j - i + 1) as u64;
-            let allowed = burst + (times[j] - times[i]) / interval;
+            let allowed = burst + (times[j] - times[i] + slack) / interval;
             prop_assert!(
                 calls <= allowed,
                 "{calls} calls within {} ns, at most {allowed} allowed: {times:?}",
@@ -271,7 +272,8 @@ fn within_rate(times: &[u64], interval: u64, burst: u64) -> Result<(), TestCaseE
 enum Mode {
     Plain,
     Keyed,
-    /// `poll_ready` waits for the permit; a call dropped there gives back its reservation.
+    /// `poll_ready` waits for a permit; a call for key `k` holds its ready service `k` half
+    /// intervals before calling.
     Backpressure,
 }
 
@@ -316,6 +318,19 @@ fn run(
                     let _ = call.await;
                 })
             })
+        } else if backpressure {
+            let layer = builder.build().unwrap();
+            let service = layer.layer(inner);
+            Box::new(move |key| {
+                let mut service = service.clone();
+                let hold = Duration::from_millis(key * interval_ms / 2);
+                Box::pin(async move {
+                    if service.ready().await.is_ok() {
+                        tokio::time::sleep(hold).await;
+                        let _ = service.call((key, 0)).await;
+                    }
+                })
+            })
         } else {
             let layer = builder.build().unwrap();
             let service = layer.layer(inner);
@@ -334,7 +349,9 @@ fn run(
                     .filter(|(k, _)| !keyed || *k == key)
                     .map(|(_, t)| *t)
                     .collect();
-                within_rate(&times, interval, burst)?;
+                // With backpressure a call within 1 ms of `poll_ready` keeps its permit.
+                let slack = if backpressure { 1_000_000 } else { 0 };
+                within_rate(&times, interval, burst, slack)?;
             }
             Ok(())
         };
@@ -359,7 +376,8 @@ fn run(
         // Every waiter left runs within `max_wait`, or with backpressure once every call made
         // could have had its slot.
         let settle = if backpressure {
-            interval_ms * calls
+            // A call that held its ready service past its permit takes a second one.
+            interval_ms * (2 * calls + 1)
         } else {
             max_wait_ms
         };

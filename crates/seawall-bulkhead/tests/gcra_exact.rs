@@ -351,6 +351,171 @@ async fn backpressure_waits_in_poll_ready() {
     assert_eq!(second.await.unwrap(), 2);
 }
 
+/// With backpressure, a caller that holds a ready service and calls long after its permit's time
+/// cannot send its call next to the ones admitted since: it takes the permit due when it calls.
+#[tokio::test(start_paused = true)]
+async fn backpressure_call_made_late_takes_the_permit_due_then() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let ran: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let record = ran.clone();
+    let service = layer.layer(service_fn(move |n: u32| {
+        record.lock().unwrap().push(start.elapsed());
+        async move { Ok::<_, std::io::Error>(n) }
+    }));
+
+    let mut held = service.clone();
+    held.ready().await.unwrap();
+    let busy = tokio::spawn({
+        let mut service = service.clone();
+        async move {
+            for n in 0..10 {
+                service.ready().await.unwrap().call(n).await.unwrap();
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    held.call(99).await.unwrap();
+    busy.await.unwrap();
+
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    assert_eq!(ran.len(), 11);
+    for pair in ran.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_secs(1),
+            "two calls within a second at 1/s: {ran:?}"
+        );
+    }
+}
+
+/// A service made ready at t = 0 while another calls every second, from 1 s: called (or polled
+/// ready again) at 1.5 s, its permit is stale and it takes the next one, at 3 s.
+async fn late_against_a_busy_neighbour(repoll: bool) {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    // Clones of a `ConcurrencyLimit` start without a permit: a call on anything but the service
+    // polled ready panics.
+    let mut late = layer.layer(ConcurrencyLimit::new(echo(), 2));
+    let mut busy = late.clone();
+    late.ready().await.unwrap();
+    let busy = tokio::spawn(async move {
+        let mut times = Vec::new();
+        for n in 0..4 {
+            busy.ready().await.unwrap().call(n).await.unwrap();
+            times.push(start.elapsed());
+        }
+        times
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    if repoll {
+        let mut task = tokio_test::task::spawn(());
+        assert!(task.enter(|cx, _| late.poll_ready(cx)).is_pending());
+        late.ready().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+    assert_eq!(late.call(99).await.unwrap(), 99);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(busy.await.unwrap(), [1, 2, 4, 5].map(Duration::from_secs));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_late_call_waits_for_a_fresh_permit_with_its_ready_service() {
+    late_against_a_busy_neighbour(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_ready_service_polled_again_late_reserves_afresh() {
+    late_against_a_busy_neighbour(true).await;
+}
+
+/// A ready service called `after` t = 0, its permit's span ended at 0 and the next permit held by
+/// another service: when the call runs.
+async fn called_after_ready(after: Duration) -> Duration {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut ready = layer.layer(echo());
+    let mut waiting = ready.clone();
+    ready.ready().await.unwrap();
+    let mut task = tokio_test::task::spawn(());
+    assert!(task.enter(|cx, _| waiting.poll_ready(cx)).is_pending());
+    tokio::time::advance(after).await;
+    ready.call(1).await.unwrap();
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_call_within_a_millisecond_of_ready_keeps_its_permit() {
+    let after = Duration::from_micros(900);
+    assert_eq!(called_after_ready(after).await, after);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_call_later_than_a_millisecond_past_its_span_waits() {
+    let after = Duration::from_micros(1_100);
+    let ran = called_after_ready(after).await;
+    // At the next permit, to tokio's millisecond.
+    assert!(
+        (Duration::from_secs(2)..Duration::from_millis(2_001)).contains(&ran),
+        "{ran:?}"
+    );
+}
+
+/// With backpressure waiters take permits in the order they came: a caller that takes its
+/// permit and is ready again at once does not starve one that waits.
+#[tokio::test(start_paused = true)]
+async fn backpressure_waiters_go_in_turn() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let service = layer.layer(echo());
+    let eager = tokio::spawn({
+        let mut service = service.clone();
+        async move {
+            for n in 0..10 {
+                let call = service.ready().await.unwrap().call(n);
+                tokio::spawn(call);
+            }
+        }
+    });
+    let patient = tokio::spawn({
+        let mut service = service.clone();
+        async move {
+            let mut calls = 0;
+            let until = Instant::now() + Duration::from_millis(950);
+            while Instant::now() < until {
+                service.ready().await.unwrap().call(0).await.unwrap();
+                calls += 1;
+            }
+            calls
+        }
+    });
+    eager.await.unwrap();
+    let patient = patient.await.unwrap();
+    assert!(
+        patient >= 4,
+        "{patient} calls of 10 for the waiter that came second"
+    );
+}
+
 /// With backpressure, a permit past the clock's range is not reserved either: `poll_ready` stays
 /// pending on a timer rather than waking itself in a loop.
 #[tokio::test(start_paused = true)]

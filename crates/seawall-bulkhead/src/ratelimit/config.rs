@@ -66,9 +66,10 @@ impl RateLimitConfigBuilder {
         self
     }
 
-    /// Makes `poll_ready` return `Pending` until the next permit is due, as tower's `RateLimit`
-    /// does, instead of rejecting. Default `false`. Not available for the keyed limiter, whose key
-    /// is only known in `call`.
+    /// Makes `poll_ready` reserve the next permit and return `Pending` until it is due, as tower's
+    /// `RateLimit` does, instead of rejecting. Default `false`. A call made after its permit's
+    /// time has passed takes the permit due then, waiting for it in its response future. Not
+    /// available for the keyed limiter, whose key is only known in `call`.
     pub fn backpressure(mut self, backpressure: bool) -> Self {
         self.backpressure = backpressure;
         self

@@ -17,7 +17,7 @@ pub enum RateLimitEvent {
         retry_after: Duration,
     },
     /// A call waits for a permit that is due within `max_wait` (or, with backpressure,
-    /// `poll_ready` waits for one).
+    /// `poll_ready` waits for one, or a call made after its permit's time waits for the next).
     Delayed {
         /// How long it waits.
         delay: Duration,

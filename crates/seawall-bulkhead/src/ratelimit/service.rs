@@ -1,5 +1,6 @@
 use super::{
     future::{Refund, ResponseFuture},
+    gcra::Grant,
     layer::{RateLimitLayer, Reservation, Shared},
 };
 use seawall_core::BoxError;
@@ -13,6 +14,18 @@ use std::{
 };
 use tokio::time::Sleep;
 use tower_service::Service;
+
+/// A permit of TAT `t` may run until `t − T`; a call may still use the permit `poll_ready`
+/// reserved for it up to this many nanoseconds after `poll_ready` saw it due. Time passes
+/// between `poll_ready` and `call`, and tokio's timers fire up to a millisecond late, so without
+/// it a call made as soon as its permit is due could miss it.
+const LATE: u64 = 1_000_000;
+
+/// The last time a call may use `grant`, due at `now`, from a limiter of `interval`: the end of its
+/// span, or [`LATE`] after `now` if that is later.
+fn usable_until(interval: u64, grant: Grant, now: u64) -> u64 {
+    (grant.tat - interval).max(now.saturating_add(LATE))
+}
 
 /// A GCRA rate limit around `S`. Made by [`RateLimitLayer`]; see the [module docs](super).
 pub struct RateLimit<S> {
@@ -28,6 +41,8 @@ struct Reserved {
     /// to look again); refunded if the service drops it unused.
     reservation: Option<Reservation>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Once the permit is due: the last time a call may use it.
+    usable_until: Option<u64>,
 }
 
 impl Drop for Reserved {
@@ -64,12 +79,26 @@ impl<S> RateLimit<S> {
     }
 
     fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(Reserved {
+            usable_until: Some(until),
+            ..
+        }) = self.reserved
+        {
+            if self.shared.now() <= until {
+                return Poll::Ready(());
+            }
+            // Ready long ago and not called: the permit can no longer be used within the bound.
+            // Dropping it gives it back; reserve the one due now.
+            self.reserved = None;
+        }
         let reserved = match &mut self.reserved {
             Some(reserved) => reserved,
             None => {
                 let now = self.shared.now();
                 let reserved = match self.shared.gcra.acquire(now, u64::MAX) {
                     Ok(grant) => Reserved {
+                        usable_until: (grant.delay == 0)
+                            .then(|| usable_until(self.shared.gcra.interval(), grant, now)),
                         sleep: (grant.delay > 0).then(|| {
                             self.shared.report.delayed(grant.delay);
                             Box::pin(tokio::time::sleep_until(
@@ -85,6 +114,7 @@ impl<S> RateLimit<S> {
                     // nothing is reserved; look again once `retry` has passed.
                     Err(retry) => Reserved {
                         reservation: None,
+                        usable_until: None,
                         sleep: Some(Box::pin(tokio::time::sleep_until(
                             self.shared.instant(now.saturating_add(retry)),
                         ))),
@@ -97,11 +127,16 @@ impl<S> RateLimit<S> {
             ready!(sleep.as_mut().poll(cx));
             reserved.sleep = None;
         }
-        if reserved.reservation.is_none() {
+        let Some(reservation) = &reserved.reservation else {
             // The retry is due: look again on the next poll.
             self.reserved = None;
             cx.waker().wake_by_ref();
             return Poll::Pending;
+        };
+        if reserved.usable_until.is_none() {
+            let grant = reservation.grant;
+            let interval = self.shared.gcra.interval();
+            reserved.usable_until = Some(usable_until(interval, grant, self.shared.now()));
         }
         Poll::Ready(())
     }
@@ -124,17 +159,26 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        if self.reserved.is_some() {
-            if let Some(mut reserved) = self.reserved.take() {
-                if reserved.sleep.is_none() {
-                    reserved.reservation = None;
+        let mut max_wait = self.shared.max_wait;
+        if let Some(mut reserved) = self.reserved.take() {
+            if let Some(until) = reserved.usable_until {
+                let reservation = reserved.reservation.take();
+                if self.shared.now() <= until {
                     return ResponseFuture::running(self.inner.call(request));
                 }
-                // Called before the reserved permit was due: give it back and decide afresh.
+                // Called after the reserved permit's span: going now could put this call next to
+                // the ones admitted since. Give the permit back and take the one due now, waiting
+                // for it if need be: this call was made ready.
+                if let Some(reservation) = reservation {
+                    reservation.refund();
+                }
+                max_wait = u64::MAX;
             }
+            // Called before the reserved permit was due: dropping `reserved` gives it back, and
+            // the call is decided afresh.
         }
         let now = self.shared.now();
-        match self.shared.gcra.acquire(now, self.shared.max_wait) {
+        match self.shared.gcra.acquire(now, max_wait) {
             Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok(grant) => {
                 self.shared.report.delayed(grant.delay);
