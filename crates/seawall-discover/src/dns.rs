@@ -40,8 +40,6 @@ enum Query {
 /// What a resolution asks for: `query` with its name parsed once, at build time.
 #[derive(Debug)]
 enum Parsed {
-    /// An IP address: its own answer, never asked about.
-    Addr(IpAddr, u16),
     /// A and AAAA records of a name, each address with the port.
     Ip(DnsName, u16),
     /// SRV records of a name.
@@ -65,7 +63,8 @@ impl Dns {
     /// family is an endpoint on `port`. A family the server says has no records adds none; a
     /// family whose answer does not come (a timeout, a server failure) fails the resolution,
     /// which keeps the last good set, both families' endpoints. A `host` that is an IP address
-    /// is its own endpoint: it is not looked up, nor resolved again.
+    /// is its own endpoint: it is not looked up, nor resolved again, and needs no name server
+    /// (neither [`nameservers`](DnsBuilder::nameservers) nor the system's configuration).
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -113,7 +112,8 @@ impl DnsBuilder {
     }
 
     /// Ask these name servers (UDP, falling back to TCP). Default: the system's configuration
-    /// (`/etc/resolv.conf`), with the `system-config` feature.
+    /// (`/etc/resolv.conf`), with the `system-config` feature; it is not read when the host is an
+    /// IP address.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.nameservers = Some(servers.into_iter().collect());
         self
@@ -174,31 +174,38 @@ impl DnsBuilder {
         }
         let parsed = match &self.query {
             Query::Ip { host, port } => match host.parse::<IpAddr>() {
-                Ok(ip) => Parsed::Addr(ip, *port),
-                Err(_) => Parsed::Ip(check_dns_name("host", host)?, *port),
+                Ok(ip) => Err(SocketAddr::new(ip, *port)),
+                Err(_) => Ok(Parsed::Ip(check_dns_name("host", host)?, *port)),
             },
-            Query::Srv { name } => Parsed::Srv(check_dns_name("srv", name)?),
+            Query::Srv { name } => Ok(Parsed::Srv(check_dns_name("srv", name)?)),
         };
         let name = match &self.name {
             Some(name) => Name::validate("name", name)?,
             None => Name::default_for("discover"),
         };
-        let config = match &self.nameservers {
-            Some(servers) if servers.is_empty() => {
+        if let Some(servers) = &self.nameservers {
+            if servers.is_empty() {
                 return Err(ConfigError::invalid(
                     "nameservers",
                     "must not be empty",
                     "[]",
-                ))
+                ));
             }
+            if let Some(server) = servers.iter().find(|server| server.port() == 0) {
+                return Err(ConfigError::invalid(
+                    "nameservers",
+                    "ports must not be 0",
+                    server.to_string(),
+                ));
+            }
+        }
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            // An address is its own answer: no resolver, no system configuration to read.
+            Err(addr) => return Ok(address(addr, name, make)),
+        };
+        let config = match &self.nameservers {
             Some(servers) => {
-                if let Some(server) = servers.iter().find(|server| server.port() == 0) {
-                    return Err(ConfigError::invalid(
-                        "nameservers",
-                        "ports must not be 0",
-                        server.to_string(),
-                    ));
-                }
                 let mut group = NameServerConfigGroup::new();
                 for server in servers {
                     group.merge(NameServerConfigGroup::from_ips_clear(
@@ -244,6 +251,24 @@ impl fmt::Debug for DnsBuilder {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// The discovery of an IP address: that one endpoint, published once; there is nothing to
+/// resolve, now or later.
+fn address<S, M>(addr: SocketAddr, name: Name, mut make: M) -> Discovery<Tagged<SocketAddr>, S>
+where
+    S: Send + 'static,
+    M: FnMut(&Tagged<SocketAddr>) -> S + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let endpoints = [Tagged::new(addr)];
+        tracing::debug!(name = %name, query = %addr, count = 1, "seawall discover resolved");
+        if publish(&mut Tracker::with_meta(), endpoints, &mut make, &tx) {
+            tx.closed().await;
+        }
+    });
+    Discovery::new(rx, Some(task.abort_handle()))
 }
 
 /// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or
@@ -316,11 +341,6 @@ async fn run<S, M>(
                 if !publish(&mut tracker, endpoints, &mut make, &tx) {
                     return;
                 }
-                if let Parsed::Addr(..) = query {
-                    // An address does not change: there is nothing to resolve again.
-                    tx.closed().await;
-                    return;
-                }
                 ttl.clamp(min, max)
             }
             Err(error) => {
@@ -353,10 +373,6 @@ async fn resolve(
     targets: &mut Targets,
 ) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
     match query {
-        Parsed::Addr(ip, port) => Ok((
-            vec![Tagged::new(SocketAddr::new(*ip, *port))],
-            Duration::MAX,
-        )),
         Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host).await?, *port),
         Parsed::Srv(srv_name) => {
             let lookup = resolver.srv_lookup(srv_name.clone()).await?;
@@ -607,56 +623,5 @@ mod tests {
                 "users.test.svc.cluster.local."
             ]
         );
-    }
-
-    /// With `ndots` of 5 (Kubernetes' resolv.conf) a resolver would try `10.0.0.5` under each
-    /// search domain first; an address must not be asked about at all.
-    #[tokio::test(start_paused = true)]
-    async fn an_address_is_its_own_answer_without_a_query() {
-        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut system = ResolverOpts::default();
-        system.ndots = 5;
-        let config = ResolverConfig::from_parts(
-            None,
-            vec![DnsName::from_ascii("svc.cluster.local.").unwrap()],
-            NameServerConfigGroup::from_ips_clear(
-                &[server.local_addr().unwrap().ip()],
-                server.local_addr().unwrap().port(),
-                true,
-            ),
-        );
-        let resolver =
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(resolver_opts(system, Duration::from_millis(50)))
-                .build();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(
-            resolver,
-            Parsed::Addr("10.0.0.5".parse().unwrap(), 80),
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-            Name::default_for("discover"),
-            |_: &Tagged<SocketAddr>| (),
-            tx,
-        ));
-        let change = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let tower::discover::Change::Insert(key, ()) = change else {
-            panic!("{change:?}");
-        };
-        assert_eq!(key.key, SocketAddr::from(([10, 0, 0, 5], 80)));
-        // Several refresh periods later: still no question, and nothing more to say.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut buf = [0u8; 512];
-        let asked = server.recv_from(&mut buf);
-        assert!(
-            matches!(&asked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "{asked:?}"
-        );
-        assert!(rx.try_recv().is_err());
-        task.abort();
     }
 }

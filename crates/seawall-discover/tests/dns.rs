@@ -317,3 +317,38 @@ async fn names_with_underscores_resolve() {
         vec![('+', addr("10.1.0.1:8001"), 1)]
     );
 }
+
+/// An IP address is its own endpoint: no name server is asked, so none needs to be configured,
+/// whether or not the system has a DNS configuration to read.
+#[tokio::test(start_paused = true)]
+async fn an_address_needs_no_name_server() {
+    for (host, endpoint) in [("10.0.0.5", "10.0.0.5:80"), ("::1", "[::1]:80")] {
+        let mut discovery = Dns::a(host, 80).build(make).unwrap();
+        assert_eq!(
+            first_resolution(&mut discovery).await,
+            vec![('+', addr(endpoint), 1)]
+        );
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(queued(&mut discovery), vec![]);
+    }
+}
+
+/// Given name servers, an address is not asked about either, now or at any later refresh.
+#[tokio::test(start_paused = true)]
+async fn an_address_is_never_asked_about() {
+    let zone = Zone::default();
+    let server = zone.serve().await;
+    let mut discovery = Dns::a("10.0.0.5", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_millis(10))
+        .max_refresh(Duration::from_millis(10))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.0.0.5:80"), 1)]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(zone.queries.load(Relaxed), 0);
+    assert_eq!(queued(&mut discovery), vec![]);
+}
