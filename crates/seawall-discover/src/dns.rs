@@ -82,8 +82,9 @@ impl Dns {
     /// Each target is resolved on its own. A target the server says has no addresses is left
     /// out, and the others still serve; a target whose lookup fails without such an answer (a
     /// timeout, a server failure) keeps the addresses it had at the last good resolution. A
-    /// target of `"."` means the service is not available there (RFC 2782) and is left out. The
-    /// resolution fails, keeping the last good set, only when no target gives an address.
+    /// target of `"."` means the service is not available there (RFC 2782) and is left out, as is
+    /// a record with port 0, which no client can connect to. The resolution fails, keeping the
+    /// last good set, only when no target gives an address.
     pub fn srv(name: impl Into<String>) -> DnsBuilder {
         DnsBuilder::new(Query::Srv { name: name.into() })
     }
@@ -391,7 +392,8 @@ async fn resolve(
             priorities.sort_unstable();
             priorities.dedup();
             // Each target on its own: one that does not resolve leaves the others serving. A
-            // target of "." says the service is not offered there (RFC 2782). The lowest
+            // target of "." says the service is not offered there (RFC 2782); port 0 is no port
+            // to connect to. The lowest
             // priority whose targets give an address is used: a higher one only while none of
             // the lower ones can be reached, as RFC 2782 has clients do.
             let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
@@ -403,6 +405,10 @@ async fn resolve(
                     let target = srv.target();
                     if target.is_root() {
                         tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
+                        continue;
+                    }
+                    if srv.port() == 0 {
+                        tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV record with port 0");
                         continue;
                     }
                     let ips = match found.get(target) {

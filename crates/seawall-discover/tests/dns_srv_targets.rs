@@ -1,8 +1,8 @@
 //! SRV discovery when some targets do not resolve: each target is resolved on its own, so one
 //! target without addresses, or one whose server does not answer, does not hide the others; a
-//! target of "." (RFC 2782: not available) is skipped; a backup priority serves while no target
-//! of a lower one resolves; only when no target resolves is the resolution a failure, which keeps
-//! the last set.
+//! target of "." (RFC 2782: not available) is skipped, and so is a record with port 0; a backup
+//! priority serves while no target of a lower one resolves; only when no target resolves is the
+//! resolution a failure, which keeps the last set.
 //!
 //! Sockets are involved, so these tests run in real time with generous, bounded waits.
 
@@ -63,6 +63,28 @@ async fn a_dot_target_is_skipped_and_alone_keeps_the_last_set() {
     // Only "." left: the service says it is not available, an answer without endpoints, which
     // keeps the last set like any failed resolution.
     zone.set_srv(SRV, &[(10, 1, 8001, ".")]);
+    zone.more_questions(RecordType::SRV, 3).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
+/// Port 0 is no port a client can connect to: such a record is skipped like a "." target.
+#[tokio::test]
+async fn a_record_with_port_zero_is_skipped() {
+    let zone = Zone::default();
+    zone.set_srv(
+        SRV,
+        &[(10, 1, 0, "a.api.test."), (10, 1, 8002, "b.api.test.")],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.1.0.2:8002"), 1)]
+    );
+
+    // Only port 0 left: no endpoint, a failed resolution that keeps the last set.
+    zone.set_srv(SRV, &[(10, 1, 0, "a.api.test."), (10, 1, 0, "b.api.test.")]);
     zone.more_questions(RecordType::SRV, 3).await;
     assert_eq!(queued(&mut discovery), vec![]);
 }
