@@ -7,7 +7,7 @@ use hickory_resolver::{
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
-        rr::{Name as DnsName, RData},
+        rr::{rdata::SRV, Name as DnsName, RData},
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -75,9 +75,11 @@ impl Dns {
     /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
     /// each target's addresses (A and AAAA) on the record's port, weighted by the record's
     /// weight; an address that several records name (two names of one host) weighs the sum of
-    /// their weights, whatever their order. Only the records of the lowest priority whose targets
-    /// give an address are used: a higher priority (a backup) serves only while no target of a
-    /// lower one does (RFC 2782).
+    /// their weights, whatever their order. A record of weight 0 gets a very small share beside
+    /// records of its priority that weigh more (RFC 2782): it weighs 1 and theirs are multiplied
+    /// by 100; records that all weigh 0 weigh 1 each. Only the records of the lowest priority
+    /// whose targets give an address are used: a higher priority (a backup) serves only while no
+    /// target of a lower one does (RFC 2782).
     ///
     /// Each target is resolved on its own. A target the server says has no addresses is left
     /// out, and the others still serve; a target whose lookup fails without such an answer (a
@@ -401,7 +403,9 @@ async fn resolve(
             let mut found = Targets::new();
             let mut failed = None;
             for priority in priorities {
-                for srv in records.iter().filter(|r| r.priority() == priority) {
+                let of_priority = || records.iter().filter(move |r| r.priority() == priority);
+                let scale = weight_scale(of_priority().map(SRV::weight));
+                for srv in of_priority() {
                     let target = srv.target();
                     if target.is_root() {
                         tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
@@ -434,7 +438,7 @@ async fn resolve(
                     // An address several records name (two names of one host, one target listed
                     // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
                     // it: a weight that did not depend on the records' order, which servers rotate.
-                    let weight = u32::from(srv.weight().max(1));
+                    let weight = scale(srv.weight());
                     for &ip in &ips {
                         let addr = SocketAddr::new(ip, srv.port());
                         match index.get(&addr) {
@@ -464,6 +468,26 @@ async fn resolve(
         }
     }
 }
+
+/// How much an SRV record weighs as an endpoint, given the weights of the records of its
+/// priority.
+///
+/// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside records
+/// that weigh more, and records that all weigh 0 equal chances. A balancer's weights start at 1,
+/// so beside a weighted record each weight is scaled by [`ZERO_WEIGHT_SCALE`] and weight 0 weighs
+/// 1; without a record of weight 0 in the priority, weights are taken as they are.
+fn weight_scale(mut weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) -> u32 {
+    let mixed = weights.clone().any(|w| w == 0) && weights.any(|w| w > 0);
+    move |weight| match (mixed, weight) {
+        (_, 0) => 1,
+        (true, w) => u32::from(w) * ZERO_WEIGHT_SCALE,
+        (false, w) => u32::from(w),
+    }
+}
+
+/// What a record's weight is multiplied by when its priority also has records of weight 0, which
+/// then weigh 1: a hundredth of a record of weight 1.
+const ZERO_WEIGHT_SCALE: u32 = 100;
 
 /// The endpoints of an A/AAAA resolution: each address on `port`.
 fn ip_endpoints(

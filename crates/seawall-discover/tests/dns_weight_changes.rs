@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    addr, count_answers, eventually, first_resolution, next_change, queued, two_targets, Zone,
+    addr, count_answers, eventually, first_resolution, next_change, next_two_changes, queued,
+    two_targets, Zone,
 };
 use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceEvent, BalanceLayer, Picker};
@@ -124,4 +125,45 @@ async fn records_for_one_address_weigh_their_sum_whatever_their_order() {
     );
     zone.more_questions(RecordType::SRV, 3).await;
     assert_eq!(queued(&mut discovery), vec![]);
+}
+
+/// RFC 2782: a record of weight 0 has a very small chance of being picked when others of its
+/// priority weigh more. Beside weighted records it weighs 1 against their weights scaled by 100;
+/// when every record of the priority weighs 0, each weighs 1.
+#[tokio::test]
+async fn a_zero_weight_gets_a_very_small_share_beside_weighted_records() {
+    let zone = Zone::default();
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 0, 8001, "a.api.test."),
+            (10, 3, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+        ],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    zone.set_a("c.api.test", &[[10, 1, 0, 3]]);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![
+            ('+', addr("10.1.0.1:8001"), 1),
+            ('+', addr("10.1.0.2:8002"), 300),
+            ('+', addr("10.1.0.3:8003"), 100)
+        ]
+    );
+
+    // Only weight 0 left: every record weighs alike.
+    zone.set_srv(
+        SRV,
+        &[(10, 0, 8001, "a.api.test."), (10, 0, 8002, "b.api.test.")],
+    );
+    assert_eq!(
+        next_two_changes(&mut discovery).await,
+        vec![
+            ('+', addr("10.1.0.2:8002"), 1),
+            ('-', addr("10.1.0.3:8003"), 100)
+        ]
+    );
 }
