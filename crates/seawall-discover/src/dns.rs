@@ -49,7 +49,7 @@ enum Parsed {
 /// DNS endpoint discovery; see [`Dns::a`] and [`Dns::srv`].
 ///
 /// The name is resolved at once, then again when the answer's TTL runs out (the smallest TTL of
-/// the records), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server
+/// the records, CNAMEs leading to them included), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server
 /// failure, or an answer without records) keeps the last good set and is retried after
 /// `min_refresh`, doubling up to `max_refresh` while failures last. Endpoint keys are
 /// [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round robin),
@@ -364,7 +364,8 @@ async fn run<S, M>(
 /// The addresses each SRV target had at the last good resolution.
 type Targets = HashMap<DnsName, Vec<IpAddr>>;
 
-/// One resolution: the endpoints and the smallest TTL of the records that gave them.
+/// One resolution: the endpoints and the smallest TTL of the records that gave them (CNAMEs on
+/// the way included).
 ///
 /// For SRV, `targets` holds each target's addresses from the last good resolution: a target whose
 /// lookup fails for a moment (a timeout, a server failure) keeps them, so one lost answer does
@@ -381,9 +382,10 @@ async fn resolve(
             let lookup = resolver.srv_lookup(srv_name.clone()).await?;
             let mut ttl = u32::MAX;
             let mut records = Vec::new();
+            // Every record's TTL counts, a CNAME's on the way to the SRV records included.
             for record in lookup.as_lookup().records() {
+                ttl = ttl.min(record.ttl());
                 if let RData::SRV(srv) = record.data() {
-                    ttl = ttl.min(record.ttl());
                     records.push(srv.clone());
                 }
             }
@@ -518,8 +520,9 @@ fn is_absent(error: &ResolveError) -> bool {
     }
 }
 
-/// The addresses of `host`, both families, and the smallest TTL of their records; an error when
-/// it has none (one [`is_absent`] holds for when the server said so).
+/// The addresses of `host`, both families, and the smallest TTL of the records that gave them
+/// (CNAMEs included); an error when it has none (one [`is_absent`] holds for when the server said
+/// so).
 ///
 /// A and AAAA are asked for apart, at once, so that each family's answer counts: a family the
 /// server says has no records adds none, and one that does not answer (a timeout, a server
@@ -549,13 +552,14 @@ async fn lookup_ips(
                 Err(error) => return Err(error),
             };
             for record in lookup.records() {
-                let ip = match record.data() {
-                    RData::A(a) => IpAddr::V4(a.0),
-                    RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
-                    _ => continue,
-                };
+                // A CNAME that led to the addresses may change sooner than they do: its TTL
+                // counts too.
                 ttl = ttl.min(record.ttl());
-                ips.push(ip);
+                match record.data() {
+                    RData::A(a) => ips.push(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => ips.push(IpAddr::V6(aaaa.0)),
+                    _ => {}
+                }
             }
         }
         if !ips.is_empty() {

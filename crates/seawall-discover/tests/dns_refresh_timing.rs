@@ -84,3 +84,69 @@ async fn the_ttl_is_clamped_to_min_and_max_refresh() {
         assert_eq!(zone.asked_at(RecordType::A, start), expected, "TTL {ttl}");
     }
 }
+
+/// A CNAME's TTL counts like its target's records': an alias that may move within 2 s is asked
+/// about again after 2 s, though the addresses it leads to may be kept for 300.
+#[tokio::test(start_paused = true)]
+async fn a_cnames_ttl_bounds_the_refresh() {
+    let zone = Zone::default();
+    zone.ttl.store(300, Relaxed);
+    zone.set_a("blue.test", &[[10, 0, 0, 1]]);
+    zone.set_a("green.test", &[[10, 0, 0, 2]]);
+    zone.set_cname("users.test", "blue.test", 2);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_secs(1))
+        .max_refresh(Duration::from_secs(60))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', common::addr("10.0.0.1:80"), 1)]
+    );
+
+    zone.set_cname("users.test", "green.test", 2);
+    assert_eq!(
+        common::first_changes(&mut discovery, 2).await,
+        vec![
+            ('+', common::addr("10.0.0.2:80"), 1),
+            ('-', common::addr("10.0.0.1:80"), 1)
+        ]
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+/// The same for an SRV target that is an alias.
+#[tokio::test(start_paused = true)]
+async fn an_srv_targets_cname_ttl_bounds_the_refresh() {
+    let zone = Zone::default();
+    zone.ttl.store(300, Relaxed);
+    zone.set_srv("_http._tcp.api.test", &[(10, 1, 8001, "users.api.test.")]);
+    zone.set_a("blue.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("green.api.test", &[[10, 1, 0, 2]]);
+    zone.set_cname("users.api.test", "blue.api.test", 2);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::srv("_http._tcp.api.test.")
+        .nameservers([server])
+        .min_refresh(Duration::from_secs(1))
+        .max_refresh(Duration::from_secs(60))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', common::addr("10.1.0.1:8001"), 1)]
+    );
+
+    zone.set_cname("users.api.test", "green.api.test", 2);
+    assert_eq!(
+        common::first_changes(&mut discovery, 2).await,
+        vec![
+            ('+', common::addr("10.1.0.2:8001"), 1),
+            ('-', common::addr("10.1.0.1:8001"), 1)
+        ]
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{
-        rdata::{A, AAAA, SRV},
+        rdata::{A, AAAA, CNAME, SRV},
         Name, RData, Record, RecordType,
     },
 };
@@ -30,7 +30,7 @@ use tower::service_fn;
 type Table = HashMap<(String, RecordType), Vec<RData>>;
 
 /// A tiny authoritative DNS server: answers A, AAAA and SRV questions from a table the test
-/// edits. A name with no records of any type is NXDOMAIN; a name with records of other types
+/// edits, following a CNAME to its target. A name with no records of any type is NXDOMAIN; a name with records of other types
 /// only gets an empty answer (NODATA).
 #[derive(Clone, Default)]
 pub struct Zone {
@@ -38,6 +38,8 @@ pub struct Zone {
     asked: Arc<Mutex<HashMap<RecordType, u32>>>,
     /// When each question arrived, and its type (Tokio time, so paused tests can read it).
     log: Arc<Mutex<Vec<(tokio::time::Instant, RecordType)>>>,
+    /// CNAME records: each alias's target and the record's TTL.
+    cnames: Arc<Mutex<HashMap<String, (String, u32)>>>,
     silent: Arc<Mutex<HashSet<String>>>,
     silent_types: Arc<Mutex<HashSet<(String, RecordType)>>>,
     /// While set, questions go unanswered (an outage).
@@ -83,6 +85,16 @@ impl Zone {
             })
             .collect();
         self.set(name, RecordType::SRV, data);
+    }
+
+    /// Makes `alias` a CNAME of `target` (a name in this zone), with its own TTL: questions about
+    /// `alias` are answered with the CNAME record and `target`'s records of the type asked for,
+    /// as a recursive server answers them.
+    pub fn set_cname(&self, alias: &str, target: &str, ttl: u32) {
+        self.cnames
+            .lock()
+            .unwrap()
+            .insert(alias.to_owned(), (target.to_owned(), ttl));
     }
 
     /// While `on`, questions about `host` go unanswered (that name's server is unreachable).
@@ -208,19 +220,27 @@ impl Zone {
             .set_recursion_available(true);
         let ttl = self.ttl.load(Relaxed);
         let records = self.records.lock().unwrap();
+        let cnames = self.cnames.lock().unwrap();
         let mut known = false;
         for query in request.queries() {
             response.add_query(query.clone());
-            let host = query.name().to_string();
-            let host = host.trim_end_matches('.');
-            known |= records.keys().any(|(name, _)| name == host);
-            if let Some(data) = records.get(&(host.to_owned(), query.query_type())) {
+            let mut owner = query.name().clone();
+            let mut host = owner.to_string().trim_end_matches('.').to_owned();
+            if let Some((target, cname_ttl)) = cnames.get(&host) {
+                let target_name = Name::from_ascii(format!("{target}.")).unwrap();
+                response.add_answer(Record::from_rdata(
+                    owner,
+                    *cname_ttl,
+                    RData::CNAME(CNAME(target_name.clone())),
+                ));
+                known = true;
+                owner = target_name;
+                host = target.clone();
+            }
+            known |= records.keys().any(|(name, _)| *name == host);
+            if let Some(data) = records.get(&(host, query.query_type())) {
                 for rdata in data {
-                    response.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        ttl,
-                        rdata.clone(),
-                    ));
+                    response.add_answer(Record::from_rdata(owner.clone(), ttl, rdata.clone()));
                 }
             }
         }
