@@ -49,9 +49,12 @@ enum Parsed {
 /// DNS endpoint discovery; see [`Dns::a`] and [`Dns::srv`].
 ///
 /// The name is resolved at once, then again when the answer's TTL runs out (the smallest TTL of
-/// the records, CNAMEs leading to them included), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server
-/// failure, or an answer without records) keeps the last good set and is retried after
-/// `min_refresh`, doubling up to `max_refresh` while failures last. Endpoint keys are
+/// the records, CNAMEs leading to them included), clamped to `[min_refresh, max_refresh]`. A
+/// failed resolution (timeout, server failure, or an answer without records) keeps the last good
+/// set and is retried after `min_refresh`, doubling up to `max_refresh` while failures last. A
+/// resolution that succeeds in part (an SRV target's lookup went unanswered, or a server
+/// failure answered it) is published, and counted and retried like a failure: the next follows
+/// the backoff when that comes before the TTL runs out. Endpoint keys are
 /// [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round robin),
 /// A/AAAA endpoints weigh 1. A record whose weight changes is the same endpoint: it is inserted
 /// again with the new weight, not removed, and the balancer updates it in place.
@@ -338,20 +341,31 @@ async fn run<S, M>(
     let mut failures = 0u32;
     loop {
         let wait = match resolve(&resolver, &query, &name, &mut targets).await {
-            Ok((endpoints, ttl)) => {
-                failures = 0;
-                tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, "seawall discover resolved");
+            Ok(Resolved {
+                endpoints,
+                ttl,
+                partial,
+            }) => {
+                tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, partial, "seawall discover resolved");
                 if !publish(&mut tracker, endpoints, &mut make, &tx) {
                     return;
                 }
-                ttl.clamp(min, max)
+                if partial {
+                    // A lookup went unanswered: what it would have said is asked again on the
+                    // failure schedule, not only when the TTL runs out.
+                    failures = failures.saturating_add(1);
+                    metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
+                    ttl.clamp(min, max).min(backoff(min, max, failures))
+                } else {
+                    failures = 0;
+                    ttl.clamp(min, max)
+                }
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                 tracing::warn!(name = %name, ?query, %error, kept = tracker.len(), "seawall discover DNS resolution failed; keeping the last endpoints");
-                min.saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(max)
+                backoff(min, max, failures)
             }
         };
         tokio::select! {
@@ -361,11 +375,27 @@ async fn run<S, M>(
     }
 }
 
+/// The pause after the `failures`-th failed resolution in a row: `min`, doubling up to `max`.
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    min.saturating_mul(1 << failures.min(16).saturating_sub(1))
+        .min(max)
+}
+
 /// The addresses each SRV target had at the last good resolution.
 type Targets = HashMap<DnsName, Vec<IpAddr>>;
 
-/// One resolution: the endpoints and the smallest TTL of the records that gave them (CNAMEs on
-/// the way included).
+/// What a resolution found.
+struct Resolved {
+    endpoints: Vec<Tagged<SocketAddr>>,
+    /// The smallest TTL of the records that gave the endpoints (CNAMEs on the way included).
+    ttl: Duration,
+    /// Whether a lookup failed without the server saying there are no such records (a timeout,
+    /// a server failure): the endpoints stand on the other answers, and on what the failed
+    /// lookups gave last time.
+    partial: bool,
+}
+
+/// One resolution.
 ///
 /// For SRV, `targets` holds each target's addresses from the last good resolution: a target whose
 /// lookup fails for a moment (a timeout, a server failure) keeps them, so one lost answer does
@@ -375,7 +405,7 @@ async fn resolve(
     query: &Parsed,
     name: &Name,
     targets: &mut Targets,
-) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
+) -> Result<Resolved, ResolveError> {
     match query {
         Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host).await?, *port),
         Parsed::Srv(srv_name) => {
@@ -404,6 +434,7 @@ async fn resolve(
             let mut index = HashMap::new();
             let mut found = Targets::new();
             let mut failed = None;
+            let mut partial = false;
             for priority in priorities {
                 let of_priority = || records.iter().filter(move |r| r.priority() == priority);
                 let scale = weight_scale(of_priority().map(SRV::weight));
@@ -424,17 +455,21 @@ async fn resolve(
                                 ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
                                 ips
                             }
-                            Err(error) => match targets.get(target) {
-                                Some(last) if !is_absent(&error) => {
-                                    tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
-                                    last.clone()
+                            Err(error) => {
+                                let absent = is_absent(&error);
+                                partial |= !absent;
+                                match targets.get(target) {
+                                    Some(last) if !absent => {
+                                        tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                        last.clone()
+                                    }
+                                    _ => {
+                                        tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                        failed = Some(error);
+                                        continue;
+                                    }
                                 }
-                                _ => {
-                                    tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
-                                    failed = Some(error);
-                                    continue;
-                                }
-                            },
+                            }
                         },
                     };
                     // An address several records name (two names of one host, one target listed
@@ -466,7 +501,11 @@ async fn resolve(
                 );
             }
             *targets = found;
-            Ok((endpoints, Duration::from_secs(ttl.into())))
+            Ok(Resolved {
+                endpoints,
+                ttl: Duration::from_secs(ttl.into()),
+                partial,
+            })
         }
     }
 }
@@ -492,10 +531,7 @@ fn weight_scale(mut weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) 
 const ZERO_WEIGHT_SCALE: u32 = 100;
 
 /// The endpoints of an A/AAAA resolution: each address on `port`.
-fn ip_endpoints(
-    (ips, ttl): (Vec<IpAddr>, Duration),
-    port: u16,
-) -> Result<(Vec<Tagged<SocketAddr>>, Duration), ResolveError> {
+fn ip_endpoints((ips, ttl): (Vec<IpAddr>, Duration), port: u16) -> Result<Resolved, ResolveError> {
     if ips.is_empty() {
         return Err(ResolveError::from("no addresses"));
     }
@@ -503,7 +539,11 @@ fn ip_endpoints(
         .into_iter()
         .map(|ip| Tagged::new(SocketAddr::new(ip, port)))
         .collect();
-    Ok((endpoints, ttl))
+    Ok(Resolved {
+        endpoints,
+        ttl,
+        partial: false,
+    })
 }
 
 /// Whether the server answered that the name has no addresses (as opposed to not answering).
