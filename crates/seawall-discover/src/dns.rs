@@ -52,22 +52,28 @@ enum Parsed {
 /// the records, CNAMEs leading to them included), clamped to `[min_refresh, max_refresh]`. A
 /// failed resolution (timeout, server failure, or an answer without records) keeps the last good
 /// set and is retried after `min_refresh`, doubling up to `max_refresh` while failures last. A
-/// resolution that succeeds in part (an SRV target's lookup went unanswered, or a server
-/// failure answered it) is published, and counted and retried like a failure: the next follows
-/// the backoff when that comes before the TTL runs out. Endpoint keys are
-/// [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round robin),
-/// A/AAAA endpoints weigh 1. A record whose weight changes is the same endpoint: it is inserted
-/// again with the new weight, not removed, and the balancer updates it in place.
+/// resolution that succeeds in part (the lookup of one address family, or of an SRV target,
+/// went unanswered or got a server failure) is published, and counted and retried like a
+/// failure: the next follows the backoff when that comes before the TTL runs out. Endpoint keys
+/// are [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round
+/// robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same endpoint: it is
+/// inserted again with the new weight, not removed, and the balancer updates it in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 
 impl Dns {
     /// Discovers `host`'s A and AAAA records, both asked for together; each address of either
-    /// family is an endpoint on `port`. A family the server says has no records adds none; a
-    /// family whose answer does not come (a timeout, a server failure) fails the resolution,
-    /// which keeps the last good set, both families' endpoints. A `host` that is an IP address
-    /// is its own endpoint: it is not looked up, nor resolved again, and needs no name server
-    /// (neither [`nameservers`](DnsBuilder::nameservers) nor the system's configuration).
+    /// family is an endpoint on `port`. A family the server says has no records adds none. A
+    /// family whose answer does not come (a timeout, a server failure, a refusal) keeps the
+    /// addresses it had at the last good resolution (none, if it has not answered yet) while the
+    /// other family's answer is published: a server that drops or refuses AAAA questions does
+    /// not keep an IPv4-only host from being discovered, and one lost AAAA answer does not take
+    /// a dual-stack host's IPv6 endpoints away. Such a resolution counts as failed in part (see
+    /// [`Dns`]). When neither family answers, the resolution fails and keeps the last good set.
+    ///
+    /// A `host` that is an IP address is its own endpoint: it is not looked up, nor resolved
+    /// again, and needs no name server (neither [`nameservers`](DnsBuilder::nameservers) nor the
+    /// system's configuration).
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -337,10 +343,10 @@ async fn run<S, M>(
     M: FnMut(&Tagged<SocketAddr>) -> S,
 {
     let mut tracker = Tracker::with_meta();
-    let mut targets = Targets::new();
+    let mut known = Known::new();
     let mut failures = 0u32;
     loop {
-        let wait = match resolve(&resolver, &query, &name, &mut targets).await {
+        let wait = match resolve(&resolver, &query, &name, &mut known).await {
             Ok(Resolved {
                 endpoints,
                 ttl,
@@ -381,8 +387,9 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
         .min(max)
 }
 
-/// The addresses each SRV target had at the last good resolution.
-type Targets = HashMap<DnsName, Vec<IpAddr>>;
+/// The addresses each name looked up (the host of [`Dns::a`], each SRV target) had at the last
+/// good resolution.
+type Known = HashMap<DnsName, Vec<IpAddr>>;
 
 /// What a resolution found.
 struct Resolved {
@@ -397,17 +404,25 @@ struct Resolved {
 
 /// One resolution.
 ///
-/// For SRV, `targets` holds each target's addresses from the last good resolution: a target whose
-/// lookup fails for a moment (a timeout, a server failure) keeps them, so one lost answer does
-/// not drop its endpoints; a target the server says has no addresses is skipped.
+/// `known` holds the addresses each name looked up had at the last good resolution: a name, or
+/// one address family of it, whose lookup fails for a moment (a timeout, a server failure) keeps
+/// them, so one lost answer does not drop its endpoints; an SRV target the server says has no
+/// addresses is skipped.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
     name: &Name,
-    targets: &mut Targets,
+    known: &mut Known,
 ) -> Result<Resolved, ResolveError> {
     match query {
-        Parsed::Ip(host, port) => ip_endpoints(lookup_ips(resolver, host).await?, *port),
+        Parsed::Ip(host, port) => {
+            let found = lookup_ips(resolver, host, last(known, host)).await?;
+            if let Some((family, error)) = &found.failed {
+                tracing::warn!(name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+            }
+            known.insert(host.clone(), found.ips.clone());
+            ip_endpoints(found, *port)
+        }
         Parsed::Srv(srv_name) => {
             let lookup = resolver.srv_lookup(srv_name.clone()).await?;
             let mut ttl = u32::MAX;
@@ -432,7 +447,7 @@ async fn resolve(
             // the lower ones can be reached, as RFC 2782 has clients do.
             let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
             let mut index = HashMap::new();
-            let mut found = Targets::new();
+            let mut found = Known::new();
             let mut failed = None;
             let mut partial = false;
             for priority in priorities {
@@ -450,15 +465,21 @@ async fn resolve(
                     }
                     let ips = match found.get(target) {
                         Some(ips) => ips.clone(),
-                        None => match lookup_ips(resolver, target).await {
-                            Ok((ips, ip_ttl)) => {
-                                ttl = ttl.min(u32::try_from(ip_ttl.as_secs()).unwrap_or(u32::MAX));
-                                ips
+                        None => match lookup_ips(resolver, target, last(known, target)).await {
+                            Ok(addresses) => {
+                                if let Some((family, error)) = &addresses.failed {
+                                    partial = true;
+                                    tracing::warn!(name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                                }
+                                ttl = ttl.min(
+                                    u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX),
+                                );
+                                addresses.ips
                             }
                             Err(error) => {
                                 let absent = is_absent(&error);
                                 partial |= !absent;
-                                match targets.get(target) {
+                                match known.get(target) {
                                     Some(last) if !absent => {
                                         tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
                                         last.clone()
@@ -500,7 +521,7 @@ async fn resolve(
                     failed.unwrap_or_else(|| ResolveError::from("no SRV target has an address"))
                 );
             }
-            *targets = found;
+            *known = found;
             Ok(Resolved {
                 endpoints,
                 ttl: Duration::from_secs(ttl.into()),
@@ -530,19 +551,25 @@ fn weight_scale(mut weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) 
 /// then weigh 1: a hundredth of a record of weight 1.
 const ZERO_WEIGHT_SCALE: u32 = 100;
 
+/// The addresses `host` had at the last good resolution; none if it has not had one.
+fn last<'a>(known: &'a Known, host: &DnsName) -> &'a [IpAddr] {
+    known.get(host).map_or(&[], Vec::as_slice)
+}
+
 /// The endpoints of an A/AAAA resolution: each address on `port`.
-fn ip_endpoints((ips, ttl): (Vec<IpAddr>, Duration), port: u16) -> Result<Resolved, ResolveError> {
-    if ips.is_empty() {
+fn ip_endpoints(found: Addresses, port: u16) -> Result<Resolved, ResolveError> {
+    if found.ips.is_empty() {
         return Err(ResolveError::from("no addresses"));
     }
-    let endpoints = ips
+    let endpoints = found
+        .ips
         .into_iter()
         .map(|ip| Tagged::new(SocketAddr::new(ip, port)))
         .collect();
     Ok(Resolved {
         endpoints,
-        ttl,
-        partial: false,
+        ttl: found.ttl,
+        partial: found.failed.is_some(),
     })
 }
 
@@ -560,20 +587,34 @@ fn is_absent(error: &ResolveError) -> bool {
     }
 }
 
-/// The addresses of `host`, both families, and the smallest TTL of the records that gave them
-/// (CNAMEs included); an error when it has none (one [`is_absent`] holds for when the server said
-/// so).
+/// What [`lookup_ips`] found.
+struct Addresses {
+    /// The addresses of both families.
+    ips: Vec<IpAddr>,
+    /// The smallest TTL of the records that gave them (CNAMEs included).
+    ttl: Duration,
+    /// The family (`"A"` or `"AAAA"`) whose lookup failed while the other's was answered, with
+    /// its error: that family's addresses are the ones it had before.
+    failed: Option<(&'static str, ResolveError)>,
+}
+
+/// The addresses of `host`, both families; an error when it has none (one [`is_absent`] holds
+/// for when the server said so).
 ///
-/// A and AAAA are asked for apart, at once, so that each family's answer counts: a family the
-/// server says has no records adds none, and one that does not answer (a timeout, a server
-/// failure) fails the lookup. hickory's `lookup_ip` would answer with the other family alone, and
-/// one lost AAAA answer would then take a dual-stack host's IPv6 endpoints away until the next
-/// resolution. The names of [`search_names`] are tried in turn: the first with an address of
-/// either family answers, one that fails ends the lookup (a later name may be another host).
+/// A and AAAA are asked for apart, at once, so that each family's answer counts. A family the
+/// server says has no records adds none. A family whose answer does not come (a timeout, a server
+/// failure, a refusal) adds the addresses of that family in `last`, those of the last good
+/// resolution, while the other family's answer stands: hickory's `lookup_ip` would answer with
+/// the other family alone, and one lost AAAA answer would then take a dual-stack host's IPv6
+/// endpoints away until the next resolution, yet a server that never answers AAAA questions must
+/// not keep an IPv4 host from being found. When neither family answers, the lookup fails. The
+/// names of [`search_names`] are tried in turn: the first with an address of either family
+/// answers, one that fails ends the lookup (a later name may be another host).
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
-) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+    last: &[IpAddr],
+) -> Result<Addresses, ResolveError> {
     let mut absent = None;
     for name in search_names(resolver, host) {
         let (v4, v6) = tokio::join!(
@@ -582,14 +623,20 @@ async fn lookup_ips(
         );
         let mut ips = Vec::new();
         let mut ttl = u32::MAX;
-        for answer in [v4.map(Lookup::from), v6.map(Lookup::from)] {
+        let mut failed = None;
+        for (family, answer) in [("A", v4.map(Lookup::from)), ("AAAA", v6.map(Lookup::from))] {
             let lookup = match answer {
                 Ok(lookup) => lookup,
                 Err(error) if is_absent(&error) => {
                     absent = Some(error);
                     continue;
                 }
-                Err(error) => return Err(error),
+                // Neither family answered.
+                Err(error) if failed.is_some() => return Err(error),
+                Err(error) => {
+                    failed = Some((family, error));
+                    continue;
+                }
             };
             for record in lookup.records() {
                 // A CNAME that led to the addresses may change sooner than they do: its TTL
@@ -602,8 +649,24 @@ async fn lookup_ips(
                 }
             }
         }
+        if let Some((family, error)) = failed {
+            let v4 = family == "A";
+            ips.extend(last.iter().filter(|ip| ip.is_ipv4() == v4));
+            if ips.is_empty() {
+                return Err(error);
+            }
+            return Ok(Addresses {
+                ips,
+                ttl: Duration::from_secs(ttl.into()),
+                failed: Some((family, error)),
+            });
+        }
         if !ips.is_empty() {
-            return Ok((ips, Duration::from_secs(ttl.into())));
+            return Ok(Addresses {
+                ips,
+                ttl: Duration::from_secs(ttl.into()),
+                failed: None,
+            });
         }
     }
     Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))

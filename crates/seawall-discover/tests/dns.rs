@@ -130,7 +130,7 @@ async fn a_and_aaaa_records_both_become_endpoints() {
 }
 
 /// A dual-stack host whose answers of one family (`lost`) stop arriving: each resolution times out
-/// on that family, which fails the whole resolution, so the endpoints of both families stay.
+/// on that family, which keeps the addresses it had, so the endpoints of both families stay.
 async fn one_lost_family_keeps_both(lost: RecordType) {
     let zone = Zone::default();
     zone.set_a("dual.test", &[[10, 0, 0, 1]]);

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{addr, first_resolution, make, queued, two_targets, Zone};
-use hickory_proto::rr::RecordType;
+use common::{addr, first_changes, first_resolution, make, queued, two_targets, Zone};
+use hickory_proto::{op::ResponseCode, rr::RecordType};
 use seawall::discover::Dns;
 use seawall_core::metrics::{testing::TestRecorder, DISCOVER_DNS_ERRORS};
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
@@ -93,4 +93,98 @@ async fn targets_that_keep_their_addresses_through_timeouts_count_as_a_failure()
         zone.asked_at(RecordType::SRV, start),
         ms(&[0, 60_000, 62_000, 65_000])
     );
+}
+
+/// A host whose AAAA questions go unanswered, and never were: its IPv4 addresses are published,
+/// and its IPv6 ones join soon after the server answers for them.
+#[tokio::test(start_paused = true)]
+async fn a_family_that_never_answered_leaves_the_other_published() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let zone = Zone::default();
+    zone.ttl.store(60, Relaxed);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.set_aaaa("users.test", &["fd00::1".parse().unwrap()]);
+    zone.silence_type("users.test", RecordType::AAAA, true);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .timeout(Duration::from_millis(500))
+        .name("users")
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.0.0.1:80"), 1)]
+    );
+    assert_eq!(recorder.counter(DISCOVER_DNS_ERRORS, "users"), 1);
+
+    zone.silence_type("users.test", RecordType::AAAA, false);
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("[fd00::1]:80"), 1)]
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// A server that refuses AAAA questions (some forwarders and middleboxes do) does not keep an
+/// IPv4-only host from being discovered, directly or as an SRV target.
+#[tokio::test(start_paused = true)]
+async fn a_refused_family_leaves_the_other_published() {
+    let zone = Zone::default();
+    zone.set_a("v4only.test", &[[10, 0, 0, 1]]);
+    zone.respond_with("v4only.test", RecordType::AAAA, Some(ResponseCode::Refused));
+    zone.set_srv(SRV, &[(10, 1, 8001, "v4only.test.")]);
+    let server = zone.serve().await;
+    let mut a = Dns::a("v4only.test.", 80)
+        .nameservers([server])
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut a).await,
+        vec![('+', addr("10.0.0.1:80"), 1)]
+    );
+    let mut srv = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut srv).await,
+        vec![('+', addr("10.0.0.1:8001"), 1)]
+    );
+}
+
+/// A family that fails after it answered keeps the addresses it gave, while the other family
+/// follows its answers; when both fail, the resolution fails and the set stays.
+#[tokio::test(start_paused = true)]
+async fn a_failed_family_keeps_its_last_addresses_while_the_other_follows_the_server() {
+    let zone = Zone::default();
+    zone.ttl.store(2, Relaxed);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.set_aaaa("users.test", &["fd00::1".parse().unwrap()]);
+    let server = zone.serve().await;
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap();
+    assert_eq!(first_resolution(&mut discovery).await.len(), 2);
+
+    zone.respond_with("users.test", RecordType::AAAA, Some(ResponseCode::ServFail));
+    zone.set_a("users.test", &[[10, 0, 0, 2]]);
+    assert_eq!(
+        first_changes(&mut discovery, 2).await,
+        vec![('+', addr("10.0.0.2:80"), 1), ('-', addr("10.0.0.1:80"), 1)]
+    );
+
+    zone.silence_type("users.test", RecordType::A, true);
+    let asked = zone.asked(RecordType::A);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(zone.asked(RecordType::A) >= asked + 3);
+    assert_eq!(queued(&mut discovery), vec![]);
 }

@@ -30,8 +30,9 @@ use tower::service_fn;
 type Table = HashMap<(String, RecordType), Vec<RData>>;
 
 /// A tiny authoritative DNS server: answers A, AAAA and SRV questions from a table the test
-/// edits, following a CNAME to its target. A name with no records of any type is NXDOMAIN; a name with records of other types
-/// only gets an empty answer (NODATA).
+/// edits, following a CNAME to its target, or with an error code the test sets. A name with no
+/// records of any type is NXDOMAIN; a name with records of other types only gets an empty answer
+/// (NODATA).
 #[derive(Clone, Default)]
 pub struct Zone {
     records: Arc<Mutex<Table>>,
@@ -42,6 +43,8 @@ pub struct Zone {
     cnames: Arc<Mutex<HashMap<String, (String, u32)>>>,
     silent: Arc<Mutex<HashSet<String>>>,
     silent_types: Arc<Mutex<HashSet<(String, RecordType)>>>,
+    /// Questions answered with an error code instead of records.
+    codes: Arc<Mutex<HashMap<(String, RecordType), ResponseCode>>>,
     /// While set, questions go unanswered (an outage).
     pub down: Arc<AtomicBool>,
     /// Questions received, answered or not.
@@ -116,6 +119,16 @@ impl Zone {
         } else {
             silent.remove(&(host.to_owned(), ty));
         }
+    }
+
+    /// While `code` is set, questions of type `ty` about `host` are answered with that response
+    /// code and no records (`ResponseCode::Refused`, `ResponseCode::ServFail`).
+    pub fn respond_with(&self, host: &str, ty: RecordType, code: Option<ResponseCode>) {
+        let mut codes = self.codes.lock().unwrap();
+        match code {
+            Some(code) => codes.insert((host.to_owned(), ty), code),
+            None => codes.remove(&(host.to_owned(), ty)),
+        };
     }
 
     /// How many questions of type `ty` arrived.
@@ -221,9 +234,17 @@ impl Zone {
         let ttl = self.ttl.load(Relaxed);
         let records = self.records.lock().unwrap();
         let cnames = self.cnames.lock().unwrap();
+        let codes = self.codes.lock().unwrap();
         let mut known = false;
         for query in request.queries() {
             response.add_query(query.clone());
+            let asked = query.name().to_string();
+            if let Some(code) =
+                codes.get(&(asked.trim_end_matches('.').to_owned(), query.query_type()))
+            {
+                response.set_response_code(*code);
+                return response;
+            }
             let mut owner = query.name().clone();
             let mut host = owner.to_string().trim_end_matches('.').to_owned();
             if let Some((target, cname_ttl)) = cnames.get(&host) {
