@@ -1,6 +1,6 @@
 use crate::{
     endpoint::{Endpoint, Key},
-    picker::{PickCx, Picker},
+    picker::PickCx,
     set::Snapshot,
     shared::Shared,
     BalanceEvent, NoEndpoints,
@@ -268,16 +268,13 @@ where
             Poll::Pending => {}
         }
         // The pick is not ready. Ask the picker again without it, a few times: a consistent hash
-        // then walks on along its ring, so a key keeps to the endpoints it would move to anyway,
-        // and the random and least-loaded pickers draw afresh rather than load the next endpoint
-        // in the set. Not the turn-taking pickers: each pick would use up a turn, and the next
-        // endpoints in the set are the next turns anyway.
-        let repicks = match shared.settings.picker {
-            Picker::RoundRobin | Picker::WeightedRoundRobin => 0,
-            _ => REPICKS,
-        };
+        // then walks on along its ring, so a key keeps to the endpoints it would move to anyway;
+        // the random and least-loaded pickers draw afresh rather than load the next endpoint in
+        // the set; and the turn-taking pickers pass the turn on to the next one due, so an
+        // unready endpoint's turns spread over the others as its unavailable turns do (in turn,
+        // in proportion to their weights), rather than all going to its neighbour in the set.
         let mut unready = [first; REPICKS + 1];
-        for tried in 1..=repicks {
+        for tried in 1..=REPICKS {
             let next = {
                 let skip = &unready[..tried];
                 let available = |i: usize, key: &K| !skip.contains(&i) && available(i, key);

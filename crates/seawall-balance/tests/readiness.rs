@@ -545,3 +545,58 @@ async fn a_consistent_hash_key_whose_owner_is_not_ready_walks_on_along_the_ring(
     // The test tells the ring from the set's order.
     assert!(not_the_neighbour > 10, "{not_the_neighbour}");
 }
+
+/// `picker` over endpoints of `weights`, the first of which is never ready; returns how many of
+/// `calls` sequential calls each endpoint took.
+async fn hits_with_the_first_endpoint_busy(
+    picker: Picker,
+    weights: &[u32],
+    calls: u64,
+) -> Vec<u32> {
+    use seawall::balance::Tagged;
+
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(5)
+        .picker(picker)
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let gates: Vec<Gate> = (0..weights.len()).map(Gate::new).collect();
+    for (id, (gate, &weight)) in gates.iter().zip(weights).enumerate() {
+        if id > 0 {
+            gate.open();
+        }
+        tx.send(Change::Insert(
+            Tagged::new(id).with_weight(weight),
+            gate.clone(),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    for i in 0..calls {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    gates.iter().map(|g| g.hits.load(Relaxed)).collect()
+}
+
+/// A busy endpoint's turns pass on through the turns that follow, so the other endpoints stay
+/// even rather than its neighbour in the set taking them all.
+#[tokio::test(start_paused = true)]
+async fn round_robin_passes_a_busy_endpoints_turns_on_evenly() {
+    let hits = hits_with_the_first_endpoint_busy(Picker::RoundRobin, &[1, 1, 1], 60).await;
+    assert_eq!(hits, [0, 30, 30]);
+}
+
+/// Weights 4, 1 and 1 with the heavy endpoint busy: the two light ones share its calls evenly,
+/// in proportion to their weights.
+#[tokio::test(start_paused = true)]
+async fn weighted_round_robin_passes_a_busy_endpoints_turns_on_in_proportion() {
+    let hits = hits_with_the_first_endpoint_busy(Picker::WeightedRoundRobin, &[4, 1, 1], 60).await;
+    assert_eq!(hits[0], 0, "{hits:?}");
+    assert!(hits[1].abs_diff(hits[2]) <= 1, "{hits:?}");
+    let hits = hits_with_the_first_endpoint_busy(Picker::WeightedRoundRobin, &[4, 2, 1], 70).await;
+    assert_eq!(hits[0], 0, "{hits:?}");
+    assert!(hits[1].abs_diff(2 * hits[2]) <= 2, "{hits:?}");
+}
