@@ -252,6 +252,7 @@ where
             now,
             round_robin: &shared.round_robin,
             available: &available,
+            skip: &[],
         };
         let Some(first) = shared
             .settings
@@ -275,15 +276,16 @@ where
         // in proportion to their weights), rather than all going to its neighbour in the set.
         let mut unready = [first; REPICKS + 1];
         for tried in 1..=REPICKS {
+            // The endpoints tried are skipped, not taken for unavailable: they are busy, not
+            // out, so a zone-aware pick still judges their zone's health with them.
             let next = {
-                let skip = &unready[..tried];
-                let available = |i: usize, key: &K| !skip.contains(&i) && available(i, key);
                 let mut pcx = PickCx {
                     rng: &mut *pcx.rng,
                     hash,
                     now,
                     round_robin: &shared.round_robin,
                     available: &available,
+                    skip: &unready[..tried],
                 };
                 shared
                     .settings

@@ -189,6 +189,9 @@ pub(crate) struct PickCx<'a, K> {
     pub(crate) now: u64,
     pub(crate) round_robin: &'a std::sync::atomic::AtomicUsize,
     pub(crate) available: &'a dyn Fn(usize, &K) -> bool,
+    /// Endpoints this pick must not choose though they are available (tried already and not
+    /// ready): they still count as available where a picker judges the set (a zone's health).
+    pub(crate) skip: &'a [usize],
 }
 
 /// Tuning read on the hot path, precomputed from the [`Picker`].
@@ -256,7 +259,8 @@ impl Picker {
         if n == 0 {
             return None;
         }
-        let avail = |i: usize| (cx.available)(i, &set.endpoints[i].key);
+        let usable = |i: usize| (cx.available)(i, &set.endpoints[i].key);
+        let avail = |i: usize| !cx.skip.contains(&i) && usable(i);
         match self {
             Picker::RoundRobin => {
                 // An unavailable endpoint's turn goes to the next call's turn, so the others
@@ -347,7 +351,7 @@ impl Picker {
                 for (i, ep) in set.endpoints.iter().enumerate() {
                     let z = (ep.zone as usize).min(MAX_ZONES - 1);
                     total[z] += 1;
-                    if avail(i) {
+                    if usable(i) {
                         healthy[z] += 1;
                     }
                 }
@@ -565,6 +569,7 @@ mod tests {
                 now: 0,
                 round_robin: &rr,
                 available: avail,
+                skip: &[],
             };
             if let Some(i) = picker.pick(set, &tuning, &mut cx) {
                 counts[i] += 1;

@@ -600,3 +600,38 @@ async fn weighted_round_robin_passes_a_busy_endpoints_turns_on_in_proportion() {
     assert_eq!(hits[0], 0, "{hits:?}");
     assert!(hits[1].abs_diff(2 * hits[2]) <= 2, "{hits:?}");
 }
+
+/// One of three local endpoints busy: the local zone is still healthy (busy is not out), so the
+/// busy endpoint's calls go to the other local endpoints, none to another zone.
+#[tokio::test(start_paused = true)]
+async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
+    use seawall::balance::Tagged;
+
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(9)
+        .picker(Picker::zone_aware("local"))
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let gates: Vec<Gate> = (0..6).map(Gate::new).collect();
+    for (id, gate) in gates.iter().enumerate() {
+        // Endpoint 0 (local) is never ready.
+        if id > 0 {
+            gate.open();
+        }
+        let zone = if id < 3 { "local" } else { "remote" };
+        tx.send(Change::Insert(
+            Tagged::new(id).with_zone(zone),
+            gate.clone(),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    for i in 0..300 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = gates.iter().map(|g| g.hits.load(Relaxed)).collect();
+    assert_eq!(hits[1] + hits[2], 300, "{hits:?}");
+}
