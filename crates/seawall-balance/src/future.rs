@@ -274,8 +274,10 @@ where
         // the set; and the turn-taking pickers pass the turn on to the next one due, so an
         // unready endpoint's turns spread over the others as its unavailable turns do (in turn,
         // in proportion to their weights), rather than all going to its neighbour in the set.
+        // Endpoints tried and passed over, so neither a re-pick nor the fallback tries one twice.
         let mut unready = [first; REPICKS + 1];
-        for tried in 1..=REPICKS {
+        let mut tried = 1;
+        while tried <= REPICKS {
             // The endpoints tried are skipped, not taken for unavailable: they are busy, not
             // out, so a zone-aware pick still judges their zone's health with them.
             let next = {
@@ -295,21 +297,26 @@ where
             let Some(i) = next else { break };
             let other = &snapshot.endpoints[i];
             let mut candidate = other.service.clone();
-            if let Poll::Ready(Ok(())) = candidate.poll_ready(cx) {
-                return Step::Call(other.clone(), candidate);
+            match candidate.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
+                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e),
+                Poll::Pending => {}
             }
             unready[tried] = i;
+            tried += 1;
         }
         // Still none: take any other available endpoint that is ready.
         for step in 1..n {
             let i = (first + step) % n;
             let other = &snapshot.endpoints[i];
-            if !available(i, &other.key) {
+            if unready[..tried].contains(&i) || !available(i, &other.key) {
                 continue;
             }
             let mut candidate = other.service.clone();
-            if let Poll::Ready(Ok(())) = candidate.poll_ready(cx) {
-                return Step::Call(other.clone(), candidate);
+            match candidate.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
+                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e),
+                Poll::Pending => {}
             }
         }
         if pending.is_none() {
@@ -318,12 +325,27 @@ where
         Step::Wait
     }
 
+    /// The picked endpoint's readiness failed: the call fails with the endpoint's error, which
+    /// counts against the endpoint.
     fn ready_failed(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) -> Step<K, S> {
+        Self::record_ready_error(shared, ep);
+        Step::Fail(e.into())
+    }
+
+    /// An endpoint tried after the pick was not ready failed its readiness: the call goes on to
+    /// the next candidate, and the error counts against the endpoint as it would had the
+    /// endpoint been picked.
+    fn passed_over(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) {
+        Self::record_ready_error(shared, ep);
+        let error: BoxError = e.into();
+        tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness");
+    }
+
+    fn record_ready_error(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>) {
         // A failure like a failed call: with a latency-aware picker it is recorded as taking
         // `failure_penalty`, so an endpoint whose readiness fails at once does not look fast.
         let now = shared.timed.then(Instant::now);
         shared.record(ep, Outcome::Failure, now, now);
-        Step::Fail(e.into())
     }
 }
 

@@ -635,3 +635,70 @@ async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
     let hits: Vec<u32> = gates.iter().map(|g| g.hits.load(Relaxed)).collect();
     assert_eq!(hits[1] + hits[2], 300, "{hits:?}");
 }
+
+/// An endpoint that is ready, never ready or fails its readiness, as its `mode` says.
+#[derive(Clone)]
+struct Switch {
+    id: usize,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Switch {
+    const READY: u8 = 0;
+    const PENDING: u8 = 1;
+    const BROKEN: u8 = 2;
+}
+
+impl Service<u64> for Switch {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = std::future::Ready<Result<usize, seawall::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), seawall::BoxError>> {
+        match self.mode.load(Relaxed) {
+            Switch::READY => std::task::Poll::Ready(Ok(())),
+            Switch::PENDING => std::task::Poll::Pending,
+            _ => std::task::Poll::Ready(Err(std::io::Error::other("connection refused").into())),
+        }
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        std::future::ready(Ok(self.id))
+    }
+}
+
+/// The picked endpoint is not ready and the next one tried fails its readiness: the call goes on
+/// to a ready endpoint, and the readiness error counts against the endpoint that failed it.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_after_a_re_pick_counts_against_that_endpoint() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(1),
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::disabled()
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    let switches: Vec<Switch> = (0..3)
+        .map(|id| Switch {
+            id,
+            mode: Arc::default(),
+        })
+        .collect();
+    for switch in &switches {
+        tx.send(Change::Insert(switch.id, switch.clone())).unwrap();
+    }
+    common::settle().await;
+    // Turns go 0, 1, 2: once endpoint 2 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 2 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    assert_eq!(balance.clone().oneshot(1).await.unwrap(), 2);
+    assert_eq!(balance.unhealthy(), vec![1]);
+}
