@@ -233,28 +233,50 @@ impl Stats {
         ewma * (outstanding + 1.0)
     }
 
-    /// Records a latency sample in the PeakEWMA: a sample above the current value replaces it,
-    /// a lower one is averaged in with weight decaying over `tau`, and one arriving after a whole
-    /// `tau` without samples replaces a stale estimate.
+    /// Records a latency sample in the PeakEWMA: a sample above the current value (the decayed
+    /// estimate the picker sees) replaces it, a lower one is averaged in with weight decaying over
+    /// `tau`, and one arriving after a whole `tau` without samples replaces a stale estimate.
     #[inline]
     pub(crate) fn record_peak(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
         let bits = self.peak.load(Relaxed);
         let next = if bits == NONE {
             rtt_ns
         } else {
-            let at = self.peak_at.load(Relaxed);
-            let dt = now.saturating_sub(at) as f64;
-            let old = f64::from_bits(bits);
-            if rtt_ns > old || dt >= tau_ns {
+            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+            let w = (-dt / tau_ns).exp();
+            let current = f64::from_bits(bits) * w;
+            if rtt_ns > current || dt >= tau_ns {
                 // A higher sample is the new peak; after a whole decay period without samples
                 // the old estimate is stale and the new sample replaces it.
                 rtt_ns
             } else {
-                let w = (-dt / tau_ns).exp();
-                old * w + rtt_ns * (1.0 - w)
+                current * w + rtt_ns * (1.0 - w)
             }
         };
         self.peak.store(next.to_bits(), Relaxed);
+        self.peak_at.store(now, Relaxed);
+    }
+
+    /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
+    /// (a hedge that lost may be dropped at once), so it can only raise the estimate: to what the
+    /// endpoint cost while the call was in flight (for one never measured or stale, at least
+    /// `default_ns`), or to the time the call had taken if that is longer.
+    #[inline]
+    pub(crate) fn record_dropped(&self, now: u64, elapsed_ns: f64, tau_ns: f64, default_ns: f64) {
+        let bits = self.peak.load(Relaxed);
+        let in_flight = if bits == NONE {
+            default_ns
+        } else {
+            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+            let current = f64::from_bits(bits) * (-dt / tau_ns).exp();
+            if dt >= tau_ns {
+                current.max(default_ns)
+            } else {
+                current
+            }
+        };
+        self.peak
+            .store(in_flight.max(elapsed_ns).to_bits(), Relaxed);
         self.peak_at.store(now, Relaxed);
     }
 
@@ -321,5 +343,63 @@ mod tests {
         assert_eq!(HashSet::from([a.clone(), b]).len(), 1);
         assert_ne!(a, Tagged::new(2u32).with_weight(3));
         assert!(a < Tagged::new(2u32));
+    }
+
+    const TAU: f64 = 10e9;
+    const DEFAULT: f64 = 30e6;
+    const SECOND: u64 = 1_000_000_000;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+    }
+
+    /// A failure penalty of 1 s, decayed for 9 s of a 10 s decay, costs 407 ms: a 500 ms sample
+    /// is above that and replaces it.
+    #[test]
+    fn a_sample_above_the_decayed_estimate_replaces_it() {
+        let stats = Stats::default();
+        stats.record_peak(0, 1e9, TAU);
+        let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
+        assert!((seen - 406.6e6).abs() < 0.1e6, "{seen}");
+        stats.record_peak(9 * SECOND, 500e6, TAU);
+        assert_eq!(stats.peak_cost(9 * SECOND, TAU, DEFAULT), 500e6);
+    }
+
+    /// A sample below the decayed estimate lowers it, never raises it.
+    #[test]
+    fn a_sample_below_the_decayed_estimate_is_averaged_in() {
+        let stats = Stats::default();
+        stats.record_peak(0, 1e9, TAU);
+        let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
+        stats.record_peak(9 * SECOND, 300e6, TAU);
+        let after = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
+        assert!(300e6 < after && after < seen, "{after} of {seen}");
+    }
+
+    /// A call dropped in flight is no measurement of the endpoint: a dropped call shorter than
+    /// the estimate leaves it, a longer one raises it.
+    #[test]
+    fn a_dropped_call_only_raises_the_estimate() {
+        let stats = Stats::default();
+        stats.record_peak(0, 100e6, TAU);
+        let seen = stats.peak_cost(SECOND, TAU, DEFAULT);
+        stats.record_dropped(SECOND, 1e3, TAU, DEFAULT);
+        assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), seen));
+        stats.record_dropped(SECOND, 2e9, TAU, DEFAULT);
+        assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
+    }
+
+    /// An endpoint never measured, or measured too long ago, costs `default_rtt` while a call is
+    /// in flight: a call dropped after a microsecond leaves it there, rather than making it the
+    /// cheapest endpoint of all.
+    #[test]
+    fn a_call_dropped_at_once_does_not_make_an_endpoint_look_fast() {
+        let never = Stats::default();
+        never.record_dropped(SECOND, 1e3, TAU, DEFAULT);
+        assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), DEFAULT);
+        let stale = Stats::default();
+        stale.record_peak(0, 1e6, TAU);
+        stale.record_dropped(20 * SECOND, 1e3, TAU, DEFAULT);
+        assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), DEFAULT);
     }
 }

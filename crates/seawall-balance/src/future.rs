@@ -1,6 +1,6 @@
 use crate::{
     endpoint::{Endpoint, Key},
-    picker::PickCx,
+    picker::{PickCx, Tuning},
     set::Snapshot,
     shared::Shared,
     BalanceEvent, NoEndpoints,
@@ -45,8 +45,9 @@ pin_project! {
     /// polling ready, with any capacity already handed to it (a concurrency limit's permit).
     /// Either way it wakes calls waiting for an endpoint, as a completed call does, and so does
     /// a call that lets go of an endpoint service it held without calling it. With a
-    /// latency-aware picker, a call dropped in flight counts the time it had taken so far as a
-    /// latency sample (as tower's `PeakEwma` does).
+    /// latency-aware picker, a call dropped in flight can only raise the endpoint's estimate: to
+    /// the time it had taken so far when that is longer than the estimate, so an endpoint that
+    /// never answers is measured by the calls that give up on it.
     pub struct ResponseFuture<K, S, C, Req, F> {
         #[pin]
         state: State<K, S, Req, F>,
@@ -137,15 +138,15 @@ pub(crate) struct Guard<K, S> {
     endpoint: Arc<Endpoint<K, S>>,
     start: Option<Instant>,
     // With a latency-aware picker, until the call's outcome is recorded: the balancer's clock
-    // origin and PeakEWMA decay, to record the time a dropped call had been in flight.
-    unfinished: Option<(Instant, f64)>,
+    // origin and PeakEWMA tuning, to record the time a dropped call had been in flight.
+    unfinished: Option<(Instant, Tuning)>,
 }
 
 impl<K, S> Guard<K, S> {
     fn new(
         endpoint: Arc<Endpoint<K, S>>,
         start: Option<Instant>,
-        peak: Option<(Instant, f64)>,
+        peak: Option<(Instant, Tuning)>,
     ) -> Self {
         endpoint.stats.outstanding.fetch_add(1, Relaxed);
         Guard {
@@ -159,13 +160,16 @@ impl<K, S> Guard<K, S> {
 impl<K, S> Drop for Guard<K, S> {
     fn drop(&mut self) {
         // A call dropped in flight (an outer timeout, a hedge that lost) has no outcome, but the
-        // endpoint took at least this long: without the sample, an endpoint that never answers
-        // would never be measured and would keep winning picks.
-        if let (Some((epoch, tau_ns)), Some(start)) = (self.unfinished, self.start) {
+        // endpoint took at least this long: without it, an endpoint that never answers would
+        // never be measured and would keep winning picks. It can only raise the estimate: a
+        // call dropped at once says nothing of how fast the endpoint is.
+        if let (Some((epoch, tuning)), Some(start)) = (self.unfinished, self.start) {
             let now = Instant::now();
             let at = now.saturating_duration_since(epoch).as_nanos() as u64;
-            let rtt = now.saturating_duration_since(start).as_nanos() as f64;
-            self.endpoint.stats.record_peak(at, rtt, tau_ns);
+            let elapsed = now.saturating_duration_since(start).as_nanos() as f64;
+            self.endpoint
+                .stats
+                .record_dropped(at, elapsed, tuning.tau_ns, tuning.default_ns);
         }
         self.endpoint.stats.outstanding.fetch_sub(1, Relaxed);
     }

@@ -132,14 +132,14 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// The clock origin and PeakEWMA decay a call needs to record its latency when it is dropped
-    /// in flight; `None` unless the picker uses latency.
+    /// The clock origin and PeakEWMA tuning a call needs to record its latency when it is
+    /// dropped in flight; `None` unless the picker uses latency.
     #[inline]
-    pub(crate) fn peak_clock(&self) -> Option<(Instant, f64)> {
+    pub(crate) fn peak_clock(&self) -> Option<(Instant, Tuning)> {
         self.settings
             .picker
             .uses_latency()
-            .then_some((self.epoch, self.tuning.tau_ns))
+            .then_some((self.epoch, self.tuning))
     }
 
     /// The current endpoint set.
