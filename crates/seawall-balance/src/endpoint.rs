@@ -238,23 +238,11 @@ impl Stats {
     /// `tau`, and one arriving after a whole `tau` without samples replaces a stale estimate.
     #[inline]
     pub(crate) fn record_peak(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let bits = self.peak.load(Relaxed);
-        let next = if bits == NONE {
-            rtt_ns
-        } else {
-            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
-            let w = (-dt / tau_ns).exp();
-            let current = f64::from_bits(bits) * w;
-            if rtt_ns > current || dt >= tau_ns {
-                // A higher sample is the new peak; after a whole decay period without samples
-                // the old estimate is stale and the new sample replaces it.
-                rtt_ns
-            } else {
-                current * w + rtt_ns * (1.0 - w)
-            }
-        };
-        self.peak.store(next.to_bits(), Relaxed);
-        self.peak_at.store(now, Relaxed);
+        let dt = self.peak_since(now);
+        update(&self.peak, |bits, raced| {
+            let dt = if raced { 0.0 } else { dt };
+            next_peak(bits, dt, rtt_ns, tau_ns)
+        });
     }
 
     /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
@@ -263,35 +251,38 @@ impl Stats {
     /// `default_ns`), or to the time the call had taken if that is longer.
     #[inline]
     pub(crate) fn record_dropped(&self, now: u64, elapsed_ns: f64, tau_ns: f64, default_ns: f64) {
-        let bits = self.peak.load(Relaxed);
-        let in_flight = if bits == NONE {
-            default_ns
-        } else {
-            let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
-            let current = f64::from_bits(bits) * (-dt / tau_ns).exp();
-            if dt >= tau_ns {
-                current.max(default_ns)
+        let dt = self.peak_since(now);
+        update(&self.peak, |bits, raced| {
+            let dt = if raced { 0.0 } else { dt };
+            let in_flight = if bits == NONE {
+                default_ns
             } else {
-                current
-            }
-        };
-        self.peak
-            .store(in_flight.max(elapsed_ns).to_bits(), Relaxed);
-        self.peak_at.store(now, Relaxed);
+                let current = f64::from_bits(bits) * (-dt / tau_ns).exp();
+                if dt >= tau_ns {
+                    current.max(default_ns)
+                } else {
+                    current
+                }
+            };
+            in_flight.max(elapsed_ns).to_bits()
+        });
+    }
+
+    /// Moves the PeakEWMA's time on to `now` and returns the time since the estimate it had.
+    ///
+    /// The time moves first and the estimate follows (see [`update`]): an update that loses a
+    /// race to another finds an estimate as of now, and so decays it no further.
+    #[inline]
+    fn peak_since(&self, now: u64) -> f64 {
+        now.saturating_sub(self.peak_at.fetch_max(now, Relaxed)) as f64
     }
 
     /// Records a successful call's latency in the plain EWMA used by latency ejection.
     pub(crate) fn record_latency(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let bits = self.latency.load(Relaxed);
-        let next = if bits == NONE {
-            rtt_ns
-        } else {
-            let at = self.latency_at.load(Relaxed);
-            let w = (-(now.saturating_sub(at) as f64) / tau_ns).exp();
-            f64::from_bits(bits) * w + rtt_ns * (1.0 - w)
-        };
-        self.latency.store(next.to_bits(), Relaxed);
-        self.latency_at.store(now, Relaxed);
+        let dt = now.saturating_sub(self.latency_at.fetch_max(now, Relaxed)) as f64;
+        update(&self.latency, |bits, raced| {
+            next_latency(bits, if raced { 0.0 } else { dt }, rtt_ns, tau_ns)
+        });
         self.latency_samples.fetch_add(1, Relaxed);
     }
 
@@ -300,6 +291,51 @@ impl Stats {
         let bits = self.latency.load(Relaxed);
         (bits != NONE).then(|| f64::from_bits(bits))
     }
+}
+
+/// Sets `cell` to `next(bits, raced)`, where `bits` is the value it holds, in one compare and
+/// swap: an update that raced another (a failure penalty, the sweep's reset) is worked out again
+/// from the value the other left (`raced` is then true), never stored over it.
+#[inline]
+fn update(cell: &AtomicU64, mut next: impl FnMut(u64, bool) -> u64) {
+    let mut bits = cell.load(Relaxed);
+    let mut raced = false;
+    loop {
+        match cell.compare_exchange(bits, next(bits, raced), Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(actual) => {
+                bits = actual;
+                raced = true;
+            }
+        }
+    }
+}
+
+/// The PeakEWMA `bits` after a sample of `rtt_ns`, `dt_ns` after the estimate was made.
+#[inline]
+fn next_peak(bits: u64, dt_ns: f64, rtt_ns: f64, tau_ns: f64) -> u64 {
+    if bits == NONE {
+        return rtt_ns.to_bits();
+    }
+    let w = (-dt_ns / tau_ns).exp();
+    let current = f64::from_bits(bits) * w;
+    if rtt_ns > current || dt_ns >= tau_ns {
+        // A higher sample is the new peak; after a whole decay period without samples the old
+        // estimate is stale and the new sample replaces it.
+        rtt_ns.to_bits()
+    } else {
+        (current * w + rtt_ns * (1.0 - w)).to_bits()
+    }
+}
+
+/// The latency EWMA `bits` after a sample of `rtt_ns`, `dt_ns` after the last one.
+#[inline]
+fn next_latency(bits: u64, dt_ns: f64, rtt_ns: f64, tau_ns: f64) -> u64 {
+    if bits == NONE {
+        return rtt_ns.to_bits();
+    }
+    let w = (-dt_ns / tau_ns).exp();
+    (f64::from_bits(bits) * w + rtt_ns * (1.0 - w)).to_bits()
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
@@ -387,6 +423,40 @@ mod tests {
         assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), seen));
         stats.record_dropped(SECOND, 2e9, TAU, DEFAULT);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
+    }
+
+    /// A failure penalty recorded by another call between this update's read and its write is
+    /// not overwritten: the update is worked out again from the penalty.
+    #[test]
+    fn an_update_racing_a_penalty_keeps_it() {
+        let stats = Stats::default();
+        stats.record_peak(0, 10e6, TAU);
+        let mut raced = false;
+        update(&stats.peak, |bits, retried| {
+            if !raced {
+                raced = true;
+                stats.record_peak(SECOND, 1e9, TAU);
+            }
+            next_peak(bits, if retried { 0.0 } else { 1e9 }, 1e6, TAU)
+        });
+        assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 1e9);
+    }
+
+    /// The sweep resetting a returning endpoint's latency between a call's read and its write:
+    /// the call's sample starts the fresh record rather than bring the old one back.
+    #[test]
+    fn a_latency_sample_racing_the_reset_starts_the_fresh_record() {
+        let stats = Stats::default();
+        stats.record_latency(0, 900e6, TAU);
+        let mut raced = false;
+        update(&stats.latency, |bits, retried| {
+            if !raced {
+                raced = true;
+                stats.latency.store(NONE, Relaxed);
+            }
+            next_latency(bits, if retried { 0.0 } else { 1e9 }, 1e6, TAU)
+        });
+        assert_eq!(stats.latency_ns(), Some(1e6));
     }
 
     /// An endpoint never measured, or measured too long ago, costs `default_rtt` while a call is
