@@ -108,9 +108,11 @@ impl Default for LatencyEjection {
 /// ends in the set without being ejected (by that interval's rules too). An ejected endpoint is
 /// returned at the first pass at or after its time is up, after that pass's rules have run, as in
 /// gRPC, so it can stay out up to one interval longer than its time (when consecutive failures
-/// ejected it between passes, or its time is not a multiple of `interval`). At most
-/// `max_ejection_percent` of the endpoints are ejected at a time (one can always be), and never
-/// the last healthy one.
+/// ejected it between passes, or its time is not a multiple of `interval`). Ejection stops once
+/// the ejected share of the endpoints reaches `max_ejection_percent`, as in gRFC A50 and Envoy: an
+/// endpoint is ejected while the share is below it, so the last ejection may pass it (0.1 of 15
+/// endpoints lets 2 out) and one endpoint can always be ejected. The last healthy endpoint never
+/// is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     /// How often the rules run. Default 10 s.
@@ -119,7 +121,8 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     /// The longest ejection time. Default 300 s.
     pub max_ejection_time: Duration,
-    /// The largest share of endpoints ejected at once, in `[0, 1]`. Default 0.1.
+    /// The share of endpoints at which ejection stops, in `[0, 1]`: an endpoint is ejected only
+    /// while fewer are out, so the last ejection may pass it. Default 0.1.
     pub max_ejection_percent: f64,
     /// Eject an endpoint at once after this many failed calls in a row. Default `Some(5)`.
     pub consecutive_failures: Option<u32>,
