@@ -169,29 +169,75 @@ impl OutlierDetection {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        check_positive_duration("interval", self.interval)?;
-        check_positive_duration("base_ejection_time", self.base_ejection_time)?;
-        check_fraction("max_ejection_percent", self.max_ejection_percent)?;
+        check_positive_duration("outlier_detection.interval", self.interval)?;
+        check_positive_duration(
+            "outlier_detection.base_ejection_time",
+            self.base_ejection_time,
+        )?;
+        check_fraction(
+            "outlier_detection.max_ejection_percent",
+            self.max_ejection_percent,
+        )?;
         if let Some(n) = self.consecutive_failures {
-            check_range("consecutive_failures", n, 1, u32::MAX)?;
+            check_range("outlier_detection.consecutive_failures", n, 1, u32::MAX)?;
         }
         if let Some(r) = &self.success_rate {
-            check_at_least_f64("stdev_factor", r.stdev_factor, 0.0)?;
-            check_fraction("enforcement", r.enforcement)?;
-            check_range("minimum_hosts", r.minimum_hosts, 1, usize::MAX)?;
-            check_range("request_volume", r.request_volume, 1, u32::MAX)?;
+            check_at_least_f64(
+                "outlier_detection.success_rate.stdev_factor",
+                r.stdev_factor,
+                0.0,
+            )?;
+            check_fraction("outlier_detection.success_rate.enforcement", r.enforcement)?;
+            check_range(
+                "outlier_detection.success_rate.minimum_hosts",
+                r.minimum_hosts,
+                1,
+                usize::MAX,
+            )?;
+            check_range(
+                "outlier_detection.success_rate.request_volume",
+                r.request_volume,
+                1,
+                u32::MAX,
+            )?;
         }
         if let Some(r) = &self.failure_percentage {
-            check_fraction("threshold", r.threshold)?;
-            check_fraction("enforcement", r.enforcement)?;
-            check_range("minimum_hosts", r.minimum_hosts, 1, usize::MAX)?;
-            check_range("request_volume", r.request_volume, 1, u32::MAX)?;
+            check_fraction(
+                "outlier_detection.failure_percentage.threshold",
+                r.threshold,
+            )?;
+            check_fraction(
+                "outlier_detection.failure_percentage.enforcement",
+                r.enforcement,
+            )?;
+            check_range(
+                "outlier_detection.failure_percentage.minimum_hosts",
+                r.minimum_hosts,
+                1,
+                usize::MAX,
+            )?;
+            check_range(
+                "outlier_detection.failure_percentage.request_volume",
+                r.request_volume,
+                1,
+                u32::MAX,
+            )?;
         }
         if let Some(r) = &self.latency {
-            check_at_least_f64("factor", r.factor, 1.0)?;
-            check_positive_duration("decay", r.decay)?;
-            check_range("minimum_hosts", r.minimum_hosts, 2, usize::MAX)?;
-            check_range("minimum_samples", r.minimum_samples, 1, u32::MAX)?;
+            check_at_least_f64("outlier_detection.latency.factor", r.factor, 1.0)?;
+            check_positive_duration("outlier_detection.latency.decay", r.decay)?;
+            check_range(
+                "outlier_detection.latency.minimum_hosts",
+                r.minimum_hosts,
+                2,
+                usize::MAX,
+            )?;
+            check_range(
+                "outlier_detection.latency.minimum_samples",
+                r.minimum_samples,
+                1,
+                u32::MAX,
+            )?;
         }
         Ok(())
     }
@@ -449,7 +495,7 @@ mod tests {
             })
             .build()
             .unwrap_err();
-        assert_eq!(err.field(), "max_ejection_percent");
+        assert_eq!(err.field(), "outlier_detection.max_ejection_percent");
         let err = BalanceConfigBuilder::new()
             .outlier_detection(OutlierDetection {
                 latency: Some(LatencyEjection {
@@ -460,7 +506,103 @@ mod tests {
             })
             .build()
             .unwrap_err();
-        assert_eq!(err.field(), "factor");
+        assert_eq!(err.field(), "outlier_detection.latency.factor");
+        // Fields of the same name in different rules are told apart, and from the picker's.
+        let outlier = |o: OutlierDetection| {
+            BalanceConfigBuilder::new()
+                .outlier_detection(o)
+                .build()
+                .unwrap_err()
+                .field()
+        };
+        let defaults = OutlierDetection::default;
+        assert_eq!(
+            outlier(OutlierDetection {
+                interval: Duration::ZERO,
+                ..defaults()
+            }),
+            "outlier_detection.interval"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                success_rate: Some(SuccessRate {
+                    minimum_hosts: 0,
+                    ..SuccessRate::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.success_rate.minimum_hosts"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                failure_percentage: Some(FailurePercentage {
+                    minimum_hosts: 0,
+                    ..FailurePercentage::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.failure_percentage.minimum_hosts"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                latency: Some(LatencyEjection {
+                    minimum_hosts: 0,
+                    ..LatencyEjection::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.latency.minimum_hosts"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                success_rate: Some(SuccessRate {
+                    request_volume: 0,
+                    ..SuccessRate::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.success_rate.request_volume"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                failure_percentage: Some(FailurePercentage {
+                    request_volume: 0,
+                    ..FailurePercentage::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.failure_percentage.request_volume"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                success_rate: Some(SuccessRate {
+                    enforcement: 2.0,
+                    ..SuccessRate::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.success_rate.enforcement"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                failure_percentage: Some(FailurePercentage {
+                    enforcement: 2.0,
+                    ..FailurePercentage::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.failure_percentage.enforcement"
+        );
+        assert_eq!(
+            outlier(OutlierDetection {
+                latency: Some(LatencyEjection {
+                    decay: Duration::ZERO,
+                    ..LatencyEjection::default()
+                }),
+                ..defaults()
+            }),
+            "outlier_detection.latency.decay"
+        );
         let err = BalanceConfigBuilder::new().name("a b").build().unwrap_err();
         assert_eq!(err.field(), "name");
         let err = BalanceConfigBuilder::new()

@@ -307,14 +307,32 @@ impl SeawallSpec {
         let balance_err = keyed(
             "",
             &[
-                ("interval", "outlier.interval_ms"),
-                ("base_ejection_time", "outlier.base_ejection_ms"),
-                ("max_ejection_percent", "outlier.max_ejection_percent"),
-                ("consecutive_failures", "outlier.consecutive_failures"),
-                ("threshold", "outlier.failure_percentage"),
-                ("request_volume", "outlier.failure_percentage_volume"),
-                ("stdev_factor", "outlier.success_rate_factor"),
-                ("factor", "outlier.latency_factor"),
+                ("outlier_detection.interval", "outlier.interval_ms"),
+                (
+                    "outlier_detection.base_ejection_time",
+                    "outlier.base_ejection_ms",
+                ),
+                (
+                    "outlier_detection.max_ejection_percent",
+                    "outlier.max_ejection_percent",
+                ),
+                (
+                    "outlier_detection.consecutive_failures",
+                    "outlier.consecutive_failures",
+                ),
+                (
+                    "outlier_detection.failure_percentage.threshold",
+                    "outlier.failure_percentage",
+                ),
+                (
+                    "outlier_detection.failure_percentage.request_volume",
+                    "outlier.failure_percentage_volume",
+                ),
+                (
+                    "outlier_detection.success_rate.stdev_factor",
+                    "outlier.success_rate_factor",
+                ),
+                ("outlier_detection.latency.factor", "outlier.latency_factor"),
                 ("choices", "picker.choices"),
                 ("decay", "picker.decay_ms"),
             ],
