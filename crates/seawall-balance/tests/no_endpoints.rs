@@ -137,3 +137,48 @@ async fn huge_intervals_do_not_overflow_the_background_task() {
     // The background task survived building its timers and applies discovery.
     assert_eq!(balance.oneshot(7).await.unwrap(), 0);
 }
+
+/// Ejection times of `Duration::MAX` under a short interval: the ejection and every pass after
+/// it work out when the endpoint is due back without overflowing, and it stays out.
+#[tokio::test(start_paused = true)]
+async fn huge_ejection_times_do_not_overflow_the_passes() {
+    use seawall::balance::{OutlierDetection, Picker};
+    let (balance, cluster) = common::cluster(
+        2,
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(OutlierDetection {
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::MAX,
+                max_ejection_time: Duration::MAX,
+                consecutive_failures: Some(1),
+                max_ejection_percent: 1.0,
+                ..OutlierDetection::disabled()
+            }),
+    )
+    .await;
+    cluster
+        .node(0)
+        .fail
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    common::drive(&balance, 2).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        common::settle().await;
+    }
+    assert_eq!(balance.unhealthy(), vec![0]);
+    // The background task is still running: it applies discovery.
+    cluster
+        .tx
+        .send(Change::Insert(
+            2,
+            Node {
+                id: 2,
+                behavior: Arc::new(Behavior::default()),
+            },
+        ))
+        .unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints().len(), 3);
+}

@@ -144,25 +144,41 @@ async fn an_unready_endpoint_does_not_hold_calls_up() {
     drop(held);
 }
 
+/// Dropped calls give back their endpoints' in-flight counts and count as no failure: with one
+/// failure enough to eject an endpoint, three calls dropped in flight eject none.
 #[tokio::test(start_paused = true)]
 async fn dropping_a_call_releases_its_in_flight_count() {
     let (tx, stream) = channel();
     let balance = BalanceLayer::builder()
-        .outlier_detection(OutlierDetection::disabled())
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(1),
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::disabled()
+        })
         .build()
         .unwrap()
         .layer(stream);
-    let behavior = Arc::new(Behavior::default());
-    behavior.delay_ms.store(1000, Relaxed);
-    tx.send(Change::Insert(0usize, Node { id: 0, behavior }))
-        .unwrap();
+    for id in 0..2usize {
+        let behavior = Arc::new(Behavior::default());
+        behavior.delay_ms.store(1000, Relaxed);
+        tx.send(Change::Insert(id, Node { id, behavior })).unwrap();
+    }
     common::settle().await;
-    let mut svc = balance.clone();
-    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(1));
-    tokio_test::assert_pending!(fut.poll());
-    assert_eq!(balance.outstanding(&0), Some(1));
-    drop(fut);
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let mut svc = balance.clone();
+        let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(i));
+        tokio_test::assert_pending!(fut.poll());
+        calls.push(fut);
+    }
+    assert_eq!(
+        balance.outstanding(&0).unwrap() + balance.outstanding(&1).unwrap(),
+        3
+    );
+    drop(calls);
     assert_eq!(balance.outstanding(&0), Some(0));
+    assert_eq!(balance.outstanding(&1), Some(0));
     assert!(balance.unhealthy().is_empty());
 }
 
