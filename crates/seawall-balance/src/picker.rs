@@ -77,7 +77,7 @@ pub enum Picker {
     /// the zones that are healthy enough (every available endpoint when none is). Within the
     /// chosen zones, power of two choices by calls in flight. Zones come from
     /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
-    /// of their own, and beyond 31 distinct zones the rest are judged together.
+    /// of their own, and beyond 31 zones in the set at once the rest are judged together.
     ZoneAware {
         /// The caller's own zone.
         local_zone: Arc<str>,

@@ -206,20 +206,29 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let mut endpoints = old.endpoints.clone();
         match change {
             Change::Insert(key, service) => {
+                // A key already in the set is the same endpoint with a new weight, zone or
+                // service: it keeps its place, statistics and health.
+                let present = endpoints.iter().position(|e| e.key == key);
                 let zone = match key.zone() {
                     None => u16::MAX - 1,
                     Some(z) => match health.zones.iter().position(|known| &**known == z) {
                         Some(id) => id as u16,
-                        None if health.zones.len() < usize::from(u16::MAX - 2) => {
-                            health.zones.push(Arc::from(z));
-                            (health.zones.len() - 1) as u16
+                        None => {
+                            let id = free_zone(&health.zones, &endpoints, present, old.local_zone);
+                            match id {
+                                Some(id) => {
+                                    health.zones[id] = Arc::from(z);
+                                    id as u16
+                                }
+                                None if health.zones.len() < usize::from(u16::MAX - 2) => {
+                                    health.zones.push(Arc::from(z));
+                                    (health.zones.len() - 1) as u16
+                                }
+                                None => u16::MAX - 1,
+                            }
                         }
-                        None => u16::MAX - 1,
                     },
                 };
-                // A key already in the set is the same endpoint with a new weight, zone or
-                // service: it keeps its place, statistics and health.
-                let present = endpoints.iter().position(|e| e.key == key);
                 let endpoint = Arc::new(Endpoint {
                     key_hash: stable_hash(&key),
                     weight: key.weight().max(1),
@@ -768,6 +777,30 @@ impl<K: Key> Probes<K> {
         self.running.remove(&key);
         Some((key, ok))
     }
+}
+
+/// A zone id that no endpoint of `endpoints` but the one at `replaced` is in, other than the
+/// local zone's, for a zone seen for the first time: zones that have left the set give their ids
+/// to new ones, so a balancer that has seen many zones come and go still tells apart the zones it
+/// has now (zone-aware picking judges 31 zones apart, the rest together).
+fn free_zone<K, S>(
+    zones: &[Arc<str>],
+    endpoints: &[Arc<Endpoint<K, S>>],
+    replaced: Option<usize>,
+    local_zone: u16,
+) -> Option<usize> {
+    let mut used = vec![false; zones.len()];
+    for (i, ep) in endpoints.iter().enumerate() {
+        if Some(i) != replaced {
+            if let Some(used) = used.get_mut(usize::from(ep.zone)) {
+                *used = true;
+            }
+        }
+    }
+    if let Some(local) = used.get_mut(usize::from(local_zone)) {
+        *local = true;
+    }
+    used.iter().position(|&used| !used)
 }
 
 /// Where a balancer seeded with `seed` starts its round robin turns (SplitMix64's finaliser, so

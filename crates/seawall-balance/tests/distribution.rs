@@ -474,3 +474,45 @@ async fn weighted_without_the_heaviest(weights: [u32; 3], calls: u64) -> Vec<u32
     assert_eq!(hits[0], 0, "the refused endpoint took calls");
     hits
 }
+
+/// Zones come and go (a fleet redeployed zone by zone many times over): a balancer that has seen
+/// more than 31 zones still judges each zone it has now on its own. The local zone and zone b
+/// have a third of their endpoints available, zone a all of its own: every call goes to zone a.
+#[tokio::test(start_paused = true)]
+async fn zones_seen_before_do_not_crowd_out_the_zones_there_now() {
+    let (tx, stream) = common::channel();
+    let refused = [1, 2, 7, 8];
+    let balance = quiet()
+        .picker(Picker::zone_aware("local"))
+        .filter(move |key: &Tagged<usize>, _: &Node| !refused.contains(&key.key))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let node = |id| Node {
+        id,
+        behavior: Arc::new(Behavior::default()),
+    };
+    for id in 0..3 {
+        tx.send(Change::Insert(Tagged::new(id).with_zone("local"), node(id)))
+            .unwrap();
+    }
+    for i in 0..40 {
+        let key = Tagged::new(100 + i).with_zone(format!("gone-{i}"));
+        tx.send(Change::Insert(key.clone(), node(100 + i))).unwrap();
+        tx.send(Change::Remove(key)).unwrap();
+    }
+    let mut behaviors = Vec::new();
+    for (id, zone) in [(3, "a"), (4, "a"), (5, "a"), (6, "b"), (7, "b"), (8, "b")] {
+        let node = node(id);
+        behaviors.push(node.behavior.clone());
+        tx.send(Change::Insert(Tagged::new(id).with_zone(zone), node))
+            .unwrap();
+    }
+    settle().await;
+    assert_eq!(balance.endpoints().len(), 9);
+    for i in 0..300u64 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = behaviors.iter().map(|b| b.hits.load(Relaxed)).collect();
+    assert_eq!(hits[0] + hits[1] + hits[2], 300, "{hits:?}");
+}
