@@ -588,7 +588,6 @@ fn is_absent(error: &ResolveError) -> bool {
 }
 
 /// What [`lookup_ips`] found.
-#[derive(Debug)]
 struct Addresses {
     /// The addresses of both families.
     ips: Vec<IpAddr>,
@@ -608,21 +607,15 @@ struct Addresses {
 /// resolution, while the other family's answer stands: hickory's `lookup_ip` would answer with
 /// the other family alone, and one lost AAAA answer would then take a dual-stack host's IPv6
 /// endpoints away until the next resolution, yet a server that never answers AAAA questions must
-/// not keep an IPv4 host from being found. When neither family answers, the lookup fails.
-///
-/// The names of [`search_names`] are tried in turn: the first with an address of either family
-/// answers. A name whose families the server says have no records, or answers with a server
-/// failure (SERVFAIL), passes to the next, as glibc's resolver does; one that gets no answer (a
-/// timeout) or a refusal ends the lookup: the name may have addresses, and a later name may be
-/// another host. When every name had a server failure, the lookup fails with it, which is no
-/// answer that the host has no addresses.
+/// not keep an IPv4 host from being found. When neither family answers, the lookup fails. The
+/// names of [`search_names`] are tried in turn: the first with an address of either family
+/// answers, one that fails ends the lookup (a later name may be another host).
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
     last: &[IpAddr],
 ) -> Result<Addresses, ResolveError> {
     let mut absent = None;
-    let mut server_failure = None;
     for name in search_names(resolver, host) {
         let (v4, v6) = tokio::join!(
             resolver.ipv4_lookup(name.clone()),
@@ -630,7 +623,7 @@ async fn lookup_ips(
         );
         let mut ips = Vec::new();
         let mut ttl = u32::MAX;
-        let mut failed = Vec::new();
+        let mut failed = None;
         for (family, answer) in [("A", v4.map(Lookup::from)), ("AAAA", v6.map(Lookup::from))] {
             let lookup = match answer {
                 Ok(lookup) => lookup,
@@ -638,8 +631,10 @@ async fn lookup_ips(
                     absent = Some(error);
                     continue;
                 }
+                // Neither family answered.
+                Err(error) if failed.is_some() => return Err(error),
                 Err(error) => {
-                    failed.push((family, error));
+                    failed = Some((family, error));
                     continue;
                 }
             };
@@ -654,49 +649,27 @@ async fn lookup_ips(
                 }
             }
         }
-        let ttl = Duration::from_secs(ttl.into());
-        if failed.iter().all(|(_, error)| is_server_failure(error)) && ips.is_empty() {
-            // No address here, and every family answered, if only with a server failure: the
-            // next name may have some.
-            server_failure = failed.pop().map(|(_, error)| error).or(server_failure);
-            continue;
+        if let Some((family, error)) = failed {
+            let v4 = family == "A";
+            ips.extend(last.iter().filter(|ip| ip.is_ipv4() == v4));
+            if ips.is_empty() {
+                return Err(error);
+            }
+            return Ok(Addresses {
+                ips,
+                ttl: Duration::from_secs(ttl.into()),
+                failed: Some((family, error)),
+            });
         }
-        let failed = match (failed.pop(), failed.pop()) {
-            // Neither family answered: the lookup fails, with the error that is no server
-            // failure.
-            (Some((_, one)), Some((_, other))) => {
-                return Err(if is_server_failure(&one) { other } else { one })
-            }
-            (Some((family, error)), None) => {
-                let v4 = family == "A";
-                ips.extend(last.iter().filter(|ip| ip.is_ipv4() == v4));
-                if ips.is_empty() {
-                    return Err(error);
-                }
-                Some((family, error))
-            }
-            (None, _) => None,
-        };
-        return Ok(Addresses { ips, ttl, failed });
+        if !ips.is_empty() {
+            return Ok(Addresses {
+                ips,
+                ttl: Duration::from_secs(ttl.into()),
+                failed: None,
+            });
+        }
     }
-    Err(server_failure
-        .or(absent)
-        .unwrap_or_else(|| ResolveError::from("no addresses")))
-}
-
-/// Whether the server answered with a server failure (SERVFAIL): an answer, though not one about
-/// the name's records.
-fn is_server_failure(error: &ResolveError) -> bool {
-    match error.kind() {
-        ResolveErrorKind::Proto(proto) => matches!(
-            proto.kind(),
-            ProtoErrorKind::NoRecordsFound {
-                response_code: ResponseCode::ServFail,
-                ..
-            }
-        ),
-        _ => false,
-    }
+    Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))
 }
 
 /// The names a lookup of `host` tries, in order, as the resolver's own lookups order them: a
@@ -733,10 +706,6 @@ fn search_names(resolver: &TokioResolver, host: &DnsName) -> Vec<DnsName> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    };
 
     #[test]
     fn the_systems_resolver_options_are_kept_under_discoverys_own() {
@@ -794,9 +763,8 @@ mod tests {
     }
 
     /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no
-    /// AAAA records; every name under `svc.test.` gets a server failure, or no answer at all
-    /// while `silent` is set.
-    async fn search_server(silent: Arc<AtomicBool>) -> SocketAddr {
+    /// AAAA records; every name under `svc.test.` gets a server failure.
+    async fn search_server() -> SocketAddr {
         use hickory_resolver::proto::{
             op::{Message, MessageType},
             rr::{rdata::A, Record, RecordType},
@@ -808,10 +776,6 @@ mod tests {
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                 let request = Message::from_vec(&buf[..len]).unwrap();
                 let query = request.queries()[0].clone();
-                let under_svc = query.name().to_string().ends_with(".svc.test.");
-                if under_svc && silent.load(Ordering::Relaxed) {
-                    continue;
-                }
                 let mut response = Message::new();
                 response
                     .set_id(request.id())
@@ -819,7 +783,7 @@ mod tests {
                     .set_recursion_desired(true)
                     .set_recursion_available(true)
                     .add_query(query.clone());
-                if under_svc {
+                if query.name().to_string().ends_with(".svc.test.") {
                     response.set_response_code(ResponseCode::ServFail);
                 } else if query.query_type() == RecordType::A {
                     response.add_answer(Record::from_rdata(
@@ -834,56 +798,33 @@ mod tests {
         addr
     }
 
-    /// glibc's resolver moves on to the next search name after a server failure, as after an
-    /// answer without records; a name that does not answer at all still ends the walk.
-    #[tokio::test(start_paused = true)]
-    async fn a_server_failure_passes_the_search_to_the_next_name() {
-        let silent = Arc::new(AtomicBool::new(false));
-        let server = search_server(silent.clone()).await;
+    /// A server failure ends the search, as a timeout does: the name may have addresses the
+    /// server could not give (a cluster DNS not yet in sync answers so), and a later name may be
+    /// another host. The lookup fails with no answer that the host has no addresses.
+    #[tokio::test]
+    async fn a_server_failure_ends_the_search() {
+        let server = search_server().await;
         let mut opts = ResolverOpts::default();
         opts.ndots = 5;
         let config = ResolverConfig::from_parts(
             None,
-            vec![
-                DnsName::from_ascii("a.svc.test.").unwrap(),
-                DnsName::from_ascii("b.svc.test.").unwrap(),
-            ],
+            vec![DnsName::from_ascii("ns.svc.test.").unwrap()],
             NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
         );
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(resolver_opts(opts, Duration::from_millis(500)))
+                .with_options(resolver_opts(opts, Duration::from_secs(5)))
                 .build();
         let users = DnsName::from_ascii("users").unwrap();
-
-        let found = lookup_ips(&resolver, &users, &[]).await.unwrap();
+        let Err(error) = lookup_ips(&resolver, &users, &[]).await else {
+            panic!("the search went on past a server failure");
+        };
+        assert!(!is_absent(&error), "{error}");
+        // `users.` itself, tried last, has an address: the search did not get there.
+        let itself = DnsName::from_ascii("users.").unwrap();
+        let Ok(found) = lookup_ips(&resolver, &itself, &[]).await else {
+            panic!("no address for users.");
+        };
         assert_eq!(found.ips, [IpAddr::from([10, 0, 0, 1])]);
-        assert!(found.failed.is_none());
-
-        silent.store(true, Ordering::Relaxed);
-        let error = lookup_ips(&resolver, &users, &[]).await.unwrap_err();
-        assert!(!is_absent(&error), "{error}");
-    }
-
-    /// When every search name gets a server failure, the lookup fails with it: not an answer
-    /// that the host has no addresses.
-    #[tokio::test(start_paused = true)]
-    async fn server_failures_on_every_name_are_no_answer_that_there_are_no_addresses() {
-        let server = search_server(Arc::new(AtomicBool::new(false))).await;
-        let config = ResolverConfig::from_parts(
-            None,
-            vec![],
-            NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
-        );
-        let resolver =
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(resolver_opts(
-                    ResolverOpts::default(),
-                    Duration::from_millis(500),
-                ))
-                .build();
-        let host = DnsName::from_ascii("users.svc.test.").unwrap();
-        let error = lookup_ips(&resolver, &host, &[]).await.unwrap_err();
-        assert!(!is_absent(&error), "{error}");
     }
 }
