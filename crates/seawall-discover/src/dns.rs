@@ -86,7 +86,8 @@ impl Dns {
     /// weight; an address that several records name (two names of one host) weighs the sum of
     /// their weights, whatever their order. A record of weight 0 gets a very small share beside
     /// records of its priority that weigh more (RFC 2782): it weighs 1 and theirs are multiplied
-    /// by 100; records that all weigh 0 weigh 1 each. Only the records of the lowest priority
+    /// by up to 100 (less when their sum would pass 65 536); records that all weigh 0 weigh 1
+    /// each. Only the records of the lowest priority
     /// whose targets give an address are used: a higher priority (a backup) serves only while no
     /// target of a lower one does (RFC 2782).
     ///
@@ -144,7 +145,9 @@ impl DnsBuilder {
     }
 
     /// How long one DNS query may take. Default 2 s. A query without an answer in that time is
-    /// not sent again: the resolution fails and the next one follows the backoff.
+    /// not sent again: the resolution fails, or when other lookups answered (the other address
+    /// family, other SRV targets) stands on them and what the unanswered one gave last time, and
+    /// the next resolution follows the failure backoff.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -292,6 +295,8 @@ fn resolver_opts(mut opts: ResolverOpts, timeout: Duration) -> ResolverOpts {
     opts.attempts = 0;
     // Every resolution asks the server: the refresh schedule follows the TTLs itself.
     opts.cache_size = 0;
+    // The CNAMEs on the way to the addresses stay in the answer, so their TTLs count.
+    opts.preserve_intermediates = true;
     opts
 }
 
@@ -344,9 +349,13 @@ async fn run<S, M>(
 {
     let mut tracker = Tracker::with_meta();
     let mut known = Known::new();
+    // Failed resolutions in a row, and resolutions in a row that some lookup failed in: each
+    // has its own backoff, so a host whose AAAA questions never get an answer still retries a
+    // failed resolution after `min`.
     let mut failures = 0u32;
+    let mut partials = 0u32;
     loop {
-        let wait = match resolve(&resolver, &query, &name, &mut known).await {
+        let wait = match resolve(&resolver, &query, &name, &mut known, partials == 0).await {
             Ok(Resolved {
                 endpoints,
                 ttl,
@@ -356,14 +365,15 @@ async fn run<S, M>(
                 if !publish(&mut tracker, endpoints, &mut make, &tx) {
                     return;
                 }
+                failures = 0;
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
                     // failure schedule, not only when the TTL runs out.
-                    failures = failures.saturating_add(1);
+                    partials = partials.saturating_add(1);
                     metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
-                    ttl.clamp(min, max).min(backoff(min, max, failures))
+                    ttl.clamp(min, max).min(backoff(min, max, partials))
                 } else {
-                    failures = 0;
+                    partials = 0;
                     ttl.clamp(min, max)
                 }
             }
@@ -408,17 +418,38 @@ struct Resolved {
 /// one address family of it, whose lookup fails for a moment (a timeout, a server failure) keeps
 /// them, so one lost answer does not drop its endpoints; an SRV target the server says has no
 /// addresses is skipped.
+///
+/// A lookup that fails while others answer is logged as a warning when `warn` is set (the first
+/// such resolution in a row), else at debug level: a server that never answers AAAA questions
+/// warns once, not at every resolution.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
     name: &Name,
     known: &mut Known,
+    warn: bool,
 ) -> Result<Resolved, ResolveError> {
+    macro_rules! partial {
+        ($($arg:tt)*) => {
+            if warn {
+                tracing::warn!($($arg)*)
+            } else {
+                tracing::debug!($($arg)*)
+            }
+        };
+    }
     match query {
         Parsed::Ip(host, port) => {
-            let found = lookup_ips(resolver, host, last(known, host)).await?;
+            let mut found = lookup_ips(resolver, host, last(known, host)).await?;
+            if found.ips.is_empty() {
+                // One family has no records and the other failed without an address to keep.
+                return Err(found
+                    .failed
+                    .take()
+                    .map_or_else(|| ResolveError::from("no addresses"), |(_, error)| error));
+            }
             if let Some((family, error)) = &found.failed {
-                tracing::warn!(name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                partial!(name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
             }
             known.insert(host.clone(), found.ips.clone());
             ip_endpoints(found, *port)
@@ -467,13 +498,18 @@ async fn resolve(
                         Some(ips) => ips.clone(),
                         None => match lookup_ips(resolver, target, last(known, target)).await {
                             Ok(addresses) => {
-                                if let Some((family, error)) = &addresses.failed {
-                                    partial = true;
-                                    tracing::warn!(name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
-                                }
                                 ttl = ttl.min(
                                     u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX),
                                 );
+                                if let Some((family, error)) = addresses.failed {
+                                    partial = true;
+                                    if addresses.ips.is_empty() {
+                                        tracing::warn!(name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
+                                        failed = Some(error);
+                                        continue;
+                                    }
+                                    partial!(name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                                }
                                 addresses.ips
                             }
                             Err(error) => {
@@ -481,7 +517,7 @@ async fn resolve(
                                 partial |= !absent;
                                 match known.get(target) {
                                     Some(last) if !absent => {
-                                        tracing::warn!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                        partial!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
                                         last.clone()
                                     }
                                     _ => {
@@ -536,20 +572,30 @@ async fn resolve(
 ///
 /// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside records
 /// that weigh more, and records that all weigh 0 equal chances. A balancer's weights start at 1,
-/// so beside a weighted record each weight is scaled by [`ZERO_WEIGHT_SCALE`] and weight 0 weighs
-/// 1; without a record of weight 0 in the priority, weights are taken as they are.
-fn weight_scale(mut weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) -> u32 {
-    let mixed = weights.clone().any(|w| w == 0) && weights.any(|w| w > 0);
+/// so beside a weighted record each weight is scaled up, by at most [`ZERO_WEIGHT_SCALE`], and
+/// weight 0 weighs 1; without a record of weight 0 in the priority, weights are taken as they
+/// are. The scale keeps the priority's weights within [`SCALED_TOTAL`] in all, so a weighted
+/// round robin's schedule does not grow past what the records need.
+fn weight_scale(weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) -> u32 {
+    let total = weights
+        .clone()
+        .fold(0u32, |total, w| total.saturating_add(w.into()));
+    let mixed = total > 0 && weights.clone().any(|w| w == 0);
+    let scale = (SCALED_TOTAL / total.max(1)).clamp(1, ZERO_WEIGHT_SCALE);
     move |weight| match (mixed, weight) {
         (_, 0) => 1,
-        (true, w) => u32::from(w) * ZERO_WEIGHT_SCALE,
+        (true, w) => u32::from(w) * scale,
         (false, w) => u32::from(w),
     }
 }
 
-/// What a record's weight is multiplied by when its priority also has records of weight 0, which
-/// then weigh 1: a hundredth of a record of weight 1.
+/// What a record's weight is multiplied by at most when its priority also has records of weight
+/// 0, which then weigh 1: a hundredth of a record of weight 1.
 const ZERO_WEIGHT_SCALE: u32 = 100;
+
+/// The most the scaled weights of one priority add up to, unless their own sum is more:
+/// a weighted round robin's schedule has one slot per unit of weight.
+const SCALED_TOTAL: u32 = 1 << 16;
 
 /// The addresses `host` had at the last good resolution; none if it has not had one.
 fn last<'a>(known: &'a Known, host: &DnsName) -> &'a [IpAddr] {
@@ -598,8 +644,9 @@ struct Addresses {
     failed: Option<(&'static str, ResolveError)>,
 }
 
-/// The addresses of `host`, both families; an error when it has none (one [`is_absent`] holds
-/// for when the server said so).
+/// The addresses of `host`, both families; an error when neither family answered, or when the
+/// server says it has none (then [`is_absent`] holds). When one family failed and the other has
+/// no records, the addresses are the failed family's last ones, which may be none.
 ///
 /// A and AAAA are asked for apart, at once, so that each family's answer counts. A family the
 /// server says has no records adds none. A family whose answer does not come (a timeout, a server
@@ -650,11 +697,11 @@ async fn lookup_ips(
             }
         }
         if let Some((family, error)) = failed {
+            // The other family answered: its addresses stand, and only the failed family's
+            // last ones are kept. None at all is still an answer about the other family, which
+            // the caller must not take the failed family's last addresses back over.
             let v4 = family == "A";
             ips.extend(last.iter().filter(|ip| ip.is_ipv4() == v4));
-            if ips.is_empty() {
-                return Err(error);
-            }
             return Ok(Addresses {
                 ips,
                 ttl: Duration::from_secs(ttl.into()),
@@ -760,6 +807,23 @@ mod tests {
                 "users.test.svc.cluster.local."
             ]
         );
+    }
+
+    #[test]
+    fn zero_weights_weigh_a_small_share_within_a_bounded_schedule() {
+        let weighed = |weights: &[u16]| -> Vec<u32> {
+            let scale = weight_scale(weights.iter().copied());
+            weights.iter().map(|&w| scale(w)).collect()
+        };
+        assert_eq!(weighed(&[3, 1]), [3, 1], "no weight 0: as they are");
+        assert_eq!(weighed(&[0, 0]), [1, 1]);
+        assert_eq!(weighed(&[1, 0]), [100, 1]);
+        let mut many = vec![50; 20];
+        many.push(0);
+        let scaled = weighed(&many);
+        assert_eq!((scaled[0], scaled[20]), (65 * 50, 1));
+        assert!(scaled.iter().sum::<u32>() <= SCALED_TOTAL + 1);
+        assert_eq!(weighed(&[65_535, 65_535, 0]), [65_535, 65_535, 1]);
     }
 
     /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no

@@ -188,3 +188,64 @@ async fn a_failed_family_keeps_its_last_addresses_while_the_other_follows_the_se
     assert!(zone.asked(RecordType::A) >= asked + 3);
     assert_eq!(queued(&mut discovery), vec![]);
 }
+
+/// Resolutions that keep failing in part (AAAA questions never answered) back off on their own
+/// count: a resolution that then fails outright is retried after `min_refresh`, as the first
+/// failure in a row is, not after the long pause the partial failures had reached.
+#[tokio::test(start_paused = true)]
+async fn a_lasting_partial_failure_does_not_slow_the_retry_of_a_failed_resolution() {
+    let zone = Zone::default();
+    zone.ttl.store(60, Relaxed);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.silence_type("users.test", RecordType::AAAA, true);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap();
+    assert_eq!(first_resolution(&mut discovery).await.len(), 1);
+
+    // Each resolution takes 0.5 s (the AAAA timeout) and the pauses double from 1 s: they start
+    // at 0, 1.5, 4, 8.5, 17, 33.5 and 66 s. The one at 66 s gets no answer at all.
+    tokio::time::sleep_until(start + Duration::from_secs(40)).await;
+    zone.silence("users.test", true);
+    tokio::time::sleep_until(start + Duration::from_secs(68)).await;
+    let asked = zone.asked_at(RecordType::A, start);
+    assert_eq!(
+        asked[asked.len() - 2..],
+        [Duration::from_secs(66), Duration::from_millis(67_500)],
+        "{asked:?}"
+    );
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
+/// A target whose IPv6 address is gone (the server says it has no AAAA records) while its A
+/// question goes unanswered keeps only the IPv4 addresses it had, here none: the server's answer
+/// about IPv6 stands.
+#[tokio::test(start_paused = true)]
+async fn a_target_keeps_only_the_failed_familys_last_addresses() {
+    let zone = Zone::default();
+    zone.ttl.store(2, Relaxed);
+    zone.set_srv(
+        SRV,
+        &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_aaaa("b.api.test", &["fd00::2".parse().unwrap()]);
+    let server = zone.serve().await;
+    let mut discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap();
+    assert_eq!(first_resolution(&mut discovery).await.len(), 2);
+
+    zone.set_aaaa("b.api.test", &[]);
+    zone.silence_type("b.api.test", RecordType::A, true);
+    assert_eq!(
+        first_changes(&mut discovery, 1).await,
+        vec![('-', addr("[fd00::2]:8002"), 1)]
+    );
+}
