@@ -12,7 +12,9 @@ use seawall::{
 };
 use std::time::Duration;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
-use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
+use tower::{
+    buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, Service, ServiceExt,
+};
 use tower_test::mock;
 
 #[test]
@@ -212,4 +214,53 @@ async fn polling_ready_again_after_a_rejection_asks_the_breaker_again() {
     svc.ready().await.unwrap();
     assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
     assert_eq!(handle.state(), State::Closed);
+}
+
+/// A rejection is an error of the response future, so `Buffer` (whose worker fails for good on an
+/// error from `poll_ready`) keeps serving once the breaker lets calls through again.
+#[tokio::test(start_paused = true)]
+async fn behind_buffer_a_rejection_does_not_poison_the_buffer() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .permitted_probes(1)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let svc: BoxCloneService<Call, &'static str, BoxError> =
+        BoxCloneService::new(Buffer::new(layer.layer(inner), 4));
+
+    assert_eq!(svc.clone().oneshot(Call::Ok).await.unwrap(), "ok");
+
+    handle.force_open();
+    let err = svc.clone().oneshot(Call::Ok).await.unwrap_err();
+    assert!(
+        seawall::core::error::find::<seawall::breaker::Open>(&*err).is_some(),
+        "{err}"
+    );
+    handle.force_closed();
+    assert_eq!(svc.clone().oneshot(Call::Ok).await.unwrap(), "ok");
+
+    // Tripped by a failure rather than by hand, and recovered by the wait and a probe.
+    handle.reset();
+    assert_eq!(
+        svc.clone()
+            .oneshot(Call::Fail)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "boom"
+    );
+    assert!(rejected(&svc.clone().oneshot(Call::Ok).await));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(svc.clone().oneshot(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(svc.oneshot(Call::Ok).await.unwrap(), "ok");
+    assert_eq!(
+        reached.get(),
+        5,
+        "the rejected calls never reached the dependency"
+    );
 }
