@@ -2,11 +2,17 @@
 //! `Clone` resets a reservation; a waiting call uses the service that was polled ready; the
 //! `backpressure` option makes `poll_ready` wait instead.
 
-use seawall_bulkhead::{BulkheadLayer, Full};
+use seawall_bulkhead::{
+    ratelimit::{Limited, RateLimitLayer},
+    BulkheadLayer, Full,
+};
 use seawall_core::error::is;
 use std::time::Duration;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
-use tower::{limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
+use tower::{
+    buffer::Buffer, limit::ConcurrencyLimit, service_fn, util::BoxCloneService, Layer, Service,
+    ServiceExt,
+};
 use tower_test::mock;
 
 #[tokio::test(start_paused = true)]
@@ -173,4 +179,62 @@ async fn rejected_future_polled_after_ready_is_not_reused() {
     let mut rejected = tokio_test::task::spawn(other.call(1));
     let err = assert_ready!(rejected.poll()).unwrap_err();
     assert!(is::<Full>(&*err));
+}
+
+/// A full bulkhead rejects from the response future, so `Buffer` (whose worker fails for good on
+/// an error from `poll_ready`) keeps serving once a permit is free again.
+#[tokio::test(start_paused = true)]
+async fn behind_buffer_a_full_bulkhead_does_not_poison_the_buffer() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let (inner, mut server) = mock::pair::<u32, u32>();
+    let svc: BoxCloneService<u32, u32, seawall_core::BoxError> =
+        BoxCloneService::new(Buffer::new(layer.layer(inner), 4));
+
+    let running = tokio::spawn(svc.clone().oneshot(1));
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 1);
+    assert_eq!(handle.available(), 0);
+
+    let err = svc.clone().oneshot(2).await.unwrap_err();
+    assert!(seawall_core::error::find::<Full>(&*err).is_some(), "{err}");
+
+    respond.send_response(10);
+    assert_eq!(running.await.unwrap().unwrap(), 10);
+    assert_eq!(handle.available(), 1);
+
+    let call = tokio::spawn(svc.oneshot(3));
+    let (request, respond) = server.next_request().await.unwrap();
+    assert_eq!(request, 3);
+    respond.send_response(30);
+    assert_eq!(call.await.unwrap().unwrap(), 30);
+}
+
+/// The same for the rate limiter: an empty bucket rejects from the response future, and the
+/// Buffer serves the next call once time has refilled it.
+#[tokio::test(start_paused = true)]
+async fn behind_buffer_an_empty_rate_limit_does_not_poison_the_buffer() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let svc: BoxCloneService<u32, u32, seawall_core::BoxError> = BoxCloneService::new(Buffer::new(
+        layer.layer(service_fn(|n: u32| async move {
+            Ok::<_, seawall_core::BoxError>(n)
+        })),
+        4,
+    ));
+
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+    let err = svc.clone().oneshot(2).await.unwrap_err();
+    let limited = seawall_core::error::find::<Limited>(&*err).expect("rejected by the limiter");
+    assert_eq!(limited.retry_after(), Duration::from_secs(1));
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(svc.clone().oneshot(3).await.unwrap(), 3);
+    assert_eq!(
+        svc.oneshot(4).await.unwrap_err().to_string(),
+        "rate limit exceeded"
+    );
 }
