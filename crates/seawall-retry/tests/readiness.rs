@@ -6,12 +6,9 @@ mod support;
 use futures_util::future::join_all;
 use seawall_core::{deadline::RequestDeadline, BoxError};
 use seawall_retry::{Backoff, HedgeLayer, RetryBudget, RetryLayer};
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
 };
 use support::{flaky, get, ms};
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
@@ -127,25 +124,72 @@ async fn concurrency_limit_sees_at_most_one_attempt_at_a_time() {
     assert_eq!(most.load(Ordering::SeqCst), 1);
 }
 
+/// A dependency whose `n`th call fails when `fails(n)` and otherwise never answers.
+fn failing_then_hanging(
+    fails: impl Fn(usize) -> bool + Clone + Send + 'static,
+) -> impl Service<support::Req, Response = (), Error = BoxError, Future = impl Send> + Clone {
+    let calls = Arc::new(AtomicUsize::new(0));
+    service_fn(move |_req: support::Req| {
+        let fail = fails(calls.fetch_add(1, Ordering::SeqCst));
+        async move {
+            if fail {
+                Err::<(), BoxError>("down".into())
+            } else {
+                std::future::pending().await
+            }
+        }
+    })
+}
+
 #[tokio::test(start_paused = true)]
-async fn dropping_a_call_during_backoff_releases_the_permit() {
-    let (inner, _) = flaky(usize::MAX);
+async fn dropping_a_call_during_a_retry_releases_the_permit_it_holds() {
     let mut client = ServiceBuilder::new()
-        .layer(
-            RetryLayer::builder()
-                .backoff(Backoff::constant(Duration::from_secs(60)))
-                .budget(RetryBudget::unlimited())
-                .build()
-                .unwrap(),
-        )
+        .layer(retry())
         .concurrency_limit(1)
-        .service(inner);
+        .service(failing_then_hanging(|n| n == 0));
+    let mut other = client.clone();
+    let mut fut = tokio_test::task::spawn(client.ready().await.unwrap().call(get()));
+    assert_pending!(fut.poll(), "first attempt failed, backing off");
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll(), "the second attempt hangs");
     {
-        let mut fut = tokio_test::task::spawn(client.ready().await.unwrap().call(get()));
-        assert_pending!(fut.poll(), "waiting out a 60 s backoff");
+        let mut ready = tokio_test::task::spawn(other.ready());
+        assert!(
+            ready.poll().is_pending(),
+            "the second attempt holds the only permit"
+        );
     }
-    // The permit went back when the call was dropped.
-    let mut ready = tokio_test::task::spawn(client.ready());
+    drop(fut);
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(ready.poll()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_call_waiting_for_readiness_gives_up_its_place() {
+    let mut client = ServiceBuilder::new()
+        .layer(retry())
+        .concurrency_limit(1)
+        .service(failing_then_hanging(|n| n == 0));
+    let (mut holder, mut next) = (client.clone(), client.clone());
+
+    // The first attempt fails and frees the permit; another call takes it and hangs.
+    let mut waiting = tokio_test::task::spawn(client.ready().await.unwrap().call(get()));
+    assert_pending!(waiting.poll());
+    let mut holding = tokio_test::task::spawn(holder.ready().await.unwrap().call(get()));
+    assert_pending!(holding.poll());
+
+    // The retry is queued for the permit when it is dropped.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(waiting.poll(), "waiting for the permit");
+    drop(waiting);
+
+    let mut ready = tokio_test::task::spawn(next.ready());
+    assert!(
+        ready.poll().is_pending(),
+        "the hanging call still holds the permit"
+    );
+    drop(holding);
+    assert!(ready.is_woken());
     assert_ready!(ready.poll()).unwrap();
 }
 
