@@ -1,18 +1,23 @@
 //! Each attempt goes back through the inner service's readiness; the contract test with an inner
-//! whose `Clone` resets readiness.
+//! whose `Clone` resets readiness; behind `Buffer`, budget exhaustion never poisons the buffer.
 
 mod support;
 
 use futures_util::future::join_all;
 use seawall_core::{deadline::RequestDeadline, BoxError};
-use seawall_retry::{Backoff, HedgeLayer, RetryBudget, RetryLayer};
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use seawall_retry::{Backoff, BudgetExhausted, HedgeEvent, HedgeLayer, RetryBudget, RetryLayer};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
 };
-use support::{flaky, get, ms};
+use support::{flaky, get, ms, one_retry, Req};
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{
+    buffer::Buffer, service_fn, util::BoxCloneService, Layer, Service, ServiceBuilder, ServiceExt,
+};
 use tower_test::mock;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,4 +224,124 @@ async fn hedges_also_go_through_readiness() {
     hedge.send_response("from hedge");
     assert_eq!(assert_ready_ok!(fut.poll()), "from hedge");
     drop(primary);
+}
+
+fn request(path: &str) -> Req {
+    http::Request::get(path).body("x").unwrap()
+}
+
+/// Answers by path: `/down` always fails, `/once` fails the first time it is asked and then
+/// answers, `/slow` answers after 100 ms; anything else answers at once. Counts every call.
+fn by_path() -> (
+    impl Service<Req, Response = &'static str, Error = BoxError, Future = impl Send>
+        + Clone
+        + Send
+        + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let counter = calls.clone();
+    let svc = service_fn(move |req: Req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let fail = match req.uri().path() {
+            "/down" => true,
+            "/once" => !failed_once.swap(true, Ordering::SeqCst),
+            _ => false,
+        };
+        let slow = req.uri().path() == "/slow";
+        async move {
+            if slow {
+                tokio::time::sleep(ms(100)).await;
+            }
+            if fail {
+                Err::<&'static str, BoxError>("down".into())
+            } else {
+                Ok("ok")
+            }
+        }
+    });
+    (svc, calls)
+}
+
+/// An exhausted budget fails the call from its response future, so `Buffer` (whose worker fails
+/// for good on an error from `poll_ready`) keeps serving, and retries again once the budget
+/// refills.
+#[tokio::test(start_paused = true)]
+async fn behind_buffer_an_exhausted_budget_does_not_poison_the_buffer() {
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(one_retry())
+        .build()
+        .unwrap();
+    let (inner, calls) = by_path();
+    let svc: BoxCloneService<Req, &'static str, BoxError> =
+        BoxCloneService::new(Buffer::new(layer.layer(inner), 4));
+
+    // One retry from the budget, then no more.
+    let err = svc.clone().oneshot(request("/down")).await.unwrap_err();
+    let exhausted =
+        seawall_core::error::find::<BudgetExhausted>(&*err).expect("the budget is exhausted");
+    assert_eq!(exhausted.last_error().to_string(), "down");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    assert_eq!(svc.clone().oneshot(request("/ok")).await.unwrap(), "ok");
+
+    // The budget refills with time, and a call through the same Buffer is retried again.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(svc.oneshot(request("/once")).await.unwrap(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// A hedge due with the budget exhausted is skipped, not an error, and behind `Buffer` the calls
+/// before and after it, failed or not, all go through the one worker.
+#[tokio::test(start_paused = true)]
+async fn behind_buffer_an_exhausted_hedge_budget_does_not_poison_the_buffer() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(one_retry())
+        .on_event(move |_: &seawall_core::Name, e: &HedgeEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (inner, calls) = by_path();
+    let svc: BoxCloneService<Req, &'static str, BoxError> =
+        BoxCloneService::new(Buffer::new(layer.layer(inner), 4));
+
+    assert_eq!(svc.clone().oneshot(request("/slow")).await.unwrap(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the primary and one hedge");
+    assert_eq!(svc.clone().oneshot(request("/slow")).await.unwrap(), "ok");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "no hedge: the budget is spent"
+    );
+    assert_eq!(
+        svc.clone()
+            .oneshot(request("/down"))
+            .await
+            .unwrap_err()
+            .to_string(),
+        "down"
+    );
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(svc.oneshot(request("/slow")).await.unwrap(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "hedged again");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(10)
+            },
+            HedgeEvent::BudgetExhausted,
+            HedgeEvent::Sent {
+                hedge: 1,
+                after: ms(10)
+            },
+        ]
+    );
 }
