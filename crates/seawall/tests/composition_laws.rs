@@ -114,6 +114,8 @@ struct BreakerWatch {
     probes_in_flight: Mutex<HashMap<u64, u32>>,
     /// The most trial calls ever running at once within one HalfOpen generation.
     max_probes_in_flight: AtomicUsize,
+    /// Calls admitted while HalfOpen that ran to completion (not cancelled), by generation.
+    probes_completed: Mutex<HashMap<u64, u32>>,
     /// Calls admitted while the breaker was Open.
     admitted_while_open: AtomicUsize,
     /// Calls admitted while HalfOpen, in all.
@@ -140,10 +142,26 @@ impl BreakerWatch {
             _ => ProbeGuard(None),
         }
     }
+
+    /// The most trial calls of one HalfOpen generation that ran to completion.
+    fn max_probes_completed(&self) -> u32 {
+        let map = self.probes_completed.lock().unwrap();
+        map.values().copied().max().unwrap_or(0)
+    }
 }
 
 /// A trial call in flight; dropping it (the call finished or was cancelled) ends it.
 struct ProbeGuard(Option<(Arc<BreakerWatch>, u64)>);
+
+impl ProbeGuard {
+    /// The trial call ran to completion: its result went to the breaker.
+    fn completed(&self) {
+        if let Some((watch, generation)) = &self.0 {
+            let mut map = watch.probes_completed.lock().unwrap();
+            *map.entry(*generation).or_default() += 1;
+        }
+    }
+}
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
@@ -176,8 +194,10 @@ impl Service<Req> for Watched {
         let guard = self.watch.enter();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let _guard = guard;
-            fut.await
+            let guard = guard;
+            let result = fut.await;
+            guard.completed();
+            result
         })
     }
 }
@@ -260,6 +280,7 @@ impl LayerSpec {
                     generation,
                     probes_in_flight: Mutex::default(),
                     max_probes_in_flight: AtomicUsize::new(0),
+                    probes_completed: Mutex::default(),
                     admitted_while_open: AtomicUsize::new(0),
                     probes_admitted: AtomicUsize::new(0),
                 });
@@ -710,7 +731,8 @@ proptest! {
     }
 
     /// An open breaker lets through at most its probes: no call is admitted while it is Open, and
-    /// while it is HalfOpen the trial calls running at once never exceed `permitted_probes`.
+    /// of the trial calls one HalfOpen admits, at most `permitted_probes` run to completion (a
+    /// cancelled probe hands its slot back to another), so never more run at once either.
     #[test]
     fn an_open_breaker_lets_through_at_most_its_probes(
         above in prop::collection::vec(layer_spec(), 0..=3),
@@ -724,6 +746,13 @@ proptest! {
         let run = run(&stack, &calls);
         for w in run.observed.breakers.lock().unwrap().iter() {
             prop_assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
+            let completed = w.max_probes_completed();
+            prop_assert!(
+                completed <= w.probes,
+                "{} probes completed in one HalfOpen, {} permitted",
+                completed,
+                w.probes
+            );
             let max = w.max_probes_in_flight.load(Ordering::SeqCst);
             prop_assert!(max <= w.probes as usize, "{} probes at once, {} permitted", max, w.probes);
         }
@@ -759,6 +788,7 @@ fn the_breaker_watch_sees_trial_calls() {
     let w = &breakers[0];
     assert!(w.probes_admitted.load(Ordering::SeqCst) >= 2);
     assert_eq!(w.max_probes_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!(w.max_probes_completed(), 2);
     assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
     assert!(
         run.inner_calls < calls.len(),
