@@ -2,6 +2,11 @@
 //! advance, in-flight calls never exceed the limit, and once everything has finished the bulkhead
 //! has all its permits back (`available == limit`): for fixed and adaptive limits, rejecting or
 //! waiting up to `max_wait`, and with backpressure (`poll_ready` waits).
+//!
+//! An adaptive limit may fall below the calls already running; then no call starts until they
+//! are back under it. So each call that starts finds at most the limit running, counting itself,
+//! where the limit is the highest it has been since that call asked for its permit (a permit is
+//! taken under the limit of its moment, and may be used after the limit fell).
 
 use proptest::prelude::*;
 use seawall_bulkhead::{limit::Aimd, BulkheadLayer};
@@ -78,7 +83,8 @@ impl Drop for Running {
     }
 }
 
-type Req = oneshot::Receiver<bool>;
+/// The gate that answers the call, and the highest limit since the call asked for its permit.
+type Req = (oneshot::Receiver<bool>, Arc<AtomicUsize>);
 type BoxFut = Pin<Box<dyn Future<Output = Result<(), seawall_core::BoxError>>>>;
 
 #[derive(Debug, Clone, Copy)]
@@ -115,8 +121,14 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
         let handle = layer.handle();
         let running = Arc::new(AtomicUsize::new(0));
         let counter = running.clone();
-        let service = layer.layer(service_fn(move |gate: Req| {
+        let over_limit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, limits) = (over_limit.clone(), handle.clone());
+        let service = layer.layer(service_fn(move |(gate, highest): Req| {
             let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let bound = highest.load(Ordering::SeqCst).max(limits.limit());
+            if now > bound {
+                seen.lock().unwrap().push((now, bound));
+            }
             let guard = Running(counter.clone());
             async move {
                 let _guard = guard;
@@ -131,22 +143,33 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
         let mut blocked = Vec::new();
         let mut live: Vec<(Spawn<BoxFut>, Option<oneshot::Sender<bool>>)> = Vec::new();
         let waker_cx = || std::task::Context::from_waker(std::task::Waker::noop());
-
-        let call = |svc: &mut _, live: &mut Vec<(Spawn<BoxFut>, Option<oneshot::Sender<bool>>)>| {
-            let svc: &mut seawall_bulkhead::Bulkhead<_> = svc;
-            let (tx, rx) = oneshot::channel();
-            let fut = svc.call(rx);
-            let fut: BoxFut = Box::pin(async move { fut.await.map(|_| ()) });
-            live.push((spawn(fut), Some(tx)));
+        // The highest limit since each call asked for its permit, raised after every step.
+        let highest: std::cell::RefCell<Vec<Arc<AtomicUsize>>> = Default::default();
+        let asks = || {
+            let cell = Arc::new(AtomicUsize::new(handle.limit()));
+            highest.borrow_mut().push(cell.clone());
+            cell
         };
+
+        let call =
+            |svc: &mut _,
+             asked: Arc<AtomicUsize>,
+             live: &mut Vec<(Spawn<BoxFut>, Option<oneshot::Sender<bool>>)>| {
+                let svc: &mut seawall_bulkhead::Bulkhead<_> = svc;
+                let (tx, rx) = oneshot::channel();
+                let fut = svc.call((rx, asked));
+                let fut: BoxFut = Box::pin(async move { fut.await.map(|_| ()) });
+                live.push((spawn(fut), Some(tx)));
+            };
 
         for op in ops {
             match op {
                 Op::Call => {
                     let mut svc = service.clone();
+                    let asked = asks();
                     match svc.poll_ready(&mut waker_cx()) {
-                        Poll::Ready(Ok(())) => call(&mut svc, &mut live),
-                        Poll::Pending if backpressure => blocked.push(svc),
+                        Poll::Ready(Ok(())) => call(&mut svc, asked, &mut live),
+                        Poll::Pending if backpressure => blocked.push((svc, asked)),
                         other => prop_assert!(
                             false,
                             "poll_ready must be ready: {:?}",
@@ -156,9 +179,10 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
                 }
                 Op::Reserve => {
                     let mut svc = service.clone();
+                    let asked = asks();
                     match svc.poll_ready(&mut waker_cx()) {
-                        Poll::Ready(Ok(())) => kept.push(svc),
-                        Poll::Pending if backpressure => blocked.push(svc),
+                        Poll::Ready(Ok(())) => kept.push((svc, asked)),
+                        Poll::Pending if backpressure => blocked.push((svc, asked)),
                         other => prop_assert!(
                             false,
                             "poll_ready must be ready: {:?}",
@@ -170,8 +194,8 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
                     drop(blocked.swap_remove(i % blocked.len()));
                 }
                 Op::CallReserved(i) if !kept.is_empty() => {
-                    let mut svc = kept.swap_remove(i % kept.len());
-                    call(&mut svc, &mut live);
+                    let (mut svc, asked) = kept.swap_remove(i % kept.len());
+                    call(&mut svc, asked, &mut live);
                 }
                 Op::DropReserved(i) if !kept.is_empty() => {
                     kept.swap_remove(i % kept.len());
@@ -189,16 +213,24 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
                 _ => {}
             }
             live.retain_mut(|(fut, _)| fut.poll().is_pending());
-            blocked.retain_mut(|svc| match svc.poll_ready(&mut waker_cx()) {
+            blocked.retain_mut(|(svc, asked)| match svc.poll_ready(&mut waker_cx()) {
                 Poll::Ready(_) => {
-                    call(svc, &mut live);
+                    call(svc, asked.clone(), &mut live);
                     false
                 }
                 Poll::Pending => true,
             });
+            for cell in highest.borrow().iter() {
+                cell.fetch_max(handle.limit(), Ordering::SeqCst);
+            }
             let now = running.load(Ordering::SeqCst);
             prop_assert!(now <= ceiling, "{now} calls running, limit {ceiling}");
             prop_assert!(handle.limit() <= ceiling && handle.limit() >= 1);
+            let over = over_limit.lock().unwrap().clone();
+            prop_assert!(
+                over.is_empty(),
+                "(running, limit) when a call started: {over:?}"
+            );
         }
 
         // Quiescence: every inner call answers, kept services go, waiters time out or run,
@@ -212,9 +244,9 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
             }
             tokio::time::advance(Duration::from_millis(max_wait_ms + 1)).await;
             live.retain_mut(|(fut, _)| fut.poll().is_pending());
-            blocked.retain_mut(|svc| match svc.poll_ready(&mut waker_cx()) {
+            blocked.retain_mut(|(svc, asked)| match svc.poll_ready(&mut waker_cx()) {
                 Poll::Ready(_) => {
-                    call(svc, &mut live);
+                    call(svc, asked.clone(), &mut live);
                     false
                 }
                 Poll::Pending => true,
@@ -228,6 +260,11 @@ fn run(limit: usize, mode: Mode, max_wait_ms: u64, ops: Vec<Op>) -> Result<(), T
             blocked.is_empty(),
             "{} services never got a permit",
             blocked.len()
+        );
+        let over = over_limit.lock().unwrap().clone();
+        prop_assert!(
+            over.is_empty(),
+            "(running, limit) when a call started: {over:?}"
         );
         prop_assert_eq!(running.load(Ordering::SeqCst), 0);
         prop_assert_eq!(handle.waiting(), 0);
