@@ -30,13 +30,11 @@
 //!
 //! [gRFC A6]: https://github.com/grpc/proposal/blob/master/A6-client-retries.md
 
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use seawall_core::{config, ConfigError, Outcome};
 use std::{
     fmt,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError, TryLockError,
-    },
+    sync::{Arc, PoisonError, TryLockError},
     time::Duration,
 };
 use tokio::time::Instant;

@@ -114,6 +114,7 @@ mod error;
 mod future;
 mod layer;
 mod service;
+mod sync;
 mod timer;
 
 pub use backoff::{Backoff, Jitter};
