@@ -70,21 +70,30 @@ async fn slow_route_times_out_and_fallback_answers() {
         })
         .build_fn(|_| Ok(text("from fallback")))
         .unwrap();
-    let timeout = TimeoutLayer::builder()
-        .timeout(Duration::from_millis(500))
-        .on_event(move |_: &Name, _: &TimeoutEvent| {
-            t.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
+    let timeout = |budget: Duration| {
+        let t = t.clone();
+        TimeoutLayer::builder()
+            .timeout(budget)
+            .on_event(move |_: &Name, _: &TimeoutEvent| {
+                t.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap()
+    };
+    // One connection pool behind two stacks: the slow route gets a short timeout, the healthy
+    // routes one no loaded machine comes near, so only the slow route can time out.
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let client = ServiceBuilder::new()
-        .with_fallback(fallback)
-        .with_timeout(timeout)
-        .map_response(|res: http::Response<hyper::body::Incoming>| {
-            res.map(|b| b.map_err(BoxError::from).boxed())
-        })
-        .service(http);
+    let stack = |budget: Duration| {
+        ServiceBuilder::new()
+            .with_fallback(fallback.clone())
+            .with_timeout(timeout(budget))
+            .map_response(|res: http::Response<hyper::body::Incoming>| {
+                res.map(|b| b.map_err(BoxError::from).boxed())
+            })
+            .service(http.clone())
+    };
+    let client = stack(Duration::from_secs(10));
+    let impatient = stack(Duration::from_millis(500));
 
     let get = |path: &str| {
         http::Request::get(format!("http://{addr}{path}"))
@@ -96,7 +105,7 @@ async fn slow_route_times_out_and_fallback_answers() {
     assert_eq!(res.status(), 200);
     assert_eq!(body_text(res).await, "fast");
 
-    let res = client.clone().oneshot(get("/slow")).await.unwrap();
+    let res = impatient.oneshot(get("/slow")).await.unwrap();
     assert_eq!(body_text(res).await, "from fallback");
     assert_eq!(timeouts.load(Ordering::SeqCst), 1);
     assert_eq!(fallbacks.load(Ordering::SeqCst), 1);
@@ -105,7 +114,7 @@ async fn slow_route_times_out_and_fallback_answers() {
     let res = client.clone().oneshot(get("/unavailable")).await.unwrap();
     assert_eq!(res.status(), 503);
 
-    // The server and the client still work after the cancelled call.
+    // The server and the shared connection pool still work after the cancelled call.
     let res = client.oneshot(get("/fast")).await.unwrap();
     assert_eq!(body_text(res).await, "fast");
 }

@@ -281,34 +281,40 @@ async fn breaker_opens_on_503s_and_stops_calling_the_server() {
 #[tokio::test]
 async fn a_hung_server_is_bounded_per_attempt_and_in_total() {
     let (addr, hits) = start_server().await;
-    let retry = RetryLayer::builder()
-        .name("reqwest-hang")
-        .policy(ReqwestPolicy)
-        .clone_with(copy_request as fn(&Req) -> Option<Req>)
-        .max_attempts(3)
-        .per_attempt_timeout(Duration::from_millis(100))
-        .backoff(Backoff::constant(Duration::from_millis(10)))
-        .budget(RetryBudget::unlimited())
-        .seed(3)
-        .build()
-        .unwrap();
     // Counts the attempts handed to reqwest: an attempt cut by its timeout may end before the
     // server sees it, so the server's own count is only an upper bound.
     let attempts = Arc::new(AtomicU32::new(0));
-    let counted = attempts.clone();
-    let client = ServiceBuilder::new()
-        .with_timeout(
-            TimeoutLayer::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        )
-        .with_retry(retry)
-        .map_request(move |req: Req| {
-            counted.fetch_add(1, SeqCst);
-            req.into_inner()
-        })
-        .service(reqwest_client());
+    // One reqwest client (one connection pool) behind two stacks: the hanging route gets a short
+    // per-attempt timeout, the healthy route one no loaded machine comes near.
+    let reqwest = reqwest_client();
+    let stack = |per_attempt: Duration| {
+        let retry = RetryLayer::builder()
+            .name("reqwest-hang")
+            .policy(ReqwestPolicy)
+            .clone_with(copy_request as fn(&Req) -> Option<Req>)
+            .max_attempts(3)
+            .per_attempt_timeout(per_attempt)
+            .backoff(Backoff::constant(Duration::from_millis(10)))
+            .budget(RetryBudget::unlimited())
+            .seed(3)
+            .build()
+            .unwrap();
+        let counted = attempts.clone();
+        ServiceBuilder::new()
+            .with_timeout(
+                TimeoutLayer::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            )
+            .with_retry(retry)
+            .map_request(move |req: Req| {
+                counted.fetch_add(1, SeqCst);
+                req.into_inner()
+            })
+            .service(reqwest.clone())
+    };
+    let client = stack(Duration::from_millis(100));
 
     // Each attempt is cut after 100 ms: three attempts, then the last `Elapsed`.
     let err = client
@@ -329,8 +335,8 @@ async fn a_hung_server_is_bounded_per_attempt_and_in_total() {
     assert_eq!(attempts.load(SeqCst), 4, "no retry after the deadline");
     assert!(hits.hang.load(SeqCst) <= 4);
 
-    // The client still works afterwards.
-    let res = client
+    // The connection pool still works afterwards.
+    let res = stack(Duration::from_secs(10))
         .oneshot(request(reqwest::Method::GET, addr, "/ok"))
         .await
         .unwrap();
