@@ -170,15 +170,35 @@ async fn shared_across_layer_calls_and_clones() {
     assert_eq!(other.handle().available(), 2);
 }
 
+/// A call made without a reservation of its own takes a free permit if there is one; on a full
+/// bulkhead it is rejected at once, without reaching the inner service or taking the permit
+/// another service reserved.
 #[tokio::test(start_paused = true)]
-async fn rejected_future_polled_after_ready_is_not_reused() {
+async fn a_call_without_a_reservation_on_a_full_bulkhead_is_rejected() {
     let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
     let (mut service, _server) = mock::spawn_layer::<u32, u32, _>(layer.clone());
-    let (mut other, _other_server) = mock::spawn_layer::<u32, u32, _>(layer);
+    let (mut other, mut other_server) = mock::spawn_layer::<u32, u32, _>(layer);
     assert_ready_ok!(service.poll_ready());
     let mut rejected = tokio_test::task::spawn(other.call(1));
     let err = assert_ready!(rejected.poll()).unwrap_err();
     assert!(is::<Full>(&*err));
+    assert_pending!(
+        other_server.poll_request(),
+        "never reached the inner service"
+    );
+    assert_eq!(handle.available(), 0, "the reservation is still held");
+
+    drop(service);
+    assert_eq!(handle.available(), 1);
+    // The rejection left nothing behind: the same service reserves the free permit and calls.
+    assert_ready_ok!(other.poll_ready());
+    let call = other.call(2);
+    let (request, respond) = other_server.next_request().await.unwrap();
+    assert_eq!(request, 2);
+    respond.send_response(20);
+    assert_eq!(call.await.unwrap(), 20);
+    assert_eq!(handle.available(), 1);
 }
 
 /// A full bulkhead rejects from the response future, so `Buffer` (whose worker fails for good on
