@@ -1,8 +1,11 @@
 //! Readiness contract: the timeout calls the inner service it polled ready, never a clone, and
 //! works under tower's `Buffer` and `BoxCloneService`.
 
-use seawall_timeout::{ResponseFuture, Timeout, TimeoutLayer};
-use std::time::Duration;
+use seawall_timeout::{ResponseFuture, Timeout, TimeoutEvent, TimeoutLayer};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, ServiceExt};
 use tower_test::mock;
@@ -57,20 +60,41 @@ async fn works_behind_buffer_and_box_clone_service() {
     assert_eq!(call.await.unwrap().unwrap(), "again");
 }
 
+/// Every service one layer makes, and every clone of them, applies the layer's one policy: its
+/// timeout, its name, and its listeners.
 #[tokio::test(start_paused = true)]
 async fn layer_instances_share_one_policy() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
     let layer = TimeoutLayer::builder()
         .timeout(Duration::from_secs(1))
         .name("users")
+        .on_event(move |name: &seawall_core::Name, e: &TimeoutEvent| {
+            sink.lock().unwrap().push((name.to_string(), *e));
+        })
         .build()
         .unwrap();
-    let a = layer.layer(tower::service_fn(|_: Req| async {
-        Ok::<_, std::io::Error>(())
-    }));
-    let b = a.clone();
-    assert_eq!(layer.name().as_str(), "users");
-    assert!(format!("{a:?}").contains("users"));
-    drop((a, b));
+    let hang = || {
+        tower::service_fn(|_: Req| async {
+            std::future::pending::<Result<(), std::io::Error>>().await
+        })
+    };
+    let a = layer.layer(hang());
+    let b = layer.layer(hang());
+    assert!(format!("{b:?}").contains("users"));
+    for svc in [a.clone(), a, b] {
+        let start = tokio::time::Instant::now();
+        let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+        assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+    let elapsed = (
+        "users".to_string(),
+        TimeoutEvent::Elapsed {
+            budget: Duration::from_secs(1),
+        },
+    );
+    assert_eq!(*events.lock().unwrap(), vec![elapsed; 3]);
 }
 
 #[test]
