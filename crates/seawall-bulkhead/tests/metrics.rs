@@ -17,7 +17,10 @@ use seawall_core::{
     Name,
 };
 use std::{
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Condvar, Mutex,
+    },
     thread,
     time::Duration,
 };
@@ -100,8 +103,10 @@ impl Limit for Steps {
     }
 }
 
-/// The limit gauge, slow to take the value `SLOW`: that `set` lets another thread's `set` go first
-/// (waiting for one up to 500 ms) before it stores its value.
+/// The limit gauge, slow to take the value `SLOW`: that `set` waits for the other call to have
+/// answered (so it is about to sample), then lets that call's `set` go first (waiting for one up to
+/// 500 ms, time enough to run the few steps from its answer to its `set` unless the sample waits
+/// for this one) before it stores its value.
 #[derive(Debug, Default)]
 struct SlowGauge {
     state: Mutex<GaugeState>,
@@ -113,6 +118,7 @@ struct GaugeState {
     value: f64,
     sets: usize,
     slow_set_started: bool,
+    second_answered: bool,
 }
 
 impl SlowGauge {
@@ -131,6 +137,12 @@ impl SlowGauge {
     fn value(&self) -> f64 {
         self.state.lock().unwrap().value
     }
+
+    /// The second call has answered: its sample comes next.
+    fn second_answered(&self) {
+        self.state.lock().unwrap().second_answered = true;
+        self.changed.notify_all();
+    }
 }
 
 impl GaugeFn for SlowGauge {
@@ -147,6 +159,12 @@ impl GaugeFn for SlowGauge {
         if value == Self::SLOW {
             state.slow_set_started = true;
             self.changed.notify_all();
+            state = self
+                .changed
+                .wait_timeout_while(state, Duration::from_secs(10), |s| !s.second_answered)
+                .unwrap()
+                .0;
+            assert!(state.second_answered, "the second call never answered");
             let sets = state.sets;
             state = self
                 .changed
@@ -202,7 +220,18 @@ fn racing_samples_leave_the_limit_gauge_on_the_limit() {
     });
     assert_eq!(gauge.value(), 10.0);
     let handle = layer.handle();
-    let service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let signal = gauge.clone();
+    let service = layer.layer(service_fn(move |()| {
+        let second = answered.fetch_add(1, Ordering::SeqCst) == 1;
+        let signal = signal.clone();
+        async move {
+            if second {
+                signal.second_answered();
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    }));
     let call = |service: seawall_bulkhead::Bulkhead<_>| {
         thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
