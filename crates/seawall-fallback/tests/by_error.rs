@@ -104,3 +104,17 @@ async fn successes_pass_through() {
     }));
     assert_eq!(svc.oneshot(()).await.unwrap(), "primary");
 }
+
+#[tokio::test]
+async fn on_any_error_restores_the_default() {
+    for builder in [
+        FallbackLayer::builder().ignore_errors().on_any_error(),
+        FallbackLayer::builder()
+            .on_error_type::<Elapsed>()
+            .on_any_error(),
+    ] {
+        let layer = builder.build_fn(describe).unwrap();
+        let svc = layer.layer(failing(|| io::Error::other("boom").into()));
+        assert_eq!(svc.oneshot(()).await.unwrap(), "fallback for: boom");
+    }
+}

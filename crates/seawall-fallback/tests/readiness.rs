@@ -216,3 +216,61 @@ async fn a_clone_does_not_inherit_a_held_back_readiness_error() {
     );
     assert_eq!(svc.call(()).await.unwrap(), "fallback");
 }
+
+/// A fallback service is cloned for each fallback call, and a clone of tower-test's mock is not
+/// ready: the fallback call waits for it to be, and never calls it before.
+#[tokio::test]
+async fn a_fallback_service_is_driven_ready_before_it_is_called() {
+    let (fallback, mut cache) =
+        mock::pair::<seawall_fallback::Failed<&'static str>, &'static str>();
+    cache.allow(0);
+    let layer = FallbackLayer::builder().build_service(fallback).unwrap();
+    let (mut svc, mut inner) = mock::spawn_layer::<(), &'static str, _>(layer);
+    assert_ready_ok!(svc.poll_ready());
+    let mut call = tokio_test::task::spawn(svc.call(()));
+    let (_, send) = inner.next_request().await.unwrap();
+    send.send_error(std::io::Error::other("down"));
+    assert_pending!(call.poll(), "the fallback service is not ready");
+    assert_pending!(cache.poll_request(), "and was not called");
+
+    cache.allow(1);
+    assert!(call.is_woken());
+    assert_pending!(call.poll());
+    let (failed, send) = cache.next_request().await.unwrap();
+    assert_eq!(failed.error().unwrap().to_string(), "down");
+    send.send_response("cached");
+    assert_eq!(call.await.unwrap(), "cached");
+}
+
+/// `Used` reports the hand-off to the fallback; a call dropped while an async fallback runs
+/// reports nothing more, neither a second `Used` nor `Failed`.
+#[tokio::test]
+async fn a_call_dropped_during_an_async_fallback_reports_only_the_hand_off() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let (fallback, mut cache) =
+        mock::pair::<seawall_fallback::Failed<&'static str>, &'static str>();
+    let layer = FallbackLayer::builder()
+        .on_event(move |_: &Name, e: &FallbackEvent| sink.lock().unwrap().push(*e))
+        .build_service(fallback)
+        .unwrap();
+    let (mut svc, mut inner) = mock::spawn_layer::<(), &'static str, _>(layer);
+    assert_ready_ok!(svc.poll_ready());
+    let mut call = tokio_test::task::spawn(svc.call(()));
+    let (_, send) = inner.next_request().await.unwrap();
+    send.send_error(std::io::Error::other("down"));
+    assert_pending!(call.poll());
+    let (_, answer) = cache.next_request().await.unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [FallbackEvent::Used { error: true }]
+    );
+
+    drop(call);
+    answer.send_error(std::io::Error::other("cache down"));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        *events.lock().unwrap(),
+        [FallbackEvent::Used { error: true }]
+    );
+}
