@@ -43,3 +43,31 @@ async fn listeners_see_each_elapsed_call() {
         )]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_its_deadline_reports_nothing() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = TimeoutLayer::builder()
+        .timeout(Duration::from_millis(500))
+        .on_event(move |_: &seawall_core::Name, e: &TimeoutEvent| {
+            sink.lock().unwrap().push(*e);
+        })
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|Work(d): Work| async move {
+        sleep(d).await;
+        Ok::<_, std::io::Error>(())
+    }));
+    let mut call = tokio_test::task::spawn(svc.clone().oneshot(Work(Duration::from_secs(1))));
+    tokio_test::assert_pending!(call.poll(), "the timer is armed");
+    sleep(Duration::from_millis(499)).await;
+    tokio_test::assert_pending!(call.poll());
+    drop(call);
+    sleep(Duration::from_secs(2)).await;
+    assert!(events.lock().unwrap().is_empty());
+
+    // The same listener does see a call that runs out of time.
+    svc.oneshot(Work(Duration::from_secs(1))).await.unwrap_err();
+    assert_eq!(events.lock().unwrap().len(), 1);
+}
