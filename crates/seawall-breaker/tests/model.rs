@@ -498,12 +498,16 @@ fn kind_of(result: &Result<Permit, seawall_breaker::state::Rejected>) -> Option<
     result.as_ref().ok().map(Permit::kind)
 }
 
-fn run(params: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs `ops` on the machine and the model, checking they agree after each; returns each step's
+/// state and, for an `Admit`, whether the call was admitted.
+fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestCaseError> {
+    let mut trace = Vec::new();
     let machine = Machine::new(&params.config());
     let mut model = Model::new(params);
     let mut now = 0u64;
     let mut held: Vec<(Permit, ModelPermit)> = Vec::new();
     for (step, op) in ops.into_iter().enumerate() {
+        let mut admitted = None;
         match op {
             Op::Admit => {
                 // Asking first changes nothing, and tells what admission will say.
@@ -511,6 +515,7 @@ fn run(params: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(machine.permits(|| now), would, "step {}: permits", step);
                 let real = machine.acquire(|| now, &());
                 let expected = model.acquire(now);
+                admitted = Some(real.is_ok());
                 prop_assert_eq!(
                     kind_of(&real),
                     expected.map(|p| p.kind),
@@ -595,8 +600,9 @@ fn run(params: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(snapshot.probes_in_use, *taken, "step {}: probes", step);
             prop_assert_eq!(snapshot.probe_results, results.len() as u32);
         }
+        trace.push((snapshot.state, admitted));
     }
-    Ok(())
+    Ok(trace)
 }
 
 proptest! {
@@ -634,53 +640,59 @@ fn model_walkthrough() {
         outcome: Outcome::Success,
         elapsed_ms: 1,
     };
-    let ops = vec![
-        Op::Admit,
-        Op::Admit,
-        fail(0),
-        fail(0), // trips: 2 of 2 failed
-        Op::Admit,
-        Op::Advance(100),
-        Op::Admit, // half-open probe
-        Op::Admit,
-        Op::Admit, // rejected: both probe slots taken
-        Op::Cancel(0),
-        Op::Admit,
-        ok(0),
-        fail(0), // 1 of 2 failed: re-open, wait doubles
-        Op::Advance(150),
-        Op::Admit,
-        Op::Advance(50),
-        Op::Admit,
-        Op::Advance(600),
-        Op::Tick, // hung probe: back to Open
-        Op::Advance(400),
-        Op::Tick, // HalfOpen, no probe yet
-        Op::Advance(100_000),
-        Op::Tick,  // no probe, nothing to bound: still HalfOpen, no trip
-        Op::Admit, // a probe, which starts the bound
-        Op::Advance(300),
-        Op::Cancel(1), // this probe (0 is a stale one) handed back: the bound stops
-        Op::Advance(1_000),
-        Op::Tick,  // nothing to bound: still HalfOpen, no trip
-        Op::Admit, // the next probe starts a fresh bound
-        Op::Advance(499),
-        Op::Tick,
-        Op::Advance(1),
-        Op::Tick, // the probe hung: back to Open
-        Op::Manual(Manual::MetricsOnly),
-        Op::Admit,
-        Op::Admit,
-        fail(0),
-        fail(0),
-        Op::Admit, // would reject
-        Op::Manual(Manual::Disable),
-        Op::Admit,
-        Op::Manual(Manual::ForceOpen),
-        Op::Admit,
-        Op::Manual(Manual::Reset),
-        Op::Admit,
-        ok(0),
+    use State::{Closed, Disabled, ForcedOpen, HalfOpen, MetricsOnly, Open};
+    // Each step, the state after it and, for an admission, whether the call was admitted.
+    let (yes, no) = (Some(true), Some(false));
+    let steps = vec![
+        (Op::Admit, Closed, yes),
+        (Op::Admit, Closed, yes),
+        (fail(0), Closed, None),
+        (fail(0), Open, None), // trips: 2 of 2 failed
+        (Op::Admit, Open, no),
+        (Op::Advance(100), Open, None),
+        (Op::Admit, HalfOpen, yes), // half-open probe
+        (Op::Admit, HalfOpen, yes),
+        (Op::Admit, HalfOpen, no), // rejected: both probe slots taken
+        (Op::Cancel(0), HalfOpen, None),
+        (Op::Admit, HalfOpen, yes),
+        (ok(0), HalfOpen, None),
+        (fail(0), Open, None), // 1 of 2 failed: re-open, wait doubles
+        (Op::Advance(150), Open, None),
+        (Op::Admit, Open, no), // 150 ms of 200
+        (Op::Advance(50), Open, None),
+        (Op::Admit, HalfOpen, yes),
+        (Op::Advance(600), HalfOpen, None),
+        (Op::Tick, Open, None), // hung probe: back to Open
+        (Op::Advance(400), Open, None),
+        (Op::Tick, HalfOpen, None), // HalfOpen, no probe yet
+        (Op::Advance(100_000), HalfOpen, None),
+        (Op::Tick, HalfOpen, None), // no probe, nothing to bound: still HalfOpen, no trip
+        (Op::Admit, HalfOpen, yes), // a probe, which starts the bound
+        (Op::Advance(300), HalfOpen, None),
+        // This probe (0 is a stale one) handed back: the bound stops.
+        (Op::Cancel(1), HalfOpen, None),
+        (Op::Advance(1_000), HalfOpen, None),
+        (Op::Tick, HalfOpen, None), // nothing to bound: still HalfOpen, no trip
+        (Op::Admit, HalfOpen, yes), // the next probe starts a fresh bound
+        (Op::Advance(499), HalfOpen, None),
+        (Op::Tick, HalfOpen, None),
+        (Op::Advance(1), HalfOpen, None),
+        (Op::Tick, Open, None), // the probe hung: back to Open
+        (Op::Manual(Manual::MetricsOnly), MetricsOnly, None),
+        (Op::Admit, MetricsOnly, yes),
+        (Op::Admit, MetricsOnly, yes),
+        (fail(0), MetricsOnly, None),
+        (fail(0), MetricsOnly, None),
+        (Op::Admit, MetricsOnly, yes), // would reject
+        (Op::Manual(Manual::Disable), Disabled, None),
+        (Op::Admit, Disabled, yes),
+        (Op::Manual(Manual::ForceOpen), ForcedOpen, None),
+        (Op::Admit, ForcedOpen, no),
+        (Op::Manual(Manual::Reset), Closed, None),
+        (Op::Admit, Closed, yes),
+        (ok(0), Closed, None),
     ];
-    run(params, ops).unwrap();
+    let ops = steps.iter().map(|(op, ..)| op.clone()).collect();
+    let expected: Vec<(State, Option<bool>)> = steps.iter().map(|&(_, s, a)| (s, a)).collect();
+    assert_eq!(run(params, ops).unwrap(), expected);
 }
