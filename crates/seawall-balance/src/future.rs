@@ -1,5 +1,5 @@
 use crate::{
-    endpoint::{Endpoint, Key},
+    endpoint::{Endpoint, Key, Stats},
     picker::{PickCx, Tuning},
     set::Snapshot,
     shared::Shared,
@@ -90,6 +90,9 @@ pin_project! {
             hash: Option<u64>,
             // An endpoint that was picked but not ready: kept so its readiness wakes this task.
             pending: Option<(Arc<Endpoint<K, S>>, S)>,
+            // The endpoints whose readiness error this call has counted: each counts once per
+            // call, however often the call polls it while it waits.
+            failed: Vec<Arc<Stats>>,
             deadline: Option<Instant>,
             #[pin]
             sleep: Option<Sleep>,
@@ -192,6 +195,7 @@ impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
                 rng,
                 hash,
                 pending: None,
+                failed: Vec::new(),
                 deadline: None,
                 sleep: None,
                 recheck: None,
@@ -225,6 +229,7 @@ where
         rng: &mut SmallRng,
         hash: Option<u64>,
         pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
+        failed: &mut Vec<Arc<Stats>>,
         cx: &mut Context<'_>,
     ) -> Step<K, S> {
         let n = snapshot.len();
@@ -236,7 +241,11 @@ where
             if shared.available(panic, &ep) {
                 match svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
-                    Poll::Ready(Err(e)) => return Self::ready_failed(shared, &ep, e),
+                    Poll::Ready(Err(e)) => {
+                        if let Some(step) = Self::ready_failed(shared, &ep, e, failed) {
+                            return step;
+                        }
+                    }
                     Poll::Pending => *pending = Some((ep, svc)),
                 }
             }
@@ -267,11 +276,14 @@ where
         };
         let ep = &snapshot.endpoints[first];
         let mut svc = ep.service.clone();
-        match svc.poll_ready(cx) {
+        let first_svc = match svc.poll_ready(cx) {
             Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
-            Poll::Ready(Err(e)) => return Self::ready_failed(shared, ep, e),
-            Poll::Pending => {}
-        }
+            Poll::Ready(Err(e)) => match Self::ready_failed(shared, ep, e, failed) {
+                Some(step) => return step,
+                None => None,
+            },
+            Poll::Pending => Some(svc),
+        };
         // The pick is not ready. Ask the picker again without it, a few times: a consistent hash
         // then walks on along its ring, so a key keeps to the endpoints it would move to anyway;
         // the random and least-loaded pickers draw afresh rather than load the next endpoint in
@@ -303,7 +315,7 @@ where
             let mut candidate = other.service.clone();
             match candidate.poll_ready(cx) {
                 Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
-                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e),
+                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
                 Poll::Pending => {}
             }
             unready[tried] = i;
@@ -319,37 +331,62 @@ where
             let mut candidate = other.service.clone();
             match candidate.poll_ready(cx) {
                 Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
-                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e),
+                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
                 Poll::Pending => {}
             }
         }
-        if pending.is_none() {
+        if let (None, Some(svc)) = (&*pending, first_svc) {
             *pending = Some((ep.clone(), svc));
         }
         Step::Wait
     }
 
     /// The picked endpoint's readiness failed: the call fails with the endpoint's error, which
-    /// counts against the endpoint.
-    fn ready_failed(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) -> Step<K, S> {
-        Self::record_ready_error(shared, ep);
-        Step::Fail(e.into())
+    /// counts against the endpoint. Unless this call has passed over that endpoint's error
+    /// already (it waits, and polls again): then it passes over it again (`None`).
+    fn ready_failed(
+        shared: &Shared<K, S, C>,
+        ep: &Endpoint<K, S>,
+        e: S::Error,
+        failed: &mut Vec<Arc<Stats>>,
+    ) -> Option<Step<K, S>> {
+        if !Self::record_ready_error(shared, ep, failed) {
+            return None;
+        }
+        Some(Step::Fail(e.into()))
     }
 
     /// An endpoint tried after the pick was not ready failed its readiness: the call goes on to
     /// the next candidate, and the error counts against the endpoint as it would had the
-    /// endpoint been picked.
-    fn passed_over(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>, e: S::Error) {
-        Self::record_ready_error(shared, ep);
-        let error: BoxError = e.into();
-        tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness");
+    /// endpoint been picked, once per call.
+    fn passed_over(
+        shared: &Shared<K, S, C>,
+        ep: &Endpoint<K, S>,
+        e: S::Error,
+        failed: &mut Vec<Arc<Stats>>,
+    ) {
+        if Self::record_ready_error(shared, ep, failed) {
+            let error: BoxError = e.into();
+            tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness");
+        }
     }
 
-    fn record_ready_error(shared: &Shared<K, S, C>, ep: &Endpoint<K, S>) {
+    /// Counts a readiness error against `ep` unless this call counted one of its already;
+    /// returns whether it did.
+    fn record_ready_error(
+        shared: &Shared<K, S, C>,
+        ep: &Endpoint<K, S>,
+        failed: &mut Vec<Arc<Stats>>,
+    ) -> bool {
+        if failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats)) {
+            return false;
+        }
+        failed.push(ep.stats.clone());
         // A failure like a failed call: with a latency-aware picker it is recorded as taking
         // `failure_penalty`, so an endpoint whose readiness fails at once does not look fast.
         let now = shared.timed.then(Instant::now);
         shared.record(ep, Outcome::Failure, now, now);
+        true
     }
 }
 
@@ -373,6 +410,7 @@ where
                     rng,
                     hash,
                     pending,
+                    failed,
                     deadline,
                     mut sleep,
                     mut recheck,
@@ -395,7 +433,7 @@ where
                             wake_waiters(shared);
                         }
                     }
-                    let step = Self::try_pick(shared, snapshot, rng, *hash, pending, cx);
+                    let step = Self::try_pick(shared, snapshot, rng, *hash, pending, failed, cx);
                     // An endpoint service still held is dropped when the call leaves the pick
                     // (it calls another endpoint, or gives up at `max_wait`); a readiness error
                     // drops the failed service. Either may give back capacity another call can

@@ -718,3 +718,97 @@ async fn a_readiness_error_after_a_re_pick_counts_against_that_endpoint() {
     assert_eq!(balance.clone().oneshot(1).await.unwrap(), 2);
     assert_eq!(balance.unhealthy(), vec![1]);
 }
+
+/// An endpoint that takes one call at a time and answers after 10 ms, and one whose readiness
+/// always fails, under many waiting calls: each call counts the broken endpoint's readiness
+/// error at most once, however often it polls it while it waits, so the endpoint's failures are
+/// no more than the calls.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_counts_a_readiness_error_once() {
+    use tower::util::Either;
+
+    const CALLS: u32 = 100;
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .max_wait(None)
+        .outlier_detection(OutlierDetection {
+            // More failures in a row than calls made eject the endpoint.
+            consecutive_failures: Some(CALLS + 1),
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::disabled()
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    let busy = Arc::new(Behavior::default());
+    busy.delay_ms.store(10, Relaxed);
+    let node = Node {
+        id: 0,
+        behavior: busy.clone(),
+    };
+    tx.send(Change::Insert(
+        0usize,
+        Either::Left(ConcurrencyLimit::new(node, 1)),
+    ))
+    .unwrap();
+    let broken = Switch {
+        id: 1,
+        mode: Arc::new(Switch::BROKEN.into()),
+    };
+    tx.send(Change::Insert(1usize, Either::Right(broken)))
+        .unwrap();
+    common::settle().await;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| tokio::spawn(balance.clone().oneshot(u64::from(i))))
+        .collect();
+    let mut answered = 0;
+    for call in calls {
+        if call.await.unwrap().is_ok() {
+            answered += 1;
+        }
+    }
+    assert!(answered > 0);
+    assert_eq!(busy.hits.load(Relaxed), answered);
+    assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
+}
+
+/// A waiting call that passed over an endpoint whose readiness failed, and later picks it first,
+/// passes over it again rather than failing with its error, and counts the error once.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_passes_over_an_endpoint_it_found_broken_again() {
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .max_wait(None)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(2),
+            max_ejection_percent: 1.0,
+            ..OutlierDetection::disabled()
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    let switches: Vec<Switch> = (0..2)
+        .map(|id| Switch {
+            id,
+            mode: Arc::default(),
+        })
+        .collect();
+    for switch in &switches {
+        tx.send(Change::Insert(switch.id, switch.clone())).unwrap();
+    }
+    common::settle().await;
+    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    let mut call = spawn(balance.clone().oneshot(1));
+    for _ in 0..4 {
+        assert_pending!(call.poll());
+    }
+    switches[0].mode.store(Switch::READY, Relaxed);
+    assert_eq!(assert_ready_ok!(call.poll()), 0);
+    assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
+}
