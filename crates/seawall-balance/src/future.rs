@@ -259,19 +259,34 @@ where
         } else {
             0
         };
-        let mut pcx = PickCx {
-            rng,
-            hash,
-            now,
-            round_robin: &shared.round_robin,
-            available: &available,
-            skip: &[],
+        // Endpoints tried and passed over, so neither a pick nor the fallback tries one twice.
+        // They are skipped, not taken for unavailable: they are busy, not out, so a zone-aware
+        // pick still judges their zone's health with them.
+        let pick = |rng: &mut SmallRng, skip: &[usize]| {
+            let mut pcx = PickCx {
+                rng,
+                hash,
+                now,
+                round_robin: &shared.round_robin,
+                available: &available,
+                skip,
+            };
+            shared
+                .settings
+                .picker
+                .pick(snapshot, &shared.tuning, &mut pcx)
         };
-        let Some(first) = shared
-            .settings
-            .picker
-            .pick(snapshot, &shared.tuning, &mut pcx)
-        else {
+        // The endpoint held is polled above: no pick takes a second service of it (with a
+        // concurrency limit, a second permit).
+        let mut unready = [usize::MAX; REPICKS + 2];
+        let mut tried = 0;
+        if let Some((held, _)) = pending {
+            if let Some(i) = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, held)) {
+                unready[0] = i;
+                tried = 1;
+            }
+        }
+        let Some(first) = pick(rng, &unready[..tried]) else {
             return Step::Wait;
         };
         let ep = &snapshot.endpoints[first];
@@ -290,27 +305,12 @@ where
         // the set; and the turn-taking pickers pass the turn on to the next one due, so an
         // unready endpoint's turns spread over the others as its unavailable turns do (in turn,
         // in proportion to their weights), rather than all going to its neighbour in the set.
-        // Endpoints tried and passed over, so neither a re-pick nor the fallback tries one twice.
-        let mut unready = [first; REPICKS + 1];
-        let mut tried = 1;
-        while tried <= REPICKS {
-            // The endpoints tried are skipped, not taken for unavailable: they are busy, not
-            // out, so a zone-aware pick still judges their zone's health with them.
-            let next = {
-                let mut pcx = PickCx {
-                    rng: &mut *pcx.rng,
-                    hash,
-                    now,
-                    round_robin: &shared.round_robin,
-                    available: &available,
-                    skip: &unready[..tried],
-                };
-                shared
-                    .settings
-                    .picker
-                    .pick(snapshot, &shared.tuning, &mut pcx)
+        unready[tried] = first;
+        tried += 1;
+        for _ in 0..REPICKS {
+            let Some(i) = pick(rng, &unready[..tried]) else {
+                break;
             };
-            let Some(i) = next else { break };
             let other = &snapshot.endpoints[i];
             let mut candidate = other.service.clone();
             match candidate.poll_ready(cx) {

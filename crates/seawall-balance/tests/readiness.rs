@@ -812,3 +812,80 @@ async fn a_waiting_call_passes_over_an_endpoint_it_found_broken_again() {
     assert_eq!(assert_ready_ok!(call.poll()), 0);
     assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
 }
+
+/// An endpoint that is never ready and counts the clones made of its service.
+struct Counted {
+    clones: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Relaxed);
+        Counted {
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl Service<u64> for Counted {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = std::future::Ready<Result<usize, seawall::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), seawall::BoxError>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+/// A waiting call holds the service of the endpoint it picked first, polling it ready; it does
+/// not take a second one of the same endpoint while it does (a concurrency limit would then
+/// hand the call two permits, or queue it twice).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_does_not_poll_a_second_service_of_the_endpoint_it_holds() {
+    for picker in [
+        Picker::RoundRobin,
+        Picker::WeightedRoundRobin,
+        Picker::Random,
+        Picker::p2c(),
+    ] {
+        let (tx, stream) = channel();
+        let balance = BalanceLayer::builder()
+            .seed(1)
+            .picker(picker.clone())
+            .max_wait(None)
+            .outlier_detection(OutlierDetection::disabled())
+            .build()
+            .unwrap()
+            .layer(stream);
+        let clones: Vec<Arc<std::sync::atomic::AtomicU32>> =
+            (0..2).map(|_| Arc::default()).collect();
+        for (id, clones) in clones.iter().enumerate() {
+            tx.send(Change::Insert(
+                id,
+                Counted {
+                    clones: clones.clone(),
+                },
+            ))
+            .unwrap();
+        }
+        common::settle().await;
+        let counts = || clones.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>();
+        let mut call = spawn(balance.clone().oneshot(0));
+        assert_pending!(call.poll());
+        let before = counts();
+        for _ in 0..8 {
+            assert_pending!(call.poll());
+        }
+        let after = counts();
+        // One endpoint's service is held, and only the other is cloned again.
+        let grew = (0..2).filter(|&i| after[i] > before[i]).count();
+        assert_eq!(grew, 1, "{picker:?}: {before:?} -> {after:?}");
+    }
+}
