@@ -307,7 +307,17 @@ where
         // in proportion to their weights), rather than all going to its neighbour in the set.
         unready[tried] = first;
         tried += 1;
+        // Once every available endpoint has been tried there is nothing left to ask for: a
+        // turn-taking picker would walk its shared counter over the whole set to find nothing.
+        // Counted up to one more than can be tried, so a large set is not walked either.
+        let open = (0..n)
+            .filter(|&i| available(i, &snapshot.endpoints[i].key))
+            .take(unready.len() + 1)
+            .count();
         for _ in 0..REPICKS {
+            if tried >= open {
+                break;
+            }
             let Some(i) = pick(rng, &unready[..tried]) else {
                 break;
             };
@@ -322,17 +332,19 @@ where
             tried += 1;
         }
         // Still none: take any other available endpoint that is ready.
-        for step in 1..n {
-            let i = (first + step) % n;
-            let other = &snapshot.endpoints[i];
-            if unready[..tried].contains(&i) || !available(i, &other.key) {
-                continue;
-            }
-            let mut candidate = other.service.clone();
-            match candidate.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
-                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
-                Poll::Pending => {}
+        if tried < open {
+            for step in 1..n {
+                let i = (first + step) % n;
+                let other = &snapshot.endpoints[i];
+                if unready[..tried].contains(&i) || !available(i, &other.key) {
+                    continue;
+                }
+                let mut candidate = other.service.clone();
+                match candidate.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
+                    Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
+                    Poll::Pending => {}
+                }
             }
         }
         if let (None, Some(svc)) = (&*pending, first_svc) {
@@ -558,5 +570,83 @@ impl<K, S, C, Req, F> fmt::Debug for ResponseFuture<K, S, C, Req, F> {
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Settings, OutlierDetection, Picker};
+    use rand::SeedableRng;
+    use seawall_core::{classify::DefaultClassifier, Listeners, Name};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tower::discover::Change;
+
+    /// An endpoint that is never ready.
+    #[derive(Clone)]
+    struct Never;
+
+    impl Service<u32> for Never {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Pending
+        }
+
+        fn call(&mut self, _: u32) -> Self::Future {
+            unreachable!("never ready")
+        }
+    }
+
+    /// Twenty endpoints, two of them available and both busy: a waiting call tries each once per
+    /// poll and asks the turn-taking picker for no more, which would walk the shared counter
+    /// over every endpoint to find none.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_stops_picking_once_it_has_tried_every_available_endpoint() {
+        const N: usize = 20;
+        for picker in [Picker::RoundRobin, Picker::WeightedRoundRobin] {
+            let shared = Arc::new(Shared::<usize, Never, _>::new(
+                Settings {
+                    name: Name::default_for("balance"),
+                    picker: picker.clone(),
+                    max_wait: None,
+                    seed: Some(1),
+                    panic_threshold: 0.0,
+                    outlier: OutlierDetection::disabled(),
+                    health_check: None,
+                },
+                Listeners::default(),
+                DefaultClassifier,
+                None,
+            ));
+            for i in 0..N {
+                shared.apply(Change::Insert(i, Never));
+            }
+            let snapshot = shared.current();
+            for ep in &snapshot.endpoints[2..] {
+                ep.stats.ejected.store(true, Relaxed);
+            }
+            let version = shared.version.load(Acquire);
+            let mut call = Box::pin(ResponseFuture::new(
+                shared.clone(),
+                snapshot,
+                version,
+                0u32,
+                SmallRng::seed_from_u64(2),
+                None,
+            ));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            for _ in 0..10 {
+                let before = shared.round_robin.load(Relaxed);
+                assert!(call.as_mut().poll(&mut cx).is_pending());
+                // The pick passes over the held endpoint and the unavailable ones to the other
+                // available one: at most one turn per endpoint.
+                let turns = shared.round_robin.load(Relaxed).wrapping_sub(before);
+                assert!(turns <= N, "{picker:?}: {turns} turns");
+            }
+        }
     }
 }
