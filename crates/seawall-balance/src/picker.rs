@@ -75,7 +75,8 @@ pub enum Picker {
     },
     /// Endpoints in `local_zone` while at least `min_healthy_share` of them are healthy; otherwise
     /// the zones that are healthy enough (every available endpoint when none is). Within the
-    /// chosen zones, power of two choices by calls in flight. Zones come from
+    /// chosen zones, power of two choices by calls in flight. A call that every local endpoint
+    /// has turned away (none ready) goes on to the other zones the same way. Zones come from
     /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
     /// of their own, and beyond 31 zones in the set at once the rest are judged together.
     ZoneAware {
@@ -364,7 +365,12 @@ impl Picker {
                 let zone_of = |i: usize| (set.endpoints[i].zone as usize).min(MAX_ZONES - 1);
                 if local < MAX_ZONES && ok(local) {
                     let in_local = |i: usize| zone_of(i) == local && avail(i);
-                    return best_of(n, 2, cx.rng, &in_local, |i| outstanding(set, i));
+                    if let Some(i) = best_of(n, 2, cx.rng, &in_local, |i| outstanding(set, i)) {
+                        return Some(i);
+                    }
+                    // Every local endpoint was tried and is busy: the calls it cannot take go
+                    // to the healthy zones as when it is unhealthy, spread by power of two
+                    // choices.
                 }
                 let in_good = |i: usize| zone_of(i) != local && ok(zone_of(i)) && avail(i);
                 best_of(n, 2, cx.rng, &in_good, |i| outstanding(set, i))

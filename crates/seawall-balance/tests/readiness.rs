@@ -652,6 +652,51 @@ async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
     assert_eq!(hits[1] + hits[2], 300, "{hits:?}");
 }
 
+/// Every local endpoint busy: the local zone is still healthy (busy is not out), and the calls
+/// it cannot take spread over the other zones' endpoints by power of two choices, not onto the
+/// endpoint that follows the local ones in the set.
+#[tokio::test(start_paused = true)]
+async fn calls_the_busy_local_zone_cannot_take_spread_over_the_other_zones() {
+    use seawall::balance::Tagged;
+
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(9)
+        .picker(Picker::zone_aware("local"))
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap()
+        .layer(stream);
+    let gates: Vec<Gate> = (0..13).map(Gate::new).collect();
+    for (id, gate) in gates.iter().enumerate() {
+        // Endpoints 0 to 2 (local) are never ready; 3 to 12 are in two other zones.
+        let zone = match id {
+            0..3 => "local",
+            3..8 => "east",
+            _ => "west",
+        };
+        if id >= 3 {
+            gate.open();
+        }
+        tx.send(Change::Insert(
+            Tagged::new(id).with_zone(zone),
+            gate.clone(),
+        ))
+        .unwrap();
+    }
+    common::settle().await;
+    for i in 0..1000 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = gates.iter().map(|g| g.hits.load(Relaxed)).collect();
+    assert_eq!(hits[..3], [0, 0, 0], "{hits:?}");
+    // A fair share is 100 calls each.
+    assert!(
+        hits[3..].iter().all(|&h| (50..=200).contains(&h)),
+        "{hits:?}"
+    );
+}
+
 /// An endpoint that is ready, never ready or fails its readiness, as its `mode` says.
 #[derive(Clone)]
 struct Switch {
