@@ -246,7 +246,7 @@ fn check_peak_ewma(
     Ok(())
 }
 
-const MAX_ZONES: usize = 32;
+pub(crate) const MAX_ZONES: usize = 32;
 
 impl Picker {
     /// Picks an available endpoint of `set`, or `None` when none is available.

@@ -5,7 +5,7 @@ use crate::{
     config::Settings,
     endpoint::{stable_hash, Endpoint, Key, NONE},
     hook::{Filter, Probe},
-    picker::Tuning,
+    picker::{Tuning, MAX_ZONES},
     set::Snapshot,
     BalanceEvent, EjectReason,
 };
@@ -211,23 +211,37 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 let present = endpoints.iter().position(|e| e.key == key);
                 let zone = match key.zone() {
                     None => u16::MAX - 1,
-                    Some(z) => match health.zones.iter().position(|known| &**known == z) {
-                        Some(id) => id as u16,
-                        None => {
-                            let id = free_zone(&health.zones, &endpoints, present, old.local_zone);
-                            match id {
-                                Some(id) => {
-                                    health.zones[id] = Arc::from(z);
-                                    id as u16
+                    Some(z) => {
+                        let known = health.zones.iter().position(|known| &**known == z);
+                        // A zone keeps its id while endpoints are in it. One that comes back
+                        // keeps its old id only if zone-aware picking judges that id on its
+                        // own; otherwise it takes a lower free one, as a new zone does.
+                        let kept = known.filter(|&id| {
+                            id < MAX_ZONES - 1 || zone_in_use(&endpoints, present, id)
+                        });
+                        match kept {
+                            Some(id) => id as u16,
+                            None => {
+                                let free =
+                                    free_zone(&health.zones, &endpoints, present, old.local_zone)
+                                        .filter(|&free| known.is_none_or(|id| free < id));
+                                match (free, known) {
+                                    (Some(id), _) => {
+                                        health.zones[id] = Arc::from(z);
+                                        id as u16
+                                    }
+                                    (None, Some(id)) => id as u16,
+                                    (None, None)
+                                        if health.zones.len() < usize::from(u16::MAX - 2) =>
+                                    {
+                                        health.zones.push(Arc::from(z));
+                                        (health.zones.len() - 1) as u16
+                                    }
+                                    (None, None) => u16::MAX - 1,
                                 }
-                                None if health.zones.len() < usize::from(u16::MAX - 2) => {
-                                    health.zones.push(Arc::from(z));
-                                    (health.zones.len() - 1) as u16
-                                }
-                                None => u16::MAX - 1,
                             }
                         }
-                    },
+                    }
                 };
                 let endpoint = Arc::new(Endpoint {
                     key_hash: stable_hash(&key),
@@ -780,9 +794,10 @@ impl<K: Key> Probes<K> {
 }
 
 /// A zone id that no endpoint of `endpoints` but the one at `replaced` is in, other than the
-/// local zone's, for a zone seen for the first time: zones that have left the set give their ids
-/// to new ones, so a balancer that has seen many zones come and go still tells apart the zones it
-/// has now (zone-aware picking judges 31 zones apart, the rest together).
+/// local zone's, for a zone seen for the first time or coming back to an id judged with others:
+/// zones that have left the set give their ids to new ones, so a balancer that has seen many
+/// zones come and go still tells apart the zones it has now (zone-aware picking judges 31 zones
+/// apart, the rest together).
 fn free_zone<K, S>(
     zones: &[Arc<str>],
     endpoints: &[Arc<Endpoint<K, S>>],
@@ -801,6 +816,18 @@ fn free_zone<K, S>(
         *local = true;
     }
     used.iter().position(|&used| !used)
+}
+
+/// Whether an endpoint of `endpoints` but the one at `replaced` is in the zone with id `zone`.
+fn zone_in_use<K, S>(
+    endpoints: &[Arc<Endpoint<K, S>>],
+    replaced: Option<usize>,
+    zone: usize,
+) -> bool {
+    endpoints
+        .iter()
+        .enumerate()
+        .any(|(i, ep)| Some(i) != replaced && usize::from(ep.zone) == zone)
 }
 
 /// Where a balancer seeded with `seed` starts its round robin turns (SplitMix64's finaliser, so
@@ -827,4 +854,79 @@ fn discovery_pause(before: u32) -> Duration {
 /// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years) instead of truncating.
 fn nanos_u64(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OutlierDetection, Picker, Tagged};
+    use seawall_core::classify::DefaultClassifier;
+
+    fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
+        Shared::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::zone_aware("local"),
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: OutlierDetection::disabled(),
+                health_check: None,
+            },
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        )
+    }
+
+    fn zone_of(shared: &Shared<Tagged<usize>, (), DefaultClassifier>, key: usize) -> u16 {
+        let set = shared.current();
+        set.endpoints
+            .iter()
+            .find(|e| e.key.key == key)
+            .unwrap()
+            .zone
+    }
+
+    /// A zone that left the set when it had an id zone-aware picking judges with others, and then
+    /// comes back while few zones are in the set, gets an id of its own again.
+    #[test]
+    fn a_zone_that_comes_back_gets_an_id_judged_on_its_own() {
+        let shared = zone_aware();
+        for i in 0..40 {
+            shared.apply(Change::Insert(
+                Tagged::new(i).with_zone(format!("z{i}")),
+                (),
+            ));
+        }
+        assert!(usize::from(zone_of(&shared, 35)) >= MAX_ZONES - 1);
+        for i in 0..40 {
+            shared.apply(Change::Remove(Tagged::new(i)));
+        }
+        shared.apply(Change::Insert(Tagged::new(35).with_zone("z35"), ()));
+        shared.apply(Change::Insert(Tagged::new(36).with_zone("z35"), ()));
+        let id = zone_of(&shared, 35);
+        assert!(usize::from(id) < MAX_ZONES - 1, "{id}");
+        assert_eq!(zone_of(&shared, 36), id);
+    }
+
+    /// A zone with an id judged with others keeps it while an endpoint in it stays in the set:
+    /// its endpoints share one id.
+    #[test]
+    fn a_zone_in_the_set_keeps_its_id() {
+        let shared = zone_aware();
+        for i in 0..40 {
+            shared.apply(Change::Insert(
+                Tagged::new(i).with_zone(format!("z{i}")),
+                (),
+            ));
+        }
+        let id = zone_of(&shared, 35);
+        for i in (0..40).filter(|&i| i != 35) {
+            shared.apply(Change::Remove(Tagged::new(i)));
+        }
+        shared.apply(Change::Insert(Tagged::new(100).with_zone("z35"), ()));
+        assert_eq!(zone_of(&shared, 100), id);
+        assert_eq!(zone_of(&shared, 35), id);
+    }
 }
