@@ -150,12 +150,12 @@ pub(crate) struct Endpoint<K, S> {
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) outstanding: AtomicU32,
-    /// PeakEWMA of latency in nanoseconds (f64 bits); [`NONE`] before the first sample.
+    /// PeakEWMA of latency in nanoseconds and when it was made, one [`Estimate`] word; [`NONE`]
+    /// before the first sample.
     pub(crate) peak: AtomicU64,
-    pub(crate) peak_at: AtomicU64,
-    /// Plain EWMA of successful calls' latency in nanoseconds (f64 bits), for latency ejection.
+    /// Plain EWMA of successful calls' latency in nanoseconds and when it was made, one
+    /// [`Estimate`] word, for latency ejection; [`NONE`] before the first sample.
     pub(crate) latency: AtomicU64,
-    pub(crate) latency_at: AtomicU64,
     pub(crate) latency_samples: AtomicU32,
     /// Since when the latency has been an outlier; [`NONE`] when it is not.
     pub(crate) slow_since: AtomicU64,
@@ -175,9 +175,7 @@ impl Default for Stats {
         Stats {
             outstanding: AtomicU32::new(0),
             peak: AtomicU64::new(NONE),
-            peak_at: AtomicU64::new(0),
             latency: AtomicU64::new(NONE),
-            latency_at: AtomicU64::new(0),
             latency_samples: AtomicU32::new(0),
             slow_since: AtomicU64::new(NONE),
             successes: AtomicU32::new(0),
@@ -213,20 +211,19 @@ impl Stats {
     #[inline]
     pub(crate) fn peak_cost(&self, now: u64, tau_ns: f64, default_ns: f64) -> f64 {
         let outstanding = self.outstanding.load(Relaxed) as f64;
-        let bits = self.peak.load(Relaxed);
-        if bits == NONE {
+        let Some(estimate) = Estimate::read(self.peak.load(Relaxed)) else {
             return if outstanding == 0.0 {
                 0.0
             } else {
                 default_ns * (outstanding + 1.0)
             };
-        }
-        let dt = now.saturating_sub(self.peak_at.load(Relaxed)) as f64;
+        };
+        let (dt, _) = estimate.age(tick(now));
         let stale = dt >= tau_ns;
         if stale && outstanding == 0.0 {
             return 0.0;
         }
-        let ewma = f64::from_bits(bits) * (-dt / tau_ns).exp();
+        let ewma = estimate.value * (-dt / tau_ns).exp();
         if stale {
             return ewma.max(default_ns) * (outstanding + 1.0);
         }
@@ -238,11 +235,8 @@ impl Stats {
     /// `tau`, and one arriving after a whole `tau` without samples replaces a stale estimate.
     #[inline]
     pub(crate) fn record_peak(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let dt = self.peak_since(now);
-        update(&self.peak, |bits, raced| {
-            let dt = if raced { 0.0 } else { dt };
-            next_peak(bits, dt, rtt_ns, tau_ns)
-        });
+        let now = tick(now);
+        update(&self.peak, |bits| next_peak(bits, now, rtt_ns, tau_ns));
     }
 
     /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
@@ -251,91 +245,131 @@ impl Stats {
     /// `default_ns`), or to the time the call had taken if that is longer.
     #[inline]
     pub(crate) fn record_dropped(&self, now: u64, elapsed_ns: f64, tau_ns: f64, default_ns: f64) {
-        let dt = self.peak_since(now);
-        update(&self.peak, |bits, raced| {
-            let dt = if raced { 0.0 } else { dt };
-            let in_flight = if bits == NONE {
-                default_ns
-            } else {
-                let current = f64::from_bits(bits) * (-dt / tau_ns).exp();
-                if dt >= tau_ns {
-                    current.max(default_ns)
-                } else {
-                    current
+        let now = tick(now);
+        update(&self.peak, |bits| {
+            let (in_flight, at) = match Estimate::read(bits) {
+                None => (default_ns, now),
+                Some(estimate) => {
+                    let (dt, at) = estimate.age(now);
+                    let current = estimate.value * (-dt / tau_ns).exp();
+                    if dt >= tau_ns {
+                        (current.max(default_ns), at)
+                    } else {
+                        (current, at)
+                    }
                 }
             };
-            in_flight.max(elapsed_ns).to_bits()
+            Estimate::write(in_flight.max(elapsed_ns), at)
         });
-    }
-
-    /// Moves the PeakEWMA's time on to `now` and returns the time since the estimate it had.
-    ///
-    /// The time moves first and the estimate follows (see [`update`]): an update that loses a
-    /// race to another finds an estimate as of now, and so decays it no further.
-    #[inline]
-    fn peak_since(&self, now: u64) -> f64 {
-        now.saturating_sub(self.peak_at.fetch_max(now, Relaxed)) as f64
     }
 
     /// Records a successful call's latency in the plain EWMA used by latency ejection.
     pub(crate) fn record_latency(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let dt = now.saturating_sub(self.latency_at.fetch_max(now, Relaxed)) as f64;
-        update(&self.latency, |bits, raced| {
-            next_latency(bits, if raced { 0.0 } else { dt }, rtt_ns, tau_ns)
+        let now = tick(now);
+        update(&self.latency, |bits| {
+            next_latency(bits, now, rtt_ns, tau_ns)
         });
         self.latency_samples.fetch_add(1, Relaxed);
     }
 
     /// The latency EWMA in nanoseconds, if any call has completed.
     pub(crate) fn latency_ns(&self) -> Option<f64> {
-        let bits = self.latency.load(Relaxed);
-        (bits != NONE).then(|| f64::from_bits(bits))
+        Estimate::read(self.latency.load(Relaxed)).map(|e| e.value)
     }
 }
 
-/// Sets `cell` to `next(bits, raced)`, where `bits` is the value it holds, in one compare and
-/// swap: an update that raced another (a failure penalty, the sweep's reset) is worked out again
-/// from the value the other left (`raced` is then true), never stored over it.
+/// How many bits of a time in nanoseconds an [`Estimate`] drops: it keeps time in ticks of
+/// 2^16 ns (about 66 µs), so 32 bits of ticks wrap after 2^48 ns (about 78 hours).
+const TICK_SHIFT: u32 = 16;
+
+/// One tick in nanoseconds.
+const TICK_NS: f64 = (1u64 << TICK_SHIFT) as f64;
+
+/// How far ahead of a reading of the clock an estimate may have been made: by an update that
+/// read the clock later and wrote first. Ticks further ahead are ticks that wrapped: a long time.
+const AHEAD: u32 = 1 << 16;
+
+/// The tick a time in nanoseconds falls in, wrapping.
 #[inline]
-fn update(cell: &AtomicU64, mut next: impl FnMut(u64, bool) -> u64) {
-    let mut bits = cell.load(Relaxed);
-    let mut raced = false;
-    loop {
-        match cell.compare_exchange(bits, next(bits, raced), Relaxed, Relaxed) {
-            Ok(_) => return,
-            Err(actual) => {
-                bits = actual;
-                raced = true;
-            }
+fn tick(now_ns: u64) -> u32 {
+    (now_ns >> TICK_SHIFT) as u32
+}
+
+/// A latency estimate and the tick it was made at, packed in one word (the value's `f32` bits
+/// high, the tick low) so that both change in one compare and swap and a reader sees them as
+/// they were made together.
+#[derive(Debug, Clone, Copy)]
+struct Estimate {
+    value: f64,
+    at: u32,
+}
+
+impl Estimate {
+    /// The estimate in `bits`, `None` for [`NONE`] (no `f32` value has all bits set).
+    #[inline]
+    fn read(bits: u64) -> Option<Self> {
+        (bits != NONE).then(|| Estimate {
+            value: f64::from(f32::from_bits((bits >> 32) as u32)),
+            at: bits as u32,
+        })
+    }
+
+    /// The word for an estimate of `value` made at tick `at`.
+    #[inline]
+    fn write(value: f64, at: u32) -> u64 {
+        (u64::from((value as f32).to_bits()) << 32) | u64::from(at)
+    }
+
+    /// The nanoseconds from when the estimate was made to tick `now`, and the later of the two
+    /// ticks. An estimate made after `now` was read (by a racing update) is as of now.
+    #[inline]
+    fn age(self, now: u32) -> (f64, u32) {
+        let ticks = now.wrapping_sub(self.at);
+        if ticks > u32::MAX - AHEAD {
+            (0.0, self.at)
+        } else {
+            (f64::from(ticks) * TICK_NS, now)
         }
     }
 }
 
-/// The PeakEWMA `bits` after a sample of `rtt_ns`, `dt_ns` after the estimate was made.
+/// Sets `cell` to `next(bits)`, where `bits` is the word it holds, in one compare and swap. An
+/// update that raced another (a failure penalty, the sweep's reset) is worked out again from the
+/// word the other left, never stored over it; and since an estimate and its time are one word,
+/// an update decays the estimate it finds by the time since that estimate was made, whichever
+/// update made it.
 #[inline]
-fn next_peak(bits: u64, dt_ns: f64, rtt_ns: f64, tau_ns: f64) -> u64 {
-    if bits == NONE {
-        return rtt_ns.to_bits();
-    }
-    let w = (-dt_ns / tau_ns).exp();
-    let current = f64::from_bits(bits) * w;
-    if rtt_ns > current || dt_ns >= tau_ns {
+fn update(cell: &AtomicU64, mut next: impl FnMut(u64) -> u64) {
+    let _ = cell.fetch_update(Relaxed, Relaxed, |bits| Some(next(bits)));
+}
+
+/// The PeakEWMA word `bits` after a sample of `rtt_ns` at tick `now`.
+#[inline]
+fn next_peak(bits: u64, now: u32, rtt_ns: f64, tau_ns: f64) -> u64 {
+    let Some(estimate) = Estimate::read(bits) else {
+        return Estimate::write(rtt_ns, now);
+    };
+    let (dt, at) = estimate.age(now);
+    let w = (-dt / tau_ns).exp();
+    let current = estimate.value * w;
+    if rtt_ns > current || dt >= tau_ns {
         // A higher sample is the new peak; after a whole decay period without samples the old
         // estimate is stale and the new sample replaces it.
-        rtt_ns.to_bits()
+        Estimate::write(rtt_ns, at)
     } else {
-        (current * w + rtt_ns * (1.0 - w)).to_bits()
+        Estimate::write(current * w + rtt_ns * (1.0 - w), at)
     }
 }
 
-/// The latency EWMA `bits` after a sample of `rtt_ns`, `dt_ns` after the last one.
+/// The latency EWMA word `bits` after a sample of `rtt_ns` at tick `now`.
 #[inline]
-fn next_latency(bits: u64, dt_ns: f64, rtt_ns: f64, tau_ns: f64) -> u64 {
-    if bits == NONE {
-        return rtt_ns.to_bits();
-    }
-    let w = (-dt_ns / tau_ns).exp();
-    (f64::from_bits(bits) * w + rtt_ns * (1.0 - w)).to_bits()
+fn next_latency(bits: u64, now: u32, rtt_ns: f64, tau_ns: f64) -> u64 {
+    let Some(estimate) = Estimate::read(bits) else {
+        return Estimate::write(rtt_ns, now);
+    };
+    let (dt, at) = estimate.age(now);
+    let w = (-dt / tau_ns).exp();
+    Estimate::write(estimate.value * w + rtt_ns * (1.0 - w), at)
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
@@ -385,8 +419,9 @@ mod tests {
     const DEFAULT: f64 = 30e6;
     const SECOND: u64 = 1_000_000_000;
 
+    /// Equal but for the rounding of an estimate to `f32`.
     fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+        (a - b).abs() <= 1e-6 * a.abs().max(b.abs())
     }
 
     /// A failure penalty of 1 s, decayed for 9 s of a 10 s decay, costs 407 ms: a 500 ms sample
@@ -432,14 +467,52 @@ mod tests {
         let stats = Stats::default();
         stats.record_peak(0, 10e6, TAU);
         let mut raced = false;
-        update(&stats.peak, |bits, retried| {
+        update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
                 stats.record_peak(SECOND, 1e9, TAU);
             }
-            next_peak(bits, if retried { 0.0 } else { 1e9 }, 1e6, TAU)
+            next_peak(bits, tick(SECOND), 1e6, TAU)
         });
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 1e9);
+    }
+
+    /// Two updates racing on a stale penalty: the one that writes first finds it as old as it
+    /// is and replaces it, and the other is worked out again from the sample the first left
+    /// (as of now), not from the penalty nor with the penalty's age.
+    #[test]
+    fn an_update_racing_another_sees_each_estimate_as_old_as_it_is() {
+        let stats = Stats::default();
+        stats.record_peak(0, 1e9, TAU);
+        let mut raced = false;
+        update(&stats.peak, |bits| {
+            if !raced {
+                raced = true;
+                stats.record_peak(20 * SECOND, 1e6, TAU);
+            }
+            next_peak(bits, tick(20 * SECOND), 0.5e6, TAU)
+        });
+        assert_eq!(stats.peak_cost(20 * SECOND, TAU, DEFAULT), 1e6);
+        // Read as a pair: the sample is as of 20 s, and decays from then on.
+        let later = stats.peak_cost(25 * SECOND, TAU, DEFAULT);
+        assert!(close(later, 1e6 * (-0.5f64).exp()), "{later}");
+    }
+
+    /// An estimate made by an update that read the clock after this one did is as of now: it is
+    /// not decayed, and keeps its time. One whose tick is far ahead is one whose ticks wrapped
+    /// since: old.
+    #[test]
+    fn an_estimate_ahead_of_the_clock_is_as_of_now() {
+        let made = Estimate {
+            value: 1e6,
+            at: tick(10 * SECOND),
+        };
+        assert_eq!(made.age(tick(10 * SECOND - SECOND / 100)), (0.0, made.at));
+        let (dt, at) = made.age(tick(10 * SECOND + SECOND));
+        assert!((dt - 1e9).abs() <= TICK_NS, "{dt}");
+        assert_eq!(at, tick(11 * SECOND));
+        let (dt, _) = made.age(made.at.wrapping_sub(1 << 20));
+        assert!(dt > 3600e9, "{dt}");
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:
@@ -449,12 +522,12 @@ mod tests {
         let stats = Stats::default();
         stats.record_latency(0, 900e6, TAU);
         let mut raced = false;
-        update(&stats.latency, |bits, retried| {
+        update(&stats.latency, |bits| {
             if !raced {
                 raced = true;
                 stats.latency.store(NONE, Relaxed);
             }
-            next_latency(bits, if retried { 0.0 } else { 1e9 }, 1e6, TAU)
+            next_latency(bits, tick(SECOND), 1e6, TAU)
         });
         assert_eq!(stats.latency_ns(), Some(1e6));
     }
