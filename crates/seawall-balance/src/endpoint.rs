@@ -240,13 +240,16 @@ impl Stats {
     }
 
     /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
-    /// (a hedge that lost may be dropped at once), so it can only raise the estimate: to what the
-    /// endpoint cost while the call was in flight (for one never measured or stale, at least
-    /// `default_ns`), or to the time the call had taken if that is longer.
+    /// (a hedge that lost may be dropped at once), so it can only raise the estimate: to the time
+    /// the call had taken, when that is longer than what the endpoint cost per call in flight
+    /// (the decayed estimate; for one stale, at least `default_ns`; for one never measured,
+    /// `default_ns`). A shorter one changes nothing, not even the estimate's time: a new endpoint
+    /// is left for the next answer to measure, and an estimate still goes stale a decay period
+    /// after its last sample however many calls are dropped meanwhile.
     #[inline]
     pub(crate) fn record_dropped(&self, now: u64, elapsed_ns: f64, tau_ns: f64, default_ns: f64) {
         let now = tick(now);
-        update(&self.peak, |bits| {
+        let _ = self.peak.fetch_update(Relaxed, Relaxed, |bits| {
             let (in_flight, at) = match Estimate::read(bits) {
                 None => (default_ns, now),
                 Some(estimate) => {
@@ -259,7 +262,7 @@ impl Stats {
                     }
                 }
             };
-            Estimate::write(in_flight.max(elapsed_ns), at)
+            (elapsed_ns > in_flight).then(|| Estimate::write(elapsed_ns, at))
         });
     }
 
@@ -534,15 +537,51 @@ mod tests {
 
     /// An endpoint never measured, or measured too long ago, costs `default_rtt` while a call is
     /// in flight: a call dropped after a microsecond leaves it there, rather than making it the
-    /// cheapest endpoint of all.
+    /// cheapest endpoint of all; and records nothing, so the next call's answer measures it.
     #[test]
     fn a_call_dropped_at_once_does_not_make_an_endpoint_look_fast() {
         let never = Stats::default();
         never.record_dropped(SECOND, 1e3, TAU, DEFAULT);
-        assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), DEFAULT);
+        assert_eq!(never.peak.load(Relaxed), NONE);
+        never.outstanding.store(1, Relaxed);
+        assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
         let stale = Stats::default();
         stale.record_peak(0, 1e6, TAU);
+        let before = stale.peak.load(Relaxed);
         stale.record_dropped(20 * SECOND, 1e3, TAU, DEFAULT);
-        assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), DEFAULT);
+        assert_eq!(stale.peak.load(Relaxed), before);
+        stale.outstanding.store(1, Relaxed);
+        assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
+    }
+
+    /// A new endpoint whose first call is a hedge that lost at once, then answers in 1 ms, is
+    /// measured at 1 ms, as its peers are, not at `default_rtt`.
+    #[test]
+    fn a_call_dropped_at_once_leaves_a_new_endpoint_to_be_measured() {
+        let stats = Stats::default();
+        stats.record_dropped(SECOND, 1e3, TAU, DEFAULT);
+        stats.record_peak(SECOND + 1_000_000, 1e6, TAU);
+        assert_eq!(stats.peak_cost(SECOND + 1_000_000, TAU, DEFAULT), 1e6);
+    }
+
+    /// A call dropped in flight for longer than `default_rtt` measures an endpoint never
+    /// measured: at least that long.
+    #[test]
+    fn a_call_dropped_late_measures_a_new_endpoint() {
+        let stats = Stats::default();
+        stats.record_dropped(SECOND, 2e9, TAU, DEFAULT);
+        assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
+    }
+
+    /// Calls dropped at once do not refresh an estimate: it goes stale a decay period after the
+    /// last sample, and the endpoint gets its trial call.
+    #[test]
+    fn calls_dropped_at_once_do_not_keep_an_estimate_from_going_stale() {
+        let stats = Stats::default();
+        stats.record_peak(0, 100e6, TAU);
+        for s in 1..10 {
+            stats.record_dropped(s * SECOND, 1e3, TAU, DEFAULT);
+        }
+        assert_eq!(stats.peak_cost(11 * SECOND, TAU, DEFAULT), 0.0);
     }
 }
