@@ -7,7 +7,7 @@ use hickory_resolver::{
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
-        rr::{rdata::SRV, Name as DnsName, RData},
+        rr::{Name as DnsName, RData},
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -69,7 +69,8 @@ impl Dns {
     /// other family's answer is published: a server that drops or refuses AAAA questions does
     /// not keep an IPv4-only host from being discovered, and one lost AAAA answer does not take
     /// a dual-stack host's IPv6 endpoints away. Such a resolution counts as failed in part (see
-    /// [`Dns`]). When neither family answers, the resolution fails and keeps the last good set.
+    /// [`Dns`]). When neither family answers, or the one that answered has no records and the
+    /// other none from before, the resolution fails and keeps the last good set.
     ///
     /// A `host` that is an IP address is its own endpoint: it is not looked up, nor resolved
     /// again, and needs no name server (neither [`nameservers`](DnsBuilder::nameservers) nor the
@@ -354,13 +355,19 @@ async fn run<S, M>(
     // failed resolution after `min`.
     let mut failures = 0u32;
     let mut partials = 0u32;
+    // The lookups that failed (or were skipped) in the last resolution that was published: one
+    // that fails again is logged at debug level, so a server that never answers AAAA questions
+    // warns once, while any other failure still warns.
+    let mut failing = Failing::new();
     loop {
-        let wait = match resolve(&resolver, &query, &name, &mut known, partials == 0).await {
+        let mut seen = Failing::new();
+        let wait = match resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await {
             Ok(Resolved {
                 endpoints,
                 ttl,
                 partial,
             }) => {
+                failing = seen;
                 tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, partial, "seawall discover resolved");
                 if !publish(&mut tracker, endpoints, &mut make, &tx) {
                     return;
@@ -401,6 +408,10 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 /// good resolution.
 type Known = HashMap<DnsName, Vec<IpAddr>>;
 
+/// Lookups that failed or were skipped in a resolution: the name, and what of it (`"A"`,
+/// `"AAAA"`, `"target"`).
+type Failing = std::collections::HashSet<(DnsName, &'static str)>;
+
 /// What a resolution found.
 struct Resolved {
     endpoints: Vec<Tagged<SocketAddr>>,
@@ -419,24 +430,27 @@ struct Resolved {
 /// them, so one lost answer does not drop its endpoints; an SRV target the server says has no
 /// addresses is skipped.
 ///
-/// A lookup that fails while others answer is logged as a warning when `warn` is set (the first
-/// such resolution in a row), else at debug level: a server that never answers AAAA questions
-/// warns once, not at every resolution.
+/// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
+/// logged as a warning unless it is in `failing` (it failed the last time too), else at debug
+/// level.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
     name: &Name,
     known: &mut Known,
-    warn: bool,
+    failing: &Failing,
+    seen: &mut Failing,
 ) -> Result<Resolved, ResolveError> {
-    macro_rules! partial {
-        ($($arg:tt)*) => {
-            if warn {
-                tracing::warn!($($arg)*)
-            } else {
+    macro_rules! once {
+        ($host:expr, $what:expr, $($arg:tt)*) => {{
+            let key = ($host.clone(), $what);
+            if failing.contains(&key) {
                 tracing::debug!($($arg)*)
+            } else {
+                tracing::warn!($($arg)*)
             }
-        };
+            seen.insert(key);
+        }};
     }
     match query {
         Parsed::Ip(host, port) => {
@@ -449,7 +463,7 @@ async fn resolve(
                     .map_or_else(|| ResolveError::from("no addresses"), |(_, error)| error));
             }
             if let Some((family, error)) = &found.failed {
-                partial!(name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                once!(host, *family, name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
             }
             known.insert(host.clone(), found.ips.clone());
             ip_endpoints(found, *port)
@@ -477,14 +491,13 @@ async fn resolve(
             // priority whose targets give an address is used: a higher one only while none of
             // the lower ones can be reached, as RFC 2782 has clients do.
             let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
+            let mut weights: Vec<Weight> = Vec::new();
             let mut index = HashMap::new();
             let mut found = Known::new();
             let mut failed = None;
             let mut partial = false;
             for priority in priorities {
-                let of_priority = || records.iter().filter(move |r| r.priority() == priority);
-                let scale = weight_scale(of_priority().map(SRV::weight));
-                for srv in of_priority() {
+                for srv in records.iter().filter(|r| r.priority() == priority) {
                     let target = srv.target();
                     if target.is_root() {
                         tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
@@ -504,11 +517,11 @@ async fn resolve(
                                 if let Some((family, error)) = addresses.failed {
                                     partial = true;
                                     if addresses.ips.is_empty() {
-                                        tracing::warn!(name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
+                                        once!(target, "target", name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
                                         failed = Some(error);
                                         continue;
                                     }
-                                    partial!(name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                                    once!(target, family, name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
                                 }
                                 addresses.ips
                             }
@@ -517,11 +530,11 @@ async fn resolve(
                                 partial |= !absent;
                                 match known.get(target) {
                                     Some(last) if !absent => {
-                                        partial!(name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                        once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
                                         last.clone()
                                     }
                                     _ => {
-                                        tracing::warn!(name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                        once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
                                         failed = Some(error);
                                         continue;
                                     }
@@ -532,19 +545,14 @@ async fn resolve(
                     // An address several records name (two names of one host, one target listed
                     // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
                     // it: a weight that did not depend on the records' order, which servers rotate.
-                    let weight = scale(srv.weight());
                     for &ip in &ips {
                         let addr = SocketAddr::new(ip, srv.port());
-                        match index.get(&addr) {
-                            Some(&i) => {
-                                let endpoint: &mut Tagged<SocketAddr> = &mut endpoints[i];
-                                endpoint.weight = endpoint.weight.saturating_add(weight);
-                            }
-                            None => {
-                                index.insert(addr, endpoints.len());
-                                endpoints.push(Tagged::new(addr).with_weight(weight));
-                            }
-                        }
+                        let i = *index.entry(addr).or_insert_with(|| {
+                            endpoints.push(Tagged::new(addr));
+                            weights.push(Weight::default());
+                            endpoints.len() - 1
+                        });
+                        weights[i].add(srv.weight());
                     }
                     found.insert(target.clone(), ips);
                 }
@@ -557,6 +565,9 @@ async fn resolve(
                     failed.unwrap_or_else(|| ResolveError::from("no SRV target has an address"))
                 );
             }
+            for (endpoint, weight) in endpoints.iter_mut().zip(Weight::scaled(&weights)) {
+                endpoint.weight = weight;
+            }
             *known = found;
             Ok(Resolved {
                 endpoints,
@@ -567,25 +578,44 @@ async fn resolve(
     }
 }
 
-/// How much an SRV record weighs as an endpoint, given the weights of the records of its
-/// priority.
-///
-/// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside records
-/// that weigh more, and records that all weigh 0 equal chances. A balancer's weights start at 1,
-/// so beside a weighted record each weight is scaled up, by at most [`ZERO_WEIGHT_SCALE`], and
-/// weight 0 weighs 1; without a record of weight 0 in the priority, weights are taken as they
-/// are. The scale keeps the priority's weights within [`SCALED_TOTAL`] in all, so a weighted
-/// round robin's schedule does not grow past what the records need.
-fn weight_scale(weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) -> u32 {
-    let total = weights
-        .clone()
-        .fold(0u32, |total, w| total.saturating_add(w.into()));
-    let mixed = total > 0 && weights.clone().any(|w| w == 0);
-    let scale = (SCALED_TOTAL / total.max(1)).clamp(1, ZERO_WEIGHT_SCALE);
-    move |weight| match (mixed, weight) {
-        (_, 0) => 1,
-        (true, w) => u32::from(w) * scale,
-        (false, w) => u32::from(w),
+/// What the SRV records naming one address weigh: the sum of their weights, and how many of them
+/// weigh 0.
+#[derive(Debug, Clone, Copy, Default)]
+struct Weight {
+    sum: u32,
+    zeros: u32,
+}
+
+impl Weight {
+    fn add(&mut self, weight: u16) {
+        if weight == 0 {
+            self.zeros += 1;
+        } else {
+            self.sum = self.sum.saturating_add(weight.into());
+        }
+    }
+
+    /// The endpoints' weights, given what names each of them (all of one priority).
+    ///
+    /// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside
+    /// records that weigh more, and records that all weigh 0 equal chances. A balancer's weights
+    /// start at 1, so beside a weighted record each weight is scaled up, by at most
+    /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 weighs 1; with no record of weight 0,
+    /// weights are taken as they are. The scale keeps the endpoints' weights within
+    /// [`SCALED_TOTAL`] in all, so a weighted round robin's schedule has room for every endpoint.
+    fn scaled(weights: &[Weight]) -> impl Iterator<Item = u32> + '_ {
+        let total = weights
+            .iter()
+            .fold(0u32, |total, w| total.saturating_add(w.sum));
+        let mixed = total > 0 && weights.iter().any(|w| w.zeros > 0);
+        let scale = if mixed {
+            (SCALED_TOTAL / total).clamp(1, ZERO_WEIGHT_SCALE)
+        } else {
+            1
+        };
+        weights
+            .iter()
+            .map(move |w| w.sum.saturating_mul(scale).saturating_add(w.zeros))
     }
 }
 
@@ -593,8 +623,8 @@ fn weight_scale(weights: impl Iterator<Item = u16> + Clone) -> impl Fn(u16) -> u
 /// 0, which then weigh 1: a hundredth of a record of weight 1.
 const ZERO_WEIGHT_SCALE: u32 = 100;
 
-/// The most the scaled weights of one priority add up to, unless their own sum is more:
-/// a weighted round robin's schedule has one slot per unit of weight.
+/// The most the scaled weights of the endpoints add up to, besides those of weight 0, unless
+/// their own sum is more: a weighted round robin's schedule has one slot per unit of weight.
 const SCALED_TOTAL: u32 = 1 << 16;
 
 /// The addresses `host` had at the last good resolution; none if it has not had one.
@@ -811,19 +841,37 @@ mod tests {
 
     #[test]
     fn zero_weights_weigh_a_small_share_within_a_bounded_schedule() {
-        let weighed = |weights: &[u16]| -> Vec<u32> {
-            let scale = weight_scale(weights.iter().copied());
-            weights.iter().map(|&w| scale(w)).collect()
+        // One endpoint per record.
+        let weighed = |records: &[u16]| -> Vec<u32> {
+            let weights: Vec<Weight> = records
+                .iter()
+                .map(|&w| {
+                    let mut weight = Weight::default();
+                    weight.add(w);
+                    weight
+                })
+                .collect();
+            Weight::scaled(&weights).collect()
         };
         assert_eq!(weighed(&[3, 1]), [3, 1], "no weight 0: as they are");
         assert_eq!(weighed(&[0, 0]), [1, 1]);
         assert_eq!(weighed(&[1, 0]), [100, 1]);
-        let mut many = vec![50; 20];
+        let mut many = vec![50; 80];
         many.push(0);
         let scaled = weighed(&many);
-        assert_eq!((scaled[0], scaled[20]), (65 * 50, 1));
+        assert_eq!((scaled[0], scaled[80]), (16 * 50, 1));
         assert!(scaled.iter().sum::<u32>() <= SCALED_TOTAL + 1);
         assert_eq!(weighed(&[65_535, 65_535, 0]), [65_535, 65_535, 1]);
+        // An address two records name weighs their sum, a record of weight 0 among them 1.
+        let mut both = Weight::default();
+        both.add(1);
+        both.add(0);
+        let mut weighted = Weight::default();
+        weighted.add(1);
+        assert_eq!(
+            Weight::scaled(&[both, weighted]).collect::<Vec<_>>(),
+            [101, 100]
+        );
     }
 
     /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no
