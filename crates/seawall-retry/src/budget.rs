@@ -30,7 +30,7 @@
 //!
 //! [gRFC A6]: https://github.com/grpc/proposal/blob/master/A6-client-retries.md
 
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{self, AtomicU64, Mutex, MutexGuard, Ordering};
 use seawall_core::{config, ConfigError, Outcome};
 use std::{
     fmt,
@@ -157,7 +157,7 @@ impl RetryBudget {
     /// Takes one retry from the budget; `false` when it is exhausted.
     pub fn try_withdraw(&self) -> bool {
         match &*self.inner {
-            Kind::Ratio(r) => r.try_withdraw(Instant::now()).is_some(),
+            Kind::Ratio(r) => r.try_withdraw(sync::now()).is_some(),
             Kind::Bucket(b) => b.can_retry(),
             Kind::Unlimited => true,
         }
@@ -168,7 +168,7 @@ impl RetryBudget {
     pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
         match &*self.inner {
             Kind::Ratio(r) => r
-                .try_withdraw(Instant::now())
+                .try_withdraw(sync::now())
                 .map(|slice| Withdrawal(Some((self.clone(), slice)))),
             Kind::Bucket(b) => b.can_retry().then_some(Withdrawal(None)),
             Kind::Unlimited => Some(Withdrawal(None)),
@@ -178,7 +178,7 @@ impl RetryBudget {
     /// Whether a retry would be allowed now, without taking it.
     pub fn can_retry(&self) -> bool {
         match &*self.inner {
-            Kind::Ratio(r) => r.balance(Instant::now()) >= UNIT as i64,
+            Kind::Ratio(r) => r.balance(sync::now()) >= UNIT as i64,
             Kind::Bucket(b) => b.can_retry(),
             Kind::Unlimited => true,
         }
@@ -285,7 +285,7 @@ impl RatioBuilder {
         let reserve = i64::try_from(reserve).unwrap_or(i64::MAX);
         // Rounded up: ten slices are never shorter than the ttl, so neither are withdrawals.
         let slice_nanos = self.ttl.as_nanos().div_ceil(SLICES as u128);
-        let now = Instant::now();
+        let now = sync::now();
         Ok(RetryBudget {
             inner: Arc::new(Kind::Ratio(Ratio {
                 ttl: self.ttl,
@@ -325,7 +325,7 @@ impl Drop for Withdrawal {
     fn drop(&mut self) {
         if let Some((budget, slice)) = self.0.take() {
             if let Kind::Ratio(r) = &*budget.inner {
-                r.refund(slice, Instant::now());
+                r.refund(slice, sync::now());
             }
         }
     }
@@ -403,7 +403,7 @@ impl Ratio {
     /// Opens a batch with this request, after filing the full one before it if there is one.
     #[cold]
     fn open_batch(&self) {
-        let now = Instant::now();
+        let now = sync::now();
         let slice = self.slice_of(now);
         let mut pending = self.pending.load(Ordering::Relaxed);
         loop {
