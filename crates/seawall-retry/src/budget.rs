@@ -203,6 +203,19 @@ impl RetryBudget {
     pub fn same(&self, other: &RetryBudget) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
+
+    /// A ratio budget's batching: requests in a full batch, and in the open one (loom tests only).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn batching(&self) -> Option<(u64, u64)> {
+        match &*self.inner {
+            Kind::Ratio(r) => Some((
+                r.flush_every.load(Ordering::Relaxed),
+                r.pending.load(Ordering::Relaxed) & COUNT_MASK,
+            )),
+            Kind::Bucket(_) | Kind::Unlimited => None,
+        }
+    }
 }
 
 impl Default for RetryBudget {
