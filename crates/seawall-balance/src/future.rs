@@ -576,9 +576,8 @@ impl<K, S, C, Req, F> fmt::Debug for ResponseFuture<K, S, C, Req, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Settings, OutlierDetection, Picker};
+    use crate::Picker;
     use rand::SeedableRng;
-    use seawall_core::{classify::DefaultClassifier, Listeners, Name};
     use std::sync::atomic::Ordering::Relaxed;
     use tower::discover::Change;
 
@@ -607,20 +606,7 @@ mod tests {
     async fn a_waiting_call_stops_picking_once_it_has_tried_every_available_endpoint() {
         const N: usize = 20;
         for picker in [Picker::RoundRobin, Picker::WeightedRoundRobin] {
-            let shared = Arc::new(Shared::<usize, Never, _>::new(
-                Settings {
-                    name: Name::default_for("balance"),
-                    picker: picker.clone(),
-                    max_wait: None,
-                    seed: Some(1),
-                    panic_threshold: 0.0,
-                    outlier: OutlierDetection::disabled(),
-                    health_check: None,
-                },
-                Listeners::default(),
-                DefaultClassifier,
-                None,
-            ));
+            let shared = Arc::new(Shared::<usize, Never, _>::for_tests(picker.clone()));
             for i in 0..N {
                 shared.apply(Change::Insert(i, Never));
             }

@@ -578,6 +578,28 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 }
 
+#[cfg(test)]
+impl<K: Key, S: 'static> Shared<K, S, seawall_core::classify::DefaultClassifier> {
+    /// A set picking with `picker` from seed 1, with no wait, panic threshold, outlier detection
+    /// or health checks.
+    pub(crate) fn for_tests(picker: crate::Picker) -> Self {
+        Shared::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: crate::OutlierDetection::disabled(),
+                health_check: None,
+            },
+            Listeners::default(),
+            seawall_core::classify::DefaultClassifier,
+            None,
+        )
+    }
+}
+
 impl<K, S, C> Drop for Shared<K, S, C> {
     fn drop(&mut self) {
         if let Some(task) = self
@@ -859,24 +881,11 @@ fn nanos_u64(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{OutlierDetection, Picker, Tagged};
+    use crate::{Picker, Tagged};
     use seawall_core::classify::DefaultClassifier;
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
-        Shared::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::zone_aware("local"),
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.0,
-                outlier: OutlierDetection::disabled(),
-                health_check: None,
-            },
-            Listeners::default(),
-            DefaultClassifier,
-            None,
-        )
+        Shared::for_tests(Picker::zone_aware("local"))
     }
 
     fn zone_of(shared: &Shared<Tagged<usize>, (), DefaultClassifier>, key: usize) -> u16 {

@@ -15,12 +15,8 @@ async fn inserts_and_removes_apply_without_calls() {
         .build()
         .unwrap()
         .layer(stream);
-    let node = |id| Node {
-        id,
-        behavior: Arc::new(Behavior::default()),
-    };
     for id in 0..3usize {
-        tx.send(Change::Insert(id, node(id))).unwrap();
+        tx.send(Change::Insert(id, Node::new(id))).unwrap();
     }
     // No call is made: the set follows discovery anyway.
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -45,12 +41,8 @@ async fn replacing_an_endpoint_keeps_one_entry() {
         .build()
         .unwrap()
         .layer(stream);
-    let node = |id| Node {
-        id,
-        behavior: Arc::new(Behavior::default()),
-    };
-    tx.send(Change::Insert(5usize, node(1))).unwrap();
-    tx.send(Change::Insert(5usize, node(2))).unwrap();
+    tx.send(Change::Insert(5usize, Node::new(1))).unwrap();
+    tx.send(Change::Insert(5usize, Node::new(2))).unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(balance.endpoints(), vec![5]);
     assert_eq!(balance.oneshot(0).await.unwrap(), 2);
@@ -74,10 +66,7 @@ async fn the_background_task_ends_with_the_last_balancer() {
 
 #[tokio::test(start_paused = true)]
 async fn balance_new_takes_any_discover() {
-    let nodes = (0..3).map(|id| Node {
-        id,
-        behavior: Arc::new(Behavior::default()),
-    });
+    let nodes = (0..3).map(Node::new);
     let balance = seawall::balance::Balance::new(seawall::discover::fixed(nodes.enumerate()));
     let answer = balance.clone().oneshot(1).await.unwrap();
     assert!(answer < 3);
@@ -89,14 +78,10 @@ async fn balance_new_takes_any_discover() {
 async fn discovery_errors_keep_the_set_and_events_report_changes() {
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = events.clone();
-    let node = |id| Node {
-        id,
-        behavior: Arc::new(Behavior::default()),
-    };
     let changes: Vec<Result<Change<usize, Node>, &'static str>> = vec![
-        Ok(Change::Insert(0, node(0))),
+        Ok(Change::Insert(0, Node::new(0))),
         Err("registry unreachable"),
-        Ok(Change::Insert(1, node(1))),
+        Ok(Change::Insert(1, Node::new(1))),
         Ok(Change::Remove(0)),
         Ok(Change::Remove(7)),
     ];
@@ -146,10 +131,7 @@ impl futures_util::Stream for Failing {
             return std::task::Poll::Ready(Some(Err("registry down")));
         }
         if polls == self.errors {
-            let node = Node {
-                id: 7,
-                behavior: Arc::new(Behavior::default()),
-            };
+            let node = Node::new(7);
             return std::task::Poll::Ready(Some(Ok(Change::Insert(7, node))));
         }
         std::task::Poll::Pending
@@ -205,14 +187,7 @@ async fn an_idle_clone_keeps_no_removed_endpoint_alive() {
         },
     ))
     .unwrap();
-    tx.send(Change::Insert(
-        1,
-        Node {
-            id: 1,
-            behavior: Arc::new(Behavior::default()),
-        },
-    ))
-    .unwrap();
+    tx.send(Change::Insert(1, Node::new(1))).unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
     // A clone that has made calls, then sits idle while endpoint 0 is removed.
     let mut idle = balance.clone();

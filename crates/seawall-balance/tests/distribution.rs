@@ -488,22 +488,22 @@ async fn zones_seen_before_do_not_crowd_out_the_zones_there_now() {
         .build()
         .unwrap()
         .layer(stream);
-    let node = |id| Node {
-        id,
-        behavior: Arc::new(Behavior::default()),
-    };
     for id in 0..3 {
-        tx.send(Change::Insert(Tagged::new(id).with_zone("local"), node(id)))
-            .unwrap();
+        tx.send(Change::Insert(
+            Tagged::new(id).with_zone("local"),
+            Node::new(id),
+        ))
+        .unwrap();
     }
     for i in 0..40 {
         let key = Tagged::new(100 + i).with_zone(format!("gone-{i}"));
-        tx.send(Change::Insert(key.clone(), node(100 + i))).unwrap();
+        tx.send(Change::Insert(key.clone(), Node::new(100 + i)))
+            .unwrap();
         tx.send(Change::Remove(key)).unwrap();
     }
     let mut behaviors = Vec::new();
     for (id, zone) in [(3, "a"), (4, "a"), (5, "a"), (6, "b"), (7, "b"), (8, "b")] {
-        let node = node(id);
+        let node = Node::new(id);
         behaviors.push(node.behavior.clone());
         tx.send(Change::Insert(Tagged::new(id).with_zone(zone), node))
             .unwrap();

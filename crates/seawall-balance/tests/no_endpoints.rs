@@ -126,14 +126,7 @@ async fn huge_intervals_do_not_overflow_the_background_task() {
         .build()
         .unwrap()
         .layer(stream);
-    tx.send(Change::Insert(
-        0,
-        Node {
-            id: 0,
-            behavior: Arc::new(Behavior::default()),
-        },
-    ))
-    .unwrap();
+    tx.send(Change::Insert(0, Node::new(0))).unwrap();
     // The background task survived building its timers and applies discovery.
     assert_eq!(balance.oneshot(7).await.unwrap(), 0);
 }
@@ -169,16 +162,7 @@ async fn huge_ejection_times_do_not_overflow_the_passes() {
     }
     assert_eq!(balance.unhealthy(), vec![0]);
     // The background task is still running: it applies discovery.
-    cluster
-        .tx
-        .send(Change::Insert(
-            2,
-            Node {
-                id: 2,
-                behavior: Arc::new(Behavior::default()),
-            },
-        ))
-        .unwrap();
+    cluster.tx.send(Change::Insert(2, Node::new(2))).unwrap();
     common::settle().await;
     assert_eq!(balance.endpoints().len(), 3);
 }

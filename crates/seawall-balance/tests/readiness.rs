@@ -6,7 +6,10 @@
 mod common;
 
 use common::{channel, Behavior, Node};
-use seawall::balance::{Balance, BalanceLayer, Change, OutlierDetection, Picker, ResponseFuture};
+use seawall::balance::{
+    Balance, BalanceConfigBuilder, BalanceLayer, Change, Key, OutlierDetection, Picker,
+    ResponseFuture, Tagged,
+};
 use std::{sync::atomic::Ordering::Relaxed, sync::Arc, time::Duration};
 use tokio_test::{assert_pending, assert_ready_ok, task::spawn};
 use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
@@ -38,6 +41,32 @@ fn send_limited_endpoints(
         .collect()
 }
 
+/// A balancer built from `builder` over a discovery channel, and the channel's sender.
+fn balancer<K, S>(builder: BalanceConfigBuilder) -> (common::Sender<K, S>, Balance<K, S>)
+where
+    K: Key + Send + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    let (tx, stream) = channel();
+    (tx, builder.build().unwrap().layer(stream))
+}
+
+/// Round robin, with no outlier detection.
+fn round_robin() -> BalanceConfigBuilder {
+    BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+}
+
+/// Outlier detection that ejects an endpoint after `failures` failures in a row.
+fn ejecting_after(failures: u32) -> OutlierDetection {
+    OutlierDetection {
+        consecutive_failures: Some(failures),
+        max_ejection_percent: 1.0,
+        ..OutlierDetection::disabled()
+    }
+}
+
 fn assert_send_sync<T: Send + Sync + 'static>() {}
 fn assert_send<T: Send + 'static>() {}
 
@@ -58,15 +87,13 @@ fn public_types_are_send_sync() {
 
 #[tokio::test(start_paused = true)]
 async fn endpoints_whose_clone_resets_readiness() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(1)
-        .picker(Picker::p2c())
-        .max_wait(None)
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(1)
+            .picker(Picker::p2c())
+            .max_wait(None)
+            .outlier_detection(OutlierDetection::disabled()),
+    );
     // One call at a time per endpoint.
     let behaviors = send_limited_endpoints(&tx, 2, 100);
     common::settle().await;
@@ -87,15 +114,13 @@ async fn endpoints_whose_clone_resets_readiness() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unready_endpoint_does_not_hold_calls_up() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(1)
-        .picker(Picker::RoundRobin)
-        .max_wait(Duration::from_secs(1))
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(1)
+            .picker(Picker::RoundRobin)
+            .max_wait(Duration::from_secs(1))
+            .outlier_detection(OutlierDetection::disabled()),
+    );
     let slow = Arc::new(Behavior::default());
     slow.delay_ms.store(10_000, Relaxed);
     let fast = Arc::new(Behavior::default());
@@ -148,17 +173,11 @@ async fn an_unready_endpoint_does_not_hold_calls_up() {
 /// failure enough to eject an endpoint, three calls dropped in flight eject none.
 #[tokio::test(start_paused = true)]
 async fn dropping_a_call_releases_its_in_flight_count() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(1),
-            max_ejection_percent: 1.0,
-            ..OutlierDetection::disabled()
-        })
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(ejecting_after(1)),
+    );
     for id in 0..2usize {
         let behavior = Arc::new(Behavior::default());
         behavior.delay_ms.store(1000, Relaxed);
@@ -189,14 +208,7 @@ async fn dropping_a_call_releases_its_in_flight_count() {
 /// goes back, and W3 must be woken to take it rather than sleep until its `max_wait`.
 #[tokio::test(start_paused = true)]
 async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
-    let (tx, stream) = channel();
-    let mut balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .max_wait(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, mut balance) = balancer(round_robin().max_wait(Duration::from_secs(10)));
     let behaviors = send_limited_endpoints(&tx, 3, 100);
     common::settle().await;
 
@@ -248,14 +260,7 @@ async fn a_call_cancelled_while_waiting_wakes_the_other_waiters() {
 async fn balancer_is_always_ready_and_works_in_a_boxed_clone_service() {
     let (tx, stream) = channel();
     let balance = BalanceLayer::builder().build().unwrap().layer(stream);
-    tx.send(Change::Insert(
-        0usize,
-        Node {
-            id: 0,
-            behavior: Arc::new(Behavior::default()),
-        },
-    ))
-    .unwrap();
+    tx.send(Change::Insert(0usize, Node::new(0))).unwrap();
     common::settle().await;
     let mut boxed = tower::util::BoxCloneSyncService::new(balance);
     let mut ready = tokio_test::task::spawn(std::future::poll_fn(|cx| boxed.poll_ready(cx)));
@@ -292,33 +297,30 @@ impl Service<u64> for MaybeBroken {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_endpoint_readiness_error_fails_that_call_and_counts_against_the_endpoint() {
-    let (tx, stream) = channel::<usize, MaybeBroken>();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(2),
-            max_ejection_percent: 1.0,
-            ..OutlierDetection::disabled()
-        })
-        .build()
-        .unwrap()
-        .layer(stream);
+/// Sends two endpoints answering after `delay_ms`, of which the first's readiness fails.
+fn send_first_broken(tx: &common::Sender<usize, MaybeBroken>, delay_ms: u64) {
     for id in 0..2 {
-        let node = Node {
-            id,
-            behavior: Arc::new(Behavior::default()),
-        };
+        let behavior = Arc::new(Behavior::default());
+        behavior.delay_ms.store(delay_ms, Relaxed);
         tx.send(Change::Insert(
             id,
             MaybeBroken {
                 broken: id == 0,
-                node,
+                node: Node { id, behavior },
             },
         ))
         .unwrap();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_readiness_error_fails_that_call_and_counts_against_the_endpoint() {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(ejecting_after(2)),
+    );
+    send_first_broken(&tx, 0);
     common::settle().await;
     let mut errors = Vec::new();
     for i in 0..20 {
@@ -380,16 +382,20 @@ impl Service<u64> for Gate {
     }
 }
 
+/// Discovery replaces endpoint 0 with endpoint 1, `new`, and the balancer applies it.
+async fn replace_endpoint_0<S>(tx: &common::Sender<usize, S>, balance: &Balance<usize, S>, new: S)
+where
+    S: Clone + Send + Sync + 'static,
+{
+    tx.send(Change::Remove(0)).unwrap();
+    tx.send(Change::Insert(1, new)).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![1]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .max_wait(None)
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(round_robin().max_wait(None));
     let (gone, new) = (Gate::new(0), Gate::new(1));
     tx.send(Change::Insert(0usize, gone.clone())).unwrap();
     common::settle().await;
@@ -397,10 +403,7 @@ async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
     // 1 (not ready yet either), and only after that does endpoint 0 turn ready.
     let call = tokio::spawn(balance.clone().oneshot(7));
     common::settle().await;
-    tx.send(Change::Remove(0usize)).unwrap();
-    tx.send(Change::Insert(1usize, new.clone())).unwrap();
-    common::settle().await;
-    assert_eq!(balance.endpoints(), vec![1]);
+    replace_endpoint_0(&tx, &balance, new.clone()).await;
     gone.open();
     common::settle().await;
     assert!(!call.is_finished());
@@ -413,13 +416,7 @@ async fn a_waiting_call_is_not_sent_to_an_endpoint_discovery_removed() {
 /// handed back by a `Buffer`) picks from the set in force when it is polled.
 #[tokio::test(start_paused = true)]
 async fn a_call_first_polled_after_discovery_replaced_its_endpoint_goes_to_the_new_one() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(round_robin());
     let (gone, new) = (Arc::new(Behavior::default()), Arc::new(Behavior::default()));
     let node = |id, behavior: &Arc<Behavior>| Node {
         id,
@@ -429,10 +426,7 @@ async fn a_call_first_polled_after_discovery_replaced_its_endpoint_goes_to_the_n
     common::settle().await;
     let mut service = balance.clone();
     let call = service.ready().await.unwrap().call(7);
-    tx.send(Change::Remove(0usize)).unwrap();
-    tx.send(Change::Insert(1usize, node(1, &new))).unwrap();
-    common::settle().await;
-    assert_eq!(balance.endpoints(), vec![1]);
+    replace_endpoint_0(&tx, &balance, node(1, &new)).await;
     assert_eq!(call.await.unwrap(), 1);
     assert_eq!(gone.hits.load(Relaxed), 0);
 }
@@ -441,24 +435,14 @@ async fn a_call_first_polled_after_discovery_replaced_its_endpoint_goes_to_the_n
 /// until that endpoint has turned ready, lets it go and calls the new one.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_polled_after_its_endpoint_was_removed_and_turned_ready_lets_it_go() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection::disabled())
-        .max_wait(None)
-        .build()
-        .unwrap()
-        .layer(stream);
+    let (tx, balance) = balancer(round_robin().max_wait(None));
     let (gone, new) = (Gate::new(0), Gate::new(1));
     tx.send(Change::Insert(0usize, gone.clone())).unwrap();
     common::settle().await;
     let mut call = spawn(balance.clone().oneshot(7));
     assert_pending!(call.poll());
     new.open();
-    tx.send(Change::Remove(0usize)).unwrap();
-    tx.send(Change::Insert(1usize, new.clone())).unwrap();
-    common::settle().await;
-    assert_eq!(balance.endpoints(), vec![1]);
+    replace_endpoint_0(&tx, &balance, new.clone()).await;
     gone.open();
     assert_eq!(assert_ready_ok!(call.poll()), 1);
     assert_eq!(gone.hits.load(Relaxed), 0);
@@ -469,26 +453,13 @@ async fn a_waiting_call_polled_after_its_endpoint_was_removed_and_turned_ready_l
 /// that refuses every connection at once keeps the cost of one never measured (nothing) and wins
 /// every pick that draws it.
 async fn a_readiness_error_counts_as_slow(picker: Picker) {
-    let (tx, stream) = channel::<usize, MaybeBroken>();
-    let balance = BalanceLayer::builder()
-        .seed(3)
-        .picker(picker)
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
-    for id in 0..2 {
-        let behavior = Arc::new(Behavior::default());
-        behavior.delay_ms.store(1, Relaxed);
-        tx.send(Change::Insert(
-            id,
-            MaybeBroken {
-                broken: id == 0,
-                node: Node { id, behavior },
-            },
-        ))
-        .unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(3)
+            .picker(picker)
+            .outlier_detection(OutlierDetection::disabled()),
+    );
+    send_first_broken(&tx, 1);
     common::settle().await;
     let mut failed = 0;
     for i in 0..100 {
@@ -562,6 +533,38 @@ async fn a_consistent_hash_key_whose_owner_is_not_ready_walks_on_along_the_ring(
     assert!(not_the_neighbour > 10, "{not_the_neighbour}");
 }
 
+/// Sends a gate for each of `keys`, endpoint `i` the `i`th; all but the first `busy` are open.
+fn send_gates(
+    tx: &common::Sender<Tagged<usize>, Gate>,
+    keys: impl IntoIterator<Item = Tagged<usize>>,
+    busy: usize,
+) -> Vec<Gate> {
+    keys.into_iter()
+        .enumerate()
+        .map(|(id, key)| {
+            let gate = Gate::new(id);
+            if id >= busy {
+                gate.open();
+            }
+            tx.send(Change::Insert(key, gate.clone())).unwrap();
+            gate
+        })
+        .collect()
+}
+
+/// Endpoint `i` in `zones[i]`.
+fn in_zones<'a>(zones: &'a [&str]) -> impl Iterator<Item = Tagged<usize>> + 'a {
+    zones
+        .iter()
+        .enumerate()
+        .map(|(id, &zone)| Tagged::new(id).with_zone(zone))
+}
+
+/// How many calls each gate took.
+fn hits(gates: &[Gate]) -> Vec<u32> {
+    gates.iter().map(|g| g.hits.load(Relaxed)).collect()
+}
+
 /// `picker` over endpoints of `weights`, the first of which is never ready; returns how many of
 /// `calls` sequential calls each endpoint took.
 async fn hits_with_the_first_endpoint_busy(
@@ -569,32 +572,19 @@ async fn hits_with_the_first_endpoint_busy(
     weights: &[u32],
     calls: u64,
 ) -> Vec<u32> {
-    use seawall::balance::Tagged;
-
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(5)
-        .picker(picker)
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
-    let gates: Vec<Gate> = (0..weights.len()).map(Gate::new).collect();
-    for (id, (gate, &weight)) in gates.iter().zip(weights).enumerate() {
-        if id > 0 {
-            gate.open();
-        }
-        tx.send(Change::Insert(
-            Tagged::new(id).with_weight(weight),
-            gate.clone(),
-        ))
-        .unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(picker)
+            .outlier_detection(OutlierDetection::disabled()),
+    );
+    let keys = weights.iter().enumerate();
+    let gates = send_gates(&tx, keys.map(|(id, &w)| Tagged::new(id).with_weight(w)), 1);
     common::settle().await;
     for i in 0..calls {
         balance.clone().oneshot(i).await.unwrap();
     }
-    gates.iter().map(|g| g.hits.load(Relaxed)).collect()
+    hits(&gates)
 }
 
 /// A busy endpoint's turns pass on through the turns that follow, so the other endpoints stay
@@ -621,34 +611,20 @@ async fn weighted_round_robin_passes_a_busy_endpoints_turns_on_in_proportion() {
 /// busy endpoint's calls go to the other local endpoints, none to another zone.
 #[tokio::test(start_paused = true)]
 async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
-    use seawall::balance::Tagged;
-
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(9)
-        .picker(Picker::zone_aware("local"))
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
-    let gates: Vec<Gate> = (0..6).map(Gate::new).collect();
-    for (id, gate) in gates.iter().enumerate() {
-        // Endpoint 0 (local) is never ready.
-        if id > 0 {
-            gate.open();
-        }
-        let zone = if id < 3 { "local" } else { "remote" };
-        tx.send(Change::Insert(
-            Tagged::new(id).with_zone(zone),
-            gate.clone(),
-        ))
-        .unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(9)
+            .picker(Picker::zone_aware("local"))
+            .outlier_detection(OutlierDetection::disabled()),
+    );
+    // Endpoint 0 (local) is never ready.
+    let zones = ["local", "local", "local", "remote", "remote", "remote"];
+    let gates = send_gates(&tx, in_zones(&zones), 1);
     common::settle().await;
     for i in 0..300 {
         balance.clone().oneshot(i).await.unwrap();
     }
-    let hits: Vec<u32> = gates.iter().map(|g| g.hits.load(Relaxed)).collect();
+    let hits = hits(&gates);
     assert_eq!(hits[1] + hits[2], 300, "{hits:?}");
 }
 
@@ -657,38 +633,23 @@ async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
 /// endpoint that follows the local ones in the set.
 #[tokio::test(start_paused = true)]
 async fn calls_the_busy_local_zone_cannot_take_spread_over_the_other_zones() {
-    use seawall::balance::Tagged;
-
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(9)
-        .picker(Picker::zone_aware("local"))
-        .outlier_detection(OutlierDetection::disabled())
-        .build()
-        .unwrap()
-        .layer(stream);
-    let gates: Vec<Gate> = (0..13).map(Gate::new).collect();
-    for (id, gate) in gates.iter().enumerate() {
-        // Endpoints 0 to 2 (local) are never ready; 3 to 12 are in two other zones.
-        let zone = match id {
-            0..3 => "local",
-            3..8 => "east",
-            _ => "west",
-        };
-        if id >= 3 {
-            gate.open();
-        }
-        tx.send(Change::Insert(
-            Tagged::new(id).with_zone(zone),
-            gate.clone(),
-        ))
-        .unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(9)
+            .picker(Picker::zone_aware("local"))
+            .outlier_detection(OutlierDetection::disabled()),
+    );
+    // Endpoints 0 to 2 (local) are never ready; 3 to 12 are in two other zones.
+    let zones: Vec<&str> = [("local", 3), ("east", 5), ("west", 5)]
+        .into_iter()
+        .flat_map(|(zone, n)| std::iter::repeat_n(zone, n))
+        .collect();
+    let gates = send_gates(&tx, in_zones(&zones), 3);
     common::settle().await;
     for i in 0..1000 {
         balance.clone().oneshot(i).await.unwrap();
     }
-    let hits: Vec<u32> = gates.iter().map(|g| g.hits.load(Relaxed)).collect();
+    let hits = hits(&gates);
     assert_eq!(hits[..3], [0, 0, 0], "{hits:?}");
     // A fair share is 100 calls each.
     assert!(
@@ -731,30 +692,30 @@ impl Service<u64> for Switch {
     }
 }
 
+/// Sends `n` switches, all ready.
+fn send_switches(tx: &common::Sender<usize, Switch>, n: usize) -> Vec<Switch> {
+    (0..n)
+        .map(|id| {
+            let switch = Switch {
+                id,
+                mode: Arc::default(),
+            };
+            tx.send(Change::Insert(id, switch.clone())).unwrap();
+            switch
+        })
+        .collect()
+}
+
 /// The picked endpoint is not ready and the next one tried fails its readiness: the call goes on
 /// to a ready endpoint, and the readiness error counts against the endpoint that failed it.
 #[tokio::test(start_paused = true)]
 async fn a_readiness_error_after_a_re_pick_counts_against_that_endpoint() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(1),
-            max_ejection_percent: 1.0,
-            ..OutlierDetection::disabled()
-        })
-        .build()
-        .unwrap()
-        .layer(stream);
-    let switches: Vec<Switch> = (0..3)
-        .map(|id| Switch {
-            id,
-            mode: Arc::default(),
-        })
-        .collect();
-    for switch in &switches {
-        tx.send(Change::Insert(switch.id, switch.clone())).unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(ejecting_after(1)),
+    );
+    let switches = send_switches(&tx, 3);
     common::settle().await;
     // Turns go 0, 1, 2: once endpoint 2 has answered, endpoint 0's turn is next.
     while balance.clone().oneshot(0).await.unwrap() != 2 {}
@@ -773,20 +734,14 @@ async fn a_waiting_call_counts_a_readiness_error_once() {
     use tower::util::Either;
 
     const CALLS: u32 = 100;
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(3)
-        .picker(Picker::RoundRobin)
-        .max_wait(None)
-        .outlier_detection(OutlierDetection {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .seed(3)
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
             // More failures in a row than calls made eject the endpoint.
-            consecutive_failures: Some(CALLS + 1),
-            max_ejection_percent: 1.0,
-            ..OutlierDetection::disabled()
-        })
-        .build()
-        .unwrap()
-        .layer(stream);
+            .outlier_detection(ejecting_after(CALLS + 1)),
+    );
     let busy = Arc::new(Behavior::default());
     busy.delay_ms.store(10, Relaxed);
     let node = Node {
@@ -823,27 +778,13 @@ async fn a_waiting_call_counts_a_readiness_error_once() {
 /// passes over it again rather than failing with its error, and counts the error once.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_passes_over_an_endpoint_it_found_broken_again() {
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .picker(Picker::RoundRobin)
-        .max_wait(None)
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(2),
-            max_ejection_percent: 1.0,
-            ..OutlierDetection::disabled()
-        })
-        .build()
-        .unwrap()
-        .layer(stream);
-    let switches: Vec<Switch> = (0..2)
-        .map(|id| Switch {
-            id,
-            mode: Arc::default(),
-        })
-        .collect();
-    for switch in &switches {
-        tx.send(Change::Insert(switch.id, switch.clone())).unwrap();
-    }
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
+            .outlier_detection(ejecting_after(2)),
+    );
+    let switches = send_switches(&tx, 2);
     common::settle().await;
     // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
     while balance.clone().oneshot(0).await.unwrap() != 1 {}

@@ -33,6 +33,16 @@ pub struct Node {
     pub behavior: Arc<Behavior>,
 }
 
+impl Node {
+    /// Node `id`, answering at once.
+    pub fn new(id: usize) -> Self {
+        Node {
+            id,
+            behavior: Arc::new(Behavior::default()),
+        }
+    }
+}
+
 impl Service<u64> for Node {
     type Response = usize;
     type Error = BoxError;
