@@ -8,11 +8,13 @@
 
 mod common;
 
-use common::{addr, first_changes, first_resolution, make, queued, two_targets, Zone};
+use common::{
+    addr, discover_with_timeout, first_changes, first_resolution, make, queued, two_targets, Zone,
+};
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use seawall::discover::Dns;
 use seawall_core::metrics::{testing::TestRecorder, DISCOVER_DNS_ERRORS};
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::time::Duration;
 
 const SRV: &str = "_http._tcp.api.test";
 
@@ -22,18 +24,12 @@ const SRV: &str = "_http._tcp.api.test";
 async fn a_target_left_out_for_a_timeout_is_tried_again_soon() {
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let zone = Zone::default();
-    zone.ttl.store(60, Relaxed);
+    let zone = Zone::with_ttl(60);
     two_targets(&zone, SRV);
     zone.silence("b.api.test", true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .name("users")
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")).name("users"), server);
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.1:8001"), 1)]
@@ -65,17 +61,11 @@ async fn a_target_left_out_for_a_timeout_is_tried_again_soon() {
 async fn targets_that_keep_their_addresses_through_timeouts_count_as_a_failure() {
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let zone = Zone::default();
-    zone.ttl.store(60, Relaxed);
+    let zone = Zone::with_ttl(60);
     two_targets(&zone, SRV);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .name("users")
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")).name("users"), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 
     // At 60 s each target's lookup times out in turn, and both keep their addresses. That
@@ -101,19 +91,13 @@ async fn targets_that_keep_their_addresses_through_timeouts_count_as_a_failure()
 async fn a_family_that_never_answered_leaves_the_other_published() {
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let zone = Zone::default();
-    zone.ttl.store(60, Relaxed);
+    let zone = Zone::with_ttl(60);
     zone.set_a("users.test", &[[10, 0, 0, 1]]);
     zone.set_aaaa("users.test", &["fd00::1".parse().unwrap()]);
     zone.silence_type("users.test", RecordType::AAAA, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::a("users.test.", 80)
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .name("users")
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::a("users.test.", 80).name("users"), server);
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.0.0.1:80"), 1)]
@@ -163,16 +147,11 @@ async fn a_refused_family_leaves_the_other_published() {
 /// follows its answers; when both fail, the resolution fails and the set stays.
 #[tokio::test(start_paused = true)]
 async fn a_failed_family_keeps_its_last_addresses_while_the_other_follows_the_server() {
-    let zone = Zone::default();
-    zone.ttl.store(2, Relaxed);
+    let zone = Zone::with_ttl(2);
     zone.set_a("users.test", &[[10, 0, 0, 1]]);
     zone.set_aaaa("users.test", &["fd00::1".parse().unwrap()]);
     let server = zone.serve().await;
-    let mut discovery = Dns::a("users.test.", 80)
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::a("users.test.", 80), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 
     zone.respond_with("users.test", RecordType::AAAA, Some(ResponseCode::ServFail));
@@ -194,17 +173,12 @@ async fn a_failed_family_keeps_its_last_addresses_while_the_other_follows_the_se
 /// failure in a row is, not after the long pause the partial failures had reached.
 #[tokio::test(start_paused = true)]
 async fn a_lasting_partial_failure_does_not_slow_the_retry_of_a_failed_resolution() {
-    let zone = Zone::default();
-    zone.ttl.store(60, Relaxed);
+    let zone = Zone::with_ttl(60);
     zone.set_a("users.test", &[[10, 0, 0, 1]]);
     zone.silence_type("users.test", RecordType::AAAA, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::a("users.test.", 80)
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::a("users.test.", 80), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 1);
 
     // Each resolution takes 0.5 s (the AAAA timeout) and the pauses double from 1 s: they start
@@ -226,8 +200,7 @@ async fn a_lasting_partial_failure_does_not_slow_the_retry_of_a_failed_resolutio
 /// about IPv6 stands.
 #[tokio::test(start_paused = true)]
 async fn a_target_keeps_only_the_failed_familys_last_addresses() {
-    let zone = Zone::default();
-    zone.ttl.store(2, Relaxed);
+    let zone = Zone::with_ttl(2);
     zone.set_srv(
         SRV,
         &[(10, 1, 8001, "a.api.test."), (10, 1, 8002, "b.api.test.")],
@@ -235,11 +208,7 @@ async fn a_target_keeps_only_the_failed_familys_last_addresses() {
     zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
     zone.set_aaaa("b.api.test", &["fd00::2".parse().unwrap()]);
     let server = zone.serve().await;
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 
     zone.set_aaaa("b.api.test", &[]);

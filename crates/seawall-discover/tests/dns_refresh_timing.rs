@@ -9,7 +9,7 @@ mod common;
 
 use common::{first_resolution, make, Zone};
 use hickory_proto::rr::RecordType;
-use seawall::discover::Dns;
+use seawall::discover::{Dns, DnsBuilder};
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 fn secs(list: &[u64]) -> Vec<Duration> {
@@ -18,8 +18,7 @@ fn secs(list: &[u64]) -> Vec<Duration> {
 
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_answer() {
-    let zone = Zone::default();
-    zone.ttl.store(5, Relaxed);
+    let zone = Zone::with_ttl(5);
     zone.set_a("users.test", &[[10, 0, 0, 1]]);
     zone.down.store(true, Relaxed);
     let server = zone.serve().await;
@@ -65,8 +64,7 @@ async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_ans
 #[tokio::test(start_paused = true)]
 async fn the_ttl_is_clamped_to_min_and_max_refresh() {
     for (ttl, every) in [(0, 2), (1, 2), (3, 3), (7, 7), (100, 10), (u32::MAX, 10)] {
-        let zone = Zone::default();
-        zone.ttl.store(ttl, Relaxed);
+        let zone = Zone::with_ttl(ttl);
         zone.set_a("users.test", &[[10, 0, 0, 1]]);
         let server = zone.serve().await;
         let start = tokio::time::Instant::now();
@@ -85,18 +83,19 @@ async fn the_ttl_is_clamped_to_min_and_max_refresh() {
     }
 }
 
-/// A CNAME's TTL counts like its target's records': an alias that may move within 2 s is asked
-/// about again after 2 s, though the addresses it leads to may be kept for 300.
-#[tokio::test(start_paused = true)]
-async fn a_cnames_ttl_bounds_the_refresh() {
-    let zone = Zone::default();
-    zone.ttl.store(300, Relaxed);
-    zone.set_a("blue.test", &[[10, 0, 0, 1]]);
-    zone.set_a("green.test", &[[10, 0, 0, 2]]);
-    zone.set_cname("users.test", "blue.test", 2);
+/// Discovery by `dns` from `zone`, whose records have a TTL of 300 s and in which `alias` is a
+/// CNAME of `from` for 2 s: when the alias moves to `to`, its addresses replace `from`'s 2 s on,
+/// though `from`'s may be kept for 300.
+async fn assert_the_cnames_ttl_bounds_the_refresh(
+    zone: Zone,
+    dns: DnsBuilder,
+    alias: &str,
+    [(from, from_addr), (to, to_addr)]: [(&str, &str); 2],
+) {
+    zone.set_cname(alias, from, 2);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::a("users.test.", 80)
+    let mut discovery = dns
         .nameservers([server])
         .min_refresh(Duration::from_secs(1))
         .max_refresh(Duration::from_secs(60))
@@ -104,49 +103,51 @@ async fn a_cnames_ttl_bounds_the_refresh() {
         .unwrap();
     assert_eq!(
         first_resolution(&mut discovery).await,
-        vec![('+', common::addr("10.0.0.1:80"), 1)]
+        vec![('+', common::addr(from_addr), 1)]
     );
 
-    zone.set_cname("users.test", "green.test", 2);
+    zone.set_cname(alias, to, 2);
     assert_eq!(
         common::first_changes(&mut discovery, 2).await,
         vec![
-            ('+', common::addr("10.0.0.2:80"), 1),
-            ('-', common::addr("10.0.0.1:80"), 1)
+            ('+', common::addr(to_addr), 1),
+            ('-', common::addr(from_addr), 1)
         ]
     );
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
 
+/// A CNAME's TTL counts like its target's records': an alias that may move within 2 s is asked
+/// about again after 2 s, though the addresses it leads to may be kept for 300.
+#[tokio::test(start_paused = true)]
+async fn a_cnames_ttl_bounds_the_refresh() {
+    let zone = Zone::with_ttl(300);
+    zone.set_a("blue.test", &[[10, 0, 0, 1]]);
+    zone.set_a("green.test", &[[10, 0, 0, 2]]);
+    assert_the_cnames_ttl_bounds_the_refresh(
+        zone,
+        Dns::a("users.test.", 80),
+        "users.test",
+        [("blue.test", "10.0.0.1:80"), ("green.test", "10.0.0.2:80")],
+    )
+    .await;
+}
+
 /// The same for an SRV target that is an alias.
 #[tokio::test(start_paused = true)]
 async fn an_srv_targets_cname_ttl_bounds_the_refresh() {
-    let zone = Zone::default();
-    zone.ttl.store(300, Relaxed);
+    let zone = Zone::with_ttl(300);
     zone.set_srv("_http._tcp.api.test", &[(10, 1, 8001, "users.api.test.")]);
     zone.set_a("blue.api.test", &[[10, 1, 0, 1]]);
     zone.set_a("green.api.test", &[[10, 1, 0, 2]]);
-    zone.set_cname("users.api.test", "blue.api.test", 2);
-    let server = zone.serve().await;
-    let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv("_http._tcp.api.test.")
-        .nameservers([server])
-        .min_refresh(Duration::from_secs(1))
-        .max_refresh(Duration::from_secs(60))
-        .build(make)
-        .unwrap();
-    assert_eq!(
-        first_resolution(&mut discovery).await,
-        vec![('+', common::addr("10.1.0.1:8001"), 1)]
-    );
-
-    zone.set_cname("users.api.test", "green.api.test", 2);
-    assert_eq!(
-        common::first_changes(&mut discovery, 2).await,
-        vec![
-            ('+', common::addr("10.1.0.2:8001"), 1),
-            ('-', common::addr("10.1.0.1:8001"), 1)
-        ]
-    );
-    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_the_cnames_ttl_bounds_the_refresh(
+        zone,
+        Dns::srv("_http._tcp.api.test."),
+        "users.api.test",
+        [
+            ("blue.api.test", "10.1.0.1:8001"),
+            ("green.api.test", "10.1.0.2:8001"),
+        ],
+    )
+    .await;
 }

@@ -14,7 +14,7 @@ use hickory_proto::{
     },
 };
 use seawall::balance::Tagged;
-use seawall::discover::{Change, Discovery};
+use seawall::discover::{Change, Discovery, DnsBuilder};
 use std::{
     collections::{HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -54,6 +54,13 @@ pub struct Zone {
 }
 
 impl Zone {
+    /// A zone whose records all have a TTL of `secs` seconds.
+    pub fn with_ttl(secs: u32) -> Self {
+        let zone = Zone::default();
+        zone.ttl.store(secs, Relaxed);
+        zone
+    }
+
     fn set(&self, host: &str, ty: RecordType, data: Vec<RData>) {
         self.records
             .lock()
@@ -316,6 +323,17 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 pub type Endpoint = tower::util::BoxCloneSyncService<(), SocketAddr, seawall::BoxError>;
+
+/// Discovery by `dns` from `server` alone, each question given up after 500 ms.
+pub fn discover_with_timeout(
+    dns: DnsBuilder,
+    server: SocketAddr,
+) -> Discovery<Tagged<SocketAddr>, Endpoint> {
+    dns.nameservers([server])
+        .timeout(Duration::from_millis(500))
+        .build(make)
+        .unwrap()
+}
 
 /// An endpoint service that answers with its address.
 pub fn make(key: &Tagged<SocketAddr>) -> Endpoint {
