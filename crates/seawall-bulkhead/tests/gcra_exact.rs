@@ -2,7 +2,9 @@
 //! when the interval does not divide evenly; waiting up to `max_wait`, each waiter in its own slot;
 //! `Limited` carries when to retry; cancelled waiters give their permit back.
 
-use seawall_bulkhead::ratelimit::{Limited, RateLimitEvent, RateLimitLayer};
+use seawall_bulkhead::ratelimit::{
+    Limited, RateLimitConfigBuilder, RateLimitEvent, RateLimitLayer,
+};
 use seawall_core::error::find;
 use std::{
     sync::{Arc, Mutex},
@@ -12,6 +14,28 @@ use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
 use tower_test::mock;
+
+/// A limiter of `permits` per `period`, `burst` at once (a period's worth when `None`).
+fn rate(permits: u64, period: Duration, burst: Option<u64>) -> RateLimitConfigBuilder {
+    let builder = RateLimitLayer::builder().rate(permits, period);
+    match burst {
+        Some(burst) => builder.burst(burst),
+        None => builder,
+    }
+}
+
+/// [`rate`], built, waiting in `poll_ready` for its permit when `backpressure`.
+fn limiter(
+    permits: u64,
+    period: Duration,
+    burst: Option<u64>,
+    backpressure: bool,
+) -> RateLimitLayer {
+    rate(permits, period, burst)
+        .backpressure(backpressure)
+        .build()
+        .unwrap()
+}
 
 fn echo() -> impl Service<
     u32,
@@ -85,10 +109,7 @@ async fn greedy_admissions(
 
 #[tokio::test(start_paused = true)]
 async fn exactly_the_rate_per_period_after_the_burst() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = limiter(10, Duration::from_secs(1), None, false);
     let counts = admitted_per_second(&layer, 5).await;
     // The first second: the burst of 10 at once plus the 9 refills due within it (100 ms apart,
     // the 10th lands at 1.0 s); then exactly 10 a second.
@@ -99,11 +120,7 @@ async fn exactly_the_rate_per_period_after_the_burst() {
 /// 999 999 999 ns, within the first second.
 #[tokio::test(start_paused = true)]
 async fn an_uneven_interval_never_exceeds_the_rate() {
-    let layer = RateLimitLayer::builder()
-        .rate(3, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = limiter(3, Duration::from_secs(1), Some(1), false);
     let admitted = greedy_admissions(&layer, Duration::from_secs(1), 1_000).await;
     assert_eq!(admitted.len(), 3, "{admitted:?}");
 }
@@ -112,10 +129,7 @@ async fn an_uneven_interval_never_exceeds_the_rate() {
 /// just after it.
 #[tokio::test(start_paused = true)]
 async fn an_uneven_interval_admits_the_burst_and_the_refills_due_in_the_first_period() {
-    let layer = RateLimitLayer::builder()
-        .rate(3, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = limiter(3, Duration::from_secs(1), None, false);
     let admitted = greedy_admissions(&layer, Duration::from_secs(1), 1_000).await;
     assert_eq!(admitted.len(), 5, "{admitted:?}");
 }
@@ -123,11 +137,7 @@ async fn an_uneven_interval_admits_the_burst_and_the_refills_due_in_the_first_pe
 /// 2 per 3 ns is 1.5 ns apart; whole nanoseconds round that up to 2 ns, never down to 1 ns.
 #[tokio::test(start_paused = true)]
 async fn a_fractional_nanosecond_interval_rounds_up() {
-    let layer = RateLimitLayer::builder()
-        .rate(2, Duration::from_nanos(3))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = limiter(2, Duration::from_nanos(3), Some(1), false);
     let admitted = greedy_admissions(&layer, Duration::from_nanos(3_000), 100_000).await;
     assert!(
         admitted.len() <= 2_000,
@@ -138,11 +148,7 @@ async fn a_fractional_nanosecond_interval_rounds_up() {
 
 #[tokio::test(start_paused = true)]
 async fn burst_one_spaces_calls_evenly() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = limiter(10, Duration::from_secs(1), Some(1), false);
     let service = layer.layer(echo());
     let start = Instant::now();
     let mut admitted = Vec::new();
@@ -157,11 +163,7 @@ async fn burst_one_spaces_calls_evenly() {
 
 #[tokio::test(start_paused = true)]
 async fn larger_burst_then_steady_rate() {
-    let layer = RateLimitLayer::builder()
-        .rate(5, Duration::from_secs(1))
-        .burst(20)
-        .build()
-        .unwrap();
+    let layer = limiter(5, Duration::from_secs(1), Some(20), false);
     let counts = admitted_per_second(&layer, 4).await;
     assert_eq!(counts, vec![24, 5, 5, 5]);
     // Idle for long enough to refill the burst, and it is all there again, and no more.
@@ -172,11 +174,7 @@ async fn larger_burst_then_steady_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn limited_carries_retry_after() {
-    let layer = RateLimitLayer::builder()
-        .rate(4, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = limiter(4, Duration::from_secs(1), Some(1), false);
     let service = layer.layer(echo());
     service.clone().oneshot(1).await.unwrap();
     tokio::time::advance(Duration::from_millis(100)).await;
@@ -190,9 +188,7 @@ async fn limited_carries_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn waits_up_to_max_wait_in_order() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .burst(1)
+    let layer = rate(10, Duration::from_secs(1), Some(1))
         .max_wait(Duration::from_millis(250))
         .build()
         .unwrap();
@@ -229,9 +225,7 @@ async fn waits_up_to_max_wait_in_order() {
 async fn waiters_never_share_a_slot_however_long_they_wait() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(100 * 365 * 86_400))
-        .burst(1)
+    let layer = rate(1, Duration::from_secs(100 * 365 * 86_400), Some(1))
         .max_wait(Duration::MAX)
         .on_event(move |_: &seawall_core::Name, e: &RateLimitEvent| seen.lock().unwrap().push(*e))
         .build()
@@ -276,9 +270,7 @@ async fn waiters_never_share_a_slot_however_long_they_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_waiter_gives_its_permit_back() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .burst(1)
+    let layer = rate(10, Duration::from_secs(1), Some(1))
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -295,10 +287,7 @@ async fn dropped_waiter_gives_its_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn shared_by_clones_and_services_of_one_layer() {
-    let layer = RateLimitLayer::builder()
-        .rate(3, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = limiter(3, Duration::from_secs(1), None, false);
     let a = layer.layer(echo());
     let b = layer.layer(echo());
     a.clone().oneshot(1).await.unwrap();
@@ -309,10 +298,7 @@ async fn shared_by_clones_and_services_of_one_layer() {
 
 #[tokio::test(start_paused = true)]
 async fn limited_comes_from_the_future_not_poll_ready() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(1), None, false);
     let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
     assert_ready_ok!(service.poll_ready());
     let first = service.call(1);
@@ -326,11 +312,7 @@ async fn limited_comes_from_the_future_not_poll_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn backpressure_waits_in_poll_ready() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(1), None, true);
     let (mut service, mut server) = mock::spawn_layer::<u32, u32, _>(layer);
     assert_ready_ok!(service.poll_ready());
     let first = service.call(1);
@@ -355,12 +337,7 @@ async fn backpressure_waits_in_poll_ready() {
 /// cannot send its call next to the ones admitted since: it takes the permit due when it calls.
 #[tokio::test(start_paused = true)]
 async fn backpressure_call_made_late_takes_the_permit_due_then() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(1), Some(1), true);
     let start = Instant::now();
     let ran: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let record = ran.clone();
@@ -397,12 +374,7 @@ async fn backpressure_call_made_late_takes_the_permit_due_then() {
 /// A service made ready at t = 0 while another calls every second, from 1 s: called (or polled
 /// ready again) at 1.5 s, its permit is stale and it takes the next one, at 3 s.
 async fn late_against_a_busy_neighbour(repoll: bool) {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(1), Some(1), true);
     let start = Instant::now();
     // Clones of a `ConcurrencyLimit` start without a permit: a call on anything but the service
     // polled ready panics.
@@ -442,12 +414,7 @@ async fn backpressure_ready_service_polled_again_late_reserves_afresh() {
 /// A ready service called `after` t = 0, its permit's span ended at 0 and the next permit held by
 /// another service: when the call runs.
 async fn called_after_ready(after: Duration) -> Duration {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(1), Some(1), true);
     let start = Instant::now();
     let mut ready = layer.layer(echo());
     let mut waiting = ready.clone();
@@ -480,12 +447,7 @@ async fn backpressure_call_later_than_a_millisecond_past_its_span_waits() {
 /// permit and is ready again at once does not starve one that waits.
 #[tokio::test(start_paused = true)]
 async fn backpressure_waiters_go_in_turn() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .burst(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(10, Duration::from_secs(1), Some(1), true);
     let service = layer.layer(echo());
     let eager = tokio::spawn({
         let mut service = service.clone();
@@ -520,12 +482,7 @@ async fn backpressure_waiters_go_in_turn() {
 /// pending on a timer rather than waking itself in a loop.
 #[tokio::test(start_paused = true)]
 async fn backpressure_past_the_clocks_range_waits_without_spinning() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(100 * 365 * 86_400))
-        .burst(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
+    let layer = limiter(1, Duration::from_secs(100 * 365 * 86_400), Some(1), true);
     let service = layer.layer(echo());
     // Kept, as each holds its own reservation.
     let mut clones = Vec::new();
@@ -551,9 +508,7 @@ async fn backpressure_past_the_clocks_range_waits_without_spinning() {
 /// whose `Clone` forgets readiness.
 #[tokio::test(start_paused = true)]
 async fn waiting_call_uses_the_ready_inner_service() {
-    let layer = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .burst(1)
+    let layer = rate(10, Duration::from_secs(1), Some(1))
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap();
