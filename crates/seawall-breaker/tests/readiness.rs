@@ -180,15 +180,20 @@ async fn inner_errors_pass_through_untouched() {
     assert_eq!(err.to_string(), "boom");
 }
 
-#[tokio::test(start_paused = true)]
-async fn polling_ready_again_after_a_rejection_asks_the_breaker_again() {
-    let layer = BreakerLayer::builder()
+/// A breaker that opens on one failure and, 1 s later, lets one probe through.
+fn open_for_a_second_on_a_failure() -> BreakerLayer {
+    BreakerLayer::builder()
         .consecutive_failures(1)
         .wait_duration(Duration::from_secs(1))
         .permitted_probes(1)
         .jitter(0.0)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn polling_ready_again_after_a_rejection_asks_the_breaker_again() {
+    let layer = open_for_a_second_on_a_failure();
     let handle = layer.handle();
     let (inner, reached) = dependency();
     let mut svc = layer.layer(inner);
@@ -220,13 +225,7 @@ async fn polling_ready_again_after_a_rejection_asks_the_breaker_again() {
 /// error from `poll_ready`) keeps serving once the breaker lets calls through again.
 #[tokio::test(start_paused = true)]
 async fn behind_buffer_a_rejection_does_not_poison_the_buffer() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .permitted_probes(1)
-        .jitter(0.0)
-        .build()
-        .unwrap();
+    let layer = open_for_a_second_on_a_failure();
     let handle = layer.handle();
     let (inner, reached) = dependency();
     let svc: BoxCloneService<Call, &'static str, BoxError> =
