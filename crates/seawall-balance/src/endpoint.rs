@@ -427,6 +427,14 @@ mod tests {
         (a - b).abs() <= 1e-6 * a.abs().max(b.abs())
     }
 
+    /// Equal but for the rounding of an estimate to `f32` and of its times to ticks: an age read
+    /// in whole ticks is off by less than a tick, which changes a decay over `tau_ns` by less
+    /// than `TICK_NS / tau_ns` of the value.
+    fn close_decayed(a: f64, b: f64, tau_ns: f64) -> bool {
+        let tolerance = f64::from(f32::EPSILON) + TICK_NS / tau_ns;
+        (a - b).abs() <= tolerance * a.abs().max(b.abs())
+    }
+
     /// A failure penalty of 1 s, decayed for 9 s of a 10 s decay, costs 407 ms: a 500 ms sample
     /// is above that and replaces it.
     #[test]
@@ -491,14 +499,14 @@ mod tests {
         update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
-                stats.record_peak(20 * SECOND, 1e6, TAU);
+                stats.record_peak(14 * SECOND, 1e6, TAU);
             }
-            next_peak(bits, tick(20 * SECOND), 0.5e6, TAU)
+            next_peak(bits, tick(14 * SECOND), 0.5e6, TAU)
         });
-        assert_eq!(stats.peak_cost(20 * SECOND, TAU, DEFAULT), 1e6);
-        // Read as a pair: the sample is as of 20 s, and decays from then on.
-        let later = stats.peak_cost(25 * SECOND, TAU, DEFAULT);
-        assert!(close(later, 1e6 * (-0.5f64).exp()), "{later}");
+        assert_eq!(stats.peak_cost(14 * SECOND, TAU, DEFAULT), 1e6);
+        // Read as a pair: the sample is as of 14 s, and decays from then on.
+        let later = stats.peak_cost(19 * SECOND, TAU, DEFAULT);
+        assert!(close_decayed(later, 1e6 * (-0.5f64).exp(), TAU), "{later}");
     }
 
     /// An estimate made by an update that read the clock after this one did is as of now: it is
