@@ -289,8 +289,11 @@ const TICK_SHIFT: u32 = 16;
 const TICK_NS: f64 = (1u64 << TICK_SHIFT) as f64;
 
 /// How far ahead of a reading of the clock an estimate may have been made: by an update that
-/// read the clock later and wrote first. Ticks further ahead are ticks that wrapped: a long time.
-const AHEAD: u32 = 1 << 16;
+/// read the clock later and wrote first. Such a race takes microseconds; 2^8 ticks (about 17 ms)
+/// leave room for a thread descheduled in between. Ticks further ahead are ticks that wrapped: a
+/// long time. So an estimate left alone for a multiple of the wrap (78 hours) is taken for a
+/// new one only in the 17 ms before each multiple.
+const AHEAD: u32 = 1 << 8;
 
 /// The tick a time in nanoseconds falls in, wrapping.
 #[inline]
@@ -510,8 +513,9 @@ mod tests {
     }
 
     /// An estimate made by an update that read the clock after this one did is as of now: it is
-    /// not decayed, and keeps its time. One whose tick is far ahead is one whose ticks wrapped
-    /// since: old.
+    /// not decayed, and keeps its time. One whose tick is ahead by more than such a race takes
+    /// (a few milliseconds) is one whose ticks wrapped since: old, so an estimate left alone for
+    /// a multiple of the wrap reads as old but for a moment, not for seconds.
     #[test]
     fn an_estimate_ahead_of_the_clock_is_as_of_now() {
         let made = Estimate {
@@ -522,8 +526,10 @@ mod tests {
         let (dt, at) = made.age(tick(10 * SECOND + SECOND));
         assert!((dt - 1e9).abs() <= TICK_NS, "{dt}");
         assert_eq!(at, tick(11 * SECOND));
-        let (dt, _) = made.age(made.at.wrapping_sub(1 << 20));
-        assert!(dt > 3600e9, "{dt}");
+        for behind in [SECOND / 10, SECOND, 5 * SECOND, 3600 * SECOND] {
+            let (dt, _) = made.age(tick(10 * SECOND + (1 << 48) - behind));
+            assert!(dt > 3600e9, "{behind} ns short of a wrap: {dt}");
+        }
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:
