@@ -363,7 +363,7 @@ fn next_peak(bits: u64, now: u32, rtt_ns: f64, tau_ns: f64) -> u64 {
         // estimate is stale and the new sample replaces it.
         Estimate::write(rtt_ns, at)
     } else {
-        Estimate::write(current * w + rtt_ns * (1.0 - w), at)
+        averaged(bits, current * w + rtt_ns * (1.0 - w), at)
     }
 }
 
@@ -375,7 +375,27 @@ fn next_latency(bits: u64, now: u32, rtt_ns: f64, tau_ns: f64) -> u64 {
     };
     let (dt, at) = estimate.age(now);
     let w = (-dt / tau_ns).exp();
-    Estimate::write(estimate.value * w + rtt_ns * (1.0 - w), at)
+    let value = estimate.value * w + rtt_ns * (1.0 - w);
+    if dt >= tau_ns {
+        // Written with the new time whatever it is, so an estimate samples keep equal to it
+        // is never older than a decay period (its ticks never wrap).
+        return Estimate::write(value, at);
+    }
+    averaged(bits, value, at)
+}
+
+/// The word for an estimate averaged to `value` at tick `at`, or `bits` unchanged when `value`
+/// rounds to the estimate `bits` holds. Samples close together (one a tick, over a long decay)
+/// each move the estimate by less than half an `f32` step: written with the new tick, each
+/// would be rounded away and the estimate would stop short of the samples. Left with its old
+/// tick, the estimate ages until a sample's weight is enough to move it.
+#[inline]
+fn averaged(bits: u64, value: f64, at: u32) -> u64 {
+    if (value as f32).to_bits() == (bits >> 32) as u32 {
+        bits
+    } else {
+        Estimate::write(value, at)
+    }
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
@@ -530,6 +550,29 @@ mod tests {
             let (dt, _) = made.age(tick(10 * SECOND + (1 << 48) - behind));
             assert!(dt > 3600e9, "{behind} ns short of a wrap: {dt}");
         }
+    }
+
+    /// Samples of 1 ms at one per tick, from an estimate of 2 ms with a 300 s decay: each moves
+    /// the estimate by less than half an `f32` step, yet both estimates converge on 1 ms as
+    /// the decay says, rather than stop where one sample's step rounds away.
+    #[test]
+    fn samples_too_close_together_to_move_an_estimate_still_add_up() {
+        const TAU: f64 = 300e9;
+        let stats = Stats::default();
+        stats.record_peak(0, 2e6, TAU);
+        stats.record_latency(0, 2e6, TAU);
+        // ln(100) decay periods take the estimate to within 1 % of the samples; a few more.
+        let ticks = (5.0 * TAU / TICK_NS) as u64;
+        for t in 1..=ticks {
+            let now = t << TICK_SHIFT;
+            stats.record_peak(now, 1e6, TAU);
+            stats.record_latency(now, 1e6, TAU);
+        }
+        let now = ticks << TICK_SHIFT;
+        let peak = stats.peak_cost(now, TAU, DEFAULT);
+        assert!((peak - 1e6).abs() < 0.01e6, "peak {peak}");
+        let latency = stats.latency_ns().unwrap();
+        assert!((latency - 1e6).abs() < 0.01e6, "latency {latency}");
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:
