@@ -309,7 +309,9 @@ where
         tried += 1;
         // Once every available endpoint has been tried there is nothing left to ask for: a
         // turn-taking picker would walk its shared counter over the whole set to find nothing.
-        // Counted up to one more than can be tried, so a large set is not walked either.
+        // Counted up to one more than can be tried: the count stops there when that many are
+        // available, and walks the whole set (asking the filter of each endpoint, as the
+        // fallback below does) when fewer are.
         let open = (0..n)
             .filter(|&i| available(i, &snapshot.endpoints[i].key))
             .take(unready.len() + 1)
