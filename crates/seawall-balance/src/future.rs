@@ -1,6 +1,6 @@
 use crate::{
     endpoint::{Endpoint, Key, Stats},
-    picker::{PickCx, Tuning},
+    picker::{PickCx, Skip, Tuning},
     set::Snapshot,
     shared::Shared,
     BalanceEvent, NoEndpoints,
@@ -30,10 +30,6 @@ use tower_service::Service;
 
 /// The least a waiting call sleeps before asking the filter again.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
-
-/// How many more picks a call asks for when the picked endpoint is not ready, before it takes any
-/// available endpoint that is.
-const REPICKS: usize = 3;
 
 pin_project! {
     /// The response future of [`Balance`](crate::Balance).
@@ -220,9 +216,8 @@ where
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
 {
-    /// Picks an available endpoint and polls it ready; if it is not, picks again without it, then
-    /// falls back to any other available endpoint that is ready, so one unready endpoint never
-    /// holds a call up.
+    /// Picks an available endpoint and polls it ready; if it is not, picks again without it, and
+    /// so on through every available endpoint, so one unready endpoint never holds a call up.
     fn try_pick(
         shared: &Shared<K, S, C>,
         snapshot: &Snapshot<K, S>,
@@ -259,10 +254,10 @@ where
         } else {
             0
         };
-        // Endpoints tried and passed over, so neither a pick nor the fallback tries one twice.
-        // They are skipped, not taken for unavailable: they are busy, not out, so a zone-aware
-        // pick still judges their zone's health with them.
-        let pick = |rng: &mut SmallRng, skip: &[usize]| {
+        // Endpoints tried and passed over, so no pick tries one twice. They are skipped, not
+        // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
+        // zone's health with them.
+        let pick = |rng: &mut SmallRng, skip: &Skip| {
             let mut pcx = PickCx {
                 rng,
                 hash,
@@ -278,15 +273,15 @@ where
         };
         // The endpoint held is polled above: no pick takes a second service of it (with a
         // concurrency limit, a second permit).
-        let mut unready = [usize::MAX; REPICKS + 2];
+        let mut skip = Skip::default();
         let mut tried = 0;
         if let Some((held, _)) = pending {
             if let Some(i) = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, held)) {
-                unready[0] = i;
+                skip.insert(i);
                 tried = 1;
             }
         }
-        let Some(first) = pick(rng, &unready[..tried]) else {
+        let Some(first) = pick(rng, &skip) else {
             return Step::Wait;
         };
         let ep = &snapshot.endpoints[first];
@@ -299,28 +294,24 @@ where
             },
             Poll::Pending => Some(svc),
         };
-        // The pick is not ready. Ask the picker again without it, a few times: a consistent hash
-        // then walks on along its ring, so a key keeps to the endpoints it would move to anyway;
-        // the random and least-loaded pickers draw afresh rather than load the next endpoint in
-        // the set; and the turn-taking pickers pass the turn on to the next one due, so an
-        // unready endpoint's turns spread over the others as its unavailable turns do (in turn,
-        // in proportion to their weights), rather than all going to its neighbour in the set.
-        unready[tried] = first;
+        // The pick is not ready. Ask the picker again without it, and without each endpoint
+        // tried since, until one is ready or every available endpoint was tried: a consistent
+        // hash then walks on along its ring, so a key keeps to the endpoints it would move to
+        // anyway; the random and least-loaded pickers draw afresh rather than load the next
+        // endpoint in the set; the turn-taking pickers pass the turn on to the next one due, so
+        // an unready endpoint's turns spread over the others as its unavailable turns do (in
+        // turn, in proportion to their weights), rather than all going to its neighbour in the
+        // set; and a zone-aware pick sends what a busy local zone cannot take to the healthy
+        // zones, however many local endpoints are busy.
+        skip.insert(first);
         tried += 1;
         // Once every available endpoint has been tried there is nothing left to ask for: a
         // turn-taking picker would walk its shared counter over the whole set to find nothing.
-        // Counted up to one more than can be tried: the count stops there when that many are
-        // available, and walks the whole set (asking the filter of each endpoint, as the
-        // fallback below does) when fewer are.
         let open = (0..n)
             .filter(|&i| available(i, &snapshot.endpoints[i].key))
-            .take(unready.len() + 1)
             .count();
-        for _ in 0..REPICKS {
-            if tried >= open {
-                break;
-            }
-            let Some(i) = pick(rng, &unready[..tried]) else {
+        while tried < open {
+            let Some(i) = pick(rng, &skip) else {
                 break;
             };
             let other = &snapshot.endpoints[i];
@@ -330,24 +321,8 @@ where
                 Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
                 Poll::Pending => {}
             }
-            unready[tried] = i;
+            skip.insert(i);
             tried += 1;
-        }
-        // Still none: take any other available endpoint that is ready.
-        if tried < open {
-            for step in 1..n {
-                let i = (first + step) % n;
-                let other = &snapshot.endpoints[i];
-                if unready[..tried].contains(&i) || !available(i, &other.key) {
-                    continue;
-                }
-                let mut candidate = other.service.clone();
-                match candidate.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
-                    Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
-                    Poll::Pending => {}
-                }
-            }
         }
         if let (None, Some(svc)) = (&*pending, first_svc) {
             *pending = Some((ep.clone(), svc));

@@ -192,7 +192,46 @@ pub(crate) struct PickCx<'a, K> {
     pub(crate) available: &'a dyn Fn(usize, &K) -> bool,
     /// Endpoints this pick must not choose though they are available (tried already and not
     /// ready): they still count as available where a picker judges the set (a zone's health).
-    pub(crate) skip: &'a [usize],
+    pub(crate) skip: &'a Skip,
+}
+
+/// Places in a set of endpoints, as bits: in place for the first 256, on the heap only beyond.
+#[derive(Debug, Default)]
+pub(crate) struct Skip {
+    words: [u64; Skip::IN_PLACE],
+    more: Vec<u64>,
+}
+
+impl Skip {
+    const IN_PLACE: usize = 4;
+
+    /// Whether place `i` is in the set.
+    #[inline]
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        let word = match self.words.get(i / 64) {
+            Some(&word) => word,
+            None => self.more.get(i / 64 - Self::IN_PLACE).copied().unwrap_or(0),
+        };
+        word >> (i % 64) & 1 == 1
+    }
+
+    /// Adds place `i`; returns whether it was not in the set already.
+    pub(crate) fn insert(&mut self, i: usize) -> bool {
+        let word = match self.words.get_mut(i / 64) {
+            Some(word) => word,
+            None => {
+                let at = i / 64 - Self::IN_PLACE;
+                if self.more.len() <= at {
+                    self.more.resize(at + 1, 0);
+                }
+                &mut self.more[at]
+            }
+        };
+        let bit = 1 << (i % 64);
+        let new = *word & bit == 0;
+        *word |= bit;
+        new
+    }
 }
 
 /// Tuning read on the hot path, precomputed from the [`Picker`].
@@ -261,7 +300,7 @@ impl Picker {
             return None;
         }
         let usable = |i: usize| (cx.available)(i, &set.endpoints[i].key);
-        let avail = |i: usize| !cx.skip.contains(&i) && usable(i);
+        let avail = |i: usize| !cx.skip.contains(i) && usable(i);
         match self {
             Picker::RoundRobin => {
                 // An unavailable endpoint's turn goes to the next call's turn, so the others
@@ -575,13 +614,26 @@ mod tests {
                 now: 0,
                 round_robin: &rr,
                 available: avail,
-                skip: &[],
+                skip: &Skip::default(),
             };
             if let Some(i) = picker.pick(set, &tuning, &mut cx) {
                 counts[i] += 1;
             }
         }
         counts
+    }
+
+    /// Places in place and on the heap are kept apart and added once.
+    #[test]
+    fn skip_holds_places_far_apart() {
+        let mut skip = Skip::default();
+        for i in [0, 63, 64, 255, 256, 1000] {
+            assert!(!skip.contains(i), "{i}");
+            assert!(skip.insert(i), "{i}");
+            assert!(!skip.insert(i), "{i}");
+        }
+        let held: Vec<usize> = (0..2000).filter(|&i| skip.contains(i)).collect();
+        assert_eq!(held, [0, 63, 64, 255, 256, 1000]);
     }
 
     /// Two idle endpoints among busy ones: whichever places they hold in the set, each takes

@@ -628,34 +628,42 @@ async fn a_busy_local_endpoint_does_not_send_calls_to_another_zone() {
     assert_eq!(hits[1] + hits[2], 300, "{hits:?}");
 }
 
-/// Every local endpoint busy: the local zone is still healthy (busy is not out), and the calls
-/// it cannot take spread over the other zones' endpoints by power of two choices, not onto the
-/// endpoint that follows the local ones in the set.
-#[tokio::test(start_paused = true)]
-async fn calls_the_busy_local_zone_cannot_take_spread_over_the_other_zones() {
+/// `local` local endpoints, all busy, followed in the set by 5 endpoints in each of two other
+/// zones, all ready; returns how many of 1000 sequential calls each endpoint took.
+async fn hits_with_the_local_zone_busy(local: usize) -> Vec<u32> {
     let (tx, balance) = balancer(
         BalanceLayer::builder()
             .seed(9)
             .picker(Picker::zone_aware("local"))
             .outlier_detection(OutlierDetection::disabled()),
     );
-    // Endpoints 0 to 2 (local) are never ready; 3 to 12 are in two other zones.
-    let zones: Vec<&str> = [("local", 3), ("east", 5), ("west", 5)]
+    let zones: Vec<&str> = [("local", local), ("east", 5), ("west", 5)]
         .into_iter()
         .flat_map(|(zone, n)| std::iter::repeat_n(zone, n))
         .collect();
-    let gates = send_gates(&tx, in_zones(&zones), 3);
+    let gates = send_gates(&tx, in_zones(&zones), local);
     common::settle().await;
     for i in 0..1000 {
         balance.clone().oneshot(i).await.unwrap();
     }
-    let hits = hits(&gates);
-    assert_eq!(hits[..3], [0, 0, 0], "{hits:?}");
-    // A fair share is 100 calls each.
-    assert!(
-        hits[3..].iter().all(|&h| (50..=200).contains(&h)),
-        "{hits:?}"
-    );
+    hits(&gates)
+}
+
+/// Every local endpoint busy: the local zone is still healthy (busy is not out), and the calls
+/// it cannot take spread over the other zones' endpoints by power of two choices, not onto the
+/// endpoint that follows the local ones in the set; however many local endpoints a call has to
+/// try first.
+#[tokio::test(start_paused = true)]
+async fn calls_the_busy_local_zone_cannot_take_spread_over_the_other_zones() {
+    for local in [3, 6, 12] {
+        let hits = hits_with_the_local_zone_busy(local).await;
+        assert!(hits[..local].iter().all(|&h| h == 0), "{hits:?}");
+        // A fair share is 100 calls each.
+        assert!(
+            hits[local..].iter().all(|&h| (50..=200).contains(&h)),
+            "{local} local: {hits:?}"
+        );
+    }
 }
 
 /// An endpoint that is ready, never ready or fails its readiness, as its `mode` says.
