@@ -229,17 +229,34 @@ where
     ) -> Step<K, S> {
         let n = snapshot.len();
         let panic = shared.panicking(n);
+        // Endpoints tried and passed over, so no pick tries one twice. They are skipped, not
+        // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
+        // zone's health with them.
+        let mut skip = Skip::default();
+        let mut tried = 0;
+        // The endpoint held, if this poll polled one, and the last readiness error this poll saw
+        // of an endpoint whose error this call counted.
+        let mut held_at = None;
+        let mut broken: Option<BoxError> = None;
         if let Some((ep, mut svc)) = pending.take() {
             // Only while the endpoint is still available; else it is dropped (with anything its
             // service reserved) and the pick starts over. It is in `snapshot`: the caller lets go
             // of it when it moves to a set without it.
             if shared.available(panic, &ep) {
+                // No pick takes a second service of it (with a concurrency limit, a second
+                // permit), nor polls it again if it failed.
+                held_at = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, &ep));
+                if let Some(i) = held_at {
+                    skip.insert(i);
+                    tried = 1;
+                }
                 match svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
                     Poll::Ready(Err(e)) => {
-                        if let Some(step) = Self::ready_failed(shared, &ep, e, failed) {
-                            return step;
+                        if Self::record_ready_error(shared, &ep, failed) {
+                            return Step::Fail(e.into());
                         }
+                        broken = Some(e.into());
                     }
                     Poll::Pending => *pending = Some((ep, svc)),
                 }
@@ -249,14 +266,26 @@ where
             return Step::Wait;
         }
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
+        // The endpoints whose readiness error this call counted already are passed over, so
+        // that the pick is one that may become ready, which the call can hold. They are polled
+        // again only when no other endpoint is left to wait for.
+        let mut known_broken = 0;
+        if !failed.is_empty() {
+            for (i, ep) in snapshot.endpoints.iter().enumerate() {
+                if failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats))
+                    && available(i, &ep.key)
+                    && skip.insert(i)
+                {
+                    known_broken += 1;
+                }
+            }
+            tried += known_broken;
+        }
         let now = if shared.settings.picker.uses_latency() {
             shared.nanos(Instant::now())
         } else {
             0
         };
-        // Endpoints tried and passed over, so no pick tries one twice. They are skipped, not
-        // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
-        // zone's health with them.
         let pick = |rng: &mut SmallRng, skip: &Skip| {
             let mut pcx = PickCx {
                 rng,
@@ -271,30 +300,7 @@ where
                 .picker
                 .pick(snapshot, &shared.tuning, &mut pcx)
         };
-        // The endpoint held is polled above: no pick takes a second service of it (with a
-        // concurrency limit, a second permit).
-        let mut skip = Skip::default();
-        let mut tried = 0;
-        if let Some((held, _)) = pending {
-            if let Some(i) = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, held)) {
-                skip.insert(i);
-                tried = 1;
-            }
-        }
-        let Some(first) = pick(rng, &skip) else {
-            return Step::Wait;
-        };
-        let ep = &snapshot.endpoints[first];
-        let mut svc = ep.service.clone();
-        let first_svc = match svc.poll_ready(cx) {
-            Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
-            Poll::Ready(Err(e)) => match Self::ready_failed(shared, ep, e, failed) {
-                Some(step) => return step,
-                None => None,
-            },
-            Poll::Pending => Some(svc),
-        };
-        // The pick is not ready. Ask the picker again without it, and without each endpoint
+        // If the pick is not ready, ask the picker again without it, and without each endpoint
         // tried since, until one is ready or every available endpoint was tried: a consistent
         // hash then walks on along its ring, so a key keeps to the endpoints it would move to
         // anyway; the random and least-loaded pickers draw afresh rather than load the next
@@ -303,61 +309,95 @@ where
         // turn, in proportion to their weights), rather than all going to its neighbour in the
         // set; and a zone-aware pick sends what a busy local zone cannot take to the healthy
         // zones, however many local endpoints are busy.
-        skip.insert(first);
-        tried += 1;
+        //
         // Once every available endpoint has been tried there is nothing left to ask for: a
         // turn-taking picker would walk its shared counter over the whole set to find nothing.
-        let open = (0..n)
-            .filter(|&i| available(i, &snapshot.endpoints[i].key))
-            .count();
-        while tried < open {
+        // The available endpoints are counted once the pick is not ready.
+        let mut open = None;
+        // The first endpoint tried that was not ready, kept when no service is held, so that its
+        // readiness wakes the call.
+        let mut waiting: Option<(usize, S)> = None;
+        while open.is_none_or(|open| tried < open) {
             let Some(i) = pick(rng, &skip) else {
                 break;
             };
-            let other = &snapshot.endpoints[i];
-            let mut candidate = other.service.clone();
-            match candidate.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Step::Call(other.clone(), candidate),
-                Poll::Ready(Err(e)) => Self::passed_over(shared, other, e, failed),
-                Poll::Pending => {}
+            let ep = &snapshot.endpoints[i];
+            let mut svc = ep.service.clone();
+            match svc.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
+                // The pick's readiness error fails the call; one of an endpoint tried after it is
+                // passed over.
+                Poll::Ready(Err(e)) if open.is_none() => {
+                    if Self::record_ready_error(shared, ep, failed) {
+                        return Step::Fail(e.into());
+                    }
+                    broken = Some(e.into());
+                }
+                Poll::Ready(Err(e)) => broken = Some(Self::passed_over(shared, ep, e, failed)),
+                Poll::Pending => {
+                    if pending.is_none() && waiting.is_none() {
+                        waiting = Some((i, svc));
+                    }
+                }
             }
             skip.insert(i);
             tried += 1;
+            if open.is_none() {
+                open = Some(
+                    (0..n)
+                        .filter(|&i| available(i, &snapshot.endpoints[i].key))
+                        .count(),
+                );
+            }
         }
-        if let (None, Some(svc)) = (&*pending, first_svc) {
-            *pending = Some((ep.clone(), svc));
+        if pending.is_some() {
+            return Step::Wait;
         }
-        Step::Wait
-    }
-
-    /// The picked endpoint's readiness failed: the call fails with the endpoint's error, which
-    /// counts against the endpoint. Unless this call has passed over that endpoint's error
-    /// already (it waits, and polls again): then it passes over it again (`None`).
-    fn ready_failed(
-        shared: &Shared<K, S, C>,
-        ep: &Endpoint<K, S>,
-        e: S::Error,
-        failed: &mut Vec<Arc<Stats>>,
-    ) -> Option<Step<K, S>> {
-        if !Self::record_ready_error(shared, ep, failed) {
-            return None;
+        if let Some((i, svc)) = waiting {
+            *pending = Some((snapshot.endpoints[i].clone(), svc));
+            return Step::Wait;
         }
-        Some(Step::Fail(e.into()))
+        // Nothing to wait for but the endpoints this call found broken: poll them again, and
+        // when none has recovered, fail with an error of theirs, as a call whose pick fails.
+        if known_broken > 0 {
+            for (i, ep) in snapshot.endpoints.iter().enumerate() {
+                if Some(i) == held_at
+                    || !failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats))
+                    || !available(i, &ep.key)
+                {
+                    continue;
+                }
+                let mut svc = ep.service.clone();
+                match svc.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
+                    Poll::Ready(Err(e)) => broken = Some(e.into()),
+                    Poll::Pending => {
+                        *pending = Some((ep.clone(), svc));
+                        return Step::Wait;
+                    }
+                }
+            }
+        }
+        match broken {
+            Some(e) => Step::Fail(e),
+            None => Step::Wait,
+        }
     }
 
     /// An endpoint tried after the pick was not ready failed its readiness: the call goes on to
     /// the next candidate, and the error counts against the endpoint as it would had the
-    /// endpoint been picked, once per call.
+    /// endpoint been picked, once per call. Returns the error.
     fn passed_over(
         shared: &Shared<K, S, C>,
         ep: &Endpoint<K, S>,
         e: S::Error,
         failed: &mut Vec<Arc<Stats>>,
-    ) {
+    ) -> BoxError {
+        let error: BoxError = e.into();
         if Self::record_ready_error(shared, ep, failed) {
-            let error: BoxError = e.into();
             tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness");
         }
+        error
     }
 
     /// Counts a readiness error against `ep` unless this call counted one of its already;
@@ -555,7 +595,10 @@ mod tests {
     use super::*;
     use crate::Picker;
     use rand::SeedableRng;
-    use std::sync::atomic::Ordering::Relaxed;
+    use std::{
+        sync::{atomic::Ordering::Relaxed, Mutex, Weak},
+        task::Waker,
+    };
     use tower::discover::Change;
 
     /// An endpoint that is never ready.
@@ -574,6 +617,152 @@ mod tests {
         fn call(&mut self, _: u32) -> Self::Future {
             unreachable!("never ready")
         }
+    }
+
+    /// An endpoint that is ready, not ready or fails its readiness, as its `mode` says. Each clone
+    /// of its service keeps its own waker, as a connection's pending permit does: a clone
+    /// dropped while not ready wakes nothing when the endpoint turns ready.
+    #[derive(Default)]
+    struct Valve {
+        mode: Arc<std::sync::atomic::AtomicU8>,
+        polls: Arc<AtomicUsize>,
+        wakers: Arc<Mutex<Vec<Weak<WakerSlot>>>>,
+        waker: Arc<WakerSlot>,
+    }
+
+    type WakerSlot = Mutex<Option<Waker>>;
+
+    impl Valve {
+        const READY: u8 = 0;
+        const PENDING: u8 = 1;
+        const BROKEN: u8 = 2;
+
+        fn set(&self, mode: u8) {
+            self.mode.store(mode, Relaxed);
+            for waker in self.wakers.lock().unwrap().iter() {
+                if let Some(waker) = waker.upgrade().and_then(|w| w.lock().unwrap().take()) {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    impl Clone for Valve {
+        fn clone(&self) -> Self {
+            let waker = Arc::default();
+            self.wakers.lock().unwrap().push(Arc::downgrade(&waker));
+            Valve {
+                mode: self.mode.clone(),
+                polls: self.polls.clone(),
+                wakers: self.wakers.clone(),
+                waker,
+            }
+        }
+    }
+
+    impl Service<u32> for Valve {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            self.polls.fetch_add(1, Relaxed);
+            match self.mode.load(Relaxed) {
+                Valve::READY => Poll::Ready(Ok(())),
+                Valve::PENDING => {
+                    *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Err("connection refused".into())),
+            }
+        }
+
+        fn call(&mut self, _: u32) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A round-robin balancer over `modes.len()` valves in those modes, whose next turn is
+    /// `turn`, and a call on it, not polled yet.
+    #[allow(clippy::type_complexity)]
+    fn valves(
+        modes: &[u8],
+        turn: usize,
+    ) -> (
+        Arc<Shared<usize, Valve, seawall_core::classify::DefaultClassifier>>,
+        Vec<Valve>,
+        tokio_test::task::Spawn<
+            ResponseFuture<
+                usize,
+                Valve,
+                seawall_core::classify::DefaultClassifier,
+                u32,
+                std::future::Ready<Result<(), BoxError>>,
+            >,
+        >,
+    ) {
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        let valves: Vec<Valve> = modes
+            .iter()
+            .map(|&mode| {
+                let valve = Valve::default();
+                valve.mode.store(mode, Relaxed);
+                valve
+            })
+            .collect();
+        for (i, valve) in valves.iter().enumerate() {
+            shared.apply(Change::Insert(i, valve.clone()));
+        }
+        shared.round_robin.store(turn, Relaxed);
+        let call = tokio_test::task::spawn(ResponseFuture::new(
+            shared.clone(),
+            shared.current(),
+            shared.version.load(Acquire),
+            0u32,
+            SmallRng::seed_from_u64(2),
+            None,
+        ));
+        (shared, valves, call)
+    }
+
+    /// Round robin over A, B and C, A's turn first: A and C are not ready and B is broken. The
+    /// call holds A, counts B's error and passes over it. Then A leaves the set, and the call's
+    /// next turn may be B's or C's. It passes over B, which it found broken already, without
+    /// polling it, and holds C, so C turning ready wakes it and it calls C.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_that_lets_go_of_its_endpoint_holds_another_not_ready() {
+        for turn in [0, 3] {
+            let modes = [Valve::PENDING, Valve::BROKEN, Valve::PENDING];
+            let (shared, valves, mut call) = valves(&modes, turn);
+            assert!(call.poll().is_pending());
+            let b_polls = valves[1].polls.load(Relaxed);
+            shared.apply(Change::Remove(0));
+            assert!(call.poll().is_pending());
+            assert_eq!(valves[1].polls.load(Relaxed), b_polls, "B polled again");
+            assert!(!call.is_woken());
+            valves[2].set(Valve::READY);
+            assert!(
+                call.is_woken(),
+                "turn {turn}: C's readiness did not wake the call"
+            );
+            assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
+        }
+    }
+
+    /// A waiting call whose every available endpoint failed its readiness, and whose error it
+    /// counted already, fails with the error, as a call whose pick fails does, rather than wait
+    /// (with no `max_wait`, for ever) for an endpoint it would not call.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_left_with_only_broken_endpoints_fails_with_their_error() {
+        let (shared, valves, mut call) = valves(&[Valve::PENDING, Valve::BROKEN], 0);
+        assert!(call.poll().is_pending());
+        shared.apply(Change::Remove(0));
+        match call.poll() {
+            Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "connection refused"),
+            Poll::Ready(Ok(())) => panic!("called a broken endpoint"),
+            Poll::Pending => panic!("waits with nothing to wait for"),
+        }
+        drop(valves);
     }
 
     /// Twenty endpoints, two of them available and both busy: a waiting call tries each once per
