@@ -883,3 +883,22 @@ async fn a_waiting_call_does_not_poll_a_second_service_of_the_endpoint_it_holds(
         assert_eq!(grew, 1, "{picker:?}: {before:?} -> {after:?}");
     }
 }
+
+/// A waiting call holds a busy endpoint and has passed over one whose readiness failed; that
+/// endpoint recovers while the busy one stays busy: the call's next wake-up finds it and calls
+/// it, rather than wait on the busy endpoint until `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_takes_an_endpoint_it_found_broken_once_it_recovers() {
+    let (tx, balance) = balancer(round_robin().max_wait(None));
+    let switches = send_switches(&tx, 2);
+    common::settle().await;
+    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    let mut call = spawn(balance.clone().oneshot(1));
+    assert_pending!(call.poll());
+    assert_pending!(call.poll());
+    switches[1].mode.store(Switch::READY, Relaxed);
+    assert_eq!(assert_ready_ok!(call.poll()), 1);
+}
