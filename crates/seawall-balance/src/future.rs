@@ -229,6 +229,9 @@ where
     ) -> Step<K, S> {
         let n = snapshot.len();
         let panic = shared.panicking(n);
+        // Whether this call has tried no endpoint yet: only then does its pick's readiness error
+        // fail it. A call that waits on an endpoint passes over one that fails since.
+        let fresh = pending.is_none() && failed.is_empty();
         // Endpoints tried and passed over, so no pick tries one twice. They are skipped, not
         // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
         // zone's health with them.
@@ -325,13 +328,11 @@ where
             let mut svc = ep.service.clone();
             match svc.poll_ready(cx) {
                 Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
-                // The pick's readiness error fails the call; one of an endpoint tried after it is
-                // passed over.
-                Poll::Ready(Err(e)) if open.is_none() => {
-                    if Self::record_ready_error(shared, ep, failed) {
-                        return Step::Fail(e.into());
-                    }
-                    broken = Some(e.into());
+                // The call's first pick's readiness error fails the call; one of an endpoint
+                // tried after it, in this poll or an earlier one, is passed over.
+                Poll::Ready(Err(e)) if fresh && open.is_none() => {
+                    Self::record_ready_error(shared, ep, failed);
+                    return Step::Fail(e.into());
                 }
                 Poll::Ready(Err(e)) => broken = Some(Self::passed_over(shared, ep, e, failed)),
                 Poll::Pending => {

@@ -902,3 +902,31 @@ async fn a_waiting_call_takes_an_endpoint_it_found_broken_once_it_recovers() {
     switches[1].mode.store(Switch::READY, Relaxed);
     assert_eq!(assert_ready_ok!(call.poll()), 1);
 }
+
+/// A waiting call holds a busy endpoint; another endpoint it found busy too then fails its
+/// readiness. The call's next pick is that endpoint: its error counts against the endpoint, once,
+/// but does not fail the call, which waits on and calls the endpoint it holds once it is ready.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_passes_over_an_endpoint_that_broke_while_it_waited() {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
+            .outlier_detection(ejecting_after(2)),
+    );
+    let switches = send_switches(&tx, 2);
+    common::settle().await;
+    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::PENDING, Relaxed);
+    let mut call = spawn(balance.clone().oneshot(1));
+    assert_pending!(call.poll());
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    for _ in 0..4 {
+        assert_pending!(call.poll());
+    }
+    switches[0].mode.store(Switch::READY, Relaxed);
+    assert_eq!(assert_ready_ok!(call.poll()), 0);
+    assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
+}
