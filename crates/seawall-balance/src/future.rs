@@ -236,7 +236,6 @@ where
         // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
         // zone's health with them.
         let mut skip = Skip::default();
-        let mut tried = 0;
         // The endpoint held, if this poll polled one, and the last readiness error this poll saw
         // of an endpoint whose error this call counted.
         let mut held_at = None;
@@ -251,7 +250,6 @@ where
                 held_at = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, &ep));
                 if let Some(i) = held_at {
                     skip.insert(i);
-                    tried = 1;
                 }
                 match svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
@@ -282,7 +280,6 @@ where
                     known_broken += 1;
                 }
             }
-            tried += known_broken;
         }
         let now = if shared.settings.picker.uses_latency() {
             shared.nanos(Instant::now())
@@ -315,12 +312,14 @@ where
         //
         // Once every available endpoint has been tried there is nothing left to ask for: a
         // turn-taking picker would walk its shared counter over the whole set to find nothing.
-        // The available endpoints are counted once the pick is not ready.
-        let mut open = None;
+        // The available endpoints not tried yet are counted once the pick is not ready, in one
+        // pass that reads each endpoint's availability and whether it was tried together (so an
+        // endpoint taken out meanwhile is left out of both).
+        let mut left = None;
         // The first endpoint tried that was not ready, kept when no service is held, so that its
         // readiness wakes the call.
         let mut waiting: Option<(usize, S)> = None;
-        while open.is_none_or(|open| tried < open) {
+        while left.is_none_or(|left| left > 0) {
             let Some(i) = pick(rng, &skip) else {
                 break;
             };
@@ -330,7 +329,7 @@ where
                 Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
                 // The call's first pick's readiness error fails the call; one of an endpoint
                 // tried after it, in this poll or an earlier one, is passed over.
-                Poll::Ready(Err(e)) if fresh && open.is_none() => {
+                Poll::Ready(Err(e)) if fresh && left.is_none() => {
                     Self::record_ready_error(shared, ep, failed);
                     return Step::Fail(e.into());
                 }
@@ -342,14 +341,12 @@ where
                 }
             }
             skip.insert(i);
-            tried += 1;
-            if open.is_none() {
-                open = Some(
-                    (0..n)
-                        .filter(|&i| available(i, &snapshot.endpoints[i].key))
-                        .count(),
-                );
-            }
+            left = Some(match left {
+                None => (0..n)
+                    .filter(|&i| !skip.contains(i) && available(i, &snapshot.endpoints[i].key))
+                    .count(),
+                Some(left) => left - 1,
+            });
         }
         // The endpoints this call found broken are polled again: one that has recovered takes
         // the call, though another endpoint is held (it may stay busy for long), and one not
@@ -632,6 +629,8 @@ mod tests {
         polls: Arc<AtomicUsize>,
         wakers: Arc<Mutex<Vec<Weak<WakerSlot>>>>,
         waker: Arc<WakerSlot>,
+        // An endpoint that outlier detection takes out when this one is polled.
+        ejects: Arc<Mutex<Option<Arc<Stats>>>>,
     }
 
     type WakerSlot = Mutex<Option<Waker>>;
@@ -660,6 +659,7 @@ mod tests {
                 polls: self.polls.clone(),
                 wakers: self.wakers.clone(),
                 waker,
+                ejects: self.ejects.clone(),
             }
         }
     }
@@ -671,6 +671,9 @@ mod tests {
 
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
             self.polls.fetch_add(1, Relaxed);
+            if let Some(stats) = &*self.ejects.lock().unwrap() {
+                stats.ejected.store(true, Relaxed);
+            }
             match self.mode.load(Relaxed) {
                 Valve::READY => Poll::Ready(Ok(())),
                 Valve::PENDING => {
@@ -765,6 +768,26 @@ mod tests {
             Poll::Pending => panic!("waits with nothing to wait for"),
         }
         drop(valves);
+    }
+
+    /// Round robin over A, K, B and C, A's turn first: A, B and C are not ready and K is broken.
+    /// The call holds A and passes over K. On its next poll, polling B takes K out: the call
+    /// still tries C, which has turned ready, rather than count K among the endpoints it tried.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_tries_every_endpoint_when_one_it_found_broken_is_taken_out() {
+        let modes = [
+            Valve::PENDING,
+            Valve::BROKEN,
+            Valve::PENDING,
+            Valve::PENDING,
+        ];
+        let (shared, valves, mut call) = valves(&modes, 0);
+        assert!(call.poll().is_pending());
+        *valves[2].ejects.lock().unwrap() = Some(shared.current().endpoints[1].stats.clone());
+        valves[3].mode.store(Valve::READY, Relaxed);
+        let c_polls = valves[3].polls.load(Relaxed);
+        assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
+        assert_eq!(valves[3].polls.load(Relaxed), c_polls + 1);
     }
 
     /// Twenty endpoints, two of them available and both busy: a waiting call tries each once per
