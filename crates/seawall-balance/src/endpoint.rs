@@ -233,10 +233,14 @@ impl Stats {
     /// Records a latency sample in the PeakEWMA: a sample above the current value (the decayed
     /// estimate the picker sees) replaces it, a lower one is averaged in with weight decaying over
     /// `tau`, and one arriving after a whole `tau` without samples replaces a stale estimate.
+    /// `clock` reads the time in nanoseconds; it is read once the estimate is loaded, so that
+    /// an estimate written while this thread was held up between the call's end and the update
+    /// is not taken for one made before the clock's last reading.
     #[inline]
-    pub(crate) fn record_peak(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let now = tick(now);
-        update(&self.peak, |bits| next_peak(bits, now, rtt_ns, tau_ns));
+    pub(crate) fn record_peak(&self, clock: impl Fn() -> u64, rtt_ns: f64, tau_ns: f64) {
+        update(&self.peak, |bits| {
+            next_peak(bits, tick(clock()), rtt_ns, tau_ns)
+        });
     }
 
     /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
@@ -245,11 +249,18 @@ impl Stats {
     /// (the decayed estimate; for one stale, at least `default_ns`; for one never measured,
     /// `default_ns`). A shorter one changes nothing, not even the estimate's time: a new endpoint
     /// is left for the next answer to measure, and an estimate still goes stale a decay period
-    /// after its last sample however many calls are dropped meanwhile.
+    /// after its last sample however many calls are dropped meanwhile. `clock` is read as for
+    /// [`record_peak`](Stats::record_peak).
     #[inline]
-    pub(crate) fn record_dropped(&self, now: u64, elapsed_ns: f64, tau_ns: f64, default_ns: f64) {
-        let now = tick(now);
+    pub(crate) fn record_dropped(
+        &self,
+        clock: impl Fn() -> u64,
+        elapsed_ns: f64,
+        tau_ns: f64,
+        default_ns: f64,
+    ) {
         let _ = self.peak.fetch_update(Relaxed, Relaxed, |bits| {
+            let now = tick(clock());
             let (in_flight, at) = match Estimate::read(bits) {
                 None => (default_ns, now),
                 Some(estimate) => {
@@ -266,11 +277,11 @@ impl Stats {
         });
     }
 
-    /// Records a successful call's latency in the plain EWMA used by latency ejection.
-    pub(crate) fn record_latency(&self, now: u64, rtt_ns: f64, tau_ns: f64) {
-        let now = tick(now);
+    /// Records a successful call's latency in the plain EWMA used by latency ejection; `clock`
+    /// is read as for [`record_peak`](Stats::record_peak).
+    pub(crate) fn record_latency(&self, clock: impl Fn() -> u64, rtt_ns: f64, tau_ns: f64) {
         update(&self.latency, |bits| {
-            next_latency(bits, now, rtt_ns, tau_ns)
+            next_latency(bits, tick(clock()), rtt_ns, tau_ns)
         });
         self.latency_samples.fetch_add(1, Relaxed);
     }
@@ -289,11 +300,13 @@ const TICK_SHIFT: u32 = 16;
 const TICK_NS: f64 = (1u64 << TICK_SHIFT) as f64;
 
 /// How far ahead of a reading of the clock an estimate may have been made: by an update that
-/// read the clock later and wrote first. Such a race takes microseconds; 2^8 ticks (about 17 ms)
-/// leave room for a thread descheduled in between. Ticks further ahead are ticks that wrapped: a
-/// long time. So an estimate left alone for a multiple of the wrap (78 hours) is taken for a
-/// new one only in the 17 ms before each multiple.
-const AHEAD: u32 = 1 << 8;
+/// read the clock later and wrote first, or before a pick that read it once and then polled
+/// endpoints. Such a race takes microseconds; 2^14 ticks (about 1 s) leave room for a thread
+/// descheduled in between (a container's CPU quota throttles it for up to its period, often
+/// 100 ms). Ticks further ahead are ticks that wrapped: a long time. So an estimate left alone
+/// for a multiple of the wrap (78 hours) is taken for a new one only in the second before each
+/// multiple.
+const AHEAD: u32 = 1 << 14;
 
 /// The tick a time in nanoseconds falls in, wrapping.
 #[inline]
@@ -463,10 +476,10 @@ mod tests {
     #[test]
     fn a_sample_above_the_decayed_estimate_replaces_it() {
         let stats = Stats::default();
-        stats.record_peak(0, 1e9, TAU);
+        stats.record_peak(|| 0, 1e9, TAU);
         let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
         assert!((seen - 406.6e6).abs() < 0.1e6, "{seen}");
-        stats.record_peak(9 * SECOND, 500e6, TAU);
+        stats.record_peak(|| 9 * SECOND, 500e6, TAU);
         assert_eq!(stats.peak_cost(9 * SECOND, TAU, DEFAULT), 500e6);
     }
 
@@ -474,9 +487,9 @@ mod tests {
     #[test]
     fn a_sample_below_the_decayed_estimate_is_averaged_in() {
         let stats = Stats::default();
-        stats.record_peak(0, 1e9, TAU);
+        stats.record_peak(|| 0, 1e9, TAU);
         let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
-        stats.record_peak(9 * SECOND, 300e6, TAU);
+        stats.record_peak(|| 9 * SECOND, 300e6, TAU);
         let after = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
         assert!(300e6 < after && after < seen, "{after} of {seen}");
     }
@@ -486,11 +499,11 @@ mod tests {
     #[test]
     fn a_dropped_call_only_raises_the_estimate() {
         let stats = Stats::default();
-        stats.record_peak(0, 100e6, TAU);
+        stats.record_peak(|| 0, 100e6, TAU);
         let seen = stats.peak_cost(SECOND, TAU, DEFAULT);
-        stats.record_dropped(SECOND, 1e3, TAU, DEFAULT);
+        stats.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
         assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), seen));
-        stats.record_dropped(SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(|| SECOND, 2e9, TAU, DEFAULT);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -499,12 +512,12 @@ mod tests {
     #[test]
     fn an_update_racing_a_penalty_keeps_it() {
         let stats = Stats::default();
-        stats.record_peak(0, 10e6, TAU);
+        stats.record_peak(|| 0, 10e6, TAU);
         let mut raced = false;
         update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
-                stats.record_peak(SECOND, 1e9, TAU);
+                stats.record_peak(|| SECOND, 1e9, TAU);
             }
             next_peak(bits, tick(SECOND), 1e6, TAU)
         });
@@ -517,12 +530,12 @@ mod tests {
     #[test]
     fn an_update_racing_another_sees_each_estimate_as_old_as_it_is() {
         let stats = Stats::default();
-        stats.record_peak(0, 1e9, TAU);
+        stats.record_peak(|| 0, 1e9, TAU);
         let mut raced = false;
         update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
-                stats.record_peak(14 * SECOND, 1e6, TAU);
+                stats.record_peak(|| 14 * SECOND, 1e6, TAU);
             }
             next_peak(bits, tick(14 * SECOND), 0.5e6, TAU)
         });
@@ -533,23 +546,49 @@ mod tests {
     }
 
     /// An estimate made by an update that read the clock after this one did is as of now: it is
-    /// not decayed, and keeps its time. One whose tick is ahead by more than such a race takes
-    /// (a few milliseconds) is one whose ticks wrapped since: old, so an estimate left alone for
-    /// a multiple of the wrap reads as old but for a moment, not for seconds.
+    /// not decayed, and keeps its time, though the other thread was held up for a while. One
+    /// whose tick is ahead by more than such a race takes (up to about a second) is one whose
+    /// ticks wrapped since: old, so an estimate left alone for a multiple of the wrap reads as
+    /// old but for a second, not for longer.
     #[test]
     fn an_estimate_ahead_of_the_clock_is_as_of_now() {
         let made = Estimate {
             value: 1e6,
             at: tick(10 * SECOND),
         };
-        assert_eq!(made.age(tick(10 * SECOND - SECOND / 100)), (0.0, made.at));
+        for ahead in [SECOND / 100, SECOND / 10, SECOND / 2] {
+            assert_eq!(
+                made.age(tick(10 * SECOND - ahead)),
+                (0.0, made.at),
+                "{ahead}"
+            );
+        }
         let (dt, at) = made.age(tick(10 * SECOND + SECOND));
         assert!((dt - 1e9).abs() <= TICK_NS, "{dt}");
         assert_eq!(at, tick(11 * SECOND));
-        for behind in [SECOND / 10, SECOND, 5 * SECOND, 3600 * SECOND] {
+        for behind in [2 * SECOND, 5 * SECOND, 3600 * SECOND] {
             let (dt, _) = made.age(tick(10 * SECOND + (1 << 48) - behind));
             assert!(dt > 3600e9, "{behind} ns short of a wrap: {dt}");
         }
+    }
+
+    /// An update whose thread read the clock, then was descheduled for 20 ms (a throttled
+    /// container) while another call recorded a failure penalty: the penalty is newer than the
+    /// update's reading, not 78 hours old, so the update keeps it, and a latency sample keeps
+    /// the EWMA it finds.
+    #[test]
+    fn an_update_that_read_the_clock_before_a_pause_keeps_a_newer_estimate() {
+        const PAUSE: u64 = 20_000_000;
+        let stats = Stats::default();
+        stats.record_peak(|| SECOND, 10e6, TAU);
+        stats.record_peak(|| SECOND + PAUSE, 1e9, TAU);
+        stats.record_peak(|| SECOND, 1e6, TAU);
+        let cost = stats.peak_cost(SECOND + PAUSE, TAU, DEFAULT);
+        assert!(cost > 0.99e9, "{cost}");
+        stats.record_latency(|| SECOND + PAUSE, 900e6, TAU);
+        stats.record_latency(|| SECOND, 1e6, TAU);
+        let latency = stats.latency_ns().unwrap();
+        assert!(latency > 800e6, "{latency}");
     }
 
     /// Samples of 1 ms at one per tick, from an estimate of 2 ms with a 300 s decay: each moves
@@ -559,14 +598,14 @@ mod tests {
     fn samples_too_close_together_to_move_an_estimate_still_add_up() {
         const TAU: f64 = 300e9;
         let stats = Stats::default();
-        stats.record_peak(0, 2e6, TAU);
-        stats.record_latency(0, 2e6, TAU);
+        stats.record_peak(|| 0, 2e6, TAU);
+        stats.record_latency(|| 0, 2e6, TAU);
         // ln(100) decay periods take the estimate to within 1 % of the samples; a few more.
         let ticks = (5.0 * TAU / TICK_NS) as u64;
         for t in 1..=ticks {
             let now = t << TICK_SHIFT;
-            stats.record_peak(now, 1e6, TAU);
-            stats.record_latency(now, 1e6, TAU);
+            stats.record_peak(|| now, 1e6, TAU);
+            stats.record_latency(|| now, 1e6, TAU);
         }
         let now = ticks << TICK_SHIFT;
         let peak = stats.peak_cost(now, TAU, DEFAULT);
@@ -580,7 +619,7 @@ mod tests {
     #[test]
     fn a_latency_sample_racing_the_reset_starts_the_fresh_record() {
         let stats = Stats::default();
-        stats.record_latency(0, 900e6, TAU);
+        stats.record_latency(|| 0, 900e6, TAU);
         let mut raced = false;
         update(&stats.latency, |bits| {
             if !raced {
@@ -598,14 +637,14 @@ mod tests {
     #[test]
     fn a_call_dropped_at_once_does_not_make_an_endpoint_look_fast() {
         let never = Stats::default();
-        never.record_dropped(SECOND, 1e3, TAU, DEFAULT);
+        never.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
         assert_eq!(never.peak.load(Relaxed), NONE);
         never.outstanding.store(1, Relaxed);
         assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
         let stale = Stats::default();
-        stale.record_peak(0, 1e6, TAU);
+        stale.record_peak(|| 0, 1e6, TAU);
         let before = stale.peak.load(Relaxed);
-        stale.record_dropped(20 * SECOND, 1e3, TAU, DEFAULT);
+        stale.record_dropped(|| 20 * SECOND, 1e3, TAU, DEFAULT);
         assert_eq!(stale.peak.load(Relaxed), before);
         stale.outstanding.store(1, Relaxed);
         assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
@@ -616,8 +655,8 @@ mod tests {
     #[test]
     fn a_call_dropped_at_once_leaves_a_new_endpoint_to_be_measured() {
         let stats = Stats::default();
-        stats.record_dropped(SECOND, 1e3, TAU, DEFAULT);
-        stats.record_peak(SECOND + 1_000_000, 1e6, TAU);
+        stats.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
+        stats.record_peak(|| SECOND + 1_000_000, 1e6, TAU);
         assert_eq!(stats.peak_cost(SECOND + 1_000_000, TAU, DEFAULT), 1e6);
     }
 
@@ -626,7 +665,7 @@ mod tests {
     #[test]
     fn a_call_dropped_late_measures_a_new_endpoint() {
         let stats = Stats::default();
-        stats.record_dropped(SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(|| SECOND, 2e9, TAU, DEFAULT);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -635,9 +674,9 @@ mod tests {
     #[test]
     fn calls_dropped_at_once_do_not_keep_an_estimate_from_going_stale() {
         let stats = Stats::default();
-        stats.record_peak(0, 100e6, TAU);
+        stats.record_peak(|| 0, 100e6, TAU);
         for s in 1..10 {
-            stats.record_dropped(s * SECOND, 1e3, TAU, DEFAULT);
+            stats.record_dropped(|| s * SECOND, 1e3, TAU, DEFAULT);
         }
         assert_eq!(stats.peak_cost(11 * SECOND, TAU, DEFAULT), 0.0);
     }

@@ -354,12 +354,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     ) {
         let stats = &ep.stats;
         let timing = match (start, end) {
-            (Some(s), Some(e)) => Some((
-                self.nanos(e),
-                e.saturating_duration_since(s).as_nanos() as f64,
-            )),
+            (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_nanos() as f64),
             _ => None,
         };
+        // Estimates are made as of when they are written, not as of `end`: the classifier ran
+        // since, and the thread may have been held up.
+        let now = || self.nanos(Instant::now());
         match outcome {
             Outcome::Success => {
                 if self.count_outcomes {
@@ -368,7 +368,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         stats.consecutive_failures.store(0, Relaxed);
                     }
                 }
-                if let Some((now, rtt)) = timing {
+                if let Some(rtt) = timing {
                     if self.settings.picker.uses_latency() {
                         stats.record_peak(now, rtt, self.tuning.tau_ns);
                     }
@@ -378,7 +378,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
             Outcome::Failure => {
-                if let Some((now, rtt)) = timing {
+                if let Some(rtt) = timing {
                     if self.settings.picker.uses_latency() {
                         // A failure counts as slow: fast failures must not attract traffic.
                         stats.record_peak(now, rtt.max(self.tuning.penalty_ns), self.tuning.tau_ns);
