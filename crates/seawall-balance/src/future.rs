@@ -6,7 +6,7 @@ use crate::{
     BalanceEvent, NoEndpoints,
 };
 use pin_project_lite::pin_project;
-use rand::rngs::SmallRng;
+use rand::{rngs::SmallRng, Rng};
 use seawall_core::{deadline::deadline_after, metrics, BoxError, Classify, Outcome};
 use std::{
     fmt,
@@ -30,6 +30,11 @@ use tower_service::Service;
 
 /// The least a waiting call sleeps before asking the filter again.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+/// How many times a call asks the picker for an endpoint in one look before it walks the rest
+/// of the set in order: most picks cost a pass over the set once most endpoints were tried, so
+/// asking once per endpoint would cost a pass per endpoint.
+const MAX_ASKS: usize = 32;
 
 pin_project! {
     /// The response future of [`Balance`](crate::Balance).
@@ -300,7 +305,8 @@ where
                 .pick(snapshot, &shared.tuning, &mut pcx)
         };
         // If the pick is not ready, ask the picker again without it, and without each endpoint
-        // tried since, until one is ready or every available endpoint was tried: a consistent
+        // tried since, until one is ready or every available endpoint was tried (past
+        // `MAX_ASKS` asks, the rest are tried in the set's order from a random place): a consistent
         // hash then walks on along its ring, so a key keeps to the endpoints it would move to
         // anyway; the random and least-loaded pickers draw afresh rather than load the next
         // endpoint in the set; the turn-taking pickers pass the turn on to the next one due, so
@@ -318,8 +324,27 @@ where
         // The first endpoint tried that was not ready, kept when no service is held, so that its
         // readiness wakes the call.
         let mut waiting: Option<(usize, S)> = None;
+        let mut asks = 0;
+        // Past `MAX_ASKS` asks: where the walk over the set started, and how far it has come.
+        let mut walk: Option<(usize, usize)> = None;
         while left.is_none_or(|left| left > 0) {
-            let Some(i) = pick(rng, &skip) else {
+            let next = if asks < MAX_ASKS {
+                asks += 1;
+                pick(rng, &skip)
+            } else {
+                let (start, step) = walk.get_or_insert_with(|| (rng.random_range(0..n), 0));
+                let mut next = None;
+                while *step < n {
+                    let i = (*start + *step) % n;
+                    *step += 1;
+                    if !skip.contains(i) && available(i, &snapshot.endpoints[i].key) {
+                        next = Some(i);
+                        break;
+                    }
+                }
+                next
+            };
+            let Some(i) = next else {
                 break;
             };
             let ep = &snapshot.endpoints[i];

@@ -930,3 +930,57 @@ async fn a_waiting_call_passes_over_an_endpoint_that_broke_while_it_waited() {
     assert_eq!(assert_ready_ok!(call.poll()), 0);
     assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
 }
+
+/// Three hundred endpoints, every one busy: one poll of a waiting call looks at each endpoint a
+/// bounded number of times (counted by the filter), not about once per endpoint it tried,
+/// whichever picker it asks.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_over_many_busy_endpoints_looks_at_each_a_few_times() {
+    const N: usize = 300;
+    // A picker that draws looks at a few endpoints per pick; one that weighs them all (least
+    // outstanding, a zone-aware pick judging each zone's health) at every one: a pass that asks
+    // it again for each endpoint tried looks at each endpoint hundreds of times.
+    for (picker, bound) in [
+        (Picker::Random, 4 * N),
+        (Picker::p2c(), 4 * N),
+        (Picker::consistent_hash(), 4 * N),
+        (Picker::LeastOutstanding, 48 * N),
+        (Picker::zone_aware("z0"), 48 * N),
+    ] {
+        let looks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = looks.clone();
+        let (tx, stream) = channel();
+        let balance = BalanceLayer::builder()
+            .seed(5)
+            .picker(picker.clone())
+            .max_wait(None)
+            .outlier_detection(OutlierDetection::disabled())
+            .filter(move |_: &Tagged<usize>, _: &Switch| {
+                counted.fetch_add(1, Relaxed);
+                true
+            })
+            .build()
+            .unwrap()
+            .layer(stream);
+        for id in 0..N {
+            let switch = Switch {
+                id,
+                mode: Arc::new(Switch::PENDING.into()),
+            };
+            let key = Tagged::new(id).with_zone(format!("z{}", id % 3));
+            tx.send(Change::Insert(key, switch)).unwrap();
+        }
+        common::settle().await;
+        let mut call = spawn(balance.clone().oneshot(0));
+        assert_pending!(call.poll());
+        for _ in 0..3 {
+            let before = looks.load(Relaxed);
+            assert_pending!(call.poll());
+            let per_poll = looks.load(Relaxed) - before;
+            assert!(
+                per_poll <= bound,
+                "{picker:?}: {per_poll} looks in one poll"
+            );
+        }
+    }
+}
