@@ -207,6 +207,9 @@ impl<K, S, C, Req, F> ResponseFuture<K, S, C, Req, F> {
     }
 }
 
+/// An endpoint's place in the set, a service of it and what polling the service ready gave.
+type Polled<S, E> = (usize, S, Poll<Result<(), E>>);
+
 enum Step<K, S> {
     Call(Arc<Endpoint<K, S>>, S),
     Fail(BoxError),
@@ -222,6 +225,7 @@ where
 {
     /// Picks an available endpoint and polls it ready; if it is not, picks again without it, and
     /// so on through every available endpoint, so one unready endpoint never holds a call up.
+    #[inline]
     fn try_pick(
         shared: &Shared<K, S, C>,
         snapshot: &Snapshot<K, S>,
@@ -230,6 +234,71 @@ where
         pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
         failed: &mut Vec<Arc<Stats>>,
         cx: &mut Context<'_>,
+    ) -> Step<K, S> {
+        // A call that holds no endpoint and has found none broken picks with nothing to skip; it
+        // goes on to the rest only when that pick is not ready.
+        if pending.is_some() || !failed.is_empty() {
+            return Self::try_more(shared, snapshot, rng, hash, pending, failed, cx, None);
+        }
+        static NONE_SKIPPED: Skip = Skip::new();
+        let n = snapshot.len();
+        if n == 0 {
+            return Step::Wait;
+        }
+        let panic = shared.panicking(n);
+        let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
+        let now = if shared.settings.picker.uses_latency() {
+            shared.nanos(Instant::now())
+        } else {
+            0
+        };
+        let mut pcx = PickCx {
+            rng,
+            hash,
+            now,
+            round_robin: &shared.round_robin,
+            available: &available,
+            skip: &NONE_SKIPPED,
+        };
+        let Some(i) = shared
+            .settings
+            .picker
+            .pick(snapshot, &shared.tuning, &mut pcx)
+        else {
+            return Step::Wait;
+        };
+        let ep = &snapshot.endpoints[i];
+        let mut svc = ep.service.clone();
+        match svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Step::Call(ep.clone(), svc),
+            ready => Self::try_more(
+                shared,
+                snapshot,
+                rng,
+                hash,
+                pending,
+                failed,
+                cx,
+                Some((i, svc, ready)),
+            ),
+        }
+    }
+
+    /// [`try_pick`](Self::try_pick) past a first pick that was not ready (`first`, the pick,
+    /// its service and what polling it gave), or for a call that holds an endpoint or found one
+    /// broken.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn try_more(
+        shared: &Shared<K, S, C>,
+        snapshot: &Snapshot<K, S>,
+        rng: &mut SmallRng,
+        hash: Option<u64>,
+        pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
+        failed: &mut Vec<Arc<Stats>>,
+        cx: &mut Context<'_>,
+        mut first: Option<Polled<S, S::Error>>,
     ) -> Step<K, S> {
         let n = snapshot.len();
         let panic = shared.panicking(n);
@@ -327,29 +396,41 @@ where
         let mut asks = 0;
         // Past `MAX_ASKS` asks: where the walk over the set started, and how far it has come.
         let mut walk: Option<(usize, usize)> = None;
-        while left.is_none_or(|left| left > 0) {
-            let next = if asks < MAX_ASKS {
-                asks += 1;
-                pick(rng, &skip)
-            } else {
-                let (start, step) = walk.get_or_insert_with(|| (rng.random_range(0..n), 0));
-                let mut next = None;
-                while *step < n {
-                    let i = (*start + *step) % n;
-                    *step += 1;
-                    if !skip.contains(i) && available(i, &snapshot.endpoints[i].key) {
-                        next = Some(i);
-                        break;
-                    }
+        let next = |rng: &mut SmallRng,
+                    skip: &Skip,
+                    asks: &mut usize,
+                    walk: &mut Option<(usize, usize)>| {
+            if *asks < MAX_ASKS {
+                *asks += 1;
+                return pick(rng, skip);
+            }
+            let (start, step) = walk.get_or_insert_with(|| (rng.random_range(0..n), 0));
+            while *step < n {
+                let i = (*start + *step) % n;
+                *step += 1;
+                if !skip.contains(i) && available(i, &snapshot.endpoints[i].key) {
+                    return Some(i);
                 }
-                next
-            };
-            let Some(i) = next else {
-                break;
+            }
+            None
+        };
+        while left.is_none_or(|left| left > 0) {
+            let (i, svc, ready) = match first.take() {
+                Some(first) => {
+                    asks += 1;
+                    first
+                }
+                None => {
+                    let Some(i) = next(rng, &skip, &mut asks, &mut walk) else {
+                        break;
+                    };
+                    let mut svc = snapshot.endpoints[i].service.clone();
+                    let ready = svc.poll_ready(cx);
+                    (i, svc, ready)
+                }
             };
             let ep = &snapshot.endpoints[i];
-            let mut svc = ep.service.clone();
-            match svc.poll_ready(cx) {
+            match ready {
                 Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
                 // The call's first pick's readiness error fails the call; one of an endpoint
                 // tried after it, in this poll or an earlier one, is passed over.

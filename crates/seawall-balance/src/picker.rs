@@ -205,6 +205,14 @@ pub(crate) struct Skip {
 impl Skip {
     const IN_PLACE: usize = 4;
 
+    /// No places.
+    pub(crate) const fn new() -> Self {
+        Skip {
+            words: [0; Skip::IN_PLACE],
+            more: Vec::new(),
+        }
+    }
+
     /// Whether place `i` is in the set.
     #[inline]
     pub(crate) fn contains(&self, i: usize) -> bool {
