@@ -233,13 +233,12 @@ impl Stats {
     /// Records a latency sample in the PeakEWMA: a sample above the current value (the decayed
     /// estimate the picker sees) replaces it, a lower one is averaged in with weight decaying over
     /// `tau`, and one arriving after a whole `tau` without samples replaces a stale estimate.
-    /// `clock` reads the time in nanoseconds; it is read once the estimate is loaded, so that
-    /// an estimate written while this thread was held up between the call's end and the update
-    /// is not taken for one made before the clock's last reading.
+    /// `read` is the time in nanoseconds the caller read when the call ended, and `clock` reads
+    /// it again: see [`now`].
     #[inline]
-    pub(crate) fn record_peak(&self, clock: impl Fn() -> u64, rtt_ns: f64, tau_ns: f64) {
+    pub(crate) fn record_peak(&self, read: u64, clock: impl Fn() -> u64, rtt_ns: f64, tau_ns: f64) {
         update(&self.peak, |bits| {
-            next_peak(bits, tick(clock()), rtt_ns, tau_ns)
+            next_peak(bits, now(bits, read, &clock, tau_ns), rtt_ns, tau_ns)
         });
     }
 
@@ -249,18 +248,19 @@ impl Stats {
     /// (the decayed estimate; for one stale, at least `default_ns`; for one never measured,
     /// `default_ns`). A shorter one changes nothing, not even the estimate's time: a new endpoint
     /// is left for the next answer to measure, and an estimate still goes stale a decay period
-    /// after its last sample however many calls are dropped meanwhile. `clock` is read as for
-    /// [`record_peak`](Stats::record_peak).
+    /// after its last sample however many calls are dropped meanwhile. `read` and `clock` are
+    /// as for [`record_peak`](Stats::record_peak).
     #[inline]
     pub(crate) fn record_dropped(
         &self,
+        read: u64,
         clock: impl Fn() -> u64,
         elapsed_ns: f64,
         tau_ns: f64,
         default_ns: f64,
     ) {
         let _ = self.peak.fetch_update(Relaxed, Relaxed, |bits| {
-            let now = tick(clock());
+            let now = now(bits, read, &clock, tau_ns);
             let (in_flight, at) = match Estimate::read(bits) {
                 None => (default_ns, now),
                 Some(estimate) => {
@@ -277,11 +277,17 @@ impl Stats {
         });
     }
 
-    /// Records a successful call's latency in the plain EWMA used by latency ejection; `clock`
-    /// is read as for [`record_peak`](Stats::record_peak).
-    pub(crate) fn record_latency(&self, clock: impl Fn() -> u64, rtt_ns: f64, tau_ns: f64) {
+    /// Records a successful call's latency in the plain EWMA used by latency ejection; `read`
+    /// and `clock` are as for [`record_peak`](Stats::record_peak).
+    pub(crate) fn record_latency(
+        &self,
+        read: u64,
+        clock: impl Fn() -> u64,
+        rtt_ns: f64,
+        tau_ns: f64,
+    ) {
         update(&self.latency, |bits| {
-            next_latency(bits, tick(clock()), rtt_ns, tau_ns)
+            next_latency(bits, now(bits, read, &clock, tau_ns), rtt_ns, tau_ns)
         });
         self.latency_samples.fetch_add(1, Relaxed);
     }
@@ -289,6 +295,21 @@ impl Stats {
     /// The latency EWMA in nanoseconds, if any call has completed.
     pub(crate) fn latency_ns(&self) -> Option<f64> {
         Estimate::read(self.latency.load(Relaxed)).map(|e| e.value)
+    }
+}
+
+/// The tick an update of the estimate `bits` is made at: that of `read`, the time its caller
+/// read, unless the estimate looks a decay period old or more at `read`, when the clock is read
+/// again. An estimate written after `read` by an update that read the clock later, while this
+/// thread was held up for longer than [`AHEAD`] allows, would look about 78 hours old (its tick
+/// ahead of `read`'s wraps); read again, the clock shows it as new. The clock is read only then,
+/// so an update of an estimate in use costs no second reading.
+#[inline]
+fn now(bits: u64, read: u64, clock: &impl Fn() -> u64, tau_ns: f64) -> u32 {
+    let now = tick(read);
+    match Estimate::read(bits) {
+        Some(estimate) if estimate.age(now).0 >= tau_ns => tick(clock()),
+        _ => now,
     }
 }
 
@@ -476,10 +497,10 @@ mod tests {
     #[test]
     fn a_sample_above_the_decayed_estimate_replaces_it() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 1e9, TAU);
+        stats.record_peak(0, || 0, 1e9, TAU);
         let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
         assert!((seen - 406.6e6).abs() < 0.1e6, "{seen}");
-        stats.record_peak(|| 9 * SECOND, 500e6, TAU);
+        stats.record_peak(9 * SECOND, || 9 * SECOND, 500e6, TAU);
         assert_eq!(stats.peak_cost(9 * SECOND, TAU, DEFAULT), 500e6);
     }
 
@@ -487,9 +508,9 @@ mod tests {
     #[test]
     fn a_sample_below_the_decayed_estimate_is_averaged_in() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 1e9, TAU);
+        stats.record_peak(0, || 0, 1e9, TAU);
         let seen = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
-        stats.record_peak(|| 9 * SECOND, 300e6, TAU);
+        stats.record_peak(9 * SECOND, || 9 * SECOND, 300e6, TAU);
         let after = stats.peak_cost(9 * SECOND, TAU, DEFAULT);
         assert!(300e6 < after && after < seen, "{after} of {seen}");
     }
@@ -499,11 +520,11 @@ mod tests {
     #[test]
     fn a_dropped_call_only_raises_the_estimate() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 100e6, TAU);
+        stats.record_peak(0, || 0, 100e6, TAU);
         let seen = stats.peak_cost(SECOND, TAU, DEFAULT);
-        stats.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
         assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), seen));
-        stats.record_dropped(|| SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 2e9, TAU, DEFAULT);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -512,12 +533,12 @@ mod tests {
     #[test]
     fn an_update_racing_a_penalty_keeps_it() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 10e6, TAU);
+        stats.record_peak(0, || 0, 10e6, TAU);
         let mut raced = false;
         update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
-                stats.record_peak(|| SECOND, 1e9, TAU);
+                stats.record_peak(SECOND, || SECOND, 1e9, TAU);
             }
             next_peak(bits, tick(SECOND), 1e6, TAU)
         });
@@ -530,12 +551,12 @@ mod tests {
     #[test]
     fn an_update_racing_another_sees_each_estimate_as_old_as_it_is() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 1e9, TAU);
+        stats.record_peak(0, || 0, 1e9, TAU);
         let mut raced = false;
         update(&stats.peak, |bits| {
             if !raced {
                 raced = true;
-                stats.record_peak(|| 14 * SECOND, 1e6, TAU);
+                stats.record_peak(14 * SECOND, || 14 * SECOND, 1e6, TAU);
             }
             next_peak(bits, tick(14 * SECOND), 0.5e6, TAU)
         });
@@ -572,23 +593,24 @@ mod tests {
         }
     }
 
-    /// An update whose thread read the clock, then was descheduled for 20 ms (a throttled
-    /// container) while another call recorded a failure penalty: the penalty is newer than the
-    /// update's reading, not 78 hours old, so the update keeps it, and a latency sample keeps
-    /// the EWMA it finds.
+    /// An update whose thread read the clock, then was descheduled (a throttled container) while
+    /// another call recorded a failure penalty: the penalty is newer than the update's reading,
+    /// not 78 hours old, so the update keeps it, and a latency sample keeps the EWMA it finds.
+    /// Within [`AHEAD`] the estimate is taken as of the reading; beyond, the clock is read again.
     #[test]
     fn an_update_that_read_the_clock_before_a_pause_keeps_a_newer_estimate() {
-        const PAUSE: u64 = 20_000_000;
-        let stats = Stats::default();
-        stats.record_peak(|| SECOND, 10e6, TAU);
-        stats.record_peak(|| SECOND + PAUSE, 1e9, TAU);
-        stats.record_peak(|| SECOND, 1e6, TAU);
-        let cost = stats.peak_cost(SECOND + PAUSE, TAU, DEFAULT);
-        assert!(cost > 0.99e9, "{cost}");
-        stats.record_latency(|| SECOND + PAUSE, 900e6, TAU);
-        stats.record_latency(|| SECOND, 1e6, TAU);
-        let latency = stats.latency_ns().unwrap();
-        assert!(latency > 800e6, "{latency}");
+        for pause in [20_000_000, 5 * SECOND] {
+            let stats = Stats::default();
+            stats.record_peak(SECOND, || SECOND, 10e6, TAU);
+            stats.record_peak(SECOND + pause, || SECOND + pause, 1e9, TAU);
+            stats.record_peak(SECOND, || SECOND + pause, 1e6, TAU);
+            let cost = stats.peak_cost(SECOND + pause, TAU, DEFAULT);
+            assert!(cost > 0.99e9, "{pause}: {cost}");
+            stats.record_latency(SECOND + pause, || SECOND + pause, 900e6, TAU);
+            stats.record_latency(SECOND, || SECOND + pause, 1e6, TAU);
+            let latency = stats.latency_ns().unwrap();
+            assert!(latency > 800e6, "{pause}: {latency}");
+        }
     }
 
     /// Samples of 1 ms at one per tick, from an estimate of 2 ms with a 300 s decay: each moves
@@ -598,14 +620,14 @@ mod tests {
     fn samples_too_close_together_to_move_an_estimate_still_add_up() {
         const TAU: f64 = 300e9;
         let stats = Stats::default();
-        stats.record_peak(|| 0, 2e6, TAU);
-        stats.record_latency(|| 0, 2e6, TAU);
+        stats.record_peak(0, || 0, 2e6, TAU);
+        stats.record_latency(0, || 0, 2e6, TAU);
         // ln(100) decay periods take the estimate to within 1 % of the samples; a few more.
         let ticks = (5.0 * TAU / TICK_NS) as u64;
         for t in 1..=ticks {
             let now = t << TICK_SHIFT;
-            stats.record_peak(|| now, 1e6, TAU);
-            stats.record_latency(|| now, 1e6, TAU);
+            stats.record_peak(now, || now, 1e6, TAU);
+            stats.record_latency(now, || now, 1e6, TAU);
         }
         let now = ticks << TICK_SHIFT;
         let peak = stats.peak_cost(now, TAU, DEFAULT);
@@ -619,7 +641,7 @@ mod tests {
     #[test]
     fn a_latency_sample_racing_the_reset_starts_the_fresh_record() {
         let stats = Stats::default();
-        stats.record_latency(|| 0, 900e6, TAU);
+        stats.record_latency(0, || 0, 900e6, TAU);
         let mut raced = false;
         update(&stats.latency, |bits| {
             if !raced {
@@ -637,14 +659,14 @@ mod tests {
     #[test]
     fn a_call_dropped_at_once_does_not_make_an_endpoint_look_fast() {
         let never = Stats::default();
-        never.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
+        never.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
         assert_eq!(never.peak.load(Relaxed), NONE);
         never.outstanding.store(1, Relaxed);
         assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
         let stale = Stats::default();
-        stale.record_peak(|| 0, 1e6, TAU);
+        stale.record_peak(0, || 0, 1e6, TAU);
         let before = stale.peak.load(Relaxed);
-        stale.record_dropped(|| 20 * SECOND, 1e3, TAU, DEFAULT);
+        stale.record_dropped(20 * SECOND, || 20 * SECOND, 1e3, TAU, DEFAULT);
         assert_eq!(stale.peak.load(Relaxed), before);
         stale.outstanding.store(1, Relaxed);
         assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
@@ -655,8 +677,8 @@ mod tests {
     #[test]
     fn a_call_dropped_at_once_leaves_a_new_endpoint_to_be_measured() {
         let stats = Stats::default();
-        stats.record_dropped(|| SECOND, 1e3, TAU, DEFAULT);
-        stats.record_peak(|| SECOND + 1_000_000, 1e6, TAU);
+        stats.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
+        stats.record_peak(SECOND + 1_000_000, || SECOND + 1_000_000, 1e6, TAU);
         assert_eq!(stats.peak_cost(SECOND + 1_000_000, TAU, DEFAULT), 1e6);
     }
 
@@ -665,7 +687,7 @@ mod tests {
     #[test]
     fn a_call_dropped_late_measures_a_new_endpoint() {
         let stats = Stats::default();
-        stats.record_dropped(|| SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 2e9, TAU, DEFAULT);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -674,9 +696,9 @@ mod tests {
     #[test]
     fn calls_dropped_at_once_do_not_keep_an_estimate_from_going_stale() {
         let stats = Stats::default();
-        stats.record_peak(|| 0, 100e6, TAU);
+        stats.record_peak(0, || 0, 100e6, TAU);
         for s in 1..10 {
-            stats.record_dropped(|| s * SECOND, 1e3, TAU, DEFAULT);
+            stats.record_dropped(s * SECOND, || s * SECOND, 1e3, TAU, DEFAULT);
         }
         assert_eq!(stats.peak_cost(11 * SECOND, TAU, DEFAULT), 0.0);
     }

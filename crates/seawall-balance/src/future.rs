@@ -168,11 +168,16 @@ impl<K, S> Drop for Guard<K, S> {
         // never be measured and would keep winning picks. It can only raise the estimate: a
         // call dropped at once says nothing of how fast the endpoint is.
         if let (Some((epoch, tuning)), Some(start)) = (self.unfinished, self.start) {
-            let elapsed = Instant::now().saturating_duration_since(start).as_nanos() as f64;
-            let clock = || Instant::now().saturating_duration_since(epoch).as_nanos() as u64;
-            self.endpoint
-                .stats
-                .record_dropped(clock, elapsed, tuning.tau_ns, tuning.default_ns);
+            let end = Instant::now();
+            let elapsed = end.saturating_duration_since(start).as_nanos() as f64;
+            let since = |at: Instant| at.saturating_duration_since(epoch).as_nanos() as u64;
+            self.endpoint.stats.record_dropped(
+                since(end),
+                || since(Instant::now()),
+                elapsed,
+                tuning.tau_ns,
+                tuning.default_ns,
+            );
         }
         self.endpoint.stats.outstanding.fetch_sub(1, Relaxed);
     }

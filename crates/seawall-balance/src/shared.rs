@@ -357,8 +357,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_nanos() as f64),
             _ => None,
         };
-        // Estimates are made as of when they are written, not as of `end`: the classifier ran
-        // since, and the thread may have been held up.
+        // Estimates are made as of `end`, or of when they are written if an estimate looks
+        // older than that (the classifier ran since, and the thread may have been held up).
+        let read = end.map_or(0, |end| self.nanos(end));
         let now = || self.nanos(Instant::now());
         match outcome {
             Outcome::Success => {
@@ -370,10 +371,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
                 if let Some(rtt) = timing {
                     if self.settings.picker.uses_latency() {
-                        stats.record_peak(now, rtt, self.tuning.tau_ns);
+                        stats.record_peak(read, now, rtt, self.tuning.tau_ns);
                     }
                     if let Some(lat) = &self.settings.outlier.latency {
-                        stats.record_latency(now, rtt, lat.decay.as_nanos() as f64);
+                        stats.record_latency(read, now, rtt, lat.decay.as_nanos() as f64);
                     }
                 }
             }
@@ -381,7 +382,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 if let Some(rtt) = timing {
                     if self.settings.picker.uses_latency() {
                         // A failure counts as slow: fast failures must not attract traffic.
-                        stats.record_peak(now, rtt.max(self.tuning.penalty_ns), self.tuning.tau_ns);
+                        stats.record_peak(
+                            read,
+                            now,
+                            rtt.max(self.tuning.penalty_ns),
+                            self.tuning.tau_ns,
+                        );
                     }
                 }
                 if self.count_outcomes {
