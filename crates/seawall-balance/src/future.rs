@@ -31,6 +31,9 @@ use tower_service::Service;
 /// The least a waiting call sleeps before asking the filter again.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
 
+/// How often a waiting call that found an endpoint broken polls it again to see it recover.
+const BROKEN_RECHECK: Duration = Duration::from_millis(250);
+
 /// How many times a call asks the picker for an endpoint in one look before it walks the rest
 /// of the set in order: most picks cost a pass over the set once most endpoints were tried, so
 /// asking once per endpoint would cost a pass per endpoint.
@@ -331,12 +334,9 @@ where
                 }
                 match svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
-                    Poll::Ready(Err(e)) => {
-                        if Self::record_ready_error(shared, &ep, failed) {
-                            return Step::Fail(e.into());
-                        }
-                        broken = Some(e.into());
-                    }
+                    // Held, so not this call's first pick: passed over, as another endpoint that
+                    // fails while the call waits.
+                    Poll::Ready(Err(e)) => broken = Some(Self::passed_over(shared, &ep, e, failed)),
                     Poll::Pending => *pending = Some((ep, svc)),
                 }
             }
@@ -631,10 +631,15 @@ where
                         }
                     }
                     // A filter that knows when a refused endpoint returns (an open breaker's
-                    // wait): look again then.
+                    // wait): look again then. An endpoint this call found broken wakes nobody
+                    // when it recovers: look again every `BROKEN_RECHECK` while there is one.
                     if recheck.is_none() {
-                        if let Some(wait) = shared.filter_recheck(snapshot) {
-                            let at = deadline_after(Instant::now(), wait.max(MIN_RECHECK));
+                        let wait = shared
+                            .filter_recheck(snapshot)
+                            .map(|wait| wait.max(MIN_RECHECK))
+                            .or_else(|| (!failed.is_empty()).then_some(BROKEN_RECHECK));
+                        if let Some(wait) = wait {
+                            let at = deadline_after(Instant::now(), wait);
                             recheck.set(Some(sleep_until(at)));
                         }
                     }

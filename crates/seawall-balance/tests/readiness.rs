@@ -931,6 +931,58 @@ async fn a_waiting_call_passes_over_an_endpoint_that_broke_while_it_waited() {
     assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
 }
 
+/// A waiting call holds a busy endpoint, which then fails its readiness while another endpoint
+/// the call found busy becomes ready: the error counts against the held endpoint, once, and the
+/// call goes on to the ready one rather than failing.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_passes_over_the_endpoint_it_held_when_that_breaks() {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
+            .outlier_detection(ejecting_after(2)),
+    );
+    let switches = send_switches(&tx, 2);
+    common::settle().await;
+    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::PENDING, Relaxed);
+    let mut call = spawn(balance.clone().oneshot(1));
+    assert_pending!(call.poll());
+    switches[0].mode.store(Switch::BROKEN, Relaxed);
+    switches[1].mode.store(Switch::READY, Relaxed);
+    assert_eq!(assert_ready_ok!(call.poll()), 1);
+    assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
+}
+
+/// A waiting call holds an endpoint that stays busy; another it found broken recovers, which
+/// wakes nobody: the call looks again on its own and takes it.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_finds_an_endpoint_it_found_broken_recovered_without_a_wake_up() {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
+            .outlier_detection(ejecting_after(2)),
+    );
+    let switches = send_switches(&tx, 2);
+    common::settle().await;
+    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    let call = tokio::spawn(balance.clone().oneshot(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!call.is_finished());
+    switches[1].mode.store(Switch::READY, Relaxed);
+    let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+    assert_eq!(
+        answer.expect("the call was never woken").unwrap().unwrap(),
+        1
+    );
+}
+
 /// Three hundred endpoints, every one busy: one poll of a waiting call looks at each endpoint a
 /// bounded number of times (counted by the filter), not about once per endpoint it tried,
 /// whichever picker it asks.
