@@ -233,7 +233,9 @@ where
 {
     /// Picks an available endpoint and polls it ready; if it is not, picks again without it, and
     /// so on through every available endpoint, so one unready endpoint never holds a call up.
+    /// `waited`: the call has waited before, so its pick's readiness error does not fail it.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn try_pick(
         shared: &Shared<K, S, C>,
         snapshot: &Snapshot<K, S>,
@@ -241,12 +243,15 @@ where
         hash: Option<u64>,
         pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
         failed: &mut Vec<Arc<Stats>>,
+        waited: bool,
         cx: &mut Context<'_>,
     ) -> Step<K, S> {
         // A call that holds no endpoint and has found none broken picks with nothing to skip; it
         // goes on to the rest only when that pick is not ready.
         if pending.is_some() || !failed.is_empty() {
-            return Self::try_more(shared, snapshot, rng, hash, pending, failed, cx, None);
+            return Self::try_more(
+                shared, snapshot, rng, hash, pending, failed, waited, cx, None,
+            );
         }
         static NONE_SKIPPED: Skip = Skip::new();
         let n = snapshot.len();
@@ -286,6 +291,7 @@ where
                 hash,
                 pending,
                 failed,
+                waited,
                 cx,
                 Some((i, svc, ready)),
             ),
@@ -305,14 +311,16 @@ where
         hash: Option<u64>,
         pending: &mut Option<(Arc<Endpoint<K, S>>, S)>,
         failed: &mut Vec<Arc<Stats>>,
+        waited: bool,
         cx: &mut Context<'_>,
         mut first: Option<Polled<S, S::Error>>,
     ) -> Step<K, S> {
         let n = snapshot.len();
         let panic = shared.panicking(n);
-        // Whether this call has tried no endpoint yet: only then does its pick's readiness error
-        // fail it. A call that waits on an endpoint passes over one that fails since.
-        let fresh = pending.is_none() && failed.is_empty();
+        // Whether this call has tried no endpoint yet and never waited: only then does its
+        // pick's readiness error fail it. A call that waits passes over one that fails since,
+        // even after the endpoint it held left the set.
+        let fresh = !waited && pending.is_none() && failed.is_empty();
         // Endpoints tried and passed over, so no pick tries one twice. They are skipped, not
         // taken for unavailable: they are busy, not out, so a zone-aware pick still judges their
         // zone's health with them.
@@ -573,7 +581,9 @@ where
                             wake_waiters(shared);
                         }
                     }
-                    let step = Self::try_pick(shared, snapshot, rng, *hash, pending, failed, cx);
+                    let waited = waiter.is_some();
+                    let step =
+                        Self::try_pick(shared, snapshot, rng, *hash, pending, failed, waited, cx);
                     // An endpoint service still held is dropped when the call leaves the pick
                     // (it calls another endpoint, or gives up at `max_wait`); a readiness error
                     // drops the failed service. Either may give back capacity another call can

@@ -983,6 +983,34 @@ async fn a_waiting_call_finds_an_endpoint_it_found_broken_recovered_without_a_wa
     );
 }
 
+/// A waiting call's held endpoint leaves the set, and its next pick then fails its readiness:
+/// the call has waited, so it passes over the error, waits on the endpoint still busy, and takes
+/// the broken one once it recovers.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waited_passes_over_an_error_after_its_endpoint_left() {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(None)
+            .outlier_detection(ejecting_after(2)),
+    );
+    let switches = send_switches(&tx, 3);
+    common::settle().await;
+    // Turns go 0, 1, 2: once endpoint 2 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 2 {}
+    for switch in &switches {
+        switch.mode.store(Switch::PENDING, Relaxed);
+    }
+    let mut call = spawn(balance.clone().oneshot(1));
+    assert_pending!(call.poll());
+    tx.send(Change::Remove(0)).unwrap();
+    common::settle().await;
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    assert_pending!(call.poll());
+    switches[1].mode.store(Switch::READY, Relaxed);
+    assert_eq!(assert_ready_ok!(call.poll()), 1);
+}
+
 /// Three hundred endpoints, every one busy: one poll of a waiting call looks at each endpoint a
 /// bounded number of times (counted by the filter), not about once per endpoint it tried,
 /// whichever picker it asks.
