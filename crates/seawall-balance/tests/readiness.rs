@@ -701,6 +701,30 @@ impl Service<u64> for Switch {
 }
 
 /// Sends `n` switches, all ready.
+/// A round-robin balancer over `n` switches, answering, with `outlier` detection and `max_wait`,
+/// and endpoint 0's turn next.
+async fn switches_at_turn_zero(
+    n: usize,
+    outlier: OutlierDetection,
+    max_wait: Option<Duration>,
+) -> (
+    common::Sender<usize, Switch>,
+    Balance<usize, Switch>,
+    Vec<Switch>,
+) {
+    let (tx, balance) = balancer(
+        BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .max_wait(max_wait)
+            .outlier_detection(outlier),
+    );
+    let switches = send_switches(&tx, n);
+    common::settle().await;
+    // Turns go 0, 1, …: once the last endpoint has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != n - 1 {}
+    (tx, balance, switches)
+}
+
 fn send_switches(tx: &common::Sender<usize, Switch>, n: usize) -> Vec<Switch> {
     (0..n)
         .map(|id| {
@@ -786,16 +810,7 @@ async fn a_waiting_call_counts_a_readiness_error_once() {
 /// passes over it again rather than failing with its error, and counts the error once.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_passes_over_an_endpoint_it_found_broken_again() {
-    let (tx, balance) = balancer(
-        BalanceLayer::builder()
-            .picker(Picker::RoundRobin)
-            .max_wait(None)
-            .outlier_detection(ejecting_after(2)),
-    );
-    let switches = send_switches(&tx, 2);
-    common::settle().await;
-    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
-    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    let (_tx, balance, switches) = switches_at_turn_zero(2, ejecting_after(2), None).await;
     switches[0].mode.store(Switch::PENDING, Relaxed);
     switches[1].mode.store(Switch::BROKEN, Relaxed);
     let mut call = spawn(balance.clone().oneshot(1));
@@ -908,16 +923,7 @@ async fn a_waiting_call_takes_an_endpoint_it_found_broken_once_it_recovers() {
 /// but does not fail the call, which waits on and calls the endpoint it holds once it is ready.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_passes_over_an_endpoint_that_broke_while_it_waited() {
-    let (tx, balance) = balancer(
-        BalanceLayer::builder()
-            .picker(Picker::RoundRobin)
-            .max_wait(None)
-            .outlier_detection(ejecting_after(2)),
-    );
-    let switches = send_switches(&tx, 2);
-    common::settle().await;
-    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
-    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    let (_tx, balance, switches) = switches_at_turn_zero(2, ejecting_after(2), None).await;
     switches[0].mode.store(Switch::PENDING, Relaxed);
     switches[1].mode.store(Switch::PENDING, Relaxed);
     let mut call = spawn(balance.clone().oneshot(1));
@@ -936,16 +942,7 @@ async fn a_waiting_call_passes_over_an_endpoint_that_broke_while_it_waited() {
 /// call goes on to the ready one rather than failing.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_passes_over_the_endpoint_it_held_when_that_breaks() {
-    let (tx, balance) = balancer(
-        BalanceLayer::builder()
-            .picker(Picker::RoundRobin)
-            .max_wait(None)
-            .outlier_detection(ejecting_after(2)),
-    );
-    let switches = send_switches(&tx, 2);
-    common::settle().await;
-    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
-    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    let (_tx, balance, switches) = switches_at_turn_zero(2, ejecting_after(2), None).await;
     switches[0].mode.store(Switch::PENDING, Relaxed);
     switches[1].mode.store(Switch::PENDING, Relaxed);
     let mut call = spawn(balance.clone().oneshot(1));
@@ -960,16 +957,7 @@ async fn a_waiting_call_passes_over_the_endpoint_it_held_when_that_breaks() {
 /// wakes nobody: the call looks again on its own and takes it.
 #[tokio::test(start_paused = true)]
 async fn a_waiting_call_finds_an_endpoint_it_found_broken_recovered_without_a_wake_up() {
-    let (tx, balance) = balancer(
-        BalanceLayer::builder()
-            .picker(Picker::RoundRobin)
-            .max_wait(None)
-            .outlier_detection(ejecting_after(2)),
-    );
-    let switches = send_switches(&tx, 2);
-    common::settle().await;
-    // Turns go 0, 1: once endpoint 1 has answered, endpoint 0's turn is next.
-    while balance.clone().oneshot(0).await.unwrap() != 1 {}
+    let (_tx, balance, switches) = switches_at_turn_zero(2, ejecting_after(2), None).await;
     switches[0].mode.store(Switch::PENDING, Relaxed);
     switches[1].mode.store(Switch::BROKEN, Relaxed);
     let call = tokio::spawn(balance.clone().oneshot(1));
@@ -988,16 +976,7 @@ async fn a_waiting_call_finds_an_endpoint_it_found_broken_recovered_without_a_wa
 /// the broken one once it recovers.
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waited_passes_over_an_error_after_its_endpoint_left() {
-    let (tx, balance) = balancer(
-        BalanceLayer::builder()
-            .picker(Picker::RoundRobin)
-            .max_wait(None)
-            .outlier_detection(ejecting_after(2)),
-    );
-    let switches = send_switches(&tx, 3);
-    common::settle().await;
-    // Turns go 0, 1, 2: once endpoint 2 has answered, endpoint 0's turn is next.
-    while balance.clone().oneshot(0).await.unwrap() != 2 {}
+    let (tx, balance, switches) = switches_at_turn_zero(3, ejecting_after(2), None).await;
     for switch in &switches {
         switch.mode.store(Switch::PENDING, Relaxed);
     }
