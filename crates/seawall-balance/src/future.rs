@@ -582,14 +582,23 @@ where
                         }
                     }
                     let waited = waiter.is_some();
+                    // The endpoint held before the pick: `snapshot` keeps it alive, so no other
+                    // endpoint takes its address meanwhile.
+                    let before = pending.as_ref().map(|(ep, _)| Arc::as_ptr(ep));
                     let step =
                         Self::try_pick(shared, snapshot, rng, *hash, pending, failed, waited, cx);
                     // An endpoint service still held is dropped when the call leaves the pick
-                    // (it calls another endpoint, or gives up at `max_wait`); a readiness error
-                    // drops the failed service. Either may give back capacity another call can
-                    // take (a probe slot, a permit): wake the waiting calls, as a cancelled call
-                    // does.
+                    // (it calls another endpoint, or gives up at `max_wait`); one the pick let
+                    // go of (no longer available, or its readiness failed) is dropped already.
+                    // Either may give back capacity another call can take (a probe slot, a
+                    // permit): wake the waiting calls, as a cancelled call does.
                     let held = pending.is_some();
+                    let now = pending.as_ref().map(|(ep, _)| Arc::as_ptr(ep));
+                    let called = match &step {
+                        Step::Call(ep, _) => Some(Arc::as_ptr(ep)),
+                        _ => None,
+                    };
+                    let released = before.is_some() && before != now && before != called;
                     match step {
                         Step::Call(endpoint, mut svc) => {
                             let req = req.take().expect("request taken once");
@@ -601,7 +610,7 @@ where
                             let guard = Guard::new(endpoint, start, shared.peak_clock());
                             let fut = svc.call(req);
                             this.state.set(State::Call { fut, guard });
-                            if held {
+                            if held || released {
                                 wake_waiters(shared);
                             }
                             continue;
@@ -611,7 +620,11 @@ where
                             wake_waiters(shared);
                             return Poll::Ready(Err(e));
                         }
-                        Step::Wait => {}
+                        Step::Wait => {
+                            if released {
+                                wake_waiters(shared);
+                            }
+                        }
                     }
                     // Nothing to call yet: arm the deadline, listen for set and health changes,
                     // and look again once listening (a change may have landed since the pick).

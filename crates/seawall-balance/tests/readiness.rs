@@ -1043,3 +1043,72 @@ async fn a_waiting_call_over_many_busy_endpoints_looks_at_each_a_few_times() {
         }
     }
 }
+
+/// A waiting call X holds endpoint A, whose service holds the one permit A and B share; call Y
+/// waits on a third endpoint, C, with that permit taken. A then fails its readiness: X passes
+/// over it, giving the permit back, and goes on to wait on C. Y must be woken to take the permit
+/// on B rather than sleep on.
+#[tokio::test(start_paused = true)]
+async fn a_call_passing_over_the_endpoint_it_held_wakes_the_other_waiters() {
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Semaphore;
+
+    let (tx, stream) = channel();
+    // Endpoint `i` is refused while bit `i` is set.
+    let blocked = Arc::new(AtomicUsize::new(0));
+    let refused = blocked.clone();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .max_wait(None)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(move |key: &usize, _: &ConcurrencyLimit<Switch>| {
+            refused.load(Relaxed) & (1 << key) == 0
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    let shared = Arc::new(Semaphore::new(1));
+    let modes = [Switch::PENDING, Switch::READY, Switch::PENDING];
+    let switches: Vec<Switch> = modes
+        .into_iter()
+        .enumerate()
+        .map(|(id, mode)| Switch {
+            id,
+            mode: Arc::new(mode.into()),
+        })
+        .collect();
+    for (id, switch) in switches.iter().enumerate() {
+        let semaphore = match id {
+            2 => Arc::new(Semaphore::new(100)),
+            _ => shared.clone(),
+        };
+        let limited = ConcurrencyLimit::with_semaphore(switch.clone(), semaphore);
+        tx.send(Change::Insert(id, limited)).unwrap();
+    }
+    common::settle().await;
+    let (a, b, c) = (1 << 0, 1 << 1, 1 << 2);
+
+    // X holds A, and with it the shared permit.
+    blocked.store(b | c, Relaxed);
+    let mut x = spawn(balance.clone().oneshot(0));
+    assert_pending!(x.poll());
+    assert_eq!(shared.available_permits(), 0);
+
+    // Y waits on C, the permit taken.
+    blocked.store(a | b, Relaxed);
+    let y = tokio::spawn(balance.clone().oneshot(1));
+    common::settle().await;
+    assert!(!y.is_finished());
+    blocked.store(0, Relaxed);
+
+    // A breaks: X passes over it and, B refused to it, waits on C.
+    switches[0].mode.store(Switch::BROKEN, Relaxed);
+    blocked.store(b, Relaxed);
+    assert_pending!(x.poll());
+    blocked.store(0, Relaxed);
+    assert_eq!(shared.available_permits(), 1);
+
+    let answer = tokio::time::timeout(Duration::from_secs(5), y).await;
+    assert_eq!(answer.expect("Y was never woken").unwrap().unwrap(), 1);
+    drop(x);
+}
