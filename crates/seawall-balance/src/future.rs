@@ -355,15 +355,17 @@ where
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
         // The endpoints whose readiness error this call counted already are passed over, so
         // that the pick is one that may become ready, which the call can hold. They are polled
-        // again once the picks are done.
+        // again once the picks are done. `broken_at`: the places in the set of the endpoints
+        // whose readiness error this call counted, found once here and added to as picks fail.
+        let mut broken_at: Vec<usize> = Vec::new();
         let mut known_broken = 0;
         if !failed.is_empty() {
             for (i, ep) in snapshot.endpoints.iter().enumerate() {
-                if failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats))
-                    && available(i, &ep.key)
-                    && skip.insert(i)
-                {
-                    known_broken += 1;
+                if failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats)) {
+                    broken_at.push(i);
+                    if available(i, &ep.key) && skip.insert(i) {
+                        known_broken += 1;
+                    }
                 }
             }
         }
@@ -451,7 +453,12 @@ where
                     Self::record_ready_error(shared, ep, failed);
                     return Step::Fail(e.into());
                 }
-                Poll::Ready(Err(e)) => broken = Some(Self::passed_over(shared, ep, e, failed)),
+                Poll::Ready(Err(e)) => {
+                    broken = Some(Self::passed_over(shared, ep, e, failed));
+                    if known_broken > 0 {
+                        broken_at.push(i);
+                    }
+                }
                 Poll::Pending => {
                     if pending.is_none() && waiting.is_none() {
                         waiting = Some((i, svc));
@@ -471,11 +478,14 @@ where
         // ready yet is held when no other is. Their errors are not counted again; left with
         // nothing else, the call fails with the last of them, as a call whose pick fails.
         if known_broken > 0 {
-            for (i, ep) in snapshot.endpoints.iter().enumerate() {
-                if Some(i) == held_at
-                    || !failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats))
-                    || !available(i, &ep.key)
-                {
+            // In the set's order, each once: those that failed in this look were added in the
+            // order they were tried, and one out when the look began may have come back and
+            // failed since.
+            broken_at.sort_unstable();
+            broken_at.dedup();
+            for i in broken_at {
+                let ep = &snapshot.endpoints[i];
+                if Some(i) == held_at || !available(i, &ep.key) {
                     continue;
                 }
                 let mut svc = ep.service.clone();
