@@ -666,14 +666,28 @@ where
                     // A filter that knows when a refused endpoint returns (an open breaker's
                     // wait): look again then. An endpoint this call found broken wakes nobody
                     // when it recovers: look again every `BROKEN_RECHECK` while there is one.
-                    if recheck.is_none() {
-                        let wait = shared
-                            .filter_recheck(snapshot)
-                            .map(|wait| wait.max(MIN_RECHECK))
-                            .or_else(|| (!failed.is_empty()).then_some(BROKEN_RECHECK));
-                        if let Some(wait) = wait {
-                            let at = deadline_after(Instant::now(), wait);
-                            recheck.set(Some(sleep_until(at)));
+                    // Whichever comes first; a recheck armed before an endpoint broke is brought
+                    // forward.
+                    let now = Instant::now();
+                    let broken_at =
+                        (!failed.is_empty()).then(|| deadline_after(now, BROKEN_RECHECK));
+                    let armed = recheck.as_ref().as_pin_ref().map(|r| r.deadline());
+                    let at = match armed {
+                        None => {
+                            let filter_at = shared
+                                .filter_recheck(snapshot)
+                                .map(|wait| deadline_after(now, wait.max(MIN_RECHECK)));
+                            match (filter_at, broken_at) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            }
+                        }
+                        Some(armed) => broken_at.filter(|&b| b < armed),
+                    };
+                    if let Some(at) = at {
+                        match recheck.as_mut().as_pin_mut() {
+                            Some(r) => r.reset(at),
+                            None => recheck.set(Some(sleep_until(at))),
                         }
                     }
                     if let Some(r) = recheck.as_mut().as_pin_mut() {

@@ -702,7 +702,7 @@ impl Service<u64> for Switch {
 
 /// Sends `n` switches, all ready.
 /// A round-robin balancer over `n` switches, answering, with `outlier` detection and `max_wait`,
-/// and endpoint 0's turn next.
+/// and endpoint 0's turn next. Seeded, so the turns after that are the same in every run.
 async fn switches_at_turn_zero(
     n: usize,
     outlier: OutlierDetection,
@@ -715,6 +715,7 @@ async fn switches_at_turn_zero(
     let (tx, balance) = balancer(
         BalanceLayer::builder()
             .picker(Picker::RoundRobin)
+            .seed(2)
             .max_wait(max_wait)
             .outlier_detection(outlier),
     );
@@ -971,9 +972,9 @@ async fn a_waiting_call_finds_an_endpoint_it_found_broken_recovered_without_a_wa
     );
 }
 
-/// A waiting call's held endpoint leaves the set, and its next pick then fails its readiness:
-/// the call has waited, so it passes over the error, waits on the endpoint still busy, and takes
-/// the broken one once it recovers.
+/// A waiting call's held endpoint leaves the set, and its next pick (with the helper's seed, the
+/// broken endpoint) then fails its readiness: the call has waited, so it passes over the error,
+/// waits on the endpoint still busy, and takes the broken one once it recovers.
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waited_passes_over_an_error_after_its_endpoint_left() {
     let (tx, balance, switches) = switches_at_turn_zero(3, ejecting_after(2), None).await;
@@ -988,6 +989,54 @@ async fn a_call_that_waited_passes_over_an_error_after_its_endpoint_left() {
     assert_pending!(call.poll());
     switches[1].mode.store(Switch::READY, Relaxed);
     assert_eq!(assert_ready_ok!(call.poll()), 1);
+}
+
+/// Refuses endpoint 2 while `on`, saying it returns in 30 s (as an open breaker would).
+struct RefuseTwo(Arc<std::sync::atomic::AtomicBool>);
+
+impl seawall::balance::Filter<usize, Switch> for RefuseTwo {
+    fn available(&self, key: &usize, _: &Switch) -> bool {
+        *key != 2 || !self.0.load(Relaxed)
+    }
+
+    fn available_in(&self, key: &usize, service: &Switch) -> Option<Duration> {
+        (!self.available(key, service)).then_some(Duration::from_secs(30))
+    }
+}
+
+/// A filter says a refused endpoint returns in 30 s; an endpoint the call found broken recovers
+/// sooner, and the call looks again for it as often as it would without the filter.
+#[tokio::test(start_paused = true)]
+async fn a_filters_long_wait_does_not_delay_finding_a_broken_endpoint_recovered() {
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .max_wait(None)
+        .outlier_detection(ejecting_after(2))
+        .filter(RefuseTwo(refuse.clone()))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let switches = send_switches(&tx, 3);
+    common::settle().await;
+    // Turns go 0, 1, 2: once endpoint 2 has answered, endpoint 0's turn is next.
+    while balance.clone().oneshot(0).await.unwrap() != 2 {}
+    refuse.store(true, Relaxed);
+    switches[0].mode.store(Switch::PENDING, Relaxed);
+    switches[1].mode.store(Switch::BROKEN, Relaxed);
+    let call = tokio::spawn(balance.clone().oneshot(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!call.is_finished());
+    switches[1].mode.store(Switch::READY, Relaxed);
+    let answer = tokio::time::timeout(Duration::from_secs(2), call).await;
+    assert_eq!(
+        answer
+            .expect("looked again only at the filter's time")
+            .unwrap()
+            .unwrap(),
+        1
+    );
 }
 
 /// Three hundred endpoints, every one busy: one poll of a waiting call looks at each endpoint a
