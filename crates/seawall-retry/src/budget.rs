@@ -154,7 +154,9 @@ impl RetryBudget {
         }
     }
 
-    /// Takes one retry from the budget; `false` when it is exhausted.
+    /// Takes one retry from the budget; `false` when it is exhausted. A token bucket
+    /// ([`RetryBudget::token_bucket`]) is not spent by retries, as in gRPC's retry throttling:
+    /// for it this only says whether retries are allowed now, and takes nothing.
     pub fn try_withdraw(&self) -> bool {
         match &*self.inner {
             Kind::Ratio(r) => r.try_withdraw(sync::now()).is_some(),

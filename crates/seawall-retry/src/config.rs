@@ -90,9 +90,11 @@ impl<P, K> RetryConfigBuilder<P, K> {
         self
     }
 
-    /// Seeds the backoff jitter, for tests. The n-th call to retry (counting from 0) draws its
-    /// delays from `backoff.delays(seed + n × 0x9E3779B97F4A7C15)`, so the first one's delays are
-    /// exactly `backoff.delays(seed)`. Default: each retried call draws a random seed.
+    /// Seeds the backoff jitter, for tests. The n-th failed call to reach the backoff draw
+    /// (counting from 0) draws its delays from `backoff.delays(seed + n × 0x9E3779B97F4A7C15)`, so
+    /// the first one's delays are exactly `backoff.delays(seed)`. A failed call counts even when
+    /// the budget, the deadline or a `Retry-After` beyond the cap then stops its retry. Default:
+    /// each such call draws a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

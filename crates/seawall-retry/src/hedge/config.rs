@@ -15,9 +15,9 @@ use std::time::Duration;
 pub enum HedgeDelay {
     /// Always this long.
     Fixed(Duration),
-    /// A percentile of recent latencies: of the calls completed in the last full `period` (an
-    /// HdrHistogram, two significant digits). No hedges are sent until a period with at least
-    /// `min_data_points` calls has been measured.
+    /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
+    /// HdrHistogram, two significant digits). A period lasts at least `period` and until it holds
+    /// `min_data_points` successful calls; no hedges are sent until one has been measured.
     Percentile {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,
