@@ -42,7 +42,7 @@ pub enum ClientSpec {
     TowerP2cPending,
     /// tower's `p2c::Balance` over `PeakEwma` (behind a `Buffer`).
     TowerP2cPeakEwma {
-        /// RTT assumed before the first answer, milliseconds (tower's example: 30).
+        /// RTT assumed before the first answer, milliseconds (tower's example: 30); more than 0.
         #[serde(default = "default_rtt_ms")]
         default_rtt_ms: f64,
         /// EWMA decay, milliseconds (tower's example: 10,000).
@@ -236,6 +236,12 @@ impl ClientSpec {
                 decay_ms,
             } => {
                 check_ms("default_rtt_ms", *default_rtt_ms)?;
+                // tower's PeakEwma takes a zero RTT for "no estimate" and asserts against it.
+                if duration_ms(*default_rtt_ms).is_zero() {
+                    return Err(format!(
+                        "default_rtt_ms must be at least a nanosecond, got {default_rtt_ms}"
+                    ));
+                }
                 if !(decay_ms.is_finite() && *decay_ms > 0.0) {
                     return Err(format!("decay_ms must be > 0, got {decay_ms}"));
                 }

@@ -127,6 +127,21 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             ),
             "default_rtt_ms",
         ),
+        // tower's PeakEwma asserts that its default RTT is not zero.
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"tower_p2c_peak_ewma\"\ndefault_rtt_ms = 0.0",
+            ),
+            "default_rtt_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"tower_p2c_peak_ewma\"\ndefault_rtt_ms = 1e-7",
+            ),
+            "default_rtt_ms",
+        ),
         (
             scenario("rate_per_sec = 1e-30", "kind = \"round_robin\""),
             "load.rate_per_sec",
