@@ -85,18 +85,17 @@ fn lognormal(median_ms: f64) -> Latency {
     }
 }
 
-/// tower's own balance example: 10 endpoints with latency uniform up to
-/// [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000] ms, 100k requests at concurrency 500.
+/// tower's own balance example: 10 endpoints with latency in whole milliseconds uniform in
+/// `0..max` for max [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000] ms, 100k requests at concurrency
+/// 500.
 pub fn tower_balance() -> Scenario {
-    let maxes = [
-        1.0, 5.0, 10.0, 10.0, 10.0, 100.0, 100.0, 100.0, 500.0, 1000.0,
-    ];
+    let maxes = [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000];
     Scenario {
         name: "tower-balance".into(),
-        description: "tower's balance example: 10 endpoints, latency uniform up to 1..1000 ms, 100k requests at concurrency 500".into(),
+        description: "tower's balance example: 10 endpoints, latency whole ms uniform in 0..max, max 1..1000 ms, 100k requests at concurrency 500".into(),
         backends: maxes
             .iter()
-            .map(|&max_ms| BackendSpec::new(Latency::Uniform { min_ms: 0.0, max_ms }))
+            .map(|&max_ms| BackendSpec::new(Latency::UniformInt { min_ms: 0, max_ms }))
             .collect(),
         load: Load::ClosedLoop {
             concurrency: 500,

@@ -21,6 +21,15 @@ pub enum Latency {
         /// Upper bound, milliseconds.
         max_ms: f64,
     },
+    /// Whole milliseconds, uniform in `min_ms..max_ms` (`max_ms` excluded), as tower's balance
+    /// example draws them (`Duration::from_millis(rng.random_range(0..max_ms))`): with
+    /// `max_ms = 1` every call takes 0 ms.
+    UniformInt {
+        /// Lower bound, milliseconds.
+        min_ms: u64,
+        /// Upper bound (excluded), milliseconds.
+        max_ms: u64,
+    },
     /// Log-normal with the given median and shape `sigma` (1.0 is a heavy tail).
     LogNormal {
         /// Median, milliseconds.
@@ -80,6 +89,19 @@ impl Latency {
                 }
                 Ok(())
             }
+            Latency::UniformInt { min_ms, max_ms } => {
+                if *max_ms as f64 > MAX_MS {
+                    return Err(format!(
+                        "max_ms must be a number of milliseconds in [1, {MAX_MS}], got {max_ms}"
+                    ));
+                }
+                if min_ms >= max_ms {
+                    return Err(format!(
+                        "min_ms ({min_ms}) must be below max_ms ({max_ms}), which is excluded"
+                    ));
+                }
+                Ok(())
+            }
             Latency::LogNormal { median_ms, sigma } => {
                 if !(sigma.is_finite() && *sigma >= 0.0) {
                     return Err(format!("sigma must be a finite number >= 0, got {sigma}"));
@@ -117,6 +139,9 @@ impl Latency {
                 } else {
                     rng.random_range(*min_ms..=*max_ms)
                 }
+            }
+            Latency::UniformInt { min_ms, max_ms } => {
+                return Duration::from_millis(rng.random_range(*min_ms..*max_ms))
             }
             Latency::LogNormal { median_ms, sigma } => LogNormal::new(median_ms.ln(), *sigma)
                 .map(|d| d.sample(rng))
@@ -157,6 +182,34 @@ mod tests {
             let d = u.sample(&mut rng);
             assert!(d >= Duration::from_millis(1) && d <= Duration::from_millis(3));
         }
+    }
+
+    #[test]
+    fn uniform_int_draws_whole_milliseconds_below_the_maximum() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        let zero = Latency::UniformInt {
+            min_ms: 0,
+            max_ms: 1,
+        };
+        for _ in 0..100 {
+            assert_eq!(zero.sample(&mut rng), Duration::ZERO);
+        }
+        let u = Latency::UniformInt {
+            min_ms: 0,
+            max_ms: 10,
+        };
+        let mut seen = [0u32; 10];
+        for _ in 0..10_000 {
+            let d = u.sample(&mut rng);
+            assert_eq!(d.subsec_nanos() % 1_000_000, 0, "{d:?}");
+            seen[d.as_millis() as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1_200).contains(&n)), "{seen:?}");
+        let empty = Latency::UniformInt {
+            min_ms: 5,
+            max_ms: 5,
+        };
+        assert!(empty.validate().unwrap_err().contains("min_ms"));
     }
 
     #[test]

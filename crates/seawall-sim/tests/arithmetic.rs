@@ -97,3 +97,29 @@ fn closed_loop_concurrency_bounds_throughput() {
         0.01
     ));
 }
+
+/// tower's balance example draws whole milliseconds below the maximum: an endpoint of maximum
+/// 1 ms answers at once.
+#[test]
+fn whole_millisecond_uniform_below_one_answers_at_once() {
+    let s = scenario(
+        BackendSpec::new(Latency::UniformInt {
+            min_ms: 0,
+            max_ms: 1,
+        }),
+        Load::ClosedLoop {
+            concurrency: 4,
+            requests: 400,
+        },
+    );
+    let report = run(&s, 1).unwrap();
+    for c in &report.clients {
+        assert!(
+            c.p50 < Duration::from_millis(1),
+            "{}: {:?}",
+            c.client,
+            c.p50
+        );
+        assert_eq!(c.success_rate(), 1.0);
+    }
+}
