@@ -1,6 +1,9 @@
 //! Simulated backends: tower services that answer in virtual time.
 
-use crate::dist::{check_ms, duration_ms, Latency};
+use crate::{
+    dist::{check_ms, duration_ms, Latency},
+    scenario::MAX_CONCURRENCY,
+};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::{BoxError, RequestDeadline};
 use serde::Deserialize;
@@ -12,7 +15,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tower::Service;
 
 /// One backend of the simulated cluster.
@@ -27,6 +30,11 @@ pub struct BackendSpec {
     /// Share of calls that fail, in `[0, 1]`.
     #[serde(default)]
     pub error_rate: f64,
+    /// Calls it works on at once; calls beyond them wait their turn in a FIFO queue, the wait
+    /// counted in the latency the client sees. None (the default): no limit, every call is
+    /// served at once whatever the load.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
     /// Zone, for zone-aware balancing.
     #[serde(default)]
     pub zone: Option<String>,
@@ -80,6 +88,7 @@ impl BackendSpec {
             name: None,
             latency,
             error_rate: 0.0,
+            max_concurrency: None,
             zone: None,
             faults: Vec::new(),
         }
@@ -95,6 +104,13 @@ impl BackendSpec {
                 "error_rate must be in [0, 1], got {}",
                 self.error_rate
             ));
+        }
+        if let Some(n) = self.max_concurrency {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "max_concurrency must be in 1..={MAX_CONCURRENCY}, got {n}"
+                ));
+            }
         }
         for (i, f) in self.faults.iter().enumerate() {
             if f.from_ms >= f.to_ms {
@@ -210,6 +226,9 @@ pub struct SimBackend {
 
 struct Shared {
     spec: BackendSpec,
+    /// One permit per call the backend works on at once, handed out in arrival order; None
+    /// without a limit.
+    workers: Option<Arc<Semaphore>>,
     rng: Mutex<SmallRng>,
     start: Instant,
     log: Arc<DispatchLog>,
@@ -237,6 +256,7 @@ impl SimBackend {
         SimBackend {
             index,
             shared: Arc::new(Shared {
+                workers: spec.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
                 spec,
                 rng: Mutex::new(rng),
                 start,
@@ -316,7 +336,16 @@ impl Service<SimRequest> for SimBackend {
 
     fn call(&mut self, _req: SimRequest) -> Self::Future {
         let (latency, result) = self.plan();
+        // A refused connection never reaches a worker; every other call waits for one.
+        let workers = match result {
+            Err(SimError { down: true, .. }) => None,
+            _ => self.shared.workers.clone(),
+        };
         Box::pin(async move {
+            let _worker = match workers {
+                Some(workers) => Some(workers.acquire_owned().await.map_err(BoxError::from)?),
+                None => None,
+            };
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }

@@ -123,3 +123,36 @@ fn whole_millisecond_uniform_below_one_answers_at_once() {
         assert_eq!(c.success_rate(), 1.0);
     }
 }
+
+/// A backend that works on one call at a time serves 4 callers one after another: each call
+/// waits for the three before it, and the wait counts in its latency.
+#[test]
+fn a_backend_at_its_concurrency_limit_queues_the_rest() {
+    let mut backend = BackendSpec::new(Latency::Constant { ms: 10.0 });
+    backend.max_concurrency = Some(1);
+    let s = scenario(
+        backend,
+        Load::ClosedLoop {
+            concurrency: 4,
+            requests: 40,
+        },
+    );
+    let report = run(&s, 1).unwrap();
+    for c in &report.clients {
+        // 40 calls of 10 ms, one at a time.
+        assert!(
+            within(c.elapsed, Duration::from_millis(400), 0.01),
+            "{}: {:?}",
+            c.client,
+            c.elapsed
+        );
+        // After the first round every caller waits for the other three: 40 ms.
+        assert!(
+            within(c.p90, Duration::from_millis(40), 0.01),
+            "{}: {:?}",
+            c.client,
+            c.p90
+        );
+        assert_eq!(c.success_rate(), 1.0);
+    }
+}

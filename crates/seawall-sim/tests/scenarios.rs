@@ -61,6 +61,10 @@ fn bad_scenarios_name_the_field() {
             "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nfaults = [{ from_ms = 5, to_ms = 1, effect = { kind = \"down\" } }]\n",
             "faults[0]",
         ),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nmax_concurrency = 0\n",
+            "backends[0].max_concurrency",
+        ),
     ];
     let fault = |effect: &str| {
         format!(
