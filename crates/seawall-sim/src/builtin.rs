@@ -11,6 +11,7 @@ use crate::{
 pub fn all() -> Vec<Scenario> {
     vec![
         tower_balance(),
+        tower_balance_capacity(),
         one_of_five_failing(),
         hard_down(),
         two_slow_of_four(),
@@ -121,6 +122,29 @@ pub fn tower_balance() -> Scenario {
         ),
         seed: 1,
     }
+}
+
+/// tower's balance example on backends of limited capacity: each of the 10 endpoints works on
+/// 50 calls at once (as many workers in all as there are callers) and queues the rest, and each
+/// call takes 1..=max whole milliseconds (tower's draw plus 1 ms, so that every call holds a
+/// worker: a 0 ms call would make an endpoint's capacity endless).
+pub fn tower_balance_capacity() -> Scenario {
+    let maxes = [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000];
+    let mut scenario = tower_balance();
+    scenario.name = "tower-balance-capacity".into();
+    scenario.description = "tower's balance example on endpoints serving 50 calls at once each (the rest queue), latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500".into();
+    scenario.backends = maxes
+        .iter()
+        .map(|&max| {
+            let mut backend = BackendSpec::new(Latency::UniformInt {
+                min_ms: 1,
+                max_ms: max + 1,
+            });
+            backend.max_concurrency = Some(50);
+            backend
+        })
+        .collect();
+    scenario
 }
 
 /// Five backends, one of which answers only 60% of calls successfully.

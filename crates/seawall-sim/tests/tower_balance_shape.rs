@@ -64,3 +64,38 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
         assert_eq!(c.success_rate(), 1.0);
     }
 }
+
+/// On endpoints of limited capacity, piling onto the fastest endpoint has a price: the full-scan
+/// PeakEWMA picker's median rises with the queue it builds there, while its tail stays far below
+/// tower's p2c balancers, whose share of calls to the slow endpoints now waits in their queues.
+#[test]
+fn with_limited_capacity_herding_shows_in_the_median_not_the_tail() {
+    let report = run(&builtin::tower_balance_capacity(), 1).unwrap();
+    let by = |label: &str| {
+        report
+            .clients
+            .iter()
+            .find(|c| c.client == label)
+            .unwrap_or_else(|| panic!("{label} missing"))
+    };
+    let least = by("seawall least peak-ewma");
+    let outstanding = by("seawall least outstanding");
+    let ewma = by("tower p2c peak-ewma");
+    // It sends the fastest endpoint more than it can serve at once, and the calls queue there.
+    assert!(least.total_share()[0] > outstanding.total_share()[0]);
+    assert!(
+        least.p50 > outstanding.p50,
+        "least peak-ewma p50 {:?} vs least outstanding {:?}",
+        least.p50,
+        outstanding.p50
+    );
+    assert!(
+        least.p99 * 10 <= ewma.p99,
+        "least p99 {:?} vs tower {:?}",
+        least.p99,
+        ewma.p99
+    );
+    for c in &report.clients {
+        assert_eq!(c.success_rate(), 1.0);
+    }
+}
