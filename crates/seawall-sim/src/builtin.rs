@@ -172,7 +172,8 @@ pub fn one_of_five_failing() -> Scenario {
                     retry: Some(RetrySpec {
                         max_attempts: 3,
                         budget_ratio: Some(0.2),
-                        budget_min_per_second: 10,
+                        budget_min_per_second: Some(10),
+                        unlimited: false,
                         attempt_timeout_ms: None,
                     }),
                     ..SeawallSpec::default()
@@ -295,7 +296,9 @@ pub fn retry_storm() -> Scenario {
             retry: Some(RetrySpec {
                 max_attempts: 3,
                 budget_ratio,
-                budget_min_per_second: 0,
+                // Without a ratio, no budget at all; with one, no per-second floor.
+                budget_min_per_second: budget_ratio.map(|_| 0),
+                unlimited: budget_ratio.is_none(),
                 attempt_timeout_ms: None,
             }),
             ..SeawallSpec::default()

@@ -159,12 +159,16 @@ pub struct RetrySpec {
     /// Attempts in all, the first included.
     #[serde(default = "three")]
     pub max_attempts: u32,
-    /// Retries allowed per request (the budget's ratio); absent means no budget at all.
+    /// Retries allowed per request (the budget's ratio); absent: seawall's default, 0.2.
     #[serde(default)]
     pub budget_ratio: Option<f64>,
-    /// Retries a second allowed whatever the traffic.
+    /// Retries a second allowed whatever the traffic; absent: seawall's default, 10.
     #[serde(default)]
-    pub budget_min_per_second: u32,
+    pub budget_min_per_second: Option<u32>,
+    /// No budget at all: every failed attempt is retried, up to `max_attempts`
+    /// (`RetryBudget::unlimited()`). Not to be given with a budget setting.
+    #[serde(default)]
+    pub unlimited: bool,
     /// A timeout for each attempt, milliseconds.
     #[serde(default)]
     pub attempt_timeout_ms: Option<u64>,
@@ -408,19 +412,27 @@ impl SeawallSpec {
             svc = BoxCloneService::new(hedge.layer(svc));
         }
         if let Some(r) = &self.retry {
-            let budget = match r.budget_ratio {
-                Some(ratio) => RetryBudget::builder()
-                    .ratio(ratio)
-                    .min_per_second(r.budget_min_per_second)
-                    .build()
-                    .map_err(keyed(
-                        "retry.",
-                        &[
-                            ("ratio", "budget_ratio"),
-                            ("min_per_second", "budget_min_per_second"),
-                        ],
-                    ))?,
-                None => RetryBudget::unlimited(),
+            let budget = if r.unlimited {
+                if r.budget_ratio.is_some() || r.budget_min_per_second.is_some() {
+                    return Err("retry.unlimited = true takes no budget settings".into());
+                }
+                RetryBudget::unlimited()
+            } else {
+                // Anything not given keeps seawall's default budget.
+                let mut budget = RetryBudget::builder();
+                if let Some(ratio) = r.budget_ratio {
+                    budget = budget.ratio(ratio);
+                }
+                if let Some(min) = r.budget_min_per_second {
+                    budget = budget.min_per_second(min);
+                }
+                budget.build().map_err(keyed(
+                    "retry.",
+                    &[
+                        ("ratio", "budget_ratio"),
+                        ("min_per_second", "budget_min_per_second"),
+                    ],
+                ))?
             };
             let mut retry = RetryLayer::builder()
                 .max_attempts(r.max_attempts)
