@@ -263,6 +263,10 @@ pub fn heavy_tail() -> Scenario {
                     hedge: Some(HedgeSpec {
                         delay_ms: None,
                         percentile: Some(0.97),
+                        // Recomputed every second from at least 100 calls: a window of the
+                        // scenario's own scale (seawall's default is 10 s).
+                        period_ms: Some(1_000),
+                        min_data_points: Some(100),
                         max_hedges: 1,
                         budget_ratio: 0.05,
                     }),

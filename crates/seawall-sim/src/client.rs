@@ -7,7 +7,7 @@ use crate::{
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use seawall_balance::{BalanceLayer, OutlierDetection, Picker};
 use seawall_core::{BoxError, ConfigError};
-use seawall_retry::{HedgeLayer, RetryBudget, RetryLayer};
+use seawall_retry::{HedgeDelay, HedgeLayer, RetryBudget, RetryLayer};
 use seawall_timeout::TimeoutLayer;
 use serde::Deserialize;
 use std::{
@@ -188,6 +188,14 @@ pub struct HedgeSpec {
     /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95).
     #[serde(default)]
     pub percentile: Option<f64>,
+    /// With `percentile`: how often the percentile is recomputed from the calls of the last
+    /// period, milliseconds (default: seawall's, 10,000).
+    #[serde(default)]
+    pub period_ms: Option<u64>,
+    /// With `percentile`: calls a period needs before its percentile is used; no hedges are sent
+    /// before then (default: seawall's, 100).
+    #[serde(default)]
+    pub min_data_points: Option<u64>,
     /// Extra copies at most.
     #[serde(default = "one")]
     pub max_hedges: u32,
@@ -400,15 +408,37 @@ impl SeawallSpec {
                 .budget(budget);
             hedge = match (h.delay_ms, h.percentile) {
                 (Some(ms), None) => {
+                    if h.period_ms.is_some() || h.min_data_points.is_some() {
+                        return Err(
+                            "hedge: period_ms and min_data_points go with percentile, not delay_ms"
+                                .into(),
+                        );
+                    }
                     check_ms("hedge.delay_ms", ms)?;
                     hedge.delay(duration_ms(ms))
                 }
-                (None, Some(p)) => hedge.percentile(p, 100, Duration::from_secs(1)),
+                (None, Some(p)) => {
+                    // Anything not given keeps seawall's default window.
+                    let HedgeDelay::Percentile {
+                        min_data_points,
+                        period,
+                        ..
+                    } = HedgeDelay::default()
+                    else {
+                        unreachable!("seawall's default hedge delay is a percentile")
+                    };
+                    hedge.percentile(
+                        p,
+                        h.min_data_points.unwrap_or(min_data_points),
+                        h.period_ms.map_or(period, Duration::from_millis),
+                    )
+                }
                 _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
             };
-            let hedge = hedge
-                .build()
-                .map_err(keyed("hedge.", &[("delay", "delay_ms")]))?;
+            let hedge = hedge.build().map_err(keyed(
+                "hedge.",
+                &[("delay", "delay_ms"), ("period", "period_ms")],
+            ))?;
             svc = BoxCloneService::new(hedge.layer(svc));
         }
         if let Some(r) = &self.retry {

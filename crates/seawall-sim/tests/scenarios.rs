@@ -184,6 +184,20 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
         (
             scenario(
                 "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { percentile = 0.9, period_ms = 0 }",
+            ),
+            "hedge.period_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { percentile = 0.9, min_data_points = 0 }",
+            ),
+            "hedge.min_data_points",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
                 "kind = \"seawall\"\nretry = { budget_ratio = 5000.0 }",
             ),
             "retry.budget_ratio",
