@@ -310,13 +310,25 @@ pub fn retry_storm() -> Scenario {
     };
     Scenario {
         name: "retry-storm".into(),
-        description: "5 backends each failing 50% of calls, open loop 1,000 rps: retries with and without a budget".into(),
+        description: "5 backends each failing 50% of calls, open loop 1,000 rps: retries with and without a budget, seawall's and tower's".into(),
         backends: vec![backend; 5],
         load: Load::OpenLoop {
             rate_per_sec: 1000.0,
             requests: 20_000,
         },
-        clients: vec![ClientSpec::RoundRobin, retry(None), retry(Some(0.2))],
+        clients: with_seawall(
+            baseline_clients(),
+            vec![
+                // tower's retry with its budget at the same 20%, no per-second floor.
+                ClientSpec::TowerRetry {
+                    max_attempts: 3,
+                    budget_ratio: 0.2,
+                    budget_min_per_second: 0,
+                },
+                retry(None),
+                retry(Some(0.2)),
+            ],
+        ),
         seed: 1,
     }
 }

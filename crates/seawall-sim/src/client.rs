@@ -23,6 +23,10 @@ use tower::{
     buffer::Buffer,
     discover::ServiceList,
     load::{CompleteOnResponse, PeakEwma, PendingRequests},
+    retry::{
+        budget::{Budget, TpsBudget},
+        Policy, Retry,
+    },
     util::BoxCloneService,
     Layer, Service, ServiceExt,
 };
@@ -48,6 +52,20 @@ pub enum ClientSpec {
         /// EWMA decay, milliseconds (tower's example: 10,000).
         #[serde(default = "default_decay_ms")]
         decay_ms: f64,
+    },
+    /// tower's `Retry` with a `TpsBudget` (Finagle's budget as tower has it, over 10 s) around
+    /// naive round robin: a failed attempt is retried at once, up to `max_attempts` attempts in
+    /// all, while the budget allows. Each request deposits once, as Finagle's budget counts.
+    TowerRetry {
+        /// Attempts in all, the first included.
+        #[serde(default = "three")]
+        max_attempts: u32,
+        /// Retries allowed per request (`TpsBudget`'s `retry_percent`, a fraction like seawall's).
+        #[serde(default = "retry_ratio")]
+        budget_ratio: f64,
+        /// Retries a second allowed whatever the traffic.
+        #[serde(default = "ten")]
+        budget_min_per_second: u32,
     },
     /// A seawall stack: total timeout → retry → hedge → balancer, each optional but the balancer.
     Seawall(SeawallSpec),
@@ -208,6 +226,14 @@ fn one() -> u32 {
     1
 }
 
+fn ten() -> u32 {
+    10
+}
+
+fn retry_ratio() -> f64 {
+    0.2
+}
+
 fn hedge_ratio() -> f64 {
     0.1
 }
@@ -227,6 +253,14 @@ impl ClientSpec {
             ClientSpec::RoundRobin => "round robin".into(),
             ClientSpec::TowerP2cPending => "tower p2c pending".into(),
             ClientSpec::TowerP2cPeakEwma { .. } => "tower p2c peak-ewma".into(),
+            ClientSpec::TowerRetry {
+                max_attempts,
+                budget_ratio,
+                ..
+            } => format!(
+                "tower retry x{max_attempts}, TpsBudget {:.0}%",
+                budget_ratio * 100.0
+            ),
             ClientSpec::Seawall(spec) => spec.label(),
         }
     }
@@ -242,6 +276,30 @@ impl ClientSpec {
                     .build()
                     .map_err(|e| e.to_string())?;
                 rt.block_on(async { spec.build(Vec::new(), 0).map(drop) })
+            }
+            ClientSpec::TowerRetry {
+                max_attempts,
+                budget_ratio,
+                budget_min_per_second,
+            } => {
+                // tower asserts its own ranges; these are its and seawall's.
+                if !(1..=100).contains(max_attempts) {
+                    return Err(format!(
+                        "max_attempts must be in 1..=100, got {max_attempts}"
+                    ));
+                }
+                if !(0.0..=1000.0).contains(budget_ratio) {
+                    return Err(format!(
+                        "budget_ratio must be in [0, 1000], got {budget_ratio}"
+                    ));
+                }
+                if *budget_min_per_second >= i32::MAX as u32 {
+                    return Err(format!(
+                        "budget_min_per_second must be below {}, got {budget_min_per_second}",
+                        i32::MAX
+                    ));
+                }
+                Ok(())
             }
             ClientSpec::TowerP2cPeakEwma {
                 default_rtt_ms,
@@ -273,6 +331,23 @@ impl ClientSpec {
         Ok(match self {
             ClientSpec::Seawall(spec) => spec.build(backends, seed)?,
             ClientSpec::RoundRobin => BoxCloneService::new(RoundRobin::new(backends)),
+            ClientSpec::TowerRetry {
+                max_attempts,
+                budget_ratio,
+                budget_min_per_second,
+            } => {
+                let budget = TpsBudget::new(
+                    Duration::from_secs(10),
+                    *budget_min_per_second,
+                    *budget_ratio as f32,
+                );
+                let policy = TowerRetryPolicy {
+                    attempts_left: *max_attempts,
+                    deposited: false,
+                    budget: Arc::new(budget),
+                };
+                BoxCloneService::new(Retry::new(policy, RoundRobin::new(backends)))
+            }
             ClientSpec::TowerP2cPending => {
                 let endpoints = backends
                     .into_iter()
@@ -572,6 +647,39 @@ impl OutlierSpec {
             rule.duration = ms(d);
         }
         Ok(o)
+    }
+}
+
+/// tower's retry policy for [`ClientSpec::TowerRetry`]: cloned for each request, so its count
+/// of attempts is the request's, while the budget is shared.
+#[derive(Clone, Debug)]
+struct TowerRetryPolicy {
+    attempts_left: u32,
+    deposited: bool,
+    budget: Arc<TpsBudget>,
+}
+
+impl Policy<SimRequest, SimResponse, BoxError> for TowerRetryPolicy {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _req: &mut SimRequest,
+        result: &mut Result<SimResponse, BoxError>,
+    ) -> Option<Self::Future> {
+        if !std::mem::replace(&mut self.deposited, true) {
+            self.budget.deposit();
+        }
+        if result.is_err() && self.attempts_left > 1 && self.budget.withdraw() {
+            self.attempts_left -= 1;
+            Some(std::future::ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &SimRequest) -> Option<SimRequest> {
+        Some(req.clone())
     }
 }
 

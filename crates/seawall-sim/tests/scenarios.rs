@@ -146,6 +146,14 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             ),
             "default_rtt_ms",
         ),
+        // tower's TpsBudget asserts its ranges: out of them is an error here, not a panic.
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"tower_retry\"\nbudget_ratio = 2000.0",
+            ),
+            "budget_ratio",
+        ),
         (
             scenario("rate_per_sec = 1e-30", "kind = \"round_robin\""),
             "load.rate_per_sec",

@@ -92,4 +92,12 @@ fn a_retry_budget_stops_a_retry_storm() {
     // Three attempts at 50% failure: 1 + 0.5 + 0.25 attempts per request without a budget.
     assert!(unbudgeted.extra_load() > 0.7, "{}", unbudgeted.extra_load());
     assert!(budgeted.extra_load() <= 0.2, "{}", budgeted.extra_load());
+    // tower's TpsBudget at the same ratio holds the load as well.
+    let tower = client(&report, "tower retry x3, TpsBudget 20%");
+    assert!(
+        (0.15..=0.2).contains(&tower.extra_load()),
+        "{}",
+        tower.extra_load()
+    );
+    assert!(tower.success_rate() > 0.55, "{}", tower.success_rate());
 }
