@@ -5,12 +5,13 @@ use crate::{
     dist::{check_ms, duration_ms},
 };
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
-use seawall_balance::{BalanceLayer, OutlierDetection, Picker};
+use seawall_balance::{BalanceLayer, OutlierDetection, Picker, Tagged};
 use seawall_core::{BoxError, ConfigError};
 use seawall_retry::{HedgeDelay, HedgeLayer, RetryBudget, RetryLayer};
 use seawall_timeout::TimeoutLayer;
 use serde::Deserialize;
 use std::{
+    convert::Infallible,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -21,7 +22,7 @@ use std::{
 use tower::{
     balance::p2c::Balance,
     buffer::Buffer,
-    discover::ServiceList,
+    discover::{Change, ServiceList},
     load::{CompleteOnResponse, PeakEwma, PendingRequests},
     retry::{
         budget::{Budget, TpsBudget},
@@ -126,6 +127,16 @@ pub enum PickerSpec {
         /// The EWMA's time constant, milliseconds (default 10,000).
         #[serde(default)]
         decay_ms: Option<u64>,
+    },
+    /// The backends in `local_zone` (their `zone`) while enough of them are healthy, otherwise
+    /// the healthy zones; power of two choices by calls in flight within them.
+    ZoneAware {
+        /// The client's own zone.
+        local_zone: String,
+        /// The share of a zone's backends that must be healthy for it to take traffic (default
+        /// seawall-balance's, 0.7).
+        #[serde(default)]
+        min_healthy_share: Option<f64>,
     },
 }
 
@@ -377,7 +388,7 @@ impl SeawallSpec {
         if let Some(label) = &self.label {
             return label.clone();
         }
-        let mut parts = vec![match self.picker {
+        let mut parts = vec![match &self.picker {
             PickerSpec::RoundRobin => "seawall round robin".to_string(),
             PickerSpec::Random => "seawall random".to_string(),
             PickerSpec::LeastOutstanding => "seawall least outstanding".to_string(),
@@ -385,6 +396,9 @@ impl SeawallSpec {
             PickerSpec::LeastPeakEwma { .. } => "seawall least peak-ewma".to_string(),
             PickerSpec::P2cPeakEwma { choices: 2, .. } => "seawall p2c peak-ewma".to_string(),
             PickerSpec::P2cPeakEwma { choices, .. } => format!("seawall p{choices}c peak-ewma"),
+            PickerSpec::ZoneAware { local_zone, .. } => {
+                format!("seawall zone-aware ({local_zone})")
+            }
         }];
         if self.retry.is_some() {
             parts.push("retry".into());
@@ -428,9 +442,11 @@ impl SeawallSpec {
                 ("outlier_detection.latency.factor", "outlier.latency_factor"),
                 ("choices", "picker.choices"),
                 ("decay", "picker.decay_ms"),
+                ("local_zone", "picker.local_zone"),
+                ("min_healthy_share", "picker.min_healthy_share"),
             ],
         );
-        let picker = match self.picker {
+        let picker = match self.picker.clone() {
             PickerSpec::RoundRobin => Picker::RoundRobin,
             PickerSpec::Random => Picker::Random,
             PickerSpec::LeastOutstanding => Picker::LeastOutstanding,
@@ -461,16 +477,37 @@ impl SeawallSpec {
                 },
                 other => other,
             },
+            PickerSpec::ZoneAware {
+                local_zone,
+                min_healthy_share,
+            } => match Picker::zone_aware(local_zone) {
+                Picker::ZoneAware {
+                    local_zone,
+                    min_healthy_share: default,
+                } => Picker::ZoneAware {
+                    local_zone,
+                    min_healthy_share: min_healthy_share.unwrap_or(default),
+                },
+                other => other,
+            },
         };
         let mut balance = BalanceLayer::builder().picker(picker).seed(seed);
         if let Some(o) = &self.outlier {
             balance = balance.outlier_detection(o.to_config()?);
         }
+        // Each backend is an endpoint keyed by its index, with its zone for zone-aware picking.
+        let endpoints = backends.into_iter().map(|backend| {
+            let mut key = Tagged::new(backend.index());
+            if let Some(zone) = backend.zone() {
+                key = key.with_zone(zone);
+            }
+            Ok::<_, Infallible>(Change::Insert(key, backend))
+        });
         let mut svc: SimClient = BoxCloneService::new(
             balance
                 .build()
                 .map_err(balance_err)?
-                .layer(ServiceList::new(backends)),
+                .layer(futures_util::stream::iter(endpoints.collect::<Vec<_>>())),
         );
         if let Some(h) = &self.hedge {
             let budget = RetryBudget::builder()
