@@ -48,7 +48,7 @@ use seawall_sim::{
     backend::{BackendSpec, Fault, FaultKind},
     client::ClientSpec,
     dist::Latency,
-    report::{ClientReport, Report},
+    report::{bucket_ms, ClientReport, Report},
     run::RawRun,
     scenario::{Load, Scenario},
 };
@@ -322,14 +322,17 @@ fn seawall_client(
 
 struct Tally {
     latency_us: hdrhistogram::Histogram<u64>,
+    ok_latency_us: hdrhistogram::Histogram<u64>,
     ok: u64,
     failed: u64,
 }
 
 /// Open loop at `RATE_PER_SEC` for `RUN`: latency counts from each request's intended send time.
 async fn drive(client: BoxCloneService<Req, Resp, BoxError>, start: Instant) -> Tally {
+    let histogram = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let tally = Arc::new(Mutex::new(Tally {
-        latency_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        latency_us: histogram.clone(),
+        ok_latency_us: histogram,
         ok: 0,
         failed: 0,
     }));
@@ -347,6 +350,7 @@ async fn drive(client: BoxCloneService<Req, Resp, BoxError>, start: Instant) -> 
             let mut t = tally.lock().unwrap();
             let _ = t.latency_us.record(us);
             if ok {
+                let _ = t.ok_latency_us.record(us);
                 t.ok += 1;
             } else {
                 t.failed += 1;
@@ -485,6 +489,7 @@ async fn main() -> Result<(), BoxError> {
     let raw = |client: &str, tally: Tally, log: &CallLog| RawRun {
         client: client.into(),
         latency_us: tally.latency_us,
+        ok_latency_us: tally.ok_latency_us,
         ok: tally.ok,
         failed: tally.failed,
         calls: log.lock().unwrap().clone(),
@@ -496,8 +501,16 @@ async fn main() -> Result<(), BoxError> {
         seed: 1,
         backends: (0..BACKENDS).map(|i| format!("b{i}")).collect(),
         clients: vec![
-            ClientReport::new(&scenario, raw("plain round robin", plain_tally, &plain_log)),
-            ClientReport::new(&scenario, raw("seawall stack", seawall_tally, &seawall_log)),
+            ClientReport::new(
+                &scenario,
+                raw("plain round robin", plain_tally, &plain_log),
+                bucket_ms(elapsed),
+            ),
+            ClientReport::new(
+                &scenario,
+                raw("seawall stack", seawall_tally, &seawall_log),
+                bucket_ms(elapsed),
+            ),
         ],
     };
     println!("\n{}", report.table());

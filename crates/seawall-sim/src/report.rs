@@ -38,6 +38,11 @@ pub struct ClientReport {
     pub p999: Duration,
     /// Slowest request.
     pub max: Duration,
+    /// 99th percentile of successful requests alone (None: none succeeded). Failed calls, such
+    /// as refused connections answered at once, do not pull it down.
+    pub ok_p99: Option<Duration>,
+    /// 99.9th percentile of successful requests alone (None: none succeeded).
+    pub ok_p999: Option<Duration>,
     /// Latency at each percentile of [`CURVE`], for the report's curves.
     pub curve: Vec<Duration>,
     /// Calls the backends received (attempts, retries and hedges included).
@@ -46,7 +51,8 @@ pub struct ClientReport {
     pub calls_per_backend: Vec<u64>,
     /// Share of calls per backend, per time bucket of `bucket_ms`.
     pub share: Vec<Vec<f64>>,
-    /// Width of a share bucket, milliseconds.
+    /// Width of a share bucket, milliseconds: the same for every client of a scenario (see
+    /// [`bucket_ms`]).
     pub bucket_ms: u64,
     /// What happened around each fault of the scenario.
     pub faults: Vec<FaultReport>,
@@ -78,17 +84,35 @@ pub struct FaultReport {
 /// Percentiles drawn in the latency curves.
 pub const CURVE: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
 
+/// The width of the time buckets, milliseconds, for a scenario whose longest client run took
+/// `longest`: a 200th of it, at least 10 ms. Every client of the scenario is given the same, so
+/// their eject and readmit times are rounded alike.
+pub fn bucket_ms(longest: Duration) -> u64 {
+    let run_ms = u64::try_from(longest.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    (run_ms / 200).max(10)
+}
+
 impl ClientReport {
-    /// Summarises one client's run over `scenario`'s backends, judging each of its faults.
+    /// Summarises one client's run over `scenario`'s backends, judging each of its faults, with
+    /// calls counted in time buckets of `bucket_ms` (give every client of a scenario the same,
+    /// from [`bucket_ms`] of the longest run).
     ///
     /// `raw` may come from the simulator or from a live run against real servers (the showcase
     /// example does this), as long as its calls are indexed like `scenario.backends`.
-    pub fn new(scenario: &Scenario, raw: RawRun) -> Self {
+    pub fn new(scenario: &Scenario, raw: RawRun, bucket_ms: u64) -> Self {
         let h = &raw.latency_us;
         let at = |q: f64| Duration::from_micros(value_at_percentile(h, q));
+        let ok_at = |q: f64| {
+            (!raw.ok_latency_us.is_empty())
+                .then(|| Duration::from_micros(value_at_percentile(&raw.ok_latency_us, q)))
+        };
         let n = scenario.backends.len();
-        let run_ms = (raw.elapsed.as_millis() as u64).max(1);
-        let bucket_ms = (run_ms / 200).max(10);
+        let run_ms = u64::try_from(raw.elapsed.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let bucket_ms = bucket_ms.max(1);
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
         let mut calls_per_backend = vec![0u64; n];
@@ -168,6 +192,8 @@ impl ClientReport {
             p99: at(99.0),
             p999: at(99.9),
             max: Duration::from_micros(h.max()),
+            ok_p99: ok_at(99.0),
+            ok_p999: ok_at(99.9),
             curve: CURVE.iter().map(|&q| at(q)).collect(),
             backend_calls: raw.calls.len() as u64,
             calls_per_backend,
@@ -243,6 +269,10 @@ fn ms(d: Duration) -> String {
     }
 }
 
+fn ok_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), ms)
+}
+
 fn opt_ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "never".into(), ms)
 }
@@ -264,19 +294,30 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
-            "client", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "success", "extra"
+            "\n{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "client",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "ok p99",
+            "ok p99.9",
+            "success",
+            "extra"
         );
         for c in &self.clients {
             let _ = writeln!(
                 out,
-                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
+                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
                 c.client,
                 ms(c.p50),
                 ms(c.p90),
                 ms(c.p99),
                 ms(c.p999),
                 ms(c.max),
+                ok_ms(c.ok_p99),
+                ok_ms(c.ok_p999),
                 c.success_rate() * 100.0,
                 c.extra_load() * 100.0
             );
@@ -373,12 +414,15 @@ mod tests {
         RawRun {
             client: "test".into(),
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+            ok_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
             ok: 6_150,
             failed: 0,
             calls,
-            elapsed: Duration::from_millis(6_150),
+            elapsed: RUN,
         }
     }
+
+    const RUN: Duration = Duration::from_millis(6_150);
 
     /// `requests` requests answered in 1, 2, 3, ... µs (exact in hdrhistogram up to 2,047).
     fn ranked(requests: u64) -> RawRun {
@@ -388,6 +432,7 @@ mod tests {
         }
         RawRun {
             client: "test".into(),
+            ok_latency_us: latency_us.clone(),
             latency_us,
             ok: requests,
             failed: 0,
@@ -399,7 +444,7 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank_not_one_past_it() {
         let us = Duration::from_micros;
-        let report = ClientReport::new(&scenario(), ranked(1_000));
+        let report = ClientReport::new(&scenario(), ranked(1_000), 10);
         assert_eq!(report.p50, us(500));
         assert_eq!(report.p90, us(900));
         assert_eq!(report.p99, us(990));
@@ -409,13 +454,13 @@ mod tests {
         // Nearest rank: the ceiling of q × 1,000.
         let curve = [500, 750, 900, 950, 990, 995, 999, 1_000, 1_000].map(us);
         assert_eq!(report.curve, curve, "{CURVE:?}");
-        let report = ClientReport::new(&scenario(), ranked(2_000));
+        let report = ClientReport::new(&scenario(), ranked(2_000), 10);
         assert_eq!(report.p999, us(1_998));
     }
 
     #[test]
     fn a_client_that_never_left_the_backend_reads_zero_readmit_whatever_the_buckets() {
-        let report = ClientReport::new(&scenario(), raw(0..0));
+        let report = ClientReport::new(&scenario(), raw(0..0), bucket_ms(RUN));
         assert_eq!(report.bucket_ms, 30);
         let fault = &report.faults[0];
         assert_eq!(fault.time_to_eject, None, "{fault:?}");
@@ -424,7 +469,7 @@ mod tests {
 
     #[test]
     fn readmit_counts_from_the_fault_end_to_the_bucket_the_backend_is_back_in() {
-        let report = ClientReport::new(&scenario(), raw(2_000..4_600));
+        let report = ClientReport::new(&scenario(), raw(2_000..4_600), bucket_ms(RUN));
         let fault = &report.faults[0];
         // Gone from the bucket after the one the fault starts in (1.98 s to 2.01 s).
         assert_eq!(

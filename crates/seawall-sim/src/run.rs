@@ -3,7 +3,7 @@
 use crate::{
     backend::{DispatchLog, SimBackend, SimRequest},
     client::ClientSpec,
-    report::{ClientReport, Report},
+    report::{bucket_ms, ClientReport, Report},
     scenario::{Load, Scenario},
 };
 use hdrhistogram::Histogram;
@@ -25,6 +25,8 @@ pub struct RawRun {
     pub client: String,
     /// Latency of every request, microseconds, from intended send time to answer.
     pub latency_us: Histogram<u64>,
+    /// Latency of the requests answered successfully, microseconds.
+    pub ok_latency_us: Histogram<u64>,
     /// Requests answered successfully.
     pub ok: u64,
     /// Requests that failed.
@@ -38,6 +40,7 @@ pub struct RawRun {
 #[derive(Debug)]
 struct Tally {
     latency_us: Histogram<u64>,
+    ok_latency_us: Histogram<u64>,
     ok: u64,
     failed: u64,
 }
@@ -45,13 +48,18 @@ struct Tally {
 /// Runs every client of `scenario` on its own identical cluster, seeded by `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     scenario.validate()?;
-    let clients = scenario
+    let raws = scenario
         .clients
         .iter()
-        .map(|client| {
-            run_client(scenario, client, seed).map(|raw| ClientReport::new(scenario, raw))
-        })
+        .map(|client| run_client(scenario, client, seed))
         .collect::<Result<Vec<_>, _>>()?;
+    // One bucket width for every client, so their eject and readmit times are rounded alike.
+    let longest = raws.iter().map(|r| r.elapsed).max().unwrap_or_default();
+    let bucket_ms = bucket_ms(longest);
+    let clients = raws
+        .into_iter()
+        .map(|raw| ClientReport::new(scenario, raw, bucket_ms))
+        .collect();
     Ok(Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -87,9 +95,11 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
             Load::OpenLoop { .. } => 1024,
         };
         let service = client.build(backends, seed, concurrency)?;
+        let histogram =
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
         let tally = Arc::new(Mutex::new(Tally {
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .map_err(|e| e.to_string())?,
+            latency_us: histogram.clone(),
+            ok_latency_us: histogram,
             ok: 0,
             failed: 0,
         }));
@@ -106,6 +116,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
                 let mut t = tally.lock().unwrap();
                 let _ = t.latency_us.record(us);
                 if ok {
+                    let _ = t.ok_latency_us.record(us);
                     t.ok += 1;
                 } else {
                     t.failed += 1;
@@ -167,6 +178,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
         Ok(RawRun {
             client: client.label(),
             latency_us: tally.latency_us,
+            ok_latency_us: tally.ok_latency_us,
             ok: tally.ok,
             failed: tally.failed,
             calls: log.calls(),
