@@ -45,7 +45,8 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
             share[9]
         );
     }
-    // seawall's full-scan PeakEWMA keeps the slow endpoints nearly idle once measured.
+    // seawall's full-scan PeakEWMA keeps the slow endpoints nearly idle once measured (here it
+    // sends nearly every call to the endpoint that answers in 0 ms).
     let least = by("seawall least peak-ewma");
     assert!(
         least.p99 * 10 <= ewma.p99,
@@ -53,7 +54,7 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
         least.p99,
         ewma.p99
     );
-    // The documented target: p99.9 ≤ 0.5× tower's (0.29× with seed 1).
+    // The documented target: p99.9 ≤ 0.5× tower's (0 ms against 829 ms with seed 1).
     assert!(
         least.p999 * 2 <= ewma.p999,
         "least p99.9 {:?} vs tower {:?}",
@@ -94,6 +95,13 @@ fn with_limited_capacity_herding_shows_in_the_median_not_the_tail() {
         "least p99 {:?} vs tower {:?}",
         least.p99,
         ewma.p99
+    );
+    // The documented target: p99.9 ≤ 0.5× tower's (0.29× with seed 1).
+    assert!(
+        least.p999 * 2 <= ewma.p999,
+        "least p99.9 {:?} vs tower {:?}",
+        least.p999,
+        ewma.p999
     );
     for c in &report.clients {
         assert_eq!(c.success_rate(), 1.0);
