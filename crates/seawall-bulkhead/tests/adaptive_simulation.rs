@@ -22,6 +22,8 @@ const MAX: usize = 50;
 const SLOW_FROM: Duration = Duration::from_secs(10);
 const SLOW_UNTIL: Duration = Duration::from_secs(11);
 const END: Duration = Duration::from_secs(30);
+const HALF: (usize, usize) = (1, 2);
+const TWO_THIRDS: (usize, usize) = (2, 3);
 
 fn latency(since_start: Duration) -> Duration {
     if since_start >= SLOW_FROM && since_start < SLOW_UNTIL {
@@ -118,7 +120,10 @@ async fn simulate(limit: impl Limit) -> Run {
     }
 }
 
-fn check(run: &Run, recover_within: Duration) {
+/// Checks a run: within bounds, grows under load, falls to at most `falls_to` (a fraction,
+/// numerator and denominator) of its limit when latency doubles, and is back to 90% of that limit
+/// within `recover_within` after latency recovers and stays there.
+fn check(run: &Run, falls_to: (usize, usize), recover_within: Duration) {
     println!(
         "before {} lowest {} at recovery {} recovered after {:?} lowest since {:?} end {}",
         run.before,
@@ -131,8 +136,10 @@ fn check(run: &Run, recover_within: Duration) {
     assert!(run.range.0 >= MIN && run.range.1 <= MAX, "bounds: {run:?}");
     assert!(run.before >= MAX * 9 / 10, "grows under load: {run:?}");
     assert!(
-        run.lowest_slow * 2 <= run.before,
-        "falls to at most half when latency doubles: {run:?}"
+        run.lowest_slow * falls_to.1 <= run.before * falls_to.0,
+        "falls to at most {}/{} when latency doubles: {run:?}",
+        falls_to.0,
+        falls_to.1
     );
     let recovered = run.recovered_after.expect("the limit recovers");
     assert!(
@@ -157,7 +164,7 @@ async fn aimd_falls_and_recovers() {
         .build()
         .unwrap();
     let run = simulate(aimd).await;
-    check(&run, Duration::from_secs(1));
+    check(&run, HALF, Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,10 +173,25 @@ async fn gradient2_falls_and_recovers() {
         .initial_limit(10)
         .min_limit(MIN)
         .max_limit(MAX)
+        // No tolerance: the whole rise of latency counts.
+        .rtt_tolerance(1.0)
         .build()
         .unwrap();
     let run = simulate(gradient).await;
-    check(&run, Duration::from_secs(2));
+    check(&run, HALF, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gradient2_with_its_default_tolerance_falls_less() {
+    let gradient = Gradient2::builder()
+        .initial_limit(10)
+        .min_limit(MIN)
+        .max_limit(MAX)
+        .build()
+        .unwrap();
+    let run = simulate(gradient).await;
+    // Only the rise beyond 1.5 times the long-term RTT counts.
+    check(&run, TWO_THIRDS, Duration::from_secs(2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,5 +204,5 @@ async fn vegas_falls_and_recovers() {
         .build()
         .unwrap();
     let run = simulate(vegas).await;
-    check(&run, Duration::from_secs(2));
+    check(&run, HALF, Duration::from_secs(2));
 }

@@ -9,16 +9,17 @@ use seawall_core::{config, ConfigError};
 /// bulkhead is app-limited (fewer than half the limit in flight):
 ///
 /// ```text
-/// gradient  = clamp(long_rtt / short_rtt, 0.5, 1.0)
+/// gradient  = clamp(rtt_tolerance × long_rtt / short_rtt, 0.5, 1.0)
 /// estimate  = limit × gradient + queue_size
 /// limit     = limit × (1 − smoothing) + estimate × smoothing      (within min..=max)
 /// ```
 ///
-/// When latency rises the gradient drops below 1 and the limit shrinks (by at most half per
-/// sample before smoothing); while latency is steady the limit grows by `queue_size × smoothing`
-/// per sample. When the long-term RTT is more than twice the short-term one (latency has recovered
-/// after a long slow period) it is cut by 10% per sample, so the limit recovers without waiting for
-/// the average to decay.
+/// When latency rises beyond `rtt_tolerance` times the long-term RTT (default 1.5) the gradient
+/// drops below 1 and the limit shrinks (by at most half per sample before smoothing); while
+/// latency stays within the tolerance, jitter included, the limit grows by
+/// `queue_size × smoothing` per sample. When the long-term RTT is more than twice the short-term
+/// one (latency has recovered after a long slow period) it is cut by 5% per sample, so the limit
+/// recovers without waiting for the average to decay.
 #[derive(Debug, Clone)]
 pub struct Gradient2 {
     estimate: f64,
@@ -26,12 +27,13 @@ pub struct Gradient2 {
     max: usize,
     smoothing: f64,
     queue_size: f64,
+    tolerance: f64,
     long_rtt: ExpAvg,
 }
 
 impl Gradient2 {
     /// Starts a builder with the defaults (initial 20, bounds 1..=200, smoothing 0.2, queue size 4,
-    /// long window 600).
+    /// long window 600, RTT tolerance 1.5).
     pub fn builder() -> Gradient2Builder {
         Gradient2Builder {
             initial: 20,
@@ -40,6 +42,7 @@ impl Gradient2 {
             smoothing: 0.2,
             queue_size: 4,
             long_window: 600,
+            rtt_tolerance: 1.5,
         }
     }
 }
@@ -73,12 +76,12 @@ impl Limit for Gradient2 {
         let short = (sample.rtt.as_nanos() as f64).max(1.0);
         let long = self.long_rtt.add(short);
         if long / short > 2.0 {
-            self.long_rtt.value *= 0.9;
+            self.long_rtt.value *= 0.95;
         }
         if (sample.in_flight as f64) < self.estimate / 2.0 {
             return self.limit();
         }
-        let gradient = (long / short).clamp(0.5, 1.0);
+        let gradient = (self.tolerance * long / short).clamp(0.5, 1.0);
         let estimate = self.estimate * gradient + self.queue_size;
         let smoothed = self.estimate * (1.0 - self.smoothing) + estimate * self.smoothing;
         self.estimate = smoothed.clamp(self.min as f64, self.max as f64);
@@ -129,6 +132,7 @@ pub struct Gradient2Builder {
     smoothing: f64,
     queue_size: usize,
     long_window: usize,
+    rtt_tolerance: f64,
 }
 
 impl Gradient2Builder {
@@ -169,18 +173,27 @@ impl Gradient2Builder {
         self
     }
 
+    /// How many times the long-term RTT a call may take before the limit shrinks, at least 1.
+    /// Default 1.5: latency jitter within that does not hold the limit back.
+    pub fn rtt_tolerance(mut self, tolerance: f64) -> Self {
+        self.rtt_tolerance = tolerance;
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<Gradient2, ConfigError> {
         check_bounds(self.min, self.initial, self.max)?;
         config::check_rate("smoothing", self.smoothing)?;
         config::check_range("long_window", self.long_window, 1, 1 << 30)?;
         config::check_range("queue_size", self.queue_size, 0, super::MAX_LIMIT)?;
+        config::check_at_least_f64("rtt_tolerance", self.rtt_tolerance, 1.0)?;
         Ok(Gradient2 {
             estimate: self.initial as f64,
             min: self.min,
             max: self.max,
             smoothing: self.smoothing,
             queue_size: self.queue_size as f64,
+            tolerance: self.rtt_tolerance,
             long_rtt: ExpAvg::new(self.long_window, 10),
         })
     }
@@ -206,6 +219,20 @@ mod tests {
         let before = g.estimate;
         g.update(&sample(40, 30));
         assert!(g.estimate < before, "a slow sample shrinks the limit");
+    }
+
+    #[test]
+    fn rtt_jitter_alone_does_not_cap_the_limit() {
+        let mut g = Gradient2::default();
+        let mut limit = g.initial_limit();
+        for n in 0..3_000 {
+            let ms = if n % 2 == 0 { 10 } else { 15 };
+            limit = g.update(&sample(ms, limit));
+        }
+        assert_eq!(
+            limit, 200,
+            "jitter within the tolerance reaches the maximum"
+        );
     }
 
     #[test]
@@ -256,5 +283,16 @@ mod tests {
                 .field(),
             "long_window"
         );
+        for tolerance in [0.99, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                Gradient2::builder()
+                    .rtt_tolerance(tolerance)
+                    .build()
+                    .unwrap_err()
+                    .field(),
+                "rtt_tolerance"
+            );
+        }
+        assert!(Gradient2::builder().rtt_tolerance(1.0).build().is_ok());
     }
 }

@@ -10,7 +10,7 @@
 //! | algorithm | signal | moves | cite |
 //! |---|---|---|---|
 //! | [`Aimd`] | loss (failures, calls slower than a timeout) | +1 while busy, ×`backoff_ratio` on a loss | TCP Reno's additive-increase/multiplicative-decrease |
-//! | [`Gradient2`] | latency: short-term RTT against an exponentially smoothed long-term RTT | `limit × gradient + queue_size`, smoothed | Netflix `Gradient2Limit` |
+//! | [`Gradient2`] | latency: short-term RTT against an exponentially smoothed long-term RTT, with a tolerance | `limit × gradient + queue_size`, smoothed | Netflix `Gradient2Limit` |
 //! | [`Vegas`] | latency: RTT against the no-load RTT (the minimum seen, re-probed now and then) | ± log10(limit) steps by estimated queue size | TCP Vegas (Brakmo & Peterson, 1995) |
 //!
 //! Every algorithm keeps its limit within `min_limit..=max_limit` and grows only while the
@@ -22,7 +22,7 @@
 //! | `initial_limit` | 20 | 20 | 20 |
 //! | `min_limit` | 1 | 1 | 1 |
 //! | `max_limit` | 200 | 200 | 1000 |
-//! | other | `backoff_ratio` 0.9, `timeout` 5 s | `smoothing` 0.2, `queue_size` 4, `long_window` 600 | `smoothing` 1.0, `probe_multiplier` 30, `alpha` 3·log10(limit), `beta` 6·log10(limit) |
+//! | other | `backoff_ratio` 0.9, `timeout` 5 s | `smoothing` 0.2, `queue_size` 4, `long_window` 600, `rtt_tolerance` 1.5 | `smoothing` 1.0, `probe_multiplier` 30, `alpha` 3·log10(limit), `beta` 6·log10(limit) |
 //!
 //! Netflix's own floors are higher (`min_limit` 20 for AIMD and Gradient2); seawall's floor of 1
 //! lets a limit follow a dependency that degrades badly. Raise it when a floor is wanted.
