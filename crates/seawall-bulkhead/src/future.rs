@@ -1,6 +1,6 @@
 use crate::{
     release::Release,
-    state::{Permit, Place, Shared, Timing},
+    state::{Permit, Place, Timing},
     Full,
 };
 use pin_project_lite::pin_project;
@@ -85,7 +85,7 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
     }
 
     pub(crate) fn waiting(
-        shared: Arc<Shared>,
+        place: Place,
         service: S,
         request: Req,
         classifier: Option<Arc<C>>,
@@ -93,9 +93,9 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
         let wait = Wait {
             sleep: tokio::time::sleep_until(seawall_core::deadline::deadline_after(
                 Instant::now(),
-                shared.max_wait,
+                place.shared.max_wait,
             )),
-            place: Place::new(shared),
+            place,
             call: Some((service, request)),
         };
         ResponseFuture {

@@ -29,9 +29,10 @@
 //!    service stays ready for the next call. Otherwise the future waits for a permit: the service
 //!    that `poll_ready` made ready moves into the future with the request (`mem::replace` with a
 //!    clone, which the next `poll_ready` polls ready in turn), so when a permit comes, the call
-//!    goes to a service that was polled ready, never to a fresh clone. The future polls the
-//!    bulkhead's semaphore directly (FIFO, no task spawned) and a `max_wait` timer, and fails
-//!    with [`Full`] when the timer fires first.
+//!    goes to a service that was polled ready, never to a fresh clone. The call joins the FIFO
+//!    queue in `call`, before its future is first polled, so a future polled later (as behind
+//!    tower's `Buffer`) keeps its place. The future polls the bulkhead's semaphore directly (no
+//!    task spawned) and a `max_wait` timer, and fails with [`Full`] when the timer fires first.
 //!
 //! With [`backpressure(true)`](BulkheadConfigBuilder::backpressure) the bulkhead behaves like
 //! `ConcurrencyLimit` instead: `poll_ready` is `Pending` until a permit is free (FIFO), then

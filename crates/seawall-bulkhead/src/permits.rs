@@ -7,7 +7,8 @@
 //!
 //! - a newcomer's fast path fails while anyone waits: nobody overtakes a waiter (FIFO);
 //! - a returned permit goes through the queue lock and is handed straight to the oldest waiter
-//!   (its `granted` flag is set and it is woken), never put back where a newcomer could take it.
+//!   (its `granted` flag is set and it is woken, if it has been polled yet), never put back where
+//!   a newcomer could take it.
 //!
 //! A waiter that gives up (its future is dropped, its `max_wait` passed) leaves the queue under the
 //! lock; if a permit was handed to it in the meantime it passes it on. Free permits therefore
@@ -144,8 +145,9 @@ impl Permits {
     }
 
     /// Takes a permit, queueing (FIFO) when there is none. `slot` holds this caller's place in
-    /// the queue between polls; it is `None` again once the permit is taken. A caller that stops
-    /// polling must hand its slot to [`cancel`](Permits::cancel).
+    /// the queue between polls (taken here or by [`acquire_or_queue`](Permits::acquire_or_queue));
+    /// it is `None` again once the permit is taken. A caller that stops polling must hand its slot
+    /// to [`cancel`](Permits::cancel).
     pub fn poll_acquire(&self, slot: &mut Option<Arc<Waiter>>, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(waiter) = slot {
             if waiter.take_grant() {
@@ -159,8 +161,22 @@ impl Permits {
             }
             return Poll::Pending;
         }
+        match self.acquire_or_queue(Some(cx.waker())) {
+            None => Poll::Ready(()),
+            Some(waiter) => {
+                *slot = Some(waiter);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Takes a free permit (`None`), or joins the back of the queue (`Some`, the place to poll
+    /// with [`poll_acquire`](Permits::poll_acquire) or give up with
+    /// [`cancel`](Permits::cancel)). Without a `waker` the place is taken now and a permit handed
+    /// to it waits until it is polled: the caller is in line from this moment.
+    pub fn acquire_or_queue(&self, waker: Option<&Waker>) -> Option<Arc<Waiter>> {
         if self.try_acquire() {
-            return Poll::Ready(());
+            return None;
         }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.state.load(Ordering::Acquire);
@@ -173,7 +189,7 @@ impl Permits {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => return Poll::Ready(()),
+                    Ok(_) => return None,
                     Err(now) => state = now,
                 }
             } else {
@@ -190,11 +206,10 @@ impl Permits {
         }
         let waiter = Arc::new(Waiter {
             granted: AtomicBool::new(false),
-            waker: Mutex::new(Some(cx.waker().clone())),
+            waker: Mutex::new(waker.cloned()),
         });
         queue.push_back(waiter.clone());
-        *slot = Some(waiter);
-        Poll::Pending
+        Some(waiter)
     }
 
     /// Gives up a place taken by [`poll_acquire`](Permits::poll_acquire): leaves the queue.

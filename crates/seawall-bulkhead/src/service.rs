@@ -87,7 +87,7 @@ where
             None => match Permit::try_acquire_or_reject(&self.shared) {
                 Unreserved::Acquired(permit) => permit,
                 Unreserved::Rejected => return ResponseFuture::rejected(),
-                Unreserved::Wait => return self.call_waiting(request),
+                Unreserved::Wait(place) => return self.call_waiting(place, request),
             },
         };
         let timing = permit.start();
@@ -110,10 +110,15 @@ impl<S, C, R> Bulkhead<S, C, R> {
         Poll::Ready(())
     }
 
-    /// No permit is free and `max_wait` is above zero: the call waits for one in its future.
+    /// No permit is free and `max_wait` is above zero: the call, queued at `place`, waits for one
+    /// in its future.
     #[cold]
     #[inline(never)]
-    fn call_waiting<Req>(&mut self, request: Req) -> ResponseFuture<S::Future, S, Req, C, R>
+    fn call_waiting<Req>(
+        &mut self,
+        place: Place,
+        request: Req,
+    ) -> ResponseFuture<S::Future, S, Req, C, R>
     where
         S: Service<Req> + Clone,
     {
@@ -126,7 +131,7 @@ impl<S, C, R> Bulkhead<S, C, R> {
         // before the next call.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
-        ResponseFuture::waiting(self.shared.clone(), ready, request, classifier)
+        ResponseFuture::waiting(place, ready, request, classifier)
     }
 }
 

@@ -267,11 +267,11 @@ pub struct Permit {
     shared: Arc<Shared>,
 }
 
-/// What a call that reserved no permit gets: a free permit, a rejection, or a place to wait.
+/// What a call that reserved no permit gets: a free permit, a rejection, or a place in the queue.
 pub(crate) enum Unreserved {
     Acquired(Permit),
     Rejected,
-    Wait,
+    Wait(Place),
 }
 
 /// When an adaptive bulkhead's call started and how many were in flight then; `None` for fixed
@@ -305,7 +305,8 @@ impl Permit {
     }
 
     /// For a call that reserved no permit: takes a free one, or rejects the call (counted, and
-    /// reported to listeners) when it may not wait.
+    /// reported to listeners) when it may not wait, or else queues it, so that it is in line from
+    /// the moment it is called.
     #[inline(never)]
     pub(crate) fn try_acquire_or_reject(shared: &Arc<Shared>) -> Unreserved {
         if let Some(permit) = Permit::try_acquire(shared) {
@@ -314,7 +315,10 @@ impl Permit {
             shared.reject(false);
             Unreserved::Rejected
         } else {
-            Unreserved::Wait
+            match Place::join(shared) {
+                Ok(permit) => Unreserved::Acquired(permit),
+                Err(place) => Unreserved::Wait(place),
+            }
         }
     }
 
@@ -377,8 +381,24 @@ pub(crate) struct Place {
 }
 
 impl Place {
+    /// No place yet: the first [`poll_acquire`](Place::poll_acquire) takes a permit or queues.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Place { shared, slot: None }
+    }
+
+    /// Takes a free permit, or a place at the back of the queue now, before any poll: a permit
+    /// that comes back meanwhile is handed to this place and kept for it.
+    pub(crate) fn join(shared: &Arc<Shared>) -> Result<Permit, Place> {
+        match shared.permits.acquire_or_queue(None) {
+            None => Ok(Permit::assume(shared)),
+            Some(waiter) => {
+                shared.enter_wait();
+                Err(Place {
+                    shared: shared.clone(),
+                    slot: Some(waiter),
+                })
+            }
+        }
     }
 
     /// Takes a permit, queueing for one if there is none.

@@ -287,3 +287,103 @@ async fn a_waiter_handed_a_permit_and_dropped_pays_the_limits_debt() {
     assert_eq!(handle.waiting(), 1, "C alone uses the limit of 1");
     drop(c);
 }
+
+/// A call joins the queue when `call` returns, not when its future is first polled: a service
+/// that calls and hands the future on to be polled later (as tower's `Buffer` worker does) keeps
+/// its place ahead of a later caller.
+#[tokio::test(start_paused = true)]
+async fn a_call_queues_before_its_future_is_polled() {
+    use tokio_test::{assert_pending, assert_ready, task::spawn};
+    use tower::Service;
+
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let arrived = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrived.clone();
+    let mut svc = layer.layer(service_fn(move |(n, gate): (u32, Gate)| {
+        seen.lock().unwrap().push(n);
+        async move {
+            let _ = gate.await;
+            Ok::<_, std::io::Error>(n)
+        }
+    }));
+    let mut svc2 = svc.clone();
+    let open = || {
+        let (tx, gate) = oneshot::channel::<()>();
+        drop(tx);
+        gate
+    };
+
+    let (release_a, gate) = oneshot::channel();
+    svc.ready().await.unwrap();
+    let mut a = spawn(svc.call((0, gate)));
+    assert_pending!(a.poll());
+
+    svc.ready().await.unwrap();
+    let first = svc.call((1, open()));
+
+    release_a.send(()).unwrap();
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 0);
+    svc2.ready().await.unwrap();
+    let second = svc2.call((2, open()));
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.unwrap(), second.unwrap()), (1, 2));
+    assert_eq!(*arrived.lock().unwrap(), vec![0, 1, 2], "in arrival order");
+    assert_eq!(handle.waiting(), 0);
+    assert_eq!(handle.available(), 1);
+}
+
+/// A queued call dropped before its future was ever polled leaves the queue, or passes on a
+/// permit handed to it, so the next waiter runs.
+#[tokio::test(start_paused = true)]
+async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
+    use tokio_test::{assert_pending, assert_ready, task::spawn};
+    use tower::Service;
+
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|(n, gate): (u32, Gate)| async move {
+        let _ = gate.await;
+        Ok::<_, std::io::Error>(n)
+    }));
+    let open = || {
+        let (tx, gate) = oneshot::channel::<()>();
+        drop(tx);
+        gate
+    };
+
+    let (release_a, gate) = oneshot::channel();
+    svc.ready().await.unwrap();
+    let mut a = spawn(svc.call((0, gate)));
+    assert_pending!(a.poll());
+    svc.ready().await.unwrap();
+    let dropped_early = svc.call((1, open()));
+    svc.ready().await.unwrap();
+    let handed_over = svc.call((2, open()));
+    svc.ready().await.unwrap();
+    let mut last = spawn(svc.call((3, open())));
+    assert_pending!(last.poll());
+    assert_eq!(handle.waiting(), 3);
+
+    // Left the queue before any permit came.
+    drop(dropped_early);
+    assert_eq!(handle.waiting(), 2);
+    // Handed A's permit, never polled, then dropped: the permit goes on to the last waiter.
+    release_a.send(()).unwrap();
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 0);
+    assert!(!last.is_woken());
+    drop(handed_over);
+    assert!(last.is_woken());
+    assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
+    assert_eq!(handle.waiting(), 0);
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.available(), 1);
+}

@@ -218,3 +218,31 @@ fn permits_cancelled_waiter_passes_the_permit_on() {
         assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
+
+/// A call queued before its first poll (no waker yet) keeps its turn: a release hands the permit
+/// to it, never to a newcomer racing on the fast path, and its first poll finds the permit.
+#[test]
+fn permits_unpolled_place_keeps_its_turn() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(None);
+        assert!(slot.is_some(), "queued behind the holder");
+
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
+        };
+        let newcomer = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.try_acquire())
+        };
+        releaser.join().unwrap();
+        assert!(!newcomer.join().unwrap(), "the newcomer overtook the queue");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+        assert!(slot.is_none());
+        permits.release(1);
+        assert_eq!(permits.available(), 1);
+    });
+}
