@@ -149,5 +149,4 @@ pub use state::{BulkheadHandle, Permit};
 pub mod __loom {
     pub use crate::permits::{Permits, Waiter};
     pub use crate::ratelimit::{Gcra, Grant};
-    pub use crate::state::Debt;
 }

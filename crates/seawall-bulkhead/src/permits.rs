@@ -11,8 +11,14 @@
 //!   a newcomer could take it.
 //!
 //! A waiter that gives up (its future is dropped, its `max_wait` passed) leaves the queue under the
-//! lock; if a permit was handed to it in the meantime it passes it on. Free permits therefore
-//! always equal the limit minus the permits held, which the loom and proptest checks assert.
+//! lock; if a permit was handed to it in the meantime it passes it on.
+//!
+//! The free permits are a signed count: when an adaptive limit shrinks below the permits held,
+//! [`shrink`](Permits::shrink) takes them out of circulation in one atomic step and the count goes
+//! negative, a debt that the next permits released pay off before any is free again or handed to a
+//! waiter. Because the debt lives in the same word as the free permits, a release can never see
+//! "nothing owed" and then free a permit the shrink has since claimed. So the count always equals
+//! the limit minus the permits held, which the loom and proptest checks assert.
 
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use std::{
@@ -23,6 +29,13 @@ use std::{
 
 const WAITERS: usize = 1;
 const ONE: usize = 2;
+
+/// The free permits in a state word: negative while permits are owed. The word is the count
+/// shifted left by one, in two's complement, so adding or subtracting `ONE` steps it.
+#[inline]
+fn free(state: usize) -> isize {
+    (state as isize) >> 1
+}
 
 /// A fair semaphore; see the module docs.
 #[derive(Debug)]
@@ -52,7 +65,15 @@ impl Permits {
 
     /// Free permits right now.
     pub fn available(&self) -> usize {
-        self.state.load(Ordering::Acquire) / ONE
+        free(self.state.load(Ordering::Acquire)).max(0) as usize
+    }
+
+    /// Permits owed right now: taken out of circulation by [`shrink`](Permits::shrink) while
+    /// held, and not yet released.
+    pub fn owed(&self) -> usize {
+        free(self.state.load(Ordering::Acquire))
+            .min(0)
+            .unsigned_abs()
     }
 
     /// Takes a free permit if there is one and nobody is waiting. Never blocks.
@@ -60,7 +81,7 @@ impl Permits {
     pub fn try_acquire(&self) -> bool {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
-            if state & WAITERS != 0 || state < ONE {
+            if state & WAITERS != 0 || free(state) < 1 {
                 return false;
             }
             match self.state.compare_exchange_weak(
@@ -75,7 +96,8 @@ impl Permits {
         }
     }
 
-    /// Returns `n` permits: to the oldest waiters first, the rest to the pool.
+    /// Returns `n` permits (or adds them, when the limit grows): to what is owed first, then to
+    /// the oldest waiters, the rest to the pool.
     #[inline]
     pub fn release(&self, n: usize) {
         if n == 0 {
@@ -88,7 +110,7 @@ impl Permits {
             }
             match self.state.compare_exchange_weak(
                 state,
-                state + n * ONE,
+                state.wrapping_add(n * ONE),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -101,6 +123,26 @@ impl Permits {
     #[cold]
     fn release_to_waiters(&self, mut n: usize) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // What is owed is paid before any waiter is served.
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let pay = free(state).min(0).unsigned_abs().min(n);
+            if pay == 0 {
+                break;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state.wrapping_add(pay * ONE),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    n -= pay;
+                    break;
+                }
+                Err(now) => state = now,
+            }
+        }
         while n > 0 {
             let Some(waiter) = queue.pop_front() else {
                 break;
@@ -124,23 +166,12 @@ impl Permits {
         }
     }
 
-    /// Takes up to `n` free permits out of circulation (the limit shrank); returns how many.
-    pub fn forget(&self, n: usize) -> usize {
-        let mut state = self.state.load(Ordering::Acquire);
-        loop {
-            let take = (state / ONE).min(n);
-            if take == 0 {
-                return 0;
-            }
-            match self.state.compare_exchange_weak(
-                state,
-                state - take * ONE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return take,
-                Err(now) => state = now,
-            }
+    /// Takes `n` permits out of circulation (the limit shrank): free ones at once, and as many
+    /// as are missing from the next permits released, which pay that debt instead of being
+    /// freed or handed to a waiter. One atomic step, so no release can slip a permit past it.
+    pub fn shrink(&self, n: usize) {
+        if n > 0 {
+            self.state.fetch_sub(n * ONE, Ordering::AcqRel);
         }
     }
 
@@ -181,7 +212,7 @@ impl Permits {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.state.load(Ordering::Acquire);
         loop {
-            if state >= ONE && queue.is_empty() {
+            if free(state) >= 1 && queue.is_empty() {
                 // A permit came back between the failed fast path and the lock.
                 match self.state.compare_exchange(
                     state,
@@ -235,5 +266,49 @@ impl Waiter {
     /// Whether a permit was handed over; takes it (so a later `cancel` does not pass it on).
     fn take_grant(&self) -> bool {
         self.granted.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn poll(permits: &Permits, slot: &mut Option<Arc<Waiter>>) -> Poll<()> {
+        permits.poll_acquire(slot, &mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn what_is_owed_is_paid_before_a_waiter_is_served() {
+        let permits = Permits::new(2);
+        assert!(permits.try_acquire());
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(None);
+        assert!(slot.is_some());
+        // The limit falls to 1 with both permits held: one is owed.
+        permits.shrink(1);
+        assert_eq!((permits.available(), permits.owed()), (0, 1));
+        // The first release pays the debt; the waiter is served by the second.
+        permits.release(1);
+        assert_eq!((permits.available(), permits.owed()), (0, 0));
+        assert_eq!(poll(&permits, &mut slot), Poll::Pending);
+        permits.release(1);
+        assert_eq!(poll(&permits, &mut slot), Poll::Ready(()));
+        permits.release(1);
+        assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire());
+    }
+
+    #[test]
+    fn a_shrink_takes_free_permits_first_and_owes_the_rest() {
+        let permits = Permits::new(3);
+        assert!(permits.try_acquire());
+        permits.shrink(3);
+        assert_eq!((permits.available(), permits.owed()), (0, 1));
+        assert!(!permits.try_acquire());
+        // The limit grows by 2: one pays the debt, one is free.
+        permits.release(2);
+        assert_eq!((permits.available(), permits.owed()), (1, 0));
+        permits.release(1);
+        assert_eq!(permits.available(), 2);
     }
 }

@@ -16,78 +16,6 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// Permits owed to the semaphore after the limit shrank while they were in use.
-///
-/// The semaphore can only forget permits that are free. When an adaptive limit falls by more
-/// than the free permits, the rest is recorded here and paid off by the next permits released,
-/// which are then forgotten instead of returned. With `A` free permits, `H` held and `D` owed,
-/// `A + H − D` is the limit at every step, and `D` is zero once nothing is held.
-#[derive(Debug)]
-#[allow(unreachable_pub)] // public to the loom tests under `--cfg loom`
-pub struct Debt(AtomicUsize);
-
-#[allow(unreachable_pub)]
-impl Debt {
-    /// Nothing owed.
-    pub fn new() -> Self {
-        Debt(AtomicUsize::new(0))
-    }
-
-    /// A held permit comes back: `true` when it pays off one owed permit (and so must not return
-    /// to the semaphore).
-    #[inline]
-    pub fn absorb_release(&self) -> bool {
-        let owed = self.0.load(Ordering::Acquire);
-        owed > 0 && self.pay_one(owed)
-    }
-
-    #[cold]
-    fn pay_one(&self, mut owed: usize) -> bool {
-        while owed > 0 {
-            match self
-                .0
-                .compare_exchange_weak(owed, owed - 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return true,
-                Err(now) => owed = now,
-            }
-        }
-        false
-    }
-
-    /// The limit grew by `n`: pays what is owed first and returns how many permits to add.
-    pub fn absorb_increase(&self, n: usize) -> usize {
-        let mut owed = self.0.load(Ordering::Acquire);
-        loop {
-            let pay = owed.min(n);
-            if pay == 0 {
-                return n;
-            }
-            match self.0.compare_exchange_weak(
-                owed,
-                owed - pay,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return n - pay,
-                Err(now) => owed = now,
-            }
-        }
-    }
-
-    /// Records `n` more owed permits.
-    pub fn owe(&self, n: usize) {
-        if n > 0 {
-            self.0.fetch_add(n, Ordering::AcqRel);
-        }
-    }
-
-    /// Permits owed now.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
 pub(crate) struct Metrics {
     pub(crate) in_flight: ::metrics::Gauge,
     pub(crate) waiting: ::metrics::Gauge,
@@ -97,7 +25,6 @@ pub(crate) struct Metrics {
 
 pub(crate) struct Shared {
     permits: Permits,
-    debt: Debt,
     limit: AtomicUsize,
     waiting: AtomicUsize,
     pub(crate) max_wait: Duration,
@@ -126,7 +53,6 @@ impl Shared {
         metrics.limit.set(limit as f64);
         Arc::new(Shared {
             permits: Permits::new(limit),
-            debt: Debt::new(),
             limit: AtomicUsize::new(limit),
             waiting: AtomicUsize::new(0),
             max_wait,
@@ -154,7 +80,7 @@ impl Shared {
     /// Permits held (calls running, and permits reserved by ready services). Exact when the
     /// bulkhead is quiet; a close estimate while permits move.
     pub(crate) fn in_flight(&self) -> usize {
-        (self.limit() + self.debt.get()).saturating_sub(self.available())
+        (self.limit() + self.permits.owed()).saturating_sub(self.available())
     }
 
     pub(crate) fn waiting(&self) -> usize {
@@ -194,12 +120,11 @@ impl Shared {
         self.metrics.in_flight.decrement(1.0);
     }
 
-    /// Returns one permit to the semaphore, unless it pays off one the adaptive limit owes.
+    /// Returns one permit to the semaphore (where it pays off one the adaptive limit owes, if
+    /// any).
     #[inline]
     fn give_back(&self) {
-        if !self.debt.absorb_release() {
-            self.permits.release(1);
-        }
+        self.permits.release(1);
     }
 
     /// Feeds one sample to the adaptive limit and resizes the semaphore to its answer.
@@ -220,12 +145,9 @@ impl Shared {
                 return;
             }
             if to > from {
-                let add = self.debt.absorb_increase(to - from);
-                self.permits.release(add);
+                self.permits.release(to - from);
             } else {
-                let cut = from - to;
-                let forgotten = self.permits.forget(cut);
-                self.debt.owe(cut - forgotten);
+                self.permits.shrink(from - to);
             }
             self.limit.store(to, Ordering::Release);
             // Under the lock, so racing samples set the gauge in the order they set the limit

@@ -12,7 +12,7 @@ use loom::{
     },
     thread,
 };
-use seawall_bulkhead::__loom::{Debt, Gcra, Grant, Permits};
+use seawall_bulkhead::__loom::{Gcra, Grant, Permits};
 use std::task::{Context, Poll, Waker};
 
 /// Explores every interleaving with up to three preemptions, which covers each compare-and-swap
@@ -100,45 +100,36 @@ fn gcra_refunds_race_a_request() {
 }
 
 /// A shrink that could forget no free permit (so two are owed) races with two releases and a
-/// growth by one: whatever the order, the pool (standing in for tokio's semaphore) plus held
-/// permits minus the debt is the limit, and once nothing is held nothing is owed.
+/// growth by one: whatever the order, free permits plus held permits minus the debt is the limit,
+/// and once nothing is held nothing is owed.
 #[test]
 fn debt_conserves_permits() {
     model(|| {
         // Limit 3, all held; the limit falls to 1: nothing free to forget, so 2 are owed.
-        let debt = Arc::new(Debt::new());
-        let pool = Arc::new(AtomicUsize::new(0));
-        debt.owe(2);
-        let release = {
-            let debt = debt.clone();
-            let pool = pool.clone();
-            move || {
-                if !debt.absorb_release() {
-                    pool.fetch_add(1, Ordering::SeqCst);
-                }
-            }
+        let permits = Arc::new(Permits::new(3));
+        for _ in 0..3 {
+            assert!(permits.try_acquire());
+        }
+        permits.shrink(2);
+        assert_eq!(permits.owed(), 2);
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
         };
-        let releaser = thread::spawn(release.clone());
         let grower = {
-            let debt = debt.clone();
-            let pool = pool.clone();
+            let permits = permits.clone();
             // The limit grows back to 2.
-            thread::spawn(move || {
-                let add = debt.absorb_increase(1);
-                pool.fetch_add(add, Ordering::SeqCst);
-            })
+            thread::spawn(move || permits.release(1))
         };
-        release();
+        permits.release(1);
         releaser.join().unwrap();
         grower.join().unwrap();
-        // One permit still held: pool + held − debt == limit (2).
-        assert_eq!(pool.load(Ordering::SeqCst) + 1 - debt.get(), 2);
-        // The last holder releases: nothing held, nothing owed, the pool is the limit.
-        if !debt.absorb_release() {
-            pool.fetch_add(1, Ordering::SeqCst);
-        }
-        assert_eq!(debt.get(), 0);
-        assert_eq!(pool.load(Ordering::SeqCst), 2);
+        // One permit still held: free + held − owed == limit (2).
+        assert_eq!(permits.available() + 1 - permits.owed(), 2);
+        // The last holder releases: nothing held, nothing owed, all of the limit free.
+        permits.release(1);
+        assert_eq!(permits.owed(), 0);
+        assert_eq!(permits.available(), 2);
     });
 }
 
@@ -244,5 +235,76 @@ fn permits_unpolled_place_keeps_its_turn() {
         assert!(slot.is_none());
         permits.release(1);
         assert_eq!(permits.available(), 1);
+    });
+}
+
+/// The limit falls from 2 to 1 while both permits are held, racing one holder's release: once
+/// the shrink is done, the other holder still running, no newcomer gets a permit, whether the
+/// release came before the shrink, during it or after. When the last holder is done, the limit
+/// of 1 is free and nothing is owed.
+#[test]
+fn shrink_racing_a_release_admits_nothing_beyond_the_new_limit() {
+    model(|| {
+        let permits = Arc::new(Permits::new(2));
+        assert!(permits.try_acquire()); // the holder that stays
+        assert!(permits.try_acquire()); // the holder that releases
+        let shrinker = {
+            let permits = permits.clone();
+            thread::spawn(move || {
+                permits.shrink(1);
+                assert!(!permits.try_acquire(), "admitted beyond the new limit");
+            })
+        };
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
+        };
+        shrinker.join().unwrap();
+        releaser.join().unwrap();
+        assert!(!permits.try_acquire(), "admitted beyond the new limit");
+        permits.release(1);
+        assert_eq!(permits.owed(), 0);
+        assert_eq!(permits.available(), 1);
+    });
+}
+
+/// The limit falls from 2 to 1 while both permits are held and a call is queued, racing one
+/// holder's release: the release pays the debt or, if it came first, goes to the waiter; never
+/// both. Once every holder is done, the limit of 1 is free, nothing is owed and nobody waits.
+#[test]
+fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
+    model(|| {
+        let permits = Arc::new(Permits::new(2));
+        assert!(permits.try_acquire());
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(None);
+        assert!(slot.is_some());
+        let shrinker = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.shrink(1))
+        };
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
+        };
+        shrinker.join().unwrap();
+        releaser.join().unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let granted = permits.poll_acquire(&mut slot, &mut cx).is_ready();
+        // Held: the holder that stays, and the waiter if it was served.
+        let held = 1 + usize::from(granted);
+        assert_eq!(permits.available() + held - permits.owed(), 1);
+        if !granted {
+            // The holder that stays finishes: its permit goes to the waiter.
+            permits.release(1);
+            assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+        } else {
+            permits.release(1);
+        }
+        // The last holder finishes.
+        permits.release(1);
+        assert_eq!(permits.owed(), 0);
+        assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
