@@ -88,7 +88,7 @@ impl RateLimitConfigBuilder {
         self
     }
 
-    fn validate(self) -> Result<Validated, ConfigError> {
+    pub(super) fn validate(self) -> Result<Validated, ConfigError> {
         let (permits, period) = self.rate.ok_or(ConfigError::missing("rate"))?;
         config::check_range("rate", permits, 1, u64::MAX)?;
         config::check_positive_duration("period", period)?;

@@ -6,7 +6,8 @@ use super::{
 };
 use seawall_core::{metrics, BoxError, Name};
 use std::{
-    collections::HashMap,
+    cmp::{Ordering as ByTat, Reverse},
+    collections::{BinaryHeap, HashMap},
     fmt,
     hash::{BuildHasher, Hash, RandomState},
     mem,
@@ -25,14 +26,19 @@ use tower_service::Service;
 const SHARDS: usize = 16;
 /// Keys per shard below which a limiter uses fewer shards (a small table needs no sharding).
 const MIN_KEYS_PER_SHARD: usize = 64;
+/// Stale elements a shard's eviction order may hold, beyond one per key, before it is rebuilt.
+const STALE_SLACK: usize = 16;
 
 /// Applies a [`KeyedRateLimit`]: one GCRA budget per key, the key computed from each request.
 ///
 /// Keys live in a bounded table (`max_keys`, default 10 000), split into up to 16 shards that are
-/// locked independently (each holds `max_keys / shards` keys). A key whose budget is full again (no call within its last `burst` intervals)
-/// holds no information a fresh key would not, so when a shard is full its idle keys are evicted
-/// first, losslessly; if every key is busy, the one closest to idle goes. Memory stays bounded
-/// whatever the request keys are.
+/// locked independently (each holds `max_keys / shards` keys). A key whose budget is full again
+/// (no call within its last `burst` intervals) holds no information a fresh key would not, so when
+/// a shard is full its idle keys are evicted first, losslessly; if every key is busy, the one
+/// closest to idle goes. Memory stays bounded whatever the request keys are. Each shard keeps its
+/// keys in a heap by TAT as well, so making room takes no scan of the shard: a key costs one heap
+/// operation (`O(log n)`) when it comes, when it goes, and at most once more for each time it was
+/// used since it was last placed in the heap.
 ///
 /// ```
 /// use seawall::bulkhead::ratelimit::RateLimitLayer;
@@ -54,15 +60,84 @@ pub struct KeyedRateLimitLayer<K, F> {
 
 /// One key's budget: its TAT and the holes left by given-back grants that were not the latest (as
 /// in [`Gcra`](super::gcra::Gcra)); `id` tells this entry from a later one for the same key, made
-/// after an eviction, so a grant from before is never given back to it.
+/// after an eviction, so a grant from before is never given back to it. `queued` is the TAT its
+/// element in [`Shard::by_tat`] carries.
 struct Entry {
     tat: u64,
     holes: Vec<u64>,
     id: u64,
+    queued: u64,
+}
+
+/// One independently locked part of the table: its keys' budgets, and the same keys ordered by
+/// TAT for eviction.
+struct Shard<K> {
+    map: HashMap<Arc<K>, Entry>,
+    /// One element per entry, lowest TAT first, with the entry's TAT when it was queued. A call
+    /// only moves a TAT forward, so an element's TAT is at most its entry's, and the top element,
+    /// once it is found up to date, is the entry with the lowest TAT; one found behind is queued
+    /// again at its entry's TAT. A refund that moves a TAT back queues the entry again at once,
+    /// leaving a stale element (its entry's `queued` no longer matches), dropped when it comes to
+    /// the top. When stale elements outnumber the keys (plus [`STALE_SLACK`]) the heap is rebuilt,
+    /// so it holds at most about twice the keys, and a rebuild follows as many refunds as it
+    /// costs.
+    by_tat: BinaryHeap<Reverse<Queued<K>>>,
+}
+
+/// An element of [`Shard::by_tat`], ordered by TAT (then id, so no two entries tie).
+struct Queued<K> {
+    tat: u64,
+    id: u64,
+    key: Arc<K>,
+}
+
+impl<K> PartialEq for Queued<K> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.tat, self.id) == (other.tat, other.id)
+    }
+}
+
+impl<K> Eq for Queued<K> {}
+
+impl<K> PartialOrd for Queued<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<ByTat> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K> Ord for Queued<K> {
+    fn cmp(&self, other: &Self) -> ByTat {
+        (self.tat, self.id).cmp(&(other.tat, other.id))
+    }
+}
+
+impl<K: Hash + Eq> Shard<K> {
+    fn new() -> Self {
+        Shard {
+            map: HashMap::new(),
+            by_tat: BinaryHeap::new(),
+        }
+    }
+
+    /// Queues every entry afresh at its TAT, dropping stale elements.
+    fn requeue_all(&mut self) {
+        self.by_tat = self
+            .map
+            .iter_mut()
+            .map(|(key, entry)| {
+                entry.queued = entry.tat;
+                Reverse(Queued {
+                    tat: entry.tat,
+                    id: entry.id,
+                    key: key.clone(),
+                })
+            })
+            .collect();
+    }
 }
 
 pub(crate) struct KeyedShared<K> {
-    shards: Box<[Mutex<HashMap<K, Entry>>]>,
+    shards: Box<[Mutex<Shard<K>>]>,
     hasher: RandomState,
     shard_capacity: usize,
     keys: AtomicUsize,
@@ -74,13 +149,16 @@ pub(crate) struct KeyedShared<K> {
     max_wait: u64,
     keys_gauge: ::metrics::Gauge,
     report: Reporter,
+    /// Entries looked at to make room, for the tests' bound on that work.
+    #[cfg(test)]
+    visited: AtomicUsize,
 }
 
 impl<K: Hash + Eq> KeyedShared<K> {
     pub(crate) fn new(config: Validated) -> Arc<Self> {
         let shards = (config.max_keys / MIN_KEYS_PER_SHARD).clamp(1, SHARDS);
         Arc::new(KeyedShared {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
             hasher: RandomState::new(),
             shard_capacity: config.max_keys / shards,
             keys: AtomicUsize::new(0),
@@ -91,6 +169,8 @@ impl<K: Hash + Eq> KeyedShared<K> {
             max_wait: to_nanos(config.max_wait),
             keys_gauge: metrics::gauge(metrics::RATELIMIT_KEYS, &config.name),
             report: Reporter::new(config.name, config.listeners),
+            #[cfg(test)]
+            visited: AtomicUsize::new(0),
         })
     }
 
@@ -98,7 +178,7 @@ impl<K: Hash + Eq> KeyedShared<K> {
         nanos_since(self.epoch)
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Entry>> {
+    fn shard(&self, key: &K) -> &Mutex<Shard<K>> {
         let index = self.hasher.hash_one(key) as usize % self.shards.len();
         &self.shards[index]
     }
@@ -109,11 +189,11 @@ impl<K: Hash + Eq> KeyedShared<K> {
     where
         K: Clone,
     {
-        let mut map = self
+        let mut shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = map.get_mut(key) {
+        if let Some(entry) = shard.map.get_mut(key) {
             let mut hole_retry = u64::MAX;
             if !entry.holes.is_empty() {
                 match take_hole(
@@ -133,37 +213,63 @@ impl<K: Hash + Eq> KeyedShared<K> {
             return Ok((Grant { delay, tat }, entry.id));
         }
         let (tat, delay) = decide(0, now, self.interval, self.tolerance, self.max_wait)?;
-        let before = map.len();
+        let before = shard.map.len();
         if before >= self.shard_capacity {
-            self.evict(&mut map, now);
+            self.evict(&mut shard, now);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(
-            key.clone(),
+        let key = Arc::new(key.clone());
+        shard.by_tat.push(Reverse(Queued {
+            tat,
+            id,
+            key: key.clone(),
+        }));
+        shard.map.insert(
+            key,
             Entry {
                 tat,
                 holes: Vec::new(),
                 id,
+                queued: tat,
             },
         );
-        self.count_keys(before, map.len());
+        self.count_keys(before, shard.map.len());
         Ok((Grant { delay, tat }, id))
     }
 
     /// Makes room in a full shard: every idle key (budget full again; its holes, all earlier than
-    /// its TAT, have passed too), else the key closest to idle.
-    fn evict(&self, map: &mut HashMap<K, Entry>, now: u64)
-    where
-        K: Clone,
-    {
-        map.retain(|_, entry| entry.tat > now);
-        if map.len() >= self.shard_capacity {
-            let closest = map
-                .iter()
-                .min_by_key(|(_, entry)| entry.tat)
-                .map(|(key, _)| key.clone());
-            if let Some(key) = closest {
-                map.remove(&key);
+    /// its TAT, have passed too), else the key closest to idle. Both are found at the top of the
+    /// shard's heap by TAT.
+    fn evict(&self, shard: &mut Shard<K>, now: u64) {
+        let mut made_room = false;
+        while let Some(Reverse(mut queued)) = shard.by_tat.pop() {
+            #[cfg(test)]
+            self.visited.fetch_add(1, Ordering::Relaxed);
+            let Some(entry) = shard
+                .map
+                .get_mut(&*queued.key)
+                .filter(|entry| entry.id == queued.id && entry.queued == queued.tat)
+            else {
+                // Stale: the entry was evicted, or queued again by a refund.
+                continue;
+            };
+            if entry.tat > queued.tat {
+                // Used since it was queued: its place is further back.
+                entry.queued = entry.tat;
+                queued.tat = entry.tat;
+                shard.by_tat.push(Reverse(queued));
+                continue;
+            }
+            // The entry with the lowest TAT in the shard.
+            let idle = queued.tat <= now;
+            if !idle && made_room {
+                shard.by_tat.push(Reverse(queued));
+                return;
+            }
+            shard.map.remove(&*queued.key);
+            made_room = true;
+            if !idle {
+                return;
             }
         }
     }
@@ -182,11 +288,12 @@ impl<K: Hash + Eq> KeyedShared<K> {
     /// the latest moves the TAT back, any other becomes a hole, and holes at the TAT fold into it.
     /// Nothing happens if that entry was evicted since.
     fn refund(&self, key: &K, id: u64, grant: Grant) {
-        let mut map = self
+        let mut shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = map.get_mut(key).filter(|entry| entry.id == id) else {
+        let shard = &mut *shard;
+        let Some(entry) = shard.map.get_mut(key).filter(|entry| entry.id == id) else {
             return;
         };
         if entry.tat == grant.tat {
@@ -197,6 +304,20 @@ impl<K: Hash + Eq> KeyedShared<K> {
         while let Some(index) = entry.holes.iter().position(|&hole| hole == entry.tat) {
             entry.holes.swap_remove(index);
             entry.tat -= self.interval;
+        }
+        if entry.tat < entry.queued {
+            // Moved back past its place in the eviction order: queued again there.
+            entry.queued = entry.tat;
+            let tat = entry.tat;
+            if let Some((key, _)) = shard.map.get_key_value(key) {
+                let key = key.clone();
+                shard.by_tat.push(Reverse(Queued { tat, id, key }));
+            }
+            if shard.by_tat.len() > 2 * shard.map.len() + STALE_SLACK {
+                #[cfg(test)]
+                self.visited.fetch_add(shard.map.len(), Ordering::Relaxed);
+                shard.requeue_all();
+            }
         }
     }
 }
@@ -359,5 +480,188 @@ impl<S: fmt::Debug, K, F> fmt::Debug for KeyedRateLimit<S, K, F> {
             .field("inner", &self.inner)
             .field("name", &self.shared.report.name)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::RateLimitLayer;
+
+    /// 10 000 distinct keys at one instant, every one busy, through a table of 1 024: each new
+    /// key makes room, and doing so looks at a bounded number of entries, not at the shard.
+    #[test]
+    fn making_room_among_busy_keys_visits_a_bounded_number_of_entries() {
+        let config = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .max_keys(1_024)
+            .validate()
+            .unwrap();
+        let shared = KeyedShared::<u64>::new(config);
+        let mut most = 0;
+        for key in 0..10_000u64 {
+            let before = shared.visited.load(Ordering::Relaxed);
+            assert!(shared.acquire(&key, 0).is_ok());
+            most = most.max(shared.visited.load(Ordering::Relaxed) - before);
+        }
+        assert_eq!(shared.keys.load(Ordering::Relaxed), 1_024);
+        assert!(most <= 2, "{most} entries visited by one call");
+    }
+
+    /// A refund that moves a key's TAT back moves it forward in the eviction order: once idle it
+    /// goes before a busy key, though it was busier than that key when last ordered.
+    #[test]
+    fn a_refund_moves_a_key_forward_in_the_eviction_order() {
+        const S: u64 = 1_000_000_000;
+        let config = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(1)
+            .max_wait(Duration::from_secs(10))
+            .max_keys(2)
+            .validate()
+            .unwrap();
+        let shared = KeyedShared::<&str>::new(config);
+        shared.acquire(&"a", 0).unwrap();
+        let (waiting, a) = shared.acquire(&"a", 0).unwrap();
+        assert_eq!(waiting.tat, 2 * S);
+        shared.acquire(&"b", 0).unwrap();
+        // The shard is full: "a" is found to be busier than when it came, and busy "b" goes.
+        shared.acquire(&"c", 8 * S / 10).unwrap();
+        // The waiter of "a" is dropped: its TAT is back at 1 s.
+        shared.refund(&"a", a, waiting);
+        // At 1.5 s "a" is idle and "c" (TAT 1.8 s) is not: "a" makes room for "d".
+        shared.acquire(&"d", 15 * S / 10).unwrap();
+        let shard = shared.shards[0].lock().unwrap();
+        let mut keys: Vec<_> = shard.map.keys().map(|key| **key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["c", "d"]);
+    }
+
+    /// Proptest's configuration with `cases` cases and a fixed seed, so that every run tries the
+    /// same cases; a seed in `PROPTEST_RNG_SEED` still takes precedence.
+    fn seeded(cases: u32) -> proptest::prelude::ProptestConfig {
+        use proptest::test_runner::RngSeed;
+        let mut config = proptest::prelude::ProptestConfig::with_cases(cases);
+        if config.rng_seed == RngSeed::Random {
+            config.rng_seed = RngSeed::Fixed(0x05EA_0A11);
+        }
+        config
+    }
+
+    /// The table as a scan of the shard keeps it: every idle key goes when a new key finds the
+    /// shard full, else the one with the lowest TAT (the earliest made, on a tie).
+    #[derive(Default)]
+    struct Scanned {
+        map: HashMap<u64, (u64, Vec<u64>, u64)>,
+        next_id: u64,
+    }
+
+    impl Scanned {
+        fn acquire(
+            &mut self,
+            shared: &KeyedShared<u64>,
+            key: u64,
+            now: u64,
+        ) -> Result<(Grant, u64), u64> {
+            let (interval, tolerance, max_wait) =
+                (shared.interval, shared.tolerance, shared.max_wait);
+            if let Some((tat, holes, id)) = self.map.get_mut(&key) {
+                let mut hole_retry = u64::MAX;
+                if !holes.is_empty() {
+                    match take_hole(holes, now, interval, tolerance, max_wait) {
+                        Ok(grant) => return Ok((grant, *id)),
+                        Err(retry) => hole_retry = retry,
+                    }
+                }
+                let (next, delay) = decide(*tat, now, interval, tolerance, max_wait)
+                    .map_err(|retry| retry.min(hole_retry))?;
+                *tat = next;
+                return Ok((Grant { delay, tat: next }, *id));
+            }
+            let (tat, delay) = decide(0, now, interval, tolerance, max_wait)?;
+            if self.map.len() >= shared.shard_capacity {
+                self.map.retain(|_, (tat, _, _)| *tat > now);
+                if self.map.len() >= shared.shard_capacity {
+                    let closest = self.map.iter().min_by_key(|(_, (tat, _, id))| (*tat, *id));
+                    let closest = *closest.unwrap().0;
+                    self.map.remove(&closest);
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.map.insert(key, (tat, Vec::new(), id));
+            Ok((Grant { delay, tat }, id))
+        }
+
+        fn refund(&mut self, interval: u64, key: u64, id: u64, grant: Grant) {
+            let Some((tat, holes, _)) = self.map.get_mut(&key).filter(|entry| entry.2 == id) else {
+                return;
+            };
+            if *tat == grant.tat {
+                *tat -= interval;
+            } else {
+                holes.push(grant.tat);
+            }
+            while let Some(index) = holes.iter().position(|&hole| hole == *tat) {
+                holes.swap_remove(index);
+                *tat -= interval;
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(seeded(512))]
+
+        /// Under random calls, refunds and time, the heap by TAT evicts exactly the keys a scan
+        /// of the shard would, and every budget matches.
+        #[test]
+        fn evicts_as_a_scan_of_the_shard_would(
+            ops in proptest::collection::vec(
+                (0u64..8, 0u64..4, proptest::bool::weighted(0.3), proptest::prelude::any::<proptest::sample::Index>()),
+                1..200,
+            ),
+        ) {
+            const S: u64 = 1_000_000_000;
+            let config = RateLimitLayer::builder()
+                .rate(1, Duration::from_secs(1))
+                .burst(2)
+                .max_wait(Duration::from_secs(2))
+                .max_keys(4)
+                .validate()
+                .unwrap();
+            let shared = KeyedShared::<u64>::new(config);
+            let mut scanned = Scanned::default();
+            let mut grants = Vec::new();
+            let mut now = 0;
+            for (key, advance, refund, index) in ops {
+                now += advance * S / 2;
+                if refund && !grants.is_empty() {
+                    let (key, id, grant) = grants.swap_remove(index.index(grants.len()));
+                    shared.refund(&key, id, grant);
+                    scanned.refund(shared.interval, key, id, grant);
+                } else {
+                    let got = shared.acquire(&key, now);
+                    proptest::prop_assert_eq!(got, scanned.acquire(&shared, key, now));
+                    if let Ok((grant, id)) = got {
+                        grants.push((key, id, grant));
+                    }
+                }
+                let shard = shared.shards[0].lock().unwrap();
+                let mut kept: Vec<_> = shard
+                    .map
+                    .iter()
+                    .map(|(key, entry)| (**key, entry.tat, entry.id))
+                    .collect();
+                let mut expected: Vec<_> = scanned
+                    .map
+                    .iter()
+                    .map(|(key, (tat, _, id))| (*key, *tat, *id))
+                    .collect();
+                kept.sort_unstable();
+                expected.sort_unstable();
+                proptest::prop_assert_eq!(kept, expected);
+                proptest::prop_assert!(shard.by_tat.len() <= 2 * shard.map.len() + STALE_SLACK);
+            }
+        }
     }
 }
