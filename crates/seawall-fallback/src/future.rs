@@ -32,7 +32,7 @@ pin_project! {
     enum State<F, G> {
         Primary { #[pin] fut: F },
         // The inner service's readiness failed with an error the layer handles; it was not called.
-        NotReady { error: Option<BoxError> },
+        NotReady { error: Option<Arc<dyn Error + Send + Sync>> },
         Fallback { #[pin] fut: G, original: Arc<dyn Error + Send + Sync> },
     }
 }
@@ -50,7 +50,10 @@ where
     }
 
     /// A call answered from the fallback with the inner service's readiness error.
-    pub(crate) fn not_ready(error: BoxError, shared: Arc<Shared<H, C>>) -> Self {
+    pub(crate) fn not_ready(
+        error: Arc<dyn Error + Send + Sync>,
+        shared: Arc<Shared<H, C>>,
+    ) -> Self {
         ResponseFuture {
             state: State::NotReady { error: Some(error) },
             shared,
@@ -96,11 +99,9 @@ where
                     use_fallback(this.state.as_mut(), this.shared, failed, original);
                 }
                 StateProj::NotReady { error } => {
-                    let err: Arc<dyn Error + Send + Sync> = Arc::from(
-                        error
-                            .take()
-                            .expect("fallback ResponseFuture polled after completion"),
-                    );
+                    let err = error
+                        .take()
+                        .expect("fallback ResponseFuture polled after completion");
                     use_fallback(
                         this.state.as_mut(),
                         this.shared,

@@ -1,6 +1,7 @@
 use crate::{layer::Shared, FallbackHandler, ResponseFuture};
 use seawall_core::{BoxError, Classify};
 use std::{
+    error::Error,
     fmt,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -10,14 +11,16 @@ use tower_service::Service;
 
 /// Answers failed calls to `S` from a fallback; see the [crate docs](crate).
 ///
-/// A readiness error of `S` that the layer handles is held back: `poll_ready` reports ready, and
-/// the next call is answered from the fallback with that error, without calling `S`. The call
-/// after it polls `S` ready again. Readiness errors the layer does not handle are returned as
-/// they are.
+/// A readiness error of `S` that the layer handles is kept: from then on `poll_ready` reports
+/// ready and every call is answered from the fallback with that error, without polling or calling
+/// `S` again (a service whose `poll_ready` failed is gone, as tower's `Buffer` treats its worker).
+/// A clone of a failed `Fallback` is failed too: it holds a clone of the same failed service. A
+/// clone made before the failure does not share it. Readiness errors the layer does not handle
+/// are returned as they are.
 pub struct Fallback<S, H, C> {
     inner: S,
     shared: Arc<Shared<H, C>>,
-    not_ready: Option<BoxError>,
+    failed: Option<Arc<dyn Error + Send + Sync>>,
 }
 
 // ===== impl Fallback =====
@@ -27,7 +30,7 @@ impl<S, H, C> Fallback<S, H, C> {
         Fallback {
             inner,
             shared,
-            not_ready: None,
+            failed: None,
         }
     }
 
@@ -60,7 +63,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.not_ready.is_some() {
+        if self.failed.is_some() {
             return Poll::Ready(Ok(()));
         }
         match ready!(self.inner.poll_ready(cx)) {
@@ -71,8 +74,8 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Some(error) = self.not_ready.take() {
-            return ResponseFuture::not_ready(error, self.shared.clone());
+        if let Some(error) = &self.failed {
+            return ResponseFuture::not_ready(error.clone(), self.shared.clone());
         }
         let started = self.shared.classifier.uses_elapsed().then(Instant::now);
         ResponseFuture::new(self.inner.call(req), self.shared.clone(), started)
@@ -80,25 +83,26 @@ where
 }
 
 impl<S, H, C> Fallback<S, H, C> {
-    /// Keeps a readiness error the layer handles for the next call to answer from the fallback;
-    /// returns any other.
+    /// Keeps a readiness error the layer handles for every later call to answer from the
+    /// fallback; returns any other.
     #[cold]
     fn hold_back(&mut self, error: BoxError) -> Result<(), BoxError> {
         if !self.shared.handles(&*error) {
             return Err(error);
         }
-        self.not_ready = Some(error);
+        self.failed = Some(Arc::from(error));
         Ok(())
     }
 }
 
 impl<S: Clone, H, C> Clone for Fallback<S, H, C> {
-    /// A clone does not inherit a held-back readiness error.
+    /// A clone of a failed service is failed too, with the same error: its inner service is a
+    /// clone of one that failed, and is not polled.
     fn clone(&self) -> Self {
         Fallback {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            not_ready: None,
+            failed: self.failed.clone(),
         }
     }
 }
@@ -108,7 +112,7 @@ impl<S: fmt::Debug, H, C> fmt::Debug for Fallback<S, H, C> {
         f.debug_struct("Fallback")
             .field("inner", &self.inner)
             .field("policy", &*self.shared)
-            .field("not_ready", &self.not_ready.is_some())
+            .field("failed", &self.failed.is_some())
             .finish()
     }
 }

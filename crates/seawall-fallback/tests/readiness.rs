@@ -160,22 +160,20 @@ async fn a_handled_readiness_error_is_answered_from_the_fallback() {
     let calls = inner.calls.clone();
     let mut svc = layer.layer(inner);
 
-    // The readiness error is held back and answers the next call, which never reaches the inner
-    // service.
-    assert_eq!(
-        svc.ready().await.unwrap().call(()).await.unwrap(),
-        "fallback"
-    );
+    // The readiness error is kept and answers this call and every later one; none reaches the
+    // inner service, which is not polled again (it would be ready by now).
+    for _ in 0..2 {
+        assert_eq!(
+            svc.ready().await.unwrap().call(()).await.unwrap(),
+            "fallback"
+        );
+    }
     assert_eq!(*calls.lock().unwrap(), 0);
-    assert_eq!(*seen.lock().unwrap(), vec!["worker gone".to_string()]);
+    assert_eq!(*seen.lock().unwrap(), ["worker gone", "worker gone"]);
     assert_eq!(
         *events.lock().unwrap(),
-        vec![FallbackEvent::Used { error: true }]
+        [FallbackEvent::Used { error: true }; 2]
     );
-
-    // The call after it polls the inner service ready again and reaches it.
-    assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "inner");
-    assert_eq!(*calls.lock().unwrap(), 1);
 }
 
 #[tokio::test]
@@ -205,16 +203,24 @@ async fn an_unhandled_readiness_error_comes_out_of_poll_ready() {
 }
 
 #[tokio::test]
-async fn a_clone_does_not_inherit_a_held_back_readiness_error() {
+async fn a_clone_of_a_failed_service_is_failed_too() {
     let inner = not_ready(1, || "worker gone".into());
-    let mut svc = layer().layer(inner);
+    let calls = inner.calls.clone();
+    let mut before = layer().layer(inner);
+    let mut svc = before.clone();
     svc.ready().await.unwrap();
     let mut clone = svc.clone();
     assert_eq!(
         clone.ready().await.unwrap().call(()).await.unwrap(),
-        "inner"
+        "fallback"
     );
     assert_eq!(svc.call(()).await.unwrap(), "fallback");
+    assert_eq!(*calls.lock().unwrap(), 0);
+    // A clone made before the failure polls its own inner service.
+    assert_eq!(
+        before.ready().await.unwrap().call(()).await.unwrap(),
+        "inner"
+    );
 }
 
 /// A fallback service is cloned for each fallback call, and a clone of tower-test's mock is not
@@ -273,4 +279,22 @@ async fn a_call_dropped_during_an_async_fallback_reports_only_the_hand_off() {
         *events.lock().unwrap(),
         [FallbackEvent::Used { error: true }]
     );
+}
+
+/// tower's contract: a service whose `poll_ready` failed is gone, and some panic when polled
+/// again (`FutureService`, `SpawnReady`). Every later call is answered from the fallback.
+#[tokio::test]
+async fn a_failed_inner_service_is_never_polled_again() {
+    type Svc = BoxCloneService<(), &'static str, BoxError>;
+    let layer = FallbackLayer::builder()
+        .build_fn(|failed: seawall_fallback::Failed<&'static str>| {
+            assert_eq!(failed.error().unwrap().to_string(), "refused");
+            Ok("fb")
+        })
+        .unwrap();
+    let refused: Result<Svc, BoxError> = Err("refused".into());
+    let mut svc = layer.layer(tower::util::future_service(std::future::ready(refused)));
+    for _ in 0..2 {
+        assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "fb");
+    }
 }
