@@ -216,20 +216,23 @@ impl<S> Layer<S> for StatusLayer {
     fn layer(&self, inner: S) -> Self::Service {
         StatusService {
             inner,
-            not_ready: None,
+            failed: None,
         }
     }
 }
 
 /// Maps the errors of `S` with [`to_status`]; made by [`StatusLayer`].
 ///
-/// A readiness error is held back and returned from the next call instead, as a status: tonic's
-/// generated clients report readiness errors as `UNKNOWN "Service was not ready"` whatever they
-/// are, so a refused connection would otherwise never reach the caller as `UNAVAILABLE`. The
-/// inner service is polled ready again before the call after that.
+/// A readiness error is kept and returned as a status from the next call and every later one:
+/// tonic's generated clients report readiness errors as `UNKNOWN "Service was not ready"`
+/// whatever they are, so a refused connection would otherwise never reach the caller as
+/// `UNAVAILABLE`. The inner service is not polled or called again, since a service whose
+/// `poll_ready` failed is gone (tower's `Buffer` keeps its worker's error the same way). A clone
+/// of a failed `StatusService` is failed too, as it holds a clone of the same failed service; a
+/// clone made before the failure is not affected.
 pub struct StatusService<S> {
     inner: S,
-    not_ready: Option<BoxError>,
+    failed: Option<Status>,
 }
 
 impl<S> StatusService<S> {
@@ -250,11 +253,12 @@ impl<S> StatusService<S> {
 }
 
 impl<S: Clone> Clone for StatusService<S> {
-    /// A clone does not inherit a held-back readiness error.
+    /// A clone of a failed service is failed too, with the same status: its inner service is a
+    /// clone of one that failed, and is not polled.
     fn clone(&self) -> Self {
         StatusService {
             inner: self.inner.clone(),
-            not_ready: None,
+            failed: self.failed.clone(),
         }
     }
 }
@@ -263,7 +267,7 @@ impl<S: fmt::Debug> fmt::Debug for StatusService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusService")
             .field("inner", &self.inner)
-            .field("not_ready", &self.not_ready.is_some())
+            .field("failed", &self.failed.is_some())
             .finish()
     }
 }
@@ -278,19 +282,19 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.not_ready.is_none() {
+        if self.failed.is_none() {
             if let Err(error) = ready!(self.inner.poll_ready(cx)) {
-                self.not_ready = Some(error.into());
+                self.failed = Some(to_status(error.into()));
             }
         }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match self.not_ready.take() {
-            Some(error) => ResponseFuture {
+        match &self.failed {
+            Some(status) => ResponseFuture {
                 inner: Inner::NotReady {
-                    status: Some(to_status(error)),
+                    status: Some(status.clone()),
                 },
             },
             None => ResponseFuture {
@@ -315,7 +319,7 @@ pin_project! {
     enum Inner<F> {
         // The inner service's call.
         Called { #[pin] future: F },
-        // The held-back readiness error.
+        // The inner service's readiness error.
         NotReady { status: Option<Status> },
     }
 }

@@ -1,5 +1,5 @@
 //! seawall's rejections become the gRPC statuses a client expects, with the seawall error kept as
-//! the status's source; a readiness error comes back from the next call.
+//! the status's source; a readiness error comes back from every later call.
 
 use seawall::{
     balance::{BalanceLayer, NoEndpoints},
@@ -150,7 +150,7 @@ async fn other_errors_are_mapped_as_tonic_maps_them() {
     assert_eq!(to_status(Box::new(status)).code(), Code::PermissionDenied);
 }
 
-/// Fails `poll_ready` once (a connection that could not be made), then answers.
+/// Fails `poll_ready` once (a connection that could not be made), then would answer.
 #[derive(Default)]
 struct FailsReadyOnce {
     failed: bool,
@@ -175,21 +175,45 @@ impl Service<()> for FailsReadyOnce {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_readiness_error_comes_back_from_the_next_call() {
+async fn a_readiness_error_comes_back_from_every_later_call() {
     let mut svc = StatusLayer::new().layer(FailsReadyOnce::default());
-    // tonic's generated clients map any readiness error to UNKNOWN: it is held back instead.
-    svc.ready().await.expect("readiness errors are held back");
-    let status = svc
-        .call(())
-        .await
-        .unwrap_err()
-        .downcast::<Status>()
-        .unwrap();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(status.message(), "connection refused");
-    // The next call polls the inner service again.
-    svc.ready().await.unwrap();
-    assert_eq!(svc.call(()).await.unwrap(), "answer");
+    // tonic's generated clients map any readiness error to UNKNOWN: it is kept instead, and
+    // answers this call and every later one, without polling the failed service again (it would
+    // be ready by now).
+    for _ in 0..2 {
+        svc.ready().await.expect("readiness errors are kept");
+        let status = svc
+            .call(())
+            .await
+            .unwrap_err()
+            .downcast::<Status>()
+            .unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "connection refused");
+    }
+}
+
+/// tower's contract: a service whose `poll_ready` failed is gone, and some panic when polled
+/// again (`FutureService`, `SpawnReady`). Every later call gets the same status.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_service_is_never_polled_again() {
+    type Svc = tower::util::BoxCloneService<(), (), BoxError>;
+    let refused: Result<Svc, BoxError> = Err(Box::new(Status::unavailable("refused")));
+    let mut svc =
+        StatusLayer::new().layer(tower::util::future_service(std::future::ready(refused)));
+    for _ in 0..2 {
+        let status = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(())
+            .await
+            .unwrap_err()
+            .downcast::<Status>()
+            .unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "refused");
+    }
 }
 
 #[tokio::test(start_paused = true)]
