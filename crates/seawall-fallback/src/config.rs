@@ -100,7 +100,7 @@ impl<C> FallbackBuilder<C> {
         self,
         fallback: T,
     ) -> Result<FallbackLayer<FromService<T>, C>, ConfigError> {
-        self.build(FromService(fallback))
+        self.build(FromService::new(fallback))
     }
 
     fn build<H>(self, handler: H) -> Result<FallbackLayer<H, C>, ConfigError> {

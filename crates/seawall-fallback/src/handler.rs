@@ -3,7 +3,7 @@ use std::{
     error::Error,
     fmt,
     future::{ready, Future, Ready},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
 };
 use tower::{util::Oneshot, ServiceExt};
 use tower_service::Service;
@@ -75,6 +75,9 @@ pub trait FallbackHandler<Res> {
 }
 
 /// A fallback from a synchronous closure.
+///
+/// The closure is shared by every service of the layer, so those services are `Send` when it is
+/// `Send + Sync` (a closure that captures no `Cell` or `RefCell`).
 #[derive(Clone, Copy)]
 pub struct FromFn<F>(pub(crate) F);
 
@@ -100,8 +103,28 @@ impl<F> fmt::Debug for FromFn<F> {
 ///
 /// Each fallback call clones the service and drives the clone to readiness (a
 /// [`oneshot`](tower::ServiceExt::oneshot)), so the fallback service is never called unready.
-#[derive(Clone, Debug)]
-pub struct FromService<T>(pub(crate) T);
+///
+/// The service is kept behind a lock, taken only to clone it for a fallback call: a service that
+/// is `Send` but not `Sync` (a [`BoxCloneService`](tower::util::BoxCloneService)) still gives a
+/// layer and services that are `Send + Sync`.
+pub struct FromService<T>(Mutex<T>);
+
+impl<T> FromService<T> {
+    pub(crate) fn new(service: T) -> Self {
+        FromService(Mutex::new(service))
+    }
+
+    /// A clone of the service. A panic in a clone left the lock poisoned, not the service.
+    fn service(&self) -> T
+    where
+        T: Clone,
+    {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
 
 impl<T, Res> FallbackHandler<Res> for FromService<T>
 where
@@ -112,6 +135,19 @@ where
     type Future = Oneshot<T, Failed<Res>>;
 
     fn handle(&self, failed: Failed<Res>) -> Self::Future {
-        self.0.clone().oneshot(failed)
+        self.service().oneshot(failed)
+    }
+}
+
+impl<T: Clone> Clone for FromService<T> {
+    fn clone(&self) -> Self {
+        FromService::new(self.service())
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for FromService<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_tuple("FromService").field(&*service).finish()
     }
 }

@@ -102,6 +102,29 @@ fn services_and_futures_are_send_sync_static() {
     >();
 }
 
+/// A fallback service that is `Send` but not `Sync`, like `BoxCloneService`, still gives a
+/// service and a future that can be spawned, and a service a `ClientStack` can hold (`Sync`).
+#[test]
+fn a_send_fallback_service_gives_send_services_and_futures() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    fn assert_send<T: Send + 'static>() {}
+    type Fs = seawall_fallback::FromService<
+        BoxCloneService<seawall_fallback::Failed<&'static str>, &'static str, BoxError>,
+    >;
+    assert_send_sync::<FallbackLayer<Fs, seawall_core::classify::DefaultClassifier>>();
+    assert_send_sync::<
+        Fallback<mock::Mock<(), &'static str>, Fs, seawall_core::classify::DefaultClassifier>,
+    >();
+    assert_send::<
+        ResponseFuture<
+            mock::future::ResponseFuture<&'static str>,
+            Fs,
+            seawall_core::classify::DefaultClassifier,
+            &'static str,
+        >,
+    >();
+}
+
 /// An inner service whose readiness fails `failures` times, then answers every call with "inner".
 #[derive(Clone)]
 struct NotReady {
