@@ -249,6 +249,46 @@ async fn the_fallback_sees_breaker_rejections() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_fallback_answers_after_the_total_timeout_and_the_retries() {
+    let calls = Calls::default();
+    let retries = Arc::new(AtomicUsize::new(0));
+    let seen = retries.clone();
+    let client = ClientStack::builder()
+        .fallback(
+            FallbackLayer::builder()
+                .on_error_type::<Elapsed>()
+                .build_fn(|_failed| Ok("fallback"))
+                .unwrap(),
+        )
+        .timeout(Duration::from_secs(1))
+        .retry(
+            RetryLayer::builder()
+                .on_event(move |_: &seawall::Name, event: &RetryEvent| {
+                    if matches!(event, RetryEvent::Retry { .. }) {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+                .seed(1)
+                .build()
+                .unwrap(),
+        )
+        .per_try_timeout(Duration::from_millis(400))
+        .build(endpoints(&["slow"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    // Outermost, the fallback answers only when the total timeout gives up, at 1 s, after the
+    // retry has retried the attempts the per-try timeout cut (at 400 ms and, after a backoff of
+    // at most 50 ms, at most 850 ms; the third is cut by the total timeout). A fallback under the
+    // retry would answer the first cut attempt, at 400 ms, and nothing would be retried.
+    let start = Instant::now();
+    assert_eq!(client.oneshot(Req::default()).await.unwrap(), "fallback");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(retries.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.get("slow"), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_breaker_sees_every_attempt_of_the_retry_above_it() {
     let calls = Calls::default();
     let breaker = BreakerLayer::builder()
