@@ -82,6 +82,7 @@ impl TimeoutConfigBuilder {
     /// Validates the configuration and builds the layer.
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         let timeout = self.timeout.ok_or(ConfigError::missing("timeout"))?;
+        let named = self.name.is_some();
         let name = match self.name {
             Some(name) => Name::validate("name", &name)?,
             None => Name::default_for("timeout"),
@@ -89,6 +90,7 @@ impl TimeoutConfigBuilder {
         Ok(TimeoutLayer::from_shared(Shared::new(
             timeout,
             name,
+            named,
             Options {
                 propagate: self.propagate,
                 honor_override: self.honor_override,
@@ -103,6 +105,7 @@ impl Shared {
     pub(crate) fn new(
         timeout: Duration,
         name: Name,
+        named: bool,
         options: Options,
         listeners: Listeners<TimeoutEvent>,
     ) -> Arc<Self> {
@@ -112,6 +115,7 @@ impl Shared {
             honor_override: options.honor_override,
             enforce_outer: options.enforce_outer,
             name,
+            named,
             listeners,
         })
     }

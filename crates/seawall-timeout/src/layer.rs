@@ -18,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) honor_override: bool,
     pub(crate) enforce_outer: bool,
     pub(crate) name: Name,
+    /// Whether the user gave the name; `per_try` renames only a default one.
+    pub(crate) named: bool,
     pub(crate) listeners: Listeners<TimeoutEvent>,
 }
 
@@ -47,6 +49,7 @@ impl TimeoutLayer {
         Self::from_shared(Shared::new(
             timeout,
             Name::default_for("timeout"),
+            false,
             Options::default(),
             Listeners::new(),
         ))
@@ -89,20 +92,21 @@ impl TimeoutLayer {
     /// further out that enforces it ([`honor_override(false)`](TimeoutConfigBuilder::honor_override),
     /// [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline)).
     ///
-    /// A policy left with the default name `"timeout"` is named `"per_try_timeout"`, so its
-    /// events and metrics are told apart from those of the total timeout above the retry.
+    /// A policy given no name is named `"per_try_timeout"` instead of `"timeout"`, so its events
+    /// and metrics are told apart from those of the total timeout above the retry. A name given
+    /// with [`name`](TimeoutConfigBuilder::name) is kept, even `"timeout"`.
     ///
     /// The facade's `ClientStack` builds its per-try timeout this way.
     pub fn per_try(&self) -> TimeoutLayer {
         let shared = &*self.shared;
-        let name = if shared.name == Name::default_for("timeout") {
-            Name::default_for("per_try_timeout")
-        } else {
-            shared.name
+        let name = match shared.named {
+            true => shared.name,
+            false => Name::default_for("per_try_timeout"),
         };
         TimeoutLayer::from_shared(Shared::new(
             shared.timeout,
             name,
+            shared.named,
             Options {
                 propagate: shared.propagate,
                 honor_override: false,

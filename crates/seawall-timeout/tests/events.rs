@@ -71,3 +71,23 @@ async fn a_call_dropped_before_its_deadline_reports_nothing() {
     svc.oneshot(Work(Duration::from_secs(1))).await.unwrap_err();
     assert_eq!(events.lock().unwrap().len(), 1);
 }
+
+/// A policy left unnamed reports as `per_try_timeout` under a retry; one its user named keeps
+/// that name, even the default's spelling.
+#[test]
+fn a_per_try_timeout_is_renamed_only_when_it_has_no_name() {
+    let unnamed = TimeoutLayer::new(Duration::from_secs(1));
+    assert_eq!(unnamed.per_try().name().to_string(), "per_try_timeout");
+    assert_eq!(
+        unnamed.per_try().per_try().name().to_string(),
+        "per_try_timeout"
+    );
+    for name in ["timeout", "attempt"] {
+        let named = TimeoutLayer::builder()
+            .timeout(Duration::from_secs(1))
+            .name(name)
+            .build()
+            .unwrap();
+        assert_eq!(named.per_try().name().to_string(), name);
+    }
+}

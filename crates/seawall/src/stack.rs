@@ -448,7 +448,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// The timeout of one attempt on one endpoint: a `Duration` or a [`TimeoutLayer`].
     ///
     /// The stack uses it as [`TimeoutLayer::per_try`] (same duration, listeners and name, but
-    /// `"per_try_timeout"` for one left with the default name `"timeout"`): it
+    /// `"per_try_timeout"` for one given no name): it
     /// ignores a request's [`TimeoutOverride`](crate::timeout::TimeoutOverride), and does not
     /// fire at the call's deadline, which the total timeout (or, without one, the layer in its
     /// place) enforces by cancelling the attempt, so an impatient caller's cut counts against no
