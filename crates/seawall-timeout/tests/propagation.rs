@@ -93,8 +93,22 @@ async fn outer_deadline_cuts_the_call(inner: TimeoutLayer) {
 
 #[tokio::test(start_paused = true)]
 async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
-    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline.
-    outer_deadline_cuts_the_call(TimeoutLayer::new(Duration::from_secs(5))).await;
+    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline,
+    // so it is the one that fires, under its name (the outer one then finds the answer in time).
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let sink = fired.clone();
+    let inner = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(5))
+        .name("inner")
+        .on_event(
+            move |name: &seawall_core::Name, _: &seawall_timeout::TimeoutEvent| {
+                sink.lock().unwrap().push(name.to_string());
+            },
+        )
+        .build()
+        .unwrap();
+    outer_deadline_cuts_the_call(inner).await;
+    assert_eq!(*fired.lock().unwrap(), ["inner"]);
 }
 
 #[tokio::test(start_paused = true)]
