@@ -392,7 +392,10 @@ pub mod testing {
             get(&self.inner.counters, metric, name).map_or(0, |c| c.load(Ordering::SeqCst))
         }
 
-        /// The value of gauge `metric` for policy `name`, if it was ever set.
+        /// The value of gauge `metric` for policy `name`; `None` if no such gauge was registered.
+        ///
+        /// A gauge registered and never set reads `Some(0.0)`, as exporters report a registered
+        /// gauge.
         pub fn gauge(&self, metric: &str, name: &str) -> Option<f64> {
             get(&self.inner.gauges, metric, name).map(|g| f64::from_bits(g.load(Ordering::SeqCst)))
         }
