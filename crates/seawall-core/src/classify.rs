@@ -284,12 +284,22 @@ impl GrpcCode {
 
     /// The status a gRPC response's headers tell: its `grpc-status`, or, when that is absent and
     /// the HTTP status is not 200, the code [`from_http_status`](Self::from_http_status) maps it
-    /// to. `None` for a 200 response whose status is still to come in the trailers.
+    /// to. A 200 response without `grpc-status` whose `content-type` is there and is not gRPC's
+    /// (does not start with `application/grpc`, e.g. a proxy's `text/html` page) is UNKNOWN, as
+    /// gRPC clients read it. `None` for any other 200 response: its status is still to come in the
+    /// trailers.
     pub fn from_response<B>(response: &Response<B>) -> Option<GrpcCode> {
         match GrpcCode::from_headers(response.headers()) {
             Some(code) => Some(code),
-            None if response.status() == http::StatusCode::OK => None,
-            None => Some(GrpcCode::from_http_status(response.status())),
+            None if response.status() != http::StatusCode::OK => {
+                Some(GrpcCode::from_http_status(response.status()))
+            }
+            None => match response.headers().get(http::header::CONTENT_TYPE) {
+                Some(content_type) if !is_grpc_content_type(content_type.as_bytes()) => {
+                    Some(GrpcCode::Unknown)
+                }
+                _ => None,
+            },
         }
     }
 
@@ -310,15 +320,27 @@ impl GrpcCode {
     }
 }
 
+/// Whether a `content-type` is gRPC's: `application/grpc`, alone or followed by `+proto`,
+/// `;charset=…`, `-web` and the like (case-insensitive, as media types are).
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value
+        .get(..GRPC.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+}
+
 /// Classifies gRPC responses by the `grpc-status` header.
 ///
 /// A gRPC server that fails a call before sending any message answers *trailers-only*: the status
 /// is in the response headers, where this classifier reads it. A response with HTTP status other
 /// than 200 and no `grpc-status` (an error page from a proxy or load balancer in front of the
 /// server) is read as gRPC clients read it, through [`GrpcCode::from_http_status`]: 429, 502, 503
-/// and 504 are UNAVAILABLE, and so a failure. A 200 response without `grpc-status` in its headers
-/// is a success as far as the headers tell (a failure reported in the trailers of a streamed body
-/// is not visible to a response classifier). Errors are failures.
+/// and 504 are UNAVAILABLE, and so a failure. A 200 response without `grpc-status` whose
+/// `content-type` is not gRPC's (a proxy's `text/html` page) is UNKNOWN, and so a failure, as
+/// grpc-go reads it; one without a `content-type` is given the benefit of the doubt. Any other 200
+/// response without `grpc-status` in its headers is a success as far as the headers tell (a
+/// failure reported in the trailers of a streamed body is not visible to a response classifier).
+/// Errors are failures.
 ///
 /// The default failure codes are UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and
 /// UNKNOWN: the ones that say the server (not the request) is in trouble.
@@ -571,6 +593,55 @@ mod tests {
             .unwrap();
         assert_eq!(GrpcCode::from_response(&res), Some(GrpcCode::Ok));
         assert_eq!(GrpcCode::from_response(&grpc(None)), None);
+    }
+
+    /// A 200 that is not gRPC at all (a proxy's HTML page) is UNKNOWN, as grpc-go reads it; a
+    /// gRPC response whose status is still to come in the trailers is not.
+    #[test]
+    fn grpc_reads_a_200_that_is_not_grpc_as_unknown() {
+        let c = GrpcClassifier::new();
+        let with_type = |content_type: &str| {
+            let res = Response::builder()
+                .status(200)
+                .header("content-type", content_type)
+                .body(())
+                .unwrap();
+            (
+                GrpcCode::from_response(&res),
+                Classify::<_, io::Error>::classify(&c, Ok(&res), Duration::ZERO),
+            )
+        };
+        for other in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "application/json",
+            "",
+        ] {
+            assert_eq!(
+                with_type(other),
+                (Some(GrpcCode::Unknown), Outcome::Failure),
+                "{other:?}"
+            );
+        }
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+            "Application/gRPC",
+            "application/grpc-web+proto",
+        ] {
+            assert_eq!(with_type(grpc), (None, Outcome::Success), "{grpc:?}");
+        }
+        // No content type: nothing says it is not gRPC.
+        assert_eq!(GrpcCode::from_response(&grpc(None)), None);
+        // A grpc-status header is read whatever the content type.
+        let res = Response::builder()
+            .status(200)
+            .header("content-type", "text/html")
+            .header("grpc-status", "0")
+            .body(())
+            .unwrap();
+        assert_eq!(GrpcCode::from_response(&res), Some(GrpcCode::Ok));
     }
 
     #[test]
