@@ -181,7 +181,11 @@ where
                 }
                 None => return self.decide(cx),
             },
-            Next::Admitted(_) => {}
+            Next::Admitted(ref permit) => {
+                if !permit.is_counted_in(self.slot.shared.machine.generation()) {
+                    return self.recheck(cx);
+                }
+            }
             Next::Rejected => return self.decide(cx),
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -249,6 +253,32 @@ fn settle(shared: &Shared, next: Next) -> Option<Permit> {
 }
 
 impl<S, C> Breaker<S, C> {
+    /// `poll_ready` again with a permit reserved by an earlier poll that is not a current Closed
+    /// one: a probe, a call MetricsOnly or Disabled lets through, or a permit of an earlier
+    /// generation. A permit reserved before the breaker changed state (the inner service was not
+    /// ready yet) is handed back and the breaker asked again, so an open breaker does not keep
+    /// polling the inner service, and with backpressure keeps the caller waiting.
+    #[inline(never)]
+    fn recheck<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let shared = &*self.slot.shared;
+        if let Next::Admitted(permit) = &self.slot.next {
+            if permit.kind() == PermitKind::Probe {
+                // A trial call's HalfOpen may have run out of time meanwhile.
+                shared.machine.tick(shared.now(), shared);
+            }
+            if permit.generation() != shared.machine.generation() {
+                if let Next::Admitted(permit) = mem::replace(&mut self.slot.next, Next::Undecided) {
+                    shared.release(permit);
+                }
+            }
+        }
+        self.decide(cx)
+    }
+
     /// `poll_ready` in every case but a Closed breaker admitting a call not yet decided.
     #[inline(never)]
     fn decide<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>

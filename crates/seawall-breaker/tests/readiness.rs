@@ -10,7 +10,14 @@ use seawall::{
     breaker::{Breaker, BreakerHandle, BreakerLayer, ResponseFuture, State},
     BoxError,
 };
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{
     buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, Service, ServiceExt,
@@ -60,6 +67,81 @@ async fn an_open_breaker_does_not_poll_the_inner_service() {
         inner.poll_request().is_pending(),
         "nothing reached the inner service"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_made_before_the_breaker_opened_waits_with_backpressure() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
+
+    // Admitted while Closed; the inner service is not ready yet.
+    inner.allow(0);
+    assert_pending!(svc.poll_ready());
+    handle.force_open();
+    inner.allow(1);
+    assert_pending!(
+        svc.poll_ready(),
+        "a forced-open breaker keeps a waiting caller waiting"
+    );
+    assert_eq!(handle.snapshot().rejected, 0);
+
+    handle.reset();
+    assert!(svc.is_woken(), "woken by the change");
+    assert_ready_ok!(svc.poll_ready());
+    let call = svc.call("after reset");
+    let (request, respond) = inner.next_request().await.unwrap();
+    assert_eq!(request, "after reset");
+    respond.send_response("ok");
+    assert_eq!(call.await.unwrap(), "ok");
+}
+
+/// An inner service that is never ready and counts how often it is polled.
+#[derive(Clone, Default)]
+struct NeverReady(Arc<AtomicUsize>);
+
+impl Service<()> for NeverReady {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_made_before_the_breaker_opened_stops_polling_the_inner_service() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = NeverReady::default();
+    let polls = inner.0.clone();
+    let mut svc = task::spawn(());
+    let mut breaker = layer.layer(inner);
+
+    svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
+    handle.force_open();
+    svc.enter(|cx, _| assert!(matches!(breaker.poll_ready(cx), Poll::Ready(Ok(())))));
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        1,
+        "an open breaker does not poll the inner service"
+    );
+    assert!(rejected(&breaker.call(()).await));
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
