@@ -180,7 +180,8 @@ impl Shared {
             rejected: metrics::counter(metrics::BREAKER_REJECTED, &name),
             transitions: metrics::counter(metrics::BREAKER_TRANSITIONS, &name),
         };
-        let machine = Machine::new(config);
+        // Counted from the breaker's build, as `now` is.
+        let machine = Machine::with_origin(config, 0);
         let needs_clock = machine.needs_clock();
         Arc::new_cyclic(|this| Shared {
             machine,

@@ -1,18 +1,22 @@
 //! The circuit breaker state machine, free of tower and tokio types.
 //!
 //! [`Machine`] decides whether a call may go ahead ([`Machine::acquire`]) and takes its outcome
-//! afterwards ([`Machine::complete`]). Time enters as nanoseconds since the breaker's start, read
-//! through a closure only when a decision needs it, so tests drive the machine with any clock and
-//! the Closed path of a count window without a slow-call rule reads no clock at all. It can guard
-//! code that is not a tower service as well.
+//! afterwards ([`Machine::complete`]). Time enters as nanoseconds on a monotonic clock with any
+//! origin (a tokio `Instant`'s distance from some start, Unix-epoch nanoseconds, a test's
+//! counter), read through a closure only when a decision needs it, so the Closed path of a count
+//! window without a slow-call rule reads no clock at all. The machine counts time from its first
+//! reading of the clock (or from the origin it was built with, see [`Machine::with_origin`]); the
+//! times it reports ([`Machine::deadline`], [`Rejected::retry_at`]) are on the caller's clock. It
+//! can guard code that is not a tower service as well.
 //!
 //! # Layout
 //!
 //! - `state`: one word, `generation << 4 | mode`. Every state change is a compare-and-swap that bumps
 //!   the generation, so of two threads that both see a reason to change state only one does.
 //! - `until`: when the current Open period ends, or when the current HalfOpen gives up on its
-//!   probes, in milliseconds, tagged with the low 24 bits of the generation it belongs to. Written
-//!   right after the state change; until it is, the state's deadline reads as not yet reached.
+//!   probes, in milliseconds from the machine's origin, tagged with the low 24 bits of the
+//!   generation it belongs to. Written right after the state change; until it is, the state's
+//!   deadline reads as not yet reached.
 //!   HalfOpen's bound guards against probes that hang, so it runs only while a probe does: the
 //!   change writes `NO_BOUND`, the call that takes the first slot writes the bound, and a probe
 //!   handed back without a result that leaves no slot taken and no result in writes `NO_BOUND`
@@ -232,9 +236,9 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    /// When (nanoseconds since the breaker's start) the breaker may admit calls again without a
-    /// manual change: the end of the Open wait, or HalfOpen's bound on its probes. `None` when it
-    /// is not known yet, or when the breaker is forced open.
+    /// When (nanoseconds, on the clock the machine is given) the breaker may admit calls again
+    /// without a manual change: the end of the Open wait, or HalfOpen's bound on its probes.
+    /// `None` when it is not known yet, or when the breaker is forced open.
     pub fn retry_at(&self) -> Option<u64> {
         self.retry_at
     }
@@ -322,6 +326,8 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const UNTIL_BITS: u32 = 40;
 const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
 const NANOS_PER_MILLI: u64 = 1_000_000;
+/// The origin of a machine that has not read its clock yet.
+const NO_ORIGIN: u64 = u64::MAX;
 /// The deadline of a HalfOpen that has admitted no probe yet: the end of the range, which reads
 /// as no bound at all (see [`Machine::half_open_bound`]).
 const NO_BOUND: u64 = UNTIL_MASK;
@@ -420,6 +426,8 @@ pub struct Machine {
     state: Padded<AtomicU64>,
     until: AtomicU64,
     entered: AtomicU64,
+    /// The caller's clock reading the machine counts time from ([`NO_ORIGIN`] until the first).
+    origin: AtomicU64,
     probes: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
@@ -441,8 +449,23 @@ impl fmt::Debug for Machine {
 }
 
 impl Machine {
-    /// A Closed machine following `config`.
+    /// A Closed machine following `config`, counting time from its first reading of the clock.
+    ///
+    /// The clock given to its methods must be monotonic and count nanoseconds; its origin does
+    /// not matter. Deadlines are kept in whole milliseconds for about 34.8 years from the first
+    /// reading.
     pub fn new(config: &BreakerConfig) -> Self {
+        Self::starting(config, NO_ORIGIN)
+    }
+
+    /// A Closed machine following `config`, counting time from `origin`, a reading of the clock
+    /// its methods are given (readings before it count as `origin`). Otherwise the same as
+    /// [`new`](Self::new), which takes its first reading of the clock as the origin.
+    pub fn with_origin(config: &BreakerConfig, origin: u64) -> Self {
+        Self::starting(config, origin.min(NO_ORIGIN - 1))
+    }
+
+    fn starting(config: &BreakerConfig, origin: u64) -> Self {
         let rules = Rules {
             minimum_calls: config.minimum_calls,
             failure_ppm: config.failure_rate.map(ppm),
@@ -461,6 +484,7 @@ impl Machine {
             state: Padded(AtomicU64::new(pack_state(0, CLOSED))),
             until: AtomicU64::new(0),
             entered: AtomicU64::new(0),
+            origin: AtomicU64::new(origin),
             probes: Padded(AtomicU64::new(0)),
             window: config.build_window(),
             consecutive: AtomicU32::new(0),
@@ -488,6 +512,39 @@ impl Machine {
     #[inline]
     pub fn generation(&self) -> u64 {
         generation_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// `now` on the caller's clock, in nanoseconds from the machine's origin (set here by the
+    /// first reading).
+    #[inline]
+    fn since_origin(&self, now: u64) -> u64 {
+        match self.origin.load(Ordering::Relaxed) {
+            NO_ORIGIN => self.set_origin(now),
+            origin => now.saturating_sub(origin),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set_origin(&self, now: u64) -> u64 {
+        let origin = now.min(NO_ORIGIN - 1);
+        match self
+            .origin
+            .compare_exchange(NO_ORIGIN, origin, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => now - origin,
+            // Another thread's reading came first.
+            Err(origin) => now.saturating_sub(origin),
+        }
+    }
+
+    /// A time `since` nanoseconds after the machine's origin, on the caller's clock.
+    #[inline]
+    fn on_clock(&self, since: u64) -> u64 {
+        match self.origin.load(Ordering::Relaxed) {
+            NO_ORIGIN => since,
+            origin => origin.saturating_add(since),
+        }
     }
 
     /// Asks to make one call at `now`. Moves Open → HalfOpen when the wait is over and HalfOpen →
@@ -557,7 +614,7 @@ impl Machine {
         observer: &O,
         count: bool,
     ) -> Result<Permit, Rejected> {
-        let now = Now::new(now);
+        let now = Now::new(|| self.since_origin(now()));
         loop {
             let word = self.state.load(Ordering::Acquire);
             let generation = generation_of(word);
@@ -623,13 +680,16 @@ impl Machine {
             if count {
                 self.count_rejected();
             }
-            Err(Rejected { retry_at })
+            Err(Rejected {
+                retry_at: retry_at.map(|at| self.on_clock(at)),
+            })
         }
     }
 
     /// Whether [`acquire`](Self::acquire) at `now` would let a call through, taking nothing and
     /// changing nothing: a slot free in HalfOpen, or an Open wait that is over.
     pub fn permits(&self, now: impl Fn() -> u64) -> bool {
+        let now = || self.since_origin(now());
         let word = self.state.load(Ordering::Acquire);
         let mode = mode_of(word);
         if mode & SHADOW != 0 {
@@ -734,7 +794,7 @@ impl Machine {
                 if generation_of(word) != permit.generation() {
                     return;
                 }
-                let now = Now::new(now);
+                let now = Now::new(|| self.since_origin(now()));
                 let failure = outcome == Outcome::Failure;
                 let slow = self.is_slow_call(elapsed);
                 let counts = self.window.record(failure, slow, || now.get());
@@ -767,7 +827,7 @@ impl Machine {
         if generation_of(word) != permit.generation() {
             return;
         }
-        let now = now();
+        let now = self.since_origin(now());
         if let Some(deadline) = self
             .half_open_bound(permit.generation())
             .filter(|&deadline| now >= deadline)
@@ -899,30 +959,32 @@ impl Machine {
     /// HalfOpen `generation`'s bound: its deadline, unless no probe has started it yet or every
     /// probe was handed back without a result ([`NO_BOUND`]: a HalfOpen without probes has
     /// nothing to give up on, and waits for its next call however long that takes) or it was
-    /// cut to the end of the deadline range (a clock some 34.8 years past the breaker's start,
-    /// or not counted from it). Then the probes decide alone: a bound already due would reopen
-    /// the breaker, whose wait, as cut, is over at once, and so round forever.
+    /// cut to the end of the deadline range (a clock some 34.8 years past the machine's origin).
+    /// Then the probes decide alone: a bound already due would reopen the breaker, whose wait, as
+    /// cut, is over at once, and so round forever.
     fn half_open_bound(&self, generation: u64) -> Option<u64> {
         self.until_of(generation)
             .filter(|&deadline| deadline < UNTIL_MASK * NANOS_PER_MILLI)
     }
 
-    /// When (nanoseconds) the current state's deadline falls: the end of Open, or HalfOpen's
-    /// bound while it runs (from the first probe until a verdict, or until every probe is handed
-    /// back without a result). `None` in other states, in a HalfOpen with no bound running, or
-    /// just after a change before the deadline is written.
+    /// When (nanoseconds, on the clock the machine is given) the current state's deadline falls:
+    /// the end of Open, or HalfOpen's bound while it runs (from the first probe until a verdict,
+    /// or until every probe is handed back without a result). `None` in other states, in a
+    /// HalfOpen with no bound running, or just after a change before the deadline is written.
     pub fn deadline(&self) -> Option<u64> {
         let word = self.state.load(Ordering::Acquire);
-        match mode_of(word) & !SHADOW {
+        let deadline = match mode_of(word) & !SHADOW {
             OPEN => self.until_of(generation_of(word)),
             HALF_OPEN => self.half_open_bound(generation_of(word)),
             _ => None,
-        }
+        };
+        deadline.map(|deadline| self.on_clock(deadline))
     }
 
     /// Applies a deadline that has passed at `now`: Open → HalfOpen, HalfOpen → Open (only while
     /// a bound runs, see [`deadline`](Self::deadline)). Returns the state after.
     pub fn tick<O: Observer + ?Sized>(&self, now: u64, observer: &O) -> State {
+        let now = Now::new(|| self.since_origin(now));
         loop {
             let word = self.state.load(Ordering::Acquire);
             let mode = mode_of(word);
@@ -936,10 +998,10 @@ impl Machine {
                 _ => self.until_of(generation_of(word)),
             };
             match deadline {
-                Some(deadline) if now >= deadline => {
+                Some(deadline) if now.get() >= deadline => {
                     // A HalfOpen that ran out is open as of its bound; an Open whose wait is
                     // over starts its probe window now.
-                    let at = if next == OPEN { deadline } else { now };
+                    let at = if next == OPEN { deadline } else { now.get() };
                     self.transition(word, next | (mode & SHADOW), at, observer);
                 }
                 _ => return public_state(mode),
@@ -970,6 +1032,7 @@ impl Machine {
     }
 
     fn manual<O: Observer + ?Sized>(&self, to: u64, always: bool, now: u64, observer: &O) {
+        let now = self.since_origin(now);
         loop {
             let word = self.state.load(Ordering::Acquire);
             let mode = mode_of(word);
@@ -1102,7 +1165,7 @@ impl Machine {
 
     /// The counts of the sliding window at `now`.
     pub fn counts(&self, now: u64) -> Counts {
-        self.window.counts(|| now)
+        self.window.counts(|| self.since_origin(now))
     }
 
     /// Calls rejected since the machine was built.
@@ -1112,10 +1175,11 @@ impl Machine {
 
     /// A point-in-time view at `now`.
     pub fn snapshot(&self, now: u64) -> Snapshot {
+        let now = self.since_origin(now);
         let word = self.state.load(Ordering::Acquire);
         let mode = mode_of(word);
         let generation = generation_of(word);
-        let counts = self.counts(now);
+        let counts = self.window.counts(|| now);
         let rate = |n: u32| match counts.calls {
             0 => 0.0,
             calls => n as f64 / calls as f64,

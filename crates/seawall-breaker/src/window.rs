@@ -32,7 +32,7 @@
 //! (7 × 10^13) calls; sums past `u32::MAX` calls are scaled down together, keeping the rates.
 //!
 //! Neither kind takes a lock or allocates after construction. Time enters as nanoseconds since the
-//! breaker's start, given by the caller.
+//! machine's origin, given by the caller.
 
 use crate::sync::{AtomicU64, AtomicU8, Ordering, Padded};
 

@@ -336,8 +336,9 @@ async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
 fn a_clock_past_the_deadline_range_does_not_spin() {
     use seawall::breaker::{state::Machine, BreakerConfig};
 
-    // Deadlines are whole milliseconds in 40 bits (about 34.8 years from the breaker's start);
-    // a clock past that (a caller's Unix-epoch nanoseconds, say) must still get answers.
+    // Deadlines are whole milliseconds in 40 bits (about 34.8 years from the machine's first
+    // reading of its clock). A clock with any origin (a caller's Unix-epoch nanoseconds, say)
+    // keeps the Open wait, and one that runs past the range must still get answers.
     let config = BreakerConfig::builder()
         .consecutive_failures(1)
         .build_config()
@@ -345,28 +346,102 @@ fn a_clock_past_the_deadline_range_does_not_spin() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let machine = Machine::new(&config);
+        let fail_at = |now: u64| {
+            let permit = machine.acquire(|| now, &()).unwrap();
+            machine.complete(
+                permit,
+                seawall::core::Outcome::Failure,
+                Duration::ZERO,
+                || now,
+                &(),
+            );
+        };
         let now = 1_765_000_000_000_000_000u64;
-        let permit = machine.acquire(|| now, &()).unwrap();
-        machine.complete(
-            permit,
-            seawall::core::Outcome::Failure,
-            Duration::ZERO,
-            || now,
-            &(),
-        );
+        fail_at(now);
+        let waiting = machine.acquire(|| now + 1_000_000, &()).map(|p| p.kind());
         let later = now + 10_000_000_000;
         let first = machine.acquire(|| later, &()).map(|p| p.kind());
-        let again = machine.acquire(|| later, &()).map(|p| p.kind()).ok();
-        tx.send((first.ok(), again, machine.permits(|| later)))
-            .unwrap();
+        // 35 years on, past the deadline range.
+        let far = now + 35 * 365 * 24 * 3600 * 1_000_000_000;
+        machine.reset(far, &());
+        fail_at(far);
+        let far_first = machine.acquire(|| far + 1, &()).map(|p| p.kind());
+        tx.send((waiting.ok(), first.ok(), far_first.ok())).unwrap();
     });
     let answers = rx
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the machine answered");
+    assert_eq!(answers.0, None, "1 ms into the Open wait: {answers:?}");
     assert!(
-        answers.0.is_some(),
+        answers.1.is_some(),
         "past its wait, a call is let through: {answers:?}"
     );
+    assert!(
+        answers.2.is_some(),
+        "past the deadline range, a call is let through: {answers:?}"
+    );
+}
+
+#[test]
+fn a_clock_with_any_origin_keeps_the_waits() {
+    use seawall::breaker::{
+        state::{Machine, PermitKind},
+        BreakerConfig,
+    };
+    use seawall::core::Outcome;
+
+    const MS: u64 = 1_000_000;
+    let machine = Machine::new(
+        &BreakerConfig::builder()
+            .consecutive_failures(1)
+            .wait_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .permitted_probes(1)
+            .max_wait_in_half_open(Duration::from_secs(2))
+            .build_config()
+            .unwrap(),
+    );
+    // Unix-epoch nanoseconds.
+    let t0 = 1_765_000_000_000_000_000u64;
+    let permit = machine.acquire(|| t0, &()).unwrap();
+    machine.complete(permit, Outcome::Failure, Duration::ZERO, || t0, &());
+    assert_eq!(machine.state(), State::Open);
+    assert_eq!(
+        machine.deadline(),
+        Some(t0 + 1_000 * MS),
+        "on the caller's clock"
+    );
+
+    let rejected = machine.acquire(|| t0 + MS, &()).unwrap_err();
+    assert_eq!(rejected.retry_at(), Some(t0 + 1_000 * MS));
+    assert!(!machine.permits(|| t0 + MS));
+    assert!(machine.acquire(|| t0 + 999 * MS, &()).is_err());
+
+    // The wait is over: the next call probes, and hangs.
+    assert!(machine.permits(|| t0 + 1_000 * MS));
+    let probe = machine.acquire(|| t0 + 1_000 * MS, &()).unwrap();
+    assert_eq!(probe.kind(), PermitKind::Probe);
+    assert_eq!(
+        machine.deadline(),
+        Some(t0 + 3_000 * MS),
+        "bounded from the probe"
+    );
+    assert_eq!(machine.tick(t0 + 2_999 * MS, &()), State::HalfOpen);
+    // The bound runs out: open again, with the next wait (2 s) from the bound.
+    assert_eq!(machine.tick(t0 + 3_000 * MS, &()), State::Open);
+    assert_eq!(machine.snapshot(t0 + 3_000 * MS).trips, 2);
+    assert_eq!(machine.deadline(), Some(t0 + 5_000 * MS));
+    assert!(machine.acquire(|| t0 + 4_999 * MS, &()).is_err());
+    machine.complete(
+        probe,
+        Outcome::Success,
+        Duration::ZERO,
+        || t0 + 5_000 * MS,
+        &(),
+    );
+    assert_eq!(machine.state(), State::Open, "a late probe decides nothing");
+    let next = machine.acquire(|| t0 + 5_000 * MS, &()).unwrap();
+    assert_eq!(next.kind(), PermitKind::Probe);
 }
 
 /// One probe, trips on the first failure, waits 1 s growing to 8 s, HalfOpen bound 2 s.

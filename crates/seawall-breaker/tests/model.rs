@@ -499,10 +499,17 @@ fn kind_of(result: &Result<Permit, seawall_breaker::state::Rejected>) -> Option<
 }
 
 /// Runs `ops` on the machine and the model, checking they agree after each; returns each step's
-/// state and, for an `Admit`, whether the call was admitted.
-fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestCaseError> {
+/// state and, for an `Admit`, whether the call was admitted. The machine's clock reads `base`
+/// where the model's reads 0.
+fn run(
+    params: Params,
+    ops: Vec<Op>,
+    base: u64,
+) -> Result<Vec<(State, Option<bool>)>, TestCaseError> {
     let mut trace = Vec::new();
     let machine = Machine::new(&params.config());
+    // The machine counts time from its first reading of the clock: the model's 0.
+    let _ = machine.snapshot(base);
     let mut model = Model::new(params);
     let mut now = 0u64;
     let mut held: Vec<(Permit, ModelPermit)> = Vec::new();
@@ -512,8 +519,13 @@ fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestC
             Op::Admit => {
                 // Asking first changes nothing, and tells what admission will say.
                 let would = model.clone().acquire(now).is_some();
-                prop_assert_eq!(machine.permits(|| now), would, "step {}: permits", step);
-                let real = machine.acquire(|| now, &());
+                prop_assert_eq!(
+                    machine.permits(|| base + now),
+                    would,
+                    "step {}: permits",
+                    step
+                );
+                let real = machine.acquire(|| base + now, &());
                 let expected = model.acquire(now);
                 admitted = Some(real.is_ok());
                 prop_assert_eq!(
@@ -538,7 +550,7 @@ fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestC
                         permit,
                         outcome,
                         Duration::from_millis(elapsed_ms),
-                        || now,
+                        || base + now,
                         &(),
                     );
                     model.complete(m, outcome, elapsed_ms, now);
@@ -547,26 +559,26 @@ fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestC
             Op::Cancel(index) => {
                 if !held.is_empty() {
                     let (permit, m) = held.remove(index % held.len());
-                    machine.complete(permit, Outcome::Ignored, Duration::ZERO, || now, &());
+                    machine.complete(permit, Outcome::Ignored, Duration::ZERO, || base + now, &());
                     model.complete(m, Outcome::Ignored, 0, now);
                 }
             }
             Op::Advance(ms) => now += ms * MS,
             Op::Tick => {
-                machine.tick(now, &());
+                machine.tick(base + now, &());
                 model.tick(now);
             }
             Op::Manual(op) => {
                 match op {
-                    Manual::ForceOpen => machine.force_open(now, &()),
-                    Manual::Disable => machine.disable(now, &()),
-                    Manual::MetricsOnly => machine.metrics_only(now, &()),
-                    Manual::Reset => machine.reset(now, &()),
+                    Manual::ForceOpen => machine.force_open(base + now, &()),
+                    Manual::Disable => machine.disable(base + now, &()),
+                    Manual::MetricsOnly => machine.metrics_only(base + now, &()),
+                    Manual::Reset => machine.reset(base + now, &()),
                 }
                 model.manual(op, now);
             }
         }
-        let snapshot = machine.snapshot(now);
+        let snapshot = machine.snapshot(base + now);
         prop_assert_eq!(
             snapshot.state,
             model.state(),
@@ -596,6 +608,17 @@ fn run(params: Params, ops: Vec<Op>) -> Result<Vec<(State, Option<bool>)>, TestC
             step,
             model
         );
+        let deadline = match &model.phase {
+            Phase::Open { until } => Some(*until),
+            Phase::HalfOpen { deadline, .. } => *deadline,
+            _ => None,
+        };
+        prop_assert_eq!(
+            machine.deadline(),
+            deadline.map(|deadline| base + deadline),
+            "step {}: deadline, on the machine's clock",
+            step
+        );
         if let Phase::HalfOpen { taken, results, .. } = &model.phase {
             prop_assert_eq!(snapshot.probes_in_use, *taken, "step {}: probes", step);
             prop_assert_eq!(snapshot.probe_results, results.len() as u32);
@@ -609,8 +632,12 @@ proptest! {
     #![proptest_config(seeded(cases()))]
 
     #[test]
-    fn machine_agrees_with_model(params in params(), ops in prop::collection::vec(op(), 1..80)) {
-        run(params, ops)?;
+    fn machine_agrees_with_model(
+        params in params(),
+        ops in prop::collection::vec(op(), 1..80),
+        base in prop_oneof![Just(0u64), Just(1_765_000_000_000_000_000), 0..1u64 << 62],
+    ) {
+        run(params, ops, base)?;
     }
 }
 
@@ -692,7 +719,12 @@ fn model_walkthrough() {
         (Op::Admit, Closed, yes),
         (ok(0), Closed, None),
     ];
-    let ops = steps.iter().map(|(op, ..)| op.clone()).collect();
+    let ops: Vec<Op> = steps.iter().map(|(op, ..)| op.clone()).collect();
     let expected: Vec<(State, Option<bool>)> = steps.iter().map(|&(_, s, a)| (s, a)).collect();
-    assert_eq!(run(params, ops).unwrap(), expected);
+    assert_eq!(run(params.clone(), ops.clone(), 0).unwrap(), expected);
+    // The same on a clock with another origin (Unix-epoch nanoseconds).
+    assert_eq!(
+        run(params, ops, 1_765_000_000_123_456_789).unwrap(),
+        expected
+    );
 }
