@@ -432,7 +432,6 @@ pub struct Machine {
     window: Window,
     consecutive: AtomicU32,
     trips: AtomicU32,
-    draws: AtomicU64,
     rejected: Padded<AtomicU64>,
     would_have_rejected: AtomicU64,
     rules: Rules,
@@ -489,7 +488,6 @@ impl Machine {
             window: config.build_window(),
             consecutive: AtomicU32::new(0),
             trips: AtomicU32::new(0),
-            draws: AtomicU64::new(0),
             rejected: Padded(AtomicU64::new(0)),
             would_have_rejected: AtomicU64::new(0),
             rules,
@@ -706,12 +704,12 @@ impl Machine {
                 if let Some(deadline) = self.half_open_bound(generation) {
                     let now = now();
                     if now >= deadline {
-                        // The probes outlived their bound: the breaker is open as of then, and
-                        // the next call after that Open wait is a probe (with jitter, the
-                        // shortest wait it may draw).
+                        // The probes outlived their bound: the breaker is open as of then, in
+                        // the next generation, and the next call after that Open wait is a
+                        // probe. The wait is the one that change will draw.
                         let trips = self.trips.load(Ordering::Acquire);
-                        let wait = self.grown_wait(trips) * (1.0 - self.rules.jitter);
-                        let until_ms = until_ms(deadline, (wait as u64).max(1));
+                        let wait = self.open_wait(trips, generation + 1);
+                        let until_ms = until_ms(deadline, wait);
                         return now >= until_ms.saturating_mul(NANOS_PER_MILLI);
                     }
                 }
@@ -1070,7 +1068,7 @@ impl Machine {
         let wait = match to & !SHADOW {
             OPEN => {
                 let trips = self.trips.fetch_add(1, Ordering::AcqRel);
-                Some(self.open_wait(trips))
+                Some(self.open_wait(trips, generation))
             }
             HALF_OPEN => Some(self.rules.half_open_nanos),
             CLOSED => {
@@ -1115,14 +1113,16 @@ impl Machine {
         grown.min(rules.max_wait_nanos as f64)
     }
 
-    /// The wait of the Open period after `trips` earlier trips since the breaker last closed.
-    fn open_wait(&self, trips: u32) -> u64 {
+    /// The wait of Open `generation`, after `trips` earlier trips since the breaker last closed.
+    /// Its jitter is drawn from the seed and the generation alone, so the wait of an Open not
+    /// entered yet can be told in advance (see [`permits`](Self::permits)).
+    fn open_wait(&self, trips: u32, generation: u64) -> u64 {
         let rules = &self.rules;
         let mut wait = self.grown_wait(trips);
         if rules.jitter > 0.0 {
-            let draw = self.draws.fetch_add(1, Ordering::Relaxed);
-            let mut rng =
-                SmallRng::seed_from_u64(rules.seed ^ draw.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = SmallRng::seed_from_u64(
+                rules.seed ^ generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             wait *= 1.0 - rules.jitter * rng.random::<f64>();
         }
         (wait as u64).max(1)

@@ -332,6 +332,56 @@ async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
     assert_eq!(handle.state(), State::HalfOpen);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_half_open_that_ran_out_unattended_is_judged_with_its_drawn_wait() {
+    // As above, with the Open wait jittered: 2 s after the HalfOpen drawn from [1 s, 2 s].
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .jitter(0.5)
+        .seed(9)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(inner);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    // The HalfOpen runs out 2 s after its probe; 1.5 s later the shortest wait is over, the
+    // drawn one is not.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let permitted = svc.is_call_permitted();
+    let reached_before = reached.get();
+    let admitted = !rejected(&send(&mut svc, Call::Ok).await);
+    let drawn = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|t| t.to == State::Open)
+        .and_then(|t| t.wait)
+        .unwrap();
+    assert!(
+        drawn > Duration::from_millis(1_500),
+        "the seed draws a wait longer than 1.5 s: {drawn:?}"
+    );
+    assert_eq!(
+        permitted, admitted,
+        "is_call_permitted agrees with the call, 1.5 s into a wait of {drawn:?}"
+    );
+    assert!(!admitted, "rejected 1.5 s into a wait of {drawn:?}");
+    assert_eq!(reached.get(), reached_before);
+
+    // Once the drawn wait is over, both say yes.
+    tokio::time::sleep(drawn - Duration::from_millis(1_500)).await;
+    assert!(svc.is_call_permitted());
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
 #[test]
 fn a_clock_past_the_deadline_range_does_not_spin() {
     use seawall::breaker::{state::Machine, BreakerConfig};
