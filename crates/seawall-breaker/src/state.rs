@@ -26,7 +26,11 @@
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
 //!   and slow results — updated by compare-and-swap, so the cap on concurrent probes is exact and
 //!   exactly one thread sees the last result and takes the verdict.
-//! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics.
+//! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics. A
+//!   change to Closed empties them before it is published, under `closing`: a flag held from a
+//!   check that the state is still the one it changes from until its compare-and-swap, so a
+//!   change that loses the race cannot empty the window of a Closed generation that won it. Only
+//!   changes to Closed take the flag; calls never do.
 //!
 //! # Generations
 //!
@@ -42,7 +46,7 @@
 
 use crate::{
     config::BreakerConfig,
-    sync::{AtomicU32, AtomicU64, Ordering, Padded},
+    sync::{self, AtomicBool, AtomicU32, AtomicU64, Ordering, Padded},
     window::{Counts, Window},
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -431,6 +435,8 @@ pub struct Machine {
     probes: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
+    /// Held by a change to Closed while it empties the window and publishes the change.
+    closing: AtomicBool,
     trips: AtomicU32,
     rejected: Padded<AtomicU64>,
     would_have_rejected: AtomicU64,
@@ -487,6 +493,7 @@ impl Machine {
             probes: Padded(AtomicU64::new(0)),
             window: config.build_window(),
             consecutive: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
             trips: AtomicU32::new(0),
             rejected: Padded(AtomicU64::new(0)),
             would_have_rejected: AtomicU64::new(0),
@@ -1047,10 +1054,19 @@ impl Machine {
     #[inline(never)]
     fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
         let generation = generation_of(from) + 1;
+        let closes = to & !SHADOW == CLOSED;
         match to & !SHADOW {
-            // Nothing records into the window in Open or HalfOpen, so a window reset before the
-            // new Closed is published cannot lose a result of the new generation.
+            // The window is emptied before the new Closed is published, so no result of the new
+            // generation is lost to the reset, and none is counted with the old window's. Under
+            // `closing`, and only while the state is still `from`: no other change to Closed can
+            // be published meanwhile, so a change that loses the race below has emptied no
+            // window a newer Closed generation records into (nothing records in the others).
             CLOSED => {
+                self.lock_closing();
+                if self.state.load(Ordering::Acquire) != from {
+                    self.closing.store(false, Ordering::Release);
+                    return false;
+                }
                 self.window.reset(|| now);
                 self.consecutive.store(0, Ordering::Release);
             }
@@ -1058,11 +1074,14 @@ impl Machine {
             _ => {}
         }
         let next = pack_state(generation, to);
-        if self
+        let changed = self
             .state
             .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+            .is_ok();
+        if closes {
+            self.closing.store(false, Ordering::Release);
+        }
+        if !changed {
             return false;
         }
         let wait = match to & !SHADOW {
@@ -1104,6 +1123,17 @@ impl Machine {
             wait: wait.map(Duration::from_nanos),
         });
         true
+    }
+
+    /// Takes `closing`, waiting while another change to Closed holds it.
+    fn lock_closing(&self) {
+        while self
+            .closing
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            sync::yield_now();
+        }
     }
 
     /// The Open wait after `trips` earlier trips, before jitter, in nanoseconds.

@@ -342,3 +342,33 @@ fn a_result_from_an_earlier_generation_cannot_change_state() {
         assert!(m.window_is_consistent());
     });
 }
+
+#[test]
+fn a_verdict_that_loses_to_a_manual_change_keeps_the_new_window() {
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(2))
+                .minimum_calls(2)
+                .consecutive_failures(1)
+                .permitted_probes(1),
+        );
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(probe.kind(), PermitKind::Probe);
+        // The probe's success closes the breaker while an operator switches to MetricsOnly and
+        // a call is recorded in the window MetricsOnly starts.
+        let verdict = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(probe, Outcome::Success, Duration::ZERO, || 2 * MS, &());
+            })
+        };
+        m.metrics_only(2 * MS, &());
+        record(&m, Outcome::Success, 2 * MS, &());
+        verdict.join().unwrap();
+        assert_eq!(m.state(), State::MetricsOnly);
+        assert_eq!(m.counts(2 * MS).calls, 1, "the recorded call is kept");
+        assert!(m.window_is_consistent());
+    });
+}
