@@ -65,6 +65,55 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
+/// A breaker an operator forced open or disabled is evicted only when every breaker of the set
+/// is in a manual state: evicted, it would come back Closed the next time its key is asked for.
+#[test]
+fn breakers_in_a_manual_state_are_evicted_last() {
+    let forced = set(2);
+    forced.get(&"a").handle().force_open();
+    let b = forced.get(&"b");
+    forced.get(&"c");
+    assert_eq!(
+        forced.handle(&"a").map(|h| h.state()),
+        Some(State::ForcedOpen),
+        "kept, though no service uses it"
+    );
+    assert!(
+        forced.handle(&"b").is_none(),
+        "a breaker in use goes before a forced-open one"
+    );
+    drop(b);
+
+    let disabled = set(2);
+    disabled.get(&"d").handle().disable();
+    disabled.get(&"e");
+    disabled.get(&"f");
+    assert_eq!(
+        disabled.handle(&"d").map(|h| h.state()),
+        Some(State::Disabled)
+    );
+    assert!(disabled.handle(&"e").is_none(), "the Closed one went");
+
+    // Every breaker in a manual state: the least recently asked-for goes.
+    let manual = set(2);
+    manual.get(&"g").handle().force_open();
+    manual.get(&"h").handle().metrics_only();
+    manual.get(&"i");
+    assert!(manual.handle(&"g").is_none());
+    assert_eq!(
+        manual.handle(&"h").map(|h| h.state()),
+        Some(State::MetricsOnly)
+    );
+    manual.get(&"j");
+    assert_eq!(
+        manual.handle(&"h").map(|h| h.state()),
+        Some(State::MetricsOnly),
+        "kept over the Closed one"
+    );
+    assert!(manual.handle(&"i").is_none());
+    assert_eq!(manual.len(), 2);
+}
+
 /// A large full set makes room for a 64th of itself at once, among breakers no service uses,
 /// least recently used first; with every breaker in use it evicts one at a time.
 #[test]
@@ -229,7 +278,9 @@ async fn the_set_counts_its_keys_that_are_open() {
     );
     assert_eq!(open(), Some(0.0));
     // Nor does one evicted to make room.
-    set.handle(&"a").unwrap().force_open();
+    set.handle(&"a").unwrap().reset();
+    let _ = send(&mut a, Call::Fail).await;
+    assert_eq!(set.handle(&"a").unwrap().state(), State::Open);
     assert_eq!(open(), Some(1.0));
     drop(a);
     let _c = set.get(&"c");
