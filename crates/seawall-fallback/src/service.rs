@@ -12,15 +12,26 @@ use tower_service::Service;
 /// Answers failed calls to `S` from a fallback; see the [crate docs](crate).
 ///
 /// A readiness error of `S` that the layer handles is kept: from then on `poll_ready` reports
-/// ready and every call is answered from the fallback with that error, without polling or calling
-/// `S` again (a service whose `poll_ready` failed is gone, as tower's `Buffer` treats its worker).
-/// A clone of a failed `Fallback` is failed too: it holds a clone of the same failed service. A
-/// clone made before the failure does not share it. Readiness errors the layer does not handle
-/// are returned as they are.
+/// ready and every call is answered from the fallback with that error. `S` itself is dropped (a
+/// service whose `poll_ready` failed is gone, as tower's `Buffer` treats its worker), and with it
+/// whatever the layers inside it had reserved for the call that never came: a bulkhead's permit,
+/// a HalfOpen breaker's probe, which are shared with every other service of those layers. From
+/// then on [`get_ref`](Self::get_ref), [`get_mut`](Self::get_mut) and
+/// [`into_inner`](Self::into_inner) return `None`. A clone of a failed `Fallback` is failed too,
+/// with the same error; a clone made before the failure keeps its own inner service. Readiness
+/// errors the layer does not handle are returned as they are.
 pub struct Fallback<S, H, C> {
-    inner: S,
+    state: State<S>,
     shared: Arc<Shared<H, C>>,
-    failed: Option<Arc<dyn Error + Send + Sync>>,
+}
+
+/// The inner service, or the readiness error that ended it.
+enum State<S> {
+    /// Polled and called as usual.
+    Running(S),
+    /// The inner service failed to get ready with an error the layer handles, and was dropped:
+    /// every call is answered from the fallback with this error.
+    Failed(Arc<dyn Error + Send + Sync>),
 }
 
 // ===== impl Fallback =====
@@ -28,25 +39,33 @@ pub struct Fallback<S, H, C> {
 impl<S, H, C> Fallback<S, H, C> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared<H, C>>) -> Self {
         Fallback {
-            inner,
+            state: State::Running(inner),
             shared,
-            failed: None,
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// The inner service; `None` once it failed to get ready and was dropped.
+    pub fn get_ref(&self) -> Option<&S> {
+        match &self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
+    /// The inner service, mutably; `None` once it failed to get ready and was dropped.
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        match &mut self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// Unwraps the inner service; `None` once it failed to get ready and was dropped.
+    pub fn into_inner(self) -> Option<S> {
+        match self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 }
 
@@ -63,10 +82,11 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.failed.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        match ready!(self.inner.poll_ready(cx)) {
+        let inner = match &mut self.state {
+            State::Running(inner) => inner,
+            State::Failed(_) => return Poll::Ready(Ok(())),
+        };
+        match ready!(inner.poll_ready(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(error) => Poll::Ready(self.hold_back(error.into())),
         }
@@ -74,35 +94,38 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if let Some(error) = &self.failed {
-            return ResponseFuture::not_ready(error.clone(), self.shared.clone());
+        match &mut self.state {
+            State::Running(inner) => {
+                let started = self.shared.classifier.uses_elapsed().then(Instant::now);
+                ResponseFuture::new(inner.call(req), self.shared.clone(), started)
+            }
+            State::Failed(error) => ResponseFuture::not_ready(error.clone(), self.shared.clone()),
         }
-        let started = self.shared.classifier.uses_elapsed().then(Instant::now);
-        ResponseFuture::new(self.inner.call(req), self.shared.clone(), started)
     }
 }
 
 impl<S, H, C> Fallback<S, H, C> {
     /// Keeps a readiness error the layer handles for every later call to answer from the
-    /// fallback; returns any other.
+    /// fallback, dropping the failed inner service and what it reserved; returns any other.
     #[cold]
     fn hold_back(&mut self, error: BoxError) -> Result<(), BoxError> {
         if !self.shared.handles(&*error) {
             return Err(error);
         }
-        self.failed = Some(Arc::from(error));
+        self.state = State::Failed(Arc::from(error));
         Ok(())
     }
 }
 
 impl<S: Clone, H, C> Clone for Fallback<S, H, C> {
-    /// A clone of a failed service is failed too, with the same error: its inner service is a
-    /// clone of one that failed, and is not polled.
+    /// A clone of a failed service is failed too, with the same error, and has no inner service.
     fn clone(&self) -> Self {
         Fallback {
-            inner: self.inner.clone(),
+            state: match &self.state {
+                State::Running(inner) => State::Running(inner.clone()),
+                State::Failed(error) => State::Failed(error.clone()),
+            },
             shared: self.shared.clone(),
-            failed: self.failed.clone(),
         }
     }
 }
@@ -110,9 +133,9 @@ impl<S: Clone, H, C> Clone for Fallback<S, H, C> {
 impl<S: fmt::Debug, H, C> fmt::Debug for Fallback<S, H, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
-            .field("inner", &self.inner)
+            .field("inner", &self.get_ref())
             .field("policy", &*self.shared)
-            .field("failed", &self.failed.is_some())
+            .field("failed", &matches!(self.state, State::Failed(_)))
             .finish()
     }
 }

@@ -2,7 +2,10 @@
 
 use seawall_core::{BoxError, Name};
 use seawall_fallback::{Fallback, FallbackEvent, FallbackLayer, FromFn, ResponseFuture};
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{
     buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, Service, ServiceExt,
@@ -239,6 +242,8 @@ async fn a_clone_of_a_failed_service_is_failed_too() {
     );
     assert_eq!(svc.call(()).await.unwrap(), "fallback");
     assert_eq!(*calls.lock().unwrap(), 0);
+    // The failed inner service was dropped; the clone never had one.
+    assert!(svc.get_ref().is_none() && clone.into_inner().is_none());
     // A clone made before the failure polls its own inner service.
     assert_eq!(
         before.ready().await.unwrap().call(()).await.unwrap(),
@@ -320,4 +325,56 @@ async fn a_failed_inner_service_is_never_polled_again() {
     for _ in 0..2 {
         assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "fb");
     }
+}
+
+/// A failed inner service is dropped, and with it what the layers in it had reserved: a
+/// bulkhead with backpressure takes its permit before it polls its own inner service, and keeps
+/// it when that fails. The permit is the whole layer's, so another service of the same bulkhead
+/// gets it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_service_gives_back_its_bulkhead_permit() {
+    let bulkhead = seawall_bulkhead::BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let mut failed = layer().layer(bulkhead.layer(not_ready(1, || "worker gone".into())));
+    assert_eq!(
+        failed.ready().await.unwrap().call(()).await.unwrap(),
+        "fallback"
+    );
+
+    let mut other = bulkhead.layer(not_ready(0, || unreachable!()));
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .expect("the failed service's permit is back in the bulkhead")
+        .unwrap();
+    assert_eq!(other.call(()).await.unwrap(), "inner");
+}
+
+/// The same for a HalfOpen breaker's probe: it is not held by the failed service until HalfOpen
+/// gives up on it (30 s by default), and another service's probe goes through at once.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_service_gives_back_its_breaker_probe() {
+    let breaker = seawall_breaker::BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build()
+        .unwrap();
+    let down = tower::service_fn(|()| async { Err::<&'static str, BoxError>("down".into()) });
+    breaker.layer(down).oneshot(()).await.unwrap_err();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut failed = layer().layer(breaker.layer(not_ready(1, || "worker gone".into())));
+    assert_eq!(
+        failed.ready().await.unwrap().call(()).await.unwrap(),
+        "fallback"
+    );
+    assert_eq!(breaker.handle().state(), seawall_breaker::State::HalfOpen);
+
+    let other = breaker.layer(not_ready(0, || unreachable!()));
+    assert_eq!(other.oneshot(()).await.unwrap(), "inner");
+    assert_eq!(breaker.handle().state(), seawall_breaker::State::Closed);
 }
