@@ -215,8 +215,7 @@ impl<S> Layer<S> for StatusLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         StatusService {
-            inner,
-            failed: None,
+            state: State::Running(inner),
         }
     }
 }
@@ -226,48 +225,67 @@ impl<S> Layer<S> for StatusLayer {
 /// A readiness error is kept and returned as a status from the next call and every later one:
 /// tonic's generated clients report readiness errors as `UNKNOWN "Service was not ready"`
 /// whatever they are, so a refused connection would otherwise never reach the caller as
-/// `UNAVAILABLE`. The inner service is not polled or called again, since a service whose
-/// `poll_ready` failed is gone (tower's `Buffer` keeps its worker's error the same way). A clone
-/// of a failed `StatusService` is failed too, as it holds a clone of the same failed service; a
-/// clone made before the failure is not affected.
+/// `UNAVAILABLE`. The inner service is dropped, since a service whose `poll_ready` failed is gone
+/// (tower's `Buffer` keeps its worker's error and drops the service the same way), and with it
+/// whatever the layers inside it had reserved for the call that never came: a bulkhead's permit,
+/// a HalfOpen breaker's probe, which are shared with every other service of those layers. From
+/// then on [`get_ref`](Self::get_ref), [`get_mut`](Self::get_mut) and
+/// [`into_inner`](Self::into_inner) return `None`. A clone of a failed `StatusService` is failed
+/// too, with the same status; a clone made before the failure is not affected.
 pub struct StatusService<S> {
-    inner: S,
-    failed: Option<Status>,
+    state: State<S>,
+}
+
+/// The inner service, or the status its readiness error became.
+enum State<S> {
+    /// Polled and called as usual.
+    Running(S),
+    /// The inner service failed to get ready and was dropped: every call fails with this status.
+    Failed(Status),
 }
 
 impl<S> StatusService<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// The inner service; `None` once it failed to get ready and was dropped.
+    pub fn get_ref(&self) -> Option<&S> {
+        match &self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
+    /// The inner service, mutably; `None` once it failed to get ready and was dropped.
+    pub fn get_mut(&mut self) -> Option<&mut S> {
+        match &mut self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// Unwraps the inner service; `None` once it failed to get ready and was dropped.
+    pub fn into_inner(self) -> Option<S> {
+        match self.state {
+            State::Running(inner) => Some(inner),
+            State::Failed(_) => None,
+        }
     }
 }
 
 impl<S: Clone> Clone for StatusService<S> {
-    /// A clone of a failed service is failed too, with the same status: its inner service is a
-    /// clone of one that failed, and is not polled.
+    /// A clone of a failed service is failed too, with the same status, and has no inner service.
     fn clone(&self) -> Self {
-        StatusService {
-            inner: self.inner.clone(),
-            failed: self.failed.clone(),
-        }
+        let state = match &self.state {
+            State::Running(inner) => State::Running(inner.clone()),
+            State::Failed(status) => State::Failed(status.clone()),
+        };
+        StatusService { state }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for StatusService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusService")
-            .field("inner", &self.inner)
-            .field("failed", &self.failed.is_some())
+            .field("inner", &self.get_ref())
+            .field("failed", &matches!(self.state, State::Failed(_)))
             .finish()
     }
 }
@@ -282,24 +300,24 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.failed.is_none() {
-            if let Err(error) = ready!(self.inner.poll_ready(cx)) {
-                self.failed = Some(to_status(error.into()));
+        if let State::Running(inner) = &mut self.state {
+            if let Err(error) = ready!(inner.poll_ready(cx)) {
+                self.state = State::Failed(to_status(error.into()));
             }
         }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match &self.failed {
-            Some(status) => ResponseFuture {
-                inner: Inner::NotReady {
-                    status: Some(status.clone()),
+        match &mut self.state {
+            State::Running(inner) => ResponseFuture {
+                inner: Inner::Called {
+                    future: inner.call(request),
                 },
             },
-            None => ResponseFuture {
-                inner: Inner::Called {
-                    future: self.inner.call(request),
+            State::Failed(status) => ResponseFuture {
+                inner: Inner::NotReady {
+                    status: Some(status.clone()),
                 },
             },
         }

@@ -3,11 +3,11 @@
 
 use seawall::{
     balance::{BalanceLayer, NoEndpoints},
-    breaker::{BreakerLayer, Open},
+    breaker::{BreakerLayer, Open, State},
     bulkhead::{ratelimit::RateLimitLayer, BulkheadLayer, Full},
     core::error::find,
     discover,
-    grpc::{code, to_status, StatusLayer},
+    grpc::{code, to_status, StatusLayer, StatusService},
     retry::{BudgetExhausted, RequestDeadline, RetryBudget, RetryLayer},
     BoxError,
 };
@@ -151,7 +151,7 @@ async fn other_errors_are_mapped_as_tonic_maps_them() {
 }
 
 /// Fails `poll_ready` once (a connection that could not be made), then would answer.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct FailsReadyOnce {
     failed: bool,
 }
@@ -191,6 +191,7 @@ async fn a_readiness_error_comes_back_from_every_later_call() {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "connection refused");
     }
+    assert!(svc.get_ref().is_none(), "the failed service was dropped");
 }
 
 /// tower's contract: a service whose `poll_ready` failed is gone, and some panic when polled
@@ -214,6 +215,70 @@ async fn a_failed_inner_service_is_never_polled_again() {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "refused");
     }
+}
+
+/// Calls a `StatusService` over `svc`, whose readiness fails, checks the status it keeps and
+/// returns it, failed.
+async fn fail_ready<S>(svc: S) -> StatusService<S>
+where
+    S: Service<(), Response = &'static str, Error = BoxError>,
+{
+    let mut failed = StatusLayer::new().layer(svc);
+    let status = failed
+        .ready()
+        .await
+        .unwrap()
+        .call(())
+        .await
+        .unwrap_err()
+        .downcast::<Status>()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    failed
+}
+
+/// A failed inner service is dropped, and with it what the layers in it had reserved: a
+/// bulkhead with backpressure takes its permit before it polls its own inner service, and keeps
+/// it when that fails. The permit is the whole layer's, so another service of the same bulkhead
+/// gets it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_service_gives_back_its_bulkhead_permit() {
+    let bulkhead = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let _failed = fail_ready(bulkhead.layer(FailsReadyOnce::default())).await;
+
+    let mut other = bulkhead.layer(FailsReadyOnce { failed: true });
+    tokio::time::timeout(Duration::from_secs(1), other.ready())
+        .await
+        .expect("the failed service's permit is back in the bulkhead")
+        .unwrap();
+    assert_eq!(other.call(()).await.unwrap(), "answer");
+}
+
+/// The same for a HalfOpen breaker's probe: it is not held by the failed service until HalfOpen
+/// gives up on it (30 s by default), and another service's probe goes through at once.
+#[tokio::test(start_paused = true)]
+async fn a_failed_inner_service_gives_back_its_breaker_probe() {
+    let breaker = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build()
+        .unwrap();
+    let down = service_fn(|()| async { Err::<(), BoxError>("down".into()) });
+    breaker.layer(down).oneshot(()).await.unwrap_err();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let _failed = fail_ready(breaker.layer(FailsReadyOnce::default())).await;
+    assert_eq!(breaker.handle().state(), State::HalfOpen);
+
+    let other = breaker.layer(FailsReadyOnce { failed: true });
+    assert_eq!(other.oneshot(()).await.unwrap(), "answer");
+    assert_eq!(breaker.handle().state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
