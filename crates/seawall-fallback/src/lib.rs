@@ -21,6 +21,18 @@
 //! [`FallbackFailed`], which carries both failures: its `source()` is the original error and
 //! [`FallbackFailed::fallback_error`] is the fallback's.
 //!
+//! A readiness error of the inner service that the layer handles is kept: every later call is
+//! answered from the fallback, and the failed service is dropped (see [`Fallback`]).
+//!
+//! # Where it goes
+//!
+//! Outermost: above the total timeout, retry, breaker and bulkhead, so it sees every way a call
+//! can fail, and above any balancer. Never on each endpoint below a balancer: the balancer takes
+//! an endpoint's readiness error as one the endpoint may recover from and counts it against the
+//! endpoint, while a fallback there turns it into a successful answer, so outlier detection never
+//! ejects an endpoint that cannot even connect and latency-aware picking favours its quick answers
+//! (see [`Fallback`]).
+//!
 //! # Defaults
 //!
 //! | option | default |

@@ -20,6 +20,16 @@ use tower_service::Service;
 /// [`into_inner`](Self::into_inner) return `None`. A clone of a failed `Fallback` is failed too,
 /// with the same error; a clone made before the failure keeps its own inner service. Readiness
 /// errors the layer does not handle are returned as they are.
+///
+/// So this layer belongs above a balancer (outermost, as in the canonical stack), never on each
+/// endpoint below one. A balancer takes an endpoint's readiness error as one the endpoint may
+/// recover from: it counts it against the endpoint and polls the endpoint again later. A
+/// `Fallback` on the endpoint answers the call from the fallback instead, with an `Ok` that
+/// outlier detection counts as a success and latency-aware picking (PeakEWMA) takes for a fast
+/// answer, so an endpoint that cannot even connect draws more calls instead of being ejected. A
+/// balancer that keeps each endpoint's service instead of cloning it per call (tower's
+/// `p2c::Balance`) would also keep a failed `Fallback`: ready from then on, answering every call
+/// it is given from the fallback.
 pub struct Fallback<S, H, C> {
     state: State<S>,
     shared: Arc<Shared<H, C>>,
