@@ -13,6 +13,10 @@
 //! A waiter that gives up (its future is dropped, its `max_wait` passed) leaves the queue under the
 //! lock; if a permit was handed to it in the meantime it passes it on.
 //!
+//! The calls waiting are the calls in the queue: one counter (and the waiting gauge) moves under
+//! the lock as a call joins the queue, is handed a permit or leaves, so a call handed a permit
+//! it has not taken yet counts as in flight, not as waiting.
+//!
 //! The free permits are a signed count: when an adaptive limit shrinks below the permits held,
 //! [`shrink`](Permits::shrink) takes them out of circulation in one atomic step and the count goes
 //! negative, a debt that the next permits released pay off before any is free again or handed to a
@@ -43,6 +47,9 @@ fn free(state: usize) -> isize {
 pub struct Permits {
     state: AtomicUsize,
     queue: Mutex<VecDeque<Arc<Waiter>>>,
+    /// The queue's length, moved under its lock, for readers that take no lock.
+    waiting: AtomicUsize,
+    waiting_gauge: metrics::Gauge,
 }
 
 /// One queued call: whether a permit has been handed to it, and how to wake it.
@@ -55,11 +62,32 @@ pub struct Waiter {
 
 #[allow(unreachable_pub)]
 impl Permits {
-    /// A semaphore with `n` free permits.
+    /// A semaphore with `n` free permits, reporting to no gauge (for the model checks).
+    #[cfg(any(test, loom))]
     pub fn new(n: usize) -> Self {
+        Permits::with_waiting_gauge(n, metrics::Gauge::noop())
+    }
+
+    /// A semaphore with `n` free permits that reports the calls waiting to `waiting_gauge`.
+    pub fn with_waiting_gauge(n: usize, waiting_gauge: metrics::Gauge) -> Self {
         Permits {
             state: AtomicUsize::new(n * ONE),
             queue: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
+            waiting_gauge,
+        }
+    }
+
+    /// Calls in the queue right now: waiting, not yet handed a permit.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Counts `n` calls out of the queue (handed a permit, or gone), under its lock.
+    fn left_queue(&self, n: usize) {
+        if n > 0 {
+            self.waiting.fetch_sub(n, Ordering::AcqRel);
+            self.waiting_gauge.decrement(n as f64);
         }
     }
 
@@ -143,10 +171,12 @@ impl Permits {
                 Err(now) => state = now,
             }
         }
+        let mut served = 0;
         while n > 0 {
             let Some(waiter) = queue.pop_front() else {
                 break;
             };
+            served += 1;
             waiter.granted.store(true, Ordering::Release);
             let waker = waiter
                 .waker
@@ -158,6 +188,7 @@ impl Permits {
             }
             n -= 1;
         }
+        self.left_queue(served);
         if queue.is_empty() {
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
@@ -240,6 +271,8 @@ impl Permits {
             waker: Mutex::new(waker.cloned()),
         });
         queue.push_back(waiter.clone());
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting_gauge.increment(1.0);
         Some(waiter)
     }
 
@@ -252,6 +285,7 @@ impl Permits {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
                 queue.remove(at);
+                self.left_queue(1);
                 if queue.is_empty() {
                     self.state.fetch_and(!WAITERS, Ordering::AcqRel);
                 }

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 
 pub(crate) struct Metrics {
     pub(crate) in_flight: ::metrics::Gauge,
-    pub(crate) waiting: ::metrics::Gauge,
     pub(crate) rejected: ::metrics::Counter,
     pub(crate) limit: ::metrics::Gauge,
 }
@@ -26,7 +25,6 @@ pub(crate) struct Metrics {
 pub(crate) struct Shared {
     permits: Permits,
     limit: AtomicUsize,
-    waiting: AtomicUsize,
     pub(crate) max_wait: Duration,
     pub(crate) backpressure: bool,
     adaptive: Option<Mutex<Box<dyn Limit>>>,
@@ -46,15 +44,14 @@ impl Shared {
     ) -> Arc<Self> {
         let metrics = Metrics {
             in_flight: metrics::gauge(metrics::BULKHEAD_IN_FLIGHT, &name),
-            waiting: metrics::gauge(metrics::BULKHEAD_WAITING, &name),
             rejected: metrics::counter(metrics::BULKHEAD_REJECTED, &name),
             limit: metrics::gauge(metrics::BULKHEAD_LIMIT, &name),
         };
         metrics.limit.set(limit as f64);
+        let waiting = metrics::gauge(metrics::BULKHEAD_WAITING, &name);
         Arc::new(Shared {
-            permits: Permits::new(limit),
+            permits: Permits::with_waiting_gauge(limit, waiting),
             limit: AtomicUsize::new(limit),
-            waiting: AtomicUsize::new(0),
             max_wait,
             backpressure,
             adaptive: adaptive.map(Mutex::new),
@@ -83,18 +80,9 @@ impl Shared {
         (self.limit() + self.permits.owed()).saturating_sub(self.available())
     }
 
+    /// Calls in the queue: not yet handed a permit.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn enter_wait(&self) {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.metrics.waiting.increment(1.0);
-    }
-
-    pub(crate) fn leave_wait(&self) {
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.waiting.decrement(1.0);
+        self.permits.waiting()
     }
 
     #[inline]
@@ -294,7 +282,8 @@ impl fmt::Debug for Permit {
     }
 }
 
-/// A call's place in the FIFO queue for a permit, counted as waiting while it is queued. Dropping
+/// A call's place in the FIFO queue for a permit, counted as waiting until a permit is handed to
+/// it (then the permit counts as in flight, though the call has yet to take it). Dropping
 /// it (the future dropped, `max_wait` over) leaves the queue, or passes on a permit handed over in
 /// the meantime.
 pub(crate) struct Place {
@@ -313,33 +302,25 @@ impl Place {
     pub(crate) fn join(shared: &Arc<Shared>) -> Result<Permit, Place> {
         match shared.permits.acquire_or_queue(None) {
             None => Ok(Permit::assume(shared)),
-            Some(waiter) => {
-                shared.enter_wait();
-                Err(Place {
-                    shared: shared.clone(),
-                    slot: Some(waiter),
-                })
-            }
+            Some(waiter) => Err(Place {
+                shared: shared.clone(),
+                slot: Some(waiter),
+            }),
         }
     }
 
     /// Takes a permit, queueing for one if there is none.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
-        let queued = self.slot.is_some();
-        let poll = self.shared.permits.poll_acquire(&mut self.slot, cx);
-        match (queued, self.slot.is_some()) {
-            (false, true) => self.shared.enter_wait(),
-            (true, false) => self.shared.leave_wait(),
-            _ => {}
-        }
-        poll.map(|()| Permit::assume(&self.shared))
+        self.shared
+            .permits
+            .poll_acquire(&mut self.slot, cx)
+            .map(|()| Permit::assume(&self.shared))
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         if let Some(waiter) = self.slot.take() {
-            self.shared.leave_wait();
             if self.shared.permits.cancel(&waiter) {
                 // Handed a permit it never used.
                 self.shared.give_back();
@@ -374,7 +355,8 @@ impl BulkheadHandle {
     }
 
     /// Calls waiting for a permit: response futures waiting up to `max_wait`, and services waiting
-    /// in `poll_ready` with backpressure.
+    /// in `poll_ready` with backpressure. A call handed a permit waits no more, though it takes
+    /// the permit only when next polled: its permit counts in [`in_flight`](Self::in_flight).
     pub fn waiting(&self) -> usize {
         self.shared.waiting()
     }

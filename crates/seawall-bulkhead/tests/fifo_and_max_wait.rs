@@ -341,9 +341,12 @@ async fn a_call_queues_before_its_future_is_polled() {
 /// permit handed to it, so the next waiter runs.
 #[tokio::test(start_paused = true)]
 async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
+    use seawall_core::metrics::{testing::TestRecorder, BULKHEAD_WAITING};
     use tokio_test::{assert_pending, assert_ready, task::spawn};
     use tower::Service;
 
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
     let layer = BulkheadLayer::builder()
         .max_concurrent(1)
         .max_wait(Duration::from_secs(10))
@@ -380,6 +383,10 @@ async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
     release_a.send(()).unwrap();
     assert_eq!(assert_ready!(a.poll()).unwrap(), 0);
     assert!(!last.is_woken());
+    // Handed a permit, the call waits no more (the permit counts in flight): only the last does.
+    assert_eq!(handle.waiting(), 1);
+    assert_eq!(recorder.gauge(BULKHEAD_WAITING, "bulkhead"), Some(1.0));
+    assert_eq!(handle.in_flight(), 1);
     drop(handed_over);
     assert!(last.is_woken());
     assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
