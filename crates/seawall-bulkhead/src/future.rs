@@ -86,15 +86,13 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
 
     pub(crate) fn waiting(
         place: Place,
+        deadline: Instant,
         service: S,
         request: Req,
         classifier: Option<Arc<C>>,
     ) -> Self {
         let wait = Wait {
-            sleep: tokio::time::sleep_until(seawall_core::deadline::deadline_after(
-                Instant::now(),
-                place.shared.max_wait,
-            )),
+            sleep: tokio::time::sleep_until(deadline),
             place,
             call: Some((service, request)),
         };
@@ -209,7 +207,7 @@ where
                     .as_mut()
                     .project();
                 match wait.place.poll_acquire(cx) {
-                    Poll::Ready(permit) => {
+                    Poll::Ready(Ok(permit)) => {
                         *this.timing = permit.start();
                         let (mut service, request) =
                             wait.call.take().expect("a waiting call is called once");
@@ -219,12 +217,11 @@ where
                         *this.wait = None;
                         Poll::Ready(Ok(()))
                     }
+                    // Passed over by a permit handed out after its deadline.
+                    Poll::Ready(Err(_)) => Self::reject_waited(this),
                     Poll::Pending => {
                         ready!(wait.sleep.poll(cx));
-                        wait.place.shared.reject(true);
-                        this.kind.set(Kind::Done);
-                        *this.wait = None;
-                        Poll::Ready(Err(Full::new()))
+                        Self::reject_waited(this)
                     }
                 }
             }
@@ -238,6 +235,15 @@ where
             KindProj::Running { .. } => Poll::Ready(Ok(())),
             KindProj::Done => panic!("bulkhead ResponseFuture polled after completion"),
         }
+    }
+
+    /// A waiting call's `max_wait` passed before it got a permit: it fails with [`Full`].
+    fn reject_waited(this: &mut ResponseFutureProj<'_, F, S, Req, C, R>) -> Poll<Result<(), Full>> {
+        if let Some(wait) = this.wait.take() {
+            wait.place.shared.reject(true);
+        }
+        this.kind.set(Kind::Done);
+        Poll::Ready(Err(Full::new()))
     }
 }
 

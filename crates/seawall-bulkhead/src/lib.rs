@@ -33,6 +33,8 @@
 //!    queue in `call`, before its future is first polled, so a future polled later (as behind
 //!    tower's `Buffer`) keeps its place. The future polls the bulkhead's semaphore directly (no
 //!    task spawned) and a `max_wait` timer, and fails with [`Full`] when the timer fires first.
+//!    A permit returned after a queued call's `max_wait` has passed goes to the next call still
+//!    within its wait, even if that call's future was never polled in time.
 //!
 //! With [`backpressure(true)`](BulkheadConfigBuilder::backpressure) the bulkhead behaves like
 //! `ConcurrencyLimit` instead: `poll_ready` is `Pending` until a permit is free (FIFO), then
@@ -69,7 +71,8 @@
 //! permit word (in `poll_ready`, and again in `call`), finds no permit free and gives up. Neither
 //! allocates: [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
 //! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
-//! for its `max_wait` deadline); adaptive limits read it twice per call (when it starts and when
+//! for its `max_wait` deadline) and when a returned permit goes to a waiter (once, to pass over
+//! waiters whose `max_wait` has passed); adaptive limits read it twice per call (when it starts and when
 //! it answers: the classifier and the algorithm get the same duration), once more when a body held
 //! with [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
 //! the algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and

@@ -7,11 +7,15 @@
 //!
 //! - a newcomer's fast path fails while anyone waits: nobody overtakes a waiter (FIFO);
 //! - a returned permit goes through the queue lock and is handed straight to the oldest waiter
-//!   (its `granted` flag is set and it is woken, if it has been polled yet), never put back where
-//!   a newcomer could take it.
+//!   whose deadline has not passed (its `granted` flag is set and it is woken, if it has been
+//!   polled yet), never put back where a newcomer could take it.
 //!
 //! A waiter that gives up (its future is dropped, its `max_wait` passed) leaves the queue under the
-//! lock; if a permit was handed to it in the meantime it passes it on.
+//! lock; if a permit was handed to it in the meantime it passes it on. A waiter may carry a
+//! deadline: a permit handed out after it has passed skips that waiter, which leaves the queue
+//! marked expired, and goes to the next one, so a call whose future was not polled in time (no
+//! timer ran for it) cannot take a permit from a call still within its wait. Only this cold path
+//! reads the clock, once per hand-out and only when a waiter has a deadline.
 //!
 //! The calls waiting are the calls in the queue: one counter (and the waiting gauge) moves under
 //! the lock as a call joins the queue, is handed a permit or leaves, so a call handed a permit
@@ -30,6 +34,7 @@ use std::{
     sync::{Arc, PoisonError},
     task::{Context, Poll, Waker},
 };
+use tokio::time::Instant;
 
 const WAITERS: usize = 1;
 const ONE: usize = 2;
@@ -52,13 +57,21 @@ pub struct Permits {
     waiting_gauge: metrics::Gauge,
 }
 
-/// One queued call: whether a permit has been handed to it, and how to wake it.
+/// One queued call: whether a permit has been handed to it or its deadline passed first, and how
+/// to wake it.
 #[derive(Debug)]
 #[allow(unreachable_pub)]
 pub struct Waiter {
     granted: AtomicBool,
+    expired: AtomicBool,
+    deadline: Option<Instant>,
     waker: Mutex<Option<Waker>>,
 }
+
+/// A queued call's deadline passed before a permit was handed to it; it has left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)]
+pub struct Expired;
 
 #[allow(unreachable_pub)]
 impl Permits {
@@ -172,12 +185,22 @@ impl Permits {
             }
         }
         let mut served = 0;
+        let mut now = None;
         while n > 0 {
             let Some(waiter) = queue.pop_front() else {
                 break;
             };
             served += 1;
-            waiter.granted.store(true, Ordering::Release);
+            let expired = waiter
+                .deadline
+                .is_some_and(|deadline| deadline <= *now.get_or_insert_with(Instant::now));
+            if expired {
+                // Its wait is over: the permit goes on to the next waiter.
+                waiter.expired.store(true, Ordering::Release);
+            } else {
+                waiter.granted.store(true, Ordering::Release);
+                n -= 1;
+            }
             let waker = waiter
                 .waker
                 .lock()
@@ -186,7 +209,6 @@ impl Permits {
             if let Some(waker) = waker {
                 waker.wake();
             }
-            n -= 1;
         }
         self.left_queue(served);
         if queue.is_empty() {
@@ -206,25 +228,30 @@ impl Permits {
         }
     }
 
-    /// Takes a permit, queueing (FIFO) when there is none. `slot` holds this caller's place in
-    /// the queue between polls (taken here or by [`acquire_or_queue`](Permits::acquire_or_queue));
-    /// it is `None` again once the permit is taken. A caller that stops polling must hand its slot
-    /// to [`cancel`](Permits::cancel).
-    pub fn poll_acquire(&self, slot: &mut Option<Arc<Waiter>>, cx: &mut Context<'_>) -> Poll<()> {
+    /// Takes a permit, queueing (FIFO, with no deadline) when there is none. `slot` holds this
+    /// caller's place in the queue between polls (taken here or by
+    /// [`acquire_or_queue`](Permits::acquire_or_queue)); it is `None` again once the permit is
+    /// taken, or once the place's deadline has passed ([`Expired`]). A caller that stops polling
+    /// must hand its slot to [`cancel`](Permits::cancel).
+    pub fn poll_acquire(
+        &self,
+        slot: &mut Option<Arc<Waiter>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Expired>> {
         if let Some(waiter) = slot {
-            if waiter.take_grant() {
+            if let Some(outcome) = waiter.outcome() {
                 *slot = None;
-                return Poll::Ready(());
+                return Poll::Ready(outcome);
             }
             *waiter.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
-            if waiter.take_grant() {
+            if let Some(outcome) = waiter.outcome() {
                 *slot = None;
-                return Poll::Ready(());
+                return Poll::Ready(outcome);
             }
             return Poll::Pending;
         }
-        match self.acquire_or_queue(Some(cx.waker())) {
-            None => Poll::Ready(()),
+        match self.acquire_or_queue(Some(cx.waker()), None) {
+            None => Poll::Ready(Ok(())),
             Some(waiter) => {
                 *slot = Some(waiter);
                 Poll::Pending
@@ -235,8 +262,13 @@ impl Permits {
     /// Takes a free permit (`None`), or joins the back of the queue (`Some`, the place to poll
     /// with [`poll_acquire`](Permits::poll_acquire) or give up with
     /// [`cancel`](Permits::cancel)). Without a `waker` the place is taken now and a permit handed
-    /// to it waits until it is polled: the caller is in line from this moment.
-    pub fn acquire_or_queue(&self, waker: Option<&Waker>) -> Option<Arc<Waiter>> {
+    /// to it waits until it is polled: the caller is in line from this moment. A place with a
+    /// `deadline` is passed over by permits handed out once it has passed.
+    pub fn acquire_or_queue(
+        &self,
+        waker: Option<&Waker>,
+        deadline: Option<Instant>,
+    ) -> Option<Arc<Waiter>> {
         if self.try_acquire() {
             return None;
         }
@@ -268,6 +300,8 @@ impl Permits {
         }
         let waiter = Arc::new(Waiter {
             granted: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
+            deadline,
             waker: Mutex::new(waker.cloned()),
         });
         queue.push_back(waiter.clone());
@@ -301,13 +335,24 @@ impl Waiter {
     fn take_grant(&self) -> bool {
         self.granted.swap(false, Ordering::AcqRel)
     }
+
+    /// What the queue decided for this place, if it has left it: a permit, or its deadline passed.
+    fn outcome(&self) -> Option<Result<(), Expired>> {
+        if self.take_grant() {
+            Some(Ok(()))
+        } else if self.expired.load(Ordering::Acquire) {
+            Some(Err(Expired))
+        } else {
+            None
+        }
+    }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
-    fn poll(permits: &Permits, slot: &mut Option<Arc<Waiter>>) -> Poll<()> {
+    fn poll(permits: &Permits, slot: &mut Option<Arc<Waiter>>) -> Poll<Result<(), Expired>> {
         permits.poll_acquire(slot, &mut Context::from_waker(Waker::noop()))
     }
 
@@ -316,7 +361,7 @@ mod tests {
         let permits = Permits::new(2);
         assert!(permits.try_acquire());
         assert!(permits.try_acquire());
-        let mut slot = permits.acquire_or_queue(None);
+        let mut slot = permits.acquire_or_queue(None, None);
         assert!(slot.is_some());
         // The limit falls to 1 with both permits held: one is owed.
         permits.shrink(1);
@@ -326,7 +371,7 @@ mod tests {
         assert_eq!((permits.available(), permits.owed()), (0, 0));
         assert_eq!(poll(&permits, &mut slot), Poll::Pending);
         permits.release(1);
-        assert_eq!(poll(&permits, &mut slot), Poll::Ready(()));
+        assert_eq!(poll(&permits, &mut slot), Poll::Ready(Ok(())));
         permits.release(1);
         assert_eq!(permits.available(), 1);
         assert!(permits.try_acquire());

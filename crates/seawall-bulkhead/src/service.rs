@@ -10,6 +10,7 @@ use std::{
     sync::Arc,
     task::{ready, Context, Poll},
 };
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// A bulkhead around `S`: at most the limit of calls run at once; the rest wait up to `max_wait`
@@ -87,7 +88,9 @@ where
             None => match Permit::try_acquire_or_reject(&self.shared) {
                 Unreserved::Acquired(permit) => permit,
                 Unreserved::Rejected => return ResponseFuture::rejected(),
-                Unreserved::Wait(place) => return self.call_waiting(place, request),
+                Unreserved::Wait { place, deadline } => {
+                    return self.call_waiting(place, deadline, request)
+                }
             },
         };
         let timing = permit.start();
@@ -106,17 +109,19 @@ impl<S, C, R> Bulkhead<S, C, R> {
     fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.shared;
         let place = self.place.get_or_insert_with(|| Place::new(shared.clone()));
-        self.reserved = Some(ready!(place.poll_acquire(cx)));
+        // A place queued here has no deadline, so it is always handed a permit in the end.
+        self.reserved = ready!(place.poll_acquire(cx)).ok();
         Poll::Ready(())
     }
 
     /// No permit is free and `max_wait` is above zero: the call, queued at `place`, waits for one
-    /// in its future.
+    /// in its future until `deadline`.
     #[cold]
     #[inline(never)]
     fn call_waiting<Req>(
         &mut self,
         place: Place,
+        deadline: Instant,
         request: Req,
     ) -> ResponseFuture<S::Future, S, Req, C, R>
     where
@@ -131,7 +136,7 @@ impl<S, C, R> Bulkhead<S, C, R> {
         // before the next call.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
-        ResponseFuture::waiting(place, ready, request, classifier)
+        ResponseFuture::waiting(place, deadline, ready, request, classifier)
     }
 }
 

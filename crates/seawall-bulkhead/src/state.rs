@@ -3,11 +3,11 @@
 
 use crate::{
     limit::{Limit, Sample},
-    permits::{Permits, Waiter},
+    permits::{Expired, Permits, Waiter},
     sync::{AtomicUsize, Ordering},
     BulkheadEvent,
 };
-use seawall_core::{metrics, Listeners, Name, Outcome};
+use seawall_core::{deadline::deadline_after, metrics, Listeners, Name, Outcome};
 use std::{
     fmt,
     sync::{Arc, Mutex, PoisonError},
@@ -181,7 +181,11 @@ pub struct Permit {
 pub(crate) enum Unreserved {
     Acquired(Permit),
     Rejected,
-    Wait(Place),
+    /// Queued, to wait for a permit until `deadline`.
+    Wait {
+        place: Place,
+        deadline: Instant,
+    },
 }
 
 /// When an adaptive bulkhead's call started and how many were in flight then; `None` for fixed
@@ -215,8 +219,9 @@ impl Permit {
     }
 
     /// For a call that reserved no permit: takes a free one, or rejects the call (counted, and
-    /// reported to listeners) when it may not wait, or else queues it, so that it is in line from
-    /// the moment it is called.
+    /// reported to listeners) when it may not wait, or else queues it until its `max_wait`
+    /// deadline (the one clock read of a fixed limit's call), so that it is in line from the
+    /// moment it is called.
     #[inline(never)]
     pub(crate) fn try_acquire_or_reject(shared: &Arc<Shared>) -> Unreserved {
         if let Some(permit) = Permit::try_acquire(shared) {
@@ -225,9 +230,10 @@ impl Permit {
             shared.reject(false);
             Unreserved::Rejected
         } else {
-            match Place::join(shared) {
+            let deadline = deadline_after(Instant::now(), shared.max_wait);
+            match Place::join(shared, deadline) {
                 Ok(permit) => Unreserved::Acquired(permit),
-                Err(place) => Unreserved::Wait(place),
+                Err(place) => Unreserved::Wait { place, deadline },
             }
         }
     }
@@ -298,9 +304,9 @@ impl Place {
     }
 
     /// Takes a free permit, or a place at the back of the queue now, before any poll: a permit
-    /// that comes back meanwhile is handed to this place and kept for it.
-    pub(crate) fn join(shared: &Arc<Shared>) -> Result<Permit, Place> {
-        match shared.permits.acquire_or_queue(None) {
+    /// that comes back before `deadline` is handed to this place and kept for it.
+    pub(crate) fn join(shared: &Arc<Shared>, deadline: Instant) -> Result<Permit, Place> {
+        match shared.permits.acquire_or_queue(None, Some(deadline)) {
             None => Ok(Permit::assume(shared)),
             Some(waiter) => Err(Place {
                 shared: shared.clone(),
@@ -309,12 +315,13 @@ impl Place {
         }
     }
 
-    /// Takes a permit, queueing for one if there is none.
-    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
+    /// Takes a permit, queueing for one (with no deadline) if there is none; [`Expired`] when
+    /// the place was [joined](Place::join) and its deadline passed before a permit came.
+    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Expired>> {
         self.shared
             .permits
             .poll_acquire(&mut self.slot, cx)
-            .map(|()| Permit::assume(&self.shared))
+            .map(|granted| granted.map(|()| Permit::assume(&self.shared)))
     }
 }
 

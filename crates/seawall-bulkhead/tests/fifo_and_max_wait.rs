@@ -394,3 +394,64 @@ async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
     assert_eq!(handle.in_flight(), 0);
     assert_eq!(handle.available(), 1);
 }
+
+/// A queued call whose `max_wait` has passed is passed over when a permit comes back, even if its
+/// future was never polled (so no timer ran for it): the permit goes to the next call still within
+/// its wait, and the expired call fails with [`Full`] when it is polled.
+#[tokio::test(start_paused = true)]
+async fn a_permit_passes_over_a_queued_call_whose_max_wait_has_passed() {
+    use tokio_test::{assert_pending, assert_ready, task::spawn};
+    use tower::Service;
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(1))
+        .on_event(move |_: &seawall_core::Name, e: &BulkheadEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|(n, gate): (u32, Gate)| async move {
+        let _ = gate.await;
+        Ok::<_, std::io::Error>(n)
+    }));
+    let open = || {
+        let (tx, gate) = oneshot::channel::<()>();
+        drop(tx);
+        gate
+    };
+
+    let (release_a, gate) = oneshot::channel();
+    svc.ready().await.unwrap();
+    let mut a = spawn(svc.call((0, gate)));
+    assert_pending!(a.poll());
+    // B queues at 0 s, waiting up to 1 s; its future is not polled.
+    svc.ready().await.unwrap();
+    let mut b = spawn(svc.call((1, open())));
+    tokio::time::advance(Duration::from_millis(900)).await;
+    // C queues at 0.9 s, waiting up to 1.9 s.
+    svc.ready().await.unwrap();
+    let mut c = spawn(svc.call((2, open())));
+    assert_pending!(c.poll());
+    assert_eq!(handle.waiting(), 2);
+
+    // A finishes at 1.5 s: B's wait is over, C's is not.
+    tokio::time::advance(Duration::from_millis(600)).await;
+    release_a.send(()).unwrap();
+    assert_eq!(assert_ready!(a.poll()).unwrap(), 0);
+    assert!(
+        c.is_woken(),
+        "the permit goes to the call still within its wait"
+    );
+    assert_eq!(handle.waiting(), 0);
+    assert_eq!(assert_ready!(c.poll()).unwrap(), 2);
+    let err = assert_ready!(b.poll()).unwrap_err();
+    assert!(is::<Full>(&*err));
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![BulkheadEvent::Rejected { waited: true }]
+    );
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.available(), 1);
+}

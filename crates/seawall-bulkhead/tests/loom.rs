@@ -176,7 +176,10 @@ fn permits_hand_off_without_loss_or_overlap() {
         if slot.is_some() {
             // Queued: every other holder is done, so the permit has been handed over.
             let mut cx = Context::from_waker(Waker::noop());
-            assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+            assert_eq!(
+                permits.poll_acquire(&mut slot, &mut cx),
+                Poll::Ready(Ok(()))
+            );
             assert_eq!(holders.load(Ordering::SeqCst), 0, "two holders");
             permits.release(1);
         }
@@ -217,7 +220,7 @@ fn permits_unpolled_place_keeps_its_turn() {
     model(|| {
         let permits = Arc::new(Permits::new(1));
         assert!(permits.try_acquire());
-        let mut slot = permits.acquire_or_queue(None);
+        let mut slot = permits.acquire_or_queue(None, None);
         assert!(slot.is_some(), "queued behind the holder");
 
         let releaser = {
@@ -231,7 +234,10 @@ fn permits_unpolled_place_keeps_its_turn() {
         releaser.join().unwrap();
         assert!(!newcomer.join().unwrap(), "the newcomer overtook the queue");
         let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+        assert_eq!(
+            permits.poll_acquire(&mut slot, &mut cx),
+            Poll::Ready(Ok(()))
+        );
         assert!(slot.is_none());
         permits.release(1);
         assert_eq!(permits.available(), 1);
@@ -277,7 +283,7 @@ fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
         let permits = Arc::new(Permits::new(2));
         assert!(permits.try_acquire());
         assert!(permits.try_acquire());
-        let mut slot = permits.acquire_or_queue(None);
+        let mut slot = permits.acquire_or_queue(None, None);
         assert!(slot.is_some());
         let shrinker = {
             let permits = permits.clone();
@@ -297,7 +303,10 @@ fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
         if !granted {
             // The holder that stays finishes: its permit goes to the waiter.
             permits.release(1);
-            assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Ready(()));
+            assert_eq!(
+                permits.poll_acquire(&mut slot, &mut cx),
+                Poll::Ready(Ok(()))
+            );
         } else {
             permits.release(1);
         }
