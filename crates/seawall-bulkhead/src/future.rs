@@ -192,7 +192,7 @@ where
 {
     /// Every state but `Running`, kept out of line so the running path stays small: a waiting
     /// call that gets its permit starts (`Ok`, and the caller polls it as running), one whose
-    /// `max_wait` passes and a rejected call end with [`Full`].
+    /// `max_wait` passes first and a rejected call end with [`Full`].
     #[inline(never)]
     fn poll_start(
         this: &mut ResponseFutureProj<'_, F, S, Req, C, R>,
@@ -206,24 +206,28 @@ where
                     .expect("a waiting bulkhead call has its wait")
                     .as_mut()
                     .project();
-                match wait.place.poll_acquire(cx) {
-                    Poll::Ready(Ok(permit)) => {
-                        *this.timing = permit.start();
-                        let (mut service, request) =
-                            wait.call.take().expect("a waiting call is called once");
-                        let future = service.call(request);
-                        *this.permit = Some(permit);
-                        this.kind.set(Kind::Running { future });
-                        *this.wait = None;
-                        Poll::Ready(Ok(()))
-                    }
+                let permit = match wait.place.poll_acquire(cx) {
+                    Poll::Ready(Ok(permit)) => permit,
                     // Passed over by a permit handed out after its deadline.
-                    Poll::Ready(Err(_)) => Self::reject_waited(this),
+                    Poll::Ready(Err(_)) => return Self::reject_waited(this),
                     Poll::Pending => {
                         ready!(wait.sleep.poll(cx));
-                        Self::reject_waited(this)
+                        // The timer fired, but a permit may have been handed over since the poll
+                        // above: leaving the queue (under its lock) finds it, and the call runs.
+                        match wait.place.give_up() {
+                            Some(permit) => permit,
+                            None => return Self::reject_waited(this),
+                        }
                     }
-                }
+                };
+                *this.timing = permit.start();
+                let (mut service, request) =
+                    wait.call.take().expect("a waiting call is called once");
+                let future = service.call(request);
+                *this.permit = Some(permit);
+                this.kind.set(Kind::Running { future });
+                *this.wait = None;
+                Poll::Ready(Ok(()))
             }
             KindProj::Rejected => {
                 // A rejection is progress for tokio's cooperative scheduling: a caller looping

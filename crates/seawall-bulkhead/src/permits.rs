@@ -332,8 +332,12 @@ impl Permits {
 
 impl Waiter {
     /// Whether a permit was handed over; takes it (so a later `cancel` does not pass it on).
+    /// Only the place's owner clears the flag, so a load that finds it set is followed by a swap
+    /// that takes it; a place polled before its permit comes writes nothing. (Writing `false`
+    /// there, unsynchronised with the granter's store, is also beyond loom's model of
+    /// modification order, tokio-rs/loom#282: it then reports grants lost that C11 keeps.)
     fn take_grant(&self) -> bool {
-        self.granted.swap(false, Ordering::AcqRel)
+        self.granted.load(Ordering::Acquire) && self.granted.swap(false, Ordering::AcqRel)
     }
 
     /// What the queue decided for this place, if it has left it: a permit, or its deadline passed.

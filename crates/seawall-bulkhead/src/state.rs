@@ -323,6 +323,19 @@ impl Place {
             .poll_acquire(&mut self.slot, cx)
             .map(|granted| granted.map(|()| Permit::assume(&self.shared)))
     }
+
+    /// Leaves the queue, as a call does when its `max_wait` timer fires. A permit handed to this
+    /// place since it was last polled, as the timer fired, is kept and returned: the queue's lock
+    /// settles whether the hand-over or the leaving came first, and a call handed a permit within
+    /// its wait runs.
+    pub(crate) fn give_up(&mut self) -> Option<Permit> {
+        let waiter = self.slot.take()?;
+        if self.shared.permits.cancel(&waiter) {
+            Some(Permit::assume(&self.shared))
+        } else {
+            None
+        }
+    }
 }
 
 impl Drop for Place {
@@ -377,5 +390,62 @@ impl BulkheadHandle {
 impl fmt::Debug for BulkheadHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.shared, f)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn shared(limit: usize) -> Arc<Shared> {
+        Shared::new(
+            limit,
+            None,
+            Duration::from_secs(1),
+            false,
+            Name::default_for("bulkhead"),
+            Listeners::new(),
+        )
+    }
+
+    /// A waiting call's timer fires just as the permit it waits for is handed to it, after its
+    /// last poll found none: leaving the queue then finds the permit, and the call runs with it
+    /// rather than being rejected while the permit goes to someone else.
+    #[test]
+    fn a_place_giving_up_keeps_a_permit_handed_to_it_since_its_last_poll() {
+        let shared = shared(1);
+        let held = Permit::try_acquire(&shared).expect("a free permit");
+        let Err(mut place) = Place::join(&shared, Instant::now() + Duration::from_secs(1)) else {
+            panic!("the bulkhead is full");
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(place.poll_acquire(&mut cx).is_pending());
+        // The permit is handed over (within the wait) before the place is polled again...
+        drop(held);
+        assert_eq!((shared.waiting(), shared.in_flight()), (0, 1));
+        // ...and the timer fires first: the call keeps the permit.
+        let permit = place.give_up().expect("the permit handed over");
+        assert_eq!((shared.available(), shared.in_flight()), (0, 1));
+        drop(permit);
+        drop(place);
+        assert_eq!((shared.available(), shared.in_flight()), (1, 0));
+    }
+
+    /// A place that gives up before any permit comes leaves the queue with nothing, and the next
+    /// permit returned goes back to the pool.
+    #[test]
+    fn a_place_giving_up_before_a_permit_comes_leaves_with_nothing() {
+        let shared = shared(1);
+        let held = Permit::try_acquire(&shared).expect("a free permit");
+        let Err(mut place) = Place::join(&shared, Instant::now() + Duration::from_secs(1)) else {
+            panic!("the bulkhead is full");
+        };
+        assert_eq!(shared.waiting(), 1);
+        assert!(place.give_up().is_none());
+        assert_eq!(shared.waiting(), 0);
+        drop(held);
+        drop(place);
+        assert_eq!((shared.available(), shared.in_flight()), (1, 0));
     }
 }

@@ -317,3 +317,67 @@ fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
         assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
+
+/// A waiting call's timer fires as the holder releases the one permit: the call polls once, then
+/// leaves the queue as the bulkhead's future does at its `max_wait`, and runs with a permit if
+/// leaving finds one handed over. Whenever the release was done before the call left, the call
+/// runs: a permit handed over is used, never passed on while the call is rejected; and a
+/// newcomer on the fast path never takes it.
+#[test]
+fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
+    use loom::sync::atomic::AtomicBool;
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        let holders = Arc::new(AtomicUsize::new(1));
+        let released = Arc::new(AtomicBool::new(false));
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(None, None);
+        assert!(slot.is_some());
+
+        let releaser = {
+            let (permits, holders, released) = (permits.clone(), holders.clone(), released.clone());
+            thread::spawn(move || {
+                holders.fetch_sub(1, Ordering::SeqCst);
+                permits.release(1);
+                released.store(true, Ordering::SeqCst);
+            })
+        };
+        let newcomer = {
+            let (permits, holders) = (permits.clone(), holders.clone());
+            thread::spawn(move || {
+                if permits.try_acquire() {
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    permits.release(1);
+                }
+            })
+        };
+
+        let mut cx = Context::from_waker(Waker::noop());
+        let ran = match permits.poll_acquire(&mut slot, &mut cx) {
+            Poll::Ready(granted) => {
+                assert_eq!(granted, Ok(()));
+                true
+            }
+            Poll::Pending => {
+                // The timer fires: leave the queue, keeping a permit handed over meanwhile.
+                let released_before = released.load(Ordering::SeqCst);
+                let kept = permits.cancel(&slot.take().unwrap());
+                assert!(
+                    kept || !released_before,
+                    "a permit handed over was not used"
+                );
+                kept
+            }
+        };
+        if ran {
+            assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+            holders.fetch_sub(1, Ordering::SeqCst);
+            permits.release(1);
+        }
+        releaser.join().unwrap();
+        newcomer.join().unwrap();
+        assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}
