@@ -28,7 +28,10 @@
 //! "nothing owed" and then free a permit the shrink has since claimed. So the count always equals
 //! the limit minus the permits held, which the loom and proptest checks assert.
 
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::{
+    limit::MAX_LIMIT,
+    sync::{AtomicBool, AtomicUsize, Mutex, Ordering},
+};
 use std::{
     collections::VecDeque,
     sync::{Arc, PoisonError},
@@ -83,6 +86,7 @@ impl Permits {
 
     /// A semaphore with `n` free permits that reports the calls waiting to `waiting_gauge`.
     pub fn with_waiting_gauge(n: usize, waiting_gauge: metrics::Gauge) -> Self {
+        debug_assert!(n <= MAX_LIMIT, "{n} permits, beyond any limit");
         Permits {
             state: AtomicUsize::new(n * ONE),
             queue: Mutex::new(VecDeque::new()),
@@ -138,9 +142,11 @@ impl Permits {
     }
 
     /// Returns `n` permits (or adds them, when the limit grows): to what is owed first, then to
-    /// the oldest waiters, the rest to the pool.
+    /// the oldest waiters, the rest to the pool. `n` is at most `MAX_LIMIT`, as is any limit, so
+    /// the word holds it.
     #[inline]
     pub fn release(&self, n: usize) {
+        debug_assert!(n <= MAX_LIMIT, "released {n} permits, beyond any limit");
         if n == 0 {
             return;
         }
@@ -222,7 +228,9 @@ impl Permits {
     /// Takes `n` permits out of circulation (the limit shrank): free ones at once, and as many
     /// as are missing from the next permits released, which pay that debt instead of being
     /// freed or handed to a waiter. One atomic step, so no release can slip a permit past it.
+    /// `n` is at most `MAX_LIMIT`, as is any limit.
     pub fn shrink(&self, n: usize) {
+        debug_assert!(n <= MAX_LIMIT, "shrunk by {n} permits, beyond any limit");
         if n > 0 {
             self.state.fetch_sub(n * ONE, Ordering::AcqRel);
         }

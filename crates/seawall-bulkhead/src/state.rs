@@ -123,11 +123,14 @@ impl Shared {
         let (from, to) = {
             let mut algorithm = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
             let (min, max) = algorithm.bounds();
-            // Not `clamp`: a custom algorithm's bounds are not re-validated, and must not panic.
+            // Not `clamp(min, max)`: a custom algorithm's bounds are not re-validated after the
+            // build, and must not panic (min above max) nor take the limit past `MAX_LIMIT`
+            // (applied last, whatever min says), which keeps the permit arithmetic in range.
             let to = algorithm
                 .update(&sample)
-                .min(max.min(crate::limit::MAX_LIMIT))
-                .max(min.max(1));
+                .min(max)
+                .max(min)
+                .clamp(1, crate::limit::MAX_LIMIT);
             let from = self.limit.load(Ordering::Acquire);
             if to == from {
                 return;

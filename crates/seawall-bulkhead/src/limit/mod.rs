@@ -74,7 +74,8 @@ impl Sample {
 /// An algorithm that computes a concurrency limit from finished calls.
 ///
 /// The bulkhead calls [`update`](Limit::update) once per sample, serialised (under a lock that only
-/// adaptive bulkheads take), and clamps the answer to [`bounds`](Limit::bounds).
+/// adaptive bulkheads take), and clamps the answer to [`bounds`](Limit::bounds), read anew each
+/// time, and to `1..=`[`MAX_LIMIT`] whatever the bounds say.
 pub trait Limit: fmt::Debug + Send + 'static {
     /// The limit before any sample.
     fn initial_limit(&self) -> usize;
