@@ -7,7 +7,7 @@ use seawall_bulkhead::{
     ResponseFuture,
 };
 use seawall_core::classify::{DefaultClassifier, HttpClassifier};
-use std::future::Ready;
+use std::{future::Ready, hash::Hash};
 
 fn send_sync_static<T: Send + Sync + 'static>() {}
 
@@ -35,4 +35,18 @@ fn public_types_are_send_sync_static() {
     send_sync_static::<KeyedRateLimitLayer<String, fn(&http::Request<()>) -> String>>();
     send_sync_static::<KeyedRateLimit<Svc, String, fn(&http::Request<()>) -> String>>();
     send_sync_static::<Limited>();
+    keyed_limiters_are_send_sync_for_any_send_sync_key::<Vec<u8>, fn(&http::Request<()>) -> Vec<u8>>(
+    );
+}
+
+/// The bound `build_keyed` asks of a key, `Send + Sync`, is enough: with any such key (and key
+/// function) the keyed layer and service are `Send + Sync`. Checked for every such `K` and `F`
+/// at once, since this only compiles if the bound implies it.
+fn keyed_limiters_are_send_sync_for_any_send_sync_key<K, F>()
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    F: Send + Sync + 'static,
+{
+    send_sync_static::<KeyedRateLimitLayer<K, F>>();
+    send_sync_static::<KeyedRateLimit<Svc, K, F>>();
 }

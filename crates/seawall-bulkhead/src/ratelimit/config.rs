@@ -161,10 +161,13 @@ impl RateLimitConfigBuilder {
 
     /// Validates and builds a limiter with one budget per key, `key` computing a request's key
     /// (a tenant, a user, a client address).
+    ///
+    /// The key must be `Send + Sync`: the table of keys is shared by every service and call the
+    /// layer makes, across threads (the service also needs it `Clone + 'static`).
     pub fn build_keyed<Req, K, F>(self, key: F) -> Result<KeyedRateLimitLayer<K, F>, ConfigError>
     where
         F: Fn(&Req) -> K,
-        K: Hash + Eq,
+        K: Hash + Eq + Send + Sync,
     {
         let validated = self.validate()?;
         if validated.backpressure {

@@ -40,6 +40,12 @@ const STALE_SLACK: usize = 16;
 /// operation (`O(log n)`) when it comes, when it goes, and at most once more for each time it was
 /// used since it was last placed in the heap.
 ///
+/// Keys are shared between the shard's table and its heap, so the layer and its services are
+/// `Send + Sync` when the key is (and the key function is); [`build_keyed`] asks for a
+/// `Send + Sync` key.
+///
+/// [`build_keyed`]: super::RateLimitConfigBuilder::build_keyed
+///
 /// ```
 /// use seawall::bulkhead::ratelimit::RateLimitLayer;
 /// use std::time::Duration;
