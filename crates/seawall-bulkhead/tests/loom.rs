@@ -99,37 +99,61 @@ fn gcra_refunds_race_a_request() {
     });
 }
 
-/// A shrink that could forget no free permit (so two are owed) races with two releases and a
-/// growth by one: whatever the order, free permits plus held permits minus the debt is the limit,
-/// and once nothing is held nothing is owed.
+/// A call is queued while, with every permit held, the limit falls from 3 to 1 (nothing free to
+/// forget, so 2 owed) racing a holder's release and a growth back to 2, both of which go through
+/// the queue's lock to the hand-off, since someone waits. Whatever
+/// the order, free permits plus held permits (the waiter's, if it was served) minus the debt is
+/// the limit, and releases that both come after the shrink pay the debt rather than serve the
+/// waiter; once every holder is done the limit is free again, nothing is owed and nobody waits.
 #[test]
 fn debt_conserves_permits() {
+    use loom::sync::atomic::AtomicBool;
     model(|| {
-        // Limit 3, all held; the limit falls to 1: nothing free to forget, so 2 are owed.
+        let shrunk = Arc::new(AtomicBool::new(false));
         let permits = Arc::new(Permits::new(3));
         for _ in 0..3 {
             assert!(permits.try_acquire());
         }
+        let mut slot = permits.acquire_or_queue(None, None);
+        assert!(slot.is_some(), "queued behind the holders");
+        // Each returns whether the shrink was done before it released.
+        let release_after_shrink = || {
+            let (permits, shrunk) = (permits.clone(), shrunk.clone());
+            thread::spawn(move || {
+                let after = shrunk.load(Ordering::SeqCst);
+                permits.release(1);
+                after
+            })
+        };
+        let releaser = release_after_shrink();
+        // The limit grows by one.
+        let grower = release_after_shrink();
+        // The limit falls by two, racing both.
         permits.shrink(2);
-        assert_eq!(permits.owed(), 2);
-        let releaser = {
-            let permits = permits.clone();
-            thread::spawn(move || permits.release(1))
-        };
-        let grower = {
-            let permits = permits.clone();
-            // The limit grows back to 2.
-            thread::spawn(move || permits.release(1))
-        };
-        permits.release(1);
-        releaser.join().unwrap();
-        grower.join().unwrap();
-        // One permit still held: free + held − owed == limit (2).
-        assert_eq!(permits.available() + 1 - permits.owed(), 2);
-        // The last holder releases: nothing held, nothing owed, all of the limit free.
+        shrunk.store(true, Ordering::SeqCst);
+        let both_after = releaser.join().unwrap() & grower.join().unwrap();
+
+        // The limit is 2 now; two holders are left, and the waiter if it was served.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut served = permits.poll_acquire(&mut slot, &mut cx).is_ready();
+        assert!(
+            !(served && both_after),
+            "a waiter served before the debt was paid"
+        );
+        let held = 2 + usize::from(served);
+        assert_eq!(permits.available() + held - permits.owed(), 2);
+        // The holders finish one by one; the waiter is served once what is owed is paid.
+        for _ in 0..2 {
+            permits.release(1);
+            if !served {
+                served = permits.poll_acquire(&mut slot, &mut cx).is_ready();
+            }
+        }
+        assert!(served, "the waiter is served before the limit is all free");
         permits.release(1);
         assert_eq!(permits.owed(), 0);
         assert_eq!(permits.available(), 2);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
 
