@@ -158,6 +158,9 @@ pub(crate) struct KeyedShared<K> {
     /// Entries looked at to make room, for the tests' bound on that work.
     #[cfg(test)]
     visited: AtomicUsize,
+    /// Heaps rebuilt, for the tests.
+    #[cfg(test)]
+    rebuilds: AtomicUsize,
 }
 
 impl<K: Hash + Eq> KeyedShared<K> {
@@ -177,6 +180,8 @@ impl<K: Hash + Eq> KeyedShared<K> {
             report: Reporter::new(config.name, config.listeners),
             #[cfg(test)]
             visited: AtomicUsize::new(0),
+            #[cfg(test)]
+            rebuilds: AtomicUsize::new(0),
         })
     }
 
@@ -321,7 +326,10 @@ impl<K: Hash + Eq> KeyedShared<K> {
             }
             if shard.by_tat.len() > 2 * shard.map.len() + STALE_SLACK {
                 #[cfg(test)]
-                self.visited.fetch_add(shard.map.len(), Ordering::Relaxed);
+                {
+                    self.visited.fetch_add(shard.map.len(), Ordering::Relaxed);
+                    self.rebuilds.fetch_add(1, Ordering::Relaxed);
+                }
                 shard.requeue_all();
             }
         }
@@ -541,6 +549,78 @@ mod tests {
         let mut keys: Vec<_> = shard.map.keys().map(|key| **key).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["c", "d"]);
+    }
+
+    /// A hot key used, found behind in the eviction order as a new key makes room (so queued
+    /// again at its TAT), then refunded (so queued again, earlier): each round leaves stale
+    /// elements in the shard's heap, and the heap is rebuilt whenever they pile up, so it stays
+    /// within its bound. A warm key used in every round is ahead of its place when the heap is
+    /// rebuilt, and the rebuild puts it at its TAT. Evictions match a scan of the shard
+    /// throughout, and at the end, when every key is idle.
+    #[test]
+    fn stale_elements_from_refunds_are_dropped_by_a_rebuild() {
+        const S: u64 = 1_000_000_000;
+        const HOT: u64 = 0;
+        const WARM: u64 = 1;
+        let config = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(1)
+            .max_wait(Duration::from_secs(1_000))
+            .max_keys(3)
+            .validate()
+            .unwrap();
+        let shared = KeyedShared::<u64>::new(config);
+        let mut scanned = Scanned::default();
+        let acquire = |scanned: &mut Scanned, key, now| {
+            let got = shared.acquire(&key, now);
+            assert_eq!(got, scanned.acquire(&shared, key, now), "key {key}");
+            got.expect("within max_wait")
+        };
+        let check = |scanned: &Scanned| {
+            let shard = shared.shards[0].lock().unwrap();
+            let mut kept: Vec<_> = shard
+                .map
+                .iter()
+                .map(|(key, entry)| (**key, entry.tat, entry.id))
+                .collect();
+            let mut expected: Vec<_> = scanned
+                .map
+                .iter()
+                .map(|(key, (tat, _, id))| (*key, *tat, *id))
+                .collect();
+            kept.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(kept, expected);
+            assert!(shard.by_tat.len() <= 2 * shard.map.len() + STALE_SLACK);
+            shard.by_tat.len()
+        };
+        acquire(&mut scanned, HOT, 0);
+        acquire(&mut scanned, WARM, 0);
+        let mut most = 0;
+        for round in 2..200 {
+            // The hot key waits for its next slot...
+            let (grant, id) = acquire(&mut scanned, HOT, 0);
+            // ...a new key evicts the last one, passing the hot key on the way (found behind,
+            // queued again at its TAT)...
+            acquire(&mut scanned, round, 0);
+            // ...the warm key moves ahead of its place...
+            acquire(&mut scanned, WARM, 0);
+            // ...and the hot key's wait is given up: its TAT goes back, and it is queued again.
+            shared.refund(&HOT, id, grant);
+            scanned.refund(shared.interval, HOT, id, grant);
+            most = most.max(check(&scanned));
+        }
+        let rebuilds = shared.rebuilds.load(Ordering::Relaxed);
+        assert!(rebuilds >= 5, "{rebuilds} rebuilds in 200 rounds");
+        assert_eq!(
+            most,
+            3 * 2 + STALE_SLACK,
+            "the heap grows to its bound, no further"
+        );
+        // Every key is idle: a new key evicts them all, as a scan would.
+        acquire(&mut scanned, 1_000, 10_000 * S);
+        check(&scanned);
+        assert_eq!(shared.shards[0].lock().unwrap().map.len(), 1);
     }
 
     /// Proptest's configuration with `cases` cases and a fixed seed, so that every run tries the
