@@ -235,6 +235,35 @@ mod tests {
         );
     }
 
+    /// Latency recovers after a slow spell: the long-term RTT, more than twice the sample, is
+    /// averaged with it and then cut by exactly 5%.
+    #[test]
+    fn a_recovered_latency_cuts_the_long_rtt_by_five_percent() {
+        const MS: f64 = 1_000_000.0;
+        let mut g = Gradient2::builder().long_window(600).build().unwrap();
+        for _ in 0..10 {
+            g.update(&sample(100, 20));
+        }
+        assert_eq!(
+            g.long_rtt.value,
+            100.0 * MS,
+            "a plain average while warming up"
+        );
+        g.update(&sample(10, 20));
+        let factor = 2.0 / 601.0;
+        let averaged = 100.0 * MS * (1.0 - factor) + 10.0 * MS * factor;
+        let long = g.long_rtt.value;
+        assert!(
+            (long - averaged * 0.95).abs() < 1.0,
+            "long RTT {long} ns, expected {} ns",
+            averaged * 0.95
+        );
+        // One sample no longer more than twice as fast: no cut.
+        g.update(&sample(60, 20));
+        let again = long * (1.0 - factor) + 60.0 * MS * factor;
+        assert!((g.long_rtt.value - again).abs() < 1.0);
+    }
+
     #[test]
     fn app_limited_does_not_grow() {
         let mut g = Gradient2::default();
