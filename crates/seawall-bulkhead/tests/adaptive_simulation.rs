@@ -1,13 +1,14 @@
 //! Deterministic simulations in paused time: a dependency whose latency doubles for a while and
 //! then recovers, called by more clients than the limit admits. For each algorithm the limit
 //! falls when latency doubles, returns once it recovers and stays there, and never leaves its
-//! bounds.
+//! bounds. The limit is followed through every change it makes (from the bulkhead's
+//! `LimitChanged` events), so a dip between two samples of it is seen.
 //!
 //! Timeline: 0–10 s latency 20 ms; 10–11 s latency 40 ms; 11–30 s latency 20 ms again.
 
 use seawall_bulkhead::{
     limit::{Aimd, Gradient2, Limit, Vegas},
-    BulkheadLayer,
+    BulkheadEvent, BulkheadLayer,
 };
 use std::{
     sync::{Arc, Mutex},
@@ -52,9 +53,20 @@ struct Run {
 }
 
 async fn simulate(limit: impl Limit) -> Run {
-    let layer = BulkheadLayer::builder().adaptive(limit).build().unwrap();
-    let handle = layer.handle();
     let start = Instant::now();
+    // Every limit the bulkhead takes, when it takes it: a dip between two samples of the limit
+    // is in here too.
+    let trace = Arc::new(Mutex::new(vec![(Duration::ZERO, limit.initial_limit())]));
+    let changes = trace.clone();
+    let layer = BulkheadLayer::builder()
+        .adaptive(limit)
+        .on_event(move |_: &seawall_core::Name, event: &BulkheadEvent| {
+            if let BulkheadEvent::LimitChanged { to, .. } = *event {
+                changes.lock().unwrap().push((start.elapsed(), to));
+            }
+        })
+        .build()
+        .unwrap();
     let service = layer.layer(service_fn(move |()| async move {
         tokio::time::sleep(latency(start.elapsed())).await;
         Ok::<_, std::io::Error>(())
@@ -72,40 +84,39 @@ async fn simulate(limit: impl Limit) -> Run {
             }
         }));
     }
-
-    let trace = Arc::new(Mutex::new(Vec::new()));
-    while start.elapsed() < END {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        trace
-            .lock()
-            .unwrap()
-            .push((start.elapsed(), handle.limit()));
-    }
     for client in clients {
         client.await.unwrap();
     }
 
-    let trace = trace.lock().unwrap();
-    let at = |t: Duration| trace.iter().rev().find(|(s, _)| *s <= t).unwrap().1;
-    let before = at(SLOW_FROM - Duration::from_millis(10));
-    let lowest_slow = trace
+    let mut trace = trace.lock().unwrap().clone();
+    trace.retain(|(s, _)| *s <= END);
+    // The limit in force from `t` on: the one taken last before `t`, then every later one.
+    let from = |t: Duration| -> Vec<(Duration, usize)> {
+        let last = trace.iter().rposition(|(s, _)| *s < t).unwrap();
+        std::iter::once((t, trace[last].1))
+            .chain(trace[last + 1..].iter().copied())
+            .collect()
+    };
+    let before = from(SLOW_FROM)[0].1;
+    let lowest_slow = from(SLOW_FROM)
         .iter()
-        .filter(|(s, _)| *s >= SLOW_FROM && *s < SLOW_UNTIL)
+        .take_while(|(s, _)| *s < SLOW_UNTIL)
         .map(|(_, l)| *l)
         .min()
         .unwrap();
-    let at_recovery = at(SLOW_UNTIL);
-    let recovered_after = trace
+    let since_recovery = from(SLOW_UNTIL);
+    let at_recovery = since_recovery
         .iter()
-        .find(|(s, l)| *s >= SLOW_UNTIL && *l * 10 >= before * 9)
-        .map(|(s, _)| *s - SLOW_UNTIL);
-    let lowest_recovered = recovered_after.and_then(|after| {
-        trace
-            .iter()
-            .filter(|(s, _)| *s >= SLOW_UNTIL + after)
-            .map(|(_, l)| *l)
-            .min()
-    });
+        .take_while(|(s, _)| *s == SLOW_UNTIL)
+        .last()
+        .unwrap()
+        .1;
+    let recovered = since_recovery
+        .iter()
+        .position(|(_, l)| *l * 10 >= before * 9);
+    let recovered_after = recovered.map(|i| since_recovery[i].0 - SLOW_UNTIL);
+    let lowest_recovered =
+        recovered.and_then(|i| since_recovery[i..].iter().map(|(_, l)| *l).min());
     let range = trace
         .iter()
         .fold((usize::MAX, 0), |(lo, hi), (_, l)| (lo.min(*l), hi.max(*l)));
