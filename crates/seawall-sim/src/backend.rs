@@ -38,7 +38,8 @@ pub struct BackendSpec {
     /// Zone, for zone-aware balancing.
     #[serde(default)]
     pub zone: Option<String>,
-    /// Faults on a timeline.
+    /// Faults on a timeline. A fault applies to the calls whose service starts while it is
+    /// active: a queued call is judged when it gets a worker, not when it arrived.
     #[serde(default)]
     pub faults: Vec<Fault>,
 }
@@ -275,10 +276,30 @@ impl SimBackend {
         self.shared.spec.zone.as_deref()
     }
 
-    fn plan(&self) -> (Duration, Result<SimResponse, SimError>) {
+    /// Milliseconds since the run began.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.shared.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a call arriving at `at_ms` has its connection refused (`down`, or the down half
+    /// of `flapping`).
+    fn refuses_at(&self, at_ms: u64) -> bool {
+        self.shared.spec.faults.iter().any(|f| {
+            (f.from_ms..f.to_ms).contains(&at_ms)
+                && match f.effect {
+                    FaultKind::Down => true,
+                    FaultKind::Flapping { period_ms } => {
+                        2 * ((at_ms - f.from_ms) % period_ms) < period_ms
+                    }
+                    FaultKind::Slow { .. } | FaultKind::Errors { .. } => false,
+                }
+        })
+    }
+
+    /// How a call whose service starts at `at_ms` goes: its latency and its answer, drawn and
+    /// judged by the faults active then.
+    fn plan(&self, at_ms: u64) -> (Duration, Result<SimResponse, SimError>) {
         let s = &*self.shared;
-        let at_ms = u64::try_from(s.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        s.log.record(at_ms, self.index);
         let mut rng = s.rng.lock().unwrap();
         let mut latency = s.spec.latency.sample(&mut rng);
         let mut error_rate = s.spec.error_rate;
@@ -335,17 +356,33 @@ impl Service<SimRequest> for SimBackend {
     }
 
     fn call(&mut self, _req: SimRequest) -> Self::Future {
-        let (latency, result) = self.plan();
-        // A refused connection never reaches a worker; every other call waits for one.
-        let workers = match result {
-            Err(SimError { down: true, .. }) => None,
-            _ => self.shared.workers.clone(),
+        let at_ms = self.now_ms();
+        self.shared.log.record(at_ms, self.index);
+        let Some(workers) = self.shared.workers.clone() else {
+            // Served at once: its service starts as it arrives.
+            let (latency, result) = self.plan(at_ms);
+            return Box::pin(async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                result.map_err(BoxError::from)
+            });
         };
-        Box::pin(async move {
-            let _worker = match workers {
-                Some(workers) => Some(workers.acquire_owned().await.map_err(BoxError::from)?),
-                None => None,
+        if self.refuses_at(at_ms) {
+            // A refused connection never reaches the queue.
+            let refused = SimError {
+                backend: self.index,
+                down: true,
             };
+            return Box::pin(std::future::ready(Err(BoxError::from(refused))));
+        }
+        // Every other call waits for a worker, and the faults active when it gets one decide
+        // how it goes: a call queued before a fault began is caught by it, one queued during a
+        // fault that ends before its turn is not.
+        let this = self.clone();
+        Box::pin(async move {
+            let _worker = workers.acquire_owned().await.map_err(BoxError::from)?;
+            let (latency, result) = this.plan(this.now_ms());
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
