@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 use tokio::{sync::Semaphore, time::Instant};
-use tower::Service;
+use tower::{limit::ConcurrencyLimit, Service};
 
 /// One backend of the simulated cluster.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -30,11 +30,15 @@ pub struct BackendSpec {
     /// Share of calls that fail, in `[0, 1]`.
     #[serde(default)]
     pub error_rate: f64,
-    /// Calls it works on at once; calls beyond them wait their turn in a FIFO queue, the wait
-    /// counted in the latency the client sees. None (the default): no limit, every call is
-    /// served at once whatever the load.
+    /// Calls it works on at once; calls beyond them wait their turn, the wait counted in the
+    /// latency the client sees (where they wait is `at_capacity`'s choice). None (the default):
+    /// no limit, every call is served at once whatever the load.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// What the client sees of a backend at its `max_concurrency` (default: nothing, the calls
+    /// queue inside it).
+    #[serde(default)]
+    pub at_capacity: AtCapacity,
     /// Zone, for zone-aware balancing.
     #[serde(default)]
     pub zone: Option<String>,
@@ -42,6 +46,20 @@ pub struct BackendSpec {
     /// active: a queued call is judged when it gets a worker, not when it arrived.
     #[serde(default)]
     pub faults: Vec<Fault>,
+}
+
+/// What the client sees of a backend that is working on `max_concurrency` calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtCapacity {
+    /// Nothing: the backend is always ready, takes every call and queues the ones beyond its
+    /// limit in arrival order, where the client cannot see them.
+    #[default]
+    Queue,
+    /// The backend reports itself not ready (`poll_ready` is pending) until a worker is free,
+    /// as tower's `ConcurrencyLimit` around it does: a balancer that checks readiness skips it,
+    /// and a client that does not waits for the worker before it calls.
+    NotReady,
 }
 
 /// A fault active from `from_ms` to `to_ms` of simulated time.
@@ -90,6 +108,7 @@ impl BackendSpec {
             latency,
             error_rate: 0.0,
             max_concurrency: None,
+            at_capacity: AtCapacity::Queue,
             zone: None,
             faults: Vec::new(),
         }
@@ -112,6 +131,8 @@ impl BackendSpec {
                     "max_concurrency must be in 1..={MAX_CONCURRENCY}, got {n}"
                 ));
             }
+        } else if self.at_capacity != AtCapacity::Queue {
+            return Err("at_capacity = \"not_ready\" needs max_concurrency".into());
         }
         for (i, f) in self.faults.iter().enumerate() {
             if f.from_ms >= f.to_ms {
@@ -218,17 +239,34 @@ impl DispatchLog {
     }
 }
 
-/// A simulated backend, as a tower service. Clones share one backend.
+/// A simulated backend, as a tower service. Clones share one backend; with
+/// [`AtCapacity::NotReady`], a clone starts without the worker its original may have reserved in
+/// `poll_ready`, as clones of tower's `ConcurrencyLimit` do.
 #[derive(Clone)]
 pub struct SimBackend {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    /// Always ready: without a limit, or with the calls beyond it queued inside.
+    Ready(Core),
+    /// Not ready while every worker is busy.
+    Limited(ConcurrencyLimit<Core>),
+}
+
+/// The backend itself, always ready.
+#[derive(Clone)]
+struct Core {
     index: usize,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     spec: BackendSpec,
-    /// One permit per call the backend works on at once, handed out in arrival order; None
-    /// without a limit.
+    /// With [`AtCapacity::Queue`], one permit per call the backend works on at once, handed out
+    /// in arrival order; None otherwise (with `NotReady` the client waits for a worker before it
+    /// calls).
     workers: Option<Arc<Semaphore>>,
     rng: Mutex<SmallRng>,
     start: Instant,
@@ -238,7 +276,7 @@ struct Shared {
 impl fmt::Debug for SimBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimBackend")
-            .field("index", &self.index)
+            .field("index", &self.index())
             .finish()
     }
 }
@@ -254,28 +292,68 @@ impl SimBackend {
     ) -> Self {
         let rng =
             SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        SimBackend {
+        let (workers, limit) = match (spec.max_concurrency, spec.at_capacity) {
+            (Some(n), AtCapacity::Queue) => (Some(Arc::new(Semaphore::new(n))), None),
+            (Some(n), AtCapacity::NotReady) => (None, Some(n)),
+            (None, _) => (None, None),
+        };
+        let core = Core {
             index,
             shared: Arc::new(Shared {
-                workers: spec.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+                workers,
                 spec,
                 rng: Mutex::new(rng),
                 start,
                 log,
             }),
+        };
+        SimBackend {
+            inner: match limit {
+                Some(n) => Inner::Limited(ConcurrencyLimit::new(core, n)),
+                None => Inner::Ready(core),
+            },
+        }
+    }
+
+    fn core(&self) -> &Core {
+        match &self.inner {
+            Inner::Ready(core) => core,
+            Inner::Limited(limit) => limit.get_ref(),
         }
     }
 
     /// The backend's index.
     pub fn index(&self) -> usize {
-        self.index
+        self.core().index
     }
 
     /// Its zone, if any.
     pub fn zone(&self) -> Option<&str> {
-        self.shared.spec.zone.as_deref()
+        self.core().shared.spec.zone.as_deref()
+    }
+}
+
+impl Service<SimRequest> for SimBackend {
+    type Response = SimResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<SimResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.inner {
+            Inner::Ready(_) => Poll::Ready(Ok(())),
+            Inner::Limited(limit) => limit.poll_ready(cx),
+        }
     }
 
+    fn call(&mut self, req: SimRequest) -> Self::Future {
+        match &mut self.inner {
+            Inner::Ready(core) => core.call(req),
+            Inner::Limited(limit) => Box::pin(limit.call(req)),
+        }
+    }
+}
+
+impl Core {
     /// Milliseconds since the run began.
     fn now_ms(&self) -> u64 {
         u64::try_from(self.shared.start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -346,7 +424,7 @@ impl SimBackend {
     }
 }
 
-impl Service<SimRequest> for SimBackend {
+impl Service<SimRequest> for Core {
     type Response = SimResponse;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<SimResponse, BoxError>> + Send>>;

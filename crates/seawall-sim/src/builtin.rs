@@ -1,7 +1,7 @@
 //! The built-in scenarios (`seawall-sim list`).
 
 use crate::{
-    backend::{BackendSpec, Fault, FaultKind},
+    backend::{AtCapacity, BackendSpec, Fault, FaultKind},
     client::{ClientSpec, HedgeSpec, OutlierSpec, PickerSpec, RetrySpec, SeawallSpec},
     dist::Latency,
     scenario::{Load, Scenario},
@@ -12,6 +12,7 @@ pub fn all() -> Vec<Scenario> {
     vec![
         tower_balance(),
         tower_balance_capacity(),
+        tower_balance_capacity_queue(),
         one_of_five_failing(),
         hard_down(),
         two_slow_of_four(),
@@ -125,14 +126,35 @@ pub fn tower_balance() -> Scenario {
 }
 
 /// tower's balance example on backends of limited capacity: each of the 10 endpoints works on
-/// 50 calls at once (as many workers in all as there are callers) and queues the rest, and each
-/// call takes 1..=max whole milliseconds (tower's draw plus 1 ms, so that every call holds a
-/// worker: a 0 ms call would make an endpoint's capacity endless).
+/// 50 calls at once (as many workers in all as there are callers) and, like tower's example,
+/// which wraps each endpoint in `ConcurrencyLimit`, reports itself not ready while all 50 are
+/// busy, so a balancer that checks readiness skips it. Each call takes 1..=max whole
+/// milliseconds (tower's draw plus 1 ms, so that every call holds a worker: a 0 ms call would
+/// make an endpoint's capacity endless).
 pub fn tower_balance_capacity() -> Scenario {
+    capacity(
+        "tower-balance-capacity",
+        "tower's balance example on endpoints serving 50 calls at once each and not ready while full (tower's ConcurrencyLimit), latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
+        AtCapacity::NotReady,
+    )
+}
+
+/// [`tower_balance_capacity`] with the limit hidden from the client: every endpoint is always
+/// ready, takes every call and queues the ones beyond its 50 workers inside, where only the
+/// latency shows them.
+pub fn tower_balance_capacity_queue() -> Scenario {
+    capacity(
+        "tower-balance-capacity-queue",
+        "tower's balance example on endpoints serving 50 calls at once each, always ready, the rest queued inside them, latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
+        AtCapacity::Queue,
+    )
+}
+
+fn capacity(name: &str, description: &str, at_capacity: AtCapacity) -> Scenario {
     let maxes = [1, 5, 10, 10, 10, 100, 100, 100, 500, 1000];
     let mut scenario = tower_balance();
-    scenario.name = "tower-balance-capacity".into();
-    scenario.description = "tower's balance example on endpoints serving 50 calls at once each (the rest queue), latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500".into();
+    scenario.name = name.into();
+    scenario.description = description.into();
     scenario.backends = maxes
         .iter()
         .map(|&max| {
@@ -141,6 +163,7 @@ pub fn tower_balance_capacity() -> Scenario {
                 max_ms: max + 1,
             });
             backend.max_concurrency = Some(50);
+            backend.at_capacity = at_capacity;
             backend
         })
         .collect();

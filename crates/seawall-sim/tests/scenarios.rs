@@ -65,6 +65,10 @@ fn bad_scenarios_name_the_field() {
             "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nmax_concurrency = 0\n",
             "backends[0].max_concurrency",
         ),
+        (
+            "[[backends]]\nlatency = { kind = \"constant\", ms = 1.0 }\nat_capacity = \"not_ready\"\n",
+            "backends[0].at_capacity",
+        ),
     ];
     let fault = |effect: &str| {
         format!(
