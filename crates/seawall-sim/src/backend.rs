@@ -237,6 +237,11 @@ impl DispatchLog {
     pub fn calls(&self) -> Vec<(u64, u16)> {
         self.calls.lock().unwrap().clone()
     }
+
+    /// All calls in the order they arrived, leaving the log empty.
+    pub fn take(&self) -> Vec<(u64, u16)> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
 }
 
 /// A simulated backend, as a tower service. Clones share one backend; with

@@ -85,13 +85,127 @@ pub struct FaultReport {
 pub const CURVE: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
 
 /// The width of the time buckets, milliseconds, for a scenario whose longest client run took
-/// `longest`: a 200th of it, at least 10 ms. Every client of the scenario is given the same, so
-/// their eject and readmit times are rounded alike.
+/// `longest`: a 200th of it, at least 10 ms, rounded down to a multiple of that run's
+/// [`grain_ms`] (by less than a sixteenth, and not at all for runs under 6.4 s). Every client of the scenario is given the same, so
+/// their eject and readmit times are rounded alike; it is a multiple of the grain of every run
+/// no longer than `longest`, so each run can be summarised as it ends (see [`RunSummary`]).
 pub fn bucket_ms(longest: Duration) -> u64 {
-    let run_ms = u64::try_from(longest.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+    let width = width_ms(longest);
+    let grain = grain_of(width);
+    width / grain * grain
+}
+
+/// The width of the fine time buckets in which a run that took `elapsed` counts its calls,
+/// milliseconds: the largest of 1, 2, 10, 20, 40, … ms (10 ms doubled) that is at most a
+/// sixteenth of a 200th of the run, so a run has at most 16,000 of them whatever its length.
+pub fn grain_ms(elapsed: Duration) -> u64 {
+    grain_of(width_ms(elapsed))
+}
+
+/// A 200th of the run, at least 10 ms.
+fn width_ms(run: Duration) -> u64 {
+    let run_ms = u64::try_from(run.as_millis()).unwrap_or(u64::MAX).max(1);
     (run_ms / 200).max(10)
+}
+
+/// The largest of 1, 2, 10, 20, 40, … with 16 of it no more than `width` (or 1). Grows with
+/// `width`, and each grain is a multiple of every smaller one.
+fn grain_of(width: u64) -> u64 {
+    match width {
+        0..32 => 1,
+        32..160 => 2,
+        _ => {
+            let mut grain = 10u64;
+            while grain.saturating_mul(32) <= width {
+                grain *= 2;
+            }
+            grain
+        }
+    }
+}
+
+/// What a report needs of one client's run, in memory that grows with neither its calls nor its
+/// length: its latency histograms and counts, its calls per backend over the whole run and during
+/// each fault of the scenario, and its calls per backend in fine time buckets of the run's
+/// [`grain_ms`], to be added up into a scenario's shared buckets (of [`bucket_ms`]) once every
+/// client has run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    client: String,
+    latency_us: Histogram<u64>,
+    ok_latency_us: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+    backend_calls: u64,
+    calls_per_backend: Vec<u64>,
+    /// Calls to the faulty backend during each fault, in the scenario's order.
+    wasted_calls: Vec<u64>,
+    grain_ms: u64,
+    /// Calls per fine bucket and backend, `backends` to a bucket.
+    counts: Vec<u64>,
+}
+
+impl RunSummary {
+    /// Summarises `raw`, a run over `scenario`'s backends, counting its calls in fine buckets of
+    /// its own [`grain_ms`]. The calls are not kept.
+    pub fn new(scenario: &Scenario, raw: RawRun) -> Self {
+        let grain = grain_ms(raw.elapsed);
+        Self::with_grain(scenario, raw, grain)
+    }
+
+    fn with_grain(scenario: &Scenario, raw: RawRun, grain_ms: u64) -> Self {
+        let n = scenario.backends.len();
+        let grain_ms = grain_ms.max(1);
+        let run_ms = u64::try_from(raw.elapsed.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let buckets = (run_ms / grain_ms + 1) as usize;
+        let mut counts = vec![0u64; buckets * n];
+        let mut calls_per_backend = vec![0u64; n];
+        for &(at_ms, b) in &raw.calls {
+            calls_per_backend[b as usize] += 1;
+            let i = (at_ms / grain_ms) as usize;
+            if i < buckets {
+                counts[i * n + b as usize] += 1;
+            }
+        }
+        let wasted_calls = scenario
+            .backends
+            .iter()
+            .enumerate()
+            .flat_map(|(b, spec)| spec.faults.iter().map(move |f| (b, f)))
+            .map(|(b, f)| {
+                raw.calls
+                    .iter()
+                    .filter(|&&(t, cb)| cb as usize == b && (f.from_ms..f.to_ms).contains(&t))
+                    .count() as u64
+            })
+            .collect();
+        RunSummary {
+            client: raw.client,
+            latency_us: raw.latency_us,
+            ok_latency_us: raw.ok_latency_us,
+            ok: raw.ok,
+            failed: raw.failed,
+            elapsed: raw.elapsed,
+            backend_calls: raw.calls.len() as u64,
+            calls_per_backend,
+            wasted_calls,
+            grain_ms,
+            counts,
+        }
+    }
+
+    /// Simulated time the run took.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// The width of its fine time buckets, milliseconds.
+    pub fn grain_ms(&self) -> u64 {
+        self.grain_ms
+    }
 }
 
 impl ClientReport {
@@ -102,25 +216,34 @@ impl ClientReport {
     /// `raw` may come from the simulator or from a live run against real servers (the showcase
     /// example does this), as long as its calls are indexed like `scenario.backends`.
     pub fn new(scenario: &Scenario, raw: RawRun, bucket_ms: u64) -> Self {
-        let h = &raw.latency_us;
+        let summary = RunSummary::with_grain(scenario, raw, bucket_ms);
+        Self::from_summary(scenario, summary, bucket_ms)
+    }
+
+    /// Reports a run summarised as it ended, with its calls counted in time buckets of
+    /// `bucket_ms`, rounded down to a multiple of the summary's [`RunSummary::grain_ms`] (a
+    /// width from [`bucket_ms`] of the scenario's longest run is one already).
+    pub fn from_summary(scenario: &Scenario, summary: RunSummary, bucket_ms: u64) -> Self {
+        let h = &summary.latency_us;
         let at = |q: f64| Duration::from_micros(value_at_percentile(h, q));
         let ok_at = |q: f64| {
-            (!raw.ok_latency_us.is_empty())
-                .then(|| Duration::from_micros(value_at_percentile(&raw.ok_latency_us, q)))
+            (!summary.ok_latency_us.is_empty())
+                .then(|| Duration::from_micros(value_at_percentile(&summary.ok_latency_us, q)))
         };
         let n = scenario.backends.len();
-        let run_ms = u64::try_from(raw.elapsed.as_millis())
+        let run_ms = u64::try_from(summary.elapsed.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let bucket_ms = bucket_ms.max(1);
+        let grain = summary.grain_ms;
+        let bucket_ms = (bucket_ms.max(grain) / grain) * grain;
+        let per_bucket = (bucket_ms / grain) as usize;
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
-        let mut calls_per_backend = vec![0u64; n];
-        for &(at_ms, b) in &raw.calls {
-            calls_per_backend[b as usize] += 1;
-            let i = (at_ms / bucket_ms) as usize;
-            if let Some(row) = counts.get_mut(i) {
-                row[b as usize] += 1;
+        for (i, fine) in summary.counts.chunks(n.max(1)).enumerate() {
+            if let Some(row) = counts.get_mut(i / per_bucket) {
+                for (c, f) in row.iter_mut().zip(fine) {
+                    *c += f;
+                }
             }
         }
         let share: Vec<Vec<f64>> = counts
@@ -140,6 +263,7 @@ impl ClientReport {
             .collect();
         let fair = 1.0 / n as f64;
         let mut faults = Vec::new();
+        let mut wasted = summary.wasted_calls.iter().copied();
         for (b, spec) in scenario.backends.iter().enumerate() {
             for f in &spec.faults {
                 let kind = match f.effect {
@@ -150,11 +274,7 @@ impl ClientReport {
                     }
                     FaultKind::Flapping { period_ms } => format!("flapping {period_ms}ms"),
                 };
-                let wasted_calls = raw
-                    .calls
-                    .iter()
-                    .filter(|&&(t, cb)| cb as usize == b && (f.from_ms..f.to_ms).contains(&t))
-                    .count() as u64;
+                let wasted_calls = wasted.next().unwrap_or(0);
                 let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
                 let active = |i: usize| counts[i].iter().sum::<u64>() > 0;
                 let time_to_eject = (bucket_of(f.from_ms)..=bucket_of(f.to_ms.saturating_sub(1)))
@@ -184,9 +304,9 @@ impl ClientReport {
             }
         }
         ClientReport {
-            client: raw.client,
-            requests: raw.ok + raw.failed,
-            ok: raw.ok,
+            client: summary.client,
+            requests: summary.ok + summary.failed,
+            ok: summary.ok,
             p50: at(50.0),
             p90: at(90.0),
             p99: at(99.0),
@@ -195,12 +315,12 @@ impl ClientReport {
             ok_p99: ok_at(99.0),
             ok_p999: ok_at(99.9),
             curve: CURVE.iter().map(|&q| at(q)).collect(),
-            backend_calls: raw.calls.len() as u64,
-            calls_per_backend,
+            backend_calls: summary.backend_calls,
+            calls_per_backend: summary.calls_per_backend,
             share,
             bucket_ms,
             faults,
-            elapsed: raw.elapsed,
+            elapsed: summary.elapsed,
         }
     }
 
@@ -439,6 +559,83 @@ mod tests {
             calls: Vec::new(),
             elapsed: Duration::from_millis(1),
         }
+    }
+
+    /// A run's fine buckets nest in the shared buckets of any run as long or longer, and there
+    /// are at most 16,000 of them whatever the run's length.
+    #[test]
+    fn fine_buckets_nest_in_the_shared_buckets_and_stay_few() {
+        let lengths: Vec<u64> = (0..60)
+            .map(|i| (1.5f64.powi(i) as u64).max(1))
+            .chain([6_150, 20_030, 31_999, 32_000, 70_000, 10_000_000_000])
+            .collect();
+        for &longest in &lengths {
+            let shared = bucket_ms(Duration::from_millis(longest));
+            let width = (longest / 200).max(10);
+            assert!(
+                shared <= width && shared * 16 > width * 15,
+                "{longest}: {shared}"
+            );
+            for &shorter in lengths.iter().filter(|&&l| l <= longest) {
+                let grain = grain_ms(Duration::from_millis(shorter));
+                assert_eq!(shared % grain, 0, "{shorter} in {longest}");
+                assert!(shorter / grain < 16_000, "{shorter}: {grain}");
+            }
+        }
+        // Runs under 6.4 s keep the 200th of their length, and so do the round lengths of the
+        // built-in scenarios and their longer versions.
+        assert_eq!(bucket_ms(RUN), 30);
+        assert_eq!(bucket_ms(Duration::from_millis(10_030)), 50);
+        assert_eq!(bucket_ms(Duration::from_millis(20_030)), 100);
+        assert_eq!(bucket_ms(Duration::from_millis(200_030)), 1_000);
+        assert_eq!(bucket_ms(Duration::from_millis(12_345)), 60);
+    }
+
+    /// Summarised as it ends, at its own grain, a run reports what its full call log does in the
+    /// scenario's shared buckets, and keeps counts for a few thousand buckets, not its calls.
+    #[test]
+    fn a_summary_reports_what_the_call_log_does() {
+        let mut scenario = scenario();
+        scenario.backends[0].faults.push(Fault {
+            from_ms: 41_000,
+            to_ms: 52_345,
+            effect: FaultKind::Slow { extra_ms: 1.0 },
+        });
+        // Two calls a millisecond for 70 s, b1 silent from 2 s to 4.6 s and 41 s to 50 s.
+        let long = Duration::from_millis(70_000);
+        let calls: Vec<(u64, u16)> = (0..140_000u64)
+            .map(|i| {
+                let ms = i / 2;
+                let quiet = (2_000..4_600).contains(&ms) || (41_000..50_000).contains(&ms);
+                (ms, u16::from(i % 2 == 1 && !quiet))
+            })
+            .collect();
+        let raw = || RawRun {
+            calls: calls.clone(),
+            elapsed: long,
+            ..raw(0..0)
+        };
+        let shared = bucket_ms(long);
+        let summary = RunSummary::new(&scenario, raw());
+        assert_eq!(summary.grain_ms(), 20);
+        assert_eq!(shared, 340);
+        assert!(
+            summary.counts.len() <= 16_000 * 2,
+            "{}",
+            summary.counts.len()
+        );
+        let from_log = ClientReport::new(&scenario, raw(), shared);
+        let from_summary = ClientReport::from_summary(&scenario, summary, shared);
+        assert_eq!(from_summary, from_log);
+        assert_eq!(from_summary.faults.len(), 2);
+        // b0's fault: a call a millisecond, two while b1 is silent.
+        assert_eq!(from_summary.faults[0].wasted_calls, 11_345 + 9_000);
+        // A width that is not a multiple of the grain is rounded down to one.
+        let summary = RunSummary::new(&scenario, raw());
+        assert_eq!(
+            ClientReport::from_summary(&scenario, summary, 350).bucket_ms,
+            340
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::{
     backend::{DispatchLog, SimBackend, SimRequest},
     client::ClientSpec,
-    report::{bucket_ms, ClientReport, Report},
+    report::{bucket_ms, ClientReport, Report, RunSummary},
     scenario::{Load, Scenario},
 };
 use hdrhistogram::Histogram;
@@ -48,17 +48,27 @@ struct Tally {
 /// Runs every client of `scenario` on its own identical cluster, seeded by `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     scenario.validate()?;
-    let raws = scenario
+    // Each run is summarised as it ends, so only one client's calls are held at a time.
+    let summaries = scenario
         .clients
         .iter()
-        .map(|client| run_client(scenario, client, seed))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|client| {
+            Ok(RunSummary::new(
+                scenario,
+                run_client(scenario, client, seed)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     // One bucket width for every client, so their eject and readmit times are rounded alike.
-    let longest = raws.iter().map(|r| r.elapsed).max().unwrap_or_default();
+    let longest = summaries
+        .iter()
+        .map(RunSummary::elapsed)
+        .max()
+        .unwrap_or_default();
     let bucket_ms = bucket_ms(longest);
-    let clients = raws
+    let clients = summaries
         .into_iter()
-        .map(|raw| ClientReport::new(scenario, raw, bucket_ms))
+        .map(|summary| ClientReport::from_summary(scenario, summary, bucket_ms))
         .collect();
     Ok(Report {
         scenario: scenario.name.clone(),
@@ -140,6 +150,11 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
                         let ok = svc.oneshot(req).await.is_ok();
                         record(intended, ok);
                     });
+                    // Let go of the callers that are done, so that memory follows the calls in
+                    // flight, not every call sent.
+                    while let Some(joined) = tasks.try_join_next() {
+                        joined.map_err(|e| format!("a simulated caller panicked: {e}"))?;
+                    }
                 }
             }
             Load::ClosedLoop {
@@ -181,7 +196,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
             ok_latency_us: tally.ok_latency_us,
             ok: tally.ok,
             failed: tally.failed,
-            calls: log.calls(),
+            calls: log.take(),
             elapsed,
         })
     })

@@ -26,8 +26,9 @@ pub struct Scenario {
 /// The most concurrent callers a closed loop may have (each is a task of the simulation).
 pub const MAX_CONCURRENCY: usize = 100_000;
 
-/// The most requests a scenario may offer: every call is logged for the report (and an open loop
-/// may have them all in flight at once), so memory grows with the count.
+/// The most requests a scenario may offer: every call of the client being run is logged until
+/// its run ends (and an open loop may have them all in flight at once), so memory grows with the
+/// count.
 pub const MAX_REQUESTS: u64 = 10_000_000;
 
 fn default_seed() -> u64 {
