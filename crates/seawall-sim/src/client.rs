@@ -61,7 +61,10 @@ pub enum ClientSpec {
         /// Attempts in all, the first included.
         #[serde(default = "three")]
         max_attempts: u32,
-        /// Retries allowed per request (`TpsBudget`'s `retry_percent`, a fraction like seawall's).
+        /// Retries allowed per request (`TpsBudget`'s `retry_percent`, a fraction like seawall's):
+        /// 0, 1/n, or above 1, 1000/n. `TpsBudget` withdraws a whole number of deposits per retry,
+        /// `1 / budget_ratio` (or `1000 / budget_ratio`) rounded down, so it keeps no other ratio
+        /// (0.6 would allow a retry per request), and the simulator rejects one.
         #[serde(default = "retry_ratio")]
         budget_ratio: f64,
         /// Retries a second allowed whatever the traffic.
@@ -302,6 +305,14 @@ impl ClientSpec {
                 if !(0.0..=1000.0).contains(budget_ratio) {
                     return Err(format!(
                         "budget_ratio must be in [0, 1000], got {budget_ratio}"
+                    ));
+                }
+                let kept = tps_budget_ratio(*budget_ratio);
+                if (kept - budget_ratio).abs() > budget_ratio * 1e-6 {
+                    let kept = format!("{kept:.4}");
+                    let kept = kept.trim_end_matches('0').trim_end_matches('.');
+                    return Err(format!(
+                        "budget_ratio must be 0, 1/n or 1000/n, as tower's TpsBudget withdraws a whole number of deposits per retry (asked for {budget_ratio} it allows {kept})"
                     ));
                 }
                 if *budget_min_per_second >= i32::MAX as u32 {
@@ -684,6 +695,20 @@ impl OutlierSpec {
             rule.duration = ms(d);
         }
         Ok(o)
+    }
+}
+
+/// The retries per request tower's `TpsBudget` allows when asked for `ratio`: it deposits 1 (1,000
+/// above a ratio of 1) per request and withdraws `1 / ratio` (`1000 / ratio`) per retry, rounded
+/// down to a whole number, in `f32` as tower computes it.
+fn tps_budget_ratio(ratio: f64) -> f64 {
+    let percent = ratio as f32;
+    if percent == 0.0 {
+        0.0
+    } else if percent <= 1.0 {
+        1.0 / ((1.0 / percent) as isize) as f64
+    } else {
+        1000.0 / ((1000.0 / percent) as isize) as f64
     }
 }
 

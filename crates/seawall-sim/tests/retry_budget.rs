@@ -1,5 +1,6 @@
 //! A seawall retry without budget settings gets seawall's default budget, as the retry layer
-//! does; no budget at all must be asked for.
+//! does; no budget at all must be asked for. tower's retry is given only a budget ratio its
+//! `TpsBudget` keeps.
 
 use seawall_sim::{run::run, Scenario};
 
@@ -61,5 +62,41 @@ fn unlimited_and_a_budget_setting_together_are_rejected() {
     ] {
         let err = storm(&[retry]).expect_err(retry);
         assert!(err.contains("retry.unlimited"), "{retry}: {err}");
+    }
+}
+
+/// tower's `TpsBudget` withdraws `1 / ratio` deposits per retry, rounded down: asked for 0.6 it
+/// allows a retry per request, for 0.3 one per three.
+#[test]
+fn a_tower_budget_ratio_tps_budget_cannot_keep_is_rejected() {
+    let tower = |ratio: &str| {
+        let text = format!(
+            "name = \"x\"\n[load]\nkind = \"open_loop\"\nrate_per_sec = 10.0\nrequests = 10\n\
+             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n\
+             [[clients]]\nkind = \"tower_retry\"\nbudget_ratio = {ratio}\n"
+        );
+        Scenario::from_toml(&text)
+    };
+    for (ratio, kept) in [
+        ("0.6", "it allows 1)"),
+        ("0.3", "it allows 0.3333)"),
+        ("1.5", "it allows 1.5015)"),
+    ] {
+        let err = tower(ratio).expect_err(ratio);
+        assert!(err.contains("clients[0].budget_ratio"), "{ratio}: {err}");
+        assert!(err.contains(kept), "{ratio}: {err}");
+    }
+    for ratio in [
+        "0.0",
+        "0.1",
+        "0.2",
+        "0.25",
+        "0.5",
+        "1.0",
+        "2.0",
+        "0.3333333",
+        "1000.0",
+    ] {
+        tower(ratio).unwrap_or_else(|e| panic!("{ratio}: {e}"));
     }
 }
