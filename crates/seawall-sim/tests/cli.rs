@@ -78,3 +78,20 @@ fn a_failed_write_to_standard_output_is_an_error() {
         assert_clean_error(&out, "standard output");
     }
 }
+
+/// `seawall-sim list`: one scenario a line, every description starting in the same column.
+#[test]
+fn list_aligns_the_descriptions() {
+    let out = sim().arg("list").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let columns: Vec<usize> = text
+        .lines()
+        .map(|line| {
+            let name = line.split(' ').next().unwrap();
+            line.len() - line[name.len()..].trim_start().len()
+        })
+        .collect();
+    assert!(columns.len() >= 5, "{text}");
+    assert!(columns.iter().all(|&c| c == columns[0]), "{text}");
+}

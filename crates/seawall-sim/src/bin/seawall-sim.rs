@@ -61,12 +61,15 @@ fn emit(text: &str) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::List => emit(
-            &builtin::all()
-                .iter()
-                .map(|s| format!("{:<22} {}\n", s.name, s.description))
-                .collect::<String>(),
-        ),
+        Command::List => {
+            let all = builtin::all();
+            let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            emit(
+                &all.iter()
+                    .map(|s| format!("{:<w$} {}\n", s.name, s.description))
+                    .collect::<String>(),
+            )
+        }
         Command::Run {
             scenario,
             seed,
