@@ -144,6 +144,101 @@ async fn a_reservation_made_before_the_breaker_opened_stops_polling_the_inner_se
     assert_eq!(polls.load(Ordering::SeqCst), 1);
 }
 
+/// A caller whose call the breaker admitted, waiting for the inner service (here a concurrency
+/// limit whose only permit a hung call holds), is woken when the breaker opens: the reserved
+/// permit is checked again and the call rejected, not left waiting on the inner service.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_on_the_inner_service_is_woken_when_the_breaker_opens() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, reached) = dependency();
+    let mut svc = layer.layer(ConcurrencyLimit::new(inner, 1));
+    let hung = svc.ready().await.unwrap().call(Call::Hang);
+    let mut waiting = svc.clone();
+    let mut ready = task::spawn(waiting.ready());
+    assert_pending!(ready.poll(), "the only permit is held by the hung call");
+
+    handle.force_open();
+    assert!(ready.is_woken(), "woken by the change");
+    let waiting = assert_ready!(ready.poll()).unwrap();
+    assert!(rejected(&waiting.call(Call::Ok).await));
+    assert_eq!(
+        reached.get(),
+        1,
+        "only the hung call reached the dependency"
+    );
+    drop(hung);
+}
+
+/// The same when the breaker trips on failures seen by another service of the layer.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_on_the_inner_service_is_woken_when_another_service_trips_the_breaker() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let mut other = layer.layer(dependency().0);
+    let inner = NeverReady::default();
+    let polls = inner.0.clone();
+    let mut svc = task::spawn(());
+    let mut breaker = layer.layer(inner);
+    svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+
+    assert_eq!(
+        send(&mut other, Call::Fail).await.unwrap_err().to_string(),
+        "boom"
+    );
+    assert_eq!(layer.handle().state(), State::Open);
+    assert!(svc.is_woken(), "woken by the trip");
+    svc.enter(|cx, _| assert!(matches!(breaker.poll_ready(cx), Poll::Ready(Ok(())))));
+    assert!(rejected(&breaker.call(()).await));
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        1,
+        "not polled once the breaker opened"
+    );
+}
+
+/// With backpressure, the woken caller goes on waiting, now for the breaker, and is woken again
+/// when it lets calls through.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_on_the_inner_service_with_backpressure_is_woken_to_wait_for_the_breaker()
+{
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = NeverReady::default();
+    let polls = inner.0.clone();
+    let mut svc = task::spawn(());
+    let mut breaker = layer.layer(inner);
+    svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+
+    handle.force_open();
+    assert!(svc.is_woken(), "woken by the change");
+    svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        1,
+        "waits for the breaker, not the inner service"
+    );
+    assert_eq!(handle.snapshot().rejected, 0);
+
+    handle.reset();
+    assert!(svc.is_woken(), "woken when the breaker lets calls through");
+    svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        2,
+        "admitted again, the inner service is asked"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn clone_of_an_inner_service_whose_clone_resets_readiness() {
     // ConcurrencyLimit's clone has no permit: calling a fresh clone would panic.
