@@ -23,12 +23,13 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// kept: making room evicts the least recently asked-for breaker, preferring one that no service
 /// uses any more and that is Closed (a breaker that is Open remembers a failing key, so it goes
 /// after the Closed ones). A breaker in a manual state (forced open, disabled or metrics-only)
-/// goes last, after the breakers in use, so only when every breaker is in one: evicted, it would
-/// come back Closed the next time its key is asked for. A set of 128 or more makes room for
-/// several at once: up to a 64th of it, among the breakers no service uses and in no manual
-/// state, so a set kept full by new keys is scanned once per 64th of its capacity rather than for
-/// every new key. A service built from an evicted breaker keeps working with it; asking for the
-/// key again creates a fresh one.
+/// goes after the other idle ones: evicted, it would come back Closed the next time its key is
+/// asked for. A breaker a service still uses goes after every idle one, whatever its state:
+/// evicted, it would split in two, the service keeping the old breaker while the key gets a
+/// fresh one. A set of 128 or more makes room for several at once: up to a 64th of it, among the
+/// breakers no service uses and in no manual state, so a set kept full by new keys is scanned once
+/// per 64th of its capacity rather than for every new key. A service built from an evicted
+/// breaker keeps working with it; asking for the key again creates a fresh one.
 ///
 /// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
 /// and keep the layer or the service, not once per request.
@@ -193,10 +194,12 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
 }
 
 /// Makes room for one more entry: removes the least recently used among the idle Closed entries,
-/// else among the idle ones, else among all, leaving the entries in a manual state (ForcedOpen,
-/// Disabled, MetricsOnly) to the last: evicted, an operator's choice would be lost. From 128
-/// entries on, it removes up to a 64th of them in that order, idle ones in an automatic state
-/// only (at least one entry).
+/// else among the idle ones in an automatic state, else among the idle ones in a manual state
+/// (ForcedOpen, Disabled, MetricsOnly: evicted, an operator's choice would be lost), else among
+/// those in use, in the same order. An entry in use goes last: evicted, its service would keep a
+/// breaker the set no longer reaches, and its key would get a fresh twin. From 128 entries on, it
+/// removes up to a 64th of them in that order, idle ones in an automatic state only (at least one
+/// entry).
 fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let rank = |e: &Entry<C>| {
         let in_use = Arc::strong_count(&e.layer.shared) > 1;
@@ -206,7 +209,7 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
             State::ForcedOpen | State::Disabled | State::MetricsOnly
         );
         let holds_failure = state != State::Closed;
-        (manual, in_use, holds_failure, e.last_used)
+        (in_use, manual, holds_failure, e.last_used)
     };
     let batch = entries.len() / 64;
     if batch <= 1 {
@@ -226,7 +229,7 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let evicted: Vec<K> = ranked
         .iter()
         .enumerate()
-        .filter(|(i, ((manual, in_use, ..), _))| *i == 0 || !(*manual || *in_use))
+        .filter(|(i, ((in_use, manual, ..), _))| *i == 0 || !(*in_use || *manual))
         .map(|(_, (_, k))| (*k).clone())
         .collect();
     for key in evicted {

@@ -65,25 +65,10 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
-/// A breaker an operator forced open or disabled is evicted only when every breaker of the set
-/// is in a manual state: evicted, it would come back Closed the next time its key is asked for.
+/// A breaker an operator forced open or disabled is evicted after every other breaker no service
+/// uses: evicted, it would come back Closed the next time its key is asked for.
 #[test]
-fn breakers_in_a_manual_state_are_evicted_last() {
-    let forced = set(2);
-    forced.get(&"a").handle().force_open();
-    let b = forced.get(&"b");
-    forced.get(&"c");
-    assert_eq!(
-        forced.handle(&"a").map(|h| h.state()),
-        Some(State::ForcedOpen),
-        "kept, though no service uses it"
-    );
-    assert!(
-        forced.handle(&"b").is_none(),
-        "a breaker in use goes before a forced-open one"
-    );
-    drop(b);
-
+fn idle_breakers_in_a_manual_state_are_evicted_after_the_other_idle_ones() {
     let disabled = set(2);
     disabled.get(&"d").handle().disable();
     disabled.get(&"e");
@@ -94,7 +79,7 @@ fn breakers_in_a_manual_state_are_evicted_last() {
     );
     assert!(disabled.handle(&"e").is_none(), "the Closed one went");
 
-    // Every breaker in a manual state: the least recently asked-for goes.
+    // Every idle breaker in a manual state: the least recently asked-for goes.
     let manual = set(2);
     manual.get(&"g").handle().force_open();
     manual.get(&"h").handle().metrics_only();
@@ -112,6 +97,41 @@ fn breakers_in_a_manual_state_are_evicted_last() {
     );
     assert!(manual.handle(&"i").is_none());
     assert_eq!(manual.len(), 2);
+}
+
+/// A breaker a service still uses goes after an idle one in a manual state: evicted, its key
+/// would get a fresh Closed twin while the service went on with the old breaker, out of the
+/// set's reach (no handle, no gauge).
+#[test]
+fn a_breaker_in_use_is_kept_over_an_idle_one_in_a_manual_state() {
+    let forced = set(2);
+    forced.get(&"a").handle().force_open();
+    let b = forced.get(&"b");
+    forced.get(&"c");
+    assert!(
+        forced.handle(&"a").is_none(),
+        "the idle forced-open breaker went"
+    );
+    assert!(
+        forced
+            .handle(&"b")
+            .is_some_and(|h| h.same_breaker(&b.handle())),
+        "the breaker in use is kept, not split from its key"
+    );
+    assert!(forced.get(&"b").handle().same_breaker(&b.handle()));
+
+    // Every breaker in use: the ones in a manual state go last.
+    let held = set(2);
+    let d = held.get(&"d");
+    d.handle().force_open();
+    let e = held.get(&"e");
+    let f = held.get(&"f");
+    assert!(held.handle(&"e").is_none(), "the automatic one in use went");
+    assert_eq!(
+        held.handle(&"d").map(|h| h.state()),
+        Some(State::ForcedOpen)
+    );
+    drop((d, e, f));
 }
 
 /// A large full set makes room for a 64th of itself at once, among breakers no service uses,
