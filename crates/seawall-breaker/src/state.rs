@@ -27,10 +27,18 @@
 //!   and slow results — updated by compare-and-swap, so the cap on concurrent probes is exact and
 //!   exactly one thread sees the last result and takes the verdict.
 //! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics. A
-//!   change to Closed empties them before it is published, under `closing`: a flag held from a
-//!   check that the state is still the one it changes from until its compare-and-swap, so a
-//!   change that loses the race cannot empty the window of a Closed generation that won it. Only
-//!   changes to Closed take the flag; calls never do.
+//!   change to Closed empties them before it is published, under `closing`: a flag, holding the
+//!   state word the change is from, held from a check that the state is still that word until
+//!   its compare-and-swap, so a change that loses the race cannot empty the window of a Closed
+//!   generation that won it. Only changes to Closed take the flag: an operator's (`reset`,
+//!   `metrics_only`), which waits while another change holds it, and a HalfOpen's verdict of
+//!   Closed, which the completion of its last probe takes, on whatever thread completes the call.
+//!   A verdict does not wait for a holder changing from the same state (an operator emptying a
+//!   large window, say): that holder's compare-and-swap, or a change that beats it, is sure to
+//!   leave the state, so the verdict would lose; it gives way, and the new generation drops its
+//!   probes' results. It waits only for a holder changing from another state, which is about to
+//!   find that it lost (a stale verdict would not publish anything, so giving way to it could
+//!   leave the HalfOpen without a verdict).
 //!
 //! # Generations
 //!
@@ -46,7 +54,7 @@
 
 use crate::{
     config::BreakerConfig,
-    sync::{self, AtomicBool, AtomicU32, AtomicU64, Ordering, Padded},
+    sync::{self, AtomicU32, AtomicU64, Ordering, Padded},
     window::{Counts, Window},
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -296,6 +304,8 @@ const FORCED_OPEN: u64 = 4;
 const SHADOW: u64 = 8;
 const MODE_BITS: u32 = 4;
 const MODE_MASK: u64 = (1 << MODE_BITS) - 1;
+/// `closing` when no change to Closed holds it: no state word (its mode would be 15).
+const NOT_CLOSING: u64 = u64::MAX;
 
 #[inline]
 fn pack_state(generation: u64, mode: u64) -> u64 {
@@ -435,8 +445,9 @@ pub struct Machine {
     probes: Padded<AtomicU64>,
     window: Window,
     consecutive: AtomicU32,
-    /// Held by a change to Closed while it empties the window and publishes the change.
-    closing: AtomicBool,
+    /// The state word a change to Closed is from, while it empties the window and publishes the
+    /// change; [`NOT_CLOSING`] otherwise.
+    closing: AtomicU64,
     trips: AtomicU32,
     rejected: Padded<AtomicU64>,
     would_have_rejected: AtomicU64,
@@ -493,7 +504,7 @@ impl Machine {
             probes: Padded(AtomicU64::new(0)),
             window: config.build_window(),
             consecutive: AtomicU32::new(0),
-            closing: AtomicBool::new(false),
+            closing: AtomicU64::new(NOT_CLOSING),
             trips: AtomicU32::new(0),
             rejected: Padded(AtomicU64::new(0)),
             would_have_rejected: AtomicU64::new(0),
@@ -891,7 +902,7 @@ impl Machine {
             .slow_ppm
             .is_some_and(|ppm| slow * 1_000_000 >= ppm * results);
         let to = if opens { OPEN } else { CLOSED };
-        self.transition(word, to | (mode_of(word) & SHADOW), now, observer);
+        self.change(word, to | (mode_of(word) & SHADOW), now, observer, true);
     }
 
     /// Stops the bound of HalfOpen `generation`, whose last probe was just handed back without a
@@ -1050,9 +1061,24 @@ impl Machine {
 
     /// Moves from `from` (a state word) to `to` (a mode) in the next generation, if no one else
     /// changed the state first. Returns whether this call made the change.
+    #[inline]
+    fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
+        self.change(from, to, now, observer, false)
+    }
+
+    /// [`transition`](Self::transition); a change to Closed that `gives_way` (a HalfOpen's
+    /// verdict) does not wait for another change from `from` to publish (see
+    /// [`lock_closing`](Self::lock_closing)), and returns `false` at once.
     #[cold]
     #[inline(never)]
-    fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
+    fn change<O: Observer + ?Sized>(
+        &self,
+        from: u64,
+        to: u64,
+        now: u64,
+        observer: &O,
+        gives_way: bool,
+    ) -> bool {
         let generation = generation_of(from) + 1;
         let closes = to & !SHADOW == CLOSED;
         match to & !SHADOW {
@@ -1062,9 +1088,11 @@ impl Machine {
             // be published meanwhile, so a change that loses the race below has emptied no
             // window a newer Closed generation records into (nothing records in the others).
             CLOSED => {
-                self.lock_closing();
+                if !self.lock_closing(from, gives_way) {
+                    return false;
+                }
                 if self.state.load(Ordering::Acquire) != from {
-                    self.closing.store(false, Ordering::Release);
+                    self.closing.store(NOT_CLOSING, Ordering::Release);
                     return false;
                 }
                 self.window.reset(|| now);
@@ -1079,7 +1107,7 @@ impl Machine {
             .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if closes {
-            self.closing.store(false, Ordering::Release);
+            self.closing.store(NOT_CLOSING, Ordering::Release);
         }
         if !changed {
             return false;
@@ -1125,14 +1153,25 @@ impl Machine {
         true
     }
 
-    /// Takes `closing`, waiting while another change to Closed holds it.
-    fn lock_closing(&self) {
-        while self
-            .closing
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            sync::yield_now();
+    /// Takes `closing` for a change from `from`, waiting while another change to Closed holds it.
+    /// Returns `false`, without the flag, when the change `gives_way` and the holder changes from
+    /// `from` too: the holder then finds the state still `from` and swaps it, or finds (or swaps
+    /// against) a change that already left it. Either way the state leaves `from`, so this change
+    /// would lose its compare-and-swap after the wait. A holder changing from another word may be
+    /// a stale change that will publish nothing: that one is waited for (it mostly finds out at
+    /// once, from its check that the state is still its word).
+    fn lock_closing(&self, from: u64, gives_way: bool) -> bool {
+        loop {
+            match self.closing.compare_exchange_weak(
+                NOT_CLOSING,
+                from,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(holder) if gives_way && holder == from => return false,
+                Err(_) => sync::yield_now(),
+            }
         }
     }
 

@@ -372,3 +372,82 @@ fn a_verdict_that_loses_to_a_manual_change_keeps_the_new_window() {
         assert!(m.window_is_consistent());
     });
 }
+
+/// A verdict of Closed (the last probe's completion, on a runtime thread) does not wait for an
+/// operator's reset that is emptying the window on the way out of the same HalfOpen: the reset is
+/// sure to leave that HalfOpen, so the verdict gives way rather than spin until it has. Whatever
+/// the order, the breaker ends Closed with a consistent window.
+#[test]
+fn a_verdict_gives_way_to_a_reset_from_the_same_half_open() {
+    // Whether, in some interleaving, the verdict returned while the reset was still under way.
+    static GAVE_WAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(2))
+                .minimum_calls(2)
+                .consecutive_failures(1)
+                .permitted_probes(1),
+        );
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(probe.kind(), PermitKind::Probe);
+        let observer = Arc::new(Transitions::default());
+        let reset = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || m.reset(2 * MS, &*observer))
+        };
+        m.complete(
+            probe,
+            Outcome::Success,
+            Duration::ZERO,
+            || 2 * MS,
+            &*observer,
+        );
+        if m.state() == State::HalfOpen {
+            GAVE_WAY.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        reset.join().unwrap();
+        assert_eq!(m.state(), State::Closed);
+        // The reset always changes state; the verdict only if it came first.
+        let changes = observer.0.load(Ordering::SeqCst);
+        assert!(changes == 1 || changes == 2, "{changes}");
+        assert_eq!(m.generation(), 2 + changes as u64);
+        assert_eq!(m.counts(2 * MS).calls, 0);
+        assert!(m.window_is_consistent());
+    });
+    assert!(
+        GAVE_WAY.load(std::sync::atomic::Ordering::SeqCst),
+        "the verdict never returned before the reset was published: it waited for it"
+    );
+}
+
+/// A verdict waits for a change to Closed from another state rather than give way to it: a stale
+/// verdict, whose HalfOpen ran out of time while it was being taken, holds the flag only to find
+/// that it lost, and publishes nothing. Giving way to it would leave the current HalfOpen, whose
+/// probe succeeded, without a verdict.
+#[test]
+fn a_verdict_waits_for_a_stale_verdict_to_find_it_lost() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let stale = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(stale.kind(), PermitKind::Probe);
+        // The first probe succeeds on another thread while, on this one, its HalfOpen runs out
+        // of time, the breaker opens, and the next HalfOpen's probe succeeds.
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(stale, Outcome::Success, Duration::ZERO, || 2 * MS, &())
+            })
+        };
+        if m.tick(1_002 * MS, &()) == State::Open {
+            let probe = m.acquire(|| 1_004 * MS, &()).unwrap();
+            assert_eq!(probe.kind(), PermitKind::Probe);
+            m.complete(probe, Outcome::Success, Duration::ZERO, || 1_004 * MS, &());
+            assert_eq!(m.state(), State::Closed, "the current verdict is taken");
+        }
+        a.join().unwrap();
+        assert_eq!(m.state(), State::Closed);
+    });
+}
