@@ -239,6 +239,74 @@ async fn a_caller_waiting_on_the_inner_service_with_backpressure_is_woken_to_wai
     );
 }
 
+/// A breaker that opens on one failure for 5 s, then lets one probe through and gives up on it
+/// after 2 s; `eager` applies its deadlines on a timer.
+fn probing_for_two_seconds(eager: bool) -> BreakerLayer {
+    BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(5))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .eager_half_open(eager)
+        .build()
+        .unwrap()
+}
+
+/// A probe reserved while the inner service was not ready, whose HalfOpen runs out of time
+/// before the inner service is: polled again, the service hands the probe back and asks the
+/// breaker, which is open as of the bound, so the call is rejected and the inner service left
+/// alone. With the eager timer the caller is woken for it.
+#[tokio::test(start_paused = true)]
+async fn a_reserved_probe_whose_half_open_ran_out_is_handed_back() {
+    for eager in [false, true] {
+        let layer = probing_for_two_seconds(eager);
+        let handle = layer.handle();
+        let mut other = layer.layer(dependency().0);
+        assert!(send(&mut other, Call::Fail).await.is_err());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+
+        let inner = NeverReady::default();
+        let polls = inner.0.clone();
+        let mut svc = task::spawn(());
+        let mut breaker = layer.layer(inner);
+        svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+        let snapshot = handle.snapshot();
+        assert_eq!(snapshot.state, State::HalfOpen, "eager: {eager}");
+        assert_eq!(snapshot.probes_in_use, 1, "the probe is reserved");
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if eager {
+            // The timer's task, due at the same instant, runs.
+            tokio::task::yield_now().await;
+            assert!(svc.is_woken(), "woken when the timer reopens the breaker");
+        }
+        svc.enter(|cx, _| assert!(matches!(breaker.poll_ready(cx), Poll::Ready(Ok(())))));
+        let snapshot = handle.snapshot();
+        assert_eq!(snapshot.state, State::Open, "eager: {eager}");
+        assert_eq!(snapshot.trips, 2);
+        assert_eq!(snapshot.probes_in_use, 0, "the probe is handed back");
+        assert_eq!(
+            handle.remaining_wait(),
+            Some(Duration::from_secs(10)),
+            "open as of the bound, for the second (doubled) wait"
+        );
+        assert!(rejected(&breaker.call(()).await));
+        assert_eq!(handle.snapshot().rejected, 1);
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the inner service was left alone"
+        );
+
+        // Nothing is held over: the next HalfOpen lets its probe through, and it closes.
+        drop(breaker);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(send(&mut other, Call::Ok).await.unwrap(), "ok");
+        assert_eq!(handle.state(), State::Closed, "eager: {eager}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn clone_of_an_inner_service_whose_clone_resets_readiness() {
     // ConcurrencyLimit's clone has no permit: calling a fresh clone would panic.
