@@ -126,26 +126,28 @@ pub fn tower_balance() -> Scenario {
 }
 
 /// tower's balance example on backends of limited capacity: each of the 10 endpoints works on
-/// 50 calls at once (as many workers in all as there are callers) and, like tower's example,
-/// which wraps each endpoint in `ConcurrencyLimit`, reports itself not ready while all 50 are
-/// busy, so a balancer that checks readiness skips it. Each call takes 1..=max whole
+/// 100 calls at once (twice as many workers in all as there are callers) and, like tower's
+/// example, which wraps each endpoint in `ConcurrencyLimit` (of 500 there, a limit the load never
+/// reaches), reports itself not ready while all 100 are busy, so a balancer that checks readiness
+/// skips it. With exactly as many workers as callers (50 each) every such balancer measures the
+/// same: a caller's next call can only go where its last one freed a worker. Each call takes 1..=max whole
 /// milliseconds (tower's draw plus 1 ms, so that every call holds a worker: a 0 ms call would
 /// make an endpoint's capacity endless).
 pub fn tower_balance_capacity() -> Scenario {
     capacity(
         "tower-balance-capacity",
-        "tower's balance example on endpoints serving 50 calls at once each and not ready while full (tower's ConcurrencyLimit), latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
+        "tower's balance example on endpoints serving 100 calls at once each and not ready while full (tower's ConcurrencyLimit), latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
         AtCapacity::NotReady,
     )
 }
 
 /// [`tower_balance_capacity`] with the limit hidden from the client: every endpoint is always
-/// ready, takes every call and queues the ones beyond its 50 workers inside, where only the
+/// ready, takes every call and queues the ones beyond its 100 workers inside, where only the
 /// latency shows them.
 pub fn tower_balance_capacity_queue() -> Scenario {
     capacity(
         "tower-balance-capacity-queue",
-        "tower's balance example on endpoints serving 50 calls at once each, always ready, the rest queued inside them, latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
+        "tower's balance example on endpoints serving 100 calls at once each, always ready, the rest queued inside them, latency 1..=max whole ms, max 1..1000 ms, 100k requests at concurrency 500",
         AtCapacity::Queue,
     )
 }
@@ -162,7 +164,7 @@ fn capacity(name: &str, description: &str, at_capacity: AtCapacity) -> Scenario 
                 min_ms: 1,
                 max_ms: max + 1,
             });
-            backend.max_concurrency = Some(50);
+            backend.max_concurrency = Some(100);
             backend.at_capacity = at_capacity;
             backend
         })

@@ -55,8 +55,7 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
         ewma.p99
     );
     // p99.9 ≤ 0.5× tower's holds here, but trivially (0 ms against 829 ms with seed 1): the
-    // 0 ms endpoint has unlimited capacity. The documented target is carried by the capacity
-    // scenario's test below.
+    // 0 ms endpoint never fills up. The capacity scenario's test below carries the target.
     assert!(
         least.p999 * 2 <= ewma.p999,
         "least p99.9 {:?} vs tower {:?}",
@@ -68,13 +67,13 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
     }
 }
 
-/// tower's example wraps every endpoint in `ConcurrencyLimit`; here each serves 50 calls at once
-/// and reports itself not ready while full. The cluster then has as many workers as the load has
-/// callers, so a caller whose call ends frees the one free worker in the cluster: every client
-/// that checks readiness sends its next call to that endpoint, whatever its picker, and they all
-/// measure the same. The documented target, p99.9 ≤ 0.5× tower's p2c PeakEwma, is not met here.
+/// tower's example wraps every endpoint in `ConcurrencyLimit`; here each serves 100 calls at once
+/// and reports itself not ready while full, so a balancer that checks readiness passes a full
+/// endpoint over. The full-scan PeakEWMA picker still sends the fastest endpoint what it can take,
+/// and its tail stays far below tower's p2c PeakEwma: the documented target, p99.9 ≤ 0.5×
+/// (195 ms against 777 ms with seed 1).
 #[test]
-fn with_the_limit_visible_readiness_chooses_the_endpoint_not_the_picker() {
+fn with_the_limit_visible_the_full_scan_picker_keeps_its_tail_low() {
     let report = run(&builtin::tower_balance_capacity(), 1).unwrap();
     let by = |label: &str| {
         report
@@ -84,35 +83,36 @@ fn with_the_limit_visible_readiness_chooses_the_endpoint_not_the_picker() {
             .unwrap_or_else(|| panic!("{label} missing"))
     };
     let ewma = by("tower p2c peak-ewma");
-    for c in report.clients.iter().filter(|c| c.client != "round robin") {
-        let near = |d: Duration, tower: Duration| d * 20 >= tower * 19 && d * 20 <= tower * 21;
-        assert!(
-            near(c.p99, ewma.p99) && near(c.p999, ewma.p999),
-            "{} p99 {:?}, p99.9 {:?} vs tower {:?}, {:?}",
-            c.client,
-            c.p99,
-            c.p999,
-            ewma.p99,
-            ewma.p999
-        );
-    }
-    // The target (447 ms against 447 ms with seed 1): not met.
     let least = by("seawall least peak-ewma");
     assert!(
-        least.p999 * 2 > ewma.p999,
-        "least p99.9 {:?} vs tower {:?}: the target is met, update docs/benchmarks.md",
+        least.p999 * 2 <= ewma.p999,
+        "least p99.9 {:?} vs tower {:?}",
         least.p999,
+        ewma.p999
+    );
+    assert!(
+        least.p99 * 10 <= ewma.p99,
+        "least p99 {:?} vs tower {:?}",
+        least.p99,
+        ewma.p99
+    );
+    // seawall's default p2c PeakEWMA is tower's algorithm, and measures within 10% of it.
+    let p2c = by("seawall p2c peak-ewma");
+    assert!(
+        p2c.p999 * 10 <= ewma.p999 * 11 && p2c.p999 * 11 >= ewma.p999 * 10,
+        "seawall p2c p99.9 {:?} vs tower {:?}",
+        p2c.p999,
         ewma.p999
     );
     // Round robin does not check readiness before it picks, and waits at the full endpoints.
     let rr = by("round robin");
-    assert!(rr.p99 >= ewma.p99 * 10, "rr p99 {:?}", rr.p99);
+    assert!(rr.p99 >= ewma.p99 * 5, "rr p99 {:?}", rr.p99);
     for c in &report.clients {
         assert_eq!(c.success_rate(), 1.0);
     }
 }
 
-/// With the limit hidden (every endpoint always ready, the calls beyond 50 queued inside it),
+/// With the limit hidden (every endpoint always ready, the calls beyond 100 queued inside it),
 /// piling onto the fastest endpoint has a price: the full-scan PeakEWMA picker's median rises
 /// with the queue it builds there, while its tail stays far below tower's p2c balancers, whose
 /// share of calls to the slow endpoints waits in their queues.
@@ -143,7 +143,7 @@ fn with_the_limit_hidden_herding_shows_in_the_median_not_the_tail() {
         least.p99,
         ewma.p99
     );
-    // p99.9 ≤ 0.5× tower's (0.29× with seed 1), when tower's balancers cannot see the limit.
+    // p99.9 ≤ 0.5× tower's (0.28× with seed 1), when tower's balancers cannot see the limit.
     assert!(
         least.p999 * 2 <= ewma.p999,
         "least p99.9 {:?} vs tower {:?}",
