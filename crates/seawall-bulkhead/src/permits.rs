@@ -19,7 +19,10 @@
 //!
 //! The calls waiting are the calls in the queue: one counter (and the waiting gauge) moves under
 //! the lock as a call joins the queue, is handed a permit or leaves, so a call handed a permit
-//! it has not taken yet counts as in flight, not as waiting.
+//! it has not taken yet counts as in flight, not as waiting. The in-flight gauge counts a permit
+//! handed over from that moment too; the caller counts the permits it takes itself (free ones,
+//! with [`try_acquire`](Permits::try_acquire) or at once from
+//! [`acquire_or_queue`](Permits::acquire_or_queue)) and every permit it gives back.
 //!
 //! The free permits are a signed count: when an adaptive limit shrinks below the permits held,
 //! [`shrink`](Permits::shrink) takes them out of circulation in one atomic step and the count goes
@@ -58,6 +61,8 @@ pub struct Permits {
     /// The queue's length, moved under its lock, for readers that take no lock.
     waiting: AtomicUsize,
     waiting_gauge: metrics::Gauge,
+    /// Counts each permit handed to a waiter as in flight, as it is handed over.
+    in_flight_gauge: metrics::Gauge,
 }
 
 /// One queued call: whether a permit has been handed to it or its deadline passed first, and how
@@ -81,17 +86,23 @@ impl Permits {
     /// A semaphore with `n` free permits, reporting to no gauge (for the model checks).
     #[cfg(any(test, loom))]
     pub fn new(n: usize) -> Self {
-        Permits::with_waiting_gauge(n, metrics::Gauge::noop())
+        Permits::with_gauges(n, metrics::Gauge::noop(), metrics::Gauge::noop())
     }
 
-    /// A semaphore with `n` free permits that reports the calls waiting to `waiting_gauge`.
-    pub fn with_waiting_gauge(n: usize, waiting_gauge: metrics::Gauge) -> Self {
+    /// A semaphore with `n` free permits that reports the calls waiting to `waiting_gauge`, and
+    /// adds each permit it hands to a waiter to `in_flight_gauge`.
+    pub fn with_gauges(
+        n: usize,
+        waiting_gauge: metrics::Gauge,
+        in_flight_gauge: metrics::Gauge,
+    ) -> Self {
         debug_assert!(n <= MAX_LIMIT, "{n} permits, beyond any limit");
         Permits {
             state: AtomicUsize::new(n * ONE),
             queue: Mutex::new(VecDeque::new()),
             waiting: AtomicUsize::new(0),
             waiting_gauge,
+            in_flight_gauge,
         }
     }
 
@@ -191,6 +202,7 @@ impl Permits {
             }
         }
         let mut served = 0;
+        let mut granted = 0;
         let mut now = None;
         while n > 0 {
             let Some(waiter) = queue.pop_front() else {
@@ -205,6 +217,7 @@ impl Permits {
                 waiter.expired.store(true, Ordering::Release);
             } else {
                 waiter.granted.store(true, Ordering::Release);
+                granted += 1;
                 n -= 1;
             }
             let waker = waiter
@@ -217,6 +230,9 @@ impl Permits {
             }
         }
         self.left_queue(served);
+        if granted > 0 {
+            self.in_flight_gauge.increment(granted as f64);
+        }
         if queue.is_empty() {
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
@@ -319,8 +335,9 @@ impl Permits {
     }
 
     /// Gives up a place taken by [`poll_acquire`](Permits::poll_acquire): leaves the queue.
-    /// `true` when a permit was handed over in the meantime: the caller now holds it, and gives
-    /// it back as it would any permit (so an adaptive limit's debt is paid first).
+    /// `true` when a permit was handed over in the meantime: the caller now holds it (counted in
+    /// flight since the hand-over), and gives it back as it would any permit (so an adaptive
+    /// limit's debt is paid first).
     #[must_use = "a permit handed over must be given back"]
     pub fn cancel(&self, waiter: &Arc<Waiter>) -> bool {
         {

@@ -50,7 +50,9 @@ impl Shared {
         metrics.limit.set(limit as f64);
         let waiting = metrics::gauge(metrics::BULKHEAD_WAITING, &name);
         Arc::new(Shared {
-            permits: Permits::with_waiting_gauge(limit, waiting),
+            // The semaphore counts the permits it hands to waiters in flight as it hands them
+            // over; `Permit::assume` counts those taken free.
+            permits: Permits::with_gauges(limit, waiting, metrics.in_flight.clone()),
             limit: AtomicUsize::new(limit),
             max_wait,
             backpressure,
@@ -241,10 +243,15 @@ impl Permit {
         }
     }
 
-    /// Wraps a permit already taken from the semaphore.
+    /// Wraps a free permit just taken from the semaphore, and counts it in flight.
     #[inline]
     fn assume(shared: &Arc<Shared>) -> Permit {
         shared.metrics.in_flight.increment(1.0);
+        Permit::handed_over(shared)
+    }
+
+    /// Wraps a permit the semaphore handed to a queued place, which counted it in flight then.
+    fn handed_over(shared: &Arc<Shared>) -> Permit {
         Permit {
             shared: shared.clone(),
         }
@@ -292,7 +299,8 @@ impl fmt::Debug for Permit {
 }
 
 /// A call's place in the FIFO queue for a permit, counted as waiting until a permit is handed to
-/// it (then the permit counts as in flight, though the call has yet to take it). Dropping
+/// it (then the permit counts as in flight, in the handle and the gauge, though the call has yet
+/// to take it). Dropping
 /// it (the future dropped, `max_wait` over) leaves the queue, or passes on a permit handed over in
 /// the meantime.
 pub(crate) struct Place {
@@ -321,10 +329,23 @@ impl Place {
     /// Takes a permit, queueing for one (with no deadline) if there is none; [`Expired`] when
     /// the place was [joined](Place::join) and its deadline passed before a permit came.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Expired>> {
+        // Queued already, the place can only be handed its permit; otherwise it may take a free
+        // one at once.
+        let queued = self.slot.is_some();
         self.shared
             .permits
             .poll_acquire(&mut self.slot, cx)
-            .map(|granted| granted.map(|()| Permit::assume(&self.shared)))
+            .map(|taken| taken.map(|()| self.permit(queued)))
+    }
+
+    /// Wraps the permit this place has just taken: handed to it in the queue (counted in flight
+    /// by the hand-over) when it was `queued`, else free.
+    fn permit(&self, queued: bool) -> Permit {
+        if queued {
+            Permit::handed_over(&self.shared)
+        } else {
+            Permit::assume(&self.shared)
+        }
     }
 
     /// Leaves the queue, as a call does when its `max_wait` timer fires. A permit handed to this
@@ -334,7 +355,7 @@ impl Place {
     pub(crate) fn give_up(&mut self) -> Option<Permit> {
         let waiter = self.slot.take()?;
         if self.shared.permits.cancel(&waiter) {
-            Some(Permit::assume(&self.shared))
+            Some(Permit::handed_over(&self.shared))
         } else {
             None
         }
@@ -345,8 +366,8 @@ impl Drop for Place {
     fn drop(&mut self) {
         if let Some(waiter) = self.slot.take() {
             if self.shared.permits.cancel(&waiter) {
-                // Handed a permit it never used.
-                self.shared.give_back();
+                // Handed a permit it never used: returned, and no longer in flight.
+                drop(Permit::handed_over(&self.shared));
             }
         }
     }

@@ -341,7 +341,7 @@ async fn a_call_queues_before_its_future_is_polled() {
 /// permit handed to it, so the next waiter runs.
 #[tokio::test(start_paused = true)]
 async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
-    use seawall_core::metrics::{testing::TestRecorder, BULKHEAD_WAITING};
+    use seawall_core::metrics::{testing::TestRecorder, BULKHEAD_IN_FLIGHT, BULKHEAD_WAITING};
     use tokio_test::{assert_pending, assert_ready, task::spawn};
     use tower::Service;
 
@@ -387,11 +387,16 @@ async fn an_unpolled_waiter_dropped_passes_its_permit_on() {
     assert_eq!(handle.waiting(), 1);
     assert_eq!(recorder.gauge(BULKHEAD_WAITING, "bulkhead"), Some(1.0));
     assert_eq!(handle.in_flight(), 1);
+    assert_eq!(recorder.gauge(BULKHEAD_IN_FLIGHT, "bulkhead"), Some(1.0));
+    // Dropped unused, the permit counts in flight once, now for the last waiter.
     drop(handed_over);
     assert!(last.is_woken());
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(recorder.gauge(BULKHEAD_IN_FLIGHT, "bulkhead"), Some(1.0));
     assert_eq!(assert_ready!(last.poll()).unwrap(), 3);
     assert_eq!(handle.waiting(), 0);
     assert_eq!(handle.in_flight(), 0);
+    assert_eq!(recorder.gauge(BULKHEAD_IN_FLIGHT, "bulkhead"), Some(0.0));
     assert_eq!(handle.available(), 1);
 }
 
