@@ -17,10 +17,11 @@
 //! timer ran for it) cannot take a permit from a call still within its wait. Only this cold path
 //! reads the clock, once per hand-out and only when a waiter has a deadline.
 //!
-//! The calls waiting are the calls in the queue: one counter (and the waiting gauge) moves under
-//! the lock as a call joins the queue, is handed a permit or leaves, so a call handed a permit
-//! it has not taken yet counts as in flight, not as waiting. The in-flight gauge counts a permit
-//! handed over from that moment too; the caller counts the permits it takes itself (free ones,
+//! The calls waiting are the calls in the queue: one counter moves under the lock as a call joins
+//! the queue, is handed a permit or leaves, so a call handed a permit it has not taken yet counts
+//! as in flight, not as waiting. The waiting gauge follows the counter, moved just after the lock
+//! is released, so that no recorder runs under it. The in-flight gauge counts a permit handed
+//! over from that moment too; the caller counts the permits it takes itself (free ones,
 //! with [`try_acquire`](Permits::try_acquire) or at once from
 //! [`acquire_or_queue`](Permits::acquire_or_queue)) and every permit it gives back.
 //!
@@ -111,11 +112,25 @@ impl Permits {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// Counts `n` calls out of the queue (handed a permit, or gone), under its lock.
+    /// Counts `n` calls out of the queue (handed a permit, or gone), under its lock; the
+    /// gauge follows with [`report_left`](Permits::report_left) once the lock is released.
     fn left_queue(&self, n: usize) {
         if n > 0 {
             self.waiting.fetch_sub(n, Ordering::AcqRel);
-            self.waiting_gauge.decrement(n as f64);
+        }
+    }
+
+    /// Moves the gauges for `left` calls out of the queue, `handed_over` of them with a permit.
+    /// Called with the queue's lock released, as are all gauge updates: a recorder may be slow,
+    /// or call back into the bulkhead. Racing updates may then reach a gauge out of order (a
+    /// call's leaving before its joining), but each is applied once, so the gauge settles on
+    /// the count.
+    fn report_left(&self, left: usize, handed_over: usize) {
+        if left > 0 {
+            self.waiting_gauge.decrement(left as f64);
+        }
+        if handed_over > 0 {
+            self.in_flight_gauge.increment(handed_over as f64);
         }
     }
 
@@ -179,7 +194,15 @@ impl Permits {
     }
 
     #[cold]
-    fn release_to_waiters(&self, mut n: usize) {
+    fn release_to_waiters(&self, n: usize) {
+        let (served, granted) = self.hand_out(n);
+        self.report_left(served, granted);
+    }
+
+    /// Hands `n` permits out under the queue's lock, as [`release`](Permits::release) does when
+    /// someone waits; returns how many calls left the queue, and how many of them were handed a
+    /// permit.
+    fn hand_out(&self, mut n: usize) -> (usize, usize) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // What is owed is paid before any waiter is served.
         let mut state = self.state.load(Ordering::Acquire);
@@ -230,15 +253,13 @@ impl Permits {
             }
         }
         self.left_queue(served);
-        if granted > 0 {
-            self.in_flight_gauge.increment(granted as f64);
-        }
         if queue.is_empty() {
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
         if n > 0 {
             self.state.fetch_add(n * ONE, Ordering::AcqRel);
         }
+        (served, granted)
     }
 
     /// Takes `n` permits out of circulation (the limit shrank): free ones at once, and as many
@@ -330,6 +351,8 @@ impl Permits {
         });
         queue.push_back(waiter.clone());
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        drop(queue);
+        // Outside the lock, as every gauge update (see `report_left`).
         self.waiting_gauge.increment(1.0);
         Some(waiter)
     }
@@ -340,16 +363,21 @@ impl Permits {
     /// limit's debt is paid first).
     #[must_use = "a permit handed over must be given back"]
     pub fn cancel(&self, waiter: &Arc<Waiter>) -> bool {
-        {
+        let left = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(at) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            let at = queue.iter().position(|w| Arc::ptr_eq(w, waiter));
+            if let Some(at) = at {
                 queue.remove(at);
                 self.left_queue(1);
                 if queue.is_empty() {
                     self.state.fetch_and(!WAITERS, Ordering::AcqRel);
                 }
-                return false;
             }
+            at.is_some()
+        };
+        if left {
+            self.report_left(1, 0);
+            return false;
         }
         waiter.take_grant()
     }
@@ -383,6 +411,65 @@ mod tests {
 
     fn poll(permits: &Permits, slot: &mut Option<Arc<Waiter>>) -> Poll<Result<(), Expired>> {
         permits.poll_acquire(slot, &mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A gauge that notes each update, and each made while the queue's lock is held: a user's
+    /// recorder may be slow, or call back into the bulkhead.
+    #[derive(Default)]
+    struct LockSpy {
+        permits: std::sync::OnceLock<std::sync::Weak<Permits>>,
+        updates: AtomicUsize,
+        under_lock: AtomicUsize,
+    }
+
+    impl LockSpy {
+        fn note(&self) {
+            self.updates.fetch_add(1, Ordering::SeqCst);
+            let permits = self.permits.get().and_then(std::sync::Weak::upgrade);
+            if permits.is_some_and(|permits| permits.queue.try_lock().is_err()) {
+                self.under_lock.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl metrics::GaugeFn for LockSpy {
+        fn increment(&self, _: f64) {
+            self.note();
+        }
+
+        fn decrement(&self, _: f64) {
+            self.note();
+        }
+
+        fn set(&self, _: f64) {
+            self.note();
+        }
+    }
+
+    #[test]
+    fn gauges_are_updated_outside_the_queue_lock() {
+        let spy = Arc::new(LockSpy::default());
+        let permits = Arc::new(Permits::with_gauges(
+            1,
+            metrics::Gauge::from_arc(spy.clone()),
+            metrics::Gauge::from_arc(spy.clone()),
+        ));
+        spy.permits.set(Arc::downgrade(&permits)).unwrap();
+        assert!(permits.try_acquire());
+        // Three calls join the queue; the first's deadline passes at once.
+        let mut late = permits.acquire_or_queue(None, Some(Instant::now()));
+        let gone = permits.acquire_or_queue(None, None);
+        let mut served = permits.acquire_or_queue(None, None);
+        // One leaves; the permit returned passes over the late one to the last.
+        assert!(!permits.cancel(gone.as_ref().unwrap()));
+        permits.release(1);
+        assert_eq!(poll(&permits, &mut late), Poll::Ready(Err(Expired)));
+        assert_eq!(poll(&permits, &mut served), Poll::Ready(Ok(())));
+        permits.release(1);
+        assert_eq!(permits.waiting(), 0);
+        // Three joined, one left, two served (one passed over) and one handed a permit.
+        assert_eq!(spy.updates.load(Ordering::SeqCst), 6);
+        assert_eq!(spy.under_lock.load(Ordering::SeqCst), 0);
     }
 
     #[test]
