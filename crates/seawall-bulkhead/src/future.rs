@@ -206,19 +206,12 @@ where
                     .expect("a waiting bulkhead call has its wait")
                     .as_mut()
                     .project();
-                let permit = match wait.place.poll_acquire(cx) {
-                    Poll::Ready(Ok(permit)) => permit,
-                    // Passed over by a permit handed out after its deadline.
-                    Poll::Ready(Err(_)) => return Self::reject_waited(this),
-                    Poll::Pending => {
-                        ready!(wait.sleep.poll(cx));
-                        // The timer fired, but a permit may have been handed over since the poll
-                        // above: leaving the queue (under its lock) finds it, and the call runs.
-                        match wait.place.give_up() {
-                            Some(permit) => permit,
-                            None => return Self::reject_waited(this),
-                        }
-                    }
+                // A permit handed over as the timer fires is taken: the call runs.
+                let permit = match ready!(wait.place.poll_until(cx, wait.sleep)) {
+                    Ok(permit) => permit,
+                    // Its timer fired first, or a permit handed out after its deadline passed
+                    // over it.
+                    Err(_) => return Self::reject_waited(this),
                 };
                 *this.timing = permit.start();
                 let (mut service, request) =

@@ -38,8 +38,10 @@ use crate::{
 };
 use std::{
     collections::VecDeque,
+    future::Future,
+    pin::Pin,
     sync::{Arc, PoisonError},
-    task::{Context, Poll, Waker},
+    task::{ready, Context, Poll, Waker},
 };
 use tokio::time::Instant;
 
@@ -302,6 +304,30 @@ impl Permits {
                 Poll::Pending
             }
         }
+    }
+
+    /// Waits at a place taken with [`acquire_or_queue`](Permits::acquire_or_queue) until a permit
+    /// comes or `timer` (the call's `max_wait`) fires: polls the place as
+    /// [`poll_acquire`](Permits::poll_acquire) does and, while no permit has come, the timer.
+    /// Once the timer fires the place leaves the queue. A permit may have been handed to it since
+    /// it was polled: the queue's lock settles whether the hand-over or the leaving came first,
+    /// and a permit handed over within the wait is taken (`Ok`), never passed on while the call
+    /// fails. Otherwise the wait is over without a permit ([`Expired`]), as it is when a hand-out
+    /// passed over the place once its deadline had passed.
+    pub fn poll_acquire_until<T: Future<Output = ()>>(
+        &self,
+        slot: &mut Option<Arc<Waiter>>,
+        cx: &mut Context<'_>,
+        timer: Pin<&mut T>,
+    ) -> Poll<Result<(), Expired>> {
+        if let Poll::Ready(outcome) = self.poll_acquire(slot, cx) {
+            return Poll::Ready(outcome);
+        }
+        ready!(timer.poll(cx));
+        Poll::Ready(match slot.take() {
+            Some(waiter) if self.cancel(&waiter) => Ok(()),
+            _ => Err(Expired),
+        })
     }
 
     /// Takes a free permit (`None`), or joins the back of the queue (`Some`, the place to poll

@@ -10,6 +10,8 @@ use crate::{
 use seawall_core::{deadline::deadline_after, metrics, Listeners, Name, Outcome};
 use std::{
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
@@ -348,17 +350,20 @@ impl Place {
         }
     }
 
-    /// Leaves the queue, as a call does when its `max_wait` timer fires. A permit handed to this
-    /// place since it was last polled, as the timer fired, is kept and returned: the queue's lock
-    /// settles whether the hand-over or the leaving came first, and a call handed a permit within
-    /// its wait runs.
-    pub(crate) fn give_up(&mut self) -> Option<Permit> {
-        let waiter = self.slot.take()?;
-        if self.shared.permits.cancel(&waiter) {
-            Some(Permit::handed_over(&self.shared))
-        } else {
-            None
-        }
+    /// Waits at a [joined](Place::join) place until a permit comes or `timer` (the call's
+    /// `max_wait`) fires, then leaves the queue: [`Expired`] when the wait is over without a
+    /// permit, and a permit handed over since the place was polled, as the timer fired, is taken
+    /// (see [`Permits::poll_acquire_until`]).
+    pub(crate) fn poll_until<T: Future<Output = ()>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: Pin<&mut T>,
+    ) -> Poll<Result<Permit, Expired>> {
+        let queued = self.slot.is_some();
+        self.shared
+            .permits
+            .poll_acquire_until(&mut self.slot, cx, timer)
+            .map(|taken| taken.map(|()| self.permit(queued)))
     }
 }
 
@@ -434,39 +439,49 @@ mod tests {
     }
 
     /// A waiting call's timer fires just as the permit it waits for is handed to it, after its
-    /// last poll found none: leaving the queue then finds the permit, and the call runs with it
-    /// rather than being rejected while the permit goes to someone else.
+    /// poll found none: leaving the queue then finds the permit, and the call runs with it rather
+    /// than being rejected while the permit goes to someone else.
     #[test]
-    fn a_place_giving_up_keeps_a_permit_handed_to_it_since_its_last_poll() {
+    fn a_place_whose_timer_fires_keeps_a_permit_handed_to_it_since_its_poll() {
         let shared = shared(1);
-        let held = Permit::try_acquire(&shared).expect("a free permit");
+        let mut held = Some(Permit::try_acquire(&shared).expect("a free permit"));
         let Err(mut place) = Place::join(&shared, Instant::now() + Duration::from_secs(1)) else {
             panic!("the bulkhead is full");
         };
+        // The permit is handed over (within the wait) between the place's poll and its timer's.
+        let timer = std::pin::pin!(std::future::poll_fn(|_| {
+            drop(held.take());
+            Poll::Ready(())
+        }));
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(place.poll_acquire(&mut cx).is_pending());
-        // The permit is handed over (within the wait) before the place is polled again...
-        drop(held);
-        assert_eq!((shared.waiting(), shared.in_flight()), (0, 1));
-        // ...and the timer fires first: the call keeps the permit.
-        let permit = place.give_up().expect("the permit handed over");
-        assert_eq!((shared.available(), shared.in_flight()), (0, 1));
+        let Poll::Ready(Ok(permit)) = place.poll_until(&mut cx, timer) else {
+            panic!("a permit handed over within the wait is not used");
+        };
+        assert_eq!(
+            (shared.waiting(), shared.available(), shared.in_flight()),
+            (0, 0, 1)
+        );
         drop(permit);
         drop(place);
         assert_eq!((shared.available(), shared.in_flight()), (1, 0));
     }
 
-    /// A place that gives up before any permit comes leaves the queue with nothing, and the next
-    /// permit returned goes back to the pool.
+    /// A place whose timer fires before any permit comes leaves the queue with nothing, and the
+    /// next permit returned goes back to the pool.
     #[test]
-    fn a_place_giving_up_before_a_permit_comes_leaves_with_nothing() {
+    fn a_place_whose_timer_fires_before_a_permit_comes_leaves_with_nothing() {
         let shared = shared(1);
         let held = Permit::try_acquire(&shared).expect("a free permit");
         let Err(mut place) = Place::join(&shared, Instant::now() + Duration::from_secs(1)) else {
             panic!("the bulkhead is full");
         };
         assert_eq!(shared.waiting(), 1);
-        assert!(place.give_up().is_none());
+        let timer = std::pin::pin!(std::future::ready(()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            place.poll_until(&mut cx, timer),
+            Poll::Ready(Err(Expired))
+        ));
         assert_eq!(shared.waiting(), 0);
         drop(held);
         drop(place);

@@ -342,11 +342,11 @@ fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
     });
 }
 
-/// A waiting call's timer fires as the holder releases the one permit: the call polls once, then
-/// leaves the queue as the bulkhead's future does at its `max_wait`, and runs with a permit if
-/// leaving finds one handed over. Whenever the release was done before the call left, the call
-/// runs: a permit handed over is used, never passed on while the call is rejected; and a
-/// newcomer on the fast path never takes it.
+/// A waiting call's timer fires as the holder releases the one permit: the call waits as the
+/// bulkhead's future does (`poll_acquire_until`: its place, then its timer, which fires at once,
+/// then it leaves the queue). Whenever the release was done before the timer fired, even after the
+/// place was polled, the call runs: a permit handed over is used, never passed on while the call
+/// is rejected; a newcomer on the fast path never takes it; and the permit is held once at a time.
 #[test]
 fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
     use loom::sync::atomic::AtomicBool;
@@ -377,23 +377,22 @@ fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
             })
         };
 
+        // The timer fires when polled, and notes whether the release was done by then.
+        let released_at_timer = std::cell::Cell::new(false);
+        let timer = std::pin::pin!(std::future::poll_fn(|_| {
+            released_at_timer.set(released.load(Ordering::SeqCst));
+            Poll::Ready(())
+        }));
         let mut cx = Context::from_waker(Waker::noop());
-        let ran = match permits.poll_acquire(&mut slot, &mut cx) {
-            Poll::Ready(granted) => {
-                assert_eq!(granted, Ok(()));
-                true
-            }
-            Poll::Pending => {
-                // The timer fires: leave the queue, keeping a permit handed over meanwhile.
-                let released_before = released.load(Ordering::SeqCst);
-                let kept = permits.cancel(&slot.take().unwrap());
-                assert!(
-                    kept || !released_before,
-                    "a permit handed over was not used"
-                );
-                kept
-            }
+        let Poll::Ready(outcome) = permits.poll_acquire_until(&mut slot, &mut cx, timer) else {
+            panic!("the timer has fired");
         };
+        assert!(slot.is_none(), "the call has left the queue");
+        let ran = outcome.is_ok();
+        assert!(
+            ran || !released_at_timer.get(),
+            "a permit handed over within the wait was not used"
+        );
         if ran {
             assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
             holders.fetch_sub(1, Ordering::SeqCst);
@@ -401,7 +400,8 @@ fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
         }
         releaser.join().unwrap();
         newcomer.join().unwrap();
-        assert_eq!(permits.available(), 1);
+        assert_eq!(holders.load(Ordering::SeqCst), 0);
+        assert_eq!((permits.available(), permits.waiting()), (1, 0));
         assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
