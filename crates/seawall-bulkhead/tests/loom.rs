@@ -1,6 +1,6 @@
 //! Model checks of the lock-free accounting: the bulkhead's fair semaphore (fast paths racing the
-//! FIFO hand-off and cancellation), its debt of permits owed after an adaptive limit shrinks, and
-//! the GCRA compare-and-swap with its refunds and holes.
+//! FIFO hand-off, cancellation, a waiter's `max_wait` timer and its deadline), its debt of permits
+//! owed after an adaptive limit shrinks, and the GCRA compare-and-swap with its refunds and holes.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p seawall-bulkhead --release --test loom`
 #![cfg(loom)]
@@ -14,6 +14,7 @@ use loom::{
 };
 use seawall_bulkhead::__loom::{Gcra, Grant, Permits};
 use std::task::{Context, Poll, Waker};
+use tokio::time::Instant;
 
 /// Explores every interleaving with up to three preemptions, which covers each compare-and-swap
 /// losing a race to each other thread.
@@ -401,6 +402,67 @@ fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
         releaser.join().unwrap();
         newcomer.join().unwrap();
         assert_eq!(holders.load(Ordering::SeqCst), 0);
+        assert_eq!((permits.available(), permits.waiting()), (1, 0));
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}
+
+/// Behind the holder of the one permit wait B, whose deadline has already passed, and C, with
+/// none. The holder releases while B's owner polls it once and then drops it, and C polls: the
+/// permit passes over B (expired, or gone) to C, never to B; it is held once at a time; and
+/// afterwards nobody waits, the permit is free and no waiter flag is left.
+#[test]
+fn an_expired_waiter_racing_its_cancel_is_never_handed_the_permit() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        let holders = Arc::new(AtomicUsize::new(1));
+        assert!(permits.try_acquire());
+        // B's deadline is now: it has passed by the time any permit is handed out.
+        let mut b = permits.acquire_or_queue(None, Some(Instant::now()));
+        let mut c = permits.acquire_or_queue(None, None);
+        assert!(b.is_some() && c.is_some(), "queued behind the holder");
+        assert_eq!(permits.waiting(), 2);
+
+        let releaser = {
+            let (permits, holders) = (permits.clone(), holders.clone());
+            thread::spawn(move || {
+                holders.fetch_sub(1, Ordering::SeqCst);
+                permits.release(1);
+            })
+        };
+        let canceller = {
+            let permits = permits.clone();
+            thread::spawn(move || {
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(outcome) = permits.poll_acquire(&mut b, &mut cx) {
+                    assert!(outcome.is_err(), "an expired waiter was handed the permit");
+                }
+                if let Some(waiter) = b.take() {
+                    assert!(
+                        !permits.cancel(&waiter),
+                        "an expired waiter was handed the permit"
+                    );
+                }
+            })
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut take = |c: &mut _| match permits.poll_acquire(c, &mut cx) {
+            Poll::Ready(outcome) => {
+                assert_eq!(outcome, Ok(()));
+                assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                true
+            }
+            Poll::Pending => false,
+        };
+        let mut served = take(&mut c);
+        releaser.join().unwrap();
+        canceller.join().unwrap();
+        if !served {
+            served = take(&mut c);
+        }
+        assert!(served, "the permit went past C");
+        holders.fetch_sub(1, Ordering::SeqCst);
+        permits.release(1);
         assert_eq!((permits.available(), permits.waiting()), (1, 0));
         assert!(permits.try_acquire(), "no waiter flag left behind");
     });
