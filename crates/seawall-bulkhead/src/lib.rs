@@ -32,9 +32,10 @@
 //!    goes to a service that was polled ready, never to a fresh clone. The call joins the FIFO
 //!    queue in `call`, before its future is first polled, so a future polled later (as behind
 //!    tower's `Buffer`) keeps its place. The future polls the bulkhead's semaphore directly (no
-//!    task spawned) and a `max_wait` timer, and fails with [`Full`] when the timer fires first.
-//!    A permit returned after a queued call's `max_wait` has passed goes to the next call still
-//!    within its wait, even if that call's future was never polled in time.
+//!    task spawned) and a `max_wait` timer, and fails with [`Full`] once `max_wait` has passed
+//!    without a permit: a permit returned after a queued call's `max_wait` has passed goes to the
+//!    next call still within its wait, even if that call's future was never polled in time or
+//!    its timer (tokio's timers tick in whole milliseconds) has yet to fire.
 //!
 //! With [`backpressure(true)`](BulkheadConfigBuilder::backpressure) the bulkhead behaves like
 //! `ConcurrencyLimit` instead: `poll_ready` is `Pending` until a permit is free (FIFO), then
