@@ -1,19 +1,25 @@
 //! tower's balance example reproduces its known shape: round robin's p99 sits near the slow
 //! endpoints' latency, tower's p2c balancers are far lower.
 
-use seawall_sim::{builtin, run::run};
+use seawall_sim::{
+    builtin,
+    report::{ClientReport, Report},
+    run::run,
+};
 use std::time::Duration;
+
+fn client<'a>(report: &'a Report, label: &str) -> &'a ClientReport {
+    report
+        .clients
+        .iter()
+        .find(|c| c.client == label)
+        .unwrap_or_else(|| panic!("{label} missing"))
+}
 
 #[test]
 fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
     let report = run(&builtin::tower_balance(), 1).unwrap();
-    let by = |label: &str| {
-        report
-            .clients
-            .iter()
-            .find(|c| c.client == label)
-            .unwrap_or_else(|| panic!("{label} missing"))
-    };
+    let by = |label: &str| client(&report, label);
     let rr = by("round robin");
     let pending = by("tower p2c pending");
     let ewma = by("tower p2c peak-ewma");
@@ -75,13 +81,7 @@ fn round_robin_tail_is_the_slow_endpoints_p2c_is_far_lower() {
 #[test]
 fn with_the_limit_visible_the_full_scan_picker_keeps_its_tail_low() {
     let report = run(&builtin::tower_balance_capacity(), 1).unwrap();
-    let by = |label: &str| {
-        report
-            .clients
-            .iter()
-            .find(|c| c.client == label)
-            .unwrap_or_else(|| panic!("{label} missing"))
-    };
+    let by = |label: &str| client(&report, label);
     let ewma = by("tower p2c peak-ewma");
     let least = by("seawall least peak-ewma");
     assert!(
@@ -119,13 +119,7 @@ fn with_the_limit_visible_the_full_scan_picker_keeps_its_tail_low() {
 #[test]
 fn with_the_limit_hidden_herding_shows_in_the_median_not_the_tail() {
     let report = run(&builtin::tower_balance_capacity_queue(), 1).unwrap();
-    let by = |label: &str| {
-        report
-            .clients
-            .iter()
-            .find(|c| c.client == label)
-            .unwrap_or_else(|| panic!("{label} missing"))
-    };
+    let by = |label: &str| client(&report, label);
     let least = by("seawall least peak-ewma");
     let outstanding = by("seawall least outstanding");
     let ewma = by("tower p2c peak-ewma");

@@ -578,18 +578,7 @@ mod tests {
         };
         let check = |scanned: &Scanned| {
             let shard = shared.shards[0].lock().unwrap();
-            let mut kept: Vec<_> = shard
-                .map
-                .iter()
-                .map(|(key, entry)| (**key, entry.tat, entry.id))
-                .collect();
-            let mut expected: Vec<_> = scanned
-                .map
-                .iter()
-                .map(|(key, (tat, _, id))| (*key, *tat, *id))
-                .collect();
-            kept.sort_unstable();
-            expected.sort_unstable();
+            let (kept, expected) = scanned.compare(&shard);
             assert_eq!(kept, expected);
             assert!(shard.by_tat.len() <= 2 * shard.map.len() + STALE_SLACK);
             shard.by_tat.len()
@@ -643,6 +632,24 @@ mod tests {
     }
 
     impl Scanned {
+        /// The shard's keys and the scan's, each as sorted `(key, tat, id)`.
+        #[allow(clippy::type_complexity)]
+        fn compare(&self, shard: &Shard<u64>) -> (Vec<(u64, u64, u64)>, Vec<(u64, u64, u64)>) {
+            let mut kept: Vec<_> = shard
+                .map
+                .iter()
+                .map(|(key, entry)| (**key, entry.tat, entry.id))
+                .collect();
+            let mut expected: Vec<_> = self
+                .map
+                .iter()
+                .map(|(key, (tat, _, id))| (*key, *tat, *id))
+                .collect();
+            kept.sort_unstable();
+            expected.sort_unstable();
+            (kept, expected)
+        }
+
         fn acquire(
             &mut self,
             shared: &KeyedShared<u64>,
@@ -733,18 +740,7 @@ mod tests {
                     }
                 }
                 let shard = shared.shards[0].lock().unwrap();
-                let mut kept: Vec<_> = shard
-                    .map
-                    .iter()
-                    .map(|(key, entry)| (**key, entry.tat, entry.id))
-                    .collect();
-                let mut expected: Vec<_> = scanned
-                    .map
-                    .iter()
-                    .map(|(key, (tat, _, id))| (*key, *tat, *id))
-                    .collect();
-                kept.sort_unstable();
-                expected.sort_unstable();
+                let (kept, expected) = scanned.compare(&shard);
                 proptest::prop_assert_eq!(kept, expected);
                 proptest::prop_assert!(shard.by_tat.len() <= 2 * shard.map.len() + STALE_SLACK);
             }
