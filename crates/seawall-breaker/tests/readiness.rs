@@ -239,6 +239,72 @@ async fn a_caller_waiting_on_the_inner_service_with_backpressure_is_woken_to_wai
     );
 }
 
+/// An inner service that is never ready and forces its own breaker open whenever it is polled, so
+/// the change comes after the breaker checked the permit and before it listens for changes: no
+/// notice of it reaches the caller.
+struct OpensTheBreaker {
+    handle: BreakerHandle,
+    polls: Arc<AtomicUsize>,
+}
+
+impl Service<()> for OpensTheBreaker {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        self.handle.force_open();
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+/// A breaker that opens while the inner service is polled, before the service listens for changes,
+/// still wakes the caller: the service sees the reserved permit is stale once it listens. Polled
+/// again, the call is rejected without polling the inner service again, or with backpressure the
+/// caller waits for the breaker.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_opened_while_the_inner_service_is_polled_wakes_the_caller() {
+    for backpressure in [false, true] {
+        let layer = BreakerLayer::builder()
+            .backpressure(backpressure)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut breaker = layer.layer(OpensTheBreaker {
+            handle: handle.clone(),
+            polls: polls.clone(),
+        });
+        let mut svc = task::spawn(());
+        svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+        assert_eq!(handle.state(), State::ForcedOpen);
+        assert!(
+            svc.is_woken(),
+            "woken for the change (backpressure: {backpressure})"
+        );
+
+        if backpressure {
+            svc.enter(|cx, _| assert!(breaker.poll_ready(cx).is_pending()));
+            assert!(!svc.is_woken(), "waits for the breaker");
+            assert_eq!(handle.snapshot().rejected, 0);
+        } else {
+            svc.enter(|cx, _| assert!(matches!(breaker.poll_ready(cx), Poll::Ready(Ok(())))));
+            let err = breaker.call(()).await.unwrap_err();
+            assert!(seawall::core::error::is::<seawall::breaker::Open>(&*err));
+        }
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "not polled once the breaker opened"
+        );
+    }
+}
+
 /// A breaker that opens on one failure for 5 s, then lets one probe through and gives up on it
 /// after 2 s; `eager` applies its deadlines on a timer.
 fn probing_for_two_seconds(eager: bool) -> BreakerLayer {
