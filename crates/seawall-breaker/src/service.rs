@@ -63,16 +63,10 @@ impl Drop for Slot {
 
 /// A wait for a state change or a probe slot, and with backpressure for the breaker's deadline:
 /// a caller kept waiting by the breaker (backpressure), or by the inner service with a permit
-/// reserved (a listen wait, see `Breaker::listen`).
-///
-/// A backpressure wait ends when a permit is admitted. A listen wait is kept from one Pending poll
-/// to the next, and across calls, so a service that the inner service keeps waiting does not
-/// allocate and register anew on every poll; it goes with the service, or when backpressure needs
-/// the slot.
+/// reserved (see `Breaker::listen`).
 struct Waiting {
     notified: Pin<Box<OwnedNotified>>,
     sleep: Option<Pin<Box<Sleep>>>,
-    listen: bool,
 }
 
 impl<S, C> Breaker<S, C> {
@@ -134,34 +128,18 @@ impl<S, C> Breaker<S, C> {
         self.inner
     }
 
-    /// Ends a backpressure wait, as a permit is admitted; a listen wait is kept.
-    #[inline]
-    fn end_backpressure(&mut self) {
-        if let Some(Waiting { listen: false, .. }) = self.waiting {
-            self.waiting = None;
-        }
-    }
-
     /// Backpressure: waits for a reason to ask the breaker again. `Ready` means ask again.
     fn wait(&mut self, cx: &mut Context<'_>, rejected: Rejected) -> Poll<()> {
-        let waiting = match &mut self.waiting {
-            Some(waiting) if !waiting.listen => waiting,
-            _ => {
-                // Register for state changes before asking again, so no change is missed (a listen
-                // wait left from an earlier poll gives way).
-                let shared = &self.slot.shared;
-                let mut notified = Box::pin(shared.notify.clone().notified_owned());
-                notified.as_mut().enable();
-                let sleep = rejected
-                    .retry_at()
-                    .map(|at| Box::pin(tokio::time::sleep_until(shared.instant_at(at))));
-                self.waiting = Some(Waiting {
-                    notified,
-                    sleep,
-                    listen: false,
-                });
-                return Poll::Ready(());
-            }
+        let Some(waiting) = &mut self.waiting else {
+            // Register for state changes before asking again, so no change is missed.
+            let shared = &self.slot.shared;
+            let mut notified = Box::pin(shared.notify.clone().notified_owned());
+            notified.as_mut().enable();
+            let sleep = rejected
+                .retry_at()
+                .map(|at| Box::pin(tokio::time::sleep_until(shared.instant_at(at))));
+            self.waiting = Some(Waiting { notified, sleep });
+            return Poll::Ready(());
         };
         if waiting.sleep.is_none() {
             // The first rejection can come between a change of state and its deadline being
@@ -202,7 +180,9 @@ where
             Next::Undecided => match self.slot.shared.machine.closed_permit() {
                 Some(permit) => {
                     self.slot.next = Next::Admitted(permit);
-                    self.end_backpressure();
+                    if self.waiting.is_some() {
+                        self.waiting = None;
+                    }
                 }
                 None => return self.decide(cx),
             },
@@ -326,7 +306,7 @@ impl<S, C> Breaker<S, C> {
             match self.slot.shared.acquire() {
                 Ok(permit) => {
                     self.slot.next = Next::Admitted(permit);
-                    self.end_backpressure();
+                    self.waiting = None;
                 }
                 Err(_) if !self.slot.shared.backpressure => {
                     self.slot.next = Next::Rejected;
@@ -352,49 +332,31 @@ impl<S, C> Breaker<S, C> {
     /// of state as well, so that a change (the breaker opening while the inner service holds the
     /// caller, say) wakes the caller and the next poll checks the permit again. Without it the
     /// caller would wait for the inner service alone. Always `Pending`.
-    ///
-    /// The wait is kept after the poll (see [`Waiting`]): a later poll, in this call's wait or a
-    /// later one's, finds it registered since before it checked the permit, so a change it has not
-    /// been told of came after that check and will reach it; only one that has been told of a
-    /// change is replaced.
     #[cold]
     #[inline(never)]
     fn listen(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let shared = &self.slot.shared;
-        let notified = match &mut self.waiting {
-            Some(Waiting {
+        let heard = match &mut self.waiting {
+            // Listening since an earlier poll: this one only updates the waker.
+            Some(waiting) => waiting.notified.as_mut().poll(cx).is_ready(),
+            None => true,
+        };
+        if heard {
+            // Listen afresh, then look at the permit: a change made before listening, since
+            // the permit was last checked, is not missed.
+            let shared = &self.slot.shared;
+            let mut notified = Box::pin(shared.notify.clone().notified_owned());
+            let notice = notified.as_mut().poll(cx).is_ready();
+            let stale = match &self.slot.next {
+                Next::Admitted(permit) => permit.generation() != shared.machine.generation(),
+                _ => false,
+            };
+            self.waiting = Some(Waiting {
                 notified,
-                listen: true,
-                ..
-            }) => {
-                // Listening since an earlier poll and not told of a change: this poll only updates
-                // the waker.
-                if notified.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                // Told of a change: listen afresh, in the same allocation.
-                notified.set(shared.notify.clone().notified_owned());
-                notified
+                sleep: None,
+            });
+            if notice || stale {
+                cx.waker().wake_by_ref();
             }
-            waiting => {
-                &mut waiting
-                    .insert(Waiting {
-                        notified: Box::pin(shared.notify.clone().notified_owned()),
-                        sleep: None,
-                        listen: true,
-                    })
-                    .notified
-            }
-        };
-        // Listening, look at the permit: a change made before listening, since the permit was last
-        // checked, is not missed.
-        let notice = notified.as_mut().poll(cx).is_ready();
-        let stale = match &self.slot.next {
-            Next::Admitted(permit) => permit.generation() != shared.machine.generation(),
-            _ => false,
-        };
-        if notice || stale {
-            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }

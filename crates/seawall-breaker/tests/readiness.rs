@@ -173,46 +173,6 @@ async fn a_caller_waiting_on_the_inner_service_is_woken_when_the_breaker_opens()
     drop(hung);
 }
 
-/// The service goes on listening from one wait for the inner service to the next: a caller kept
-/// waiting again after an earlier wait and call is still woken when the breaker opens, and a
-/// breaker that stays closed lets the call through.
-#[tokio::test(start_paused = true)]
-async fn a_caller_waiting_on_the_inner_service_again_is_woken_when_the_breaker_opens() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let (inner, reached) = dependency();
-    let mut svc = layer.layer(ConcurrencyLimit::new(inner, 1));
-    let mut waiting = svc.clone();
-
-    // A first wait for the limit, ended by the call holding it.
-    let slow = svc.ready().await.unwrap().call(Call::SlowOk(10));
-    let mut ready = task::spawn(waiting.ready());
-    assert_pending!(ready.poll(), "the only permit is in use");
-    assert_eq!(slow.await.unwrap(), "ok");
-    assert!(ready.is_woken(), "woken by the limit");
-    let again = assert_ready!(ready.poll()).unwrap();
-    assert_eq!(again.call(Call::Ok).await.unwrap(), "ok");
-
-    // A second wait, ended by the breaker opening.
-    let hung = svc.ready().await.unwrap().call(Call::Hang);
-    let mut ready = task::spawn(waiting.ready());
-    assert_pending!(ready.poll(), "the only permit is held by the hung call");
-    assert_pending!(ready.poll(), "polled again while waiting");
-    handle.force_open();
-    assert!(ready.is_woken(), "woken by the change");
-    let again = assert_ready!(ready.poll()).unwrap();
-    assert!(rejected(&again.call(Call::Ok).await));
-    assert_eq!(
-        reached.get(),
-        3,
-        "the rejected call never reached the dependency"
-    );
-    drop(hung);
-}
-
 /// The same when the breaker trips on failures seen by another service of the layer.
 #[tokio::test(start_paused = true)]
 async fn a_caller_waiting_on_the_inner_service_is_woken_when_another_service_trips_the_breaker() {
