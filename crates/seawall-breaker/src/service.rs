@@ -27,10 +27,7 @@ use tower_service::Service;
 /// `poll_ready` asks the breaker first. When it admits the call, the permit is reserved and the
 /// inner service is polled; when it does not, `poll_ready` is ready at once without touching the
 /// inner service, and the response future fails with [`Open`](crate::Open) (or, with the
-/// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again). A
-/// caller waiting for the inner service with a permit reserved is also woken by the breaker's
-/// changes of state: if the breaker opened meanwhile, the permit is handed back and the call
-/// rejected (or, with `backpressure`, kept waiting for the breaker).
+/// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again).
 /// Cloning the service does not clone a reservation. As with every tower service, `call` panics
 /// unless `poll_ready` returned `Ready(Ok(()))` first.
 pub struct Breaker<S, C = seawall_core::classify::DefaultClassifier> {
@@ -61,9 +58,7 @@ impl Drop for Slot {
     }
 }
 
-/// A wait for a state change or a probe slot, and with backpressure for the breaker's deadline:
-/// a caller kept waiting by the breaker (backpressure), or by the inner service with a permit
-/// reserved (see `Breaker::listen`).
+/// A backpressure wait: for a state change or a probe slot, and for the breaker's deadline.
 struct Waiting {
     notified: Pin<Box<OwnedNotified>>,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -193,10 +188,7 @@ where
             }
             Next::Rejected => return self.decide(cx),
         }
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => self.listen(cx),
-            ready => ready.map_err(Into::into),
-        }
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
@@ -320,45 +312,9 @@ impl<S, C> Breaker<S, C> {
             }
         }
         match self.slot.next {
-            Next::Admitted(_) => match self.inner.poll_ready(cx) {
-                Poll::Pending => self.listen(cx),
-                ready => ready.map_err(Into::into),
-            },
+            Next::Admitted(_) => self.inner.poll_ready(cx).map_err(Into::into),
             _ => Poll::Ready(Ok(())),
         }
-    }
-
-    /// The inner service is not ready with a permit reserved: listen for the breaker's changes
-    /// of state as well, so that a change (the breaker opening while the inner service holds the
-    /// caller, say) wakes the caller and the next poll checks the permit again. Without it the
-    /// caller would wait for the inner service alone. Always `Pending`.
-    #[cold]
-    #[inline(never)]
-    fn listen(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let heard = match &mut self.waiting {
-            // Listening since an earlier poll: this one only updates the waker.
-            Some(waiting) => waiting.notified.as_mut().poll(cx).is_ready(),
-            None => true,
-        };
-        if heard {
-            // Listen afresh, then look at the permit: a change made before listening, since
-            // the permit was last checked, is not missed.
-            let shared = &self.slot.shared;
-            let mut notified = Box::pin(shared.notify.clone().notified_owned());
-            let notice = notified.as_mut().poll(cx).is_ready();
-            let stale = match &self.slot.next {
-                Next::Admitted(permit) => permit.generation() != shared.machine.generation(),
-                _ => false,
-            };
-            self.waiting = Some(Waiting {
-                notified,
-                sleep: None,
-            });
-            if notice || stale {
-                cx.waker().wake_by_ref();
-            }
-        }
-        Poll::Pending
     }
 }
 
