@@ -11,6 +11,19 @@ use tower::{service_fn, Layer, ServiceExt};
 
 type Gate = oneshot::Receiver<()>;
 
+/// A bulkhead of one permit waiting up to `max_wait`, and the events it reports.
+fn recorded(max_wait: Duration) -> (BulkheadLayer, Arc<Mutex<Vec<BulkheadEvent>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(max_wait)
+        .on_event(move |_: &seawall_core::Name, e: &BulkheadEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    (layer, events)
+}
+
 fn gated(
 ) -> impl tower::Service<(u32, Gate), Response = u32, Error = std::io::Error, Future = impl Send>
        + Clone
@@ -65,14 +78,7 @@ async fn waiters_are_served_in_arrival_order() {
 
 #[tokio::test(start_paused = true)]
 async fn max_wait_expires_in_virtual_time() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .max_wait(Duration::from_millis(250))
-        .on_event(move |_: &seawall_core::Name, e: &BulkheadEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
+    let (layer, events) = recorded(Duration::from_millis(250));
     let handle = layer.handle();
     let service = layer.layer(gated());
 
@@ -408,14 +414,7 @@ async fn a_permit_passes_over_a_queued_call_whose_max_wait_has_passed() {
     use tokio_test::{assert_pending, assert_ready, task::spawn};
     use tower::Service;
 
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .max_wait(Duration::from_secs(1))
-        .on_event(move |_: &seawall_core::Name, e: &BulkheadEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
+    let (layer, events) = recorded(Duration::from_secs(1));
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(|(n, gate): (u32, Gate)| async move {
         let _ = gate.await;
