@@ -7,7 +7,7 @@ use hickory_resolver::{
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
-        rr::{Name as DnsName, RData},
+        rr::{Name as DnsName, RData, Record},
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -48,16 +48,17 @@ enum Parsed {
 
 /// DNS endpoint discovery; see [`Dns::a`] and [`Dns::srv`].
 ///
-/// The name is resolved at once, then again when the answer's TTL runs out (the smallest TTL of
-/// the records, CNAMEs leading to them included), clamped to `[min_refresh, max_refresh]`. A
-/// failed resolution (timeout, server failure, or an answer without records) keeps the last good
-/// set and is retried after `min_refresh`, doubling up to `max_refresh` while failures last. A
-/// resolution that succeeds in part (the lookup of one address family, or of an SRV target,
-/// went unanswered or got a server failure) is published, and counted and retried like a
-/// failure: the next follows the backoff when that comes before the TTL runs out. Endpoint keys
-/// are [`Tagged`] socket addresses: SRV weights become endpoint weights (for weighted round
-/// robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same endpoint: it is
-/// inserted again with the new weight, not removed, and the balancer updates it in place.
+/// The name is resolved at once, then again when the answer's TTL runs out (the smallest TTL of the
+/// records, CNAMEs leading to them included; one with the most significant bit set counts as 0, RFC
+/// 2181), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server failure, or
+/// an answer without records) keeps the last good set and is retried after `min_refresh`, doubling
+/// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
+/// address family, or of an SRV target, went unanswered or got a server failure) is published, and
+/// counted and retried like a failure: the next follows the backoff when that comes before the TTL
+/// runs out. Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint weights
+/// (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same
+/// endpoint: it is inserted again with the new weight, not removed, and the balancer updates it in
+/// place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 
@@ -474,7 +475,7 @@ async fn resolve(
             let mut records = Vec::new();
             // Every record's TTL counts, a CNAME's on the way to the SRV records included.
             for record in lookup.as_lookup().records() {
-                ttl = ttl.min(record.ttl());
+                ttl = ttl.min(ttl_of(record));
                 if let RData::SRV(srv) = record.data() {
                     records.push(srv.clone());
                 }
@@ -627,6 +628,15 @@ const ZERO_WEIGHT_SCALE: u32 = 100;
 /// their own sum is more: a weighted round robin's schedule has one slot per unit of weight.
 const SCALED_TOTAL: u32 = 1 << 16;
 
+/// The TTL of `record`, in seconds. TTLs go up to 2^31 - 1: one with the most significant bit
+/// set is read as 0, as RFC 2181 (section 8) asks.
+fn ttl_of(record: &Record) -> u32 {
+    match record.ttl() {
+        ttl if ttl > i32::MAX as u32 => 0,
+        ttl => ttl,
+    }
+}
+
 /// The addresses `host` had at the last good resolution; none if it has not had one.
 fn last<'a>(known: &'a Known, host: &DnsName) -> &'a [IpAddr] {
     known.get(host).map_or(&[], Vec::as_slice)
@@ -718,7 +728,7 @@ async fn lookup_ips(
             for record in lookup.records() {
                 // A CNAME that led to the addresses may change sooner than they do: its TTL
                 // counts too.
-                ttl = ttl.min(record.ttl());
+                ttl = ttl.min(ttl_of(record));
                 match record.data() {
                     RData::A(a) => ips.push(IpAddr::V4(a.0)),
                     RData::AAAA(aaaa) => ips.push(IpAddr::V6(aaaa.0)),

@@ -61,9 +61,21 @@ async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_ans
     );
 }
 
+/// The TTL sets the pace within `[min_refresh, max_refresh]`. A TTL with its most significant
+/// bit set is read as 0 (RFC 2181, section 8), so it gives `min_refresh`, not `max_refresh`.
 #[tokio::test(start_paused = true)]
 async fn the_ttl_is_clamped_to_min_and_max_refresh() {
-    for (ttl, every) in [(0, 2), (1, 2), (3, 3), (7, 7), (100, 10), (u32::MAX, 10)] {
+    let cases = [
+        (0, 2),
+        (1, 2),
+        (3, 3),
+        (7, 7),
+        (100, 10),
+        (i32::MAX as u32, 10),
+        (1 << 31, 2),
+        (u32::MAX, 2),
+    ];
+    for (ttl, every) in cases {
         let zone = Zone::with_ttl(ttl);
         zone.set_a("users.test", &[[10, 0, 0, 1]]);
         let server = zone.serve().await;
