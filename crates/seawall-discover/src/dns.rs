@@ -1,13 +1,14 @@
 //! DNS discovery: A/AAAA or SRV records, re-resolved as their TTL runs out.
 
 use crate::{diff::Tracker, discovery::publish, Discovery};
+use futures_util::{stream, StreamExt};
 use hickory_resolver::{
     config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
     lookup::Lookup,
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
-        rr::{Name as DnsName, RData, Record},
+        rr::{rdata::SRV, Name as DnsName, RData, Record},
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -20,7 +21,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 /// Default [`min_refresh`](DnsBuilder::min_refresh): 1 s.
 pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -55,10 +56,11 @@ enum Parsed {
 /// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
 /// address family, or of an SRV target, went unanswered or got a server failure) is published, and
 /// counted and retried like a failure: the next follows the backoff when that comes before the TTL
-/// runs out. Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint weights
-/// (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same
-/// endpoint: it is inserted again with the new weight, not removed, and the balancer updates it in
-/// place.
+/// runs out. Each pause counts from the start of a resolution, not its end: one that waits out a
+/// query's timeout does not put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV
+/// weights become endpoint weights (for weighted round robin), A/AAAA endpoints weigh 1. A record
+/// whose weight changes is the same endpoint: it is inserted again with the new weight, not
+/// removed, and the balancer updates it in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 
@@ -93,8 +95,10 @@ impl Dns {
     /// whose targets give an address are used: a higher priority (a backup) serves only while no
     /// target of a lower one does (RFC 2782).
     ///
-    /// Each target is resolved on its own. A target the server says has no addresses is left
-    /// out, and the others still serve; a target whose lookup fails without such an answer (a
+    /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at
+    /// a time), so targets whose server does not answer hold a resolution up for one
+    /// [`timeout`](DnsBuilder::timeout) together. A target the server says has no addresses is
+    /// left out, and the others still serve; a target whose lookup fails without such an answer (a
     /// timeout, a server failure) keeps the addresses it had at the last good resolution. A
     /// target of `"."` means the service is not available there (RFC 2782) and is left out, as is
     /// a record with port 0, which no client can connect to. The resolution fails, keeping the
@@ -134,13 +138,16 @@ impl DnsBuilder {
         self
     }
 
-    /// The shortest time between resolutions, whatever the TTL. Default 1 s.
+    /// The shortest time from the start of one resolution to the start of the next, whatever the
+    /// TTL. Default 1 s.
     pub fn min_refresh(mut self, min: Duration) -> Self {
         self.min_refresh = min;
         self
     }
 
-    /// The longest time between resolutions, whatever the TTL. Default 60 s.
+    /// The longest time from the start of one resolution to the start of the next, whatever the
+    /// TTL, unless the resolution itself lasts longer (the next then starts as it ends). Default
+    /// 60 s.
     pub fn max_refresh(mut self, max: Duration) -> Self {
         self.max_refresh = max;
         self
@@ -361,6 +368,7 @@ async fn run<S, M>(
     // warns once, while any other failure still warns.
     let mut failing = Failing::new();
     loop {
+        let started = Instant::now();
         let mut seen = Failing::new();
         let wait = match resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await {
             Ok(Resolved {
@@ -392,8 +400,10 @@ async fn run<S, M>(
                 backoff(min, max, failures)
             }
         };
+        // The pause counts from the resolution's start, about when its answers came: one that
+        // waited out a query's timeout does not put the next off.
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(started + wait) => {}
             _ = tx.closed() => return,
         }
     }
@@ -404,6 +414,9 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     min.saturating_mul(1 << failures.min(16).saturating_sub(1))
         .min(max)
 }
+
+/// How many SRV targets are looked up at once.
+const TARGET_LOOKUPS: usize = 16;
 
 /// The addresses each name looked up (the host of [`Dns::a`], each SRV target) had at the last
 /// good resolution.
@@ -488,9 +501,8 @@ async fn resolve(
             priorities.dedup();
             // Each target on its own: one that does not resolve leaves the others serving. A
             // target of "." says the service is not offered there (RFC 2782); port 0 is no port
-            // to connect to. The lowest
-            // priority whose targets give an address is used: a higher one only while none of
-            // the lower ones can be reached, as RFC 2782 has clients do.
+            // to connect to. The lowest priority whose targets give an address is used: a higher
+            // one only while none of the lower ones can be reached, as RFC 2782 has clients do.
             let mut endpoints: Vec<Tagged<SocketAddr>> = Vec::new();
             let mut weights: Vec<Weight> = Vec::new();
             let mut index = HashMap::new();
@@ -498,55 +510,81 @@ async fn resolve(
             let mut failed = None;
             let mut partial = false;
             for priority in priorities {
-                for srv in records.iter().filter(|r| r.priority() == priority) {
-                    let target = srv.target();
-                    if target.is_root() {
-                        tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
-                        continue;
+                let usable: Vec<&SRV> = records
+                    .iter()
+                    .filter(|srv| srv.priority() == priority)
+                    .filter(|srv| {
+                        let target = srv.target();
+                        if target.is_root() {
+                            tracing::debug!(name = %name, ?query, port = srv.port(), "seawall discover skipped an SRV record whose target is \".\" (not available)");
+                            return false;
+                        }
+                        if srv.port() == 0 {
+                            tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV record with port 0");
+                            return false;
+                        }
+                        true
+                    })
+                    .collect();
+                let mut targets: Vec<&DnsName> = Vec::new();
+                for srv in &usable {
+                    if !targets.contains(&srv.target()) {
+                        targets.push(srv.target());
                     }
-                    if srv.port() == 0 {
-                        tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV record with port 0");
-                        continue;
-                    }
-                    let ips = match found.get(target) {
-                        Some(ips) => ips.clone(),
-                        None => match lookup_ips(resolver, target, last(known, target)).await {
-                            Ok(addresses) => {
-                                ttl = ttl.min(
-                                    u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX),
-                                );
-                                if let Some((family, error)) = addresses.failed {
-                                    partial = true;
-                                    if addresses.ips.is_empty() {
-                                        once!(target, "target", name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
-                                        failed = Some(error);
-                                        continue;
-                                    }
-                                    once!(target, family, name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                }
+                // The targets are looked up at once, each once, up to `TARGET_LOOKUPS` at a
+                // time: targets whose server does not answer hold the resolution up for one
+                // timeout together, not one each. The answers come in the targets' order.
+                let pending: Vec<_> = targets
+                    .iter()
+                    .map(|&target| lookup_ips(resolver, target, last(known, target)))
+                    .collect();
+                let lookups: Vec<_> = stream::iter(pending)
+                    .buffered(TARGET_LOOKUPS)
+                    .collect()
+                    .await;
+                for (target, lookup) in targets.into_iter().zip(lookups) {
+                    let ips = match lookup {
+                        Ok(addresses) => {
+                            ttl =
+                                ttl.min(u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX));
+                            if let Some((family, error)) = addresses.failed {
+                                partial = true;
+                                if addresses.ips.is_empty() {
+                                    once!(target, "target", name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
+                                    failed = Some(error);
+                                    continue;
                                 }
-                                addresses.ips
+                                once!(target, family, name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
                             }
-                            Err(error) => {
-                                let absent = is_absent(&error);
-                                partial |= !absent;
-                                match known.get(target) {
-                                    Some(last) if !absent => {
-                                        once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
-                                        last.clone()
-                                    }
-                                    _ => {
-                                        once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
-                                        failed = Some(error);
-                                        continue;
-                                    }
+                            addresses.ips
+                        }
+                        Err(error) => {
+                            let absent = is_absent(&error);
+                            partial |= !absent;
+                            match known.get(target) {
+                                Some(last) if !absent => {
+                                    once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                    last.clone()
+                                }
+                                _ => {
+                                    once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                    failed = Some(error);
+                                    continue;
                                 }
                             }
-                        },
+                        }
                     };
-                    // An address several records name (two names of one host, one target listed
-                    // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
-                    // it: a weight that did not depend on the records' order, which servers rotate.
-                    for &ip in &ips {
+                    found.insert(target.clone(), ips);
+                }
+                // An address several records name (two names of one host, one target listed
+                // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
+                // it: a weight that does not depend on the records' order, which servers rotate.
+                for srv in usable {
+                    let Some(ips) = found.get(srv.target()) else {
+                        continue;
+                    };
+                    for &ip in ips {
                         let addr = SocketAddr::new(ip, srv.port());
                         let i = *index.entry(addr).or_insert_with(|| {
                             endpoints.push(Tagged::new(addr));
@@ -555,7 +593,6 @@ async fn resolve(
                         });
                         weights[i].add(srv.weight());
                     }
-                    found.insert(target.clone(), ips);
                 }
                 if !endpoints.is_empty() {
                     break;

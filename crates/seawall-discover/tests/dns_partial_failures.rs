@@ -68,20 +68,20 @@ async fn targets_that_keep_their_addresses_through_timeouts_count_as_a_failure()
     let mut discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")).name("users"), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 2);
 
-    // At 60 s each target's lookup times out in turn, and both keep their addresses. That
-    // resolution ends at 61 s and the next follows 1 s later, at 62 s; it ends at 63 s and the
-    // next follows 2 s later, at 65 s.
+    // At 60 s both targets' lookups time out, together, and both keep their addresses. The next
+    // resolution starts 1 s after that one started, at 61 s, and the one after 2 s later, at
+    // 63 s; the next is due at 67 s.
     zone.silence("a.api.test", true);
     zone.silence("b.api.test", true);
     tokio::time::sleep_until(start + Duration::from_millis(65_100)).await;
     assert_eq!(queued(&mut discovery), vec![]);
-    assert_eq!(recorder.counter(DISCOVER_DNS_ERRORS, "users"), 2);
+    assert_eq!(recorder.counter(DISCOVER_DNS_ERRORS, "users"), 3);
     let ms = |list: &[u64]| -> Vec<Duration> {
         list.iter().map(|&ms| Duration::from_millis(ms)).collect()
     };
     assert_eq!(
         zone.asked_at(RecordType::SRV, start),
-        ms(&[0, 60_000, 62_000, 65_000])
+        ms(&[0, 60_000, 61_000, 63_000])
     );
 }
 
@@ -181,15 +181,20 @@ async fn a_lasting_partial_failure_does_not_slow_the_retry_of_a_failed_resolutio
     let mut discovery = discover_with_timeout(Dns::a("users.test.", 80), server);
     assert_eq!(first_resolution(&mut discovery).await.len(), 1);
 
-    // Each resolution takes 0.5 s (the AAAA timeout) and the pauses double from 1 s: they start
-    // at 0, 1.5, 4, 8.5, 17, 33.5 and 66 s. The one at 66 s gets no answer at all.
+    // Each resolution takes 0.5 s (the AAAA timeout) and the pauses between their starts double
+    // from 1 s: they start at 0, 1, 3, 7, 15, 31 and 63 s. The one at 63 s gets no answer at all:
+    // the next starts 1 s after it, and the one after 2 s later.
     tokio::time::sleep_until(start + Duration::from_secs(40)).await;
     zone.silence("users.test", true);
     tokio::time::sleep_until(start + Duration::from_secs(68)).await;
     let asked = zone.asked_at(RecordType::A, start);
     assert_eq!(
-        asked[asked.len() - 2..],
-        [Duration::from_secs(66), Duration::from_millis(67_500)],
+        asked[asked.len() - 3..],
+        [
+            Duration::from_secs(63),
+            Duration::from_secs(64),
+            Duration::from_secs(66)
+        ],
         "{asked:?}"
     );
     assert_eq!(queued(&mut discovery), vec![]);

@@ -1,6 +1,7 @@
 //! When DNS discovery asks again, in paused time: after the TTL (clamped to `[min_refresh,
 //! max_refresh]`) while the server answers, and after `min_refresh` doubling up to `max_refresh`
-//! while it does not, each resolution sending one query per record type.
+//! while it does not, each pause counted from the start of a resolution, and each resolution
+//! sending one query per record type.
 //!
 //! The server is on loopback and answers at once, so virtual time only moves on timers: the
 //! question times are exact.
@@ -31,34 +32,60 @@ async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_ans
         .build(make)
         .unwrap();
 
-    // Each resolution: one query, unanswered for the 2 s timeout, then a pause of 1, 2, 4, 8, 8 s.
-    tokio::time::sleep(Duration::from_secs(40)).await;
+    // Each resolution: one query, unanswered for the 2 s timeout. The next starts 1, 2, 4, 8, 8 s
+    // after the last one started, or as it ends when that is later: at 2 s, then 4 s.
+    tokio::time::sleep(Duration::from_secs(39)).await;
     assert_eq!(
         zone.asked_at(RecordType::A, start),
-        secs(&[0, 3, 7, 13, 23, 33])
+        secs(&[0, 2, 4, 8, 16, 24, 32])
     );
 
-    // The server answers again: the resolution at 43 s succeeds, and the next follow the 5 s TTL.
+    // The server answers again: the resolution at 40 s succeeds, and the next follow the 5 s TTL.
     zone.down.store(false, Relaxed);
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', common::addr("10.0.0.1:80"), 1)]
     );
-    assert_eq!(start.elapsed(), Duration::from_secs(43));
+    assert_eq!(start.elapsed(), Duration::from_secs(40));
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(
         zone.asked_at(RecordType::A, start),
-        secs(&[0, 3, 7, 13, 23, 33, 43, 48, 53])
+        secs(&[0, 2, 4, 8, 16, 24, 32, 40, 45, 50])
     );
 
-    // A failure after a success starts again from min_refresh: 58 s unanswered until 60 s, a
-    // pause of 1 s, 61 s unanswered until 63 s, a pause of 2 s.
+    // A failure after a success starts again from min_refresh: 55 s unanswered until 57 s, when
+    // the next, due 1 s after 55 s, starts; unanswered until 59 s, when the next, due 2 s after
+    // 57 s, starts; the one after is due 4 s later, at 63 s.
     zone.down.store(true, Relaxed);
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(
-        zone.asked_at(RecordType::A, start)[9..],
-        secs(&[58, 61, 65])
+        zone.asked_at(RecordType::A, start)[10..],
+        secs(&[55, 57, 59])
     );
+}
+
+/// The pause before the next resolution counts from when one starts, not from when its slowest
+/// lookup ends: a resolution that waits out a query's timeout does not put the next one off, and
+/// the endpoints are asked about again as their TTL runs out.
+#[tokio::test(start_paused = true)]
+async fn the_next_resolution_is_timed_from_the_start_of_the_last() {
+    let zone = Zone::with_ttl(3);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.silence_type("users.test", RecordType::AAAA, true);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_secs(3))
+        .max_refresh(Duration::from_secs(60))
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap();
+    // Each resolution waits 2 s for the AAAA answer, and the next starts 3 s after it started.
+    assert_eq!(first_resolution(&mut discovery).await.len(), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    tokio::time::sleep_until(start + Duration::from_secs(13)).await;
+    assert_eq!(zone.asked_at(RecordType::A, start), secs(&[0, 3, 6, 9, 12]));
 }
 
 /// The TTL sets the pace within `[min_refresh, max_refresh]`. A TTL with its most significant

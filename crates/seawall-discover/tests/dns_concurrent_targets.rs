@@ -1,0 +1,84 @@
+//! The targets of an SRV resolution are looked up at once, up to 16 at a time: targets whose
+//! server does not answer hold a resolution up for one timeout together, not one each.
+//!
+//! The server is on loopback and answers at once, so virtual time only moves on timers.
+
+mod common;
+
+use common::{addr, first_resolution, make, Zone};
+use hickory_proto::rr::RecordType;
+use seawall::discover::Dns;
+use std::time::Duration;
+
+const SRV: &str = "_http._tcp.api.test";
+
+#[tokio::test(start_paused = true)]
+async fn silent_targets_hold_a_resolution_up_for_one_timeout_together() {
+    let zone = Zone::with_ttl(60);
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 1, 8001, "a.api.test."),
+            (10, 1, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+            (10, 1, 8004, "d.api.test."),
+        ],
+    );
+    for (host, ip) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+        zone.set_a(&format!("{host}.api.test"), &[[10, 1, 0, ip]]);
+    }
+    for host in ["a.api.test", "b.api.test", "c.api.test"] {
+        zone.silence(host, true);
+    }
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.1.0.4:8004"), 1)]
+    );
+    // Every target was asked about at once, and the three unanswered lookups timed out together.
+    assert_eq!(zone.asked_at(RecordType::A, start), vec![Duration::ZERO; 4]);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_16_targets_are_looked_up_at_once() {
+    let zone = Zone::with_ttl(60);
+    // Short names: the 17 records fit a 512-byte answer, which this server sends over UDP alone.
+    let targets: Vec<String> = (1..=17).map(|i| format!("t{i}")).collect();
+    let records: Vec<(u16, u16, u16, String)> = targets
+        .iter()
+        .zip(8001..)
+        .map(|(target, port)| (10, 1, port, format!("{target}.")))
+        .collect();
+    let records: Vec<(u16, u16, u16, &str)> = records
+        .iter()
+        .map(|(priority, weight, port, target)| (*priority, *weight, *port, target.as_str()))
+        .collect();
+    zone.set_srv(SRV, &records);
+    for (target, ip) in targets.iter().zip(1..) {
+        zone.set_a(target, &[[10, 1, 0, ip]]);
+        zone.silence(target, ip != 17);
+    }
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', addr("10.1.0.17:8017"), 1)]
+    );
+    // The first 16 targets at once; the last once a lookup ends, at the first ones' timeout.
+    let mut expected = vec![Duration::ZERO; 16];
+    expected.push(Duration::from_secs(2));
+    assert_eq!(zone.asked_at(RecordType::A, start), expected);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
