@@ -86,14 +86,19 @@ impl Dns {
     }
 
     /// Discovers the SRV records of `name` (for example `_http._tcp.users.default.svc.cluster.local`):
-    /// each target's addresses (A and AAAA) on the record's port, weighted by the record's
-    /// weight; an address that several records name (two names of one host) weighs the sum of
-    /// their weights, whatever their order. A record of weight 0 gets a very small share beside
-    /// records of its priority that weigh more (RFC 2782): it weighs 1 and theirs are multiplied
-    /// by up to 100 (less when their sum would pass 65 536); records that all weigh 0 weigh 1
-    /// each. Only the records of the lowest priority
-    /// whose targets give an address are used: a higher priority (a backup) serves only while no
-    /// target of a lower one does (RFC 2782).
+    /// each target's addresses (A and AAAA) on the record's port, sharing the record's weight. RFC
+    /// 2782 weighs records, not addresses: each of a target's `n` addresses gets `1/n` of its
+    /// record's weight, so a dual-stack target, or one with several addresses, weighs no more than
+    /// a target with one. To keep weights whole, those of a priority are multiplied by the least
+    /// common multiple of its targets' address counts (by 2 when a dual-stack target sits beside
+    /// IPv4-only ones; by 1, unchanged, when every target has one address), so a change in those
+    /// counts may change every weight of the priority. An address that several records name (two
+    /// names of one host) weighs the sum of its shares, whatever their order. A record of weight 0
+    /// gets a very small share beside records of its priority that weigh more (RFC 2782): it weighs
+    /// 1 and theirs are multiplied by up to 100 (less when their sum would pass 65 536); records
+    /// that all weigh 0 weigh 1 each. Only the records of the lowest priority whose targets give an
+    /// address are used: a higher priority (a backup) serves only while no target of a lower one
+    /// does (RFC 2782).
     ///
     /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at
     /// a time), so targets whose server does not answer hold a resolution up for one
@@ -577,13 +582,23 @@ async fn resolve(
                     };
                     found.insert(target.clone(), ips);
                 }
+                // RFC 2782 weighs records, not addresses: the `n` addresses of a record's target
+                // share its weight, `1/n` each, so a dual-stack target weighs no more than one
+                // with a single address. Shares are counted in parts, `parts` to a whole weight,
+                // a number every target's address count divides: the weights stay whole.
+                let parts = usable
+                    .iter()
+                    .filter_map(|srv| found.get(srv.target()))
+                    .fold(1, |parts, ips| lcm(parts, ips.len() as u64));
                 // An address several records name (two names of one host, one target listed
-                // twice) is one endpoint weighing their sum, as RFC 2782's weighted pick gives
-                // it: a weight that does not depend on the records' order, which servers rotate.
+                // twice) is one endpoint weighing the sum of its shares, as RFC 2782's weighted
+                // pick gives it: a weight that does not depend on the records' order, which
+                // servers rotate.
                 for srv in usable {
                     let Some(ips) = found.get(srv.target()) else {
                         continue;
                     };
+                    let share = parts / ips.len() as u64;
                     for &ip in ips {
                         let addr = SocketAddr::new(ip, srv.port());
                         let i = *index.entry(addr).or_insert_with(|| {
@@ -591,7 +606,7 @@ async fn resolve(
                             weights.push(Weight::default());
                             endpoints.len() - 1
                         });
-                        weights[i].add(srv.weight());
+                        weights[i].add(srv.weight(), share);
                     }
                 }
                 if !endpoints.is_empty() {
@@ -616,20 +631,24 @@ async fn resolve(
     }
 }
 
-/// What the SRV records naming one address weigh: the sum of their weights, and how many of them
-/// weigh 0.
+/// What the SRV records naming one address weigh, counted in parts of a record's weight (see
+/// [`resolve`]): the sum of their weights times their shares, and the shares of those that weigh
+/// 0.
 #[derive(Debug, Clone, Copy, Default)]
 struct Weight {
-    sum: u32,
-    zeros: u32,
+    sum: u64,
+    zeros: u64,
 }
 
 impl Weight {
-    fn add(&mut self, weight: u16) {
+    /// Adds `share` parts of a record of weight `weight`.
+    fn add(&mut self, weight: u16, share: u64) {
         if weight == 0 {
-            self.zeros += 1;
+            self.zeros = self.zeros.saturating_add(share);
         } else {
-            self.sum = self.sum.saturating_add(weight.into());
+            self.sum = self
+                .sum
+                .saturating_add(u64::from(weight).saturating_mul(share));
         }
     }
 
@@ -638,28 +657,31 @@ impl Weight {
     /// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside
     /// records that weigh more, and records that all weigh 0 equal chances. A balancer's weights
     /// start at 1, so beside a weighted record each weight is scaled up, by at most
-    /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 weighs 1; with no record of weight 0,
-    /// weights are taken as they are. The scale keeps the endpoints' weights within
-    /// [`SCALED_TOTAL`] in all, so a weighted round robin's schedule has room for every endpoint.
+    /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 counts as weight 1, unscaled (the address
+    /// of a target with one weighs 1); with no record of weight 0, weights are taken as they are.
+    /// The scale keeps the endpoints' weights within [`SCALED_TOTAL`] in all, so a weighted round
+    /// robin's schedule has room for every endpoint. A weight past `u32::MAX` (large SRV weights
+    /// beside targets with many different address counts) is cut to it.
     fn scaled(weights: &[Weight]) -> impl Iterator<Item = u32> + '_ {
         let total = weights
             .iter()
-            .fold(0u32, |total, w| total.saturating_add(w.sum));
+            .fold(0u64, |total, w| total.saturating_add(w.sum));
         let mixed = total > 0 && weights.iter().any(|w| w.zeros > 0);
         let scale = if mixed {
-            (SCALED_TOTAL / total).clamp(1, ZERO_WEIGHT_SCALE)
+            (u64::from(SCALED_TOTAL) / total).clamp(1, ZERO_WEIGHT_SCALE)
         } else {
             1
         };
-        weights
-            .iter()
-            .map(move |w| w.sum.saturating_mul(scale).saturating_add(w.zeros))
+        weights.iter().map(move |w| {
+            let weight = w.sum.saturating_mul(scale).saturating_add(w.zeros);
+            u32::try_from(weight).unwrap_or(u32::MAX)
+        })
     }
 }
 
 /// What a record's weight is multiplied by at most when its priority also has records of weight
 /// 0, which then weigh 1: a hundredth of a record of weight 1.
-const ZERO_WEIGHT_SCALE: u32 = 100;
+const ZERO_WEIGHT_SCALE: u64 = 100;
 
 /// The most the scaled weights of the endpoints add up to, besides those of weight 0, unless
 /// their own sum is more: a weighted round robin's schedule has one slot per unit of weight.
@@ -672,6 +694,15 @@ fn ttl_of(record: &Record) -> u32 {
         ttl if ttl > i32::MAX as u32 => 0,
         ttl => ttl,
     }
+}
+
+/// The least common multiple of `a` and `b`, both above 0; at most `u64::MAX`.
+fn lcm(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    (a / x).saturating_mul(b)
 }
 
 /// The addresses `host` had at the last good resolution; none if it has not had one.
@@ -894,7 +925,7 @@ mod tests {
                 .iter()
                 .map(|&w| {
                     let mut weight = Weight::default();
-                    weight.add(w);
+                    weight.add(w, 1);
                     weight
                 })
                 .collect();
@@ -911,14 +942,36 @@ mod tests {
         assert_eq!(weighed(&[65_535, 65_535, 0]), [65_535, 65_535, 1]);
         // An address two records name weighs their sum, a record of weight 0 among them 1.
         let mut both = Weight::default();
-        both.add(1);
-        both.add(0);
+        both.add(1, 1);
+        both.add(0, 1);
         let mut weighted = Weight::default();
-        weighted.add(1);
+        weighted.add(1, 1);
         assert_eq!(
             Weight::scaled(&[both, weighted]).collect::<Vec<_>>(),
             [101, 100]
         );
+    }
+
+    #[test]
+    fn a_records_addresses_share_its_weight() {
+        // Records of weight 0, 1 and 1 whose targets have 2, 1 and 3 addresses: a weight is
+        // counted in sixths, and the addresses of each record weigh its share together.
+        let parts = [2, 1, 3].into_iter().fold(1, lcm);
+        assert_eq!(parts, 6);
+        let weights: Vec<Weight> = [(0, 2), (1, 1), (1, 3)]
+            .into_iter()
+            .flat_map(|(weight, addresses)| {
+                let mut each = Weight::default();
+                each.add(weight, parts / addresses);
+                std::iter::repeat_n(each, addresses as usize)
+            })
+            .collect();
+        assert_eq!(
+            Weight::scaled(&weights).collect::<Vec<_>>(),
+            [3, 3, 600, 200, 200, 200]
+        );
+        assert_eq!(lcm(4, 6), 12);
+        assert_eq!(lcm(u64::MAX, 2), u64::MAX);
     }
 
     /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no

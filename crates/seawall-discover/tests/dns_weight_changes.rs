@@ -127,6 +127,46 @@ async fn records_for_one_address_weigh_their_sum_whatever_their_order() {
     assert_eq!(queued(&mut discovery), vec![]);
 }
 
+/// RFC 2782 weighs records, not addresses: a target's addresses share its record's weight, so a
+/// dual-stack target, or one with several addresses, gets its record's share and no more.
+#[tokio::test]
+async fn a_targets_addresses_share_its_records_weight() {
+    let zone = Zone::default();
+    two_targets(&zone, SRV);
+    zone.set_aaaa("a.api.test", &["fd00::1".parse().unwrap()]);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    let first = first_resolution(&mut discovery).await;
+    assert_eq!(
+        first,
+        vec![
+            ('+', addr("10.1.0.1:8001"), 1),
+            ('+', addr("10.1.0.2:8002"), 2),
+            ('+', addr("[fd00::1]:8001"), 1)
+        ]
+    );
+    // a's two addresses together weigh what b's one does: the records weigh alike.
+    let weight = |port: u16| -> u32 {
+        first
+            .iter()
+            .filter(|(_, at, _)| at.port() == port)
+            .map(|(_, _, weight)| weight)
+            .sum()
+    };
+    assert_eq!(weight(8001), weight(8002));
+
+    // b gets a second address too: every address now weighs alike.
+    zone.set_a("b.api.test", &[[10, 1, 0, 2], [10, 1, 0, 3]]);
+    assert_eq!(
+        next_two_changes(&mut discovery).await,
+        vec![
+            ('+', addr("10.1.0.2:8002"), 1),
+            ('+', addr("10.1.0.3:8002"), 1)
+        ]
+    );
+    zone.more_questions(RecordType::SRV, 3).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
+
 /// RFC 2782: a record of weight 0 has a very small chance of being picked when others of its
 /// priority weigh more. Beside weighted records it weighs 1 against their weights scaled by 100;
 /// when every record of the priority weighs 0, each weighs 1.
