@@ -95,10 +95,12 @@ impl Dns {
     /// counts may change every weight of the priority. An address that several records name (two
     /// names of one host) weighs the sum of its shares, whatever their order. A record of weight 0
     /// gets a very small share beside records of its priority that weigh more (RFC 2782): it weighs
-    /// 1 and theirs are multiplied by up to 100 (less when their sum would pass 65 536); records
-    /// that all weigh 0 weigh 1 each. Only the records of the lowest priority whose targets give an
-    /// address are used: a higher priority (a backup) serves only while no target of a lower one
-    /// does (RFC 2782).
+    /// 1 and theirs are multiplied by 100 while their sum is at most 512, else by 65 536 over the
+    /// power of two at or above the sum (64 up to 1 024, 32 up to 2 048 and so on, at least 1), so
+    /// that a change in one record's weight changes the others' only when the sum crosses a power
+    /// of two; records that all weigh 0 weigh 1 each. Only the records of the lowest priority whose
+    /// targets give an address are used: a higher priority (a backup) serves only while no target
+    /// of a lower one does (RFC 2782).
     ///
     /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at
     /// a time), so targets whose server does not answer hold a resolution up for one
@@ -660,15 +662,19 @@ impl Weight {
     /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 counts as weight 1, unscaled (the address
     /// of a target with one weighs 1); with no record of weight 0, weights are taken as they are.
     /// The scale keeps the endpoints' weights within [`SCALED_TOTAL`] in all, so a weighted round
-    /// robin's schedule has room for every endpoint. A weight past `u32::MAX` (large SRV weights
-    /// beside targets with many different address counts) is cut to it.
+    /// robin's schedule has room for every endpoint. It is worked out from the power of two at or
+    /// above the weights' sum, not from the sum itself: a change in one record's weight leaves the
+    /// others' as they were unless the sum crosses a power of two, so their endpoints are not
+    /// inserted again. A weight past `u32::MAX` (large SRV weights beside targets with many
+    /// different address counts) is cut to it.
     fn scaled(weights: &[Weight]) -> impl Iterator<Item = u32> + '_ {
         let total = weights
             .iter()
             .fold(0u64, |total, w| total.saturating_add(w.sum));
         let mixed = total > 0 && weights.iter().any(|w| w.zeros > 0);
         let scale = if mixed {
-            (u64::from(SCALED_TOTAL) / total).clamp(1, ZERO_WEIGHT_SCALE)
+            let bound = total.checked_next_power_of_two().unwrap_or(u64::MAX);
+            (u64::from(SCALED_TOTAL) / bound).clamp(1, ZERO_WEIGHT_SCALE)
         } else {
             1
         };
@@ -940,6 +946,11 @@ mod tests {
         assert_eq!((scaled[0], scaled[80]), (16 * 50, 1));
         assert!(scaled.iter().sum::<u32>() <= SCALED_TOTAL + 1);
         assert_eq!(weighed(&[65_535, 65_535, 0]), [65_535, 65_535, 1]);
+        // The scale follows the power of two at or above the sum: 64 from 513 to 1024, so a
+        // record's weight does not move while another's changes within those bounds.
+        assert_eq!(weighed(&[0, 700, 1]), [1, 700 * 64, 64]);
+        assert_eq!(weighed(&[0, 600, 1]), [1, 600 * 64, 64]);
+        assert_eq!(weighed(&[0, 511, 1]), [1, 511 * 100, 100]);
         // An address two records name weighs their sum, a record of weight 0 among them 1.
         let mut both = Weight::default();
         both.add(1, 1);

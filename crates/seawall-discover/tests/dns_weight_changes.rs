@@ -207,3 +207,43 @@ async fn a_zero_weight_gets_a_very_small_share_beside_weighted_records() {
         ]
     );
 }
+
+/// Beside a record of weight 0, the others' weights are scaled by a factor that holds while their
+/// sum stays between the same powers of two: a change in one record's weight changes that
+/// record's endpoint alone, and the others are not inserted again.
+#[tokio::test]
+async fn a_weight_change_beside_a_zero_weight_leaves_the_other_records_alone() {
+    let zone = Zone::default();
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 0, 8001, "a.api.test."),
+            (10, 700, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+        ],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    zone.set_a("c.api.test", &[[10, 1, 0, 3]]);
+    let mut discovery = zone.srv_discovery(SRV).await;
+    let first = first_resolution(&mut discovery).await;
+    let [('+', _, a), ('+', _, b), ('+', _, c)] = first[..] else {
+        panic!("{first:?}");
+    };
+    assert_eq!((a, b), (1, 700 * c));
+
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 0, 8001, "a.api.test."),
+            (10, 600, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+        ],
+    );
+    assert_eq!(
+        next_change(&mut discovery).await,
+        ('+', addr("10.1.0.2:8002"), 600 * c)
+    );
+    zone.more_questions(RecordType::SRV, 3).await;
+    assert_eq!(queued(&mut discovery), vec![]);
+}
