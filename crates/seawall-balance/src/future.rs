@@ -271,6 +271,7 @@ where
             now,
             round_robin: &shared.round_robin,
             available: &available,
+            panic,
             skip: &NONE_SKIPPED,
         };
         let Some(i) = shared
@@ -381,6 +382,7 @@ where
                 now,
                 round_robin: &shared.round_robin,
                 available: &available,
+                panic,
                 skip,
             };
             shared

@@ -78,7 +78,8 @@ pub enum Picker {
     /// chosen zones, power of two choices by calls in flight. A call that every local endpoint
     /// has turned away (none ready) goes on to the other zones the same way. Zones come from
     /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
-    /// of their own, and beyond 31 zones in the set at once the rest are judged together.
+    /// of their own, and beyond 31 zones in the set at once the rest are judged together. In
+    /// panic mode zones are left aside: power of two choices over every endpoint.
     ZoneAware {
         /// The caller's own zone.
         local_zone: Arc<str>,
@@ -190,6 +191,9 @@ pub(crate) struct PickCx<'a, K> {
     pub(crate) now: u64,
     pub(crate) round_robin: &'a std::sync::atomic::AtomicUsize,
     pub(crate) available: &'a dyn Fn(usize, &K) -> bool,
+    /// Whether the balancer is in panic mode: health is ignored, so `available` holds for every
+    /// endpoint the filter lets through and a zone's health says nothing.
+    pub(crate) panic: bool,
     /// Endpoints this pick must not choose though they are available (tried already and not
     /// ready): they still count as available where a picker judges the set (a zone's health).
     pub(crate) skip: &'a Skip,
@@ -391,6 +395,11 @@ impl Picker {
                 }
                 None => sample(n, cx.rng, &avail),
             },
+            // In panic mode every endpoint counts as healthy, so the local zone always would be:
+            // zones are left aside and calls spread over every endpoint, as Envoy does.
+            Picker::ZoneAware { .. } if cx.panic => {
+                best_of(n, 2, cx.rng, &avail, |i| outstanding(set, i))
+            }
             Picker::ZoneAware {
                 min_healthy_share, ..
             } => {
@@ -622,6 +631,7 @@ mod tests {
                 now: 0,
                 round_robin: &rr,
                 available: avail,
+                panic: false,
                 skip: &Skip::default(),
             };
             if let Some(i) = picker.pick(set, &tuning, &mut cx) {

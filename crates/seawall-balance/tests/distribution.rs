@@ -3,7 +3,7 @@
 mod common;
 
 use common::{cluster, drive, drive_concurrent, settle, Behavior, Node};
-use seawall::balance::{BalanceLayer, Change, OutlierDetection, Picker, Tagged};
+use seawall::balance::{BalanceLayer, Change, HealthCheck, OutlierDetection, Picker, Tagged};
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
@@ -426,6 +426,51 @@ async fn zone_aware_prefers_the_local_zone_and_leaves_it_when_unhealthy() {
     let h = hits(&behaviors);
     assert_eq!(h[0] + h[1], 0, "zone a avoided: {h:?}");
     assert!(h[2] + h[3] > 100 && h[4] > 30, "{h:?}");
+}
+
+/// Zones a (local), b and c of two endpoints each; the health check takes out every endpoint of
+/// a and b, so two of six are healthy and the balancer panics. Health is then ignored and calls
+/// spread over every endpoint (as Envoy, which routes by zone only outside panic): the local
+/// zone, healthy only in that panic counts it so, does not keep them all.
+#[tokio::test(start_paused = true)]
+async fn zone_aware_spreads_over_every_zone_in_panic_mode() {
+    let (tx, stream) = common::channel();
+    let balance = quiet()
+        .seed(3)
+        .picker(Picker::zone_aware("a"))
+        .health_check(
+            HealthCheck {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+            },
+            |key: &Tagged<usize>, _: Node| {
+                let healthy = key.key >= 4;
+                async move { healthy }
+            },
+        )
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut behaviors = Vec::new();
+    for (id, zone) in [(0, "a"), (1, "a"), (2, "b"), (3, "b"), (4, "c"), (5, "c")] {
+        let node = Node::new(id);
+        behaviors.push(node.behavior.clone());
+        tx.send(Change::Insert(Tagged::new(id).with_zone(zone), node))
+            .unwrap();
+    }
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(balance.unhealthy().len(), 4);
+    assert!(balance.is_panicking(), "2 of 6 healthy < 50 %");
+    for i in 0..60u64 {
+        balance.clone().oneshot(i).await.unwrap();
+    }
+    let hits: Vec<u32> = behaviors.iter().map(|b| b.hits.load(Relaxed)).collect();
+    assert_eq!(hits.iter().sum::<u32>(), 60, "{hits:?}");
+    for (zone, pair) in ["a", "b", "c"].iter().zip(hits.chunks(2)) {
+        assert!(pair[0] + pair[1] > 0, "zone {zone} took no calls: {hits:?}");
+    }
+    assert!(hits[0] + hits[1] < 60, "zone a took every call: {hits:?}");
 }
 
 #[tokio::test(start_paused = true)]
