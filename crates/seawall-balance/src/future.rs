@@ -668,23 +668,23 @@ where
                     // A filter that knows when a refused endpoint returns (an open breaker's
                     // wait): look again then. An endpoint this call found broken wakes nobody
                     // when it recovers: look again every `BROKEN_RECHECK` while there is one.
-                    // Whichever comes first; a recheck armed before an endpoint broke is brought
-                    // forward.
+                    // Whichever comes first, asked again at every poll: a recheck armed before
+                    // an endpoint broke, or before the filter refused one that returns sooner, is
+                    // brought forward.
                     let now = Instant::now();
                     let broken_at =
                         (!failed.is_empty()).then(|| deadline_after(now, BROKEN_RECHECK));
+                    let filter_at = shared
+                        .filter_recheck(snapshot)
+                        .map(|wait| deadline_after(now, wait.max(MIN_RECHECK)));
+                    let soonest = match (filter_at, broken_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     let armed = recheck.as_ref().as_pin_ref().map(|r| r.deadline());
                     let at = match armed {
-                        None => {
-                            let filter_at = shared
-                                .filter_recheck(snapshot)
-                                .map(|wait| deadline_after(now, wait.max(MIN_RECHECK)));
-                            match (filter_at, broken_at) {
-                                (Some(a), Some(b)) => Some(a.min(b)),
-                                (a, b) => a.or(b),
-                            }
-                        }
-                        Some(armed) => broken_at.filter(|&b| b < armed),
+                        None => soonest,
+                        Some(armed) => soonest.filter(|&at| at < armed),
                     };
                     if let Some(at) = at {
                         match recheck.as_mut().as_pin_mut() {

@@ -1039,6 +1039,59 @@ async fn a_filters_long_wait_does_not_delay_finding_a_broken_endpoint_recovered(
     );
 }
 
+/// Refuses endpoint `i` until `until[i]`, saying how long it has left (as an open breaker
+/// would).
+struct RefusedUntil(Arc<std::sync::Mutex<[Option<tokio::time::Instant>; 2]>>);
+
+impl seawall::balance::Filter<usize, Switch> for RefusedUntil {
+    fn available(&self, key: &usize, service: &Switch) -> bool {
+        self.available_in(key, service).is_none()
+    }
+
+    fn available_in(&self, key: &usize, _: &Switch) -> Option<Duration> {
+        let until = self.0.lock().unwrap()[*key]?;
+        let now = tokio::time::Instant::now();
+        (now < until).then(|| until - now)
+    }
+}
+
+/// A call waits on busy endpoint 1, endpoint 0 refused for 30 s (the filter's time to look
+/// again). Endpoint 1 is then refused for 1 s (its breaker opens): the call looks again when
+/// endpoint 1 returns, not at endpoint 0's time, long after its `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_looks_again_at_a_sooner_time_the_filter_gives_later() {
+    let start = tokio::time::Instant::now();
+    let until = Arc::new(std::sync::Mutex::new([
+        Some(start + Duration::from_secs(30)),
+        None,
+    ]));
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .max_wait(Duration::from_secs(5))
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(RefusedUntil(until.clone()))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let switches = send_switches(&tx, 2);
+    common::settle().await;
+    switches[1].mode.store(Switch::PENDING, Relaxed);
+    let mut call = spawn(balance.clone().oneshot(1));
+    assert_pending!(call.poll());
+    // Endpoint 1 is ready, but refused for 1 s; the call sees it at its next poll.
+    switches[1].mode.store(Switch::READY, Relaxed);
+    until.lock().unwrap()[1] = Some(start + Duration::from_secs(1));
+    assert_pending!(call.poll());
+    let answer = call.await;
+    let waited = start.elapsed();
+    assert_eq!(answer.expect("no endpoint within max_wait"), 1);
+    assert!(
+        waited <= Duration::from_millis(1010),
+        "served after {waited:?}"
+    );
+}
+
 /// Three hundred endpoints, every one busy: one poll of a waiting call looks at each endpoint a
 /// bounded number of times (counted by the filter), not about once per endpoint it tried,
 /// whichever picker it asks.
