@@ -17,7 +17,6 @@ use tower_layer::Layer;
 /// endpoint set. Each call of `layer` starts an independent balancer over the stream it is given.
 /// It must be called inside a Tokio runtime: the balancer runs a background task that applies
 /// discovery changes and health checks even when no calls arrive.
-#[derive(Clone)]
 pub struct BalanceLayer<C = DefaultClassifier, H = NoKey, P = NoProbe, F = NoFilter> {
     settings: Settings,
     listeners: Listeners<BalanceEvent>,
@@ -101,6 +100,21 @@ where
         ));
         spawn(&shared, discover, probe);
         Balance::from_shared(shared, self.hash_key.clone())
+    }
+}
+
+/// The probe and filter are shared, not copied: a clone needs only the classifier and hash key to
+/// be `Clone`.
+impl<C: Clone, H: Clone, P, F> Clone for BalanceLayer<C, H, P, F> {
+    fn clone(&self) -> Self {
+        BalanceLayer {
+            settings: self.settings.clone(),
+            listeners: self.listeners.clone(),
+            classifier: self.classifier.clone(),
+            hash_key: self.hash_key.clone(),
+            probe: self.probe.clone(),
+            filter: self.filter.clone(),
+        }
     }
 }
 

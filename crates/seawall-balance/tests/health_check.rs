@@ -341,3 +341,41 @@ async fn a_removed_endpoints_probe_verdict_is_not_applied_after_it_returns() {
     sleep(Duration::from_millis(2300)).await;
     assert!(balance.unhealthy().is_empty());
 }
+
+/// A probe and a filter that are not `Clone` (state of their own, a connection pool): the layer
+/// holds them behind an `Arc`, so it is `Clone` all the same.
+#[test]
+fn a_layer_is_clone_with_a_probe_and_filter_that_are_not() {
+    struct Probe;
+
+    impl seawall::balance::Probe<usize, common::Node> for Probe {
+        type Future = std::future::Ready<bool>;
+
+        fn probe(&self, _: &usize, _: common::Node) -> Self::Future {
+            std::future::ready(true)
+        }
+    }
+
+    struct Filter;
+
+    impl seawall::balance::Filter<usize, common::Node> for Filter {
+        fn available(&self, _: &usize, _: &common::Node) -> bool {
+            true
+        }
+    }
+
+    fn assert_clone<T: Clone>(_: &T) {}
+
+    let layer = BalanceLayer::builder()
+        .health_check(
+            HealthCheck {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+            },
+            Probe,
+        )
+        .filter(Filter)
+        .build()
+        .unwrap();
+    assert_clone(&layer);
+}
