@@ -428,6 +428,13 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// A circuit breaker per endpoint, taken from `breakers` by the endpoint's key when discovery
     /// adds it; the balancer skips an endpoint while its breaker is open
     /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
+    ///
+    /// When discovery removes an endpoint, its breaker is dropped from the set
+    /// ([`BreakerSet::remove`]): an Open breaker of an endpoint that is gone no longer counts in
+    /// `seawall_breaker_keys_open`, and an endpoint added again under the same key starts with a
+    /// fresh, Closed breaker. Calls still in flight on the removed endpoint finish on its old
+    /// breaker. The set is the stack's own: a set shared with another stack loses a key's breaker
+    /// when either stack's discovery removes the key.
     pub fn endpoint_breakers<K, C>(
         self,
         breakers: BreakerSet<K, C>,
@@ -605,11 +612,11 @@ where
         discover: D,
     ) -> Result<Self::Balanced, ConfigError> {
         let layer = config.build()?;
-        Ok(
-            layer.layer(MapEndpoints::new(discover, move |_key, service| {
-                PerTry::new(service, per_try.as_ref())
-            })),
-        )
+        Ok(layer.layer(MapEndpoints::new(
+            discover,
+            move |_key, service| PerTry::new(service, per_try.as_ref()),
+            |_key| {},
+        )))
     }
 }
 
@@ -633,37 +640,51 @@ where
         discover: D,
     ) -> Result<Self::Balanced, ConfigError> {
         let layer = config.filter(BreakerFilter).build()?;
-        Ok(
-            layer.layer(MapEndpoints::new(discover, move |key, service| {
-                self.get(key).layer(PerTry::new(service, per_try.as_ref()))
-            })),
-        )
+        let breakers = self.clone();
+        // A removed endpoint's breaker leaves the set: it no longer counts in
+        // `seawall_breaker_keys_open` nor takes a place, and the key added again starts Closed.
+        Ok(layer.layer(MapEndpoints::new(
+            discover,
+            move |key, service| {
+                breakers
+                    .get(key)
+                    .layer(PerTry::new(service, per_try.as_ref()))
+            },
+            move |key| {
+                self.remove(key);
+            },
+        )))
     }
 }
 
-/// A discovery stream whose inserted services are wrapped by `wrap`.
-struct MapEndpoints<D, F> {
+/// A discovery stream whose inserted services are wrapped by `wrap`, and whose removed keys are
+/// passed to `removed`.
+struct MapEndpoints<D, F, R> {
     discover: Pin<Box<D>>,
     wrap: F,
+    removed: R,
 }
 
-impl<D, F> MapEndpoints<D, F> {
-    fn new<S2>(discover: D, wrap: F) -> Self
+impl<D, F, R> MapEndpoints<D, F, R> {
+    fn new<S2>(discover: D, wrap: F, removed: R) -> Self
     where
         D: Discover,
         F: FnMut(&D::Key, D::Service) -> S2,
+        R: FnMut(&D::Key),
     {
         MapEndpoints {
             discover: Box::pin(discover),
             wrap,
+            removed,
         }
     }
 }
 
-impl<D, F, S2> Stream for MapEndpoints<D, F>
+impl<D, F, R, S2> Stream for MapEndpoints<D, F, R>
 where
     D: Discover,
     F: FnMut(&D::Key, D::Service) -> S2 + Unpin,
+    R: FnMut(&D::Key) + Unpin,
 {
     type Item = Result<Change<D::Key, S2>, D::Error>;
 
@@ -680,7 +701,10 @@ where
                 let service = (this.wrap)(&key, service);
                 Change::Insert(key, service)
             }
-            Change::Remove(key) => Change::Remove(key),
+            Change::Remove(key) => {
+                (this.removed)(&key);
+                Change::Remove(key)
+            }
         })))
     }
 }

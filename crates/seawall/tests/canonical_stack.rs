@@ -5,7 +5,11 @@ use seawall::{
     balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
     breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, SlidingWindow, State},
     bulkhead::{BulkheadLayer, Full},
-    core::{error::is, BoxError, RequestDeadline},
+    core::{
+        error::is,
+        metrics::{self as names, testing::TestRecorder},
+        BoxError, RequestDeadline,
+    },
     discover,
     fallback::FallbackLayer,
     retry::{RetryBudget, RetryEvent, RetryLayer},
@@ -59,15 +63,18 @@ impl Calls {
     }
 }
 
+type Endpoint = tower::util::BoxCloneSyncService<Req, &'static str, BoxError>;
+
 /// `bad` fails at once, `slow` answers after 5 s, `hung` after an hour, `steady` after 300 ms,
 /// every other key answers at once.
-fn endpoints(
-    keys: &[&'static str],
-    calls: &Calls,
-) -> discover::Discovery<&'static str, tower::util::BoxCloneSyncService<Req, &'static str, BoxError>>
-{
+fn endpoints(keys: &[&'static str], calls: &Calls) -> discover::Discovery<&'static str, Endpoint> {
+    discover::from_list(keys.to_vec(), endpoint(calls))
+}
+
+/// Makes the service of an endpoint key, as [`endpoints`] describes.
+fn endpoint(calls: &Calls) -> impl FnMut(&&'static str) -> Endpoint + Send + 'static {
     let calls = calls.clone();
-    discover::from_list(keys.to_vec(), move |key: &&'static str| {
+    move |key: &&'static str| {
         let key = *key;
         let calls = calls.clone();
         tower::util::BoxCloneSyncService::new(service_fn(move |req: Req| {
@@ -94,7 +101,7 @@ fn endpoints(
                 }
             }
         }))
-    })
+    }
 }
 
 fn endpoint_breakers() -> BreakerSet<&'static str> {
@@ -177,6 +184,54 @@ async fn calls_succeed_while_one_endpoint_fails_and_one_is_slow() {
         0,
         "the total timeout writes the deadline every attempt carries"
     );
+}
+
+/// Discovery removes the endpoint whose breaker is Open: the set drops its breaker, so it no
+/// longer counts in `seawall_breaker_keys_open` (nor takes a place in the set), and the endpoint
+/// added again starts Closed.
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoints_breaker_leaves_the_set() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let keys_open = || recorder.gauge(names::BREAKER_KEYS_OPEN, "endpoint");
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let (publish, keys) = tokio::sync::watch::channel(vec!["good-1", "bad"]);
+    let client = ClientStack::builder()
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .build(discover::watch(keys, endpoint(&calls)))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..20 {
+        let _ = client.clone().oneshot(Req::default()).await;
+    }
+    assert_eq!(breakers.handle(&"bad").unwrap().state(), State::Open);
+    assert_eq!(keys_open(), Some(1.0));
+
+    publish.send(vec!["good-1"]).unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        breakers.handle(&"bad").is_none(),
+        "the removed endpoint's breaker is still in the set"
+    );
+    assert_eq!(breakers.len(), 1);
+    assert_eq!(keys_open(), Some(0.0));
+
+    publish.send(vec!["good-1", "bad"]).unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(breakers.handle(&"bad").unwrap().state(), State::Closed);
+    assert_eq!(keys_open(), Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
