@@ -3,13 +3,20 @@
 //! permits are all back, and no internal map (per-endpoint breakers, keyed rate limiter,
 //! balancer endpoint set) nor the process's memory has grown past its bound.
 //!
+//! Discovery churns through fresh endpoint keys, far more over the run than the per-endpoint
+//! breaker set holds, and at times more at once: the set evicts, holds only endpoints still
+//! published, and counts as open exactly its breakers that are.
+//!
 //! 50 000 calls by default (a few seconds); `SEAWALL_SOAK_CALLS=1000000` for the long run.
 
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
-    breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State},
     bulkhead::{ratelimit::RateLimitLayer, BulkheadLayer},
-    core::{BoxError, RequestDeadline},
+    core::{
+        metrics::{self as names, testing::TestRecorder},
+        BoxError, RequestDeadline,
+    },
     discover,
     retry::{RetryBudget, RetryLayer},
     stack::ClientStack,
@@ -24,8 +31,14 @@ use std::{
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
-/// Distinct endpoint keys discovery picks from.
-const ENDPOINT_KEYS: u32 = 12;
+/// Consecutive endpoint keys discovery picks from in one round; the window slides on to fresh
+/// keys every round.
+const ENDPOINT_WINDOW: u32 = 24;
+/// Per-endpoint breakers the set holds at most: fewer than a window, so a round that publishes
+/// more endpoints than this makes the set evict.
+const ENDPOINT_BREAKERS: usize = 16;
+/// Discovery rounds at least, however few the calls.
+const MIN_CHURN_ROUNDS: u32 = 20;
 /// Keys the keyed rate limiter tracks at most.
 const MAX_TENANT_KEYS: usize = 256;
 const BULKHEAD_LIMIT: usize = 48;
@@ -90,8 +103,8 @@ async fn soak_run(total: usize) {
     let rng = Arc::new(Rng(AtomicU64::new(42)));
 
     // Endpoints: 5 % of calls fail, 2 % are slow (past the per-try timeout), the rest take up to
-    // a millisecond. Endpoint 0 is bad: half its calls fail.
-    let (publish, keys) = tokio::sync::watch::channel((0..ENDPOINT_KEYS).collect::<Vec<u32>>());
+    // a millisecond. Every twelfth endpoint is bad: half its calls fail.
+    let (publish, keys) = tokio::sync::watch::channel((0..ENDPOINT_WINDOW).collect::<Vec<u32>>());
     let inner_rng = rng.clone();
     let endpoints = discover::watch(keys, move |key: &u32| {
         let key = *key;
@@ -100,7 +113,7 @@ async fn soak_run(total: usize) {
             let r = rng.next();
             async move {
                 let roll = r % 100;
-                if roll < 5 || (key == 0 && roll < 50) {
+                if roll < 5 || (key % 12 == 0 && roll < 50) {
                     return Err::<u32, BoxError>("endpoint failure".into());
                 }
                 let work = if roll < 7 {
@@ -116,17 +129,23 @@ async fn soak_run(total: usize) {
 
     let live_endpoints = Arc::new(AtomicI64::new(0));
     let live = live_endpoints.clone();
-    let endpoint_breakers = BreakerSet::new(
-        BreakerConfig::builder()
-            .name("soak-endpoint")
-            .sliding_window(SlidingWindow::count(20))
-            .minimum_calls(10)
-            .wait_duration(Duration::from_millis(20))
-            .build_config()
-            .unwrap(),
-        64,
-    )
-    .unwrap();
+    // The set registers its `seawall_breaker_keys_open` gauge once, when it is made: a recorder
+    // installed then on this thread keeps the count its breakers move from any worker.
+    let recorder = TestRecorder::new();
+    let endpoint_breakers = {
+        let _recorder = recorder.install_local();
+        BreakerSet::new(
+            BreakerConfig::builder()
+                .name("soak-endpoint")
+                .sliding_window(SlidingWindow::count(20))
+                .minimum_calls(10)
+                .wait_duration(Duration::from_millis(20))
+                .build_config()
+                .unwrap(),
+            ENDPOINT_BREAKERS,
+        )
+        .unwrap()
+    };
     let breaker = BreakerLayer::builder()
         .name("soak")
         .minimum_calls(50)
@@ -188,25 +207,50 @@ async fn soak_run(total: usize) {
         .unwrap();
     let client = per_tenant.layer(client);
 
-    // Discovery churn: a new random subset of the endpoints every 20 ms.
+    // Discovery churn: every 20 ms the window of keys moves on by one to three fresh keys, and a
+    // new random subset of it is published, five in eight keys on average; every tenth round
+    // publishes the whole window, more endpoints than the breaker set holds. Once the calls are
+    // over, a last round keeps only a few of the endpoints, so the set must let go of the rest
+    // (breakers left open among them included). Returns the last list published, the first key
+    // never published, and the most breakers the set held at the end of a round.
     let done = Arc::new(tokio::sync::Notify::new());
     let churn = {
         let rng = rng.clone();
         let done = done.clone();
+        let breakers = endpoint_breakers.clone();
         tokio::spawn(async move {
-            loop {
-                let mask = rng.next() | 0b111;
-                let last: Vec<u32> = (0..ENDPOINT_KEYS)
-                    .filter(|k| mask & (1 << k) != 0)
+            let (mut base, mut round, mut fullest, mut over) = (0, 0, 0, false);
+            let last = loop {
+                round += 1;
+                let (half, quarter) = (rng.next() | 0b111, rng.next());
+                let all = round % 10 == 0;
+                let last: Vec<u32> = (0..ENDPOINT_WINDOW)
+                    .filter(|i| all || half >> i & 1 == 1 || quarter >> (2 * i) & 0b11 == 0)
+                    .map(|i| base + i)
                     .collect();
                 if publish.send(last.clone()).is_err() {
-                    return last;
+                    break last;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = done.notified() => return last,
+                let pause = tokio::time::sleep(Duration::from_millis(20));
+                if over {
+                    pause.await;
+                } else {
+                    tokio::select! {
+                        _ = pause => {}
+                        _ = done.notified() => over = true,
+                    }
                 }
-            }
+                fullest = fullest.max(breakers.len());
+                // However few the calls, the window turns over a few times.
+                if over && round >= MIN_CHURN_ROUNDS {
+                    break last;
+                }
+                base += 1 + (rng.next() % 3) as u32;
+            };
+            let mut kept = last;
+            kept.truncate(ENDPOINT_BREAKERS / 2);
+            let _ = publish.send(kept.clone());
+            (kept, base + ENDPOINT_WINDOW, fullest)
         })
     };
 
@@ -267,7 +311,7 @@ async fn soak_run(total: usize) {
     }
 
     done.notify_one();
-    let published = churn.await.unwrap();
+    let (published, keys_end, fullest) = churn.await.unwrap();
     // Wait (bounded) for the balancer's discovery task to apply the last change and for every
     // permit to come back; the assertions below say which part did not settle.
     let settled = || {
@@ -290,7 +334,8 @@ async fn soak_run(total: usize) {
     );
     eprintln!(
         "soak: {total} calls: {ok} ok, {failed} failed, {cancelled} cancelled; \
-         breaker {:?}; endpoint breakers {}; tenants tracked {}; rss {:?} -> {:?}",
+         breaker {:?}; endpoint breakers {} (at most {fullest}, over {keys_end} keys); \
+         tenants tracked {}; rss {:?} -> {:?}",
         breaker_handle.state(),
         endpoint_breakers.len(),
         per_tenant.tracked_keys(),
@@ -315,7 +360,15 @@ async fn soak_run(total: usize) {
     assert_eq!(snapshot.probes_in_use, snapshot.probe_results);
 
     // No internal map grows past its bound.
-    assert!(endpoint_breakers.len() <= ENDPOINT_KEYS as usize);
+    assert!(endpoint_breakers.len() <= ENDPOINT_BREAKERS);
+    assert!(
+        keys_end as usize > 2 * ENDPOINT_BREAKERS,
+        "churned through only {keys_end} endpoint keys"
+    );
+    assert_eq!(
+        fullest, ENDPOINT_BREAKERS,
+        "the breaker set never filled up, so it never evicted"
+    );
     assert!(per_tenant.tracked_keys() <= MAX_TENANT_KEYS);
     assert_eq!(
         live_endpoints.load(Ordering::SeqCst),
@@ -323,9 +376,33 @@ async fn soak_run(total: usize) {
         "the balancer holds exactly the endpoints discovery published last"
     );
 
+    // The breaker set holds breakers of published endpoints only, and counts as open exactly
+    // those of them that are (Open, HalfOpen or ForcedOpen; no call runs now to change one).
+    let gone: Vec<u32> = (0..keys_end)
+        .filter(|k| !published.contains(k) && endpoint_breakers.handle(k).is_some())
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "breakers of removed endpoints still in the set: {gone:?}"
+    );
+    let open = published
+        .iter()
+        .filter_map(|k| endpoint_breakers.handle(k))
+        .filter(|h| matches!(h.state(), State::Open | State::HalfOpen | State::ForcedOpen))
+        .count();
+    eprintln!(
+        "soak: {open} of {} live endpoints' breakers open",
+        published.len()
+    );
+    assert_eq!(
+        recorder.gauge(names::BREAKER_KEYS_OPEN, "soak-endpoint"),
+        Some(open as f64),
+        "seawall_breaker_keys_open against the open breakers of live endpoints"
+    );
+
     // No growth in memory after the warm-up beyond allocator noise.
     if let (Some((Some(before), breakers_before, _)), Some(after)) = (baseline, rss()) {
-        assert!(breakers_before <= ENDPOINT_KEYS as usize);
+        assert!(breakers_before <= ENDPOINT_BREAKERS);
         let growth = after.saturating_sub(before);
         assert!(
             growth < 32 << 20,
