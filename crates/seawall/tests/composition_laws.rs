@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 use seawall::{
-    breaker::{BreakerHandle, BreakerLayer, SlidingWindow, State, Transition},
+    breaker::{BreakerHandle, BreakerLayer, SlidingWindow, Snapshot, State, Transition},
     bulkhead::{ratelimit::RateLimitLayer, BulkheadHandle, BulkheadLayer},
     core::{BoxError, RequestDeadline},
     fallback::FallbackLayer,
@@ -504,7 +504,16 @@ struct Run {
     inner_calls: usize,
     /// The stack's bulkheads and breakers.
     observed: Observed,
+    /// Each breaker's snapshot at the end of the run, read in the run's virtual time: read after
+    /// its runtime is gone, the clock falls back to real time, which has nothing to do with the
+    /// breaker's deadlines.
+    breakers: Vec<Snapshot>,
 }
+
+/// How long a run may take in virtual time for its calls to settle.
+const SETTLE_SECS: u64 = 3600;
+/// How long a run waits once its calls have settled, for `Buffer` workers to wind down.
+const WIND_DOWN_SECS: u64 = 1;
 
 /// Runs `calls` through the stack in paused time.
 fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
@@ -560,7 +569,7 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             });
         }
         // Nothing hangs: everything settles within an hour of virtual time.
-        let outcomes = tokio::time::timeout(Duration::from_secs(3600), async {
+        let outcomes = tokio::time::timeout(Duration::from_secs(SETTLE_SECS), async {
             let mut outcomes = Vec::new();
             while let Some(joined) = tasks.join_next().await {
                 outcomes.extend(joined.expect("no task panics"));
@@ -577,14 +586,43 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
         let in_flight = in_flight.load(Ordering::SeqCst);
         drop(svc);
         // Let Buffer workers wind down.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(WIND_DOWN_SECS)).await;
+        let breakers = observed
+            .breakers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.handle.snapshot())
+            .collect();
         Run {
             outcomes,
             in_flight,
             inner_calls: inner_calls.load(Ordering::SeqCst),
             observed,
+            breakers,
         }
     })
+}
+
+/// `layer`, a breaker's HalfOpen bounded by more than any run lasts, so that it never ends a
+/// HalfOpen (and with it the count of its probe slots) before the end of a run.
+fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
+    match layer {
+        LayerSpec::Breaker {
+            window,
+            min_calls,
+            wait_ms,
+            probes,
+            ..
+        } => LayerSpec::Breaker {
+            window,
+            min_calls,
+            wait_ms,
+            probes,
+            half_open_ms: 2 * (SETTLE_SECS + WIND_DOWN_SECS) * 1_000,
+        },
+        other => other,
+    }
 }
 
 /// The deadline the outermost timeout guarantees, if no layer above it can extend a call.
@@ -713,7 +751,9 @@ proptest! {
 
     /// Permits are conserved after quiescence: once every call has settled (cancellations and
     /// timeouts included), each bulkhead has its full limit available, no call in flight and none
-    /// waiting, and no breaker holds a trial-call slot.
+    /// waiting, and no breaker holds a trial-call slot. The breakers' HalfOpen outlasts the run,
+    /// so a slot lost at any point of it is still held at the end rather than cleared by the
+    /// HalfOpen running out.
     #[test]
     fn permits_are_conserved_after_quiescence(
         above in prop::collection::vec(layer_spec(), 0..=3),
@@ -721,19 +761,18 @@ proptest! {
         below in prop::collection::vec(layer_spec(), 0..=2),
         calls in prop::collection::vec(call(), 1..30),
     ) {
-        let mut stack = above;
+        let mut stack: Vec<LayerSpec> = above.into_iter().map(half_open_past_any_run).collect();
         stack.push(bulkhead);
-        stack.extend(below);
+        stack.extend(below.into_iter().map(half_open_past_any_run));
         let run = run(&stack, &calls);
         for b in run.observed.bulkheads.lock().unwrap().iter() {
             prop_assert_eq!(b.available(), b.limit(), "permits lost");
             prop_assert_eq!(b.in_flight(), 0);
             prop_assert_eq!(b.waiting(), 0);
         }
-        for w in run.observed.breakers.lock().unwrap().iter() {
+        for snapshot in &run.breakers {
             // Slots of trial calls that finished stay taken until the verdict; none may be held
             // by a call that is no longer running.
-            let snapshot = w.handle.snapshot();
             prop_assert_eq!(snapshot.probes_in_use, snapshot.probe_results, "probe slot lost");
         }
     }
@@ -802,6 +841,44 @@ fn the_breaker_watch_sees_trial_calls() {
         run.inner_calls < calls.len(),
         "the open breaker rejected calls"
     );
+}
+
+/// The probe-slot half of the permits law is not vacuous: a breaker opened by a failure at 0 ms
+/// admits a trial call at 633 ms that its caller drops at once; with the law's HalfOpen bound the
+/// breaker is still HalfOpen at the end of the run, so a slot the dropped call kept would show.
+#[test]
+fn a_cancelled_probe_hands_its_slot_back_within_one_half_open() {
+    let stack = [
+        half_open_past_any_run(LayerSpec::Breaker {
+            window: 2,
+            min_calls: 1,
+            wait_ms: 28,
+            probes: 1,
+            half_open_ms: 276,
+        }),
+        LayerSpec::Bulkhead {
+            limit: 1,
+            max_wait_ms: 0,
+        },
+    ];
+    let call = |start_ms, fail, cancel_after_ms| Call {
+        start_ms,
+        start_extra_us: 0,
+        req: Req {
+            work_ms: 67,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+        },
+        cancel_after_ms,
+    };
+    let run = run(&stack, &[call(0, true, None), call(633, false, Some(0))]);
+    let breakers = run.observed.breakers.lock().unwrap();
+    assert_eq!(breakers[0].probes_admitted.load(Ordering::SeqCst), 1);
+    let snapshot = &run.breakers[0];
+    assert_eq!(snapshot.state, State::HalfOpen);
+    assert_eq!(snapshot.probes_in_use, 0, "the dropped probe kept its slot");
+    assert_eq!(snapshot.probe_results, 0);
 }
 
 /// The permits law is not vacuous: a full bulkhead rejects, and a cancelled waiter gives its
