@@ -1,4 +1,5 @@
-//! `docs/observability.md` lists every metric seawall emits, with the right kind and label.
+//! `docs/observability.md` lists every metric seawall emits, with the right kind and label, and
+//! every `tracing` event message.
 
 use seawall::core::metrics::{Kind, ALL, LABEL};
 use std::collections::HashMap;
@@ -56,6 +57,104 @@ fn the_table_names_no_metric_that_does_not_exist() {
         assert!(
             ALL.iter().any(|&(n, _, _)| n == name),
             "docs/observability.md lists {name}, which seawall does not emit"
+        );
+    }
+}
+
+/// The message of every `tracing` event in `crates/*/src`: the string literal that ends a
+/// `tracing::<level>!(...)` call, with the file it is in. A message handed on through a macro of
+/// the crate's own (`$($arg)*`) is not seen here.
+fn logged_messages() -> Vec<(String, String)> {
+    fn sources(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let crates = concat!(env!("CARGO_MANIFEST_DIR"), "/crates");
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(crates).unwrap() {
+        let src = krate.unwrap().path().join("src");
+        if src.is_dir() {
+            sources(&src, &mut files);
+        }
+    }
+    let mut messages = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for level in ["trace", "debug", "info", "warn", "error"] {
+            let call = format!("tracing::{level}!(");
+            for (at, _) in text.match_indices(&call) {
+                if let Some(message) = last_literal(&text[at + call.len()..]) {
+                    let file = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+                    messages.push((file.display().to_string(), message));
+                }
+            }
+        }
+    }
+    messages
+}
+
+/// The string literal that ends the arguments `args` starts (just inside the opening
+/// parenthesis), if one does.
+fn last_literal(args: &str) -> Option<String> {
+    let mut depth = 0;
+    let mut last: Option<String> = None;
+    let mut chars = args.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut literal = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => literal.extend(chars.next()),
+                        '"' => break,
+                        c => literal.push(c),
+                    }
+                }
+                last = Some(literal);
+                continue;
+            }
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => return last,
+            ')' | ']' | '}' => depth -= 1,
+            c if c.is_whitespace() || c == ',' => continue,
+            _ => {}
+        }
+        last = None;
+    }
+    None
+}
+
+#[test]
+fn every_tracing_event_is_in_the_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let (_, events) = doc
+        .split_once("## `tracing` events")
+        .expect("the doc has a `tracing` events section");
+    let events = events.split("\n## ").next().unwrap_or_default();
+    // The code spans of the section's table; "`... passed its health check`" ends the message
+    // before it.
+    let spans: Vec<&str> = events
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .flat_map(|line| line.split('`').skip(1).step_by(2))
+        .collect();
+    let messages = logged_messages();
+    assert!(messages.len() > 20, "found only {messages:?}");
+    for (file, message) in &messages {
+        let documented = spans.iter().any(|&span| match span.strip_prefix("... ") {
+            Some(end) => message.ends_with(end),
+            None => span == message,
+        });
+        assert!(
+            documented,
+            "{file} logs {message:?}, which docs/observability.md does not list"
         );
     }
 }
