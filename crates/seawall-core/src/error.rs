@@ -10,7 +10,7 @@
 //! from an `Arc` is still found by its type. An `Arc<T>` or `Box<T>` of the type looked for counts
 //! as that type too. A [`std::io::Error`] made from another error (`io::Error::other(e)`, as an
 //! error crosses an `AsyncRead` or a body stream) likewise has a `source()` that skips `e`; the
-//! helpers visit the `io::Error` and then `e`.
+//! helpers visit the `io::Error` and then `e`, the `io::Error` shared as an `Arc` or boxed too.
 //!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
@@ -51,7 +51,8 @@ pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
 /// An `Arc<dyn Error>` in the chain is replaced by the error it holds (it displays the same and has
 /// the same source), so that error is not skipped. An [`std::io::Error`] that wraps an error is
 /// followed by the error it wraps ([`get_ref`](std::io::Error::get_ref)), not by that error's
-/// source, which is what its own `source()` gives.
+/// source, which is what its own `source()` gives; so is one behind an `Arc` or a `Box`, whose
+/// `source()` is the `io::Error`'s.
 pub fn chain<'a>(err: &'a (dyn Error + 'static)) -> Chain<'a> {
     Chain { next: Some(err) }
 }
@@ -67,7 +68,19 @@ impl<'a> Iterator for Chain<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let current = unshare(self.next?);
-        self.next = match current.downcast_ref::<std::io::Error>() {
+        let io = current
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| {
+                current
+                    .downcast_ref::<Arc<std::io::Error>>()
+                    .map(|io| &**io)
+            })
+            .or_else(|| {
+                current
+                    .downcast_ref::<Box<std::io::Error>>()
+                    .map(|io| &**io)
+            });
+        self.next = match io {
             Some(io) => io
                 .get_ref()
                 .map(|wrapped| wrapped as &(dyn Error + 'static)),
@@ -172,6 +185,21 @@ mod tests {
         ))));
         assert_eq!(chain(&*err).count(), 2);
         assert!(find::<Leaf>(&*err).is_none());
+    }
+
+    #[test]
+    fn finds_type_wrapped_in_an_io_error_behind_an_arc_or_a_box() {
+        // An `io::Error` shared as `Arc<io::Error>` (it is not `Clone`), or boxed: the wrapper's
+        // `source()` is the `io::Error`'s, which skips the error it wraps.
+        let err: BoxError = Box::new(Arc::new(std::io::Error::other(Leaf)));
+        assert!(is::<std::io::Error>(&*err));
+        assert!(is::<Leaf>(&*err));
+        assert_eq!(chain(&*err).count(), 2);
+        let err: BoxError = Box::new(Wrap(Box::new(Box::new(std::io::Error::other(Wrap(
+            Box::new(Leaf),
+        ))))));
+        assert!(is::<Leaf>(&*err));
+        assert_eq!(chain(&*err).count(), 4);
     }
 
     #[test]
