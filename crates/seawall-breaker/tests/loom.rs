@@ -192,21 +192,61 @@ fn the_first_probe_starts_the_bound_whatever_the_order() {
     });
 }
 
+/// A HalfOpen that no probe has entered has no bound, however long it idles, whichever thread
+/// moved the breaker there: the bound starts with the first probe.
 #[test]
 fn a_half_open_without_probes_has_no_bound() {
+    // Whether, in some interleaving, the look moved the breaker to HalfOpen, and in some the call.
+    static LOOK_MOVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static CALL_MOVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     loom::model(|| {
         let m = machine(builder().consecutive_failures(1).permitted_probes(1));
         open(&m);
-        assert_eq!(m.tick(2 * MS, &()), State::HalfOpen);
-        assert_eq!(m.deadline(), None);
-        assert_eq!(m.tick(10_000 * MS, &()), State::HalfOpen);
+        // A look at the state finds the wait over at 2 ms and looks again at 10 s, while a call
+        // comes at 10 s: long past the 1,002 ms a bound started by the move to HalfOpen would end.
+        let look = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let moves = Transitions::default();
+                let states = [m.tick(2 * MS, &moves), m.tick(10_000 * MS, &moves)];
+                (states, moves.0.load(Ordering::SeqCst))
+            })
+        };
+        let moves = Transitions::default();
+        let call = m.acquire(|| 10_000 * MS, &moves).ok().map(|p| p.kind());
+        let call_moved = moves.0.load(Ordering::SeqCst);
+        let (looked, look_moved) = look.join().unwrap();
+        assert_eq!(look_moved + call_moved, 1, "one move to HalfOpen");
+        if look_moved == 1 {
+            LOOK_MOVED.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            CALL_MOVED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        // The first look may have read the state just before the call moved it.
+        assert!(
+            looked[0] == State::HalfOpen || call_moved == 1,
+            "{looked:?}"
+        );
+        assert_eq!(looked[1], State::HalfOpen, "{call:?}");
+        assert_eq!(m.generation(), 2);
         assert_eq!(m.snapshot(10_000 * MS).trips, 1);
-        let probe = m.acquire(|| 10_000 * MS, &()).unwrap();
-        assert_eq!(probe.kind(), PermitKind::Probe);
-        assert_eq!(m.deadline(), Some(11_000 * MS));
+        match call {
+            Some(kind) => assert_eq!(kind, PermitKind::Probe),
+            None => {
+                // A call that read Open just before the move may be turned away: the HalfOpen
+                // still waits for its first probe, without a bound.
+                assert_eq!(m.deadline(), None);
+                let probe = m.acquire(|| 10_000 * MS, &()).unwrap();
+                assert_eq!(probe.kind(), PermitKind::Probe);
+            }
+        }
+        assert_eq!(m.deadline(), Some(11_000 * MS), "bounded from the probe");
+        assert_eq!(m.tick(10_999 * MS, &()), State::HalfOpen);
         assert_eq!(m.tick(11_000 * MS, &()), State::Open);
         assert_eq!(m.snapshot(11_000 * MS).trips, 2);
     });
+    assert!(LOOK_MOVED.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(CALL_MOVED.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 #[test]
