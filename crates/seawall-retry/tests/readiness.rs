@@ -1,10 +1,14 @@
 //! Each attempt goes back through the inner service's readiness; the contract test with an inner
-//! whose `Clone` resets readiness; behind `Buffer`, budget exhaustion never poisons the buffer.
+//! whose `Clone` resets readiness; a timed-out attempt is gone before the next is sent; behind
+//! `Buffer`, budget exhaustion never poisons the buffer.
 
 mod support;
 
 use futures_util::future::join_all;
-use seawall_core::{deadline::RequestDeadline, BoxError};
+use seawall_core::{
+    deadline::{Elapsed, RequestDeadline},
+    BoxError,
+};
 use seawall_retry::{Backoff, BudgetExhausted, HedgeEvent, HedgeLayer, RetryBudget, RetryLayer};
 use std::{
     sync::{
@@ -13,7 +17,8 @@ use std::{
     },
     time::Duration,
 };
-use support::{flaky, get, ms, one_retry, Req};
+use support::{flaky, get, ms, one_retry, Calls, Req};
+use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
 use tower::{
     buffer::Buffer, service_fn, util::BoxCloneService, Layer, Service, ServiceBuilder, ServiceExt,
@@ -88,45 +93,109 @@ async fn contract_with_concurrency_limit_whose_clone_resets_readiness() {
     assert_eq!(ok, "ok 2");
     assert_eq!(calls.count(), 3);
 
-    // Many concurrent callers through clones, with one permit between them: every attempt of
-    // every call waits its turn, none panics, all finish.
-    let (inner, calls) = flaky(5);
+    // Four callers A, B, C, D through clones, one permit between them, each attempt at the
+    // dependency taking 3 ms: callers queue on the limit's readiness, for their first attempts
+    // and their retries alike, and each retry waits out its 10 ms backoff without the permit.
+    // The permit goes round in turn (tokio's semaphore is fair); the first nine calls fail, so
+    // A's three attempts fail, and B, C and D each succeed at their third.
+    let (inner, calls) = slow_flaky(9, ms(3));
     let client = ServiceBuilder::new()
         .layer(retry())
         .concurrency_limit(1)
         .service(inner);
-    let calls_in_flight = (0..4).map(|_| client.clone().oneshot(get()));
-    let ok = join_all(calls_in_flight)
-        .await
-        .iter()
-        .filter(|r| r.is_ok())
-        .count();
-    assert!(ok >= 2, "{ok}");
-    assert!(calls.count() >= 6);
+    let start = Instant::now();
+    let results = join_all((0..4).map(|_| client.clone().oneshot(get()))).await;
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            Err("fail 8".to_string()),
+            Ok("ok 9".to_string()),
+            Ok("ok 10".to_string()),
+            Ok("ok 11".to_string()),
+        ]
+    );
+    let sent: Vec<_> = calls.all().iter().map(|call| call.at - start).collect();
+    // A B C D at 0, 3, 6, 9; A's first retry at 13 (3 + 10), then each caller as its backoff
+    // ends, the permit free by then.
+    let expected = [0, 3, 6, 9, 13, 16, 19, 22, 26, 29, 32, 35].map(ms);
+    assert_eq!(sent, expected);
 }
 
-#[tokio::test(start_paused = true)]
-async fn concurrency_limit_sees_at_most_one_attempt_at_a_time() {
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let (r, m) = (running.clone(), most.clone());
-    let inner = service_fn(move |_req: support::Req| {
-        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-        m.fetch_max(now, Ordering::SeqCst);
-        let r = r.clone();
+/// Like [`flaky`], answering each call after `latency`.
+fn slow_flaky(
+    failures: usize,
+    latency: Duration,
+) -> (
+    impl Service<Req, Response = String, Error = BoxError, Future = impl Send> + Clone + Send,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
         async move {
-            tokio::time::sleep(ms(5)).await;
-            r.fetch_sub(1, Ordering::SeqCst);
-            Err::<(), BoxError>("down".into())
+            tokio::time::sleep(latency).await;
+            if n < failures {
+                Err::<String, BoxError>(format!("fail {n}").into())
+            } else {
+                Ok(format!("ok {n}"))
+            }
         }
     });
-    let client = ServiceBuilder::new()
-        .layer(retry())
-        .concurrency_limit(1)
-        .service(inner);
-    let results = join_all((0..5).map(|_| client.clone().oneshot(get()))).await;
-    assert!(results.iter().all(|r| r.is_err()));
-    assert_eq!(most.load(Ordering::SeqCst), 1);
+    (svc, calls)
+}
+
+/// One attempt alive at a dependency, from `call` until its future answers or is dropped.
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A retry cuts an attempt at its timeout and drops it before it sends the next one, with or
+/// without a backoff between them: no two attempts of one call are ever alive at once.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_dropped_before_the_next_is_sent() {
+    for backoff in [Duration::ZERO, ms(10)] {
+        let layer = RetryLayer::builder()
+            .max_attempts(3)
+            .backoff(Backoff::constant(backoff))
+            .per_attempt_timeout(ms(20))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let inner = {
+            let (sent, alive, most) = (sent.clone(), alive.clone(), most.clone());
+            service_fn(move |_req: Req| {
+                sent.fetch_add(1, Ordering::SeqCst);
+                let now = alive.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let alive = Alive(alive.clone());
+                async move {
+                    let _alive = alive;
+                    // Longer than the attempt's timeout.
+                    tokio::time::sleep(ms(50)).await;
+                    Ok::<_, BoxError>("late")
+                }
+            })
+        };
+        let start = Instant::now();
+        let err = layer.layer(inner).oneshot(get()).await.unwrap_err();
+        assert!(seawall_core::error::is::<Elapsed>(&*err), "{err}");
+        assert_eq!(sent.load(Ordering::SeqCst), 3, "{backoff:?}");
+        assert_eq!(most.load(Ordering::SeqCst), 1, "{backoff:?}");
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "{backoff:?}");
+        assert_eq!(start.elapsed(), 3 * ms(20) + 2 * backoff);
+    }
 }
 
 /// A dependency whose `n`th call fails when `fails(n)` and otherwise never answers.
