@@ -1,13 +1,15 @@
 //! Deterministic simulations in paused time: a dependency whose latency doubles for a while and
 //! then recovers, called by more clients than the limit admits. For each algorithm the limit
-//! falls when latency doubles, returns once it recovers and stays there, and never leaves its
-//! bounds. The limit is followed through every change it makes (from the bulkhead's
-//! `LimitChanged` events), so a dip between two samples of it is seen.
+//! falls when latency doubles, returns once it recovers and stays there, and the algorithm never
+//! answers outside its bounds. The limit is followed through every change it makes (from the
+//! bulkhead's `LimitChanged` events), so a dip between two samples of it is seen. The bounds are
+//! checked on the algorithm's own answers, recorded before the bulkhead clamps them (the limit the
+//! bulkhead takes is within them whatever the algorithm answers).
 //!
 //! Timeline: 0–10 s latency 20 ms; 10–11 s latency 40 ms; 11–30 s latency 20 ms again.
 
 use seawall_bulkhead::{
-    limit::{Aimd, Gradient2, Limit, Vegas},
+    limit::{Aimd, Gradient2, Limit, Sample, Vegas},
     BulkheadEvent, BulkheadLayer,
 };
 use std::{
@@ -48,8 +50,33 @@ struct Run {
     lowest_recovered: Option<usize>,
     /// Limit at the end.
     end: usize,
-    /// Smallest and largest limit seen.
-    range: (usize, usize),
+    /// Smallest and largest limit the algorithm answered, before the bulkhead clamped it.
+    answers: (usize, usize),
+}
+
+/// An algorithm whose answers are recorded as it gives them.
+#[derive(Debug)]
+struct Recorded<L> {
+    limit: L,
+    /// Smallest and largest answer so far.
+    answers: Arc<Mutex<(usize, usize)>>,
+}
+
+impl<L: Limit> Limit for Recorded<L> {
+    fn initial_limit(&self) -> usize {
+        self.limit.initial_limit()
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        self.limit.bounds()
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let answer = self.limit.update(sample);
+        let mut answers = self.answers.lock().unwrap();
+        *answers = (answers.0.min(answer), answers.1.max(answer));
+        answer
+    }
 }
 
 async fn simulate(limit: impl Limit) -> Run {
@@ -58,6 +85,11 @@ async fn simulate(limit: impl Limit) -> Run {
     // is in here too.
     let trace = Arc::new(Mutex::new(vec![(Duration::ZERO, limit.initial_limit())]));
     let changes = trace.clone();
+    let answers = Arc::new(Mutex::new((limit.initial_limit(), limit.initial_limit())));
+    let limit = Recorded {
+        limit,
+        answers: answers.clone(),
+    };
     let layer = BulkheadLayer::builder()
         .adaptive(limit)
         .on_event(move |_: &seawall_core::Name, event: &BulkheadEvent| {
@@ -117,9 +149,7 @@ async fn simulate(limit: impl Limit) -> Run {
     let recovered_after = recovered.map(|i| since_recovery[i].0 - SLOW_UNTIL);
     let lowest_recovered =
         recovered.and_then(|i| since_recovery[i..].iter().map(|(_, l)| *l).min());
-    let range = trace
-        .iter()
-        .fold((usize::MAX, 0), |(lo, hi), (_, l)| (lo.min(*l), hi.max(*l)));
+    let answers = *answers.lock().unwrap();
     Run {
         before,
         lowest_slow,
@@ -127,13 +157,14 @@ async fn simulate(limit: impl Limit) -> Run {
         recovered_after,
         lowest_recovered,
         end: trace.last().unwrap().1,
-        range,
+        answers,
     }
 }
 
-/// Checks a run: within bounds, grows under load, falls to at most `falls_to` (a fraction,
-/// numerator and denominator) of its limit when latency doubles, and is back to 90% of that limit
-/// within `recover_within` after latency recovers and stays there.
+/// Checks a run: the algorithm answers within its bounds and reaches the top one, the limit grows
+/// under load, falls to at most `falls_to` (a fraction, numerator and denominator) of itself when
+/// latency doubles, and is back to 90% of that limit within `recover_within` after latency
+/// recovers and stays there.
 fn check(run: &Run, falls_to: (usize, usize), recover_within: Duration) {
     println!(
         "before {} lowest {} at recovery {} recovered after {:?} lowest since {:?} end {}",
@@ -144,7 +175,10 @@ fn check(run: &Run, falls_to: (usize, usize), recover_within: Duration) {
         run.lowest_recovered,
         run.end
     );
-    assert!(run.range.0 >= MIN && run.range.1 <= MAX, "bounds: {run:?}");
+    assert!(
+        run.answers.0 >= MIN && run.answers.1 == MAX,
+        "the algorithm's answers within its bounds, up to the top one: {run:?}"
+    );
     assert!(run.before >= MAX * 9 / 10, "grows under load: {run:?}");
     assert!(
         run.lowest_slow * falls_to.1 <= run.before * falls_to.0,

@@ -233,6 +233,10 @@ mod tests {
             limit, 200,
             "jitter within the tolerance reaches the maximum"
         );
+        // The estimate stops at the maximum too: a slow sample takes the limit down at once, by
+        // the smallest gradient (0.5): 0.8 × 200 + 0.2 × (0.5 × 200 + 4) = 180.8.
+        assert_eq!(g.estimate, 200.0);
+        assert_eq!(g.update(&sample(40, 200)), 180);
     }
 
     /// Latency recovers after a slow spell: the long-term RTT, more than twice the sample, is

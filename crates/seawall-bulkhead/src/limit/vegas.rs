@@ -212,6 +212,50 @@ mod tests {
         assert_eq!(v.update(&drop), 24);
     }
 
+    /// Latency at the no-load RTT grows the limit to its maximum, and the estimate stops there
+    /// too: the first sample with a queue takes the limit down at once.
+    #[test]
+    fn no_queueing_takes_the_limit_to_its_maximum_and_no_further() {
+        let mut v = Vegas::builder()
+            .initial_limit(20)
+            .max_limit(100)
+            .build()
+            .unwrap();
+        let mut limit = v.update(&sample(10, 20));
+        for _ in 0..100 {
+            limit = v.update(&sample(10, limit));
+            assert!(limit <= 100, "{limit}");
+        }
+        assert_eq!(limit, 100, "the maximum is reached");
+        assert_eq!(v.estimate, 100.0);
+        // rtt doubled: queue = ceil(100 / 2) = 50 > beta = 12, so − log = 2.
+        assert_eq!(v.update(&sample(20, 100)), 98);
+    }
+
+    /// Drops take the limit down to its minimum, and the estimate stops there too: the first
+    /// sample without a queue grows the limit from it at once.
+    #[test]
+    fn drops_take_the_limit_to_its_minimum_and_no_further() {
+        let mut v = Vegas::builder()
+            .initial_limit(20)
+            .min_limit(5)
+            .build()
+            .unwrap();
+        assert_eq!(
+            v.update(&sample(10, 20)),
+            20,
+            "first sample sets rtt_noload"
+        );
+        let mut limit = 20;
+        for _ in 0..100 {
+            limit = v.update(&Sample::new(Duration::from_millis(10), limit, true));
+            assert!(limit >= 5, "{limit}");
+        }
+        assert_eq!(limit, 5, "the minimum is reached");
+        assert_eq!(v.estimate, 5.0);
+        assert_eq!(v.update(&sample(10, 5)), 11, "no queue: + 6·log");
+    }
+
     #[test]
     fn limits_beyond_f64_precision_stay_within_bounds() {
         let max = crate::limit::MAX_LIMIT;
