@@ -624,7 +624,11 @@ mod tests {
     }
 
     /// The table as a scan of the shard keeps it: every idle key goes when a new key finds the
-    /// shard full, else the one with the lowest TAT (the earliest made, on a tie).
+    /// shard full, else the one with the lowest TAT (the earliest made, on a tie). Each key's
+    /// budget is kept with the limiter's own arithmetic (`decide`, `take_hole`, the refund's
+    /// steps), so comparing with it checks which keys are kept and that eviction leaves the
+    /// budgets it keeps alone, not the arithmetic: [`Runs`] checks that from the rate's
+    /// definition.
     #[derive(Default)]
     struct Scanned {
         map: HashMap<u64, (u64, Vec<u64>, u64)>,
@@ -706,7 +710,9 @@ mod tests {
         #![proptest_config(seeded(512))]
 
         /// Under random calls, refunds and time, the heap by TAT evicts exactly the keys a scan
-        /// of the shard would, and every budget matches.
+        /// of the shard would, and leaves the budgets of the keys it keeps as they were (the
+        /// scan's budgets use the limiter's arithmetic: `every_entry_keeps_to_its_rate` checks
+        /// that).
         #[test]
         fn evicts_as_a_scan_of_the_shard_would(
             ops in proptest::collection::vec(
@@ -743,6 +749,145 @@ mod tests {
                 let (kept, expected) = scanned.compare(&shard);
                 proptest::prop_assert_eq!(kept, expected);
                 proptest::prop_assert!(shard.by_tat.len() <= 2 * shard.map.len() + STALE_SLACK);
+            }
+        }
+    }
+
+    /// One entry's grants (a key between evictions) as the rate's definition sees them, written
+    /// from it rather than from the limiter's arithmetic: with an interval `T` and a burst `B`,
+    /// any window of `w` holds at most `B + ⌊w/T⌋` grants, counted where they run. A grant runs
+    /// no earlier than it is asked for and, in the order of their slots, no earlier than the
+    /// grants before it; one that takes the slot of a grant given back may run before them.
+    #[derive(Default)]
+    struct Runs {
+        /// When each grant not given back runs, with the grant's number, in the order granted.
+        runs: Vec<(u64, usize)>,
+        /// Whether a grant other than the last was given back. Until then the grants are those
+        /// of an entry that never gave any back, and each runs at the earliest time the
+        /// definition allows.
+        holed: bool,
+    }
+
+    impl Runs {
+        /// The earliest time, from `now` and the last grant's, at which one more grant keeps
+        /// every window ending with it within the bound: with the `n`-th grant before it (the
+        /// last being the first), `n + 1` grants run in a window from that grant's time, so at
+        /// least `(n + 1 − B) × T` after it.
+        fn earliest(&self, now: u64, interval: u64, burst: u64) -> u64 {
+            let last = self.runs.last().map_or(0, |&(run, _)| run);
+            self.runs
+                .iter()
+                .rev()
+                .enumerate()
+                .fold(now.max(last), |at, (n, &(run, _))| {
+                    let grants = n as u64 + 2;
+                    at.max(run + grants.saturating_sub(burst) * interval)
+                })
+        }
+
+        /// Whether every window holds at most `B + ⌊w/T⌋` of the grants, in whatever order they
+        /// run.
+        fn within_rate(&self, interval: u64, burst: u64) -> bool {
+            let mut runs: Vec<u64> = self.runs.iter().map(|&(run, _)| run).collect();
+            runs.sort_unstable();
+            (0..runs.len()).all(|i| {
+                (i..runs.len())
+                    .all(|j| (j - i + 1) as u64 <= burst + (runs[j] - runs[i]) / interval)
+            })
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(seeded(512))]
+
+        /// Under random calls, waiters given up before their turn, time and evictions, every
+        /// key keeps to its rate between evictions, as the rate's definition says: a new entry
+        /// starts with a full budget; while no grant but the latest has been given back, each
+        /// grant runs at the earliest time the definition allows, and a call is limited only
+        /// when that time is more than `max_wait` away (its retry after then); whatever was given
+        /// back, no window holds more grants than the bound.
+        #[test]
+        fn every_entry_keeps_to_its_rate(
+            burst in 1u64..4,
+            max_wait_halves in 0u64..12,
+            ops in proptest::collection::vec(
+                (
+                    0u64..5,
+                    proptest::prop_oneof![3 => proptest::strategy::Just(0u64), 1 => 1u64..3],
+                    proptest::bool::weighted(0.3),
+                    proptest::prelude::any::<proptest::sample::Index>(),
+                ),
+                1..200,
+            ),
+        ) {
+            const S: u64 = 1_000_000_000;
+            let interval = S;
+            let max_wait = max_wait_halves * S / 2;
+            let config = RateLimitLayer::builder()
+                .rate(1, Duration::from_secs(1))
+                .burst(burst)
+                .max_wait(Duration::from_nanos(max_wait))
+                .max_keys(4)
+                .validate()
+                .unwrap();
+            let shared = KeyedShared::<u64>::new(config);
+            let mut entries: HashMap<(u64, u64), Runs> = HashMap::new();
+            // The entry each key had when last granted: a limited call was asked of it, as a
+            // new entry is never limited.
+            let mut current: HashMap<u64, u64> = HashMap::new();
+            // Grants whose waiters have not run yet: (key, entry, grant, number, run).
+            let mut waiting: Vec<(u64, u64, Grant, usize, u64)> = Vec::new();
+            let mut now = 0;
+            for (number, (key, advance, give_up, index)) in ops.into_iter().enumerate() {
+                now += advance * S / 2;
+                waiting.retain(|&(.., run)| run > now);
+                if give_up && !waiting.is_empty() {
+                    let (key, id, grant, given, _) = waiting.swap_remove(index.index(waiting.len()));
+                    shared.refund(&key, id, grant);
+                    let entry = entries.get_mut(&(key, id)).unwrap();
+                    let last = entry.runs.last().map(|&(_, last)| last);
+                    entry.holed |= last != Some(given);
+                    entry.runs.retain(|&(_, n)| n != given);
+                    continue;
+                }
+                match shared.acquire(&key, now) {
+                    Ok((grant, id)) => {
+                        let run = now + grant.delay;
+                        proptest::prop_assert!(grant.delay <= max_wait);
+                        match current.insert(key, id) {
+                            Some(before) if before == id => {
+                                let entry = &entries[&(key, id)];
+                                if !entry.holed {
+                                    proptest::prop_assert_eq!(
+                                        run,
+                                        entry.earliest(now, interval, burst),
+                                        "key {} at {}", key, now
+                                    );
+                                }
+                            }
+                            _ => proptest::prop_assert_eq!(grant.delay, 0, "a new entry's budget is full"),
+                        }
+                        let entry = entries.entry((key, id)).or_default();
+                        entry.runs.push((run, number));
+                        proptest::prop_assert!(
+                            entry.within_rate(interval, burst),
+                            "key {} at {}: {:?}", key, now, entry.runs
+                        );
+                        if grant.delay > 0 {
+                            waiting.push((key, id, grant, number, run));
+                        }
+                    }
+                    Err(retry) => {
+                        proptest::prop_assert!(retry > max_wait);
+                        let id = current.get(&key).copied();
+                        proptest::prop_assert!(id.is_some(), "a new entry's budget is full");
+                        let entry = &entries[&(key, id.unwrap())];
+                        if !entry.holed {
+                            let earliest = entry.earliest(now, interval, burst);
+                            proptest::prop_assert_eq!(retry, earliest - now, "key {} at {}", key, now);
+                        }
+                    }
+                }
             }
         }
     }
