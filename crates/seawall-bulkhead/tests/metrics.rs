@@ -7,7 +7,7 @@ use metrics::{
 use seawall_bulkhead::{
     limit::{Aimd, Limit, Sample},
     ratelimit::{RateLimitEvent, RateLimitLayer},
-    BulkheadLayer,
+    BulkheadHandle, BulkheadLayer,
 };
 use seawall_core::{
     metrics::{
@@ -17,10 +17,7 @@ use seawall_core::{
     Name,
 };
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Condvar, Mutex,
-    },
+    sync::{Arc, Condvar, Mutex, OnceLock},
     thread,
     time::Duration,
 };
@@ -103,12 +100,16 @@ impl Limit for Steps {
     }
 }
 
-/// The limit gauge, slow to take the value `SLOW`: that `set` waits for the other call to have
-/// answered (so it is about to sample), then lets that call's `set` go first (waiting for one up to
-/// 500 ms, time enough to run the few steps from its answer to its `set` unless the sample waits
-/// for this one) before it stores its value.
+/// The limit gauge, which lets a later sample set it first whenever it can. Its `set` of `SLOW`
+/// looks whether the algorithm's lock is held (the bulkhead's `Debug` tries to take it, and shows
+/// it `<busy>` when it cannot) before it says it has started. If the lock is free, another
+/// sample can run its `update` and its `set` now: this `set` waits until one has, and then
+/// stores its older value. Under the lock, no other sample can come between, and nothing waits
+/// (a `Debug` that no longer showed the lock held would make it wait for a sample that cannot
+/// come, and fail).
 #[derive(Debug, Default)]
-struct SlowGauge {
+struct OvertakenGauge {
+    bulkhead: OnceLock<BulkheadHandle>,
     state: Mutex<GaugeState>,
     changed: Condvar,
 }
@@ -118,18 +119,19 @@ struct GaugeState {
     value: f64,
     sets: usize,
     slow_set_started: bool,
-    second_answered: bool,
 }
 
-impl SlowGauge {
+impl OvertakenGauge {
     const SLOW: f64 = 11.0;
+    /// Only for a test that fails: no step here waits on a clock.
+    const HUNG: Duration = Duration::from_secs(60);
 
-    /// Waits (up to 10 s) until a `set` of `SLOW` has started.
+    /// Waits until a `set` of `SLOW` has started.
     fn wait_for_slow_set(&self) -> bool {
         let state = self.state.lock().unwrap();
         let (state, _) = self
             .changed
-            .wait_timeout_while(state, Duration::from_secs(10), |s| !s.slow_set_started)
+            .wait_timeout_while(state, Self::HUNG, |s| !s.slow_set_started)
             .unwrap();
         state.slow_set_started
     }
@@ -137,15 +139,9 @@ impl SlowGauge {
     fn value(&self) -> f64 {
         self.state.lock().unwrap().value
     }
-
-    /// The second call has answered: its sample comes next.
-    fn second_answered(&self) {
-        self.state.lock().unwrap().second_answered = true;
-        self.changed.notify_all();
-    }
 }
 
-impl GaugeFn for SlowGauge {
+impl GaugeFn for OvertakenGauge {
     fn increment(&self, value: f64) {
         self.set(self.value() + value);
     }
@@ -155,22 +151,23 @@ impl GaugeFn for SlowGauge {
     }
 
     fn set(&self, value: f64) {
+        let under_lock = value == Self::SLOW && {
+            let bulkhead = self.bulkhead.get().expect("the bulkhead is built");
+            format!("{bulkhead:?}").contains("<busy>")
+        };
         let mut state = self.state.lock().unwrap();
         if value == Self::SLOW {
             state.slow_set_started = true;
             self.changed.notify_all();
-            state = self
-                .changed
-                .wait_timeout_while(state, Duration::from_secs(10), |s| !s.second_answered)
-                .unwrap()
-                .0;
-            assert!(state.second_answered, "the second call never answered");
-            let sets = state.sets;
-            state = self
-                .changed
-                .wait_timeout_while(state, Duration::from_millis(500), |s| s.sets == sets)
-                .unwrap()
-                .0;
+            if !under_lock {
+                let sets = state.sets;
+                state = self
+                    .changed
+                    .wait_timeout_while(state, Self::HUNG, |s| s.sets == sets)
+                    .unwrap()
+                    .0;
+                assert!(state.sets > sets, "the second sample never set the gauge");
+            }
         }
         state.value = value;
         state.sets += 1;
@@ -180,7 +177,7 @@ impl GaugeFn for SlowGauge {
 
 /// Hands out `gauge` for the bulkhead's limit and does not record anything else.
 #[derive(Debug)]
-struct LimitRecorder(Arc<SlowGauge>);
+struct LimitRecorder(Arc<OvertakenGauge>);
 
 impl Recorder for LimitRecorder {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
@@ -204,11 +201,12 @@ impl Recorder for LimitRecorder {
     }
 }
 
-/// Two samples race: the first (limit 10 to 11) is still setting the gauge when the second (11 to
-/// 12) comes. The gauge must end on the limit, 12, not on the older 11.
+/// Two samples race: the first (limit 10 to 11) is setting the gauge when the second (11 to 12)
+/// comes, and the second sets it first if it can. The gauge must end on the limit, 12, not on
+/// the older 11: it does when the gauge is set under the algorithm's lock, as the limit is.
 #[test]
 fn racing_samples_leave_the_limit_gauge_on_the_limit() {
-    let gauge = Arc::new(SlowGauge::default());
+    let gauge = Arc::new(OvertakenGauge::default());
     let recorder = LimitRecorder(gauge.clone());
     // The bulkhead takes its metric handles when it is built; they work from any thread.
     let layer = metrics::with_local_recorder(&recorder, || {
@@ -220,18 +218,8 @@ fn racing_samples_leave_the_limit_gauge_on_the_limit() {
     });
     assert_eq!(gauge.value(), 10.0);
     let handle = layer.handle();
-    let answered = Arc::new(AtomicUsize::new(0));
-    let signal = gauge.clone();
-    let service = layer.layer(service_fn(move |()| {
-        let second = answered.fetch_add(1, Ordering::SeqCst) == 1;
-        let signal = signal.clone();
-        async move {
-            if second {
-                signal.second_answered();
-            }
-            Ok::<_, std::io::Error>(())
-        }
-    }));
+    gauge.bulkhead.set(handle.clone()).unwrap();
+    let service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
     let call = |service: seawall_bulkhead::Bulkhead<_>| {
         thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
