@@ -306,6 +306,12 @@ impl BreakerConfigBuilder {
     /// While the breaker does not admit calls, make `poll_ready` return `Pending` (woken by a
     /// timer when the wait ends, or by a state change) instead of letting the response future
     /// fail with [`Open`](crate::Open). Default `false`.
+    ///
+    /// A caller waits only until the breaker has polled its inner service: a caller whose
+    /// reserved permit went stale while its inner service got ready (the breaker opened
+    /// meanwhile) is rejected, as without backpressure. What that readiness holds (a bulkhead's
+    /// permit, a place in a queue) may be what the breaker's own trial calls need (see
+    /// [`Breaker`](crate::Breaker)).
     pub fn backpressure(mut self, backpressure: bool) -> Self {
         self.backpressure = backpressure;
         self

@@ -30,11 +30,24 @@ use tower_service::Service;
 /// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again).
 /// Cloning the service does not clone a reservation. As with every tower service, `call` panics
 /// unless `poll_ready` returned `Ready(Ok(()))` first.
+///
+/// Needs `S: Clone`. A permit reserved while the inner service was getting ready can go stale
+/// before the call (the breaker opened meanwhile), and the call is then rejected, with
+/// backpressure too. The inner service's readiness may hold something for that call (a
+/// bulkhead's permit, a place in a `ConcurrencyLimit`'s or a `Buffer`'s queue) that only a call or
+/// a drop gives back. A caller kept waiting on the breaker while holding it deadlocks when the
+/// breaker's own probe needs it, so backpressure keeps a caller waiting only until its inner
+/// service has been polled; and a service kept uncalled (a `Buffer`'s worker keeps one for good)
+/// holds up whoever needs it, such as a retry's next attempt, so before it rejects such a call
+/// the breaker replaces the inner service with a clone of it, which holds nothing.
 pub struct Breaker<S, C = seawall_core::classify::DefaultClassifier> {
     inner: S,
     classifier: C,
     slot: Slot,
     waiting: Option<Waiting>,
+    /// Whether the inner service has been polled since it was last called: its readiness may
+    /// hold something for the next call.
+    inner_polled: bool,
 }
 
 /// The breaker, and what `poll_ready` decided for the next call. A permit reserved and never used
@@ -82,6 +95,7 @@ impl<S, C> Breaker<S, C> {
                 next: Next::Undecided,
             },
             waiting: None,
+            inner_polled: false,
         }
     }
 
@@ -161,7 +175,7 @@ impl<S, C> Breaker<S, C> {
 
 impl<S, C, Req> Service<Req> for Breaker<S, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
 {
@@ -188,6 +202,7 @@ where
             }
             Next::Rejected => return self.decide(cx),
         }
+        self.inner_polled = true;
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -199,12 +214,16 @@ where
             Next::Admitted(permit) if permit.is_counted_in(shared.machine.generation()) => permit,
             next => match settle(shared, next) {
                 Some(permit) => permit,
-                None => return ResponseFuture::rejected(),
+                None => {
+                    self.drop_readiness();
+                    return ResponseFuture::rejected();
+                }
             },
         };
         // The guard first: if the inner `call` panics, it hands the permit back (a probe slot is
         // freed) as it unwinds.
         let guard = Guard::new(shared.clone(), permit);
+        self.inner_polled = false;
         let start = (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
         ResponseFuture::admitted(
             self.inner.call(request),
@@ -257,11 +276,11 @@ impl<S, C> Breaker<S, C> {
     /// one: a probe, a call MetricsOnly or Disabled lets through, or a permit of an earlier
     /// generation. A permit reserved before the breaker changed state (the inner service was not
     /// ready yet) is handed back and the breaker asked again, so an open breaker does not keep
-    /// polling the inner service, and with backpressure keeps the caller waiting.
+    /// polling the inner service, and rejects the call, with backpressure too (see [`Breaker`]).
     #[inline(never)]
     fn recheck<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
     where
-        S: Service<Req>,
+        S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
     {
         let shared = &*self.slot.shared;
@@ -283,7 +302,7 @@ impl<S, C> Breaker<S, C> {
     #[inline(never)]
     fn decide<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
     where
-        S: Service<Req>,
+        S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
     {
         // A rejection decided by an earlier poll is looked at again: the breaker may have
@@ -300,7 +319,13 @@ impl<S, C> Breaker<S, C> {
                     self.slot.next = Next::Admitted(permit);
                     self.waiting = None;
                 }
-                Err(_) if !self.slot.shared.backpressure => {
+                // A caller whose inner service has been polled is not kept waiting, even with
+                // backpressure, and the call it is rejected for leaves nothing held below (see
+                // `Breaker`). Waiting instead, after dropping the inner service's readiness, would
+                // throw away what a slow readiness (a connection being made) had done so far at
+                // every HalfOpen that runs out of time first, and never let a probe through.
+                Err(_) if !self.slot.shared.backpressure || self.inner_polled => {
+                    self.drop_readiness();
                     self.slot.next = Next::Rejected;
                     return Poll::Ready(Ok(()));
                 }
@@ -312,8 +337,22 @@ impl<S, C> Breaker<S, C> {
             }
         }
         match self.slot.next {
-            Next::Admitted(_) => self.inner.poll_ready(cx).map_err(Into::into),
+            Next::Admitted(_) => {
+                self.inner_polled = true;
+                self.inner.poll_ready(cx).map_err(Into::into)
+            }
             _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<S: Clone, C> Breaker<S, C> {
+    /// Gives back what the inner service's readiness holds for a call that is not made now (see
+    /// [`Breaker`]): the inner service, polled since its last call, is replaced with a clone of
+    /// it. Nothing to do when it has not been polled.
+    fn drop_readiness(&mut self) {
+        if mem::take(&mut self.inner_polled) {
+            self.inner = self.inner.clone();
         }
     }
 }

@@ -69,8 +69,14 @@ async fn an_open_breaker_does_not_poll_the_inner_service() {
     );
 }
 
+/// With backpressure a caller waits for the breaker only until its inner service is polled: a
+/// caller admitted while Closed whose inner service was not ready yet when the breaker opened is
+/// rejected, as a call made after the breaker changed state is, rather than kept waiting while the
+/// inner service may hold a reservation for it (see
+/// `backpressure_does_not_wait_holding_the_inner_services_readiness`). Its inner service's
+/// readiness is dropped with the call, so polled again it waits, holding nothing.
 #[tokio::test(start_paused = true)]
-async fn a_reservation_made_before_the_breaker_opened_waits_with_backpressure() {
+async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpressure() {
     let layer = BreakerLayer::builder()
         .consecutive_failures(1)
         .backpressure(true)
@@ -84,11 +90,13 @@ async fn a_reservation_made_before_the_breaker_opened_waits_with_backpressure() 
     assert_pending!(svc.poll_ready());
     handle.force_open();
     inner.allow(1);
-    assert_pending!(
+    assert_ready_ok!(
         svc.poll_ready(),
-        "a forced-open breaker keeps a waiting caller waiting"
+        "a caller whose inner service was polled is not kept waiting"
     );
-    assert_eq!(handle.snapshot().rejected, 0);
+    assert!(rejected(&svc.call("while open").await));
+    assert_eq!(handle.snapshot().rejected, 1);
+    assert_pending!(svc.poll_ready(), "polled again, the caller waits");
 
     handle.reset();
     assert!(svc.is_woken(), "woken by the change");
@@ -257,6 +265,97 @@ async fn backpressure_waits_for_the_timer_instead_of_rejecting() {
     assert_eq!(svc.call(Call::Ok).await.unwrap(), "ok");
     assert_eq!(reached.get(), 2);
     assert_eq!(handle.state(), State::Closed);
+}
+
+/// Found by seawall's composition laws (a breaker with backpressure over a bulkhead with
+/// backpressure): a caller admitted while Closed queued for the only permit of a concurrency
+/// limit below; the breaker opened, the permit went to that caller's place in the limit's queue,
+/// and the breaker, polled again, kept the caller waiting with the permit held by its place. The
+/// HalfOpen probe that came next queued for that permit: neither moved until HalfOpen gave up on
+/// its probe and opened again, with a healthy dependency. Now the caller is rejected and its
+/// inner service's readiness dropped; the permit goes on to the probe, and the caller's service,
+/// polled again, is let through once the probe has closed the breaker.
+#[tokio::test(start_paused = true)]
+async fn backpressure_does_not_wait_holding_the_inner_services_readiness() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .max_wait_in_half_open(Duration::from_secs(60))
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(ConcurrencyLimit::new(dependency().0, 1));
+
+    // A call that fails after 100 ms holds the limit's only permit.
+    let mut first = svc.clone();
+    let failing = tokio::spawn(async move { send(&mut first, Call::SlowFail(100)).await });
+    tokio::task::yield_now().await;
+    // Admitted while Closed, the next caller queues for that permit.
+    let mut stale = svc.clone();
+    let mut stale_ready = task::spawn(stale.ready());
+    assert_pending!(stale_ready.poll());
+    // The first call fails: the breaker opens, and the permit goes to the queued caller.
+    assert!(failing.await.unwrap().is_err());
+    assert_eq!(handle.state(), State::Open);
+    assert!(stale_ready.is_woken());
+    let ready = assert_ready!(stale_ready.poll(), "not kept waiting").unwrap();
+    assert!(rejected(&ready.call(Call::Ok).await));
+    drop(stale_ready);
+
+    // Once the wait is over, a probe is admitted, gets the permit and closes the breaker.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut probe = svc.clone();
+    let probe = tokio::spawn(async move { send(&mut probe, Call::Ok).await });
+    let answer = tokio::time::timeout(Duration::from_secs(1), probe).await;
+    assert_eq!(
+        answer.expect("the probe goes ahead").unwrap().unwrap(),
+        "ok"
+    );
+    assert_eq!(handle.state(), State::Closed);
+
+    // The rejected caller's service, kept, is let through.
+    assert_eq!(send(&mut stale, Call::Ok).await.unwrap(), "ok");
+}
+
+/// A call rejected after its permit went stale does not keep what its inner service's readiness
+/// holds either: a service that is kept (a `Buffer`'s worker holds one for good) and gets no
+/// call for a while must not hold a concurrency limit's permit that another caller (a retry's
+/// next attempt) waits for.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_call_hands_back_the_inner_services_readiness() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(60))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let limit = ConcurrencyLimit::new(dependency().0, 1);
+    let mut other = limit.clone();
+    let svc = layer.layer(limit);
+
+    // A call that fails after 100 ms holds the limit's only permit; the next caller queues for it.
+    let mut first = svc.clone();
+    let failing = tokio::spawn(async move { send(&mut first, Call::SlowFail(100)).await });
+    tokio::task::yield_now().await;
+    let mut kept = svc.clone();
+    let mut kept_ready = task::spawn(kept.ready());
+    assert_pending!(kept_ready.poll());
+    // The breaker opens; the permit goes to the queued caller, whose call is rejected.
+    assert!(failing.await.unwrap().is_err());
+    let ready = assert_ready!(kept_ready.poll()).unwrap();
+    assert!(rejected(&ready.call(Call::Ok).await));
+    assert_eq!(handle.state(), State::Open);
+
+    // The rejected caller's service is kept, uncalled: the permit is free for others all the same.
+    drop(kept_ready);
+    let mut other_ready = task::spawn(other.ready());
+    assert_ready!(other_ready.poll()).unwrap();
+    drop(other_ready);
+    drop(kept);
 }
 
 #[tokio::test(start_paused = true)]
