@@ -25,17 +25,21 @@
 //!    of one.
 //! 2. `call` with a permit calls the inner service at once; the response future holds the permit.
 //! 3. `call` without one (the bulkhead was full at `poll_ready`) tries once more; if the bulkhead
-//!    is still full and `max_wait` is zero, the response future fails with [`Full`] and the inner
-//!    service stays ready for the next call. Otherwise the future waits for a permit: the service
-//!    that `poll_ready` made ready moves into the future with the request (`mem::replace` with a
-//!    clone, which the next `poll_ready` polls ready in turn), so when a permit comes, the call
-//!    goes to a service that was polled ready, never to a fresh clone. The call joins the FIFO
-//!    queue in `call`, before its future is first polled, so a future polled later (as behind
-//!    tower's `Buffer`) keeps its place. The future polls the bulkhead's semaphore directly (no
-//!    task spawned) and a `max_wait` timer, and fails with [`Full`] once `max_wait` has passed
-//!    without a permit: a permit returned after a queued call's `max_wait` has passed goes to the
-//!    next call still within its wait, even if that call's future was never polled in time or
-//!    its timer (tokio's timers tick in whole milliseconds) has yet to fire.
+//!    is still full and `max_wait` is zero, the response future fails with [`Full`], and the
+//!    inner service is replaced with a clone of it: its readiness may hold something for the
+//!    call (a permit of a limit below, a place in a `Buffer`) that a service kept uncalled (a
+//!    `Buffer`'s worker keeps one for good) would hold up others with, such as a retry below
+//!    whose call holds this bulkhead's permit, for ever. Otherwise the future waits for a
+//!    permit: the service that `poll_ready` made ready moves into the future with the request
+//!    (`mem::replace` with a clone, which the next `poll_ready` polls ready in turn), so when a
+//!    permit comes, the call goes to a service that was polled ready, never to a fresh clone.
+//!    The call joins the FIFO queue in `call`, before its future is first polled, so a future
+//!    polled later (as behind tower's `Buffer`) keeps its place. The future polls the bulkhead's
+//!    semaphore directly (no task spawned) and a `max_wait` timer, and fails with [`Full`] once
+//!    `max_wait` has passed without a permit: a permit returned after a queued call's `max_wait`
+//!    has passed goes to the next call still within its wait, even if that call's future was
+//!    never polled in time or its timer (tokio's timers tick in whole milliseconds) has yet to
+//!    fire.
 //!
 //! With [`backpressure(true)`](BulkheadConfigBuilder::backpressure) the bulkhead behaves like
 //! `ConcurrencyLimit` instead: `poll_ready` is `Pending` until a permit is free (FIFO), then
@@ -69,8 +73,9 @@
 //! The permits are a fair semaphore of seawall's own whose uncontended paths take no lock: an
 //! admitted call costs one compare-and-swap to take its permit, one to give it back, and one
 //! `Arc` clone; a rejected call (with `max_wait` zero) costs no compare-and-swap: it reads the
-//! permit word (in `poll_ready`, and again in `call`), finds no permit free and gives up. Neither
-//! allocates: [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
+//! permit word (in `poll_ready`, and again in `call`), finds no permit free and gives up, dropping
+//! the inner service's readiness with one clone of it. The bulkhead allocates for neither:
+//! [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
 //! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
 //! for its `max_wait` deadline) and when a returned permit goes to a waiter (once, to pass over
 //! waiters whose `max_wait` has passed); adaptive limits read it twice per call (when it starts and when

@@ -87,7 +87,7 @@ where
             Some(permit) => permit,
             None => match Permit::try_acquire_or_reject(&self.shared) {
                 Unreserved::Acquired(permit) => permit,
-                Unreserved::Rejected => return ResponseFuture::rejected(),
+                Unreserved::Rejected => return self.reject(),
                 Unreserved::Wait { place, deadline } => {
                     return self.call_waiting(place, deadline, request)
                 }
@@ -100,6 +100,22 @@ where
             None
         };
         ResponseFuture::running(self.inner.call(request), permit, timing, classifier)
+    }
+}
+
+impl<S: Clone, C, R> Bulkhead<S, C, R> {
+    /// The bulkhead is full and the call may not wait: it fails with [`Full`](crate::Full). The
+    /// inner service was polled ready for it, and its readiness may hold something for the call
+    /// (a permit of a limit below, a place in a `Buffer`) that only a call or a drop gives back.
+    /// Kept by a service that gets no call for a while (a `Buffer`'s worker keeps one for good),
+    /// it would hold up whoever needs it, such as the next attempt of a retry below whose call
+    /// holds this bulkhead's permit: a deadlock. So the inner service is replaced with a clone of
+    /// it, which holds nothing.
+    #[cold]
+    #[inline(never)]
+    fn reject<F, Req>(&mut self) -> ResponseFuture<F, S, Req, C, R> {
+        self.inner = self.inner.clone();
+        ResponseFuture::rejected()
     }
 }
 

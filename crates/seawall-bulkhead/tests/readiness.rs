@@ -258,3 +258,72 @@ async fn behind_buffer_an_empty_rate_limit_does_not_poison_the_buffer() {
         "rate limit exceeded"
     );
 }
+
+/// An inner service that takes the only permit of a concurrency limit once polled ready, and a
+/// clone of it (sharing the permit) to see whether it is free.
+fn limited_to_one() -> (
+    ConcurrencyLimit<impl Service<u32, Response = u32, Error = std::io::Error> + Clone>,
+    ConcurrencyLimit<impl Service<u32, Response = u32, Error = std::io::Error> + Clone>,
+) {
+    let limit = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        1,
+    );
+    (limit.clone(), limit)
+}
+
+/// Found by seawall's composition laws: behind a `Buffer`, a full bulkhead over a retry over a
+/// concurrency limit (tower's, or a bulkhead with backpressure) deadlocked. The worker's service
+/// was polled ready, which took the limit's only permit, and its call was rejected with `Full`;
+/// the worker kept the service, and with it the permit, while the call that held the bulkhead's
+/// permit waited for that permit for its retry. A rejected call hands back what its inner
+/// service's readiness holds.
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_hands_back_the_inner_services_readiness() {
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    // Another service of the layer holds the bulkhead's permit.
+    let (mut holder, _server) = mock::spawn_layer::<u32, u32, _>(bulkhead.clone());
+    assert_ready_ok!(holder.poll_ready());
+    let _running = holder.call(1);
+
+    let (inner, mut other) = limited_to_one();
+    let mut kept = bulkhead.layer(inner);
+    kept.ready().await.unwrap();
+    let err = kept.call(2).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+    // `kept` is kept, uncalled: the limit's permit is free for others all the same.
+    let mut other_ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(other_ready.poll()).unwrap();
+}
+
+/// The same for the rate limiters: a call rejected with `Limited` hands back what its inner
+/// service's readiness holds.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_call_hands_back_the_inner_services_readiness() {
+    let limiter = || {
+        RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(1)
+    };
+
+    let layer = limiter().build().unwrap();
+    let (inner, mut other) = limited_to_one();
+    let mut kept = layer.layer(inner);
+    assert_eq!(kept.ready().await.unwrap().call(1).await.unwrap(), 1);
+    kept.ready().await.unwrap();
+    let err = kept.call(2).await.unwrap_err();
+    assert!(is::<Limited>(&*err));
+    let mut other_ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(other_ready.poll()).unwrap();
+    drop(other_ready);
+
+    let keyed = limiter().build_keyed(|_: &u32| ()).unwrap();
+    let (inner, mut other) = limited_to_one();
+    let mut kept = keyed.layer(inner);
+    assert_eq!(kept.ready().await.unwrap().call(1).await.unwrap(), 1);
+    kept.ready().await.unwrap();
+    let err = kept.call(2).await.unwrap_err();
+    assert!(is::<Limited>(&*err));
+    let mut other_ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(other_ready.poll()).unwrap();
+}

@@ -473,7 +473,10 @@ where
                     }),
                 )
             }
-            Err(retry) => ResponseFuture::limited(self.shared.report.limited(retry)),
+            Err(retry) => {
+                super::service::drop_readiness(&mut self.inner);
+                ResponseFuture::limited(self.shared.report.limited(retry))
+            }
         }
     }
 }

@@ -194,9 +194,23 @@ where
                     }),
                 )
             }
-            Err(retry) => ResponseFuture::limited(self.shared.report.limited(retry)),
+            Err(retry) => {
+                drop_readiness(&mut self.inner);
+                ResponseFuture::limited(self.shared.report.limited(retry))
+            }
         }
     }
+}
+
+/// A call rejected with [`Limited`](super::Limited) is not made, yet `inner` was polled ready for
+/// it, and its readiness may hold something for the call (a permit of a limit below, a place in
+/// a `Buffer`) that only a call or a drop gives back. Kept by a service that gets no call for a
+/// while (a `Buffer`'s worker keeps one for good), it would hold up whoever needs it, such as a
+/// retry's next attempt. So `inner` is replaced with a clone of it, which holds nothing.
+#[cold]
+#[inline(never)]
+pub(super) fn drop_readiness<S: Clone>(inner: &mut S) {
+    *inner = inner.clone();
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
