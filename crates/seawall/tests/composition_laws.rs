@@ -7,7 +7,11 @@
 use proptest::prelude::*;
 use seawall::{
     breaker::{BreakerHandle, BreakerLayer, SlidingWindow, Snapshot, State, Transition},
-    bulkhead::{ratelimit::RateLimitLayer, BulkheadHandle, BulkheadLayer},
+    bulkhead::{
+        limit::{Aimd, Gradient2, Vegas},
+        ratelimit::RateLimitLayer,
+        BulkheadHandle, BulkheadLayer,
+    },
     core::{BoxError, RequestDeadline},
     fallback::FallbackLayer,
     retry::{HedgeLayer, RetryBudget, RetryLayer},
@@ -52,47 +56,91 @@ type Svc = BoxCloneService<Req, u64, BoxError>;
 /// One layer of a random stack (outermost first).
 #[derive(Debug, Clone)]
 enum LayerSpec {
-    /// A timeout of `ms`.
-    Timeout { ms: u64 },
+    /// A timeout of `ms`; with `per_try`, built as `TimeoutLayer::per_try()` (the canonical
+    /// stack's per-attempt timeout).
+    Timeout { ms: u64, per_try: bool },
     /// A fallback answering every error with `FALLBACK`.
     TotalFallback,
     /// A fallback answering only timeouts.
     TimeoutFallback,
     /// tower's `Buffer` (seawall under tower).
     Buffer { capacity: usize },
-    /// A retry of every error, up to `max_attempts`, under a ratio budget (no per-second floor).
-    Retry { max_attempts: u32, ratio_pct: u32 },
+    /// A retry of every error, up to `max_attempts`, under `budget`.
+    Retry {
+        max_attempts: u32,
+        budget: BudgetSpec,
+    },
     /// A hedge after `delay_ms`, at most `max_hedges` copies.
     Hedge { delay_ms: u64, max_hedges: u32 },
     /// A circuit breaker over a count window of `window` calls, opening at a 50 % failure rate
     /// once `min_calls` are in, waiting `wait_ms`, then admitting `probes` trial calls (for at
-    /// most `half_open_ms`).
+    /// most `half_open_ms`). With `backpressure`, `poll_ready` waits while it admits nothing.
     Breaker {
         window: u32,
         min_calls: u32,
         wait_ms: u64,
         probes: u32,
         half_open_ms: u64,
+        backpressure: bool,
     },
-    /// A bulkhead of `limit` permits; a call waits at most `max_wait_ms` for one.
-    Bulkhead { limit: usize, max_wait_ms: u64 },
+    /// A bulkhead of `limit` permits; a call waits at most `max_wait_ms` for one, or with
+    /// `backpressure` waits in `poll_ready` instead.
+    Bulkhead {
+        limit: LimitSpec,
+        max_wait_ms: u64,
+        backpressure: bool,
+    },
     /// A rate limiter of `per_sec` calls a second, bursts of `burst`, waiting at most
-    /// `max_wait_ms`.
+    /// `max_wait_ms`, or with `backpressure` waiting in `poll_ready` instead.
     RateLimit {
         per_sec: u64,
         burst: u64,
         max_wait_ms: u64,
+        backpressure: bool,
+    },
+}
+
+/// A retry layer's budget.
+#[derive(Debug, Clone, Copy)]
+enum BudgetSpec {
+    /// Finagle's ratio budget: `ratio_pct` % of the calls, no per-second floor.
+    Ratio { ratio_pct: u32 },
+    /// gRPC's token bucket: `max_tokens`, a success adds `ratio_tenths` / 10 tokens.
+    TokenBucket { max_tokens: u32, ratio_tenths: u32 },
+}
+
+/// A bulkhead's limit.
+#[derive(Debug, Clone, Copy)]
+enum LimitSpec {
+    Fixed(usize),
+    /// AIMD from `initial` within `1..=max`; a call slower than `timeout_ms` counts as dropped.
+    Aimd {
+        initial: usize,
+        max: usize,
+        timeout_ms: u64,
+    },
+    /// Gradient2 from `initial` within `1..=max`.
+    Gradient2 {
+        initial: usize,
+        max: usize,
+    },
+    /// Vegas from `initial` within `1..=max`.
+    Vegas {
+        initial: usize,
+        max: usize,
     },
 }
 
 const FALLBACK: u64 = u64::MAX;
 
-/// What the laws look at once a run has settled: each bulkhead's permits, and each breaker's
-/// admissions while it was not closed.
+/// What the laws look at once a run has settled: each bulkhead's permits, each breaker's
+/// admissions while it was not closed, and the attempts each retry saw succeed.
 #[derive(Default)]
 struct Observed {
     bulkheads: Mutex<Vec<BulkheadHandle>>,
     breakers: Mutex<Vec<Arc<BreakerWatch>>>,
+    /// For each retry, its attempts that answered `Ok` (each adds to a token bucket).
+    retry_successes: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -100,6 +148,7 @@ impl std::fmt::Debug for Observed {
         f.debug_struct("Observed")
             .field("bulkheads", &self.bulkheads.lock().unwrap().len())
             .field("breakers", &self.breakers.lock().unwrap().len())
+            .field("retries", &self.retry_successes.lock().unwrap().len())
             .finish()
     }
 }
@@ -202,11 +251,42 @@ impl Service<Req> for Watched {
     }
 }
 
+/// The service just under a retry: counts the attempts that answer `Ok`.
+#[derive(Clone)]
+struct Tallied {
+    inner: Svc,
+    successes: Arc<AtomicUsize>,
+}
+
+impl Service<Req> for Tallied {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let successes = self.successes.clone();
+        Box::pin(async move {
+            let result = fut.await;
+            if result.is_ok() {
+                successes.fetch_add(1, Ordering::SeqCst);
+            }
+            result
+        })
+    }
+}
+
 impl LayerSpec {
     fn apply(&self, inner: Svc, observed: &Observed) -> Svc {
         match *self {
-            LayerSpec::Timeout { ms } => {
-                BoxCloneService::new(TimeoutLayer::new(Duration::from_millis(ms)).layer(inner))
+            LayerSpec::Timeout { ms, per_try } => {
+                let layer = TimeoutLayer::new(Duration::from_millis(ms));
+                let layer = if per_try { layer.per_try() } else { layer };
+                BoxCloneService::new(layer.layer(inner))
             }
             LayerSpec::TotalFallback => BoxCloneService::new(
                 FallbackLayer::builder()
@@ -226,20 +306,33 @@ impl LayerSpec {
             }
             LayerSpec::Retry {
                 max_attempts,
-                ratio_pct,
+                budget,
             } => {
-                let budget = RetryBudget::builder()
-                    .ratio(ratio_pct as f64 / 100.0)
-                    .min_per_second(0)
-                    .build()
-                    .expect("valid budget");
+                let budget = match budget {
+                    BudgetSpec::Ratio { ratio_pct } => RetryBudget::builder()
+                        .ratio(ratio_pct as f64 / 100.0)
+                        .min_per_second(0)
+                        .build(),
+                    BudgetSpec::TokenBucket {
+                        max_tokens,
+                        ratio_tenths,
+                    } => RetryBudget::token_bucket(max_tokens as f64, ratio_tenths as f64 / 10.0),
+                }
+                .expect("valid budget");
                 let layer = RetryLayer::builder()
                     .max_attempts(max_attempts)
                     .budget(budget)
                     .seed(7)
                     .build()
                     .expect("valid retry");
-                BoxCloneService::new(layer.layer(inner))
+                let successes = Arc::new(AtomicUsize::new(0));
+                observed
+                    .retry_successes
+                    .lock()
+                    .unwrap()
+                    .push(successes.clone());
+                let tallied = BoxCloneService::new(Tallied { inner, successes });
+                BoxCloneService::new(layer.layer(tallied))
             }
             LayerSpec::Hedge {
                 delay_ms,
@@ -258,6 +351,7 @@ impl LayerSpec {
                 wait_ms,
                 probes,
                 half_open_ms,
+                backpressure,
             } => {
                 let generation = Arc::new(AtomicU64::new(0));
                 let seen = generation.clone();
@@ -268,6 +362,7 @@ impl LayerSpec {
                     .wait_duration(Duration::from_millis(wait_ms))
                     .permitted_probes(probes)
                     .max_wait_in_half_open(Duration::from_millis(half_open_ms))
+                    .backpressure(backpressure)
                     .seed(5)
                     .on_transition(move |_: &seawall::Name, t: &Transition| {
                         seen.store(t.generation, Ordering::SeqCst)
@@ -287,12 +382,55 @@ impl LayerSpec {
                 observed.breakers.lock().unwrap().push(watch.clone());
                 BoxCloneService::new(layer.layer(Watched { inner, watch }))
             }
-            LayerSpec::Bulkhead { limit, max_wait_ms } => {
-                let layer = BulkheadLayer::builder()
-                    .max_concurrent(limit)
+            LayerSpec::Bulkhead {
+                limit,
+                max_wait_ms,
+                backpressure,
+            } => {
+                let builder = BulkheadLayer::builder()
                     .max_wait(Duration::from_millis(max_wait_ms))
-                    .build()
-                    .expect("valid bulkhead");
+                    .backpressure(backpressure);
+                let layer = match limit {
+                    LimitSpec::Fixed(limit) => builder.max_concurrent(limit).build(),
+                    LimitSpec::Aimd {
+                        initial,
+                        max,
+                        timeout_ms,
+                    } => builder
+                        .adaptive(
+                            Aimd::builder()
+                                .initial_limit(initial)
+                                .min_limit(1)
+                                .max_limit(max)
+                                .backoff_ratio(0.5)
+                                .timeout(Duration::from_millis(timeout_ms))
+                                .build()
+                                .expect("valid AIMD"),
+                        )
+                        .build(),
+                    LimitSpec::Gradient2 { initial, max } => builder
+                        .adaptive(
+                            Gradient2::builder()
+                                .initial_limit(initial)
+                                .min_limit(1)
+                                .max_limit(max)
+                                .build()
+                                .expect("valid Gradient2"),
+                        )
+                        .build(),
+                    LimitSpec::Vegas { initial, max } => builder
+                        .adaptive(
+                            Vegas::builder()
+                                .initial_limit(initial)
+                                .min_limit(1)
+                                .max_limit(max)
+                                .seed(3)
+                                .build()
+                                .expect("valid Vegas"),
+                        )
+                        .build(),
+                }
+                .expect("valid bulkhead");
                 observed.bulkheads.lock().unwrap().push(layer.handle());
                 BoxCloneService::new(layer.layer(inner))
             }
@@ -300,11 +438,13 @@ impl LayerSpec {
                 per_sec,
                 burst,
                 max_wait_ms,
+                backpressure,
             } => {
                 let layer = RateLimitLayer::builder()
                     .rate(per_sec, Duration::from_secs(1))
                     .burst(burst)
                     .max_wait(Duration::from_millis(max_wait_ms))
+                    .backpressure(backpressure)
                     .build()
                     .expect("valid rate limit");
                 BoxCloneService::new(layer.layer(inner))
@@ -312,25 +452,80 @@ impl LayerSpec {
         }
     }
 
-    /// Whether this layer can make a call take longer than the layers inside it allow.
-    fn extends_time(&self) -> bool {
+    /// Whether this layer can make a call take longer than the layers inside it allow, once it
+    /// has been called: a wait in `poll_ready` (backpressure) comes before the call and is not
+    /// the call's. A `Buffer` is the exception: its worker polls the layers below ready after
+    /// the caller's `call`, so a wait there is the call's.
+    fn extends_time(&self, below: &[LayerSpec]) -> bool {
         match self {
             LayerSpec::Timeout { .. }
             | LayerSpec::TotalFallback
             | LayerSpec::TimeoutFallback
-            | LayerSpec::Buffer { .. }
             | LayerSpec::Breaker { .. } => false,
+            LayerSpec::Buffer { .. } => below.iter().any(LayerSpec::waits_in_poll_ready),
             LayerSpec::Bulkhead { max_wait_ms, .. } | LayerSpec::RateLimit { max_wait_ms, .. } => {
                 *max_wait_ms > 0
             }
             LayerSpec::Retry { .. } | LayerSpec::Hedge { .. } => true,
         }
     }
+
+    /// Whether this layer's own `poll_ready` can be pending (beyond passing on the inner
+    /// service's): a layer built with backpressure.
+    fn waits_in_poll_ready(&self) -> bool {
+        match self {
+            LayerSpec::Breaker { backpressure, .. }
+            | LayerSpec::Bulkhead { backpressure, .. }
+            | LayerSpec::RateLimit { backpressure, .. } => *backpressure,
+            _ => false,
+        }
+    }
+
+    /// Whether a service of this layer that is waiting in `poll_ready` can hold, for as long as
+    /// nobody polls or drops it, something another caller waits for: a bulkhead's permit handed
+    /// to its place in the queue (with backpressure), a `Buffer`'s slot, or a breaker's probe slot
+    /// (with backpressure) in a HalfOpen that outlasts the run.
+    fn can_hold_in_poll_ready(&self) -> bool {
+        match *self {
+            LayerSpec::Buffer { .. } => true,
+            LayerSpec::Bulkhead { backpressure, .. } => backpressure,
+            LayerSpec::Breaker {
+                backpressure,
+                half_open_ms,
+                ..
+            } => backpressure && half_open_ms >= SETTLE_SECS * 1_000,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a `Buffer` in `stack` may keep what a retry below it needs, until another call comes
+/// through it. tower's `Buffer` worker polls its service ready for the call at the head of its
+/// queue; if that call's caller gives up meanwhile (one of `calls` cancelled, or a timeout or a
+/// hedge above the `Buffer` dropping it), the worker drops the call but keeps the service, and
+/// with it whatever its readiness took for the call (see [`LayerSpec::can_hold_in_poll_ready`]).
+/// A retry below whose next attempt needs that then waits for the next call through the
+/// `Buffer`. That is tower's `Buffer`, not a seawall layer, and the laws leave such runs out.
+fn a_buffer_may_keep_what_a_retry_below_needs(stack: &[LayerSpec], calls: &[Call]) -> bool {
+    let cancelled = calls.iter().any(|c| c.cancel_after_ms.is_some());
+    stack.iter().enumerate().any(|(i, buffer)| {
+        let gives_up_above = stack[..i]
+            .iter()
+            .any(|l| matches!(l, LayerSpec::Timeout { .. } | LayerSpec::Hedge { .. }));
+        matches!(buffer, LayerSpec::Buffer { .. })
+            && (cancelled || gives_up_above)
+            && stack[i + 1..].iter().enumerate().any(|(j, retry)| {
+                matches!(retry, LayerSpec::Retry { .. })
+                    && stack[i + j + 2..]
+                        .iter()
+                        .any(LayerSpec::can_hold_in_poll_ready)
+            })
+    })
 }
 
 fn layer_spec() -> impl Strategy<Value = LayerSpec> {
     prop_oneof![
-        (1u64..500).prop_map(|ms| LayerSpec::Timeout { ms }),
+        timeout_spec(),
         Just(LayerSpec::TotalFallback),
         Just(LayerSpec::TimeoutFallback),
         (1usize..64).prop_map(|capacity| LayerSpec::Buffer { capacity }),
@@ -345,49 +540,92 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
     ]
 }
 
+fn timeout_spec() -> impl Strategy<Value = LayerSpec> {
+    (1u64..500, prop::bool::weighted(0.25))
+        .prop_map(|(ms, per_try)| LayerSpec::Timeout { ms, per_try })
+}
+
 fn breaker_spec() -> impl Strategy<Value = LayerSpec> {
-    (2u32..10, 1u32..6, 1u64..400, 1u32..4, 50u64..1_000).prop_map(
-        |(window, min_calls, wait_ms, probes, half_open_ms)| LayerSpec::Breaker {
-            window,
-            min_calls: min_calls.min(window),
-            wait_ms,
-            probes,
-            half_open_ms,
-        },
+    (
+        (2u32..10, 1u32..6, 1u64..400),
+        (1u32..4, 50u64..1_000, prop::bool::weighted(0.3)),
     )
+        .prop_map(
+            |((window, min_calls, wait_ms), (probes, half_open_ms, backpressure))| {
+                LayerSpec::Breaker {
+                    window,
+                    min_calls: min_calls.min(window),
+                    wait_ms,
+                    probes,
+                    half_open_ms,
+                    backpressure,
+                }
+            },
+        )
+}
+
+/// How a bulkhead or a rate limiter waits: `(max_wait_ms, backpressure)`. Rejecting at once,
+/// waiting in the response future, or waiting in `poll_ready`.
+fn waiting() -> impl Strategy<Value = (u64, bool)> {
+    prop_oneof![
+        Just((0u64, false)),
+        (1u64..200).prop_map(|ms| (ms, false)),
+        Just((0u64, true)),
+    ]
 }
 
 fn bulkhead_spec() -> impl Strategy<Value = LayerSpec> {
-    (1usize..6, prop_oneof![Just(0u64), 1u64..200])
-        .prop_map(|(limit, max_wait_ms)| LayerSpec::Bulkhead { limit, max_wait_ms })
+    let limit = prop_oneof![
+        3 => (1usize..6).prop_map(LimitSpec::Fixed),
+        1 => (1usize..4, 0usize..4, 20u64..300).prop_map(|(initial, more, timeout_ms)| {
+            LimitSpec::Aimd { initial, max: initial + more, timeout_ms }
+        }),
+        1 => (1usize..4, 0usize..4)
+            .prop_map(|(initial, more)| LimitSpec::Gradient2 { initial, max: initial + more }),
+        1 => (1usize..4, 0usize..4)
+            .prop_map(|(initial, more)| LimitSpec::Vegas { initial, max: initial + more }),
+    ];
+    (limit, waiting()).prop_map(|(limit, (max_wait_ms, backpressure))| LayerSpec::Bulkhead {
+        limit,
+        max_wait_ms,
+        backpressure,
+    })
 }
 
 fn rate_limit_spec() -> impl Strategy<Value = LayerSpec> {
-    (1u64..50, 1u64..5, prop_oneof![Just(0u64), 1u64..200]).prop_map(
-        |(per_sec, burst, max_wait_ms)| LayerSpec::RateLimit {
+    (1u64..50, 1u64..5, waiting()).prop_map(|(per_sec, burst, (max_wait_ms, backpressure))| {
+        LayerSpec::RateLimit {
             per_sec,
             burst,
             max_wait_ms,
-        },
-    )
+            backpressure,
+        }
+    })
 }
 
 fn retry_spec() -> impl Strategy<Value = LayerSpec> {
-    (1u32..5, 0u32..100).prop_map(|(max_attempts, ratio_pct)| LayerSpec::Retry {
+    let budget = prop_oneof![
+        3 => (0u32..100).prop_map(|ratio_pct| BudgetSpec::Ratio { ratio_pct }),
+        1 => (1u32..=10, 1u32..=10).prop_map(|(max_tokens, ratio_tenths)| {
+            BudgetSpec::TokenBucket { max_tokens, ratio_tenths }
+        }),
+    ];
+    (1u32..5, budget).prop_map(|(max_attempts, budget)| LayerSpec::Retry {
         max_attempts,
-        ratio_pct,
+        budget,
     })
 }
 
 /// Layers that neither multiply calls nor are a retry: for stacks around exactly one retry.
 fn plain_layer_spec() -> impl Strategy<Value = LayerSpec> {
     prop_oneof![
-        (1u64..500).prop_map(|ms| LayerSpec::Timeout { ms }),
+        timeout_spec(),
         Just(LayerSpec::TotalFallback),
         Just(LayerSpec::TimeoutFallback),
         (1usize..64).prop_map(|capacity| LayerSpec::Buffer { capacity }),
         breaker_spec(),
         bulkhead_spec(),
+        rate_limit_spec(),
     ]
 }
 
@@ -502,7 +740,7 @@ struct Run {
     in_flight: usize,
     /// Inner calls made in all.
     inner_calls: usize,
-    /// The stack's bulkheads and breakers.
+    /// The stack's bulkheads, breakers and retries.
     observed: Observed,
     /// Each breaker's snapshot at the end of the run, read in the run's virtual time: read after
     /// its runtime is gone, the clock falls back to real time, which has nothing to do with the
@@ -512,8 +750,9 @@ struct Run {
 
 /// How long a run may take in virtual time for its calls to settle.
 const SETTLE_SECS: u64 = 3600;
-/// How long a run waits once its calls have settled, for `Buffer` workers to wind down.
-const WIND_DOWN_SECS: u64 = 1;
+/// How long a run waits once its calls have settled, for `Buffer` workers to wind down (one may
+/// still wait for readiness, a rate limiter's permit or a breaker's wait, to find its caller gone).
+const WIND_DOWN_SECS: u64 = 60;
 
 /// Runs `calls` through the stack in paused time.
 fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
@@ -569,15 +808,30 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             });
         }
         // Nothing hangs: everything settles within an hour of virtual time.
-        let outcomes = tokio::time::timeout(Duration::from_secs(SETTLE_SECS), async {
+        let settled = tokio::time::timeout(Duration::from_secs(SETTLE_SECS), async {
             let mut outcomes = Vec::new();
             while let Some(joined) = tasks.join_next().await {
                 outcomes.extend(joined.expect("no task panics"));
             }
             outcomes
         })
-        .await
-        .expect("every call settles");
+        .await;
+        let Ok(outcomes) = settled else {
+            let breakers: Vec<_> = observed
+                .breakers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| w.handle.snapshot())
+                .collect();
+            panic!(
+                "{} calls did not settle; inner calls running: {}; bulkheads: {:?}; breakers: {:?}",
+                tasks.len(),
+                in_flight.load(Ordering::SeqCst),
+                observed.bulkheads.lock().unwrap(),
+                breakers,
+            );
+        };
         // What is still running once every caller has its answer or has given up was detached
         // from its caller. A couple of yields let a Buffer worker drop what it has in hand.
         for _ in 0..2 {
@@ -613,6 +867,7 @@ fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
             min_calls,
             wait_ms,
             probes,
+            backpressure,
             ..
         } => LayerSpec::Breaker {
             window,
@@ -620,36 +875,77 @@ fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
             wait_ms,
             probes,
             half_open_ms: 2 * (SETTLE_SECS + WIND_DOWN_SECS) * 1_000,
+            backpressure,
         },
         other => other,
     }
 }
 
-/// The deadline the outermost timeout guarantees, if no layer above it can extend a call.
+/// The deadline the outermost timeout guarantees from `call`, if no layer above it can extend a
+/// call (a per-try timeout bounds a call by its own duration as well).
 fn guaranteed_bound(stack: &[LayerSpec]) -> Option<Duration> {
-    for layer in stack {
-        if let LayerSpec::Timeout { ms } = layer {
+    for (i, layer) in stack.iter().enumerate() {
+        if let LayerSpec::Timeout { ms, .. } = layer {
             return Some(Duration::from_millis(*ms));
         }
-        if layer.extends_time() {
+        if layer.extends_time(&stack[i + 1..]) {
             return None;
         }
     }
     None
 }
 
+/// How many more inner calls than `calls` a run's one retry may make under `budget`, given how
+/// many of its attempts answered `Ok`; `None` when the inner calls are within the bound.
+fn over_budget(
+    budget: BudgetSpec,
+    calls: usize,
+    inner_calls: usize,
+    successes: usize,
+) -> Option<String> {
+    let extra = inner_calls.saturating_sub(calls);
+    match budget {
+        // Each call deposits `ratio` of a retry; each retry withdraws one (no floor).
+        BudgetSpec::Ratio { ratio_pct } => {
+            let allowed = calls * ratio_pct as usize / 100;
+            (extra > allowed).then(|| format!("{extra} retries, {allowed} allowed"))
+        }
+        // Tokens in thousandths: the bucket starts full at `max`; a failed attempt takes 1000, a
+        // successful one adds `ratio` (up to `max`); a retry follows a failure that left more
+        // than `max / 2`. So at the last retry, after `n` failures that each took a whole token,
+        // `max - 1000 n + ratio × successes > max / 2`: `2000 n < max + 2 ratio × successes`.
+        BudgetSpec::TokenBucket {
+            max_tokens,
+            ratio_tenths,
+        } => {
+            let max = max_tokens as usize * 1000;
+            let ratio = ratio_tenths as usize * 100;
+            (2000 * extra >= max + 2 * ratio * successes).then(|| {
+                format!(
+                    "{extra} retries with a bucket of {max_tokens} and {successes} successes \
+                     adding {ratio_tenths}/10 each"
+                )
+            })
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(seeded(cases()))]
 
-    /// No response arrives after its deadline.
+    /// No response arrives after its deadline: when no layer above the outermost timeout can
+    /// extend a call once it is called (a retry, a hedge, a bulkhead or rate limiter waiting in
+    /// its response future, a `Buffer` over anything that can wait in `poll_ready`), every call
+    /// answers within that timeout of its `call`.
     #[test]
     fn no_response_after_its_deadline(
         stack in prop::collection::vec(layer_spec(), 2..=6),
         calls in prop::collection::vec(call(), 1..20),
     ) {
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let outcomes = run(&stack, &calls).outcomes;
         if let Some(bound) = guaranteed_bound(&stack) {
-            for o in &outcomes {
+            for o in outcomes.iter() {
                 prop_assert!(o.took <= bound, "took {:?} > {:?}: {:?}", o.took, bound, o.result);
             }
         }
@@ -667,10 +963,11 @@ proptest! {
     ) {
         // Work about as long as the outer timeout, so that answers land next to its deadline.
         let mut stack = below;
-        stack.insert(0, LayerSpec::Timeout { ms: outer_ms });
+        stack.insert(0, LayerSpec::Timeout { ms: outer_ms, per_try: false });
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let outcomes = run(&stack, &calls).outcomes;
         let bound = Duration::from_millis(outer_ms);
-        for o in &outcomes {
+        for o in outcomes.iter() {
             let timed_out = matches!(&o.result, Ok(FALLBACK))
                 || matches!(&o.result, Err(e) if e == "request timed out");
             if !timed_out {
@@ -687,20 +984,22 @@ proptest! {
     ) {
         let mut stack = stack;
         stack.insert(0, LayerSpec::TotalFallback);
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let outcomes = run(&stack, &calls).outcomes;
         for o in &outcomes {
             prop_assert!(o.result.is_ok(), "{:?}", o.result);
         }
     }
 
-    /// Nothing panics or hangs, cancellation included: every call waited for gets an answer, and
-    /// once every call has settled no inner call is left running (cancelled and timed-out calls
-    /// were really dropped, not left to finish on their own).
+    /// Nothing panics or hangs, cancellation and waits in `poll_ready` included: every call
+    /// waited for gets an answer, and once every call has settled no inner call is left running
+    /// (cancelled and timed-out calls were really dropped, not left to finish on their own).
     #[test]
     fn nothing_hangs_and_nothing_leaks(
         stack in prop::collection::vec(layer_spec(), 2..=6),
         calls in prop::collection::vec(call(), 1..30),
     ) {
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let run = run(&stack, &calls);
         let waited_for = calls.iter().filter(|c| c.cancel_after_ms.is_none()).count();
         prop_assert_eq!(run.outcomes.len(), waited_for);
@@ -713,6 +1012,7 @@ proptest! {
         stack in prop::collection::vec(layer_spec(), 2..=6),
         calls in prop::collection::vec(call(), 1..20),
     ) {
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let outcomes = run(&stack, &calls).outcomes;
         let works: Vec<u64> = calls.iter().map(|c| c.req.work_ms).collect();
         for o in &outcomes {
@@ -722,8 +1022,10 @@ proptest! {
         }
     }
 
-    /// Retries stay within their budget: with one retry layer in the stack (ratio r, no
-    /// per-second floor), the inner service sees at most `calls + floor(r × calls)` calls.
+    /// Retries stay within their budget: with one retry layer in the stack, the inner service
+    /// sees at most `calls + floor(r × calls)` calls under a ratio budget (ratio r, no
+    /// per-second floor), and under a token bucket at most as many more than `calls` as its
+    /// tokens above half and the successes' refills allow (see `over_budget`).
     #[test]
     fn retries_stay_within_budget(
         above in prop::collection::vec(plain_layer_spec(), 0..=3),
@@ -731,28 +1033,32 @@ proptest! {
         below in prop::collection::vec(plain_layer_spec(), 0..=2),
         calls in prop::collection::vec(call(), 1..30),
     ) {
-        let ratio_pct = match retry {
-            LayerSpec::Retry { ratio_pct, .. } => ratio_pct,
+        let budget = match retry {
+            LayerSpec::Retry { budget, .. } => budget,
             _ => unreachable!(),
         };
         let mut stack = above;
         stack.push(retry);
         stack.extend(below);
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let run = run(&stack, &calls);
-        let allowed = calls.len() + calls.len() * ratio_pct as usize / 100;
+        let successes = run.observed.retry_successes.lock().unwrap()[0].load(Ordering::SeqCst);
+        let over = over_budget(budget, calls.len(), run.inner_calls, successes);
         prop_assert!(
-            run.inner_calls <= allowed,
-            "{} inner calls for {} requests at ratio {}%",
+            over.is_none(),
+            "{} inner calls for {} requests: {}",
             run.inner_calls,
             calls.len(),
-            ratio_pct
+            over.unwrap()
         );
     }
 
-    /// Permits are conserved after quiescence: once every call has settled (cancellations and
-    /// timeouts included), each bulkhead has its full limit available, no call in flight and none
-    /// waiting, and no breaker holds a trial-call slot. The breakers' HalfOpen outlasts the run,
-    /// so a slot lost at any point of it is still held at the end rather than cleared by the
+    /// Permits are conserved after quiescence: once every call has settled (cancellations,
+    /// timeouts and waits in `poll_ready` included), each bulkhead, fixed or
+    /// adaptive, has its whole current limit available, no call in flight and none waiting
+    /// (in its response future or in `poll_ready`), and no breaker holds a trial-call slot,
+    /// reserved by a `poll_ready` or taken by a call. The breakers' HalfOpen outlasts the run, so
+    /// a slot lost at any point of it is still held at the end rather than cleared by the
     /// HalfOpen running out.
     #[test]
     fn permits_are_conserved_after_quiescence(
@@ -764,6 +1070,7 @@ proptest! {
         let mut stack: Vec<LayerSpec> = above.into_iter().map(half_open_past_any_run).collect();
         stack.push(bulkhead);
         stack.extend(below.into_iter().map(half_open_past_any_run));
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let run = run(&stack, &calls);
         for b in run.observed.bulkheads.lock().unwrap().iter() {
             prop_assert_eq!(b.available(), b.limit(), "permits lost");
@@ -779,7 +1086,9 @@ proptest! {
 
     /// An open breaker lets through at most its probes: no call is admitted while it is Open, and
     /// of the trial calls one HalfOpen admits, at most `permitted_probes` run to completion (a
-    /// cancelled probe hands its slot back to another), so never more run at once either.
+    /// cancelled probe hands its slot back to another), so never more run at once either. The
+    /// same holds with backpressure, and with slots reserved in `poll_ready` for calls never made
+    /// (the breaker changed state first): the watch counts the calls the breaker lets through.
     #[test]
     fn an_open_breaker_lets_through_at_most_its_probes(
         above in prop::collection::vec(layer_spec(), 0..=3),
@@ -790,6 +1099,7 @@ proptest! {
         let mut stack = above;
         stack.push(breaker);
         stack.extend(below);
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
         let run = run(&stack, &calls);
         for w in run.observed.breakers.lock().unwrap().iter() {
             prop_assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
@@ -816,6 +1126,7 @@ fn the_breaker_watch_sees_trial_calls() {
         wait_ms: 50,
         probes: 2,
         half_open_ms: 500,
+        backpressure: false,
     }];
     let calls: Vec<Call> = (0..40)
         .map(|i| Call {
@@ -855,10 +1166,12 @@ fn a_cancelled_probe_hands_its_slot_back_within_one_half_open() {
             wait_ms: 28,
             probes: 1,
             half_open_ms: 276,
+            backpressure: false,
         }),
         LayerSpec::Bulkhead {
-            limit: 1,
+            limit: LimitSpec::Fixed(1),
             max_wait_ms: 0,
+            backpressure: false,
         },
     ];
     let call = |start_ms, fail, cancel_after_ms| Call {
@@ -888,8 +1201,9 @@ fn the_bulkhead_is_full_under_load_and_drains() {
     let stack = [
         LayerSpec::TotalFallback,
         LayerSpec::Bulkhead {
-            limit: 2,
+            limit: LimitSpec::Fixed(2),
             max_wait_ms: 100,
+            backpressure: false,
         },
     ];
     let calls: Vec<Call> = (0..10)
@@ -924,7 +1238,7 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
         },
         LayerSpec::Retry {
             max_attempts: 2,
-            ratio_pct: 12,
+            budget: BudgetSpec::Ratio { ratio_pct: 12 },
         },
         LayerSpec::Buffer { capacity: 1 },
     ];
@@ -944,4 +1258,211 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
     let run = run(&stack, &calls);
     assert_eq!(run.outcomes.len(), 9);
     assert_eq!(run.in_flight, 0);
+}
+
+/// Found by `permits_are_conserved_after_quiescence`: a breaker with backpressure, over a bulkhead
+/// with backpressure, kept a caller whose permit had gone stale (the breaker opened while the
+/// caller queued for the bulkhead) waiting with the bulkhead's permit held by its place in the
+/// queue, while the HalfOpen probe waited for that permit: nothing moved until HalfOpen gave up
+/// on its probe, here never.
+#[test]
+fn a_breaker_with_backpressure_over_a_bulkhead_with_backpressure_does_not_deadlock() {
+    let stack = [
+        half_open_past_any_run(LayerSpec::Breaker {
+            window: 2,
+            min_calls: 1,
+            wait_ms: 1,
+            probes: 2,
+            half_open_ms: 50,
+            backpressure: true,
+        }),
+        LayerSpec::Bulkhead {
+            limit: LimitSpec::Fixed(3),
+            max_wait_ms: 0,
+            backpressure: true,
+        },
+    ];
+    let call = |start_ms, work_ms, fail| Call {
+        start_ms,
+        start_extra_us: 0,
+        req: Req {
+            work_ms,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+        },
+        cancel_after_ms: None,
+    };
+    let calls = [
+        call(772, 0, false),
+        call(341, 311, false),
+        call(385, 117, true),
+        call(385, 120, false),
+        call(385, 2, false),
+        call(250, 0, false),
+        call(341, 120, false),
+        call(385, 0, false),
+        call(114, 12, true),
+        call(93, 679, false),
+        call(341, 2, true),
+    ];
+    let run = run(&stack, &calls);
+    assert_eq!(run.outcomes.len(), calls.len());
+    let bulkheads = run.observed.bulkheads.lock().unwrap();
+    assert_eq!(bulkheads[0].available(), 3);
+    assert_eq!(run.breakers[0].probes_in_use, run.breakers[0].probe_results);
+}
+
+/// Found by `retries_stay_within_budget`: behind a `Buffer`, a breaker rejected a call whose
+/// permit had gone stale after it polled the retry below ready, and the worker kept that service,
+/// uncalled, with the permit of the bulkhead (with backpressure) at the bottom that its readiness
+/// had taken, while the retry of an earlier call waited for that permit. The same held up a full
+/// bulkhead in the breaker's place, for ever: the call waiting for its retry held the upper
+/// bulkhead's only permit, so every later call through the worker was rejected in turn.
+#[test]
+fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_needs() {
+    let call = |start_ms, work_ms, fail| Call {
+        start_ms,
+        start_extra_us: 0,
+        req: Req {
+            work_ms,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+        },
+        cancel_after_ms: None,
+    };
+    let retry_over_a_bulkhead_with_backpressure = [
+        LayerSpec::Retry {
+            max_attempts: 2,
+            budget: BudgetSpec::Ratio { ratio_pct: 29 },
+        },
+        LayerSpec::Bulkhead {
+            limit: LimitSpec::Fixed(1),
+            max_wait_ms: 0,
+            backpressure: true,
+        },
+    ];
+    let breaker = LayerSpec::Breaker {
+        window: 5,
+        min_calls: 1,
+        wait_ms: 1,
+        probes: 1,
+        half_open_ms: 50,
+        backpressure: false,
+    };
+    let mut stack = vec![LayerSpec::Buffer { capacity: 1 }, breaker];
+    stack.extend(retry_over_a_bulkhead_with_backpressure.iter().cloned());
+    let calls = [
+        call(0, 0, false),
+        call(93, 0, true),
+        call(93, 0, true),
+        call(93, 0, true),
+        call(93, 0, false),
+        call(0, 94, false),
+    ];
+    assert_eq!(run(&stack, &calls).outcomes.len(), calls.len());
+
+    let full = LayerSpec::Bulkhead {
+        limit: LimitSpec::Fixed(1),
+        max_wait_ms: 0,
+        backpressure: false,
+    };
+    let mut stack = vec![LayerSpec::Buffer { capacity: 1 }, full];
+    stack.extend(retry_over_a_bulkhead_with_backpressure.iter().cloned());
+    let calls = [call(0, 100, true), call(50, 0, false), call(500, 0, false)];
+    let run = run(&stack, &calls);
+    assert_eq!(run.outcomes.len(), calls.len());
+    assert!(
+        run.outcomes.iter().any(|o| o.result.is_err()),
+        "the full bulkhead rejected a call"
+    );
+}
+
+/// The token-bucket half of the budget law is not vacuous, and as tight as the bucket: with ten
+/// tokens and no success, a retry is allowed after a failure that leaves more than five, so
+/// failed attempts leave 9, 8, 7 and 6 tokens and are retried, and the one that leaves 5 is not:
+/// four retries, the most the law allows.
+#[test]
+fn a_token_bucket_allows_the_retries_the_budget_law_allows() {
+    let budget = BudgetSpec::TokenBucket {
+        max_tokens: 10,
+        ratio_tenths: 1,
+    };
+    let stack = [LayerSpec::Retry {
+        max_attempts: 10,
+        budget,
+    }];
+    let calls: Vec<Call> = (0..3)
+        .map(|i| Call {
+            start_ms: i * 1_000,
+            start_extra_us: 0,
+            req: Req {
+                work_ms: 0,
+                work_extra_us: 0,
+                fail: true,
+                deadline: None,
+            },
+            cancel_after_ms: None,
+        })
+        .collect();
+    let run = run(&stack, &calls);
+    assert_eq!(run.inner_calls, calls.len() + 4);
+    assert_eq!(over_budget(budget, calls.len(), run.inner_calls, 0), None);
+    assert!(over_budget(budget, calls.len(), run.inner_calls + 1, 0).is_some());
+}
+
+/// The backpressure variants are not vacuous: a bulkhead, a rate limiter and a breaker with
+/// backpressure keep callers waiting in `poll_ready` rather than reject them, behind a `Buffer`
+/// too; every call is answered by the inner service.
+#[test]
+fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
+    let call = |start_ms, fail| Call {
+        start_ms,
+        start_extra_us: 0,
+        req: Req {
+            work_ms: 100,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+        },
+        cancel_after_ms: None,
+    };
+    let bulkhead = LayerSpec::Bulkhead {
+        limit: LimitSpec::Fixed(1),
+        max_wait_ms: 0,
+        backpressure: true,
+    };
+    let rate_limit = LayerSpec::RateLimit {
+        per_sec: 5,
+        burst: 1,
+        max_wait_ms: 0,
+        backpressure: true,
+    };
+    for stack in [
+        vec![bulkhead.clone()],
+        vec![rate_limit.clone()],
+        vec![LayerSpec::Buffer { capacity: 2 }, bulkhead, rate_limit],
+    ] {
+        let calls = vec![call(0, false); 4];
+        let run = run(&stack, &calls);
+        assert_eq!(run.inner_calls, 4, "{stack:?}");
+        assert!(
+            run.outcomes.iter().all(|o| o.result == Ok(100)),
+            "{stack:?}"
+        );
+    }
+    // Opened by a failure, the breaker keeps the next caller waiting until it half-opens.
+    let stack = [LayerSpec::Breaker {
+        window: 2,
+        min_calls: 1,
+        wait_ms: 300,
+        probes: 1,
+        half_open_ms: 1_000,
+        backpressure: true,
+    }];
+    let run = run(&stack, &[call(0, true), call(150, false)]);
+    assert_eq!(run.inner_calls, 2);
+    assert!(run.outcomes.iter().any(|o| o.result == Ok(100)));
+    assert_eq!(run.breakers[0].state, State::Closed);
 }
