@@ -1,6 +1,7 @@
 //! Composition laws, checked with proptest over random stacks of seawall layers in random order with
-//! random valid configurations, around an inner service with random latency, errors and
-//! cancellations, in paused virtual time. Each law is its own test and shrinks to a minimal stack.
+//! random valid configurations, around an inner service with random latency, errors, readiness
+//! (pending for a while, or failing) and cancellations, in paused virtual time. Each law is its own
+//! test and shrinks to a minimal stack.
 //!
 //! `SEAWALL_PROPTEST_CASES` raises the number of cases (default 256 per law).
 
@@ -18,18 +19,18 @@ use seawall::{
     timeout::TimeoutLayer,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
-use tower::{buffer::BufferLayer, service_fn, util::BoxCloneService, Layer, Service, ServiceExt};
+use tokio::time::{Instant, Sleep};
+use tower::{buffer::BufferLayer, util::BoxCloneService, Layer, Service, ServiceExt};
 
 /// A request: how long the inner service works on it, whether it fails, and when the caller gives
 /// up on it (a cancellation).
@@ -456,13 +457,16 @@ impl LayerSpec {
     /// has been called: a wait in `poll_ready` (backpressure) comes before the call and is not
     /// the call's. A `Buffer` is the exception: its worker polls the layers below ready after
     /// the caller's `call`, so a wait there is the call's.
-    fn extends_time(&self, below: &[LayerSpec]) -> bool {
+    fn extends_time(&self, below: &[LayerSpec], readiness: &[Readiness]) -> bool {
         match self {
             LayerSpec::Timeout { .. }
             | LayerSpec::TotalFallback
             | LayerSpec::TimeoutFallback
             | LayerSpec::Breaker { .. } => false,
-            LayerSpec::Buffer { .. } => below.iter().any(LayerSpec::waits_in_poll_ready),
+            LayerSpec::Buffer { .. } => {
+                below.iter().any(LayerSpec::waits_in_poll_ready)
+                    || readiness.iter().any(Readiness::waits)
+            }
             LayerSpec::Bulkhead { max_wait_ms, .. } | LayerSpec::RateLimit { max_wait_ms, .. } => {
                 *max_wait_ms > 0
             }
@@ -629,6 +633,18 @@ fn plain_layer_spec() -> impl Strategy<Value = LayerSpec> {
     ]
 }
 
+/// How the inner service gets ready each time it has to (a fresh clone, or after a call used its
+/// readiness): a script played in a loop, empty for always ready. Mostly ready or pending for a
+/// while; now and then a readiness error.
+fn readiness_script() -> impl Strategy<Value = Vec<Readiness>> {
+    let step = prop_oneof![
+        6 => Just(Readiness::Ready),
+        4 => (1u64..300).prop_map(|ms| Readiness::Pending { ms }),
+        1 => prop_oneof![Just(0u64), 1u64..200].prop_map(|after_ms| Readiness::Fail { after_ms }),
+    ];
+    prop::collection::vec(step, 0..6)
+}
+
 /// A call: the request, and after how long the caller drops it (None: waits for the answer).
 #[derive(Debug, Clone)]
 struct Call {
@@ -696,20 +712,167 @@ fn seeded(cases: u32) -> ProptestConfig {
     config
 }
 
-/// The inner service: sleeps `work_ms`, then fails or answers `work_ms`. Counts calls in flight.
-fn inner(in_flight: Arc<AtomicUsize>, calls: Arc<AtomicUsize>) -> Svc {
-    BoxCloneService::new(service_fn(move |req: Req| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        let in_flight = in_flight.clone();
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        struct Done(Arc<AtomicUsize>);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
+/// How the inner service gets ready, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// At once.
+    Ready,
+    /// Pending for `ms` (woken by a timer), then ready.
+    Pending { ms: u64 },
+    /// After `after_ms` (at once for zero), an error from `poll_ready`: that instance of the
+    /// service is gone for good.
+    Fail { after_ms: u64 },
+}
+
+impl Readiness {
+    /// Whether getting ready this way takes time.
+    fn waits(&self) -> bool {
+        match *self {
+            Readiness::Ready => false,
+            Readiness::Pending { .. } => true,
+            Readiness::Fail { after_ms } => after_ms > 0,
+        }
+    }
+}
+
+/// What the inner service's readiness error says.
+const NOT_READY: &str = "inner service not ready";
+
+tokio::task_local! {
+    /// The call a caller's task makes: its index in the run's calls.
+    static CALL: usize;
+}
+
+/// What every instance of the inner service shares.
+struct InnerShared {
+    /// Calls still running.
+    in_flight: AtomicUsize,
+    /// Calls made in all.
+    calls: AtomicUsize,
+    /// The readiness script, played in a loop (always ready when empty), and the next step.
+    script: Vec<Readiness>,
+    next: AtomicUsize,
+    /// The calls whose own task saw a readiness error (the caller polling the stack ready, or a
+    /// layer's response future polling the inner service ready for another attempt). A `Buffer`'s
+    /// worker polls in a task of its own: what it sees belongs to no call.
+    saw_readiness_error: Mutex<HashSet<usize>>,
+    /// Breaches of tower's contract by the layers above: polled again after a readiness error, or
+    /// called without being ready.
+    breaches: Mutex<Vec<&'static str>>,
+}
+
+impl InnerShared {
+    fn next_readiness(&self) -> Readiness {
+        if self.script.is_empty() {
+            return Readiness::Ready;
+        }
+        let step = self.next.fetch_add(1, Ordering::SeqCst);
+        self.script[step % self.script.len()]
+    }
+
+    fn breach(&self, what: &'static str) {
+        self.breaches.lock().unwrap().push(what);
+    }
+}
+
+/// The inner service: sleeps `work_ms`, then fails or answers `work_ms`; gets ready as its script
+/// says. Each instance gets ready on its own, as tower's `ConcurrencyLimit` does: a clone is not
+/// ready, and a call uses up the readiness. It checks tower's contract on its callers: no call
+/// without readiness, no poll after a readiness error.
+struct Inner {
+    shared: Arc<InnerShared>,
+    state: Readying,
+}
+
+/// Where one instance of the inner service is in getting ready.
+enum Readying {
+    /// Not polled since it was made or last called.
+    Unpolled,
+    /// Pending until `sleep` fires; then ready, or failed with `fail`.
+    Waiting {
+        sleep: Pin<Box<Sleep>>,
+        fail: bool,
+    },
+    Ready,
+    /// Its `poll_ready` returned an error: it must not be polled again.
+    Failed,
+}
+
+impl Clone for Inner {
+    fn clone(&self) -> Self {
+        Inner {
+            shared: self.shared.clone(),
+            state: Readying::Unpolled,
+        }
+    }
+}
+
+impl Inner {
+    fn fail(&mut self) -> Poll<Result<(), BoxError>> {
+        self.state = Readying::Failed;
+        if let Ok(call) = CALL.try_with(|call| *call) {
+            self.shared.saw_readiness_error.lock().unwrap().insert(call);
+        }
+        Poll::Ready(Err(NOT_READY.into()))
+    }
+}
+
+impl Service<Req> for Inner {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            match &mut self.state {
+                Readying::Ready => return Poll::Ready(Ok(())),
+                Readying::Failed => {
+                    self.shared
+                        .breach("the inner service was polled again after its readiness error");
+                    return Poll::Ready(Err(NOT_READY.into()));
+                }
+                Readying::Unpolled => {
+                    let wait = |ms| Box::pin(tokio::time::sleep(Duration::from_millis(ms)));
+                    self.state = match self.shared.next_readiness() {
+                        Readiness::Ready => Readying::Ready,
+                        Readiness::Pending { ms } => Readying::Waiting {
+                            sleep: wait(ms),
+                            fail: false,
+                        },
+                        Readiness::Fail { after_ms: 0 } => return self.fail(),
+                        Readiness::Fail { after_ms } => Readying::Waiting {
+                            sleep: wait(after_ms),
+                            fail: true,
+                        },
+                    };
+                }
+                Readying::Waiting { sleep, fail } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    if *fail {
+                        return self.fail();
+                    }
+                    self.state = Readying::Ready;
+                }
             }
         }
-        let done = Done(in_flight);
-        async move {
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if !matches!(self.state, Readying::Ready) {
+            self.shared
+                .breach("the inner service was called without poll_ready returning Ready");
+        }
+        self.state = Readying::Unpolled;
+        self.shared.calls.fetch_add(1, Ordering::SeqCst);
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        struct Done(Arc<InnerShared>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let done = Done(self.shared.clone());
+        Box::pin(async move {
             let _done = done;
             tokio::time::sleep(
                 Duration::from_millis(req.work_ms) + Duration::from_micros(req.work_extra_us),
@@ -720,13 +883,18 @@ fn inner(in_flight: Arc<AtomicUsize>, calls: Arc<AtomicUsize>) -> Svc {
             } else {
                 Ok(req.work_ms)
             }
-        }
-    }))
+        })
+    }
 }
 
 /// What happened to one call that was not cancelled.
 #[derive(Debug)]
 struct Outcome {
+    /// The call's index in the run's calls.
+    call: usize,
+    /// Whether the stack got ready and was called (else getting ready failed).
+    called: bool,
+    /// From `call` to the answer; zero when the stack was never called.
     took: Duration,
     result: Result<u64, String>,
 }
@@ -740,6 +908,8 @@ struct Run {
     in_flight: usize,
     /// Inner calls made in all.
     inner_calls: usize,
+    /// The calls whose own task saw the inner service fail to get ready.
+    saw_readiness_error: HashSet<usize>,
     /// The stack's bulkheads, breakers and retries.
     observed: Observed,
     /// Each breaker's snapshot at the end of the run, read in the run's virtual time: read after
@@ -754,26 +924,38 @@ const SETTLE_SECS: u64 = 3600;
 /// still wait for readiness, a rate limiter's permit or a breaker's wait, to find its caller gone).
 const WIND_DOWN_SECS: u64 = 60;
 
-/// Runs `calls` through the stack in paused time.
-fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
+/// Runs `calls` through the stack in paused time, around an inner service that gets ready as
+/// `readiness` says. Every run checks tower's contract on the inner service: it is never called
+/// without being ready, nor polled again after a readiness error.
+fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
     rt.block_on(async {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let inner_calls = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(InnerShared {
+            in_flight: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+            script: readiness.to_vec(),
+            next: AtomicUsize::new(0),
+            saw_readiness_error: Mutex::default(),
+            breaches: Mutex::default(),
+        });
         let observed = Observed::default();
-        let svc = stack.iter().rev().fold(
-            inner(in_flight.clone(), inner_calls.clone()),
-            |svc, layer| layer.apply(svc, &observed),
-        );
+        let inner = BoxCloneService::new(Inner {
+            shared: shared.clone(),
+            state: Readying::Unpolled,
+        });
+        let svc = stack
+            .iter()
+            .rev()
+            .fold(inner, |svc, layer| layer.apply(svc, &observed));
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for c in calls.iter().cloned() {
+        for (i, c) in calls.iter().cloned().enumerate() {
             let svc = svc.clone();
-            tasks.spawn(async move {
+            tasks.spawn(CALL.scope(i, async move {
                 tokio::time::sleep_until(start + Duration::from_millis(c.start_ms)).await;
                 // Paused time wakes sleepers on the timer's millisecond ticks; only `advance`
                 // moves the clock between them.
@@ -783,13 +965,13 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
                 // A deadline bounds a call from `call`, not the wait for readiness before it.
                 let fut = async move {
                     let mut svc = svc;
-                    let start = Instant::now();
                     match svc.ready().await {
                         Ok(ready) => {
                             let t0 = Instant::now();
-                            (t0, ready.call(c.req).await)
+                            let result = ready.call(c.req).await;
+                            (true, t0.elapsed(), result)
                         }
-                        Err(e) => (start, Err(e)),
+                        Err(e) => (false, Duration::ZERO, Err(e)),
                     }
                 };
                 match c.cancel_after_ms {
@@ -798,14 +980,16 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
                         None
                     }
                     None => {
-                        let (t0, result) = fut.await;
+                        let (called, took, result) = fut.await;
                         Some(Outcome {
-                            took: t0.elapsed(),
+                            call: i,
+                            called,
+                            took,
                             result: result.map_err(|e| e.to_string()),
                         })
                     }
                 }
-            });
+            }));
         }
         // Nothing hangs: everything settles within an hour of virtual time.
         let settled = tokio::time::timeout(Duration::from_secs(SETTLE_SECS), async {
@@ -827,7 +1011,7 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             panic!(
                 "{} calls did not settle; inner calls running: {}; bulkheads: {:?}; breakers: {:?}",
                 tasks.len(),
-                in_flight.load(Ordering::SeqCst),
+                shared.in_flight.load(Ordering::SeqCst),
                 observed.bulkheads.lock().unwrap(),
                 breakers,
             );
@@ -837,7 +1021,7 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
         for _ in 0..2 {
             tokio::task::yield_now().await;
         }
-        let in_flight = in_flight.load(Ordering::SeqCst);
+        let in_flight = shared.in_flight.load(Ordering::SeqCst);
         drop(svc);
         // Let Buffer workers wind down.
         tokio::time::sleep(Duration::from_secs(WIND_DOWN_SECS)).await;
@@ -848,10 +1032,14 @@ fn run(stack: &[LayerSpec], calls: &[Call]) -> Run {
             .iter()
             .map(|w| w.handle.snapshot())
             .collect();
+        let breaches = std::mem::take(&mut *shared.breaches.lock().unwrap());
+        assert!(breaches.is_empty(), "tower's contract broken: {breaches:?}");
+        let saw_readiness_error = std::mem::take(&mut *shared.saw_readiness_error.lock().unwrap());
         Run {
             outcomes,
             in_flight,
-            inner_calls: inner_calls.load(Ordering::SeqCst),
+            inner_calls: shared.calls.load(Ordering::SeqCst),
+            saw_readiness_error,
             observed,
             breakers,
         }
@@ -883,12 +1071,12 @@ fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
 
 /// The deadline the outermost timeout guarantees from `call`, if no layer above it can extend a
 /// call (a per-try timeout bounds a call by its own duration as well).
-fn guaranteed_bound(stack: &[LayerSpec]) -> Option<Duration> {
+fn guaranteed_bound(stack: &[LayerSpec], readiness: &[Readiness]) -> Option<Duration> {
     for (i, layer) in stack.iter().enumerate() {
         if let LayerSpec::Timeout { ms, .. } = layer {
             return Some(Duration::from_millis(*ms));
         }
-        if layer.extends_time(&stack[i + 1..]) {
+        if layer.extends_time(&stack[i + 1..], readiness) {
             return None;
         }
     }
@@ -936,16 +1124,18 @@ proptest! {
     /// No response arrives after its deadline: when no layer above the outermost timeout can
     /// extend a call once it is called (a retry, a hedge, a bulkhead or rate limiter waiting in
     /// its response future, a `Buffer` over anything that can wait in `poll_ready`), every call
-    /// answers within that timeout of its `call`.
+    /// answers within that timeout of its `call`. A call whose stack failed to get ready was
+    /// never called and has no deadline.
     #[test]
     fn no_response_after_its_deadline(
         stack in prop::collection::vec(layer_spec(), 2..=6),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..20),
     ) {
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let outcomes = run(&stack, &calls).outcomes;
-        if let Some(bound) = guaranteed_bound(&stack) {
-            for o in outcomes.iter() {
+        let outcomes = run(&stack, &calls, &readiness).outcomes;
+        if let Some(bound) = guaranteed_bound(&stack, &readiness) {
+            for o in outcomes.iter().filter(|o| o.called) {
                 prop_assert!(o.took <= bound, "took {:?} > {:?}: {:?}", o.took, bound, o.result);
             }
         }
@@ -954,20 +1144,22 @@ proptest! {
     /// No response arrives after its deadline when calls start between the timer's millisecond
     /// ticks, as they do outside tests: the timer rounds a deadline up to its next tick, and an
     /// answer from inside that comes in between must not get out. (The timeout's own error comes
-    /// at the tick, and a fallback may answer it; the law above bounds those.)
+    /// at the tick, and a fallback may answer it; the law above bounds those. A call whose stack
+    /// failed to get ready was never called.)
     #[test]
     fn no_response_after_its_deadline_off_the_timer_tick(
         outer_ms in 1u64..40,
         below in prop::collection::vec(layer_spec(), 1..=5),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call_off_the_tick(40), 1..20),
     ) {
         // Work about as long as the outer timeout, so that answers land next to its deadline.
         let mut stack = below;
         stack.insert(0, LayerSpec::Timeout { ms: outer_ms, per_try: false });
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let outcomes = run(&stack, &calls).outcomes;
+        let outcomes = run(&stack, &calls, &readiness).outcomes;
         let bound = Duration::from_millis(outer_ms);
-        for o in outcomes.iter() {
+        for o in outcomes.iter().filter(|o| o.called) {
             let timed_out = matches!(&o.result, Ok(FALLBACK))
                 || matches!(&o.result, Err(e) if e == "request timed out");
             if !timed_out {
@@ -976,31 +1168,36 @@ proptest! {
         }
     }
 
-    /// A total fallback on the outside lets no error through.
+    /// A total fallback on the outside lets no error through, readiness errors included: it
+    /// keeps a readiness error of the stack below and answers every later call itself.
     #[test]
     fn total_fallback_lets_no_error_through(
         stack in prop::collection::vec(layer_spec(), 1..=5),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..20),
     ) {
         let mut stack = stack;
         stack.insert(0, LayerSpec::TotalFallback);
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let outcomes = run(&stack, &calls).outcomes;
+        let outcomes = run(&stack, &calls, &readiness).outcomes;
         for o in &outcomes {
             prop_assert!(o.result.is_ok(), "{:?}", o.result);
         }
     }
 
-    /// Nothing panics or hangs, cancellation and waits in `poll_ready` included: every call
-    /// waited for gets an answer, and once every call has settled no inner call is left running
-    /// (cancelled and timed-out calls were really dropped, not left to finish on their own).
+    /// Nothing panics or hangs, cancellation, waits for readiness and readiness errors included:
+    /// every call waited for gets an answer, and once every call has settled no inner call is
+    /// left running (cancelled and timed-out calls were really dropped, not left to finish on
+    /// their own). As in every run, the inner service is never called without being ready nor
+    /// polled again after a readiness error.
     #[test]
     fn nothing_hangs_and_nothing_leaks(
         stack in prop::collection::vec(layer_spec(), 2..=6),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..30),
     ) {
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let run = run(&stack, &calls);
+        let run = run(&stack, &calls, &readiness);
         let waited_for = calls.iter().filter(|c| c.cancel_after_ms.is_none()).count();
         prop_assert_eq!(run.outcomes.len(), waited_for);
         prop_assert_eq!(run.in_flight, 0);
@@ -1010,10 +1207,11 @@ proptest! {
     #[test]
     fn answers_come_from_the_inner_service_or_a_fallback(
         stack in prop::collection::vec(layer_spec(), 2..=6),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..20),
     ) {
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let outcomes = run(&stack, &calls).outcomes;
+        let outcomes = run(&stack, &calls, &readiness).outcomes;
         let works: Vec<u64> = calls.iter().map(|c| c.req.work_ms).collect();
         for o in &outcomes {
             if let Ok(v) = o.result {
@@ -1022,15 +1220,48 @@ proptest! {
         }
     }
 
+    /// A readiness error is not swallowed: a call whose own task saw the inner service fail to
+    /// get ready (polling the stack ready, or a retry polling it ready for another attempt) and
+    /// that its caller waited for ends with an error or a fallback's answer. This holds with at
+    /// most one retry and no hedge: a hedge whose copy cannot get ready stops hedging and answers
+    /// with a copy already sent, and a retry above another takes the readiness error the inner
+    /// one returns for a failed attempt and tries again with a fresh service.
+    #[test]
+    fn a_readiness_error_ends_its_call_in_an_error_or_a_fallback(
+        above in prop::collection::vec(plain_layer_spec(), 0..=3),
+        retry in prop::option::of(retry_spec()),
+        below in prop::collection::vec(plain_layer_spec(), 0..=3),
+        readiness in readiness_script(),
+        calls in prop::collection::vec(call(), 1..20),
+    ) {
+        let mut stack = above;
+        stack.extend(retry);
+        stack.extend(below);
+        prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
+        let run = run(&stack, &calls, &readiness);
+        for o in &run.outcomes {
+            if run.saw_readiness_error.contains(&o.call) {
+                prop_assert!(
+                    matches!(o.result, Err(_) | Ok(FALLBACK)),
+                    "call {} saw a readiness error and answered {:?}",
+                    o.call,
+                    o.result
+                );
+            }
+        }
+    }
+
     /// Retries stay within their budget: with one retry layer in the stack, the inner service
     /// sees at most `calls + floor(r × calls)` calls under a ratio budget (ratio r, no
     /// per-second floor), and under a token bucket at most as many more than `calls` as its
-    /// tokens above half and the successes' refills allow (see `over_budget`).
+    /// tokens above half and the successes' refills allow (see `over_budget`). A retry whose
+    /// service fails to get ready sends nothing.
     #[test]
     fn retries_stay_within_budget(
         above in prop::collection::vec(plain_layer_spec(), 0..=3),
         retry in retry_spec(),
         below in prop::collection::vec(plain_layer_spec(), 0..=2),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..30),
     ) {
         let budget = match retry {
@@ -1041,7 +1272,7 @@ proptest! {
         stack.push(retry);
         stack.extend(below);
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let run = run(&stack, &calls);
+        let run = run(&stack, &calls, &readiness);
         let successes = run.observed.retry_successes.lock().unwrap()[0].load(Ordering::SeqCst);
         let over = over_budget(budget, calls.len(), run.inner_calls, successes);
         prop_assert!(
@@ -1054,7 +1285,7 @@ proptest! {
     }
 
     /// Permits are conserved after quiescence: once every call has settled (cancellations,
-    /// timeouts and waits in `poll_ready` included), each bulkhead, fixed or
+    /// timeouts, waits in `poll_ready` and readiness errors included), each bulkhead, fixed or
     /// adaptive, has its whole current limit available, no call in flight and none waiting
     /// (in its response future or in `poll_ready`), and no breaker holds a trial-call slot,
     /// reserved by a `poll_ready` or taken by a call. The breakers' HalfOpen outlasts the run, so
@@ -1065,13 +1296,14 @@ proptest! {
         above in prop::collection::vec(layer_spec(), 0..=3),
         bulkhead in bulkhead_spec(),
         below in prop::collection::vec(layer_spec(), 0..=2),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call(), 1..30),
     ) {
         let mut stack: Vec<LayerSpec> = above.into_iter().map(half_open_past_any_run).collect();
         stack.push(bulkhead);
         stack.extend(below.into_iter().map(half_open_past_any_run));
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let run = run(&stack, &calls);
+        let run = run(&stack, &calls, &readiness);
         for b in run.observed.bulkheads.lock().unwrap().iter() {
             prop_assert_eq!(b.available(), b.limit(), "permits lost");
             prop_assert_eq!(b.in_flight(), 0);
@@ -1088,19 +1320,21 @@ proptest! {
     /// of the trial calls one HalfOpen admits, at most `permitted_probes` run to completion (a
     /// cancelled probe hands its slot back to another), so never more run at once either. The
     /// same holds with backpressure, and with slots reserved in `poll_ready` for calls never made
-    /// (the breaker changed state first): the watch counts the calls the breaker lets through.
+    /// (the inner service failed to get ready, or the breaker changed state first): the watch
+    /// counts the calls the breaker lets through.
     #[test]
     fn an_open_breaker_lets_through_at_most_its_probes(
         above in prop::collection::vec(layer_spec(), 0..=3),
         breaker in breaker_spec(),
         below in prop::collection::vec(layer_spec(), 0..=2),
+        readiness in readiness_script(),
         calls in prop::collection::vec(call_failing(0.6), 1..40),
     ) {
         let mut stack = above;
         stack.push(breaker);
         stack.extend(below);
         prop_assume!(!a_buffer_may_keep_what_a_retry_below_needs(&stack, &calls));
-        let run = run(&stack, &calls);
+        let run = run(&stack, &calls, &readiness);
         for w in run.observed.breakers.lock().unwrap().iter() {
             prop_assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
             let completed = w.max_probes_completed();
@@ -1141,7 +1375,7 @@ fn the_breaker_watch_sees_trial_calls() {
             cancel_after_ms: None,
         })
         .collect();
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     let breakers = run.observed.breakers.lock().unwrap();
     let w = &breakers[0];
     assert!(w.probes_admitted.load(Ordering::SeqCst) >= 2);
@@ -1185,7 +1419,11 @@ fn a_cancelled_probe_hands_its_slot_back_within_one_half_open() {
         },
         cancel_after_ms,
     };
-    let run = run(&stack, &[call(0, true, None), call(633, false, Some(0))]);
+    let run = run(
+        &stack,
+        &[call(0, true, None), call(633, false, Some(0))],
+        &[],
+    );
     let breakers = run.observed.breakers.lock().unwrap();
     assert_eq!(breakers[0].probes_admitted.load(Ordering::SeqCst), 1);
     let snapshot = &run.breakers[0];
@@ -1219,7 +1457,7 @@ fn the_bulkhead_is_full_under_load_and_drains() {
             cancel_after_ms: (i % 3 == 0).then_some(50),
         })
         .collect();
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     // Two calls take the permits; a waiter takes the one a cancelled call gives back at 50 ms.
     assert_eq!(run.inner_calls, 3);
     assert!(run.outcomes.iter().any(|o| o.result == Ok(FALLBACK)));
@@ -1255,7 +1493,7 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
             cancel_after_ms: None,
         })
         .collect();
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     assert_eq!(run.outcomes.len(), 9);
     assert_eq!(run.in_flight, 0);
 }
@@ -1306,7 +1544,7 @@ fn a_breaker_with_backpressure_over_a_bulkhead_with_backpressure_does_not_deadlo
         call(93, 679, false),
         call(341, 2, true),
     ];
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     assert_eq!(run.outcomes.len(), calls.len());
     let bulkheads = run.observed.bulkheads.lock().unwrap();
     assert_eq!(bulkheads[0].available(), 3);
@@ -1361,7 +1599,7 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
         call(93, 0, false),
         call(0, 94, false),
     ];
-    assert_eq!(run(&stack, &calls).outcomes.len(), calls.len());
+    assert_eq!(run(&stack, &calls, &[]).outcomes.len(), calls.len());
 
     let full = LayerSpec::Bulkhead {
         limit: LimitSpec::Fixed(1),
@@ -1371,12 +1609,154 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
     let mut stack = vec![LayerSpec::Buffer { capacity: 1 }, full];
     stack.extend(retry_over_a_bulkhead_with_backpressure.iter().cloned());
     let calls = [call(0, 100, true), call(50, 0, false), call(500, 0, false)];
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     assert_eq!(run.outcomes.len(), calls.len());
     assert!(
         run.outcomes.iter().any(|o| o.result.is_err()),
         "the full bulkhead rejected a call"
     );
+}
+
+/// A breaker with backpressure whose inner service takes as long to get ready as HalfOpen lasts:
+/// a caller whose probe's HalfOpen ran out while the inner service got ready must not wait again
+/// from scratch at every HalfOpen (dropping what the readiness had done each time), for ever.
+#[test]
+fn a_breaker_with_backpressure_does_not_restart_a_slow_readiness_for_ever() {
+    let stack = [
+        LayerSpec::TotalFallback,
+        LayerSpec::Breaker {
+            window: 2,
+            min_calls: 1,
+            wait_ms: 5,
+            probes: 1,
+            half_open_ms: 50,
+            backpressure: true,
+        },
+    ];
+    let call = |start_ms, fail| Call {
+        start_ms,
+        start_extra_us: 0,
+        req: Req {
+            work_ms: 0,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+        },
+        cancel_after_ms: None,
+    };
+    let calls = [call(0, true), call(50, false)];
+    let run = run(&stack, &calls, &[Readiness::Pending { ms: 50 }]);
+    assert_eq!(run.outcomes.len(), calls.len());
+}
+
+/// The readiness law is not vacuous: a retry that polls the inner service ready for its second
+/// attempt and gets an error returns that error to its caller, whose task saw it; a total
+/// fallback above answers the call instead. A readiness error a `Buffer`'s worker sees belongs to
+/// no call: every call through the `Buffer` fails with it, and none counts as having seen it.
+#[test]
+fn a_readiness_error_is_seen_by_its_call_and_surfaced() {
+    let retry = LayerSpec::Retry {
+        max_attempts: 2,
+        budget: BudgetSpec::TokenBucket {
+            max_tokens: 10,
+            ratio_tenths: 1,
+        },
+    };
+    let failing = Call {
+        start_ms: 0,
+        start_extra_us: 0,
+        req: Req {
+            work_ms: 10,
+            work_extra_us: 0,
+            fail: true,
+            deadline: None,
+        },
+        cancel_after_ms: None,
+    };
+    // Ready for the call, then an error when the retry polls for its second attempt.
+    let readiness = [Readiness::Ready, Readiness::Fail { after_ms: 0 }];
+
+    let through_retry = run(
+        std::slice::from_ref(&retry),
+        std::slice::from_ref(&failing),
+        &readiness,
+    );
+    assert_eq!(through_retry.saw_readiness_error, HashSet::from([0]));
+    assert_eq!(through_retry.inner_calls, 1);
+    let outcome = &through_retry.outcomes[0];
+    assert!(outcome.called);
+    assert_eq!(outcome.result, Err(NOT_READY.to_string()));
+
+    let stack = [LayerSpec::TotalFallback, retry];
+    let answered = run(&stack, std::slice::from_ref(&failing), &readiness);
+    assert_eq!(answered.saw_readiness_error, HashSet::from([0]));
+    assert_eq!(answered.outcomes[0].result, Ok(FALLBACK));
+
+    let stack = [LayerSpec::Buffer { capacity: 4 }];
+    let calls = vec![failing.clone(); 3];
+    let buffered = run(&stack, &calls, &[Readiness::Fail { after_ms: 5 }]);
+    assert!(buffered.saw_readiness_error.is_empty());
+    assert_eq!(buffered.inner_calls, 0);
+    for o in &buffered.outcomes {
+        assert!(o.called, "the Buffer is ready; its worker is not");
+        assert_eq!(
+            o.result,
+            Err(format!("buffered service failed: {NOT_READY}"))
+        );
+    }
+}
+
+/// The inner service checks tower's contract on the layers above it: polled again after a
+/// readiness error, or called without being ready, it records a breach (which fails the run).
+#[test]
+fn the_inner_service_records_breaches_of_tower_s_contract() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shared = Arc::new(InnerShared {
+            in_flight: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+            script: vec![
+                Readiness::Pending { ms: 10 },
+                Readiness::Fail { after_ms: 0 },
+            ],
+            next: AtomicUsize::new(0),
+            saw_readiness_error: Mutex::default(),
+            breaches: Mutex::default(),
+        });
+        let mut inner = Inner {
+            shared: shared.clone(),
+            state: Readying::Unpolled,
+        };
+        let req = Req {
+            work_ms: 0,
+            work_extra_us: 0,
+            fail: false,
+            deadline: None,
+        };
+        // Pending for 10 ms, woken by its timer, then ready; a clone is not.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(inner.poll_ready(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(matches!(inner.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        drop(inner.clone().call(req.clone()));
+        assert_eq!(
+            shared.breaches.lock().unwrap().as_slice(),
+            ["the inner service was called without poll_ready returning Ready"]
+        );
+        assert_eq!(inner.call(req).await.unwrap(), 0);
+        // The next readiness fails, and the instance must not be polled again.
+        assert!(matches!(inner.poll_ready(&mut cx), Poll::Ready(Err(_))));
+        assert!(matches!(inner.poll_ready(&mut cx), Poll::Ready(Err(_))));
+        assert_eq!(
+            shared.breaches.lock().unwrap()[1],
+            "the inner service was polled again after its readiness error"
+        );
+    });
 }
 
 /// The token-bucket half of the budget law is not vacuous, and as tight as the bucket: with ten
@@ -1406,7 +1786,7 @@ fn a_token_bucket_allows_the_retries_the_budget_law_allows() {
             cancel_after_ms: None,
         })
         .collect();
-    let run = run(&stack, &calls);
+    let run = run(&stack, &calls, &[]);
     assert_eq!(run.inner_calls, calls.len() + 4);
     assert_eq!(over_budget(budget, calls.len(), run.inner_calls, 0), None);
     assert!(over_budget(budget, calls.len(), run.inner_calls + 1, 0).is_some());
@@ -1445,7 +1825,7 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
         vec![LayerSpec::Buffer { capacity: 2 }, bulkhead, rate_limit],
     ] {
         let calls = vec![call(0, false); 4];
-        let run = run(&stack, &calls);
+        let run = run(&stack, &calls, &[Readiness::Pending { ms: 30 }]);
         assert_eq!(run.inner_calls, 4, "{stack:?}");
         assert!(
             run.outcomes.iter().all(|o| o.result == Ok(100)),
@@ -1461,7 +1841,7 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
         half_open_ms: 1_000,
         backpressure: true,
     }];
-    let run = run(&stack, &[call(0, true), call(150, false)]);
+    let run = run(&stack, &[call(0, true), call(150, false)], &[]);
     assert_eq!(run.inner_calls, 2);
     assert!(run.outcomes.iter().any(|o| o.result == Ok(100)));
     assert_eq!(run.breakers[0].state, State::Closed);
