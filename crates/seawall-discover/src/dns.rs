@@ -14,7 +14,9 @@ use hickory_resolver::{
     ResolveError, ResolveErrorKind, TokioResolver,
 };
 use seawall_balance::Tagged;
-use seawall_core::{config::check_positive_duration, metrics, ConfigError, Name};
+use seawall_core::{
+    config::check_positive_duration, deadline::deadline_after, metrics, ConfigError, Name,
+};
 use std::{
     collections::HashMap,
     fmt,
@@ -408,9 +410,11 @@ async fn run<S, M>(
             }
         };
         // The pause counts from the resolution's start, about when its answers came: one that
-        // waited out a query's timeout does not put the next off.
+        // waited out a query's timeout does not put the next off. A pause as long as a
+        // `Duration` goes (`max_refresh` of `Duration::MAX`) ends far in the future instead of
+        // overflowing the clock.
         tokio::select! {
-            _ = tokio::time::sleep_until(started + wait) => {}
+            _ = tokio::time::sleep_until(deadline_after(started, wait)) => {}
             _ = tx.closed() => return,
         }
     }

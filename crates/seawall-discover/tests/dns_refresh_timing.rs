@@ -190,3 +190,32 @@ async fn an_srv_targets_cname_ttl_bounds_the_refresh() {
     )
     .await;
 }
+
+/// Refresh bounds as long as a `Duration` goes are accepted, and mean "hardly ever again": the
+/// next resolution is put off far into the future rather than overflowing the clock, and the
+/// discovery keeps running.
+#[tokio::test(start_paused = true)]
+async fn the_longest_refresh_bounds_put_the_next_resolution_off_without_ending_discovery() {
+    let zone = Zone::with_ttl(5);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::MAX)
+        .max_refresh(Duration::MAX)
+        .build(make)
+        .unwrap();
+    assert_eq!(
+        first_resolution(&mut discovery).await,
+        vec![('+', common::addr("10.0.0.1:80"), 1)]
+    );
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    // No second resolution, and the stream is still open: nothing queued, not ended.
+    assert_eq!(zone.asked_at(RecordType::A, start), secs(&[0]));
+    assert!(
+        futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut discovery))
+            .is_none(),
+        "the discovery ended or changed"
+    );
+}
