@@ -1,7 +1,7 @@
 //! DNS discovery: A/AAAA or SRV records, re-resolved as their TTL runs out.
 
 use crate::{diff::Tracker, discovery::publish, Discovery};
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use hickory_resolver::{
     config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
     lookup::Lookup,
@@ -104,14 +104,14 @@ impl Dns {
     /// targets give an address are used: a higher priority (a backup) serves only while no target
     /// of a lower one does (RFC 2782).
     ///
-    /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at
-    /// a time), so targets whose server does not answer hold a resolution up for one
-    /// [`timeout`](DnsBuilder::timeout) together. A target the server says has no addresses is
-    /// left out, and the others still serve; a target whose lookup fails without such an answer (a
-    /// timeout, a server failure) keeps the addresses it had at the last good resolution. A
-    /// target of `"."` means the service is not available there (RFC 2782) and is left out, as is
-    /// a record with port 0, which no client can connect to. The resolution fails, keeping the
-    /// last good set, only when no target gives an address.
+    /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at a
+    /// time, a lookup that ends making room for the next at once), so up to 16 targets whose server
+    /// does not answer hold a resolution up for one [`timeout`](DnsBuilder::timeout) together. A
+    /// target the server says has no addresses is left out, and the others still serve; a target
+    /// whose lookup fails without such an answer (a timeout, a server failure) keeps the addresses
+    /// it had at the last good resolution. A target of `"."` means the service is not available
+    /// there (RFC 2782) and is left out, as is a record with port 0, which no client can connect
+    /// to. The resolution fails, keeping the last good set, only when no target gives an address.
     pub fn srv(name: impl Into<String>) -> DnsBuilder {
         DnsBuilder::new(Query::Srv { name: name.into() })
     }
@@ -545,15 +545,24 @@ async fn resolve(
                 }
                 // The targets are looked up at once, each once, up to `TARGET_LOOKUPS` at a
                 // time: targets whose server does not answer hold the resolution up for one
-                // timeout together, not one each. The answers come in the targets' order.
+                // timeout together, not one each. A lookup that ends makes room for the next at
+                // once, whatever the lookups started before it are waiting for (an ordered
+                // buffer would keep its answer, and its place, until they end); the answers are
+                // put back in the targets' order afterwards.
                 let pending: Vec<_> = targets
                     .iter()
-                    .map(|&target| lookup_ips(resolver, target, last(known, target)))
+                    .enumerate()
+                    .map(|(i, &target)| {
+                        lookup_ips(resolver, target, last(known, target))
+                            .map(move |found| (i, found))
+                    })
                     .collect();
-                let lookups: Vec<_> = stream::iter(pending)
-                    .buffered(TARGET_LOOKUPS)
+                let mut lookups: Vec<_> = stream::iter(pending)
+                    .buffer_unordered(TARGET_LOOKUPS)
                     .collect()
                     .await;
+                lookups.sort_unstable_by_key(|&(i, _)| i);
+                let lookups = lookups.into_iter().map(|(_, lookup)| lookup);
                 for (target, lookup) in targets.into_iter().zip(lookups) {
                     let ips = match lookup {
                         Ok(addresses) => {

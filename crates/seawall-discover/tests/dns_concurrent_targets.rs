@@ -1,5 +1,6 @@
-//! The targets of an SRV resolution are looked up at once, up to 16 at a time: targets whose
-//! server does not answer hold a resolution up for one timeout together, not one each.
+//! The targets of an SRV resolution are looked up at once, up to 16 at a time, a lookup that ends
+//! making room for the next: targets whose server does not answer hold a resolution up for one
+//! timeout together, not one each.
 //!
 //! The server is on loopback and answers at once, so virtual time only moves on timers.
 
@@ -80,5 +81,50 @@ async fn at_most_16_targets_are_looked_up_at_once() {
     let mut expected = vec![Duration::ZERO; 16];
     expected.push(Duration::from_secs(2));
     assert_eq!(zone.asked_at(RecordType::A, start), expected);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+/// A lookup that ends frees its place at once, even while one started before it is still
+/// waiting: a silent target among the first 16 does not keep the 17th waiting, and two silent
+/// targets, one on each side of the 16th, still hold the resolution up for one timeout.
+#[tokio::test(start_paused = true)]
+async fn a_silent_target_does_not_hold_up_the_lookups_after_the_first_16() {
+    let zone = Zone::with_ttl(60);
+    // Short names: the 20 records fit a 512-byte answer, which this server sends over UDP alone.
+    let targets: Vec<String> = (1..=20).map(|i| format!("t{i}")).collect();
+    let records: Vec<(u16, u16, u16, String)> = targets
+        .iter()
+        .zip(8001..)
+        .map(|(target, port)| (10, 1, port, format!("{target}.")))
+        .collect();
+    let records: Vec<(u16, u16, u16, &str)> = records
+        .iter()
+        .map(|(priority, weight, port, target)| (*priority, *weight, *port, target.as_str()))
+        .collect();
+    zone.set_srv(SRV, &records);
+    for (target, ip) in targets.iter().zip(1..) {
+        zone.set_a(target, &[[10, 1, 0, ip]]);
+        zone.silence(target, ip == 1 || ip == 17);
+    }
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap();
+    let expected: Vec<_> = (2..=20u16)
+        .filter(|&i| i != 17)
+        .map(|i| ('+', addr(&format!("10.1.0.{i}:{}", 8000 + i)), 1))
+        .collect();
+    let mut resolved = first_resolution(&mut discovery).await;
+    resolved.sort_by_key(|(_, addr, _)| addr.port());
+    assert_eq!(resolved, expected);
+    // The answered lookups end at once and make room: every target was asked about at the
+    // start, and the two silent ones timed out together.
+    assert_eq!(
+        zone.asked_at(RecordType::A, start),
+        vec![Duration::ZERO; 20]
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
