@@ -96,13 +96,17 @@ impl Dns {
     /// IPv4-only ones; by 1, unchanged, when every target has one address), so a change in those
     /// counts may change every weight of the priority. An address that several records name (two
     /// names of one host) weighs the sum of its shares, whatever their order. A record of weight 0
-    /// gets a very small share beside records of its priority that weigh more (RFC 2782): it weighs
-    /// 1 and theirs are multiplied by 100 while their sum is at most 512, else by 65 536 over the
-    /// power of two at or above the sum (64 up to 1 024, 32 up to 2 048 and so on, at least 1), so
-    /// that a change in one record's weight changes the others' only when the sum crosses a power
-    /// of two; records that all weigh 0 weigh 1 each. Only the records of the lowest priority whose
-    /// targets give an address are used: a higher priority (a backup) serves only while no target
-    /// of a lower one does (RFC 2782).
+    /// gets a very small share beside records of its priority that weigh more (RFC 2782): it counts
+    /// as weight 1, multiplied by the least common multiple like the others (its `n` addresses
+    /// share that), while the others' weights, once multiplied by the least common multiple, are
+    /// multiplied again: by 100 while their sum is at most 512, else by 65 536 over the power of
+    /// two at or above the sum (64 up to 1 024, 32 up to 2 048 and so on, at least 1), so that a
+    /// change in one record's weight changes the others' only when the sum crosses a power of two.
+    /// The sum is the one after the least common multiple: beside a dual-stack target, records of
+    /// weight 0, 300 and 10 count as 2, 600 and 20 before the scale, which for a sum of 620 is 64.
+    /// Records that all weigh 0 weigh 1 each, multiplied by the least common multiple. Only the
+    /// records of the lowest priority whose targets give an address are used: a higher priority (a
+    /// backup) serves only while no target of a lower one does (RFC 2782).
     ///
     /// Each target is resolved on its own, and the targets of a priority all at once (up to 16 at a
     /// time, a lookup that ends making room for the next at once), so up to 16 targets whose server
@@ -672,14 +676,17 @@ impl Weight {
     /// RFC 2782 gives a record of weight 0 "a very small chance of being selected" beside
     /// records that weigh more, and records that all weigh 0 equal chances. A balancer's weights
     /// start at 1, so beside a weighted record each weight is scaled up, by at most
-    /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 counts as weight 1, unscaled (the address
-    /// of a target with one weighs 1); with no record of weight 0, weights are taken as they are.
-    /// The scale keeps the endpoints' weights within [`SCALED_TOTAL`] in all, so a weighted round
-    /// robin's schedule has room for every endpoint. It is worked out from the power of two at or
-    /// above the weights' sum, not from the sum itself: a change in one record's weight leaves the
-    /// others' as they were unless the sum crosses a power of two, so their endpoints are not
-    /// inserted again. A weight past `u32::MAX` (large SRV weights beside targets with many
-    /// different address counts) is cut to it.
+    /// [`ZERO_WEIGHT_SCALE`], and a record of weight 0 counts as weight 1, unscaled: its target's
+    /// `n` addresses share its parts, `parts / n` each (the address of a target with one weighs 1
+    /// only when every target of the priority has one); with no record of weight 0, weights are
+    /// taken as they are. The scale keeps the endpoints' weights within [`SCALED_TOTAL`] in all,
+    /// so a weighted round robin's schedule has room for every endpoint: it is worked out from
+    /// the weights counted in parts, not from the records' own, whose sum is `parts` times
+    /// smaller. It is worked out from the power of two at or above the weights' sum, not from the
+    /// sum itself: a change in one record's weight leaves the others' as they were unless the sum
+    /// crosses a power of two, so their endpoints are not inserted again. A weight past
+    /// `u32::MAX` (large SRV weights beside targets with many different address counts) is cut
+    /// to it.
     fn scaled(weights: &[Weight]) -> impl Iterator<Item = u32> + '_ {
         let total = weights
             .iter()
@@ -996,6 +1003,45 @@ mod tests {
         );
         assert_eq!(lcm(4, 6), 12);
         assert_eq!(lcm(u64::MAX, 2), u64::MAX);
+    }
+
+    /// The weights of a priority's records, one target each, given as `(record weight, the
+    /// target's address count)`, as `resolve` counts them: the endpoints' weights, record by
+    /// record, in order.
+    fn srv_weights(records: &[(u16, u64)]) -> Vec<u32> {
+        let parts = records.iter().fold(1, |parts, &(_, n)| lcm(parts, n));
+        let weights: Vec<Weight> = records
+            .iter()
+            .flat_map(|&(weight, addresses)| {
+                let mut each = Weight::default();
+                each.add(weight, parts / addresses);
+                std::iter::repeat_n(each, addresses as usize)
+            })
+            .collect();
+        Weight::scaled(&weights).collect()
+    }
+
+    #[test]
+    fn beside_several_addresses_a_zero_weight_counts_after_the_least_common_multiple() {
+        // Records of weight 0 (one address), 300 (A and AAAA) and 10 (one address): weights are
+        // counted in halves, 0, 600 and 20. Their sum, 620, is past 512: the weighted records
+        // are multiplied by 64, not 100, and the record of weight 0 weighs 1 multiplied by the
+        // least common multiple, 2, like the others, not again.
+        let weights = srv_weights(&[(0, 1), (300, 2), (10, 1)]);
+        assert_eq!(weights, [2, 300 * 64, 300 * 64, 2 * 10 * 64]);
+        // Record by record: 1 against 300 × 64 and 10 × 64.
+        let (a, b, c) = (weights[0], weights[1] + weights[2], weights[3]);
+        assert_eq!((b / a, c / a), (300 * 64, 10 * 64));
+        assert_eq!((b % a, c % a), (0, 0));
+        // Counted before the least common multiple, the sum of 310 would take the scale of 100;
+        // so would 512 here, and its addresses would weigh 2 × 512 × 100 in all, past the bound
+        // on the schedule. Taken from the sum after it, 1 024, the scale keeps them within it.
+        let weights = srv_weights(&[(0, 1), (512, 2)]);
+        assert_eq!(weights, [2, 512 * 64, 512 * 64]);
+        assert!(weights[1..].iter().sum::<u32>() <= SCALED_TOTAL);
+        // Records that all weigh 0 weigh 1 each, multiplied by the least common multiple: a
+        // target's addresses share it.
+        assert_eq!(srv_weights(&[(0, 1), (0, 2)]), [2, 1, 1]);
     }
 
     /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no
