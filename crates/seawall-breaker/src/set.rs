@@ -163,6 +163,26 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         self.lock().entries.remove(key).is_some()
     }
 
+    /// Forgets the breaker of `key` unless an operator put it in a manual state (forced open,
+    /// disabled or metrics-only), which is kept: forgotten, it would come back Closed the next
+    /// time its key is asked for. Returns whether a breaker was forgotten.
+    ///
+    /// For a key whose endpoint is gone for now, as when a balancer's discovery removes it (the
+    /// canonical stack's per-endpoint breakers do this): a breaker left Open by the endpoint's
+    /// failures no longer counts in `seawall_breaker_keys_open` nor takes a place, while an
+    /// endpoint drained with [`force_open`](BreakerHandle::force_open) stays drained when it comes
+    /// back. The state is read and the breaker removed under the set's lock.
+    pub fn remove_unless_manual(&self, key: &K) -> bool {
+        let mut map = self.lock();
+        match map.entries.get(key) {
+            Some(entry) if !is_manual(entry.layer.shared.machine.state()) => {
+                map.entries.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// How many breakers the set holds.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -193,6 +213,14 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     }
 }
 
+/// Whether `state` is one an operator sets and only an operator leaves.
+fn is_manual(state: State) -> bool {
+    matches!(
+        state,
+        State::ForcedOpen | State::Disabled | State::MetricsOnly
+    )
+}
+
 /// Makes room for one more entry: removes the least recently used among the idle Closed entries,
 /// else among the idle ones in an automatic state, else among the idle ones in a manual state
 /// (ForcedOpen, Disabled, MetricsOnly: evicted, an operator's choice would be lost), else among
@@ -204,10 +232,7 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let rank = |e: &Entry<C>| {
         let in_use = Arc::strong_count(&e.layer.shared) > 1;
         let state = e.layer.shared.machine.state();
-        let manual = matches!(
-            state,
-            State::ForcedOpen | State::Disabled | State::MetricsOnly
-        );
+        let manual = is_manual(state);
         let holds_failure = state != State::Closed;
         (in_use, manual, holds_failure, e.last_used)
     };

@@ -311,6 +311,47 @@ async fn the_set_counts_its_keys_that_are_open() {
     assert_eq!(open(), Some(0.0));
 }
 
+/// A key whose endpoint is gone (a balancer's discovery removed it) loses its breaker, Open
+/// included, unless an operator put it in a manual state: that one is kept, so the key comes back
+/// in it rather than Closed.
+#[tokio::test(start_paused = true)]
+async fn removing_a_key_unless_manual_keeps_an_operators_choice() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let open = || recorder.gauge(names::BREAKER_KEYS_OPEN, "per-host");
+    let set = set(8);
+    let mut failing = set.get(&"failing").layer(dependency().0);
+    let _ = send(&mut failing, Call::Fail).await;
+    set.get(&"closed");
+    set.get(&"forced").handle().force_open();
+    set.get(&"disabled").handle().disable();
+    set.get(&"shadow").handle().metrics_only();
+    assert_eq!(open(), Some(2.0));
+
+    assert!(set.remove_unless_manual(&"failing"));
+    assert!(set.handle(&"failing").is_none());
+    assert_eq!(open(), Some(1.0), "the Open breaker no longer counts");
+    assert!(set.remove_unless_manual(&"closed"));
+    assert!(set.handle(&"closed").is_none());
+    for (key, state) in [
+        ("forced", State::ForcedOpen),
+        ("disabled", State::Disabled),
+        ("shadow", State::MetricsOnly),
+    ] {
+        assert!(!set.remove_unless_manual(&key), "{key}");
+        assert_eq!(set.get(&key).handle().state(), state, "{key}");
+    }
+    assert_eq!(open(), Some(1.0), "the forced-open breaker still counts");
+    assert!(!set.remove_unless_manual(&"never"));
+    assert_eq!(set.len(), 3);
+
+    // Back to an automatic state, the breaker goes like any other.
+    set.handle(&"forced").unwrap().reset();
+    assert!(set.remove_unless_manual(&"forced"));
+    assert_eq!(set.len(), 2);
+    assert_eq!(open(), Some(0.0));
+}
+
 #[test]
 fn capacity_is_validated() {
     let config = BreakerConfig::builder().build_config().unwrap();
