@@ -122,8 +122,10 @@ use crate::{
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 use std::{
+    collections::HashSet,
     fmt,
     future::Future,
+    hash::Hash,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -429,12 +431,17 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// adds it; the balancer skips an endpoint while its breaker is open
     /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
     ///
-    /// When discovery removes an endpoint, its breaker is dropped from the set
-    /// ([`BreakerSet::remove`]): an Open breaker of an endpoint that is gone no longer counts in
-    /// `seawall_breaker_keys_open`, and an endpoint added again under the same key starts with a
-    /// fresh, Closed breaker. Calls still in flight on the removed endpoint finish on its old
-    /// breaker. The set is the stack's own: a set shared with another stack loses a key's breaker
-    /// when either stack's discovery removes the key.
+    /// When discovery removes an endpoint, its breaker is dropped from the set unless an operator
+    /// put it in a manual state ([`BreakerSet::remove_unless_manual`]): an Open breaker of an
+    /// endpoint that is gone no longer counts in `seawall_breaker_keys_open`, and an endpoint
+    /// added again under the same key starts with a fresh, Closed breaker; one forced open,
+    /// disabled or metrics-only stays in the set, and the endpoint comes back in that state (an
+    /// endpoint drained with [`force_open`](crate::breaker::BreakerHandle::force_open) stays
+    /// drained while it leaves discovery and returns). Calls still in flight on the removed
+    /// endpoint finish on its old breaker. Only the keys the stack's discovery inserted are let go
+    /// of: a remove of any other key leaves its breaker alone. The set is the stack's own: a set
+    /// shared with another stack loses a key's breaker when either stack's discovery removes the
+    /// key.
     pub fn endpoint_breakers<K, C>(
         self,
         breakers: BreakerSet<K, C>,
@@ -643,6 +650,7 @@ where
         let breakers = self.clone();
         // A removed endpoint's breaker leaves the set: it no longer counts in
         // `seawall_breaker_keys_open` nor takes a place, and the key added again starts Closed.
+        // One an operator put in a manual state stays: the key comes back in that state.
         Ok(layer.layer(MapEndpoints::new(
             discover,
             move |key, service| {
@@ -651,24 +659,26 @@ where
                     .layer(PerTry::new(service, per_try.as_ref()))
             },
             move |key| {
-                self.remove(key);
+                self.remove_unless_manual(key);
             },
         )))
     }
 }
 
 /// A discovery stream whose inserted services are wrapped by `wrap`, and whose removed keys are
-/// passed to `removed`.
-struct MapEndpoints<D, F, R> {
+/// passed to `removed`: only the keys it inserted, so a remove of a key it never inserted, or
+/// already removed, reaches the balancer alone.
+struct MapEndpoints<D: Discover, F, R> {
     discover: Pin<Box<D>>,
     wrap: F,
     removed: R,
+    /// The keys inserted through this stream and not removed since.
+    inserted: HashSet<D::Key>,
 }
 
-impl<D, F, R> MapEndpoints<D, F, R> {
+impl<D: Discover, F, R> MapEndpoints<D, F, R> {
     fn new<S2>(discover: D, wrap: F, removed: R) -> Self
     where
-        D: Discover,
         F: FnMut(&D::Key, D::Service) -> S2,
         R: FnMut(&D::Key),
     {
@@ -676,13 +686,19 @@ impl<D, F, R> MapEndpoints<D, F, R> {
             discover: Box::pin(discover),
             wrap,
             removed,
+            inserted: HashSet::new(),
         }
     }
 }
 
+// Nothing is pinned in place: the stream is boxed, and the rest moves freely whatever the key
+// type (a key that is not `Unpin` would otherwise make the set of keys, and so this, `!Unpin`).
+impl<D: Discover, F: Unpin, R: Unpin> Unpin for MapEndpoints<D, F, R> {}
+
 impl<D, F, R, S2> Stream for MapEndpoints<D, F, R>
 where
     D: Discover,
+    D::Key: Hash + Eq + Clone,
     F: FnMut(&D::Key, D::Service) -> S2 + Unpin,
     R: FnMut(&D::Key) + Unpin,
 {
@@ -699,10 +715,13 @@ where
         Poll::Ready(Some(Ok(match change {
             Change::Insert(key, service) => {
                 let service = (this.wrap)(&key, service);
+                this.inserted.insert(key.clone());
                 Change::Insert(key, service)
             }
             Change::Remove(key) => {
-                (this.removed)(&key);
+                if this.inserted.remove(&key) {
+                    (this.removed)(&key);
+                }
                 Change::Remove(key)
             }
         })))

@@ -18,14 +18,16 @@ use seawall::{
 };
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::time::Instant;
-use tower::{service_fn, Service, ServiceExt};
+use tower::{discover::Change, service_fn, Service, ServiceExt};
 
 #[derive(Debug, Clone, Default)]
 struct Req {
@@ -232,6 +234,122 @@ async fn a_removed_endpoints_breaker_leaves_the_set() {
     }
     assert_eq!(breakers.handle(&"bad").unwrap().state(), State::Closed);
     assert_eq!(keys_open(), Some(0.0));
+}
+
+/// An endpoint an operator drained with `force_open` keeps its breaker when discovery removes it
+/// for a while: back, it is still forced open (and still counts as open), not a fresh Closed one.
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoints_forced_open_breaker_stays_in_the_set() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let keys_open = || recorder.gauge(names::BREAKER_KEYS_OPEN, "endpoint");
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let (publish, keys) = tokio::sync::watch::channel(vec!["good-1", "drained"]);
+    let client = ClientStack::builder()
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .build(discover::watch(keys, endpoint(&calls)))
+        .unwrap();
+    tokio::task::yield_now().await;
+    breakers.handle(&"drained").unwrap().force_open();
+    assert_eq!(keys_open(), Some(1.0));
+
+    publish.send(vec!["good-1"]).unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        breakers.handle(&"drained").map(|h| h.state()),
+        Some(State::ForcedOpen),
+        "the operator's choice was dropped with the endpoint"
+    );
+    assert_eq!(keys_open(), Some(1.0));
+
+    publish.send(vec!["good-1", "drained"]).unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        breakers.handle(&"drained").unwrap().state(),
+        State::ForcedOpen
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            client.clone().oneshot(Req::default()).await.unwrap(),
+            "good-1"
+        );
+    }
+    assert_eq!(
+        calls.get("drained"),
+        0,
+        "the balancer skips the drained endpoint"
+    );
+}
+
+/// A discovery stream the test feeds by hand: it can remove a key it never inserted.
+struct Changes(tokio::sync::mpsc::UnboundedReceiver<Change<&'static str, Endpoint>>);
+
+impl futures_core::Stream for Changes {
+    type Item = Result<Change<&'static str, Endpoint>, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+/// The stack lets go of the breakers of the endpoints its discovery inserted, and of no other:
+/// a remove of a key it never inserted leaves that key's breaker (another user's) in the set.
+#[tokio::test(start_paused = true)]
+async fn a_remove_of_a_key_never_inserted_leaves_its_breaker() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let elsewhere = breakers.get(&"elsewhere");
+    let (changes, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut make = endpoint(&calls);
+    changes
+        .send(Change::Insert("good-1", make(&"good-1")))
+        .unwrap();
+    changes
+        .send(Change::Insert("good-2", make(&"good-2")))
+        .unwrap();
+    let client = ClientStack::builder()
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .build(Changes(rx))
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(breakers.len(), 3);
+
+    changes.send(Change::Remove("elsewhere")).unwrap();
+    changes.send(Change::Remove("good-2")).unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        breakers
+            .handle(&"elsewhere")
+            .is_some_and(|h| h.same_breaker(&elsewhere.handle())),
+        "a breaker the stack never took was dropped"
+    );
+    assert!(breakers.handle(&"good-2").is_none());
+    assert_eq!(breakers.len(), 2);
+    assert_eq!(
+        client.clone().oneshot(Req::default()).await.unwrap(),
+        "good-1"
+    );
 }
 
 #[tokio::test(start_paused = true)]
