@@ -333,8 +333,8 @@ impl<C, H, P, F> BalanceConfigBuilder<C, H, P, F> {
     }
 
     /// When fewer than this share of endpoints is healthy, health is ignored and calls spread over
-    /// every endpoint (Envoy's panic threshold), in `[0, 1]`; 0 turns panic mode off.
-    /// Default 0.5.
+    /// every endpoint the [`filter`](Self::filter) lets through (Envoy's panic threshold), in
+    /// `[0, 1]`; 0 turns panic mode off. Default 0.5.
     pub fn panic_threshold(mut self, share: f64) -> Self {
         self.panic_threshold = share;
         self

@@ -79,7 +79,8 @@ pub enum Picker {
     /// has turned away (none ready) goes on to the other zones the same way. Zones come from
     /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
     /// of their own, and beyond 31 zones in the set at once the rest are judged together. In
-    /// panic mode zones are left aside: power of two choices over every endpoint.
+    /// panic mode zones are left aside, as in Envoy: power of two choices over every endpoint the
+    /// filter lets through.
     ZoneAware {
         /// The caller's own zone.
         local_zone: Arc<str>,
@@ -395,8 +396,10 @@ impl Picker {
                 }
                 None => sample(n, cx.rng, &avail),
             },
-            // In panic mode every endpoint counts as healthy, so the local zone always would be:
-            // zones are left aside and calls spread over every endpoint, as Envoy does.
+            // In panic mode health (ejections, failed health checks) is ignored, and zones are
+            // left aside with it, as Envoy routes by zone only outside panic mode: calls spread
+            // over every endpoint the filter still lets through (an open breaker still keeps its
+            // endpoint out).
             Picker::ZoneAware { .. } if cx.panic => {
                 best_of(n, 2, cx.rng, &avail, |i| outstanding(set, i))
             }
