@@ -1757,11 +1757,24 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
         max_wait_ms: 0,
         backpressure: false,
     };
-    let mut stack = vec![LayerSpec::Buffer { capacity: 1 }, full];
-    stack.extend(retry_over_a_bulkhead_with_backpressure.iter().cloned());
+    // The first call's retry waits for the lower bulkhead's permit, which the worker's service
+    // took for the second call, rejected by the upper bulkhead that the first call holds.
+    let stack = [
+        LayerSpec::Buffer { capacity: 1 },
+        full,
+        LayerSpec::Retry {
+            max_attempts: 2,
+            budget: BudgetSpec::TokenBucket {
+                max_tokens: 10,
+                ratio_tenths: 1,
+            },
+        },
+        retry_over_a_bulkhead_with_backpressure[1].clone(),
+    ];
     let calls = [call(0, 100, true), call(50, 0, false), call(500, 0, false)];
     let run = run(&stack, &calls, &[]);
     assert_eq!(run.outcomes.len(), calls.len());
+    assert_eq!(run.inner_calls, 3, "the first call was retried");
     assert!(
         run.outcomes.iter().any(|o| o.result.is_err()),
         "the full bulkhead rejected a call"
