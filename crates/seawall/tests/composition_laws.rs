@@ -1855,36 +1855,63 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
     );
 }
 
-/// A breaker with backpressure whose inner service takes as long to get ready as HalfOpen lasts:
-/// a caller whose probe's HalfOpen ran out while the inner service got ready must not wait again
-/// from scratch at every HalfOpen (dropping what the readiness had done each time), for ever.
+/// A breaker with backpressure whose inner service takes longer to get ready than HalfOpen lasts:
+/// a caller whose probe's HalfOpen ran out while its inner service got ready is not kept waiting
+/// to start that readiness again from scratch at every HalfOpen, for ever. Once it is ready the
+/// breaker asks again: the caller goes ahead with the readiness it has, as the next HalfOpen's
+/// probe, when the Open wait that followed the bound is over; else it is rejected with `Open`.
 #[test]
 fn a_breaker_with_backpressure_does_not_restart_a_slow_readiness_for_ever() {
-    let stack = [
-        LayerSpec::TotalFallback,
-        LayerSpec::Breaker {
+    let breaker = |wait_ms| {
+        [LayerSpec::Breaker {
             window: 2,
             min_calls: 1,
-            wait_ms: 5,
+            wait_ms,
             probes: 1,
             half_open_ms: 50,
             backpressure: true,
-        },
-    ];
-    let call = |start_ms, fail| Call {
+        }]
+    };
+    let call = |start_ms, work_ms, fail| Call {
         start_ms,
         start_extra_us: 0,
         req: Req {
-            work_ms: 0,
+            work_ms,
             work_extra_us: 0,
             fail,
             deadline: None,
         },
         cancel_after_ms: None,
     };
-    let calls = [call(0, true), call(50, false)];
-    let run = run(&stack, &calls, &[Readiness::Pending { ms: 50 }]);
-    assert_eq!(run.outcomes.len(), calls.len());
+    let answers = |run: &Run| {
+        let mut outcomes: Vec<_> = run.outcomes.iter().map(|o| (o.call, &o.result)).collect();
+        outcomes.sort_unstable_by_key(|&(call, _)| call);
+        outcomes
+            .into_iter()
+            .map(|(_, result)| result.clone())
+            .collect::<Vec<_>>()
+    };
+    let failed = Err("inner failure".to_string());
+    // Every readiness takes 60 ms. Opened by the first call at 60 ms, the breaker half-opens for
+    // the second caller at 100 ms, which takes the probe slot; its inner service is ready at
+    // 160 ms, 10 ms after HalfOpen ran out.
+    let calls = [call(0, 0, true), call(100, 7, false)];
+    let readiness = [Readiness::Pending { ms: 60 }];
+
+    // The 5 ms Open wait since is over: the caller is the next HalfOpen's probe, answered by the
+    // inner service, and closes the breaker.
+    let probed = run(&breaker(5), &calls, &readiness);
+    assert_eq!(answers(&probed), [failed.clone(), Ok(7)]);
+    assert_eq!(probed.inner_calls, 2);
+    assert_eq!(probed.breakers[0].state, State::Closed);
+
+    // A 20 ms Open wait is not: the caller is rejected.
+    let rejected = run(&breaker(20), &calls, &readiness);
+    assert_eq!(
+        answers(&rejected),
+        [failed, Err("circuit breaker is open".to_string())]
+    );
+    assert_eq!(rejected.inner_calls, 1);
 }
 
 /// The readiness law is not vacuous: a retry that polls the inner service ready for its second
