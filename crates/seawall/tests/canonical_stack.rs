@@ -121,6 +121,36 @@ fn endpoint_breakers() -> BreakerSet<&'static str> {
     .unwrap()
 }
 
+/// A stack of a round-robin balancer (no outlier detection) over `discover`, each endpoint under its
+/// breaker from `breakers`, and nothing else.
+fn breakers_stack<D>(
+    breakers: &BreakerSet<&'static str>,
+    discover: D,
+) -> ClientStack<Req, &'static str>
+where
+    D: tower::discover::Discover<Key = &'static str, Service = Endpoint> + Send + 'static,
+    D::Error: std::error::Error + Send + Sync + 'static,
+{
+    ClientStack::builder()
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .build(discover)
+        .unwrap()
+}
+
+/// Lets the balancer's task apply what discovery published.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn retry_counter() -> (RetryLayer, Arc<AtomicUsize>) {
     let retries = Arc::new(AtomicUsize::new(0));
     let seen = retries.clone();
@@ -199,17 +229,7 @@ async fn a_removed_endpoints_breaker_leaves_the_set() {
     let calls = Calls::default();
     let breakers = endpoint_breakers();
     let (publish, keys) = tokio::sync::watch::channel(vec!["good-1", "bad"]);
-    let client = ClientStack::builder()
-        .without_retry()
-        .without_breaker()
-        .balance(
-            BalanceLayer::builder()
-                .picker(Picker::RoundRobin)
-                .outlier_detection(OutlierDetection::disabled()),
-        )
-        .endpoint_breakers(breakers.clone())
-        .build(discover::watch(keys, endpoint(&calls)))
-        .unwrap();
+    let client = breakers_stack(&breakers, discover::watch(keys, endpoint(&calls)));
     tokio::task::yield_now().await;
     for _ in 0..20 {
         let _ = client.clone().oneshot(Req::default()).await;
@@ -218,9 +238,7 @@ async fn a_removed_endpoints_breaker_leaves_the_set() {
     assert_eq!(keys_open(), Some(1.0));
 
     publish.send(vec!["good-1"]).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
     assert!(
         breakers.handle(&"bad").is_none(),
         "the removed endpoint's breaker is still in the set"
@@ -229,9 +247,7 @@ async fn a_removed_endpoints_breaker_leaves_the_set() {
     assert_eq!(keys_open(), Some(0.0));
 
     publish.send(vec!["good-1", "bad"]).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
     assert_eq!(breakers.handle(&"bad").unwrap().state(), State::Closed);
     assert_eq!(keys_open(), Some(0.0));
 }
@@ -246,25 +262,13 @@ async fn a_removed_endpoints_forced_open_breaker_stays_in_the_set() {
     let calls = Calls::default();
     let breakers = endpoint_breakers();
     let (publish, keys) = tokio::sync::watch::channel(vec!["good-1", "drained"]);
-    let client = ClientStack::builder()
-        .without_retry()
-        .without_breaker()
-        .balance(
-            BalanceLayer::builder()
-                .picker(Picker::RoundRobin)
-                .outlier_detection(OutlierDetection::disabled()),
-        )
-        .endpoint_breakers(breakers.clone())
-        .build(discover::watch(keys, endpoint(&calls)))
-        .unwrap();
+    let client = breakers_stack(&breakers, discover::watch(keys, endpoint(&calls)));
     tokio::task::yield_now().await;
     breakers.handle(&"drained").unwrap().force_open();
     assert_eq!(keys_open(), Some(1.0));
 
     publish.send(vec!["good-1"]).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
     assert_eq!(
         breakers.handle(&"drained").map(|h| h.state()),
         Some(State::ForcedOpen),
@@ -273,9 +277,7 @@ async fn a_removed_endpoints_forced_open_breaker_stays_in_the_set() {
     assert_eq!(keys_open(), Some(1.0));
 
     publish.send(vec!["good-1", "drained"]).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
     assert_eq!(
         breakers.handle(&"drained").unwrap().state(),
         State::ForcedOpen
@@ -319,25 +321,13 @@ async fn a_remove_of_a_key_never_inserted_leaves_its_breaker() {
     changes
         .send(Change::Insert("good-2", make(&"good-2")))
         .unwrap();
-    let client = ClientStack::builder()
-        .without_retry()
-        .without_breaker()
-        .balance(
-            BalanceLayer::builder()
-                .picker(Picker::RoundRobin)
-                .outlier_detection(OutlierDetection::disabled()),
-        )
-        .endpoint_breakers(breakers.clone())
-        .build(Changes(rx))
-        .unwrap();
+    let client = breakers_stack(&breakers, Changes(rx));
     tokio::task::yield_now().await;
     assert_eq!(breakers.len(), 3);
 
     changes.send(Change::Remove("elsewhere")).unwrap();
     changes.send(Change::Remove("good-2")).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    settle().await;
     assert!(
         breakers
             .handle(&"elsewhere")
