@@ -6,12 +6,48 @@
 
 mod common;
 
-use common::{addr, first_resolution, make, Zone};
+use common::{addr, first_resolution, make, Endpoint, Zone};
 use hickory_proto::rr::RecordType;
-use seawall::discover::Dns;
-use std::time::Duration;
+use seawall::{
+    balance::Tagged,
+    discover::{Discovery, Dns},
+};
+use std::{net::SocketAddr, time::Duration};
 
 const SRV: &str = "_http._tcp.api.test";
+
+/// A zone whose SRV records name `n` targets, `t1.` to `tn.`, on ports 8001 on, each with one
+/// address (`10.1.0.i`), and where the targets `silent` picks do not answer. The names are short
+/// so that the records fit a 512-byte answer, which the test server sends over UDP alone.
+fn numbered_targets(n: u8, silent: impl Fn(u8) -> bool) -> Zone {
+    let zone = Zone::with_ttl(60);
+    let targets: Vec<String> = (1..=n).map(|i| format!("t{i}")).collect();
+    let records: Vec<(u16, u16, u16, String)> = targets
+        .iter()
+        .zip(8001..)
+        .map(|(target, port)| (10, 1, port, format!("{target}.")))
+        .collect();
+    let records: Vec<(u16, u16, u16, &str)> = records
+        .iter()
+        .map(|(priority, weight, port, target)| (*priority, *weight, *port, target.as_str()))
+        .collect();
+    zone.set_srv(SRV, &records);
+    for (target, ip) in targets.iter().zip(1..=n) {
+        zone.set_a(target, &[[10, 1, 0, ip]]);
+        zone.silence(target, silent(ip));
+    }
+    zone
+}
+
+/// SRV discovery of `SRV` from `zone`'s server, with a 2 s timeout.
+async fn discover(zone: &Zone) -> Discovery<Tagged<SocketAddr>, Endpoint> {
+    let server = zone.serve().await;
+    Dns::srv(format!("{SRV}."))
+        .nameservers([server])
+        .timeout(Duration::from_secs(2))
+        .build(make)
+        .unwrap()
+}
 
 #[tokio::test(start_paused = true)]
 async fn silent_targets_hold_a_resolution_up_for_one_timeout_together() {
@@ -31,13 +67,8 @@ async fn silent_targets_hold_a_resolution_up_for_one_timeout_together() {
     for host in ["a.api.test", "b.api.test", "c.api.test"] {
         zone.silence(host, true);
     }
-    let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_secs(2))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover(&zone).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.4:8004"), 1)]
@@ -49,30 +80,9 @@ async fn silent_targets_hold_a_resolution_up_for_one_timeout_together() {
 
 #[tokio::test(start_paused = true)]
 async fn at_most_16_targets_are_looked_up_at_once() {
-    let zone = Zone::with_ttl(60);
-    // Short names: the 17 records fit a 512-byte answer, which this server sends over UDP alone.
-    let targets: Vec<String> = (1..=17).map(|i| format!("t{i}")).collect();
-    let records: Vec<(u16, u16, u16, String)> = targets
-        .iter()
-        .zip(8001..)
-        .map(|(target, port)| (10, 1, port, format!("{target}.")))
-        .collect();
-    let records: Vec<(u16, u16, u16, &str)> = records
-        .iter()
-        .map(|(priority, weight, port, target)| (*priority, *weight, *port, target.as_str()))
-        .collect();
-    zone.set_srv(SRV, &records);
-    for (target, ip) in targets.iter().zip(1..) {
-        zone.set_a(target, &[[10, 1, 0, ip]]);
-        zone.silence(target, ip != 17);
-    }
-    let server = zone.serve().await;
+    let zone = numbered_targets(17, |i| i != 17);
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_secs(2))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover(&zone).await;
     assert_eq!(
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.1.0.17:8017"), 1)]
@@ -89,30 +99,9 @@ async fn at_most_16_targets_are_looked_up_at_once() {
 /// targets, one on each side of the 16th, still hold the resolution up for one timeout.
 #[tokio::test(start_paused = true)]
 async fn a_silent_target_does_not_hold_up_the_lookups_after_the_first_16() {
-    let zone = Zone::with_ttl(60);
-    // Short names: the 20 records fit a 512-byte answer, which this server sends over UDP alone.
-    let targets: Vec<String> = (1..=20).map(|i| format!("t{i}")).collect();
-    let records: Vec<(u16, u16, u16, String)> = targets
-        .iter()
-        .zip(8001..)
-        .map(|(target, port)| (10, 1, port, format!("{target}.")))
-        .collect();
-    let records: Vec<(u16, u16, u16, &str)> = records
-        .iter()
-        .map(|(priority, weight, port, target)| (*priority, *weight, *port, target.as_str()))
-        .collect();
-    zone.set_srv(SRV, &records);
-    for (target, ip) in targets.iter().zip(1..) {
-        zone.set_a(target, &[[10, 1, 0, ip]]);
-        zone.silence(target, ip == 1 || ip == 17);
-    }
-    let server = zone.serve().await;
+    let zone = numbered_targets(20, |i| i == 1 || i == 17);
     let start = tokio::time::Instant::now();
-    let mut discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_secs(2))
-        .build(make)
-        .unwrap();
+    let mut discovery = discover(&zone).await;
     let expected: Vec<_> = (2..=20u16)
         .filter(|&i| i != 17)
         .map(|i| ('+', addr(&format!("10.1.0.{i}:{}", 8000 + i)), 1))
