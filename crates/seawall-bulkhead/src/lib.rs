@@ -22,15 +22,18 @@
 //!
 //! 1. `poll_ready` drives the inner service to readiness, then takes a free permit if there is
 //!    one and keeps it for the next `call`. It never waits for a permit and never fails for lack
-//!    of one.
+//!    of one. With `max_wait` zero, it first looks for a free permit: if there is none, the call
+//!    is rejected there and then, and `poll_ready` is ready without polling the inner service.
 //! 2. `call` with a permit calls the inner service at once; the response future holds the permit.
-//! 3. `call` without one (the bulkhead was full at `poll_ready`) tries once more; if the bulkhead
-//!    is still full and `max_wait` is zero, the response future fails with [`Full`], and the
-//!    inner service is replaced with a clone of it: its readiness may hold something for the
-//!    call (a permit of a limit below, a place in a `Buffer`) that a service kept uncalled (a
-//!    `Buffer`'s worker keeps one for good) would hold up others with, such as a retry below
-//!    whose call holds this bulkhead's permit, for ever. Otherwise the future waits for a
-//!    permit: the service that `poll_ready` made ready moves into the future with the request
+//!    A call that `poll_ready` rejected fails with [`Full`], even if a permit has freed since: its
+//!    inner service was not polled, and holds nothing for the call.
+//! 3. `call` without a permit otherwise (it was taken while the inner service got ready) tries
+//!    once more; if the bulkhead is still full and `max_wait` is zero, the response future fails
+//!    with [`Full`], and the inner service is replaced with a clone of it: its readiness may hold
+//!    something for the call (a permit of a limit below, a place in a `Buffer`) that a service
+//!    kept uncalled (a `Buffer`'s worker keeps one for good) would hold up others with, such as a
+//!    retry below whose call holds this bulkhead's permit, for ever. Otherwise the future waits
+//!    for a permit: the service that `poll_ready` made ready moves into the future with the request
 //!    (`mem::replace` with a clone, which the next `poll_ready` polls ready in turn), so when a
 //!    permit comes, the call goes to a service that was polled ready, never to a fresh clone.
 //!    The call joins the FIFO queue in `call`, before its future is first polled, so a future
@@ -72,10 +75,12 @@
 //!
 //! The permits are a fair semaphore of seawall's own whose uncontended paths take no lock: an
 //! admitted call costs one compare-and-swap to take its permit, one to give it back, and one
-//! `Arc` clone; a rejected call (with `max_wait` zero) costs no compare-and-swap: it reads the
-//! permit word (in `poll_ready`, and again in `call`), finds no permit free and gives up, dropping
-//! the inner service's readiness with one clone of it. The bulkhead allocates for neither:
-//! [`Full`] is zero-sized. Only calls that wait take the queue's lock, and each
+//! `Arc` clone; a rejected call (with `max_wait` zero) costs no compare-and-swap: `poll_ready`
+//! reads the permit word once, finds no permit free and leaves the inner service alone, and
+//! `call` fails at once. Only a call whose permit went between that look and the end of the inner
+//! service's readiness reads the word again in `call`, and then clones the inner service to drop
+//! its readiness. The bulkhead allocates for neither: [`Full`] is zero-sized. Only calls that
+//! wait take the queue's lock, and each
 //! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
 //! for its `max_wait` deadline) and when a returned permit goes to a waiter (once, to pass over
 //! waiters whose `max_wait` has passed); adaptive limits read it twice per call (when it starts and when

@@ -149,6 +149,14 @@ impl Permits {
             .unsigned_abs()
     }
 
+    /// Whether [`try_acquire`](Permits::try_acquire) would take a permit now: one is free and
+    /// nobody is waiting. One load; takes nothing.
+    #[inline]
+    pub fn has_free(&self) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        state & WAITERS == 0 && free(state) >= 1
+    }
+
     /// Takes a free permit if there is one and nobody is waiting. Never blocks.
     #[inline]
     pub fn try_acquire(&self) -> bool {

@@ -25,6 +25,12 @@ pub struct Bulkhead<S, C = DefaultClassifier, R = OnResponse> {
     reserved: Option<Permit>,
     /// Backpressure mode: this service's place in the queue while `poll_ready` waits.
     place: Option<Place>,
+    /// Whether the inner service has been polled since it was last called (or handed to a
+    /// waiting call): its readiness may hold something for the next call.
+    inner_polled: bool,
+    /// `poll_ready` found no permit free, for a call that may not wait, before it polled the
+    /// inner service: `call` rejects the call, whatever the permits are by then.
+    full: bool,
     _release: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -38,6 +44,8 @@ impl<S, C, R> Bulkhead<S, C, R> {
             classifier,
             reserved: None,
             place: None,
+            inner_polled: false,
+            full: false,
             _release: std::marker::PhantomData,
         }
     }
@@ -71,9 +79,23 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.shared.backpressure && self.reserved.is_none() {
-            ready!(self.poll_queued(cx));
+        if self.reserved.is_none() {
+            if self.shared.fail_fast {
+                // A call that may not wait is rejected if no permit is free. Decided here, before
+                // the inner service is polled, the rejection leaves nothing held below. An inner
+                // service polled already (it was pending, say) is polled on, and `call` gives
+                // back what its readiness holds if the call is rejected after all.
+                if !self.inner_polled {
+                    self.full = !self.shared.has_free_permit();
+                    if self.full {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            } else if self.shared.backpressure {
+                ready!(self.poll_queued(cx));
+            }
         }
+        self.inner_polled = true;
         ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
         if self.reserved.is_none() {
             self.reserved = Permit::try_acquire(&self.shared);
@@ -85,6 +107,9 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let permit = match self.reserved.take() {
             Some(permit) => permit,
+            // The rejection `poll_ready` decided stands, even if a permit has freed since: the
+            // inner service was not polled for this call.
+            None if self.full => return self.reject_unpolled(),
             None => match Permit::try_acquire_or_reject(&self.shared) {
                 Unreserved::Acquired(permit) => permit,
                 Unreserved::Rejected => return self.reject(),
@@ -99,22 +124,37 @@ where
         } else {
             None
         };
+        self.inner_polled = false;
         ResponseFuture::running(self.inner.call(request), permit, timing, classifier)
     }
 }
 
 impl<S: Clone, C, R> Bulkhead<S, C, R> {
-    /// The bulkhead is full and the call may not wait: it fails with [`Full`](crate::Full). The
-    /// inner service was polled ready for it, and its readiness may hold something for the call
-    /// (a permit of a limit below, a place in a `Buffer`) that only a call or a drop gives back.
-    /// Kept by a service that gets no call for a while (a `Buffer`'s worker keeps one for good),
-    /// it would hold up whoever needs it, such as the next attempt of a retry below whose call
-    /// holds this bulkhead's permit: a deadlock. So the inner service is replaced with a clone of
-    /// it, which holds nothing.
+    /// The bulkhead is full and the call may not wait: it fails with [`Full`](crate::Full). When
+    /// `poll_ready` found a permit free, the inner service was polled for the call, and its
+    /// readiness may hold something for it (a permit of a limit below, a place in a `Buffer`)
+    /// that only a call or a drop gives back. Kept by a service that gets no call for a while (a
+    /// `Buffer`'s worker keeps one for good), it would hold up whoever needs it, such as the next
+    /// attempt of a retry below whose call holds this bulkhead's permit: a deadlock. So an inner
+    /// service polled since its last call is replaced with a clone of it, which holds nothing.
     #[cold]
     #[inline(never)]
     fn reject<F, Req>(&mut self) -> ResponseFuture<F, S, Req, C, R> {
-        self.inner = self.inner.clone();
+        if mem::take(&mut self.inner_polled) {
+            self.inner = self.inner.clone();
+        }
+        ResponseFuture::rejected()
+    }
+}
+
+impl<S, C, R> Bulkhead<S, C, R> {
+    /// The rejection `poll_ready` decided, without polling the inner service: nothing to give
+    /// back.
+    #[cold]
+    #[inline(never)]
+    fn reject_unpolled<F, Req>(&mut self) -> ResponseFuture<F, S, Req, C, R> {
+        self.full = false;
+        self.shared.reject(false);
         ResponseFuture::rejected()
     }
 }
@@ -152,6 +192,7 @@ impl<S, C, R> Bulkhead<S, C, R> {
         // before the next call.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
+        self.inner_polled = false;
         ResponseFuture::waiting(place, deadline, ready, request, classifier)
     }
 }
@@ -165,6 +206,8 @@ impl<S: Clone, C, R> Clone for Bulkhead<S, C, R> {
             classifier: self.classifier.clone(),
             reserved: None,
             place: None,
+            inner_polled: false,
+            full: false,
             _release: std::marker::PhantomData,
         }
     }

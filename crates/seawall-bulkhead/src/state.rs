@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     limit: AtomicUsize,
     pub(crate) max_wait: Duration,
     pub(crate) backpressure: bool,
+    /// A call without a permit is rejected at once: `max_wait` is zero, without backpressure.
+    pub(crate) fail_fast: bool,
     adaptive: Option<Mutex<Box<dyn Limit>>>,
     pub(crate) name: Name,
     listeners: Listeners<BulkheadEvent>,
@@ -58,6 +60,7 @@ impl Shared {
             limit: AtomicUsize::new(limit),
             max_wait,
             backpressure,
+            fail_fast: max_wait.is_zero() && !backpressure,
             adaptive: adaptive.map(Mutex::new),
             name,
             listeners,
@@ -76,6 +79,12 @@ impl Shared {
 
     pub(crate) fn available(&self) -> usize {
         self.permits.available()
+    }
+
+    /// Whether [`Permit::try_acquire`] would find a permit now; takes none.
+    #[inline]
+    pub(crate) fn has_free_permit(&self) -> bool {
+        self.permits.has_free()
     }
 
     /// Permits held (calls running, and permits reserved by ready services). Exact when the

@@ -327,3 +327,127 @@ async fn a_rate_limited_call_hands_back_the_inner_services_readiness() {
     let mut other_ready = tokio_test::task::spawn(other.ready());
     assert_ready!(other_ready.poll()).unwrap();
 }
+
+/// An inner service that counts how often it is cloned and polled; always ready, answers at once.
+#[derive(Debug)]
+struct Counting {
+    clones: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counting {
+    fn new() -> Self {
+        Counting {
+            clones: Default::default(),
+            polls: Default::default(),
+        }
+    }
+
+    /// (clones, polls) so far.
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.clones.load(Relaxed), self.polls.load(Relaxed))
+    }
+}
+
+impl Clone for Counting {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counting {
+            clones: self.clones.clone(),
+            polls: self.polls.clone(),
+        }
+    }
+}
+
+impl Service<u32> for Counting {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<u32, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        std::future::ready(Ok(request))
+    }
+}
+
+/// A bulkhead that is full when `poll_ready` looks, for a call that may not wait, decides the
+/// rejection there: the inner service is neither polled nor cloned (its readiness holds nothing
+/// to give back). The decision stands if a permit frees before `call`, which must not call an
+/// inner service that was not polled; the next `poll_ready` looks again.
+#[tokio::test(start_paused = true)]
+async fn a_call_rejected_in_poll_ready_neither_polls_nor_clones_the_inner_service() {
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = bulkhead.handle();
+    let (mut holder, _server) = mock::spawn_layer::<u32, u32, _>(bulkhead.clone());
+    assert_ready_ok!(holder.poll_ready());
+
+    let inner = Counting::new();
+    let counts = inner.clone();
+    let base = counts.counts();
+    let mut service = bulkhead.layer(inner);
+    let mut ready = tokio_test::task::spawn(service.ready());
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let err = service.call(1).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+    assert_eq!(counts.counts(), base, "neither polled nor cloned");
+
+    // Full at `poll_ready`, free at `call`: still rejected, the inner service still untouched.
+    let mut ready = tokio_test::task::spawn(service.ready());
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    drop(holder);
+    assert_eq!(handle.available(), 1);
+    let err = service.call(2).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+    assert_eq!(counts.counts(), base);
+    assert_eq!(handle.available(), 1, "the rejection took no permit");
+
+    // A permit is free when `poll_ready` looks: the inner service is polled and called.
+    assert_eq!(service.ready().await.unwrap().call(3).await.unwrap(), 3);
+    assert_eq!(counts.counts(), (base.0, base.1 + 1));
+}
+
+/// A permit free when `poll_ready` looks can be gone once the inner service is ready (it was
+/// pending meanwhile): the call is rejected, and what the inner service's readiness holds (here
+/// the only permit of a concurrency limit below) is handed back, as the service was polled.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_call_hands_back_the_readiness_of_an_inner_service_it_polled() {
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = bulkhead.handle();
+    let (inner, mut other) = limited_to_one();
+    // `other` holds the limit's only permit: `kept`'s inner service is pending.
+    other.ready().await.unwrap();
+    let mut kept = bulkhead.layer(inner);
+    let mut ready = tokio_test::task::spawn(kept.ready());
+    assert!(ready.poll().is_pending());
+    assert_eq!(
+        handle.available(),
+        1,
+        "no permit taken while the inner is pending"
+    );
+
+    // Meanwhile the bulkhead fills, and the limit's permit passes to `kept`'s inner service.
+    let (mut holder, _server) = mock::spawn_layer::<u32, u32, _>(bulkhead.clone());
+    assert_ready_ok!(holder.poll_ready());
+    assert_eq!(other.call(0).await.unwrap(), 0);
+    assert!(ready.is_woken());
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let err = kept.call(1).await.unwrap_err();
+    assert!(is::<Full>(&*err));
+
+    // `kept` is kept, uncalled: the limit's permit is free for others all the same.
+    let mut other_ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(other_ready.poll()).unwrap();
+}
