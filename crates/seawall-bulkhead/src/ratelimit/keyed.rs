@@ -409,6 +409,12 @@ impl<K> fmt::Debug for KeyedShared<K> {
 }
 
 /// A per-key GCRA rate limit around `S`. Made by [`KeyedRateLimitLayer`].
+///
+/// The key comes from the request, so a call is decided in `call`, after `poll_ready` has polled
+/// the inner service. A call rejected with [`Limited`](super::Limited) replaces the inner service
+/// with a clone of it, to give back what its readiness may hold for the call (a permit of a limit
+/// below, a place in a `Buffer`): each rejection pays that clone, an allocation when the inner
+/// service is boxed (a `BoxCloneSyncService` stack), besides the one for its `Limited`.
 pub struct KeyedRateLimit<S, K, F> {
     inner: S,
     shared: Arc<KeyedShared<K>>,
