@@ -4,7 +4,9 @@
 //! - `p2c_outstanding`: seawall's `Picker::p2c()` vs tower's `p2c::Balance` over
 //!   `PendingRequests`;
 //! - `p2c_peak_ewma`: seawall's `Picker::p2c_peak_ewma()` vs tower's over `PeakEwma`;
-//! - `round_robin`: seawall's round robin (tower has none).
+//! - `round_robin`: seawall's round robin (tower has none);
+//! - `clone`: cloning seawall's balancer, as a layer above does to drop the readiness of a call it
+//!   rejects, alone and followed by one call through the clone (tower's is not `Clone`).
 //!
 //! After the timings each subject's heap allocations per call are printed.
 //!
@@ -119,6 +121,18 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    let mut group = c.benchmark_group("balance/clone");
+    group.bench_function("seawall", |b| {
+        b.iter(|| drop(black_box(seawall_ewma.clone())))
+    });
+    group.bench_function("seawall, then one call", |b| {
+        b.iter(|| {
+            let mut clone = seawall_ewma.clone();
+            black_box(support::call_ok(&mut clone, black_box(1)))
+        })
+    });
+    group.finish();
+
     let calls = 10_000;
     support::report_allocs("balance/p2c_outstanding", "seawall", calls, || {
         support::call_ok(&mut seawall_p2c, 1);
@@ -134,6 +148,12 @@ fn bench(c: &mut Criterion) {
     });
     support::report_allocs("balance/round_robin", "seawall", calls, || {
         support::call_ok(&mut seawall_rr, 1);
+    });
+    support::report_allocs("balance/clone", "seawall", calls, || {
+        drop(black_box(seawall_ewma.clone()));
+    });
+    support::report_allocs("balance/clone", "seawall, then one call", calls, || {
+        support::call_ok(&mut seawall_ewma.clone(), 1);
     });
 }
 

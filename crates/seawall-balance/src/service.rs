@@ -17,13 +17,15 @@ use tower_service::Service;
 /// A client-side load balancer over a discovered set of endpoints; see the [crate docs](crate).
 ///
 /// `Clone`: every clone shares the one endpoint set, its statistics and its health, and each has
-/// its own random stream (derived from the balancer's seed). It is always ready: waiting for an
-/// endpoint happens in the response future, bounded by `max_wait`.
+/// its own random stream (derived from the balancer's seed, in the order clones are made). A
+/// clone takes no lock and allocates nothing. It is always ready: waiting for an endpoint happens
+/// in the response future, bounded by `max_wait`.
 pub struct Balance<K, S, C = DefaultClassifier, H = NoKey> {
     shared: Arc<Shared<K, S, C>>,
     hash_key: H,
     // The set as of `version`, held weakly: an idle clone keeps no endpoint alive that discovery
-    // has removed (a connection stays open only while calls use it).
+    // has removed (a connection stays open only while calls use it). Empty in a new clone: its
+    // first call loads the set.
     snapshot: Weak<Snapshot<K, S>>,
     version: u64,
     rng: SmallRng,
@@ -50,16 +52,18 @@ where
 }
 
 impl<K: Key, S: 'static, C, H> Balance<K, S, C, H> {
+    /// A new clone. Kept cheap, as a layer above may clone the balancer to drop the readiness of
+    /// a call it rejects, under overload: it takes no lock and touches no endpoint set (its first
+    /// call loads the set). Its random stream is the next of the balancer's seed, in the order
+    /// clones are made, so a seeded run repeats whatever order clones are first called in.
     pub(crate) fn from_shared(shared: Arc<Shared<K, S, C>>, hash_key: H) -> Self {
         let n = shared.clones.fetch_add(1, Relaxed);
         let rng = SmallRng::seed_from_u64(shared.seed ^ crate::endpoint::mix(n + 1));
-        let version = shared.version.load(Acquire);
-        let snapshot = Arc::downgrade(&shared.current());
         Balance {
             shared,
             hash_key,
-            snapshot,
-            version,
+            snapshot: Weak::new(),
+            version: 0,
             rng,
         }
     }

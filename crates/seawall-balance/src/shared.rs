@@ -44,6 +44,7 @@ pub(crate) struct Shared<K, S, C> {
     pub(crate) count_outcomes: bool,
     pub(crate) epoch: Instant,
     pub(crate) seed: u64,
+    /// Clones made so far: each takes the next random stream of `seed`, in the order made.
     pub(crate) clones: AtomicU64,
     pub(crate) version: AtomicU64,
     pub(crate) current: RwLock<Arc<Snapshot<K, S>>>,

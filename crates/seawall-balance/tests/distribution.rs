@@ -3,12 +3,14 @@
 mod common;
 
 use common::{cluster, drive, drive_concurrent, settle, Behavior, Node};
-use seawall::balance::{BalanceLayer, Change, HealthCheck, OutlierDetection, Picker, Tagged};
+use seawall::balance::{
+    Balance, BalanceLayer, Change, HealthCheck, OutlierDetection, Picker, Tagged,
+};
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 fn quiet() -> seawall::balance::BalanceConfigBuilder {
     BalanceLayer::builder()
@@ -78,6 +80,33 @@ async fn random_is_uniform_over_the_available_endpoints() {
     // Binomial(4000, 0.5): sd ≈ 32; 5 sd bounds.
     assert!((1840..=2160).contains(&hits[0]), "{hits:?}");
     assert_eq!(hits[0] + hits[1], 4000, "{hits:?}");
+}
+
+/// Each clone of a seeded balancer has a random stream of its own, fixed by the order the clones
+/// were made in, not by the order they are first called in: seeded runs repeat.
+#[tokio::test(start_paused = true)]
+async fn a_clones_random_stream_follows_the_order_the_clones_were_made_in() {
+    async fn picks(balance: &mut Balance<usize, Node>, n: u64) -> Vec<usize> {
+        let mut picks = Vec::new();
+        for i in 0..n {
+            picks.push(balance.ready().await.unwrap().call(i).await.unwrap());
+        }
+        picks
+    }
+
+    let (balance, _cluster) = cluster(8, quiet().picker(Picker::Random)).await;
+    let (mut a, mut b) = (balance.clone(), balance.clone());
+    let a_first = picks(&mut a, 32).await;
+    let b_second = picks(&mut b, 32).await;
+
+    let (balance, _cluster) = cluster(8, quiet().picker(Picker::Random)).await;
+    let (mut a, mut b) = (balance.clone(), balance.clone());
+    let b_first = picks(&mut b, 32).await;
+    let a_second = picks(&mut a, 32).await;
+
+    assert_eq!(a_first, a_second);
+    assert_eq!(b_first, b_second);
+    assert_ne!(a_first, b_first, "two clones, one stream");
 }
 
 #[tokio::test(start_paused = true)]
