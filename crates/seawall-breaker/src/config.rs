@@ -95,7 +95,9 @@ impl BreakerConfig {
     }
 
     /// Whether `poll_ready` waits (instead of the response future rejecting) while the breaker
-    /// does not admit calls.
+    /// does not admit calls. A call whose permit went stale after its inner service was polled is
+    /// rejected with [`Open`](crate::Open) all the same (see
+    /// [`BreakerConfigBuilder::backpressure`]).
     pub fn backpressure(&self) -> bool {
         self.backpressure
     }

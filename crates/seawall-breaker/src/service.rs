@@ -27,9 +27,10 @@ use tower_service::Service;
 /// `poll_ready` asks the breaker first. When it admits the call, the permit is reserved and the
 /// inner service is polled; when it does not, `poll_ready` is ready at once without touching the
 /// inner service, and the response future fails with [`Open`](crate::Open) (or, with the
-/// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again).
-/// Cloning the service does not clone a reservation. As with every tower service, `call` panics
-/// unless `poll_ready` returned `Ready(Ok(()))` first.
+/// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again, except
+/// for a call whose permit went stale after its inner service was polled: that one fails with
+/// `Open` too, as below). Cloning the service does not clone a reservation. As with every tower
+/// service, `call` panics unless `poll_ready` returned `Ready(Ok(()))` first.
 ///
 /// Needs `S: Clone`. A permit reserved while the inner service was getting ready can go stale
 /// before the call (the breaker opened meanwhile), and the call is then rejected, with
