@@ -171,7 +171,16 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     /// canonical stack's per-endpoint breakers do this): a breaker left Open by the endpoint's
     /// failures no longer counts in `seawall_breaker_keys_open` nor takes a place, while an
     /// endpoint drained with [`force_open`](BreakerHandle::force_open) stays drained when it comes
-    /// back. The state is read and the breaker removed under the set's lock.
+    /// back.
+    ///
+    /// The state is read and the breaker removed under the set's lock, one step for every other
+    /// user of the set. A manual change made through a [`BreakerHandle`] takes no set lock: one
+    /// made while this runs is kept if it lands before the state is read; one that lands after
+    /// (however soon) applies to the forgotten breaker alone, as any change through the handle of
+    /// a forgotten breaker does, and the key comes back Closed. To drain an endpoint that
+    /// discovery may remove at the same moment, check afterwards that the key still has the
+    /// breaker you changed ([`handle`](Self::handle) and [`BreakerHandle::same_breaker`]), and
+    /// change the key's current breaker (from [`get`](Self::get)) if it has not.
     pub fn remove_unless_manual(&self, key: &K) -> bool {
         let mut map = self.lock();
         match map.entries.get(key) {

@@ -352,6 +352,35 @@ async fn removing_a_key_unless_manual_keeps_an_operators_choice() {
     assert_eq!(open(), Some(0.0));
 }
 
+/// A manual change made through a handle does not take the set's lock: made once the key's
+/// breaker has been forgotten (here, just after; racing the removal, when it lands after the
+/// removal read the state), it applies to the forgotten breaker alone, and the key comes back
+/// Closed. An operator checks afterwards that the key still has the breaker they changed, and
+/// changes the key's current one if not.
+#[tokio::test(start_paused = true)]
+async fn a_manual_change_after_the_removal_applies_to_the_forgotten_breaker_alone() {
+    let set = set(8);
+    let drained = set.get(&"a").handle();
+    assert!(set.remove_unless_manual(&"a"));
+    drained.force_open();
+    assert_eq!(drained.state(), State::ForcedOpen);
+    assert!(
+        set.handle(&"a").is_none(),
+        "the forced breaker is not the key's"
+    );
+    assert_eq!(set.get(&"a").handle().state(), State::Closed);
+
+    // The check: does the key still have the breaker that was forced open?
+    let kept = |set: &BreakerSet<&'static str>| {
+        set.handle(&"a")
+            .is_some_and(|current| current.same_breaker(&drained))
+    };
+    assert!(!kept(&set));
+    set.get(&"a").handle().force_open();
+    assert!(!set.remove_unless_manual(&"a"));
+    assert_eq!(set.get(&"a").handle().state(), State::ForcedOpen);
+}
+
 #[test]
 fn capacity_is_validated() {
     let config = BreakerConfig::builder().build_config().unwrap();
