@@ -442,6 +442,15 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// of: a remove of any other key leaves its breaker alone. The set is the stack's own: a set
     /// shared with another stack loses a key's breaker when either stack's discovery removes the
     /// key.
+    ///
+    /// A breaker kept in a manual state belongs to the key, not to the endpoint. If the key never
+    /// comes back, the breaker stays in the set, taking a place (and, forced open, counting in
+    /// `seawall_breaker_keys_open`) until the set evicts it (idle breakers in a manual state go
+    /// after the other idle ones) or you [`remove`](BreakerSet::remove) it. If another endpoint
+    /// comes under the same key (a pod IP given to a new pod), it starts in that manual state: a
+    /// new endpoint under a drained key is drained. Reset or remove the breaker once the endpoint
+    /// you set it for is gone for good. A manual change racing the endpoint's removal may land on
+    /// the breaker the set has just let go of (see [`BreakerSet::remove_unless_manual`]).
     pub fn endpoint_breakers<K, C>(
         self,
         breakers: BreakerSet<K, C>,
