@@ -1831,8 +1831,12 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
         max_wait_ms: 0,
         backpressure: false,
     };
-    // The first call's retry waits for the lower bulkhead's permit, which the worker's service
-    // took for the second call, rejected by the upper bulkhead that the first call holds.
+    // The first call's retry waited for the lower bulkhead's permit, which the worker's service
+    // took for the second call, rejected by the upper bulkhead that the first call holds. The
+    // upper bulkhead now rejects that call in `poll_ready`, before it polls the retry below, so
+    // nothing is taken; the clone that hands back what a polled inner service holds, still
+    // needed when the permit goes while the inner service gets ready, is checked by
+    // seawall-bulkhead's `a_rejected_call_hands_back_the_readiness_of_an_inner_service_it_polled`.
     let stack = [
         LayerSpec::Buffer { capacity: 1 },
         full,
