@@ -22,7 +22,8 @@ pin_project! {
     ///
     /// It holds the call's permit and releases it when the call finishes or the future is dropped.
     /// A call that must wait (no free permit, `max_wait` above zero) waits here, in FIFO order, with
-    /// the inner service that was made ready for it.
+    /// a clone of the inner service that it polls ready once it has its permit: while it waits it
+    /// holds nothing below.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F, S, Req, C, R> {
         #[pin]
@@ -48,10 +49,12 @@ pin_project! {
 }
 
 pin_project! {
+    // A call that has yet to start: it waits at `place` for a permit until `sleep` fires (no
+    // place: the permit is in the future's `permit`), then for its service to be ready.
     struct Wait<S, Req> {
         #[pin]
         sleep: Sleep,
-        place: Place,
+        place: Option<Place>,
         call: Option<(S, Req)>,
     }
 }
@@ -93,13 +96,38 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
     ) -> Self {
         let wait = Wait {
             sleep: tokio::time::sleep_until(deadline),
-            place,
+            place: Some(place),
             call: Some((service, request)),
         };
         ResponseFuture {
             kind: Kind::Waiting,
             wait: Some(Box::pin(wait)),
             permit: None,
+            timing: None,
+            classifier,
+            _release: PhantomData,
+        }
+    }
+}
+
+impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
+    /// A call that holds its permit and starts once `service`, not yet polled, is ready.
+    pub(crate) fn starting(
+        permit: Permit,
+        service: S,
+        request: Req,
+        classifier: Option<Arc<C>>,
+    ) -> Self {
+        let wait = Wait {
+            // Never polled: the permit is taken already.
+            sleep: tokio::time::sleep_until(Instant::now()),
+            place: None,
+            call: Some((service, request)),
+        };
+        ResponseFuture {
+            kind: Kind::Waiting,
+            wait: Some(Box::pin(wait)),
+            permit: Some(permit),
             timing: None,
             classifier,
             _release: PhantomData,
@@ -191,13 +219,17 @@ where
     S: Service<Req, Future = F>,
 {
     /// Every state but `Running`, kept out of line so the running path stays small: a waiting
-    /// call that gets its permit starts (`Ok`, and the caller polls it as running), one whose
-    /// `max_wait` passes first and a rejected call end with [`Full`].
+    /// call that gets its permit and then a ready inner service starts (`Ok`, and the caller
+    /// polls it as running); one whose `max_wait` passes first and a rejected call end with
+    /// [`Full`], one whose inner service fails to get ready with that error.
     #[inline(never)]
     fn poll_start(
         this: &mut ResponseFutureProj<'_, F, S, Req, C, R>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Full>> {
+    ) -> Poll<Result<(), BoxError>>
+    where
+        S::Error: Into<BoxError>,
+    {
         match this.kind.as_mut().project() {
             KindProj::Waiting => {
                 let wait = this
@@ -206,18 +238,35 @@ where
                     .expect("a waiting bulkhead call has its wait")
                     .as_mut()
                     .project();
-                // A permit handed over as the timer fires is taken: the call runs.
-                let permit = match ready!(wait.place.poll_until(cx, wait.sleep)) {
-                    Ok(permit) => permit,
-                    // Its timer fired first, or a permit handed out after its deadline passed
-                    // over it.
-                    Err(_) => return Self::reject_waited(this),
-                };
-                *this.timing = permit.start();
+                if let Some(place) = wait.place.as_mut() {
+                    // A permit handed over as the timer fires is taken: the call goes on.
+                    match ready!(place.poll_until(cx, wait.sleep)) {
+                        Ok(permit) => *this.permit = Some(permit),
+                        // Its timer fired first, or a permit handed out after its deadline
+                        // passed over it.
+                        Err(_) => return Self::reject_waited(this),
+                    }
+                    *wait.place = None;
+                }
+                // With the permit, the inner service is polled ready, and only now: ready while
+                // the call waited, it would have held what its readiness takes below. `max_wait`
+                // bounds the wait for the permit, not this one, as for a call admitted at once.
+                let (service, _) = wait.call.as_mut().expect("a waiting call is called once");
+                if let Err(error) = ready!(service.poll_ready(cx)) {
+                    // The permit goes back; the call fails with the inner service's error.
+                    *this.permit = None;
+                    this.kind.set(Kind::Done);
+                    *this.wait = None;
+                    return Poll::Ready(Err(error.into()));
+                }
                 let (mut service, request) =
                     wait.call.take().expect("a waiting call is called once");
+                let permit = this
+                    .permit
+                    .as_ref()
+                    .expect("a starting call holds a permit");
+                *this.timing = permit.start();
                 let future = service.call(request);
-                *this.permit = Some(permit);
                 this.kind.set(Kind::Running { future });
                 *this.wait = None;
                 Poll::Ready(Ok(()))
@@ -227,7 +276,7 @@ where
                 // on rejected calls must still yield, or it starves its worker thread.
                 ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                 this.kind.set(Kind::Done);
-                Poll::Ready(Err(Full::new()))
+                Poll::Ready(Err(Full::new().into()))
             }
             KindProj::Running { .. } => Poll::Ready(Ok(())),
             KindProj::Done => panic!("bulkhead ResponseFuture polled after completion"),
@@ -235,12 +284,18 @@ where
     }
 
     /// A waiting call's `max_wait` passed before it got a permit: it fails with [`Full`].
-    fn reject_waited(this: &mut ResponseFutureProj<'_, F, S, Req, C, R>) -> Poll<Result<(), Full>> {
-        if let Some(wait) = this.wait.take() {
-            wait.place.shared.reject(true);
+    fn reject_waited(
+        this: &mut ResponseFutureProj<'_, F, S, Req, C, R>,
+    ) -> Poll<Result<(), BoxError>> {
+        if let Some(place) = this
+            .wait
+            .take()
+            .and_then(|mut wait| wait.as_mut().project().place.take())
+        {
+            place.shared.reject(true);
         }
         this.kind.set(Kind::Done);
-        Poll::Ready(Err(Full::new()))
+        Poll::Ready(Err(Full::new().into()))
     }
 }
 

@@ -22,8 +22,9 @@
 //!
 //! 1. `poll_ready` drives the inner service to readiness, then takes a free permit if there is
 //!    one and keeps it for the next `call`. It never waits for a permit and never fails for lack
-//!    of one. With `max_wait` zero, it first looks for a free permit: if there is none, the call
-//!    is rejected there and then, and `poll_ready` is ready without polling the inner service.
+//!    of one. Without backpressure it first looks for a free permit: if there is none, it is
+//!    ready without polling the inner service, and with `max_wait` zero the call is rejected
+//!    there and then.
 //! 2. `call` with a permit calls the inner service at once; the response future holds the permit.
 //!    A call that `poll_ready` rejected fails with [`Full`], even if a permit has freed since: its
 //!    inner service was not polled, and holds nothing for the call.
@@ -33,9 +34,13 @@
 //!    something for the call (a permit of a limit below, a place in a `Buffer`) that a service
 //!    kept uncalled (a `Buffer`'s worker keeps one for good) would hold up others with, such as a
 //!    retry below whose call holds this bulkhead's permit, for ever. Otherwise the future waits
-//!    for a permit: the service that `poll_ready` made ready moves into the future with the request
-//!    (`mem::replace` with a clone, which the next `poll_ready` polls ready in turn), so when a
-//!    permit comes, the call goes to a service that was polled ready, never to a fresh clone.
+//!    for a permit with a clone of the inner service that was not polled (an inner service polled
+//!    for the call is replaced with a clone too), so the waiting call holds nothing below: polled
+//!    first, it could hold the permit of a limit below that the call holding this bulkhead's
+//!    permit needs for its retry, and both would wait until `max_wait`. Once the future has its
+//!    permit it polls its service ready (a readiness error ends the call with that error and
+//!    returns the permit) and calls it. `max_wait` bounds the wait for the permit only; the wait
+//!    for the inner service after it is unbounded, as for a call admitted at once.
 //!    The call joins the FIFO queue in `call`, before its future is first polled, so a future
 //!    polled later (as behind tower's `Buffer`) keeps its place. The future polls the bulkhead's
 //!    semaphore directly (no task spawned) and a `max_wait` timer, and fails with [`Full`] once

@@ -93,6 +93,13 @@ where
                 }
             } else if self.shared.backpressure {
                 ready!(self.poll_queued(cx));
+            } else if !self.inner_polled && !self.shared.has_free_permit() {
+                // A call that may wait takes its permit before the inner service's readiness:
+                // it queues in `call` with a clone of the inner service, polled ready only once
+                // the permit is its own. Polled now, the inner service's readiness (a permit of
+                // a limit below, a place in a `Buffer`) would be held while the call waits, and
+                // could hold up the very call whose permit it waits for.
+                return Poll::Ready(Ok(()));
             }
         }
         self.inner_polled = true;
@@ -111,7 +118,10 @@ where
             // inner service was not polled for this call.
             None if self.full => return self.reject_unpolled(),
             None => match Permit::try_acquire_or_reject(&self.shared) {
-                Unreserved::Acquired(permit) => permit,
+                Unreserved::Acquired(permit) if self.inner_polled => permit,
+                // `poll_ready` found no permit free and did not poll the inner service; one has
+                // freed since. The call starts once its inner service is ready.
+                Unreserved::Acquired(permit) => return self.call_unpolled(permit, request),
                 Unreserved::Rejected => return self.reject(),
                 Unreserved::Wait { place, deadline } => {
                     return self.call_waiting(place, deadline, request)
@@ -171,7 +181,12 @@ impl<S, C, R> Bulkhead<S, C, R> {
     }
 
     /// No permit is free and `max_wait` is above zero: the call, queued at `place`, waits for one
-    /// in its future until `deadline`.
+    /// in its future until `deadline`, then polls its inner service ready and calls it.
+    ///
+    /// The future gets a clone of the inner service that was not polled, so it holds nothing
+    /// below while it waits. An inner service polled for this call (a permit was free when
+    /// `poll_ready` looked, and gone by now) is replaced with a clone too: its readiness is
+    /// handed back rather than kept for a later call.
     #[cold]
     #[inline(never)]
     fn call_waiting<Req>(
@@ -183,17 +198,52 @@ impl<S, C, R> Bulkhead<S, C, R> {
     where
         S: Service<Req> + Clone,
     {
-        let classifier = if self.shared.is_adaptive() {
+        let unpolled = self.unpolled_inner();
+        ResponseFuture::waiting(
+            place,
+            deadline,
+            unpolled,
+            request,
+            self.adaptive_classifier(),
+        )
+    }
+
+    /// `poll_ready` did not poll the inner service, for a call that could wait, but a permit has
+    /// freed by `call`: the call holds it, and its future polls a clone of the inner service
+    /// ready before it calls it.
+    #[cold]
+    #[inline(never)]
+    fn call_unpolled<Req>(
+        &mut self,
+        permit: Permit,
+        request: Req,
+    ) -> ResponseFuture<S::Future, S, Req, C, R>
+    where
+        S: Service<Req> + Clone,
+    {
+        let unpolled = self.inner.clone();
+        ResponseFuture::starting(permit, unpolled, request, self.adaptive_classifier())
+    }
+
+    /// A clone of the inner service for a call's future to poll ready later; an inner service
+    /// polled since its last call is replaced with a clone, which drops what its readiness
+    /// holds.
+    fn unpolled_inner(&mut self) -> S
+    where
+        S: Clone,
+    {
+        if mem::take(&mut self.inner_polled) {
+            self.inner = self.inner.clone();
+        }
+        self.inner.clone()
+    }
+
+    fn adaptive_classifier(&self) -> Option<Arc<C>> {
+        if self.shared.is_adaptive() {
             Some(self.classifier.clone())
         } else {
             None
-        };
-        // The ready service waits with the request; the clone left behind is polled ready again
-        // before the next call.
-        let clone = self.inner.clone();
-        let ready = mem::replace(&mut self.inner, clone);
-        self.inner_polled = false;
-        ResponseFuture::waiting(place, deadline, ready, request, classifier)
+        }
     }
 }
 

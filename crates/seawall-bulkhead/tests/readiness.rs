@@ -1,5 +1,5 @@
 //! Readiness discipline: rejections come from the response future, never from `poll_ready`;
-//! `Clone` resets a reservation; a waiting call uses the service that was polled ready; the
+//! `Clone` resets a reservation; a waiting call polls its service ready only once it may run; the
 //! `backpressure` option makes `poll_ready` wait instead.
 
 use seawall_bulkhead::{
@@ -97,7 +97,8 @@ async fn pending_inner_is_not_a_rejection() {
 }
 
 /// tower's `ConcurrencyLimit` forgets its readiness when cloned: calling a fresh clone panics. The
-/// waiting call must use the service that was polled ready.
+/// waiting call must call a service that was polled ready (its own clone, polled once it has its
+/// permit).
 #[tokio::test(start_paused = true)]
 async fn waiting_call_uses_the_ready_inner_service() {
     let inner = ConcurrencyLimit::new(
@@ -450,4 +451,82 @@ async fn a_rejected_call_hands_back_the_readiness_of_an_inner_service_it_polled(
     // `kept` is kept, uncalled: the limit's permit is free for others all the same.
     let mut other_ready = tokio_test::task::spawn(other.ready());
     assert_ready!(other_ready.poll()).unwrap();
+}
+
+/// A retry in miniature: an attempt that fails is made once more, on a clone of the inner service
+/// polled ready again (as a retry layer's future does).
+#[derive(Clone)]
+struct RetryOnce<S>(S);
+
+impl<S> Service<u32> for RetryOnce<S>
+where
+    S: Service<u32, Response = u32, Error = std::io::Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        let clone = self.0.clone();
+        let mut ready = std::mem::replace(&mut self.0, clone);
+        let mut again = self.0.clone();
+        Box::pin(async move {
+            match ready.call(request).await {
+                Ok(response) => Ok(response),
+                Err(_) => again.ready().await?.call(request).await,
+            }
+        })
+    }
+}
+
+/// A waiting call takes its bulkhead permit before it polls the inner service ready. With
+/// `Bulkhead(1, max_wait) → retry → ConcurrencyLimit(1)`, `a` holds the bulkhead's permit and
+/// its first attempt the limit's. Had `b`, queued for the bulkhead, polled the inner service
+/// first, it would take the limit's permit when that attempt fails and hold it while it waits
+/// for the bulkhead, and `a`'s retry would wait for the limit behind it until `b`'s `max_wait`:
+/// a deadlock for that long.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_holds_no_inner_readiness_while_it_waits() {
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let limit = ConcurrencyLimit::new(
+        service_fn(move |n: u32| {
+            let attempt = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if attempt == 0 {
+                    Err(std::io::Error::other("first attempt fails"))
+                } else {
+                    Ok(n)
+                }
+            }
+        }),
+        1,
+    );
+    let bulkhead = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let stack = bulkhead.layer(RetryOnce(limit));
+
+    let mut a_service = stack.clone();
+    let a = a_service.ready().await.unwrap().call(1);
+    let mut b_service = stack.clone();
+    let b = tokio::spawn(async move { b_service.ready().await?.call(2).await });
+    let a = tokio::spawn(a);
+
+    let answered = tokio::time::timeout(Duration::from_secs(1), a).await;
+    let a = answered.expect("a's retry answers well before b's max_wait");
+    assert_eq!(a.unwrap().unwrap(), 1);
+    assert_eq!(b.await.unwrap().unwrap(), 2);
 }
