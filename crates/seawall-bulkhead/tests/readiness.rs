@@ -530,3 +530,38 @@ async fn a_waiting_call_holds_no_inner_readiness_while_it_waits() {
     assert_eq!(a.unwrap().unwrap(), 1);
     assert_eq!(b.await.unwrap().unwrap(), 2);
 }
+
+/// A rate-limited call that sleeps for its permit holds nothing below while it sleeps: it polls
+/// its inner service ready only once its permit is due. Here the limit's only permit stays free
+/// for `other`, a caller admitted already that reaches the limit by another path.
+#[tokio::test(start_paused = true)]
+async fn a_sleeping_rate_limited_call_holds_no_inner_readiness() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let inner = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        1,
+    );
+    let mut other = inner.clone();
+    let mut service = layer.layer(inner);
+    assert_eq!(service.ready().await.unwrap().call(1).await.unwrap(), 1);
+    // The burst is spent: this call sleeps for its permit, about a second.
+    let sleeping = tokio::spawn(service.ready().await.unwrap().call(2));
+    tokio::task::yield_now().await;
+
+    let served = tokio::time::timeout(Duration::from_millis(100), async {
+        other.ready().await.unwrap().call(3).await
+    })
+    .await;
+    assert_eq!(
+        served
+            .expect("the sleeping call holds the limit's permit")
+            .unwrap(),
+        3
+    );
+    assert_eq!(sleeping.await.unwrap().unwrap(), 2);
+}
