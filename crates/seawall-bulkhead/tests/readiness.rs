@@ -565,3 +565,46 @@ async fn a_sleeping_rate_limited_call_holds_no_inner_readiness() {
     );
     assert_eq!(sleeping.await.unwrap().unwrap(), 2);
 }
+
+/// The same for the keyed limiter: one hot key's calls, sleeping for their permits, hold none of
+/// the permits of a limit below, and another key's call is served meanwhile.
+#[tokio::test(start_paused = true)]
+async fn sleeping_keyed_calls_hold_no_inner_readiness() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(5))
+        .build_keyed(|n: &u32| *n / 100)
+        .unwrap();
+    let limit = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        2,
+    );
+    let service = layer.layer(limit);
+    // Key 0 spends its burst; its next two calls sleep for their permits.
+    let mut hot = service.clone();
+    assert_eq!(hot.ready().await.unwrap().call(1).await.unwrap(), 1);
+    let mut sleeping = Vec::new();
+    for n in [2, 3] {
+        let mut hot = service.clone();
+        let call = hot.ready().await.unwrap().call(n);
+        sleeping.push(tokio::spawn(call));
+    }
+    tokio::task::yield_now().await;
+
+    // Key 1 has its whole burst, and the limit below has room for it.
+    let mut cold = service.clone();
+    let served = tokio::time::timeout(Duration::from_millis(100), async {
+        cold.ready().await.unwrap().call(101).await
+    })
+    .await;
+    assert_eq!(
+        served
+            .expect("key 0's sleeping calls hold the limit's permits")
+            .unwrap(),
+        101
+    );
+    for (call, n) in sleeping.into_iter().zip([2, 3]) {
+        assert_eq!(call.await.unwrap().unwrap(), n);
+    }
+}
