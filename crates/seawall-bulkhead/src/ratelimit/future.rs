@@ -37,8 +37,8 @@ pin_project! {
     /// The response future of a [`RateLimit`](super::RateLimit) or
     /// [`KeyedRateLimit`](super::KeyedRateLimit).
     ///
-    /// A call that must wait for its permit waits here, with a clone of the inner service that it
-    /// polls ready only once the permit is due (so it holds nothing below while it sleeps); dropping the future while it waits gives the permit back, to the next call that
+    /// A call that must wait for its permit waits here, with the inner service that was made ready
+    /// for it; dropping the future while it waits gives the permit back, to the next call that
     /// would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
@@ -116,17 +116,7 @@ where
                 KindProj::Waiting { wait } => {
                     let wait = wait.as_mut().project();
                     ready!(wait.sleep.poll(cx));
-                    // The permit is due, and used whenever the call starts: a late start only
-                    // lowers the rate.
                     wait.refund.disarm();
-                    // Only now is the inner service polled ready: ready while the call slept, it
-                    // would have held what its readiness takes below (a permit of a limit, a
-                    // place in a `Buffer`) from calls that could run meanwhile.
-                    let (service, _) = wait.call.as_mut().expect("a waiting call is called once");
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
-                        this.kind.set(Kind::Done);
-                        return Poll::Ready(Err(error.into()));
-                    }
                     let (mut service, request) =
                         wait.call.take().expect("a waiting call is called once");
                     let future = service.call(request);

@@ -10,6 +10,7 @@ use std::{
     collections::{BinaryHeap, HashMap},
     fmt,
     hash::{BuildHasher, Hash, RandomState},
+    mem,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
@@ -413,9 +414,7 @@ impl<K> fmt::Debug for KeyedShared<K> {
 /// the inner service. A call rejected with [`Limited`](super::Limited) replaces the inner service
 /// with a clone of it, to give back what its readiness may hold for the call (a permit of a limit
 /// below, a place in a `Buffer`): each rejection pays that clone, an allocation when the inner
-/// service is boxed (a `BoxCloneSyncService` stack), besides the one for its `Limited`. A call
-/// that waits for its permit does the same, and its future polls a clone of the inner service
-/// ready only once the permit is due: a hot key's sleeping calls hold nothing below.
+/// service is boxed (a `BoxCloneSyncService` stack), besides the one for its `Limited`.
 pub struct KeyedRateLimit<S, K, F> {
     inner: S,
     shared: Arc<KeyedShared<K>>,
@@ -466,11 +465,11 @@ where
             Ok((grant, _)) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok((grant, id)) => {
                 self.shared.report.delayed(grant.delay);
-                // The sleeping call holds nothing below: one hot key's waiters would otherwise
-                // hold permits of a limit below that other keys' calls could use meanwhile.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(
                     self.shared.epoch + Duration::from_nanos(now + grant.delay),
-                    super::service::unpolled(&mut self.inner),
+                    ready,
                     request,
                     Box::new(KeyedReservation {
                         shared: self.shared.clone(),

@@ -7,6 +7,7 @@ use seawall_core::BoxError;
 use std::{
     fmt,
     future::Future,
+    mem,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -181,9 +182,11 @@ where
             Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok(grant) => {
                 self.shared.report.delayed(grant.delay);
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(
                     self.shared.instant(now + grant.delay),
-                    unpolled(&mut self.inner),
+                    ready,
                     request,
                     Box::new(Reservation {
                         shared: self.shared.clone(),
@@ -215,16 +218,6 @@ where
 #[inline(never)]
 pub(super) fn drop_readiness<S: Clone>(inner: &mut S) {
     *inner = inner.clone();
-}
-
-/// A clone of `inner` for a call that waits for its permit, to poll ready once the permit is due;
-/// `inner`, polled ready for the call, is replaced with a clone too, which gives back what its
-/// readiness holds rather than keeping it while the call sleeps.
-#[cold]
-#[inline(never)]
-pub(super) fn unpolled<S: Clone>(inner: &mut S) -> S {
-    drop_readiness(inner);
-    inner.clone()
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
