@@ -87,8 +87,9 @@
 //! its readiness. The bulkhead allocates for neither: [`Full`] is zero-sized. Only calls that
 //! wait take the queue's lock, and each
 //! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
-//! for its `max_wait` deadline) and when a returned permit goes to a waiter (once, to pass over
-//! waiters whose `max_wait` has passed); adaptive limits read it twice per call (when it starts and when
+//! for its `max_wait` deadline, also when a permit freed between `poll_ready` and `call`) and
+//! when a returned permit goes to a waiter (once, to pass over waiters whose `max_wait` has
+//! passed); adaptive limits read it twice per call (when it starts and when
 //! it answers: the classifier and the algorithm get the same duration), once more when a body held
 //! with [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
 //! the algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and

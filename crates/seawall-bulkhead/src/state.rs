@@ -87,8 +87,9 @@ impl Shared {
         self.permits.has_free()
     }
 
-    /// Permits held (calls running, and permits reserved by ready services). Exact when the
-    /// bulkhead is quiet; a close estimate while permits move.
+    /// Permits held (calls running, calls whose inner service is getting ready after they waited,
+    /// and permits reserved by ready services). Exact when the bulkhead is quiet; a close
+    /// estimate while permits move.
     pub(crate) fn in_flight(&self) -> usize {
         (self.limit() + self.permits.owed()).saturating_sub(self.available())
     }
