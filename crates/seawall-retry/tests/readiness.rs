@@ -17,7 +17,7 @@ use std::{
     },
     time::Duration,
 };
-use support::{flaky, get, ms, one_retry, Calls, Req};
+use support::{flaky, get, ms, one_retry, slow_flaky, Req};
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
 use tower::{
@@ -123,30 +123,6 @@ async fn contract_with_concurrency_limit_whose_clone_resets_readiness() {
     // ends, the permit free by then.
     let expected = [0, 3, 6, 9, 13, 16, 19, 22, 26, 29, 32, 35].map(ms);
     assert_eq!(sent, expected);
-}
-
-/// Like [`flaky`], answering each call after `latency`.
-fn slow_flaky(
-    failures: usize,
-    latency: Duration,
-) -> (
-    impl Service<Req, Response = String, Error = BoxError, Future = impl Send> + Clone + Send,
-    Calls,
-) {
-    let calls = Calls::default();
-    let seen = calls.clone();
-    let svc = service_fn(move |req: Req| {
-        let n = seen.push(&req);
-        async move {
-            tokio::time::sleep(latency).await;
-            if n < failures {
-                Err::<String, BoxError>(format!("fail {n}").into())
-            } else {
-                Ok(format!("ok {n}"))
-            }
-        }
-    });
-    (svc, calls)
 }
 
 /// One attempt alive at a dependency, from `call` until its future answers or is dropped.

@@ -75,11 +75,25 @@ pub fn flaky(
     impl Service<Req, Response = String, Error = BoxError, Future = impl Send> + Clone + Send,
     Calls,
 ) {
+    slow_flaky(failures, Duration::ZERO)
+}
+
+/// Like [`flaky`], answering each call after `latency` (at once when it is zero).
+pub fn slow_flaky(
+    failures: usize,
+    latency: Duration,
+) -> (
+    impl Service<Req, Response = String, Error = BoxError, Future = impl Send> + Clone + Send,
+    Calls,
+) {
     let calls = Calls::default();
     let seen = calls.clone();
     let svc = service_fn(move |req: Req| {
         let n = seen.push(&req);
         async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             if n < failures {
                 Err::<String, BoxError>(format!("fail {n}").into())
             } else {
