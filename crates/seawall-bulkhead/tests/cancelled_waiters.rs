@@ -6,10 +6,13 @@
 use proptest::prelude::*;
 use seawall_bulkhead::ratelimit::RateLimitLayer;
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_test::{assert_pending, task::spawn};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -265,9 +268,62 @@ fn within_rate(times: &[u64], interval: u64, burst: u64, slack: u64) -> Result<(
     Ok(())
 }
 
+/// `inner`, slow to get ready as a limit or a connection pool below the limiter can be: each
+/// service that has not been polled yet (a clone, or one just called) is ready only after the next
+/// of `delays` (milliseconds, taken in turn; always ready if there are none).
+struct Slow<S> {
+    inner: S,
+    delays: Arc<Mutex<(Vec<u64>, usize)>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    ready: bool,
+}
+
+impl<S: Clone> Clone for Slow<S> {
+    fn clone(&self) -> Self {
+        Slow {
+            inner: self.inner.clone(),
+            delays: self.delays.clone(),
+            sleep: None,
+            ready: false,
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> Service<Req> for Slow<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if !self.ready {
+            let delays = &self.delays;
+            let sleep = self.sleep.get_or_insert_with(|| {
+                let (delays, next) = &mut *delays.lock().unwrap();
+                let delay = if delays.is_empty() {
+                    0
+                } else {
+                    *next += 1;
+                    delays[(*next - 1) % delays.len()]
+                };
+                Box::pin(tokio::time::sleep(Duration::from_millis(delay)))
+            });
+            ready!(sleep.as_mut().poll(cx));
+            self.sleep = None;
+            self.ready = true;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> S::Future {
+        self.ready = false;
+        self.inner.call(request)
+    }
+}
+
 /// Runs `ops` against a limiter of one call every `interval_ms` (whole milliseconds, so tokio's
 /// millisecond timer wakes each waiter exactly at its slot), each call a task of its own that
-/// records when the inner service is called.
+/// records when the inner service is called; the inner service takes `readiness` to get ready
+/// (see [`Slow`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
@@ -283,6 +339,7 @@ fn run(
     permits: u64,
     burst: u64,
     max_wait_ms: u64,
+    readiness: Vec<u64>,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -303,11 +360,18 @@ fn run(
         let start = Instant::now();
         let ran: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
         let record = ran.clone();
-        let inner = service_fn(move |(key, _): (u64, u32)| {
-            let at = start.elapsed().as_nanos() as u64;
-            record.lock().unwrap().push((key, at));
-            async move { Ok::<_, std::io::Error>(0u32) }
-        });
+        let slowest = readiness.iter().copied().max().unwrap_or(0);
+        let slow = !readiness.is_empty();
+        let inner = Slow {
+            inner: service_fn(move |(key, _): (u64, u32)| {
+                let at = start.elapsed().as_nanos() as u64;
+                record.lock().unwrap().push((key, at));
+                async move { Ok::<_, std::io::Error>(0u32) }
+            }),
+            delays: Arc::new(Mutex::new((readiness, 0))),
+            sleep: None,
+            ready: false,
+        };
         type Call = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
         let make: Box<dyn Fn(u64) -> Call> = if keyed {
             let layer = builder.build_keyed(|req: &(u64, u32)| req.0).unwrap();
@@ -349,8 +413,9 @@ fn run(
                     .filter(|(k, _)| !keyed || *k == key)
                     .map(|(_, t)| *t)
                     .collect();
-                // With backpressure a call within 1 ms of `poll_ready` keeps its permit.
-                let slack = if backpressure { 1_000_000 } else { 0 };
+                // With backpressure a call within 1 ms of `poll_ready` keeps its permit, and a
+                // waiter whose service gets ready within 1 ms of its permit's time keeps it too.
+                let slack = if backpressure || slow { 1_000_000 } else { 0 };
                 within_rate(&times, interval, burst, slack)?;
             }
             Ok(())
@@ -374,9 +439,12 @@ fn run(
             check(&ran)?;
         }
         // Every waiter left runs within `max_wait`, or with backpressure once every call made
-        // could have had its slot.
-        let settle = if backpressure {
-            // A call that held its ready service past its permit takes a second one.
+        // could have had its slot; a call that held its ready service past its permit takes a
+        // second one. A service that gets ready after its permit's span costs another: the call
+        // takes the next permit, behind every call waiting, and keeps its ready service for it.
+        let settle = if slow {
+            max_wait_ms + (slowest + interval_ms) * (3 * calls + 1)
+        } else if backpressure {
             interval_ms * (2 * calls + 1)
         } else {
             max_wait_ms
@@ -403,7 +471,7 @@ proptest! {
         max_wait_ms in prop_oneof![Just(0u64), 1u64..1_000],
         ops in prop::collection::vec(op(), 1..100),
     ) {
-        run(Mode::Plain, interval_ms, permits, burst, max_wait_ms, ops)?;
+        run(Mode::Plain, interval_ms, permits, burst, max_wait_ms, Vec::new(), ops)?;
     }
 
     #[test]
@@ -414,7 +482,7 @@ proptest! {
         max_wait_ms in prop_oneof![Just(0u64), 1u64..1_000],
         ops in prop::collection::vec(op(), 1..100),
     ) {
-        run(Mode::Keyed, interval_ms, permits, burst, max_wait_ms, ops)?;
+        run(Mode::Keyed, interval_ms, permits, burst, max_wait_ms, Vec::new(), ops)?;
     }
 
     #[test]
@@ -424,6 +492,22 @@ proptest! {
         burst in 1u64..4,
         ops in prop::collection::vec(op(), 1..100),
     ) {
-        run(Mode::Backpressure, interval_ms, permits, burst, 0, ops)?;
+        run(Mode::Backpressure, interval_ms, permits, burst, 0, Vec::new(), ops)?;
+    }
+
+    /// A waiter polls its inner service ready only once its permit is due, and one that gets
+    /// ready after the permit's span takes the next permit: however slow the service below, calls
+    /// still keep to the rate.
+    #[test]
+    fn slow_inner_readiness_never_exceeds_the_rate(
+        mode in prop_oneof![Just(Mode::Plain), Just(Mode::Keyed), Just(Mode::Backpressure)],
+        interval_ms in 10u64..200,
+        permits in 1u64..5,
+        burst in 1u64..4,
+        max_wait_ms in prop_oneof![Just(0u64), 1u64..1_000],
+        readiness in prop::collection::vec(prop_oneof![Just(0u64), Just(1), 0u64..400], 1..6),
+        ops in prop::collection::vec(op(), 1..100),
+    ) {
+        run(mode, interval_ms, permits, burst, max_wait_ms, readiness, ops)?;
     }
 }

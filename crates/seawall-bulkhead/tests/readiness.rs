@@ -530,3 +530,200 @@ async fn a_waiting_call_holds_no_inner_readiness_while_it_waits() {
     assert_eq!(a.unwrap().unwrap(), 1);
     assert_eq!(b.await.unwrap().unwrap(), 2);
 }
+
+/// A rate-limited call that sleeps for its permit holds nothing below while it sleeps: it polls
+/// its inner service ready only once its permit is due. Here the limit's only permit stays free
+/// for `other`, a caller that reaches the limit by another path, and the sleeper goes on time.
+#[tokio::test(start_paused = true)]
+async fn a_sleeping_rate_limited_call_holds_no_inner_readiness() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let inner = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        1,
+    );
+    let mut other = inner.clone();
+    let mut service = layer.layer(inner);
+    assert_eq!(service.ready().await.unwrap().call(1).await.unwrap(), 1);
+    // The burst is spent: this call sleeps for its permit, a second.
+    let start = tokio::time::Instant::now();
+    let call = service.ready().await.unwrap().call(2);
+    let sleeping = tokio::spawn(async move { call.await.map(|n| (n, start.elapsed())) });
+    tokio::task::yield_now().await;
+
+    // Neither the sleeping call nor the limiter's service keeps what was polled for the call.
+    let mut served =
+        tokio_test::task::spawn(async { other.ready().await.unwrap().call(3).await.unwrap() });
+    assert_eq!(
+        assert_ready!(served.poll()),
+        3,
+        "the sleeping call holds the limit's permit"
+    );
+    drop(served);
+    assert_eq!(
+        sleeping.await.unwrap().unwrap(),
+        (2, Duration::from_secs(1))
+    );
+}
+
+/// The same for the keyed limiter: one hot key's calls, sleeping for their permits, hold none of
+/// the permits of a limit below, and another key's call is served meanwhile.
+#[tokio::test(start_paused = true)]
+async fn sleeping_keyed_calls_hold_no_inner_readiness() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(5))
+        .build_keyed(|n: &u32| *n / 100)
+        .unwrap();
+    let limit = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        2,
+    );
+    let service = layer.layer(limit);
+    // Key 0 spends its burst; its next two calls sleep for their permits.
+    let mut hot = service.clone();
+    assert_eq!(hot.ready().await.unwrap().call(1).await.unwrap(), 1);
+    let mut sleeping = Vec::new();
+    for n in [2, 3] {
+        let call = hot.ready().await.unwrap().call(n);
+        sleeping.push(tokio::spawn(call));
+    }
+    tokio::task::yield_now().await;
+
+    // Key 1 has its whole burst, and the limit below has room for it.
+    let mut cold = service.clone();
+    let mut served =
+        tokio_test::task::spawn(
+            async move { cold.ready().await.unwrap().call(101).await.unwrap() },
+        );
+    assert_eq!(
+        assert_ready!(served.poll()),
+        101,
+        "key 0's sleeping calls hold the limit's permits"
+    );
+    for (call, n) in sleeping.into_iter().zip([2, 3]) {
+        assert_eq!(call.await.unwrap().unwrap(), n);
+    }
+}
+
+/// A waiter whose inner service gets ready only after its permit's span would land next to the
+/// calls admitted since: it gives the permit back and waits for the next one, with its ready
+/// service. With no call admitted since, the next permit is due at once.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_ready_after_its_permits_span_takes_the_next_permit() {
+    for neighbour in [false, true] {
+        let layer = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .burst(1)
+            .max_wait(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = ran.clone();
+        let (inner, mut blocker) = {
+            let limit = ConcurrencyLimit::new(
+                service_fn(move |n: u32| {
+                    record.lock().unwrap().push((n, start.elapsed()));
+                    async move { Ok::<_, std::io::Error>(n) }
+                }),
+                1,
+            );
+            (limit.clone(), limit)
+        };
+        let mut service = layer.layer(inner);
+        service.ready().await.unwrap().call(1).await.unwrap();
+        // Due at 1 s; the limit below is held from 0.5 s to 1.5 s.
+        let waiter = tokio::spawn(service.ready().await.unwrap().call(2));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.ready().await.unwrap();
+        // The neighbour reaches the limiter, not the limit, by another service of the layer.
+        let neighbour = neighbour.then(|| {
+            let mut other = layer.layer(service_fn(
+                |n: u32| async move { Ok::<_, std::io::Error>(n) },
+            ));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                other
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(3)
+                    .await
+                    .map(|_| start.elapsed())
+            })
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(blocker);
+        waiter.await.unwrap().unwrap();
+        let ran = ran.lock().unwrap().clone();
+        match neighbour {
+            // Nothing admitted since its permit: the next one is due as it gets ready.
+            None => assert_eq!(ran[1], (2, Duration::from_millis(1_500))),
+            // The neighbour, admitted at 1.2 s, runs at 2 s; the waiter, ready at 1.5 s, would
+            // have run half a second before it at a rate of one a second. It goes at 3 s.
+            Some(neighbour) => {
+                assert_eq!(neighbour.await.unwrap().unwrap(), Duration::from_secs(2));
+                assert_eq!(ran[1], (2, Duration::from_secs(3)));
+            }
+        }
+    }
+}
+
+/// A waiter whose inner service fails to get ready ends with that error, and its permit goes back
+/// to the next caller, who runs at once rather than a second later.
+#[tokio::test(start_paused = true)]
+async fn a_waiters_readiness_error_ends_the_call_and_gives_its_permit_back() {
+    /// Ready unless `broken`, then fails to get ready.
+    #[derive(Clone)]
+    struct Breakable(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Service<u32> for Breakable {
+        type Response = u32;
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<u32, std::io::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::io::Error>> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                std::task::Poll::Ready(Err(std::io::Error::other("connection refused")))
+            } else {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            std::future::ready(Ok(n))
+        }
+    }
+
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut service = layer.layer(Breakable(broken.clone()));
+    assert_eq!(service.ready().await.unwrap().call(1).await.unwrap(), 1);
+    let waiter = service.ready().await.unwrap().call(2);
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = waiter.await.unwrap_err();
+    assert_eq!(err.to_string(), "connection refused");
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let start = tokio::time::Instant::now();
+    assert_eq!(service.ready().await.unwrap().call(3).await.unwrap(), 3);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the failed waiter's permit came back"
+    );
+}

@@ -11,24 +11,43 @@ use std::{
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-/// A reserved permit that is given back if its call never starts.
-pub(crate) trait Refund: Send + Sync {
+/// A permit reserved ahead of its time for a call that waits for it.
+pub(crate) trait Permit: Send + Sync {
+    /// Gives the permit back: its call will not start.
     fn refund(&self);
+
+    /// Nanoseconds since the limiter's epoch, now.
+    fn now(&self) -> u64;
+
+    /// The instant `nanos` after the limiter's epoch.
+    fn instant(&self, nanos: u64) -> Instant;
+
+    /// The last time a call may start on this permit, seen due at `now`.
+    fn usable_until(&self, now: u64) -> u64;
+
+    /// Gives this permit back and reserves the next one at `now`, however far ahead it is:
+    /// `Ok(delay)` in nanoseconds, reported as a wait; `Err(retry_after)` when no slot is in the
+    /// clock's range, reported as a rejection, and then nothing is held.
+    fn renew(&mut self, now: u64) -> Result<u64, Duration>;
 }
 
-/// Refunds on drop unless disarmed.
-pub(crate) struct RefundGuard(Option<Box<dyn Refund>>);
+/// Gives its permit back on drop unless disarmed.
+pub(crate) struct PermitGuard(Option<Box<dyn Permit>>);
 
-impl RefundGuard {
+impl PermitGuard {
+    fn permit(&mut self) -> &mut dyn Permit {
+        &mut **self.0.as_mut().expect("a waiting call holds its permit")
+    }
+
     fn disarm(&mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for RefundGuard {
+impl Drop for PermitGuard {
     fn drop(&mut self) {
-        if let Some(refund) = self.0.take() {
-            refund.refund();
+        if let Some(permit) = self.0.take() {
+            permit.refund();
         }
     }
 }
@@ -37,9 +56,11 @@ pin_project! {
     /// The response future of a [`RateLimit`](super::RateLimit) or
     /// [`KeyedRateLimit`](super::KeyedRateLimit).
     ///
-    /// A call that must wait for its permit waits here, with the inner service that was made ready
-    /// for it; dropping the future while it waits gives the permit back, to the next call that
-    /// would otherwise wait longer.
+    /// A call that must wait for its permit waits here with a clone of the inner service that
+    /// nothing has polled, so it holds nothing below while it sleeps, and polls it ready once
+    /// the permit is due. A call whose service gets ready only after the permit's span gives the
+    /// permit back and waits for the next one, keeping its ready service. Dropping the future
+    /// while it waits gives the permit back, to the next call that would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
         kind: Kind<F, S, Req>,
@@ -60,8 +81,13 @@ pin_project! {
     struct Wait<S, Req> {
         #[pin]
         sleep: Sleep,
-        call: Option<(S, Req)>,
-        refund: RefundGuard,
+        service: S,
+        request: Option<Req>,
+        permit: PermitGuard,
+        // Once the permit is due: the last time the call may start on it.
+        usable_until: Option<u64>,
+        // Whether `service` has been polled ready (and not called).
+        ready: bool,
     }
 }
 
@@ -78,18 +104,24 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
+    /// A call that waits until `until` for `permit`, with `service`: a clone nobody polled, or,
+    /// if `ready`, the service polled ready for it.
     pub(crate) fn waiting(
         until: Instant,
         service: S,
+        ready: bool,
         request: Req,
-        refund: Box<dyn Refund>,
+        permit: Box<dyn Permit>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::Waiting {
                 wait: Box::pin(Wait {
                     sleep: tokio::time::sleep_until(until),
-                    call: Some((service, request)),
-                    refund: RefundGuard(Some(refund)),
+                    service,
+                    request: Some(request),
+                    permit: PermitGuard(Some(permit)),
+                    usable_until: None,
+                    ready,
                 }),
             },
         }
@@ -114,12 +146,50 @@ where
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 KindProj::Waiting { wait } => {
-                    let wait = wait.as_mut().project();
-                    ready!(wait.sleep.poll(cx));
-                    wait.refund.disarm();
-                    let (mut service, request) =
-                        wait.call.take().expect("a waiting call is called once");
-                    let future = service.call(request);
+                    let mut wait = wait.as_mut().project();
+                    let usable_until = match *wait.usable_until {
+                        Some(until) => until,
+                        None => {
+                            ready!(wait.sleep.as_mut().poll(cx));
+                            let permit = wait.permit.permit();
+                            *wait.usable_until.insert(permit.usable_until(permit.now()))
+                        }
+                    };
+                    if !*wait.ready {
+                        // Polled only now: ready while the call slept, the service would have held
+                        // what its readiness takes below (a permit of a limit, a place in a
+                        // `Buffer`) from calls that could run meanwhile.
+                        if let Err(error) = ready!(wait.service.poll_ready(cx)) {
+                            // Dropping the wait gives the permit back.
+                            this.kind.set(Kind::Done);
+                            return Poll::Ready(Err(error.into()));
+                        }
+                        *wait.ready = true;
+                        let permit = wait.permit.permit();
+                        let now = permit.now();
+                        if now > usable_until {
+                            // Ready after the permit's span: starting now could put this call
+                            // next to the ones admitted since. It takes the next permit, and
+                            // waits for it with its ready service, so it waits twice at most.
+                            match permit.renew(now) {
+                                Ok(0) => {}
+                                Ok(delay) => {
+                                    let until = permit.instant(now.saturating_add(delay));
+                                    wait.sleep.as_mut().reset(until);
+                                    *wait.usable_until = None;
+                                    continue;
+                                }
+                                Err(retry_after) => {
+                                    wait.permit.disarm();
+                                    this.kind.set(Kind::Limited { retry_after });
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    wait.permit.disarm();
+                    let request = wait.request.take().expect("a waiting call is called once");
+                    let future = wait.service.call(request);
                     this.kind.set(Kind::Running { future });
                 }
                 KindProj::Limited { retry_after } => {

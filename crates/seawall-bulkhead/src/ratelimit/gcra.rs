@@ -49,6 +49,18 @@ pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
         .saturating_add(u64::from(d.subsec_nanos()))
 }
 
+/// A permit of TAT `t` may run until `t − T`; a call may still use the permit `poll_ready`
+/// reserved for it up to this many nanoseconds after `poll_ready` saw it due. Time passes
+/// between `poll_ready` and `call`, and tokio's timers fire up to a millisecond late, so without
+/// it a call made as soon as its permit is due could miss it.
+pub(crate) const LATE: u64 = 1_000_000;
+
+/// The last time a call may use `grant`, due at `now`, from a limiter of `interval`: the end of its
+/// span, or [`LATE`] after `now` if that is later.
+pub(crate) fn usable_until(interval: u64, grant: Grant, now: u64) -> u64 {
+    (grant.tat - interval).max(now.saturating_add(LATE))
+}
+
 /// The decision for one request given the current TAT: `Ok((new_tat, delay))`, or `Err(retry)`,
 /// the nanoseconds after which the request would be allowed at once; `u64::MAX` when its slot is
 /// past the end of the clock (the TAT cannot move on without overflowing).

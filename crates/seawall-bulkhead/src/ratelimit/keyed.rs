@@ -1,8 +1,8 @@
 use super::{
     config::Validated,
     event::Reporter,
-    future::{Refund, ResponseFuture},
-    gcra::{decide, nanos_since, take_hole, to_nanos, Grant},
+    future::{Permit, ResponseFuture},
+    gcra::{decide, nanos_since, take_hole, to_nanos, usable_until, Grant},
 };
 use seawall_core::{metrics, BoxError, Name};
 use std::{
@@ -10,7 +10,6 @@ use std::{
     collections::{BinaryHeap, HashMap},
     fmt,
     hash::{BuildHasher, Hash, RandomState},
-    mem,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
@@ -194,9 +193,10 @@ impl<K: Hash + Eq> KeyedShared<K> {
         &self.shards[index]
     }
 
-    /// Takes a permit for `key` at `now`: as [`Gcra::acquire`](super::gcra::Gcra::acquire). The
-    /// grant comes with the id of the key's entry, for [`refund`](Self::refund).
-    fn acquire(&self, key: &K, now: u64) -> Result<(Grant, u64), u64>
+    /// Takes a permit for `key` at `now`, due within `max_wait`: as
+    /// [`Gcra::acquire`](super::gcra::Gcra::acquire). The grant comes with the id of the key's
+    /// entry, for [`refund`](Self::refund).
+    fn acquire(&self, key: &K, now: u64, max_wait: u64) -> Result<(Grant, u64), u64>
     where
         K: Clone,
     {
@@ -212,18 +212,18 @@ impl<K: Hash + Eq> KeyedShared<K> {
                     now,
                     self.interval,
                     self.tolerance,
-                    self.max_wait,
+                    max_wait,
                 ) {
                     Ok(grant) => return Ok((grant, entry.id)),
                     Err(retry) => hole_retry = retry,
                 }
             }
-            let (tat, delay) = decide(entry.tat, now, self.interval, self.tolerance, self.max_wait)
+            let (tat, delay) = decide(entry.tat, now, self.interval, self.tolerance, max_wait)
                 .map_err(|retry| retry.min(hole_retry))?;
             entry.tat = tat;
             return Ok((Grant { delay, tat }, entry.id));
         }
-        let (tat, delay) = decide(0, now, self.interval, self.tolerance, self.max_wait)?;
+        let (tat, delay) = decide(0, now, self.interval, self.tolerance, max_wait)?;
         let before = shard.map.len();
         if before >= self.shard_capacity {
             self.evict(&mut shard, now);
@@ -343,9 +343,35 @@ struct KeyedReservation<K> {
     grant: Grant,
 }
 
-impl<K: Hash + Eq + Send + Sync + 'static> Refund for KeyedReservation<K> {
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Permit for KeyedReservation<K> {
     fn refund(&self) {
         self.shared.refund(&self.key, self.id, self.grant);
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.now()
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.shared.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn usable_until(&self, now: u64) -> u64 {
+        usable_until(self.shared.interval, self.grant, now)
+    }
+
+    fn renew(&mut self, now: u64) -> Result<u64, Duration> {
+        self.shared.refund(&self.key, self.id, self.grant);
+        match self.shared.acquire(&self.key, now, u64::MAX) {
+            Ok((grant, id)) => {
+                (self.grant, self.id) = (grant, id);
+                if grant.delay > 0 {
+                    self.shared.report.delayed(grant.delay);
+                }
+                Ok(grant.delay)
+            }
+            Err(retry) => Err(self.shared.report.limited(retry)),
+        }
     }
 }
 
@@ -414,7 +440,10 @@ impl<K> fmt::Debug for KeyedShared<K> {
 /// the inner service. A call rejected with [`Limited`](super::Limited) replaces the inner service
 /// with a clone of it, to give back what its readiness may hold for the call (a permit of a limit
 /// below, a place in a `Buffer`): each rejection pays that clone, an allocation when the inner
-/// service is boxed (a `BoxCloneSyncService` stack), besides the one for its `Limited`.
+/// service is boxed (a `BoxCloneSyncService` stack), besides the one for its `Limited`. A call
+/// that waits for its permit does the same, and its future polls a clone of the inner service
+/// ready only once the permit is due: one hot key's sleeping calls hold nothing below that other
+/// keys' calls could use meanwhile.
 pub struct KeyedRateLimit<S, K, F> {
     inner: S,
     shared: Arc<KeyedShared<K>>,
@@ -461,15 +490,14 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let key = (self.key)(&request);
         let now = self.shared.now();
-        match self.shared.acquire(&key, now) {
+        match self.shared.acquire(&key, now, self.shared.max_wait) {
             Ok((grant, _)) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok((grant, id)) => {
                 self.shared.report.delayed(grant.delay);
-                let clone = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(
                     self.shared.epoch + Duration::from_nanos(now + grant.delay),
-                    ready,
+                    super::service::unpolled(&mut self.inner),
+                    false,
                     request,
                     Box::new(KeyedReservation {
                         shared: self.shared.clone(),
@@ -524,7 +552,7 @@ mod tests {
         let mut most = 0;
         for key in 0..10_000u64 {
             let before = shared.visited.load(Ordering::Relaxed);
-            assert!(shared.acquire(&key, 0).is_ok());
+            assert!(shared.acquire(&key, 0, shared.max_wait).is_ok());
             most = most.max(shared.visited.load(Ordering::Relaxed) - before);
         }
         assert_eq!(shared.keys.load(Ordering::Relaxed), 1_024);
@@ -544,16 +572,16 @@ mod tests {
             .validate()
             .unwrap();
         let shared = KeyedShared::<&str>::new(config);
-        shared.acquire(&"a", 0).unwrap();
-        let (waiting, a) = shared.acquire(&"a", 0).unwrap();
+        shared.acquire(&"a", 0, shared.max_wait).unwrap();
+        let (waiting, a) = shared.acquire(&"a", 0, shared.max_wait).unwrap();
         assert_eq!(waiting.tat, 2 * S);
-        shared.acquire(&"b", 0).unwrap();
+        shared.acquire(&"b", 0, shared.max_wait).unwrap();
         // The shard is full: "a" is found to be busier than when it came, and busy "b" goes.
-        shared.acquire(&"c", 8 * S / 10).unwrap();
+        shared.acquire(&"c", 8 * S / 10, shared.max_wait).unwrap();
         // The waiter of "a" is dropped: its TAT is back at 1 s.
         shared.refund(&"a", a, waiting);
         // At 1.5 s "a" is idle and "c" (TAT 1.8 s) is not: "a" makes room for "d".
-        shared.acquire(&"d", 15 * S / 10).unwrap();
+        shared.acquire(&"d", 15 * S / 10, shared.max_wait).unwrap();
         let shard = shared.shards[0].lock().unwrap();
         let mut keys: Vec<_> = shard.map.keys().map(|key| **key).collect();
         keys.sort_unstable();
@@ -581,7 +609,7 @@ mod tests {
         let shared = KeyedShared::<u64>::new(config);
         let mut scanned = Scanned::default();
         let acquire = |scanned: &mut Scanned, key, now| {
-            let got = shared.acquire(&key, now);
+            let got = shared.acquire(&key, now, shared.max_wait);
             assert_eq!(got, scanned.acquire(&shared, key, now), "key {key}");
             got.expect("within max_wait")
         };
@@ -748,7 +776,7 @@ mod tests {
                     shared.refund(&key, id, grant);
                     scanned.refund(shared.interval, key, id, grant);
                 } else {
-                    let got = shared.acquire(&key, now);
+                    let got = shared.acquire(&key, now, shared.max_wait);
                     proptest::prop_assert_eq!(got, scanned.acquire(&shared, key, now));
                     if let Ok((grant, id)) = got {
                         grants.push((key, id, grant));
@@ -859,7 +887,7 @@ mod tests {
                     entry.runs.retain(|&(_, n)| n != given);
                     continue;
                 }
-                match shared.acquire(&key, now) {
+                match shared.acquire(&key, now, shared.max_wait) {
                     Ok((grant, id)) => {
                         let run = now + grant.delay;
                         proptest::prop_assert!(grant.delay <= max_wait);

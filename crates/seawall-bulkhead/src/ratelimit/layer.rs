@@ -1,8 +1,8 @@
 use super::{
     config::{RateLimitConfigBuilder, Validated},
     event::Reporter,
-    future::Refund,
-    gcra::{nanos_since, to_nanos, Gcra, Grant},
+    future::Permit,
+    gcra::{nanos_since, to_nanos, usable_until, Gcra, Grant},
     RateLimit,
 };
 use seawall_core::Name;
@@ -55,9 +55,35 @@ pub(crate) struct Reservation {
     pub(crate) grant: Grant,
 }
 
-impl Refund for Reservation {
+impl Permit for Reservation {
     fn refund(&self) {
         self.shared.gcra.refund(self.grant);
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.now()
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.shared.instant(nanos)
+    }
+
+    fn usable_until(&self, now: u64) -> u64 {
+        usable_until(self.shared.gcra.interval(), self.grant, now)
+    }
+
+    fn renew(&mut self, now: u64) -> Result<u64, Duration> {
+        self.shared.gcra.refund(self.grant);
+        match self.shared.gcra.acquire(now, u64::MAX) {
+            Ok(grant) => {
+                self.grant = grant;
+                if grant.delay > 0 {
+                    self.shared.report.delayed(grant.delay);
+                }
+                Ok(grant.delay)
+            }
+            Err(retry) => Err(self.shared.report.limited(retry)),
+        }
     }
 }
 

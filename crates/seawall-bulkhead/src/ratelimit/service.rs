@@ -1,6 +1,6 @@
 use super::{
-    future::{Refund, ResponseFuture},
-    gcra::Grant,
+    future::{Permit as _, ResponseFuture},
+    gcra::usable_until,
     layer::{RateLimitLayer, Reservation, Shared},
 };
 use seawall_core::BoxError;
@@ -14,18 +14,6 @@ use std::{
 };
 use tokio::time::Sleep;
 use tower_service::Service;
-
-/// A permit of TAT `t` may run until `t − T`; a call may still use the permit `poll_ready`
-/// reserved for it up to this many nanoseconds after `poll_ready` saw it due. Time passes
-/// between `poll_ready` and `call`, and tokio's timers fire up to a millisecond late, so without
-/// it a call made as soon as its permit is due could miss it.
-const LATE: u64 = 1_000_000;
-
-/// The last time a call may use `grant`, due at `now`, from a limiter of `interval`: the end of its
-/// span, or [`LATE`] after `now` if that is later.
-fn usable_until(interval: u64, grant: Grant, now: u64) -> u64 {
-    (grant.tat - interval).max(now.saturating_add(LATE))
-}
 
 /// A GCRA rate limit around `S`. Made by [`RateLimitLayer`]; see the [module docs](super).
 pub struct RateLimit<S> {
@@ -160,6 +148,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let mut max_wait = self.shared.max_wait;
+        let mut late = false;
         if let Some(mut reserved) = self.reserved.take() {
             if let Some(until) = reserved.usable_until {
                 let reservation = reserved.reservation.take();
@@ -173,6 +162,7 @@ where
                     reservation.refund();
                 }
                 max_wait = u64::MAX;
+                late = true;
             }
             // Called before the reserved permit was due: dropping `reserved` gives it back, and
             // the call is decided afresh.
@@ -182,11 +172,18 @@ where
             Ok(grant) if grant.delay == 0 => ResponseFuture::running(self.inner.call(request)),
             Ok(grant) => {
                 self.shared.report.delayed(grant.delay);
-                let clone = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, clone);
+                let service = if late {
+                    // Ready after its permit's span: it waits once more, with the service it
+                    // polled ready, so it cannot miss the next permit too.
+                    let clone = self.inner.clone();
+                    mem::replace(&mut self.inner, clone)
+                } else {
+                    unpolled(&mut self.inner)
+                };
                 ResponseFuture::waiting(
                     self.shared.instant(now + grant.delay),
-                    ready,
+                    service,
+                    late,
                     request,
                     Box::new(Reservation {
                         shared: self.shared.clone(),
@@ -218,6 +215,17 @@ where
 #[inline(never)]
 pub(super) fn drop_readiness<S: Clone>(inner: &mut S) {
     *inner = inner.clone();
+}
+
+/// A clone of `inner` for a call that waits for its permit, polled ready only once the permit is
+/// due. `inner`, polled ready for the call, is replaced with a clone too, which gives back what its
+/// readiness holds (a permit of a limit below, a place in a `Buffer`) rather than keeping it from
+/// calls that could run while this one sleeps.
+#[cold]
+#[inline(never)]
+pub(super) fn unpolled<S: Clone>(inner: &mut S) -> S {
+    drop_readiness(inner);
+    inner.clone()
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
