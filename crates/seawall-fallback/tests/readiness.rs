@@ -378,3 +378,17 @@ async fn a_failed_inner_service_gives_back_its_breaker_probe() {
     assert_eq!(other.oneshot(()).await.unwrap(), "inner");
     assert_eq!(breaker.handle().state(), seawall_breaker::State::Closed);
 }
+
+/// Behind a `Buffer`, a readiness error the fallback handles does not reach the `Buffer`'s worker,
+/// which would fail every call with it for good: every call is answered from the fallback, and
+/// none reaches the inner service that failed.
+#[tokio::test]
+async fn behind_buffer_a_handled_readiness_error_answers_every_call_from_the_fallback() {
+    let inner = not_ready(1, || "worker gone".into());
+    let calls = inner.calls.clone();
+    let svc = Buffer::new(layer().layer(inner), 4);
+    for _ in 0..3 {
+        assert_eq!(svc.clone().oneshot(()).await.unwrap(), "fallback");
+    }
+    assert_eq!(*calls.lock().unwrap(), 0);
+}
