@@ -440,8 +440,9 @@ fn run(
         }
         // Every waiter left runs within `max_wait`, or with backpressure once every call made
         // could have had its slot; a call that held its ready service past its permit takes a
-        // second one. A service that gets ready after its permit's span costs another: the call
-        // takes the next permit, behind every call waiting, and keeps its ready service for it.
+        // second one. A service that gets ready after its permit's span costs more: a waiter
+        // takes the next permit due within its `max_wait` (or is limited), and a caller with
+        // backpressure one behind every call waiting, each time.
         let settle = if slow {
             max_wait_ms + (slowest + interval_ms) * (3 * calls + 1)
         } else if backpressure {
@@ -510,4 +511,60 @@ proptest! {
     ) {
         run(mode, interval_ms, permits, burst, max_wait_ms, readiness, ops)?;
     }
+}
+
+/// A keyed waiter whose service gets ready after its permit's span renews it from its key's entry
+/// as it is then, though the entry it waited on was evicted and made again meanwhile; dropped
+/// after that, it gives the renewed permit back to that entry.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_waiter_renews_from_its_keys_entry_made_again_after_an_eviction() {
+    let start = Instant::now();
+    let ran: Arc<Mutex<Vec<(u32, Duration)>>> = Arc::default();
+    let record = ran.clone();
+    // Fresh services get ready at once, but for the fourth polled: A#2's, once its permit is due.
+    let inner = Slow {
+        inner: service_fn(move |(_, n): (u64, u32)| {
+            record.lock().unwrap().push((n, start.elapsed()));
+            async move { Ok::<_, std::io::Error>(n) }
+        }),
+        delays: Arc::new(Mutex::new((vec![0, 0, 0, 500, 0, 0, 0, 0], 0))),
+        sleep: None,
+        ready: false,
+    };
+    // One key at a time (T = 1 s, burst 1): a new key evicts the other.
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_secs(5))
+        .max_keys(1)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let service = layer.layer(inner);
+    const A: u64 = 1;
+    const B: u64 = 2;
+    service.clone().oneshot((A, 1)).await.unwrap();
+    // A#2 waits for its permit at 1 s, and gets ready at 1.5 s.
+    let waiter = tokio::spawn(service.clone().oneshot((A, 2)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B evicts A; at 1.2 s A evicts B, with a fresh budget: A#3 runs at once, and A's next
+    // permit is due at 2.2 s.
+    service.clone().oneshot((B, 10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    service.clone().oneshot((A, 3)).await.unwrap();
+    // At 1.5 s A#2 renews: the permit due at 2.2 s. Dropped at 1.6 s, it gives it back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    service.clone().oneshot((A, 4)).await.unwrap();
+    let ran = ran.lock().unwrap().clone();
+    let at = |n: u32| {
+        ran.iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, at)| at.as_millis())
+    };
+    assert_eq!(
+        (at(1), at(2), at(3), at(4)),
+        (Some(0), None, Some(1_200), Some(2_200)),
+        "{ran:?}"
+    );
 }

@@ -612,8 +612,8 @@ async fn sleeping_keyed_calls_hold_no_inner_readiness() {
 }
 
 /// A waiter whose inner service gets ready only after its permit's span would land next to the
-/// calls admitted since: it gives the permit back and waits for the next one, with its ready
-/// service. With no call admitted since, the next permit is due at once.
+/// calls admitted since: it gives the permit back and waits for the next one, and gives back its
+/// readiness while it waits. With no call admitted since, the next permit is due at once.
 #[tokio::test(start_paused = true)]
 async fn a_waiter_ready_after_its_permits_span_takes_the_next_permit() {
     for neighbour in [false, true] {
@@ -626,16 +626,14 @@ async fn a_waiter_ready_after_its_permits_span_takes_the_next_permit() {
         let start = tokio::time::Instant::now();
         let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = ran.clone();
-        let (inner, mut blocker) = {
-            let limit = ConcurrencyLimit::new(
-                service_fn(move |n: u32| {
-                    record.lock().unwrap().push((n, start.elapsed()));
-                    async move { Ok::<_, std::io::Error>(n) }
-                }),
-                1,
-            );
-            (limit.clone(), limit)
-        };
+        let limit = ConcurrencyLimit::new(
+            service_fn(move |n: u32| {
+                record.lock().unwrap().push((n, start.elapsed()));
+                async move { Ok::<_, std::io::Error>(n) }
+            }),
+            1,
+        );
+        let (inner, mut blocker, probe) = (limit.clone(), limit.clone(), limit);
         let mut service = layer.layer(inner);
         service.ready().await.unwrap().call(1).await.unwrap();
         // Due at 1 s; the limit below is held from 0.5 s to 1.5 s.
@@ -660,6 +658,15 @@ async fn a_waiter_ready_after_its_permits_span_takes_the_next_permit() {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(blocker);
+        if neighbour.is_some() {
+            // At 1.6 s the waiter has renewed its permit: it holds nothing below while it waits.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut probe = probe;
+            let mut probed = tokio_test::task::spawn(probe.ready());
+            assert_ready!(probed.poll()).expect("the renewed waiter holds the limit's permit");
+        } else {
+            drop(probe);
+        }
         waiter.await.unwrap().unwrap();
         let ran = ran.lock().unwrap().clone();
         match neighbour {
@@ -726,4 +733,43 @@ async fn a_waiters_readiness_error_ends_the_call_and_gives_its_permit_back() {
         Duration::ZERO,
         "the failed waiter's permit came back"
     );
+}
+
+/// A renewed permit must still be due within the call's `max_wait`: a waiter whose service gets
+/// ready after its permit's span, when the next permit is further off than that, is rejected with
+/// `Limited`, holding nothing.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_ready_too_late_for_its_max_wait_is_limited() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_millis(1_200))
+        .build()
+        .unwrap();
+    let limit = ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        1,
+    );
+    let (inner, mut blocker, mut probe) = (limit.clone(), limit.clone(), limit);
+    let mut service = layer.layer(inner);
+    service.ready().await.unwrap().call(1).await.unwrap();
+    // Due at 1 s; the limit below is held until 1.5 s; a neighbour, admitted at 1.2 s, holds
+    // the permit due at 2 s.
+    let waiter = tokio::spawn(service.ready().await.unwrap().call(2));
+    blocker.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let neighbour = layer.layer(service_fn(
+        |n: u32| async move { Ok::<_, std::io::Error>(n) },
+    ));
+    let neighbour = tokio::spawn(neighbour.oneshot(3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(blocker);
+    // The next permit, at 3 s, is past the call's deadline at 1.2 s.
+    let err = waiter.await.unwrap().unwrap_err();
+    let limited = seawall_core::error::find::<Limited>(&*err).expect("a Limited error");
+    assert_eq!(limited.retry_after(), Duration::from_millis(1_500));
+    let mut probed = tokio_test::task::spawn(probe.ready());
+    assert_ready!(probed.poll()).expect("the rejected waiter holds the limit's permit");
+    drop(probed);
+    assert_eq!(neighbour.await.unwrap().unwrap(), 3);
 }

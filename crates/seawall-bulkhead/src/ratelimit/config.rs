@@ -62,8 +62,9 @@ impl RateLimitConfigBuilder {
     /// How long a call may wait for its permit before it is rejected with
     /// [`Limited`](super::Limited). Default zero: reject at once. A waiting call polls the inner
     /// service ready only once its permit is due, so it holds nothing below while it waits; if
-    /// the service gets ready after the permit's time, the call takes the next permit instead,
-    /// however far ahead, and waits for it with its ready service.
+    /// the service gets ready after the permit's span, the call gives the permit and the
+    /// readiness back and waits for the next permit, or is rejected if none is due within
+    /// `max_wait` of the call.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self

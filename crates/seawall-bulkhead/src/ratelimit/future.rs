@@ -25,10 +25,10 @@ pub(crate) trait Permit: Send + Sync {
     /// The last time a call may start on this permit, seen due at `now`.
     fn usable_until(&self, now: u64) -> u64;
 
-    /// Gives this permit back and reserves the next one at `now`, however far ahead it is:
-    /// `Ok(delay)` in nanoseconds, reported as a wait; `Err(retry_after)` when no slot is in the
-    /// clock's range, reported as a rejection, and then nothing is held.
-    fn renew(&mut self, now: u64) -> Result<u64, Duration>;
+    /// Gives this permit back and reserves the next one at `now`, due within `max_wait`:
+    /// `Ok(delay)` in nanoseconds, or `Err(retry_after)`, reported as a rejection, when there is
+    /// none; then nothing is held.
+    fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration>;
 }
 
 /// Gives its permit back on drop unless disarmed.
@@ -59,8 +59,9 @@ pin_project! {
     /// A call that must wait for its permit waits here with a clone of the inner service that
     /// nothing has polled, so it holds nothing below while it sleeps, and polls it ready once
     /// the permit is due. A call whose service gets ready only after the permit's span gives the
-    /// permit back and waits for the next one, keeping its ready service. Dropping the future
-    /// while it waits gives the permit back, to the next call that would otherwise wait longer.
+    /// permit and the readiness back and waits for the next permit, if one is due within the
+    /// call's `max_wait`, or is rejected. Dropping the future while it waits gives the permit
+    /// back, to the next call that would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
         kind: Kind<F, S, Req>,
@@ -86,6 +87,8 @@ pin_project! {
         permit: PermitGuard,
         // Once the permit is due: the last time the call may start on it.
         usable_until: Option<u64>,
+        // The last time a permit may be due for the call: when it was made, plus `max_wait`.
+        deadline: u64,
         // Whether `service` has been polled ready (and not called).
         ready: bool,
     }
@@ -105,9 +108,10 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     }
 
     /// A call that waits until `until` for `permit`, with `service`: a clone nobody polled, or,
-    /// if `ready`, the service polled ready for it.
+    /// if `ready`, the service polled ready for it. A permit it renews must be due by `deadline`.
     pub(crate) fn waiting(
         until: Instant,
+        deadline: u64,
         service: S,
         ready: bool,
         request: Req,
@@ -121,6 +125,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
                     request: Some(request),
                     permit: PermitGuard(Some(permit)),
                     usable_until: None,
+                    deadline,
                     ready,
                 }),
             },
@@ -131,7 +136,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
 impl<F, S, Req, Res, E> Future for ResponseFuture<F, S, Req>
 where
     F: Future<Output = Result<Res, E>>,
-    S: Service<Req, Future = F, Response = Res, Error = E>,
+    S: Service<Req, Future = F, Response = Res, Error = E> + Clone,
     E: Into<BoxError>,
 {
     type Output = Result<Res, BoxError>;
@@ -164,19 +169,20 @@ where
                             this.kind.set(Kind::Done);
                             return Poll::Ready(Err(error.into()));
                         }
-                        *wait.ready = true;
                         let permit = wait.permit.permit();
                         let now = permit.now();
                         if now > usable_until {
                             // Ready after the permit's span: starting now could put this call
-                            // next to the ones admitted since. It takes the next permit, and
-                            // waits for it with its ready service, so it waits twice at most.
-                            match permit.renew(now) {
+                            // next to the ones admitted since. It takes the next permit due by
+                            // its deadline, and gives its readiness back while it waits again:
+                            // held, it would keep the services below from every call due first.
+                            match permit.renew(now, wait.deadline.saturating_sub(now)) {
                                 Ok(0) => {}
                                 Ok(delay) => {
                                     let until = permit.instant(now.saturating_add(delay));
                                     wait.sleep.as_mut().reset(until);
                                     *wait.usable_until = None;
+                                    *wait.service = wait.service.clone();
                                     continue;
                                 }
                                 Err(retry_after) => {
@@ -186,6 +192,7 @@ where
                                 }
                             }
                         }
+                        *wait.ready = true;
                     }
                     wait.permit.disarm();
                     let request = wait.request.take().expect("a waiting call is called once");

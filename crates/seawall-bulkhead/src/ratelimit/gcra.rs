@@ -49,10 +49,11 @@ pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
         .saturating_add(u64::from(d.subsec_nanos()))
 }
 
-/// A permit of TAT `t` may run until `t − T`; a call may still use the permit `poll_ready`
-/// reserved for it up to this many nanoseconds after `poll_ready` saw it due. Time passes
-/// between `poll_ready` and `call`, and tokio's timers fire up to a millisecond late, so without
-/// it a call made as soon as its permit is due could miss it.
+/// A permit of TAT `t` may run until `t − T`; a call may still use a permit reserved for it up
+/// to this many nanoseconds after it was seen due (by `poll_ready` with backpressure, by the
+/// response future of a call that waited). Time passes between `poll_ready` and `call`, and
+/// between a waiter's timer and its service's readiness, and tokio's timers fire up to a
+/// millisecond late, so without it a call made as soon as its permit is due could miss it.
 pub(crate) const LATE: u64 = 1_000_000;
 
 /// The last time a call may use `grant`, due at `now`, from a limiter of `interval`: the end of its

@@ -360,14 +360,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Permit for KeyedReservation<K
         usable_until(self.shared.interval, self.grant, now)
     }
 
-    fn renew(&mut self, now: u64) -> Result<u64, Duration> {
+    fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration> {
         self.shared.refund(&self.key, self.id, self.grant);
-        match self.shared.acquire(&self.key, now, u64::MAX) {
+        match self.shared.acquire(&self.key, now, max_wait) {
             Ok((grant, id)) => {
                 (self.grant, self.id) = (grant, id);
-                if grant.delay > 0 {
-                    self.shared.report.delayed(grant.delay);
-                }
                 Ok(grant.delay)
             }
             Err(retry) => Err(self.shared.report.limited(retry)),
@@ -496,6 +493,7 @@ where
                 self.shared.report.delayed(grant.delay);
                 ResponseFuture::waiting(
                     self.shared.epoch + Duration::from_nanos(now + grant.delay),
+                    now.saturating_add(self.shared.max_wait),
                     super::service::unpolled(&mut self.inner),
                     false,
                     request,

@@ -72,14 +72,11 @@ impl Permit for Reservation {
         usable_until(self.shared.gcra.interval(), self.grant, now)
     }
 
-    fn renew(&mut self, now: u64) -> Result<u64, Duration> {
+    fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration> {
         self.shared.gcra.refund(self.grant);
-        match self.shared.gcra.acquire(now, u64::MAX) {
+        match self.shared.gcra.acquire(now, max_wait) {
             Ok(grant) => {
                 self.grant = grant;
-                if grant.delay > 0 {
-                    self.shared.report.delayed(grant.delay);
-                }
                 Ok(grant.delay)
             }
             Err(retry) => Err(self.shared.report.limited(retry)),

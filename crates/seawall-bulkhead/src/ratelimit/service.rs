@@ -182,6 +182,7 @@ where
                 };
                 ResponseFuture::waiting(
                     self.shared.instant(now + grant.delay),
+                    now.saturating_add(max_wait),
                     service,
                     late,
                     request,
