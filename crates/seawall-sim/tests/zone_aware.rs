@@ -3,8 +3,13 @@
 use seawall_sim::{run::run, Scenario};
 
 /// Three backends in zone a and three in zone b, every one healthy, and a zone-aware client in
-/// zone a.
+/// zone a, whose outlier detection ejects for half a second at first.
 fn two_zones() -> Scenario {
+    zones_with_local_down(None)
+}
+
+/// [`two_zones`], with every backend of zone a down from `down.0` to `down.1` ms if given.
+fn zones_with_local_down(down: Option<(u64, u64)>) -> Scenario {
     let mut text = String::from(
         r#"
         name = "zones"
@@ -15,12 +20,18 @@ fn two_zones() -> Scenario {
         [[clients]]
         kind = "seawall"
         picker = { kind = "zone_aware", local_zone = "a" }
+        outlier = { interval_ms = 100, base_ejection_ms = 500 }
         "#,
     );
     for zone in ["a", "b", "a", "b", "a", "b"] {
         text.push_str(&format!(
             "[[backends]]\nlatency = {{ kind = \"constant\", ms = 5.0 }}\nzone = \"{zone}\"\n"
         ));
+        if let (Some((from, to)), "a") = (down, zone) {
+            text.push_str(&format!(
+                "faults = [{{ from_ms = {from}, to_ms = {to}, effect = {{ kind = \"down\" }} }}]\n"
+            ));
+        }
     }
     Scenario::from_toml(&text).unwrap()
 }
@@ -33,6 +44,40 @@ fn a_healthy_local_zone_takes_the_calls() {
     let local: f64 = client.total_share().iter().step_by(2).sum();
     assert!(local > 0.9, "{:?}", client.total_share());
     assert_eq!(client.success_rate(), 1.0);
+}
+
+/// The local zone goes down for two of the run's five seconds: the calls move to zone b while it
+/// is down and come back once it is up, and hardly any fail.
+#[test]
+fn calls_leave_a_local_zone_that_is_down_and_come_back() {
+    let report = run(&zones_with_local_down(Some((1_000, 3_000))), 1).unwrap();
+    let client = &report.clients[0];
+    let local_share = |from_ms: u64, to_ms: u64| {
+        let buckets: Vec<&Vec<f64>> = client
+            .share
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let at = *i as u64 * client.bucket_ms;
+                at >= from_ms && at + client.bucket_ms <= to_ms
+            })
+            .map(|(_, share)| share)
+            .collect();
+        let local: f64 = buckets
+            .iter()
+            .map(|s| s.iter().step_by(2).sum::<f64>())
+            .sum();
+        local / buckets.len() as f64
+    };
+    let (before, during, after) = (
+        local_share(0, 1_000),
+        local_share(1_500, 3_000),
+        local_share(4_000, 5_000),
+    );
+    assert!(before > 0.9, "local share before the fault {before}");
+    assert!(during < 0.05, "local share while it is down {during}");
+    assert!(after > 0.9, "local share after the fault {after}");
+    assert!(client.success_rate() > 0.97, "{}", client.success_rate());
 }
 
 #[test]
