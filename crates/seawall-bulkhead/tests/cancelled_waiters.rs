@@ -438,17 +438,17 @@ fn run(
             let ran = ran.lock().unwrap().clone();
             check(&ran)?;
         }
-        // Every waiter left runs within `max_wait`, or with backpressure once every call made
-        // could have had its slot; a call that held its ready service past its permit takes a
-        // second one. A service that gets ready after its permit's span costs more: a waiter
-        // takes the next permit due within its `max_wait` (or is limited), and a caller with
-        // backpressure one behind every call waiting, each time.
-        let settle = if slow {
-            max_wait_ms + (slowest + interval_ms) * (3 * calls + 1)
+        // Every waiter left runs within `max_wait` of its call (made once the service is
+        // ready), or is rejected then, once its last service is ready: a waiter that gets ready
+        // too late takes the next permit due within that time. With backpressure, every call
+        // runs once every call made could have had its slot; a call that held its ready service
+        // past its permit takes a second one, and one whose service got ready too late, more.
+        let settle = if backpressure && slow {
+            (slowest + interval_ms) * (3 * calls + 1)
         } else if backpressure {
             interval_ms * (2 * calls + 1)
         } else {
-            max_wait_ms
+            max_wait_ms + 2 * slowest
         };
         tokio::time::sleep(Duration::from_millis(settle + 1)).await;
         for _ in 0..3 {
@@ -567,4 +567,41 @@ async fn a_keyed_waiter_renews_from_its_keys_entry_made_again_after_an_eviction(
         (Some(0), None, Some(1_200), Some(2_200)),
         "{ran:?}"
     );
+}
+
+/// Waiters whose service always takes 2 ms to get ready miss permits usable for 1 ms: each takes
+/// the next permit once, and polls its service that much ahead of it, so every one runs.
+#[tokio::test(start_paused = true)]
+async fn waiters_slow_to_get_ready_miss_one_permit_each() {
+    let start = Instant::now();
+    let ran: Arc<Mutex<Vec<(u32, Duration)>>> = Arc::default();
+    let record = ran.clone();
+    let inner = Slow {
+        inner: service_fn(move |n: u32| {
+            record.lock().unwrap().push((n, start.elapsed()));
+            async move { Ok::<_, std::io::Error>(n) }
+        }),
+        delays: Arc::new(Mutex::new((vec![2], 0))),
+        sleep: None,
+        ready: false,
+    };
+    // T = 10 ms, no burst beyond one call.
+    let layer = ten_a_second()
+        .rate(100, Duration::from_secs(1))
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let service = layer.layer(inner);
+    let calls: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(service.clone().oneshot(n)))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // Every call is made at 2 ms: the first runs then; the waiters' permits are due at 12, 22
+    // and 32 ms, and each is ready 2 ms late, so they run at the next permits, 42, 52, 62 ms.
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    let at: Vec<u128> = ran.iter().map(|(_, at)| at.as_millis()).collect();
+    assert_eq!(at, [2, 42, 52, 62]);
 }

@@ -743,7 +743,7 @@ async fn a_waiter_ready_too_late_for_its_max_wait_is_limited() {
     let layer = RateLimitLayer::builder()
         .rate(1, Duration::from_secs(1))
         .burst(1)
-        .max_wait(Duration::from_millis(1_200))
+        .max_wait(Duration::from_millis(1_600))
         .build()
         .unwrap();
     let limit = ConcurrencyLimit::new(
@@ -764,7 +764,8 @@ async fn a_waiter_ready_too_late_for_its_max_wait_is_limited() {
     let neighbour = tokio::spawn(neighbour.oneshot(3));
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(blocker);
-    // The next permit, at 3 s, is past the call's deadline at 1.2 s.
+    // The next permit, at 3 s, is past the call's deadline at 1.6 s (though within `max_wait` of
+    // the renewal).
     let err = waiter.await.unwrap().unwrap_err();
     let limited = seawall_core::error::find::<Limited>(&*err).expect("a Limited error");
     assert_eq!(limited.retry_after(), Duration::from_millis(1_500));

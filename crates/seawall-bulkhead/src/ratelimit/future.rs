@@ -25,6 +25,9 @@ pub(crate) trait Permit: Send + Sync {
     /// The last time a call may start on this permit, seen due at `now`.
     fn usable_until(&self, now: u64) -> u64;
 
+    /// The limiter's emission interval `T`, in nanoseconds.
+    fn interval(&self) -> u64;
+
     /// Gives this permit back and reserves the next one at `now`, due within `max_wait`:
     /// `Ok(delay)` in nanoseconds, or `Err(retry_after)`, reported as a rejection, when there is
     /// none; then nothing is held.
@@ -59,9 +62,10 @@ pin_project! {
     /// A call that must wait for its permit waits here with a clone of the inner service that
     /// nothing has polled, so it holds nothing below while it sleeps, and polls it ready once
     /// the permit is due. A call whose service gets ready only after the permit's span gives the
-    /// permit and the readiness back and waits for the next permit, if one is due within the
-    /// call's `max_wait`, or is rejected. Dropping the future while it waits gives the permit
-    /// back, to the next call that would otherwise wait longer.
+    /// permit back and takes the next one due within the call's `max_wait`, or is rejected; it
+    /// gives its readiness back too, and polls its service again as long before that permit as
+    /// getting ready took (at most one interval). Dropping the future while it waits gives the
+    /// permit back, to the next call that would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
         kind: Kind<F, S, Req>,
@@ -85,13 +89,24 @@ pin_project! {
         service: S,
         request: Option<Req>,
         permit: PermitGuard,
-        // Once the permit is due: the last time the call may start on it.
-        usable_until: Option<u64>,
+        phase: Phase,
+        // When the permit is due, in nanoseconds since the limiter's epoch.
+        due: u64,
         // The last time a permit may be due for the call: when it was made, plus `max_wait`.
         deadline: u64,
-        // Whether `service` has been polled ready (and not called).
-        ready: bool,
     }
+}
+
+/// Where a waiting call is.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Sleeping until it is time to poll the service ready: when the permit is due, or earlier
+    /// by the time the service took to get ready before.
+    Asleep,
+    /// Polling the service ready since `since`.
+    Readying { since: u64 },
+    /// Ready before the permit is due: sleeping until it is, then calling.
+    Holding,
 }
 
 impl<F, S, Req> ResponseFuture<F, S, Req> {
@@ -107,10 +122,10 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         }
     }
 
-    /// A call that waits until `until` for `permit`, with `service`: a clone nobody polled, or,
+    /// A call that waits for `permit`, due at `due`, with `service`: a clone nobody polled, or,
     /// if `ready`, the service polled ready for it. A permit it renews must be due by `deadline`.
     pub(crate) fn waiting(
-        until: Instant,
+        due: u64,
         deadline: u64,
         service: S,
         ready: bool,
@@ -120,13 +135,13 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
         ResponseFuture {
             kind: Kind::Waiting {
                 wait: Box::pin(Wait {
-                    sleep: tokio::time::sleep_until(until),
+                    sleep: tokio::time::sleep_until(permit.instant(due)),
                     service,
                     request: Some(request),
                     permit: PermitGuard(Some(permit)),
-                    usable_until: None,
+                    phase: if ready { Phase::Holding } else { Phase::Asleep },
+                    due,
                     deadline,
-                    ready,
                 }),
             },
         }
@@ -152,47 +167,62 @@ where
                 }
                 KindProj::Waiting { wait } => {
                     let mut wait = wait.as_mut().project();
-                    let usable_until = match *wait.usable_until {
-                        Some(until) => until,
-                        None => {
+                    match *wait.phase {
+                        Phase::Asleep => {
                             ready!(wait.sleep.as_mut().poll(cx));
+                            let since = wait.permit.permit().now();
+                            *wait.phase = Phase::Readying { since };
+                            continue;
+                        }
+                        Phase::Holding => ready!(wait.sleep.as_mut().poll(cx)),
+                        Phase::Readying { since } => {
+                            // Polled only now: ready while the call slept, the service would
+                            // have held what its readiness takes below (a permit of a limit, a
+                            // place in a `Buffer`) from calls that could run meanwhile.
+                            if let Err(error) = ready!(wait.service.poll_ready(cx)) {
+                                // Dropping the wait gives the permit back.
+                                this.kind.set(Kind::Done);
+                                return Poll::Ready(Err(error.into()));
+                            }
                             let permit = wait.permit.permit();
-                            *wait.usable_until.insert(permit.usable_until(permit.now()))
-                        }
-                    };
-                    if !*wait.ready {
-                        // Polled only now: ready while the call slept, the service would have held
-                        // what its readiness takes below (a permit of a limit, a place in a
-                        // `Buffer`) from calls that could run meanwhile.
-                        if let Err(error) = ready!(wait.service.poll_ready(cx)) {
-                            // Dropping the wait gives the permit back.
-                            this.kind.set(Kind::Done);
-                            return Poll::Ready(Err(error.into()));
-                        }
-                        let permit = wait.permit.permit();
-                        let now = permit.now();
-                        if now > usable_until {
-                            // Ready after the permit's span: starting now could put this call
-                            // next to the ones admitted since. It takes the next permit due by
-                            // its deadline, and gives its readiness back while it waits again:
-                            // held, it would keep the services below from every call due first.
-                            match permit.renew(now, wait.deadline.saturating_sub(now)) {
-                                Ok(0) => {}
-                                Ok(delay) => {
-                                    let until = permit.instant(now.saturating_add(delay));
-                                    wait.sleep.as_mut().reset(until);
-                                    *wait.usable_until = None;
-                                    *wait.service = wait.service.clone();
-                                    continue;
-                                }
-                                Err(retry_after) => {
-                                    wait.permit.disarm();
-                                    this.kind.set(Kind::Limited { retry_after });
-                                    continue;
+                            let now = permit.now();
+                            if now < *wait.due {
+                                *wait.phase = Phase::Holding;
+                                wait.sleep.as_mut().reset(permit.instant(*wait.due));
+                                continue;
+                            }
+                            if now > permit.usable_until(since.max(*wait.due)) {
+                                // Ready after the permit's span: starting now could put this
+                                // call next to the ones admitted since. It takes the next permit
+                                // due by its deadline.
+                                match permit.renew(now, wait.deadline.saturating_sub(now)) {
+                                    Ok(0) => {}
+                                    Ok(delay) => {
+                                        *wait.due = now.saturating_add(delay);
+                                        // Polled again as long before that permit as getting
+                                        // ready took, at most one interval; its readiness is
+                                        // given back meanwhile, unless that is all the time
+                                        // there is.
+                                        let lead = (now - since).min(permit.interval());
+                                        if lead >= delay {
+                                            *wait.phase = Phase::Holding;
+                                            wait.sleep.as_mut().reset(permit.instant(*wait.due));
+                                        } else {
+                                            *wait.service = wait.service.clone();
+                                            *wait.phase = Phase::Asleep;
+                                            let wake = permit.instant(*wait.due - lead);
+                                            wait.sleep.as_mut().reset(wake);
+                                        }
+                                        continue;
+                                    }
+                                    Err(retry_after) => {
+                                        wait.permit.disarm();
+                                        this.kind.set(Kind::Limited { retry_after });
+                                        continue;
+                                    }
                                 }
                             }
                         }
-                        *wait.ready = true;
                     }
                     wait.permit.disarm();
                     let request = wait.request.take().expect("a waiting call is called once");

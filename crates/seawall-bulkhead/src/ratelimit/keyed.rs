@@ -360,6 +360,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Permit for KeyedReservation<K
         usable_until(self.shared.interval, self.grant, now)
     }
 
+    fn interval(&self) -> u64 {
+        self.shared.interval
+    }
+
     fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration> {
         self.shared.refund(&self.key, self.id, self.grant);
         match self.shared.acquire(&self.key, now, max_wait) {
@@ -492,7 +496,7 @@ where
             Ok((grant, id)) => {
                 self.shared.report.delayed(grant.delay);
                 ResponseFuture::waiting(
-                    self.shared.epoch + Duration::from_nanos(now + grant.delay),
+                    now + grant.delay,
                     now.saturating_add(self.shared.max_wait),
                     super::service::unpolled(&mut self.inner),
                     false,

@@ -72,6 +72,10 @@ impl Permit for Reservation {
         usable_until(self.shared.gcra.interval(), self.grant, now)
     }
 
+    fn interval(&self) -> u64 {
+        self.shared.gcra.interval()
+    }
+
     fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration> {
         self.shared.gcra.refund(self.grant);
         match self.shared.gcra.acquire(now, max_wait) {

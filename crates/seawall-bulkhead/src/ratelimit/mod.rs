@@ -13,9 +13,10 @@
 //! arrival order. A waiter holds an unpolled clone of the inner service, polled ready only once
 //! its permit is due, so while it sleeps it holds nothing of the services below. A dropped waiter
 //! (a timeout above the limiter, a client gone) gives its permit back: the next call that would
-//! otherwise wait longer takes it, and may then go before waiters that came earlier. Until that permit is taken or can no longer run within the bound, calls
-//! take a lock to look at it. With [`backpressure`](RateLimitConfigBuilder::backpressure)
-//! `poll_ready` waits for the next permit instead, as tower's `RateLimit` does.
+//! otherwise wait longer takes it, and may then go before waiters that came earlier. Until that
+//! permit is taken or can no longer run within the bound, calls take a lock to look at it. With
+//! [`backpressure`](RateLimitConfigBuilder::backpressure) `poll_ready` waits for the next permit
+//! instead, as tower's `RateLimit` does.
 //!
 //! Unlike tower's `RateLimit` (a fixed window that resets each period, so up to twice the rate can
 //! pass around a window edge, and whose state is copied by `Clone`), every service a layer makes

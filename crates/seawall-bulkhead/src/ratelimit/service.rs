@@ -181,7 +181,7 @@ where
                     unpolled(&mut self.inner)
                 };
                 ResponseFuture::waiting(
-                    self.shared.instant(now + grant.delay),
+                    now + grant.delay,
                     now.saturating_add(max_wait),
                     service,
                     late,
