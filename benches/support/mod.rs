@@ -14,10 +14,33 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Runs `f` `calls` times and returns the heap allocations it made per call.
+/// What `calls` calls of a closure asked of the heap.
+#[derive(Clone, Copy, Debug)]
+pub struct Allocs {
+    /// Blocks allocated.
+    pub allocations: usize,
+    /// Blocks resized with `realloc` (not counted in `allocations`).
+    pub reallocations: usize,
+    /// Calls made.
+    pub calls: u32,
+}
+
+impl Allocs {
+    /// Allocations and reallocations together.
+    pub fn total(&self) -> usize {
+        self.allocations + self.reallocations
+    }
+
+    /// Allocations and reallocations per call.
+    pub fn per_call(&self) -> f64 {
+        self.total() as f64 / f64::from(self.calls)
+    }
+}
+
+/// Runs `f` `calls` times and counts the heap allocations and reallocations it made.
 ///
 /// The counter is process-wide, so measure on a quiet thread (a current-thread runtime).
-pub fn allocs_per_call(calls: u32, mut f: impl FnMut()) -> f64 {
+pub fn count_allocs(calls: u32, mut f: impl FnMut()) -> Allocs {
     // Warm up lazily initialised state (thread locals, metric handles) outside the count.
     for _ in 0..16 {
         f();
@@ -26,13 +49,25 @@ pub fn allocs_per_call(calls: u32, mut f: impl FnMut()) -> f64 {
     for _ in 0..calls {
         f();
     }
-    region.change().allocations as f64 / calls as f64
+    let change = region.change();
+    Allocs {
+        allocations: change.allocations,
+        reallocations: change.reallocations,
+        calls,
+    }
 }
 
-/// Prints one line of the allocation table every bench emits after its timings.
+/// Prints one line of the allocation table every bench emits after its timings: allocations and
+/// reallocations per call, then the raw counts, so that a rare allocation does not round to zero.
 pub fn report_allocs(group: &str, subject: &str, calls: u32, f: impl FnMut()) {
-    let per_call = allocs_per_call(calls, f);
-    println!("allocs/call {group}/{subject}: {per_call:.2}");
+    let allocs = count_allocs(calls, f);
+    println!(
+        "allocs/call {group}/{subject}: {:.2} ({} allocations + {} reallocations in {} calls)",
+        allocs.per_call(),
+        allocs.allocations,
+        allocs.reallocations,
+        allocs.calls,
+    );
 }
 
 /// Polls `fut` once with a no-op waker; panics if it is not ready.
