@@ -237,6 +237,14 @@ fn bench(c: &mut Criterion) {
     );
     support::report_allocs(
         "bulkhead/rejected (block_on)",
+        "tower LoadShed+ConcurrencyLimit",
+        N,
+        || {
+            rt.block_on(call_async(&mut tower_shed, 1));
+        },
+    );
+    support::report_allocs(
+        "bulkhead/rejected (block_on)",
         "tower-resilience",
         N,
         || {
