@@ -12,7 +12,7 @@
 
 use axum::{routing::get, Router};
 use seawall::{
-    breaker::BreakerLayer,
+    breaker::{BreakerLayer, Open},
     core::deadline::{RequestDeadline, WithDeadline},
     retry::{policy::is_idempotent, Backoff, Policy, RetryEvent, RetryLayer},
     BoxError, Name, Outcome, ServiceBuilderExt,
@@ -37,7 +37,8 @@ fn outcome(status: reqwest::StatusCode) -> Outcome {
     }
 }
 
-/// Retry 5xx, 429 and transport errors, for idempotent methods only.
+/// Retry 5xx, 429 and transport errors, for idempotent methods only. (The layer is built with
+/// `ignore_error::<Open>()` besides, so the breaker's rejection is not retried.)
 #[derive(Debug, Clone, Copy)]
 struct ReqwestPolicy;
 
@@ -94,6 +95,9 @@ async fn main() -> Result<(), BoxError> {
     let retry = RetryLayer::builder()
         .name("reqwest-retry")
         .policy(ReqwestPolicy)
+        // The breaker below rejects with `Open` for seconds: retrying it after a backoff of
+        // milliseconds would only be rejected again, and spend the budget.
+        .ignore_error::<Open>()
         .clone_with(copy as fn(&Req) -> Option<Req>)
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(20)))
