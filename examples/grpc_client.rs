@@ -1,9 +1,10 @@
 //! A gRPC client over three tonic servers on loopback: a seawall balancer over tonic `Channel`s,
-//! each behind its own circuit breaker, with retries above. Statuses are classified with
-//! `GrpcClassifier`, which reads `grpc-status` from trailers-only responses (HTTP 200 with a
-//! failing gRPC status). `StatusLayer`, directly below the generated client, turns an endpoint's
-//! open breaker into `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above
-//! needs to know only gRPC codes.
+//! each behind its own circuit breaker (`BreakerFilter` keeps calls off an endpoint whose breaker
+//! is open), with retries above. Statuses are classified with `GrpcClassifier`, which reads
+//! `grpc-status` from trailers-only responses (HTTP 200 with a failing gRPC status).
+//! `StatusLayer`, directly below the generated client, turns an endpoint's open breaker into
+//! `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above needs to know
+//! only gRPC codes.
 //!
 //! One server answers every call UNAVAILABLE; halfway through another shuts down. Every call
 //! still succeeds; the log shows the breakers opening, the ejections and the retries.
@@ -16,7 +17,7 @@
 //! is needed; a real service's generated client takes a balancer the same way.
 
 use seawall::{
-    balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
+    balance::{BalanceEvent, BalanceLayer, BreakerFilter, OutlierDetection, Picker},
     breaker::{BreakerLayer, SlidingWindow, Transition},
     core::{classify::GrpcClassifier, deadline::WithDeadline, error::find},
     discover,
@@ -126,6 +127,8 @@ async fn main() -> Result<(), BoxError> {
             ..OutlierDetection::default()
         })
         .panic_threshold(0.3)
+        // An endpoint whose breaker would reject the call takes none.
+        .filter(BreakerFilter)
         .on_event(|name: &Name, event: &BalanceEvent| {
             if let BalanceEvent::Ejected { key, reason, .. } = event {
                 println!("  [balance {name}] ejected {key} ({reason:?})");
