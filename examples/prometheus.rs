@@ -30,7 +30,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::MissedTickBehavior};
 use tower::{service_fn, util::BoxCloneService, ServiceBuilder, ServiceExt};
 
 /// A full bulkhead or an open breaker is a local decision, not the dependency failing: not
@@ -131,8 +131,10 @@ async fn main() -> Result<(), BoxError> {
             tokio::spawn(async move {
                 let mut tally = [0u32; 4];
                 // Each caller sends a request every 5 ms at most (a rejected call returns at
-                // once: a caller must not spin on it).
+                // once: a caller must not spin on it). After a slow call the caller goes again at
+                // once and 5 ms apart from then on, rather than once for each tick it missed.
                 let mut pace = tokio::time::interval(Duration::from_millis(5));
+                pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 while tokio::time::Instant::now() < deadline {
                     pace.tick().await;
                     let slot = match client.clone().oneshot(http::Request::new(())).await {
