@@ -3,6 +3,12 @@
 //! retried), and seawall's hedge next to tower's `Hedge` when the original call wins. Allocations
 //! per call are printed after the timings.
 //!
+//! Both percentile hedges are timed in their hedging state: each has measured its percentile
+//! over a full period of calls, and a call it makes is armed to send a copy should the original
+//! be slow. Their periods are short ([`HEDGE_PERIOD`]), so they reach that state within a
+//! fraction of a second and stay in it through a timed run of any length; before each is timed
+//! it is called for a few periods and checked to answer a stalled call with a hedge.
+//!
 //! ```text
 //! cargo bench --bench retry
 //! ```
@@ -10,16 +16,21 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::future::Either;
 use seawall::{
     core::BoxError,
     retry::{HedgeLayer, RequestDeadline, RetryBudget, RetryLayer},
 };
 use std::{
-    future::{ready, Ready},
+    future::{pending, ready, Pending, Ready},
     hint::black_box,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
     time::Duration,
 };
+use tokio::{runtime::Runtime, time::Instant};
 use tower::{
     retry::{
         backoff::{Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff as _},
@@ -27,8 +38,13 @@ use tower::{
     },
     service_fn,
     util::rng::HasherRng,
-    Layer, Service,
+    Layer, Service, ServiceExt as _,
 };
+
+/// The period of both percentile hedges: how long each gathers latencies before the percentile
+/// it hedges after is recomputed. Short, so that a timed run spans many periods, all alike,
+/// rather than crossing the one change from "no percentile yet" to hedging.
+const HEDGE_PERIOD: Duration = Duration::from_millis(50);
 
 /// A small cloneable request that takes no part in deadline propagation.
 #[derive(Clone, Copy)]
@@ -39,6 +55,57 @@ fn ready_inner(
 ) -> impl Service<Req, Response = u64, Error = BoxError, Future = Ready<Result<u64, BoxError>>> + Clone
 {
     service_fn(|req: Req| ready(Ok::<_, BoxError>(req.0)))
+}
+
+/// Set to make the hedge benches' inner service leave its next call unanswered.
+static STALL_NEXT: AtomicBool = AtomicBool::new(false);
+
+/// The future of [`hedge_inner`]'s calls: an answer, or a call left unanswered.
+type HedgeInnerFuture = Either<Ready<Result<u64, BoxError>>, Pending<Result<u64, BoxError>>>;
+
+/// The hedge benches' inner service: answers at once, like [`ready_inner`], unless
+/// [`STALL_NEXT`] is set, when it leaves that one call pending forever (to check that a hedge
+/// answers it). Outside that check the flag costs one relaxed load per call, the same for every
+/// hedge.
+fn hedge_inner(
+) -> impl Service<Req, Response = u64, Error = BoxError, Future = HedgeInnerFuture> + Clone {
+    service_fn(|req: Req| {
+        if STALL_NEXT.load(Relaxed) && STALL_NEXT.swap(false, Relaxed) {
+            Either::Right(pending())
+        } else {
+            Either::Left(ready(Ok::<_, BoxError>(req.0)))
+        }
+    })
+}
+
+/// Brings a hedge to its steady state on the happy path and checks that it is hedging.
+///
+/// Calls `svc` without pause for three [`HEDGE_PERIOD`]s, so that a percentile hedge has measured
+/// its percentile over a full period of calls (tower's `Hedge` hedges only once the previous
+/// period holds its minimum of data points; seawall's once a period has ended with them). Then
+/// makes one call whose original never answers: only a hedge can answer it.
+fn settle_hedge<S>(rt: &Runtime, name: &str, svc: &mut S)
+where
+    S: Service<Req, Response = u64, Error = BoxError>,
+{
+    let until = Instant::now() + 3 * HEDGE_PERIOD;
+    while Instant::now() < until {
+        for _ in 0..64 {
+            support::call_ok(svc, Req(1));
+        }
+    }
+    STALL_NEXT.store(true, Relaxed);
+    let answer = rt.block_on(tokio::time::timeout(Duration::from_secs(1), async {
+        svc.ready().await?.call(Req(2)).await
+    }));
+    assert!(
+        !STALL_NEXT.load(Relaxed),
+        "{name}: the original was not called"
+    );
+    assert!(
+        matches!(answer, Ok(Ok(2))),
+        "{name}: a call whose original stalled was not answered by a hedge"
+    );
 }
 
 /// tower's retry policy as usually written: retry errors up to 3 attempts.
@@ -196,25 +263,39 @@ fn bench(c: &mut Criterion) {
 
     // ----- hedge: the original call answers at once -----
     let mut tower_hedge =
-        tower::hedge::Hedge::new::<Req>(ready_inner(), HedgeAll, 10, 0.95, Duration::from_secs(10));
-    let mut seawall_fixed = HedgeLayer::builder()
+        tower::hedge::Hedge::new::<Req>(hedge_inner(), HedgeAll, 10, 0.95, HEDGE_PERIOD);
+    let seawall_fixed_layer = HedgeLayer::builder()
         .delay(Duration::from_millis(10))
         .build()
-        .unwrap()
-        .layer(ready_inner());
-    let mut seawall_percentile = HedgeLayer::builder()
-        .percentile(0.95, 10, Duration::from_secs(10))
+        .unwrap();
+    let mut seawall_fixed = seawall_fixed_layer.layer(hedge_inner());
+    let seawall_percentile_layer = HedgeLayer::builder()
+        .percentile(0.95, 10, HEDGE_PERIOD)
         .build()
-        .unwrap()
-        .layer(ready_inner());
+        .unwrap();
+    let mut seawall_percentile = seawall_percentile_layer.layer(hedge_inner());
+    let percentile_known = || {
+        assert!(
+            seawall_percentile_layer.current_delay().is_some(),
+            "seawall (p95 delay): no percentile measured"
+        );
+    };
 
     let mut group = c.benchmark_group("hedge/primary-wins");
+    settle_hedge(&rt, "tower", &mut tower_hedge);
     group.bench_function("tower", |b| {
         b.iter(|| black_box(support::call_ok(&mut tower_hedge, black_box(Req(1)))))
     });
+    settle_hedge(&rt, "seawall (p95 delay)", &mut seawall_percentile);
+    percentile_known();
     group.bench_function("seawall (p95 delay)", |b| {
         b.iter(|| black_box(support::call_ok(&mut seawall_percentile, black_box(Req(1)))))
     });
+    settle_hedge(&rt, "seawall (fixed delay)", &mut seawall_fixed);
+    assert_eq!(
+        seawall_fixed_layer.current_delay(),
+        Some(Duration::from_millis(10))
+    );
     group.bench_function("seawall (fixed delay)", |b| {
         b.iter(|| black_box(support::call_ok(&mut seawall_fixed, black_box(Req(1)))))
     });
@@ -239,12 +320,16 @@ fn bench(c: &mut Criterion) {
     support::report_allocs("retry/no-retry", "seawall (unlimited budget)", N, || {
         support::call_ok(&mut seawall_unbudgeted, Req(1));
     });
+    settle_hedge(&rt, "tower", &mut tower_hedge);
     support::report_allocs("hedge/primary-wins", "tower", N, || {
         support::call_ok(&mut tower_hedge, Req(1));
     });
+    settle_hedge(&rt, "seawall (p95 delay)", &mut seawall_percentile);
+    percentile_known();
     support::report_allocs("hedge/primary-wins", "seawall (p95 delay)", N, || {
         support::call_ok(&mut seawall_percentile, Req(1));
     });
+    settle_hedge(&rt, "seawall (fixed delay)", &mut seawall_fixed);
     support::report_allocs("hedge/primary-wins", "seawall (fixed delay)", N, || {
         support::call_ok(&mut seawall_fixed, Req(1));
     });
