@@ -605,3 +605,42 @@ async fn waiters_slow_to_get_ready_miss_one_permit_each() {
     let at: Vec<u128> = ran.iter().map(|(_, at)| at.as_millis()).collect();
     assert_eq!(at, [2, 42, 52, 62]);
 }
+
+/// The same at a rate whose interval is shorter than the time a service takes to get ready: a
+/// waiter that misses a second permit polls its service ahead of the next by all that time, so
+/// every waiter runs, and the calls keep to the rate.
+#[tokio::test(start_paused = true)]
+async fn waiters_slower_to_get_ready_than_an_interval_still_run() {
+    let start = Instant::now();
+    let ran: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let record = ran.clone();
+    let inner = Slow {
+        inner: service_fn(move |n: u32| {
+            record
+                .lock()
+                .unwrap()
+                .push(start.elapsed().as_nanos() as u64);
+            async move { Ok::<_, std::io::Error>(n) }
+        }),
+        delays: Arc::new(Mutex::new((vec![3], 0))),
+        sleep: None,
+        ready: false,
+    };
+    // T = 1 ms, no burst beyond one call, 50 ms of waiting at most.
+    let layer = ten_a_second()
+        .rate(1_000, Duration::from_secs(1))
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let service = layer.layer(inner);
+    let calls: Vec<_> = (0..6)
+        .map(|n| tokio::spawn(service.clone().oneshot(n)))
+        .collect();
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("every waiter runs within its max_wait");
+    }
+    let ran = ran.lock().unwrap().clone();
+    within_rate(&ran, 1_000_000, 1, 1_000_000).unwrap();
+}

@@ -4,6 +4,7 @@ use seawall_core::BoxError;
 use std::{
     fmt,
     future::Future,
+    mem,
     pin::Pin,
     task::{ready, Context, Poll},
     time::Duration,
@@ -64,8 +65,8 @@ pin_project! {
     /// the permit is due. A call whose service gets ready only after the permit's span gives the
     /// permit back and takes the next one due within the call's `max_wait`, or is rejected; it
     /// gives its readiness back too, and polls its service again as long before that permit as
-    /// getting ready took (at most one interval). Dropping the future while it waits gives the
-    /// permit back, to the next call that would otherwise wait longer.
+    /// getting ready took (at most one interval, the first time). Dropping the future while it
+    /// waits gives the permit back, to the next call that would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
         kind: Kind<F, S, Req>,
@@ -94,6 +95,8 @@ pin_project! {
         due: u64,
         // The last time a permit may be due for the call: when it was made, plus `max_wait`.
         deadline: u64,
+        // Whether the call has renewed its permit before.
+        renewed: bool,
     }
 }
 
@@ -142,6 +145,7 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
                     phase: if ready { Phase::Holding } else { Phase::Asleep },
                     due,
                     deadline,
+                    renewed: false,
                 }),
             },
         }
@@ -200,10 +204,16 @@ where
                                     Ok(delay) => {
                                         *wait.due = now.saturating_add(delay);
                                         // Polled again as long before that permit as getting
-                                        // ready took, at most one interval; its readiness is
-                                        // given back meanwhile, unless that is all the time
-                                        // there is.
-                                        let lead = (now - since).min(permit.interval());
+                                        // ready took: at most one interval the first time, in
+                                        // case a slow call below held it up once, and all of it
+                                        // after that. Its readiness is given back meanwhile,
+                                        // unless that is all the time there is.
+                                        let took = now - since;
+                                        let lead = if mem::replace(wait.renewed, true) {
+                                            took
+                                        } else {
+                                            took.min(permit.interval())
+                                        };
                                         if lead >= delay {
                                             *wait.phase = Phase::Holding;
                                             wait.sleep.as_mut().reset(permit.instant(*wait.due));

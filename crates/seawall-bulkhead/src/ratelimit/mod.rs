@@ -11,7 +11,8 @@
 //! is free, for a `Retry-After` header), or, with `max_wait`, reserves the next permit due within
 //! that time and waits for it inside its response future; each waiter has a permit of its own, in
 //! arrival order. A waiter holds an unpolled clone of the inner service, polled ready only once
-//! its permit is due, so while it sleeps it holds nothing of the services below. A dropped waiter
+//! its permit is due (or, after it missed one, about as long before the next as getting ready
+//! took), so while it sleeps it holds nothing of the services below. A dropped waiter
 //! (a timeout above the limiter, a client gone) gives its permit back: the next call that would
 //! otherwise wait longer takes it, and may then go before waiters that came earlier. Until that
 //! permit is taken or can no longer run within the bound, calls take a lock to look at it. With

@@ -219,9 +219,9 @@ pub(super) fn drop_readiness<S: Clone>(inner: &mut S) {
 }
 
 /// A clone of `inner` for a call that waits for its permit, polled ready only once the permit is
-/// due. `inner`, polled ready for the call, is replaced with a clone too, which gives back what its
-/// readiness holds (a permit of a limit below, a place in a `Buffer`) rather than keeping it from
-/// calls that could run while this one sleeps.
+/// due (see [`ResponseFuture`]). `inner`, polled ready for the call, is replaced with a clone too,
+/// which gives back what its readiness holds (a permit of a limit below, a place in a `Buffer`)
+/// rather than keeping it from calls that could run while this one sleeps.
 #[cold]
 #[inline(never)]
 pub(super) fn unpolled<S: Clone>(inner: &mut S) -> S {
