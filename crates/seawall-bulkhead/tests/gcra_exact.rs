@@ -427,14 +427,14 @@ async fn called_after_ready(after: Duration) -> Duration {
 }
 
 #[tokio::test(start_paused = true)]
-async fn backpressure_call_within_a_millisecond_of_ready_keeps_its_permit() {
-    let after = Duration::from_micros(900);
+async fn backpressure_call_within_two_milliseconds_of_its_permit_keeps_it() {
+    let after = Duration::from_micros(1_900);
     assert_eq!(called_after_ready(after).await, after);
 }
 
 #[tokio::test(start_paused = true)]
-async fn backpressure_call_later_than_a_millisecond_past_its_span_waits() {
-    let after = Duration::from_micros(1_100);
+async fn backpressure_call_later_than_two_milliseconds_past_its_permit_waits() {
+    let after = Duration::from_micros(2_100);
     let ran = called_after_ready(after).await;
     // At the next permit, to tokio's millisecond.
     assert!(
@@ -518,4 +518,66 @@ async fn waiting_call_uses_the_ready_inner_service() {
     let c = service.ready().await.unwrap().call(3);
     let (a, b, c) = tokio::join!(a, b, c);
     assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 2, 3));
+}
+
+/// With backpressure, a permit counts from when it fell due, not from when `poll_ready` looks at
+/// it: a service polled ready long after its permit's time, with a call admitted since, reserves
+/// afresh rather than land next to that call.
+#[tokio::test(start_paused = true)]
+async fn backpressure_permit_looked_at_late_is_not_used() {
+    let layer = limiter(10, Duration::from_secs(1), Some(1), true);
+    let start = Instant::now();
+    let mut first = layer.layer(echo());
+    first.ready().await.unwrap().call(0).await.unwrap();
+    // `late` reserves the permit due at 100 ms, then is not polled until 218 ms.
+    let mut late = layer.layer(echo());
+    let mut task = tokio_test::task::spawn(());
+    assert!(task.enter(|cx, _| late.poll_ready(cx)).is_pending());
+    // `busy` reserves the one due at 200 ms, and calls then.
+    let mut busy = layer.layer(echo());
+    tokio::time::advance(Duration::from_millis(50)).await;
+    busy.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    tokio::time::advance(Duration::from_millis(18)).await;
+    assert!(
+        task.enter(|cx, _| late.poll_ready(cx)).is_pending(),
+        "a permit due at 100 ms used at 218 ms, 18 ms after the one due at 200 ms"
+    );
+    late.ready().await.unwrap().call(2).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
+
+/// Two backpressure limiters, one over the other, with callers competing for both: each caller's
+/// permit of one limiter goes stale while it waits for the other's, yet every call is made, and
+/// each limiter keeps to its rate.
+#[tokio::test(start_paused = true)]
+async fn stacked_backpressure_limiters_serve_every_caller() {
+    let outer = limiter(30, Duration::from_secs(1), Some(2), true);
+    let inner = limiter(30, Duration::from_secs(1), Some(1), true);
+    let start = Instant::now();
+    let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = ran.clone();
+    let stack = outer.layer(inner.layer(service_fn(move |n: u32| {
+        record.lock().unwrap().push(start.elapsed());
+        async move { Ok::<_, std::io::Error>(n) }
+    })));
+    let calls: Vec<_> = (0..8)
+        .map(|n| tokio::spawn(stack.clone().oneshot(n)))
+        .collect();
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "callers still waiting after a minute");
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    // The inner limiter, one call every 33.3 ms (and 2 ms of grace): no two calls closer.
+    for pair in ran.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_micros(31_333),
+            "{ran:?}"
+        );
+    }
 }

@@ -188,12 +188,13 @@ async fn a_waiter_of_an_evicted_key_gives_nothing_to_its_successor() {
     // Key 8 takes the only place; key 7 comes back with a fresh budget and a waiter at 100 ms.
     service.clone().oneshot((8, 0)).await.unwrap();
     service.clone().oneshot((7, 2)).await.unwrap();
-    let mut new = tokio_test::task::spawn(service.clone().oneshot((7, 3)));
-    tokio_test::assert_pending!(new.poll());
+    let start = tokio::time::Instant::now();
+    let call = service.clone().oneshot((7, 3));
+    let new = tokio::spawn(async move { call.await.map(|_| start.elapsed()) });
+    tokio::task::yield_now().await;
     drop(old);
     // The slot at 100 ms is the new waiter's: the next call waits for 200 ms.
-    let start = tokio::time::Instant::now();
     service.clone().oneshot((7, 4)).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(200));
-    assert!(new.poll().is_ready());
+    assert_eq!(new.await.unwrap().unwrap(), Duration::from_millis(100));
 }

@@ -71,9 +71,11 @@ impl RateLimitConfigBuilder {
     }
 
     /// Makes `poll_ready` reserve the next permit and return `Pending` until it is due, as tower's
-    /// `RateLimit` does, instead of rejecting. Default `false`. A call made after its permit's
-    /// time has passed takes the permit due then, waiting for it in its response future. Not
-    /// available for the keyed limiter, whose key is only known in `call`.
+    /// `RateLimit` does, instead of rejecting. Default `false`. A call made more than 2 ms after its
+    /// permit's time takes the permit due then, waiting for it in its response future; a permit
+    /// that went stale while the inner service got ready is followed by the next, waited for with
+    /// the inner service kept ready. Not available for the keyed limiter, whose key is only known
+    /// in `call`.
     pub fn backpressure(mut self, backpressure: bool) -> Self {
         self.backpressure = backpressure;
         self

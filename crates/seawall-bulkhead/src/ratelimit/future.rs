@@ -23,8 +23,8 @@ pub(crate) trait Permit: Send + Sync {
     /// The instant `nanos` after the limiter's epoch.
     fn instant(&self, nanos: u64) -> Instant;
 
-    /// The last time a call may start on this permit, seen due at `now`.
-    fn usable_until(&self, now: u64) -> u64;
+    /// The last time a call may start on this permit, which fell due at `due`.
+    fn usable_until(&self, due: u64) -> u64;
 
     /// The limiter's emission interval `T`, in nanoseconds.
     fn interval(&self) -> u64;
@@ -171,14 +171,19 @@ where
                 }
                 KindProj::Waiting { wait } => {
                     let mut wait = wait.as_mut().project();
-                    match *wait.phase {
+                    // Once the service is ready and the permit due: since when the service was
+                    // polled ready, if it was just now.
+                    let since = match *wait.phase {
                         Phase::Asleep => {
                             ready!(wait.sleep.as_mut().poll(cx));
                             let since = wait.permit.permit().now();
                             *wait.phase = Phase::Readying { since };
                             continue;
                         }
-                        Phase::Holding => ready!(wait.sleep.as_mut().poll(cx)),
+                        Phase::Holding => {
+                            ready!(wait.sleep.as_mut().poll(cx));
+                            None
+                        }
                         Phase::Readying { since } => {
                             // Polled only now: ready while the call slept, the service would
                             // have held what its readiness takes below (a permit of a limit, a
@@ -189,48 +194,49 @@ where
                                 return Poll::Ready(Err(error.into()));
                             }
                             let permit = wait.permit.permit();
-                            let now = permit.now();
-                            if now < *wait.due {
+                            if permit.now() < *wait.due {
                                 *wait.phase = Phase::Holding;
                                 wait.sleep.as_mut().reset(permit.instant(*wait.due));
                                 continue;
                             }
-                            if now > permit.usable_until(since.max(*wait.due)) {
-                                // Ready after the permit's span: starting now could put this
-                                // call next to the ones admitted since. It takes the next permit
-                                // due by its deadline.
-                                match permit.renew(now, wait.deadline.saturating_sub(now)) {
-                                    Ok(0) => {}
-                                    Ok(delay) => {
-                                        *wait.due = now.saturating_add(delay);
-                                        // Polled again as long before that permit as getting
-                                        // ready took: at most one interval the first time, in
-                                        // case a slow call below held it up once, and all of it
-                                        // after that. Its readiness is given back meanwhile,
-                                        // unless that is all the time there is.
-                                        let took = now - since;
-                                        let lead = if mem::replace(wait.renewed, true) {
-                                            took
-                                        } else {
-                                            took.min(permit.interval())
-                                        };
-                                        if lead >= delay {
-                                            *wait.phase = Phase::Holding;
-                                            wait.sleep.as_mut().reset(permit.instant(*wait.due));
-                                        } else {
-                                            *wait.service = wait.service.clone();
-                                            *wait.phase = Phase::Asleep;
-                                            let wake = permit.instant(*wait.due - lead);
-                                            wait.sleep.as_mut().reset(wake);
-                                        }
-                                        continue;
-                                    }
-                                    Err(retry_after) => {
-                                        wait.permit.disarm();
-                                        this.kind.set(Kind::Limited { retry_after });
-                                        continue;
-                                    }
+                            Some(since)
+                        }
+                    };
+                    let permit = wait.permit.permit();
+                    let now = permit.now();
+                    if now > permit.usable_until(*wait.due) {
+                        // Past the permit's span (the service got ready too late, or the future
+                        // was polled late): starting now could put this call next to the ones
+                        // admitted since. It takes the next permit due by its deadline.
+                        match permit.renew(now, wait.deadline.saturating_sub(now)) {
+                            Ok(0) => {}
+                            Ok(delay) => {
+                                *wait.due = now.saturating_add(delay);
+                                // Polled again as long before that permit as getting ready
+                                // took: at most one interval the first time, in case a slow
+                                // call below held it up once, and all of it after that. Its
+                                // readiness is given back meanwhile, unless that is all the time
+                                // there is.
+                                let took = since.map_or(0, |since| now - since);
+                                let lead = if mem::replace(wait.renewed, true) {
+                                    took
+                                } else {
+                                    took.min(permit.interval())
+                                };
+                                if lead >= delay {
+                                    *wait.phase = Phase::Holding;
+                                    wait.sleep.as_mut().reset(permit.instant(*wait.due));
+                                } else {
+                                    *wait.service = wait.service.clone();
+                                    *wait.phase = Phase::Asleep;
+                                    wait.sleep.as_mut().reset(permit.instant(*wait.due - lead));
                                 }
+                                continue;
+                            }
+                            Err(retry_after) => {
+                                wait.permit.disarm();
+                                this.kind.set(Kind::Limited { retry_after });
+                                continue;
                             }
                         }
                     }

@@ -50,16 +50,18 @@ pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
 }
 
 /// A permit of TAT `t` may run until `t − T`; a call may still use a permit reserved for it up
-/// to this many nanoseconds after it was seen due (by `poll_ready` with backpressure, by the
-/// response future of a call that waited). Time passes between `poll_ready` and `call`, and
-/// between a waiter's timer and its service's readiness, and tokio's timers fire up to a
-/// millisecond late, so without it a call made as soon as its permit is due could miss it.
-pub(crate) const LATE: u64 = 1_000_000;
+/// to this many nanoseconds after it fell due. tokio's timers fire up to a millisecond late, and
+/// time passes between a timer and the call (between `poll_ready` and `call`, or while a waiter's
+/// service gets ready), so without it a call made as soon as its permit is due could miss it. It
+/// counts from when the permit fell due, not from when it was seen due: a permit looked at late
+/// (a service polled ready long after its timer fired) would otherwise let a call land next to
+/// the calls admitted since, and every call keeps within `LATE` of its permit's time.
+pub(crate) const LATE: u64 = 2_000_000;
 
-/// The last time a call may use `grant`, due at `now`, from a limiter of `interval`: the end of its
-/// span, or [`LATE`] after `now` if that is later.
-pub(crate) fn usable_until(interval: u64, grant: Grant, now: u64) -> u64 {
-    (grant.tat - interval).max(now.saturating_add(LATE))
+/// The last time a call may use `grant`, which fell due at `due`, from a limiter of `interval`:
+/// the end of its span, or [`LATE`] after `due` if that is later.
+pub(crate) fn usable_until(interval: u64, grant: Grant, due: u64) -> u64 {
+    (grant.tat - interval).max(due.saturating_add(LATE))
 }
 
 /// The decision for one request given the current TAT: `Ok((new_tat, delay))`, or `Err(retry)`,

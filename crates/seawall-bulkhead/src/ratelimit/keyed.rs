@@ -356,8 +356,8 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Permit for KeyedReservation<K
         self.shared.epoch + Duration::from_nanos(nanos)
     }
 
-    fn usable_until(&self, now: u64) -> u64 {
-        usable_until(self.shared.interval, self.grant, now)
+    fn usable_until(&self, due: u64) -> u64 {
+        usable_until(self.shared.interval, self.grant, due)
     }
 
     fn interval(&self) -> u64 {

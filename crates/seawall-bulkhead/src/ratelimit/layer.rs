@@ -68,8 +68,8 @@ impl Permit for Reservation {
         self.shared.instant(nanos)
     }
 
-    fn usable_until(&self, now: u64) -> u64 {
-        usable_until(self.shared.gcra.interval(), self.grant, now)
+    fn usable_until(&self, due: u64) -> u64 {
+        usable_until(self.shared.gcra.interval(), self.grant, due)
     }
 
     fn interval(&self) -> u64 {

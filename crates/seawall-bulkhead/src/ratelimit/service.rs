@@ -22,6 +22,13 @@ pub struct RateLimit<S> {
     /// Backpressure mode: the permit reserved by `poll_ready` and, while it is not yet due, the
     /// timer for it.
     reserved: Option<Reserved>,
+    /// Backpressure mode: the permit went stale while `inner` got ready (or while the caller held
+    /// the ready service), so `inner` is made ready first and kept ready while the next permit
+    /// is waited for. Otherwise a layer below that waits too (another rate limiter) could have
+    /// gone stale in turn by the time the permit is due again, and so on for ever.
+    inner_first: bool,
+    /// Backpressure mode, with `inner_first`: `inner` has been polled ready.
+    inner_ready: bool,
 }
 
 struct Reserved {
@@ -29,8 +36,10 @@ struct Reserved {
     /// to look again); refunded if the service drops it unused.
     reservation: Option<Reservation>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Once the permit is due: the last time a call may use it.
+    /// The last time a call may use the permit, set once it is due.
     usable_until: Option<u64>,
+    /// When the permit falls due.
+    due: u64,
 }
 
 impl Drop for Reserved {
@@ -48,6 +57,8 @@ impl<S> RateLimit<S> {
             inner,
             shared: layer.shared(),
             reserved: None,
+            inner_first: false,
+            inner_ready: false,
         }
     }
 
@@ -67,66 +78,67 @@ impl<S> RateLimit<S> {
     }
 
     fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(Reserved {
-            usable_until: Some(until),
-            ..
-        }) = self.reserved
-        {
-            if self.shared.now() <= until {
-                return Poll::Ready(());
+        loop {
+            if let Some(Reserved {
+                usable_until: Some(until),
+                ..
+            }) = self.reserved
+            {
+                if self.shared.now() <= until {
+                    return Poll::Ready(());
+                }
+                // Due long ago (ready and not called, or looked at late): the permit can no
+                // longer be used within the bound. Dropping it gives it back; reserve the one due
+                // now, at once if no call took a permit since.
+                self.reserved = None;
+                self.inner_first = true;
             }
-            // Ready long ago and not called: the permit can no longer be used within the bound.
-            // Dropping it gives it back; reserve the one due now.
-            self.reserved = None;
-        }
-        let reserved = match &mut self.reserved {
-            Some(reserved) => reserved,
-            None => {
-                let now = self.shared.now();
-                let reserved = match self.shared.gcra.acquire(now, u64::MAX) {
-                    Ok(grant) => Reserved {
-                        usable_until: (grant.delay == 0)
-                            .then(|| usable_until(self.shared.gcra.interval(), grant, now)),
-                        sleep: (grant.delay > 0).then(|| {
-                            self.shared.report.delayed(grant.delay);
-                            Box::pin(tokio::time::sleep_until(
-                                self.shared.instant(now + grant.delay),
-                            ))
-                        }),
-                        reservation: Some(Reservation {
-                            shared: self.shared.clone(),
-                            grant,
-                        }),
-                    },
-                    // No slot within the clock's range (only with intervals of centuries):
-                    // nothing is reserved; look again once `retry` has passed.
-                    Err(retry) => Reserved {
-                        reservation: None,
-                        usable_until: None,
-                        sleep: Some(Box::pin(tokio::time::sleep_until(
-                            self.shared.instant(now.saturating_add(retry)),
-                        ))),
-                    },
-                };
-                self.reserved.insert(reserved)
+            let reserved = match &mut self.reserved {
+                Some(reserved) => reserved,
+                None => {
+                    let now = self.shared.now();
+                    let reserved = match self.shared.gcra.acquire(now, u64::MAX) {
+                        Ok(grant) => Reserved {
+                            usable_until: None,
+                            due: now + grant.delay,
+                            sleep: (grant.delay > 0).then(|| {
+                                self.shared.report.delayed(grant.delay);
+                                Box::pin(tokio::time::sleep_until(
+                                    self.shared.instant(now + grant.delay),
+                                ))
+                            }),
+                            reservation: Some(Reservation {
+                                shared: self.shared.clone(),
+                                grant,
+                            }),
+                        },
+                        // No slot within the clock's range (only with intervals of centuries):
+                        // nothing is reserved; look again once `retry` has passed.
+                        Err(retry) => Reserved {
+                            reservation: None,
+                            usable_until: None,
+                            due: u64::MAX,
+                            sleep: Some(Box::pin(tokio::time::sleep_until(
+                                self.shared.instant(now.saturating_add(retry)),
+                            ))),
+                        },
+                    };
+                    self.reserved.insert(reserved)
+                }
+            };
+            if let Some(sleep) = &mut reserved.sleep {
+                ready!(sleep.as_mut().poll(cx));
+                reserved.sleep = None;
             }
-        };
-        if let Some(sleep) = &mut reserved.sleep {
-            ready!(sleep.as_mut().poll(cx));
-            reserved.sleep = None;
-        }
-        let Some(reservation) = &reserved.reservation else {
-            // The retry is due: look again on the next poll.
-            self.reserved = None;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        };
-        if reserved.usable_until.is_none() {
-            let grant = reservation.grant;
+            let Some(reservation) = &reserved.reservation else {
+                // The retry is due: look again on the next poll.
+                self.reserved = None;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
             let interval = self.shared.gcra.interval();
-            reserved.usable_until = Some(usable_until(interval, grant, self.shared.now()));
+            reserved.usable_until = Some(usable_until(interval, reservation.grant, reserved.due));
         }
-        Poll::Ready(())
     }
 }
 
@@ -140,13 +152,29 @@ where
     type Future = ResponseFuture<S::Future, S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.shared.backpressure {
-            ready!(self.poll_reserve(cx));
+        if !self.shared.backpressure {
+            return self.inner.poll_ready(cx).map_err(Into::into);
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
+        if !self.inner_first {
+            // The permit first, so that nothing below is held while it is waited for.
+            let reserved = self.poll_reserve(cx);
+            if !self.inner_first {
+                ready!(reserved);
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
+        }
+        // A permit went stale: the inner service first, kept ready (a ready service stays ready
+        // until called) while the next permit is waited for.
+        if !self.inner_ready {
+            ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
+            self.inner_ready = true;
+        }
+        ready!(self.poll_reserve(cx));
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        (self.inner_first, self.inner_ready) = (false, false);
         let mut max_wait = self.shared.max_wait;
         let mut late = false;
         if let Some(mut reserved) = self.reserved.take() {
@@ -236,6 +264,8 @@ impl<S: Clone> Clone for RateLimit<S> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             reserved: None,
+            inner_first: false,
+            inner_ready: false,
         }
     }
 }
