@@ -135,11 +135,13 @@ enum LimitSpec {
 const FALLBACK: u64 = u64::MAX;
 
 /// What the laws look at once a run has settled: each bulkhead's permits, each breaker's
-/// admissions while it was not closed, and the attempts each retry saw succeed.
+/// admissions while it was not closed, the calls each rate limiter let through, and the attempts
+/// each retry saw succeed.
 #[derive(Default)]
 struct Observed {
     bulkheads: Mutex<Vec<BulkheadHandle>>,
     breakers: Mutex<Vec<Arc<BreakerWatch>>>,
+    rate_limits: Mutex<Vec<Arc<RateWatch>>>,
     /// For each retry, its attempts that answered `Ok` (each adds to a token bucket).
     retry_successes: Mutex<Vec<Arc<AtomicUsize>>>,
 }
@@ -149,6 +151,7 @@ impl std::fmt::Debug for Observed {
         f.debug_struct("Observed")
             .field("bulkheads", &self.bulkheads.lock().unwrap().len())
             .field("breakers", &self.breakers.lock().unwrap().len())
+            .field("rate_limits", &self.rate_limits.lock().unwrap().len())
             .field("retries", &self.retry_successes.lock().unwrap().len())
             .finish()
     }
@@ -249,6 +252,37 @@ impl Service<Req> for Watched {
             guard.completed();
             result
         })
+    }
+}
+
+/// The calls one rate limiter let through, seen from just under it.
+struct RateWatch {
+    /// The limiter's interval `T`, in nanoseconds, and burst.
+    interval: u64,
+    burst: u64,
+    /// When each call was made.
+    starts: Mutex<Vec<Instant>>,
+}
+
+/// The service just under a rate limiter: tells the watch when each call it lets through starts.
+#[derive(Clone)]
+struct Stamped {
+    inner: Svc,
+    watch: Arc<RateWatch>,
+}
+
+impl Service<Req> for Stamped {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = <Svc as Service<Req>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.watch.starts.lock().unwrap().push(Instant::now());
+        self.inner.call(req)
     }
 }
 
@@ -448,7 +482,13 @@ impl LayerSpec {
                     .backpressure(backpressure)
                     .build()
                     .expect("valid rate limit");
-                BoxCloneService::new(layer.layer(inner))
+                let watch = Arc::new(RateWatch {
+                    interval: 1_000_000_000_u64.div_ceil(per_sec),
+                    burst,
+                    starts: Mutex::default(),
+                });
+                observed.rate_limits.lock().unwrap().push(watch.clone());
+                BoxCloneService::new(layer.layer(Stamped { inner, watch }))
             }
         }
     }
@@ -1491,6 +1531,42 @@ proptest! {
             // Slots of trial calls that finished stay taken until the verdict; none may be held
             // by a call that is no longer running.
             prop_assert_eq!(snapshot.probes_in_use, snapshot.probe_results, "probe slot lost");
+        }
+    }
+
+    /// A rate limiter lets at most `burst + ⌊(w + 2 ms) / T⌋` calls through in any window `w`
+    /// (2 ms: a waiter's timer fires on the millisecond after its permit's time, and a call may
+    /// start up to 1 ms after its permit was found due), whatever is around it: retries below it
+    /// whose attempts come back through it, a `Buffer` above, an inner service slow to get ready,
+    /// waiters that give up.
+    #[test]
+    fn a_rate_limiter_keeps_to_its_rate(
+        (above, limiter, below) in around_one(rate_limit_spec, 3, 2),
+        readiness in readiness_script(),
+        mut calls in prop::collection::vec(call_failing(0.4), 1..40),
+    ) {
+        let mut stack = above;
+        stack.push(limiter);
+        stack.extend(below);
+        let_no_caller_give_up_on_a_buffer_over_a_retry(&mut stack, &mut calls);
+        let run = run(&stack, &calls, &readiness);
+        for watch in run.observed.rate_limits.lock().unwrap().iter() {
+            let mut starts = watch.starts.lock().unwrap().clone();
+            starts.sort_unstable();
+            for (i, first) in starts.iter().enumerate() {
+                for (j, last) in starts.iter().enumerate().skip(i) {
+                    let w = last.duration_since(*first).as_nanos() as u64;
+                    let allowed = watch.burst + (w + 2_000_000) / watch.interval;
+                    prop_assert!(
+                        (j - i + 1) as u64 <= allowed,
+                        "{} calls within {} ns through a limiter of T = {} ns, burst {}",
+                        j - i + 1,
+                        w,
+                        watch.interval,
+                        watch.burst
+                    );
+                }
+            }
         }
     }
 
