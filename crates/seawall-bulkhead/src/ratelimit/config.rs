@@ -62,20 +62,20 @@ impl RateLimitConfigBuilder {
     /// How long a call may wait for its permit before it is rejected with
     /// [`Limited`](super::Limited). Default zero: reject at once. A waiting call polls the inner
     /// service ready only once its permit is due, so it holds nothing below while it waits; if
-    /// the service gets ready after the permit's span, the call gives the permit and the
-    /// readiness back and waits for the next permit, or is rejected if none is due within
-    /// `max_wait` of the call.
+    /// the service gets ready after the permit's span (or the waiting future is polled after it),
+    /// the call gives the permit and the readiness back and waits for the next permit, or is
+    /// rejected if none is due within `max_wait` of the call.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self
     }
 
     /// Makes `poll_ready` reserve the next permit and return `Pending` until it is due, as tower's
-    /// `RateLimit` does, instead of rejecting. Default `false`. A call made more than 2 ms after its
-    /// permit's time takes the permit due then, waiting for it in its response future; a permit
-    /// that went stale while the inner service got ready is followed by the next, waited for with
-    /// the inner service kept ready. Not available for the keyed limiter, whose key is only known
-    /// in `call`.
+    /// `RateLimit` does, instead of rejecting. Default `false`. A call made after its permit's span
+    /// (more than 10 ms after its time, with a burst of 1) takes the permit due then, waiting for
+    /// it in its response future; once a permit has gone stale before the call, the inner service
+    /// is made ready first and kept ready while the next permit is waited for. Not available for
+    /// the keyed limiter, whose key is only known in `call`.
     pub fn backpressure(mut self, backpressure: bool) -> Self {
         self.backpressure = backpressure;
         self

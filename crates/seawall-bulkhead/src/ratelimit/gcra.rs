@@ -50,13 +50,16 @@ pub(crate) fn to_nanos(d: std::time::Duration) -> u64 {
 }
 
 /// A permit of TAT `t` may run until `t − T`; a call may still use a permit reserved for it up
-/// to this many nanoseconds after it fell due. tokio's timers fire up to a millisecond late, and
-/// time passes between a timer and the call (between `poll_ready` and `call`, or while a waiter's
-/// service gets ready), so without it a call made as soon as its permit is due could miss it. It
-/// counts from when the permit fell due, not from when it was seen due: a permit looked at late
-/// (a service polled ready long after its timer fired) would otherwise let a call land next to
-/// the calls admitted since, and every call keeps within `LATE` of its permit's time.
-pub(crate) const LATE: u64 = 2_000_000;
+/// to this many nanoseconds after it fell due, if that is later. tokio's timers fire up to a
+/// millisecond late, a busy runtime runs a woken task later still, and time passes between a
+/// timer and the call (between `poll_ready` and `call`, or while a waiter's service gets ready).
+/// A call that misses its permit takes the next one, behind every call waiting: with too short a
+/// grace, waiters that a busy runtime wakes a little late would each miss theirs, and none would
+/// run. It counts from when the permit fell due, not from when it was seen due: a permit looked
+/// at late (a service polled ready long after its timer fired) would otherwise let a call land
+/// next to the calls admitted since. So every call starts by the end of its permit's span or
+/// within `LATE` of its time.
+pub(crate) const LATE: u64 = 10_000_000;
 
 /// The last time a call may use `grant`, which fell due at `due`, from a limiter of `interval`:
 /// the end of its span, or [`LATE`] after `due` if that is later.
