@@ -9,8 +9,8 @@
 //! slot at once (the TAT moves) and waits for it, so waiters are served in the order of their slots.
 //!
 //! Every grant's TAT is at least `T` from every other's, and a grant runs no earlier than its TAT
-//! minus `τ` and no earlier than it was asked for; so at most `B + ⌊w / T⌋` grants run within any
-//! window `w`. A grant whose waiter is dropped gives its slot back: the latest grant by moving the
+//! minus `τ` and no earlier than it was asked for; so at most `B + ⌊w / T⌋` grants fall due within
+//! any window `w`. A grant whose waiter is dropped gives its slot back: the latest grant by moving the
 //! TAT back one interval, any other as a *hole*, a TAT kept beside the limiter's. The next request
 //! takes the earliest hole whose slot has not passed (it is earlier than any slot the TAT offers)
 //! instead of moving the TAT; a hole that reaches the TAT folds back into it. Holes sit under a
@@ -204,6 +204,30 @@ impl Gcra {
         }
     }
 
+    /// Gives back, at `now`, a grant whose slot may have passed (its call came too late to use
+    /// it): as [`refund`](Self::refund), but a grant other than the latest whose slot has passed
+    /// is not kept as a hole, which nobody could take and the next request would take the lock to
+    /// drop.
+    pub fn refund_at(&self, granted: Grant, now: u64) {
+        if granted.tat >= now.saturating_add(self.interval) {
+            return self.refund(granted);
+        }
+        let latest = self
+            .tat
+            .compare_exchange(
+                granted.tat,
+                granted.tat - self.interval,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if latest && self.hole_count.load(Ordering::Acquire) > 0 {
+            let mut holes = self.lock_holes();
+            self.fold(&mut holes);
+            self.hole_count.store(holes.len(), Ordering::Release);
+        }
+    }
+
     /// Moves the TAT back over every hole at its end: a hole equal to the TAT is the latest slot
     /// reserved, and nobody holds it.
     fn fold(&self, holes: &mut Vec<u64>) {
@@ -341,6 +365,24 @@ mod tests {
             })
         );
         assert_eq!(g.hole_count.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_grant_whose_slot_has_passed_leaves_no_hole() {
+        let g = Gcra::new(100, 1);
+        g.acquire(0, 0).unwrap();
+        let first = g.acquire(0, 1_000).unwrap();
+        let second = g.acquire(0, 1_000).unwrap();
+        let third = g.acquire(0, 1_000).unwrap();
+        // `first`'s slot (100) has passed at 150: nobody could take it.
+        g.refund_at(first, 150);
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), 0);
+        // `second`'s (200) has not: it is kept for the next request.
+        g.refund_at(second, 150);
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), 1);
+        // The latest moves the TAT back, and the hole at its end folds into it.
+        g.refund_at(third, 350);
+        assert_eq!((g.tat(), g.hole_count.load(Ordering::Relaxed)), (200, 0));
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Permit for Reservation {
     }
 
     fn renew(&mut self, now: u64, max_wait: u64) -> Result<u64, Duration> {
-        self.shared.gcra.refund(self.grant);
+        self.shared.gcra.refund_at(self.grant, now);
         match self.shared.gcra.acquire(now, max_wait) {
             Ok(grant) => {
                 self.grant = grant;

@@ -84,13 +84,18 @@ impl<S> RateLimit<S> {
                 ..
             }) = self.reserved
             {
-                if self.shared.now() <= until {
+                let now = self.shared.now();
+                if now <= until {
                     return Poll::Ready(());
                 }
                 // Due long ago (ready and not called, or looked at late): the permit can no
-                // longer be used within the bound. Dropping it gives it back; reserve the one due
-                // now, at once if no call took a permit since.
-                self.reserved = None;
+                // longer be used within the bound. Give it back; reserve the one due now, at once
+                // if no call took a permit since.
+                if let Some(reservation) =
+                    self.reserved.take().and_then(|mut r| r.reservation.take())
+                {
+                    self.shared.gcra.refund_at(reservation.grant, now);
+                }
                 self.inner_first = true;
             }
             let reserved = match &mut self.reserved {
@@ -187,7 +192,9 @@ where
                 // the ones admitted since. Give the permit back and take the one due now, waiting
                 // for it if need be: this call was made ready.
                 if let Some(reservation) = reservation {
-                    reservation.refund();
+                    self.shared
+                        .gcra
+                        .refund_at(reservation.grant, self.shared.now());
                 }
                 max_wait = u64::MAX;
                 late = true;
