@@ -1,7 +1,8 @@
 //! A dropped waiter's slot is not lost: the next caller that would otherwise wait longer takes it,
 //! whichever waiter was dropped (the oldest, as a timeout above the limiter drops them, or the
 //! newest). Plain and keyed limiters alike; under random calls, cancellations and time, no window
-//! ever sees more than `burst + ⌊w / T⌋` calls.
+//! ever sees more than `burst + ⌊w / T⌋` calls, or `burst + ⌊(w + 10 ms) / T⌋` where calls can
+//! start late (with backpressure, or an inner service slow to get ready).
 
 use proptest::prelude::*;
 use seawall_bulkhead::ratelimit::RateLimitLayer;
@@ -320,10 +321,7 @@ impl<S: Service<Req>, Req> Service<Req> for Slow<S> {
     }
 }
 
-/// Runs `ops` against a limiter of one call every `interval_ms` (whole milliseconds, so tokio's
-/// millisecond timer wakes each waiter exactly at its slot), each call a task of its own that
-/// records when the inner service is called; the inner service takes `readiness` to get ready
-/// (see [`Slow`]).
+/// How the limiter under test is built and called.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
@@ -333,6 +331,10 @@ enum Mode {
     Backpressure,
 }
 
+/// Runs `ops` against a limiter of one call every `interval_ms` (whole milliseconds, so tokio's
+/// millisecond timer wakes each waiter exactly at its slot), each call a task of its own that
+/// records when the inner service is called; the inner service takes `readiness` to get ready
+/// (see [`Slow`]).
 fn run(
     mode: Mode,
     interval_ms: u64,

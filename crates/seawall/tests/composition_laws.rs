@@ -807,7 +807,7 @@ fn around_one_retry(
 
 /// The layers around one layer from `layer`, as `(above, it, below)`, with at most `max_above` and
 /// `max_below` random layers, or now and then of [`buffer_over_a_retry`]'s shape with it in the
-/// place of the layer that may reject (for a breaker or a bulkhead).
+/// place of the layer that may reject (a breaker, a bulkhead or a rate limiter).
 fn around_one<S: Strategy<Value = LayerSpec>>(
     layer: impl Fn() -> S,
     max_above: usize,

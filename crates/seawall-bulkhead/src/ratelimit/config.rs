@@ -45,8 +45,9 @@ impl RateLimitConfigBuilder {
         }
     }
 
-    /// `permits` calls per `period`, spread evenly: one every `period / permits` (rounded up to
-    /// the nanosecond, so never more than `permits` per `period`). Required.
+    /// `permits` calls per `period`, spread evenly: one permit every `period / permits` (rounded
+    /// up to the nanosecond, so never more than `permits` permits per `period`). A call starts
+    /// within 10 ms of its permit's time (see the [module docs](super)). Required.
     pub fn rate(mut self, permits: u64, period: Duration) -> Self {
         self.rate = Some((permits, period));
         self

@@ -12,16 +12,18 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum RateLimitEvent {
     /// A call was rejected with [`Limited`](super::Limited): no permit within `max_wait`. A
-    /// waiter whose service got ready too late for its permit, with no later one due within
-    /// `max_wait` of the call, is rejected then, after its `Delayed`.
+    /// waiter whose service got ready too late for its permit (or whose future was polled late),
+    /// with no later one due within `max_wait` of the call, is rejected then, after its
+    /// `Delayed`.
     Limited {
         /// When a permit is free again.
         retry_after: Duration,
     },
     /// A call waits for a permit that is due within `max_wait` (or, with backpressure,
-    /// `poll_ready` waits for one, or a call made after its permit's time waits for the next).
+    /// `poll_ready` waits for one, or a call made after its permit's span waits for the next).
     /// Reported once per wait started in `poll_ready` or `call`: a waiter that takes a later
-    /// permit because its service got ready too late is not reported again.
+    /// permit because its service got ready too late, or its future was polled late, is not
+    /// reported again.
     Delayed {
         /// How long it waits.
         delay: Duration,

@@ -22,10 +22,14 @@
 //! Unlike tower's `RateLimit` (a fixed window that resets each period, so up to twice the rate can
 //! pass around a window edge, and whose state is copied by `Clone`), every service a layer makes
 //! and every clone draws from one budget, and its bound holds over every window, aligned or not:
-//! the burst plus one call per interval `T = period / permits`, so at most `burst + ⌊w / T⌋` calls
-//! in a window of length `w`. Within any span shorter than one period that is `burst + permits − 1`
-//! at most: up to `2 × permits − 1` with the default burst (equal to `permits`) after a quiet
-//! spell, and exactly the rate, `permits`, with [`burst(1)`](RateLimitConfigBuilder::burst).
+//! the burst plus one permit per interval `T = period / permits`, so at most `burst + ⌊w / T⌋`
+//! permits in a window of length `w`. Within any span shorter than one period that is
+//! `burst + permits − 1` at most: up to `2 × permits − 1` with the default burst (equal to
+//! `permits`) after a quiet spell, and exactly the rate, `permits`, with
+//! [`burst(1)`](RateLimitConfigBuilder::burst). A call starts within 10 ms of its permit's time
+//! (a busy runtime wakes waiters late), so the calls themselves keep to
+//! `burst + ⌊(w + 10 ms) / T⌋`: for a quota a server enforces to the letter, leave it that much
+//! headroom (`rate(permits, period + 10 ms)`).
 //!
 //! [`KeyedRateLimitLayer`] keeps one budget per key computed from the request (a tenant, a user),
 //! in a bounded table that evicts idle keys.
