@@ -571,42 +571,52 @@ async fn a_keyed_waiter_renews_from_its_keys_entry_made_again_after_an_eviction(
     );
 }
 
+/// Makes `calls` calls at once through a limiter of `per_sec` calls a second, no burst beyond one,
+/// waiting up to `max_wait_ms`, over a service that takes `readiness_ms` to get ready each time
+/// (see [`Slow`]). Every call must succeed; returns when each started, in nanoseconds, in order.
+async fn slow_waiters(per_sec: u64, max_wait_ms: u64, readiness_ms: u64, calls: u32) -> Vec<u64> {
+    let start = Instant::now();
+    let ran: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let record = ran.clone();
+    let inner = Slow {
+        inner: service_fn(move |n: u32| {
+            let at = start.elapsed().as_nanos() as u64;
+            record.lock().unwrap().push(at);
+            async move { Ok::<_, std::io::Error>(n) }
+        }),
+        delays: Arc::new(Mutex::new((vec![readiness_ms], 0))),
+        sleep: None,
+        ready: false,
+    };
+    let layer = ten_a_second()
+        .rate(per_sec, Duration::from_secs(1))
+        .max_wait(Duration::from_millis(max_wait_ms))
+        .build()
+        .unwrap();
+    let service = layer.layer(inner);
+    let calls: Vec<_> = (0..calls)
+        .map(|n| tokio::spawn(service.clone().oneshot(n)))
+        .collect();
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("every waiter runs within its max_wait");
+    }
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort_unstable();
+    ran
+}
+
 /// Waiters whose service always takes 12 ms to get ready miss permits usable for 10 ms: each takes
 /// the next permit once, and polls its service ahead of it, so every one runs.
 #[tokio::test(start_paused = true)]
 async fn waiters_slow_to_get_ready_miss_one_permit_each() {
-    let start = Instant::now();
-    let ran: Arc<Mutex<Vec<(u32, Duration)>>> = Arc::default();
-    let record = ran.clone();
-    let inner = Slow {
-        inner: service_fn(move |n: u32| {
-            record.lock().unwrap().push((n, start.elapsed()));
-            async move { Ok::<_, std::io::Error>(n) }
-        }),
-        delays: Arc::new(Mutex::new((vec![12], 0))),
-        sleep: None,
-        ready: false,
-    };
-    // T = 10 ms, no burst beyond one call.
-    let layer = ten_a_second()
-        .rate(100, Duration::from_secs(1))
-        .max_wait(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let service = layer.layer(inner);
-    let calls: Vec<_> = (0..4)
-        .map(|n| tokio::spawn(service.clone().oneshot(n)))
-        .collect();
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
-    // Every call is made at 12 ms: the first runs then. The waiters' permits are due at 22, 32
-    // and 42 ms, and each waiter is ready 12 ms later, past its 10 ms of grace: they take the
-    // permits due at 52, 62 and 72 ms, poll their services 10 ms ahead (one interval, the first
-    // time), and run within those permits' grace, at 54, 64 and 74 ms.
-    let mut ran = ran.lock().unwrap().clone();
-    ran.sort();
-    let at: Vec<u128> = ran.iter().map(|(_, at)| at.as_millis()).collect();
+    // T = 10 ms. Every call is made at 12 ms: the first runs then. The waiters' permits are due
+    // at 22, 32 and 42 ms, and each waiter is ready 12 ms later, past its 10 ms of grace: they
+    // take the permits due at 52, 62 and 72 ms, poll their services 10 ms ahead (one interval,
+    // the first time), and run within those permits' grace, at 54, 64 and 74 ms.
+    let ran = slow_waiters(100, 100, 12, 4).await;
+    let at: Vec<u64> = ran.iter().map(|at| at / 1_000_000).collect();
     assert_eq!(at, [12, 54, 64, 74]);
 }
 
@@ -615,38 +625,9 @@ async fn waiters_slow_to_get_ready_miss_one_permit_each() {
 /// every waiter runs, and the calls keep to the rate.
 #[tokio::test(start_paused = true)]
 async fn waiters_slower_to_get_ready_than_an_interval_still_run() {
-    let start = Instant::now();
-    let ran: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let record = ran.clone();
-    let inner = Slow {
-        inner: service_fn(move |n: u32| {
-            record
-                .lock()
-                .unwrap()
-                .push(start.elapsed().as_nanos() as u64);
-            async move { Ok::<_, std::io::Error>(n) }
-        }),
-        delays: Arc::new(Mutex::new((vec![13], 0))),
-        sleep: None,
-        ready: false,
-    };
-    // T = 1 ms, no burst beyond one call, 500 ms of waiting at most; forty callers, so that a
-    // waiter that misses its permit finds the others' ahead of the next.
-    let layer = ten_a_second()
-        .rate(1_000, Duration::from_secs(1))
-        .max_wait(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let service = layer.layer(inner);
-    let calls: Vec<_> = (0..40)
-        .map(|n| tokio::spawn(service.clone().oneshot(n)))
-        .collect();
-    for call in calls {
-        call.await
-            .unwrap()
-            .expect("every waiter runs within its max_wait");
-    }
-    let ran = ran.lock().unwrap().clone();
+    // T = 1 ms, 500 ms of waiting at most; forty callers, so that a waiter that misses its permit
+    // finds the others' ahead of the next.
+    let ran = slow_waiters(1_000, 500, 13, 40).await;
     within_rate(&ran, 1_000_000, 1, 10_000_000).unwrap();
 }
 

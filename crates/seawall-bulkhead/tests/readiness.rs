@@ -273,6 +273,32 @@ fn limited_to_one() -> (
     (limit.clone(), limit)
 }
 
+/// An answering service behind a concurrency limit of `permits`, whose clones share the limit:
+/// one polled ready holds a permit until it is called or dropped.
+fn echo_limited_to(
+    permits: usize,
+) -> ConcurrencyLimit<
+    impl Service<
+            u32,
+            Response = u32,
+            Error = std::io::Error,
+            Future = impl std::future::Future<Output = Result<u32, std::io::Error>> + Send,
+        > + Clone,
+> {
+    ConcurrencyLimit::new(
+        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
+        permits,
+    )
+}
+
+/// A rate limiter of one call a second, no burst beyond it, whose calls wait up to `max_wait`.
+fn one_a_second(max_wait: Duration) -> seawall_bulkhead::ratelimit::RateLimitConfigBuilder {
+    RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(max_wait)
+}
+
 /// Found by seawall's composition laws: behind a `Buffer`, a full bulkhead over a retry over a
 /// concurrency limit (tower's, or a bulkhead with backpressure) deadlocked. The worker's service
 /// was polled ready, which took the limit's only permit, and its call was rejected with `Full`;
@@ -536,16 +562,8 @@ async fn a_waiting_call_holds_no_inner_readiness_while_it_waits() {
 /// for `other`, a caller that reaches the limit by another path, and the sleeper goes on time.
 #[tokio::test(start_paused = true)]
 async fn a_sleeping_rate_limited_call_holds_no_inner_readiness() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .max_wait(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let inner = ConcurrencyLimit::new(
-        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
-        1,
-    );
+    let layer = one_a_second(Duration::from_secs(1)).build().unwrap();
+    let inner = echo_limited_to(1);
     let mut other = inner.clone();
     let mut service = layer.layer(inner);
     assert_eq!(service.ready().await.unwrap().call(1).await.unwrap(), 1);
@@ -574,17 +592,10 @@ async fn a_sleeping_rate_limited_call_holds_no_inner_readiness() {
 /// the permits of a limit below, and another key's call is served meanwhile.
 #[tokio::test(start_paused = true)]
 async fn sleeping_keyed_calls_hold_no_inner_readiness() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .max_wait(Duration::from_secs(5))
+    let layer = one_a_second(Duration::from_secs(5))
         .build_keyed(|n: &u32| *n / 100)
         .unwrap();
-    let limit = ConcurrencyLimit::new(
-        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
-        2,
-    );
-    let service = layer.layer(limit);
+    let service = layer.layer(echo_limited_to(2));
     // Key 0 spends its burst; its next two calls sleep for their permits.
     let mut hot = service.clone();
     assert_eq!(hot.ready().await.unwrap().call(1).await.unwrap(), 1);
@@ -617,12 +628,7 @@ async fn sleeping_keyed_calls_hold_no_inner_readiness() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_ready_after_its_permits_span_takes_the_next_permit() {
     for neighbour in [false, true] {
-        let layer = RateLimitLayer::builder()
-            .rate(1, Duration::from_secs(1))
-            .burst(1)
-            .max_wait(Duration::from_secs(5))
-            .build()
-            .unwrap();
+        let layer = one_a_second(Duration::from_secs(5)).build().unwrap();
         let start = tokio::time::Instant::now();
         let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = ran.clone();
@@ -711,12 +717,7 @@ async fn a_waiters_readiness_error_ends_the_call_and_gives_its_permit_back() {
         }
     }
 
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .max_wait(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let layer = one_a_second(Duration::from_secs(5)).build().unwrap();
     let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut service = layer.layer(Breakable(broken.clone()));
     assert_eq!(service.ready().await.unwrap().call(1).await.unwrap(), 1);
@@ -740,16 +741,8 @@ async fn a_waiters_readiness_error_ends_the_call_and_gives_its_permit_back() {
 /// `Limited`, holding nothing.
 #[tokio::test(start_paused = true)]
 async fn a_waiter_ready_too_late_for_its_max_wait_is_limited() {
-    let layer = RateLimitLayer::builder()
-        .rate(1, Duration::from_secs(1))
-        .burst(1)
-        .max_wait(Duration::from_millis(1_600))
-        .build()
-        .unwrap();
-    let limit = ConcurrencyLimit::new(
-        service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }),
-        1,
-    );
+    let layer = one_a_second(Duration::from_millis(1_600)).build().unwrap();
+    let limit = echo_limited_to(1);
     let (inner, mut blocker, mut probe) = (limit.clone(), limit.clone(), limit);
     let mut service = layer.layer(inner);
     service.ready().await.unwrap().call(1).await.unwrap();

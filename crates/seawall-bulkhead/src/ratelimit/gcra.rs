@@ -185,15 +185,7 @@ impl Gcra {
     /// Gives back a grant that will not be used (its waiter was dropped). The latest grant moves
     /// the TAT back one interval; any other becomes a hole for the next request to take.
     pub fn refund(&self, granted: Grant) {
-        let latest = self
-            .tat
-            .compare_exchange(
-                granted.tat,
-                granted.tat - self.interval,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok();
+        let latest = self.take_back_if_latest(granted);
         if !latest || self.hole_count.load(Ordering::Acquire) > 0 {
             let mut holes = self.lock_holes();
             if !latest {
@@ -212,20 +204,23 @@ impl Gcra {
         if granted.tat >= now.saturating_add(self.interval) {
             return self.refund(granted);
         }
-        let latest = self
-            .tat
+        if self.take_back_if_latest(granted) && self.hole_count.load(Ordering::Acquire) > 0 {
+            let mut holes = self.lock_holes();
+            self.fold(&mut holes);
+            self.hole_count.store(holes.len(), Ordering::Release);
+        }
+    }
+
+    /// Moves the TAT back one interval if `granted` is the latest grant; whether it was.
+    fn take_back_if_latest(&self, granted: Grant) -> bool {
+        self.tat
             .compare_exchange(
                 granted.tat,
                 granted.tat - self.interval,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok();
-        if latest && self.hole_count.load(Ordering::Acquire) > 0 {
-            let mut holes = self.lock_holes();
-            self.fold(&mut holes);
-            self.hole_count.store(holes.len(), Ordering::Release);
-        }
+            .is_ok()
     }
 
     /// Moves the TAT back over every hole at its end: a hole equal to the TAT is the latest slot
