@@ -6,8 +6,10 @@
 //! Both percentile hedges are timed in their hedging state: each has measured its percentile
 //! over a full period of calls, and a call it makes is armed to send a copy should the original
 //! be slow. Their periods are short ([`HEDGE_PERIOD`]), so they reach that state within a
-//! fraction of a second and stay in it through a timed run of any length; before each is timed
-//! it is called for a few periods and checked to answer a stalled call with a hedge.
+//! fraction of a second and stay in it while calls keep coming (tower's `Hedge` forgets its
+//! latencies after two periods without a call, as between criterion's runs, which is why each is
+//! settled again right before its own). Before each is timed it is called for a few periods and
+//! checked to answer a stalled call with a hedge.
 //!
 //! ```text
 //! cargo bench --bench retry
@@ -94,6 +96,15 @@ where
             support::call_ok(svc, Req(1));
         }
     }
+    assert_hedging(rt, name, svc);
+}
+
+/// Checks that `svc` is hedging: makes one call whose original never answers, which only a hedge
+/// can answer.
+fn assert_hedging<S>(rt: &Runtime, name: &str, svc: &mut S)
+where
+    S: Service<Req, Response = u64, Error = BoxError>,
+{
     STALL_NEXT.store(true, Relaxed);
     let answer = rt.block_on(tokio::time::timeout(Duration::from_secs(1), async {
         svc.ready().await?.call(Req(2)).await
