@@ -47,7 +47,9 @@ fn a_healthy_local_zone_takes_the_calls() {
 }
 
 /// The local zone goes down for two of the run's five seconds: the calls move to zone b while it
-/// is down and come back once it is up, and hardly any fail.
+/// is down and come back once it is up, and hardly any fail. Zone a counts as unhealthy once one
+/// of its three endpoints is ejected (2/3 is under the default 70 %; outlier detection ejects at
+/// most 10 % of the six, so one), and its ejections, of half a second at first, are over by 4 s.
 #[test]
 fn calls_leave_a_local_zone_that_is_down_and_come_back() {
     let report = run(&zones_with_local_down(Some((1_000, 3_000))), 1).unwrap();
