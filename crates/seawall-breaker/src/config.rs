@@ -130,7 +130,8 @@ impl BreakerConfig {
 pub struct BreakerConfigBuilder {
     name: Option<String>,
     window: SlidingWindow,
-    minimum_calls: u32,
+    /// `None`: the default, [`DEFAULT_MINIMUM_CALLS`] or a count window's size if smaller.
+    minimum_calls: Option<u32>,
     failure_rate: Option<f64>,
     slow_rate: Option<f64>,
     slow_call_duration: Duration,
@@ -173,7 +174,7 @@ impl BreakerConfigBuilder {
         BreakerConfigBuilder {
             name: None,
             window: DEFAULT_WINDOW,
-            minimum_calls: DEFAULT_MINIMUM_CALLS,
+            minimum_calls: None,
             failure_rate: Some(DEFAULT_FAILURE_RATE),
             slow_rate: None,
             slow_call_duration: DEFAULT_SLOW_CALL_DURATION,
@@ -204,9 +205,11 @@ impl BreakerConfigBuilder {
     }
 
     /// How many counted calls the window must hold before a rate can trip the breaker.
-    /// Default 20; at most the size of a count window, and at most 1,000,000 for a time window.
+    /// Default 20, or a count window's size if that is smaller (as Resilience4j takes the smaller
+    /// of the two); set, at most the size of a count window, and at most 1,000,000 for a time
+    /// window.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.minimum_calls = calls;
+        self.minimum_calls = Some(calls);
         self
     }
 
@@ -350,22 +353,22 @@ impl BreakerConfigBuilder {
                 window::MAX_COUNT_WINDOW
             }
         };
-        check_range("minimum_calls", self.minimum_calls, 1, window_limit).map_err(
-            |err| match self.window {
+        let minimum_calls = self
+            .minimum_calls
+            .unwrap_or(DEFAULT_MINIMUM_CALLS.min(window_limit));
+        check_range("minimum_calls", minimum_calls, 1, window_limit).map_err(|err| {
+            match self.window {
                 SlidingWindow::Count(n)
-                    if self.minimum_calls > n && self.minimum_calls <= window::MAX_COUNT_WINDOW =>
+                    if minimum_calls > n && minimum_calls <= window::MAX_COUNT_WINDOW =>
                 {
                     ConfigError::conflict(
                         "minimum_calls",
-                        format!(
-                            "must not exceed the count window ({n}), got {}",
-                            self.minimum_calls
-                        ),
+                        format!("must not exceed the count window ({n}), got {minimum_calls}"),
                     )
                 }
                 _ => err,
-            },
-        )?;
+            }
+        })?;
         if let Some(rate) = self.failure_rate {
             check_rate("failure_rate_threshold", rate)?;
         }
@@ -419,7 +422,7 @@ impl BreakerConfigBuilder {
         Ok(BreakerConfig {
             name,
             window: self.window,
-            minimum_calls: self.minimum_calls,
+            minimum_calls,
             failure_rate: self.failure_rate,
             slow_rate: self.slow_rate,
             slow_call_duration: self.slow_call_duration,
@@ -487,7 +490,7 @@ mod tests {
                 "sliding_window must be in 1..=1000000, got 0",
             ),
             (
-                err(b().sliding_window(SlidingWindow::count(10))),
+                err(b().sliding_window(SlidingWindow::count(10)).minimum_calls(20)),
                 "minimum_calls must not exceed the count window (10), got 20",
             ),
             (
@@ -574,5 +577,22 @@ mod tests {
                 .unwrap();
             assert_eq!(config.minimum_calls, 1_000_000);
         }
+    }
+
+    #[test]
+    fn the_default_minimum_calls_is_at_most_a_count_window() {
+        let minimum = |window| {
+            BreakerConfig::builder()
+                .sliding_window(window)
+                .build_config()
+                .unwrap()
+                .minimum_calls
+        };
+        assert_eq!(minimum(SlidingWindow::count(10)), 10);
+        assert_eq!(minimum(SlidingWindow::count(100)), DEFAULT_MINIMUM_CALLS);
+        assert_eq!(
+            minimum(SlidingWindow::time(Duration::from_secs(10))),
+            DEFAULT_MINIMUM_CALLS
+        );
     }
 }
