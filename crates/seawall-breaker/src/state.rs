@@ -281,7 +281,8 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Calls MetricsOnly would have rejected since the breaker was built.
     pub would_have_rejected: u64,
-    /// Probe slots taken in the current HalfOpen (0 in other states).
+    /// Probe slots taken in the current HalfOpen, by probes in flight or answered (0 in other
+    /// states); `probe_results` of them have answered.
     pub probes_in_use: u32,
     /// Probe results in the current HalfOpen (0 in other states).
     pub probe_results: u32,
