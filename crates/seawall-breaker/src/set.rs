@@ -1,7 +1,14 @@
 //! [`BreakerSet`]: one breaker per key (per host, per endpoint), created on demand, bounded.
 
-use crate::{config::BreakerConfig, handle::BreakerHandle, layer::BreakerLayer, state::State};
-use seawall_core::{classify::DefaultClassifier, config::check_range, metrics, ConfigError};
+use crate::{
+    config::BreakerConfig,
+    handle::BreakerHandle,
+    layer::BreakerLayer,
+    state::{State, Transition},
+};
+use seawall_core::{
+    classify::DefaultClassifier, config::check_range, event::Listener, metrics, ConfigError, Name,
+};
 use std::{
     collections::HashMap,
     fmt,
@@ -65,7 +72,13 @@ struct Inner<K, C> {
 struct Map<K, C> {
     entries: HashMap<K, Entry<C>>,
     clock: u64,
+    /// Listeners told which key's breaker changed: each makes, for a key, a listener bound to it
+    /// for the breaker the set creates for that key.
+    key_listeners: Vec<Arc<KeyListener<K>>>,
 }
+
+/// Binds a keyed listener to one key.
+type KeyListener<K> = dyn Fn(&K) -> Arc<dyn Listener<Transition>> + Send + Sync;
 
 struct Entry<C> {
     layer: BreakerLayer<C>,
@@ -107,6 +120,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
                 map: Mutex::new(Map {
                     entries: HashMap::new(),
                     clock: 0,
+                    key_listeners: Vec::new(),
                 }),
             }),
         })
@@ -138,6 +152,15 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         if let Some(seed) = config.seed {
             config.seed = Some(seed ^ key_seed(key));
         }
+        for bind in &map.key_listeners {
+            let listener = bind(key);
+            config.listeners =
+                config
+                    .listeners
+                    .with(move |name: &Name, transition: &Transition| {
+                        listener.on_event(name, transition)
+                    });
+        }
         let layer = BreakerLayer::keyed(
             config,
             self.inner.classifier.clone(),
@@ -151,6 +174,40 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             },
         );
         layer
+    }
+
+    /// Registers a listener told of every state change of the set's breakers with the key whose
+    /// breaker changed, besides the listeners of the set's configuration (which, like the log
+    /// line and the metrics, carry only the set's name). It hears the breakers the set creates
+    /// from now on, so register it before asking for keys.
+    ///
+    /// ```
+    /// use seawall::breaker::{BreakerConfig, BreakerSet, State};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let opened = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = opened.clone();
+    /// let per_host = BreakerSet::new(BreakerConfig::builder().name("per-host").build_config()?, 64)?
+    ///     .on_transition(move |host: &&str, t: &seawall::breaker::Transition| {
+    ///         if t.to == State::ForcedOpen {
+    ///             seen.lock().unwrap().push(host.to_string());
+    ///         }
+    ///     });
+    /// per_host.get(&"10.0.0.2:80").handle().force_open();
+    /// assert_eq!(*opened.lock().unwrap(), ["10.0.0.2:80"]);
+    /// # Ok::<(), seawall::ConfigError>(())
+    /// ```
+    pub fn on_transition(self, listener: impl Fn(&K, &Transition) + Send + Sync + 'static) -> Self
+    where
+        K: Send + Sync + 'static,
+    {
+        let listener = Arc::new(listener);
+        let bind = move |key: &K| -> Arc<dyn Listener<Transition>> {
+            let (key, listener) = (key.clone(), listener.clone());
+            Arc::new(move |_: &Name, transition: &Transition| listener(&key, transition))
+        };
+        self.lock().key_listeners.push(Arc::new(bind));
+        self
     }
 
     /// The breaker of `key`, if there is one (does not create one).

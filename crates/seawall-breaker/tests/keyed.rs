@@ -4,7 +4,7 @@
 mod common;
 
 use common::{dependency, rejected, send, Call};
-use seawall::breaker::{BreakerConfig, BreakerSet, State};
+use seawall::breaker::{BreakerConfig, BreakerSet, State, Transition};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
@@ -34,6 +34,38 @@ async fn each_key_has_its_own_breaker() {
         .same_breaker(&set.handle(&"a").unwrap()));
     assert!(set.handle(&"c").is_none(), "handle does not create");
     assert_eq!(set.len(), 2);
+}
+
+/// A listener registered on the set hears which key's breaker changed; the configuration's
+/// listeners, like the log line and the metrics, carry only the set's name.
+#[tokio::test(start_paused = true)]
+async fn a_set_listener_hears_the_key_whose_breaker_changed() {
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let named = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (by_key, by_name) = (heard.clone(), named.clone());
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .consecutive_failures(1)
+        .on_transition(move |name: &seawall::Name, t: &Transition| {
+            by_name.lock().unwrap().push((name.to_string(), t.to))
+        })
+        .build_config()
+        .unwrap();
+    let set =
+        BreakerSet::new(config, 8)
+            .unwrap()
+            .on_transition(move |key: &&str, t: &Transition| {
+                by_key.lock().unwrap().push((*key, t.from, t.to))
+            });
+    let mut a = set.get(&"a").layer(dependency().0);
+    let mut b = set.get(&"b").layer(dependency().0);
+    assert_eq!(send(&mut a, Call::Ok).await.unwrap(), "ok");
+    let _ = send(&mut b, Call::Fail).await;
+    assert_eq!(*heard.lock().unwrap(), [("b", State::Closed, State::Open)]);
+    assert_eq!(
+        *named.lock().unwrap(),
+        [("per-host".to_string(), State::Open)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
