@@ -9,6 +9,7 @@ use hickory_resolver::{
     proto::{
         op::ResponseCode,
         rr::{rdata::SRV, Name as DnsName, RData, Record},
+        xfer::Protocol,
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -145,7 +146,7 @@ impl DnsBuilder {
 
     /// Ask these name servers (UDP, falling back to TCP). Default: the system's configuration
     /// (`/etc/resolv.conf`), with the `system-config` feature; it is not read when the host is an
-    /// IP address.
+    /// IP address. Each query goes to every name server at once, and the first answer counts.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.nameservers = Some(servers.into_iter().collect());
         self
@@ -166,8 +167,8 @@ impl DnsBuilder {
         self
     }
 
-    /// How long one DNS query may take. Default 2 s. A query without an answer in that time is
-    /// not sent again: the resolution fails, or when other lookups answered (the other address
+    /// How long one DNS query may take. Default 2 s. A query without an answer in that time from
+    /// any of the name servers (all asked at once) is not sent again: the resolution fails, or when other lookups answered (the other address
     /// family, other SRV targets) stands on them and what the unanswered one gave last time, and
     /// the next resolution follows the failure backoff.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -259,7 +260,12 @@ impl DnsBuilder {
             None => system_config()?,
         };
         let (config, opts) = config;
-        let opts = resolver_opts(opts, self.timeout);
+        let servers = config
+            .name_servers()
+            .iter()
+            .filter(|server| server.protocol == Protocol::Udp)
+            .count();
+        let opts = resolver_opts(opts, self.timeout, servers);
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(opts)
@@ -309,12 +315,15 @@ where
 }
 
 /// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or
-/// hickory's defaults, with what discovery needs set over them.
-fn resolver_opts(mut opts: ResolverOpts, timeout: Duration) -> ResolverOpts {
+/// hickory's defaults, with what discovery needs set over them, for `servers` name servers.
+fn resolver_opts(mut opts: ResolverOpts, timeout: Duration, servers: usize) -> ResolverOpts {
     opts.timeout = timeout;
     // hickory's `attempts` counts the retries after the first query: one query, no retry (the
     // refresh schedule retries).
     opts.attempts = 0;
+    // Every name server is asked at once, so a query waits one timeout at most: hickory asks two
+    // at a time by default, and the next two only once both have timed out.
+    opts.num_concurrent_reqs = servers.max(1);
     // Every resolution asks the server: the refresh schedule follows the TTLs itself.
     opts.cache_size = 0;
     // The CNAMEs on the way to the addresses stay in the answer, so their TTLs count.
@@ -894,11 +903,12 @@ mod tests {
         system.ndots = 5;
         system.edns0 = true;
         system.attempts = 3;
-        let opts = resolver_opts(system, Duration::from_millis(1500));
+        let opts = resolver_opts(system, Duration::from_millis(1500), 3);
         assert_eq!((opts.ndots, opts.edns0), (5, true));
         assert_eq!(opts.timeout, Duration::from_millis(1500));
         assert_eq!(opts.attempts, 0);
         assert_eq!(opts.cache_size, 0);
+        assert_eq!(opts.num_concurrent_reqs, 3);
     }
 
     #[test]
@@ -1095,7 +1105,7 @@ mod tests {
         );
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(resolver_opts(opts, Duration::from_secs(5)))
+                .with_options(resolver_opts(opts, Duration::from_secs(5), 1))
                 .build();
         let users = DnsName::from_ascii("users").unwrap();
         let Err(error) = lookup_ips(&resolver, &users, &[]).await else {
