@@ -20,14 +20,15 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
         }
     }
 
-    /// A tracker that also inserts again a key whose weight or zone changed.
+    /// A tracker that also inserts again a key whose weight or zone changed (a weight of 0 is
+    /// the same as 1, as the balancer reads it).
     pub(crate) fn with_meta() -> Self
     where
         K: EndpointMeta,
     {
         Tracker {
             current: HashSet::new(),
-            same: |a, b| a.weight() == b.weight() && a.zone() == b.zone(),
+            same: |a, b| a.weight().max(1) == b.weight().max(1) && a.zone() == b.zone(),
         }
     }
 
@@ -139,5 +140,14 @@ mod tests {
         let mut plain = Tracker::new();
         plain.update([Meta(1, 3, None)]);
         assert_eq!(parts(plain.update([Meta(1, 5, None)]).0), vec![]);
+    }
+
+    #[test]
+    fn a_weight_of_zero_is_the_same_as_one() {
+        let mut t = Tracker::with_meta();
+        t.update([Meta(1, 0, None)]);
+        assert_eq!(parts(t.update([Meta(1, 1, None)]).0), vec![]);
+        assert_eq!(parts(t.update([Meta(1, 0, None)]).0), vec![]);
+        assert_eq!(parts(t.update([Meta(1, 2, None)]).0), vec![(1, 2, None)]);
     }
 }
