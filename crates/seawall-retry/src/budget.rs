@@ -18,11 +18,14 @@
 //!   `retries ≤ ratio × requests + min_per_second × ttl × (⌊T / ttl⌋ + 1)`; within one window,
 //!   `retries ≤ ratio × requests + min_per_second × ttl`. Defaults: `ttl` 10 s,
 //!   `min_per_second` 10, `ratio` 0.2, so a client sending 1000 requests a second may retry about
-//!   200 of them a second, and one sending 1 a second still gets 10 retries a second.
+//!   200 of them a second, and one sending 1 a second still gets the reserve's 100 retries per
+//!   window: about 9 a second sustained, as a retry counts against the budget for 10 to 11 s.
 //! - **Token bucket** (gRPC's retry throttling, [gRFC A6]): the bucket starts full with
 //!   `max_tokens`; each failed attempt takes one token, each successful one adds `token_ratio`;
-//!   retries are allowed only while more than half the tokens remain. It stops retries once
-//!   failures outnumber successes by the ratio, whatever the traffic.
+//!   retries are allowed only while more than half the tokens remain. It follows the failure
+//!   rate, whatever the traffic: a full bucket gains nothing from successes, so retries stop
+//!   once the failures since it was last full reach `token_ratio` × the successes since then
+//!   plus `max_tokens / 2`.
 //!
 //! Accounting is in integers (millionths of a retry for the ratio budget, thousandths of a token for
 //! the bucket), so a fractional ratio never rounds in favour of retrying: with `ratio` 0.3 and no
@@ -264,8 +267,8 @@ impl RatioBuilder {
         self
     }
 
-    /// Retries a second allowed whatever the traffic (default 10). Zero bounds retries by the
-    /// ratio alone.
+    /// The reserve, in retries a second: `min_per_second × ttl` retries per window whatever the
+    /// traffic (default 10, so 100 in 10 s). Zero bounds retries by the ratio alone.
     pub fn min_per_second(mut self, min_per_second: u32) -> Self {
         self.min_per_second = min_per_second;
         self
@@ -841,6 +844,53 @@ mod tests {
             budget.record(Outcome::Failure);
         }
         assert!(!budget.can_retry());
+    }
+
+    /// A full bucket gains nothing from successes: from full, `max_tokens / 2` failures in a row
+    /// stop retries however many successes came before.
+    #[test]
+    fn successes_into_a_full_bucket_earn_nothing() {
+        let budget = RetryBudget::token_bucket(10.0, 0.1).unwrap();
+        for _ in 0..1000 {
+            budget.record(Outcome::Success);
+        }
+        for _ in 0..4 {
+            budget.record(Outcome::Failure);
+        }
+        assert!(budget.can_retry());
+        budget.record(Outcome::Failure);
+        assert!(!budget.can_retry());
+        // Below full, successes count: a tenth of a token each.
+        for _ in 0..10 {
+            budget.record(Outcome::Success);
+        }
+        assert!(budget.can_retry());
+    }
+
+    /// The reserve alone: `min_per_second × ttl` retries in a window, and about 9 a second
+    /// sustained, since each retry counts for 10 to 11 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_reserve_sustains_about_nine_retries_a_second() {
+        let budget = RetryBudget::builder()
+            .ttl(Duration::from_secs(10))
+            .min_per_second(10)
+            .ratio(0.0)
+            .build()
+            .unwrap();
+        let mut per_window = Vec::new();
+        for _ in 0..6 {
+            let mut retries = 0;
+            for _ in 0..100 {
+                if budget.try_withdraw() {
+                    retries += 1;
+                }
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            per_window.push(retries);
+        }
+        // Then 100 every 11 s or so, as a retry stays counted until its slice has left the
+        // window: 90 in each 10 s.
+        assert_eq!(per_window, [100, 90, 90, 90, 90, 90]);
     }
 
     /// gRPC asks only that `token_ratio` be positive: one above `max_tokens` refills the bucket

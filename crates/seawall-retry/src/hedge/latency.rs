@@ -17,7 +17,9 @@ const HIGHEST: u64 = 3_600_000_000;
 
 /// Latencies of the current period in an HdrHistogram; at the end of each period (once it holds
 /// at least `min_data_points`) the percentile is computed, cached for lock-free reads, and the
-/// histogram starts afresh. So the delay in force is the percentile of the last full period.
+/// histogram starts afresh. So the delay in force is the percentile of the last full period. The
+/// first period starts at the first sample, so the time before the first call does not count
+/// towards it; each later one starts at the sample that ended the one before.
 pub(crate) struct Latencies {
     percentile: f64,
     min_data_points: u64,
@@ -63,7 +65,11 @@ impl Latencies {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        if now.saturating_duration_since(state.since) >= self.period
+        if state.histogram.is_empty() {
+            // The first sample (a histogram is never empty after it, as a sample follows
+            // every rotation).
+            state.since = now;
+        } else if now.saturating_duration_since(state.since) >= self.period
             && state.histogram.len() >= self.min_data_points
         {
             let micros = state.histogram.value_at_quantile(self.percentile);
@@ -91,6 +97,23 @@ impl std::fmt::Debug for Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_period_starts_at_its_first_sample() {
+        let l = Latencies::new(0.9, 10, Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        // Idle after the layer is built, then 110 ms of calls: not a period yet.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..11 {
+            l.record(ms(10), Instant::now());
+            tokio::time::advance(ms(10)).await;
+        }
+        assert_eq!(l.delay(), None);
+        tokio::time::advance(ms(890)).await;
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn percentile_of_last_full_period() {
