@@ -34,11 +34,15 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
 /// Finds the first error of type `T` in `err` or its `source()` chain.
 pub fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
-    chain(err).find_map(|e| {
-        e.downcast_ref::<T>()
-            .or_else(|| e.downcast_ref::<Arc<T>>().map(|shared| &**shared))
-            .or_else(|| e.downcast_ref::<Box<T>>().map(|boxed| &**boxed))
-    })
+    chain(err).find_map(downcast_ref)
+}
+
+/// `err` itself as a `T`, an `Arc<T>` or `Box<T>` counting as one; its sources are not looked at
+/// (see [`find`] for that). For code that walks a [`chain`] looking for several types at once.
+pub fn downcast_ref<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
+    err.downcast_ref::<T>()
+        .or_else(|| err.downcast_ref::<Arc<T>>().map(|shared| &**shared))
+        .or_else(|| err.downcast_ref::<Box<T>>().map(|boxed| &**boxed))
 }
 
 /// Whether an error of type `T` is `err` or in its `source()` chain.

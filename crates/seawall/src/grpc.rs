@@ -124,6 +124,7 @@ use http::HeaderValue;
 use pin_project_lite::pin_project;
 use seawall_core::{
     deadline::{deadline_after, Elapsed, RequestDeadline},
+    error::downcast_ref,
     BoxError,
 };
 use std::{
@@ -146,20 +147,25 @@ pub fn code(error: &(dyn Error + 'static)) -> Option<Code> {
 }
 
 /// What one error of a chain says, ignoring its sources.
+/// An `Arc` or a `Box` of one of these types counts as that type, as for
+/// [`find`](seawall_core::error::find).
 fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
-    if let Some(status) = error.downcast_ref::<Status>() {
+    fn is<T: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
+        downcast_ref::<T>(error).is_some()
+    }
+    if let Some(status) = downcast_ref::<Status>(error) {
         return Some(status.code());
     }
-    if error.is::<Elapsed>() {
+    if is::<Elapsed>(error) {
         return Some(Code::DeadlineExceeded);
     }
-    if error.is::<seawall_breaker::Open>() {
+    if is::<seawall_breaker::Open>(error) {
         return Some(Code::Unavailable);
     }
-    if error.is::<seawall_balance::NoEndpoints>() {
+    if is::<seawall_balance::NoEndpoints>(error) {
         return Some(Code::Unavailable);
     }
-    if error.is::<seawall_bulkhead::Full>() || error.is::<seawall_bulkhead::ratelimit::Limited>() {
+    if is::<seawall_bulkhead::Full>(error) || is::<seawall_bulkhead::ratelimit::Limited>(error) {
         return Some(Code::ResourceExhausted);
     }
     None
@@ -180,7 +186,7 @@ pub fn to_status(error: BoxError) -> Status {
     // The status takes the code and the message of the error that decided the code, not those
     // of a wrapper around it (a retry's `BudgetExhausted` says nothing about why the call failed).
     let found = seawall_core::error::chain(&*error).find_map(|e| {
-        code_of_one(e).map(|code| match e.downcast_ref::<Status>() {
+        code_of_one(e).map(|code| match downcast_ref::<Status>(e) {
             Some(inner) => Status::with_details_and_metadata(
                 inner.code(),
                 inner.message(),
@@ -664,8 +670,10 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// The time left is measured from [`tokio::time::Instant::now`] at `call` and written by
 /// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline
 /// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
-/// longer than that; a longer one, or one that does not follow the spec, is replaced. A request
-/// without a deadline passes untouched, without reading the clock; nothing is allocated unless
+/// longer than that; a longer one, or one that does not follow the spec, is replaced. Only
+/// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
+/// without it, each attempt of a retry sends the caller's header as it came, whatever time the
+/// earlier attempts took. A request without a deadline passes untouched, without reading the clock; nothing is allocated unless
 /// the header is written.
 ///
 /// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
@@ -822,6 +830,19 @@ mod tests {
             );
             timeout = timeout * 7 + Duration::from_nanos(3);
         }
+    }
+
+    #[test]
+    fn a_shared_or_boxed_error_maps_as_the_error_it_holds() {
+        let boxed: BoxError = Box::new(Box::new(Elapsed::new()));
+        assert_eq!(code(&*boxed), Some(Code::DeadlineExceeded));
+        let shared: BoxError = Box::new(Arc::new(Status::unavailable("down")));
+        assert_eq!(code(&*shared), Some(Code::Unavailable));
+        let status = to_status(shared);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "down")
+        );
     }
 
     // The breaker crate's own layer, not the facade's re-export: the table must not depend on
