@@ -296,8 +296,9 @@ impl RatioBuilder {
                 self.ratio.to_string(),
             ));
         }
-        // Floor, so the budget never allows more than the ratio asked for.
-        let deposit_units = (self.ratio * UNIT as f64).floor() as u64;
+        // Floor, so the budget never allows more than the ratio asked for; a ratio within float
+        // error of a millionth is that millionth (`4.1 * 1e6` is 4099999.99…).
+        let deposit_units = fixed_point(self.ratio, UNIT as f64);
         let reserve = u128::from(self.min_per_second) * self.ttl.as_nanos() * u128::from(UNIT)
             / 1_000_000_000;
         let reserve = i64::try_from(reserve).unwrap_or(i64::MAX);
@@ -592,9 +593,15 @@ struct Bucket {
 /// thousandths, rounded down; a value within float error of a thousandth is that thousandth
 /// (`1.001 * 1000.0` is 1000.999…, yet 1.001 is 1001 thousandths).
 fn thousandths(value: f64) -> u64 {
-    let scaled = value * 1000.0;
+    fixed_point(value, 1000.0)
+}
+
+/// `value × scale` (finite, at least 0), rounded down, as a whole number; a product within float
+/// error of a whole number is that number.
+fn fixed_point(value: f64, scale: f64) -> u64 {
+    let scaled = value * scale;
     let nearest = scaled.round();
-    if (scaled - nearest).abs() < 1e-9 {
+    if (scaled - nearest).abs() < 1e-9 + nearest * 1e-13 {
         nearest as u64
     } else {
         scaled.floor() as u64
@@ -949,6 +956,17 @@ mod tests {
             (2.0009, 2000),
         ] {
             assert_eq!(thousandths(value), expected, "{value}");
+        }
+        for (value, expected) in [
+            (4.1, 4_100_000),
+            (1.001, 1_001_000),
+            (0.000249, 249),
+            (0.2, 200_000),
+            (999.999999, 999_999_999),
+            (0.0000005, 0),
+            (0.1234567, 123_456),
+        ] {
+            assert_eq!(fixed_point(value, UNIT as f64), expected, "{value}");
         }
         let budget = RetryBudget::token_bucket(1.001, 1.001).unwrap();
         let Kind::Bucket(bucket) = &*budget.inner else {

@@ -49,9 +49,15 @@ fn ratio(most: f64) -> impl Strategy<Value = f64> {
 }
 
 /// What one request deposits, in millionths of a retry, as the budget keeps a ratio:
-/// `⌊ratio × 10⁶⌋`.
+/// `⌊ratio × 10⁶⌋`, a product within float error of a whole number being that number.
 fn units(ratio: f64) -> u64 {
-    (ratio * UNIT as f64).floor() as u64
+    let scaled = ratio * UNIT as f64;
+    let nearest = scaled.round();
+    if (scaled - nearest).abs() < 1e-9 + nearest * 1e-13 {
+        nearest as u64
+    } else {
+        scaled.floor() as u64
+    }
 }
 
 /// `retries ≤ ratio × requests + min_per_second × ttl × (⌊elapsed / ttl⌋ + 1)`, in exact
@@ -517,6 +523,23 @@ fn ratio_only(ratio: f64) -> RetryBudget {
         .ttl(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// A ratio that float arithmetic cannot hold exactly still allows its whole share: 4.1 × 10⁶ is
+/// 4099999.99… in floats, yet 10 requests at 4.1 allow 41 retries, not 40.
+#[tokio::test(start_paused = true)]
+async fn a_ratio_counts_whole_millionths_despite_float_error() {
+    for (ratio, requests, want) in [(4.1, 10, 41), (1.001, 1000, 1001), (0.000249, 100_000, 24)] {
+        let budget = ratio_only(ratio);
+        for _ in 0..requests {
+            budget.deposit();
+        }
+        let mut retries = 0;
+        while budget.try_withdraw() {
+            retries += 1;
+        }
+        assert_eq!(retries, want, "{ratio}");
+    }
 }
 
 /// Two requests at once do not make a quiet client batch its requests: the next one, 9 s later,

@@ -51,7 +51,7 @@ async fn a_deadline_exactly_at_the_end_of_the_backoff_stops_too() {
     let (svc, calls) = flaky(usize::MAX);
     let mut req = get();
     req.set_deadline(start + ms(100));
-    retry(10, ms(100))
+    let err = retry(10, ms(100))
         .build()
         .unwrap()
         .layer(svc)
@@ -63,6 +63,10 @@ async fn a_deadline_exactly_at_the_end_of_the_backoff_stops_too() {
         1,
         "an attempt starting at its deadline has no time at all"
     );
+    // Given up at once with the attempt's own error, rather than after sleeping to the deadline.
+    assert_eq!(err.to_string(), "fail 0");
+    assert!(!error::is::<Elapsed>(&*err));
+    assert_eq!(Instant::now(), start);
 }
 
 #[tokio::test(start_paused = true)]
