@@ -443,7 +443,13 @@ where
         // Each attempt goes through the inner service's readiness again, and none starts once the
         // call's deadline has passed: waiting for readiness past it gives up at the deadline.
         let deadline = template.deadline();
-        let ready = this.service.poll_ready(cx);
+        let ready = match this.service.poll_ready(cx) {
+            Poll::Ready(Err(error)) => {
+                link.on_give_up(*this.attempt, GiveUpReason::NotReady);
+                return Poll::Ready(Err(error.into()));
+            }
+            ready => ready,
+        };
         if let Some(deadline) = deadline {
             if Instant::now() >= deadline {
                 link.on_give_up(*this.attempt, GiveUpReason::Deadline);

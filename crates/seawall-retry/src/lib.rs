@@ -169,4 +169,7 @@ pub enum GiveUpReason {
     /// through, for a body that can no longer be replayed), so its last copy was sent as the
     /// last attempt.
     NotCopyable,
+    /// The inner service failed to get ready for the next attempt: its readiness error is the
+    /// call's error.
+    NotReady,
 }

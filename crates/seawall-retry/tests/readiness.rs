@@ -5,11 +5,15 @@
 mod support;
 
 use futures_util::future::join_all;
+use seawall_core::Name;
 use seawall_core::{
     deadline::{Elapsed, RequestDeadline},
     BoxError,
 };
-use seawall_retry::{Backoff, BudgetExhausted, HedgeEvent, HedgeLayer, RetryBudget, RetryLayer};
+use seawall_retry::{
+    Backoff, BudgetExhausted, GiveUpReason, HedgeEvent, HedgeLayer, RetryBudget, RetryEvent,
+    RetryLayer,
+};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -67,12 +71,57 @@ async fn each_retry_waits_for_the_inner_service_to_be_ready_again() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_error_on_a_retry_is_returned() {
-    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(retry());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(layer);
     handle.allow(1);
     assert_ready_ok!(svc.poll_ready());
     let mut fut = tokio_test::task::spawn(svc.call(Ping(1)));
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error("boom");
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    handle.send_error("broken");
+    let err = assert_ready_err!(fut.poll());
+    assert_eq!(err.to_string(), "broken");
+    // The retry announced is closed by the reason it was not sent.
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            RetryEvent::Retry {
+                attempt: 2,
+                delay: ms(10)
+            },
+            RetryEvent::GaveUp {
+                attempts: 1,
+                reason: GiveUpReason::NotReady
+            }
+        ]
+    );
+}
+
+/// A readiness error is the call's error even once the deadline has passed: it says more about
+/// why the call failed than `Elapsed` would.
+#[tokio::test(start_paused = true)]
+async fn readiness_error_past_the_deadline_is_returned() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, &'static str, _>(retry());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(15));
+    let mut fut = tokio_test::task::spawn(svc.call(req));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("boom");
+    assert_pending!(fut.poll());
+    // The backoff ends at 10 ms; the service is not ready until after the deadline.
+    tokio::time::advance(ms(10)).await;
     assert_pending!(fut.poll());
     tokio::time::advance(ms(10)).await;
     handle.send_error("broken");
