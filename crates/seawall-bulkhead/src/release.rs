@@ -76,7 +76,7 @@ impl<B: Body> Release<http::Response<B>> for OnBodyEnd {
             };
             PermitBody {
                 inner: body,
-                permit,
+                permit: Held(permit),
             }
         })
     }
@@ -88,18 +88,32 @@ pin_project! {
     ///
     /// A body read to its end counts as the response's classified outcome (the duration fed to an
     /// adaptive limit runs until the end of the body); a body error counts as a failure; a body
-    /// dropped early counts as ignored.
+    /// dropped early counts as ignored, unless the response was classified a failure (a 503 whose
+    /// body the caller does not read), which it stays.
     pub struct PermitBody<B> {
         #[pin]
         inner: B,
-        permit: Option<(Permit, Outcome, Option<Timing>)>,
+        permit: Held,
+    }
+}
+
+/// The permit a body holds, with the response's outcome: dropped before the body ends, a
+/// failure still counts as one (the response said so before its body was read), and any other
+/// outcome as ignored.
+struct Held(Option<(Permit, Outcome, Option<Timing>)>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((permit, Outcome::Failure, timing)) = self.0.take() {
+            permit.finish(Outcome::Failure, timing, Timing::elapsed(timing));
+        }
     }
 }
 
 impl<B> PermitBody<B> {
     /// Whether the body still holds its permit.
     pub fn holds_permit(&self) -> bool {
-        self.permit.is_some()
+        self.permit.0.is_some()
     }
 
     /// The wrapped body.
@@ -126,7 +140,7 @@ impl<B: Body> Body for PermitBody<B> {
             Some(Ok(_)) => None,
         };
         if let Some(over) = finished {
-            if let Some((permit, outcome, timing)) = this.permit.take() {
+            if let Some((permit, outcome, timing)) = this.permit.0.take() {
                 // The body ends now: the limit's sample runs until here.
                 permit.finish(over.unwrap_or(outcome), timing, Timing::elapsed(timing));
             }
@@ -147,7 +161,7 @@ impl<B: fmt::Debug> fmt::Debug for PermitBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PermitBody")
             .field("inner", &self.inner)
-            .field("holds_permit", &self.permit.is_some())
+            .field("holds_permit", &self.permit.0.is_some())
             .finish()
     }
 }

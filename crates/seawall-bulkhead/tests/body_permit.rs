@@ -207,3 +207,32 @@ async fn empty_body_releases_at_once() {
     assert!(!response.body().holds_permit());
     assert_eq!(handle.in_flight(), 0);
 }
+
+/// A response classified a failure stays one when its body is dropped unread (a 503 whose body the
+/// caller does not read); any other response's body dropped early counts as ignored.
+#[tokio::test(start_paused = true)]
+async fn a_failed_response_whose_body_is_dropped_unread_is_still_a_drop() {
+    let layer = BulkheadLayer::builder()
+        .adaptive(Aimd::builder().initial_limit(10).build().unwrap())
+        .classifier(seawall_core::classify::HttpClassifier::new())
+        .release_on_body_end()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|status: u16| async move {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(status)
+                .body(FullBody::new(Bytes::from_static(b"body")))
+                .unwrap(),
+        )
+    }));
+    let response = service.clone().oneshot(200).await.unwrap();
+    assert!(response.body().holds_permit());
+    drop(response);
+    assert_eq!((handle.limit(), handle.in_flight()), (10, 0));
+    let response = service.oneshot(503).await.unwrap();
+    assert!(response.body().holds_permit());
+    drop(response);
+    assert_eq!((handle.limit(), handle.in_flight()), (9, 0));
+}
