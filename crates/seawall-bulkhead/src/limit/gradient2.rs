@@ -20,6 +20,13 @@ use seawall_core::{config, ConfigError};
 /// `queue_size × smoothing` per sample. When the long-term RTT is more than twice the short-term
 /// one (latency has recovered after a long slow period) it is cut by 5% per sample, so the limit
 /// recovers without waiting for the average to decay.
+///
+/// As `queue_size` is added to every estimate, latency alone takes the limit no lower than about
+/// `2 × queue_size` (8 by default), where `limit × 0.5 + queue_size` no longer shrinks it. A
+/// dropped call (as the layer's classifier says: a 503, a 429) halves the estimate before
+/// smoothing, without `queue_size` (× 0.9 per drop with the default smoothing, as
+/// [`Aimd`](super::Aimd)'s default backoff), and is not an RTT sample: a fast failure would
+/// otherwise read as recovered latency. Netflix's `Gradient2Limit` ignores drops.
 #[derive(Debug, Clone)]
 pub struct Gradient2 {
     estimate: f64,
@@ -73,6 +80,13 @@ impl Limit for Gradient2 {
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
+        if sample.dropped {
+            // Before the RTTs are looked at: a fast failure says nothing about latency.
+            let halved = self.estimate * 0.5;
+            let smoothed = self.estimate * (1.0 - self.smoothing) + halved * self.smoothing;
+            self.estimate = smoothed.clamp(self.min as f64, self.max as f64);
+            return self.limit();
+        }
         let short = (sample.rtt.as_nanos() as f64).max(1.0);
         let long = self.long_rtt.add(short);
         if long / short > 2.0 {
@@ -160,8 +174,9 @@ impl Gradient2Builder {
         self
     }
 
-    /// How far the estimate may run ahead of the measured capacity while latency is steady.
-    /// Default 4.
+    /// How far the estimate may run ahead of the measured capacity while latency is steady, at
+    /// least 1 (the limit could never grow with 0). Default 4. Latency alone takes the limit no
+    /// lower than about twice this.
     pub fn queue_size(mut self, queue_size: usize) -> Self {
         self.queue_size = queue_size;
         self
@@ -185,7 +200,7 @@ impl Gradient2Builder {
         check_bounds(self.min, self.initial, self.max)?;
         config::check_rate("smoothing", self.smoothing)?;
         config::check_range("long_window", self.long_window, 1, 1 << 30)?;
-        config::check_range("queue_size", self.queue_size, 0, super::MAX_LIMIT)?;
+        config::check_range("queue_size", self.queue_size, 1, super::MAX_LIMIT)?;
         config::check_at_least_f64("rtt_tolerance", self.rtt_tolerance, 1.0)?;
         Ok(Gradient2 {
             estimate: self.initial as f64,
@@ -219,6 +234,34 @@ mod tests {
         let before = g.estimate;
         g.update(&sample(40, 30));
         assert!(g.estimate < before, "a slow sample shrinks the limit");
+    }
+
+    #[test]
+    fn latency_alone_stops_at_twice_the_queue_size_and_drops_go_lower() {
+        let mut g = Gradient2::builder()
+            .initial_limit(20)
+            .rtt_tolerance(1.0)
+            .build()
+            .unwrap();
+        for _ in 0..10 {
+            g.update(&sample(10, 20));
+        }
+        let mut limit = 20;
+        for _ in 0..100 {
+            limit = g.update(&sample(1_000, limit));
+        }
+        assert_eq!(limit, 8, "limit × 0.5 + 4 shrinks no further than 8");
+        // A drop: 0.8 × 8 + 0.2 × 4 = 7.2; and a fast one is no sign that latency recovered.
+        let long_rtt = g.long_rtt.value;
+        let fast_failure = Sample::new(Duration::from_millis(1), 8, true);
+        assert_eq!(g.update(&fast_failure), 7);
+        for _ in 0..100 {
+            g.update(&fast_failure);
+        }
+        assert_eq!(g.limit(), 1);
+        assert_eq!(g.long_rtt.value, long_rtt);
+        let e = Gradient2::builder().queue_size(0).build().unwrap_err();
+        assert_eq!(e.field(), "queue_size");
     }
 
     #[test]

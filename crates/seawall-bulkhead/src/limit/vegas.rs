@@ -17,8 +17,10 @@ use seawall_core::{config, ConfigError};
 ///
 /// then `limit = (1 − smoothing) × limit + smoothing × new`, within `min..=max`. Every
 /// `probe_multiplier × limit × jitter` samples (jitter uniform in `[0.5, 1)`, from a seedable
-/// generator) the no-load RTT is reset to the current sample, so the limit can follow a dependency
-/// whose baseline latency has moved.
+/// generator; at most every other sample) the no-load RTT is reset to the current sample, so the
+/// limit can follow a dependency whose baseline latency has moved. A dropped call is neither a
+/// no-load RTT nor a probe, nor counted towards one: a fast failure (a refused connection, an
+/// instant 503) would otherwise become the baseline and make every normal call look queued.
 #[derive(Debug, Clone)]
 pub struct Vegas {
     estimate: f64,
@@ -81,10 +83,16 @@ impl Limit for Vegas {
     }
 
     fn update(&mut self, sample: &Sample) -> usize {
+        if sample.dropped {
+            // Before the no-load RTT is looked at: a fast failure is no baseline latency.
+            let log = log10_root(self.limit()) as f64;
+            return self.settle(self.estimate - log);
+        }
         let rtt = (sample.rtt.as_nanos().min(u64::MAX as u128) as u64).max(1);
         self.probe_count += 1;
-        if self.probe_jitter * self.probe_multiplier as f64 * self.estimate
-            <= self.probe_count as f64
+        if self.probe_count >= 2
+            && self.probe_jitter * self.probe_multiplier as f64 * self.estimate
+                <= self.probe_count as f64
         {
             self.probe_jitter = self.next_jitter();
             self.probe_count = 0;
@@ -99,9 +107,7 @@ impl Limit for Vegas {
         let limit = self.limit();
         let queue = (self.estimate * (1.0 - self.rtt_noload as f64 / rtt as f64)).ceil() as usize;
         let log = log10_root(limit) as f64;
-        let new = if sample.dropped {
-            self.estimate - log
-        } else if sample.in_flight.saturating_mul(2) < limit {
+        let new = if sample.in_flight.saturating_mul(2) < limit {
             return limit;
         } else if queue as f64 <= log {
             self.estimate + 6.0 * log
@@ -112,6 +118,13 @@ impl Limit for Vegas {
         } else {
             return limit;
         };
+        self.settle(new)
+    }
+}
+
+impl Vegas {
+    /// Moves the estimate towards `new` (within the bounds) by the smoothing factor.
+    fn settle(&mut self, new: f64) -> usize {
         let new = new.clamp(self.min as f64, self.max as f64);
         self.estimate = (1.0 - self.smoothing) * self.estimate + self.smoothing * new;
         self.limit()
@@ -195,6 +208,33 @@ mod tests {
 
     fn sample(ms: u64, in_flight: usize) -> Sample {
         Sample::new(Duration::from_millis(ms), in_flight, false)
+    }
+
+    #[test]
+    fn a_fast_failure_is_a_drop_and_no_baseline() {
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(v.update(&sample(20, 20)), 20);
+        assert_eq!(v.update(&sample(20, 20)), 26);
+        let fast_failure = Sample::new(Duration::from_millis(1), 26, true);
+        assert_eq!(v.update(&fast_failure), 25);
+        // The baseline is still 20 ms: no queue, so the limit grows again.
+        assert_eq!(v.update(&sample(20, 25)), 31);
+    }
+
+    /// With a multiplier of 1 a limit of 1 would probe on every sample and never grow: probes
+    /// leave at least one sample between them.
+    #[test]
+    fn a_limit_of_one_grows_whatever_the_probe_multiplier() {
+        let mut v = Vegas::builder()
+            .initial_limit(1)
+            .probe_multiplier(1)
+            .build()
+            .unwrap();
+        let mut limit = 1;
+        for _ in 0..100 {
+            limit = v.update(&sample(10, limit));
+        }
+        assert!(limit > 1, "{limit}");
     }
 
     #[test]
