@@ -79,7 +79,7 @@ async fn main() -> Result<(), BoxError> {
         get(move || {
             let n = h.fetch_add(1, Relaxed);
             async move {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     (http::StatusCode::SERVICE_UNAVAILABLE, "busy, try again")
                 } else {
                     (http::StatusCode::OK, "hello from /flaky")

@@ -48,7 +48,7 @@ async fn start_server() -> (SocketAddr, Arc<Hits>) {
     let hits = Arc::new(Hits::default());
     let (h1, h2, h3, h4) = (hits.clone(), hits.clone(), hits.clone(), hits.clone());
     let flaky = move |h: Arc<Hits>| async move {
-        if h.flaky.fetch_add(1, SeqCst) % 2 == 0 {
+        if h.flaky.fetch_add(1, SeqCst).is_multiple_of(2) {
             (http::StatusCode::SERVICE_UNAVAILABLE, "busy")
         } else {
             (http::StatusCode::OK, "flaky ok")

@@ -553,7 +553,7 @@ async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_
         );
         let mut made = 0;
         while Instant::now() < until {
-            if calls % 5 == 0 {
+            if calls.is_multiple_of(5) {
                 *slow_next.lock().unwrap() = Some(ms(100 * (1 + (calls / 5) % 10)));
             }
             calls += 1;

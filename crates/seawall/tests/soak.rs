@@ -113,7 +113,7 @@ async fn soak_run(total: usize) {
             let r = rng.next();
             async move {
                 let roll = r % 100;
-                if roll < 5 || (key % 12 == 0 && roll < 50) {
+                if roll < 5 || (key.is_multiple_of(12) && roll < 50) {
                     return Err::<u32, BoxError>("endpoint failure".into());
                 }
                 let work = if roll < 7 {

@@ -57,7 +57,7 @@ impl Service<u64> for Node {
         let id = self.id;
         let n = b.hits.fetch_add(1, Relaxed) + 1;
         let every = b.fail_every.load(Relaxed);
-        let fail_this = every != 0 && n % every == 0;
+        let fail_this = every != 0 && n.is_multiple_of(every);
         Box::pin(async move {
             let delay = b.delay_ms.load(Relaxed);
             if delay > 0 {
