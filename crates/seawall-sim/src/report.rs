@@ -79,6 +79,10 @@ pub struct FaultReport {
     /// Time from the fault's end until the backend got at least half its fair share again (None:
     /// never, within the run).
     pub time_to_readmit: Option<Duration>,
+    /// Whether the client's run lasted past the fault's start: a run that ended before it (a
+    /// short `--requests`, a closed loop that finished early) neither ejected nor readmitted the
+    /// backend, and reports `n/a` rather than `never`.
+    pub reached: bool,
 }
 
 /// Percentiles drawn in the latency curves.
@@ -300,6 +304,7 @@ impl ClientReport {
                     time_to_eject,
                     wasted_calls,
                     time_to_readmit,
+                    reached: f.from_ms < run_ms,
                 });
             }
         }
@@ -393,8 +398,16 @@ fn ok_ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), ms)
 }
 
-fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".into(), ms)
+impl FaultReport {
+    /// `d` in milliseconds, `never` if it did not happen, or `n/a` if the run ended before the
+    /// fault began.
+    fn reached_or(&self, d: Option<Duration>) -> String {
+        match (self.reached, d) {
+            (false, _) => "n/a".into(),
+            (true, None) => "never".into(),
+            (true, Some(d)) => ms(d),
+        }
+    }
 }
 
 impl Report {
@@ -475,9 +488,9 @@ impl Report {
                         "{:<w$} {:<24} {:>12} {:>12} {:>12}",
                         c.client,
                         fault,
-                        opt_ms(f.time_to_eject),
+                        f.reached_or(f.time_to_eject),
                         f.wasted_calls,
-                        opt_ms(f.time_to_readmit)
+                        f.reached_or(f.time_to_readmit)
                     );
                 }
             }
@@ -662,6 +675,24 @@ mod tests {
         let fault = &report.faults[0];
         assert_eq!(fault.time_to_eject, None, "{fault:?}");
         assert_eq!(fault.time_to_readmit, Some(Duration::ZERO), "{fault:?}");
+    }
+
+    #[test]
+    fn a_fault_after_the_run_ended_is_not_reached() {
+        let short = RawRun {
+            calls: raw(0..0).calls.into_iter().take(1_500).collect(),
+            elapsed: Duration::from_millis(1_500),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario(), short, 10);
+        let fault = &report.faults[0];
+        assert!(!fault.reached, "{fault:?}");
+        assert_eq!(fault.reached_or(fault.time_to_eject), "n/a");
+        assert_eq!(fault.reached_or(fault.time_to_readmit), "n/a");
+        let report = ClientReport::new(&scenario(), raw(0..0), 10);
+        let fault = &report.faults[0];
+        assert!(fault.reached, "{fault:?}");
+        assert_eq!(fault.reached_or(fault.time_to_eject), "never");
     }
 
     #[test]
