@@ -208,6 +208,10 @@ impl Stats {
     /// endpoint would lose every pick to peers measured faster than `default_ns`. Without the
     /// old estimate during the trial, an endpoint still slow would look like `default_ns` and,
     /// while its trial call is out, draw every call its busier peers cost more than that for.
+    ///
+    /// A trial call dropped in flight uses the trial up (see
+    /// [`record_dropped`](Stats::record_dropped)): the endpoint then costs its estimate while
+    /// idle, and at least `default_ns` per call while calls are in flight, until it answers.
     #[inline]
     pub(crate) fn peak_cost(&self, now: u64, tau_ns: f64, default_ns: f64) -> f64 {
         let outstanding = self.outstanding.load(Relaxed) as f64;
@@ -224,7 +228,7 @@ impl Stats {
             return 0.0;
         }
         let ewma = estimate.value * (-dt / tau_ns).exp();
-        if stale {
+        if (stale || estimate.unanswered) && outstanding > 0.0 {
             return ewma.max(default_ns) * (outstanding + 1.0);
         }
         ewma * (outstanding + 1.0)
@@ -242,14 +246,24 @@ impl Stats {
         });
     }
 
-    /// Records a call dropped in flight after `elapsed_ns`. It is no measurement of the endpoint
-    /// (a hedge that lost may be dropped at once), so it can only raise the estimate: to the time
-    /// the call had taken, when that is longer than what the endpoint cost per call in flight
-    /// (the decayed estimate; for one stale, at least `default_ns`; for one never measured,
-    /// `default_ns`). A shorter one changes nothing, not even the estimate's time: a new endpoint
-    /// is left for the next answer to measure, and an estimate still goes stale a decay period
-    /// after its last sample however many calls are dropped meanwhile. `read` and `clock` are
-    /// as for [`record_peak`](Stats::record_peak).
+    /// Records a call dropped in flight after `elapsed_ns`. It is no answer (a hedge that lost
+    /// may be dropped at once), only a bound: the endpoint takes at least that long.
+    ///
+    /// On an endpoint measured within the decay period it can only raise the estimate, to
+    /// `elapsed_ns` when that is above the decayed estimate; a shorter one changes nothing, not
+    /// even the estimate's time, so an estimate still goes stale a decay period after its last
+    /// sample however many calls are dropped meanwhile.
+    ///
+    /// On an endpoint never measured or stale, the call was its trial, and dropping it uses the
+    /// trial up: the estimate becomes `elapsed_ns`, or the stale estimate decayed to now if that
+    /// is higher, as of now and marked unanswered. Until a decay period passes or the endpoint
+    /// answers, it then costs that estimate while idle rather than nothing, so an endpoint that
+    /// never answers callers who give up before `default_rtt` loses its picks to peers faster
+    /// than the callers' patience, and it costs at least `default_ns` per call in flight, as
+    /// during the trial, so a call dropped at once does not make it look fast under load. Its
+    /// next answer replaces the estimate, as a trial's answer does: a new endpoint whose first
+    /// call was a hedge that lost is measured by its next answer, as its peers were. `read` and
+    /// `clock` are as for [`record_peak`](Stats::record_peak).
     #[inline]
     pub(crate) fn record_dropped(
         &self,
@@ -257,23 +271,18 @@ impl Stats {
         clock: impl Fn() -> u64,
         elapsed_ns: f64,
         tau_ns: f64,
-        default_ns: f64,
     ) {
         let _ = self.peak.fetch_update(Relaxed, Relaxed, |bits| {
             let now = now(bits, read, &clock, tau_ns);
-            let (in_flight, at) = match Estimate::read(bits) {
-                None => (default_ns, now),
-                Some(estimate) => {
-                    let (dt, at) = estimate.age(now);
-                    let current = estimate.value * (-dt / tau_ns).exp();
-                    if dt >= tau_ns {
-                        (current.max(default_ns), at)
-                    } else {
-                        (current, at)
-                    }
-                }
+            let Some(estimate) = Estimate::read(bits) else {
+                return Some(Estimate::unanswered(elapsed_ns, now));
             };
-            (elapsed_ns > in_flight).then(|| Estimate::write(elapsed_ns, at))
+            let (dt, at) = estimate.age(now);
+            let current = estimate.value * (-dt / tau_ns).exp();
+            if dt >= tau_ns {
+                return Some(Estimate::unanswered(elapsed_ns.max(current), at));
+            }
+            (elapsed_ns > current).then(|| estimate.raised_to(elapsed_ns, at))
         });
     }
 
@@ -337,20 +346,29 @@ fn tick(now_ns: u64) -> u32 {
 
 /// A latency estimate and the tick it was made at, packed in one word (the value's `f32` bits
 /// high, the tick low) so that both change in one compare and swap and a reader sees them as
-/// they were made together.
+/// they were made together. The value is never negative: its sign bit marks an estimate made by
+/// calls dropped in flight alone, since the endpoint last answered or went stale.
 #[derive(Debug, Clone, Copy)]
 struct Estimate {
     value: f64,
     at: u32,
+    /// Made by dropped calls alone (see [`Stats::record_dropped`]): a bound, which the
+    /// endpoint's next answer replaces.
+    unanswered: bool,
 }
+
+/// The sign bit of an estimate's `f32`, which marks it [unanswered](Estimate::unanswered).
+const UNANSWERED: u32 = 1 << 31;
 
 impl Estimate {
     /// The estimate in `bits`, `None` for [`NONE`] (no `f32` value has all bits set).
     #[inline]
     fn read(bits: u64) -> Option<Self> {
+        let value = (bits >> 32) as u32;
         (bits != NONE).then(|| Estimate {
-            value: f64::from(f32::from_bits((bits >> 32) as u32)),
+            value: f64::from(f32::from_bits(value & !UNANSWERED)),
             at: bits as u32,
+            unanswered: value & UNANSWERED != 0,
         })
     }
 
@@ -358,6 +376,22 @@ impl Estimate {
     #[inline]
     fn write(value: f64, at: u32) -> u64 {
         (u64::from((value as f32).to_bits()) << 32) | u64::from(at)
+    }
+
+    /// The word for an [unanswered](Estimate::unanswered) estimate of `value` made at tick `at`.
+    #[inline]
+    fn unanswered(value: f64, at: u32) -> u64 {
+        Estimate::write(value, at) | (u64::from(UNANSWERED) << 32)
+    }
+
+    /// The word for this estimate raised to `value` at tick `at`, still unanswered if it was.
+    #[inline]
+    fn raised_to(self, value: f64, at: u32) -> u64 {
+        if self.unanswered {
+            Estimate::unanswered(value, at)
+        } else {
+            Estimate::write(value, at)
+        }
     }
 
     /// The nanoseconds from when the estimate was made to tick `now`, and the later of the two
@@ -392,9 +426,10 @@ fn next_peak(bits: u64, now: u32, rtt_ns: f64, tau_ns: f64) -> u64 {
     let (dt, at) = estimate.age(now);
     let w = (-dt / tau_ns).exp();
     let current = estimate.value * w;
-    if rtt_ns > current || dt >= tau_ns {
+    if rtt_ns > current || dt >= tau_ns || estimate.unanswered {
         // A higher sample is the new peak; after a whole decay period without samples the old
-        // estimate is stale and the new sample replaces it.
+        // estimate is stale, and one made by dropped calls alone is no answer: the new sample
+        // replaces either.
         Estimate::write(rtt_ns, at)
     } else {
         averaged(bits, current * w + rtt_ns * (1.0 - w), at)
@@ -522,9 +557,9 @@ mod tests {
         let stats = Stats::default();
         stats.record_peak(0, || 0, 100e6, TAU);
         let seen = stats.peak_cost(SECOND, TAU, DEFAULT);
-        stats.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 1e3, TAU);
         assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), seen));
-        stats.record_dropped(SECOND, || SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 2e9, TAU);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -576,6 +611,7 @@ mod tests {
         let made = Estimate {
             value: 1e6,
             at: tick(10 * SECOND),
+            unanswered: false,
         };
         for ahead in [SECOND / 100, SECOND / 10, SECOND / 2] {
             assert_eq!(
@@ -654,22 +690,71 @@ mod tests {
     }
 
     /// An endpoint never measured, or measured too long ago, costs `default_rtt` while a call is
-    /// in flight: a call dropped after a microsecond leaves it there, rather than making it the
-    /// cheapest endpoint of all; and records nothing, so the next call's answer measures it.
+    /// in flight: a trial call dropped after a microsecond leaves it there while calls are in
+    /// flight, rather than making it the cheapest endpoint of all.
     #[test]
     fn a_call_dropped_at_once_does_not_make_an_endpoint_look_fast() {
         let never = Stats::default();
-        never.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
-        assert_eq!(never.peak.load(Relaxed), NONE);
+        never.record_dropped(SECOND, || SECOND, 1e3, TAU);
         never.outstanding.store(1, Relaxed);
         assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
+        never.outstanding.store(3, Relaxed);
+        assert_eq!(never.peak_cost(SECOND, TAU, DEFAULT), 4.0 * DEFAULT);
         let stale = Stats::default();
         stale.record_peak(0, || 0, 1e6, TAU);
-        let before = stale.peak.load(Relaxed);
-        stale.record_dropped(20 * SECOND, || 20 * SECOND, 1e3, TAU, DEFAULT);
-        assert_eq!(stale.peak.load(Relaxed), before);
+        stale.record_dropped(20 * SECOND, || 20 * SECOND, 1e3, TAU);
         stale.outstanding.store(1, Relaxed);
         assert_eq!(stale.peak_cost(20 * SECOND, TAU, DEFAULT), 2.0 * DEFAULT);
+    }
+
+    /// A trial call dropped before `default_rtt` (a caller's 20 ms timeout) uses the trial up:
+    /// the endpoint costs the time the call took while idle, not nothing, until a decay period
+    /// later, when it is stale again and gets its next trial.
+    #[test]
+    fn a_dropped_trial_call_uses_the_trial_up() {
+        let never = Stats::default();
+        never.record_dropped(SECOND, || SECOND, 20e6, TAU);
+        assert!(close(never.peak_cost(SECOND, TAU, DEFAULT), 20e6));
+        let later = never.peak_cost(9 * SECOND, TAU, DEFAULT);
+        assert!(close_decayed(later, 20e6 * (-0.8f64).exp(), TAU), "{later}");
+        assert_eq!(never.peak_cost(12 * SECOND, TAU, DEFAULT), 0.0);
+
+        let stale = Stats::default();
+        stale.record_peak(0, || 0, 5e6, TAU);
+        stale.record_dropped(20 * SECOND, || 20 * SECOND, 20e6, TAU);
+        assert!(close(stale.peak_cost(20 * SECOND, TAU, DEFAULT), 20e6));
+        assert_eq!(stale.peak_cost(31 * SECOND, TAU, DEFAULT), 0.0);
+    }
+
+    /// A stale failure penalty whose trial call is dropped keeps the endpoint at the penalty
+    /// decayed to the drop, for another decay period: nothing says it has recovered.
+    #[test]
+    fn a_dropped_trial_call_keeps_a_stale_penalty() {
+        let stats = Stats::default();
+        stats.record_peak(0, || 0, 1e9, TAU);
+        stats.record_dropped(10 * SECOND, || 10 * SECOND, 20e6, TAU);
+        let cost = stats.peak_cost(10 * SECOND, TAU, DEFAULT);
+        assert!(close_decayed(cost, 1e9 * (-1f64).exp(), TAU), "{cost}");
+    }
+
+    /// An estimate made by dropped calls alone is no answer: the endpoint's next answer replaces
+    /// it, lower or not, as a trial's answer replaces a stale estimate; calls dropped meanwhile
+    /// only raise it.
+    #[test]
+    fn an_answer_replaces_an_estimate_made_by_dropped_calls() {
+        let stats = Stats::default();
+        stats.record_dropped(SECOND, || SECOND, 20e6, TAU);
+        stats.record_dropped(SECOND, || SECOND, 5e6, TAU);
+        assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), 20e6));
+        stats.record_dropped(SECOND, || SECOND, 25e6, TAU);
+        assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), 25e6));
+        stats.record_peak(SECOND, || SECOND, 1e6, TAU);
+        assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 1e6);
+        // Measured now: a lower answer is averaged in, and a call in flight costs the estimate.
+        stats.record_peak(SECOND, || SECOND, 0.5e6, TAU);
+        assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), 1e6));
+        stats.outstanding.store(1, Relaxed);
+        assert!(close(stats.peak_cost(SECOND, TAU, DEFAULT), 2e6));
     }
 
     /// A new endpoint whose first call is a hedge that lost at once, then answers in 1 ms, is
@@ -677,17 +762,17 @@ mod tests {
     #[test]
     fn a_call_dropped_at_once_leaves_a_new_endpoint_to_be_measured() {
         let stats = Stats::default();
-        stats.record_dropped(SECOND, || SECOND, 1e3, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 1e3, TAU);
         stats.record_peak(SECOND + 1_000_000, || SECOND + 1_000_000, 1e6, TAU);
         assert_eq!(stats.peak_cost(SECOND + 1_000_000, TAU, DEFAULT), 1e6);
     }
 
-    /// A call dropped in flight for longer than `default_rtt` measures an endpoint never
-    /// measured: at least that long.
+    /// A call dropped in flight for longer than `default_rtt` bounds an endpoint never measured:
+    /// it costs at least that long.
     #[test]
     fn a_call_dropped_late_measures_a_new_endpoint() {
         let stats = Stats::default();
-        stats.record_dropped(SECOND, || SECOND, 2e9, TAU, DEFAULT);
+        stats.record_dropped(SECOND, || SECOND, 2e9, TAU);
         assert_eq!(stats.peak_cost(SECOND, TAU, DEFAULT), 2e9);
     }
 
@@ -698,7 +783,7 @@ mod tests {
         let stats = Stats::default();
         stats.record_peak(0, || 0, 100e6, TAU);
         for s in 1..10 {
-            stats.record_dropped(s * SECOND, || s * SECOND, 1e3, TAU, DEFAULT);
+            stats.record_dropped(s * SECOND, || s * SECOND, 1e3, TAU);
         }
         assert_eq!(stats.peak_cost(11 * SECOND, TAU, DEFAULT), 0.0);
     }

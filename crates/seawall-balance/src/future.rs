@@ -49,9 +49,10 @@ pin_project! {
     /// polling ready, with any capacity already handed to it (a concurrency limit's permit).
     /// Either way it wakes calls waiting for an endpoint, as a completed call does, and so does
     /// a call that lets go of an endpoint service it held without calling it. With a
-    /// latency-aware picker, a call dropped in flight can only raise the endpoint's estimate: to
-    /// the time it had taken so far when that is longer than the estimate, so an endpoint that
-    /// never answers is measured by the calls that give up on it.
+    /// latency-aware picker, a call dropped in flight bounds the endpoint's estimate from below:
+    /// it raises the estimate to the time the call had taken so far when that is longer, and a
+    /// dropped trial call (on an endpoint never measured, or stale) is used up, so an endpoint
+    /// that never answers is measured by the calls that give up on it.
     pub struct ResponseFuture<K, S, C, Req, F> {
         #[pin]
         state: State<K, S, Req, F>,
@@ -168,8 +169,9 @@ impl<K, S> Drop for Guard<K, S> {
     fn drop(&mut self) {
         // A call dropped in flight (an outer timeout, a hedge that lost) has no outcome, but the
         // endpoint took at least this long: without it, an endpoint that never answers would
-        // never be measured and would keep winning picks. It can only raise the estimate: a
-        // call dropped at once says nothing of how fast the endpoint is.
+        // never be measured and would keep winning picks. It bounds the estimate from below and
+        // uses up a trial call, but a call dropped at once says nothing of how fast the
+        // endpoint is.
         if let (Some((epoch, tuning)), Some(start)) = (self.unfinished, self.start) {
             let end = Instant::now();
             let elapsed = end.saturating_duration_since(start).as_nanos() as f64;
@@ -179,7 +181,6 @@ impl<K, S> Drop for Guard<K, S> {
                 || since(Instant::now()),
                 elapsed,
                 tuning.tau_ns,
-                tuning.default_ns,
             );
         }
         self.endpoint.stats.outstanding.fetch_sub(1, Relaxed);

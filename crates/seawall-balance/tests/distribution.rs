@@ -209,11 +209,13 @@ async fn peak_ewma_counts_fast_failures_as_slow() {
     );
 }
 
-/// Calls to node 0 never answer and are dropped by a timeout above the balancer. A dropped call has
-/// no outcome, but the time it had been in flight is a latency sample: without it node 0 would
-/// never be measured, would cost nothing whenever idle, and would win most picks.
-async fn hanging_endpoint_loses_picks_when_its_calls_are_dropped(picker: Picker) {
-    let (balance, cluster) = cluster(4, quiet().picker(picker)).await;
+/// Calls to node 0 never answer and are dropped by a timeout (`timeout_ms`) above the balancer. A
+/// dropped call has no outcome, but the time it had been in flight bounds the endpoint's latency
+/// from below: without it node 0 would never be measured, would cost nothing whenever idle, and
+/// would win most picks. A timeout shorter than `default_rtt` (30 ms) still uses up node 0's trial
+/// call.
+async fn hanging_endpoint_loses_picks_when_its_calls_are_dropped(picker: Picker, timeout_ms: u64) {
+    let (balance, cluster) = cluster(4, quiet().picker(picker.clone())).await;
     cluster.node(0).delay_ms.store(u64::MAX / 4, Relaxed);
     for i in 1..4 {
         cluster.node(i).delay_ms.store(5, Relaxed);
@@ -221,7 +223,7 @@ async fn hanging_endpoint_loses_picks_when_its_calls_are_dropped(picker: Picker)
     let mut timed_out = 0;
     for i in 0..400 {
         let call = balance.clone().oneshot(i);
-        if tokio::time::timeout(Duration::from_millis(100), call)
+        if tokio::time::timeout(Duration::from_millis(timeout_ms), call)
             .await
             .is_err()
         {
@@ -232,18 +234,29 @@ async fn hanging_endpoint_loses_picks_when_its_calls_are_dropped(picker: Picker)
     assert_eq!(cluster.hits()[0], timed_out);
     assert!(
         timed_out <= 2,
-        "{timed_out} of 400 calls went to the hanging endpoint"
+        "{picker:?}, timeout {timeout_ms} ms: {timed_out} of 400 calls went to the hanging endpoint"
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn p2c_peak_ewma_counts_dropped_calls_as_slow() {
-    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::p2c_peak_ewma()).await;
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::p2c_peak_ewma(), 100).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn least_peak_ewma_counts_dropped_calls_as_slow() {
-    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::least_peak_ewma()).await;
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::least_peak_ewma(), 100).await;
+}
+
+/// Callers that give up sooner than `default_rtt`: the dropped trial call still counts.
+#[tokio::test(start_paused = true)]
+async fn p2c_peak_ewma_counts_calls_dropped_before_default_rtt() {
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::p2c_peak_ewma(), 20).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_peak_ewma_counts_calls_dropped_before_default_rtt() {
+    hanging_endpoint_loses_picks_when_its_calls_are_dropped(Picker::least_peak_ewma(), 20).await;
 }
 
 #[tokio::test(start_paused = true)]
