@@ -244,11 +244,11 @@ impl OutlierDetection {
 }
 
 /// Active health checking (Ribbon's `IPing`): every `interval` each endpoint is probed; an
-/// endpoint whose probe answers `false`, panics or takes longer than `timeout` takes no traffic
-/// until a probe succeeds. An endpoint whose probe still runs when the next interval comes is not
-/// probed again until it ends; discovery removing or replacing an endpoint cancels its probe, so
-/// the verdict is never applied to the new service and the probe's clone of the old one is
-/// dropped.
+/// endpoint whose probe answers `false`, panics (making its future or running it) or takes longer
+/// than `timeout` takes no traffic until a probe succeeds. An endpoint whose probe still runs
+/// when the next interval comes is not probed again until it ends; discovery removing or
+/// replacing an endpoint cancels its probe, so the verdict is never applied to the new service
+/// and the probe's clone of the old one is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheck {
     /// How often each endpoint is probed.

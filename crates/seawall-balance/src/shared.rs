@@ -745,8 +745,7 @@ async fn run<K, S, C, D>(
                     // An endpoint whose last probe still runs is not probed again until it ends
                     // (as Envoy does), so verdicts apply in the order the probes started.
                     if !probes.running.contains_key(&ep.key) {
-                        let fut = probe(&ep.key, ep.service.clone());
-                        probes.start(ep.key.clone(), check.timeout, fut);
+                        probes.start(ep.key.clone(), check.timeout, probe, ep.service.clone());
                     }
                 }
             }
@@ -785,14 +784,21 @@ impl<K> Default for Probes<K> {
 }
 
 impl<K: Key> Probes<K> {
-    /// Starts probing the endpoint with `key`; a probe longer than `timeout` fails.
-    fn start<F>(&mut self, key: K, timeout: Duration, probe: F)
+    /// Starts probing the endpoint with `key` and its `service`; a probe longer than `timeout`
+    /// fails.
+    fn start<S>(&mut self, key: K, timeout: Duration, probe: &BoxProbe<K, S>, service: S)
     where
-        F: Future<Output = bool> + Send + 'static,
+        S: Send + 'static,
     {
-        let task = self
-            .tasks
-            .spawn(async move { matches!(tokio::time::timeout(timeout, probe).await, Ok(true)) });
+        let probe = probe.clone();
+        let probed = key.clone();
+        // The probe is called on its own task, as its future runs there: one that panics,
+        // whether making its future or polling it, fails, and the balancer's task goes on
+        // applying discovery and running health checks.
+        let task = self.tasks.spawn(async move {
+            let probe = probe(&probed, service);
+            matches!(tokio::time::timeout(timeout, probe).await, Ok(true))
+        });
         self.keys.insert(task.id(), key.clone());
         self.running.insert(key, task);
     }

@@ -100,6 +100,40 @@ async fn a_probe_that_hangs_counts_as_failed() {
     assert_eq!(balance.unhealthy(), vec![0]);
 }
 
+/// A probe that panics before it returns its future (an `unwrap` while building the request)
+/// fails as one that panics in its future does, and leaves the balancer's background task
+/// running: discovery changes still apply.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_before_its_future_counts_as_failed() {
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .outlier_detection(OutlierDetection::disabled())
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(1),
+                },
+                |key: &usize, _svc: common::Node| {
+                    assert_ne!(*key, 0, "connection refused");
+                    async { true }
+                },
+            ),
+    )
+    .await;
+    sleep(Duration::from_millis(5500)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    cluster
+        .tx
+        .send(seawall::balance::Change::Insert(3, common::Node::new(3)))
+        .unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![0, 1, 2, 3]);
+    // Probed again at the next interval, the new endpoint included.
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_filter_is_consulted_on_every_pick() {
     // For example a per-endpoint circuit breaker: here a flag per endpoint.
