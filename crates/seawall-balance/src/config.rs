@@ -124,7 +124,8 @@ pub struct OutlierDetection {
     /// The share of endpoints at which ejection stops, in `[0, 1]`: an endpoint is ejected only
     /// while fewer are out, so the last ejection may pass it. Default 0.1.
     pub max_ejection_percent: f64,
-    /// Eject an endpoint at once after this many failed calls in a row. Default `Some(5)`.
+    /// Eject an endpoint at once after this many failed calls in a row; one that the ejection
+    /// limits keep in is tried again after each further this many. Default `Some(5)`.
     pub consecutive_failures: Option<u32>,
     /// The success-rate rule. Default on.
     pub success_rate: Option<SuccessRate>,

@@ -395,7 +395,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     stats.failures.fetch_add(1, Relaxed);
                     let run = stats.consecutive_failures.fetch_add(1, Relaxed) + 1;
                     if let Some(limit) = self.settings.outlier.consecutive_failures {
-                        if run >= limit && !stats.ejected.load(Relaxed) {
+                        // Tried at the limit and at each multiple of it: an endpoint the limits
+                        // keep in (max_ejection_percent reached, the last healthy one) costs the
+                        // lock and passes over the set once per `limit` failures, not at each
+                        // one, and is still ejected within `limit` failures once there is room.
+                        if run % limit == 0 && !stats.ejected.load(Relaxed) {
+                            #[cfg(test)]
+                            EJECTION_TRIES.set(EJECTION_TRIES.get() + 1);
                             // Found by its statistics (a call that started before discovery
                             // updated the endpoint still counts on it) in the set read under
                             // the lock discovery changes take, so the limits count the set in
@@ -892,10 +898,59 @@ fn nanos_u64(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// How many times a failure on this thread took the health lock to try an ejection.
+    static EJECTION_TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Picker, Tagged};
     use seawall_core::classify::DefaultClassifier;
+
+    /// Twenty endpoints, at most 10 % ejected, ejected after 5 failures in a row: with two
+    /// ejected, a third failing endpoint stays in, and its failures try to eject it (taking the
+    /// health lock and scanning the set) once per 5, not each time.
+    #[test]
+    fn a_failing_endpoint_the_limits_keep_in_is_tried_once_per_limit() {
+        const LIMIT: u32 = 5;
+        let shared = Shared::<usize, (), _>::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: crate::OutlierDetection {
+                    max_ejection_percent: 0.1,
+                    consecutive_failures: Some(LIMIT),
+                    ..crate::OutlierDetection::disabled()
+                },
+                health_check: None,
+            },
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        );
+        for i in 0..20 {
+            shared.apply(Change::Insert(i, ()));
+        }
+        let set = shared.current();
+        let fail = |i: usize, n: u32| {
+            for _ in 0..n {
+                shared.record(&set.endpoints[i], Outcome::Failure, None, None);
+            }
+        };
+        fail(0, LIMIT);
+        fail(1, LIMIT);
+        assert_eq!(shared.unhealthy.load(Relaxed), 2);
+        let before = EJECTION_TRIES.get();
+        fail(2, 1000);
+        assert!(!set.endpoints[2].stats.ejected.load(Relaxed));
+        let tries = EJECTION_TRIES.get() - before;
+        assert_eq!(tries, 1000 / LIMIT as usize);
+    }
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
         Shared::for_tests(Picker::zone_aware("local"))

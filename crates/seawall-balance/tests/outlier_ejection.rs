@@ -145,6 +145,62 @@ async fn max_ejection_percent_and_at_least_one_left() {
     );
 }
 
+/// Twenty endpoints, four failing, at most 10 % ejected: two are ejected and two keep failing
+/// past the limit. Once an ejected endpoint leaves the set there is room again, and the next
+/// failing endpoint to fail is ejected within `consecutive_failures` more failures.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_past_the_limit_is_ejected_once_there_is_room() {
+    const LIMIT: u32 = 2;
+    let (balance, cluster) = cluster(
+        20,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.0)
+            .outlier_detection(OutlierDetection {
+                max_ejection_percent: 0.1,
+                ..consecutive(LIMIT)
+            }),
+    )
+    .await;
+    let failing = [0, 1, 2, 3];
+    for i in failing {
+        cluster.node(i).fail.store(true, Relaxed);
+    }
+    drive(&balance, 200).await;
+    let ejected = balance.unhealthy();
+    assert_eq!(ejected.len(), 2, "10 % of 20 endpoints: {ejected:?}");
+    let left: Vec<usize> = failing
+        .into_iter()
+        .filter(|i| !ejected.contains(i))
+        .collect();
+    for &i in &left {
+        assert!(cluster.node(i).hits.load(Relaxed) > 2 * LIMIT, "{i}");
+    }
+
+    cluster
+        .tx
+        .send(seawall::balance::Change::Remove(ejected[0]))
+        .unwrap();
+    common::settle().await;
+    assert_eq!(balance.unhealthy(), vec![ejected[1]]);
+    cluster.reset();
+    let mut calls = 0;
+    while balance.unhealthy().len() < 2 {
+        assert!(calls < 200, "no endpoint ejected after {calls} calls");
+        drive(&balance, 1).await;
+        calls += 1;
+    }
+    let now = balance.unhealthy();
+    let new = *now.iter().find(|&&i| i != ejected[1]).unwrap();
+    assert!(left.contains(&new), "{now:?}");
+    let failures = cluster.node(new).hits.load(Relaxed);
+    assert!(
+        (1..=LIMIT).contains(&failures),
+        "ejected after {failures} more failures"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn success_rate_rule_ejects_the_outlier() {
     let rec = Recorder::default();
