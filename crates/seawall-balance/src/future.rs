@@ -14,8 +14,8 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{
-            AtomicUsize,
-            Ordering::{Acquire, Relaxed},
+            fence, AtomicUsize,
+            Ordering::{Acquire, Relaxed, SeqCst},
         },
         Arc,
     },
@@ -121,8 +121,15 @@ pin_project! {
 pub(crate) struct Waiter(Arc<AtomicUsize>);
 
 impl Waiter {
+    /// Counts a call that found nothing to call; it must look at the endpoints again after this,
+    /// before it sleeps.
     fn new(waiting: &Arc<AtomicUsize>) -> Self {
         waiting.fetch_add(1, Relaxed);
+        // Pairs with the fence in `wake_waiters`: either the call's next look sees the capacity
+        // a finishing call gave back, or the finishing call sees this count and wakes it. Without
+        // both fences each could read the other's old value (store buffering) and the wake-up
+        // would be lost.
+        fence(SeqCst);
         Waiter(waiting.clone())
     }
 }
@@ -136,6 +143,8 @@ impl Drop for Waiter {
 /// Wakes the calls waiting for an endpoint, if there are any: a call has completed or given back
 /// an endpoint service it held (with any capacity reserved for it, a probe slot or a permit).
 fn wake_waiters<K, S, C>(shared: &Shared<K, S, C>) {
+    // Orders the capacity given back before the count is read; see `Waiter::new`.
+    fence(SeqCst);
     if shared.waiting.load(Relaxed) > 0 {
         shared.changed.notify_waiters();
     }
