@@ -501,17 +501,16 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 .filter_map(|(i, e)| e.stats.latency_ns().map(|l| (i, l)))
                 .collect();
             if judged.len() >= rule.minimum_hosts {
-                let mut peers = Vec::with_capacity(judged.len());
-                for &(i, latency) in &judged {
-                    peers.clear();
-                    peers.extend(judged.iter().filter(|(j, _)| *j != i).map(|(_, l)| *l));
-                    peers.sort_by(f64::total_cmp);
-                    let mid = peers.len() / 2;
-                    let median = if peers.len() % 2 == 1 {
-                        peers[mid]
-                    } else {
-                        (peers[mid - 1] + peers[mid]) / 2.0
-                    };
+                // Sorted once: each endpoint's peers are the sorted latencies without its own.
+                let mut order: Vec<usize> = (0..judged.len()).collect();
+                order.sort_by(|&a, &b| judged[a].1.total_cmp(&judged[b].1));
+                let sorted: Vec<f64> = order.iter().map(|&k| judged[k].1).collect();
+                let mut rank = vec![0; judged.len()];
+                for (r, &k) in order.iter().enumerate() {
+                    rank[k] = r;
+                }
+                for (k, &(i, latency)) in judged.iter().enumerate() {
+                    let median = median_without(&sorted, rank[k]);
                     let s = &set.endpoints[i].stats;
                     if latency > rule.factor * median {
                         let since = s.slow_since.load(Relaxed);
@@ -892,6 +891,20 @@ fn discovery_pause(before: u32) -> Duration {
     }
 }
 
+/// The median of `sorted` (in ascending order, at least two values) without the value at
+/// `rank`: the median of the other values, read from the middle of `sorted` on either side of
+/// `rank` rather than sorted again.
+fn median_without(sorted: &[f64], rank: usize) -> f64 {
+    let others = sorted.len() - 1;
+    let other = |j: usize| sorted[j + usize::from(j >= rank)];
+    let mid = others / 2;
+    if others % 2 == 1 {
+        other(mid)
+    } else {
+        (other(mid - 1) + other(mid)) / 2.0
+    }
+}
+
 /// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years) instead of truncating.
 fn nanos_u64(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -908,6 +921,44 @@ mod tests {
     use super::*;
     use crate::{Picker, Tagged};
     use seawall_core::classify::DefaultClassifier;
+
+    /// The median of the others read from the sorted latencies is the median of the others
+    /// sorted on their own, for any set of latencies (ties included) and any endpoint of it.
+    #[test]
+    fn the_median_without_one_matches_sorting_the_others() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let n = rng.random_range(2..40);
+            // Few distinct values half the time, so ties are common.
+            let spread = if rng.random() { 5.0 } else { 1e9 };
+            let values: Vec<f64> = (0..n)
+                .map(|_| (rng.random::<f64>() * spread).floor())
+                .collect();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+            let sorted: Vec<f64> = order.iter().map(|&k| values[k]).collect();
+            for (rank, &k) in order.iter().enumerate() {
+                let mut others: Vec<f64> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != k)
+                    .map(|(_, &v)| v)
+                    .collect();
+                others.sort_by(f64::total_cmp);
+                let mid = others.len() / 2;
+                let expected = if others.len() % 2 == 1 {
+                    others[mid]
+                } else {
+                    (others[mid - 1] + others[mid]) / 2.0
+                };
+                assert_eq!(
+                    median_without(&sorted, rank).to_bits(),
+                    expected.to_bits(),
+                    "{values:?} without {k}"
+                );
+            }
+        }
+    }
 
     /// Twenty endpoints, at most 10 % ejected, ejected after 5 failures in a row: with two
     /// ejected, a third failing endpoint stays in, and its failures try to eject it (taking the
