@@ -9,7 +9,6 @@ use hickory_resolver::{
     proto::{
         op::ResponseCode,
         rr::{rdata::SRV, Name as DnsName, RData, Record},
-        xfer::Protocol,
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -146,7 +145,10 @@ impl DnsBuilder {
 
     /// Ask these name servers (UDP, falling back to TCP). Default: the system's configuration
     /// (`/etc/resolv.conf`), with the `system-config` feature; it is not read when the host is an
-    /// IP address. Each query goes to every name server at once, and the first answer counts.
+    /// IP address. Each query goes to every name server at once, and the first answer counts,
+    /// positive or negative (a name the fastest server says does not exist does not wait for
+    /// the others): the servers must serve the same records. Each query is so sent once per name
+    /// server.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.nameservers = Some(servers.into_iter().collect());
         self
@@ -263,7 +265,7 @@ impl DnsBuilder {
         let servers = config
             .name_servers()
             .iter()
-            .filter(|server| server.protocol == Protocol::Udp)
+            .filter(|server| server.protocol.is_datagram())
             .count();
         let opts = resolver_opts(opts, self.timeout, servers);
         let resolver =
