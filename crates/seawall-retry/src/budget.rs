@@ -601,7 +601,7 @@ fn thousandths(value: f64) -> u64 {
 fn fixed_point(value: f64, scale: f64) -> u64 {
     let scaled = value * scale;
     let nearest = scaled.round();
-    if (scaled - nearest).abs() < 1e-9 + nearest * 1e-13 {
+    if (scaled - nearest).abs() < 1e-9 + nearest * 4.0 * f64::EPSILON {
         nearest as u64
     } else {
         scaled.floor() as u64

@@ -49,14 +49,14 @@ fn ratio(most: f64) -> impl Strategy<Value = f64> {
 }
 
 /// What one request deposits, in millionths of a retry, as the budget keeps a ratio:
-/// `⌊ratio × 10⁶⌋`, a product within float error of a whole number being that number.
+/// `⌊ratio × 10⁶⌋`, exact for a ratio written as a whole number of thousandths (`1.001` is
+/// 1,001,000 millionths, though `1.001 × 10⁶` is 1000999.99… in floats).
 fn units(ratio: f64) -> u64 {
-    let scaled = ratio * UNIT as f64;
-    let nearest = scaled.round();
-    if (scaled - nearest).abs() < 1e-9 + nearest * 1e-13 {
-        nearest as u64
+    let milli = (ratio * 1000.0).round();
+    if milli / 1000.0 == ratio {
+        milli as u64 * 1000
     } else {
-        scaled.floor() as u64
+        (ratio * UNIT as f64).floor() as u64
     }
 }
 
@@ -529,7 +529,11 @@ fn ratio_only(ratio: f64) -> RetryBudget {
 /// 4099999.99… in floats, yet 10 requests at 4.1 allow 41 retries, not 40.
 #[tokio::test(start_paused = true)]
 async fn a_ratio_counts_whole_millionths_despite_float_error() {
-    for (ratio, requests, want) in [(4.1, 10, 41), (1.001, 1000, 1001), (0.000249, 100_000, 24)] {
+    for (ratio, requests, want) in [
+        (4.1, 10, 41),
+        (1.001, 1000, 1001),
+        (0.000249, 1_000_000, 249),
+    ] {
         let budget = ratio_only(ratio);
         for _ in 0..requests {
             budget.deposit();

@@ -42,6 +42,20 @@ fn retry() -> RetryLayer {
         .unwrap()
 }
 
+/// [`retry`], with the events it reports.
+fn retry_recording() -> (RetryLayer, Arc<Mutex<Vec<RetryEvent>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    (layer, events)
+}
+
 #[tokio::test(start_paused = true)]
 async fn each_retry_waits_for_the_inner_service_to_be_ready_again() {
     // tower-test's mock panics if called without being polled ready, and a clone of it is not
@@ -71,15 +85,7 @@ async fn each_retry_waits_for_the_inner_service_to_be_ready_again() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_error_on_a_retry_is_returned() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let layer = RetryLayer::builder()
-        .max_attempts(3)
-        .backoff(Backoff::constant(ms(10)))
-        .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
+    let (layer, events) = retry_recording();
     let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(layer);
     handle.allow(1);
     assert_ready_ok!(svc.poll_ready());
@@ -111,7 +117,8 @@ async fn readiness_error_on_a_retry_is_returned() {
 /// why the call failed than `Elapsed` would.
 #[tokio::test(start_paused = true)]
 async fn readiness_error_past_the_deadline_is_returned() {
-    let (mut svc, mut handle) = mock::spawn_layer::<Req, &'static str, _>(retry());
+    let (layer, events) = retry_recording();
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, &'static str, _>(layer);
     handle.allow(1);
     assert_ready_ok!(svc.poll_ready());
     let mut req = get();
@@ -127,6 +134,13 @@ async fn readiness_error_past_the_deadline_is_returned() {
     handle.send_error("broken");
     let err = assert_ready_err!(fut.poll());
     assert_eq!(err.to_string(), "broken");
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::NotReady
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]
