@@ -71,8 +71,8 @@ pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
 /// Counter: failed calls a retry layer did not retry because its budget was exhausted.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
 /// Counter: failed calls a retry layer gave up on for another reason: attempts used up, the
-/// deadline too close for the backoff, a `Retry-After` longer than the cap, or a request it could
-/// no longer copy.
+/// deadline too close for the backoff, a `Retry-After` longer than the cap, a request it could
+/// no longer copy, or an inner service that failed to get ready for the next attempt.
 pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
 /// Counter: hedged copies a hedge layer sent.
 pub const HEDGE_SENT: &str = "seawall_hedge_sent_total";
@@ -203,7 +203,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RETRY_GAVE_UP,
         Kind::Counter,
-        "Failed calls a seawall retry layer gave up on (attempts, deadline, Retry-After or a request it could not copy).",
+        "Failed calls a seawall retry layer gave up on (attempts, deadline, Retry-After, a request it could not copy, or a readiness error).",
     ),
     (
         HEDGE_SENT,

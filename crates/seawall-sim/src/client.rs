@@ -194,7 +194,8 @@ pub struct RetrySpec {
     /// Retries allowed per request (the budget's ratio); absent: seawall's default, 0.2.
     #[serde(default)]
     pub budget_ratio: Option<f64>,
-    /// Retries a second allowed whatever the traffic; absent: seawall's default, 10.
+    /// The budget's reserve, in retries a second (`min_per_second × ttl` per window, whatever
+    /// the traffic); absent: seawall's default, 10.
     #[serde(default)]
     pub budget_min_per_second: Option<u32>,
     /// No budget at all: every failed attempt is retried, up to `max_attempts`
