@@ -672,8 +672,9 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
 /// longer than that; a longer one, or one that does not follow the spec, is replaced. Only
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
-/// without it, each attempt of a retry sends the caller's header as it came, whatever time the
-/// earlier attempts took. A request without a deadline passes untouched, without reading the clock; nothing is allocated unless
+/// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
+/// earlier attempts took, for as long as it is no longer than the time left to the request's own
+/// deadline. A request without a deadline passes untouched, without reading the clock; nothing is allocated unless
 /// the header is written.
 ///
 /// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
