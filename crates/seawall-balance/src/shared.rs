@@ -399,7 +399,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         // keep in (max_ejection_percent reached, the last healthy one) costs the
                         // lock and passes over the set once per `limit` failures, not at each
                         // one, and is still ejected within `limit` failures once there is room.
-                        if run % limit == 0 && !stats.ejected.load(Relaxed) {
+                        if run.is_multiple_of(limit) && !stats.ejected.load(Relaxed) {
                             #[cfg(test)]
                             EJECTION_TRIES.set(EJECTION_TRIES.get() + 1);
                             // Found by its statistics (a call that started before discovery
