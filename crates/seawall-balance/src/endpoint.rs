@@ -255,8 +255,8 @@ impl Stats {
     /// sample however many calls are dropped meanwhile.
     ///
     /// On an endpoint never measured or stale, the call was its trial, and dropping it uses the
-    /// trial up: the estimate becomes `elapsed_ns`, or the stale estimate decayed to now if that
-    /// is higher, as of now and marked unanswered. Until a decay period passes or the endpoint
+    /// trial up: the estimate becomes `elapsed_ns`, as of now and marked unanswered (a stale
+    /// estimate is not kept: a hedge that lost at once does not renew an old penalty). Until a decay period passes or the endpoint
     /// answers, it then costs that estimate while idle rather than nothing, so an endpoint that
     /// never answers callers who give up before `default_rtt` loses its picks to peers faster
     /// than the callers' patience, and it costs at least `default_ns` per call in flight, as
@@ -280,7 +280,10 @@ impl Stats {
             let (dt, at) = estimate.age(now);
             let current = estimate.value * (-dt / tau_ns).exp();
             if dt >= tau_ns {
-                return Some(Estimate::unanswered(elapsed_ns.max(current), at));
+                // A stale estimate is no longer believed (the endpoint cost nothing while idle):
+                // the drop's bound replaces it, so a call dropped at once leaves the endpoint
+                // free to be tried again rather than renewing an old penalty.
+                return Some(Estimate::unanswered(elapsed_ns, at));
             }
             (elapsed_ns > current).then(|| estimate.raised_to(elapsed_ns, at))
         });
@@ -729,12 +732,21 @@ mod tests {
     /// A stale failure penalty whose trial call is dropped keeps the endpoint at the penalty
     /// decayed to the drop, for another decay period: nothing says it has recovered.
     #[test]
-    fn a_dropped_trial_call_keeps_a_stale_penalty() {
+    fn a_dropped_trial_call_replaces_a_stale_penalty_with_its_bound() {
+        let stale = 11 * SECOND;
         let stats = Stats::default();
         stats.record_peak(0, || 0, 1e9, TAU);
-        stats.record_dropped(10 * SECOND, || 10 * SECOND, 20e6, TAU);
-        let cost = stats.peak_cost(10 * SECOND, TAU, DEFAULT);
-        assert!(close_decayed(cost, 1e9 * (-1f64).exp(), TAU), "{cost}");
+        assert_eq!(stats.peak_cost(stale, TAU, DEFAULT), 0.0, "stale and idle");
+        stats.record_dropped(stale, || stale, 20e6, TAU);
+        let cost = stats.peak_cost(stale, TAU, DEFAULT);
+        assert!(close(cost, 20e6), "{cost}");
+        // A hedge that lost at once does not renew the old penalty for another decay period:
+        // the endpoint costs next to nothing idle, and is tried again.
+        let stats = Stats::default();
+        stats.record_peak(0, || 0, 1e9, TAU);
+        stats.record_dropped(stale, || stale, 1e3, TAU);
+        let cost = stats.peak_cost(stale, TAU, DEFAULT);
+        assert!(close(cost, 1e3), "{cost}");
     }
 
     /// An estimate made by dropped calls alone is no answer: the endpoint's next answer replaces

@@ -48,7 +48,8 @@ pub enum Picker {
         choices: usize,
         /// How fast old latencies are forgotten (the EWMA's time constant).
         decay: Duration,
-        /// The latency assumed for an endpoint that has not answered yet.
+        /// The latency assumed, per call in flight, for an endpoint that has not answered yet
+        /// (idle, it costs nothing, or what its last dropped call took).
         default_rtt: Duration,
         /// The latency a failed call is recorded as, at least.
         failure_penalty: Duration,
@@ -60,7 +61,8 @@ pub enum Picker {
     LeastPeakEwma {
         /// How fast old latencies are forgotten (the EWMA's time constant).
         decay: Duration,
-        /// The latency assumed for an endpoint that has not answered yet.
+        /// The latency assumed, per call in flight, for an endpoint that has not answered yet
+        /// (idle, it costs nothing, or what its last dropped call took).
         default_rtt: Duration,
         /// The latency a failed call is recorded as, at least.
         failure_penalty: Duration,
