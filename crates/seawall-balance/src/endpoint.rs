@@ -256,14 +256,15 @@ impl Stats {
     ///
     /// On an endpoint never measured or stale, the call was its trial, and dropping it uses the
     /// trial up: the estimate becomes `elapsed_ns`, as of now and marked unanswered (a stale
-    /// estimate is not kept: a hedge that lost at once does not renew an old penalty). Until a decay period passes or the endpoint
-    /// answers, it then costs that estimate while idle rather than nothing, so an endpoint that
-    /// never answers callers who give up before `default_rtt` loses its picks to peers faster
-    /// than the callers' patience, and it costs at least `default_ns` per call in flight, as
-    /// during the trial, so a call dropped at once does not make it look fast under load. Its
-    /// next answer replaces the estimate, as a trial's answer does: a new endpoint whose first
-    /// call was a hedge that lost is measured by its next answer, as its peers were. `read` and
-    /// `clock` are as for [`record_peak`](Stats::record_peak).
+    /// estimate is not kept: a hedge that lost at once does not renew an old penalty). Until a
+    /// decay period passes or the endpoint answers, it then costs that estimate while idle
+    /// rather than nothing, so an endpoint that never answers callers who give up before
+    /// `default_rtt` loses its picks to peers faster than the callers' patience, and it costs at
+    /// least `default_ns` per call in flight, as during the trial, so a call dropped at once does
+    /// not make it look fast under load. Its next answer replaces the estimate, as a trial's
+    /// answer does: a new endpoint whose first call was a hedge that lost is measured by its
+    /// next answer, as its peers were. `read` and `clock` are as for
+    /// [`record_peak`](Stats::record_peak).
     #[inline]
     pub(crate) fn record_dropped(
         &self,

@@ -170,9 +170,10 @@ impl DnsBuilder {
     }
 
     /// How long one DNS query may take. Default 2 s. A query without an answer in that time from
-    /// any of the name servers (all asked at once) is not sent again: the resolution fails, or when other lookups answered (the other address
-    /// family, other SRV targets) stands on them and what the unanswered one gave last time, and
-    /// the next resolution follows the failure backoff.
+    /// any of the name servers (all asked at once) is not sent again: the resolution fails, or
+    /// when other lookups answered (the other address family, other SRV targets) stands on them
+    /// and what the unanswered one gave last time, and the next resolution follows the failure
+    /// backoff.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -674,8 +674,8 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
-/// deadline. A request without a deadline passes untouched, without reading the clock; nothing is allocated unless
-/// the header is written.
+/// deadline. A request without a deadline passes untouched, without reading the clock; nothing
+/// is allocated unless the header is written.
 ///
 /// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
 /// whole body on the server, past the response headers where seawall's own timeouts end.
