@@ -289,11 +289,14 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// How long HalfOpen waits for its probes' results, counted from the first probe it admits,
-    /// before it gives up on them and opens again (a probe that hangs must not hold the
-    /// breaker). A HalfOpen with no probe in flight and no result in (none admitted yet, or every
-    /// one ignored or cancelled) waits for its next call without a limit, and that call starts
-    /// the bound afresh. Default 30 s.
+    /// How long HalfOpen waits for the probes in flight, counted from the first one admitted
+    /// while none was out, before it gives up on them and opens again (a probe that hangs must
+    /// not hold the breaker). A HalfOpen with no probe in flight (none admitted yet, or each one
+    /// answered short of the verdict, ignored or cancelled) waits for its next call without a
+    /// limit, keeping the results it has, and that call starts the bound afresh: a client that
+    /// calls a recovered dependency rarely still closes the breaker. Default 30 s.
+    /// (Resilience4j's `maxWaitDurationInHalfOpenState` bounds the whole HalfOpen state, idle or
+    /// not, and is off by default.)
     pub fn max_wait_in_half_open(mut self, bound: Duration) -> Self {
         self.max_wait_in_half_open = bound;
         self

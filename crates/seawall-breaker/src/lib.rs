@@ -26,9 +26,9 @@
 //!
 //! - **Several probes, judged by rate.** HalfOpen admits up to `permitted_probes` concurrent trial
 //!   calls and decides once that many results are in, by the same thresholds as Closed.
-//! - **Hung probes are bounded.** A HalfOpen that has not got its results within
-//!   `max_wait_in_half_open` of its first probe opens again instead of waiting forever; while no
-//!   probe is in flight and none has answered, nothing is bounded.
+//! - **Hung probes are bounded.** A HalfOpen whose probes in flight have not answered within
+//!   `max_wait_in_half_open` opens again instead of waiting forever; while no probe is in
+//!   flight nothing is bounded, and the results already in are kept for the next probes.
 //! - **Neither success nor failure.** The classifier may answer [`Outcome::Ignored`]; an ignored
 //!   or cancelled probe hands its slot back.
 //! - **No stale results.** Every state change starts a new generation; the result of a call

@@ -126,8 +126,8 @@ pub struct Transition {
     /// The generation the breaker entered.
     pub generation: u64,
     /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
-    /// HalfOpen: how long it waits for its probes, counted from the first probe it admits (and
-    /// again from the next one, if every probe is handed back without a result).
+    /// HalfOpen: how long it waits for the probes in flight, counted from the first one admitted
+    /// while none was out (and again from the next one, once none is in flight).
     pub wait: Option<Duration>,
 }
 
@@ -882,8 +882,11 @@ impl Machine {
                 Err(actual) => probes = actual,
             }
         }
+        // With no probe left in flight (every slot taken has a result) the bound stops: it
+        // gives up on probes that hang, and a HalfOpen waiting for its next call has none.
+        let in_flight = probe_field(probes, TAKEN_SHIFT) > probe_field(probes, RESULTS_SHIFT);
         if outcome == Outcome::Ignored {
-            if probe_field(probes, TAKEN_SHIFT) == 0 && probe_field(probes, RESULTS_SHIFT) == 0 {
+            if !in_flight {
                 self.stop_bound(permit.generation(), now, observer);
             }
             observer.on_probe_released();
@@ -891,6 +894,9 @@ impl Machine {
         }
         let results = probe_field(probes, RESULTS_SHIFT);
         if results < self.rules.probes {
+            if !in_flight {
+                self.stop_bound(permit.generation(), now, observer);
+            }
             return;
         }
         let failures = probe_field(probes, PROBE_FAILURES_SHIFT);
@@ -906,9 +912,9 @@ impl Machine {
         self.change(word, to | (mode_of(word) & SHADOW), now, observer, true);
     }
 
-    /// Stops the bound of HalfOpen `generation`, whose last probe was just handed back without a
-    /// result (no slot taken, no result in): with no probe in flight there is nothing to give up
-    /// on, and the next probe starts a fresh bound. Called at `now`, after the hand-back.
+    /// Stops the bound of HalfOpen `generation`, whose last probe in flight just ended (handed
+    /// back, or answered short of the verdict): with no probe in flight there is nothing to give
+    /// up on, and the next probe starts a fresh bound. Called at `now`, after the update.
     ///
     /// A call may take a slot meanwhile. If it takes it after the re-read below (a
     /// read-modify-write, so it is ordered against every take), it reads `NO_BOUND` and starts
@@ -937,7 +943,7 @@ impl Machine {
         }
         let probes = self.probes.fetch_add(0, Ordering::AcqRel);
         if probes >> PROBE_TAG_SHIFT == tag
-            && probe_field(probes, TAKEN_SHIFT) > 0
+            && probe_field(probes, TAKEN_SHIFT) > probe_field(probes, RESULTS_SHIFT)
             && self.start_bound(generation, now)
         {
             observer.on_bound_started();
@@ -985,9 +991,9 @@ impl Machine {
     }
 
     /// When (nanoseconds, on the clock the machine is given) the current state's deadline falls:
-    /// the end of Open, or HalfOpen's bound while it runs (from the first probe until a verdict,
-    /// or until every probe is handed back without a result). `None` in other states, in a
-    /// HalfOpen with no bound running, or just after a change before the deadline is written.
+    /// the end of Open, or HalfOpen's bound while it runs (while a probe is in flight, from the
+    /// first one admitted while none was out). `None` in other states, in a HalfOpen with no
+    /// bound running, or just after a change before the deadline is written.
     pub fn deadline(&self) -> Option<u64> {
         let word = self.state.load(Ordering::Acquire);
         let deadline = match mode_of(word) & !SHADOW {

@@ -295,6 +295,35 @@ async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
     assert!(svc.is_call_permitted());
 }
 
+/// A client that calls a healthy dependency rarely, fewer than `permitted_probes` calls per
+/// `max_wait_in_half_open`, still closes the breaker: the bound only runs while a probe is in
+/// flight, so successful probes far apart are not thrown away, nor counted as a trip.
+#[tokio::test(start_paused = true)]
+async fn a_trickle_of_successful_probes_closes_the_breaker() {
+    let layer = breaker()
+        .max_wait_in_half_open(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    for i in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        if i < 3 {
+            assert_eq!(
+                handle.snapshot().trips,
+                1,
+                "no trip counted before call {i}"
+            );
+        }
+        assert!(
+            !rejected(&send(&mut svc, Call::Ok).await),
+            "call {i} rejected"
+        );
+    }
+    assert_eq!(handle.state(), State::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
     // HalfOpen for at most 2 s, 3 probes; Open for 1 s, then 2 s.
@@ -307,9 +336,11 @@ async fn a_half_open_that_ran_out_of_time_unattended_reopens_as_of_its_bound() {
     let mut svc = layer.layer(inner);
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // One probe of three succeeds; then no traffic at all (a balancer skipping the endpoint,
-    // a quiet night).
+    // One probe of three succeeds and another hangs; then no other traffic (a balancer
+    // skipping the endpoint, a quiet night).
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    let _hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
     assert_eq!(handle.state(), State::HalfOpen);
     // The HalfOpen ran out 2 s in: it counts as Open from then, for the next wait (2 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -349,9 +380,11 @@ async fn a_half_open_that_ran_out_unattended_is_judged_with_its_drawn_wait() {
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    let _hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
     assert_eq!(handle.state(), State::HalfOpen);
 
-    // The HalfOpen runs out 2 s after its probe; 1.5 s later the shortest wait is over, the
+    // The HalfOpen runs out 2 s after its probes; 1.5 s later the shortest wait is over, the
     // drawn one is not.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let permitted = svc.is_call_permitted();

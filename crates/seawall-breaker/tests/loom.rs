@@ -327,13 +327,38 @@ fn the_last_of_two_probes_handed_back_stops_the_bound() {
 }
 
 #[test]
-fn a_probe_handed_back_after_a_result_keeps_the_bound() {
+fn two_probes_ending_short_of_the_verdict_stop_the_bound() {
     loom::model(|| {
         let m = two_probes_end(Outcome::Success);
-        // A result is in, in either order: the HalfOpen waits for the rest within its bound.
+        // A result is in and no probe is in flight, in either order: the HalfOpen waits for
+        // its next call without a bound, and the next probe starts a fresh one.
         assert_eq!(m.state(), State::HalfOpen);
         assert_eq!(m.snapshot(3 * MS).probe_results, 1);
-        assert_eq!(m.deadline(), Some(1_002 * MS));
+        assert_eq!(m.deadline(), None);
+    });
+}
+
+#[test]
+fn a_probe_answered_short_of_the_verdict_leaves_a_probe_in_flight_bounded() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(3));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        // A second probe is taken while the first one's result comes in: before it, the
+        // first bound runs on; after it, the result stops the bound and the new probe (or
+        // the stop's re-read of the slots) starts one from now. Never unbounded.
+        let call = {
+            let m = m.clone();
+            thread::spawn(move || m.acquire(|| 3 * MS, &()).is_ok())
+        };
+        m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+        assert!(call.join().unwrap());
+        assert_eq!(m.state(), State::HalfOpen);
+        let deadline = m.deadline();
+        assert!(
+            deadline == Some(1_002 * MS) || deadline == Some(1_003 * MS),
+            "{deadline:?}"
+        );
     });
 }
 

@@ -319,14 +319,17 @@ impl Model {
                 }
                 if outcome == Outcome::Ignored {
                     *taken -= 1;
-                    if *taken == 0 && results.is_empty() {
-                        // No probe in flight, no result in: nothing to bound.
+                    if *taken as usize == results.len() {
+                        // No probe in flight: nothing to bound.
                         *deadline = None;
                     }
                     return;
                 }
                 results.push((failed, slow));
                 if results.len() < probes {
+                    if *taken as usize == results.len() {
+                        *deadline = None;
+                    }
                     return;
                 }
                 let n = results.len() as u32;
