@@ -292,8 +292,8 @@ fn is_manual(state: State) -> bool {
 /// (ForcedOpen, Disabled, MetricsOnly: evicted, an operator's choice would be lost), else among
 /// those in use, in the same order. An entry in use goes last: evicted, its service would keep a
 /// breaker the set no longer reaches, and its key would get a fresh twin. From 128 entries on, it
-/// removes up to a 64th of them in that order, idle ones in an automatic state only (at least one
-/// entry).
+/// removes up to a 64th of them in that order, idle Closed ones only after the first (at least
+/// one entry): an Open breaker that remembers a failing key goes only when one entry must.
 fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let rank = |e: &Entry<C>| {
         let in_use = Arc::strong_count(&e.layer.shared) > 1;
@@ -320,7 +320,9 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
     let evicted: Vec<K> = ranked
         .iter()
         .enumerate()
-        .filter(|(i, ((in_use, manual, ..), _))| *i == 0 || !(*in_use || *manual))
+        .filter(|(i, ((in_use, manual, holds_failure, _), _))| {
+            *i == 0 || !(*in_use || *manual || *holds_failure)
+        })
         .map(|(_, (_, k))| (*k).clone())
         .collect();
     for key in evicted {

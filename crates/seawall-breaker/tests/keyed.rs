@@ -204,6 +204,29 @@ fn a_large_set_evicts_in_batches_of_idle_breakers() {
     drop(held);
 }
 
+/// A batch takes idle Closed breakers only, beyond the one entry that must go: an idle Open
+/// breaker remembers a failing key, and one slot does not need it gone.
+#[tokio::test(start_paused = true)]
+async fn making_room_for_one_key_keeps_an_idle_open_breaker() {
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .consecutive_failures(1)
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::<u32>::new(config, 128).unwrap();
+    let held: Vec<_> = (0..126).map(|key| set.get(&key)).collect();
+    let mut down = set.get(&500).layer(dependency().0);
+    let _ = send(&mut down, Call::Fail).await;
+    drop(down);
+    set.get(&501);
+    assert_eq!(set.len(), 128);
+    // 128 / 64 = 2 could go: the idle Closed one does, the idle Open one stays.
+    set.get(&502);
+    assert!(set.handle(&501).is_none());
+    assert_eq!(set.handle(&500).map(|h| h.state()), Some(State::Open));
+    drop(held);
+}
+
 /// Hosts of one dependency that trip together wait different jittered times even in a seeded
 /// set, so they do not all probe at once; the same seed draws the same waits again.
 #[tokio::test(start_paused = true)]
