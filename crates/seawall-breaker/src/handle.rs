@@ -83,8 +83,8 @@ impl BreakerHandle {
     }
 
     /// How long until an Open breaker probes again, or until a HalfOpen one gives up on its
-    /// probes; `None` in other states, and in a HalfOpen whose bound is not running (no probe
-    /// admitted yet, or every one handed back without a result: the next starts it).
+    /// probes; `None` in other states, and in a HalfOpen whose bound is not running (no probe in
+    /// flight: the next one starts it).
     pub fn remaining_wait(&self) -> Option<Duration> {
         let deadline = self.shared.machine.deadline()?;
         Some(Duration::from_nanos(

@@ -34,8 +34,9 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// asked for. A breaker a service still uses goes after every idle one, whatever its state:
 /// evicted, it would split in two, the service keeping the old breaker while the key gets a
 /// fresh one. A set of 128 or more makes room for several at once: up to a 64th of it, among the
-/// breakers no service uses and in no manual state, so a set kept full by new keys is scanned once
-/// per 64th of its capacity rather than for every new key. A service built from an evicted
+/// idle Closed breakers (beyond the one entry that must go), so a set kept full by new keys is
+/// scanned once per 64th of its capacity rather than for every new key, while that many idle
+/// Closed breakers are there. A service built from an evicted
 /// breaker keeps working with it; asking for the key again creates a fresh one.
 ///
 /// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)

@@ -19,8 +19,9 @@
 //!   deadline reads as not yet reached.
 //!   HalfOpen's bound guards against probes that hang, so it runs only while a probe does: the
 //!   change writes `NO_BOUND`, the call that takes the first slot writes the bound, and a probe
-//!   handed back without a result that leaves no slot taken and no result in writes `NO_BOUND`
-//!   again (see `Machine::stop_bound`), so the next probe starts a fresh bound.
+//!   that ends (answered short of the verdict, ignored or cancelled) leaving none in flight
+//!   writes `NO_BOUND` again (see `Machine::stop_bound`), so the next probe starts a fresh
+//!   bound.
 //!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
 //!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
@@ -145,8 +146,8 @@ pub trait Observer {
     /// now be admitted.
     fn on_probe_released(&self) {}
 
-    /// A HalfOpen's bound started (with its first probe, or with the first one after every probe
-    /// was handed back without a result): [`Machine::deadline`] now has a value to wait for.
+    /// A HalfOpen's bound started (with the first probe admitted while none was in flight):
+    /// [`Machine::deadline`] now has a value to wait for.
     fn on_bound_started(&self) {}
 }
 
@@ -666,7 +667,7 @@ impl Machine {
                     match self.take_probe(generation) {
                         Some(true) => {
                             // Asked after the slot is taken, whatever `deadline` said: a probe
-                            // handed back meanwhile may have stopped the bound read above.
+                            // that ended meanwhile may have stopped the bound read above.
                             if self.start_bound(generation, now.get()) {
                                 observer.on_bound_started();
                             }
@@ -919,34 +920,51 @@ impl Machine {
     /// A call may take a slot meanwhile. If it takes it after the re-read below (a
     /// read-modify-write, so it is ordered against every take), it reads `NO_BOUND` and starts
     /// the bound itself. If it took it before, it may have seen the old bound still in place and
-    /// left it; the re-read sees its slot and starts the bound again, from `now`. Either way a
-    /// probe in flight has a bound, and `until` changes only by compare-and-swap from a word of
-    /// this generation, so a newer generation's deadline is left alone. (Of several hand-backs,
-    /// the one whose swap lands last makes the re-read that settles it.) Until the swap the old
-    /// bound still reads as running: a bound that ends in that instant reopens the breaker, as
-    /// it would have with the probe still out.
+    /// left it; the re-read sees its slot and starts the bound again, from `now`. That probe may
+    /// end before the new bound is written, its own stop finding none to stop, so the slots are
+    /// read again after the write, and a bound with no probe in flight is stopped in turn (the
+    /// loop goes round only as often as probes come and go meanwhile). Either way a probe in
+    /// flight has a bound and none is left running without one, and `until` changes only by
+    /// compare-and-swap from a word of this generation, so a newer generation's deadline is left
+    /// alone. (Of several stops, the one whose swap lands last makes the re-read that settles
+    /// it.) Until the swap the old bound still reads as running: a bound that ends in that
+    /// instant reopens the breaker, as it would have with the probe still out.
     #[cold]
     fn stop_bound<O: Observer + ?Sized>(&self, generation: u64, now: u64, observer: &O) {
         let tag = tag_of(generation);
         let unset = (tag << UNTIL_BITS) | NO_BOUND;
-        let word = self.until.load(Ordering::Acquire);
-        if word >> UNTIL_BITS != tag
-            || word == unset
-            || self
-                .until
-                .compare_exchange(word, unset, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            // No bound of this generation to stop (not started, stopped already, or a newer
-            // generation's), or another thread changed it first and owns what follows.
-            return;
-        }
-        let probes = self.probes.fetch_add(0, Ordering::AcqRel);
-        if probes >> PROBE_TAG_SHIFT == tag
-            && probe_field(probes, TAKEN_SHIFT) > probe_field(probes, RESULTS_SHIFT)
-            && self.start_bound(generation, now)
-        {
+        let in_flight = |probes: u64| {
+            probes >> PROBE_TAG_SHIFT == tag
+                && probe_field(probes, TAKEN_SHIFT) > probe_field(probes, RESULTS_SHIFT)
+        };
+        let mut word = self.until.load(Ordering::Acquire);
+        loop {
+            if word >> UNTIL_BITS != tag
+                || word == unset
+                || self
+                    .until
+                    .compare_exchange(word, unset, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                // No bound of this generation to stop (not started, stopped already, or a
+                // newer generation's), or another thread changed it first and owns what follows.
+                return;
+            }
+            if !in_flight(self.probes.fetch_add(0, Ordering::AcqRel)) {
+                return;
+            }
+            // A probe took a slot meanwhile: bound it from now.
+            if !self.start_bound(generation, now) {
+                return;
+            }
             observer.on_bound_started();
+            // That probe may have ended before the bound was written, its own stop finding
+            // none to stop: read the slots again (ordered against every take and result, as
+            // above), and stop the bound just written if no probe is left in flight.
+            if in_flight(self.probes.fetch_add(0, Ordering::AcqRel)) {
+                return;
+            }
+            word = (tag << UNTIL_BITS) | until_ms(now, self.rules.half_open_nanos);
         }
     }
 
@@ -979,9 +997,9 @@ impl Machine {
             .then(|| (until & UNTIL_MASK).saturating_mul(NANOS_PER_MILLI))
     }
 
-    /// HalfOpen `generation`'s bound: its deadline, unless no probe has started it yet or every
-    /// probe was handed back without a result ([`NO_BOUND`]: a HalfOpen without probes has
-    /// nothing to give up on, and waits for its next call however long that takes) or it was
+    /// HalfOpen `generation`'s bound: its deadline, unless no probe is in flight ([`NO_BOUND`]:
+    /// a HalfOpen without a probe out has nothing to give up on, and waits for its next call
+    /// however long that takes) or it was
     /// cut to the end of the deadline range (a clock some 34.8 years past the machine's origin).
     /// Then the probes decide alone: a bound already due would reopen the breaker, whose wait, as
     /// cut, is over at once, and so round forever.

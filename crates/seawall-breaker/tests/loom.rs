@@ -339,6 +339,30 @@ fn two_probes_ending_short_of_the_verdict_stop_the_bound() {
 }
 
 #[test]
+fn a_probe_that_comes_and_goes_during_a_stop_leaves_no_bound_running() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(3));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        // Another probe is taken and answered while the first one's result stops the bound:
+        // whatever the order, two results are in, none is in flight, and no bound is left to
+        // re-open the breaker over successful probes.
+        let other = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let probe = m.acquire(|| 3 * MS, &()).unwrap();
+                m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+            })
+        };
+        m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+        other.join().unwrap();
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.snapshot(3 * MS).probe_results, 2);
+        assert_eq!(m.deadline(), None);
+    });
+}
+
+#[test]
 fn a_probe_answered_short_of_the_verdict_leaves_a_probe_in_flight_bounded() {
     loom::model(|| {
         let m = machine(builder().consecutive_failures(1).permitted_probes(3));

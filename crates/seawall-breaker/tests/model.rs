@@ -84,8 +84,8 @@ enum Phase {
         until: u64,
     },
     HalfOpen {
-        /// Set by the first probe: the bound guards against probes that hang. Cleared when the
-        /// last probe is handed back without a result, so the next probe sets it afresh.
+        /// Set by the first probe admitted while none is in flight: the bound guards against
+        /// probes that hang. Cleared when no probe is left in flight, so the next sets it afresh.
         deadline: Option<u64>,
         taken: u32,
         results: Vec<(bool, bool)>,
