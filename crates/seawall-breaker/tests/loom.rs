@@ -338,25 +338,33 @@ fn two_probes_ending_short_of_the_verdict_stop_the_bound() {
     });
 }
 
+/// Of three probes, one out at 2 ms, whose success comes in at 3 ms on this thread while another
+/// probe is taken on a second thread, and answered there with a success if `answered`.
+fn a_second_probe_during_a_result(answered: bool) -> Arc<Machine> {
+    let m = machine(builder().consecutive_failures(1).permitted_probes(3));
+    open(&m);
+    let probe = m.acquire(|| 2 * MS, &()).unwrap();
+    let other = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let probe = m.acquire(|| 3 * MS, &()).unwrap();
+            if answered {
+                m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+            }
+        })
+    };
+    m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
+    other.join().unwrap();
+    assert_eq!(m.state(), State::HalfOpen);
+    m
+}
+
 #[test]
 fn a_probe_that_comes_and_goes_during_a_stop_leaves_no_bound_running() {
     loom::model(|| {
-        let m = machine(builder().consecutive_failures(1).permitted_probes(3));
-        open(&m);
-        let probe = m.acquire(|| 2 * MS, &()).unwrap();
-        // Another probe is taken and answered while the first one's result stops the bound:
-        // whatever the order, two results are in, none is in flight, and no bound is left to
+        // Whatever the order, two results are in, none is in flight, and no bound is left to
         // re-open the breaker over successful probes.
-        let other = {
-            let m = m.clone();
-            thread::spawn(move || {
-                let probe = m.acquire(|| 3 * MS, &()).unwrap();
-                m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
-            })
-        };
-        m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
-        other.join().unwrap();
-        assert_eq!(m.state(), State::HalfOpen);
+        let m = a_second_probe_during_a_result(true);
         assert_eq!(m.snapshot(3 * MS).probe_results, 2);
         assert_eq!(m.deadline(), None);
     });
@@ -365,19 +373,10 @@ fn a_probe_that_comes_and_goes_during_a_stop_leaves_no_bound_running() {
 #[test]
 fn a_probe_answered_short_of_the_verdict_leaves_a_probe_in_flight_bounded() {
     loom::model(|| {
-        let m = machine(builder().consecutive_failures(1).permitted_probes(3));
-        open(&m);
-        let probe = m.acquire(|| 2 * MS, &()).unwrap();
-        // A second probe is taken while the first one's result comes in: before it, the
-        // first bound runs on; after it, the result stops the bound and the new probe (or
-        // the stop's re-read of the slots) starts one from now. Never unbounded.
-        let call = {
-            let m = m.clone();
-            thread::spawn(move || m.acquire(|| 3 * MS, &()).is_ok())
-        };
-        m.complete(probe, Outcome::Success, Duration::ZERO, || 3 * MS, &());
-        assert!(call.join().unwrap());
-        assert_eq!(m.state(), State::HalfOpen);
+        // Taken before the result, the second probe keeps the first bound running; after it,
+        // the result stops the bound and the new probe (or the stop's re-read of the slots)
+        // starts one from now. Never unbounded.
+        let m = a_second_probe_during_a_result(false);
         let deadline = m.deadline();
         assert!(
             deadline == Some(1_002 * MS) || deadline == Some(1_003 * MS),
