@@ -18,10 +18,10 @@
 //!   generation it belongs to. Written right after the state change; until it is, the state's
 //!   deadline reads as not yet reached.
 //!   HalfOpen's bound guards against probes that hang, so it runs only while a probe does: the
-//!   change writes `NO_BOUND`, the call that takes the first slot writes the bound, and a probe
-//!   that ends (answered short of the verdict, ignored or cancelled) leaving none in flight
-//!   writes `NO_BOUND` again (see `Machine::stop_bound`), so the next probe starts a fresh
-//!   bound.
+//!   change writes `NO_BOUND`, a probe admitted while none is in flight writes the bound, and a
+//!   probe that ends (answered short of the verdict, ignored or cancelled) leaving none in
+//!   flight writes `NO_BOUND` again (see `Machine::stop_bound`), so the next probe starts a
+//!   fresh bound.
 //!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
 //!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
@@ -146,8 +146,9 @@ pub trait Observer {
     /// now be admitted.
     fn on_probe_released(&self) {}
 
-    /// A HalfOpen's bound started (with the first probe admitted while none was in flight):
-    /// [`Machine::deadline`] now has a value to wait for.
+    /// A HalfOpen's bound started (with a probe admitted while none was in flight):
+    /// [`Machine::deadline`] may now have a value to wait for (read it: the bound may be stopped
+    /// again already, when that probe ended at once).
     fn on_bound_started(&self) {}
 }
 
@@ -344,8 +345,8 @@ const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
 const NANOS_PER_MILLI: u64 = 1_000_000;
 /// The origin of a machine that has not read its clock yet.
 const NO_ORIGIN: u64 = u64::MAX;
-/// The deadline of a HalfOpen that has admitted no probe yet: the end of the range, which reads
-/// as no bound at all (see [`Machine::half_open_bound`]).
+/// The deadline of a HalfOpen with no probe in flight: the end of the range, which reads as no
+/// bound at all (see [`Machine::half_open_bound`]).
 const NO_BOUND: u64 = UNTIL_MASK;
 
 /// A deadline `wait` after `from` (nanoseconds), as stored: whole milliseconds, rounded up, cut
@@ -668,7 +669,7 @@ impl Machine {
                         Some(true) => {
                             // Asked after the slot is taken, whatever `deadline` said: a probe
                             // that ended meanwhile may have stopped the bound read above.
-                            if self.start_bound(generation, now.get()) {
+                            if self.start_bound(generation, now.get()).is_some() {
                                 observer.on_bound_started();
                             }
                             return Ok(permit(PermitKind::Probe));
@@ -769,8 +770,8 @@ impl Machine {
     }
 
     /// Starts the bound of HalfOpen `generation` at `now`, unless it is running already (or a
-    /// newer generation wrote its deadline). Returns whether this call started it.
-    fn start_bound(&self, generation: u64, now: u64) -> bool {
+    /// newer generation wrote its deadline). Returns the word written if this call started it.
+    fn start_bound(&self, generation: u64, now: u64) -> Option<u64> {
         let tag = tag_of(generation);
         let bound = until_ms(now, self.rules.half_open_nanos);
         let unset = (tag << UNTIL_BITS) | NO_BOUND;
@@ -778,17 +779,18 @@ impl Machine {
         // The change into this HalfOpen may not have written its tag yet: writing the bound
         // first is fine, the change leaves a deadline of its own generation in place.
         while word == unset || tag_is_older(word >> UNTIL_BITS, generation) {
+            let started = (tag << UNTIL_BITS) | bound;
             match self.until.compare_exchange_weak(
                 word,
-                (tag << UNTIL_BITS) | bound,
+                started,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return bound != NO_BOUND,
+                Ok(_) => return (bound != NO_BOUND).then_some(started),
                 Err(actual) => word = actual,
             }
         }
-        false
+        None
     }
 
     /// Hands back a permit with the call's outcome and how long it took. `now` is read only when
@@ -954,9 +956,9 @@ impl Machine {
                 return;
             }
             // A probe took a slot meanwhile: bound it from now.
-            if !self.start_bound(generation, now) {
+            let Some(started) = self.start_bound(generation, now) else {
                 return;
-            }
+            };
             observer.on_bound_started();
             // That probe may have ended before the bound was written, its own stop finding
             // none to stop: read the slots again (ordered against every take and result, as
@@ -964,7 +966,7 @@ impl Machine {
             if in_flight(self.probes.fetch_add(0, Ordering::AcqRel)) {
                 return;
             }
-            word = (tag << UNTIL_BITS) | until_ms(now, self.rules.half_open_nanos);
+            word = started;
         }
     }
 
