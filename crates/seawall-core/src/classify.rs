@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`DefaultClassifier`] | failure | success |
 //! | [`HttpClassifier`] | failure | failure for 5xx and 429, success otherwise (configurable) |
-//! | [`GrpcClassifier`] | failure | failure when `grpc-status` is UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN (configurable) |
+//! | [`GrpcClassifier`] | failure | failure when `grpc-status` is UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN (configurable); with no `grpc-status`, the HTTP status mapped as gRPC clients map it (400, 429, 502–504 and unlisted statuses fail; 401, 403, 404 succeed), and a 200 whose `content-type` is not gRPC's fails |
 //! | a closure `Fn(Result<&Res, &E>, Duration) -> Outcome` | you decide | you decide |
 //!
 //! A call whose future is dropped before it completes is never classified: the layers record it as

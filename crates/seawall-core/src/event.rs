@@ -17,7 +17,7 @@
 //! let listeners = Listeners::new().with(move |_name: &Name, _event: &DoorEvent| {
 //!     counter.fetch_add(1, Ordering::Relaxed);
 //! });
-//! listeners.emit(&Name::default_for("door"), &DoorEvent::Opened);
+//! listeners.emit(&Name::new("door").unwrap(), &DoorEvent::Opened);
 //! assert_eq!(seen.load(Ordering::Relaxed), 1);
 //! ```
 

@@ -8,7 +8,7 @@
 //! Measures taken on every call (a gauge of permits in use, a breaker's success counter) use
 //! handles registered when the policy is built, so install the recorder *before* building layers.
 //! The retry, hedge and rate-limit counters are registered with their layer too. Other counters of
-//! rare events (a timeout firing, a fallback answering) look their handle up when the event
+//! rare events (a timeout firing, a fallback being called) look their handle up when the event
 //! happens, which keeps the per-call path free of them. No seawall metric is a histogram.
 //!
 //! The full list of names is [`ALL`]; [`describe`] registers a help text for each with the installed
@@ -21,7 +21,8 @@ pub const LABEL: &str = "name";
 
 /// Counter: calls a timeout layer cut off.
 pub const TIMEOUT_ELAPSED: &str = "seawall_timeout_elapsed_total";
-/// Counter: failed calls a fallback answered for.
+/// Counter: failed calls handed to a fallback, whether or not it answered (those it failed on
+/// count in [`FALLBACK_FAILED`] too).
 pub const FALLBACK_USED: &str = "seawall_fallback_used_total";
 /// Counter: fallbacks that failed themselves.
 pub const FALLBACK_FAILED: &str = "seawall_fallback_failed_total";

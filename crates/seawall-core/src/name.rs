@@ -62,8 +62,18 @@ impl Name {
         intern(field, name).map(Name)
     }
 
-    /// The name used when none is given: the concern's own name (`"timeout"`, `"breaker"`, ...).
+    /// The name a seawall concern uses when none is given: its own name (`"timeout"`,
+    /// `"breaker"`, ...).
+    ///
+    /// Unlike [`Name::new`], this neither checks the name in release builds nor counts it toward
+    /// [`MAX_DISTINCT`], so it is only for a fixed literal that `new` would accept. A name from
+    /// configuration or request data goes through [`Name::new`].
+    #[doc(hidden)]
     pub const fn default_for(concern: &'static str) -> Self {
+        debug_assert!(
+            is_valid(concern.as_bytes()),
+            "an invalid default policy name"
+        );
         Name(concern)
     }
 
@@ -71,6 +81,22 @@ impl Name {
     pub fn as_str(&self) -> &'static str {
         self.0
     }
+}
+
+/// Whether `name` follows the rules [`Name::validate`] checks, in a `const` context.
+const fn is_valid(name: &[u8]) -> bool {
+    if name.is_empty() || name.len() > MAX_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < name.len() {
+        let c = name[i];
+        if !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/')) {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 fn intern(field: &'static str, name: &str) -> Result<&'static str, ConfigError> {
@@ -131,6 +157,28 @@ mod tests {
             err.to_string().starts_with("name must contain only"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_const_check_agrees_with_validate() {
+        let long = "a".repeat(65);
+        for name in [
+            "",
+            "timeout",
+            "per_try_timeout",
+            "a b",
+            "é",
+            "svc.ns:8080",
+            "a/b_c",
+            &long[..64],
+            &long,
+        ] {
+            assert_eq!(
+                is_valid(name.as_bytes()),
+                Name::new(name).is_ok(),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]
