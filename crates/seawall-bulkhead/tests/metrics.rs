@@ -274,6 +274,19 @@ async fn rate_limiter_counts_limited_and_delayed() {
     }
     assert_eq!(recorder.gauge(RATELIMIT_KEYS, "tenants"), Some(3.0));
     assert_eq!(recorder.counter(RATELIMIT_LIMITED, "tenants"), 1);
+
+    // A limiter built again under the same name, as on a configuration reload, counts its own
+    // keys: the dropped one's go with it.
+    drop((keyed, service));
+    assert_eq!(recorder.gauge(RATELIMIT_KEYS, "tenants"), Some(0.0));
+    let keyed = RateLimitLayer::builder()
+        .name("tenants")
+        .rate(1, Duration::from_secs(1))
+        .build_keyed(|key: &u32| *key)
+        .unwrap();
+    let service = keyed.layer(echo);
+    service.clone().oneshot(7).await.unwrap();
+    assert_eq!(recorder.gauge(RATELIMIT_KEYS, "tenants"), Some(1.0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -162,6 +162,14 @@ pub(crate) struct KeyedShared<K> {
     rebuilds: AtomicUsize,
 }
 
+impl<K> Drop for KeyedShared<K> {
+    fn drop(&mut self) {
+        // The gauge moves by differences, so a limiter that goes takes its keys with it: one
+        // built again under the same name starts from what the others hold.
+        self.keys_gauge.decrement(*self.keys.get_mut() as f64);
+    }
+}
+
 impl<K: Hash + Eq> KeyedShared<K> {
     pub(crate) fn new(config: Validated) -> Arc<Self> {
         let shards = (config.max_keys / MIN_KEYS_PER_SHARD).clamp(1, SHARDS);
@@ -244,7 +252,10 @@ impl<K: Hash + Eq> KeyedShared<K> {
                 queued: tat,
             },
         );
-        self.count_keys(before, shard.map.len());
+        let after = shard.map.len();
+        // No recorder runs under the lock.
+        drop(shard);
+        self.count_keys(before, after);
         Ok((Grant { delay, tat }, id))
     }
 
