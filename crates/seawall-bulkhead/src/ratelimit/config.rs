@@ -46,8 +46,11 @@ impl RateLimitConfigBuilder {
     }
 
     /// `permits` calls per `period`, spread evenly: one permit every `period / permits` (rounded
-    /// up to the nanosecond, so never more than `permits` permits per `period`). A call starts
-    /// within 10 ms of its permit's time (see the [module docs](super)). Required.
+    /// up to the nanosecond), on top of the [`burst`](Self::burst). So at most
+    /// `burst + permits − 1` calls start in any span shorter than `period`: up to
+    /// `2 × permits − 1` after a quiet spell with the default burst, exactly `permits` with
+    /// `burst(1)`. A call starts by the end of its permit's span, or within 10 ms of its permit's
+    /// time if that is later (see the [module docs](super)). Required.
     pub fn rate(mut self, permits: u64, period: Duration) -> Self {
         self.rate = Some((permits, period));
         self

@@ -20,14 +20,14 @@
 //! instead, as tower's `RateLimit` does.
 //!
 //! Unlike tower's `RateLimit` (a fixed window that resets each period, so up to twice the rate can
-//! pass around a window edge, and whose state is copied by `Clone`), every service a layer makes
-//! and every clone draws from one budget, and its bound holds over every window, aligned or not:
+//! pass around a window edge, and not `Clone`, so a service cloned per request needs a `Buffer` to
+//! share one budget), every service a layer makes and every clone draws from one budget, and its bound holds over every window, aligned or not:
 //! the burst plus one permit per interval `T = period / permits`, so at most `burst + ⌊w / T⌋`
 //! permits in a window of length `w`. Within any span shorter than one period that is
 //! `burst + permits − 1` at most: up to `2 × permits − 1` with the default burst (equal to
 //! `permits`) after a quiet spell, and exactly the rate, `permits`, with
-//! [`burst(1)`](RateLimitConfigBuilder::burst). A call starts within 10 ms of its permit's time
-//! (a busy runtime wakes waiters late), so the calls themselves keep to
+//! [`burst(1)`](RateLimitConfigBuilder::burst). A call starts by the end of its permit's span,
+//! or within 10 ms of its permit's time if that is later (a busy runtime wakes waiters late), so the calls themselves keep to
 //! `burst + ⌊(w + 10 ms) / T⌋`: for a quota a server enforces to the letter, leave it that much
 //! headroom (`rate(permits, period + 10 ms)`).
 //!
