@@ -135,25 +135,25 @@ fn bench(c: &mut Criterion) {
 
     let calls = 10_000;
     support::report_allocs("balance/p2c_outstanding", "seawall", calls, || {
-        support::call_ok(&mut seawall_p2c, 1);
+        support::call_ok(&mut seawall_p2c, 1)
     });
     support::report_allocs("balance/p2c_outstanding", "tower", calls, || {
-        support::call_ok(&mut tower_p2c, 1);
+        support::call_ok(&mut tower_p2c, 1)
     });
     support::report_allocs("balance/p2c_peak_ewma", "seawall", calls, || {
-        support::call_ok(&mut seawall_ewma, 1);
+        support::call_ok(&mut seawall_ewma, 1)
     });
     support::report_allocs("balance/p2c_peak_ewma", "tower", calls, || {
-        support::call_ok(&mut tower_ewma, 1);
+        support::call_ok(&mut tower_ewma, 1)
     });
     support::report_allocs("balance/round_robin", "seawall", calls, || {
-        support::call_ok(&mut seawall_rr, 1);
+        support::call_ok(&mut seawall_rr, 1)
     });
     support::report_allocs("balance/clone", "seawall", calls, || {
         drop(black_box(seawall_ewma.clone()));
     });
     support::report_allocs("balance/clone", "seawall, then one call", calls, || {
-        support::call_ok(&mut seawall_ewma.clone(), 1);
+        support::call_ok(&mut seawall_ewma.clone(), 1)
     });
 }
 

@@ -184,31 +184,31 @@ fn bench(c: &mut Criterion) {
     // ----- allocations per call -----
     const CALLS: u32 = 10_000;
     support::report_allocs("breaker/closed", "no breaker", CALLS, || {
-        support::call(&mut bare, 1).unwrap();
+        support::call(&mut bare, 1).unwrap()
     });
     support::report_allocs("breaker/closed", "seawall", CALLS, || {
-        support::call(&mut seawall_svc, 1).unwrap();
+        support::call(&mut seawall_svc, 1).unwrap()
     });
     support::report_allocs("breaker/closed", "tower-resilience", CALLS, || {
-        support::call(&mut tr_svc, 1).unwrap();
+        support::call(&mut tr_svc, 1).unwrap()
     });
     support::report_allocs("breaker/closed", "failsafe", CALLS, || {
-        support::now_or_never(failsafe.call(plain.call(1))).unwrap();
+        support::now_or_never(failsafe.call(plain.call(1))).unwrap()
     });
     support::report_allocs("breaker/closed", "recloser", CALLS, || {
-        support::now_or_never(recloser.call(plain.call(1))).unwrap();
+        support::now_or_never(recloser.call(plain.call(1))).unwrap()
     });
     support::report_allocs("breaker/open", "seawall", CALLS, || {
-        support::call(&mut seawall_open, 1).unwrap_err();
+        support::call(&mut seawall_open, 1).unwrap_err()
     });
     support::report_allocs("breaker/open", "tower-resilience", CALLS, || {
-        support::call(&mut tr_open, 1).unwrap_err();
+        support::call(&mut tr_open, 1).unwrap_err()
     });
     support::report_allocs("breaker/open", "failsafe", CALLS, || {
-        support::now_or_never(failsafe_open.call(plain.call(1))).unwrap_err();
+        support::now_or_never(failsafe_open.call(plain.call(1))).unwrap_err()
     });
     support::report_allocs("breaker/open", "recloser", CALLS, || {
-        support::now_or_never(recloser_open.call(plain.call(1))).unwrap_err();
+        support::now_or_never(recloser_open.call(plain.call(1))).unwrap_err()
     });
 }
 

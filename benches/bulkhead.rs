@@ -216,64 +216,58 @@ fn bench(c: &mut Criterion) {
 
     const N: u32 = 10_000;
     support::report_allocs("bulkhead/admitted", "tower ConcurrencyLimit", N, || {
-        let _ = support::call(&mut tower_limit, 1);
+        support::call(&mut tower_limit, 1)
     });
     support::report_allocs("bulkhead/admitted", "tower-resilience", N, || {
-        let _ = support::call(&mut resilience, 1);
+        support::call(&mut resilience, 1)
     });
     support::report_allocs("bulkhead/admitted", "seawall", N, || {
-        let _ = support::call(&mut seawall, 1);
+        support::call(&mut seawall, 1)
     });
     support::report_allocs("bulkhead/admitted", "seawall adaptive (AIMD)", N, || {
-        let _ = support::call(&mut seawall_adaptive, 1);
+        support::call(&mut seawall_adaptive, 1)
     });
     support::report_allocs(
         "bulkhead/rejected",
         "tower LoadShed+ConcurrencyLimit",
         N,
-        || {
-            let _ = support::call(&mut tower_shed, 1);
-        },
+        || support::call(&mut tower_shed, 1),
     );
     support::report_allocs(
         "bulkhead/rejected (block_on)",
         "tower LoadShed+ConcurrencyLimit",
         N,
-        || {
-            rt.block_on(call_async(&mut tower_shed, 1));
-        },
+        || rt.block_on(call_async(&mut tower_shed, 1)),
     );
     support::report_allocs(
         "bulkhead/rejected (block_on)",
         "tower-resilience",
         N,
-        || {
-            rt.block_on(call_async(&mut resilience_full, 1));
-        },
+        || rt.block_on(call_async(&mut resilience_full, 1)),
     );
     support::report_allocs("bulkhead/rejected (block_on)", "seawall", N, || {
-        rt.block_on(call_async(&mut seawall_full, 1));
+        rt.block_on(call_async(&mut seawall_full, 1))
     });
     support::report_allocs("bulkhead/rejected", "seawall", N, || {
-        let _ = support::call(&mut seawall_full, 1);
+        support::call(&mut seawall_full, 1)
     });
     support::report_allocs("ratelimit/admitted", "tower RateLimit", N, || {
-        let _ = support::call(&mut tower_rate, 1);
+        support::call(&mut tower_rate, 1)
     });
     support::report_allocs("ratelimit/admitted", "governor check", N, || {
-        let _ = governor.check();
+        governor.check()
     });
     support::report_allocs("ratelimit/admitted", "seawall", N, || {
-        let _ = support::call(&mut seawall_rate, 1);
+        support::call(&mut seawall_rate, 1)
     });
     support::report_allocs("ratelimit/admitted", "seawall keyed (one key)", N, || {
-        let _ = support::call(&mut seawall_keyed, 1);
+        support::call(&mut seawall_keyed, 1)
     });
     support::report_allocs("ratelimit/rejected", "governor check", N, || {
-        let _ = governor_spent.check();
+        governor_spent.check()
     });
     support::report_allocs("ratelimit/rejected", "seawall", N, || {
-        let _ = support::call(&mut seawall_spent, 1);
+        support::call(&mut seawall_spent, 1)
     });
 }
 

@@ -314,35 +314,35 @@ fn bench(c: &mut Criterion) {
 
     const N: u32 = 10_000;
     support::report_allocs("retry/no-retry", "tower", N, || {
-        support::call_ok(&mut tower_retry, Req(1));
+        support::call_ok(&mut tower_retry, Req(1))
     });
     support::report_allocs("retry/no-retry", "tower + backoff", N, || {
-        support::call_ok(&mut tower_backoff, Req(1));
+        support::call_ok(&mut tower_backoff, Req(1))
     });
     support::report_allocs("retry/no-retry", "tower + TpsBudget", N, || {
-        support::call_ok(&mut tower_budgeted, Req(1));
+        support::call_ok(&mut tower_budgeted, Req(1))
     });
     support::report_allocs("retry/no-retry", "tower-resilience", N, || {
-        support::call_ok(&mut resilience, Req(1));
+        support::call_ok(&mut resilience, Req(1))
     });
     support::report_allocs("retry/no-retry", "seawall (budgeted)", N, || {
-        support::call_ok(&mut seawall, Req(1));
+        support::call_ok(&mut seawall, Req(1))
     });
     support::report_allocs("retry/no-retry", "seawall (unlimited budget)", N, || {
-        support::call_ok(&mut seawall_unbudgeted, Req(1));
+        support::call_ok(&mut seawall_unbudgeted, Req(1))
     });
     settle_hedge(&rt, "tower", &mut tower_hedge);
     support::report_allocs("hedge/primary-wins", "tower", N, || {
-        support::call_ok(&mut tower_hedge, Req(1));
+        support::call_ok(&mut tower_hedge, Req(1))
     });
     settle_hedge(&rt, "seawall (p95 delay)", &mut seawall_percentile);
     percentile_known();
     support::report_allocs("hedge/primary-wins", "seawall (p95 delay)", N, || {
-        support::call_ok(&mut seawall_percentile, Req(1));
+        support::call_ok(&mut seawall_percentile, Req(1))
     });
     settle_hedge(&rt, "seawall (fixed delay)", &mut seawall_fixed);
     support::report_allocs("hedge/primary-wins", "seawall (fixed delay)", N, || {
-        support::call_ok(&mut seawall_fixed, Req(1));
+        support::call_ok(&mut seawall_fixed, Req(1))
     });
 }
 

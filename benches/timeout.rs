@@ -96,22 +96,22 @@ fn bench(c: &mut Criterion) {
 
     const N: u32 = 10_000;
     support::report_allocs("timeout/ready", "tower", N, || {
-        support::call_ok(&mut tower_ready, Req);
+        support::call_ok(&mut tower_ready, Req)
     });
     support::report_allocs("timeout/ready", "seawall", N, || {
-        support::call_ok(&mut seawall_ready, Req);
+        support::call_ok(&mut seawall_ready, Req)
     });
     support::report_allocs("timeout/http-request", "tower", N, || {
-        support::call_ok(&mut tower_http, http::Request::new(()));
+        support::call_ok(&mut tower_http, http::Request::new(()))
     });
     support::report_allocs("timeout/http-request", "seawall (propagating)", N, || {
-        support::call_ok(&mut seawall_http, http::Request::new(()));
+        support::call_ok(&mut seawall_http, http::Request::new(()))
     });
     support::report_allocs("timeout/pending-once", "tower", N, || {
-        support::call_ok(&mut tower_pending, Req);
+        support::call_ok(&mut tower_pending, Req)
     });
     support::report_allocs("timeout/pending-once", "seawall", N, || {
-        support::call_ok(&mut seawall_pending, Req);
+        support::call_ok(&mut seawall_pending, Req)
     });
 }
 

@@ -1,18 +1,32 @@
-//! Shared pieces of the benchmarks: an allocation-counting global allocator and helpers to drive
-//! services that are ready at once without an executor's overhead.
+//! Shared pieces of the benchmarks: allocation counting (with the `count-allocs` feature) and
+//! helpers to drive services that are ready at once without an executor's overhead.
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
-    alloc::System,
     future::Future,
     pin::pin,
     task::{Context, Poll, Waker},
 };
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+/// The allocation-counting global allocator, only in a build with `--features count-allocs`: it
+/// adds atomic updates to every allocation and free, a cost that would fall on the timings of
+/// whichever subject allocates.
+#[cfg(feature = "count-allocs")]
+mod counting {
+    use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+    use std::alloc::System;
 
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+    #[global_allocator]
+    static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+    /// Allocations and reallocations while `f` runs.
+    pub fn count(f: impl FnOnce()) -> (usize, usize) {
+        let region = Region::new(GLOBAL);
+        f();
+        let change = region.change();
+        (change.allocations, change.reallocations)
+    }
+}
 
 /// What `calls` calls of a closure asked of the heap.
 #[derive(Clone, Copy, Debug)]
@@ -37,37 +51,58 @@ impl Allocs {
     }
 }
 
-/// Runs `f` `calls` times and counts the heap allocations and reallocations it made.
+/// Runs `f` `calls` times and counts the heap allocations and reallocations it made; `None` in a
+/// build without the `count-allocs` feature. Each result goes through `black_box`, as in the
+/// timed loops, so that what is counted is what is timed.
 ///
 /// The counter is process-wide, so measure on a quiet thread (a current-thread runtime).
-pub fn count_allocs(calls: u32, mut f: impl FnMut()) -> Allocs {
+#[cfg(feature = "count-allocs")]
+pub fn count_allocs<T>(calls: u32, mut f: impl FnMut() -> T) -> Option<Allocs> {
+    use std::hint::black_box;
     // Warm up lazily initialised state (thread locals, metric handles) outside the count.
     for _ in 0..16 {
-        f();
+        black_box(f());
     }
-    let region = Region::new(GLOBAL);
-    for _ in 0..calls {
-        f();
-    }
-    let change = region.change();
-    Allocs {
-        allocations: change.allocations,
-        reallocations: change.reallocations,
+    let (allocations, reallocations) = counting::count(|| {
+        for _ in 0..calls {
+            black_box(f());
+        }
+    });
+    Some(Allocs {
+        allocations,
+        reallocations,
         calls,
-    }
+    })
+}
+
+/// As the counting `count_allocs`, in a build that does not count: `None`.
+#[cfg(not(feature = "count-allocs"))]
+pub fn count_allocs<T>(_calls: u32, _f: impl FnMut() -> T) -> Option<Allocs> {
+    None
 }
 
 /// Prints one line of the allocation table every bench emits after its timings: allocations and
 /// reallocations per call, then the raw counts, so that a rare allocation does not round to zero.
-pub fn report_allocs(group: &str, subject: &str, calls: u32, f: impl FnMut()) {
-    let allocs = count_allocs(calls, f);
-    println!(
-        "allocs/call {group}/{subject}: {:.2} ({} allocations + {} reallocations in {} calls)",
-        allocs.per_call(),
-        allocs.allocations,
-        allocs.reallocations,
-        allocs.calls,
-    );
+/// Without the `count-allocs` feature it says once how to get the table.
+pub fn report_allocs<T>(group: &str, subject: &str, calls: u32, f: impl FnMut() -> T) {
+    match count_allocs(calls, f) {
+        Some(allocs) => println!(
+            "allocs/call {group}/{subject}: {:.2} ({} allocations + {} reallocations in {} calls)",
+            allocs.per_call(),
+            allocs.allocations,
+            allocs.reallocations,
+            allocs.calls,
+        ),
+        None => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                println!(
+                    "allocs/call: not counted; run with `--features count-allocs` to count them \
+                     (the timings above use the system allocator as it is)"
+                )
+            });
+        }
+    }
 }
 
 /// Polls `fut` once with a no-op waker; panics if it is not ready.
