@@ -3,7 +3,11 @@
 //!
 //! - `p2c_outstanding`: seawall's `Picker::p2c()` vs tower's `p2c::Balance` over
 //!   `PendingRequests`;
-//! - `p2c_peak_ewma`: seawall's `Picker::p2c_peak_ewma()` vs tower's over `PeakEwma`;
+//! - `p2c_peak_ewma`: seawall's `Picker::p2c_peak_ewma()` vs tower's over `PeakEwma`.
+//!
+//! tower has no outlier detection, so the seawall rows that face tower's have it off; the rows
+//! "seawall, default outlier detection" show what seawall's defaults (which time every call and
+//! count its outcome per endpoint) add;
 //! - `round_robin`: seawall's round robin (tower has none);
 //! - `clone`: cloning seawall's balancer, as a layer above does to drop the readiness of a call it
 //!   rejects, alone and followed by one call through the clone (tower's is not `Clone`).
@@ -46,11 +50,12 @@ fn endpoints() -> Vec<Endpoint> {
 fn seawall(
     rt: &tokio::runtime::Runtime,
     picker: Picker,
+    outliers: OutlierDetection,
 ) -> impl Service<u64, Response = u64, Error = seawall::BoxError> + Clone {
     let balance = BalanceLayer::builder()
         .picker(picker)
         .seed(1)
-        .outlier_detection(OutlierDetection::disabled())
+        .outlier_detection(outliers)
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap()
@@ -71,9 +76,13 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let _guard = rt.enter();
 
-    let mut seawall_p2c = seawall(&rt, Picker::p2c());
-    let mut seawall_ewma = seawall(&rt, Picker::p2c_peak_ewma());
-    let mut seawall_rr = seawall(&rt, Picker::RoundRobin);
+    let off = OutlierDetection::disabled;
+    let mut seawall_p2c = seawall(&rt, Picker::p2c(), off());
+    let mut seawall_ewma = seawall(&rt, Picker::p2c_peak_ewma(), off());
+    let mut seawall_rr = seawall(&rt, Picker::RoundRobin, off());
+    let mut seawall_p2c_default = seawall(&rt, Picker::p2c(), OutlierDetection::default());
+    let mut seawall_ewma_default =
+        seawall(&rt, Picker::p2c_peak_ewma(), OutlierDetection::default());
     let mut tower_p2c = p2c::Balance::new(ServiceList::new(
         endpoints()
             .into_iter()
@@ -104,6 +113,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tower", |b| {
         b.iter(|| black_box(support::call_ok(&mut tower_p2c, black_box(1))))
     });
+    group.bench_function("seawall, default outlier detection", |b| {
+        b.iter(|| black_box(support::call_ok(&mut seawall_p2c_default, black_box(1))))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("balance/p2c_peak_ewma");
@@ -112,6 +124,9 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tower", |b| {
         b.iter(|| black_box(support::call_ok(&mut tower_ewma, black_box(1))))
+    });
+    group.bench_function("seawall, default outlier detection", |b| {
+        b.iter(|| black_box(support::call_ok(&mut seawall_ewma_default, black_box(1))))
     });
     group.finish();
 
@@ -146,6 +161,18 @@ fn bench(c: &mut Criterion) {
     support::report_allocs("balance/p2c_peak_ewma", "tower", calls, || {
         support::call_ok(&mut tower_ewma, 1)
     });
+    support::report_allocs(
+        "balance/p2c_outstanding",
+        "seawall, default outlier detection",
+        calls,
+        || support::call_ok(&mut seawall_p2c_default, 1),
+    );
+    support::report_allocs(
+        "balance/p2c_peak_ewma",
+        "seawall, default outlier detection",
+        calls,
+        || support::call_ok(&mut seawall_ewma_default, 1),
+    );
     support::report_allocs("balance/round_robin", "seawall", calls, || {
         support::call_ok(&mut seawall_rr, 1)
     });

@@ -1,5 +1,6 @@
 //! seawall's circuit breaker next to tower-resilience's, failsafe's and recloser's: the Closed
-//! path (a call that goes through and is recorded), the Open path (a call rejected), a 2-thread
+//! path (a call that goes through and is recorded), the same with one call in ten failing, the
+//! Open path (a call rejected), a 2-thread
 //! contended Closed path on one shared breaker, and allocations per call for each.
 //!
 //! failsafe and recloser are not tower layers: they wrap the inner service's future, which is the
@@ -26,14 +27,14 @@ use tower::{service_fn, Layer, Service};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Answers at once: `Err` for request 0, `Ok` otherwise.
+/// Answers at once: `Err` for request 0 (an error that allocates nothing), `Ok` otherwise.
 fn inner() -> impl Service<u32, Response = u32, Error = io::Error, Future = Ready<io::Result<u32>>>
        + Clone
        + Send
        + 'static {
     service_fn(|x: u32| {
         ready(match x {
-            0 => Err(io::Error::other("down")),
+            0 => Err(io::ErrorKind::ConnectionRefused.into()),
             x => Ok(x),
         })
     })
@@ -101,6 +102,41 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     assert_eq!(seawall.handle().state(), State::Closed);
+
+    // ----- Closed path, one call in ten failing: every breaker records failures too, and none
+    // trips (seawall, tower-resilience and recloser open at 50%, failsafe at 5 in a row) -----
+    let seawall_mixed = seawall_layer();
+    let mut seawall_mixed_svc = seawall_mixed.layer(inner());
+    let mut tr_mixed = tower_resilience_layer().layer(inner());
+    let failsafe_mixed = failsafe_breaker();
+    let recloser_mixed = recloser_breaker();
+    let mut request = 0u32;
+    let mut next = move || {
+        request = (request + 1) % 10;
+        black_box(request)
+    };
+
+    let mut group = c.benchmark_group("breaker/closed-1-in-10-failing");
+    group.bench_function("no breaker", |b| {
+        b.iter(|| support::call(&mut bare, next()).is_ok())
+    });
+    group.bench_function("seawall", |b| {
+        b.iter(|| support::call(&mut seawall_mixed_svc, next()).is_ok())
+    });
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| support::call(&mut tr_mixed, next()).is_ok())
+    });
+    group.bench_function("failsafe", |b| {
+        b.iter(|| support::now_or_never(failsafe_mixed.call(plain.call(next()))).is_ok())
+    });
+    group.bench_function("recloser", |b| {
+        b.iter(|| support::now_or_never(recloser_mixed.call(plain.call(next()))).is_ok())
+    });
+    group.finish();
+    assert_eq!(seawall_mixed.handle().state(), State::Closed);
+    assert!(support::call(&mut tr_mixed, 1).is_ok());
+    assert!(support::now_or_never(failsafe_mixed.call(plain.call(1))).is_ok());
+    assert!(support::now_or_never(recloser_mixed.call(plain.call(1))).is_ok());
 
     // ----- Open path: trip each breaker, then measure the rejection -----
     let mut seawall_open = seawall_layer().layer(inner());
@@ -197,6 +233,21 @@ fn bench(c: &mut Criterion) {
     });
     support::report_allocs("breaker/closed", "recloser", CALLS, || {
         support::now_or_never(recloser.call(plain.call(1))).unwrap()
+    });
+    support::report_allocs("breaker/closed-1-in-10-failing", "seawall", CALLS, || {
+        support::call(&mut seawall_mixed_svc, next())
+    });
+    support::report_allocs(
+        "breaker/closed-1-in-10-failing",
+        "tower-resilience",
+        CALLS,
+        || support::call(&mut tr_mixed, next()),
+    );
+    support::report_allocs("breaker/closed-1-in-10-failing", "failsafe", CALLS, || {
+        support::now_or_never(failsafe_mixed.call(plain.call(next())))
+    });
+    support::report_allocs("breaker/closed-1-in-10-failing", "recloser", CALLS, || {
+        support::now_or_never(recloser_mixed.call(plain.call(next())))
     });
     support::report_allocs("breaker/open", "seawall", CALLS, || {
         support::call(&mut seawall_open, 1).unwrap_err()
