@@ -15,9 +15,16 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
+
+/// How late a timer may fire: tokio rounds a timer's deadline up to its next whole millisecond
+/// tick, so a sleep until `t` ends at or after `t` but less than this after it. A wait that must
+/// end before a deadline is given this much more, and two deadlines less than this apart may
+/// fire on the same tick.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).
@@ -133,9 +140,10 @@ enum Timed {
     No,
     /// The attempt's own timeout: an attempt cut by it failed, and may be retried.
     Attempt,
-    /// The call's deadline, earlier than the attempt's own timeout: an attempt cut by it is
-    /// cancelled and counts for nothing, as when a timeout above cancels it, and the call fails
-    /// with `Elapsed`.
+    /// The call's deadline, earlier than the attempt's own timeout or less than a timer tick
+    /// ([`TIMER_RESOLUTION`]) after it, so that the two would fire on the same tick: an attempt
+    /// cut by it is cancelled and counts for nothing, as when a timeout above cancels it, and the
+    /// call fails with `Elapsed`.
     Call,
 }
 
@@ -143,7 +151,8 @@ enum Timed {
 struct Attempt {
     /// When the attempt fails with `Elapsed`, with a per-attempt timeout.
     deadline: Option<Instant>,
-    /// Whether `deadline` is the call's own, earlier than the attempt's timeout.
+    /// Whether `deadline` is the call's own, earlier than the attempt's timeout or within a
+    /// timer tick of it.
     call_deadline: bool,
     /// When it started, if the policy looks at durations.
     started: Option<Instant>,
@@ -189,7 +198,9 @@ fn prepare_timed<Req: RequestDeadline>(
     let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
         match request.deadline() {
-            Some(outer) if outer <= own => {
+            // A call's deadline within a tick of the attempt's own would fire on that tick (or
+            // the next): the attempt is then cut at the call's deadline, not by its timeout.
+            Some(outer) if outer.saturating_duration_since(own) <= TIMER_RESOLUTION => {
                 call_deadline = true;
                 outer
             }
@@ -349,7 +360,13 @@ where
             }
         }
         if let Some(remaining) = deadline::remaining(template, now) {
-            if remaining <= delay {
+            // The backoff's timer fires up to a tick after `delay`; no timer waits a zero delay.
+            let backoff = if delay.is_zero() {
+                delay
+            } else {
+                delay.saturating_add(TIMER_RESOLUTION)
+            };
+            if remaining <= backoff {
                 link.on_give_up(attempts, GiveUpReason::Deadline);
                 return Err(result);
             }

@@ -8,8 +8,9 @@
 //!    An exhausted budget returns the last real error wrapped in [`BudgetExhausted`];
 //! 2. **by the deadline**: the request's deadline (written by a timeout layer above, read through
 //!    [`RequestDeadline`]) is checked before each retry, and no attempt starts when no more time
-//!    is left than the backoff. An optional per-attempt timeout gives each attempt the earlier of
-//!    its own deadline and the call's, and fails it with [`Elapsed`];
+//!    is left than the backoff and a millisecond (a timer fires on the next whole millisecond).
+//!    An optional per-attempt timeout gives each attempt the earlier of its own deadline and the
+//!    call's, and fails it with [`Elapsed`];
 //! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
 //!    twice (for HTTP: idempotent methods) and can be copied. A `Retry-After` on a 429 or 503 is
 //!    honoured up to a cap.

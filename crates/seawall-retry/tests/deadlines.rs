@@ -69,6 +69,58 @@ async fn a_deadline_exactly_at_the_end_of_the_backoff_stops_too() {
     assert_eq!(Instant::now(), start);
 }
 
+/// `n` microseconds.
+const fn us(n: u64) -> std::time::Duration {
+    std::time::Duration::from_micros(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_whose_timer_would_fire_past_the_deadline_is_not_waited() {
+    // The backoff (100.3 ms) ends before the deadline (100.6 ms), but its timer fires on the next
+    // whole millisecond, at 101 ms: the attempt would start past the deadline.
+    let start = Instant::now();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = retry(10, us(100_300))
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + us(100_600));
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fail 0",
+        "the attempt's own error, at once"
+    );
+    assert_eq!(Instant::now(), start);
+    assert_eq!(calls.count(), 1);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Deadline
+        }]
+    );
+
+    // A millisecond more than the backoff is enough: the retry starts before the deadline.
+    let (svc, calls) = flaky(1);
+    let mut req = get();
+    let deadline = start + us(101_400);
+    req.set_deadline(deadline);
+    let ok = retry(10, us(100_300))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(ok, "ok 1");
+    let retried_at = calls.all()[1].at;
+    assert!(retried_at >= start + us(100_300) && retried_at < deadline);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_timeout_layer_above_propagates_its_deadline() {
     let start = Instant::now();
@@ -226,6 +278,40 @@ async fn an_attempt_cut_by_the_calls_deadline_counts_for_nothing() {
         .service(svc);
     assert_eq!(client.oneshot(get()).await.unwrap(), "ok 1");
     assert_eq!(calls.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_within_a_tick_of_the_calls_deadline_is_the_calls() {
+    // The attempt's own timeout ends less than a millisecond before the call's deadline, so its
+    // timer fires on the call's deadline tick (100.2 and 100.6 ms both fire at 101 ms) or the one
+    // before (100 ms against 100.4 ms): either way the attempt is cut at the call's deadline and
+    // counts for nothing.
+    for (timeout, deadline) in [(us(100_200), us(100_600)), (ms(100), us(100_400))] {
+        let start = Instant::now();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let budget = RetryBudget::token_bucket(2.0, 0.1).unwrap();
+        let layer = retry(3, ms(10))
+            .per_attempt_timeout(timeout)
+            .budget(budget.clone())
+            .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+            .build()
+            .unwrap();
+        let (svc, calls) = hanging(usize::MAX);
+        let mut req = get();
+        req.set_deadline(start + deadline);
+        let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+        assert!(error::is::<Elapsed>(&*err), "{err}");
+        assert!(
+            Instant::now() >= start + deadline,
+            "cut at the call's deadline"
+        );
+        let calls = calls.all();
+        assert_eq!(calls.len(), 1);
+        assert!(budget.can_retry(), "no failure was recorded");
+        assert_eq!(*events.lock().unwrap(), []);
+        assert_eq!(calls[0].deadline, Some(start + deadline), "the call's");
+    }
 }
 
 /// Fails every call; after the first call it is not ready again until `open_at`.
