@@ -10,7 +10,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -81,23 +81,40 @@ pub(crate) struct Settings {
 /// theirs in their [`Core`].
 const MAX_INTERNED: usize = 4096;
 
-/// `settings` as a reference that is free to copy: interned (a process builds few distinct retry
-/// configurations), or `None` past [`MAX_INTERNED`].
-fn intern(settings: Settings) -> Option<&'static Settings> {
-    static INTERNED: OnceLock<Mutex<Vec<&'static Settings>>> = OnceLock::new();
-    let mut interned = INTERNED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(found) = interned.iter().find(|found| ***found == settings) {
-        return Some(found);
+/// The process's interned settings.
+static INTERNED: Interner = Interner::new(MAX_INTERNED);
+
+/// A table of distinct [`Settings`], each leaked once, holding at most `capacity`.
+struct Interner {
+    capacity: usize,
+    table: Mutex<Vec<&'static Settings>>,
+}
+
+impl Interner {
+    const fn new(capacity: usize) -> Self {
+        Interner {
+            capacity,
+            table: Mutex::new(Vec::new()),
+        }
     }
-    if interned.len() >= MAX_INTERNED {
-        return None;
+
+    /// `settings` as a reference that is free to copy: interned (a process builds few distinct
+    /// retry configurations), or `None` once the table is full.
+    fn intern(&self, settings: Settings) -> Option<&'static Settings> {
+        let mut table = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = table.iter().find(|found| ***found == settings) {
+            return Some(found);
+        }
+        if table.len() >= self.capacity {
+            return None;
+        }
+        let leaked: &'static Settings = Box::leak(Box::new(settings));
+        table.push(leaked);
+        Some(leaked)
     }
-    let leaked: &'static Settings = Box::leak(Box::new(settings));
-    interned.push(leaked);
-    Some(leaked)
 }
 
 /// What the services, clones and response futures of one layer share.
@@ -142,7 +159,20 @@ impl<P, K> RetryLayer<P, K> {
         seed: Option<u64>,
         listeners: Listeners<RetryEvent>,
     ) -> Self {
-        let interned = intern(settings);
+        Self::interning_in(&INTERNED, policy, cloner, settings, budget, seed, listeners)
+    }
+
+    /// [`from_parts`](Self::from_parts) with the settings interned in `interner`.
+    fn interning_in(
+        interner: &Interner,
+        policy: P,
+        cloner: K,
+        settings: Settings,
+        budget: RetryBudget,
+        seed: Option<u64>,
+        listeners: Listeners<RetryEvent>,
+    ) -> Self {
+        let interned = interner.intern(settings);
         let shared =
             !budget.is_unlimited() || seed.is_some() || !listeners.is_empty() || interned.is_none();
         let core = shared.then(|| {
@@ -351,30 +381,50 @@ mod tests {
         assert!(with_listener.link.core.is_some());
     }
 
-    // One test: filling the process-wide table would starve any interning test that ran after it.
     #[test]
-    fn equal_settings_are_interned_once_and_the_table_is_bounded() {
+    fn equal_settings_are_interned_once() {
         let a = unlimited().name("interned-a").build().unwrap();
         let b = unlimited().name("interned-a").build().unwrap();
         let c = unlimited().name("interned-c").build().unwrap();
         let (a, b, c) = (a.link.settings, b.link.settings, c.link.settings);
         assert!(std::ptr::eq(a.unwrap(), b.unwrap()));
         assert!(!std::ptr::eq(a.unwrap(), c.unwrap()));
+    }
 
+    // A table of its own: filling the process's would starve every test that interns after it.
+    #[test]
+    fn the_table_is_bounded_and_layers_past_it_keep_their_settings() {
+        const CAPACITY: usize = 4;
+        let interner = Interner::new(CAPACITY);
+        let base = *unlimited().build().unwrap().link.settings();
         // Distinct per-attempt timeouts make distinct settings; fill the table and go past it.
-        let layers: Vec<_> = (1..=MAX_INTERNED as u64 + 8)
+        let layers: Vec<_> = (1..=CAPACITY as u64 + 2)
             .map(|n| {
-                let timeout = Duration::from_nanos(1_000_000_007 * n);
-                let layer = unlimited().per_attempt_timeout(timeout).build().unwrap();
-                (timeout, layer)
+                let settings = Settings {
+                    per_attempt_timeout: Some(Duration::from_nanos(1_000_000_007 * n)),
+                    ..base
+                };
+                let layer: RetryLayer = RetryLayer::interning_in(
+                    &interner,
+                    Classified::default(),
+                    ByClone,
+                    settings,
+                    RetryBudget::unlimited(),
+                    None,
+                    Listeners::new(),
+                );
+                (settings, layer)
             })
             .collect();
-        let (timeout, last) = layers.last().unwrap();
-        assert!(last.link.settings.is_none());
-        assert!(last.link.core.is_some());
-        assert_eq!(last.link.settings().per_attempt_timeout, Some(*timeout));
-        for (timeout, layer) in &layers {
-            assert_eq!(layer.link.settings().per_attempt_timeout, Some(*timeout));
+        for (n, (settings, layer)) in layers.iter().enumerate() {
+            assert_eq!(layer.link.settings(), settings);
+            let interned = n < CAPACITY;
+            assert_eq!(layer.link.settings.is_some(), interned, "layer {n}");
+            assert_eq!(layer.link.core.is_none(), interned, "layer {n}");
         }
+        // Settings interned before the table filled are still found.
+        let (first, layer) = &layers[0];
+        let found = interner.intern(*first).unwrap();
+        assert!(std::ptr::eq(found, layer.link.settings.unwrap()));
     }
 }
