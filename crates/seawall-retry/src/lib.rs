@@ -135,11 +135,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryEvent {
-    /// A failed attempt will be retried after `delay`.
+    /// A retry of a failed attempt was scheduled, and taken from the budget: it is to be sent
+    /// after `delay`, once the inner service is ready.
+    ///
+    /// Reported when scheduled, so the retry may never be sent: the caller may drop the response
+    /// future first, the call's deadline may pass during the backoff or while the service is not
+    /// ready ([`GiveUpReason::Deadline`]), or the service may fail to get ready
+    /// ([`GiveUpReason::NotReady`]). The `seawall_retry_retries_total` metric counts the retries
+    /// sent.
     Retry {
-        /// The attempt about to be made: 2 for the first retry.
+        /// The attempt scheduled: 2 for the first retry.
         attempt: u32,
-        /// The backoff before it (or the server's `Retry-After`, if longer).
+        /// The backoff before it (or the server's `Retry-After`, if longer); the wait for the
+        /// service's readiness comes after.
         delay: Duration,
     },
     /// A failed attempt was not retried because the budget was exhausted.
@@ -162,7 +170,10 @@ pub enum RetryEvent {
 pub enum GiveUpReason {
     /// `max_attempts` attempts were made.
     Attempts,
-    /// The call's deadline would pass before the backoff ended.
+    /// The call's deadline left no time for another attempt: it would pass before the backoff
+    /// ended (the call then returns the last attempt's result at once), or it passed after a
+    /// retry was scheduled, during the backoff or while waiting for the inner service to get
+    /// ready for the retry (the call then fails with [`Elapsed`]).
     Deadline,
     /// The server asked for a pause longer than `retry_after_cap`.
     RetryAfter,
