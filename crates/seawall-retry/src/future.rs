@@ -32,11 +32,11 @@ pin_project! {
     /// Holds the inner service taken in `call` and a copy of the request. After a failed attempt
     /// it waits out the backoff, polls the service ready, and sends the next copy.
     ///
-    /// A call that succeeds first time allocates nothing and runs inline: no part of the first
-    /// attempt is lent to code out of line, so the compiler can see through the whole call. What
-    /// later attempts need (the timer, the backoff's random generator) is allocated together
-    /// with the service, the request copy and the policy, once, at the first retry (or at the
-    /// call, with a per-attempt timeout).
+    /// A call that succeeds first time allocates nothing beyond what copying its request costs,
+    /// and runs inline: no part of the first attempt is lent to code out of line, so the
+    /// compiler can see through the whole call. What later attempts need (the timer, the
+    /// backoff's random generator) is allocated together with the service, the request copy and
+    /// the policy, once, at the first retry (or at the call, with a per-attempt timeout).
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,

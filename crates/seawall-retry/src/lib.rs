@@ -45,10 +45,13 @@
 //!
 //! # Cost
 //!
-//! A call that succeeds first time copies its request once (when it is retryable) and allocates
-//! nothing. Its response future carries the policy by value and the layer's settings by an
-//! interned reference; the layer's shared state (budget, seed, listeners) is reference counted
-//! into it only when the layer has some. With a budget, the call takes that reference and is
+//! A call that succeeds first time copies its request once (when it is retryable), and the layer
+//! allocates nothing itself: the copy costs what the request's `Clone` (or the
+//! [`clone_with`](RetryConfigBuilder::clone_with) closure) costs, which for an [`http::Request`]
+//! with headers or extensions (a deadline from a timeout above is one) means allocating. Its
+//! response future carries the policy by value and the layer's settings by an interned
+//! reference; the layer's shared state (budget, seed, listeners) is reference counted into it
+//! only when the layer has some. With a budget, the call takes that reference and is
 //! counted with one atomic add (under load the budget reads the clock, and takes a short lock,
 //! once in 32 calls); with [`RetryBudget::unlimited`] and no listeners it writes to no shared
 //! memory at all. The timer is allocated only at the first retry, or at the call with a
