@@ -57,37 +57,189 @@
 //! `tonic::Request::set_timeout` writes it, and a tonic server cancels the call when it runs out.
 //! Two layers connect it with seawall's deadlines ([`RequestDeadline`]):
 //!
-//! - [`HonorTimeoutLayer`], at the top, makes a caller's `grpc-timeout` the request's
-//!   [`Deadline`](seawall_core::deadline::Deadline) (unless it already carries an earlier one), so
-//!   the total timeout ends the call by then if its own duration is longer, and the retry and
-//!   hedging under it, which read the deadline it propagates, keep to it too: as with tonic's own
-//!   `Endpoint::timeout`, the shorter of the caller's timeout and the stack's wins;
-//! - [`SendDeadlineLayer`], at the bottom, writes the deadline seawall enforces (the total
-//!   timeout's, the per-try timeout's, a caller's [`Deadline`](seawall_core::deadline::Deadline))
-//!   into `grpc-timeout` as the time left, so the server stops working on an attempt the client
-//!   has given up on. A shorter `grpc-timeout` already on the request is kept. For unary calls:
+//! - [`HonorTimeoutLayer`], at the top of the layers under a generated client, makes a caller's
+//!   `grpc-timeout` the request's [`Deadline`](seawall_core::deadline::Deadline) (unless it
+//!   already carries an earlier one), so the timeouts under it end the call by then if their own
+//!   duration is longer: as with tonic's own `Endpoint::timeout`, the shorter of the caller's
+//!   timeout and the stack's wins;
+//! - [`SendDeadlineLayer`], at the bottom, above the `Channel`, writes the deadline seawall
+//!   enforces (the total timeout's, the per-try timeout's, a caller's
+//!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
+//!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout` already on the request is kept. For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
 //!   stream that outlasts the deadline.
 //!
-//! Where they go, outer to inner:
+//! # Where they go
+//!
+//! A retry or a hedge sends a request again, so it needs a request it can copy. Under a
+//! generated client travel `http::Request<tonic::body::Body>`s, and a tonic body cannot be
+//! cloned: a retry there (the default `ClientStack` has one) does not compile. Retries, hedges
+//! and the total timeout that bounds them go above the generated client, on the protobuf
+//! messages, wrapped in a [`WithDeadline`](seawall_core::deadline::WithDeadline); under it go only
+//! layers that send each request once. Outer to inner:
 //!
 //! ```text
-//! generated client (MyServiceClient::new)
-//! └─ StatusLayer              seawall rejections as gRPC statuses
-//!    └─ HonorTimeoutLayer     grpc-timeout → Deadline
-//!       └─ timeout (total) → retry → … → timeout (per try)    or a ClientStack
-//!          └─ SendDeadlineLayer    deadline → grpc-timeout
-//!             └─ tonic Channel
+//! fallback → timeout (total) → retry or hedge         on messages: WithDeadline<HelloRequest>
+//! └─ generated client (MyServiceClient::new), called with the attempt's Deadline
+//!    in the tonic::Request's extensions
+//!    └─ StatusLayer              seawall rejections as gRPC statuses
+//!       └─ HonorTimeoutLayer     grpc-timeout → Deadline (a caller's set_timeout)
+//!          └─ breaker → bulkhead → balance → … → timeout (per try)
+//!             (or ClientStack::builder().without_retry().without_timeout())
+//!             └─ SendDeadlineLayer    Deadline → grpc-timeout
+//!                └─ tonic Channel
 //! ```
 //!
-//! [`StatusLayer`] and [`HonorTimeoutLayer`] may swap places: one maps errors, the other reads
-//! the request. Above a `ClientStack` (feature `stack`), [`HonorTimeoutLayer`] wraps the stack;
-//! below it, [`SendDeadlineLayer`] wraps each endpoint's `Channel` where discovery makes it
+//! The layers under the client see the deadline the total timeout above it writes only if the
+//! function that calls the generated client passes it on: it puts the deadline of the
+//! `WithDeadline` it is called with in the `tonic::Request`'s extensions as a
+//! [`Deadline`](seawall_core::deadline::Deadline), and tonic hands those extensions to the
+//! `http::Request`. There the layer `without_timeout()` keeps in the stack's total timeout's place
+//! enforces it, and [`SendDeadlineLayer`] sends the time left to the server; otherwise the server
+//! is told only the per-try timeout's deadline. The stack's own total timeout is left out: under
+//! the client it would bound one attempt, as the per-try timeout already does.
+//!
+//! [`HonorTimeoutLayer`] reads the `grpc-timeout` a caller writes with
+//! `tonic::Request::set_timeout`, so it is for callers that call the generated client themselves,
+//! and bounds only the layers under it. It goes above every timeout that should keep to the
+//! caller's (above a `ClientStack`, whose total timeout then ends the call by then). Callers of
+//! the retrying service above the client give their deadline there instead
+//! (`WithDeadline::with_deadline`), so the retry keeps to it too. [`StatusLayer`] and
+//! [`HonorTimeoutLayer`] may swap places: one maps errors, the other reads the request.
+//!
+//! [`SendDeadlineLayer`] goes under every timeout whose deadline the server should be told: in a
+//! `ClientStack`, on each endpoint's `Channel` where discovery makes it
 //! (`discover::from_list(addrs, |addr| SendDeadlineLayer::new().layer(channel(addr)))`), under
-//! the per-try timeout. A caller's deadline is enforced where a caller's [`Deadline`](seawall_core::deadline::Deadline)
-//! always is: by the total timeout, or by the layer `ClientStack::builder().without_timeout()`
-//! keeps in its place, not by the per-try timeout built with `TimeoutLayer::per_try`.
+//! the per-try timeout. A caller's deadline is enforced where a caller's
+//! [`Deadline`](seawall_core::deadline::Deadline) always is: by the total timeout, or by the layer
+//! `ClientStack::builder().without_timeout()` keeps in its place, not by the per-try timeout built
+//! with `TimeoutLayer::per_try`.
+//!
+//! The layout, with a stand-in for the generated client (the endpoint answers `UNAVAILABLE`,
+//! so each call is tried three times, each attempt telling the server the time the total timeout
+//! above the client has left):
+//!
+//! ```
+//! # #[cfg(all(feature = "stack", feature = "discover"))]
+//! # mod generated {
+//! #     use tonic::{body::Body, client::{Grpc, GrpcService}, codec::*, Request, Response, Status};
+//! #     #[derive(Clone, Debug, Default)]
+//! #     pub struct HelloRequest;
+//! #     #[derive(Debug)]
+//! #     pub struct HelloReply;
+//! #     #[derive(Clone, Debug)]
+//! #     pub struct MyServiceClient<T>(Grpc<T>);
+//! #     impl<T> MyServiceClient<T>
+//! #     where
+//! #         T: GrpcService<Body, ResponseBody = Body>,
+//! #         T::Error: Into<seawall::BoxError>,
+//! #     {
+//! #         pub fn new(inner: T) -> Self {
+//! #             MyServiceClient(Grpc::new(inner))
+//! #         }
+//! #         pub async fn say_hello(
+//! #             &mut self,
+//! #             request: Request<HelloRequest>,
+//! #         ) -> Result<Response<HelloReply>, Status> {
+//! #             self.0.ready().await.map_err(|e| Status::unknown(e.into().to_string()))?;
+//! #             let path = http::uri::PathAndQuery::from_static("/hello.Greeter/SayHello");
+//! #             self.0.unary(request, path, Unit).await
+//! #         }
+//! #     }
+//! #     struct Unit;
+//! #     impl Codec for Unit {
+//! #         type Encode = HelloRequest;
+//! #         type Decode = HelloReply;
+//! #         type Encoder = Unit;
+//! #         type Decoder = Unit;
+//! #         fn encoder(&mut self) -> Unit { Unit }
+//! #         fn decoder(&mut self) -> Unit { Unit }
+//! #     }
+//! #     impl Encoder for Unit {
+//! #         type Item = HelloRequest;
+//! #         type Error = Status;
+//! #         fn encode(&mut self, _: HelloRequest, _: &mut EncodeBuf<'_>) -> Result<(), Status> {
+//! #             Ok(())
+//! #         }
+//! #     }
+//! #     impl Decoder for Unit {
+//! #         type Item = HelloReply;
+//! #         type Error = Status;
+//! #         fn decode(&mut self, _: &mut DecodeBuf<'_>) -> Result<Option<HelloReply>, Status> {
+//! #             Ok(Some(HelloReply))
+//! #         }
+//! #     }
+//! # }
+//! # #[cfg(all(feature = "stack", feature = "discover"))]
+//! # async fn demo() -> Result<(), seawall::BoxError> {
+//! # use generated::{HelloRequest, MyServiceClient};
+//! use seawall::{
+//!     core::deadline::{Deadline, RequestDeadline, WithDeadline},
+//!     discover,
+//!     grpc::{parse_timeout, HonorTimeoutLayer, SendDeadlineLayer, StatusLayer},
+//!     retry::RetryLayer,
+//!     stack::ClientStack,
+//!     ServiceBuilderExt,
+//! };
+//! use std::{net::SocketAddr, sync::{Arc, Mutex}, time::Duration};
+//! use tonic::{body::Body, Code, Status};
+//! use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+//!
+//! // Stands in for a `tonic::transport::Channel`: records what the server is told, answers
+//! // UNAVAILABLE.
+//! let told = Arc::new(Mutex::new(Vec::new()));
+//! let seen = told.clone();
+//! let channel = move |_: &SocketAddr| {
+//!     let seen = seen.clone();
+//!     service_fn(move |request: http::Request<Body>| {
+//!         seen.lock().unwrap().push(request.headers()["grpc-timeout"].clone());
+//!         let answer = Status::unavailable("draining").into_http::<Body>();
+//!         async { Ok::<_, seawall::BoxError>(answer) }
+//!     })
+//! };
+//! let addrs: Vec<SocketAddr> = vec!["10.0.0.1:50051".parse()?];
+//!
+//! // Under the generated client: only layers that send each request once.
+//! let stack = ClientStack::builder()
+//!     .without_retry()
+//!     .without_timeout()
+//!     .build(discover::from_list(addrs, move |addr: &SocketAddr| {
+//!         SendDeadlineLayer::new().layer(channel(addr))
+//!     }))?;
+//! let grpc = MyServiceClient::new(
+//!     ServiceBuilder::new()
+//!         .layer(StatusLayer::new())
+//!         .layer(HonorTimeoutLayer::new())
+//!         .service(stack),
+//! );
+//!
+//! // Above it, on messages: the total timeout and the retry.
+//! let client = ServiceBuilder::new()
+//!     .with_timeout(Duration::from_secs(2))
+//!     .with_retry(RetryLayer::builder().seed(7).build()?)
+//!     .service(service_fn(move |call: WithDeadline<HelloRequest>| {
+//!         let mut grpc = grpc.clone();
+//!         let deadline = call.deadline();
+//!         let mut request = tonic::Request::new(call.into_inner());
+//!         if let Some(deadline) = deadline {
+//!             request.extensions_mut().insert(Deadline(deadline));
+//!         }
+//!         async move { Ok::<_, seawall::BoxError>(grpc.say_hello(request).await?.into_inner()) }
+//!     }));
+//!
+//! let error = client.oneshot(WithDeadline::new(HelloRequest::default())).await.unwrap_err();
+//! assert_eq!(seawall::grpc::code(&*error), Some(Code::Unavailable));
+//! // Three attempts, each told what is left of the 2 s (the per-try timeout's 10 s are longer).
+//! let told: Vec<Duration> = told.lock().unwrap().iter().filter_map(parse_timeout).collect();
+//! assert_eq!(told.len(), 3);
+//! assert_eq!(told[0], Duration::from_secs(2));
+//! assert!(told[1] < told[0] && told[2] < told[1]);
+//! # Ok(())
+//! # }
+//! # #[cfg(all(feature = "stack", feature = "discover"))]
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(demo()).unwrap();
+//! ```
 //!
 //! ```
 //! # #[cfg(feature = "timeout")]
@@ -96,8 +248,9 @@
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! // In a real client: `MyServiceClient::new(ServiceBuilder::new().layer(StatusLayer::new())
-//! //     .layer(HonorTimeoutLayer::new()).with_timeout(…)…
+//! // Without a retry, callers may call the generated client themselves. In a real client:
+//! // `MyServiceClient::new(ServiceBuilder::new().layer(StatusLayer::new())
+//! //     .layer(HonorTimeoutLayer::new()).with_timeout(…)
 //! //     .layer(SendDeadlineLayer::new()).service(channel))`.
 //! let client = ServiceBuilder::new()
 //!     .layer(HonorTimeoutLayer::new())
@@ -518,8 +671,8 @@ pub fn encode_timeout(timeout: Duration) -> HeaderValue {
 }
 
 /// Applies [`HonorTimeout`]: a caller's `grpc-timeout` becomes the request's deadline. Put it
-/// directly below a client generated by tonic, above the total timeout (see the
-/// [module docs](self#deadlines)).
+/// directly below a client generated by tonic, above the timeouts that should keep to it (see
+/// the [module docs](self#where-they-go)).
 ///
 /// ```
 /// # #[cfg(feature = "timeout")]
@@ -625,7 +778,7 @@ where
 
 /// Applies [`SendDeadline`]: the request's deadline goes to the server in `grpc-timeout`. Put
 /// it directly above the tonic `Channel`, below the per-try timeout (see the
-/// [module docs](self#deadlines)).
+/// [module docs](self#where-they-go)).
 ///
 /// ```
 /// # async fn demo() {
