@@ -51,6 +51,7 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// use seawall::breaker::{BreakerConfig, BreakerSet};
 ///
 /// let per_host = BreakerSet::new(BreakerConfig::builder().name("per-host").build_config()?, 1024)?;
+/// assert_eq!(per_host.name().as_str(), "per-host");
 /// let a = per_host.get(&"10.0.0.1:80");
 /// let again = per_host.get(&"10.0.0.1:80");
 /// assert!(a.handle().same_breaker(&again.handle()));
@@ -328,6 +329,13 @@ fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
         .collect();
     for key in evicted {
         entries.remove(&key);
+    }
+}
+
+impl<K, C> BreakerSet<K, C> {
+    /// The set's name, which every breaker of the set carries in its events, logs and metrics.
+    pub fn name(&self) -> &Name {
+        &self.inner.config.name
     }
 }
 
