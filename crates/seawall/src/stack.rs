@@ -50,7 +50,8 @@
 //!
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
-//! included, as in Polly) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
+//! included, as in Polly; so are per-endpoint breakers with the dependency breaker's name, the
+//! default `"breaker"` included, since their metrics would add up with its own) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
 //! clone sharing the one set of policies. The request type implements
 //! [`RequestDeadline`] (done for `http::Request`), so the timeouts
 //! and the retry agree on the deadline.
@@ -115,7 +116,7 @@ use crate::{
     balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
     breaker::{Breaker, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
-    core::{BoxError, ConfigError, RequestDeadline},
+    core::{BoxError, ConfigError, Name, RequestDeadline},
     retry::{policy::Classified, Ignoring, RetryLayer},
     timeout::{Timeout, TimeoutLayer},
 };
@@ -347,7 +348,8 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
     }
 
-    /// The circuit breaker of the dependency as a whole.
+    /// The circuit breaker of the dependency as a whole: a [`BreakerLayer`], or another
+    /// [`DependencyBreaker`].
     pub fn breaker<B2>(self, breaker: B2) -> ClientStackBuilder<Fb, To, Rt, B2, Bh, Ba, Eb> {
         ClientStackBuilder {
             fallback: self.fallback,
@@ -430,6 +432,12 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// A circuit breaker per endpoint, taken from `breakers` by the endpoint's key when discovery
     /// adds it; the balancer skips an endpoint while its breaker is open
     /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
+    ///
+    /// Name the set apart from the dependency breaker
+    /// (`BreakerConfig::builder().name("users-api-endpoint")`): their events and metrics carry
+    /// the name, and under one name an endpoint's failures would add up with the dependency's.
+    /// [`build`](Self::build) rejects a set with the dependency breaker's name, so a set left with
+    /// the default name `"breaker"` needs a named dependency breaker, or none.
     ///
     /// When discovery removes an endpoint, its breaker is dropped from the set unless an operator
     /// put it in a manual state ([`BreakerSet::remove_unless_manual`]): an Open breaker of an
@@ -517,6 +525,60 @@ fn callers_deadline_only() -> TimeoutLayer {
         .expect("a timeout of any duration is valid")
 }
 
+/// The per-endpoint breakers must not report under the dependency breaker's name: their counters
+/// would add up with its own, and one bad endpoint would look like the dependency failing.
+fn check_breaker_names(
+    dependency: Option<Name>,
+    endpoints: Option<Name>,
+) -> Result<(), ConfigError> {
+    match (dependency, endpoints) {
+        (Some(dependency), Some(endpoints)) if dependency == endpoints => {
+            Err(ConfigError::conflict(
+                "endpoint_breakers",
+                format!(
+                    "must not have the dependency breaker's name ({dependency:?}): their events \
+                     and metrics would add up under one name; name the set with \
+                     BreakerConfig::builder().name(..), or the dependency breaker with \
+                     BreakerLayer::builder().name(..)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What stands in the dependency breaker's place: a [`BreakerLayer`], [`Identity`] for none
+/// ([`without_breaker`](ClientStackBuilder::without_breaker)), or an [`Either`] of two (as
+/// `tower::util::option_layer` makes).
+///
+/// [`build`](ClientStackBuilder::build) reads the breaker's name, to reject per-endpoint breakers
+/// that carry the same one. Implement it for a dependency breaker layer of your own.
+pub trait DependencyBreaker {
+    /// The name the breaker reports under, `None` for no breaker.
+    fn breaker_name(&self) -> Option<Name>;
+}
+
+impl<C> DependencyBreaker for BreakerLayer<C> {
+    fn breaker_name(&self) -> Option<Name> {
+        Some(*self.name())
+    }
+}
+
+impl DependencyBreaker for Identity {
+    fn breaker_name(&self) -> Option<Name> {
+        None
+    }
+}
+
+impl<A: DependencyBreaker, B: DependencyBreaker> DependencyBreaker for Either<A, B> {
+    fn breaker_name(&self) -> Option<Name> {
+        match self {
+            Either::Left(a) => a.breaker_name(),
+            Either::Right(b) => b.breaker_name(),
+        }
+    }
+}
+
 /// The layers above the balancer, outer to inner: fallback, total timeout, retry, breaker,
 /// bulkhead.
 pub type UpperLayers<Fb, To, Rt, Br, Bh> =
@@ -531,9 +593,16 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     ///
     /// Must be called inside a Tokio runtime: the balancer runs a task that applies discovery
     /// changes even while no calls arrive.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] on `per_try_timeout` when it is longer than the total timeout, on
+    /// `endpoint_breakers` when the per-endpoint breakers have the dependency breaker's name, and
+    /// the balancer configuration's own.
     pub fn build<D, Req, Res>(self, discover: D) -> Result<ClientStack<Req, Res>, ConfigError>
     where
         D: Discover,
+        Br: DependencyBreaker,
         Eb: EndpointBreakers<D, LC, LH, LP>,
         UpperLayers<Fb, To, Rt, Br, Bh>: Layer<Eb::Balanced>,
         <UpperLayers<Fb, To, Rt, Br, Bh> as Layer<Eb::Balanced>>::Service:
@@ -542,6 +611,10 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
             Send + 'static,
     {
         self.validate()?;
+        check_breaker_names(
+            self.breaker.breaker_name(),
+            self.endpoint_breakers.set_name(),
+        )?;
         let per_try = self.per_try_timeout.as_ref().map(TimeoutLayer::per_try);
         let balanced = self
             .endpoint_breakers
@@ -588,9 +661,24 @@ where
 pub struct NoEndpointBreakers;
 
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::NoEndpointBreakers {}
-    impl<K, C> Sealed for crate::breaker::BreakerSet<K, C> {}
+    use crate::core::Name;
+
+    pub trait Sealed {
+        /// The name the per-endpoint breakers report under, `None` for none.
+        fn set_name(&self) -> Option<Name>;
+    }
+
+    impl Sealed for super::NoEndpointBreakers {
+        fn set_name(&self) -> Option<Name> {
+            None
+        }
+    }
+
+    impl<K, C> Sealed for crate::breaker::BreakerSet<K, C> {
+        fn set_name(&self) -> Option<Name> {
+            Some(*self.name())
+        }
+    }
 }
 
 /// What wraps each discovered endpoint and builds the balancer over them: [`NoEndpointBreakers`]

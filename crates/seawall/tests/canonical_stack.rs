@@ -763,6 +763,51 @@ async fn build_checks_that_the_pieces_agree() {
     assert_eq!(err.field(), "panic_threshold");
 }
 
+/// Per-endpoint breakers under the dependency breaker's name would add their counters to its own:
+/// one bad endpoint would look like the dependency failing. `build` rejects them.
+#[tokio::test(start_paused = true)]
+async fn endpoint_breakers_named_as_the_dependency_breaker_are_rejected() {
+    let calls = Calls::default();
+    let unnamed_set =
+        || BreakerSet::<&'static str>::new(BreakerConfig::builder().build_config().unwrap(), 16);
+
+    // Both left with the default name.
+    let err = ClientStack::builder()
+        .endpoint_breakers(unnamed_set().unwrap())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "endpoint_breakers");
+    let message = err.to_string();
+    assert!(message.contains("\"breaker\""), "{message}");
+
+    // Both given the same name, the dependency breaker's behind `option_layer`.
+    let named = |name: &str| {
+        BreakerSet::<&'static str>::new(
+            BreakerConfig::builder().name(name).build_config().unwrap(),
+            16,
+        )
+        .unwrap()
+    };
+    let breaker = BreakerLayer::builder().name("users").build().unwrap();
+    let err = ClientStack::builder()
+        .breaker(tower::util::option_layer(Some(breaker)))
+        .endpoint_breakers(named("users"))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "endpoint_breakers");
+
+    // Apart, or with no dependency breaker, the names may be anything.
+    ClientStack::builder()
+        .endpoint_breakers(named("users-endpoint"))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .without_breaker()
+        .endpoint_breakers(unnamed_set().unwrap())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+}
+
 #[test]
 fn stack_is_clone_send_sync() {
     fn check<T: Clone + Send + Sync + 'static>() {}
