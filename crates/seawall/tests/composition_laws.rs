@@ -1372,26 +1372,6 @@ fn over_budget(
 proptest! {
     #![proptest_config(seeded(cases()))]
 
-    /// No response arrives after its deadline: when no layer above the outermost timeout can
-    /// extend a call once it is called (a retry, a hedge, a bulkhead or rate limiter waiting in
-    /// its response future, a `Buffer` over anything that can wait in `poll_ready`), every call
-    /// answers within that timeout of its `call`. A call whose stack failed to get ready was
-    /// never called and has no deadline.
-    #[test]
-    fn no_response_after_its_deadline(
-        mut stack in random_stack(2..=6),
-        readiness in readiness_script(),
-        mut calls in prop::collection::vec(call(), 1..20),
-    ) {
-        let_no_caller_give_up_on_a_buffer_over_a_retry(&mut stack, &mut calls);
-        let outcomes = run(&stack, &calls, &readiness).outcomes;
-        if let Some(bound) = guaranteed_bound(&stack, &readiness) {
-            for o in outcomes.iter().filter(|o| o.called) {
-                prop_assert!(o.took <= bound, "took {:?} > {:?}: {:?}", o.took, bound, o.result);
-            }
-        }
-    }
-
     /// No response arrives after its deadline when calls start between the timer's millisecond
     /// ticks, as they do outside tests: the timer rounds a deadline up to its next tick, and an
     /// answer from inside that comes in between must not get out. (The timeout's own error comes
@@ -1601,6 +1581,96 @@ proptest! {
     }
 }
 
+/// No response arrives after its deadline: when no layer above the outermost timeout can extend a
+/// call once it is called (a retry, a hedge, a bulkhead or rate limiter waiting in its response
+/// future, a `Buffer` over anything that can wait in `poll_ready`), every call answers within
+/// that timeout of its `call`. A call whose stack failed to get ready was never called and has no
+/// deadline.
+///
+/// Each random stack gets a timeout of its own where it bounds the calls: at a random place above
+/// the first layer that can extend a call, unless a timeout already bounds them. The law counts
+/// the cases in which a call it waited for had a bound to keep, and fails if fewer than
+/// [`DEADLINE_LAW_FLOOR_PCT`] % did (a stack around a `Buffer` over a retry, whose timeouts above
+/// the `Buffer` go, may have none).
+#[test]
+fn no_response_after_its_deadline() {
+    let strategy = (
+        random_stack(2..=6),
+        timeout_spec(),
+        any::<prop::sample::Index>(),
+        readiness_script(),
+        prop::collection::vec(call(), 1..20),
+    );
+    check_law_with_floor(
+        concat!(module_path!(), "::no_response_after_its_deadline"),
+        DEADLINE_LAW_FLOOR_PCT,
+        "a call waited for had a deadline to keep",
+        &strategy,
+        |(mut stack, timeout, place, readiness, mut calls)| {
+            if guaranteed_bound(&stack, &readiness).is_none() {
+                let first_extending = (0..stack.len())
+                    .find(|&i| stack[i].extends_time(&stack[i + 1..], &readiness))
+                    .unwrap_or(stack.len());
+                stack.insert(place.index(first_extending + 1), timeout);
+            }
+            let_no_caller_give_up_on_a_buffer_over_a_retry(&mut stack, &mut calls);
+            let outcomes = run(&stack, &calls, &readiness).outcomes;
+            let Some(bound) = guaranteed_bound(&stack, &readiness) else {
+                return Ok(false);
+            };
+            let mut checked = false;
+            for o in outcomes.iter().filter(|o| o.called) {
+                checked = true;
+                prop_assert!(
+                    o.took <= bound,
+                    "took {:?} > {:?}: {:?}",
+                    o.took,
+                    bound,
+                    o.result
+                );
+            }
+            Ok(checked)
+        },
+    );
+}
+
+/// The share of its cases, in percent, in which the deadline law must see a call with a bound to
+/// keep (about 78 % do).
+const DEADLINE_LAW_FLOOR_PCT: usize = 65;
+
+/// Runs `law` over `strategy` as `proptest!` does (with [`seeded`] cases, shrinking a failure and
+/// saving it under `test_name`), counting the cases in which it checked something (returned
+/// `Ok(true)`). Fails if fewer than `floor_pct` % of the cases did: a law that checks nothing
+/// passes too.
+fn check_law_with_floor<S: Strategy>(
+    test_name: &'static str,
+    floor_pct: usize,
+    what: &str,
+    strategy: &S,
+    law: impl Fn(S::Value) -> Result<bool, TestCaseError>,
+) {
+    let mut config = seeded(cases());
+    config.source_file = Some(file!());
+    config.test_name = Some(test_name);
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let (ran, checked) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let result = runner.run(strategy, |value| {
+        ran.fetch_add(1, Ordering::Relaxed);
+        if law(value)? {
+            checked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
+    }
+    let (ran, checked) = (ran.into_inner(), checked.into_inner());
+    assert!(
+        checked * 100 >= ran * floor_pct,
+        "{what} in {checked} of {ran} cases, fewer than {floor_pct} %"
+    );
+}
+
 /// A readiness error is not swallowed: a call whose own task saw the inner service fail to get
 /// ready (polling the stack ready, or a retry polling it ready for another attempt) and that its
 /// caller waited for ends with an error or a fallback's answer. This holds with at most one retry
@@ -1615,47 +1685,35 @@ proptest! {
 /// nothing passes too.
 #[test]
 fn a_readiness_error_ends_its_call_in_an_error_or_a_fallback() {
-    let mut config = seeded(cases());
-    config.source_file = Some(file!());
-    config.test_name = Some(concat!(
-        module_path!(),
-        "::a_readiness_error_ends_its_call_in_an_error_or_a_fallback"
-    ));
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    let (ran, exercised) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let strategy = (
         stack_for_the_readiness_law(),
         readiness_script_failing_early(),
         prop::collection::vec(call(), 1..20),
     );
-    let result = runner.run(&strategy, |(stack, readiness, calls)| {
-        let run = run(&stack, &calls, &readiness);
-        ran.fetch_add(1, Ordering::Relaxed);
-        let mut seen = false;
-        for o in &run.outcomes {
-            if run.saw_readiness_error.contains(&o.call) {
-                seen = true;
-                prop_assert!(
-                    matches!(o.result, Err(_) | Ok(FALLBACK)),
-                    "call {} saw a readiness error and answered {:?}",
-                    o.call,
-                    o.result
-                );
+    check_law_with_floor(
+        concat!(
+            module_path!(),
+            "::a_readiness_error_ends_its_call_in_an_error_or_a_fallback"
+        ),
+        READINESS_LAW_FLOOR_PCT,
+        "a call waited for saw a readiness error",
+        &strategy,
+        |(stack, readiness, calls)| {
+            let run = run(&stack, &calls, &readiness);
+            let mut seen = false;
+            for o in &run.outcomes {
+                if run.saw_readiness_error.contains(&o.call) {
+                    seen = true;
+                    prop_assert!(
+                        matches!(o.result, Err(_) | Ok(FALLBACK)),
+                        "call {} saw a readiness error and answered {:?}",
+                        o.call,
+                        o.result
+                    );
+                }
             }
-        }
-        if seen {
-            exercised.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}\n{runner}");
-    }
-    let (ran, exercised) = (ran.into_inner(), exercised.into_inner());
-    assert!(
-        exercised * 100 >= ran * READINESS_LAW_FLOOR_PCT,
-        "a call waited for saw a readiness error in {exercised} of {ran} cases, fewer than \
-         {READINESS_LAW_FLOOR_PCT} %"
+            Ok(seen)
+        },
     );
 }
 
