@@ -72,8 +72,9 @@ pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
 /// Counter: failed calls a retry layer did not retry because its budget was exhausted.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
 /// Counter: failed calls a retry layer gave up on for another reason: attempts used up, the
-/// deadline too close for the backoff, a `Retry-After` longer than the cap, a request it could
-/// no longer copy, or an inner service that failed to get ready for the next attempt.
+/// deadline too close for the backoff (or passed while waiting for readiness), a `Retry-After`
+/// longer than the cap, a request it could no longer copy, or an inner service that failed to get
+/// ready for the next attempt.
 pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
 /// Counter: hedged copies a hedge layer sent.
 pub const HEDGE_SENT: &str = "seawall_hedge_sent_total";

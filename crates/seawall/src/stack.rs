@@ -51,8 +51,8 @@
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
 //! included, as in Polly; so are per-endpoint breakers with the dependency breaker's name, the
-//! default `"breaker"` included, since their metrics would add up with its own) and returns a [`ClientStack`]: `Clone + Send + Sync`, every
-//! clone sharing the one set of policies. The request type implements
+//! default `"breaker"` included, since their metrics would add up with its own) and returns a
+//! [`ClientStack`]: `Clone + Send + Sync`, every clone sharing the one set of policies. The request type implements
 //! [`RequestDeadline`] (done for `http::Request`), so the timeouts
 //! and the retry agree on the deadline.
 //!
