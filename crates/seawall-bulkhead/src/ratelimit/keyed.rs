@@ -253,9 +253,10 @@ impl<K: Hash + Eq> KeyedShared<K> {
             },
         );
         let after = shard.map.len();
-        // No recorder runs under the lock.
-        drop(shard);
+        // The count moves under the shard's lock, so it stays exact; no recorder runs under it.
         self.count_keys(before, after);
+        drop(shard);
+        self.gauge_keys(before, after);
         Ok((Grant { delay, tat }, id))
     }
 
@@ -299,9 +300,15 @@ impl<K: Hash + Eq> KeyedShared<K> {
     fn count_keys(&self, before: usize, after: usize) {
         if after > before {
             self.keys.fetch_add(after - before, Ordering::Relaxed);
-            self.keys_gauge.increment((after - before) as f64);
         } else if before > after {
             self.keys.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    fn gauge_keys(&self, before: usize, after: usize) {
+        if after > before {
+            self.keys_gauge.increment((after - before) as f64);
+        } else if before > after {
             self.keys_gauge.decrement((before - after) as f64);
         }
     }
