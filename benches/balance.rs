@@ -3,16 +3,17 @@
 //!
 //! - `p2c_outstanding`: seawall's `Picker::p2c()` vs tower's `p2c::Balance` over
 //!   `PendingRequests`;
-//! - `p2c_peak_ewma`: seawall's `Picker::p2c_peak_ewma()` vs tower's over `PeakEwma`.
-//!
-//! tower has no outlier detection, so the seawall rows that face tower's have it off; the rows
-//! "seawall, default outlier detection" show what seawall's defaults (which time every call and
-//! count its outcome per endpoint) add;
+//! - `p2c_peak_ewma`: seawall's `Picker::p2c_peak_ewma()` vs tower's over `PeakEwma`;
 //! - `round_robin`: seawall's round robin (tower has none);
 //! - `clone`: cloning seawall's balancer, as a layer above does to drop the readiness of a call it
 //!   rejects, alone and followed by one call through the clone (tower's is not `Clone`).
 //!
-//! After the timings each subject's heap allocations per call are printed.
+//! tower has no outlier detection, so the seawall rows that face tower's have it off; the rows
+//! "seawall, default outlier detection" show what seawall's defaults (which time every call and
+//! count its outcome per endpoint) add.
+//!
+//! With `--features count-allocs`, each subject's heap allocations per call are printed after
+//! the timings.
 //!
 //! ```text
 //! cargo bench --bench balance

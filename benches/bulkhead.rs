@@ -1,6 +1,7 @@
 //! seawall's bulkhead next to tower's `ConcurrencyLimit` (and `LoadShed` over it, tower's way of
 //! failing fast) and tower-resilience's bulkhead; seawall's rate limiter next to tower's
-//! `RateLimit` and governor. Admitted and rejected paths, then allocations per call.
+//! `RateLimit` and governor. Admitted and rejected paths, then (with `--features count-allocs`)
+//! allocations per call.
 //!
 //! ```text
 //! cargo bench --bench bulkhead
