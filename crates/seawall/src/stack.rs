@@ -50,11 +50,13 @@
 //!
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
-//! included, as in Polly; so are per-endpoint breakers with the dependency breaker's name, the
-//! default `"breaker"` included, since their metrics would add up with its own) and returns a
-//! [`ClientStack`]: `Clone + Send + Sync`, every clone sharing the one set of policies. The request type implements
-//! [`RequestDeadline`] (done for `http::Request`), so the timeouts
-//! and the retry agree on the deadline.
+//! included, as in Polly; so are per-endpoint breakers named like the default dependency
+//! breaker, `"breaker"`, since their metrics would add up with its own) and returns a
+//! [`ClientStack`]: `Clone + Send + Sync`, every clone sharing the one set of policies. The
+//! builder does not read the name of a breaker passed to
+//! [`breaker`](ClientStackBuilder::breaker): name it apart from the per-endpoint breakers
+//! yourself. The request type implements [`RequestDeadline`] (done for `http::Request`), so the
+//! timeouts and the retry agree on the deadline.
 //!
 //! # Example
 //!
@@ -220,6 +222,10 @@ pub struct ClientStackBuilder<
     total: Option<Duration>,
     retry: Rt,
     breaker: Br,
+    /// The dependency breaker's name, to check the per-endpoint breakers' against, where the
+    /// builder knows it: the default breaker's. `None` for no breaker, and for a layer passed to
+    /// [`breaker`](ClientStackBuilder::breaker), whose name the builder cannot read.
+    breaker_name: Option<Name>,
     bulkhead: Bh,
     balance: Ba,
     endpoint_breakers: Eb,
@@ -229,6 +235,8 @@ pub struct ClientStackBuilder<
 impl ClientStackBuilder {
     /// The standard stack: see the defaults in the [module docs](self).
     pub fn new() -> Self {
+        let breaker = BreakerLayer::new();
+        let breaker_name = Some(*breaker.name());
         ClientStackBuilder {
             fallback: Identity::new(),
             timeout: TimeoutLayer::new(DEFAULT_TIMEOUT),
@@ -237,7 +245,8 @@ impl ClientStackBuilder {
                 .ignore_error::<Open>()
                 .build()
                 .expect("the default retry is valid"),
-            breaker: BreakerLayer::new(),
+            breaker,
+            breaker_name,
             bulkhead: BulkheadLayer::builder()
                 .max_concurrent(DEFAULT_BULKHEAD_LIMIT)
                 .build()
@@ -265,6 +274,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -286,6 +296,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: Some(duration),
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -308,6 +319,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: None,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -326,6 +338,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -341,6 +354,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: Identity::new(),
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -348,8 +362,12 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
     }
 
-    /// The circuit breaker of the dependency as a whole: a [`BreakerLayer`], or another
-    /// [`DependencyBreaker`].
+    /// The circuit breaker of the dependency as a whole: a [`BreakerLayer`], or any layer in its
+    /// place (a `ServiceBuilder` stack, `layer_fn`, another crate's breaker).
+    ///
+    /// Name it apart from the [per-endpoint breakers](Self::endpoint_breakers): the builder does
+    /// not read the name of a layer passed in, so [`build`](Self::build) checks the names only
+    /// against the default breaker's.
     pub fn breaker<B2>(self, breaker: B2) -> ClientStackBuilder<Fb, To, Rt, B2, Bh, Ba, Eb> {
         ClientStackBuilder {
             fallback: self.fallback,
@@ -357,6 +375,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker,
+            breaker_name: None,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -372,6 +391,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: Identity::new(),
+            breaker_name: None,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -387,6 +407,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead,
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -402,6 +423,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: Identity::new(),
             balance: self.balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -422,6 +444,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance,
             endpoint_breakers: self.endpoint_breakers,
@@ -436,8 +459,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// Name the set apart from the dependency breaker
     /// (`BreakerConfig::builder().name("users-api-endpoint")`): their events and metrics carry
     /// the name, and under one name an endpoint's failures would add up with the dependency's.
-    /// [`build`](Self::build) rejects a set with the dependency breaker's name, so a set left with
-    /// the default name `"breaker"` needs a named dependency breaker, or none.
+    /// [`build`](Self::build) rejects a set named `"breaker"` (the default name) under the
+    /// stack's default dependency breaker, which has that name: give the set a name, or pass a
+    /// named dependency breaker, or none. A dependency breaker passed to
+    /// [`breaker`](Self::breaker) is not checked, as the builder does not read its name.
     ///
     /// When discovery removes an endpoint, its breaker is dropped from the set unless an operator
     /// put it in a manual state ([`BreakerSet::remove_unless_manual`]): an Open breaker of an
@@ -469,6 +494,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: self.total,
             retry: self.retry,
             breaker: self.breaker,
+            breaker_name: self.breaker_name,
             bulkhead: self.bulkhead,
             balance: self.balance,
             endpoint_breakers: breakers,
@@ -547,38 +573,6 @@ fn check_breaker_names(
     }
 }
 
-/// What stands in the dependency breaker's place: a [`BreakerLayer`], [`Identity`] for none
-/// ([`without_breaker`](ClientStackBuilder::without_breaker)), or an [`Either`] of two (as
-/// `tower::util::option_layer` makes).
-///
-/// [`build`](ClientStackBuilder::build) reads the breaker's name, to reject per-endpoint breakers
-/// that carry the same one. Implement it for a dependency breaker layer of your own.
-pub trait DependencyBreaker {
-    /// The name the breaker reports under, `None` for no breaker.
-    fn breaker_name(&self) -> Option<Name>;
-}
-
-impl<C> DependencyBreaker for BreakerLayer<C> {
-    fn breaker_name(&self) -> Option<Name> {
-        Some(*self.name())
-    }
-}
-
-impl DependencyBreaker for Identity {
-    fn breaker_name(&self) -> Option<Name> {
-        None
-    }
-}
-
-impl<A: DependencyBreaker, B: DependencyBreaker> DependencyBreaker for Either<A, B> {
-    fn breaker_name(&self) -> Option<Name> {
-        match self {
-            Either::Left(a) => a.breaker_name(),
-            Either::Right(b) => b.breaker_name(),
-        }
-    }
-}
-
 /// The layers above the balancer, outer to inner: fallback, total timeout, retry, breaker,
 /// bulkhead.
 pub type UpperLayers<Fb, To, Rt, Br, Bh> =
@@ -597,12 +591,12 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     /// # Errors
     ///
     /// A [`ConfigError`] on `per_try_timeout` when it is longer than the total timeout, on
-    /// `endpoint_breakers` when the per-endpoint breakers have the dependency breaker's name, and
-    /// the balancer configuration's own.
+    /// `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
+    /// name (a breaker passed to [`breaker`](Self::breaker) is not checked), and the balancer
+    /// configuration's own.
     pub fn build<D, Req, Res>(self, discover: D) -> Result<ClientStack<Req, Res>, ConfigError>
     where
         D: Discover,
-        Br: DependencyBreaker,
         Eb: EndpointBreakers<D, LC, LH, LP>,
         UpperLayers<Fb, To, Rt, Br, Bh>: Layer<Eb::Balanced>,
         <UpperLayers<Fb, To, Rt, Br, Bh> as Layer<Eb::Balanced>>::Service:
@@ -611,10 +605,7 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
             Send + 'static,
     {
         self.validate()?;
-        check_breaker_names(
-            self.breaker.breaker_name(),
-            self.endpoint_breakers.set_name(),
-        )?;
+        check_breaker_names(self.breaker_name, self.endpoint_breakers.set_name())?;
         let per_try = self.per_try_timeout.as_ref().map(TimeoutLayer::per_try);
         let balanced = self
             .endpoint_breakers

@@ -764,12 +764,20 @@ async fn build_checks_that_the_pieces_agree() {
 }
 
 /// Per-endpoint breakers under the dependency breaker's name would add their counters to its own:
-/// one bad endpoint would look like the dependency failing. `build` rejects them.
+/// one bad endpoint would look like the dependency failing. `build` rejects them under the stack's
+/// default breaker, the one dependency breaker whose name the builder knows.
 #[tokio::test(start_paused = true)]
 async fn endpoint_breakers_named_as_the_dependency_breaker_are_rejected() {
     let calls = Calls::default();
     let unnamed_set =
         || BreakerSet::<&'static str>::new(BreakerConfig::builder().build_config().unwrap(), 16);
+    let named_set = |name: &str| {
+        BreakerSet::<&'static str>::new(
+            BreakerConfig::builder().name(name).build_config().unwrap(),
+            16,
+        )
+        .unwrap()
+    };
 
     // Both left with the default name.
     let err = ClientStack::builder()
@@ -780,30 +788,61 @@ async fn endpoint_breakers_named_as_the_dependency_breaker_are_rejected() {
     let message = err.to_string();
     assert!(message.contains("\"breaker\""), "{message}");
 
-    // Both given the same name, the dependency breaker's behind `option_layer`.
-    let named = |name: &str| {
-        BreakerSet::<&'static str>::new(
-            BreakerConfig::builder().name(name).build_config().unwrap(),
-            16,
-        )
-        .unwrap()
-    };
-    let breaker = BreakerLayer::builder().name("users").build().unwrap();
-    let err = ClientStack::builder()
-        .breaker(tower::util::option_layer(Some(breaker)))
-        .endpoint_breakers(named("users"))
-        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
-        .unwrap_err();
-    assert_eq!(err.field(), "endpoint_breakers");
-
-    // Apart, or with no dependency breaker, the names may be anything.
+    // Named apart from the default breaker, named dependency breaker, or none: accepted.
     ClientStack::builder()
-        .endpoint_breakers(named("users-endpoint"))
+        .endpoint_breakers(named_set("users-endpoint"))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .breaker(BreakerLayer::builder().name("users").build().unwrap())
+        .endpoint_breakers(unnamed_set().unwrap())
         .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
         .unwrap();
     ClientStack::builder()
         .without_breaker()
         .endpoint_breakers(unnamed_set().unwrap())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+}
+
+/// Any layer stands in the dependency breaker's place, not only a `BreakerLayer`: a
+/// `ServiceBuilder` stack, a `layer_fn`, `Identity`, `option_layer`.
+#[tokio::test(start_paused = true)]
+async fn any_layer_is_accepted_as_the_dependency_breaker() {
+    let calls = Calls::default();
+    let set = || {
+        BreakerSet::<&'static str>::new(
+            BreakerConfig::builder()
+                .name("users-endpoint")
+                .build_config()
+                .unwrap(),
+            16,
+        )
+        .unwrap()
+    };
+
+    let client = ClientStack::builder()
+        .breaker(
+            tower::ServiceBuilder::new()
+                .layer(BreakerLayer::new())
+                .into_inner(),
+        )
+        .endpoint_breakers(set())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    assert_eq!(client.oneshot(Req::default()).await.unwrap(), "good-1");
+
+    ClientStack::builder()
+        .breaker(tower::layer::util::Identity::new())
+        .endpoint_breakers(set())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .breaker(tower::layer::layer_fn(|service| service))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .breaker(tower::util::option_layer(Some(BreakerLayer::new())))
         .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
         .unwrap();
 }
