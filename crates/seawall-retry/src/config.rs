@@ -71,14 +71,15 @@ impl<P, K> RetryConfigBuilder<P, K> {
         self
     }
 
-    /// Gives each attempt at most `timeout`: the attempt's request carries the earlier of
-    /// `now + timeout` and the deadline the call already has, and the attempt fails with
-    /// [`Elapsed`](crate::Elapsed) (and may be retried) when it passes. When the call's deadline
-    /// is the earlier, or at most a millisecond later (a timer's resolution: both would fire on
-    /// the same tick, or a tick apart), the attempt carries it, is cut there and counts for nothing (no failure
-    /// for the budget, no give-up event), as when the timeout above cancels it: the call fails
-    /// with `Elapsed`.
-    /// Off by default.
+    /// Gives each attempt a timeout of its own: the attempt's request carries `now + timeout`,
+    /// and the attempt fails with [`Elapsed`](crate::Elapsed) (and may be retried) when it
+    /// passes.
+    ///
+    /// When the deadline the call already has is earlier, or at most a millisecond later (a
+    /// timer's resolution: both would fire on the same tick, or a tick apart), the attempt
+    /// carries the call's deadline instead, so it may run up to a millisecond past `timeout`.
+    /// Cut there, it counts for nothing (no failure for the budget, no give-up event), as when
+    /// the timeout above cancels it: the call fails with `Elapsed`. Off by default.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
         self
