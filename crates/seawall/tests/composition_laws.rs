@@ -3,7 +3,8 @@
 //! (pending for a while, or failing) and cancellations, in paused virtual time. Each law is its own
 //! test and shrinks to a minimal stack.
 //!
-//! `SEAWALL_PROPTEST_CASES` raises the number of cases (default 256 per law).
+//! `SEAWALL_PROPTEST_CASES` sets the number of cases (default 256 per law). Below 64, the laws that
+//! must have checked something in a minimum share of their cases skip that check.
 
 use proptest::prelude::*;
 use seawall::{
@@ -1644,10 +1645,14 @@ fn no_response_after_its_deadline() {
 /// keep (about 78 % do).
 const DEADLINE_LAW_FLOOR_PCT: usize = 65;
 
+/// The fewest cases (`SEAWALL_PROPTEST_CASES`) for which [`check_law_with_floor`] holds a law to
+/// its floor.
+const FLOOR_MIN_CASES: usize = 64;
+
 /// Runs `law` over `strategy` as `proptest!` does (with [`seeded`] cases, shrinking a failure and
 /// saving it under `test_name`), counting the cases in which it checked something (returned
 /// `Ok(true)`). Fails if fewer than `floor_pct` % of the cases did: a law that checks nothing
-/// passes too.
+/// passes too. The floor is left unchecked when fewer than [`FLOOR_MIN_CASES`] cases are asked for.
 fn check_law_with_floor<S: Strategy>(
     test_name: &'static str,
     floor_pct: usize,
@@ -1655,7 +1660,8 @@ fn check_law_with_floor<S: Strategy>(
     strategy: &S,
     law: impl Fn(S::Value) -> Result<bool, TestCaseError>,
 ) {
-    let mut config = seeded(cases());
+    let cases = cases();
+    let mut config = seeded(cases);
     config.source_file = Some(file!());
     config.test_name = Some(test_name);
     let mut runner = proptest::test_runner::TestRunner::new(config);
@@ -1671,6 +1677,13 @@ fn check_law_with_floor<S: Strategy>(
         panic!("{e}\n{runner}");
     }
     let (ran, checked) = (ran.into_inner(), checked.into_inner());
+    // The floors are set some points under the share a law checks over the default 256 cases.
+    // Over a handful of cases (`SEAWALL_PROPTEST_CASES` lowered) the share swings far wider, and
+    // with the fixed seed a run that falls under the floor does so every time, with nothing wrong:
+    // the law is still checked in every case, only its coverage is not.
+    if (cases as usize) < FLOOR_MIN_CASES {
+        return;
+    }
     assert!(
         checked * 100 >= ran * floor_pct,
         "{what} in {checked} of {ran} cases, fewer than {floor_pct} %"
