@@ -72,7 +72,8 @@
 //! # Observability
 //!
 //! Metrics (label `name`): `seawall_bulkhead_in_flight`, `seawall_bulkhead_waiting`,
-//! `seawall_bulkhead_limit` (gauges) and `seawall_bulkhead_rejected_total`. Listeners get each
+//! `seawall_bulkhead_limit` (gauges, summed over bulkheads that share a name; a dropped bulkhead
+//! takes its part away) and `seawall_bulkhead_rejected_total`. Listeners get each
 //! [`BulkheadEvent`]: rejections and limit changes. [`BulkheadLayer::handle`] reads the current
 //! limit, free permits, calls in flight and waiting.
 //!

@@ -51,7 +51,10 @@ impl Shared {
             rejected: metrics::counter(metrics::BULKHEAD_REJECTED, &name),
             limit: metrics::gauge(metrics::BULKHEAD_LIMIT, &name),
         };
-        metrics.limit.set(limit as f64);
+        // The limit gauge moves by differences, as the in-flight and waiting gauges do, so that
+        // bulkheads sharing a name sum their limits, and one that goes takes its limit with it
+        // (see the `Drop` below).
+        metrics.limit.increment(limit as f64);
         let waiting = metrics::gauge(metrics::BULKHEAD_WAITING, &name);
         Arc::new(Shared {
             // The semaphore counts the permits it hands to waiters in flight as it hands them
@@ -155,14 +158,26 @@ impl Shared {
                 self.permits.shrink(from - to);
             }
             self.limit.store(to, Ordering::Release);
-            // Under the lock, so racing samples set the gauge in the order they set the limit
-            // and it ends on the current one. Listeners run after, unlocked: one may call in.
-            self.metrics.limit.set(to as f64);
+            // Under the lock, as the limit is: a recorder that does not add atomically still
+            // ends on the sum of the changes. Listeners run after, unlocked: one may call in.
+            if to > from {
+                self.metrics.limit.increment((to - from) as f64);
+            } else {
+                self.metrics.limit.decrement((from - to) as f64);
+            }
             (from, to)
         };
         tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
         self.listeners
             .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Its share of the gauge goes with it: a bulkhead built again under the same name, as
+        // on a reload, then reports its own limit. No sample can run now, so the limit is final.
+        self.metrics.limit.decrement(self.limit() as f64);
     }
 }
 

@@ -81,6 +81,54 @@ async fn adaptive_limit_gauge_follows_the_limit() {
     assert_eq!(recorder.gauge(BULKHEAD_LIMIT, "adaptive"), Some(9.0));
 }
 
+/// Bulkheads that share a name (every unnamed one is "bulkhead") add up in the limit gauge, as
+/// they do in the in-flight gauge, so that in flight never reads above the limit; one that goes
+/// takes its limit with it. Here an adaptive bulkhead is replaced, as on a reload, by a fixed
+/// one while a call through the old one still runs.
+#[tokio::test(start_paused = true)]
+async fn same_named_bulkheads_sum_their_limits() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let adaptive = BulkheadLayer::builder()
+        .name("reloaded")
+        .adaptive(Aimd::builder().initial_limit(10).build().unwrap())
+        .build()
+        .unwrap();
+    let old = adaptive.layer(service_fn(|gate: oneshot::Receiver<bool>| async move {
+        if gate.await.unwrap_or(false) {
+            Err(std::io::Error::other("unavailable"))
+        } else {
+            Ok(())
+        }
+    }));
+    let (fail, gate) = oneshot::channel();
+    let _ = fail.send(true);
+    let _ = old.clone().oneshot(gate).await;
+    assert_eq!(adaptive.handle().limit(), 9);
+    let (finish, gate) = oneshot::channel();
+    let running = tokio::spawn(old.clone().oneshot(gate));
+    tokio::task::yield_now().await;
+
+    let fixed = BulkheadLayer::builder()
+        .name("reloaded")
+        .max_concurrent(4)
+        .build()
+        .unwrap();
+    let new = fixed.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+    drop((adaptive, old));
+    assert_eq!(recorder.gauge(BULKHEAD_LIMIT, "reloaded"), Some(13.0));
+    assert_eq!(recorder.gauge(BULKHEAD_IN_FLIGHT, "reloaded"), Some(1.0));
+    new.oneshot(()).await.unwrap();
+
+    // The old bulkhead goes with its last call, and its limit with it.
+    finish.send(false).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(recorder.gauge(BULKHEAD_LIMIT, "reloaded"), Some(4.0));
+    assert_eq!(recorder.gauge(BULKHEAD_IN_FLIGHT, "reloaded"), Some(0.0));
+    drop(fixed);
+    assert_eq!(recorder.gauge(BULKHEAD_LIMIT, "reloaded"), Some(0.0));
+}
+
 /// A limit that grows by one with every sample, whatever the sample says.
 #[derive(Debug)]
 struct Steps(usize);
@@ -100,7 +148,8 @@ impl Limit for Steps {
     }
 }
 
-/// The limit gauge, which lets a later sample set it first whenever it can. Its `set` of `SLOW`
+/// The limit gauge, which adds as a recorder without atomic adds might (it reads its value and
+/// sets the sum), and lets a later sample set it first whenever it can. Its `set` of `SLOW`
 /// looks whether the algorithm's lock is held (the bulkhead's `Debug` tries to take it, and shows
 /// it `<busy>` when it cannot) before it says it has started. If the lock is free, another
 /// sample can run its `update` and its `set` now: this `set` waits until one has, and then
@@ -202,8 +251,9 @@ impl Recorder for LimitRecorder {
 }
 
 /// Two samples race: the first (limit 10 to 11) is setting the gauge when the second (11 to 12)
-/// comes, and the second sets it first if it can. The gauge must end on the limit, 12, not on
-/// the older 11: it does when the gauge is set under the algorithm's lock, as the limit is.
+/// comes, and the second moves it first if it can. The gauge must end on the limit, 12, even with
+/// a recorder that does not add atomically, as this one: it does when the gauge is moved under
+/// the algorithm's lock, as the limit is.
 #[test]
 fn racing_samples_leave_the_limit_gauge_on_the_limit() {
     let gauge = Arc::new(OvertakenGauge::default());

@@ -55,7 +55,9 @@ pub const BULKHEAD_IN_FLIGHT: &str = "seawall_bulkhead_in_flight";
 pub const BULKHEAD_WAITING: &str = "seawall_bulkhead_waiting";
 /// Counter: calls a bulkhead rejected because it was full.
 pub const BULKHEAD_REJECTED: &str = "seawall_bulkhead_rejected_total";
-/// Gauge: a bulkhead's current concurrency limit (fixed or adaptive).
+/// Gauge: a bulkhead's current concurrency limit (fixed or adaptive). Like the in-flight and
+/// waiting gauges it is summed over the bulkheads that share a name, and a bulkhead takes its
+/// part away when it is dropped.
 pub const BULKHEAD_LIMIT: &str = "seawall_bulkhead_limit";
 /// Counter: calls a rate limiter rejected.
 pub const RATELIMIT_LIMITED: &str = "seawall_ratelimit_limited_total";
@@ -173,7 +175,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         BULKHEAD_LIMIT,
         Kind::Gauge,
-        "Current concurrency limit of a seawall bulkhead.",
+        "Current concurrency limit of a seawall bulkhead, summed over bulkheads of the same name.",
     ),
     (
         RATELIMIT_LIMITED,
