@@ -299,32 +299,9 @@ fn one_a_second(max_wait: Duration) -> seawall_bulkhead::ratelimit::RateLimitCon
         .max_wait(max_wait)
 }
 
-/// Found by seawall's composition laws: behind a `Buffer`, a full bulkhead over a retry over a
-/// concurrency limit (tower's, or a bulkhead with backpressure) deadlocked. The worker's service
-/// was polled ready, which took the limit's only permit, and its call was rejected with `Full`;
-/// the worker kept the service, and with it the permit, while the call that held the bulkhead's
-/// permit waited for that permit for its retry. A rejected call hands back what its inner
-/// service's readiness holds.
-#[tokio::test(start_paused = true)]
-async fn a_full_bulkhead_hands_back_the_inner_services_readiness() {
-    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
-    // Another service of the layer holds the bulkhead's permit.
-    let (mut holder, _server) = mock::spawn_layer::<u32, u32, _>(bulkhead.clone());
-    assert_ready_ok!(holder.poll_ready());
-    let _running = holder.call(1);
-
-    let (inner, mut other) = limited_to_one();
-    let mut kept = bulkhead.layer(inner);
-    kept.ready().await.unwrap();
-    let err = kept.call(2).await.unwrap_err();
-    assert!(is::<Full>(&*err));
-    // `kept` is kept, uncalled: the limit's permit is free for others all the same.
-    let mut other_ready = tokio_test::task::spawn(other.ready());
-    assert_ready!(other_ready.poll()).unwrap();
-}
-
-/// The same for the rate limiters: a call rejected with `Limited` hands back what its inner
-/// service's readiness holds.
+/// A call rejected with `Limited` hands back what its inner service's readiness holds, as one
+/// rejected with `Full` does (see
+/// `a_rejected_call_hands_back_the_readiness_of_an_inner_service_it_polled`).
 #[tokio::test(start_paused = true)]
 async fn a_rate_limited_call_hands_back_the_inner_services_readiness() {
     let limiter = || {
@@ -448,6 +425,14 @@ async fn a_call_rejected_in_poll_ready_neither_polls_nor_clones_the_inner_servic
 /// A permit free when `poll_ready` looks can be gone once the inner service is ready (it was
 /// pending meanwhile): the call is rejected, and what the inner service's readiness holds (here
 /// the only permit of a concurrency limit below) is handed back, as the service was polled.
+///
+/// Found by seawall's composition laws: behind a `Buffer`, a full bulkhead over a retry over a
+/// concurrency limit (tower's, or a bulkhead with backpressure) deadlocked. The worker's service
+/// was polled ready, which took the limit's only permit, and its call was rejected with `Full`;
+/// the worker kept the service, and with it the permit, while the call that held the bulkhead's
+/// permit waited for that permit for its retry. (A bulkhead full when `poll_ready` looks no
+/// longer polls the inner service at all: see
+/// `a_call_rejected_in_poll_ready_neither_polls_nor_clones_the_inner_service`.)
 #[tokio::test(start_paused = true)]
 async fn a_rejected_call_hands_back_the_readiness_of_an_inner_service_it_polled() {
     let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
