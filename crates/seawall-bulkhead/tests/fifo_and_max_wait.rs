@@ -268,7 +268,7 @@ async fn a_waiter_handed_a_permit_and_dropped_pays_the_limits_debt() {
     assert_eq!(handle.waiting(), 1);
     let mut gates = gates.into_iter();
     let mut calls = calls.into_iter();
-    let (mut a, mut b, c, w) = (
+    let (mut a, mut b, mut c, w) = (
         calls.next().unwrap(),
         calls.next().unwrap(),
         calls.next().unwrap(),
@@ -286,12 +286,25 @@ async fn a_waiter_handed_a_permit_and_dropped_pays_the_limits_debt() {
     // so with C running a new call waits.
     drop(w);
     assert_eq!(handle.available(), 0);
-    let (_d_gate, rx) = oneshot::channel();
+    let (d_gate, rx) = oneshot::channel();
     svc.ready().await.unwrap();
     let mut d = spawn(svc.call((4, rx)));
     assert!(d.poll().is_pending());
     assert_eq!(handle.waiting(), 1, "C alone uses the limit of 1");
-    drop(c);
+    // C finishes: its permit goes to D, which runs. Had W's permit been kept from the bulkhead,
+    // the debt would still be owed, C's permit would pay it and D would wait on.
+    gates.next().unwrap().send(()).unwrap();
+    assert!(c.poll().is_ready());
+    assert!(d.is_woken(), "C's permit is handed to D");
+    assert!(d.poll().is_pending(), "D runs, until its gate opens");
+    assert_eq!((handle.waiting(), handle.in_flight()), (0, 1));
+    d_gate.send(()).unwrap();
+    assert_eq!(tokio_test::assert_ready!(d.poll()).unwrap(), 4);
+    // Every permit is back: the one of the limit of 1 is free, and none is held or owed.
+    assert_eq!(
+        (handle.limit(), handle.available(), handle.in_flight()),
+        (1, 1, 0)
+    );
 }
 
 /// A call joins the queue when `call` returns, not when its future is first polled: a service
