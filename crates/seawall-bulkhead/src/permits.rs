@@ -7,8 +7,9 @@
 //!
 //! - a newcomer's fast path fails while anyone waits: nobody overtakes a waiter (FIFO);
 //! - a returned permit goes through the queue lock and is handed straight to the oldest waiter
-//!   whose deadline has not passed (its `granted` flag is set and it is woken, if it has been
-//!   polled yet), never put back where a newcomer could take it.
+//!   whose deadline has not passed (its `granted` flag is set under the lock, and it is woken, if
+//!   it has been polled yet, once the lock is released), never put back where a newcomer could
+//!   take it.
 //!
 //! A waiter that gives up (its future is dropped, its `max_wait` passed) leaves the queue under the
 //! lock; if a permit was handed to it in the meantime it passes it on. A waiter may carry a
@@ -205,14 +206,21 @@ impl Permits {
 
     #[cold]
     fn release_to_waiters(&self, n: usize) {
-        let (served, granted) = self.hand_out(n);
+        let mut wake = WakeList::default();
+        let (served, granted) = self.hand_out(n, &mut wake);
+        // The lock is released: wakers are foreign code, which may be slow (a syscall to unpark
+        // a thread) or call back into the bulkhead (an executor that drops a task's future with
+        // its last waker drops a waiting call, which leaves the queue under its lock). A waiter
+        // polled in the meantime finds its permit without the wake-up, which is then spurious.
+        wake.wake_all();
         self.report_left(served, granted);
     }
 
     /// Hands `n` permits out under the queue's lock, as [`release`](Permits::release) does when
-    /// someone waits; returns how many calls left the queue, and how many of them were handed a
-    /// permit.
-    fn hand_out(&self, mut n: usize) -> (usize, usize) {
+    /// someone waits, and puts the wakers of the calls it served in `wake`, to be woken once the
+    /// lock is released; returns how many calls left the queue, and how many of them were
+    /// handed a permit.
+    fn hand_out(&self, mut n: usize, wake: &mut WakeList) -> (usize, usize) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // What is owed is paid before any waiter is served.
         let mut state = self.state.load(Ordering::Acquire);
@@ -253,13 +261,15 @@ impl Permits {
                 granted += 1;
                 n -= 1;
             }
+            // Taken after its flag is set, under the waiter's lock: a poll that stored its
+            // waker too late to be taken here finds the flag set once it has stored it.
             let waker = waiter
                 .waker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
             if let Some(waker) = waker {
-                waker.wake();
+                wake.push(waker);
             }
         }
         self.left_queue(served);
@@ -417,6 +427,33 @@ impl Permits {
     }
 }
 
+/// The wakers of the calls one hand-out served, woken once the queue's lock is released. The
+/// first is kept inline, so serving one waiter (a permit returned) allocates nothing; only a
+/// hand-out that serves several (the limit grew, or waiters past their deadline were passed
+/// over) keeps the rest in a `Vec`.
+#[derive(Default)]
+struct WakeList {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl WakeList {
+    fn push(&mut self, waker: Waker) {
+        if self.first.is_none() {
+            self.first = Some(waker);
+        } else {
+            self.rest.push(waker);
+        }
+    }
+
+    fn wake_all(self) {
+        if let Some(waker) = self.first {
+            waker.wake();
+        }
+        self.rest.into_iter().for_each(Waker::wake);
+    }
+}
+
 impl Waiter {
     /// Whether a permit was handed over; takes it (so a later `cancel` does not pass it on).
     /// Only the place's owner clears the flag, so a load that finds it set is followed by a swap
@@ -503,6 +540,55 @@ mod tests {
         assert_eq!(permits.waiting(), 0);
         // Three joined, one left, two served (one passed over) and one handed a permit.
         assert_eq!(spy.updates.load(Ordering::SeqCst), 6);
+        assert_eq!(spy.under_lock.load(Ordering::SeqCst), 0);
+    }
+
+    /// A waker that notes each wake-up, and each made while the queue's lock is held: a waker is
+    /// foreign code, which may be slow or call back into the bulkhead.
+    struct WakeSpy {
+        permits: std::sync::Weak<Permits>,
+        wakes: AtomicUsize,
+        under_lock: AtomicUsize,
+    }
+
+    impl std::task::Wake for WakeSpy {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            let permits = self.permits.upgrade().expect("the semaphore is alive");
+            if permits.queue.try_lock().is_err() {
+                self.under_lock.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn waiters_are_woken_outside_the_queue_lock() {
+        let permits = Arc::new(Permits::new(1));
+        let spy = Arc::new(WakeSpy {
+            permits: Arc::downgrade(&permits),
+            wakes: AtomicUsize::new(0),
+            under_lock: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(spy.clone());
+        assert!(permits.try_acquire());
+        // Three calls queue, polled; the first's deadline passes at once.
+        let mut late = permits.acquire_or_queue(Some(&waker), Some(Instant::now()));
+        let mut first = permits.acquire_or_queue(Some(&waker), None);
+        let mut second = permits.acquire_or_queue(Some(&waker), None);
+        // One hand-out wakes two: the late call, passed over, and the first, served.
+        permits.release(1);
+        assert_eq!(spy.wakes.load(Ordering::SeqCst), 2);
+        assert_eq!(poll(&permits, &mut late), Poll::Ready(Err(Expired)));
+        assert_eq!(poll(&permits, &mut first), Poll::Ready(Ok(())));
+        // The next wakes one.
+        permits.release(1);
+        assert_eq!(spy.wakes.load(Ordering::SeqCst), 3);
+        assert_eq!(poll(&permits, &mut second), Poll::Ready(Ok(())));
+        permits.release(1);
         assert_eq!(spy.under_lock.load(Ordering::SeqCst), 0);
     }
 

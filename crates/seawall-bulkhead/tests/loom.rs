@@ -1,6 +1,7 @@
 //! Model checks of the lock-free accounting: the bulkhead's fair semaphore (fast paths racing the
-//! FIFO hand-off, cancellation, a waiter's `max_wait` timer and its deadline), its debt of permits
-//! owed after an adaptive limit shrinks, and the GCRA compare-and-swap with its refunds and holes.
+//! FIFO hand-off and its wake-ups, cancellation, a waiter's `max_wait` timer and its deadline),
+//! its debt of permits owed after an adaptive limit shrinks, and the GCRA compare-and-swap with
+//! its refunds and holes.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p seawall-bulkhead --release --test loom`
 #![cfg(loom)]
@@ -234,6 +235,57 @@ fn permits_cancelled_waiter_passes_the_permit_on() {
         }
         releaser.join().unwrap();
         assert_eq!(permits.available(), 1);
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}
+
+/// A waker that unparks a model thread.
+struct Unpark(thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Two waiters park until they are woken (loom reports a deadlock if a wake-up is lost) while
+/// the limit grows from 1 to 3 with its permit held: A joined the queue before it was first
+/// polled, as a call that waits does, and B queues as it is first polled. However a waiter's
+/// poll (storing its waker, or queueing with it) interleaves with the hand-out (setting its flag
+/// under the queue's lock and taking its waker, then waking it once the lock is released, one
+/// waiter or both at once), each is woken to take its permit.
+#[test]
+fn permits_waiters_woken_after_the_hand_out_are_never_lost() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        assert!(permits.try_acquire());
+        let a = permits.acquire_or_queue(None, None);
+        assert!(a.is_some(), "queued behind the holder");
+        let waiters: Vec<_> = [a, None]
+            .into_iter()
+            .map(|mut slot| {
+                let permits = permits.clone();
+                thread::spawn(move || {
+                    let waker = Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+                    let mut cx = Context::from_waker(&waker);
+                    let taken = loop {
+                        match permits.poll_acquire(&mut slot, &mut cx) {
+                            Poll::Ready(taken) => break taken,
+                            Poll::Pending => thread::park(),
+                        }
+                    };
+                    assert_eq!(taken, Ok(()));
+                })
+            })
+            .collect();
+        permits.release(2);
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        // The holder and both waiters hold the limit of 3.
+        assert_eq!((permits.available(), permits.waiting()), (0, 0));
+        permits.release(3);
+        assert_eq!(permits.available(), 3);
         assert!(permits.try_acquire(), "no waiter flag left behind");
     });
 }
