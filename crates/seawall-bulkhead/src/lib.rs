@@ -85,14 +85,19 @@
 //! reads the permit word once, finds no permit free and leaves the inner service alone, and
 //! `call` fails at once. Only a call whose permit went between that look and the end of the inner
 //! service's readiness reads the word again in `call`, and then clones the inner service to drop
-//! its readiness. The bulkhead allocates for neither: [`Full`] is zero-sized. Only calls that
-//! wait take the queue's lock, and each
-//! allocates its waiting state once. Fixed limits read the clock only for a call that waits (once,
-//! for its `max_wait` deadline, also when a permit freed between `poll_ready` and `call`) and
-//! when a returned permit goes to a waiter (once, to pass over waiters whose `max_wait` has
-//! passed); adaptive limits read it twice per call (when it starts and when
-//! it answers: the classifier and the algorithm get the same duration), once more when a body held
-//! with [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
+//! its readiness. The bulkhead allocates for neither: [`Full`] is zero-sized. The queue's lock is
+//! taken when a call joins the queue, when one leaves it unserved (dropped, or its `max_wait`
+//! over), and for each permit returned while a call waits (it goes straight to the oldest
+//! waiter). A call that waits in its future allocates twice: its place in the queue (an `Arc` the
+//! queue shares) and its waiting state (a `Box` of its timer, request and inner service clone); a
+//! call that could wait and found a permit freed between `poll_ready` and `call` allocates the
+//! latter alone, and one waiting in `poll_ready` with backpressure the former alone. Fixed limits
+//! read the clock only for a call that waits (once, for its `max_wait` deadline, also when a
+//! permit freed between `poll_ready` and `call`) and when a returned permit goes to a waiter
+//! (once, to pass over waiters whose `max_wait` has passed); adaptive limits read it twice per
+//! call (when it starts and when it answers: the classifier and the algorithm get the same
+//! duration), once more when a body held with
+//! [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
 //! the algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and
 //! property-tested (`tests/permits_conserved.rs`).
 //!
