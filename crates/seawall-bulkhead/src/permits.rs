@@ -183,14 +183,36 @@ impl Permits {
     /// the word holds it.
     #[inline]
     pub fn release(&self, n: usize) {
+        if !self.release_unqueued(n) {
+            self.release_to_waiters(n);
+        }
+    }
+
+    /// Returns `n` permits as [`release`](Permits::release) does, but leaves waking the calls
+    /// they are handed to, and moving the gauges, to the [`Served`] it returns, which does both
+    /// when dropped: a caller holding a lock of its own drops it once that lock is released, so
+    /// that no foreign code runs under it.
+    #[must_use = "dropping it wakes the calls served: drop it once every lock is released"]
+    pub fn release_deferred(&self, n: usize) -> Served<'_> {
+        if self.release_unqueued(n) {
+            Served::none(self)
+        } else {
+            self.hand_out(n)
+        }
+    }
+
+    /// Returns `n` permits without the queue's lock, while nobody waits (`true`); `false`, with
+    /// nothing returned, when someone does.
+    #[inline]
+    fn release_unqueued(&self, n: usize) -> bool {
         debug_assert!(n <= MAX_LIMIT, "released {n} permits, beyond any limit");
         if n == 0 {
-            return;
+            return true;
         }
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & WAITERS != 0 {
-                return self.release_to_waiters(n);
+                return false;
             }
             match self.state.compare_exchange_weak(
                 state,
@@ -198,7 +220,7 @@ impl Permits {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(now) => state = now,
             }
         }
@@ -206,21 +228,19 @@ impl Permits {
 
     #[cold]
     fn release_to_waiters(&self, n: usize) {
-        let mut wake = WakeList::default();
-        let (served, granted) = self.hand_out(n, &mut wake);
-        // The lock is released: wakers are foreign code, which may be slow (a syscall to unpark
-        // a thread) or call back into the bulkhead (an executor that drops a task's future with
-        // its last waker drops a waiting call, which leaves the queue under its lock). A waiter
-        // polled in the meantime finds its permit without the wake-up, which is then spurious.
-        wake.wake_all();
-        self.report_left(served, granted);
+        // Dropped with the lock released: wakers are foreign code, which may be slow (a syscall
+        // to unpark a thread) or call back into the bulkhead (an executor that drops a task's
+        // future with its last waker drops a waiting call, which leaves the queue under its
+        // lock). A waiter polled in the meantime finds its permit without the wake-up, which is
+        // then spurious.
+        drop(self.hand_out(n));
     }
 
     /// Hands `n` permits out under the queue's lock, as [`release`](Permits::release) does when
-    /// someone waits, and puts the wakers of the calls it served in `wake`, to be woken once the
-    /// lock is released; returns how many calls left the queue, and how many of them were
-    /// handed a permit.
-    fn hand_out(&self, mut n: usize, wake: &mut WakeList) -> (usize, usize) {
+    /// someone waits, and returns the calls it served (those that left the queue, with a permit
+    /// or passed over), to be woken once the lock is released.
+    fn hand_out(&self, mut n: usize) -> Served<'_> {
+        let mut served = Served::none(self);
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // What is owed is paid before any waiter is served.
         let mut state = self.state.load(Ordering::Acquire);
@@ -242,14 +262,12 @@ impl Permits {
                 Err(now) => state = now,
             }
         }
-        let mut served = 0;
-        let mut granted = 0;
         let mut now = None;
         while n > 0 {
             let Some(waiter) = queue.pop_front() else {
                 break;
             };
-            served += 1;
+            served.left += 1;
             let expired = waiter
                 .deadline
                 .is_some_and(|deadline| deadline <= *now.get_or_insert_with(Instant::now));
@@ -258,7 +276,7 @@ impl Permits {
                 waiter.expired.store(true, Ordering::Release);
             } else {
                 waiter.granted.store(true, Ordering::Release);
-                granted += 1;
+                served.handed_over += 1;
                 n -= 1;
             }
             // Taken after its flag is set, under the waiter's lock: a poll that stored its
@@ -269,17 +287,18 @@ impl Permits {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
             if let Some(waker) = waker {
-                wake.push(waker);
+                served.wake.push(waker);
             }
         }
-        self.left_queue(served);
+        self.left_queue(served.left);
         if queue.is_empty() {
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
         if n > 0 {
             self.state.fetch_add(n * ONE, Ordering::AcqRel);
         }
-        (served, granted)
+        drop(queue);
+        served
     }
 
     /// Takes `n` permits out of circulation (the limit shrank): free ones at once, and as many
@@ -427,11 +446,41 @@ impl Permits {
     }
 }
 
+/// The calls one release served: they left the queue, `handed_over` of them with a permit.
+/// Dropped once every lock is released, it wakes them and moves the gauges (see
+/// [`report_left`](Permits::report_left)).
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct Served<'a> {
+    permits: &'a Permits,
+    left: usize,
+    handed_over: usize,
+    wake: WakeList,
+}
+
+impl<'a> Served<'a> {
+    fn none(permits: &'a Permits) -> Self {
+        Served {
+            permits,
+            left: 0,
+            handed_over: 0,
+            wake: WakeList::default(),
+        }
+    }
+}
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.wake).wake_all();
+        self.permits.report_left(self.left, self.handed_over);
+    }
+}
+
 /// The wakers of the calls one hand-out served, woken once the queue's lock is released. The
 /// first is kept inline, so serving one waiter (a permit returned) allocates nothing; only a
 /// hand-out that serves several (the limit grew, or waiters past their deadline were passed
 /// over) keeps the rest in a `Vec`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct WakeList {
     first: Option<Waker>,
     rest: Vec<Waker>,

@@ -137,7 +137,7 @@ impl Shared {
         let Some(adaptive) = &self.adaptive else {
             return;
         };
-        let (from, to) = {
+        let (from, to, served) = {
             let mut algorithm = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
             let (min, max) = algorithm.bounds();
             // Not `clamp(min, max)`: a custom algorithm's bounds are not re-validated after the
@@ -152,11 +152,13 @@ impl Shared {
             if to == from {
                 return;
             }
-            if to > from {
-                self.permits.release(to - from);
+            // The calls the added permits serve are woken below, once the lock is released.
+            let served = if to > from {
+                Some(self.permits.release_deferred(to - from))
             } else {
                 self.permits.shrink(from - to);
-            }
+                None
+            };
             self.limit.store(to, Ordering::Release);
             // Under the lock, as the limit is: a recorder that does not add atomically still
             // ends on the sum of the changes. Listeners run after, unlocked: one may call in.
@@ -165,8 +167,11 @@ impl Shared {
             } else {
                 self.metrics.limit.decrement((from - to) as f64);
             }
-            (from, to)
+            (from, to, served)
         };
+        // Wakers are foreign code, and so may call in too: an executor may drop a woken task's
+        // future, and a permit in it then samples the limit, on this thread.
+        drop(served);
         tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
         self.listeners
             .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
