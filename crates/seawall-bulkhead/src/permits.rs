@@ -40,9 +40,11 @@ use crate::{
 use std::{
     collections::VecDeque,
     future::Future,
+    panic::{self, AssertUnwindSafe},
     pin::Pin,
     sync::{Arc, PoisonError},
     task::{ready, Context, Poll, Waker},
+    thread,
 };
 use tokio::time::Instant;
 
@@ -447,8 +449,9 @@ impl Permits {
 }
 
 /// The calls one release served: they left the queue, `handed_over` of them with a permit.
-/// Dropped once every lock is released, it wakes them and moves the gauges (see
-/// [`report_left`](Permits::report_left)).
+/// Dropped once every lock is released, it moves the gauges (see
+/// [`report_left`](Permits::report_left)) and then wakes the calls, so that a waker that
+/// panics leaves the gauges right; a panic that unwinds through it wakes them all the same.
 #[derive(Debug)]
 #[allow(unreachable_pub)]
 pub struct Served<'a> {
@@ -471,15 +474,15 @@ impl<'a> Served<'a> {
 
 impl Drop for Served<'_> {
     fn drop(&mut self) {
-        std::mem::take(&mut self.wake).wake_all();
         self.permits.report_left(self.left, self.handed_over);
+        // The wakers are woken as `wake` drops, next.
     }
 }
 
-/// The wakers of the calls one hand-out served, woken once the queue's lock is released. The
-/// first is kept inline, so serving one waiter (a permit returned) allocates nothing; only a
-/// hand-out that serves several (the limit grew, or waiters past their deadline were passed
-/// over) keeps the rest in a `Vec`.
+/// The wakers of the calls one hand-out served, woken when the list is dropped, once the
+/// queue's lock is released. The first is kept inline, so serving one waiter (a permit
+/// returned) allocates nothing; only a hand-out that serves several (the limit grew, or waiters
+/// past their deadline were passed over) keeps the rest in a `Vec`.
 #[derive(Debug, Default)]
 struct WakeList {
     first: Option<Waker>,
@@ -494,12 +497,26 @@ impl WakeList {
             self.rest.push(waker);
         }
     }
+}
 
-    fn wake_all(self) {
-        if let Some(waker) = self.first {
-            waker.wake();
+impl Drop for WakeList {
+    /// Wakes every waker, even when one panics: the calls served hold the permits handed to
+    /// them, and one waiting with no timer (in `poll_ready`, with backpressure) would never
+    /// learn of its own. Each wake-up's panic is caught and the first resumes once all are
+    /// done (a guard that woke the rest as it unwound would abort on a second one); a panic
+    /// already unwinding through the list goes on alone.
+    fn drop(&mut self) {
+        let mut panicked = None;
+        for waker in self.first.take().into_iter().chain(self.rest.drain(..)) {
+            if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panicked.get_or_insert(panic);
+            }
         }
-        self.rest.into_iter().for_each(Waker::wake);
+        if let Some(panic) = panicked {
+            if !thread::panicking() {
+                panic::resume_unwind(panic);
+            }
+        }
     }
 }
 

@@ -137,7 +137,12 @@ impl Shared {
         let Some(adaptive) = &self.adaptive else {
             return;
         };
-        let (from, to, served) = {
+        // The calls the added permits serve are woken once the lock is released, when `served`
+        // drops: wakers are foreign code, and may call in (an executor may drop a woken task's
+        // future, and a permit in it then samples the limit, on this thread). Declared before
+        // the lock, it drops after it even as a panic unwinds.
+        let mut served = None;
+        let (from, to) = {
             let mut algorithm = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
             let (min, max) = algorithm.bounds();
             // Not `clamp(min, max)`: a custom algorithm's bounds are not re-validated after the
@@ -152,13 +157,13 @@ impl Shared {
             if to == from {
                 return;
             }
-            // The calls the added permits serve are woken below, once the lock is released.
-            let served = if to > from {
-                Some(self.permits.release_deferred(to - from))
+            // The semaphore, the limit and its gauge all move before any waker runs, so a
+            // waker that panics leaves them agreeing.
+            if to > from {
+                served = Some(self.permits.release_deferred(to - from));
             } else {
                 self.permits.shrink(from - to);
-                None
-            };
+            }
             self.limit.store(to, Ordering::Release);
             // Under the lock, as the limit is: a recorder that does not add atomically still
             // ends on the sum of the changes. Listeners run after, unlocked: one may call in.
@@ -167,14 +172,13 @@ impl Shared {
             } else {
                 self.metrics.limit.decrement((from - to) as f64);
             }
-            (from, to, served)
+            (from, to)
         };
-        // Wakers are foreign code, and so may call in too: an executor may drop a woken task's
-        // future, and a permit in it then samples the limit, on this thread.
-        drop(served);
         tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
         self.listeners
             .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
+        // Last, so that a waker that panics skips nothing here.
+        drop(served);
     }
 }
 

@@ -1,16 +1,20 @@
-//! Waking the calls a release serves: wakers are foreign code, so they run with no bulkhead lock
+//! Waking the calls a release serves. Wakers are foreign code: they run with no bulkhead lock
 //! held, as an executor may drop a woken task's future, and a permit in it samples the limit
-//! again.
+//! again; and one that panics leaves the others woken and every count right.
 
 use seawall_bulkhead::{
     limit::{Limit, Sample},
     BulkheadHandle, BulkheadLayer,
 };
+use seawall_core::metrics::{
+    testing::TestRecorder, BULKHEAD_IN_FLIGHT, BULKHEAD_LIMIT, BULKHEAD_WAITING,
+};
 use std::{
     future::Future,
+    panic::{self, AssertUnwindSafe},
     pin::pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Wake, Waker},
@@ -105,4 +109,82 @@ async fn a_waiter_served_by_a_growing_limit_is_woken_outside_its_lock() {
     assert_eq!(spy.wakes(), 1);
     assert_eq!(spy.under_lock.load(Ordering::SeqCst), 0);
     waiting.await.unwrap();
+}
+
+/// A waker that panics on its first wake-up: foreign code may.
+struct PanicsOnce {
+    armed: AtomicBool,
+    wakes: AtomicUsize,
+}
+
+impl Wake for PanicsOnce {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("a waker panics");
+        }
+    }
+}
+
+/// A sample grows the limit by two, handing the permits added to two waiters, and the first
+/// one's waker panics. The panic goes on to the caller, but the other waiter is woken all the
+/// same, and the limit, the permits and the gauges all agree: none is left behind by the panic.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_waker_leaves_the_other_waiter_woken_and_the_counts_right() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = BulkheadLayer::builder()
+        .name("wakes")
+        .adaptive(Grows { limit: 1, step: 2 })
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gauges = || {
+        [BULKHEAD_LIMIT, BULKHEAD_IN_FLIGHT, BULKHEAD_WAITING]
+            .map(|gauge| recorder.gauge(gauge, "wakes").unwrap_or_default())
+    };
+    let panics = Arc::new(PanicsOnce {
+        armed: AtomicBool::new(true),
+        wakes: AtomicUsize::new(0),
+    });
+    let other = Spy::new(&handle);
+    let mut service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+
+    // One call holds the only permit; two wait, polled with the wakers.
+    let mut running = pin!(service.ready().await.unwrap().call(()));
+    let mut first = pin!(service.ready().await.unwrap().call(()));
+    let mut second = pin!(service.ready().await.unwrap().call(()));
+    for (waiting, waker) in [
+        (first.as_mut(), Waker::from(panics.clone())),
+        (second.as_mut(), Waker::from(other.clone())),
+    ] {
+        assert!(waiting.poll(&mut Context::from_waker(&waker)).is_pending());
+    }
+    assert_eq!(gauges(), [1.0, 1.0, 2.0]);
+
+    // The running call's sample grows the limit to 3; waking the first waiter panics.
+    let finished = panic::catch_unwind(AssertUnwindSafe(|| {
+        running
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    assert!(finished.is_err(), "the waker's panic goes on");
+    assert_eq!(panics.wakes.load(Ordering::SeqCst), 1);
+    assert_eq!(other.wakes(), 1, "the other waiter is not woken");
+    assert_eq!(
+        (handle.limit(), handle.available(), handle.in_flight()),
+        (3, 1, 2)
+    );
+    assert_eq!(gauges(), [3.0, 2.0, 0.0]);
+
+    // Both run with the permits handed to them, each sample adding two more.
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!((handle.limit(), handle.available()), (7, 7));
+    assert_eq!(gauges(), [7.0, 0.0, 0.0]);
 }
