@@ -86,12 +86,17 @@
 //! `call` fails at once. Only a call whose permit went between that look and the end of the inner
 //! service's readiness reads the word again in `call`, and then clones the inner service to drop
 //! its readiness. The bulkhead allocates for neither: [`Full`] is zero-sized. The queue's lock is
-//! taken when a call joins the queue, when one leaves it unserved (dropped, or its `max_wait`
-//! over), and for each permit returned while a call waits (it goes straight to the oldest
-//! waiter). A call that waits in its future allocates twice: its place in the queue (an `Arc` the
-//! queue shares) and its waiting state (a `Box` of its timer, request and inner service clone); a
-//! call that could wait and found a permit freed between `poll_ready` and `call` allocates the
-//! latter alone, and one waiting in `poll_ready` with backpressure the former alone. Fixed limits
+//! taken by a call that may wait once the lock-free path finds no permit (it joins the queue, or
+//! takes a permit freed in the meantime), by a queued call that leaves (dropped, or its
+//! `max_wait` over, even one already handed a permit), and once for each release while a call
+//! waits, however many permits it returns (a finished call's permit, or all those a growing limit
+//! adds): they pay what an adaptive limit owes, then go straight to the oldest waiters, which are
+//! woken once the lock is released. A release that wakes two waiters or more (a limit that grew,
+//! or waiters passed over once their `max_wait` had passed) allocates a `Vec` for their wakers. A
+//! call that waits in its future allocates twice: its place in the queue (an `Arc` the queue
+//! shares) and its waiting state (a `Box` of its timer, request and inner service clone); a call
+//! that could wait and found a permit freed between `poll_ready` and `call` allocates the latter
+//! alone, and one waiting in `poll_ready` with backpressure the former alone. Fixed limits
 //! read the clock only for a call that waits (once, for its `max_wait` deadline, also when a
 //! permit freed between `poll_ready` and `call`) and when a returned permit goes to a waiter
 //! (once, to pass over waiters whose `max_wait` has passed); adaptive limits read it twice per

@@ -82,9 +82,10 @@ async fn adaptive_limit_gauge_follows_the_limit() {
 }
 
 /// Bulkheads that share a name (every unnamed one is "bulkhead") add up in the limit gauge, as
-/// they do in the in-flight gauge, so that in flight never reads above the limit; one that goes
-/// takes its limit with it. Here an adaptive bulkhead is replaced, as on a reload, by a fixed
-/// one while a call through the old one still runs.
+/// they do in the in-flight gauge, so that in flight reads against the limit of them all (though
+/// it can exceed it while an adaptive limit that shrank below the permits in use is owed some);
+/// one that goes takes its limit with it. Here an adaptive bulkhead is replaced, as on a reload,
+/// by a fixed one while a call through the old one still runs.
 #[tokio::test(start_paused = true)]
 async fn same_named_bulkheads_sum_their_limits() {
     let recorder = TestRecorder::new();
