@@ -1,7 +1,7 @@
 //! seawall's retry next to tower's `Retry` (with and without tower's backoff and budget) and
 //! tower-resilience's retry on the happy path (the call succeeds first time, so nothing is
-//! retried), and seawall's hedge next to tower's `Hedge` when the original call wins. Allocations
-//! per call are printed after the timings.
+//! retried), and seawall's hedge next to tower's `Hedge` when the original call wins. With
+//! `--features count-allocs`, allocations per call are printed after the timings.
 //!
 //! Both percentile hedges are timed in their hedging state: each has measured its percentile
 //! over a full period of calls, and a call it makes is armed to send a copy should the original
