@@ -121,8 +121,10 @@ impl Shared {
 
     #[inline]
     fn release_one(&self) {
-        self.give_back();
+        // The gauge first: giving the permit back may wake a waiter, and a waker that panics
+        // would leave it one too high.
         self.metrics.in_flight.decrement(1.0);
+        self.give_back();
     }
 
     /// Returns one permit to the semaphore (where it pays off one the adaptive limit owes, if

@@ -10,23 +10,48 @@ use seawall_core::metrics::{
     testing::TestRecorder, BULKHEAD_IN_FLIGHT, BULKHEAD_LIMIT, BULKHEAD_WAITING,
 };
 use std::{
+    fmt,
     future::Future,
     panic::{self, AssertUnwindSafe},
     pin::pin,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     task::{Context, Wake, Waker},
     time::Duration,
 };
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-/// A limit of one that grows by `step` with every sample.
-#[derive(Debug)]
+/// A limit of one that grows by `step` with every sample. Given its bulkhead's handle, it checks
+/// that the handle's `Debug` shows the limit's lock `<busy>` while it holds it, as [`Spy`]
+/// relies on.
 struct Grows {
     limit: usize,
     step: usize,
+    handle: Arc<OnceLock<BulkheadHandle>>,
+}
+
+/// Without the handle: the bulkhead's `Debug` shows its limit, which would show the bulkhead.
+impl fmt::Debug for Grows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grows")
+            .field("limit", &self.limit)
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+impl Grows {
+    fn new(limit: usize, step: usize) -> (Self, Arc<OnceLock<BulkheadHandle>>) {
+        let handle = Arc::new(OnceLock::new());
+        let grows = Grows {
+            limit,
+            step,
+            handle: handle.clone(),
+        };
+        (grows, handle)
+    }
 }
 
 impl Limit for Grows {
@@ -39,6 +64,12 @@ impl Limit for Grows {
     }
 
     fn update(&mut self, _: &Sample) -> usize {
+        if let Some(handle) = self.handle.get() {
+            assert!(
+                format!("{handle:?}").contains("<busy>"),
+                "the handle shows the limit's lock held"
+            );
+        }
         self.limit += self.step;
         self.limit
     }
@@ -84,12 +115,14 @@ impl Wake for Spy {
 /// limit's lock is released.
 #[tokio::test(start_paused = true)]
 async fn a_waiter_served_by_a_growing_limit_is_woken_outside_its_lock() {
+    let (grows, handle_of_limit) = Grows::new(1, 1);
     let layer = BulkheadLayer::builder()
-        .adaptive(Grows { limit: 1, step: 1 })
+        .adaptive(grows)
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap();
     let handle = layer.handle();
+    handle_of_limit.set(handle.clone()).unwrap();
     let spy = Spy::new(&handle);
     let waker = Waker::from(spy.clone());
     let mut service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
@@ -139,7 +172,7 @@ async fn a_panicking_waker_leaves_the_other_waiter_woken_and_the_counts_right() 
     let _guard = recorder.install_local();
     let layer = BulkheadLayer::builder()
         .name("wakes")
-        .adaptive(Grows { limit: 1, step: 2 })
+        .adaptive(Grows::new(1, 2).0)
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -187,4 +220,49 @@ async fn a_panicking_waker_leaves_the_other_waiter_woken_and_the_counts_right() 
     second.await.unwrap();
     assert_eq!((handle.limit(), handle.available()), (7, 7));
     assert_eq!(gauges(), [7.0, 0.0, 0.0]);
+}
+
+/// A fixed limit of one: the running call's permit is handed to the waiter, whose waker panics.
+/// The panic goes on to the caller; the in-flight gauge still counts the one call running.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_waker_leaves_a_fixed_limits_gauges_right() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = BulkheadLayer::builder()
+        .name("fixed-wakes")
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gauges = || {
+        [BULKHEAD_IN_FLIGHT, BULKHEAD_WAITING]
+            .map(|gauge| recorder.gauge(gauge, "fixed-wakes").unwrap_or_default())
+    };
+    let panics = Arc::new(PanicsOnce {
+        armed: AtomicBool::new(true),
+        wakes: AtomicUsize::new(0),
+    });
+    let mut service = layer.layer(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+
+    let mut running = pin!(service.ready().await.unwrap().call(()));
+    let mut waiting = pin!(service.ready().await.unwrap().call(()));
+    assert!(waiting
+        .as_mut()
+        .poll(&mut Context::from_waker(&Waker::from(panics.clone())))
+        .is_pending());
+    assert_eq!(gauges(), [1.0, 1.0]);
+
+    let finished = panic::catch_unwind(AssertUnwindSafe(|| {
+        running
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    assert!(finished.is_err(), "the waker's panic goes on");
+    assert_eq!(panics.wakes.load(Ordering::SeqCst), 1);
+    assert_eq!((handle.in_flight(), handle.waiting()), (1, 0));
+    assert_eq!(gauges(), [1.0, 0.0], "the finished call is off the gauge");
+
+    waiting.await.unwrap();
+    assert_eq!(gauges(), [0.0, 0.0]);
 }
