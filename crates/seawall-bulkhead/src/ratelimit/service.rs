@@ -244,8 +244,8 @@ where
 /// Unlike the bulkhead's, the limiters' rejections are decided in `call`, after `poll_ready`
 /// polled `inner`, so every one pays this clone (one allocation for a boxed service). The plain
 /// limiter could look at its budget in `poll_ready` without reserving it, but only with the
-/// clock: a second clock read on every admitted call, which measured +25–28 ns on one that costs
-/// about 40 ns (`benches/bulkhead.rs`), to save the clone on a rejection that allocates its
+/// clock: a second clock read on every admitted call, which measured +25–28 ns on one that then
+/// cost about 40 ns (`benches/bulkhead.rs`, in an earlier setup), to save the clone on a rejection that allocates its
 /// [`Limited`](super::Limited) anyway. The keyed limiter knows the key only from the request.
 #[cold]
 #[inline(never)]
