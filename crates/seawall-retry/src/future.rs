@@ -3,6 +3,7 @@ use crate::{
     budget::Withdrawal,
     layer::{Link, Settings},
     policy::{CloneRequest, Policy},
+    timer::TIMER_RESOLUTION,
     BudgetExhausted, GiveUpReason,
 };
 use pin_project_lite::pin_project;
@@ -15,16 +16,9 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
-    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
-
-/// How late a timer may fire: tokio rounds a timer's deadline up to its next whole millisecond
-/// tick, so a sleep until `t` ends at or after `t` but less than this after it. A wait that must
-/// end before a deadline is given this much more, and two deadlines less than this apart may
-/// fire on the same tick.
-const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).

@@ -5,8 +5,15 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
+
+/// How late a timer may fire: tokio rounds a timer's deadline up to its next whole millisecond
+/// tick, so a sleep until `t` ends at or after `t` but less than this after it. A wait that must
+/// end before a deadline is given this much more, and two deadlines less than this apart may
+/// fire on the same tick.
+pub(crate) const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 pin_project! {
     /// Empty until first armed, so a call that never waits never touches the timer wheel; then

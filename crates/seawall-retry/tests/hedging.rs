@@ -645,6 +645,40 @@ async fn no_copy_is_sent_once_the_calls_deadline_has_passed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn no_copy_is_made_for_a_hedge_whose_timer_would_fire_past_the_deadline() {
+    use seawall_core::deadline::RequestDeadline;
+
+    let copies = Arc::new(AtomicUsize::new(0));
+    let counted = copies.clone();
+    let layer = HedgeLayer::builder()
+        .delay(Duration::from_micros(10_300))
+        .budget(RetryBudget::unlimited())
+        .clone_with(move |req: &Req| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Some(req.clone())
+        })
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(100), |_| false));
+
+    // The hedge is due at 10.3 ms, but its timer fires on the 11 ms tick, past the deadline at
+    // 10.6 ms: no copy could be sent, so none is made.
+    let mut req = get();
+    req.set_deadline(Instant::now() + Duration::from_micros(10_600));
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(copies.load(Ordering::SeqCst), 0);
+    assert_eq!(replicas.calls.count(), 1);
+
+    // With more than a tick to spare, the copy is made and sent.
+    let mut req = get();
+    req.set_deadline(Instant::now() + Duration::from_micros(11_400));
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(copies.load(Ordering::SeqCst), 1);
+    assert_eq!(replicas.calls.count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent() {
     use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 

@@ -22,7 +22,8 @@
 //!   idempotent methods) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through
 //!   [`RequestDeadline`](seawall_core::deadline::RequestDeadline)) has passed, and a request whose
-//!   deadline comes before its first hedge is due is not copied.
+//!   deadline comes before its first hedge could start (when it is due, plus the millisecond
+//!   tokio's timer may take to fire) is not copied.
 //!
 //! ```
 //! use seawall::{retry::{HedgeLayer, RequestDeadline}, ServiceBuilderExt};

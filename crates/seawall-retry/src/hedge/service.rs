@@ -1,5 +1,8 @@
 use super::{layer::Shared, ResponseFuture};
-use crate::policy::{ByClone, Classified, CloneRequest, Policy};
+use crate::{
+    policy::{ByClone, Classified, CloneRequest, Policy},
+    timer::TIMER_RESOLUTION,
+};
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
     BoxError,
@@ -90,9 +93,13 @@ where
         let delay = shared.current_delay();
         let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
         let template = match delay {
-            // No copy for a request whose deadline comes before its first hedge would.
+            // No copy for a request whose deadline comes before its first hedge would start:
+            // the hedge's timer fires up to a tick after it is due.
             Some(delay) if shared.policy.is_retryable(&request) => {
-                let hedge_at = || deadline_after(started.unwrap_or_else(Instant::now), delay);
+                let hedge_at = || {
+                    let start = started.unwrap_or_else(Instant::now);
+                    deadline_after(start, delay.saturating_add(TIMER_RESOLUTION))
+                };
                 match request.deadline() {
                     Some(deadline) if deadline <= hedge_at() => None,
                     _ => shared.cloner.clone_request(&request),
