@@ -166,7 +166,8 @@ pub const DEFAULT_MULTIPLIER: f64 = 2.0;
 pub const DEFAULT_JITTER: f64 = 0.2;
 /// Default number of trial calls in HalfOpen.
 pub const DEFAULT_PERMITTED_PROBES: u32 = 3;
-/// Default bound on the time spent in HalfOpen waiting for the probes' results.
+/// Default bound on HalfOpen's probes in flight, counted from the first one admitted while none
+/// was out.
 pub const DEFAULT_MAX_WAIT_IN_HALF_OPEN: Duration = Duration::from_secs(30);
 
 impl BreakerConfigBuilder {

@@ -25,7 +25,7 @@
 //!   Every change writes its tag (with no deadline in other states), as it does `probes`' tag, so
 //!   a tag never falls far enough behind to wrap around and read as a newer generation's.
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
-//!   and slow results — updated by compare-and-swap, so the cap on concurrent probes is exact and
+//!   and slow results — updated by compare-and-swap, so the cap on probes admitted is exact and
 //!   exactly one thread sees the last result and takes the verdict.
 //! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics. A
 //!   change to Closed empties them before it is published, under `closing`: a flag, holding the
