@@ -36,6 +36,14 @@ fn builder() -> BreakerConfigBuilder {
         .max_wait_in_half_open(Duration::from_secs(1))
 }
 
+/// Explores every interleaving with up to three preemptions, for models with more steps than
+/// loom can explore exhaustively in reasonable time.
+fn bounded(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(f);
+}
+
 fn machine(builder: BreakerConfigBuilder) -> Arc<Machine> {
     Arc::new(Machine::new(&builder.build_config().unwrap()))
 }
@@ -537,5 +545,120 @@ fn a_verdict_waits_for_a_stale_verdict_to_find_it_lost() {
         }
         a.join().unwrap();
         assert_eq!(m.state(), State::Closed);
+    });
+}
+
+/// The last probe in flight is handed back just before its bound ends, while a look at the state
+/// finds the bound due. The stop and the expiry race: either the bound stops first and the
+/// HalfOpen waits, unbounded, for its next probe, or the expiry comes first and the breaker is
+/// open as of the bound, the hand-back of a probe from a HalfOpen that is gone changing nothing.
+/// Never both, and never a HalfOpen with a bound and no probe out.
+#[test]
+fn a_bound_stopped_as_it_ends_either_stops_or_reopens() {
+    // Whether, in some interleaving, the stop came first, and in some the expiry.
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static REOPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(m.deadline(), Some(1_002 * MS));
+        let observer = Arc::new(Transitions::default());
+        let look = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || m.tick(1_002 * MS, &*observer))
+        };
+        m.complete(
+            probe,
+            Outcome::Ignored,
+            Duration::ZERO,
+            || 1_001 * MS,
+            &*observer,
+        );
+        let looked = look.join().unwrap();
+        let changes = observer.0.load(Ordering::SeqCst);
+        match m.state() {
+            State::HalfOpen => {
+                STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(looked, State::HalfOpen);
+                assert_eq!(changes, 0);
+                assert_eq!(m.generation(), 2);
+                assert_eq!(m.deadline(), None, "no probe out, no bound");
+                assert_eq!(m.snapshot(1_002 * MS).probes_in_use, 0);
+                // The next probe starts a fresh bound.
+                let next = m.acquire(|| 1_002 * MS, &()).unwrap();
+                assert_eq!(next.kind(), PermitKind::Probe);
+                assert_eq!(m.deadline(), Some(2_002 * MS));
+            }
+            State::Open => {
+                REOPENED.store(true, std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(looked, State::Open);
+                assert_eq!(changes, 1);
+                assert_eq!(m.generation(), 3);
+                assert_eq!(m.snapshot(1_002 * MS).trips, 2);
+                // The second trip waits twice as long: 2 ms from the bound.
+                assert_eq!(m.deadline(), Some(1_004 * MS), "open as of the bound");
+                assert_eq!(m.tick(1_004 * MS, &()), State::HalfOpen);
+                assert_eq!(m.snapshot(1_004 * MS).probes_in_use, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+    assert!(STOPPED.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(REOPENED.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// Two calls find a HalfOpen's bound over, and the Open wait it leads to over too: each may be
+/// slow to take its slot while the other moves the breaker on, or move it on itself. Each change
+/// happens once, and the new HalfOpen's slots are its own: a call holds a probe of the HalfOpen
+/// that is gone, whose result counts for nothing, or one of the new HalfOpen's slots, bounded, or
+/// is turned away while a change it raced has yet to write its deadline.
+#[test]
+fn a_slow_taker_while_half_open_moves_on_holds_one_slot_at_most() {
+    bounded(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(2));
+        open(&m);
+        let first = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(first.kind(), PermitKind::Probe);
+        let observer = Arc::new(Transitions::default());
+        // The bound ends at 1,002 ms; the second trip's wait (2 ms) at 1,004 ms.
+        let slow = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || m.acquire(|| 1_004 * MS, &*observer).ok())
+        };
+        let next = m.acquire(|| 1_004 * MS, &*observer).ok();
+        let slow = slow.join().unwrap();
+        assert_eq!(observer.0.load(Ordering::SeqCst), 2, "each change once");
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.generation(), 4);
+        assert_eq!(m.snapshot(1_004 * MS).trips, 2);
+        let permits = [next, slow];
+        for permit in permits.iter().flatten() {
+            assert_eq!(permit.kind(), PermitKind::Probe);
+            assert!(matches!(permit.generation(), 2 | 4), "{permit:?}");
+        }
+        let new_slots = permits
+            .iter()
+            .flatten()
+            .filter(|permit| permit.generation() == 4)
+            .count() as u32;
+        assert!(new_slots >= 1, "{permits:?}");
+        assert_eq!(m.snapshot(1_004 * MS).probes_in_use, new_slots);
+        assert_eq!(m.deadline(), Some(2_004 * MS), "bounded from the new probe");
+        // Every probe answers: only the new HalfOpen's count, and the last of them to answer
+        // short of the verdict stops the bound.
+        for permit in permits.into_iter().flatten() {
+            m.complete(permit, Outcome::Success, Duration::ZERO, || 1_004 * MS, &());
+        }
+        m.complete(first, Outcome::Success, Duration::ZERO, || 1_004 * MS, &());
+        match new_slots {
+            2 => assert_eq!(m.state(), State::Closed),
+            _ => {
+                assert_eq!(m.state(), State::HalfOpen);
+                assert_eq!(m.snapshot(1_004 * MS).probe_results, 1);
+                assert_eq!(m.snapshot(1_004 * MS).probes_in_use, 1);
+                assert_eq!(m.deadline(), None);
+            }
+        }
     });
 }
