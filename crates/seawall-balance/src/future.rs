@@ -140,9 +140,10 @@ impl Drop for Waiter {
     }
 }
 
-/// Wakes the calls waiting for an endpoint, if there are any: a call has completed or given back
-/// an endpoint service it held (with any capacity reserved for it, a probe slot or a permit).
-fn wake_waiters<K, S, C>(shared: &Shared<K, S, C>) {
+/// Wakes the calls waiting for an endpoint, if there are any: a call or a health probe has
+/// completed or given back an endpoint service it held (with any capacity reserved for it, a
+/// probe slot or a permit).
+pub(crate) fn wake_waiters<K, S, C>(shared: &Shared<K, S, C>) {
     // Orders the capacity given back before the count is read; see `Waiter::new`.
     fence(SeqCst);
     if shared.waiting.load(Relaxed) > 0 {

@@ -4,6 +4,7 @@
 use crate::{
     config::Settings,
     endpoint::{stable_hash, Endpoint, Key, NONE},
+    future::wake_waiters,
     hook::{Filter, Probe},
     picker::{Tuning, MAX_ZONES},
     set::Snapshot,
@@ -561,15 +562,16 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         self.changed.notify_waiters();
     }
 
-    /// Applies a health probe's verdict on the endpoint with `key`.
-    fn probed(&self, key: &K, ok: bool) {
+    /// Applies a health probe's verdict on the endpoint with `key`. Returns whether the verdict
+    /// changed the endpoint's health, and so woke the calls waiting for an endpoint.
+    fn probed(&self, key: &K, ok: bool) -> bool {
         let _health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let set = self.current();
         let Some(ep) = set.endpoints.iter().find(|e| &e.key == key) else {
-            return;
+            return false;
         };
         if ep.stats.probe_ok.swap(ok, Relaxed) == ok {
-            return;
+            return false;
         }
         self.recount(&set);
         let key = format!("{key:?}");
@@ -583,6 +585,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
         self.changed.notify_waiters();
+        true
     }
 
     pub(crate) fn set_task(&self, handle: AbortHandle) {
@@ -756,8 +759,15 @@ async fn run<K, S, C, D>(
             }
             Some(result) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
                 let Some(shared) = weak.upgrade() else { return };
-                if let Some((key, ok)) = probes.finished(result) {
-                    shared.probed(&key, ok);
+                let woken = probes
+                    .finished(result)
+                    .is_some_and(|(key, ok)| shared.probed(&key, ok));
+                // The probe's task has ended and dropped its clone of the endpoint's service,
+                // with any capacity the probe held (a concurrency limit's permit). A waiting call
+                // listens only on the endpoint it holds, so whatever the verdict (a probe that
+                // panicked or was cancelled has let go too), the waiting calls look again.
+                if !woken {
+                    wake_waiters(&shared);
                 }
             }
         }

@@ -226,6 +226,86 @@ async fn a_failed_probe_that_starts_panic_mode_wakes_waiting_calls() {
     busy.abort();
 }
 
+/// Endpoints 0 and 1 take one call at a time, and the health probe makes a call of its own
+/// (50 ms on endpoint 1). Endpoint 0 is busy with a long call; endpoint 1's probe holds its permit
+/// when a call comes, so the call holds endpoint 0 and waits. The probe passes, the verdict is
+/// unchanged, and endpoint 1 is free: the waiting call is woken and takes it, well before
+/// `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_ends_with_an_unchanged_verdict_wakes_waiting_calls() {
+    use seawall::balance::Change;
+    use tokio::time::Instant;
+    use tower::{limit::ConcurrencyLimit, Layer, ServiceExt};
+
+    let start = Instant::now();
+    let (tx, stream) = common::channel();
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .max_wait(Duration::from_secs(2))
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_secs(3600),
+            ..OutlierDetection::disabled()
+        })
+        .health_check(
+            HealthCheck {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(3),
+            },
+            |_key: &usize, svc: ConcurrencyLimit<common::Node>| async move {
+                svc.oneshot(u64::MAX).await.is_ok()
+            },
+        )
+        .build()
+        .unwrap()
+        .layer(stream);
+    let mut hits = Vec::new();
+    for (id, delay_ms) in [(0usize, 10_000), (1, 50)] {
+        let behavior = Arc::new(common::Behavior::default());
+        behavior.delay_ms.store(delay_ms, Relaxed);
+        hits.push(behavior.clone());
+        let node = common::Node { id, behavior };
+        tx.send(Change::Insert(id, ConcurrencyLimit::new(node, 1)))
+            .unwrap();
+    }
+    common::settle().await;
+
+    // Endpoint 0 takes a long call, and endpoint 1 the call after it: the next turn is 0's.
+    let mut busy = None;
+    for i in 0..10 {
+        let call = tokio::spawn(balance.clone().oneshot(i));
+        common::settle().await;
+        if hits[0].hits.load(Relaxed) == 1 {
+            busy = Some(call);
+            break;
+        }
+        call.await.unwrap().unwrap();
+    }
+    let busy = busy.expect("endpoint 0 took a call");
+    assert_eq!(balance.clone().oneshot(20).await.unwrap(), 1);
+
+    // Probed at 5 s: endpoint 1's probe holds its permit for 50 ms, endpoint 0's waits for it.
+    tokio::time::sleep_until(start + Duration::from_secs(5)).await;
+    common::settle().await;
+    let before = hits[1].hits.load(Relaxed);
+    let waiting = tokio::spawn(balance.clone().oneshot(30));
+    common::settle().await;
+    assert!(!waiting.is_finished());
+    assert_eq!(
+        hits[1].hits.load(Relaxed),
+        before,
+        "the probe held endpoint 1"
+    );
+
+    // The probe passes at 5.05 s; the waiting call takes endpoint 1 and is answered at 5.1 s.
+    let answer = tokio::time::timeout(Duration::from_millis(200), waiting)
+        .await
+        .expect("the waiting call was not woken when the probe let go of endpoint 1");
+    assert_eq!(answer.unwrap().unwrap(), 1);
+    assert!(balance.unhealthy().is_empty());
+    busy.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_panics_counts_as_failed() {
     let (balance, _cluster) = probed_with_a_faulty_probe(false).await;
