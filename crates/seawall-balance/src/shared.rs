@@ -194,10 +194,21 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .iter()
             .filter(|e| !e.stats.healthy())
             .count();
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+        let before = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(snapshot),
+        )
+        .len();
         self.unhealthy.store(unhealthy, Relaxed);
         self.version.fetch_add(1, Release);
-        self.endpoints_gauge.set(len as f64);
+        // By the change, so that balancers sharing a name sum their sets, and one that is dropped
+        // takes its set with it (see the `Drop` below). Under the health lock, as the set is: a
+        // recorder that does not add atomically still ends on the sum of the changes.
+        if len > before {
+            self.endpoints_gauge.increment((len - before) as f64);
+        } else if len < before {
+            self.endpoints_gauge.decrement((before - len) as f64);
+        }
         self.changed.notify_waiters();
     }
 
@@ -617,6 +628,16 @@ impl<K: Key, S: 'static> Shared<K, S, seawall_core::classify::DefaultClassifier>
 
 impl<K, S, C> Drop for Shared<K, S, C> {
     fn drop(&mut self) {
+        // Its share of the gauge goes with it: a balancer built again under the same name, as on
+        // a reload, then reports its own set. No change can be applied now, so the set is final.
+        let len = self
+            .current
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        if len > 0 {
+            self.endpoints_gauge.decrement(len as f64);
+        }
         if let Some(task) = self
             .task
             .get_mut()
