@@ -488,7 +488,61 @@ mod tests {
             .picker(Picker::P2cOutstanding { choices: 0 })
             .build()
             .unwrap_err();
-        assert_eq!(err.field(), "choices");
+        assert_eq!(err.field(), "picker.choices");
+        // The picker's fields are named by the builder method that sets the picker, as the
+        // outlier detection's are.
+        let picker = |p: Picker| {
+            BalanceConfigBuilder::new()
+                .picker(p)
+                .build()
+                .unwrap_err()
+                .field()
+        };
+        assert_eq!(
+            picker(Picker::P2cPeakEwma {
+                choices: 0,
+                decay: Duration::from_secs(10),
+                default_rtt: Duration::from_millis(30),
+                failure_penalty: Duration::from_secs(1),
+            }),
+            "picker.choices"
+        );
+        assert_eq!(
+            picker(Picker::LeastPeakEwma {
+                decay: Duration::ZERO,
+                default_rtt: Duration::from_millis(30),
+                failure_penalty: Duration::from_secs(1),
+            }),
+            "picker.decay"
+        );
+        assert_eq!(
+            picker(Picker::LeastPeakEwma {
+                decay: Duration::from_secs(10),
+                default_rtt: Duration::ZERO,
+                failure_penalty: Duration::from_secs(1),
+            }),
+            "picker.default_rtt"
+        );
+        assert_eq!(
+            picker(Picker::P2cPeakEwma {
+                choices: 2,
+                decay: Duration::from_secs(10),
+                default_rtt: Duration::from_millis(30),
+                failure_penalty: Duration::from_secs(7200),
+            }),
+            "picker.failure_penalty"
+        );
+        assert_eq!(
+            picker(Picker::ConsistentHash { replicas: 0 }),
+            "picker.replicas"
+        );
+        assert_eq!(
+            picker(Picker::ZoneAware {
+                local_zone: "a".into(),
+                min_healthy_share: 1.5,
+            }),
+            "picker.min_healthy_share"
+        );
         let err = BalanceConfigBuilder::new()
             .outlier_detection(OutlierDetection {
                 max_ejection_percent: 2.0,
@@ -613,7 +667,7 @@ mod tests {
             })
             .build()
             .unwrap_err();
-        assert_eq!(err.field(), "local_zone");
+        assert_eq!(err.field(), "picker.local_zone");
         assert!(BalanceConfigBuilder::new().build().is_ok());
     }
 }

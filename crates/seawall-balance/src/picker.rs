@@ -134,7 +134,7 @@ impl Picker {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         match self {
             Picker::P2cOutstanding { choices } => {
-                check_range("choices", *choices, 1, 64)?;
+                check_range("picker.choices", *choices, 1, 64)?;
             }
             Picker::LeastPeakEwma {
                 decay,
@@ -147,20 +147,23 @@ impl Picker {
                 default_rtt,
                 failure_penalty,
             } => {
-                check_range("choices", *choices, 1, 64)?;
+                check_range("picker.choices", *choices, 1, 64)?;
                 check_peak_ewma(*decay, *default_rtt, *failure_penalty)?;
             }
             Picker::ConsistentHash { replicas } => {
-                check_range("replicas", *replicas, 1, 10_000)?;
+                check_range("picker.replicas", *replicas, 1, 10_000)?;
             }
             Picker::ZoneAware {
                 local_zone,
                 min_healthy_share,
             } => {
-                seawall_core::config::check_fraction("min_healthy_share", *min_healthy_share)?;
+                seawall_core::config::check_fraction(
+                    "picker.min_healthy_share",
+                    *min_healthy_share,
+                )?;
                 if local_zone.is_empty() {
                     return Err(ConfigError::invalid(
-                        "local_zone",
+                        "picker.local_zone",
                         "must not be empty",
                         "\"\"",
                     ));
@@ -289,10 +292,10 @@ fn check_peak_ewma(
     default_rtt: Duration,
     failure_penalty: Duration,
 ) -> Result<(), ConfigError> {
-    seawall_core::config::check_positive_duration("decay", decay)?;
-    seawall_core::config::check_positive_duration("default_rtt", default_rtt)?;
+    seawall_core::config::check_positive_duration("picker.decay", decay)?;
+    seawall_core::config::check_positive_duration("picker.default_rtt", default_rtt)?;
     check_range(
-        "failure_penalty",
+        "picker.failure_penalty",
         failure_penalty,
         Duration::ZERO,
         Duration::from_secs(3600),

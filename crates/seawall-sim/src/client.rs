@@ -452,10 +452,7 @@ impl SeawallSpec {
                     "outlier.success_rate_factor",
                 ),
                 ("outlier_detection.latency.factor", "outlier.latency_factor"),
-                ("choices", "picker.choices"),
-                ("decay", "picker.decay_ms"),
-                ("local_zone", "picker.local_zone"),
-                ("min_healthy_share", "picker.min_healthy_share"),
+                ("picker.decay", "picker.decay_ms"),
             ],
         );
         let picker = match self.picker.clone() {
