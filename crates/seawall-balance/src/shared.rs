@@ -14,14 +14,17 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::deadline::deadline_after;
 use seawall_core::{metrics, Listeners, Name, Outcome};
 use std::{
+    any::Any,
     collections::HashMap,
     fmt,
     future::{poll_fn, Future},
+    panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::*},
         Arc, Mutex, PoisonError, RwLock, Weak,
     },
+    task::Poll,
     time::Duration,
 };
 use tokio::{
@@ -730,8 +733,24 @@ async fn run<K, S, C, D>(
     loop {
         let mut yield_first = false;
         tokio::select! {
-            change = poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering && !paused => {
+            // A panic in the stream is caught: the task also runs outlier detection and health
+            // checks, which must go on.
+            change = poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| discover.as_mut().poll_discover(cx))) {
+                Ok(poll) => poll.map(Ok),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }), if discovering && !paused => {
                 let Some(shared) = weak.upgrade() else { return };
+                let change = match change {
+                    Ok(change) => change,
+                    Err(panic) => {
+                        // A discovery stream that panicked is not polled again: its state is
+                        // unknown. The set it built is kept, and outlier detection and health
+                        // checks go on, so ejected endpoints still return.
+                        tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints");
+                        discovering = false;
+                        continue;
+                    }
+                };
                 let pause = match change {
                     Some(Ok(change)) => {
                         errors_in_a_row = 0;
@@ -797,6 +816,15 @@ async fn run<K, S, C, D>(
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// The message a panic was raised with, when it is a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// The health probes running: at most one per endpoint, each on the service the endpoint had when

@@ -204,3 +204,49 @@ async fn an_idle_clone_keeps_no_removed_endpoint_alive() {
     // The idle clone picks from the current set when used again.
     assert_eq!(idle.oneshot(0).await.unwrap(), 1);
 }
+
+/// A discovery stream that panics (a bug in a registry client) stops being read, and the set it
+/// built is kept; the balancer's task goes on with outlier detection, so an endpoint ejected after
+/// the panic still returns.
+#[tokio::test(start_paused = true)]
+async fn a_discovery_stream_that_panics_leaves_outlier_detection_running() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let nodes: Vec<Node> = (0..3).map(Node::new).collect();
+    let behaviors: Vec<Arc<Behavior>> = nodes.iter().map(|n| n.behavior.clone()).collect();
+    let inserts = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(id, node)| Ok::<_, std::convert::Infallible>(Change::Insert(id, node)));
+    let stream = futures_util::stream::iter(inserts).chain(futures_util::stream::poll_fn(
+        |_| -> std::task::Poll<Option<Result<Change<usize, Node>, std::convert::Infallible>>> {
+            panic!("registry client bug")
+        },
+    ));
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_secs(1),
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 1.0,
+            consecutive_failures: Some(1),
+            ..OutlierDetection::disabled()
+        })
+        .build()
+        .unwrap()
+        .layer(stream);
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![0, 1, 2]);
+
+    // Endpoint 0 fails a call and is ejected for 10 s.
+    behaviors[0].fail.store(true, Relaxed);
+    common::drive(&balance, 3).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    behaviors[0].fail.store(false, Relaxed);
+
+    // Returned at the first pass after its ejection time.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(balance.unhealthy().is_empty(), "endpoint 0 never returned");
+    assert_eq!(balance.endpoints(), vec![0, 1, 2]);
+}
