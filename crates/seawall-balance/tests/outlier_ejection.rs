@@ -1,5 +1,6 @@
 //! Outlier ejection sequences in paused time: consecutive failures, multiplier growth and decay,
-//! success rate, failure percentage, max ejection percentage, at least one left, panic threshold.
+//! success rate, failure percentage, max ejection percentage, at least one left, panic threshold,
+//! and an ejected endpoint that discovery removes and adds again.
 
 mod common;
 
@@ -143,6 +144,53 @@ async fn max_ejection_percent_and_at_least_one_left() {
         1,
         "never the last healthy endpoint"
     );
+}
+
+/// An endpoint that discovery removes while it is ejected and adds again is a new endpoint, as in
+/// gRPC and Envoy: it takes calls at once, and its ejection multiplier starts again from zero.
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_removed_and_added_again_starts_afresh() {
+    use seawall::balance::Change;
+
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .outlier_detection(consecutive(3))
+            .on_event(rec.listener(Instant::now())),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    // Ejected for 10 s, back, and ejected again for 20 s.
+    drive(&balance, 9).await;
+    sleep(Duration::from_millis(10_500)).await;
+    assert!(balance.unhealthy().is_empty());
+    drive(&balance, 9).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+
+    cluster.tx.send(Change::Remove(0)).unwrap();
+    common::settle().await;
+    let node = common::Node {
+        id: 0,
+        behavior: cluster.behaviors[0].clone(),
+    };
+    cluster.tx.send(Change::Insert(0, node)).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints(), vec![1, 2, 0]);
+    assert!(balance.unhealthy().is_empty(), "added again healthy");
+
+    // Still failing: it takes its turns, and is ejected for the base time again, not 30 s.
+    cluster.reset();
+    assert_eq!(drive(&balance, 9).await, 3);
+    assert_eq!(cluster.hits(), vec![3, 3, 3]);
+    assert_eq!(balance.unhealthy(), vec![0]);
+    let durations: Vec<u64> = ejections(&rec.take())
+        .iter()
+        .map(|e| e.3.as_secs())
+        .collect();
+    assert_eq!(durations, vec![10, 20, 10]);
 }
 
 /// Twenty endpoints, four failing, at most 10 % ejected: two are ejected and two keep failing
