@@ -205,8 +205,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         self.unhealthy.store(unhealthy, Relaxed);
         self.version.fetch_add(1, Release);
         // By the change, so that balancers sharing a name sum their sets, and one that is dropped
-        // takes its set with it (see the `Drop` below). Under the health lock, as the set is: a
-        // recorder that does not add atomically still ends on the sum of the changes.
+        // takes its set with it (see the `Drop` below). Under the health lock, as the set is, so
+        // one balancer's changes reach the recorder in order.
         if len > before {
             self.endpoints_gauge.increment((len - before) as f64);
         } else if len < before {
@@ -713,8 +713,9 @@ async fn run<K, S, C, D>(
     D: Discover<Key = K, Service = S> + Send + 'static,
     D::Error: fmt::Display,
 {
-    let mut discover = Box::pin(discover);
-    let mut discovering = true;
+    // `None` once the stream has ended or panicked: it is dropped then, and with it whatever
+    // feeds it.
+    let mut discover = Some(Box::pin(discover));
     let mut sweep = tokio::time::interval_at(deadline_after(Instant::now(), interval), interval);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let probe_every = probe
@@ -735,19 +736,23 @@ async fn run<K, S, C, D>(
         tokio::select! {
             // A panic in the stream is caught: the task also runs outlier detection and health
             // checks, which must go on.
-            change = poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| discover.as_mut().poll_discover(cx))) {
-                Ok(poll) => poll.map(Ok),
-                Err(panic) => Poll::Ready(Err(panic)),
-            }), if discovering && !paused => {
+            change = poll_fn(|cx| {
+                let Some(stream) = discover.as_mut() else { return Poll::Pending };
+                match catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_discover(cx))) {
+                    Ok(poll) => poll.map(Ok),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            }), if discover.is_some() && !paused => {
                 let Some(shared) = weak.upgrade() else { return };
                 let change = match change {
                     Ok(change) => change,
                     Err(panic) => {
                         // A discovery stream that panicked is not polled again: its state is
-                        // unknown. The set it built is kept, and outlier detection and health
-                        // checks go on, so ejected endpoints still return.
+                        // unknown. It is dropped (a drop that panics too is caught), so what
+                        // feeds it stops. The set it built is kept, and outlier detection and
+                        // health checks go on, so ejected endpoints still return.
                         tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints");
-                        discovering = false;
+                        let _ = catch_unwind(AssertUnwindSafe(|| drop(discover.take())));
                         continue;
                     }
                 };
@@ -767,7 +772,7 @@ async fn run<K, S, C, D>(
                     }
                     None => {
                         tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
-                        discovering = false;
+                        discover = None;
                         None
                     }
                 };

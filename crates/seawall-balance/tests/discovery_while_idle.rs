@@ -205,9 +205,9 @@ async fn an_idle_clone_keeps_no_removed_endpoint_alive() {
     assert_eq!(idle.oneshot(0).await.unwrap(), 1);
 }
 
-/// A discovery stream that panics (a bug in a registry client) stops being read, and the set it
-/// built is kept; the balancer's task goes on with outlier detection, so an endpoint ejected after
-/// the panic still returns.
+/// A discovery stream that panics (a bug in a registry client) stops being read and is dropped,
+/// and the set it built is kept; the balancer's task goes on with outlier detection, so an
+/// endpoint ejected after the panic still returns.
 #[tokio::test(start_paused = true)]
 async fn a_discovery_stream_that_panics_leaves_outlier_detection_running() {
     use futures_util::StreamExt;
@@ -219,8 +219,12 @@ async fn a_discovery_stream_that_panics_leaves_outlier_detection_running() {
         .into_iter()
         .enumerate()
         .map(|(id, node)| Ok::<_, std::convert::Infallible>(Change::Insert(id, node)));
+    // What feeds the stream (a registry client's task, say), let go of when the stream is dropped.
+    let feed = Arc::new(());
+    let held = feed.clone();
     let stream = futures_util::stream::iter(inserts).chain(futures_util::stream::poll_fn(
-        |_| -> std::task::Poll<Option<Result<Change<usize, Node>, std::convert::Infallible>>> {
+        move |_| -> std::task::Poll<Option<Result<Change<usize, Node>, std::convert::Infallible>>> {
+            let _held = &held;
             panic!("registry client bug")
         },
     ));
@@ -238,6 +242,11 @@ async fn a_discovery_stream_that_panics_leaves_outlier_detection_running() {
         .layer(stream);
     common::settle().await;
     assert_eq!(balance.endpoints(), vec![0, 1, 2]);
+    assert_eq!(
+        Arc::strong_count(&feed),
+        1,
+        "the stream that panicked is dropped"
+    );
 
     // Endpoint 0 fails a call and is ejected for 10 s.
     behaviors[0].fail.store(true, Relaxed);
