@@ -182,14 +182,19 @@ impl Gradient2Builder {
         self
     }
 
-    /// Samples in the long-term RTT average, at least 1. Default 600.
+    /// Samples in the long-term RTT average. Default 600. It must be greater than
+    /// `2 × rtt_tolerance − 1` (at least 3 at the default tolerance): past the first 10, each
+    /// sample makes up `2 / (long_window + 1)` of the average, so the gradient is at least
+    /// `rtt_tolerance × 2 / (long_window + 1)`, and at 1 or more latency could never lower the
+    /// limit.
     pub fn long_window(mut self, samples: usize) -> Self {
         self.long_window = samples;
         self
     }
 
     /// How many times the long-term RTT a call may take before the limit shrinks, at least 1.
-    /// Default 1.5: latency jitter within that does not hold the limit back.
+    /// Default 1.5: latency jitter within that does not hold the limit back. A higher tolerance
+    /// needs a longer [`long_window`](Self::long_window).
     pub fn rtt_tolerance(mut self, tolerance: f64) -> Self {
         self.rtt_tolerance = tolerance;
         self
@@ -202,6 +207,20 @@ impl Gradient2Builder {
         config::check_range("long_window", self.long_window, 1, 1 << 30)?;
         config::check_range("queue_size", self.queue_size, 1, super::MAX_LIMIT)?;
         config::check_at_least_f64("rtt_tolerance", self.rtt_tolerance, 1.0)?;
+        // The long-term average holds at least `2 / (long_window + 1)` of the current RTT, so the
+        // gradient is at least `rtt_tolerance × 2 / (long_window + 1)`: at 1 or more it is
+        // clamped to 1 whatever the latency.
+        let bound = 2.0 * self.rtt_tolerance - 1.0;
+        if self.long_window as f64 <= bound {
+            return Err(ConfigError::conflict(
+                "long_window",
+                format!(
+                    "must be greater than 2 × rtt_tolerance − 1 ({bound}), or latency can never \
+                     lower the limit, got {}",
+                    self.long_window
+                ),
+            ));
+        }
         Ok(Gradient2 {
             estimate: self.initial as f64,
             min: self.min,
@@ -370,5 +389,62 @@ mod tests {
             );
         }
         assert!(Gradient2::builder().rtt_tolerance(1.0).build().is_ok());
+    }
+
+    /// The gradient is at least `rtt_tolerance × 2 / (long_window + 1)`: a window at which that
+    /// is 1 or more is rejected, naming the rule.
+    #[test]
+    fn a_long_window_too_short_for_the_tolerance_is_rejected() {
+        let e = Gradient2::builder().long_window(2).build().unwrap_err();
+        assert_eq!(e.field(), "long_window");
+        assert_eq!(
+            e.to_string(),
+            "long_window must be greater than 2 × rtt_tolerance − 1 (2), or latency can never \
+             lower the limit, got 2"
+        );
+        assert!(Gradient2::builder().long_window(1).build().is_err());
+        assert!(Gradient2::builder().long_window(3).build().is_ok());
+        // A tolerance of 1 lets any window but 1 through; one of 3 needs more than 5 samples.
+        assert!(Gradient2::builder()
+            .rtt_tolerance(1.0)
+            .long_window(2)
+            .build()
+            .is_ok());
+        assert!(Gradient2::builder()
+            .rtt_tolerance(1.0)
+            .long_window(1)
+            .build()
+            .is_err());
+        let e = Gradient2::builder()
+            .rtt_tolerance(3.0)
+            .long_window(5)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "long_window");
+        assert!(Gradient2::builder()
+            .rtt_tolerance(3.0)
+            .long_window(6)
+            .build()
+            .is_ok());
+    }
+
+    /// Why: at the bound the limit only grows however slow the calls; one sample past it, a slow
+    /// call lowers the limit.
+    #[test]
+    fn latency_lowers_the_limit_only_past_the_long_window_bound() {
+        let slow_after_warm_up = |window| {
+            let mut g = Gradient2 {
+                long_rtt: ExpAvg::new(window, 10),
+                ..Gradient2::default()
+            };
+            for _ in 0..10 {
+                g.update(&sample(10, 20));
+            }
+            let before = g.estimate;
+            g.update(&sample(10_000, 30));
+            g.estimate < before
+        };
+        assert!(!slow_after_warm_up(2), "gradient ≥ 1.5 × 2/3 = 1");
+        assert!(slow_after_warm_up(3), "gradient ≥ 1.5 × 2/4 = 0.75");
     }
 }
