@@ -15,12 +15,19 @@ use seawall_core::{config, ConfigError};
 /// | `queue > 6·log` (`beta`) | `limit − log` |
 /// | otherwise | unchanged |
 ///
-/// then `limit = (1 − smoothing) × limit + smoothing × new`, within `min..=max`. Every
-/// `probe_multiplier × limit × jitter` samples (jitter uniform in `[0.5, 1)`, from a seedable
-/// generator; at most every other sample) the no-load RTT is reset to the current sample, so the
-/// limit can follow a dependency whose baseline latency has moved. A dropped call is neither a
-/// no-load RTT nor a probe, nor counted towards one: a fast failure (a refused connection, an
-/// instant 503) would otherwise become the baseline and make every normal call look queued.
+/// then `limit = (1 − smoothing) × limit + smoothing × new`, within `min..=max`.
+///
+/// The queue estimate never exceeds the limit, and only a queue above `6·log` lowers it, so latency
+/// alone takes the limit no lower than about 6, however slow the calls (below 100, `log` is 1);
+/// only drops take it further. Below that a slow success does not lower the limit, and at a limit
+/// of 1 its queue, at most 1, counts as none: any success not faster than the no-load RTT adds 6.
+///
+/// Every `probe_multiplier × limit × jitter` samples (jitter uniform in `[0.5, 1)`, from a
+/// seedable generator; at most every other sample) the no-load RTT is reset to the current sample,
+/// so the limit can follow a dependency whose baseline latency has moved. A dropped call is
+/// neither a no-load RTT nor a probe, nor counted towards one: a fast failure (a refused
+/// connection, an instant 503) would otherwise become the baseline and make every normal call
+/// look queued.
 #[derive(Debug, Clone)]
 pub struct Vegas {
     estimate: f64,
@@ -294,6 +301,43 @@ mod tests {
         assert_eq!(limit, 5, "the minimum is reached");
         assert_eq!(v.estimate, 5.0);
         assert_eq!(v.update(&sample(10, 5)), 11, "no queue: + 6·log");
+    }
+
+    /// A queue estimate never exceeds the limit, and only one above `6·log` lowers it: latency
+    /// alone goes no lower than 6. At a limit of 1 any success, however slow, finds no queue.
+    #[test]
+    fn latency_alone_takes_the_limit_no_lower_than_six() {
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(
+            v.update(&sample(10, 20)),
+            20,
+            "first sample sets rtt_noload"
+        );
+        let mut limit = 20;
+        for _ in 0..30 {
+            limit = v.update(&Sample::new(Duration::from_millis(10), limit, true));
+        }
+        assert_eq!(limit, 1, "drops take it to the floor");
+        // queue = ceil(1 × (1 − 10/1000)) = 1 <= log: + 6·log.
+        assert_eq!(v.update(&sample(1_000, 1)), 7, "100× slower, and it grows");
+        // queue = ceil(7 × 0.99) = 7 > 6: − log.
+        assert_eq!(v.update(&sample(1_000, 7)), 6);
+        // queue = ceil(6 × 0.99) = 6, not above 6.
+        for _ in 0..10 {
+            assert_eq!(v.update(&sample(1_000, 6)), 6);
+        }
+
+        // From high up too: a slow dependency takes the limit down to 6 and no further.
+        let mut v = Vegas::builder()
+            .initial_limit(1000)
+            .probe_multiplier(1 << 20)
+            .build()
+            .unwrap();
+        let mut limit = v.update(&sample(10, 1000));
+        for _ in 0..1_000 {
+            limit = v.update(&sample(1_000, limit));
+        }
+        assert_eq!(limit, 6);
     }
 
     #[test]
