@@ -28,6 +28,41 @@ use seawall_core::{config, ConfigError};
 /// neither a no-load RTT nor a probe, nor counted towards one: a fast failure (a refused
 /// connection, an instant 503) would otherwise become the baseline and make every normal call
 /// look queued.
+///
+/// # Calls that say nothing of the dependency's cost
+///
+/// A fast *success* becomes the no-load RTT as well (as in Netflix's `VegasLimit`), so one call
+/// that did not cost the dependency what a normal call does (a 404 or a 304 answered at once, a
+/// response served from a cache) makes every normal call look queued, and the limit shrinks until
+/// the next probe. The stock classifiers count such answers as successes
+/// ([`HttpClassifier`](seawall_core::classify::HttpClassifier) a 4xx other than 429,
+/// [`GrpcClassifier`](seawall_core::classify::GrpcClassifier) NOT_FOUND); with Vegas, classify
+/// them [`Outcome::Ignored`](seawall_core::Outcome::Ignored), so they are no sample at all. A
+/// cache hit is told by whatever marks it in the response (a header, say), in the same closure:
+///
+/// ```
+/// use seawall::bulkhead::{limit::Vegas, BulkheadLayer};
+/// use seawall::core::classify::{Classify, HttpClassifier, Outcome};
+/// use std::{io, time::Duration};
+///
+/// let statuses = HttpClassifier::new();
+/// let layer = BulkheadLayer::builder()
+///     .adaptive(Vegas::default())
+///     .classifier(
+///         move |result: Result<&http::Response<String>, &io::Error>, elapsed: Duration| {
+///             match result {
+///                 // Neither a 2xx nor a failure: a 304, a 404.
+///                 Ok(res) if !res.status().is_success() && !statuses.is_failure(res.status()) => {
+///                     Outcome::Ignored
+///                 }
+///                 _ => statuses.classify(result, elapsed),
+///             }
+///         },
+///     )
+///     .build()?;
+/// # drop(layer);
+/// # Ok::<_, seawall::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Vegas {
     estimate: f64,
@@ -230,6 +265,19 @@ mod tests {
 
     /// With a multiplier of 1 a limit of 1 would probe on every sample and never grow: probes
     /// leave at least one sample between them.
+    /// A fast success is a baseline, unlike a fast failure: one instant answer (a 404, a cache
+    /// hit) the classifier calls a success makes every normal call look queued.
+    #[test]
+    fn a_fast_success_becomes_the_baseline() {
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(v.update(&sample(20, 20)), 20);
+        assert_eq!(v.update(&sample(20, 20)), 26);
+        assert_eq!(v.update(&sample(1, 26)), 26, "the new no-load RTT");
+        // queue = ceil(26 × (1 − 1/20)) = 25 > beta = 6.
+        assert_eq!(v.update(&sample(20, 26)), 25);
+        assert_eq!(v.update(&sample(20, 25)), 24);
+    }
+
     #[test]
     fn a_limit_of_one_grows_whatever_the_probe_multiplier() {
         let mut v = Vegas::builder()
