@@ -1,10 +1,11 @@
 //! A cancelled call, waiting or running, counts as ignored for an adaptive limit: its permit comes
-//! back and the limit gets no sample from it.
+//! back and the limit gets no sample from it. So does a call the classifier calls ignored.
 
 use seawall_bulkhead::{
     limit::{Limit, Sample},
     BulkheadLayer,
 };
+use seawall_core::Outcome;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -80,4 +81,36 @@ async fn a_cancelled_call_is_no_sample() {
     finished.await.unwrap();
     assert_eq!(samples.lock().unwrap().len(), 1);
     assert_eq!(handle.limit(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_classified_ignored_is_no_sample() {
+    let samples = Samples::default();
+    let layer = BulkheadLayer::builder()
+        .adaptive(Recording {
+            samples: samples.clone(),
+            limit: 1,
+        })
+        .classifier(
+            |result: Result<&bool, &std::io::Error>, _: Duration| match result {
+                Ok(true) => Outcome::Ignored,
+                Ok(false) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            },
+        )
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|ignored: bool| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok::<_, std::io::Error>(ignored)
+    }));
+
+    assert!(service.clone().oneshot(true).await.unwrap());
+    assert_eq!(handle.available(), 1, "its permit came back");
+    assert!(samples.lock().unwrap().is_empty(), "{:?}", samples.lock());
+    assert_eq!(handle.limit(), 1);
+
+    assert!(!service.oneshot(false).await.unwrap());
+    assert_eq!(samples.lock().unwrap().len(), 1, "a success is a sample");
 }

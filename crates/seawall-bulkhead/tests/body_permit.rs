@@ -5,9 +5,14 @@ use http_body_util::{BodyExt, Empty, Full as FullBody};
 use hyper::body::Bytes;
 use hyper::{body::Incoming, server::conn::http1, Request, Response};
 use hyper_util::rt::TokioIo;
-use seawall_bulkhead::{limit::Aimd, BulkheadLayer, Full};
+use seawall_bulkhead::{
+    limit::{Aimd, Limit, Sample},
+    BulkheadLayer, Full,
+};
+use seawall_core::classify::{Classify, HttpClassifier, Outcome};
 use seawall_core::error::is;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{service_fn, BoxError, Layer, ServiceExt};
@@ -208,31 +213,112 @@ async fn empty_body_releases_at_once() {
     assert_eq!(handle.in_flight(), 0);
 }
 
-/// A response classified a failure stays one when its body is dropped unread (a 503 whose body the
-/// caller does not read); any other response's body dropped early counts as ignored.
-#[tokio::test(start_paused = true)]
-async fn a_failed_response_whose_body_is_dropped_unread_is_still_a_drop() {
-    let layer = BulkheadLayer::builder()
-        .adaptive(Aimd::builder().initial_limit(10).build().unwrap())
-        .classifier(seawall_core::classify::HttpClassifier::new())
-        .release_on_body_end()
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let service = layer.layer(service_fn(|status: u16| async move {
+/// A limit that stays at 10 and records every sample.
+#[derive(Debug)]
+struct Recording(Arc<Mutex<Vec<Sample>>>);
+
+impl Limit for Recording {
+    fn initial_limit(&self) -> usize {
+        10
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (1, 100)
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        self.0.lock().unwrap().push(*sample);
+        10
+    }
+}
+
+/// A service answering each status with a one-frame body.
+fn statuses() -> impl tower::Service<
+    u16,
+    Response = Response<FullBody<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|status: u16| async move {
         Ok::<_, Infallible>(
             Response::builder()
                 .status(status)
                 .body(FullBody::new(Bytes::from_static(b"body")))
                 .unwrap(),
         )
-    }));
+    })
+}
+
+/// A response classified a failure stays one when its body is dropped unread (a 503 whose body the
+/// caller does not read); any other response's body dropped early counts as ignored: no sample.
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_early_is_no_sample_unless_its_response_failed() {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let layer = BulkheadLayer::builder()
+        .adaptive(Recording(samples.clone()))
+        .classifier(HttpClassifier::new())
+        .release_on_body_end()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(statuses());
+
     let response = service.clone().oneshot(200).await.unwrap();
     assert!(response.body().holds_permit());
+    tokio::time::advance(Duration::from_millis(10)).await;
     drop(response);
-    assert_eq!((handle.limit(), handle.in_flight()), (10, 0));
-    let response = service.oneshot(503).await.unwrap();
+    assert_eq!(handle.in_flight(), 0);
+    assert!(samples.lock().unwrap().is_empty(), "{:?}", samples.lock());
+
+    let response = service.clone().oneshot(503).await.unwrap();
     assert!(response.body().holds_permit());
+    tokio::time::advance(Duration::from_millis(10)).await;
     drop(response);
-    assert_eq!((handle.limit(), handle.in_flight()), (9, 0));
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(
+        *samples.lock().unwrap(),
+        [Sample::new(Duration::from_millis(10), 1, true)]
+    );
+
+    // The same 200, read to its end, is a sample.
+    let response = service.oneshot(200).await.unwrap();
+    tokio::time::advance(Duration::from_millis(10)).await;
+    response.into_body().collect().await.unwrap();
+    assert_eq!(samples.lock().unwrap().len(), 2);
+    assert!(!samples.lock().unwrap()[1].dropped);
+}
+
+/// A response the classifier calls ignored is no sample, even read to its end: here a 404, as
+/// the `Vegas` docs suggest.
+#[tokio::test(start_paused = true)]
+async fn a_body_whose_response_is_ignored_is_no_sample() {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let http = HttpClassifier::new();
+    let layer = BulkheadLayer::builder()
+        .adaptive(Recording(samples.clone()))
+        .classifier(
+            move |result: Result<&Response<FullBody<Bytes>>, &Infallible>, elapsed: Duration| {
+                match result {
+                    Ok(res) if !res.status().is_success() && !http.is_failure(res.status()) => {
+                        Outcome::Ignored
+                    }
+                    _ => http.classify(result, elapsed),
+                }
+            },
+        )
+        .release_on_body_end()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(statuses());
+
+    let response = service.clone().oneshot(404).await.unwrap();
+    assert!(response.body().holds_permit());
+    response.into_body().collect().await.unwrap();
+    assert_eq!(handle.in_flight(), 0);
+    assert!(samples.lock().unwrap().is_empty(), "{:?}", samples.lock());
+
+    let response = service.oneshot(200).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(samples.lock().unwrap().len(), 1, "a 200 is a sample");
 }
