@@ -124,7 +124,8 @@ pub struct Transition {
     /// Whether this is a change a breaker in [`State::MetricsOnly`] would have made: `from` and
     /// `to` are then the states of its automatic machine (Closed, Open or HalfOpen).
     pub metrics_only: bool,
-    /// The generation the breaker entered.
+    /// The generation the breaker entered. A reset of a Closed breaker starts a generation with
+    /// no transition, so the generations listeners see may skip.
     pub generation: u64,
     /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
     /// HalfOpen: how long it waits for the probes in flight, counted from the first one admitted
@@ -1069,7 +1070,9 @@ impl Machine {
         self.manual(CLOSED | SHADOW, false, now, observer)
     }
 
-    /// Back to Closed with a fresh window and the first wait, from any state.
+    /// Back to Closed with a fresh window and the first wait, from any state. Always starts a new
+    /// generation, so results of calls admitted before are dropped; a Closed breaker stays
+    /// Closed, and the observer hears of no transition.
     pub fn reset<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
         self.manual(CLOSED, true, now, observer)
     }
@@ -1165,6 +1168,12 @@ impl Machine {
         }
         self.entered.store(now, Ordering::Release);
         let from_mode = mode_of(from);
+        if from_mode == to {
+            // A reset of a Closed breaker: a new generation with an empty window, in the same
+            // state, so nothing to report (Resilience4j's reset reports no transition from
+            // CLOSED either).
+            return true;
+        }
         let metrics_only = from_mode & SHADOW != 0 && to & SHADOW != 0;
         let state = |mode: u64| match metrics_only {
             true => public_state(mode & !SHADOW),

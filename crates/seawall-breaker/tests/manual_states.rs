@@ -145,6 +145,66 @@ async fn reset_closes_with_a_fresh_window() {
     assert_eq!(handle.state(), State::Closed);
 }
 
+/// A reset on a schedule, of a breaker that is Closed: the window is emptied and a new generation
+/// starts, but the state does not change, so nothing reports a transition (as Resilience4j's
+/// reset of a CLOSED breaker publishes none).
+#[tokio::test(start_paused = true)]
+async fn reset_of_a_closed_breaker_empties_the_window_without_a_transition() {
+    use seawall_core::metrics::{self as names, testing::TestRecorder};
+
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let seen = Arc::new(Mutex::new(Vec::<Transition>::new()));
+    let sink = seen.clone();
+    let layer = BreakerLayer::builder()
+        .name("scheduled")
+        .consecutive_failures(3)
+        .on_transition(move |_: &seawall::Name, t: &Transition| {
+            sink.lock().unwrap().push(t.clone())
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut states = handle.subscribe();
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Ok, Call::Fail, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    let before = handle.snapshot();
+    assert_eq!((before.calls, before.consecutive_failures), (3, 2));
+
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    let after = handle.snapshot();
+    assert_eq!(
+        (after.calls, after.failures, after.consecutive_failures),
+        (0, 0, 0),
+        "the calls recorded before the reset are gone"
+    );
+    assert_eq!(after.generation, before.generation + 1, "a new generation");
+    assert_eq!(*seen.lock().unwrap(), [], "no transition for listeners");
+    assert_eq!(recorder.counter(names::BREAKER_TRANSITIONS, "scheduled"), 0);
+    assert!(!states.has_changed().unwrap());
+
+    // The run of failures started again: two more do not trip, a third does, and that change is
+    // reported.
+    for _ in 0..2 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+    let seen: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(seen, [(State::Closed, State::Open)]);
+    assert_eq!(recorder.counter(names::BREAKER_TRANSITIONS, "scheduled"), 1);
+    assert_eq!(*states.borrow_and_update(), State::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn metrics_only_counts_a_would_be_rejection_once_per_call_made() {
     use tower::{Service, ServiceExt};
