@@ -86,10 +86,16 @@ impl BreakerHandle {
     }
 
     /// How long until an Open breaker probes again, or until a HalfOpen one gives up on its
-    /// probes; `None` in other states, and in a HalfOpen whose bound is not running (no probe in
-    /// flight: the next one starts it).
+    /// probes; `None` in other states (MetricsOnly included: it lets every call through, whatever
+    /// state it would be in), and in a HalfOpen whose bound is not running (no probe in flight:
+    /// the next one starts it).
     pub fn remaining_wait(&self) -> Option<Duration> {
         let deadline = self.shared.machine.deadline()?;
+        // MetricsOnly's deadlines are its would-be machine's: they hold back no call. Read after
+        // the deadline, so a deadline read just before a switch to MetricsOnly is not reported.
+        if self.shared.machine.state() == State::MetricsOnly {
+            return None;
+        }
         Some(Duration::from_nanos(
             deadline.saturating_sub(self.shared.now()),
         ))

@@ -86,6 +86,7 @@ async fn metrics_only_records_and_reports_but_never_rejects() {
     let snapshot = handle.snapshot();
     assert_eq!(snapshot.state, State::MetricsOnly);
     assert_eq!(snapshot.machine_state, State::Open, "it would be open");
+    assert_eq!(handle.remaining_wait(), None, "but it holds back no call");
 
     // Would be rejected: goes through, counted as a would-be rejection.
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
