@@ -295,7 +295,11 @@ impl BreakerConfigBuilder {
     /// not hold the breaker). A HalfOpen with no probe in flight (none admitted yet, or each one
     /// answered short of the verdict, ignored or cancelled) waits for its next call without a
     /// limit, keeping the results it has, and that call starts the bound afresh: a client that
-    /// calls a recovered dependency rarely still closes the breaker. Default 30 s.
+    /// calls a recovered dependency rarely still closes the breaker, as long as it calls soon
+    /// after `poll_ready`. The probe slot `poll_ready` reserves counts as a probe in flight until
+    /// the service is called or dropped, so a caller that keeps a service polled ready without
+    /// calling it (tower's `p2c::Balance` keeps every ready endpoint until it picks it) lets the
+    /// bound run out and reopens the breaker; see [`Breaker`](crate::Breaker). Default 30 s.
     /// (Resilience4j's `maxWaitDurationInHalfOpenState` bounds the whole HalfOpen state, idle or
     /// not, and is off by default.)
     pub fn max_wait_in_half_open(mut self, bound: Duration) -> Self {

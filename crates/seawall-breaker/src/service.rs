@@ -41,6 +41,20 @@ use tower_service::Service;
 /// service has been polled; and a service kept uncalled (a `Buffer`'s worker keeps one for good)
 /// holds up whoever needs it, such as a retry's next attempt, so before it rejects such a call
 /// the breaker replaces the inner service with a clone of it, which holds nothing.
+///
+/// In HalfOpen, the probe slot `poll_ready` reserves counts as a probe in flight until the
+/// service is called or dropped: it starts HalfOpen's bound
+/// ([`max_wait_in_half_open`](crate::BreakerConfigBuilder::max_wait_in_half_open)), or keeps it
+/// running. A caller that keeps a service polled ready without calling it lets the bound run out
+/// on a probe never sent, and the breaker reopens however well the dependency answers. tower's
+/// `p2c::Balance` does this: its `ReadyCache` polls every endpoint not yet ready on each
+/// `poll_ready` and keeps the ready ones until it picks them. Put per-endpoint breakers under
+/// seawall's balancer, which polls the endpoint it picked and calls it at once, or call (or drop)
+/// the service soon after `poll_ready`.
+///
+/// An error from the inner service's `poll_ready` is passed up as it is, not classified (tower
+/// takes a `poll_ready` error as terminal for the service); the permit reserved for the call is
+/// handed back when the service is dropped.
 pub struct Breaker<S, C = seawall_core::classify::DefaultClassifier> {
     inner: S,
     classifier: C,

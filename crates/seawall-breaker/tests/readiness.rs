@@ -18,7 +18,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
 use tower::{
     buffer::Buffer, limit::ConcurrencyLimit, util::BoxCloneService, Layer, Service, ServiceExt,
 };
@@ -437,6 +437,59 @@ fn open_for_a_second_on_a_failure() -> BreakerLayer {
         .jitter(0.0)
         .build()
         .unwrap()
+}
+
+/// A service polled ready in HalfOpen holds a probe in flight until it is called or dropped: kept
+/// uncalled past `max_wait_in_half_open` (as tower's `ReadyCache` keeps a ready endpoint it has
+/// not picked), it lets the bound run out, and the breaker opens again.
+#[tokio::test(start_paused = true)]
+async fn a_probe_slot_kept_uncalled_lets_the_bound_run_out() {
+    let layer = open_for_a_second_on_a_failure();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap();
+    assert_eq!(handle.snapshot().probes_in_use, 1);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(handle.state(), State::Open);
+    assert!(rejected(&svc.call(Call::Ok).await));
+}
+
+/// An error from the inner service's `poll_ready` is passed up as it is, not classified; the
+/// probe slot reserved for the call stays taken (its bound running) until the service is dropped,
+/// which hands it back.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_is_passed_up_and_its_probe_slot_handed_back_on_drop() {
+    let layer = open_for_a_second_on_a_failure();
+    let handle = layer.handle();
+    let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
+    inner.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let call = svc.call("trips");
+    let (_, respond) = inner.next_request().await.unwrap();
+    respond.send_error(BoxError::from("down"));
+    assert!(call.await.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    inner.send_error("not ready");
+    let err = assert_ready_err!(svc.poll_ready());
+    assert_eq!(err.to_string(), "not ready");
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, State::HalfOpen);
+    assert_eq!(
+        (snapshot.probes_in_use, snapshot.probe_results),
+        (1, 0),
+        "the slot is reserved, the error not classified"
+    );
+    assert_eq!(handle.remaining_wait(), Some(Duration::from_secs(30)));
+    drop(svc);
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (snapshot.state, snapshot.probes_in_use),
+        (State::HalfOpen, 0)
+    );
+    assert_eq!(handle.remaining_wait(), None, "no probe in flight to bound");
 }
 
 #[tokio::test(start_paused = true)]
