@@ -77,12 +77,15 @@ pub struct FaultReport {
     /// Calls sent to the backend while the fault lasted.
     pub wasted_calls: u64,
     /// Time from the fault's end until the backend got at least half its fair share again (None:
-    /// never, within the run).
+    /// never, within the run, or the run ended before the fault did).
     pub time_to_readmit: Option<Duration>,
     /// Whether the client's run lasted past the fault's start: a run that ended before it (a
     /// short `--requests`, a closed loop that finished early) neither ejected nor readmitted the
     /// backend, and reports `n/a` rather than `never`.
     pub reached: bool,
+    /// Whether the fault ended within the client's run: a run that ended while the fault was
+    /// still active could not readmit the backend, and reports readmit as `n/a`.
+    pub ended: bool,
 }
 
 /// Percentiles drawn in the latency curves.
@@ -291,9 +294,10 @@ impl ClientReport {
                     });
                 // From the bucket the fault ends in (counted from the fault's end, not before it):
                 // a client that kept sending to the backend throughout reads 0, wherever the
-                // bucket edges fall.
+                // bucket edges fall. None if the run ended first, even inside that bucket.
+                let ended = f.to_ms <= run_ms;
                 let time_to_readmit = (bucket_of(f.to_ms)..buckets)
-                    .filter(|&i| active(i))
+                    .filter(|&i| ended && active(i))
                     .find(|&i| share[i][b] >= fair / 2.0)
                     .map(|i| Duration::from_millis((i as u64 * bucket_ms).saturating_sub(f.to_ms)));
                 faults.push(FaultReport {
@@ -305,6 +309,7 @@ impl ClientReport {
                     wasted_calls,
                     time_to_readmit,
                     reached: f.from_ms < run_ms,
+                    ended,
                 });
             }
         }
@@ -408,6 +413,16 @@ impl FaultReport {
             (true, Some(d)) => ms(d),
         }
     }
+
+    /// The readmit column: as [`Self::reached_or`], and `n/a` too if the run ended before the
+    /// fault did.
+    fn readmit(&self) -> String {
+        if self.ended {
+            self.reached_or(self.time_to_readmit)
+        } else {
+            "n/a".into()
+        }
+    }
 }
 
 impl Report {
@@ -490,7 +505,7 @@ impl Report {
                         fault,
                         f.reached_or(f.time_to_eject),
                         f.wasted_calls,
-                        f.reached_or(f.time_to_readmit)
+                        f.readmit()
                     );
                 }
             }
@@ -688,11 +703,59 @@ mod tests {
         let fault = &report.faults[0];
         assert!(!fault.reached, "{fault:?}");
         assert_eq!(fault.reached_or(fault.time_to_eject), "n/a");
-        assert_eq!(fault.reached_or(fault.time_to_readmit), "n/a");
+        assert_eq!(fault.readmit(), "n/a");
         let report = ClientReport::new(&scenario(), raw(0..0), 10);
         let fault = &report.faults[0];
         assert!(fault.reached, "{fault:?}");
         assert_eq!(fault.reached_or(fault.time_to_eject), "never");
+    }
+
+    /// A run that ended while the fault was still active reports its readmit as `n/a`, not
+    /// `never`, even when the backend got no calls at the end; its eject is judged as usual.
+    #[test]
+    fn a_fault_still_active_as_the_run_ended_has_no_readmit() {
+        // b1 silent from 2 s to the end of the run, at 3 s, inside the fault (2 s to 4 s).
+        let cut = RawRun {
+            calls: raw(2_000..6_150).calls.into_iter().take(3_000).collect(),
+            elapsed: Duration::from_millis(3_000),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario(), cut, 10);
+        let fault = &report.faults[0];
+        assert!(fault.reached && !fault.ended, "{fault:?}");
+        assert_eq!(fault.time_to_readmit, None, "{fault:?}");
+        assert_eq!(fault.readmit(), "n/a");
+        assert_eq!(fault.reached_or(fault.time_to_eject), "10.0");
+        // Nor is a backend that never left readmitted by a run that ended 5 ms before the fault
+        // did, in the 30 ms bucket the fault ends in.
+        let almost = RawRun {
+            calls: raw(0..0).calls.into_iter().take(3_995).collect(),
+            elapsed: Duration::from_millis(3_995),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario(), almost, 30);
+        let fault = &report.faults[0];
+        assert!(!fault.ended, "{fault:?}");
+        assert_eq!(fault.time_to_readmit, None, "{fault:?}");
+        let table = Report {
+            scenario: "readmit".into(),
+            description: String::new(),
+            seed: 1,
+            backends: vec!["b0".into(), "b1".into()],
+            clients: vec![report.clone()],
+        }
+        .table();
+        let row = table.lines().last().unwrap();
+        assert!(row.ends_with(" n/a"), "{row}");
+        // A fault that ends as the run does ended within it.
+        let whole = RawRun {
+            calls: raw(2_000..4_000).calls.into_iter().take(4_000).collect(),
+            elapsed: Duration::from_millis(4_000),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario(), whole, 10);
+        assert!(report.faults[0].ended, "{:?}", report.faults[0]);
+        assert_eq!(report.faults[0].readmit(), "never");
     }
 
     #[test]
