@@ -380,7 +380,9 @@ impl Core {
     }
 
     /// How a call whose service starts at `at_ms` goes: its latency and its answer, drawn and
-    /// judged by the faults active then.
+    /// judged by the faults active then. A refused connection wins over every other fault active
+    /// with it, whatever their order; the latency is drawn first either way, so a refusal takes
+    /// the same draws from the backend's generator wherever its fault is in the list.
     fn plan(&self, at_ms: u64) -> (Duration, Result<SimResponse, SimError>) {
         let s = &*self.shared;
         let mut rng = s.rng.lock().unwrap();
@@ -395,6 +397,9 @@ impl Core {
                 down,
             })
         };
+        if self.refuses_at(at_ms) {
+            return (Duration::ZERO, fail(true));
+        }
         for fault in s
             .spec
             .faults
@@ -402,12 +407,8 @@ impl Core {
             .filter(|f| (f.from_ms..f.to_ms).contains(&at_ms))
         {
             match fault.effect {
-                FaultKind::Down => return (Duration::ZERO, fail(true)),
-                FaultKind::Flapping { period_ms } => {
-                    if 2 * ((at_ms - fault.from_ms) % period_ms) < period_ms {
-                        return (Duration::ZERO, fail(true));
-                    }
-                }
+                // Refusals are answered above; the up half of flapping is normal.
+                FaultKind::Down | FaultKind::Flapping { .. } => {}
                 FaultKind::Slow { extra_ms } => {
                     latency += duration_ms(extra_ms);
                 }
