@@ -2,7 +2,7 @@
 
 use crate::{
     dist::{check_ms, duration_ms, Latency},
-    scenario::MAX_CONCURRENCY,
+    scenario::{MAX_CONCURRENCY, MAX_REQUESTS},
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::{BoxError, RequestDeadline};
@@ -176,7 +176,8 @@ impl BackendSpec {
 /// A request in the simulation.
 #[derive(Debug, Clone)]
 pub struct SimRequest {
-    /// Sequence number.
+    /// Sequence number, from 0 (below [`MAX_REQUESTS`]): the [`DispatchLog`] keeps a bit for
+    /// each id up to the highest that made a call. Retries and hedges of a request carry its id.
     pub id: u64,
     /// A key for consistent hashing (a user or tenant id).
     pub key: u64,
@@ -222,15 +223,28 @@ impl fmt::Display for SimError {
 
 impl std::error::Error for SimError {}
 
-/// Every call every backend received: (milliseconds since start, backend index).
+/// Every call every backend received: (milliseconds since start, backend index), and which
+/// requests (by [`SimRequest::id`]) made at least one.
 #[derive(Debug, Default)]
 pub struct DispatchLog {
     calls: Mutex<Vec<(u64, u16)>>,
+    /// One bit per request id up to the highest seen, set once the request made a call: at most
+    /// a bit a request, as the ids a run gives are its sequence numbers.
+    called: Mutex<Vec<u64>>,
 }
 
 impl DispatchLog {
-    fn record(&self, at_ms: u64, backend: usize) {
+    fn record(&self, at_ms: u64, backend: usize, request: u64) {
         self.calls.lock().unwrap().push((at_ms, backend as u16));
+        if request >= MAX_REQUESTS {
+            return;
+        }
+        let word = (request / 64) as usize;
+        let mut called = self.called.lock().unwrap();
+        if called.len() <= word {
+            called.resize(word + 1, 0);
+        }
+        called[word] |= 1 << (request % 64);
     }
 
     /// All calls in the order they arrived.
@@ -241,6 +255,16 @@ impl DispatchLog {
     /// All calls in the order they arrived, leaving the log empty.
     pub fn take(&self) -> Vec<(u64, u16)> {
         std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// How many requests made at least one call, told apart by [`SimRequest::id`] (ids below
+    /// [`MAX_REQUESTS`], as a run gives them; calls of other ids are not counted here). [`take`]
+    /// leaves this count as it is.
+    ///
+    /// [`take`]: DispatchLog::take
+    pub fn requests_that_called(&self) -> u64 {
+        let called = self.called.lock().unwrap();
+        called.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 }
 
@@ -439,9 +463,9 @@ impl Service<SimRequest> for Core {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: SimRequest) -> Self::Future {
+    fn call(&mut self, req: SimRequest) -> Self::Future {
         let at_ms = self.now_ms();
-        self.shared.log.record(at_ms, self.index);
+        self.shared.log.record(at_ms, self.index, req.id);
         let Some(workers) = self.shared.workers.clone() else {
             // Served at once: its service starts as it arrives.
             let (latency, result) = self.plan(at_ms);

@@ -47,6 +47,9 @@ pub struct ClientReport {
     pub curve: Vec<Duration>,
     /// Calls the backends received (attempts, retries and hedges included).
     pub backend_calls: u64,
+    /// Requests that made at least one call: the others (turned away before reaching a backend,
+    /// such as one that timed out waiting for a ready backend) made none.
+    pub requests_that_called: u64,
     /// Calls each backend received over the whole run.
     pub calls_per_backend: Vec<u64>,
     /// Share of calls per backend, per time bucket of `bucket_ms`.
@@ -145,6 +148,8 @@ pub struct RunSummary {
     failed: u64,
     elapsed: Duration,
     backend_calls: u64,
+    /// Requests that made at least one call, if known.
+    requests_that_called: Option<u64>,
     calls_per_backend: Vec<u64>,
     /// Calls to the faulty backend during each fault, in the scenario's order.
     wasted_calls: Vec<u64>,
@@ -197,11 +202,20 @@ impl RunSummary {
             failed: raw.failed,
             elapsed: raw.elapsed,
             backend_calls: raw.calls.len() as u64,
+            requests_that_called: None,
             calls_per_backend,
             wasted_calls,
             grain_ms,
             counts,
         }
+    }
+
+    /// The summary of a run in which `requests` requests made at least one call, for
+    /// [`ClientReport::extra_load`]. Without it, a summary takes as many requests as it can to
+    /// have made one: every request, or one a call if there were fewer calls than requests.
+    pub fn with_requests_that_called(mut self, requests: u64) -> Self {
+        self.requests_that_called = Some(requests);
+        self
     }
 
     /// Simulated time the run took.
@@ -221,7 +235,9 @@ impl ClientReport {
     /// from [`bucket_ms`] of the longest run).
     ///
     /// `raw` may come from the simulator or from a live run against real servers (the showcase
-    /// example does this), as long as its calls are indexed like `scenario.backends`.
+    /// example does this), as long as its calls are indexed like `scenario.backends`. It does not
+    /// say which requests made a call, so [`Self::extra_load`] takes as many as it can to have
+    /// made one (see [`RunSummary::with_requests_that_called`]).
     pub fn new(scenario: &Scenario, raw: RawRun, bucket_ms: u64) -> Self {
         let summary = RunSummary::with_grain(scenario, raw, bucket_ms);
         Self::from_summary(scenario, summary, bucket_ms)
@@ -313,9 +329,10 @@ impl ClientReport {
                 });
             }
         }
+        let requests = summary.ok + summary.failed;
         ClientReport {
             client: summary.client,
-            requests: summary.ok + summary.failed,
+            requests,
             ok: summary.ok,
             p50: at(50.0),
             p90: at(90.0),
@@ -326,6 +343,9 @@ impl ClientReport {
             ok_p999: ok_at(99.9),
             curve: CURVE.iter().map(|&q| at(q)).collect(),
             backend_calls: summary.backend_calls,
+            requests_that_called: summary
+                .requests_that_called
+                .unwrap_or(requests.min(summary.backend_calls)),
             calls_per_backend: summary.calls_per_backend,
             share,
             bucket_ms,
@@ -343,12 +363,15 @@ impl ClientReport {
         }
     }
 
-    /// Calls beyond one per request (retries and hedges), as a share of requests.
+    /// Calls beyond the first of each request (retries and hedges), as a share of requests: the
+    /// sum over requests of their calls less one, counting none for a request that made no call,
+    /// over the requests. A request that made no call takes nothing off another's retries.
     pub fn extra_load(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
-            self.backend_calls as f64 / self.requests as f64 - 1.0
+            self.backend_calls.saturating_sub(self.requests_that_called) as f64
+                / self.requests as f64
         }
     }
 
@@ -664,6 +687,36 @@ mod tests {
             ClientReport::from_summary(&scenario, summary, 350).bucket_ms,
             340
         );
+    }
+
+    /// Extra load is the calls beyond the first of each request that made one: a request turned
+    /// away before any call takes nothing off another's retry.
+    #[test]
+    fn extra_load_counts_no_request_below_one_call() {
+        // Four requests: one made no call, one was retried once, two made one call each.
+        let run = || RawRun {
+            ok: 3,
+            failed: 1,
+            calls: vec![(0, 0), (1, 1), (2, 0), (3, 1)],
+            ..raw(0..0)
+        };
+        let known = RunSummary::new(&scenario(), run()).with_requests_that_called(3);
+        let report = ClientReport::from_summary(&scenario(), known, 10);
+        assert_eq!((report.requests, report.backend_calls), (4, 4));
+        assert_eq!(report.requests_that_called, 3);
+        assert_eq!(report.extra_load(), 0.25);
+        // Not knowing, a summary takes every request to have made a call while there are calls
+        // enough, and never counts below none extra.
+        let report = ClientReport::new(&scenario(), run(), 10);
+        assert_eq!(report.requests_that_called, 4);
+        assert_eq!(report.extra_load(), 0.0);
+        let fewer = RawRun {
+            calls: vec![(0, 0), (1, 1)],
+            ..run()
+        };
+        let report = ClientReport::new(&scenario(), fewer, 10);
+        assert_eq!(report.requests_that_called, 2);
+        assert_eq!(report.extra_load(), 0.0);
     }
 
     #[test]

@@ -52,12 +52,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     let summaries = scenario
         .clients
         .iter()
-        .map(|client| {
-            Ok(RunSummary::new(
-                scenario,
-                run_client(scenario, client, seed)?,
-            ))
-        })
+        .map(|client| run_client(scenario, client, seed))
         .collect::<Result<Vec<_>, String>>()?;
     // One bucket width for every client, so their eject and readmit times are rounded alike.
     let longest = summaries
@@ -84,8 +79,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     })
 }
 
-/// Runs one client; the cluster and the request keys are the same for every client.
-pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RawRun, String> {
+/// Runs one client, summarised as its run ends; the cluster and the request keys are the same for
+/// every client.
+pub fn run_client(
+    scenario: &Scenario,
+    client: &ClientSpec,
+    seed: u64,
+) -> Result<RunSummary, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -190,7 +190,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
             .map_err(|_| "tally still shared".to_string())?
             .into_inner()
             .map_err(|e| e.to_string())?;
-        Ok(RawRun {
+        let raw = RawRun {
             client: client.label(),
             latency_us: tally.latency_us,
             ok_latency_us: tally.ok_latency_us,
@@ -198,6 +198,7 @@ pub fn run_client(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result
             failed: tally.failed,
             calls: log.take(),
             elapsed,
-        })
+        };
+        Ok(RunSummary::new(scenario, raw).with_requests_that_called(log.requests_that_called()))
     })
 }
