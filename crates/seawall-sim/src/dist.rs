@@ -48,8 +48,7 @@ pub enum Latency {
     },
 }
 
-/// The longest duration a scenario may give, in milliseconds (an hour: the latency histogram's
-/// ceiling).
+/// The longest duration a scenario may give, in milliseconds (an hour).
 pub const MAX_MS: f64 = 3_600_000.0;
 
 /// Checks a duration in milliseconds: a number in `[0, MAX_MS]`, naming it otherwise.

@@ -1,6 +1,10 @@
 //! What a run measured, summarised per client.
 
-use crate::{backend::FaultKind, run::RawRun, scenario::Scenario};
+use crate::{
+    backend::FaultKind,
+    run::{RawRun, MAX_LATENCY_US},
+    scenario::Scenario,
+};
 use hdrhistogram::Histogram;
 use std::{fmt::Write as _, time::Duration};
 
@@ -36,7 +40,8 @@ pub struct ClientReport {
     pub p99: Duration,
     /// 99.9th percentile.
     pub p999: Duration,
-    /// Slowest request.
+    /// Slowest request. Latencies are told apart up to [`MAX_LATENCY_US`]: one at or past it
+    /// is slower than that, by how much not known, and the report shows it as `>` it.
     pub max: Duration,
     /// 99th percentile of successful requests alone (None: none succeeded). Failed calls, such
     /// as refused connections answered at once, do not pull it down.
@@ -422,8 +427,19 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// A latency in milliseconds, or `>` the histograms' ceiling (see [`MAX_LATENCY_US`]) for one
+/// that reached it.
+fn latency_ms(d: Duration) -> String {
+    let ceiling = Duration::from_micros(MAX_LATENCY_US);
+    if d >= ceiling {
+        format!(">{}", ms(ceiling))
+    } else {
+        ms(d)
+    }
+}
+
 fn ok_ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".into(), ms)
+    d.map_or_else(|| "-".into(), latency_ms)
 }
 
 impl FaultReport {
@@ -482,11 +498,11 @@ impl Report {
                 out,
                 "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.3}% {:>7.1}%",
                 c.client,
-                ms(c.p50),
-                ms(c.p90),
-                ms(c.p99),
-                ms(c.p999),
-                ms(c.max),
+                latency_ms(c.p50),
+                latency_ms(c.p90),
+                latency_ms(c.p99),
+                latency_ms(c.p999),
+                latency_ms(c.max),
                 ok_ms(c.ok_p99),
                 ok_ms(c.ok_p999),
                 c.success_rate() * 100.0,

@@ -18,12 +18,18 @@ use std::{
 use tokio::{task::JoinSet, time::Instant};
 use tower::ServiceExt;
 
+/// The slowest latency the histograms of a run tell apart, microseconds (30 days: far beyond any
+/// one call, though a long enough queue gets there): a request slower than that is counted as
+/// taking it, and reports show the percentiles it reaches as `>` it.
+pub const MAX_LATENCY_US: u64 = 30 * 24 * 3_600 * 1_000_000;
+
 /// What one client's run produced, before it is summarised.
 #[derive(Debug)]
 pub struct RawRun {
     /// The client's label.
     pub client: String,
-    /// Latency of every request, microseconds, from intended send time to answer.
+    /// Latency of every request, microseconds, from intended send time to answer, up to
+    /// [`MAX_LATENCY_US`].
     pub latency_us: Histogram<u64>,
     /// Latency of the requests answered successfully, microseconds.
     pub ok_latency_us: Histogram<u64>,
@@ -106,7 +112,7 @@ pub fn run_client(
         };
         let service = client.build(backends, seed, concurrency)?;
         let histogram =
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?;
+            Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| e.to_string())?;
         let tally = Arc::new(Mutex::new(Tally {
             latency_us: histogram.clone(),
             ok_latency_us: histogram,
@@ -122,7 +128,10 @@ pub fn run_client(
         let record = {
             let tally = tally.clone();
             move |sent: Instant, ok: bool| {
-                let us = sent.elapsed().as_micros().clamp(1, 3_600_000_000) as u64;
+                let us = sent
+                    .elapsed()
+                    .as_micros()
+                    .clamp(1, u128::from(MAX_LATENCY_US)) as u64;
                 let mut t = tally.lock().unwrap();
                 let _ = t.latency_us.record(us);
                 if ok {

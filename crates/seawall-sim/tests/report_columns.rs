@@ -77,3 +77,38 @@ fn refused_calls_do_not_pull_the_success_percentiles_down() {
     let row = table.lines().last().unwrap();
     assert!(row.ends_with(" n/a"), "{row}");
 }
+
+#[test]
+fn latencies_past_an_hour_are_measured_and_past_thirty_days_marked() {
+    // 800 requests at once into a backend serving one call at a time, each taking an hour: the
+    // k-th waits k hours, so the last 80 wait more than 30 days.
+    let text = r#"
+        name = "queue"
+        [load]
+        kind = "open_loop"
+        rate_per_sec = 1000.0
+        requests = 800
+        [[backends]]
+        latency = { kind = "constant", ms = 3600000.0 }
+        max_concurrency = 1
+        [[clients]]
+        kind = "round_robin"
+    "#;
+    let report = run(&Scenario::from_toml(text).unwrap(), 1).unwrap();
+    let c = &report.clients[0];
+    let hours = |d: Duration| d.as_secs_f64() / 3_600.0;
+    assert!((399.0..=401.0).contains(&hours(c.p50)), "{:?}", c.p50);
+    assert!((719.0..=721.0).contains(&hours(c.p90)), "{:?}", c.p90);
+    assert!(hours(c.max) >= 720.0, "{:?}", c.max);
+    let table = report.table();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("round robin"))
+        .unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // p50, p90, p99, p99.9, max, ok p99, ok p99.9 after the label's two words.
+    assert!(!cells[2].starts_with('>'), "{row}");
+    for cell in &cells[4..9] {
+        assert_eq!(*cell, ">2592000000", "{row}");
+    }
+}
