@@ -315,8 +315,9 @@ impl ClientReport {
                     });
                 // From the bucket the fault ends in (counted from the fault's end, not before it):
                 // a client that kept sending to the backend throughout reads 0, wherever the
-                // bucket edges fall. None if the run ended first, even inside that bucket.
-                let ended = f.to_ms <= run_ms;
+                // bucket edges fall. None if the run ended first, even inside that bucket, or as
+                // the fault ended, with no time after it.
+                let ended = f.to_ms < run_ms;
                 let time_to_readmit = (bucket_of(f.to_ms)..buckets)
                     .filter(|&i| ended && active(i))
                     .find(|&i| share[i][b] >= fair / 2.0)
@@ -816,15 +817,26 @@ mod tests {
         .table();
         let row = table.lines().last().unwrap();
         assert!(row.ends_with(" n/a"), "{row}");
-        // A fault that ends as the run does ended within it.
-        let whole = RawRun {
-            calls: raw(2_000..4_000).calls.into_iter().take(4_000).collect(),
-            elapsed: Duration::from_millis(4_000),
+        // A fault that ends as the run does left no time to come back in, whatever the buckets.
+        for bucket_ms in [10, 30] {
+            let whole = RawRun {
+                calls: raw(0..0).calls.into_iter().take(4_000).collect(),
+                elapsed: Duration::from_millis(4_000),
+                ..raw(0..0)
+            };
+            let report = ClientReport::new(&scenario(), whole, bucket_ms);
+            assert!(!report.faults[0].ended, "{:?}", report.faults[0]);
+            assert_eq!(report.faults[0].readmit(), "n/a");
+        }
+        // One millisecond after it, a client that never left the backend reads 0.
+        let after = RawRun {
+            calls: raw(0..0).calls.into_iter().take(4_001).collect(),
+            elapsed: Duration::from_millis(4_001),
             ..raw(0..0)
         };
-        let report = ClientReport::new(&scenario(), whole, 10);
+        let report = ClientReport::new(&scenario(), after, 30);
         assert!(report.faults[0].ended, "{:?}", report.faults[0]);
-        assert_eq!(report.faults[0].readmit(), "never");
+        assert_eq!(report.faults[0].time_to_readmit, Some(Duration::ZERO));
     }
 
     #[test]
