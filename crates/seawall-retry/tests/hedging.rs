@@ -678,6 +678,140 @@ async fn no_copy_is_made_for_a_hedge_whose_timer_would_fire_past_the_deadline() 
     assert_eq!(replicas.calls.count(), 3);
 }
 
+/// Rides in a request's extensions: counts the copies made of the request, and how many of
+/// them are alive (the replicas drop the requests they are called with).
+#[derive(Debug)]
+struct Copies {
+    made: Arc<AtomicUsize>,
+    alive: Arc<()>,
+}
+
+impl Clone for Copies {
+    fn clone(&self) -> Self {
+        self.made.fetch_add(1, Ordering::SeqCst);
+        Copies {
+            made: self.made.clone(),
+            alive: self.alive.clone(),
+        }
+    }
+}
+
+impl Copies {
+    fn made(&self) -> usize {
+        self.made.load(Ordering::SeqCst)
+    }
+
+    fn alive(&self) -> usize {
+        Arc::strong_count(&self.alive) - 1
+    }
+}
+
+/// A request whose deadline is `deadline_in` from now, and what tells of its copies.
+fn tracked_get(deadline_in: Duration) -> (Req, Copies) {
+    use seawall_core::deadline::RequestDeadline;
+
+    let copies = Copies {
+        made: Arc::default(),
+        alive: Arc::default(),
+    };
+    let mut req = get();
+    req.extensions_mut().insert(Copies {
+        made: copies.made.clone(),
+        alive: copies.alive.clone(),
+    });
+    req.set_deadline(Instant::now() + deadline_in);
+    (req, copies)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_a_late_first_poll_leaves_no_room_for_is_dropped_at_that_poll() {
+    use tokio_test::{assert_pending, assert_ready_ok};
+
+    let replicas = Replicas::new();
+    let mut svc = fixed(ms(50), 1).layer(replicas.service(|_| ms(100), |_| false));
+
+    // Counted from the call, the hedge would be due at 50 ms, well before the deadline at 80 ms,
+    // so the call copies the request.
+    let (req, copies) = tracked_get(ms(80));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    assert_eq!(copies.made(), 1);
+    assert_eq!(copies.alive(), 1, "the copy is kept for the hedge");
+    // First polled at 40 ms: the fixed delay counts from there, so the hedge would be due at
+    // 90 ms, past the deadline. The copy is dropped at once, and no timer wakes the call for it.
+    tokio::time::advance(ms(40)).await;
+    assert_pending!(fut.poll());
+    assert_eq!(copies.alive(), 0, "the copy is dropped");
+    tokio::time::advance(ms(55)).await;
+    assert!(!fut.is_woken(), "no wake-up for a hedge never sent");
+    // The original, first polled at 40 ms too, answers at 140 ms.
+    tokio::time::advance(ms(45)).await;
+    assert_eq!(assert_ready_ok!(fut.poll()), 0);
+    assert_eq!(replicas.calls.count(), 1);
+    assert_eq!(copies.made(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_hedge_before_the_deadline_sends_the_request_kept_not_a_copy() {
+    let replicas = Replicas::new();
+    let mut svc = fixed(ms(10), 2).layer(replicas.service(|_| ms(100), |_| false));
+
+    // Hedges due at 10 and 20 ms, the deadline at 15 ms: the first hedge is the last, and sends
+    // the copy made at the call rather than a copy of it kept for a second hedge never sent.
+    let (req, copies) = tracked_get(ms(15));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    assert!(fut.poll().is_pending());
+    tokio::time::advance(ms(10)).await;
+    assert!(fut.poll().is_pending());
+    assert_eq!(replicas.calls.count(), 2, "the first hedge is sent");
+    assert_eq!(copies.made(), 1, "one copy, made at the call");
+    assert_eq!(copies.alive(), 0, "nothing kept for a second hedge");
+    tokio::time::advance(ms(90)).await;
+    assert_eq!(fut.await.unwrap(), 0);
+    assert_eq!(replicas.calls.count(), 2);
+
+    // With room for the second hedge before the deadline, the request is copied for each.
+    let (req, copies) = tracked_get(ms(25));
+    let before = replicas.calls.count();
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(replicas.calls.count() - before, 3);
+    assert_eq!(copies.made(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_while_a_hedge_waits_for_readiness_is_returned_at_once() {
+    use tokio_test::{assert_pending, assert_ready, assert_ready_err};
+
+    let budget = support::one_retry();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    // One call at a time underneath: the hedge due at 10 ms waits for the permit the original
+    // holds, and the original fails at 50 ms.
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(replicas.service(|_| ms(50), |_| true));
+    let mut other = svc.clone();
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert!(!budget.can_retry(), "the waiting hedge holds its share");
+    tokio::time::advance(ms(40)).await;
+    let error = assert_ready_err!(fut.poll());
+    assert_eq!(error.to_string(), "replica 0 failed");
+    // The caller still holds the finished future: the hedge is given back and holds no permit.
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    drop(fut);
+    assert_eq!(replicas.calls.count(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent() {
     use tokio_test::{assert_pending, assert_ready, assert_ready_ok};

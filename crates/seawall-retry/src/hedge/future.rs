@@ -1,4 +1,4 @@
-use super::layer::Shared;
+use super::{layer::Shared, misses};
 use crate::{
     budget::Withdrawal,
     policy::{CloneRequest, Policy},
@@ -125,6 +125,11 @@ where
     outcome != Outcome::Failure
 }
 
+/// The deadline of the request kept for the next hedge, if any.
+fn deadline_of<Req: RequestDeadline>(template: &Option<Req>) -> Option<Instant> {
+    template.as_ref().and_then(RequestDeadline::deadline)
+}
+
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
 /// service failed): the hedge goes back to the budget, and whatever the service's readiness holds
 /// for it (a queued claim on a permit, which may already have been granted) is released by
@@ -211,9 +216,17 @@ where
                         Some(call) if shared.records_latency() => call,
                         _ => Instant::now(),
                     };
-                    *this.counted_from = Some(from);
-                    this.timer.as_mut().arm(deadline_after(from, *this.delay));
+                    let due = deadline_after(from, *this.delay);
                     *this.scheduled = true;
+                    // A first poll so late that the hedge could not start before the deadline:
+                    // drop the copy now rather than keep it, and a timer, for a hedge never sent.
+                    // The original call, polled above, is all that runs.
+                    if deadline_of(this.template).is_some_and(|deadline| misses(deadline, due)) {
+                        *this.template = None;
+                        return Poll::Pending;
+                    }
+                    *this.counted_from = Some(from);
+                    this.timer.as_mut().arm(due);
                 }
                 ready!(this.timer.as_mut().poll_elapsed(cx));
                 *this.due = true;
@@ -221,8 +234,7 @@ where
 
             // No copy starts once the call's deadline has passed: it would have no time at all.
             let past_deadline = |template: &Option<Req>| {
-                let deadline = template.as_ref().and_then(RequestDeadline::deadline);
-                deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                deadline_of(template).is_some_and(|deadline| Instant::now() >= deadline)
             };
             if past_deadline(this.template) {
                 *this.template = None;
@@ -245,8 +257,7 @@ where
             let Poll::Ready(ready) = this.service.poll_ready(cx) else {
                 // Waiting past the call's deadline is pointless: be woken then to give the hedge
                 // up (the timer is free: the hedge is due).
-                let deadline = this.template.as_ref().and_then(RequestDeadline::deadline);
-                if let Some(deadline) = deadline {
+                if let Some(deadline) = deadline_of(this.template) {
                     this.timer.as_mut().arm(deadline);
                     if this.timer.as_mut().poll_elapsed(cx).is_ready() {
                         *this.template = None;
@@ -276,18 +287,23 @@ where
             }
 
             let hedge = *this.sent + 1;
-            let copy = if hedge < shared.max_hedges {
+            let now = Instant::now();
+            let next_due = deadline_after(now, *this.delay);
+            // The request is kept for the next hedge only when that one could start before the
+            // deadline; otherwise this hedge is the last, and sends it rather than a copy.
+            let last = hedge >= shared.max_hedges
+                || deadline_of(this.template).is_some_and(|deadline| misses(deadline, next_due));
+            let copy = if last {
+                None
+            } else {
                 this.template
                     .as_ref()
                     .and_then(|template| shared.cloner.clone_request(template))
-            } else {
-                None
             };
             let request = match copy {
                 Some(copy) => copy,
                 None => this.template.take().expect("checked above"),
             };
-            let now = Instant::now();
             let future = this.service.call(request);
             *this.readying = false;
             if let Some(withdrawal) = this.withdrawn.take() {
@@ -300,8 +316,8 @@ where
             });
             *this.sent = hedge;
             *this.due = false;
-            if this.template.is_some() && hedge < shared.max_hedges {
-                this.timer.as_mut().arm(deadline_after(now, *this.delay));
+            if this.template.is_some() {
+                this.timer.as_mut().arm(next_due);
             }
             let after = this
                 .counted_from

@@ -13,7 +13,8 @@
 //! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
 //! - **Acceptable** means not a [`Outcome::Failure`](seawall_core::Outcome) by the policy. A
 //!   failed answer does not win while another copy is still running; when every copy sent has
-//!   failed, the last failure is returned. Hedging does not re-send *because* of a failure:
+//!   failed, the last failure is returned at once, and a hedge due but still waiting for the
+//!   inner service to be ready is given up. Hedging does not re-send *because* of a failure:
 //!   that is what [`RetryLayer`](crate::RetryLayer) is for.
 //! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
 //!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
@@ -21,9 +22,12 @@
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through
-//!   [`RequestDeadline`](seawall_core::deadline::RequestDeadline)) has passed, and a request whose
-//!   deadline comes before its first hedge could start (when it is due, plus the millisecond
-//!   tokio's timer may take to fire) is not copied.
+//!   [`RequestDeadline`](seawall_core::deadline::RequestDeadline)) has passed, and none is made or
+//!   kept for a hedge that could not start before it (when it is due, plus the millisecond tokio's
+//!   timer may take to fire): a request whose first hedge could not is not copied, and the last
+//!   hedge the deadline leaves room for sends the request kept for hedging, not a copy of it. A
+//!   fixed delay counts from the first poll: when that poll comes too late for the first hedge,
+//!   the copy made at the call is dropped then and no timer is set.
 //!
 //! ```
 //! use seawall::{retry::{HedgeLayer, RequestDeadline}, ServiceBuilderExt};
@@ -62,7 +66,10 @@ pub use future::ResponseFuture;
 pub use layer::HedgeLayer;
 pub use service::Hedge;
 
+use crate::timer::TIMER_RESOLUTION;
+use seawall_core::deadline::deadline_after;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// What a hedge policy reports to its [listeners](HedgeConfigBuilder::on_event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,4 +91,10 @@ pub enum HedgeEvent {
     },
     /// A hedge was due but the budget was exhausted; the call waits for what it already sent.
     BudgetExhausted,
+}
+
+/// Whether a hedge due at `due` could not start before `deadline`: its timer fires up to
+/// [`TIMER_RESOLUTION`] after it is due. No copy is made (or kept) for such a hedge.
+fn misses(deadline: Instant, due: Instant) -> bool {
+    deadline <= deadline_after(due, TIMER_RESOLUTION)
 }

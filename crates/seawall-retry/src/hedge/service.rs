@@ -1,8 +1,5 @@
-use super::{layer::Shared, ResponseFuture};
-use crate::{
-    policy::{ByClone, Classified, CloneRequest, Policy},
-    timer::TIMER_RESOLUTION,
-};
+use super::{layer::Shared, misses, ResponseFuture};
+use crate::policy::{ByClone, Classified, CloneRequest, Policy};
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
     BoxError,
@@ -93,15 +90,13 @@ where
         let delay = shared.current_delay();
         let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
         let template = match delay {
-            // No copy for a request whose deadline comes before its first hedge would start:
-            // the hedge's timer fires up to a tick after it is due.
+            // No copy for a request whose deadline comes before its first hedge could start,
+            // counted from the call. A fixed delay counts from the first poll, which may come
+            // later still: the response future then drops a copy its first hedge could not send.
             Some(delay) if shared.policy.is_retryable(&request) => {
-                let hedge_at = || {
-                    let start = started.unwrap_or_else(Instant::now);
-                    deadline_after(start, delay.saturating_add(TIMER_RESOLUTION))
-                };
+                let due = || deadline_after(started.unwrap_or_else(Instant::now), delay);
                 match request.deadline() {
-                    Some(deadline) if deadline <= hedge_at() => None,
+                    Some(deadline) if misses(deadline, due()) => None,
                     _ => shared.cloner.clone_request(&request),
                 }
             }
