@@ -87,7 +87,8 @@ pub const HEDGE_BUDGET_EXHAUSTED: &str = "seawall_hedge_budget_exhausted_total";
 // ----- end retry -----
 
 // ----- balance metric names -----
-/// Gauge: endpoints in a balancer's set.
+/// Gauge: endpoints in a balancer's set. It is summed over the balancers that share a name (every
+/// unnamed one is `balance`), and a balancer takes its part away when it is dropped.
 pub const BALANCE_ENDPOINTS: &str = "seawall_balance_endpoints";
 /// Counter: endpoints a balancer's outlier detection ejected.
 pub const BALANCE_EJECTIONS: &str = "seawall_balance_ejections_total";
@@ -229,7 +230,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         BALANCE_ENDPOINTS,
         Kind::Gauge,
-        "Endpoints in a seawall balancer's set.",
+        "Endpoints in a seawall balancer's set, summed over balancers of the same name.",
     ),
     (
         BALANCE_EJECTIONS,
