@@ -61,10 +61,21 @@ fn the_table_names_no_metric_that_does_not_exist() {
     }
 }
 
+const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// What [`logged_messages`] found in `crates/*/src`.
+struct Logged {
+    /// Each message, with the file it is in.
+    messages: Vec<(String, String)>,
+    /// Each call (`name!(`) of a crate's own logging macro, with how many of its calls gave a
+    /// message.
+    macros: Vec<(String, usize)>,
+}
+
 /// The message of every `tracing` event in `crates/*/src`: the string literal that ends a
-/// `tracing::<level>!(...)` call, with the file it is in. A message handed on through a macro of
-/// the crate's own (`$($arg)*`) is not seen here.
-fn logged_messages() -> Vec<(String, String)> {
+/// `tracing::<level>!(...)` call, or a call of a macro of the crate's own that hands its
+/// arguments on to one (see [`logging_macros`]).
+fn logged_messages() -> Logged {
     fn sources(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -76,27 +87,98 @@ fn logged_messages() -> Vec<(String, String)> {
         }
     }
     let crates = concat!(env!("CARGO_MANIFEST_DIR"), "/crates");
-    let mut files = Vec::new();
+    let mut messages = Vec::new();
+    let mut macros_found = Vec::new();
     for krate in std::fs::read_dir(crates).unwrap() {
         let src = krate.unwrap().path().join("src");
-        if src.is_dir() {
-            sources(&src, &mut files);
+        if !src.is_dir() {
+            continue;
         }
-    }
-    let mut messages = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for level in ["trace", "debug", "info", "warn", "error"] {
-            let call = format!("tracing::{level}!(");
-            for (at, _) in text.match_indices(&call) {
-                if let Some(message) = last_literal(&text[at + call.len()..]) {
-                    let file = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
-                    messages.push((file.display().to_string(), message));
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let texts: Vec<_> = files
+            .into_iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(&file).unwrap();
+                let file = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+                (file.display().to_string(), text)
+            })
+            .collect();
+        let mut calls: Vec<(String, bool)> = LEVELS
+            .iter()
+            .map(|level| (format!("tracing::{level}!("), false))
+            .collect();
+        for (_, text) in &texts {
+            calls.extend(logging_macros(text).into_iter().map(|name| (name, true)));
+        }
+        for (call, own) in calls {
+            let mut found = 0;
+            for (file, text) in &texts {
+                for (at, _) in text.match_indices(&call) {
+                    // `once!(` is not the end of `call_once!(`.
+                    let before = text[..at].chars().next_back();
+                    if own && before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    if let Some(message) = last_literal(&text[at + call.len()..]) {
+                        messages.push((file.clone(), message));
+                        found += 1;
+                    }
                 }
+            }
+            if own {
+                macros_found.push((call, found));
             }
         }
     }
-    messages
+    Logged {
+        messages,
+        macros: macros_found,
+    }
+}
+
+/// The calls (`name!(`) of the `macro_rules!` macros defined in `text` that hand their arguments
+/// on to a `tracing` macro: whose body calls `tracing::<level>!` with a metavariable (`$`) first.
+/// Their calls carry the messages, as DNS discovery's `once!` (a warning the first time a lookup
+/// fails, then debug) does.
+fn logging_macros(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (at, _) in text.match_indices("macro_rules!") {
+        let rest = text[at + "macro_rules!".len()..].trim_start();
+        let name: String = rest
+            .chars()
+            .take_while(|&c| c.is_alphanumeric() || c == '_')
+            .collect();
+        let Some(open) = rest.find(['{', '(', '[']) else {
+            continue;
+        };
+        // The definition's body, up to the bracket that closes the one it opens with.
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[open..].char_indices() {
+            match c {
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let body = &rest[open..end];
+        let forwards = LEVELS.iter().any(|level| {
+            let call = format!("tracing::{level}!(");
+            body.match_indices(&call)
+                .any(|(at, _)| body[at + call.len()..].trim_start().starts_with('$'))
+        });
+        if !name.is_empty() && forwards {
+            names.push(format!("{name}!("));
+        }
+    }
+    names
 }
 
 /// The string literal that ends the arguments `args` starts (just inside the opening
@@ -145,8 +227,14 @@ fn every_tracing_event_is_in_the_table() {
         .filter(|line| line.starts_with('|'))
         .flat_map(|line| line.split('`').skip(1).step_by(2))
         .collect();
-    let messages = logged_messages();
+    let Logged { messages, macros } = logged_messages();
     assert!(messages.len() > 20, "found only {messages:?}");
+    for (call, found) in &macros {
+        assert!(
+            *found > 0,
+            "`{call}` hands its arguments to `tracing`, but no call of it ends in a message"
+        );
+    }
     for (file, message) in &messages {
         let documented = spans.iter().any(|&span| match span.strip_prefix("... ") {
             Some(end) => message.ends_with(end),
