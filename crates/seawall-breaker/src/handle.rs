@@ -12,8 +12,11 @@ use tokio::sync::watch;
 /// or [`Breaker::handle`](crate::Breaker::handle). Cheap to clone; every clone steers the same
 /// breaker as the layer and all services it built.
 ///
-/// Manual changes (`force_open`, `disable`, `metrics_only`, `reset`) start a new generation:
-/// results of calls admitted before them are dropped.
+/// A manual change (`force_open`, `disable`, `metrics_only`, `reset`) that changes the state
+/// starts a new generation: results of calls admitted before it are dropped. Asking for the
+/// manual state the breaker is in already does nothing: a second `metrics_only` keeps the window
+/// it records in, and no generation starts. Only `reset` always starts afresh, so `reset` then
+/// `metrics_only` gives MetricsOnly a fresh window.
 #[derive(Clone)]
 pub struct BreakerHandle {
     pub(crate) shared: Arc<Shared>,
@@ -38,7 +41,8 @@ impl BreakerHandle {
         self.shared.machine.snapshot(self.shared.now())
     }
 
-    /// Rejects every call until another manual change.
+    /// Rejects every call until another manual change. Does nothing on a breaker forced open
+    /// already.
     pub fn force_open(&self) {
         self.shared
             .machine
@@ -52,7 +56,7 @@ impl BreakerHandle {
     }
 
     /// Lets every call through and records nothing until another manual change (Resilience4j's
-    /// `DISABLED`).
+    /// `DISABLED`). Does nothing on a breaker disabled already.
     pub fn disable(&self) {
         self.shared
             .machine
@@ -62,6 +66,9 @@ impl BreakerHandle {
     /// Lets every call through, records outcomes in a fresh window and reports the changes the
     /// breaker would make (listeners see them with `metrics_only` set) without acting on them.
     /// For rolling a breaker out: watch what it would do before letting it reject.
+    ///
+    /// On a breaker in MetricsOnly already it does nothing: the window keeps what it recorded
+    /// and no generation starts. [`reset`](Self::reset) first to start from a fresh window.
     pub fn metrics_only(&self) {
         self.shared
             .machine

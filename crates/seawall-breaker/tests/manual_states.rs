@@ -4,7 +4,7 @@
 mod common;
 
 use common::{dependency, rejected, send, Call};
-use seawall::breaker::{BreakerLayer, State, Transition};
+use seawall::breaker::{BreakerHandle, BreakerLayer, State, Transition};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -238,4 +238,69 @@ async fn metrics_only_counts_a_would_be_rejection_once_per_call_made() {
     assert_eq!(handle.snapshot().machine_state, State::Open);
     let _ = once.call(Call::Ok).await;
     assert_eq!(handle.snapshot().would_have_rejected, 1);
+}
+
+/// Asking for the manual state the breaker is in already changes nothing: a second
+/// `metrics_only()` keeps the window and the generation (as do a second `force_open()` and
+/// `disable()`); `reset()` then `metrics_only()` starts afresh.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_manual_change_keeps_the_window_and_the_generation() {
+    let seen = Arc::new(Mutex::new(Vec::<Transition>::new()));
+    let sink = seen.clone();
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(5)
+        .on_transition(move |_: &seawall::Name, t: &Transition| {
+            sink.lock().unwrap().push(t.clone())
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    handle.metrics_only();
+    for call in [Call::Ok, Call::Fail, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    let counts = |s: &seawall::breaker::Snapshot| {
+        (s.calls, s.failures, s.consecutive_failures, s.generation)
+    };
+    let before = handle.snapshot();
+    assert_eq!(
+        (before.calls, before.failures, before.consecutive_failures),
+        (3, 2, 2)
+    );
+
+    handle.metrics_only();
+    let again = handle.snapshot();
+    assert_eq!(again.state, State::MetricsOnly);
+    assert_eq!(
+        counts(&again),
+        counts(&before),
+        "window and generation kept"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the first call changed state"
+    );
+
+    // A failure still counts in the kept window, so the run of failures goes on.
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.snapshot().consecutive_failures, 3);
+
+    handle.reset();
+    handle.metrics_only();
+    let fresh = handle.snapshot();
+    assert_eq!(fresh.state, State::MetricsOnly);
+    assert_eq!(
+        counts(&fresh),
+        (0, 0, 0, before.generation + 2),
+        "reset, then MetricsOnly: a fresh window"
+    );
+
+    for change in [BreakerHandle::force_open, BreakerHandle::disable] {
+        change(&handle);
+        let generation = handle.snapshot().generation;
+        change(&handle);
+        assert_eq!(handle.snapshot().generation, generation);
+    }
 }
