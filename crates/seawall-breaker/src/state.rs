@@ -1065,7 +1065,9 @@ impl Machine {
     }
 
     /// Switches to MetricsOnly: every call goes through; outcomes are recorded from a fresh window
-    /// and the changes the breaker would make are reported, never acted on.
+    /// and the changes the breaker would make are reported, never acted on. In MetricsOnly
+    /// already, it changes nothing and the window is kept, as with every manual change but
+    /// [`reset`](Self::reset).
     pub fn metrics_only<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
         self.manual(CLOSED | SHADOW, false, now, observer)
     }
