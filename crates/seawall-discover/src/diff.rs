@@ -32,10 +32,11 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
         }
     }
 
-    /// Replaces the set with `next`; returns the keys to insert (new, or equal to a published
-    /// key but with other metadata) and the keys removed, in a stable order (the order of
-    /// `next` for insertions). Of equal keys in `next`, the first counts.
-    pub(crate) fn update(&mut self, next: impl IntoIterator<Item = K>) -> (Vec<K>, Vec<K>) {
+    /// What `next` changes against the set: the keys to insert (new, or equal to a key in the
+    /// set but with other metadata) and the keys to remove, in a stable order (the order of
+    /// `next` for insertions). Of equal keys in `next`, the first counts. The set itself changes
+    /// only as each change is [`inserted`](Self::inserted) or [`removed`](Self::removed).
+    pub(crate) fn diff(&self, next: impl IntoIterator<Item = K>) -> (Vec<K>, Vec<K>) {
         let mut seen = HashSet::new();
         let mut inserted = Vec::new();
         for key in next {
@@ -57,10 +58,32 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
             .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
-        self.current = seen;
         (inserted, removed)
     }
 
+    /// Records `key` as in the set, with its metadata.
+    pub(crate) fn inserted(&mut self, key: K) {
+        self.current.replace(key);
+    }
+
+    /// Records `key` as out of the set.
+    pub(crate) fn removed(&mut self, key: &K) {
+        self.current.remove(key);
+    }
+
+    /// Replaces the set with `next`; returns what changed, as [`diff`](Self::diff) does.
+    pub(crate) fn update(&mut self, next: impl IntoIterator<Item = K>) -> (Vec<K>, Vec<K>) {
+        let (inserted, removed) = self.diff(next);
+        for key in &inserted {
+            self.inserted(key.clone());
+        }
+        for key in &removed {
+            self.removed(key);
+        }
+        (inserted, removed)
+    }
+
+    /// How many keys the set holds.
     pub(crate) fn len(&self) -> usize {
         self.current.len()
     }

@@ -1,44 +1,167 @@
 //! [`Discovery`]: the stream of endpoint changes every discovery source here produces.
 
-use crate::diff::Tracker;
+use crate::{diff::Tracker, latest::Latest};
 use futures_core::Stream;
 use seawall_balance::EndpointMeta;
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     fmt,
     hash::Hash,
     pin::Pin,
+    sync::{Mutex, PoisonError},
     task::{Context, Poll},
 };
-use tokio::{sync::mpsc, task::AbortHandle};
+use tokio::{runtime::Handle, task::AbortHandle};
 use tower::discover::Change;
 
 /// A stream of endpoint inserts and removes: a [`tower::discover::Discover`] that a balancer
 /// (seawall's `BalanceLayer`, tower's `p2c::Balance`) consumes.
 ///
-/// Sources that change over time (a watch channel, DNS) run a task that feeds the stream; it is
-/// aborted when the stream is dropped.
+/// Sources that change over time (a watch channel, DNS) run a task that hands the stream the
+/// latest endpoint list it has; the task is aborted when the stream is dropped. The stream turns
+/// that list into changes as it is read, against the set it has sent so far, and calls `make`
+/// for each insert as it yields it: a stream read seldom (tower's `p2c::Balance` reads discovery
+/// only while it is polled for readiness) or not yet (built long before a balancer takes it)
+/// gets the latest list, not every list in between, and holds no more than that list and the
+/// changes of the last one read, however often the source changes.
 pub struct Discovery<K, S> {
-    rx: mpsc::UnboundedReceiver<Change<K, S>>,
+    // Behind a mutex only so that the stream is `Sync` whatever `make` is: the stream itself
+    // reaches it through `&mut self`, without locking.
+    inner: Mutex<Inner<K, S>>,
     task: Option<AbortHandle>,
 }
 
+enum Inner<K, S> {
+    /// Changes made when the stream was built; the stream ends after them.
+    Ready(VecDeque<Change<K, S>>),
+    /// Lists handed over by a source.
+    Lists(Box<dyn Source<K, S> + Send>),
+}
+
+/// What the stream reads changes from, with the key's bounds hidden so that the stream needs
+/// none.
+trait Source<K, S> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change<K, S>>>;
+
+    /// How many endpoints the stream has sent (inserted and not removed), how many changes wait
+    /// to be yielded, and whether a newer list waits behind them.
+    fn counts(&self) -> (usize, usize, bool);
+}
+
+/// A source's lists, and what the stream has sent of them.
+struct Lists<K, M> {
+    latest: Latest<Vec<K>>,
+    /// The set sent so far: a key is added as its insert is yielded, dropped as its remove is.
+    tracker: Tracker<K>,
+    make: M,
+    /// The runtime the source was built in, entered to call `make` (which may spawn, as a
+    /// connection pool does) wherever the stream is read.
+    runtime: Handle,
+    /// The changes of the last list taken, yet to be yielded: inserts, then removes.
+    inserts: VecDeque<K>,
+    removes: VecDeque<K>,
+}
+
 impl<K, S> Discovery<K, S> {
-    pub(crate) fn new(
-        rx: mpsc::UnboundedReceiver<Change<K, S>>,
+    /// A stream of `changes`, ending after them.
+    pub(crate) fn ready(changes: VecDeque<Change<K, S>>) -> Self {
+        Discovery {
+            inner: Mutex::new(Inner::Ready(changes)),
+            task: None,
+        }
+    }
+
+    /// A stream of the changes between the lists `latest` hands over, `make` turning each key
+    /// inserted into a service. `task`, if any, feeds `latest`: it is aborted with the stream.
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub(crate) fn lists<M>(
+        latest: Latest<Vec<K>>,
+        tracker: Tracker<K>,
+        make: M,
         task: Option<AbortHandle>,
-    ) -> Self {
-        Discovery { rx, task }
+    ) -> Self
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        M: FnMut(&K) -> S + Send + 'static,
+    {
+        let lists = Lists {
+            latest,
+            tracker,
+            make,
+            runtime: Handle::current(),
+            inserts: VecDeque::new(),
+            removes: VecDeque::new(),
+        };
+        Discovery {
+            inner: Mutex::new(Inner::Lists(Box::new(lists))),
+            task,
+        }
+    }
+}
+
+impl<K, S, M> Source<K, S> for Lists<K, M>
+where
+    K: Hash + Eq + Clone,
+    M: FnMut(&K) -> S,
+{
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change<K, S>>> {
+        loop {
+            if let Some(key) = self.inserts.pop_front() {
+                let service = {
+                    let _entered = self.runtime.enter();
+                    (self.make)(&key)
+                };
+                self.tracker.inserted(key.clone());
+                return Poll::Ready(Some(Change::Insert(key, service)));
+            }
+            if let Some(key) = self.removes.pop_front() {
+                self.tracker.removed(&key);
+                return Poll::Ready(Some(Change::Remove(key)));
+            }
+            // The last list's changes are all out: on to the latest list, if a new one came.
+            // Inserts go first: a balancer applies changes one at a time, and removing first
+            // would leave it, for a moment, without the endpoints of either list (empty, when
+            // the whole set turns over).
+            let Some(next) = std::task::ready!(self.latest.poll_next(cx)) else {
+                return Poll::Ready(None);
+            };
+            let (inserts, removes) = self.tracker.diff(next);
+            self.inserts = inserts.into();
+            self.removes = removes.into();
+        }
+    }
+
+    fn counts(&self) -> (usize, usize, bool) {
+        (
+            self.tracker.len(),
+            self.inserts.len() + self.removes.len(),
+            self.latest.is_offered(),
+        )
     }
 }
 
 impl<K, S> Stream for Discovery<K, S> {
     type Item = Result<Change<K, S>, Infallible>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|change| change.map(Ok))
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let inner = self
+            .get_mut()
+            .inner
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let change = match inner {
+            Inner::Ready(changes) => Poll::Ready(changes.pop_front()),
+            Inner::Lists(lists) => lists.poll_next(cx),
+        };
+        change.map(|change| change.map(Ok))
     }
 }
+
+// Nothing in the stream is pinned: its changes and services move out as they are yielded. A
+// balancer that needs an `Unpin` discovery (tower's) so takes one whatever the services are.
+impl<K, S> Unpin for Discovery<K, S> {}
 
 impl<K, S> Drop for Discovery<K, S> {
     fn drop(&mut self) {
@@ -50,41 +173,21 @@ impl<K, S> Drop for Discovery<K, S> {
 
 impl<K, S> fmt::Debug for Discovery<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (sent, queued, newer) = match &*inner {
+            Inner::Ready(changes) => (None, changes.len(), false),
+            Inner::Lists(lists) => {
+                let (sent, queued, newer) = lists.counts();
+                (Some(sent), queued, newer)
+            }
+        };
         f.debug_struct("Discovery")
-            .field("queued", &self.rx.len())
+            .field("endpoints", &sent)
+            .field("queued", &queued)
+            .field("newer_list", &newer)
             .field("live", &self.task.is_some())
             .finish()
     }
-}
-
-/// Sends the difference between the published set and `next` down `tx`, making a service for
-/// each key inserted (new, or with new metadata). Inserts go first: a balancer applies changes
-/// one at a time, and removing first would leave it, for a moment, without the endpoints of
-/// either list (empty, when the whole set turns over). Returns `false` when the stream has been
-/// dropped.
-pub(crate) fn publish<K, S, M>(
-    tracker: &mut Tracker<K>,
-    next: impl IntoIterator<Item = K>,
-    make: &mut M,
-    tx: &mpsc::UnboundedSender<Change<K, S>>,
-) -> bool
-where
-    K: Hash + Eq + Clone,
-    M: FnMut(&K) -> S,
-{
-    let (added, removed) = tracker.update(next);
-    for key in added {
-        let service = make(&key);
-        if tx.send(Change::Insert(key, service)).is_err() {
-            return false;
-        }
-    }
-    for key in removed {
-        if tx.send(Change::Remove(key)).is_err() {
-            return false;
-        }
-    }
-    !tx.is_closed()
 }
 
 /// A fixed set of endpoints, given with their services.
@@ -97,56 +200,66 @@ where
 /// # drop(discovery);
 /// ```
 pub fn fixed<K, S>(endpoints: impl IntoIterator<Item = (K, S)>) -> Discovery<K, S> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    for (key, service) in endpoints {
-        let _ = tx.send(Change::Insert(key, service));
-    }
-    Discovery::new(rx, None)
+    let changes = endpoints
+        .into_iter()
+        .map(|(key, service)| Change::Insert(key, service))
+        .collect();
+    Discovery::ready(changes)
 }
 
-/// A fixed list of endpoint keys (addresses), with `make` turning each into a service.
+/// A fixed list of endpoint keys (addresses), with `make` turning each into a service. `make` is
+/// called here, once per key (equal keys count once).
 pub fn from_list<K, S, M>(keys: impl IntoIterator<Item = K>, mut make: M) -> Discovery<K, S>
 where
     K: Hash + Eq + Clone,
     M: FnMut(&K) -> S,
 {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut tracker = Tracker::new();
-    publish(&mut tracker, keys, &mut make, &tx);
-    Discovery::new(rx, None)
+    let (keys, _) = Tracker::new().update(keys);
+    let changes = keys
+        .into_iter()
+        .map(|key| {
+            let service = make(&key);
+            Change::Insert(key, service)
+        })
+        .collect();
+    Discovery::ready(changes)
 }
 
-/// Endpoints from a watch channel the application updates: each new list is compared with the
-/// previous one and the differences are sent as inserts and removes; `make` turns a new key into
-/// a service. The new keys are inserted before the old ones are removed, so a balancer never
-/// sees its set empty while it turns over.
+/// Endpoints from a watch channel the application updates: the latest list is compared with the
+/// set the stream has sent and the differences are sent as inserts and removes; `make` turns a
+/// new key into a service. The new keys are inserted before the old ones are removed, so a
+/// balancer never sees its set empty while it turns over.
 ///
 /// A key equal to one already published but with another [`weight`](EndpointMeta::weight) or
 /// [`zone`](EndpointMeta::zone) (a [`Tagged`](seawall_balance::Tagged) key whose weight changed)
 /// is the same endpoint with new metadata: it is inserted again, with a service from `make`, and
 /// not removed; seawall's balancer then updates the endpoint in place.
 ///
+/// The list is compared when the stream is read: a stream read after several lists were
+/// published gets the differences from the latest one alone, and `make` is called only for the
+/// keys it inserts.
+///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
-/// balancer keeps the last set).
-pub fn watch<K, S, M>(mut rx: tokio::sync::watch::Receiver<Vec<K>>, mut make: M) -> Discovery<K, S>
+/// balancer keeps the last set), once the differences from the last list are read.
+pub fn watch<K, S, M>(mut rx: tokio::sync::watch::Receiver<Vec<K>>, make: M) -> Discovery<K, S>
 where
     K: Hash + Eq + Clone + EndpointMeta + Send + Sync + 'static,
     S: Send + 'static,
     M: FnMut(&K) -> S + Send + 'static,
 {
-    let (tx, out) = mpsc::unbounded_channel();
+    let (publisher, latest) = crate::latest::channel();
     let task = tokio::spawn(async move {
-        let mut tracker = Tracker::with_meta();
         loop {
-            let next = rx.borrow_and_update().clone();
-            if !publish(&mut tracker, next, &mut make, &tx) {
+            publisher.publish(rx.borrow_and_update().clone());
+            if rx.changed().await.is_err() {
                 return;
-            }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
             }
         }
     });
-    Discovery::new(out, Some(task.abort_handle()))
+    Discovery::lists(
+        latest,
+        Tracker::with_meta(),
+        make,
+        Some(task.abort_handle()),
+    )
 }

@@ -1,6 +1,10 @@
 //! DNS discovery: A/AAAA or SRV records, re-resolved as their TTL runs out.
 
-use crate::{diff::Tracker, discovery::publish, Discovery};
+use crate::{
+    diff::Tracker,
+    latest::{self, Publisher},
+    Discovery,
+};
 use futures_util::{stream, FutureExt, StreamExt};
 use hickory_resolver::{
     config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
@@ -23,7 +27,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
 /// Default [`min_refresh`](DnsBuilder::min_refresh): 1 s.
 pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -273,17 +277,21 @@ impl DnsBuilder {
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(opts)
                 .build();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (publisher, latest) = latest::channel();
         let task = tokio::spawn(run(
             resolver,
             parsed,
             self.min_refresh,
             self.max_refresh,
             name,
-            make,
-            tx,
+            publisher,
         ));
-        Ok(Discovery::new(rx, Some(task.abort_handle())))
+        Ok(Discovery::lists(
+            latest,
+            Tracker::with_meta(),
+            make,
+            Some(task.abort_handle()),
+        ))
     }
 }
 
@@ -300,21 +308,15 @@ impl fmt::Debug for DnsBuilder {
 }
 
 /// The discovery of an IP address: that one endpoint, published once; there is nothing to
-/// resolve, now or later.
-fn address<S, M>(addr: SocketAddr, name: Name, mut make: M) -> Discovery<Tagged<SocketAddr>, S>
+/// resolve, now or later, and the stream stays open, as a name's does.
+fn address<S, M>(addr: SocketAddr, name: Name, make: M) -> Discovery<Tagged<SocketAddr>, S>
 where
     S: Send + 'static,
     M: FnMut(&Tagged<SocketAddr>) -> S + Send + 'static,
 {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        let endpoints = [Tagged::new(addr)];
-        tracing::debug!(name = %name, query = %addr, count = 1, "seawall discover resolved");
-        if publish(&mut Tracker::with_meta(), endpoints, &mut make, &tx) {
-            tx.closed().await;
-        }
-    });
-    Discovery::new(rx, Some(task.abort_handle()))
+    tracing::debug!(name = %name, query = %addr, count = 1, "seawall discover resolved");
+    let latest = latest::Latest::open_with(vec![Tagged::new(addr)]);
+    Discovery::lists(latest, Tracker::with_meta(), make, None)
 }
 
 /// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or
@@ -370,18 +372,18 @@ fn system_config() -> Result<(ResolverConfig, ResolverOpts), ConfigError> {
     Err(ConfigError::missing("nameservers"))
 }
 
-async fn run<S, M>(
+/// Resolves `query` on its schedule, handing each good resolution's endpoints to the stream;
+/// runs until aborted, with the stream.
+async fn run(
     resolver: TokioResolver,
     query: Parsed,
     min: Duration,
     max: Duration,
     name: Name,
-    mut make: M,
-    tx: mpsc::UnboundedSender<seawall_balance::Change<Tagged<SocketAddr>, S>>,
-) where
-    M: FnMut(&Tagged<SocketAddr>) -> S,
-{
-    let mut tracker = Tracker::with_meta();
+    publisher: Publisher<Vec<Tagged<SocketAddr>>>,
+) {
+    // How many endpoints the last good resolution gave (those a failed one keeps).
+    let mut kept = 0;
     let mut known = Known::new();
     // Failed resolutions in a row, and resolutions in a row that some lookup failed in: each
     // has its own backoff, so a host whose AAAA questions never get an answer still retries a
@@ -403,9 +405,8 @@ async fn run<S, M>(
             }) => {
                 failing = seen;
                 tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, partial, "seawall discover resolved");
-                if !publish(&mut tracker, endpoints, &mut make, &tx) {
-                    return;
-                }
+                kept = endpoints.len();
+                publisher.publish(endpoints);
                 failures = 0;
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
@@ -421,7 +422,7 @@ async fn run<S, M>(
             Err(error) => {
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
-                tracing::warn!(name = %name, ?query, %error, kept = tracker.len(), "seawall discover DNS resolution failed; keeping the last endpoints");
+                tracing::warn!(name = %name, ?query, %error, kept, "seawall discover DNS resolution failed; keeping the last endpoints");
                 backoff(min, max, failures)
             }
         };
@@ -429,10 +430,7 @@ async fn run<S, M>(
         // waited out a query's timeout does not put the next off. A pause as long as a
         // `Duration` goes (`max_refresh` of `Duration::MAX`) ends far in the future instead of
         // overflowing the clock.
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline_after(started, wait)) => {}
-            _ = tx.closed() => return,
-        }
+        tokio::time::sleep_until(deadline_after(started, wait)).await;
     }
 }
 

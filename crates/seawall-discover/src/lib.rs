@@ -16,6 +16,14 @@
 //! DNS discovery keeps the last good set when a resolution fails: a DNS outage does not empty
 //! the balancer.
 //!
+//! Sources that change over time keep only their latest list for the stream, and the stream
+//! compares it with the set it has sent when it is read, calling `make` for the keys it inserts
+//! then: a stream read slowly, or not yet (tower's `p2c::Balance` reads discovery only while it
+//! is polled for readiness), sees the latest set, not every set in between, and holds no more
+//! than that list and the changes left of the last one read, however often DNS answers or the
+//! watch channel change. New keys are inserted before old ones are removed, whatever was
+//! skipped.
+//!
 //! # Defaults (DNS)
 //!
 //! | option | default |
@@ -75,6 +83,7 @@
 mod diff;
 mod discovery;
 mod dns;
+mod latest;
 
 pub use discovery::{fixed, from_list, watch, Discovery};
 pub use dns::{Dns, DnsBuilder, DEFAULT_DNS_TIMEOUT, DEFAULT_MAX_REFRESH, DEFAULT_MIN_REFRESH};

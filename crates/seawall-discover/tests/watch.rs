@@ -64,3 +64,11 @@ async fn dropping_the_discovery_stops_its_task() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert!(tx.is_closed(), "the receiver is dropped with the task");
 }
+
+#[test]
+fn a_discovery_is_send_sync_and_unpin_whatever_its_services() {
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    // A service that is `Send` but neither `Sync` nor `Unpin`.
+    type Service = (std::cell::Cell<u32>, std::marker::PhantomPinned);
+    check::<seawall::discover::Discovery<u32, Service>>();
+}

@@ -1,0 +1,139 @@
+//! A discovery that is not read for a while (tower's balancer reads it only while polled for
+//! readiness; a discovery built long before a balancer takes it) holds the latest list, not a
+//! queue of every change in between: once read, it sends the differences from the set it sent
+//! last to the latest one, and makes a service only for what it inserts.
+//!
+//! The server is on loopback and answers at once, so virtual time only moves on timers.
+
+mod common;
+
+use common::{first_resolution, queued, Seen, Zone};
+use futures_util::{FutureExt, StreamExt};
+use hickory_proto::rr::RecordType;
+use seawall::balance::Tagged;
+use seawall::discover::{watch, Change, Dns};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+const HOST: &str = "users.test";
+const FIRST: [[u8; 4]; 2] = [[10, 0, 0, 1], [10, 0, 0, 2]];
+const SECOND: [[u8; 4]; 2] = [[10, 0, 0, 3], [10, 0, 0, 4]];
+
+fn set(ips: &[[u8; 4]]) -> BTreeSet<SocketAddr> {
+    ips.iter().map(|ip| SocketAddr::from((*ip, 80))).collect()
+}
+
+/// `endpoints` after `changes`.
+fn apply(endpoints: &mut BTreeSet<SocketAddr>, changes: &[Seen]) {
+    for (sign, addr, _) in changes {
+        match sign {
+            '+' => endpoints.insert(*addr),
+            _ => endpoints.remove(addr),
+        };
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dns_answers_that_come_and_go_unread_leave_only_the_latest_set() {
+    let zone = Zone::with_ttl(1);
+    zone.set_a(HOST, &FIRST);
+    let server = zone.serve().await;
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    let mut discovery = Dns::a(format!("{HOST}."), 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_secs(1))
+        .build(move |key: &Tagged<SocketAddr>| {
+            counted.fetch_add(1, Relaxed);
+            common::make(key)
+        })
+        .unwrap();
+    let mut endpoints = BTreeSet::new();
+    apply(&mut endpoints, &first_resolution(&mut discovery).await);
+    assert_eq!(endpoints, set(&FIRST));
+
+    // The answer alternates between two sets, one resolution a second, half a second between
+    // the flips and the resolutions; the discovery is not read meanwhile.
+    let flipper = {
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for i in 0.. {
+                zone.set_a(HOST, if i % 2 == 0 { &SECOND } else { &FIRST });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    flipper.abort();
+    assert!(zone.asked(RecordType::A) >= 90, "resolutions went on");
+    // The last answer: the second set, as a whole resolution has found it.
+    zone.set_a(HOST, &SECOND);
+    zone.more_questions(RecordType::A, 2).await;
+
+    let changes = queued(&mut discovery);
+    assert!(
+        changes.len() <= 4,
+        "{} changes, from {:?}",
+        changes.len(),
+        &changes[..8.min(changes.len())]
+    );
+    apply(&mut endpoints, &changes);
+    assert_eq!(endpoints, set(&SECOND), "{changes:?}");
+    assert!(
+        made.load(Relaxed) <= 4,
+        "make called {} times",
+        made.load(Relaxed)
+    );
+    // Inserts before removes, and the stream still open.
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert!(
+        changes[..2].iter().all(|(sign, ..)| *sign == '+'),
+        "{changes:?}"
+    );
+    assert!(discovery.next().now_or_never().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lists_published_unread_leave_only_the_latest() {
+    let (publish, lists) = tokio::sync::watch::channel(vec![1u32, 2]);
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    let mut discovery = watch(lists, move |key: &u32| {
+        counted.fetch_add(1, Relaxed);
+        *key
+    });
+    assert!(matches!(
+        discovery.next().await,
+        Some(Ok(Change::Insert(1, 1)))
+    ));
+    assert!(matches!(
+        discovery.next().await,
+        Some(Ok(Change::Insert(2, 2)))
+    ));
+
+    for i in 0..1_000u32 {
+        publish.send(vec![i + 10, i + 11]).unwrap();
+        tokio::task::yield_now().await;
+    }
+    publish.send(vec![2, 3]).unwrap();
+    drop(publish);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut changes = Vec::new();
+    while let Some(Ok(change)) = discovery.next().await {
+        changes.push(match change {
+            Change::Insert(key, service) => ('+', key, service),
+            Change::Remove(key) => ('-', key, 0),
+        });
+    }
+    assert!(changes.len() <= 2, "{} changes", changes.len());
+    assert_eq!(changes, [('+', 3, 3), ('-', 1, 0)]);
+    assert_eq!(made.load(Relaxed), 3);
+}
