@@ -4,10 +4,12 @@ use crate::{diff::Tracker, latest::Latest};
 use futures_core::Stream;
 use seawall_balance::EndpointMeta;
 use std::{
+    any::Any,
     collections::VecDeque,
     convert::Infallible,
     fmt,
     hash::Hash,
+    panic::{catch_unwind, AssertUnwindSafe},
     pin::Pin,
     sync::{Mutex, PoisonError},
     task::{Context, Poll},
@@ -50,11 +52,13 @@ trait Source<K, S> {
 }
 
 /// A source's lists, and what the stream has sent of them.
-struct Lists<K, M> {
+struct Lists<K, M, P> {
     latest: Latest<Vec<K>>,
     /// The set sent so far: a key is added as its insert is yielded, dropped as its remove is.
     tracker: Tracker<K>,
     make: M,
+    /// Reports a panic in `make` for a key, with the panic's message.
+    panicked: P,
     /// The runtime the source was built in, entered to call `make` (which may spawn, as a
     /// connection pool does) wherever the stream is read.
     runtime: Handle,
@@ -73,23 +77,28 @@ impl<K, S> Discovery<K, S> {
     }
 
     /// A stream of the changes between the lists `latest` hands over, `make` turning each key
-    /// inserted into a service. `task`, if any, feeds `latest`: it is aborted with the stream.
+    /// inserted into a service. A key whose `make` panics is left out, `panicked` reporting it,
+    /// and tried again with the next list. `task`, if any, feeds `latest`: it is aborted with the
+    /// stream.
     ///
     /// Must be called inside a Tokio runtime.
-    pub(crate) fn lists<M>(
+    pub(crate) fn lists<M, P>(
         latest: Latest<Vec<K>>,
         tracker: Tracker<K>,
         make: M,
+        panicked: P,
         task: Option<AbortHandle>,
     ) -> Self
     where
         K: Hash + Eq + Clone + Send + 'static,
         M: FnMut(&K) -> S + Send + 'static,
+        P: Fn(&K, &str) + Send + 'static,
     {
         let lists = Lists {
             latest,
             tracker,
             make,
+            panicked,
             runtime: Handle::current(),
             inserts: VecDeque::new(),
             removes: VecDeque::new(),
@@ -101,20 +110,29 @@ impl<K, S> Discovery<K, S> {
     }
 }
 
-impl<K, S, M> Source<K, S> for Lists<K, M>
+impl<K, S, M, P> Source<K, S> for Lists<K, M, P>
 where
     K: Hash + Eq + Clone,
     M: FnMut(&K) -> S,
+    P: Fn(&K, &str),
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change<K, S>>> {
         loop {
             if let Some(key) = self.inserts.pop_front() {
-                let service = {
+                let made = {
                     let _entered = self.runtime.enter();
-                    (self.make)(&key)
+                    catch_unwind(AssertUnwindSafe(|| (self.make)(&key)))
                 };
-                self.tracker.inserted(key.clone());
-                return Poll::Ready(Some(Change::Insert(key, service)));
+                match made {
+                    Ok(service) => {
+                        self.tracker.inserted(key.clone());
+                        return Poll::Ready(Some(Change::Insert(key, service)));
+                    }
+                    // The key stays out of the set sent (or keeps the metadata it was sent with),
+                    // so the next list inserts it again; the rest of this one goes on.
+                    Err(panic) => (self.panicked)(&key, panic_message(&*panic)),
+                }
+                continue;
             }
             if let Some(key) = self.removes.pop_front() {
                 self.tracker.removed(&key);
@@ -139,6 +157,16 @@ where
             self.inserts.len() + self.removes.len(),
             self.latest.is_offered(),
         )
+    }
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    match panic.downcast_ref::<&'static str>() {
+        Some(message) => message,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("(not text)", String::as_str),
     }
 }
 
@@ -237,7 +265,8 @@ where
 ///
 /// The list is compared when the stream is read: a stream read after several lists were
 /// published gets the differences from the latest one alone, and `make` is called only for the
-/// keys it inserts.
+/// keys it inserts. A panic in `make` leaves that key out, logged as an error, until the next
+/// list tries it again.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.
@@ -256,10 +285,14 @@ where
             }
         }
     });
+    let panicked = |_: &K, panic: &str| {
+        tracing::error!(%panic, "seawall discover make panicked for a watched key; leaving it out until the next list");
+    };
     Discovery::lists(
         latest,
         Tracker::with_meta(),
         make,
+        panicked,
         Some(task.abort_handle()),
     )
 }

@@ -190,7 +190,10 @@ impl DnsBuilder {
     }
 
     /// Validates the configuration and starts resolving; `make` turns each discovered address
-    /// into an endpoint service (for example a hyper client bound to it).
+    /// into an endpoint service (for example a hyper client bound to it). The stream calls
+    /// `make` as it yields each insert, inside the runtime this is called in; a panic in `make`
+    /// leaves that address out, logged as an error, until the next resolution tries it again
+    /// (a host that is an IP address has none).
     ///
     /// The host of [`Dns::a`] must be a DNS name or an IP address, the name of [`Dns::srv`] a
     /// DNS name (labels may hold underscores, as Docker's service names do): one that can never
@@ -278,6 +281,7 @@ impl DnsBuilder {
                 .with_options(opts)
                 .build();
         let (publisher, latest) = latest::channel();
+        let panicked = make_panicked(name);
         let task = tokio::spawn(run(
             resolver,
             parsed,
@@ -290,6 +294,7 @@ impl DnsBuilder {
             latest,
             Tracker::with_meta(),
             make,
+            panicked,
             Some(task.abort_handle()),
         ))
     }
@@ -316,7 +321,17 @@ where
 {
     tracing::debug!(name = %name, query = %addr, count = 1, "seawall discover resolved");
     let latest = latest::Latest::open_with(vec![Tagged::new(addr)]);
-    Discovery::lists(latest, Tracker::with_meta(), make, None)
+    let panicked = move |endpoint: &Tagged<SocketAddr>, panic: &str| {
+        tracing::error!(name = %name, endpoint = %endpoint.key, %panic, "seawall discover make panicked; leaving the endpoint out (an address is not resolved again)");
+    };
+    Discovery::lists(latest, Tracker::with_meta(), make, panicked, None)
+}
+
+/// Reports a panic in `make` for an endpoint of the discovery `name`.
+fn make_panicked(name: Name) -> impl Fn(&Tagged<SocketAddr>, &str) + Send + 'static {
+    move |endpoint, panic| {
+        tracing::error!(name = %name, endpoint = %endpoint.key, weight = endpoint.weight, %panic, "seawall discover make panicked; leaving the endpoint out until the next resolution");
+    }
 }
 
 /// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or

@@ -24,6 +24,12 @@
 //! watch channel change. New keys are inserted before old ones are removed, whatever was
 //! skipped.
 //!
+//! A panic in `make` for such a source is caught where the stream calls it: that endpoint is
+//! left out (an endpoint whose weight or zone changed keeps the one it had), an error is logged
+//! naming it, the rest of the list is sent, and the next list (the next resolution, the next
+//! value on the watch channel) tries it again. [`from_list`] calls `make` as it is called, so a
+//! panic there reaches its caller.
+//!
 //! # Defaults (DNS)
 //!
 //! | option | default |

@@ -72,3 +72,27 @@ fn a_discovery_is_send_sync_and_unpin_whatever_its_services() {
     type Service = (std::cell::Cell<u32>, std::marker::PhantomPinned);
     check::<seawall::discover::Discovery<u32, Service>>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_make_panics_is_left_out_and_tried_with_the_next_list() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![1u32, 2]);
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let failing = fail.clone();
+    let mut d = watch(rx, move |k: &u32| {
+        assert!(
+            *k != 2 || !failing.load(std::sync::atomic::Ordering::Relaxed),
+            "no service for 2"
+        );
+        *k
+    });
+    assert_eq!(keys(&next_n(&mut d, 1).await), vec![('+', 1)]);
+    tx.send(vec![1, 2, 3]).unwrap();
+    assert_eq!(keys(&next_n(&mut d, 1).await), vec![('+', 3)]);
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    tx.send(vec![2, 3]).unwrap();
+    let mut changes = keys(&next_n(&mut d, 2).await);
+    changes.sort();
+    assert_eq!(changes, vec![('+', 2), ('-', 1)]);
+    drop(tx);
+    assert!(d.next().await.is_none());
+}
