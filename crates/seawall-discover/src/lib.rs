@@ -26,9 +26,10 @@
 //!
 //! A panic in `make` for such a source is caught where the stream calls it: that endpoint is
 //! left out (an endpoint whose weight or zone changed keeps the one it had), an error is logged
-//! naming it, the rest of the list is sent, and the next list (the next resolution, the next
-//! value on the watch channel) tries it again. [`from_list`] calls `make` as it is called, so a
-//! panic there reaches its caller.
+//! (naming the address, for DNS; a watched key needs no `Debug`, so its error names none), the
+//! rest of the list is sent, and the next list (the next resolution, the next value on the watch
+//! channel) tries it again. [`from_list`] calls `make` as it is called, so a panic there reaches
+//! its caller.
 //!
 //! # Defaults (DNS)
 //!
