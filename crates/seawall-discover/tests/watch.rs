@@ -1,8 +1,15 @@
 //! Static lists and the watch channel source.
 
-use futures_util::StreamExt;
-use seawall::discover::{fixed, from_list, watch, Change};
-use std::time::Duration;
+use futures_util::{FutureExt, StreamExt};
+use seawall::balance::Tagged;
+use seawall::discover::{fixed, from_list, watch, Change, Discovery};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 fn keys<S>(changes: &[Change<u32, S>]) -> Vec<(char, u32)> {
     changes
@@ -14,7 +21,7 @@ fn keys<S>(changes: &[Change<u32, S>]) -> Vec<(char, u32)> {
         .collect()
 }
 
-async fn next_n<S>(d: &mut seawall::discover::Discovery<u32, S>, n: usize) -> Vec<Change<u32, S>> {
+async fn next_n<K, S>(d: &mut Discovery<K, S>, n: usize) -> Vec<Change<K, S>> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(d.next().await.unwrap().unwrap());
@@ -90,9 +97,98 @@ async fn a_key_whose_make_panics_is_left_out_and_tried_with_the_next_list() {
     assert_eq!(keys(&next_n(&mut d, 1).await), vec![('+', 3)]);
     fail.store(false, std::sync::atomic::Ordering::Relaxed);
     tx.send(vec![2, 3]).unwrap();
-    let mut changes = keys(&next_n(&mut d, 2).await);
-    changes.sort();
-    assert_eq!(changes, vec![('+', 2), ('-', 1)]);
     drop(tx);
-    assert!(d.next().await.is_none());
+    assert_eq!(keys(&rest(&mut d).await), vec![('+', 2), ('-', 1)]);
+}
+
+/// Every change left once the sender is gone, to the end of the stream.
+async fn rest<K, S>(d: &mut Discovery<K, S>) -> Vec<Change<K, S>> {
+    let mut out = Vec::new();
+    while let Some(change) = d.next().await {
+        out.push(change.unwrap());
+    }
+    out
+}
+
+/// The changes the stream yields at once, once the watch task has run.
+async fn queued<K, S>(d: &mut Discovery<K, S>) -> Vec<Change<K, S>> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut out = Vec::new();
+    while let Some(Some(change)) = d.next().now_or_never() {
+        out.push(change.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_left_out_by_a_panic_is_not_removed_when_it_leaves_the_list() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![1u32, 2]);
+    let mut d = watch(rx, |k: &u32| {
+        assert_ne!(*k, 2, "no service for 2");
+        *k
+    });
+    assert_eq!(keys(&next_n(&mut d, 1).await), vec![('+', 1)]);
+    assert_eq!(keys(&queued(&mut d).await), []);
+    // 2 was never sent: leaving the list, it has nothing to remove.
+    tx.send(vec![1]).unwrap();
+    assert_eq!(
+        keys(&queued(&mut d).await),
+        [],
+        "no remove for a key never inserted"
+    );
+    tx.send(vec![3]).unwrap();
+    drop(tx);
+    assert_eq!(keys(&rest(&mut d).await), vec![('+', 3), ('-', 1)]);
+}
+
+type Meta = (char, u32, u32, Option<String>);
+
+fn metas<S>(changes: &[Change<Tagged<u32>, S>]) -> Vec<Meta> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert(k, _) => ('+', k.key, k.weight, k.zone.as_deref().map(Into::into)),
+            Change::Remove(k) => ('-', k.key, k.weight, k.zone.as_deref().map(Into::into)),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_metadata_whose_make_panics_leaves_the_old_and_is_tried_again() {
+    let plain = || Tagged::new(7u32);
+    let heavy = || Tagged::new(7u32).with_weight(5).with_zone("b");
+    let (tx, rx) = tokio::sync::watch::channel(vec![plain()]);
+    let fail = Arc::new(AtomicBool::new(false));
+    let failing = fail.clone();
+    let mut d = watch(rx, move |k: &Tagged<u32>| {
+        assert!(!failing.load(Relaxed), "no service for {}", k.key);
+        k.weight
+    });
+    assert_eq!(metas(&next_n(&mut d, 1).await), vec![('+', 7, 1, None)]);
+
+    fail.store(true, Relaxed);
+    tx.send(vec![heavy()]).unwrap();
+    assert_eq!(metas(&queued(&mut d).await), [], "no service, no change");
+    // The endpoint kept the metadata it was sent with: publishing that again changes nothing.
+    fail.store(false, Relaxed);
+    tx.send(vec![plain()]).unwrap();
+    assert_eq!(
+        metas(&queued(&mut d).await),
+        [],
+        "the old metadata is still the one sent"
+    );
+
+    // The new metadata is tried again with the next list that has it.
+    fail.store(true, Relaxed);
+    tx.send(vec![heavy()]).unwrap();
+    assert_eq!(metas(&queued(&mut d).await), [], "no service, no change");
+    fail.store(false, Relaxed);
+    tx.send(vec![heavy()]).unwrap();
+    assert_eq!(
+        metas(&queued(&mut d).await),
+        [('+', 7, 5, Some("b".into()))]
+    );
+    tx.send(vec![plain()]).unwrap();
+    drop(tx);
+    assert_eq!(metas(&rest(&mut d).await), vec![('+', 7, 1, None)]);
 }
