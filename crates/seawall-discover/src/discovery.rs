@@ -26,7 +26,8 @@ use tower::discover::Change;
 /// for each insert as it yields it: a stream read seldom (tower's `p2c::Balance` reads discovery
 /// only while it is polled for readiness) or not yet (built long before a balancer takes it)
 /// gets the latest list, not every list in between, and holds no more than that list and the
-/// changes of the last one read, however often the source changes.
+/// changes of the last one read, however often the source changes. A list that comes while the
+/// changes of the one before are still being read replaces what is left of them.
 pub struct Discovery<K, S> {
     // Behind a mutex only so that the stream is `Sync` whatever `make` is: the stream itself
     // reaches it through `&mut self`, without locking.
@@ -62,7 +63,8 @@ struct Lists<K, M, P> {
     /// The runtime the source was built in, entered to call `make` (which may spawn, as a
     /// connection pool does) wherever the stream is read.
     runtime: Handle,
-    /// The changes of the last list taken, yet to be yielded: inserts, then removes.
+    /// The changes of the last list taken, yet to be yielded: inserts, then removes. A newer list
+    /// replaces them with its own, found against `tracker`.
     inserts: VecDeque<K>,
     removes: VecDeque<K>,
 }
@@ -110,6 +112,17 @@ impl<K, S> Discovery<K, S> {
     }
 }
 
+impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
+    /// Replaces the changes left to yield with those from the set sent to `next`. Inserts go
+    /// first: a balancer applies changes one at a time, and removing first would leave it, for a
+    /// moment, without the endpoints of either list (empty, when the whole set turns over).
+    fn compare(&mut self, next: Vec<K>) {
+        let (inserts, removes) = self.tracker.diff(next);
+        self.inserts = inserts.into();
+        self.removes = removes.into();
+    }
+}
+
 impl<K, S, M, P> Source<K, S> for Lists<K, M, P>
 where
     K: Hash + Eq + Clone,
@@ -118,6 +131,12 @@ where
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change<K, S>>> {
         loop {
+            // A list that came while the last one's changes were being yielded replaces what is
+            // left of them: the stream goes on from the set it has sent, to the newer list, and
+            // makes no service for a key that list has left out.
+            if let Some(next) = self.latest.take() {
+                self.compare(next);
+            }
             if let Some(key) = self.inserts.pop_front() {
                 let made = {
                     let _entered = self.runtime.enter();
@@ -138,16 +157,11 @@ where
                 self.tracker.removed(&key);
                 return Poll::Ready(Some(Change::Remove(key)));
             }
-            // The last list's changes are all out: on to the latest list, if a new one came.
-            // Inserts go first: a balancer applies changes one at a time, and removing first
-            // would leave it, for a moment, without the endpoints of either list (empty, when
-            // the whole set turns over).
+            // The last list's changes are all out: wait for a new one.
             let Some(next) = std::task::ready!(self.latest.poll_next(cx)) else {
                 return Poll::Ready(None);
             };
-            let (inserts, removes) = self.tracker.diff(next);
-            self.inserts = inserts.into();
-            self.removes = removes.into();
+            self.compare(next);
         }
     }
 
@@ -263,10 +277,10 @@ where
 /// is the same endpoint with new metadata: it is inserted again, with a service from `make`, and
 /// not removed; seawall's balancer then updates the endpoint in place.
 ///
-/// The list is compared when the stream is read: a stream read after several lists were
-/// published gets the differences from the latest one alone, and `make` is called only for the
-/// keys it inserts. A panic in `make` leaves that key out, logged as an error, until the next
-/// list tries it again.
+/// The list is compared when the stream is read: a stream read after several lists were published,
+/// or while the changes of one are still being read, gets the differences from the latest one
+/// alone, and `make` is called only for the keys it inserts. A panic in `make` leaves that key out,
+/// logged as an error, until the next list tries it again.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.

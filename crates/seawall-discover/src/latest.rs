@@ -92,6 +92,11 @@ impl<T> Latest<T> {
         Poll::Pending
     }
 
+    /// The latest value offered, if not yet taken, without waiting for one.
+    pub(crate) fn take(&self) -> Option<T> {
+        lock(&self.0).next.take()
+    }
+
     /// Whether a value waits to be taken.
     pub(crate) fn is_offered(&self) -> bool {
         lock(&self.0).next.is_some()
@@ -112,6 +117,10 @@ mod tests {
         assert!(latest.is_offered());
         assert_eq!(latest.poll_next(&mut cx), Poll::Ready(Some(2)));
         assert_eq!(latest.poll_next(&mut cx), Poll::Pending);
+        assert_eq!(latest.take(), None);
+        publisher.publish(4);
+        assert_eq!(latest.take(), Some(4));
+        assert!(!latest.is_offered());
         publisher.publish(3);
         drop(publisher);
         assert_eq!(latest.poll_next(&mut cx), Poll::Ready(Some(3)));

@@ -1,7 +1,8 @@
 //! A discovery that is not read for a while (tower's balancer reads it only while polled for
 //! readiness; a discovery built long before a balancer takes it) holds the latest list, not a
 //! queue of every change in between: once read, it sends the differences from the set it sent
-//! last to the latest one, and makes a service only for what it inserts.
+//! last to the latest one, and makes a service only for what it inserts. A list that comes while
+//! the changes of the one before are being read replaces what is left of them.
 //!
 //! The server is on loopback and answers at once, so virtual time only moves on timers.
 
@@ -136,4 +137,63 @@ async fn lists_published_unread_leave_only_the_latest() {
     assert!(changes.len() <= 2, "{} changes", changes.len());
     assert_eq!(changes, [('+', 3, 3), ('-', 1, 0)]);
     assert_eq!(made.load(Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_replaced_while_its_changes_are_read_gives_way_to_the_new_one() {
+    let (publish, lists) = tokio::sync::watch::channel(vec![1u32, 2, 3]);
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    let mut discovery = watch(lists, move |key: &u32| {
+        counted.fetch_add(1, Relaxed);
+        *key
+    });
+    assert!(matches!(
+        discovery.next().await,
+        Some(Ok(Change::Insert(1, 1)))
+    ));
+
+    // The list goes away before the reader comes back for the rest of its inserts.
+    publish.send(vec![]).unwrap();
+    drop(publish);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut changes = Vec::new();
+    while let Some(Ok(change)) = discovery.next().await {
+        changes.push(match change {
+            Change::Insert(key, service) => ('+', key, service),
+            Change::Remove(key) => ('-', key, 0),
+        });
+    }
+    assert_eq!(changes, [('-', 1, 0)]);
+    assert_eq!(made.load(Relaxed), 1, "no service for 2 or 3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_replacing_one_half_read_is_compared_with_the_set_sent() {
+    let (publish, lists) = tokio::sync::watch::channel(vec![1u32]);
+    let mut discovery = watch(lists, |key: &u32| *key);
+    assert!(matches!(
+        discovery.next().await,
+        Some(Ok(Change::Insert(1, 1)))
+    ));
+    publish.send(vec![2, 3, 4]).unwrap();
+    assert!(matches!(
+        discovery.next().await,
+        Some(Ok(Change::Insert(2, 2)))
+    ));
+
+    // Sent: 1 and 2. The new list keeps 3 of the last one, drops 4 and brings 5.
+    publish.send(vec![3, 5]).unwrap();
+    drop(publish);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut changes = Vec::new();
+    while let Some(Ok(change)) = discovery.next().await {
+        changes.push(match change {
+            Change::Insert(key, _) => ('+', key),
+            Change::Remove(key) => ('-', key),
+        });
+    }
+    // Inserts first, then the removes (in no set order).
+    changes[2..].sort();
+    assert_eq!(changes, [('+', 3), ('+', 5), ('-', 1), ('-', 2)]);
 }
