@@ -116,10 +116,23 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
     /// Replaces the changes left to yield with those from the set sent to `next`. Inserts go
     /// first: a balancer applies changes one at a time, and removing first would leave it, for a
     /// moment, without the endpoints of either list (empty, when the whole set turns over).
+    ///
+    /// The comparison runs the keys' own code (`Hash`, `Eq`, `Clone`, `EndpointMeta`) on the
+    /// stream's reader: a panic there drops `next`, logged as an error, and leaves no changes to
+    /// yield. The set sent is only read here, so the next list is compared with it as it was.
     fn compare(&mut self, next: Vec<K>) {
-        let (inserts, removes) = self.tracker.diff(next);
-        self.inserts = inserts.into();
-        self.removes = removes.into();
+        self.inserts.clear();
+        self.removes.clear();
+        let tracker = &self.tracker;
+        match catch_unwind(AssertUnwindSafe(|| tracker.diff(next))) {
+            Ok((inserts, removes)) => {
+                self.inserts = inserts.into();
+                self.removes = removes.into();
+            }
+            Err(panic) => {
+                tracing::error!(panic = panic_message(&*panic), "seawall discover could not compare an endpoint list with the endpoints sent (a key's Hash, Eq, Clone or EndpointMeta panicked); leaving it out until the next list");
+            }
+        }
     }
 }
 
@@ -280,7 +293,9 @@ where
 /// The list is compared when the stream is read: a stream read after several lists were published,
 /// or while the changes of one are still being read, gets the differences from the latest one
 /// alone, and `make` is called only for the keys it inserts. A panic in `make` leaves that key out,
-/// logged as an error, until the next list tries it again.
+/// logged as an error, until the next list tries it again; a panic in the keys' own code as a list
+/// is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`) leaves that whole list out, logged as an
+/// error, the next list being compared with the endpoints sent.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.

@@ -1,7 +1,7 @@
 //! Static lists and the watch channel source.
 
 use futures_util::{FutureExt, StreamExt};
-use seawall::balance::Tagged;
+use seawall::balance::{EndpointMeta, Tagged};
 use seawall::discover::{fixed, from_list, watch, Change, Discovery};
 use std::{
     sync::{
@@ -191,4 +191,39 @@ async fn new_metadata_whose_make_panics_leaves_the_old_and_is_tried_again() {
     tx.send(vec![plain()]).unwrap();
     drop(tx);
     assert_eq!(metas(&rest(&mut d).await), vec![('+', 7, 1, None)]);
+}
+
+/// A key whose weight cannot be read for 13.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Unweighed(u32);
+
+impl EndpointMeta for Unweighed {
+    fn weight(&self) -> u32 {
+        assert_ne!(self.0, 13, "no weight for 13");
+        1
+    }
+}
+
+fn ids<S>(changes: &[Change<Unweighed, S>]) -> Vec<(char, u32)> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert(k, _) => ('+', k.0),
+            Change::Remove(k) => ('-', k.0),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_whose_keys_panic_when_compared_is_left_and_the_next_is_read() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![Unweighed(13)]);
+    let mut d = watch(rx, |k: &Unweighed| k.0);
+    // A new key is inserted without reading its weight.
+    assert_eq!(ids(&next_n(&mut d, 1).await), vec![('+', 13)]);
+    // 13 again is compared by weight with the one sent: the list is left out, whole.
+    tx.send(vec![Unweighed(13), Unweighed(1)]).unwrap();
+    assert_eq!(ids(&queued(&mut d).await), [], "the list is left out");
+    tx.send(vec![Unweighed(1)]).unwrap();
+    drop(tx);
+    assert_eq!(ids(&rest(&mut d).await), vec![('+', 1), ('-', 13)]);
 }
