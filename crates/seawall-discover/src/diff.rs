@@ -61,6 +61,38 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
         (inserted, removed)
     }
 
+    /// Which of the changes still to send from an earlier comparison `next` calls for too: for
+    /// each key of `inserts`, whether `next` has it with the same metadata; for each key of
+    /// `removes`, whether `next` leaves it out. Of equal keys in `next`, the first counts.
+    pub(crate) fn still_called_for<'a>(
+        &self,
+        next: &[K],
+        inserts: impl IntoIterator<Item = &'a K>,
+        removes: impl IntoIterator<Item = &'a K>,
+    ) -> (Vec<bool>, Vec<bool>)
+    where
+        K: 'a,
+    {
+        let mut listed = HashSet::with_capacity(next.len());
+        for key in next {
+            // `insert` keeps the key already there: the first of equal keys counts.
+            listed.insert(key);
+        }
+        let inserts = inserts
+            .into_iter()
+            .map(|key| {
+                listed
+                    .get(key)
+                    .is_some_and(|listed| (self.same)(listed, key))
+            })
+            .collect();
+        let removes = removes
+            .into_iter()
+            .map(|key| !listed.contains(key))
+            .collect();
+        (inserts, removes)
+    }
+
     /// Records `key` as in the set, with its metadata.
     pub(crate) fn inserted(&mut self, key: K) {
         self.current.replace(key);
@@ -163,6 +195,30 @@ mod tests {
         let mut plain = Tracker::new();
         plain.update([Meta(1, 3, None)]);
         assert_eq!(parts(plain.update([Meta(1, 5, None)]).0), vec![]);
+    }
+
+    #[test]
+    fn pending_changes_a_newer_list_still_calls_for() {
+        let t = Tracker::with_meta();
+        let next = [
+            Meta(1, 2, None),
+            Meta(1, 9, None),
+            Meta(2, 1, None),
+            Meta(4, 1, None),
+        ];
+        let inserts = [Meta(1, 2, None), Meta(2, 1, Some("b")), Meta(3, 1, None)];
+        let removes = [Meta(4, 1, None), Meta(5, 1, None)];
+        assert_eq!(
+            t.still_called_for(&next, &inserts, &removes),
+            // 1 with the first weight listed; 2 in another zone; 3 left out. 4 listed again.
+            (vec![true, false, false], vec![false, true])
+        );
+        // Weights of 0 and 1 are the same, as the balancer reads them.
+        let zero = [Meta(1, 0, None)];
+        assert_eq!(
+            t.still_called_for(&zero, &[Meta(1, 1, None)], &[]),
+            (vec![true], vec![])
+        );
     }
 
     #[test]

@@ -25,9 +25,11 @@ use tower::discover::Change;
 /// that list into changes as it is read, against the set it has sent so far, and calls `make`
 /// for each insert as it yields it: a stream read seldom (tower's `p2c::Balance` reads discovery
 /// only while it is polled for readiness) or not yet (built long before a balancer takes it)
-/// gets the latest list, not every list in between, and holds no more than that list and the
-/// changes of the last one read, however often the source changes. A list that comes while the
-/// changes of the one before are still being read replaces what is left of them.
+/// gets the latest list, not every list in between, and holds no more than the changes left of
+/// the list it is reading and the newest list (two, when its source offers one more before the
+/// stream has taken the last), however often the source changes. A list that comes while the
+/// changes of the one before are still being read waits until they are out, and drops those it
+/// no longer calls for: no service is made for a key the newest list has left out.
 pub struct Discovery<K, S> {
     // Behind a mutex only so that the stream is `Sync` whatever `make` is: the stream itself
     // reaches it through `&mut self`, without locking.
@@ -63,10 +65,12 @@ struct Lists<K, M, P> {
     /// The runtime the source was built in, entered to call `make` (which may spawn, as a
     /// connection pool does) wherever the stream is read.
     runtime: Handle,
-    /// The changes of the last list taken, yet to be yielded: inserts, then removes. A newer list
-    /// replaces them with its own, found against `tracker`.
+    /// The changes of the list being read, yet to be yielded: inserts, then removes.
     inserts: VecDeque<K>,
     removes: VecDeque<K>,
+    /// The newest list that came while those changes were being read, to be compared with
+    /// `tracker` once they are all out. Changes it no longer calls for are dropped as it comes.
+    held: Option<Vec<K>>,
 }
 
 impl<K, S> Discovery<K, S> {
@@ -104,6 +108,7 @@ impl<K, S> Discovery<K, S> {
             runtime: Handle::current(),
             inserts: VecDeque::new(),
             removes: VecDeque::new(),
+            held: None,
         };
         Discovery {
             inner: Mutex::new(Inner::Lists(Box::new(lists))),
@@ -113,27 +118,66 @@ impl<K, S> Discovery<K, S> {
 }
 
 impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
-    /// Replaces the changes left to yield with those from the set sent to `next`. Inserts go
-    /// first: a balancer applies changes one at a time, and removing first would leave it, for a
-    /// moment, without the endpoints of either list (empty, when the whole set turns over).
+    /// Whether changes wait to be yielded.
+    fn pending(&self) -> bool {
+        !self.inserts.is_empty() || !self.removes.is_empty()
+    }
+
+    /// Holds `next` aside until the changes still to yield are out, dropping those it no longer
+    /// calls for: an insert of a key it leaves out or lists with another weight or zone (its
+    /// next comparison inserts the key as `next` has it, if at all), a remove of a key it still
+    /// lists. So no service is made for a key the newest list has left out, and each list's
+    /// changes go out whole, inserts before removes, before the next is compared: a list that
+    /// comes before every change is read cannot keep the ones at the back from going out.
+    ///
+    /// Looking `next` over runs the keys' own code (`Hash`, `Eq`, `EndpointMeta`) on the
+    /// stream's reader: a panic there leaves `next` out, logged as an error, as if it had not
+    /// come; the changes still to yield, and a list held before it, are kept.
+    fn hold(&mut self, next: Vec<K>) {
+        if self.pending() {
+            let (tracker, inserts, removes) = (&self.tracker, &self.inserts, &self.removes);
+            let wanted = catch_unwind(AssertUnwindSafe(|| {
+                tracker.still_called_for(&next, inserts, removes)
+            }));
+            let (inserts, removes) = match wanted {
+                Ok(wanted) => wanted,
+                Err(panic) => return compare_panicked(&*panic),
+            };
+            let mut inserts = inserts.into_iter();
+            self.inserts.retain(|_| inserts.next().unwrap_or(true));
+            let mut removes = removes.into_iter();
+            self.removes.retain(|_| removes.next().unwrap_or(true));
+        }
+        self.held = Some(next);
+    }
+
+    /// Sets the changes to yield to those from the set sent to `next`; called with none left.
+    /// Inserts go first: a balancer applies changes one at a time, and removing first would leave
+    /// it, for a moment, without the endpoints of either list (empty, when the whole set turns
+    /// over).
     ///
     /// The comparison runs the keys' own code (`Hash`, `Eq`, `Clone`, `EndpointMeta`) on the
-    /// stream's reader: a panic there drops `next`, logged as an error, and leaves no changes to
+    /// stream's reader: a panic there leaves `next` out, logged as an error, with no changes to
     /// yield. The set sent is only read here, so the next list is compared with it as it was.
     fn compare(&mut self, next: Vec<K>) {
-        self.inserts.clear();
-        self.removes.clear();
+        debug_assert!(
+            !self.pending(),
+            "a list is compared once the last one's changes are out"
+        );
         let tracker = &self.tracker;
         match catch_unwind(AssertUnwindSafe(|| tracker.diff(next))) {
             Ok((inserts, removes)) => {
                 self.inserts = inserts.into();
                 self.removes = removes.into();
             }
-            Err(panic) => {
-                tracing::error!(panic = panic_message(&*panic), "seawall discover could not compare an endpoint list with the endpoints sent (a key's Hash, Eq, Clone or EndpointMeta panicked); leaving it out until the next list");
-            }
+            Err(panic) => compare_panicked(&*panic),
         }
     }
+}
+
+/// Logs a list left out because a key's own code panicked as the list was compared.
+fn compare_panicked(panic: &(dyn Any + Send)) {
+    tracing::error!(panic = panic_message(panic), "seawall discover could not compare an endpoint list (a key's Hash, Eq, Clone or EndpointMeta panicked); leaving that list out");
 }
 
 impl<K, S, M, P> Source<K, S> for Lists<K, M, P>
@@ -143,12 +187,16 @@ where
     P: Fn(&K, &str),
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Change<K, S>>> {
+        // Whether a list has been compared in this call: one whose changes all drop out (every
+        // `make` panicking) is followed by the next list in the next call, so that lists coming
+        // as fast as they are compared do not hold the reader's task (a balancer, with its own
+        // work to do) here.
+        let mut compared = false;
         loop {
-            // A list that came while the last one's changes were being yielded replaces what is
-            // left of them: the stream goes on from the set it has sent, to the newer list, and
-            // makes no service for a key that list has left out.
+            // A list that came while the last one's changes were being yielded is held aside
+            // until they are out, and drops those it no longer calls for.
             if let Some(next) = self.latest.take() {
-                self.compare(next);
+                self.hold(next);
             }
             if let Some(key) = self.inserts.pop_front() {
                 let made = {
@@ -170,10 +218,20 @@ where
                 self.tracker.removed(&key);
                 return Poll::Ready(Some(Change::Remove(key)));
             }
-            // The last list's changes are all out: wait for a new one.
-            let Some(next) = std::task::ready!(self.latest.poll_next(cx)) else {
-                return Poll::Ready(None);
+            // The last list's changes are all out: on to the newest list, held or to come.
+            let next = match self.held.take() {
+                Some(next) => next,
+                None => match std::task::ready!(self.latest.poll_next(cx)) {
+                    Some(next) => next,
+                    None => return Poll::Ready(None),
+                },
             };
+            if compared {
+                self.held = Some(next);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            compared = true;
             self.compare(next);
         }
     }
@@ -182,7 +240,7 @@ where
         (
             self.tracker.len(),
             self.inserts.len() + self.removes.len(),
-            self.latest.is_offered(),
+            self.held.is_some() || self.latest.is_offered(),
         )
     }
 }
@@ -290,12 +348,15 @@ where
 /// is the same endpoint with new metadata: it is inserted again, with a service from `make`, and
 /// not removed; seawall's balancer then updates the endpoint in place.
 ///
-/// The list is compared when the stream is read: a stream read after several lists were published,
-/// or while the changes of one are still being read, gets the differences from the latest one
-/// alone, and `make` is called only for the keys it inserts. A panic in `make` leaves that key out,
-/// logged as an error, until the next list tries it again; a panic in the keys' own code as a list
-/// is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`) leaves that whole list out, logged as an
-/// error, the next list being compared with the endpoints sent.
+/// The list is compared when the stream is read: a stream read after several lists were published
+/// gets the differences from the latest one alone, and `make` is called only for the keys it
+/// inserts. A list published while the changes of one are still being read waits until they are
+/// out, and drops those it no longer calls for (no service is made for a key it has left out).
+///
+/// A panic in `make` leaves that key out, logged as an error, until the next list tries it again;
+/// a panic in the keys' own code as a list is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`)
+/// leaves that whole list out, logged as an error, the next list being compared with the
+/// endpoints sent.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.
@@ -324,4 +385,64 @@ where
         panicked,
         Some(task.abort_handle()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latest;
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering::Relaxed},
+            Arc,
+        },
+        task::{Wake, Waker},
+    };
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_that_come_as_fast_as_they_are_compared_leave_the_reader_its_other_work() {
+        // The panics are expected: keep the default hook from printing them, and only them.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&"no service") {
+                hook(info);
+            }
+        }));
+        let (publisher, lists) = latest::channel();
+        publisher.publish(vec![0u32]);
+        // Every list brings one new key whose `make` panics, the next list coming meanwhile (as
+        // from a source on another thread), up to a hundred lists.
+        let made = Arc::new(AtomicUsize::new(0));
+        let counted = made.clone();
+        let make = move |key: &u32| -> u32 {
+            if counted.fetch_add(1, Relaxed) < 100 {
+                publisher.publish(vec![key + 1]);
+            }
+            panic!("no service");
+        };
+        let mut discovery =
+            Discovery::lists(lists, Tracker::new(), make, |_: &u32, _: &str| {}, None);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        for read in 1..=3 {
+            assert!(Pin::new(&mut discovery).poll_next(&mut cx).is_pending());
+            assert_eq!(made.load(Relaxed), read, "one list compared per read");
+            assert_eq!(wakes.0.load(Relaxed), read, "woken to read the next");
+        }
+    }
 }

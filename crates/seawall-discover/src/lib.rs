@@ -20,10 +20,12 @@
 //! compares it with the set it has sent when it is read, calling `make` for the keys it inserts
 //! then: a stream read slowly, or not yet (tower's `p2c::Balance` reads discovery only while it
 //! is polled for readiness), sees the latest set, not every set in between, and holds no more
-//! than that list and the changes left of the last one read, however often DNS answers or the
-//! watch channel change. A list that comes while those changes are still being read replaces
-//! what is left of them, so `make` is not called for a key it has left out. New keys are inserted
-//! before old ones are removed, whatever was skipped.
+//! than the changes left of the list it is reading and the newest list (two lists, when the
+//! source offers one more before the stream takes the last), however often DNS answers or the
+//! watch channel change. A list that comes while those changes are still being read waits until
+//! they are out, and drops those it no longer calls for, so `make` is not called for a key it has
+//! left out; lists coming faster than the stream is read hold none of a list's changes back. New
+//! keys are inserted before old ones are removed, whatever was skipped.
 //!
 //! A panic in `make` for such a source is caught where the stream calls it: that endpoint is
 //! left out (an endpoint whose weight or zone changed keeps the one it had), an error is logged

@@ -2,7 +2,8 @@
 //! readiness; a discovery built long before a balancer takes it) holds the latest list, not a
 //! queue of every change in between: once read, it sends the differences from the set it sent
 //! last to the latest one, and makes a service only for what it inserts. A list that comes while
-//! the changes of the one before are being read replaces what is left of them.
+//! the changes of the one before are being read waits until they are out, and drops those it
+//! no longer calls for.
 //!
 //! The server is on loopback and answers at once, so virtual time only moves on timers.
 
@@ -182,7 +183,8 @@ async fn a_list_replacing_one_half_read_is_compared_with_the_set_sent() {
         Some(Ok(Change::Insert(2, 2)))
     ));
 
-    // Sent: 1 and 2. The new list keeps 3 of the last one, drops 4 and brings 5.
+    // Sent: 1 and 2; left of the last list: +3, +4, -1. The new list keeps 3 of the last one,
+    // drops 4 and brings 5.
     publish.send(vec![3, 5]).unwrap();
     drop(publish);
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -193,7 +195,82 @@ async fn a_list_replacing_one_half_read_is_compared_with_the_set_sent() {
             Change::Remove(key) => ('-', key),
         });
     }
-    // Inserts first, then the removes (in no set order).
-    changes[2..].sort();
-    assert_eq!(changes, [('+', 3), ('+', 5), ('-', 1), ('-', 2)]);
+    // What is left of the last list and the new one still calls for goes out first (no service
+    // for 4), then the new list's own changes, against the set sent then (2 and 3): each list's
+    // inserts before its removes.
+    assert_eq!(changes, [('+', 3), ('-', 1), ('+', 5), ('-', 2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lists_that_each_change_the_first_key_hold_back_none_of_the_rest() {
+    let (publish, lists) = tokio::sync::watch::channel(vec![Tagged::new(0u32), Tagged::new(1)]);
+    let mut discovery = watch(lists, |key: &Tagged<u32>| key.key);
+    for _ in 0..2 {
+        assert!(matches!(
+            discovery.next().await,
+            Some(Ok(Change::Insert(..)))
+        ));
+    }
+
+    // Each list gives 0 a new weight (an insert, first in the list) and comes before the reader
+    // is past it: the insert of 2 and the remove of 1 still go out.
+    let mut changes = Vec::new();
+    for i in 0..10u32 {
+        let list = vec![Tagged::new(0).with_weight(2 + i % 2), Tagged::new(2)];
+        publish.send(list).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        changes.push(match discovery.next().await {
+            Some(Ok(Change::Insert(key, _))) => ('+', key.key, key.weight),
+            Some(Ok(Change::Remove(key))) => ('-', key.key, key.weight),
+            None => panic!("the stream ended"),
+        });
+    }
+    assert_eq!(
+        changes[..3],
+        [('+', 0, 2), ('+', 2, 1), ('-', 1, 1)],
+        "{changes:?}"
+    );
+    // Then each list's new weight for 0, the one it has when its change is read.
+    for (i, change) in (3..).zip(&changes[3..]) {
+        assert_eq!(*change, ('+', 0, 2 + i % 2), "{changes:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_a_newer_list_undoes_are_dropped_before_they_go_out() {
+    let (publish, lists) =
+        tokio::sync::watch::channel(vec![Tagged::new(1u32), Tagged::new(2), Tagged::new(3)]);
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    let mut discovery = watch(lists, move |key: &Tagged<u32>| {
+        counted.fetch_add(1, Relaxed);
+        key.key
+    });
+    let mut read = async || match discovery.next().await {
+        Some(Ok(Change::Insert(key, _))) => Some(('+', key.key, key.weight)),
+        Some(Ok(Change::Remove(key))) => Some(('-', key.key, key.weight)),
+        None => None,
+    };
+    assert_eq!(read().await, Some(('+', 1, 1)));
+
+    // Left: +2 and +3. The new list gives 2 another weight: 2 goes out once, with it.
+    publish
+        .send(vec![Tagged::new(2).with_weight(5), Tagged::new(3)])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(read().await, Some(('+', 3, 1)));
+    assert_eq!(read().await, Some(('+', 2, 5)));
+
+    // Left: -1. The new list has 1 again: it stays, and needs no new service.
+    publish
+        .send(vec![
+            Tagged::new(1),
+            Tagged::new(2).with_weight(5),
+            Tagged::new(3),
+        ])
+        .unwrap();
+    drop(publish);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(read().await, None);
+    assert_eq!(made.load(Relaxed), 3);
 }
