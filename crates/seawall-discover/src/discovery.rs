@@ -353,10 +353,11 @@ where
 /// inserts. A list published while the changes of one are still being read waits until they are
 /// out, and drops those it no longer calls for (no service is made for a key it has left out).
 ///
-/// A panic in `make` leaves that key out, logged as an error, until the next list tries it again;
-/// a panic in the keys' own code as a list is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`)
-/// leaves that whole list out, logged as an error, the next list being compared with the
-/// endpoints sent.
+/// A panic in `make` leaves that key out, logged as an error, until the next list tries it again.
+/// A panic in the keys' own code as a list is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`)
+/// leaves that whole list out, logged as an error, and nothing else: the changes left of the list
+/// being read, and a list held aside behind them, still go out, and the next list is compared
+/// with the endpoints sent.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.

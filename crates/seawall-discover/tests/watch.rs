@@ -227,3 +227,48 @@ async fn a_list_whose_keys_panic_when_compared_is_left_and_the_next_is_read() {
     drop(tx);
     assert_eq!(ids(&rest(&mut d).await), vec![('+', 1), ('-', 13)]);
 }
+
+/// A key that cannot be hashed for 99.
+#[derive(Clone, PartialEq, Eq)]
+struct Unhashable(u32);
+
+impl std::hash::Hash for Unhashable {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        assert_ne!(self.0, 99, "no hash for 99");
+        self.0.hash(state);
+    }
+}
+
+impl EndpointMeta for Unhashable {}
+
+/// The change the stream yields at once, once the watch task has run: none when it waits, or has
+/// ended.
+async fn one(d: &mut Discovery<Unhashable, u32>) -> Option<(char, u32)> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    match d.next().now_or_never().flatten()? {
+        Ok(Change::Insert(k, _)) => Some(('+', k.0)),
+        Ok(Change::Remove(k)) => Some(('-', k.0)),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_whose_keys_panic_while_changes_are_read_loses_none_of_them() {
+    let list = |ids: &[u32]| ids.iter().copied().map(Unhashable).collect::<Vec<_>>();
+    let (tx, rx) = tokio::sync::watch::channel(list(&[1, 2, 3, 5, 6]));
+    let mut d = watch(rx, |k: &Unhashable| k.0);
+    assert_eq!(one(&mut d).await, Some(('+', 1)));
+    // Left: +2, +3, +5, +6. A list that cannot be looked over is left out, as if it had not
+    // come: the changes left go on.
+    tx.send(list(&[99])).unwrap();
+    assert_eq!(one(&mut d).await, Some(('+', 2)));
+    // A list without 3 and with 4 waits for the changes left; 3 drops out.
+    tx.send(list(&[1, 2, 4, 5, 6])).unwrap();
+    assert_eq!(one(&mut d).await, Some(('+', 5)));
+    // Left: +6, and the list with 4 held aside: both still go through.
+    tx.send(list(&[99])).unwrap();
+    assert_eq!(one(&mut d).await, Some(('+', 6)));
+    drop(tx);
+    assert_eq!(one(&mut d).await, Some(('+', 4)));
+    assert_eq!(one(&mut d).await, None);
+    assert!(d.next().await.is_none(), "the stream ends");
+}
