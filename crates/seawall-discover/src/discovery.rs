@@ -341,7 +341,8 @@ where
 /// Endpoints from a watch channel the application updates: the latest list is compared with the
 /// set the stream has sent and the differences are sent as inserts and removes; `make` turns a
 /// new key into a service. The new keys are inserted before the old ones are removed, so a
-/// balancer never sees its set empty while it turns over.
+/// balancer never sees its set empty while it turns over, unless `make` panics for every new key:
+/// those keys are left out, and the old ones the list dropped are still removed.
 ///
 /// A key equal to one already published but with another [`weight`](EndpointMeta::weight) or
 /// [`zone`](EndpointMeta::zone) (a [`Tagged`](seawall_balance::Tagged) key whose weight changed)

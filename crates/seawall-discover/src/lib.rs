@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`fixed`] | the endpoints given, once | tests, fixed fleets |
 //! | [`from_list`] | the addresses given, once, each made into a service | a static list from configuration |
-//! | [`watch()`] | each list the application publishes on a `tokio::sync::watch` channel, as a difference | service registries with their own client (Consul, Eureka, etcd watches) |
+//! | [`watch()`] | the latest list the application publishes on a `tokio::sync::watch` channel, as a difference from the endpoints sent | service registries with their own client (Consul, Eureka, etcd watches) |
 //! | [`Dns::a`] | A/AAAA records, re-resolved as their TTL runs out | Kubernetes headless services, Consul DNS |
 //! | [`Dns::srv`] | SRV records (targets, ports, weights), re-resolved likewise | Consul and Kubernetes SRV names |
 //!
@@ -25,14 +25,16 @@
 //! watch channel change. A list that comes while those changes are still being read waits until
 //! they are out, and drops those it no longer calls for, so `make` is not called for a key it has
 //! left out; lists coming faster than the stream is read hold none of a list's changes back. New
-//! keys are inserted before old ones are removed, whatever was skipped.
+//! keys are inserted before old ones are removed, whatever was skipped, so a balancer never finds
+//! its set empty while the whole set turns over, unless `make` panics for every new key (below).
 //!
 //! A panic in `make` for such a source is caught where the stream calls it: that endpoint is
 //! left out (an endpoint whose weight or zone changed keeps the one it had), an error is logged
 //! (naming the address, for DNS; a watched key needs no `Debug`, so its error names none), the
 //! rest of the list is sent, and the next list (the next resolution, the next value on the watch
-//! channel) tries it again. [`from_list`] calls `make` as it is called, so a panic there reaches
-//! its caller.
+//! channel) tries it again. The keys the list dropped are still removed, so when `make` panics
+//! for every new key of a list that replaces the whole set, the balancer is left with none.
+//! [`from_list`] calls `make` as it is called, so a panic there reaches its caller.
 //!
 //! # Defaults (DNS)
 //!

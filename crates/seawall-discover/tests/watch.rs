@@ -272,3 +272,16 @@ async fn a_list_whose_keys_panic_while_changes_are_read_loses_none_of_them() {
     assert_eq!(one(&mut d).await, None);
     assert!(d.next().await.is_none(), "the stream ends");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_list_whose_new_keys_all_fail_still_removes_the_old_ones() {
+    let (tx, rx) = tokio::sync::watch::channel(vec![1u32]);
+    let mut d = watch(rx, |k: &u32| {
+        assert_ne!(*k, 2, "no service for 2");
+        *k
+    });
+    assert_eq!(keys(&next_n(&mut d, 1).await), vec![('+', 1)]);
+    // The whole set turns over and the new key cannot be made: the balancer is left with none.
+    tx.send(vec![2]).unwrap();
+    assert_eq!(keys(&queued(&mut d).await), [('-', 1)]);
+}
