@@ -68,8 +68,12 @@ struct Lists<K, M, P> {
     /// The changes of the list being read, yet to be yielded: inserts, then removes.
     inserts: VecDeque<K>,
     removes: VecDeque<K>,
+    /// Whether an insert of the list being read has gone out: until one has, its removes would
+    /// leave the balancer without the endpoints of that list.
+    inserted: bool,
     /// The newest list that came while those changes were being read, to be compared with
-    /// `tracker` once they are all out. Changes it no longer calls for are dropped as it comes.
+    /// `tracker` once they are all out. Changes it no longer calls for are dropped as it comes
+    /// (and the removes, once no insert is left and none has gone out: see `hold`).
     held: Option<Vec<K>>,
 }
 
@@ -108,6 +112,7 @@ impl<K, S> Discovery<K, S> {
             runtime: Handle::current(),
             inserts: VecDeque::new(),
             removes: VecDeque::new(),
+            inserted: false,
             held: None,
         };
         Discovery {
@@ -130,6 +135,12 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
     /// changes go out whole, inserts before removes, before the next is compared: a list that
     /// comes before every change is read cannot keep the ones at the back from going out.
     ///
+    /// Once `next` leaves no insert to yield, and none of the list being read has gone out, the
+    /// removes left are dropped too: sent, they would leave the balancer without the endpoints
+    /// of either list. They are not lost: their keys stay in the set sent and out of `next`, so
+    /// the comparison of `next` (or of whichever list comes after it) removes them again, after
+    /// inserting its own keys.
+    ///
     /// Looking `next` over runs the keys' own code (`Hash`, `Eq`, `EndpointMeta`) on the
     /// stream's reader: a panic there leaves `next` out, logged as an error, as if it had not
     /// come; the changes still to yield, and a list held before it, are kept.
@@ -147,6 +158,9 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
             self.inserts.retain(|_| inserts.next().unwrap_or(true));
             let mut removes = removes.into_iter();
             self.removes.retain(|_| removes.next().unwrap_or(true));
+            if self.inserts.is_empty() && !self.inserted {
+                self.removes.clear();
+            }
         }
         self.held = Some(next);
     }
@@ -169,6 +183,7 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
             Ok((inserts, removes)) => {
                 self.inserts = inserts.into();
                 self.removes = removes.into();
+                self.inserted = false;
             }
             Err(panic) => compare_panicked(&*panic),
         }
@@ -206,6 +221,7 @@ where
                 match made {
                     Ok(service) => {
                         self.tracker.inserted(key.clone());
+                        self.inserted = true;
                         return Poll::Ready(Some(Change::Insert(key, service)));
                     }
                     // The key stays out of the set sent (or keeps the metadata it was sent with),
@@ -352,7 +368,9 @@ where
 /// The list is compared when the stream is read: a stream read after several lists were published
 /// gets the differences from the latest one alone, and `make` is called only for the keys it
 /// inserts. A list published while the changes of one are still being read waits until they are
-/// out, and drops those it no longer calls for (no service is made for a key it has left out).
+/// out, and drops those it no longer calls for (no service is made for a key it has left out);
+/// when it drops every insert left before one of them has gone out, it drops the removes left
+/// too, and makes them again after its own inserts.
 ///
 /// A panic in `make` leaves that key out, logged as an error, until the next list tries it again.
 /// A panic in the keys' own code as a list is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`)
@@ -396,7 +414,7 @@ mod tests {
     use std::{
         sync::{
             atomic::{AtomicUsize, Ordering::Relaxed},
-            Arc,
+            Arc, Once,
         },
         task::{Wake, Waker},
     };
@@ -415,15 +433,23 @@ mod tests {
         }
     }
 
+    /// Keeps the default panic hook from printing the panics `make` raises on purpose here, and
+    /// only them.
+    fn hide_make_panics() {
+        static HIDDEN: Once = Once::new();
+        HIDDEN.call_once(|| {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if info.payload().downcast_ref::<&str>() != Some(&"no service") {
+                    hook(info);
+                }
+            }));
+        });
+    }
+
     #[tokio::test]
     async fn lists_that_come_as_fast_as_they_are_compared_leave_the_reader_its_other_work() {
-        // The panics are expected: keep the default hook from printing them, and only them.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&"no service") {
-                hook(info);
-            }
-        }));
+        hide_make_panics();
         let (publisher, lists) = latest::channel();
         publisher.publish(vec![0u32]);
         // Every list brings one new key whose `make` panics, the next list coming meanwhile (as
@@ -446,5 +472,52 @@ mod tests {
             assert_eq!(made.load(Relaxed), read, "one list compared per read");
             assert_eq!(wakes.0.load(Relaxed), read, "woken to read the next");
         }
+    }
+
+    /// The changes the stream yields until it waits for a list, reading on when it wakes itself
+    /// (to compare the next list in a later read).
+    fn read_until_pending(discovery: &mut Discovery<u32, u32>) -> Vec<(char, u32)> {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut changes = Vec::new();
+        loop {
+            let woken = wakes.0.load(Relaxed);
+            match Pin::new(&mut *discovery).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(Change::Insert(key, _)))) => changes.push(('+', key)),
+                Poll::Ready(Some(Ok(Change::Remove(key)))) => changes.push(('-', key)),
+                Poll::Ready(None) => return changes,
+                Poll::Pending if wakes.0.load(Relaxed) > woken => {}
+                Poll::Pending => return changes,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_that_leaves_out_every_insert_yet_to_go_out_sends_its_own_before_the_removes() {
+        hide_make_panics();
+        let (publisher, lists) = latest::channel();
+        let publisher = Arc::new(publisher);
+        let publishing = publisher.clone();
+        // The first new key cannot be made, and a list without the second comes meanwhile.
+        let make = move |key: &u32| -> u32 {
+            if *key == 2 {
+                publishing.publish(vec![4]);
+                panic!("no service");
+            }
+            *key
+        };
+        let mut discovery =
+            Discovery::lists(lists, Tracker::new(), make, |_: &u32, _: &str| {}, None);
+        publisher.publish(vec![1]);
+        assert_eq!(read_until_pending(&mut discovery), [('+', 1)]);
+        // +2 (not made), +3 (left out by [4]), -1: 1 goes once 4 is in, never before.
+        publisher.publish(vec![2, 3]);
+        assert_eq!(read_until_pending(&mut discovery), [('+', 4), ('-', 1)]);
+        let inner = discovery.inner.get_mut().unwrap();
+        let Inner::Lists(lists) = inner else {
+            unreachable!("a stream of lists")
+        };
+        assert_eq!(lists.counts(), (1, 0, false), "4 alone is sent");
     }
 }

@@ -25,8 +25,10 @@
 //! watch channel change. A list that comes while those changes are still being read waits until
 //! they are out, and drops those it no longer calls for, so `make` is not called for a key it has
 //! left out; lists coming faster than the stream is read hold none of a list's changes back. New
-//! keys are inserted before old ones are removed, whatever was skipped, so a balancer never finds
-//! its set empty while the whole set turns over, unless `make` panics for every new key (below).
+//! keys are inserted before old ones are removed, whatever was skipped (a list that drops every
+//! insert left before one of them has gone out drops the removes left too, and makes them again
+//! after its own inserts), so a balancer never finds its set empty while the whole set turns
+//! over, unless `make` panics for every new key (below).
 //!
 //! A panic in `make` for such a source is caught where the stream calls it: that endpoint is
 //! left out (an endpoint whose weight or zone changed keeps the one it had), an error is logged
