@@ -143,7 +143,10 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
     ///
     /// Looking `next` over runs the keys' own code (`Hash`, `Eq`, `EndpointMeta`) on the
     /// stream's reader: a panic there leaves `next` out, logged as an error, as if it had not
-    /// come; the changes still to yield, and a list held before it, are kept.
+    /// come; the changes still to yield, and a list held before it, are kept. It runs less of
+    /// that code than comparing `next` does (a weight or zone is read only for a key whose insert
+    /// waits), so `next` can pass here and panic only when compared: by then it has replaced the
+    /// list held before it, and the changes it dropped here stay dropped.
     fn hold(&mut self, next: Vec<K>) {
         if self.pending() {
             let (tracker, inserts, removes) = (&self.tracker, &self.inserts, &self.removes);
@@ -172,7 +175,9 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
     ///
     /// The comparison runs the keys' own code (`Hash`, `Eq`, `Clone`, `EndpointMeta`) on the
     /// stream's reader: a panic there leaves `next` out, logged as an error, with no changes to
-    /// yield. The set sent is only read here, so the next list is compared with it as it was.
+    /// yield. The set sent is only read here, so the next list is compared with it as it was;
+    /// until then it stays as it is, and may match no list published when `hold` dropped
+    /// changes for `next`.
     fn compare(&mut self, next: Vec<K>) {
         debug_assert!(
             !self.pending(),
@@ -373,10 +378,15 @@ where
 /// too, and makes them again after its own inserts.
 ///
 /// A panic in `make` leaves that key out, logged as an error, until the next list tries it again.
-/// A panic in the keys' own code as a list is compared (`Hash`, `Eq`, `Clone`, `EndpointMeta`)
-/// leaves that whole list out, logged as an error, and nothing else: the changes left of the list
-/// being read, and a list held aside behind them, still go out, and the next list is compared
-/// with the endpoints sent.
+/// A panic in the keys' own code (`Hash`, `Eq`, `Clone`, `EndpointMeta`) leaves the list it came
+/// from out, logged as an error, and the next list is compared with the endpoints sent. A list
+/// published while the changes of one are still being read is first looked over against them:
+/// a panic then leaves it out and nothing else (the changes left, and a list held aside behind
+/// them, still go out). Looking a list over calls less of the keys' code than comparing it with
+/// the endpoints sent (a weight or zone is read only for a key whose insert waits), so a list
+/// whose keys panic only when it is compared has by then already replaced the list held before
+/// it and dropped the pending changes it no longer calls for: the balancer keeps the endpoints
+/// sent, which may match no list published, until the next list.
 ///
 /// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
 /// balancer keeps the last set), once the differences from the last list are read.

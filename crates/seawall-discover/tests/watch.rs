@@ -228,6 +228,32 @@ async fn a_list_whose_keys_panic_when_compared_is_left_and_the_next_is_read() {
     assert_eq!(ids(&rest(&mut d).await), vec![('+', 1), ('-', 13)]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_list_that_panics_only_when_compared_has_dropped_what_it_no_longer_calls_for() {
+    let list = |ids: &[u32]| ids.iter().copied().map(Unweighed).collect::<Vec<_>>();
+    let (tx, rx) = tokio::sync::watch::channel(list(&[13]));
+    let mut d = watch(rx, |k: &Unweighed| k.0);
+    assert_eq!(ids(&next_n(&mut d, 1).await), vec![('+', 13)]);
+    tx.send(list(&[1, 2])).unwrap();
+    assert_eq!(ids(&next_n(&mut d, 1).await), vec![('+', 1)]);
+    // Left: +2, -13. A list with 13 and without 2 is looked over without reading a weight: it
+    // drops both. Compared with the endpoints sent, 13's weight panics: the list is left out, and
+    // the balancer keeps 13 and 1, which no list published has, until the next list.
+    tx.send(list(&[13, 3])).unwrap();
+    assert_eq!(
+        ids(&queued(&mut d).await),
+        [],
+        "nothing more until the next list"
+    );
+    assert_eq!(
+        format!("{d:?}"),
+        "Discovery { endpoints: Some(2), queued: 0, newer_list: false, live: true }"
+    );
+    tx.send(list(&[1])).unwrap();
+    drop(tx);
+    assert_eq!(ids(&rest(&mut d).await), vec![('-', 13)]);
+}
+
 /// A key that cannot be hashed for 99.
 #[derive(Clone, PartialEq, Eq)]
 struct Unhashable(u32);
