@@ -24,7 +24,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering::*},
         Arc, Mutex, PoisonError, RwLock, Weak,
     },
-    task::Poll,
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::{
@@ -216,10 +216,44 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Applies one discovery change.
+    #[cfg(test)]
     pub(crate) fn apply(&self, change: Change<K, S>) {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        self.apply_batch([change]);
+    }
+
+    /// Applies discovery changes in order, as one at a time would, and publishes the set they
+    /// leave once: the set is rebuilt once for them all, and no call sees some of them applied
+    /// and not the others. Changes that leave the set as it was (removes of keys not in it)
+    /// publish nothing.
+    pub(crate) fn apply_batch(&self, changes: impl IntoIterator<Item = Change<K, S>>) {
+        let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let health = &mut *guard;
         let old = self.current();
         let mut endpoints = old.endpoints.clone();
+        let mut changed = false;
+        for change in changes {
+            changed |= self.apply_one(&mut health.zones, &mut endpoints, old.local_zone, change);
+        }
+        if changed {
+            // Published under the health lock, so the unhealthy count cannot race an ejection.
+            self.publish(Snapshot::build(
+                endpoints,
+                &self.settings.picker,
+                old.local_zone,
+            ));
+        }
+        drop(guard);
+    }
+
+    /// Applies one discovery change to `endpoints`, the set being built, with `zones` the zone
+    /// ids. Returns whether it changed the set.
+    fn apply_one(
+        &self,
+        zones: &mut Vec<Arc<str>>,
+        endpoints: &mut Vec<Arc<Endpoint<K, S>>>,
+        local_zone: u16,
+        change: Change<K, S>,
+    ) -> bool {
         match change {
             Change::Insert(key, service) => {
                 // A key already in the set is the same endpoint with a new weight, zone or
@@ -228,30 +262,27 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 let zone = match key.zone() {
                     None => u16::MAX - 1,
                     Some(z) => {
-                        let known = health.zones.iter().position(|known| &**known == z);
+                        let known = zones.iter().position(|known| &**known == z);
                         // A zone keeps its id while endpoints are in it. One that comes back
                         // keeps its old id only if zone-aware picking judges that id on its
                         // own; otherwise it takes a lower free one, as a new zone does.
                         let kept = known.filter(|&id| {
-                            id < MAX_ZONES - 1 || zone_in_use(&endpoints, present, id)
+                            id < MAX_ZONES - 1 || zone_in_use(endpoints, present, id)
                         });
                         match kept {
                             Some(id) => id as u16,
                             None => {
-                                let free =
-                                    free_zone(&health.zones, &endpoints, present, old.local_zone)
-                                        .filter(|&free| known.is_none_or(|id| free < id));
+                                let free = free_zone(zones, endpoints, present, local_zone)
+                                    .filter(|&free| known.is_none_or(|id| free < id));
                                 match (free, known) {
                                     (Some(id), _) => {
-                                        health.zones[id] = Arc::from(z);
+                                        zones[id] = Arc::from(z);
                                         id as u16
                                     }
                                     (None, Some(id)) => id as u16,
-                                    (None, None)
-                                        if health.zones.len() < usize::from(u16::MAX - 2) =>
-                                    {
-                                        health.zones.push(Arc::from(z));
-                                        (health.zones.len() - 1) as u16
+                                    (None, None) if zones.len() < usize::from(u16::MAX - 2) => {
+                                        zones.push(Arc::from(z));
+                                        (zones.len() - 1) as u16
                                     }
                                     (None, None) => u16::MAX - 1,
                                 }
@@ -286,7 +317,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 let before = endpoints.len();
                 endpoints.retain(|e| e.key != key);
                 if endpoints.len() == before {
-                    return;
+                    return false;
                 }
                 tracing::debug!(name = %self.name, ?key, "seawall balance endpoint removed");
                 self.emit(BalanceEvent::EndpointRemoved {
@@ -294,13 +325,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 });
             }
         }
-        // Published under the health lock, so the unhealthy count cannot race an ejection.
-        self.publish(Snapshot::build(
-            endpoints,
-            &self.settings.picker,
-            old.local_zone,
-        ));
-        drop(health);
+        true
     }
 
     /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns whether it did.
@@ -734,19 +759,39 @@ async fn run<K, S, C, D>(
     loop {
         let mut yield_first = false;
         tokio::select! {
-            // A panic in the stream is caught: the task also runs outlier detection and health
-            // checks, which must go on.
-            change = poll_fn(|cx| {
-                let Some(stream) = discover.as_mut() else { return Poll::Pending };
-                match catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_discover(cx))) {
-                    Ok(poll) => poll.map(Ok),
-                    Err(panic) => Poll::Ready(Err(panic)),
-                }
-            }), if discover.is_some() && !paused => {
+            // The changes ready together (a source that sends a whole list at once) are applied
+            // together: the set is rebuilt and published once for them, and no call sees part of
+            // them. At most `MAX_BATCH` at a time, so a source with many ready does not hold up
+            // outlier detection and health checks. A panic in the stream is caught: the task also
+            // runs them, and they must go on.
+            (batch, stop) = poll_fn(|cx| poll_batch(&mut discover, cx)), if discover.is_some() && !paused => {
                 let Some(shared) = weak.upgrade() else { return };
-                let change = match change {
-                    Ok(change) => change,
-                    Err(panic) => {
+                for change in &batch {
+                    let (Change::Insert(key, _) | Change::Remove(key)) = change;
+                    probes.cancel(key);
+                }
+                if !batch.is_empty() {
+                    errors_in_a_row = 0;
+                    shared.apply_batch(batch);
+                }
+                let pause = match stop {
+                    Stop::Pending => None,
+                    Stop::Full => {
+                        yield_first = true;
+                        None
+                    }
+                    Stop::Error(error) => {
+                        let pause = discovery_pause(errors_in_a_row);
+                        errors_in_a_row = errors_in_a_row.saturating_add(1);
+                        tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints");
+                        Some(pause)
+                    }
+                    Stop::End => {
+                        tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
+                        discover = None;
+                        None
+                    }
+                    Stop::Panic(panic) => {
                         // A discovery stream that panicked is not polled again: its state is
                         // unknown. It is dropped (a drop that panics too is caught), so what
                         // feeds it stops. The set it built is kept, and outlier detection and
@@ -754,26 +799,6 @@ async fn run<K, S, C, D>(
                         tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints");
                         let _ = catch_unwind(AssertUnwindSafe(|| drop(discover.take())));
                         continue;
-                    }
-                };
-                let pause = match change {
-                    Some(Ok(change)) => {
-                        errors_in_a_row = 0;
-                        let (Change::Insert(key, _) | Change::Remove(key)) = &change;
-                        probes.cancel(key);
-                        shared.apply(change);
-                        None
-                    }
-                    Some(Err(error)) => {
-                        let pause = discovery_pause(errors_in_a_row);
-                        errors_in_a_row = errors_in_a_row.saturating_add(1);
-                        tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints");
-                        Some(pause)
-                    }
-                    None => {
-                        tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
-                        discover = None;
-                        None
                     }
                 };
                 match pause {
@@ -817,10 +842,63 @@ async fn run<K, S, C, D>(
             }
         }
         if yield_first {
-            // After a lone error, let the runtime run other tasks before reading again.
+            // After a lone error or a full batch, let the runtime run other tasks before reading
+            // again.
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// The most discovery changes the background task applies as one set.
+const MAX_BATCH: usize = 1024;
+
+/// Why the background task stopped reading the discovery changes ready.
+enum Stop<E> {
+    /// No change is ready.
+    Pending,
+    /// `MAX_BATCH` changes were read.
+    Full,
+    /// The stream gave an error.
+    Error(E),
+    /// The stream ended.
+    End,
+    /// Polling the stream panicked.
+    Panic(Box<dyn Any + Send>),
+}
+
+/// Discovery changes read one after the other, in order, and why the reading stopped.
+type Batch<D> = (
+    Vec<Change<<D as Discover>::Key, <D as Discover>::Service>>,
+    Stop<<D as Discover>::Error>,
+);
+
+/// Reads the discovery changes ready now, at most `MAX_BATCH`: pending until one is (or the stream
+/// errs, ends or panics), then the changes read in order and why the reading stopped. A panic in
+/// the stream is caught.
+fn poll_batch<D: Discover>(
+    discover: &mut Option<Pin<Box<D>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Batch<D>> {
+    let Some(stream) = discover.as_mut() else {
+        return Poll::Pending;
+    };
+    let mut changes = Vec::new();
+    let stop = loop {
+        match catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll_discover(cx))) {
+            Ok(Poll::Ready(Some(Ok(change)))) => {
+                changes.push(change);
+                if changes.len() == MAX_BATCH {
+                    break Stop::Full;
+                }
+            }
+            Ok(Poll::Ready(Some(Err(error)))) => break Stop::Error(error),
+            Ok(Poll::Ready(None)) => break Stop::End,
+            Err(panic) => break Stop::Panic(panic),
+            Ok(Poll::Pending) if changes.is_empty() => return Poll::Pending,
+            Ok(Poll::Pending) => break Stop::Pending,
+        }
+    };
+    Poll::Ready((changes, stop))
 }
 
 /// The message a panic was raised with, when it is a string.
@@ -1120,5 +1198,184 @@ mod tests {
         shared.apply(Change::Insert(Tagged::new(100).with_zone("z35"), ()));
         assert_eq!(zone_of(&shared, 100), id);
         assert_eq!(zone_of(&shared, 35), id);
+    }
+
+    /// A discovery stream that gives `items` ready at once, then nothing more.
+    fn ready<K: Key>(
+        items: impl IntoIterator<Item = Result<Change<K, &'static str>, String>>,
+    ) -> impl Discover<Key = K, Service = &'static str, Error = String> + Send + 'static {
+        use futures_util::StreamExt;
+        let items: Vec<_> = items.into_iter().collect();
+        futures_util::stream::iter(items).chain(futures_util::stream::pending())
+    }
+
+    /// A round robin set reporting its events to `events`.
+    fn recorded(
+        events: &Arc<Mutex<Vec<BalanceEvent>>>,
+    ) -> Arc<Shared<usize, &'static str, DefaultClassifier>> {
+        let events = events.clone();
+        Arc::new(Shared::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: crate::OutlierDetection::disabled(),
+                health_check: None,
+            },
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                events.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        ))
+    }
+
+    fn keys<K: Key + Copy, S: 'static>(shared: &Shared<K, S, DefaultClassifier>) -> Vec<K> {
+        shared.current().endpoints.iter().map(|e| e.key).collect()
+    }
+
+    /// 200 changes ready at once (a DNS answer turned into changes) are applied as one set:
+    /// built and published once, so no call sees some of them and not the others.
+    #[tokio::test(start_paused = true)]
+    async fn changes_ready_together_are_published_as_one_set() {
+        let shared = Arc::new(Shared::for_tests(Picker::WeightedRoundRobin));
+        spawn(
+            &shared,
+            ready((0..200usize).map(|i| Ok(Change::Insert(i, "a")))),
+            None,
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.version.load(Acquire), 1, "one publish");
+        assert_eq!(keys(&shared), (0..200).collect::<Vec<_>>());
+    }
+
+    /// Within one set of ready changes, each applies as it would alone: a key removed and inserted
+    /// again starts afresh at the end, a key inserted again keeps its place and statistics, a
+    /// remove of a key not in the set does nothing, and each change reports its event.
+    #[tokio::test(start_paused = true)]
+    async fn changes_applied_together_apply_in_order() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let shared = recorded(&events);
+        shared.apply(Change::Insert(1, "a"));
+        shared.apply(Change::Insert(2, "a"));
+        let before = shared.current();
+        for ep in &before.endpoints {
+            ep.stats.failures.store(7, Relaxed);
+        }
+        events.lock().unwrap().clear();
+        spawn(
+            &shared,
+            ready([
+                Ok(Change::Insert(1, "b")),
+                Ok(Change::Remove(1)),
+                Ok(Change::Insert(1, "c")),
+                Ok(Change::Insert(2, "b")),
+                Ok(Change::Remove(3)),
+            ]),
+            None,
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.version.load(Acquire), 3, "one publish for the five");
+        let set = shared.current();
+        assert_eq!(keys(&shared), vec![2, 1]);
+        let (two, one) = (&set.endpoints[0], &set.endpoints[1]);
+        assert_eq!(one.service, "c");
+        assert!(!Arc::ptr_eq(&one.stats, &before.endpoints[0].stats));
+        assert_eq!(one.stats.failures.load(Relaxed), 0);
+        assert_eq!(two.service, "b");
+        assert!(Arc::ptr_eq(&two.stats, &before.endpoints[1].stats));
+        let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
+        assert_eq!(
+            *events.lock().unwrap(),
+            vec![
+                added("1"),
+                BalanceEvent::EndpointRemoved { key: "1".into() },
+                added("1"),
+                added("2"),
+            ]
+        );
+    }
+
+    /// An error among ready changes: those before it are applied (as one set), and the error is
+    /// handled as ever: after a lone error discovery is read again at once, after a second in a
+    /// row only 50 ms later.
+    #[tokio::test(start_paused = true)]
+    async fn an_error_among_ready_changes_applies_those_before_it() {
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        spawn(
+            &shared,
+            ready([
+                Ok(Change::Insert(0usize, "a")),
+                Ok(Change::Insert(1, "a")),
+                Err("down".to_string()),
+                Err("still down".to_string()),
+                Ok(Change::Insert(2, "a")),
+                Ok(Change::Insert(3, "a")),
+            ]),
+            None,
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0, 1]);
+        assert_eq!(shared.version.load(Acquire), 1);
+        tokio::time::sleep(Duration::from_millis(48)).await;
+        assert_eq!(
+            keys(&shared),
+            vec![0, 1],
+            "paused after two errors in a row"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(keys(&shared), vec![0, 1, 2, 3]);
+        assert_eq!(shared.version.load(Acquire), 2);
+    }
+
+    /// More changes ready than one set takes are applied `MAX_BATCH` at a time, and the task lets
+    /// the runtime run other tasks between them.
+    #[tokio::test(start_paused = true)]
+    async fn many_ready_changes_are_applied_a_batch_at_a_time() {
+        let n = 2 * MAX_BATCH + MAX_BATCH / 2;
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        spawn(
+            &shared,
+            ready((0..n).map(|i| Ok(Change::Insert(i, "a")))),
+            None,
+        );
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            let len = shared.current().len();
+            if len > 0 && seen.last() != Some(&len) {
+                seen.push(len);
+            }
+            if len == n {
+                break;
+            }
+        }
+        assert_eq!(seen, vec![MAX_BATCH, 2 * MAX_BATCH, n]);
+        assert_eq!(shared.version.load(Acquire), 3);
+    }
+
+    /// A stream that panics after giving changes ready at once: those changes are applied, and
+    /// the stream is dropped, as on any panic.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_after_ready_changes_applies_them_and_drops_the_stream() {
+        let alive = Arc::new(());
+        let held = alive.clone();
+        let mut read = 0usize;
+        let stream = futures_util::stream::poll_fn(move |_| {
+            let _held = &held;
+            read += 1;
+            match read {
+                1 | 2 => Poll::Ready(Some(Ok::<_, String>(Change::Insert(read, "a")))),
+                _ => panic!("discovery broke"),
+            }
+        });
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        spawn(&shared, stream, None);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![1, 2]);
+        assert_eq!(shared.version.load(Acquire), 1);
+        assert_eq!(Arc::strong_count(&alive), 1, "the stream is dropped");
     }
 }
