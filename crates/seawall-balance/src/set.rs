@@ -1,4 +1,5 @@
-//! The endpoint set: an immutable snapshot rebuilt on each discovery change.
+//! The endpoint set: an immutable snapshot rebuilt once for each set of discovery changes applied
+//! together (see `Shared::apply_batch`).
 
 use crate::{endpoint::Endpoint, picker::Picker};
 use std::{cmp::Ordering, collections::BinaryHeap, fmt, sync::Arc};

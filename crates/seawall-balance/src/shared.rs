@@ -223,8 +223,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     /// Applies discovery changes in order, as one at a time would, and publishes the set they
     /// leave once: the set is rebuilt once for them all, and no call sees some of them applied
-    /// and not the others. Changes that leave the set as it was (removes of keys not in it)
-    /// publish nothing.
+    /// and not the others. Removes of keys not in the set change nothing, and changes made only of
+    /// them publish nothing.
     pub(crate) fn apply_batch(&self, changes: impl IntoIterator<Item = Change<K, S>>) {
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
