@@ -4,61 +4,18 @@
 
 mod common;
 
-use common::{make, two_targets, Zone};
+use common::{make, two_targets, Logged, Zone};
 use hickory_proto::rr::RecordType;
 use seawall::discover::Dns;
-use std::{
-    fmt,
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 const SRV: &str = "_http._tcp.api.test";
-
-/// The warnings a subscriber saw, by message.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl Warnings {
-    fn count(&self, message: &str) -> usize {
-        let seen = self.0.lock().unwrap();
-        seen.iter().filter(|m| m.as_str() == message).count()
-    }
-}
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        if *event.metadata().level() == tracing::Level::WARN {
-            let mut message = Message(String::new());
-            event.record(&mut message);
-            self.0.lock().unwrap().push(message.0);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
 
 /// A lookup that keeps failing warns once; a different one that starts to fail while it does
 /// warns too.
 #[tokio::test(start_paused = true)]
 async fn each_lookup_that_starts_failing_warns_once() {
-    let warnings = Warnings::default();
+    let warnings = Logged::at(tracing::Level::WARN);
     let _guard = tracing::subscriber::set_default(warnings.clone());
     let zone = Zone::default();
     zone.ttl.store(60, Relaxed);

@@ -8,56 +8,25 @@
 
 mod common;
 
-use common::{addr, first_resolution, next_change, queued, Endpoint, Zone};
+use common::{addr, first_resolution, next_change, queued, Endpoint, Logged, Zone};
 use futures_util::{FutureExt, StreamExt};
 use hickory_proto::rr::RecordType;
 use seawall::balance::Tagged;
 use seawall::discover::Dns;
 use std::{
-    fmt,
     net::{Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
 const HOST: &str = "users.test";
 
-/// The errors a subscriber saw: each event's fields, as text.
-#[derive(Clone, Default)]
-struct Errors(Arc<Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for Errors {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-                self.0 += &format!("{}={value:?} ", field.name());
-            }
-        }
-        if *event.metadata().level() == tracing::Level::ERROR {
-            let mut fields = Fields(String::new());
-            event.record(&mut fields);
-            self.0.lock().unwrap().push(fields.0);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_make_leaves_its_endpoint_out_and_discovery_goes_on() {
-    let errors = Errors::default();
+    let errors = Logged::at(tracing::Level::ERROR);
     let _subscriber = tracing::subscriber::set_default(errors.clone());
     // The panics are expected: keep the default hook from printing them, and only them.
     let hook = std::panic::take_hook();
@@ -89,7 +58,7 @@ async fn a_panic_in_make_leaves_its_endpoint_out_and_discovery_goes_on() {
         first_resolution(&mut discovery).await,
         vec![('+', addr("10.0.0.1:80"), 1)]
     );
-    let logged = errors.0.lock().unwrap().clone();
+    let logged = errors.fields();
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0].contains("endpoint=[fd00::1]:80"), "{logged:?}");
     assert!(logged[0].contains("panic=no IPv6 here"), "{logged:?}");
@@ -102,7 +71,7 @@ async fn a_panic_in_make_leaves_its_endpoint_out_and_discovery_goes_on() {
         changes,
         vec![('+', addr("10.0.0.2:80"), 1), ('-', addr("10.0.0.1:80"), 1)]
     );
-    assert!(errors.0.lock().unwrap().len() >= 2, "tried again");
+    assert!(errors.fields().len() >= 2, "tried again");
     assert!(discovery.next().now_or_never().is_none(), "still open");
 
     // Once `make` serves it, the next resolution inserts the IPv6 address.

@@ -409,3 +409,72 @@ pub async fn first_changes<S>(
     out.sort();
     out
 }
+
+/// One event's fields: each name with its value's `Debug` text.
+type EventFields = Vec<(String, String)>;
+
+/// The events at one level a tracing subscriber saw, each as its fields' names and values.
+#[derive(Clone)]
+pub struct Logged {
+    level: tracing::Level,
+    events: Arc<Mutex<Vec<EventFields>>>,
+}
+
+impl Logged {
+    /// A subscriber keeping the events at `level`.
+    pub fn at(level: tracing::Level) -> Self {
+        Logged {
+            level,
+            events: Arc::default(),
+        }
+    }
+
+    /// Each event seen, its fields as `name=value ` text.
+    pub fn fields(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value} "))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// How many events seen had `message` as their message.
+    pub fn count(&self, message: &str) -> usize {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|fields| fields.iter().any(|(n, v)| n == "message" && v == message))
+            .count()
+    }
+}
+
+impl tracing::Subscriber for Logged {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(EventFields);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name().to_owned(), format!("{value:?}")));
+            }
+        }
+        if *event.metadata().level() == self.level {
+            let mut fields = Fields(Vec::new());
+            event.record(&mut fields);
+            self.events.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
