@@ -13,7 +13,7 @@ use common::{first_resolution, queued, Seen, Zone};
 use futures_util::{FutureExt, StreamExt};
 use hickory_proto::rr::RecordType;
 use seawall::balance::Tagged;
-use seawall::discover::{watch, Change, Dns};
+use seawall::discover::{watch, Change, Discovery, Dns};
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -27,6 +27,31 @@ use std::{
 const HOST: &str = "users.test";
 const FIRST: [[u8; 4]; 2] = [[10, 0, 0, 1], [10, 0, 0, 2]];
 const SECOND: [[u8; 4]; 2] = [[10, 0, 0, 3], [10, 0, 0, 4]];
+
+/// A watch discovery of `u32` keys whose service is the key, and how many services it made.
+fn counted(
+    lists: tokio::sync::watch::Receiver<Vec<u32>>,
+) -> (Discovery<u32, u32>, Arc<AtomicUsize>) {
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    let discovery = watch(lists, move |key: &u32| {
+        counted.fetch_add(1, Relaxed);
+        *key
+    });
+    (discovery, made)
+}
+
+/// The changes left until the stream ends: `+` with the service, `-` with 0.
+async fn rest(discovery: &mut Discovery<u32, u32>) -> Vec<(char, u32, u32)> {
+    let mut changes = Vec::new();
+    while let Some(Ok(change)) = discovery.next().await {
+        changes.push(match change {
+            Change::Insert(key, service) => ('+', key, service),
+            Change::Remove(key) => ('-', key, 0),
+        });
+    }
+    changes
+}
 
 fn set(ips: &[[u8; 4]]) -> BTreeSet<SocketAddr> {
     ips.iter().map(|ip| SocketAddr::from((*ip, 80))).collect()
@@ -106,12 +131,7 @@ async fn dns_answers_that_come_and_go_unread_leave_only_the_latest_set() {
 #[tokio::test(start_paused = true)]
 async fn lists_published_unread_leave_only_the_latest() {
     let (publish, lists) = tokio::sync::watch::channel(vec![1u32, 2]);
-    let made = Arc::new(AtomicUsize::new(0));
-    let counted = made.clone();
-    let mut discovery = watch(lists, move |key: &u32| {
-        counted.fetch_add(1, Relaxed);
-        *key
-    });
+    let (mut discovery, made) = counted(lists);
     assert!(matches!(
         discovery.next().await,
         Some(Ok(Change::Insert(1, 1)))
@@ -128,13 +148,7 @@ async fn lists_published_unread_leave_only_the_latest() {
     publish.send(vec![2, 3]).unwrap();
     drop(publish);
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let mut changes = Vec::new();
-    while let Some(Ok(change)) = discovery.next().await {
-        changes.push(match change {
-            Change::Insert(key, service) => ('+', key, service),
-            Change::Remove(key) => ('-', key, 0),
-        });
-    }
+    let changes = rest(&mut discovery).await;
     assert!(changes.len() <= 2, "{} changes", changes.len());
     assert_eq!(changes, [('+', 3, 3), ('-', 1, 0)]);
     assert_eq!(made.load(Relaxed), 3);
@@ -143,12 +157,7 @@ async fn lists_published_unread_leave_only_the_latest() {
 #[tokio::test(start_paused = true)]
 async fn a_list_replaced_while_its_changes_are_read_gives_way_to_the_new_one() {
     let (publish, lists) = tokio::sync::watch::channel(vec![1u32, 2, 3]);
-    let made = Arc::new(AtomicUsize::new(0));
-    let counted = made.clone();
-    let mut discovery = watch(lists, move |key: &u32| {
-        counted.fetch_add(1, Relaxed);
-        *key
-    });
+    let (mut discovery, made) = counted(lists);
     assert!(matches!(
         discovery.next().await,
         Some(Ok(Change::Insert(1, 1)))
@@ -158,13 +167,7 @@ async fn a_list_replaced_while_its_changes_are_read_gives_way_to_the_new_one() {
     publish.send(vec![]).unwrap();
     drop(publish);
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let mut changes = Vec::new();
-    while let Some(Ok(change)) = discovery.next().await {
-        changes.push(match change {
-            Change::Insert(key, service) => ('+', key, service),
-            Change::Remove(key) => ('-', key, 0),
-        });
-    }
+    let changes = rest(&mut discovery).await;
     assert_eq!(changes, [('-', 1, 0)]);
     assert_eq!(made.load(Relaxed), 1, "no service for 2 or 3");
 }
@@ -188,17 +191,14 @@ async fn a_list_replacing_one_half_read_is_compared_with_the_set_sent() {
     publish.send(vec![3, 5]).unwrap();
     drop(publish);
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let mut changes = Vec::new();
-    while let Some(Ok(change)) = discovery.next().await {
-        changes.push(match change {
-            Change::Insert(key, _) => ('+', key),
-            Change::Remove(key) => ('-', key),
-        });
-    }
+    let changes = rest(&mut discovery).await;
     // What is left of the last list and the new one still calls for goes out first (no service
     // for 4), then the new list's own changes, against the set sent then (2 and 3): each list's
     // inserts before its removes.
-    assert_eq!(changes, [('+', 3), ('-', 1), ('+', 5), ('-', 2)]);
+    assert_eq!(
+        changes,
+        [('+', 3, 3), ('-', 1, 0), ('+', 5, 5), ('-', 2, 0)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
