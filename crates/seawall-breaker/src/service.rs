@@ -130,6 +130,34 @@ impl<S, C> Breaker<S, C> {
         shared.machine.permits(|| shared.now())
     }
 
+    /// Whether this service holds a permit the breaker still honours: `poll_ready` admitted the
+    /// next call (the inner service may not be ready yet) and the breaker has not changed state
+    /// since, nor has HalfOpen's bound on its probes run out, so the call goes ahead with that
+    /// permit. Takes nothing and changes nothing.
+    ///
+    /// A half-open breaker's probe slot reserved so is this service's own:
+    /// [`is_call_permitted`](Self::is_call_permitted) counts it as taken, and says `false` once
+    /// every slot is, though this service's call would be let through. A balancer's filter asks
+    /// this of the endpoint service a waiting call holds (see `seawall-balance`'s
+    /// `BreakerFilter`), so the call keeps its slot rather than giving it back and taking another.
+    pub fn holds_permit(&self) -> bool {
+        let Next::Admitted(permit) = &self.slot.next else {
+            return false;
+        };
+        let machine = &self.slot.shared.machine;
+        let generation = machine.generation();
+        if permit.is_counted_in(generation) {
+            return true;
+        }
+        permit.generation() == generation
+            && (permit.kind() != PermitKind::Probe
+                // The bound is applied lazily; its deadline, read in the same generation.
+                || (machine
+                    .deadline()
+                    .is_none_or(|at| self.slot.shared.now() < at)
+                    && machine.generation() == generation))
+    }
+
     /// A handle on the breaker.
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle {

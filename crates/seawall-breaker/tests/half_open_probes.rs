@@ -295,6 +295,68 @@ async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
     assert!(svc.is_call_permitted());
 }
 
+/// `holds_permit` tells whether a service polled ready holds a permit its breaker still honours:
+/// in HalfOpen a service holding one of the probe slots does, though `is_call_permitted` says no
+/// once every slot is taken; HalfOpen's bound running out, or any change of state, makes the
+/// permit stale.
+#[tokio::test(start_paused = true)]
+async fn holds_permit_tells_whether_a_reserved_permit_is_still_honoured() {
+    let layer = breaker()
+        .max_wait_in_half_open(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    assert!(!svc.holds_permit(), "not polled ready");
+    svc.ready().await.unwrap();
+    assert!(svc.holds_permit(), "admitted in Closed");
+    assert!(!svc.clone().holds_permit(), "a clone shares no reservation");
+    assert!(svc.call(Call::Fail).await.is_err());
+    assert!(!svc.holds_permit(), "used by the call");
+    assert_eq!(handle.state(), State::Open);
+    svc.ready().await.unwrap();
+    assert!(!svc.holds_permit(), "rejected while Open");
+
+    // HalfOpen: three services each hold a probe slot; every slot is taken, so no call would be
+    // let through, but each of theirs would.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut probes: Vec<_> = (0..3).map(|_| svc.clone()).collect();
+    for probe in &mut probes {
+        probe.ready().await.unwrap();
+    }
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_in_use, 3);
+    for probe in &probes {
+        assert!(probe.holds_permit());
+        assert!(!probe.is_call_permitted());
+    }
+    svc.ready().await.unwrap();
+    assert!(!svc.holds_permit(), "rejected with every slot taken");
+
+    // The bound runs out 2 s after the first probe: the slots are stale, though nothing has
+    // applied the change yet.
+    tokio::time::sleep(Duration::from_millis(1_999)).await;
+    assert!(probes[0].holds_permit(), "1 ms before the bound");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for probe in &probes {
+        assert!(!probe.holds_permit(), "past the bound");
+    }
+    assert_eq!(handle.state(), State::Open);
+
+    // A change of state makes a permit stale, even one to Closed, where a call is permitted.
+    handle.reset();
+    svc.ready().await.unwrap();
+    assert!(svc.holds_permit());
+    handle.force_open();
+    assert!(!svc.holds_permit(), "forced open");
+    handle.reset();
+    assert!(!svc.holds_permit(), "reserved before the reset");
+    assert!(svc.is_call_permitted());
+    svc.ready().await.unwrap();
+    assert!(svc.holds_permit(), "admitted again");
+    drop(probes);
+}
+
 /// A client that calls a healthy dependency rarely, fewer than `permitted_probes` calls per
 /// `max_wait_in_half_open`, still closes the breaker: the bound only runs while a probe is in
 /// flight, so successful probes far apart are not thrown away, nor counted as a trip.
