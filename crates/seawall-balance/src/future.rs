@@ -343,9 +343,11 @@ where
         let mut broken: Option<BoxError> = None;
         if let Some((ep, mut svc)) = pending.take() {
             // Only while the endpoint is still available; else it is dropped (with anything its
-            // service reserved) and the pick starts over. It is in `snapshot`: the caller lets go
-            // of it when it moves to a set without it.
-            if shared.available(panic, &ep) {
+            // service reserved) and the pick starts over. The filter is asked about the service
+            // held: what it reserved (a half-open breaker's probe slot) is this call's, and does
+            // not make the endpoint look full to it. It is in `snapshot`: the caller lets go of it
+            // when it moves to a set without it.
+            if shared.available_held(panic, &ep, &svc) {
                 // No pick takes a second service of it (with a concurrency limit, a second
                 // permit), nor polls it again if it failed.
                 held_at = snapshot.endpoints.iter().position(|e| Arc::ptr_eq(e, &ep));

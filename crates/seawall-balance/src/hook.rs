@@ -92,6 +92,16 @@ pub trait Filter<K, S>: Send + Sync + 'static {
     /// Whether the endpoint may take a call now.
     fn available(&self, key: &K, service: &S) -> bool;
 
+    /// Whether the endpoint may still take the call of a caller waiting on it, which holds
+    /// `held`: the clone of the endpoint's service it polled ready, not ready yet. What that
+    /// clone's readiness reserved for its call (a half-open breaker's probe slot) is the caller's
+    /// own, not a reason to refuse it: refused, the caller lets go of the clone, with whatever it
+    /// reserved and its place in the endpoint's queue, and picks again. By default
+    /// [`available`](Self::available), asked of `held`.
+    fn available_held(&self, key: &K, held: &S) -> bool {
+        self.available(key, held)
+    }
+
     /// For an endpoint this filter refuses: how soon it may take calls again, when the filter
     /// knows (an open breaker's remaining wait). A call waiting for an endpoint looks again then;
     /// otherwise it is woken only by what the balancer sees (the set or health changing, one of
@@ -140,7 +150,12 @@ impl<K, S> Filter<K, S> for NoFilter {
 /// address) and pass this filter to
 /// [`BalanceConfigBuilder::filter`](crate::BalanceConfigBuilder::filter). An endpoint whose
 /// breaker is half-open takes as many calls as it has probe slots, so its trial calls can close
-/// it; a call waiting for an endpoint looks again when an open breaker's wait ends.
+/// it; a call waiting for an endpoint looks again when an open breaker's wait ends. A call
+/// waiting on a half-open endpoint keeps the probe slot its service holds, even when the calls
+/// waiting there hold every slot
+/// ([`Breaker::holds_permit`](seawall_breaker::Breaker::holds_permit)); once the breaker has
+/// changed state (it re-opened, say) the slot counts for nothing, and the call lets go of an
+/// endpoint that would reject it and picks again.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 #[derive(Debug, Clone, Copy, Default)]
@@ -151,6 +166,10 @@ impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
     #[inline]
     fn available(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> bool {
         service.is_call_permitted()
+    }
+
+    fn available_held(&self, _key: &K, held: &seawall_breaker::Breaker<S, C>) -> bool {
+        held.holds_permit() || held.is_call_permitted()
     }
 
     fn available_in(&self, _key: &K, service: &seawall_breaker::Breaker<S, C>) -> Option<Duration> {

@@ -141,6 +141,10 @@ impl<K, S, F: Filter<K, S>> Filter<K, S> for SharedFilter<F> {
         self.0.available(key, service)
     }
 
+    fn available_held(&self, key: &K, held: &S) -> bool {
+        self.0.available_held(key, held)
+    }
+
     fn available_in(&self, key: &K, service: &S) -> Option<Duration> {
         self.0.available_in(key, service)
     }

@@ -175,6 +175,18 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 .is_none_or(|f| f.available(&ep.key, &ep.service))
     }
 
+    /// Whether endpoint `ep` may still take the call of a caller that holds `held`, a service of
+    /// it polled ready and not ready yet: as [`available`](Self::available), but the filter is
+    /// asked about `held`, whose reservation (a probe slot) counts as the caller's own.
+    #[inline]
+    pub(crate) fn available_held(&self, panic: bool, ep: &Endpoint<K, S>, held: &S) -> bool {
+        (panic || ep.stats.healthy())
+            && self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.available_held(&ep.key, held))
+    }
+
     /// The soonest the filter expects one of the endpoints it refuses to take calls again.
     pub(crate) fn filter_recheck(&self, snapshot: &Snapshot<K, S>) -> Option<Duration> {
         let filter = self.filter.as_ref()?;

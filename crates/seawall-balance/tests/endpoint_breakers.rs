@@ -17,7 +17,8 @@ use std::{
     time::Duration,
 };
 use tokio::time::{sleep, sleep_until, Instant};
-use tower::{Layer, Service, ServiceExt};
+use tokio_test::{assert_pending, assert_ready_ok, task::spawn};
+use tower::{limit::ConcurrencyLimit, Layer, Service, ServiceExt};
 
 /// A breaker that opens on one failure, waits 100 ms and then lets `probes` trial calls through.
 fn quick_breaker(probes: u32) -> BreakerLayer {
@@ -304,4 +305,138 @@ async fn a_probe_call_that_finds_no_endpoint_wakes_a_call_waiting_for_its_slot()
     assert_eq!(y.await.unwrap().unwrap(), 0);
     assert_eq!(start.elapsed(), Duration::from_millis(1300));
     assert_eq!(breaker.handle().state(), State::Closed);
+}
+
+/// One endpoint behind a breaker with three probe slots, over a connection that takes two calls
+/// at a time (tower's `ConcurrencyLimit`). A slow call Z of the Closed period holds one place when
+/// the breaker goes half-open; probe A takes the other and hangs; B and C take the last two probe
+/// slots and queue for a place. Every slot is taken, by these calls themselves: B and C keep the
+/// endpoint service they hold (their slot, their place in the queue) while they wait, and when Z
+/// ends B is served at once with the place Z gave back, then C with the one B gave back.
+#[tokio::test(start_paused = true)]
+async fn calls_holding_every_probe_slot_keep_their_place_in_the_endpoint_s_queue() {
+    let breaker = quick_breaker(3);
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    let node = Node {
+        id: 0,
+        behavior: behavior.clone(),
+    };
+    tx.send(Change::Insert(
+        0usize,
+        breaker.layer(ConcurrencyLimit::new(node, 2)),
+    ))
+    .unwrap();
+    common::settle().await;
+    let start = Instant::now();
+
+    // Z holds a place until 1 s; a failed call opens the breaker, half-open at 0.1 s.
+    behavior.delay_ms.store(1000, Relaxed);
+    let z = tokio::spawn(balance.clone().oneshot(1));
+    common::settle().await;
+    behavior.delay_ms.store(0, Relaxed);
+    behavior.fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(2).await.is_err());
+    assert_eq!(breaker.handle().state(), State::Open);
+    behavior.fail.store(false, Relaxed);
+    sleep(Duration::from_millis(100)).await;
+
+    // A takes the first probe slot and the free place, and hangs.
+    behavior.delay_ms.store(1_000_000, Relaxed);
+    let a = tokio::spawn(balance.clone().oneshot(3));
+    common::settle().await;
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
+    behavior.delay_ms.store(0, Relaxed);
+    // B and C take the other two and queue, in that order.
+    let mut b = spawn(balance.clone().oneshot(4));
+    let mut c = spawn(balance.clone().oneshot(5));
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 3);
+    assert_eq!(behavior.hits.load(Relaxed), 3);
+
+    // Z ends at 1 s and hands its place to B, first in the queue. C, woken too, still waits for
+    // a place, holding its slot and its place in the queue.
+    assert_eq!(z.await.unwrap().unwrap(), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(1000));
+    assert!(c.is_woken());
+    assert_pending!(c.poll());
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 3);
+    assert!(b.is_woken());
+    assert_eq!(assert_ready_ok!(b.poll()), 0);
+    // B's call is over: its place goes to C.
+    assert!(c.is_woken());
+    assert_eq!(assert_ready_ok!(c.poll()), 0);
+    assert_eq!(behavior.hits.load(Relaxed), 5);
+    assert_eq!(start.elapsed(), Duration::from_millis(1000));
+    assert_eq!(breaker.handle().snapshot().probe_results, 2);
+    a.abort();
+}
+
+/// One endpoint behind a breaker with two probe slots, bounded to 1 s in HalfOpen, over a
+/// connection that takes one call at a time. Probe A takes a slot and the connection, and
+/// outlives the bound; B takes the other slot and queues. When A ends the breaker is open again
+/// (as of the bound): B does not call through the slot it holds, which the breaker no longer
+/// honours and would reject; it lets it go and is served once the new Open wait ends.
+#[tokio::test(start_paused = true)]
+async fn a_call_holding_a_probe_slot_picks_again_once_the_breaker_re_opens() {
+    let breaker = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_millis(100))
+        .backoff(1.0, Duration::from_millis(100))
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .permitted_probes(2)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection::disabled())
+        .filter(BreakerFilter)
+        .max_wait(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behavior = Arc::new(Behavior::default());
+    let node = Node {
+        id: 0,
+        behavior: behavior.clone(),
+    };
+    tx.send(Change::Insert(
+        0usize,
+        breaker.layer(ConcurrencyLimit::new(node, 1)),
+    ))
+    .unwrap();
+    common::settle().await;
+    behavior.fail.store(true, Relaxed);
+    assert!(balance.clone().oneshot(1).await.is_err());
+    behavior.fail.store(false, Relaxed);
+    sleep(Duration::from_millis(100)).await;
+
+    // At 0.1 s A probes, for 1.05 s; the bound runs out at 1.1 s.
+    let start = Instant::now();
+    behavior.delay_ms.store(1050, Relaxed);
+    let a = tokio::spawn(balance.clone().oneshot(2));
+    common::settle().await;
+    behavior.delay_ms.store(0, Relaxed);
+    let b = tokio::spawn(balance.clone().oneshot(3));
+    common::settle().await;
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 2);
+
+    // A ends at 1.15 s, in the Open wait that began at 1.1 s; B takes a new probe slot at 1.2 s.
+    assert_eq!(a.await.unwrap().unwrap(), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(1050));
+    assert_eq!(b.await.unwrap().expect("not rejected with Open"), 0);
+    assert_eq!(start.elapsed(), Duration::from_millis(1100));
+    assert_eq!(behavior.hits.load(Relaxed), 3);
+    assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
 }
