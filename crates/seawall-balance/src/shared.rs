@@ -445,7 +445,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
                 if self.count_outcomes {
                     stats.failures.fetch_add(1, Relaxed);
-                    let run = stats.consecutive_failures.fetch_add(1, Relaxed) + 1;
+                    // The run wraps around past `u32::MAX` as the counter does: only its
+                    // multiples of the limit matter, and they go on from 0.
+                    let run = stats
+                        .consecutive_failures
+                        .fetch_add(1, Relaxed)
+                        .wrapping_add(1);
                     if let Some(limit) = self.settings.outlier.consecutive_failures {
                         // Tried at the limit and at each multiple of it: an endpoint the limits
                         // keep in (max_ejection_percent reached, the last healthy one) costs the
@@ -1114,12 +1119,12 @@ mod tests {
         }
     }
 
-    /// Twenty endpoints, at most 10 % ejected, ejected after 5 failures in a row: with two
-    /// ejected, a third failing endpoint stays in, and its failures try to eject it (taking the
-    /// health lock and scanning the set) once per 5, not each time.
-    #[test]
-    fn a_failing_endpoint_the_limits_keep_in_is_tried_once_per_limit() {
-        const LIMIT: u32 = 5;
+    /// How many failures in a row eject an endpoint in [`ejecting_two_of_twenty`].
+    const LIMIT: u32 = 5;
+
+    /// Twenty endpoints, at most 10 % ejected, ejected after [`LIMIT`] failures in a row, and
+    /// endpoints 0 and 1 ejected so: no other can be.
+    fn ejecting_two_of_twenty() -> Shared<usize, (), DefaultClassifier> {
         let shared = Shared::<usize, (), _>::new(
             Settings {
                 name: Name::default_for("balance"),
@@ -1142,19 +1147,56 @@ mod tests {
             shared.apply(Change::Insert(i, ()));
         }
         let set = shared.current();
-        let fail = |i: usize, n: u32| {
-            for _ in 0..n {
-                shared.record(&set.endpoints[i], Outcome::Failure, None, None);
-            }
-        };
-        fail(0, LIMIT);
-        fail(1, LIMIT);
+        for i in 0..2 {
+            fail(&shared, &set.endpoints[i], LIMIT);
+        }
         assert_eq!(shared.unhealthy.load(Relaxed), 2);
+        shared
+    }
+
+    fn fail(shared: &Shared<usize, (), DefaultClassifier>, ep: &Endpoint<usize, ()>, n: u32) {
+        for _ in 0..n {
+            shared.record(ep, Outcome::Failure, None, None);
+        }
+    }
+
+    /// With two of twenty endpoints ejected, a third failing endpoint stays in, and its failures
+    /// try to eject it (taking the health lock and scanning the set) once per [`LIMIT`], not each
+    /// time.
+    #[test]
+    fn a_failing_endpoint_the_limits_keep_in_is_tried_once_per_limit() {
+        let shared = ejecting_two_of_twenty();
+        let set = shared.current();
         let before = EJECTION_TRIES.get();
-        fail(2, 1000);
+        fail(&shared, &set.endpoints[2], 1000);
         assert!(!set.endpoints[2].stats.ejected.load(Relaxed));
         let tries = EJECTION_TRIES.get() - before;
         assert_eq!(tries, 1000 / LIMIT as usize);
+    }
+
+    /// An endpoint the limits keep in that fails more than `u32::MAX` times in a row: its run of
+    /// failures wraps around rather than overflow, it is still tried once per [`LIMIT`] (once
+    /// more where the run wraps, at 0), and it is ejected within `LIMIT` failures once there is
+    /// room.
+    #[test]
+    fn a_run_of_failures_longer_than_u32_max_wraps_around() {
+        let shared = ejecting_two_of_twenty();
+        let set = shared.current();
+        let stats = &set.endpoints[2].stats;
+        stats.consecutive_failures.store(u32::MAX - 7, Relaxed);
+        let before = EJECTION_TRIES.get();
+        // Runs u32::MAX - 6 ..= u32::MAX, then 0 ..= 12.
+        fail(&shared, &set.endpoints[2], 20);
+        assert!(!stats.ejected.load(Relaxed));
+        assert_eq!(stats.consecutive_failures.load(Relaxed), 12);
+        assert_eq!(EJECTION_TRIES.get() - before, 2 + 3);
+
+        // Endpoint 0 leaves the set: one of nineteen is ejected, so there is room for another.
+        shared.apply(Change::Remove(0));
+        fail(&shared, &set.endpoints[2], 2);
+        assert!(!stats.ejected.load(Relaxed), "run 14");
+        fail(&shared, &set.endpoints[2], 1);
+        assert!(stats.ejected.load(Relaxed), "run 15");
     }
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
