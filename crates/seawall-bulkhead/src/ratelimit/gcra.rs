@@ -13,8 +13,10 @@
 //! any window `w`. A grant whose waiter is dropped gives its slot back: the latest grant by moving the
 //! TAT back one interval, any other as a *hole*, a TAT kept beside the limiter's. The next request
 //! takes the earliest hole whose slot has not passed (it is earlier than any slot the TAT offers)
-//! instead of moving the TAT; a hole that reaches the TAT folds back into it. Holes sit under a
-//! mutex with a count beside it, so while there are none (the common case) nothing takes the lock.
+//! instead of moving the TAT; a hole that reaches the TAT folds back into it. Holes are kept in
+//! order, so each is put aside, taken, dropped or folded back in `O(log n)` of the holes there are;
+//! they sit under a mutex with a count beside it, so while there are none (the common case)
+//! nothing takes the lock.
 //!
 //! Times are nanoseconds since the limiter's epoch (a `tokio::time::Instant`), so the limiter
 //! follows tokio's paused clock in tests. A TAT past the end of that clock (`u64::MAX`, about 584
@@ -22,7 +24,7 @@
 //! request the same slot.
 
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use std::sync::PoisonError;
+use std::{collections::BTreeSet, sync::PoisonError};
 
 /// A request admitted now (`delay == 0`) or after `delay` nanoseconds; `tat` is the theoretical
 /// arrival time it stored, needed to refund it.
@@ -91,31 +93,87 @@ pub(crate) fn decide(
     }
 }
 
-/// Takes the earliest of `holes` (TATs of given-back grants) whose slot has not passed at `now`,
-/// dropping those that have. `Err(retry)`: none within `max_wait`; the earliest is free at once
-/// after `retry` nanoseconds (`u64::MAX`: there is none).
-///
-/// A grant of TAT `tat` may run from `tat − τ` (`tolerance`) up to `tat − T` (`interval`): every
-/// call run within its grant's span keeps any window of `w` to `burst + ⌊w/T⌋` calls. So a hole
-/// is usable until `tat − T`, and its taker waits until `tat − τ` if that is still to come.
-pub(crate) fn take_hole(
-    holes: &mut Vec<u64>,
-    now: u64,
-    interval: u64,
-    tolerance: u64,
-    max_wait: u64,
-) -> Result<Grant, u64> {
-    let due = now.saturating_add(interval);
-    holes.retain(|&tat| tat >= due);
-    let Some((index, &tat)) = holes.iter().enumerate().min_by_key(|&(_, &tat)| tat) else {
-        return Err(u64::MAX);
-    };
-    let delay = tat.saturating_sub(tolerance).saturating_sub(now);
-    if delay > max_wait {
-        return Err(delay);
+/// The TATs of given-back grants that were not the latest, in order: the earliest is the one to
+/// take, the latest the one to fold back into the TAT. No two grants outstanding share a TAT, so
+/// no two holes do either (a slot given back twice would be kept once, letting fewer calls
+/// through, never more). Each step looks at one hole, in `O(log n)` of the holes there are, and
+/// the set keeps no room for more holes than it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Holes {
+    tats: BTreeSet<u64>,
+    /// Holes looked at, for the tests' bound on that work.
+    #[cfg(test)]
+    pub(crate) visited: usize,
+}
+
+impl Holes {
+    pub(crate) fn len(&self) -> usize {
+        self.tats.len()
     }
-    holes.swap_remove(index);
-    Ok(Grant { delay, tat })
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tats.is_empty()
+    }
+
+    /// Keeps `tat`, the TAT of a grant given back, for a later request to take.
+    pub(crate) fn insert(&mut self, tat: u64) {
+        self.visit();
+        self.tats.insert(tat);
+    }
+
+    /// Whether `tat` is a hole.
+    pub(crate) fn contains(&mut self, tat: u64) -> bool {
+        self.visit();
+        self.tats.contains(&tat)
+    }
+
+    /// Removes the hole `tat`; whether there was one.
+    pub(crate) fn remove(&mut self, tat: u64) -> bool {
+        self.visit();
+        self.tats.remove(&tat)
+    }
+
+    /// Takes the earliest hole whose slot has not passed at `now`, dropping those that have.
+    /// `Err(retry)`: none within `max_wait`; the earliest is free at once after `retry`
+    /// nanoseconds (`u64::MAX`: there is none).
+    ///
+    /// A grant of TAT `tat` may run from `tat − τ` (`tolerance`) up to `tat − T` (`interval`):
+    /// every call run within its grant's span keeps any window of `w` to `burst + ⌊w/T⌋` calls.
+    /// So a hole is usable until `tat − T`, and its taker waits until `tat − τ` if that is still
+    /// to come.
+    pub(crate) fn take(
+        &mut self,
+        now: u64,
+        interval: u64,
+        tolerance: u64,
+        max_wait: u64,
+    ) -> Result<Grant, u64> {
+        let due = now.saturating_add(interval);
+        let tat = loop {
+            self.visit();
+            match self.tats.first() {
+                None => return Err(u64::MAX),
+                Some(&tat) if tat >= due => break tat,
+                Some(_) => {
+                    self.tats.pop_first();
+                }
+            }
+        };
+        let delay = tat.saturating_sub(tolerance).saturating_sub(now);
+        if delay > max_wait {
+            return Err(delay);
+        }
+        self.tats.pop_first();
+        Ok(Grant { delay, tat })
+    }
+
+    #[inline]
+    fn visit(&mut self) {
+        #[cfg(test)]
+        {
+            self.visited += 1;
+        }
+    }
 }
 
 /// GCRA state: the theoretical arrival time, in one atomic, and the holes left by given-back
@@ -126,7 +184,7 @@ pub struct Gcra {
     tat: AtomicU64,
     /// `holes.len()`, read without the lock: zero means there is nothing to look at.
     hole_count: AtomicUsize,
-    holes: Mutex<Vec<u64>>,
+    holes: Mutex<Holes>,
     interval: u64,
     tolerance: u64,
 }
@@ -139,7 +197,7 @@ impl Gcra {
         Gcra {
             tat: AtomicU64::new(0),
             hole_count: AtomicUsize::new(0),
-            holes: Mutex::new(Vec::new()),
+            holes: Mutex::new(Holes::default()),
             interval,
             tolerance: interval.saturating_mul(burst),
         }
@@ -156,7 +214,7 @@ impl Gcra {
         if self.hole_count.load(Ordering::Acquire) > 0 {
             let mut holes = self.lock_holes();
             self.fold(&mut holes);
-            let taken = take_hole(&mut holes, now, self.interval, self.tolerance, max_wait);
+            let taken = holes.take(now, self.interval, self.tolerance, max_wait);
             self.hole_count.store(holes.len(), Ordering::Release);
             match taken {
                 Ok(grant) => return Ok(grant),
@@ -189,7 +247,7 @@ impl Gcra {
         if !latest || self.hole_count.load(Ordering::Acquire) > 0 {
             let mut holes = self.lock_holes();
             if !latest {
-                holes.push(granted.tat);
+                holes.insert(granted.tat);
             }
             self.fold(&mut holes);
             self.hole_count.store(holes.len(), Ordering::Release);
@@ -225,9 +283,9 @@ impl Gcra {
 
     /// Moves the TAT back over every hole at its end: a hole equal to the TAT is the latest slot
     /// reserved, and nobody holds it.
-    fn fold(&self, holes: &mut Vec<u64>) {
+    fn fold(&self, holes: &mut Holes) {
         let mut tat = self.tat.load(Ordering::Acquire);
-        while let Some(index) = holes.iter().position(|&hole| hole == tat) {
+        while holes.contains(tat) {
             match self.tat.compare_exchange(
                 tat,
                 tat - self.interval,
@@ -235,7 +293,7 @@ impl Gcra {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    holes.swap_remove(index);
+                    holes.remove(tat);
                     tat -= self.interval;
                 }
                 Err(current) => tat = current,
@@ -243,7 +301,7 @@ impl Gcra {
         }
     }
 
-    fn lock_holes(&self) -> MutexGuard<'_, Vec<u64>> {
+    fn lock_holes(&self) -> MutexGuard<'_, Holes> {
         self.holes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -378,6 +436,37 @@ mod tests {
         // The latest moves the TAT back, and the hole at its end folds into it.
         g.refund_at(third, 350);
         assert_eq!((g.tat(), g.hole_count.load(Ordering::Relaxed)), (200, 0));
+    }
+
+    /// 10 000 waiters at 10 000 a second, all but the latest given up oldest first (a timeout
+    /// above the limiter drops them so): each becomes a hole. A quarter of the holes pass, as many
+    /// are taken, earliest first, and the latest waiter given up folds the rest back into the
+    /// TAT. Each hole costs a bounded number of looks, not a search of every hole.
+    #[test]
+    fn holes_given_back_oldest_first_cost_a_bounded_number_of_looks_each() {
+        const N: u64 = 10_000;
+        const T: u64 = 100_000;
+        let g = Gcra::new(T, 1);
+        g.acquire(0, 0).unwrap();
+        let grants: Vec<Grant> = (0..N).map(|_| g.acquire(0, u64::MAX).unwrap()).collect();
+        let (latest, earlier) = grants.split_last().unwrap();
+        for grant in earlier {
+            g.refund(*grant);
+        }
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), N as usize - 1);
+        // At `N/4 × T` the holes of TAT up to `N/4 × T` have passed; the next `N/4` are taken.
+        let now = N / 4 * T;
+        for n in 1..=N / 4 {
+            let grant = g.acquire(now, u64::MAX).unwrap();
+            assert_eq!(grant.tat, (N / 4 + n) * T);
+        }
+        g.refund(*latest);
+        assert_eq!(
+            (g.tat(), g.hole_count.load(Ordering::Relaxed)),
+            (N / 2 * T, 0)
+        );
+        let visited = g.lock_holes().visited;
+        assert!(visited < 20 * N as usize, "{visited} holes looked at");
     }
 
     #[test]

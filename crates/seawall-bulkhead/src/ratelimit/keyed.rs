@@ -2,7 +2,7 @@ use super::{
     config::Validated,
     event::Reporter,
     future::{Permit, ResponseFuture},
-    gcra::{decide, nanos_since, take_hole, to_nanos, usable_until, Grant},
+    gcra::{decide, nanos_since, to_nanos, usable_until, Grant, Holes},
 };
 use seawall_core::{metrics, BoxError, Name};
 use std::{
@@ -69,7 +69,7 @@ pub struct KeyedRateLimitLayer<K, F> {
 /// element in [`Shard::by_tat`] carries.
 struct Entry {
     tat: u64,
-    holes: Vec<u64>,
+    holes: Holes,
     id: u64,
     queued: u64,
 }
@@ -215,13 +215,10 @@ impl<K: Hash + Eq> KeyedShared<K> {
         if let Some(entry) = shard.map.get_mut(key) {
             let mut hole_retry = u64::MAX;
             if !entry.holes.is_empty() {
-                match take_hole(
-                    &mut entry.holes,
-                    now,
-                    self.interval,
-                    self.tolerance,
-                    max_wait,
-                ) {
+                match entry
+                    .holes
+                    .take(now, self.interval, self.tolerance, max_wait)
+                {
                     Ok(grant) => return Ok((grant, entry.id)),
                     Err(retry) => hole_retry = retry,
                 }
@@ -247,7 +244,7 @@ impl<K: Hash + Eq> KeyedShared<K> {
             key,
             Entry {
                 tat,
-                holes: Vec::new(),
+                holes: Holes::default(),
                 id,
                 queued: tat,
             },
@@ -328,10 +325,9 @@ impl<K: Hash + Eq> KeyedShared<K> {
         if entry.tat == grant.tat {
             entry.tat -= self.interval;
         } else {
-            entry.holes.push(grant.tat);
+            entry.holes.insert(grant.tat);
         }
-        while let Some(index) = entry.holes.iter().position(|&hole| hole == entry.tat) {
-            entry.holes.swap_remove(index);
+        while entry.holes.remove(entry.tat) {
             entry.tat -= self.interval;
         }
         if entry.tat < entry.queued {
@@ -579,6 +575,45 @@ mod tests {
         assert!(most <= 2, "{most} entries visited by one call");
     }
 
+    /// One key's 10 000 waiters at 10 000 a second, all but the latest given up oldest first: each
+    /// becomes a hole of the key's entry. A quarter of the holes pass, as many are taken, earliest
+    /// first, and the latest waiter given up folds the rest back into the key's TAT. Each hole
+    /// costs a bounded number of looks under the shard's lock, not a search of every hole.
+    #[test]
+    fn holes_given_back_oldest_first_cost_a_bounded_number_of_looks_each() {
+        const N: u64 = 10_000;
+        const T: u64 = 100_000;
+        const KEY: u64 = 7;
+        let config = RateLimitLayer::builder()
+            .rate(10_000, Duration::from_secs(1))
+            .burst(1)
+            .max_wait(Duration::from_secs(10))
+            .validate()
+            .unwrap();
+        let shared = KeyedShared::<u64>::new(config);
+        let max_wait = shared.max_wait;
+        shared.acquire(&KEY, 0, 0).unwrap();
+        let grants: Vec<(Grant, u64)> = (0..N)
+            .map(|_| shared.acquire(&KEY, 0, max_wait).unwrap())
+            .collect();
+        let (&(latest, id), earlier) = grants.split_last().unwrap();
+        for &(grant, id) in earlier {
+            shared.refund(&KEY, id, grant);
+        }
+        // At `N/4 × T` the holes of TAT up to `N/4 × T` have passed; the next `N/4` are taken.
+        let now = N / 4 * T;
+        for n in 1..=N / 4 {
+            let (grant, _) = shared.acquire(&KEY, now, max_wait).unwrap();
+            assert_eq!(grant.tat, (N / 4 + n) * T);
+        }
+        shared.refund(&KEY, id, latest);
+        let shard = shared.shard(&KEY).lock().unwrap();
+        let entry = &shard.map[&KEY];
+        assert_eq!((entry.tat, entry.holes.len()), (N / 2 * T, 0));
+        let visited = entry.holes.visited;
+        assert!(visited < 20 * N as usize, "{visited} holes looked at");
+    }
+
     /// A refund that moves a key's TAT back moves it forward in the eviction order: once idle it
     /// goes before a busy key, though it was busier than that key when last ordered.
     #[test]
@@ -682,13 +717,13 @@ mod tests {
 
     /// The table as a scan of the shard keeps it: every idle key goes when a new key finds the
     /// shard full, else the one with the lowest TAT (the earliest made, on a tie). Each key's
-    /// budget is kept with the limiter's own arithmetic (`decide`, `take_hole`, the refund's
+    /// budget is kept with the limiter's own arithmetic (`decide`, `Holes`, the refund's
     /// steps), so comparing with it checks which keys are kept and that eviction leaves the
     /// budgets it keeps alone, not the arithmetic: [`Runs`] checks that from the rate's
     /// definition.
     #[derive(Default)]
     struct Scanned {
-        map: HashMap<u64, (u64, Vec<u64>, u64)>,
+        map: HashMap<u64, (u64, Holes, u64)>,
         next_id: u64,
     }
 
@@ -722,7 +757,7 @@ mod tests {
             if let Some((tat, holes, id)) = self.map.get_mut(&key) {
                 let mut hole_retry = u64::MAX;
                 if !holes.is_empty() {
-                    match take_hole(holes, now, interval, tolerance, max_wait) {
+                    match holes.take(now, interval, tolerance, max_wait) {
                         Ok(grant) => return Ok((grant, *id)),
                         Err(retry) => hole_retry = retry,
                     }
@@ -743,7 +778,7 @@ mod tests {
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.map.insert(key, (tat, Vec::new(), id));
+            self.map.insert(key, (tat, Holes::default(), id));
             Ok((Grant { delay, tat }, id))
         }
 
@@ -754,10 +789,9 @@ mod tests {
             if *tat == grant.tat {
                 *tat -= interval;
             } else {
-                holes.push(grant.tat);
+                holes.insert(grant.tat);
             }
-            while let Some(index) = holes.iter().position(|&hole| hole == *tat) {
-                holes.swap_remove(index);
+            while holes.remove(*tat) {
                 *tat -= interval;
             }
         }
