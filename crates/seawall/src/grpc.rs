@@ -16,6 +16,7 @@
 //! | `bulkhead::Full` | `RESOURCE_EXHAUSTED` |
 //! | `bulkhead::ratelimit::Limited` | `RESOURCE_EXHAUSTED` |
 //! | `core::deadline::Elapsed` (a timeout, total or per attempt) | `DEADLINE_EXCEEDED` |
+//! | `tonic::TimeoutExpired` (a `Channel`'s own timeout: its `Endpoint::timeout`, or the `grpc-timeout` it sends) | `DEADLINE_EXCEEDED` (tonic maps it to `CANCELLED`) |
 //! | anything else | as tonic maps it (`UNAVAILABLE` for connection errors, else `UNKNOWN`) |
 //!
 //! The table holds whichever seawall features are enabled: a rejection from `seawall-breaker`
@@ -293,8 +294,9 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-/// The status code of a seawall rejection in `error`'s source chain, or of a [`Status`] in it;
-/// `None` when neither is there. See the [module docs](self) for the table.
+/// The status code of a seawall rejection in `error`'s source chain, of a `Channel`'s
+/// `tonic::TimeoutExpired` or of a [`Status`] in it; `None` when none is there. See the
+/// [module docs](self) for the table.
 pub fn code(error: &(dyn Error + 'static)) -> Option<Code> {
     seawall_core::error::chain(error).find_map(code_of_one)
 }
@@ -309,7 +311,7 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
     if let Some(status) = downcast_ref::<Status>(error) {
         return Some(status.code());
     }
-    if is::<Elapsed>(error) {
+    if is::<Elapsed>(error) || is::<tonic::TimeoutExpired>(error) {
         return Some(Code::DeadlineExceeded);
     }
     if is::<seawall_breaker::Open>(error) {
