@@ -415,3 +415,109 @@ async fn the_server_is_told_the_clients_deadline() {
     );
     assert_eq!(server.hits.load(SeqCst), 4);
 }
+
+/// Answers every call `delay` after it arrives.
+#[derive(Clone)]
+struct Slow<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S, R> tower::Service<R> for Slow<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let answer = self.inner.call(request);
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            answer.await
+        })
+    }
+}
+
+/// A health server that answers every call after `delay`; it stops when the sender is dropped.
+async fn slow_grpc_server(delay: Duration) -> (SocketAddr, oneshot::Sender<()>, HealthReporter) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        Server::builder()
+            .layer(tower::layer::layer_fn(move |inner| Slow { inner, delay }))
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, reporter)
+}
+
+/// A `Channel` applies the `grpc-timeout` it sends on the client side too, with a timer that
+/// runs out on the same tick as the seawall timeout enforcing the caller's deadline.
+/// `SendDeadlineLayer` keeps its `TimeoutExpired` from the layers above: callers whose deadline
+/// (100 ms) is shorter than the server's answer (500 ms) get `DEADLINE_EXCEEDED` from seawall's
+/// `Elapsed`, and neither the endpoint's breaker nor the dependency's counts a failure.
+#[tokio::test]
+async fn impatient_callers_over_a_channel_charge_no_endpoint() {
+    let (addr, _stop, _reporter) = slow_grpc_server(Duration::from_millis(500)).await;
+    let endpoints = seawall::breaker::BreakerSet::new(
+        seawall::breaker::BreakerConfig::builder()
+            .name("grpc-endpoint")
+            .minimum_calls(3)
+            .build_config()
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    let dependency = BreakerLayer::builder()
+        .name("grpc-dependency")
+        .minimum_calls(3)
+        .build()
+        .unwrap();
+    let stack = seawall::stack::ClientStack::builder()
+        .without_retry()
+        .without_timeout()
+        .breaker(dependency.clone())
+        .endpoint_breakers(endpoints.clone())
+        .per_try_timeout(Duration::from_secs(2))
+        .build(discover::from_list([addr], |addr: &SocketAddr| {
+            SendDeadlineLayer::new().layer(channel(addr))
+        }))
+        .unwrap();
+    let mut grpc = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .layer(HonorTimeoutLayer::new())
+            .service(stack),
+    );
+
+    for _ in 0..5 {
+        let mut request = tonic::Request::new(check());
+        request.set_timeout(Duration::from_millis(100));
+        let err = grpc.check(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(is::<seawall::timeout::Elapsed>(&err), "{err:?}");
+    }
+    assert_eq!(endpoints.handle(&addr).unwrap().snapshot().failures, 0);
+    assert_eq!(dependency.handle().snapshot().failures, 0);
+
+    let res = grpc.check(check()).await.unwrap().into_inner();
+    assert_eq!(res.status(), ServingStatus::Serving);
+}

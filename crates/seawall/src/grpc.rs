@@ -66,7 +66,12 @@
 //! - [`SendDeadlineLayer`], at the bottom, above the `Channel`, writes the deadline seawall
 //!   enforces (the total timeout's, the per-try timeout's, a caller's
 //!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
-//!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout` already on the request is kept. For unary calls:
+//!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
+//!   already on the request is kept. A `Channel` also applies the `grpc-timeout` it sends itself,
+//!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
+//!   that enforces the deadline: [`SendDeadline`] holds that error back for the timeout to cancel
+//!   the attempt, so no breaker or outlier detection counts the caller's deadline against the
+//!   endpoint. For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
 //!   stream that outlasts the deadline.
@@ -290,7 +295,7 @@ use std::{
     task::{ready, Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant, Sleep};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
@@ -830,10 +835,30 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
 /// deadline. A request without a deadline passes untouched, without reading the clock; nothing
-/// is allocated unless the header is written.
+/// is allocated unless the header is written (or the inner service fails with an error that is
+/// not yet a [`BoxError`], which is boxed).
 ///
 /// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
 /// whole body on the server, past the response headers where seawall's own timeouts end.
+///
+/// # The `Channel` enforces the header too
+///
+/// A tonic `Channel` applies the `grpc-timeout` it sends on the client side as well, as it does
+/// its `Endpoint::timeout`: it starts a timer of that length when it is called and fails the call
+/// with `tonic::TimeoutExpired` when the timer runs out. Told seawall's deadline, that timer runs
+/// out on the same tick as the seawall timeout that enforces the deadline, and the `Channel`'s
+/// error would reach the layers between them first: the per-endpoint breaker, the balancer's
+/// outlier detection and the dependency breaker would each count a failure for an attempt the
+/// caller's deadline cut, which the timeout above would have cancelled without charging any
+/// endpoint. So a `TimeoutExpired` that comes at the deadline the header stands for (at most a
+/// millisecond before it, or one unit of the header if that is longer, since the header is
+/// rounded down) is not returned: the response future waits until two milliseconds past that
+/// deadline, so that the timeout above, due on the same tick or an earlier one, cancels the
+/// attempt, and fails with [`Elapsed`] if nothing has. It stays pending at least once, so a
+/// timeout above whose deadline has passed cancels the attempt even when the task is polled only
+/// after those two milliseconds (a busy thread). A `TimeoutExpired` that comes earlier (an
+/// `Endpoint::timeout` shorter than the time left) is returned as it is. The timer is started
+/// only then: an answer, or any other error, is returned at once.
 #[derive(Debug, Clone)]
 pub struct SendDeadline<S> {
     inner: S,
@@ -861,34 +886,159 @@ impl<S> SendDeadline<S> {
     }
 }
 
+/// One tick of tokio's timer: how much earlier than the deadline its header stands for a
+/// `Channel`'s `TimeoutExpired` may come and still be that deadline's (the header is rounded down).
+const TICK: Duration = Duration::from_millis(1);
+
+/// How long past the deadline told to the `Channel` its `TimeoutExpired` is held back: two ticks
+/// of tokio's timer, so the timeout above that enforces the deadline, whose timer is due on the
+/// same tick as the `Channel`'s or an earlier one, fires first.
+const GRACE: Duration = Duration::from_millis(2);
+
 impl<S, B> Service<http::Request<B>> for SendDeadline<S>
 where
     S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = BoxError;
+    type Future = SendDeadlineFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let Some(deadline) = request.deadline() {
-            let ours = GrpcTimeout::encode(deadline.saturating_duration_since(Instant::now()));
-            let keep = request
+        let told = request.deadline().map(|deadline| {
+            let now = Instant::now();
+            let ours = GrpcTimeout::encode(deadline.saturating_duration_since(now));
+            let theirs = request
                 .headers()
                 .get(GRPC_TIMEOUT)
                 .and_then(parse_timeout)
-                .is_some_and(|theirs| theirs <= ours.duration());
-            if !keep {
-                request
-                    .headers_mut()
-                    .insert(GRPC_TIMEOUT, ours.to_header_value());
+                .filter(|&theirs| theirs <= ours.duration());
+            match theirs {
+                // The caller's header is kept: it stands for that long from now.
+                Some(theirs) => Told {
+                    deadline: deadline_after(now, theirs),
+                    slack: TICK,
+                },
+                None => {
+                    request
+                        .headers_mut()
+                        .insert(GRPC_TIMEOUT, ours.to_header_value());
+                    Told {
+                        deadline,
+                        slack: UNITS[ours.unit].1.max(TICK),
+                    }
+                }
+            }
+        });
+        SendDeadlineFuture {
+            state: Sending::Called {
+                future: self.inner.call(request),
+            },
+            told,
+        }
+    }
+}
+
+/// The deadline a request's `grpc-timeout` stands for, which the `Channel` enforces too.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    deadline: Instant,
+    /// How much earlier than `deadline` the `Channel`'s timer may run out: the header is rounded
+    /// down, to one of its units.
+    slack: Duration,
+}
+
+impl Told {
+    /// Whether `error` is the `Channel` enforcing this deadline: a `TimeoutExpired` no earlier
+    /// than the header allows.
+    fn expired_by_channel(&self, error: &(dyn Error + 'static)) -> bool {
+        seawall_core::error::is::<tonic::TimeoutExpired>(error)
+            && self.deadline.saturating_duration_since(Instant::now()) <= self.slack
+    }
+}
+
+pin_project! {
+    /// The response future of [`SendDeadline`].
+    pub struct SendDeadlineFuture<F> {
+        #[pin]
+        state: Sending<F>,
+        // `None` for a request without a deadline.
+        told: Option<Told>,
+    }
+}
+
+pin_project! {
+    #[project = SendingProj]
+    enum Sending<F> {
+        // The inner service's call.
+        Called { #[pin] future: F },
+        // The `Channel` failed the call at the deadline it was told: held back until the timeout
+        // above cancels the attempt.
+        Held { #[pin] sleep: Sleep },
+    }
+}
+
+impl<F, T, E> Future for SendDeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        match this.state.as_mut().project() {
+            SendingProj::Called { future } => {
+                let error: BoxError = match ready!(future.poll(cx)) {
+                    Ok(response) => return Poll::Ready(Ok(response)),
+                    Err(error) => error.into(),
+                };
+                match this.told {
+                    Some(told) if told.expired_by_channel(&*error) => {
+                        hold(this.state, told, cx);
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(Err(error)),
+                }
+            }
+            SendingProj::Held { sleep } => {
+                ready!(sleep.poll(cx));
+                Poll::Ready(Err(Box::new(Elapsed::new())))
             }
         }
-        self.inner.call(request)
+    }
+}
+
+/// Holds back the `Channel`'s `TimeoutExpired` until [`GRACE`] past the deadline it was told.
+///
+/// The call stays pending on this poll even when the task was polled so late that the grace has
+/// run out too (a busy thread): the timeout above that enforces the deadline, whose timer has
+/// fired by then, is polled after this future in the same pass and cancels the attempt. The
+/// task is woken to return [`Elapsed`] if nothing does.
+#[cold]
+fn hold<F>(mut state: Pin<&mut Sending<F>>, told: &Told, cx: &mut Context<'_>) {
+    state.set(Sending::Held {
+        sleep: sleep_until(deadline_after(told.deadline, GRACE)),
+    });
+    if let SendingProj::Held { sleep } = state.project() {
+        if sleep.poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+impl<F> fmt::Debug for SendDeadlineFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendDeadlineFuture")
+            .field("deadline", &self.told.map(|told| told.deadline))
+            .field("held", &matches!(self.state, Sending::Held { .. }))
+            .finish()
     }
 }
 

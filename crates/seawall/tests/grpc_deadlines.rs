@@ -1,14 +1,28 @@
 //! gRPC deadlines meet seawall's: a caller's `grpc-timeout` is the request's deadline, which the
-//! total timeout keeps to (`HonorTimeoutLayer`), and the deadline seawall enforces goes to the server in `grpc-timeout`
-//! (`SendDeadlineLayer`). In paused time.
+//! total timeout keeps to (`HonorTimeoutLayer`), and the deadline seawall enforces goes to the
+//! server in `grpc-timeout` (`SendDeadlineLayer`), while the `Channel`'s own timer on that header
+//! charges no endpoint for a caller's deadline. In paused time.
 
 use seawall::{
+    balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow},
     core::{deadline::RequestDeadline, error::is, Deadline, TimeoutOverride},
-    grpc::{HonorTimeout, HonorTimeoutLayer, SendDeadline, SendDeadlineLayer},
+    discover,
+    grpc::{
+        parse_timeout, HonorTimeout, HonorTimeoutLayer, SendDeadline, SendDeadlineFuture,
+        SendDeadlineLayer, StatusLayer,
+    },
+    stack::ClientStack,
     timeout::{Elapsed, TimeoutLayer},
     BoxError, ServiceBuilderExt,
 };
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
 use tokio::time::{advance, Instant};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -275,4 +289,301 @@ fn services_are_send_sync_and_static() {
     check::<SendDeadlineLayer>();
     check::<HonorTimeout<Inner>>();
     check::<SendDeadline<Inner>>();
+    fn future<T: Send + 'static>() {}
+    future::<SendDeadlineFuture<<Inner as Service<http::Request<()>>>::Future>>();
+}
+
+/// What a tonic `Channel` fails a call with when its own timer runs out: a transport error whose
+/// source is `tonic::TimeoutExpired`.
+#[derive(Debug)]
+struct Transport(tonic::TimeoutExpired);
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("transport error")
+    }
+}
+
+impl std::error::Error for Transport {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A stand-in for a tonic `Channel` to a server that answers after `delay`, with the `Channel`'s
+/// own timer: at `call` it reads the `grpc-timeout` it sends (capped by `endpoint_timeout`, its
+/// `Endpoint::timeout`) and fails the call with `tonic::TimeoutExpired` once that long has
+/// passed, polling the answer first, as tonic's `GrpcTimeout` does.
+fn channel(
+    delay: Duration,
+    endpoint_timeout: Option<Duration>,
+) -> impl Service<http::Request<()>, Response = &'static str, Error = Transport, Future: Send>
+       + Clone
+       + Send
+       + Sync {
+    service_fn(move |request: http::Request<()>| {
+        let header = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(parse_timeout);
+        let timeout = match (header, endpoint_timeout) {
+            (Some(header), Some(endpoint)) => Some(header.min(endpoint)),
+            (header, endpoint) => header.or(endpoint),
+        };
+        let timer = timeout.map(tokio::time::sleep);
+        async move {
+            let answer = tokio::time::sleep(delay);
+            match timer {
+                None => answer.await,
+                Some(timer) => tokio::select! {
+                    biased;
+                    () = answer => {}
+                    () = timer => return Err(Transport(tonic::TimeoutExpired(()))),
+                },
+            }
+            Ok("answer")
+        }
+    })
+}
+
+/// What each layer of the stack under a generated client counted.
+struct Counted {
+    endpoints: BreakerSet<&'static str>,
+    dependency: BreakerLayer,
+    ejected: Arc<Mutex<Vec<String>>>,
+}
+
+impl Counted {
+    fn new() -> Self {
+        let config = |name: &str| {
+            BreakerConfig::builder()
+                .name(name)
+                .sliding_window(SlidingWindow::count(10))
+                .minimum_calls(3)
+                .wait_duration(Duration::from_secs(60))
+                .jitter(0.0)
+        };
+        Counted {
+            endpoints: BreakerSet::new(config("endpoint").build_config().unwrap(), 16).unwrap(),
+            dependency: config("dependency").build().unwrap(),
+            ejected: Arc::default(),
+        }
+    }
+
+    fn endpoint_failures(&self, key: &'static str) -> u32 {
+        self.endpoints.handle(&key).unwrap().snapshot().failures
+    }
+
+    fn dependency_failures(&self) -> u32 {
+        self.dependency.handle().snapshot().failures
+    }
+}
+
+/// The layers under a generated client, as the `seawall::grpc` module docs lay them out: a caller's
+/// `grpc-timeout` read by `HonorTimeoutLayer`, a `ClientStack` without a retry (with a total
+/// timeout, or without one), and a `SendDeadlineLayer` on each of two `Channel`s to servers that
+/// answer after `answer_after`. The per-try timeout is 500 ms; outlier detection ejects an
+/// endpoint after 3 failures in a row.
+fn grpc_stack(
+    total: Option<Duration>,
+    answer_after: Duration,
+    counted: &Counted,
+) -> impl Service<http::Request<()>, Response = &'static str, Error = BoxError, Future: Send> + Clone
+{
+    let ejected = counted.ejected.clone();
+    let builder = ClientStack::builder().without_retry();
+    let builder = match total {
+        Some(total) => builder.timeout(total),
+        None => builder.without_timeout(),
+    };
+    let stack = builder
+        .breaker(counted.dependency.clone())
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection {
+                    interval: Duration::from_millis(100),
+                    max_ejection_percent: 1.0,
+                    consecutive_failures: Some(3),
+                    success_rate: None,
+                    failure_percentage: None,
+                    latency: None,
+                    ..OutlierDetection::default()
+                })
+                .on_event(move |_: &seawall::Name, event: &BalanceEvent| {
+                    if let BalanceEvent::Ejected { key, .. } = event {
+                        ejected.lock().unwrap().push(key.clone());
+                    }
+                }),
+        )
+        .endpoint_breakers(counted.endpoints.clone())
+        .per_try_timeout(Duration::from_millis(500))
+        .build(discover::from_list(["a", "b"], |_: &&'static str| {
+            SendDeadlineLayer::new().layer(channel(answer_after, None))
+        }))
+        .unwrap();
+    ServiceBuilder::new()
+        .layer(StatusLayer::new())
+        .layer(HonorTimeoutLayer::new())
+        .service(stack)
+}
+
+/// Six impatient callers in a row (three on each endpoint, which answers in 300 ms, within its
+/// per-try timeout), each cut at 100 ms by `request()`'s deadline: every call fails with `Elapsed` (`DEADLINE_EXCEEDED`) at 100 ms, and no layer counts a
+/// failure, though each `Channel` was told the deadline and its own timer ran out on the same tick
+/// as the timeout that enforces it. A patient caller is then answered.
+async fn channels_told_the_callers_deadline_charge_no_one<S>(
+    client: S,
+    counted: &Counted,
+    request: impl Fn() -> http::Request<()>,
+) where
+    S: Service<http::Request<()>, Response = &'static str, Error = BoxError> + Clone,
+{
+    tokio::task::yield_now().await;
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        let start = Instant::now();
+        let error = client.clone().oneshot(request()).await.unwrap_err();
+        errors.push((error, start.elapsed()));
+    }
+    // An outlier detection pass.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(counted.endpoint_failures("a"), 0);
+    assert_eq!(counted.endpoint_failures("b"), 0);
+    assert_eq!(counted.dependency_failures(), 0);
+    assert_eq!(*counted.ejected.lock().unwrap(), Vec::<String>::new());
+    for (error, elapsed) in errors {
+        let status = error.downcast::<tonic::Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(is::<Elapsed>(&*status), "{status:?}");
+        assert_eq!(elapsed, Duration::from_millis(100));
+    }
+    let answer = client.oneshot(http::Request::new(())).await;
+    assert!(matches!(answer, Ok("answer")), "{answer:?}");
+}
+
+/// A deadline passed down to the request (as a total timeout above the generated client passes
+/// its own), enforced by the stack's total timeout and written by `SendDeadlineLayer` into the
+/// `grpc-timeout` the `Channel` sends.
+#[tokio::test(start_paused = true)]
+async fn a_channels_timer_at_the_deadline_from_above_charges_no_endpoint() {
+    let counted = Counted::new();
+    let client = grpc_stack(
+        Some(Duration::from_secs(1)),
+        Duration::from_millis(300),
+        &counted,
+    );
+    channels_told_the_callers_deadline_charge_no_one(client, &counted, || {
+        let mut request = http::Request::new(());
+        request.set_deadline(Instant::now() + Duration::from_millis(100));
+        request
+    })
+    .await;
+}
+
+/// A caller's `grpc-timeout`, kept by `SendDeadlineLayer`, enforced in the stack without a total
+/// timeout by the layer `without_timeout()` keeps.
+#[tokio::test(start_paused = true)]
+async fn a_channels_timer_at_the_callers_grpc_timeout_charges_no_endpoint() {
+    let counted = Counted::new();
+    let client = grpc_stack(None, Duration::from_millis(300), &counted);
+    channels_told_the_callers_deadline_charge_no_one(client, &counted, || {
+        with_grpc_timeout("100m")
+    })
+    .await;
+}
+
+/// The per-try timeout's own deadline, sent to the `Channel`, still charges the slow endpoint:
+/// the per-try timeout ends the attempt with `Elapsed`, as without a `Channel` timer.
+#[tokio::test(start_paused = true)]
+async fn a_channels_timer_at_the_per_try_timeout_charges_the_endpoint() {
+    let counted = Counted::new();
+    let client = grpc_stack(
+        Some(Duration::from_secs(1)),
+        Duration::from_secs(1),
+        &counted,
+    );
+    tokio::task::yield_now().await;
+    for _ in 0..2 {
+        // Patient: 100 ms past the per-try timeout.
+        let start = Instant::now();
+        let error = client
+            .clone()
+            .oneshot(with_grpc_timeout("600m"))
+            .await
+            .unwrap_err();
+        let status = error.downcast::<tonic::Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(is::<Elapsed>(&*status), "{status:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+    assert_eq!(counted.endpoint_failures("a"), 1);
+    assert_eq!(counted.endpoint_failures("b"), 1);
+    assert_eq!(counted.dependency_failures(), 2);
+}
+
+/// A task polled late (a busy thread), when the timers of the `Channel` and of the timeout
+/// enforcing the deadline have both fired and the grace `SendDeadlineLayer` allows has run out
+/// too: the timeout above still cancels the attempt, and no endpoint is charged.
+#[tokio::test(start_paused = true)]
+async fn a_channel_timeout_seen_late_still_charges_no_endpoint() {
+    let counted = Counted::new();
+    let client = grpc_stack(None, Duration::from_millis(300), &counted);
+    tokio::task::yield_now().await;
+    let mut cx = Context::from_waker(Waker::noop());
+    // One call on each endpoint.
+    for _ in 0..2 {
+        let mut call = pin!(client.clone().oneshot(with_grpc_timeout("100m")));
+        let first = call.as_mut().poll(&mut cx);
+        assert!(first.is_pending(), "{first:?}");
+        // The task is not polled until 10 ms past the deadline.
+        advance(Duration::from_millis(110)).await;
+        let Poll::Ready(Err(error)) = call.as_mut().poll(&mut cx) else {
+            panic!("the call is still pending");
+        };
+        assert!(is::<Elapsed>(&*error), "{error:?}");
+    }
+    assert_eq!(counted.endpoint_failures("a"), 0);
+    assert_eq!(counted.endpoint_failures("b"), 0);
+    assert_eq!(counted.dependency_failures(), 0);
+}
+
+/// A `Channel` timer shorter than the deadline sent (its `Endpoint::timeout`) is the endpoint's
+/// own: its `TimeoutExpired` is returned when it comes. Any other error is returned at once.
+#[tokio::test(start_paused = true)]
+async fn an_earlier_channel_timeout_is_returned_as_it_is() {
+    let client = SendDeadlineLayer::new().layer(channel(
+        Duration::from_secs(1),
+        Some(Duration::from_millis(50)),
+    ));
+    let mut request = http::Request::new(());
+    request.set_deadline(Instant::now() + Duration::from_millis(100));
+    let start = Instant::now();
+    let error = client.oneshot(request).await.unwrap_err();
+    assert!(is::<tonic::TimeoutExpired>(&*error), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+
+    let failing = SendDeadlineLayer::new().layer(service_fn(|_: http::Request<()>| async {
+        Err::<(), BoxError>("connection reset".into())
+    }));
+    let mut request = http::Request::new(());
+    request.set_deadline(Instant::now() + Duration::from_millis(100));
+    let start = Instant::now();
+    let error = failing.oneshot(request).await.unwrap_err();
+    assert_eq!(error.to_string(), "connection reset");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// With no timeout above to cancel the attempt, the `Channel`'s `TimeoutExpired` at the deadline
+/// it was told becomes `Elapsed` two milliseconds later.
+#[tokio::test(start_paused = true)]
+async fn a_channel_timeout_nothing_cancels_is_elapsed() {
+    let client = SendDeadlineLayer::new().layer(channel(Duration::from_secs(1), None));
+    let mut request = http::Request::new(());
+    request.set_deadline(Instant::now() + Duration::from_millis(100));
+    let start = Instant::now();
+    let error = client.oneshot(request).await.unwrap_err();
+    assert!(is::<Elapsed>(&*error), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(102));
 }
