@@ -51,7 +51,9 @@
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
 //! included, as in Polly; so are per-endpoint breakers named like the default dependency
-//! breaker, `"breaker"`, since their metrics would add up with its own) and returns a
+//! breaker, `"breaker"`, since their metrics would add up with its own, and a total timeout
+//! built with `enforce_outer_deadline(false)`, which would leave a caller's deadline to no
+//! layer) and returns a
 //! [`ClientStack`]: `Clone + Send + Sync`, every clone sharing the one set of policies. The
 //! builder does not read the name of a breaker passed to
 //! [`breaker`](ClientStackBuilder::breaker): name it apart from the per-endpoint breakers
@@ -218,8 +220,8 @@ pub struct ClientStackBuilder<
 > {
     fallback: Fb,
     timeout: To,
-    /// The total timeout's duration, to check the per-try timeout against.
-    total: Option<Duration>,
+    /// What the builder knows of the total timeout, to check it and the per-try timeout.
+    total: Total,
     retry: Rt,
     breaker: Br,
     /// The dependency breaker's name, to check the per-endpoint breakers' against, where the
@@ -240,7 +242,10 @@ impl ClientStackBuilder {
         ClientStackBuilder {
             fallback: Identity::new(),
             timeout: TimeoutLayer::new(DEFAULT_TIMEOUT),
-            total: Some(DEFAULT_TIMEOUT),
+            total: Total {
+                duration: Some(DEFAULT_TIMEOUT),
+                enforces_callers_deadline: true,
+            },
             retry: RetryLayer::builder()
                 .ignore_error::<Open>()
                 .build()
@@ -284,16 +289,24 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
 
     /// The total timeout: a `Duration` or a [`TimeoutLayer`]. It bounds the whole call, retries
     /// included.
+    ///
+    /// It is the stack's one layer that fails a call at an earlier deadline the caller put on
+    /// the request (the per-try timeout never does), so [`build`](Self::build) rejects a layer
+    /// built with
+    /// [`enforce_outer_deadline(false)`](crate::timeout::TimeoutConfigBuilder::enforce_outer_deadline).
     pub fn timeout(
         self,
         timeout: impl Into<TimeoutLayer>,
     ) -> ClientStackBuilder<Fb, TimeoutLayer, Rt, Br, Bh, Ba, Eb> {
         let layer: TimeoutLayer = timeout.into();
-        let duration = layer.timeout();
+        let total = Total {
+            duration: Some(layer.timeout()),
+            enforces_callers_deadline: layer.enforces_outer_deadline(),
+        };
         ClientStackBuilder {
             fallback: self.fallback,
             timeout: layer,
-            total: Some(duration),
+            total,
             retry: self.retry,
             breaker: self.breaker,
             breaker_name: self.breaker_name,
@@ -316,7 +329,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         ClientStackBuilder {
             fallback: self.fallback,
             timeout: callers_deadline_only(),
-            total: None,
+            total: Total {
+                duration: None,
+                enforces_callers_deadline: true,
+            },
             retry: self.retry,
             breaker: self.breaker,
             breaker_name: self.breaker_name,
@@ -522,7 +538,14 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if let (Some(total), Some(per_try)) = (self.total, &self.per_try_timeout) {
+        if !self.total.enforces_callers_deadline {
+            return Err(ConfigError::conflict(
+                "timeout",
+                "must enforce a deadline the caller put on the request: no other layer of the \
+                 stack does (build it without enforce_outer_deadline(false))",
+            ));
+        }
+        if let (Some(total), Some(per_try)) = (self.total.duration, &self.per_try_timeout) {
             if per_try.timeout() > total {
                 return Err(ConfigError::conflict(
                     "per_try_timeout",
@@ -537,6 +560,17 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
         Ok(())
     }
+}
+
+/// What the builder knows of the total timeout.
+#[derive(Debug, Clone, Copy)]
+struct Total {
+    /// Its duration, to check the per-try timeout against; `None` without a total timeout of the
+    /// stack's own.
+    duration: Option<Duration>,
+    /// Whether it fails calls at a deadline the caller put on the request: the stack's one layer
+    /// that does.
+    enforces_callers_deadline: bool,
 }
 
 /// What stands in for the total timeout when the stack has none: a caller's deadline on the
@@ -590,8 +624,9 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] on `per_try_timeout` when it is longer than the total timeout, on
-    /// `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
+    /// A [`ConfigError`] on `timeout` when the total timeout does not enforce a caller's
+    /// deadline (built with `enforce_outer_deadline(false)`), on `per_try_timeout` when it is
+    /// longer than the total timeout, on `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
     /// name (a breaker passed to [`breaker`](Self::breaker) is not checked), and the balancer
     /// configuration's own.
     pub fn build<D, Req, Res>(self, discover: D) -> Result<ClientStack<Req, Res>, ConfigError>

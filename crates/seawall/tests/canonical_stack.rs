@@ -763,6 +763,46 @@ async fn build_checks_that_the_pieces_agree() {
     assert_eq!(err.field(), "panic_threshold");
 }
 
+/// The total timeout is the stack's one layer that enforces a deadline the caller put on the
+/// request (the per-try timeout fires only at its own): one that leaves it to a layer further out
+/// would leave it to none.
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_that_leaves_the_callers_deadline_is_rejected() {
+    let calls = Calls::default();
+    let lenient = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(30))
+        .enforce_outer_deadline(false)
+        .build()
+        .unwrap();
+    let err = ClientStack::builder()
+        .timeout(lenient)
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "timeout");
+    assert!(
+        err.to_string().contains("enforce_outer_deadline(false)"),
+        "{err}"
+    );
+
+    // The default, a duration, and a layer that enforces it are accepted.
+    let strict = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    ClientStack::builder()
+        .timeout(strict)
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .timeout(Duration::from_secs(30))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    ClientStack::builder()
+        .without_timeout()
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+}
+
 /// Per-endpoint breakers under the dependency breaker's name would add their counters to its own:
 /// one bad endpoint would look like the dependency failing. `build` rejects them under the stack's
 /// default breaker, the one dependency breaker whose name the builder knows.
