@@ -118,7 +118,7 @@
 
 use crate::{
     balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
-    breaker::{Breaker, BreakerLayer, BreakerSet, Open},
+    breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
     core::{BoxError, ConfigError, Name, RequestDeadline},
     retry::{policy::Classified, Ignoring, RetryLayer},
@@ -223,7 +223,10 @@ pub struct ClientStackBuilder<
     /// What the builder knows of the total timeout, to check it and the per-try timeout.
     total: Total,
     retry: Rt,
-    breaker: Br,
+    /// The default breaker is made by `build`: a breaker publishes its state gauge as soon as it
+    /// is made, and a builder that ends up with another breaker, or none, must not reset the gauge
+    /// of a live breaker of the default name.
+    breaker: Lazy<Br>,
     /// The dependency breaker's name, to check the per-endpoint breakers' against, where the
     /// builder knows it: the default breaker's. `None` for no breaker, and for a layer passed to
     /// [`breaker`](ClientStackBuilder::breaker), whose name the builder cannot read.
@@ -236,9 +239,16 @@ pub struct ClientStackBuilder<
 
 impl ClientStackBuilder {
     /// The standard stack: see the defaults in the [module docs](self).
+    ///
+    /// The default dependency breaker is made by [`build`](ClientStackBuilder::build), as a
+    /// breaker publishes its `seawall_breaker_state` gauge when it is made: a builder given
+    /// another breaker, or none, makes none and leaves the gauge of a breaker of the default name
+    /// as it is.
     pub fn new() -> Self {
-        let breaker = BreakerLayer::new();
-        let breaker_name = Some(*breaker.name());
+        let breaker_name = *BreakerConfig::builder()
+            .build_config()
+            .expect("the default configuration is valid")
+            .name();
         ClientStackBuilder {
             fallback: Identity::new(),
             timeout: TimeoutLayer::new(DEFAULT_TIMEOUT),
@@ -250,8 +260,8 @@ impl ClientStackBuilder {
                 .ignore_error::<Open>()
                 .build()
                 .expect("the default retry is valid"),
-            breaker,
-            breaker_name,
+            breaker: Lazy::Default(BreakerLayer::new),
+            breaker_name: Some(breaker_name),
             bulkhead: BulkheadLayer::builder()
                 .max_concurrent(DEFAULT_BULKHEAD_LIMIT)
                 .build()
@@ -390,7 +400,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             timeout: self.timeout,
             total: self.total,
             retry: self.retry,
-            breaker,
+            breaker: Lazy::Given(breaker),
             breaker_name: None,
             bulkhead: self.bulkhead,
             balance: self.balance,
@@ -406,7 +416,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             timeout: self.timeout,
             total: self.total,
             retry: self.retry,
-            breaker: Identity::new(),
+            breaker: Lazy::Given(Identity::new()),
             breaker_name: None,
             bulkhead: self.bulkhead,
             balance: self.balance,
@@ -573,6 +583,32 @@ struct Total {
     enforces_callers_deadline: bool,
 }
 
+/// A piece of the stack the builder makes only in `build`, unless it was given one.
+enum Lazy<L> {
+    /// Made by the function in `build`.
+    Default(fn() -> L),
+    /// Given to the builder.
+    Given(L),
+}
+
+impl<L> Lazy<L> {
+    fn into_inner(self) -> L {
+        match self {
+            Lazy::Default(make) => make(),
+            Lazy::Given(layer) => layer,
+        }
+    }
+}
+
+impl<L: fmt::Debug> fmt::Debug for Lazy<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lazy::Default(_) => f.write_str("Default"),
+            Lazy::Given(layer) => layer.fmt(f),
+        }
+    }
+}
+
 /// What stands in for the total timeout when the stack has none: a caller's deadline on the
 /// request is enforced there, above the retry, so that no layer below has to (and the per-try
 /// timeout does not, see [`TimeoutLayer::per_try`]).
@@ -649,7 +685,7 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
             .layer(self.fallback)
             .layer(self.timeout)
             .layer(self.retry)
-            .layer(self.breaker)
+            .layer(self.breaker.into_inner())
             .layer(self.bulkhead)
             .into_inner();
         Ok(ClientStack {

@@ -845,6 +845,41 @@ async fn endpoint_breakers_named_as_the_dependency_breaker_are_rejected() {
         .unwrap();
 }
 
+/// A breaker publishes its state gauge when it is made. The builder makes its default breaker only
+/// when it builds a stack with it: a builder given another breaker, or none, leaves the gauge of a
+/// live breaker of the default name as it is.
+#[tokio::test(start_paused = true)]
+async fn a_builder_without_the_default_breaker_leaves_its_gauge_alone() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let gauge = || recorder.gauge(names::BREAKER_STATE, "breaker");
+    let calls = Calls::default();
+    let live = BreakerLayer::new();
+    live.handle().force_open();
+    let open = Some(State::ForcedOpen.as_gauge());
+    assert_eq!(gauge(), open);
+
+    let _builder = ClientStack::builder();
+    assert_eq!(gauge(), open);
+    ClientStack::builder()
+        .without_breaker()
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    assert_eq!(gauge(), open);
+    ClientStack::builder()
+        .breaker(BreakerLayer::builder().name("users").build().unwrap())
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    assert_eq!(gauge(), open);
+    assert_eq!(live.handle().state(), State::ForcedOpen);
+
+    // A stack built with the default breaker has a new breaker of that name, Closed.
+    ClientStack::builder()
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+    assert_eq!(gauge(), Some(State::Closed.as_gauge()));
+}
+
 /// Any layer stands in the dependency breaker's place, not only a `BreakerLayer`: a
 /// `ServiceBuilder` stack, a `layer_fn`, `Identity`, `option_layer`.
 #[tokio::test(start_paused = true)]
