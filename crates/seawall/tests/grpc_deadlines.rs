@@ -46,7 +46,8 @@ fn seen(request: &http::Request<()>) -> Seen {
 /// Answers what it saw of the request after `delay`.
 fn inner(
     delay: Duration,
-) -> impl Service<http::Request<()>, Response = Seen, Error = BoxError, Future: Send> + Clone {
+) -> impl Service<http::Request<()>, Response = Seen, Error = BoxError, Future: Send> + Clone + Send + Sync
+{
     service_fn(move |request: http::Request<()>| async move {
         let seen = seen(&request);
         tokio::time::sleep(delay).await;
@@ -151,20 +152,22 @@ async fn an_override_and_the_grpc_timeout_the_shorter_wins() {
     }
 }
 
-/// Without a total timeout of its own, a `ClientStack`-like stack still ends the call at the
-/// caller's deadline: the stand-in that enforces only a caller's deadline sees it.
+/// Without a total timeout of its own, a `ClientStack` still ends the call at the caller's
+/// deadline: the layer `without_timeout()` keeps in its place enforces it (the per-try timeout,
+/// 10 s by default, does not).
 #[tokio::test(start_paused = true)]
 async fn a_caller_deadline_is_enforced_without_a_total_timeout() {
-    let callers_deadline_only = TimeoutLayer::builder()
-        .timeout(Duration::MAX)
-        .propagate_deadline(false)
-        .honor_override(false)
-        .build()
+    let stack = ClientStack::builder()
+        .without_timeout()
+        .without_retry()
+        .build(discover::from_list(["only"], |_: &&'static str| {
+            inner(Duration::from_secs(1))
+        }))
         .unwrap();
     let client = ServiceBuilder::new()
         .layer(HonorTimeoutLayer::new())
-        .with_timeout(callers_deadline_only)
-        .service(inner(Duration::from_secs(1)));
+        .service(stack);
+    tokio::task::yield_now().await;
     let start = Instant::now();
     let error = client.oneshot(with_grpc_timeout("250m")).await.unwrap_err();
     assert!(is::<Elapsed>(&*error), "{error:?}");
