@@ -154,7 +154,7 @@ impl<K, S> Filter<K, S> for NoFilter {
 /// waiting on a half-open endpoint keeps the probe slot its service holds, even when the calls
 /// waiting there hold every slot
 /// ([`Breaker::holds_permit`](seawall_breaker::Breaker::holds_permit)); once the breaker has
-/// changed state (it re-opened, say) the slot counts for nothing, and the call lets go of an
+/// changed state (it re-opened, say) or was reset, the slot counts for nothing, and the call lets go of an
 /// endpoint that would reject it and picks again.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]

@@ -131,9 +131,9 @@ impl<S, C> Breaker<S, C> {
     }
 
     /// Whether this service holds a permit the breaker still honours: `poll_ready` admitted the
-    /// next call (the inner service may not be ready yet) and the breaker has not changed state
-    /// since, nor has HalfOpen's bound on its probes run out, so the call goes ahead with that
-    /// permit. Takes nothing and changes nothing.
+    /// next call (the inner service may not be ready yet) and the breaker has started no new
+    /// generation since (it changed state, or was reset), nor has HalfOpen's bound on its probes
+    /// run out, so the call goes ahead with that permit. Takes nothing and changes nothing.
     ///
     /// A half-open breaker's probe slot reserved so is this service's own:
     /// [`is_call_permitted`](Self::is_call_permitted) counts it as taken, and says `false` once

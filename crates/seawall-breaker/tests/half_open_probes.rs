@@ -343,8 +343,15 @@ async fn holds_permit_tells_whether_a_reserved_permit_is_still_honoured() {
     }
     assert_eq!(handle.state(), State::Open);
 
-    // A change of state makes a permit stale, even one to Closed, where a call is permitted.
+    // A change of state makes a permit stale, even one to Closed, where a call is permitted; so
+    // does a reset that changes no state.
     handle.reset();
+    svc.ready().await.unwrap();
+    assert!(svc.holds_permit());
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    assert!(!svc.holds_permit(), "reserved before a reset while Closed");
+    assert!(svc.is_call_permitted());
     svc.ready().await.unwrap();
     assert!(svc.holds_permit());
     handle.force_open();
