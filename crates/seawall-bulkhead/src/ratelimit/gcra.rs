@@ -441,7 +441,8 @@ mod tests {
     /// 10 000 waiters at 10 000 a second, all but the latest given up oldest first (a timeout
     /// above the limiter drops them so): each becomes a hole. A quarter of the holes pass, as many
     /// are taken, earliest first, and the latest waiter given up folds the rest back into the
-    /// TAT. Each hole costs a bounded number of looks, not a search of every hole.
+    /// TAT. Each hole costs a bounded number of operations on the ordered set of holes (each
+    /// O(log n)), not a walk over every hole.
     #[test]
     fn holes_given_back_oldest_first_cost_a_bounded_number_of_looks_each() {
         const N: u64 = 10_000;

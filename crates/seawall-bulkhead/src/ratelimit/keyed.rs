@@ -578,7 +578,8 @@ mod tests {
     /// One key's 10 000 waiters at 10 000 a second, all but the latest given up oldest first: each
     /// becomes a hole of the key's entry. A quarter of the holes pass, as many are taken, earliest
     /// first, and the latest waiter given up folds the rest back into the key's TAT. Each hole
-    /// costs a bounded number of looks under the shard's lock, not a search of every hole.
+    /// costs a bounded number of operations on the entry's ordered set of holes (each O(log n))
+    /// under the shard's lock, not a walk over every hole.
     #[test]
     fn holes_given_back_oldest_first_cost_a_bounded_number_of_looks_each() {
         const N: u64 = 10_000;
