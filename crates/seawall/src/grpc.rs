@@ -69,9 +69,9 @@
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
 //!   already on the request is kept. A `Channel` also applies the `grpc-timeout` it sends itself,
 //!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
-//!   that enforces the deadline: [`SendDeadline`] holds that error back for the timeout to cancel
-//!   the attempt, so no breaker or outlier detection counts the caller's deadline against the
-//!   endpoint. For unary calls:
+//!   that enforces the deadline, or a little earlier (the header is rounded down): [`SendDeadline`]
+//!   holds that error back for the timeout to cancel the attempt, so no breaker or outlier
+//!   detection counts the caller's deadline against the endpoint. For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
 //!   stream that outlasts the deadline.
@@ -846,19 +846,20 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// A tonic `Channel` applies the `grpc-timeout` it sends on the client side as well, as it does
 /// its `Endpoint::timeout`: it starts a timer of that length when it is called and fails the call
 /// with `tonic::TimeoutExpired` when the timer runs out. Told seawall's deadline, that timer runs
-/// out on the same tick as the seawall timeout that enforces the deadline, and the `Channel`'s
-/// error would reach the layers between them first: the per-endpoint breaker, the balancer's
-/// outlier detection and the dependency breaker would each count a failure for an attempt the
-/// caller's deadline cut, which the timeout above would have cancelled without charging any
-/// endpoint. So a `TimeoutExpired` that comes at the deadline the header stands for (at most a
-/// millisecond before it, or one unit of the header if that is longer, since the header is
-/// rounded down) is not returned: the response future waits until two milliseconds past that
-/// deadline, so that the timeout above, due on the same tick or an earlier one, cancels the
-/// attempt, and fails with [`Elapsed`] if nothing has. It stays pending at least once, so a
-/// timeout above whose deadline has passed cancels the attempt even when the task is polled only
-/// after those two milliseconds (a busy thread). A `TimeoutExpired` that comes earlier (an
-/// `Endpoint::timeout` shorter than the time left) is returned as it is. The timer is started
-/// only then: an answer, or any other error, is returned at once.
+/// out on the same tick as the seawall timeout that enforces the deadline, or a little earlier
+/// (the header is rounded down), and the `Channel`'s error would reach the layers between them
+/// first: the per-endpoint breaker, the balancer's outlier detection and the dependency breaker
+/// would each count a failure for an attempt the caller's deadline cut, which the timeout above
+/// would have cancelled without charging any endpoint. So a `TimeoutExpired` that comes at the
+/// deadline the header stands for (at most a millisecond before it, or one unit of the header if
+/// that is longer, since the header is rounded down) is not returned: the response future waits
+/// until two milliseconds past that deadline, so that the timeout above, due two ticks of tokio's
+/// timer earlier, cancels the attempt, and fails with [`Elapsed`] if nothing has. The poll that
+/// finds those two milliseconds over stays pending, and only the next one fails, so the timeout
+/// above, polled after the response future, cancels the attempt even when it sees its own timer
+/// fire in the same pass (a task polled late, on a busy thread). A `TimeoutExpired` that comes
+/// earlier (an `Endpoint::timeout` shorter than the time left) is returned as it is. The timer is
+/// started only then: an answer, or any other error, is returned at once.
 #[derive(Debug, Clone)]
 pub struct SendDeadline<S> {
     inner: S,
@@ -891,8 +892,11 @@ impl<S> SendDeadline<S> {
 const TICK: Duration = Duration::from_millis(1);
 
 /// How long past the deadline told to the `Channel` its `TimeoutExpired` is held back: two ticks
-/// of tokio's timer, so the timeout above that enforces the deadline, whose timer is due on the
-/// same tick as the `Channel`'s or an earlier one, fires first.
+/// of tokio's timer. tokio rounds a timer's deadline up to its next tick, so the timer of the
+/// timeout above that enforces the deadline is due two ticks before the hold's. The `Channel`'s,
+/// set from the header, which is rounded down, is due on the deadline's tick or before it, by up
+/// to a tick or one unit of the header. The hold ends on a poll that stays pending (see
+/// [`expire`]), for a timeout whose timer is seen to fire in the same pass as the hold's.
 const GRACE: Duration = Duration::from_millis(2);
 
 impl<S, B> Service<http::Request<B>> for SendDeadline<S>
@@ -980,6 +984,10 @@ pin_project! {
         // The `Channel` failed the call at the deadline it was told: held back until the timeout
         // above cancels the attempt.
         Held { #[pin] sleep: Sleep },
+        // The hold has run out. The future stayed pending on the poll that saw it run out, so
+        // that a timeout above polled after it in that pass, whose timer has fired by then,
+        // cancels the attempt; it fails with `Elapsed` on the next poll if nothing has.
+        Expired,
     }
 }
 
@@ -1009,8 +1017,10 @@ where
             }
             SendingProj::Held { sleep } => {
                 ready!(sleep.poll(cx));
-                Poll::Ready(Err(Box::new(Elapsed::new())))
+                expire(this.state, cx);
+                Poll::Pending
             }
+            SendingProj::Expired => Poll::Ready(Err(Box::new(Elapsed::new()))),
         }
     }
 }
@@ -1018,26 +1028,39 @@ where
 /// Holds back the `Channel`'s `TimeoutExpired` until [`GRACE`] past the deadline it was told.
 ///
 /// The call stays pending on this poll even when the task was polled so late that the grace has
-/// run out too (a busy thread): the timeout above that enforces the deadline, whose timer has
-/// fired by then, is polled after this future in the same pass and cancels the attempt. The
-/// task is woken to return [`Elapsed`] if nothing does.
+/// run out too (a busy thread): the hold [expires](expire) at once.
 #[cold]
 fn hold<F>(mut state: Pin<&mut Sending<F>>, told: &Told, cx: &mut Context<'_>) {
     state.set(Sending::Held {
         sleep: sleep_until(deadline_after(told.deadline, GRACE)),
     });
-    if let SendingProj::Held { sleep } = state.project() {
-        if sleep.poll(cx).is_ready() {
-            cx.waker().wake_by_ref();
-        }
+    let ran_out = match state.as_mut().project() {
+        SendingProj::Held { sleep } => sleep.poll(cx).is_ready(),
+        _ => false,
+    };
+    if ran_out {
+        expire(state, cx);
     }
+}
+
+/// Ends a hold whose grace has run out, on a poll that stays pending: the timeout above that
+/// enforces the deadline, whose timer has fired by then (in the same turn of the timer as the
+/// hold's, or an earlier one), is polled after this future in the same pass and cancels the
+/// attempt. The task is woken to return [`Elapsed`] if nothing does.
+#[cold]
+fn expire<F>(mut state: Pin<&mut Sending<F>>, cx: &mut Context<'_>) {
+    state.set(Sending::Expired);
+    cx.waker().wake_by_ref();
 }
 
 impl<F> fmt::Debug for SendDeadlineFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendDeadlineFuture")
             .field("deadline", &self.told.map(|told| told.deadline))
-            .field("held", &matches!(self.state, Sending::Held { .. }))
+            .field(
+                "held",
+                &matches!(self.state, Sending::Held { .. } | Sending::Expired),
+            )
             .finish()
     }
 }

@@ -591,6 +591,41 @@ async fn a_channel_timeout_nothing_cancels_is_elapsed() {
     assert_eq!(start.elapsed(), Duration::from_millis(102));
 }
 
+/// The header is rounded down, so a `Channel` told a deadline between two timer ticks fires a
+/// tick before the timeout that enforces it. When the task is next polled only after the
+/// `Channel`'s error has been held for its whole grace (a busy thread), both that timeout's timer
+/// and the hold's have fired: the timeout above still cancels the attempt, and no endpoint is
+/// charged.
+#[tokio::test(start_paused = true)]
+async fn a_channel_timeout_a_tick_early_held_until_late_charges_no_endpoint() {
+    let counted = Counted::new();
+    let client = grpc_stack(
+        Some(Duration::from_secs(1)),
+        Duration::from_millis(300),
+        &counted,
+    );
+    tokio::task::yield_now().await;
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut request = http::Request::new(());
+    // Sent as `101000u`: the `Channel`'s timer fires at tick 101, the total timeout's at 102.
+    request.set_deadline(Instant::now() + Duration::from_millis(101) + Duration::from_nanos(500));
+    let mut call = pin!(client.oneshot(request));
+    let first = call.as_mut().poll(&mut cx);
+    assert!(first.is_pending(), "{first:?}");
+
+    advance(Duration::from_millis(101)).await;
+    let held = call.as_mut().poll(&mut cx);
+    assert!(held.is_pending(), "{held:?}");
+    // The task is not polled again until the hold has run out too.
+    advance(Duration::from_millis(5)).await;
+    let Poll::Ready(Err(error)) = call.as_mut().poll(&mut cx) else {
+        panic!("the call is still pending");
+    };
+    assert!(is::<Elapsed>(&*error), "{error:?}");
+    assert_eq!(counted.endpoint_failures("a"), 0);
+    assert_eq!(counted.dependency_failures(), 0);
+}
+
 /// A deadline far enough away that the header counts seconds (28 hours and half a second is
 /// sent as `100800S`): the `Channel`'s timer runs out half a second before the deadline, and its
 /// `TimeoutExpired` is held back all the same, for the timeout above to cancel the attempt at the
