@@ -14,18 +14,35 @@
 //!
 //! - **Ratio** (Finagle's `RetryBudget`, the default): every request deposits `ratio` of a retry,
 //!   every retry withdraws one, and deposits and withdrawals expire after `ttl`. A reserve of
-//!   `min_per_second × ttl` retries lets quiet clients retry at all. Over any run of length `T`,
+//!   `min_per_second × ttl` retries lets quiet clients retry at all. Counting the retries taken
+//!   (see below), over any run of length `T`,
 //!   `retries ≤ ratio × requests + min_per_second × ttl × (⌊T / ttl⌋ + 1)`; within one window,
 //!   `retries ≤ ratio × requests + min_per_second × ttl`. Defaults: `ttl` 10 s,
 //!   `min_per_second` 10, `ratio` 0.2, so a client sending 1000 requests a second may retry about
 //!   200 of them a second, and one sending 1 a second still gets the reserve's 100 retries per
-//!   window: about 9 a second sustained, as a retry counts against the budget for 10 to 11 s.
+//!   window: about 9 a second sustained, as a retry counts against the budget for 10 to 11 s
+//!   from when it is taken.
 //! - **Token bucket** (gRPC's retry throttling, [gRFC A6]): the bucket starts full with
 //!   `max_tokens`; each failed attempt takes one token, each successful one adds `token_ratio`;
 //!   retries are allowed only while more than half the tokens remain. It follows the failure
 //!   rate, whatever the traffic: a full bucket gains nothing from successes, so retries stop
 //!   once the failures since it was last full reach `token_ratio` × the successes since then
 //!   plus `max_tokens / 2`.
+//!
+//! A ratio budget counts a retry when it is decided on, not when it is sent (so does Finagle's
+//! `RetryBudget`, and gRPC's retry throttling also judges a retry when it is scheduled): a retry
+//! layer takes the retry when it schedules it, before the backoff, any `Retry-After` pause and the
+//! wait for the inner service to be ready; a hedge layer takes a hedge when it is due, before that
+//! readiness wait. The bounds above are on retries taken, each counting from when it was taken (one
+//! given back unsent counts for nothing). Sends can therefore bunch: if no retry waits more than
+//! `D` between being taken and being sent, the retries sent over a run of length `T` were taken
+//! over a run of length `T + D`, and that run's bound is theirs. Failures that honour the same
+//! `Retry-After` date go out together, and the retries allowed again once their withdrawals expire
+//! may follow within the same window: with the defaults (`ttl` 10 s, and a retry layer's
+//! `retry_after_cap` 10 s) `D` reaches 10 s, so up to about twice what one window allows can be
+//! sent within one window, and a long readiness wait stretches `D` further. To keep sends near the
+//! bound, keep `retry_after_cap` and the backoff's longest delay well under `ttl`, or lengthen
+//! `ttl`.
 //!
 //! Accounting is in integers (millionths of a retry for the ratio budget, thousandths of a token for
 //! the bucket), so a fractional ratio never rounds in favour of retrying: with `ratio` 0.3 and no

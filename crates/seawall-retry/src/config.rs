@@ -66,6 +66,11 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// The longest `Retry-After` honoured (default 10 s). A failed response asking for a longer
     /// pause is returned as it is rather than retried early against the server's wish.
+    ///
+    /// A retry counts against a ratio budget from when it is scheduled, not when it is sent, so
+    /// retries held by a pause close to the budget's `ttl` can go out in the same window as the
+    /// retries allowed after them: keep this well under the `ttl` (see the
+    /// [budget docs](crate::budget)).
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;
         self
