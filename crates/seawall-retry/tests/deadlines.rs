@@ -209,6 +209,55 @@ async fn per_attempt_timeout_fails_with_the_shared_elapsed_error() {
     assert_eq!(calls.count(), 3);
 }
 
+/// A request that is not retried, a POST under the HTTP policy or any request with one attempt
+/// allowed, is still cut at the per-attempt timeout, and not sent again.
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_bounds_a_request_that_is_not_retried() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let post = RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .per_attempt_timeout(ms(100))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    // Bounded from outside too, so a missing per-attempt timeout fails rather than hangs.
+    let err = tokio::time::timeout(ms(1_000), post.layer(svc).oneshot(support::post()))
+        .await
+        .expect("cut by the per-attempt timeout")
+        .unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(100));
+    let calls = calls.all();
+    assert_eq!(calls.len(), 1, "a POST is sent once");
+    assert_eq!(calls[0].deadline, Some(start + ms(100)));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [],
+        "nothing was retried or given up"
+    );
+
+    let once = retry(1, ms(10))
+        .per_attempt_timeout(ms(100))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let err = tokio::time::timeout(ms(1_000), once.layer(svc).oneshot(get()))
+        .await
+        .expect("cut by the per-attempt timeout")
+        .unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(100));
+    assert_eq!(calls.count(), 1, "one attempt allowed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn per_attempt_deadline_never_outlives_the_calls_deadline() {
     let start = Instant::now();
