@@ -1,4 +1,5 @@
-//! Deadline cooperation: no attempt starts that cannot finish; per-attempt timeouts.
+//! Deadline cooperation: a retry after a backoff is made only with more time left than the backoff
+//! and a timer tick, and none is sent once the deadline has passed; per-attempt timeouts.
 
 mod support;
 
