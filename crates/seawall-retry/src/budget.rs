@@ -165,8 +165,11 @@ impl RetryBudget {
         }
     }
 
-    /// Counts one request (not a retry). Lock-free; under load it reads the clock once in 32
-    /// requests.
+    /// Counts one request (not a retry). Most requests are one atomic add. A ratio budget files
+    /// its requests in batches, up to 32 under load: the request that opens a batch reads the
+    /// clock, and the one after a full batch also files that batch under the window's lock. It
+    /// only tries that lock: while another thread holds it, the request joins the open batch
+    /// instead, unless about 8 million requests have piled up there, when it waits for the lock.
     #[inline]
     pub fn deposit(&self) {
         if let Kind::Ratio(r) = &*self.inner {
