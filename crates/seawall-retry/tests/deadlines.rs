@@ -423,3 +423,43 @@ async fn no_retry_starts_after_the_deadline_while_waiting_for_readiness() {
         reason: GiveUpReason::Deadline
     }));
 }
+
+/// A retry whose deadline passes while it waits for readiness is never sent, so it is given back
+/// to a budget that counts it: a budget of one retry can pay for the next call's retry.
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_deadline_passes_while_waiting_for_readiness_gives_its_budget_back() {
+    let start = Instant::now();
+    let budget = support::one_retry();
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let calls = Calls::default();
+    let inner = SlowToReady {
+        calls: calls.clone(),
+        open_at: start + ms(500),
+        sleep: Arc::default(),
+    };
+    let mut req = get();
+    req.set_deadline(start + ms(200));
+    let mut call = tokio_test::task::spawn(layer.layer(inner).oneshot(req));
+    tokio_test::assert_pending!(call.poll());
+    assert!(
+        !budget.can_retry(),
+        "the retry is taken when it is scheduled"
+    );
+    tokio::time::advance(ms(200)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(calls.count(), 1);
+    drop(call);
+    assert!(budget.can_retry(), "the retry never sent is given back");
+
+    // The next call's retry is paid for, and sent.
+    let (svc, calls) = flaky(1);
+    assert_eq!(layer.layer(svc).oneshot(get()).await.unwrap(), "ok 1");
+    assert_eq!(calls.count(), 2);
+    assert!(!budget.can_retry(), "the retry sent stays spent");
+}

@@ -113,6 +113,51 @@ async fn readiness_error_on_a_retry_is_returned() {
     );
 }
 
+/// A retry the service fails to get ready for is never sent, so it is given back to a budget that
+/// counts it: a budget of one retry can pay for the next call's retry.
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_service_fails_readiness_gives_its_budget_back() {
+    let budget = one_retry();
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(layer.clone());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(Ping(1)));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("boom");
+    assert_pending!(fut.poll());
+    assert!(
+        !budget.can_retry(),
+        "the retry is taken when it is scheduled"
+    );
+    tokio::time::advance(ms(10)).await;
+    handle.send_error("broken");
+    assert_eq!(assert_ready_err!(fut.poll()).to_string(), "broken");
+    drop(fut);
+    assert!(budget.can_retry(), "the retry never sent is given back");
+
+    // The next call's retry is paid for, and sent.
+    let (mut svc, mut handle) = mock::spawn_layer::<Ping, &'static str, _>(layer);
+    handle.allow(2);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(Ping(2)));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("boom");
+    assert_pending!(fut.poll());
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, Ping(2), "the retry is sent");
+    send.send_response("pong");
+    assert_eq!(assert_ready_ok!(fut.poll()), "pong");
+    assert!(!budget.can_retry(), "the retry sent stays spent");
+}
+
 /// A readiness error is the call's error even once the deadline has passed: it says more about
 /// why the call failed than `Elapsed` would.
 #[tokio::test(start_paused = true)]
