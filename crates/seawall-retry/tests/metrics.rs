@@ -1,5 +1,6 @@
 //! Retries, exhausted budgets and give-ups are counted under the policy name, whether or not the
-//! layer has any shared state (a budget, a seed, listeners).
+//! layer has any shared state (a budget, a seed, listeners); only a layer with none counts for a
+//! recorder installed after it was built.
 
 use seawall_core::{
     metrics::{testing::TestRecorder, RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_RETRIES},
@@ -139,4 +140,30 @@ async fn a_retry_that_is_never_sent_is_not_counted() {
     assert_eq!(sent.load(Ordering::SeqCst), 1);
     assert_eq!(recorder.counter(RETRY_RETRIES, "not-ready"), 0);
     assert_eq!(recorder.counter(RETRY_GAVE_UP, "not-ready"), 1);
+}
+
+/// A layer with shared state registers its counters when it is built, so one built before the
+/// recorder counts nowhere; a layer that shares nothing looks them up at each event, and counts
+/// wherever the recorder of the moment is.
+#[tokio::test(start_paused = true)]
+async fn only_a_layer_that_shares_nothing_counts_for_a_recorder_installed_after_it() {
+    let layer = |name: &'static str, budget: RetryBudget| {
+        RetryLayer::builder()
+            .name(name)
+            .max_attempts(3)
+            .backoff(Backoff::constant(Duration::from_millis(5)))
+            .budget(budget)
+            .build()
+            .unwrap()
+    };
+    let shares_nothing = layer("late-no-budget", RetryBudget::unlimited());
+    let budgeted = layer("late-budgeted", RetryBudget::new());
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    assert_eq!(fail_calls(shares_nothing, 2).await, 6);
+    assert_eq!(recorder.counter(RETRY_RETRIES, "late-no-budget"), 4);
+    assert_eq!(recorder.counter(RETRY_GAVE_UP, "late-no-budget"), 2);
+    assert_eq!(fail_calls(budgeted, 2).await, 6);
+    assert_eq!(recorder.counter(RETRY_RETRIES, "late-budgeted"), 0);
+    assert_eq!(recorder.counter(RETRY_GAVE_UP, "late-budgeted"), 0);
 }
