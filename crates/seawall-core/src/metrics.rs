@@ -7,9 +7,13 @@
 //!
 //! Measures taken on every call (a gauge of permits in use, a breaker's success counter) use
 //! handles registered when the policy is built, so install the recorder *before* building layers.
-//! The retry, hedge and rate-limit counters are registered with their layer too. Other counters of
-//! rare events (a timeout firing, a fallback being called) look their handle up when the event
-//! happens, which keeps the per-call path free of them. No seawall metric is a histogram.
+//! The hedge and rate-limit counters are registered with their layer too, and so are the retry
+//! counters of a retry layer that keeps shared state: a budget other than
+//! `RetryBudget::unlimited()` (a layer has one by default), a seed, listeners, or settings past the
+//! 4096 distinct retry configurations a process keeps in one table. A retry layer without any looks
+//! its counters up when the event happens, as the other counters of rare events (a timeout firing,
+//! a fallback being called) are looked up, which keeps the per-call path free of them. No seawall
+//! metric is a histogram.
 //!
 //! The full list of names is [`ALL`]; [`describe`] registers a help text for each with the installed
 //! recorder.
