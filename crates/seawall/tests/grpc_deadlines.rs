@@ -626,14 +626,14 @@ async fn a_channel_timeout_a_tick_early_held_until_late_charges_no_endpoint() {
     assert_eq!(counted.dependency_failures(), 0);
 }
 
-/// A deadline far enough away that the header counts seconds (28 hours and half a second is
-/// sent as `100800S`): the `Channel`'s timer runs out half a second before the deadline, and its
+/// A deadline far enough away that the header counts seconds (28 hours and 999 ms is sent as
+/// `100800S`): the `Channel`'s timer runs out almost a whole second before the deadline, and its
 /// `TimeoutExpired` is held back all the same, for the timeout above to cancel the attempt at the
 /// deadline, and the breaker between them counts no failure.
 #[tokio::test(start_paused = true)]
 async fn a_channel_timeout_a_header_unit_early_is_held() {
     let counted = Counted::new();
-    let told = Duration::from_secs(28 * 3600) + Duration::from_millis(500);
+    let told = Duration::from_secs(28 * 3600) + Duration::from_millis(999);
     let client = ServiceBuilder::new()
         .with_timeout(TimeoutLayer::new(Duration::from_secs(30 * 3600)))
         .with_breaker(counted.dependency.clone())
