@@ -165,9 +165,11 @@ impl RetryBudget {
         }
     }
 
-    /// Counts one request (not a retry). Most requests are one atomic add. A ratio budget files
-    /// its requests in batches, up to 32 under load: the request that opens a batch reads the
-    /// clock, and the one after a full batch also files that batch under the window's lock. It
+    /// Counts one request (not a retry). A ratio budget files its requests in batches, up to 32
+    /// under load (32 or more requests a slice), where most requests are one atomic add: the
+    /// request that opens a batch reads the clock, and the one after a full batch also files that
+    /// batch under the window's lock. A quieter client's batches are of one request, so each of
+    /// its requests reads the clock and files itself under the lock. It
     /// only tries that lock: while another thread holds it, the request joins the open batch
     /// instead, unless about 8 million requests have piled up there, when it waits for the lock.
     #[inline]
