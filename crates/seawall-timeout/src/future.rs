@@ -14,14 +14,16 @@ pin_project! {
     ///
     /// An answer ready on the first poll wins, and costs no clock read and no timer. Otherwise
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
-    /// once if that deadline had already passed when the call was made), and an answer on a later
-    /// poll is checked against the clock: one that comes at the deadline is in time, one that comes
-    /// after it is not returned, even before the timer's next tick. When the deadline passes the inner future is dropped at once
-    /// and the call fails with [`Elapsed`].
+    /// once if that deadline was reached when the call was made), and an answer on a later poll
+    /// is checked against the clock: one that comes at the deadline is in time, one that comes
+    /// after it is not returned, even before the timer's next tick. When the deadline passes the
+    /// inner future is dropped at once and the call fails with [`Elapsed`]. A call whose deadline
+    /// had already passed when it was made has no inner future (the inner service was not
+    /// called) and fails with [`Elapsed`] on its first poll.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<F>,
+        inner: Inner<F>,
         #[pin]
         sleep: Option<Sleep>,
         started: Instant,
@@ -29,6 +31,19 @@ pin_project! {
         name: Name,
         // `None` unless a listener is registered, so the common case copies no reference count.
         listeners: Option<Listeners<TimeoutEvent>>,
+    }
+}
+
+pin_project! {
+    /// Where a call is: waiting for the inner future, never made, or over.
+    #[project = InnerProj]
+    enum Inner<F> {
+        /// The inner service was called; its future, until it answers or the deadline passes.
+        Called { #[pin] future: F },
+        /// The deadline had passed when the call was made: the inner service was not called.
+        NotCalled,
+        /// The call has answered, or failed with `Elapsed`.
+        Done,
     }
 }
 
@@ -41,7 +56,25 @@ impl<F> ResponseFuture<F> {
         listeners: Option<Listeners<TimeoutEvent>>,
     ) -> Self {
         ResponseFuture {
-            inner: Some(inner),
+            inner: Inner::Called { future: inner },
+            sleep: None,
+            started,
+            deadline,
+            name,
+            listeners,
+        }
+    }
+
+    /// A call whose `deadline` had already passed at `started`, when it was made: the inner
+    /// service is not called, and the call fails with [`Elapsed`] on its first poll.
+    pub(crate) fn not_called(
+        started: Instant,
+        deadline: Instant,
+        name: Name,
+        listeners: Option<Listeners<TimeoutEvent>>,
+    ) -> Self {
+        ResponseFuture {
+            inner: Inner::NotCalled,
             sleep: None,
             started,
             deadline,
@@ -66,15 +99,15 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let inner = this
-            .inner
-            .as_mut()
-            .as_pin_mut()
-            .expect("timeout ResponseFuture polled after completion");
-        match inner.poll(cx) {
+        let polled = match this.inner.as_mut().project() {
+            InnerProj::Called { future } => future.poll(cx),
+            InnerProj::NotCalled => return elapsed(this),
+            InnerProj::Done => panic!("timeout ResponseFuture polled after completion"),
+        };
+        match polled {
             // Ready on the first poll: in time, without a look at the clock or a timer.
             Poll::Ready(result) if this.sleep.is_none() => {
-                this.inner.set(None);
+                this.inner.set(Inner::Done);
                 Poll::Ready(result.map_err(Into::into))
             }
             polled => poll_late(this, polled, cx),
@@ -99,12 +132,12 @@ where
         // An answer at the deadline itself is in time.
         Poll::Ready(result) => {
             if Instant::now() <= *this.deadline {
-                this.inner.set(None);
+                this.inner.set(Inner::Done);
                 return Poll::Ready(result.map_err(Into::into));
             }
         }
-        // Pending: arm the timer on the first poll. A deadline already past when the call was
-        // made (a zero timeout, an outer deadline that had run out) skips this and fires now.
+        // Pending: arm the timer on the first poll. A deadline reached when the call was made (a
+        // zero timeout, an outer deadline of that very instant) skips this and fires now.
         Poll::Pending if this.sleep.is_some() || *this.deadline > *this.started => {
             if this.sleep.is_none() {
                 this.sleep.set(Some(sleep_until(*this.deadline)));
@@ -115,8 +148,15 @@ where
         }
         Poll::Pending => {}
     }
+    elapsed(this)
+}
+
+/// Fails the call with [`Elapsed`], and reports it.
+#[cold]
+#[inline(never)]
+fn elapsed<F, T>(mut this: ResponseFutureProj<'_, F>) -> Poll<Result<T, BoxError>> {
     // Cancel the call now rather than whenever the caller drops this future.
-    this.inner.set(None);
+    this.inner.set(Inner::Done);
     let budget = this.deadline.saturating_duration_since(*this.started);
     let name = *this.name;
     metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(1);
@@ -132,7 +172,8 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture")
             .field("deadline", &self.deadline)
             .field("armed", &self.sleep.is_some())
-            .field("done", &self.inner.is_none())
+            .field("called", &!matches!(self.inner, Inner::NotCalled))
+            .field("done", &matches!(self.inner, Inner::Done))
             .finish()
     }
 }
@@ -187,7 +228,7 @@ mod tests {
             other => panic!("expected Elapsed, got {other:?}"),
         }
         assert!(
-            fut.inner.is_none(),
+            matches!(fut.inner, Inner::Done),
             "inner future is dropped when the timeout fires"
         );
     }
@@ -223,7 +264,10 @@ mod tests {
             Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>()),
             other => panic!("expected Elapsed, got {other:?}"),
         }
-        assert!(fut.inner.is_none(), "the late answer is dropped");
+        assert!(
+            matches!(fut.inner, Inner::Done),
+            "the late answer is dropped"
+        );
     }
 
     #[tokio::test(start_paused = true)]

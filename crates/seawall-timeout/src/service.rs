@@ -1,7 +1,7 @@
-use crate::{layer::Shared, ResponseFuture, TimeoutLayer};
+use crate::{layer::Shared, ResponseFuture, TimeoutEvent, TimeoutLayer};
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
-    BoxError,
+    BoxError, Listeners,
 };
 use std::{
     sync::Arc,
@@ -12,6 +12,16 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 /// Fails calls to `S` that do not answer by their deadline; see the [crate docs](crate).
+///
+/// A call whose deadline (an earlier one on the request, which this layer enforces) had already
+/// passed when `call` is made is not made: the inner service is not called, and the call fails
+/// with [`Elapsed`](crate::Elapsed) on its first poll. What the inner service's `poll_ready`
+/// reserved for it (a bulkhead's permit, a breaker's permit or half-open probe slot, a place in a
+/// `Buffer`) stays with the service for its next call, as tower's contract allows, and goes back
+/// when the service is dropped: a caller that calls a clone once (`oneshot`) gives it back at
+/// once, one that keeps the service (a `Buffer`'s worker) holds it until its next call. No seawall
+/// layer needs a call after `poll_ready`, but a half-open breaker below counts a probe slot held
+/// so as a probe in flight (see `seawall-breaker`'s `Breaker`).
 #[derive(Clone, Debug)]
 pub struct Timeout<S> {
     inner: S,
@@ -45,6 +55,21 @@ impl<S> Timeout<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// The listeners a response future reports to: `None` unless one is registered, so the
+    /// common case copies no reference count.
+    #[inline]
+    fn listeners(&self) -> Option<Listeners<TimeoutEvent>> {
+        (!self.shared.listeners.is_empty()).then(|| self.shared.listeners.clone())
+    }
+
+    /// A call whose `deadline` had passed at `now`: fails with `Elapsed` without calling the
+    /// inner service, whose readiness stays for its next call.
+    #[cold]
+    #[inline(never)]
+    fn not_called<F>(&self, now: Instant, deadline: Instant) -> ResponseFuture<F> {
+        ResponseFuture::not_called(now, deadline, self.shared.name, self.listeners())
+    }
 }
 
 impl<S, Req> Service<Req> for Timeout<S>
@@ -74,6 +99,8 @@ where
             // An earlier deadline stays on the request; this layer enforces it unless a layer
             // further out does.
             Some(outer) if outer <= own => match self.shared.enforce_outer {
+                // Passed already: nothing sent now could answer in time.
+                true if outer < now => return self.not_called(now, outer),
                 true => outer,
                 false => own,
             },
@@ -84,13 +111,12 @@ where
                 own
             }
         };
-        let listeners = (!self.shared.listeners.is_empty()).then(|| self.shared.listeners.clone());
         ResponseFuture::new(
             self.inner.call(req),
             now,
             deadline,
             self.shared.name,
-            listeners,
+            self.listeners(),
         )
     }
 }

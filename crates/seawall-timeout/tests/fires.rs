@@ -1,11 +1,13 @@
 //! The timeout fires in virtual time and cancels the inner call at that moment.
 
-use seawall_timeout::{Elapsed, RequestDeadline, TimeoutLayer};
+use seawall_core::metrics::{testing::TestRecorder, TIMEOUT_ELAPSED};
+use seawall_timeout::{Elapsed, RequestDeadline, TimeoutEvent, TimeoutLayer};
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
+    task::Poll,
     time::Duration,
 };
 use tokio::time::{sleep, sleep_until, Instant};
@@ -145,6 +147,69 @@ async fn a_deadline_already_past_fails_a_pending_call_at_once() {
         "expected Elapsed, got {res:?}"
     );
     assert_eq!(Instant::now(), past + Duration::from_micros(300), "no wait");
+}
+
+/// A deadline the request brings that had already passed when the call is made: the inner
+/// service is not called, not even one that would answer at once, and the call fails with
+/// `Elapsed` on its first poll, reported as every elapsed call is (with no budget). A deadline
+/// reached at that very instant has not passed: the call is made, and an answer ready at once is
+/// in time. A per-try timeout, which leaves the outer deadline to the layer above, calls.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_already_passed_calls_nothing() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let at_once = service_fn(move |_: http::Request<()>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, std::io::Error>(1) }
+    });
+    let layer = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(1))
+        .name("users")
+        .on_event(move |_: &seawall_core::Name, e: &TimeoutEvent| {
+            sink.lock().unwrap().push(*e);
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(at_once);
+
+    let passed = Instant::now();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let mut req = http::Request::new(());
+    req.set_deadline(passed);
+    svc.ready().await.unwrap();
+    let mut call = tokio_test::task::spawn(tower::Service::call(&mut svc, req));
+    match call.poll() {
+        Poll::Ready(Err(e)) => assert!(e.is::<Elapsed>(), "{e}"),
+        other => panic!("expected Elapsed on the first poll, got {other:?}"),
+    }
+    drop(call);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the inner service was called"
+    );
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "users"), 1);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![TimeoutEvent::Elapsed {
+            budget: Duration::ZERO
+        }]
+    );
+
+    let mut req = http::Request::new(());
+    req.set_deadline(Instant::now());
+    assert_eq!(svc.clone().oneshot(req).await.unwrap(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let mut req = http::Request::new(());
+    req.set_deadline(passed);
+    let per_try = layer.per_try().layer(svc.into_inner());
+    assert_eq!(per_try.oneshot(req).await.unwrap(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]

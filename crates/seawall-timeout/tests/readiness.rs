@@ -32,6 +32,35 @@ async fn clone_resets_readiness_and_call_uses_the_ready_service() {
     assert_ready_ok!(clone.poll_ready());
 }
 
+/// A call whose deadline had passed is not made, and what `poll_ready` reserved below stays with
+/// the service for its next call, as tower allows: the next call uses it, and a drop gives it
+/// back.
+#[tokio::test(start_paused = true)]
+async fn a_call_not_made_leaves_the_readiness_for_the_next_call() {
+    let (inner, mut handle) = mock::pair::<Req, &'static str>();
+    let limited = ConcurrencyLimit::new(inner, 1);
+    let mut svc = mock::Spawn::new(TimeoutLayer::new(Duration::from_secs(1)).layer(limited));
+    let passed = tokio::time::Instant::now();
+    tokio::time::advance(Duration::from_millis(1)).await;
+
+    assert_ready_ok!(svc.poll_ready());
+    let mut req = http::Request::new(());
+    seawall_timeout::RequestDeadline::set_deadline(&mut req, passed);
+    let err = svc.call(req).await.unwrap_err();
+    assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
+    assert_pending!(handle.poll_request(), "the inner service was called");
+    // The permit is still this service's: a clone cannot take it.
+    let mut clone = mock::Spawn::new(svc.get_ref().clone());
+    assert_pending!(clone.poll_ready());
+
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(http::Request::new(()));
+    let (_req, send) = handle.next_request().await.expect("inner called");
+    send.send_response("ok");
+    assert_eq!(fut.await.unwrap(), "ok");
+    assert_ready_ok!(clone.poll_ready());
+}
+
 #[tokio::test(start_paused = true)]
 async fn works_behind_buffer_and_box_clone_service() {
     let (inner, mut handle) = mock::pair::<Req, &'static str>();

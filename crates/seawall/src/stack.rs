@@ -13,7 +13,9 @@
 //! - the **total timeout** bounds the whole call, retries and backoff included, and writes the
 //!   deadline on the request so the retry does not start an attempt it cannot finish; it is the
 //!   one layer that enforces the call's deadline (its own, or an earlier one the caller put on the
-//!   request), and it cancels an attempt still running then, which records no outcome below;
+//!   request), and it cancels an attempt still running then, which records no outcome below; a
+//!   call whose deadline has already passed is not sent, and fails with
+//!   [`Elapsed`](crate::timeout::Elapsed) before any layer below sees it;
 //! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
 //!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
 //!   an open breaker rejects an attempt without load on the dependency, and its rejection is

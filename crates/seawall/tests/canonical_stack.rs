@@ -665,6 +665,58 @@ async fn without_a_total_timeout_a_callers_deadline_is_still_enforced_above_the_
     impatient_callers_charge_no_endpoint(client, &breakers, shorter).await;
 }
 
+/// A call whose deadline has already passed fails with `Elapsed` at once and sends nothing: no
+/// endpoint is called, and neither breaker nor the bulkhead counts it. So in the total timeout's
+/// place without a total timeout.
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_deadline_has_passed_sends_nothing() {
+    for total in [true, false] {
+        let calls = Calls::default();
+        let breakers = endpoint_breakers();
+        let dependency = BreakerLayer::builder().name("dependency").build().unwrap();
+        let dependency_state = dependency.handle();
+        let bulkhead = BulkheadLayer::builder().max_concurrent(4).build().unwrap();
+        let permits = bulkhead.handle();
+        let builder = ClientStack::builder();
+        let builder = match total {
+            true => builder.timeout(Duration::from_secs(2)),
+            false => builder.without_timeout(),
+        };
+        let client = builder
+            .breaker(dependency)
+            .bulkhead(bulkhead)
+            .balance(BalanceLayer::builder().picker(Picker::RoundRobin))
+            .endpoint_breakers(breakers.clone())
+            .per_try_timeout(Duration::from_millis(500))
+            .build(endpoints(&["good-1"], &calls))
+            .unwrap();
+        tokio::task::yield_now().await;
+
+        let start = Instant::now();
+        let req = Req {
+            deadline: Some(start - Duration::from_millis(1)),
+            timeout: None,
+        };
+        let err = client.clone().oneshot(req).await.unwrap_err();
+        assert!(is::<Elapsed>(&*err), "{err}");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(
+            calls.total(),
+            0,
+            "an endpoint was called (total timeout: {total})"
+        );
+        let dependency = dependency_state.snapshot();
+        assert_eq!((dependency.calls, dependency.rejected), (0, 0));
+        let endpoint = breakers.handle(&"good-1").unwrap().snapshot();
+        assert_eq!((endpoint.calls, endpoint.rejected), (0, 0));
+        assert_eq!((permits.in_flight(), permits.available()), (0, 4));
+
+        let answer = client.oneshot(Req::default()).await;
+        assert!(matches!(answer, Ok("good-1")), "{answer:?}");
+        assert_eq!(dependency_state.snapshot().calls, 1);
+    }
+}
+
 /// Five impatient callers, each with a 100 ms deadline of its own, call the healthy "steady"
 /// endpoint (300 ms, within its 500 ms per-try timeout): every call fails at 100 ms with
 /// `Elapsed`, the endpoint is not to blame, and a patient caller is then answered.
