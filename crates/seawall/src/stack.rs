@@ -64,10 +64,16 @@
 //!
 //! # Example
 //!
+//! Over HTTP, classify with [`HttpClassifier`](crate::core::classify::HttpClassifier) in every
+//! layer that counts outcomes: hyper and reqwest return a 5xx as `Ok(response)`, which the
+//! default classifier counts as a success, so no breaker and no outlier detection would see an
+//! endpoint that answers every call with a 503. (`GrpcClassifier` reads gRPC statuses.)
+//!
 //! ```
 //! use seawall::{
 //!     balance::{BalanceLayer, Picker},
-//!     breaker::{BreakerConfig, BreakerSet, Open},
+//!     breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open},
+//!     core::classify::HttpClassifier,
 //!     fallback::FallbackLayer,
 //!     retry::{RetryBudget, RetryLayer},
 //!     stack::ClientStack,
@@ -102,10 +108,18 @@
 //!             .name("users-api")
 //!             .build()?,
 //!     )
-//!     .balance(BalanceLayer::builder().name("users-api").picker(Picker::RoundRobin))
-//!     .endpoint_breakers(BreakerSet::new(
+//!     // A 5xx is an `Ok` response: the breakers and the balancer read its status.
+//!     .breaker(BreakerLayer::builder().name("users-api").build_with(HttpClassifier::new())?)
+//!     .balance(
+//!         BalanceLayer::builder()
+//!             .name("users-api")
+//!             .picker(Picker::RoundRobin)
+//!             .classifier(HttpClassifier::new()),
+//!     )
+//!     .endpoint_breakers(BreakerSet::with_classifier(
 //!         BreakerConfig::builder().name("users-api-endpoint").build_config()?,
 //!         1024,
+//!         HttpClassifier::new(),
 //!     )?)
 //!     .per_try_timeout(Duration::from_millis(500))
 //!     .build(endpoints)?;

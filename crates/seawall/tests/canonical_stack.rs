@@ -6,6 +6,7 @@ use seawall::{
     breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, SlidingWindow, State},
     bulkhead::{BulkheadLayer, Full},
     core::{
+        classify::HttpClassifier,
         error::is,
         metrics::{self as names, testing::TestRecorder},
         BoxError, RequestDeadline,
@@ -375,6 +376,125 @@ async fn outlier_detection_ejects_the_failing_endpoint() {
         .iter()
         .any(|e| matches!(e, BalanceEvent::Ejected { key, .. } if key == "\"bad\"")));
     assert_eq!(calls.get("bad"), 3, "ejected after three failures in a row");
+}
+
+type HttpEndpoint =
+    tower::util::BoxCloneSyncService<http::Request<()>, http::Response<&'static str>, BoxError>;
+
+/// HTTP endpoints by key: `unavailable` answers every call with a 503 (an `Ok` response, as hyper
+/// and reqwest return one), every other key with a 200 whose body is the key.
+fn http_endpoints(
+    keys: &[&'static str],
+    calls: &Calls,
+) -> discover::Discovery<&'static str, HttpEndpoint> {
+    let calls = calls.clone();
+    discover::from_list(keys.to_vec(), move |key: &&'static str| {
+        let key = *key;
+        let calls = calls.clone();
+        HttpEndpoint::new(service_fn(move |_: http::Request<()>| {
+            *calls.0.lock().unwrap().entry(key).or_default() += 1;
+            let status = match key {
+                "unavailable" => http::StatusCode::SERVICE_UNAVAILABLE,
+                _ => http::StatusCode::OK,
+            };
+            let mut response = http::Response::new(key);
+            *response.status_mut() = status;
+            std::future::ready(Ok::<_, BoxError>(response))
+        }))
+    })
+}
+
+/// The HTTP stack of the module docs and `docs/composition.md`: the dependency breaker, the
+/// per-endpoint breakers and the balancer classify with `HttpClassifier`, so an endpoint that
+/// answers every call with a 503 (`Ok` to the client) is a failing one. Its breaker opens, outlier
+/// detection ejects it, the retry sends its calls elsewhere, and the dependency stays Closed.
+#[tokio::test(start_paused = true)]
+async fn an_http_endpoint_answering_503_is_taken_out() {
+    let calls = Calls::default();
+    let ejected = Arc::new(Mutex::new(Vec::new()));
+    let seen = ejected.clone();
+    let breakers = BreakerSet::with_classifier(
+        BreakerConfig::builder()
+            .name("users-api-endpoint")
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_calls(3)
+            .wait_duration(Duration::from_secs(60))
+            .jitter(0.0)
+            .build_config()
+            .unwrap(),
+        16,
+        HttpClassifier::new(),
+    )
+    .unwrap();
+    let dependency = BreakerLayer::builder()
+        .name("users-api")
+        .build_with(HttpClassifier::new())
+        .unwrap();
+    let dependency_state = dependency.handle();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(2))
+        .retry(
+            RetryLayer::builder()
+                .http()
+                .ignore_error::<Open>()
+                .budget(RetryBudget::unlimited())
+                .seed(1)
+                .build()
+                .unwrap(),
+        )
+        .breaker(dependency)
+        .balance(
+            BalanceLayer::builder()
+                .name("users-api")
+                .picker(Picker::RoundRobin)
+                .classifier(HttpClassifier::new())
+                .outlier_detection(OutlierDetection {
+                    consecutive_failures: Some(3),
+                    max_ejection_percent: 0.5,
+                    ..OutlierDetection::default()
+                })
+                .on_event(move |_: &seawall::Name, e: &BalanceEvent| {
+                    if let BalanceEvent::Ejected { key, .. } = e {
+                        seen.lock().unwrap().push(key.clone());
+                    }
+                })
+                .seed(3),
+        )
+        .endpoint_breakers(breakers.clone())
+        .per_try_timeout(Duration::from_millis(500))
+        .build(http_endpoints(&["ok-1", "unavailable", "ok-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    for i in 0..50 {
+        let answer = client
+            .clone()
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK, "call {i}");
+    }
+    assert_eq!(
+        breakers.handle(&"unavailable").unwrap().state(),
+        State::Open
+    );
+    assert_eq!(breakers.handle(&"ok-1").unwrap().state(), State::Closed);
+    assert_eq!(
+        *ejected.lock().unwrap(),
+        vec!["\"unavailable\"".to_string()]
+    );
+    assert!(
+        calls.get("unavailable") <= 3,
+        "unavailable called {}",
+        calls.get("unavailable")
+    );
+    // The dependency breaker counted each 503 attempt, and the retry made the calls succeed.
+    assert_eq!(dependency_state.state(), State::Closed);
+    assert_eq!(
+        dependency_state.snapshot().failures as usize,
+        calls.get("unavailable")
+    );
+    assert_eq!(calls.total(), 50 + calls.get("unavailable"));
 }
 
 #[tokio::test(start_paused = true)]
