@@ -441,7 +441,18 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         }
     }
 
-    /// The bulkhead of the dependency: at most so many calls (attempts) in flight to it.
+    /// The bulkhead of the dependency: at most so many calls (attempts) in flight to it. Any
+    /// layer goes in its place.
+    ///
+    /// A rate limiter here (alone, or above a bulkhead in a `ServiceBuilder` stack) makes every
+    /// attempt take a permit of its quota. Its rejection,
+    /// [`Limited`](crate::bulkhead::ratelimit::Limited), comes up through the dependency breaker
+    /// and the retry as an error: build the breaker with a classifier that answers
+    /// [`Outcome::Ignored`](crate::core::classify::Outcome::Ignored) for it (the quota is the
+    /// client's, not the dependency's health), or a burst over the quota opens the breaker, and
+    /// the retry with [`ignore_error::<Limited>()`](crate::retry::RetryConfigBuilder::ignore_error).
+    /// `docs/composition.md` in the repository has the code, and the other place for a rate
+    /// limiter, above the retry.
     pub fn bulkhead<H2>(self, bulkhead: H2) -> ClientStackBuilder<Fb, To, Rt, Br, H2, Ba, Eb> {
         ClientStackBuilder {
             fallback: self.fallback,

@@ -4,10 +4,13 @@
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
     breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, SlidingWindow, State},
-    bulkhead::{BulkheadLayer, Full},
+    bulkhead::{
+        ratelimit::{Limited, RateLimitLayer},
+        BulkheadLayer, Full,
+    },
     core::{
-        classify::HttpClassifier,
-        error::is,
+        classify::{Classify, HttpClassifier, Outcome},
+        error::{find, is},
         metrics::{self as names, testing::TestRecorder},
         BoxError, RequestDeadline,
     },
@@ -495,6 +498,173 @@ async fn an_http_endpoint_answering_503_is_taken_out() {
         calls.get("unavailable")
     );
     assert_eq!(calls.total(), 50 + calls.get("unavailable"));
+}
+
+/// The dependency breaker's classifier of `docs/composition.md`'s stack with a rate limiter in the
+/// bulkhead's place: a `Limited` is this client's own quota, not the dependency's health, so it
+/// counts as neither; every other outcome counts as `HttpClassifier` says.
+#[derive(Clone, Copy)]
+struct IgnoreQuota(HttpClassifier);
+
+impl<B> Classify<http::Response<B>, BoxError> for IgnoreQuota {
+    fn classify(
+        &self,
+        result: Result<&http::Response<B>, &BoxError>,
+        elapsed: Duration,
+    ) -> Outcome {
+        match result {
+            Err(error) if is::<Limited>(&**error) => Outcome::Ignored,
+            result => self.0.classify(result, elapsed),
+        }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
+}
+
+/// 40 calls at once on `client`, whose rate limit lets 10 through: the answers, and the errors,
+/// which are all `Limited`.
+async fn forty_calls_at_once<S>(client: S) -> (Vec<http::Response<&'static str>>, usize)
+where
+    S: Service<http::Request<()>, Response = http::Response<&'static str>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let calls: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(client.clone().oneshot(http::Request::new(()))))
+        .collect();
+    let (mut answers, mut limited) = (Vec::new(), 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(answer) => answers.push(answer),
+            Err(err) => {
+                let quota = find::<Limited>(&*err).unwrap_or_else(|| panic!("{err}"));
+                assert!(quota.retry_after() > Duration::ZERO);
+                limited += 1;
+            }
+        }
+    }
+    (answers, limited)
+}
+
+/// A client-side rate limit in the bulkhead's place, configured as `docs/composition.md` says:
+/// each attempt takes a permit; the dependency breaker ignores `Limited` and the retry returns it
+/// at once. 40 calls at once on a quota of 10: 30 are `Limited`, and the dependency breaker,
+/// though quick to open, stays Closed with no failure.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_in_the_bulkheads_place_leaves_the_dependency_breaker_closed() {
+    let calls = Calls::default();
+    let retried = Arc::new(AtomicUsize::new(0));
+    let seen = retried.clone();
+    let quota = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .name("users-api-quota")
+        .build()
+        .unwrap();
+    // Quick to open: without `IgnoreQuota`, the 30 `Limited` would open it.
+    let dependency = BreakerLayer::builder()
+        .name("users-api")
+        .minimum_calls(10)
+        .build_with(IgnoreQuota(HttpClassifier::new()))
+        .unwrap();
+    let dependency_state = dependency.handle();
+    let client = ClientStack::builder()
+        .retry(
+            RetryLayer::builder()
+                .http()
+                .ignore_error::<Open>()
+                .ignore_error::<Limited>()
+                .seed(1)
+                .on_event(move |_: &seawall::Name, event: &RetryEvent| {
+                    if matches!(event, RetryEvent::Retry { .. }) {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+                .build()
+                .unwrap(),
+        )
+        .breaker(dependency)
+        .bulkhead(
+            tower::ServiceBuilder::new()
+                .layer(quota)
+                .layer(
+                    BulkheadLayer::builder()
+                        .max_concurrent(100)
+                        .build()
+                        .unwrap(),
+                )
+                .into_inner(),
+        )
+        .balance(BalanceLayer::builder().classifier(HttpClassifier::new()))
+        .build(http_endpoints(&["ok-1", "ok-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let (answers, limited) = forty_calls_at_once(client).await;
+    assert_eq!((answers.len(), limited), (10, 30));
+    assert!(answers.iter().all(|a| a.status() == http::StatusCode::OK));
+    assert_eq!(calls.total(), 10);
+    assert_eq!(retried.load(Ordering::SeqCst), 0, "a Limited was retried");
+    let snapshot = dependency_state.snapshot();
+    assert_eq!(snapshot.state, State::Closed);
+    assert_eq!((snapshot.calls, snapshot.failures), (10, 0));
+}
+
+/// A client-side rate limit above the retry, as `docs/composition.md` shows it: it counts calls,
+/// not attempts, so the retries of the calls it admitted take no permit, and no `Limited` reaches
+/// the dependency breaker. 40 calls at once on a quota of 10, on two endpoints of which one
+/// answers 503: 30 are `Limited`, the 10 admitted are retried past the quota.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_above_the_retry_counts_calls_not_attempts() {
+    let calls = Calls::default();
+    let retried = Arc::new(AtomicUsize::new(0));
+    let seen = retried.clone();
+    let quota = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .name("users-api-quota")
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .http()
+        .ignore_error::<Open>()
+        .budget(RetryBudget::unlimited())
+        .seed(1)
+        .on_event(move |_: &seawall::Name, event: &RetryEvent| {
+            if matches!(event, RetryEvent::Retry { .. }) {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let dependency = BreakerLayer::builder()
+        .name("users-api")
+        .build_with(HttpClassifier::new())
+        .unwrap();
+    let dependency_state = dependency.handle();
+    let client = ClientStack::builder()
+        .retry(
+            tower::ServiceBuilder::new()
+                .layer(quota)
+                .layer(retry)
+                .into_inner(),
+        )
+        .breaker(dependency)
+        .balance(BalanceLayer::builder().picker(Picker::RoundRobin))
+        .build(http_endpoints(&["ok-1", "unavailable"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let (answers, limited) = forty_calls_at_once(client).await;
+    assert_eq!((answers.len(), limited), (10, 30));
+    let retried = retried.load(Ordering::SeqCst);
+    assert!(retried > 0);
+    assert_eq!(calls.total(), 10 + retried);
+    let snapshot = dependency_state.snapshot();
+    assert_eq!(snapshot.calls as usize, calls.total());
+    assert_eq!(snapshot.failures as usize, calls.get("unavailable"));
 }
 
 #[tokio::test(start_paused = true)]
