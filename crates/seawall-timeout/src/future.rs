@@ -42,8 +42,9 @@ pin_project! {
         Called { #[pin] future: F },
         /// The deadline had passed when the call was made: the inner service was not called.
         NotCalled,
-        /// The call has answered, or failed with `Elapsed`.
-        Done,
+        /// The call has answered, or failed with `Elapsed`; `called` says whether the inner
+        /// service was called.
+        Done { called: bool },
     }
 }
 
@@ -102,12 +103,12 @@ where
         let polled = match this.inner.as_mut().project() {
             InnerProj::Called { future } => future.poll(cx),
             InnerProj::NotCalled => return elapsed(this),
-            InnerProj::Done => panic!("timeout ResponseFuture polled after completion"),
+            InnerProj::Done { .. } => panic!("timeout ResponseFuture polled after completion"),
         };
         match polled {
             // Ready on the first poll: in time, without a look at the clock or a timer.
             Poll::Ready(result) if this.sleep.is_none() => {
-                this.inner.set(Inner::Done);
+                this.inner.set(Inner::Done { called: true });
                 Poll::Ready(result.map_err(Into::into))
             }
             polled => poll_late(this, polled, cx),
@@ -132,7 +133,7 @@ where
         // An answer at the deadline itself is in time.
         Poll::Ready(result) => {
             if Instant::now() <= *this.deadline {
-                this.inner.set(Inner::Done);
+                this.inner.set(Inner::Done { called: true });
                 return Poll::Ready(result.map_err(Into::into));
             }
         }
@@ -156,7 +157,8 @@ where
 #[inline(never)]
 fn elapsed<F, T>(mut this: ResponseFutureProj<'_, F>) -> Poll<Result<T, BoxError>> {
     // Cancel the call now rather than whenever the caller drops this future.
-    this.inner.set(Inner::Done);
+    let called = !matches!(*this.inner, Inner::NotCalled);
+    this.inner.set(Inner::Done { called });
     let budget = this.deadline.saturating_duration_since(*this.started);
     let name = *this.name;
     metrics::counter(metrics::TIMEOUT_ELAPSED, &name).increment(1);
@@ -172,8 +174,11 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture")
             .field("deadline", &self.deadline)
             .field("armed", &self.sleep.is_some())
-            .field("called", &!matches!(self.inner, Inner::NotCalled))
-            .field("done", &matches!(self.inner, Inner::Done))
+            .field(
+                "called",
+                &!matches!(self.inner, Inner::NotCalled | Inner::Done { called: false }),
+            )
+            .field("done", &matches!(self.inner, Inner::Done { .. }))
             .finish()
     }
 }
@@ -214,6 +219,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_call_not_made_says_so_before_and_after_it_fails() {
+        let now = Instant::now();
+        let mut fut = pin!(
+            ResponseFuture::<std::future::Ready<Result<(), BoxError>>>::not_called(
+                now,
+                now - Duration::from_millis(1),
+                Name::default_for("timeout"),
+                None,
+            )
+        );
+        let debug = |fut: &ResponseFuture<_>| format!("{fut:?}");
+        assert!(debug(&fut).ends_with("armed: false, called: false, done: false }"));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Err(e)) if e.is::<Elapsed>()));
+        assert!(debug(&fut).ends_with("armed: false, called: false, done: true }"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pending_inner_arms_the_timer_once() {
         let now = Instant::now();
         let inner = pending::<Result<(), BoxError>>();
@@ -228,7 +251,7 @@ mod tests {
             other => panic!("expected Elapsed, got {other:?}"),
         }
         assert!(
-            matches!(fut.inner, Inner::Done),
+            matches!(fut.inner, Inner::Done { called: true }),
             "inner future is dropped when the timeout fires"
         );
     }
@@ -265,7 +288,7 @@ mod tests {
             other => panic!("expected Elapsed, got {other:?}"),
         }
         assert!(
-            matches!(fut.inner, Inner::Done),
+            matches!(fut.inner, Inner::Done { called: true }),
             "the late answer is dropped"
         );
     }

@@ -14,12 +14,13 @@
 //!
 //! A per-try timeout under a retry usually wants both off: [`TimeoutLayer::per_try`].
 //!
-//! A call whose earlier deadline had already passed when it was made, in a layer that enforces
-//! it, is not sent: the inner service is not called, and the call fails with [`Elapsed`] on its
-//! first poll, counted and reported as any elapsed call (with a budget of zero). The readiness the
-//! inner service was polled to stays with it for its next call (see [`Timeout`]). A deadline
-//! reached at that very instant (a `Duration::ZERO` timeout) has not passed: the call is made, and
-//! only an answer ready on its first poll is in time.
+//! A call whose earlier deadline had passed a millisecond (a tick of tokio's timer) or more
+//! before it was made, in a layer that enforces it, is not sent: the inner service is not called,
+//! and the call fails with [`Elapsed`] on its first poll, counted and reported as any elapsed call
+//! (with a budget of zero). The readiness the inner service was polled to stays with it for its
+//! next call (see [`Timeout`]). A deadline reached at that very instant, or passed by less (the
+//! deadline a `Duration::ZERO` timeout further out has just written), is still called, and only an
+//! answer ready on its first poll is in time.
 //!
 //! The effective deadline is written back on the request (unless
 //! [`propagate_deadline(false)`](TimeoutConfigBuilder::propagate_deadline)), so layers further in

@@ -11,10 +11,14 @@ use std::{
 use tokio::time::Instant;
 use tower_service::Service;
 
+/// How long before `call` a deadline this layer enforces must have passed for the call not to be
+/// made: one tick of tokio's timer.
+const PASSED: Duration = Duration::from_millis(1);
+
 /// Fails calls to `S` that do not answer by their deadline; see the [crate docs](crate).
 ///
-/// A call whose deadline (an earlier one on the request, which this layer enforces) had already
-/// passed when `call` is made is not made: the inner service is not called, and the call fails
+/// A call whose deadline (an earlier one on the request, which this layer enforces) had passed a
+/// millisecond (a tick of tokio's timer) or more before `call` is not made: the inner service is not called, and the call fails
 /// with [`Elapsed`](crate::Elapsed) on its first poll. What the inner service's `poll_ready`
 /// reserved for it (a bulkhead's permit, a breaker's permit or half-open probe slot, a place in a
 /// `Buffer`) stays with the service for its next call, as tower's contract allows, and goes back
@@ -99,8 +103,12 @@ where
             // An earlier deadline stays on the request; this layer enforces it unless a layer
             // further out does.
             Some(outer) if outer <= own => match self.shared.enforce_outer {
-                // Passed already: nothing sent now could answer in time.
-                true if outer < now => return self.not_called(now, outer),
+                // Passed a timer tick or more ago: nothing sent now could answer in time. A
+                // deadline a layer further out has just written (`Duration::ZERO`) passes by the
+                // nanoseconds between the two clock reads, and is still called.
+                true if now.saturating_duration_since(outer) >= PASSED => {
+                    return self.not_called(now, outer)
+                }
                 true => outer,
                 false => own,
             },

@@ -152,8 +152,10 @@ async fn a_deadline_already_past_fails_a_pending_call_at_once() {
 /// A deadline the request brings that had already passed when the call is made: the inner
 /// service is not called, not even one that would answer at once, and the call fails with
 /// `Elapsed` on its first poll, reported as every elapsed call is (with no budget). A deadline
-/// reached at that very instant has not passed: the call is made, and an answer ready at once is
-/// in time. A per-try timeout, which leaves the outer deadline to the layer above, calls.
+/// reached at that very instant, or passed by less than a timer tick (as the deadline a
+/// `Duration::ZERO` timeout further out writes has, by the time a layer under it reads the
+/// clock), is still called, and an answer ready at once is in time. A per-try timeout, which
+/// leaves the outer deadline to the layer above, calls.
 #[tokio::test(start_paused = true)]
 async fn a_deadline_already_passed_calls_nothing() {
     let recorder = TestRecorder::new();
@@ -205,11 +207,18 @@ async fn a_deadline_already_passed_calls_nothing() {
     assert_eq!(svc.clone().oneshot(req).await.unwrap(), 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
+    let just = Instant::now();
+    tokio::time::advance(Duration::from_micros(999)).await;
+    let mut req = http::Request::new(());
+    req.set_deadline(just);
+    assert_eq!(svc.clone().oneshot(req).await.unwrap(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
     let mut req = http::Request::new(());
     req.set_deadline(passed);
     let per_try = layer.per_try().layer(svc.into_inner());
     assert_eq!(per_try.oneshot(req).await.unwrap(), 1);
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,8 +14,9 @@
 //!   deadline on the request so the retry does not start an attempt it cannot finish; it is the
 //!   one layer that enforces the call's deadline (its own, or an earlier one the caller put on the
 //!   request), and it cancels an attempt still running then, which records no outcome below; a
-//!   call whose deadline has already passed is not sent, and fails with
-//!   [`Elapsed`](crate::timeout::Elapsed) before any layer below sees it;
+//!   call whose deadline has already passed is not sent: it fails with
+//!   [`Elapsed`](crate::timeout::Elapsed), no attempt is made and nothing below records an
+//!   outcome;
 //! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
 //!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
 //!   an open breaker rejects an attempt without load on the dependency, and its rejection is
