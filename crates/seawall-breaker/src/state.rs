@@ -655,6 +655,11 @@ impl Machine {
                         Some(until) if now.get() >= until => {
                             self.transition(word, HALF_OPEN | (mode & SHADOW), now.get(), observer);
                         }
+                        // No deadline of this Open: either the change into it has not written
+                        // it yet, or a newer generation has written its own, and then the
+                        // breaker has left this Open (for a HalfOpen with a slot free, say):
+                        // the state is read again rather than the call turned away.
+                        None if self.state.load(Ordering::Acquire) != word => {}
                         _ => return self.reject(mode, generation, until, count),
                     }
                 }
@@ -709,8 +714,22 @@ impl Machine {
     /// Whether [`acquire`](Self::acquire) at `now` would let a call through, taking nothing and
     /// changing nothing: a slot free in HalfOpen, or an Open wait that is over.
     pub fn permits(&self, now: impl Fn() -> u64) -> bool {
-        let now = || self.since_origin(now());
-        let word = self.state.load(Ordering::Acquire);
+        let now = Now::new(|| self.since_origin(now()));
+        loop {
+            let word = self.state.load(Ordering::Acquire);
+            if self.permits_in(word, || now.get()) {
+                return true;
+            }
+            // A deadline or probe slots already of a newer generation say nothing of `word`'s:
+            // when the state has moved since it was read, the answer is for the new state.
+            if self.state.load(Ordering::Acquire) == word {
+                return false;
+            }
+        }
+    }
+
+    /// [`permits`](Self::permits), for the state word `word`.
+    fn permits_in(&self, word: u64, now: impl Fn() -> u64) -> bool {
         let mode = mode_of(word);
         if mode & SHADOW != 0 {
             return true;
@@ -1048,6 +1067,9 @@ impl Machine {
                     let at = if next == OPEN { deadline } else { now.get() };
                     self.transition(word, next | (mode & SHADOW), at, observer);
                 }
+                // A deadline already of a newer generation says nothing of `word`'s: when the
+                // state has moved since it was read, look at the new state.
+                _ if self.state.load(Ordering::Acquire) != word => {}
                 _ => return public_state(mode),
             }
         }
