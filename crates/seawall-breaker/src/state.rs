@@ -27,6 +27,11 @@
 //! - `probes`: HalfOpen's trial calls in one word — generation tag, slots taken, results, failures
 //!   and slow results — updated by compare-and-swap, so the cap on probes admitted is exact and
 //!   exactly one thread sees the last result and takes the verdict.
+//! - `trips`: the trips since the breaker last closed, which the Open wait grows with, tagged
+//!   with the generation whose change wrote them (every change does, keeping the count but for
+//!   changes to Closed, which write 0, and to Open, which add one). A change writes only over an
+//!   older tag, so a trip of a Closed generation whose change has not written its 0 yet is not
+//!   undone by that late write; an Open entered from Closed counts one trip, whatever it reads.
 //! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics. A
 //!   change to Closed empties them before it is published, under `closing`: a flag, holding the
 //!   state word the change is from, held from a check that the state is still that word until
@@ -377,6 +382,9 @@ const RESULTS_SHIFT: u32 = 20;
 const PROBE_FAILURES_SHIFT: u32 = 10;
 const PROBE_FIELD: u64 = 0x3FF;
 
+// trips word: tag (24) | count (32)
+const TRIPS_TAG_SHIFT: u32 = 32;
+
 #[inline]
 fn probe_field(word: u64, shift: u32) -> u64 {
     (word >> shift) & PROBE_FIELD
@@ -452,7 +460,9 @@ pub struct Machine {
     /// The state word a change to Closed is from, while it empties the window and publishes the
     /// change; [`NOT_CLOSING`] otherwise.
     closing: AtomicU64,
-    trips: AtomicU32,
+    /// Trips since the breaker last closed, tagged (above [`TRIPS_TAG_SHIFT`]) with the low 24
+    /// bits of the generation whose change wrote them.
+    trips: AtomicU64,
     rejected: Padded<AtomicU64>,
     would_have_rejected: AtomicU64,
     rules: Rules,
@@ -509,7 +519,7 @@ impl Machine {
             window: config.build_window(),
             consecutive: AtomicU32::new(0),
             closing: AtomicU64::new(NOT_CLOSING),
-            trips: AtomicU32::new(0),
+            trips: AtomicU64::new(0),
             rejected: Padded(AtomicU64::new(0)),
             would_have_rejected: AtomicU64::new(0),
             rules,
@@ -748,8 +758,7 @@ impl Machine {
                         // The probes outlived their bound: the breaker is open as of then, in
                         // the next generation, and the next call after that Open wait is a
                         // probe. The wait is the one that change will draw.
-                        let trips = self.trips.load(Ordering::Acquire);
-                        let wait = self.open_wait(trips, generation + 1);
+                        let wait = self.open_wait(self.trips(), generation + 1);
                         let until_ms = until_ms(deadline, wait);
                         return now >= until_ms.saturating_mul(NANOS_PER_MILLI);
                     }
@@ -1166,18 +1175,24 @@ impl Machine {
         if !changed {
             return false;
         }
-        let wait = match to & !SHADOW {
+        let from_mode = mode_of(from);
+        let (trips, wait) = match to & !SHADOW {
             OPEN => {
-                let trips = self.trips.fetch_add(1, Ordering::AcqRel);
-                Some(self.open_wait(trips, generation))
+                // An Open entered from Closed is the first trip since the breaker closed, even
+                // when the change into that Closed has not written its count yet.
+                let earlier = match from_mode & !SHADOW {
+                    CLOSED => 0,
+                    _ => self.trips(),
+                };
+                (Some(earlier + 1), Some(self.open_wait(earlier, generation)))
             }
-            HALF_OPEN => Some(self.rules.half_open_nanos),
-            CLOSED => {
-                self.trips.store(0, Ordering::Release);
-                None
-            }
-            _ => None,
+            HALF_OPEN => (None, Some(self.rules.half_open_nanos)),
+            CLOSED => (Some(0), None),
+            _ => (None, None),
         };
+        // Written before the deadline: a change out of this state, which waits for the deadline,
+        // finds them.
+        self.advance_trips(generation, trips);
         // Every change tags the deadline and the probe slots with its generation, even when it
         // has no deadline or probes: a tag left behind by more than half the tags' range would
         // read as newer than every generation after it, and the next Open would never get its
@@ -1191,7 +1206,6 @@ impl Machine {
             self.advance_probes(generation);
         }
         self.entered.store(now, Ordering::Release);
-        let from_mode = mode_of(from);
         if from_mode == to {
             // A reset of a Closed breaker: a new generation with an empty window, in the same
             // state, so nothing to report (Resilience4j's reset reports no transition from
@@ -1255,6 +1269,30 @@ impl Machine {
             wait *= 1.0 - rules.jitter * rng.random::<f64>();
         }
         (wait as u64).max(1)
+    }
+
+    /// Trips since the breaker last closed.
+    fn trips(&self) -> u32 {
+        self.trips.load(Ordering::Acquire) as u32
+    }
+
+    /// Tags the trips with `generation`, setting their count to `count` (keeping it when `None`),
+    /// unless a newer generation already did: a change that closed the breaker and a trip of
+    /// the Closed it entered may write in either order.
+    fn advance_trips(&self, generation: u64, count: Option<u32>) {
+        let mut word = self.trips.load(Ordering::Acquire);
+        while tag_is_older(word >> TRIPS_TAG_SHIFT, generation) {
+            let count = count.unwrap_or(word as u32);
+            match self.trips.compare_exchange_weak(
+                word,
+                (tag_of(generation) << TRIPS_TAG_SHIFT) | count as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
     }
 
     /// Tags the probe slots with `generation`, unless a newer generation already did.
@@ -1337,7 +1375,7 @@ impl Machine {
             would_have_rejected: self.would_have_rejected.load(Ordering::Relaxed),
             probes_in_use: probe(TAKEN_SHIFT),
             probe_results: probe(RESULTS_SHIFT),
-            trips: self.trips.load(Ordering::Relaxed),
+            trips: self.trips(),
             time_in_state: Duration::from_nanos(
                 now.saturating_sub(self.entered.load(Ordering::Acquire)),
             ),

@@ -484,6 +484,34 @@ fn a_result_from_an_earlier_generation_cannot_change_state() {
 }
 
 #[test]
+fn a_trip_just_after_a_verdict_of_closed_waits_the_first_wait() {
+    loom::model(|| {
+        let m = machine(builder().consecutive_failures(1).permitted_probes(1));
+        open(&m);
+        let probe = m.acquire(|| 2 * MS, &()).unwrap();
+        assert_eq!(probe.kind(), PermitKind::Probe);
+        // The probe's success closes the breaker on one thread; on another, a call admitted as
+        // soon as it is Closed fails and trips it, perhaps before the verdict has finished.
+        let verdict = {
+            let m = m.clone();
+            thread::spawn(move || {
+                m.complete(probe, Outcome::Success, Duration::ZERO, || 2 * MS, &());
+            })
+        };
+        while m.state() != State::Closed {
+            thread::yield_now();
+        }
+        record(&m, Outcome::Failure, 2 * MS, &());
+        verdict.join().unwrap();
+        assert_eq!(m.state(), State::Open);
+        assert_eq!(m.generation(), 4);
+        // The first trip since the breaker closed: the first wait, 1 ms.
+        assert_eq!(m.deadline(), Some(3 * MS));
+        assert_eq!(m.snapshot(2 * MS).trips, 1);
+    });
+}
+
+#[test]
 fn a_verdict_that_loses_to_a_manual_change_keeps_the_new_window() {
     loom::model(|| {
         let m = machine(
