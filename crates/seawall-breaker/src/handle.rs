@@ -77,8 +77,10 @@ impl BreakerHandle {
 
     /// Back to Closed with a fresh window and the first wait, from any state. On a breaker that
     /// is Closed already it empties the window and starts a new generation (results of calls
-    /// admitted before are dropped) without a change of state: listeners, the transitions
-    /// counter, the log and [`subscribe`](Self::subscribe) hear of nothing.
+    /// admitted before are dropped; with a time window, one that completes in the instant the
+    /// window is emptied may still be counted in the fresh one) without a change of state:
+    /// listeners, the transitions counter, the log and [`subscribe`](Self::subscribe) hear of
+    /// nothing.
     pub fn reset(&self) {
         self.shared.machine.reset(self.shared.now(), &*self.shared);
     }

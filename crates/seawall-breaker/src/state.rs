@@ -33,34 +33,43 @@
 //!   older tag, so a trip of a Closed generation whose change has not written its 0 yet is not
 //!   undone by that late write; an Open entered from Closed counts one trip, whatever it reads.
 //! - the sliding [`window`](crate::window) and a consecutive-failure counter, both atomics. A
-//!   change to Closed empties them before it is published, under `closing`: a flag, holding the
-//!   state word the change is from, held from a check that the state is still that word until
-//!   its compare-and-swap, so a change that loses the race cannot empty the window of a Closed
-//!   generation that won it. Only changes to Closed take the flag: an operator's (`reset`,
-//!   `metrics_only`), which waits while another change holds it, and a HalfOpen's verdict of
-//!   Closed, which the completion of its last probe takes, on whatever thread completes the call.
-//!   A verdict does not wait for a holder changing from the same state (an operator emptying a
-//!   large window, say): that holder's compare-and-swap, or a change that beats it, is sure to
+//!   change to Closed empties them before it is published, tagging the counter and a count window's
+//!   slots with the generation it enters (see [Generations](#generations)), under `closing`: a
+//!   flag, holding the state word the change is from, held from a check that the state is still
+//!   that word until its compare-and-swap, so a change that loses the race cannot empty the window
+//!   of a Closed generation that won it. Only changes to Closed take the flag: an operator's
+//!   (`reset`, `metrics_only`), which waits while another change holds it, and a HalfOpen's verdict
+//!   of Closed, which the completion of its last probe takes, on whatever thread completes the
+//!   call. A verdict does not wait for a holder changing from the same state (an operator emptying
+//!   a large window, say): that holder's compare-and-swap, or a change that beats it, is sure to
 //!   leave the state, so the verdict would lose; it gives way, and the new generation drops its
 //!   probes' results. It waits only for a holder changing from another state, which is about to
-//!   find that it lost (a stale verdict would not publish anything, so giving way to it could
-//!   leave the HalfOpen without a verdict).
+//!   find that it lost (a stale verdict would not publish anything, so giving way to it could leave
+//!   the HalfOpen without a verdict).
 //!
 //! # Generations
 //!
 //! A [`Permit`] remembers the generation it was issued in. Its result is dropped when the
-//! generation has moved on: a slow call admitted while Closed cannot trip a breaker that has
-//! since opened, probed and closed again, and a probe that outlived its HalfOpen cannot decide the
-//! next one. (A result whose generation check races with a state change within the same few
-//! nanoseconds lands in the window current at that instant; it cannot change state by itself,
-//! since every change is a compare-and-swap from the generation the recorder saw.)
+//! generation has moved on: a slow call admitted while Closed cannot trip a breaker that has since
+//! opened, probed and closed again, and a probe that outlived its HalfOpen cannot decide the next
+//! one. That holds too for a Closed call that passes its check of the generation just before a
+//! change to Closed (a reset, a verdict, a switch to MetricsOnly) is published, and records its
+//! result while that change empties the window: the change tags the run of consecutive failures,
+//! and each slot of a count window, with the generation it enters, and a result is recorded only
+//! over its own generation's tag. (A slot keeps the low 5 bits of the generation: a recorder that
+//! stalled between its check and its write while 32 generations passed could write into a later
+//! one.) A time window's buckets have no room for a tag: there such a result may be counted in the
+//! fresh window, though not in its run of failures. A result that passes its check just before a
+//! change to another state (a trip, a manual Disabled or ForcedOpen) is counted in the window and
+//! run the breaker keeps, for [`Machine::snapshot`], until it next closes. None of these changes
+//! state by itself: every change is a compare-and-swap from the generation the recorder saw.
 //!
 //! The design follows Resilience4j's `CircuitBreakerStateMachine` (count and time windows, slow
 //! calls, manual states) and Finagle's `FailureAccrualFactory` (jittered, growing, capped waits).
 
 use crate::{
     config::BreakerConfig,
-    sync::{self, AtomicU32, AtomicU64, Ordering, Padded},
+    sync::{self, AtomicU64, Ordering, Padded},
     window::{Counts, Window},
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -385,6 +394,15 @@ const PROBE_FIELD: u64 = 0x3FF;
 // trips word: tag (24) | count (32)
 const TRIPS_TAG_SHIFT: u32 = 32;
 
+// consecutive-failure run: generation (low 32 bits) | failures (32)
+const RUN_MASK: u64 = u32::MAX as u64;
+
+/// A run of no failures of Closed `generation`.
+#[inline]
+fn run_tag(generation: u64) -> u64 {
+    generation << 32
+}
+
 #[inline]
 fn probe_field(word: u64, shift: u32) -> u64 {
     (word >> shift) & PROBE_FIELD
@@ -456,7 +474,9 @@ pub struct Machine {
     origin: AtomicU64,
     probes: Padded<AtomicU64>,
     window: Window,
-    consecutive: AtomicU32,
+    /// The run of consecutive failures, tagged (above [`RUN_MASK`]) with the low 32 bits of the
+    /// Closed generation it belongs to.
+    consecutive: AtomicU64,
     /// The state word a change to Closed is from, while it empties the window and publishes the
     /// change; [`NOT_CLOSING`] otherwise.
     closing: AtomicU64,
@@ -517,7 +537,7 @@ impl Machine {
             origin: AtomicU64::new(origin),
             probes: Padded(AtomicU64::new(0)),
             window: config.build_window(),
-            consecutive: AtomicU32::new(0),
+            consecutive: AtomicU64::new(run_tag(0)),
             closing: AtomicU64::new(NOT_CLOSING),
             trips: AtomicU64::new(0),
             rejected: Padded(AtomicU64::new(0)),
@@ -846,14 +866,19 @@ impl Machine {
                 let now = Now::new(|| self.since_origin(now()));
                 let failure = outcome == Outcome::Failure;
                 let slow = self.is_slow_call(elapsed);
-                let counts = self.window.record(failure, slow, || now.get());
+                // Dropped when a change to Closed has since tagged the call's slot of a count
+                // window, or the run of failures, with the generation it enters.
+                let generation = permit.generation();
+                let Some(counts) = self.window.record(failure, slow, generation, || now.get())
+                else {
+                    return;
+                };
                 let mut trip = self.rates_trip(counts);
                 if let Some(limit) = self.rules.consecutive {
-                    if failure {
-                        trip |= self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= limit;
-                    } else if self.consecutive.load(Ordering::Relaxed) != 0 {
-                        self.consecutive.store(0, Ordering::Release);
-                    }
+                    let Some(run) = self.extend_run(failure, generation) else {
+                        return;
+                    };
+                    trip |= failure && run >= limit;
                 }
                 if trip {
                     self.transition(word, OPEN | (mode_of(word) & SHADOW), now.get(), observer);
@@ -999,6 +1024,35 @@ impl Machine {
         }
     }
 
+    /// Adds a failure of a call of Closed `generation` to the run of consecutive failures, or ends
+    /// the run with a success. Returns the run after it, or `None` when a change to Closed has
+    /// restarted the run for a later generation since the call's check (its result is dropped).
+    #[inline]
+    fn extend_run(&self, failure: bool, generation: u64) -> Option<u32> {
+        let tag = run_tag(generation);
+        let mut run = self.consecutive.load(Ordering::Acquire);
+        loop {
+            if run & !RUN_MASK != tag {
+                return None;
+            }
+            let next = match failure {
+                true => tag | (run & RUN_MASK).saturating_add(1).min(RUN_MASK),
+                // A success in a run already ended (the steady state) writes nothing.
+                false if run == tag => return Some(0),
+                false => tag,
+            };
+            match self.consecutive.compare_exchange_weak(
+                run,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some((next & RUN_MASK) as u32),
+                Err(actual) => run = actual,
+            }
+        }
+    }
+
     /// Whether a call that took `elapsed` counts as slow (always `false` without a slow-call rule).
     #[inline]
     pub fn is_slow_call(&self, elapsed: Duration) -> bool {
@@ -1104,8 +1158,10 @@ impl Machine {
     }
 
     /// Back to Closed with a fresh window and the first wait, from any state. Always starts a new
-    /// generation, so results of calls admitted before are dropped; a Closed breaker stays
-    /// Closed, and the observer hears of no transition.
+    /// generation, so results of calls admitted before are dropped (with a time window, one that
+    /// completes while the reset empties the window may still be counted in it; see the
+    /// [module docs](self#generations)); a Closed breaker stays Closed, and the observer hears of
+    /// no transition.
     pub fn reset<O: Observer + ?Sized>(&self, now: u64, observer: &O) {
         self.manual(CLOSED, true, now, observer)
     }
@@ -1146,10 +1202,13 @@ impl Machine {
         let closes = to & !SHADOW == CLOSED;
         match to & !SHADOW {
             // The window is emptied before the new Closed is published, so no result of the new
-            // generation is lost to the reset, and none is counted with the old window's. Under
-            // `closing`, and only while the state is still `from`: no other change to Closed can
-            // be published meanwhile, so a change that loses the race below has emptied no
-            // window a newer Closed generation records into (nothing records in the others).
+            // generation is lost to the reset, and none is counted with the old window's. The run
+            // of failures and a count window's slots are tagged with the new generation: a result
+            // of the old one that passed its check of the generation and comes to them after this
+            // is dropped (see `Machine::complete`). Under `closing`, and only while the state is
+            // still `from`: no other change to Closed can be published meanwhile, so a change that
+            // loses the race below has emptied no window a newer Closed generation records into
+            // (nothing records in the others).
             CLOSED => {
                 if !self.lock_closing(from, gives_way) {
                     return false;
@@ -1158,8 +1217,11 @@ impl Machine {
                     self.closing.store(NOT_CLOSING, Ordering::Release);
                     return false;
                 }
-                self.window.reset(|| now);
-                self.consecutive.store(0, Ordering::Release);
+                self.window.reset(generation, || now);
+                // A swap where a store would do: loom's model may order a plain store before a
+                // compare-and-swap that ran earlier without reading it, and so keep a stale
+                // failure that the store has in fact overwritten.
+                self.consecutive.swap(run_tag(generation), Ordering::AcqRel);
             }
             HALF_OPEN => self.advance_probes(generation),
             _ => {}
@@ -1370,7 +1432,7 @@ impl Machine {
             slow_calls: counts.slow,
             failure_rate: rate(counts.failures),
             slow_call_rate: rate(counts.slow),
-            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            consecutive_failures: (self.consecutive.load(Ordering::Relaxed) & RUN_MASK) as u32,
             rejected: self.rejected.load(Ordering::Relaxed),
             would_have_rejected: self.would_have_rejected.load(Ordering::Relaxed),
             probes_in_use: probe(TAKEN_SHIFT),

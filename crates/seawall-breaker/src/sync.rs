@@ -2,10 +2,10 @@
 //! explore every interleaving of the lock-free code.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Lets another thread run while this one waits for it (under loom, lets the model switch
 /// threads, so a wait does not spin through every interleaving).

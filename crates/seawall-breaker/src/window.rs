@@ -4,12 +4,18 @@
 //!
 //! - count windows: the last `N` calls. A ring of `N` one-byte slots and one packed aggregate word
 //!   (calls, failures and slow calls, 21 bits each). Recording claims the next slot with a
-//!   `fetch_add`, swaps the outcome in, and applies *new minus evicted* to the aggregate with one
-//!   more `fetch_add` (both skipped when the slot already holds the same outcome, the steady state
-//!   of a healthy dependency), so the aggregate always equals the sum of the slots once every recorder has
-//!   finished, under any interleaving. Between a recorder's swap and its add, another recorder that
-//!   wrapped around the ring may have subtracted the same slot first, so a field can be briefly
-//!   negative: the aggregate is decoded as balanced signed digits and clamped, never misread.
+//!   `fetch_add`, compare-and-swaps the outcome in, and applies *new minus evicted* to the
+//!   aggregate with one more `fetch_add` (both skipped when the slot already holds the same
+//!   outcome, the steady state of a healthy dependency), so the aggregate always equals the sum of
+//!   the slots once every recorder has finished, under any interleaving. Between a recorder's
+//!   write and its add, another recorder that wrapped around the ring may have subtracted the same
+//!   slot first, so a field can be briefly negative: the aggregate is decoded as balanced signed
+//!   digits and clamped, never misread. Each slot also holds the low 5 bits of the breaker
+//!   generation it was written in, or emptied for: a reset tags every slot with the generation
+//!   it starts, and a recorder writes only over a slot of its own generation, so a result of the
+//!   generation that ended is dropped, however late it comes, rather than counted in the fresh
+//!   window (unless 32 generations pass between the recorder's check of the generation and its
+//!   write).
 //! - time windows: the calls of the last `T`, in `B` buckets of `T / B`. Each bucket is one word
 //!   holding a 14-bit epoch stamp, a 5-bit scale `s` and three 15-bit counters (calls, failures,
 //!   slow calls), updated by compare-and-swap: a bucket whose stamp is older than the recorder's
@@ -60,12 +66,21 @@ pub(crate) enum Window {
 }
 
 impl Window {
-    /// Records one counted outcome at `now` (nanoseconds) and returns the window's counts after it.
+    /// Records one counted outcome of a call of breaker generation `generation` at `now`
+    /// (nanoseconds) and returns the window's counts after it; `None` when a count window was
+    /// emptied for a later generation (the outcome is dropped). A time window has no room to
+    /// tell, and records it.
     #[inline]
-    pub(crate) fn record(&self, failure: bool, slow: bool, now: impl FnOnce() -> u64) -> Counts {
+    pub(crate) fn record(
+        &self,
+        failure: bool,
+        slow: bool,
+        generation: u64,
+        now: impl FnOnce() -> u64,
+    ) -> Option<Counts> {
         match self {
-            Window::Count(w) => w.record(failure, slow),
-            Window::Time(w) => w.record(failure, slow, now()),
+            Window::Count(w) => w.record(failure, slow, generation),
+            Window::Time(w) => Some(w.record(failure, slow, now())),
         }
     }
 
@@ -77,10 +92,10 @@ impl Window {
         }
     }
 
-    /// Empties the window.
-    pub(crate) fn reset(&self, now: impl FnOnce() -> u64) {
+    /// Empties the window for breaker generation `generation`.
+    pub(crate) fn reset(&self, generation: u64, now: impl FnOnce() -> u64) {
         match self {
-            Window::Count(w) => w.reset(),
+            Window::Count(w) => w.reset(generation),
             Window::Time(w) => w.reset(now()),
         }
     }
@@ -102,6 +117,14 @@ pub(crate) const MAX_COUNT_WINDOW: u32 = 1_000_000;
 const SLOT_CALL: u8 = 1;
 const SLOT_FAILURE: u8 = 2;
 const SLOT_SLOW: u8 = 4;
+/// A slot's top 5 bits: the low bits of the generation it was written in or emptied for.
+const SLOT_TAG_SHIFT: u32 = 3;
+
+/// The tag of a slot of breaker generation `generation`.
+#[inline]
+fn slot_tag(generation: u64) -> u8 {
+    (generation << SLOT_TAG_SHIFT) as u8
+}
 
 /// The last `N` calls.
 #[derive(Debug)]
@@ -160,24 +183,36 @@ impl CountWindow {
         }
     }
 
+    /// Records one outcome of a call of generation `generation`; `None`, recording nothing,
+    /// when its slot was emptied for another generation since.
     #[inline]
-    pub(crate) fn record(&self, failure: bool, slow: bool) -> Counts {
-        let slot = SLOT_CALL | (failure as u8 * SLOT_FAILURE) | (slow as u8 * SLOT_SLOW);
+    pub(crate) fn record(&self, failure: bool, slow: bool, generation: u64) -> Option<Counts> {
+        let tag = slot_tag(generation);
+        let slot = tag | SLOT_CALL | (failure as u8 * SLOT_FAILURE) | (slow as u8 * SLOT_SLOW);
         let index = self.head.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let cell = &self.slots[index as usize];
-        // The common case (a success replacing a success) changes nothing: skip both writes. The
-        // aggregate equals the sum of the slots either way, since a slot and the aggregate only
-        // ever change together.
-        if cell.load(Ordering::Acquire) == slot {
-            return self.counts();
+        let mut evicted = cell.load(Ordering::Acquire);
+        loop {
+            // The common case (a success replacing a success) changes nothing: skip both writes.
+            // The aggregate equals the sum of the slots either way, since a slot and the
+            // aggregate only ever change together.
+            if evicted == slot {
+                return Some(self.counts());
+            }
+            if evicted & !(SLOT_CALL | SLOT_FAILURE | SLOT_SLOW) != tag {
+                return None;
+            }
+            match cell.compare_exchange_weak(evicted, slot, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(actual) => evicted = actual,
+            }
         }
-        let evicted = cell.swap(slot, Ordering::AcqRel);
         let delta = slot_value(slot).wrapping_sub(slot_value(evicted));
         let after = self
             .aggregate
             .fetch_add(delta, Ordering::AcqRel)
             .wrapping_add(delta);
-        decode(after)
+        Some(decode(after))
     }
 
     #[inline]
@@ -185,14 +220,16 @@ impl CountWindow {
         decode(self.aggregate.load(Ordering::Acquire))
     }
 
-    /// Empties every slot, taking each one's contribution out of the aggregate, so concurrent
-    /// recorders cannot make the aggregate drift from the slots.
-    pub(crate) fn reset(&self) {
+    /// Empties every slot for generation `generation`, taking each one's contribution out of
+    /// the aggregate, so concurrent recorders cannot make the aggregate drift from the slots.
+    /// A recorder of an earlier generation that comes to a slot after this finds it tagged
+    /// with `generation`, and records nothing.
+    pub(crate) fn reset(&self, generation: u64) {
+        let empty = slot_tag(generation);
         for slot in self.slots.iter() {
-            let evicted = slot.swap(0, Ordering::AcqRel);
+            let evicted = slot_value(slot.swap(empty, Ordering::AcqRel));
             if evicted != 0 {
-                self.aggregate
-                    .fetch_sub(slot_value(evicted), Ordering::AcqRel);
+                self.aggregate.fetch_sub(evicted, Ordering::AcqRel);
             }
         }
     }
@@ -539,19 +576,40 @@ mod tests {
     #[test]
     fn count_window_keeps_last_n() {
         let w = CountWindow::new(3);
-        assert_eq!(w.record(true, false).failures, 1);
-        w.record(false, true);
-        let c = w.record(false, false);
+        let record = |failure, slow| w.record(failure, slow, 0).unwrap();
+        assert_eq!(record(true, false).failures, 1);
+        record(false, true);
+        let c = record(false, false);
         assert_eq!((c.calls, c.failures, c.slow), (3, 1, 1));
-        let c = w.record(false, false); // evicts the failure
+        let c = record(false, false); // evicts the failure
         assert_eq!((c.calls, c.failures, c.slow), (3, 0, 1));
-        let c = w.record(true, false); // evicts the slow call
+        let c = record(true, false); // evicts the slow call
         assert_eq!((c.calls, c.failures, c.slow), (3, 1, 0));
         assert_eq!(w.recount(), w.counts());
-        w.reset();
+        w.reset(1);
         assert_eq!(w.counts(), Counts::default());
-        let c = w.record(true, true);
+        let c = w.record(true, true, 1).unwrap();
         assert_eq!((c.calls, c.failures, c.slow), (1, 1, 1));
+    }
+
+    #[test]
+    fn count_window_drops_an_outcome_of_an_ended_generation() {
+        let w = CountWindow::new(2);
+        w.record(true, false, 0).unwrap();
+        w.reset(1);
+        // Late, from generation 0, into slots emptied for 1: dropped, wherever it lands.
+        assert_eq!(w.record(true, false, 0), None);
+        assert_eq!(w.record(false, false, 0), None);
+        assert_eq!(w.counts(), Counts::default());
+        let c = w.record(true, false, 1).unwrap();
+        assert_eq!((c.calls, c.failures), (1, 1));
+        // Generation 1's own outcomes replace each other as ever, as do those of a generation
+        // 32 later, whose tag is the same.
+        let c = w.record(false, false, 1).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 1));
+        let c = w.record(false, false, 33).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 0));
+        assert_eq!(w.recount(), w.counts());
     }
 
     #[test]

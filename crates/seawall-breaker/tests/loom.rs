@@ -458,7 +458,11 @@ fn the_last_probe_result_takes_the_verdict_once() {
 #[test]
 fn a_result_from_an_earlier_generation_cannot_change_state() {
     loom::model(|| {
-        let m = machine(builder().consecutive_failures(1));
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(2))
+                .consecutive_failures(1),
+        );
         let stale = m.acquire(|| 0, &()).unwrap();
         let observer = Arc::new(Transitions::default());
         let a = {
@@ -479,6 +483,38 @@ fn a_result_from_an_earlier_generation_cannot_change_state() {
             (changes, generation) == (0, 1) || (changes, generation) == (2, 2),
             "{changes} transitions, generation {generation}"
         );
+        // Dropped, even when it completed while the reset emptied the window: it is neither in
+        // the new window nor in its run of failures.
+        let snapshot = m.snapshot(0);
+        assert_eq!((snapshot.calls, snapshot.consecutive_failures), (0, 0));
+        assert!(m.window_is_consistent());
+    });
+}
+
+#[test]
+fn a_failure_from_before_a_reset_starts_no_run_after_it() {
+    loom::model(|| {
+        let m = machine(
+            builder()
+                .sliding_window(SlidingWindow::count(2))
+                .minimum_calls(2)
+                .consecutive_failures(2),
+        );
+        // A failure admitted before a reset of the Closed breaker completes while the reset runs;
+        // then a call admitted after it fails. Two failures in a row trip the breaker, but only
+        // one is of the new generation.
+        let stale = m.acquire(|| 0, &()).unwrap();
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || m.complete(stale, Outcome::Failure, Duration::ZERO, || 0, &()))
+        };
+        m.reset(0, &());
+        a.join().unwrap();
+        assert_eq!(m.generation(), 1);
+        record(&m, Outcome::Failure, 0, &());
+        assert_eq!(m.state(), State::Closed);
+        let snapshot = m.snapshot(0);
+        assert_eq!((snapshot.calls, snapshot.consecutive_failures), (1, 1));
         assert!(m.window_is_consistent());
     });
 }
