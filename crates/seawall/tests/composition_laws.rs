@@ -8,6 +8,9 @@
 
 use proptest::prelude::*;
 use seawall::{
+    balance::{
+        BalanceLayer, BreakerFilter, FailurePercentage, OutlierDetection, Picker, SuccessRate,
+    },
     breaker::{BreakerHandle, BreakerLayer, SlidingWindow, Snapshot, State, Transition},
     bulkhead::{
         limit::{Aimd, Gradient2, Vegas},
@@ -31,7 +34,9 @@ use std::{
     time::Duration,
 };
 use tokio::time::{Instant, Sleep};
-use tower::{buffer::BufferLayer, util::BoxCloneService, Layer, Service, ServiceExt};
+use tower::{
+    buffer::BufferLayer, discover::ServiceList, util::BoxCloneService, Layer, Service, ServiceExt,
+};
 
 /// A request: how long the inner service works on it, whether it fails, and when the caller gives
 /// up on it (a cancellation).
@@ -100,6 +105,57 @@ enum LayerSpec {
         max_wait_ms: u64,
         backpressure: bool,
     },
+    /// A balancer over `endpoints` clones of the stack below it (which share that stack's layers,
+    /// as endpoints in front of one backend would), picking with `picker`, waiting at most
+    /// `max_wait_ms` for an available, ready endpoint (`None`: as long as it takes), in panic mode
+    /// below `panic_threshold_pct` % healthy endpoints, with outlier detection when `outlier` is
+    /// set. With `breaker` (a [`LayerSpec::Breaker`]), each endpoint has a circuit breaker of its
+    /// own, so configured, and the balancer skips endpoints with `BreakerFilter`.
+    Balance {
+        endpoints: usize,
+        picker: Picker,
+        max_wait_ms: Option<u64>,
+        panic_threshold_pct: u32,
+        outlier: Option<OutlierSpec>,
+        breaker: Option<Box<LayerSpec>>,
+    },
+}
+
+/// A balancer's outlier detection: rules run every `interval_ms`, an ejection lasts
+/// `base_ejection_ms` at first, `consecutive_failures` failures in a row eject at once, and
+/// ejection stops once `max_ejection_pct` % of the endpoints are out. The success-rate and
+/// failure-percentage rules look at two endpoints or more and five calls each, so they act
+/// within a run.
+#[derive(Debug, Clone, Copy)]
+struct OutlierSpec {
+    interval_ms: u64,
+    base_ejection_ms: u64,
+    consecutive_failures: u32,
+    max_ejection_pct: u32,
+}
+
+impl OutlierSpec {
+    fn detection(self) -> OutlierDetection {
+        OutlierDetection {
+            interval: Duration::from_millis(self.interval_ms),
+            base_ejection_time: Duration::from_millis(self.base_ejection_ms),
+            max_ejection_percent: self.max_ejection_pct as f64 / 100.0,
+            consecutive_failures: Some(self.consecutive_failures),
+            success_rate: Some(SuccessRate {
+                minimum_hosts: 2,
+                request_volume: 5,
+                ..SuccessRate::default()
+            }),
+            failure_percentage: Some(FailurePercentage {
+                threshold: 0.5,
+                minimum_hosts: 2,
+                request_volume: 5,
+                ..FailurePercentage::default()
+            }),
+            latency: None,
+            ..OutlierDetection::default()
+        }
+    }
 }
 
 /// A retry layer's budget.
@@ -136,8 +192,9 @@ enum LimitSpec {
 const FALLBACK: u64 = u64::MAX;
 
 /// What the laws look at once a run has settled: each bulkhead's permits, each breaker's
-/// admissions while it was not closed, the calls each rate limiter let through, and the attempts
-/// each retry saw succeed.
+/// admissions while it was not closed (a balancer's per-endpoint breakers included), the calls
+/// each rate limiter let through, the attempts each retry saw succeed, and each balancer's calls
+/// in flight.
 #[derive(Default)]
 struct Observed {
     bulkheads: Mutex<Vec<BulkheadHandle>>,
@@ -145,6 +202,10 @@ struct Observed {
     rate_limits: Mutex<Vec<Arc<RateWatch>>>,
     /// For each retry, its attempts that answered `Ok` (each adds to a token bucket).
     retry_successes: Mutex<Vec<Arc<AtomicUsize>>>,
+    /// Each balancer, as a clone that reads its endpoints' calls in flight. `run` reads and drops
+    /// them once the calls have settled: a clone keeps the endpoints, and the `Buffer` workers
+    /// among them, alive.
+    balancers: Mutex<Vec<BalanceWatch>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -154,7 +215,59 @@ impl std::fmt::Debug for Observed {
             .field("breakers", &self.breakers.lock().unwrap().len())
             .field("rate_limits", &self.rate_limits.lock().unwrap().len())
             .field("retries", &self.retry_successes.lock().unwrap().len())
+            .field("balancers", &self.balancers.lock().unwrap().len())
             .finish()
+    }
+}
+
+/// Reads the calls in flight on each endpoint of one balancer (`None` for an endpoint not in its
+/// set), through a clone of it.
+struct BalanceWatch(Box<dyn Fn() -> Vec<Option<u32>> + Send>);
+
+impl BalanceWatch {
+    fn new<S, C, H>(balance: &seawall::balance::Balance<usize, S, C, H>, endpoints: usize) -> Self
+    where
+        S: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+        H: Clone + Send + 'static,
+    {
+        let balance = balance.clone();
+        BalanceWatch(Box::new(move || {
+            (0..endpoints)
+                .map(|key| balance.outstanding(&key))
+                .collect()
+        }))
+    }
+}
+
+/// One endpoint of a balancer: a clone of the stack below it. A balancer's clones share its
+/// endpoints, which must be `Sync`; the `Mutex` makes the boxed stack so. It is locked only to
+/// clone the stack: the service is used through `&mut self`.
+struct Endpoint(Mutex<Svc>);
+
+impl Endpoint {
+    fn new(svc: Svc) -> Self {
+        Endpoint(Mutex::new(svc))
+    }
+}
+
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        Endpoint::new(self.0.lock().unwrap().clone())
+    }
+}
+
+impl Service<Req> for Endpoint {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = <Svc as Service<Req>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.get_mut().unwrap().poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.0.get_mut().unwrap().call(req)
     }
 }
 
@@ -381,41 +494,8 @@ impl LayerSpec {
                     .expect("valid hedge");
                 BoxCloneService::new(layer.layer(inner))
             }
-            LayerSpec::Breaker {
-                window,
-                min_calls,
-                wait_ms,
-                probes,
-                half_open_ms,
-                backpressure,
-            } => {
-                let generation = Arc::new(AtomicU64::new(0));
-                let seen = generation.clone();
-                let layer = BreakerLayer::builder()
-                    .sliding_window(SlidingWindow::count(window))
-                    .minimum_calls(min_calls)
-                    .failure_rate_threshold(0.5)
-                    .wait_duration(Duration::from_millis(wait_ms))
-                    .permitted_probes(probes)
-                    .max_wait_in_half_open(Duration::from_millis(half_open_ms))
-                    .backpressure(backpressure)
-                    .seed(5)
-                    .on_transition(move |_: &seawall::Name, t: &Transition| {
-                        seen.store(t.generation, Ordering::SeqCst)
-                    })
-                    .build()
-                    .expect("valid breaker");
-                let watch = Arc::new(BreakerWatch {
-                    handle: layer.handle(),
-                    probes,
-                    generation,
-                    probes_in_flight: Mutex::default(),
-                    max_probes_in_flight: AtomicUsize::new(0),
-                    probes_completed: Mutex::default(),
-                    admitted_while_open: AtomicUsize::new(0),
-                    probes_admitted: AtomicUsize::new(0),
-                });
-                observed.breakers.lock().unwrap().push(watch.clone());
+            LayerSpec::Breaker { .. } => {
+                let (layer, watch) = self.breaker_layer(observed);
                 BoxCloneService::new(layer.layer(Watched { inner, watch }))
             }
             LayerSpec::Bulkhead {
@@ -491,7 +571,101 @@ impl LayerSpec {
                 observed.rate_limits.lock().unwrap().push(watch.clone());
                 BoxCloneService::new(layer.layer(Stamped { inner, watch }))
             }
+            LayerSpec::Balance {
+                endpoints,
+                ref picker,
+                max_wait_ms,
+                panic_threshold_pct,
+                outlier,
+                ref breaker,
+            } => {
+                let builder = BalanceLayer::builder()
+                    .picker(picker.clone())
+                    .max_wait(max_wait_ms.map(Duration::from_millis))
+                    .panic_threshold(panic_threshold_pct as f64 / 100.0)
+                    .outlier_detection(
+                        outlier.map_or_else(OutlierDetection::disabled, OutlierSpec::detection),
+                    )
+                    .seed(11);
+                let endpoint = || Endpoint::new(inner.clone());
+                match breaker {
+                    None => {
+                        let list: Vec<_> = (0..endpoints).map(|_| endpoint()).collect();
+                        let balance = builder
+                            .build()
+                            .expect("valid balancer")
+                            .layer(ServiceList::new(list));
+                        let watch = BalanceWatch::new(&balance, endpoints);
+                        observed.balancers.lock().unwrap().push(watch);
+                        BoxCloneService::new(balance)
+                    }
+                    Some(breaker) => {
+                        let list: Vec<_> = (0..endpoints)
+                            .map(|_| {
+                                let (layer, watch) = breaker.breaker_layer(observed);
+                                let inner = BoxCloneService::new(Watched {
+                                    inner: inner.clone(),
+                                    watch,
+                                });
+                                layer.layer(Endpoint::new(inner))
+                            })
+                            .collect();
+                        let balance = builder
+                            .filter(BreakerFilter)
+                            .build()
+                            .expect("valid balancer")
+                            .layer(ServiceList::new(list));
+                        let watch = BalanceWatch::new(&balance, endpoints);
+                        observed.balancers.lock().unwrap().push(watch);
+                        BoxCloneService::new(balance)
+                    }
+                }
+            }
         }
+    }
+
+    /// A breaker's layer, as [`LayerSpec::Breaker`] says, and the watch the laws read it by,
+    /// which goes just under it (see [`Watched`]).
+    fn breaker_layer(&self, observed: &Observed) -> (BreakerLayer, Arc<BreakerWatch>) {
+        let LayerSpec::Breaker {
+            window,
+            min_calls,
+            wait_ms,
+            probes,
+            half_open_ms,
+            backpressure,
+        } = *self
+        else {
+            panic!("not a breaker: {self:?}");
+        };
+        let generation = Arc::new(AtomicU64::new(0));
+        let seen = generation.clone();
+        let layer = BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(window))
+            .minimum_calls(min_calls)
+            .failure_rate_threshold(0.5)
+            .wait_duration(Duration::from_millis(wait_ms))
+            .permitted_probes(probes)
+            .max_wait_in_half_open(Duration::from_millis(half_open_ms))
+            .backpressure(backpressure)
+            .seed(5)
+            .on_transition(move |_: &seawall::Name, t: &Transition| {
+                seen.store(t.generation, Ordering::SeqCst)
+            })
+            .build()
+            .expect("valid breaker");
+        let watch = Arc::new(BreakerWatch {
+            handle: layer.handle(),
+            probes,
+            generation,
+            probes_in_flight: Mutex::default(),
+            max_probes_in_flight: AtomicUsize::new(0),
+            probes_completed: Mutex::default(),
+            admitted_while_open: AtomicUsize::new(0),
+            probes_admitted: AtomicUsize::new(0),
+        });
+        observed.breakers.lock().unwrap().push(watch.clone());
+        (layer, watch)
     }
 
     /// Whether this layer can make a call take longer than the layers inside it allow, once it
@@ -511,12 +685,15 @@ impl LayerSpec {
             LayerSpec::Bulkhead { max_wait_ms, .. } | LayerSpec::RateLimit { max_wait_ms, .. } => {
                 *max_wait_ms > 0
             }
-            LayerSpec::Retry { .. } | LayerSpec::Hedge { .. } => true,
+            // A balancer waits for an endpoint, and polls the endpoint it picks ready, in its
+            // response future.
+            LayerSpec::Retry { .. } | LayerSpec::Hedge { .. } | LayerSpec::Balance { .. } => true,
         }
     }
 
     /// Whether this layer's own `poll_ready` can be pending (beyond passing on the inner
-    /// service's): a layer built with backpressure.
+    /// service's): a layer built with backpressure. A balancer is always ready: it waits for an
+    /// endpoint in its response future.
     fn waits_in_poll_ready(&self) -> bool {
         match self {
             LayerSpec::Breaker { backpressure, .. }
@@ -529,7 +706,9 @@ impl LayerSpec {
     /// Whether a service of this layer that is waiting in `poll_ready` can hold, for as long as
     /// nobody polls or drops it, something another caller waits for: a bulkhead's permit handed
     /// to its place in the queue (with backpressure), a `Buffer`'s slot, or a breaker's probe slot
-    /// (with backpressure) in a HalfOpen that outlasts the run.
+    /// (with backpressure) in a HalfOpen that outlasts the run. A balancer holds nothing there:
+    /// the endpoint it polls ready for a call (and a per-endpoint breaker's probe slot) is held by
+    /// the call's response future.
     fn can_hold_in_poll_ready(&self) -> bool {
         match *self {
             LayerSpec::Buffer { .. } => true,
@@ -615,6 +794,7 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
         breaker_spec(),
         bulkhead_spec(),
         rate_limit_spec(),
+        balance_spec(),
     ]
 }
 
@@ -681,6 +861,51 @@ fn rate_limit_spec() -> impl Strategy<Value = LayerSpec> {
     })
 }
 
+/// A balancer over one to four endpoints, each with a circuit breaker of its own half the time.
+fn balance_spec() -> impl Strategy<Value = LayerSpec> {
+    let picker = prop_oneof![
+        Just(Picker::RoundRobin),
+        Just(Picker::Random),
+        Just(Picker::WeightedRoundRobin),
+        Just(Picker::LeastOutstanding),
+        Just(Picker::p2c()),
+        Just(Picker::p2c_peak_ewma()),
+        Just(Picker::least_peak_ewma()),
+        Just(Picker::consistent_hash()),
+        Just(Picker::zone_aware("local")),
+    ];
+    let max_wait_ms = prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(0u64)),
+        3 => (1u64..500).prop_map(Some),
+    ];
+    let outlier = prop::option::of((10u64..300, 10u64..1_000, 1u32..6, 1u32..=100).prop_map(
+        |(interval_ms, base_ejection_ms, consecutive_failures, max_ejection_pct)| OutlierSpec {
+            interval_ms,
+            base_ejection_ms,
+            consecutive_failures,
+            max_ejection_pct,
+        },
+    ));
+    (
+        (1usize..=4, picker, max_wait_ms),
+        (prop_oneof![Just(0u32), Just(50), Just(100)], outlier),
+        prop::option::of(breaker_spec().prop_map(Box::new)),
+    )
+        .prop_map(
+            |((endpoints, picker, max_wait_ms), (panic_threshold_pct, outlier), breaker)| {
+                LayerSpec::Balance {
+                    endpoints,
+                    picker,
+                    max_wait_ms,
+                    panic_threshold_pct,
+                    outlier,
+                    breaker,
+                }
+            },
+        )
+}
+
 fn retry_spec() -> impl Strategy<Value = LayerSpec> {
     let budget = prop_oneof![
         3 => (0u32..100).prop_map(|ratio_pct| BudgetSpec::Ratio { ratio_pct }),
@@ -704,6 +929,7 @@ fn plain_layer_spec() -> impl Strategy<Value = LayerSpec> {
         breaker_spec(),
         bulkhead_spec(),
         rate_limit_spec(),
+        balance_spec(),
     ]
 }
 
@@ -847,6 +1073,9 @@ fn unbuffered_layer_spec() -> impl Strategy<Value = LayerSpec> {
 /// nothing: every call through the `Buffer` fails with it. Only a retry under a `Buffer` polls
 /// for its next attempts in the caller's task, and that retry is seldom the one to meet the
 /// failing readiness: the worker polls for the next call first.
+///
+/// No balancer either: it passes over an endpoint that fails to get ready once it has tried
+/// another, and answers the call with one that gets ready.
 ///
 /// Below a retry, no bulkhead or rate limiter waits in its response future (`max_wait`): such a
 /// call polls the inner service ready only once it has its permit, and a readiness error then is
@@ -1168,6 +1397,9 @@ struct Run {
     /// its runtime is gone, the clock falls back to real time, which has nothing to do with the
     /// breaker's deadlines.
     breakers: Vec<Snapshot>,
+    /// Each balancer's calls in flight on each of its endpoints once every call had settled
+    /// (`None` for an endpoint not in its set).
+    balancers: Vec<Vec<Option<u32>>>,
 }
 
 /// How long a run may take in virtual time for its calls to settle.
@@ -1180,6 +1412,7 @@ const WIND_DOWN_SECS: u64 = 60;
 /// `readiness` says. Every run checks tower's contract on the inner service: it is never called
 /// without being ready, nor polled again after a readiness error.
 fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
+    let stack = &bound_the_wait_of_a_balancer_over_a_service_never_ready(stack, readiness);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -1260,12 +1493,21 @@ fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
                 .iter()
                 .map(|w| w.handle.snapshot())
                 .collect();
+            let balancers: Vec<_> = observed
+                .balancers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| (w.0)())
+                .collect();
             panic!(
-                "{} calls did not settle; inner calls running: {}; bulkheads: {:?}; breakers: {:?}",
+                "{} calls did not settle; inner calls running: {}; bulkheads: {:?}; breakers: {:?}; \
+                 balancers' calls in flight: {:?}",
                 tasks.len(),
                 shared.in_flight.load(Ordering::SeqCst),
                 observed.bulkheads.lock().unwrap(),
                 breakers,
+                balancers,
             );
         };
         // What is still running once every caller has its answer or has given up was detached
@@ -1274,6 +1516,11 @@ fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
             tokio::task::yield_now().await;
         }
         let in_flight = shared.in_flight.load(Ordering::SeqCst);
+        // Read, and let go of the clones that read them: they keep the endpoints alive.
+        let balancers = std::mem::take(&mut *observed.balancers.lock().unwrap())
+            .into_iter()
+            .map(|w| (w.0)())
+            .collect();
         drop(svc);
         // Let Buffer workers wind down.
         tokio::time::sleep(Duration::from_secs(WIND_DOWN_SECS)).await;
@@ -1294,14 +1541,61 @@ fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
             saw_readiness_error,
             observed,
             breakers,
+            balancers,
         }
     })
 }
 
-/// `layer`, a breaker's HalfOpen bounded by more than any run lasts, so that it never ends a
-/// HalfOpen (and with it the count of its probe slots) before the end of a run.
+/// How long a balancer that would wait as long as it takes waits in a run whose inner service
+/// never gets ready (see [`bound_the_wait_of_a_balancer_over_a_service_never_ready`]).
+const NEVER_READY_MAX_WAIT_MS: u64 = 10_000;
+
+/// `stack`, where a balancer that waits as long as it takes for an endpoint (`max_wait: None`)
+/// waits at most [`NEVER_READY_MAX_WAIT_MS`] when the inner service never gets ready (its script
+/// is readiness errors only). Such a balancer keeps a call waiting for as long as the run lasts,
+/// as its `max_wait` says: it polls an endpoint it found broken again, with a fresh clone, to see
+/// it recover, and over two endpoints or more that fail to get ready after a while one of them is
+/// always getting ready again, so the call never finds them all broken at once (over one
+/// endpoint it does, and fails with its error).
+fn bound_the_wait_of_a_balancer_over_a_service_never_ready(
+    stack: &[LayerSpec],
+    readiness: &[Readiness],
+) -> Vec<LayerSpec> {
+    let never_ready = !readiness.is_empty()
+        && readiness
+            .iter()
+            .all(|r| matches!(r, Readiness::Fail { .. }));
+    let mut stack = stack.to_vec();
+    if never_ready {
+        for layer in &mut stack {
+            if let LayerSpec::Balance { max_wait_ms, .. } = layer {
+                max_wait_ms.get_or_insert(NEVER_READY_MAX_WAIT_MS);
+            }
+        }
+    }
+    stack
+}
+
+/// `layer`, a breaker's HalfOpen (a balancer's per-endpoint breakers' too) bounded by more than
+/// any run lasts, so that it never ends a HalfOpen (and with it the count of its probe slots)
+/// before the end of a run.
 fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
     match layer {
+        LayerSpec::Balance {
+            endpoints,
+            picker,
+            max_wait_ms,
+            panic_threshold_pct,
+            outlier,
+            breaker,
+        } => LayerSpec::Balance {
+            endpoints,
+            picker,
+            max_wait_ms,
+            panic_threshold_pct,
+            outlier,
+            breaker: breaker.map(|breaker| Box::new(half_open_past_any_run(*breaker))),
+        },
         LayerSpec::Breaker {
             window,
             min_calls,
@@ -1422,7 +1716,7 @@ proptest! {
     /// Nothing panics or hangs, cancellation, waits for readiness and readiness errors included:
     /// every call waited for gets an answer, and once every call has settled no inner call is
     /// left running (cancelled and timed-out calls were really dropped, not left to finish on
-    /// their own). As in every run, the inner service is never called without being ready nor
+    /// their own) and no balancer counts a call in flight on any of its endpoints. As in every run, the inner service is never called without being ready nor
     /// polled again after a readiness error.
     #[test]
     fn nothing_hangs_and_nothing_leaks(
@@ -1435,6 +1729,13 @@ proptest! {
         let waited_for = calls.iter().filter(|c| c.cancel_after_ms.is_none()).count();
         prop_assert_eq!(run.outcomes.len(), waited_for);
         prop_assert_eq!(run.in_flight, 0);
+        for outstanding in &run.balancers {
+            prop_assert!(
+                outstanding.iter().all(|&n| n == Some(0)),
+                "balancer's calls in flight: {:?}",
+                outstanding
+            );
+        }
     }
 
     /// Answers are the inner service's to the call's own request, a fallback's, or an error:
@@ -1494,10 +1795,11 @@ proptest! {
     /// Permits are conserved after quiescence: once every call has settled (cancellations,
     /// timeouts, waits in `poll_ready` and readiness errors included), each bulkhead, fixed or
     /// adaptive, has its whole current limit available, no call in flight and none waiting
-    /// (in its response future or in `poll_ready`), and no breaker holds a trial-call slot,
-    /// reserved by a `poll_ready` or taken by a call. The breakers' HalfOpen outlasts the run, so
-    /// a slot lost at any point of it is still held at the end rather than cleared by the
-    /// HalfOpen running out.
+    /// (in its response future or in `poll_ready`), no breaker (a balancer's per-endpoint ones
+    /// included) holds a trial-call slot, reserved by a `poll_ready` or taken by a call, and no
+    /// balancer counts a call in flight on any of its endpoints. The breakers' HalfOpen outlasts
+    /// the run, so a slot lost at any point of it is still held at the end rather than cleared by
+    /// the HalfOpen running out.
     #[test]
     fn permits_are_conserved_after_quiescence(
         (above, bulkhead, below) in around_one(bulkhead_spec, 3, 2),
@@ -1518,6 +1820,50 @@ proptest! {
             // Slots of trial calls that finished stay taken until the verdict; none may be held
             // by a call that is no longer running.
             prop_assert_eq!(snapshot.probes_in_use, snapshot.probe_results, "probe slot lost");
+        }
+        for outstanding in &run.balancers {
+            prop_assert!(
+                outstanding.iter().all(|&n| n == Some(0)),
+                "balancer's calls in flight: {:?}",
+                outstanding
+            );
+        }
+    }
+
+    /// A balancer holds nothing after quiescence: around one balancer (over endpoints with
+    /// per-endpoint breakers and `BreakerFilter` half the time), once every call has settled
+    /// (cancellations, timeouts, calls waiting for an endpoint that give up or run out of
+    /// `max_wait`, endpoints slow to get ready or failing to, ejections included), no endpoint of
+    /// any balancer counts a call in flight, no inner call is left running, no per-endpoint
+    /// breaker (nor any other) holds a trial-call slot for a call no longer running or an endpoint
+    /// service no longer held, and every bulkhead has its permits back. The breakers' HalfOpen
+    /// outlasts the run, as in the permits law.
+    #[test]
+    fn a_balancer_holds_nothing_after_quiescence(
+        (above, balance, below) in around_one(balance_spec, 3, 2),
+        readiness in readiness_script(),
+        mut calls in prop::collection::vec(call_failing(0.4), 1..30),
+    ) {
+        let mut stack: Vec<LayerSpec> = above.into_iter().map(half_open_past_any_run).collect();
+        stack.push(half_open_past_any_run(balance));
+        stack.extend(below.into_iter().map(half_open_past_any_run));
+        let_no_caller_give_up_on_a_buffer_over_a_retry(&mut stack, &mut calls);
+        let run = run(&stack, &calls, &readiness);
+        prop_assert_eq!(run.in_flight, 0);
+        for outstanding in &run.balancers {
+            prop_assert!(
+                outstanding.iter().all(|&n| n == Some(0)),
+                "balancer's calls in flight: {:?}",
+                outstanding
+            );
+        }
+        for snapshot in &run.breakers {
+            prop_assert_eq!(snapshot.probes_in_use, snapshot.probe_results, "probe slot lost");
+        }
+        for b in run.observed.bulkheads.lock().unwrap().iter() {
+            prop_assert_eq!(b.available(), b.limit(), "permits lost");
+            prop_assert_eq!(b.in_flight(), 0);
+            prop_assert_eq!(b.waiting(), 0);
         }
     }
 
@@ -2279,4 +2625,90 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
     assert_eq!(run.inner_calls, 2);
     assert!(run.outcomes.iter().any(|o| o.result == Ok(100)));
     assert_eq!(run.breakers[0].state, State::Closed);
+}
+
+/// The balancer half of the quiescence laws is not vacuous: the watch reads a call in flight on
+/// an endpoint while it runs and none once it is dropped, and a balancer over endpoints with their
+/// own breakers opens one on failures and sends it trial calls, which the breaker watch sees.
+#[test]
+fn the_balancer_watch_sees_calls_in_flight_and_per_endpoint_probes() {
+    let balance = |breaker: Option<LayerSpec>| LayerSpec::Balance {
+        endpoints: 2,
+        picker: Picker::RoundRobin,
+        max_wait_ms: Some(100),
+        panic_threshold_pct: 0,
+        outlier: None,
+        breaker: breaker.map(Box::new),
+    };
+    let req = |work_ms, fail| Req {
+        work_ms,
+        work_extra_us: 0,
+        fail,
+        deadline: None,
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let observed = Observed::default();
+        let inner = BoxCloneService::new(Inner {
+            shared: Arc::new(InnerShared {
+                in_flight: AtomicUsize::new(0),
+                calls: AtomicUsize::new(0),
+                script: Vec::new(),
+                next: AtomicUsize::new(0),
+                saw_readiness_error: Mutex::default(),
+                breaches: Mutex::default(),
+            }),
+            state: Readying::Unpolled,
+        });
+        let svc = balance(None).apply(inner, &observed);
+        tokio::task::yield_now().await;
+        let call = tokio::spawn(svc.oneshot(req(100, false)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let watch = observed.balancers.lock().unwrap().pop().unwrap();
+        let outstanding = (watch.0)();
+        assert_eq!(
+            outstanding.iter().flatten().sum::<u32>(),
+            1,
+            "{outstanding:?}"
+        );
+        call.abort();
+        let _ = call.await;
+        assert_eq!((watch.0)(), [Some(0), Some(0)]);
+    });
+
+    let breaker = LayerSpec::Breaker {
+        window: 2,
+        min_calls: 1,
+        wait_ms: 50,
+        probes: 1,
+        half_open_ms: 500,
+        backpressure: false,
+    };
+    let calls: Vec<Call> = (0..30)
+        .map(|i| Call {
+            start_ms: i * 20,
+            start_extra_us: 0,
+            req: req(30, true),
+            cancel_after_ms: (i % 4 == 0).then_some(10),
+        })
+        .collect();
+    let run = run(&[balance(Some(breaker))], &calls, &[]);
+    assert_eq!(run.balancers, [[Some(0), Some(0)]]);
+    let breakers = run.observed.breakers.lock().unwrap();
+    assert_eq!(breakers.len(), 2, "a breaker per endpoint");
+    for w in breakers.iter() {
+        assert!(w.probes_admitted.load(Ordering::SeqCst) >= 1);
+        assert_eq!(w.admitted_while_open.load(Ordering::SeqCst), 0);
+    }
+    assert!(
+        run.outcomes
+            .iter()
+            .any(|o| o.result == Err("no endpoint available".to_string())),
+        "with both breakers open, calls found no endpoint"
+    );
 }
