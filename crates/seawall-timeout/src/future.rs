@@ -49,33 +49,22 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    /// A call made at `started`, with the inner service's future, or `None` when the inner
+    /// service was not called (its `deadline` had already passed): that call fails with
+    /// [`Elapsed`] on its first poll.
+    #[inline]
     pub(crate) fn new(
-        inner: F,
+        inner: Option<F>,
         started: Instant,
         deadline: Instant,
         name: Name,
         listeners: Option<Listeners<TimeoutEvent>>,
     ) -> Self {
         ResponseFuture {
-            inner: Inner::Called { future: inner },
-            sleep: None,
-            started,
-            deadline,
-            name,
-            listeners,
-        }
-    }
-
-    /// A call whose `deadline` had already passed at `started`, when it was made: the inner
-    /// service is not called, and the call fails with [`Elapsed`] on its first poll.
-    pub(crate) fn not_called(
-        started: Instant,
-        deadline: Instant,
-        name: Name,
-        listeners: Option<Listeners<TimeoutEvent>>,
-    ) -> Self {
-        ResponseFuture {
-            inner: Inner::NotCalled,
+            inner: match inner {
+                Some(future) => Inner::Called { future },
+                None => Inner::NotCalled,
+            },
             sleep: None,
             started,
             deadline,
@@ -202,7 +191,13 @@ mod tests {
 
     fn future<F>(inner: F, now: Instant) -> ResponseFuture<F> {
         let deadline = now + Duration::from_secs(1);
-        ResponseFuture::new(inner, now, deadline, Name::default_for("timeout"), None)
+        ResponseFuture::new(
+            Some(inner),
+            now,
+            deadline,
+            Name::default_for("timeout"),
+            None,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -222,7 +217,8 @@ mod tests {
     async fn a_call_not_made_says_so_before_and_after_it_fails() {
         let now = Instant::now();
         let mut fut = pin!(
-            ResponseFuture::<std::future::Ready<Result<(), BoxError>>>::not_called(
+            ResponseFuture::<std::future::Ready<Result<(), BoxError>>>::new(
+                None,
                 now,
                 now - Duration::from_millis(1),
                 Name::default_for("timeout"),
@@ -261,7 +257,7 @@ mod tests {
         let now = Instant::now();
         let inner = pending::<Result<(), BoxError>>();
         let mut fut = pin!(ResponseFuture::new(
-            inner,
+            Some(inner),
             now,
             now,
             Name::default_for("timeout"),

@@ -66,14 +66,6 @@ impl<S> Timeout<S> {
     fn listeners(&self) -> Option<Listeners<TimeoutEvent>> {
         (!self.shared.listeners.is_empty()).then(|| self.shared.listeners.clone())
     }
-
-    /// A call whose `deadline` had passed at `now`: fails with `Elapsed` without calling the
-    /// inner service, whose readiness stays for its next call.
-    #[cold]
-    #[inline(never)]
-    fn not_called<F>(&self, now: Instant, deadline: Instant) -> ResponseFuture<F> {
-        ResponseFuture::not_called(now, deadline, self.shared.name, self.listeners())
-    }
 }
 
 impl<S, Req> Service<Req> for Timeout<S>
@@ -99,32 +91,25 @@ where
             false => self.shared.timeout,
         };
         let own = deadline_after(now, timeout);
-        let deadline = match req.deadline() {
+        let (deadline, send) = match req.deadline() {
             // An earlier deadline stays on the request; this layer enforces it unless a layer
-            // further out does.
+            // further out does. One that passed a timer tick or more ago is not sent: nothing sent
+            // now could answer in time. A deadline a layer further out has just written
+            // (`Duration::ZERO`) passes by the nanoseconds between the two clock reads, and is
+            // still sent.
             Some(outer) if outer <= own => match self.shared.enforce_outer {
-                // Passed a timer tick or more ago: nothing sent now could answer in time. A
-                // deadline a layer further out has just written (`Duration::ZERO`) passes by the
-                // nanoseconds between the two clock reads, and is still called.
-                true if now.saturating_duration_since(outer) >= PASSED => {
-                    return self.not_called(now, outer)
-                }
-                true => outer,
-                false => own,
+                true => (outer, now.saturating_duration_since(outer) < PASSED),
+                false => (own, true),
             },
             _ => {
                 if self.shared.propagate {
                     req.set_deadline(own);
                 }
-                own
+                (own, true)
             }
         };
-        ResponseFuture::new(
-            self.inner.call(req),
-            now,
-            deadline,
-            self.shared.name,
-            self.listeners(),
-        )
+        // One place builds the response future, sent or not, so it is built where it is returned.
+        let future = send.then(|| self.inner.call(req));
+        ResponseFuture::new(future, now, deadline, self.shared.name, self.listeners())
     }
 }
