@@ -550,6 +550,15 @@ where
     (answers, limited)
 }
 
+/// The client's own quota in the rate-limit tests: 10 calls a second.
+fn quota_of_10_a_second() -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .name("users-api-quota")
+        .build()
+        .unwrap()
+}
+
 /// A client-side rate limit in the bulkhead's place, configured as `docs/composition.md` says:
 /// each attempt takes a permit; the dependency breaker ignores `Limited` and the retry returns it
 /// at once. 40 calls at once on a quota of 10: 30 are `Limited`, and the dependency breaker,
@@ -559,11 +568,7 @@ async fn a_rate_limit_in_the_bulkheads_place_leaves_the_dependency_breaker_close
     let calls = Calls::default();
     let retried = Arc::new(AtomicUsize::new(0));
     let seen = retried.clone();
-    let quota = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .name("users-api-quota")
-        .build()
-        .unwrap();
+    let quota = quota_of_10_a_second();
     // Quick to open: without `IgnoreQuota`, the 30 `Limited` would open it.
     let dependency = BreakerLayer::builder()
         .name("users-api")
@@ -622,11 +627,7 @@ async fn a_rate_limit_above_the_retry_counts_calls_not_attempts() {
     let calls = Calls::default();
     let retried = Arc::new(AtomicUsize::new(0));
     let seen = retried.clone();
-    let quota = RateLimitLayer::builder()
-        .rate(10, Duration::from_secs(1))
-        .name("users-api-quota")
-        .build()
-        .unwrap();
+    let quota = quota_of_10_a_second();
     let retry = RetryLayer::builder()
         .http()
         .ignore_error::<Open>()
