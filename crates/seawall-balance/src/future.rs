@@ -341,6 +341,12 @@ where
         // of an endpoint whose error this call counted.
         let mut held_at = None;
         let mut broken: Option<BoxError> = None;
+        // Whether the endpoint held failed this call's readiness a second time: it was held
+        // though broken, as no other endpoint was left, and has not recovered. The broken
+        // endpoints are then polled for one that has, but none is held again: left with only
+        // them, the call fails, rather than hold one after another for as long as they stay
+        // down.
+        let mut held_broke_again = false;
         if let Some((ep, mut svc)) = pending.take() {
             // Only while the endpoint is still available; else it is dropped (with anything its
             // service reserved) and the pick starts over. The filter is asked about the service
@@ -358,7 +364,10 @@ where
                     Poll::Ready(Ok(())) => return Step::Call(ep, svc),
                     // Held, so not this call's first pick: passed over, as another endpoint that
                     // fails while the call waits.
-                    Poll::Ready(Err(e)) => broken = Some(Self::passed_over(shared, &ep, e, failed)),
+                    Poll::Ready(Err(e)) => {
+                        held_broke_again = failed.iter().any(|s| Arc::ptr_eq(s, &ep.stats));
+                        broken = Some(Self::passed_over(shared, &ep, e, failed));
+                    }
                     Poll::Pending => *pending = Some((ep, svc)),
                 }
             }
@@ -490,8 +499,9 @@ where
         }
         // The endpoints this call found broken are polled again: one that has recovered takes
         // the call, though another endpoint is held (it may stay busy for long), and one not
-        // ready yet is held when no other is. Their errors are not counted again; left with
-        // nothing else, the call fails with the last of them, as a call whose pick fails.
+        // ready yet is held when no other is (unless the one held broke again). Their errors are
+        // not counted again; left with nothing else, the call fails with the last of them, as a
+        // call whose pick fails.
         if known_broken > 0 {
             // In the set's order, each once: those that failed in this look were added in the
             // order they were tried, and one out when the look began may have come back and
@@ -508,7 +518,7 @@ where
                     Poll::Ready(Ok(())) => return Step::Call(ep.clone(), svc),
                     Poll::Ready(Err(e)) => broken = Some(e.into()),
                     Poll::Pending => {
-                        if pending.is_none() && waiting.is_none() {
+                        if pending.is_none() && waiting.is_none() && !held_broke_again {
                             waiting = Some((i, svc));
                         }
                     }

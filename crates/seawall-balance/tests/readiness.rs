@@ -1214,3 +1214,66 @@ async fn a_call_passing_over_the_endpoint_it_held_wakes_the_other_waiters() {
     assert_eq!(answer.expect("Y was never woken").unwrap().unwrap(), 1);
     drop(x);
 }
+
+/// A connection to an address nobody answers on: each clone dials afresh, and its readiness
+/// fails `DIAL_MS` after it is first polled.
+struct Unreachable {
+    dial: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+const DIAL_MS: u64 = 100;
+
+impl Clone for Unreachable {
+    fn clone(&self) -> Self {
+        Unreachable { dial: None }
+    }
+}
+
+impl Service<u64> for Unreachable {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = std::future::Ready<Result<usize, seawall::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), seawall::BoxError>> {
+        let dial = self
+            .dial
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(DIAL_MS))));
+        std::task::ready!(std::future::Future::poll(dial.as_mut(), cx));
+        self.dial = None;
+        std::task::Poll::Ready(Err(std::io::Error::other("connection timed out").into()))
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+/// Every endpoint is unreachable: each dial is pending a while, then fails. With no `max_wait`, a
+/// call over one such endpoint or several fails with the error once each has failed it and a
+/// broken one it held fails again, rather than holding one broken endpoint after another for ever.
+#[tokio::test(start_paused = true)]
+async fn a_call_over_unreachable_endpoints_fails_without_max_wait() {
+    for n in 1..=4 {
+        let (tx, balance) = balancer(round_robin().max_wait(None));
+        for id in 0..n {
+            tx.send(Change::Insert(id, Unreachable { dial: None }))
+                .unwrap();
+        }
+        common::settle().await;
+        let start = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(60), balance.oneshot(0))
+            .await
+            .unwrap_or_else(|_| panic!("{n} endpoints: the call still waits after 60 s"));
+        let error = answer.expect_err("no endpoint answers");
+        assert_eq!(error.to_string(), "connection timed out", "{n} endpoints");
+        // Each endpoint fails the call once, and one of them once more.
+        let waited = start.elapsed();
+        assert!(
+            waited <= Duration::from_millis(DIAL_MS * (n as u64 + 1)),
+            "{n} endpoints: {waited:?}"
+        );
+    }
+}

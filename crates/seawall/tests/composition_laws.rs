@@ -1412,7 +1412,6 @@ const WIND_DOWN_SECS: u64 = 60;
 /// `readiness` says. Every run checks tower's contract on the inner service: it is never called
 /// without being ready, nor polled again after a readiness error.
 fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
-    let stack = &bound_the_wait_of_a_balancer_over_a_service_never_ready(stack, readiness);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -1544,36 +1543,6 @@ fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
             balancers,
         }
     })
-}
-
-/// How long a balancer that would wait as long as it takes waits in a run whose inner service
-/// never gets ready (see [`bound_the_wait_of_a_balancer_over_a_service_never_ready`]).
-const NEVER_READY_MAX_WAIT_MS: u64 = 10_000;
-
-/// `stack`, where a balancer that waits as long as it takes for an endpoint (`max_wait: None`)
-/// waits at most [`NEVER_READY_MAX_WAIT_MS`] when the inner service never gets ready (its script
-/// is readiness errors only). Such a balancer keeps a call waiting for as long as the run lasts,
-/// as its `max_wait` says: it polls an endpoint it found broken again, with a fresh clone, to see
-/// it recover, and over two endpoints or more that fail to get ready after a while one of them is
-/// always getting ready again, so the call never finds them all broken at once (over one
-/// endpoint it does, and fails with its error).
-fn bound_the_wait_of_a_balancer_over_a_service_never_ready(
-    stack: &[LayerSpec],
-    readiness: &[Readiness],
-) -> Vec<LayerSpec> {
-    let never_ready = !readiness.is_empty()
-        && readiness
-            .iter()
-            .all(|r| matches!(r, Readiness::Fail { .. }));
-    let mut stack = stack.to_vec();
-    if never_ready {
-        for layer in &mut stack {
-            if let LayerSpec::Balance { max_wait_ms, .. } = layer {
-                max_wait_ms.get_or_insert(NEVER_READY_MAX_WAIT_MS);
-            }
-        }
-    }
-    stack
 }
 
 /// `layer`, a breaker's HalfOpen (a balancer's per-endpoint breakers' too) bounded by more than
