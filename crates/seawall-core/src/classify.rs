@@ -285,9 +285,9 @@ impl GrpcCode {
     /// The status a gRPC response's headers tell: its `grpc-status`, or, when that is absent and
     /// the HTTP status is not 200, the code [`from_http_status`](Self::from_http_status) maps it
     /// to. A 200 response without `grpc-status` whose `content-type` is there and is not gRPC's
-    /// (does not start with `application/grpc`, e.g. a proxy's `text/html` page) is UNKNOWN, as
-    /// gRPC clients read it. `None` for any other 200 response: its status is still to come in the
-    /// trailers.
+    /// (not `application/grpc` alone or followed by `+` or `;`, e.g. a proxy's `text/html` page) is
+    /// UNKNOWN, as gRPC clients read it. `None` for any other 200 response: its status is still to
+    /// come in the trailers.
     pub fn from_response<B>(response: &Response<B>) -> Option<GrpcCode> {
         match GrpcCode::from_headers(response.headers()) {
             Some(code) => Some(code),
@@ -320,13 +320,18 @@ impl GrpcCode {
     }
 }
 
-/// Whether a `content-type` is gRPC's: `application/grpc`, alone or followed by `+proto`,
-/// `;charset=…`, `-web` and the like (case-insensitive, as media types are).
+/// Whether a `content-type` is gRPC's: `application/grpc` alone or followed by `+` or `;`
+/// (`+proto`, `;charset=…`), as grpc-go reads it; anything else after it (`application/grpcx`,
+/// `application/grpc-web+proto`) is not. Unlike grpc-go, the type is compared ignoring ASCII case,
+/// as media types are.
 fn is_grpc_content_type(value: &[u8]) -> bool {
     const GRPC: &[u8] = b"application/grpc";
-    value
-        .get(..GRPC.len())
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+    match value.split_at_checked(GRPC.len()) {
+        Some((base, rest)) if base.eq_ignore_ascii_case(GRPC) => {
+            matches!(rest.first(), None | Some(b'+' | b';'))
+        }
+        _ => false,
+    }
 }
 
 /// Classifies gRPC responses by the `grpc-status` header.
@@ -616,6 +621,9 @@ mod tests {
             "text/html; charset=utf-8",
             "application/json",
             "",
+            // grpc-go takes the base type alone or followed by `+` or `;`, nothing else.
+            "application/grpcx",
+            "application/grpc-web+proto",
         ] {
             assert_eq!(
                 with_type(other),
@@ -628,7 +636,8 @@ mod tests {
             "application/grpc+proto",
             "application/grpc;charset=utf-8",
             "Application/gRPC",
-            "application/grpc-web+proto",
+            "application/grpc+",
+            "application/grpc;",
         ] {
             assert_eq!(with_type(grpc), (None, Outcome::Success), "{grpc:?}");
         }
