@@ -195,8 +195,8 @@ impl<B, E: ?Sized> Classify<Response<B>, E> for HttpClassifier {
 /// Reads a `Retry-After` header (delta-seconds or an HTTP date) as a delay from now.
 ///
 /// A date in the past gives [`Duration::ZERO`]; a number of seconds too large to count saturates at
-/// `u64::MAX` seconds (it is still a pause longer than any cap); a missing or malformed header gives
-/// `None`.
+/// `u64::MAX` seconds (still a pause longer than any cap below `u64::MAX` seconds); a missing or
+/// malformed header gives `None`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry_after_at(headers, SystemTime::now())
 }
