@@ -1,9 +1,15 @@
 //! Readiness contract, tower compatibility, events and config errors.
 
-use seawall_core::{BoxError, Name};
+use seawall_core::{
+    metrics::{testing::TestRecorder, FALLBACK_FAILED, FALLBACK_USED},
+    BoxError, Name,
+};
 use seawall_fallback::{Fallback, FallbackEvent, FallbackLayer, FromFn, ResponseFuture};
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 use tokio_test::{assert_pending, assert_ready_ok};
@@ -277,14 +283,35 @@ async fn a_fallback_service_is_driven_ready_before_it_is_called() {
 }
 
 /// `Used` reports the hand-off to the fallback; a call dropped while an async fallback runs
-/// reports nothing more, neither a second `Used` nor `Failed`.
+/// cancels the fallback's call with it (nothing is left running to answer) and reports nothing
+/// more, neither a second `Used` nor `Failed`.
 #[tokio::test]
 async fn a_call_dropped_during_an_async_fallback_reports_only_the_hand_off() {
+    /// Set when the fallback's future is dropped.
+    struct DropGuard(Arc<AtomicBool>);
+
+    impl Drop for DropGuard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let (fallback, mut cache) =
-        mock::pair::<seawall_fallback::Failed<&'static str>, &'static str>();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = dropped.clone();
+    // A fallback that never answers, holding a guard for as long as its future lives.
+    let fallback = tower::service_fn(move |_: seawall_fallback::Failed<&'static str>| {
+        let guard = DropGuard(guard.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<Result<&'static str, BoxError>>().await
+        }
+    });
     let layer = FallbackLayer::builder()
+        .name("slow-cache")
         .on_event(move |_: &Name, e: &FallbackEvent| sink.lock().unwrap().push(*e))
         .build_service(fallback)
         .unwrap();
@@ -294,19 +321,23 @@ async fn a_call_dropped_during_an_async_fallback_reports_only_the_hand_off() {
     let (_, send) = inner.next_request().await.unwrap();
     send.send_error(std::io::Error::other("down"));
     assert_pending!(call.poll());
-    let (_, answer) = cache.next_request().await.unwrap();
+    assert!(!dropped.load(Ordering::SeqCst), "the fallback is running");
     assert_eq!(
         *events.lock().unwrap(),
         [FallbackEvent::Used { error: true }]
     );
 
     drop(call);
-    answer.send_error(std::io::Error::other("cache down"));
-    tokio::task::yield_now().await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the fallback's call was dropped with the call"
+    );
     assert_eq!(
         *events.lock().unwrap(),
         [FallbackEvent::Used { error: true }]
     );
+    assert_eq!(recorder.counter(FALLBACK_USED, "slow-cache"), 1);
+    assert_eq!(recorder.counter(FALLBACK_FAILED, "slow-cache"), 0);
 }
 
 /// tower's contract: a service whose `poll_ready` failed is gone, and some panic when polled
