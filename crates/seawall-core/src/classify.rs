@@ -285,8 +285,9 @@ impl GrpcCode {
     /// The status a gRPC response's headers tell: its `grpc-status`, or, when that is absent and
     /// the HTTP status is not 200, the code [`from_http_status`](Self::from_http_status) maps it
     /// to. A 200 response without `grpc-status` whose `content-type` is there and is not gRPC's
-    /// (not `application/grpc` alone or followed by `+` or `;`, e.g. a proxy's `text/html` page) is
-    /// UNKNOWN, as gRPC clients read it. `None` for any other 200 response: its status is still to
+    /// (not `application/grpc`, `application/grpc-web` or `application/grpc-web-text`, alone or
+    /// followed by `+` or `;`; e.g. a proxy's `text/html` page) is
+    /// UNKNOWN, as grpc-go reads it. `None` for any other 200 response: its status is still to
     /// come in the trailers.
     pub fn from_response<B>(response: &Response<B>) -> Option<GrpcCode> {
         match GrpcCode::from_headers(response.headers()) {
@@ -321,17 +322,24 @@ impl GrpcCode {
 }
 
 /// Whether a `content-type` is gRPC's: `application/grpc` alone or followed by `+` or `;`
-/// (`+proto`, `;charset=…`), as grpc-go reads it; anything else after it (`application/grpcx`,
-/// `application/grpc-web+proto`) is not. Unlike grpc-go, the type is compared ignoring ASCII case,
-/// as media types are.
+/// (`+proto`, `;charset=…`), as grpc-go reads it, or gRPC-Web's (`application/grpc-web` and
+/// `application/grpc-web-text`, under the same rule), whose responses carry the status in trailers
+/// inside the body; anything else after a base (`application/grpcx`, `application/grpc-webx`) is
+/// not. Unlike grpc-go, the type is compared ignoring ASCII case, as media types are.
 fn is_grpc_content_type(value: &[u8]) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    match value.split_at_checked(GRPC.len()) {
-        Some((base, rest)) if base.eq_ignore_ascii_case(GRPC) => {
-            matches!(rest.first(), None | Some(b'+' | b';'))
-        }
-        _ => false,
-    }
+    const BASES: [&[u8]; 3] = [
+        b"application/grpc",
+        b"application/grpc-web",
+        b"application/grpc-web-text",
+    ];
+    BASES
+        .iter()
+        .any(|base| match value.split_at_checked(base.len()) {
+            Some((head, rest)) if head.eq_ignore_ascii_case(base) => {
+                matches!(rest.first(), None | Some(b'+' | b';'))
+            }
+            _ => false,
+        })
 }
 
 /// Classifies gRPC responses by the `grpc-status` header.
@@ -339,7 +347,7 @@ fn is_grpc_content_type(value: &[u8]) -> bool {
 /// A gRPC server that fails a call before sending any message answers *trailers-only*: the status
 /// is in the response headers, where this classifier reads it. A response with HTTP status other
 /// than 200 and no `grpc-status` (an error page from a proxy or load balancer in front of the
-/// server) is read as gRPC clients read it, through [`GrpcCode::from_http_status`]: 429, 502, 503
+/// server) is read as grpc-go reads it, through [`GrpcCode::from_http_status`]: 429, 502, 503
 /// and 504 are UNAVAILABLE, and so a failure. A 200 response without `grpc-status` whose
 /// `content-type` is not gRPC's (a proxy's `text/html` page) is UNKNOWN, and so a failure, as
 /// grpc-go reads it; one without a `content-type` is given the benefit of the doubt. Any other 200
@@ -623,7 +631,8 @@ mod tests {
             "",
             // grpc-go takes the base type alone or followed by `+` or `;`, nothing else.
             "application/grpcx",
-            "application/grpc-web+proto",
+            "application/grpc-webx",
+            "application/grpc-web-textx",
         ] {
             assert_eq!(
                 with_type(other),
@@ -638,6 +647,11 @@ mod tests {
             "Application/gRPC",
             "application/grpc+",
             "application/grpc;",
+            // gRPC-Web (tonic-web, Envoy): the status is in the body's trailers.
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
         ] {
             assert_eq!(with_type(grpc), (None, Outcome::Success), "{grpc:?}");
         }
