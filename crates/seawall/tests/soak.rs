@@ -75,11 +75,13 @@ impl Rng {
     }
 }
 
-/// Resident memory of the process in bytes, where `/proc` has it.
+/// Resident memory of the process in bytes, where `/proc` has it (`VmRSS`, in kB whatever the
+/// page size).
 fn rss() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn calls() -> usize {
