@@ -5,7 +5,10 @@ use crate::{
     latest::{self, Publisher},
     Discovery,
 };
-use futures_util::{stream, FutureExt, StreamExt};
+use futures_util::{
+    future::{self, Either},
+    stream, FutureExt, StreamExt,
+};
 use hickory_resolver::{
     config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
     lookup::Lookup,
@@ -25,6 +28,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
+    pin::pin,
     time::Duration,
 };
 use tokio::time::Instant;
@@ -80,6 +84,15 @@ impl Dns {
     /// a dual-stack host's IPv6 endpoints away. Such a resolution counts as failed in part (see
     /// [`Dns`]). When neither family answers, or the one that answered has no records and the
     /// other none from before, the resolution fails and keeps the last good set.
+    ///
+    /// A relative `host` is tried under each search domain of the system's configuration in
+    /// turn (see [`nameservers`](DnsBuilder::nameservers)). A name that either family's question
+    /// says does not exist (NXDOMAIN, which is about the name, not one record type) is passed
+    /// over at once, whatever the other question got, as is a name with no records of either
+    /// family; a name whose question goes unanswered or fails ends the search. A failed family
+    /// keeps its last addresses only when they came from the name the other family just
+    /// answered for: when the host was last found under another name, the resolution fails and
+    /// keeps the last good set, rather than mixing two names' addresses.
     ///
     /// A `host` that is an IP address is its own endpoint: it is not looked up, nor resolved
     /// again, and needs no name server (neither [`nameservers`](DnsBuilder::nameservers) nor the
@@ -153,6 +166,10 @@ impl DnsBuilder {
     /// positive or negative (a name the fastest server says does not exist does not wait for
     /// the others): the servers must serve the same records. Each query is so sent once per name
     /// server.
+    ///
+    /// The system's configuration also gives the search list (and `ndots`) under which a
+    /// relative name is tried, in the resolver's order, as [`Dns::a`] describes; name servers
+    /// given here come with none, and a relative name is asked about as it is.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.nameservers = Some(servers.into_iter().collect());
         self
@@ -458,9 +475,17 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 /// How many SRV targets are looked up at once.
 const TARGET_LOOKUPS: usize = 16;
 
-/// The addresses each name looked up (the host of [`Dns::a`], each SRV target) had at the last
-/// good resolution.
-type Known = HashMap<DnsName, Vec<IpAddr>>;
+/// What each name looked up (the host of [`Dns::a`], each SRV target) had at the last good
+/// resolution.
+type Known = HashMap<DnsName, Last>;
+
+/// The addresses a name had at the last good resolution, and the name of its search list (see
+/// [`search_names`]) that gave them.
+#[derive(Debug, Clone)]
+struct Last {
+    name: DnsName,
+    ips: Vec<IpAddr>,
+}
 
 /// Lookups that failed or were skipped in a resolution: the name, and what of it (`"A"`,
 /// `"AAAA"`, `"target"`).
@@ -508,7 +533,7 @@ async fn resolve(
     }
     match query {
         Parsed::Ip(host, port) => {
-            let mut found = lookup_ips(resolver, host, last(known, host)).await?;
+            let mut found = lookup_ips(resolver, host, known.get(host)).await?;
             if found.ips.is_empty() {
                 // One family has no records and the other failed without an address to keep.
                 return Err(found
@@ -519,7 +544,13 @@ async fn resolve(
             if let Some((family, error)) = &found.failed {
                 once!(host, *family, name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
             }
-            known.insert(host.clone(), found.ips.clone());
+            known.insert(
+                host.clone(),
+                Last {
+                    name: found.name.clone(),
+                    ips: found.ips.clone(),
+                },
+            );
             ip_endpoints(found, *port)
         }
         Parsed::Srv(srv_name) => {
@@ -582,8 +613,7 @@ async fn resolve(
                     .iter()
                     .enumerate()
                     .map(|(i, &target)| {
-                        lookup_ips(resolver, target, last(known, target))
-                            .map(move |found| (i, found))
+                        lookup_ips(resolver, target, known.get(target)).map(move |found| (i, found))
                     })
                     .collect();
                 let mut lookups: Vec<_> = stream::iter(pending)
@@ -593,7 +623,7 @@ async fn resolve(
                 lookups.sort_unstable_by_key(|&(i, _)| i);
                 let lookups = lookups.into_iter().map(|(_, lookup)| lookup);
                 for (target, lookup) in targets.into_iter().zip(lookups) {
-                    let ips = match lookup {
+                    let last = match lookup {
                         Ok(addresses) => {
                             ttl =
                                 ttl.min(u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX));
@@ -606,7 +636,10 @@ async fn resolve(
                                 }
                                 once!(target, family, name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
                             }
-                            addresses.ips
+                            Last {
+                                name: addresses.name,
+                                ips: addresses.ips,
+                            }
                         }
                         Err(error) => {
                             let absent = is_absent(&error);
@@ -624,7 +657,7 @@ async fn resolve(
                             }
                         }
                     };
-                    found.insert(target.clone(), ips);
+                    found.insert(target.clone(), last);
                 }
                 // RFC 2782 weighs records, not addresses: the `n` addresses of a record's target
                 // share its weight, `1/n` each, so a dual-stack target weighs no more than one
@@ -633,13 +666,13 @@ async fn resolve(
                 let parts = usable
                     .iter()
                     .filter_map(|srv| found.get(srv.target()))
-                    .fold(1, |parts, ips| lcm(parts, ips.len() as u64));
+                    .fold(1, |parts, last| lcm(parts, last.ips.len() as u64));
                 // An address several records name (two names of one host, one target listed
                 // twice) is one endpoint weighing the sum of its shares, as RFC 2782's weighted
                 // pick gives it: a weight that does not depend on the records' order, which
                 // servers rotate.
                 for srv in usable {
-                    let Some(ips) = found.get(srv.target()) else {
+                    let Some(Last { ips, .. }) = found.get(srv.target()) else {
                         continue;
                     };
                     let share = parts / ips.len() as u64;
@@ -756,11 +789,6 @@ fn lcm(a: u64, b: u64) -> u64 {
     (a / x).saturating_mul(b)
 }
 
-/// The addresses `host` had at the last good resolution; none if it has not had one.
-fn last<'a>(known: &'a Known, host: &DnsName) -> &'a [IpAddr] {
-    known.get(host).map_or(&[], Vec::as_slice)
-}
-
 /// The endpoints of an A/AAAA resolution: each address on `port`.
 fn ip_endpoints(found: Addresses, port: u16) -> Result<Resolved, ResolveError> {
     if found.ips.is_empty() {
@@ -794,6 +822,8 @@ fn is_absent(error: &ResolveError) -> bool {
 
 /// What [`lookup_ips`] found.
 struct Addresses {
+    /// The name of the search list (see [`search_names`]) that gave them.
+    name: DnsName,
     /// The addresses of both families.
     ips: Vec<IpAddr>,
     /// The smallest TTL of the records that gave them (CNAMEs included).
@@ -807,30 +837,39 @@ struct Addresses {
 /// server says it has none (then [`is_absent`] holds). When one family failed and the other has
 /// no records, the addresses are the failed family's last ones, which may be none.
 ///
-/// A and AAAA are asked for apart, at once, so that each family's answer counts. A family the
-/// server says has no records adds none. A family whose answer does not come (a timeout, a server
-/// failure, a refusal) adds the addresses of that family in `last`, those of the last good
-/// resolution, while the other family's answer stands: hickory's `lookup_ip` would answer with
-/// the other family alone, and one lost AAAA answer would then take a dual-stack host's IPv6
-/// endpoints away until the next resolution, yet a server that never answers AAAA questions must
-/// not keep an IPv4 host from being found. When neither family answers, the lookup fails. The
-/// names of [`search_names`] are tried in turn: the first with an address of either family
-/// answers, one that fails ends the lookup (a later name may be another host).
+/// The names of [`search_names`] are tried in turn, A and AAAA asked for apart, at once, so that
+/// each family's answer counts. A name that either family's question says does not exist
+/// (NXDOMAIN, which is about the name, not one record type) is passed over at once, whatever the
+/// other question gets; so is a name with no address of either family. The first name with an
+/// address of either family answers, and one whose question fails (a timeout, a server failure,
+/// a refusal) ends the search: the name may have addresses the server could not give, and a
+/// later name may be another host. A family the server says has no records adds none. A family
+/// whose answer does not come while the other's does adds its addresses in `last`, those of the
+/// last good resolution, when they came from this same name, and the other family's answer
+/// stands: hickory's `lookup_ip` would answer with the other family alone, and one lost AAAA
+/// answer would then take a dual-stack host's IPv6 endpoints away until the next resolution, yet
+/// a server that never answers AAAA questions must not keep an IPv4 host from being found. With
+/// no `last` the other family's answer stands alone. When `last` came from another name the
+/// lookup fails, so that the caller keeps all of it rather than one family of another name's
+/// addresses. When neither family answers, the lookup fails.
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
-    last: &[IpAddr],
+    last: Option<&Last>,
 ) -> Result<Addresses, ResolveError> {
     let mut absent = None;
     for name in search_names(resolver, host) {
-        let (v4, v6) = tokio::join!(
-            resolver.ipv4_lookup(name.clone()),
-            resolver.ipv6_lookup(name)
-        );
+        let answers = match ask_both_families(resolver, &name).await {
+            Ok(answers) => answers,
+            Err(nxdomain) => {
+                absent = Some(nxdomain);
+                continue;
+            }
+        };
         let mut ips = Vec::new();
         let mut ttl = u32::MAX;
         let mut failed = None;
-        for (family, answer) in [("A", v4.map(Lookup::from)), ("AAAA", v6.map(Lookup::from))] {
+        for (family, answer) in answers {
             let lookup = match answer {
                 Ok(lookup) => lookup,
                 Err(error) if is_absent(&error) => {
@@ -856,12 +895,21 @@ async fn lookup_ips(
             }
         }
         if let Some((family, error)) = failed {
-            // The other family answered: its addresses stand, and only the failed family's
-            // last ones are kept. None at all is still an answer about the other family, which
-            // the caller must not take the failed family's last addresses back over.
+            // The other family answered about this name: its addresses stand, and only the
+            // failed family's last ones are kept, if they are this name's. None at all is still
+            // an answer about the other family, which the caller must not take the failed
+            // family's last addresses back over.
+            let kept: &[IpAddr] = match last {
+                None => &[],
+                Some(last) if last.name == name => &last.ips,
+                // The last addresses are another name's: one family of them beside this name's
+                // other family would be neither name's set.
+                Some(_) => return Err(error),
+            };
             let v4 = family == "A";
-            ips.extend(last.iter().filter(|ip| ip.is_ipv4() == v4));
+            ips.extend(kept.iter().filter(|ip| ip.is_ipv4() == v4));
             return Ok(Addresses {
+                name,
                 ips,
                 ttl: Duration::from_secs(ttl.into()),
                 failed: Some((family, error)),
@@ -869,6 +917,7 @@ async fn lookup_ips(
         }
         if !ips.is_empty() {
             return Ok(Addresses {
+                name,
                 ips,
                 ttl: Duration::from_secs(ttl.into()),
                 failed: None,
@@ -876,6 +925,57 @@ async fn lookup_ips(
         }
     }
     Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))
+}
+
+/// The answers to the A and AAAA questions about `name`, asked at once, each with its family;
+/// or the NXDOMAIN answer as soon as either question gets one, without waiting for the other:
+/// the name does not exist, whatever the other answer says.
+async fn ask_both_families(
+    resolver: &TokioResolver,
+    name: &DnsName,
+) -> Result<[(&'static str, Result<Lookup, ResolveError>); 2], ResolveError> {
+    let v4 = pin!(resolver
+        .ipv4_lookup(name.clone())
+        .map(|answer| answer.map(Lookup::from)));
+    let v6 = pin!(resolver
+        .ipv6_lookup(name.clone())
+        .map(|answer| answer.map(Lookup::from)));
+    let (v4, v6) = match future::select(v4, v6).await {
+        Either::Left((v4, v6)) => {
+            let v4 = unless_nxdomain(v4)?;
+            (v4, unless_nxdomain(v6.await)?)
+        }
+        Either::Right((v6, v4)) => {
+            let v6 = unless_nxdomain(v6)?;
+            (unless_nxdomain(v4.await)?, v6)
+        }
+    };
+    Ok([("A", v4), ("AAAA", v6)])
+}
+
+/// `answer`, or its error when that is NXDOMAIN.
+fn unless_nxdomain(
+    answer: Result<Lookup, ResolveError>,
+) -> Result<Result<Lookup, ResolveError>, ResolveError> {
+    match answer {
+        Err(error) if is_nxdomain(&error) => Err(error),
+        answer => Ok(answer),
+    }
+}
+
+/// Whether the server answered that the name does not exist (NXDOMAIN), which is about every
+/// record type of it.
+fn is_nxdomain(error: &ResolveError) -> bool {
+    match error.kind() {
+        ResolveErrorKind::Proto(proto) => matches!(
+            proto.kind(),
+            ProtoErrorKind::NoRecordsFound {
+                response_code: ResponseCode::NXDomain,
+                ..
+            }
+        ),
+        _ => false,
+    }
 }
 
 /// The names a lookup of `host` tries, in order, as the resolver's own lookups order them: a
@@ -912,6 +1012,10 @@ fn search_names(resolver: &TokioResolver, host: &DnsName) -> Vec<DnsName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_resolver::proto::rr::{
+        rdata::{A, AAAA},
+        RecordType,
+    };
 
     #[test]
     fn the_systems_resolver_options_are_kept_under_discoverys_own() {
@@ -1070,13 +1174,13 @@ mod tests {
         assert_eq!(srv_weights(&[(0, 1), (0, 2)]), [2, 1, 1]);
     }
 
-    /// A name server on loopback for `lookup_ips`: `users.` has the A record 10.0.0.1 and no
-    /// AAAA records; every name under `svc.test.` gets a server failure.
-    async fn search_server() -> SocketAddr {
-        use hickory_resolver::proto::{
-            op::{Message, MessageType},
-            rr::{rdata::A, Record, RecordType},
-        };
+    /// What a test name server answers a question with: records (none for an empty answer),
+    /// an error code, or nothing at all (`None`: the question is dropped).
+    type Answer = Option<Result<Vec<RData>, ResponseCode>>;
+
+    /// A name server on loopback answering each question as `answer` says.
+    async fn serve(answer: fn(&str, RecordType) -> Answer) -> SocketAddr {
+        use hickory_resolver::proto::op::{Message, MessageType};
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         tokio::spawn(async move {
@@ -1084,6 +1188,9 @@ mod tests {
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                 let request = Message::from_vec(&buf[..len]).unwrap();
                 let query = request.queries()[0].clone();
+                let Some(answer) = answer(&query.name().to_string(), query.query_type()) else {
+                    continue;
+                };
                 let mut response = Message::new();
                 response
                     .set_id(request.id())
@@ -1091,14 +1198,15 @@ mod tests {
                     .set_recursion_desired(true)
                     .set_recursion_available(true)
                     .add_query(query.clone());
-                if query.name().to_string().ends_with(".svc.test.") {
-                    response.set_response_code(ResponseCode::ServFail);
-                } else if query.query_type() == RecordType::A {
-                    response.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        60,
-                        RData::A(A::new(10, 0, 0, 1)),
-                    ));
+                match answer {
+                    Ok(records) => {
+                        for data in records {
+                            response.add_answer(Record::from_rdata(query.name().clone(), 60, data));
+                        }
+                    }
+                    Err(code) => {
+                        response.set_response_code(code);
+                    }
                 }
                 let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
             }
@@ -1106,33 +1214,116 @@ mod tests {
         addr
     }
 
+    /// A resolver asking `server`, with `ndots` 5 and the search list `search`, giving a
+    /// question up after `timeout`.
+    fn search_resolver(server: SocketAddr, search: &str, timeout: Duration) -> TokioResolver {
+        let mut opts = ResolverOpts::default();
+        opts.ndots = 5;
+        let config = ResolverConfig::from_parts(
+            None,
+            vec![DnsName::from_ascii(search).unwrap()],
+            NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
+        );
+        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(resolver_opts(opts, timeout, 1))
+            .build()
+    }
+
+    fn dns_name(name: &str) -> DnsName {
+        DnsName::from_ascii(name).unwrap()
+    }
+
     /// A server failure ends the search, as a timeout does: the name may have addresses the
     /// server could not give (a cluster DNS not yet in sync answers so), and a later name may be
     /// another host. The lookup fails with no answer that the host has no addresses.
     #[tokio::test]
     async fn a_server_failure_ends_the_search() {
-        let server = search_server().await;
-        let mut opts = ResolverOpts::default();
-        opts.ndots = 5;
-        let config = ResolverConfig::from_parts(
-            None,
-            vec![DnsName::from_ascii("ns.svc.test.").unwrap()],
-            NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
-        );
-        let resolver =
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(resolver_opts(opts, Duration::from_secs(5), 1))
-                .build();
-        let users = DnsName::from_ascii("users").unwrap();
-        let Err(error) = lookup_ips(&resolver, &users, &[]).await else {
+        // `users.` has the A record 10.0.0.1 and no AAAA records; every name under
+        // `svc.test.` gets a server failure.
+        let server = serve(|name, ty| match ty {
+            _ if name.ends_with(".svc.test.") => Some(Err(ResponseCode::ServFail)),
+            RecordType::A => Some(Ok(vec![RData::A(A::new(10, 0, 0, 1))])),
+            _ => Some(Ok(vec![])),
+        })
+        .await;
+        let resolver = search_resolver(server, "ns.svc.test.", Duration::from_secs(5));
+        let Err(error) = lookup_ips(&resolver, &dns_name("users"), None).await else {
             panic!("the search went on past a server failure");
         };
         assert!(!is_absent(&error), "{error}");
         // `users.` itself, tried last, has an address: the search did not get there.
-        let itself = DnsName::from_ascii("users.").unwrap();
-        let Ok(found) = lookup_ips(&resolver, &itself, &[]).await else {
+        let Ok(found) = lookup_ips(&resolver, &dns_name("users."), None).await else {
             panic!("no address for users.");
         };
         assert_eq!(found.ips, [IpAddr::from([10, 0, 0, 1])]);
+    }
+
+    /// Names under `ns.test.` do not exist, so their A questions get NXDOMAIN, and their AAAA
+    /// questions are dropped (a server that does not answer them); `users.` has the addresses
+    /// 10.0.0.1 and fd00::1, and `half.` 10.0.0.2, its AAAA questions dropped too.
+    fn nxdomain_or_dropped(name: &str, ty: RecordType) -> Answer {
+        match (name, ty) {
+            (_, RecordType::AAAA) if name.ends_with(".ns.test.") || name == "half." => None,
+            (_, RecordType::A) if name.ends_with(".ns.test.") => Some(Err(ResponseCode::NXDomain)),
+            ("users.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 1))])),
+            ("users.", RecordType::AAAA) => Some(Ok(vec![RData::AAAA(AAAA::new(
+                0xfd00, 0, 0, 0, 0, 0, 0, 1,
+            ))])),
+            ("half.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 2))])),
+            _ => Some(Err(ResponseCode::NXDomain)),
+        }
+    }
+
+    /// NXDOMAIN is about a name, not one record type: a name whose A question gets it does not
+    /// exist, and the search goes on to the next name though its AAAA question went unanswered.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_that_does_not_exist_is_passed_over_whatever_the_other_family_got() {
+        let server = serve(nxdomain_or_dropped).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let users = dns_name("users");
+        let both = [IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap()];
+        let Ok(found) = lookup_ips(&resolver, &users, None).await else {
+            panic!("users. was not found past users.ns.test.");
+        };
+        assert_eq!(found.ips, both);
+        assert_eq!(found.name, dns_name("users."));
+        // A dual-stack host found before keeps both families: not the IPv6 one alone.
+        let last = Last {
+            name: dns_name("users."),
+            ips: both.to_vec(),
+        };
+        let Ok(found) = lookup_ips(&resolver, &users, Some(&last)).await else {
+            panic!("users. was not found past users.ns.test.");
+        };
+        assert!(found.ips.contains(&both[0]), "{:?}", found.ips);
+    }
+
+    /// A family that goes unanswered keeps its last addresses only under the name they came
+    /// from: beside another name's answer the lookup fails, and the caller keeps them all.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_family_keeps_its_last_addresses_only_under_the_name_they_came_from() {
+        let server = serve(nxdomain_or_dropped).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let half = dns_name("half");
+        let v4 = IpAddr::from([10, 0, 0, 2]);
+        let Ok(found) = lookup_ips(&resolver, &half, None).await else {
+            panic!("half. was not found");
+        };
+        assert_eq!(
+            (found.ips, found.failed.map(|f| f.0)),
+            (vec![v4], Some("AAAA"))
+        );
+        let last = |name: &str| Last {
+            name: dns_name(name),
+            ips: vec![IpAddr::from([10, 0, 0, 9]), "fd00::9".parse().unwrap()],
+        };
+        let Ok(found) = lookup_ips(&resolver, &half, Some(&last("half."))).await else {
+            panic!("half. was not found");
+        };
+        assert_eq!(found.ips, [v4, "fd00::9".parse().unwrap()]);
+        let Err(error) = lookup_ips(&resolver, &half, Some(&last("half.ns.test."))).await else {
+            panic!("another name's IPv6 addresses were kept beside half.'s IPv4 ones");
+        };
+        assert!(!is_absent(&error), "{error}");
     }
 }
