@@ -133,6 +133,13 @@ impl Dns {
     /// it had at the last good resolution. A target of `"."` means the service is not available
     /// there (RFC 2782) and is left out, as is a record with port 0, which no client can connect
     /// to. The resolution fails, keeping the last good set, only when no target gives an address.
+    ///
+    /// A relative `name` is tried under each search domain of the system's configuration in turn
+    /// (see [`nameservers`](DnsBuilder::nameservers)), one name at a time: a name the server says
+    /// does not exist or has no SRV records is passed over, and one whose question goes
+    /// unanswered or gets a server failure or a refusal ends the search (the resolution fails,
+    /// keeping the last good set), since that name may have records the server could not give
+    /// and a later name may be another service.
     pub fn srv(name: impl Into<String>) -> DnsBuilder {
         DnsBuilder::new(Query::Srv { name: name.into() })
     }
@@ -168,8 +175,8 @@ impl DnsBuilder {
     /// server.
     ///
     /// The system's configuration also gives the search list (and `ndots`) under which a
-    /// relative name is tried, in the resolver's order, as [`Dns::a`] describes; name servers
-    /// given here come with none, and a relative name is asked about as it is.
+    /// relative name is tried, in the resolver's order, as [`Dns::a`] and [`Dns::srv`] describe;
+    /// name servers given here come with none, and a relative name is asked about as it is.
     pub fn nameservers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.nameservers = Some(servers.into_iter().collect());
         self
@@ -554,19 +561,7 @@ async fn resolve(
             ip_endpoints(found, *port)
         }
         Parsed::Srv(srv_name) => {
-            let lookup = resolver.srv_lookup(srv_name.clone()).await?;
-            let mut ttl = u32::MAX;
-            let mut records = Vec::new();
-            // Every record's TTL counts, a CNAME's on the way to the SRV records included.
-            for record in lookup.as_lookup().records() {
-                ttl = ttl.min(ttl_of(record));
-                if let RData::SRV(srv) = record.data() {
-                    records.push(srv.clone());
-                }
-            }
-            if records.is_empty() {
-                return Err(ResolveError::from("no SRV records"));
-            }
+            let (records, mut ttl) = lookup_srv(resolver, srv_name).await?;
             let mut priorities: Vec<u16> = records.iter().map(|r| r.priority()).collect();
             priorities.sort_unstable();
             priorities.dedup();
@@ -978,6 +973,45 @@ fn is_nxdomain(error: &ResolveError) -> bool {
     }
 }
 
+/// The SRV records of `name`, with the smallest TTL of the records that gave them (a CNAME's on
+/// the way to them included); an error when the server says there are none (then [`is_absent`]
+/// holds) or a question fails.
+///
+/// The names of [`search_names`] are asked about one at a time, as [`lookup_ips`] does: a name
+/// the server says does not exist or has no SRV records is passed over, and one whose question
+/// fails (a timeout, a server failure, a refusal) ends the search, since the name may have
+/// records the server could not give and a later name may be another service. hickory's own
+/// search would go on to the next name after any error.
+async fn lookup_srv(
+    resolver: &TokioResolver,
+    srv_name: &DnsName,
+) -> Result<(Vec<SRV>, u32), ResolveError> {
+    let mut absent = None;
+    for name in search_names(resolver, srv_name) {
+        let lookup = match resolver.srv_lookup(name).await {
+            Ok(lookup) => lookup,
+            Err(error) if is_absent(&error) => {
+                absent = Some(error);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let mut ttl = u32::MAX;
+        let mut records = Vec::new();
+        // Every record's TTL counts, a CNAME's on the way to the SRV records included.
+        for record in lookup.as_lookup().records() {
+            ttl = ttl.min(ttl_of(record));
+            if let RData::SRV(srv) = record.data() {
+                records.push(srv.clone());
+            }
+        }
+        if !records.is_empty() {
+            return Ok((records, ttl));
+        }
+    }
+    Err(absent.unwrap_or_else(|| ResolveError::from("no SRV records")))
+}
+
 /// The names a lookup of `host` tries, in order, as the resolver's own lookups order them: a
 /// fully qualified name alone; otherwise the name under the configured domain and under each
 /// search domain, and the name itself, first when it has more than `ndots` labels (or is
@@ -1256,6 +1290,55 @@ mod tests {
             panic!("no address for users.");
         };
         assert_eq!(found.ips, [IpAddr::from([10, 0, 0, 1])]);
+    }
+
+    /// The SRV search asks one name at a time and stops at a server failure, as the address
+    /// search does: `_http._tcp.users.ns.svc.test.` gets one, and `_http._tcp.users.`, tried
+    /// last, has a record (another service, as far as the resolution can tell). Names under
+    /// `gone.test.` do not exist: the search goes on past them.
+    #[tokio::test]
+    async fn an_srv_server_failure_ends_the_search() {
+        let server = serve(|name, ty| match (name, ty) {
+            _ if name.ends_with(".svc.test.") => Some(Err(ResponseCode::ServFail)),
+            ("_http._tcp.users.", RecordType::SRV) => Some(Ok(vec![RData::SRV(SRV::new(
+                10,
+                1,
+                8080,
+                dns_name("users.other.test."),
+            ))])),
+            ("users.other.test.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 3))])),
+            ("users.other.test.", _) => Some(Ok(vec![])),
+            _ => Some(Err(ResponseCode::NXDomain)),
+        })
+        .await;
+        let query = &Parsed::Srv(dns_name("_http._tcp.users"));
+        let resolve_with = |search| {
+            let resolver = search_resolver(server, search, Duration::from_secs(5));
+            async move {
+                let mut known = Known::new();
+                resolve(
+                    &resolver,
+                    query,
+                    &Name::default_for("discover"),
+                    &mut known,
+                    &Failing::new(),
+                    &mut Failing::new(),
+                )
+                .await
+                .map(|resolved| resolved.endpoints)
+            }
+        };
+        let Err(error) = resolve_with("ns.svc.test.").await else {
+            panic!("the SRV search went on past a server failure");
+        };
+        assert!(!is_absent(&error), "{error}");
+        let Ok(endpoints) = resolve_with("gone.test.").await else {
+            panic!("the SRV search did not go on past a name that does not exist");
+        };
+        assert_eq!(
+            endpoints,
+            [Tagged::new(SocketAddr::from(([10, 0, 0, 3], 8080)))]
+        );
     }
 
     /// Names under `ns.test.` do not exist, so their A questions get NXDOMAIN, and their AAAA
