@@ -473,10 +473,18 @@ async fn run(
     }
 }
 
-/// The pause after the `failures`-th failed resolution in a row: `min`, doubling up to `max`.
+/// The pause after the `failures`-th failed resolution in a row: `min`, doubling up to `max`,
+/// however many doublings that takes (a `Duration` reaches its largest value within 100 from
+/// 1 ns, so the loop ends soon whatever `failures` is).
 fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    min.saturating_mul(1 << failures.min(16).saturating_sub(1))
-        .min(max)
+    let mut pause = min;
+    for _ in 1..failures {
+        if pause >= max || pause.is_zero() {
+            break;
+        }
+        pause = pause.saturating_mul(2);
+    }
+    pause.min(max)
 }
 
 /// How many SRV targets are looked up at once.
@@ -1063,6 +1071,19 @@ mod tests {
         assert_eq!(opts.attempts, 0);
         assert_eq!(opts.cache_size, 0);
         assert_eq!(opts.num_concurrent_reqs, 3);
+    }
+
+    #[test]
+    fn the_backoff_doubles_until_max_however_small_min_is() {
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(backoff(second, minute, 1), second);
+        assert_eq!(backoff(second, minute, 3), 4 * second);
+        assert_eq!(backoff(second, minute, 7), minute);
+        let nano = Duration::from_nanos(1);
+        assert_eq!(backoff(nano, minute, 36), Duration::from_nanos(1 << 35));
+        assert_eq!(backoff(nano, minute, 37), minute);
+        assert_eq!(backoff(nano, minute, u32::MAX), minute);
+        assert_eq!(backoff(nano, Duration::MAX, u32::MAX), Duration::MAX);
     }
 
     #[test]

@@ -64,6 +64,33 @@ async fn an_unanswered_query_is_sent_once_then_retried_with_backoff_until_an_ans
     );
 }
 
+/// The failure backoff doubles until it reaches `max_refresh`, however many doublings that
+/// takes: from 1 ms, a 60 s bound is reached after 17 failures, past 2^15 × 1 ms (32.768 s).
+#[tokio::test(start_paused = true)]
+async fn the_failure_backoff_doubles_up_to_max_refresh_however_far_off() {
+    let zone = Zone::with_ttl(5);
+    zone.set_a("users.test", &[[10, 0, 0, 1]]);
+    zone.down.store(true, Relaxed);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let _discovery = Dns::a("users.test.", 80)
+        .nameservers([server])
+        .min_refresh(Duration::from_millis(1))
+        .max_refresh(Duration::from_secs(60))
+        .timeout(Duration::from_millis(1))
+        .build(make)
+        .unwrap();
+    // Each resolution waits out the 1 ms timeout; the pauses between their starts are 1, 2, 4
+    // ... 32 768 ms (the 16th failure), then 60 s, where 65 536 ms is cut to max_refresh.
+    tokio::time::sleep(Duration::from_secs(190)).await;
+    let mut expected: Vec<Duration> = (0..=16)
+        .map(|i| Duration::from_millis((1 << i) - 1))
+        .collect();
+    expected.push(Duration::from_millis(65_535 + 60_000));
+    expected.push(Duration::from_millis(65_535 + 120_000));
+    assert_eq!(zone.asked_at(RecordType::A, start), expected);
+}
+
 /// The pause before the next resolution counts from when one starts, not from when its slowest
 /// lookup ends: a resolution that waits out a query's timeout does not put the next one off, and
 /// the endpoints are asked about again as their TTL runs out.
