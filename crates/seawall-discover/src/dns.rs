@@ -10,12 +10,13 @@ use futures_util::{
     stream, FutureExt, StreamExt,
 };
 use hickory_resolver::{
-    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    config::{NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts},
     lookup::Lookup,
     name_server::TokioConnectionProvider,
     proto::{
         op::ResponseCode,
         rr::{rdata::SRV, Name as DnsName, RData, Record},
+        xfer::Protocol,
         ProtoErrorKind,
     },
     ResolveError, ResolveErrorKind, TokioResolver,
@@ -172,7 +173,8 @@ impl DnsBuilder {
     /// IP address. Each query goes to every name server at once, and the first answer counts,
     /// positive or negative (a name the fastest server says does not exist does not wait for
     /// the others): the servers must serve the same records. Each query is so sent once per name
-    /// server.
+    /// server. An IPv6 address keeps its scope id, so a link-local server (`[fe80::1%2]:53`) is
+    /// reached through the interface it names.
     ///
     /// The system's configuration also gives the search list (and `ndots`) under which a
     /// relative name is tried, in the resolver's order, as [`Dns::a`] and [`Dns::srv`] describe;
@@ -277,20 +279,10 @@ impl DnsBuilder {
             Err(addr) => return Ok(address(addr, name, make)),
         };
         let config = match &self.nameservers {
-            Some(servers) => {
-                let mut group = NameServerConfigGroup::new();
-                for server in servers {
-                    group.merge(NameServerConfigGroup::from_ips_clear(
-                        &[server.ip()],
-                        server.port(),
-                        true,
-                    ));
-                }
-                (
-                    ResolverConfig::from_parts(None, vec![], group),
-                    ResolverOpts::default(),
-                )
-            }
+            Some(servers) => (
+                ResolverConfig::from_parts(None, vec![], name_server_group(servers)),
+                ResolverOpts::default(),
+            ),
             None => system_config()?,
         };
         let (config, opts) = config;
@@ -356,6 +348,21 @@ fn make_panicked(name: Name) -> impl Fn(&Tagged<SocketAddr>, &str) + Send + 'sta
     move |endpoint, panic| {
         tracing::error!(name = %name, endpoint = %endpoint.key, weight = endpoint.weight, %panic, "seawall discover make panicked; leaving the endpoint out until the next resolution");
     }
+}
+
+/// The name servers at `servers`, each asked over UDP, falling back to TCP. Each is built from
+/// its whole socket address, not its IP and port, so that an IPv6 link-local server keeps the
+/// scope id that names its interface.
+fn name_server_group(servers: &[SocketAddr]) -> NameServerConfigGroup {
+    servers
+        .iter()
+        .flat_map(|&server| {
+            // `new` trusts negative answers: a name one server says does not exist is not asked
+            // of the others.
+            [Protocol::Udp, Protocol::Tcp].map(|protocol| NameServerConfig::new(server, protocol))
+        })
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// The resolver's options: the system's (`ndots`, `edns0`... from `resolv.conf`) or
@@ -1084,6 +1091,36 @@ mod tests {
         assert_eq!(backoff(nano, minute, 37), minute);
         assert_eq!(backoff(nano, minute, u32::MAX), minute);
         assert_eq!(backoff(nano, Duration::MAX, u32::MAX), Duration::MAX);
+    }
+
+    /// A link-local name server is reached through the interface its scope id names: the id is
+    /// kept for both UDP and TCP.
+    #[test]
+    fn a_name_servers_scope_id_is_kept() {
+        let link_local = SocketAddr::from(std::net::SocketAddrV6::new(
+            "fe80::1".parse().unwrap(),
+            53,
+            0,
+            3,
+        ));
+        let plain = SocketAddr::from(([10, 0, 0, 53], 5353));
+        let group = name_server_group(&[link_local, plain]);
+        let servers: Vec<_> = group
+            .iter()
+            .map(|server| {
+                assert!(server.trust_negative_responses);
+                (server.socket_addr, server.protocol)
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                (link_local, Protocol::Udp),
+                (link_local, Protocol::Tcp),
+                (plain, Protocol::Udp),
+                (plain, Protocol::Tcp),
+            ]
+        );
     }
 
     #[test]
