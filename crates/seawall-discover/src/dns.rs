@@ -226,7 +226,11 @@ impl DnsBuilder {
     /// resolve (empty, the root, an empty label) is rejected here rather than failing every
     /// resolution.
     ///
-    /// Must be called inside a Tokio runtime.
+    /// Must be called inside a Tokio runtime, whose IO and time drivers resolving needs
+    /// (`enable_all`): outside any runtime this returns a [`ConfigError`] for the field
+    /// `runtime`. On a runtime without those drivers the resolving task panics: the panic is
+    /// logged as an error naming the discovery, and the stream ends (a balancer keeps the
+    /// endpoints it has).
     pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
     where
         S: Send + 'static,
@@ -256,6 +260,13 @@ impl DnsBuilder {
         let name = match &self.name {
             Some(name) => Name::validate("name", name)?,
             None => Name::default_for("discover"),
+        };
+        // The stream makes its endpoints, and the resolving task runs, on this runtime.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(ConfigError::conflict(
+                "runtime",
+                "is required: build must be called inside a Tokio runtime",
+            ));
         };
         if let Some(servers) = &self.nameservers {
             if servers.is_empty() {
@@ -297,8 +308,11 @@ impl DnsBuilder {
                 .with_options(opts)
                 .build();
         let (publisher, latest) = latest::channel();
+        let publisher = publisher.on_panic(move || {
+            tracing::error!(name = %name, "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
+        });
         let panicked = make_panicked(name);
-        let task = tokio::spawn(run(
+        let task = runtime.spawn(run(
             resolver,
             parsed,
             self.min_refresh,

@@ -17,8 +17,13 @@ struct State<T> {
 }
 
 /// The source's end: offers values, and closes the hand-over when dropped (its task ending,
-/// returning or aborted).
-pub(crate) struct Publisher<T>(Arc<Mutex<State<T>>>);
+/// returning, aborted or panicking).
+pub(crate) struct Publisher<T> {
+    state: Arc<Mutex<State<T>>>,
+    /// Reports the source's task ending in a panic, which drops the publisher as it unwinds:
+    /// the stream then ends, and nothing else would say why.
+    on_panic: Option<Box<dyn Fn() + Send + Sync>>,
+}
 
 /// The stream's end: takes the latest value offered.
 pub(crate) struct Latest<T>(Arc<Mutex<State<T>>>);
@@ -30,7 +35,11 @@ pub(crate) fn channel<T>() -> (Publisher<T>, Latest<T>) {
         closed: false,
         waker: None,
     }));
-    (Publisher(state.clone()), Latest(state))
+    let publisher = Publisher {
+        state: state.clone(),
+        on_panic: None,
+    };
+    (publisher, Latest(state))
 }
 
 fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
@@ -38,10 +47,16 @@ fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
 }
 
 impl<T> Publisher<T> {
+    /// Calls `report` if the publisher is dropped by a panic (its task panicking).
+    pub(crate) fn on_panic(mut self, report: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(Box::new(report));
+        self
+    }
+
     /// Offers `value` in place of any value not yet taken.
     pub(crate) fn publish(&self, value: T) {
         let (waker, _replaced) = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.state);
             let replaced = state.next.replace(value);
             (state.waker.take(), replaced)
         };
@@ -53,8 +68,13 @@ impl<T> Publisher<T> {
 
 impl<T> Drop for Publisher<T> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(report) = &self.on_panic {
+                report();
+            }
+        }
         let waker = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.state);
             state.closed = true;
             state.waker.take()
         };

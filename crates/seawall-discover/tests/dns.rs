@@ -244,6 +244,22 @@ async fn invalid_configuration_is_rejected() {
     assert_eq!(err.field(), "min_refresh");
 }
 
+/// Discovery resolves on a task of the runtime `build` is called in: outside one, `build`
+/// says so rather than panicking, for a name or an address alike.
+#[test]
+fn building_outside_a_runtime_is_rejected_naming_the_runtime() {
+    let server = addr("127.0.0.1:53");
+    for dns in [
+        Dns::a("users.test.", 80).nameservers([server]),
+        Dns::srv("_http._tcp.users.test.").nameservers([server]),
+        Dns::a("10.0.0.1", 80),
+    ] {
+        let err = dns.build(make).map(drop).unwrap_err();
+        assert_eq!(err.field(), "runtime", "{err}");
+        assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn names_that_can_never_resolve_are_rejected() {
     let server = addr("127.0.0.1:53");
