@@ -931,3 +931,38 @@ async fn sent_event_says_when_the_hedge_went_out_after_waiting_for_readiness() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn copies_that_lose_the_deadline_are_still_bounded_by_it() {
+    use seawall_core::deadline::RequestDeadline;
+
+    // Copies rebuilt from the method, URI and body: the extensions, and the deadline in them, are
+    // left behind.
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .max_hedges(3)
+        .budget(RetryBudget::unlimited())
+        .clone_with(|req: &Req| {
+            http::Request::builder()
+                .method(req.method().clone())
+                .uri(req.uri().clone())
+                .body(*req.body())
+                .ok()
+        })
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(100), |_| false));
+    // Hedges are due at 10, 20 and 30 ms; the deadline at 25 ms, read from the original request,
+    // leaves room for the first two.
+    let deadline = Instant::now() + ms(25);
+    let mut req = get();
+    req.set_deadline(deadline);
+    svc.ready().await.unwrap().call(req).await.unwrap();
+    let calls = replicas.calls.all();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls.iter().all(|call| call.deadline == Some(deadline)),
+        "every copy carries the call's deadline: {calls:?}"
+    );
+}

@@ -1,4 +1,4 @@
-use super::{layer::Shared, misses};
+use super::{copy_request, layer::Shared, misses};
 use crate::{
     budget::Withdrawal,
     policy::{CloneRequest, Policy},
@@ -39,6 +39,9 @@ pin_project! {
         hedges: Vec<InFlight<S::Future>>,
         service: S,
         template: Option<Req>,
+        // The call's deadline, read from the request at the call: the copy kept in `template`
+        // may not carry it.
+        deadline: Option<Instant>,
         delay: Duration,
         sent: u32,
         scheduled: bool,
@@ -72,6 +75,7 @@ where
         future: S::Future,
         service: S,
         template: Option<Req>,
+        deadline: Option<Instant>,
         delay: Duration,
         started: Option<Instant>,
         shared: Arc<Shared<P, K>>,
@@ -82,6 +86,7 @@ where
             hedges: Vec::new(),
             service,
             template,
+            deadline,
             delay,
             sent: 0,
             scheduled: false,
@@ -123,11 +128,6 @@ where
         shared.record_latency(since(call_started), now);
     }
     outcome != Outcome::Failure
-}
-
-/// The deadline of the request kept for the next hedge, if any.
-fn deadline_of<Req: RequestDeadline>(template: &Option<Req>) -> Option<Instant> {
-    template.as_ref().and_then(RequestDeadline::deadline)
 }
 
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
@@ -221,7 +221,7 @@ where
                     // A first poll so late that the hedge could not start before the deadline:
                     // drop the copy now rather than keep it, and a timer, for a hedge never sent.
                     // The original call, polled above, is all that runs.
-                    if deadline_of(this.template).is_some_and(|deadline| misses(deadline, due)) {
+                    if this.deadline.is_some_and(|deadline| misses(deadline, due)) {
                         *this.template = None;
                         return Poll::Pending;
                     }
@@ -233,10 +233,9 @@ where
             }
 
             // No copy starts once the call's deadline has passed: it would have no time at all.
-            let past_deadline = |template: &Option<Req>| {
-                deadline_of(template).is_some_and(|deadline| Instant::now() >= deadline)
-            };
-            if past_deadline(this.template) {
+            let deadline = *this.deadline;
+            let past_deadline = || deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            if past_deadline() {
                 *this.template = None;
                 abandon_hedge(this.service, this.withdrawn, this.readying);
                 continue;
@@ -257,7 +256,7 @@ where
             let Poll::Ready(ready) = this.service.poll_ready(cx) else {
                 // Waiting past the call's deadline is pointless: be woken then to give the hedge
                 // up (the timer is free: the hedge is due).
-                if let Some(deadline) = deadline_of(this.template) {
+                if let Some(deadline) = deadline {
                     this.timer.as_mut().arm(deadline);
                     if this.timer.as_mut().poll_elapsed(cx).is_ready() {
                         *this.template = None;
@@ -278,7 +277,7 @@ where
                     continue;
                 }
             }
-            if past_deadline(this.template) {
+            if past_deadline() {
                 // It passed while the service got ready: hand back what readiness reserved rather
                 // than hold it while the calls already out run.
                 *this.template = None;
@@ -292,13 +291,13 @@ where
             // The request is kept for the next hedge only when that one could start before the
             // deadline; otherwise this hedge is the last, and sends it rather than a copy.
             let last = hedge >= shared.max_hedges
-                || deadline_of(this.template).is_some_and(|deadline| misses(deadline, next_due));
+                || deadline.is_some_and(|deadline| misses(deadline, next_due));
             let copy = if last {
                 None
             } else {
                 this.template
                     .as_ref()
-                    .and_then(|template| shared.cloner.clone_request(template))
+                    .and_then(|template| copy_request(&shared.cloner, template, deadline))
             };
             let request = match copy {
                 Some(copy) => copy,

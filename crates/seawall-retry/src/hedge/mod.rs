@@ -21,13 +21,13 @@
 //!   everything is slow at once (which is when hedges stop helping).
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
-//! - **Deadline**: no copy is sent once the request's deadline (read through
-//!   [`RequestDeadline`](seawall_core::deadline::RequestDeadline)) has passed, and none is made or
-//!   kept for a hedge that could not start before it (when it is due, plus the millisecond tokio's
-//!   timer may take to fire): a request whose first hedge could not is not copied, and the last
-//!   hedge the deadline leaves room for sends the request kept for hedging, not a copy of it. A
-//!   fixed delay counts from the first poll: when that poll comes too late for the first hedge,
-//!   the copy made at the call is dropped then and no timer is set.
+//! - **Deadline**: no copy is sent once the request's deadline (read through [`RequestDeadline`]
+//!   from the request as the call receives it, and given to any copy the cloner made without one)
+//!   has passed, and none is made or kept for a hedge that could not start before it (when it is
+//!   due, plus the millisecond tokio's timer may take to fire): a request whose first hedge could
+//!   not is not copied, and the last hedge the deadline leaves room for sends the request kept for
+//!   hedging, not a copy of it. A fixed delay counts from the first poll: when that poll comes too
+//!   late for the first hedge, the copy made at the call is dropped then and no timer is set.
 //!
 //! ```
 //! use seawall::{retry::{HedgeLayer, RequestDeadline}, ServiceBuilderExt};
@@ -66,8 +66,8 @@ pub use future::ResponseFuture;
 pub use layer::HedgeLayer;
 pub use service::Hedge;
 
-use crate::timer::TIMER_RESOLUTION;
-use seawall_core::deadline::deadline_after;
+use crate::{policy::CloneRequest, timer::TIMER_RESOLUTION};
+use seawall_core::deadline::{deadline_after, RequestDeadline};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -97,4 +97,21 @@ pub enum HedgeEvent {
 /// [`TIMER_RESOLUTION`] after it is due. No copy is made (or kept) for such a hedge.
 fn misses(deadline: Instant, due: Instant) -> bool {
     deadline <= deadline_after(due, TIMER_RESOLUTION)
+}
+
+/// A copy of `request` for a hedge. A copy the cloner made without a deadline (a request rebuilt
+/// without its extensions) is given the call's `deadline`, so the layers below see it too; one
+/// that carries a deadline of its own keeps it.
+fn copy_request<K, Req>(cloner: &K, request: &Req, deadline: Option<Instant>) -> Option<Req>
+where
+    K: CloneRequest<Req>,
+    Req: RequestDeadline,
+{
+    let mut copy = cloner.clone_request(request)?;
+    if let Some(deadline) = deadline {
+        if copy.deadline().is_none() {
+            copy.set_deadline(deadline);
+        }
+    }
+    Some(copy)
 }

@@ -1,4 +1,4 @@
-use super::{layer::Shared, misses, ResponseFuture};
+use super::{copy_request, layer::Shared, misses, ResponseFuture};
 use crate::policy::{ByClone, Classified, CloneRequest, Policy};
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
@@ -89,24 +89,27 @@ where
         // No copy while no delay is known yet (a percentile still being measured).
         let delay = shared.current_delay();
         let started = (shared.records_latency() || shared.policy.uses_elapsed()).then(Instant::now);
-        let template = match delay {
+        // The deadline is read here, from the request as the caller sent it, and only here: a
+        // copy may have lost it (a cloner that rebuilds the request without its extensions).
+        let (template, deadline) = match delay {
             // No copy for a request whose deadline comes before its first hedge could start,
             // counted from the call. A fixed delay counts from the first poll, which may come
             // later still: the response future then drops a copy its first hedge could not send.
             Some(delay) if shared.policy.is_retryable(&request) => {
                 let due = || deadline_after(started.unwrap_or_else(Instant::now), delay);
                 match request.deadline() {
-                    Some(deadline) if misses(deadline, due()) => None,
-                    _ => shared.cloner.clone_request(&request),
+                    Some(deadline) if misses(deadline, due()) => (None, None),
+                    deadline => (copy_request(&shared.cloner, &request, deadline), deadline),
                 }
             }
-            _ => None,
+            _ => (None, None),
         };
         let future = service.call(request);
         ResponseFuture::new(
             future,
             service,
             template,
+            deadline,
             delay.unwrap_or_default(),
             started,
             self.shared.clone(),
