@@ -35,8 +35,8 @@ pub trait Policy<Req, Res> {
         true
     }
 
-    /// How one attempt ended: only [`Outcome::Failure`] is retried (and, for hedging, not
-    /// accepted as the answer).
+    /// How one attempt ended: only [`Outcome::Failure`] is retried. A hedge answers with the
+    /// first [`Outcome::Success`], and with anything else only once no other copy is running.
     fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome;
 
     /// A pause the server asked for before the next attempt, read from a failed response.
@@ -56,8 +56,10 @@ pub trait Policy<Req, Res> {
 }
 
 /// A [`Policy`] that returns errors of type `E` at once: an attempt whose error has an `E`
-/// anywhere in its `source()` chain is [`Outcome::Ignored`], so it is neither retried (nor, by a
-/// hedge, passed over) nor counted by a token-bucket budget. Everything else is as `P` says.
+/// anywhere in its `source()` chain is [`Outcome::Ignored`], so it is neither retried nor counted
+/// by a token-bucket budget. A hedge does not answer with it while another copy of the call is
+/// still running (a bulkhead's rejection of a copy leaves the original to answer), and returns it
+/// once none is. Everything else is as `P` says.
 /// Made by [`ignore_error`](crate::RetryConfigBuilder::ignore_error).
 pub struct Ignoring<P, E> {
     policy: P,

@@ -966,3 +966,59 @@ async fn copies_that_lose_the_deadline_are_still_bounded_by_it() {
         "every copy carries the call's deadline: {calls:?}"
     );
 }
+
+/// A rejection a policy may ignore, as a bulkhead's `Full` is.
+#[derive(Debug)]
+struct Rejected;
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("rejected")
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// A hedge due at 10 ms whose policy ignores [`Rejected`], over a service whose call `n` is
+/// rejected at once when `rejected(n)` and otherwise answers `Ok(n)` after `latency(n)`.
+fn ignoring_rejections(
+    latency: impl Fn(usize) -> Duration + Send + Sync + 'static,
+    rejected: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> impl Service<Req, Response = usize, Error = BoxError> {
+    use seawall_retry::policy::{Classified, Ignoring};
+
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .policy(Ignoring::<Classified, Rejected>::new(Classified::default()))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (latency, rejected) = (Arc::new(latency), Arc::new(rejected));
+    layer.layer(service_fn(move |_: Req| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let (delay, reject) = (latency(n), rejected(n));
+        async move {
+            if reject {
+                return Err::<usize, BoxError>(Rejected.into());
+            }
+            tokio::time::sleep(delay).await;
+            Ok(n)
+        }
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ignored_answer_does_not_win_while_another_copy_runs() {
+    // The hedge is rejected at once at 10 ms; the original answers at 100 ms.
+    let start = Instant::now();
+    let svc = ignoring_rejections(|_| ms(100), |n| n == 1);
+    assert_eq!(svc.oneshot(get()).await.unwrap(), 0);
+    assert_eq!(Instant::now() - start, ms(100));
+
+    // With nothing else running, the ignored answer is returned at once.
+    let svc = ignoring_rejections(|_| ms(100), |n| n == 0);
+    let error = svc.oneshot(get()).await.unwrap_err();
+    assert!(seawall_core::error::is::<Rejected>(&*error), "{error}");
+    assert_eq!(Instant::now() - start, ms(100));
+}

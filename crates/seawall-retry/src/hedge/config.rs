@@ -124,7 +124,8 @@ impl<P, K> HedgeConfigBuilder<P, K> {
         }
     }
 
-    /// Accepts any answer `classifier` does not call a failure.
+    /// Accepts the answers `classifier` calls a success; any other is returned only when no
+    /// other copy of the call is still running.
     pub fn classify<C>(self, classifier: C) -> HedgeConfigBuilder<Classified<C>, K> {
         self.policy(Classified(classifier))
     }

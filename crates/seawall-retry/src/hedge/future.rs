@@ -102,8 +102,10 @@ where
 }
 
 /// Classifies a finished copy by its own duration (from `sent`) and says whether it is
-/// acceptable. The first acceptable one answers the call: the call's latency (from
-/// `call_started`, when latencies are recorded) goes into the histogram. Recording the winning
+/// acceptable: only a success is. The first acceptable one answers the call: the call's latency
+/// (from `call_started`, when latencies are recorded) goes into the histogram. A failure or an
+/// ignored answer (a bulkhead's rejection of a copy, an open breaker's) does not end the call
+/// while another copy still runs. Recording the winning
 /// copy's own latency instead would replace every slow call a hedge rescued by a fast sample and
 /// drag the percentile, and with it the delay, below the service's real one.
 fn accept<P, K, Req, Res>(
@@ -127,7 +129,7 @@ where
     if let (Outcome::Success, Some(_), Some(now)) = (outcome, call_started, now) {
         shared.record_latency(since(call_started), now);
     }
-    outcome != Outcome::Failure
+    outcome == Outcome::Success
 }
 
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the

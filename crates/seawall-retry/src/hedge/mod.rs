@@ -11,11 +11,11 @@
 //!   into an HdrHistogram and at the end of each period its percentile becomes the delay, so the
 //!   delay follows the service when it gets faster or slower.
 //! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
-//! - **Acceptable** means not a [`Outcome::Failure`](seawall_core::Outcome) by the policy. A
-//!   failed answer does not win while another copy is still running; when every copy sent has
-//!   failed, the last failure is returned at once, and a hedge due but still waiting for the
-//!   inner service to be ready is given up. Hedging does not re-send *because* of a failure:
-//!   that is what [`RetryLayer`](crate::RetryLayer) is for.
+//! - **Acceptable** means an [`Outcome::Success`](seawall_core::Outcome) by the policy. A
+//!   failed or ignored answer (a bulkhead's rejection of a copy) does not win while another copy
+//!   is still running; when every copy sent has answered so, the last answer is returned at once,
+//!   and a hedge due but still waiting for the inner service to be ready is given up. Hedging does
+//!   not re-send *because* of a failure: that is what [`RetryLayer`](crate::RetryLayer) is for.
 //! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
 //!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
 //!   everything is slow at once (which is when hedges stop helping).
