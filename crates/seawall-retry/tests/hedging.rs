@@ -1022,3 +1022,116 @@ async fn an_ignored_answer_does_not_win_while_another_copy_runs() {
     assert!(seawall_core::error::is::<Rejected>(&*error), "{error}");
     assert_eq!(Instant::now() - start, ms(100));
 }
+
+/// A p90 hedge over 1 s periods, from 10 calls, over a service that answers in 10 ms, except
+/// every copy of every fifth call, which the future `slow()` answers.
+fn p90_with_every_fifth_call<F>(
+    slow: impl Fn() -> F + Clone + Send + 'static,
+) -> (
+    HedgeLayer,
+    impl FnMut() -> Req,
+    impl Service<Req, Error = BoxError>,
+)
+where
+    F: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 10, Duration::from_secs(1))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    // Every copy of a request whose body is "slow" is slow, so no hedge rescues it.
+    let svc = layer.layer(service_fn(move |req: Req| {
+        let slow = (*req.body() == "slow").then(&slow);
+        async move {
+            match slow {
+                Some(slow) => slow.await,
+                None => {
+                    tokio::time::sleep(ms(10)).await;
+                    Ok(())
+                }
+            }
+        }
+    }));
+    let mut made = 0u64;
+    let requests = move || {
+        made += 1;
+        let body = if made.is_multiple_of(5) { "slow" } else { "x" };
+        http::Request::get("/things/1").body(body).unwrap()
+    };
+    (layer, requests, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_failures_count_towards_the_percentile_delay() {
+    let slow_failure = || async {
+        tokio::time::sleep(ms(1000)).await;
+        Err::<(), BoxError>("gateway timeout".into())
+    };
+    let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow_failure);
+    // The first period (to about 2 s) measures the successes: no failure is recorded before a
+    // percentile of them is known. From the second (to about 4 s) on, a fifth of the calls take
+    // at least 1 s, and so does the 90th percentile, period after period.
+    let start = Instant::now();
+    while Instant::now() < start + Duration::from_secs(5) {
+        let _ = svc.ready().await.unwrap().call(requests()).await;
+    }
+    while Instant::now() < start + Duration::from_secs(20) {
+        let delay = layer.current_delay().unwrap();
+        assert!(
+            delay >= ms(500),
+            "{delay:?} at {:?}",
+            Instant::now() - start
+        );
+        let _ = svc.ready().await.unwrap().call(requests()).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_dropped_unanswered_count_towards_the_percentile_delay() {
+    // Every fifth call hangs until the caller gives up on it after 500 ms.
+    let (layer, mut requests, mut svc) = p90_with_every_fifth_call(std::future::pending);
+    let start = Instant::now();
+    let mut call = async || {
+        let call = svc.ready().await.unwrap().call(requests());
+        let _ = tokio::time::timeout(ms(500), call).await;
+    };
+    // Two periods in, and from then on, the calls given up on set the 90th percentile.
+    while Instant::now() < start + Duration::from_secs(4) {
+        call().await;
+    }
+    while Instant::now() < start + Duration::from_secs(15) {
+        let delay = layer.current_delay().unwrap();
+        assert!(
+            delay >= ms(400),
+            "{delay:?} at {:?}",
+            Instant::now() - start
+        );
+        call().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_failures_do_not_drag_the_percentile_delay_down() {
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 10, Duration::from_secs(1))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(50), |_| false));
+    call_for(&mut svc, Duration::from_millis(2_100)).await;
+    let before = layer.current_delay().expect("a period has been measured");
+    assert!(before >= ms(49) && before <= ms(51), "{before:?}");
+
+    // Two periods of failures, each after 1 ms, then a success that closes the period.
+    let failing = Replicas::new();
+    let mut failing = layer.layer(failing.service(|_| ms(1), |_| true));
+    let until = Instant::now() + ms(2_100);
+    while Instant::now() < until {
+        assert!(failing.ready().await.unwrap().call(get()).await.is_err());
+    }
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    let after = layer.current_delay().unwrap();
+    assert!(after >= ms(49), "{after:?}");
+}

@@ -16,9 +16,11 @@ pub enum HedgeDelay {
     /// Always this long.
     Fixed(Duration),
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
-    /// HdrHistogram, two significant digits). A period (the first one starting at the first
-    /// latency recorded) lasts at least `period` and until it holds `min_data_points` successful
-    /// calls; no hedges are sent until one has been measured.
+    /// HdrHistogram, two significant digits), and of those that failed, or were dropped
+    /// unanswered, after running longer than the previous period's successes at that percentile
+    /// (each counted as the time it ran, a lower bound). A period (the first one starting at the
+    /// first latency recorded) lasts at least `period` and until it holds `min_data_points`
+    /// latencies; no hedges are sent until one has been measured.
     Percentile {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,

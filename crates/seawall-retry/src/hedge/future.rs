@@ -27,7 +27,10 @@ pin_project! {
     /// Polls the original call first; only when it is still pending is the hedge timer armed.
     /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
     /// sends a copy. The first acceptable answer wins and every other call still running is
-    /// dropped (cancelled) at once. Allocates only when it sends a hedge.
+    /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
+    /// a call that fails, or is dropped unanswered, after running longer than the last period's
+    /// successes at that percentile is recorded as having taken that long: a lower bound on its
+    /// latency.
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,
@@ -56,8 +59,25 @@ pin_project! {
         // What the first hedge's delay counts from: the call (`started`) with a percentile delay,
         // the first poll with a fixed one.
         counted_from: Option<Instant>,
-        failure: Option<Result<S::Response, BoxError>>,
+        // The last answer that did not win, and how the policy classified it.
+        failure: Option<(Result<S::Response, BoxError>, Outcome)>,
         shared: Arc<Shared<P, K>>,
+    }
+
+    impl<S, Req, P, K> PinnedDrop for ResponseFuture<S, Req, P, K>
+    where
+        S: Service<Req>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped unanswered (a timeout above gave up on it): the call took at least this
+            // long. A finished call has no call left running.
+            if let Some(started) = *this.started {
+                if this.primary.is_some() || !this.hedges.is_empty() {
+                    this.shared.record_unanswered(started);
+                }
+            }
+        }
     }
 }
 
@@ -101,19 +121,19 @@ where
     }
 }
 
-/// Classifies a finished copy by its own duration (from `sent`) and says whether it is
-/// acceptable: only a success is. The first acceptable one answers the call: the call's latency
-/// (from `call_started`, when latencies are recorded) goes into the histogram. A failure or an
-/// ignored answer (a bulkhead's rejection of a copy, an open breaker's) does not end the call
-/// while another copy still runs. Recording the winning
-/// copy's own latency instead would replace every slow call a hedge rescued by a fast sample and
-/// drag the percentile, and with it the delay, below the service's real one.
-fn accept<P, K, Req, Res>(
+/// Classifies a finished copy by its own duration (from `sent`). Only a success is acceptable: a
+/// failure or an ignored answer (a bulkhead's rejection of a copy, an open breaker's) does not
+/// end the call while another copy still runs. The first acceptable answer ends the call, and the
+/// call's latency (from `call_started`, when latencies are recorded) goes into the histogram.
+/// Recording the winning copy's own latency instead would replace every slow call a hedge
+/// rescued by a fast sample and drag the percentile, and with it the delay, below the service's
+/// real one.
+fn classify<P, K, Req, Res>(
     shared: &Shared<P, K>,
     result: &Result<Res, BoxError>,
     sent: Option<Instant>,
     call_started: Option<Instant>,
-) -> bool
+) -> Outcome
 where
     P: Policy<Req, Res>,
 {
@@ -124,12 +144,13 @@ where
     };
     let outcome = shared.policy.classify(result.as_ref(), since(sent));
     shared.budget.record(outcome);
-    // Only a success says how long the dependency takes: an ignored error (an open breaker's
-    // rejection) comes back at once, and would drag the percentile delay down.
+    // A success says how long the dependency takes. A failure bounds it from below, and only
+    // once the call has ended with it (`Shared::record_unanswered`); an ignored error (an open
+    // breaker's rejection) comes back at once, and would drag the percentile delay down.
     if let (Outcome::Success, Some(_), Some(now)) = (outcome, call_started, now) {
         shared.record_latency(since(call_started), now);
     }
-    outcome == Outcome::Success
+    outcome
 }
 
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
@@ -167,13 +188,14 @@ where
                 if let Poll::Ready(result) = primary.poll(cx) {
                     this.primary.set(None);
                     let result = result.map_err(Into::into);
-                    if accept(shared, &result, *this.started, *this.started) {
+                    let outcome = classify(shared, &result, *this.started, *this.started);
+                    if outcome == Outcome::Success {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
-                    *this.failure = Some(result);
+                    *this.failure = Some((result, outcome));
                 }
             }
 
@@ -186,24 +208,30 @@ where
                 let done = this.hedges.swap_remove(i);
                 drop(done.future);
                 let result = result.map_err(Into::into);
-                if accept(shared, &result, Some(done.started), *this.started) {
+                let outcome = classify(shared, &result, Some(done.started), *this.started);
+                if outcome == Outcome::Success {
                     this.primary.set(None);
                     this.hedges.clear();
                     abandon_hedge(this.service, this.withdrawn, this.readying);
                     shared.on_won(done.hedge);
                     return Poll::Ready(result);
                 }
-                *this.failure = Some(result);
+                *this.failure = Some((result, outcome));
             }
 
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
                 abandon_hedge(this.service, this.withdrawn, this.readying);
-                return Poll::Ready(
-                    this.failure
-                        .take()
-                        .expect("a finished call left its failure"),
-                );
+                let (result, outcome) = this
+                    .failure
+                    .take()
+                    .expect("a finished call left its failure");
+                // A slow failure (a gateway's timeout) says the call took at least this long; an
+                // ignored answer says nothing of the dependency.
+                if let (Outcome::Failure, Some(started)) = (outcome, *this.started) {
+                    shared.record_unanswered(started);
+                }
+                return Poll::Ready(result);
             }
             if this.template.is_none() || *this.sent >= shared.max_hedges {
                 return Poll::Pending;

@@ -4,7 +4,7 @@ use hdrhistogram::Histogram;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, TryLockError,
+        Mutex, MutexGuard, TryLockError,
     },
     time::Duration,
 };
@@ -20,17 +20,42 @@ const HIGHEST: u64 = 3_600_000_000;
 /// histogram starts afresh. So the delay in force is the percentile of the last full period. The
 /// first period starts at the first sample, so the time before the first call does not count
 /// towards it; each later one starts at the sample that ended the one before.
+///
+/// Successful calls are recorded as they took. A call that failed, or was dropped unanswered,
+/// after running longer than the percentile of the last period's *successes* is recorded as
+/// having taken that long, a lower bound, in a second histogram that joins the first when the
+/// percentile is computed; a quicker one says nothing of how long the dependency takes and is
+/// left out. The bar is the successes' percentile, not the delay: slow failures raise the delay
+/// to their own duration, and would then no longer clear it, drop out, and let the delay fall
+/// back, period after period.
 pub(crate) struct Latencies {
     percentile: f64,
     min_data_points: u64,
     period: Duration,
     state: Mutex<Rolling>,
     cached_nanos: AtomicU64,
+    /// The percentile of the last full period's successful calls: what an unanswered call must
+    /// have run longer than to be recorded.
+    slow_nanos: AtomicU64,
 }
 
 struct Rolling {
+    /// Successful calls.
     histogram: Histogram<u64>,
+    /// Calls that failed, or were dropped unanswered, after running past `slow_nanos`.
+    unanswered: Histogram<u64>,
     since: Instant,
+}
+
+/// An empty histogram for latencies in microseconds.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST, 2).expect("constant histogram bounds are valid")
+}
+
+fn micros(latency: Duration) -> u64 {
+    u64::try_from(latency.as_micros())
+        .unwrap_or(HIGHEST)
+        .clamp(1, HIGHEST)
 }
 
 impl Latencies {
@@ -40,11 +65,12 @@ impl Latencies {
             min_data_points,
             period,
             state: Mutex::new(Rolling {
-                histogram: Histogram::new_with_bounds(1, HIGHEST, 2)
-                    .expect("constant histogram bounds are valid"),
+                histogram: histogram(),
+                unanswered: histogram(),
                 since: Instant::now(),
             }),
             cached_nanos: AtomicU64::new(NONE),
+            slow_nanos: AtomicU64::new(NONE),
         }
     }
 
@@ -57,30 +83,67 @@ impl Latencies {
         }
     }
 
-    /// Records one call's latency. Skips the sample rather than wait if another thread is
-    /// recording.
+    /// Records one successful call's latency. Skips the sample rather than wait if another
+    /// thread is recording.
     pub(crate) fn record(&self, latency: Duration, now: Instant) {
+        if let Some(mut state) = self.lock(now) {
+            state.histogram.saturating_record(micros(latency));
+        }
+    }
+
+    /// Records a call that failed, or was dropped before its answer, after running for `ran`: as
+    /// having taken that long, when that is longer than the percentile of the last period's
+    /// successful calls (nothing is recorded before one has been measured).
+    pub(crate) fn record_unanswered(&self, ran: Duration, now: Instant) {
+        let slow = self.slow_nanos.load(Ordering::Relaxed);
+        if slow == NONE || ran.as_nanos() <= u128::from(slow) {
+            return;
+        }
+        if let Some(mut state) = self.lock(now) {
+            state.unanswered.saturating_record(micros(ran));
+        }
+    }
+
+    /// The rolling state, for a sample taken at `now`, after ending the period if it is over.
+    /// `None` if another thread holds it.
+    fn lock(&self, now: Instant) -> Option<MutexGuard<'_, Rolling>> {
         let mut state = match self.state.try_lock() {
             Ok(state) => state,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::WouldBlock) => return None,
         };
-        if state.histogram.is_empty() {
-            // The first sample (a histogram is never empty after it, as a sample follows
-            // every rotation).
+        let samples = state.histogram.len() + state.unanswered.len();
+        if samples == 0 {
+            // The first sample (the histograms are never both empty after it, as a sample
+            // follows every rotation).
             state.since = now;
         } else if now.saturating_duration_since(state.since) >= self.period
-            && state.histogram.len() >= self.min_data_points
+            && samples >= self.min_data_points
         {
-            let micros = state.histogram.value_at_quantile(self.percentile);
-            let nanos = micros.saturating_mul(1000).min(NONE - 1);
-            self.cached_nanos.store(nanos, Ordering::Relaxed);
+            let state = &mut *state;
+            if !state.histogram.is_empty() {
+                let slow = state.histogram.value_at_quantile(self.percentile);
+                self.slow_nanos.store(nanos(slow), Ordering::Relaxed);
+            }
+            if !state.unanswered.is_empty() {
+                state
+                    .histogram
+                    .add(&state.unanswered)
+                    .expect("histograms with the same bounds add up");
+            }
+            let delay = state.histogram.value_at_quantile(self.percentile);
+            self.cached_nanos.store(nanos(delay), Ordering::Relaxed);
             state.histogram.reset();
+            state.unanswered.reset();
             state.since = now;
         }
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(HIGHEST);
-        state.histogram.saturating_record(micros.clamp(1, HIGHEST));
+        Some(state)
     }
+}
+
+/// Microseconds from the histogram as cached nanoseconds.
+fn nanos(micros: u64) -> u64 {
+    micros.saturating_mul(1000).min(NONE - 1)
 }
 
 impl std::fmt::Debug for Latencies {
@@ -113,6 +176,42 @@ mod tests {
         l.record(ms(10), Instant::now());
         let d = l.delay().unwrap();
         assert!(d >= ms(9) && d <= ms(11), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_calls_count_only_past_the_successes_percentile() {
+        let l = Latencies::new(0.5, 3, Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        // Nothing known yet: not even a slow failure is recorded.
+        l.record_unanswered(ms(900), Instant::now());
+        for _ in 0..4 {
+            l.record(ms(10), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
+        // Three successes (one closed the last period) and four calls past their median, two
+        // quicker ones left out: the median is the slow ones'.
+        l.record(ms(10), Instant::now());
+        l.record(ms(10), Instant::now());
+        for ran in [ms(1), ms(5), ms(500), ms(500), ms(500), ms(500)] {
+            l.record_unanswered(ran, Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(495) && d <= ms(505), "{d:?}");
+        // The bar stays the successes' median, not the delay: the same mix keeps it there.
+        for _ in 0..2 {
+            l.record(ms(10), Instant::now());
+        }
+        for _ in 0..4 {
+            l.record_unanswered(ms(500), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(10), Instant::now());
+        assert_eq!(l.delay(), Some(d));
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,8 @@ pub struct HedgeLayer<P = Classified, K = ByClone> {
     shared: Arc<Shared<P, K>>,
 }
 
+// Allocated once, in the policy's shared state: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum DelaySource {
     Fixed(Duration),
     Percentile(Latencies),
@@ -146,6 +148,18 @@ impl<P, K> Shared<P, K> {
     pub(crate) fn record_latency(&self, latency: Duration, now: Instant) {
         if let DelaySource::Percentile(latencies) = &self.delay {
             latencies.record(latency, now);
+        }
+    }
+
+    /// Records a call that failed, or was dropped before its answer, after running since
+    /// `started`: how long it ran is a lower bound on its latency, recorded when it is longer
+    /// than the percentile of the last period's successful calls. A quicker failure says nothing
+    /// of how long the dependency takes (it may not have reached it).
+    #[cold]
+    pub(crate) fn record_unanswered(&self, started: Instant) {
+        if let DelaySource::Percentile(latencies) = &self.delay {
+            let now = Instant::now();
+            latencies.record_unanswered(now.saturating_duration_since(started), now);
         }
     }
 
