@@ -1135,3 +1135,91 @@ async fn fast_failures_do_not_drag_the_percentile_delay_down() {
     let after = layer.current_delay().unwrap();
     assert!(after >= ms(49), "{after:?}");
 }
+
+/// Counts how often a service is polled ready.
+#[derive(Clone)]
+struct CountReady<S> {
+    inner: S,
+    polled: Arc<AtomicUsize>,
+}
+
+impl<S: Service<Req>> Service<Req> for CountReady<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.polled.fetch_add(1, Ordering::SeqCst);
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_first_due_past_the_deadline_takes_nothing() {
+    use seawall_core::deadline::RequestDeadline;
+    use tokio_test::{assert_pending, assert_ready_ok};
+
+    let budget = support::one_retry();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let polled = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(CountReady {
+        inner: replicas.service(|_| ms(100), |_| false),
+        polled: polled.clone(),
+    });
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(15));
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(req));
+    // The hedge is due at 10 ms, before the deadline at 15 ms...
+    assert_pending!(fut.poll());
+    // ...but the future is next polled at 20 ms, past it: no copy is sent, and the hedge takes
+    // neither the budget nor the service's readiness.
+    tokio::time::advance(ms(20)).await;
+    assert_pending!(fut.poll());
+    assert_eq!(replicas.calls.count(), 1);
+    assert_eq!(polled.load(Ordering::SeqCst), 1, "only the caller's poll");
+    assert!(budget.can_retry(), "the budget is not spent");
+    tokio::time::advance(ms(80)).await;
+    assert_eq!(assert_ready_ok!(fut.poll()), 0);
+    assert_eq!(replicas.calls.count(), 1);
+    assert_eq!(polled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_stops_hedging_and_the_original_still_answers() {
+    use tokio_test::{assert_pending, assert_ready_ok};
+
+    let budget = support::one_retry();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let (mock, mut handle) = tower_test::mock::pair::<Req, usize>();
+    let mut svc = layer.layer(mock);
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(fut.poll());
+    let (_, respond) = handle.next_request().await.unwrap();
+    // The service fails readiness for the hedge due at 10 ms.
+    handle.send_error("no endpoint");
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    // No more hedges are tried: the original answers.
+    tokio::time::advance(ms(100)).await;
+    assert_pending!(fut.poll());
+    respond.send_response(7);
+    assert_eq!(assert_ready_ok!(fut.poll()), 7);
+    assert!(handle.poll_request().is_pending(), "one request only");
+}

@@ -1,12 +1,16 @@
 //! Retries, exhausted budgets and give-ups are counted under the policy name, whether or not the
 //! layer has any shared state (a budget, a seed, listeners); only a layer with none counts for a
-//! recorder installed after it was built.
+//! recorder installed after it was built. Hedges sent, won and refused by the budget are counted
+//! under the hedge policy's name.
 
 use seawall_core::{
-    metrics::{testing::TestRecorder, RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_RETRIES},
+    metrics::{
+        testing::TestRecorder, HEDGE_BUDGET_EXHAUSTED, HEDGE_SENT, HEDGE_WON,
+        RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_RETRIES,
+    },
     BoxError,
 };
-use seawall_retry::{Backoff, RequestDeadline, RetryBudget, RetryLayer};
+use seawall_retry::{Backoff, HedgeLayer, RequestDeadline, RetryBudget, RetryLayer};
 use std::{
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -166,4 +170,45 @@ async fn only_a_layer_that_shares_nothing_counts_for_a_recorder_installed_after_
     assert_eq!(fail_calls(budgeted, 2).await, 6);
     assert_eq!(recorder.counter(RETRY_RETRIES, "late-budgeted"), 0);
     assert_eq!(recorder.counter(RETRY_GAVE_UP, "late-budgeted"), 0);
+}
+
+/// Hedges sent, won, and refused by the budget are counted under the policy name.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_layer_counts_hedges_sent_won_and_refused() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    // Room for exactly one hedge.
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::builder()
+        .name("hedged")
+        .delay(Duration::from_millis(10))
+        .budget(budget)
+        .build()
+        .unwrap();
+    // The original copy of each call takes 100 ms, the hedge of the first 10 ms.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let svc = layer.layer(service_fn(move |_: Req| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let latency = Duration::from_millis(if n == 1 { 10 } else { 100 });
+        async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, BoxError>(n)
+        }
+    }));
+    assert_eq!(svc.clone().oneshot(Req).await.unwrap(), 1, "the hedge won");
+    assert_eq!(
+        svc.oneshot(Req).await.unwrap(),
+        2,
+        "no hedge: the budget is spent"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(recorder.counter(HEDGE_SENT, "hedged"), 1);
+    assert_eq!(recorder.counter(HEDGE_WON, "hedged"), 1);
+    assert_eq!(recorder.counter(HEDGE_BUDGET_EXHAUSTED, "hedged"), 1);
 }
