@@ -1,6 +1,6 @@
 //! Outlier ejection sequences in paused time: consecutive failures, multiplier growth and decay,
 //! success rate, failure percentage, max ejection percentage, at least one left, panic threshold,
-//! and an ejected endpoint that discovery removes and adds again.
+//! an ejected endpoint that discovery removes and adds again, and a listener that panics.
 
 mod common;
 
@@ -144,6 +144,62 @@ async fn max_ejection_percent_and_at_least_one_left() {
         1,
         "never the last healthy endpoint"
     );
+}
+
+/// A listener that panics when an endpoint returns takes neither the balancer's background task
+/// nor the rest of the pass down: the listeners after it still hear of the return, discovery
+/// changes are still applied, and an endpoint ejected later still returns.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_listener_leaves_the_background_task_running() {
+    use seawall::balance::Change;
+
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .outlier_detection(consecutive(3))
+            .on_event(|_: &seawall::core::Name, event: &BalanceEvent| {
+                if let BalanceEvent::Returned { key } = event {
+                    panic!("listener broke on the return of {key}");
+                }
+            })
+            .on_event(rec.listener(Instant::now())),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    assert_eq!(drive(&balance, 9).await, 3);
+    assert_eq!(balance.unhealthy(), vec![0]);
+    // Back after base_ejection_time (10 s, seen at the next 1 s sweep): the first listener panics.
+    sleep(Duration::from_millis(10_500)).await;
+    assert!(balance.unhealthy().is_empty());
+    let returned: Vec<String> = returns(&rec.take()).into_iter().map(|r| r.1).collect();
+    assert_eq!(returned, vec!["0"], "the next listener still hears of it");
+    cluster.node(0).fail.store(false, Relaxed);
+
+    cluster
+        .tx
+        .send(Change::Insert(3, common::Node::new(3)))
+        .unwrap();
+    common::settle().await;
+    assert!(
+        balance.endpoints().contains(&3),
+        "discovery is still applied: {:?}",
+        balance.endpoints()
+    );
+
+    cluster.node(1).fail.store(true, Relaxed);
+    assert_eq!(drive(&balance, 12).await, 3);
+    assert_eq!(balance.unhealthy(), vec![1]);
+    // Ejected at 10.5 s, back at the sweep of 21 s.
+    sleep(Duration::from_secs(11)).await;
+    assert!(
+        balance.unhealthy().is_empty(),
+        "outlier detection still runs"
+    );
+    let returned: Vec<String> = returns(&rec.take()).into_iter().map(|r| r.1).collect();
+    assert_eq!(returned, vec!["1"]);
 }
 
 /// An endpoint that discovery removes while it is ejected and adds again is a new endpoint, as in

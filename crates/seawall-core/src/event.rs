@@ -4,6 +4,9 @@
 //! state...). A policy emits each event three ways: a `tracing` event, the `metrics` it affects,
 //! and a call to every [`Listener`] registered on its builder. Listeners run inline on the task that
 //! caused the event, so they must be quick and must not block; send to a channel for anything more.
+//! A listener that panics is logged (at `error`) and skipped: the listeners after it are still
+//! called, and the panic goes no further than [`Listeners::emit`], so the policy goes on as if the
+//! listener had returned.
 //!
 //! ```
 //! use seawall_core::{event::Listeners, Name};
@@ -22,11 +25,17 @@
 //! ```
 
 use crate::Name;
-use std::{fmt, sync::Arc};
+use std::{
+    any::Any,
+    fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
+};
 
 /// Receives a policy's events.
 pub trait Listener<E>: Send + Sync + 'static {
-    /// Called once per event, inline, with the name of the policy that emitted it.
+    /// Called once per event, inline, with the name of the policy that emitted it. A panic here
+    /// is logged and skipped (see [`Listeners::emit`]).
     fn on_event(&self, name: &Name, event: &E);
 }
 
@@ -66,13 +75,30 @@ impl<E: 'static> Listeners<E> {
         self.inner.is_empty()
     }
 
-    /// Calls every listener with `event`.
+    /// Calls every listener with `event`, in the order they were added. A listener that panics is
+    /// logged and skipped: the next one is still called, and `emit` returns normally. With no
+    /// listener this is a check of the list's length.
     #[inline]
     pub fn emit(&self, name: &Name, event: &E) {
         for listener in self.inner.iter() {
-            listener.on_event(name, event);
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| listener.on_event(name, event))) {
+                listener_panicked(name, panic);
+            }
         }
     }
+}
+
+/// Logs a listener's panic and drops its payload (a payload whose drop panics too is caught).
+#[cold]
+#[inline(never)]
+fn listener_panicked(name: &Name, panic: Box<dyn Any + Send>) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    tracing::error!(%name, panic = message, "seawall listener panicked; skipped");
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
 }
 
 impl<E: 'static> Default for Listeners<E> {
@@ -94,5 +120,28 @@ impl<E> fmt::Debug for Listeners<E> {
         f.debug_struct("Listeners")
             .field("len", &self.inner.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// A listener that panics is skipped: the one after it still hears of every event, and `emit`
+    /// returns normally.
+    #[test]
+    fn a_panicking_listener_does_not_stop_the_next() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let listeners = Listeners::new()
+            .with(|_: &Name, event: &u32| panic!("listener broke on {event}"))
+            .with(move |_: &Name, _: &u32| {
+                counter.fetch_add(1, Relaxed);
+            });
+        let name = Name::new("door").unwrap();
+        listeners.emit(&name, &1);
+        listeners.emit(&name, &2);
+        assert_eq!(seen.load(Relaxed), 2);
     }
 }
