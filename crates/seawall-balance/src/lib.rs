@@ -180,7 +180,10 @@ pub enum EjectReason {
 
 /// What a balancer reports to its [listeners](BalanceConfigBuilder::on_event).
 ///
-/// Endpoint keys are given in their `Debug` form.
+/// Endpoint keys are given in their `Debug` form. A change is reported once it is in force (an
+/// added endpoint is in [`Balance::endpoints`], an ejected one in [`Balance::unhealthy`]), and one
+/// balancer's changes of its set and health are reported in the order they were made. A key whose
+/// `Debug` panics loses its event (the panic is logged at `error`); the change stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BalanceEvent {

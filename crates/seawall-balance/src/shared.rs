@@ -76,6 +76,28 @@ struct Health {
     zones: Vec<Arc<str>>,
 }
 
+/// A change of the set or of an endpoint's health, logged and reported to the listeners once the
+/// state it leaves is complete (see [`Shared::report`]).
+enum Report<K, S> {
+    /// Discovery added the endpoint, or updated it when `updated`.
+    Added {
+        ep: Arc<Endpoint<K, S>>,
+        updated: bool,
+    },
+    /// Discovery removed the endpoint with `key`.
+    Removed { key: K },
+    /// Outlier detection ejected the endpoint.
+    Ejected {
+        ep: Arc<Endpoint<K, S>>,
+        reason: EjectReason,
+        duration: Duration,
+    },
+    /// The endpoint's ejection was over.
+    Returned { ep: Arc<Endpoint<K, S>> },
+    /// The endpoint's health check passed (`ok`) or failed, after the other verdict.
+    Probed { ep: Arc<Endpoint<K, S>>, ok: bool },
+}
+
 impl<K: Key, S: 'static, C> Shared<K, S, C> {
     pub(crate) fn new(
         settings: Settings,
@@ -198,8 +220,67 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .min()
     }
 
-    fn emit(&self, event: BalanceEvent) {
-        self.listeners.emit(&self.name, &event);
+    /// Logs `reports` and calls the listeners with their events, in order. Called under the
+    /// health lock once the changes are complete (the set published, the unhealthy count
+    /// recounted), so the listeners hear of one balancer's changes in the order they were made,
+    /// and a key's `Debug`, a subscriber or a listener that panics loses only its own report: it
+    /// is caught and logged, and what the balancer was doing goes on.
+    fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
+        for report in reports {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {
+                tracing::error!(name = %self.name, panic = panic_message(&*panic), "seawall balance could not report an endpoint change; the change stands");
+                let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+            }
+        }
+    }
+
+    fn report_one(&self, report: Report<K, S>) {
+        let name = &self.name;
+        let event = match report {
+            Report::Added { ep, updated } => {
+                let key = format!("{:?}", ep.key);
+                if updated {
+                    tracing::debug!(%name, %key, weight = ep.weight, "seawall balance endpoint updated");
+                } else {
+                    tracing::debug!(%name, %key, "seawall balance endpoint added");
+                }
+                BalanceEvent::EndpointAdded { key }
+            }
+            Report::Removed { key } => {
+                let key = format!("{key:?}");
+                tracing::debug!(%name, %key, "seawall balance endpoint removed");
+                BalanceEvent::EndpointRemoved { key }
+            }
+            Report::Ejected {
+                ep,
+                reason,
+                duration,
+            } => {
+                let key = format!("{:?}", ep.key);
+                tracing::info!(%name, %key, ?reason, ?duration, "seawall balance endpoint ejected");
+                BalanceEvent::Ejected {
+                    key,
+                    reason,
+                    duration,
+                }
+            }
+            Report::Returned { ep } => {
+                let key = format!("{:?}", ep.key);
+                tracing::info!(%name, %key, "seawall balance endpoint returned");
+                BalanceEvent::Returned { key }
+            }
+            Report::Probed { ep, ok: true } => {
+                let key = format!("{:?}", ep.key);
+                tracing::info!(%name, %key, "seawall balance endpoint passed its health check");
+                BalanceEvent::ProbePassed { key }
+            }
+            Report::Probed { ep, ok: false } => {
+                let key = format!("{:?}", ep.key);
+                tracing::info!(%name, %key, "seawall balance endpoint failed its health check");
+                BalanceEvent::ProbeFailed { key }
+            }
+        };
+        self.listeners.emit(name, &event);
     }
 
     fn publish(&self, snapshot: Snapshot<K, S>) {
@@ -242,30 +323,38 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let health = &mut *guard;
         let old = self.current();
         let mut endpoints = old.endpoints.clone();
-        let mut changed = false;
+        let mut reports = Vec::new();
         for change in changes {
-            changed |= self.apply_one(&mut health.zones, &mut endpoints, old.local_zone, change);
+            self.apply_one(
+                &mut health.zones,
+                &mut endpoints,
+                old.local_zone,
+                change,
+                &mut reports,
+            );
         }
-        if changed {
+        if !reports.is_empty() {
             // Published under the health lock, so the unhealthy count cannot race an ejection.
             self.publish(Snapshot::build(
                 endpoints,
                 &self.settings.picker,
                 old.local_zone,
             ));
+            self.report(reports);
         }
         drop(guard);
     }
 
     /// Applies one discovery change to `endpoints`, the set being built, with `zones` the zone
-    /// ids. Returns whether it changed the set.
+    /// ids. A change that changes the set adds its report to `reports`.
     fn apply_one(
         &self,
         zones: &mut Vec<Arc<str>>,
         endpoints: &mut Vec<Arc<Endpoint<K, S>>>,
         local_zone: u16,
         change: Change<K, S>,
-    ) -> bool {
+        reports: &mut Vec<Report<K, S>>,
+    ) {
         match change {
             Change::Insert(key, service) => {
                 // A key already in the set is the same endpoint with a new weight, zone or
@@ -310,42 +399,38 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     service,
                     key,
                 });
-                let event = BalanceEvent::EndpointAdded {
-                    key: format!("{:?}", endpoint.key),
-                };
+                reports.push(Report::Added {
+                    ep: endpoint.clone(),
+                    updated: present.is_some(),
+                });
                 match present {
-                    Some(i) => {
-                        tracing::debug!(name = %self.name, key = ?endpoint.key, weight = endpoint.weight, "seawall balance endpoint updated");
-                        endpoints[i] = endpoint;
-                    }
-                    None => {
-                        tracing::debug!(name = %self.name, key = ?endpoint.key, "seawall balance endpoint added");
-                        endpoints.push(endpoint);
-                    }
+                    Some(i) => endpoints[i] = endpoint,
+                    None => endpoints.push(endpoint),
                 }
-                self.emit(event);
             }
             Change::Remove(key) => {
                 let before = endpoints.len();
                 endpoints.retain(|e| e.key != key);
-                if endpoints.len() == before {
-                    return false;
+                if endpoints.len() < before {
+                    reports.push(Report::Removed { key });
                 }
-                tracing::debug!(name = %self.name, ?key, "seawall balance endpoint removed");
-                self.emit(BalanceEvent::EndpointRemoved {
-                    key: format!("{key:?}"),
-                });
             }
         }
-        true
     }
 
-    /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns whether it did.
-    /// The caller holds the health lock and read `set` under it.
-    fn eject_locked(&self, set: &Snapshot<K, S>, i: usize, now: u64, reason: EjectReason) -> bool {
+    /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns the ejection's
+    /// report if it did, for the caller to report once its changes are complete. The caller holds
+    /// the health lock and read `set` under it.
+    fn eject_locked(
+        &self,
+        set: &Snapshot<K, S>,
+        i: usize,
+        now: u64,
+        reason: EjectReason,
+    ) -> Option<Report<K, S>> {
         let ep = &set.endpoints[i];
         if ep.stats.ejected.load(Relaxed) {
-            return false;
+            return None;
         }
         let total = set.len();
         let ejected = set
@@ -357,7 +442,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         if ejected > 0
             && ejected as f64 >= self.settings.outlier.max_ejection_percent * total as f64
         {
-            return false;
+            return None;
         }
         // Never the last healthy endpoint.
         let healthy_others = set
@@ -367,7 +452,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .filter(|(j, e)| *j != i && e.stats.healthy())
             .count();
         if healthy_others == 0 {
-            return false;
+            return None;
         }
         let multiplier = ep.stats.multiplier.fetch_add(1, Relaxed) + 1;
         ep.stats.ejected_at.store(now, Relaxed);
@@ -376,13 +461,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let duration = self.ejection_time(multiplier);
         self.recount(set);
         metrics::counter(metrics::BALANCE_EJECTIONS, &self.name).increment(1);
-        tracing::info!(name = %self.name, key = ?ep.key, ?reason, ?duration, "seawall balance endpoint ejected");
-        self.emit(BalanceEvent::Ejected {
-            key: format!("{:?}", ep.key),
+        Some(Report::Ejected {
+            ep: ep.clone(),
             reason,
             duration,
-        });
-        true
+        })
     }
 
     fn ejection_time(&self, multiplier: u32) -> Duration {
@@ -469,7 +552,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                                 .endpoints
                                 .iter()
                                 .position(|e| Arc::ptr_eq(&e.stats, stats))
-                                .is_some_and(|i| {
+                                .and_then(|i| {
                                     let now = self.nanos(end.unwrap_or_else(Instant::now));
                                     self.eject_locked(
                                         &set,
@@ -478,8 +561,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                                         EjectReason::ConsecutiveFailures,
                                     )
                                 });
-                            drop(health);
-                            if ejected {
+                            if let Some(report) = ejected {
+                                self.report([report]);
+                                drop(health);
                                 self.changed.notify_waiters();
                             }
                         }
@@ -498,6 +582,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let health = &mut *guard;
         // Read under the lock discovery changes take: the pass works on the set in force.
         let set = self.current();
+        let mut reports = Vec::new();
         // Interval counts, read and reset.
         let counts: Vec<(u64, u64)> = set
             .endpoints
@@ -526,7 +611,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 let threshold = mean - rule.stdev_factor * var.sqrt();
                 for &i in &candidates {
                     if rate(i) < threshold && health.rng.random::<f64>() < rule.enforcement {
-                        self.eject_locked(&set, i, now, EjectReason::SuccessRate);
+                        reports.extend(self.eject_locked(&set, i, now, EjectReason::SuccessRate));
                     }
                 }
             }
@@ -540,7 +625,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 for &i in &candidates {
                     let share = counts[i].1 as f64 / (counts[i].0 + counts[i].1) as f64;
                     if share > rule.threshold && health.rng.random::<f64>() < rule.enforcement {
-                        self.eject_locked(&set, i, now, EjectReason::FailurePercentage);
+                        reports.extend(self.eject_locked(
+                            &set,
+                            i,
+                            now,
+                            EjectReason::FailurePercentage,
+                        ));
                     }
                 }
             }
@@ -574,7 +664,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         if since == NONE {
                             s.slow_since.store(now, Relaxed);
                         } else if now.saturating_sub(since) >= nanos_u64(rule.duration) {
-                            self.eject_locked(&set, i, now, EjectReason::Latency);
+                            reports.extend(self.eject_locked(&set, i, now, EjectReason::Latency));
                         }
                     } else {
                         s.slow_since.store(NONE, Relaxed);
@@ -604,16 +694,14 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     s.latency.store(NONE, Relaxed);
                     s.latency_samples.store(0, Relaxed);
                     s.slow_since.store(NONE, Relaxed);
-                    tracing::info!(name = %self.name, key = ?ep.key, "seawall balance endpoint returned");
-                    self.emit(BalanceEvent::Returned {
-                        key: format!("{:?}", ep.key),
-                    });
+                    reports.push(Report::Returned { ep: ep.clone() });
                 }
             } else if s.multiplier.load(Relaxed) > 0 {
                 s.multiplier.fetch_sub(1, Relaxed);
             }
         }
         self.recount(&set);
+        self.report(reports);
         drop(guard);
         self.changed.notify_waiters();
     }
@@ -630,14 +718,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             return false;
         }
         self.recount(&set);
-        let key = format!("{key:?}");
-        if ok {
-            tracing::info!(name = %self.name, %key, "seawall balance endpoint passed its health check");
-            self.emit(BalanceEvent::ProbePassed { key });
-        } else {
-            tracing::info!(name = %self.name, %key, "seawall balance endpoint failed its health check");
-            self.emit(BalanceEvent::ProbeFailed { key });
-        }
+        self.report([Report::Probed { ep: ep.clone(), ok }]);
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
         self.changed.notify_waiters();
@@ -1408,6 +1489,71 @@ mod tests {
         }
         assert_eq!(seen, vec![MAX_BATCH, 2 * MAX_BATCH, n]);
         assert_eq!(shared.version.load(Acquire), 3);
+    }
+
+    /// A key whose `Debug` panics for 1.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    struct Touchy(usize);
+
+    impl fmt::Debug for Touchy {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            assert_ne!(self.0, 1, "key 1 cannot be shown");
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl crate::EndpointMeta for Touchy {}
+
+    /// A key whose `Debug` panics leaves the set and its health as they would be otherwise: it is
+    /// added, ejected on a call's thread and returned by the background task, which goes on; only
+    /// its events are lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_whose_debug_panics_is_still_added_ejected_and_returned() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Arc::new(Shared::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: crate::OutlierDetection {
+                    interval: Duration::from_secs(1),
+                    base_ejection_time: Duration::from_secs(10),
+                    max_ejection_percent: 1.0,
+                    consecutive_failures: Some(1),
+                    ..crate::OutlierDetection::disabled()
+                },
+                health_check: None,
+            },
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        ));
+        spawn(
+            &shared,
+            ready((0..3).map(|i| Ok(Change::Insert(Touchy(i), "a")))),
+            None,
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Compared by number: a failed assertion showing key 1 would panic again.
+        let numbers: Vec<usize> = keys(&shared).iter().map(|k| k.0).collect();
+        assert_eq!(numbers, vec![0, 1, 2]);
+
+        let set = shared.current();
+        shared.record(&set.endpoints[1], Outcome::Failure, None, None);
+        assert!(set.endpoints[1].stats.ejected.load(Relaxed));
+        assert_eq!(shared.unhealthy.load(Relaxed), 1);
+
+        // Ejected at 1 ms for 10 s: back at the pass of 11 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!set.endpoints[1].stats.ejected.load(Relaxed));
+        assert_eq!(shared.unhealthy.load(Relaxed), 0);
+        let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
+        assert_eq!(*events.lock().unwrap(), vec![added("0"), added("2")]);
     }
 
     /// A stream that panics after giving changes ready at once: those changes are applied, and
