@@ -109,10 +109,11 @@ impl Default for LatencyEjection {
 /// returned at the first pass at or after its time is up, after that pass's rules have run, as in
 /// gRPC, so it can stay out up to one interval longer than its time (when consecutive failures
 /// ejected it between passes, or its time is not a multiple of `interval`). Ejection stops once
-/// the ejected share of the endpoints reaches `max_ejection_percent`, as in gRFC A50 and Envoy: an
-/// endpoint is ejected while the share is below it, so the last ejection may pass it (0.1 of 15
-/// endpoints lets 2 out) and one endpoint can always be ejected. The last healthy endpoint never
-/// is.
+/// the ejected share of the endpoints reaches `max_ejection_percent`, as in gRFC A50: an endpoint
+/// is ejected while the share is below it, so the last ejection may pass it (0.1 of 15 endpoints
+/// lets 2 out). Unlike gRPC, which ejects none at 0, one endpoint can always be ejected whatever
+/// `max_ejection_percent` is (as with Envoy's `always_eject_one_host`): 0 does not turn ejection
+/// off, [`OutlierDetection::disabled`] does. The last healthy endpoint is never ejected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     /// How often the rules run. Default 10 s.
@@ -122,7 +123,8 @@ pub struct OutlierDetection {
     /// The longest ejection time. Default 300 s.
     pub max_ejection_time: Duration,
     /// The share of endpoints at which ejection stops, in `[0, 1]`: an endpoint is ejected only
-    /// while fewer are out, so the last ejection may pass it. Default 0.1.
+    /// while fewer are out, so the last ejection may pass it, and one can always be ejected, even
+    /// at 0. Default 0.1.
     pub max_ejection_percent: f64,
     /// Eject an endpoint at once after this many failed calls in a row; one that the ejection
     /// limits keep in is tried again after each further this many. Default `Some(5)`.

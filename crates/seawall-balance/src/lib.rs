@@ -37,7 +37,8 @@
 //! first pass at or after `base_ejection_time × k` (capped) is up, where k goes up by one at each
 //! ejection and down by one for each interval the endpoint ends in the set without being ejected;
 //! ejection stops once the ejected share reaches `max_ejection_percent` (the last ejection may
-//! pass it, as in gRFC A50 and Envoy), and never takes the last healthy endpoint.
+//! pass it, as in gRFC A50, and one endpoint can always be ejected, even at 0, as with Envoy's
+//! `always_eject_one_host`), and never takes the last healthy endpoint.
 //! [`HealthCheck`] probes every endpoint periodically (Ribbon's `IPing`). A [`Filter`] keeps
 //! endpoints out on every pick (Ribbon's `AvailabilityFilteringRule`); with the default `breaker`
 //! feature, `BreakerFilter` skips endpoints whose own `seawall-breaker` circuit breaker is open.
@@ -53,7 +54,7 @@
 //! | `panic_threshold` | 0.5 | Envoy's default |
 //! | `outlier_detection.interval` | 10 s | gRPC |
 //! | `base_ejection_time` / `max_ejection_time` | 30 s / 300 s | gRPC |
-//! | `max_ejection_percent` | 0.1 | gRPC; ejection stops once the share reaches it, so the last ejection may pass it; one endpoint can always be ejected |
+//! | `max_ejection_percent` | 0.1 | gRPC; ejection stops once the share reaches it, so the last ejection may pass it; one endpoint can always be ejected, so 0 does not turn ejection off (`OutlierDetection::disabled()` does) |
 //! | `consecutive_failures` | 5 | Envoy |
 //! | `success_rate` | stdev factor 1.9, 5 hosts, 100 calls | gRPC |
 //! | `failure_percentage` | 85 %, 5 hosts, 50 calls | gRPC |

@@ -438,7 +438,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .iter()
             .filter(|e| e.stats.ejected.load(Relaxed))
             .count();
-        // gRPC: stop once the ejected share reaches max_ejection_percent (one is always allowed).
+        // gRFC A50: stop once the ejected share reaches max_ejection_percent. Unlike gRPC, one is
+        // always allowed (Envoy's `always_eject_one_host`), even at 0.
         if ejected > 0
             && ejected as f64 >= self.settings.outlier.max_ejection_percent * total as f64
         {

@@ -146,6 +146,30 @@ async fn max_ejection_percent_and_at_least_one_left() {
     );
 }
 
+/// `max_ejection_percent` 0 does not turn ejection off: one endpoint can always be ejected (as with
+/// Envoy's `always_eject_one_host`), and with one out no other is.
+#[tokio::test(start_paused = true)]
+async fn max_ejection_percent_zero_still_ejects_one() {
+    let (balance, cluster) = cluster(
+        5,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.0)
+            .outlier_detection(OutlierDetection {
+                max_ejection_percent: 0.0,
+                ..consecutive(1)
+            }),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    drive(&balance, 10).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    cluster.node(1).fail.store(true, Relaxed);
+    drive(&balance, 10).await;
+    assert_eq!(balance.unhealthy(), vec![0], "one out at most");
+}
+
 /// A listener that panics when an endpoint returns takes neither the balancer's background task
 /// nor the rest of the pass down: the listeners after it still hear of the return, discovery
 /// changes are still applied, and an endpoint ejected later still returns.
