@@ -178,7 +178,8 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a
     /// closure `Fn(&Req) -> Option<Req>` (return `None` for a request that cannot be sent again).
-    /// Cloned into each call, like [`policy`](Self::policy).
+    /// Cloned into each call, like [`policy`](Self::policy). The call's deadline is read from the
+    /// original request, and a copy made without one is given it.
     pub fn clone_with<K2>(self, cloner: K2) -> RetryConfigBuilder<P, K2> {
         RetryConfigBuilder {
             max_attempts: self.max_attempts,

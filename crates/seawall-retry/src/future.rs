@@ -8,7 +8,7 @@ use crate::{
 };
 use pin_project_lite::pin_project;
 use seawall_core::{
-    deadline::{self, deadline_after, Elapsed, RequestDeadline},
+    deadline::{deadline_after, Elapsed, RequestDeadline},
     BoxError, Outcome,
 };
 use std::{
@@ -54,6 +54,8 @@ pin_project! {
             link: Link<P, K>,
             service: S,
             template: Option<Req>,
+            // The call's deadline, read at the call when it may be retried.
+            deadline: Option<Instant>,
             started: Option<Instant>,
             #[pin]
             future: S::Future,
@@ -107,6 +109,9 @@ pin_project! {
         paid: Option<Withdrawal>,
         service: S,
         template: Option<Req>,
+        // The call's deadline, read from the request at the call when it is retryable: the copies
+        // may not carry it.
+        deadline: Option<Instant>,
         attempt: u32,
         started: Option<Instant>,
         link: Link<P, K>,
@@ -163,11 +168,13 @@ impl Attempt {
     }
 }
 
+/// Prepares `request` for its attempt; `call` is the call's deadline, if read at the call.
 #[inline]
 fn prepare<Req: RequestDeadline>(
     settings: &Settings,
     uses_elapsed: bool,
     request: &mut Req,
+    call: Option<Instant>,
 ) -> Attempt {
     if settings.per_attempt_timeout.is_none() && !uses_elapsed {
         return Attempt {
@@ -176,7 +183,7 @@ fn prepare<Req: RequestDeadline>(
             started: None,
         };
     }
-    prepare_timed(settings, uses_elapsed, request)
+    prepare_timed(settings, uses_elapsed, request, call)
 }
 
 /// [`prepare`] for an attempt that reads the clock, out of line.
@@ -186,12 +193,15 @@ fn prepare_timed<Req: RequestDeadline>(
     settings: &Settings,
     uses_elapsed: bool,
     request: &mut Req,
+    call: Option<Instant>,
 ) -> Attempt {
     let now = Instant::now();
     let mut call_deadline = false;
     let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
-        match request.deadline() {
+        // A call that is not retried did not read its deadline at the call: its one attempt
+        // sends the request as the caller did.
+        match call.or_else(|| request.deadline()) {
             // A call's deadline within a tick of the attempt's own would fire on that tick (or
             // the next): the attempt is then cut at the call's deadline, not by its timeout.
             Some(outer) if outer.saturating_duration_since(own) <= TIMER_RESOLUTION => {
@@ -222,9 +232,15 @@ where
         mut service: S,
         mut request: Req,
         template: Option<Req>,
+        deadline: Option<Instant>,
         link: Link<P, K>,
     ) -> Self {
-        let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
+        let attempt = prepare(
+            link.settings(),
+            link.policy.uses_elapsed(),
+            &mut request,
+            deadline,
+        );
         let state = match attempt.deadline {
             None => {
                 let future = service.call(request);
@@ -232,12 +248,15 @@ where
                     link,
                     service,
                     template,
+                    deadline,
                     started: attempt.started,
                     future,
                 }
             }
-            Some(deadline) => State::Retrying {
-                retrying: Retrying::timed(service, request, template, link, deadline, attempt),
+            Some(timer) => State::Retrying {
+                retrying: Retrying::timed(
+                    service, request, template, deadline, link, timer, attempt,
+                ),
                 attempts: 0,
             },
         };
@@ -257,19 +276,21 @@ where
         mut service: S,
         request: Req,
         template: Option<Req>,
+        deadline: Option<Instant>,
         link: Link<P, K>,
-        deadline: Instant,
+        timer: Instant,
         attempt: Attempt,
     ) -> Boxed<Self> {
         let future = service.call(request);
         Boxed::new(Box::pin(Retrying {
             step: Step::Calling { future },
-            sleep: sleep_until(deadline),
+            sleep: sleep_until(timer),
             timed: attempt.timed(),
             delays: None,
             paid: None,
             service,
             template,
+            deadline,
             attempt: 1,
             started: attempt.started,
             link,
@@ -288,6 +309,7 @@ where
             link,
             service,
             template,
+            deadline,
             ..
         } = first
         else {
@@ -306,6 +328,7 @@ where
             paid: None,
             service,
             template,
+            deadline,
             attempt: 1,
             started: None,
             link,
@@ -330,14 +353,14 @@ where
             }
             return Err(result);
         }
-        let Some(template) = this.template.as_ref() else {
+        if this.template.is_none() {
             // Never retryable (a first attempt, timed), or the request could not be copied
             // for this attempt, which was sent as the last: only the latter gives up.
             if attempts > 1 {
                 link.on_give_up(attempts, GiveUpReason::NotCopyable);
             }
             return Err(result);
-        };
+        }
         let now = Instant::now();
         // A zero delay is still drawn, so a seeded sequence stays the same.
         let mut delay = this
@@ -353,7 +376,8 @@ where
                 delay = delay.max(after);
             }
         }
-        if let Some(remaining) = deadline::remaining(template, now) {
+        if let Some(deadline) = *this.deadline {
+            let remaining = deadline.saturating_duration_since(now);
             // The backoff's timer fires up to a tick after `delay`; no timer waits a zero delay.
             let backoff = if delay.is_zero() {
                 delay
@@ -453,7 +477,7 @@ where
             .expect("a retry is only scheduled with a request to copy");
         // Each attempt goes through the inner service's readiness again, and none starts once the
         // call's deadline has passed: waiting for readiness past it gives up at the deadline.
-        let deadline = template.deadline();
+        let deadline = *this.deadline;
         let ready = match this.service.poll_ready(cx) {
             Poll::Ready(Err(error)) => {
                 link.on_give_up(*this.attempt, GiveUpReason::NotReady);
@@ -487,7 +511,19 @@ where
             Some(copy) => copy,
             None => this.template.take().expect("checked above"),
         };
-        let attempt = prepare(link.settings(), link.policy.uses_elapsed(), &mut request);
+        // A copy made without the call's deadline (a request rebuilt without its extensions) is
+        // given it, so the layers below see it too; one that carries its own keeps it.
+        if let Some(deadline) = deadline {
+            if request.deadline().is_none() {
+                request.set_deadline(deadline);
+            }
+        }
+        let attempt = prepare(
+            link.settings(),
+            link.policy.uses_elapsed(),
+            &mut request,
+            deadline,
+        );
         if let Some(deadline) = attempt.deadline {
             this.sleep.as_mut().reset(deadline);
         }

@@ -7,7 +7,8 @@
 //!    retries add at most a share of the load (20% by default) however many callers fail at once.
 //!    An exhausted budget returns the last real error wrapped in [`BudgetExhausted`];
 //! 2. **by the deadline**: the request's deadline (written by a timeout layer above, read through
-//!    [`RequestDeadline`]) is checked before each retry: a retry after a backoff needs more time
+//!    [`RequestDeadline`] from the request as the call receives it, and given to any copy made
+//!    without one) is checked before each retry: a retry after a backoff needs more time
 //!    left than the backoff and a millisecond (its timer fires on the next whole millisecond), a
 //!    retry without backoff only that the deadline has not passed. An optional per-attempt
 //!    timeout gives each attempt a deadline of its own, and fails it with [`Elapsed`]; the call's

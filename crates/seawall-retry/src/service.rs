@@ -99,11 +99,18 @@ where
         let service = mem::replace(&mut self.inner, clone);
         let link = &self.link;
         link.deposit();
-        let template = if link.settings().max_attempts > 1 && link.policy.is_retryable(&request) {
-            link.cloner.clone_request(&request)
-        } else {
-            None
-        };
-        ResponseFuture::new(service, request, template, self.link.clone())
+        // The call's deadline is read here, from the request as the caller sent it, and only when
+        // it may be retried: the copies may have lost it (a cloner that rebuilds the request
+        // without its extensions).
+        let (template, deadline) =
+            if link.settings().max_attempts > 1 && link.policy.is_retryable(&request) {
+                match link.cloner.clone_request(&request) {
+                    Some(template) => (Some(template), request.deadline()),
+                    None => (None, None),
+                }
+            } else {
+                (None, None)
+            };
+        ResponseFuture::new(service, request, template, deadline, self.link.clone())
     }
 }

@@ -463,3 +463,118 @@ async fn a_retry_whose_deadline_passes_while_waiting_for_readiness_gives_its_bud
     assert_eq!(calls.count(), 2);
     assert!(!budget.can_retry(), "the retry sent stays spent");
 }
+
+/// A copy rebuilt from the method, URI and body, as one must for a body that is not `Clone`: the
+/// extensions, and the deadline in them, are left behind.
+fn rebuild(req: &Req) -> Option<Req> {
+    http::Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .body(*req.body())
+        .ok()
+}
+
+/// Calls `layer` over a service that fails every call at once, with a request whose deadline is
+/// `timeout` from now. Returns the error, and each call's time from the start and whether it
+/// carried the deadline.
+async fn fail_until_given_up<K>(
+    layer: RetryLayer<seawall_retry::Classified, K>,
+    timeout: std::time::Duration,
+) -> (String, Vec<(std::time::Duration, bool)>)
+where
+    K: seawall_retry::CloneRequest<Req> + Clone,
+{
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(deadline);
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    let calls = calls.all();
+    let calls = calls
+        .iter()
+        .map(|c| (c.at - start, c.deadline == Some(deadline)));
+    (err.to_string(), calls.collect())
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_that_lose_the_deadline_are_still_bounded_by_it() {
+    let cloned = fail_until_given_up(retry(5, ms(10)).build().unwrap(), ms(25)).await;
+    let rebuilt = retry(5, ms(10)).clone_with(rebuild).build().unwrap();
+    let rebuilt = fail_until_given_up(rebuilt, ms(25)).await;
+    // Attempts at 0, 10 and 20 ms; at 20 ms only 5 ms are left, less than the backoff and a tick.
+    let expected = [(ms(0), true), (ms(10), true), (ms(20), true)];
+    assert_eq!(
+        (cloned.0.as_str(), &cloned.1[..]),
+        ("fail 2", &expected[..])
+    );
+    assert_eq!(rebuilt, cloned, "a rebuilt copy is bounded as a clone is");
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_that_lose_the_deadline_are_cut_by_it_and_wait_for_readiness_no_longer() {
+    // A per-attempt timeout never outlives the call's deadline: the second attempt, at 110 ms,
+    // carries the call's 150 ms rather than its own 210 ms.
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(150));
+    let err = retry(5, ms(10))
+        .per_attempt_timeout(ms(100))
+        .clone_with(rebuild)
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(150));
+    let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
+    assert_eq!(deadlines, [Some(start + ms(100)), Some(start + ms(150))]);
+
+    // Waiting for readiness gives up at the call's deadline, 200 ms, not when the service is
+    // ready at 500 ms.
+    let start = Instant::now();
+    let calls = Calls::default();
+    let inner = SlowToReady {
+        calls: calls.clone(),
+        open_at: start + ms(500),
+        sleep: Arc::default(),
+    };
+    let mut req = get();
+    req.set_deadline(start + ms(200));
+    let layer = retry(3, ms(10)).clone_with(rebuild).build().unwrap();
+    let err = layer.layer(inner).oneshot(req).await.unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(200));
+    assert_eq!(calls.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_with_a_deadline_of_its_own_keeps_it_and_the_rules_go_by_the_calls() {
+    let start = Instant::now();
+    let own = start + ms(1_000);
+    let (svc, calls) = hanging(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(150));
+    let err = retry(5, ms(10))
+        .per_attempt_timeout(ms(100))
+        .clone_with(move |req: &Req| {
+            let mut copy = req.clone();
+            copy.set_deadline(own);
+            Some(copy)
+        })
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    // The second attempt, at 110 ms, is cut at the call's deadline (150 ms), before its own
+    // timeout (210 ms), and sent with the copy's own deadline.
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(150));
+    let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
+    assert_eq!(deadlines, [Some(start + ms(100)), Some(own)]);
+}
