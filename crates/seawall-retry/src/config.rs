@@ -80,11 +80,12 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// and the attempt fails with [`Elapsed`](crate::Elapsed) (and may be retried) when it
     /// passes.
     ///
-    /// When the deadline the call already has is earlier, or at most a millisecond later (a
-    /// timer's resolution: both would fire on the same tick, or a tick apart), the attempt
-    /// carries the call's deadline instead, so it may run up to a millisecond past `timeout`.
-    /// Cut there, it counts for nothing (no failure for the budget, no give-up event), as when
-    /// the timeout above cancels it: the call fails with `Elapsed`. Off by default.
+    /// When the call's deadline, or the earlier one a copy carries of its own (see
+    /// [`clone_with`](Self::clone_with)), is earlier, or at most a millisecond later (a timer's
+    /// resolution: both would fire on the same tick, or a tick apart), the attempt carries that
+    /// deadline instead, so it may run up to a millisecond past `timeout`. Cut there, it counts
+    /// for nothing (no failure for the budget, no give-up event), as when the timeout above
+    /// cancels it: the call fails with `Elapsed`. Off by default.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
         self
@@ -179,7 +180,12 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// Copies requests with `cloner`: a [`CloneRequest`](crate::policy::CloneRequest) such as a
     /// closure `Fn(&Req) -> Option<Req>` (return `None` for a request that cannot be sent again).
     /// Cloned into each call, like [`policy`](Self::policy). The call's deadline is read from the
-    /// original request, and a copy made without one is given it.
+    /// original request, and a copy made without one, or with a later one, is given it. A copy
+    /// keeps a deadline of its own only when it is earlier than the call's (or when the call has
+    /// none): the layers below see it, and a
+    /// [`per_attempt_timeout`](Self::per_attempt_timeout) cuts the attempt there as at the
+    /// call's deadline. Whether to retry, and how long to wait for readiness, go by the call's
+    /// deadline alone.
     pub fn clone_with<K2>(self, cloner: K2) -> RetryConfigBuilder<P, K2> {
         RetryConfigBuilder {
             max_attempts: self.max_attempts,

@@ -139,10 +139,10 @@ enum Timed {
     No,
     /// The attempt's own timeout: an attempt cut by it failed, and may be retried.
     Attempt,
-    /// The call's deadline, earlier than the attempt's own timeout or less than a timer tick
-    /// ([`TIMER_RESOLUTION`]) after it, so that the two would fire on the same tick: an attempt
-    /// cut by it is cancelled and counts for nothing, as when a timeout above cancels it, and the
-    /// call fails with `Elapsed`.
+    /// The call's deadline (or the one the attempt's request carries, when earlier), earlier
+    /// than the attempt's own timeout or less than a timer tick ([`TIMER_RESOLUTION`]) after it,
+    /// so that the two would fire on the same tick: an attempt cut by it is cancelled and counts
+    /// for nothing, as when a timeout above cancels it, and the call fails with `Elapsed`.
     Call,
 }
 
@@ -150,8 +150,8 @@ enum Timed {
 struct Attempt {
     /// When the attempt fails with `Elapsed`, with a per-attempt timeout.
     deadline: Option<Instant>,
-    /// Whether `deadline` is the call's own, earlier than the attempt's timeout or within a
-    /// timer tick of it.
+    /// Whether `deadline` is the call's own (or the request's, when earlier), earlier than the
+    /// attempt's timeout or within a timer tick of it.
     call_deadline: bool,
     /// When it started, if the policy looks at durations.
     started: Option<Instant>,
@@ -199,13 +199,22 @@ fn prepare_timed<Req: RequestDeadline>(
     let mut call_deadline = false;
     let deadline = settings.per_attempt_timeout.map(|timeout| {
         let own = deadline_after(now, timeout);
-        // A call that is not retried did not read its deadline at the call: its one attempt
-        // sends the request as the caller did.
-        match call.or_else(|| request.deadline()) {
-            // A call's deadline within a tick of the attempt's own would fire on that tick (or
-            // the next): the attempt is then cut at the call's deadline, not by its timeout.
+        // The attempt's outer bound is the earlier of the call's deadline and the one its request
+        // carries: a copy's own earlier deadline, or, for a call that is not retried (which read
+        // none at the call), the caller's.
+        let carried = request.deadline();
+        let outer = match (call, carried) {
+            (Some(call), Some(carried)) => Some(call.min(carried)),
+            (call, carried) => call.or(carried),
+        };
+        match outer {
+            // An outer deadline within a tick of the attempt's own would fire on that tick (or
+            // the next): the attempt is then cut at the outer deadline, not by its timeout.
             Some(outer) if outer.saturating_duration_since(own) <= TIMER_RESOLUTION => {
                 call_deadline = true;
+                if carried != Some(outer) {
+                    request.set_deadline(outer);
+                }
                 outer
             }
             _ => {
@@ -511,10 +520,11 @@ where
             Some(copy) => copy,
             None => this.template.take().expect("checked above"),
         };
-        // A copy made without the call's deadline (a request rebuilt without its extensions) is
-        // given it, so the layers below see it too; one that carries its own keeps it.
+        // A copy made without the call's deadline (a request rebuilt without its extensions), or
+        // with a later one, is given it, so the layers below see it too; one that carries an
+        // earlier deadline of its own keeps it.
         if let Some(deadline) = deadline {
-            if request.deadline().is_none() {
+            if request.deadline().is_none_or(|own| own > deadline) {
                 request.set_deadline(deadline);
             }
         }
@@ -747,6 +757,49 @@ mod tests {
             r#"ResponseFuture { state: "calling", attempt: 1, retryable: true, timer: true }"#
         );
         assert_eq!(future.await.unwrap(), 0);
+    }
+
+    /// A request that carries a deadline of its own.
+    struct Carrying(Option<tokio::time::Instant>);
+
+    impl seawall_core::deadline::RequestDeadline for Carrying {
+        fn deadline(&self) -> Option<tokio::time::Instant> {
+            self.0
+        }
+
+        fn set_deadline(&mut self, deadline: tokio::time::Instant) {
+            self.0 = Some(deadline);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_attempt_is_bounded_by_the_earlier_of_the_calls_and_its_requests_deadline() {
+        let settings = crate::layer::Settings {
+            max_attempts: 3,
+            backoff: Backoff::constant(Duration::ZERO),
+            retry_after_cap: Duration::from_secs(10),
+            per_attempt_timeout: Some(Duration::from_millis(100)),
+            name: seawall_core::Name::new("retry").unwrap(),
+        };
+        let now = tokio::time::Instant::now();
+        let at = |ms| Some(now + Duration::from_millis(ms));
+        // (the call's deadline, the request's) -> (the attempt's, cut as the call's)
+        let cases = [
+            ((at(50), at(1_000)), (at(50), true)),
+            ((at(1_000), at(50)), (at(50), true)),
+            ((None, at(50)), (at(50), true)),
+            ((at(50), None), (at(50), true)),
+            ((at(1_000), at(500)), (at(100), false)),
+            ((None, None), (at(100), false)),
+        ];
+        for ((call, carried), (expected, call_deadline)) in cases {
+            let mut request = Carrying(carried);
+            let attempt = super::prepare_timed(&settings, false, &mut request, call);
+            let case = format!("{call:?}, {carried:?}");
+            assert_eq!(attempt.deadline, expected, "{case}");
+            assert_eq!(attempt.call_deadline, call_deadline, "{case}");
+            assert_eq!(request.0, expected, "the request carries it: {case}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,12 +8,13 @@
 //!    An exhausted budget returns the last real error wrapped in [`BudgetExhausted`];
 //! 2. **by the deadline**: the request's deadline (written by a timeout layer above, read through
 //!    [`RequestDeadline`] from the request as the call receives it, and given to any copy made
-//!    without one) is checked before each retry: a retry after a backoff needs more time
-//!    left than the backoff and a millisecond (its timer fires on the next whole millisecond), a
-//!    retry without backoff only that the deadline has not passed. An optional per-attempt
-//!    timeout gives each attempt a deadline of its own, and fails it with [`Elapsed`]; the call's
-//!    deadline takes its place when it is earlier or at most a millisecond later (the two would
-//!    fire a tick apart at most), so an attempt may run up to a millisecond past its timeout;
+//!    without one or with a later one) is checked before each retry: a retry after a backoff
+//!    needs more time left than the backoff and a millisecond (its timer fires on the next whole
+//!    millisecond), a retry without backoff only that the deadline has not passed. An optional
+//!    per-attempt timeout gives each attempt a deadline of its own, and fails it with
+//!    [`Elapsed`]; the call's deadline (or a copy's own, when earlier than the call's) takes its
+//!    place when it is earlier or at most a millisecond later (the two would fire a tick apart at
+//!    most), so an attempt may run up to a millisecond past its timeout;
 //! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
 //!    twice (for HTTP: idempotent methods) and can be copied. A `Retry-After` on a 429 or 503 is
 //!    honoured up to a cap.

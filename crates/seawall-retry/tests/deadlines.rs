@@ -551,20 +551,24 @@ async fn copies_that_lose_the_deadline_are_cut_by_it_and_wait_for_readiness_no_l
     assert_eq!(calls.count(), 1);
 }
 
+/// A cloner that gives every copy the deadline `at`.
+fn stamp(at: Instant) -> impl Fn(&Req) -> Option<Req> + Clone {
+    move |req: &Req| {
+        let mut copy = req.clone();
+        copy.set_deadline(at);
+        Some(copy)
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_copy_with_a_deadline_of_its_own_keeps_it_and_the_rules_go_by_the_calls() {
+async fn a_copy_with_a_later_deadline_is_sent_with_the_calls() {
     let start = Instant::now();
-    let own = start + ms(1_000);
     let (svc, calls) = hanging(usize::MAX);
     let mut req = get();
     req.set_deadline(start + ms(150));
     let err = retry(5, ms(10))
         .per_attempt_timeout(ms(100))
-        .clone_with(move |req: &Req| {
-            let mut copy = req.clone();
-            copy.set_deadline(own);
-            Some(copy)
-        })
+        .clone_with(stamp(start + ms(1_000)))
         .build()
         .unwrap()
         .layer(svc)
@@ -572,9 +576,98 @@ async fn a_copy_with_a_deadline_of_its_own_keeps_it_and_the_rules_go_by_the_call
         .await
         .unwrap_err();
     // The second attempt, at 110 ms, is cut at the call's deadline (150 ms), before its own
-    // timeout (210 ms), and sent with the copy's own deadline.
+    // timeout (210 ms), and carries it: the copy's later 1000 ms is not what the call has.
     assert!(error::is::<Elapsed>(&*err), "{err}");
     assert_eq!(Instant::now() - start, ms(150));
     let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
-    assert_eq!(deadlines, [Some(start + ms(100)), Some(own)]);
+    assert_eq!(deadlines, [Some(start + ms(100)), Some(start + ms(150))]);
+
+    // Without a per-attempt timeout too: every attempt carries the call's deadline.
+    let start = Instant::now();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(150));
+    let err = retry(3, ms(10))
+        .clone_with(stamp(start + ms(1_000)))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "fail 2");
+    let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
+    assert_eq!(deadlines, [Some(start + ms(150)); 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_with_an_earlier_deadline_keeps_it_and_is_cut_there() {
+    // The call's deadline is 1000 ms away, or there is none; the copies carry 120 ms. The second
+    // attempt, at 110 ms, keeps 120 ms rather than its own timeout's 210 ms, and is cut there as
+    // at the call's deadline: it counts for nothing and the call fails with `Elapsed`.
+    for call in [Some(ms(1_000)), None] {
+        let start = Instant::now();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let (svc, calls) = hanging(usize::MAX);
+        let mut req = get();
+        if let Some(call) = call {
+            req.set_deadline(start + call);
+        }
+        let err = retry(5, ms(10))
+            .per_attempt_timeout(ms(100))
+            .clone_with(stamp(start + ms(120)))
+            .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap_err();
+        assert!(error::is::<Elapsed>(&*err), "{call:?}: {err}");
+        assert_eq!(Instant::now() - start, ms(120), "{call:?}");
+        let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
+        assert_eq!(
+            deadlines,
+            [Some(start + ms(100)), Some(start + ms(120))],
+            "{call:?}"
+        );
+        assert_eq!(
+            *events.lock().unwrap(),
+            [RetryEvent::Retry {
+                attempt: 2,
+                delay: ms(10)
+            }],
+            "{call:?}"
+        );
+    }
+
+    // Without a per-attempt timeout the retry times no attempt: the copy's deadline is for the
+    // layers below, and whether to retry goes by the call's.
+    let start = Instant::now();
+    let (svc, calls) = flaky(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(1_000));
+    let err = retry(3, ms(10))
+        .clone_with(stamp(start + ms(15)))
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "fail 2");
+    let calls: Vec<_> = calls
+        .all()
+        .iter()
+        .map(|c| (c.at - start, c.deadline))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (ms(0), Some(start + ms(1_000))),
+            (ms(10), Some(start + ms(15))),
+            (ms(20), Some(start + ms(15))),
+        ]
+    );
 }
