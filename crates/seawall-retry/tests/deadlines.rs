@@ -259,6 +259,64 @@ async fn per_attempt_timeout_bounds_a_request_that_is_not_retried() {
     assert_eq!(calls.count(), 1, "one attempt allowed");
 }
 
+/// Checks that a call not retried was cut at its request's own deadline, 50 ms after `start`,
+/// and sent once with it.
+fn cut_at_its_own_deadline(err: BoxError, start: Instant, calls: &Calls, what: &str) {
+    assert!(error::is::<Elapsed>(&*err), "{what}: {err}");
+    assert_eq!(Instant::now() - start, ms(50), "{what}");
+    let calls = calls.all();
+    assert_eq!(calls.len(), 1, "{what}");
+    assert_eq!(calls[0].deadline, Some(start + ms(50)), "{what}");
+}
+
+/// A request that is not retried keeps the deadline it was called with when that comes before
+/// the per-attempt timeout, and is cut there.
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_keeps_the_earlier_deadline_of_a_request_that_is_not_retried() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let post = RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .per_attempt_timeout(ms(100))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    let mut req = support::post();
+    req.set_deadline(start + ms(50));
+    let err = post.layer(svc).oneshot(req).await.unwrap_err();
+    cut_at_its_own_deadline(err, start, &calls, "a POST");
+    assert_eq!(*events.lock().unwrap(), []);
+
+    let once = retry(1, ms(10))
+        .per_attempt_timeout(ms(100))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(50));
+    let err = once.layer(svc).oneshot(req).await.unwrap_err();
+    cut_at_its_own_deadline(err, start, &calls, "one attempt allowed");
+
+    let uncopyable = retry(3, ms(10))
+        .per_attempt_timeout(ms(100))
+        .clone_with(|_: &Req| None)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let (svc, calls) = hanging(usize::MAX);
+    let mut req = get();
+    req.set_deadline(start + ms(50));
+    let err = uncopyable.layer(svc).oneshot(req).await.unwrap_err();
+    cut_at_its_own_deadline(err, start, &calls, "a request that cannot be copied");
+}
+
 #[tokio::test(start_paused = true)]
 async fn per_attempt_deadline_never_outlives_the_calls_deadline() {
     let start = Instant::now();
