@@ -5,10 +5,7 @@ use crate::{
     latest::{self, Publisher},
     Discovery,
 };
-use futures_util::{
-    future::{self, Either},
-    stream, FutureExt, StreamExt,
-};
+use futures_util::{future, stream, FutureExt, StreamExt};
 use hickory_resolver::{
     config::{NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts},
     lookup::Lookup,
@@ -29,7 +26,6 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    pin::pin,
     time::Duration,
 };
 use tokio::time::Instant;
@@ -87,10 +83,16 @@ impl Dns {
     /// other none from before, the resolution fails and keeps the last good set.
     ///
     /// A relative `host` is tried under each search domain of the system's configuration in
-    /// turn (see [`nameservers`](DnsBuilder::nameservers)). A name that either family's question
-    /// says does not exist (NXDOMAIN, which is about the name, not one record type) is passed
-    /// over at once, whatever the other question got, as is a name with no records of either
-    /// family; a name whose question goes unanswered or fails ends the search. A failed family
+    /// turn (see [`nameservers`](DnsBuilder::nameservers)). A name with no records of either
+    /// family is passed over, as is one that either family's question says does not exist
+    /// (NXDOMAIN, which is about the name, not one record type) unless the other family's answer
+    /// has addresses: that NXDOMAIN then says only that its own family has none. hickory answers
+    /// a question from the hosts file when the file lists the name with that family (a
+    /// Kubernetes `hostAliases` entry with an IPv4 address alone) and asks the server the other,
+    /// which may not know the name; a CoreDNS `template` may answer one family and NXDOMAIN the
+    /// other. Both answers are waited for, so a name whose one question gets NXDOMAIN while the
+    /// other goes unanswered is passed over once that one times out. Otherwise a name whose
+    /// question goes unanswered or fails ends the search. A failed family
     /// keeps its last addresses only when they came from the name the other family just
     /// answered for: when the host was last found under another name, the resolution fails and
     /// keeps the last good set, rather than mixing two names' addresses.
@@ -863,8 +865,9 @@ struct Addresses {
 ///
 /// The names of [`search_names`] are tried in turn, A and AAAA asked for apart, at once, so that
 /// each family's answer counts. A name that either family's question says does not exist
-/// (NXDOMAIN, which is about the name, not one record type) is passed over at once, whatever the
-/// other question gets; so is a name with no address of either family. The first name with an
+/// (NXDOMAIN, which is about the name, not one record type) is passed over once the other
+/// question is answered or times out, unless the other family has addresses (see
+/// [`ask_both_families`]); so is a name with no address of either family. The first name with an
 /// address of either family answers, and one whose question fails (a timeout, a server failure,
 /// a refusal) ends the search: the name may have addresses the server could not give, and a
 /// later name may be another host. A family the server says has no records adds none. A family
@@ -952,39 +955,48 @@ async fn lookup_ips(
 }
 
 /// The answers to the A and AAAA questions about `name`, asked at once, each with its family;
-/// or the NXDOMAIN answer as soon as either question gets one, without waiting for the other:
-/// the name does not exist, whatever the other answer says.
+/// or an NXDOMAIN answer that passes the name over: one family's, unless the other family
+/// answered with addresses.
+///
+/// NXDOMAIN is about a name, every record type of it, yet addresses of the other family show
+/// the name is there, and the NXDOMAIN then says only that its own family has none: hickory
+/// answers a question from its hosts file when the file lists the name with that family, and
+/// asks the server the other (a Kubernetes `hostAliases` entry with an IPv4 address alone gets
+/// NXDOMAIN for AAAA from the cluster's DNS), and a server may answer one family itself and
+/// NXDOMAIN the other (a CoreDNS `template`). So both answers are waited for: a name whose one
+/// question gets NXDOMAIN while the other goes unanswered is passed over once that one times
+/// out.
 async fn ask_both_families(
     resolver: &TokioResolver,
     name: &DnsName,
 ) -> Result<[(&'static str, Result<Lookup, ResolveError>); 2], ResolveError> {
-    let v4 = pin!(resolver
+    let v4 = resolver
         .ipv4_lookup(name.clone())
-        .map(|answer| answer.map(Lookup::from)));
-    let v6 = pin!(resolver
+        .map(|answer| answer.map(Lookup::from));
+    let v6 = resolver
         .ipv6_lookup(name.clone())
-        .map(|answer| answer.map(Lookup::from)));
-    let (v4, v6) = match future::select(v4, v6).await {
-        Either::Left((v4, v6)) => {
-            let v4 = unless_nxdomain(v4)?;
-            (v4, unless_nxdomain(v6.await)?)
+        .map(|answer| answer.map(Lookup::from));
+    let (v4, v6) = future::join(v4, v6).await;
+    let answers = [("A", v4), ("AAAA", v6)];
+    let addresses = answers
+        .iter()
+        .any(|(_, answer)| answer.as_ref().is_ok_and(has_addresses));
+    if !addresses {
+        let nxdomain = answers
+            .iter()
+            .find_map(|(_, answer)| answer.as_ref().err().filter(|error| is_nxdomain(error)));
+        if let Some(nxdomain) = nxdomain {
+            return Err(nxdomain.clone());
         }
-        Either::Right((v6, v4)) => {
-            let v6 = unless_nxdomain(v6)?;
-            (unless_nxdomain(v4.await)?, v6)
-        }
-    };
-    Ok([("A", v4), ("AAAA", v6)])
+    }
+    Ok(answers)
 }
 
-/// `answer`, or its error when that is NXDOMAIN.
-fn unless_nxdomain(
-    answer: Result<Lookup, ResolveError>,
-) -> Result<Result<Lookup, ResolveError>, ResolveError> {
-    match answer {
-        Err(error) if is_nxdomain(&error) => Err(error),
-        answer => Ok(answer),
-    }
+/// Whether `lookup` holds an address (an A or AAAA record), not only CNAMEs on the way to one.
+fn has_addresses(lookup: &Lookup) -> bool {
+    lookup
+        .record_iter()
+        .any(|record| matches!(record.data(), RData::A(_) | RData::AAAA(_)))
 }
 
 /// Whether the server answered that the name does not exist (NXDOMAIN), which is about every
@@ -1430,9 +1442,10 @@ mod tests {
     }
 
     /// NXDOMAIN is about a name, not one record type: a name whose A question gets it does not
-    /// exist, and the search goes on to the next name though its AAAA question went unanswered.
+    /// exist, and the search goes on to the next name though its AAAA question went unanswered
+    /// (once that question times out).
     #[tokio::test(start_paused = true)]
-    async fn a_name_that_does_not_exist_is_passed_over_whatever_the_other_family_got() {
+    async fn a_name_that_does_not_exist_is_passed_over_though_the_other_question_goes_unanswered() {
         let server = serve(nxdomain_or_dropped).await;
         let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
         let users = dns_name("users");
@@ -1451,6 +1464,55 @@ mod tests {
             panic!("users. was not found past users.ns.test.");
         };
         assert!(found.ips.contains(&both[0]), "{:?}", found.ips);
+    }
+
+    /// hickory answers each family's question from its hosts file when the file lists the name
+    /// with that family, and asks the server the other: a host listed with an IPv4 address alone
+    /// (Kubernetes `hostAliases`) gets its A answer from the file, and NXDOMAIN from a server
+    /// that does not know it for AAAA. That NXDOMAIN says only that the name has no IPv6
+    /// address: the file's does not pass the name over.
+    #[tokio::test(start_paused = true)]
+    async fn an_nxdomain_beside_the_other_familys_addresses_says_only_that_this_family_has_none() {
+        let server = serve(|_, _| Some(Err(ResponseCode::NXDomain))).await;
+        let mut resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let mut hosts = hickory_resolver::Hosts::default();
+        hosts.read_hosts_conf("10.0.0.7 db\n".as_bytes()).unwrap();
+        resolver.set_hosts(std::sync::Arc::new(hosts));
+        let db = [IpAddr::from([10, 0, 0, 7])];
+        for host in ["db.", "db"] {
+            let Ok(found) = lookup_ips(&resolver, &dns_name(host), None).await else {
+                panic!("{host} was passed over for its AAAA question's NXDOMAIN");
+            };
+            assert_eq!(found.ips, db, "{host}");
+            assert_eq!(found.name, dns_name("db."), "{host}");
+            assert!(found.failed.is_none(), "{host}");
+        }
+    }
+
+    /// A server answering one family itself and NXDOMAIN for the other (a CoreDNS `template`)
+    /// has the name: the family answered stands, whichever it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_one_family_answers_is_found_though_the_other_gets_nxdomain() {
+        let server = serve(|name, ty| match (name, ty) {
+            ("v4only.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 2))])),
+            ("v6only.", RecordType::AAAA) => Some(Ok(vec![RData::AAAA(AAAA::new(
+                0xfd00, 0, 0, 0, 0, 0, 0, 2,
+            ))])),
+            _ => Some(Err(ResponseCode::NXDomain)),
+        })
+        .await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        for (host, ip) in [
+            ("v4only", IpAddr::from([10, 0, 0, 2])),
+            ("v6only", "fd00::2".parse().unwrap()),
+        ] {
+            let Ok(found) = lookup_ips(&resolver, &dns_name(host), None).await else {
+                panic!("{host}. was passed over for one family's NXDOMAIN");
+            };
+            assert_eq!(found.ips, [ip], "{host}");
+            assert_eq!(found.name, dns_name(&format!("{host}.")), "{host}");
+            assert!(found.failed.is_none(), "{host}");
+        }
     }
 
     /// A family that goes unanswered keeps its last addresses only under the name they came
