@@ -92,10 +92,13 @@ impl Dns {
     /// which may not know the name; a CoreDNS `template` may answer one family and NXDOMAIN the
     /// other. Both answers are waited for, so a name whose one question gets NXDOMAIN while the
     /// other goes unanswered is passed over once that one times out. Otherwise a name whose
-    /// question goes unanswered or fails ends the search. A failed family
-    /// keeps its last addresses only when they came from the name the other family just
-    /// answered for: when the host was last found under another name, the resolution fails and
-    /// keeps the last good set, rather than mixing two names' addresses.
+    /// question goes unanswered or fails ends the search.
+    ///
+    /// A failed family keeps its last addresses only when they came from the name the other
+    /// family just answered for: when the host was last found under another name, it keeps none
+    /// of them, rather than mixing two names' addresses, and the other family's answer is
+    /// published alone (counted as failed in part, so retried on the failure backoff). A host
+    /// that moves to a name whose server drops AAAA questions is so followed there.
     ///
     /// A `host` that is an IP address is its own endpoint: it is not looked up, nor resolved
     /// again, and needs no name server (neither [`nameservers`](DnsBuilder::nameservers) nor the
@@ -876,9 +879,12 @@ struct Addresses {
 /// stands: hickory's `lookup_ip` would answer with the other family alone, and one lost AAAA
 /// answer would then take a dual-stack host's IPv6 endpoints away until the next resolution, yet
 /// a server that never answers AAAA questions must not keep an IPv4 host from being found. With
-/// no `last` the other family's answer stands alone. When `last` came from another name the
-/// lookup fails, so that the caller keeps all of it rather than one family of another name's
-/// addresses. When neither family answers, the lookup fails.
+/// no `last`, or one that came from another name, the other family's answer stands alone: one
+/// family of another name's addresses beside it would be neither name's set, and failing so that
+/// the caller keeps all of `last` would keep it until the failed family answers here, which a
+/// server that drops AAAA questions never does. The failed family is marked, so the caller asks
+/// again soon, and the name found is the one the next lookup keeps addresses under. When neither
+/// family answers, the lookup fails.
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
@@ -927,11 +933,11 @@ async fn lookup_ips(
             // an answer about the other family, which the caller must not take the failed
             // family's last addresses back over.
             let kept: &[IpAddr] = match last {
-                None => &[],
                 Some(last) if last.name == name => &last.ips,
-                // The last addresses are another name's: one family of them beside this name's
-                // other family would be neither name's set.
-                Some(_) => return Err(error),
+                // The last addresses, if any, are another name's: one family of them beside this
+                // name's other family would be neither name's set, and keeping them all would
+                // hold the host at a name it has left for as long as this family fails here.
+                _ => &[],
             };
             let v4 = family == "A";
             ips.extend(kept.iter().filter(|ip| ip.is_ipv4() == v4));
@@ -1516,7 +1522,10 @@ mod tests {
     }
 
     /// A family that goes unanswered keeps its last addresses only under the name they came
-    /// from: beside another name's answer the lookup fails, and the caller keeps them all.
+    /// from. Beside another name's answer it keeps none: that answer stands alone, failed in
+    /// part (so asked again on the failure backoff), and the name it came from is the one the
+    /// next resolution keeps addresses under, so a host that moved to a name whose server drops
+    /// AAAA questions is followed there.
     #[tokio::test(start_paused = true)]
     async fn a_failed_family_keeps_its_last_addresses_only_under_the_name_they_came_from() {
         let server = serve(nxdomain_or_dropped).await;
@@ -1538,9 +1547,35 @@ mod tests {
             panic!("half. was not found");
         };
         assert_eq!(found.ips, [v4, "fd00::9".parse().unwrap()]);
-        let Err(error) = lookup_ips(&resolver, &half, Some(&last("half.ns.test."))).await else {
-            panic!("another name's IPv6 addresses were kept beside half.'s IPv4 ones");
+        let Ok(found) = lookup_ips(&resolver, &half, Some(&last("half.ns.test."))).await else {
+            panic!("half. was not found while its last addresses came from another name");
         };
-        assert!(!is_absent(&error), "{error}");
+        assert_eq!(
+            (found.name, found.ips, found.failed.map(|f| f.0)),
+            (dns_name("half."), vec![v4], Some("AAAA"))
+        );
+        // A resolution so found is published, failed in part, and keeps half.'s addresses
+        // under half. for the next one.
+        let mut known = Known::from([(half.clone(), last("half.ns.test."))]);
+        let Ok(resolved) = resolve(
+            &resolver,
+            &Parsed::Ip(half.clone(), 80),
+            &Name::default_for("discover"),
+            &mut known,
+            &Failing::new(),
+            &mut Failing::new(),
+        )
+        .await
+        else {
+            panic!("the resolution failed while its last addresses came from another name");
+        };
+        assert_eq!(
+            (resolved.endpoints, resolved.partial),
+            (vec![Tagged::new(SocketAddr::new(v4, 80))], true)
+        );
+        assert_eq!(
+            (&known[&half].name, &known[&half].ips),
+            (&dns_name("half."), &vec![v4])
+        );
     }
 }
