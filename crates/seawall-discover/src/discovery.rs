@@ -267,7 +267,7 @@ where
 }
 
 /// The message a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
     match panic.downcast_ref::<&'static str>() {
         Some(message) => message,
         None => panic

@@ -2,6 +2,7 @@
 
 use crate::{
     diff::Tracker,
+    discovery::panic_message,
     latest::{self, Publisher},
     Discovery,
 };
@@ -26,6 +27,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
+    panic::AssertUnwindSafe,
     time::Duration,
 };
 use tokio::time::Instant;
@@ -234,8 +236,9 @@ impl DnsBuilder {
     /// Must be called inside a Tokio runtime, whose IO and time drivers resolving needs
     /// (`enable_all`): outside any runtime this returns a [`ConfigError`] for the field
     /// `runtime`. On a runtime without those drivers the resolving task panics: the panic is
-    /// logged as an error naming the discovery, and the stream ends (a balancer keeps the
-    /// endpoints it has).
+    /// logged as an error naming the discovery, with the panic's message, and the stream ends
+    /// (a balancer keeps the endpoints it has). A runtime that shuts down drops the task without
+    /// its panicking, even while a panic elsewhere unwinds the thread, and nothing is logged.
     pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
     where
         S: Send + 'static,
@@ -313,18 +316,24 @@ impl DnsBuilder {
                 .with_options(opts)
                 .build();
         let (publisher, latest) = latest::channel();
-        let publisher = publisher.on_panic(move || {
-            tracing::error!(name = %name, "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
-        });
         let panicked = make_panicked(name);
-        let task = runtime.spawn(run(
+        let resolving = run(
             resolver,
             parsed,
             self.min_refresh,
             self.max_refresh,
             name,
             publisher,
-        ));
+        );
+        let task = runtime.spawn(async move {
+            // A panic ends the task, and the stream with it once the publisher inside is
+            // dropped: nothing else would say why. It is caught where it happens, not inferred
+            // from the publisher being dropped while the thread unwinds: a runtime torn down by a
+            // panic elsewhere drops the task so, without its having panicked.
+            if let Err(panic) = AssertUnwindSafe(resolving).catch_unwind().await {
+                tracing::error!(name = %name, panic = panic_message(&*panic), "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
+            }
+        });
         Ok(Discovery::lists(
             latest,
             Tracker::with_meta(),

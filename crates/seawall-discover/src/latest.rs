@@ -20,9 +20,6 @@ struct State<T> {
 /// returning, aborted or panicking).
 pub(crate) struct Publisher<T> {
     state: Arc<Mutex<State<T>>>,
-    /// Reports the source's task ending in a panic, which drops the publisher as it unwinds:
-    /// the stream then ends, and nothing else would say why.
-    on_panic: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The stream's end: takes the latest value offered.
@@ -37,7 +34,6 @@ pub(crate) fn channel<T>() -> (Publisher<T>, Latest<T>) {
     }));
     let publisher = Publisher {
         state: state.clone(),
-        on_panic: None,
     };
     (publisher, Latest(state))
 }
@@ -47,12 +43,6 @@ fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
 }
 
 impl<T> Publisher<T> {
-    /// Calls `report` if the publisher is dropped by a panic (its task panicking).
-    pub(crate) fn on_panic(mut self, report: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_panic = Some(Box::new(report));
-        self
-    }
-
     /// Offers `value` in place of any value not yet taken.
     pub(crate) fn publish(&self, value: T) {
         let (waker, _replaced) = {
@@ -68,11 +58,6 @@ impl<T> Publisher<T> {
 
 impl<T> Drop for Publisher<T> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(report) = &self.on_panic {
-                report();
-            }
-        }
         let waker = {
             let mut state = lock(&self.state);
             state.closed = true;

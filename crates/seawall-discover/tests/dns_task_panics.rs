@@ -1,8 +1,8 @@
 //! A DNS discovery whose resolving task panics (here: a runtime built without the IO and time
 //! drivers that resolving needs) ends its stream, and says so with an error naming the
-//! discovery. A subscriber set for one thread sees events only once their callsites are
-//! registered with it, which other tests running at once on other threads could race with: this
-//! test has its binary to itself.
+//! discovery and giving the panic's message. A subscriber set for one thread sees events only
+//! once their callsites are registered with it, which other tests running at once on other
+//! threads could race with: this test has its binary to itself.
 
 mod common;
 
@@ -41,4 +41,6 @@ fn a_panicking_dns_task_is_logged_as_an_error_as_its_stream_ends() {
         "{logged:?}"
     );
     assert!(logged[0].contains("name=users "), "{logged:?}");
+    // With the panic's own message.
+    assert!(logged[0].contains("timers are disabled"), "{logged:?}");
 }
