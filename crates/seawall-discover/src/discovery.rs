@@ -388,18 +388,37 @@ where
 /// it and dropped the pending changes it no longer calls for: the balancer keeps the endpoints
 /// sent, which may match no list published, until the next list.
 ///
-/// Must be called inside a Tokio runtime. The discovery ends when the sender is dropped (the
-/// balancer keeps the last set), once the differences from the last list are read.
+/// A panic in the keys' `Clone` as the task following the channel copies a list off it leaves
+/// that list out too, logged as an error, and the task waits for the next value on the channel.
+///
+/// The discovery ends when the sender is dropped (the balancer keeps the last set), once the
+/// differences from the last list are read.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime: the task that follows the channel is spawned on the runtime this is
+/// called in, and the stream calls `make` inside it.
 pub fn watch<K, S, M>(mut rx: tokio::sync::watch::Receiver<Vec<K>>, make: M) -> Discovery<K, S>
 where
     K: Hash + Eq + Clone + EndpointMeta + Send + Sync + 'static,
     S: Send + 'static,
     M: FnMut(&K) -> S + Send + 'static,
 {
+    let Ok(runtime) = Handle::try_current() else {
+        panic!("seawall discover::watch must be called inside a Tokio runtime");
+    };
     let (publisher, latest) = crate::latest::channel();
-    let task = tokio::spawn(async move {
+    let task = runtime.spawn(async move {
         loop {
-            publisher.publish(rx.borrow_and_update().clone());
+            // The list is copied off the channel here, which runs the keys' `Clone`: a panic
+            // leaves this list out, as a panic comparing it would, and the task waits for the
+            // next.
+            match catch_unwind(AssertUnwindSafe(|| rx.borrow_and_update().clone())) {
+                Ok(list) => publisher.publish(list),
+                Err(panic) => {
+                    tracing::error!(panic = panic_message(&*panic), "seawall discover could not copy a watched endpoint list (a key's Clone panicked); leaving that list out");
+                }
+            }
             if rx.changed().await.is_err() {
                 return;
             }

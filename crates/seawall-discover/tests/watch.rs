@@ -72,6 +72,15 @@ async fn dropping_the_discovery_stops_its_task() {
     assert!(tx.is_closed(), "the receiver is dropped with the task");
 }
 
+/// `watch` spawns the task that follows the channel: outside a runtime there is none to spawn
+/// it on, and it says so.
+#[test]
+#[should_panic(expected = "discover::watch must be called inside a Tokio runtime")]
+fn watch_outside_a_runtime_panics_saying_so() {
+    let (_tx, rx) = tokio::sync::watch::channel(vec![1u32]);
+    drop(watch(rx, |k: &u32| *k));
+}
+
 #[test]
 fn a_discovery_is_send_sync_and_unpin_whatever_its_services() {
     fn check<T: Send + Sync + Unpin + 'static>() {}
