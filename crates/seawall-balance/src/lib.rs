@@ -181,8 +181,12 @@ pub enum EjectReason {
 
 /// What a balancer reports to its [listeners](BalanceConfigBuilder::on_event).
 ///
-/// Endpoint keys are given in their `Debug` form. A change is reported once it is in force (an
-/// added endpoint is in [`Balance::endpoints`], an ejected one in [`Balance::unhealthy`]), and one
+/// Endpoint keys are given in their `Debug` form. A discovery change is reported once the set
+/// left by the batch of changes it came in is published (discovery's changes ready together are
+/// applied as one set), so a later change in the same batch may already have undone it: after
+/// `[Insert(5), Remove(5)]` the listeners hear `EndpointAdded` then `EndpointRemoved` for 5, and
+/// [`Balance::endpoints`] never held 5. A change of health is reported once it is in force (an
+/// ejected endpoint is in [`Balance::unhealthy`], and [`Balance::is_panicking`] counts it). One
 /// balancer's changes of its set and health are reported in the order they were made. A key whose
 /// `Debug` panics loses its event (the panic is logged at `error`); the change stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
