@@ -6,7 +6,7 @@
 //! caused the event, so they must be quick and must not block; send to a channel for anything more.
 //! A listener that panics is logged (at `error`) and skipped: the listeners after it are still
 //! called, and the panic goes no further than [`Listeners::emit`], so the policy goes on as if the
-//! listener had returned.
+//! listener had returned. A subscriber that panics on that log line loses the line, nothing more.
 //!
 //! ```
 //! use seawall_core::{event::Listeners, Name};
@@ -88,7 +88,8 @@ impl<E: 'static> Listeners<E> {
     }
 }
 
-/// Logs a listener's panic and drops its payload (a payload whose drop panics too is caught).
+/// Logs a listener's panic and drops its payload. A subscriber that panics on the log line loses
+/// the line, and a payload whose drop panics is caught too.
 #[cold]
 #[inline(never)]
 fn listener_panicked(name: &Name, panic: Box<dyn Any + Send>) {
@@ -97,8 +98,16 @@ fn listener_panicked(name: &Name, panic: Box<dyn Any + Send>) {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic without a message");
-    tracing::error!(%name, panic = message, "seawall listener panicked; skipped");
-    let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+    caught(|| tracing::error!(%name, panic = message, "seawall listener panicked; skipped"));
+    caught(|| drop(panic));
+}
+
+/// Runs `f`, catching a panic in it and dropping the panic's payload (a payload whose drop panics
+/// too is caught).
+fn caught(f: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+    }
 }
 
 impl<E: 'static> Default for Listeners<E> {
@@ -132,6 +141,49 @@ mod tests {
     /// returns normally.
     #[test]
     fn a_panicking_listener_does_not_stop_the_next() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let listeners = Listeners::new()
+            .with(|_: &Name, event: &u32| panic!("listener broke on {event}"))
+            .with(move |_: &Name, _: &u32| {
+                counter.fetch_add(1, Relaxed);
+            });
+        let name = Name::new("door").unwrap();
+        listeners.emit(&name, &1);
+        listeners.emit(&name, &2);
+        assert_eq!(seen.load(Relaxed), 2);
+    }
+
+    /// A subscriber that panics on every event.
+    struct PanickingSubscriber;
+
+    impl tracing::Subscriber for PanickingSubscriber {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+        fn event(&self, _: &tracing::Event<'_>) {
+            panic!("subscriber broke");
+        }
+
+        fn enter(&self, _: &tracing::span::Id) {}
+
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A subscriber that panics on the line logging a listener's panic loses that line only: the
+    /// next listener is still called, and `emit` returns normally.
+    #[test]
+    fn a_panicking_listener_is_skipped_under_a_subscriber_that_panics() {
+        let _subscriber = tracing::subscriber::set_default(PanickingSubscriber);
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
         let listeners = Listeners::new()
