@@ -2,7 +2,7 @@ use crate::{
     endpoint::{Endpoint, Key, Stats},
     picker::{PickCx, Skip, Tuning},
     set::Snapshot,
-    shared::Shared,
+    shared::{caught, Shared},
     BalanceEvent, NoEndpoints,
 };
 use pin_project_lite::pin_project;
@@ -549,7 +549,10 @@ where
     ) -> BoxError {
         let error: BoxError = e.into();
         if Self::record_ready_error(shared, ep, failed) {
-            tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness");
+            // A key's `Debug` or a subscriber that panics loses the line, not the call.
+            caught(
+                || tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness"),
+            );
         }
         error
     }
@@ -975,6 +978,18 @@ mod tests {
         let c_polls = valves[3].polls.load(Relaxed);
         assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
         assert_eq!(valves[3].polls.load(Relaxed), c_polls + 1);
+    }
+
+    /// Round robin over A, B and C, A's turn first: A is not ready, B is broken and C is ready.
+    /// A subscriber that panics on the line logging B's error loses the line, not the call: the
+    /// call passes over B and calls C.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_panics_on_a_passed_over_endpoint_does_not_fail_the_call() {
+        let modes = [Valve::PENDING, Valve::BROKEN, Valve::READY];
+        let (_shared, valves, mut call) = valves(&modes, 0);
+        let _subscriber = tracing::subscriber::set_default(crate::shared::PanickingSubscriber);
+        assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
+        assert_eq!(valves[1].polls.load(Relaxed), 1, "B was tried");
     }
 
     /// Twenty endpoints, two of them available and both busy: a waiting call tries each once per

@@ -224,12 +224,15 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// health lock once the changes are complete (the set published, the unhealthy count
     /// recounted), so the listeners hear of one balancer's changes in the order they were made,
     /// and a key's `Debug`, a subscriber or a listener that panics loses only its own report: it
-    /// is caught and logged, and what the balancer was doing goes on.
+    /// is caught and logged (a subscriber that panics on that line too loses the line), and what
+    /// the balancer was doing goes on.
     fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
         for report in reports {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {
-                tracing::error!(name = %self.name, panic = panic_message(&*panic), "seawall balance could not report an endpoint change; the change stands");
-                let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+                caught(
+                    || tracing::error!(name = %self.name, panic = panic_message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
+                );
+                caught(|| drop(panic));
             }
         }
     }
@@ -895,8 +898,9 @@ async fn run<K, S, C, D>(
                         // unknown. It is dropped (a drop that panics too is caught), so what
                         // feeds it stops. The set it built is kept, and outlier detection and
                         // health checks go on, so ejected endpoints still return.
-                        tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints");
-                        let _ = catch_unwind(AssertUnwindSafe(|| drop(discover.take())));
+                        caught(|| tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints"));
+                        caught(|| drop(panic));
+                        caught(|| drop(discover.take()));
                         continue;
                     }
                 };
@@ -998,6 +1002,15 @@ fn poll_batch<D: Discover>(
         }
     };
     Poll::Ready((changes, stop))
+}
+
+/// Runs `f`, catching a panic in it and dropping the panic's payload (a payload whose drop panics
+/// too is caught). For the balancer's cold log lines that a key's `Debug` or a subscriber could
+/// panic in: the line is lost, and what the balancer was doing goes on.
+pub(crate) fn caught(f: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+    }
 }
 
 /// The message a panic was raised with, when it is a string.
@@ -1155,6 +1168,33 @@ fn nanos_u64(d: Duration) -> u64 {
 thread_local! {
     /// How many times a failure on this thread took the health lock to try an ejection.
     static EJECTION_TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A subscriber that panics on every event.
+#[cfg(test)]
+pub(crate) struct PanickingSubscriber;
+
+#[cfg(test)]
+impl tracing::Subscriber for PanickingSubscriber {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {
+        panic!("subscriber broke");
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[cfg(test)]
@@ -1555,6 +1595,56 @@ mod tests {
         assert_eq!(shared.unhealthy.load(Relaxed), 0);
         let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
         assert_eq!(*events.lock().unwrap(), vec![added("0"), added("2")]);
+    }
+
+    /// A subscriber that panics on every event loses the balancer its log lines, those of the
+    /// panics it caught included, and nothing more: the changes of a discovery stream that then
+    /// panics are applied, an ejection on a call's thread is made and the call's `record`
+    /// returns, and the background task goes on to return the endpoint.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_panics_loses_only_its_lines() {
+        let _subscriber = tracing::subscriber::set_default(PanickingSubscriber);
+        let shared = Arc::new(Shared::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.0,
+                outlier: crate::OutlierDetection {
+                    interval: Duration::from_secs(1),
+                    base_ejection_time: Duration::from_secs(10),
+                    max_ejection_percent: 1.0,
+                    consecutive_failures: Some(1),
+                    ..crate::OutlierDetection::disabled()
+                },
+                health_check: None,
+            },
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        ));
+        let mut read = 0usize;
+        let stream = futures_util::stream::poll_fn(move |_| {
+            read += 1;
+            match read {
+                1 | 2 => Poll::Ready(Some(Ok::<_, String>(Change::Insert(read, "a")))),
+                _ => panic!("discovery broke"),
+            }
+        });
+        spawn(&shared, stream, None);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![1, 2]);
+
+        let set = shared.current();
+        shared.record(&set.endpoints[1], Outcome::Failure, None, None);
+        assert!(set.endpoints[1].stats.ejected.load(Relaxed));
+        assert_eq!(shared.unhealthy.load(Relaxed), 1);
+
+        // Ejected at 1 ms for 10 s: back at the pass of 11 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!set.endpoints[1].stats.ejected.load(Relaxed));
+        assert_eq!(shared.unhealthy.load(Relaxed), 0);
     }
 
     /// A stream that panics after giving changes ready at once: those changes are applied, and
