@@ -68,7 +68,8 @@ pub enum AtCapacity {
 pub struct Fault {
     /// Start, milliseconds since the run began.
     pub from_ms: u64,
-    /// End (exclusive), milliseconds since the run began.
+    /// End (exclusive), milliseconds since the run began: it may lie past the end of the run,
+    /// as far as `u64::MAX` for a fault that never ends.
     pub to_ms: u64,
     /// What goes wrong.
     pub effect: FaultKind,

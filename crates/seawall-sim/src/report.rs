@@ -305,8 +305,13 @@ impl ClientReport {
                 let wasted_calls = wasted.next().unwrap_or(0);
                 let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
                 let active = |i: usize| counts[i].iter().sum::<u64>() > 0;
-                let time_to_eject = (bucket_of(f.from_ms)..=bucket_of(f.to_ms.saturating_sub(1)))
-                    .filter(|&i| i < buckets && active(i))
+                // The fault's buckets within the run: a fault may last far past its end.
+                let during = bucket_of(f.from_ms)
+                    ..bucket_of(f.to_ms.saturating_sub(1))
+                        .saturating_add(1)
+                        .min(buckets);
+                let time_to_eject = during
+                    .filter(|&i| active(i))
                     .find(|&i| share[i][b] < fair / 4.0)
                     .map(|i| {
                         Duration::from_millis(
