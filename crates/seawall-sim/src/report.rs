@@ -79,13 +79,16 @@ pub struct FaultReport {
     pub from_ms: u64,
     /// End of the fault window, milliseconds.
     pub to_ms: u64,
-    /// Time from the fault's start until the backend's share of calls fell below a quarter of
-    /// its fair share (None: never, within the fault).
+    /// Time from the fault's start to the end of the first stretch of time buckets in which the
+    /// backend's share of calls was below a quarter of its fair share (None: never, within the
+    /// fault, or no stretch held calls enough to judge: see [`Self::eject_judged`]).
     pub time_to_eject: Option<Duration>,
     /// Calls sent to the backend while the fault lasted.
     pub wasted_calls: u64,
-    /// Time from the fault's end until the backend got at least half its fair share again (None:
-    /// never, within the run, or the run ended before the fault did).
+    /// Time from the fault's end to the start of the first stretch of time buckets in which the
+    /// backend got at least half its fair share again (None: never, within the run, the run ended
+    /// before the fault did, or no stretch held calls enough to judge: see
+    /// [`Self::readmit_judged`]).
     pub time_to_readmit: Option<Duration>,
     /// Whether the client's run lasted past the fault's start: a run that ended before it (a
     /// short `--requests`, a closed loop that finished early) neither ejected nor readmitted the
@@ -94,6 +97,64 @@ pub struct FaultReport {
     /// Whether the fault ended within the client's run: a run that ended while the fault was
     /// still active could not readmit the backend, and reports readmit as `n/a`.
     pub ended: bool,
+    /// Whether the fault's time buckets within the run held calls enough to judge an eject, at
+    /// least [`MIN_CALLS_PER_BACKEND`] per backend in one stretch: the report shows `n/a` if not.
+    pub eject_judged: bool,
+    /// Whether the buckets from the fault's end to the run's held calls enough to judge a
+    /// readmit, as for [`Self::eject_judged`]: the report shows `n/a` if not.
+    pub readmit_judged: bool,
+}
+
+/// The calls per backend, on average, that a stretch of time buckets must hold for a fault's eject
+/// or readmit to be judged on it: with N backends, at least 4·N calls. Buckets holding fewer are
+/// judged together with the buckets after them until they hold as many. With fewer calls, a
+/// backend that merely missed its turn would look ejected: round robin over two backends, with a
+/// bucket that holds one call, sends none of that bucket's calls to one of them.
+pub const MIN_CALLS_PER_BACKEND: u64 = 4;
+
+/// A stretch of consecutive time buckets, judged together.
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    /// Its first bucket.
+    first: usize,
+    /// Its last bucket.
+    last: usize,
+    /// The backend's share of the calls in it.
+    share: f64,
+}
+
+/// The stretches of `range`'s buckets, in order, each from the first bucket holding a call to the
+/// first at which the stretch holds at least `min` calls; what is left at the end, holding fewer,
+/// is not judged.
+fn stretches(
+    counts: &[Vec<u64>],
+    range: std::ops::Range<usize>,
+    backend: usize,
+    min: u64,
+) -> impl Iterator<Item = Stretch> + '_ {
+    let min = min.max(1);
+    let mut next = range.start;
+    std::iter::from_fn(move || {
+        let total = |i: usize| counts[i].iter().sum::<u64>();
+        while next < range.end && total(next) == 0 {
+            next += 1;
+        }
+        let first = next;
+        let (mut to_backend, mut calls) = (0, 0);
+        while next < range.end {
+            to_backend += counts[next][backend];
+            calls += total(next);
+            next += 1;
+            if calls >= min {
+                return Some(Stretch {
+                    first,
+                    last: next - 1,
+                    share: to_backend as f64 / calls as f64,
+                });
+            }
+        }
+        None
+    })
 }
 
 /// Percentiles drawn in the latency curves.
@@ -290,6 +351,7 @@ impl ClientReport {
             })
             .collect();
         let fair = 1.0 / n as f64;
+        let min_calls = MIN_CALLS_PER_BACKEND.saturating_mul(n as u64);
         let mut faults = Vec::new();
         let mut wasted = summary.wasted_calls.iter().copied();
         for (b, spec) in scenario.backends.iter().enumerate() {
@@ -304,18 +366,18 @@ impl ClientReport {
                 };
                 let wasted_calls = wasted.next().unwrap_or(0);
                 let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
-                let active = |i: usize| counts[i].iter().sum::<u64>() > 0;
                 // The fault's buckets within the run: a fault may last far past its end.
                 let during = bucket_of(f.from_ms)
                     ..bucket_of(f.to_ms.saturating_sub(1))
                         .saturating_add(1)
                         .min(buckets);
-                let time_to_eject = during
-                    .filter(|&i| active(i))
-                    .find(|&i| share[i][b] < fair / 4.0)
-                    .map(|i| {
+                let mut eject_judged = false;
+                let time_to_eject = stretches(&counts, during, b, min_calls)
+                    .inspect(|_| eject_judged = true)
+                    .find(|s| s.share < fair / 4.0)
+                    .map(|s| {
                         Duration::from_millis(
-                            ((i as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
+                            ((s.last as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
                         )
                     });
                 // From the bucket the fault ends in (counted from the fault's end, not before it):
@@ -323,10 +385,18 @@ impl ClientReport {
                 // bucket edges fall. None if the run ended first, even inside that bucket, or as
                 // the fault ended, with no time after it.
                 let ended = f.to_ms < run_ms;
-                let time_to_readmit = (bucket_of(f.to_ms)..buckets)
-                    .filter(|&i| ended && active(i))
-                    .find(|&i| share[i][b] >= fair / 2.0)
-                    .map(|i| Duration::from_millis((i as u64 * bucket_ms).saturating_sub(f.to_ms)));
+                let after = if ended {
+                    bucket_of(f.to_ms)..buckets
+                } else {
+                    0..0
+                };
+                let mut readmit_judged = false;
+                let time_to_readmit = stretches(&counts, after, b, min_calls)
+                    .inspect(|_| readmit_judged = true)
+                    .find(|s| s.share >= fair / 2.0)
+                    .map(|s| {
+                        Duration::from_millis((s.first as u64 * bucket_ms).saturating_sub(f.to_ms))
+                    });
                 faults.push(FaultReport {
                     backend: b,
                     kind,
@@ -337,6 +407,8 @@ impl ClientReport {
                     time_to_readmit,
                     reached: f.from_ms < run_ms,
                     ended,
+                    eject_judged,
+                    readmit_judged,
                 });
             }
         }
@@ -450,20 +522,25 @@ fn ok_ms(d: Option<Duration>) -> String {
 
 impl FaultReport {
     /// `d` in milliseconds, `never` if it did not happen, or `n/a` if the run ended before the
-    /// fault began.
-    fn reached_or(&self, d: Option<Duration>) -> String {
-        match (self.reached, d) {
+    /// fault began or there were not calls enough to judge (`judged` false).
+    fn reached_or(&self, judged: bool, d: Option<Duration>) -> String {
+        match (self.reached && judged, d) {
             (false, _) => "n/a".into(),
             (true, None) => "never".into(),
             (true, Some(d)) => ms(d),
         }
     }
 
+    /// The eject column: as [`Self::reached_or`].
+    fn eject(&self) -> String {
+        self.reached_or(self.eject_judged, self.time_to_eject)
+    }
+
     /// The readmit column: as [`Self::reached_or`], and `n/a` too if the run ended before the
     /// fault did.
     fn readmit(&self) -> String {
         if self.ended {
-            self.reached_or(self.time_to_readmit)
+            self.reached_or(self.readmit_judged, self.time_to_readmit)
         } else {
             "n/a".into()
         }
@@ -548,7 +625,7 @@ impl Report {
                         "{:<w$} {:<24} {:>12} {:>12} {:>12}",
                         c.client,
                         fault,
-                        f.reached_or(f.time_to_eject),
+                        f.eject(),
                         f.wasted_calls,
                         f.readmit()
                     );
@@ -777,12 +854,12 @@ mod tests {
         let report = ClientReport::new(&scenario(), short, 10);
         let fault = &report.faults[0];
         assert!(!fault.reached, "{fault:?}");
-        assert_eq!(fault.reached_or(fault.time_to_eject), "n/a");
+        assert_eq!(fault.eject(), "n/a");
         assert_eq!(fault.readmit(), "n/a");
         let report = ClientReport::new(&scenario(), raw(0..0), 10);
         let fault = &report.faults[0];
         assert!(fault.reached, "{fault:?}");
-        assert_eq!(fault.reached_or(fault.time_to_eject), "never");
+        assert_eq!(fault.eject(), "never");
     }
 
     /// A run that ended while the fault was still active reports its readmit as `n/a`, not
@@ -800,7 +877,7 @@ mod tests {
         assert!(fault.reached && !fault.ended, "{fault:?}");
         assert_eq!(fault.time_to_readmit, None, "{fault:?}");
         assert_eq!(fault.readmit(), "n/a");
-        assert_eq!(fault.reached_or(fault.time_to_eject), "10.0");
+        assert_eq!(fault.eject(), "10.0");
         // Nor is a backend that never left readmitted by a run that ended 5 ms before the fault
         // did, in the 30 ms bucket the fault ends in.
         let almost = RawRun {
@@ -842,6 +919,42 @@ mod tests {
         let report = ClientReport::new(&scenario(), after, 30);
         assert!(report.faults[0].ended, "{:?}", report.faults[0]);
         assert_eq!(report.faults[0].time_to_readmit, Some(Duration::ZERO));
+    }
+
+    /// Buckets holding fewer than `MIN_CALLS_PER_BACKEND` calls per backend are judged together
+    /// with the ones after them: eject at the end of the stretch, readmit at its start.
+    #[test]
+    fn sparse_buckets_are_judged_in_stretches() {
+        // A call every 40 ms, alternating, but b1's go to b0 from 2 s to 4.6 s: 30 ms buckets
+        // holding one call or none, 8 calls to a stretch.
+        let calls = (0..150u64)
+            .map(|k| {
+                let ms = k * 40;
+                let b = u16::from(k % 2 == 1 && !(2_000..4_600).contains(&ms));
+                (ms, b)
+            })
+            .collect();
+        let sparse = RawRun {
+            calls,
+            elapsed: Duration::from_millis(6_000),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario(), sparse, 30);
+        let fault = &report.faults[0];
+        assert!(fault.eject_judged && fault.readmit_judged, "{fault:?}");
+        // The calls of 2 s to 2.28 s, all to b0: the stretch ends with the bucket of 2.28 s.
+        assert_eq!(
+            fault.time_to_eject,
+            Some(Duration::from_millis(310)),
+            "{fault:?}"
+        );
+        // 4 s to 4.28 s: none to b1; 4.32 s to 4.6 s: one of 8; from 4.64 s (the bucket that
+        // starts at 4.62 s): half.
+        assert_eq!(
+            fault.time_to_readmit,
+            Some(Duration::from_millis(620)),
+            "{fault:?}"
+        );
     }
 
     #[test]
