@@ -284,14 +284,9 @@ impl ClientSpec {
     pub fn validate(&self, _backends: usize) -> Result<(), String> {
         match self {
             ClientSpec::RoundRobin | ClientSpec::TowerP2cPending => Ok(()),
-            ClientSpec::Seawall(spec) => {
-                // Building validates every value through the seawall builders, naming the field.
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async { spec.build(Vec::new(), 0).map(drop) })
-            }
+            // The seawall builders validate every value, naming the field; only laying the
+            // layers over backends needs a runtime, so a scenario is checked without one.
+            ClientSpec::Seawall(spec) => spec.layers(0).map(drop),
             ClientSpec::TowerRetry {
                 max_attempts,
                 budget_ratio,
@@ -422,6 +417,35 @@ impl SeawallSpec {
     }
 
     fn build(&self, backends: Vec<SimBackend>, seed: u64) -> Result<SimClient, String> {
+        let layers = self.layers(seed)?;
+        // Each backend is an endpoint keyed by its index, with its zone for zone-aware picking.
+        let endpoints = backends.into_iter().map(|backend| {
+            let mut key = Tagged::new(backend.index());
+            if let Some(zone) = backend.zone() {
+                key = key.with_zone(zone);
+            }
+            Ok::<_, Infallible>(Change::Insert(key, backend))
+        });
+        let mut svc: SimClient = BoxCloneService::new(
+            layers
+                .balance
+                .layer(futures_util::stream::iter(endpoints.collect::<Vec<_>>())),
+        );
+        if let Some(hedge) = layers.hedge {
+            svc = BoxCloneService::new(hedge.layer(svc));
+        }
+        if let Some(retry) = layers.retry {
+            svc = BoxCloneService::new(retry.layer(svc));
+        }
+        if let Some(timeout) = layers.timeout {
+            svc = BoxCloneService::new(timeout.layer(svc));
+        }
+        Ok(svc)
+    }
+
+    /// Builds the stack's layers through the seawall builders, checking every value, without
+    /// laying them over any backend (which spawns the balancer's task, and so needs a runtime).
+    fn layers(&self, seed: u64) -> Result<SeawallLayers, String> {
         // Errors from the seawall builders, naming the scenario's keys rather than the builders'.
         let balance_err = keyed(
             "",
@@ -504,106 +528,110 @@ impl SeawallSpec {
         if let Some(o) = &self.outlier {
             balance = balance.outlier_detection(o.to_config()?);
         }
-        // Each backend is an endpoint keyed by its index, with its zone for zone-aware picking.
-        let endpoints = backends.into_iter().map(|backend| {
-            let mut key = Tagged::new(backend.index());
-            if let Some(zone) = backend.zone() {
-                key = key.with_zone(zone);
-            }
-            Ok::<_, Infallible>(Change::Insert(key, backend))
-        });
-        let mut svc: SimClient = BoxCloneService::new(
-            balance
-                .build()
-                .map_err(balance_err)?
-                .layer(futures_util::stream::iter(endpoints.collect::<Vec<_>>())),
-        );
-        if let Some(h) = &self.hedge {
-            let budget = RetryBudget::builder()
-                .ratio(h.budget_ratio)
-                .min_per_second(0)
-                .build()
-                .map_err(keyed("hedge.", &[("ratio", "budget_ratio")]))?;
-            let mut hedge = HedgeLayer::builder()
-                .max_hedges(h.max_hedges)
-                .budget(budget);
-            hedge = match (h.delay_ms, h.percentile) {
-                (Some(ms), None) => {
-                    if h.period_ms.is_some() || h.min_data_points.is_some() {
-                        return Err(
+        let balance = balance.build().map_err(balance_err)?;
+        let hedge = match &self.hedge {
+            None => None,
+            Some(h) => {
+                let budget = RetryBudget::builder()
+                    .ratio(h.budget_ratio)
+                    .min_per_second(0)
+                    .build()
+                    .map_err(keyed("hedge.", &[("ratio", "budget_ratio")]))?;
+                let mut hedge = HedgeLayer::builder()
+                    .max_hedges(h.max_hedges)
+                    .budget(budget);
+                hedge = match (h.delay_ms, h.percentile) {
+                    (Some(ms), None) => {
+                        if h.period_ms.is_some() || h.min_data_points.is_some() {
+                            return Err(
                             "hedge: period_ms and min_data_points go with percentile, not delay_ms"
                                 .into(),
                         );
+                        }
+                        check_ms("hedge.delay_ms", ms)?;
+                        hedge.delay(duration_ms(ms))
                     }
-                    check_ms("hedge.delay_ms", ms)?;
-                    hedge.delay(duration_ms(ms))
-                }
-                (None, Some(p)) => {
-                    // Anything not given keeps seawall's default window.
-                    let HedgeDelay::Percentile {
-                        min_data_points,
-                        period,
-                        ..
-                    } = HedgeDelay::default()
-                    else {
-                        unreachable!("seawall's default hedge delay is a percentile")
-                    };
-                    hedge.percentile(
-                        p,
-                        h.min_data_points.unwrap_or(min_data_points),
-                        h.period_ms.map_or(period, Duration::from_millis),
-                    )
-                }
-                _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
-            };
-            let hedge = hedge.build().map_err(keyed(
-                "hedge.",
-                &[("delay", "delay_ms"), ("period", "period_ms")],
-            ))?;
-            svc = BoxCloneService::new(hedge.layer(svc));
-        }
-        if let Some(r) = &self.retry {
-            let budget = if r.unlimited {
-                if r.budget_ratio.is_some() || r.budget_min_per_second.is_some() {
-                    return Err("retry.unlimited = true takes no budget settings".into());
-                }
-                RetryBudget::unlimited()
-            } else {
-                // Anything not given keeps seawall's default budget.
-                let mut budget = RetryBudget::builder();
-                if let Some(ratio) = r.budget_ratio {
-                    budget = budget.ratio(ratio);
-                }
-                if let Some(min) = r.budget_min_per_second {
-                    budget = budget.min_per_second(min);
-                }
-                budget.build().map_err(keyed(
-                    "retry.",
-                    &[
-                        ("ratio", "budget_ratio"),
-                        ("min_per_second", "budget_min_per_second"),
-                    ],
-                ))?
-            };
-            let mut retry = RetryLayer::builder()
-                .max_attempts(r.max_attempts)
-                .budget(budget)
-                // Its own stream: the bare seed is backend 0's.
-                .seed(seed ^ 0x2e72_7e75_5eed_0003);
-            if let Some(ms) = r.attempt_timeout_ms {
-                retry = retry.per_attempt_timeout(Duration::from_millis(ms));
+                    (None, Some(p)) => {
+                        // Anything not given keeps seawall's default window.
+                        let HedgeDelay::Percentile {
+                            min_data_points,
+                            period,
+                            ..
+                        } = HedgeDelay::default()
+                        else {
+                            unreachable!("seawall's default hedge delay is a percentile")
+                        };
+                        hedge.percentile(
+                            p,
+                            h.min_data_points.unwrap_or(min_data_points),
+                            h.period_ms.map_or(period, Duration::from_millis),
+                        )
+                    }
+                    _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
+                };
+                Some(hedge.build().map_err(keyed(
+                    "hedge.",
+                    &[("delay", "delay_ms"), ("period", "period_ms")],
+                ))?)
             }
-            let retry = retry.build().map_err(keyed(
-                "retry.",
-                &[("per_attempt_timeout", "attempt_timeout_ms")],
-            ))?;
-            svc = BoxCloneService::new(retry.layer(svc));
-        }
-        if let Some(ms) = self.timeout_ms {
-            svc = BoxCloneService::new(TimeoutLayer::new(Duration::from_millis(ms)).layer(svc));
-        }
-        Ok(svc)
+        };
+        let retry = match &self.retry {
+            None => None,
+            Some(r) => {
+                let budget = if r.unlimited {
+                    if r.budget_ratio.is_some() || r.budget_min_per_second.is_some() {
+                        return Err("retry.unlimited = true takes no budget settings".into());
+                    }
+                    RetryBudget::unlimited()
+                } else {
+                    // Anything not given keeps seawall's default budget.
+                    let mut budget = RetryBudget::builder();
+                    if let Some(ratio) = r.budget_ratio {
+                        budget = budget.ratio(ratio);
+                    }
+                    if let Some(min) = r.budget_min_per_second {
+                        budget = budget.min_per_second(min);
+                    }
+                    budget.build().map_err(keyed(
+                        "retry.",
+                        &[
+                            ("ratio", "budget_ratio"),
+                            ("min_per_second", "budget_min_per_second"),
+                        ],
+                    ))?
+                };
+                let mut retry = RetryLayer::builder()
+                    .max_attempts(r.max_attempts)
+                    .budget(budget)
+                    // Its own stream: the bare seed is backend 0's.
+                    .seed(seed ^ 0x2e72_7e75_5eed_0003);
+                if let Some(ms) = r.attempt_timeout_ms {
+                    retry = retry.per_attempt_timeout(Duration::from_millis(ms));
+                }
+                Some(retry.build().map_err(keyed(
+                    "retry.",
+                    &[("per_attempt_timeout", "attempt_timeout_ms")],
+                ))?)
+            }
+        };
+        Ok(SeawallLayers {
+            balance,
+            hedge,
+            retry,
+            timeout: self
+                .timeout_ms
+                .map(|ms| TimeoutLayer::new(Duration::from_millis(ms))),
+        })
     }
+}
+
+/// A seawall stack's layers, outer to inner, built but not yet laid over any backend.
+#[derive(Debug)]
+struct SeawallLayers {
+    timeout: Option<TimeoutLayer>,
+    retry: Option<RetryLayer>,
+    hedge: Option<HedgeLayer>,
+    balance: BalanceLayer,
 }
 
 /// Turns a seawall builder's error into one naming the scenario's key: the builder's field

@@ -54,6 +54,12 @@ struct Tally {
 }
 
 /// Runs every client of `scenario` on its own identical cluster, seeded by `seed`.
+///
+/// Each client runs on a tokio runtime of the simulation's own, with a paused clock, and the call
+/// blocks until every run has ended. It may be made from inside another runtime (an async `main`
+/// or a `#[tokio::test]`): the runs then go on a thread of their own, and the calling thread
+/// waits for them, so from async code with other tasks to serve, call it in
+/// `tokio::task::spawn_blocking`.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     scenario.validate()?;
     // Each run is summarised as it ends, so only one client's calls are held at a time.
@@ -88,12 +94,27 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
 }
 
 /// Runs one client, summarised as its run ends; the cluster and the request keys are the same for
-/// every client.
+/// every client. Like [`run`], it blocks until the run ends, and may be called from inside a
+/// tokio runtime.
 pub fn run_client(
     scenario: &Scenario,
     client: &ClientSpec,
     seed: u64,
 ) -> Result<RunSummary, String> {
+    // A thread driving a runtime cannot block on another, so from inside one the simulation's
+    // runtime goes on a thread of its own.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| {
+            s.spawn(|| simulate(scenario, client, seed))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    simulate(scenario, client, seed)
+}
+
+/// Runs one client on a runtime of its own, from a thread that drives no other.
+fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSummary, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
