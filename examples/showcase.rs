@@ -16,9 +16,11 @@
 //! | b4 | dies 8 s into the run (its process and connections are gone) and comes back at 16 s |
 //!
 //! The seawall stack, outer to inner: a 1 s total timeout; a retry of failures (5xx and errors), up
-//! to 3 attempts under a 20% budget; a hedge after the 95th percentile of recent latency, under a
-//! 10% budget; a balancer (power of two choices by PeakEWMA, with outlier detection and latency
-//! ejection); per endpoint a circuit breaker and a 300 ms per-try timeout.
+//! to 3 attempts under a budget of 20% of requests plus 10 retries a second; a hedge after the 95th
+//! percentile of recent latency, under a budget of 10% of requests plus 10 hedges a second (each
+//! budget keeps `RetryBudget`'s default reserve, 100 over its 10 s window); a balancer (power of two
+//! choices by PeakEWMA, with outlier detection and latency ejection); per endpoint a circuit breaker
+//! and a 300 ms per-try timeout.
 //!
 //! It prints a table (latency percentiles, success, share of calls per backend, how each client
 //! dealt with each fault, and the breaker and ejection events) and writes an SVG report to
