@@ -967,23 +967,32 @@ async fn copies_that_lose_the_deadline_are_still_bounded_by_it() {
     );
 }
 
-/// A rejection a policy may ignore, as a bulkhead's `Full` is.
+/// A rejection a policy may ignore, as a bulkhead's `Full` is, of the call it names.
 #[derive(Debug)]
-struct Rejected;
+struct Rejected(usize);
 
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("rejected")
+        write!(f, "call {} rejected", self.0)
     }
 }
 
 impl std::error::Error for Rejected {}
 
-/// A hedge due at 10 ms whose policy ignores [`Rejected`], over a service whose call `n` is
-/// rejected at once when `rejected(n)` and otherwise answers `Ok(n)` after `latency(n)`.
+/// How a call of [`ignoring_rejections`]'s service answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ok,
+    /// `Err("503")`: a failure.
+    Fail,
+    /// `Err(Rejected(n))`: an ignored answer.
+    Reject,
+}
+
+/// A hedge due at 10 ms whose policy ignores [`Rejected`], over a service whose call `n`, given
+/// `(latency, answer) = script(n)`, answers `answer` after `latency` (at once when it is zero).
 fn ignoring_rejections(
-    latency: impl Fn(usize) -> Duration + Send + Sync + 'static,
-    rejected: impl Fn(usize) -> bool + Send + Sync + 'static,
+    script: impl Fn(usize) -> (Duration, Answer) + Send + Sync + 'static,
 ) -> impl Service<Req, Response = usize, Error = BoxError> {
     use seawall_retry::policy::{Classified, Ignoring};
 
@@ -994,16 +1003,19 @@ fn ignoring_rejections(
         .build()
         .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    let (latency, rejected) = (Arc::new(latency), Arc::new(rejected));
+    let script = Arc::new(script);
     layer.layer(service_fn(move |_: Req| {
         let n = calls.fetch_add(1, Ordering::SeqCst);
-        let (delay, reject) = (latency(n), rejected(n));
+        let (latency, answer) = script(n);
         async move {
-            if reject {
-                return Err::<usize, BoxError>(Rejected.into());
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
             }
-            tokio::time::sleep(delay).await;
-            Ok(n)
+            match answer {
+                Answer::Ok => Ok(n),
+                Answer::Fail => Err::<usize, BoxError>("503".into()),
+                Answer::Reject => Err(Rejected(n).into()),
+            }
         }
     }))
 }
@@ -1012,14 +1024,41 @@ fn ignoring_rejections(
 async fn an_ignored_answer_does_not_win_while_another_copy_runs() {
     // The hedge is rejected at once at 10 ms; the original answers at 100 ms.
     let start = Instant::now();
-    let svc = ignoring_rejections(|_| ms(100), |n| n == 1);
+    let svc = ignoring_rejections(|n| match n {
+        0 => (ms(100), Answer::Ok),
+        _ => (ms(0), Answer::Reject),
+    });
     assert_eq!(svc.oneshot(get()).await.unwrap(), 0);
     assert_eq!(Instant::now() - start, ms(100));
+}
 
-    // With nothing else running, the ignored answer is returned at once.
-    let svc = ignoring_rejections(|_| ms(100), |n| n == 0);
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_returned_rather_than_a_later_ignored_answer() {
+    // The original fails at 30 ms; the hedge, sent at 10 ms, is rejected at 50 ms. The failure
+    // is what the call ended with, for a retry above to see.
+    let start = Instant::now();
+    let svc = ignoring_rejections(|n| match n {
+        0 => (ms(30), Answer::Fail),
+        _ => (ms(40), Answer::Reject),
+    });
     let error = svc.oneshot(get()).await.unwrap_err();
-    assert!(seawall_core::error::is::<Rejected>(&*error), "{error}");
+    assert!(!seawall_core::error::is::<Rejected>(&*error), "{error}");
+    assert_eq!(error.to_string(), "503");
+    assert_eq!(Instant::now() - start, ms(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_copy_is_ignored_the_last_ignored_answer_is_returned() {
+    // The hedge is rejected at once at 10 ms, while the original runs: the call waits for the
+    // original, rejected at 100 ms, and returns its rejection then.
+    let start = Instant::now();
+    let svc = ignoring_rejections(|n| match n {
+        0 => (ms(100), Answer::Reject),
+        _ => (ms(0), Answer::Reject),
+    });
+    let error = svc.oneshot(get()).await.unwrap_err();
+    let rejected = seawall_core::error::find::<Rejected>(&*error).expect("a rejection");
+    assert_eq!(rejected.0, 0, "the original's rejection");
     assert_eq!(Instant::now() - start, ms(100));
 }
 

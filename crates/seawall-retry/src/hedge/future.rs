@@ -59,7 +59,8 @@ pin_project! {
         // What the first hedge's delay counts from: the call (`started`) with a percentile delay,
         // the first poll with a fixed one.
         counted_from: Option<Instant>,
-        // The last answer that did not win, and how the policy classified it.
+        // The answer to return if no copy wins, and how the policy classified it: the last
+        // failure, or, when none failed, the last ignored answer.
         failure: Option<(Result<S::Response, BoxError>, Outcome)>,
         shared: Arc<Shared<P, K>>,
     }
@@ -153,6 +154,16 @@ where
     outcome
 }
 
+/// Keeps `result`, an answer that did not win, as the one to return if no copy wins: a failure
+/// replaces what is kept, an ignored answer only another ignored answer. An ignored answer (a
+/// bulkhead's rejection of a hedge) says nothing of the dependency: returned in place of a
+/// failure, it would hide that failure from a retry above and from the percentile delay.
+fn keep<R>(kept: &mut Option<(R, Outcome)>, result: R, outcome: Outcome) {
+    if outcome == Outcome::Failure || !matches!(kept, Some((_, Outcome::Failure))) {
+        *kept = Some((result, outcome));
+    }
+}
+
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
 /// service failed): the hedge goes back to the budget, and whatever the service's readiness holds
 /// for it (a queued claim on a permit, which may already have been granted) is released by
@@ -195,7 +206,7 @@ where
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
-                    *this.failure = Some((result, outcome));
+                    keep(this.failure, result, outcome);
                 }
             }
 
@@ -216,7 +227,7 @@ where
                     shared.on_won(done.hedge);
                     return Poll::Ready(result);
                 }
-                *this.failure = Some((result, outcome));
+                keep(this.failure, result, outcome);
             }
 
             if this.primary.is_none() && this.hedges.is_empty() {
