@@ -17,8 +17,8 @@ pub enum HedgeDelay {
     Fixed(Duration),
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
     /// HdrHistogram, two significant digits), and of those that failed, or were dropped
-    /// unanswered, after running longer than the previous period's successes at that percentile
-    /// (each counted as the time it ran, a lower bound). A period (the first one starting at the
+    /// unanswered, after running longer than that period's successes at that percentile, and
+    /// than the previous period's (each counted as the time it ran, a lower bound). A period (the first one starting at the
     /// first latency recorded) lasts at least `period` and until it holds `min_data_points`
     /// latencies; no hedges are sent until one has been measured.
     Percentile {

@@ -28,9 +28,8 @@ pin_project! {
     /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
     /// sends a copy. The first acceptable answer wins and every other call still running is
     /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
-    /// a call that fails, or is dropped unanswered, after running longer than the last period's
-    /// successes at that percentile is recorded as having taken that long: a lower bound on its
-    /// latency.
+    /// a call that fails, or is dropped unanswered, is recorded as having taken as long as it ran
+    /// (a lower bound on its latency) when that is longer than the successes' percentile.
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,

@@ -22,27 +22,30 @@ const HIGHEST: u64 = 3_600_000_000;
 /// towards it; each later one starts at the sample that ended the one before.
 ///
 /// Successful calls are recorded as they took. A call that failed, or was dropped unanswered,
-/// after running longer than the percentile of the last period's *successes* is recorded as
-/// having taken that long, a lower bound, in a second histogram that joins the first when the
-/// percentile is computed; a quicker one says nothing of how long the dependency takes and is
-/// left out. The bar is the successes' percentile, not the delay: slow failures raise the delay
-/// to their own duration, and would then no longer clear it, drop out, and let the delay fall
-/// back, period after period.
+/// is recorded as having taken as long as it ran, a lower bound, in a second histogram; when the
+/// period ends, the percentile of its *successes* is computed first, and only the unanswered
+/// calls longer than that join them before the delay is computed. A quicker one says nothing of
+/// how long the dependency takes and is left out, so failures can only raise the delay. A period
+/// without a success measures them against the last bar. Calls not longer than the last bar are
+/// left out when they are recorded, without taking the lock. The bar is the successes'
+/// percentile, not the delay: slow failures raise the delay to their own duration, and would
+/// then no longer clear it, drop out, and let the delay fall back, period after period.
 pub(crate) struct Latencies {
     percentile: f64,
     min_data_points: u64,
     period: Duration,
     state: Mutex<Rolling>,
     cached_nanos: AtomicU64,
-    /// The percentile of the last full period's successful calls: what an unanswered call must
-    /// have run longer than to be recorded.
+    /// The percentile of the last full period's successful calls (of the last that had any):
+    /// what an unanswered call must have run longer than to be recorded at all.
     slow_nanos: AtomicU64,
 }
 
 struct Rolling {
     /// Successful calls.
     histogram: Histogram<u64>,
-    /// Calls that failed, or were dropped unanswered, after running past `slow_nanos`.
+    /// Calls that failed, or were dropped unanswered, after running past `slow_nanos`; those
+    /// past this period's successes' percentile join `histogram` when the period ends.
     unanswered: Histogram<u64>,
     since: Instant,
 }
@@ -93,7 +96,8 @@ impl Latencies {
 
     /// Records a call that failed, or was dropped before its answer, after running for `ran`: as
     /// having taken that long, when that is longer than the percentile of the last period's
-    /// successful calls (nothing is recorded before one has been measured).
+    /// successful calls (nothing is recorded before one has been measured), and counted towards
+    /// the delay when it is longer than this period's too.
     pub(crate) fn record_unanswered(&self, ran: Duration, now: Instant) {
         let slow = self.slow_nanos.load(Ordering::Relaxed);
         if slow == NONE || ran.as_nanos() <= u128::from(slow) {
@@ -121,18 +125,26 @@ impl Latencies {
             && samples >= self.min_data_points
         {
             let state = &mut *state;
-            if !state.histogram.is_empty() {
+            // The bar is this period's successes' percentile, so that failures quick for this
+            // period cannot pull the delay down; a period without a success keeps the last bar.
+            let slow = if state.histogram.is_empty() {
+                self.slow_nanos.load(Ordering::Relaxed) / 1000
+            } else {
                 let slow = state.histogram.value_at_quantile(self.percentile);
                 self.slow_nanos.store(nanos(slow), Ordering::Relaxed);
+                slow
+            };
+            for value in state.unanswered.iter_recorded() {
+                if value.value_iterated_to() > slow {
+                    state
+                        .histogram
+                        .saturating_record_n(value.value_iterated_to(), value.count_at_value());
+                }
             }
-            if !state.unanswered.is_empty() {
-                state
-                    .histogram
-                    .add(&state.unanswered)
-                    .expect("histograms with the same bounds add up");
+            if !state.histogram.is_empty() {
+                let delay = state.histogram.value_at_quantile(self.percentile);
+                self.cached_nanos.store(nanos(delay), Ordering::Relaxed);
             }
-            let delay = state.histogram.value_at_quantile(self.percentile);
-            self.cached_nanos.store(nanos(delay), Ordering::Relaxed);
             state.histogram.reset();
             state.unanswered.reset();
             state.since = now;
@@ -212,6 +224,42 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         l.record(ms(10), Instant::now());
         assert_eq!(l.delay(), Some(d));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_calls_are_measured_against_their_own_periods_successes() {
+        let l = Latencies::new(0.9, 3, Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        for _ in 0..3 {
+            l.record(ms(10), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Closes the first period (p90 10 ms) and opens the second, in which latency rises.
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
+        for _ in 0..8 {
+            l.record(ms(100), Instant::now());
+        }
+        for _ in 0..2 {
+            l.record(ms(1000), Instant::now());
+        }
+        // Slower than the last period's successes, quicker than this one's p90 (1 s): left out.
+        for _ in 0..10 {
+            l.record_unanswered(ms(50), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record_unanswered(ms(2000), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(990) && d <= ms(1010), "{d:?}");
+        // A period with no success keeps the last one's bar (1 s): failures past it count.
+        l.record_unanswered(ms(2000), Instant::now());
+        l.record_unanswered(ms(2000), Instant::now());
+        l.record_unanswered(ms(500), Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(1990) && d <= ms(2010), "{d:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -152,9 +152,9 @@ impl<P, K> Shared<P, K> {
     }
 
     /// Records a call that failed, or was dropped before its answer, after running since
-    /// `started`: how long it ran is a lower bound on its latency, recorded when it is longer
-    /// than the percentile of the last period's successful calls. A quicker failure says nothing
-    /// of how long the dependency takes (it may not have reached it).
+    /// `started`: how long it ran is a lower bound on its latency, counted when it is longer
+    /// than the percentile of the successful calls of the last period and of its own. A quicker
+    /// failure says nothing of how long the dependency takes (it may not have reached it).
     #[cold]
     pub(crate) fn record_unanswered(&self, started: Instant) {
         if let DelaySource::Percentile(latencies) = &self.delay {
