@@ -1175,6 +1175,34 @@ async fn fast_failures_do_not_drag_the_percentile_delay_down() {
     assert!(after >= ms(49), "{after:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn calls_never_polled_do_not_count_towards_the_percentile_delay() {
+    let layer = HedgeLayer::builder()
+        .percentile(0.9, 5, Duration::from_secs(2))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(replicas.service(|_| ms(10), |_| false));
+    // The first period (to about 2 s) measures 10 ms; the second has begun.
+    call_for(&mut svc, ms(2_100)).await;
+    let before = layer.current_delay().expect("a period has been measured");
+    assert!(before >= ms(9) && before <= ms(11), "{before:?}");
+
+    // Ten calls made and parked, never polled, then dropped a second later: none of them ran.
+    let mut parked = Vec::new();
+    for _ in 0..10 {
+        parked.push(svc.ready().await.unwrap().call(get()));
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    drop(parked);
+    // A success closes the second period.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap().call(get()).await.unwrap();
+    let after = layer.current_delay().unwrap();
+    assert!(after >= ms(9) && after <= ms(11), "{after:?}");
+}
+
 /// Counts how often a service is polled ready.
 #[derive(Clone)]
 struct CountReady<S> {

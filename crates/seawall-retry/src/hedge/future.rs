@@ -54,6 +54,9 @@ pin_project! {
         // Whether the service has been polled ready for the next copy and not called since: its
         // readiness may hold a reservation (a permit, or a queued claim on one) for that copy.
         readying: bool,
+        // Whether the future has been polled: a call never polled never ran, however long the
+        // future was kept before it was dropped.
+        polled: bool,
         started: Option<Instant>,
         // What the first hedge's delay counts from: the call (`started`) with a percentile delay,
         // the first poll with a fixed one.
@@ -71,8 +74,8 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // Dropped unanswered (a timeout above gave up on it): the call took at least this
-            // long. A finished call has no call left running.
-            if let Some(started) = *this.started {
+            // long. A finished call has no call left running; one never polled never ran.
+            if let (Some(started), true) = (*this.started, *this.polled) {
                 if this.primary.is_some() || !this.hedges.is_empty() {
                     this.shared.record_unanswered(started);
                 }
@@ -113,6 +116,7 @@ where
             due: false,
             withdrawn: None,
             readying: false,
+            polled: false,
             started,
             counted_from: None,
             failure: None,
@@ -193,6 +197,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let shared = &**this.shared;
+        *this.polled = true;
         loop {
             if let Some(primary) = this.primary.as_mut().as_pin_mut() {
                 if let Poll::Ready(result) = primary.poll(cx) {
