@@ -967,6 +967,41 @@ async fn copies_that_lose_the_deadline_are_still_bounded_by_it() {
     );
 }
 
+/// Copies the cloner stamps with a deadline of their own: a later one is replaced with the call's,
+/// so the layers below do not work to a time the hedge gives up before; an earlier one is kept.
+#[tokio::test(start_paused = true)]
+async fn a_copy_keeps_its_own_deadline_only_when_it_is_earlier() {
+    use seawall_core::deadline::RequestDeadline;
+
+    for own in [ms(1000), ms(15)] {
+        let start = Instant::now();
+        let layer = HedgeLayer::builder()
+            .delay(ms(10))
+            .max_hedges(1)
+            .budget(RetryBudget::unlimited())
+            .clone_with(move |req: &Req| {
+                let mut copy = req.clone();
+                copy.set_deadline(start + own);
+                Some(copy)
+            })
+            .build()
+            .unwrap();
+        let replicas = Replicas::new();
+        let mut svc = layer.layer(replicas.service(|_| ms(20), |_| false));
+        let deadline = start + ms(100);
+        let mut req = get();
+        req.set_deadline(deadline);
+        svc.ready().await.unwrap().call(req).await.unwrap();
+        let calls = replicas.calls.all();
+        assert_eq!(calls.len(), 2, "{own:?}: {calls:?}");
+        assert_eq!(
+            calls[1].deadline,
+            Some((start + own).min(deadline)),
+            "{own:?}: {calls:?}"
+        );
+    }
+}
+
 /// A rejection a policy may ignore, as a bulkhead's `Full` is, of the call it names.
 #[derive(Debug)]
 struct Rejected(usize);

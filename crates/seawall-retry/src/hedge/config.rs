@@ -140,8 +140,8 @@ impl<P, K> HedgeConfigBuilder<P, K> {
 
     /// Copies requests with `cloner` (a closure `Fn(&Req) -> Option<Req>` or any
     /// [`CloneRequest`](crate::policy::CloneRequest)); a request it cannot copy is not hedged.
-    /// The call's deadline is read from the original request, and a copy made without one is
-    /// given it.
+    /// The call's deadline is read from the original request, and a copy made without one, or
+    /// with a later one, is given it; a copy keeps a deadline of its own only when it is earlier.
     pub fn clone_with<K2>(self, cloner: K2) -> HedgeConfigBuilder<P, K2> {
         HedgeConfigBuilder {
             max_hedges: self.max_hedges,

@@ -24,7 +24,8 @@
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through [`RequestDeadline`]
-//!   from the request as the call receives it, and given to any copy the cloner made without one)
+//!   from the request as the call receives it, and given to any copy the cloner made without one
+//!   or with a later one)
 //!   has passed, and none is made or kept for a hedge that could not start before it (when it is
 //!   due, plus the millisecond tokio's timer may take to fire): a request whose first hedge could
 //!   not is not copied, and the last hedge the deadline leaves room for sends the request kept for
@@ -102,8 +103,8 @@ fn misses(deadline: Instant, due: Instant) -> bool {
 }
 
 /// A copy of `request` for a hedge. A copy the cloner made without a deadline (a request rebuilt
-/// without its extensions) is given the call's `deadline`, so the layers below see it too; one
-/// that carries a deadline of its own keeps it.
+/// without its extensions), or with a later one, is given the call's `deadline`, so the layers
+/// below work to it too; one that carries an earlier deadline of its own keeps it.
 fn copy_request<K, Req>(cloner: &K, request: &Req, deadline: Option<Instant>) -> Option<Req>
 where
     K: CloneRequest<Req>,
@@ -111,7 +112,7 @@ where
 {
     let mut copy = cloner.clone_request(request)?;
     if let Some(deadline) = deadline {
-        if copy.deadline().is_none() {
+        if copy.deadline().is_none_or(|own| own > deadline) {
             copy.set_deadline(deadline);
         }
     }
