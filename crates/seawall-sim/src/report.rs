@@ -85,10 +85,11 @@ pub struct FaultReport {
     pub time_to_eject: Option<Duration>,
     /// Calls sent to the backend while the fault lasted.
     pub wasted_calls: u64,
-    /// Time from the fault's end to the start of the first stretch of time buckets in which the
-    /// backend got at least half its fair share again (None: never, within the run, the run ended
-    /// before the fault did, or no stretch held calls enough to judge: see
-    /// [`Self::readmit_judged`]).
+    /// Time from the fault's end to the start of the first time bucket in which the backend got a
+    /// call, within the first stretch of buckets in which it got at least half its fair share
+    /// again (None: never, within the run, the run ended before the fault did, or no stretch held
+    /// calls enough to judge: see [`Self::readmit_judged`]). It is read at the start of that bucket,
+    /// since the call may have come at any time in it.
     pub time_to_readmit: Option<Duration>,
     /// Whether the client's run lasted past the fault's start: a run that ended before it (a
     /// short `--requests`, a closed loop that finished early) neither ejected nor readmitted the
@@ -395,7 +396,12 @@ impl ClientReport {
                     .inspect(|_| readmit_judged = true)
                     .find(|s| s.share >= fair / 2.0)
                     .map(|s| {
-                        Duration::from_millis((s.first as u64 * bucket_ms).saturating_sub(f.to_ms))
+                        // Back from the first bucket of the stretch that gave the backend a call:
+                        // buckets before it, in the stretch, gave it none.
+                        let back = (s.first..=s.last)
+                            .find(|&i| counts[i][b] > 0)
+                            .unwrap_or(s.first);
+                        Duration::from_millis((back as u64 * bucket_ms).saturating_sub(f.to_ms))
                     });
                 faults.push(FaultReport {
                     backend: b,
@@ -694,6 +700,22 @@ mod tests {
 
     const RUN: Duration = Duration::from_millis(6_150);
 
+    /// One call every 40 ms for 6 s, alternating between the backends, except that b1 gets none
+    /// in `skip`: with 30 ms buckets, each holds one call or none.
+    fn sparse(skip: std::ops::Range<u64>) -> RawRun {
+        let calls = (0..150u64)
+            .map(|k| {
+                let ms = k * 40;
+                (ms, u16::from(k % 2 == 1 && !skip.contains(&ms)))
+            })
+            .collect();
+        RawRun {
+            calls,
+            elapsed: Duration::from_millis(6_000),
+            ..raw(0..0)
+        }
+    }
+
     /// `requests` requests answered in 1, 2, 3, ... µs (exact in hdrhistogram up to 2,047).
     fn ranked(requests: u64) -> RawRun {
         let mut latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap();
@@ -922,24 +944,12 @@ mod tests {
     }
 
     /// Buckets holding fewer than `MIN_CALLS_PER_BACKEND` calls per backend are judged together
-    /// with the ones after them: eject at the end of the stretch, readmit at its start.
+    /// with the ones after them: eject at the end of the stretch, readmit at the first bucket in
+    /// it that gave the backend a call.
     #[test]
     fn sparse_buckets_are_judged_in_stretches() {
-        // A call every 40 ms, alternating, but b1's go to b0 from 2 s to 4.6 s: 30 ms buckets
-        // holding one call or none, 8 calls to a stretch.
-        let calls = (0..150u64)
-            .map(|k| {
-                let ms = k * 40;
-                let b = u16::from(k % 2 == 1 && !(2_000..4_600).contains(&ms));
-                (ms, b)
-            })
-            .collect();
-        let sparse = RawRun {
-            calls,
-            elapsed: Duration::from_millis(6_000),
-            ..raw(0..0)
-        };
-        let report = ClientReport::new(&scenario(), sparse, 30);
+        // b1's calls go to b0 from 2 s to 4.6 s: 8 calls to a stretch.
+        let report = ClientReport::new(&scenario(), sparse(2_000..4_600), 30);
         let fault = &report.faults[0];
         assert!(fault.eject_judged && fault.readmit_judged, "{fault:?}");
         // The calls of 2 s to 2.28 s, all to b0: the stretch ends with the bucket of 2.28 s.
@@ -948,11 +958,27 @@ mod tests {
             Some(Duration::from_millis(310)),
             "{fault:?}"
         );
-        // 4 s to 4.28 s: none to b1; 4.32 s to 4.6 s: one of 8; from 4.64 s (the bucket that
-        // starts at 4.62 s): half.
+        // 4 s to 4.28 s: none to b1; 4.32 s to 4.6 s: one of 8; 4.64 s to 4.92 s: half, the
+        // first at 4.68 s, in the bucket that starts then.
         assert_eq!(
             fault.time_to_readmit,
-            Some(Duration::from_millis(620)),
+            Some(Duration::from_millis(680)),
+            "{fault:?}"
+        );
+    }
+
+    /// A backend given no call for a while after the fault, in a stretch that gives it its share
+    /// later on, is not read as back from the stretch's start.
+    #[test]
+    fn readmit_waits_for_the_backend_s_first_call_in_its_stretch() {
+        // b1's calls go to b0 from 2 s to 4.2 s. The stretch of 4 s to 4.28 s gives b1 two
+        // calls of 8 (4.2 s and 4.28 s), half its fair share; the first in the bucket of 4.2 s.
+        let report = ClientReport::new(&scenario(), sparse(2_000..4_200), 30);
+        let fault = &report.faults[0];
+        assert!(fault.readmit_judged, "{fault:?}");
+        assert_eq!(
+            fault.time_to_readmit,
+            Some(Duration::from_millis(200)),
             "{fault:?}"
         );
     }
