@@ -108,9 +108,10 @@ pub struct FaultReport {
 
 /// The calls per backend, on average, that a stretch of time buckets must hold for a fault's eject
 /// or readmit to be judged on it: with N backends, at least 4·N calls. Buckets holding fewer are
-/// judged together with the buckets after them until they hold as many. With fewer calls, a
-/// backend that merely missed its turn would look ejected: round robin over two backends, with a
-/// bucket that holds one call, sends none of that bucket's calls to one of them.
+/// judged together with the buckets after them until they hold as many, and the calls left at the
+/// end, too few for a stretch of their own, together with the stretch before them. With fewer
+/// calls, a backend that merely missed its turn would look ejected: round robin over two backends,
+/// with a bucket that holds one call, sends none of that bucket's calls to one of them.
 pub const MIN_CALLS_PER_BACKEND: u64 = 4;
 
 /// A stretch of consecutive time buckets, judged together.
@@ -120,13 +121,24 @@ struct Stretch {
     first: usize,
     /// Its last bucket.
     last: usize,
+    /// The calls in it.
+    calls: u64,
+    /// The calls in it to the backend judged.
+    to_backend: u64,
+}
+
+impl Stretch {
     /// The backend's share of the calls in it.
-    share: f64,
+    fn share(&self) -> f64 {
+        self.to_backend as f64 / self.calls as f64
+    }
 }
 
 /// The stretches of `range`'s buckets, in order, each from the first bucket holding a call to the
-/// first at which the stretch holds at least `min` calls; what is left at the end, holding fewer,
-/// is not judged.
+/// first at which the stretch holds at least `min` calls. The calls left at the end, fewer than
+/// `min`, are judged together with the stretch before them: after that stretch comes one more,
+/// from its first bucket to the last holding a call. With fewer than `min` calls in all, there are
+/// none.
 fn stretches(
     counts: &[Vec<u64>],
     range: std::ops::Range<usize>,
@@ -134,27 +146,42 @@ fn stretches(
     min: u64,
 ) -> impl Iterator<Item = Stretch> + '_ {
     let min = min.max(1);
+    let total = |i: usize| counts[i].iter().sum::<u64>();
+    // Calls not yet in a stretch.
+    let mut left: u64 = range.clone().map(total).sum();
     let mut next = range.start;
+    let mut before: Option<Stretch> = None;
     std::iter::from_fn(move || {
-        let total = |i: usize| counts[i].iter().sum::<u64>();
         while next < range.end && total(next) == 0 {
             next += 1;
         }
-        let first = next;
-        let (mut to_backend, mut calls) = (0, 0);
-        while next < range.end {
-            to_backend += counts[next][backend];
-            calls += total(next);
-            next += 1;
-            if calls >= min {
-                return Some(Stretch {
-                    first,
-                    last: next - 1,
-                    share: to_backend as f64 / calls as f64,
-                });
-            }
+        if left == 0 {
+            return None;
         }
-        None
+        // Too few for a stretch of their own: the one before, with them.
+        let tail = left < min;
+        let mut stretch = if tail {
+            before.take()?
+        } else {
+            Stretch {
+                first: next,
+                last: next,
+                calls: 0,
+                to_backend: 0,
+            }
+        };
+        while next < range.end && (tail || stretch.calls < min) {
+            let calls = total(next);
+            if calls > 0 {
+                stretch.last = next;
+                stretch.calls += calls;
+                stretch.to_backend += counts[next][backend];
+                left -= calls;
+            }
+            next += 1;
+        }
+        before = Some(stretch);
+        Some(stretch)
     })
 }
 
@@ -375,7 +402,7 @@ impl ClientReport {
                 let mut eject_judged = false;
                 let time_to_eject = stretches(&counts, during, b, min_calls)
                     .inspect(|_| eject_judged = true)
-                    .find(|s| s.share < fair / 4.0)
+                    .find(|s| s.share() < fair / 4.0)
                     .map(|s| {
                         Duration::from_millis(
                             ((s.last as u64 + 1) * bucket_ms).saturating_sub(f.from_ms),
@@ -394,7 +421,7 @@ impl ClientReport {
                 let mut readmit_judged = false;
                 let time_to_readmit = stretches(&counts, after, b, min_calls)
                     .inspect(|_| readmit_judged = true)
-                    .find(|s| s.share >= fair / 2.0)
+                    .find(|s| s.share() >= fair / 2.0)
                     .map(|s| {
                         // Back from the first bucket of the stretch that gave the backend a call:
                         // buckets before it, in the stretch, gave it none.
@@ -963,6 +990,31 @@ mod tests {
         assert_eq!(
             fault.time_to_readmit,
             Some(Duration::from_millis(680)),
+            "{fault:?}"
+        );
+    }
+
+    /// The last calls of a fault, too few for a stretch of their own, are judged together with the
+    /// stretch before them, which is judged alone first.
+    #[test]
+    fn the_last_calls_of_a_fault_are_judged_with_the_stretch_before_them() {
+        // The fault's buckets (1.98 s to 4.02 s) hold 51 calls: six stretches of 8, the last from
+        // 3.6 s to 3.88 s, and 3.92 s to 4 s left over.
+        let eject = |skip| ClientReport::new(&scenario(), sparse(skip), 30).faults[0].clone();
+        // b1 gets 3.64 s of the last stretch, an eighth (a quarter of its fair share), and none
+        // of the 3 after: 1 of 11, ejected by the end of the bucket of 4 s.
+        let fault = eject(3_700..6_000);
+        assert!(fault.eject_judged, "{fault:?}");
+        assert_eq!(
+            fault.time_to_eject,
+            Some(Duration::from_millis(2_020)),
+            "{fault:?}"
+        );
+        // b1 gets none of the last stretch: ejected at its end (the bucket of 3.88 s).
+        let fault = eject(3_600..6_000);
+        assert_eq!(
+            fault.time_to_eject,
+            Some(Duration::from_millis(1_900)),
             "{fault:?}"
         );
     }
