@@ -394,11 +394,18 @@ impl ClientReport {
                 };
                 let wasted_calls = wasted.next().unwrap_or(0);
                 let bucket_of = |ms: u64| (ms / bucket_ms) as usize;
-                // The fault's buckets within the run: a fault may last far past its end.
-                let during = bucket_of(f.from_ms)
-                    ..bucket_of(f.to_ms.saturating_sub(1))
-                        .saturating_add(1)
-                        .min(buckets);
+                // The fault's buckets within the run: a fault may last far past its end. None for
+                // a fault that starts after it, even inside the run's last bucket, whose calls all
+                // came before the fault.
+                let reached = f.from_ms < run_ms;
+                let during = if reached {
+                    bucket_of(f.from_ms)
+                        ..bucket_of(f.to_ms.saturating_sub(1))
+                            .saturating_add(1)
+                            .min(buckets)
+                } else {
+                    0..0
+                };
                 let mut eject_judged = false;
                 let time_to_eject = stretches(&counts, during, b, min_calls)
                     .inspect(|_| eject_judged = true)
@@ -438,7 +445,7 @@ impl ClientReport {
                     time_to_eject,
                     wasted_calls,
                     time_to_readmit,
-                    reached: f.from_ms < run_ms,
+                    reached,
                     ended,
                     eject_judged,
                     readmit_judged,
@@ -909,6 +916,25 @@ mod tests {
         let fault = &report.faults[0];
         assert!(fault.reached, "{fault:?}");
         assert_eq!(fault.eject(), "never");
+    }
+
+    /// A fault that starts after the run ended, even within the run's last bucket, is judged on
+    /// no call: those of that bucket all came before it.
+    #[test]
+    fn a_fault_after_the_run_in_its_last_bucket_is_not_judged() {
+        let mut scenario = scenario();
+        scenario.backends[1].faults[0].from_ms = 2_996;
+        // The run ends at 2.995 s, in the bucket of 2.97 s to 3 s; b1 silent from 2.97 s.
+        let cut = RawRun {
+            calls: raw(2_970..6_150).calls.into_iter().take(2_995).collect(),
+            elapsed: Duration::from_millis(2_995),
+            ..raw(0..0)
+        };
+        let report = ClientReport::new(&scenario, cut, 30);
+        let fault = &report.faults[0];
+        assert!(!fault.reached && !fault.eject_judged, "{fault:?}");
+        assert_eq!(fault.time_to_eject, None, "{fault:?}");
+        assert_eq!(fault.eject(), "n/a");
     }
 
     /// A run that ended while the fault was still active reports its readmit as `n/a`, not
