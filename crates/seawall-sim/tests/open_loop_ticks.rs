@@ -6,13 +6,18 @@ use std::time::Duration;
 
 /// (p50, max) of round robin over one backend answering at once, at `rate_per_sec`.
 fn wait_at(rate_per_sec: f64) -> (Duration, Duration) {
+    first_waits_at(rate_per_sec, 3000)
+}
+
+/// (p50, max) of the first `requests` requests, as [`wait_at`].
+fn first_waits_at(rate_per_sec: f64, requests: u64) -> (Duration, Duration) {
     let text = format!(
         r#"
         name = "ticks"
         [load]
         kind = "open_loop"
         rate_per_sec = {rate_per_sec:?}
-        requests = 3000
+        requests = {requests}
         [[backends]]
         latency = {{ kind = "constant", ms = 0.0 }}
         [[clients]]
@@ -30,9 +35,15 @@ fn a_send_due_between_milliseconds_is_charged_the_wait() {
     for rate in [250.0, 1_000.0] {
         assert_eq!(wait_at(rate).1, none, "{rate}");
     }
-    // 3⅓ ms apart: due at 0, ⅓ or ⅔ of a millisecond past a tick.
-    let (p50, max) = wait_at(300.0);
+    // 3⅓ ms apart: due on a tick, or ⅓ or ⅔ of a millisecond past one, in turn, so a third of
+    // the requests wait nothing, a third ⅔ ms and a third ⅓ ms.
     let near = |d: Duration, us: u64| d.as_micros().abs_diff(u128::from(us)) <= 1;
+    let (p50, max) = wait_at(300.0);
+    assert!(near(p50, 333) && near(max, 667), "{p50:?} {max:?}");
+    // The first request waits nothing, the second ⅔ ms, the third ⅓ ms.
+    let (p50, max) = first_waits_at(300.0, 2);
+    assert!(p50 == none && near(max, 667), "{p50:?} {max:?}");
+    let (p50, max) = first_waits_at(300.0, 3);
     assert!(near(p50, 333) && near(max, 667), "{p50:?} {max:?}");
     // 2.5 ms apart: on a tick or half a millisecond before one.
     let (p50, max) = wait_at(400.0);
