@@ -16,11 +16,12 @@
 //! | b4 | dies 8 s into the run (its process and connections are gone) and comes back at 16 s |
 //!
 //! The seawall stack, outer to inner: a 1 s total timeout; a retry of failures (5xx and errors), up
-//! to 3 attempts under a budget of 20% of requests plus 10 retries a second; a hedge after the 95th
-//! percentile of recent latency, under a budget of 10% of requests plus 10 hedges a second (each
-//! budget keeps `RetryBudget`'s default reserve, 100 over its 10 s window); a balancer (power of two
-//! choices by PeakEWMA, with outlier detection and latency ejection); per endpoint a circuit breaker
-//! and a 300 ms per-try timeout.
+//! to 3 attempts, under a budget of 20% of requests plus `RetryBudget`'s default reserve of 100
+//! retries per 10 s window (about 9 a second sustained, as each counts for 10 to 11 s); below it, a
+//! hedge after the 95th percentile of recent latency, under a budget of its own: 10% of the calls
+//! that reach it (the retry's attempts, so retries count as well as requests) plus the same reserve
+//! of 100 hedges per 10 s window; a balancer (power of two choices by PeakEWMA, with outlier
+//! detection and latency ejection); per endpoint a circuit breaker and a 300 ms per-try timeout.
 //!
 //! It prints a table (latency percentiles, success, share of calls per backend, how each client
 //! dealt with each fault, and the breaker and ejection events) and writes an SVG report to
