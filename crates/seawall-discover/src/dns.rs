@@ -93,8 +93,11 @@ impl Dns {
     /// Kubernetes `hostAliases` entry with an IPv4 address alone) and asks the server the other,
     /// which may not know the name; a CoreDNS `template` may answer one family and NXDOMAIN the
     /// other. Both answers are waited for, so a name whose one question gets NXDOMAIN while the
-    /// other goes unanswered is passed over once that one times out. Otherwise a name whose
-    /// question goes unanswered or fails ends the search.
+    /// other goes unanswered is passed over once that one times out, unless at the last good
+    /// resolution the unanswered family had addresses under that name and the NXDOMAIN's family
+    /// none: whether the name is there is then not known, and that family keeps them, as a
+    /// failed family does (below), the resolution counting as failed in part. Otherwise a name
+    /// whose question goes unanswered or fails ends the search.
     ///
     /// A failed family keeps its last addresses only when they came from the name the other
     /// family just answered for: when the host was last found under another name, it keeps none
@@ -138,9 +141,11 @@ impl Dns {
     /// does not answer hold a resolution up for one [`timeout`](DnsBuilder::timeout) together. A
     /// target the server says has no addresses is left out, and the others still serve; a target
     /// whose lookup fails without such an answer (a timeout, a server failure) keeps the addresses
-    /// it had at the last good resolution. A target of `"."` means the service is not available
-    /// there (RFC 2782) and is left out, as is a record with port 0, which no client can connect
-    /// to. The resolution fails, keeping the last good set, only when no target gives an address.
+    /// it had at the last good resolution, as does a family of a target whose question goes
+    /// unanswered while the other family's gets NXDOMAIN (see [`Dns::a`]). A target of `"."`
+    /// means the service is not available there (RFC 2782) and is left out, as is a record with
+    /// port 0, which no client can connect to. The resolution fails, keeping the last good set,
+    /// only when no target gives an address.
     ///
     /// A relative `name` is tried under each search domain of the system's configuration in turn
     /// (see [`nameservers`](DnsBuilder::nameservers)), one name at a time: a name the server says
@@ -878,22 +883,23 @@ struct Addresses {
 /// The names of [`search_names`] are tried in turn, A and AAAA asked for apart, at once, so that
 /// each family's answer counts. A name that either family's question says does not exist
 /// (NXDOMAIN, which is about the name, not one record type) is passed over once the other
-/// question is answered or times out, unless the other family has addresses (see
-/// [`ask_both_families`]); so is a name with no address of either family. The first name with an
-/// address of either family answers, and one whose question fails (a timeout, a server failure,
-/// a refusal) ends the search: the name may have addresses the server could not give, and a
-/// later name may be another host. A family the server says has no records adds none. A family
-/// whose answer does not come while the other's does adds its addresses in `last`, those of the
-/// last good resolution, when they came from this same name, and the other family's answer
-/// stands: hickory's `lookup_ip` would answer with the other family alone, and one lost AAAA
-/// answer would then take a dual-stack host's IPv6 endpoints away until the next resolution, yet
-/// a server that never answers AAAA questions must not keep an IPv4 host from being found. With
-/// no `last`, or one that came from another name, the other family's answer stands alone: one
-/// family of another name's addresses beside it would be neither name's set, and failing so that
-/// the caller keeps all of `last` would keep it until the failed family answers here, which a
-/// server that drops AAAA questions never does. The failed family is marked, so the caller asks
-/// again soon, and the name found is the one the next lookup keeps addresses under. When neither
-/// family answers, the lookup fails.
+/// question is answered or times out, unless the other family has addresses, in its answer or,
+/// when its question failed, in `last` from this name, where the NXDOMAIN's family had none (see
+/// [`nxdomain_passing_over`]); so is a name with no address of either family. The first name
+/// with an address of either family answers, and one whose question fails (a timeout, a server
+/// failure, a refusal) ends the search: the name may have addresses the server could not give,
+/// and a later name may be another host. A family the server says has no records adds none. A
+/// family whose answer does not come while the other's does adds its addresses in `last`, those
+/// of the last good resolution, when they came from this same name, and the other family's
+/// answer stands: hickory's `lookup_ip` would answer with the other family alone, and one lost
+/// AAAA answer would then take a dual-stack host's IPv6 endpoints away until the next
+/// resolution, yet a server that never answers AAAA questions must not keep an IPv4 host from
+/// being found. With no `last`, or one that came from another name, the other family's answer
+/// stands alone: one family of another name's addresses beside it would be neither name's set,
+/// and failing so that the caller keeps all of `last` would keep it until the failed family
+/// answers here, which a server that drops AAAA questions never does. The failed family is
+/// marked, so the caller asks again soon, and the name found is the one the next lookup keeps
+/// addresses under. When neither family answers, the lookup fails.
 async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
@@ -901,13 +907,17 @@ async fn lookup_ips(
 ) -> Result<Addresses, ResolveError> {
     let mut absent = None;
     for name in search_names(resolver, host) {
-        let answers = match ask_both_families(resolver, &name).await {
-            Ok(answers) => answers,
-            Err(nxdomain) => {
-                absent = Some(nxdomain);
-                continue;
-            }
+        let answers = ask_both_families(resolver, &name).await;
+        // The addresses this name had at the last good resolution: a failed family keeps its
+        // own of them. Another name's are not this name's to keep.
+        let kept: &[IpAddr] = match last {
+            Some(last) if last.name == name => &last.ips,
+            _ => &[],
         };
+        if let Some(nxdomain) = nxdomain_passing_over(&answers, kept) {
+            absent = Some(nxdomain);
+            continue;
+        }
         let mut ips = Vec::new();
         let mut ttl = u32::MAX;
         let mut failed = None;
@@ -940,16 +950,11 @@ async fn lookup_ips(
             // The other family answered about this name: its addresses stand, and only the
             // failed family's last ones are kept, if they are this name's. None at all is still
             // an answer about the other family, which the caller must not take the failed
-            // family's last addresses back over.
-            let kept: &[IpAddr] = match last {
-                Some(last) if last.name == name => &last.ips,
-                // The last addresses, if any, are another name's: one family of them beside this
-                // name's other family would be neither name's set, and keeping them all would
-                // hold the host at a name it has left for as long as this family fails here.
-                _ => &[],
-            };
-            let v4 = family == "A";
-            ips.extend(kept.iter().filter(|ip| ip.is_ipv4() == v4));
+            // family's last addresses back over. The last addresses of another name, one
+            // family of them beside this name's other family, would be neither name's set, and
+            // keeping them all would hold the host at a name it has left for as long as this
+            // family fails here.
+            ips.extend(kept.iter().filter(|ip| is_of(family, ip)));
             return Ok(Addresses {
                 name,
                 ips,
@@ -969,9 +974,31 @@ async fn lookup_ips(
     Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))
 }
 
-/// The answers to the A and AAAA questions about `name`, asked at once, each with its family;
-/// or an NXDOMAIN answer that passes the name over: one family's, unless the other family
-/// answered with addresses.
+/// Whether `ip` is of `family` (`"A"` or `"AAAA"`).
+fn is_of(family: &str, ip: &IpAddr) -> bool {
+    ip.is_ipv4() == (family == "A")
+}
+
+/// The answers to the A and AAAA questions about `name`, asked at once, each with its family.
+/// Both answers are waited for, as [`nxdomain_passing_over`] needs them both.
+async fn ask_both_families(
+    resolver: &TokioResolver,
+    name: &DnsName,
+) -> [(&'static str, Result<Lookup, ResolveError>); 2] {
+    let v4 = resolver
+        .ipv4_lookup(name.clone())
+        .map(|answer| answer.map(Lookup::from));
+    let v6 = resolver
+        .ipv6_lookup(name.clone())
+        .map(|answer| answer.map(Lookup::from));
+    let (v4, v6) = future::join(v4, v6).await;
+    [("A", v4), ("AAAA", v6)]
+}
+
+/// The NXDOMAIN answer of `answers` (a name's two families') that passes the name over: one
+/// family's, unless the other family has addresses, in its answer or, when its question
+/// failed (a timeout, a server failure, a refusal), in `kept`, the name's own from the last
+/// good resolution, where the NXDOMAIN's family had none.
 ///
 /// NXDOMAIN is about a name, every record type of it, yet addresses of the other family show
 /// the name is there, and the NXDOMAIN then says only that its own family has none: hickory
@@ -980,31 +1007,25 @@ async fn lookup_ips(
 /// NXDOMAIN for AAAA from the cluster's DNS), and a server may answer one family itself and
 /// NXDOMAIN the other (a CoreDNS `template`). So both answers are waited for: a name whose one
 /// question gets NXDOMAIN while the other goes unanswered is passed over once that one times
-/// out.
-async fn ask_both_families(
-    resolver: &TokioResolver,
-    name: &DnsName,
-) -> Result<[(&'static str, Result<Lookup, ResolveError>); 2], ResolveError> {
-    let v4 = resolver
-        .ipv4_lookup(name.clone())
-        .map(|answer| answer.map(Lookup::from));
-    let v6 = resolver
-        .ipv6_lookup(name.clone())
-        .map(|answer| answer.map(Lookup::from));
-    let (v4, v6) = future::join(v4, v6).await;
-    let answers = [("A", v4), ("AAAA", v6)];
-    let addresses = answers
-        .iter()
-        .any(|(_, answer)| answer.as_ref().is_ok_and(has_addresses));
-    if !addresses {
-        let nxdomain = answers
-            .iter()
-            .find_map(|(_, answer)| answer.as_ref().err().filter(|error| is_nxdomain(error)));
-        if let Some(nxdomain) = nxdomain {
-            return Err(nxdomain.clone());
-        }
-    }
-    Ok(answers)
+/// out, unless the unanswered family had addresses under this name and the NXDOMAIN's family
+/// none. Then whether the name is there is not known, and that family keeps them, as a family
+/// that fails beside an answer does: a lost A answer beside a `template`'s NXDOMAIN for AAAA
+/// does not make the name gone. An NXDOMAIN for a family that had addresses under this name is
+/// news about the name, not a family that never had any: the name is passed over.
+fn nxdomain_passing_over(
+    answers: &[(&'static str, Result<Lookup, ResolveError>); 2],
+    kept: &[IpAddr],
+) -> Option<ResolveError> {
+    let (gone, nxdomain) = answers.iter().find_map(|(family, answer)| {
+        let nxdomain = answer.as_ref().err().filter(|error| is_nxdomain(error))?;
+        Some((family, nxdomain))
+    })?;
+    let had = |family| kept.iter().any(|ip| is_of(family, ip));
+    let there = answers.iter().any(|(family, answer)| match answer {
+        Ok(lookup) => has_addresses(lookup),
+        Err(error) => !is_absent(error) && had(family) && !had(gone),
+    });
+    (!there).then(|| nxdomain.clone())
 }
 
 /// Whether `lookup` holds an address (an A or AAAA record), not only CNAMEs on the way to one.
@@ -1527,6 +1548,82 @@ mod tests {
             assert_eq!(found.ips, [ip], "{host}");
             assert_eq!(found.name, dns_name(&format!("{host}.")), "{host}");
             assert!(found.failed.is_none(), "{host}");
+        }
+    }
+
+    /// One resolution of `query` with nothing failing before, `known` as the last ones left it.
+    async fn resolve_with(
+        resolver: &TokioResolver,
+        query: &Parsed,
+        known: &mut Known,
+    ) -> Result<Resolved, ResolveError> {
+        let name = Name::default_for("discover");
+        resolve(
+            resolver,
+            query,
+            &name,
+            known,
+            &Failing::new(),
+            &mut Failing::new(),
+        )
+        .await
+    }
+
+    /// While set, `t1.test.`'s A questions go unanswered.
+    static DROP_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// `_http._tcp.api.test.` has one SRV record, `t1.test.` on port 8080; `t1.test.` has the A
+    /// record 10.0.0.1 (its questions dropped while [`DROP_A`] is set), and its AAAA question
+    /// gets NXDOMAIN, as a CoreDNS `template` answering A alone gives.
+    fn a_alone_else_nxdomain(name: &str, ty: RecordType) -> Answer {
+        match (name, ty) {
+            ("_http._tcp.api.test.", RecordType::SRV) => Some(Ok(vec![RData::SRV(SRV::new(
+                10,
+                1,
+                8080,
+                dns_name("t1.test."),
+            ))])),
+            ("t1.test.", RecordType::A) if DROP_A.load(std::sync::atomic::Ordering::Relaxed) => {
+                None
+            }
+            ("t1.test.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 1))])),
+            _ => Some(Err(ResponseCode::NXDomain)),
+        }
+    }
+
+    /// An NXDOMAIN beside a question that goes unanswered does not say the name is gone when
+    /// the unanswered family had addresses under that name: the NXDOMAIN may be its own
+    /// family's alone (a CoreDNS `template`), and the unanswered family keeps its addresses, as
+    /// a lookup that times out does. A target whose A question times out once so keeps its
+    /// address, and the resolution counts as failed in part (retried on the failure backoff);
+    /// so does a host.
+    #[tokio::test(start_paused = true)]
+    async fn an_nxdomain_beside_an_unanswered_family_keeps_that_familys_last_addresses() {
+        let server = serve(a_alone_else_nxdomain).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let queries = [
+            (Parsed::Srv(dns_name("_http._tcp.api.test.")), 8080),
+            (Parsed::Ip(dns_name("t1.test."), 80), 80),
+        ];
+        let mut known = [Known::new(), Known::new()];
+        for ((query, port), known) in queries.iter().zip(&mut known) {
+            let Ok(resolved) = resolve_with(&resolver, query, known).await else {
+                panic!("{query:?} did not resolve");
+            };
+            let t1 = Tagged::new(SocketAddr::from(([10, 0, 0, 1], *port)));
+            assert_eq!((resolved.endpoints, resolved.partial), (vec![t1], false));
+        }
+        DROP_A.store(true, std::sync::atomic::Ordering::Relaxed);
+        for ((query, port), known) in queries.iter().zip(&mut known) {
+            let Ok(resolved) = resolve_with(&resolver, query, known).await else {
+                panic!("{query:?} failed while t1.test.'s A question went unanswered");
+            };
+            let t1 = Tagged::new(SocketAddr::from(([10, 0, 0, 1], *port)));
+            assert_eq!(
+                (resolved.endpoints, resolved.partial),
+                (vec![t1], true),
+                "{query:?}"
+            );
         }
     }
 
