@@ -586,6 +586,20 @@ async fn resolve(
             seen.insert(key);
         }};
     }
+    // A family of `$host` that failed beside the other family's answer (a `FailedFamily`),
+    // logged as `once!` logs, with what became of its last addresses.
+    macro_rules! family_failed {
+        ($host:expr, $failed:expr) => {{
+            let FailedFamily { family, error, kept, dropped } = $failed;
+            if *kept > 0 {
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, kept, "seawall discover could not resolve one address family; keeping its last addresses");
+            } else if *dropped > 0 {
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, dropped, "seawall discover could not resolve one address family; leaving its last addresses out, as another search name gave them");
+            } else {
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, "seawall discover could not resolve one address family; it has no last addresses to keep");
+            }
+        }};
+    }
     match query {
         Parsed::Ip(host, port) => {
             let mut found = lookup_ips(resolver, host, known.get(host)).await?;
@@ -594,10 +608,10 @@ async fn resolve(
                 return Err(found
                     .failed
                     .take()
-                    .map_or_else(|| ResolveError::from("no addresses"), |(_, error)| error));
+                    .map_or_else(|| ResolveError::from("no addresses"), |failed| failed.error));
             }
-            if let Some((family, error)) = &found.failed {
-                once!(host, *family, name = %name, ?query, %host, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+            if let Some(failed) = &found.failed {
+                family_failed!(host, failed);
             }
             known.insert(
                 host.clone(),
@@ -670,14 +684,14 @@ async fn resolve(
                         Ok(addresses) => {
                             ttl =
                                 ttl.min(u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX));
-                            if let Some((family, error)) = addresses.failed {
+                            if let Some(family) = addresses.failed {
                                 partial = true;
                                 if addresses.ips.is_empty() {
-                                    once!(target, "target", name = %name, ?query, %target, family, %error, "seawall discover skipped an SRV target that does not resolve");
-                                    failed = Some(error);
+                                    once!(target, "target", name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
+                                    failed = Some(family.error);
                                     continue;
                                 }
-                                once!(target, family, name = %name, ?query, host = %target, family, %error, "seawall discover could not resolve one address family; keeping its last addresses");
+                                family_failed!(target, &family);
                             }
                             Last {
                                 name: addresses.name,
@@ -871,9 +885,22 @@ struct Addresses {
     ips: Vec<IpAddr>,
     /// The smallest TTL of the records that gave them (CNAMEs included).
     ttl: Duration,
-    /// The family (`"A"` or `"AAAA"`) whose lookup failed while the other's was answered, with
-    /// its error: that family's addresses are the ones it had before.
-    failed: Option<(&'static str, ResolveError)>,
+    /// The family whose lookup failed while the other's was answered: that family's addresses
+    /// are the ones it had before under this name.
+    failed: Option<FailedFamily>,
+}
+
+/// An address family whose lookup failed while the other's was answered (see [`lookup_ips`]).
+struct FailedFamily {
+    /// `"A"` or `"AAAA"`.
+    family: &'static str,
+    error: ResolveError,
+    /// How many of its addresses from the last good resolution are kept: those of the name the
+    /// other family answered for.
+    kept: usize,
+    /// How many of its addresses from the last good resolution are left out, another name of
+    /// the search list having given them.
+    dropped: usize,
 }
 
 /// The addresses of `host`, both families; an error when neither family answered, or when the
@@ -954,12 +981,25 @@ async fn lookup_ips(
             // family of them beside this name's other family, would be neither name's set, and
             // keeping them all would hold the host at a name it has left for as long as this
             // family fails here.
+            let answered = ips.len();
             ips.extend(kept.iter().filter(|ip| is_of(family, ip)));
+            let dropped = match last {
+                Some(last) if last.name != name => {
+                    last.ips.iter().filter(|ip| is_of(family, ip)).count()
+                }
+                _ => 0,
+            };
+            let kept = ips.len() - answered;
             return Ok(Addresses {
                 name,
                 ips,
                 ttl: Duration::from_secs(ttl.into()),
-                failed: Some((family, error)),
+                failed: Some(FailedFamily {
+                    family,
+                    error,
+                    kept,
+                    dropped,
+                }),
             });
         }
         if !ips.is_empty() {
@@ -1638,13 +1678,17 @@ mod tests {
         let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
         let half = dns_name("half");
         let v4 = IpAddr::from([10, 0, 0, 2]);
+        // What became of the failed family's last addresses, for the log: how many were kept,
+        // and how many left out as another name's.
+        let kept_and_dropped = |found: &Addresses| {
+            let failed = found.failed.as_ref().expect("AAAA failed");
+            (failed.family, failed.kept, failed.dropped)
+        };
         let Ok(found) = lookup_ips(&resolver, &half, None).await else {
             panic!("half. was not found");
         };
-        assert_eq!(
-            (found.ips, found.failed.map(|f| f.0)),
-            (vec![v4], Some("AAAA"))
-        );
+        assert_eq!(kept_and_dropped(&found), ("AAAA", 0, 0));
+        assert_eq!(found.ips, [v4]);
         let last = |name: &str| Last {
             name: dns_name(name),
             ips: vec![IpAddr::from([10, 0, 0, 9]), "fd00::9".parse().unwrap()],
@@ -1653,13 +1697,12 @@ mod tests {
             panic!("half. was not found");
         };
         assert_eq!(found.ips, [v4, "fd00::9".parse().unwrap()]);
+        assert_eq!(kept_and_dropped(&found), ("AAAA", 1, 0));
         let Ok(found) = lookup_ips(&resolver, &half, Some(&last("half.ns.test."))).await else {
             panic!("half. was not found while its last addresses came from another name");
         };
-        assert_eq!(
-            (found.name, found.ips, found.failed.map(|f| f.0)),
-            (dns_name("half."), vec![v4], Some("AAAA"))
-        );
+        assert_eq!(kept_and_dropped(&found), ("AAAA", 0, 1));
+        assert_eq!((found.name, found.ips), (dns_name("half."), vec![v4]));
         // A resolution so found is published, failed in part, and keeps half.'s addresses
         // under half. for the next one.
         let mut known = Known::from([(half.clone(), last("half.ns.test."))]);
