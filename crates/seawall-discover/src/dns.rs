@@ -241,9 +241,10 @@ impl DnsBuilder {
     /// Must be called inside a Tokio runtime, whose IO and time drivers resolving needs
     /// (`enable_all`): outside any runtime this returns a [`ConfigError`] for the field
     /// `runtime`. On a runtime without those drivers the resolving task panics: the panic is
-    /// logged as an error naming the discovery, with the panic's message, and the stream ends
-    /// (a balancer keeps the endpoints it has). A runtime that shuts down drops the task without
-    /// its panicking, even while a panic elsewhere unwinds the thread, and nothing is logged.
+    /// logged as an error naming the discovery, with the panic's message, and then the stream
+    /// ends (a balancer keeps the endpoints it has). A runtime that shuts down drops the task
+    /// without its panicking, even while a panic elsewhere unwinds the thread, and nothing is
+    /// logged.
     pub fn build<S, M>(self, make: M) -> Result<Discovery<Tagged<SocketAddr>, S>, ConfigError>
     where
         S: Send + 'static,
@@ -322,22 +323,19 @@ impl DnsBuilder {
                 .build();
         let (publisher, latest) = latest::channel();
         let panicked = make_panicked(name);
-        let resolving = run(
-            resolver,
-            parsed,
-            self.min_refresh,
-            self.max_refresh,
-            name,
-            publisher,
-        );
+        let (min, max) = (self.min_refresh, self.max_refresh);
         let task = runtime.spawn(async move {
-            // A panic ends the task, and the stream with it once the publisher inside is
-            // dropped: nothing else would say why. It is caught where it happens, not inferred
-            // from the publisher being dropped while the thread unwinds: a runtime torn down by a
-            // panic elsewhere drops the task so, without its having panicked.
+            // A panic ends the task, and the stream with it once the publisher is dropped:
+            // nothing else would say why. It is caught where it happens, not inferred from the
+            // publisher being dropped while the thread unwinds: a runtime torn down by a panic
+            // elsewhere drops the task so, without its having panicked. The publisher is kept
+            // out of the unwinding, and dropped only once the panic is logged, so a reader that
+            // sees the stream end finds the error logged already.
+            let resolving = run(resolver, parsed, min, max, name, &publisher);
             if let Err(panic) = AssertUnwindSafe(resolving).catch_unwind().await {
                 tracing::error!(name = %name, panic = panic_message(&*panic), "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
             }
+            drop(publisher);
         });
         Ok(Discovery::lists(
             latest,
@@ -459,7 +457,7 @@ async fn run(
     min: Duration,
     max: Duration,
     name: Name,
-    publisher: Publisher<Vec<Tagged<SocketAddr>>>,
+    publisher: &Publisher<Vec<Tagged<SocketAddr>>>,
 ) {
     // How many endpoints the last good resolution gave (those a failed one keeps).
     let mut kept = 0;
