@@ -93,11 +93,12 @@ impl Dns {
     /// Kubernetes `hostAliases` entry with an IPv4 address alone) and asks the server the other,
     /// which may not know the name; a CoreDNS `template` may answer one family and NXDOMAIN the
     /// other. Both answers are waited for, so a name whose one question gets NXDOMAIN while the
-    /// other goes unanswered is passed over once that one times out, unless at the last good
-    /// resolution the unanswered family had addresses under that name and the NXDOMAIN's family
-    /// none: whether the name is there is then not known, and that family keeps them, as a
-    /// failed family does (below), the resolution counting as failed in part. Otherwise a name
-    /// whose question goes unanswered or fails ends the search.
+    /// other goes unanswered is passed over once that one times out (each such name adds one
+    /// [`timeout`](DnsBuilder::timeout) to the resolution), unless at the last good resolution
+    /// the unanswered family had addresses under that name and the NXDOMAIN's family none:
+    /// whether the name is there is then not known, and that family keeps them, as a failed
+    /// family does (below), the resolution counting as failed in part. Otherwise a name whose
+    /// question goes unanswered or fails ends the search.
     ///
     /// A failed family keeps its last addresses only when they came from the name the other
     /// family just answered for: when the host was last found under another name, it keeps none
@@ -216,6 +217,16 @@ impl DnsBuilder {
     /// when other lookups answered (the other address family, other SRV targets) stands on them
     /// and what the unanswered one gave last time, and the next resolution follows the failure
     /// backoff.
+    ///
+    /// A resolution may wait out several timeouts, one after another: the names of the search
+    /// list are asked about in turn, each name's A and AAAA questions at once, and a name whose
+    /// one question gets NXDOMAIN is passed over only once the other is answered or times out
+    /// (see [`Dns::a`]). Against a server that drops AAAA questions, a relative name so waits
+    /// one timeout at each search name it is not found under: under Kubernetes' `ndots:5`, with
+    /// three or four search domains, a name outside the cluster (`api.example.com`) waits three
+    /// or four timeouts (6 to 8 s at the default) before it is asked about as it is, then one
+    /// more for its own AAAA question. A fully qualified name (`api.example.com.`) is asked
+    /// about alone.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -1538,6 +1549,21 @@ mod tests {
             panic!("users. was not found past users.ns.test.");
         };
         assert!(found.ips.contains(&both[0]), "{:?}", found.ips);
+    }
+
+    /// Each search name whose A question gets NXDOMAIN while its AAAA question is dropped holds
+    /// the lookup up for one timeout, as `DnsBuilder::timeout` says: `half.ns.test.` waits one,
+    /// and `half.`, whose AAAA question is dropped too, one more.
+    #[tokio::test(start_paused = true)]
+    async fn a_search_name_passed_over_beside_a_dropped_question_waits_one_timeout() {
+        let server = serve(nxdomain_or_dropped).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let start = tokio::time::Instant::now();
+        let Ok(found) = lookup_ips(&resolver, &dns_name("half"), None).await else {
+            panic!("half. was not found past half.ns.test.");
+        };
+        assert_eq!(found.name, dns_name("half."));
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
     }
 
     /// hickory answers each family's question from its hosts file when the file lists the name
