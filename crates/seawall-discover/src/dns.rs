@@ -63,13 +63,14 @@ enum Parsed {
 /// 2181), clamped to `[min_refresh, max_refresh]`. A failed resolution (timeout, server failure, or
 /// an answer without records) keeps the last good set and is retried after `min_refresh`, doubling
 /// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
-/// address family, or of an SRV target, went unanswered or got a server failure) is published, and
-/// counted and retried like a failure: the next follows the backoff when that comes before the TTL
-/// runs out. Each pause counts from the start of a resolution, not its end: one that waits out a
-/// query's timeout does not put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV
-/// weights become endpoint weights (for weighted round robin), A/AAAA endpoints weigh 1. A record
-/// whose weight changes is the same endpoint: it is inserted again with the new weight, not
-/// removed, and the balancer updates it in place.
+/// address family, or of an SRV target, went unanswered or got a server failure, or a search name
+/// was passed over beside such a question, see [`Dns::a`]) is published, and counted and retried
+/// like a failure: the next follows the backoff when that comes before the TTL runs out. Each
+/// pause counts from the start of a resolution, not its end: one that waits out a query's timeout
+/// does not put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV weights become
+/// endpoint weights (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight
+/// changes is the same endpoint: it is inserted again with the new weight, not removed, and the
+/// balancer updates it in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 
@@ -94,11 +95,12 @@ impl Dns {
     /// which may not know the name; a CoreDNS `template` may answer one family and NXDOMAIN the
     /// other. Both answers are waited for, so a name whose one question gets NXDOMAIN while the
     /// other goes unanswered is passed over once that one times out (each such name adds one
-    /// [`timeout`](DnsBuilder::timeout) to the resolution), unless at the last good resolution
-    /// the unanswered family had addresses under that name and the NXDOMAIN's family none:
-    /// whether the name is there is then not known, and that family keeps them, as a failed
-    /// family does (below), the resolution counting as failed in part. Otherwise a name whose
-    /// question goes unanswered or fails ends the search.
+    /// [`timeout`](DnsBuilder::timeout) to the resolution, which then counts as failed in part
+    /// even when a later name answers, so that the question is asked again on the failure
+    /// backoff), unless at the last good resolution the unanswered family had addresses under
+    /// that name and the NXDOMAIN's family none: whether the name is there is then not known,
+    /// and that family keeps them, as a failed family does (below), the resolution counting as
+    /// failed in part. Otherwise a name whose question goes unanswered or fails ends the search.
     ///
     /// A failed family keeps its last addresses only when they came from the name the other
     /// family just answered for: when the host was last found under another name, it keeps none
@@ -561,8 +563,8 @@ struct Resolved {
     /// The smallest TTL of the records that gave the endpoints (CNAMEs on the way included).
     ttl: Duration,
     /// Whether a lookup failed without the server saying there are no such records (a timeout,
-    /// a server failure): the endpoints stand on the other answers, and on what the failed
-    /// lookups gave last time.
+    /// a server failure), a search name passed over beside such a question included: the
+    /// endpoints stand on the other answers, and on what the failed lookups gave last time.
     partial: bool,
 }
 
@@ -611,7 +613,9 @@ async fn resolve(
     }
     match query {
         Parsed::Ip(host, port) => {
-            let mut found = lookup_ips(resolver, host, known.get(host)).await?;
+            let mut found = lookup_ips(resolver, host, known.get(host))
+                .await
+                .map_err(|failed| failed.error)?;
             if found.ips.is_empty() {
                 // One family has no records and the other failed without an address to keep.
                 return Err(found
@@ -693,6 +697,7 @@ async fn resolve(
                         Ok(addresses) => {
                             ttl =
                                 ttl.min(u32::try_from(addresses.ttl.as_secs()).unwrap_or(u32::MAX));
+                            partial |= addresses.unanswered;
                             if let Some(family) = addresses.failed {
                                 partial = true;
                                 if addresses.ips.is_empty() {
@@ -707,9 +712,12 @@ async fn resolve(
                                 ips: addresses.ips,
                             }
                         }
-                        Err(error) => {
+                        Err(LookupFailed { error, unanswered }) => {
+                            // A target the server says does not exist is left out; the
+                            // resolution still failed in part when a question about one of its
+                            // search names went unanswered on the way.
                             let absent = is_absent(&error);
-                            partial |= !absent;
+                            partial |= !absent || unanswered;
                             match known.get(target) {
                                 Some(last) if !absent => {
                                     once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
@@ -868,7 +876,7 @@ fn ip_endpoints(found: Addresses, port: u16) -> Result<Resolved, ResolveError> {
     Ok(Resolved {
         endpoints,
         ttl: found.ttl,
-        partial: found.failed.is_some(),
+        partial: found.failed.is_some() || found.unanswered,
     })
 }
 
@@ -897,6 +905,19 @@ struct Addresses {
     /// The family whose lookup failed while the other's was answered: that family's addresses
     /// are the ones it had before under this name.
     failed: Option<FailedFamily>,
+    /// Whether a name before this one was passed over while one of its questions went
+    /// unanswered or failed (a timeout, a server failure, a refusal): the lookup was not fully
+    /// answered, and the resolution counts as failed in part.
+    unanswered: bool,
+}
+
+/// A [`lookup_ips`] that found no address.
+struct LookupFailed {
+    /// Why: [`is_absent`] holds when the server says the host has none.
+    error: ResolveError,
+    /// Whether a name was passed over while one of its questions went unanswered or failed, as
+    /// [`Addresses::unanswered`] says: when `error` is absent, the lookup still failed in part.
+    unanswered: bool,
 }
 
 /// An address family whose lookup failed while the other's was answered (see [`lookup_ips`]).
@@ -914,7 +935,10 @@ struct FailedFamily {
 
 /// The addresses of `host`, both families; an error when neither family answered, or when the
 /// server says it has none (then [`is_absent`] holds). When one family failed and the other has
-/// no records, the addresses are the failed family's last ones, which may be none.
+/// no records, the addresses are the failed family's last ones, which may be none. Either way,
+/// a name passed over while one of its questions went unanswered or failed is noted
+/// (`unanswered`): what that question would have said is not known, so the resolution counts
+/// as failed in part, as one whose own lookup fails does, and is asked again soon.
 ///
 /// The names of [`search_names`] are tried in turn, A and AAAA asked for apart, at once, so that
 /// each family's answer counts. A name that either family's question says does not exist
@@ -940,8 +964,9 @@ async fn lookup_ips(
     resolver: &TokioResolver,
     host: &DnsName,
     last: Option<&Last>,
-) -> Result<Addresses, ResolveError> {
+) -> Result<Addresses, LookupFailed> {
     let mut absent = None;
+    let mut unanswered = false;
     for name in search_names(resolver, host) {
         let answers = ask_both_families(resolver, &name).await;
         // The addresses this name had at the last good resolution: a failed family keeps its
@@ -951,6 +976,9 @@ async fn lookup_ips(
             _ => &[],
         };
         if let Some(nxdomain) = nxdomain_passing_over(&answers, kept) {
+            unanswered |= answers
+                .iter()
+                .any(|(_, answer)| answer.as_ref().is_err_and(|error| !is_absent(error)));
             absent = Some(nxdomain);
             continue;
         }
@@ -965,7 +993,7 @@ async fn lookup_ips(
                     continue;
                 }
                 // Neither family answered.
-                Err(error) if failed.is_some() => return Err(error),
+                Err(error) if failed.is_some() => return Err(LookupFailed { error, unanswered }),
                 Err(error) => {
                     failed = Some((family, error));
                     continue;
@@ -1009,6 +1037,7 @@ async fn lookup_ips(
                     kept,
                     dropped,
                 }),
+                unanswered,
             });
         }
         if !ips.is_empty() {
@@ -1017,10 +1046,14 @@ async fn lookup_ips(
                 ips,
                 ttl: Duration::from_secs(ttl.into()),
                 failed: None,
+                unanswered,
             });
         }
     }
-    Err(absent.unwrap_or_else(|| ResolveError::from("no addresses")))
+    Err(LookupFailed {
+        error: absent.unwrap_or_else(|| ResolveError::from("no addresses")),
+        unanswered,
+    })
 }
 
 /// Whether `ip` is of `family` (`"A"` or `"AAAA"`).
@@ -1450,7 +1483,8 @@ mod tests {
         })
         .await;
         let resolver = search_resolver(server, "ns.svc.test.", Duration::from_secs(5));
-        let Err(error) = lookup_ips(&resolver, &dns_name("users"), None).await else {
+        let Err(LookupFailed { error, .. }) = lookup_ips(&resolver, &dns_name("users"), None).await
+        else {
             panic!("the search went on past a server failure");
         };
         assert!(!is_absent(&error), "{error}");
@@ -1689,6 +1723,86 @@ mod tests {
                 "{query:?}"
             );
         }
+    }
+
+    /// A search name passed over while one of its questions went unanswered was not fully
+    /// answered: the resolution that finds the host under a later name is published, yet
+    /// counts as failed in part (so the next follows the failure backoff), as one whose own
+    /// question goes unanswered does. `users.ns.test.`'s A question gets NXDOMAIN and its AAAA
+    /// question is dropped; `users.` answers both.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_found_past_a_name_with_an_unanswered_question_counts_as_failed_in_part() {
+        let server = serve(nxdomain_or_dropped).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let Ok(resolved) = resolve_with(
+            &resolver,
+            &Parsed::Ip(dns_name("users"), 80),
+            &mut Known::new(),
+        )
+        .await
+        else {
+            panic!("users. was not found past users.ns.test.");
+        };
+        let both = [
+            SocketAddr::from(([10, 0, 0, 1], 80)),
+            "[fd00::1]:80".parse().unwrap(),
+        ]
+        .map(Tagged::new);
+        assert_eq!(
+            (resolved.endpoints, resolved.partial),
+            (both.to_vec(), true)
+        );
+    }
+
+    /// `_http._tcp.pair.test.` has two SRV records, `t1.test.` and `t2.test.`, on port 8080,
+    /// and `_http._tcp.gone.test.` two, `t1.test.` and `t3.test.`; `t1.test.` has the A record
+    /// 10.0.0.1 and NXDOMAIN for AAAA, `t2.test.` NXDOMAIN for A while its AAAA questions are
+    /// dropped, and `t3.test.` NXDOMAIN for both.
+    fn pair_one_half_unanswered(name: &str, ty: RecordType) -> Answer {
+        match (name, ty) {
+            ("_http._tcp.pair.test.", RecordType::SRV) => Some(Ok(["t1.test.", "t2.test."]
+                .map(|target| RData::SRV(SRV::new(10, 1, 8080, dns_name(target))))
+                .to_vec())),
+            ("_http._tcp.gone.test.", RecordType::SRV) => Some(Ok(["t1.test.", "t3.test."]
+                .map(|target| RData::SRV(SRV::new(10, 1, 8080, dns_name(target))))
+                .to_vec())),
+            ("t1.test.", RecordType::A) => Some(Ok(vec![RData::A(A::new(10, 0, 0, 1))])),
+            ("t2.test.", RecordType::AAAA) => None,
+            _ => Some(Err(ResponseCode::NXDomain)),
+        }
+    }
+
+    /// An SRV target passed over for one family's NXDOMAIN while its other question went
+    /// unanswered is left out, as one the server says does not exist, yet the resolution
+    /// counts as failed in part: that question's answer is asked for again on the failure
+    /// backoff, not only when the TTL runs out. Its last addresses of both families are not
+    /// kept: the NXDOMAIN's family had some there, so the name is gone. A target both of whose
+    /// questions get NXDOMAIN was fully answered: left out, it fails nothing.
+    #[tokio::test(start_paused = true)]
+    async fn an_srv_target_passed_over_beside_an_unanswered_question_counts_as_failed_in_part() {
+        let server = serve(pair_one_half_unanswered).await;
+        let resolver = search_resolver(server, "ns.test.", Duration::from_millis(200));
+        let query = Parsed::Srv(dns_name("_http._tcp.pair.test."));
+        let t2 = dns_name("t2.test.");
+        let t2_last = Last {
+            name: t2.clone(),
+            ips: vec![IpAddr::from([10, 0, 0, 2]), "fd00::2".parse().unwrap()],
+        };
+        let t1 = Tagged::new(SocketAddr::from(([10, 0, 0, 1], 8080)));
+        for mut known in [Known::new(), Known::from([(t2, t2_last)])] {
+            let Ok(resolved) = resolve_with(&resolver, &query, &mut known).await else {
+                panic!("_http._tcp.pair.test. did not resolve");
+            };
+            assert_eq!(
+                (resolved.endpoints, resolved.partial),
+                (vec![t1.clone()], true)
+            );
+        }
+        let gone = Parsed::Srv(dns_name("_http._tcp.gone.test."));
+        let Ok(resolved) = resolve_with(&resolver, &gone, &mut Known::new()).await else {
+            panic!("_http._tcp.gone.test. did not resolve");
+        };
+        assert_eq!((resolved.endpoints, resolved.partial), (vec![t1], false));
     }
 
     /// A family that goes unanswered keeps its last addresses only under the name they came
