@@ -144,11 +144,14 @@ impl Dns {
     /// does not answer hold a resolution up for one [`timeout`](DnsBuilder::timeout) together. A
     /// target the server says has no addresses is left out, and the others still serve; a target
     /// whose lookup fails without such an answer (a timeout, a server failure) keeps the addresses
-    /// it had at the last good resolution, as does a family of a target whose question goes
-    /// unanswered while the other family's gets NXDOMAIN (see [`Dns::a`]). A target of `"."`
-    /// means the service is not available there (RFC 2782) and is left out, as is a record with
-    /// port 0, which no client can connect to. The resolution fails, keeping the last good set,
-    /// only when no target gives an address.
+    /// it had at the last good resolution. So does a family of a target whose question goes
+    /// unanswered while the other family's gets NXDOMAIN, when at the last good resolution that
+    /// family had addresses under the target and the NXDOMAIN's family none (see [`Dns::a`]);
+    /// otherwise the target is left out, as one the server says does not exist, and the
+    /// resolution counts as failed in part, so the unanswered question is asked again on the
+    /// failure backoff. A target of `"."` means the service is not available there (RFC 2782)
+    /// and is left out, as is a record with port 0, which no client can connect to. The
+    /// resolution fails, keeping the last good set, only when no target gives an address.
     ///
     /// A relative `name` is tried under each search domain of the system's configuration in turn
     /// (see [`nameservers`](DnsBuilder::nameservers)), one name at a time: a name the server says
