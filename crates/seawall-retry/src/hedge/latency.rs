@@ -252,11 +252,32 @@ mod tests {
         l.record_unanswered(ms(2000), Instant::now());
         let d = l.delay().unwrap();
         assert!(d >= ms(990) && d <= ms(1010), "{d:?}");
-        // A period with no success keeps the last one's bar (1 s): failures past it count.
-        l.record_unanswered(ms(2000), Instant::now());
-        l.record_unanswered(ms(2000), Instant::now());
-        l.record_unanswered(ms(500), Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_period_without_a_success_keeps_the_last_bar() {
+        let l = Latencies::new(0.3, 2, Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        l.record(ms(10), Instant::now());
+        l.record(ms(10), Instant::now());
         tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
+        for _ in 0..3 {
+            l.record(ms(1000), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Past the bar in force (10 ms), so recorded; taking the lock ends the period (new bar
+        // 1 s), and it lands in the next one, which has no success and keeps that bar.
+        l.record_unanswered(ms(500), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(990) && d <= ms(1010), "{d:?}");
+        l.record_unanswered(ms(2000), Instant::now());
+        l.record_unanswered(ms(2000), Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Only the two past the bar count: their p30 is 2 s (with the 500 ms one it would be
+        // 500 ms).
         l.record(ms(10), Instant::now());
         let d = l.delay().unwrap();
         assert!(d >= ms(1990) && d <= ms(2010), "{d:?}");
