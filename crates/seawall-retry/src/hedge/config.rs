@@ -18,15 +18,15 @@ pub enum HedgeDelay {
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
     /// HdrHistogram, two significant digits), and of those that failed, or were dropped
     /// unanswered, after running longer than that period's successes at that percentile, and
-    /// than the previous period's (each counted as the time it ran, a lower bound). A period (the
-    /// first one starting at the first latency recorded) lasts at least `period` and until it
-    /// holds `min_data_points` of these latencies (a failure left out does not count); no hedges
-    /// are sent until one has been measured.
+    /// than the previous period's (each counted as the time it ran, a lower bound). A period (the first one starting at the
+    /// first latency recorded) lasts at least `period` and until it holds `min_data_points`
+    /// latencies as recorded (the failures its successes' percentile then leaves out included);
+    /// no hedges are sent until one has been measured.
     Percentile {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,
-        /// Latencies a period needs before its percentile is used (successes, and the failures
-        /// counted as above); a quieter period runs on until it has them.
+        /// Calls a period needs before its percentile is used; a quieter period runs on until it
+        /// has them.
         min_data_points: u64,
         /// How often the percentile is recomputed from fresh data.
         period: Duration,

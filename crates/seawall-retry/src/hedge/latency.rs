@@ -16,11 +16,11 @@ const NONE: u64 = u64::MAX;
 const HIGHEST: u64 = 3_600_000_000;
 
 /// Latencies of the current period in an HdrHistogram; at the end of each period (once it holds
-/// at least `min_data_points` latencies that count, below) the percentile is computed, cached for
-/// lock-free reads, and the histogram starts afresh. So the delay in force is the percentile of
-/// the last full period. The first period starts at the first sample, so the time before the
-/// first call does not count towards it; each later one starts at the sample that ended the one
-/// before.
+/// at least `min_data_points` as recorded, failures left out at its end included) the percentile
+/// is computed, cached for lock-free reads, and the histogram starts afresh. So the delay in force
+/// is the percentile of the last full period. The first period starts at the first sample, so the
+/// time before the first call does not count towards it; each later one starts at the sample that
+/// ended the one before.
 ///
 /// Successful calls are recorded as they took. A call that failed, or was dropped unanswered,
 /// is recorded as having taken as long as it ran, a lower bound, in a second histogram; when the
@@ -31,11 +31,6 @@ const HIGHEST: u64 = 3_600_000_000;
 /// left out when they are recorded, without taking the lock. The bar is the successes'
 /// percentile, not the delay: slow failures raise the delay to their own duration, and would
 /// then no longer clear it, drop out, and let the delay fall back, period after period.
-///
-/// Only the latencies that count (the successes and the unanswered calls past the bar) make up
-/// `min_data_points`: a period that has run its time with too few runs on, and is checked again
-/// once it holds twice as many samples, so a flood of quick failures neither ends a period on a
-/// handful of latencies nor costs a check on every sample.
 pub(crate) struct Latencies {
     percentile: f64,
     min_data_points: u64,
@@ -54,9 +49,6 @@ struct Rolling {
     /// past this period's successes' percentile join `histogram` when the period ends.
     unanswered: Histogram<u64>,
     since: Instant,
-    /// How many samples the period must hold before it is checked again for enough latencies
-    /// to keep: 0 until a check finds too few, then twice the samples it held.
-    next_check: u64,
 }
 
 /// An empty histogram for latencies in microseconds.
@@ -80,7 +72,6 @@ impl Latencies {
                 histogram: histogram(),
                 unanswered: histogram(),
                 since: Instant::now(),
-                next_check: 0,
             }),
             cached_nanos: AtomicU64::new(NONE),
             slow_nanos: AtomicU64::new(NONE),
@@ -133,7 +124,6 @@ impl Latencies {
             state.since = now;
         } else if now.saturating_duration_since(state.since) >= self.period
             && samples >= self.min_data_points
-            && samples >= state.next_check
         {
             let state = &mut *state;
             // The bar is this period's successes' percentile, so that failures quick for this
@@ -141,39 +131,24 @@ impl Latencies {
             let slow = if state.histogram.is_empty() {
                 self.slow_nanos.load(Ordering::Relaxed) / 1000
             } else {
-                state.histogram.value_at_quantile(self.percentile)
+                let slow = state.histogram.value_at_quantile(self.percentile);
+                self.slow_nanos.store(nanos(slow), Ordering::Relaxed);
+                slow
             };
-            let past = state
-                .unanswered
-                .iter_recorded()
-                .filter(|value| value.value_iterated_to() > slow)
-                .map(|value| value.count_at_value())
-                .sum::<u64>();
-            if state.histogram.len() + past < self.min_data_points {
-                // Too few latencies count: the period runs on. It is checked again only once
-                // it holds twice as many samples, so however busy it is, a period is checked a
-                // handful of times, not on every sample.
-                state.next_check = samples.saturating_mul(2);
-            } else {
-                if !state.histogram.is_empty() {
-                    self.slow_nanos.store(nanos(slow), Ordering::Relaxed);
+            for value in state.unanswered.iter_recorded() {
+                if value.value_iterated_to() > slow {
+                    state
+                        .histogram
+                        .saturating_record_n(value.value_iterated_to(), value.count_at_value());
                 }
-                for value in state.unanswered.iter_recorded() {
-                    if value.value_iterated_to() > slow {
-                        state
-                            .histogram
-                            .saturating_record_n(value.value_iterated_to(), value.count_at_value());
-                    }
-                }
-                if !state.histogram.is_empty() {
-                    let delay = state.histogram.value_at_quantile(self.percentile);
-                    self.cached_nanos.store(nanos(delay), Ordering::Relaxed);
-                }
-                state.histogram.reset();
-                state.unanswered.reset();
-                state.since = now;
-                state.next_check = 0;
             }
+            if !state.histogram.is_empty() {
+                let delay = state.histogram.value_at_quantile(self.percentile);
+                self.cached_nanos.store(nanos(delay), Ordering::Relaxed);
+            }
+            state.histogram.reset();
+            state.unanswered.reset();
+            state.since = now;
         }
         Some(state)
     }
@@ -310,7 +285,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_period_runs_on_until_it_keeps_min_data_points() {
+    async fn a_period_ends_on_its_recorded_count_though_failures_are_left_out() {
         let l = Latencies::new(0.9, 10, Duration::from_secs(1));
         let ms = Duration::from_millis;
         for _ in 0..10 {
@@ -318,26 +293,35 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         l.record(ms(10), Instant::now());
-        let d = l.delay().unwrap();
-        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
-        // Ten calls, but eight are failures quicker than this period's p90 success (1 s): only
-        // two latencies count, and the period runs on.
+        // One slow success among failures quick for this period (past the last bar, 10 ms): the
+        // period ends on its ten recorded latencies, and its percentile rests on its successes.
         l.record(ms(1000), Instant::now());
         for _ in 0..8 {
             l.record_unanswered(ms(50), Instant::now());
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         l.record(ms(10), Instant::now());
-        assert_eq!(l.delay(), Some(d));
-        // Checked again once it holds twice the samples (20), not on each one before; then
-        // the failures past the successes' p90 (10 ms) count too, and set the delay.
-        for _ in 0..9 {
-            l.record(ms(10), Instant::now());
-        }
-        assert_eq!(l.delay(), Some(d));
-        l.record(ms(10), Instant::now());
         let d = l.delay().unwrap();
-        assert!(d >= ms(49) && d <= ms(51), "{d:?}");
+        assert!(d >= ms(990) && d <= ms(1010), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_quicker_than_the_bar_leave_the_delay_in_force() {
+        let l = Latencies::new(0.9, 10, Duration::from_secs(1));
+        let ms = Duration::from_millis;
+        for _ in 0..10 {
+            l.record(ms(50), Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.record(ms(50), Instant::now());
+        let before = l.delay().unwrap();
+        for _ in 0..5 {
+            for _ in 0..1000 {
+                l.record_unanswered(ms(1), Instant::now());
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(l.delay(), Some(before));
     }
 
     #[tokio::test(start_paused = true)]
