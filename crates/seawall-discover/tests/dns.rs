@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    addr, count_answers, eventually, first_resolution, make, queued, sorted, Endpoint, Zone,
+    addr, count_answers, eventually, first_changes, first_resolution, make, queued, sorted,
+    Endpoint, Zone,
 };
 use hickory_proto::rr::RecordType;
 use seawall::balance::{BalanceLayer, Picker, Tagged};
@@ -131,6 +132,10 @@ async fn a_and_aaaa_records_both_become_endpoints() {
 
 /// A dual-stack host whose answers of one family (`lost`) stop arriving: each resolution times out
 /// on that family, which keeps the addresses it had, so the endpoints of both families stay.
+///
+/// The timeout is short so the lost family's lookups time out quickly; an answer held up as long
+/// (a stalled machine) leaves its family out of the first resolution and to the next one, so the
+/// first two changes are read whichever resolutions brought them.
 async fn one_lost_family_keeps_both(lost: RecordType) {
     let zone = Zone::default();
     zone.set_a("dual.test", &[[10, 0, 0, 1]]);
@@ -144,7 +149,7 @@ async fn one_lost_family_keeps_both(lost: RecordType) {
         .build(make)
         .unwrap();
     assert_eq!(
-        first_resolution(&mut discovery).await,
+        first_changes(&mut discovery, 2).await,
         vec![
             ('+', addr("10.0.0.1:80"), 1),
             ('+', addr("[fd00::1]:80"), 1)
