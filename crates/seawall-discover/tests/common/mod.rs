@@ -1,7 +1,18 @@
 //! What the DNS tests share: an authoritative DNS server on loopback that answers from a table the
 //! test edits, and bounded waits.
 //!
-//! Sockets are involved, so DNS tests run in real time with generous, bounded waits.
+//! Sockets are involved, so DNS tests run in real time with generous, bounded waits, or in paused
+//! time where only the timers matter.
+//!
+//! Paused time relies on the server answering within the runtime's check for I/O: with no task
+//! ready, a paused runtime polls its sockets once without waiting and moves the clock to the next
+//! timer (a query's timeout, say) only if that poll woke no task. Linux delivers a UDP datagram
+//! on loopback into the receiving socket's queue before `send_to` returns, so a question is ready
+//! for the server at that poll, and the server's answer, sent as soon as the server task reads
+//! the question, is ready for the resolver at the next one: no query times out for lack of an
+//! answer while the clock moves. If delivery were deferred (on another kernel, or one that hands
+//! loopback packets to a separate thread), the clock could pass a query's timeout before its
+//! answer was read, and paused tests would see timeouts the zone never caused.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -186,7 +197,9 @@ impl Zone {
             .unwrap()
     }
 
-    /// Starts answering on a UDP socket on 127.0.0.1; the server runs until the runtime ends.
+    /// Starts answering on a UDP socket on 127.0.0.1; the server runs until the runtime ends. It
+    /// answers from the task that reads the question, with no timer between, so in paused time
+    /// the answer is ready at the runtime's next check for I/O (see the module docs).
     pub async fn serve(&self) -> SocketAddr {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
