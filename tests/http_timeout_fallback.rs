@@ -18,7 +18,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tower::{ServiceBuilder, ServiceExt};
 
 type Body = BoxBody<Bytes, BoxError>;
@@ -135,12 +135,12 @@ async fn without_fallback_the_caller_sees_elapsed() {
 
 #[tokio::test]
 async fn connection_refused_is_answered_by_a_catch_all_fallback() {
-    // Bind and drop a listener to get a port nobody listens on.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on: bound and never listening, held for the whole test, so the
+    // kernel refuses connections to it and cannot give it to another test's listener meanwhile
+    // (as it could a port bound and dropped).
+    let closed = TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = closed.local_addr().unwrap();
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let fallback = FallbackLayer::builder()
         .build_fn(|failed| {
@@ -162,4 +162,5 @@ async fn connection_refused_is_answered_by_a_catch_all_fallback() {
         body_text(client.oneshot(req).await.unwrap()).await,
         "degraded"
     );
+    drop(closed);
 }
