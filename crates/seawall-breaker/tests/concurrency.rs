@@ -4,7 +4,8 @@
 //!
 //! The run is bounded by a count of HalfOpen rounds, not by a clock. (The same bound on one
 //! thread, in paused time, is `half_open_probes.rs`'s
-//! `n_concurrent_probes_then_closed_with_a_fresh_window`.)
+//! `n_concurrent_probes_then_closed_with_a_fresh_window`.) A probe whose round never fills gives
+//! up after a count of rejections and a generous wait, so a failing run ends too.
 #![cfg(not(loom))]
 
 mod common;
@@ -30,10 +31,15 @@ const ROUNDS: usize = 20;
 /// the round's slots were all out: the others were turned away by a HalfOpen whose slots were
 /// all taken.
 const CONTESTED: usize = 2 * CALLERS;
-/// Rejections after which a probe still waiting for the rest of its round gives up: only a
-/// HalfOpen that admits fewer than `PROBES` calls while it rejects others gets there. Far more
-/// than a worker thread stalled between taking a slot and reaching the dependency lets pass.
+/// Rejections after which a probe still waiting for the rest of its round gives up, if it has
+/// also waited [`STARVED_FOR`]: only a HalfOpen that admits fewer than `PROBES` calls while it
+/// rejects others gets there. The count alone is not enough: the other callers reject this many
+/// in well under a second on a fast machine, and a loaded one can keep a worker thread that took
+/// a slot from reaching the dependency about as long.
 const STARVED: usize = 1_000_000;
+/// The least time a probe waits for the rest of its round before it gives up: far longer than a
+/// loaded machine keeps a runnable worker thread off every core.
+const STARVED_FOR: Duration = Duration::from_secs(10);
 
 /// What the callers and the dependency count.
 #[derive(Default)]
@@ -61,9 +67,11 @@ impl Counts {
 
     /// A probe: waits until every probe of its round is at the dependency and `CONTESTED`
     /// callers have been rejected since, then fails. The first probe of a round to leave has
-    /// had all of them beside it throughout.
+    /// had all of them beside it throughout. Gives up (starved) after `STARVED` rejections and
+    /// `STARVED_FOR` without its round filling.
     async fn probe(&self) {
         let arrived = self.rejected.load(Ordering::SeqCst);
+        let arrived_at = tokio::time::Instant::now();
         let round = self.full_rounds.load(Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
@@ -85,7 +93,7 @@ impl Counts {
                     self.contested.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
-                None if rejected >= arrived + STARVED => {
+                None if rejected >= arrived + STARVED && arrived_at.elapsed() >= STARVED_FOR => {
                     self.starved.store(true, Ordering::SeqCst);
                     break;
                 }
@@ -151,7 +159,8 @@ async fn racing_callers_take_every_probe_slot_and_never_more() {
     );
     assert!(
         !counts.starved.load(Ordering::SeqCst),
-        "a HalfOpen rejected {STARVED} calls with fewer than {PROBES} probes at the dependency"
+        "a HalfOpen rejected {STARVED} calls over {STARVED_FOR:?} with fewer than {PROBES} probes \
+         at the dependency"
     );
     assert_eq!(most, PROBES);
     assert!(counts.full_rounds.load(Ordering::SeqCst) >= ROUNDS);
