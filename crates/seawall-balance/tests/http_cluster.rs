@@ -7,17 +7,26 @@
 //!   out; afterwards a stray call (at most a burst of `concurrency`) reaches it only when its
 //!   penalty has decayed, until its third failure ejects it: at most 3 + 8 + 2 × 8 failed calls
 //!   in all, every one of them on the dead server;
-//! - a slow endpoint (100× slower than its peers) stops being picked by PeakEWMA as soon as its
-//!   latency is known: it takes under 5 % of the calls that follow.
+//! - a slow endpoint (100× slower than its peers) is ejected by the latency rule once its latency
+//!   EWMA has stayed above `factor` × its peers' median for `duration`, and takes no call while it
+//!   is out. (PeakEWMA sends it few calls before then; how few depends on the machine's timing,
+//!   so only the ejection and what follows it are checked.)
 //!
-//! Sockets are involved, so this runs in real time with generous bounds and bounded loops.
+//! Sockets are involved, so this runs in real time with generous bounds and bounded loops. The
+//! checks count calls and events rather than shares of traffic, which shift with the latencies a
+//! loaded machine measures.
+
+mod common;
 
 use axum::{routing::get, Router};
+use common::Recorder;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use seawall::balance::{BalanceLayer, LatencyEjection, OutlierDetection, Picker};
+use seawall::balance::{
+    BalanceEvent, BalanceLayer, EjectReason, LatencyEjection, OutlierDetection, Picker,
+};
 use seawall::discover;
 use seawall::BoxError;
 use std::{
@@ -134,9 +143,11 @@ async fn traffic_moves_away_from_a_dead_and_a_slow_server() {
         servers.push(server(id).await);
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let rec = Recorder::default();
     let balance = BalanceLayer::builder()
         .name("http-cluster")
         .seed(11)
+        .on_event(rec.listener(tokio::time::Instant::now()))
         .picker(Picker::p2c_peak_ewma())
         .max_wait(Duration::from_secs(2))
         .outlier_detection(OutlierDetection {
@@ -144,9 +155,13 @@ async fn traffic_moves_away_from_a_dead_and_a_slow_server() {
             base_ejection_time: Duration::from_secs(60),
             max_ejection_percent: 0.5,
             consecutive_failures: Some(3),
+            // A short decay: PeakEWMA sends the slow server only the few calls it picks before
+            // its first slow answer, and at the default 10 s those few would leave its latency
+            // EWMA near `factor` × its peers', where ejection comes late or not at all.
             latency: Some(LatencyEjection {
                 factor: 5.0,
                 duration: Duration::from_millis(500),
+                decay: Duration::from_millis(250),
                 ..LatencyEjection::default()
             }),
             ..OutlierDetection::default()
@@ -171,20 +186,39 @@ async fn traffic_moves_away_from_a_dead_and_a_slow_server() {
     let (_, failed) = drive(&balance, 400).await;
     lost += failed;
 
-    // Server 1 turns slow: calls still succeed, and traffic moves to servers 2 and 3.
+    // Server 1 turns slow: calls still succeed, and once its latency has been an outlier for
+    // `duration` the latency rule ejects it (checked every `interval`: within about a second).
+    // Calls keep coming meanwhile, in a bounded number of rounds of at least 50 ms each.
     servers[1].slow.store(true, Relaxed);
-    let (_, failed) = drive(&balance, 100).await;
-    lost += failed;
+    let slow = format!("{:?}", addrs[1]);
+    let ejected_for_latency = || {
+        rec.events.lock().unwrap().iter().any(|(_, e)| {
+            matches!(e, BalanceEvent::Ejected { key, reason: EjectReason::Latency, .. }
+                if *key == slow)
+        })
+    };
+    let mut rounds = 0;
+    while !ejected_for_latency() {
+        rounds += 1;
+        assert!(
+            rounds <= 200,
+            "the slow server was not ejected for its latency: {:?}",
+            rec.events.lock().unwrap()
+        );
+        let (_, failed) = drive(&balance, 50).await;
+        lost += failed;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Ejected for 60 s, far longer than the calls that follow take: none of them reaches it.
     let before = snapshot(&servers);
     let (_, failed) = drive(&balance, 1000).await;
     lost += failed;
+    let moved = since(&snapshot(&servers), &before);
+    assert_eq!(moved[1], 0, "the ejected slow server took calls: {moved:?}");
     // Every failure is a call to the dead server: its failures before the penalty took hold,
     // plus strays in bursts of at most the concurrency, until the third ejects it.
     assert!(lost <= 3 + 8 + 2 * 8, "{lost} calls failed in all");
-    assert!(failed <= 8, "{failed} of 1000 calls failed");
-    let moved = since(&snapshot(&servers), &before);
-    assert!(moved[1] < 50, "slow server kept traffic: {moved:?}");
-    assert!(moved[2] > 300 && moved[3] > 300, "{moved:?}");
 
     for s in &mut servers[1..] {
         let _ = s.stop.take().unwrap().send(());
