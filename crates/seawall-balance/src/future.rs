@@ -2,7 +2,7 @@ use crate::{
     endpoint::{Endpoint, Key, Stats},
     picker::{PickCx, Skip, Tuning},
     set::Snapshot,
-    shared::{caught, Shared},
+    shared::Shared,
     BalanceEvent, NoEndpoints,
 };
 use pin_project_lite::pin_project;
@@ -550,7 +550,7 @@ where
         let error: BoxError = e.into();
         if Self::record_ready_error(shared, ep, failed) {
             // A key's `Debug` or a subscriber that panics loses the line, not the call.
-            caught(
+            seawall_core::event::panics::caught(
                 || tracing::debug!(name = %shared.name, key = ?ep.key, %error, "seawall balance endpoint failed its readiness"),
             );
         }
@@ -987,7 +987,8 @@ mod tests {
     async fn a_subscriber_that_panics_on_a_passed_over_endpoint_does_not_fail_the_call() {
         let modes = [Valve::PENDING, Valve::BROKEN, Valve::READY];
         let (_shared, valves, mut call) = valves(&modes, 0);
-        let _subscriber = tracing::subscriber::set_default(crate::shared::PanickingSubscriber);
+        let _subscriber =
+            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
         assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
         assert_eq!(valves[1].polls.load(Relaxed), 1, "B was tried");
     }

@@ -12,6 +12,7 @@ use crate::{
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::deadline::deadline_after;
+use seawall_core::event::panics::{self, caught};
 use seawall_core::{metrics, Listeners, Name, Outcome};
 use std::{
     any::Any,
@@ -230,7 +231,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         for report in reports {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {
                 caught(
-                    || tracing::error!(name = %self.name, panic = panic_message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
+                    || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
                 );
                 caught(|| drop(panic));
             }
@@ -898,7 +899,7 @@ async fn run<K, S, C, D>(
                         // unknown. It is dropped (a drop that panics too is caught), so what
                         // feeds it stops. The set it built is kept, and outlier detection and
                         // health checks go on, so ejected endpoints still return.
-                        caught(|| tracing::error!(name = %shared.name, panic = panic_message(&*panic), "seawall balance discovery panicked; keeping the current endpoints"));
+                        caught(|| tracing::error!(name = %shared.name, panic = panics::message(&*panic), "seawall balance discovery panicked; keeping the current endpoints"));
                         caught(|| drop(panic));
                         caught(|| drop(discover.take()));
                         continue;
@@ -1002,24 +1003,6 @@ fn poll_batch<D: Discover>(
         }
     };
     Poll::Ready((changes, stop))
-}
-
-/// Runs `f`, catching a panic in it and dropping the panic's payload (a payload whose drop panics
-/// too is caught). For the balancer's cold log lines that a key's `Debug` or a subscriber could
-/// panic in: the line is lost, and what the balancer was doing goes on.
-pub(crate) fn caught(f: impl FnOnce()) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
-    }
-}
-
-/// The message a panic was raised with, when it is a string.
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message")
 }
 
 /// The health probes running: at most one per endpoint, each on the service the endpoint had when
@@ -1168,33 +1151,6 @@ fn nanos_u64(d: Duration) -> u64 {
 thread_local! {
     /// How many times a failure on this thread took the health lock to try an ejection.
     static EJECTION_TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// A subscriber that panics on every event.
-#[cfg(test)]
-pub(crate) struct PanickingSubscriber;
-
-#[cfg(test)]
-impl tracing::Subscriber for PanickingSubscriber {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, _: &tracing::Event<'_>) {
-        panic!("subscriber broke");
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[cfg(test)]
@@ -1603,7 +1559,8 @@ mod tests {
     /// returns, and the background task goes on to return the endpoint.
     #[tokio::test(start_paused = true)]
     async fn a_subscriber_that_panics_loses_only_its_lines() {
-        let _subscriber = tracing::subscriber::set_default(PanickingSubscriber);
+        let _subscriber =
+            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
         let shared = Arc::new(Shared::new(
             Settings {
                 name: Name::default_for("balance"),

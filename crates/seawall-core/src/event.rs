@@ -93,21 +93,66 @@ impl<E: 'static> Listeners<E> {
 #[cold]
 #[inline(never)]
 fn listener_panicked(name: &Name, panic: Box<dyn Any + Send>) {
-    let message = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message");
-    caught(|| tracing::error!(%name, panic = message, "seawall listener panicked; skipped"));
-    caught(|| drop(panic));
+    let message = panics::message(&*panic);
+    panics::caught(
+        || tracing::error!(%name, panic = message, "seawall listener panicked; skipped"),
+    );
+    panics::caught(|| drop(panic));
 }
 
-/// Runs `f`, catching a panic in it and dropping the panic's payload (a payload whose drop panics
-/// too is caught).
-fn caught(f: impl FnOnce()) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+/// What seawall's layers use to keep user code (a listener, a key's `Debug`, a subscriber) that
+/// panics off their own state: not part of the public API.
+#[doc(hidden)]
+pub mod panics {
+    use std::{
+        any::Any,
+        panic::{catch_unwind, AssertUnwindSafe},
+    };
+
+    /// Runs `f`, catching a panic in it and dropping the panic's payload (a payload whose drop
+    /// panics too is caught).
+    pub fn caught(f: impl FnOnce()) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(panic)));
+        }
     }
+
+    /// The message a panic was raised with, when it is a string.
+    pub fn message(panic: &(dyn Any + Send)) -> &str {
+        panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic without a message")
+    }
+}
+
+/// A `tracing` subscriber that panics on every event, for tests of code that must survive one.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug)]
+pub struct PanickingSubscriber;
+
+#[cfg(any(test, feature = "testing"))]
+impl tracing::Subscriber for PanickingSubscriber {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {
+        panic!("subscriber broke");
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 impl<E: 'static> Default for Listeners<E> {
@@ -152,31 +197,6 @@ mod tests {
         listeners.emit(&name, &1);
         listeners.emit(&name, &2);
         assert_eq!(seen.load(Relaxed), 2);
-    }
-
-    /// A subscriber that panics on every event.
-    struct PanickingSubscriber;
-
-    impl tracing::Subscriber for PanickingSubscriber {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-        fn event(&self, _: &tracing::Event<'_>) {
-            panic!("subscriber broke");
-        }
-
-        fn enter(&self, _: &tracing::span::Id) {}
-
-        fn exit(&self, _: &tracing::span::Id) {}
     }
 
     /// A subscriber that panics on the line logging a listener's panic loses that line only: the

@@ -197,7 +197,7 @@ impl<K: Hash + Eq + Clone, M, P> Lists<K, M, P> {
 
 /// Logs a list left out because a key's own code panicked as the list was compared.
 fn compare_panicked(panic: &(dyn Any + Send)) {
-    tracing::error!(panic = panic_message(panic), "seawall discover could not compare an endpoint list (a key's Hash, Eq, Clone or EndpointMeta panicked); leaving that list out");
+    tracing::error!(panic = seawall_core::event::panics::message(panic), "seawall discover could not compare an endpoint list (a key's Hash, Eq, Clone or EndpointMeta panicked); leaving that list out");
 }
 
 impl<K, S, M, P> Source<K, S> for Lists<K, M, P>
@@ -231,7 +231,9 @@ where
                     }
                     // The key stays out of the set sent (or keeps the metadata it was sent with),
                     // so the next list inserts it again; the rest of this one goes on.
-                    Err(panic) => (self.panicked)(&key, panic_message(&*panic)),
+                    Err(panic) => {
+                        (self.panicked)(&key, seawall_core::event::panics::message(&*panic))
+                    }
                 }
                 continue;
             }
@@ -263,16 +265,6 @@ where
             self.inserts.len() + self.removes.len(),
             self.held.is_some() || self.latest.is_offered(),
         )
-    }
-}
-
-/// The message a panic was raised with, when it is text.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    match panic.downcast_ref::<&'static str>() {
-        Some(message) => message,
-        None => panic
-            .downcast_ref::<String>()
-            .map_or("(not text)", String::as_str),
     }
 }
 
@@ -416,7 +408,7 @@ where
             match catch_unwind(AssertUnwindSafe(|| rx.borrow_and_update().clone())) {
                 Ok(list) => publisher.publish(list),
                 Err(panic) => {
-                    tracing::error!(panic = panic_message(&*panic), "seawall discover could not copy a watched endpoint list (a key's Clone panicked); leaving that list out");
+                    tracing::error!(panic = seawall_core::event::panics::message(&*panic), "seawall discover could not copy a watched endpoint list (a key's Clone panicked); leaving that list out");
                 }
             }
             if rx.changed().await.is_err() {

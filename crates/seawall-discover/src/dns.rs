@@ -2,7 +2,6 @@
 
 use crate::{
     diff::Tracker,
-    discovery::panic_message,
     latest::{self, Publisher},
     Discovery,
 };
@@ -349,7 +348,7 @@ impl DnsBuilder {
             // sees the stream end finds the error logged already.
             let resolving = run(resolver, parsed, min, max, name, &publisher);
             if let Err(panic) = AssertUnwindSafe(resolving).catch_unwind().await {
-                tracing::error!(name = %name, panic = panic_message(&*panic), "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
+                tracing::error!(name = %name, panic = seawall_core::event::panics::message(&*panic), "seawall discover DNS discovery stopped: its task panicked; the balancer keeps the last endpoints");
             }
             drop(publisher);
         });
