@@ -224,9 +224,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// Logs `reports` and calls the listeners with their events, in order. Called under the
     /// health lock once the changes are complete (the set published, the unhealthy count
     /// recounted), so the listeners hear of one balancer's changes in the order they were made,
-    /// and a key's `Debug`, a subscriber or a listener that panics loses only its own report: it
-    /// is caught and logged (a subscriber that panics on that line too loses the line), and what
-    /// the balancer was doing goes on.
+    /// and a key's `Debug` or a subscriber that panics loses only its own report: it is caught and
+    /// logged (a subscriber that panics on that line too loses the line), and what the balancer
+    /// was doing goes on. A listener that panics is caught by `Listeners::emit`: the others still
+    /// hear the event.
     fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
         for report in reports {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {

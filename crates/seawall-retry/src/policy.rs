@@ -59,7 +59,8 @@ pub trait Policy<Req, Res> {
 /// anywhere in its `source()` chain is [`Outcome::Ignored`], so it is neither retried nor counted
 /// by a token-bucket budget. A hedge does not answer with it while another copy of the call is
 /// still running (a bulkhead's rejection of a copy leaves the original to answer), and returns it
-/// once none is. Everything else is as `P` says.
+/// once none is, unless another copy failed (the failure is returned then). Everything else is as
+/// `P` says.
 /// Made by [`ignore_error`](crate::RetryConfigBuilder::ignore_error).
 pub struct Ignoring<P, E> {
     policy: P,

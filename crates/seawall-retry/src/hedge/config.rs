@@ -25,8 +25,8 @@ pub enum HedgeDelay {
     Percentile {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,
-        /// Calls a period needs before its percentile is used; a quieter period runs on until it
-        /// has them.
+        /// Latencies recorded (successful calls, and failures past the last bar) a period needs
+        /// before its percentile is used; a quieter period runs on until it has them.
         min_data_points: u64,
         /// How often the percentile is recomputed from fresh data.
         period: Duration,
@@ -34,7 +34,7 @@ pub enum HedgeDelay {
 }
 
 impl Default for HedgeDelay {
-    /// The 95th percentile of the last 10 s, once 100 calls have been seen.
+    /// The 95th percentile of the last 10 s, once a period holds 100 recorded latencies.
     fn default() -> Self {
         HedgeDelay::Percentile {
             percentile: 0.95,
@@ -85,7 +85,7 @@ impl<P, K> HedgeConfigBuilder<P, K> {
     }
 
     /// Hedges after a latency percentile of recent calls (default: the 95th over 10 s periods,
-    /// from 100 calls).
+    /// from 100 recorded latencies).
     pub fn percentile(mut self, percentile: f64, min_data_points: u64, period: Duration) -> Self {
         self.delay = HedgeDelay::Percentile {
             percentile,

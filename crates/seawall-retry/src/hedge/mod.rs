@@ -1,8 +1,8 @@
 //! Hedged requests: when a call is slow, send a copy and take whichever answers first.
 //!
 //! Tail latency is mostly bad luck: a GC pause, a cold cache, a busy neighbour on one replica. A
-//! hedge sends the same request again after a delay (to another replica, if a balancer sits
-//! underneath, since each hedge goes through the inner service's readiness), and the first
+//! hedge sends the same request again after a delay (possibly to another replica, if a balancer
+//! sits underneath, since each hedge goes through the inner service's readiness), and the first
 //! acceptable answer wins; the other calls are dropped, which cancels them. With the delay at the
 //! 95th latency percentile, about 5% of calls send a second copy and the 99th percentile drops
 //! towards the 95th (Dean and Barroso, "The Tail at Scale", 2013).
