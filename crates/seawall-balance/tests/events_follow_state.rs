@@ -155,6 +155,20 @@ fn ejected(reason: EjectReason) -> BalanceEvent {
     }
 }
 
+/// What the listener sees as endpoint 0 of 3 is ejected for `reason`, then returns: unhealthy and
+/// in panic mode at the ejection, healthy and out of it at the return.
+fn ejected_then_returned(reason: EjectReason) -> Vec<Seen> {
+    vec![
+        seen(ejected(reason), &[0, 1, 2], &[0], true),
+        seen(
+            BalanceEvent::Returned { key: "0".into() },
+            &[0, 1, 2],
+            &[],
+            false,
+        ),
+    ]
+}
+
 /// An endpoint ejected on a call's failure is unhealthy, and counted towards the panic threshold,
 /// when the listeners hear of it; returned by a pass, it is healthy and counted no more.
 #[tokio::test(start_paused = true)]
@@ -166,20 +180,7 @@ async fn an_ejection_on_a_call_and_its_return_are_in_force_when_reported() {
     .await;
     assert_eq!(
         seen_events,
-        vec![
-            seen(
-                ejected(EjectReason::ConsecutiveFailures),
-                &[0, 1, 2],
-                &[0],
-                true
-            ),
-            seen(
-                BalanceEvent::Returned { key: "0".into() },
-                &[0, 1, 2],
-                &[],
-                false
-            ),
-        ]
+        ejected_then_returned(EjectReason::ConsecutiveFailures)
     );
 }
 
@@ -200,19 +201,6 @@ async fn an_ejection_by_a_pass_and_its_return_are_in_force_when_reported() {
     .await;
     assert_eq!(
         seen_events,
-        vec![
-            seen(
-                ejected(EjectReason::FailurePercentage),
-                &[0, 1, 2],
-                &[0],
-                true
-            ),
-            seen(
-                BalanceEvent::Returned { key: "0".into() },
-                &[0, 1, 2],
-                &[],
-                false
-            ),
-        ]
+        ejected_then_returned(EjectReason::FailurePercentage)
     );
 }

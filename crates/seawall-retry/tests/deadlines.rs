@@ -8,7 +8,7 @@ use seawall_core::{
     deadline::{Elapsed, RequestDeadline},
     error, BoxError, Name,
 };
-use seawall_retry::{Backoff, GiveUpReason, RetryBudget, RetryEvent, RetryLayer};
+use seawall_retry::{Backoff, GiveUpReason, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
 use std::sync::{Arc, Mutex};
 use support::{flaky, get, ms, Calls, Req};
 use tokio::time::Instant;
@@ -210,13 +210,12 @@ async fn per_attempt_timeout_fails_with_the_shared_elapsed_error() {
     assert_eq!(calls.count(), 3);
 }
 
-/// A request that is not retried, a POST under the HTTP policy or any request with one attempt
-/// allowed, is still cut at the per-attempt timeout, and not sent again.
-#[tokio::test(start_paused = true)]
-async fn per_attempt_timeout_bounds_a_request_that_is_not_retried() {
+/// The HTTP policy (a POST is not retried) with a 100 ms per-attempt timeout, and the events it
+/// reports.
+fn http_with_per_attempt_timeout() -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
-    let post = RetryLayer::builder()
+    let layer = RetryLayer::builder()
         .http()
         .max_attempts(3)
         .backoff(Backoff::constant(ms(10)))
@@ -225,6 +224,14 @@ async fn per_attempt_timeout_bounds_a_request_that_is_not_retried() {
         .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
         .build()
         .unwrap();
+    (layer, events)
+}
+
+/// A request that is not retried, a POST under the HTTP policy or any request with one attempt
+/// allowed, is still cut at the per-attempt timeout, and not sent again.
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_bounds_a_request_that_is_not_retried() {
+    let (post, events) = http_with_per_attempt_timeout();
     let start = Instant::now();
     let (svc, calls) = hanging(usize::MAX);
     let svc = svc.map_response(|_| http::Response::new(()));
@@ -273,17 +280,7 @@ fn cut_at_its_own_deadline(err: BoxError, start: Instant, calls: &Calls, what: &
 /// the per-attempt timeout, and is cut there.
 #[tokio::test(start_paused = true)]
 async fn per_attempt_timeout_keeps_the_earlier_deadline_of_a_request_that_is_not_retried() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let post = RetryLayer::builder()
-        .http()
-        .max_attempts(3)
-        .backoff(Backoff::constant(ms(10)))
-        .per_attempt_timeout(ms(100))
-        .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
+    let (post, events) = http_with_per_attempt_timeout();
     let start = Instant::now();
     let (svc, calls) = hanging(usize::MAX);
     let svc = svc.map_response(|_| http::Response::new(()));

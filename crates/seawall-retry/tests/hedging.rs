@@ -473,20 +473,31 @@ async fn ignored_errors_do_not_drag_the_percentile_delay_down() {
         .unwrap();
     let replicas = Replicas::new();
     let mut svc = layer.layer(replicas.service(|_| ms(50), |_| false));
-    call_for(&mut svc, Duration::from_millis(2_100)).await;
-    let before = layer.current_delay().expect("a period has been measured");
-    assert!(before >= ms(49) && before <= ms(51), "{before:?}");
-
-    // Two periods of rejections through the same layer, each after 1 ms, then a success that
-    // closes the period.
     let rejected = Replicas::new();
     let mut rejecting = layer.layer(rejected.service(|_| ms(1), |_| true));
+    quick_errors_leave_a_50_ms_delay(&mut svc, &mut rejecting, || layer.current_delay()).await;
+}
+
+/// Measures a 50 ms percentile delay through `svc`, then sends two periods of errors through
+/// `erring` (the same layer), each after 1 ms, then a success through `svc` that closes the
+/// period: the delay is still ~50 ms.
+async fn quick_errors_leave_a_50_ms_delay<S, E>(
+    svc: &mut S,
+    erring: &mut E,
+    delay: impl Fn() -> Option<Duration>,
+) where
+    S: Service<Req, Error = BoxError>,
+    E: Service<Req, Error = BoxError>,
+{
+    call_for(svc, Duration::from_millis(2_100)).await;
+    let before = delay().expect("a period has been measured");
+    assert!(before >= ms(49) && before <= ms(51), "{before:?}");
     let until = Instant::now() + ms(2_100);
     while Instant::now() < until {
-        assert!(rejecting.ready().await.unwrap().call(get()).await.is_err());
+        assert!(erring.ready().await.unwrap().call(get()).await.is_err());
     }
     svc.ready().await.unwrap().call(get()).await.unwrap();
-    let after = layer.current_delay().unwrap();
+    let after = delay().unwrap();
     assert!(after >= ms(49), "{after:?}");
 }
 
@@ -1194,20 +1205,9 @@ async fn fast_failures_do_not_drag_the_percentile_delay_down() {
         .unwrap();
     let replicas = Replicas::new();
     let mut svc = layer.layer(replicas.service(|_| ms(50), |_| false));
-    call_for(&mut svc, Duration::from_millis(2_100)).await;
-    let before = layer.current_delay().expect("a period has been measured");
-    assert!(before >= ms(49) && before <= ms(51), "{before:?}");
-
-    // Two periods of failures, each after 1 ms, then a success that closes the period.
-    let failing = Replicas::new();
-    let mut failing = layer.layer(failing.service(|_| ms(1), |_| true));
-    let until = Instant::now() + ms(2_100);
-    while Instant::now() < until {
-        assert!(failing.ready().await.unwrap().call(get()).await.is_err());
-    }
-    svc.ready().await.unwrap().call(get()).await.unwrap();
-    let after = layer.current_delay().unwrap();
-    assert!(after >= ms(49), "{after:?}");
+    let failed = Replicas::new();
+    let mut failing = layer.layer(failed.service(|_| ms(1), |_| true));
+    quick_errors_leave_a_50_ms_delay(&mut svc, &mut failing, || layer.current_delay()).await;
 }
 
 #[tokio::test(start_paused = true)]
