@@ -15,7 +15,7 @@ use seawall::{
     bulkhead::{
         limit::{Aimd, Gradient2, Vegas},
         ratelimit::RateLimitLayer,
-        BulkheadHandle, BulkheadLayer,
+        BulkheadHandle, BulkheadLayer, Full,
     },
     core::{BoxError, RequestDeadline},
     fallback::FallbackLayer,
@@ -2680,4 +2680,70 @@ fn the_balancer_watch_sees_calls_in_flight_and_per_endpoint_probes() {
             .any(|o| o.result == Err("no endpoint available".to_string())),
         "with both breakers open, calls found no endpoint"
     );
+}
+
+/// An endpoint standing in for a backend: answers its number after the request's milliseconds of
+/// work.
+#[derive(Debug, Clone)]
+struct Numbered(u64);
+
+impl Service<u64> for Numbered {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, work_ms: u64) -> Self::Future {
+        let id = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(work_ms)).await;
+            Ok(id)
+        })
+    }
+}
+
+/// Below a round robin balancer, each endpoint behind a bulkhead of its own with one permit: a
+/// full one is passed over only with backpressure. Without it the bulkhead stays ready, so the
+/// balancer takes it in its turn and the call is rejected with `Full`.
+#[tokio::test(start_paused = true)]
+async fn a_full_endpoint_bulkhead_is_passed_over_only_with_backpressure() {
+    for backpressure in [true, false] {
+        let endpoints: Vec<_> = (0..2)
+            .map(|id| {
+                BulkheadLayer::builder()
+                    .max_concurrent(1)
+                    .backpressure(backpressure)
+                    .build()
+                    .expect("valid bulkhead")
+                    .layer(Numbered(id))
+            })
+            .collect();
+        let balance = BalanceLayer::builder()
+            .picker(Picker::RoundRobin)
+            .seed(5)
+            .build()
+            .expect("valid balancer")
+            .layer(ServiceList::new(endpoints));
+        tokio::task::yield_now().await;
+        // The first call holds the permit of the endpoint it lands on; the second lands on the
+        // other one and is answered at once; the third's turn is the first call's endpoint.
+        let first = tokio::spawn(balance.clone().oneshot(1_000));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = balance
+            .clone()
+            .oneshot(0)
+            .await
+            .expect("the other endpoint");
+        let third = balance.clone().oneshot(0).await;
+        if backpressure {
+            assert_eq!(third.expect("passed over to the other endpoint"), second);
+        } else {
+            let e = third.expect_err("rejected by the full endpoint's bulkhead");
+            assert!(e.is::<Full>(), "{e}");
+        }
+        assert_eq!(first.await.unwrap().unwrap(), 1 - second);
+    }
 }
