@@ -329,7 +329,7 @@ impl Permits {
                 *slot = None;
                 return Poll::Ready(outcome);
             }
-            *waiter.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+            waiter.store_waker(cx.waker());
             if let Some(outcome) = waiter.outcome() {
                 *slot = None;
                 return Poll::Ready(outcome);
@@ -382,6 +382,9 @@ impl Permits {
         if self.try_acquire() {
             return None;
         }
+        // Cloned before the lock is taken, and dropped after it is released if a permit came
+        // back meanwhile: wakers are foreign code (see `release_to_waiters`).
+        let waker = waker.cloned();
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.state.load(Ordering::Acquire);
         loop {
@@ -393,7 +396,11 @@ impl Permits {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => return None,
+                    Ok(_) => {
+                        drop(queue);
+                        drop(waker);
+                        return None;
+                    }
                     Err(now) => state = now,
                 }
             } else {
@@ -412,7 +419,7 @@ impl Permits {
             granted: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             deadline,
-            waker: Mutex::new(waker.cloned()),
+            waker: Mutex::new(waker),
         });
         queue.push_back(waiter.clone());
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -521,6 +528,24 @@ impl Drop for WakeList {
 }
 
 impl Waiter {
+    /// Stores `waker` to be woken when the queue decides for this place, unless the one stored
+    /// would wake the same task. The waker it replaces is dropped, and `waker` cloned, with the
+    /// lock released: dropping a waker may drop the last handle to a task, and with it another
+    /// call waiting here, which leaves the queue under its lock, while a hand-out holds the
+    /// queue's lock as it takes this waiter's.
+    fn store_waker(&self, waker: &Waker) {
+        let lock = || self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock()
+            .as_ref()
+            .is_some_and(|stored| stored.will_wake(waker))
+        {
+            return;
+        }
+        let waker = waker.clone();
+        let replaced = lock().replace(waker);
+        drop(replaced);
+    }
+
     /// Whether a permit was handed over; takes it (so a later `cancel` does not pass it on).
     /// Only the place's owner clears the flag, so a load that finds it set is followed by a swap
     /// that takes it; a place polled before its permit comes writes nothing. (Writing `false`
@@ -656,6 +681,74 @@ mod tests {
         assert_eq!(poll(&permits, &mut second), Poll::Ready(Ok(())));
         permits.release(1);
         assert_eq!(spy.under_lock.load(Ordering::SeqCst), 0);
+    }
+
+    /// A waker that notes when its last handle is dropped, and whether the queue's lock or the
+    /// waiter's waker lock was held then: dropping a waker may drop a task, and with it another
+    /// waiting call, which leaves the queue under its lock.
+    struct DropSpy {
+        permits: std::sync::Weak<Permits>,
+        waiter: std::sync::OnceLock<std::sync::Weak<Waiter>>,
+        dropped: Arc<AtomicUsize>,
+        under_lock: Arc<AtomicUsize>,
+    }
+
+    impl std::task::Wake for DropSpy {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    impl Drop for DropSpy {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+            let queue_held = self
+                .permits
+                .upgrade()
+                .is_some_and(|permits| permits.queue.try_lock().is_err());
+            let waker_held = self
+                .waiter
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .is_some_and(|waiter| waiter.waker.try_lock().is_err());
+            if queue_held || waker_held {
+                self.under_lock.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn a_replaced_waker_is_dropped_outside_the_locks() {
+        let permits = Arc::new(Permits::new(1));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let under_lock = Arc::new(AtomicUsize::new(0));
+        let spy = || {
+            Arc::new(DropSpy {
+                permits: Arc::downgrade(&permits),
+                waiter: std::sync::OnceLock::new(),
+                dropped: dropped.clone(),
+                under_lock: under_lock.clone(),
+            })
+        };
+        let (a, b) = (spy(), spy());
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(Some(&Waker::from(a.clone())), None);
+        let waiter = Arc::downgrade(slot.as_ref().expect("queued"));
+        a.waiter.set(waiter.clone()).unwrap();
+        b.waiter.set(waiter).unwrap();
+        drop(a);
+        // Polled by another task, the place drops the only handle left to the first waker.
+        let b = Waker::from(b);
+        let mut cx = Context::from_waker(&b);
+        assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Pending);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(permits.poll_acquire(&mut slot, &mut cx), Poll::Pending);
+        permits.release(1);
+        assert_eq!(
+            permits.poll_acquire(&mut slot, &mut cx),
+            Poll::Ready(Ok(()))
+        );
+        drop(b);
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        assert_eq!(under_lock.load(Ordering::SeqCst), 0);
     }
 
     #[test]
