@@ -19,7 +19,12 @@ use seawall_core::{config, ConfigError};
 /// latency stays within the tolerance, jitter included, the limit grows by
 /// `queue_size × smoothing` per sample. When the long-term RTT is more than twice the short-term
 /// one (latency has recovered after a long slow period) it is cut by 5% per sample, so the limit
-/// recovers without waiting for the average to decay.
+/// recovers without waiting for the average to decay. The cut counts from the next sample on (the
+/// sample that triggers it has its gradient from the long-term RTT before the cut). During the
+/// first 10 samples it does not last: the next sample recomputes the plain average from the
+/// samples' sum, which the cut left alone, so a cut on any of the first 9 samples is undone by the
+/// next one, as in Netflix's `ExpAvgMeasurement`. From the 10th sample on, cuts carry into the
+/// exponential average and add up.
 ///
 /// As `queue_size` is added to every estimate, latency alone takes the limit no lower than about
 /// `2 × queue_size` (8 by default), where `limit × 0.5 + queue_size` no longer shrinks it. A
@@ -328,6 +333,34 @@ mod tests {
         g.update(&sample(60, 20));
         let again = long * (1.0 - factor) + 60.0 * MS * factor;
         assert!((g.long_rtt.value - again).abs() < 1.0);
+    }
+
+    /// While the long-term RTT is a plain average (the first 10 samples), the next sample
+    /// recomputes it from the samples' sum and undoes a cut; the 10th sample's cut lasts.
+    #[test]
+    fn a_cut_while_warming_up_is_undone_by_the_next_sample() {
+        const MS: f64 = 1_000_000.0;
+        let mut g = Gradient2::builder().long_window(600).build().unwrap();
+        g.update(&sample(1_000, 20));
+        g.update(&sample(10, 20));
+        assert!((g.long_rtt.value - 505.0 * MS * 0.95).abs() < 1.0);
+        // The plain average of all three, cut once: the second sample's cut is gone.
+        g.update(&sample(10, 20));
+        assert!((g.long_rtt.value - 340.0 * MS * 0.95).abs() < 1.0);
+        for _ in 3..10 {
+            g.update(&sample(10, 20));
+        }
+        let tenth = 109.0 * MS * 0.95;
+        assert!((g.long_rtt.value - tenth).abs() < 1.0);
+        // The 11th sample averages from the cut value, and cuts again.
+        g.update(&sample(10, 20));
+        let factor = 2.0 / 601.0;
+        let eleventh = (tenth * (1.0 - factor) + 10.0 * MS * factor) * 0.95;
+        assert!(
+            (g.long_rtt.value - eleventh).abs() < 1.0,
+            "long RTT {} ns, expected {eleventh} ns",
+            g.long_rtt.value
+        );
     }
 
     #[test]
