@@ -74,6 +74,13 @@ impl TimeoutLayer {
         &self.shared.name
     }
 
+    /// Whether the layer writes the effective deadline on the request, so that the layers inside
+    /// it (a retry, a per-try timeout) and the endpoint see it; see
+    /// [`propagate_deadline`](TimeoutConfigBuilder::propagate_deadline).
+    pub fn propagates_deadline(&self) -> bool {
+        self.shared.propagate
+    }
+
     /// Whether a request's [`TimeoutOverride`](crate::TimeoutOverride) replaces the layer's
     /// timeout; see [`honor_override`](TimeoutConfigBuilder::honor_override).
     pub fn honors_override(&self) -> bool {

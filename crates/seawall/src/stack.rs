@@ -54,9 +54,10 @@
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
 //! included, as in Polly; so are per-endpoint breakers named like the default dependency
-//! breaker, `"breaker"`, since their metrics would add up with its own, and a total timeout
+//! breaker, `"breaker"`, since their metrics would add up with its own, a total timeout
 //! built with `enforce_outer_deadline(false)`, which would leave a caller's deadline to no
-//! layer) and returns a
+//! layer, and one built with `propagate_deadline(false)`, which would hide the call's deadline
+//! from the retry and let the per-try timeout write its own, later one) and returns a
 //! [`ClientStack`]: `Clone + Send + Sync`, every clone sharing the one set of policies. The
 //! builder does not read the name of a breaker passed to
 //! [`breaker`](ClientStackBuilder::breaker): name it apart from the per-endpoint breakers
@@ -272,6 +273,7 @@ impl ClientStackBuilder {
             total: Total {
                 duration: Some(DEFAULT_TIMEOUT),
                 enforces_callers_deadline: true,
+                propagates_deadline: true,
             },
             retry: RetryLayer::builder()
                 .ignore_error::<Open>()
@@ -321,6 +323,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// the request (the per-try timeout never does), so [`build`](Self::build) rejects a layer
     /// built with
     /// [`enforce_outer_deadline(false)`](crate::timeout::TimeoutConfigBuilder::enforce_outer_deadline).
+    /// It is also the layer that writes the call's deadline on the request, which the retry reads
+    /// to start no attempt it cannot finish and the per-try timeout and the endpoints see, so
+    /// [`build`](Self::build) rejects a layer built with
+    /// [`propagate_deadline(false)`](crate::timeout::TimeoutConfigBuilder::propagate_deadline).
     pub fn timeout(
         self,
         timeout: impl Into<TimeoutLayer>,
@@ -329,6 +335,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         let total = Total {
             duration: Some(layer.timeout()),
             enforces_callers_deadline: layer.enforces_outer_deadline(),
+            propagates_deadline: layer.propagates_deadline(),
         };
         ClientStackBuilder {
             fallback: self.fallback,
@@ -359,6 +366,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             total: Total {
                 duration: None,
                 enforces_callers_deadline: true,
+                propagates_deadline: true,
             },
             retry: self.retry,
             breaker: self.breaker,
@@ -583,6 +591,14 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
                  stack does (build it without enforce_outer_deadline(false))",
             ));
         }
+        if !self.total.propagates_deadline {
+            return Err(ConfigError::conflict(
+                "timeout",
+                "must write the call's deadline on the request: the retry reads it to start no \
+                 attempt it cannot finish, and without it a per-try timeout writes its own, later \
+                 one (build it without propagate_deadline(false))",
+            ));
+        }
         if let (Some(total), Some(per_try)) = (self.total.duration, &self.per_try_timeout) {
             if per_try.timeout() > total {
                 return Err(ConfigError::conflict(
@@ -609,6 +625,9 @@ struct Total {
     /// Whether it fails calls at a deadline the caller put on the request: the stack's one layer
     /// that does.
     enforces_callers_deadline: bool,
+    /// Whether it writes the call's deadline on the request, for the retry and the per-try
+    /// timeout to see. Without a total timeout of the stack's own there is none to write: `true`.
+    propagates_deadline: bool,
 }
 
 /// A piece of the stack the builder makes only in `build`, unless it was given one.
@@ -689,7 +708,8 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     /// # Errors
     ///
     /// A [`ConfigError`] on `timeout` when the total timeout does not enforce a caller's
-    /// deadline (built with `enforce_outer_deadline(false)`), on `per_try_timeout` when it is
+    /// deadline (built with `enforce_outer_deadline(false)`) or does not write its own on the
+    /// request (built with `propagate_deadline(false)`), on `per_try_timeout` when it is
     /// longer than the total timeout, on `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
     /// name (a breaker passed to [`breaker`](Self::breaker) is not checked), and the balancer
     /// configuration's own.

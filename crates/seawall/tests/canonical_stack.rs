@@ -1146,6 +1146,41 @@ async fn a_total_timeout_that_leaves_the_callers_deadline_is_rejected() {
         .unwrap();
 }
 
+/// The total timeout writes the call's deadline on the request: the retry reads it to start no
+/// attempt it cannot finish, and the per-try timeout and the endpoints see it. One that writes
+/// nothing would leave the retry blind and let a per-try timeout write its own, later deadline.
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_that_does_not_propagate_its_deadline_is_rejected() {
+    let calls = Calls::default();
+    let silent = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(2))
+        .propagate_deadline(false)
+        .build()
+        .unwrap();
+    assert!(!silent.propagates_deadline());
+    let err = ClientStack::builder()
+        .timeout(silent)
+        .per_try_timeout(Duration::from_secs(1))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "timeout");
+    assert!(
+        err.to_string().contains("propagate_deadline(false)"),
+        "{err}"
+    );
+
+    let propagating = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert!(propagating.propagates_deadline());
+    ClientStack::builder()
+        .timeout(propagating)
+        .per_try_timeout(Duration::from_secs(1))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap();
+}
+
 /// Per-endpoint breakers under the dependency breaker's name would add their counters to its own:
 /// one bad endpoint would look like the dependency failing. `build` rejects them under the stack's
 /// default breaker, the one dependency breaker whose name the builder knows.
