@@ -44,7 +44,7 @@
 //! |---|---|---|---|
 //! | fallback | none | [`fallback`](ClientStackBuilder::fallback) | — |
 //! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
-//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included): over HTTP, pass one built with [`http`](crate::retry::RetryConfigBuilder::http) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
 //! | breaker | [`BreakerLayer::new`] | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
 //! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection | [`balance`](ClientStackBuilder::balance) | — |
@@ -70,6 +70,12 @@
 //! layer that counts outcomes: hyper and reqwest return a 5xx as `Ok(response)`, which the
 //! default classifier counts as a success, so no breaker and no outlier detection would see an
 //! endpoint that answers every call with a 503. (`GrpcClassifier` reads gRPC statuses.)
+//!
+//! Give the retry the HTTP policy too. The default retry reads neither methods nor statuses: it
+//! sends any request that failed with an error again, a POST included (the server may have
+//! applied it), and never a 503. `.retry(RetryLayer::builder().http().ignore_error::<Open>().build()?)`
+//! retries errors, 5xx and 429 of idempotent methods only (GET, HEAD, OPTIONS, TRACE, PUT,
+//! DELETE), and honours `Retry-After`.
 //!
 //! ```
 //! use seawall::{

@@ -500,6 +500,74 @@ async fn an_http_endpoint_answering_503_is_taken_out() {
     assert_eq!(calls.total(), 50 + calls.get("unavailable"));
 }
 
+/// One HTTP endpoint whose first call fails with an error (a connection reset) and whose later
+/// calls answer 200; `attempts` counts its calls.
+fn flaky_http_endpoint(
+    attempts: &Arc<AtomicUsize>,
+) -> discover::Discovery<&'static str, HttpEndpoint> {
+    let attempts = attempts.clone();
+    discover::from_list(vec!["flaky"], move |_: &&'static str| {
+        let attempts = attempts.clone();
+        HttpEndpoint::new(service_fn(move |_: http::Request<()>| {
+            let answer = match attempts.fetch_add(1, Ordering::SeqCst) {
+                0 => Err::<_, BoxError>("connection reset".into()),
+                _ => Ok(http::Response::new("flaky")),
+            };
+            std::future::ready(answer)
+        }))
+    })
+}
+
+fn post() -> http::Request<()> {
+    http::Request::post("/orders").body(()).unwrap()
+}
+
+/// The default retry reads no method: a POST that fails with an error is sent again, as the module
+/// docs and `docs/composition.md` say.
+#[tokio::test(start_paused = true)]
+async fn the_default_retry_sends_a_failed_post_again() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::builder()
+        .build(flaky_http_endpoint(&attempts))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let answer = client.oneshot(post()).await.unwrap();
+    assert_eq!(*answer.body(), "flaky");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+/// With the HTTP policy the docs recommend over HTTP, a failed POST is returned as it is, and a
+/// failed GET is retried.
+#[tokio::test(start_paused = true)]
+async fn the_http_retry_sends_a_failed_post_once() {
+    let http_retry = || {
+        RetryLayer::builder()
+            .http()
+            .ignore_error::<Open>()
+            .build()
+            .unwrap()
+    };
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::builder()
+        .retry(http_retry())
+        .build(flaky_http_endpoint(&attempts))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let err = client.clone().oneshot(post()).await.unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::builder()
+        .retry(http_retry())
+        .build(flaky_http_endpoint(&attempts))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let answer = client.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(*answer.body(), "flaky");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
 /// The dependency breaker's classifier of `docs/composition.md`'s stack with a rate limiter in the
 /// bulkhead's place: a `Limited` is this client's own quota, not the dependency's health, so it
 /// counts as neither; every other outcome counts as `HttpClassifier` says.
