@@ -1130,6 +1130,73 @@ async fn the_bulkhead_bounds_attempts_in_flight() {
     assert_eq!(permits.available(), 2);
 }
 
+/// The bulkhead sits below the dependency breaker: a call it rejects as `Full` is a failure the
+/// breaker counts (above the breaker, the breaker would never see it).
+#[tokio::test(start_paused = true)]
+async fn the_dependency_breaker_counts_the_bulkheads_rejections() {
+    let calls = Calls::default();
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let permits = bulkhead.handle();
+    let breaker = BreakerLayer::builder()
+        .name("users")
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let dependency = breaker.handle();
+    let client = ClientStack::builder()
+        .breaker(breaker)
+        .bulkhead(bulkhead)
+        .without_retry()
+        .build(endpoints(&["slow"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let running = tokio::spawn(client.clone().oneshot(Req::default()));
+    tokio::task::yield_now().await;
+    assert_eq!(permits.in_flight(), 1);
+    let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+    assert!(is::<Full>(&*err), "{err}");
+    let snapshot = dependency.snapshot();
+    assert_eq!(snapshot.failures, 1, "{snapshot:?}");
+    assert_eq!(running.await.unwrap().unwrap(), "slow");
+    assert_eq!(calls.get("slow"), 1);
+}
+
+/// The bulkhead sits below the retry: each attempt takes a permit and gives it back when it ends,
+/// so none is held while the retry backs off (above the retry, the call would hold one throughout).
+#[tokio::test(start_paused = true)]
+async fn the_retry_holds_no_permit_between_attempts() {
+    let calls = Calls::default();
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let permits = bulkhead.handle();
+    let in_flight_at_retry = Arc::new(Mutex::new(Vec::new()));
+    let seen = in_flight_at_retry.clone();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .budget(RetryBudget::unlimited())
+        .seed(1)
+        .on_event(move |_: &seawall::Name, event: &RetryEvent| {
+            if matches!(event, RetryEvent::Retry { .. }) {
+                seen.lock().unwrap().push(permits.in_flight());
+            }
+        })
+        .build()
+        .unwrap();
+    let client = ClientStack::builder()
+        .retry(retry)
+        .without_breaker()
+        .bulkhead(bulkhead)
+        .balance(BalanceLayer::builder().outlier_detection(OutlierDetection::disabled()))
+        .build(endpoints(&["bad"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let err = client.oneshot(Req::default()).await.unwrap_err();
+    assert!(!is::<Full>(&*err), "{err}");
+    assert_eq!(calls.get("bad"), 3);
+    assert_eq!(*in_flight_at_retry.lock().unwrap(), vec![0, 0]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_standard_stack_works_unchanged() {
     let calls = Calls::default();
