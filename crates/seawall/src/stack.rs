@@ -708,12 +708,13 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     /// (for example `discover::from_list` with the `discover` feature, or a
     /// `tower::discover::ServiceList`).
     ///
-    /// Must be called inside a Tokio runtime: the balancer runs a task that applies discovery
-    /// changes even while no calls arrive.
+    /// Must be called inside a Tokio runtime: the balancer runs a task on it that applies
+    /// discovery changes even while no calls arrive. Outside any runtime this returns a
+    /// [`ConfigError`] for the field `runtime`.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] on `timeout` when the total timeout does not enforce a caller's
+    /// A [`ConfigError`] on `runtime` when called outside a Tokio runtime, on `timeout` when the total timeout does not enforce a caller's
     /// deadline (built with `enforce_outer_deadline(false)`) or does not write its own on the
     /// request (built with `propagate_deadline(false)`), on `per_try_timeout` when it is
     /// longer than the total timeout, on `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
@@ -731,6 +732,13 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     {
         self.validate()?;
         check_breaker_names(self.breaker_name, self.endpoint_breakers.set_name())?;
+        // The balancer spawns its task on this runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::conflict(
+                "runtime",
+                "is required: build must be called inside a Tokio runtime",
+            ));
+        }
         let per_try = self.per_try_timeout.as_ref().map(TimeoutLayer::per_try);
         let balanced = self
             .endpoint_breakers

@@ -1435,6 +1435,19 @@ async fn any_layer_is_accepted_as_the_dependency_breaker() {
         .unwrap();
 }
 
+/// The balancer runs a task on the runtime `build` is called in: outside one, `build` returns an
+/// error rather than panicking.
+#[test]
+fn build_outside_a_tokio_runtime_is_an_error() {
+    let calls = Calls::default();
+    let discover = tower::discover::ServiceList::new(vec![endpoint(&calls)(&"good-1")]);
+    let err = ClientStack::builder()
+        .build::<_, Req, &'static str>(discover)
+        .unwrap_err();
+    assert_eq!(err.field(), "runtime");
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+}
+
 #[test]
 fn stack_is_clone_send_sync() {
     fn check<T: Clone + Send + Sync + 'static>() {}
