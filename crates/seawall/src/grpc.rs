@@ -71,7 +71,9 @@
 //!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
 //!   that enforces the deadline, or a little earlier (the header is rounded down): [`SendDeadline`]
 //!   holds that error back for the timeout to cancel the attempt, so no breaker or outlier
-//!   detection counts the caller's deadline against the endpoint. For unary calls:
+//!   detection counts the caller's deadline against the endpoint (a caller's shorter header that
+//!   no seawall timeout enforces, without [`HonorTimeoutLayer`] above, is not held: its
+//!   `TimeoutExpired` is returned as it comes). For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
 //!   stream that outlasts the deadline.
@@ -858,8 +860,10 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// finds those two milliseconds over stays pending, and only the next one fails, so the timeout
 /// above, polled after the response future, cancels the attempt even when it sees its own timer
 /// fire in the same pass (a task polled late, on a busy thread). A `TimeoutExpired` that comes
-/// earlier (an `Endpoint::timeout` shorter than the time left) is returned as it is. The timer is
-/// started only then: an answer, or any other error, is returned at once.
+/// earlier is returned as it is: an `Endpoint::timeout` shorter than the time left, or a caller's
+/// header kept that is shorter than the time left by more than that rounding (without
+/// [`HonorTimeoutLayer`] above, no seawall timeout enforces it). The timer is started only then:
+/// an answer, or any other error, is returned at once.
 #[derive(Debug, Clone)]
 pub struct SendDeadline<S> {
     inner: S,
@@ -914,28 +918,32 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let told = request.deadline().map(|deadline| {
+        let told = request.deadline().and_then(|deadline| {
             let now = Instant::now();
             let ours = GrpcTimeout::encode(deadline.saturating_duration_since(now));
+            let told = Told {
+                deadline,
+                slack: UNITS[ours.unit].1.max(TICK),
+            };
             let theirs = request
                 .headers()
                 .get(GRPC_TIMEOUT)
                 .and_then(parse_timeout)
                 .filter(|&theirs| theirs <= ours.duration());
             match theirs {
-                // The caller's header is kept: it stands for that long from now.
-                Some(theirs) => Told {
-                    deadline: deadline_after(now, theirs),
-                    slack: TICK,
-                },
+                // The caller's header is kept. It stands for the request's deadline (the one
+                // `HonorTimeout` read from it) only if it falls short of the time left by no more
+                // than the rounding of a header written for that deadline; a shorter one is a
+                // timeout of the caller's that no timeout above enforces, and the `Channel`'s
+                // `TimeoutExpired` on it is returned as it is.
+                Some(theirs) => (deadline.saturating_duration_since(deadline_after(now, theirs))
+                    <= told.slack)
+                    .then_some(told),
                 None => {
                     request
                         .headers_mut()
                         .insert(GRPC_TIMEOUT, ours.to_header_value());
-                    Told {
-                        deadline,
-                        slack: UNITS[ours.unit].1.max(TICK),
-                    }
+                    Some(told)
                 }
             }
         });

@@ -647,3 +647,18 @@ async fn a_channel_timeout_a_header_unit_early_is_held() {
     assert_eq!(start.elapsed(), told);
     assert_eq!(counted.dependency_failures(), 0);
 }
+
+/// Without `HonorTimeoutLayer` above, a caller's `grpc-timeout` shorter than the time left to the
+/// request's deadline is kept as it came, and no seawall timeout enforces it: the `Channel`'s
+/// `TimeoutExpired` on it is the caller's own timeout, returned as it is when it comes.
+#[tokio::test(start_paused = true)]
+async fn a_channel_timeout_at_a_callers_shorter_header_is_returned_as_it_is() {
+    let client = SendDeadlineLayer::new().layer(channel(Duration::from_secs(1), None));
+    let mut request = with_grpc_timeout("100m");
+    request.set_deadline(Instant::now() + Duration::from_secs(1));
+    let start = Instant::now();
+    let error = client.oneshot(request).await.unwrap_err();
+    assert!(is::<tonic::TimeoutExpired>(&*error), "{error:?}");
+    assert!(!is::<Elapsed>(&*error), "{error:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
