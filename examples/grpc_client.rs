@@ -6,6 +6,11 @@
 //! `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above needs to know
 //! only gRPC codes.
 //!
+//! The stack splits at the generated client, as `docs/composition.md` lays it out: the total
+//! timeout and the retry go above it, on messages, and each attempt is called with the total
+//! timeout's deadline in the `tonic::Request`'s extensions; `SendDeadlineLayer` on each `Channel`
+//! sends the time left to the server in `grpc-timeout`.
+//!
 //! One server answers every call UNAVAILABLE; halfway through another shuts down. Every call
 //! still succeeds; the log shows the breakers opening, the ejections and the retries.
 //!
@@ -19,9 +24,13 @@
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, BreakerFilter, OutlierDetection, Picker},
     breaker::{BreakerLayer, SlidingWindow, Transition},
-    core::{classify::GrpcClassifier, deadline::WithDeadline, error::find},
+    core::{
+        classify::GrpcClassifier,
+        deadline::{Deadline, RequestDeadline, WithDeadline},
+        error::find,
+    },
     discover,
-    grpc::StatusLayer,
+    grpc::{SendDeadlineLayer, StatusLayer},
     retry::{Backoff, RetryEvent, RetryLayer},
     BoxError, Name, Outcome, ServiceBuilderExt,
 };
@@ -99,7 +108,7 @@ async fn main() -> Result<(), BoxError> {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     println!("backends: {addrs:?} (the first answers UNAVAILABLE)");
 
-    // One tonic Channel per address, each behind its own breaker.
+    // One tonic Channel per address, each behind its own breaker, telling its server the deadline.
     let endpoint = |addr: &SocketAddr| {
         let breaker = BreakerLayer::builder()
             .name(format!("grpc-{}", addr.port()))
@@ -115,7 +124,10 @@ async fn main() -> Result<(), BoxError> {
             .expect("valid uri")
             .connect_timeout(Duration::from_millis(500))
             .connect_lazy();
-        ServiceBuilder::new().with_breaker(breaker).service(channel)
+        ServiceBuilder::new()
+            .with_breaker(breaker)
+            .layer(SendDeadlineLayer::new())
+            .service(channel)
     };
     let balance = BalanceLayer::builder()
         .name("grpc-health")
@@ -154,7 +166,13 @@ async fn main() -> Result<(), BoxError> {
         .with_retry(retry)
         .service(service_fn(move |req: WithDeadline<HealthCheckRequest>| {
             let mut grpc = grpc.clone();
-            async move { Ok::<_, BoxError>(grpc.check(req.into_inner()).await?.into_inner()) }
+            // The attempt's deadline (the total timeout's) goes down to `SendDeadlineLayer`.
+            let deadline = req.deadline();
+            let mut request = tonic::Request::new(req.into_inner());
+            if let Some(deadline) = deadline {
+                request.extensions_mut().insert(Deadline(deadline));
+            }
+            async move { Ok::<_, BoxError>(grpc.check(request).await?.into_inner()) }
         }));
 
     let mut ok = 0;

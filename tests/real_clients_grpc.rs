@@ -10,7 +10,7 @@ use seawall::{
     breaker::{BreakerLayer, Open, SlidingWindow, State},
     core::{
         classify::{GrpcClassifier, GrpcCode},
-        deadline::WithDeadline,
+        deadline::{Deadline, RequestDeadline, WithDeadline},
         error::{find, is},
     },
     discover,
@@ -138,8 +138,12 @@ fn grpc_classifier_reads_trailers_only_status() {
     );
 }
 
-/// Retry over a balancer over three `Channel`s: one server answers UNAVAILABLE, then another is
-/// shut down. Every call succeeds, and outlier detection (by `GrpcClassifier`) ejects both.
+/// Retry over a balancer over three `Channel`s, split at the generated client as
+/// `docs/composition.md` lays it out: the total timeout and the retry above it, on messages, each
+/// attempt called with the total timeout's deadline, which `SendDeadlineLayer` on each `Channel`
+/// sends to the server. One server answers UNAVAILABLE, then another is shut down. Every call
+/// succeeds, outlier detection (by `GrpcClassifier`) ejects both, and every call reaches its
+/// server with a `grpc-timeout` within the total timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_channels_route_around_unavailable_and_dead_servers() {
     let mut servers = Vec::new();
@@ -177,8 +181,11 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
         .seed(5)
         .build()
         .unwrap()
-        .layer(discover::from_list(addrs.clone(), channel));
+        .layer(discover::from_list(addrs.clone(), |addr: &SocketAddr| {
+            SendDeadlineLayer::new().layer(channel(addr))
+        }));
     let grpc = HealthClient::new(balance);
+    let total = Duration::from_secs(5);
 
     let retry = RetryLayer::builder()
         .name("grpc-retry")
@@ -195,12 +202,17 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
         .build()
         .unwrap();
     let client = ServiceBuilder::new()
-        .with_timeout(Duration::from_secs(5))
+        .with_timeout(total)
         .with_retry(retry)
         .service(service_fn(move |req: WithDeadline<HealthCheckRequest>| {
             let mut grpc = grpc.clone();
+            let deadline = req.deadline();
+            let mut request = tonic::Request::new(req.into_inner());
+            if let Some(deadline) = deadline {
+                request.extensions_mut().insert(Deadline(deadline));
+            }
             async move {
-                let res = grpc.check(req.into_inner()).await?;
+                let res = grpc.check(request).await?;
                 Ok::<_, BoxError>(res.into_inner())
             }
         }));
@@ -237,6 +249,14 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
     assert!(retries.load(SeqCst) <= 3 + 3 + 1, "{retries:?}");
     assert!(servers[2].hits.load(SeqCst) - before >= 55);
     assert_eq!(servers[0].hits.load(SeqCst), 3);
+
+    // Each attempt told its server the time the total timeout had left.
+    for server in &servers {
+        for sent in server.timeouts() {
+            let sent = sent.expect("the total timeout's deadline is sent");
+            assert!(sent > Duration::ZERO && sent <= total, "{sent:?}");
+        }
+    }
 }
 
 /// A breaker over one `Channel`: UNAVAILABLE (HTTP 200, `grpc-status: 14`) opens it, NOT_FOUND
@@ -345,6 +365,22 @@ async fn status_layer_gives_generated_clients_grpc_codes() {
 }
 
 impl GrpcServer {
+    /// The `grpc-timeout` each call arrived with, in order, read as gRPC reads it.
+    fn timeouts(&self) -> Vec<Option<Duration>> {
+        self.timeouts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|value| {
+                let value = value.as_deref()?;
+                Some(
+                    parse_timeout(&http::HeaderValue::from_str(value).unwrap())
+                        .expect("a valid grpc-timeout"),
+                )
+            })
+            .collect()
+    }
+
     /// The `grpc-timeout` the last call arrived with, read as gRPC reads it.
     fn last_timeout(&self) -> Option<Duration> {
         let timeouts = self.timeouts.lock().unwrap();
