@@ -5,8 +5,8 @@ use tower_layer::Layer;
 
 /// Applies a [`Timeout`] to every service it wraps.
 ///
-/// One layer instance is one policy: the services it produces, and their clones, share its name,
-/// listeners and metric handles.
+/// One layer instance is one policy: the services it produces, and their clones, share its name
+/// and listeners. The elapsed counter is looked up when a timeout fires.
 #[derive(Clone)]
 pub struct TimeoutLayer {
     shared: Arc<Shared>,
