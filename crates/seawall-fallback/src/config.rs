@@ -1,4 +1,5 @@
 use crate::{
+    context::{NoContext, WithRequest},
     handler::{FromFn, FromService},
     layer::{ErrorPredicate, Shared},
     Failed, FallbackEvent, FallbackLayer,
@@ -9,11 +10,15 @@ use seawall_core::{
 use std::{error::Error, fmt, sync::Arc};
 
 /// Builds a [`FallbackLayer`]; see [`FallbackLayer::builder`].
-pub struct FallbackBuilder<C = DefaultClassifier> {
+///
+/// `C` is the classifier for responses ([`on_response`](Self::on_response)), `X` what the layer
+/// takes from each request ([`with_request`](Self::with_request); nothing by default).
+pub struct FallbackBuilder<C = DefaultClassifier, X = NoContext> {
     name: Option<String>,
     errors: Option<Vec<ErrorPredicate>>,
     classifier: C,
     listeners: Listeners<FallbackEvent>,
+    context: X,
 }
 
 impl FallbackBuilder {
@@ -23,11 +28,12 @@ impl FallbackBuilder {
             errors: None,
             classifier: DefaultClassifier,
             listeners: Listeners::new(),
+            context: NoContext,
         }
     }
 }
 
-impl<C> FallbackBuilder<C> {
+impl<C, X> FallbackBuilder<C, X> {
     /// The policy instance name for events and metrics. Default `"fallback"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -72,12 +78,40 @@ impl<C> FallbackBuilder<C> {
     /// (for example [`HttpClassifier`](seawall_core::classify::HttpClassifier): 5xx and 429).
     ///
     /// The classifier sees `Ok` results only; errors are matched by the `on_error*` rules.
-    pub fn on_response<C2>(self, classifier: C2) -> FallbackBuilder<C2> {
+    pub fn on_response<C2>(self, classifier: C2) -> FallbackBuilder<C2, X> {
         FallbackBuilder {
             name: self.name,
             errors: self.errors,
             classifier,
             listeners: self.listeners,
+            context: self.context,
+        }
+    }
+
+    /// Captures a context from each request for the fallback: the key of a cache, the request to
+    /// send to a secondary region.
+    ///
+    /// `capture` runs once per call, in `call`, before the request goes to the inner service —
+    /// for every call, as whether the call will fail is not known yet, so keep it cheap (clone a
+    /// `Uri` or a header, not a body). On a failure the fallback receives the context with what
+    /// failed: [`build_fn`](FallbackBuilder::build_fn) then takes a closure
+    /// `Fn(Failed<Res>, Ctx)`, and [`build_service`](FallbackBuilder::build_service) a service of
+    /// [`FailedCall<Res, Ctx>`](crate::FailedCall) requests. When no fallback is needed, the
+    /// context is dropped with the call's future. This includes calls answered from the fallback
+    /// after a readiness error of the inner service: each takes its context from its own request.
+    ///
+    /// Annotate the closure's argument (`|req: &http::Request<B>| ...`): the layer is built before
+    /// it knows its request type. A later `with_request` replaces an earlier one.
+    pub fn with_request<F, Req, Ctx>(self, capture: F) -> FallbackBuilder<C, WithRequest<F>>
+    where
+        F: Fn(&Req) -> Ctx,
+    {
+        FallbackBuilder {
+            name: self.name,
+            errors: self.errors,
+            classifier: self.classifier,
+            listeners: self.listeners,
+            context: WithRequest::new(capture),
         }
     }
 
@@ -87,6 +121,23 @@ impl<C> FallbackBuilder<C> {
         self
     }
 
+    fn build<H>(self, handler: H) -> Result<FallbackLayer<H, C, X>, ConfigError> {
+        let name = match self.name {
+            Some(name) => Name::validate("name", &name)?,
+            None => Name::default_for("fallback"),
+        };
+        let shared = Arc::new(Shared {
+            handler,
+            classifier: self.classifier,
+            errors: self.errors.map(Vec::into_boxed_slice),
+            name,
+            listeners: self.listeners,
+        });
+        Ok(FallbackLayer::from_parts(shared, self.context))
+    }
+}
+
+impl<C> FallbackBuilder<C> {
     /// Builds the layer with a synchronous fallback.
     pub fn build_fn<F, Res>(self, fallback: F) -> Result<FallbackLayer<FromFn<F>, C>, ConfigError>
     where
@@ -102,29 +153,41 @@ impl<C> FallbackBuilder<C> {
     ) -> Result<FallbackLayer<FromService<T>, C>, ConfigError> {
         self.build(FromService::new(fallback))
     }
+}
 
-    fn build<H>(self, handler: H) -> Result<FallbackLayer<H, C>, ConfigError> {
-        let name = match self.name {
-            Some(name) => Name::validate("name", &name)?,
-            None => Name::default_for("fallback"),
-        };
-        Ok(FallbackLayer::from_shared(Arc::new(Shared {
-            handler,
-            classifier: self.classifier,
-            errors: self.errors.map(Vec::into_boxed_slice),
-            name,
-            listeners: self.listeners,
-        })))
+impl<C, G> FallbackBuilder<C, WithRequest<G>> {
+    /// Builds the layer with a synchronous fallback that receives what failed and the context
+    /// [`with_request`](Self::with_request) captured from the call's request.
+    pub fn build_fn<F, Req, Ctx, Res>(
+        self,
+        fallback: F,
+    ) -> Result<FallbackLayer<FromFn<F>, C, WithRequest<G>>, ConfigError>
+    where
+        G: Fn(&Req) -> Ctx,
+        F: Fn(Failed<Res>, Ctx) -> Result<Res, BoxError>,
+    {
+        self.build(FromFn(fallback))
+    }
+
+    /// Builds the layer with a fallback service, called with a [`FailedCall`](crate::FailedCall)
+    /// request: what failed, and the context [`with_request`](Self::with_request) captured from the
+    /// call's request.
+    pub fn build_service<T>(
+        self,
+        fallback: T,
+    ) -> Result<FallbackLayer<FromService<T>, C, WithRequest<G>>, ConfigError> {
+        self.build(FromService::new(fallback))
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for FallbackBuilder<C> {
+impl<C: fmt::Debug, X: fmt::Debug> fmt::Debug for FallbackBuilder<C, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackBuilder")
             .field("name", &self.name)
             .field("error_rules", &self.errors.as_ref().map(Vec::len))
             .field("classifier", &self.classifier)
             .field("listeners", &self.listeners)
+            .field("context", &self.context)
             .finish()
     }
 }

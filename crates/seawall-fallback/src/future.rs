@@ -1,6 +1,4 @@
-use crate::{
-    layer::Shared, Failed, FailedResponse, FallbackEvent, FallbackFailed, FallbackHandler,
-};
+use crate::{layer::Shared, ContextHandler, Failed, FailedResponse, FallbackEvent, FallbackFailed};
 use pin_project_lite::pin_project;
 use seawall_core::{metrics, BoxError, Classify, Outcome};
 use std::{
@@ -16,12 +14,16 @@ use tokio::time::Instant;
 
 pin_project! {
     /// The response future of [`Fallback`](crate::Fallback).
-    pub struct ResponseFuture<F, H, C, Res>
+    ///
+    /// `Ctx` is the context captured from the call's request: `()` for a layer without
+    /// [`with_request`](crate::FallbackBuilder::with_request), [`Captured`](crate::Captured) for
+    /// a layer with it. The future holds it until the call succeeds or the fallback takes it.
+    pub struct ResponseFuture<F, H, C, Res, Ctx = ()>
     where
-        H: FallbackHandler<Res>,
+        H: ContextHandler<Res, Ctx>,
     {
         #[pin]
-        state: State<F, H::Future>,
+        state: State<F, H::Future, Ctx>,
         shared: Arc<Shared<H, C>>,
         started: Option<Instant>,
     }
@@ -29,21 +31,29 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, G> {
-        Primary { #[pin] fut: F },
+    #[project_replace = StateProjReplace]
+    enum State<F, G, Ctx> {
+        Primary { #[pin] fut: F, context: Ctx },
         // The inner service's readiness failed with an error the layer handles; it was not called.
-        NotReady { error: Option<Arc<dyn Error + Send + Sync>> },
+        NotReady { error: Arc<dyn Error + Send + Sync>, context: Ctx },
+        // Between the failure and the fallback's call, while the context moves to the fallback.
+        HandingOver,
         Fallback { #[pin] fut: G, original: Arc<dyn Error + Send + Sync> },
     }
 }
 
-impl<F, H, C, Res> ResponseFuture<F, H, C, Res>
+impl<F, H, C, Res, Ctx> ResponseFuture<F, H, C, Res, Ctx>
 where
-    H: FallbackHandler<Res>,
+    H: ContextHandler<Res, Ctx>,
 {
-    pub(crate) fn new(fut: F, shared: Arc<Shared<H, C>>, started: Option<Instant>) -> Self {
+    pub(crate) fn new(
+        fut: F,
+        shared: Arc<Shared<H, C>>,
+        started: Option<Instant>,
+        context: Ctx,
+    ) -> Self {
         ResponseFuture {
-            state: State::Primary { fut },
+            state: State::Primary { fut, context },
             shared,
             started,
         }
@@ -53,20 +63,21 @@ where
     pub(crate) fn not_ready(
         error: Arc<dyn Error + Send + Sync>,
         shared: Arc<Shared<H, C>>,
+        context: Ctx,
     ) -> Self {
         ResponseFuture {
-            state: State::NotReady { error: Some(error) },
+            state: State::NotReady { error, context },
             shared,
             started: None,
         }
     }
 }
 
-impl<F, E, H, C, Res> Future for ResponseFuture<F, H, C, Res>
+impl<F, E, H, C, Res, Ctx> Future for ResponseFuture<F, H, C, Res, Ctx>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,
-    H: FallbackHandler<Res>,
+    H: ContextHandler<Res, Ctx>,
     C: Classify<Res, BoxError>,
 {
     type Output = Result<Res, BoxError>;
@@ -75,7 +86,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Primary { fut } => {
+                StateProj::Primary { fut, .. } => {
                     let shared = &**this.shared;
                     let (failed, original): (Failed<Res>, Arc<dyn Error + Send + Sync>) =
                         match ready!(fut.poll(cx)) {
@@ -96,18 +107,29 @@ where
                                 (Failed::Error(err.clone()), err)
                             }
                         };
-                    use_fallback(this.state.as_mut(), this.shared, failed, original);
+                    // Drops the primary future and takes the context for the fallback.
+                    let context = match this.state.as_mut().project_replace(State::HandingOver) {
+                        StateProjReplace::Primary { context, .. } => context,
+                        _ => unreachable!("the state was Primary"),
+                    };
+                    use_fallback(this.state.as_mut(), this.shared, failed, context, original);
                 }
-                StateProj::NotReady { error } => {
-                    let err = error
-                        .take()
-                        .expect("fallback ResponseFuture polled after completion");
+                StateProj::NotReady { .. } => {
+                    let (err, context) =
+                        match this.state.as_mut().project_replace(State::HandingOver) {
+                            StateProjReplace::NotReady { error, context } => (error, context),
+                            _ => unreachable!("the state was NotReady"),
+                        };
                     use_fallback(
                         this.state.as_mut(),
                         this.shared,
                         Failed::Error(err.clone()),
+                        context,
                         err,
                     );
+                }
+                StateProj::HandingOver => {
+                    panic!("fallback ResponseFuture polled after the fallback panicked")
                 }
                 StateProj::Fallback { fut, original } => {
                     return Poll::Ready(match ready!(fut.poll(cx)) {
@@ -127,14 +149,15 @@ where
     }
 }
 
-/// Hands a failed call to the fallback.
-fn use_fallback<F, H, C, Res>(
-    mut state: Pin<&mut State<F, H::Future>>,
+/// Hands a failed call, with the context captured from its request, to the fallback.
+fn use_fallback<F, H, C, Res, Ctx>(
+    mut state: Pin<&mut State<F, H::Future, Ctx>>,
     shared: &Shared<H, C>,
     failed: Failed<Res>,
+    context: Ctx,
     original: Arc<dyn Error + Send + Sync>,
 ) where
-    H: FallbackHandler<Res>,
+    H: ContextHandler<Res, Ctx>,
 {
     let event = FallbackEvent::Used {
         error: failed.error().is_some(),
@@ -142,18 +165,19 @@ fn use_fallback<F, H, C, Res>(
     metrics::counter(metrics::FALLBACK_USED, &shared.name).increment(1);
     tracing::debug!(name = %shared.name, cause = %original, "seawall fallback used");
     shared.listeners.emit(&shared.name, &event);
-    let fut = shared.handler.handle(failed);
+    let fut = shared.handler.handle(failed, context);
     state.set(State::Fallback { fut, original });
 }
 
-impl<F, H, C, Res> fmt::Debug for ResponseFuture<F, H, C, Res>
+impl<F, H, C, Res, Ctx> fmt::Debug for ResponseFuture<F, H, C, Res, Ctx>
 where
-    H: FallbackHandler<Res>,
+    H: ContextHandler<Res, Ctx>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Primary { .. } => "primary",
             State::NotReady { .. } => "not ready",
+            State::HandingOver => "handing over",
             State::Fallback { .. } => "fallback",
         };
         f.debug_struct("ResponseFuture")

@@ -1,3 +1,4 @@
+use crate::context::Captured;
 use seawall_core::{error, BoxError, RequestDeadline};
 use std::{
     error::Error,
@@ -60,10 +61,32 @@ impl<Res> fmt::Debug for Failed<Res> {
     }
 }
 
+/// A failed call with the context captured from its request: what a fallback service built after
+/// [`with_request`](crate::FallbackBuilder::with_request) is called with.
+pub struct FailedCall<Res, Ctx> {
+    /// What failed: the error, or the failed response.
+    pub failed: Failed<Res>,
+    /// What [`with_request`](crate::FallbackBuilder::with_request) took from the call's request.
+    pub context: Ctx,
+}
+
+/// A failed call carries no deadline, as [`Failed`] does not.
+impl<Res, Ctx> RequestDeadline for FailedCall<Res, Ctx> {}
+
+impl<Res, Ctx: fmt::Debug> fmt::Debug for FailedCall<Res, Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedCall")
+            .field("failed", &self.failed)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
 /// Produces the answer for a failed call.
 ///
 /// Implemented by [`FromFn`] (a synchronous closure) and [`FromService`] (an async service);
-/// the builder's `build_fn` and `build_service` wrap them for you.
+/// the builder's `build_fn` and `build_service` wrap them for you. A fallback that receives the
+/// request's context is a [`ContextHandler`] instead.
 pub trait FallbackHandler<Res> {
     /// The fallback's error.
     type Error: Into<BoxError>;
@@ -72,6 +95,34 @@ pub trait FallbackHandler<Res> {
 
     /// Answers for a failed call.
     fn handle(&self, failed: Failed<Res>) -> Self::Future;
+}
+
+/// Produces the answer for a failed call from what failed and the context captured from its
+/// request: `Ctx` is `()` for a layer without [`with_request`](crate::FallbackBuilder::with_request)
+/// (every [`FallbackHandler`] is one), [`Captured<T>`] for a layer with it.
+///
+/// Implemented by [`FromFn`] and [`FromService`]; the builder wraps them for you.
+pub trait ContextHandler<Res, Ctx> {
+    /// The fallback's error.
+    type Error: Into<BoxError>;
+    /// The fallback's answer.
+    type Future: Future<Output = Result<Res, Self::Error>>;
+
+    /// Answers for a failed call, given the context captured from its request.
+    fn handle(&self, failed: Failed<Res>, context: Ctx) -> Self::Future;
+}
+
+impl<H, Res> ContextHandler<Res, ()> for H
+where
+    H: FallbackHandler<Res>,
+{
+    type Error = H::Error;
+    type Future = H::Future;
+
+    #[inline]
+    fn handle(&self, failed: Failed<Res>, (): ()) -> Self::Future {
+        FallbackHandler::handle(self, failed)
+    }
 }
 
 /// A fallback from a synchronous closure.
@@ -93,13 +144,28 @@ where
     }
 }
 
+/// A closure given the context too: `Fn(Failed<Res>, Ctx)`, built after
+/// [`with_request`](crate::FallbackBuilder::with_request).
+impl<F, Res, Ctx> ContextHandler<Res, Captured<Ctx>> for FromFn<F>
+where
+    F: Fn(Failed<Res>, Ctx) -> Result<Res, BoxError>,
+{
+    type Error = BoxError;
+    type Future = Ready<Result<Res, BoxError>>;
+
+    fn handle(&self, failed: Failed<Res>, context: Captured<Ctx>) -> Self::Future {
+        ready((self.0)(failed, context.0))
+    }
+}
+
 impl<F> fmt::Debug for FromFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FromFn")
     }
 }
 
-/// A fallback from a service that takes [`Failed`] requests.
+/// A fallback from a service that takes [`Failed`] requests, or [`FailedCall`] requests when the
+/// layer captures a context from each request.
 ///
 /// Each fallback call clones the service and drives the clone to readiness (a
 /// [`oneshot`](tower::ServiceExt::oneshot)), so the fallback service is never called unready.
@@ -136,6 +202,24 @@ where
 
     fn handle(&self, failed: Failed<Res>) -> Self::Future {
         self.service().oneshot(failed)
+    }
+}
+
+/// A service given the context too: a `Service<FailedCall<Res, Ctx>>`, built after
+/// [`with_request`](crate::FallbackBuilder::with_request).
+impl<T, Res, Ctx> ContextHandler<Res, Captured<Ctx>> for FromService<T>
+where
+    T: Service<FailedCall<Res, Ctx>, Response = Res> + Clone,
+    T::Error: Into<BoxError>,
+{
+    type Error = T::Error;
+    type Future = Oneshot<T, FailedCall<Res, Ctx>>;
+
+    fn handle(&self, failed: Failed<Res>, context: Captured<Ctx>) -> Self::Future {
+        self.service().oneshot(FailedCall {
+            failed,
+            context: context.0,
+        })
     }
 }
 

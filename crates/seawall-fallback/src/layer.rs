@@ -1,4 +1,4 @@
-use crate::{config::FallbackBuilder, Fallback, FallbackEvent};
+use crate::{config::FallbackBuilder, context::NoContext, Fallback, FallbackEvent};
 use seawall_core::{Listeners, Name};
 use std::{error::Error, fmt, sync::Arc};
 use tower_layer::Layer;
@@ -8,10 +8,14 @@ pub(crate) type ErrorPredicate = Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Se
 /// Applies a [`Fallback`] to every service it wraps.
 ///
 /// `H` is the fallback handler ([`FromFn`](crate::FromFn) or [`FromService`](crate::FromService)),
-/// `C` the classifier for responses. One layer instance is one policy: the services it produces,
-/// and their clones, share its handler, rules, listeners and metric handles.
-pub struct FallbackLayer<H, C> {
+/// `C` the classifier for responses, `X` what the layer takes from each request
+/// ([`NoContext`](crate::NoContext), or [`WithRequest`](crate::WithRequest) after
+/// [`with_request`](FallbackBuilder::with_request)). One layer instance is one policy: the
+/// services it produces, and their clones, share its handler, rules, listeners, metric handles
+/// and context closure.
+pub struct FallbackLayer<H, C, X = NoContext> {
     shared: Arc<Shared<H, C>>,
+    context: X,
 }
 
 pub(crate) struct Shared<H, C> {
@@ -39,9 +43,9 @@ impl FallbackLayer<(), ()> {
     }
 }
 
-impl<H, C> FallbackLayer<H, C> {
-    pub(crate) fn from_shared(shared: Arc<Shared<H, C>>) -> Self {
-        FallbackLayer { shared }
+impl<H, C, X> FallbackLayer<H, C, X> {
+    pub(crate) fn from_parts(shared: Arc<Shared<H, C>>, context: X) -> Self {
+        FallbackLayer { shared, context }
     }
 
     /// The policy instance name.
@@ -50,36 +54,51 @@ impl<H, C> FallbackLayer<H, C> {
     }
 }
 
-impl<H, C> Clone for FallbackLayer<H, C> {
+impl<H, C, X: Clone> Clone for FallbackLayer<H, C, X> {
     fn clone(&self) -> Self {
         FallbackLayer {
             shared: self.shared.clone(),
+            context: self.context.clone(),
         }
     }
 }
 
-impl<S, H, C> Layer<S> for FallbackLayer<H, C> {
-    type Service = Fallback<S, H, C>;
+impl<S, H, C, X: Clone> Layer<S> for FallbackLayer<H, C, X> {
+    type Service = Fallback<S, H, C, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Fallback::from_shared(inner, self.shared.clone())
+        Fallback::from_parts(inner, self.shared.clone(), self.context.clone())
     }
 }
 
-impl<H, C> fmt::Debug for FallbackLayer<H, C> {
+impl<H, C, X: fmt::Debug> fmt::Debug for FallbackLayer<H, C, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.shared, f)
+        self.shared
+            .debug_fields(f, "FallbackLayer")
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+impl<H, C> Shared<H, C> {
+    /// The policy's fields, for the `Debug` output of the layer and its services.
+    pub(crate) fn debug_fields<'a, 'b>(
+        &self,
+        f: &'a mut fmt::Formatter<'b>,
+        name: &str,
+    ) -> fmt::DebugStruct<'a, 'b> {
+        let mut d = f.debug_struct(name);
+        d.field("name", &self.name)
+            .field("handler", &std::any::type_name::<H>())
+            .field("classifier", &std::any::type_name::<C>())
+            .field("error_rules", &self.errors.as_ref().map(|p| p.len()))
+            .field("listeners", &self.listeners);
+        d
     }
 }
 
 impl<H, C> fmt::Debug for Shared<H, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FallbackLayer")
-            .field("name", &self.name)
-            .field("handler", &std::any::type_name::<H>())
-            .field("classifier", &std::any::type_name::<C>())
-            .field("error_rules", &self.errors.as_ref().map(|p| p.len()))
-            .field("listeners", &self.listeners)
-            .finish()
+        self.debug_fields(f, "FallbackLayer").finish()
     }
 }

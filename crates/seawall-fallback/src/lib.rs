@@ -5,7 +5,10 @@
 //! instead: a synchronous closure ([`build_fn`](FallbackBuilder::build_fn)) or a service
 //! ([`build_service`](FallbackBuilder::build_service), for a fallback that itself does I/O, like
 //! reading a cache or calling a secondary region). The fallback receives what failed, a
-//! [`Failed`]: the error, or the failed response.
+//! [`Failed`]: the error, or the failed response; and, when the layer is built with
+//! [`with_request`](FallbackBuilder::with_request), a context taken from the call's request: the
+//! key to read the cache by, the request to send to the secondary region (see
+//! [The request's context](#the-requests-context)).
 //!
 //! What matches:
 //!
@@ -40,6 +43,7 @@
 //! | errors handled | all |
 //! | responses handled | none |
 //! | `name` | `"fallback"` |
+//! | context from the request | none ([`with_request`](FallbackBuilder::with_request)) |
 //!
 //! # Example
 //!
@@ -70,6 +74,55 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # The request's context
+//!
+//! A fallback that answers per request needs something from the request, which the inner service
+//! consumed. [`with_request`](FallbackBuilder::with_request) takes it in `call`, with a closure
+//! `Fn(&Req) -> Ctx` run once per call (for every call: whether it will fail is not known yet, so
+//! it should be cheap, like cloning the `Uri`). On a failure the fallback receives it with what
+//! failed: [`build_fn`](FallbackBuilder::build_fn) then takes `Fn(Failed<Res>, Ctx)`, and
+//! [`build_service`](FallbackBuilder::build_service) a service of [`FailedCall<Res, Ctx>`]
+//! requests (`failed` and `context`). Calls answered from the fallback after a readiness error take
+//! the context from their own requests too. Without `with_request` nothing is captured, and the
+//! layer costs nothing more.
+//!
+//! A cache keyed by the request's URI, answering each request that times out with its own entry:
+//!
+//! ```
+//! use http::{Request, Response, Uri};
+//! use seawall::{fallback::{Failed, FallbackLayer}, timeout::Elapsed, BoxError, ServiceBuilderExt};
+//! use std::{collections::HashMap, time::Duration};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let upstream = service_fn(|_: Request<()>| async {
+//!     tokio::time::sleep(Duration::from_secs(5)).await;
+//!     Ok::<_, BoxError>(Response::new("fresh".to_string()))
+//! });
+//! let cache = HashMap::from([("/users/7", "cached user 7"), ("/users/8", "cached user 8")]);
+//! let fallback = FallbackLayer::builder()
+//!     .name("users-cache")
+//!     .on_error_type::<Elapsed>()
+//!     .with_request(|req: &Request<()>| req.uri().clone())
+//!     .build_fn(move |_failed: Failed<Response<String>>, uri: Uri| {
+//!         let body = cache.get(uri.path()).ok_or("cache miss")?;
+//!         Ok(Response::new(body.to_string()))
+//!     })?;
+//! let client = ServiceBuilder::new()
+//!     .with_fallback(fallback)
+//!     .with_timeout(Duration::from_secs(1))
+//!     .service(upstream);
+//!
+//! for id in [7, 8] {
+//!     let req = Request::get(format!("/users/{id}")).body(())?;
+//!     let res = client.clone().oneshot(req).await?;
+//!     assert_eq!(*res.body(), format!("cached user {id}"));
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -80,6 +133,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+mod context;
 mod error;
 mod future;
 mod handler;
@@ -87,9 +141,10 @@ mod layer;
 mod service;
 
 pub use config::FallbackBuilder;
+pub use context::{Captured, NoContext, WithRequest};
 pub use error::{FailedResponse, FallbackFailed};
 pub use future::ResponseFuture;
-pub use handler::{Failed, FallbackHandler, FromFn, FromService};
+pub use handler::{ContextHandler, Failed, FailedCall, FallbackHandler, FromFn, FromService};
 pub use layer::FallbackLayer;
 pub use service::Fallback;
 

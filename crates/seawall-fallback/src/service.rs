@@ -1,4 +1,8 @@
-use crate::{layer::Shared, FallbackHandler, ResponseFuture};
+use crate::{
+    context::{Captured, NoContext, WithRequest},
+    layer::Shared,
+    ContextHandler, FallbackHandler, ResponseFuture,
+};
 use seawall_core::{BoxError, Classify};
 use std::{
     error::Error,
@@ -10,6 +14,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 /// Answers failed calls to `S` from a fallback; see the [crate docs](crate).
+///
+/// `X` is what the service takes from each request: [`NoContext`] (the default), or
+/// [`WithRequest`], whose closure runs in `call` and whose context goes to the fallback with what
+/// failed (see [`with_request`](crate::FallbackBuilder::with_request)).
 ///
 /// A readiness error of `S` that the layer handles is kept: from then on `poll_ready` reports
 /// ready and every call is answered from the fallback with that error. `S` itself is dropped (a
@@ -30,9 +38,10 @@ use tower_service::Service;
 /// balancer that keeps each endpoint's service instead of cloning it per call (tower's
 /// `p2c::Balance`) would also keep a failed `Fallback`: ready from then on, answering every call
 /// it is given from the fallback.
-pub struct Fallback<S, H, C> {
+pub struct Fallback<S, H, C, X = NoContext> {
     state: State<S>,
     shared: Arc<Shared<H, C>>,
+    context: X,
 }
 
 /// The inner service, or the readiness error that ended it.
@@ -46,11 +55,12 @@ enum State<S> {
 
 // ===== impl Fallback =====
 
-impl<S, H, C> Fallback<S, H, C> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<H, C>>) -> Self {
+impl<S, H, C, X> Fallback<S, H, C, X> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<H, C>>, context: X) -> Self {
         Fallback {
             state: State::Running(inner),
             shared,
+            context,
         }
     }
 
@@ -92,6 +102,48 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.poll_inner_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.call_with(req, ())
+    }
+}
+
+/// A service that captures a context from each request: the closure runs here, in `call`, for
+/// the inner service's calls and for those answered from the fallback after a readiness error.
+impl<S, H, C, G, Req, Ctx> Service<Req> for Fallback<S, H, C, WithRequest<G>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    G: Fn(&Req) -> Ctx,
+    H: ContextHandler<S::Response, Captured<Ctx>>,
+    C: Classify<S::Response, BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, H, C, S::Response, Captured<Ctx>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.poll_inner_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let context = self.context.capture(&req);
+        self.call_with(req, context)
+    }
+}
+
+impl<S, H, C, X> Fallback<S, H, C, X> {
+    #[inline]
+    fn poll_inner_ready<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
         let inner = match &mut self.state {
             State::Running(inner) => inner,
             State::Failed(_) => return Poll::Ready(Ok(())),
@@ -102,19 +154,30 @@ where
         }
     }
 
+    /// Calls the inner service, or answers from the fallback with the kept readiness error; a
+    /// failure hands `context` to the fallback.
     #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call_with<Req, Ctx>(
+        &mut self,
+        req: Req,
+        context: Ctx,
+    ) -> ResponseFuture<S::Future, H, C, S::Response, Ctx>
+    where
+        S: Service<Req>,
+        H: ContextHandler<S::Response, Ctx>,
+        C: Classify<S::Response, BoxError>,
+    {
         match &mut self.state {
             State::Running(inner) => {
                 let started = self.shared.classifier.uses_elapsed().then(Instant::now);
-                ResponseFuture::new(inner.call(req), self.shared.clone(), started)
+                ResponseFuture::new(inner.call(req), self.shared.clone(), started, context)
             }
-            State::Failed(error) => ResponseFuture::not_ready(error.clone(), self.shared.clone()),
+            State::Failed(error) => {
+                ResponseFuture::not_ready(error.clone(), self.shared.clone(), context)
+            }
         }
     }
-}
 
-impl<S, H, C> Fallback<S, H, C> {
     /// Keeps a readiness error the layer handles for every later call to answer from the
     /// fallback, dropping the failed inner service and what it reserved; returns any other.
     #[cold]
@@ -127,7 +190,7 @@ impl<S, H, C> Fallback<S, H, C> {
     }
 }
 
-impl<S: Clone, H, C> Clone for Fallback<S, H, C> {
+impl<S: Clone, H, C, X: Clone> Clone for Fallback<S, H, C, X> {
     /// A clone of a failed service is failed too, with the same error, and has no inner service.
     fn clone(&self) -> Self {
         Fallback {
@@ -136,15 +199,17 @@ impl<S: Clone, H, C> Clone for Fallback<S, H, C> {
                 State::Failed(error) => State::Failed(error.clone()),
             },
             shared: self.shared.clone(),
+            context: self.context.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, H, C> fmt::Debug for Fallback<S, H, C> {
+impl<S: fmt::Debug, H, C, X: fmt::Debug> fmt::Debug for Fallback<S, H, C, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("inner", &self.get_ref())
             .field("policy", &*self.shared)
+            .field("context", &self.context)
             .field("failed", &matches!(self.state, State::Failed(_)))
             .finish()
     }

@@ -28,10 +28,10 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     /// Adds a [`FallbackLayer`](crate::fallback::FallbackLayer).
     #[cfg(feature = "fallback")]
     #[cfg_attr(docsrs, doc(cfg(feature = "fallback")))]
-    fn with_fallback<H, C>(
+    fn with_fallback<H, C, X>(
         self,
-        fallback: seawall_fallback::FallbackLayer<H, C>,
-    ) -> ServiceBuilder<Stack<seawall_fallback::FallbackLayer<H, C>, L>>;
+        fallback: seawall_fallback::FallbackLayer<H, C, X>,
+    ) -> ServiceBuilder<Stack<seawall_fallback::FallbackLayer<H, C, X>, L>>;
 
     // ----- breaker methods -----
     /// Adds a [`BreakerLayer`](crate::breaker::BreakerLayer): a circuit breaker built with
@@ -104,10 +104,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "fallback")]
-    fn with_fallback<H, C>(
+    fn with_fallback<H, C, X>(
         self,
-        fallback: seawall_fallback::FallbackLayer<H, C>,
-    ) -> ServiceBuilder<Stack<seawall_fallback::FallbackLayer<H, C>, L>> {
+        fallback: seawall_fallback::FallbackLayer<H, C, X>,
+    ) -> ServiceBuilder<Stack<seawall_fallback::FallbackLayer<H, C, X>, L>> {
         self.layer(fallback)
     }
 

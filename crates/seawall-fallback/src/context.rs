@@ -1,0 +1,57 @@
+//! What a fallback may take from the request: nothing by default, or what a closure given to
+//! [`with_request`](crate::FallbackBuilder::with_request) captures in `call`, before the request
+//! goes to the inner service (the policy Polly calls the fallback's context, and Hystrix's
+//! `getFallback()` reads from the command's arguments).
+
+use std::{fmt, sync::Arc};
+
+/// A layer that takes nothing from the request: its fallback receives only what failed.
+///
+/// The default for [`FallbackBuilder`](crate::FallbackBuilder), [`FallbackLayer`](crate::FallbackLayer)
+/// and [`Fallback`](crate::Fallback); it costs nothing per call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoContext;
+
+/// A layer that captures a context from each request with a closure `Fn(&Req) -> Ctx`; see
+/// [`with_request`](crate::FallbackBuilder::with_request).
+///
+/// The closure is shared by the layer, its services and their clones.
+pub struct WithRequest<F>(Arc<F>);
+
+impl<F> WithRequest<F> {
+    pub(crate) fn new(capture: F) -> Self {
+        WithRequest(Arc::new(capture))
+    }
+
+    /// Captures the context of one request.
+    #[inline]
+    pub(crate) fn capture<Req, Ctx>(&self, req: &Req) -> Captured<Ctx>
+    where
+        F: Fn(&Req) -> Ctx,
+    {
+        Captured((self.0)(req))
+    }
+}
+
+impl<F> Clone for WithRequest<F> {
+    fn clone(&self) -> Self {
+        WithRequest(self.0.clone())
+    }
+}
+
+impl<F> fmt::Debug for WithRequest<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WithRequest")
+    }
+}
+
+/// The context [`with_request`](crate::FallbackBuilder::with_request) captured from one call's
+/// request, held by the call's [`ResponseFuture`](crate::ResponseFuture) until a failure hands it
+/// to the fallback.
+pub struct Captured<Ctx>(pub(crate) Ctx);
+
+impl<Ctx: fmt::Debug> fmt::Debug for Captured<Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Captured").field(&self.0).finish()
+    }
+}

@@ -1,0 +1,266 @@
+//! A context captured from each request in `call` reaches the fallback with what failed.
+
+use http::{Request, Response, Uri};
+use seawall_core::{
+    classify::{DefaultClassifier, HttpClassifier},
+    BoxError, Elapsed,
+};
+use seawall_fallback::{
+    Captured, Failed, FailedCall, FallbackFailed, FallbackLayer, FromFn, FromService,
+    ResponseFuture, WithRequest,
+};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    marker::PhantomData,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+use tower::{service_fn, util::BoxCloneService, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+type Res = Response<String>;
+
+fn get(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+/// Answers by path: `/timeout` times out, `/busy` is a 503, `/reset` a connection reset,
+/// `/refused` a "refused" error; anything else is a fresh 200.
+fn upstream() -> impl Service<
+    Request<()>,
+    Response = Res,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Res, BoxError>> + Send,
+> + Clone {
+    service_fn(|req: Request<()>| async move {
+        match req.uri().path() {
+            "/timeout" => Err(Box::new(Elapsed::new()) as BoxError),
+            "/busy" => Ok(Response::builder()
+                .status(503)
+                .body("busy".to_string())
+                .unwrap()),
+            "/reset" => Err(io::Error::from(io::ErrorKind::ConnectionReset).into()),
+            "/refused" => Err("refused".into()),
+            _ => Ok(Response::new("fresh".to_string())),
+        }
+    })
+}
+
+/// Calls `svc` once it is ready with a GET of `path`; the response's body.
+async fn body<S>(svc: &mut S, path: &str) -> Result<String, BoxError>
+where
+    S: Service<Request<()>, Response = Res, Error = BoxError>,
+{
+    let res = svc.ready().await?.call(get(path)).await?;
+    Ok(res.into_body())
+}
+
+fn future_of<S: Service<R>, R>(_: &S) -> PhantomData<S::Future> {
+    PhantomData
+}
+
+/// The fallback's answer: the captured path, and what failed.
+fn describe(failed: Failed<Res>, path: String) -> Result<Res, BoxError> {
+    let what = match failed {
+        Failed::Error(e) => e.to_string(),
+        Failed::Response(r) => r.status().to_string(),
+    };
+    Ok(Response::new(format!("{path}: {what}")))
+}
+
+/// Two different requests fail; a cache keyed by the request's URI answers each with its own
+/// entry, and a miss fails the call with both failures.
+#[tokio::test]
+async fn a_cache_fallback_answers_each_request_by_its_uri() {
+    let cache: Arc<HashMap<&str, &str>> = Arc::new(HashMap::from([
+        ("/users/7", "cached user 7"),
+        ("/users/8", "cached user 8"),
+    ]));
+    let lookup = service_fn(move |call: FailedCall<Res, Uri>| {
+        let cache = cache.clone();
+        async move {
+            assert!(call.failed.is::<Elapsed>());
+            match cache.get(call.context.path()) {
+                Some(body) => Ok(Response::new(body.to_string())),
+                None => Err(BoxError::from("cache miss")),
+            }
+        }
+    });
+    let layer = FallbackLayer::builder()
+        .on_error_type::<Elapsed>()
+        .with_request(|req: &Request<()>| req.uri().clone())
+        .build_service(lookup)
+        .unwrap();
+    let down =
+        service_fn(|_: Request<()>| async { Err::<Res, BoxError>(Box::new(Elapsed::new())) });
+    let mut svc = layer.layer(down);
+
+    for (path, body) in [
+        ("/users/7", "cached user 7"),
+        ("/users/8", "cached user 8"),
+        ("/users/7", "cached user 7"),
+    ] {
+        let res = svc.ready().await.unwrap().call(get(path)).await.unwrap();
+        assert_eq!(res.body(), body, "GET {path}");
+    }
+
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/users/9"))
+        .await
+        .unwrap_err();
+    let failed = err
+        .downcast_ref::<FallbackFailed>()
+        .expect("FallbackFailed");
+    assert!(failed.original().is::<Elapsed>());
+    assert_eq!(failed.fallback_error().to_string(), "cache miss");
+}
+
+/// A closure fallback gets the context with an error matched by type or predicate and with a
+/// response the classifier calls a failure; anything else passes through untouched.
+#[tokio::test]
+async fn a_closure_fallback_gets_the_context_with_each_kind_of_failure() {
+    let layer = FallbackLayer::builder()
+        .on_error_type::<Elapsed>()
+        .on_error(|e| e.to_string() == "refused")
+        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .on_response(HttpClassifier::new())
+        .build_fn(describe)
+        .unwrap();
+    let mut svc = layer.layer(upstream());
+
+    assert_eq!(
+        body(&mut svc, "/timeout").await.unwrap(),
+        format!("/timeout: {}", Elapsed::new())
+    );
+    assert_eq!(
+        body(&mut svc, "/refused").await.unwrap(),
+        "/refused: refused"
+    );
+    assert_eq!(
+        body(&mut svc, "/busy").await.unwrap(),
+        "/busy: 503 Service Unavailable"
+    );
+    assert_eq!(body(&mut svc, "/fresh").await.unwrap(), "fresh");
+    let reset = body(&mut svc, "/reset").await.unwrap_err();
+    assert_eq!(
+        reset.downcast_ref::<io::Error>().unwrap().kind(),
+        io::ErrorKind::ConnectionReset
+    );
+}
+
+/// After a readiness error the layer answers every later call from the fallback, each with the
+/// context of its own request.
+#[tokio::test]
+async fn after_a_readiness_error_each_call_passes_its_own_context() {
+    type Inner = BoxCloneService<Request<()>, Res, BoxError>;
+    let layer = FallbackLayer::builder()
+        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .build_fn(describe)
+        .unwrap();
+    let refused: Result<Inner, BoxError> = Err("refused".into());
+    let mut svc = layer.layer(tower::util::future_service(std::future::ready(refused)));
+    for path in ["/a", "/b", "/a"] {
+        let res = svc.ready().await.unwrap().call(get(path)).await.unwrap();
+        assert_eq!(res.body(), &format!("{path}: refused"));
+    }
+}
+
+/// The closure runs once per call, in `call` (before the future is polled), whatever the call's
+/// outcome: a success, a handled or an unhandled error, a failed response, a readiness error.
+#[tokio::test]
+async fn the_context_is_captured_once_per_call_in_call() {
+    let captures = Arc::new(AtomicUsize::new(0));
+    let counter = captures.clone();
+    let layer = FallbackLayer::builder()
+        .on_error_type::<Elapsed>()
+        .on_response(HttpClassifier::new())
+        .with_request(move |req: &Request<()>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            req.uri().path().to_owned()
+        })
+        .build_fn(describe)
+        .unwrap();
+
+    let mut svc = layer.layer(upstream());
+    let mut expected = 0;
+    for path in ["/fresh", "/timeout", "/busy", "/reset", "/refused"] {
+        let fut = svc.ready().await.unwrap().call(get(path));
+        expected += 1;
+        assert_eq!(captures.load(Ordering::SeqCst), expected, "{path}: in call");
+        let _ = fut.await;
+        assert_eq!(captures.load(Ordering::SeqCst), expected, "{path}: once");
+    }
+
+    let timed_out: Result<BoxCloneService<Request<()>, Res, BoxError>, BoxError> =
+        Err(Box::new(Elapsed::new()));
+    let mut failed = layer.layer(tower::util::future_service(std::future::ready(timed_out)));
+    for path in ["/a", "/b"] {
+        let fut = failed.ready().await.unwrap().call(get(path));
+        expected += 1;
+        assert_eq!(captures.load(Ordering::SeqCst), expected, "{path}: in call");
+        let answer = format!("{path}: {}", Elapsed::new());
+        assert_eq!(fut.await.unwrap().body(), &answer);
+        assert_eq!(captures.load(Ordering::SeqCst), expected, "{path}: once");
+    }
+}
+
+/// Without `with_request` nothing is captured: the service's future is the four-parameter
+/// `ResponseFuture`, whose context is `()`.
+#[test]
+fn without_with_request_the_future_carries_no_context() {
+    let layer = FallbackLayer::builder()
+        .build_fn(|_: Failed<&'static str>| Ok("fallback"))
+        .unwrap();
+    let (inner, _handle) = mock::pair::<(), &'static str>();
+    let svc = layer.layer(inner);
+    let _: PhantomData<
+        ResponseFuture<
+            mock::future::ResponseFuture<&'static str>,
+            FromFn<_>,
+            DefaultClassifier,
+            &'static str,
+            (),
+        >,
+    > = future_of::<_, ()>(&svc);
+}
+
+#[test]
+fn context_layers_services_and_futures_are_send_sync_static() {
+    fn assert_send_sync_static<T: Send + Sync + 'static>(_: &T) {}
+    fn assert_send<T: Send + 'static>() {}
+    fn capture(req: &Request<()>) -> Uri {
+        req.uri().clone()
+    }
+    type Capture = WithRequest<fn(&Request<()>) -> Uri>;
+    type Fs = FromService<BoxCloneService<FailedCall<Res, Uri>, Res, BoxError>>;
+
+    let by_fn = FallbackLayer::builder()
+        .with_request(capture as fn(&Request<()>) -> Uri)
+        .build_fn(|_: Failed<Res>, uri: Uri| Ok(Response::new(uri.to_string())))
+        .unwrap();
+    assert_send_sync_static(&by_fn);
+    let svc = by_fn.layer(mock::pair::<Request<()>, Res>().0);
+    assert_send_sync_static(&svc);
+    assert_send_sync_static(&future_of::<_, Request<()>>(&svc));
+    let _: PhantomData<ResponseFuture<_, FromFn<_>, DefaultClassifier, Res, Captured<Uri>>> =
+        future_of::<_, Request<()>>(&svc);
+
+    assert_send::<
+        ResponseFuture<
+            mock::future::ResponseFuture<Res>,
+            Fs,
+            DefaultClassifier,
+            Res,
+            Captured<Uri>,
+        >,
+    >();
+    fn assert_layer<T: Send + Sync + 'static>() {}
+    assert_layer::<FallbackLayer<Fs, DefaultClassifier, Capture>>();
+}
