@@ -39,17 +39,29 @@
 //!
 //! The builder starts from a standard stack, after Polly's standard resilience pipeline; every
 //! piece can be replaced with a layer of your own, and every piece but the balancer removed.
+//! Over HTTP, start from [`ClientStack::http_builder`]: the same stack, but the retry and every
+//! piece that counts outcomes read HTTP methods and statuses (the last column).
 //!
-//! | piece | default | set with | remove with |
-//! |---|---|---|---|
-//! | fallback | none | [`fallback`](ClientStackBuilder::fallback) | — |
-//! | total timeout | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
-//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included): over HTTP, pass one built with [`http`](crate::retry::RetryConfigBuilder::http) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
-//! | breaker | [`BreakerLayer::new`] | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
-//! | bulkhead | 1000 calls at once, no wait | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
-//! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection | [`balance`](ClientStackBuilder::balance) | — |
-//! | per-endpoint breakers | none | [`endpoint_breakers`](ClientStackBuilder::endpoint_breakers) | — |
-//! | per-try timeout | 10 s | [`per_try_timeout`](ClientStackBuilder::per_try_timeout) | [`without_per_try_timeout`](ClientStackBuilder::without_per_try_timeout) |
+//! | piece | [`builder`](ClientStack::builder) | [`http_builder`](ClientStack::http_builder) | set with | remove with |
+//! |---|---|---|---|---|
+//! | fallback | none | none | [`fallback`](ClientStackBuilder::fallback) | — |
+//! | total timeout | 30 s | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
+//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once), `Retry-After` honoured | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | breaker | [`BreakerLayer::new`] | the same, classifying with [`HttpClassifier`]: 5xx, 429 and errors fail | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
+//! | bulkhead | 1000 calls at once, no wait | the same | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
+//! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection (5 failures in a row; success rate, failure percentage, latency) | the same, classifying with [`HttpClassifier`] | [`balance`](ClientStackBuilder::balance), [`map_balance`](ClientStackBuilder::map_balance) | — |
+//! | per-endpoint breakers | none | none | [`endpoint_breakers`](ClientStackBuilder::endpoint_breakers) | — |
+//! | per-try timeout | 10 s | 10 s | [`per_try_timeout`](ClientStackBuilder::per_try_timeout) | [`without_per_try_timeout`](ClientStackBuilder::without_per_try_timeout) |
+//!
+//! [`builder`](ClientStack::builder)'s pieces read no HTTP: hyper and reqwest return a 5xx as
+//! `Ok(response)`, which its breaker and balancer count as a success, so an endpoint that answers
+//! every call with a 503 is never retried, never opens the breaker and is never ejected; and its
+//! retry sends any request that failed with an error again, a POST included (the server may have
+//! applied it). Use it for other protocols, or over HTTP with pieces of your own.
+//! [`http_builder`](ClientStack::http_builder) counts a 5xx or a 429 as a failure everywhere, as
+//! Polly's standard HTTP pipeline does (Polly counts a 408 too: add it with
+//! [`HttpClassifier::with_failure`] in pieces of your own). A piece you replace is yours,
+//! classifier included: see [`ClientStackBuilder::http`].
 //!
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
 //! than the total one is an error, the default 10 s one under a total timeout below 10 s
@@ -66,21 +78,14 @@
 //!
 //! # Example
 //!
-//! Over HTTP, classify with [`HttpClassifier`](crate::core::classify::HttpClassifier) in every
-//! layer that counts outcomes: hyper and reqwest return a 5xx as `Ok(response)`, which the
-//! default classifier counts as a success, so no breaker and no outlier detection would see an
-//! endpoint that answers every call with a 503. (`GrpcClassifier` reads gRPC statuses.)
-//!
-//! Give the retry the HTTP policy too. The default retry reads neither methods nor statuses: it
-//! sends any request that failed with an error again, a POST included (the server may have
-//! applied it), and never a 503. `.retry(RetryLayer::builder().http().ignore_error::<Open>().build()?)`
-//! retries errors, 5xx and 429 of idempotent methods only (GET, HEAD, OPTIONS, TRACE, PUT,
-//! DELETE), and honours `Retry-After`.
+//! An HTTP client: the HTTP preset, its retry given a budget shared with the dependency's other
+//! clients (and kept on the HTTP policy), its balancer named, and per-endpoint breakers that read
+//! statuses too. (`GrpcClassifier` reads gRPC statuses.)
 //!
 //! ```
 //! use seawall::{
-//!     balance::{BalanceLayer, Picker},
-//!     breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open},
+//!     balance::Picker,
+//!     breaker::{BreakerConfig, BreakerSet, Open},
 //!     core::classify::HttpClassifier,
 //!     fallback::FallbackLayer,
 //!     retry::{RetryBudget, RetryLayer},
@@ -100,30 +105,26 @@
 //!         Ok::<_, seawall::BoxError>(http::Response::new(format!("from {port}")))
 //!     })
 //! });
+//! let budget = RetryBudget::builder().ratio(0.1).build()?;
 //!
-//! let client = ClientStack::builder()
+//! let client = ClientStack::http_builder()
 //!     .fallback(
 //!         FallbackLayer::builder()
 //!             .on_error_type::<Open>()
 //!             .build_fn(|_failed| Ok(http::Response::new("cached".to_string())))?,
 //!     )
 //!     .timeout(Duration::from_secs(2))
+//!     // A retry of your own replaces the preset's: keep its HTTP policy.
 //!     .retry(
 //!         RetryLayer::builder()
 //!             .http()
 //!             .ignore_error::<Open>()
-//!             .budget(RetryBudget::builder().ratio(0.1).build()?)
+//!             .budget(budget.clone())
 //!             .name("users-api")
 //!             .build()?,
 //!     )
-//!     // A 5xx is an `Ok` response: the breakers and the balancer read its status.
-//!     .breaker(BreakerLayer::builder().name("users-api").build_with(HttpClassifier::new())?)
-//!     .balance(
-//!         BalanceLayer::builder()
-//!             .name("users-api")
-//!             .picker(Picker::RoundRobin)
-//!             .classifier(HttpClassifier::new()),
-//!     )
+//!     // Keeps the preset's `HttpClassifier`.
+//!     .map_balance(|balance| balance.name("users-api").picker(Picker::RoundRobin))
 //!     .endpoint_breakers(BreakerSet::with_classifier(
 //!         BreakerConfig::builder().name("users-api-endpoint").build_config()?,
 //!         1024,
@@ -139,13 +140,37 @@
 //! # #[cfg(not(feature = "discover"))]
 //! # fn main() {}
 //! ```
+//!
+//! By hand, the preset is [`builder`](ClientStack::builder) with three pieces replaced; the
+//! breaker given this way is made at once rather than by `build`, and its name is not checked
+//! against the per-endpoint breakers'. Start from this to build an HTTP stack on other
+//! classifiers (one that also fails a 408, or ignores a client-side rate limit's rejection):
+//!
+//! ```
+//! use seawall::{
+//!     balance::BalanceLayer,
+//!     breaker::{BreakerLayer, Open},
+//!     core::classify::HttpClassifier,
+//!     retry::RetryLayer,
+//!     stack::ClientStack,
+//! };
+//!
+//! let by_hand = ClientStack::builder()
+//!     .retry(RetryLayer::builder().http().ignore_error::<Open>().build()?)
+//!     .breaker(BreakerLayer::builder().build_with(HttpClassifier::new())?)
+//!     .balance(BalanceLayer::builder().classifier(HttpClassifier::new()));
+//! # Ok::<(), seawall::ConfigError>(())
+//! ```
 
 use crate::{
     balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
     breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
-    core::{BoxError, ConfigError, Name, RequestDeadline},
-    retry::{policy::Classified, Ignoring, RetryLayer},
+    core::{classify::HttpClassifier, BoxError, ConfigError, Name, RequestDeadline},
+    retry::{
+        policy::{Classified, HttpPolicy},
+        Ignoring, RetryLayer,
+    },
     timeout::{Timeout, TimeoutLayer},
 };
 use futures_core::Stream;
@@ -188,6 +213,13 @@ impl ClientStack<(), ()> {
     /// Starts a builder with the standard stack; see the [module docs](self).
     pub fn builder() -> ClientStackBuilder {
         ClientStackBuilder::new()
+    }
+
+    /// Starts a builder with the standard stack set up for HTTP: [`builder`](Self::builder)'s,
+    /// with the HTTP retry policy and [`HttpClassifier`] in every piece that counts outcomes;
+    /// see [`ClientStackBuilder::http`] and the [module docs](self).
+    pub fn http_builder() -> HttpClientStackBuilder {
+        ClientStackBuilder::http()
     }
 }
 
@@ -302,6 +334,71 @@ impl Default for ClientStackBuilder {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The builder [`ClientStack::http_builder`] returns: the standard stack's pieces, with the HTTP
+/// retry policy and [`HttpClassifier`] in the dependency breaker and the balancer.
+pub type HttpClientStackBuilder = ClientStackBuilder<
+    Identity,
+    TimeoutLayer,
+    RetryLayer<Ignoring<HttpPolicy, Open>>,
+    BreakerLayer<HttpClassifier>,
+    BulkheadLayer,
+    BalanceConfigBuilder<HttpClassifier>,
+    NoEndpointBreakers,
+>;
+
+impl HttpClientStackBuilder {
+    /// The standard stack for HTTP endpoints (`http::Request` in, `http::Response` out): the
+    /// pieces of [`new`](ClientStackBuilder::new), but
+    ///
+    /// - the retry is `RetryLayer::builder().http().ignore_error::<Open>()`: it retries errors,
+    ///   5xx and 429 of idempotent methods only (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; a POST
+    ///   is sent once) and honours `Retry-After`, with [`new`](ClientStackBuilder::new)'s
+    ///   attempts, backoff and budget;
+    /// - the dependency breaker is `BreakerLayer::builder().build_with(HttpClassifier::new())`
+    ///   (made by [`build`](ClientStackBuilder::build), as the standard one is);
+    /// - the balancer's outlier detection and PeakEWMA classify with [`HttpClassifier`]
+    ///   (`BalanceLayer::builder().classifier(HttpClassifier::new())`).
+    ///
+    /// hyper and reqwest return a 5xx as `Ok(response)`: read through [`HttpClassifier`], a 5xx
+    /// or a 429 is a failure (a 408 is not: add it with
+    /// [`with_failure`](HttpClassifier::with_failure) in a piece of your own), so an endpoint
+    /// answering every call with a 503 is retried away from, counted by the breaker and ejected.
+    ///
+    /// A piece you replace is yours, classifier included. Give a retry passed to
+    /// [`retry`](ClientStackBuilder::retry) the HTTP policy
+    /// (`RetryLayer::builder().http().ignore_error::<Open>()`), a breaker passed to
+    /// [`breaker`](ClientStackBuilder::breaker) and the per-endpoint breakers an
+    /// [`HttpClassifier`] (`build_with`, [`BreakerSet::with_classifier`]), and change the
+    /// balancer with [`map_balance`](ClientStackBuilder::map_balance), which keeps its
+    /// classifier, rather than [`balance`](ClientStackBuilder::balance), which replaces it.
+    pub fn http() -> Self {
+        let standard = ClientStackBuilder::new();
+        ClientStackBuilder {
+            fallback: standard.fallback,
+            timeout: standard.timeout,
+            total: standard.total,
+            retry: RetryLayer::builder()
+                .http()
+                .ignore_error::<Open>()
+                .build()
+                .expect("the default HTTP retry is valid"),
+            breaker: Lazy::Default(http_breaker),
+            breaker_name: standard.breaker_name,
+            bulkhead: standard.bulkhead,
+            balance: standard.balance.classifier(HttpClassifier::new()),
+            endpoint_breakers: standard.endpoint_breakers,
+            per_try_timeout: standard.per_try_timeout,
+        }
+    }
+}
+
+/// The HTTP preset's dependency breaker: the standard one, classifying with [`HttpClassifier`].
+fn http_breaker() -> BreakerLayer<HttpClassifier> {
+    BreakerLayer::builder()
+        .build_with(HttpClassifier::new())
+        .expect("the default configuration is valid")
 }
 
 impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> {
@@ -502,10 +599,44 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// The balancer's configuration: `BalanceLayer::builder()` with your picker, outlier
     /// detection, name. It is validated by [`build`](Self::build); its availability filter is
     /// the stack's (the per-endpoint breakers).
+    ///
+    /// It replaces the whole configuration, classifier included: over HTTP give it
+    /// `.classifier(HttpClassifier::new())`, or change the one
+    /// [`ClientStack::http_builder`] set up with [`map_balance`](Self::map_balance).
     pub fn balance<C, H, P>(
         self,
         balance: BalanceConfigBuilder<C, H, P>,
     ) -> ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<C, H, P>, Eb> {
+        ClientStackBuilder {
+            fallback: self.fallback,
+            timeout: self.timeout,
+            total: self.total,
+            retry: self.retry,
+            breaker: self.breaker,
+            breaker_name: self.breaker_name,
+            bulkhead: self.bulkhead,
+            balance,
+            endpoint_breakers: self.endpoint_breakers,
+            per_try_timeout: self.per_try_timeout,
+        }
+    }
+
+    /// Changes the balancer's configuration rather than replacing it: `f` gets the one the
+    /// builder holds, so what it does not set stays, the classifier of
+    /// [`ClientStack::http_builder`] included.
+    ///
+    /// ```
+    /// use seawall::{balance::Picker, stack::ClientStack};
+    ///
+    /// // Still classifies with `HttpClassifier`.
+    /// let builder = ClientStack::http_builder()
+    ///     .map_balance(|balance| balance.name("users-api").picker(Picker::RoundRobin));
+    /// ```
+    pub fn map_balance<C, H, P>(
+        self,
+        f: impl FnOnce(Ba) -> BalanceConfigBuilder<C, H, P>,
+    ) -> ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<C, H, P>, Eb> {
+        let balance = f(self.balance);
         ClientStackBuilder {
             fallback: self.fallback,
             timeout: self.timeout,

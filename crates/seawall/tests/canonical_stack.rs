@@ -407,9 +407,9 @@ fn http_endpoints(
     })
 }
 
-/// The HTTP stack of the module docs and `docs/composition.md`: the dependency breaker, the
-/// per-endpoint breakers and the balancer classify with `HttpClassifier`, so an endpoint that
-/// answers every call with a 503 (`Ok` to the client) is a failing one. Its breaker opens, outlier
+/// An HTTP stack built by hand, with named pieces and per-endpoint breakers: the dependency
+/// breaker, the per-endpoint breakers and the balancer classify with `HttpClassifier`, so an
+/// endpoint that answers every call with a 503 (`Ok` to the client) is a failing one. Its breaker opens, outlier
 /// detection ejects it, the retry sends its calls elsewhere, and the dependency stays Closed.
 #[tokio::test(start_paused = true)]
 async fn an_http_endpoint_answering_503_is_taken_out() {
@@ -505,12 +505,21 @@ async fn an_http_endpoint_answering_503_is_taken_out() {
 fn flaky_http_endpoint(
     attempts: &Arc<AtomicUsize>,
 ) -> discover::Discovery<&'static str, HttpEndpoint> {
+    http_endpoint_failing_once(attempts, || Err("connection reset".into()))
+}
+
+/// One HTTP endpoint whose first call answers `first()` and whose later calls answer 200;
+/// `attempts` counts its calls.
+fn http_endpoint_failing_once(
+    attempts: &Arc<AtomicUsize>,
+    first: fn() -> Result<http::Response<&'static str>, BoxError>,
+) -> discover::Discovery<&'static str, HttpEndpoint> {
     let attempts = attempts.clone();
     discover::from_list(vec!["flaky"], move |_: &&'static str| {
         let attempts = attempts.clone();
         HttpEndpoint::new(service_fn(move |_: http::Request<()>| {
             let answer = match attempts.fetch_add(1, Ordering::SeqCst) {
-                0 => Err::<_, BoxError>("connection reset".into()),
+                0 => first(),
                 _ => Ok(http::Response::new("flaky")),
             };
             std::future::ready(answer)
@@ -564,6 +573,95 @@ async fn the_http_retry_sends_a_failed_post_once() {
         .unwrap();
     tokio::task::yield_now().await;
     let answer = client.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(*answer.body(), "flaky");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+/// `ClientStack::http_builder()` over three endpoints, one answering every call with a 503 (an `Ok`
+/// response): each 503 is retried on another endpoint, so every call answers 200; the dependency
+/// breaker counts each 503 as a failure and stays Closed; and outlier detection, at its default
+/// of 5 failures in a row, ejects the endpoint, which is then called no more. Round robin (kept
+/// with `map_balance`, which leaves the preset's classifier) makes the picks the same every run.
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_retries_a_503_and_counts_it_against_the_endpoint() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let calls = Calls::default();
+    let client = ClientStack::http_builder()
+        .map_balance(|balance| balance.picker(Picker::RoundRobin).seed(3))
+        .build(http_endpoints(&["ok-1", "unavailable", "ok-2"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    for i in 0..30 {
+        let answer = client
+            .clone()
+            .oneshot(http::Request::get("/users/7").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK, "call {i}");
+    }
+    // The retry: each 503 was sent again, to another endpoint.
+    assert_eq!(calls.total(), 30 + calls.get("unavailable"));
+    assert_eq!(
+        recorder.counter(names::RETRY_RETRIES, "retry"),
+        calls.get("unavailable") as u64
+    );
+    // Outlier detection: ejected after its fifth 503 in a row, and called no more.
+    assert_eq!(recorder.counter(names::BALANCE_EJECTIONS, "balance"), 1);
+    assert_eq!(calls.get("unavailable"), 5);
+    // The dependency breaker: each 503 a failure, too few to open it.
+    assert_eq!(recorder.counter(names::BREAKER_FAILURES, "breaker"), 5);
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "breaker"),
+        Some(State::Closed.as_gauge())
+    );
+}
+
+/// `ClientStack::http_builder()`'s retry reads the method: a POST that fails with an error is
+/// sent once (the server may have applied it), a GET that does is sent again.
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_sends_a_failed_post_once() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::http_builder()
+        .map_balance(|balance| balance.seed(1))
+        .build(flaky_http_endpoint(&attempts))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let err = client.oneshot(post()).await.unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::http_builder()
+        .map_balance(|balance| balance.seed(1))
+        .build(flaky_http_endpoint(&attempts))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let answer = client.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(*answer.body(), "flaky");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+/// `ClientStack::http_builder()`'s retry reads the status: a GET answered 503, then 200, returns
+/// the 200.
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_retries_a_get_answered_503() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = ClientStack::http_builder()
+        .map_balance(|balance| balance.seed(1))
+        .build(http_endpoint_failing_once(&attempts, || {
+            let mut unavailable = http::Response::new("unavailable");
+            *unavailable.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Ok(unavailable)
+        }))
+        .unwrap();
+    tokio::task::yield_now().await;
+    let answer = client
+        .oneshot(http::Request::get("/users/7").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
     assert_eq!(*answer.body(), "flaky");
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
 }
@@ -644,7 +742,7 @@ async fn a_rate_limit_in_the_bulkheads_place_leaves_the_dependency_breaker_close
         .build_with(IgnoreQuota(HttpClassifier::new()))
         .unwrap();
     let dependency_state = dependency.handle();
-    let client = ClientStack::builder()
+    let client = ClientStack::http_builder()
         .retry(
             RetryLayer::builder()
                 .http()
@@ -671,7 +769,7 @@ async fn a_rate_limit_in_the_bulkheads_place_leaves_the_dependency_breaker_close
                 )
                 .into_inner(),
         )
-        .balance(BalanceLayer::builder().classifier(HttpClassifier::new()))
+        .map_balance(|balance| balance.name("users-api").seed(1))
         .build(http_endpoints(&["ok-1", "ok-2"], &calls))
         .unwrap();
     tokio::task::yield_now().await;
