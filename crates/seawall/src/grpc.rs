@@ -71,8 +71,9 @@
 //!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
 //!   that enforces the deadline, or a little earlier (the header is rounded down): [`SendDeadline`]
 //!   holds that error back for the timeout to cancel the attempt, so no breaker or outlier
-//!   detection counts the caller's deadline against the endpoint (a caller's shorter header that
-//!   no seawall timeout enforces, without [`HonorTimeoutLayer`] above, is not held: its
+//!   detection counts the caller's deadline against the endpoint (a caller's header shorter than
+//!   the request's deadline by more than a millisecond, or one header unit when that is longer,
+//!   which no seawall timeout enforces without [`HonorTimeoutLayer`] above, is not held: its
 //!   `TimeoutExpired` is returned as it comes). For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a

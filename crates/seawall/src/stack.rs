@@ -733,7 +733,8 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
                 "timeout",
                 "must write the call's deadline on the request: the retry reads it to start no \
                  attempt it cannot finish, and without it a per-try timeout writes its own, later \
-                 one (build it without propagate_deadline(false))",
+                 one, and an endpoint's SendDeadlineLayer tells the server no deadline or that \
+                 later one (build it without propagate_deadline(false))",
             ));
         }
         if let (Some(total), Some(per_try)) = (self.total.duration, &self.per_try_timeout) {
