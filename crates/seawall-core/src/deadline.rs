@@ -30,6 +30,11 @@
 //! layer's duration for that one request (a longer budget for a report, a shorter one for a
 //! health probe). Every timeout layer that honors overrides reads it (by default all do; a per-try
 //! timeout under a retry should not). A [`Deadline`] already on the request still caps it.
+//!
+//! A [`PerTryTimeoutOverride`] does the same for the timeout of each attempt under a retry (a
+//! per-try timeout, a retry's per-attempt timeout), and is read only there: one slow method can
+//! be given longer attempts without lifting the per-try timeout of every other, as Envoy's
+//! per-route `per_try_timeout` does. The call's deadline still bounds every attempt.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,7 +47,7 @@ pub struct Deadline(pub Instant);
 ///
 /// Read by every timeout layer the request passes through that honors overrides (all do by
 /// default), so it is meant for the total timeout; a per-try timeout under a retry should not
-/// honor it.
+/// honor it (it reads a [`PerTryTimeoutOverride`] instead).
 ///
 /// ```
 /// use seawall_core::deadline::TimeoutOverride;
@@ -54,7 +59,26 @@ pub struct Deadline(pub Instant);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimeoutOverride(pub Duration);
 
-/// Access to the deadline and timeout override a request carries.
+/// A timeout for each attempt of one request, replacing the per-try timeout's own duration.
+///
+/// Read only by the layers that time one attempt under a retry: a per-try timeout
+/// (`TimeoutLayer::per_try`) and a retry's per-attempt timeout. Those already configured with a
+/// timeout use this one instead, longer or shorter; a layer with no per-attempt timeout does not
+/// start one for it, as a [`TimeoutOverride`] does not add a timeout where there is none. The
+/// total timeout ignores it, and the call's [`Deadline`] still bounds every attempt.
+///
+/// ```
+/// use seawall_core::deadline::{PerTryTimeoutOverride, RequestDeadline};
+/// use std::time::Duration;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(PerTryTimeoutOverride(Duration::from_secs(10)));
+/// assert_eq!(request.per_try_timeout_override(), Some(Duration::from_secs(10)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PerTryTimeoutOverride(pub Duration);
+
+/// Access to the deadline and timeout overrides a request carries.
 ///
 /// Every method has a default that carries nothing, so `impl RequestDeadline for MyRequest {}` is
 /// enough for a request type that does not take part in propagation.
@@ -71,6 +95,12 @@ pub trait RequestDeadline {
 
     /// A timeout for this request that replaces the layer's own, if any.
     fn timeout_override(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A timeout for each attempt of this request that replaces the per-try timeout's own, if
+    /// any; see [`PerTryTimeoutOverride`].
+    fn per_try_timeout_override(&self) -> Option<Duration> {
         None
     }
 }
@@ -97,6 +127,13 @@ impl<B> RequestDeadline for http::Request<B> {
     fn timeout_override(&self) -> Option<Duration> {
         self.extensions().get::<TimeoutOverride>().map(|t| t.0)
     }
+
+    #[inline]
+    fn per_try_timeout_override(&self) -> Option<Duration> {
+        self.extensions()
+            .get::<PerTryTimeoutOverride>()
+            .map(|t| t.0)
+    }
 }
 
 impl<T: RequestDeadline + ?Sized> RequestDeadline for Box<T> {
@@ -111,9 +148,13 @@ impl<T: RequestDeadline + ?Sized> RequestDeadline for Box<T> {
     fn timeout_override(&self) -> Option<Duration> {
         (**self).timeout_override()
     }
+
+    fn per_try_timeout_override(&self) -> Option<Duration> {
+        (**self).per_try_timeout_override()
+    }
 }
 
-/// Carries a deadline and timeout override next to a request of any type.
+/// Carries a deadline and timeout overrides next to a request of any type.
 ///
 /// For request types that cannot implement [`RequestDeadline`] themselves (a type from another
 /// crate, such as `reqwest::Request`): wrap requests on the way in and unwrap them just above the
@@ -136,6 +177,7 @@ pub struct WithDeadline<T> {
     inner: T,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
+    per_try_timeout: Option<Duration>,
 }
 
 impl<T> WithDeadline<T> {
@@ -145,12 +187,20 @@ impl<T> WithDeadline<T> {
             inner,
             deadline: None,
             timeout: None,
+            per_try_timeout: None,
         }
     }
 
     /// Sets a timeout for this request that replaces the timeout layer's own.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets a timeout for each attempt of this request that replaces the per-try timeout's own
+    /// (see [`PerTryTimeoutOverride`]).
+    pub fn with_per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.per_try_timeout = Some(timeout);
         self
     }
 
@@ -187,6 +237,10 @@ impl<T> RequestDeadline for WithDeadline<T> {
 
     fn timeout_override(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn per_try_timeout_override(&self) -> Option<Duration> {
+        self.per_try_timeout
     }
 }
 
@@ -226,10 +280,38 @@ mod tests {
             .insert(TimeoutOverride(Duration::from_millis(5)));
         assert_eq!(req.deadline(), Some(now + Duration::from_secs(3)));
         assert_eq!(req.timeout_override(), Some(Duration::from_millis(5)));
+        assert_eq!(req.per_try_timeout_override(), None);
         assert_eq!(remaining(&req, now), Some(Duration::from_secs(3)));
         assert_eq!(
             remaining(&req, now + Duration::from_secs(10)),
             Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn requests_carry_a_per_try_override_apart_from_the_total_one() {
+        let mut req = http::Request::new(());
+        assert_eq!(req.per_try_timeout_override(), None);
+        req.extensions_mut()
+            .insert(PerTryTimeoutOverride(Duration::from_secs(2)));
+        assert_eq!(req.per_try_timeout_override(), Some(Duration::from_secs(2)));
+        assert_eq!(req.timeout_override(), None);
+        let boxed: Box<dyn RequestDeadline> = Box::new(req);
+        assert_eq!(
+            boxed.per_try_timeout_override(),
+            Some(Duration::from_secs(2))
+        );
+
+        let wrapped = WithDeadline::new(()).with_per_try_timeout(Duration::from_millis(7));
+        assert_eq!(
+            wrapped.per_try_timeout_override(),
+            Some(Duration::from_millis(7))
+        );
+        assert_eq!(wrapped.timeout_override(), None);
+        assert_eq!(
+            WithDeadline::new(()).per_try_timeout_override(),
+            None,
+            "a wrapped request carries none by default"
         );
     }
 

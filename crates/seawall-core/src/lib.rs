@@ -37,7 +37,9 @@ pub mod name;
 
 pub use classify::{Classify, Outcome};
 pub use config::ConfigError;
-pub use deadline::{Deadline, Elapsed, RequestDeadline, TimeoutOverride, WithDeadline};
+pub use deadline::{
+    Deadline, Elapsed, PerTryTimeoutOverride, RequestDeadline, TimeoutOverride, WithDeadline,
+};
 pub use error::BoxError;
 pub use event::{Listener, Listeners};
 pub use name::Name;
