@@ -1,5 +1,5 @@
 use crate::{
-    layer::{Options, Shared},
+    layer::{Options, Override, Shared},
     TimeoutEvent, TimeoutLayer,
 };
 use seawall_core::{ConfigError, Listener, Listeners, Name};
@@ -51,7 +51,9 @@ impl TimeoutConfigBuilder {
     ///
     /// Turn it off for a timeout that bounds something other than the whole call, such as the
     /// per-try timeout under a retry: an override says "this request may take longer (or must
-    /// be quicker) overall", and should not also stretch or shrink each attempt.
+    /// be quicker) overall", and should not also stretch or shrink each attempt. The layer
+    /// [`TimeoutLayer::per_try`] builds reads a [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride)
+    /// instead, for a request whose attempts are to take longer (or be quicker).
     pub fn honor_override(mut self, honor: bool) -> Self {
         self.honor_override = honor;
         self
@@ -93,7 +95,10 @@ impl TimeoutConfigBuilder {
             named,
             Options {
                 propagate: self.propagate,
-                honor_override: self.honor_override,
+                reads: match self.honor_override {
+                    true => Override::Total,
+                    false => Override::Ignored,
+                },
                 enforce_outer: self.enforce_outer,
             },
             self.listeners,
@@ -112,7 +117,7 @@ impl Shared {
         Arc::new(Shared {
             timeout,
             propagate: options.propagate,
-            honor_override: options.honor_override,
+            reads: options.reads,
             enforce_outer: options.enforce_outer,
             name,
             named,
@@ -158,6 +163,7 @@ mod tests {
             .unwrap();
         assert!(!layer.honors_override());
         assert!(!layer.enforces_outer_deadline());
+        assert!(!layer.honors_per_try_override());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct TimeoutLayer {
 pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     pub(crate) propagate: bool,
-    pub(crate) honor_override: bool,
+    pub(crate) reads: Override,
     pub(crate) enforce_outer: bool,
     pub(crate) name: Name,
     /// Whether the user gave the name; `per_try` renames only a default one.
@@ -23,11 +23,12 @@ pub(crate) struct Shared {
     pub(crate) listeners: Listeners<TimeoutEvent>,
 }
 
-/// The switches of a policy; every one `true` by default.
+/// The switches of a policy; by default it propagates, reads a [`TimeoutOverride`](crate::TimeoutOverride)
+/// and enforces an outer deadline.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Options {
     pub(crate) propagate: bool,
-    pub(crate) honor_override: bool,
+    pub(crate) reads: Override,
     pub(crate) enforce_outer: bool,
 }
 
@@ -35,10 +36,22 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             propagate: true,
-            honor_override: true,
+            reads: Override::Total,
             enforce_outer: true,
         }
     }
+}
+
+/// Which of a request's timeout overrides replaces the layer's own timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Override {
+    /// Neither: the layer keeps its own timeout.
+    Ignored,
+    /// A [`TimeoutOverride`](crate::TimeoutOverride): the layer times the whole call.
+    Total,
+    /// A [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride): the layer times one attempt
+    /// under a retry ([`TimeoutLayer::per_try`]).
+    PerTry,
 }
 
 impl TimeoutLayer {
@@ -84,7 +97,13 @@ impl TimeoutLayer {
     /// Whether a request's [`TimeoutOverride`](crate::TimeoutOverride) replaces the layer's
     /// timeout; see [`honor_override`](TimeoutConfigBuilder::honor_override).
     pub fn honors_override(&self) -> bool {
-        self.shared.honor_override
+        self.shared.reads == Override::Total
+    }
+
+    /// Whether a request's [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride) replaces the
+    /// layer's timeout: true of the layers [`per_try`](Self::per_try) builds, and of no other.
+    pub fn honors_per_try_override(&self) -> bool {
+        self.shared.reads == Override::PerTry
     }
 
     /// Whether the layer fails calls at an earlier deadline the request already carries; see
@@ -98,6 +117,12 @@ impl TimeoutLayer {
     /// fires only at its own deadline, leaving an earlier deadline on the request to the layer
     /// further out that enforces it ([`honor_override(false)`](TimeoutConfigBuilder::honor_override),
     /// [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline)).
+    ///
+    /// A request's [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride) replaces its duration
+    /// instead, longer or shorter, for every attempt of that request: one slow method can be
+    /// given longer attempts while every other keeps this timeout. The call's deadline still
+    /// bounds each attempt as it bounds one timed by the layer's own duration (the total timeout
+    /// above cuts it), and the total timeout ignores a `PerTryTimeoutOverride`.
     ///
     /// A policy given no name is named `"per_try_timeout"` instead of `"timeout"`, so its events
     /// and metrics are told apart from those of the total timeout above the retry. A name given
@@ -116,7 +141,7 @@ impl TimeoutLayer {
             shared.named,
             Options {
                 propagate: shared.propagate,
-                honor_override: false,
+                reads: Override::PerTry,
                 enforce_outer: false,
             },
             shared.listeners.clone(),
@@ -150,7 +175,8 @@ impl fmt::Debug for Shared {
             .field("name", &self.name)
             .field("timeout", &self.timeout)
             .field("propagate", &self.propagate)
-            .field("honor_override", &self.honor_override)
+            .field("honor_override", &(self.reads == Override::Total))
+            .field("honor_per_try_override", &(self.reads == Override::PerTry))
             .field("enforce_outer_deadline", &self.enforce_outer)
             .field("listeners", &self.listeners)
             .finish()

@@ -1,4 +1,7 @@
-use crate::{layer::Shared, ResponseFuture, TimeoutEvent, TimeoutLayer};
+use crate::{
+    layer::{Override, Shared},
+    ResponseFuture, TimeoutEvent, TimeoutLayer,
+};
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
     BoxError, Listeners,
@@ -86,9 +89,12 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let timeout = match self.shared.honor_override {
-            true => req.timeout_override().unwrap_or(self.shared.timeout),
-            false => self.shared.timeout,
+        let timeout = match self.shared.reads {
+            Override::Total => req.timeout_override().unwrap_or(self.shared.timeout),
+            Override::PerTry => req
+                .per_try_timeout_override()
+                .unwrap_or(self.shared.timeout),
+            Override::Ignored => self.shared.timeout,
         };
         let own = deadline_after(now, timeout);
         let (deadline, send) = match req.deadline() {
