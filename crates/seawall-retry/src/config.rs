@@ -86,6 +86,14 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// deadline instead, so it may run up to a millisecond past `timeout`. Cut there, it counts
     /// for nothing (no failure for the budget, no give-up event), as when the timeout above
     /// cancels it: the call fails with `Elapsed`. Off by default.
+    ///
+    /// A request carrying a [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride) has each of
+    /// its attempts timed by that instead, longer or shorter (one slow method given longer
+    /// attempts), still bounded by the call's deadline as above. It is read from each attempt's
+    /// request, so a copy made without it (see [`clone_with`](Self::clone_with)) is timed by
+    /// `timeout`. Without a per-attempt timeout the override is not read: it starts no timeout
+    /// of its own, as a [`TimeoutOverride`](seawall_core::deadline::TimeoutOverride) starts none
+    /// where there is no timeout layer.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
         self

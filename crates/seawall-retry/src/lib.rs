@@ -14,7 +14,9 @@
 //!    per-attempt timeout gives each attempt a deadline of its own, and fails it with
 //!    [`Elapsed`]; the call's deadline (or a copy's own, when earlier than the call's) takes its
 //!    place when it is earlier or at most a millisecond later (the two would fire a tick apart at
-//!    most), so an attempt may run up to a millisecond past its timeout;
+//!    most), so an attempt may run up to a millisecond past its timeout. A request's
+//!    [`PerTryTimeoutOverride`] replaces that timeout for each of its attempts (it starts none
+//!    where no per-attempt timeout is configured);
 //! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
 //!    twice (for HTTP: idempotent methods) and can be copied. A `Retry-After` on a 429 or 503 is
 //!    honoured up to a cap.
@@ -35,7 +37,7 @@
 //! | `budget` | 20% of requests + 10/s over 10 s, one per layer | [`RetryBudget`]; share one per dependency |
 //! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods, `Retry-After` |
 //! | `retry_after_cap` | 10 s | a longer `Retry-After` is not retried |
-//! | `per_attempt_timeout` | none | |
+//! | `per_attempt_timeout` | none | a request's [`PerTryTimeoutOverride`] replaces it for that request |
 //! | request copies | `Clone` | [`RetryConfigBuilder::clone_with`] for a closure |
 //! | `seed` | random | fix it in tests |
 //! | `name` | `"retry"` | label for events and metrics |
@@ -133,7 +135,7 @@ pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeDelay, HedgeEvent, HedgeLayer};
 pub use layer::RetryLayer;
 pub use policy::{ByClone, Classified, CloneRequest, HttpPolicy, Ignoring, NeverClone, Policy};
-pub use seawall_core::deadline::{Elapsed, RequestDeadline};
+pub use seawall_core::deadline::{Elapsed, PerTryTimeoutOverride, RequestDeadline};
 pub use service::Retry;
 
 use std::time::Duration;
