@@ -28,7 +28,9 @@
 //! - the **per-try timeout** bounds one attempt on one endpoint. It is built with
 //!   [`TimeoutLayer::per_try`]: it ignores a request's
 //!   [`TimeoutOverride`](crate::timeout::TimeoutOverride) (which is for the total timeout, so a
-//!   longer override does not stop hung attempts being cut and retried elsewhere), and it fires
+//!   longer override does not stop hung attempts being cut and retried elsewhere) and takes a
+//!   [`PerTryTimeoutOverride`](crate::timeout::PerTryTimeoutOverride) instead (one method's
+//!   longer attempts), and it fires
 //!   only at its own deadline, so only an endpoint slower than the per-try timeout is charged a
 //!   failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
 //!   cancelled from above and counts against no endpoint.
@@ -705,7 +707,9 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     ///
     /// The stack uses it as [`TimeoutLayer::per_try`] (same duration, listeners and name, but
     /// `"per_try_timeout"` for one given no name): it
-    /// ignores a request's [`TimeoutOverride`](crate::timeout::TimeoutOverride), and does not
+    /// ignores a request's [`TimeoutOverride`](crate::timeout::TimeoutOverride), takes its
+    /// [`PerTryTimeoutOverride`](crate::timeout::PerTryTimeoutOverride) in place of its own
+    /// duration, and does not
     /// fire at the call's deadline, which the total timeout (or, without one, the layer in its
     /// place) enforces by cancelling the attempt, so an impatient caller's cut counts against no
     /// endpoint.
