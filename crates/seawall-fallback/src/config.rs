@@ -100,6 +100,14 @@ impl<C, X> FallbackBuilder<C, X> {
     /// context is dropped with the call's future. This includes calls answered from the fallback
     /// after a readiness error of the inner service: each takes its context from its own request.
     ///
+    /// A panic in `capture` fails only its own call, in the caller's task: it is caught in `call`
+    /// and resumed when the call's future is first polled, as a panic in the fallback would be.
+    /// `call` may run elsewhere — behind a `tower::buffer::Buffer` it runs in the buffer's worker,
+    /// which a panic there would end for every caller. The request is dropped without calling the
+    /// inner service; what the inner service's `poll_ready` reserved stays with it for the next
+    /// call (a ready service stays ready until it is called), or is given back when the service is
+    /// dropped.
+    ///
     /// Annotate the closure's argument (`|req: &http::Request<B>| ...`): the layer is built before
     /// it knows its request type. A later `with_request` replaces an earlier one.
     pub fn with_request<F, Req, Ctx>(self, capture: F) -> FallbackBuilder<C, WithRequest<F>>

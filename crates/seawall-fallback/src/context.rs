@@ -3,7 +3,12 @@
 //! goes to the inner service (the policy Polly calls the fallback's context, and Hystrix's
 //! `getFallback()` reads from the command's arguments).
 
-use std::{fmt, sync::Arc};
+use std::{
+    any::Any,
+    fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
+};
 
 /// A layer that takes nothing from the request: its fallback receives only what failed.
 ///
@@ -23,13 +28,18 @@ impl<F> WithRequest<F> {
         WithRequest(Arc::new(capture))
     }
 
-    /// Captures the context of one request.
+    /// Captures the context of one request, or catches the closure's panic for the call's future
+    /// to resume.
+    ///
+    /// `AssertUnwindSafe`: after a panic the request is dropped unused, and the closure serves
+    /// later requests with its captures as the panic left them, as it would if the panic had
+    /// ended the caller's task instead (a `Mutex` among them is poisoned either way).
     #[inline]
-    pub(crate) fn capture<Req, Ctx>(&self, req: &Req) -> Captured<Ctx>
+    pub(crate) fn capture<Req, Ctx>(&self, req: &Req) -> Result<Captured<Ctx>, Panic>
     where
         F: Fn(&Req) -> Ctx,
     {
-        Captured((self.0)(req))
+        catch_unwind(AssertUnwindSafe(|| (self.0)(req))).map(Captured)
     }
 }
 
@@ -44,6 +54,9 @@ impl<F> fmt::Debug for WithRequest<F> {
         f.write_str("WithRequest")
     }
 }
+
+/// The payload of a panic in a [`with_request`](crate::FallbackBuilder::with_request) closure.
+pub(crate) type Panic = Box<dyn Any + Send>;
 
 /// The context [`with_request`](crate::FallbackBuilder::with_request) captured from one call's
 /// request, held by the call's [`ResponseFuture`](crate::ResponseFuture) until a failure hands it

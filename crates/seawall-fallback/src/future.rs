@@ -1,12 +1,16 @@
-use crate::{layer::Shared, ContextHandler, Failed, FailedResponse, FallbackEvent, FallbackFailed};
+use crate::{
+    context::Panic, layer::Shared, ContextHandler, Failed, FailedResponse, FallbackEvent,
+    FallbackFailed,
+};
 use pin_project_lite::pin_project;
 use seawall_core::{metrics, BoxError, Classify, Outcome};
 use std::{
     error::Error,
     fmt,
     future::Future,
+    panic::resume_unwind,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{ready, Context, Poll},
     time::Duration,
 };
@@ -36,7 +40,11 @@ pin_project! {
         Primary { #[pin] fut: F, context: Ctx },
         // The inner service's readiness failed with an error the layer handles; it was not called.
         NotReady { error: Arc<dyn Error + Send + Sync>, context: Ctx },
-        // Between the failure and the fallback's call, while the context moves to the fallback.
+        // The `with_request` closure panicked in `call`; the inner service was not called. The
+        // panic is resumed on the first poll. The lock is never taken: it makes the future `Sync`.
+        Panicked { payload: Mutex<Panic> },
+        // Between the failure and the fallback's call, while the context moves to the fallback;
+        // after a panic is resumed.
         HandingOver,
         Fallback { #[pin] fut: G, original: Arc<dyn Error + Send + Sync> },
     }
@@ -67,6 +75,18 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::NotReady { error, context },
+            shared,
+            started: None,
+        }
+    }
+
+    /// A call whose `with_request` closure panicked: the first poll resumes the panic.
+    #[cold]
+    pub(crate) fn panicked(payload: Panic, shared: Arc<Shared<H, C>>) -> Self {
+        ResponseFuture {
+            state: State::Panicked {
+                payload: Mutex::new(payload),
+            },
             shared,
             started: None,
         }
@@ -128,8 +148,16 @@ where
                         err,
                     );
                 }
+                StateProj::Panicked { .. } => {
+                    match this.state.as_mut().project_replace(State::HandingOver) {
+                        StateProjReplace::Panicked { payload } => resume_unwind(
+                            payload.into_inner().unwrap_or_else(PoisonError::into_inner),
+                        ),
+                        _ => unreachable!("the state was Panicked"),
+                    }
+                }
                 StateProj::HandingOver => {
-                    panic!("fallback ResponseFuture polled after the fallback panicked")
+                    panic!("fallback ResponseFuture polled after it panicked")
                 }
                 StateProj::Fallback { fut, original } => {
                     return Poll::Ready(match ready!(fut.poll(cx)) {
@@ -177,6 +205,7 @@ where
         let state = match self.state {
             State::Primary { .. } => "primary",
             State::NotReady { .. } => "not ready",
+            State::Panicked { .. } => "panicked",
             State::HandingOver => "handing over",
             State::Fallback { .. } => "fallback",
         };

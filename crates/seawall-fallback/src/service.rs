@@ -113,6 +113,13 @@ where
 
 /// A service that captures a context from each request: the closure runs here, in `call`, for
 /// the inner service's calls and for those answered from the fallback after a readiness error.
+///
+/// A panic in the closure is caught and resumed when the call's future is first polled, in the
+/// caller's task rather than wherever `call` ran (a `Buffer`'s worker, which would die with it).
+/// The request is dropped without calling the inner service, which stays ready: under tower's
+/// contract a service that reported ready stays ready until it is called, so what its
+/// `poll_ready` reserved (a bulkhead's permit, a `Buffer` slot) serves the next call, or is given
+/// back when this service is dropped.
 impl<S, H, C, G, Req, Ctx> Service<Req> for Fallback<S, H, C, WithRequest<G>>
 where
     S: Service<Req>,
@@ -132,8 +139,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let context = self.context.capture(&req);
-        self.call_with(req, context)
+        match self.context.capture(&req) {
+            Ok(context) => self.call_with(req, context),
+            Err(panic) => ResponseFuture::panicked(panic, self.shared.clone()),
+        }
     }
 }
 
