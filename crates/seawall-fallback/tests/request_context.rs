@@ -19,6 +19,7 @@ use std::{
         Arc,
     },
 };
+use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{service_fn, util::BoxCloneService, Layer, Service, ServiceExt};
 use tower_test::mock;
 
@@ -170,6 +171,102 @@ async fn after_a_readiness_error_each_call_passes_its_own_context() {
         let res = svc.ready().await.unwrap().call(get(path)).await.unwrap();
         assert_eq!(res.body(), &format!("{path}: refused"));
     }
+}
+
+/// Two calls in flight at once: `/a`, then `/b`, both kept pending in the inner service. `/b`
+/// fails first, then `/a`; each is answered with the context of its own request, not the one
+/// captured last.
+#[tokio::test]
+async fn interleaved_calls_each_pass_their_own_context_to_a_closure() {
+    let layer = FallbackLayer::builder()
+        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .build_fn(describe)
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<Request<()>, Res>();
+    let mut svc = layer.layer(inner);
+
+    let a = svc.ready().await.unwrap().call(get("/a"));
+    let b = svc.ready().await.unwrap().call(get("/b"));
+    let (req_a, send_a) = handle.next_request().await.unwrap();
+    let (req_b, send_b) = handle.next_request().await.unwrap();
+    assert_eq!((req_a.uri().path(), req_b.uri().path()), ("/a", "/b"));
+
+    send_b.send_error("refused");
+    assert_eq!(b.await.unwrap().body(), "/b: refused");
+    send_a.send_error(io::Error::from(io::ErrorKind::ConnectionReset));
+    let reset = io::Error::from(io::ErrorKind::ConnectionReset).to_string();
+    assert_eq!(a.await.unwrap().body(), &format!("/a: {reset}"));
+}
+
+/// The same with a fallback service and responses the classifier calls failures: `/b`'s 503
+/// comes back before `/a`'s 502, and the fallback service gets each with its own context.
+#[tokio::test]
+async fn interleaved_failed_responses_each_pass_their_own_context_to_a_service() {
+    let lookup = service_fn(|call: FailedCall<Res, String>| async move {
+        let status = call.failed.response().expect("a failed response").status();
+        Ok::<_, BoxError>(Response::new(format!(
+            "{}: {}",
+            call.context,
+            status.as_u16()
+        )))
+    });
+    let layer = FallbackLayer::builder()
+        .on_response(HttpClassifier::new())
+        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .build_service(lookup)
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<Request<()>, Res>();
+    let mut svc = layer.layer(inner);
+    let status = |code: u16| {
+        Response::builder()
+            .status(code)
+            .body(String::new())
+            .unwrap()
+    };
+
+    let a = svc.ready().await.unwrap().call(get("/a"));
+    let b = svc.ready().await.unwrap().call(get("/b"));
+    let (_, send_a) = handle.next_request().await.unwrap();
+    let (_, send_b) = handle.next_request().await.unwrap();
+
+    send_b.send_response(status(503));
+    assert_eq!(b.await.unwrap().body(), "/b: 503");
+    send_a.send_response(status(502));
+    assert_eq!(a.await.unwrap().body(), "/a: 502");
+}
+
+/// After a readiness error, calls to `/a` and `/b` are both handed to a fallback service before
+/// either is answered; the service answers `/b` first, and each call gets its own answer.
+#[tokio::test]
+async fn interleaved_calls_after_a_readiness_error_each_pass_their_own_context_to_a_service() {
+    type Inner = BoxCloneService<Request<()>, Res, BoxError>;
+    let (lookup, mut fallback) = mock::pair::<FailedCall<Res, String>, Res>();
+    let layer = FallbackLayer::builder()
+        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .build_service(lookup)
+        .unwrap();
+    let refused: Result<Inner, BoxError> = Err("refused".into());
+    let mut svc = layer.layer(tower::util::future_service(std::future::ready(refused)));
+
+    let mut a = tokio_test::task::spawn(svc.ready().await.unwrap().call(get("/a")));
+    let mut b = tokio_test::task::spawn(svc.ready().await.unwrap().call(get("/b")));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    let (call_a, send_a) = fallback.next_request().await.unwrap();
+    let (call_b, send_b) = fallback.next_request().await.unwrap();
+    assert_eq!(call_a.failed.error().unwrap().to_string(), "refused");
+    assert_eq!(call_b.failed.error().unwrap().to_string(), "refused");
+
+    send_b.send_response(Response::new(format!("answer for {}", call_b.context)));
+    assert!(b.is_woken());
+    assert_eq!(
+        assert_ready_ok!(b.poll()).body(),
+        "answer for /b",
+        "/b answered first"
+    );
+    assert_pending!(a.poll());
+    send_a.send_response(Response::new(format!("answer for {}", call_a.context)));
+    assert_eq!(assert_ready_ok!(a.poll()).body(), "answer for /a");
 }
 
 /// The closure runs once per call, in `call` (before the future is polled), whatever the call's
