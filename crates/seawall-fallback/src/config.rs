@@ -94,11 +94,12 @@ impl<C, X> FallbackBuilder<C, X> {
     /// `capture` runs once per call, in `call`, before the request goes to the inner service —
     /// for every call, as whether the call will fail is not known yet, so keep it cheap (clone a
     /// `Uri` or a header, not a body). On a failure the fallback receives the context with what
-    /// failed: [`build_fn`](FallbackBuilder::build_fn) then takes a closure
-    /// `Fn(Failed<Res>, Ctx)`, and [`build_service`](FallbackBuilder::build_service) a service of
+    /// failed. This includes calls answered from the fallback after a readiness error of the inner
+    /// service: each takes its context from its own request. After `with_request`,
+    /// [`build_fn`](FallbackBuilder::build_fn) takes a closure `Fn(Failed<Res>, Ctx)`, and
+    /// [`build_service`](FallbackBuilder::build_service) a service of
     /// [`FailedCall<Res, Ctx>`](crate::FailedCall) requests. When no fallback is needed, the
-    /// context is dropped with the call's future. This includes calls answered from the fallback
-    /// after a readiness error of the inner service: each takes its context from its own request.
+    /// context is dropped with the call's future.
     ///
     /// A panic in `capture` fails only its own call, in the caller's task: it is caught in `call`
     /// and resumed when the call's future is first polled, as a panic in the fallback would be.
