@@ -88,8 +88,12 @@ impl<C, X> FallbackBuilder<C, X> {
         }
     }
 
-    /// Captures a context from each request for the fallback: the key of a cache, the request to
-    /// send to a secondary region.
+    /// Captures a context from each request for the fallback: the key of a cache, or a copy of the
+    /// request to send to a secondary region where requests can be copied — `Req: Clone` on a stack
+    /// of messages (gRPC above the generated client), or a body that clones cheaply
+    /// (`Full<Bytes>`). Over a streaming body (hyper's `Incoming`, a tonic body) capture the method,
+    /// URI and headers; the body cannot be copied from `&Req`. See
+    /// [The request's context](crate#the-requests-context).
     ///
     /// `capture` runs once per call, in `call`, before the request goes to the inner service —
     /// for every call, as whether the call will fail is not known yet, so keep it cheap (clone a

@@ -1,7 +1,11 @@
 //! What a fallback may take from the request: nothing by default, or what a closure given to
 //! [`with_request`](crate::FallbackBuilder::with_request) captures in `call`, before the request
-//! goes to the inner service (the policy Polly calls the fallback's context, and Hystrix's
-//! `getFallback()` reads from the command's arguments).
+//! goes to the inner service, as Hystrix's `getFallback()` reads the arguments the command was
+//! built with.
+//!
+//! Polly's `ResilienceContext` is not captured: the caller creates it and passes it to each
+//! execution, and the fallback reads it there. The equivalent here is a request extension the
+//! caller sets, taken with `with_request(|r: &Request<B>| r.extensions().get::<T>().cloned())`.
 
 use std::{
     any::Any,

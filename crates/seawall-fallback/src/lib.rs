@@ -7,8 +7,8 @@
 //! reading a cache or calling a secondary region). The fallback receives what failed, a
 //! [`Failed`]: the error, or the failed response; and, when the layer is built with
 //! [`with_request`](FallbackBuilder::with_request), a context taken from the call's request: the
-//! key to read the cache by, the request to send to the secondary region (see
-//! [The request's context](#the-requests-context)).
+//! key to read the cache by, or a copy of the request for the secondary region, where requests are
+//! cheap to copy (see [The request's context](#the-requests-context)).
 //!
 //! What matches:
 //!
@@ -86,6 +86,14 @@
 //! requests (`failed` and `context`). Calls answered from the fallback after a readiness error take
 //! the context from their own requests too. Without `with_request` nothing is captured, and the
 //! layer costs nothing more.
+//!
+//! Sending the request again, to a secondary region, takes a copy of it on every call. That suits
+//! a stack on messages, whose requests are `Clone` (a gRPC stack above the generated client, on
+//! `WithDeadline<HelloRequest>`: `|req: &WithDeadline<HelloRequest>| req.get_ref().clone()`), or
+//! on bodies that clone cheaply (`http::Request<Full<Bytes>>`, whose body is a shared buffer).
+//! A streaming body (hyper's `Incoming`, a tonic body, a streaming reqwest body) cannot be copied
+//! from `&Req`: over those the context carries the method, URI and headers, enough for a cache key
+//! or to send a bodiless request again.
 //!
 //! A cache keyed by the request's URI, answering each request that times out with its own entry:
 //!
