@@ -282,13 +282,10 @@ impl Permits {
                 n -= 1;
             }
             // Taken after its flag is set, under the waiter's lock: a poll that stored its
-            // waker too late to be taken here finds the flag set once it has stored it.
-            let waker = waiter
-                .waker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(waker) = waker {
+            // waker too late to be taken here finds the flag set once it has stored it, and
+            // takes that waker back before it lets go of the place (see `poll_acquire`), so
+            // the place is dropped at the end of this pass, perhaps last, with no waker in it.
+            if let Some(waker) = waiter.take_waker() {
                 served.wake.push(waker);
             }
         }
@@ -325,12 +322,19 @@ impl Permits {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Expired>> {
         if let Some(waiter) = slot {
+            // Any waker a poll stored before the queue decided was taken by the hand-out that
+            // decided (see `hand_out`), so the place leaves holding none.
             if let Some(outcome) = waiter.outcome() {
                 *slot = None;
                 return Poll::Ready(outcome);
             }
             waiter.store_waker(cx.waker());
             if let Some(outcome) = waiter.outcome() {
+                // The queue decided as the waker was stored, maybe after the hand-out took the
+                // one before. That hand-out, still holding the queue's lock, may drop the last
+                // reference to the place once this one is gone: the waker is taken back and
+                // dropped here, with no lock held, so that it finds none.
+                drop(waiter.take_waker());
                 *slot = None;
                 return Poll::Ready(outcome);
             }
@@ -544,6 +548,14 @@ impl Waiter {
         let waker = waker.clone();
         let replaced = lock().replace(waker);
         drop(replaced);
+    }
+
+    /// Takes the stored waker, to be dropped or woken once every lock is released.
+    fn take_waker(&self) -> Option<Waker> {
+        self.waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Whether a permit was handed over; takes it (so a later `cancel` does not pass it on).

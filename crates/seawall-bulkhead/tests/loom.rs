@@ -8,7 +8,7 @@
 
 use loom::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread,
@@ -109,7 +109,6 @@ fn gcra_refunds_race_a_request() {
 /// waiter; once every holder is done the limit is free again, nothing is owed and nobody waits.
 #[test]
 fn debt_conserves_permits() {
-    use loom::sync::atomic::AtomicBool;
     model(|| {
         let shrunk = Arc::new(AtomicBool::new(false));
         let permits = Arc::new(Permits::new(3));
@@ -290,6 +289,65 @@ fn permits_waiters_woken_after_the_hand_out_are_never_lost() {
     });
 }
 
+/// A waker that notes when its last handle is dropped.
+struct NoteDrop(Arc<AtomicBool>);
+
+impl std::task::Wake for NoteDrop {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+impl Drop for NoteDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A place polled with a new waker as the holder releases the one permit: the hand-out may take
+/// the old waker just before the poll stores the new one, and the poll then finds the permit.
+/// Whatever the order, a place that leaves with its permit keeps no waker of the poll: whoever
+/// drops the last reference to it (a hand-out still holding the queue's lock, once the poll has
+/// let go of its own) would otherwise drop that waker, the last handle to a task perhaps, under
+/// the lock.
+#[test]
+fn a_place_that_leaves_as_its_waker_is_stored_keeps_no_waker() {
+    model(|| {
+        let permits = Arc::new(Permits::new(1));
+        assert!(permits.try_acquire());
+        let mut slot = permits.acquire_or_queue(Some(Waker::noop()), None);
+        // A reference the hand-out or the poll would otherwise drop last.
+        let place = slot.clone().expect("queued behind the holder");
+
+        let releaser = {
+            let permits = permits.clone();
+            thread::spawn(move || permits.release(1))
+        };
+        let dropped = Arc::new(AtomicBool::new(false));
+        let outcome = {
+            let waker = Waker::from(std::sync::Arc::new(NoteDrop(dropped.clone())));
+            permits.poll_acquire(&mut slot, &mut Context::from_waker(&waker))
+        };
+        releaser.join().unwrap();
+        if outcome.is_pending() {
+            // The hand-out came after the waker was stored, and took it.
+            assert_eq!(
+                permits.poll_acquire(&mut slot, &mut Context::from_waker(Waker::noop())),
+                Poll::Ready(Ok(()))
+            );
+        } else {
+            assert_eq!(outcome, Poll::Ready(Ok(())));
+        }
+        assert!(slot.is_none(), "the place has left with its permit");
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the place kept the waker it was polled with"
+        );
+        drop(place);
+        permits.release(1);
+        assert_eq!((permits.available(), permits.waiting()), (1, 0));
+        assert!(permits.try_acquire(), "no waiter flag left behind");
+    });
+}
+
 /// A call queued before its first poll (no waker yet) keeps its turn: a release hands the permit
 /// to it, never to a newcomer racing on the fast path, and its first poll finds the permit.
 #[test]
@@ -402,7 +460,6 @@ fn shrink_racing_a_release_to_a_waiter_conserves_permits() {
 /// is rejected; a newcomer on the fast path never takes it; and the permit is held once at a time.
 #[test]
 fn a_timed_out_waiter_uses_a_permit_handed_over_as_it_leaves() {
-    use loom::sync::atomic::AtomicBool;
     model(|| {
         let permits = Arc::new(Permits::new(1));
         let holders = Arc::new(AtomicUsize::new(1));
