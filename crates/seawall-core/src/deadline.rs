@@ -67,6 +67,11 @@ pub struct TimeoutOverride(pub Duration);
 /// start one for it, as a [`TimeoutOverride`] does not add a timeout where there is none. The
 /// total timeout ignores it, and the call's [`Deadline`] still bounds every attempt.
 ///
+/// `Duration::MAX` gives each attempt no timeout of its own (the call's deadline still bounds
+/// it). `Duration::ZERO` is ignored, and the layer's own duration applies: a zero timeout would
+/// cut every attempt not ready on its first poll, charging healthy endpoints failures and
+/// spending the retry budget (a retry's `per_attempt_timeout` rejects zero for the same reason).
+///
 /// ```
 /// use seawall_core::deadline::{PerTryTimeoutOverride, RequestDeadline};
 /// use std::time::Duration;

@@ -91,9 +91,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// its attempts timed by that instead, longer or shorter (one slow method given longer
     /// attempts), still bounded by the call's deadline as above. It is read from each attempt's
     /// request, so a copy made without it (see [`clone_with`](Self::clone_with)) is timed by
-    /// `timeout`. Without a per-attempt timeout the override is not read: it starts no timeout
-    /// of its own, as a [`TimeoutOverride`](seawall_core::deadline::TimeoutOverride) starts none
-    /// where there is no timeout layer.
+    /// `timeout`, as is a request whose override is `Duration::ZERO` (ignored, as a zero
+    /// `timeout` is rejected). Without a per-attempt timeout the override is not read: it starts
+    /// no timeout of its own, as a [`TimeoutOverride`](seawall_core::deadline::TimeoutOverride)
+    /// starts none where there is no timeout layer.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
         self

@@ -198,8 +198,12 @@ fn prepare_timed<Req: RequestDeadline>(
     let now = Instant::now();
     let mut call_deadline = false;
     let deadline = settings.per_attempt_timeout.map(|timeout| {
-        // A request's per-try override replaces the layer's timeout; it starts none of its own.
-        let timeout = request.per_try_timeout_override().unwrap_or(timeout);
+        // A request's per-try override replaces the layer's timeout; it starts none of its own,
+        // and a zero one is ignored, as the builder rejects a zero per-attempt timeout.
+        let timeout = request
+            .per_try_timeout_override()
+            .filter(|t| !t.is_zero())
+            .unwrap_or(timeout);
         let own = deadline_after(now, timeout);
         // The attempt's outer bound is the earlier of the call's deadline and the one its request
         // carries: a copy's own earlier deadline, or, for a call that is not retried (which read

@@ -105,3 +105,21 @@ async fn an_override_starts_no_timeout_where_none_is_configured() {
     assert_eq!(Instant::now() - start, ms(1_000));
     assert_eq!(calls.all()[0].deadline, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_override_is_ignored() {
+    // The builder rejects a zero per-attempt timeout; a zero override would cut every attempt not
+    // ready on its first poll, so the layer's own 500 ms applies instead.
+    let (svc, calls) = slow_flaky(0, ms(10));
+    let start = Instant::now();
+    let ok = retry(Some(ms(500)))
+        .layer(svc)
+        .oneshot(with_per_try(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(ok, "ok 0");
+    assert_eq!(Instant::now() - start, ms(10));
+    let calls = calls.all();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].deadline, Some(start + ms(500)));
+}

@@ -122,7 +122,9 @@ impl TimeoutLayer {
     /// instead, longer or shorter, for every attempt of that request: one slow method can be
     /// given longer attempts while every other keeps this timeout. The call's deadline still
     /// bounds each attempt as it bounds one timed by the layer's own duration (the total timeout
-    /// above cuts it), and the total timeout ignores a `PerTryTimeoutOverride`.
+    /// above cuts it), and the total timeout ignores a `PerTryTimeoutOverride`. An override of
+    /// `Duration::ZERO` is ignored (this layer's duration applies): it would cut every attempt
+    /// not ready on its first poll.
     ///
     /// A policy given no name is named `"per_try_timeout"` instead of `"timeout"`, so its events
     /// and metrics are told apart from those of the total timeout above the retry. A name given

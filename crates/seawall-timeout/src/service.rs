@@ -91,8 +91,11 @@ where
         let now = Instant::now();
         let timeout = match self.shared.reads {
             Override::Total => req.timeout_override().unwrap_or(self.shared.timeout),
+            // A zero per-try override is ignored: it would cut every attempt not ready on its
+            // first poll.
             Override::PerTry => req
                 .per_try_timeout_override()
+                .filter(|t| !t.is_zero())
                 .unwrap_or(self.shared.timeout),
             Override::Ignored => self.shared.timeout,
         };

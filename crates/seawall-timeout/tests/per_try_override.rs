@@ -159,3 +159,19 @@ async fn one_path_is_given_longer_attempts_by_map_request() {
     assert!(err.is::<Elapsed>(), "{err}");
     assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_per_try_override_is_ignored() {
+    // A zero override would cut every attempt not ready on its first poll; the layer's own 500 ms
+    // applies instead.
+    let seen = Seen::default();
+    let svc = per_try(500).layer(recorder(seen.clone(), Duration::from_millis(10)));
+    let start = Instant::now();
+    let req = with_per_try(Duration::ZERO);
+    assert_eq!(svc.oneshot(req).await.unwrap(), "done");
+    assert_eq!(start.elapsed(), Duration::from_millis(10));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_millis(500))]
+    );
+}
