@@ -49,11 +49,13 @@ impl TimeoutConfigBuilder {
     /// Whether a request's [`TimeoutOverride`](crate::TimeoutOverride) replaces this layer's
     /// timeout. Default `true`.
     ///
-    /// Turn it off for a timeout that bounds something other than the whole call, such as the
-    /// per-try timeout under a retry: an override says "this request may take longer (or must
-    /// be quicker) overall", and should not also stretch or shrink each attempt. The layer
-    /// [`TimeoutLayer::per_try`] builds reads a [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride)
-    /// instead, for a request whose attempts are to take longer (or be quicker).
+    /// A timeout that bounds something other than the whole call, such as the per-try timeout
+    /// under a retry, should not read it: an override says "this request may take longer (or
+    /// must be quicker) overall", and should not also stretch or shrink each attempt. Build a
+    /// per-try timeout with [`TimeoutLayer::per_try`], which ignores a `TimeoutOverride` and
+    /// reads a [`PerTryTimeoutOverride`](crate::PerTryTimeoutOverride) instead, for a request
+    /// whose attempts are to take longer (or be quicker). Turned off here, the layer ignores
+    /// both overrides.
     pub fn honor_override(mut self, honor: bool) -> Self {
         self.honor_override = honor;
         self

@@ -12,11 +12,12 @@
 //!    [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) leaves an
 //!    earlier deadline to the layer further out that enforces it and fires only at its own.
 //!
-//! A per-try timeout under a retry usually wants both off: [`TimeoutLayer::per_try`]. Such a layer
-//! reads a request's [`PerTryTimeoutOverride`] in place of its own duration (longer or
-//! shorter, for every attempt of that request), so one slow method can be given longer attempts
-//! while every other keeps the per-try timeout; the call's deadline still bounds each attempt, and
-//! the total timeout ignores a `PerTryTimeoutOverride`.
+//! Build a per-try timeout under a retry with [`TimeoutLayer::per_try`]: it ignores a
+//! `TimeoutOverride`, leaves an earlier deadline to the layer further out, and reads a request's
+//! [`PerTryTimeoutOverride`] in place of its own duration (longer or shorter, for every attempt
+//! of that request), so one slow method can be given longer attempts while every other keeps the
+//! per-try timeout; the call's deadline still bounds each attempt, and the total timeout ignores
+//! a `PerTryTimeoutOverride`. A layer built with `honor_override(false)` ignores both overrides.
 //!
 //! A call whose earlier deadline had passed a millisecond (a tick of tokio's timer) or more
 //! before it was made, in a layer that enforces it, is not sent: the inner service is not called,
@@ -40,7 +41,7 @@
 //! | `timeout` | required | any duration; `Duration::ZERO` only lets through calls that are ready on their first poll, `Duration::MAX` never fires |
 //! | `name` | `"timeout"` | label for events and metrics |
 //! | `propagate_deadline` | `true` | write the effective deadline on the request |
-//! | `honor_override` | `true` | a request's [`TimeoutOverride`] replaces `timeout`; a [`per_try`](TimeoutLayer::per_try) layer reads a [`PerTryTimeoutOverride`] instead |
+//! | `honor_override` | `true` | a request's [`TimeoutOverride`] replaces `timeout`; `false` ignores both overrides; a [`per_try`](TimeoutLayer::per_try) layer reads a [`PerTryTimeoutOverride`] instead |
 //! | `enforce_outer_deadline` | `true` | fail the call at an earlier deadline the request carries |
 //!
 //! # Cost
