@@ -34,7 +34,9 @@
 //! A [`PerTryTimeoutOverride`] does the same for the timeout of each attempt under a retry (a
 //! per-try timeout, a retry's per-attempt timeout), and is read only there: one slow method can
 //! be given longer attempts without lifting the per-try timeout of every other, as Envoy's
-//! per-route `per_try_timeout` does. The call's deadline still bounds every attempt.
+//! per-route `per_try_timeout` does. The call's deadline still bounds every attempt where a layer
+//! further out enforces it (the total timeout, a `ClientStack`); a retry's per-attempt timeout
+//! enforces it itself.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -65,10 +67,12 @@ pub struct TimeoutOverride(pub Duration);
 /// (`TimeoutLayer::per_try`) and a retry's per-attempt timeout. Those already configured with a
 /// timeout use this one instead, longer or shorter; a layer with no per-attempt timeout does not
 /// start one for it, as a [`TimeoutOverride`] does not add a timeout where there is none. The
-/// total timeout ignores it, and the call's [`Deadline`] still bounds every attempt.
+/// total timeout ignores it. The call's [`Deadline`] still bounds every attempt where a layer
+/// further out enforces it (the total timeout, a `ClientStack`): a per-try timeout leaves it to
+/// that layer. A retry's per-attempt timeout enforces it itself.
 ///
-/// `Duration::MAX` gives each attempt no timeout of its own (the call's deadline still bounds
-/// it). `Duration::ZERO` is ignored, and the layer's own duration applies: a zero timeout would
+/// `Duration::MAX` gives each attempt no timeout of its own (only the call's deadline, as above,
+/// bounds it). `Duration::ZERO` is ignored, and the layer's own duration applies: a zero timeout would
 /// cut every attempt not ready on its first poll, charging healthy endpoints failures and
 /// spending the retry budget (a retry's `per_attempt_timeout` rejects zero for the same reason).
 ///
