@@ -38,8 +38,8 @@ use tower::{
     buffer::BufferLayer, discover::ServiceList, util::BoxCloneService, Layer, Service, ServiceExt,
 };
 
-/// A request: how long the inner service works on it, whether it fails, and when the caller gives
-/// up on it (a cancellation).
+/// A request: how long the inner service works on it, whether it fails, when the caller gives
+/// up on it (a cancellation), and the per-try timeout override it carries, if any.
 #[derive(Debug, Clone)]
 struct Req {
     work_ms: u64,
@@ -47,6 +47,8 @@ struct Req {
     work_extra_us: u64,
     fail: bool,
     deadline: Option<Instant>,
+    /// A `PerTryTimeoutOverride`: read by per-try timeouts in place of their own duration.
+    per_try_timeout: Option<Duration>,
 }
 
 impl RequestDeadline for Req {
@@ -55,6 +57,9 @@ impl RequestDeadline for Req {
     }
     fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = Some(deadline);
+    }
+    fn per_try_timeout_override(&self) -> Option<Duration> {
+        self.per_try_timeout
     }
 }
 
@@ -1147,18 +1152,37 @@ fn call_failing(p: f64) -> impl Strategy<Value = Call> {
         0u64..1_000,
         prop::bool::weighted(p),
         prop::option::weighted(0.2, 0u64..300),
+        per_try_timeout_override(),
     )
-        .prop_map(|(start_ms, work_ms, fail, cancel_after_ms)| Call {
-            start_ms,
-            start_extra_us: 0,
-            req: Req {
-                work_ms,
-                work_extra_us: 0,
-                fail,
-                deadline: None,
+        .prop_map(
+            |(start_ms, work_ms, fail, cancel_after_ms, per_try_timeout)| Call {
+                start_ms,
+                start_extra_us: 0,
+                req: Req {
+                    work_ms,
+                    work_extra_us: 0,
+                    fail,
+                    deadline: None,
+                    per_try_timeout,
+                },
+                cancel_after_ms,
             },
-            cancel_after_ms,
-        })
+        )
+}
+
+/// A `PerTryTimeoutOverride` on one call in four: zero (ignored), shorter or longer than the
+/// per-try timeouts of [`timeout_spec`], or `Duration::MAX`.
+fn per_try_timeout_override() -> impl Strategy<Value = Option<Duration>> {
+    prop::option::weighted(
+        0.25,
+        prop_oneof![
+            1 => Just(Duration::ZERO),
+            2 => (1u64..20).prop_map(Duration::from_millis),
+            2 => (20u64..500).prop_map(Duration::from_millis),
+            2 => (500u64..5_000).prop_map(Duration::from_millis),
+            1 => Just(Duration::MAX),
+        ],
+    )
 }
 
 /// Calls that start and answer between the timer's millisecond ticks, as they do outside tests,
@@ -1941,8 +1965,16 @@ fn no_response_after_its_deadline() {
                 return Ok(false);
             };
             let mut checked = false;
+            let first_timeout = stack.iter().find_map(|l| match l {
+                LayerSpec::Timeout { per_try, .. } => Some(*per_try),
+                _ => None,
+            });
             for o in outcomes.iter().filter(|o| o.called) {
                 checked = true;
+                let bound = match (first_timeout, calls[o.call].req.per_try_timeout) {
+                    (Some(true), Some(t)) if !t.is_zero() => t,
+                    _ => bound,
+                };
                 prop_assert!(
                     o.took <= bound,
                     "took {:?} > {:?}: {:?}",
@@ -2076,6 +2108,7 @@ fn the_breaker_watch_sees_trial_calls() {
                 work_extra_us: 0,
                 fail: true,
                 deadline: None,
+                per_try_timeout: None,
             },
             cancel_after_ms: None,
         })
@@ -2121,6 +2154,7 @@ fn a_cancelled_probe_hands_its_slot_back_within_one_half_open() {
             work_extra_us: 0,
             fail,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms,
     };
@@ -2158,6 +2192,7 @@ fn the_bulkhead_is_full_under_load_and_drains() {
                 work_extra_us: 0,
                 fail: false,
                 deadline: None,
+                per_try_timeout: None,
             },
             cancel_after_ms: (i % 3 == 0).then_some(50),
         })
@@ -2194,6 +2229,7 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
                 work_extra_us: 0,
                 fail: i == 8,
                 deadline: None,
+                per_try_timeout: None,
             },
             cancel_after_ms: None,
         })
@@ -2233,6 +2269,7 @@ fn a_breaker_with_backpressure_over_a_bulkhead_with_backpressure_does_not_deadlo
             work_extra_us: 0,
             fail,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms: None,
     };
@@ -2272,6 +2309,7 @@ fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_need
             work_extra_us: 0,
             fail,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms: None,
     };
@@ -2364,6 +2402,7 @@ fn a_breaker_with_backpressure_does_not_restart_a_slow_readiness_for_ever() {
             work_extra_us: 0,
             fail,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms: None,
     };
@@ -2419,6 +2458,7 @@ fn a_readiness_error_is_seen_by_its_call_and_surfaced() {
             work_extra_us: 0,
             fail: true,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms: None,
     };
@@ -2485,6 +2525,7 @@ fn the_inner_service_records_breaches_of_tower_s_contract() {
             work_extra_us: 0,
             fail: false,
             deadline: None,
+            per_try_timeout: None,
         };
         // Pending for 10 ms, woken by its timer, then ready; a clone is not.
         let waker = std::task::Waker::noop();
@@ -2531,6 +2572,7 @@ fn a_token_bucket_allows_the_retries_the_budget_law_allows() {
                 work_extra_us: 0,
                 fail: true,
                 deadline: None,
+                per_try_timeout: None,
             },
             cancel_after_ms: None,
         })
@@ -2554,6 +2596,7 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
             work_extra_us: 0,
             fail,
             deadline: None,
+            per_try_timeout: None,
         },
         cancel_after_ms: None,
     };
@@ -2614,6 +2657,7 @@ fn the_balancer_watch_sees_calls_in_flight_and_per_endpoint_probes() {
         work_extra_us: 0,
         fail,
         deadline: None,
+        per_try_timeout: None,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
