@@ -109,9 +109,10 @@ impl<C, X> FallbackBuilder<C, X> {
     /// and resumed when the call's future is first polled, as a panic in the fallback would be.
     /// `call` may run elsewhere — behind a `tower::buffer::Buffer` it runs in the buffer's worker,
     /// which a panic there would end for every caller. The request is dropped without calling the
-    /// inner service; what the inner service's `poll_ready` reserved stays with it for the next
-    /// call (a ready service stays ready until it is called), or is given back when the service is
-    /// dropped.
+    /// inner service, and what its `poll_ready` reserved for the call (a bulkhead's permit, a
+    /// HalfOpen breaker's probe) is given back at once: the ready inner service is replaced with a
+    /// clone of it, which holds nothing. So with `with_request` the inner service must be `Clone`
+    /// (as a `Buffer`, a `BoxCloneService` and seawall's layers over a `Clone` service are).
     ///
     /// Annotate the closure's argument (`|req: &http::Request<B>| ...`): the layer is built before
     /// it knows its request type. A later `with_request` replaces an earlier one.

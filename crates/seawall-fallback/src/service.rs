@@ -116,13 +116,15 @@ where
 ///
 /// A panic in the closure is caught and resumed when the call's future is first polled, in the
 /// caller's task rather than wherever `call` ran (a `Buffer`'s worker, which would die with it).
-/// The request is dropped without calling the inner service, which stays ready: under tower's
-/// contract a service that reported ready stays ready until it is called, so what its
-/// `poll_ready` reserved (a bulkhead's permit, a `Buffer` slot) serves the next call, or is given
-/// back when this service is dropped.
+/// The request is dropped without calling the inner service, and what its `poll_ready` reserved
+/// for the call (a bulkhead's permit, a HalfOpen breaker's probe, a `Buffer` slot) is given back
+/// at once: the ready inner service is replaced with a clone of it, which holds nothing, and
+/// dropped. Kept for the next call instead, it would stay held while this service gets no call —
+/// for good by a `Buffer`'s worker, which polls readiness only when it has a request — away from
+/// every other service of those layers. Hence `S: Clone`.
 impl<S, H, C, G, Req, Ctx> Service<Req> for Fallback<S, H, C, WithRequest<G>>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     G: Fn(&Req) -> Ctx,
     H: ContextHandler<S::Response, Captured<Ctx>>,
@@ -141,7 +143,22 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.context.capture(&req) {
             Ok(context) => self.call_with(req, context),
-            Err(panic) => ResponseFuture::panicked(panic, self.shared.clone()),
+            Err(panic) => {
+                self.unreserve();
+                ResponseFuture::panicked(panic, self.shared.clone())
+            }
+        }
+    }
+}
+
+impl<S: Clone, H, C, X> Fallback<S, H, C, X> {
+    /// The inner service was polled ready for a call that will not come: replaces it with a clone,
+    /// which holds nothing, and drops it with what its `poll_ready` reserved.
+    #[cold]
+    #[inline(never)]
+    fn unreserve(&mut self) {
+        if let State::Running(inner) = &mut self.state {
+            *inner = inner.clone();
         }
     }
 }

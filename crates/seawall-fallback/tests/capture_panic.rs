@@ -2,6 +2,7 @@
 //! the caller's task when it polls the call's future, as a panic in the fallback does.
 
 use http::{Request, Response};
+use seawall_bulkhead::BulkheadLayer;
 use seawall_core::classify::DefaultClassifier;
 use seawall_core::BoxError;
 use seawall_fallback::{Failed, FallbackLayer, FromFn, WithRequest};
@@ -73,6 +74,33 @@ async fn a_panicking_capture_behind_a_buffer_fails_only_its_own_call() {
     assert_eq!(res.body(), "fresh /fresh");
     let res = buffer.oneshot(get("/fresh")).await.unwrap();
     assert_eq!(res.body(), "fresh /fresh");
+}
+
+/// Behind a `Buffer`, the worker polls the service ready only when it has a request to call it
+/// with. What the service reserved for `/boom` goes back when the capture panics, not whenever the
+/// buffer gets its next request: here the one permit of a bulkhead that another route shares.
+#[tokio::test]
+async fn a_panicking_capture_behind_a_buffer_gives_back_a_shared_permit() {
+    let upstream = || {
+        service_fn(|req: Request<()>| async move {
+            Ok::<_, BoxError>(Response::new(format!("fresh {}", req.uri().path())))
+        })
+    };
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let buffer = Buffer::new(layer().layer(bulkhead.layer(upstream())), 8);
+    let other_route = bulkhead.layer(upstream());
+
+    let boom = tokio::spawn(buffer.clone().oneshot(get("/boom")));
+    let err = boom.await.expect_err("the call to /boom panics");
+    assert!(err.is_panic(), "{err}");
+
+    // The buffer stays open (`buffer` is alive) and idle; the bulkhead's permit is free.
+    let res = other_route
+        .oneshot(get("/other"))
+        .await
+        .expect("the bulkhead has a free permit");
+    assert_eq!(res.body(), "fresh /other");
+    drop(buffer);
 }
 
 /// The panic leaves `call` as a future; the request is dropped without calling the inner

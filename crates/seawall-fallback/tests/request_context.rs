@@ -18,6 +18,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    task::{Context, Poll},
 };
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{service_fn, util::BoxCloneService, Layer, Service, ServiceExt};
@@ -58,6 +59,24 @@ where
 {
     let res = svc.ready().await?.call(get(path)).await?;
     Ok(res.into_body())
+}
+
+/// A service that cannot get ready: `poll_ready` fails with the error it makes.
+#[derive(Clone)]
+struct Refusing(fn() -> BoxError);
+
+impl Service<Request<()>> for Refusing {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Res, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err((self.0)()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        unreachable!("never ready")
+    }
 }
 
 fn future_of<S: Service<R>, R>(_: &S) -> PhantomData<S::Future> {
@@ -160,13 +179,11 @@ async fn a_closure_fallback_gets_the_context_with_each_kind_of_failure() {
 /// context of its own request.
 #[tokio::test]
 async fn after_a_readiness_error_each_call_passes_its_own_context() {
-    type Inner = BoxCloneService<Request<()>, Res, BoxError>;
     let layer = FallbackLayer::builder()
         .with_request(|req: &Request<()>| req.uri().path().to_owned())
         .build_fn(describe)
         .unwrap();
-    let refused: Result<Inner, BoxError> = Err("refused".into());
-    let mut svc = layer.layer(tower::util::future_service(std::future::ready(refused)));
+    let mut svc = layer.layer(Refusing(|| "refused".into()));
     for path in ["/a", "/b", "/a"] {
         let res = svc.ready().await.unwrap().call(get(path)).await.unwrap();
         assert_eq!(res.body(), &format!("{path}: refused"));
@@ -239,14 +256,12 @@ async fn interleaved_failed_responses_each_pass_their_own_context_to_a_service()
 /// either is answered; the service answers `/b` first, and each call gets its own answer.
 #[tokio::test]
 async fn interleaved_calls_after_a_readiness_error_each_pass_their_own_context_to_a_service() {
-    type Inner = BoxCloneService<Request<()>, Res, BoxError>;
     let (lookup, mut fallback) = mock::pair::<FailedCall<Res, String>, Res>();
     let layer = FallbackLayer::builder()
         .with_request(|req: &Request<()>| req.uri().path().to_owned())
         .build_service(lookup)
         .unwrap();
-    let refused: Result<Inner, BoxError> = Err("refused".into());
-    let mut svc = layer.layer(tower::util::future_service(std::future::ready(refused)));
+    let mut svc = layer.layer(Refusing(|| "refused".into()));
 
     let mut a = tokio_test::task::spawn(svc.ready().await.unwrap().call(get("/a")));
     let mut b = tokio_test::task::spawn(svc.ready().await.unwrap().call(get("/b")));
@@ -295,9 +310,7 @@ async fn the_context_is_captured_once_per_call_in_call() {
         assert_eq!(captures.load(Ordering::SeqCst), expected, "{path}: once");
     }
 
-    let timed_out: Result<BoxCloneService<Request<()>, Res, BoxError>, BoxError> =
-        Err(Box::new(Elapsed::new()));
-    let mut failed = layer.layer(tower::util::future_service(std::future::ready(timed_out)));
+    let mut failed = layer.layer(Refusing(|| Box::new(Elapsed::new())));
     for path in ["/a", "/b"] {
         let fut = failed.ready().await.unwrap().call(get(path));
         expected += 1;
