@@ -12,8 +12,8 @@ use std::{
     pin::pin,
     task::{Context, Waker},
 };
-use tokio_test::{assert_pending, assert_ready_ok};
-use tower::{buffer::Buffer, service_fn, Layer, Service, ServiceExt};
+use tokio_test::assert_ready_ok;
+use tower::{buffer::Buffer, limit::ConcurrencyLimit, service_fn, Layer, Service, ServiceExt};
 use tower_test::mock;
 
 type Res = Response<String>;
@@ -103,12 +103,14 @@ async fn a_panicking_capture_behind_a_buffer_gives_back_a_shared_permit() {
     drop(buffer);
 }
 
-/// The panic leaves `call` as a future; the request is dropped without calling the inner
-/// service, which keeps the capacity it reserved in `poll_ready` for the next call.
+/// The panic leaves `call` as a future, and the request is dropped without calling the inner
+/// service. What the inner service reserved for the call goes back in `call`: here the one
+/// permit of a concurrency limit, which another clone gets at once.
 #[tokio::test]
-async fn a_panicking_capture_panics_in_the_future_and_keeps_the_reservation() {
+async fn a_panicking_capture_panics_in_the_future_and_gives_back_the_reservation() {
     let (inner, mut handle) = mock::pair::<Request<()>, Res>();
-    let mut svc = layer().layer(inner);
+    let mut svc = layer().layer(ConcurrencyLimit::new(inner, 1));
+    let mut other = svc.clone();
     handle.allow(1);
 
     let fut = svc.ready().await.unwrap().call(get("/boom"));
@@ -116,23 +118,29 @@ async fn a_panicking_capture_panics_in_the_future_and_keeps_the_reservation() {
         handle.poll_request().is_pending(),
         "the inner service is not called"
     );
+
+    // The limit's one permit is free before the future is even polled.
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
     let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
     let payload = polled.expect_err("polling the future panics");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"no x-user-id header"));
 
-    // The permit `allow(1)` gave was not used: the next call gets it without another `allow`.
-    let mut ready = tokio_test::task::spawn(svc.ready());
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let answer = svc.call(get("/fresh"));
+    let answer = other.call(get("/fresh"));
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.uri().path(), "/fresh");
     send.send_response(Response::new("fresh".to_string()));
     assert_eq!(answer.await.unwrap().body(), "fresh");
 
-    // No permit is left for a third call.
-    let mut ready = tokio_test::task::spawn(svc.ready());
-    assert_pending!(ready.poll());
+    // The service whose capture panicked gets ready again and calls its inner service.
+    handle.allow(1);
+    let answer = svc.ready().await.unwrap().call(get("/again"));
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.uri().path(), "/again");
+    send.send_response(Response::new("again".to_string()));
+    assert_eq!(answer.await.unwrap().body(), "again");
 }
