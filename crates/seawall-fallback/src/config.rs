@@ -43,7 +43,9 @@ impl<C, X> FallbackBuilder<C, X> {
     /// Handle errors of type `T` found anywhere in the error's source chain.
     ///
     /// Replaces the default of handling every error; combine with further `on_error_type` and
-    /// [`on_error`](Self::on_error) calls to handle several kinds.
+    /// [`on_error`](Self::on_error) calls to handle several kinds. Like every rule, it is matched
+    /// against readiness errors of the inner service too, in `poll_ready` (see
+    /// [`on_error`](Self::on_error)).
     pub fn on_error_type<T: Error + 'static>(self) -> Self {
         self.on_error(|e: &(dyn Error + 'static)| error::is::<T>(e))
     }
@@ -52,6 +54,13 @@ impl<C, X> FallbackBuilder<C, X> {
     ///
     /// Replaces the default of handling every error; predicates added this way and with
     /// [`on_error_type`](Self::on_error_type) are alternatives (any match handles the error).
+    ///
+    /// The predicate runs in the call's future for a call's error, and in `poll_ready` for a
+    /// readiness error of the inner service, to decide whether the layer keeps that error (see
+    /// [`Fallback`](crate::Fallback)). `poll_ready` need not run in the caller's task: behind a
+    /// `tower::buffer::Buffer` it runs in the buffer's worker, and a panic there ends the worker,
+    /// failing every later call on every clone. So the predicate must not panic: test what it
+    /// reads (`downcast_ref`, `source()`) rather than unwrap it.
     pub fn on_error<P>(mut self, predicate: P) -> Self
     where
         P: Fn(&(dyn Error + 'static)) -> bool + Send + Sync + 'static,
