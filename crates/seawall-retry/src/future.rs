@@ -66,6 +66,9 @@ pin_project! {
     }
 }
 
+/// What polling a call gives: its answer, once it has one.
+type Answer<S, Req> = Poll<Result<<S as Service<Req>>::Response, BoxError>>;
+
 /// The later attempts' pinned box, empty once the call has finished. Its drop, deallocation
 /// included, is one call out of line, so dropping a [`ResponseFuture`] stays small enough to
 /// inline.
@@ -568,8 +571,13 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // No code out of line is lent the state's address (as `Pin::set` would, dropping the
+        // old state through its whole drop glue): the first attempt's future is dropped in place
+        // and the rest is handed on by value, the first attempt's parts to `retry_first` and the
+        // later attempts' box to `poll_attempts`. A call that succeeds first time then runs no
+        // code out of line before it is dropped.
         let mut state = self.project().state;
-        let result = match state.as_mut().project() {
+        match state.as_mut().project() {
             StateProj::First {
                 link,
                 started,
@@ -580,14 +588,26 @@ where
                 let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
                 let outcome = link.policy.classify(result.as_ref(), elapsed);
                 link.record(outcome);
+                let first = state.as_mut().project_replace(State::Retrying {
+                    retrying: Boxed::EMPTY,
+                    attempts: 1,
+                });
                 if outcome != Outcome::Failure {
-                    state.set(State::Retrying {
-                        retrying: Boxed::EMPTY,
-                        attempts: 1,
-                    });
+                    drop(first);
                     return Poll::Ready(result);
                 }
-                result
+                // The first attempt failed: retry if every rule allows it, else return it as
+                // it is.
+                let (poll, later, attempts) = Retrying::retry_first(first, result, cx);
+                if let StateProj::Retrying {
+                    retrying,
+                    attempts: made,
+                } = state.project()
+                {
+                    *retrying = later;
+                    *made = attempts;
+                }
+                poll
             }
             StateProj::Retrying { retrying, attempts } => {
                 let Some(later) = retrying.0.as_mut() else {
@@ -596,17 +616,32 @@ where
                 let result = ready!(later.as_mut().poll_attempts(cx));
                 *attempts = later.attempt;
                 *retrying = Boxed::EMPTY;
-                return Poll::Ready(result);
+                Poll::Ready(result)
             }
-        };
-        // The first attempt failed: retry if every rule allows it, else return it as it is.
-        let first = state.as_mut().project_replace(State::Retrying {
-            retrying: Boxed::EMPTY,
-            attempts: 1,
-        });
+        }
+    }
+}
+
+impl<S, Req, P, K> Retrying<S, Req, P, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: Policy<Req, S::Response>,
+    K: CloneRequest<Req>,
+    Req: RequestDeadline,
+{
+    /// Decides on a failed first attempt, and drives the retry if one is scheduled: the poll's
+    /// answer, the later attempts' box (empty once the call is over) and the attempts made. Out
+    /// of line: a call that succeeds first time never runs it.
+    #[inline(never)]
+    fn retry_first(
+        first: StateReplace<S, Req, P, K>,
+        result: Result<S::Response, BoxError>,
+        cx: &mut Context<'_>,
+    ) -> (Answer<S, Req>, Boxed<Self>, u32) {
         let mut retrying = match Retrying::after_first(first, result) {
             Ok(retrying) => retrying,
-            Err(result) => return Poll::Ready(result),
+            Err(result) => return (Poll::Ready(result), Boxed::EMPTY, 1),
         };
         let Some(later) = retrying.0.as_mut() else {
             unreachable!("a scheduled retry is boxed");
@@ -614,19 +649,9 @@ where
         match later.as_mut().poll_attempts(cx) {
             Poll::Ready(result) => {
                 let attempts = later.attempt;
-                state.set(State::Retrying {
-                    retrying: Boxed::EMPTY,
-                    attempts,
-                });
-                Poll::Ready(result)
+                (Poll::Ready(result), Boxed::EMPTY, attempts)
             }
-            Poll::Pending => {
-                state.set(State::Retrying {
-                    retrying,
-                    attempts: 0,
-                });
-                Poll::Pending
-            }
+            Poll::Pending => (Poll::Pending, retrying, 0),
         }
     }
 }
