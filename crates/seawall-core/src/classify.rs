@@ -11,9 +11,36 @@
 //! | [`HttpClassifier`] | failure | failure for 5xx and 429, success otherwise (configurable) |
 //! | [`GrpcClassifier`] | failure | failure when `grpc-status` is UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL or UNKNOWN (configurable); with no `grpc-status`, the HTTP status mapped as gRPC clients map it (400, 429, 502–504 and unlisted statuses fail; 401, 403, 404 succeed), and a 200 whose `content-type` is not gRPC's fails |
 //! | a closure `Fn(Result<&Res, &E>, Duration) -> Outcome` | you decide | you decide |
+//! | [`IgnoreError`], `c.ignore_error::<T>()` | ignored when a `T` is in the error's `source()` chain, otherwise as `c` says | as `c` says |
 //!
 //! A call whose future is dropped before it completes is never classified: the layers record it as
 //! [`Outcome::Ignored`] themselves.
+//!
+//! [`ignore_error::<T>()`](ClassifyExt::ignore_error) wraps any classifier so that an error with a
+//! `T` anywhere in its `source()` chain is [`Outcome::Ignored`] (Resilience4j's
+//! `ignoreExceptions`): a rate limiter's `Limited` below a circuit breaker is this client's own
+//! quota, not the dependency's health. Everything else is as the wrapped classifier says; call it
+//! again for another type.
+//!
+//! ```
+//! use seawall_core::classify::{Classify, ClassifyExt, HttpClassifier, Outcome};
+//! use seawall_core::BoxError;
+//! use std::time::Duration;
+//!
+//! #[derive(Debug)]
+//! struct OverQuota;
+//! impl std::fmt::Display for OverQuota {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("over quota") }
+//! }
+//! impl std::error::Error for OverQuota {}
+//!
+//! let classifier = HttpClassifier::new().ignore_error::<OverQuota>();
+//! let classify = |error: BoxError| {
+//!     Classify::<http::Response<()>, _>::classify(&classifier, Err(&error), Duration::ZERO)
+//! };
+//! assert_eq!(classify(OverQuota.into()), Outcome::Ignored);
+//! assert_eq!(classify("connection reset".into()), Outcome::Failure);
+//! ```
 //!
 //! ```
 //! use seawall_core::classify::{Classify, HttpClassifier, Outcome};
@@ -31,9 +58,12 @@
 //! assert_eq!(slow_is_failure.classify(Ok(&1), Duration::from_secs(2)), Outcome::Failure);
 //! ```
 
+use crate::error::{self, AsDynError};
 use http::{header::RETRY_AFTER, HeaderMap, Response, StatusCode};
 use std::{
+    error::Error,
     fmt,
+    marker::PhantomData,
     time::{Duration, SystemTime},
 };
 
@@ -88,6 +118,103 @@ where
 
     fn uses_elapsed(&self) -> bool {
         true
+    }
+}
+
+/// Combinators for every classifier; see [`ignore_error`](ClassifyExt::ignore_error).
+///
+/// Implemented for every type, so that a classifier whose `Classify` impl is generic over the
+/// response and error types ([`DefaultClassifier`], [`HttpClassifier`], [`GrpcClassifier`]) needs
+/// no annotation: what is built is a classifier wherever `self` is one.
+pub trait ClassifyExt: Sized {
+    /// Classifies an error with a `T` anywhere in its `source()` chain (as
+    /// [`error::is`] finds it) as [`Outcome::Ignored`], and everything else as
+    /// `self` does; see [`IgnoreError`]. Chain it to ignore several types.
+    ///
+    /// The error type of the service being classified must be [`AsDynError`]: [`BoxError`]
+    /// (what every seawall layer returns), any other `Box` or `Arc` of a `dyn Error`, or
+    /// [`std::io::Error`].
+    ///
+    /// [`BoxError`]: crate::BoxError
+    fn ignore_error<T: Error + 'static>(self) -> IgnoreError<Self, T> {
+        IgnoreError::new(self)
+    }
+}
+
+impl<C> ClassifyExt for C {}
+
+/// A classifier that answers [`Outcome::Ignored`] for errors of type `T` and defers to `C` for
+/// everything else. Made by [`ClassifyExt::ignore_error`].
+///
+/// An error counts as a `T` when a `T` (or an `Arc<T>` or `Box<T>`) is the error itself or
+/// anywhere in its `source()` chain, as [`error::is`] finds it. Responses, and
+/// errors without a `T`, are classified by `C`, which also answers
+/// [`uses_elapsed`](Classify::uses_elapsed). It is zero-sized around a zero-sized `C`, and
+/// `Clone`, `Copy`, `Debug`, `Default`, `Send` and `Sync` whenever `C` is, whatever `T` is.
+pub struct IgnoreError<C, T> {
+    inner: C,
+    error: PhantomData<fn() -> T>,
+}
+
+impl<C, T> IgnoreError<C, T> {
+    /// `inner`, with errors of type `T` ignored.
+    pub fn new(inner: C) -> Self {
+        IgnoreError {
+            inner,
+            error: PhantomData,
+        }
+    }
+
+    /// The classifier for everything else.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The classifier for everything else, unwrapped.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+}
+
+impl<Res, E, C, T> Classify<Res, E> for IgnoreError<C, T>
+where
+    E: AsDynError + ?Sized,
+    C: Classify<Res, E>,
+    T: Error + 'static,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &E>, elapsed: Duration) -> Outcome {
+        match result {
+            Err(err) if error::is::<T>(err.as_dyn_error()) => Outcome::Ignored,
+            result => self.inner.classify(result, elapsed),
+        }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        self.inner.uses_elapsed()
+    }
+}
+
+impl<C: Clone, T> Clone for IgnoreError<C, T> {
+    fn clone(&self) -> Self {
+        IgnoreError::new(self.inner.clone())
+    }
+}
+
+impl<C: Copy, T> Copy for IgnoreError<C, T> {}
+
+impl<C: Default, T> Default for IgnoreError<C, T> {
+    fn default() -> Self {
+        IgnoreError::new(C::default())
+    }
+}
+
+impl<C: fmt::Debug, T> fmt::Debug for IgnoreError<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IgnoreError")
+            .field("inner", &self.inner)
+            .field("error", &std::any::type_name::<T>())
+            .finish()
     }
 }
 
@@ -698,6 +825,220 @@ mod tests {
         assert!(!Classify::<Response<()>, io::Error>::uses_elapsed(
             &GrpcClassifier::new()
         ));
+    }
+
+    #[derive(Debug)]
+    struct Quota;
+    impl fmt::Display for Quota {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("over quota")
+        }
+    }
+    impl Error for Quota {}
+
+    #[derive(Debug)]
+    struct Busy;
+    impl fmt::Display for Busy {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("busy")
+        }
+    }
+    impl Error for Busy {}
+
+    /// An outer layer's error around another.
+    #[derive(Debug)]
+    struct Wrapped(crate::BoxError);
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrapped {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    fn boxed(err: impl Error + Send + Sync + 'static) -> crate::BoxError {
+        Box::new(err)
+    }
+
+    #[test]
+    fn ignore_error_ignores_the_type_itself_and_anywhere_in_its_source_chain() {
+        use crate::BoxError;
+        let c = DefaultClassifier.ignore_error::<Quota>();
+        let classify =
+            |err: &BoxError| Classify::<u8, BoxError>::classify(&c, Err(err), Duration::ZERO);
+        assert_eq!(classify(&boxed(Quota)), Outcome::Ignored, "itself");
+        assert_eq!(
+            classify(&boxed(Wrapped(boxed(Wrapped(boxed(Quota)))))),
+            Outcome::Ignored,
+            "two layers down"
+        );
+        assert_eq!(
+            classify(&boxed(io::Error::other(Quota))),
+            Outcome::Ignored,
+            "inside an io::Error"
+        );
+        let shared: std::sync::Arc<dyn Error + Send + Sync> = std::sync::Arc::new(Quota);
+        assert_eq!(
+            classify(&boxed(Wrapped(Box::new(shared)))),
+            Outcome::Ignored,
+            "shared"
+        );
+        // Other errors are the inner classifier's.
+        assert_eq!(classify(&boxed(Busy)), Outcome::Failure);
+        assert_eq!(classify(&boxed(Wrapped(boxed(Busy)))), Outcome::Failure);
+        assert_eq!(classify(&"reset".into()), Outcome::Failure);
+        // So are responses.
+        assert_eq!(
+            Classify::<u8, BoxError>::classify(&c, Ok(&1), Duration::ZERO),
+            Outcome::Success
+        );
+    }
+
+    #[test]
+    fn ignore_error_leaves_responses_and_other_errors_to_the_inner_classifier() {
+        use crate::BoxError;
+        let c = HttpClassifier::new()
+            .with_success(StatusCode::NOT_IMPLEMENTED)
+            .ignore_error::<Quota>();
+        let ok =
+            |status: u16| Classify::<_, BoxError>::classify(&c, Ok(&http(status)), Duration::ZERO);
+        assert_eq!(ok(200), Outcome::Success);
+        assert_eq!(ok(503), Outcome::Failure);
+        assert_eq!(ok(429), Outcome::Failure);
+        assert_eq!(ok(501), Outcome::Success);
+        assert!(!c.get_ref().is_failure(StatusCode::NOT_IMPLEMENTED));
+
+        // Whatever the inner classifier answers for an error, it is its answer that stands.
+        let lenient = |result: Result<&u8, &BoxError>, elapsed: Duration| match result {
+            Err(_) if elapsed > Duration::from_secs(1) => Outcome::Failure,
+            Err(_) => Outcome::Success,
+            Ok(_) => Outcome::Ignored,
+        };
+        let c = lenient.ignore_error::<Quota>();
+        let classify = |result: Result<&u8, &BoxError>, elapsed| c.classify(result, elapsed);
+        let busy = boxed(Busy);
+        assert_eq!(classify(Err(&busy), Duration::ZERO), Outcome::Success);
+        assert_eq!(
+            classify(Err(&busy), Duration::from_secs(2)),
+            Outcome::Failure
+        );
+        assert_eq!(classify(Ok(&1), Duration::ZERO), Outcome::Ignored);
+        // Ignored, however slow.
+        assert_eq!(
+            classify(Err(&boxed(Quota)), Duration::from_secs(2)),
+            Outcome::Ignored
+        );
+    }
+
+    #[test]
+    fn ignore_error_chains_for_several_types() {
+        use crate::BoxError;
+        let c = GrpcClassifier::new()
+            .ignore_error::<Quota>()
+            .ignore_error::<Busy>();
+        let classify = |err: &BoxError| {
+            Classify::<Response<()>, BoxError>::classify(&c, Err(err), Duration::ZERO)
+        };
+        assert_eq!(classify(&boxed(Quota)), Outcome::Ignored);
+        assert_eq!(classify(&boxed(Busy)), Outcome::Ignored);
+        assert_eq!(classify(&boxed(Wrapped(boxed(Busy)))), Outcome::Ignored);
+        assert_eq!(
+            classify(&boxed(io::Error::other("reset"))),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Classify::<_, BoxError>::classify(&c, Ok(&grpc(Some("14"))), Duration::ZERO),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Classify::<_, BoxError>::classify(&c, Ok(&grpc(Some("0"))), Duration::ZERO),
+            Outcome::Success
+        );
+    }
+
+    /// The service's error type need not be `BoxError`: any boxed or shared `dyn Error`, the
+    /// `dyn Error` itself, or an `io::Error`.
+    #[test]
+    fn ignore_error_reads_other_error_types() {
+        use std::sync::Arc;
+        let c = DefaultClassifier.ignore_error::<Quota>();
+        let other = io::Error::other("reset");
+        let quota = io::Error::other(Quota);
+        assert_eq!(
+            Classify::<u8, io::Error>::classify(&c, Err(&quota), Duration::ZERO),
+            Outcome::Ignored
+        );
+        assert_eq!(
+            Classify::<u8, io::Error>::classify(&c, Err(&other), Duration::ZERO),
+            Outcome::Failure
+        );
+        let shared: Arc<dyn Error + Send + Sync> = Arc::new(Wrapped(boxed(Quota)));
+        assert_eq!(
+            Classify::<u8, _>::classify(&c, Err(&shared), Duration::ZERO),
+            Outcome::Ignored
+        );
+        let local: Box<dyn Error> = Box::new(Quota);
+        assert_eq!(
+            Classify::<u8, _>::classify(&c, Err(&local), Duration::ZERO),
+            Outcome::Ignored
+        );
+        let unsized_err: &(dyn Error + Send + Sync) = &Busy;
+        assert_eq!(
+            Classify::<u8, dyn Error + Send + Sync>::classify(&c, Err(unsized_err), Duration::ZERO),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn ignore_error_answers_uses_elapsed_as_the_inner_classifier_does() {
+        use crate::BoxError;
+        assert!(!Classify::<u8, BoxError>::uses_elapsed(
+            &DefaultClassifier.ignore_error::<Quota>()
+        ));
+        assert!(!Classify::<Response<()>, BoxError>::uses_elapsed(
+            &HttpClassifier::new()
+                .ignore_error::<Quota>()
+                .ignore_error::<Busy>()
+        ));
+        let slow = |_: Result<&u8, &BoxError>, elapsed: Duration| match elapsed.is_zero() {
+            true => Outcome::Success,
+            false => Outcome::Failure,
+        };
+        assert!(slow.ignore_error::<Quota>().uses_elapsed());
+    }
+
+    /// Zero-sized, and `Clone`, `Copy`, `Debug`, `Default`, `Send` and `Sync` whatever the
+    /// ignored type is: only the inner classifier counts.
+    #[test]
+    fn ignore_error_is_as_cheap_to_share_as_its_inner_classifier() {
+        fn shareable<C: Clone + Copy + fmt::Debug + Default + Send + Sync + 'static>(_: &C) {}
+        /// An error that is neither `Send` nor `Sync` nor `Clone`.
+        #[derive(Debug)]
+        struct Local(std::marker::PhantomData<std::rc::Rc<()>>);
+        impl fmt::Display for Local {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("local")
+            }
+        }
+        impl Error for Local {}
+
+        let c = DefaultClassifier
+            .ignore_error::<Local>()
+            .ignore_error::<Quota>();
+        shareable(&c);
+        shareable(&HttpClassifier::new().ignore_error::<Local>());
+        shareable(&GrpcClassifier::new().ignore_error::<Local>());
+        assert_eq!(std::mem::size_of_val(&c), 0);
+        let debug = format!("{c:?}");
+        assert!(debug.contains("DefaultClassifier"), "{debug}");
+        assert!(
+            debug.contains("Local") && debug.contains("Quota"),
+            "{debug}"
+        );
+        let _: DefaultClassifier = IgnoreError::<DefaultClassifier, Quota>::default().into_inner();
     }
 
     #[test]

@@ -50,6 +50,86 @@ pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     find::<T>(err).is_some()
 }
 
+/// An error that can be looked at as a `dyn Error`, so that its `source()` chain can be searched
+/// by type with [`is`] and [`find`] where the error's type is a generic parameter (a classifier's,
+/// as in [`ignore_error`](crate::classify::ClassifyExt::ignore_error)).
+///
+/// Implemented for [`BoxError`] (what every seawall layer returns) and every other `Box` or `Arc`
+/// of a `dyn Error`, for the `dyn Error` types themselves and for [`std::io::Error`]. A service
+/// with an error type of its own can implement it in one line (the method returns `self`); one
+/// whose error type is another crate's is mapped to `BoxError` first (`map_err(BoxError::from)`,
+/// the tower convention). It cannot be implemented for every `Error` type at once: that would
+/// leave `BoxError`, which is not an `Error`, out.
+///
+/// ```
+/// use seawall_core::error::{is, AsDynError, BoxError};
+/// use std::error::Error;
+///
+/// #[derive(Debug)]
+/// struct Refused;
+/// impl std::fmt::Display for Refused {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("refused") }
+/// }
+/// impl Error for Refused {}
+/// impl AsDynError for Refused {
+///     fn as_dyn_error(&self) -> &(dyn Error + 'static) { self }
+/// }
+///
+/// fn refused<E: AsDynError + ?Sized>(err: &E) -> bool {
+///     is::<Refused>(err.as_dyn_error())
+/// }
+/// let boxed: BoxError = Box::new(Refused);
+/// assert!(refused(&boxed));
+/// assert!(refused(&Refused));
+/// assert!(!refused(&std::io::Error::other("reset")));
+/// ```
+pub trait AsDynError {
+    /// This error as a `dyn Error`.
+    fn as_dyn_error(&self) -> &(dyn Error + 'static);
+}
+
+impl AsDynError for dyn Error + 'static {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl AsDynError for dyn Error + Send + 'static {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl AsDynError for dyn Error + Send + Sync + 'static {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl<T: AsDynError + ?Sized> AsDynError for Box<T> {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        (**self).as_dyn_error()
+    }
+}
+
+impl<T: AsDynError + ?Sized> AsDynError for Arc<T> {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        (**self).as_dyn_error()
+    }
+}
+
+impl AsDynError for std::io::Error {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
 /// Iterates over `err` and then each error in its `source()` chain.
 ///
 /// An `Arc<dyn Error>` in the chain is replaced by the error it holds (it displays the same and has

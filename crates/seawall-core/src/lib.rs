@@ -7,7 +7,7 @@
 //! | module | what it gives |
 //! |---|---|
 //! | [`error`] | [`BoxError`] and helpers that find a concrete error type anywhere in a `source()` chain |
-//! | [`classify`] | turning a finished call into [`Outcome::Success`], [`Outcome::Failure`] or [`Outcome::Ignored`]; HTTP and gRPC classifiers |
+//! | [`classify`] | turning a finished call into [`Outcome::Success`], [`Outcome::Failure`] or [`Outcome::Ignored`]; HTTP and gRPC classifiers; [`ignore_error`](ClassifyExt::ignore_error) to ignore errors of a type |
 //! | [`deadline`] | the request deadline that a timeout writes and inner layers (per-try timeouts, retries, hedging) read |
 //! | [`config`] | [`ConfigError`], returned by every builder, naming the field and the rule broken |
 //! | [`name`] | [`Name`], the policy instance name used in events, logs and metric labels |
@@ -35,7 +35,7 @@ pub mod event;
 pub mod metrics;
 pub mod name;
 
-pub use classify::{Classify, Outcome};
+pub use classify::{Classify, ClassifyExt, Outcome};
 pub use config::ConfigError;
 pub use deadline::{
     Deadline, Elapsed, PerTryTimeoutOverride, RequestDeadline, TimeoutOverride, WithDeadline,
