@@ -1,0 +1,168 @@
+//! A classifier built with `ignore_error::<T>()` keeps errors of type `T` out of what a policy
+//! counts: a circuit breaker (alone or in a `BreakerSet`) and an adaptive bulkhead over a rate
+//! limiter stay as they are under a burst of `Limited`, and still react to the dependency's own
+//! failures.
+
+use seawall::{
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State},
+    bulkhead::{
+        limit::Aimd,
+        ratelimit::{Limited, RateLimitLayer},
+        BulkheadLayer,
+    },
+    core::{
+        classify::{Classify, ClassifyExt, DefaultClassifier},
+        error::is,
+        BoxError,
+    },
+};
+use std::time::Duration;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// A dependency that fails the calls asked to fail.
+fn dependency(
+) -> impl Service<bool, Response = &'static str, Error = BoxError, Future: Send> + Clone + Send + 'static
+{
+    service_fn(|fail: bool| async move {
+        match fail {
+            true => Err::<&'static str, BoxError>("boom".into()),
+            false => Ok("ok"),
+        }
+    })
+}
+
+/// This client's own quota: one call a second, none saved up.
+fn quota() -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap()
+}
+
+/// Trips at half the last 10 calls failed, once 5 are in.
+fn breaker<C: Classify<&'static str, BoxError>>(classifier: C) -> BreakerLayer<C> {
+    BreakerLayer::builder()
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(5)
+        .failure_rate_threshold(0.5)
+        .build_with(classifier)
+        .unwrap()
+}
+
+/// One call on a clone of `svc`.
+async fn send<S>(svc: &S, fail: bool) -> Result<&'static str, BoxError>
+where
+    S: Service<bool, Response = &'static str, Error = BoxError> + Clone,
+{
+    svc.clone().oneshot(fail).await
+}
+
+/// One call answered, then 30 over the quota, all rejected with `Limited`.
+async fn burst_over_the_quota<S>(svc: &S)
+where
+    S: Service<bool, Response = &'static str, Error = BoxError> + Clone,
+{
+    assert_eq!(send(svc, false).await.unwrap(), "ok");
+    for _ in 0..30 {
+        let err = send(svc, false).await.unwrap_err();
+        assert!(is::<Limited>(&*err), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_ignoring_limited_stays_closed_over_the_quota_and_trips_on_failures() {
+    let layer = breaker(DefaultClassifier.ignore_error::<Limited>());
+    let handle = layer.handle();
+    let svc = layer.layer(quota().layer(dependency()));
+
+    burst_over_the_quota(&svc).await;
+    assert_eq!(handle.state(), State::Closed);
+    let snapshot = handle.snapshot();
+    assert_eq!((snapshot.calls, snapshot.failures), (1, 0), "{snapshot:?}");
+
+    // The dependency's own failures, one a second within the quota, count: 4 of 5 calls failed.
+    for failed in 1..=4 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let err = send(&svc, true).await.unwrap_err();
+        assert!(!is::<Limited>(&*err), "{err}");
+        let expected = if failed < 4 {
+            State::Closed
+        } else {
+            State::Open
+        };
+        assert_eq!(handle.state(), expected, "after {failed} failures");
+    }
+    assert_eq!(handle.snapshot().trips, 1);
+}
+
+/// What `ignore_error` saves the breaker from: the same burst, every `Limited` a failure.
+#[tokio::test(start_paused = true)]
+async fn without_it_the_same_burst_opens_the_breaker() {
+    let layer = breaker(DefaultClassifier);
+    let handle = layer.handle();
+    let svc = layer.layer(quota().layer(dependency()));
+    assert_eq!(send(&svc, false).await.unwrap(), "ok");
+    // 4 `Limited` of 5 calls.
+    for _ in 0..4 {
+        let err = send(&svc, false).await.unwrap_err();
+        assert!(is::<Limited>(&*err), "{err}");
+    }
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_breaker_of_a_set_ignores_limited() {
+    let config = BreakerConfig::builder()
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(5)
+        .failure_rate_threshold(0.5)
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::with_classifier(config, 16, DefaultClassifier.ignore_error::<Limited>())
+        .unwrap();
+    for endpoint in ["10.0.0.1:80", "10.0.0.2:80"] {
+        let layer = set.get(&endpoint);
+        let svc = layer.layer(quota().layer(dependency()));
+        burst_over_the_quota(&svc).await;
+        assert_eq!(set.handle(&endpoint).unwrap().state(), State::Closed);
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(send(&svc, true).await.is_err());
+        }
+        assert_eq!(set.handle(&endpoint).unwrap().state(), State::Open);
+    }
+}
+
+/// An adaptive limit over a rate limiter: a `Limited` is no sign of load on the dependency, so it
+/// must not take the limit down; the dependency's failures still do.
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_bulkhead_ignoring_limited_keeps_its_limit_over_the_quota() {
+    let aimd = || Aimd::builder().initial_limit(10).build().unwrap();
+    let ignoring = BulkheadLayer::builder()
+        .adaptive(aimd())
+        .classifier(DefaultClassifier.ignore_error::<Limited>())
+        .build()
+        .unwrap();
+    let handle = ignoring.handle();
+    let svc = ignoring.layer(quota().layer(dependency()));
+    burst_over_the_quota(&svc).await;
+    assert_eq!(handle.limit(), 10);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(send(&svc, true).await.is_err());
+    assert!(
+        handle.limit() < 10,
+        "a failure is a drop: {}",
+        handle.limit()
+    );
+
+    // Counted, the same burst takes the limit down.
+    let counting = BulkheadLayer::builder()
+        .adaptive(aimd())
+        .classifier(DefaultClassifier)
+        .build()
+        .unwrap();
+    let handle = counting.handle();
+    burst_over_the_quota(&counting.layer(quota().layer(dependency()))).await;
+    assert!(handle.limit() < 10, "{}", handle.limit());
+}
