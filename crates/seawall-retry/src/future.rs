@@ -27,8 +27,8 @@ pin_project! {
     /// it waits out the backoff, polls the service ready, and sends the next copy.
     ///
     /// A call that succeeds first time allocates nothing beyond what copying its request costs,
-    /// and runs inline: no part of the first attempt is lent to code out of line, so the
-    /// compiler can see through the whole call. What later attempts need (the timer, the
+    /// and runs inline: none of the retry's own code out of line is lent the first attempt's
+    /// parts, so the compiler can see through the whole call. What later attempts need (the timer, the
     /// backoff's random generator) is allocated together with the service, the request copy and
     /// the policy, once, at the first retry (or at the call, with a per-attempt timeout).
     pub struct ResponseFuture<S, Req, P, K>
@@ -49,8 +49,9 @@ pin_project! {
     {
         // The first attempt is in flight.
         First {
-            // Dropped first: its shared state is let go of without unwinding, so dropping a
-            // finished future needs no cleanup path.
+            // Dropped first when a call is dropped during its first attempt: its shared state is
+            // let go of without unwinding, so that drop needs no cleanup path. (A first-time
+            // success drops the attempt's future in place first, then the rest by value.)
             link: Link<P, K>,
             service: S,
             template: Option<Req>,
@@ -571,11 +572,12 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // No code out of line is lent the state's address (as `Pin::set` would, dropping the
-        // old state through its whole drop glue): the first attempt's future is dropped in place
-        // and the rest is handed on by value, the first attempt's parts to `retry_first` and the
-        // later attempts' box to `poll_attempts`. A call that succeeds first time then runs no
-        // code out of line before it is dropped.
+        // None of the retry's own code out of line is lent the state's address (as `Pin::set`
+        // would, dropping the old state through its whole drop glue): the first attempt's future
+        // is dropped in place and the rest is handed on by value, the first attempt's parts to
+        // `retry_first`; `poll_attempts` gets a pin into the later attempts' box. A call that
+        // succeeds first time then runs none of the retry's code out of line before it is
+        // dropped.
         let mut state = self.project().state;
         match state.as_mut().project() {
             StateProj::First {
@@ -840,6 +842,37 @@ mod tests {
         let mut future = pin!(svc.call(Req));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        let _ = future.as_mut().poll(&mut cx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_answering_at_once_reports_its_attempts() {
+        let mut svc = layer(Duration::ZERO, None).layer(failing(1));
+        let mut future = pin!(svc.call(Req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "done", attempt: 2, retryable: false, timer: false }"#
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "polled after completion")]
+    async fn a_refused_retry_reports_one_attempt_and_panics_when_polled_again() {
+        let mut svc = RetryLayer::builder()
+            .max_attempts(1)
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap()
+            .layer(failing(1));
+        let mut future = pin!(svc.call(Req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "done", attempt: 1, retryable: false, timer: false }"#
+        );
         let _ = future.as_mut().poll(&mut cx);
     }
 
