@@ -225,4 +225,10 @@ async fn scraped_metrics_show_every_concern_by_name() {
     // Balance: three endpoints, endpoint 0 ejected.
     assert_eq!(value(&text, metrics::BALANCE_ENDPOINTS, "obs-balance"), 3.0);
     assert_eq!(value(&text, metrics::BALANCE_EJECTIONS, "obs-balance"), 1.0);
+    // One of three out: not enough for panic mode at the default threshold, 0.5.
+    assert_eq!(
+        value(&text, metrics::BALANCE_UNHEALTHY_ENDPOINTS, "obs-balance"),
+        1.0
+    );
+    assert_eq!(value(&text, metrics::BALANCE_PANIC, "obs-balance"), 0.0);
 }

@@ -1,5 +1,6 @@
 //! State changes are `tracing` events: every breaker transition, every ejection and return of an
-//! endpoint, every endpoint added, and every bulkhead rejection, each with the policy's name.
+//! endpoint, every endpoint added, a balancer entering and leaving panic mode, and every bulkhead
+//! rejection, each with the policy's name.
 
 use seawall::{
     balance::{BalanceLayer, OutlierDetection, Picker},
@@ -229,6 +230,74 @@ async fn balancer_ejections_and_returns_are_traced() {
     let returned = capture.with_message("seawall balance endpoint returned");
     assert_eq!(returned.len(), 1, "{returned:?}");
     assert_eq!(returned[0].field("key"), Some("\"bad\""));
+}
+
+/// A balancer entering panic mode warns, once, and leaving it is logged at `info`, once: "bad" is
+/// one endpoint of two, too many unhealthy for a threshold of 0.7.
+#[tokio::test(start_paused = true)]
+async fn balancer_panic_mode_is_traced() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let down = Arc::new(AtomicBool::new(true));
+    let d = down.clone();
+    let balance = BalanceLayer::builder()
+        .name("traced-panic")
+        .picker(Picker::RoundRobin)
+        .panic_threshold(0.7)
+        .outlier_detection(OutlierDetection {
+            interval: Duration::from_millis(20),
+            base_ejection_time: Duration::from_millis(50),
+            max_ejection_percent: 0.5,
+            consecutive_failures: Some(2),
+            success_rate: None,
+            failure_percentage: None,
+            latency: None,
+            ..OutlierDetection::default()
+        })
+        .seed(1)
+        .build()
+        .unwrap()
+        .layer(discover::from_list(["good", "bad"], move |&key| {
+            let down = d.clone();
+            service_fn(move |_req: http::Request<()>| {
+                let fail = key == "bad" && down.load(SeqCst);
+                async move {
+                    if fail {
+                        Err::<&str, BoxError>("down".into())
+                    } else {
+                        Ok(key)
+                    }
+                }
+            })
+        }));
+
+    // In panic mode "bad" takes calls again and fails them: still one warning.
+    for _ in 0..12 {
+        let _ = balance.clone().oneshot(http::Request::new(())).await;
+    }
+    let entered = capture
+        .with_message("seawall balance entered panic mode; unhealthy endpoints take calls too");
+    assert_eq!(entered.len(), 1, "{entered:?}");
+    assert_eq!(entered[0].level, Level::WARN);
+    assert_eq!(entered[0].field("name"), Some("traced-panic"));
+    assert_eq!(entered[0].field("unhealthy"), Some("1"));
+    assert_eq!(entered[0].field("endpoints"), Some("2"));
+    assert_eq!(entered[0].field("threshold"), Some("0.7"));
+
+    down.store(false, SeqCst);
+    for _ in 0..50 {
+        if !balance.is_panicking() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let left = capture.with_message("seawall balance left panic mode");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].level, Level::INFO);
+    assert_eq!(left[0].field("name"), Some("traced-panic"));
+    assert_eq!(left[0].field("unhealthy"), Some("0"));
 }
 
 #[tokio::test]

@@ -337,7 +337,8 @@ impl<C, H, P, F> BalanceConfigBuilder<C, H, P, F> {
 
     /// When fewer than this share of endpoints is healthy, health is ignored and calls spread over
     /// every endpoint the [`filter`](Self::filter) lets through (Envoy's panic threshold), in
-    /// `[0, 1]`; 0 turns panic mode off. Default 0.5.
+    /// `[0, 1]`; 0 turns panic mode off. Default 0.5. Entering and leaving panic mode are
+    /// reported ([`BalanceEvent::PanicEntered`], [`BalanceEvent::PanicExited`]).
     pub fn panic_threshold(mut self, share: f64) -> Self {
         self.panic_threshold = share;
         self

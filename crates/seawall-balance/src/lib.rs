@@ -42,7 +42,9 @@
 //! [`HealthCheck`] probes every endpoint periodically (Ribbon's `IPing`). A [`Filter`] keeps
 //! endpoints out on every pick (Ribbon's `AvailabilityFilteringRule`); with the default `breaker`
 //! feature, `BreakerFilter` skips endpoints whose own `seawall-breaker` circuit breaker is open.
-//! When fewer than `panic_threshold` of the endpoints are healthy, health is ignored.
+//! When fewer than `panic_threshold` of the endpoints are healthy, health is ignored (panic mode,
+//! reported by [`BalanceEvent::PanicEntered`] and [`BalanceEvent::PanicExited`] and by the
+//! `seawall_balance_panic` gauge, next to `seawall_balance_unhealthy_endpoints`).
 //! What counts as a failure comes from a `seawall-core` classifier.
 //!
 //! # Defaults
@@ -187,7 +189,9 @@ pub enum EjectReason {
 /// `[Insert(5), Remove(5)]` the listeners hear `EndpointAdded` then `EndpointRemoved` for 5, and
 /// [`Balance::endpoints`] never held 5. A change of health is reported once it is in force (an
 /// ejected endpoint is in [`Balance::unhealthy`], and [`Balance::is_panicking`] counts it). One
-/// balancer's changes of its set and health are reported in the order they were made. A key whose
+/// balancer's changes of its set and health are reported in the order they were made, and a
+/// change of panic mode right after the changes that made it (a discovery batch, an ejection, an
+/// outlier detection pass, a health check's verdict). A key whose
 /// `Debug` panics loses its event (the panic is logged at `error`); the change stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -228,6 +232,24 @@ pub enum BalanceEvent {
     ProbePassed {
         /// The endpoint's key.
         key: String,
+    },
+    /// Too few endpoints are healthy (fewer than `panic_threshold` of them): the balancer
+    /// ignores health, and unhealthy endpoints take calls again (Envoy's `lb_healthy_panic`).
+    /// Judged on the set in force each time its health or its endpoints change, not on each pick;
+    /// [`Balance::is_panicking`] holds from this event until [`PanicExited`](Self::PanicExited).
+    PanicEntered {
+        /// Endpoints ejected or failing their health check.
+        unhealthy: usize,
+        /// Endpoints in the set.
+        endpoints: usize,
+    },
+    /// Enough endpoints are healthy again, or none is unhealthy: health keeps unhealthy endpoints
+    /// out of the pick again.
+    PanicExited {
+        /// Endpoints ejected or failing their health check.
+        unhealthy: usize,
+        /// Endpoints in the set.
+        endpoints: usize,
     },
     /// A call found no available endpoint within `max_wait`.
     NoEndpoints {

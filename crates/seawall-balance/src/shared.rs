@@ -66,6 +66,8 @@ pub(crate) struct Shared<K, S, C> {
     health: Mutex<Health>,
     task: Mutex<Option<AbortHandle>>,
     endpoints_gauge: metrics_handles::Gauge,
+    unhealthy_gauge: metrics_handles::Gauge,
+    panic_gauge: metrics_handles::Gauge,
 }
 
 mod metrics_handles {
@@ -75,6 +77,11 @@ mod metrics_handles {
 struct Health {
     rng: SmallRng,
     zones: Vec<Arc<str>>,
+    /// The unhealthy count the gauge was last given.
+    gauged_unhealthy: usize,
+    /// Whether the balancer was in panic mode when its health last changed: what the gauge and
+    /// the listeners were last told.
+    panic: bool,
 }
 
 /// A change of the set or of an endpoint's health, logged and reported to the listeners once the
@@ -97,6 +104,13 @@ enum Report<K, S> {
     Returned { ep: Arc<Endpoint<K, S>> },
     /// The endpoint's health check passed (`ok`) or failed, after the other verdict.
     Probed { ep: Arc<Endpoint<K, S>>, ok: bool },
+    /// The balancer entered panic mode (`entered`) or left it, with `unhealthy` of its
+    /// `endpoints` unhealthy.
+    Panic {
+        entered: bool,
+        unhealthy: usize,
+        endpoints: usize,
+    },
 }
 
 impl<K: Key, S: 'static, C> Shared<K, S, C> {
@@ -146,9 +160,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             health: Mutex::new(Health {
                 rng: SmallRng::seed_from_u64(seed ^ 0x0u64.wrapping_sub(1)),
                 zones,
+                gauged_unhealthy: 0,
+                panic: false,
             }),
             task: Mutex::new(None),
             endpoints_gauge: metrics::gauge(metrics::BALANCE_ENDPOINTS, &name),
+            unhealthy_gauge: metrics::gauge(metrics::BALANCE_UNHEALTHY_ENDPOINTS, &name),
+            panic_gauge: metrics::gauge(metrics::BALANCE_PANIC, &name),
             name,
             settings,
         }
@@ -181,10 +199,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// Whether fewer than `panic_threshold` of the endpoints are healthy: then health is ignored.
     #[inline]
     pub(crate) fn panicking(&self, total: usize) -> bool {
-        let unhealthy = self.unhealthy.load(Relaxed);
-        unhealthy > 0
-            && ((total - unhealthy.min(total)) as f64)
-                < self.settings.panic_threshold * total as f64
+        panic_mode(
+            self.unhealthy.load(Relaxed),
+            total,
+            self.settings.panic_threshold,
+        )
     }
 
     /// Whether endpoint `ep` may take a call: healthy (in panic mode, every endpoint is) and let
@@ -284,11 +303,69 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 tracing::info!(%name, %key, "seawall balance endpoint failed its health check");
                 BalanceEvent::ProbeFailed { key }
             }
+            Report::Panic {
+                entered: true,
+                unhealthy,
+                endpoints,
+            } => {
+                let threshold = self.settings.panic_threshold;
+                tracing::warn!(%name, unhealthy, endpoints, threshold, "seawall balance entered panic mode; unhealthy endpoints take calls too");
+                BalanceEvent::PanicEntered {
+                    unhealthy,
+                    endpoints,
+                }
+            }
+            Report::Panic {
+                entered: false,
+                unhealthy,
+                endpoints,
+            } => {
+                tracing::info!(%name, unhealthy, endpoints, "seawall balance left panic mode");
+                BalanceEvent::PanicExited {
+                    unhealthy,
+                    endpoints,
+                }
+            }
         };
         self.listeners.emit(name, &event);
     }
 
-    fn publish(&self, snapshot: Snapshot<K, S>) {
+    /// Brings the unhealthy endpoints gauge and panic mode up to the unhealthy count just made for
+    /// the set in force, of `total` endpoints, and returns the report of a change of panic mode,
+    /// for the caller to report after the changes that made it. Called under the health lock
+    /// (`health`), under which the count is made, once the changes are complete: after a batch
+    /// of discovery changes, an ejection on a call's thread, an outlier detection pass or a
+    /// probe's new verdict. Panic mode depends only on the set's health and size, so it is
+    /// followed where those change, and picks are left alone.
+    fn health_changed(&self, health: &mut Health, total: usize) -> Option<Report<K, S>> {
+        let unhealthy = self.unhealthy.load(Relaxed);
+        let before = std::mem::replace(&mut health.gauged_unhealthy, unhealthy);
+        // By the change, as the endpoints gauge is, so that balancers sharing a name sum.
+        if unhealthy > before {
+            self.unhealthy_gauge.increment((unhealthy - before) as f64);
+        } else if unhealthy < before {
+            self.unhealthy_gauge.decrement((before - unhealthy) as f64);
+        }
+        let panic = panic_mode(unhealthy, total, self.settings.panic_threshold);
+        if panic == health.panic {
+            return None;
+        }
+        health.panic = panic;
+        if panic {
+            self.panic_gauge.increment(1.0);
+        } else {
+            self.panic_gauge.decrement(1.0);
+        }
+        Some(Report::Panic {
+            entered: panic,
+            unhealthy,
+            endpoints: total,
+        })
+    }
+
+    /// Publishes `snapshot` as the set in force, and returns the report of the change of panic
+    /// mode it makes, if any. The caller holds the health lock (`health`).
+    fn publish(&self, health: &mut Health, snapshot: Snapshot<K, S>) -> Option<Report<K, S>> {
         let len = snapshot.len();
         let unhealthy = snapshot
             .endpoints
@@ -310,7 +387,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         } else if len < before {
             self.endpoints_gauge.decrement((before - len) as f64);
         }
+        let panic = self.health_changed(health, len);
         self.changed.notify_waiters();
+        panic
     }
 
     /// Applies one discovery change.
@@ -340,12 +419,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
         if !reports.is_empty() {
             // Published under the health lock, so the unhealthy count cannot race an ejection.
-            self.publish(Snapshot::build(
-                endpoints,
-                &self.settings.picker,
-                old.local_zone,
-            ));
-            self.report(reports);
+            let panic = self.publish(
+                health,
+                Snapshot::build(endpoints, &self.settings.picker, old.local_zone),
+            );
+            self.report(reports.into_iter().chain(panic));
         }
         drop(guard);
     }
@@ -552,7 +630,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                             // updated the endpoint still counts on it) in the set read under
                             // the lock discovery changes take, so the limits count the set in
                             // force.
-                            let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                            let mut health =
+                                self.health.lock().unwrap_or_else(PoisonError::into_inner);
                             let set = self.current();
                             let ejected = set
                                 .endpoints
@@ -568,7 +647,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                                     )
                                 });
                             if let Some(report) = ejected {
-                                self.report([report]);
+                                let panic = self.health_changed(&mut health, set.len());
+                                self.report(std::iter::once(report).chain(panic));
                                 drop(health);
                                 self.changed.notify_waiters();
                             }
@@ -707,6 +787,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             }
         }
         self.recount(&set);
+        reports.extend(self.health_changed(health, set.len()));
         self.report(reports);
         drop(guard);
         self.changed.notify_waiters();
@@ -715,7 +796,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// Applies a health probe's verdict on the endpoint with `key`. Returns whether the verdict
     /// changed the endpoint's health, and so woke the calls waiting for an endpoint.
     fn probed(&self, key: &K, ok: bool) -> bool {
-        let _health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let set = self.current();
         let Some(ep) = set.endpoints.iter().find(|e| &e.key == key) else {
             return false;
@@ -724,7 +805,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             return false;
         }
         self.recount(&set);
-        self.report([Report::Probed { ep: ep.clone(), ok }]);
+        let panic = self.health_changed(&mut health, set.len());
+        self.report(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
         self.changed.notify_waiters();
@@ -760,8 +842,9 @@ impl<K: Key, S: 'static> Shared<K, S, seawall_core::classify::DefaultClassifier>
 
 impl<K, S, C> Drop for Shared<K, S, C> {
     fn drop(&mut self) {
-        // Its share of the gauge goes with it: a balancer built again under the same name, as on
-        // a reload, then reports its own set. No change can be applied now, so the set is final.
+        // Its share of the gauges goes with it: a balancer built again under the same name, as on
+        // a reload, then reports its own set and health. No change can be applied now, so the set
+        // and its health are final.
         let len = self
             .current
             .get_mut()
@@ -769,6 +852,17 @@ impl<K, S, C> Drop for Shared<K, S, C> {
             .len();
         if len > 0 {
             self.endpoints_gauge.decrement(len as f64);
+        }
+        let health = self
+            .health
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if health.gauged_unhealthy > 0 {
+            self.unhealthy_gauge
+                .decrement(health.gauged_unhealthy as f64);
+        }
+        if health.panic {
+            self.panic_gauge.decrement(1.0);
         }
         if let Some(task) = self
             .task
@@ -1141,6 +1235,13 @@ fn median_without(sorted: &[f64], rank: usize) -> f64 {
     } else {
         (other(mid - 1) + other(mid)) / 2.0
     }
+}
+
+/// Whether a balancer with `unhealthy` of its `total` endpoints unhealthy is in panic mode: fewer
+/// than `threshold` of them are healthy, and at least one is not.
+#[inline]
+fn panic_mode(unhealthy: usize, total: usize, threshold: f64) -> bool {
+    unhealthy > 0 && ((total - unhealthy.min(total)) as f64) < threshold * total as f64
 }
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years) instead of truncating.

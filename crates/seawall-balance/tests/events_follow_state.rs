@@ -1,6 +1,7 @@
 //! A listener that reads the balancer when it hears of a change finds the change made: an added
 //! endpoint is in the set and a removed one is not, an ejected endpoint is unhealthy and counts
-//! towards the panic threshold, and a returned one is healthy again and counts no more.
+//! towards the panic threshold, and a returned one is healthy again and counts no more; a change of
+//! panic mode is reported after the change that made it, and is in force when it is.
 
 mod common;
 
@@ -156,12 +157,31 @@ fn ejected(reason: EjectReason) -> BalanceEvent {
 }
 
 /// What the listener sees as endpoint 0 of 3 is ejected for `reason`, then returns: unhealthy and
-/// in panic mode at the ejection, healthy and out of it at the return.
+/// in panic mode at the ejection and at the panic mode it starts, healthy and out of it at the
+/// return and at the end of panic mode that follows.
 fn ejected_then_returned(reason: EjectReason) -> Vec<Seen> {
     vec![
         seen(ejected(reason), &[0, 1, 2], &[0], true),
         seen(
+            BalanceEvent::PanicEntered {
+                unhealthy: 1,
+                endpoints: 3,
+            },
+            &[0, 1, 2],
+            &[0],
+            true,
+        ),
+        seen(
             BalanceEvent::Returned { key: "0".into() },
+            &[0, 1, 2],
+            &[],
+            false,
+        ),
+        seen(
+            BalanceEvent::PanicExited {
+                unhealthy: 0,
+                endpoints: 3,
+            },
             &[0, 1, 2],
             &[],
             false,

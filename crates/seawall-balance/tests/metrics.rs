@@ -1,10 +1,15 @@
-//! The balancer's metrics, under the policy name.
+//! The balancer's metrics, under the policy name: its endpoints, those health keeps out, and
+//! whether it is in panic mode.
 
 mod common;
 
 use common::Node;
-use seawall::balance::{BalanceLayer, Change};
-use seawall_core::metrics::{testing::TestRecorder, BALANCE_ENDPOINTS};
+use seawall::balance::{Balance, BalanceLayer, Change, OutlierDetection, Picker};
+use seawall_core::metrics::{
+    testing::TestRecorder, BALANCE_ENDPOINTS, BALANCE_PANIC, BALANCE_UNHEALTHY_ENDPOINTS,
+};
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use tokio::time::sleep;
 use tower::Layer;
 
 /// The endpoints gauge moves by the changes to each set: balancers that share a name sum their
@@ -39,4 +44,86 @@ async fn the_endpoints_gauge_sums_the_balancers_sharing_a_name() {
     assert_eq!(endpoints(), Some(2.0));
     drop(balancers);
     assert_eq!(endpoints(), Some(0.0));
+}
+
+/// Ejected at the first failure, for 10 s (then 20 s), with no limit on the share ejected;
+/// passes every 1 s.
+fn eject_at_once() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(10),
+        max_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 1.0,
+        consecutive_failures: Some(1),
+        success_rate: None,
+        failure_percentage: None,
+        latency: None,
+    }
+}
+
+/// Calls `balance` one call at a time until it holds `n` unhealthy endpoints (at most 20 calls).
+async fn drive_until_unhealthy(balance: &Balance<usize, Node>, n: usize) {
+    for _ in 0..20 {
+        if balance.unhealthy().len() == n {
+            return;
+        }
+        common::drive(balance, 1).await;
+    }
+    assert_eq!(balance.unhealthy().len(), n);
+}
+
+/// The unhealthy endpoints gauge and the panic gauge follow ejections, returns and discovery
+/// changes (a threshold of 0.7 puts one unhealthy endpoint of three in panic mode, and not one of
+/// four); balancers that share a name sum them, and a dropped balancer's part is taken off.
+#[tokio::test(start_paused = true)]
+async fn the_unhealthy_and_panic_gauges_follow_ejections_returns_and_discovery() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let unhealthy = || recorder.gauge(BALANCE_UNHEALTHY_ENDPOINTS, "h");
+    let panic = || recorder.gauge(BALANCE_PANIC, "h");
+    let builder = || {
+        BalanceLayer::builder()
+            .name("h")
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.7)
+            .outlier_detection(eject_at_once())
+    };
+    let (balance, cluster) = common::cluster(3, builder()).await;
+    assert_eq!((unhealthy(), panic()), (Some(0.0), Some(0.0)), "registered");
+
+    // Ejected: one of three.
+    cluster.node(0).fail.store(true, Relaxed);
+    drive_until_unhealthy(&balance, 1).await;
+    assert_eq!((unhealthy(), panic()), (Some(1.0), Some(1.0)));
+    // Returned at the pass of 10 s.
+    cluster.node(0).fail.store(false, Relaxed);
+    sleep(Duration::from_secs(11)).await;
+    assert!(balance.unhealthy().is_empty());
+    assert_eq!((unhealthy(), panic()), (Some(0.0), Some(0.0)));
+
+    // Ejected again; an endpoint added makes it one of four, then the ejected one is removed.
+    cluster.node(0).fail.store(true, Relaxed);
+    drive_until_unhealthy(&balance, 1).await;
+    assert_eq!((unhealthy(), panic()), (Some(1.0), Some(1.0)));
+    cluster.tx.send(Change::Insert(3, Node::new(3))).unwrap();
+    common::settle().await;
+    assert_eq!((unhealthy(), panic()), (Some(1.0), Some(0.0)));
+    cluster.tx.send(Change::Remove(0)).unwrap();
+    common::settle().await;
+    assert_eq!((unhealthy(), panic()), (Some(0.0), Some(0.0)));
+    // One of three again.
+    cluster.node(1).fail.store(true, Relaxed);
+    drive_until_unhealthy(&balance, 1).await;
+    assert_eq!((unhealthy(), panic()), (Some(1.0), Some(1.0)));
+
+    // A second balancer under the name, in panic mode too: the gauges sum.
+    let (other, other_cluster) = common::cluster(3, builder()).await;
+    other_cluster.node(2).fail.store(true, Relaxed);
+    drive_until_unhealthy(&other, 1).await;
+    assert_eq!((unhealthy(), panic()), (Some(2.0), Some(2.0)));
+    drop(balance);
+    assert_eq!((unhealthy(), panic()), (Some(1.0), Some(1.0)));
+    drop(other);
+    assert_eq!((unhealthy(), panic()), (Some(0.0), Some(0.0)));
 }

@@ -94,6 +94,14 @@ pub const HEDGE_BUDGET_EXHAUSTED: &str = "seawall_hedge_budget_exhausted_total";
 /// Gauge: endpoints in a balancer's set. It is summed over the balancers that share a name (every
 /// unnamed one is `balance`), and a balancer takes its part away when it is dropped.
 pub const BALANCE_ENDPOINTS: &str = "seawall_balance_endpoints";
+/// Gauge: endpoints of a balancer's set that health keeps out of the pick (ejected by outlier
+/// detection or failing their active health check), counted whether or not panic mode lets them
+/// take calls. Summed over the balancers that share a name, like [`BALANCE_ENDPOINTS`].
+pub const BALANCE_UNHEALTHY_ENDPOINTS: &str = "seawall_balance_unhealthy_endpoints";
+/// Gauge: 1 while a balancer is in panic mode (too few of its endpoints are healthy, so health is
+/// ignored), 0 otherwise. Summed over the balancers that share a name: the number of them in panic
+/// mode.
+pub const BALANCE_PANIC: &str = "seawall_balance_panic";
 /// Counter: endpoints a balancer's outlier detection ejected.
 pub const BALANCE_EJECTIONS: &str = "seawall_balance_ejections_total";
 /// Counter: calls a balancer failed because no endpoint was available within its wait.
@@ -235,6 +243,16 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         BALANCE_ENDPOINTS,
         Kind::Gauge,
         "Endpoints in a seawall balancer's set, summed over balancers of the same name.",
+    ),
+    (
+        BALANCE_UNHEALTHY_ENDPOINTS,
+        Kind::Gauge,
+        "Endpoints a seawall balancer's health keeps out of the pick (ejected or failing their health check), summed over balancers of the same name.",
+    ),
+    (
+        BALANCE_PANIC,
+        Kind::Gauge,
+        "1 while a seawall balancer is in panic mode (too few healthy endpoints, health ignored), summed over balancers of the same name.",
     ),
     (
         BALANCE_EJECTIONS,
