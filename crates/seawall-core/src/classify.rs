@@ -135,6 +135,46 @@ pub trait ClassifyExt: Sized {
     /// (what every seawall layer returns), any other `Box` or `Arc` of a `dyn Error`, or
     /// [`std::io::Error`].
     ///
+    /// Configure the classifier first, then wrap it: what is built is an [`IgnoreError`], which
+    /// has none of the wrapped classifier's builder methods (`with_failure`, `with_success`);
+    /// [`get_mut`](IgnoreError::get_mut) reaches the wrapped classifier afterwards.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use seawall_core::classify::{Classify, ClassifyExt, HttpClassifier, Outcome};
+    /// use seawall_core::BoxError;
+    /// use std::time::Duration;
+    ///
+    /// #[derive(Debug)]
+    /// struct OverQuota;
+    /// impl std::fmt::Display for OverQuota {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("over quota") }
+    /// }
+    /// impl std::error::Error for OverQuota {}
+    ///
+    /// // A 408 fails too, a 501 does not; then `OverQuota` is ignored.
+    /// let mut classifier = HttpClassifier::new()
+    ///     .with_failure(StatusCode::REQUEST_TIMEOUT)
+    ///     .with_success(StatusCode::NOT_IMPLEMENTED)
+    ///     .ignore_error::<OverQuota>();
+    /// // Once wrapped, through `get_mut`.
+    /// let reconfigured = classifier.get_ref().with_failure(StatusCode::CONFLICT);
+    /// *classifier.get_mut() = reconfigured;
+    ///
+    /// let status = |code: u16| {
+    ///     let response = http::Response::builder().status(code).body(()).unwrap();
+    ///     Classify::<_, BoxError>::classify(&classifier, Ok(&response), Duration::ZERO)
+    /// };
+    /// assert_eq!(status(408), Outcome::Failure);
+    /// assert_eq!(status(409), Outcome::Failure);
+    /// assert_eq!(status(501), Outcome::Success);
+    /// let over_quota: BoxError = OverQuota.into();
+    /// assert_eq!(
+    ///     Classify::<http::Response<()>, _>::classify(&classifier, Err(&over_quota), Duration::ZERO),
+    ///     Outcome::Ignored
+    /// );
+    /// ```
+    ///
     /// [`BoxError`]: crate::BoxError
     fn ignore_error<T: Error + 'static>(self) -> IgnoreError<Self, T> {
         IgnoreError::new(self)
@@ -168,6 +208,11 @@ impl<C, T> IgnoreError<C, T> {
     /// The classifier for everything else.
     pub fn get_ref(&self) -> &C {
         &self.inner
+    }
+
+    /// The classifier for everything else, mutably: to configure it once it is wrapped.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
     }
 
     /// The classifier for everything else, unwrapped.
@@ -1039,6 +1084,25 @@ mod tests {
             "{debug}"
         );
         let _: DefaultClassifier = IgnoreError::<DefaultClassifier, Quota>::default().into_inner();
+    }
+
+    /// A classifier is configured before it is wrapped; once wrapped, through `get_mut`.
+    #[test]
+    fn ignore_error_configures_its_inner_classifier_through_get_mut() {
+        use crate::BoxError;
+        let mut c = HttpClassifier::new()
+            .with_success(StatusCode::NOT_IMPLEMENTED)
+            .ignore_error::<Quota>();
+        let c408 = c.get_ref().with_failure(StatusCode::REQUEST_TIMEOUT);
+        *c.get_mut() = c408;
+        let ok =
+            |status: u16| Classify::<_, BoxError>::classify(&c, Ok(&http(status)), Duration::ZERO);
+        assert_eq!(ok(408), Outcome::Failure);
+        assert_eq!(ok(501), Outcome::Success);
+        assert_eq!(
+            Classify::<Response<()>, BoxError>::classify(&c, Err(&boxed(Quota)), Duration::ZERO),
+            Outcome::Ignored
+        );
     }
 
     #[test]
