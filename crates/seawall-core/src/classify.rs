@@ -132,8 +132,8 @@ pub trait ClassifyExt: Sized {
     /// `self` does; see [`IgnoreError`]. Chain it to ignore several types.
     ///
     /// The error type of the service being classified must be [`AsDynError`]: [`BoxError`]
-    /// (what every seawall layer returns), any other `Box` or `Arc` of a `dyn Error`, or
-    /// [`std::io::Error`].
+    /// (what every seawall layer returns), any other `Box` or `Arc` of a `dyn Error`,
+    /// [`std::io::Error`], or [`Infallible`](std::convert::Infallible).
     ///
     /// Configure the classifier first, then wrap it: what is built is an [`IgnoreError`], which
     /// has none of the wrapped classifier's builder methods (`with_failure`, `with_success`);
@@ -1102,6 +1102,23 @@ mod tests {
         assert_eq!(
             Classify::<Response<()>, BoxError>::classify(&c, Err(&boxed(Quota)), Duration::ZERO),
             Outcome::Ignored
+        );
+    }
+
+    /// A service that cannot fail (`Infallible`, as `service_fn` over an infallible future
+    /// gives) can be classified too: its answers are the inner classifier's.
+    #[test]
+    fn ignore_error_classifies_an_infallible_service() {
+        use std::convert::Infallible;
+        let c = DefaultClassifier.ignore_error::<Quota>();
+        assert_eq!(
+            Classify::<u8, Infallible>::classify(&c, Ok(&1), Duration::ZERO),
+            Outcome::Success
+        );
+        let c = HttpClassifier::new().ignore_error::<Quota>();
+        assert_eq!(
+            Classify::<_, Infallible>::classify(&c, Ok(&http(503)), Duration::ZERO),
+            Outcome::Failure
         );
     }
 

@@ -55,7 +55,8 @@ pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
 /// as in [`ignore_error`](crate::classify::ClassifyExt::ignore_error)).
 ///
 /// Implemented for [`BoxError`] (what every seawall layer returns) and every other `Box` or `Arc`
-/// of a `dyn Error`, for the `dyn Error` types themselves and for [`std::io::Error`]. A service
+/// of a `dyn Error`, for the `dyn Error` types themselves, for [`std::io::Error`] and for
+/// [`Infallible`](std::convert::Infallible) (a service that cannot fail). A service
 /// with an error type of its own can implement it in one line (the method returns `self`); one
 /// whose error type is another crate's is mapped to `BoxError` first (`map_err(BoxError::from)`,
 /// the tower convention). It cannot be implemented for every `Error` type at once: that would
@@ -127,6 +128,14 @@ impl AsDynError for std::io::Error {
     #[inline]
     fn as_dyn_error(&self) -> &(dyn Error + 'static) {
         self
+    }
+}
+
+/// The error of a service that cannot fail: there is never one to look at.
+impl AsDynError for std::convert::Infallible {
+    #[inline]
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        match *self {}
     }
 }
 
