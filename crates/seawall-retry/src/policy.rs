@@ -12,7 +12,9 @@
 //!
 //! [`Ignoring`] wraps either so that errors of one type are returned at once, not retried: a
 //! circuit breaker's `Open` above all (see
-//! [`ignore_error`](crate::RetryConfigBuilder::ignore_error)).
+//! [`ignore_error`](crate::RetryConfigBuilder::ignore_error)). A policy wrapped by
+//! [`ClassifyExt::ignore_error`](seawall_core::classify::ClassifyExt::ignore_error)
+//! (`HttpPolicy::new().ignore_error::<Open>()`) is a policy that answers the same.
 //!
 //! A [`CloneRequest`] makes each attempt's copy of the request: [`ByClone`] (the default) uses
 //! `Clone`, a closure `Fn(&Req) -> Option<Req>` decides per request, and [`NeverClone`] turns
@@ -22,7 +24,7 @@
 
 use http::{Method, Request, Response, StatusCode};
 use seawall_core::{
-    classify::{self, DefaultClassifier, HttpClassifier},
+    classify::{self, DefaultClassifier, HttpClassifier, IgnoreError},
     BoxError, Classify, Outcome,
 };
 use std::{error::Error, fmt, marker::PhantomData, time::Duration};
@@ -94,10 +96,7 @@ where
 
     #[inline]
     fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome {
-        match result {
-            Err(error) if seawall_core::error::is::<E>(&**error) => Outcome::Ignored,
-            result => self.policy.classify(result, elapsed),
-        }
+        classify_ignoring::<E, _, _, _>(&self.policy, result, elapsed)
     }
 
     #[inline]
@@ -107,6 +106,54 @@ where
 
     fn uses_elapsed(&self) -> bool {
         self.policy.uses_elapsed()
+    }
+}
+
+/// `policy.ignore_error::<E>()` (from [`ClassifyExt`](seawall_core::classify::ClassifyExt)) is a
+/// policy too, answering as [`Ignoring<P, E>`](Ignoring) does: an error with an `E` anywhere in
+/// its `source()` chain is [`Outcome::Ignored`], returned at once; everything else is as `P`
+/// says. So `RetryLayer::builder().policy(HttpPolicy::new().ignore_error::<Open>())` is the same
+/// retry as `RetryLayer::builder().http().ignore_error::<Open>()`.
+impl<Req, Res, P, E> Policy<Req, Res> for IgnoreError<P, E>
+where
+    P: Policy<Req, Res>,
+    E: Error + 'static,
+{
+    #[inline]
+    fn is_retryable(&self, request: &Req) -> bool {
+        self.get_ref().is_retryable(request)
+    }
+
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome {
+        classify_ignoring::<E, _, _, _>(self.get_ref(), result, elapsed)
+    }
+
+    #[inline]
+    fn retry_after(&self, response: &Res) -> Option<Duration> {
+        self.get_ref().retry_after(response)
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        self.get_ref().uses_elapsed()
+    }
+}
+
+/// [`Outcome::Ignored`] for an error with an `E` in its `source()` chain, `policy`'s answer
+/// otherwise: what [`Ignoring`] and [`IgnoreError`] answer.
+#[inline]
+fn classify_ignoring<E, P, Req, Res>(
+    policy: &P,
+    result: Result<&Res, &BoxError>,
+    elapsed: Duration,
+) -> Outcome
+where
+    E: Error + 'static,
+    P: Policy<Req, Res>,
+{
+    match result {
+        Err(error) if seawall_core::error::is::<E>(&**error) => Outcome::Ignored,
+        result => policy.classify(result, elapsed),
     }
 }
 

@@ -255,3 +255,60 @@ async fn a_request_that_cannot_be_copied_again_gives_up_saying_so() {
         })
     );
 }
+
+/// `ignore_error` (from `ClassifyExt`) on a policy makes a policy too, as the builder's
+/// `ignore_error` does: an open breaker's `Open` under the retry is returned at once, not retried,
+/// and every other outcome is as the policy says.
+#[tokio::test(start_paused = true)]
+async fn a_policy_wrapped_by_ignore_error_returns_that_error_at_once() {
+    use seawall::breaker::{BreakerLayer, Open};
+    use seawall_core::{classify::ClassifyExt, error::is, Name};
+    use seawall_retry::RetryEvent;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use tokio::time::Instant;
+
+    let breaker = BreakerLayer::builder().build().unwrap();
+    let state = breaker.handle();
+    let retries = Arc::new(AtomicUsize::new(0));
+    let seen = retries.clone();
+    let retry = RetryLayer::builder()
+        .policy(HttpPolicy::new().ignore_error::<Open>())
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, event: &RetryEvent| {
+            if matches!(event, RetryEvent::Retry { .. }) {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let (svc, calls) = statuses(vec![(503, None), (200, None)]);
+    let client = retry.layer(breaker.layer(svc));
+
+    state.force_open();
+    let start = Instant::now();
+    let err = client.clone().oneshot(get()).await.unwrap_err();
+    assert!(is::<Open>(&*err), "{err}");
+    assert_eq!(retries.load(Ordering::SeqCst), 0, "not retried");
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff");
+    assert_eq!(calls.count(), 0);
+
+    // Closed: the 503 is the policy's failure, retried; idempotency is the policy's too.
+    state.force_closed();
+    let res = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!((calls.count(), retries.load(Ordering::SeqCst)), (2, 1));
+    let (svc, calls) = statuses(vec![(503, None), (200, None)]);
+    let client = RetryLayer::builder()
+        .policy(HttpPolicy::new().ignore_error::<Open>())
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap()
+        .layer(svc);
+    assert_eq!(client.oneshot(post()).await.unwrap().status(), 503);
+    assert_eq!(calls.count(), 1, "a POST is sent once");
+}
