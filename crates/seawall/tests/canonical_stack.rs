@@ -9,7 +9,7 @@ use seawall::{
         BulkheadLayer, Full,
     },
     core::{
-        classify::{Classify, HttpClassifier, Outcome},
+        classify::{ClassifyExt, HttpClassifier},
         error::{find, is},
         metrics::{self as names, testing::TestRecorder},
         BoxError, RequestDeadline,
@@ -666,29 +666,6 @@ async fn the_http_preset_retries_a_get_answered_503() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
 }
 
-/// The dependency breaker's classifier of `docs/composition.md`'s stack with a rate limiter in the
-/// bulkhead's place: a `Limited` is this client's own quota, not the dependency's health, so it
-/// counts as neither; every other outcome counts as `HttpClassifier` says.
-#[derive(Clone, Copy)]
-struct IgnoreQuota(HttpClassifier);
-
-impl<B> Classify<http::Response<B>, BoxError> for IgnoreQuota {
-    fn classify(
-        &self,
-        result: Result<&http::Response<B>, &BoxError>,
-        elapsed: Duration,
-    ) -> Outcome {
-        match result {
-            Err(error) if is::<Limited>(&**error) => Outcome::Ignored,
-            result => self.0.classify(result, elapsed),
-        }
-    }
-
-    fn uses_elapsed(&self) -> bool {
-        false
-    }
-}
-
 /// 40 calls at once on `client`, whose rate limit lets 10 through: the answers, and the errors,
 /// which are all `Limited`.
 async fn forty_calls_at_once<S>(client: S) -> (Vec<http::Response<&'static str>>, usize)
@@ -735,11 +712,13 @@ async fn a_rate_limit_in_the_bulkheads_place_leaves_the_dependency_breaker_close
     let retried = Arc::new(AtomicUsize::new(0));
     let seen = retried.clone();
     let quota = quota_of_10_a_second();
-    // Quick to open: without `IgnoreQuota`, the 30 `Limited` would open it.
+    // Quick to open: counted, the 30 `Limited` would open it. The classifier is
+    // `docs/composition.md`'s: a `Limited` is this client's own quota, not the dependency's
+    // health, so it counts as neither; every other outcome counts as `HttpClassifier` says.
     let dependency = BreakerLayer::builder()
         .name("users-api")
         .minimum_calls(10)
-        .build_with(IgnoreQuota(HttpClassifier::new()))
+        .build_with(HttpClassifier::new().ignore_error::<Limited>())
         .unwrap();
     let dependency_state = dependency.handle();
     let client = ClientStack::http_builder()
