@@ -1,9 +1,11 @@
 //! A classifier built with `ignore_error::<T>()` keeps errors of type `T` out of what a policy
-//! counts: a circuit breaker (alone or in a `BreakerSet`) and an adaptive bulkhead over a rate
-//! limiter stay as they are under a burst of `Limited`, and still react to the dependency's own
-//! failures.
+//! counts: a circuit breaker (alone or in a `BreakerSet`), an adaptive bulkhead and a balancer's
+//! outlier detection over a rate limiter stay as they are under a burst of `Limited`, and still
+//! react to the dependency's own failures. Below a balancer, a per-endpoint rate limiter is built
+//! with backpressure instead, so that its `Limited` never reaches the balancer.
 
 use seawall::{
+    balance::{BalanceLayer, OutlierDetection, Picker},
     breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State},
     bulkhead::{
         limit::Aimd,
@@ -16,8 +18,16 @@ use seawall::{
         BoxError,
     },
 };
-use std::time::Duration;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use tower::{
+    discover::ServiceList, service_fn, util::BoxCloneSyncService, Layer, Service, ServiceExt,
+};
 
 /// A dependency that fails the calls asked to fail.
 fn dependency(
@@ -165,4 +175,131 @@ async fn an_adaptive_bulkhead_ignoring_limited_keeps_its_limit_over_the_quota() 
     let handle = counting.handle();
     burst_over_the_quota(&counting.layer(quota().layer(dependency()))).await;
     assert!(handle.limit() < 10, "{}", handle.limit());
+}
+
+/// An endpoint behind a balancer, of one type whatever is layered over it.
+type Endpoint = BoxCloneSyncService<(), &'static str, BoxError>;
+
+/// What an endpoint was asked: its calls, and whether it fails them.
+#[derive(Clone, Default)]
+struct Node {
+    calls: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Node {
+    /// The endpoint: it answers after `delay`, or fails once told to.
+    fn service(
+        &self,
+        delay: Duration,
+    ) -> impl Service<(), Response = &'static str, Error = BoxError, Future: Send>
+           + Clone
+           + Send
+           + Sync
+           + 'static {
+        let node = self.clone();
+        service_fn(move |()| {
+            let node = node.clone();
+            async move {
+                node.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                match node.fail.load(Ordering::SeqCst) {
+                    true => Err::<&'static str, BoxError>("boom".into()),
+                    false => Ok("ok"),
+                }
+            }
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Ejects an endpoint at its third failure in a row, for 30 s; never panics.
+fn three_in_a_row() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 1.0,
+        consecutive_failures: Some(3),
+        success_rate: None,
+        failure_percentage: None,
+        latency: None,
+    }
+}
+
+/// Endpoint 0 under its own quota (one call a second, none saved up), endpoint 1 without.
+fn limited_and_plain(a: &Node, b: &Node) -> ServiceList<Vec<Endpoint>> {
+    ServiceList::new(vec![
+        Endpoint::new(quota().layer(a.service(Duration::ZERO))),
+        Endpoint::new(b.service(Duration::ZERO)),
+    ])
+}
+
+/// Outlier detection counts only failures: with `ignore_error::<Limited>()`, a burst of
+/// `Limited` from an endpoint's own quota leaves it in, its own failures still eject it, and
+/// counted as failures, the same burst ejects it.
+#[tokio::test(start_paused = true)]
+async fn outlier_detection_ignoring_limited_keeps_an_endpoint_over_its_quota_in() {
+    let (a, b) = (Node::default(), Node::default());
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .panic_threshold(0.0)
+        .outlier_detection(three_in_a_row())
+        .classifier(DefaultClassifier.ignore_error::<Limited>())
+        .build()
+        .unwrap()
+        .layer(limited_and_plain(&a, &b));
+    tokio::task::yield_now().await;
+
+    // In turn: endpoint 0 takes every other call, answers its first and is over its quota for
+    // the other 9.
+    let mut limited = 0;
+    for _ in 0..20 {
+        match balance.clone().oneshot(()).await {
+            Ok(_) => {}
+            Err(err) if is::<Limited>(&*err) => limited += 1,
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert_eq!((limited, a.calls(), b.calls()), (9, 1, 10));
+    assert!(balance.unhealthy().is_empty(), "{:?}", balance.unhealthy());
+
+    // Its own failures, one a second within the quota: ejected at the third.
+    a.fail.store(true, Ordering::SeqCst);
+    for failed in 1..=3 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let errors = [
+            balance.clone().oneshot(()).await,
+            balance.clone().oneshot(()).await,
+        ]
+        .into_iter()
+        .filter_map(Result::err);
+        for err in errors {
+            assert!(!is::<Limited>(&*err), "{err}");
+        }
+        let expected = if failed < 3 { vec![] } else { vec![0] };
+        assert_eq!(balance.unhealthy(), expected, "after {failed} failures");
+    }
+    assert_eq!(a.calls(), 4);
+
+    // Counted as failures, the burst over the quota ejects it.
+    let (a, b) = (Node::default(), Node::default());
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .panic_threshold(0.0)
+        .outlier_detection(three_in_a_row())
+        .classifier(DefaultClassifier)
+        .build()
+        .unwrap()
+        .layer(limited_and_plain(&a, &b));
+    tokio::task::yield_now().await;
+    for _ in 0..20 {
+        let _ = balance.clone().oneshot(()).await;
+    }
+    assert_eq!(balance.unhealthy(), vec![0]);
 }
