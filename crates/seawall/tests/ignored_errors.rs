@@ -303,3 +303,47 @@ async fn outlier_detection_ignoring_limited_keeps_an_endpoint_over_its_quota_in(
     }
     assert_eq!(balance.unhealthy(), vec![0]);
 }
+
+/// A per-endpoint rate limiter below the balancer, built with backpressure: while it has no
+/// permit its endpoint is not ready, and the balancer (P2C PeakEWMA) passes the call to the other
+/// endpoint. Waves of calls at once: none fails with `Limited`, and the limited endpoint still
+/// takes calls, within its quota.
+#[tokio::test(start_paused = true)]
+async fn a_per_endpoint_limiter_with_backpressure_passes_calls_on_instead_of_failing_them() {
+    let (a, b) = (Node::default(), Node::default());
+    let per_endpoint = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let balance = BalanceLayer::builder()
+        .seed(7)
+        .build()
+        .unwrap()
+        .layer(ServiceList::new(vec![
+            Endpoint::new(per_endpoint.layer(a.service(Duration::from_millis(5)))),
+            Endpoint::new(b.service(Duration::from_millis(5))),
+        ]));
+    tokio::task::yield_now().await;
+
+    const WAVES: usize = 10;
+    const CALLS: usize = 10;
+    for wave in 0..WAVES {
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| tokio::spawn(balance.clone().oneshot(())))
+            .collect();
+        for call in calls {
+            if let Err(err) = call.await.unwrap() {
+                panic!("wave {wave}: {err}");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(a.calls() + b.calls(), WAVES * CALLS);
+    assert!(
+        (1..=WAVES).contains(&a.calls()),
+        "the limited endpoint took {} calls",
+        a.calls()
+    );
+}
