@@ -1037,6 +1037,33 @@ mod tests {
         );
     }
 
+    /// A service whose error type is a `Box<dyn Error>` that is neither `Send` nor `Sync` (or
+    /// only `Send`): the ignored type is found in it, itself or down its `source()` chain.
+    #[test]
+    fn ignore_error_reads_a_box_dyn_error() {
+        let c = DefaultClassifier.ignore_error::<Quota>();
+        for (err, expected) in [
+            (Box::new(Quota) as Box<dyn Error>, Outcome::Ignored),
+            (Box::new(Wrapped(boxed(Quota))), Outcome::Ignored),
+            (Box::new(Busy), Outcome::Failure),
+        ] {
+            assert_eq!(
+                Classify::<u8, Box<dyn Error>>::classify(&c, Err(&err), Duration::ZERO),
+                expected,
+                "{err}"
+            );
+        }
+        let sent: Box<dyn Error + Send> = Box::new(Wrapped(boxed(Quota)));
+        assert_eq!(
+            Classify::<u8, _>::classify(&c, Err(&sent), Duration::ZERO),
+            Outcome::Ignored
+        );
+        assert_eq!(
+            Classify::<u8, Box<dyn Error>>::classify(&c, Ok(&1), Duration::ZERO),
+            Outcome::Success
+        );
+    }
+
     #[test]
     fn ignore_error_answers_uses_elapsed_as_the_inner_classifier_does() {
         use crate::BoxError;

@@ -146,7 +146,10 @@
 //! By hand, the preset is [`builder`](ClientStack::builder) with three pieces replaced; the
 //! breaker given this way is made at once rather than by `build`, and its name is not checked
 //! against the per-endpoint breakers'. Start from this to build an HTTP stack on other
-//! classifiers (one that also fails a 408, or ignores a client-side rate limit's rejection):
+//! classifiers: one that also fails a 408 (`HttpClassifier::new().with_failure(..)`), or one that
+//! ignores a client-side rate limit's rejection
+//! ([`HttpClassifier::new().ignore_error::<Limited>()`](crate::core::classify::ClassifyExt::ignore_error),
+//! `Limited` from `bulkhead::ratelimit`):
 //!
 //! ```
 //! use seawall::{
@@ -563,8 +566,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// [`Limited`](crate::bulkhead::ratelimit::Limited), comes up through the dependency breaker
     /// and the retry as an error: build the breaker with a classifier that answers
     /// [`Outcome::Ignored`](crate::core::classify::Outcome::Ignored) for it (the quota is the
-    /// client's, not the dependency's health), or a burst over the quota opens the breaker, and
-    /// the retry with [`ignore_error::<Limited>()`](crate::retry::RetryConfigBuilder::ignore_error).
+    /// client's, not the dependency's health), such as
+    /// [`HttpClassifier::new().ignore_error::<Limited>()`](crate::core::classify::ClassifyExt::ignore_error),
+    /// or a burst over the quota opens the breaker, and the retry with
+    /// [`ignore_error::<Limited>()`](crate::retry::RetryConfigBuilder::ignore_error).
     /// `docs/composition.md` in the repository has the code, and the other place for a rate
     /// limiter, above the retry.
     pub fn bulkhead<H2>(self, bulkhead: H2) -> ClientStackBuilder<Fb, To, Rt, Br, H2, Ba, Eb> {
