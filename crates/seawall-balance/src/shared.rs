@@ -377,7 +377,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             Arc::new(snapshot),
         )
         .len();
-        self.unhealthy.store(unhealthy, Relaxed);
+        self.store_unhealthy(unhealthy);
         self.version.fetch_add(1, Release);
         // By the change, so that balancers sharing a name sum their sets, and one that is dropped
         // takes its set with it (see the `Drop` below). Under the health lock, as the set is, so
@@ -503,7 +503,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     /// Ejects endpoint `i` of `set` unless the ejection limits forbid it. Returns the ejection's
     /// report if it did, for the caller to report once its changes are complete. The caller holds
-    /// the health lock and read `set` under it.
+    /// the health lock, read `set` under it, and recounts the unhealthy endpoints once its changes
+    /// are complete: an outlier detection pass ejects and returns several, and a pick made during
+    /// the pass must not judge panic mode on a count the pass does not leave. The limits count the
+    /// endpoints' own flags, so they see the ejections made earlier in the pass.
     fn eject_locked(
         &self,
         set: &Snapshot<K, S>,
@@ -543,7 +546,6 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         ep.stats.ejected.store(true, Relaxed);
         ep.stats.slow_since.store(NONE, Relaxed);
         let duration = self.ejection_time(multiplier);
-        self.recount(set);
         metrics::counter(metrics::BALANCE_EJECTIONS, &self.name).increment(1);
         Some(Report::Ejected {
             ep: ep.clone(),
@@ -560,6 +562,14 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     fn recount(&self, set: &Snapshot<K, S>) {
         let unhealthy = set.endpoints.iter().filter(|e| !e.stats.healthy()).count();
+        self.store_unhealthy(unhealthy);
+    }
+
+    /// Stores `unhealthy`, just counted under the health lock, as the unhealthy count picks judge
+    /// panic mode by.
+    fn store_unhealthy(&self, unhealthy: usize) {
+        #[cfg(test)]
+        UNHEALTHY_STORES.with_borrow_mut(|stores| stores.push(unhealthy));
         self.unhealthy.store(unhealthy, Relaxed);
     }
 
@@ -647,6 +657,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                                     )
                                 });
                             if let Some(report) = ejected {
+                                self.recount(&set);
                                 let panic = self.health_changed(&mut health, set.len());
                                 self.report(std::iter::once(report).chain(panic));
                                 drop(health);
@@ -1253,6 +1264,9 @@ fn nanos_u64(d: Duration) -> u64 {
 thread_local! {
     /// How many times a failure on this thread took the health lock to try an ejection.
     static EJECTION_TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The unhealthy counts stored on this thread, in order.
+    static UNHEALTHY_STORES: std::cell::RefCell<Vec<usize>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -1377,6 +1391,73 @@ mod tests {
         assert!(!stats.ejected.load(Relaxed), "run 14");
         fail(&shared, &set.endpoints[2], 1);
         assert!(stats.ejected.load(Relaxed), "run 15");
+    }
+
+    /// An outlier detection pass that ejects two endpoints of four and returns a third stores
+    /// the unhealthy count once, the count it leaves: a pick made meanwhile never sees the three
+    /// out at once (panic mode at a threshold of 0.5) that the pass does not leave.
+    #[test]
+    fn an_outlier_detection_pass_stores_the_unhealthy_count_once() {
+        let shared = Shared::<usize, (), _>::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.5,
+                outlier: crate::OutlierDetection {
+                    interval: Duration::from_secs(1),
+                    base_ejection_time: Duration::from_secs(10),
+                    max_ejection_time: Duration::from_secs(10),
+                    max_ejection_percent: 1.0,
+                    failure_percentage: Some(crate::FailurePercentage {
+                        threshold: 0.5,
+                        enforcement: 1.0,
+                        minimum_hosts: 3,
+                        request_volume: 1,
+                    }),
+                    ..crate::OutlierDetection::disabled()
+                },
+                health_check: None,
+            },
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        );
+        for i in 0..4 {
+            shared.apply(Change::Insert(i, ()));
+        }
+        let set = shared.current();
+        let calls = |failing: &[usize]| {
+            for (i, ep) in set.endpoints.iter().enumerate() {
+                let outcome = if failing.contains(&i) {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                shared.record(ep, outcome, None, None);
+            }
+        };
+        let ejected = || {
+            set.endpoints
+                .iter()
+                .map(|e| e.stats.ejected.load(Relaxed))
+                .collect::<Vec<_>>()
+        };
+
+        // The pass at 1 s ejects endpoint 0 for 10 s.
+        calls(&[0]);
+        UNHEALTHY_STORES.take();
+        shared.sweep(shared.epoch + Duration::from_secs(1));
+        assert_eq!(ejected(), [true, false, false, false]);
+        assert_eq!(UNHEALTHY_STORES.take(), [1]);
+
+        // The pass at 11 s ejects 1 and 2, then returns 0.
+        calls(&[1, 2]);
+        shared.sweep(shared.epoch + Duration::from_secs(11));
+        assert_eq!(ejected(), [false, true, true, false]);
+        assert_eq!(UNHEALTHY_STORES.take(), [2]);
+        assert!(!shared.panicking(4));
     }
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
