@@ -240,13 +240,15 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .min()
     }
 
-    /// Logs `reports` and calls the listeners with their events, in order. Called under the
+    /// Calls the listeners with the events of `reports` and logs them, in order. Called under the
     /// health lock once the changes are complete (the set published, the unhealthy count
-    /// recounted), so the listeners hear of one balancer's changes in the order they were made,
-    /// and a key's `Debug` or a subscriber that panics loses only its own report: it is caught and
-    /// logged (a subscriber that panics on that line too loses the line), and what the balancer
-    /// was doing goes on. A listener that panics is caught by `Listeners::emit`: the others still
-    /// hear the event.
+    /// recounted), so the listeners hear of one balancer's changes in the order they were made.
+    /// Each report's listeners are called before its line is logged, so a subscriber that panics
+    /// on the line loses the line, not the event. A key's `Debug` that panics loses its report,
+    /// and a subscriber that panics loses only its lines: the panic is caught and logged (a
+    /// subscriber that panics on that line too loses the line), and what the balancer was doing
+    /// goes on. A listener that panics is caught by `Listeners::emit`: the others still hear the
+    /// event.
     fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
         for report in reports {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {
@@ -260,74 +262,97 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     fn report_one(&self, report: Report<K, S>) {
         let name = &self.name;
+        // The weight of an endpoint discovery updated, for its line.
+        let mut updated = None;
         let event = match report {
-            Report::Added { ep, updated } => {
-                let key = format!("{:?}", ep.key);
-                if updated {
-                    tracing::debug!(%name, %key, weight = ep.weight, "seawall balance endpoint updated");
-                } else {
-                    tracing::debug!(%name, %key, "seawall balance endpoint added");
+            Report::Added { ep, updated: u } => {
+                updated = u.then_some(ep.weight);
+                BalanceEvent::EndpointAdded {
+                    key: format!("{:?}", ep.key),
                 }
-                BalanceEvent::EndpointAdded { key }
             }
-            Report::Removed { key } => {
-                let key = format!("{key:?}");
-                tracing::debug!(%name, %key, "seawall balance endpoint removed");
-                BalanceEvent::EndpointRemoved { key }
-            }
+            Report::Removed { key } => BalanceEvent::EndpointRemoved {
+                key: format!("{key:?}"),
+            },
             Report::Ejected {
                 ep,
                 reason,
                 duration,
-            } => {
+            } => BalanceEvent::Ejected {
+                key: format!("{:?}", ep.key),
+                reason,
+                duration,
+            },
+            Report::Returned { ep } => BalanceEvent::Returned {
+                key: format!("{:?}", ep.key),
+            },
+            Report::Probed { ep, ok } => {
                 let key = format!("{:?}", ep.key);
-                tracing::info!(%name, %key, ?reason, ?duration, "seawall balance endpoint ejected");
-                BalanceEvent::Ejected {
-                    key,
-                    reason,
-                    duration,
+                if ok {
+                    BalanceEvent::ProbePassed { key }
+                } else {
+                    BalanceEvent::ProbeFailed { key }
                 }
-            }
-            Report::Returned { ep } => {
-                let key = format!("{:?}", ep.key);
-                tracing::info!(%name, %key, "seawall balance endpoint returned");
-                BalanceEvent::Returned { key }
-            }
-            Report::Probed { ep, ok: true } => {
-                let key = format!("{:?}", ep.key);
-                tracing::info!(%name, %key, "seawall balance endpoint passed its health check");
-                BalanceEvent::ProbePassed { key }
-            }
-            Report::Probed { ep, ok: false } => {
-                let key = format!("{:?}", ep.key);
-                tracing::info!(%name, %key, "seawall balance endpoint failed its health check");
-                BalanceEvent::ProbeFailed { key }
             }
             Report::Panic {
                 entered: true,
                 unhealthy,
                 endpoints,
-            } => {
-                let threshold = self.settings.panic_threshold;
-                tracing::warn!(%name, unhealthy, endpoints, threshold, "seawall balance entered panic mode; unhealthy endpoints take calls too");
-                BalanceEvent::PanicEntered {
-                    unhealthy,
-                    endpoints,
-                }
-            }
+            } => BalanceEvent::PanicEntered {
+                unhealthy,
+                endpoints,
+            },
             Report::Panic {
                 entered: false,
                 unhealthy,
                 endpoints,
-            } => {
-                tracing::info!(%name, unhealthy, endpoints, "seawall balance left panic mode");
-                BalanceEvent::PanicExited {
-                    unhealthy,
-                    endpoints,
-                }
-            }
+            } => BalanceEvent::PanicExited {
+                unhealthy,
+                endpoints,
+            },
         };
         self.listeners.emit(name, &event);
+        match &event {
+            BalanceEvent::EndpointAdded { key } => match updated {
+                Some(weight) => {
+                    tracing::debug!(%name, %key, weight, "seawall balance endpoint updated");
+                }
+                None => tracing::debug!(%name, %key, "seawall balance endpoint added"),
+            },
+            BalanceEvent::EndpointRemoved { key } => {
+                tracing::debug!(%name, %key, "seawall balance endpoint removed");
+            }
+            BalanceEvent::Ejected {
+                key,
+                reason,
+                duration,
+            } => {
+                tracing::info!(%name, %key, ?reason, ?duration, "seawall balance endpoint ejected");
+            }
+            BalanceEvent::Returned { key } => {
+                tracing::info!(%name, %key, "seawall balance endpoint returned");
+            }
+            BalanceEvent::ProbePassed { key } => {
+                tracing::info!(%name, %key, "seawall balance endpoint passed its health check");
+            }
+            BalanceEvent::ProbeFailed { key } => {
+                tracing::info!(%name, %key, "seawall balance endpoint failed its health check");
+            }
+            BalanceEvent::PanicEntered {
+                unhealthy,
+                endpoints,
+            } => {
+                let threshold = self.settings.panic_threshold;
+                tracing::warn!(%name, unhealthy, endpoints, threshold, "seawall balance entered panic mode; unhealthy endpoints take calls too");
+            }
+            BalanceEvent::PanicExited {
+                unhealthy,
+                endpoints,
+            } => {
+                tracing::info!(%name, unhealthy, endpoints, "seawall balance left panic mode");
+            }
+            BalanceEvent::NoEndpoints { .. } => {}
+        }
     }
 
     /// Brings the unhealthy endpoints gauge and panic mode up to the unhealthy count just made for
@@ -1458,6 +1483,58 @@ mod tests {
         assert_eq!(ejected(), [false, true, true, false]);
         assert_eq!(UNHEALTHY_STORES.take(), [2]);
         assert!(!shared.panicking(4));
+    }
+
+    /// A subscriber that panics on the balancer's log lines loses the lines, not the events: the
+    /// listeners hear the endpoints added, the ejection and `PanicEntered`, as the panic gauge and
+    /// `is_panicking` have it.
+    #[test]
+    fn a_subscriber_that_panics_on_the_log_lines_loses_no_event() {
+        let _subscriber =
+            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Shared::<usize, (), _>::new(
+            Settings {
+                name: Name::default_for("balance"),
+                picker: Picker::RoundRobin,
+                max_wait: None,
+                seed: Some(1),
+                panic_threshold: 0.7,
+                outlier: crate::OutlierDetection {
+                    base_ejection_time: Duration::from_secs(10),
+                    max_ejection_percent: 1.0,
+                    consecutive_failures: Some(1),
+                    ..crate::OutlierDetection::disabled()
+                },
+                health_check: None,
+            },
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        );
+        shared.apply_batch([Change::Insert(0, ()), Change::Insert(1, ())]);
+        let set = shared.current();
+        shared.record(&set.endpoints[1], Outcome::Failure, None, None);
+        assert!(shared.panicking(2));
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                BalanceEvent::EndpointAdded { key: "0".into() },
+                BalanceEvent::EndpointAdded { key: "1".into() },
+                BalanceEvent::Ejected {
+                    key: "1".into(),
+                    reason: EjectReason::ConsecutiveFailures,
+                    duration: Duration::from_secs(10),
+                },
+                BalanceEvent::PanicEntered {
+                    unhealthy: 1,
+                    endpoints: 2,
+                },
+            ]
+        );
     }
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
