@@ -234,7 +234,9 @@ pub enum BalanceEvent {
         key: String,
     },
     /// Too few endpoints are healthy (fewer than `panic_threshold` of them): the balancer
-    /// ignores health, and unhealthy endpoints take calls again (Envoy's `lb_healthy_panic`).
+    /// ignores health, and unhealthy endpoints take calls again. This is the state behind Envoy's
+    /// `lb_healthy_panic`, a counter of the requests balanced in panic mode; the
+    /// `seawall_balance_panic` gauge holds it, so alert on `seawall_balance_panic > 0`.
     /// Judged on the set in force each time its health or its endpoints change, not on each pick;
     /// [`Balance::is_panicking`] holds from this event until [`PanicExited`](Self::PanicExited).
     PanicEntered {
