@@ -237,8 +237,12 @@ pub enum BalanceEvent {
     /// ignores health, and unhealthy endpoints take calls again. This is the state behind Envoy's
     /// `lb_healthy_panic`, a counter of the requests balanced in panic mode; the
     /// `seawall_balance_panic` gauge holds it, so alert on `seawall_balance_panic > 0`.
-    /// Judged on the set in force each time its health or its endpoints change, not on each pick;
-    /// [`Balance::is_panicking`] holds from this event until [`PanicExited`](Self::PanicExited).
+    /// Each pick judges panic mode from the count of unhealthy endpoints and the set's size; this
+    /// event follows the changes of that count and size (a discovery batch, an outlier detection
+    /// pass, a health check's new verdict, or an ejection after failures in a row, made and
+    /// reported by the failing call as its failure is recorded), reported right after the change
+    /// that crossed the threshold. [`Balance::is_panicking`] holds from the change this event
+    /// reports until the one [`PanicExited`](Self::PanicExited) reports.
     PanicEntered {
         /// Endpoints ejected or failing their health check.
         unhealthy: usize,
