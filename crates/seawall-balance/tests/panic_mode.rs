@@ -219,3 +219,97 @@ async fn health_check_verdicts_enter_and_leave_panic_mode() {
         ]
     );
 }
+
+/// `panic_threshold(0.0)` turns panic mode off: two of three endpoints ejected enter it neither in
+/// the events nor in the panic gauge, and the unhealthy endpoints gauge still counts them.
+#[tokio::test(start_paused = true)]
+async fn a_threshold_of_zero_never_enters_panic_mode() {
+    use seawall_core::metrics::{
+        testing::TestRecorder, BALANCE_PANIC, BALANCE_UNHEALTHY_ENDPOINTS,
+    };
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let unhealthy = || recorder.gauge(BALANCE_UNHEALTHY_ENDPOINTS, "off");
+    let panic = || recorder.gauge(BALANCE_PANIC, "off");
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .name("off")
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.0)
+            .outlier_detection(eject_at_once())
+            .on_event(rec.listener(Instant::now())),
+    )
+    .await;
+    for id in 0..2 {
+        cluster.node(id).fail.store(true, Relaxed);
+    }
+    for _ in 0..20 {
+        if balance.unhealthy().len() == 2 {
+            break;
+        }
+        drive(&balance, 1).await;
+    }
+    assert_eq!(balance.unhealthy(), vec![0, 1]);
+    assert!(!balance.is_panicking());
+    assert_eq!((unhealthy(), panic()), (Some(2.0), Some(0.0)));
+
+    // Returned at the pass of 10 s.
+    for id in 0..2 {
+        cluster.node(id).fail.store(false, Relaxed);
+    }
+    sleep(Duration::from_secs(11)).await;
+    assert!(balance.unhealthy().is_empty());
+    assert_eq!((unhealthy(), panic()), (Some(0.0), Some(0.0)));
+    let events: Vec<BalanceEvent> = rec.take().into_iter().map(|(_, e)| e).collect();
+    let count = |f: fn(&BalanceEvent) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(
+        count(|e| matches!(e, BalanceEvent::Ejected { .. })),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(
+        count(|e| matches!(e, BalanceEvent::Returned { .. })),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(count(is_panic), 0, "{events:?}");
+}
+
+/// One discovery batch that removes the unhealthy endpoint and adds another leaves panic mode
+/// once, after both changes: the set in between (two healthy endpoints) is never published.
+#[tokio::test(start_paused = true)]
+async fn a_discovery_batch_leaves_panic_mode_once_after_its_changes() {
+    let rec = Recorder::default();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(5)
+            .picker(Picker::RoundRobin)
+            .panic_threshold(0.7)
+            .outlier_detection(eject_at_once())
+            .on_event(rec.listener(Instant::now())),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    assert_eq!(drive(&balance, 3).await, 1);
+    assert!(balance.is_panicking());
+    rec.take();
+    // Sent together, so the background task finds them ready at once: one batch.
+    cluster.tx.send(Change::Remove(0)).unwrap();
+    cluster.tx.send(Change::Insert(3, Node::new(3))).unwrap();
+    settle().await;
+    assert!(!balance.is_panicking());
+    assert_eq!(balance.endpoints(), vec![1, 2, 3]);
+    let events: Vec<BalanceEvent> = rec.take().into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        events,
+        vec![
+            BalanceEvent::EndpointRemoved { key: "0".into() },
+            BalanceEvent::EndpointAdded { key: "3".into() },
+            exited(0, 3),
+        ]
+    );
+}
