@@ -500,12 +500,9 @@ async fn an_http_endpoint_answering_503_is_taken_out() {
     assert_eq!(calls.total(), 50 + calls.get("unavailable"));
 }
 
-/// One HTTP endpoint whose first call fails with an error (a connection reset) and whose later
-/// calls answer 200; `attempts` counts its calls.
-fn flaky_http_endpoint(
-    attempts: &Arc<AtomicUsize>,
-) -> discover::Discovery<&'static str, HttpEndpoint> {
-    http_endpoint_failing_once(attempts, || Err("connection reset".into()))
+/// One HTTP endpoint's first answer in the flaky-endpoint tests: an error, a connection reset.
+fn connection_reset() -> Result<http::Response<&'static str>, BoxError> {
+    Err("connection reset".into())
 }
 
 /// One HTTP endpoint whose first call answers `first()` and whose later calls answer 200;
@@ -527,54 +524,78 @@ fn http_endpoint_failing_once(
     })
 }
 
+type HttpDiscovery = discover::Discovery<&'static str, HttpEndpoint>;
+type HttpClient = ClientStack<http::Request<()>, http::Response<&'static str>>;
+
+/// Sends `request` once through the client `build` makes over an [`http_endpoint_failing_once`]
+/// with `first`: the answer, and how many attempts reached the endpoint.
+async fn attempts_of<S>(
+    first: fn() -> Result<http::Response<&'static str>, BoxError>,
+    build: impl FnOnce(HttpDiscovery) -> S,
+    request: http::Request<()>,
+) -> (Result<http::Response<&'static str>, BoxError>, usize)
+where
+    S: Service<http::Request<()>, Response = http::Response<&'static str>, Error = BoxError>,
+{
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let client = build(http_endpoint_failing_once(&attempts, first));
+    tokio::task::yield_now().await;
+    let answer = client.oneshot(request).await;
+    (answer, attempts.load(Ordering::SeqCst))
+}
+
+/// `ClientStack::http_builder()` over `endpoint`, with a seeded balancer.
+fn http_preset(endpoint: HttpDiscovery) -> HttpClient {
+    ClientStack::http_builder()
+        .map_balance(|balance| balance.seed(1))
+        .build(endpoint)
+        .unwrap()
+}
+
 fn post() -> http::Request<()> {
     http::Request::post("/orders").body(()).unwrap()
+}
+
+/// Over the client `build` makes, a POST whose first attempt fails with an error is returned as
+/// it is, after one attempt; a GET whose first attempt does is sent again, and answers.
+async fn a_failed_post_is_sent_once_and_a_failed_get_again(build: fn(HttpDiscovery) -> HttpClient) {
+    let (answer, attempts) = attempts_of(connection_reset, build, post()).await;
+    let err = answer.unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert_eq!(attempts, 1);
+
+    let (answer, attempts) = attempts_of(connection_reset, build, http::Request::new(())).await;
+    assert_eq!(*answer.unwrap().body(), "flaky");
+    assert_eq!(attempts, 2);
 }
 
 /// The default retry reads no method: a POST that fails with an error is sent again, as the module
 /// docs and `docs/composition.md` say.
 #[tokio::test(start_paused = true)]
 async fn the_default_retry_sends_a_failed_post_again() {
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::builder()
-        .build(flaky_http_endpoint(&attempts))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let answer = client.oneshot(post()).await.unwrap();
-    assert_eq!(*answer.body(), "flaky");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    let default_stack = |endpoint| ClientStack::builder().build(endpoint).unwrap();
+    let (answer, attempts) = attempts_of(connection_reset, default_stack, post()).await;
+    assert_eq!(*answer.unwrap().body(), "flaky");
+    assert_eq!(attempts, 2);
 }
 
 /// With the HTTP policy the docs recommend over HTTP, a failed POST is returned as it is, and a
 /// failed GET is retried.
 #[tokio::test(start_paused = true)]
 async fn the_http_retry_sends_a_failed_post_once() {
-    let http_retry = || {
-        RetryLayer::builder()
-            .http()
-            .ignore_error::<Open>()
-            .build()
+    let http_retry_stack = |endpoint| {
+        ClientStack::builder()
+            .retry(
+                RetryLayer::builder()
+                    .http()
+                    .ignore_error::<Open>()
+                    .build()
+                    .unwrap(),
+            )
+            .build(endpoint)
             .unwrap()
     };
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::builder()
-        .retry(http_retry())
-        .build(flaky_http_endpoint(&attempts))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let err = client.clone().oneshot(post()).await.unwrap_err();
-    assert!(err.to_string().contains("connection reset"), "{err}");
-    assert_eq!(attempts.load(Ordering::SeqCst), 1);
-
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::builder()
-        .retry(http_retry())
-        .build(flaky_http_endpoint(&attempts))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let answer = client.oneshot(http::Request::new(())).await.unwrap();
-    assert_eq!(*answer.body(), "flaky");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    a_failed_post_is_sent_once_and_a_failed_get_again(http_retry_stack).await;
 }
 
 /// `ClientStack::http_builder()` over three endpoints, one answering every call with a 503 (an `Ok`
@@ -622,48 +643,24 @@ async fn the_http_preset_retries_a_503_and_counts_it_against_the_endpoint() {
 /// sent once (the server may have applied it), a GET that does is sent again.
 #[tokio::test(start_paused = true)]
 async fn the_http_preset_sends_a_failed_post_once() {
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::http_builder()
-        .map_balance(|balance| balance.seed(1))
-        .build(flaky_http_endpoint(&attempts))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let err = client.oneshot(post()).await.unwrap_err();
-    assert!(err.to_string().contains("connection reset"), "{err}");
-    assert_eq!(attempts.load(Ordering::SeqCst), 1);
-
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::http_builder()
-        .map_balance(|balance| balance.seed(1))
-        .build(flaky_http_endpoint(&attempts))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let answer = client.oneshot(http::Request::new(())).await.unwrap();
-    assert_eq!(*answer.body(), "flaky");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    a_failed_post_is_sent_once_and_a_failed_get_again(http_preset).await;
 }
 
 /// `ClientStack::http_builder()`'s retry reads the status: a GET answered 503, then 200, returns
 /// the 200.
 #[tokio::test(start_paused = true)]
 async fn the_http_preset_retries_a_get_answered_503() {
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let client = ClientStack::http_builder()
-        .map_balance(|balance| balance.seed(1))
-        .build(http_endpoint_failing_once(&attempts, || {
-            let mut unavailable = http::Response::new("unavailable");
-            *unavailable.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-            Ok(unavailable)
-        }))
-        .unwrap();
-    tokio::task::yield_now().await;
-    let answer = client
-        .oneshot(http::Request::get("/users/7").body(()).unwrap())
-        .await
-        .unwrap();
+    let unavailable = || {
+        let mut unavailable = http::Response::new("unavailable");
+        *unavailable.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        Ok(unavailable)
+    };
+    let get = http::Request::get("/users/7").body(()).unwrap();
+    let (answer, attempts) = attempts_of(unavailable, http_preset, get).await;
+    let answer = answer.unwrap();
     assert_eq!(answer.status(), http::StatusCode::OK);
     assert_eq!(*answer.body(), "flaky");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(attempts, 2);
 }
 
 /// 40 calls at once on `client`, whose rate limit lets 10 through: the answers, and the errors,
