@@ -614,18 +614,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
         self,
         balance: BalanceConfigBuilder<C, H, P>,
     ) -> ClientStackBuilder<Fb, To, Rt, Br, Bh, BalanceConfigBuilder<C, H, P>, Eb> {
-        ClientStackBuilder {
-            fallback: self.fallback,
-            timeout: self.timeout,
-            total: self.total,
-            retry: self.retry,
-            breaker: self.breaker,
-            breaker_name: self.breaker_name,
-            bulkhead: self.bulkhead,
-            balance,
-            endpoint_breakers: self.endpoint_breakers,
-            per_try_timeout: self.per_try_timeout,
-        }
+        self.map_balance(|_| balance)
     }
 
     /// Changes the balancer's configuration rather than replacing it: `f` gets the one the
