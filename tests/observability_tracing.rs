@@ -172,6 +172,21 @@ async fn breaker_transitions_are_traced() {
     assert_eq!(changes, expected);
 }
 
+/// Outlier detection of the balancer tests: an endpoint is ejected after two failures in a row,
+/// for 50 ms, checked every 20 ms; no other detector runs.
+fn ejected_after_two_failures() -> OutlierDetection {
+    OutlierDetection {
+        interval: Duration::from_millis(20),
+        base_ejection_time: Duration::from_millis(50),
+        max_ejection_percent: 0.5,
+        consecutive_failures: Some(2),
+        success_rate: None,
+        failure_percentage: None,
+        latency: None,
+        ..OutlierDetection::default()
+    }
+}
+
 // Endpoints are in-process services, so the clock can be paused: no ejection time runs out
 // during the calls, and the wait below advances it.
 #[tokio::test(start_paused = true)]
@@ -182,16 +197,7 @@ async fn balancer_ejections_and_returns_are_traced() {
     let balance = BalanceLayer::builder()
         .name("traced-balance")
         .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection {
-            interval: Duration::from_millis(20),
-            base_ejection_time: Duration::from_millis(50),
-            max_ejection_percent: 0.5,
-            consecutive_failures: Some(2),
-            success_rate: None,
-            failure_percentage: None,
-            latency: None,
-            ..OutlierDetection::default()
-        })
+        .outlier_detection(ejected_after_two_failures())
         .seed(1)
         .build()
         .unwrap()
@@ -245,16 +251,7 @@ async fn balancer_panic_mode_is_traced() {
         .name("traced-panic")
         .picker(Picker::RoundRobin)
         .panic_threshold(0.7)
-        .outlier_detection(OutlierDetection {
-            interval: Duration::from_millis(20),
-            base_ejection_time: Duration::from_millis(50),
-            max_ejection_percent: 0.5,
-            consecutive_failures: Some(2),
-            success_rate: None,
-            failure_percentage: None,
-            latency: None,
-            ..OutlierDetection::default()
-        })
+        .outlier_detection(ejected_after_two_failures())
         .seed(1)
         .build()
         .unwrap()
