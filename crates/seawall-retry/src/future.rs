@@ -437,6 +437,31 @@ where
     K: CloneRequest<Req>,
     Req: RequestDeadline,
 {
+    /// Decides on a failed first attempt, and drives the retry if one is scheduled: the poll's
+    /// answer, the later attempts' box (empty once the call is over) and the attempts made. Out
+    /// of line: a call that succeeds first time never runs it.
+    #[inline(never)]
+    fn retry_first(
+        first: StateReplace<S, Req, P, K>,
+        result: Result<S::Response, BoxError>,
+        cx: &mut Context<'_>,
+    ) -> (Answer<S, Req>, Boxed<Self>, u32) {
+        let mut retrying = match Retrying::after_first(first, result) {
+            Ok(retrying) => retrying,
+            Err(result) => return (Poll::Ready(result), Boxed::EMPTY, 1),
+        };
+        let Some(later) = retrying.0.as_mut() else {
+            unreachable!("a scheduled retry is boxed");
+        };
+        match later.as_mut().poll_attempts(cx) {
+            Poll::Ready(result) => {
+                let attempts = later.attempt;
+                (Poll::Ready(result), Boxed::EMPTY, attempts)
+            }
+            Poll::Pending => (Poll::Pending, retrying, 0),
+        }
+    }
+
     /// Drives the attempts after the first (or every attempt, when each is timed) to the
     /// call's answer.
     #[inline(never)]
@@ -620,40 +645,6 @@ where
                 *retrying = Boxed::EMPTY;
                 Poll::Ready(result)
             }
-        }
-    }
-}
-
-impl<S, Req, P, K> Retrying<S, Req, P, K>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    P: Policy<Req, S::Response>,
-    K: CloneRequest<Req>,
-    Req: RequestDeadline,
-{
-    /// Decides on a failed first attempt, and drives the retry if one is scheduled: the poll's
-    /// answer, the later attempts' box (empty once the call is over) and the attempts made. Out
-    /// of line: a call that succeeds first time never runs it.
-    #[inline(never)]
-    fn retry_first(
-        first: StateReplace<S, Req, P, K>,
-        result: Result<S::Response, BoxError>,
-        cx: &mut Context<'_>,
-    ) -> (Answer<S, Req>, Boxed<Self>, u32) {
-        let mut retrying = match Retrying::after_first(first, result) {
-            Ok(retrying) => retrying,
-            Err(result) => return (Poll::Ready(result), Boxed::EMPTY, 1),
-        };
-        let Some(later) = retrying.0.as_mut() else {
-            unreachable!("a scheduled retry is boxed");
-        };
-        match later.as_mut().poll_attempts(cx) {
-            Poll::Ready(result) => {
-                let attempts = later.attempt;
-                (Poll::Ready(result), Boxed::EMPTY, attempts)
-            }
-            Poll::Pending => (Poll::Pending, retrying, 0),
         }
     }
 }
