@@ -1,29 +1,15 @@
 //! The effective deadline is the earlier of the layer's and the request's, and is written back.
 
+mod common;
+
+use common::{recorder, Seen};
 use seawall_timeout::{Elapsed, RequestDeadline, TimeoutLayer};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::time::{sleep, Instant};
-use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
-
-type Seen = Arc<Mutex<Vec<Option<Instant>>>>;
-
-/// An inner service that records the deadline it sees, then sleeps.
-fn recorder(
-    seen: Seen,
-    work: Duration,
-) -> impl tower::Service<http::Request<()>, Response = (), Error = std::io::Error, Future = impl Send>
-       + Clone {
-    service_fn(move |req: http::Request<()>| {
-        seen.lock().unwrap().push(req.deadline());
-        async move {
-            sleep(work).await;
-            Ok(())
-        }
-    })
-}
+use tokio::time::Instant;
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 #[tokio::test(start_paused = true)]
 async fn writes_its_deadline_on_the_request() {

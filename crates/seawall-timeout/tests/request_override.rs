@@ -1,5 +1,8 @@
 //! A timeout carried on the request replaces the layer's own.
 
+mod common;
+
+use common::{elapsed_after, request_with};
 use seawall_timeout::{Elapsed, RequestDeadline, TimeoutLayer, TimeoutOverride};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
@@ -22,33 +25,23 @@ fn sleeper(
 #[tokio::test(start_paused = true)]
 async fn longer_override_lets_a_slow_call_finish() {
     let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_secs(5)));
-    let mut req = http::Request::new(());
-    req.extensions_mut()
-        .insert(TimeoutOverride(Duration::from_secs(10)));
+    let req = request_with(TimeoutOverride(Duration::from_secs(10)));
     assert_eq!(svc.oneshot(req).await.unwrap(), "done");
 }
 
 #[tokio::test(start_paused = true)]
 async fn shorter_override_cuts_a_call_early() {
     let svc = TimeoutLayer::new(Duration::from_secs(10)).layer(sleeper(Duration::from_secs(5)));
-    let mut req = http::Request::new(());
-    req.extensions_mut()
-        .insert(TimeoutOverride(Duration::from_millis(300)));
-    let start = Instant::now();
-    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
-    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    let req = request_with(TimeoutOverride(Duration::from_millis(300)));
+    assert_eq!(elapsed_after(svc, req).await, Duration::from_millis(300));
 }
 
 #[tokio::test(start_paused = true)]
 async fn override_is_still_capped_by_a_deadline_on_the_request() {
     let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_secs(5)));
-    let start = Instant::now();
-    let mut req = http::Request::new(());
-    req.extensions_mut()
-        .insert(TimeoutOverride(Duration::from_secs(10)));
-    req.set_deadline(start + Duration::from_secs(2));
-    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
-    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let mut req = request_with(TimeoutOverride(Duration::from_secs(10)));
+    req.set_deadline(Instant::now() + Duration::from_secs(2));
+    assert_eq!(elapsed_after(svc, req).await, Duration::from_secs(2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -59,12 +52,8 @@ async fn a_layer_that_does_not_honor_overrides_keeps_its_own_timeout() {
         .build()
         .unwrap();
     let svc = layer.layer(sleeper(Duration::from_secs(5)));
-    let mut req = http::Request::new(());
-    req.extensions_mut()
-        .insert(TimeoutOverride(Duration::from_secs(10)));
-    let start = Instant::now();
-    assert!(svc.oneshot(req).await.unwrap_err().is::<Elapsed>());
-    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    let req = request_with(TimeoutOverride(Duration::from_secs(10)));
+    assert_eq!(elapsed_after(svc, req).await, Duration::from_secs(1));
 }
 
 /// A request type of the application's own, opting in through the trait.
