@@ -4,7 +4,7 @@ mod support;
 
 use seawall_core::{
     deadline::{Elapsed, PerTryTimeoutOverride, RequestDeadline},
-    error,
+    error, BoxError,
 };
 use seawall_retry::{Backoff, RetryBudget, RetryLayer};
 use std::time::Duration;
@@ -30,96 +30,83 @@ fn with_per_try(timeout: Duration) -> Req {
     req
 }
 
+/// One call of `req` through `layer` over an endpoint answering each attempt after `latency`:
+/// the answer, how long the call took, and the deadline each attempt carried, as time from the
+/// call's start.
+async fn call(
+    layer: &RetryLayer,
+    latency: Duration,
+    req: Req,
+) -> (Result<String, BoxError>, Duration, Vec<Option<Duration>>) {
+    let (svc, calls) = slow_flaky(0, latency);
+    let start = Instant::now();
+    let answer = layer.layer(svc).oneshot(req).await;
+    let took = Instant::now() - start;
+    let deadlines = calls
+        .all()
+        .iter()
+        .map(|c| c.deadline.map(|d| d - start))
+        .collect();
+    (answer, took, deadlines)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_longer_override_lets_a_slow_attempt_finish() {
     let layer = retry(Some(ms(500)));
-    let (svc, calls) = slow_flaky(0, ms(1_000));
-    let start = Instant::now();
-    let ok = layer
-        .layer(svc)
-        .oneshot(with_per_try(ms(2_000)))
-        .await
-        .unwrap();
-    assert_eq!(ok, "ok 0");
-    assert_eq!(Instant::now() - start, ms(1_000));
-    let calls = calls.all();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].deadline, Some(start + ms(2_000)));
+    let (answer, took, deadlines) = call(&layer, ms(1_000), with_per_try(ms(2_000))).await;
+    assert_eq!(answer.unwrap(), "ok 0");
+    assert_eq!(took, ms(1_000));
+    assert_eq!(deadlines, [Some(ms(2_000))]);
 
     // Without it every attempt is cut at 500 ms, and the call fails when they run out.
-    let (svc, calls) = slow_flaky(0, ms(1_000));
-    let start = Instant::now();
-    let err = layer.layer(svc).oneshot(get()).await.unwrap_err();
+    let (answer, took, deadlines) = call(&layer, ms(1_000), get()).await;
+    let err = answer.unwrap_err();
     assert!(error::is::<Elapsed>(&*err), "{err}");
-    assert_eq!(Instant::now() - start, ms(1_500));
-    assert_eq!(calls.count(), 3);
+    assert_eq!(took, ms(1_500));
+    assert_eq!(deadlines.len(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_shorter_override_cuts_every_attempt_earlier() {
-    let (svc, calls) = slow_flaky(0, ms(300));
-    let start = Instant::now();
-    let err = retry(Some(ms(500)))
-        .layer(svc)
-        .oneshot(with_per_try(ms(100)))
-        .await
-        .unwrap_err();
+    let layer = retry(Some(ms(500)));
+    let (answer, took, deadlines) = call(&layer, ms(300), with_per_try(ms(100))).await;
+    let err = answer.unwrap_err();
     assert!(error::is::<Elapsed>(&*err), "{err}");
-    assert_eq!(Instant::now() - start, ms(300));
+    assert_eq!(took, ms(300));
     // The copies sent again carry it too.
-    let deadlines: Vec<_> = calls.all().iter().map(|c| c.deadline).collect();
-    assert_eq!(
-        deadlines,
-        [ms(100), ms(200), ms(300)].map(|d| Some(start + d))
-    );
+    assert_eq!(deadlines, [ms(100), ms(200), ms(300)].map(Some));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_calls_deadline_still_bounds_an_overridden_attempt() {
-    let (svc, calls) = slow_flaky(0, ms(1_500));
-    let start = Instant::now();
     let mut req = with_per_try(ms(2_000));
-    req.set_deadline(start + ms(1_000));
-    let err = retry(Some(ms(500)))
-        .layer(svc)
-        .oneshot(req)
-        .await
-        .unwrap_err();
+    req.set_deadline(Instant::now() + ms(1_000));
+    let (answer, took, deadlines) = call(&retry(Some(ms(500))), ms(1_500), req).await;
+    let err = answer.unwrap_err();
     assert!(error::is::<Elapsed>(&*err), "{err}");
-    assert_eq!(Instant::now() - start, ms(1_000));
-    let calls = calls.all();
-    assert_eq!(calls.len(), 1, "cut by the call's deadline, not retried");
-    assert_eq!(calls[0].deadline, Some(start + ms(1_000)));
+    assert_eq!(took, ms(1_000));
+    assert_eq!(
+        deadlines,
+        [Some(ms(1_000))],
+        "cut by the call's deadline, not retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_override_starts_no_timeout_where_none_is_configured() {
-    let (svc, calls) = slow_flaky(0, ms(1_000));
-    let start = Instant::now();
-    let ok = retry(None)
-        .layer(svc)
-        .oneshot(with_per_try(ms(100)))
-        .await
-        .unwrap();
-    assert_eq!(ok, "ok 0");
-    assert_eq!(Instant::now() - start, ms(1_000));
-    assert_eq!(calls.all()[0].deadline, None);
+    let (answer, took, deadlines) = call(&retry(None), ms(1_000), with_per_try(ms(100))).await;
+    assert_eq!(answer.unwrap(), "ok 0");
+    assert_eq!(took, ms(1_000));
+    assert_eq!(deadlines[0], None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_override_is_ignored() {
     // The builder rejects a zero per-attempt timeout; a zero override would cut every attempt not
     // ready on its first poll, so the layer's own 500 ms applies instead.
-    let (svc, calls) = slow_flaky(0, ms(10));
-    let start = Instant::now();
-    let ok = retry(Some(ms(500)))
-        .layer(svc)
-        .oneshot(with_per_try(Duration::ZERO))
-        .await
-        .unwrap();
-    assert_eq!(ok, "ok 0");
-    assert_eq!(Instant::now() - start, ms(10));
-    let calls = calls.all();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].deadline, Some(start + ms(500)));
+    let layer = retry(Some(ms(500)));
+    let (answer, took, deadlines) = call(&layer, ms(10), with_per_try(Duration::ZERO)).await;
+    assert_eq!(answer.unwrap(), "ok 0");
+    assert_eq!(took, ms(10));
+    assert_eq!(deadlines, [Some(ms(500))]);
 }
