@@ -51,6 +51,20 @@ struct Req {
     per_try_timeout: Option<Duration>,
 }
 
+impl Req {
+    /// A request whose work takes `work_ms` and then fails if `fail`: no extra microseconds, no
+    /// deadline, no `PerTryTimeoutOverride`.
+    fn new(work_ms: u64, fail: bool) -> Req {
+        Req {
+            work_ms,
+            work_extra_us: 0,
+            fail,
+            deadline: None,
+            per_try_timeout: None,
+        }
+    }
+}
+
 impl RequestDeadline for Req {
     fn deadline(&self) -> Option<Instant> {
         self.deadline
@@ -1141,6 +1155,19 @@ struct Call {
     cancel_after_ms: Option<u64>,
 }
 
+impl Call {
+    /// A call at `start_ms` of [`Req::new`]`(work_ms, fail)`, on the millisecond, whose caller
+    /// waits for the answer.
+    fn new(start_ms: u64, work_ms: u64, fail: bool) -> Call {
+        Call {
+            start_ms,
+            start_extra_us: 0,
+            req: Req::new(work_ms, fail),
+            cancel_after_ms: None,
+        }
+    }
+}
+
 fn call() -> impl Strategy<Value = Call> {
     call_failing(0.3)
 }
@@ -1155,17 +1182,11 @@ fn call_failing(p: f64) -> impl Strategy<Value = Call> {
         per_try_timeout_override(),
     )
         .prop_map(
-            |(start_ms, work_ms, fail, cancel_after_ms, per_try_timeout)| Call {
-                start_ms,
-                start_extra_us: 0,
-                req: Req {
-                    work_ms,
-                    work_extra_us: 0,
-                    fail,
-                    deadline: None,
-                    per_try_timeout,
-                },
-                cancel_after_ms,
+            |(start_ms, work_ms, fail, cancel_after_ms, per_try_timeout)| {
+                let mut call = Call::new(start_ms, work_ms, fail);
+                call.req.per_try_timeout = per_try_timeout;
+                call.cancel_after_ms = cancel_after_ms;
+                call
             },
         )
 }
@@ -2099,20 +2120,7 @@ fn the_breaker_watch_sees_trial_calls() {
         half_open_ms: 500,
         backpressure: false,
     }];
-    let calls: Vec<Call> = (0..40)
-        .map(|i| Call {
-            start_ms: i * 20,
-            start_extra_us: 0,
-            req: Req {
-                work_ms: 30,
-                work_extra_us: 0,
-                fail: true,
-                deadline: None,
-                per_try_timeout: None,
-            },
-            cancel_after_ms: None,
-        })
-        .collect();
+    let calls: Vec<Call> = (0..40).map(|i| Call::new(i * 20, 30, true)).collect();
     let run = run(&stack, &calls, &[]);
     let breakers = run.observed.breakers.lock().unwrap();
     let w = &breakers[0];
@@ -2147,16 +2155,8 @@ fn a_cancelled_probe_hands_its_slot_back_within_one_half_open() {
         },
     ];
     let call = |start_ms, fail, cancel_after_ms| Call {
-        start_ms,
-        start_extra_us: 0,
-        req: Req {
-            work_ms: 67,
-            work_extra_us: 0,
-            fail,
-            deadline: None,
-            per_try_timeout: None,
-        },
         cancel_after_ms,
+        ..Call::new(start_ms, 67, fail)
     };
     let run = run(
         &stack,
@@ -2185,16 +2185,8 @@ fn the_bulkhead_is_full_under_load_and_drains() {
     ];
     let calls: Vec<Call> = (0..10)
         .map(|i| Call {
-            start_ms: 0,
-            start_extra_us: 0,
-            req: Req {
-                work_ms: 500,
-                work_extra_us: 0,
-                fail: false,
-                deadline: None,
-                per_try_timeout: None,
-            },
             cancel_after_ms: (i % 3 == 0).then_some(50),
+            ..Call::new(0, 500, false)
         })
         .collect();
     let run = run(&stack, &calls, &[]);
@@ -2220,20 +2212,7 @@ fn a_hedge_over_a_retry_over_a_buffer_does_not_deadlock() {
         },
         LayerSpec::Buffer { capacity: 1 },
     ];
-    let calls: Vec<Call> = (0..9)
-        .map(|i| Call {
-            start_ms: 0,
-            start_extra_us: 0,
-            req: Req {
-                work_ms: 0,
-                work_extra_us: 0,
-                fail: i == 8,
-                deadline: None,
-                per_try_timeout: None,
-            },
-            cancel_after_ms: None,
-        })
-        .collect();
+    let calls: Vec<Call> = (0..9).map(|i| Call::new(0, 0, i == 8)).collect();
     let run = run(&stack, &calls, &[]);
     assert_eq!(run.outcomes.len(), 9);
     assert_eq!(run.in_flight, 0);
@@ -2261,18 +2240,7 @@ fn a_breaker_with_backpressure_over_a_bulkhead_with_backpressure_does_not_deadlo
             backpressure: true,
         },
     ];
-    let call = |start_ms, work_ms, fail| Call {
-        start_ms,
-        start_extra_us: 0,
-        req: Req {
-            work_ms,
-            work_extra_us: 0,
-            fail,
-            deadline: None,
-            per_try_timeout: None,
-        },
-        cancel_after_ms: None,
-    };
+    let call = Call::new;
     let calls = [
         call(772, 0, false),
         call(341, 311, false),
@@ -2301,18 +2269,7 @@ fn a_breaker_with_backpressure_over_a_bulkhead_with_backpressure_does_not_deadlo
 /// bulkhead's only permit, so every later call through the worker was rejected in turn.
 #[test]
 fn a_rejecting_layer_behind_a_buffer_does_not_keep_the_permit_a_retry_below_needs() {
-    let call = |start_ms, work_ms, fail| Call {
-        start_ms,
-        start_extra_us: 0,
-        req: Req {
-            work_ms,
-            work_extra_us: 0,
-            fail,
-            deadline: None,
-            per_try_timeout: None,
-        },
-        cancel_after_ms: None,
-    };
+    let call = Call::new;
     let retry_over_a_bulkhead_with_backpressure = [
         LayerSpec::Retry {
             max_attempts: 2,
@@ -2394,18 +2351,7 @@ fn a_breaker_with_backpressure_does_not_restart_a_slow_readiness_for_ever() {
             backpressure: true,
         }]
     };
-    let call = |start_ms, work_ms, fail| Call {
-        start_ms,
-        start_extra_us: 0,
-        req: Req {
-            work_ms,
-            work_extra_us: 0,
-            fail,
-            deadline: None,
-            per_try_timeout: None,
-        },
-        cancel_after_ms: None,
-    };
+    let call = Call::new;
     let answers = |run: &Run| {
         let mut outcomes: Vec<_> = run.outcomes.iter().map(|o| (o.call, &o.result)).collect();
         outcomes.sort_unstable_by_key(|&(call, _)| call);
@@ -2450,18 +2396,7 @@ fn a_readiness_error_is_seen_by_its_call_and_surfaced() {
             ratio_tenths: 1,
         },
     };
-    let failing = Call {
-        start_ms: 0,
-        start_extra_us: 0,
-        req: Req {
-            work_ms: 10,
-            work_extra_us: 0,
-            fail: true,
-            deadline: None,
-            per_try_timeout: None,
-        },
-        cancel_after_ms: None,
-    };
+    let failing = Call::new(0, 10, true);
     // Ready for the call, then an error when the retry polls for its second attempt.
     let readiness = [Readiness::Ready, Readiness::Fail { after_ms: 0 }];
 
@@ -2520,13 +2455,7 @@ fn the_inner_service_records_breaches_of_tower_s_contract() {
             shared: shared.clone(),
             state: Readying::Unpolled,
         };
-        let req = Req {
-            work_ms: 0,
-            work_extra_us: 0,
-            fail: false,
-            deadline: None,
-            per_try_timeout: None,
-        };
+        let req = Req::new(0, false);
         // Pending for 10 ms, woken by its timer, then ready; a clone is not.
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
@@ -2563,20 +2492,7 @@ fn a_token_bucket_allows_the_retries_the_budget_law_allows() {
         max_attempts: 10,
         budget,
     }];
-    let calls: Vec<Call> = (0..3)
-        .map(|i| Call {
-            start_ms: i * 1_000,
-            start_extra_us: 0,
-            req: Req {
-                work_ms: 0,
-                work_extra_us: 0,
-                fail: true,
-                deadline: None,
-                per_try_timeout: None,
-            },
-            cancel_after_ms: None,
-        })
-        .collect();
+    let calls: Vec<Call> = (0..3).map(|i| Call::new(i * 1_000, 0, true)).collect();
     let run = run(&stack, &calls, &[]);
     assert_eq!(run.inner_calls, calls.len() + 4);
     assert_eq!(over_budget(budget, calls.len(), run.inner_calls, 0), None);
@@ -2588,18 +2504,7 @@ fn a_token_bucket_allows_the_retries_the_budget_law_allows() {
 /// too; every call is answered by the inner service.
 #[test]
 fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
-    let call = |start_ms, fail| Call {
-        start_ms,
-        start_extra_us: 0,
-        req: Req {
-            work_ms: 100,
-            work_extra_us: 0,
-            fail,
-            deadline: None,
-            per_try_timeout: None,
-        },
-        cancel_after_ms: None,
-    };
+    let call = |start_ms, fail| Call::new(start_ms, 100, fail);
     let bulkhead = LayerSpec::Bulkhead {
         limit: LimitSpec::Fixed(1),
         max_wait_ms: 0,
@@ -2652,13 +2557,7 @@ fn the_balancer_watch_sees_calls_in_flight_and_per_endpoint_probes() {
         outlier: None,
         breaker: breaker.map(Box::new),
     };
-    let req = |work_ms, fail| Req {
-        work_ms,
-        work_extra_us: 0,
-        fail,
-        deadline: None,
-        per_try_timeout: None,
-    };
+    let req = Req::new;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -2704,10 +2603,8 @@ fn the_balancer_watch_sees_calls_in_flight_and_per_endpoint_probes() {
     };
     let calls: Vec<Call> = (0..30)
         .map(|i| Call {
-            start_ms: i * 20,
-            start_extra_us: 0,
-            req: req(30, true),
             cancel_after_ms: (i % 4 == 0).then_some(10),
+            ..Call::new(i * 20, 30, true)
         })
         .collect();
     let run = run(&[balance(Some(breaker))], &calls, &[]);
