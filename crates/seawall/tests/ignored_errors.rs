@@ -5,8 +5,10 @@
 //! with backpressure instead, so that its `Limited` never reaches the balancer.
 
 use seawall::{
-    balance::{BalanceLayer, OutlierDetection, Picker},
-    breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State},
+    balance::{Balance, BalanceLayer, OutlierDetection, Picker},
+    breaker::{
+        BreakerConfig, BreakerConfigBuilder, BreakerLayer, BreakerSet, SlidingWindow, State,
+    },
     bulkhead::{
         limit::Aimd,
         ratelimit::{Limited, RateLimitLayer},
@@ -51,13 +53,16 @@ fn quota() -> RateLimitLayer {
 }
 
 /// Trips at half the last 10 calls failed, once 5 are in.
-fn breaker<C: Classify<&'static str, BoxError>>(classifier: C) -> BreakerLayer<C> {
-    BreakerLayer::builder()
+fn half_of_ten() -> BreakerConfigBuilder {
+    BreakerConfig::builder()
         .sliding_window(SlidingWindow::count(10))
         .minimum_calls(5)
         .failure_rate_threshold(0.5)
-        .build_with(classifier)
-        .unwrap()
+}
+
+/// A breaker of [`half_of_ten`], counting failures as `classifier` says.
+fn breaker<C: Classify<&'static str, BoxError>>(classifier: C) -> BreakerLayer<C> {
+    half_of_ten().build_with(classifier).unwrap()
 }
 
 /// One call on a clone of `svc`.
@@ -123,12 +128,7 @@ async fn without_it_the_same_burst_opens_the_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn every_breaker_of_a_set_ignores_limited() {
-    let config = BreakerConfig::builder()
-        .sliding_window(SlidingWindow::count(10))
-        .minimum_calls(5)
-        .failure_rate_threshold(0.5)
-        .build_config()
-        .unwrap();
+    let config = half_of_ten().build_config().unwrap();
     let set = BreakerSet::with_classifier(config, 16, DefaultClassifier.ignore_error::<Limited>())
         .unwrap();
     for endpoint in ["10.0.0.1:80", "10.0.0.2:80"] {
@@ -238,22 +238,37 @@ fn limited_and_plain(a: &Node, b: &Node) -> ServiceList<Vec<Endpoint>> {
     ])
 }
 
+/// A round-robin balancer, never in panic mode, over [`limited_and_plain`]`(a, b)`, ejecting by
+/// [`three_in_a_row`] as `classifier` counts failures; its endpoints loaded.
+async fn round_robin_over_limited_and_plain<C>(
+    classifier: C,
+    a: &Node,
+    b: &Node,
+) -> Balance<usize, Endpoint, C>
+where
+    C: Classify<&'static str, BoxError> + Clone + Send + Sync + 'static,
+{
+    let balance = BalanceLayer::builder()
+        .seed(3)
+        .picker(Picker::RoundRobin)
+        .panic_threshold(0.0)
+        .outlier_detection(three_in_a_row())
+        .classifier(classifier)
+        .build()
+        .unwrap()
+        .layer(limited_and_plain(a, b));
+    tokio::task::yield_now().await;
+    balance
+}
+
 /// Outlier detection counts only failures: with `ignore_error::<Limited>()`, a burst of
 /// `Limited` from an endpoint's own quota leaves it in, its own failures still eject it, and
 /// counted as failures, the same burst ejects it.
 #[tokio::test(start_paused = true)]
 async fn outlier_detection_ignoring_limited_keeps_an_endpoint_over_its_quota_in() {
     let (a, b) = (Node::default(), Node::default());
-    let balance = BalanceLayer::builder()
-        .seed(3)
-        .picker(Picker::RoundRobin)
-        .panic_threshold(0.0)
-        .outlier_detection(three_in_a_row())
-        .classifier(DefaultClassifier.ignore_error::<Limited>())
-        .build()
-        .unwrap()
-        .layer(limited_and_plain(&a, &b));
-    tokio::task::yield_now().await;
+    let ignoring = DefaultClassifier.ignore_error::<Limited>();
+    let balance = round_robin_over_limited_and_plain(ignoring, &a, &b).await;
 
     // In turn: endpoint 0 takes every other call, answers its first and is over its quota for
     // the other 9.
@@ -288,16 +303,7 @@ async fn outlier_detection_ignoring_limited_keeps_an_endpoint_over_its_quota_in(
 
     // Counted as failures, the burst over the quota ejects it.
     let (a, b) = (Node::default(), Node::default());
-    let balance = BalanceLayer::builder()
-        .seed(3)
-        .picker(Picker::RoundRobin)
-        .panic_threshold(0.0)
-        .outlier_detection(three_in_a_row())
-        .classifier(DefaultClassifier)
-        .build()
-        .unwrap()
-        .layer(limited_and_plain(&a, &b));
-    tokio::task::yield_now().await;
+    let balance = round_robin_over_limited_and_plain(DefaultClassifier, &a, &b).await;
     for _ in 0..20 {
         let _ = balance.clone().oneshot(()).await;
     }
