@@ -83,6 +83,11 @@ fn future_of<S: Service<R>, R>(_: &S) -> PhantomData<S::Future> {
     PhantomData
 }
 
+/// The context most tests capture: the request's path.
+fn path_of(req: &Request<()>) -> String {
+    req.uri().path().to_owned()
+}
+
 /// The fallback's answer: the captured path, and what failed.
 fn describe(failed: Failed<Res>, path: String) -> Result<Res, BoxError> {
     let what = match failed {
@@ -149,7 +154,7 @@ async fn a_closure_fallback_gets_the_context_with_each_kind_of_failure() {
     let layer = FallbackLayer::builder()
         .on_error_type::<Elapsed>()
         .on_error(|e| e.to_string() == "refused")
-        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .with_request(path_of)
         .on_response(HttpClassifier::new())
         .build_fn(describe)
         .unwrap();
@@ -180,7 +185,7 @@ async fn a_closure_fallback_gets_the_context_with_each_kind_of_failure() {
 #[tokio::test]
 async fn after_a_readiness_error_each_call_passes_its_own_context() {
     let layer = FallbackLayer::builder()
-        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .with_request(path_of)
         .build_fn(describe)
         .unwrap();
     let mut svc = layer.layer(Refusing(|| "refused".into()));
@@ -196,7 +201,7 @@ async fn after_a_readiness_error_each_call_passes_its_own_context() {
 #[tokio::test]
 async fn interleaved_calls_each_pass_their_own_context_to_a_closure() {
     let layer = FallbackLayer::builder()
-        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .with_request(path_of)
         .build_fn(describe)
         .unwrap();
     let (inner, mut handle) = mock::pair::<Request<()>, Res>();
@@ -229,7 +234,7 @@ async fn interleaved_failed_responses_each_pass_their_own_context_to_a_service()
     });
     let layer = FallbackLayer::builder()
         .on_response(HttpClassifier::new())
-        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .with_request(path_of)
         .build_service(lookup)
         .unwrap();
     let (inner, mut handle) = mock::pair::<Request<()>, Res>();
@@ -258,7 +263,7 @@ async fn interleaved_failed_responses_each_pass_their_own_context_to_a_service()
 async fn interleaved_calls_after_a_readiness_error_each_pass_their_own_context_to_a_service() {
     let (lookup, mut fallback) = mock::pair::<FailedCall<Res, String>, Res>();
     let layer = FallbackLayer::builder()
-        .with_request(|req: &Request<()>| req.uri().path().to_owned())
+        .with_request(path_of)
         .build_service(lookup)
         .unwrap();
     let mut svc = layer.layer(Refusing(|| "refused".into()));
