@@ -1,7 +1,9 @@
 //! seawall's circuit breaker next to tower-resilience's, failsafe's and recloser's: the Closed
 //! path (a call that goes through and is recorded), the same with one call in seven failing, the
 //! Open path (a call rejected), a 2-thread contended Closed path on one shared breaker, and (with
-//! `--features count-allocs`) allocations per call for each.
+//! `--features count-allocs`) allocations per call for each. seawall's Closed path is also
+//! measured with time windows of 10 s in 10, 100 and 1,000 buckets, which read the clock and
+//! count every call.
 //!
 //! failsafe and recloser are not tower layers: they wrap the inner service's future, which is the
 //! closest equivalent (their numbers do not include readiness handling). Every breaker is built
@@ -15,7 +17,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use failsafe::futures::CircuitBreaker as _;
-use seawall::breaker::{BreakerLayer, State};
+use seawall::breaker::{BreakerLayer, SlidingWindow, State};
 use std::{
     future::{ready, Ready},
     hint::black_box,
@@ -54,6 +56,18 @@ fn inner() -> impl Service<u32, Response = u32, Error = Down, Future = Ready<Res
 
 fn seawall_layer() -> BreakerLayer {
     BreakerLayer::builder().wait_duration(DAY).build().unwrap()
+}
+
+/// seawall's breaker over a 10 s time window in `buckets` buckets.
+fn seawall_time_layer(buckets: u32) -> BreakerLayer {
+    BreakerLayer::builder()
+        .sliding_window(SlidingWindow::time_with_buckets(
+            Duration::from_secs(10),
+            buckets,
+        ))
+        .wait_duration(DAY)
+        .build()
+        .unwrap()
 }
 
 fn tower_resilience_layer() -> tower_resilience_circuitbreaker::CircuitBreakerLayer<
@@ -152,6 +166,23 @@ fn bench(c: &mut Criterion) {
     assert!(support::now_or_never(failsafe_mixed.call(plain.call(1))).is_ok());
     assert!(support::now_or_never(recloser_mixed.call(plain.call(1))).is_ok());
 
+    // ----- Closed path, time windows: every call reads the clock and counts in its bucket; a
+    // 10 s window in 1,000 buckets starts a bucket every 10 ms. -----
+    let time_windows = [10, 100, 1_000].map(|buckets| (buckets, seawall_time_layer(buckets)));
+    let mut time_svcs = time_windows
+        .each_ref()
+        .map(|(_, layer)| layer.layer(inner()));
+    let mut group = c.benchmark_group("breaker/closed-time-window");
+    for ((buckets, _), svc) in time_windows.iter().zip(&mut time_svcs) {
+        group.bench_function(format!("seawall, {buckets} buckets"), |b| {
+            b.iter(|| support::call(svc, black_box(1)).unwrap())
+        });
+    }
+    group.finish();
+    for (_, layer) in &time_windows {
+        assert_eq!(layer.handle().state(), State::Closed);
+    }
+
     // ----- Open path: trip each breaker, then measure the rejection -----
     let mut seawall_open = seawall_layer().layer(inner());
     let mut tr_open = tower_resilience_layer().layer(inner());
@@ -248,6 +279,12 @@ fn bench(c: &mut Criterion) {
     support::report_allocs("breaker/closed", "recloser", CALLS, || {
         support::now_or_never(recloser.call(plain.call(1))).unwrap()
     });
+    for ((buckets, _), svc) in time_windows.iter().zip(&mut time_svcs) {
+        let subject = format!("seawall, {buckets} buckets");
+        support::report_allocs("breaker/closed-time-window", &subject, CALLS, || {
+            support::call(svc, 1).unwrap()
+        });
+    }
     support::report_allocs("breaker/closed-1-in-7-failing", "seawall", CALLS, || {
         support::call(&mut seawall_mixed_svc, next())
     });

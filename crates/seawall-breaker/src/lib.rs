@@ -35,8 +35,10 @@
 //! - **No stale results.** Every state change starts a new generation; the result of a call
 //!   admitted in an earlier generation is dropped, so a late answer cannot flip the new state.
 //! - **Fast.** The Closed path takes no lock and allocates nothing: one atomic load to admit; one
-//!   `fetch_add` to record (two more when the outcome differs from the one it pushes out of the
-//!   window); no clock read unless a time window or slow-call rule needs one. The state machine
+//!   `fetch_add` to record in a count window (two more when the outcome differs from the one it
+//!   pushes out of the window), or in a time window a compare-and-swap on the call's bucket and a
+//!   read of the other buckets' sum, taken once per bucket, whatever the number of buckets; no
+//!   clock read unless a time window or slow-call rule needs one. The state machine
 //!   lives in [`state`] and [`window`], free of tower types, and is checked against a reference
 //!   model with proptest and for concurrency with loom.
 //!

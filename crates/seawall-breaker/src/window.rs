@@ -21,7 +21,14 @@
 //!   slow calls), updated by compare-and-swap: a bucket whose stamp is older than the recorder's
 //!   epoch is restarted in the same CAS, so no count is lost at a bucket boundary. Reading sums
 //!   `counter << s` over the `B` buckets whose stamps fall inside the window, so every bucket weighs
-//!   in by the calls it stands for.
+//!   in by the calls it stands for. A record does not read every bucket: the first record of each
+//!   epoch sums the `B - 1` buckets before its own once and caches the sums (behind a sequence
+//!   lock that no record waits on: one that finds the cache being written reads every bucket
+//!   instead), and every record of the epoch adds its own bucket to them. So the counts a record
+//!   sees miss a call recorded into an earlier bucket after the epoch's first record (one whose
+//!   time was read just before the epoch began, on another thread) until the next epoch's first
+//!   record, for at most one bucket's duration; reading the window's counts (`snapshot`) sees it
+//!   at once. A reset drops the cache with the buckets.
 //!
 //! A bucket counts exactly up to 32,767 calls (`s = 0`). Past that it keeps a sample, as an
 //! approximate counter does (Morris, 1978): a bucket of scale `s` keeps a call with probability
@@ -37,7 +44,8 @@
 //! drawn only for calls into a sampling bucket. A bucket stops counting at 32,767 × 2^31
 //! (7 × 10^13) calls; sums past `u32::MAX` calls are scaled down together, keeping the rates.
 //!
-//! Neither kind takes a lock or allocates after construction. Time enters as nanoseconds since the
+//! Neither kind waits for another thread (the time window's sequence lock is only ever tried) or
+//! allocates after construction. Time enters as nanoseconds since the
 //! machine's origin, given by the caller.
 
 use crate::sync::{AtomicU64, AtomicU8, Ordering, Padded};
@@ -283,6 +291,41 @@ pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     /// One more than the newest epoch recorded into, 0 before the first record.
     newest: AtomicU64,
+    /// The sum of the buckets other than one epoch's, taken by that epoch's first record.
+    others: Others,
+}
+
+/// The summed buckets of the window that ends at `epoch`, but for `epoch`'s own: a record of
+/// `epoch` adds its own bucket to these instead of reading every bucket.
+///
+/// A sequence lock. `seq` is odd while the one thread that took it writes the fields, and goes
+/// up by 2 with every write and every reset of the window; a reader uses the fields only when
+/// `seq` reads the same even number before and after them. Every field is written with release
+/// and read with acquire ordering, so a reader that sees any field of a later write sees that
+/// write's odd `seq` too. A reset adds 2 to `seq` (whether or not a write holds it), and then
+/// stores [`NO_EPOCH`]: a write that took the lock before the reset fails to publish (its `seq`
+/// moved) and stores [`NO_EPOCH`] too, and one that took it after sums the emptied buckets.
+#[derive(Debug)]
+struct Others {
+    seq: AtomicU64,
+    epoch: AtomicU64,
+    /// Calls, exactly.
+    calls: AtomicU64,
+    /// Failures and slow calls, 32 bits each, both shifted right as far as `calls` must be to fit
+    /// in 32 bits (see [`Counts::from_wide`]).
+    failures_slow: AtomicU64,
+}
+
+/// The epoch of no sum: the window was reset, or a sum was taken across a reset.
+const NO_EPOCH: u64 = u64::MAX;
+
+/// Calls, failures and slow calls, summed over buckets.
+type Sums = (u64, u64, u64);
+
+/// How far sums of `calls` calls are shifted right to fit a `u32`.
+#[inline]
+fn wide_shift(calls: u64) -> u32 {
+    (u64::BITS - calls.leading_zeros()).saturating_sub(u32::BITS)
 }
 
 #[inline]
@@ -302,6 +345,14 @@ fn one_call(failure: bool, slow: bool) -> u64 {
     (1 << CALLS_SHIFT) | ((failure as u64) << FAILURES_SHIFT) | slow as u64
 }
 
+/// Reads a bucket; tests count the reads, to check how many buckets a record looks at.
+#[inline]
+fn load_bucket(bucket: &AtomicU64) -> u64 {
+    #[cfg(all(test, not(loom)))]
+    tests::BUCKET_LOADS.with(|loads| loads.set(loads.get() + 1));
+    bucket.load(Ordering::Acquire)
+}
+
 #[inline]
 fn counter(word: u64, shift: u32) -> u64 {
     (word >> shift) & COUNT_MASK
@@ -310,6 +361,17 @@ fn counter(word: u64, shift: u32) -> u64 {
 #[inline]
 fn scale_of(word: u64) -> u64 {
     (word >> SCALE_SHIFT) & MAX_SCALE
+}
+
+/// How many epochs bucket `i` of `len` is behind the bucket at `base`, the current epoch's
+/// (`current % len`): the current epoch minus the epoch bucket `i` holds within the window.
+#[inline]
+fn back(base: u64, i: u64, len: u64) -> u64 {
+    if i <= base {
+        base - i
+    } else {
+        base + len - i
+    }
 }
 
 /// Whether a bucket stamped `stamp` is older than `epoch` (wrapping comparison of stamps).
@@ -378,7 +440,7 @@ impl Counts {
     /// Sums wider than a `u32`, scaled down together when `calls` does not fit, which keeps the
     /// rates.
     fn from_wide(calls: u64, failures: u64, slow: u64) -> Self {
-        let shift = (u64::BITS - calls.leading_zeros()).saturating_sub(u32::BITS);
+        let shift = wide_shift(calls);
         Counts {
             calls: (calls >> shift) as u32,
             failures: (failures >> shift) as u32,
@@ -396,6 +458,13 @@ impl TimeWindow {
             epochs: (0..buckets.max(1)).map(|_| AtomicU64::new(0)).collect(),
             bucket_nanos: bucket_nanos.max(1),
             newest: AtomicU64::new(0),
+            // True of epoch 0, which has no buckets before it.
+            others: Others {
+                seq: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+                failures_slow: AtomicU64::new(0),
+            },
         }
     }
 
@@ -403,6 +472,9 @@ impl TimeWindow {
         self.buckets.len() as u64
     }
 
+    /// Records one call at `now` and returns the window's counts after it: the sum of the other
+    /// buckets taken by the first record of its epoch (see [`others`](Self::others)) plus its own
+    /// bucket, so a record reads a few words whatever the number of buckets.
     #[inline]
     pub(crate) fn record(&self, failure: bool, slow: bool, now: u64) -> Counts {
         let epoch = now / self.bucket_nanos;
@@ -420,33 +492,126 @@ impl TimeWindow {
         let index = (epoch % self.len()) as usize;
         let bucket = &self.buckets[index];
         let mut random = None;
-        let mut current = bucket.load(Ordering::Acquire);
-        loop {
+        let mut current = load_bucket(bucket);
+        // The bucket as this call left it, holding `epoch`'s calls.
+        let own = loop {
             let stamp = current >> STAMP_SHIFT;
             let restart = is_older(stamp, epoch);
             // Published before the restart, so a concurrent cleaner that sees the restarted bucket
             // knows it is fresh. A bucket already restarted for a later epoch belongs to a window
             // this call is outside of, however its stamp compares after a long stall.
             if restart && self.epochs[index].fetch_max(epoch, Ordering::AcqRel) > epoch {
-                break;
+                return self.counts(now);
             }
             let next = if stamp == stamp_of(epoch) {
                 match with_call(current, failure, slow, &mut random) {
                     Some(next) => next,
-                    None => break,
+                    None => break current,
                 }
             } else if restart {
                 empty_bucket(stamp_of(epoch)) + one_call(failure, slow)
             } else {
                 // A later epoch owns this bucket: this call is already outside its window.
-                break;
+                return self.counts(now);
             };
             match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
+                Ok(_) => break next,
                 Err(actual) => current = actual,
             }
+        };
+        let Some((calls, failures, slow)) = self.others(epoch) else {
+            return self.counts(now);
+        };
+        let scale = scale_of(own);
+        Counts::from_wide(
+            calls + (counter(own, CALLS_SHIFT) << scale),
+            failures + (counter(own, FAILURES_SHIFT) << scale),
+            slow + (counter(own, 0) << scale),
+        )
+    }
+
+    /// The sum of the buckets of the window that ends at `epoch`, but for `epoch`'s own: the one
+    /// cached for `epoch`, or, when the cache holds an earlier epoch or predates a reset, a fresh
+    /// sum that replaces it. `None` when another thread is replacing the cache, or the cache holds
+    /// a later epoch (this record is late): the caller then reads every bucket.
+    ///
+    /// Each epoch's first record takes the sum, so a call recorded into an earlier bucket after
+    /// that (one whose time was read just before the epoch began, on another thread) is missing
+    /// from the counts later records of the epoch see, until the next epoch's first record sums
+    /// the buckets again: for at most one bucket's duration. [`counts`](Self::counts) reads every
+    /// bucket and sees it at once.
+    #[inline]
+    fn others(&self, epoch: u64) -> Option<Sums> {
+        let others = &self.others;
+        let seq = others.seq.load(Ordering::Acquire);
+        let cached = others.epoch.load(Ordering::Acquire);
+        let calls = others.calls.load(Ordering::Acquire);
+        let failures_slow = others.failures_slow.load(Ordering::Acquire);
+        let whole = seq & 1 == 0 && others.seq.load(Ordering::Acquire) == seq;
+        if whole && cached == epoch {
+            let shift = wide_shift(calls);
+            let failures = (failures_slow >> u32::BITS) << shift;
+            let slow = (failures_slow & u64::from(u32::MAX)) << shift;
+            return Some((calls, failures, slow));
         }
-        self.counts(now)
+        self.sum_others(epoch, seq, whole && (cached == NO_EPOCH || cached < epoch))
+    }
+
+    /// Sums the buckets of the window that ends at `epoch` but for `epoch`'s own, and caches the
+    /// sums, when `stale` and this thread takes the lock (`seq` is the even value it read).
+    #[cold]
+    #[inline(never)]
+    fn sum_others(&self, epoch: u64, seq: u64, stale: bool) -> Option<Sums> {
+        let others = &self.others;
+        if !stale
+            || others
+                .seq
+                .compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let len = self.len();
+        let base = epoch % len;
+        let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let back = back(base, i as u64, len);
+            if back == 0 {
+                continue;
+            }
+            let Some(expected) = epoch.checked_sub(back) else {
+                continue;
+            };
+            let word = load_bucket(bucket);
+            // The full epoch, read after the bucket (a restarter writes it first), tells a bucket
+            // of `expected` from one whose stamp matches after a long idle period, in case this
+            // sum runs while the record that ended that period still cleans the buckets.
+            if word >> STAMP_SHIFT == stamp_of(expected)
+                && self.epochs[i].load(Ordering::Acquire) >= expected
+            {
+                let scale = scale_of(word);
+                calls += counter(word, CALLS_SHIFT) << scale;
+                failures += counter(word, FAILURES_SHIFT) << scale;
+                slow += counter(word, 0) << scale;
+            }
+        }
+        let shift = wide_shift(calls);
+        others.calls.store(calls, Ordering::Release);
+        others.failures_slow.store(
+            ((failures >> shift) << u32::BITS) | (slow >> shift),
+            Ordering::Release,
+        );
+        others.epoch.store(epoch, Ordering::Release);
+        if others
+            .seq
+            .compare_exchange(seq + 1, seq + 2, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            // A reset came while the buckets were summed: the sums may hold calls it emptied.
+            others.epoch.store(NO_EPOCH, Ordering::Release);
+            others.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        Some((calls, failures, slow))
     }
 
     /// Time moved on from `previous` (one more than the newest epoch recorded) to `epoch`: restamp
@@ -459,8 +624,9 @@ impl TimeWindow {
             // stamp says after a long idle period. Keep only a bucket restarted for the epoch it
             // would hold now or a later one: concurrent recorders may already have written it,
             // at this epoch or, when this cleaning runs late, at a later one.
+            let base = epoch % len;
             for (i, bucket) in self.buckets.iter().enumerate() {
-                let expected = epoch - (epoch + len - i as u64 % len) % len;
+                let expected = epoch - back(base, i as u64, len);
                 let stale = stamp_of(expected.wrapping_sub(len));
                 let mut current = bucket.load(Ordering::Acquire);
                 while current >> STAMP_SHIFT != stale
@@ -515,13 +681,14 @@ impl TimeWindow {
             return Counts::default();
         }
         // At most 1,000 buckets of 2^46 calls each: the sums fit in a u64.
+        let base = current % len;
         let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
         for (i, bucket) in self.buckets.iter().enumerate() {
-            let back = (current + len - i as u64 % len) % len;
+            let back = back(base, i as u64, len);
             let Some(expected) = current.checked_sub(back) else {
                 continue;
             };
-            let word = bucket.load(Ordering::Acquire);
+            let word = load_bucket(bucket);
             if word >> STAMP_SHIFT == stamp_of(expected) {
                 let scale = scale_of(word);
                 calls += counter(word, CALLS_SHIFT) << scale;
@@ -533,21 +700,99 @@ impl TimeWindow {
     }
 
     /// Empties the window as seen from `now`: every bucket gets a stamp older than the window.
+    /// Then drops the cached sum of the other buckets (see [`Others`]), so that a record that
+    /// sees the reset (one of the generation it starts) does not use a sum taken before it.
     pub(crate) fn reset(&self, now: u64) {
         let current = now / self.bucket_nanos;
         let len = self.len();
+        let base = current % len;
         for (i, bucket) in self.buckets.iter().enumerate() {
-            let back = (current + len - i as u64 % len) % len;
             // The epoch one window before the one this bucket would hold now.
-            let stale = current.wrapping_sub(back + len);
+            let stale = current.wrapping_sub(back(base, i as u64, len) + len);
             bucket.store(empty_bucket(stamp_of(stale)), Ordering::Release);
         }
+        self.others.seq.fetch_add(2, Ordering::AcqRel);
+        self.others.epoch.store(NO_EPOCH, Ordering::Release);
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    std::thread_local! {
+        /// Buckets read by this thread's windows.
+        pub(super) static BUCKET_LOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn a_record_reads_a_few_buckets_whatever_the_window() {
+        // 1 ms window of 1,000 buckets of 1 µs, each holding calls.
+        let w = TimeWindow::new(1_000, 1_000);
+        for epoch in 4_001..=5_000u64 {
+            w.record(epoch % 3 == 0, epoch % 5 == 0, epoch * 1_000);
+        }
+        // The epoch's first record has summed the buckets before it; later ones read their own.
+        for (i, now) in [5_000_100, 5_000_500, 5_000_999].into_iter().enumerate() {
+            BUCKET_LOADS.with(|loads| loads.set(0));
+            let c = w.record(i == 1, false, now);
+            let loads = BUCKET_LOADS.with(|loads| loads.get());
+            assert!(loads <= 2, "a record read {loads} buckets");
+            assert_eq!(c, w.counts(now));
+        }
+    }
+
+    #[test]
+    fn a_record_after_a_reset_does_not_use_the_sum_taken_before() {
+        let w = TimeWindow::new(1_000, 2);
+        w.record(true, false, 5_000);
+        // The first record of epoch 6 sums the bucket of epoch 5.
+        let c = w.record(false, false, 6_000);
+        assert_eq!((c.calls, c.failures), (2, 1));
+        w.reset(6_000);
+        let c = w.record(false, false, 6_100);
+        assert_eq!((c.calls, c.failures), (1, 0));
+        assert_eq!(c, w.counts(6_100));
+    }
+
+    #[test]
+    fn a_record_sees_what_reading_every_bucket_sees() {
+        // Records at times that move on by up to two windows (and now and then by much more,
+        // past the stamps' range), and resets: on one thread a record's counts are the window's.
+        let mut rng = 0x5EA_3A11u64;
+        let mut next = move |bound: u64| {
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (rng >> 33) % bound
+        };
+        for buckets in [1, 2, 3, 10, 64] {
+            let w = TimeWindow::new(100, buckets);
+            let mut now = 0u64;
+            for _ in 0..5_000 {
+                now += match next(100) {
+                    0 => 100 * 40_000 + next(100 * 1_000),
+                    _ => next(2 * 100 * buckets as u64 / 10 + 1),
+                };
+                if next(50) == 0 {
+                    w.reset(now);
+                }
+                let c = w.record(next(3) == 0, next(4) == 0, now);
+                assert_eq!(c, w.counts(now), "{buckets} buckets at {now}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_is_as_far_behind_as_its_epoch() {
+        for len in 1..=40u64 {
+            for current in 0..120u64 {
+                for i in 0..len {
+                    assert_eq!(back(current % len, i, len), (current + len - i) % len);
+                }
+            }
+        }
+    }
 
     #[test]
     fn packing_decodes_negative_fields() {

@@ -115,6 +115,62 @@ fn a_late_cleaner_keeps_a_bucket_restarted_for_a_later_epoch() {
     loom::model(|| assert_eq!(race_two_records_into_a_time_window(5, 6), (2, 1)));
 }
 
+/// A time window of two 1 ms buckets that trips at `minimum_calls` counted calls and a failure
+/// rate of `threshold`.
+fn two_bucket_machine(minimum_calls: u32, threshold: f64) -> Arc<Machine> {
+    machine(
+        builder()
+            .sliding_window(SlidingWindow::time_with_buckets(
+                Duration::from_millis(2),
+                2,
+            ))
+            .minimum_calls(minimum_calls)
+            .failure_rate_threshold(threshold),
+    )
+}
+
+#[test]
+fn records_at_an_epoch_change_count_the_bucket_before_it() {
+    loom::model(|| {
+        let m = two_bucket_machine(4, 1.0);
+        record(&m, Outcome::Failure, 5 * MS, &());
+        record(&m, Outcome::Failure, 5 * MS, &());
+        // Two failures in the next bucket at once: each record finds no sum of the bucket before
+        // its own yet, and one takes it while the other takes it too, waits for nothing and reads
+        // every bucket, or uses the one taken. Whichever records second sees all four failures.
+        let observer = Arc::new(Transitions::default());
+        let a = {
+            let (m, observer) = (m.clone(), observer.clone());
+            thread::spawn(move || record(&m, Outcome::Failure, 6 * MS, &*observer))
+        };
+        record(&m, Outcome::Failure, 6 * MS, &*observer);
+        a.join().unwrap();
+        assert_eq!(m.state(), State::Open);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn a_reset_drops_the_sum_of_the_buckets_taken_before_it() {
+    loom::model(|| {
+        let m = two_bucket_machine(2, 0.6);
+        record(&m, Outcome::Failure, 5 * MS, &());
+        // A success in the next bucket sums the failure's bucket while the breaker is reset.
+        let a = {
+            let m = m.clone();
+            thread::spawn(move || record(&m, Outcome::Success, 6 * MS, &()))
+        };
+        m.reset(6 * MS, &());
+        a.join().unwrap();
+        // The fresh window holds this failure, and perhaps the success (a time window cannot
+        // tell a result of the generation the reset ended): a rate of 1 in 1 or 1 in 2, below
+        // the minimum calls or the threshold. With the failure from before the reset it would
+        // trip.
+        record(&m, Outcome::Failure, 6 * MS, &());
+        assert_eq!(m.state(), State::Closed);
+    });
+}
+
 #[test]
 fn racing_trips_change_state_once() {
     loom::model(|| {
