@@ -216,10 +216,12 @@ impl BreakerConfigBuilder {
 
     /// Trip when failures / counted calls in the window reach this share, in `(0, 1]`.
     /// Default 0.5. In HalfOpen the probes' failure rate is judged against it too. Rates are
-    /// compared in whole parts per million: a threshold between two is rounded up, and one below
-    /// a millionth counts as a millionth, so the breaker never trips below the configured rate
-    /// while the window counts exactly (a time bucket past 32,767 calls counts a sample; see
-    /// [`window`](crate::window) for its error).
+    /// compared in whole parts per million: a threshold between two is rounded up (but one at
+    /// most 1e-12 above the lower, as `0.5 + 1e-13`, is rounded down, so that a decimal
+    /// threshold such as `0.07` keeps its whole number of ppm despite its binary rounding), and
+    /// one below a millionth counts as a millionth. So the breaker never trips more than 1e-12
+    /// below the configured rate while the window counts exactly (a time bucket past 32,767 calls
+    /// counts a sample; see [`window`](crate::window) for its error).
     pub fn failure_rate_threshold(mut self, threshold: f64) -> Self {
         self.failure_rate = Some(threshold);
         self

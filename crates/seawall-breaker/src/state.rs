@@ -453,9 +453,11 @@ struct Rules {
     seed: u64,
 }
 
-/// A rate threshold in whole parts per million, rounded up (and at least 1) so the breaker never
-/// trips below the configured rate. The allowance of a millionth of a ppm keeps a threshold that
-/// is a whole number of ppm in decimal (`0.07`) at that number despite its binary rounding.
+/// A rate threshold in whole parts per million: the threshold in ppm less an allowance of a
+/// millionth of a ppm, rounded up (and at least 1). The allowance keeps a threshold that is a
+/// whole number of ppm in decimal (`0.07`) at that number despite its binary rounding, so the
+/// breaker never trips more than 1e-12 below the configured rate: a threshold at most that far
+/// above a whole number of ppm is rounded down to it (`0.5 + 1e-13` is 500,000 ppm).
 fn ppm(rate: f64) -> u64 {
     ((rate * 1_000_000.0 - 1e-6).ceil() as u64).max(1)
 }
@@ -1469,6 +1471,18 @@ mod tests {
         // Every threshold that is a whole number of ppm in decimal keeps that number.
         for k in 1..=1_000_000u64 {
             assert_eq!(ppm(k as f64 / 1e6), k, "{k} ppm");
+        }
+        // One at most 1e-12 above a whole number of ppm is rounded down to it, never further.
+        assert_eq!(ppm(0.5 + 1e-13), 500_000);
+        for k in (1..=1_000_000u64).step_by(997) {
+            for above in [1e-13, 5e-13, 9e-13, 2e-12, 5e-12, 1e-9, 4e-7] {
+                let threshold = k as f64 / 1e6 + above;
+                let tripping = ppm(threshold) as f64 / 1e6;
+                assert!(
+                    tripping >= threshold - 1e-12,
+                    "{threshold} trips at {tripping}"
+                );
+            }
         }
     }
 }
