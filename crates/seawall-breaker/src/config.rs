@@ -334,6 +334,15 @@ impl BreakerConfigBuilder {
 
     /// Adds a listener called on every state change (and, in MetricsOnly, on every change the
     /// breaker would have made).
+    ///
+    /// A listener is called on the thread that made the change, after the change: another
+    /// thread can make the next change and call the listeners with it in between, so changes
+    /// made at nearly the same time on different threads (a trip and a
+    /// [`reset`](crate::BreakerHandle::reset), say) may be heard out of order. Order them by
+    /// [`Transition::generation`], which every change raises: a transition with a lower
+    /// generation than one already heard is older, and can be dropped.
+    /// [`BreakerHandle::state`](crate::BreakerHandle::state) and
+    /// [`subscribe`](crate::BreakerHandle::subscribe) always show the current state.
     pub fn on_transition(mut self, listener: impl Listener<Transition>) -> Self {
         self.listeners = self.listeners.with(listener);
         self

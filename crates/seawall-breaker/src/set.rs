@@ -181,7 +181,10 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     /// Registers a listener told of every state change of the set's breakers with the key whose
     /// breaker changed, besides the listeners of the set's configuration (which, like the log
     /// line and the metrics, carry only the set's name). It hears the breakers the set creates
-    /// from now on, so register it before asking for keys.
+    /// from now on, so register it before asking for keys. Like those, it may hear two changes of
+    /// one key's breaker made at nearly the same time on different threads out of order: order
+    /// them by [`Transition::generation`], which counts each key's changes on their own (see
+    /// [`BreakerConfigBuilder::on_transition`](crate::BreakerConfigBuilder::on_transition)).
     ///
     /// ```
     /// use seawall::breaker::{BreakerConfig, BreakerSet, State};

@@ -139,7 +139,10 @@ pub struct Transition {
     /// `to` are then the states of its automatic machine (Closed, Open or HalfOpen).
     pub metrics_only: bool,
     /// The generation the breaker entered. A reset of a Closed breaker starts a generation with
-    /// no transition, so the generations listeners see may skip.
+    /// no transition, so the generations listeners see may skip. Every change enters a higher
+    /// generation than the changes before it, so this orders the transitions of one breaker that
+    /// reach a listener out of order (see
+    /// [`BreakerConfigBuilder::on_transition`](crate::BreakerConfigBuilder::on_transition)).
     pub generation: u64,
     /// When `to` is Open: how long it stays open (after backoff and jitter). When `to` is
     /// HalfOpen: how long it waits for the probes in flight, counted from the first one admitted
@@ -152,7 +155,9 @@ pub struct Transition {
 /// The tower layer uses it for tracing, metrics, listeners and waking waiting callers; tests use
 /// it to count transitions. `()` ignores everything.
 pub trait Observer {
-    /// The machine changed state (or, in MetricsOnly, would have).
+    /// The machine changed state (or, in MetricsOnly, would have). Called on the thread that
+    /// made the change, after the change: another thread can make the next change and report it
+    /// first, so changes may be reported out of order; [`Transition::generation`] orders them.
     fn on_transition(&self, transition: &Transition) {
         let _ = transition;
     }

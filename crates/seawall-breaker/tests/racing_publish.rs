@@ -1,5 +1,6 @@
 //! Two state changes made at once on two threads: whichever publishes last leaves the current
-//! state in the watch and the gauge.
+//! state in the watch and the gauge, and listeners, which may hear the changes out of order, can
+//! order them by generation.
 //!
 //! A test binary of its own: the change is held up in a scoped tracing subscriber, and tracing
 //! caches each call site's interest process-wide. A test on another thread that reaches the same
@@ -7,7 +8,7 @@
 //! and the event that should hold the change up never comes.
 #![cfg(not(loom))]
 
-use seawall::breaker::{BreakerLayer, State};
+use seawall::breaker::{BreakerLayer, State, Transition};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 
 /// A tracing subscriber that holds up the first event on its thread until told to go on.
@@ -40,7 +41,15 @@ impl tracing::Subscriber for Pause {
 fn racing_changes_leave_the_current_state_in_the_watch_and_the_gauge() {
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let layer = BreakerLayer::builder().name("racing").build().unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hearing = heard.clone();
+    let layer = BreakerLayer::builder()
+        .name("racing")
+        .on_transition(move |_: &seawall_core::Name, t: &Transition| {
+            hearing.lock().unwrap().push((t.to, t.generation));
+        })
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let states = handle.subscribe();
     let (paused_tx, paused) = std::sync::mpsc::sync_channel(1);
@@ -65,4 +74,9 @@ fn racing_changes_leave_the_current_state_in_the_watch_and_the_gauge() {
     assert_eq!(*states.borrow(), State::Closed, "the watch shows the state");
     let gauge = recorder.gauge(names::BREAKER_STATE, "racing");
     assert_eq!(gauge, Some(State::Closed.as_gauge()), "the gauge too");
+    // The reset was heard before the change it followed; the generations tell the order.
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard, [(State::Closed, 2), (State::ForcedOpen, 1)]);
+    let newest = heard.iter().max_by_key(|(_, generation)| generation);
+    assert_eq!(newest, Some(&(State::Closed, 2)));
 }

@@ -35,7 +35,9 @@ use std::{
 /// Receives a policy's events.
 pub trait Listener<E>: Send + Sync + 'static {
     /// Called once per event, inline, with the name of the policy that emitted it. A panic here
-    /// is logged and skipped (see [`Listeners::emit`]).
+    /// is logged and skipped (see [`Listeners::emit`]). Events caused at nearly the same time on
+    /// different threads may arrive in either order; an event type that needs ordering carries
+    /// a sequence number (a breaker's transition its generation).
     fn on_event(&self, name: &Name, event: &E);
 }
 
