@@ -34,7 +34,8 @@
 //!   or cancelled probe hands its slot back.
 //! - **No stale results.** Every state change starts a new generation; the result of a call
 //!   admitted in an earlier generation is dropped, so a late answer cannot flip the new state.
-//! - **Fast.** The Closed path takes no lock and allocates nothing: one atomic load to admit; one
+//! - **Fast.** The Closed path takes no lock it waits on (a time window only tries the sequence
+//!   lock of its cached sum) and allocates nothing: one atomic load to admit; one
 //!   `fetch_add` to record in a count window (two more when the outcome differs from the one it
 //!   pushes out of the window), or in a time window a compare-and-swap on the call's bucket and a
 //!   read of the other buckets' sum, taken once per bucket, whatever the number of buckets; no

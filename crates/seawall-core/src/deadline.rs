@@ -48,7 +48,7 @@ pub struct Deadline(pub Instant);
 /// A timeout for one request that replaces the timeout layer's own duration.
 ///
 /// Read by every timeout layer the request passes through that honors overrides (all do by
-/// default), so it is meant for the total timeout; a per-try timeout under a retry should not
+/// default, but a per-try one), so it is meant for the total timeout; a per-try timeout under a retry should not
 /// honor it (it reads a [`PerTryTimeoutOverride`] instead).
 ///
 /// ```

@@ -6,7 +6,8 @@
 //! 1. `now + timeout`, where `timeout` is the layer's own duration, or the request's
 //!    [`TimeoutOverride`] when it carries one (read by every timeout layer in the stack that
 //!    honors overrides, which they all do unless built with
-//!    [`honor_override(false)`](TimeoutConfigBuilder::honor_override));
+//!    [`honor_override(false)`](TimeoutConfigBuilder::honor_override), or made with
+//!    [`per_try`](TimeoutLayer::per_try), which reads a [`PerTryTimeoutOverride`] instead);
 //! 2. capped by a [`Deadline`] the request already carries, from an outer timeout or from the
 //!    caller; the earlier of the two wins. A layer built with
 //!    [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) leaves an

@@ -31,8 +31,8 @@
 //!   longer override does not stop hung attempts being cut and retried elsewhere) and takes a
 //!   [`PerTryTimeoutOverride`](crate::timeout::PerTryTimeoutOverride) instead (one method's
 //!   longer attempts), and it fires
-//!   only at its own deadline, so only an endpoint slower than the per-try timeout is charged a
-//!   failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
+//!   only at its own deadline, so only an endpoint slower than the attempt's per-try timeout (the
+//!   request's `PerTryTimeoutOverride` when it carries one) is charged a failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
 //!   cancelled from above and counts against no endpoint.
 //!
 //! `docs/composition.md` in the repository explains what each reordering does.
