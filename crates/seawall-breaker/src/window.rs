@@ -304,7 +304,8 @@ pub(crate) struct TimeWindow {
 /// and read with acquire ordering, so a reader that sees any field of a later write sees that
 /// write's odd `seq` too. A reset adds 2 to `seq` (whether or not a write holds it), and then
 /// stores [`NO_EPOCH`]: a write that took the lock before the reset fails to publish (its `seq`
-/// moved) and stores [`NO_EPOCH`] too, and one that took it after sums the emptied buckets.
+/// moved) and stores [`NO_EPOCH`] too, its record reading every bucket instead, and one that took
+/// it after sums the emptied buckets.
 #[derive(Debug)]
 struct Others {
     seq: AtomicU64,
@@ -558,7 +559,8 @@ impl TimeWindow {
     }
 
     /// Sums the buckets of the window that ends at `epoch` but for `epoch`'s own, and caches the
-    /// sums, when `stale` and this thread takes the lock (`seq` is the even value it read).
+    /// sums, when `stale` and this thread takes the lock (`seq` is the even value it read). `None`
+    /// when it does not, or when a reset came while it summed.
     #[cold]
     #[inline(never)]
     fn sum_others(&self, epoch: u64, seq: u64, stale: bool) -> Option<Sums> {
@@ -595,6 +597,10 @@ impl TimeWindow {
                 slow += counter(word, 0) << scale;
             }
         }
+        #[cfg(all(test, not(loom)))]
+        if let Some(hook) = tests::BEFORE_PUBLISH.with(|hook| hook.take()) {
+            hook(self);
+        }
         let shift = wide_shift(calls);
         others.calls.store(calls, Ordering::Release);
         others.failures_slow.store(
@@ -607,9 +613,11 @@ impl TimeWindow {
             .compare_exchange(seq + 1, seq + 2, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            // A reset came while the buckets were summed: the sums may hold calls it emptied.
+            // A reset came while the buckets were summed: the sums may hold calls it emptied,
+            // so neither the cache nor this record may use them.
             others.epoch.store(NO_EPOCH, Ordering::Release);
             others.seq.fetch_add(1, Ordering::AcqRel);
+            return None;
         }
         Some((calls, failures, slow))
     }
@@ -723,6 +731,9 @@ mod tests {
     std::thread_local! {
         /// Buckets read by this thread's windows.
         pub(super) static BUCKET_LOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        /// Run once by this thread's next sum of the other buckets, between summing and publishing.
+        pub(super) static BEFORE_PUBLISH: std::cell::Cell<Option<fn(&TimeWindow)>> =
+            const { std::cell::Cell::new(None) };
     }
 
     #[test]
@@ -753,6 +764,22 @@ mod tests {
         let c = w.record(false, false, 6_100);
         assert_eq!((c.calls, c.failures), (1, 0));
         assert_eq!(c, w.counts(6_100));
+    }
+
+    #[test]
+    fn a_record_that_sums_across_a_reset_reads_the_emptied_window() {
+        let w = TimeWindow::new(1_000, 2);
+        w.record(true, false, 5_000);
+        // The first record of epoch 6 sums the bucket of epoch 5, and a reset empties the window
+        // before the sum is published: the sum holds a failure the reset took out.
+        BEFORE_PUBLISH.with(|hook| hook.set(Some(|w| w.reset(6_000))));
+        let c = w.record(false, false, 6_000);
+        assert!(
+            BEFORE_PUBLISH.with(|hook| hook.get()).is_none(),
+            "no sum was taken"
+        );
+        assert_eq!(c, w.counts(6_000));
+        assert_eq!(c, Counts::default());
     }
 
     #[test]
