@@ -817,7 +817,7 @@ mod tests {
             for _ in 0..5_000 {
                 now += match next(100) {
                     0 => 100 * 40_000 + next(100 * 1_000),
-                    _ => next(2 * 100 * buckets as u64 / 10 + 1),
+                    _ => next(2 * 100 * buckets as u64 + 1),
                 };
                 if next(50) == 0 {
                     w.reset(now);
