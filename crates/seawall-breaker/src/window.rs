@@ -313,7 +313,9 @@ struct Others {
     /// Calls, exactly.
     calls: AtomicU64,
     /// Failures and slow calls, 32 bits each, both shifted right as far as `calls` must be to fit
-    /// in 32 bits (see [`Counts::from_wide`]).
+    /// in 32 bits (see [`Counts::from_wide`]). Past 2^32 calls this drops their low bits, which
+    /// the record's own bucket is then added to: [`TimeWindow::record`] tells how far that is
+    /// from summing every bucket.
     failures_slow: AtomicU64,
 }
 
@@ -476,6 +478,12 @@ impl TimeWindow {
     /// Records one call at `now` and returns the window's counts after it: the sum of the other
     /// buckets taken by the first record of its epoch (see [`others`](Self::others)) plus its own
     /// bucket, so a record reads a few words whatever the number of buckets.
+    ///
+    /// Below 2^32 calls in the window these are the counts [`counts`](Self::counts) reads (but
+    /// for a call the cached sum missed, see [`others`](Self::others)). Past that, the cache
+    /// keeps failures and slow calls shifted as far as its calls must be (see [`Others`]), so
+    /// each may come out one scaled unit below what `counts` reads: as the scaled calls are at
+    /// least 2^31, a rate lower by at most 2^-31.
     #[inline]
     pub(crate) fn record(&self, failure: bool, slow: bool, now: u64) -> Counts {
         let epoch = now / self.bucket_nanos;
