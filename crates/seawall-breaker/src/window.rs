@@ -662,14 +662,9 @@ impl TimeWindow {
             return;
         }
         for skipped in previous.max(1)..epoch {
-            let index = (skipped % len) as usize;
-            let bucket = &self.buckets[index];
+            let bucket = &self.buckets[(skipped % len) as usize];
             let mut current = bucket.load(Ordering::Acquire);
             while is_older(current >> STAMP_SHIFT, skipped) {
-                // Published before the restamp, as a recorder's restart does, so that a reader
-                // that sees the bucket stamped `skipped` (perhaps with calls of `skipped` in it)
-                // knows it is fresh.
-                self.epochs[index].fetch_max(skipped, Ordering::AcqRel);
                 match bucket.compare_exchange_weak(
                     current,
                     empty_bucket(stamp_of(skipped)),
@@ -677,10 +672,7 @@ impl TimeWindow {
                     Ordering::Acquire,
                 ) {
                     Ok(_) => {
-                        #[cfg(all(test, not(loom)))]
-                        if let Some(hook) = tests::AFTER_RESTAMP.with(|hook| hook.take()) {
-                            hook(self, skipped);
-                        }
+                        self.epochs[(skipped % len) as usize].fetch_max(skipped, Ordering::AcqRel);
                         break;
                     }
                     Err(actual) => current = actual,
@@ -713,11 +705,7 @@ impl TimeWindow {
                 continue;
             };
             let word = load_bucket(bucket);
-            // As in `sum_others`: not a bucket whose stamp matches after a long idle period
-            // while the record that ended it still cleans the buckets.
-            if word >> STAMP_SHIFT == stamp_of(expected)
-                && self.epochs[i].load(Ordering::Acquire) >= expected
-            {
+            if word >> STAMP_SHIFT == stamp_of(expected) {
                 let scale = scale_of(word);
                 calls += counter(word, CALLS_SHIFT) << scale;
                 failures += counter(word, FAILURES_SHIFT) << scale;
@@ -748,17 +736,11 @@ impl TimeWindow {
 mod tests {
     use super::*;
 
-    /// A test's step run from inside a window's operation.
-    pub(super) type Hook<T> = std::cell::Cell<Option<T>>;
-
     std::thread_local! {
         /// Buckets read by this thread's windows.
         pub(super) static BUCKET_LOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
         /// Run once by this thread's next sum of the other buckets, between summing and publishing.
-        pub(super) static BEFORE_PUBLISH: Hook<fn(&TimeWindow)> =
-            const { std::cell::Cell::new(None) };
-        /// Run once, with the epoch, after this thread next restamps the bucket of a skipped epoch.
-        pub(super) static AFTER_RESTAMP: Hook<fn(&TimeWindow, u64)> =
+        pub(super) static BEFORE_PUBLISH: std::cell::Cell<Option<fn(&TimeWindow)>> =
             const { std::cell::Cell::new(None) };
     }
 
@@ -993,38 +975,6 @@ mod tests {
         w.record(false, false, 0);
         w.newest.store(9_001, Ordering::Release);
         assert_eq!(w.counts(9_000_000), before);
-    }
-
-    #[test]
-    fn a_reading_before_the_idle_buckets_are_cleaned_skips_a_stamp_that_matches_by_wrapping() {
-        // Four buckets of 1 ns; a failure at epoch 1, then 16,384 epochs (all the stamps) idle.
-        let w = TimeWindow::new(1, 4);
-        w.record(true, false, 1);
-        // A record of epoch 16,385 has moved the newest epoch on but not yet cleaned the
-        // buckets: the failure's bucket has the stamp of epoch 16,385.
-        w.newest.store(16_386, Ordering::Release);
-        assert_eq!(w.counts(16_385), Counts::default());
-    }
-
-    #[test]
-    fn a_call_into_a_bucket_restamped_for_a_skipped_epoch_is_read_at_once() {
-        // Four buckets of 1 ns. A record of epoch 3 after one of epoch 1 restamps the bucket of
-        // the skipped epoch 2; a call of epoch 2 lands in it at once, and is read.
-        let w = TimeWindow::new(1, 4);
-        w.record(false, false, 1);
-        AFTER_RESTAMP.with(|hook| {
-            hook.set(Some(|w, skipped| {
-                let c = w.record(true, false, skipped);
-                assert_eq!(c.failures, 1);
-                assert_eq!(w.counts(skipped), c);
-            }))
-        });
-        w.record(false, false, 3);
-        assert!(
-            AFTER_RESTAMP.with(|hook| hook.get()).is_none(),
-            "no bucket was restamped"
-        );
-        assert_eq!(w.counts(3).failures, 1);
     }
 
     #[test]
