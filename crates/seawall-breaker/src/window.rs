@@ -541,8 +541,9 @@ impl TimeWindow {
 
     /// The sum of the buckets of the window that ends at `epoch`, but for `epoch`'s own: the one
     /// cached for `epoch`, or, when the cache holds an earlier epoch or predates a reset, a fresh
-    /// sum that replaces it. `None` when another thread is replacing the cache, or the cache holds
-    /// a later epoch (this record is late): the caller then reads every bucket.
+    /// sum that replaces it. `None` when another thread is replacing the cache, the cache holds a
+    /// later epoch (this record is late), or a reset came while this record summed the buckets:
+    /// the caller then reads every bucket.
     ///
     /// Each epoch's first record takes the sum, so a call recorded into an earlier bucket after
     /// that (one whose time was read just before the epoch began, on another thread) is missing
