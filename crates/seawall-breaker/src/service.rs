@@ -267,7 +267,9 @@ where
         // freed) as it unwinds.
         let guard = Guard::new(shared.clone(), permit);
         self.inner_polled = false;
-        let start = (shared.needs_clock || self.classifier.uses_elapsed()).then(Instant::now);
+        // The start is read only when the call's duration is looked at; a time window reads the
+        // clock when the call completes, for its bucket.
+        let start = (shared.times_calls || self.classifier.uses_elapsed()).then(call_start);
         ResponseFuture::admitted(
             self.inner.call(request),
             guard,
@@ -275,6 +277,14 @@ where
             start,
         )
     }
+}
+
+/// The time a call starts, for its duration.
+#[inline]
+fn call_start() -> Instant {
+    #[cfg(test)]
+    tests::START_READS.with(|reads| reads.set(reads.get() + 1));
+    Instant::now()
 }
 
 /// The permit a call goes ahead with, in every case but a Closed call whose permit is current: a
@@ -416,5 +426,64 @@ impl<S: fmt::Debug, C> fmt::Debug for Breaker<S, C> {
             .field("inner", &self.inner)
             .field("breaker", &self.slot.shared)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{BreakerLayer, SlidingWindow};
+    use seawall_core::classify::Outcome;
+    use std::{cell::Cell, convert::Infallible, time::Duration};
+    use tower::{service_fn, Layer, Service, ServiceExt};
+
+    thread_local! {
+        /// How many times a call's start time was read on this thread.
+        pub(super) static START_READS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn time_window() -> crate::BreakerConfigBuilder {
+        BreakerLayer::builder().sliding_window(SlidingWindow::time_with_buckets(
+            Duration::from_secs(10),
+            10,
+        ))
+    }
+
+    /// Makes `calls` calls through `layer` and counts the start times read.
+    async fn start_reads<C>(layer: BreakerLayer<C>, calls: u64) -> u64
+    where
+        C: seawall_core::classify::Classify<u32, Infallible> + Clone,
+    {
+        let mut svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, Infallible>(n) }));
+        let before = START_READS.with(Cell::get);
+        for n in 0..calls as u32 {
+            assert_eq!(svc.ready().await.unwrap().call(n).await.unwrap(), n);
+        }
+        START_READS.with(Cell::get) - before
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_start_is_read_only_when_its_duration_is_looked_at() {
+        // A time window reads the clock when a call completes, not when it starts.
+        let plain = time_window().build().unwrap();
+        assert_eq!(start_reads(plain, 5).await, 0, "time window alone");
+
+        let slow_rule = time_window()
+            .slow_call_rate_threshold(0.5)
+            .slow_call_duration(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        assert_eq!(start_reads(slow_rule, 5).await, 5, "slow-call rule");
+
+        let timing_classifier = time_window().build().unwrap().with_classifier(
+            |result: Result<&u32, &Infallible>, _: Duration| match result {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            },
+        );
+        assert_eq!(
+            start_reads(timing_classifier, 5).await,
+            5,
+            "classifier using elapsed"
+        );
     }
 }

@@ -25,7 +25,9 @@ pub(crate) struct Shared {
     pub(crate) notify: Arc<Notify>,
     watch: watch::Sender<State>,
     pub(crate) backpressure: bool,
-    pub(crate) needs_clock: bool,
+    /// Whether a call's duration counts for the breaker itself (a slow-call rule): only then,
+    /// or when the classifier looks at it, is the clock read when a call starts.
+    pub(crate) times_calls: bool,
     eager: bool,
     /// The eager timer's task, if one is running.
     timer: Mutex<Timer>,
@@ -182,7 +184,6 @@ impl Shared {
         };
         // Counted from the breaker's build, as `now` is.
         let machine = Machine::with_origin(config, 0);
-        let needs_clock = machine.needs_clock();
         Arc::new_cyclic(|this| Shared {
             machine,
             origin: Instant::now(),
@@ -191,7 +192,7 @@ impl Shared {
             notify: Arc::new(Notify::new()),
             watch: watch::Sender::new(State::Closed),
             backpressure: config.backpressure,
-            needs_clock,
+            times_calls: config.slow_rate.is_some(),
             eager: config.eager_half_open,
             timer: Mutex::default(),
             this: this.clone(),
@@ -234,7 +235,7 @@ impl Shared {
             Outcome::Failure => self.metrics.failures.increment(1),
             Outcome::Ignored => self.metrics.ignored.increment(1),
         }
-        if self.needs_clock && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
+        if self.times_calls && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
             self.metrics.slow.increment(1);
         }
         self.machine
