@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::Node;
-use seawall::balance::{Balance, BalanceLayer, Change, OutlierDetection, Picker};
+use common::{eject_at_once, Node};
+use seawall::balance::{Balance, BalanceLayer, Change, Picker};
 use seawall_core::metrics::{
     testing::TestRecorder, BALANCE_ENDPOINTS, BALANCE_PANIC, BALANCE_UNHEALTHY_ENDPOINTS,
 };
@@ -44,21 +44,6 @@ async fn the_endpoints_gauge_sums_the_balancers_sharing_a_name() {
     assert_eq!(endpoints(), Some(2.0));
     drop(balancers);
     assert_eq!(endpoints(), Some(0.0));
-}
-
-/// Ejected at the first failure, for 10 s (then 20 s), with no limit on the share ejected;
-/// passes every 1 s.
-fn eject_at_once() -> OutlierDetection {
-    OutlierDetection {
-        interval: Duration::from_secs(1),
-        base_ejection_time: Duration::from_secs(10),
-        max_ejection_time: Duration::from_secs(30),
-        max_ejection_percent: 1.0,
-        consecutive_failures: Some(1),
-        success_rate: None,
-        failure_percentage: None,
-        latency: None,
-    }
 }
 
 /// Calls `balance` one call at a time until it holds `n` unhealthy endpoints (at most 20 calls).

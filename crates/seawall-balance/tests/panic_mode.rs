@@ -4,24 +4,10 @@
 
 mod common;
 
-use common::{cluster, drive, settle, Node, Recorder};
+use common::{cluster, drive, eject_at_once, settle, Node, Recorder};
 use seawall::balance::{BalanceEvent, BalanceLayer, Change, OutlierDetection, Picker};
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio::time::{sleep, Instant};
-
-/// Ejected at the first failure, for 10 s, with no limit on the share ejected; passes every 1 s.
-fn eject_at_once() -> OutlierDetection {
-    OutlierDetection {
-        interval: Duration::from_secs(1),
-        base_ejection_time: Duration::from_secs(10),
-        max_ejection_time: Duration::from_secs(30),
-        max_ejection_percent: 1.0,
-        consecutive_failures: Some(1),
-        success_rate: None,
-        failure_percentage: None,
-        latency: None,
-    }
-}
 
 fn entered(unhealthy: usize, endpoints: usize) -> BalanceEvent {
     BalanceEvent::PanicEntered {

@@ -224,3 +224,18 @@ where
     }
     (calls - failed, failed)
 }
+
+/// Ejected at the first failure, for 10 s (then 20 s, up to 30 s), with no limit on the share
+/// ejected; passes every 1 s.
+pub fn eject_at_once() -> seawall::balance::OutlierDetection {
+    seawall::balance::OutlierDetection {
+        interval: std::time::Duration::from_secs(1),
+        base_ejection_time: std::time::Duration::from_secs(10),
+        max_ejection_time: std::time::Duration::from_secs(30),
+        max_ejection_percent: 1.0,
+        consecutive_failures: Some(1),
+        success_rate: None,
+        failure_percentage: None,
+        latency: None,
+    }
+}
