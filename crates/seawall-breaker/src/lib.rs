@@ -39,7 +39,8 @@
 //!   `fetch_add` to record in a count window (two more when the outcome differs from the one it
 //!   pushes out of the window), or in a time window a compare-and-swap on the call's bucket and a
 //!   read of the other buckets' sum, taken once per bucket, whatever the number of buckets; no
-//!   clock read unless a time window or slow-call rule needs one. The state machine
+//!   clock read unless a time window (once, at completion), a slow-call rule or a classifier
+//!   that looks at durations (at the start) needs one. The state machine
 //!   lives in [`state`] and [`window`], free of tower types, and is checked against a reference
 //!   model with proptest and for concurrency with loom.
 //!

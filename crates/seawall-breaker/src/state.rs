@@ -553,9 +553,10 @@ impl Machine {
         }
     }
 
-    /// Whether the Closed path needs the time of a call's completion (a time window or a
-    /// slow-call rule). When it does not, [`complete`](Self::complete) of a Closed call reads no
-    /// clock and the elapsed time it is given is not looked at.
+    /// Whether the Closed path needs a clock: the time of a call's completion (a time window)
+    /// or the call's duration (a slow-call rule; the window alone does not look at durations).
+    /// When it does not, [`complete`](Self::complete) of a Closed call reads no clock and the
+    /// elapsed time it is given is not looked at.
     pub fn needs_clock(&self) -> bool {
         self.window.needs_clock() || self.rules.slow_ppm.is_some()
     }
