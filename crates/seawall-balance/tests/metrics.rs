@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{eject_at_once, Node};
-use seawall::balance::{Balance, BalanceLayer, Change, Picker};
+use common::{drive_until_unhealthy, eject_at_once, Node};
+use seawall::balance::{BalanceLayer, Change, Picker};
 use seawall_core::metrics::{
     testing::TestRecorder, BALANCE_ENDPOINTS, BALANCE_PANIC, BALANCE_UNHEALTHY_ENDPOINTS,
 };
@@ -44,17 +44,6 @@ async fn the_endpoints_gauge_sums_the_balancers_sharing_a_name() {
     assert_eq!(endpoints(), Some(2.0));
     drop(balancers);
     assert_eq!(endpoints(), Some(0.0));
-}
-
-/// Calls `balance` one call at a time until it holds `n` unhealthy endpoints (at most 20 calls).
-async fn drive_until_unhealthy(balance: &Balance<usize, Node>, n: usize) {
-    for _ in 0..20 {
-        if balance.unhealthy().len() == n {
-            return;
-        }
-        common::drive(balance, 1).await;
-    }
-    assert_eq!(balance.unhealthy().len(), n);
 }
 
 /// The unhealthy endpoints gauge and the panic gauge follow ejections, returns and discovery

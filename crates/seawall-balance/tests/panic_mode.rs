@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cluster, drive, eject_at_once, settle, Node, Recorder};
+use common::{cluster, drive, drive_until_unhealthy, eject_at_once, settle, Node, Recorder};
 use seawall::balance::{BalanceEvent, BalanceLayer, Change, OutlierDetection, Picker};
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio::time::{sleep, Instant};
@@ -49,12 +49,7 @@ async fn panic_mode_is_reported_once_on_entering_and_once_on_leaving() {
         cluster.node(id).fail.store(true, Relaxed);
     }
     // Each failing endpoint is ejected at its first call; round robin reaches all of them.
-    for _ in 0..20 {
-        if balance.unhealthy().len() == 6 {
-            break;
-        }
-        drive(&balance, 1).await;
-    }
+    drive_until_unhealthy(&balance, 6).await;
     assert_eq!(balance.unhealthy(), vec![0, 1, 2, 3, 4, 5]);
     assert!(balance.is_panicking());
     // In panic mode every endpoint takes calls: the failing ones fail again, and nothing more is
@@ -232,12 +227,7 @@ async fn a_threshold_of_zero_never_enters_panic_mode() {
     for id in 0..2 {
         cluster.node(id).fail.store(true, Relaxed);
     }
-    for _ in 0..20 {
-        if balance.unhealthy().len() == 2 {
-            break;
-        }
-        drive(&balance, 1).await;
-    }
+    drive_until_unhealthy(&balance, 2).await;
     assert_eq!(balance.unhealthy(), vec![0, 1]);
     assert!(!balance.is_panicking());
     assert_eq!((unhealthy(), panic()), (Some(2.0), Some(0.0)));

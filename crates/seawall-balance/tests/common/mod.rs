@@ -157,6 +157,20 @@ where
     failed
 }
 
+/// Calls `balance` one call at a time until it holds `n` unhealthy endpoints (at most 20 calls).
+pub async fn drive_until_unhealthy<C, H>(balance: &Balance<usize, Node, C, H>, n: usize)
+where
+    Balance<usize, Node, C, H>: Service<u64, Response = usize, Error = BoxError> + Clone,
+{
+    for _ in 0..20 {
+        if balance.unhealthy().len() == n {
+            return;
+        }
+        drive(balance, 1).await;
+    }
+    assert_eq!(balance.unhealthy().len(), n);
+}
+
 /// Makes `calls` calls `concurrency` at a time.
 pub async fn drive_concurrent<C, H>(
     balance: &Balance<usize, Node, C, H>,
