@@ -1338,6 +1338,19 @@ mod tests {
         }
     }
 
+    /// Round robin settings, seeded, with `panic_threshold` and `outlier` detection.
+    fn round_robin(panic_threshold: f64, outlier: crate::OutlierDetection) -> Settings {
+        Settings {
+            name: Name::default_for("balance"),
+            picker: Picker::RoundRobin,
+            max_wait: None,
+            seed: Some(1),
+            panic_threshold,
+            outlier,
+            health_check: None,
+        }
+    }
+
     /// How many failures in a row eject an endpoint in [`ejecting_two_of_twenty`].
     const LIMIT: u32 = 5;
 
@@ -1345,19 +1358,14 @@ mod tests {
     /// endpoints 0 and 1 ejected so: no other can be.
     fn ejecting_two_of_twenty() -> Shared<usize, (), DefaultClassifier> {
         let shared = Shared::<usize, (), _>::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.0,
-                outlier: crate::OutlierDetection {
+            round_robin(
+                0.0,
+                crate::OutlierDetection {
                     max_ejection_percent: 0.1,
                     consecutive_failures: Some(LIMIT),
                     ..crate::OutlierDetection::disabled()
                 },
-                health_check: None,
-            },
+            ),
             Listeners::default(),
             DefaultClassifier,
             None,
@@ -1424,13 +1432,9 @@ mod tests {
     #[test]
     fn an_outlier_detection_pass_stores_the_unhealthy_count_once() {
         let shared = Shared::<usize, (), _>::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.5,
-                outlier: crate::OutlierDetection {
+            round_robin(
+                0.5,
+                crate::OutlierDetection {
                     interval: Duration::from_secs(1),
                     base_ejection_time: Duration::from_secs(10),
                     max_ejection_time: Duration::from_secs(10),
@@ -1443,8 +1447,7 @@ mod tests {
                     }),
                     ..crate::OutlierDetection::disabled()
                 },
-                health_check: None,
-            },
+            ),
             Listeners::default(),
             DefaultClassifier,
             None,
@@ -1495,20 +1498,15 @@ mod tests {
         let events = Arc::new(Mutex::new(Vec::new()));
         let recorded = events.clone();
         let shared = Shared::<usize, (), _>::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.7,
-                outlier: crate::OutlierDetection {
+            round_robin(
+                0.7,
+                crate::OutlierDetection {
                     base_ejection_time: Duration::from_secs(10),
                     max_ejection_percent: 1.0,
                     consecutive_failures: Some(1),
                     ..crate::OutlierDetection::disabled()
                 },
-                health_check: None,
-            },
+            ),
             Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
                 recorded.lock().unwrap().push(event.clone());
             }),
@@ -1607,15 +1605,7 @@ mod tests {
     ) -> Arc<Shared<usize, &'static str, DefaultClassifier>> {
         let events = events.clone();
         Arc::new(Shared::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.0,
-                outlier: crate::OutlierDetection::disabled(),
-                health_check: None,
-            },
+            round_robin(0.0, crate::OutlierDetection::disabled()),
             Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
                 events.lock().unwrap().push(event.clone());
             }),
@@ -1769,21 +1759,16 @@ mod tests {
         let events = Arc::new(Mutex::new(Vec::new()));
         let recorded = events.clone();
         let shared = Arc::new(Shared::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.0,
-                outlier: crate::OutlierDetection {
+            round_robin(
+                0.0,
+                crate::OutlierDetection {
                     interval: Duration::from_secs(1),
                     base_ejection_time: Duration::from_secs(10),
                     max_ejection_percent: 1.0,
                     consecutive_failures: Some(1),
                     ..crate::OutlierDetection::disabled()
                 },
-                health_check: None,
-            },
+            ),
             Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
                 recorded.lock().unwrap().push(event.clone());
             }),
@@ -1822,21 +1807,16 @@ mod tests {
         let _subscriber =
             tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
         let shared = Arc::new(Shared::new(
-            Settings {
-                name: Name::default_for("balance"),
-                picker: Picker::RoundRobin,
-                max_wait: None,
-                seed: Some(1),
-                panic_threshold: 0.0,
-                outlier: crate::OutlierDetection {
+            round_robin(
+                0.0,
+                crate::OutlierDetection {
                     interval: Duration::from_secs(1),
                     base_ejection_time: Duration::from_secs(10),
                     max_ejection_percent: 1.0,
                     consecutive_failures: Some(1),
                     ..crate::OutlierDetection::disabled()
                 },
-                health_check: None,
-            },
+            ),
             Listeners::default(),
             DefaultClassifier,
             None,
