@@ -5,9 +5,20 @@
 mod common;
 
 use common::{cluster, drive, drive_until_unhealthy, eject_at_once, settle, Node, Recorder};
-use seawall::balance::{BalanceEvent, BalanceLayer, Change, OutlierDetection, Picker};
+use seawall::balance::{
+    BalanceConfigBuilder, BalanceEvent, BalanceLayer, Change, OutlierDetection, Picker,
+};
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio::time::{sleep, Instant};
+
+/// Round robin, seeded, ejecting at the first failure, reporting its events to `rec`.
+fn ejecting_round_robin(rec: &Recorder) -> BalanceConfigBuilder {
+    BalanceLayer::builder()
+        .seed(5)
+        .picker(Picker::RoundRobin)
+        .outlier_detection(eject_at_once())
+        .on_event(rec.listener(Instant::now()))
+}
 
 fn entered(unhealthy: usize, endpoints: usize) -> BalanceEvent {
     BalanceEvent::PanicEntered {
@@ -36,15 +47,7 @@ fn is_panic(event: &BalanceEvent) -> bool {
 #[tokio::test(start_paused = true)]
 async fn panic_mode_is_reported_once_on_entering_and_once_on_leaving() {
     let rec = Recorder::default();
-    let (balance, cluster) = cluster(
-        10,
-        BalanceLayer::builder()
-            .seed(5)
-            .picker(Picker::RoundRobin)
-            .outlier_detection(eject_at_once())
-            .on_event(rec.listener(Instant::now())),
-    )
-    .await;
+    let (balance, cluster) = cluster(10, ejecting_round_robin(&rec)).await;
     for id in 0..6 {
         cluster.node(id).fail.store(true, Relaxed);
     }
@@ -115,16 +118,7 @@ async fn panic_mode_is_reported_once_on_entering_and_once_on_leaving() {
 #[tokio::test(start_paused = true)]
 async fn discovery_changes_enter_and_leave_panic_mode() {
     let rec = Recorder::default();
-    let (balance, cluster) = cluster(
-        3,
-        BalanceLayer::builder()
-            .seed(5)
-            .picker(Picker::RoundRobin)
-            .panic_threshold(0.7)
-            .outlier_detection(eject_at_once())
-            .on_event(rec.listener(Instant::now())),
-    )
-    .await;
+    let (balance, cluster) = cluster(3, ejecting_round_robin(&rec).panic_threshold(0.7)).await;
     rec.take();
     cluster.node(0).fail.store(true, Relaxed);
     assert_eq!(drive(&balance, 3).await, 1);
@@ -215,13 +209,7 @@ async fn a_threshold_of_zero_never_enters_panic_mode() {
     let rec = Recorder::default();
     let (balance, cluster) = cluster(
         3,
-        BalanceLayer::builder()
-            .name("off")
-            .seed(5)
-            .picker(Picker::RoundRobin)
-            .panic_threshold(0.0)
-            .outlier_detection(eject_at_once())
-            .on_event(rec.listener(Instant::now())),
+        ejecting_round_robin(&rec).name("off").panic_threshold(0.0),
     )
     .await;
     for id in 0..2 {
@@ -259,16 +247,7 @@ async fn a_threshold_of_zero_never_enters_panic_mode() {
 #[tokio::test(start_paused = true)]
 async fn a_discovery_batch_leaves_panic_mode_once_after_its_changes() {
     let rec = Recorder::default();
-    let (balance, cluster) = cluster(
-        3,
-        BalanceLayer::builder()
-            .seed(5)
-            .picker(Picker::RoundRobin)
-            .panic_threshold(0.7)
-            .outlier_detection(eject_at_once())
-            .on_event(rec.listener(Instant::now())),
-    )
-    .await;
+    let (balance, cluster) = cluster(3, ejecting_round_robin(&rec).panic_threshold(0.7)).await;
     cluster.node(0).fail.store(true, Relaxed);
     assert_eq!(drive(&balance, 3).await, 1);
     assert!(balance.is_panicking());
