@@ -579,12 +579,16 @@ async fn percentile_delay_does_not_drift_below_the_services_latency_when_hedges_
     }
     // Once hedging runs, each rescued call is recorded as taking the delay plus the hedge's
     // 10 ms, not the hedge's 10 ms alone: the delay holds near the service's percentile and about
-    // one call in ten is hedged, period after period.
+    // one call in ten is hedged, period after period (8 to 11 % here), neither more nor fewer.
     for _ in 0..6 {
         let (delay, hedged) = period(&layer).await;
         let delay = delay.unwrap();
         assert!(delay >= ms(400) && delay <= ms(700), "delay {delay:?}");
-        assert!(hedged <= 0.15, "{:.1} % of calls hedged", hedged * 100.0);
+        assert!(
+            (0.05..=0.15).contains(&hedged),
+            "{:.1} % of calls hedged",
+            hedged * 100.0
+        );
     }
 }
 
