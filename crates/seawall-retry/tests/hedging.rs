@@ -1159,16 +1159,21 @@ async fn slow_failures_count_towards_the_percentile_delay() {
     };
     let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow_failure);
     // The first period (to about 2 s) measures the successes: no failure is recorded before a
-    // percentile of them is known. From the second (to about 4 s) on, a fifth of the calls take
-    // at least 1 s, and so does the 90th percentile, period after period.
+    // percentile of them is known, so the delay it ends with is theirs, ~10 ms. From the second
+    // (to about 4 s) on, a fifth of the calls take about 1 s, and so does the 90th percentile,
+    // period after period.
     let start = Instant::now();
+    let mut first = None;
     while Instant::now() < start + Duration::from_secs(5) {
         let _ = svc.ready().await.unwrap().call(requests()).await;
+        first = first.or(layer.current_delay());
     }
+    let first = first.expect("the first period has ended");
+    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
     while Instant::now() < start + Duration::from_secs(20) {
         let delay = layer.current_delay().unwrap();
         assert!(
-            delay >= ms(500),
+            delay >= ms(950) && delay <= ms(1050),
             "{delay:?} at {:?}",
             Instant::now() - start
         );
@@ -1185,14 +1190,19 @@ async fn calls_dropped_unanswered_count_towards_the_percentile_delay() {
         let call = svc.ready().await.unwrap().call(requests());
         let _ = tokio::time::timeout(ms(500), call).await;
     };
-    // Two periods in, and from then on, the calls given up on set the 90th percentile.
+    // The first period (to about 1 s) measures the successes alone, ~10 ms. Two periods in, and
+    // from then on, the calls given up on set the 90th percentile, ~500 ms.
+    let mut first = None;
     while Instant::now() < start + Duration::from_secs(4) {
         call().await;
+        first = first.or(layer.current_delay());
     }
+    let first = first.expect("the first period has ended");
+    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
     while Instant::now() < start + Duration::from_secs(15) {
         let delay = layer.current_delay().unwrap();
         assert!(
-            delay >= ms(400),
+            delay >= ms(480) && delay <= ms(550),
             "{delay:?} at {:?}",
             Instant::now() - start
         );
