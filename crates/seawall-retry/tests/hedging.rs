@@ -851,6 +851,33 @@ async fn a_finished_call_holds_no_reservation_or_budget_for_a_hedge_never_sent()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_a_hedge_waits_for_readiness_holds_no_reservation_or_budget() {
+    use tokio_test::{assert_pending, assert_ready};
+
+    let (budget, replicas, mut svc) = one_permit_under_a_hedge(ms(100));
+    let mut other = svc.clone();
+    let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get()));
+    assert_pending!(fut.poll());
+    // The hedge is due at 10 ms and waits for the one permit, held by the original call.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(fut.poll());
+    assert!(!budget.can_retry(), "the waiting hedge holds its share");
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert!(ready.poll().is_pending(), "the original holds the permit");
+    drop(ready);
+    // The caller gives up (a timeout above): the original's permit, which the hedge was queued
+    // for, and the hedge taken from the budget come back with the call.
+    tokio::time::advance(ms(10)).await;
+    drop(fut);
+    assert!(budget.can_retry(), "the hedge never sent is given back");
+    let mut ready = tokio_test::task::spawn(other.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    assert_eq!(replicas.calls.count(), 1);
+    assert_eq!(replicas.cancelled(), 1, "the original is cancelled");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hedge_waiting_for_readiness_gives_up_when_the_deadline_passes() {
     use seawall_core::deadline::RequestDeadline;
     use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
