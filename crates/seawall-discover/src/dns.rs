@@ -482,9 +482,9 @@ async fn run(
     // failed resolution after `min`.
     let mut failures = 0u32;
     let mut partials = 0u32;
-    // The lookups that failed (or were skipped) in the last resolution that was published: one
-    // that fails again is logged at debug level, so a server that never answers AAAA questions
-    // warns once, while any other failure still warns.
+    // The lookups that failed (or were skipped) in the last resolution that was published, and
+    // in the failed ones since: one that fails again is logged at debug level, so a server that
+    // never answers AAAA questions warns once, while any other failure still warns.
     let mut failing = Failing::new();
     loop {
         let started = Instant::now();
@@ -512,6 +512,10 @@ async fn run(
                 }
             }
             Err(error) => {
+                // The lookups that failed on the way go on failing, as far as logging goes,
+                // until a resolution is published: one that never resolves, leaving every
+                // retry without an address, warns once.
+                failing.extend(seen);
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                 tracing::warn!(name = %name, ?query, %error, kept, "seawall discover DNS resolution failed; keeping the last endpoints");
