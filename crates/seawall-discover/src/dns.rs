@@ -64,11 +64,12 @@ enum Parsed {
 /// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
 /// address family, or of an SRV target, went unanswered or got a server failure, or a search name
 /// was passed over beside such a question, see [`Dns::a`]) is published, and counted and retried
-/// like a failure: the next follows the backoff when that comes before the TTL runs out. Each
-/// pause counts from the start of a resolution, not its end: one that waits out a query's timeout
-/// does not put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV weights become
-/// endpoint weights (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight
-/// changes is the same endpoint: it is inserted again with the new weight, not removed, and the
+/// like a failure: the next follows the backoff when that comes before the TTL runs out, a
+/// lookup that starts to fail starting that backoff over from `min_refresh`. Each pause counts
+/// from the start of a resolution, not its end: one that waits out a query's timeout does not
+/// put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint
+/// weights (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes
+/// is the same endpoint: it is inserted again with the new weight, not removed, and the
 /// balancer updates it in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
@@ -486,24 +487,34 @@ async fn run(
     // in the failed ones since: one that fails again is logged at debug level, so a server that
     // never answers AAAA questions warns once, while any other failure still warns.
     let mut failing = Failing::new();
+    // Whether a lookup started to fail, without an answer, in a failed resolution since the last
+    // published one: the next published resolution starts the backoff of partial ones over.
+    let mut started_failing = false;
     loop {
         let started = Instant::now();
-        let mut seen = Failing::new();
+        let mut seen = Seen::default();
         let wait = match resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await {
             Ok(Resolved {
                 endpoints,
                 ttl,
                 partial,
             }) => {
-                failing = seen;
+                failing = seen.lookups;
                 tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, partial, "seawall discover resolved");
                 kept = endpoints.len();
                 publisher.publish(endpoints);
                 failures = 0;
+                let restart = std::mem::take(&mut started_failing) || seen.started_failing;
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
-                    // failure schedule, not only when the TTL runs out.
-                    partials = partials.saturating_add(1);
+                    // failure schedule, not only when the TTL runs out. One that just started to
+                    // fail starts that schedule over, whatever pause the lookups failing for
+                    // longer have reached.
+                    partials = if restart {
+                        1
+                    } else {
+                        partials.saturating_add(1)
+                    };
                     metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                     ttl.clamp(min, max).min(backoff(min, max, partials))
                 } else {
@@ -515,7 +526,8 @@ async fn run(
                 // The lookups that failed on the way go on failing, as far as logging goes,
                 // until a resolution is published: one that never resolves, leaving every
                 // retry without an address, warns once.
-                failing.extend(seen);
+                failing.extend(seen.lookups);
+                started_failing |= seen.started_failing;
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                 tracing::warn!(name = %name, ?query, %error, kept, "seawall discover DNS resolution failed; keeping the last endpoints");
@@ -563,6 +575,16 @@ struct Last {
 /// `"AAAA"`, `"target"`).
 type Failing = std::collections::HashSet<(DnsName, &'static str)>;
 
+/// What a resolution noted of its failed lookups (see [`resolve`]).
+#[derive(Debug, Default)]
+struct Seen {
+    /// The lookups that failed or were skipped.
+    lookups: Failing,
+    /// Whether one of them failed without an answer (a timeout, a server failure), not having
+    /// failed before (it was not in `failing`).
+    started_failing: bool,
+}
+
 /// What a resolution found.
 struct Resolved {
     endpoints: Vec<Tagged<SocketAddr>>,
@@ -583,38 +605,43 @@ struct Resolved {
 ///
 /// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
 /// logged as a warning unless it is in `failing` (it failed the last time too), else at debug
-/// level.
+/// level. One that so warns for a failure without an answer (not a target the server says has
+/// no addresses) is noted in `seen` as having started to fail.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
     name: &Name,
     known: &mut Known,
     failing: &Failing,
-    seen: &mut Failing,
+    seen: &mut Seen,
 ) -> Result<Resolved, ResolveError> {
+    // Logs a failed lookup and notes it in `seen`; whether it starts to fail (it warned).
     macro_rules! once {
         ($host:expr, $what:expr, $($arg:tt)*) => {{
             let key = ($host.clone(), $what);
-            if failing.contains(&key) {
-                tracing::debug!($($arg)*)
-            } else {
+            let starts = !failing.contains(&key);
+            if starts {
                 tracing::warn!($($arg)*)
+            } else {
+                tracing::debug!($($arg)*)
             }
-            seen.insert(key);
+            seen.lookups.insert(key);
+            starts
         }};
     }
     // A family of `$host` that failed beside the other family's answer (a `FailedFamily`),
-    // logged as `once!` logs, with what became of its last addresses.
+    // logged as `once!` logs, with what became of its last addresses, and noted as started to
+    // fail when it does.
     macro_rules! family_failed {
         ($host:expr, $failed:expr) => {{
             let FailedFamily { family, error, kept, dropped } = $failed;
-            if *kept > 0 {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, kept, "seawall discover could not resolve one address family; keeping its last addresses");
+            seen.started_failing |= if *kept > 0 {
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, kept, "seawall discover could not resolve one address family; keeping its last addresses")
             } else if *dropped > 0 {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, dropped, "seawall discover could not resolve one address family; leaving its last addresses out, as another search name gave them");
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, dropped, "seawall discover could not resolve one address family; leaving its last addresses out, as another search name gave them")
             } else {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, "seawall discover could not resolve one address family; it has no last addresses to keep");
-            }
+                once!($host, *family, name = %name, ?query, host = %$host, family, %error, "seawall discover could not resolve one address family; it has no last addresses to keep")
+            };
         }};
     }
     match query {
@@ -707,7 +734,7 @@ async fn resolve(
                             if let Some(family) = addresses.failed {
                                 partial = true;
                                 if addresses.ips.is_empty() {
-                                    once!(target, "target", name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
+                                    seen.started_failing |= once!(target, "target", name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
                                     failed = Some(family.error);
                                     continue;
                                 }
@@ -726,11 +753,12 @@ async fn resolve(
                             partial |= !absent || unanswered;
                             match known.get(target) {
                                 Some(last) if !absent => {
-                                    once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                    seen.started_failing |= once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
                                     last.clone()
                                 }
                                 _ => {
-                                    once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                    let starts = once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
+                                    seen.started_failing |= starts && !absent;
                                     failed = Some(error);
                                     continue;
                                 }
@@ -1531,7 +1559,7 @@ mod tests {
                     &Name::default_for("discover"),
                     &mut known,
                     &Failing::new(),
-                    &mut Failing::new(),
+                    &mut Seen::default(),
                 )
                 .await
                 .map(|resolved| resolved.endpoints)
@@ -1668,7 +1696,7 @@ mod tests {
             &name,
             known,
             &Failing::new(),
-            &mut Failing::new(),
+            &mut Seen::default(),
         )
         .await
     }
@@ -1856,7 +1884,7 @@ mod tests {
             &Name::default_for("discover"),
             &mut known,
             &Failing::new(),
-            &mut Failing::new(),
+            &mut Seen::default(),
         )
         .await
         else {

@@ -9,8 +9,10 @@
 mod common;
 
 use common::{
-    addr, discover_with_timeout, first_changes, first_resolution, make, queued, two_targets, Zone,
+    addr, discover_with_timeout, first_changes, first_resolution, make, queued, seen, two_targets,
+    Zone,
 };
+use futures_util::StreamExt;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use seawall::discover::Dns;
 use seawall_core::metrics::{testing::TestRecorder, DISCOVER_DNS_ERRORS};
@@ -222,4 +224,66 @@ async fn a_target_keeps_only_the_failed_familys_last_addresses() {
         first_changes(&mut discovery, 1).await,
         vec![('-', addr("[fd00::2]:8002"), 1)]
     );
+}
+
+/// A lookup that starts to fail while another has long been failing in part (AAAA questions
+/// never answered) is asked again after `min_refresh`, as the first partial failure is, not
+/// after the long pause that the lasting one had reached.
+#[tokio::test(start_paused = true)]
+async fn a_lookup_that_starts_failing_during_a_lasting_partial_failure_is_retried_soon() {
+    let zone = Zone::with_ttl(300);
+    two_targets(&zone, SRV);
+    zone.silence_type("a.api.test", RecordType::AAAA, true);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let mut discovery = discover_with_timeout(
+        Dns::srv(format!("{SRV}."))
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(60)),
+        server,
+    );
+    assert_eq!(
+        first_changes(&mut discovery, 2).await,
+        vec![
+            ('+', addr("10.1.0.1:8001"), 1),
+            ('+', addr("10.1.0.2:8002"), 1)
+        ]
+    );
+
+    // By 130 s the pauses between resolutions, each failed in part, have reached `max_refresh`.
+    // A target c joins, its first A question unanswered.
+    tokio::time::sleep_until(start + Duration::from_secs(130)).await;
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 1, 8001, "a.api.test."),
+            (10, 1, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+        ],
+    );
+    zone.set_a("c.api.test", &[[10, 1, 0, 3]]);
+    zone.silence_type("c.api.test", RecordType::A, true);
+    // The next resolution asks a, b and c their A questions together.
+    let before = zone.asked(RecordType::A);
+    for _ in 0..1_000 {
+        if zone.asked(RecordType::A) >= before + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        zone.asked(RecordType::A) >= before + 3,
+        "no resolution asked about c"
+    );
+    let asked = tokio::time::Instant::now();
+    zone.silence_type("c.api.test", RecordType::A, false);
+    assert_eq!(queued(&mut discovery), vec![]);
+
+    let change = tokio::time::timeout_at(asked + Duration::from_secs(3), discovery.next())
+        .await
+        .unwrap_or_else(|_| panic!("c was not asked about again within 3 s"));
+    match change {
+        Some(Ok(change)) => assert_eq!(seen(&change), ('+', addr("10.1.0.3:8003"), 1)),
+        _ => panic!("the discovery ended"),
+    }
 }
