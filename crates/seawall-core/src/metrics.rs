@@ -106,7 +106,8 @@ pub const BALANCE_PANIC: &str = "seawall_balance_panic";
 pub const BALANCE_EJECTIONS: &str = "seawall_balance_ejections_total";
 /// Counter: calls a balancer failed because no endpoint was available within its wait.
 pub const BALANCE_NO_ENDPOINTS: &str = "seawall_balance_no_endpoints_total";
-/// Counter: DNS resolutions a discovery failed (the last good endpoint set is kept).
+/// Counter: DNS resolutions of a discovery that failed, wholly (the last good endpoint set is
+/// kept) or in part (a lookup went unanswered or failed; the answered rest is published).
 pub const DISCOVER_DNS_ERRORS: &str = "seawall_discover_dns_errors_total";
 // ----- end balance -----
 
@@ -267,7 +268,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         DISCOVER_DNS_ERRORS,
         Kind::Counter,
-        "DNS resolutions a seawall discovery failed; the last good set is kept.",
+        "DNS resolutions of a seawall discovery that failed wholly (the last good set kept) or in part (the answered rest published).",
     ),
     // ----- end balance entries -----
 ];
