@@ -171,9 +171,10 @@ fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSu
                 rate_per_sec,
                 requests,
             } => {
-                let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
                 for id in 0..requests {
-                    let intended = start + interval.mul_f64(id as f64);
+                    // Due at id / rate, rounded once: an interval rounded to the nanosecond and
+                    // then multiplied could land a send due on a tick just past it.
+                    let intended = start + Duration::from_secs_f64(id as f64 / rate_per_sec);
                     tokio::time::sleep_until(intended).await;
                     let svc = service.clone();
                     let req = request(id);

@@ -55,3 +55,13 @@ fn a_send_due_between_milliseconds_is_charged_the_wait() {
         "{max:?}"
     );
 }
+
+#[test]
+fn a_send_is_due_at_its_index_over_the_rate() {
+    // 1⅔ ms apart: request i is due at i / 600 s, so every third is due on a tick and waits
+    // nothing, and the others wait ⅓ or ⅔ ms; none is due a hair past a tick, to wait a whole
+    // millisecond, as one interval rounded to the nanosecond and then multiplied would make it.
+    let near = |d: Duration, us: u64| d.as_micros().abs_diff(u128::from(us)) <= 1;
+    let (p50, max) = wait_at(600.0);
+    assert!(near(p50, 333) && near(max, 667), "{p50:?} {max:?}");
+}
