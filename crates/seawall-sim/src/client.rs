@@ -218,7 +218,8 @@ pub struct HedgeSpec {
     /// Hedge after this fixed delay, milliseconds; or
     #[serde(default)]
     pub delay_ms: Option<f64>,
-    /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95).
+    /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95). With
+    /// neither, seawall's default: the 95th percentile.
     #[serde(default)]
     pub percentile: Option<f64>,
     /// With `percentile`: how often the percentile is recomputed from the calls of the last
@@ -551,23 +552,26 @@ impl SeawallSpec {
                         check_ms("hedge.delay_ms", ms)?;
                         hedge.delay(duration_ms(ms))
                     }
-                    (None, Some(p)) => {
-                        // Anything not given keeps seawall's default window.
+                    (None, p) => {
+                        // Anything not given keeps seawall's default: its percentile (with no
+                        // delay given either) and its window.
                         let HedgeDelay::Percentile {
+                            percentile,
                             min_data_points,
                             period,
-                            ..
                         } = HedgeDelay::default()
                         else {
                             unreachable!("seawall's default hedge delay is a percentile")
                         };
                         hedge.percentile(
-                            p,
+                            p.unwrap_or(percentile),
                             h.min_data_points.unwrap_or(min_data_points),
                             h.period_ms.map_or(period, Duration::from_millis),
                         )
                     }
-                    _ => return Err("hedge: give exactly one of delay_ms and percentile".into()),
+                    (Some(_), Some(_)) => {
+                        return Err("hedge: give one of delay_ms and percentile, not both".into())
+                    }
                 };
                 Some(hedge.build().map_err(keyed(
                     "hedge.",
@@ -879,5 +883,59 @@ mod tests {
         .unwrap();
         assert_eq!(off.failure_percentage, None);
         assert_eq!(off.latency, None);
+    }
+
+    /// A `hedge` that gives neither `delay_ms` nor `percentile` keeps seawall's default delay,
+    /// the 95th percentile, over the window it gives or seawall's.
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_without_a_delay_hedges_at_seawalls_default_percentile() {
+        use crate::scenario::Scenario;
+        use tower::{service_fn, Layer, ServiceExt};
+
+        let scenario = Scenario::from_toml(
+            r#"
+            name = "default hedge"
+            [load]
+            kind = "closed_loop"
+            concurrency = 1
+            requests = 1
+            [[backends]]
+            latency = { kind = "constant", ms = 1.0 }
+            [[clients]]
+            kind = "seawall"
+            hedge = { max_hedges = 2, period_ms = 1000 }
+            "#,
+        )
+        .unwrap();
+        let ClientSpec::Seawall(spec) = &scenario.clients[0] else {
+            panic!("a seawall client");
+        };
+        let hedge = spec.layers(1).unwrap().hedge.expect("hedged");
+        assert_eq!(hedge.current_delay(), None, "a percentile, measured yet");
+        // seawall's default 100 calls, answered in 1..=100 ms, all within the 1 s period.
+        let svc = hedge.layer(service_fn(|req: SimRequest| async move {
+            tokio::time::sleep(Duration::from_millis(req.id)).await;
+            Ok::<_, BoxError>(())
+        }));
+        // A request of id `ms` takes `ms` milliseconds.
+        let taking = |ms| SimRequest {
+            id: ms,
+            key: 0,
+            deadline: None,
+        };
+        let calls: Vec<_> = (1..=100)
+            .map(|ms| svc.clone().oneshot(taking(ms)))
+            .collect();
+        for result in futures_util::future::join_all(calls).await {
+            result.unwrap();
+        }
+        // The first call after the period ends it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        svc.oneshot(taking(1)).await.unwrap();
+        let delay = hedge.current_delay().expect("a period has been measured");
+        assert!(
+            (Duration::from_millis(94)..=Duration::from_millis(97)).contains(&delay),
+            "{delay:?}"
+        );
     }
 }
