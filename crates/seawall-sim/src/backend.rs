@@ -166,11 +166,24 @@ impl BackendSpec {
         Ok(())
     }
 
-    /// Whether a fault that makes calls fail or slow is active at `at_ms`.
+    /// Whether a fault that makes calls fail or slow is active at `at_ms`: one whose window holds
+    /// it, unless that is `flapping` in an up half.
     pub fn faulty_at(&self, at_ms: u64) -> bool {
-        self.faults
-            .iter()
-            .any(|f| (f.from_ms..f.to_ms).contains(&at_ms))
+        self.faults.iter().any(|f| f.acts_at(at_ms))
+    }
+}
+
+impl Fault {
+    /// Whether the fault acts on a call arriving at `at_ms`: within its window, and for
+    /// `flapping`, in the down half of a period.
+    fn acts_at(&self, at_ms: u64) -> bool {
+        (self.from_ms..self.to_ms).contains(&at_ms)
+            && match self.effect {
+                FaultKind::Flapping { period_ms } => {
+                    2 * ((at_ms - self.from_ms) % period_ms) < period_ms
+                }
+                FaultKind::Slow { .. } | FaultKind::Down | FaultKind::Errors { .. } => true,
+            }
     }
 }
 
@@ -393,14 +406,7 @@ impl Core {
     /// of `flapping`).
     fn refuses_at(&self, at_ms: u64) -> bool {
         self.shared.spec.faults.iter().any(|f| {
-            (f.from_ms..f.to_ms).contains(&at_ms)
-                && match f.effect {
-                    FaultKind::Down => true,
-                    FaultKind::Flapping { period_ms } => {
-                        2 * ((at_ms - f.from_ms) % period_ms) < period_ms
-                    }
-                    FaultKind::Slow { .. } | FaultKind::Errors { .. } => false,
-                }
+            matches!(f.effect, FaultKind::Down | FaultKind::Flapping { .. }) && f.acts_at(at_ms)
         })
     }
 
