@@ -79,6 +79,29 @@ fn a_failed_write_to_standard_output_is_an_error() {
     }
 }
 
+/// A report file made for a run goes again when the command fails after the run: here printing
+/// the table, as writing the SVG may.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failure_after_the_run_leaves_no_report_behind() {
+    let dir = std::env::temp_dir().join(format!("seawall-sim-cli-after-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.svg");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = sim()
+        .args(["run", "hard-down", "--requests", "100", "--out"])
+        .arg(&report)
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "standard output");
+    assert!(!report.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `seawall-sim list`: one scenario a line, every description starting in the same column.
 #[test]
 fn list_aligns_the_descriptions() {

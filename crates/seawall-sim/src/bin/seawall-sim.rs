@@ -84,7 +84,8 @@ fn main() -> ExitCode {
             }
             let seed = seed.unwrap_or(s.seed);
             // An unwritable report is found out before the run rather than after it; the
-            // report replaces the file, and a file made for it goes again if the run fails.
+            // report replaces the file, and a file made for it goes again if the run, the
+            // table or the report fails.
             let made = match &out {
                 Some(path) => {
                     let existed = path.exists();
@@ -98,17 +99,20 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            let report = run::run(&s, seed).inspect_err(|_| {
-                if let Some(path) = made {
-                    let _ = std::fs::remove_file(path);
+            let written = run::run(&s, seed).and_then(|report| {
+                emit(&report.table())?;
+                match &out {
+                    Some(path) => svg::write_svg(&report, path).map(|()| Some(path)),
+                    None => Ok(None),
                 }
-            })?;
-            emit(&report.table())?;
-            if let Some(path) = out {
-                svg::write_svg(&report, &path)?;
-                emit(&format!("\nreport written to {}\n", path.display()))?;
+            });
+            if let (Err(_), Some(path)) = (&written, made) {
+                let _ = std::fs::remove_file(path);
             }
-            Ok(())
+            match written? {
+                Some(path) => emit(&format!("\nreport written to {}\n", path.display())),
+                None => Ok(()),
+            }
         }),
     };
     match result {
