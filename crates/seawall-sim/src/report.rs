@@ -228,11 +228,13 @@ fn grain_of(width: u64) -> u64 {
     }
 }
 
-/// What a report needs of one client's run, in memory that grows with neither its calls nor its
-/// length: its latency histograms and counts, its calls per backend over the whole run and during
-/// each fault of the scenario, and its calls per backend in fine time buckets of the run's
-/// [`grain_ms`], to be added up into a scenario's shared buckets (of [`bucket_ms`]) once every
-/// client has run.
+/// What a report needs of one client's run, in memory that does not grow with its length: its
+/// latency histograms and counts, its calls per backend over the whole run and during each fault
+/// of the scenario, and its calls per backend in fine time buckets of the run's [`grain_ms`], to
+/// be added up into a scenario's shared buckets (of [`bucket_ms`]) once every client has run.
+/// The fine counts are kept only for the backends that got calls in a bucket: at most one count a
+/// call, however many backends there are, and no more than one for each fine bucket and backend
+/// when the calls are in time order, as the simulator logs them.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     client: String,
@@ -248,8 +250,10 @@ pub struct RunSummary {
     /// Calls to the faulty backend during each fault, in the scenario's order.
     wasted_calls: Vec<u64>,
     grain_ms: u64,
-    /// Calls per fine bucket and backend, `backends` to a bucket.
-    counts: Vec<u64>,
+    /// Calls per fine bucket and backend, as (bucket, backend, calls), for the backends that got
+    /// calls in the bucket; a bucket whose calls were not logged together (a live run's may
+    /// not be in order) may hold a backend more than once, its counts to be added up.
+    counts: Vec<(usize, u16, u64)>,
 }
 
 impl RunSummary {
@@ -267,15 +271,30 @@ impl RunSummary {
             .unwrap_or(u64::MAX)
             .max(1);
         let buckets = (run_ms / grain_ms + 1) as usize;
-        let mut counts = vec![0u64; buckets * n];
         let mut calls_per_backend = vec![0u64; n];
+        // Each bucket's calls are counted per backend as they come, and the backends that got any
+        // are kept when another bucket starts: once a bucket, for calls in time order.
+        let mut counts = Vec::new();
+        let mut bucket = Bucket {
+            index: 0,
+            calls: vec![0; n],
+            called: Vec::new(),
+        };
         for &(at_ms, b) in &raw.calls {
             calls_per_backend[b as usize] += 1;
             let i = (at_ms / grain_ms) as usize;
             if i < buckets {
-                counts[i * n + b as usize] += 1;
+                if i != bucket.index {
+                    bucket.keep(&mut counts);
+                    bucket.index = i;
+                }
+                if bucket.calls[b as usize] == 0 {
+                    bucket.called.push(b);
+                }
+                bucket.calls[b as usize] += 1;
             }
         }
+        bucket.keep(&mut counts);
         let wasted_calls = scenario
             .backends
             .iter()
@@ -323,6 +342,24 @@ impl RunSummary {
     }
 }
 
+/// The fine bucket whose calls are being counted, per backend.
+struct Bucket {
+    index: usize,
+    /// Calls per backend, `backends` long.
+    calls: Vec<u64>,
+    /// The backends with calls, in the order of their first.
+    called: Vec<u16>,
+}
+
+impl Bucket {
+    /// Moves the counts of the backends that got calls to `counts`, leaving the bucket empty.
+    fn keep(&mut self, counts: &mut Vec<(usize, u16, u64)>) {
+        for b in self.called.drain(..) {
+            counts.push((self.index, b, std::mem::take(&mut self.calls[b as usize])));
+        }
+    }
+}
+
 impl ClientReport {
     /// Summarises one client's run over `scenario`'s backends, judging each of its faults, with
     /// calls counted in time buckets of `bucket_ms` (give every client of a scenario the same,
@@ -356,11 +393,9 @@ impl ClientReport {
         let per_bucket = (bucket_ms / grain) as usize;
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
-        for (i, fine) in summary.counts.chunks(n.max(1)).enumerate() {
+        for &(i, b, calls) in &summary.counts {
             if let Some(row) = counts.get_mut(i / per_bucket) {
-                for (c, f) in row.iter_mut().zip(fine) {
-                    *c += f;
-                }
+                row[b as usize] += calls;
             }
         }
         let share: Vec<Vec<f64>> = counts
@@ -842,6 +877,40 @@ mod tests {
             ClientReport::from_summary(&scenario, summary, 350).bucket_ms,
             340
         );
+    }
+
+    /// A summary keeps a count for each fine bucket and backend that got calls, not for every
+    /// backend of every bucket: many backends and few calls take little memory.
+    #[test]
+    fn a_summary_keeps_counts_for_the_calls_made() {
+        let mut scenario = scenario();
+        scenario.backends = vec![BackendSpec::new(Latency::Constant { ms: 1.0 }); 1_000];
+        // A 6.15 s run at a grain of 1 ms: 6,151 fine buckets of 1,000 backends, but 13 calls,
+        // two of them to one backend in one bucket.
+        let mut calls: Vec<(u64, u16)> = (0..10u64)
+            .map(|k| (k * 600, (k * 97 % 1_000) as u16))
+            .chain([(1_200, 194), (6_000, 999), (6_010, 5)])
+            .collect();
+        calls.sort_unstable();
+        let run = || RawRun {
+            calls: calls.clone(),
+            ..raw(0..0)
+        };
+        let summary = RunSummary::new(&scenario, run());
+        assert_eq!(summary.grain_ms(), 1);
+        assert!(summary.counts.len() <= 12, "{}", summary.counts.len());
+        let shared = bucket_ms(RUN);
+        let from_log = ClientReport::new(&scenario, run(), shared);
+        let from_summary = ClientReport::from_summary(&scenario, summary, shared);
+        assert_eq!(from_summary, from_log);
+        assert_eq!(from_summary.share[1_200 / 30][194], 1.0);
+        assert_eq!(from_summary.share[6_000 / 30][999], 0.5);
+        // Calls logged out of time order are counted alike.
+        let reversed = RawRun {
+            calls: calls.iter().rev().copied().collect(),
+            ..raw(0..0)
+        };
+        assert_eq!(ClientReport::new(&scenario, reversed, shared), from_log);
     }
 
     /// Extra load is the calls beyond the first of each request that made one: a request turned
