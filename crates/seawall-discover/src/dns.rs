@@ -64,8 +64,11 @@ enum Parsed {
 /// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
 /// address family, or of an SRV target, went unanswered or got a server failure, or a search name
 /// was passed over beside such a question, see [`Dns::a`]) is published, and counted and retried
-/// like a failure: the next follows the backoff when that comes before the TTL runs out, a
-/// lookup that starts to fail starting that backoff over from `min_refresh`. Each pause counts
+/// like a failure: the next follows the backoff when that comes before the TTL runs out. A
+/// lookup of an address family or of an SRV target that fails without an answer (not a search
+/// name passed over) starts that backoff over from `min_refresh` the first time it so fails
+/// since a resolution last succeeded in full: once each, however the lookups take turns
+/// failing, so the pauses still climb to `max_refresh`. Each pause counts
 /// from the start of a resolution, not its end: one that waits out a query's timeout does not
 /// put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint
 /// weights (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes
@@ -487,13 +490,25 @@ async fn run(
     // in the failed ones since: one that fails again is logged at debug level, so a server that
     // never answers AAAA questions warns once, while any other failure still warns.
     let mut failing = Failing::new();
+    // The lookups that failed without an answer in the resolutions since the last one published
+    // with nothing failing (a streak of partial and failed ones): one that fails so for the
+    // first time in the streak starts the backoff of partial resolutions over, once, however
+    // the lookups take turns failing (a server that loses questions at random), so the pauses
+    // still climb to `max`.
+    let mut streak = Failing::new();
     // Whether a lookup started to fail, without an answer, in a failed resolution since the last
     // published one: the next published resolution starts the backoff of partial ones over.
     let mut started_failing = false;
     loop {
         let started = Instant::now();
         let mut seen = Seen::default();
-        let wait = match resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await {
+        let result = resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await;
+        let starts = seen
+            .unanswered
+            .iter()
+            .any(|lookup| !streak.contains(lookup));
+        streak.extend(seen.unanswered);
+        let wait = match result {
             Ok(Resolved {
                 endpoints,
                 ttl,
@@ -504,7 +519,7 @@ async fn run(
                 kept = endpoints.len();
                 publisher.publish(endpoints);
                 failures = 0;
-                let restart = std::mem::take(&mut started_failing) || seen.started_failing;
+                let restart = std::mem::take(&mut started_failing) || starts;
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
                     // failure schedule, not only when the TTL runs out. One that just started to
@@ -519,6 +534,7 @@ async fn run(
                     ttl.clamp(min, max).min(backoff(min, max, partials))
                 } else {
                     partials = 0;
+                    streak.clear();
                     ttl.clamp(min, max)
                 }
             }
@@ -527,7 +543,7 @@ async fn run(
                 // until a resolution is published: one that never resolves, leaving every
                 // retry without an address, warns once.
                 failing.extend(seen.lookups);
-                started_failing |= seen.started_failing;
+                started_failing |= starts;
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                 tracing::warn!(name = %name, ?query, %error, kept, "seawall discover DNS resolution failed; keeping the last endpoints");
@@ -580,9 +596,9 @@ type Failing = std::collections::HashSet<(DnsName, &'static str)>;
 struct Seen {
     /// The lookups that failed or were skipped.
     lookups: Failing,
-    /// Whether one of them failed without an answer (a timeout, a server failure), not having
-    /// failed before (it was not in `failing`).
-    started_failing: bool,
+    /// Those of them that failed without an answer (a timeout, a server failure): not an SRV
+    /// target the server says has no addresses.
+    unanswered: Failing,
 }
 
 /// What a resolution found.
@@ -605,8 +621,8 @@ struct Resolved {
 ///
 /// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
 /// logged as a warning unless it is in `failing` (it failed the last time too), else at debug
-/// level. One that so warns for a failure without an answer (not a target the server says has
-/// no addresses) is noted in `seen` as having started to fail.
+/// level. One that fails without an answer (not a target the server says has no addresses) is
+/// also noted in `seen` as unanswered.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
@@ -615,33 +631,33 @@ async fn resolve(
     failing: &Failing,
     seen: &mut Seen,
 ) -> Result<Resolved, ResolveError> {
-    // Logs a failed lookup and notes it in `seen`; whether it starts to fail (it warned).
+    // Logs a failed lookup and notes it in `seen`, as unanswered when `$unanswered` holds.
     macro_rules! once {
-        ($host:expr, $what:expr, $($arg:tt)*) => {{
+        ($host:expr, $what:expr, $unanswered:expr, $($arg:tt)*) => {{
             let key = ($host.clone(), $what);
-            let starts = !failing.contains(&key);
-            if starts {
-                tracing::warn!($($arg)*)
-            } else {
+            if failing.contains(&key) {
                 tracing::debug!($($arg)*)
+            } else {
+                tracing::warn!($($arg)*)
+            }
+            if $unanswered {
+                seen.unanswered.insert(key.clone());
             }
             seen.lookups.insert(key);
-            starts
         }};
     }
     // A family of `$host` that failed beside the other family's answer (a `FailedFamily`),
-    // logged as `once!` logs, with what became of its last addresses, and noted as started to
-    // fail when it does.
+    // logged as `once!` logs, with what became of its last addresses, and noted as unanswered.
     macro_rules! family_failed {
         ($host:expr, $failed:expr) => {{
             let FailedFamily { family, error, kept, dropped } = $failed;
-            seen.started_failing |= if *kept > 0 {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, kept, "seawall discover could not resolve one address family; keeping its last addresses")
+            if *kept > 0 {
+                once!($host, *family, true, name = %name, ?query, host = %$host, family, %error, kept, "seawall discover could not resolve one address family; keeping its last addresses")
             } else if *dropped > 0 {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, dropped, "seawall discover could not resolve one address family; leaving its last addresses out, as another search name gave them")
+                once!($host, *family, true, name = %name, ?query, host = %$host, family, %error, dropped, "seawall discover could not resolve one address family; leaving its last addresses out, as another search name gave them")
             } else {
-                once!($host, *family, name = %name, ?query, host = %$host, family, %error, "seawall discover could not resolve one address family; it has no last addresses to keep")
-            };
+                once!($host, *family, true, name = %name, ?query, host = %$host, family, %error, "seawall discover could not resolve one address family; it has no last addresses to keep")
+            }
         }};
     }
     match query {
@@ -734,7 +750,7 @@ async fn resolve(
                             if let Some(family) = addresses.failed {
                                 partial = true;
                                 if addresses.ips.is_empty() {
-                                    seen.started_failing |= once!(target, "target", name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
+                                    once!(target, "target", true, name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
                                     failed = Some(family.error);
                                     continue;
                                 }
@@ -753,12 +769,11 @@ async fn resolve(
                             partial |= !absent || unanswered;
                             match known.get(target) {
                                 Some(last) if !absent => {
-                                    seen.started_failing |= once!(target, "target", name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
+                                    once!(target, "target", true, name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
                                     last.clone()
                                 }
                                 _ => {
-                                    let starts = once!(target, "target", name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
-                                    seen.started_failing |= starts && !absent;
+                                    once!(target, "target", !absent, name = %name, ?query, %target, %error, "seawall discover skipped an SRV target that does not resolve");
                                     failed = Some(error);
                                     continue;
                                 }

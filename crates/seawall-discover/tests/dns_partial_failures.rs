@@ -287,3 +287,91 @@ async fn a_lookup_that_starts_failing_during_a_lasting_partial_failure_is_retrie
         _ => panic!("the discovery ended"),
     }
 }
+
+/// Points the SRV records of [`SRV`] at `a.api.test.`, `b.api.test.` and `c.api.test.` (10.1.0.1
+/// to 10.1.0.3, ports 8001 to 8003), each with an A record alone; c's AAAA questions go
+/// unanswered, so every resolution fails in part.
+fn three_targets_one_half_unanswered(zone: &Zone) {
+    zone.set_srv(
+        SRV,
+        &[
+            (10, 1, 8001, "a.api.test."),
+            (10, 1, 8002, "b.api.test."),
+            (10, 1, 8003, "c.api.test."),
+        ],
+    );
+    zone.set_a("a.api.test", &[[10, 1, 0, 1]]);
+    zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
+    zone.set_a("c.api.test", &[[10, 1, 0, 3]]);
+    zone.silence_type("c.api.test", RecordType::AAAA, true);
+}
+
+/// Lookups that fail by turns (a server losing questions at random) while resolutions keep
+/// failing in part start the backoff over once each, the first time each fails, not at every
+/// resolution in which one fails that answered at the one before: the pauses still climb to
+/// `max_refresh`. Here a and b fail in alternate resolutions, beside c's AAAA question that
+/// never gets an answer.
+#[tokio::test(start_paused = true)]
+async fn lookups_failing_by_turns_start_the_backoff_over_once_each() {
+    let zone = Zone::with_ttl(300);
+    three_targets_one_half_unanswered(&zone);
+    let mut a_silent = true;
+    zone.silence("a.api.test", a_silent);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let _discovery = discover_with_timeout(
+        Dns::srv(format!("{SRV}."))
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(60)),
+        server,
+    );
+    // 600 ms after each SRV question, once its resolution has timed out on the silenced
+    // target's questions, the other target is silenced instead.
+    let mut handled = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        let asked = zone.asked_at(RecordType::SRV, start);
+        if asked.len() == handled {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        handled = asked.len();
+        tokio::time::sleep_until(start + asked[handled - 1] + Duration::from_millis(600)).await;
+        a_silent = !a_silent;
+        zone.silence("a.api.test", a_silent);
+        zone.silence("b.api.test", !a_silent);
+    }
+    // Resolutions at 0 s (a and c's AAAA fail), 1 s (b starts to fail: over from 1 s), then
+    // at 2, 4, 8, 16 and 32 s.
+    assert_eq!(
+        zone.asked_at(RecordType::SRV, start),
+        [0, 1, 2, 4, 8, 16, 32].map(Duration::from_secs)
+    );
+}
+
+/// An SRV target the server said did not exist, whose questions then go unanswered while
+/// resolutions keep failing in part, starts the backoff over: it had not failed without an
+/// answer before.
+#[tokio::test(start_paused = true)]
+async fn a_target_that_did_not_exist_and_then_goes_unanswered_starts_the_backoff_over() {
+    let zone = Zone::with_ttl(300);
+    three_targets_one_half_unanswered(&zone);
+    for ty in [RecordType::A, RecordType::AAAA] {
+        zone.respond_with("b.api.test", ty, Some(ResponseCode::NXDomain));
+    }
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let _discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")), server);
+    // Resolutions at 0, 1, 3, 7 and 15 s, each failing in part on c's AAAA question, with b
+    // left out as the server says it does not exist; from 20 s b's questions go unanswered.
+    // The resolution at 31 s starts the backoff over: the next is at 32 s, then 34 s.
+    tokio::time::sleep_until(start + Duration::from_secs(20)).await;
+    for ty in [RecordType::A, RecordType::AAAA] {
+        zone.respond_with("b.api.test", ty, None);
+    }
+    zone.silence("b.api.test", true);
+    tokio::time::sleep_until(start + Duration::from_secs(35)).await;
+    assert_eq!(
+        zone.asked_at(RecordType::SRV, start),
+        [0, 1, 3, 7, 15, 31, 32, 34].map(Duration::from_secs)
+    );
+}
