@@ -660,6 +660,20 @@ async fn resolve(
             }
         }};
     }
+    // An SRV target that fails wholly is noted as `"target"`: those of `$families` that were
+    // failing go on failing through it, as far as logging goes, so that one still failing once
+    // the target answers again does not warn again (a target whose AAAA questions never get an
+    // answer, and whose A answer is lost once).
+    macro_rules! families_go_on_failing {
+        ($target:expr, $families:expr) => {
+            for family in $families {
+                let key = ($target.clone(), family);
+                if failing.contains(&key) {
+                    seen.lookups.insert(key);
+                }
+            }
+        };
+    }
     match query {
         Parsed::Ip(host, port) => {
             let mut found = lookup_ips(resolver, host, known.get(host))
@@ -750,6 +764,7 @@ async fn resolve(
                             if let Some(family) = addresses.failed {
                                 partial = true;
                                 if addresses.ips.is_empty() {
+                                    families_go_on_failing!(target, [family.family]);
                                     once!(target, "target", true, name = %name, ?query, %target, family = family.family, error = %family.error, "seawall discover skipped an SRV target that does not resolve");
                                     failed = Some(family.error);
                                     continue;
@@ -767,6 +782,7 @@ async fn resolve(
                             // search names went unanswered on the way.
                             let absent = is_absent(&error);
                             partial |= !absent || unanswered;
+                            families_go_on_failing!(target, ["A", "AAAA"]);
                             match known.get(target) {
                                 Some(last) if !absent => {
                                     once!(target, "target", true, name = %name, ?query, %target, %error, "seawall discover could not resolve an SRV target; keeping its last addresses");
