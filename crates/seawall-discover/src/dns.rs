@@ -496,8 +496,9 @@ async fn run(
     // the lookups take turns failing (a server that loses questions at random), so the pauses
     // still climb to `max`.
     let mut streak = Failing::new();
-    // Whether a lookup started to fail, without an answer, in a failed resolution since the last
-    // published one: the next published resolution starts the backoff of partial ones over.
+    // Whether a lookup new to `streak` failed, without an answer, in a failed resolution since
+    // the last published one: the next published resolution starts the backoff of partial ones
+    // over.
     let mut started_failing = false;
     loop {
         let started = Instant::now();
@@ -522,9 +523,9 @@ async fn run(
                 let restart = std::mem::take(&mut started_failing) || starts;
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
-                    // failure schedule, not only when the TTL runs out. One that just started to
-                    // fail starts that schedule over, whatever pause the lookups failing for
-                    // longer have reached.
+                    // failure schedule, not only when the TTL runs out. One new to the streak
+                    // starts that schedule over, whatever pause the lookups failing for longer
+                    // have reached.
                     partials = if restart {
                         1
                     } else {
