@@ -102,6 +102,29 @@ fn a_failure_after_the_run_leaves_no_report_behind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A report path that is a symlink to a file not yet there is the user's, not one made for the
+/// run: a failed run leaves the symlink, and makes no file at its target.
+#[cfg(unix)]
+#[test]
+fn a_failed_run_leaves_a_symlinked_report_path_alone() {
+    let dir = std::env::temp_dir().join(format!("seawall-sim-cli-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("target.svg");
+    let link = dir.join("report.svg");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = sim()
+        .args(["run", "hard-down", "--requests", "99999999999", "--out"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "{err}");
+    assert!(!target.exists(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `seawall-sim list`: one scenario a line, every description starting in the same column.
 #[test]
 fn list_aligns_the_descriptions() {

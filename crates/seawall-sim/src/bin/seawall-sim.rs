@@ -85,17 +85,27 @@ fn main() -> ExitCode {
             let seed = seed.unwrap_or(s.seed);
             // An unwritable report is found out before the run rather than after it; the
             // report replaces the file, and a file made for it goes again if the run, the
-            // table or the report fails.
+            // table or the report fails. Only a file this command created is made for it: a
+            // path already there, a symlink included, is left as it was.
             let made = match &out {
                 Some(path) => {
-                    let existed = path.exists();
-                    std::fs::OpenOptions::new()
+                    let cannot =
+                        |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+                    match std::fs::OpenOptions::new()
                         .write(true)
-                        .create(true)
-                        .truncate(false)
+                        .create_new(true)
                         .open(path)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                    (!existed).then_some(path)
+                    {
+                        Ok(_) => Some(path),
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(cannot)?;
+                            None
+                        }
+                        Err(e) => return Err(cannot(e)),
+                    }
                 }
                 None => None,
             };
