@@ -180,7 +180,9 @@ impl Fault {
         (self.from_ms..self.to_ms).contains(&at_ms)
             && match self.effect {
                 FaultKind::Flapping { period_ms } => {
-                    2 * ((at_ms - self.from_ms) % period_ms) < period_ms
+                    // In the first half (rounded up): 2 * into < period, without overflow.
+                    let into = (at_ms - self.from_ms) % period_ms;
+                    into < period_ms - into
                 }
                 FaultKind::Slow { .. } | FaultKind::Down | FaultKind::Errors { .. } => true,
             }

@@ -26,3 +26,19 @@ fn a_flapping_backend_is_faulty_in_its_down_halves_only() {
     assert!((150..160).all(|ms| spec.faulty_at(ms)));
     assert!(!spec.faulty_at(165) && !spec.faulty_at(200));
 }
+
+/// The down half is told from the up half without overflow, however long the period.
+#[test]
+fn the_longest_period_is_down_for_its_first_half_only() {
+    let mut spec = BackendSpec::new(Latency::Constant { ms: 1.0 });
+    spec.faults.push(Fault {
+        from_ms: 0,
+        to_ms: u64::MAX,
+        effect: FaultKind::Flapping {
+            period_ms: u64::MAX,
+        },
+    });
+    assert!(spec.validate().is_ok());
+    assert!(spec.faulty_at(0) && spec.faulty_at(u64::MAX / 2));
+    assert!(!spec.faulty_at(u64::MAX / 2 + 1) && !spec.faulty_at(u64::MAX - 1));
+}
