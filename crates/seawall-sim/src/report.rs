@@ -232,9 +232,11 @@ fn grain_of(width: u64) -> u64 {
 /// latency histograms and counts, its calls per backend over the whole run and during each fault
 /// of the scenario, and its calls per backend in fine time buckets of the run's [`grain_ms`], to
 /// be added up into a scenario's shared buckets (of [`bucket_ms`]) once every client has run.
-/// The fine counts are kept only for the backends that got calls in a bucket: at most one count a
-/// call, however many backends there are, and no more than one for each fine bucket and backend
-/// when the calls are in time order, as the simulator logs them.
+/// The fine counts are kept only for the backends that got calls in a bucket, in 8 bytes each: at
+/// most one count a call, however many backends there are, and for calls in time order, as the
+/// simulator logs them, one for each fine bucket and backend that got calls (one more for each
+/// 65,535 calls past the first), so hardly more memory than a `u64` for every fine bucket and
+/// backend would take, and often far less.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     client: String,
@@ -251,9 +253,10 @@ pub struct RunSummary {
     wasted_calls: Vec<u64>,
     grain_ms: u64,
     /// Calls per fine bucket and backend, as (bucket, backend, calls), for the backends that got
-    /// calls in the bucket; a bucket whose calls were not logged together (a live run's may
-    /// not be in order) may hold a backend more than once, its counts to be added up.
-    counts: Vec<(usize, u16, u64)>,
+    /// calls in the bucket; a bucket may hold a backend more than once, its counts to be added
+    /// up: for more than `u16::MAX` calls, or for calls not logged together (a live run's may
+    /// not be in order).
+    counts: Vec<(u32, u16, u16)>,
 }
 
 impl RunSummary {
@@ -270,7 +273,9 @@ impl RunSummary {
         let run_ms = u64::try_from(raw.elapsed.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let buckets = (run_ms / grain_ms + 1) as usize;
+        // A run has at most 16,000 fine buckets at its own grain; at a report's width (from
+        // `ClientReport::new`), one for each row of the report, which could not hold 2^32.
+        let buckets = (run_ms / grain_ms + 1).min(1 << 32);
         let mut calls_per_backend = vec![0u64; n];
         // Each bucket's calls are counted per backend as they come, and the backends that got any
         // are kept when another bucket starts: once a bucket, for calls in time order.
@@ -282,8 +287,9 @@ impl RunSummary {
         };
         for &(at_ms, b) in &raw.calls {
             calls_per_backend[b as usize] += 1;
-            let i = (at_ms / grain_ms) as usize;
+            let i = at_ms / grain_ms;
             if i < buckets {
+                let i = i as u32;
                 if i != bucket.index {
                     bucket.keep(&mut counts);
                     bucket.index = i;
@@ -344,7 +350,7 @@ impl RunSummary {
 
 /// The fine bucket whose calls are being counted, per backend.
 struct Bucket {
-    index: usize,
+    index: u32,
     /// Calls per backend, `backends` long.
     calls: Vec<u64>,
     /// The backends with calls, in the order of their first.
@@ -353,9 +359,15 @@ struct Bucket {
 
 impl Bucket {
     /// Moves the counts of the backends that got calls to `counts`, leaving the bucket empty.
-    fn keep(&mut self, counts: &mut Vec<(usize, u16, u64)>) {
+    /// A count past `u16::MAX` is kept in parts.
+    fn keep(&mut self, counts: &mut Vec<(u32, u16, u16)>) {
         for b in self.called.drain(..) {
-            counts.push((self.index, b, std::mem::take(&mut self.calls[b as usize])));
+            let mut calls = std::mem::take(&mut self.calls[b as usize]);
+            while calls > 0 {
+                let part = calls.min(u64::from(u16::MAX));
+                counts.push((self.index, b, part as u16));
+                calls -= part;
+            }
         }
     }
 }
@@ -394,8 +406,8 @@ impl ClientReport {
         let buckets = (run_ms / bucket_ms + 1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
         for &(i, b, calls) in &summary.counts {
-            if let Some(row) = counts.get_mut(i / per_bucket) {
-                row[b as usize] += calls;
+            if let Some(row) = counts.get_mut(i as usize / per_bucket) {
+                row[b as usize] += u64::from(calls);
             }
         }
         let share: Vec<Vec<f64>> = counts
@@ -865,6 +877,15 @@ mod tests {
             "{}",
             summary.counts.len()
         );
+        // No more memory than a count of 8 bytes for every fine bucket and backend, though most
+        // of them got calls here.
+        let fine_buckets = 70_000 / 20 + 1;
+        assert!(summary.counts.len() > fine_buckets * 3 / 2);
+        assert!(
+            std::mem::size_of_val(&summary.counts[..]) <= fine_buckets * 2 * 8,
+            "{}",
+            std::mem::size_of_val(&summary.counts[..])
+        );
         let from_log = ClientReport::new(&scenario, raw(), shared);
         let from_summary = ClientReport::from_summary(&scenario, summary, shared);
         assert_eq!(from_summary, from_log);
@@ -911,6 +932,18 @@ mod tests {
             ..raw(0..0)
         };
         assert_eq!(ClientReport::new(&scenario, reversed, shared), from_log);
+    }
+
+    /// A fine bucket's count too large for one entry is kept in parts, and added up.
+    #[test]
+    fn a_count_past_u16_max_is_kept_in_parts() {
+        let scenario = scenario();
+        let calls: Vec<(u64, u16)> = (0..70_000).map(|_| (0, 0)).chain([(0, 1)]).collect();
+        let run = RawRun { calls, ..raw(0..0) };
+        let summary = RunSummary::with_grain(&scenario, run, 30);
+        assert_eq!(summary.counts, [(0, 0, u16::MAX), (0, 0, 4_465), (0, 1, 1)]);
+        let report = ClientReport::from_summary(&scenario, summary, 30);
+        assert_eq!(report.share[0], [70_000.0 / 70_001.0, 1.0 / 70_001.0]);
     }
 
     /// Extra load is the calls beyond the first of each request that made one: a request turned
