@@ -946,6 +946,33 @@ mod tests {
         assert_eq!(report.share[0], [70_000.0 / 70_001.0, 1.0 / 70_001.0]);
     }
 
+    /// Calls that leave a fine bucket and come back to it are kept as two counts, and added up.
+    #[test]
+    fn calls_that_come_back_to_a_bucket_are_added_up() {
+        let scenario = scenario();
+        let run = |calls: &[(u64, u16)]| RawRun {
+            calls: calls.to_vec(),
+            ..raw(0..0)
+        };
+        let unordered = [(0, 0), (40, 1), (1, 0)];
+        let summary = RunSummary::with_grain(&scenario, run(&unordered), 30);
+        assert_eq!(summary.counts, [(0, 0, 1), (1, 1, 1), (0, 0, 1)]);
+        let sorted = [(0, 0), (1, 0), (40, 1)];
+        for bucket_ms in [30, 60] {
+            let report = ClientReport::from_summary(&scenario, summary.clone(), bucket_ms);
+            assert_eq!(
+                report,
+                ClientReport::new(&scenario, run(&sorted), bucket_ms)
+            );
+            let first = if bucket_ms == 30 {
+                vec![1.0, 0.0]
+            } else {
+                vec![2.0 / 3.0, 1.0 / 3.0]
+            };
+            assert_eq!(report.share[0], first, "{bucket_ms}");
+        }
+    }
+
     /// Extra load is the calls beyond the first of each request that made one: a request turned
     /// away before any call takes nothing off another's retry.
     #[test]
