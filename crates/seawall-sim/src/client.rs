@@ -222,12 +222,12 @@ pub struct HedgeSpec {
     /// neither, seawall's default: the 95th percentile.
     #[serde(default)]
     pub percentile: Option<f64>,
-    /// With `percentile`: how often the percentile is recomputed from the calls of the last
+    /// Without `delay_ms`: how often the percentile is recomputed from the calls of the last
     /// period, milliseconds (default: seawall's, 10,000).
     #[serde(default)]
     pub period_ms: Option<u64>,
-    /// With `percentile`: calls a period needs before its percentile is used; no hedges are sent
-    /// before then (default: seawall's, 100).
+    /// Without `delay_ms`: calls a period needs before its percentile is used; no hedges are
+    /// sent before then (default: seawall's, 100).
     #[serde(default)]
     pub min_data_points: Option<u64>,
     /// Extra copies at most.
