@@ -12,6 +12,27 @@
 //! error crosses an `AsyncRead` or a body stream) likewise has a `source()` that skips `e`; the
 //! helpers visit the `io::Error` and then `e`, the `io::Error` shared as an `Arc` or boxed too.
 //!
+//! # Requests that were never sent
+//!
+//! A call that failed before its request reached the server is safe to send again whatever the
+//! request is, a POST included (Finagle's `RequeueFilter` and Envoy's `connect-failure` and
+//! `reset-before-request` retry on the same grounds). [`not_sent`] and [`is_not_sent`] tell such
+//! a failure; exactly two things count:
+//!
+//! - a [`NotSent`] anywhere in the chain: every seawall rejection raised before the request is
+//!   handed on has one as its `source()` (the bulkhead's `Full`, the rate limiter's `Limited`,
+//!   which carries its [`retry_after`](NotSent::retry_after), the balancer's `NoEndpoints` and
+//!   the circuit breaker's `Open`); a layer or a connector of one's own marks its rejections the
+//!   same way;
+//! - a [`std::io::Error`] of kind [`ConnectionRefused`](std::io::ErrorKind::ConnectionRefused)
+//!   anywhere in the chain: a refused connection carried nothing.
+//!
+//! Nothing else counts: not a timeout (`Elapsed` is raised both before and after sending), not a
+//! reset or a broken pipe (the server may have read the request), not an io error of any other
+//! kind. Since both are looked for down the whole chain, a layer that wraps an error (a retry's
+//! `BudgetExhausted`, an `io::Error::other`, an `Arc` shared by a fallback) keeps the failure
+//! visible as not sent.
+//!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
 //!
@@ -27,10 +48,90 @@
 //! assert!(find::<std::io::Error>(&*err).is_none());
 //! ```
 
-use std::{error::Error, sync::Arc};
+use std::{error::Error, fmt, sync::Arc, time::Duration};
 
 /// A type-erased error, the error type of every seawall service.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// The marker of a failure that happened before the request was handed on: the request was not
+/// sent, so sending it again is safe whatever it is (see the [module docs](self#requests-that-were-never-sent)).
+///
+/// A rejection carries it as its [`source()`](Error::source), so outer layers find it by type
+/// anywhere in the chain with [`not_sent`]. It may carry how long to wait before sending again
+/// ([`retry_after`](NotSent::retry_after)), as a rate limiter's rejection does; a retry layer
+/// waits at least that long.
+///
+/// ```
+/// use seawall_core::error::{is_not_sent, not_sent, NotSent};
+/// use std::{error::Error, fmt, time::Duration};
+///
+/// // A rejection of one's own, raised before the request is handed on.
+/// #[derive(Debug)]
+/// struct Shed;
+/// static NOT_SENT: NotSent = NotSent::new();
+/// impl fmt::Display for Shed {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str("load shed") }
+/// }
+/// impl Error for Shed {
+///     fn source(&self) -> Option<&(dyn Error + 'static)> { Some(&NOT_SENT) }
+/// }
+///
+/// assert!(is_not_sent(&Shed));
+/// let later = NotSent::with_retry_after(Duration::from_millis(300));
+/// assert_eq!(not_sent(&later).and_then(|n| n.retry_after()), Some(Duration::from_millis(300)));
+/// assert_eq!(later.to_string(), "the request was not sent");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotSent {
+    retry_after: Option<Duration>,
+}
+
+impl NotSent {
+    /// The plain marker: not sent, no wait asked for. `const`, so a zero-sized rejection can
+    /// return a `&'static` one from its `source()`.
+    pub const fn new() -> Self {
+        NotSent { retry_after: None }
+    }
+
+    /// Not sent, and not to be sent again for `retry_after` (a rate limiter's wait for a permit).
+    pub const fn with_retry_after(retry_after: Duration) -> Self {
+        NotSent {
+            retry_after: Some(retry_after),
+        }
+    }
+
+    /// How long to wait before sending the request again, if the rejection said.
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request was not sent")
+    }
+}
+
+impl Error for NotSent {}
+
+/// Whether `err` proves its request was never sent: a [`NotSent`] or an [`std::io::Error`] of
+/// kind [`ConnectionRefused`](std::io::ErrorKind::ConnectionRefused) anywhere in its chain. The
+/// `NotSent` found, the first in the chain (a plain one for a refused connection); `None` when
+/// the request may have been sent. See the [module docs](self#requests-that-were-never-sent).
+pub fn not_sent(err: &(dyn Error + 'static)) -> Option<NotSent> {
+    if let Some(marker) = find::<NotSent>(err) {
+        return Some(*marker);
+    }
+    chain(err)
+        .filter_map(downcast_ref::<std::io::Error>)
+        .any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        .then(NotSent::new)
+}
+
+/// Whether `err` proves its request was never sent; see [`not_sent`].
+pub fn is_not_sent(err: &(dyn Error + 'static)) -> bool {
+    not_sent(err).is_some()
+}
 
 /// Finds the first error of type `T` in `err` or its `source()` chain.
 pub fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
@@ -293,6 +394,62 @@ mod tests {
         ))))));
         assert!(is::<Leaf>(&*err));
         assert_eq!(chain(&*err).count(), 4);
+    }
+
+    /// A rejection raised before sending, marked as the seawall rejections are.
+    #[derive(Debug)]
+    struct Rejected;
+    static NOT_SENT: NotSent = NotSent::new();
+    impl fmt::Display for Rejected {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("rejected")
+        }
+    }
+    impl Error for Rejected {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&NOT_SENT)
+        }
+    }
+
+    #[test]
+    fn not_sent_is_a_marker_or_a_refused_connection_anywhere_in_the_chain() {
+        use std::io;
+        let later = NotSent::with_retry_after(Duration::from_millis(300));
+        let cases: [(BoxError, Option<NotSent>); 9] = [
+            (Box::new(Rejected), Some(NotSent::new())),
+            (Box::new(Wrap(Box::new(Rejected))), Some(NotSent::new())),
+            (Box::new(Wrap(Box::new(later))), Some(later)),
+            (
+                Box::new(io::Error::other(Wrap(Box::new(later)))),
+                Some(later),
+            ),
+            (Box::new(Arc::new(Rejected)), Some(NotSent::new())),
+            (
+                Box::new(io::Error::other(io::Error::from(
+                    io::ErrorKind::ConnectionRefused,
+                ))),
+                Some(NotSent::new()),
+            ),
+            (
+                Box::new(Wrap(Box::new(io::Error::from(
+                    io::ErrorKind::ConnectionRefused,
+                )))),
+                Some(NotSent::new()),
+            ),
+            (
+                Box::new(io::Error::from(io::ErrorKind::ConnectionReset)),
+                None,
+            ),
+            (Box::new(Wrap(Box::new(Leaf))), None),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(not_sent(&*err), expected, "{err}");
+            assert_eq!(is_not_sent(&*err), expected.is_some(), "{err}");
+        }
+        assert!(!is_not_sent(&crate::deadline::Elapsed::new()));
+        assert_eq!(NotSent::new().to_string(), "the request was not sent");
+        assert_eq!(NotSent::default(), NotSent::new());
+        assert_eq!(later.retry_after(), Some(Duration::from_millis(300)));
     }
 
     #[test]
