@@ -1,8 +1,13 @@
+use seawall_core::error::NotSent;
 use std::fmt;
 
 /// No endpoint could take the call within the balancer's
 /// [`max_wait`](crate::BalanceConfigBuilder::max_wait): the set was empty, every endpoint was
 /// ejected or unhealthy, or none became ready.
+///
+/// No endpoint was called, so its [`source()`](std::error::Error::source) is a [`NotSent`]: a
+/// retry above may send even a non-idempotent request again (see
+/// [`seawall_core::error::not_sent`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct NoEndpoints(());
 
@@ -24,7 +29,14 @@ impl fmt::Display for NoEndpoints {
     }
 }
 
-impl std::error::Error for NoEndpoints {}
+/// The marker every [`NoEndpoints`] has as its source.
+static NOT_SENT: NotSent = NotSent::new();
+
+impl std::error::Error for NoEndpoints {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&NOT_SENT)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -34,5 +46,6 @@ mod tests {
     fn display_and_size() {
         assert_eq!(NoEndpoints::new().to_string(), "no endpoint available");
         assert_eq!(std::mem::size_of::<NoEndpoints>(), 0);
+        assert!(seawall_core::error::is_not_sent(&NoEndpoints::new()));
     }
 }

@@ -1,5 +1,6 @@
 //! The error a breaker rejects calls with.
 
+use seawall_core::error::NotSent;
 use std::fmt;
 
 /// The circuit breaker did not let the call through: it is Open, forced open, or HalfOpen with
@@ -16,6 +17,11 @@ use std::fmt;
 /// }
 /// # let _ = should_serve_stale;
 /// ```
+///
+/// The call was rejected before the inner service was called, so its
+/// [`source()`](std::error::Error::source) is a [`NotSent`]: a retry above may send even a
+/// non-idempotent request again, unless it returns `Open` at once (a retry built with
+/// `ignore_error::<Open>()`, as the facade's stacks are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Open(());
 
@@ -31,4 +37,23 @@ impl fmt::Display for Open {
     }
 }
 
-impl std::error::Error for Open {}
+/// The marker every [`Open`] has as its source.
+static NOT_SENT: NotSent = NotSent::new();
+
+impl std::error::Error for Open {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&NOT_SENT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_sized_and_not_sent() {
+        assert_eq!(std::mem::size_of::<Open>(), 0);
+        assert_eq!(Open::new().to_string(), "circuit breaker is open");
+        assert!(seawall_core::error::is_not_sent(&Open::new()));
+    }
+}
