@@ -65,7 +65,9 @@ impl<P, K> RetryConfigBuilder<P, K> {
     }
 
     /// The longest `Retry-After` honoured (default 10 s). A failed response asking for a longer
-    /// pause is returned as it is rather than retried early against the server's wish.
+    /// pause is returned as it is rather than retried early against the server's wish; so is an
+    /// error whose [`NotSent`](seawall_core::error::NotSent) asks for one (a rate limiter's
+    /// `retry_after`).
     ///
     /// A retry counts against a ratio budget from when it is scheduled, not when it is sent, so
     /// retries held by a pause close to the budget's `ttl` can go out in the same window as the
@@ -158,8 +160,9 @@ impl<P, K> RetryConfigBuilder<P, K> {
         self.policy(Classified(classifier))
     }
 
-    /// The HTTP policy: 5xx, 429 and connection errors, idempotent methods only, `Retry-After`
-    /// honoured. See [`HttpPolicy`] to change any of it.
+    /// The HTTP policy: 5xx, 429 and connection errors, idempotent methods only (another method
+    /// only when it was never sent: a seawall rejection below, a refused connection),
+    /// `Retry-After` honoured. See [`HttpPolicy`] to change any of it.
     pub fn http(self) -> RetryConfigBuilder<HttpPolicy, K> {
         self.policy(HttpPolicy::new())
     }

@@ -9,6 +9,7 @@ use crate::{
 use pin_project_lite::pin_project;
 use seawall_core::{
     deadline::{deadline_after, Elapsed, RequestDeadline},
+    error::not_sent,
     BoxError, Outcome,
 };
 use std::{
@@ -57,6 +58,8 @@ pin_project! {
             template: Option<Req>,
             // The call's deadline, read at the call when it may be retried.
             deadline: Option<Instant>,
+            // Whether the request is retried only when an attempt was never sent.
+            unsent_only: bool,
             started: Option<Instant>,
             #[pin]
             future: S::Future,
@@ -64,6 +67,15 @@ pin_project! {
         // Past the first attempt, or timing each attempt; empty once finished, when `attempts`
         // says how many were made.
         Retrying { retrying: Boxed<Retrying<S, Req, P, K>>, attempts: u32 },
+    }
+}
+
+/// The [`NotSent`](seawall_core::error::NotSent) of an attempt's error, if it proves the request
+/// was never sent; a response, even a failed one, was sent.
+fn unsent<Res>(result: &Result<Res, BoxError>) -> Option<seawall_core::error::NotSent> {
+    match result {
+        Err(error) => not_sent(&**error),
+        Ok(_) => None,
     }
 }
 
@@ -116,6 +128,9 @@ pin_project! {
         // The call's deadline, read from the request at the call when it is retryable: the copies
         // may not carry it.
         deadline: Option<Instant>,
+        // Whether the request may not be sent twice, and is retried only when an attempt proves
+        // it was never sent.
+        unsent_only: bool,
         attempt: u32,
         started: Option<Instant>,
         link: Link<P, K>,
@@ -252,6 +267,7 @@ where
         mut request: Req,
         template: Option<Req>,
         deadline: Option<Instant>,
+        unsent_only: bool,
         link: Link<P, K>,
     ) -> Self {
         let attempt = prepare(
@@ -268,13 +284,21 @@ where
                     service,
                     template,
                     deadline,
+                    unsent_only,
                     started: attempt.started,
                     future,
                 }
             }
             Some(timer) => State::Retrying {
                 retrying: Retrying::timed(
-                    service, request, template, deadline, link, timer, attempt,
+                    service,
+                    request,
+                    template,
+                    deadline,
+                    unsent_only,
+                    link,
+                    timer,
+                    attempt,
                 ),
                 attempts: 0,
             },
@@ -290,12 +314,14 @@ where
     Req: RequestDeadline,
 {
     /// A first attempt with a per-attempt timeout.
+    #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn timed(
         mut service: S,
         request: Req,
         template: Option<Req>,
         deadline: Option<Instant>,
+        unsent_only: bool,
         link: Link<P, K>,
         timer: Instant,
         attempt: Attempt,
@@ -310,6 +336,7 @@ where
             service,
             template,
             deadline,
+            unsent_only,
             attempt: 1,
             started: attempt.started,
             link,
@@ -329,6 +356,7 @@ where
             service,
             template,
             deadline,
+            unsent_only,
             ..
         } = first
         else {
@@ -336,7 +364,10 @@ where
         };
         // Refusals that need no state come first, so a call that is not retried allocates
         // nothing.
-        if link.settings().max_attempts <= 1 || template.is_none() {
+        if link.settings().max_attempts <= 1
+            || template.is_none()
+            || (unsent_only && unsent(&result).is_none())
+        {
             return Err(result);
         }
         let mut retrying = Box::pin(Retrying {
@@ -348,6 +379,7 @@ where
             service,
             template,
             deadline,
+            unsent_only,
             attempt: 1,
             started: None,
             link,
@@ -366,6 +398,11 @@ where
         let link = &*this.link;
         let settings = link.settings();
         let attempts = *this.attempt;
+        let unsent = unsent(&result);
+        if *this.unsent_only && unsent.is_none() {
+            // A request that may not be sent twice, sent: never retryable, so no give-up.
+            return Err(result);
+        }
         if attempts >= settings.max_attempts {
             if attempts > 1 {
                 link.on_give_up(attempts, GiveUpReason::Attempts);
@@ -394,6 +431,15 @@ where
                 }
                 delay = delay.max(after);
             }
+        }
+        // A rejection raised before sending may say how long until it would let the call through
+        // (a rate limiter's): waited as a server's `Retry-After` is.
+        if let Some(after) = unsent.and_then(|unsent| unsent.retry_after()) {
+            if after > settings.retry_after_cap {
+                link.on_give_up(attempts, GiveUpReason::RetryAfter);
+                return Err(result);
+            }
+            delay = delay.max(after);
         }
         if let Some(deadline) = *this.deadline {
             let remaining = deadline.saturating_duration_since(now);

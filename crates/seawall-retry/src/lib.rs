@@ -18,8 +18,11 @@
 //!    [`PerTryTimeoutOverride`] replaces that timeout for each of its attempts (it starts none
 //!    where no per-attempt timeout is configured);
 //! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
-//!    twice (for HTTP: idempotent methods) and can be copied. A `Retry-After` on a 429 or 503 is
-//!    honoured up to a cap.
+//!    twice (for HTTP: idempotent methods) and can be copied. A request that may not be sent
+//!    twice (a POST) is still sent again when an attempt proves it was never sent (a seawall
+//!    rejection below the retry, a refused connection: [`seawall_core::error::not_sent`]),
+//!    unless the policy says no ([`Policy::retries_unsent`]). A `Retry-After` on a 429 or 503,
+//!    and a rejection's own wait (a rate limiter's `retry_after`), are honoured up to a cap.
 //!
 //! Each attempt goes back through the inner service's readiness, so a balancer underneath picks
 //! an endpoint afresh and a limit underneath counts every attempt.
@@ -35,8 +38,8 @@
 //! | `max_attempts` | 3 | the first attempt included; 1 to 100 |
 //! | `backoff` | exponential, full jitter, 50 ms base, ×2, 2 s cap | [`Backoff`] |
 //! | `budget` | 20% of requests + 10/s over 10 s, one per layer | [`RetryBudget`]; share one per dependency |
-//! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods, `Retry-After` |
-//! | `retry_after_cap` | 10 s | a longer `Retry-After` is not retried |
+//! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods (others only when never sent: [`HttpPolicy::retry_unsent`], on), `Retry-After` |
+//! | `retry_after_cap` | 10 s | a longer `Retry-After`, or a rejection's longer `retry_after`, is not retried |
 //! | `per_attempt_timeout` | none | a request's [`PerTryTimeoutOverride`] replaces it for that request |
 //! | request copies | `Clone` | [`RetryConfigBuilder::clone_with`] for a closure |
 //! | `seed` | random | fix it in tests |
@@ -155,7 +158,8 @@ pub enum RetryEvent {
     Retry {
         /// The attempt scheduled: 2 for the first retry.
         attempt: u32,
-        /// The backoff before it (or the server's `Retry-After`, if longer); the wait for the
+        /// The backoff before it (or the server's `Retry-After`, or the `retry_after` of a
+        /// rejection raised before sending, if longer); the wait for the
         /// service's readiness comes after.
         delay: Duration,
     },
@@ -184,7 +188,8 @@ pub enum GiveUpReason {
     /// retry was scheduled, during the backoff or while waiting for the inner service to get
     /// ready for the retry (the call then fails with [`Elapsed`]).
     Deadline,
-    /// The server asked for a pause longer than `retry_after_cap`.
+    /// The server asked for a pause longer than `retry_after_cap`, or a rejection raised before
+    /// sending did (a rate limiter's `retry_after`).
     RetryAfter,
     /// The request could not be copied for another attempt (the cloner returned `None` part way
     /// through, for a body that can no longer be replayed), so its last copy was sent as the

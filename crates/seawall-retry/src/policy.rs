@@ -1,14 +1,22 @@
 //! What is retried (or hedged), and how requests are copied.
 //!
-//! A [`Policy`] answers three questions for the retry and hedge layers: may this request be sent
-//! more than once ([`is_retryable`](Policy::is_retryable)), did this attempt fail
+//! A [`Policy`] answers four questions for the retry and hedge layers: may this request be sent
+//! more than once ([`is_retryable`](Policy::is_retryable)), may it be sent again all the same when
+//! it was never sent ([`retries_unsent`](Policy::retries_unsent)), did this attempt fail
 //! ([`classify`](Policy::classify), an [`Outcome`] as everywhere in seawall) and did the server ask
 //! for a pause ([`retry_after`](Policy::retry_after)). Two are ready-made:
 //!
-//! | policy | retryable requests | failures | server-requested pause |
-//! |---|---|---|---|
-//! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
-//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) unless opted in | 5xx, 429 and errors (connection refused, reset, timed out) | `Retry-After` on 429 and 503 |
+//! | policy | retryable requests | other requests, when not sent | failures | server-requested pause |
+//! |---|---|---|---|---|
+//! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | — | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
+//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) unless opted in | retried ([`retry_unsent`](HttpPolicy::retry_unsent) turns it off) | 5xx, 429 and errors (connection refused, reset, timed out) | `Retry-After` on 429 and 503 |
+//!
+//! A request was never sent when an attempt's error says so: a [`NotSent`] in its chain (every
+//! seawall rejection raised before the request is handed on has one: a full bulkhead, a rate
+//! limit, no endpoint, an open breaker) or a refused connection; see
+//! [`seawall_core::error::not_sent`]. A `NotSent` that carries a
+//! [`retry_after`](seawall_core::error::NotSent::retry_after) (a rate limiter's) makes the retry layer wait at least
+//! that long before the next attempt, whatever the policy, as a `Retry-After` does.
 //!
 //! [`Ignoring`] wraps either so that errors of one type are returned at once, not retried: a
 //! circuit breaker's `Open` above all (see
@@ -21,6 +29,7 @@
 //! retries off. A request that cannot be copied is sent once.
 //!
 //! [`DefaultClassifier`]: seawall_core::classify::DefaultClassifier
+//! [`NotSent`]: seawall_core::error::NotSent
 
 use http::{Method, Request, Response, StatusCode};
 use seawall_core::{
@@ -33,6 +42,19 @@ use std::{error::Error, fmt, marker::PhantomData, time::Duration};
 pub trait Policy<Req, Res> {
     /// Whether `request` may be sent more than once (idempotency). `true` unless overridden.
     fn is_retryable(&self, request: &Req) -> bool {
+        let _ = request;
+        true
+    }
+
+    /// Whether `request`, when [`is_retryable`](Policy::is_retryable) says no, may still be sent
+    /// again after an attempt whose error proves it was never sent
+    /// ([`seawall_core::error::not_sent`]: a seawall rejection raised before the request was
+    /// handed on, or a refused connection): the server cannot have acted on it, so even a POST is
+    /// safe to send again, as Finagle's requeues and Envoy's `connect-failure` retries do. Any
+    /// other failure of such a request is returned as it is, counting for no retry and no
+    /// give-up. `true` unless overridden; not asked of a retryable request, and hedging never
+    /// asks it (a copy sent alongside another is sent).
+    fn retries_unsent(&self, request: &Req) -> bool {
         let _ = request;
         true
     }
@@ -95,6 +117,11 @@ where
     }
 
     #[inline]
+    fn retries_unsent(&self, request: &Req) -> bool {
+        self.policy.retries_unsent(request)
+    }
+
+    #[inline]
     fn classify(&self, result: Result<&Res, &BoxError>, elapsed: Duration) -> Outcome {
         classify_ignoring::<E, _, _, _>(&self.policy, result, elapsed)
     }
@@ -122,6 +149,11 @@ where
     #[inline]
     fn is_retryable(&self, request: &Req) -> bool {
         self.get_ref().is_retryable(request)
+    }
+
+    #[inline]
+    fn retries_unsent(&self, request: &Req) -> bool {
+        self.get_ref().retries_unsent(request)
     }
 
     #[inline]
@@ -198,7 +230,9 @@ where
 
 /// The HTTP policy: retries 5xx, 429 and connection errors, for idempotent methods only unless
 /// [`retry_non_idempotent`](HttpPolicy::retry_non_idempotent) is set, and reads `Retry-After`
-/// on 429 and 503.
+/// on 429 and 503. A request of another method is sent again only when it was never sent (a
+/// seawall rejection below the retry, a refused connection; see
+/// [`retry_unsent`](HttpPolicy::retry_unsent)).
 ///
 /// ```
 /// use seawall_retry::policy::{HttpPolicy, Policy};
@@ -209,18 +243,32 @@ where
 /// let post = http::Request::post("/users").body(()).unwrap();
 /// assert!(Policy::<_, http::Response<()>>::is_retryable(&policy, &get));
 /// assert!(!Policy::<_, http::Response<()>>::is_retryable(&policy, &post));
+/// // ... unless it was never sent.
+/// assert!(Policy::<_, http::Response<()>>::retries_unsent(&policy, &post));
 ///
 /// let busy = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
 /// assert_eq!(Policy::<http::Request<()>, _>::retry_after(&policy, &busy), Some(Duration::from_secs(2)));
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct HttpPolicy {
     classifier: HttpClassifier,
     non_idempotent: bool,
+    unsent: bool,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            classifier: HttpClassifier::default(),
+            non_idempotent: false,
+            unsent: true,
+        }
+    }
 }
 
 impl HttpPolicy {
-    /// 5xx, 429 and errors are retried, for idempotent methods.
+    /// 5xx, 429 and errors are retried, for idempotent methods; a request of another method only
+    /// when it was never sent.
     pub fn new() -> Self {
         HttpPolicy::default()
     }
@@ -237,6 +285,17 @@ impl HttpPolicy {
         self.non_idempotent = yes;
         self
     }
+
+    /// Whether a request of a non-idempotent method (POST, PATCH, ...) is sent again when an
+    /// attempt's error proves it was never sent: a seawall rejection raised before the request
+    /// was handed on (a full bulkhead, a rate limit, no endpoint, an open breaker not
+    /// [ignored](crate::RetryConfigBuilder::ignore_error)) or a refused connection (see
+    /// [`seawall_core::error::not_sent`]). On by default: the server cannot have acted on it.
+    /// Any other failure of such a request (a 503, a reset, a timeout) is returned as it is.
+    pub fn retry_unsent(mut self, yes: bool) -> Self {
+        self.unsent = yes;
+        self
+    }
 }
 
 /// Whether `method` is idempotent (RFC 9110 §9.2.2): GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
@@ -248,6 +307,11 @@ impl<B, RB> Policy<Request<B>, Response<RB>> for HttpPolicy {
     #[inline]
     fn is_retryable(&self, request: &Request<B>) -> bool {
         self.non_idempotent || is_idempotent(request.method())
+    }
+
+    #[inline]
+    fn retries_unsent(&self, _request: &Request<B>) -> bool {
+        self.unsent
     }
 
     #[inline]
@@ -353,6 +417,18 @@ mod tests {
         }
         let p: &P = &HttpPolicy::new().retry_non_idempotent(true);
         assert!(p.is_retryable(&Request::post("/").body(()).unwrap()));
+        use seawall_core::classify::ClassifyExt;
+        let post = Request::post("/").body(()).unwrap();
+        let p: &P = &HttpPolicy::new();
+        assert!(p.retries_unsent(&post), "on by default");
+        let p: &P = &HttpPolicy::new().retry_unsent(false);
+        assert!(!p.retries_unsent(&post));
+        let p: &P = &Ignoring::<_, Refused>::new(HttpPolicy::new().retry_unsent(false));
+        assert!(!p.retries_unsent(&post));
+        let p: &P = &HttpPolicy::new()
+            .retry_unsent(false)
+            .ignore_error::<Refused>();
+        assert!(!p.retries_unsent(&post));
         let p: &P = &HttpPolicy::new()
             .with_classifier(HttpClassifier::new().with_success(StatusCode::NOT_IMPLEMENTED));
         assert_eq!(

@@ -101,16 +101,31 @@ where
         link.deposit();
         // The call's deadline is read here, from the request as the caller sent it, and only when
         // it may be retried: the copies may have lost it (a cloner that rebuilds the request
-        // without its extensions).
-        let (template, deadline) =
-            if link.settings().max_attempts > 1 && link.policy.is_retryable(&request) {
-                match link.cloner.clone_request(&request) {
-                    Some(template) => (Some(template), request.deadline()),
-                    None => (None, None),
-                }
+        // without its extensions). A request that may not be sent twice is copied too when it
+        // may be sent again once an attempt proves it was never sent; it is then retried only
+        // then (`unsent_only`).
+        let (template, deadline, unsent_only) = if link.settings().max_attempts > 1 {
+            let unsent_only = if link.policy.is_retryable(&request) {
+                Some(false)
+            } else if link.policy.retries_unsent(&request) {
+                Some(true)
             } else {
-                (None, None)
+                None
             };
-        ResponseFuture::new(service, request, template, deadline, self.link.clone())
+            match unsent_only.and_then(|only| Some((link.cloner.clone_request(&request)?, only))) {
+                Some((template, only)) => (Some(template), request.deadline(), only),
+                None => (None, None, false),
+            }
+        } else {
+            (None, None, false)
+        };
+        ResponseFuture::new(
+            service,
+            request,
+            template,
+            deadline,
+            unsent_only,
+            self.link.clone(),
+        )
     }
 }

@@ -103,15 +103,16 @@ async fn non_idempotent_methods_only_when_opted_in() {
     }
 }
 
-/// Neither a connection error nor a retryable status makes a non-idempotent request retried
-/// unless opted in: the server may have acted on it.
+/// Neither an error after sending (a reset) nor a retryable status makes a non-idempotent request
+/// retried unless opted in: the server may have acted on it. (One that was never sent is: see
+/// `not_sent.rs`.)
 #[tokio::test(start_paused = true)]
 async fn non_idempotent_methods_are_sent_once_whatever_the_failure() {
     let (svc, calls) = support::flaky(1);
     let svc = svc.map_response(|_| http::Response::new(()));
     let err = layer().build().unwrap().layer(svc).oneshot(post()).await;
     assert_eq!(err.unwrap_err().to_string(), "fail 0");
-    assert_eq!(calls.count(), 1, "POST after a connection error");
+    assert_eq!(calls.count(), 1, "POST after an error");
 
     for (method, status) in [("POST", 429), ("POST", 503), ("PATCH", 503), ("PATCH", 429)] {
         let (svc, calls) = statuses(vec![(status, None), (200, None)]);
@@ -141,7 +142,7 @@ async fn non_idempotent_methods_are_sent_once_whatever_the_failure() {
         .oneshot(post())
         .await
         .unwrap();
-    assert_eq!(calls.count(), 2, "POST after a connection error, opted in");
+    assert_eq!(calls.count(), 2, "POST after an error, opted in");
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,383 @@
+//! Requests that were never sent: a rejection raised before the request was handed on (a
+//! `NotSent` in its error's chain) or a refused connection is retried even for a POST, and a
+//! rejection's own `retry_after` is waited as a server's `Retry-After` is.
+
+mod support;
+
+use seawall_core::{deadline::RequestDeadline, error::NotSent, BoxError, Name};
+use seawall_retry::{Backoff, GiveUpReason, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
+use std::{
+    error::Error,
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use support::{get, ms, post, Calls, Req};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// A rejection of a layer below the retry, raised before the request was handed on.
+#[derive(Debug)]
+struct Rejected(NotSent);
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rejected")
+    }
+}
+
+impl Error for Rejected {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// How one call of a [`scripted`] service ends.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// Rejected before sending, with the rejection's `retry_after` if any.
+    NotSent(Option<Duration>),
+    /// A refused connection, as a connector reports it, wrapped in another error.
+    Refused,
+    /// An error after sending (a reset).
+    Reset,
+    /// A response with this status.
+    Status(u16),
+}
+
+/// Answers each call as `script` says in turn (the last one repeats).
+fn scripted(
+    script: Vec<Answer>,
+) -> (
+    impl Service<Req, Response = http::Response<()>, Error = BoxError> + Clone,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let script = Arc::new(script);
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        let answer = script[n.min(script.len() - 1)];
+        async move {
+            match answer {
+                Answer::NotSent(None) => Err(Box::new(Rejected(NotSent::new())) as BoxError),
+                Answer::NotSent(Some(after)) => {
+                    Err(Box::new(Rejected(NotSent::with_retry_after(after))) as BoxError)
+                }
+                Answer::Refused => Err(Box::new(std::io::Error::other(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))) as BoxError),
+                Answer::Reset => Err("connection reset".into()),
+                Answer::Status(code) => {
+                    Ok(http::Response::builder().status(code).body(()).unwrap())
+                }
+            }
+        }
+    });
+    (svc, calls)
+}
+
+/// The HTTP retry with a 10 ms backoff, and the events it reports.
+fn http_retry(policy: HttpPolicy) -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .policy(policy)
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .retry_after_cap(Duration::from_secs(1))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    (layer, events)
+}
+
+use Answer::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_post_that_was_never_sent_is_sent_again() {
+    for first in [NotSent(None), Refused] {
+        let (layer, events) = http_retry(HttpPolicy::new());
+        let (svc, calls) = scripted(vec![first, Status(200)]);
+        let res = layer.layer(svc).oneshot(post()).await.unwrap();
+        assert_eq!(res.status(), 200, "{first:?}");
+        assert_eq!(calls.count(), 2, "{first:?}");
+        assert_eq!(
+            *events.lock().unwrap(),
+            [RetryEvent::Retry {
+                attempt: 2,
+                delay: ms(10)
+            }],
+            "{first:?}"
+        );
+    }
+}
+
+/// A POST whose server answered, or that failed after it was sent, is sent once: returned as it
+/// is, with no retry and no give-up reported (it was never retryable).
+#[tokio::test(start_paused = true)]
+async fn a_post_that_was_sent_is_sent_once() {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![Status(503), Status(200)]);
+    let res = layer.layer(svc).oneshot(post()).await.unwrap();
+    assert_eq!((res.status().as_u16(), calls.count()), (503, 1));
+
+    let (svc, calls) = scripted(vec![Reset, Status(200)]);
+    let err = http_retry(HttpPolicy::new())
+        .0
+        .layer(svc)
+        .oneshot(post())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.to_string().as_str(), calls.count()),
+        ("connection reset", 1)
+    );
+
+    // Never sent, then sent and failed: the failure after sending is returned as it is.
+    let (svc, calls) = scripted(vec![NotSent(None), Status(503), Status(200)]);
+    let res = layer.layer(svc).oneshot(post()).await.unwrap();
+    assert_eq!((res.status().as_u16(), calls.count()), (503, 2));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(10)
+        }],
+        "no give-up"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_that_was_never_sent_is_sent_once_when_turned_off() {
+    for first in [NotSent(None), Refused] {
+        let (layer, events) = http_retry(HttpPolicy::new().retry_unsent(false));
+        let (svc, calls) = scripted(vec![first, Status(200)]);
+        let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+        assert!(seawall_core::error::is_not_sent(&*err), "{err}");
+        assert_eq!(calls.count(), 1, "{first:?}");
+        assert!(events.lock().unwrap().is_empty());
+    }
+}
+
+/// A never-sent POST is retried up to `max_attempts`, as any retry is.
+#[tokio::test(start_paused = true)]
+async fn a_post_that_is_never_sent_gives_up_after_max_attempts() {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(None)]);
+    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+    assert_eq!(err.to_string(), "rejected");
+    assert_eq!(calls.count(), 3);
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&RetryEvent::GaveUp {
+            attempts: 3,
+            reason: GiveUpReason::Attempts
+        })
+    );
+}
+
+/// A GET is retried after any failure, as before.
+#[tokio::test(start_paused = true)]
+async fn a_get_is_retried_whether_sent_or_not() {
+    let (layer, _) = http_retry(HttpPolicy::new().retry_unsent(false));
+    let (svc, calls) = scripted(vec![NotSent(None), Reset, Status(503), Status(200)]);
+    let svc = layer.layer(svc);
+    assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 503);
+    assert_eq!(calls.count(), 3);
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+}
+
+/// A rejection's `retry_after` longer than the backoff is waited before the next attempt, for a
+/// POST retried because it was never sent and for a GET alike.
+#[tokio::test(start_paused = true)]
+async fn a_rejections_retry_after_is_waited() {
+    for request in [post(), get()] {
+        let (layer, events) = http_retry(HttpPolicy::new());
+        let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+        let start = Instant::now();
+        let method = request.method().clone();
+        let res = layer.layer(svc).oneshot(request).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+        assert_eq!(times.len(), 2, "{method}");
+        assert!(times[1] >= ms(300), "{method}: {times:?}");
+        assert!(times[1] <= ms(302), "{method}: {times:?}");
+        assert_eq!(
+            *events.lock().unwrap(),
+            [RetryEvent::Retry {
+                attempt: 2,
+                delay: ms(300)
+            }]
+        );
+    }
+    // A shorter one leaves the backoff as it is.
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, _) = scripted(vec![NotSent(Some(ms(1))), Status(200)]);
+    layer.layer(svc).oneshot(post()).await.unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(10)
+        }]
+    );
+}
+
+/// A rejection's `retry_after` beyond `retry_after_cap` is given up on at once, as a server's
+/// `Retry-After` is.
+#[tokio::test(start_paused = true)]
+async fn a_rejections_retry_after_beyond_the_cap_gives_up() {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(Duration::from_secs(2))), Status(200)]);
+    let start = Instant::now();
+    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+    assert_eq!(err.to_string(), "rejected");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::RetryAfter
+        }]
+    );
+}
+
+/// A call's deadline closer than a rejection's `retry_after` is given up on at once.
+#[tokio::test(start_paused = true)]
+async fn a_rejections_retry_after_past_the_deadline_gives_up() {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let start = Instant::now();
+    let mut req = post();
+    req.set_deadline(start + ms(200));
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "rejected");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Deadline
+        }]
+    );
+}
+
+/// A never-sent retry of a POST takes from the budget as any retry does.
+#[tokio::test(start_paused = true)]
+async fn a_never_sent_post_is_retried_within_the_budget() {
+    let layer = RetryLayer::builder()
+        .http()
+        .backoff(Backoff::constant(ms(10)))
+        .budget(support::one_retry())
+        .build()
+        .unwrap();
+    let (svc, calls) = scripted(vec![NotSent(None)]);
+    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+    assert!(
+        seawall_core::error::is::<seawall_retry::BudgetExhausted>(&*err),
+        "{err}"
+    );
+    assert_eq!(calls.count(), 2, "one retry, then the budget is spent");
+}
+
+/// A recording service that answers 200, after `latency` on its first call.
+fn answering(
+    latency: Duration,
+) -> (
+    impl Service<Req, Response = http::Response<()>, Error = BoxError, Future = impl Send>
+        + Clone
+        + Send
+        + 'static,
+    Calls,
+) {
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(latency).await;
+            }
+            Ok::<_, BoxError>(http::Response::new(()))
+        }
+    });
+    (svc, calls)
+}
+
+/// A real rate limiter below the retry: a POST it rejects is sent again once the limiter's
+/// `retry_after` has passed, and answered.
+#[tokio::test(start_paused = true)]
+async fn a_post_rejected_by_a_rate_limit_below_is_sent_again_after_its_retry_after() {
+    use seawall::bulkhead::ratelimit::RateLimitLayer;
+
+    let limit = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = answering(Duration::ZERO);
+    let client = layer.layer(limit.layer(svc));
+
+    client.clone().oneshot(post()).await.unwrap();
+    let start = Instant::now();
+    let res = client.clone().oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        calls.count(),
+        2,
+        "the second POST was sent once, when let through"
+    );
+    let waited = start.elapsed();
+    assert!(waited >= ms(990), "{waited:?}");
+    let events = events.lock().unwrap().clone();
+    let [RetryEvent::Retry { attempt: 2, delay }] = events[..] else {
+        panic!("{events:?}");
+    };
+    assert!(delay > ms(10) && delay <= waited, "{delay:?}");
+
+    // Turned off, the rejection is the POST's answer.
+    let (layer, _) = http_retry(HttpPolicy::new().retry_unsent(false));
+    let (svc, calls) = answering(Duration::ZERO);
+    let limit = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let client = layer.layer(limit.layer(svc));
+    client.clone().oneshot(post()).await.unwrap();
+    let err = client.oneshot(post()).await.unwrap_err();
+    assert!(seawall_core::error::is::<
+        seawall::bulkhead::ratelimit::Limited,
+    >(&*err));
+    assert_eq!(calls.count(), 1);
+}
+
+/// A real bulkhead below the retry: a POST it rejects while full is sent again after the
+/// backoff, once the call holding its permit has finished, and answered.
+#[tokio::test(start_paused = true)]
+async fn a_post_rejected_by_a_full_bulkhead_below_is_sent_again() {
+    use seawall::bulkhead::BulkheadLayer;
+
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = answering(ms(5));
+    let client = layer.layer(bulkhead.layer(svc));
+
+    let holding = tokio::spawn(client.clone().oneshot(post()));
+    tokio::task::yield_now().await;
+    assert_eq!(calls.count(), 1, "the first POST holds the permit");
+    let res = client.oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    holding.await.unwrap().unwrap();
+    assert_eq!(calls.count(), 2);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(10)
+        }]
+    );
+}
