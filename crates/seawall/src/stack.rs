@@ -48,7 +48,7 @@
 //! |---|---|---|---|---|
 //! | fallback | none | none | [`fallback`](ClientStackBuilder::fallback) | — |
 //! | total timeout | 30 s | 30 s | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
-//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once), `Retry-After` honoured | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused connection), `Retry-After` honoured | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
 //! | breaker | [`BreakerLayer::new`] | the same, classifying with [`HttpClassifier`]: 5xx, 429 and errors fail | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | the same | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
 //! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection (5 failures in a row; success rate, failure percentage, latency) | the same, classifying with [`HttpClassifier`] | [`balance`](ClientStackBuilder::balance), [`map_balance`](ClientStackBuilder::map_balance) | — |
@@ -359,7 +359,9 @@ impl HttpClientStackBuilder {
     ///
     /// - the retry is `RetryLayer::builder().http().ignore_error::<Open>()`: it retries errors,
     ///   5xx and 429 of idempotent methods only (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; a POST
-    ///   is sent once) and honours `Retry-After`, with [`new`](ClientStackBuilder::new)'s
+    ///   is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused
+    ///   connection, see [`HttpPolicy::retry_unsent`](crate::retry::HttpPolicy::retry_unsent)) and
+    ///   honours `Retry-After`, with [`new`](ClientStackBuilder::new)'s
     ///   attempts, backoff and budget;
     /// - the dependency breaker is `BreakerLayer::builder().build_with(HttpClassifier::new())`
     ///   (made by [`build`](ClientStackBuilder::build), as the standard one is);

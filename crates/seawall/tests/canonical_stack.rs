@@ -639,22 +639,46 @@ async fn the_http_preset_retries_a_503_and_counts_it_against_the_endpoint() {
     );
 }
 
-/// `ClientStack::http_builder()`'s retry reads the method: a POST that fails with an error is
-/// sent once (the server may have applied it), a GET that does is sent again.
+/// `ClientStack::http_builder()`'s retry reads the method: a POST that fails with an error after
+/// it was sent is sent once (the server may have applied it), a GET that does is sent again.
 #[tokio::test(start_paused = true)]
 async fn the_http_preset_sends_a_failed_post_once() {
     a_failed_post_is_sent_once_and_a_failed_get_again(http_preset).await;
+}
+
+/// One HTTP endpoint's first answer: a refused connection, as a connector reports it. The
+/// request was never sent.
+fn connection_refused() -> Result<http::Response<&'static str>, BoxError> {
+    Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
+}
+
+/// One HTTP endpoint's first answer: a 503.
+fn unavailable() -> Result<http::Response<&'static str>, BoxError> {
+    let mut unavailable = http::Response::new("unavailable");
+    *unavailable.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    Ok(unavailable)
+}
+
+/// `ClientStack::http_builder()`'s retry tells a POST that was never sent from one that was: a
+/// POST whose connection was refused is sent again and answered; one answered 503 is sent once.
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_sends_a_post_that_was_never_sent_again() {
+    let (answer, attempts) = attempts_of(connection_refused, http_preset, post()).await;
+    assert_eq!(*answer.unwrap().body(), "flaky");
+    assert_eq!(attempts, 2);
+
+    let (answer, attempts) = attempts_of(unavailable, http_preset, post()).await;
+    assert_eq!(
+        answer.unwrap().status(),
+        http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(attempts, 1);
 }
 
 /// `ClientStack::http_builder()`'s retry reads the status: a GET answered 503, then 200, returns
 /// the 200.
 #[tokio::test(start_paused = true)]
 async fn the_http_preset_retries_a_get_answered_503() {
-    let unavailable = || {
-        let mut unavailable = http::Response::new("unavailable");
-        *unavailable.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        Ok(unavailable)
-    };
     let get = http::Request::get("/users/7").body(()).unwrap();
     let (answer, attempts) = attempts_of(unavailable, http_preset, get).await;
     let answer = answer.unwrap();
