@@ -637,6 +637,159 @@ async fn a_hedge_never_sent_gives_its_budget_back() {
     assert!(budget.can_retry(), "the hedge never sent is given back");
 }
 
+/// A rejection raised below the hedge before the request is handed on, as a full bulkhead's
+/// `Full` is: its source is a [`NotSent`](seawall_core::error::NotSent).
+#[derive(Debug)]
+struct Shed;
+
+static NOT_SENT: seawall_core::error::NotSent = seawall_core::error::NotSent::new();
+
+impl std::fmt::Display for Shed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("load shed")
+    }
+}
+
+impl std::error::Error for Shed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&NOT_SENT)
+    }
+}
+
+/// The events a hedge's listener saw, in order.
+type Events = Arc<Mutex<Vec<HedgeEvent>>>;
+
+/// A hedge due at 10 ms drawing on `budget`, its events in the list returned, over a service
+/// that takes one call at a time: call `n` answers `Ok(n)` after 100 ms, and a call that comes
+/// while another runs (a hedge) fails at once with `rejection()`. The calls made are counted.
+fn one_at_a_time_under_a_hedge(
+    budget: RetryBudget,
+    rejection: fn() -> BoxError,
+) -> (
+    Events,
+    Arc<AtomicUsize>,
+    impl Service<Req, Response = usize, Error = BoxError>,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget)
+        .on_event(move |_: &Name, e: &HedgeEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let made = calls.clone();
+    let running = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(service_fn(move |_: Req| {
+        let n = made.fetch_add(1, Ordering::SeqCst);
+        let busy = running.fetch_add(1, Ordering::SeqCst) > 0;
+        let running = running.clone();
+        async move {
+            let answer = if busy {
+                Err(rejection())
+            } else {
+                tokio::time::sleep(ms(100)).await;
+                Ok(n)
+            };
+            running.fetch_sub(1, Ordering::SeqCst);
+            answer
+        }
+    }));
+    (events, calls, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_turned_away_before_it_was_sent_gives_its_budget_back() {
+    let budget = support::one_retry();
+    let (events, calls, mut svc) = one_at_a_time_under_a_hedge(budget.clone(), || Shed.into());
+    // Each call's hedge, due at 10 ms, is turned away at once while the original runs: each
+    // gives its hedge back, so the budget of one hedge lets every call hedge.
+    for i in 0..3 {
+        let answer = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(answer, 2 * i, "the original answers");
+        assert_eq!(calls.load(Ordering::SeqCst), 2 * i + 2, "call {i} hedged");
+        assert!(budget.can_retry(), "the hedge never sent is given back");
+    }
+    // The copy was handed to the service below: `Sent` reports it, as the metric counts it.
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events
+        .iter()
+        .all(|e| matches!(e, HedgeEvent::Sent { hedge: 1, .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_sent_and_failed_keeps_its_budget_spent() {
+    let budget = support::one_retry();
+    let (_, calls, mut svc) = one_at_a_time_under_a_hedge(budget.clone(), || "503".into());
+    let answer = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(answer, 0, "the original answers");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the call hedged");
+    // The hedge reached the service and failed there: it was sent, and stays spent.
+    assert!(!budget.can_retry(), "the hedge sent is spent");
+    let answer = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(answer, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "no budget left to hedge");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_turned_away_before_it_was_sent_does_not_drain_a_token_bucket() {
+    // Four tokens: hedges stop once failures take two more than successes give back (0.1 each).
+    let budget = RetryBudget::token_bucket(4.0, 0.1).unwrap();
+    let (_, calls, mut svc) = one_at_a_time_under_a_hedge(budget.clone(), || Shed.into());
+    for i in 0..5 {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2 * i + 2, "call {i} hedged");
+    }
+    assert!(budget.can_retry(), "the rejections took no token");
+
+    // A hedge that reached the service and failed there is a failure, and takes a token.
+    let budget = RetryBudget::token_bucket(4.0, 0.1).unwrap();
+    let (_, calls, mut svc) = one_at_a_time_under_a_hedge(budget.clone(), || "503".into());
+    for _ in 0..5 {
+        svc.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    // Tokens: 4, then 3.1, 2.2 and 1.3 after each of the first three calls' failed hedge and
+    // success; at half or below, the fourth and fifth calls do not hedge.
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
+    assert!(!budget.can_retry());
+}
+
+/// A real bulkhead of one below the hedge: while the original holds the permit, each hedge is
+/// rejected with `Full` before it is sent, and gives its hedge back.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_a_full_bulkhead_below_rejects_gives_its_budget_back() {
+    use seawall::bulkhead::BulkheadLayer;
+
+    let budget = support::one_retry();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .on_event(move |_: &Name, e: &HedgeEvent| {
+            if matches!(e, HedgeEvent::Sent { .. }) {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let bulkhead = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let replicas = Replicas::new();
+    let mut svc = layer.layer(bulkhead.layer(replicas.service(|_| ms(100), |_| false)));
+    for i in 0..3 {
+        let answer = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(answer, i, "the original answers");
+        assert_eq!(sent.load(Ordering::SeqCst), i + 1, "call {i} hedged");
+        assert!(
+            budget.can_retry(),
+            "call {i}: the rejected hedge is given back"
+        );
+    }
+    assert_eq!(replicas.calls.count(), 3, "no hedge got past the bulkhead");
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_copy_is_sent_once_the_calls_deadline_has_passed() {
     use seawall_core::deadline::RequestDeadline;

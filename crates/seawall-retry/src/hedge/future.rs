@@ -7,6 +7,7 @@ use crate::{
 use pin_project_lite::pin_project;
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
+    error::is_not_sent,
     BoxError, Outcome,
 };
 use std::{
@@ -26,7 +27,8 @@ pin_project! {
     ///
     /// Polls the original call first; only when it is still pending is the hedge timer armed.
     /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
-    /// sends a copy. The first acceptable answer wins and every other call still running is
+    /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
+    /// its hedge back. The first acceptable answer wins and every other call still running is
     /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
     /// a call that fails, or is dropped unanswered, is recorded as having taken as long as it ran
     /// (a lower bound on its latency) when that is longer than the successes' percentile.
@@ -88,6 +90,33 @@ struct InFlight<F> {
     future: Pin<Box<F>>,
     started: Instant,
     hedge: u32,
+    paid: Paid,
+}
+
+/// A copy's hedge, held while the copy runs: spent when it ends, however it ends (it answered, or
+/// it was cancelled because another copy won or the call was dropped), unless its answer proves
+/// it was never sent (a bulkhead below turned it away), when it is [given back](Paid::refund).
+struct Paid(Option<Withdrawal>);
+
+impl Paid {
+    /// The copy never reached the service: its hedge goes back to the budget.
+    fn refund(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Paid {
+    fn drop(&mut self) {
+        if let Some(withdrawal) = self.0.take() {
+            withdrawal.spend();
+        }
+    }
+}
+
+/// Whether `result` is an error that proves its request was never sent
+/// ([`seawall_core::error::not_sent`]).
+fn unsent<Res>(result: &Result<Res, BoxError>) -> bool {
+    matches!(result, Err(error) if is_not_sent(&**error))
 }
 
 impl<S, Req, P, K> ResponseFuture<S, Req, P, K>
@@ -132,11 +161,17 @@ where
 /// Recording the winning copy's own latency instead would replace every slow call a hedge
 /// rescued by a fast sample and drag the percentile, and with it the delay, below the service's
 /// real one.
+///
+/// The outcome goes into a token-bucket budget unless `counted` is false, for a hedge that was
+/// never sent: a copy a bulkhead below turned away says nothing of the dependency, and would
+/// drain the bucket, and so stop hedging, for as long as the bulkhead is full (gRPC likewise
+/// leaves calls that never reached the server out of its retry throttling, gRFC A6).
 fn classify<P, K, Req, Res>(
     shared: &Shared<P, K>,
     result: &Result<Res, BoxError>,
     sent: Option<Instant>,
     call_started: Option<Instant>,
+    counted: bool,
 ) -> Outcome
 where
     P: Policy<Req, Res>,
@@ -147,7 +182,9 @@ where
         _ => Duration::ZERO,
     };
     let outcome = shared.policy.classify(result.as_ref(), since(sent));
-    shared.budget.record(outcome);
+    if counted {
+        shared.budget.record(outcome);
+    }
     // A success says how long the dependency takes. A failure bounds it from below, and only
     // once the call has ended with it (`Shared::record_unanswered`); an ignored error (an open
     // breaker's rejection) comes back at once, and would drag the percentile delay down.
@@ -203,7 +240,7 @@ where
                 if let Poll::Ready(result) = primary.poll(cx) {
                     this.primary.set(None);
                     let result = result.map_err(Into::into);
-                    let outcome = classify(shared, &result, *this.started, *this.started);
+                    let outcome = classify(shared, &result, *this.started, *this.started, true);
                     if outcome == Outcome::Success {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();
@@ -220,15 +257,28 @@ where
                     i += 1;
                     continue;
                 };
-                let done = this.hedges.swap_remove(i);
-                drop(done.future);
+                let InFlight {
+                    future,
+                    started,
+                    hedge,
+                    paid,
+                } = this.hedges.swap_remove(i);
+                drop(future);
                 let result = result.map_err(Into::into);
-                let outcome = classify(shared, &result, Some(done.started), *this.started);
+                // A copy turned away before it was sent (a full bulkhead below) gives its hedge
+                // back; any other answer means it was sent, and its hedge stays spent.
+                let sent = !unsent(&result);
+                if sent {
+                    drop(paid);
+                } else {
+                    paid.refund();
+                }
+                let outcome = classify(shared, &result, Some(started), *this.started, sent);
                 if outcome == Outcome::Success {
                     this.primary.set(None);
                     this.hedges.clear();
                     abandon_hedge(this.service, this.withdrawn, this.readying);
-                    shared.on_won(done.hedge);
+                    shared.on_won(hedge);
                     return Poll::Ready(result);
                 }
                 keep(this.failure, result, outcome);
@@ -350,13 +400,13 @@ where
             };
             let future = this.service.call(request);
             *this.readying = false;
-            if let Some(withdrawal) = this.withdrawn.take() {
-                withdrawal.spend();
-            }
+            // The hedge is spent when the copy ends, unless it was never sent (see `Paid`).
+            let paid = Paid(this.withdrawn.take());
             this.hedges.push(InFlight {
                 future: Box::pin(future),
                 started: now,
                 hedge,
+                paid,
             });
             *this.sent = hedge;
             *this.due = false;

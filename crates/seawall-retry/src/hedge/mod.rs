@@ -20,7 +20,12 @@
 //!   that is what [`RetryLayer`](crate::RetryLayer) is for.
 //! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
 //!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
-//!   everything is slow at once (which is when hedges stop helping).
+//!   everything is slow at once (which is when hedges stop helping). A hedge never sent is given
+//!   back: one still waiting for the inner service to be ready when the call ends, and one whose
+//!   copy a layer below turned away before sending it, its error proving so
+//!   ([`seawall_core::error::not_sent`]: a full bulkhead's `Full`, an open breaker's `Open`, a
+//!   refused connection). Such an answer takes no token from a token bucket either, so a
+//!   saturated bulkhead below does not use up the budget for hedges it never let through.
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through [`RequestDeadline`]
@@ -78,7 +83,9 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HedgeEvent {
-    /// A hedged copy was sent.
+    /// A hedged copy was sent: handed to the inner service. A layer below may still turn it
+    /// away before sending it on (a full bulkhead's `Full`); its hedge then goes back to the
+    /// budget, and the event stands.
     Sent {
         /// Which copy: 1 for the first hedge.
         hedge: u32,
