@@ -82,7 +82,9 @@ pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
 /// longer than the cap, a request it could no longer copy, or an inner service that failed to get
 /// ready for the next attempt.
 pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
-/// Counter: hedged copies a hedge layer sent.
+/// Counter: hedged copies a hedge layer sent, counted when handed to its inner service: a copy a
+/// layer below then turns away before sending it (a full bulkhead's `Full`) counts too, though its
+/// hedge goes back to the budget.
 pub const HEDGE_SENT: &str = "seawall_hedge_sent_total";
 /// Counter: calls answered by a hedged copy rather than the original request.
 pub const HEDGE_WON: &str = "seawall_hedge_won_total";
