@@ -23,7 +23,7 @@ use seawall_core::{
     config::check_positive_duration, deadline::deadline_after, metrics, ConfigError, Name,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     panic::AssertUnwindSafe,
@@ -490,25 +490,14 @@ async fn run(
     // in the failed ones since: one that fails again is logged at debug level, so a server that
     // never answers AAAA questions warns once, while any other failure still warns.
     let mut failing = Failing::new();
-    // The lookups that failed without an answer in the resolutions since the last one published
-    // with nothing failing (a streak of partial and failed ones): one that fails so for the
-    // first time in the streak starts the backoff of partial resolutions over, once, however
-    // the lookups take turns failing (a server that loses questions at random), so the pauses
-    // still climb to `max`.
-    let mut streak = Failing::new();
-    // Whether a lookup new to `streak` failed, without an answer, in a failed resolution since
-    // the last published one: the next published resolution starts the backoff of partial ones
-    // over.
-    let mut started_failing = false;
+    // The lookups that failed without an answer since a resolution was last published with
+    // nothing failing without an answer: one new to it starts the backoff of partial
+    // resolutions over, once (see `Streak`).
+    let mut streak = Streak::default();
     loop {
         let started = Instant::now();
         let mut seen = Seen::default();
         let result = resolve(&resolver, &query, &name, &mut known, &failing, &mut seen).await;
-        let starts = seen
-            .unanswered
-            .iter()
-            .any(|lookup| !streak.contains(lookup));
-        streak.extend(seen.unanswered);
         let wait = match result {
             Ok(Resolved {
                 endpoints,
@@ -520,7 +509,7 @@ async fn run(
                 kept = endpoints.len();
                 publisher.publish(endpoints);
                 failures = 0;
-                let restart = std::mem::take(&mut started_failing) || starts;
+                let restart = streak.published(seen.unanswered, &seen.asked, partial);
                 if partial {
                     // A lookup went unanswered: what it would have said is asked again on the
                     // failure schedule, not only when the TTL runs out. One new to the streak
@@ -535,7 +524,6 @@ async fn run(
                     ttl.clamp(min, max).min(backoff(min, max, partials))
                 } else {
                     partials = 0;
-                    streak.clear();
                     ttl.clamp(min, max)
                 }
             }
@@ -544,7 +532,7 @@ async fn run(
                 // until a resolution is published: one that never resolves, leaving every
                 // retry without an address, warns once.
                 failing.extend(seen.lookups);
-                started_failing |= starts;
+                streak.failed(seen.unanswered);
                 failures = failures.saturating_add(1);
                 metrics::counter(metrics::DISCOVER_DNS_ERRORS, &name).increment(1);
                 tracing::warn!(name = %name, ?query, %error, kept, "seawall discover DNS resolution failed; keeping the last endpoints");
@@ -590,9 +578,9 @@ struct Last {
 
 /// Lookups that failed or were skipped in a resolution: the name, and what of it (`"A"`,
 /// `"AAAA"`, `"target"`).
-type Failing = std::collections::HashSet<(DnsName, &'static str)>;
+type Failing = HashSet<(DnsName, &'static str)>;
 
-/// What a resolution noted of its failed lookups (see [`resolve`]).
+/// What a resolution noted of its lookups (see [`resolve`]).
 #[derive(Debug, Default)]
 struct Seen {
     /// The lookups that failed or were skipped.
@@ -600,6 +588,58 @@ struct Seen {
     /// Those of them that failed without an answer (a timeout, a server failure): not an SRV
     /// target the server says has no addresses.
     unanswered: Failing,
+    /// The names the resolution had to look up: the host of [`Dns::a`], or every target of the
+    /// SRV answer, whatever its priority and whether it was looked up or left out.
+    asked: HashSet<DnsName>,
+}
+
+/// The lookups that failed without an answer (a timeout, a server failure) since a resolution
+/// was last published with nothing failing without an answer: a streak of partial and failed
+/// resolutions.
+///
+/// A lookup that so fails for the first time in the streak starts the backoff of partial
+/// resolutions over, once, however the lookups take turns failing (a server that loses
+/// questions at random), so the pauses still climb to `max_refresh`. A published resolution
+/// keeps only the lookups of the names it had to look up: a name gone from the SRV answer (a
+/// pod's target after a rollout) is forgotten, so the streak holds no more than the answer's
+/// names, however long it lasts, and such a name that comes back and fails starts the backoff
+/// over again.
+#[derive(Debug, Default)]
+struct Streak {
+    lookups: Failing,
+    /// Whether a lookup new to the streak failed in a failed resolution since the last
+    /// published one: the next published resolution starts the backoff over.
+    started: bool,
+}
+
+impl Streak {
+    /// Notes the lookups that failed without an answer in a failed resolution.
+    fn failed(&mut self, unanswered: Failing) {
+        self.started |= self.note(unanswered);
+    }
+
+    /// Notes a published resolution: the lookups that failed in it without an answer, the
+    /// names it had to look up, and whether it was `partial`. Returns whether the backoff of
+    /// partial resolutions starts over: a lookup new to the streak failed in it, or in a failed
+    /// resolution since the last published one.
+    fn published(&mut self, unanswered: Failing, asked: &HashSet<DnsName>, partial: bool) -> bool {
+        let restart = self.note(unanswered) | std::mem::take(&mut self.started);
+        if partial {
+            self.lookups.retain(|(name, _)| asked.contains(name));
+        } else {
+            self.lookups.clear();
+        }
+        restart
+    }
+
+    /// Adds `unanswered` to the streak; whether any of them is new to it.
+    fn note(&mut self, unanswered: Failing) -> bool {
+        let new = unanswered
+            .iter()
+            .any(|lookup| !self.lookups.contains(lookup));
+        self.lookups.extend(unanswered);
+        new
+    }
 }
 
 /// What a resolution found.
@@ -623,7 +663,8 @@ struct Resolved {
 /// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
 /// logged as a warning unless it is in `failing` (it failed the last time too), else at debug
 /// level. One that fails without an answer (not a target the server says has no addresses) is
-/// also noted in `seen` as unanswered.
+/// also noted in `seen` as unanswered. The names the resolution has to look up are noted in
+/// `seen` as asked.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
@@ -677,6 +718,7 @@ async fn resolve(
     }
     match query {
         Parsed::Ip(host, port) => {
+            seen.asked.insert(host.clone());
             let mut found = lookup_ips(resolver, host, known.get(host))
                 .await
                 .map_err(|failed| failed.error)?;
@@ -701,6 +743,8 @@ async fn resolve(
         }
         Parsed::Srv(srv_name) => {
             let (records, mut ttl) = lookup_srv(resolver, srv_name).await?;
+            seen.asked
+                .extend(records.iter().map(|srv| srv.target().clone()));
             let mut priorities: Vec<u16> = records.iter().map(|r| r.priority()).collect();
             priorities.sort_unstable();
             priorities.dedup();
@@ -1288,6 +1332,80 @@ mod tests {
         assert_eq!(opts.attempts, 0);
         assert_eq!(opts.cache_size, 0);
         assert_eq!(opts.num_concurrent_reqs, 3);
+    }
+
+    /// The streak's key for `family` of `name`.
+    fn lookup(name: &str, family: &'static str) -> (DnsName, &'static str) {
+        (DnsName::from_ascii(name).unwrap(), family)
+    }
+
+    /// The names of `lookups`, as a resolution asking only those would note them.
+    fn names<'a>(
+        lookups: impl IntoIterator<Item = &'a (DnsName, &'static str)>,
+    ) -> HashSet<DnsName> {
+        lookups.into_iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    #[test]
+    fn a_streak_of_partial_resolutions_forgets_targets_gone_from_the_answer() {
+        // Every resolution fails in part: a target that never answers AAAA, beside a new target
+        // (one pod per rollout) whose lookup times out, and which is gone from the next answer.
+        let mut streak = Streak::default();
+        let constant = lookup("c.api.test.", "AAAA");
+        for i in 0..10_000 {
+            let unanswered = Failing::from([
+                constant.clone(),
+                lookup(&format!("pod-{i}.api.test."), "target"),
+            ]);
+            let asked = names(&unanswered);
+            streak.published(unanswered, &asked, true);
+            assert!(streak.lookups.len() <= 3, "{}", streak.lookups.len());
+        }
+        assert!(streak.lookups.contains(&constant));
+    }
+
+    #[test]
+    fn a_target_back_in_the_answer_starts_the_backoff_over_again() {
+        let mut streak = Streak::default();
+        let constant = lookup("c.api.test.", "AAAA");
+        let back = lookup("b.api.test.", "target");
+        let both = Failing::from([constant.clone(), back.clone()]);
+        assert!(streak.published(both.clone(), &names(&both), true));
+        // `b` leaves the answer while `c` goes on failing: no restart.
+        let one = Failing::from([constant.clone()]);
+        assert!(!streak.published(one.clone(), &names(&one), true));
+        // `b` comes back and times out: it is new to the streak again.
+        assert!(streak.published(both.clone(), &names(&both), true));
+        assert!(!streak.published(both.clone(), &names(&both), true));
+    }
+
+    #[test]
+    fn a_streak_keeps_the_lookups_of_targets_left_out_of_the_answer() {
+        // A target whose lookup timed out and that is now skipped (the server says it does not
+        // exist) is still in the answer: timing out again does not start the backoff over.
+        let mut streak = Streak::default();
+        let constant = lookup("c.api.test.", "AAAA");
+        let skipped = lookup("s.api.test.", "target");
+        let both = Failing::from([constant.clone(), skipped.clone()]);
+        let asked = names(&both);
+        assert!(streak.published(both.clone(), &asked, true));
+        assert!(!streak.published(Failing::from([constant.clone()]), &asked, true));
+        assert!(!streak.published(both.clone(), &asked, true));
+    }
+
+    #[test]
+    fn a_lookup_new_in_a_failed_resolution_starts_the_backoff_over_at_the_next_published_one() {
+        let mut streak = Streak::default();
+        let constant = lookup("c.api.test.", "AAAA");
+        let other = lookup("c.api.test.", "A");
+        let asked = names([&constant]);
+        assert!(streak.published(Failing::from([constant.clone()]), &asked, true));
+        streak.failed(Failing::from([constant.clone(), other.clone()]));
+        assert!(streak.published(Failing::from([constant.clone()]), &asked, true));
+        assert!(!streak.published(Failing::from([constant.clone()]), &asked, true));
+        // A resolution with nothing failing without an answer ends the streak.
+        assert!(!streak.published(Failing::new(), &asked, false));
+        assert!(streak.lookups.is_empty());
     }
 
     #[test]

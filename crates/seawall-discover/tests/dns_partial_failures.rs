@@ -375,3 +375,35 @@ async fn a_target_that_did_not_exist_and_then_goes_unanswered_starts_the_backoff
         [0, 1, 3, 7, 15, 31, 32, 34].map(Duration::from_secs)
     );
 }
+
+/// An SRV target whose questions went unanswered, that the server then says does not exist
+/// (left out, yet still a target of the answer), does not start the backoff over when its
+/// questions go unanswered again while resolutions keep failing in part: it failed so in the
+/// streak already.
+#[tokio::test(start_paused = true)]
+async fn a_target_left_out_between_two_unanswered_lookups_does_not_start_the_backoff_over() {
+    let zone = Zone::with_ttl(300);
+    three_targets_one_half_unanswered(&zone);
+    zone.silence("b.api.test", true);
+    let server = zone.serve().await;
+    let start = tokio::time::Instant::now();
+    let _discovery = discover_with_timeout(Dns::srv(format!("{SRV}.")), server);
+    // Resolutions at 0, 1, 3, 7, 15 and 31 s, each failing in part on c's AAAA question. b's
+    // questions go unanswered at 0 and 1 s; from 2 s the server says b does not exist, and
+    // from 10 s its questions go unanswered again.
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+    zone.silence("b.api.test", false);
+    for ty in [RecordType::A, RecordType::AAAA] {
+        zone.respond_with("b.api.test", ty, Some(ResponseCode::NXDomain));
+    }
+    tokio::time::sleep_until(start + Duration::from_secs(10)).await;
+    for ty in [RecordType::A, RecordType::AAAA] {
+        zone.respond_with("b.api.test", ty, None);
+    }
+    zone.silence("b.api.test", true);
+    tokio::time::sleep_until(start + Duration::from_secs(40)).await;
+    assert_eq!(
+        zone.asked_at(RecordType::SRV, start),
+        [0, 1, 3, 7, 15, 31].map(Duration::from_secs)
+    );
+}
