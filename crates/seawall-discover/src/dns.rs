@@ -64,16 +64,22 @@ enum Parsed {
 /// up to `max_refresh` while failures last. A resolution that succeeds in part (the lookup of one
 /// address family, or of an SRV target, went unanswered or got a server failure, or a search name
 /// was passed over beside such a question, see [`Dns::a`]) is published, and counted and retried
-/// like a failure: the next follows the backoff when that comes before the TTL runs out. A
-/// lookup of an address family or of an SRV target that fails without an answer (not a search
-/// name passed over) starts that backoff over from `min_refresh` the first time it so fails
-/// since a resolution last succeeded in full: once each, however the lookups take turns
-/// failing, so the pauses still climb to `max_refresh`. Each pause counts
-/// from the start of a resolution, not its end: one that waits out a query's timeout does not
-/// put the next off. Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint
-/// weights (for weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes
-/// is the same endpoint: it is inserted again with the new weight, not removed, and the
-/// balancer updates it in place.
+/// like a failure: the next follows a backoff when that comes before the TTL runs out. That
+/// backoff doubles from `min_refresh` as failed ones do, but is counted apart: resolutions that
+/// keep failing in part (a server that never answers AAAA questions) do not lengthen the retry
+/// of one that then fails outright, and failed ones leave its count as it was. A lookup of an
+/// address family or of an SRV target that fails without an answer (not a search name passed
+/// over) starts the count of partial resolutions over, from `min_refresh`, the first time it so
+/// fails since a resolution was last published with nothing failing without an answer: once
+/// each, however the lookups take turns failing, so the pauses still climb to `max_refresh`. A
+/// lookup that first so fails inside a resolution that fails outright starts the count over at
+/// the next published resolution. An SRV target gone from the answer is forgotten: should it
+/// come back and fail, it starts the count over again. Each pause counts from the start of a
+/// resolution, not its end: one that waits out a query's timeout does not put the next off.
+/// Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint weights (for
+/// weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same
+/// endpoint: it is inserted again with the new weight, not removed, and the balancer updates it
+/// in place.
 #[derive(Debug, Clone)]
 pub struct Dns;
 
