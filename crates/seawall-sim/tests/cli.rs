@@ -102,26 +102,88 @@ fn a_failure_after_the_run_leaves_no_report_behind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A report path that is a symlink to a file not yet there is the user's, not one made for the
-/// run: a failed run leaves the symlink, and makes no file at its target.
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("seawall-sim-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `hard-down` writing its report to `out`: 100 requests succeed, too many fail before the
+/// run starts.
+fn run_to(out: &std::path::Path, requests: &str) -> Output {
+    sim()
+        .args(["run", "hard-down", "--requests", requests, "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// Whether `bytes` is a whole SVG document and nothing else (a newline at most after it).
+fn is_svg(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    (text.starts_with("<svg") || text.starts_with("<?xml"))
+        && text.strip_suffix('\n').unwrap_or(&text).ends_with("</svg>")
+}
+
+/// A report path that is a symlink to a file not yet there, in a directory that is, is written
+/// through like any other path: the report goes to the symlink's target, and the symlink stays.
+#[cfg(unix)]
+#[test]
+fn a_report_is_written_through_a_symlink_to_a_file_not_yet_there() {
+    let dir = scratch("link-ok");
+    std::fs::create_dir(dir.join("out")).unwrap();
+    let target = dir.join("out").join("r.svg");
+    let link = dir.join("report.svg");
+    // Relative, as `ln -s out/r.svg report.svg` makes it.
+    std::os::unix::fs::symlink("out/r.svg", &link).unwrap();
+    let out = run_to(&link, "100");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(is_svg(&std::fs::read(&target).unwrap()));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file made through a symlink to a file not yet there goes again when the run fails; the
+/// symlink, the user's, stays.
 #[cfg(unix)]
 #[test]
 fn a_failed_run_leaves_a_symlinked_report_path_alone() {
-    let dir = std::env::temp_dir().join(format!("seawall-sim-cli-link-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("link-fail");
     let target = dir.join("target.svg");
     let link = dir.join("report.svg");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let out = sim()
-        .args(["run", "hard-down", "--requests", "99999999999", "--out"])
-        .arg(&link)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(std::fs::symlink_metadata(&link).is_ok(), "{err}");
-    assert!(!target.exists(), "{err}");
+    let out = run_to(&link, "99999999999");
+    assert_clean_error(&out, "load.requests");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!target.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A report file already there is the user's: a failed run leaves it byte for byte, and a report
+/// replaces the whole of it, leaving nothing of a longer file behind.
+#[test]
+fn a_report_path_already_there_is_kept_on_failure_and_replaced_on_success() {
+    let dir = scratch("existing");
+    let report = dir.join("report.svg");
+    let before = vec![b'x'; 1 << 20];
+    std::fs::write(&report, &before).unwrap();
+    let out = run_to(&report, "99999999999");
+    assert_clean_error(&out, "load.requests");
+    assert!(std::fs::read(&report).unwrap() == before);
+
+    let out = run_to(&report, "100");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let after = std::fs::read(&report).unwrap();
+    // Ends where the SVG does: no 'x' of the old file after it.
+    assert!(is_svg(&after));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,8 +3,9 @@
 use clap::{Parser, Subcommand};
 use seawall_sim::{builtin, run, svg, Scenario};
 use std::{
+    fs::OpenOptions,
     io::{ErrorKind, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
@@ -58,6 +59,32 @@ fn emit(text: &str) -> Result<(), String> {
     }
 }
 
+/// Opens `path` for the report without changing it, so that an unwritable one is found out
+/// before the run. Returns the file this made, which the report may replace and which goes again
+/// if the command fails: `path`, or the file a symlink there names when that was not there yet
+/// (never the symlink). A file already there is not made for the report.
+fn open_report(path: &Path) -> Result<Option<PathBuf>, String> {
+    let cannot = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    // `create_new` refuses any symlink, even one to a file not yet there, so symlinks are
+    // followed here one at a time, each to a path of its own directory, until a file is made
+    // or one is found already there. Only a file made here, never one found, is returned. Past
+    // 40 (Linux's limit) the open below reports the loop.
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        match OpenOptions::new().write(true).create_new(true).open(&at) {
+            Ok(_) => return Ok(Some(at)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => match std::fs::read_link(&at) {
+                // An absolute `to` replaces the whole path.
+                Ok(to) => at = at.parent().unwrap_or(Path::new("")).join(to),
+                Err(_) => break,
+            },
+            Err(e) => return Err(cannot(e)),
+        }
+    }
+    OpenOptions::new().write(true).open(path).map_err(cannot)?;
+    Ok(None)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -85,30 +112,10 @@ fn main() -> ExitCode {
             let seed = seed.unwrap_or(s.seed);
             // An unwritable report is found out before the run rather than after it; the
             // report replaces the file, and a file made for it goes again if the run, the
-            // table or the report fails. Only a file this command created is made for it: a
-            // path already there, a symlink included, is left as it was.
-            let made = match &out {
-                Some(path) => {
-                    let cannot =
-                        |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-                    match std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(path)
-                    {
-                        Ok(_) => Some(path),
-                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                            std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(cannot)?;
-                            None
-                        }
-                        Err(e) => return Err(cannot(e)),
-                    }
-                }
-                None => None,
-            };
+            // table or the report fails. Only a file this command created is made for it
+            // (through a symlink, the file it names, never the symlink): a file already there
+            // is left as it was.
+            let made = out.as_deref().map(open_report).transpose()?.flatten();
             let written = run::run(&s, seed).and_then(|report| {
                 emit(&report.table())?;
                 match &out {
@@ -116,8 +123,8 @@ fn main() -> ExitCode {
                     None => Ok(None),
                 }
             });
-            if let (Err(_), Some(path)) = (&written, made) {
-                let _ = std::fs::remove_file(path);
+            if let (Err(_), Some(made)) = (&written, made) {
+                let _ = std::fs::remove_file(made);
             }
             match written? {
                 Some(path) => emit(&format!("\nreport written to {}\n", path.display())),
