@@ -113,8 +113,9 @@ fn main() -> ExitCode {
             // An unwritable report is found out before the run rather than after it; the
             // report replaces the file, and a file made for it goes again if the run, the
             // table or the report fails. Only a file this command created is made for it
-            // (through a symlink, the file it names, never the symlink): a file already there
-            // is left as it was.
+            // (through a symlink, the file it names, never the symlink). A file already there
+            // is left as it was if the run or the table fails; if the report fails, it may
+            // already have emptied or partly rewritten the file.
             let made = out.as_deref().map(open_report).transpose()?.flatten();
             let written = run::run(&s, seed).and_then(|report| {
                 emit(&report.table())?;
