@@ -275,7 +275,7 @@ impl RunSummary {
             .max(1);
         // A run has at most 16,000 fine buckets at its own grain; at a report's width (from
         // `ClientReport::new`), one for each row of the report, which could not hold 2^32.
-        let buckets = (run_ms / grain_ms + 1).min(1 << 32);
+        let buckets = (run_ms / grain_ms).saturating_add(1).min(1 << 32);
         let mut calls_per_backend = vec![0u64; n];
         // Each bucket's calls are counted per backend as they come, and the backends that got any
         // are kept when another bucket starts: once a bucket, for calls in time order.
@@ -403,7 +403,7 @@ impl ClientReport {
         let grain = summary.grain_ms;
         let bucket_ms = (bucket_ms.max(grain) / grain) * grain;
         let per_bucket = (bucket_ms / grain) as usize;
-        let buckets = (run_ms / bucket_ms + 1) as usize;
+        let buckets = (run_ms / bucket_ms).saturating_add(1) as usize;
         let mut counts = vec![vec![0u64; n]; buckets];
         for &(i, b, calls) in &summary.counts {
             if let Some(row) = counts.get_mut(i as usize / per_bucket) {
@@ -1206,5 +1206,19 @@ mod tests {
             Some(Duration::from_millis(590)),
             "{fault:?}"
         );
+    }
+
+    /// A run as long as a summary can measure, at the finest grain (as `ClientReport::new` may
+    /// ask for): its bucket count stops at the most there can be rather than overflowing.
+    #[test]
+    fn the_longest_run_at_the_finest_grain_is_summarised() {
+        let long = RawRun {
+            calls: vec![(0, 0), (u64::MAX, 1)],
+            elapsed: Duration::MAX,
+            ..raw(0..0)
+        };
+        let summary = RunSummary::with_grain(&scenario(), long, 1);
+        assert_eq!(summary.grain_ms, 1);
+        assert_eq!(summary.counts, [(0, 0, 1)]);
     }
 }
