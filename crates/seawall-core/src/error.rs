@@ -25,13 +25,21 @@
 //!   the circuit breaker's `Open`); a layer or a connector of one's own marks its rejections the
 //!   same way;
 //! - a [`std::io::Error`] of kind [`ConnectionRefused`](std::io::ErrorKind::ConnectionRefused)
-//!   anywhere in the chain: a refused connection carried nothing.
+//!   anywhere in the chain: a refused TCP or Unix-socket connect carried nothing. A connected
+//!   UDP socket (QUIC, HTTP/3) may report `ConnectionRefused` on a send after earlier datagrams
+//!   were delivered, so a transport over UDP should not surface that kind as this proof (it maps
+//!   it to another kind, or wraps it so that it is not an `io::Error` of that kind).
 //!
 //! Nothing else counts: not a timeout (`Elapsed` is raised both before and after sending), not a
 //! reset or a broken pipe (the server may have read the request), not an io error of any other
 //! kind. Since both are looked for down the whole chain, a layer that wraps an error (a retry's
 //! `BudgetExhausted`, an `io::Error::other`, an `Arc` shared by a fallback) keeps the failure
 //! visible as not sent.
+//!
+//! A call made of several attempts (a retry's, a hedge's copies) was sent if any attempt was:
+//! when its last attempt was never sent but an earlier one was, the retry wraps the error it
+//! returns in a [`SentEarlier`], which [`not_sent`] stops at, so the call is not taken for one
+//! that is safe to send again.
 //!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
@@ -114,18 +122,80 @@ impl fmt::Display for NotSent {
 
 impl Error for NotSent {}
 
-/// Whether `err` proves its request was never sent: a [`NotSent`] or an [`std::io::Error`] of
-/// kind [`ConnectionRefused`](std::io::ErrorKind::ConnectionRefused) anywhere in its chain. The
-/// `NotSent` found, the first in the chain (a plain one for a refused connection); `None` when
-/// the request may have been sent. See the [module docs](self#requests-that-were-never-sent).
-pub fn not_sent(err: &(dyn Error + 'static)) -> Option<NotSent> {
-    if let Some(marker) = find::<NotSent>(err) {
-        return Some(*marker);
+/// The mark of a failed call one of whose earlier attempts (or another copy, for a hedged call)
+/// was sent, wrapped around the error the call ended with: that error may prove its own attempt
+/// was never sent, but the call's request may have reached the server all the same, so the call
+/// is not safe to send again whatever its request is.
+///
+/// A layer that makes several attempts of one call (a retry, a hedge) wraps the error it returns
+/// in one when that error proves its attempt was never sent and an earlier attempt was sent;
+/// [`not_sent`] then gives `None`. The wrapped error is its [`source()`](Error::source), so it is
+/// still found by its type with [`find`].
+///
+/// ```
+/// use seawall_core::error::{find, is_not_sent, BoxError, NotSent, SentEarlier};
+///
+/// let last: BoxError = Box::new(NotSent::new());
+/// assert!(is_not_sent(&*last));
+/// let err = SentEarlier::new(last);
+/// assert!(!is_not_sent(&err));
+/// assert!(find::<NotSent>(&err).is_some());
+/// assert_eq!(err.to_string(), "an earlier attempt of the request was sent");
+/// ```
+#[derive(Debug)]
+pub struct SentEarlier {
+    source: BoxError,
+}
+
+impl SentEarlier {
+    /// Marks `source`, the error a call ended with, as following an attempt that was sent.
+    pub fn new(source: BoxError) -> Self {
+        SentEarlier { source }
     }
-    chain(err)
-        .filter_map(downcast_ref::<std::io::Error>)
-        .any(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        .then(NotSent::new)
+
+    /// The error the call ended with.
+    pub fn get_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// Unwraps the error the call ended with.
+    pub fn into_inner(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Display for SentEarlier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an earlier attempt of the request was sent")
+    }
+}
+
+impl Error for SentEarlier {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Whether `err` proves its request was never sent: a [`NotSent`] or an [`std::io::Error`] of
+/// kind [`ConnectionRefused`](std::io::ErrorKind::ConnectionRefused) in its chain. The
+/// `NotSent` found, the first in the chain (a plain one for a refused connection); `None` when
+/// the request may have been sent. A [`SentEarlier`] in the chain before either (a call one of
+/// whose earlier attempts was sent) ends the search: `None`. See the
+/// [module docs](self#requests-that-were-never-sent).
+pub fn not_sent(err: &(dyn Error + 'static)) -> Option<NotSent> {
+    let mut refused = false;
+    for err in chain(err) {
+        if let Some(marker) = downcast_ref::<NotSent>(err) {
+            return Some(*marker);
+        }
+        if !refused && downcast_ref::<SentEarlier>(err).is_some() {
+            return None;
+        }
+        refused = refused
+            || downcast_ref::<std::io::Error>(err)
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+    }
+    refused.then(NotSent::new)
 }
 
 /// Whether `err` proves its request was never sent; see [`not_sent`].
@@ -450,6 +520,30 @@ mod tests {
         assert_eq!(NotSent::new().to_string(), "the request was not sent");
         assert_eq!(NotSent::default(), NotSent::new());
         assert_eq!(later.retry_after(), Some(Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn an_earlier_attempt_sent_hides_a_later_one_not_sent() {
+        use std::io;
+        let err: BoxError = Box::new(SentEarlier::new(Box::new(Rejected)));
+        assert!(!is_not_sent(&*err));
+        assert!(is::<Rejected>(&*err));
+        assert!(is::<NotSent>(&*err));
+        assert_eq!(
+            err.to_string(),
+            "an earlier attempt of the request was sent"
+        );
+        // Wherever it is wrapped, before the marker.
+        let err: BoxError = Box::new(Wrap(Box::new(Arc::new(SentEarlier::new(Box::new(
+            io::Error::other(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        ))))));
+        assert!(!is_not_sent(&*err));
+        let later = NotSent::with_retry_after(Duration::from_millis(300));
+        let err = Wrap(Box::new(Wrap(Box::new(SentEarlier::new(Box::new(later))))));
+        assert_eq!(not_sent(&err), None);
+        let sent = SentEarlier::new(Box::new(Rejected));
+        assert_eq!(sent.get_ref().to_string(), "rejected");
+        assert!(sent.into_inner().is::<Rejected>());
     }
 
     #[test]

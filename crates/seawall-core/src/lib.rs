@@ -6,7 +6,7 @@
 //!
 //! | module | what it gives |
 //! |---|---|
-//! | [`error`] | [`BoxError`] and helpers that find a concrete error type anywhere in a `source()` chain; [`NotSent`](error::NotSent), the marker of a request that was never sent, and [`not_sent`](error::not_sent) |
+//! | [`error`] | [`BoxError`] and helpers that find a concrete error type anywhere in a `source()` chain; [`NotSent`](error::NotSent), the marker of a request that was never sent, [`not_sent`](error::not_sent), and [`SentEarlier`](error::SentEarlier), the mark of a call an earlier attempt of which was sent |
 //! | [`classify`] | turning a finished call into [`Outcome::Success`], [`Outcome::Failure`] or [`Outcome::Ignored`]; HTTP and gRPC classifiers; [`ignore_error`](ClassifyExt::ignore_error) to ignore errors of a type |
 //! | [`deadline`] | the request deadline that a timeout writes and inner layers (per-try timeouts, retries, hedging) read |
 //! | [`config`] | [`ConfigError`], returned by every builder, naming the field and the rule broken |
