@@ -9,7 +9,7 @@ use crate::{
 use pin_project_lite::pin_project;
 use seawall_core::{
     deadline::{deadline_after, Elapsed, RequestDeadline},
-    error::not_sent,
+    error::{not_sent, SentEarlier},
     BoxError, Outcome,
 };
 use std::{
@@ -79,6 +79,18 @@ fn unsent<Res>(result: &Result<Res, BoxError>) -> Option<seawall_core::error::No
     }
 }
 
+/// Marks `error`, which proves the last attempt was never sent, as following an attempt that was:
+/// inside a [`BudgetExhausted`], so that it stays the error's own type.
+#[cold]
+fn sent_earlier(error: BoxError) -> BoxError {
+    match error.downcast::<BudgetExhausted>() {
+        Ok(exhausted) => Box::new(BudgetExhausted::new(Box::new(SentEarlier::new(
+            exhausted.into_last_error(),
+        )))),
+        Err(error) => Box::new(SentEarlier::new(error)),
+    }
+}
+
 /// What polling a call gives: its answer, once it has one.
 type Answer<S, Req> = Poll<Result<<S as Service<Req>>::Response, BoxError>>;
 
@@ -131,6 +143,9 @@ pin_project! {
         // Whether the request may not be sent twice, and is retried only when an attempt proves
         // it was never sent.
         unsent_only: bool,
+        // Whether an attempt made so far may have been sent: one answered, or failed with an
+        // error that does not prove it was never sent.
+        sent_any: bool,
         attempt: u32,
         started: Option<Instant>,
         link: Link<P, K>,
@@ -337,6 +352,7 @@ where
             template,
             deadline,
             unsent_only,
+            sent_any: false,
             attempt: 1,
             started: attempt.started,
             link,
@@ -370,6 +386,7 @@ where
         {
             return Err(result);
         }
+        let sent_any = unsent(&result).is_none();
         let mut retrying = Box::pin(Retrying {
             step: Step::Deciding,
             sleep: sleep_until(Instant::now()),
@@ -380,6 +397,7 @@ where
             template,
             deadline,
             unsent_only,
+            sent_any,
             attempt: 1,
             started: None,
             link,
@@ -509,9 +527,23 @@ where
     }
 
     /// Drives the attempts after the first (or every attempt, when each is timed) to the
-    /// call's answer.
+    /// call's answer. A call that ends with an error proving its last attempt was never sent,
+    /// though an earlier attempt may have been, returns it wrapped in a [`SentEarlier`]: the
+    /// call as a whole may have reached the server.
     #[inline(never)]
     fn poll_attempts(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
+        let result = ready!(self.as_mut().drive(cx));
+        Poll::Ready(match result {
+            Err(error) if self.sent_any && not_sent(&*error).is_some() => Err(sent_earlier(error)),
+            result => result,
+        })
+    }
+
+    /// [`poll_attempts`](Self::poll_attempts) but for marking what an earlier attempt sent.
+    fn drive(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<S::Response, BoxError>> {
@@ -534,6 +566,9 @@ where
                     };
                     // Drops the attempt's future (cancelling it when its timeout fired).
                     this.step.set(Step::Deciding);
+                    if !*this.sent_any && unsent(&result).is_none() {
+                        *this.sent_any = true;
+                    }
                     let elapsed = this
                         .started
                         .map(|started| started.elapsed())

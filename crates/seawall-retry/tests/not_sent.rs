@@ -381,3 +381,130 @@ async fn a_post_rejected_by_a_full_bulkhead_below_is_sent_again() {
         }]
     );
 }
+
+/// A request that can be copied, for the layer's defaults (every request retried).
+#[derive(Debug, Clone)]
+struct Plain;
+
+impl RequestDeadline for Plain {}
+
+/// Answers each call of a [`Plain`] request as `script` says in turn (the last one repeats); a
+/// status is an answer.
+fn plain(
+    script: Vec<Answer>,
+) -> (
+    impl Service<Plain, Response = (), Error = BoxError> + Clone,
+    Arc<Mutex<u32>>,
+) {
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let svc = service_fn(move |_: Plain| {
+        let mut n = seen.lock().unwrap();
+        let answer = script[(*n as usize).min(script.len() - 1)];
+        *n += 1;
+        std::future::ready(match answer {
+            NotSent(None) => Err(Box::new(Rejected(NotSent::new())) as BoxError),
+            NotSent(Some(after)) => Err(Box::new(Rejected(NotSent::with_retry_after(after))) as _),
+            Refused => {
+                Err(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) as _)
+            }
+            Reset => Err("connection reset".into()),
+            Status(_) => Ok(()),
+        })
+    });
+    (svc, calls)
+}
+
+/// A call whose first attempt was sent and failed, and whose later ones were rejected before
+/// sending, may have reached the server: its error is not taken for one never sent, though the
+/// rejection is still found in it.
+#[tokio::test(start_paused = true)]
+async fn a_call_an_earlier_attempt_of_which_was_sent_is_not_taken_for_never_sent() {
+    use seawall_core::error::{find, is, is_not_sent, SentEarlier};
+
+    for last in [NotSent(None), Refused] {
+        let (svc, calls) = plain(vec![Reset, last, last]);
+        let err = RetryLayer::new()
+            .layer(svc)
+            .oneshot(Plain)
+            .await
+            .unwrap_err();
+        assert_eq!(*calls.lock().unwrap(), 3, "{last:?}");
+        assert!(!is_not_sent(&*err), "{last:?}: {err}");
+        assert!(is::<SentEarlier>(&*err), "{last:?}");
+        assert_eq!(
+            err.to_string(),
+            "an earlier attempt of the request was sent"
+        );
+        if let NotSent(_) = last {
+            assert!(find::<Rejected>(&*err).is_some());
+        }
+    }
+
+    // A call none of whose attempts was sent still is.
+    let (svc, calls) = plain(vec![NotSent(None), Refused, NotSent(None)]);
+    let err = RetryLayer::new()
+        .layer(svc)
+        .oneshot(Plain)
+        .await
+        .unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 3);
+    assert!(is_not_sent(&*err), "{err}");
+    assert_eq!(err.to_string(), "rejected");
+
+    // Given up on for the budget: still a `BudgetExhausted`, around the mark.
+    let layer = RetryLayer::builder()
+        .budget(support::one_retry())
+        .build()
+        .unwrap();
+    let (svc, calls) = plain(vec![Reset, NotSent(None)]);
+    let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 2);
+    assert!(!is_not_sent(&*err), "{err}");
+    assert!(find::<Rejected>(&*err).is_some());
+    let exhausted = err.downcast::<seawall_retry::BudgetExhausted>().unwrap();
+    assert!(exhausted.last_error().is::<SentEarlier>());
+}
+
+/// A hedged call whose last copy to fail was never sent, while another copy was sent, is not
+/// taken for never sent; one none of whose copies was sent still is.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sent() {
+    use seawall_core::error::{find, is_not_sent};
+    use seawall_retry::HedgeLayer;
+
+    for (first, expected) in [(Reset, false), (NotSent(None), true)] {
+        let calls = Arc::new(Mutex::new(0u32));
+        let seen = calls.clone();
+        // The first copy fails after 15 ms; the hedge, sent at 10 ms, is rejected 10 ms later.
+        let svc = service_fn(move |_: Plain| {
+            let n = {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(ms(15)).await;
+                    match first {
+                        Reset => Err::<(), BoxError>("connection reset".into()),
+                        _ => Err(Box::new(Rejected(NotSent::new())) as BoxError),
+                    }
+                } else {
+                    tokio::time::sleep(ms(10)).await;
+                    Err(Box::new(Rejected(NotSent::new())) as BoxError)
+                }
+            }
+        });
+        let layer = HedgeLayer::builder()
+            .delay(ms(10))
+            .max_hedges(1)
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap();
+        let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+        assert_eq!(*calls.lock().unwrap(), 2, "{first:?}");
+        assert_eq!(is_not_sent(&*err), expected, "{first:?}: {err}");
+        assert!(find::<Rejected>(&*err).is_some(), "{first:?}");
+    }
+}

@@ -7,7 +7,7 @@ use crate::{
 use pin_project_lite::pin_project;
 use seawall_core::{
     deadline::{deadline_after, RequestDeadline},
-    error::is_not_sent,
+    error::{is_not_sent, not_sent, SentEarlier},
     BoxError, Outcome,
 };
 use std::{
@@ -198,9 +198,30 @@ where
 /// replaces what is kept, an ignored answer only another ignored answer. An ignored answer (a
 /// bulkhead's rejection of a hedge) says nothing of the dependency: returned in place of a
 /// failure, it would hide that failure from a retry above and from the percentile delay.
-fn keep<R>(kept: &mut Option<(R, Outcome)>, result: R, outcome: Outcome) {
+///
+/// A copy that may have been sent makes the call one that was: an error kept that proves only its
+/// own copy was never sent is then wrapped in a [`SentEarlier`], so that it is not taken for the
+/// call's.
+fn keep<Res>(
+    kept: &mut Option<(Result<Res, BoxError>, Outcome)>,
+    result: Result<Res, BoxError>,
+    outcome: Outcome,
+) {
+    let sent = |result: &Result<Res, BoxError>| match result {
+        Ok(_) => true,
+        Err(error) => not_sent(&**error).is_none(),
+    };
+    let any_sent = sent(&result) || kept.as_ref().is_some_and(|(kept, _)| sent(kept));
     if outcome == Outcome::Failure || !matches!(kept, Some((_, Outcome::Failure))) {
         *kept = Some((result, outcome));
+    }
+    if any_sent {
+        *kept = kept.take().map(|(result, outcome)| match result {
+            Err(error) if not_sent(&*error).is_some() => {
+                (Err(Box::new(SentEarlier::new(error)) as BoxError), outcome)
+            }
+            result => (result, outcome),
+        });
     }
 }
 
