@@ -67,7 +67,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// A rejection carries it as its [`source()`](Error::source), so outer layers find it by type
 /// anywhere in the chain with [`not_sent`]. It may carry how long to wait before sending again
 /// ([`retry_after`](NotSent::retry_after)), as a rate limiter's rejection does; a retry layer
-/// waits at least that long.
+/// waits that long and then its (jittered) backoff.
 ///
 /// ```
 /// use seawall_core::error::{is_not_sent, not_sent, NotSent};

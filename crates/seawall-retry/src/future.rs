@@ -451,13 +451,15 @@ where
             }
         }
         // A rejection raised before sending may say how long until it would let the call through
-        // (a rate limiter's): waited as a server's `Retry-After` is.
+        // (a rate limiter's): waited, and the backoff after it, so that the calls a limiter
+        // turned away together (each told nearly the same wait) spread over the backoff rather
+        // than all come back on the same tick. Capped as a server's `Retry-After` is.
         if let Some(after) = unsent.and_then(|unsent| unsent.retry_after()) {
             if after > settings.retry_after_cap {
                 link.on_give_up(attempts, GiveUpReason::RetryAfter);
                 return Err(result);
             }
-            delay = delay.max(after);
+            delay = delay.saturating_add(after);
         }
         if let Some(deadline) = *this.deadline {
             let remaining = deadline.saturating_duration_since(now);

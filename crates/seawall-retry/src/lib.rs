@@ -158,8 +158,8 @@ pub enum RetryEvent {
     Retry {
         /// The attempt scheduled: 2 for the first retry.
         attempt: u32,
-        /// The backoff before it (or the server's `Retry-After`, or the `retry_after` of a
-        /// rejection raised before sending, if longer); the wait for the
+        /// The backoff before it (or the server's `Retry-After`, if longer; the `retry_after`
+        /// of a rejection raised before sending is added to the backoff); the wait for the
         /// service's readiness comes after.
         delay: Duration,
     },

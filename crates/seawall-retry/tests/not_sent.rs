@@ -189,7 +189,7 @@ async fn a_get_is_retried_whether_sent_or_not() {
     assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
 }
 
-/// A rejection's `retry_after` longer than the backoff is waited before the next attempt, for a
+/// A rejection's `retry_after` is waited, and then the backoff, before the next attempt, for a
 /// POST retried because it was never sent and for a GET alike.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_is_waited() {
@@ -202,17 +202,17 @@ async fn a_rejections_retry_after_is_waited() {
         assert_eq!(res.status(), 200);
         let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
         assert_eq!(times.len(), 2, "{method}");
-        assert!(times[1] >= ms(300), "{method}: {times:?}");
-        assert!(times[1] <= ms(302), "{method}: {times:?}");
+        assert!(times[1] >= ms(310), "{method}: {times:?}");
+        assert!(times[1] <= ms(312), "{method}: {times:?}");
         assert_eq!(
             *events.lock().unwrap(),
             [RetryEvent::Retry {
                 attempt: 2,
-                delay: ms(300)
+                delay: ms(310)
             }]
         );
     }
-    // A shorter one leaves the backoff as it is.
+    // A shorter one too.
     let (layer, events) = http_retry(HttpPolicy::new());
     let (svc, _) = scripted(vec![NotSent(Some(ms(1))), Status(200)]);
     layer.layer(svc).oneshot(post()).await.unwrap();
@@ -220,9 +220,52 @@ async fn a_rejections_retry_after_is_waited() {
         *events.lock().unwrap(),
         [RetryEvent::Retry {
             attempt: 2,
-            delay: ms(10)
+            delay: ms(11)
         }]
     );
+}
+
+/// Calls turned away together by a limiter below, each told the same `retry_after`, come back
+/// spread over the backoff's jitter after it, not all on the same tick.
+#[tokio::test(start_paused = true)]
+async fn calls_turned_away_together_come_back_spread_after_the_retry_after() {
+    let layer = RetryLayer::builder()
+        .backoff(Backoff::exponential(ms(100)))
+        .budget(RetryBudget::unlimited())
+        .seed(7)
+        .build()
+        .unwrap();
+    let retried = Arc::new(Mutex::new(Vec::new()));
+    let seen = retried.clone();
+    /// A call's number, and how many attempts of it were made.
+    #[derive(Clone)]
+    struct Numbered(u32, Arc<Mutex<u32>>);
+    impl RequestDeadline for Numbered {}
+
+    let svc = layer.layer(service_fn(move |Numbered(n, attempt): Numbered| {
+        let mut attempt = attempt.lock().unwrap();
+        *attempt += 1;
+        let result = if *attempt == 1 {
+            Err(Box::new(Rejected(NotSent::with_retry_after(ms(300)))) as BoxError)
+        } else {
+            seen.lock().unwrap().push((n, Instant::now()));
+            Ok(())
+        };
+        std::future::ready(result)
+    }));
+    let start = Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|n| tokio::spawn(svc.clone().oneshot(Numbered(n, Arc::default()))))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let retried = retried.lock().unwrap().clone();
+    assert_eq!(retried.len(), 20);
+    let waits: Vec<_> = retried.iter().map(|(_, at)| *at - start).collect();
+    assert!(waits.iter().all(|w| *w >= ms(300)), "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= ms(401)), "{waits:?}");
+    assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
 }
 
 /// A rejection's `retry_after` beyond `retry_after_cap` is given up on at once, as a server's
