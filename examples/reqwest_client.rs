@@ -37,8 +37,11 @@ fn outcome(status: reqwest::StatusCode) -> Outcome {
     }
 }
 
-/// Retry 5xx, 429 and transport errors, for idempotent methods only. (The layer is built with
-/// `ignore_error::<Open>()` besides, so the breaker's rejection is not retried.)
+/// Retry 5xx, 429 and transport errors of idempotent methods; a request of any other method is
+/// retried only when its attempt proves it was never sent (a refused connection, or a rejection
+/// raised below the retry before sending: `Policy::retries_unsent`, which this policy leaves at
+/// its default, yes). (The layer is built with `ignore_error::<Open>()` besides, so the
+/// breaker's rejection is not retried.)
 #[derive(Debug, Clone, Copy)]
 struct ReqwestPolicy;
 
