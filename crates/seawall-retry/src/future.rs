@@ -737,8 +737,26 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `retryable` is `true`, `false`, or "unsent only" for a request retried only when an
+        // attempt proves it was never sent.
+        let retryable = |template: bool, unsent_only: bool| -> &'static dyn fmt::Debug {
+            match (template, unsent_only) {
+                (false, _) => &false,
+                (true, false) => &true,
+                (true, true) => &"unsent only",
+            }
+        };
         let (state, attempt, retryable, timer) = match &self.state {
-            State::First { template, .. } => ("calling", 1, template.is_some(), false),
+            State::First {
+                template,
+                unsent_only,
+                ..
+            } => (
+                "calling",
+                1,
+                retryable(template.is_some(), *unsent_only),
+                false,
+            ),
             State::Retrying {
                 retrying: Boxed(Some(retrying)),
                 ..
@@ -749,17 +767,22 @@ where
                     Step::Ready => "ready",
                     Step::Deciding => "deciding",
                 };
-                (step, retrying.attempt, retrying.template.is_some(), true)
+                (
+                    step,
+                    retrying.attempt,
+                    retryable(retrying.template.is_some(), retrying.unsent_only),
+                    true,
+                )
             }
             State::Retrying {
                 retrying: Boxed(None),
                 attempts,
-            } => ("done", *attempts, false, false),
+            } => ("done", *attempts, retryable(false, false), false),
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .field("attempt", &attempt)
-            .field("retryable", &retryable)
+            .field("retryable", retryable)
             .field("timer", &timer)
             .finish()
     }
@@ -852,6 +875,42 @@ mod tests {
             debug(&future),
             r#"ResponseFuture { state: "done", attempt: 2, retryable: false, timer: false }"#
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_retried_only_when_never_sent_says_so() {
+        #[derive(Clone)]
+        struct UnsentOnly;
+        impl crate::Policy<Req, u32> for UnsentOnly {
+            fn is_retryable(&self, _: &Req) -> bool {
+                false
+            }
+
+            fn classify(
+                &self,
+                result: Result<&u32, &BoxError>,
+                _: Duration,
+            ) -> seawall_core::Outcome {
+                match result {
+                    Ok(_) => seawall_core::Outcome::Success,
+                    Err(_) => seawall_core::Outcome::Failure,
+                }
+            }
+        }
+        let layer = RetryLayer::builder()
+            .policy(UnsentOnly)
+            .max_attempts(3)
+            .backoff(Backoff::constant(Duration::from_millis(10)))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(failing(0));
+        let future = svc.call(Req);
+        assert_eq!(
+            debug(&future),
+            r#"ResponseFuture { state: "calling", attempt: 1, retryable: "unsent only", timer: false }"#
+        );
+        assert_eq!(future.await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]
