@@ -551,3 +551,73 @@ async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sen
         assert!(find::<Rejected>(&*err).is_some(), "{first:?}");
     }
 }
+
+/// A POST that was sent and failed is returned as it is when the budget is spent, too: it was
+/// never retryable, so the budget is not asked and nothing is reported.
+#[tokio::test(start_paused = true)]
+async fn a_sent_post_is_returned_as_it_is_with_the_budget_spent() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .http()
+        .backoff(Backoff::constant(ms(10)))
+        .budget(support::one_retry())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    // A GET spends the one retry.
+    let (svc, _) = scripted(vec![Reset, Status(200)]);
+    layer.layer(svc).oneshot(get()).await.unwrap();
+    assert_eq!(events.lock().unwrap().len(), 1);
+
+    let (svc, calls) = scripted(vec![Reset, Status(200)]);
+    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+    assert_eq!(err.to_string(), "connection reset");
+    assert!(!seawall_core::error::is::<seawall_retry::BudgetExhausted>(
+        &*err
+    ));
+    assert_eq!(calls.count(), 1);
+    assert_eq!(events.lock().unwrap().len(), 1, "no budget-exhausted event");
+
+    // A never-sent one is refused its retry by the spent budget.
+    let (svc, calls) = scripted(vec![NotSent(None), Status(200)]);
+    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
+    assert!(seawall_core::error::is::<seawall_retry::BudgetExhausted>(
+        &*err
+    ));
+    assert_eq!(calls.count(), 1);
+}
+
+/// A rejection's `retry_after` is waited with a per-attempt timeout too, whose attempts are all
+/// timed.
+#[tokio::test(start_paused = true)]
+async fn a_rejections_retry_after_is_waited_with_a_per_attempt_timeout() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .per_attempt_timeout(ms(100))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let start = Instant::now();
+    let res = layer.layer(svc).oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(times.len(), 2);
+    assert!(times[1] >= ms(310) && times[1] <= ms(312), "{times:?}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(310)
+        }]
+    );
+    // The second attempt carries its own timeout, from when it was sent.
+    let second = calls.all()[1];
+    assert_eq!(second.deadline, Some(second.at + ms(100)));
+}
