@@ -72,10 +72,14 @@ enum Parsed {
 /// over) starts the count of partial resolutions over, from `min_refresh`, the first time it so
 /// fails since a resolution was last published with nothing failing without an answer: once
 /// each, however the lookups take turns failing, so the pauses still climb to `max_refresh`. A
-/// lookup that first so fails inside a resolution that fails outright starts the count over at
-/// the next published resolution. An SRV target gone from the answer is forgotten: should it
-/// come back and fail, it starts the count over again. Each pause counts from the start of a
-/// resolution, not its end: one that waits out a query's timeout does not put the next off.
+/// lookup of an SRV target that first so fails inside a resolution that fails outright starts
+/// the count over at the next published resolution. An SRV target gone from the answer is
+/// remembered: one that comes back and fails again (an answer that lists a few of many records
+/// at random) does not start the count over. Only when more than 256 lookups, and more than
+/// eight for each target of the answer, have so failed does a published resolution forget
+/// those of targets gone from it (per-pod targets across rollouts): such a target that comes
+/// back and fails starts the count over again. Each pause counts from the start of a resolution, not its end:
+/// one that waits out a query's timeout does not put the next off.
 /// Endpoint keys are [`Tagged`] socket addresses: SRV weights become endpoint weights (for
 /// weighted round robin), A/AAAA endpoints weigh 1. A record whose weight changes is the same
 /// endpoint: it is inserted again with the new weight, not removed, and the balancer updates it
@@ -599,17 +603,28 @@ struct Seen {
     asked: HashSet<DnsName>,
 }
 
+/// The most lookups a streak (see [`Streak`]) holds before it forgets those of names gone from
+/// the answer; an answer of more than 32 names allows eight for each instead. A pool of 85 SRV
+/// targets, each failing all three ways (`"A"`, `"AAAA"`, `"target"`), that the answer takes
+/// turns listing a few of is never trimmed; across rollouts that give each pod a name of its
+/// own, the streak holds no more than this, or eight lookups for each name of the answer, plus
+/// those of one resolution.
+const STREAK_LOOKUPS: usize = 256;
+
 /// The lookups that failed without an answer (a timeout, a server failure) since a resolution
 /// was last published with nothing failing without an answer: a streak of partial and failed
 /// resolutions.
 ///
 /// A lookup that so fails for the first time in the streak starts the backoff of partial
 /// resolutions over, once, however the lookups take turns failing (a server that loses
-/// questions at random), so the pauses still climb to `max_refresh`. A published resolution
-/// keeps only the lookups of the names it had to look up: a name gone from the SRV answer (a
-/// pod's target after a rollout) is forgotten, so the streak holds no more than the answer's
-/// names, however long it lasts, and such a name that comes back and fails starts the backoff
-/// over again.
+/// questions at random), so the pauses still climb to `max_refresh`. The lookups of a name gone
+/// from the SRV answer are kept: an answer that lists some of many records at a time (Route 53
+/// multivalue answers, eight of more at random; name servers that disagree) takes turns among
+/// its targets, and one that comes back and fails again does not start the backoff over. Only
+/// when the streak holds more than [`STREAK_LOOKUPS`] lookups, and more than eight for each name
+/// of the answer, does a published resolution keep those of the names it had to look up alone
+/// (a pod's target after a rollout, with a name of its own, is then forgotten, and starts the
+/// backoff over should it come back and fail): the streak stays bounded however long it lasts.
 #[derive(Debug, Default)]
 struct Streak {
     lookups: Failing,
@@ -627,11 +642,14 @@ impl Streak {
     /// Notes a published resolution: the lookups that failed in it without an answer, the
     /// names it had to look up, and whether it was `partial`. Returns whether the backoff of
     /// partial resolutions starts over: a lookup new to the streak failed in it, or in a failed
-    /// resolution since the last published one.
+    /// resolution since the last published one. A streak grown past its bound keeps the
+    /// lookups of the names asked alone.
     fn published(&mut self, unanswered: Failing, asked: &HashSet<DnsName>, partial: bool) -> bool {
         let restart = self.note(unanswered) | std::mem::take(&mut self.started);
         if partial {
-            self.lookups.retain(|(name, _)| asked.contains(name));
+            if self.lookups.len() > STREAK_LOOKUPS.max(asked.len().saturating_mul(8)) {
+                self.lookups.retain(|(name, _)| asked.contains(name));
+            }
         } else {
             self.lookups.clear();
         }
@@ -1358,28 +1376,58 @@ mod tests {
         // (one pod per rollout) whose lookup times out, and which is gone from the next answer.
         let mut streak = Streak::default();
         let constant = lookup("c.api.test.", "AAAA");
+        let mut trimmed = false;
         for i in 0..10_000 {
             let unanswered = Failing::from([
                 constant.clone(),
                 lookup(&format!("pod-{i}.api.test."), "target"),
             ]);
             let asked = names(&unanswered);
+            let before = streak.lookups.len();
             streak.published(unanswered, &asked, true);
-            assert!(streak.lookups.len() <= 3, "{}", streak.lookups.len());
+            trimmed |= streak.lookups.len() < before;
+            assert!(
+                streak.lookups.len() <= STREAK_LOOKUPS,
+                "{}",
+                streak.lookups.len()
+            );
         }
+        assert!(trimmed);
         assert!(streak.lookups.contains(&constant));
     }
 
     #[test]
-    fn a_target_back_in_the_answer_starts_the_backoff_over_again() {
+    fn a_target_gone_from_the_answer_and_back_does_not_start_the_backoff_over() {
+        // An answer that lists some of many targets at a time, `x` among them every other time,
+        // while neither `c` nor `x` ever answers AAAA.
+        let mut streak = Streak::default();
+        let with_x = Failing::from([lookup("c.api.test.", "AAAA"), lookup("x.api.test.", "AAAA")]);
+        let without_x = Failing::from([lookup("c.api.test.", "AAAA")]);
+        assert!(streak.published(with_x.clone(), &names(&with_x), true));
+        for _ in 0..5 {
+            assert!(!streak.published(without_x.clone(), &names(&without_x), true));
+            assert!(!streak.published(with_x.clone(), &names(&with_x), true));
+        }
+    }
+
+    #[test]
+    fn a_target_back_in_the_answer_after_the_streak_was_trimmed_starts_the_backoff_over_again() {
         let mut streak = Streak::default();
         let constant = lookup("c.api.test.", "AAAA");
         let back = lookup("b.api.test.", "target");
         let both = Failing::from([constant.clone(), back.clone()]);
         assert!(streak.published(both.clone(), &names(&both), true));
-        // `b` leaves the answer while `c` goes on failing: no restart.
-        let one = Failing::from([constant.clone()]);
-        assert!(!streak.published(one.clone(), &names(&one), true));
+        // `b` leaves the answer while `c` goes on failing, and a new target times out in each
+        // resolution (one pod per rollout) until the streak outgrows its bound.
+        for i in 0..STREAK_LOOKUPS {
+            let unanswered = Failing::from([
+                constant.clone(),
+                lookup(&format!("pod-{i}.api.test."), "target"),
+            ]);
+            let asked = names(&unanswered);
+            assert!(streak.published(unanswered, &asked, true));
+        }
+        assert!(!streak.lookups.contains(&back));
         // `b` comes back and times out: it is new to the streak again.
         assert!(streak.published(both.clone(), &names(&both), true));
         assert!(!streak.published(both.clone(), &names(&both), true));
