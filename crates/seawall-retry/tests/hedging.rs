@@ -274,12 +274,42 @@ async fn a_failed_answer_does_not_win_while_another_copy_runs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn when_every_copy_fails_the_last_failure_is_returned() {
+async fn when_every_copy_fails_the_last_sent_failure_is_returned() {
     let replicas = Replicas::new();
     let latency = |n| if n == 0 { ms(150) } else { ms(200) };
     let svc = fixed(ms(100), 1).layer(replicas.service(latency, |_| true));
     let err = svc.oneshot(get()).await.unwrap_err();
     assert_eq!(err.to_string(), "replica 1 failed");
+}
+
+/// A failure of a copy that was sent is returned rather than a later rejection of a copy that
+/// never was (a bulkhead below whose wait for a permit ran out): the caller, and a retry above,
+/// see the server's answer.
+#[tokio::test(start_paused = true)]
+async fn a_sent_failure_is_returned_rather_than_a_later_rejection_never_sent() {
+    use seawall_core::error::{is, is_not_sent};
+
+    let start = Instant::now();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The original fails with a 503 at 50 ms; the hedge, sent at 10 ms, is turned away before
+    // it was sent at 90 ms.
+    let svc = fixed(ms(10), 1).layer(service_fn(move |_: Req| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(ms(50)).await;
+                Err::<usize, BoxError>("503".into())
+            } else {
+                tokio::time::sleep(ms(80)).await;
+                Err(Shed.into())
+            }
+        }
+    }));
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "503");
+    assert!(!is::<Shed>(&*err), "{err}");
+    assert!(!is_not_sent(&*err), "{err}");
+    assert_eq!(Instant::now() - start, ms(90), "the hedge answered last");
 }
 
 #[tokio::test(start_paused = true)]

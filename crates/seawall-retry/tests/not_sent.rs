@@ -509,14 +509,18 @@ async fn a_call_an_earlier_attempt_of_which_was_sent_is_not_taken_for_never_sent
     assert!(exhausted.last_error().is::<SentEarlier>());
 }
 
-/// A hedged call whose last copy to fail was never sent, while another copy was sent, is not
-/// taken for never sent; one none of whose copies was sent still is.
+/// A hedged call whose last copy to fail was never sent, while another copy was sent and failed,
+/// returns the sent copy's failure, not taken for never sent; one none of whose copies was sent
+/// returns the last rejection, never sent.
 #[tokio::test(start_paused = true)]
 async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sent() {
     use seawall_core::error::{find, is_not_sent};
     use seawall_retry::HedgeLayer;
 
-    for (first, expected) in [(Reset, false), (NotSent(None), true)] {
+    for (first, expected, shown) in [
+        (Reset, false, "connection reset"),
+        (NotSent(None), true, "rejected"),
+    ] {
         let calls = Arc::new(Mutex::new(0u32));
         let seen = calls.clone();
         // The first copy fails after 15 ms; the hedge, sent at 10 ms, is rejected 10 ms later.
@@ -548,7 +552,8 @@ async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sen
         let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
         assert_eq!(*calls.lock().unwrap(), 2, "{first:?}");
         assert_eq!(is_not_sent(&*err), expected, "{first:?}: {err}");
-        assert!(find::<Rejected>(&*err).is_some(), "{first:?}");
+        assert_eq!(err.to_string(), shown, "{first:?}");
+        assert_eq!(find::<Rejected>(&*err).is_some(), expected, "{first:?}");
     }
 }
 

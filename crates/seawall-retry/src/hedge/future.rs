@@ -63,9 +63,10 @@ pin_project! {
         // What the first hedge's delay counts from: the call (`started`) with a percentile delay,
         // the first poll with a fixed one.
         counted_from: Option<Instant>,
-        // The answer to return if no copy wins, and how the policy classified it: the last
-        // failure, or, when none failed, the last ignored answer.
-        failure: Option<(Result<S::Response, BoxError>, Outcome)>,
+        // The answer to return if no copy wins (see `keep`): the last of the answers that tell
+        // the caller most, a failure of a copy that was sent before one never sent, and either
+        // before an ignored answer.
+        failure: Option<Kept<S::Response>>,
         shared: Arc<Shared<P, K>>,
     }
 
@@ -194,34 +195,59 @@ where
     outcome
 }
 
-/// Keeps `result`, an answer that did not win, as the one to return if no copy wins: a failure
-/// replaces what is kept, an ignored answer only another ignored answer. An ignored answer (a
-/// bulkhead's rejection of a hedge) says nothing of the dependency: returned in place of a
-/// failure, it would hide that failure from a retry above and from the percentile delay.
-///
-/// A copy that may have been sent makes the call one that was: an error kept that proves only its
-/// own copy was never sent is then wrapped in a [`SentEarlier`], so that it is not taken for the
-/// call's.
-fn keep<Res>(
-    kept: &mut Option<(Result<Res, BoxError>, Outcome)>,
+/// An answer that did not win, kept by [`keep`] to return if no copy wins.
+struct Kept<Res> {
     result: Result<Res, BoxError>,
     outcome: Outcome,
-) {
-    let sent = |result: &Result<Res, BoxError>| match result {
-        Ok(_) => true,
-        Err(error) => not_sent(&**error).is_none(),
-    };
-    let any_sent = sent(&result) || kept.as_ref().is_some_and(|(kept, _)| sent(kept));
-    if outcome == Outcome::Failure || !matches!(kept, Some((_, Outcome::Failure))) {
-        *kept = Some((result, outcome));
+    // The answer's [`rank`], as it came (before any `SentEarlier` wrapping).
+    rank: Rank,
+    // Whether any answer so far came from a copy that may have been sent.
+    any_sent: bool,
+}
+
+/// How much an answer that did not win tells the caller: a failure more than an ignored answer,
+/// and of each, one from a copy that may have been sent more than one whose error proves it was
+/// never sent. Ordered: `(failure, sent)`.
+type Rank = (bool, bool);
+
+fn rank<Res>(result: &Result<Res, BoxError>, outcome: Outcome) -> Rank {
+    (outcome == Outcome::Failure, !unsent(result))
+}
+
+/// Keeps `result`, an answer that did not win, as the one to return if no copy wins, when it
+/// [ranks](rank) at least as high as the answer kept: a failure of a copy that was sent (the
+/// server's 503) is kept over a failure that proves its copy was never sent (a bulkhead's or rate
+/// limiter's rejection of a hedge), and either over an ignored answer (of which, too, a sent
+/// copy's is kept over one never sent); among answers of one rank the last is kept. A rejection
+/// of a copy never sent says nothing of the dependency: returned in place of the server's
+/// failure, it would hide that failure from the caller, from a retry above (which would also wait
+/// the `retry_after` of a rate limiter's rejection) and from the percentile delay.
+///
+/// A copy that may have been sent makes the call one that was: an error kept that proves only its
+/// own copy was never sent (every copy that was sent was ignored) is then wrapped in a
+/// [`SentEarlier`], so that it is not taken for the call's.
+fn keep<Res>(kept: &mut Option<Kept<Res>>, result: Result<Res, BoxError>, outcome: Outcome) {
+    let rank = rank(&result, outcome);
+    let any_sent = rank.1 || kept.as_ref().is_some_and(|kept| kept.any_sent);
+    match kept {
+        Some(kept) if rank < kept.rank => kept.any_sent = any_sent,
+        _ => {
+            *kept = Some(Kept {
+                result,
+                outcome,
+                rank,
+                any_sent,
+            })
+        }
     }
-    if any_sent {
-        *kept = kept.take().map(|(result, outcome)| match result {
-            Err(error) if not_sent(&*error).is_some() => {
-                (Err(Box::new(SentEarlier::new(error)) as BoxError), outcome)
+    if let Some(kept_now) = kept.take() {
+        let result = match kept_now.result {
+            Err(error) if kept_now.any_sent && not_sent(&*error).is_some() => {
+                Err(Box::new(SentEarlier::new(error)) as BoxError)
             }
-            result => (result, outcome),
-        });
+            result => result,
+        };
+        *kept = Some(Kept { result, ..kept_now });
     }
 }
 
@@ -308,7 +334,9 @@ where
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
                 abandon_hedge(this.service, this.withdrawn, this.readying);
-                let (result, outcome) = this
+                let Kept {
+                    result, outcome, ..
+                } = this
                     .failure
                     .take()
                     .expect("a finished call left its failure");
@@ -453,5 +481,83 @@ where
             .field("hedges_sent", &self.sent)
             .field("delay", &self.delay)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seawall_core::error::{is, NotSent};
+
+    /// Answers that did not win, in order: `"unsent"` stands for a rejection of a copy never
+    /// sent; any other text, for an error of a copy that was sent.
+    type Answers = &'static [(&'static str, Outcome)];
+
+    /// `(the kept answer, whether it is wrapped in a SentEarlier)` after `answers`.
+    fn kept_after(answers: Answers) -> (String, bool) {
+        let mut kept = None;
+        for &(answer, outcome) in answers {
+            let error: BoxError = match answer {
+                "unsent" => Box::new(NotSent::new()),
+                sent => sent.into(),
+            };
+            keep(&mut kept, Err::<(), _>(error), outcome);
+        }
+        let error = kept.expect("an answer was kept").result.unwrap_err();
+        let wrapped = is::<SentEarlier>(&*error);
+        let shown = match seawall_core::error::find::<NotSent>(&*error) {
+            Some(_) => "unsent".to_owned(),
+            None => error.to_string(),
+        };
+        (shown, wrapped)
+    }
+
+    #[test]
+    fn a_sent_failure_outranks_a_later_failure_never_sent() {
+        use Outcome::*;
+        let cases: &[(Answers, (&str, bool))] = &[
+            // A later answer of lower rank never replaces the one kept.
+            (&[("503", Failure), ("unsent", Failure)], ("503", false)),
+            (&[("503", Failure), ("ignored", Ignored)], ("503", false)),
+            (
+                &[("unsent", Failure), ("ignored", Ignored)],
+                ("unsent", true),
+            ),
+            (
+                &[("ignored", Ignored), ("unsent", Ignored)],
+                ("ignored", false),
+            ),
+            // One of equal or higher rank does.
+            (&[("unsent", Failure), ("503", Failure)], ("503", false)),
+            (&[("502", Failure), ("503", Failure)], ("503", false)),
+            (
+                &[("unsent", Failure), ("unsent", Failure)],
+                ("unsent", false),
+            ),
+            (
+                &[("ignored", Ignored), ("unsent", Failure)],
+                ("unsent", true),
+            ),
+            (
+                &[("unsent", Ignored), ("ignored", Ignored)],
+                ("ignored", false),
+            ),
+            // A failure never sent is wrapped once a copy was sent, however that copy ranks.
+            (
+                &[
+                    ("unsent", Failure),
+                    ("ignored", Ignored),
+                    ("unsent", Failure),
+                ],
+                ("unsent", true),
+            ),
+        ];
+        for &(answers, (shown, wrapped)) in cases {
+            assert_eq!(
+                kept_after(answers),
+                (shown.to_owned(), wrapped),
+                "{answers:?}"
+            );
+        }
     }
 }

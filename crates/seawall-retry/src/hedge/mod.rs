@@ -14,10 +14,12 @@
 //! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
 //! - **Acceptable** means an [`Outcome::Success`](seawall_core::Outcome) by the policy. A
 //!   failed or ignored answer (a bulkhead's rejection of a copy) does not win while another copy
-//!   is still running; when every copy sent has answered so, the last failure, or, when none
-//!   failed, the last ignored answer is returned at once, and a hedge due but still waiting for
-//!   the inner service to be ready is given up. Hedging does not re-send *because* of a failure:
-//!   that is what [`RetryLayer`](crate::RetryLayer) is for.
+//!   is still running; when every copy sent has answered so, the answer that tells most is
+//!   returned at once (the last failure of a copy that was sent, else the last failure proving
+//!   its copy was never sent, else the last ignored answer, a sent copy's before one never
+//!   sent), and a hedge due but still waiting for the inner service to be ready is given up.
+//!   Hedging does not re-send *because* of a failure: that is what
+//!   [`RetryLayer`](crate::RetryLayer) is for.
 //! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
 //!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
 //!   everything is slow at once (which is when hedges stop helping). A hedge never sent is given
