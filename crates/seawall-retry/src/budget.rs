@@ -23,11 +23,18 @@
 //!   window: about 9 a second sustained, as a retry counts against the budget for 10 to 11 s
 //!   from when it is taken.
 //! - **Token bucket** (gRPC's retry throttling, [gRFC A6]): the bucket starts full with
-//!   `max_tokens`; each failed attempt takes one token, each successful one adds `token_ratio`;
-//!   retries are allowed only while more than half the tokens remain. It follows the failure
-//!   rate, whatever the traffic: a full bucket gains nothing from successes, so retries stop
-//!   once the failures since it was last full reach `token_ratio` × the successes since then
-//!   plus `max_tokens / 2`.
+//!   `max_tokens`; each failed attempt that was sent takes one token, each successful one adds
+//!   `token_ratio`; retries are allowed only while more than half the tokens remain. It follows
+//!   the failure rate, whatever the traffic: a full bucket gains nothing from successes, so
+//!   retries stop once the failures since it was last full reach `token_ratio` × the successes
+//!   since then plus `max_tokens / 2`. A failure whose error proves the attempt was never sent
+//!   ([`seawall_core::error::not_sent`]: a full bulkhead's `Full`, a rate limiter's `Limited`, an
+//!   open breaker's `Open`) takes no token, as gRPC leaves attempts that never reached the server
+//!   out of its throttling: it says nothing of the dependency, and a saturated layer below would
+//!   otherwise drain the bucket and stop retries and hedges for the calls it lets through. The
+//!   trade-off: under a token bucket, retries of attempts a layer below keeps turning away are
+//!   bounded by the retry layer's `max_attempts`, its backoff and the call's deadline, not by the
+//!   bucket (a ratio budget still bounds them, as it counts every retry taken).
 //!
 //! A ratio budget counts a retry when it is decided on, not when it is sent (so does Finagle's
 //! `RetryBudget`, and gRPC's retry throttling also judges a retry when it is scheduled): a retry
@@ -212,7 +219,9 @@ impl RetryBudget {
     }
 
     /// Tells the budget how one attempt ended. Only the token bucket uses it: a failure takes a
-    /// token, a success adds `token_ratio`.
+    /// token, a success adds `token_ratio`. The retry and hedge layers do not record a failure
+    /// whose error proves its attempt was never sent ([`seawall_core::error::not_sent`]); one's
+    /// own caller of this may do the same.
     #[inline]
     pub fn record(&self, outcome: Outcome) {
         if let Kind::Bucket(b) = &*self.inner {

@@ -568,7 +568,8 @@ where
                     };
                     // Drops the attempt's future (cancelling it when its timeout fired).
                     this.step.set(Step::Deciding);
-                    if !*this.sent_any && unsent(&result).is_none() {
+                    let sent = unsent(&result).is_none();
+                    if sent {
                         *this.sent_any = true;
                     }
                     let elapsed = this
@@ -576,7 +577,10 @@ where
                         .map(|started| started.elapsed())
                         .unwrap_or_default();
                     let outcome = this.link.policy.classify(result.as_ref(), elapsed);
-                    this.link.record(outcome);
+                    // A failure never sent takes no token from a token bucket (gRFC A6).
+                    if sent || outcome != Outcome::Failure {
+                        this.link.record(outcome);
+                    }
                     if outcome != Outcome::Failure {
                         return Poll::Ready(result);
                     }
@@ -697,7 +701,11 @@ where
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
                 let outcome = link.policy.classify(result.as_ref(), elapsed);
-                link.record(outcome);
+                // A failure never sent takes no token from a token bucket: gRPC leaves attempts
+                // that never reached the server out of its retry throttling (gRFC A6).
+                if outcome != Outcome::Failure || unsent(&result).is_none() {
+                    link.record(outcome);
+                }
                 let first = state.as_mut().project_replace(State::Retrying {
                     retrying: Boxed::EMPTY,
                     attempts: 1,

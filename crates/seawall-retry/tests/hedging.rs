@@ -786,6 +786,39 @@ async fn a_hedge_turned_away_before_it_was_sent_does_not_drain_a_token_bucket() 
     assert!(!budget.can_retry());
 }
 
+/// An original call a layer below turned away before it was sent takes no token either: a
+/// saturated bulkhead below does not stop hedging for the calls it lets through.
+#[tokio::test(start_paused = true)]
+async fn an_original_turned_away_before_it_was_sent_does_not_drain_a_token_bucket() {
+    // Four tokens: hedges stop once failures take two more than successes give back (0.1 each).
+    let budget = RetryBudget::token_bucket(4.0, 0.1).unwrap();
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let made = calls.clone();
+    // Every second call is turned away at once; the others answer at once.
+    let mut svc = layer.layer(service_fn(move |_: Req| {
+        let n = made.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n % 2 == 1 {
+                Err::<usize, BoxError>(Shed.into())
+            } else {
+                Ok(n)
+            }
+        }
+    }));
+    for i in 0..10 {
+        let answer = svc.ready().await.unwrap().call(get()).await;
+        assert_eq!(answer.is_err(), i % 2 == 1, "call {i}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "no call hedged");
+    assert!(budget.can_retry(), "the rejections took no token");
+    assert!(format!("{budget:?}").contains("tokens: 4.0"), "{budget:?}");
+}
+
 /// A real bulkhead of one below the hedge: while the original holds the permit, each hedge is
 /// rejected with `Full` before it is sent, and gives its hedge back.
 #[tokio::test(start_paused = true)]

@@ -327,6 +327,31 @@ async fn a_never_sent_post_is_retried_within_the_budget() {
     assert_eq!(calls.count(), 2, "one retry, then the budget is spent");
 }
 
+/// Attempts turned away before they were sent take no token from a token bucket (gRPC leaves
+/// them out of its retry throttling, gRFC A6): retries against a full bulkhead below are bounded
+/// by `max_attempts`, the backoff and the deadline, not by the bucket.
+#[tokio::test(start_paused = true)]
+async fn attempts_never_sent_do_not_drain_a_token_bucket() {
+    // Four tokens: retries stop once failures take two more than successes give back.
+    let budget = RetryBudget::token_bucket(4.0, 0.1).unwrap();
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let (svc, calls) = scripted(vec![NotSent(None)]);
+    let mut svc = layer.layer(svc);
+    for i in 0..5 {
+        let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+        assert!(seawall_core::error::is_not_sent(&*err), "call {i}: {err}");
+        assert_eq!(calls.count(), 2 * i + 2, "call {i} was retried");
+    }
+    assert_eq!(calls.count(), 10);
+    assert!(budget.can_retry());
+    assert!(format!("{budget:?}").contains("tokens: 4.0"), "{budget:?}");
+}
+
 /// A recording service that answers 200, after `latency` on its first call.
 fn answering(
     latency: Duration,

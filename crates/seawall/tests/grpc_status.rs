@@ -9,7 +9,7 @@ use seawall::{
     discover,
     grpc::{code, to_status, StatusLayer, StatusService},
     retry::{BudgetExhausted, RequestDeadline, RetryBudget, RetryLayer},
-    BoxError,
+    BoxError, Outcome,
 };
 use std::{
     future::pending,
@@ -136,13 +136,13 @@ async fn the_servers_status_under_an_exhausted_budget_is_kept() {
 #[tokio::test(start_paused = true)]
 async fn a_rejection_under_a_wrapper_gives_the_status_its_own_message() {
     // The breaker rejects the only attempt and the empty budget allows no retry: the error is a
-    // `BudgetExhausted` wrapping `Open`, and the code comes from `Open`.
+    // `BudgetExhausted` wrapping `Open`, and the code comes from `Open`. An earlier failure took
+    // the bucket's only token (the rejection, never sent, takes none).
     let breaker = BreakerLayer::new();
     breaker.handle().force_open();
-    let retry = RetryLayer::builder()
-        .budget(RetryBudget::token_bucket(1.0, 0.1).unwrap())
-        .build()
-        .unwrap();
+    let budget = RetryBudget::token_bucket(1.0, 0.1).unwrap();
+    budget.record(Outcome::Failure);
+    let retry = RetryLayer::builder().budget(budget).build().unwrap();
     let ok = service_fn(|_: Req| async { Ok::<_, BoxError>(()) });
     let error = retry
         .layer(breaker.layer(ok))

@@ -163,10 +163,11 @@ where
 /// rescued by a fast sample and drag the percentile, and with it the delay, below the service's
 /// real one.
 ///
-/// The outcome goes into a token-bucket budget unless `counted` is false, for a hedge that was
-/// never sent: a copy a bulkhead below turned away says nothing of the dependency, and would
-/// drain the bucket, and so stop hedging, for as long as the bulkhead is full (gRPC likewise
-/// leaves calls that never reached the server out of its retry throttling, gRFC A6).
+/// The outcome goes into a token-bucket budget unless `counted` is false, for a copy (the
+/// original included) that was never sent: a copy a bulkhead below turned away says nothing of
+/// the dependency, and would drain the bucket, and so stop hedging, for as long as the bulkhead
+/// is full (gRPC likewise leaves calls that never reached the server out of its retry
+/// throttling, gRFC A6).
 fn classify<P, K, Req, Res>(
     shared: &Shared<P, K>,
     result: &Result<Res, BoxError>,
@@ -287,7 +288,9 @@ where
                 if let Poll::Ready(result) = primary.poll(cx) {
                     this.primary.set(None);
                     let result = result.map_err(Into::into);
-                    let outcome = classify(shared, &result, *this.started, *this.started, true);
+                    // Counted in a token bucket only when it may have been sent, as a hedge is.
+                    let sent = !unsent(&result);
+                    let outcome = classify(shared, &result, *this.started, *this.started, sent);
                     if outcome == Outcome::Success {
                         // Losers are cancelled now, not when the caller drops this future.
                         this.hedges.clear();

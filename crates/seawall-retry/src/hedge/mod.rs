@@ -26,8 +26,9 @@
 //!   back: one still waiting for the inner service to be ready when the call ends, and one whose
 //!   copy a layer below turned away before sending it, its error proving so
 //!   ([`seawall_core::error::not_sent`]: a full bulkhead's `Full`, an open breaker's `Open`, a
-//!   refused connection). Such an answer takes no token from a token bucket either, so a
-//!   saturated bulkhead below does not use up the budget for hedges it never let through.
+//!   refused connection). Such an answer, the original's included, takes no token from a token
+//!   bucket either, so a saturated bulkhead below does not use up the budget for hedges it never
+//!   let through.
 //! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
 //!   idempotent methods) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through [`RequestDeadline`]
