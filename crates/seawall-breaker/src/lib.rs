@@ -147,4 +147,4 @@ pub use handle::BreakerHandle;
 pub use layer::BreakerLayer;
 pub use service::Breaker;
 pub use set::BreakerSet;
-pub use state::{Snapshot, State, Transition};
+pub use state::{OpenReason, Snapshot, State, Transition};

@@ -3,7 +3,7 @@
 
 use crate::{
     config::BreakerConfig,
-    state::{Machine, Observer, Permit, Rejected, State, Transition},
+    state::{Machine, Observer, OpenReason, Permit, Rejected, State, Transition},
 };
 use seawall_core::{event::Listeners, metrics, Name, Outcome};
 use std::{
@@ -295,12 +295,19 @@ impl Shared {
 impl Observer for Shared {
     fn on_transition(&self, transition: &Transition) {
         self.metrics.transitions.increment(1);
+        // Fields left out when `None`: `reason` only on a change to Open or ForcedOpen, `rate`
+        // and `threshold` only on a trip on a rate of the sliding window.
+        let reason = transition.reason.map(OpenReason::as_str);
+        let (rate, threshold) = transition.reason.and_then(OpenReason::rate).unzip();
         if transition.metrics_only {
             tracing::info!(
                 name = %self.name,
                 from = %transition.from,
                 to = %transition.to,
                 wait = ?transition.wait,
+                reason,
+                rate,
+                threshold,
                 "circuit breaker would change state (metrics only)"
             );
         } else {
@@ -309,6 +316,9 @@ impl Observer for Shared {
                 from = %transition.from,
                 to = %transition.to,
                 wait = ?transition.wait,
+                reason,
+                rate,
+                threshold,
                 "circuit breaker changed state"
             );
             // Two changes made at once on two threads can get here in either order: publish the

@@ -148,6 +148,122 @@ pub struct Transition {
     /// HalfOpen: how long it waits for the probes in flight, counted from the first one admitted
     /// while none was out (and again from the next one, once none is in flight).
     pub wait: Option<Duration>,
+    /// Why the breaker opened: `Some` exactly when `to` is Open (with `metrics_only` too, for the
+    /// trip the breaker would have made) or ForcedOpen, `None` otherwise.
+    pub reason: Option<OpenReason>,
+}
+
+/// Why a breaker opened, as given in [`Transition::reason`].
+///
+/// The rates are those the breaker compared with its thresholds when it tripped, so a rate is at
+/// least its threshold, less at most 1e-12 (thresholds are compared in whole parts per million,
+/// see [`failure_rate_threshold`](crate::BreakerConfigBuilder::failure_rate_threshold)). When several
+/// rules hold at once the first of the variants below that holds is given: the failure rate, then
+/// the slow-call rate, then the run of failures; in HalfOpen, the probes' failures, then their
+/// slow calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum OpenReason {
+    /// Closed: the failure rate of the sliding window reached
+    /// [`failure_rate_threshold`](crate::BreakerConfigBuilder::failure_rate_threshold), with at
+    /// least `minimum_calls` calls in the window.
+    FailureRate {
+        /// Failed calls over calls in the window, when the breaker tripped.
+        rate: f64,
+        /// The threshold it reached.
+        threshold: f64,
+    },
+    /// Closed: the slow-call rate of the sliding window reached
+    /// [`slow_call_rate_threshold`](crate::BreakerConfigBuilder::slow_call_rate_threshold), with
+    /// at least `minimum_calls` calls in the window.
+    SlowCallRate {
+        /// Slow calls over calls in the window, when the breaker tripped.
+        rate: f64,
+        /// The threshold it reached.
+        threshold: f64,
+    },
+    /// Closed: a run of failures in a row reached
+    /// [`consecutive_failures`](crate::BreakerConfigBuilder::consecutive_failures).
+    ConsecutiveFailures {
+        /// The failures in the run.
+        failures: u32,
+    },
+    /// HalfOpen: the probes' results are in and too many failed: their failure rate reached
+    /// `failure_rate_threshold` or, with no failure-rate rule, one failed under the
+    /// consecutive-failures rule.
+    ProbesFailed {
+        /// Probes that failed.
+        failures: u32,
+        /// Probe results the verdict was taken on.
+        probes: u32,
+    },
+    /// HalfOpen: the probes' results are in and their slow-call rate reached
+    /// `slow_call_rate_threshold`.
+    ProbesSlow {
+        /// Probes that were slow.
+        slow_calls: u32,
+        /// Probe results the verdict was taken on.
+        probes: u32,
+    },
+    /// HalfOpen: probes in flight did not answer within
+    /// [`max_wait_in_half_open`](crate::BreakerConfigBuilder::max_wait_in_half_open).
+    ProbesTimedOut,
+    /// Manual: forced open ([`BreakerHandle::force_open`](crate::BreakerHandle::force_open)).
+    Forced,
+}
+
+// The rates are ratios of counts with at least one call, and thresholds are validated: no NaN.
+impl Eq for OpenReason {}
+
+impl OpenReason {
+    /// Lowercase name, as used in logs: `"failure_rate"`, `"slow_call_rate"`,
+    /// `"consecutive_failures"`, `"probes_failed"`, `"probes_slow"`, `"probes_timed_out"`,
+    /// `"forced"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenReason::FailureRate { .. } => "failure_rate",
+            OpenReason::SlowCallRate { .. } => "slow_call_rate",
+            OpenReason::ConsecutiveFailures { .. } => "consecutive_failures",
+            OpenReason::ProbesFailed { .. } => "probes_failed",
+            OpenReason::ProbesSlow { .. } => "probes_slow",
+            OpenReason::ProbesTimedOut => "probes_timed_out",
+            OpenReason::Forced => "forced",
+        }
+    }
+
+    /// The measured rate and the threshold it reached, for a trip on the failure or slow-call
+    /// rate of the sliding window.
+    pub fn rate(self) -> Option<(f64, f64)> {
+        match self {
+            OpenReason::FailureRate { rate, threshold }
+            | OpenReason::SlowCallRate { rate, threshold } => Some((rate, threshold)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OpenReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            OpenReason::FailureRate { rate, threshold } => {
+                write!(f, "failure rate {rate} reached {threshold}")
+            }
+            OpenReason::SlowCallRate { rate, threshold } => {
+                write!(f, "slow-call rate {rate} reached {threshold}")
+            }
+            OpenReason::ConsecutiveFailures { failures } => {
+                write!(f, "{failures} failures in a row")
+            }
+            OpenReason::ProbesFailed { failures, probes } => {
+                write!(f, "{failures} of {probes} probes failed")
+            }
+            OpenReason::ProbesSlow { slow_calls, probes } => {
+                write!(f, "{slow_calls} of {probes} probes were slow")
+            }
+            OpenReason::ProbesTimedOut => f.write_str("probes timed out"),
+            OpenReason::Forced => f.write_str("forced open"),
+        }
+    }
 }
 
 /// What the machine tells its owner about, besides return values.
@@ -456,6 +572,10 @@ struct Rules {
     probes: u64,
     half_open_nanos: u64,
     seed: u64,
+    /// The thresholds as configured, for [`OpenReason`] (the machine compares `failure_ppm` and
+    /// `slow_ppm`).
+    failure_rate: Option<f64>,
+    slow_rate: Option<f64>,
 }
 
 /// A rate threshold in whole parts per million: the threshold in ppm less an allowance of a
@@ -536,6 +656,8 @@ impl Machine {
             probes: config.permitted_probes as u64,
             half_open_nanos: nanos(config.max_wait_in_half_open),
             seed: config.seed(),
+            failure_rate: config.failure_rate,
+            slow_rate: config.slow_rate,
         };
         Machine {
             state: Padded(AtomicU64::new(pack_state(0, CLOSED))),
@@ -691,7 +813,8 @@ impl Machine {
                     let until = self.until_of(generation);
                     match until {
                         Some(until) if now.get() >= until => {
-                            self.transition(word, HALF_OPEN | (mode & SHADOW), now.get(), observer);
+                            let to = HALF_OPEN | (mode & SHADOW);
+                            self.transition(word, to, now.get(), observer, None);
                         }
                         // No deadline of this Open: either the change into it has not written
                         // it yet, or a newer generation has written its own, and then the
@@ -706,7 +829,9 @@ impl Machine {
                     if let Some(deadline) = deadline.filter(|&deadline| now.get() >= deadline) {
                         // Open as of the bound, not of now: a HalfOpen that ran out unattended
                         // has served its Open wait meanwhile, and this call may be its probe.
-                        self.transition(word, OPEN | (mode & SHADOW), deadline, observer);
+                        let to = OPEN | (mode & SHADOW);
+                        let reason = Some(OpenReason::ProbesTimedOut);
+                        self.transition(word, to, deadline, observer, reason);
                         continue;
                     }
                     match self.take_probe(generation) {
@@ -882,14 +1007,16 @@ impl Machine {
                     return;
                 };
                 let mut trip = self.rates_trip(counts);
+                let mut run = 0;
                 if let Some(limit) = self.rules.consecutive {
-                    let Some(run) = self.extend_run(failure, generation) else {
+                    let Some(extended) = self.extend_run(failure, generation) else {
                         return;
                     };
+                    run = extended;
                     trip |= failure && run >= limit;
                 }
                 if trip {
-                    self.transition(word, OPEN | (mode_of(word) & SHADOW), now.get(), observer);
+                    self.trip(word, counts, run, now.get(), observer);
                 }
             }
             PermitKind::Probe => self.complete_probe(permit, outcome, elapsed, now, observer),
@@ -916,7 +1043,9 @@ impl Machine {
         {
             // The probes outlived their bound: this result is too late to count, and the
             // breaker has been open since the bound.
-            self.transition(word, OPEN | (mode_of(word) & SHADOW), deadline, observer);
+            let to = OPEN | (mode_of(word) & SHADOW);
+            let reason = Some(OpenReason::ProbesTimedOut);
+            self.transition(word, to, deadline, observer, reason);
             return;
         }
         let tag = tag_of(permit.generation());
@@ -966,15 +1095,36 @@ impl Machine {
         }
         let failures = probe_field(probes, PROBE_FAILURES_SHIFT);
         let slow = probes & PROBE_FIELD;
-        let opens = match self.rules.failure_ppm {
+        let failed = match self.rules.failure_ppm {
             Some(ppm) => failures * 1_000_000 >= ppm * results,
             None => self.rules.consecutive.is_some() && failures > 0,
-        } || self
+        };
+        let reason = if failed {
+            Some(OpenReason::ProbesFailed {
+                failures: failures as u32,
+                probes: results as u32,
+            })
+        } else if self
             .rules
             .slow_ppm
-            .is_some_and(|ppm| slow * 1_000_000 >= ppm * results);
-        let to = if opens { OPEN } else { CLOSED };
-        self.change(word, to | (mode_of(word) & SHADOW), now, observer, true);
+            .is_some_and(|ppm| slow * 1_000_000 >= ppm * results)
+        {
+            Some(OpenReason::ProbesSlow {
+                slow_calls: slow as u32,
+                probes: results as u32,
+            })
+        } else {
+            None
+        };
+        let to = if reason.is_some() { OPEN } else { CLOSED };
+        self.change(
+            word,
+            to | (mode_of(word) & SHADOW),
+            now,
+            observer,
+            true,
+            reason,
+        );
     }
 
     /// Stops the bound of HalfOpen `generation`, whose last probe in flight just ended (handed
@@ -1136,7 +1286,8 @@ impl Machine {
                     // A HalfOpen that ran out is open as of its bound; an Open whose wait is
                     // over starts its probe window now.
                     let at = if next == OPEN { deadline } else { now.get() };
-                    self.transition(word, next | (mode & SHADOW), at, observer);
+                    let reason = (next == OPEN).then_some(OpenReason::ProbesTimedOut);
+                    self.transition(word, next | (mode & SHADOW), at, observer, reason);
                 }
                 // A deadline already of a newer generation says nothing of `word`'s: when the
                 // state has moved since it was read, look at the new state.
@@ -1180,17 +1331,63 @@ impl Machine {
             let word = self.state.load(Ordering::Acquire);
             let mode = mode_of(word);
             let already = mode == to || (to & SHADOW != 0 && mode & SHADOW != 0);
-            if (already && !always) || self.transition(word, to, now, observer) {
+            let reason = (to == FORCED_OPEN).then_some(OpenReason::Forced);
+            if (already && !always) || self.transition(word, to, now, observer, reason) {
                 return;
             }
         }
     }
 
     /// Moves from `from` (a state word) to `to` (a mode) in the next generation, if no one else
-    /// changed the state first. Returns whether this call made the change.
+    /// changed the state first, for `reason` (given when `to` is Open or ForcedOpen). Returns
+    /// whether this call made the change.
     #[inline]
-    fn transition<O: Observer + ?Sized>(&self, from: u64, to: u64, now: u64, observer: &O) -> bool {
-        self.change(from, to, now, observer, false)
+    fn transition<O: Observer + ?Sized>(
+        &self,
+        from: u64,
+        to: u64,
+        now: u64,
+        observer: &O,
+        reason: Option<OpenReason>,
+    ) -> bool {
+        self.change(from, to, now, observer, false, reason)
+    }
+
+    /// Trips Closed (or MetricsOnly's Closed) `word` at `now`: the window's `counts` or the `run`
+    /// of failures after the call just recorded reached a threshold. The reason is worked out
+    /// here, off the path of calls that do not trip.
+    #[cold]
+    #[inline(never)]
+    fn trip<O: Observer + ?Sized>(
+        &self,
+        word: u64,
+        counts: Counts,
+        run: u32,
+        now: u64,
+        observer: &O,
+    ) {
+        let rules = &self.rules;
+        let calls = counts.calls as u64;
+        let over = |n: u32, ppm: Option<u64>| {
+            counts.calls >= rules.minimum_calls
+                && ppm.is_some_and(|ppm| n as u64 * 1_000_000 >= ppm * calls)
+        };
+        let rate = |n: u32| n as f64 / counts.calls.max(1) as f64;
+        let reason = match (rules.failure_rate, rules.slow_rate) {
+            (Some(threshold), _) if over(counts.failures, rules.failure_ppm) => {
+                OpenReason::FailureRate {
+                    rate: rate(counts.failures),
+                    threshold,
+                }
+            }
+            (_, Some(threshold)) if over(counts.slow, rules.slow_ppm) => OpenReason::SlowCallRate {
+                rate: rate(counts.slow),
+                threshold,
+            },
+            _ => OpenReason::ConsecutiveFailures { failures: run },
+        };
+        let to = OPEN | (mode_of(word) & SHADOW);
+        self.transition(word, to, now, observer, Some(reason));
     }
 
     /// [`transition`](Self::transition); a change to Closed that `gives_way` (a HalfOpen's
@@ -1205,7 +1402,13 @@ impl Machine {
         now: u64,
         observer: &O,
         gives_way: bool,
+        reason: Option<OpenReason>,
     ) -> bool {
+        debug_assert_eq!(
+            reason.is_some(),
+            matches!(to & !SHADOW, OPEN | FORCED_OPEN),
+            "a reason is given exactly for a change to Open or ForcedOpen"
+        );
         let generation = generation_of(from) + 1;
         let closes = to & !SHADOW == CLOSED;
         match to & !SHADOW {
@@ -1293,6 +1496,7 @@ impl Machine {
             metrics_only,
             generation,
             wait: wait.map(Duration::from_nanos),
+            reason,
         });
         true
     }

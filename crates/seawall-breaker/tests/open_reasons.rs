@@ -1,0 +1,414 @@
+//! Why a breaker opened: every change to Open or ForcedOpen carries its [`OpenReason`], with the
+//! rate and threshold or the counts it tripped on, in the transition listeners get and in the
+//! log line; changes to other states carry none.
+#![cfg(not(loom))]
+
+mod common;
+
+use common::{dependency, send, Call};
+use seawall::breaker::{
+    BreakerConfigBuilder, BreakerLayer, OpenReason, SlidingWindow, State, Transition,
+};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tower::{Layer, Service, ServiceExt};
+
+type Seen = Arc<Mutex<Vec<Transition>>>;
+
+/// `builder` with a listener that keeps every transition, and no jitter.
+fn recording(builder: BreakerConfigBuilder) -> (Seen, BreakerLayer) {
+    let seen = Seen::default();
+    let sink = seen.clone();
+    let layer = builder
+        .jitter(0.0)
+        .wait_duration(Duration::from_secs(1))
+        .on_transition(move |_: &seawall::Name, t: &Transition| {
+            sink.lock().unwrap().push(t.clone())
+        })
+        .build()
+        .unwrap();
+    (seen, layer)
+}
+
+/// Each transition as `(from, to, reason)`, checking that a reason comes exactly with a change to
+/// Open or ForcedOpen.
+fn reasons(seen: &Seen) -> Vec<(State, State, Option<OpenReason>)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(
+                t.reason.is_some(),
+                matches!(t.to, State::Open | State::ForcedOpen),
+                "{t:?}"
+            );
+            (t.from, t.to, t.reason)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_rate_trip_gives_the_rate_and_threshold() {
+    let (seen, layer) = recording(
+        BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_calls(10)
+            .failure_rate_threshold(0.5),
+    );
+    let mut svc = layer.layer(dependency().0);
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Ok).await;
+    }
+    for _ in 0..6 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen),
+        [(
+            State::Closed,
+            State::Open,
+            Some(OpenReason::FailureRate {
+                rate: 0.6,
+                threshold: 0.5
+            })
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_call_rate_trip_gives_the_rate_and_threshold() {
+    let (seen, layer) = recording(
+        BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_calls(5)
+            .failure_rate_threshold(1.0)
+            .slow_call_rate_threshold(0.6)
+            .slow_call_duration(Duration::from_millis(100)),
+    );
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Ok, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    for _ in 0..3 {
+        let _ = send(&mut svc, Call::SlowOk(150)).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen),
+        [(
+            State::Closed,
+            State::Open,
+            Some(OpenReason::SlowCallRate {
+                rate: 0.6,
+                threshold: 0.6
+            })
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failure_rate_comes_first_when_both_rates_trip() {
+    let (seen, layer) = recording(
+        BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(4))
+            .minimum_calls(4)
+            .failure_rate_threshold(0.5)
+            .slow_call_rate_threshold(0.25)
+            .slow_call_duration(Duration::from_millis(100)),
+    );
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Ok, Call::Fail, Call::SlowFail(100), Call::SlowOk(100)] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen)[0].2,
+        Some(OpenReason::FailureRate {
+            rate: 0.5,
+            threshold: 0.5
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_failures_gives_its_length() {
+    // The failure-rate rule is on too, but the window holds fewer than minimum_calls.
+    let (seen, layer) = recording(BreakerLayer::builder().consecutive_failures(3));
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Fail, Call::Ok, Call::Fail, Call::Fail, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen),
+        [(
+            State::Closed,
+            State::Open,
+            Some(OpenReason::ConsecutiveFailures { failures: 3 })
+        )]
+    );
+}
+
+/// Trips on the first failure, waits 1 s, then `probes` probes.
+fn probing(probes: u32) -> BreakerConfigBuilder {
+    BreakerLayer::builder()
+        .consecutive_failures(1)
+        .permitted_probes(probes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_probes_reopen_with_their_counts() {
+    let (seen, layer) = recording(probing(3).failure_rate_threshold(0.5));
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [Call::Fail, Call::Ok, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen),
+        [
+            (
+                State::Closed,
+                State::Open,
+                Some(OpenReason::ConsecutiveFailures { failures: 1 })
+            ),
+            (State::Open, State::HalfOpen, None),
+            (
+                State::HalfOpen,
+                State::Open,
+                Some(OpenReason::ProbesFailed {
+                    failures: 2,
+                    probes: 3
+                })
+            ),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failed_probe_reopens_under_the_consecutive_failures_rule_alone() {
+    let (seen, layer) = recording(probing(3).without_failure_rate());
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [Call::Ok, Call::Fail, Call::Ok] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(
+        reasons(&seen).last().unwrap().2,
+        Some(OpenReason::ProbesFailed {
+            failures: 1,
+            probes: 3
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_probes_reopen_with_their_counts() {
+    let (seen, layer) = recording(
+        probing(2)
+            .failure_rate_threshold(1.0)
+            .slow_call_rate_threshold(0.5)
+            .slow_call_duration(Duration::from_millis(100)),
+    );
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [Call::Ok, Call::SlowOk(150)] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen).last().unwrap().2,
+        Some(OpenReason::ProbesSlow {
+            slow_calls: 1,
+            probes: 2
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_outlives_the_half_open_wait_reopens_as_timed_out() {
+    let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        reasons(&seen)[1..],
+        [
+            (State::Open, State::HalfOpen, None),
+            (
+                State::HalfOpen,
+                State::Open,
+                Some(OpenReason::ProbesTimedOut)
+            ),
+        ]
+    );
+    hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_after_the_half_open_wait_reopens_as_timed_out() {
+    let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The next call finds the bound run out, before anything else looks at the breaker.
+    assert!(common::rejected(&send(&mut svc, Call::Ok).await));
+    assert_eq!(
+        reasons(&seen).last().unwrap(),
+        &(
+            State::HalfOpen,
+            State::Open,
+            Some(OpenReason::ProbesTimedOut)
+        )
+    );
+    hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_probe_result_reopens_as_timed_out() {
+    let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Answers after the bound; nothing else looks at the breaker before it does.
+    let _ = send(&mut svc, Call::SlowOk(3_000)).await;
+    assert_eq!(
+        reasons(&seen).last().unwrap(),
+        &(
+            State::HalfOpen,
+            State::Open,
+            Some(OpenReason::ProbesTimedOut)
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_open_is_forced_and_other_manual_changes_give_no_reason() {
+    let (seen, layer) = recording(BreakerLayer::builder());
+    let handle = layer.handle();
+    handle.force_open();
+    handle.disable();
+    handle.force_open();
+    handle.metrics_only();
+    handle.reset();
+    assert_eq!(
+        reasons(&seen),
+        [
+            (State::Closed, State::ForcedOpen, Some(OpenReason::Forced)),
+            (State::ForcedOpen, State::Disabled, None),
+            (State::Disabled, State::ForcedOpen, Some(OpenReason::Forced)),
+            (State::ForcedOpen, State::MetricsOnly, None),
+            (State::MetricsOnly, State::Closed, None),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_reports_the_reason_it_would_open_for() {
+    let (seen, layer) = recording(
+        BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(4))
+            .minimum_calls(4)
+            .failure_rate_threshold(0.75)
+            .permitted_probes(1),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    handle.metrics_only();
+    for call in [Call::Fail, Call::Ok, Call::Fail, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
+    assert_eq!(handle.snapshot().machine_state, State::Open);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = send(&mut svc, Call::Fail).await;
+    let seen: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (t.from, t.to, t.metrics_only, t.reason))
+        .collect();
+    let would = |from, to, reason| (from, to, true, reason);
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::MetricsOnly, false, None),
+            would(
+                State::Closed,
+                State::Open,
+                Some(OpenReason::FailureRate {
+                    rate: 0.75,
+                    threshold: 0.75
+                })
+            ),
+            would(State::Open, State::HalfOpen, None),
+            would(
+                State::HalfOpen,
+                State::Open,
+                Some(OpenReason::ProbesFailed {
+                    failures: 1,
+                    probes: 1
+                })
+            ),
+        ]
+    );
+}
+
+#[test]
+fn reasons_have_stable_names_and_say_what_happened() {
+    let rate = OpenReason::FailureRate {
+        rate: 0.6,
+        threshold: 0.5,
+    };
+    assert_eq!(rate.as_str(), "failure_rate");
+    assert_eq!(rate.rate(), Some((0.6, 0.5)));
+    assert_eq!(rate.to_string(), "failure rate 0.6 reached 0.5");
+    let slow = OpenReason::SlowCallRate {
+        rate: 1.0,
+        threshold: 0.8,
+    };
+    assert_eq!(slow.as_str(), "slow_call_rate");
+    assert_eq!(slow.rate(), Some((1.0, 0.8)));
+    let probes = OpenReason::ProbesFailed {
+        failures: 2,
+        probes: 3,
+    };
+    assert_eq!(probes.rate(), None);
+    assert_eq!(probes.to_string(), "2 of 3 probes failed");
+    let names: Vec<_> = [
+        OpenReason::ConsecutiveFailures { failures: 5 },
+        OpenReason::ProbesSlow {
+            slow_calls: 1,
+            probes: 1,
+        },
+        OpenReason::ProbesTimedOut,
+        OpenReason::Forced,
+    ]
+    .iter()
+    .map(|r| r.as_str())
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "consecutive_failures",
+            "probes_slow",
+            "probes_timed_out",
+            "forced"
+        ]
+    );
+}
