@@ -333,7 +333,9 @@ impl BreakerConfigBuilder {
     }
 
     /// Adds a listener called on every state change (and, in MetricsOnly, on every change the
-    /// breaker would have made).
+    /// breaker would have made). A change to Open or ForcedOpen says why in
+    /// [`Transition::reason`] (a failure or slow-call rate with its threshold, a run of failures,
+    /// failed, slow or hung probes, or [`force_open`](crate::BreakerHandle::force_open)).
     ///
     /// A listener is called on the thread that made the change, after the change: another
     /// thread can make the next change and call the listeners with it in between, so changes

@@ -127,7 +127,8 @@ impl fmt::Display for State {
     }
 }
 
-/// A state change, as given to listeners.
+/// A state change, as given to listeners: from and to which state, in which generation, for how
+/// long and, on a change to Open or ForcedOpen, [why](OpenReason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Transition {
