@@ -588,6 +588,12 @@ fn ppm(rate: f64) -> u64 {
     ((rate * 1_000_000.0 - 1e-6).ceil() as u64).max(1)
 }
 
+/// Whether `n` of `calls` reach a threshold of `ppm` parts per million (never without one).
+#[inline]
+fn rate_reached(n: u32, calls: u32, ppm: Option<u64>) -> bool {
+    ppm.is_some_and(|ppm| n as u64 * 1_000_000 >= ppm * calls as u64)
+}
+
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
@@ -1223,14 +1229,8 @@ impl Machine {
         if counts.calls < self.rules.minimum_calls {
             return false;
         }
-        let calls = counts.calls as u64;
-        self.rules
-            .failure_ppm
-            .is_some_and(|ppm| counts.failures as u64 * 1_000_000 >= ppm * calls)
-            || self
-                .rules
-                .slow_ppm
-                .is_some_and(|ppm| counts.slow as u64 * 1_000_000 >= ppm * calls)
+        rate_reached(counts.failures, counts.calls, self.rules.failure_ppm)
+            || rate_reached(counts.slow, counts.calls, self.rules.slow_ppm)
     }
 
     /// The deadline of `generation` (end of Open, or HalfOpen's bound), if it has been written.
@@ -1368,10 +1368,8 @@ impl Machine {
         observer: &O,
     ) {
         let rules = &self.rules;
-        let calls = counts.calls as u64;
         let over = |n: u32, ppm: Option<u64>| {
-            counts.calls >= rules.minimum_calls
-                && ppm.is_some_and(|ppm| n as u64 * 1_000_000 >= ppm * calls)
+            counts.calls >= rules.minimum_calls && rate_reached(n, counts.calls, ppm)
         };
         let rate = |n: u32| n as f64 / counts.calls.max(1) as f64;
         let reason = match (rules.failure_rate, rules.slow_rate) {
