@@ -477,19 +477,17 @@ impl GrpcCode {
     }
 
     /// Reads the `grpc-status` header; `None` when it is absent.
+    ///
+    /// The value is read as tonic's client reads it: one digit (`0` to `9`), or two digits from
+    /// `10` to `16`. Anything else is UNKNOWN, including a code written with leading zeros
+    /// (`00`, `014`), a sign or a value above 16.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
         let value = headers.get("grpc-status")?;
-        Some(
-            // Digits only: a sign, which `parse` would accept, makes it malformed.
-            match std::str::from_utf8(value.as_bytes())
-                .ok()
-                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse().ok())
-            {
-                Some(n) => GrpcCode::from_u32(n),
-                None => GrpcCode::Unknown,
-            },
-        )
+        Some(match *value.as_bytes() {
+            [d @ b'0'..=b'9'] => GrpcCode::from_u32(u32::from(d - b'0')),
+            [b'1', d @ b'0'..=b'6'] => GrpcCode::from_u32(10 + u32::from(d - b'0')),
+            _ => GrpcCode::Unknown,
+        })
     }
 }
 
@@ -701,6 +699,43 @@ mod tests {
 
     fn classify_grpc(c: &GrpcClassifier, status: Option<&str>) -> Outcome {
         Classify::<_, io::Error>::classify(c, Ok(&grpc(status)), Duration::ZERO)
+    }
+
+    /// A `grpc-status` is read as tonic's `Code::from_bytes` reads it: one digit, or two digits
+    /// from 10 to 16. Leading zeros (`00`, `014`) or any other length make it UNKNOWN, as the
+    /// tonic client reports it, not the code the digits' value names.
+    #[test]
+    fn grpc_status_is_one_digit_or_ten_to_sixteen() {
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", value.parse().unwrap());
+            GrpcCode::from_headers(&headers)
+        };
+        for (value, want) in [
+            ("0", GrpcCode::Ok),
+            ("9", GrpcCode::FailedPrecondition),
+            ("10", GrpcCode::Aborted),
+            ("14", GrpcCode::Unavailable),
+            ("16", GrpcCode::Unauthenticated),
+            ("00", GrpcCode::Unknown),
+            ("01", GrpcCode::Unknown),
+            ("09", GrpcCode::Unknown),
+            ("014", GrpcCode::Unknown),
+            ("0014", GrpcCode::Unknown),
+            ("000", GrpcCode::Unknown),
+            ("17", GrpcCode::Unknown),
+            ("20", GrpcCode::Unknown),
+            ("99", GrpcCode::Unknown),
+            ("100", GrpcCode::Unknown),
+        ] {
+            assert_eq!(read(value), Some(want), "grpc-status {value:?}");
+        }
+        let c = GrpcClassifier::new();
+        assert_eq!(
+            classify_grpc(&c, Some("00")),
+            Outcome::Failure,
+            "00 is UNKNOWN, not OK"
+        );
     }
 
     #[test]
