@@ -1,7 +1,8 @@
 //! A gRPC client over three tonic servers on loopback: a seawall balancer over tonic `Channel`s,
-//! each behind its own circuit breaker (`BreakerFilter` keeps calls off an endpoint whose breaker
-//! is open), with retries above. Statuses are classified with `GrpcClassifier`, which reads
-//! `grpc-status` from trailers-only responses (HTTP 200 with a failing gRPC status).
+//! each behind its own circuit breaker from one `BreakerSet` keyed by address (`BreakerFilter`
+//! keeps calls off an endpoint whose breaker is open), with retries above. Statuses are
+//! classified with `GrpcClassifier`, which reads `grpc-status` from trailers-only responses (HTTP
+//! 200 with a failing gRPC status).
 //! `StatusLayer`, directly below the generated client, turns an endpoint's open breaker into
 //! `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above needs to know
 //! only gRPC codes.
@@ -23,7 +24,7 @@
 
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, BreakerFilter, OutlierDetection, Picker},
-    breaker::{BreakerLayer, SlidingWindow, Transition},
+    breaker::{BreakerConfig, BreakerSet, SlidingWindow, Transition},
     core::{
         classify::GrpcClassifier,
         deadline::{Deadline, RequestDeadline, WithDeadline},
@@ -108,18 +109,29 @@ async fn main() -> Result<(), BoxError> {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     println!("backends: {addrs:?} (the first answers UNAVAILABLE)");
 
-    // One tonic Channel per address, each behind its own breaker, telling its server the deadline.
-    let endpoint = |addr: &SocketAddr| {
-        let breaker = BreakerLayer::builder()
-            .name(format!("grpc-{}", addr.port()))
+    // One breaker per address, all under one name: a breaker's name labels its metrics and is
+    // kept for the life of the process, so it must not be built from the address (under DNS
+    // discovery every new address would add a name and a metric series for good). The set keeps
+    // one breaker per address under the shared name, bounded, and tells the listener which
+    // address's breaker changed.
+    let breakers = BreakerSet::with_classifier(
+        BreakerConfig::builder()
+            .name("grpc-endpoint")
             .sliding_window(SlidingWindow::count(10))
             .minimum_calls(2)
             .wait_duration(Duration::from_secs(30))
-            .on_transition(|name: &Name, t: &Transition| {
-                println!("  [breaker {name}] {} -> {}", t.from, t.to);
-            })
-            .build_with(GrpcClassifier::new())
-            .expect("valid breaker config");
+            .build_config()?,
+        64,
+        GrpcClassifier::new(),
+    )?
+    .on_transition(|addr: &SocketAddr, t: &Transition| {
+        println!("  [breaker grpc-endpoint {addr}] {} -> {}", t.from, t.to);
+    });
+
+    // One tonic Channel per address, each behind its address's breaker, telling its server the
+    // deadline.
+    let endpoint = |addr: &SocketAddr| {
+        let breaker = breakers.get(addr);
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid uri")
             .connect_timeout(Duration::from_millis(500))
