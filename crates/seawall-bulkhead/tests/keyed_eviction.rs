@@ -198,3 +198,22 @@ async fn a_waiter_of_an_evicted_key_gives_nothing_to_its_successor() {
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(new.await.unwrap().unwrap(), Duration::from_millis(100));
 }
+
+/// A table of 1 000 keys is 15 shards of 66, and a shard makes room at its own share whatever the
+/// others hold: the table never holds more than 990 keys, the `max_keys` its `Debug` shows.
+#[tokio::test(start_paused = true)]
+async fn max_keys_is_rounded_down_to_whole_shards() {
+    let layer = RateLimitLayer::builder()
+        .rate(1, Duration::from_secs(1))
+        .max_keys(1_000)
+        .build_keyed(|req: &(u64, u32)| req.0)
+        .unwrap();
+    let debug = format!("{layer:?}");
+    assert!(debug.contains("max_keys: 990"), "{debug}");
+    let service = layer.layer(echo());
+    // Every key busy, 5 000 of them: each shard fills to its share.
+    for key in 0..5_000 {
+        service.clone().oneshot((key, 0)).await.unwrap();
+    }
+    assert_eq!(layer.tracked_keys(), 990);
+}

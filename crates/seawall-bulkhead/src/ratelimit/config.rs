@@ -91,8 +91,9 @@ impl RateLimitConfigBuilder {
         self
     }
 
-    /// The most keys a keyed limiter tracks. Default 10 000. See
-    /// [`KeyedRateLimitLayer`] for eviction.
+    /// The most keys a keyed limiter tracks. Default 10 000. The table is split into shards of
+    /// `max_keys / shards` keys, rounded down, and a shard evicts when it holds its share: see
+    /// [`KeyedRateLimitLayer`] for eviction and sizing.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self

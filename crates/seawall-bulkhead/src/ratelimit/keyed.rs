@@ -31,13 +31,17 @@ const STALE_SLACK: usize = 16;
 /// Applies a [`KeyedRateLimit`]: one GCRA budget per key, the key computed from each request.
 ///
 /// Keys live in a bounded table (`max_keys`, default 10 000), split into up to 16 shards that are
-/// locked independently (each holds `max_keys / shards` keys). A key whose budget is full again
-/// (no call within its last `burst` intervals) holds no information a fresh key would not, so when
-/// a shard is full its idle keys are evicted first, losslessly; if every key is busy, the one
-/// closest to idle goes. Memory stays bounded whatever the request keys are. Each shard keeps its
-/// keys in a heap by TAT as well, so making room takes no scan of the shard: a key costs one heap
-/// operation (`O(log n)`) when it comes, when it goes, and at most once more for each time it was
-/// used since it was last placed in the heap.
+/// locked independently (each holds `max_keys / shards` keys, rounded down: 1 000 keys are 15
+/// shards of 66, the 990 `Debug` shows as `max_keys`). A key whose budget is full again (its TAT
+/// has passed, up to `burst × T + max_wait` after its last call, for `T = period / permits`)
+/// holds no information a fresh key would not, so when a shard is full its idle keys are evicted
+/// first, losslessly; if every key is busy, the one closest to idle goes, and comes back with a
+/// fresh budget. A shard is full at its own share of keys whatever the others hold, so size
+/// `max_keys` about 10% above the number of keys active within `burst × T + max_wait`. Memory
+/// stays bounded whatever the request keys are. Each shard keeps its keys in a heap by TAT as
+/// well, so making room takes no scan of the shard: a key costs one heap operation (`O(log n)`)
+/// when it comes, when it goes, and at most once more for each time it was used since it was last
+/// placed in the heap.
 ///
 /// Keys are shared between the shard's table and its heap, so the layer and its services are
 /// `Send + Sync` when the key is (and the key function is); [`build_keyed`] asks for a
