@@ -37,11 +37,12 @@ const STALE_SLACK: usize = 16;
 /// holds no information a fresh key would not, so when a shard is full its idle keys are evicted
 /// first, losslessly; if every key is busy, the one closest to idle goes, and comes back with a
 /// fresh budget. A shard is full at its own share of keys whatever the others hold, so size
-/// `max_keys` about 10% above the number of keys active within `burst × T + max_wait`. Memory
-/// stays bounded whatever the request keys are. Each shard keeps its keys in a heap by TAT as
-/// well, so making room takes no scan of the shard: a key costs one heap operation (`O(log n)`)
-/// when it comes, when it goes, and at most once more for each time it was used since it was last
-/// placed in the heap.
+/// `max_keys` about 10% above the number of keys active within `burst × T + max_wait`. The table
+/// holds at most `max_keys` keys whatever the requests are, each as large as the key function
+/// makes it: a key copied from a request (a header's bytes) is as long as the client chose, so cap
+/// or hash it. Each shard keeps its keys in a heap by TAT as well, so making room takes no scan of
+/// the shard: a key costs one heap operation (`O(log n)`) when it comes, when it goes, and at most
+/// once more for each time it was used since it was last placed in the heap.
 ///
 /// Keys are shared between the shard's table and its heap, so the layer and its services are
 /// `Send + Sync` when the key is (and the key function is); [`build_keyed`] asks for a
@@ -53,12 +54,14 @@ const STALE_SLACK: usize = 16;
 /// use seawall::bulkhead::ratelimit::RateLimitLayer;
 /// use std::time::Duration;
 ///
-/// // 100 requests a second per tenant, by the `x-tenant` header.
+/// // 100 requests a second per tenant, by the `x-tenant` header: its first 64 bytes, so a
+/// // client cannot make keys as large as it likes.
 /// let per_tenant = RateLimitLayer::builder()
 ///     .rate(100, Duration::from_secs(1))
 ///     .max_keys(50_000)
 ///     .build_keyed(|req: &http::Request<()>| {
-///         req.headers().get("x-tenant").map(|v| v.as_bytes().to_vec())
+///         let tenant = req.headers().get("x-tenant")?.as_bytes();
+///         Some(tenant[..tenant.len().min(64)].to_vec())
 ///     })?;
 /// # Ok::<_, seawall::ConfigError>(())
 /// ```
