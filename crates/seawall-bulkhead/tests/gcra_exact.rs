@@ -116,6 +116,18 @@ async fn exactly_the_rate_per_period_after_the_burst() {
     assert_eq!(counts, vec![19, 10, 10, 10, 10]);
 }
 
+/// The headroom the module docs give a quota a server enforces, 10 a second as
+/// `rate(10, 1010 ms)`, keeps to it only with `burst(1)`: the default burst of 10 lets the refills
+/// due within the first second through as well.
+#[tokio::test(start_paused = true)]
+async fn headroom_for_a_strict_quota_needs_a_burst_of_one() {
+    let period = Duration::from_millis(1_010);
+    let default_burst = admitted_per_second(&limiter(10, period, None, false), 3).await;
+    assert_eq!(default_burst[0], 19, "{default_burst:?}");
+    let burst_one = admitted_per_second(&limiter(10, period, Some(1), false), 3).await;
+    assert!(burst_one.iter().all(|&n| n <= 10), "{burst_one:?}");
+}
+
 /// 3 a second is an interval of 333 333 333⅓ ns: rounded down, a fourth call would get through at
 /// 999 999 999 ns, within the first second.
 #[tokio::test(start_paused = true)]

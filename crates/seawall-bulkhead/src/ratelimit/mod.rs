@@ -28,8 +28,10 @@
 //! `permits`) after a quiet spell, and exactly the rate, `permits`, with
 //! [`burst(1)`](RateLimitConfigBuilder::burst). A call starts by the end of its permit's span,
 //! or within 10 ms of its permit's time if that is later (a busy runtime wakes waiters late), so the calls themselves keep to
-//! `burst + ⌊(w + 10 ms) / T⌋`: for a quota a server enforces to the letter, leave it that much
-//! headroom (`rate(permits, period + 10 ms)`).
+//! `burst + ⌊(w + 10 ms) / T⌋`: for a quota a server enforces to the letter over a sliding
+//! `period`, leave it that much headroom and no burst (`rate(permits, period + 10 ms)` with
+//! `burst(1)`; with the default burst, `rate(10, 1010 ms)` lets 19 calls through in the first
+//! second).
 //!
 //! [`KeyedRateLimitLayer`] keeps one budget per key computed from the request (a tenant, a user),
 //! in a bounded table that evicts idle keys.
