@@ -340,6 +340,32 @@ async fn rate_limiter_counts_limited_and_delayed() {
     assert_eq!(recorder.gauge(RATELIMIT_KEYS, "tenants"), Some(1.0));
 }
 
+/// Keyed limiters that share a name (every unnamed one is "ratelimit") add up in the keys gauge,
+/// and one that is dropped takes its keys with it.
+#[tokio::test(start_paused = true)]
+async fn same_named_keyed_rate_limiters_sum_their_keys() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let echo = service_fn(|key: u32| async move { Ok::<_, std::io::Error>(key) });
+    let keyed = || {
+        RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .build_keyed(|key: &u32| *key)
+            .unwrap()
+    };
+    let (first, second) = (keyed(), keyed());
+    let (one, other) = (first.layer(echo), second.layer(echo));
+    for key in [1, 2] {
+        one.clone().oneshot(key).await.unwrap();
+    }
+    for key in [1, 2, 3] {
+        other.clone().oneshot(key).await.unwrap();
+    }
+    assert_eq!(recorder.gauge(RATELIMIT_KEYS, "ratelimit"), Some(5.0));
+    drop((first, one));
+    assert_eq!(recorder.gauge(RATELIMIT_KEYS, "ratelimit"), Some(3.0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limiter_reports_limited_and_delayed_calls_to_listeners() {
     let echo = service_fn(|key: u32| async move { Ok::<_, std::io::Error>(key) });

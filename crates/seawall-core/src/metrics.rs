@@ -68,7 +68,8 @@ pub const RATELIMIT_LIMITED: &str = "seawall_ratelimit_limited_total";
 /// Counter: calls a rate limiter made wait for a permit, counted when the wait starts, whether or
 /// not they are let through (a call dropped while it waits counts too).
 pub const RATELIMIT_DELAYED: &str = "seawall_ratelimit_delayed_total";
-/// Gauge: keys a keyed rate limiter is tracking.
+/// Gauge: keys a keyed rate limiter is tracking. It is summed over the keyed limiters that share a
+/// name (every unnamed one is `ratelimit`), and a limiter takes its part away when it is dropped.
 pub const RATELIMIT_KEYS: &str = "seawall_ratelimit_keys";
 // ----- end bulkhead -----
 
@@ -206,7 +207,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RATELIMIT_KEYS,
         Kind::Gauge,
-        "Keys tracked by a seawall keyed rate limiter.",
+        "Keys tracked by a seawall keyed rate limiter, summed over keyed limiters of the same name.",
     ),
     // ----- end bulkhead entries -----
     // ----- retry entries -----
