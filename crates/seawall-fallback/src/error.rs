@@ -1,4 +1,7 @@
-use seawall_core::BoxError;
+use seawall_core::{
+    error::{not_sent, SentEarlier},
+    BoxError,
+};
 use std::{error::Error, fmt, sync::Arc};
 
 /// The fallback failed after the call it stood in for had failed.
@@ -8,16 +11,34 @@ use std::{error::Error, fmt, sync::Arc};
 /// chain for `Elapsed` or `Open` still finds why the call failed; [`fallback_error`] is the
 /// fallback's own error.
 ///
+/// The call counts as sent if the fallback may have sent a request: when the original error
+/// proves the call was never sent ([`not_sent`]) but the fallback's error does not (a
+/// fallback service that sent a copy of the request to a secondary region, whose connection
+/// was reset), the original is wrapped in a [`SentEarlier`] in the source chain, so a retry or
+/// a caller above does not send the request again as one never sent. The original is still
+/// found by its type with [`find`](seawall_core::error::find), and [`original`] returns it
+/// unwrapped. A fallback of one's own that sends nothing marks its errors as never sent (a
+/// [`NotSent`](seawall_core::error::NotSent) as their `source()`) to keep the call not sent.
+///
 /// [`fallback_error`]: FallbackFailed::fallback_error
+/// [`original`]: FallbackFailed::original
 #[derive(Debug)]
 pub struct FallbackFailed {
     original: Arc<dyn Error + Send + Sync>,
     fallback: BoxError,
+    /// The original wrapped as sent, when the fallback may have sent what the call did not.
+    sent: Option<SentEarlier>,
 }
 
 impl FallbackFailed {
     pub(crate) fn new(original: Arc<dyn Error + Send + Sync>, fallback: BoxError) -> Self {
-        FallbackFailed { original, fallback }
+        let sent = (not_sent(&*original).is_some() && not_sent(&*fallback).is_none())
+            .then(|| SentEarlier::new(Box::new(original.clone())));
+        FallbackFailed {
+            original,
+            fallback,
+            sent,
+        }
     }
 
     /// Why the call failed in the first place.
@@ -39,7 +60,10 @@ impl fmt::Display for FallbackFailed {
 
 impl Error for FallbackFailed {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.original)
+        match &self.sent {
+            Some(sent) => Some(sent),
+            None => Some(&*self.original),
+        }
     }
 }
 

@@ -22,7 +22,10 @@
 //!
 //! Anything else passes through untouched. If the fallback fails too, the call fails with
 //! [`FallbackFailed`], which carries both failures: its `source()` is the original error and
-//! [`FallbackFailed::fallback_error`] is the fallback's.
+//! [`FallbackFailed::fallback_error`] is the fallback's. When the original error proves the call
+//! was never sent and the fallback's does not (the fallback may have sent the request), the
+//! original is wrapped in a [`SentEarlier`](seawall_core::error::SentEarlier) in the source
+//! chain, so the call is not taken for one never sent.
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is
 //! answered from the fallback, and the failed service is dropped (see [`Fallback`]).

@@ -113,3 +113,47 @@ async fn a_timeout_layer_bounds_a_slow_fallback_service() {
     let failed = err.downcast_ref::<FallbackFailed>().unwrap();
     assert!(error::is::<Elapsed>(failed.fallback_error()));
 }
+
+/// A rejection of one's own raised before the request was handed on.
+#[derive(Debug)]
+struct Shed;
+static NOT_SENT: error::NotSent = error::NotSent::new();
+impl fmt::Display for Shed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("load shed")
+    }
+}
+impl std::error::Error for Shed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&NOT_SENT)
+    }
+}
+
+/// A fallback service that sends the request elsewhere and fails with `kind`.
+async fn call_with_fallback_failing_with(kind: io::ErrorKind) -> BoxError {
+    let secondary =
+        service_fn(move |_: Failed<()>| async move { Err::<(), _>(io::Error::from(kind)) });
+    let layer = FallbackLayer::builder().build_service(secondary).unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    svc.oneshot(()).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_fallback_that_sent_its_request_makes_the_failure_sent() {
+    // The call was turned away before it was sent; the fallback sent the request to a secondary
+    // region and that connection was reset: the request may have reached the server.
+    let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionReset).await;
+    assert!(!error::is_not_sent(&*err));
+    assert!(error::is::<error::SentEarlier>(&*err));
+    // The original failure is still found by its type.
+    assert!(error::find::<Shed>(&*err).is_some());
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(failed.original().is::<Shed>());
+    assert!(error::is_not_sent(failed.original()));
+
+    // A fallback whose own request was never sent either leaves the call not sent.
+    let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionRefused).await;
+    assert!(error::is_not_sent(&*err));
+    assert!(!error::is::<error::SentEarlier>(&*err));
+    assert!(error::find::<Shed>(&*err).is_some());
+}
