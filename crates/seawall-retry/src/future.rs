@@ -453,11 +453,23 @@ where
         // A rejection raised before sending may say how long until it would let the call through
         // (a rate limiter's): waited, and the backoff after it, so that the calls a limiter
         // turned away together (each told nearly the same wait) spread over the backoff rather
-        // than all come back on the same tick. Capped as a server's `Retry-After` is.
+        // than all come back on the same tick. Capped as a server's `Retry-After` is. A call's
+        // deadline with room for the `retry_after` but not for the whole backoff after it
+        // shortens that backoff to what fits, a tick left for the attempt; one without room for
+        // the `retry_after` itself is given up on below.
         if let Some(after) = unsent.and_then(|unsent| unsent.retry_after()) {
             if after > settings.retry_after_cap {
                 link.on_give_up(attempts, GiveUpReason::RetryAfter);
                 return Err(result);
+            }
+            if let Some(deadline) = *this.deadline {
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining > after.saturating_add(TIMER_RESOLUTION) {
+                    let room = remaining
+                        .saturating_sub(after)
+                        .saturating_sub(TIMER_RESOLUTION * 2);
+                    delay = delay.min(room);
+                }
             }
             delay = delay.saturating_add(after);
         }

@@ -651,3 +651,42 @@ async fn a_rejections_retry_after_is_waited_with_a_per_attempt_timeout() {
     let second = calls.all()[1];
     assert_eq!(second.deadline, Some(second.at + ms(100)));
 }
+
+/// A call's deadline that leaves room for a rejection's `retry_after` but not for the whole
+/// backoff after it: the backoff is shortened to what fits, a tick left for the attempt, rather
+/// than the call given up on.
+#[tokio::test(start_paused = true)]
+async fn a_rejections_retry_after_within_the_deadline_shortens_the_backoff_after_it() {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let start = Instant::now();
+    let mut req = post();
+    req.set_deadline(start + ms(305));
+    let res = layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(times.len(), 2);
+    assert!(times[1] >= ms(300) && times[1] < ms(305), "{times:?}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(303)
+        }]
+    );
+
+    // With no room for the backoff, the `retry_after` alone is waited.
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let mut req = post();
+    req.set_deadline(Instant::now() + ms(302));
+    layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(calls.count(), 2);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(300)
+        }]
+    );
+}
