@@ -170,7 +170,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// Returns errors of type `E` (found anywhere in an error's `source()` chain) at once, not
     /// retried, whatever the policy chosen so far says; see [`Ignoring`]. Call it after
     /// [`policy`](Self::policy), [`classify`](Self::classify) or [`http`](Self::http), which
-    /// replace the policy; call it again for another type.
+    /// replace the policy; call it again for another type. An `E` that proves its attempt was
+    /// never sent, after an earlier attempt that was, comes back wrapped in a
+    /// [`SentEarlier`](seawall_core::error::SentEarlier): look for it with
+    /// [`seawall_core::error::find`].
     ///
     /// Above all for a circuit breaker's `Open` under the retry: its wait is seconds, a backoff
     /// tens of milliseconds, so retrying it only waits to be rejected again, and spends the

@@ -4,7 +4,10 @@ use std::{error::Error, fmt};
 /// A failed call was not retried because the retry budget was exhausted.
 ///
 /// Wraps the last real error, which is its [`source()`](Error::source), so both are found with
-/// [`seawall_core::error::find`]:
+/// [`seawall_core::error::find`]. When that error proves the last attempt was never sent but an
+/// earlier attempt was sent, it is wrapped in a
+/// [`SentEarlier`](seawall_core::error::SentEarlier) first (the source is then the
+/// `SentEarlier`), so look for its type with `find` rather than downcasting the source:
 ///
 /// ```
 /// use seawall_retry::BudgetExhausted;
@@ -29,12 +32,16 @@ impl BudgetExhausted {
         BudgetExhausted { source }
     }
 
-    /// The error of the last attempt.
+    /// The error of the last attempt, wrapped in a
+    /// [`SentEarlier`](seawall_core::error::SentEarlier) when it proves that attempt was never
+    /// sent but an earlier one was; [`seawall_core::error::find`] finds its type either way.
     pub fn last_error(&self) -> &(dyn Error + Send + Sync + 'static) {
         &*self.source
     }
 
-    /// Unwraps the error of the last attempt.
+    /// Unwraps the error of the last attempt, wrapped in a
+    /// [`SentEarlier`](seawall_core::error::SentEarlier) when it proves that attempt was never
+    /// sent but an earlier one was (see [`last_error`](Self::last_error)).
     pub fn into_last_error(self) -> BoxError {
         self.source
     }

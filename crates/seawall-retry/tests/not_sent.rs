@@ -690,3 +690,23 @@ async fn a_rejections_retry_after_within_the_deadline_shortens_the_backoff_after
         }]
     );
 }
+
+/// An error `ignore_error` returns at once, never sent, after an attempt that was sent, comes back
+/// wrapped in a `SentEarlier`: not an `E` at the top, but found by its type.
+#[tokio::test(start_paused = true)]
+async fn an_ignored_error_after_a_sent_attempt_is_found_inside_sent_earlier() {
+    use seawall_core::error::{find, is, is_not_sent, SentEarlier};
+
+    let layer = RetryLayer::builder()
+        .budget(RetryBudget::unlimited())
+        .ignore_error::<Rejected>()
+        .build()
+        .unwrap();
+    let (svc, calls) = plain(vec![Reset, NotSent(None), Status(200)]);
+    let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 2);
+    assert!(find::<Rejected>(&*err).is_some());
+    assert!(is::<SentEarlier>(&*err));
+    assert!(!err.is::<Rejected>());
+    assert!(!is_not_sent(&*err));
+}
