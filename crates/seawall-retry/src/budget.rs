@@ -45,11 +45,14 @@
 //! `D` between being taken and being sent, the retries sent over a run of length `T` were taken
 //! over a run of length `T + D`, and that run's bound is theirs. Failures that honour the same
 //! `Retry-After` date go out together, and the retries allowed again once their withdrawals expire
-//! may follow within the same window: with the defaults (`ttl` 10 s, and a retry layer's
-//! `retry_after_cap` 10 s) `D` reaches 10 s, so up to about twice what one window allows can be
-//! sent within one window, and a long readiness wait stretches `D` further. To keep sends near the
-//! bound, keep `retry_after_cap` and the backoff's longest delay well under `ttl`, or lengthen
-//! `ttl`.
+//! may follow within the same window. A retry layer waits a rejection's `retry_after` and then its
+//! backoff, so `D` reaches its `retry_after_cap` plus the backoff's longest delay (and a
+//! millisecond's tick): with the defaults (`ttl` 10 s, `retry_after_cap` 10 s, backoff capped at
+//! 2 s) about 12 s once the backoff reaches its cap, 10.1 s with the default 3 attempts (whose
+//! longest backoff is 100 ms), past `ttl` either way. So up to about twice what one window allows
+//! can be sent within one window, and a long readiness wait stretches `D` further. To keep sends
+//! near the bound, keep the sum of `retry_after_cap` and the backoff's longest delay well under
+//! `ttl`, or lengthen `ttl`.
 //!
 //! Accounting is in integers (millionths of a retry for the ratio budget, thousandths of a token for
 //! the bucket), so a fractional ratio never rounds in favour of retrying: with `ratio` 0.3 and no

@@ -71,7 +71,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
     ///
     /// A retry counts against a ratio budget from when it is scheduled, not when it is sent, so
     /// retries held by a pause close to the budget's `ttl` can go out in the same window as the
-    /// retries allowed after them: keep this well under the `ttl` (see the
+    /// retries allowed after them. A rejection's `retry_after` is waited and then the
+    /// [`backoff`](Self::backoff), so the pause can reach this cap plus the backoff's longest
+    /// delay (with the default cap and backoff, up to 12 s, past the default `ttl` of 10 s; 10.1 s
+    /// with the default 3 attempts): keep that sum well under the `ttl` (see the
     /// [budget docs](crate::budget)).
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;
