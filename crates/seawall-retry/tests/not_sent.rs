@@ -710,3 +710,108 @@ async fn an_ignored_error_after_a_sent_attempt_is_found_inside_sent_earlier() {
     assert!(!err.is::<Rejected>());
     assert!(!is_not_sent(&*err));
 }
+
+/// A service whose first attempt is sent and reset, and which then fails its readiness with a
+/// rejection raised before sending (a breaker below that opened).
+#[derive(Clone)]
+struct OpensAfterReset {
+    polled: Arc<Mutex<u32>>,
+}
+
+impl Service<Plain> for OpensAfterReset {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let mut polled = self.polled.lock().unwrap();
+        *polled += 1;
+        std::task::Poll::Ready(if *polled == 1 {
+            Ok(())
+        } else {
+            Err(Box::new(Rejected(NotSent::new())))
+        })
+    }
+
+    fn call(&mut self, _: Plain) -> Self::Future {
+        std::future::ready(Err("connection reset".into()))
+    }
+}
+
+/// A readiness error proving the next attempt was never sent, after an attempt that was sent,
+/// is not taken for never sent either.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_after_a_sent_attempt_is_not_taken_for_never_sent() {
+    use seawall_core::error::{find, is, is_not_sent, SentEarlier};
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = RetryLayer::builder()
+        .backoff(Backoff::constant(ms(10)))
+        .budget(RetryBudget::unlimited())
+        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .build()
+        .unwrap();
+    let polled = Arc::new(Mutex::new(0));
+    let svc = OpensAfterReset {
+        polled: polled.clone(),
+    };
+    let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+    assert_eq!(*polled.lock().unwrap(), 2);
+    assert!(is::<SentEarlier>(&*err), "{err}");
+    assert!(!is_not_sent(&*err));
+    assert!(find::<Rejected>(&*err).is_some());
+    assert_eq!(
+        events.lock().unwrap().last(),
+        Some(&RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::NotReady
+        })
+    );
+}
+
+/// With a per-attempt timeout, a first attempt cut by it (it may have been sent) and a second
+/// rejected before sending end as a call that was sent.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_then_one_never_sent_is_not_taken_for_never_sent() {
+    use seawall_core::{
+        deadline::Elapsed,
+        error::{find, is, is_not_sent, SentEarlier},
+    };
+
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(ms(10)))
+        .per_attempt_timeout(ms(100))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let svc = service_fn(move |_: Plain| {
+        let n = {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(())
+            } else {
+                Err(Box::new(Rejected(NotSent::new())) as BoxError)
+            }
+        }
+    });
+    let start = Instant::now();
+    let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 2);
+    assert_eq!(start.elapsed(), ms(110));
+    assert!(is::<SentEarlier>(&*err), "{err}");
+    assert!(!is_not_sent(&*err));
+    assert!(find::<Rejected>(&*err).is_some());
+    assert!(!is::<Elapsed>(&*err));
+}
