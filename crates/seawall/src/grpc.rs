@@ -69,12 +69,15 @@
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
 //!   already on the request is kept. A `Channel` also applies the `grpc-timeout` it sends itself,
 //!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
-//!   that enforces the deadline, or a little earlier (the header is rounded down): [`SendDeadline`]
-//!   holds that error back for the timeout to cancel the attempt, so no breaker or outlier
-//!   detection counts the caller's deadline against the endpoint (a caller's header shorter than
-//!   the request's deadline by more than a millisecond, or one header unit when that is longer,
-//!   which no seawall timeout enforces without [`HonorTimeoutLayer`] above, is not held: its
-//!   `TimeoutExpired` is returned as it comes). For unary calls:
+//!   that enforces the deadline, or a little earlier (the header is rounded down), and the server,
+//!   or a proxy in front of it, ends the call a round trip after the header runs out
+//!   (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, a reset stream), often before that timeout's timer
+//!   fires: [`SendDeadline`] holds back that error, and whatever else comes after the instant the
+//!   header stands for, for the timeout to cancel the attempt, so no breaker or outlier detection
+//!   counts the caller's deadline against the endpoint (a caller's header shorter than the
+//!   request's deadline by more than a millisecond, or one header unit when that is longer, which
+//!   no seawall timeout enforces without [`HonorTimeoutLayer`] above, is not held: what comes on
+//!   it is returned as it comes). For unary calls:
 //!   seawall's timeouts end when the response headers arrive, while a server applies
 //!   `grpc-timeout` to the whole call, a streaming response's body included, so it would cut a
 //!   stream that outlasts the deadline.
@@ -853,18 +856,38 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// (the header is rounded down), and the `Channel`'s error would reach the layers between them
 /// first: the per-endpoint breaker, the balancer's outlier detection and the dependency breaker
 /// would each count a failure for an attempt the caller's deadline cut, which the timeout above
-/// would have cancelled without charging any endpoint. So a `TimeoutExpired` that comes at the
-/// deadline the header stands for (at most a millisecond before it, or one unit of the header if
-/// that is longer, since the header is rounded down) is not returned: the response future waits
-/// until two milliseconds past that deadline, so that the timeout above, due two ticks of tokio's
-/// timer earlier, cancels the attempt, and fails with [`Elapsed`] if nothing has. The poll that
-/// finds those two milliseconds over stays pending, and only the next one fails, so the timeout
-/// above, polled after the response future, cancels the attempt even when it sees its own timer
-/// fire in the same pass (a task polled late, on a busy thread). A `TimeoutExpired` that comes
-/// earlier is returned as it is: an `Endpoint::timeout` shorter than the time left, or a caller's
-/// header kept that is shorter than the time left by more than that rounding (without
-/// [`HonorTimeoutLayer`] above, no seawall timeout enforces it). The timer is started only then:
-/// an answer, or any other error, is returned at once.
+/// would have cancelled without charging any endpoint. The server enforces the header too, and
+/// so may a proxy in front of it: a round trip after the header runs out comes its end of the
+/// call, a trailers-only `DEADLINE_EXCEEDED` (grpc-go), an `UNAVAILABLE` local reply (Envoy) or a
+/// reset stream (an error), often before the timer of the timeout above, which tokio rounds up to
+/// its next millisecond tick, and classifiers count those too.
+///
+/// So the response future does not return a `TimeoutExpired` that comes at the deadline the
+/// header stands for (at most a millisecond before it, or one unit of the header if that is
+/// longer, since the header is rounded down), nor anything, an answer or an error, that comes
+/// after the instant the header stands for (measured from `call`: the deadline, rounded down to
+/// the header's unit, or a caller's header kept). It drops what came and waits until two
+/// milliseconds past the deadline, so that the timeout above, due two ticks of tokio's timer
+/// earlier, cancels the attempt, and fails with [`Elapsed`] if nothing has. The poll that finds
+/// those two milliseconds over stays pending, and only the next one fails, so the timeout above,
+/// polled after the response future, cancels the attempt even when it sees its own timer fire in
+/// the same pass (a task polled late, on a busy thread).
+///
+/// Past the deadline this costs the caller nothing: the timeout enforcing the deadline turns an
+/// answer that comes after it into [`Elapsed`] anyway. What is dropped before the deadline came
+/// after the server's time ran out: less than one unit of the header before the deadline (a
+/// microsecond for a deadline under 100 s, a millisecond up to 27 hours) or, for a caller's
+/// header kept, as much as the header falls short of it, at most a millisecond or one unit. Without
+/// a timeout above that enforces the deadline (a [`Deadline`](seawall_core::deadline::Deadline)
+/// put on the request by hand), what comes after it fails with [`Elapsed`] two milliseconds past
+/// it.
+///
+/// A `TimeoutExpired` that comes earlier, or anything else that comes before the instant the
+/// header stands for, is returned as it is: an `Endpoint::timeout` shorter than the time left, a
+/// server's own answer. So is what comes on a caller's header kept that is shorter than the time
+/// left by more than that rounding (without [`HonorTimeoutLayer`] above, no seawall timeout
+/// enforces it). The timer is started only for what is held: an answer, or an error, in time is
+/// returned at once.
 #[derive(Debug, Clone)]
 pub struct SendDeadline<S> {
     inner: S,
@@ -922,10 +945,7 @@ where
         let told = request.deadline().and_then(|deadline| {
             let now = Instant::now();
             let ours = GrpcTimeout::encode(deadline.saturating_duration_since(now));
-            let told = Told {
-                deadline,
-                slack: UNITS[ours.unit].1.max(TICK),
-            };
+            let slack = UNITS[ours.unit].1.max(TICK);
             let theirs = request
                 .headers()
                 .get(GRPC_TIMEOUT)
@@ -937,14 +957,23 @@ where
                 // than the rounding of a header written for that deadline; a shorter one is a
                 // timeout of the caller's that no timeout above enforces, and the `Channel`'s
                 // `TimeoutExpired` on it is returned as it is.
-                Some(theirs) => (deadline.saturating_duration_since(deadline_after(now, theirs))
-                    <= told.slack)
-                    .then_some(told),
+                Some(theirs) => {
+                    let at = deadline_after(now, theirs);
+                    (deadline.saturating_duration_since(at) <= slack).then_some(Told {
+                        deadline,
+                        at,
+                        slack,
+                    })
+                }
                 None => {
                     request
                         .headers_mut()
                         .insert(GRPC_TIMEOUT, ours.to_header_value());
-                    Some(told)
+                    Some(Told {
+                        deadline,
+                        at: deadline_after(now, ours.duration()),
+                        slack,
+                    })
                 }
             }
         });
@@ -957,21 +986,30 @@ where
     }
 }
 
-/// The deadline a request's `grpc-timeout` stands for, which the `Channel` enforces too.
+/// The deadline a request's `grpc-timeout` stands for, which the `Channel` and the server enforce
+/// too.
 #[derive(Debug, Clone, Copy)]
 struct Told {
     deadline: Instant,
+    /// The instant the header sent stands for, measured from `call`: `deadline`, or up to `slack`
+    /// earlier (the header is rounded down). The server's deadline runs out no earlier.
+    at: Instant,
     /// How much earlier than `deadline` the `Channel`'s timer may run out: the header is rounded
     /// down, to one of its units.
     slack: Duration,
 }
 
 impl Told {
-    /// Whether `error` is the `Channel` enforcing this deadline: a `TimeoutExpired` no earlier
-    /// than the header allows.
-    fn expired_by_channel(&self, error: &(dyn Error + 'static)) -> bool {
-        seawall_core::error::is::<tonic::TimeoutExpired>(error)
-            && self.deadline.saturating_duration_since(Instant::now()) <= self.slack
+    /// Whether `result` is the attempt cut at this deadline, which the timeout above enforces:
+    /// anything that comes after the instant the header stands for (the server's answer to it
+    /// running out, or a reset, comes a round trip later), or the `Channel`'s `TimeoutExpired` no
+    /// earlier than the header allows.
+    fn cut<T>(&self, result: &Result<T, BoxError>) -> bool {
+        let now = Instant::now();
+        now > self.at
+            || matches!(result, Err(error)
+                if seawall_core::error::is::<tonic::TimeoutExpired>(&**error)
+                    && self.deadline.saturating_duration_since(now) <= self.slack)
     }
 }
 
@@ -1012,16 +1050,14 @@ where
         let mut this = self.project();
         match this.state.as_mut().project() {
             SendingProj::Called { future } => {
-                let error: BoxError = match ready!(future.poll(cx)) {
-                    Ok(response) => return Poll::Ready(Ok(response)),
-                    Err(error) => error.into(),
-                };
+                let result = ready!(future.poll(cx)).map_err(Into::into);
                 match this.told {
-                    Some(told) if told.expired_by_channel(&*error) => {
+                    Some(told) if told.cut(&result) => {
+                        drop(result);
                         hold(this.state, told, cx);
                         Poll::Pending
                     }
-                    _ => Poll::Ready(Err(error)),
+                    _ => Poll::Ready(result),
                 }
             }
             SendingProj::Held { sleep } => {

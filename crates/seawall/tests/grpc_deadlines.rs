@@ -6,7 +6,9 @@
 use seawall::{
     balance::{BalanceEvent, BalanceLayer, OutlierDetection, Picker},
     breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow},
-    core::{deadline::RequestDeadline, error::is, Deadline, TimeoutOverride},
+    core::{
+        classify::GrpcClassifier, deadline::RequestDeadline, error::is, Deadline, TimeoutOverride,
+    },
     discover,
     grpc::{
         parse_timeout, HonorTimeout, HonorTimeoutLayer, SendDeadline, SendDeadlineFuture,
@@ -43,14 +45,17 @@ fn seen(request: &http::Request<()>) -> Seen {
     }
 }
 
-/// Answers what it saw of the request after `delay`.
+/// Answers what it saw of the request after `delay`, or at once (ready on the first poll) when
+/// `delay` is zero.
 fn inner(
     delay: Duration,
 ) -> impl Service<http::Request<()>, Response = Seen, Error = BoxError, Future: Send> + Clone + Send + Sync
 {
     service_fn(move |request: http::Request<()>| async move {
         let seen = seen(&request);
-        tokio::time::sleep(delay).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok::<_, BoxError>(seen)
     })
 }
@@ -218,7 +223,9 @@ async fn the_sent_timeout_is_the_time_left_to_the_deadline() {
     assert_eq!(sent().await, header("700000u"));
     advance(Duration::from_nanos(699_999_999)).await;
     assert_eq!(sent().await, header("1n"));
-    // Past the deadline the server is given the least the header can say.
+    // Past the deadline the server is given the least the header can say (and the answer, which
+    // comes at once, before the `1n` runs out, is returned: a later one would be dropped, for the
+    // timeout that enforces the deadline to cancel the attempt).
     advance(Duration::from_secs(5)).await;
     assert_eq!(sent().await, header("1n"));
 }
@@ -661,4 +668,110 @@ async fn a_channel_timeout_at_a_callers_shorter_header_is_returned_as_it_is() {
     assert!(is::<tonic::TimeoutExpired>(&*error), "{error:?}");
     assert!(!is::<Elapsed>(&*error), "{error:?}");
     assert_eq!(start.elapsed(), Duration::from_millis(100));
+}
+
+/// A server (behind a stand-in `Channel` without a timer of its own) that enforces the
+/// `grpc-timeout` it is sent: it answers with `cut()` a round trip (100 µs) after the header runs
+/// out, as grpc-go answers a trailers-only `DEADLINE_EXCEEDED`, Envoy an `UNAVAILABLE` local
+/// reply, or a reset stream surfaces as an error.
+fn enforcing_server(
+    cut: fn() -> Result<http::Response<()>, BoxError>,
+) -> impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send>
+       + Clone
+       + Send
+       + Sync {
+    service_fn(move |request: http::Request<()>| {
+        let told = parse_timeout(&request.headers()["grpc-timeout"]).unwrap();
+        async move {
+            tokio::time::sleep(told + Duration::from_micros(100)).await;
+            cut()
+        }
+    })
+}
+
+fn deadline_exceeded() -> Result<http::Response<()>, BoxError> {
+    Ok(tonic::Status::deadline_exceeded("deadline exceeded").into_http())
+}
+
+fn unavailable() -> Result<http::Response<()>, BoxError> {
+    Ok(tonic::Status::unavailable("upstream request timeout").into_http())
+}
+
+fn reset() -> Result<http::Response<()>, BoxError> {
+    Err("stream reset: CANCEL".into())
+}
+
+fn grpc_breaker() -> BreakerLayer<GrpcClassifier> {
+    BreakerLayer::builder()
+        .minimum_calls(1)
+        .build_with(GrpcClassifier::new())
+        .unwrap()
+}
+
+/// The server's own answer to the deadline it was told comes a round trip after it, before the
+/// timer of the timeout that enforces it (due on the next tick): whatever it is, it is dropped, the
+/// timeout cancels the attempt, and the breaker between them counts no failure.
+#[tokio::test(start_paused = true)]
+async fn a_servers_answer_to_the_deadline_it_was_told_charges_no_endpoint() {
+    for cut in [deadline_exceeded, unavailable, reset] {
+        let breaker = grpc_breaker();
+        let client = ServiceBuilder::new()
+            .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
+            .with_breaker(breaker.clone())
+            .layer(SendDeadlineLayer::new())
+            .service(enforcing_server(cut));
+        let mut request = http::Request::new(());
+        // Sent as `100500u`: the server answers at 100.6 ms, the timeout's timer fires at 101.
+        request.set_deadline(Instant::now() + Duration::from_micros(100_500));
+        let start = Instant::now();
+        let error = client.oneshot(request).await.unwrap_err();
+        assert!(is::<Elapsed>(&*error), "{:?}: {error:?}", cut());
+        assert_eq!(start.elapsed(), Duration::from_millis(101));
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{:?}", cut());
+    }
+}
+
+/// A deadline far enough away that the header counts seconds (28 hours and 999 ms is sent as
+/// `100800S`): the server's answer to it comes almost a second before the deadline, and is
+/// dropped all the same, for the timeout above to cancel the attempt at the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_servers_answer_to_a_header_a_unit_short_charges_no_endpoint() {
+    for cut in [deadline_exceeded, reset] {
+        let breaker = grpc_breaker();
+        let told = Duration::from_secs(28 * 3600) + Duration::from_millis(999);
+        let client = ServiceBuilder::new()
+            .with_timeout(TimeoutLayer::new(Duration::from_secs(30 * 3600)))
+            .with_breaker(breaker.clone())
+            .layer(SendDeadlineLayer::new())
+            .service(enforcing_server(cut));
+        let mut request = http::Request::new(());
+        request.set_deadline(Instant::now() + told);
+        let start = Instant::now();
+        let error = client.oneshot(request).await.unwrap_err();
+        assert!(is::<Elapsed>(&*error), "{:?}: {error:?}", cut());
+        assert_eq!(start.elapsed(), told);
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{:?}", cut());
+    }
+}
+
+/// An answer that comes before the instant the header stands for is the server's own, returned
+/// as it comes and counted.
+#[tokio::test(start_paused = true)]
+async fn a_servers_answer_before_the_deadline_it_was_told_is_returned() {
+    let breaker = grpc_breaker();
+    let client = ServiceBuilder::new()
+        .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
+        .with_breaker(breaker.clone())
+        .layer(SendDeadlineLayer::new())
+        .service(service_fn(|_: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            unavailable()
+        }));
+    let mut request = http::Request::new(());
+    request.set_deadline(Instant::now() + Duration::from_millis(100));
+    let start = Instant::now();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert_eq!(breaker.handle().snapshot().failures, 1);
 }
