@@ -67,7 +67,8 @@
 //!   enforces (the total timeout's, the per-try timeout's, a caller's
 //!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
-//!   already on the request is kept. A `Channel` also applies the `grpc-timeout` it sends itself,
+//!   already on the request is kept, and so is one it cannot read ([`parse_timeout`]), which it
+//!   leaves to the server to judge. A `Channel` also applies the `grpc-timeout` it sends itself,
 //!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
 //!   that enforces the deadline, or a little earlier (the header is rounded down), and the server,
 //!   or a proxy in front of it, ends the call a round trip after the header runs out
@@ -581,10 +582,17 @@ struct GrpcTimeout {
 }
 
 impl GrpcTimeout {
-    /// 1–8 ASCII digits, then exactly one unit letter; anything else is `None`.
+    /// 1–8 ASCII digits, or a `+` and 1–7 digits, then exactly one unit letter; anything else
+    /// is `None`.
     fn parse(bytes: &[u8]) -> Option<Self> {
-        let (&unit, digits) = bytes.split_last()?;
-        if digits.is_empty() || digits.len() > 8 {
+        let (&unit, number) = bytes.split_last()?;
+        // As tonic and grpc-go read it: eight characters at most, the number read as an integer,
+        // which may start with a `+`.
+        if number.len() > 8 {
+            return None;
+        }
+        let digits = number.strip_prefix(b"+").unwrap_or(number);
+        if digits.is_empty() {
             return None;
         }
         let unit = UNITS.iter().position(|&(letter, _)| letter == unit)?;
@@ -644,10 +652,12 @@ impl GrpcTimeout {
 /// Reads a `grpc-timeout` header value: 1 to 8 ASCII digits and one unit, `H` (hours), `M`
 /// (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds) or `n` (nanoseconds), as
 /// the [gRPC spec](https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) has it.
+/// The digits may follow a `+`, within the eight characters, as tonic's server and `Channel`
+/// read them (`u64::from_str`), and grpc-go's: `+1S` is one second to them, and so to seawall.
 ///
-/// `None` for anything else (a ninth digit, a sign, a space, a decimal point, an unknown unit).
-/// A value of zero is read as [`Duration::ZERO`]: the spec asks for a positive number, but tonic
-/// sends `0n` for a zero timeout.
+/// `None` for anything else (a ninth character, a `-`, a space, a decimal point, an unknown
+/// unit). A value of zero is read as [`Duration::ZERO`]: the spec asks for a positive number,
+/// but tonic sends `0n` for a zero timeout.
 ///
 /// ```
 /// use http::HeaderValue;
@@ -655,6 +665,7 @@ impl GrpcTimeout {
 /// use std::time::Duration;
 ///
 /// assert_eq!(parse_timeout(&HeaderValue::from_static("250m")), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_timeout(&HeaderValue::from_static("+1S")), Some(Duration::from_secs(1)));
 /// assert_eq!(parse_timeout(&HeaderValue::from_static("1.5S")), None);
 /// ```
 pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
@@ -731,8 +742,8 @@ impl<S> Layer<S> for HonorTimeoutLayer {
 /// Puts a request's `grpc-timeout` on it as its [`Deadline`](seawall_core::deadline::Deadline),
 /// that long from now; made by [`HonorTimeoutLayer`].
 ///
-/// A request that already carries an earlier deadline keeps it, and a `grpc-timeout` that does
-/// not follow the spec (see [`parse_timeout`]) is left to the server to judge. The header itself
+/// A request that already carries an earlier deadline keeps it, and a `grpc-timeout` that
+/// [`parse_timeout`] cannot read is left to the server to judge. The header itself
 /// stays on the request. The deadline caps the timeouts under it, never lengthens them: a total
 /// timeout of 30 s under a caller's 100 ms ends the call at 100 ms, and one of 1 s under a
 /// caller's 60 s at 1 s. The clock is read only for a request with a `grpc-timeout`, and nothing
@@ -836,7 +847,10 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// The time left is measured from [`tokio::time::Instant::now`] at `call` and written by
 /// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline
 /// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
-/// longer than that; a longer one, or one that does not follow the spec, is replaced. Only
+/// longer than that, and replaced when it is longer. One that [`parse_timeout`] cannot read is
+/// left in place, as on a request without a deadline, for the server to judge: written over, it
+/// could be lengthened for a server that reads it more leniently (grpc-go reads `-1S` as a
+/// deadline already past), and a `Channel` ignores it. Only
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
@@ -946,11 +960,17 @@ where
             let now = Instant::now();
             let ours = GrpcTimeout::encode(deadline.saturating_duration_since(now));
             let slack = UNITS[ours.unit].1.max(TICK);
-            let theirs = request
-                .headers()
-                .get(GRPC_TIMEOUT)
-                .and_then(parse_timeout)
-                .filter(|&theirs| theirs <= ours.duration());
+            let theirs = match request.headers().get(GRPC_TIMEOUT) {
+                None => None,
+                // A header seawall cannot read is left as it is, for the server to judge, as on a
+                // request without a deadline: a reader more lenient than seawall may take it for
+                // less time than the deadline, and a header written in its place would lengthen
+                // the caller's timeout for it. tonic's `Channel` ignores it: nothing to hold.
+                Some(value) => match parse_timeout(value) {
+                    None => return None,
+                    Some(theirs) => (theirs <= ours.duration()).then_some(theirs),
+                },
+            };
             match theirs {
                 // The caller's header is kept. It stands for the request's deadline (the one
                 // `HonorTimeout` read from it) only if it falls short of the time left by no more
@@ -1135,6 +1155,16 @@ mod tests {
         assert_eq!(parse("00000100m"), Some(Duration::from_millis(100)));
     }
 
+    /// tonic reads the number with `u64::from_str`, and grpc-go with `strconv.ParseInt`: both
+    /// take a leading `+`, within the eight characters.
+    #[test]
+    fn parse_reads_a_plus_as_tonic_does() {
+        assert_eq!(parse("+1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("+0n"), Some(Duration::ZERO));
+        assert_eq!(parse("+9999999m"), Some(Duration::from_millis(9_999_999)));
+        assert_eq!(parse("+99999999m"), None);
+    }
+
     #[test]
     fn parse_takes_eight_digits_and_no_more() {
         assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
@@ -1149,8 +1179,28 @@ mod tests {
     #[test]
     fn parse_ignores_what_the_spec_does_not_allow() {
         for bad in [
-            "", "m", "S", "10", "10x", "10h", "10s", "10N", "1.5S", "-1S", "+1S", " 1S", "1S ",
-            "1 S", "1SS", "0x1S", "1e3m",
+            "",
+            "m",
+            "S",
+            "10",
+            "10x",
+            "10h",
+            "10s",
+            "10N",
+            "1.5S",
+            "-1S",
+            " 1S",
+            "1S ",
+            "1 S",
+            "1SS",
+            "0x1S",
+            "1e3m",
+            "+S",
+            "++1S",
+            "+-1S",
+            "-+1S",
+            "1+S",
+            "+12345678m",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }

@@ -239,12 +239,50 @@ async fn a_shorter_grpc_timeout_on_the_request_is_kept() {
         ("1000000u", "1000000u"),
         ("1000001u", "1000000u"),
         ("5S", "1000000u"),
-        ("1.5S", "1000000u"),
+        ("+1S", "+1S"),
+        ("+2S", "1000000u"),
     ] {
         let mut request = with_grpc_timeout(theirs);
         request.extensions_mut().insert(deadline);
         let seen = client.clone().oneshot(request).await.unwrap();
         assert_eq!(seen.grpc_timeout, header(sent), "{theirs:?}");
+    }
+}
+
+/// tonic and grpc-go read a `+` before the digits: `+1S` is one second to them. It is kept under a
+/// longer deadline, never written over with the longer time left.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_timeout_with_a_plus_is_not_lengthened() {
+    let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
+    for (theirs, deadline, sent) in [
+        ("+1S", 10_000, "+1S"),
+        ("+1000m", 10_000, "+1000m"),
+        ("+1S", 500, "500000u"),
+    ] {
+        let mut request = with_grpc_timeout(theirs);
+        request.set_deadline(Instant::now() + Duration::from_millis(deadline));
+        let seen = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(seen.grpc_timeout, header(sent), "{theirs:?}");
+    }
+
+    // And it is the caller's deadline.
+    let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
+    let seen = client.oneshot(with_grpc_timeout("+1S")).await.unwrap();
+    assert_eq!(seen.deadline, Some(Instant::now() + Duration::from_secs(1)));
+}
+
+/// A `grpc-timeout` seawall cannot read is left as it came, for the server to judge, as on a
+/// request without a deadline: a server more lenient than seawall may read it as less time than
+/// the deadline (grpc-go reads `-1S` as a deadline already past), and a header written in its
+/// place would lengthen it.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_grpc_timeout_is_sent_untouched() {
+    let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
+    for theirs in ["1.5S", "-1S", "123456789m", "10s"] {
+        let mut request = with_grpc_timeout(theirs);
+        request.set_deadline(Instant::now() + Duration::from_secs(10));
+        let seen = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(seen.grpc_timeout, header(theirs), "{theirs:?}");
     }
 }
 
