@@ -5,7 +5,7 @@ use seawall::{
     balance::{BalanceLayer, NoEndpoints},
     breaker::{BreakerLayer, Open, State},
     bulkhead::{ratelimit::RateLimitLayer, BulkheadLayer, Full},
-    core::error::find,
+    core::error::{find, is_not_sent, SentEarlier},
     discover,
     grpc::{code, to_status, StatusLayer, StatusService},
     retry::{BudgetExhausted, RequestDeadline, RetryBudget, RetryLayer},
@@ -308,4 +308,65 @@ async fn a_balancer_with_no_endpoint_is_unavailable() {
     let status = status_of(balance).await;
     assert_eq!(status.code(), Code::Unavailable);
     assert!(find::<NoEndpoints>(&status).is_some());
+}
+
+/// A retry whose first attempt the server answered `UNAVAILABLE`, which opened the breaker under
+/// it, and whose second attempt the breaker rejected: the call's error is the rejection marked as
+/// following an attempt that was sent (`SentEarlier`, under `BudgetExhausted` when the budget
+/// allowed no more tries). Its status is `UNAVAILABLE`, from `Open`, and is not taken, through
+/// the status's source, for a call that was never sent: the first attempt reached the server.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_after_a_sent_attempt_is_unavailable_and_not_taken_for_never_sent() {
+    let draining = service_fn(|_: Req| async {
+        Err::<(), BoxError>(Box::new(Status::unavailable("draining")))
+    });
+
+    // The client stack's retry, which returns `Open` at once.
+    let breaker = BreakerLayer::builder().minimum_calls(1).build().unwrap();
+    let retry = RetryLayer::builder()
+        .ignore_error::<Open>()
+        .build()
+        .unwrap();
+    let error = retry
+        .layer(breaker.layer(draining))
+        .oneshot(Req)
+        .await
+        .unwrap_err();
+    rejected_after_a_sent_attempt(error, &breaker, false);
+
+    // One with a budget of a single retry, which wants to try a third time and gives up on the
+    // budget.
+    let breaker = BreakerLayer::builder().minimum_calls(1).build().unwrap();
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder().budget(budget).build().unwrap();
+    let error = retry
+        .layer(breaker.layer(draining))
+        .oneshot(Req)
+        .await
+        .unwrap_err();
+    rejected_after_a_sent_attempt(error, &breaker, true);
+}
+
+fn rejected_after_a_sent_attempt(error: BoxError, breaker: &BreakerLayer, exhausted: bool) {
+    assert_eq!(breaker.handle().state(), State::Open);
+    assert!(find::<SentEarlier>(&*error).is_some(), "{error:?}");
+    assert_eq!(
+        find::<BudgetExhausted>(&*error).is_some(),
+        exhausted,
+        "{error:?}"
+    );
+    assert!(!is_not_sent(&*error));
+    assert_eq!(code(&*error), Some(Code::Unavailable));
+
+    let status = to_status(error);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "circuit breaker is open");
+    assert!(find::<Open>(&status).is_some());
+    assert!(find::<SentEarlier>(&status).is_some());
+    assert!(!is_not_sent(&status), "{status:?}");
 }
