@@ -1048,8 +1048,8 @@ pin_project! {
     enum Sending<F> {
         // The inner service's call.
         Called { #[pin] future: F },
-        // The `Channel` failed the call at the deadline it was told: held back until the timeout
-        // above cancels the attempt.
+        // The call ended at the deadline it was told (the `Channel`'s timer, the server's answer
+        // to it): held back until the timeout above cancels the attempt.
         Held { #[pin] sleep: Sleep },
         // The hold has run out. The future stayed pending on the poll that saw it run out, so
         // that a timeout above polled after it in that pass, whose timer has fired by then,
@@ -1090,7 +1090,8 @@ where
     }
 }
 
-/// Holds back the `Channel`'s `TimeoutExpired` until [`GRACE`] past the deadline it was told.
+/// Holds back the end of a call cut at the deadline it was told (the `Channel`'s
+/// `TimeoutExpired`, the server's answer) until [`GRACE`] past that deadline.
 ///
 /// The call stays pending on this poll even when the task was polled so late that the grace has
 /// run out too (a busy thread): the hold [expires](expire) at once.
