@@ -162,12 +162,16 @@ pub struct Transition {
 /// rules hold at once the first of the variants below that holds is given: the failure rate, then
 /// the slow-call rate, then the run of failures; in HalfOpen, the probes' failures, then their
 /// slow calls.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Only the breaker makes these: the variants with fields are `#[non_exhaustive]`, so match them
+/// with `..`. Two reasons are equal when their variants and fields are, rates compared bit for bit.
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum OpenReason {
     /// Closed: the failure rate of the sliding window reached
     /// [`failure_rate_threshold`](crate::BreakerConfigBuilder::failure_rate_threshold), with at
     /// least `minimum_calls` calls in the window.
+    #[non_exhaustive]
     FailureRate {
         /// Failed calls over calls in the window, when the breaker tripped.
         rate: f64,
@@ -177,6 +181,7 @@ pub enum OpenReason {
     /// Closed: the slow-call rate of the sliding window reached
     /// [`slow_call_rate_threshold`](crate::BreakerConfigBuilder::slow_call_rate_threshold), with
     /// at least `minimum_calls` calls in the window.
+    #[non_exhaustive]
     SlowCallRate {
         /// Slow calls over calls in the window, when the breaker tripped.
         rate: f64,
@@ -185,6 +190,7 @@ pub enum OpenReason {
     },
     /// Closed: a run of failures in a row reached
     /// [`consecutive_failures`](crate::BreakerConfigBuilder::consecutive_failures).
+    #[non_exhaustive]
     ConsecutiveFailures {
         /// The failures in the run.
         failures: u32,
@@ -192,6 +198,7 @@ pub enum OpenReason {
     /// HalfOpen: the probes' results are in and too many failed: their failure rate reached
     /// `failure_rate_threshold` or, with no failure-rate rule, one failed under the
     /// consecutive-failures rule.
+    #[non_exhaustive]
     ProbesFailed {
         /// Probes that failed.
         failures: u32,
@@ -200,6 +207,7 @@ pub enum OpenReason {
     },
     /// HalfOpen: the probes' results are in and their slow-call rate reached
     /// `slow_call_rate_threshold`.
+    #[non_exhaustive]
     ProbesSlow {
         /// Probes that were slow.
         slow_calls: u32,
@@ -213,7 +221,13 @@ pub enum OpenReason {
     Forced,
 }
 
-// The rates are ratios of counts with at least one call, and thresholds are validated: no NaN.
+// By `key`, so rates compare bit for bit and equality is an equivalence even for a NaN.
+impl PartialEq for OpenReason {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
 impl Eq for OpenReason {}
 
 impl OpenReason {
@@ -240,6 +254,19 @@ impl OpenReason {
             | OpenReason::SlowCallRate { rate, threshold } => Some((rate, threshold)),
             _ => None,
         }
+    }
+
+    /// The variant's name and its fields as bits, for [`PartialEq`].
+    fn key(self) -> (&'static str, u64, u64) {
+        let (a, b) = match self {
+            OpenReason::FailureRate { rate, threshold }
+            | OpenReason::SlowCallRate { rate, threshold } => (rate.to_bits(), threshold.to_bits()),
+            OpenReason::ConsecutiveFailures { failures } => (failures.into(), 0),
+            OpenReason::ProbesFailed { failures, probes } => (failures.into(), probes.into()),
+            OpenReason::ProbesSlow { slow_calls, probes } => (slow_calls.into(), probes.into()),
+            OpenReason::ProbesTimedOut | OpenReason::Forced => (0, 0),
+        };
+        (self.as_str(), a, b)
     }
 }
 
@@ -1669,7 +1696,77 @@ impl Machine {
 
 #[cfg(test)]
 mod tests {
-    use super::ppm;
+    use super::{ppm, OpenReason};
+
+    #[test]
+    fn a_reason_equals_itself_even_with_a_nan_rate() {
+        let r = OpenReason::FailureRate {
+            rate: f64::NAN,
+            threshold: 0.5,
+        };
+        assert_eq!(r, r);
+        let slow = OpenReason::SlowCallRate {
+            rate: f64::NAN,
+            threshold: 0.5,
+        };
+        assert_ne!(r, slow);
+        assert_ne!(
+            OpenReason::ProbesFailed {
+                failures: 1,
+                probes: 2
+            },
+            OpenReason::ProbesSlow {
+                slow_calls: 1,
+                probes: 2
+            }
+        );
+        assert_eq!(OpenReason::Forced, OpenReason::Forced);
+        assert_ne!(OpenReason::Forced, OpenReason::ProbesTimedOut);
+    }
+
+    #[test]
+    fn reasons_have_stable_names_and_say_what_happened() {
+        let rate = OpenReason::FailureRate {
+            rate: 0.6,
+            threshold: 0.5,
+        };
+        assert_eq!(rate.as_str(), "failure_rate");
+        assert_eq!(rate.rate(), Some((0.6, 0.5)));
+        assert_eq!(rate.to_string(), "failure rate 0.6 reached 0.5");
+        let slow = OpenReason::SlowCallRate {
+            rate: 1.0,
+            threshold: 0.8,
+        };
+        assert_eq!(slow.as_str(), "slow_call_rate");
+        assert_eq!(slow.rate(), Some((1.0, 0.8)));
+        let probes = OpenReason::ProbesFailed {
+            failures: 2,
+            probes: 3,
+        };
+        assert_eq!(probes.rate(), None);
+        assert_eq!(probes.to_string(), "2 of 3 probes failed");
+        let names: Vec<_> = [
+            OpenReason::ConsecutiveFailures { failures: 5 },
+            OpenReason::ProbesSlow {
+                slow_calls: 1,
+                probes: 1,
+            },
+            OpenReason::ProbesTimedOut,
+            OpenReason::Forced,
+        ]
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "consecutive_failures",
+                "probes_slow",
+                "probes_timed_out",
+                "forced"
+            ]
+        );
+    }
 
     #[test]
     fn thresholds_round_up_to_whole_ppm() {
