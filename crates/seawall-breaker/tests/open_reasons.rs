@@ -105,29 +105,59 @@ async fn a_failure_rate_trip_gives_the_rate_and_threshold() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_slow_call_rate_trip_gives_the_rate_and_threshold() {
+async fn a_time_window_trip_gives_the_rate_of_the_calls_in_the_window() {
     let (seen, layer) = recording(
         BreakerLayer::builder()
-            .sliding_window(SlidingWindow::count(10))
+            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
             .minimum_calls(5)
-            .failure_rate_threshold(1.0)
-            .slow_call_rate_threshold(0.6)
-            .slow_call_duration(Duration::from_millis(100)),
+            .failure_rate_threshold(0.5),
     );
     let mut svc = layer.layer(dependency().0);
-    for call in [Call::Ok, Call::Fail] {
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    // The 4 failures leave the window before the next calls.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for call in [Call::Ok, Call::Ok, Call::Fail, Call::Fail] {
         let _ = send(&mut svc, call).await;
     }
-    for _ in 0..3 {
-        let _ = send(&mut svc, Call::SlowOk(150)).await;
-    }
+    assert_eq!(layer.handle().state(), State::Closed);
+    let _ = send(&mut svc, Call::Fail).await;
     assert_eq!(layer.handle().state(), State::Open);
     assert_eq!(
         reasons(&seen),
         [(
             State::Closed,
             State::Open,
-            reason("slow_call_rate", &[0.6, 0.6])
+            reason("failure_rate", &[0.6, 0.5])
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_call_rate_trip_gives_the_rate_and_threshold() {
+    let (seen, layer) = recording(
+        BreakerLayer::builder()
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_calls(5)
+            .failure_rate_threshold(1.0)
+            .slow_call_rate_threshold(0.55)
+            .slow_call_duration(Duration::from_millis(100)),
+    );
+    let mut svc = layer.layer(dependency().0);
+    for call in [Call::Ok, Call::Fail, Call::SlowOk(150), Call::SlowOk(150)] {
+        let _ = send(&mut svc, call).await;
+    }
+    // 2 slow calls of 4: too few calls yet.
+    assert_eq!(layer.handle().state(), State::Closed);
+    let _ = send(&mut svc, Call::SlowOk(150)).await;
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(
+        reasons(&seen),
+        [(
+            State::Closed,
+            State::Open,
+            reason("slow_call_rate", &[0.6, 0.55])
         )]
     );
 }
@@ -138,7 +168,7 @@ async fn the_failure_rate_comes_first_when_both_rates_trip() {
         BreakerLayer::builder()
             .sliding_window(SlidingWindow::count(4))
             .minimum_calls(4)
-            .failure_rate_threshold(0.5)
+            .failure_rate_threshold(0.45)
             .slow_call_rate_threshold(0.25)
             .slow_call_duration(Duration::from_millis(100)),
     );
@@ -147,7 +177,15 @@ async fn the_failure_rate_comes_first_when_both_rates_trip() {
         let _ = send(&mut svc, call).await;
     }
     assert_eq!(layer.handle().state(), State::Open);
-    assert_eq!(reasons(&seen)[0].2, reason("failure_rate", &[0.5, 0.5]));
+    // Both rates are 0.5 and over their thresholds, from the fourth call.
+    assert_eq!(
+        reasons(&seen),
+        [(
+            State::Closed,
+            State::Open,
+            reason("failure_rate", &[0.5, 0.45])
+        )]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -333,15 +371,17 @@ async fn metrics_only_reports_the_reason_it_would_open_for() {
         BreakerLayer::builder()
             .sliding_window(SlidingWindow::count(4))
             .minimum_calls(4)
-            .failure_rate_threshold(0.75)
+            .failure_rate_threshold(0.7)
             .permitted_probes(1),
     );
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
     handle.metrics_only();
-    for call in [Call::Fail, Call::Ok, Call::Fail, Call::Fail] {
+    for call in [Call::Fail, Call::Ok, Call::Fail] {
         let _ = send(&mut svc, call).await;
     }
+    assert_eq!(handle.snapshot().machine_state, State::Closed);
+    let _ = send(&mut svc, Call::Fail).await;
     assert_eq!(handle.snapshot().machine_state, State::Open);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = send(&mut svc, Call::Fail).await;
@@ -359,7 +399,7 @@ async fn metrics_only_reports_the_reason_it_would_open_for() {
             would(
                 State::Closed,
                 State::Open,
-                reason("failure_rate", &[0.75, 0.75])
+                reason("failure_rate", &[0.75, 0.7])
             ),
             would(State::Open, State::HalfOpen, None),
             would(
