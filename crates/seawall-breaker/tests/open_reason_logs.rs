@@ -1,13 +1,13 @@
 //! The log line of a change to Open or ForcedOpen names its reason, and the rate and threshold of
-//! a trip on a rate. Alone in its file: `tracing` caches whether a callsite is enabled, and an
-//! event emitted on another test's thread with no subscriber could leave this test's subscriber
-//! deaf to it.
+//! a trip on a rate; so does the line of a trip a breaker in MetricsOnly would make. Alone in its
+//! file: `tracing` caches whether a callsite is enabled, and an event emitted on another test's
+//! thread with no subscriber could leave this test's subscriber deaf to it.
 #![cfg(not(loom))]
 
 mod common;
 
 use common::{dependency, send, Call};
-use seawall::breaker::{BreakerLayer, SlidingWindow};
+use seawall::breaker::{BreakerLayer, SlidingWindow, State};
 use std::{
     fmt,
     sync::{Arc, Mutex},
@@ -15,7 +15,13 @@ use std::{
 };
 use tower::Layer;
 
-/// The fields of each "circuit breaker changed state" event, by name, as `Debug` renders them.
+/// A change of state, logged.
+const CHANGED: &str = "circuit breaker changed state";
+/// A change of state a breaker in MetricsOnly would make, logged.
+const WOULD: &str = "circuit breaker would change state (metrics only)";
+
+/// The fields of each [`CHANGED`] or [`WOULD`] event, by name, as `Debug` renders them, the
+/// message with them.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<Fields>>>);
 
@@ -46,12 +52,8 @@ impl tracing::Subscriber for Capture {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut fields = Visitor(Vec::new());
         event.record(&mut fields);
-        let message = (
-            "message".to_owned(),
-            "circuit breaker changed state".to_owned(),
-        );
-        if fields.0.contains(&message) {
-            fields.0.retain(|(name, _)| name != "message");
+        let message = |m: &str| ("message".to_owned(), m.to_owned());
+        if fields.0.contains(&message(CHANGED)) || fields.0.contains(&message(WOULD)) {
             self.0.lock().unwrap().push(fields.0);
         }
     }
@@ -69,7 +71,7 @@ async fn the_log_line_names_the_reason_and_the_rate() {
         .name("logged")
         .sliding_window(SlidingWindow::count(10))
         .minimum_calls(10)
-        .failure_rate_threshold(0.5)
+        .failure_rate_threshold(0.45)
         .consecutive_failures(2)
         .permitted_probes(1)
         .wait_duration(Duration::from_secs(1))
@@ -77,12 +79,28 @@ async fn the_log_line_names_the_reason_and_the_rate() {
         .build()
         .unwrap();
     let mut svc = layer.layer(dependency().0);
-    for call in [Call::Ok, Call::Fail].repeat(5) {
+    // 5 failures of 10 calls, never 2 in a row: the failure rate trips, at the tenth call.
+    let handle = layer.handle();
+    for (i, call) in [Call::Ok, Call::Fail].repeat(5).into_iter().enumerate() {
         let _ = send(&mut svc, call).await;
+        assert_eq!(handle.state() == State::Open, i == 9, "call {}", i + 1);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = send(&mut svc, Call::Fail).await;
-    layer.handle().force_open();
+    handle.force_open();
+    // A breaker in MetricsOnly logs the trip it would make, with the same fields.
+    let shadow = BreakerLayer::builder()
+        .name("shadow")
+        .sliding_window(SlidingWindow::count(4))
+        .minimum_calls(4)
+        .failure_rate_threshold(0.7)
+        .build()
+        .unwrap();
+    shadow.handle().metrics_only();
+    let mut svc = shadow.layer(dependency().0);
+    for call in [Call::Fail, Call::Ok, Call::Fail, Call::Fail] {
+        let _ = send(&mut svc, call).await;
+    }
 
     let field = |event: &[(String, String)], name: &str| {
         event
@@ -94,8 +112,9 @@ async fn the_log_line_names_the_reason_and_the_rate() {
     let logged: Vec<_> = events
         .iter()
         .map(|e| {
-            assert_eq!(field(e, "name").as_deref(), Some("logged"));
             (
+                field(e, "message").unwrap() == WOULD,
+                field(e, "name").unwrap(),
                 field(e, "to").unwrap(),
                 field(e, "reason"),
                 field(e, "rate"),
@@ -104,13 +123,23 @@ async fn the_log_line_names_the_reason_and_the_rate() {
         })
         .collect();
     let s = |s: &str| Some(s.to_owned());
+    let changed = |to: &str, reason, rate, threshold| {
+        let to = to.to_owned();
+        (false, "logged".to_owned(), to, reason, rate, threshold)
+    };
+    let shadow = |would, to: &str, reason, rate, threshold| {
+        let to = to.to_owned();
+        (would, "shadow".to_owned(), to, reason, rate, threshold)
+    };
     assert_eq!(
         logged,
         [
-            ("open".to_owned(), s("\"failure_rate\""), s("0.5"), s("0.5")),
-            ("half_open".to_owned(), None, None, None),
-            ("open".to_owned(), s("\"probes_failed\""), None, None),
-            ("forced_open".to_owned(), s("\"forced\""), None, None),
+            changed("open", s("\"failure_rate\""), s("0.5"), s("0.45")),
+            changed("half_open", None, None, None),
+            changed("open", s("\"probes_failed\""), None, None),
+            changed("forced_open", s("\"forced\""), None, None),
+            shadow(false, "metrics_only", None, None, None),
+            shadow(true, "open", s("\"failure_rate\""), s("0.75"), s("0.7")),
         ]
     );
 }
