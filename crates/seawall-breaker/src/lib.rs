@@ -32,9 +32,9 @@
 //!   flight nothing is bounded, and the results already in are kept for the next probes.
 //! - **Neither success nor failure.** The classifier may answer [`Outcome::Ignored`]; an ignored
 //!   or cancelled probe hands its slot back.
-//! - **Says why it opened.** A [`Transition`] to Open carries its [`OpenReason`] (the failure or
-//!   slow-call rate against its threshold, a run of failures, failed, slow or hung probes, a
-//!   forced open), and so does the log line.
+//! - **Says why it opened.** A [`Transition`] to Open or ForcedOpen carries its [`OpenReason`]
+//!   (the failure or slow-call rate against its threshold, a run of failures, failed, slow or hung
+//!   probes, a forced open), and so does the log line.
 //! - **No stale results.** Every state change starts a new generation; the result of a call
 //!   admitted in an earlier generation is dropped, so a late answer cannot flip the new state.
 //! - **Fast.** The Closed path takes no lock it waits on (a time window only tries the sequence
