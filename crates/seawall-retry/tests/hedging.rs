@@ -1424,6 +1424,36 @@ async fn slow_failures_count_towards_the_percentile_delay() {
     }
 }
 
+/// A saturated bulkhead below that turns a call away only after it waited a second for a permit
+/// says nothing of how long the dependency takes: its rejections leave the delay alone.
+#[tokio::test(start_paused = true)]
+async fn slow_rejections_never_sent_do_not_count_towards_the_percentile_delay() {
+    let slow_rejection = || async {
+        tokio::time::sleep(ms(1000)).await;
+        Err::<(), BoxError>(Shed.into())
+    };
+    let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow_rejection);
+    // The first period (to about 2 s) measures the successes, ~10 ms; a fifth of the calls then
+    // wait 1 s to be turned away, period after period, and the delay stays the successes'.
+    let start = Instant::now();
+    let mut first = None;
+    while Instant::now() < start + Duration::from_secs(5) {
+        let _ = svc.ready().await.unwrap().call(requests()).await;
+        first = first.or(layer.current_delay());
+    }
+    let first = first.expect("the first period has ended");
+    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
+    while Instant::now() < start + Duration::from_secs(20) {
+        let delay = layer.current_delay().unwrap();
+        assert!(
+            delay >= ms(9) && delay <= ms(11),
+            "{delay:?} at {:?}",
+            Instant::now() - start
+        );
+        let _ = svc.ready().await.unwrap().call(requests()).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_dropped_unanswered_count_towards_the_percentile_delay() {
     // Every fifth call hangs until the caller gives up on it after 500 ms.

@@ -30,8 +30,9 @@ pin_project! {
     /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
     /// its hedge back. The first acceptable answer wins and every other call still running is
     /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
-    /// a call that fails, or is dropped unanswered, is recorded as having taken as long as it ran
-    /// (a lower bound on its latency) when that is longer than the successes' percentile.
+    /// a call that fails (a copy that may have been sent failed), or is dropped unanswered, is
+    /// recorded as having taken as long as it ran (a lower bound on its latency) when that is
+    /// longer than the successes' percentile.
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,
@@ -199,7 +200,6 @@ where
 /// An answer that did not win, kept by [`keep`] to return if no copy wins.
 struct Kept<Res> {
     result: Result<Res, BoxError>,
-    outcome: Outcome,
     // The answer's [`rank`], as it came (before any `SentEarlier` wrapping).
     rank: Rank,
     // Whether any answer so far came from a copy that may have been sent.
@@ -235,7 +235,6 @@ fn keep<Res>(kept: &mut Option<Kept<Res>>, result: Result<Res, BoxError>, outcom
         _ => {
             *kept = Some(Kept {
                 result,
-                outcome,
                 rank,
                 any_sent,
             })
@@ -337,15 +336,14 @@ where
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
                 abandon_hedge(this.service, this.withdrawn, this.readying);
-                let Kept {
-                    result, outcome, ..
-                } = this
+                let Kept { result, rank, .. } = this
                     .failure
                     .take()
                     .expect("a finished call left its failure");
                 // A slow failure (a gateway's timeout) says the call took at least this long; an
-                // ignored answer says nothing of the dependency.
-                if let (Outcome::Failure, Some(started)) = (outcome, *this.started) {
+                // ignored answer says nothing of the dependency, nor does a failure of copies
+                // never sent (a bulkhead below that waited for a permit and turned them away).
+                if let ((true, true), Some(started)) = (rank, *this.started) {
                     shared.record_unanswered(started);
                 }
                 return Poll::Ready(result);
