@@ -582,6 +582,66 @@ async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sen
     }
 }
 
+/// An answer of a copy that was sent, which the hedge's policy ignores (a server draining its
+/// connections, say).
+#[derive(Debug)]
+struct Draining;
+
+impl fmt::Display for Draining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("draining")
+    }
+}
+
+impl Error for Draining {}
+
+/// A hedged call whose failure was never sent, while another copy was sent and its answer
+/// ignored, returns that failure wrapped in a `SentEarlier`: the call's request may have reached
+/// the server, and is not taken for one never sent.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_calls_failure_never_sent_after_an_ignored_copy_was_sent_is_marked_sent_earlier() {
+    use seawall_core::error::{find, is, is_not_sent, SentEarlier};
+    use seawall_retry::{
+        policy::{Classified, Ignoring},
+        HedgeLayer,
+    };
+
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    // The first copy is sent, and answers `Draining` after 15 ms; the hedge, sent at 10 ms, is
+    // rejected before it is sent 10 ms later.
+    let svc = service_fn(move |_: Plain| {
+        let n = {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        async move {
+            if n == 1 {
+                tokio::time::sleep(ms(15)).await;
+                Err::<(), BoxError>(Box::new(Draining))
+            } else {
+                tokio::time::sleep(ms(10)).await;
+                Err(Box::new(Rejected(NotSent::new())) as BoxError)
+            }
+        }
+    });
+    let layer = HedgeLayer::builder()
+        .delay(ms(10))
+        .max_hedges(1)
+        .budget(RetryBudget::unlimited())
+        .policy(Ignoring::<Classified, Draining>::new(Classified::default()))
+        .build()
+        .unwrap();
+    let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
+    assert_eq!(*calls.lock().unwrap(), 2);
+    // The rejection, a failure, is returned rather than the ignored answer...
+    assert!(find::<Rejected>(&*err).is_some(), "{err}");
+    // ...but marked as following a copy that was sent.
+    assert!(is::<SentEarlier>(&*err), "{err}");
+    assert!(!is_not_sent(&*err), "{err}");
+}
+
 /// A POST that was sent and failed is returned as it is when the budget is spent, too: it was
 /// never retryable, so the budget is not asked and nothing is reported.
 #[tokio::test(start_paused = true)]
