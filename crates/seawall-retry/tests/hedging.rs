@@ -816,7 +816,11 @@ async fn an_original_turned_away_before_it_was_sent_does_not_drain_a_token_bucke
     }
     assert_eq!(calls.load(Ordering::SeqCst), 10, "no call hedged");
     assert!(budget.can_retry(), "the rejections took no token");
-    assert!(format!("{budget:?}").contains("tokens: 4.0"), "{budget:?}");
+    // Full: four tokens of four (not merely `max_tokens: 4.0`).
+    assert_eq!(
+        format!("{budget:?}"),
+        "RetryBudget::TokenBucket { max_tokens: 4.0, token_ratio: 0.1, tokens: 4.0 }"
+    );
 }
 
 /// A real bulkhead of one below the hedge: while the original holds the permit, each hedge is

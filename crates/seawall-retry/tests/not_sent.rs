@@ -349,7 +349,11 @@ async fn attempts_never_sent_do_not_drain_a_token_bucket() {
     }
     assert_eq!(calls.count(), 10);
     assert!(budget.can_retry());
-    assert!(format!("{budget:?}").contains("tokens: 4.0"), "{budget:?}");
+    // Full: four tokens of four (not merely `max_tokens: 4.0`).
+    assert_eq!(
+        format!("{budget:?}"),
+        "RetryBudget::TokenBucket { max_tokens: 4.0, token_ratio: 0.1, tokens: 4.0 }"
+    );
 }
 
 /// A recording service that answers 200, after `latency` on its first call.
