@@ -1658,10 +1658,11 @@ fn over_budget(
             let allowed = calls * ratio_pct as usize / 100;
             (extra > allowed).then(|| format!("{extra} retries, {allowed} allowed"))
         }
-        // Tokens in thousandths: the bucket starts full at `max`; a failed attempt takes 1000, a
-        // successful one adds `ratio` (up to `max`); a retry follows a failure that left more
-        // than `max / 2`. So at the last retry, after `n` failures that each took a whole token,
-        // `max - 1000 n + ratio × successes > max / 2`: `2000 n < max + 2 ratio × successes`.
+        // Tokens in thousandths: the bucket starts full at `max`; a failed attempt that was sent
+        // takes 1000, a successful one adds `ratio` (up to `max`); a retry follows a failure that
+        // left more than `max / 2`. So at the last retry, after `n` failures that each took a whole
+        // token, `max - 1000 n + ratio × successes > max / 2`:
+        // `2000 n < max + 2 ratio × successes`.
         BudgetSpec::TokenBucket {
             max_tokens,
             ratio_tenths,
