@@ -220,9 +220,8 @@ fn rank<Res>(result: &Result<Res, BoxError>, outcome: Outcome) -> Rank {
 /// server's 503) is kept over a failure that proves its copy was never sent (a bulkhead's or rate
 /// limiter's rejection of a hedge), and either over an ignored answer (of which, too, a sent
 /// copy's is kept over one never sent); among answers of one rank the last is kept. A rejection
-/// of a copy never sent says nothing of the dependency: returned in place of the server's
-/// failure, it would hide that failure from the caller, from a retry above (which would also wait
-/// the `retry_after` of a rate limiter's rejection) and from the percentile delay.
+/// of a copy never sent says nothing of the dependency: ranked below the server's failure, it
+/// leaves the caller and a retry above to see the server's error.
 ///
 /// A copy that may have been sent makes the call one that was: an error kept that proves only its
 /// own copy was never sent (every copy that was sent was ignored) is then wrapped in a
