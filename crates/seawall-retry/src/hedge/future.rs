@@ -116,7 +116,9 @@ impl Drop for Paid {
 }
 
 /// Whether `result` is an error that proves its request was never sent
-/// ([`seawall_core::error::not_sent`]).
+/// ([`seawall_core::error::not_sent`]). An answer costs one comparison: only an error's chain is
+/// searched.
+#[inline]
 fn unsent<Res>(result: &Result<Res, BoxError>) -> bool {
     matches!(result, Err(error) if is_not_sent(&**error))
 }
@@ -211,8 +213,8 @@ struct Kept<Res> {
 /// never sent. Ordered: `(failure, sent)`.
 type Rank = (bool, bool);
 
-fn rank<Res>(result: &Result<Res, BoxError>, outcome: Outcome) -> Rank {
-    (outcome == Outcome::Failure, !unsent(result))
+fn rank(outcome: Outcome, sent: bool) -> Rank {
+    (outcome == Outcome::Failure, sent)
 }
 
 /// Keeps `result`, an answer that did not win, as the one to return if no copy wins, when it
@@ -226,8 +228,19 @@ fn rank<Res>(result: &Result<Res, BoxError>, outcome: Outcome) -> Rank {
 /// A copy that may have been sent makes the call one that was: an error kept that proves only its
 /// own copy was never sent (every copy that was sent was ignored) is then wrapped in a
 /// [`SentEarlier`], so that it is not taken for the call's.
-fn keep<Res>(kept: &mut Option<Kept<Res>>, result: Result<Res, BoxError>, outcome: Outcome) {
-    let rank = rank(&result, outcome);
+///
+/// `sent` is whether the answer's copy may have been sent (`!unsent(&result)`, which the caller
+/// has found already). Out of line: a call whose first answer wins never comes here, and its
+/// poll stays as small as before answers were ranked.
+#[cold]
+#[inline(never)]
+fn keep<Res>(
+    kept: &mut Option<Kept<Res>>,
+    result: Result<Res, BoxError>,
+    outcome: Outcome,
+    sent: bool,
+) {
+    let rank = rank(outcome, sent);
     let any_sent = rank.1 || kept.as_ref().is_some_and(|kept| kept.any_sent);
     match kept {
         Some(kept) if rank < kept.rank => kept.any_sent = any_sent,
@@ -241,7 +254,10 @@ fn keep<Res>(kept: &mut Option<Kept<Res>>, result: Result<Res, BoxError>, outcom
     }
     if let Some(kept_now) = kept.take() {
         let result = match kept_now.result {
-            Err(error) if kept_now.any_sent && not_sent(&*error).is_some() => {
+            // A copy that may have been sent has nothing to wrap (`not_sent` finds nothing in its
+            // error): only a never-sent copy's error is searched, and found wrapped already after
+            // the first time.
+            Err(error) if kept_now.any_sent && !kept_now.rank.1 && not_sent(&*error).is_some() => {
                 Err(Box::new(SentEarlier::new(error)) as BoxError)
             }
             result => result,
@@ -295,7 +311,7 @@ where
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
-                    keep(this.failure, result, outcome);
+                    keep(this.failure, result, outcome, sent);
                 }
             }
 
@@ -329,7 +345,7 @@ where
                     shared.on_won(hedge);
                     return Poll::Ready(result);
                 }
-                keep(this.failure, result, outcome);
+                keep(this.failure, result, outcome, sent);
             }
 
             if this.primary.is_none() && this.hedges.is_empty() {
@@ -501,7 +517,7 @@ mod tests {
                 "unsent" => Box::new(NotSent::new()),
                 sent => sent.into(),
             };
-            keep(&mut kept, Err::<(), _>(error), outcome);
+            keep(&mut kept, Err::<(), _>(error), outcome, answer != "unsent");
         }
         let error = kept.expect("an answer was kept").result.unwrap_err();
         let wrapped = is::<SentEarlier>(&*error);
