@@ -9,7 +9,7 @@ use std::{
     cmp::{Ordering as ByTat, Reverse},
     collections::{BinaryHeap, HashMap},
     fmt,
-    hash::{BuildHasher, Hash, RandomState},
+    hash::{BuildHasher, Hash},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
@@ -28,6 +28,13 @@ const MIN_KEYS_PER_SHARD: usize = 64;
 /// Stale elements a shard's eviction order may hold, beyond one per key, before it is rebuilt.
 const STALE_SLACK: usize = 16;
 
+/// Picks a key's shard: random per limiter, so no client can aim its keys at one shard; fixed in
+/// the unit tests, so which shard a key lands in is the same on every run.
+#[cfg(not(test))]
+type ShardHasher = std::hash::RandomState;
+#[cfg(test)]
+type ShardHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+
 /// Applies a [`KeyedRateLimit`]: one GCRA budget per key, the key computed from each request.
 ///
 /// Keys live in a bounded table (`max_keys`, default 10 000), split into up to 16 shards that are
@@ -36,13 +43,16 @@ const STALE_SLACK: usize = 16;
 /// has passed, up to `burst × T + max_wait` after its last call, for `T = period / permits`)
 /// holds no information a fresh key would not, so when a shard is full its idle keys are evicted
 /// first, losslessly; if every key is busy, the one closest to idle goes, and comes back with a
-/// fresh budget. A shard is full at its own share of keys whatever the others hold, so size
-/// `max_keys` about 10% above the number of keys active within `burst × T + max_wait`. The table
-/// holds at most `max_keys` keys whatever the requests are, each as large as the key function
-/// makes it: a key copied from a request (a header's bytes) is as long as the client chose, so cap
-/// or hash it. Each shard keeps its keys in a heap by TAT as well, so making room takes no scan of
-/// the shard: a key costs one heap operation (`O(log n)`) when it comes, when it goes, and at most
-/// once more for each time it was used since it was last placed in the heap.
+/// fresh budget. A shard is full at its own share of keys whatever the others hold, and keys do
+/// not hash evenly, so for `N` keys active within `burst × T + max_wait` size `max_keys` at least
+/// `N + 16·√N + 16`, rounded up (1 000 keys: 1 522; 10 000: 11 616; 100 000: 105 076): then
+/// all `N` fit with a chance above 99.9%. A flat 10% above `N` is not enough below about 50 000
+/// keys: with 1 000 keys some busy key is evicted almost surely, with 5 000 nearly half the time.
+/// The table holds at most `max_keys` keys whatever the requests are, each as large as the key
+/// function makes it: a key copied from a request (a header's bytes) is as long as the client
+/// chose, so cap or hash it. Each shard keeps its keys in a heap by TAT as well, so making room
+/// takes no scan of the shard: a key costs one heap operation (`O(log n)`) when it comes, when it
+/// goes, and at most once more for each time it was used since it was last placed in the heap.
 ///
 /// Keys are shared between the shard's table and its heap, so the layer and its services are
 /// `Send + Sync` when the key is (and the key function is); [`build_keyed`] asks for a
@@ -150,7 +160,7 @@ impl<K: Hash + Eq> Shard<K> {
 
 pub(crate) struct KeyedShared<K> {
     shards: Box<[Mutex<Shard<K>>]>,
-    hasher: RandomState,
+    hasher: ShardHasher,
     shard_capacity: usize,
     keys: AtomicUsize,
     /// The next [`Entry::id`].
@@ -182,7 +192,7 @@ impl<K: Hash + Eq> KeyedShared<K> {
         let shards = (config.max_keys / MIN_KEYS_PER_SHARD).clamp(1, SHARDS);
         Arc::new(KeyedShared {
             shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
-            hasher: RandomState::new(),
+            hasher: ShardHasher::default(),
             shard_capacity: config.max_keys / shards,
             keys: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
@@ -580,6 +590,34 @@ mod tests {
         }
         assert_eq!(shared.keys.load(Ordering::Relaxed), 1_024);
         assert!(most <= 2, "{most} entries visited by one call");
+    }
+
+    /// 1 000 distinct busy keys at one instant, in a table sized by the rule in the type's docs
+    /// (`N + 16·√N + 16`, 1 522 for 1 000 keys): every shard holds its share, so every key is
+    /// tracked and none lost its budget. With `max_keys` 10% above the keys (1 100, 16 shards of
+    /// 68), the same keys overflow a shard.
+    #[test]
+    fn max_keys_by_the_sizing_rule_holds_every_busy_key() {
+        const N: usize = 1_000;
+        let max_keys = N + (16.0 * (N as f64).sqrt()).ceil() as usize + 16;
+        assert_eq!(max_keys, 1_522);
+        let config = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .max_keys(max_keys)
+            .validate()
+            .unwrap();
+        let shared = KeyedShared::<String>::new(config);
+        for n in 0..N {
+            assert!(shared.acquire(&format!("key-{n}"), 0, 0).is_ok());
+        }
+        assert_eq!(shared.keys.load(Ordering::Relaxed), N);
+        for n in 0..N {
+            let key = format!("key-{n}");
+            assert!(
+                shared.shard(&key).lock().unwrap().map.contains_key(&key),
+                "{key} evicted"
+            );
+        }
     }
 
     /// One key's 10 000 waiters at 10 000 a second, all but the latest given up oldest first: each
