@@ -478,9 +478,11 @@ impl GrpcCode {
 
     /// Reads the `grpc-status` header; `None` when it is absent.
     ///
-    /// The value is read as tonic's client reads it: one digit (`0` to `9`), or two digits from
-    /// `10` to `16`. Anything else is UNKNOWN, including a code written with leading zeros
-    /// (`00`, `014`), a sign or a value above 16.
+    /// The code is read as tonic's `Code::from_bytes` reads it: one digit (`0` to `9`), or two
+    /// digits from `10` to `16`. Anything else is UNKNOWN, including a code written with leading
+    /// zeros (`00`, `014`), a sign or a value above 16. Only the code is read: tonic's client also
+    /// makes a status UNKNOWN when its `grpc-message` is not UTF-8 once percent-decoded, which this
+    /// does not.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
         let value = headers.get("grpc-status")?;
         Some(match *value.as_bytes() {
