@@ -116,16 +116,107 @@ async fn exactly_the_rate_per_period_after_the_burst() {
     assert_eq!(counts, vec![19, 10, 10, 10, 10]);
 }
 
+/// The most of `times` in any half-open window `[t, t + window)`: a window holding the most
+/// starts at one of them.
+fn most_in_any_window(times: &[Duration], window: Duration) -> usize {
+    times
+        .iter()
+        .map(|&start| {
+            times
+                .iter()
+                .filter(|&&t| start <= t && t < start + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// How many of `times` fall in each whole second from the start, for `seconds` seconds.
+fn per_second(times: &[Duration], seconds: usize) -> Vec<usize> {
+    let mut counts = vec![0; seconds];
+    for t in times {
+        counts[t.as_secs() as usize] += 1;
+    }
+    counts
+}
+
 /// The headroom the module docs give a quota a server enforces, 10 a second as
 /// `rate(10, 1010 ms)`, keeps to it only with `burst(1)`: the default burst of 10 lets the refills
-/// due within the first second through as well.
+/// due within the first second through as well. With `burst(1)` the greedy calls come 101 ms
+/// apart: 10 in each second, and never more than 10 in any sliding second.
 #[tokio::test(start_paused = true)]
 async fn headroom_for_a_strict_quota_needs_a_burst_of_one() {
     let period = Duration::from_millis(1_010);
     let default_burst = admitted_per_second(&limiter(10, period, None, false), 3).await;
     assert_eq!(default_burst[0], 19, "{default_burst:?}");
-    let burst_one = admitted_per_second(&limiter(10, period, Some(1), false), 3).await;
-    assert!(burst_one.iter().all(|&n| n <= 10), "{burst_one:?}");
+    let three_seconds = Duration::from_secs(3);
+    let burst_one =
+        greedy_admissions(&limiter(10, period, Some(1), false), three_seconds, 1_000).await;
+    assert_eq!(per_second(&burst_one, 3), vec![10, 10, 10], "{burst_one:?}");
+    assert_eq!(
+        most_in_any_window(&burst_one, Duration::from_secs(1)),
+        10,
+        "{burst_one:?}"
+    );
+}
+
+/// Calls `rate(10, period)` with `burst(1)` one after another, the next as soon as the last has
+/// run, for `calls` calls: each waits for its permit, and its future is polled `k mod 11` ms after
+/// the permit fell due (the `k`th call; 0 to 10 ms, the most a limiter lets a call start late, as
+/// a busy runtime would). Returns when each call ran, relative to the start.
+async fn late_calls(period: Duration, calls: u32) -> Vec<Duration> {
+    let delays = Arc::new(Mutex::new(Vec::new()));
+    let seen = delays.clone();
+    let layer = rate(10, period, Some(1))
+        .max_wait(Duration::from_secs(1))
+        .on_event(move |_: &seawall_core::Name, e: &RateLimitEvent| {
+            if let RateLimitEvent::Delayed { delay } = e {
+                seen.lock().unwrap().push(*delay);
+            }
+        })
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let record = ran.clone();
+    let mut service = layer.layer(service_fn(move |n: u32| {
+        record.lock().unwrap().push(start.elapsed());
+        async move { Ok::<_, std::io::Error>(n) }
+    }));
+    for k in 0..calls {
+        service.ready().await.unwrap();
+        let call = service.call(k);
+        // The first call runs at once; every later one waits for its permit, and is polled late.
+        let delay = delays.lock().unwrap().pop();
+        if let Some(delay) = delay {
+            let late = Duration::from_millis(u64::from(k % 11));
+            tokio::time::advance(delay + late).await;
+        }
+        call.await.unwrap();
+    }
+    let ran = ran.lock().unwrap().clone();
+    assert_eq!(ran.len(), calls as usize, "every call runs: {ran:?}");
+    ran
+}
+
+/// A call may start up to 10 ms after its permit fell due, and the next permit does not move for
+/// it: with `rate(10, 1 s)` a call 10 ms late and one on time ten permits later sit 990 ms apart,
+/// so a sliding second holds 11. The headroom of `rate(10, 1010 ms)` keeps it to 10 however late
+/// (up to 10 ms) each call runs.
+#[tokio::test(start_paused = true)]
+async fn headroom_absorbs_calls_that_start_late() {
+    let no_headroom = late_calls(Duration::from_secs(1), 30).await;
+    assert_eq!(
+        most_in_any_window(&no_headroom, Duration::from_secs(1)),
+        11,
+        "{no_headroom:?}"
+    );
+    let headroom = late_calls(Duration::from_millis(1_010), 30).await;
+    assert_eq!(
+        most_in_any_window(&headroom, Duration::from_secs(1)),
+        10,
+        "{headroom:?}"
+    );
 }
 
 /// 3 a second is an interval of 333 333 333⅓ ns: rounded down, a fourth call would get through at
