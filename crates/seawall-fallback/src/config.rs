@@ -162,6 +162,14 @@ impl<C, X> FallbackBuilder<C, X> {
 
 impl<C> FallbackBuilder<C> {
     /// Builds the layer with a synchronous fallback.
+    ///
+    /// The closure answers on its own and cannot send a request: when it fails over a call that
+    /// was never sent (a breaker's `Open`, a bulkhead's `Full`), the [`FallbackFailed`] keeps the
+    /// call never sent, so a retry above may still send it, even a POST. A fallback that sends the
+    /// request elsewhere is a service ([`build_service`](Self::build_service)), whose failure over
+    /// a call never sent makes the call one that may have been sent.
+    ///
+    /// [`FallbackFailed`]: crate::FallbackFailed
     pub fn build_fn<F, Res>(self, fallback: F) -> Result<FallbackLayer<FromFn<F>, C>, ConfigError>
     where
         F: Fn(Failed<Res>) -> Result<Res, BoxError>,
@@ -181,6 +189,9 @@ impl<C> FallbackBuilder<C> {
 impl<C, G> FallbackBuilder<C, WithRequest<G>> {
     /// Builds the layer with a synchronous fallback that receives what failed and the context
     /// [`with_request`](Self::with_request) captured from the call's request.
+    ///
+    /// As without the context, the closure cannot send a request: its failure over a call that was
+    /// never sent keeps the call never sent (see [`FallbackFailed`](crate::FallbackFailed)).
     pub fn build_fn<F, Req, Ctx, Res>(
         self,
         fallback: F,

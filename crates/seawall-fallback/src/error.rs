@@ -17,8 +17,11 @@ use std::{error::Error, fmt, sync::Arc};
 /// was reset), the original is wrapped in a [`SentEarlier`] in the source chain, so a retry or
 /// a caller above does not send the request again as one never sent. The original is still
 /// found by its type with [`find`](seawall_core::error::find), and [`original`] returns it
-/// unwrapped. A fallback of one's own that sends nothing marks its errors as never sent (a
-/// [`NotSent`](seawall_core::error::NotSent) as their `source()`) to keep the call not sent.
+/// unwrapped. A fallback that cannot send anything, the closure of
+/// [`build_fn`](crate::FallbackBuilder::build_fn), leaves the original unwrapped: its failure
+/// (a cache miss) keeps a call never sent never sent. A fallback service of one's own that
+/// sends nothing marks its errors as never sent (a [`NotSent`](seawall_core::error::NotSent) as
+/// their `source()`) to keep the call not sent.
 ///
 /// [`fallback_error`]: FallbackFailed::fallback_error
 /// [`original`]: FallbackFailed::original
@@ -31,8 +34,14 @@ pub struct FallbackFailed {
 }
 
 impl FallbackFailed {
-    pub(crate) fn new(original: Arc<dyn Error + Send + Sync>, fallback: BoxError) -> Self {
-        let sent = (not_sent(&*original).is_some() && not_sent(&*fallback).is_none())
+    /// `may_send`: whether the fallback may have sent a request (see
+    /// [`ContextHandler::may_send`](crate::ContextHandler::may_send)).
+    pub(crate) fn new(
+        original: Arc<dyn Error + Send + Sync>,
+        fallback: BoxError,
+        may_send: bool,
+    ) -> Self {
+        let sent = (may_send && not_sent(&*original).is_some() && not_sent(&*fallback).is_none())
             .then(|| SentEarlier::new(Box::new(original.clone())));
         FallbackFailed {
             original,

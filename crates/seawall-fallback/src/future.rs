@@ -164,7 +164,11 @@ where
                         Ok(res) => Ok(res),
                         Err(err) => {
                             let shared = &**this.shared;
-                            let err = FallbackFailed::new(original.clone(), err.into());
+                            let err = FallbackFailed::new(
+                                original.clone(),
+                                err.into(),
+                                shared.handler.may_send(),
+                            );
                             metrics::counter(metrics::FALLBACK_FAILED, &shared.name).increment(1);
                             tracing::debug!(name = %shared.name, error = %err, "seawall fallback failed");
                             shared.listeners.emit(&shared.name, &FallbackEvent::Failed);

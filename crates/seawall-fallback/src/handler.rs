@@ -95,6 +95,13 @@ pub trait FallbackHandler<Res> {
 
     /// Answers for a failed call.
     fn handle(&self, failed: Failed<Res>) -> Self::Future;
+
+    /// Whether the fallback may send a request: `true` unless overridden. When it cannot
+    /// ([`FromFn`]), its failure leaves a call that was never sent never sent (see
+    /// [`FallbackFailed`](crate::FallbackFailed)).
+    fn may_send(&self) -> bool {
+        true
+    }
 }
 
 /// Produces the answer for a failed call from what failed and the context captured from its
@@ -110,6 +117,13 @@ pub trait ContextHandler<Res, Ctx> {
 
     /// Answers for a failed call, given the context captured from its request.
     fn handle(&self, failed: Failed<Res>, context: Ctx) -> Self::Future;
+
+    /// Whether the fallback may send a request: `true` unless overridden. When it cannot
+    /// ([`FromFn`]), its failure leaves a call that was never sent never sent (see
+    /// [`FallbackFailed`](crate::FallbackFailed)).
+    fn may_send(&self) -> bool {
+        true
+    }
 }
 
 impl<H, Res> ContextHandler<Res, ()> for H
@@ -123,9 +137,17 @@ where
     fn handle(&self, failed: Failed<Res>, (): ()) -> Self::Future {
         FallbackHandler::handle(self, failed)
     }
+
+    #[inline]
+    fn may_send(&self) -> bool {
+        FallbackHandler::may_send(self)
+    }
 }
 
 /// A fallback from a synchronous closure.
+///
+/// It cannot send a request: it is taken as one that sends nothing, so when it fails over a call
+/// that was never sent, the call stays never sent (see [`FallbackFailed`](crate::FallbackFailed)).
 ///
 /// The closure is shared by every service of the layer, so those services are `Send` when it is
 /// `Send + Sync` (a closure that captures no `Cell` or `RefCell`).
@@ -142,6 +164,11 @@ where
     fn handle(&self, failed: Failed<Res>) -> Self::Future {
         ready((self.0)(failed))
     }
+
+    /// A closure answers on its own: it sends nothing.
+    fn may_send(&self) -> bool {
+        false
+    }
 }
 
 /// A closure given the context too: `Fn(Failed<Res>, Ctx)`, built after
@@ -155,6 +182,11 @@ where
 
     fn handle(&self, failed: Failed<Res>, context: Captured<Ctx>) -> Self::Future {
         ready((self.0)(failed, context.0))
+    }
+
+    /// A closure answers on its own: it sends nothing.
+    fn may_send(&self) -> bool {
+        false
     }
 }
 

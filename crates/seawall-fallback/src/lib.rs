@@ -25,7 +25,8 @@
 //! [`FallbackFailed::fallback_error`] is the fallback's. When the original error proves the call
 //! was never sent and the fallback's does not (the fallback may have sent the request), the
 //! original is wrapped in a [`SentEarlier`](seawall_core::error::SentEarlier) in the source
-//! chain, so the call is not taken for one never sent.
+//! chain, so the call is not taken for one never sent. A [`build_fn`](FallbackBuilder::build_fn)
+//! closure sends nothing: its failure (a cache miss) leaves a call never sent never sent.
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is
 //! answered from the fallback, and the failed service is dropped (see [`Fallback`]).

@@ -157,3 +157,32 @@ async fn a_fallback_that_sent_its_request_makes_the_failure_sent() {
     assert!(!error::is::<error::SentEarlier>(&*err));
     assert!(error::find::<Shed>(&*err).is_some());
 }
+
+/// A closure fallback sends nothing: its failure over a call never sent (a cache miss after a
+/// breaker's `Open`) leaves the call never sent, so a retry above may send even a POST again.
+#[tokio::test]
+async fn a_closure_fallback_that_fails_leaves_the_call_never_sent() {
+    let layer = FallbackLayer::builder()
+        .build_fn(|_: Failed<()>| Err("cache miss".into()))
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(error::is_not_sent(&*err), "{err}");
+    assert!(!error::is::<error::SentEarlier>(&*err));
+    assert!(error::find::<Shed>(&*err).is_some());
+    assert_eq!(err.to_string(), "fallback failed: cache miss");
+
+    // With the request's context too.
+    let layer = FallbackLayer::builder()
+        .with_request(|_: &()| "/users/7")
+        .build_fn(|_: Failed<()>, _key: &str| Err("cache miss".into()))
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(error::is_not_sent(&*err), "{err}");
+    assert!(!error::is::<error::SentEarlier>(&*err));
+
+    // A fallback service that fails so may have sent the request: the call is taken as sent.
+    let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionReset).await;
+    assert!(!error::is_not_sent(&*err));
+}
