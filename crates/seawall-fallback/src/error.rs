@@ -6,10 +6,16 @@ use std::{error::Error, fmt, sync::Arc};
 
 /// The fallback failed after the call it stood in for had failed.
 ///
-/// Carries both failures: [`source()`](Error::source) is the original one (the call's error, or
-/// [`FailedResponse`] when the call answered with a failed response), so a search of the source
-/// chain for `Elapsed` or `Open` still finds why the call failed; [`fallback_error`] is the
-/// fallback's own error.
+/// Carries both failures: [`original`] is the original one (the call's error, or
+/// [`FailedResponse`] when the call answered with a failed response) and [`fallback_error`] is
+/// the fallback's own error. The original is in the source chain, so a search of the chain for
+/// `Elapsed` or `Open` with [`find`](seawall_core::error::find) or
+/// [`is`](seawall_core::error::is) still finds why the call failed. But
+/// [`source()`](Error::source) may be a [`SentEarlier`] around the original rather than the
+/// original itself (see below): read the original with [`original`] or `find`, not by
+/// downcasting `source()`. That `SentEarlier`'s [`get_ref`](SentEarlier::get_ref) is the
+/// original as this error shares it, an `Arc<dyn Error + Send + Sync>`, which `find` looks
+/// through and a `downcast_ref` to the original's type does not.
 ///
 /// The call counts as sent if the fallback may have sent a request: when the original error
 /// proves the call was never sent ([`not_sent`]) but the fallback's error does not (a
@@ -50,7 +56,7 @@ impl FallbackFailed {
         }
     }
 
-    /// Why the call failed in the first place.
+    /// Why the call failed in the first place, never wrapped in a [`SentEarlier`].
     pub fn original(&self) -> &(dyn Error + Send + Sync + 'static) {
         &*self.original
     }

@@ -21,11 +21,14 @@
 //!   UNAVAILABLE).
 //!
 //! Anything else passes through untouched. If the fallback fails too, the call fails with
-//! [`FallbackFailed`], which carries both failures: its `source()` is the original error and
-//! [`FallbackFailed::fallback_error`] is the fallback's. When the original error proves the call
-//! was never sent and the fallback's does not (the fallback may have sent the request), the
-//! original is wrapped in a [`SentEarlier`](seawall_core::error::SentEarlier) in the source
-//! chain, so the call is not taken for one never sent. A [`build_fn`](FallbackBuilder::build_fn)
+//! [`FallbackFailed`], which carries both failures: [`FallbackFailed::original`] is the original
+//! error and [`FallbackFailed::fallback_error`] the fallback's. The original is in the source
+//! chain, where [`find`](seawall_core::error::find) finds it by type; `source()` is the original
+//! itself, or a [`SentEarlier`](seawall_core::error::SentEarlier) around it when the original
+//! error proves the call was never sent and the fallback's does not (the fallback may have sent
+//! the request), so that the call is not taken for one never sent. That `SentEarlier`'s
+//! `get_ref()` is the shared `Arc` of the original, so reach the original with `find` or
+//! `original()`, not by downcasting `source()`. A [`build_fn`](FallbackBuilder::build_fn)
 //! closure sends nothing: its failure (a cache miss) leaves a call never sent never sent.
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is

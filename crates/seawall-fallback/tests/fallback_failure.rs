@@ -150,6 +150,15 @@ async fn a_fallback_that_sent_its_request_makes_the_failure_sent() {
     let failed = err.downcast_ref::<FallbackFailed>().unwrap();
     assert!(failed.original().is::<Shed>());
     assert!(error::is_not_sent(failed.original()));
+    // `source()` is the mark, whose `get_ref()` is the original as the error shares it.
+    let sent = std::error::Error::source(failed)
+        .and_then(|s| s.downcast_ref::<error::SentEarlier>())
+        .expect("SentEarlier");
+    assert!(!sent.get_ref().is::<Shed>());
+    assert!(sent
+        .get_ref()
+        .is::<std::sync::Arc<dyn std::error::Error + Send + Sync>>());
+    assert!(error::is::<Shed>(sent.get_ref()));
 
     // A fallback whose own request was never sent either leaves the call not sent.
     let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionRefused).await;
