@@ -454,9 +454,9 @@ where
         // (a rate limiter's): waited, and the backoff after it, so that the calls a limiter
         // turned away together (each told nearly the same wait) spread over the backoff rather
         // than all come back on the same tick. Capped as a server's `Retry-After` is. A call's
-        // deadline with room for the `retry_after` but not for the whole backoff after it
-        // shortens that backoff to what fits, a tick left for the attempt; one without room for
-        // the `retry_after` itself is given up on below.
+        // deadline with room for the `retry_after` but not for the whole backoff after it (the
+        // check below would give up) shortens that backoff to what fits, up to a tick left for
+        // the attempt; one without room for the `retry_after` itself is given up on below.
         if let Some(after) = unsent.and_then(|unsent| unsent.retry_after()) {
             if after > settings.retry_after_cap {
                 link.on_give_up(attempts, GiveUpReason::RetryAfter);
@@ -464,7 +464,9 @@ where
             }
             if let Some(deadline) = *this.deadline {
                 let remaining = deadline.saturating_duration_since(now);
-                if remaining > after.saturating_add(TIMER_RESOLUTION) {
+                let room_for_after = remaining > after.saturating_add(TIMER_RESOLUTION);
+                let whole = after.saturating_add(delay).saturating_add(TIMER_RESOLUTION);
+                if room_for_after && remaining <= whole {
                     let room = remaining
                         .saturating_sub(after)
                         .saturating_sub(TIMER_RESOLUTION * 2);

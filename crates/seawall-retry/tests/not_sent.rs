@@ -79,12 +79,20 @@ fn scripted(
 
 /// The HTTP retry with a 10 ms backoff, and the events it reports.
 fn http_retry(policy: HttpPolicy) -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
+    http_retry_with(policy, Backoff::constant(ms(10)))
+}
+
+/// The HTTP retry with `backoff`, and the events it reports.
+fn http_retry_with(
+    policy: HttpPolicy,
+    backoff: Backoff,
+) -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let layer = RetryLayer::builder()
         .policy(policy)
         .max_attempts(3)
-        .backoff(Backoff::constant(ms(10)))
+        .backoff(backoff)
         .retry_after_cap(Duration::from_secs(1))
         .budget(RetryBudget::unlimited())
         .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
@@ -717,8 +725,8 @@ async fn a_rejections_retry_after_is_waited_with_a_per_attempt_timeout() {
 }
 
 /// A call's deadline that leaves room for a rejection's `retry_after` but not for the whole
-/// backoff after it: the backoff is shortened to what fits, a tick left for the attempt, rather
-/// than the call given up on.
+/// backoff after it: the backoff is shortened to what fits, up to a tick left for the attempt,
+/// rather than the call given up on.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_within_the_deadline_shortens_the_backoff_after_it() {
     let (layer, events) = http_retry(HttpPolicy::new());
@@ -878,4 +886,46 @@ async fn a_timed_out_attempt_then_one_never_sent_is_not_taken_for_never_sent() {
     assert!(!is_not_sent(&*err));
     assert!(find::<Rejected>(&*err).is_some());
     assert!(!is::<Elapsed>(&*err));
+}
+
+/// A backoff after a rejection's `retry_after` that fits in the deadline's room, a tick left for
+/// the attempt, is waited whole, not shortened; a deadline with no room beyond the `retry_after`
+/// and a tick is given up on.
+#[tokio::test(start_paused = true)]
+async fn a_backoff_that_fits_after_a_rejections_retry_after_is_not_shortened() {
+    // 300 ms + 3.5 ms + a tick is less than the 305 ms left.
+    let (layer, events) = http_retry_with(
+        HttpPolicy::new(),
+        Backoff::constant(Duration::from_micros(3500)),
+    );
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let start = Instant::now();
+    let mut req = post();
+    req.set_deadline(start + ms(305));
+    let res = layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.count(), 2);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: Duration::from_micros(303_500)
+        }]
+    );
+
+    // 301 ms left: the `retry_after`'s timer may fire at the deadline, with nothing left.
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let mut req = post();
+    req.set_deadline(Instant::now() + ms(301));
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "rejected");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Deadline
+        }]
+    );
 }
