@@ -1458,6 +1458,55 @@ async fn slow_rejections_never_sent_do_not_count_towards_the_percentile_delay() 
     }
 }
 
+/// A call whose original failed after 50 ms, and whose hedge then waited a second below for a
+/// permit to be turned away, took the dependency 50 ms: the hedge's wait, like that of a call
+/// whose every copy was turned away, leaves the delay alone.
+#[tokio::test(start_paused = true)]
+async fn a_hedges_wait_to_be_turned_away_does_not_count_towards_the_percentile_delay() {
+    // Counts the copies of the call running, so that only its first (the original) is sent.
+    let copies = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let copies = copies.clone();
+        move || {
+            let original = copies.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if original {
+                    tokio::time::sleep(ms(50)).await;
+                    Err::<(), BoxError>("service unavailable".into())
+                } else {
+                    tokio::time::sleep(ms(1000)).await;
+                    Err(Shed.into())
+                }
+            }
+        }
+    };
+    let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow);
+    let mut call = async || {
+        copies.store(0, Ordering::SeqCst);
+        let _ = svc.ready().await.unwrap().call(requests()).await;
+    };
+    // The first period (to about 1 s) measures the successes, ~10 ms, and sends no hedge. From
+    // then on a fifth of the calls fail after 50 ms while their hedge waits a second to be turned
+    // away, and the 90th percentile is theirs, ~50 ms, not the second.
+    let start = Instant::now();
+    let mut first = None;
+    while Instant::now() < start + Duration::from_secs(4) {
+        call().await;
+        first = first.or(layer.current_delay());
+    }
+    let first = first.expect("the first period has ended");
+    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
+    while Instant::now() < start + Duration::from_secs(15) {
+        let delay = layer.current_delay().unwrap();
+        assert!(
+            delay >= ms(45) && delay <= ms(55),
+            "{delay:?} at {:?}",
+            Instant::now() - start
+        );
+        call().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_dropped_unanswered_count_towards_the_percentile_delay() {
     // Every fifth call hangs until the caller gives up on it after 500 ms.

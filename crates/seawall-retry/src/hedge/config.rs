@@ -18,10 +18,11 @@ pub enum HedgeDelay {
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
     /// HdrHistogram, two significant digits), and of those that failed, or were dropped
     /// unanswered, after running longer than that period's successes at that percentile, and
-    /// than the previous period's (each counted as the time it ran, a lower bound). A period (the first one starting at the
-    /// first latency recorded) lasts at least `period` and until it holds `min_data_points`
-    /// latencies as recorded (the failures its successes' percentile then leaves out included);
-    /// no hedges are sent until one has been measured.
+    /// than the previous period's (each counted as the time it ran, a lower bound: a failed
+    /// call's, until its last copy that may have been sent answered). A period (the first one
+    /// starting at the first latency recorded) lasts at least `period` and until it holds
+    /// `min_data_points` latencies as recorded (the failures its successes' percentile then
+    /// leaves out included); no hedges are sent until one has been measured.
     Percentile {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,

@@ -30,9 +30,10 @@ pin_project! {
     /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
     /// its hedge back. The first acceptable answer wins and every other call still running is
     /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
-    /// a call that fails (a copy that may have been sent failed), or is dropped unanswered, is
-    /// recorded as having taken as long as it ran (a lower bound on its latency) when that is
-    /// longer than the successes' percentile.
+    /// a call that fails (a copy that may have been sent failed) is recorded as having taken as
+    /// long as it ran until its last copy that may have been sent answered, and one dropped
+    /// unanswered as long as it ran (each a lower bound on its latency), when that is longer than
+    /// the successes' percentile.
     pub struct ResponseFuture<S, Req, P, K>
     where
         S: Service<Req>,
@@ -81,7 +82,7 @@ pin_project! {
             // long. A finished call has no call left running; one never polled never ran.
             if let (Some(started), true) = (*this.started, *this.polled) {
                 if this.primary.is_some() || !this.hedges.is_empty() {
-                    this.shared.record_unanswered(started);
+                    this.shared.record_unanswered(started, Instant::now());
                 }
             }
         }
@@ -206,6 +207,9 @@ struct Kept<Res> {
     rank: Rank,
     // Whether any answer so far came from a copy that may have been sent.
     any_sent: bool,
+    // When the last of those came, if the call's latency is recorded: the call waited on the
+    // dependency until then, and only on copies never sent after.
+    sent_ended: Option<Instant>,
 }
 
 /// How much an answer that did not win tells the caller: a failure more than an ignored answer,
@@ -230,8 +234,9 @@ fn rank(outcome: Outcome, sent: bool) -> Rank {
 /// [`SentEarlier`], so that it is not taken for the call's.
 ///
 /// `sent` is whether the answer's copy may have been sent (`!unsent(&result)`, which the caller
-/// has found already). Out of line: a call whose first answer wins never comes here, and its
-/// poll stays as small as before answers were ranked.
+/// has found already); `timed` whether the call's latency is recorded, when the time a sent
+/// copy's answer came is kept too. Out of line: a call whose first answer wins never comes here,
+/// and its poll stays as small as before answers were ranked.
 #[cold]
 #[inline(never)]
 fn keep<Res>(
@@ -239,16 +244,24 @@ fn keep<Res>(
     result: Result<Res, BoxError>,
     outcome: Outcome,
     sent: bool,
+    timed: bool,
 ) {
     let rank = rank(outcome, sent);
     let any_sent = rank.1 || kept.as_ref().is_some_and(|kept| kept.any_sent);
+    let sent_ended = (sent && timed)
+        .then(Instant::now)
+        .or_else(|| kept.as_ref().and_then(|kept| kept.sent_ended));
     match kept {
-        Some(kept) if rank < kept.rank => kept.any_sent = any_sent,
+        Some(kept) if rank < kept.rank => {
+            kept.any_sent = any_sent;
+            kept.sent_ended = sent_ended;
+        }
         _ => {
             *kept = Some(Kept {
                 result,
                 rank,
                 any_sent,
+                sent_ended,
             })
         }
     }
@@ -311,7 +324,13 @@ where
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
-                    keep(this.failure, result, outcome, sent);
+                    keep(
+                        this.failure,
+                        result,
+                        outcome,
+                        sent,
+                        shared.records_latency(),
+                    );
                 }
             }
 
@@ -345,21 +364,35 @@ where
                     shared.on_won(hedge);
                     return Poll::Ready(result);
                 }
-                keep(this.failure, result, outcome, sent);
+                keep(
+                    this.failure,
+                    result,
+                    outcome,
+                    sent,
+                    shared.records_latency(),
+                );
             }
 
             if this.primary.is_none() && this.hedges.is_empty() {
                 // Every call sent has failed: hedging is for slowness, retries are for failures.
                 abandon_hedge(this.service, this.withdrawn, this.readying);
-                let Kept { result, rank, .. } = this
+                let Kept {
+                    result,
+                    rank,
+                    sent_ended,
+                    ..
+                } = this
                     .failure
                     .take()
                     .expect("a finished call left its failure");
-                // A slow failure (a gateway's timeout) says the call took at least this long; an
-                // ignored answer says nothing of the dependency, nor does a failure of copies
-                // never sent (a bulkhead below that waited for a permit and turned them away).
-                if let ((true, true), Some(started)) = (rank, *this.started) {
-                    shared.record_unanswered(started);
+                // A slow failure (a gateway's timeout) says the call took at least as long as
+                // until its last sent copy answered; an ignored answer says nothing of the
+                // dependency, nor does a failure of copies never sent, nor a copy's wait to be
+                // turned away after (a bulkhead below that waited for a permit).
+                if let ((true, true), Some(started), Some(ended)) =
+                    (rank, *this.started, sent_ended)
+                {
+                    shared.record_unanswered(started, ended);
                 }
                 return Poll::Ready(result);
             }
@@ -517,7 +550,13 @@ mod tests {
                 "unsent" => Box::new(NotSent::new()),
                 sent => sent.into(),
             };
-            keep(&mut kept, Err::<(), _>(error), outcome, answer != "unsent");
+            keep(
+                &mut kept,
+                Err::<(), _>(error),
+                outcome,
+                answer != "unsent",
+                false,
+            );
         }
         let error = kept.expect("an answer was kept").result.unwrap_err();
         let wrapped = is::<SentEarlier>(&*error);

@@ -151,15 +151,15 @@ impl<P, K> Shared<P, K> {
         }
     }
 
-    /// Records a call that failed, or was dropped before its answer, after running since
-    /// `started`: how long it ran is a lower bound on its latency, counted when it is longer
+    /// Records a call that failed, or was dropped before its answer, after running from
+    /// `started` to `ended` (a failed call's last answer of a copy that was sent, a dropped
+    /// call's drop): how long it ran is a lower bound on its latency, counted when it is longer
     /// than the percentile of the successful calls of the last period and of its own. A quicker
     /// failure says nothing of how long the dependency takes (it may not have reached it).
     #[cold]
-    pub(crate) fn record_unanswered(&self, started: Instant) {
+    pub(crate) fn record_unanswered(&self, started: Instant, ended: Instant) {
         if let DelaySource::Percentile(latencies) = &self.delay {
-            let now = Instant::now();
-            latencies.record_unanswered(now.saturating_duration_since(started), now);
+            latencies.record_unanswered(ended.saturating_duration_since(started), Instant::now());
         }
     }
 

@@ -10,7 +10,8 @@
 //! - **Delay**: fixed, or a percentile of recent latencies ([`HedgeDelay`]): calls' latencies go
 //!   into an HdrHistogram and at the end of each period its percentile becomes the delay, so the
 //!   delay follows the service when it gets faster or slower. A call that fails, or is dropped
-//!   unanswered, after running longer than the successes' percentile counts as the time it ran.
+//!   unanswered, after running longer than the successes' percentile counts as the time it ran
+//!   (a failed call's, until its last copy that may have been sent answered).
 //! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
 //! - **Acceptable** means an [`Outcome::Success`](seawall_core::Outcome) by the policy. A
 //!   failed or ignored answer (a bulkhead's rejection of a copy) does not win while another copy
