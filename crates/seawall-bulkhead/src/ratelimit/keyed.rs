@@ -46,8 +46,9 @@ type ShardHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 /// fresh budget. A shard is full at its own share of keys whatever the others hold, and keys do
 /// not hash evenly, so for `N` keys active within `burst × T + max_wait` size `max_keys` at least
 /// `N + 16·√N + 16`, rounded up (1 000 keys: 1 522; 10 000: 11 616; 100 000: 105 076): then
-/// all `N` fit with a chance above 99.9%. A flat 10% above `N` is not enough below about 50 000
-/// keys: with 1 000 keys some busy key is evicted almost surely, with 5 000 nearly half the time.
+/// all `N` fit with a chance above 99.9%. A flat 10% above `N` is enough by that standard in a
+/// single shard (`max_keys` below 128) and from about 23 000 keys on, not in between: with 1 000
+/// keys some busy key is evicted almost surely, with 5 000 nearly half the time.
 /// The table holds at most `max_keys` keys whatever the requests are, each as large as the key
 /// function makes it: a key copied from a request (a header's bytes) is as long as the client
 /// chose, so cap or hash it. Each shard keeps its keys in a heap by TAT as well, so making room
