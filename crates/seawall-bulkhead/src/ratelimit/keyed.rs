@@ -596,7 +596,7 @@ mod tests {
     /// 1 000 distinct busy keys at one instant, in a table sized by the rule in the type's docs
     /// (`N + 16·√N + 16`, 1 522 for 1 000 keys): every shard holds its share, so every key is
     /// tracked and none lost its budget. With `max_keys` 10% above the keys (1 100, 16 shards of
-    /// 68), the same keys overflow a shard.
+    /// 68), the same keys overflow a shard, and some are evicted.
     #[test]
     fn max_keys_by_the_sizing_rule_holds_every_busy_key() {
         const N: usize = 1_000;
@@ -619,6 +619,18 @@ mod tests {
                 "{key} evicted"
             );
         }
+
+        let config = RateLimitLayer::builder()
+            .rate(1, Duration::from_secs(1))
+            .max_keys(1_100)
+            .validate()
+            .unwrap();
+        let flat = KeyedShared::<String>::new(config);
+        for n in 0..N {
+            assert!(flat.acquire(&format!("key-{n}"), 0, 0).is_ok());
+        }
+        let tracked = flat.keys.load(Ordering::Relaxed);
+        assert!(tracked < N, "{tracked} of {N} keys tracked in 1 100");
     }
 
     /// One key's 10 000 waiters at 10 000 a second, all but the latest given up oldest first: each
