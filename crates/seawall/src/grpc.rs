@@ -67,10 +67,11 @@
 //!   enforces (the total timeout's, the per-try timeout's, a caller's
 //!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
-//!   already on the request is kept, and so is one it cannot read ([`parse_timeout`]), which it
-//!   leaves to the server to judge. A `Channel` also applies the `grpc-timeout` it sends itself,
-//!   failing the call with `tonic::TimeoutExpired` on the same timer tick as the seawall timeout
-//!   that enforces the deadline, or a little earlier (the header is rounded down), and the server,
+//!   already on the request is kept; one it cannot read ([`parse_timeout`]) is written over, or
+//!   sent as `1n` if it is negative (grpc-go reads `-1S` as a deadline already past). A
+//!   `Channel` also applies the `grpc-timeout` it sends itself, failing the call with
+//!   `tonic::TimeoutExpired` on the same timer tick as the seawall timeout that enforces the
+//!   deadline, or a little earlier (the header is rounded down), and the server,
 //!   or a proxy in front of it, ends the call a round trip after the header runs out
 //!   (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, a reset stream), often before that timeout's timer
 //!   fires: [`SendDeadline`] holds back that error, and whatever else comes after the instant the
@@ -582,6 +583,9 @@ struct GrpcTimeout {
 }
 
 impl GrpcTimeout {
+    /// `1n`: the least a header can say, which a server reads as a deadline already past.
+    const LEAST: GrpcTimeout = GrpcTimeout { value: 1, unit: 0 };
+
     /// 1–8 ASCII digits, or a `+` and 1–7 digits, then exactly one unit letter; anything else
     /// is `None`.
     fn parse(bytes: &[u8]) -> Option<Self> {
@@ -743,8 +747,8 @@ impl<S> Layer<S> for HonorTimeoutLayer {
 /// that long from now; made by [`HonorTimeoutLayer`].
 ///
 /// A request that already carries an earlier deadline keeps it, and a `grpc-timeout` that
-/// [`parse_timeout`] cannot read is left to the server to judge. The header itself
-/// stays on the request. The deadline caps the timeouts under it, never lengthens them: a total
+/// [`parse_timeout`] cannot read sets none ([`SendDeadline`] below writes over it if the request
+/// has a deadline from elsewhere). The header itself stays on the request. The deadline caps the timeouts under it, never lengthens them: a total
 /// timeout of 30 s under a caller's 100 ms ends the call at 100 ms, and one of 1 s under a
 /// caller's 60 s at 1 s. The clock is read only for a request with a `grpc-timeout`, and nothing
 /// is allocated unless a deadline is inserted (which allocates the extension map if the request
@@ -848,9 +852,12 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline
 /// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
 /// longer than that, and replaced when it is longer. One that [`parse_timeout`] cannot read is
-/// left in place, as on a request without a deadline, for the server to judge: written over, it
-/// could be lengthened for a server that reads it more leniently (grpc-go reads `-1S` as a
-/// deadline already past), and a `Channel` ignores it. Only
+/// replaced too: left in place, it would get the call rejected (grpc-go answers it with
+/// `INTERNAL`, which classifiers count against the endpoint) or ignored (a tonic server, told no
+/// deadline at all), while the client waits for the request's deadline anyway. One that starts
+/// with a `-`, which grpc-go reads as a deadline already past, is sent as `1n`, which every
+/// server reads so, and is then a caller's header kept. On a request without a deadline the
+/// header passes untouched, however it reads. Only
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
@@ -962,13 +969,18 @@ where
             let slack = UNITS[ours.unit].1.max(TICK);
             let theirs = match request.headers().get(GRPC_TIMEOUT) {
                 None => None,
-                // A header seawall cannot read is left as it is, for the server to judge, as on a
-                // request without a deadline: a reader more lenient than seawall may take it for
-                // less time than the deadline, and a header written in its place would lengthen
-                // the caller's timeout for it. tonic's `Channel` ignores it: nothing to hold.
-                Some(value) => match parse_timeout(value) {
-                    None => return None,
-                    Some(theirs) => (theirs <= ours.duration()).then_some(theirs),
+                // With whether it is to be written back.
+                Some(value) => match GrpcTimeout::parse(value.as_bytes()) {
+                    Some(theirs) => {
+                        (theirs.duration() <= ours.duration()).then_some((theirs, false))
+                    }
+                    // A negative one, which grpc-go reads as a deadline already past, is sent as
+                    // the least the header can say, `1n`, which every server reads so.
+                    None if value.as_bytes().starts_with(b"-") => Some((GrpcTimeout::LEAST, true)),
+                    // Any other header seawall cannot read is written over: a server answers it
+                    // with an error (grpc-go's `INTERNAL`) that classifiers would count against
+                    // the endpoint, or ignores it (tonic) and is told no deadline at all.
+                    None => None,
                 },
             };
             match theirs {
@@ -977,8 +989,13 @@ where
                 // than the rounding of a header written for that deadline; a shorter one is a
                 // timeout of the caller's that no timeout above enforces, and the `Channel`'s
                 // `TimeoutExpired` on it is returned as it is.
-                Some(theirs) => {
-                    let at = deadline_after(now, theirs);
+                Some((theirs, rewrite)) => {
+                    if rewrite {
+                        request
+                            .headers_mut()
+                            .insert(GRPC_TIMEOUT, theirs.to_header_value());
+                    }
+                    let at = deadline_after(now, theirs.duration());
                     (deadline.saturating_duration_since(at) <= slack).then_some(Told {
                         deadline,
                         at,

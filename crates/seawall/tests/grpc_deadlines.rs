@@ -271,18 +271,65 @@ async fn a_grpc_timeout_with_a_plus_is_not_lengthened() {
     assert_eq!(seen.deadline, Some(Instant::now() + Duration::from_secs(1)));
 }
 
-/// A `grpc-timeout` seawall cannot read is left as it came, for the server to judge, as on a
-/// request without a deadline: a server more lenient than seawall may read it as less time than
-/// the deadline (grpc-go reads `-1S` as a deadline already past), and a header written in its
-/// place would lengthen it.
+/// A `grpc-timeout` seawall cannot read is written over with the time left to the deadline, and a
+/// negative one (grpc-go reads `-1S` as a deadline already past) is sent as `1n`.
 #[tokio::test(start_paused = true)]
-async fn a_malformed_grpc_timeout_is_sent_untouched() {
+async fn a_malformed_grpc_timeout_is_written_over() {
     let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
-    for theirs in ["1.5S", "-1S", "123456789m", "10s"] {
+    for (theirs, sent) in [
+        ("1.5S", "10000000u"),
+        ("123456789m", "10000000u"),
+        ("10s", "10000000u"),
+        ("", "10000000u"),
+        ("-1S", "1n"),
+        ("-5", "1n"),
+    ] {
         let mut request = with_grpc_timeout(theirs);
         request.set_deadline(Instant::now() + Duration::from_secs(10));
         let seen = client.clone().oneshot(request).await.unwrap();
-        assert_eq!(seen.grpc_timeout, header(theirs), "{theirs:?}");
+        assert_eq!(seen.grpc_timeout, header(sent), "{theirs:?}");
+    }
+}
+
+/// A server that rejects a `grpc-timeout` it cannot read, as grpc-go does (`INTERNAL`,
+/// "malformed grpc-timeout"), and otherwise answers `OK` with the header it was sent.
+fn strict_server(
+) -> impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send>
+       + Clone
+       + Send
+       + Sync {
+    service_fn(|request: http::Request<()>| async move {
+        let sent = request.headers().get("grpc-timeout").cloned();
+        if sent
+            .as_ref()
+            .is_some_and(|value| parse_timeout(value).is_none())
+        {
+            return Ok(tonic::Status::internal("malformed grpc-timeout").into_http());
+        }
+        let mut response = tonic::Status::ok("").into_http();
+        if let Some(sent) = sent {
+            response.headers_mut().insert("sent-grpc-timeout", sent);
+        }
+        Ok::<_, BoxError>(response)
+    })
+}
+
+/// A caller's malformed `grpc-timeout` does not get the call rejected, and charges the endpoint
+/// nothing: the server is sent one it reads.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_grpc_timeout_charges_no_endpoint() {
+    for (theirs, sent) in [("1.5S", "10000000u"), ("-1S", "1n")] {
+        let breaker = grpc_breaker();
+        let client = ServiceBuilder::new()
+            .with_breaker(breaker.clone())
+            .layer(SendDeadlineLayer::new())
+            .service(strict_server());
+        let mut request = with_grpc_timeout(theirs);
+        request.set_deadline(Instant::now() + Duration::from_secs(10));
+        let response = client.oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "0", "{theirs:?}");
+        assert_eq!(response.headers()["sent-grpc-timeout"], sent, "{theirs:?}");
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{theirs:?}");
     }
 }
 
@@ -295,8 +342,15 @@ async fn a_request_without_a_deadline_is_sent_untouched() {
         .await
         .unwrap();
     assert_eq!(seen.grpc_timeout, None);
-    let seen = client.oneshot(with_grpc_timeout("5S")).await.unwrap();
-    assert_eq!(seen.grpc_timeout, header("5S"));
+    // However it reads.
+    for theirs in ["5S", "+1S", "1.5S", "-1S"] {
+        let seen = client
+            .clone()
+            .oneshot(with_grpc_timeout(theirs))
+            .await
+            .unwrap();
+        assert_eq!(seen.grpc_timeout, header(theirs), "{theirs:?}");
+    }
 }
 
 /// The whole path: a caller's `grpc-timeout` sets the total timeout, the per-try timeout cuts
