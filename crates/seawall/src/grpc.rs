@@ -630,6 +630,12 @@ impl GrpcTimeout {
         }
     }
 
+    /// Whether `bytes`, which [`parse`](Self::parse) reads, are what
+    /// [`to_header_value`](Self::to_header_value) writes for them: no `+`, no leading zero.
+    fn is_standard(bytes: &[u8]) -> bool {
+        !matches!(bytes, [b'+', ..] | [b'0', _, _, ..])
+    }
+
     fn duration(self) -> Duration {
         // At most 99999999 hours: far inside `Duration`'s range.
         UNITS[self.unit].1 * self.value
@@ -851,19 +857,19 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// The time left is measured from [`tokio::time::Instant::now`] at `call` and written by
 /// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline
 /// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
-/// longer than that, and replaced when it is longer. One that [`parse_timeout`] cannot read is
-/// replaced too: left in place, it would get the call rejected (grpc-go answers it with
-/// `INTERNAL`, which classifiers count against the endpoint) or ignored (a tonic server, told no
-/// deadline at all), while the client waits for the request's deadline anyway. One that starts
-/// with a `-`, which grpc-go reads as a deadline already past, is sent as `1n`, which every
-/// server reads so, and is then a caller's header kept. On a request without a deadline the
-/// header passes untouched, however it reads. Only
+/// longer than that, written in its standard form (`+1S` as `1S`: the gRPC C core's servers,
+/// unlike tonic and grpc-go, cannot read the `+`), and replaced when it is longer. One that
+/// [`parse_timeout`] cannot read is replaced too: left in place, it would get the call rejected
+/// (grpc-go answers it with `INTERNAL`, which classifiers count against the endpoint) or ignored
+/// (a tonic server, told no deadline at all), while the client waits for the request's deadline
+/// anyway. One that starts with a `-`, which grpc-go reads as a deadline already past, is sent
+/// as `1n`, which every server reads so, and is then a caller's header kept. Only
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
-/// deadline. A request without a deadline passes untouched, without reading the clock; nothing
-/// is allocated unless the header is written (or the inner service fails with an error that is
-/// not yet a [`BoxError`], which is boxed).
+/// deadline. A request without a deadline passes untouched, its `grpc-timeout` however it reads,
+/// without reading the clock; nothing is allocated unless the header is written (or the inner
+/// service fails with an error that is not yet a [`BoxError`], which is boxed).
 ///
 /// Put it on channels that carry unary calls: the deadline it sends bounds a streaming response's
 /// whole body on the server, past the response headers where seawall's own timeouts end.
@@ -971,9 +977,10 @@ where
                 None => None,
                 // With whether it is to be written back.
                 Some(value) => match GrpcTimeout::parse(value.as_bytes()) {
-                    Some(theirs) => {
-                        (theirs.duration() <= ours.duration()).then_some((theirs, false))
-                    }
+                    // Written back in its standard form when it is not (`+1S` is sent as `1S`):
+                    // the gRPC C core's servers cannot read a `+`.
+                    Some(theirs) => (theirs.duration() <= ours.duration())
+                        .then(|| (theirs, !GrpcTimeout::is_standard(value.as_bytes()))),
                     // A negative one, which grpc-go reads as a deadline already past, is sent as
                     // the least the header can say, `1n`, which every server reads so.
                     None if value.as_bytes().starts_with(b"-") => Some((GrpcTimeout::LEAST, true)),
