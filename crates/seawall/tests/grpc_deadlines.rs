@@ -819,7 +819,9 @@ async fn a_servers_answer_to_the_deadline_it_was_told_charges_no_endpoint() {
             .layer(SendDeadlineLayer::new())
             .service(enforcing_server(cut));
         let mut request = http::Request::new(());
-        // Sent as `100500u`: the server answers at 100.6 ms, the timeout's timer fires at 101.
+        // Sent as `100500u`: the server's timer, due at 100.6 ms, fires on the timeout's tick,
+        // 101 ms (an answer between the two is checked by
+        // `a_servers_answer_between_the_header_and_the_timers_tick_charges_no_endpoint`).
         request.set_deadline(Instant::now() + Duration::from_micros(100_500));
         let start = Instant::now();
         let error = client.oneshot(request).await.unwrap_err();
@@ -872,4 +874,132 @@ async fn a_servers_answer_before_the_deadline_it_was_told_is_returned() {
     assert_eq!(response.headers()["grpc-status"], "14");
     assert_eq!(start.elapsed(), Duration::from_millis(50));
     assert_eq!(breaker.handle().snapshot().failures, 1);
+}
+
+/// Where a test sends the answer of [`answered_by_hand`]'s server.
+type Answer = tokio::sync::oneshot::Sender<Result<http::Response<()>, BoxError>>;
+
+/// A server whose answer the test sends, when it likes, on the returned channel.
+fn answered_by_hand() -> (
+    impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + Sync,
+    Answer,
+) {
+    let (send, receive) = tokio::sync::oneshot::channel();
+    let receive = Arc::new(Mutex::new(Some(receive)));
+    let server = service_fn(move |_: http::Request<()>| {
+        let receive = receive.lock().unwrap().take().expect("one call");
+        async move { receive.await.expect("an answer") }
+    });
+    (server, send)
+}
+
+fn ok() -> Result<http::Response<()>, BoxError> {
+    Ok(tonic::Status::ok("").into_http())
+}
+
+/// The server's answer to the deadline it was told comes after the instant the header stands
+/// for, and before the tick on which the timer of the timeout that enforces the deadline fires:
+/// whatever it is, it is dropped, the timeout cancels the attempt on that tick, and the breaker
+/// between them counts no failure.
+#[tokio::test(start_paused = true)]
+async fn a_servers_answer_between_the_header_and_the_timers_tick_charges_no_endpoint() {
+    for cut in [deadline_exceeded, unavailable, reset] {
+        let breaker = grpc_breaker();
+        let (server, answer) = answered_by_hand();
+        let client = ServiceBuilder::new()
+            .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
+            .with_breaker(breaker.clone())
+            .layer(SendDeadlineLayer::new())
+            .service(server);
+        let mut request = http::Request::new(());
+        // Sent as `100500u`; the timeout's timer fires at 101 ms.
+        let start = Instant::now();
+        request.set_deadline(start + Duration::from_micros(100_500));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut call = pin!(client.oneshot(request));
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+
+        advance(Duration::from_micros(100_600)).await;
+        answer.send(cut()).unwrap();
+        let held = call.as_mut().poll(&mut cx);
+        assert!(held.is_pending(), "{:?}: {held:?}", cut());
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{:?}", cut());
+
+        advance(Duration::from_micros(400)).await;
+        let Poll::Ready(Err(error)) = call.as_mut().poll(&mut cx) else {
+            panic!("{:?}: the call is still pending", cut());
+        };
+        assert!(is::<Elapsed>(&*error), "{:?}: {error:?}", cut());
+        assert_eq!(start.elapsed(), Duration::from_millis(101));
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{:?}", cut());
+    }
+}
+
+/// The server's clock starts when the request reaches it, so a successful answer, finished
+/// within the time the server was told, may come after the instant the header stands for: with
+/// no timeout above to cancel the attempt, it is dropped all the same, and the call fails with
+/// `Elapsed` two milliseconds past the deadline, on the timer's next tick.
+#[tokio::test(start_paused = true)]
+async fn a_successful_answer_after_the_header_nothing_cancels_is_elapsed() {
+    let (server, answer) = answered_by_hand();
+    let client = SendDeadlineLayer::new().layer(server);
+    let mut request = http::Request::new(());
+    let start = Instant::now();
+    // Sent as `100500u`.
+    request.set_deadline(start + Duration::from_micros(100_500));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut call = pin!(client.oneshot(request));
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+
+    advance(Duration::from_micros(100_600)).await;
+    answer.send(ok()).unwrap();
+    let held = call.as_mut().poll(&mut cx);
+    assert!(held.is_pending(), "{held:?}");
+
+    // The hold ends two milliseconds past the deadline, 102.5 ms, which tokio's timer rounds up
+    // to its tick at 103 ms; the poll that sees it end stays pending, and the next one fails.
+    advance(Duration::from_micros(2_300)).await;
+    let held = call.as_mut().poll(&mut cx);
+    assert!(held.is_pending(), "{held:?}");
+    advance(Duration::from_micros(100)).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(103));
+    let held = call.as_mut().poll(&mut cx);
+    assert!(held.is_pending(), "{held:?}");
+    let Poll::Ready(Err(error)) = call.as_mut().poll(&mut cx) else {
+        panic!("the call is still pending");
+    };
+    assert!(is::<Elapsed>(&*error), "{error:?}");
+}
+
+/// A caller's header kept that falls short of the deadline by less than a millisecond stands for
+/// that deadline: a successful answer that comes after the header runs out, though before the
+/// deadline, is dropped, and the caller sees `Elapsed` at its deadline (never earlier).
+#[tokio::test(start_paused = true)]
+async fn a_successful_answer_after_a_callers_header_kept_is_elapsed_at_the_deadline() {
+    let (server, answer) = answered_by_hand();
+    let client = ServiceBuilder::new()
+        .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
+        .layer(SendDeadlineLayer::new())
+        .service(server);
+    let mut request = with_grpc_timeout("99500u");
+    let start = Instant::now();
+    request.set_deadline(start + Duration::from_millis(100));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut call = pin!(client.oneshot(request));
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+
+    advance(Duration::from_micros(99_800)).await;
+    answer.send(ok()).unwrap();
+    let held = call.as_mut().poll(&mut cx);
+    assert!(held.is_pending(), "{held:?}");
+
+    advance(Duration::from_micros(200)).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    let Poll::Ready(Err(error)) = call.as_mut().poll(&mut cx) else {
+        panic!("the call is still pending");
+    };
+    assert!(is::<Elapsed>(&*error), "{error:?}");
 }
