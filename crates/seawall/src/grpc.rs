@@ -901,13 +901,19 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// the same pass (a task polled late, on a busy thread).
 ///
 /// Past the deadline this costs the caller nothing: the timeout enforcing the deadline turns an
-/// answer that comes after it into [`Elapsed`] anyway. What is dropped before the deadline came
-/// after the server's time ran out: less than one unit of the header before the deadline (a
-/// microsecond for a deadline under 100 s, a millisecond up to 27 hours) or, for a caller's
-/// header kept, as much as the header falls short of it, at most a millisecond or one unit. Without
-/// a timeout above that enforces the deadline (a [`Deadline`](seawall_core::deadline::Deadline)
-/// put on the request by hand), what comes after it fails with [`Elapsed`] two milliseconds past
-/// it.
+/// answer that comes after it into [`Elapsed`] anyway. Before the deadline, what is dropped may be
+/// a real answer: the server's clock starts when the request reaches it, so an answer it finished
+/// within the time it was told can come after the instant the header stands for. The window is
+/// less than one unit of the header written: none for a deadline under 100 ms (the header counts
+/// nanoseconds), under a microsecond up to 100 s, under a millisecond up to about 27.8 hours,
+/// then under a second, a minute or an hour; for a caller's header kept, it is as much as the
+/// header falls short of the deadline, at most a millisecond (or one unit of the header seawall
+/// would write, when that is longer). An answer dropped there costs the caller the call: it fails
+/// with [`Elapsed`] at its deadline (never earlier), and behind a per-try timeout the attempt may
+/// be retried though it succeeded. Without a timeout above that enforces the deadline (a
+/// [`Deadline`](seawall_core::deadline::Deadline) put on the request by hand), what comes after
+/// the instant the header stands for fails with [`Elapsed`] two milliseconds past the deadline,
+/// on the first tick of tokio's timer from then.
 ///
 /// A `TimeoutExpired` that comes earlier, or anything else that comes before the instant the
 /// header stands for, is returned as it is: an `Endpoint::timeout` shorter than the time left, a
@@ -1036,7 +1042,9 @@ where
 struct Told {
     deadline: Instant,
     /// The instant the header sent stands for, measured from `call`: `deadline`, or up to `slack`
-    /// earlier (the header is rounded down). The server's deadline runs out no earlier.
+    /// earlier (the header is rounded down); for a deadline already past at `call`, a nanosecond
+    /// after `call` (the header is never below `1n`). The server's deadline runs out no earlier:
+    /// its clock starts when the request reaches it.
     at: Instant,
     /// How much earlier than `deadline` the `Channel`'s timer may run out: the header is rounded
     /// down, to one of its units.
@@ -1046,8 +1054,9 @@ struct Told {
 impl Told {
     /// Whether `result` is the attempt cut at this deadline, which the timeout above enforces:
     /// anything that comes after the instant the header stands for (the server's answer to it
-    /// running out, or a reset, comes a round trip later), or the `Channel`'s `TimeoutExpired` no
-    /// earlier than the header allows.
+    /// running out, or a reset, comes a round trip later; so may, within the header's rounding of
+    /// the deadline, an answer the server finished in time, dropped with them), or the
+    /// `Channel`'s `TimeoutExpired` no earlier than the header allows.
     fn cut<T>(&self, result: &Result<T, BoxError>) -> bool {
         let now = Instant::now();
         now > self.at
