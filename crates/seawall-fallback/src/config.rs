@@ -163,13 +163,17 @@ impl<C, X> FallbackBuilder<C, X> {
 impl<C> FallbackBuilder<C> {
     /// Builds the layer with a synchronous fallback.
     ///
-    /// The closure answers on its own and cannot send a request: when it fails over a call that
-    /// was never sent (a breaker's `Open`, a bulkhead's `Full`), the [`FallbackFailed`] keeps the
-    /// call never sent, so a retry above may still send it, even a POST. A fallback that sends the
-    /// request elsewhere is a service ([`build_service`](Self::build_service)), whose failure over
-    /// a call never sent makes the call one that may have been sent.
+    /// The closure is taken as one that answers on its own and sends no request: when it fails
+    /// over a call that was never sent (a breaker's `Open`, a bulkhead's `Full`), the
+    /// [`FallbackFailed`] keeps the call never sent, so a retry above may still send it, even a
+    /// POST. A fallback that sends the request elsewhere, even from a synchronous closure (a
+    /// blocking client, a copy spawned off), is a service:
+    /// `build_service(service_fn(..))` (see [`build_service`](Self::build_service)), whose failure
+    /// over a call never sent makes the call one that may have been sent. A closure whose error
+    /// is a [`SentEarlier`] (or has one in its chain) makes it so too.
     ///
     /// [`FallbackFailed`]: crate::FallbackFailed
+    /// [`SentEarlier`]: seawall_core::error::SentEarlier
     pub fn build_fn<F, Res>(self, fallback: F) -> Result<FallbackLayer<FromFn<F>, C>, ConfigError>
     where
         F: Fn(Failed<Res>) -> Result<Res, BoxError>,
@@ -190,8 +194,11 @@ impl<C, G> FallbackBuilder<C, WithRequest<G>> {
     /// Builds the layer with a synchronous fallback that receives what failed and the context
     /// [`with_request`](Self::with_request) captured from the call's request.
     ///
-    /// As without the context, the closure cannot send a request: its failure over a call that was
-    /// never sent keeps the call never sent (see [`FallbackFailed`](crate::FallbackFailed)).
+    /// As without the context, the closure is taken as one that sends no request: its failure
+    /// over a call that was never sent keeps the call never sent, unless its error is marked
+    /// [`SentEarlier`](seawall_core::error::SentEarlier) (see
+    /// [`FallbackFailed`](crate::FallbackFailed)). A closure that sends belongs in
+    /// [`build_service`](Self::build_service).
     pub fn build_fn<F, Req, Ctx, Res>(
         self,
         fallback: F,

@@ -1,5 +1,5 @@
 use seawall_core::{
-    error::{not_sent, SentEarlier},
+    error::{is, not_sent, SentEarlier},
     BoxError,
 };
 use std::{error::Error, fmt, sync::Arc};
@@ -23,11 +23,14 @@ use std::{error::Error, fmt, sync::Arc};
 /// was reset), the original is wrapped in a [`SentEarlier`] in the source chain, so a retry or
 /// a caller above does not send the request again as one never sent. The original is still
 /// found by its type with [`find`](seawall_core::error::find), and [`original`] returns it
-/// unwrapped. A fallback that cannot send anything, the closure of
-/// [`build_fn`](crate::FallbackBuilder::build_fn), leaves the original unwrapped: its failure
-/// (a cache miss) keeps a call never sent never sent. A fallback service of one's own that
-/// sends nothing marks its errors as never sent (a [`NotSent`](seawall_core::error::NotSent) as
-/// their `source()`) to keep the call not sent.
+/// unwrapped. The closure of [`build_fn`](crate::FallbackBuilder::build_fn) is taken as one that
+/// sends nothing, and leaves the original unwrapped: its failure (a cache miss) keeps a call
+/// never sent never sent. A closure that does send (with a blocking client, or a copy of the
+/// request spawned off) belongs in [`build_service`](crate::FallbackBuilder::build_service)
+/// (`build_service(service_fn(..))`), or marks its error as sent, a [`SentEarlier`] around it,
+/// which wraps the original as any fallback service's failure does. A fallback service of one's
+/// own that sends nothing marks its errors as never sent (a
+/// [`NotSent`](seawall_core::error::NotSent) as their `source()`) to keep the call not sent.
 ///
 /// [`fallback_error`]: FallbackFailed::fallback_error
 /// [`original`]: FallbackFailed::original
@@ -41,14 +44,17 @@ pub struct FallbackFailed {
 
 impl FallbackFailed {
     /// `may_send`: whether the fallback may have sent a request (see
-    /// [`ContextHandler::may_send`](crate::ContextHandler::may_send)).
+    /// [`ContextHandler::may_send`](crate::ContextHandler::may_send)). A fallback error with a
+    /// [`SentEarlier`] in its chain says it did, whatever `may_send` is.
     pub(crate) fn new(
         original: Arc<dyn Error + Send + Sync>,
         fallback: BoxError,
         may_send: bool,
     ) -> Self {
-        let sent = (may_send && not_sent(&*original).is_some() && not_sent(&*fallback).is_none())
-            .then(|| SentEarlier::new(Box::new(original.clone())));
+        let sent = ((may_send || is::<SentEarlier>(&*fallback))
+            && not_sent(&*original).is_some()
+            && not_sent(&*fallback).is_none())
+        .then(|| SentEarlier::new(Box::new(original.clone())));
         FallbackFailed {
             original,
             fallback,

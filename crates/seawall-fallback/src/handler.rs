@@ -96,8 +96,9 @@ pub trait FallbackHandler<Res> {
     /// Answers for a failed call.
     fn handle(&self, failed: Failed<Res>) -> Self::Future;
 
-    /// Whether the fallback may send a request: `true` unless overridden. When it cannot
-    /// ([`FromFn`]), its failure leaves a call that was never sent never sent (see
+    /// Whether the fallback may send a request: `true` unless overridden. When it is taken as
+    /// one that sends nothing ([`FromFn`]), its failure leaves a call that was never sent never
+    /// sent, unless the error is marked [`SentEarlier`](seawall_core::error::SentEarlier) (see
     /// [`FallbackFailed`](crate::FallbackFailed)).
     fn may_send(&self) -> bool {
         true
@@ -118,8 +119,9 @@ pub trait ContextHandler<Res, Ctx> {
     /// Answers for a failed call, given the context captured from its request.
     fn handle(&self, failed: Failed<Res>, context: Ctx) -> Self::Future;
 
-    /// Whether the fallback may send a request: `true` unless overridden. When it cannot
-    /// ([`FromFn`]), its failure leaves a call that was never sent never sent (see
+    /// Whether the fallback may send a request: `true` unless overridden. When it is taken as
+    /// one that sends nothing ([`FromFn`]), its failure leaves a call that was never sent never
+    /// sent, unless the error is marked [`SentEarlier`](seawall_core::error::SentEarlier) (see
     /// [`FallbackFailed`](crate::FallbackFailed)).
     fn may_send(&self) -> bool {
         true
@@ -146,8 +148,11 @@ where
 
 /// A fallback from a synchronous closure.
 ///
-/// It cannot send a request: it is taken as one that sends nothing, so when it fails over a call
-/// that was never sent, the call stays never sent (see [`FallbackFailed`](crate::FallbackFailed)).
+/// It is taken as one that sends nothing, so when it fails over a call that was never sent, the
+/// call stays never sent (see [`FallbackFailed`](crate::FallbackFailed)). A closure that does send
+/// (a blocking client, a copy spawned off) belongs in a service,
+/// `build_service(service_fn(..))`, or marks its error with a
+/// [`SentEarlier`](seawall_core::error::SentEarlier).
 ///
 /// The closure is shared by every service of the layer, so those services are `Send` when it is
 /// `Send + Sync` (a closure that captures no `Cell` or `RefCell`).
@@ -165,7 +170,7 @@ where
         ready((self.0)(failed))
     }
 
-    /// A closure answers on its own: it sends nothing.
+    /// A closure is taken as one that sends nothing.
     fn may_send(&self) -> bool {
         false
     }
@@ -184,7 +189,7 @@ where
         ready((self.0)(failed, context.0))
     }
 
-    /// A closure answers on its own: it sends nothing.
+    /// A closure is taken as one that sends nothing.
     fn may_send(&self) -> bool {
         false
     }

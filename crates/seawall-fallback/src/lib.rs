@@ -29,7 +29,9 @@
 //! the request), so that the call is not taken for one never sent. That `SentEarlier`'s
 //! `get_ref()` is the shared `Arc` of the original, so reach the original with `find` or
 //! `original()`, not by downcasting `source()`. A [`build_fn`](FallbackBuilder::build_fn)
-//! closure sends nothing: its failure (a cache miss) leaves a call never sent never sent.
+//! closure is taken as one that sends nothing: its failure (a cache miss) leaves a call never
+//! sent never sent, unless its error is a `SentEarlier` (or has one in its chain). A closure that
+//! sends the request belongs in [`build_service`](FallbackBuilder::build_service).
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is
 //! answered from the fallback, and the failed service is dropped (see [`Fallback`]).

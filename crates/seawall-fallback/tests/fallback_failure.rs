@@ -195,3 +195,32 @@ async fn a_closure_fallback_that_fails_leaves_the_call_never_sent() {
     let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionReset).await;
     assert!(!error::is_not_sent(&*err));
 }
+
+/// A closure that did send a request (a blocking client, a copy spawned off) and says so with a
+/// `SentEarlier` around its error makes the call one that may have been sent.
+#[tokio::test]
+async fn a_closure_fallback_that_marks_its_error_sent_makes_the_failure_sent() {
+    let layer = FallbackLayer::builder()
+        .build_fn(
+            |_: Failed<()>| Err(Box::new(error::SentEarlier::new("reset".into())) as BoxError),
+        )
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(!error::is_not_sent(&*err), "{err}");
+    assert!(error::find::<Shed>(&*err).is_some());
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(error::is_not_sent(failed.original()));
+    assert!(failed.fallback_error().is::<error::SentEarlier>());
+
+    // With the request's context too.
+    let layer = FallbackLayer::builder()
+        .with_request(|_: &()| "/users/7")
+        .build_fn(|_: Failed<()>, _key: &str| {
+            Err(Box::new(error::SentEarlier::new("reset".into())) as BoxError)
+        })
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(!error::is_not_sent(&*err), "{err}");
+}
