@@ -929,3 +929,27 @@ async fn a_backoff_that_fits_after_a_rejections_retry_after_is_not_shortened() {
         }]
     );
 }
+
+/// A backoff after a rejection's `retry_after` that with a tick fills the deadline's room exactly
+/// (300 ms + 4 ms + a tick, 305 ms left) does not fit, a tick being left for the attempt: it is
+/// shortened to 3 ms, not waited whole and the call given up on.
+#[tokio::test(start_paused = true)]
+async fn a_backoff_that_fills_the_room_after_a_rejections_retry_after_is_shortened() {
+    let (layer, events) = http_retry_with(HttpPolicy::new(), Backoff::constant(ms(4)));
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let start = Instant::now();
+    let mut req = post();
+    req.set_deadline(start + ms(305));
+    let res = layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    assert_eq!(times.len(), 2);
+    assert!(times[1] >= ms(303) && times[1] < ms(305), "{times:?}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retry {
+            attempt: 2,
+            delay: ms(303)
+        }]
+    );
+}
