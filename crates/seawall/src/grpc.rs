@@ -68,7 +68,9 @@
 //!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
 //!   already on the request is kept; one it cannot read ([`parse_timeout`]) is written over, or
-//!   sent as `1n` if it is negative (grpc-go reads `-1S` as a deadline already past). A
+//!   sent as `1n` if grpc-go reads it as negative, a deadline already past (a `-`, one to seven
+//!   digits and a unit, `-1S`; grpc-go rejects any other `-`, `-5` or `--1S`, which is written
+//!   over like the rest). A
 //!   `Channel` also applies the `grpc-timeout` it sends itself, failing the call with
 //!   `tonic::TimeoutExpired` on the same timer tick as the seawall timeout that enforces the
 //!   deadline, or a little earlier (the header is rounded down), and the server,
@@ -630,6 +632,21 @@ impl GrpcTimeout {
         }
     }
 
+    /// Whether `bytes` are a negative timeout as grpc-go reads one, a deadline already past: a
+    /// `-`, one to seven ASCII digits (nine characters in all at most, as for any timeout) and a
+    /// unit. grpc-go rejects anything else that starts with a `-` (`-5`, `--1S`, `-1.5S`) as
+    /// malformed, and tonic ignores it, as they do any other header they cannot read.
+    fn is_negative(bytes: &[u8]) -> bool {
+        match bytes {
+            [b'-', digits @ .., unit] => {
+                (1..=7).contains(&digits.len())
+                    && digits.iter().all(u8::is_ascii_digit)
+                    && UNITS.iter().any(|&(letter, _)| letter == *unit)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `bytes`, which [`parse`](Self::parse) reads, are what
     /// [`to_header_value`](Self::to_header_value) writes for them: no `+`, no leading zero.
     fn is_standard(bytes: &[u8]) -> bool {
@@ -862,8 +879,10 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// [`parse_timeout`] cannot read is replaced too: left in place, it would get the call rejected
 /// (grpc-go answers it with `INTERNAL`, which classifiers count against the endpoint) or ignored
 /// (a tonic server, told no deadline at all), while the client waits for the request's deadline
-/// anyway. One that starts with a `-`, which grpc-go reads as a deadline already past, is sent
-/// as `1n`, which every server reads so, and is then a caller's header kept. Only
+/// anyway. A negative one that grpc-go reads, a `-`, one to seven digits and a unit (`-1S`), a
+/// deadline already past to it, is sent as `1n`, which every server reads so, and is then a
+/// caller's header kept; any other header that starts with a `-` (`-5`, `--1S`, `-1.5S`,
+/// `-12345678S`), which grpc-go rejects with `INTERNAL` too and tonic ignores, is written over. Only
 /// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
@@ -987,9 +1006,11 @@ where
                     // the gRPC C core's servers cannot read a `+`.
                     Some(theirs) => (theirs.duration() <= ours.duration())
                         .then(|| (theirs, !GrpcTimeout::is_standard(value.as_bytes()))),
-                    // A negative one, which grpc-go reads as a deadline already past, is sent as
-                    // the least the header can say, `1n`, which every server reads so.
-                    None if value.as_bytes().starts_with(b"-") => Some((GrpcTimeout::LEAST, true)),
+                    // A negative one grpc-go reads (`-1S`), a deadline already past to it, is
+                    // sent as the least the header can say, `1n`, which every server reads so.
+                    None if GrpcTimeout::is_negative(value.as_bytes()) => {
+                        Some((GrpcTimeout::LEAST, true))
+                    }
                     // Any other header seawall cannot read is written over: a server answers it
                     // with an error (grpc-go's `INTERNAL`) that classifiers would count against
                     // the endpoint, or ignores it (tonic) and is told no deadline at all.
@@ -1241,6 +1262,37 @@ mod tests {
         // Bytes outside ASCII are a valid header value but not a timeout.
         let value = HeaderValue::from_bytes("١S".as_bytes()).unwrap();
         assert_eq!(parse_timeout(&value), None);
+    }
+
+    /// grpc-go reads a `-`, one to seven digits and a unit as a negative timeout (nine characters
+    /// at most, `strconv.ParseInt` on what precedes the unit), and rejects any other `-`.
+    #[test]
+    fn negative_is_what_grpc_go_reads_as_negative() {
+        for negative in ["-1S", "-0n", "-0S", "-0000001m", "-1234567H", "-7u", "-7M"] {
+            assert!(
+                GrpcTimeout::is_negative(negative.as_bytes()),
+                "{negative:?}"
+            );
+        }
+        for not in [
+            "-",
+            "-S",
+            "-5",
+            "--1S",
+            "-+1S",
+            "+-1S",
+            "-1.5S",
+            "-1s",
+            "-1 S",
+            "- 1S",
+            "-12345678S",
+            "1S",
+            "0n",
+            "-1SS",
+            "-1x",
+        ] {
+            assert!(!GrpcTimeout::is_negative(not.as_bytes()), "{not:?}");
+        }
     }
 
     #[test]

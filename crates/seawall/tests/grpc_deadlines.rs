@@ -278,7 +278,8 @@ async fn a_grpc_timeout_with_a_plus_is_not_lengthened() {
 }
 
 /// A `grpc-timeout` seawall cannot read is written over with the time left to the deadline, and a
-/// negative one (grpc-go reads `-1S` as a deadline already past) is sent as `1n`.
+/// negative one grpc-go reads (a `-`, one to seven digits and a unit: `-1S`, a deadline already
+/// past) is sent as `1n`. Any other `-` grpc-go rejects, as it does the rest.
 #[tokio::test(start_paused = true)]
 async fn a_malformed_grpc_timeout_is_written_over() {
     let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
@@ -288,7 +289,16 @@ async fn a_malformed_grpc_timeout_is_written_over() {
         ("10s", "10000000u"),
         ("", "10000000u"),
         ("-1S", "1n"),
-        ("-5", "1n"),
+        ("-0S", "1n"),
+        ("-1234567H", "1n"),
+        ("-5", "10000000u"),
+        ("--1S", "10000000u"),
+        ("-", "10000000u"),
+        ("-S", "10000000u"),
+        ("-+1S", "10000000u"),
+        ("-1.5S", "10000000u"),
+        ("-1s", "10000000u"),
+        ("-12345678S", "10000000u"),
     ] {
         let mut request = with_grpc_timeout(theirs);
         request.set_deadline(Instant::now() + Duration::from_secs(10));
