@@ -60,7 +60,8 @@
 //!
 //! - [`HonorTimeoutLayer`], at the top of the layers under a generated client, makes a caller's
 //!   `grpc-timeout` the request's [`Deadline`](seawall_core::deadline::Deadline) (unless it
-//!   already carries an earlier one), so the timeouts under it end the call by then if their own
+//!   already carries an earlier one; a negative one grpc-go reads, `-1S`, is a deadline of now,
+//!   as `0n` is), so the timeouts under it end the call by then if their own
 //!   duration is longer: as with tonic's own `Endpoint::timeout`, the shorter of the caller's
 //!   timeout and the stack's wins;
 //! - [`SendDeadlineLayer`], at the bottom, above the `Channel`, writes the deadline seawall
@@ -676,6 +677,35 @@ impl GrpcTimeout {
     }
 }
 
+/// A caller's `grpc-timeout` as the servers that read it take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerTimeout {
+    /// One [`GrpcTimeout::parse`] reads.
+    Timeout(GrpcTimeout),
+    /// A negative one grpc-go reads ([`GrpcTimeout::is_negative`]): a deadline already past, as
+    /// `0n` is.
+    Past,
+}
+
+impl CallerTimeout {
+    /// `None` for a header neither seawall nor grpc-go reads.
+    fn read(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        match GrpcTimeout::parse(bytes) {
+            Some(timeout) => Some(CallerTimeout::Timeout(timeout)),
+            None => GrpcTimeout::is_negative(bytes).then_some(CallerTimeout::Past),
+        }
+    }
+
+    /// The time it leaves from now: none for a deadline already past.
+    fn duration(self) -> Duration {
+        match self {
+            CallerTimeout::Timeout(timeout) => timeout.duration(),
+            CallerTimeout::Past => Duration::ZERO,
+        }
+    }
+}
+
 /// Reads a `grpc-timeout` header value: 1 to 8 ASCII digits and one unit, `H` (hours), `M`
 /// (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds) or `n` (nanoseconds), as
 /// the [gRPC spec](https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) has it.
@@ -769,13 +799,16 @@ impl<S> Layer<S> for HonorTimeoutLayer {
 /// Puts a request's `grpc-timeout` on it as its [`Deadline`](seawall_core::deadline::Deadline),
 /// that long from now; made by [`HonorTimeoutLayer`].
 ///
-/// A request that already carries an earlier deadline keeps it, and a `grpc-timeout` that
-/// [`parse_timeout`] cannot read sets none ([`SendDeadline`] below writes over it if the request
-/// has a deadline from elsewhere). The header itself stays on the request. The deadline caps the timeouts under it, never lengthens them: a total
-/// timeout of 30 s under a caller's 100 ms ends the call at 100 ms, and one of 1 s under a
-/// caller's 60 s at 1 s. The clock is read only for a request with a `grpc-timeout`, and nothing
-/// is allocated unless a deadline is inserted (which allocates the extension map if the request
-/// has no extensions yet).
+/// A request that already carries an earlier deadline keeps it. A negative `grpc-timeout` that
+/// grpc-go reads as one, a `-`, one to seven digits and a unit (`-1S`), is a deadline already
+/// past, as `0n` is: the request's deadline is now, and [`SendDeadline`] below sends it as `1n`.
+/// Any other `grpc-timeout` that [`parse_timeout`] cannot read (`-5`, `1.5S`) sets none
+/// ([`SendDeadline`] below writes over it if the request has a deadline from elsewhere). The
+/// header itself stays on the request. The deadline caps the timeouts under it, never lengthens
+/// them: a total timeout of 30 s under a caller's 100 ms ends the call at 100 ms, and one of 1 s
+/// under a caller's 60 s at 1 s. The clock is read only for a request with a `grpc-timeout`, and
+/// nothing is allocated unless a deadline is inserted (which allocates the extension map if the
+/// request has no extensions yet).
 #[derive(Debug, Clone)]
 pub struct HonorTimeout<S> {
     inner: S,
@@ -817,8 +850,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let Some(timeout) = request.headers().get(GRPC_TIMEOUT).and_then(parse_timeout) {
-            let deadline = deadline_after(Instant::now(), timeout);
+        if let Some(theirs) = request
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(CallerTimeout::read)
+        {
+            let deadline = deadline_after(Instant::now(), theirs.duration());
             if request.deadline().is_none_or(|current| deadline < current) {
                 request.set_deadline(deadline);
             }
@@ -1001,16 +1038,15 @@ where
             let theirs = match request.headers().get(GRPC_TIMEOUT) {
                 None => None,
                 // With whether it is to be written back.
-                Some(value) => match GrpcTimeout::parse(value.as_bytes()) {
+                Some(value) => match CallerTimeout::read(value) {
                     // Written back in its standard form when it is not (`+1S` is sent as `1S`):
                     // the gRPC C core's servers cannot read a `+`.
-                    Some(theirs) => (theirs.duration() <= ours.duration())
+                    Some(CallerTimeout::Timeout(theirs)) => (theirs.duration() <= ours.duration())
                         .then(|| (theirs, !GrpcTimeout::is_standard(value.as_bytes()))),
-                    // A negative one grpc-go reads (`-1S`), a deadline already past to it, is
-                    // sent as the least the header can say, `1n`, which every server reads so.
-                    None if GrpcTimeout::is_negative(value.as_bytes()) => {
-                        Some((GrpcTimeout::LEAST, true))
-                    }
+                    // A negative one grpc-go reads (`-1S`), a deadline already past to it (and to
+                    // `HonorTimeout`, which made it the request's deadline), is sent as the least
+                    // the header can say, `1n`, which every server reads so.
+                    Some(CallerTimeout::Past) => Some((GrpcTimeout::LEAST, true)),
                     // Any other header seawall cannot read is written over: a server answers it
                     // with an error (grpc-go's `INTERNAL`) that classifiers would count against
                     // the endpoint, or ignores it (tonic) and is told no deadline at all.

@@ -182,7 +182,7 @@ async fn a_caller_deadline_is_enforced_without_a_total_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_malformed_grpc_timeout_is_left_alone() {
     let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
-    for bad in ["1.5S", "123456789m", "10s", "m", "-1S"] {
+    for bad in ["1.5S", "123456789m", "10s", "m", "-5", "--1S", "-12345678S"] {
         let seen = client
             .clone()
             .oneshot(with_grpc_timeout(bad))
@@ -205,6 +205,28 @@ async fn a_malformed_grpc_timeout_is_left_alone() {
             deadline: None
         }
     );
+}
+
+/// A negative `grpc-timeout` that grpc-go reads (a `-`, one to seven digits and a unit) is a
+/// deadline already past to it: like `0n`, it makes the request's deadline now.
+#[tokio::test(start_paused = true)]
+async fn a_negative_grpc_timeout_is_a_deadline_of_now() {
+    let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
+    for theirs in ["-1S", "-0S", "-1234567H", "0n"] {
+        let seen = client
+            .clone()
+            .oneshot(with_grpc_timeout(theirs))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                grpc_timeout: header(theirs),
+                deadline: Some(Instant::now())
+            },
+            "{theirs:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -814,6 +836,31 @@ fn grpc_breaker() -> BreakerLayer<GrpcClassifier> {
         .minimum_calls(1)
         .build_with(GrpcClassifier::new())
         .unwrap()
+}
+
+/// A caller's negative `grpc-timeout` is a deadline already past, as `0n` is, not a header shorter
+/// than the stack's deadline that no timeout enforces: the timeout ends the call at once, before
+/// the server, told `1n`, answers `DEADLINE_EXCEEDED` a round trip later, and the breaker
+/// between them counts no failure.
+#[tokio::test(start_paused = true)]
+async fn a_callers_negative_grpc_timeout_charges_no_endpoint() {
+    for theirs in ["-1S", "0n"] {
+        let breaker = grpc_breaker();
+        let client = ServiceBuilder::new()
+            .layer(HonorTimeoutLayer::new())
+            .with_timeout(TimeoutLayer::new(Duration::from_secs(1)))
+            .with_breaker(breaker.clone())
+            .layer(SendDeadlineLayer::new())
+            .service(enforcing_server(deadline_exceeded));
+        let start = Instant::now();
+        let result = client.oneshot(with_grpc_timeout(theirs)).await;
+        let error = result
+            .map(|response| response.headers().clone())
+            .unwrap_err();
+        assert!(is::<Elapsed>(&*error), "{theirs:?}: {error:?}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "{theirs:?}");
+        assert_eq!(breaker.handle().snapshot().failures, 0, "{theirs:?}");
+    }
 }
 
 /// The server's own answer to the deadline it was told comes a round trip after it, before the
