@@ -909,18 +909,21 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// `grpc-timeout` header; made by [`SendDeadlineLayer`].
 ///
 /// The time left is measured from [`tokio::time::Instant::now`] at `call` and written by
-/// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline
-/// has passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no
-/// longer than that, written in its standard form (`+1S` as `1S`: the gRPC C core's servers,
-/// unlike tonic and grpc-go, cannot read the `+`), and replaced when it is longer. One that
-/// [`parse_timeout`] cannot read is replaced too: left in place, it would get the call rejected
-/// (grpc-go answers it with `INTERNAL`, which classifiers count against the endpoint) or ignored
-/// (a tonic server, told no deadline at all), while the client waits for the request's deadline
-/// anyway. A negative one that grpc-go reads, a `-`, one to seven digits and a unit (`-1S`), a
-/// deadline already past to it, is sent as `1n`, which every server reads so, and is then a
-/// caller's header kept; any other header that starts with a `-` (`-5`, `--1S`, `-1.5S`,
-/// `-12345678S`), which grpc-go rejects with `INTERNAL` too and tonic ignores, is written over. Only
-/// [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
+/// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline has
+/// passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no longer
+/// than that, written in its standard form (`+1S` as `1S`: the gRPC C core's servers, unlike tonic
+/// and grpc-go, cannot read the `+`), and replaced when it is longer. One that [`parse_timeout`]
+/// cannot read is replaced too: left in place, it would get the call rejected (grpc-go answers it
+/// with `INTERNAL`, which classifiers count against the endpoint) or ignored (a tonic server, told
+/// no deadline at all), while the client waits for the request's deadline anyway. Writing it over
+/// may lengthen a caller's timeout for the gRPC C core's servers, which read more than the spec
+/// allows (spaces, ` 1S` or `1 S`, and nine digits, `000000001S`): under a 10 s deadline, ` 1S` is
+/// sent as `10000000u`, and such a server works on past the caller's timeout, though never past the
+/// request's deadline. A negative one that grpc-go reads, a `-`, one to seven digits and a unit
+/// (`-1S`), a deadline already past to it, is sent as `1n`, which every server reads so, and is
+/// then a caller's header kept; any other header that starts with a `-` (`-5`, `--1S`, `-1.5S`,
+/// `-12345678S`), which grpc-go rejects with `INTERNAL` too and tonic ignores, is written over.
+/// Only [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
 /// deadline. A request without a deadline passes untouched, its `grpc-timeout` however it reads,
