@@ -52,29 +52,19 @@ fn scripted(
     impl Service<Req, Response = http::Response<()>, Error = BoxError> + Clone,
     Calls,
 ) {
-    let calls = Calls::default();
-    let seen = calls.clone();
-    let script = Arc::new(script);
-    let svc = service_fn(move |req: Req| {
-        let n = seen.push(&req);
-        let answer = script[n.min(script.len() - 1)];
-        async move {
-            match answer {
-                Answer::NotSent(None) => Err(Box::new(Rejected(NotSent::new())) as BoxError),
-                Answer::NotSent(Some(after)) => {
-                    Err(Box::new(Rejected(NotSent::with_retry_after(after))) as BoxError)
-                }
-                Answer::Refused => Err(Box::new(std::io::Error::other(std::io::Error::from(
-                    std::io::ErrorKind::ConnectionRefused,
-                ))) as BoxError),
-                Answer::Reset => Err("connection reset".into()),
-                Answer::Status(code) => {
-                    Ok(http::Response::builder().status(code).body(()).unwrap())
-                }
+    support::in_turn(script, |answer| async move {
+        match answer {
+            Answer::NotSent(None) => Err(Box::new(Rejected(NotSent::new())) as BoxError),
+            Answer::NotSent(Some(after)) => {
+                Err(Box::new(Rejected(NotSent::with_retry_after(after))) as BoxError)
             }
+            Answer::Refused => Err(Box::new(std::io::Error::other(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))) as BoxError),
+            Answer::Reset => Err("connection reset".into()),
+            Answer::Status(code) => Ok(http::Response::builder().status(code).body(()).unwrap()),
         }
-    });
-    (svc, calls)
+    })
 }
 
 /// The HTTP retry with a 10 ms backoff, and the events it reports.

@@ -3,6 +3,7 @@
 
 use seawall_core::{deadline::RequestDeadline, BoxError};
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -104,6 +105,29 @@ pub fn slow_flaky(
     (svc, calls)
 }
 
+/// Answers each call with `answer` of the next entry of `script` in turn (the last one repeats).
+pub fn in_turn<A, T, F, Fut>(
+    script: Vec<A>,
+    answer: F,
+) -> (
+    impl Service<Req, Response = T, Error = BoxError, Future = Fut> + Clone,
+    Calls,
+)
+where
+    A: Copy,
+    F: Fn(A) -> Fut + Clone,
+    Fut: Future<Output = Result<T, BoxError>>,
+{
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let script = Arc::new(script);
+    let svc = service_fn(move |req: Req| {
+        let n = seen.push(&req);
+        answer(script[n.min(script.len() - 1)])
+    });
+    (svc, calls)
+}
+
 /// Answers with the HTTP statuses in `script` in turn (the last one repeats), each with the
 /// given `Retry-After` header if any.
 pub fn statuses(
@@ -112,19 +136,11 @@ pub fn statuses(
     impl Service<Req, Response = http::Response<()>, Error = BoxError> + Clone,
     Calls,
 ) {
-    let calls = Calls::default();
-    let seen = calls.clone();
-    let script = Arc::new(script);
-    let svc = service_fn(move |req: Req| {
-        let n = seen.push(&req);
-        let (status, after) = script[n.min(script.len() - 1)];
-        async move {
-            let mut res = http::Response::builder().status(status);
-            if let Some(after) = after {
-                res = res.header("retry-after", after);
-            }
-            Ok::<_, BoxError>(res.body(()).unwrap())
+    in_turn(script, |(status, after)| async move {
+        let mut res = http::Response::builder().status(status);
+        if let Some(after) = after {
+            res = res.header("retry-after", after);
         }
-    });
-    (svc, calls)
+        Ok::<_, BoxError>(res.body(()).unwrap())
+    })
 }
