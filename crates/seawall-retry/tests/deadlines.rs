@@ -8,9 +8,9 @@ use seawall_core::{
     deadline::{Elapsed, RequestDeadline},
     error, BoxError, Name,
 };
-use seawall_retry::{Backoff, GiveUpReason, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
+use seawall_retry::{Backoff, GiveUpReason, RetryBudget, RetryEvent, RetryLayer};
 use std::sync::{Arc, Mutex};
-use support::{flaky, get, ms, Calls, Req};
+use support::{flaky, get, http_with_per_attempt_timeout, ms, Calls, Req};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -208,23 +208,6 @@ async fn per_attempt_timeout_fails_with_the_shared_elapsed_error() {
         .unwrap_err();
     assert!(error::is::<Elapsed>(&*err), "{err}");
     assert_eq!(calls.count(), 3);
-}
-
-/// The HTTP policy (a POST is not retried) with a 100 ms per-attempt timeout, and the events it
-/// reports.
-fn http_with_per_attempt_timeout() -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let layer = RetryLayer::builder()
-        .http()
-        .max_attempts(3)
-        .backoff(Backoff::constant(ms(10)))
-        .per_attempt_timeout(ms(100))
-        .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
-    (layer, events)
 }
 
 /// A request that is not retried, a POST under the HTTP policy or any request with one attempt

@@ -4,15 +4,16 @@
 
 mod support;
 
-use seawall_core::{deadline::RequestDeadline, error::NotSent, BoxError, Name};
+use seawall_core::{deadline::RequestDeadline, error::NotSent, BoxError};
 use seawall_retry::{Backoff, GiveUpReason, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
 use std::{
     error::Error,
     fmt,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
-use support::{get, ms, post, Calls, Req};
+use support::{get, http_with_per_attempt_timeout, ms, post, recording, Calls, Events, Req};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -68,27 +69,40 @@ fn scripted(
 }
 
 /// The HTTP retry with a 10 ms backoff, and the events it reports.
-fn http_retry(policy: HttpPolicy) -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
+fn http_retry(policy: HttpPolicy) -> (RetryLayer<HttpPolicy>, Events) {
     http_retry_with(policy, Backoff::constant(ms(10)))
 }
 
 /// The HTTP retry with `backoff`, and the events it reports.
-fn http_retry_with(
-    policy: HttpPolicy,
-    backoff: Backoff,
-) -> (RetryLayer<HttpPolicy>, Arc<Mutex<Vec<RetryEvent>>>) {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
+fn http_retry_with(policy: HttpPolicy, backoff: Backoff) -> (RetryLayer<HttpPolicy>, Events) {
+    let (listener, events) = recording();
     let layer = RetryLayer::builder()
         .policy(policy)
         .max_attempts(3)
         .backoff(backoff)
         .retry_after_cap(Duration::from_secs(1))
         .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .on_event(listener)
         .build()
         .unwrap();
     (layer, events)
+}
+
+/// A retry's events after one retry: the second attempt, after `delay`.
+fn retried(delay: Duration) -> [RetryEvent; 1] {
+    [RetryEvent::Retry { attempt: 2, delay }]
+}
+
+/// A retry's event on giving up after `attempts`, for `reason`.
+fn gave_up(attempts: u32, reason: GiveUpReason) -> RetryEvent {
+    RetryEvent::GaveUp { attempts, reason }
+}
+
+/// A POST whose deadline is `left` from now.
+fn post_due_in(left: Duration) -> Req {
+    let mut req = post();
+    req.set_deadline(Instant::now() + left);
+    req
 }
 
 use Answer::*;
@@ -101,14 +115,7 @@ async fn a_post_that_was_never_sent_is_sent_again() {
         let res = layer.layer(svc).oneshot(post()).await.unwrap();
         assert_eq!(res.status(), 200, "{first:?}");
         assert_eq!(calls.count(), 2, "{first:?}");
-        assert_eq!(
-            *events.lock().unwrap(),
-            [RetryEvent::Retry {
-                attempt: 2,
-                delay: ms(10)
-            }],
-            "{first:?}"
-        );
+        assert_eq!(*events.lock().unwrap(), retried(ms(10)), "{first:?}");
     }
 }
 
@@ -137,14 +144,7 @@ async fn a_post_that_was_sent_is_sent_once() {
     let (svc, calls) = scripted(vec![NotSent(None), Status(503), Status(200)]);
     let res = layer.layer(svc).oneshot(post()).await.unwrap();
     assert_eq!((res.status().as_u16(), calls.count()), (503, 2));
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(10)
-        }],
-        "no give-up"
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(10)), "no give-up");
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,10 +169,7 @@ async fn a_post_that_is_never_sent_gives_up_after_max_attempts() {
     assert_eq!(calls.count(), 3);
     assert_eq!(
         events.lock().unwrap().last(),
-        Some(&RetryEvent::GaveUp {
-            attempts: 3,
-            reason: GiveUpReason::Attempts
-        })
+        Some(&gave_up(3, GiveUpReason::Attempts))
     );
 }
 
@@ -187,40 +184,35 @@ async fn a_get_is_retried_whether_sent_or_not() {
     assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
 }
 
+/// Sends `req` through `layer` to a service that rejects it before it was sent with a
+/// `retry_after` of 300 ms, then answers 200, and checks it is answered: the calls the service saw.
+async fn answered_after_a_300_ms_retry_after(layer: &RetryLayer<HttpPolicy>, req: Req) -> Calls {
+    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let res = layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    calls
+}
+
 /// A rejection's `retry_after` is waited, and then the backoff, before the next attempt, for a
 /// POST retried because it was never sent and for a GET alike.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_is_waited() {
     for request in [post(), get()] {
         let (layer, events) = http_retry(HttpPolicy::new());
-        let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
         let start = Instant::now();
         let method = request.method().clone();
-        let res = layer.layer(svc).oneshot(request).await.unwrap();
-        assert_eq!(res.status(), 200);
-        let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+        let calls = answered_after_a_300_ms_retry_after(&layer, request).await;
+        let times = calls.since(start);
         assert_eq!(times.len(), 2, "{method}");
         assert!(times[1] >= ms(310), "{method}: {times:?}");
         assert!(times[1] <= ms(312), "{method}: {times:?}");
-        assert_eq!(
-            *events.lock().unwrap(),
-            [RetryEvent::Retry {
-                attempt: 2,
-                delay: ms(310)
-            }]
-        );
+        assert_eq!(*events.lock().unwrap(), retried(ms(310)));
     }
     // A shorter one too.
     let (layer, events) = http_retry(HttpPolicy::new());
     let (svc, _) = scripted(vec![NotSent(Some(ms(1))), Status(200)]);
     layer.layer(svc).oneshot(post()).await.unwrap();
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(11)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(11)));
 }
 
 /// Calls turned away together by a limiter below, each told the same `retry_after`, come back
@@ -266,45 +258,35 @@ async fn calls_turned_away_together_come_back_spread_after_the_retry_after() {
     assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
 }
 
+/// Sends `req` through the HTTP retry to a service that rejects it with a `retry_after` of `after`
+/// before it was sent, then answers 200, and checks the rejection is returned with no retry: how
+/// long that took, and the events reported.
+async fn given_up(after: Duration, req: Req) -> (Duration, Vec<RetryEvent>) {
+    let (layer, events) = http_retry(HttpPolicy::new());
+    let (svc, calls) = scripted(vec![NotSent(Some(after)), Status(200)]);
+    let start = Instant::now();
+    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "rejected");
+    assert_eq!(calls.count(), 1);
+    let events = events.lock().unwrap().clone();
+    (start.elapsed(), events)
+}
+
 /// A rejection's `retry_after` beyond `retry_after_cap` is given up on at once, as a server's
 /// `Retry-After` is.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_beyond_the_cap_gives_up() {
-    let (layer, events) = http_retry(HttpPolicy::new());
-    let (svc, calls) = scripted(vec![NotSent(Some(Duration::from_secs(2))), Status(200)]);
-    let start = Instant::now();
-    let err = layer.layer(svc).oneshot(post()).await.unwrap_err();
-    assert_eq!(err.to_string(), "rejected");
-    assert_eq!(calls.count(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::GaveUp {
-            attempts: 1,
-            reason: GiveUpReason::RetryAfter
-        }]
-    );
+    let (waited, events) = given_up(Duration::from_secs(2), post()).await;
+    assert_eq!(waited, Duration::ZERO);
+    assert_eq!(events, [gave_up(1, GiveUpReason::RetryAfter)]);
 }
 
 /// A call's deadline closer than a rejection's `retry_after` is given up on at once.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_past_the_deadline_gives_up() {
-    let (layer, events) = http_retry(HttpPolicy::new());
-    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
-    let start = Instant::now();
-    let mut req = post();
-    req.set_deadline(start + ms(200));
-    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
-    assert_eq!(err.to_string(), "rejected");
-    assert_eq!(calls.count(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::GaveUp {
-            attempts: 1,
-            reason: GiveUpReason::Deadline
-        }]
-    );
+    let (waited, events) = given_up(ms(300), post_due_in(ms(200))).await;
+    assert_eq!(waited, Duration::ZERO);
+    assert_eq!(events, [gave_up(1, GiveUpReason::Deadline)]);
 }
 
 /// A never-sent retry of a POST takes from the budget as any retry does.
@@ -364,18 +346,12 @@ fn answering(
         + 'static,
     Calls,
 ) {
-    let calls = Calls::default();
-    let seen = calls.clone();
-    let svc = service_fn(move |req: Req| {
-        let n = seen.push(&req);
-        async move {
-            if n == 0 {
-                tokio::time::sleep(latency).await;
-            }
-            Ok::<_, BoxError>(http::Response::new(()))
+    support::in_turn(vec![Some(latency), None], |wait| async move {
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
         }
-    });
-    (svc, calls)
+        Ok::<_, BoxError>(http::Response::new(()))
+    })
 }
 
 /// A real rate limiter below the retry: a POST it rejects is sent again once the limiter's
@@ -443,13 +419,7 @@ async fn a_post_rejected_by_a_full_bulkhead_below_is_sent_again() {
     assert_eq!(res.status(), 200);
     holding.await.unwrap().unwrap();
     assert_eq!(calls.count(), 2);
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(10)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(10)));
 }
 
 /// A request that can be copied, for the layer's defaults (every request retried).
@@ -457,6 +427,31 @@ async fn a_post_rejected_by_a_full_bulkhead_below_is_sent_again() {
 struct Plain;
 
 impl RequestDeadline for Plain {}
+
+/// Answers each call of a [`Plain`] request with `answer` of its number, from 1, and counts the
+/// calls.
+fn counted<F, Fut>(
+    answer: F,
+) -> (
+    impl Service<Plain, Response = (), Error = BoxError, Future = Fut> + Clone,
+    Arc<Mutex<u32>>,
+)
+where
+    F: Fn(u32) -> Fut + Clone,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let svc = service_fn(move |_: Plain| {
+        let n = {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        answer(n)
+    });
+    (svc, calls)
+}
 
 /// Answers each call of a [`Plain`] request as `script` says in turn (the last one repeats); a
 /// status is an answer.
@@ -466,13 +461,8 @@ fn plain(
     impl Service<Plain, Response = (), Error = BoxError> + Clone,
     Arc<Mutex<u32>>,
 ) {
-    let calls = Arc::new(Mutex::new(0u32));
-    let seen = calls.clone();
-    let svc = service_fn(move |_: Plain| {
-        let mut n = seen.lock().unwrap();
-        let answer = script[(*n as usize).min(script.len() - 1)];
-        *n += 1;
-        std::future::ready(match answer {
+    counted(move |n| {
+        std::future::ready(match script[(n as usize - 1).min(script.len() - 1)] {
             NotSent(None) => Err(Box::new(Rejected(NotSent::new())) as BoxError),
             NotSent(Some(after)) => Err(Box::new(Rejected(NotSent::with_retry_after(after))) as _),
             Refused => {
@@ -481,8 +471,7 @@ fn plain(
             Reset => Err("connection reset".into()),
             Status(_) => Ok(()),
         })
-    });
-    (svc, calls)
+    })
 }
 
 /// A call whose first attempt was sent and failed, and whose later ones were rejected before
@@ -536,46 +525,56 @@ async fn a_call_an_earlier_attempt_of_which_was_sent_is_not_taken_for_never_sent
     assert!(exhausted.last_error().is::<SentEarlier>());
 }
 
+/// A hedge of one copy, sent 10 ms into a call, on an unlimited budget.
+fn one_hedge_after_10_ms() -> seawall_retry::hedge::HedgeConfigBuilder {
+    seawall_retry::HedgeLayer::builder()
+        .delay(ms(10))
+        .max_hedges(1)
+        .budget(RetryBudget::unlimited())
+}
+
+/// A [`counted`] service whose first call fails with `first()` after 15 ms, and whose later calls
+/// are rejected before sending 10 ms after they came.
+fn first_fails_then_rejected(
+    first: impl Fn() -> BoxError + Clone,
+) -> (
+    impl Service<Plain, Response = (), Error = BoxError> + Clone,
+    Arc<Mutex<u32>>,
+) {
+    counted(move |n| {
+        let first = (n == 1).then(&first);
+        async move {
+            match first {
+                Some(first) => {
+                    tokio::time::sleep(ms(15)).await;
+                    Err(first)
+                }
+                None => {
+                    tokio::time::sleep(ms(10)).await;
+                    Err(Box::new(Rejected(NotSent::new())) as BoxError)
+                }
+            }
+        }
+    })
+}
+
 /// A hedged call whose last copy to fail was never sent, while another copy was sent and failed,
 /// returns the sent copy's failure, not taken for never sent; one none of whose copies was sent
 /// returns the last rejection, never sent.
 #[tokio::test(start_paused = true)]
 async fn a_hedged_call_another_copy_of_which_was_sent_is_not_taken_for_never_sent() {
     use seawall_core::error::{find, is_not_sent};
-    use seawall_retry::HedgeLayer;
 
     for (first, expected, shown) in [
         (Reset, false, "connection reset"),
         (NotSent(None), true, "rejected"),
     ] {
-        let calls = Arc::new(Mutex::new(0u32));
-        let seen = calls.clone();
         // The first copy fails after 15 ms; the hedge, sent at 10 ms, is rejected 10 ms later.
-        let svc = service_fn(move |_: Plain| {
-            let n = {
-                let mut n = seen.lock().unwrap();
-                *n += 1;
-                *n
-            };
-            async move {
-                if n == 1 {
-                    tokio::time::sleep(ms(15)).await;
-                    match first {
-                        Reset => Err::<(), BoxError>("connection reset".into()),
-                        _ => Err(Box::new(Rejected(NotSent::new())) as BoxError),
-                    }
-                } else {
-                    tokio::time::sleep(ms(10)).await;
-                    Err(Box::new(Rejected(NotSent::new())) as BoxError)
-                }
-            }
+        let (svc, calls) = first_fails_then_rejected(move || match first {
+            Reset => "connection reset".into(),
+            _ => Box::new(Rejected(NotSent::new())),
         });
-        let layer = HedgeLayer::builder()
-            .delay(ms(10))
-            .max_hedges(1)
-            .budget(RetryBudget::unlimited())
-            .build()
-            .unwrap();
+        let layer = one_hedge_after_10_ms().build().unwrap();
         let err = layer.layer(svc).oneshot(Plain).await.unwrap_err();
         assert_eq!(*calls.lock().unwrap(), 2, "{first:?}");
         assert_eq!(is_not_sent(&*err), expected, "{first:?}: {err}");
@@ -603,35 +602,12 @@ impl Error for Draining {}
 #[tokio::test(start_paused = true)]
 async fn a_hedged_calls_failure_never_sent_after_an_ignored_copy_was_sent_is_marked_sent_earlier() {
     use seawall_core::error::{find, is, is_not_sent, SentEarlier};
-    use seawall_retry::{
-        policy::{Classified, Ignoring},
-        HedgeLayer,
-    };
+    use seawall_retry::policy::{Classified, Ignoring};
 
-    let calls = Arc::new(Mutex::new(0u32));
-    let seen = calls.clone();
     // The first copy is sent, and answers `Draining` after 15 ms; the hedge, sent at 10 ms, is
     // rejected before it is sent 10 ms later.
-    let svc = service_fn(move |_: Plain| {
-        let n = {
-            let mut n = seen.lock().unwrap();
-            *n += 1;
-            *n
-        };
-        async move {
-            if n == 1 {
-                tokio::time::sleep(ms(15)).await;
-                Err::<(), BoxError>(Box::new(Draining))
-            } else {
-                tokio::time::sleep(ms(10)).await;
-                Err(Box::new(Rejected(NotSent::new())) as BoxError)
-            }
-        }
-    });
-    let layer = HedgeLayer::builder()
-        .delay(ms(10))
-        .max_hedges(1)
-        .budget(RetryBudget::unlimited())
+    let (svc, calls) = first_fails_then_rejected(|| Box::new(Draining));
+    let layer = one_hedge_after_10_ms()
         .policy(Ignoring::<Classified, Draining>::new(Classified::default()))
         .build()
         .unwrap();
@@ -648,13 +624,12 @@ async fn a_hedged_calls_failure_never_sent_after_an_ignored_copy_was_sent_is_mar
 /// never retryable, so the budget is not asked and nothing is reported.
 #[tokio::test(start_paused = true)]
 async fn a_sent_post_is_returned_as_it_is_with_the_budget_spent() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
+    let (listener, events) = recording();
     let layer = RetryLayer::builder()
         .http()
         .backoff(Backoff::constant(ms(10)))
         .budget(support::one_retry())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .on_event(listener)
         .build()
         .unwrap();
     // A GET spends the one retry.
@@ -684,31 +659,13 @@ async fn a_sent_post_is_returned_as_it_is_with_the_budget_spent() {
 /// timed.
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_is_waited_with_a_per_attempt_timeout() {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let layer = RetryLayer::builder()
-        .http()
-        .max_attempts(3)
-        .backoff(Backoff::constant(ms(10)))
-        .per_attempt_timeout(ms(100))
-        .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
-        .build()
-        .unwrap();
-    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
+    let (layer, events) = http_with_per_attempt_timeout();
     let start = Instant::now();
-    let res = layer.layer(svc).oneshot(post()).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    let calls = answered_after_a_300_ms_retry_after(&layer, post()).await;
+    let times = calls.since(start);
     assert_eq!(times.len(), 2);
     assert!(times[1] >= ms(310) && times[1] <= ms(312), "{times:?}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(310)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(310)));
     // The second attempt carries its own timeout, from when it was sent.
     let second = calls.all()[1];
     assert_eq!(second.deadline, Some(second.at + ms(100)));
@@ -720,37 +677,23 @@ async fn a_rejections_retry_after_is_waited_with_a_per_attempt_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_rejections_retry_after_within_the_deadline_shortens_the_backoff_after_it() {
     let (layer, events) = http_retry(HttpPolicy::new());
-    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
     let start = Instant::now();
-    let mut req = post();
-    req.set_deadline(start + ms(305));
-    let res = layer.layer(svc).oneshot(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let times: Vec<_> = calls.all().iter().map(|c| c.at - start).collect();
+    let calls = answered_after_a_300_ms_retry_after(&layer, post_due_in(ms(305))).await;
+    let times = calls.since(start);
     assert_eq!(times.len(), 2);
     assert!(times[1] >= ms(300) && times[1] < ms(305), "{times:?}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(303)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(303)));
 
     // With no room for the backoff, the `retry_after` alone is waited.
     let (layer, events) = http_retry(HttpPolicy::new());
     let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
-    let mut req = post();
-    req.set_deadline(Instant::now() + ms(302));
-    layer.layer(svc).oneshot(req).await.unwrap();
+    layer
+        .layer(svc)
+        .oneshot(post_due_in(ms(302)))
+        .await
+        .unwrap();
     assert_eq!(calls.count(), 2);
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: ms(300)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), retried(ms(300)));
 }
 
 /// An error `ignore_error` returns at once, never sent, after an attempt that was sent, comes back
@@ -809,12 +752,11 @@ impl Service<Plain> for OpensAfterReset {
 async fn a_readiness_error_after_a_sent_attempt_is_not_taken_for_never_sent() {
     use seawall_core::error::{find, is, is_not_sent, SentEarlier};
 
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
+    let (listener, events) = recording();
     let layer = RetryLayer::builder()
         .backoff(Backoff::constant(ms(10)))
         .budget(RetryBudget::unlimited())
-        .on_event(move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e))
+        .on_event(listener)
         .build()
         .unwrap();
     let polled = Arc::new(Mutex::new(0));
@@ -828,10 +770,7 @@ async fn a_readiness_error_after_a_sent_attempt_is_not_taken_for_never_sent() {
     assert!(find::<Rejected>(&*err).is_some());
     assert_eq!(
         events.lock().unwrap().last(),
-        Some(&RetryEvent::GaveUp {
-            attempts: 1,
-            reason: GiveUpReason::NotReady
-        })
+        Some(&gave_up(1, GiveUpReason::NotReady))
     );
 }
 
@@ -851,21 +790,12 @@ async fn a_timed_out_attempt_then_one_never_sent_is_not_taken_for_never_sent() {
         .budget(RetryBudget::unlimited())
         .build()
         .unwrap();
-    let calls = Arc::new(Mutex::new(0u32));
-    let seen = calls.clone();
-    let svc = service_fn(move |_: Plain| {
-        let n = {
-            let mut n = seen.lock().unwrap();
-            *n += 1;
-            *n
-        };
-        async move {
-            if n == 1 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok(())
-            } else {
-                Err(Box::new(Rejected(NotSent::new())) as BoxError)
-            }
+    let (svc, calls) = counted(move |n| async move {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(())
+        } else {
+            Err(Box::new(Rejected(NotSent::new())) as BoxError)
         }
     });
     let start = Instant::now();
@@ -888,36 +818,16 @@ async fn a_backoff_that_fits_after_a_rejections_retry_after_is_not_shortened() {
         HttpPolicy::new(),
         Backoff::constant(Duration::from_micros(3500)),
     );
-    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
-    let start = Instant::now();
-    let mut req = post();
-    req.set_deadline(start + ms(305));
-    let res = layer.layer(svc).oneshot(req).await.unwrap();
-    assert_eq!(res.status(), 200);
+    let calls = answered_after_a_300_ms_retry_after(&layer, post_due_in(ms(305))).await;
     assert_eq!(calls.count(), 2);
     assert_eq!(
         *events.lock().unwrap(),
-        [RetryEvent::Retry {
-            attempt: 2,
-            delay: Duration::from_micros(303_500)
-        }]
+        retried(Duration::from_micros(303_500))
     );
 
     // 301 ms left: the `retry_after`'s timer may fire at the deadline, with nothing left.
-    let (layer, events) = http_retry(HttpPolicy::new());
-    let (svc, calls) = scripted(vec![NotSent(Some(ms(300))), Status(200)]);
-    let mut req = post();
-    req.set_deadline(Instant::now() + ms(301));
-    let err = layer.layer(svc).oneshot(req).await.unwrap_err();
-    assert_eq!(err.to_string(), "rejected");
-    assert_eq!(calls.count(), 1);
-    assert_eq!(
-        *events.lock().unwrap(),
-        [RetryEvent::GaveUp {
-            attempts: 1,
-            reason: GiveUpReason::Deadline
-        }]
-    );
+    let (_, events) = given_up(ms(300), post_due_in(ms(301))).await;
+    assert_eq!(events, [gave_up(1, GiveUpReason::Deadline)]);
 }
 
 /// A backoff after a rejection's `retry_after` that with a tick fills the deadline's room exactly

@@ -1,7 +1,8 @@
 //! Services that record when they were called, for the retry and hedge tests.
 #![allow(dead_code, unreachable_pub)]
 
-use seawall_core::{deadline::RequestDeadline, BoxError};
+use seawall_core::{deadline::RequestDeadline, BoxError, Name};
+use seawall_retry::{Backoff, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
 use std::{
     future::Future,
     sync::{Arc, Mutex},
@@ -63,10 +64,42 @@ impl Calls {
         self.0.lock().unwrap().len()
     }
 
+    /// When each call came, from `start`.
+    pub fn since(&self, start: Instant) -> Vec<Duration> {
+        self.all().iter().map(|c| c.at - start).collect()
+    }
+
     /// The gaps between consecutive calls.
     pub fn gaps(&self) -> Vec<Duration> {
         self.all().windows(2).map(|w| w[1].at - w[0].at).collect()
     }
+}
+
+/// The events a retry reports, as its listener keeps them.
+pub type Events = Arc<Mutex<Vec<RetryEvent>>>;
+
+/// A listener that keeps every event it is told of, and the events it keeps.
+pub fn recording() -> (impl Fn(&Name, &RetryEvent) + Send + Sync + 'static, Events) {
+    let events = Events::default();
+    let seen = events.clone();
+    let listener = move |_: &Name, e: &RetryEvent| seen.lock().unwrap().push(*e);
+    (listener, events)
+}
+
+/// The HTTP policy (a POST is not retried) with a 100 ms per-attempt timeout, and the events it
+/// reports.
+pub fn http_with_per_attempt_timeout() -> (RetryLayer<HttpPolicy>, Events) {
+    let (listener, events) = recording();
+    let layer = RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .per_attempt_timeout(ms(100))
+        .budget(RetryBudget::unlimited())
+        .on_event(listener)
+        .build()
+        .unwrap();
+    (layer, events)
 }
 
 /// Fails the first `failures` calls with the error `"fail {n}"`, then answers `"ok {n}"`.
