@@ -6,8 +6,9 @@
 mod common;
 
 use common::{dependency, send, Call};
-use seawall::breaker::{
-    BreakerConfigBuilder, BreakerLayer, OpenReason, SlidingWindow, State, Transition,
+use seawall::{
+    breaker::{BreakerConfigBuilder, BreakerLayer, OpenReason, SlidingWindow, State, Transition},
+    BoxError,
 };
 use std::{
     sync::{Arc, Mutex},
@@ -78,6 +79,26 @@ fn reasons(seen: &Seen) -> Vec<(State, State, Option<Reason>)> {
         .collect()
 }
 
+/// Sends each of `calls` in turn, their results unread.
+async fn send_all<S>(svc: &mut S, calls: impl IntoIterator<Item = Call>)
+where
+    S: Service<Call, Response = &'static str, Error = BoxError>,
+{
+    for call in calls {
+        let _ = send(svc, call).await;
+    }
+}
+
+/// The change from Closed to Open, for the reason named `name` with `fields`.
+fn opened(name: &'static str, fields: &[f64]) -> (State, State, Option<Reason>) {
+    (State::Closed, State::Open, reason(name, fields))
+}
+
+/// The change from HalfOpen back to Open, for the reason named `name` with `fields`.
+fn reopened(name: &'static str, fields: &[f64]) -> (State, State, Option<Reason>) {
+    (State::HalfOpen, State::Open, reason(name, fields))
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failure_rate_trip_gives_the_rate_and_threshold() {
     let (seen, layer) = recording(
@@ -87,21 +108,10 @@ async fn a_failure_rate_trip_gives_the_rate_and_threshold() {
             .failure_rate_threshold(0.5),
     );
     let mut svc = layer.layer(dependency().0);
-    for _ in 0..4 {
-        let _ = send(&mut svc, Call::Ok).await;
-    }
-    for _ in 0..6 {
-        let _ = send(&mut svc, Call::Fail).await;
-    }
+    send_all(&mut svc, [Call::Ok; 4]).await;
+    send_all(&mut svc, [Call::Fail; 6]).await;
     assert_eq!(layer.handle().state(), State::Open);
-    assert_eq!(
-        reasons(&seen),
-        [(
-            State::Closed,
-            State::Open,
-            reason("failure_rate", &[0.6, 0.5])
-        )]
-    );
+    assert_eq!(reasons(&seen), [opened("failure_rate", &[0.6, 0.5])]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,25 +123,14 @@ async fn a_time_window_trip_gives_the_rate_of_the_calls_in_the_window() {
             .failure_rate_threshold(0.5),
     );
     let mut svc = layer.layer(dependency().0);
-    for _ in 0..4 {
-        let _ = send(&mut svc, Call::Fail).await;
-    }
+    send_all(&mut svc, [Call::Fail; 4]).await;
     // The 4 failures leave the window before the next calls.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    for call in [Call::Ok, Call::Ok, Call::Fail, Call::Fail] {
-        let _ = send(&mut svc, call).await;
-    }
+    send_all(&mut svc, [Call::Ok, Call::Ok, Call::Fail, Call::Fail]).await;
     assert_eq!(layer.handle().state(), State::Closed);
     let _ = send(&mut svc, Call::Fail).await;
     assert_eq!(layer.handle().state(), State::Open);
-    assert_eq!(
-        reasons(&seen),
-        [(
-            State::Closed,
-            State::Open,
-            reason("failure_rate", &[0.6, 0.5])
-        )]
-    );
+    assert_eq!(reasons(&seen), [opened("failure_rate", &[0.6, 0.5])]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -145,21 +144,16 @@ async fn a_slow_call_rate_trip_gives_the_rate_and_threshold() {
             .slow_call_duration(Duration::from_millis(100)),
     );
     let mut svc = layer.layer(dependency().0);
-    for call in [Call::Ok, Call::Fail, Call::SlowOk(150), Call::SlowOk(150)] {
-        let _ = send(&mut svc, call).await;
-    }
+    send_all(
+        &mut svc,
+        [Call::Ok, Call::Fail, Call::SlowOk(150), Call::SlowOk(150)],
+    )
+    .await;
     // 2 slow calls of 4: too few calls yet.
     assert_eq!(layer.handle().state(), State::Closed);
     let _ = send(&mut svc, Call::SlowOk(150)).await;
     assert_eq!(layer.handle().state(), State::Open);
-    assert_eq!(
-        reasons(&seen),
-        [(
-            State::Closed,
-            State::Open,
-            reason("slow_call_rate", &[0.6, 0.55])
-        )]
-    );
+    assert_eq!(reasons(&seen), [opened("slow_call_rate", &[0.6, 0.55])]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,19 +167,14 @@ async fn the_failure_rate_comes_first_when_both_rates_trip() {
             .slow_call_duration(Duration::from_millis(100)),
     );
     let mut svc = layer.layer(dependency().0);
-    for call in [Call::Ok, Call::Fail, Call::SlowFail(100), Call::SlowOk(100)] {
-        let _ = send(&mut svc, call).await;
-    }
+    send_all(
+        &mut svc,
+        [Call::Ok, Call::Fail, Call::SlowFail(100), Call::SlowOk(100)],
+    )
+    .await;
     assert_eq!(layer.handle().state(), State::Open);
     // Both rates are 0.5 and over their thresholds, from the fourth call.
-    assert_eq!(
-        reasons(&seen),
-        [(
-            State::Closed,
-            State::Open,
-            reason("failure_rate", &[0.5, 0.45])
-        )]
-    );
+    assert_eq!(reasons(&seen), [opened("failure_rate", &[0.5, 0.45])]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,18 +182,22 @@ async fn a_run_of_failures_gives_its_length() {
     // The failure-rate rule is on too, but the window holds fewer than minimum_calls.
     let (seen, layer) = recording(BreakerLayer::builder().consecutive_failures(3));
     let mut svc = layer.layer(dependency().0);
-    for call in [Call::Fail, Call::Ok, Call::Fail, Call::Fail, Call::Fail] {
-        let _ = send(&mut svc, call).await;
-    }
+    send_all(
+        &mut svc,
+        [Call::Fail, Call::Ok, Call::Fail, Call::Fail, Call::Fail],
+    )
+    .await;
     assert_eq!(layer.handle().state(), State::Open);
-    assert_eq!(
-        reasons(&seen),
-        [(
-            State::Closed,
-            State::Open,
-            reason("consecutive_failures", &[3.0])
-        )]
-    );
+    assert_eq!(reasons(&seen), [opened("consecutive_failures", &[3.0])]);
+}
+
+/// Trips a [`probing`] breaker with one failure, and waits out its 1 s in Open.
+async fn trip_and_wait<S>(svc: &mut S)
+where
+    S: Service<Call, Response = &'static str, Error = BoxError>,
+{
+    let _ = send(svc, Call::Fail).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Trips on the first failure, waits 1 s, then `probes` probes.
@@ -218,26 +211,15 @@ fn probing(probes: u32) -> BreakerConfigBuilder {
 async fn failed_probes_reopen_with_their_counts() {
     let (seen, layer) = recording(probing(3).failure_rate_threshold(0.5));
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for call in [Call::Fail, Call::Ok, Call::Fail] {
-        let _ = send(&mut svc, call).await;
-    }
+    trip_and_wait(&mut svc).await;
+    send_all(&mut svc, [Call::Fail, Call::Ok, Call::Fail]).await;
     assert_eq!(layer.handle().state(), State::Open);
     assert_eq!(
         reasons(&seen),
         [
-            (
-                State::Closed,
-                State::Open,
-                reason("consecutive_failures", &[1.0])
-            ),
+            opened("consecutive_failures", &[1.0]),
             (State::Open, State::HalfOpen, None),
-            (
-                State::HalfOpen,
-                State::Open,
-                reason("probes_failed", &[2.0, 3.0])
-            ),
+            reopened("probes_failed", &[2.0, 3.0]),
         ]
     );
 }
@@ -246,11 +228,8 @@ async fn failed_probes_reopen_with_their_counts() {
 async fn one_failed_probe_reopens_under_the_consecutive_failures_rule_alone() {
     let (seen, layer) = recording(probing(3).without_failure_rate());
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for call in [Call::Ok, Call::Fail, Call::Ok] {
-        let _ = send(&mut svc, call).await;
-    }
+    trip_and_wait(&mut svc).await;
+    send_all(&mut svc, [Call::Ok, Call::Fail, Call::Ok]).await;
     assert_eq!(
         reasons(&seen).last().unwrap().2,
         reason("probes_failed", &[1.0, 3.0])
@@ -266,11 +245,8 @@ async fn slow_probes_reopen_with_their_counts() {
             .slow_call_duration(Duration::from_millis(100)),
     );
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for call in [Call::Ok, Call::SlowOk(150)] {
-        let _ = send(&mut svc, call).await;
-    }
+    trip_and_wait(&mut svc).await;
+    send_all(&mut svc, [Call::Ok, Call::SlowOk(150)]).await;
     assert_eq!(layer.handle().state(), State::Open);
     assert_eq!(
         reasons(&seen).last().unwrap().2,
@@ -283,8 +259,7 @@ async fn a_probe_that_outlives_the_half_open_wait_reopens_as_timed_out() {
     let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    trip_and_wait(&mut svc).await;
     let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
     tokio::task::yield_now().await;
     assert_eq!(handle.state(), State::HalfOpen);
@@ -294,11 +269,7 @@ async fn a_probe_that_outlives_the_half_open_wait_reopens_as_timed_out() {
         reasons(&seen)[1..],
         [
             (State::Open, State::HalfOpen, None),
-            (
-                State::HalfOpen,
-                State::Open,
-                reason("probes_timed_out", &[])
-            ),
+            reopened("probes_timed_out", &[]),
         ]
     );
     hung.abort();
@@ -308,8 +279,7 @@ async fn a_probe_that_outlives_the_half_open_wait_reopens_as_timed_out() {
 async fn a_call_after_the_half_open_wait_reopens_as_timed_out() {
     let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    trip_and_wait(&mut svc).await;
     let hung = tokio::spawn(svc.ready().await.unwrap().call(Call::Hang));
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -317,11 +287,7 @@ async fn a_call_after_the_half_open_wait_reopens_as_timed_out() {
     assert!(common::rejected(&send(&mut svc, Call::Ok).await));
     assert_eq!(
         reasons(&seen).last().unwrap(),
-        &(
-            State::HalfOpen,
-            State::Open,
-            reason("probes_timed_out", &[])
-        )
+        &reopened("probes_timed_out", &[])
     );
     hung.abort();
 }
@@ -330,17 +296,12 @@ async fn a_call_after_the_half_open_wait_reopens_as_timed_out() {
 async fn a_late_probe_result_reopens_as_timed_out() {
     let (seen, layer) = recording(probing(1).max_wait_in_half_open(Duration::from_secs(2)));
     let mut svc = layer.layer(dependency().0);
-    let _ = send(&mut svc, Call::Fail).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    trip_and_wait(&mut svc).await;
     // Answers after the bound; nothing else looks at the breaker before it does.
     let _ = send(&mut svc, Call::SlowOk(3_000)).await;
     assert_eq!(
         reasons(&seen).last().unwrap(),
-        &(
-            State::HalfOpen,
-            State::Open,
-            reason("probes_timed_out", &[])
-        )
+        &reopened("probes_timed_out", &[])
     );
 }
 
@@ -377,9 +338,7 @@ async fn metrics_only_reports_the_reason_it_would_open_for() {
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
     handle.metrics_only();
-    for call in [Call::Fail, Call::Ok, Call::Fail] {
-        let _ = send(&mut svc, call).await;
-    }
+    send_all(&mut svc, [Call::Fail, Call::Ok, Call::Fail]).await;
     assert_eq!(handle.snapshot().machine_state, State::Closed);
     let _ = send(&mut svc, Call::Fail).await;
     assert_eq!(handle.snapshot().machine_state, State::Open);
@@ -391,22 +350,14 @@ async fn metrics_only_reports_the_reason_it_would_open_for() {
         .iter()
         .map(|t| (t.from, t.to, t.metrics_only, t.reason.map(parts)))
         .collect();
-    let would = |from, to, reason| (from, to, true, reason);
+    let would = |(from, to, reason)| (from, to, true, reason);
     assert_eq!(
         seen,
         [
             (State::Closed, State::MetricsOnly, false, None),
-            would(
-                State::Closed,
-                State::Open,
-                reason("failure_rate", &[0.75, 0.7])
-            ),
-            would(State::Open, State::HalfOpen, None),
-            would(
-                State::HalfOpen,
-                State::Open,
-                reason("probes_failed", &[1.0, 1.0])
-            ),
+            would(opened("failure_rate", &[0.75, 0.7])),
+            would((State::Open, State::HalfOpen, None)),
+            would(reopened("probes_failed", &[1.0, 1.0])),
         ]
     );
 }
