@@ -7,6 +7,7 @@ use seawall_core::{BoxError, Name, Outcome};
 use seawall_retry::{hedge::HedgeConfigBuilder, HedgeEvent, HedgeLayer, Policy, RetryBudget};
 use std::{
     future::Future,
+    ops::RangeInclusive,
     pin::pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -1398,6 +1399,39 @@ where
     (layer, requests, svc)
 }
 
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Makes calls with `call` until `first_until` from now, checking that the first period measured
+/// leaves a delay of about 10 ms, then until `until`, checking before each call that the delay
+/// lies in `steady`.
+async fn percentile_delay_settles(
+    layer: &HedgeLayer,
+    mut call: impl AsyncFnMut(),
+    first_until: Duration,
+    until: Duration,
+    steady: RangeInclusive<Duration>,
+) {
+    let start = Instant::now();
+    let mut first = None;
+    while Instant::now() < start + first_until {
+        call().await;
+        first = first.or(layer.current_delay());
+    }
+    let first = first.expect("the first period has ended");
+    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
+    while Instant::now() < start + until {
+        let delay = layer.current_delay().unwrap();
+        assert!(
+            steady.contains(&delay),
+            "{delay:?} at {:?}",
+            Instant::now() - start
+        );
+        call().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_failures_count_towards_the_percentile_delay() {
     let slow_failure = || async {
@@ -1409,23 +1443,10 @@ async fn slow_failures_count_towards_the_percentile_delay() {
     // percentile of them is known, so the delay it ends with is theirs, ~10 ms. From the second
     // (to about 4 s) on, a fifth of the calls take about 1 s, and so does the 90th percentile,
     // period after period.
-    let start = Instant::now();
-    let mut first = None;
-    while Instant::now() < start + Duration::from_secs(5) {
+    let call = async || {
         let _ = svc.ready().await.unwrap().call(requests()).await;
-        first = first.or(layer.current_delay());
-    }
-    let first = first.expect("the first period has ended");
-    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
-    while Instant::now() < start + Duration::from_secs(20) {
-        let delay = layer.current_delay().unwrap();
-        assert!(
-            delay >= ms(950) && delay <= ms(1050),
-            "{delay:?} at {:?}",
-            Instant::now() - start
-        );
-        let _ = svc.ready().await.unwrap().call(requests()).await;
-    }
+    };
+    percentile_delay_settles(&layer, call, secs(5), secs(20), ms(950)..=ms(1050)).await;
 }
 
 /// A saturated bulkhead below that turns a call away only after it waited a second for a permit
@@ -1439,23 +1460,10 @@ async fn slow_rejections_never_sent_do_not_count_towards_the_percentile_delay() 
     let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow_rejection);
     // The first period (to about 2 s) measures the successes, ~10 ms; a fifth of the calls then
     // wait 1 s to be turned away, period after period, and the delay stays the successes'.
-    let start = Instant::now();
-    let mut first = None;
-    while Instant::now() < start + Duration::from_secs(5) {
+    let call = async || {
         let _ = svc.ready().await.unwrap().call(requests()).await;
-        first = first.or(layer.current_delay());
-    }
-    let first = first.expect("the first period has ended");
-    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
-    while Instant::now() < start + Duration::from_secs(20) {
-        let delay = layer.current_delay().unwrap();
-        assert!(
-            delay >= ms(9) && delay <= ms(11),
-            "{delay:?} at {:?}",
-            Instant::now() - start
-        );
-        let _ = svc.ready().await.unwrap().call(requests()).await;
-    }
+    };
+    percentile_delay_settles(&layer, call, secs(5), secs(20), ms(9)..=ms(11)).await;
 }
 
 /// A call whose original failed after 50 ms, and whose hedge then waited a second below for a
@@ -1481,59 +1489,27 @@ async fn a_hedges_wait_to_be_turned_away_does_not_count_towards_the_percentile_d
         }
     };
     let (layer, mut requests, mut svc) = p90_with_every_fifth_call(slow);
-    let mut call = async || {
+    let call = async || {
         copies.store(0, Ordering::SeqCst);
         let _ = svc.ready().await.unwrap().call(requests()).await;
     };
     // The first period (to about 1 s) measures the successes, ~10 ms, and sends no hedge. From
     // then on a fifth of the calls fail after 50 ms while their hedge waits a second to be turned
     // away, and the 90th percentile is theirs, ~50 ms, not the second.
-    let start = Instant::now();
-    let mut first = None;
-    while Instant::now() < start + Duration::from_secs(4) {
-        call().await;
-        first = first.or(layer.current_delay());
-    }
-    let first = first.expect("the first period has ended");
-    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
-    while Instant::now() < start + Duration::from_secs(15) {
-        let delay = layer.current_delay().unwrap();
-        assert!(
-            delay >= ms(45) && delay <= ms(55),
-            "{delay:?} at {:?}",
-            Instant::now() - start
-        );
-        call().await;
-    }
+    percentile_delay_settles(&layer, call, secs(4), secs(15), ms(45)..=ms(55)).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn calls_dropped_unanswered_count_towards_the_percentile_delay() {
     // Every fifth call hangs until the caller gives up on it after 500 ms.
     let (layer, mut requests, mut svc) = p90_with_every_fifth_call(std::future::pending);
-    let start = Instant::now();
-    let mut call = async || {
+    let call = async || {
         let call = svc.ready().await.unwrap().call(requests());
         let _ = tokio::time::timeout(ms(500), call).await;
     };
     // The first period (to about 1 s) measures the successes alone, ~10 ms. Two periods in, and
     // from then on, the calls given up on set the 90th percentile, ~500 ms.
-    let mut first = None;
-    while Instant::now() < start + Duration::from_secs(4) {
-        call().await;
-        first = first.or(layer.current_delay());
-    }
-    let first = first.expect("the first period has ended");
-    assert!(first >= ms(9) && first <= ms(11), "{first:?}");
-    while Instant::now() < start + Duration::from_secs(15) {
-        let delay = layer.current_delay().unwrap();
-        assert!(
-            delay >= ms(480) && delay <= ms(550),
-            "{delay:?} at {:?}",
-            Instant::now() - start
-        );
-        call().await;
-    }
+    percentile_delay_settles(&layer, call, secs(4), secs(15), ms(480)..=ms(550)).await;
 }
 
 #[tokio::test(start_paused = true)]
