@@ -60,8 +60,9 @@
 //!
 //! - [`HonorTimeoutLayer`], at the top of the layers under a generated client, makes a caller's
 //!   `grpc-timeout` the request's [`Deadline`](seawall_core::deadline::Deadline) (unless it
-//!   already carries an earlier one; a negative one grpc-go reads, `-1S`, is a deadline of now,
-//!   as `0n` is), so the timeouts under it end the call by then if their own
+//!   already carries an earlier one; a negative one, `-1S`, is a deadline of now, as `0n` is:
+//!   grpc-go before 1.73 reads it as a deadline already past, though since 1.73 grpc-go rejects a
+//!   signed timeout with `INTERNAL`), so the timeouts under it end the call by then if their own
 //!   duration is longer: as with tonic's own `Endpoint::timeout`, the shorter of the caller's
 //!   timeout and the stack's wins;
 //! - [`SendDeadlineLayer`], at the bottom, above the `Channel`, writes the deadline seawall
@@ -69,9 +70,10 @@
 //!   [`Deadline`](seawall_core::deadline::Deadline)) into `grpc-timeout` as the time left, so the
 //!   server stops working on an attempt the client has given up on. A shorter `grpc-timeout`
 //!   already on the request is kept; one it cannot read ([`parse_timeout`]) is written over, or
-//!   sent as `1n` if grpc-go reads it as negative, a deadline already past (a `-`, one to seven
-//!   digits and a unit, `-1S`; grpc-go rejects any other `-`, `-5` or `--1S`, which is written
-//!   over like the rest). A
+//!   sent as `1n`, which every server reads as a deadline already past, if it is negative as
+//!   grpc-go before 1.73 reads one (a `-`, one to seven digits and a unit, `-1S`; since 1.73
+//!   grpc-go rejects any signed timeout with `INTERNAL`, and any other `-`, `-5` or `--1S`, is
+//!   written over like the rest). A
 //!   `Channel` also applies the `grpc-timeout` it sends itself, failing the call with
 //!   `tonic::TimeoutExpired` on the same timer tick as the seawall timeout that enforces the
 //!   deadline, or a little earlier (the header is rounded down), and the server,
@@ -593,8 +595,8 @@ impl GrpcTimeout {
     /// is `None`.
     fn parse(bytes: &[u8]) -> Option<Self> {
         let (&unit, number) = bytes.split_last()?;
-        // As tonic and grpc-go read it: eight characters at most, the number read as an integer,
-        // which may start with a `+`.
+        // As tonic reads it, and grpc-go before 1.73: eight characters at most, the number read
+        // as an integer, which may start with a `+` (grpc-go 1.73 and later reject any sign).
         if number.len() > 8 {
             return None;
         }
@@ -633,10 +635,11 @@ impl GrpcTimeout {
         }
     }
 
-    /// Whether `bytes` are a negative timeout as grpc-go reads one, a deadline already past: a
-    /// `-`, one to seven ASCII digits (nine characters in all at most, as for any timeout) and a
-    /// unit. grpc-go rejects anything else that starts with a `-` (`-5`, `--1S`, `-1.5S`) as
-    /// malformed, and tonic ignores it, as they do any other header they cannot read.
+    /// Whether `bytes` are a negative timeout as grpc-go before 1.73 reads one, a deadline
+    /// already past: a `-`, one to seven ASCII digits (nine characters in all at most, as for any
+    /// timeout) and a unit. Those versions reject anything else that starts with a `-` (`-5`,
+    /// `--1S`, `-1.5S`) as malformed; grpc-go 1.73 and later reject any signed timeout, this one
+    /// too, with `INTERNAL`; tonic ignores it, as it does any other header it cannot read.
     fn is_negative(bytes: &[u8]) -> bool {
         match bytes {
             [b'-', digits @ .., unit] => {
@@ -682,13 +685,15 @@ impl GrpcTimeout {
 enum CallerTimeout {
     /// One [`GrpcTimeout::parse`] reads.
     Timeout(GrpcTimeout),
-    /// A negative one grpc-go reads ([`GrpcTimeout::is_negative`]): a deadline already past, as
-    /// `0n` is.
+    /// A negative one as grpc-go before 1.73 reads one ([`GrpcTimeout::is_negative`]), which
+    /// seawall takes as a deadline already past, as `0n` is: those versions read it so, grpc-go
+    /// 1.73 and later reject it with `INTERNAL`, and tonic ignores it. `1n`, sent in its place, is
+    /// read as past by every server, and a deadline of now never gives the call more time.
     Past,
 }
 
 impl CallerTimeout {
-    /// `None` for a header neither seawall nor grpc-go reads.
+    /// `None` for a header that is neither a timeout seawall reads nor such a negative one.
     fn read(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
         match GrpcTimeout::parse(bytes) {
@@ -710,7 +715,9 @@ impl CallerTimeout {
 /// (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds) or `n` (nanoseconds), as
 /// the [gRPC spec](https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) has it.
 /// The digits may follow a `+`, within the eight characters, as tonic's server and `Channel`
-/// read them (`u64::from_str`), and grpc-go's: `+1S` is one second to them, and so to seawall.
+/// read them (`u64::from_str`), and grpc-go's before 1.73: `+1S` is one second to them, and so to
+/// seawall. grpc-go 1.73 and later reject it with `INTERNAL`; [`SendDeadline`] sends it as `1S`
+/// when the request has a deadline.
 ///
 /// `None` for anything else (a ninth character, a `-`, a space, a decimal point, an unknown
 /// unit). A value of zero is read as [`Duration::ZERO`]: the spec asks for a positive number,
@@ -800,8 +807,11 @@ impl<S> Layer<S> for HonorTimeoutLayer {
 /// that long from now; made by [`HonorTimeoutLayer`].
 ///
 /// A request that already carries an earlier deadline keeps it. A negative `grpc-timeout` that
-/// grpc-go reads as one, a `-`, one to seven digits and a unit (`-1S`), is a deadline already
-/// past, as `0n` is: the request's deadline is now, and [`SendDeadline`] below sends it as `1n`.
+/// grpc-go before 1.73 reads as one, a `-`, one to seven digits and a unit (`-1S`), is a deadline
+/// already past, as `0n` is: the request's deadline is now, and [`SendDeadline`] below sends it as
+/// `1n`. That is seawall's reading of a header some servers take as past and others reject
+/// (grpc-go 1.73 and later, with `INTERNAL`) or ignore (tonic): `1n` is read as past by every
+/// server, and a deadline of now never gives the call more time than the caller's header did.
 /// Any other `grpc-timeout` that [`parse_timeout`] cannot read (`-5`, `1.5S`) sets none
 /// ([`SendDeadline`] below writes over it if the request has a deadline from elsewhere). The
 /// header itself stays on the request. The deadline caps the timeouts under it, never lengthens
@@ -911,18 +921,20 @@ impl<S> Layer<S> for SendDeadlineLayer {
 /// The time left is measured from [`tokio::time::Instant::now`] at `call` and written by
 /// [`encode_timeout`]: rounded down, never more than the client has, and `1n` once the deadline has
 /// passed. A `grpc-timeout` already on the request (a caller's own) is kept when it is no longer
-/// than that, written in its standard form (`+1S` as `1S`: the gRPC C core's servers, unlike tonic
-/// and grpc-go, cannot read the `+`), and replaced when it is longer. One that [`parse_timeout`]
+/// than that, written in its standard form (`+1S` as `1S`: tonic reads the `+`, as grpc-go did
+/// before 1.73, but grpc-go 1.73 and later reject it with `INTERNAL`, and the gRPC C core's servers
+/// cannot read it), and replaced when it is longer. One that [`parse_timeout`]
 /// cannot read is replaced too: left in place, it would get the call rejected (grpc-go answers it
 /// with `INTERNAL`, which classifiers count against the endpoint) or ignored (a tonic server, told
 /// no deadline at all), while the client waits for the request's deadline anyway. Writing it over
 /// may lengthen a caller's timeout for the gRPC C core's servers, which read more than the spec
 /// allows (spaces, ` 1S` or `1 S`, and nine digits, `000000001S`): under a 10 s deadline, ` 1S` is
 /// sent as `10000000u`, and such a server works on past the caller's timeout, though never past the
-/// request's deadline. A negative one that grpc-go reads, a `-`, one to seven digits and a unit
-/// (`-1S`), a deadline already past to it, is sent as `1n`, which every server reads so, and is
-/// then a caller's header kept; any other header that starts with a `-` (`-5`, `--1S`, `-1.5S`,
-/// `-12345678S`), which grpc-go rejects with `INTERNAL` too and tonic ignores, is written over.
+/// request's deadline. A negative one that grpc-go before 1.73 reads, a `-`, one to seven digits
+/// and a unit (`-1S`), a deadline already past to it (grpc-go 1.73 and later reject any signed
+/// timeout with `INTERNAL`), is sent as `1n`, which every server reads so, and is then a caller's
+/// header kept; any other header that starts with a `-` (`-5`, `--1S`, `-1.5S`, `-12345678S`),
+/// which grpc-go rejects with `INTERNAL` too and tonic ignores, is written over.
 /// Only [`HonorTimeoutLayer`] above makes a caller's header a deadline that shrinks as time passes:
 /// without it, each attempt of a retry keeps the caller's header as it came, whatever time the
 /// earlier attempts took, for as long as it is no longer than the time left to the request's own
@@ -1043,12 +1055,14 @@ where
                 // With whether it is to be written back.
                 Some(value) => match CallerTimeout::read(value) {
                     // Written back in its standard form when it is not (`+1S` is sent as `1S`):
-                    // the gRPC C core's servers cannot read a `+`.
+                    // the gRPC C core's servers cannot read a `+`, and grpc-go 1.73 and later
+                    // reject it.
                     Some(CallerTimeout::Timeout(theirs)) => (theirs.duration() <= ours.duration())
                         .then(|| (theirs, !GrpcTimeout::is_standard(value.as_bytes()))),
-                    // A negative one grpc-go reads (`-1S`), a deadline already past to it (and to
-                    // `HonorTimeout`, which made it the request's deadline), is sent as the least
-                    // the header can say, `1n`, which every server reads so.
+                    // A negative one grpc-go before 1.73 reads (`-1S`), a deadline already past
+                    // to it (and to `HonorTimeout`, which made it the request's deadline), is sent
+                    // as the least the header can say, `1n`, which every server reads so (grpc-go
+                    // 1.73 and later reject the `-`).
                     Some(CallerTimeout::Past) => Some((GrpcTimeout::LEAST, true)),
                     // Any other header seawall cannot read is written over: a server answers it
                     // with an error (grpc-go's `INTERNAL`) that classifiers would count against
@@ -1249,8 +1263,9 @@ mod tests {
         assert_eq!(parse("00000100m"), Some(Duration::from_millis(100)));
     }
 
-    /// tonic reads the number with `u64::from_str`, and grpc-go with `strconv.ParseInt`: both
-    /// take a leading `+`, within the eight characters.
+    /// tonic reads the number with `u64::from_str`, and grpc-go before 1.73 with
+    /// `strconv.ParseInt`: both take a leading `+`, within the eight characters. (grpc-go 1.73
+    /// and later read it with `strconv.ParseUint`, and reject any sign.)
     #[test]
     fn parse_reads_a_plus_as_tonic_does() {
         assert_eq!(parse("+1S"), Some(Duration::from_secs(1)));
@@ -1303,10 +1318,11 @@ mod tests {
         assert_eq!(parse_timeout(&value), None);
     }
 
-    /// grpc-go reads a `-`, one to seven digits and a unit as a negative timeout (nine characters
-    /// at most, `strconv.ParseInt` on what precedes the unit), and rejects any other `-`.
+    /// grpc-go before 1.73 reads a `-`, one to seven digits and a unit as a negative timeout
+    /// (nine characters at most, `strconv.ParseInt` on what precedes the unit), and rejects any
+    /// other `-`. (grpc-go 1.73 and later reject them all.)
     #[test]
-    fn negative_is_what_grpc_go_reads_as_negative() {
+    fn negative_is_what_grpc_go_before_1_73_reads_as_negative() {
         for negative in ["-1S", "-0n", "-0S", "-0000001m", "-1234567H", "-7u", "-7M"] {
             assert!(
                 GrpcTimeout::is_negative(negative.as_bytes()),

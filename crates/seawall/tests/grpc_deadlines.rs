@@ -207,8 +207,9 @@ async fn a_malformed_grpc_timeout_is_left_alone() {
     );
 }
 
-/// A negative `grpc-timeout` that grpc-go reads (a `-`, one to seven digits and a unit) is a
-/// deadline already past to it: like `0n`, it makes the request's deadline now.
+/// A negative `grpc-timeout` that grpc-go before 1.73 reads (a `-`, one to seven digits and a
+/// unit) is a deadline already past to it (grpc-go 1.73 and later reject it): like `0n`, it makes
+/// the request's deadline now.
 #[tokio::test(start_paused = true)]
 async fn a_negative_grpc_timeout_is_a_deadline_of_now() {
     let client = HonorTimeoutLayer::new().layer(inner(Duration::ZERO));
@@ -271,9 +272,10 @@ async fn a_shorter_grpc_timeout_on_the_request_is_kept() {
     }
 }
 
-/// tonic and grpc-go read a `+` before the digits: `+1S` is one second to them. It is kept under a
-/// longer deadline, never written over with the longer time left, and sent without the `+`, which
-/// the gRPC C core's servers cannot read (nor leading zeros, which it can).
+/// tonic reads a `+` before the digits, as grpc-go did before 1.73: `+1S` is one second to them. It
+/// is kept under a longer deadline, never written over with the longer time left, and sent without
+/// the `+`, which grpc-go 1.73 and later reject and the gRPC C core's servers cannot read (nor
+/// leading zeros, which it can).
 #[tokio::test(start_paused = true)]
 async fn a_grpc_timeout_with_a_plus_is_not_lengthened() {
     let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
@@ -300,8 +302,9 @@ async fn a_grpc_timeout_with_a_plus_is_not_lengthened() {
 }
 
 /// A `grpc-timeout` seawall cannot read is written over with the time left to the deadline, and a
-/// negative one grpc-go reads (a `-`, one to seven digits and a unit: `-1S`, a deadline already
-/// past) is sent as `1n`. Any other `-` grpc-go rejects, as it does the rest.
+/// negative one grpc-go before 1.73 reads (a `-`, one to seven digits and a unit: `-1S`, a
+/// deadline already past) is sent as `1n`. Any other `-` grpc-go rejects, as it does the rest (and
+/// grpc-go 1.73 and later reject any signed timeout).
 #[tokio::test(start_paused = true)]
 async fn a_malformed_grpc_timeout_is_written_over() {
     let client = SendDeadlineLayer::new().layer(inner(Duration::ZERO));
