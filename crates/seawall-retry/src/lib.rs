@@ -154,7 +154,7 @@ pub enum RetryEvent {
     /// future first, the call's deadline may pass during the backoff or while the service is not
     /// ready ([`GiveUpReason::Deadline`]), or the service may fail to get ready
     /// ([`GiveUpReason::NotReady`]). The `seawall_retry_retries_total` metric counts the retries
-    /// sent.
+    /// handed to the inner service, one a layer below then turns away before sending counting too.
     Retry {
         /// The attempt scheduled: 2 for the first retry.
         attempt: u32,
