@@ -74,7 +74,8 @@ pub const RATELIMIT_KEYS: &str = "seawall_ratelimit_keys";
 // ----- end bulkhead -----
 
 // ----- retry and hedging metric names -----
-/// Counter: retries a retry layer sent (attempts after the first).
+/// Counter: retries a retry layer handed to its inner service (attempts after the first), one a
+/// layer below then turns away before sending counting too.
 pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
 /// Counter: failed calls a retry layer did not retry because its budget was exhausted.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
@@ -214,7 +215,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RETRY_RETRIES,
         Kind::Counter,
-        "Retries sent by a seawall retry layer.",
+        "Retries a seawall retry layer handed to its inner service, sent or turned away below.",
     ),
     (
         RETRY_BUDGET_EXHAUSTED,
