@@ -80,9 +80,9 @@ pub const RETRY_RETRIES: &str = "seawall_retry_retries_total";
 /// Counter: failed calls a retry layer did not retry because its budget was exhausted.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "seawall_retry_budget_exhausted_total";
 /// Counter: failed calls a retry layer gave up on for another reason: attempts used up, the
-/// deadline too close for the backoff (or passed while waiting for readiness), a `Retry-After`
-/// longer than the cap, a request it could no longer copy, or an inner service that failed to get
-/// ready for the next attempt.
+/// deadline too close for the backoff (or passed while waiting for readiness), a `Retry-After`, or
+/// a rejection's `retry_after`, longer than the cap, a request it could no longer copy, or an inner
+/// service that failed to get ready for the next attempt.
 pub const RETRY_GAVE_UP: &str = "seawall_retry_gave_up_total";
 /// Counter: hedged copies a hedge layer sent, counted when handed to its inner service: a copy a
 /// layer below then turns away before sending it (a full bulkhead's `Full`) counts too, though its
@@ -225,7 +225,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (
         RETRY_GAVE_UP,
         Kind::Counter,
-        "Failed calls a seawall retry layer gave up on (attempts, deadline, Retry-After, a request it could not copy, or a readiness error).",
+        "Failed calls a seawall retry layer gave up on (attempts, deadline, Retry-After or retry_after, a request it could not copy, or a readiness error).",
     ),
     (
         HEDGE_SENT,
