@@ -179,9 +179,9 @@ impl<P, K> RetryConfigBuilder<P, K> {
     /// [`seawall_core::error::find`].
     ///
     /// Above all for a circuit breaker's `Open` under the retry: its wait is seconds, a backoff
-    /// tens of milliseconds, so retrying it only waits to be rejected again, and spends the
-    /// budget real failures need once the breaker closes. The client stack's retry ignores
-    /// `Open`.
+    /// tens of milliseconds, so retrying it only waits to be rejected again, and spends a ratio
+    /// budget's retries that real failures need once the breaker closes (a token bucket is not
+    /// charged for a rejection never sent). The client stack's retry ignores `Open`.
     ///
     /// ```
     /// use seawall::{breaker::Open, retry::RetryLayer};
