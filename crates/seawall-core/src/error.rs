@@ -37,9 +37,10 @@
 //! visible as not sent.
 //!
 //! A call made of several attempts (a retry's, a hedge's copies) was sent if any attempt was:
-//! when its last attempt was never sent but an earlier one was, the retry wraps the error it
-//! returns in a [`SentEarlier`], which [`not_sent`] stops at, so the call is not taken for one
-//! that is safe to send again.
+//! when its last attempt was never sent but an earlier one was, the retry or hedge layer wraps
+//! the error it returns in a [`SentEarlier`] (and a failed fallback that may have sent the
+//! request wraps the original in one), which [`not_sent`] stops at, so the call is not taken for
+//! one that is safe to send again.
 //!
 //! ```
 //! use seawall_core::error::{find, is, BoxError};
@@ -129,8 +130,9 @@ impl Error for NotSent {}
 ///
 /// A layer that makes several attempts of one call (a retry, a hedge) wraps the error it returns
 /// in one when that error proves its attempt was never sent and an earlier attempt was sent;
-/// [`not_sent`] then gives `None`. The wrapped error is its [`source()`](Error::source), so it is
-/// still found by its type with [`find`].
+/// [`not_sent`] then gives `None`. A failed fallback that may have sent the request wraps the
+/// original error in one the same way. The wrapped error is its [`source()`](Error::source), so
+/// it is still found by its type with [`find`].
 ///
 /// ```
 /// use seawall_core::error::{find, is_not_sent, BoxError, NotSent, SentEarlier};
