@@ -200,8 +200,8 @@ impl RetryBudget {
         }
     }
 
-    /// Takes one retry from the budget, to be given back if the retry is never sent; `None` when
-    /// the budget is exhausted.
+    /// Takes one retry from the budget, to be given back if the retry is never handed to the inner
+    /// service; `None` when the budget is exhausted.
     pub(crate) fn withdraw(&self) -> Option<Withdrawal> {
         match &*self.inner {
             Kind::Ratio(r) => r
@@ -356,9 +356,11 @@ impl RatioBuilder {
 }
 
 /// One retry (or hedge) taken from a budget by [`RetryBudget::withdraw`]. Dropped before it is
-/// [spent](Withdrawal::spend), it is given back: a retry or hedge that was never sent (the caller
-/// gave up during the backoff, the original call answered first) does not count against the
-/// budget. Given back after its slice has left the window, it changes nothing.
+/// [spent](Withdrawal::spend), it is given back: a retry or hedge never handed to the inner
+/// service (the caller gave up during the backoff, the original call answered first), or a hedge
+/// a layer below turned away before sending, does not count against the budget. A retry handed
+/// on is spent, even one a layer below then turns away. Given back after its slice has left the
+/// window, it changes nothing.
 #[must_use = "dropping a withdrawal gives it back"]
 pub(crate) struct Withdrawal(Option<(RetryBudget, u64)>);
 
@@ -368,7 +370,8 @@ impl Withdrawal {
         Withdrawal(None)
     }
 
-    /// The retry or hedge it paid for was sent: it stays withdrawn.
+    /// The retry or hedge it paid for was handed to the inner service (a hedge: and not turned
+    /// away before sending): it stays withdrawn.
     pub(crate) fn spend(mut self) {
         self.0 = None;
     }

@@ -133,7 +133,8 @@ pin_project! {
         // What `sleep` times while an attempt runs.
         timed: Timed,
         delays: Option<Delays>,
-        // The budget's retry for the attempt being prepared: given back if it is never sent.
+        // The budget's retry for the attempt being prepared: given back if it is never handed
+        // to the inner service.
         paid: Option<Withdrawal>,
         service: S,
         template: Option<Req>,
