@@ -11,8 +11,8 @@ pub(crate) type ErrorPredicate = Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Se
 /// `C` the classifier for responses, `X` what the layer takes from each request
 /// ([`NoContext`](crate::NoContext), or [`WithRequest`](crate::WithRequest) after
 /// [`with_request`](FallbackBuilder::with_request)). One layer instance is one policy: the
-/// services it produces, and their clones, share its handler, rules, listeners, metric handles
-/// and context closure.
+/// services it produces, and their clones, share its handler, rules, listeners, name and context
+/// closure.
 pub struct FallbackLayer<H, C, X = NoContext> {
     shared: Arc<Shared<H, C>>,
     context: X,
