@@ -49,7 +49,8 @@ impl<Res> Failed<Res> {
 }
 
 /// A failed call carries no deadline: a `TimeoutLayer` around a fallback service bounds the
-/// fallback on its own, whatever time the original call used.
+/// fallback's call on its own, whatever time the original call used. It does not bound the wait
+/// for the fallback service's readiness, which comes before the call (see [`FromService`]).
 impl<Res> RequestDeadline for Failed<Res> {}
 
 impl<Res> fmt::Debug for Failed<Res> {
@@ -206,6 +207,14 @@ impl<F> fmt::Debug for FromFn<F> {
 ///
 /// Each fallback call clones the service and drives the clone to readiness (a
 /// [`oneshot`](tower::ServiceExt::oneshot)), so the fallback service is never called unready.
+///
+/// A `TimeoutLayer` around the fallback service does not bound that wait for readiness: its
+/// deadline starts at `call`, and its `poll_ready` is the inner service's. A fallback service that
+/// waits for capacity in `poll_ready` (a bulkhead or rate limiter with `backpressure`, a full
+/// `Buffer`, a `ConcurrencyLimit`, tower's `Balance` with no endpoint ready) holds the call for as
+/// long as that lasts. Bound such a wait where it happens: a bulkhead's or rate limiter's
+/// `max_wait` instead of `backpressure` waits inside the response future, under the timeout. A
+/// total timeout above the fallback layer bounds the original call and the fallback together.
 ///
 /// The service is kept behind a lock, taken only to clone it for a fallback call: a service that
 /// is `Send` but not `Sync` (a [`BoxCloneService`](tower::util::BoxCloneService)) still gives a

@@ -114,6 +114,51 @@ async fn a_timeout_layer_bounds_a_slow_fallback_service() {
     assert!(error::is::<Elapsed>(failed.fallback_error()));
 }
 
+/// A `TimeoutLayer` around a fallback service bounds the fallback's call, not its wait for
+/// readiness, which comes first: behind a full bulkhead with backpressure the fallback waits in
+/// `poll_ready`, past the timeout. A bulkhead's `max_wait` waits inside the call, under it.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_around_the_fallback_bounds_its_call_not_its_wait_for_readiness() {
+    use seawall_bulkhead::BulkheadLayer;
+    use std::time::Duration;
+
+    for backpressure in [true, false] {
+        let builder = BulkheadLayer::builder().max_concurrent(1);
+        let bulkhead = if backpressure {
+            builder.backpressure(true)
+        } else {
+            builder.max_wait(Duration::from_secs(60))
+        }
+        .build()
+        .unwrap();
+        // Another call holds the bulkhead's only permit for good.
+        let hang = service_fn(|_: Failed<&'static str>| {
+            std::future::pending::<Result<&'static str, BoxError>>()
+        });
+        let mut holder =
+            tokio_test::task::spawn(bulkhead.layer(hang).oneshot(Failed::Response("")));
+        assert!(holder.poll().is_pending());
+
+        let cache = service_fn(|_: Failed<&'static str>| async { Ok::<_, BoxError>("cached") });
+        let bounded = seawall::timeout::TimeoutLayer::new(Duration::from_millis(100))
+            .layer(bulkhead.layer(cache));
+        let svc = FallbackLayer::builder()
+            .build_service(bounded)
+            .unwrap()
+            .layer(service_fn(|()| async {
+                Err::<&'static str, BoxError>("down".into())
+            }));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(())).await;
+        if backpressure {
+            assert!(outcome.is_err(), "the wait for readiness is not bounded");
+        } else {
+            let err = outcome.expect("bounded by the timeout").unwrap_err();
+            let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+            assert!(error::is::<Elapsed>(failed.fallback_error()));
+        }
+    }
+}
+
 /// A rejection of one's own raised before the request was handed on.
 #[derive(Debug)]
 struct Shed;
