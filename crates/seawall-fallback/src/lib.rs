@@ -34,7 +34,8 @@
 //! sends the request belongs in [`build_service`](FallbackBuilder::build_service).
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is
-//! answered from the fallback, and the failed service is dropped (see [`Fallback`]).
+//! answered from the fallback, and the failed service is dropped (see [`Fallback`]). This is
+//! reported once, with a `warn` `tracing` event and [`FallbackEvent::InnerFailed`].
 //!
 //! # Where it goes
 //!
@@ -176,4 +177,8 @@ pub enum FallbackEvent {
     },
     /// The fallback failed too.
     Failed,
+    /// The inner service failed to get ready with an error the layer handles and was dropped:
+    /// this service, and the clones made of it from now on, answer every call from the fallback
+    /// (see [`Fallback`]). Reported once per service, when `poll_ready` keeps the error.
+    InnerFailed,
 }

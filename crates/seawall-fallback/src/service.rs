@@ -1,7 +1,7 @@
 use crate::{
     context::{Captured, NoContext, WithRequest},
     layer::Shared,
-    ContextHandler, FallbackHandler, ResponseFuture,
+    ContextHandler, FallbackEvent, FallbackHandler, ResponseFuture,
 };
 use seawall_core::{BoxError, Classify};
 use std::{
@@ -26,8 +26,10 @@ use tower_service::Service;
 /// a HalfOpen breaker's probe, which are shared with every other service of those layers. From
 /// then on [`get_ref`](Self::get_ref), [`get_mut`](Self::get_mut) and
 /// [`into_inner`](Self::into_inner) return `None`. A clone of a failed `Fallback` is failed too,
-/// with the same error; a clone made before the failure keeps its own inner service. Readiness
-/// errors the layer does not handle are returned as they are.
+/// with the same error; a clone made before the failure keeps its own inner service. Each service
+/// that keeps such an error reports it once, when `poll_ready` keeps it: a `warn` `tracing` event
+/// and [`FallbackEvent::InnerFailed`](crate::FallbackEvent::InnerFailed) to the listeners.
+/// Readiness errors the layer does not handle are returned as they are.
 ///
 /// So this layer belongs above a balancer (outermost, as in the canonical stack), never on each
 /// endpoint below one. A balancer takes an endpoint's readiness error as one the endpoint may
@@ -211,6 +213,15 @@ impl<S, H, C, X> Fallback<S, H, C, X> {
         if !self.shared.handles(&*error) {
             return Err(error);
         }
+        let shared = &*self.shared;
+        tracing::warn!(
+            name = %shared.name,
+            error = %error,
+            "seawall fallback: inner service failed readiness; answering every call from the fallback"
+        );
+        shared
+            .listeners
+            .emit(&shared.name, &FallbackEvent::InnerFailed);
         self.state = State::Failed(Arc::from(error));
         Ok(())
     }

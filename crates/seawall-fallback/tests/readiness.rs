@@ -204,8 +204,39 @@ async fn a_handled_readiness_error_is_answered_from_the_fallback() {
     assert_eq!(*seen.lock().unwrap(), ["worker gone", "worker gone"]);
     assert_eq!(
         *events.lock().unwrap(),
-        [FallbackEvent::Used { error: true }; 2]
+        [
+            FallbackEvent::InnerFailed,
+            FallbackEvent::Used { error: true },
+            FallbackEvent::Used { error: true },
+        ]
     );
+}
+
+/// Giving up on the inner service is reported when `poll_ready` keeps the readiness error, before
+/// any call, and once: later calls and clones of the failed service report only their use of the
+/// fallback.
+#[tokio::test]
+async fn keeping_a_readiness_error_is_reported_once_before_any_call() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = FallbackLayer::builder()
+        .name("users-cache")
+        .on_event(move |name: &Name, e: &FallbackEvent| {
+            sink.lock().unwrap().push((name.to_string(), *e))
+        })
+        .build_fn(|_: seawall_fallback::Failed<&'static str>| Ok("fallback"))
+        .unwrap();
+    let mut svc = layer.layer(not_ready(1, || "worker gone".into()));
+    svc.ready().await.unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [("users-cache".to_string(), FallbackEvent::InnerFailed)]
+    );
+
+    svc.ready().await.unwrap();
+    let mut clone = svc.clone();
+    clone.ready().await.unwrap();
+    assert_eq!(events.lock().unwrap().len(), 1, "reported once");
 }
 
 #[tokio::test]
