@@ -28,8 +28,9 @@ use std::{error::Error, fmt, sync::Arc};
 /// never sent never sent. A closure that does send (with a blocking client, or a copy of the
 /// request spawned off) belongs in [`build_service`](crate::FallbackBuilder::build_service)
 /// (`build_service(service_fn(..))`), or marks its error as sent, a [`SentEarlier`] around it,
-/// which wraps the original as any fallback service's failure does. A fallback service of one's
-/// own that sends nothing marks its errors as never sent (a
+/// which wraps the original as any fallback service's failure does. A fallback service that
+/// failed to get ready was never called and leaves the original unwrapped too. A fallback service
+/// of one's own that sends nothing marks its errors as never sent (a
 /// [`NotSent`](seawall_core::error::NotSent) as their `source()`) to keep the call not sent.
 ///
 /// [`fallback_error`]: FallbackFailed::fallback_error

@@ -159,15 +159,15 @@ where
                 StateProj::HandingOver => {
                     panic!("fallback ResponseFuture polled after it panicked")
                 }
-                StateProj::Fallback { fut, original } => {
-                    return Poll::Ready(match ready!(fut.poll(cx)) {
+                StateProj::Fallback { mut fut, original } => {
+                    return Poll::Ready(match ready!(fut.as_mut().poll(cx)) {
                         Ok(res) => Ok(res),
                         Err(err) => {
                             let shared = &**this.shared;
                             let err = FallbackFailed::new(
                                 original.clone(),
                                 err.into(),
-                                shared.handler.may_send(),
+                                shared.handler.may_have_sent(fut.as_ref().get_ref()),
                             );
                             metrics::counter(metrics::FALLBACK_FAILED, &shared.name).increment(1);
                             tracing::debug!(name = %shared.name, error = %err, "seawall fallback failed");

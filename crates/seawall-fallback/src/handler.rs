@@ -1,12 +1,14 @@
 use crate::context::Captured;
+use pin_project_lite::pin_project;
 use seawall_core::{error, BoxError, RequestDeadline};
 use std::{
     error::Error,
     fmt,
     future::{ready, Future, Ready},
+    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
+    task::{self, Context, Poll},
 };
-use tower::{util::Oneshot, ServiceExt};
 use tower_service::Service;
 
 /// What failed, as handed to a fallback.
@@ -104,6 +106,14 @@ pub trait FallbackHandler<Res> {
     fn may_send(&self) -> bool {
         true
     }
+
+    /// Whether the fallback may have sent a request in the call whose `future` failed:
+    /// [`may_send`](Self::may_send) unless overridden. [`FromService`] answers `false` when its
+    /// service failed to get ready, and so was never called.
+    fn may_have_sent(&self, future: &Self::Future) -> bool {
+        let _ = future;
+        self.may_send()
+    }
 }
 
 /// Produces the answer for a failed call from what failed and the context captured from its
@@ -127,6 +137,14 @@ pub trait ContextHandler<Res, Ctx> {
     fn may_send(&self) -> bool {
         true
     }
+
+    /// Whether the fallback may have sent a request in the call whose `future` failed:
+    /// [`may_send`](Self::may_send) unless overridden. [`FromService`] answers `false` when its
+    /// service failed to get ready, and so was never called.
+    fn may_have_sent(&self, future: &Self::Future) -> bool {
+        let _ = future;
+        self.may_send()
+    }
 }
 
 impl<H, Res> ContextHandler<Res, ()> for H
@@ -144,6 +162,11 @@ where
     #[inline]
     fn may_send(&self) -> bool {
         FallbackHandler::may_send(self)
+    }
+
+    #[inline]
+    fn may_have_sent(&self, future: &Self::Future) -> bool {
+        FallbackHandler::may_have_sent(self, future)
     }
 }
 
@@ -205,8 +228,10 @@ impl<F> fmt::Debug for FromFn<F> {
 /// A fallback from a service that takes [`Failed`] requests, or [`FailedCall`] requests when the
 /// layer captures a context from each request.
 ///
-/// Each fallback call clones the service and drives the clone to readiness (a
-/// [`oneshot`](tower::ServiceExt::oneshot)), so the fallback service is never called unready.
+/// Each fallback call clones the service and drives the clone to readiness (a [`FallbackCall`],
+/// like tower's [`oneshot`](tower::ServiceExt::oneshot)), so the fallback service is never called
+/// unready. A clone that fails to get ready was never called and sent nothing: over a call never
+/// sent, its failure leaves the call never sent (see [`FallbackFailed`](crate::FallbackFailed)).
 ///
 /// A `TimeoutLayer` around the fallback service does not bound that wait for readiness: its
 /// deadline starts at `call`, and its `poll_ready` is the inner service's. A fallback service that
@@ -244,10 +269,15 @@ where
     T::Error: Into<BoxError>,
 {
     type Error = T::Error;
-    type Future = Oneshot<T, Failed<Res>>;
+    type Future = FallbackCall<T, Failed<Res>>;
 
     fn handle(&self, failed: Failed<Res>) -> Self::Future {
-        self.service().oneshot(failed)
+        FallbackCall::new(self.service(), failed)
+    }
+
+    /// Not when the service failed to get ready: it was never called.
+    fn may_have_sent(&self, future: &Self::Future) -> bool {
+        future.called()
     }
 }
 
@@ -259,13 +289,19 @@ where
     T::Error: Into<BoxError>,
 {
     type Error = T::Error;
-    type Future = Oneshot<T, FailedCall<Res, Ctx>>;
+    type Future = FallbackCall<T, FailedCall<Res, Ctx>>;
 
     fn handle(&self, failed: Failed<Res>, context: Captured<Ctx>) -> Self::Future {
-        self.service().oneshot(FailedCall {
+        let call = FailedCall {
             failed,
             context: context.0,
-        })
+        };
+        FallbackCall::new(self.service(), call)
+    }
+
+    /// Not when the service failed to get ready: it was never called.
+    fn may_have_sent(&self, future: &Self::Future) -> bool {
+        future.called()
     }
 }
 
@@ -279,5 +315,73 @@ impl<T: fmt::Debug> fmt::Debug for FromService<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let service = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         f.debug_tuple("FromService").field(&*service).finish()
+    }
+}
+
+pin_project! {
+    /// One call of a [`FromService`] fallback: drives its clone of the service to readiness, then
+    /// calls it, as tower's [`Oneshot`](tower::util::Oneshot) does, and tells whether it was
+    /// called ([`called`](Self::called)).
+    pub struct FallbackCall<T, Req>
+    where
+        T: Service<Req>,
+    {
+        #[pin]
+        state: CallState<T, Req, T::Future>,
+    }
+}
+
+pin_project! {
+    #[project = CallStateProj]
+    enum CallState<T, Req, F> {
+        // Waiting for the service to get ready; the request is taken when it is called.
+        NotReady { service: T, req: Option<Req> },
+        Called { #[pin] fut: F },
+    }
+}
+
+impl<T: Service<Req>, Req> FallbackCall<T, Req> {
+    fn new(service: T, req: Req) -> Self {
+        FallbackCall {
+            state: CallState::NotReady {
+                service,
+                req: Some(req),
+            },
+        }
+    }
+
+    /// Whether the service was called: `false` while it is getting ready, and after its
+    /// `poll_ready` failed.
+    pub fn called(&self) -> bool {
+        matches!(self.state, CallState::Called { .. })
+    }
+}
+
+impl<T: Service<Req>, Req> Future for FallbackCall<T, Req> {
+    type Output = Result<T::Response, T::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                CallStateProj::NotReady { service, req } => {
+                    task::ready!(service.poll_ready(cx))?;
+                    let req = req
+                        .take()
+                        .expect("FallbackCall polled after its service panicked");
+                    let fut = service.call(req);
+                    this.state.set(CallState::Called { fut });
+                }
+                CallStateProj::Called { fut } => return fut.poll(cx),
+            }
+        }
+    }
+}
+
+impl<T: Service<Req>, Req> fmt::Debug for FallbackCall<T, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackCall")
+            .field("called", &self.called())
+            .finish()
     }
 }

@@ -162,7 +162,9 @@ pub use config::FallbackBuilder;
 pub use context::{Captured, NoContext, WithRequest};
 pub use error::{FailedResponse, FallbackFailed};
 pub use future::ResponseFuture;
-pub use handler::{ContextHandler, Failed, FailedCall, FallbackHandler, FromFn, FromService};
+pub use handler::{
+    ContextHandler, Failed, FailedCall, FallbackCall, FallbackHandler, FromFn, FromService,
+};
 pub use layer::FallbackLayer;
 pub use service::Fallback;
 

@@ -269,3 +269,69 @@ async fn a_closure_fallback_that_marks_its_error_sent_makes_the_failure_sent() {
     let err = svc.oneshot(()).await.unwrap_err();
     assert!(!error::is_not_sent(&*err), "{err}");
 }
+
+/// A fallback service that never got ready.
+#[derive(Clone)]
+struct Closed;
+
+impl tower::Service<Failed<()>> for Closed {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Err("closed".into()))
+    }
+
+    fn call(&mut self, _: Failed<()>) -> Self::Future {
+        unreachable!("called unready")
+    }
+}
+
+/// A fallback service whose `poll_ready` failed was never called and sent nothing: over a call
+/// never sent, its failure leaves the call never sent.
+#[tokio::test]
+async fn a_fallback_service_that_failed_to_get_ready_leaves_the_call_never_sent() {
+    let layer = FallbackLayer::builder().build_service(Closed).unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(error::is_not_sent(&*err), "{err}");
+    assert!(!error::is::<error::SentEarlier>(&*err));
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(failed.original().is::<Shed>());
+    assert_eq!(failed.fallback_error().to_string(), "closed");
+
+    // With the request's context too.
+    #[derive(Clone)]
+    struct ClosedWithContext;
+    impl tower::Service<seawall_fallback::FailedCall<(), &'static str>> for ClosedWithContext {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Err("closed".into()))
+        }
+
+        fn call(&mut self, _: seawall_fallback::FailedCall<(), &'static str>) -> Self::Future {
+            unreachable!("called unready")
+        }
+    }
+    let layer = FallbackLayer::builder()
+        .with_request(|_: &()| "/users/7")
+        .build_service(ClosedWithContext)
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async { Err::<(), _>(Shed) }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert!(error::is_not_sent(&*err), "{err}");
+
+    // One that got ready and was called may have sent the request.
+    let err = call_with_fallback_failing_with(io::ErrorKind::ConnectionReset).await;
+    assert!(!error::is_not_sent(&*err));
+}
