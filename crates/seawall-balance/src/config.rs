@@ -70,16 +70,32 @@ impl Default for FailurePercentage {
     }
 }
 
-/// Latency outlier ejection: an endpoint whose latency EWMA exceeds `factor` × the median of its
-/// peers' for at least `duration` is ejected, like a failing one.
+/// Latency outlier ejection: an endpoint slower than `factor` × the median of its peers' latency
+/// at every outlier detection pass for at least `duration` is ejected, like a failing one.
+///
+/// Each endpoint keeps an EWMA of its successful calls' latency (time constant `decay`) and the
+/// mean latency of its successful calls since the last pass. At each pass, among the endpoints
+/// that are not ejected and have at least `minimum_samples` successful calls (when fewer than
+/// `minimum_hosts` do, the pass finds every endpoint not slow), an endpoint is slow when its
+/// EWMA and its interval's mean are both above `factor` × the median of the others' EWMAs, and
+/// not slow when its EWMA is at or below that, or it had calls and their mean is. A pass at
+/// which its EWMA is above but it had no successful call since the last pass leaves it as it
+/// was: an interval without calls (light traffic, a PeakEWMA picker steering away from it) says
+/// nothing either way. The endpoint is ejected at the first pass that finds it slow `duration`
+/// or more after the pass that first found it slow, with no pass in between finding it not slow.
+///
+/// The EWMA needs the endpoint slow for a while before it rises above the limit; the interval's
+/// mean keeps one spike, which lifts the EWMA for several `decay`s after the endpoint has
+/// recovered, from counting for longer than its interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatencyEjection {
     /// How many times slower than the peers' median is an outlier. Default 3.
     pub factor: f64,
-    /// How long an endpoint must stay an outlier before it is ejected (checked at each
-    /// interval). Default 30 s.
+    /// How long an endpoint must stay an outlier before it is ejected (checked at each pass).
+    /// Default 30 s.
     pub duration: Duration,
-    /// The latency EWMA's time constant. Default 10 s.
+    /// The latency EWMA's time constant: how long the EWMA takes to follow a change in the
+    /// endpoint's latency. Default 10 s.
     pub decay: Duration,
     /// How many endpoints with enough samples there must be for the rule to run. Default 3.
     pub minimum_hosts: usize,

@@ -156,7 +156,17 @@ pub(crate) struct Stats {
     /// Plain EWMA of successful calls' latency in nanoseconds and when it was made, one
     /// [`Estimate`] word, for latency ejection; [`NONE`] before the first sample.
     pub(crate) latency: AtomicU64,
+    /// Successful timed calls since the endpoint was added or returned from an ejection, up to
+    /// the last outlier detection pass, which adds in
+    /// [`interval_samples`](Stats::interval_samples).
     pub(crate) latency_samples: AtomicU32,
+    /// Successful timed calls since the last outlier detection pass, which resets it.
+    pub(crate) interval_samples: AtomicU32,
+    /// Their summed latency in nanoseconds, reset with
+    /// [`interval_samples`](Stats::interval_samples). A call ending while the pass reads them
+    /// may count in one interval and its latency in the next; a u64 of nanoseconds holds over
+    /// 500 years of summed latency, which no interval reaches.
+    pub(crate) interval_latency_ns: AtomicU64,
     /// Since when the latency has been an outlier; [`NONE`] when it is not.
     pub(crate) slow_since: AtomicU64,
     pub(crate) successes: AtomicU32,
@@ -177,6 +187,8 @@ impl Default for Stats {
             peak: AtomicU64::new(NONE),
             latency: AtomicU64::new(NONE),
             latency_samples: AtomicU32::new(0),
+            interval_samples: AtomicU32::new(0),
+            interval_latency_ns: AtomicU64::new(0),
             slow_since: AtomicU64::new(NONE),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
@@ -290,8 +302,9 @@ impl Stats {
         });
     }
 
-    /// Records a successful call's latency in the plain EWMA used by latency ejection; `read`
-    /// and `clock` are as for [`record_peak`](Stats::record_peak).
+    /// Records a successful call's latency in the plain EWMA used by latency ejection and in
+    /// the interval's count and sum; `read` and `clock` are as for
+    /// [`record_peak`](Stats::record_peak).
     pub(crate) fn record_latency(
         &self,
         read: u64,
@@ -302,7 +315,19 @@ impl Stats {
         update(&self.latency, |bits| {
             next_latency(bits, now(bits, read, &clock, tau_ns), rtt_ns, tau_ns)
         });
-        self.latency_samples.fetch_add(1, Relaxed);
+        self.interval_samples.fetch_add(1, Relaxed);
+        self.interval_latency_ns.fetch_add(rtt_ns as u64, Relaxed);
+    }
+
+    /// The mean latency in nanoseconds of the successful calls since the last outlier detection
+    /// pass, `None` if there were none; resets the interval and adds its calls to
+    /// [`latency_samples`](Stats::latency_samples). Called by the pass alone.
+    pub(crate) fn take_interval_latency(&self) -> Option<f64> {
+        let samples = self.interval_samples.swap(0, Relaxed);
+        let sum = self.interval_latency_ns.swap(0, Relaxed);
+        let total = self.latency_samples.load(Relaxed).saturating_add(samples);
+        self.latency_samples.store(total, Relaxed);
+        (samples > 0).then(|| sum as f64 / f64::from(samples))
     }
 
     /// The latency EWMA in nanoseconds, if any call has completed.
@@ -674,6 +699,20 @@ mod tests {
         assert!((peak - 1e6).abs() < 0.01e6, "peak {peak}");
         let latency = stats.latency_ns().unwrap();
         assert!((latency - 1e6).abs() < 0.01e6, "latency {latency}");
+    }
+
+    /// The pass reads the mean of the calls since the last pass, starts a new interval, and
+    /// counts the calls towards `minimum_samples`; an interval without calls has no mean.
+    #[test]
+    fn the_interval_mean_is_taken_once() {
+        let stats = Stats::default();
+        stats.record_latency(0, || 0, 2e6, TAU);
+        stats.record_latency(SECOND, || SECOND, 4e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(3e6));
+        assert_eq!(stats.take_interval_latency(), None);
+        stats.record_latency(2 * SECOND, || 2 * SECOND, 1e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(1e6));
+        assert_eq!(stats.latency_samples.load(Relaxed), 3);
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:

@@ -19,7 +19,8 @@
 //! - **Failures count as slow.** PeakEWMA records a failed call as taking at least
 //!   `failure_penalty`, so an endpoint that fails fast does not attract traffic.
 //! - **Latency outlier ejection**: an endpoint much slower than its peers for long enough is
-//!   ejected like a failing one.
+//!   ejected like a failing one; a spike alone is not enough, as the endpoint must be slow in
+//!   each interval it answers in.
 //!
 //! # Pickers
 //!
@@ -33,7 +34,8 @@
 //! [`OutlierDetection`] follows gRPC's outlier detection (gRFC A50): every `interval` the
 //! success-rate and failure-percentage rules run over the interval's calls, Envoy's
 //! consecutive-failures rule ejects at once, and seawall's latency rule ejects an endpoint whose
-//! latency EWMA stays above `factor ×` its peers' median. An ejected endpoint is returned at the
+//! latency EWMA and mean latency over each interval stay above `factor ×` the median of its
+//! peers' EWMAs for `duration` (see [`LatencyEjection`]). An ejected endpoint is returned at the
 //! first pass at or after `base_ejection_time × k` (capped) is up, where k goes up by one at each
 //! ejection and down by one for each interval the endpoint ends in the set without being ejected;
 //! ejection stops once the ejected share reaches `max_ejection_percent` (the last ejection may

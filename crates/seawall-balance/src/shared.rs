@@ -757,8 +757,16 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
         }
-        // 3. Latency: an EWMA above factor × the peers' median, for long enough.
+        // 3. Latency: the EWMA and the interval's mean both above factor × the peers' median,
+        // at every pass with samples for long enough.
         if let Some(rule) = &o.latency {
+            // Read and reset for every endpoint, so an ejected one returns with no samples from
+            // its time out.
+            let means: Vec<Option<f64>> = set
+                .endpoints
+                .iter()
+                .map(|e| e.stats.take_interval_latency())
+                .collect();
             let judged: Vec<(usize, f64)> = set
                 .endpoints
                 .iter()
@@ -779,17 +787,35 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     rank[k] = r;
                 }
                 for (k, &(i, latency)) in judged.iter().enumerate() {
-                    let median = median_without(&sorted, rank[k]);
+                    let limit = rule.factor * median_without(&sorted, rank[k]);
                     let s = &set.endpoints[i].stats;
-                    if latency > rule.factor * median {
-                        let since = s.slow_since.load(Relaxed);
-                        if since == NONE {
-                            s.slow_since.store(now, Relaxed);
-                        } else if now.saturating_sub(since) >= nanos_u64(rule.duration) {
-                            reports.extend(self.eject_locked(&set, i, now, EjectReason::Latency));
+                    // A spike lifts the EWMA for several decay periods after the endpoint has
+                    // recovered; the interval's mean says whether it is still slow. An interval
+                    // without samples says nothing either way and leaves the state as it is:
+                    // resetting it would let an endpoint that draws few calls (light traffic, or
+                    // a PeakEWMA picker steering away from it) escape however slow it stays,
+                    // and keeping it ejects nothing on its own, as ejecting takes a slow mean.
+                    let slow = match means[i] {
+                        _ if latency <= limit => Some(false),
+                        Some(mean) => Some(mean > limit),
+                        None => None,
+                    };
+                    match slow {
+                        Some(true) => {
+                            let since = s.slow_since.load(Relaxed);
+                            if since == NONE {
+                                s.slow_since.store(now, Relaxed);
+                            } else if now.saturating_sub(since) >= nanos_u64(rule.duration) {
+                                reports.extend(self.eject_locked(
+                                    &set,
+                                    i,
+                                    now,
+                                    EjectReason::Latency,
+                                ));
+                            }
                         }
-                    } else {
-                        s.slow_since.store(NONE, Relaxed);
+                        Some(false) => s.slow_since.store(NONE, Relaxed),
+                        None => {}
                     }
                 }
             } else {
