@@ -72,6 +72,13 @@ impl TimeoutConfigBuilder {
     /// from this layer counts as the endpoint's failure, though the endpoint was not too slow by
     /// its own timeout, the caller was impatient. Only turn it off where a layer further out does
     /// enforce the deadline, or calls can outlive it.
+    ///
+    /// When the earlier deadline is due on this layer's timer tick or before it (it came first,
+    /// or less than a tick after this layer's own, or the task was polled only after both had
+    /// passed), this layer's cut is held for one poll: it drops the inner future, wakes the task
+    /// and stays pending, so the layer further out, whose timer has fired too, cancels the call
+    /// in the same pass and nothing below sees an `Elapsed`. With no such layer the call fails
+    /// with `Elapsed` (and is reported) on the next poll.
     pub fn enforce_outer_deadline(mut self, enforce: bool) -> Self {
         self.enforce_outer = enforce;
         self

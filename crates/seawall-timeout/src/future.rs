@@ -20,6 +20,12 @@ pin_project! {
     /// inner future is dropped at once and the call fails with [`Elapsed`]. A call whose deadline
     /// had already passed when it was made has no inner future (the inner service was not
     /// called) and fails with [`Elapsed`] on its first poll.
+    ///
+    /// A layer that leaves an earlier deadline to a layer further out (a per-try timeout), given
+    /// one at, before or less than a timer tick after its own, cuts the call one poll late: it
+    /// drops the inner future, wakes the task and stays pending, so the layer further out, whose
+    /// timer has fired too and which polls this future before its timer, cancels the call. Only
+    /// if nothing does is the call failed with [`Elapsed`], and reported, on the next poll.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -31,6 +37,9 @@ pin_project! {
         name: Name,
         // `None` unless a listener is registered, so the common case copies no reference count.
         listeners: Option<Listeners<TimeoutEvent>>,
+        // Whether the call's deadline, left to a layer further out, is due with this one's or
+        // before it: a cut is then held for one poll (see `cut`).
+        outer_first: bool,
     }
 }
 
@@ -42,6 +51,9 @@ pin_project! {
         Called { #[pin] future: F },
         /// The deadline had passed when the call was made: the inner service was not called.
         NotCalled,
+        /// The deadline passed and the inner future was dropped; the call fails with `Elapsed`
+        /// on its next poll, unless a layer further out cancels it first.
+        Cut,
         /// The call has answered, or failed with `Elapsed`; `called` says whether the inner
         /// service was called.
         Done { called: bool },
@@ -51,7 +63,9 @@ pin_project! {
 impl<F> ResponseFuture<F> {
     /// A call made at `started`, with the inner service's future, or `None` when the inner
     /// service was not called (its `deadline` had already passed): that call fails with
-    /// [`Elapsed`] on its first poll.
+    /// [`Elapsed`] on its first poll. `outer_first` says that a layer further out enforces a
+    /// deadline due no later than a timer tick after this one's, and should be left to cut the
+    /// call when both have passed.
     #[inline]
     pub(crate) fn new(
         inner: Option<F>,
@@ -59,6 +73,7 @@ impl<F> ResponseFuture<F> {
         deadline: Instant,
         name: Name,
         listeners: Option<Listeners<TimeoutEvent>>,
+        outer_first: bool,
     ) -> Self {
         ResponseFuture {
             inner: match inner {
@@ -70,6 +85,7 @@ impl<F> ResponseFuture<F> {
             deadline,
             name,
             listeners,
+            outer_first,
         }
     }
 
@@ -91,7 +107,7 @@ where
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
             InnerProj::Called { future } => future.poll(cx),
-            InnerProj::NotCalled => return elapsed(this),
+            InnerProj::NotCalled | InnerProj::Cut => return elapsed(this),
             InnerProj::Done { .. } => panic!("timeout ResponseFuture polled after completion"),
         };
         match polled {
@@ -138,7 +154,28 @@ where
         }
         Poll::Pending => {}
     }
-    elapsed(this)
+    cut(this, cx)
+}
+
+/// Fails the call with [`Elapsed`], or, when the call's deadline is a layer's further out and due
+/// no later than this one's tick, drops the inner future and stays pending for one poll.
+///
+/// That layer's timer has fired by the time this one's has (on the same tick or an earlier one),
+/// and it polls this future before its timer, in the same pass: it cancels the call, and the
+/// layers in between (a breaker, outlier detection, a retry) see no `Elapsed` to count against
+/// the endpoint. The task is woken so that, with no such layer, the call fails on the next poll.
+#[cold]
+#[inline(never)]
+fn cut<F, T>(
+    mut this: ResponseFutureProj<'_, F>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, BoxError>> {
+    if !*this.outer_first {
+        return elapsed(this);
+    }
+    this.inner.set(Inner::Cut);
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 /// Fails the call with [`Elapsed`], and reports it.
@@ -167,6 +204,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
                 "called",
                 &!matches!(self.inner, Inner::NotCalled | Inner::Done { called: false }),
             )
+            .field("cut", &matches!(self.inner, Inner::Cut))
             .field("done", &matches!(self.inner, Inner::Done { .. }))
             .finish()
     }
@@ -197,6 +235,7 @@ mod tests {
             deadline,
             Name::default_for("timeout"),
             None,
+            false,
         )
     }
 
@@ -223,13 +262,14 @@ mod tests {
                 now - Duration::from_millis(1),
                 Name::default_for("timeout"),
                 None,
+                false,
             )
         );
         let debug = |fut: &ResponseFuture<_>| format!("{fut:?}");
-        assert!(debug(&fut).ends_with("armed: false, called: false, done: false }"));
+        assert!(debug(&fut).ends_with("armed: false, called: false, cut: false, done: false }"));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Err(e)) if e.is::<Elapsed>()));
-        assert!(debug(&fut).ends_with("armed: false, called: false, done: true }"));
+        assert!(debug(&fut).ends_with("armed: false, called: false, cut: false, done: true }"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -261,7 +301,8 @@ mod tests {
             now,
             now,
             Name::default_for("timeout"),
-            None
+            None,
+            false,
         ));
         let mut cx = Context::from_waker(Waker::noop());
         match fut.as_mut().poll(&mut cx) {

@@ -14,9 +14,10 @@ use std::{
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// How long before `call` a deadline this layer enforces must have passed for the call not to be
-/// made: one tick of tokio's timer.
-const PASSED: Duration = Duration::from_millis(1);
+/// One tick of tokio's timer: how long before `call` a deadline this layer enforces must have
+/// passed for the call not to be made, and how much later than this layer's own deadline one left
+/// to a layer further out may be and still be due with it.
+const TICK: Duration = Duration::from_millis(1);
 
 /// Fails calls to `S` that do not answer by their deadline; see the [crate docs](crate).
 ///
@@ -100,16 +101,17 @@ where
             Override::Ignored => self.shared.timeout,
         };
         let own = deadline_after(now, timeout);
-        let (deadline, send) = match req.deadline() {
+        let outer = req.deadline();
+        let (deadline, send) = match outer {
             // An earlier deadline stays on the request; this layer enforces it unless a layer
             // further out does. One that passed a timer tick or more ago is not sent: nothing sent
             // now could answer in time. A deadline a layer further out has just written
             // (`Duration::ZERO`) passes by the nanoseconds between the two clock reads, and is
             // still sent.
-            Some(outer) if outer <= own => match self.shared.enforce_outer {
-                true => (outer, now.saturating_duration_since(outer) < PASSED),
-                false => (own, true),
-            },
+            Some(outer) if outer <= own && self.shared.enforce_outer => {
+                (outer, now.saturating_duration_since(outer) < TICK)
+            }
+            Some(outer) if outer <= own => (own, true),
             _ => {
                 if self.shared.propagate {
                     req.set_deadline(own);
@@ -117,8 +119,20 @@ where
                 (own, true)
             }
         };
+        // A deadline left to a layer further out that is due with this one's (within a tick
+        // after it, as tokio's timer rounds both up to a tick) or before it is that layer's to
+        // cut: when both have passed this layer holds its cut for one poll (see `ResponseFuture`).
+        let outer_first = !self.shared.enforce_outer
+            && outer.is_some_and(|outer| outer.saturating_duration_since(own) <= TICK);
         // One place builds the response future, sent or not, so it is built where it is returned.
         let future = send.then(|| self.inner.call(req));
-        ResponseFuture::new(future, now, deadline, self.shared.name, self.listeners())
+        ResponseFuture::new(
+            future,
+            now,
+            deadline,
+            self.shared.name,
+            self.listeners(),
+            outer_first,
+        )
     }
 }

@@ -78,9 +78,11 @@ async fn outer_deadline_cuts_the_call(inner: TimeoutLayer) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_inner_per_try_timeout_cannot_outlive_the_outer_one() {
-    // total 2s outside, per-try 5s inside: the inner layer sees and enforces the outer deadline,
-    // so it is the one that fires, under its name (the outer one then finds the answer in time).
+async fn an_inner_timeout_enforces_the_outer_deadline() {
+    // total 2s outside, a default 5s timeout inside (not a per-try one, which leaves the outer
+    // deadline to the outer layer: see the next tests): the inner layer sees and enforces the
+    // outer deadline, so it is the one that fires, under its name (the outer one then finds the
+    // inner one's `Elapsed` in time and passes it on).
     let fired = Arc::new(Mutex::new(Vec::new()));
     let sink = fired.clone();
     let inner = TimeoutLayer::builder()

@@ -33,7 +33,9 @@
 //!   longer attempts), and it fires
 //!   only at its own deadline, so only an endpoint slower than the attempt's per-try timeout (the
 //!   request's `PerTryTimeoutOverride` when it carries one) is charged a failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
-//!   cancelled from above and counts against no endpoint.
+//!   cancelled from above and counts against no endpoint, even when both deadlines have passed
+//!   by the time it is polled (the same timer tick, a late poll): the per-try timeout then holds
+//!   its cut for one poll and leaves it to the total timeout.
 //!
 //! `docs/composition.md` in the repository explains what each reordering does.
 //!

@@ -1122,6 +1122,38 @@ async fn without_a_total_timeout_a_callers_deadline_is_still_enforced_above_the_
     impatient_callers_charge_no_endpoint(client, &breakers, shorter).await;
 }
 
+/// A per-try timeout due half a millisecond before the total timeout fires on the same timer
+/// tick: the attempt is the total timeout's to cut, and the endpoint is not charged for it.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_secs(5))
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .per_try_timeout(Duration::from_micros(4_999_500))
+        .build(endpoints(&["hung"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+        assert!(is::<Elapsed>(&*err), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+    assert_eq!(calls.get("hung"), 3);
+    let breaker = breakers.handle(&"hung").unwrap();
+    assert_eq!(breaker.snapshot().failures, 0);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
 /// A call whose deadline has already passed fails with `Elapsed` at once and sends nothing: no
 /// endpoint is called, and neither breaker nor the bulkhead counts it. So in the total timeout's
 /// place without a total timeout.

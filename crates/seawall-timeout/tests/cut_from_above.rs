@@ -1,0 +1,102 @@
+//! A per-try timeout whose timer fires together with (or after) that of the total timeout above
+//! it leaves the call to the total timeout: the attempt is cancelled from above, and the per-try
+//! layer reports nothing.
+
+mod common;
+
+use common::{recorder, Seen};
+use seawall_core::Name;
+use seawall_timeout::{Elapsed, RequestDeadline, TimeoutEvent, TimeoutLayer};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+type Events = Arc<Mutex<Vec<TimeoutEvent>>>;
+
+/// A per-try timeout of `timeout` whose events go to the returned list.
+fn per_try(timeout: Duration) -> (TimeoutLayer, Events) {
+    let events = Events::default();
+    let sink = events.clone();
+    let layer = TimeoutLayer::builder()
+        .timeout(timeout)
+        .name("per-try")
+        .on_event(move |_: &Name, e: &TimeoutEvent| sink.lock().unwrap().push(*e))
+        .build()
+        .unwrap()
+        .per_try();
+    (layer, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_on_the_same_tick_cuts_the_attempt() {
+    // 4999.5 ms and 5 s: both timers are due on the 5000 ms tick.
+    let (per_try, events) = per_try(Duration::from_secs(5));
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_micros(4_999_500)))
+        .layer(per_try)
+        .service(recorder(Seen::default(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_due_just_after_on_the_same_tick_cuts_the_attempt() {
+    // 4999.2 ms and 4999.7 ms: the per-try deadline is the earlier, but both timers are due on
+    // the 5000 ms tick, and the call's deadline has passed when either fires.
+    let (per_try, events) = per_try(Duration::from_micros(4_999_200));
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_micros(4_999_700)))
+        .layer(per_try)
+        .service(recorder(Seen::default(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_poll_past_both_deadlines_leaves_the_cut_to_the_total_timeout() {
+    let (per_try, events) = per_try(Duration::from_millis(2500));
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(per_try)
+        .service(recorder(Seen::default(), Duration::from_secs(10)));
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    // Woken at the total timeout's deadline, polled only after the per-try one's.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_layer_above_an_earlier_deadline_still_ends_in_elapsed() {
+    // The request carries an earlier deadline that no layer enforces: the per-try timeout fires
+    // at its own, one poll later than it would without that deadline, and reports it.
+    let (per_try, events) = per_try(Duration::from_secs(2));
+    let svc = per_try.layer(recorder(Seen::default(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let mut req = http::Request::new(());
+    req.set_deadline(start + Duration::from_secs(1));
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio_test::assert_pending!(call.poll(), "held for one poll");
+    assert!(call.is_woken(), "and woken to end");
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [TimeoutEvent::Elapsed {
+            budget: Duration::from_secs(2)
+        }]
+    );
+}
