@@ -67,9 +67,9 @@
 //! [`HttpClassifier::with_failure`] in pieces of your own). A piece you replace is yours,
 //! classifier included: see [`ClientStackBuilder::http`].
 //!
-//! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout longer
-//! than the total one is an error, the default 10 s one under a total timeout below 10 s
-//! included, as in Polly; so are per-endpoint breakers named like the default dependency
+//! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout that is
+//! not shorter than the total one is an error, the default 10 s one under a total timeout of
+//! 10 s or less included, as in Polly, and so is a zero total or per-try timeout; so are per-endpoint breakers named like the default dependency
 //! breaker, `"breaker"`, since their metrics would add up with its own, a total timeout
 //! built with `enforce_outer_deadline(false)`, which would leave a caller's deadline to no
 //! layer, and one built with `propagate_deadline(false)`, which would hide the call's deadline
@@ -173,7 +173,10 @@ use crate::{
     balance::{Balance, BalanceConfigBuilder, BalanceLayer, BreakerFilter, Key, Probe},
     breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
-    core::{classify::HttpClassifier, BoxError, ConfigError, Name, RequestDeadline},
+    core::{
+        classify::HttpClassifier, config::check_positive_duration, BoxError, ConfigError, Name,
+        RequestDeadline,
+    },
     retry::{
         policy::{Classified, HttpPolicy},
         Ignoring, RetryLayer,
@@ -429,7 +432,7 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     }
 
     /// The total timeout: a `Duration` or a [`TimeoutLayer`]. It bounds the whole call, retries
-    /// included.
+    /// included, and must be greater than zero ([`build`](Self::build) checks).
     ///
     /// It is the stack's one layer that fails a call at an earlier deadline the caller put on
     /// the request (the per-try timeout never does), so [`build`](Self::build) rejects a layer
@@ -711,6 +714,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// fire at the call's deadline, which the total timeout (or, without one, the layer in its
     /// place) enforces by cancelling the attempt, so an impatient caller's cut counts against no
     /// endpoint.
+    ///
+    /// It must be greater than zero (a zero one would cut every attempt not ready on its first
+    /// poll, and charge its endpoint) and shorter than the total timeout, as Polly requires
+    /// ([`build`](Self::build) checks).
     pub fn per_try_timeout(mut self, timeout: impl Into<TimeoutLayer>) -> Self {
         self.per_try_timeout = Some(timeout.into());
         self
@@ -739,12 +746,22 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
                  later one (build it without propagate_deadline(false))",
             ));
         }
+        // A zero total timeout fails every call not ready on its first poll; a zero per-try one
+        // cuts every such attempt and charges its endpoint.
+        if let Some(total) = self.total.duration {
+            check_positive_duration("timeout", total)?;
+        }
+        if let Some(per_try) = &self.per_try_timeout {
+            check_positive_duration("per_try_timeout", per_try.timeout())?;
+        }
         if let (Some(total), Some(per_try)) = (self.total.duration, &self.per_try_timeout) {
-            if per_try.timeout() > total {
+            // One as long as the total leaves no attempt for the retry after a cut one, and
+            // fires on the total timeout's tick.
+            if per_try.timeout() >= total {
                 return Err(ConfigError::conflict(
                     "per_try_timeout",
                     format!(
-                        "must not exceed timeout ({total:?}), got {:?} (the default is \
+                        "must be shorter than timeout ({total:?}), got {:?} (the default is \
                          {DEFAULT_PER_TRY_TIMEOUT:?}: set a shorter per_try_timeout, or none with \
                          without_per_try_timeout)",
                         per_try.timeout()
@@ -850,8 +867,8 @@ impl<Fb, To, Rt, Br, Bh, LC, LH, LP, Eb>
     ///
     /// A [`ConfigError`] on `runtime` when called outside a Tokio runtime, on `timeout` when the total timeout does not enforce a caller's
     /// deadline (built with `enforce_outer_deadline(false)`) or does not write its own on the
-    /// request (built with `propagate_deadline(false)`), on `per_try_timeout` when it is
-    /// longer than the total timeout, on `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
+    /// request (built with `propagate_deadline(false)`) or is zero, on `per_try_timeout` when it
+    /// is zero or not shorter than the total timeout, on `endpoint_breakers` when the per-endpoint breakers have the default dependency breaker's
     /// name (a breaker passed to [`breaker`](Self::breaker) is not checked), and the balancer
     /// configuration's own.
     pub fn build<D, Req, Res>(self, discover: D) -> Result<ClientStack<Req, Res>, ConfigError>

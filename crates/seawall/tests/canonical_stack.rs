@@ -1364,6 +1364,39 @@ async fn build_checks_that_the_pieces_agree() {
     );
     assert!(message.contains("without_per_try_timeout"), "{message}");
 
+    // A per-try timeout as long as the total timeout, or of zero, is rejected too; so is a zero
+    // total timeout.
+    for (total, per_try, field) in [
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            "per_try_timeout",
+        ),
+        (Duration::from_secs(2), Duration::ZERO, "per_try_timeout"),
+        (Duration::ZERO, Duration::ZERO, "timeout"),
+    ] {
+        let err = ClientStack::builder()
+            .timeout(total)
+            .per_try_timeout(per_try)
+            .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+            .unwrap_err();
+        assert_eq!(err.field(), field, "{total:?} and {per_try:?}: {err}");
+    }
+    let err = ClientStack::builder()
+        .without_timeout()
+        .per_try_timeout(Duration::ZERO)
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err();
+    assert_eq!(err.field(), "per_try_timeout");
+    let message = ClientStack::builder()
+        .timeout(Duration::from_secs(2))
+        .per_try_timeout(Duration::from_secs(2))
+        .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("shorter than timeout"), "{message}");
+    assert!(message.contains("without_per_try_timeout"), "{message}");
+
     let err = ClientStack::builder()
         .balance(BalanceLayer::builder().panic_threshold(2.0))
         .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
