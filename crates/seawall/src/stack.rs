@@ -14,9 +14,10 @@
 //!   deadline on the request so the retry does not start an attempt it cannot finish; it is the
 //!   one layer that enforces the call's deadline (its own, or an earlier one the caller put on the
 //!   request), and it cancels an attempt still running then, which records no outcome below; a
-//!   call whose deadline has already passed is not sent: it fails with
-//!   [`Elapsed`](crate::timeout::Elapsed), no attempt is made and nothing below records an
-//!   outcome;
+//!   call whose deadline had passed a millisecond (a tick of tokio's timer) or more when it
+//!   arrives is not sent: it fails with [`Elapsed`](crate::timeout::Elapsed), no attempt is made,
+//!   no endpoint picked, and nothing below records an outcome; one passed by less is sent, and
+//!   only an answer ready on its first poll is in time;
 //! - the **retry** sits above the breaker and the bulkhead, so each attempt is counted by the
 //!   breaker, takes a permit, and is balanced afresh (a retry usually lands on another endpoint);
 //!   an open breaker rejects an attempt without load on the dependency, and its rejection is

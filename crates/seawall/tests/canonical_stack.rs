@@ -1154,9 +1154,9 @@ async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() 
     assert_eq!(breaker.state(), State::Closed);
 }
 
-/// A call whose deadline has already passed fails with `Elapsed` at once and sends nothing: no
-/// endpoint is called, and neither breaker nor the bulkhead counts it. So in the total timeout's
-/// place without a total timeout.
+/// A call whose deadline passed a millisecond (a timer tick) before it was made fails with
+/// `Elapsed` at once and sends nothing: no endpoint is called, and neither breaker nor the
+/// bulkhead counts it. So in the total timeout's place without a total timeout.
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_deadline_has_passed_sends_nothing() {
     for total in [true, false] {
