@@ -12,7 +12,8 @@ use tokio::time::{sleep_until, Instant, Sleep};
 pin_project! {
     /// The response future of [`Timeout`](crate::Timeout).
     ///
-    /// An answer ready on the first poll wins, and costs no clock read and no timer. Otherwise
+    /// An answer ready on the first poll wins, whenever that poll happens (even after the
+    /// deadline: a caller that polls late), and costs no clock read and no timer. Otherwise
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
     /// once if that deadline was reached when the call was made), and an answer on a later poll
     /// is checked against the clock: one that comes at the deadline is in time, one that comes

@@ -1,7 +1,9 @@
 //! A timeout layer for tower with per-request overrides and deadline propagation.
 //!
 //! [`TimeoutLayer`] fails a call with [`Elapsed`] when it has not answered by its deadline, and
-//! drops (cancels) the inner future at that moment. The deadline is:
+//! drops (cancels) the inner future at that moment. An answer ready on the response future's
+//! first poll is returned whenever that poll happens, even after the deadline (as in tower: that
+//! poll reads no clock); one found on a later poll after the deadline fails. The deadline is:
 //!
 //! 1. `now + timeout`, where `timeout` is the layer's own duration, or the request's
 //!    [`TimeoutOverride`] when it carries one (read by every timeout layer in the stack that
