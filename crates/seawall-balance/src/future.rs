@@ -31,8 +31,10 @@ use tower_service::Service;
 /// The least a waiting call sleeps before asking the filter again.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
 
-/// How often a waiting call that found an endpoint broken polls it again to see it recover.
-const BROKEN_RECHECK: Duration = Duration::from_millis(250);
+/// How often a waiting call looks again while an endpoint it polled wakes nobody when it turns
+/// ready: one it found broken (a recovery wakes nobody), or one not ready that it does not hold
+/// (the clone it polled, dropped, took the endpoint's wake-up with it).
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// How many times a call asks the picker for an endpoint in one look before it walks the rest
 /// of the set in order: most picks cost a pass over the set once most endpoints were tried, so
@@ -232,7 +234,11 @@ type Polled<S, E> = (usize, S, Poll<Result<(), E>>);
 enum Step<K, S> {
     Call(Arc<Endpoint<K, S>>, S),
     Fail(BoxError),
-    Wait,
+    /// Nothing to call yet. `unheld`: an endpoint the look found not ready was let go of, not
+    /// held, so its turning ready wakes nobody.
+    Wait {
+        unheld: bool,
+    },
 }
 
 impl<K, S, C, Req> ResponseFuture<K, S, C, Req, S::Future>
@@ -244,6 +250,8 @@ where
 {
     /// Picks an available endpoint and polls it ready; if it is not, picks again without it, and
     /// so on through every available endpoint, so one unready endpoint never holds a call up.
+    /// Only one endpoint not ready is held (its readiness wakes the call); the waiting call looks
+    /// again every `RECHECK` while it let go of another not ready.
     /// `waited`: the call has waited before, so its pick's readiness error does not fail it.
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -267,7 +275,7 @@ where
         static NONE_SKIPPED: Skip = Skip::new();
         let n = snapshot.len();
         if n == 0 {
-            return Step::Wait;
+            return Step::Wait { unheld: false };
         }
         let panic = shared.panicking(n);
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
@@ -290,7 +298,7 @@ where
             .picker
             .pick(snapshot, &shared.tuning, &mut pcx)
         else {
-            return Step::Wait;
+            return Step::Wait { unheld: false };
         };
         let ep = &snapshot.endpoints[i];
         let mut svc = ep.service.clone();
@@ -373,7 +381,7 @@ where
             }
         }
         if n == 0 {
-            return Step::Wait;
+            return Step::Wait { unheld: false };
         }
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
         // The endpoints whose readiness error this call counted already are passed over, so
@@ -432,6 +440,9 @@ where
         // The first endpoint tried that was not ready, kept when no service is held, so that its
         // readiness wakes the call.
         let mut waiting: Option<(usize, S)> = None;
+        // Whether an endpoint found not ready was let go of: the call holds one service only, so
+        // another endpoint's turning ready wakes nobody, and the call must look again itself.
+        let mut unheld = false;
         let mut asks = 0;
         // Past `MAX_ASKS` asks: where the walk over the set started, and how far it has come.
         let mut walk: Option<(usize, usize)> = None;
@@ -486,6 +497,8 @@ where
                 Poll::Pending => {
                     if pending.is_none() && waiting.is_none() {
                         waiting = Some((i, svc));
+                    } else {
+                        unheld = true;
                     }
                 }
             }
@@ -520,21 +533,23 @@ where
                     Poll::Pending => {
                         if pending.is_none() && waiting.is_none() && !held_broke_again {
                             waiting = Some((i, svc));
+                        } else {
+                            unheld = true;
                         }
                     }
                 }
             }
         }
         if pending.is_some() {
-            return Step::Wait;
+            return Step::Wait { unheld };
         }
         if let Some((i, svc)) = waiting {
             *pending = Some((snapshot.endpoints[i].clone(), svc));
-            return Step::Wait;
+            return Step::Wait { unheld };
         }
         match broken {
             Some(e) => Step::Fail(e),
-            None => Step::Wait,
+            None => Step::Wait { unheld },
         }
     }
 
@@ -637,7 +652,7 @@ where
                         _ => None,
                     };
                     let released = before.is_some() && before != now && before != called;
-                    match step {
+                    let unheld = match step {
                         Step::Call(endpoint, mut svc) => {
                             let req = req.take().expect("request taken once");
                             let timed = shared.timed
@@ -658,12 +673,13 @@ where
                             wake_waiters(shared);
                             return Poll::Ready(Err(e));
                         }
-                        Step::Wait => {
+                        Step::Wait { unheld } => {
                             if released {
                                 wake_waiters(shared);
                             }
+                            unheld
                         }
-                    }
+                    };
                     // Nothing to call yet: arm the deadline, listen for set and health changes,
                     // and look again once listening (a change may have landed since the pick).
                     if waiter.is_none() {
@@ -693,17 +709,20 @@ where
                     }
                     // A filter that knows when a refused endpoint returns (an open breaker's
                     // wait): look again then. An endpoint this call found broken wakes nobody
-                    // when it recovers: look again every `BROKEN_RECHECK` while there is one.
+                    // when it recovers, nor does one not ready that this look let go of (the
+                    // call holds one service only, and the clone dropped took its wake-up with
+                    // it): look again every `RECHECK` while there is one. With only the endpoint
+                    // held not ready, its readiness wakes the call and nothing more is armed.
                     // Whichever comes first, asked again at every poll: a recheck armed before
                     // an endpoint broke, or before the filter refused one that returns sooner, is
                     // brought forward.
                     let now = Instant::now();
-                    let broken_at =
-                        (!failed.is_empty()).then(|| deadline_after(now, BROKEN_RECHECK));
+                    let unwoken_at =
+                        (unheld || !failed.is_empty()).then(|| deadline_after(now, RECHECK));
                     let filter_at = shared
                         .filter_recheck(snapshot)
                         .map(|wait| deadline_after(now, wait.max(MIN_RECHECK)));
-                    let soonest = match (filter_at, broken_at) {
+                    let soonest = match (filter_at, unwoken_at) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
@@ -942,6 +961,42 @@ mod tests {
             );
             assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
         }
+    }
+
+    /// Round robin over A and B, A's turn first, both not ready. The call holds A and lets go of
+    /// B, whose clone took B's wake-up with it: the call looks again within `RECHECK`, finds B
+    /// ready and calls it, though A stays busy and no other call completes.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_looks_again_at_a_not_ready_endpoint_it_let_go_of() {
+        let (_shared, valves, mut call) = valves(&[Valve::PENDING, Valve::PENDING], 0);
+        assert!(call.poll().is_pending());
+        valves[1].set(Valve::READY);
+        assert!(!call.is_woken(), "B's clone was held");
+        tokio::time::advance(RECHECK + Duration::from_millis(50)).await;
+        assert!(
+            call.is_woken(),
+            "B turned ready and the call never looked again"
+        );
+        assert!(matches!(call.poll(), Poll::Ready(Ok(()))));
+    }
+
+    /// A call waiting on the one endpoint not ready that it holds, with no other left to look at
+    /// (one endpoint only, or the others taken out), arms no recheck: the endpoint held wakes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_on_the_only_endpoint_not_ready_arms_no_recheck() {
+        let (_shared, _valves, mut call) = valves(&[Valve::PENDING], 0);
+        assert!(call.poll().is_pending());
+        tokio::time::advance(RECHECK * 4).await;
+        assert!(!call.is_woken());
+
+        let (shared, _valves, mut call) = valves(&[Valve::PENDING, Valve::PENDING], 0);
+        shared.current().endpoints[1]
+            .stats
+            .ejected
+            .store(true, Relaxed);
+        assert!(call.poll().is_pending());
+        tokio::time::advance(RECHECK * 4).await;
+        assert!(!call.is_woken());
     }
 
     /// A waiting call whose every available endpoint failed its readiness, and whose error it

@@ -15,7 +15,9 @@
 //!   [`max_wait`](BalanceConfigBuilder::max_wait), then fails with [`NoEndpoints`].
 //! - **Readiness per call.** The response future polls the picked endpoint ready; if it is not,
 //!   it picks again without it (a consistent-hash key walks on along its ring), then falls back to
-//!   any other ready endpoint, so one unready endpoint never holds the balancer up.
+//!   any other ready endpoint, so one unready endpoint never holds the balancer up. A waiting call
+//!   holds one of the endpoints not ready, whose readiness wakes it, and looks at the others again
+//!   every 250 ms.
 //! - **Failures count as slow.** PeakEWMA records a failed call as taking at least
 //!   `failure_penalty`, so an endpoint that fails fast does not attract traffic.
 //! - **Latency outlier ejection**: an endpoint much slower than its peers for long enough is
