@@ -196,7 +196,9 @@ pub enum EjectReason {
 /// balancer's changes of its set and health are reported in the order they were made, and a
 /// change of panic mode right after the changes that made it (a discovery batch, an ejection, an
 /// outlier detection pass, a health check's verdict). A key whose
-/// `Debug` panics loses its event (the panic is logged at `error`); the change stands.
+/// `Debug` panics loses its event (the panic is logged at `error`); the change stands. A change
+/// whose key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not
+/// applied and reports nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BalanceEvent {

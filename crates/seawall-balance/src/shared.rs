@@ -389,19 +389,21 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Publishes `snapshot` as the set in force, and returns the report of the change of panic
-    /// mode it makes, if any. The caller holds the health lock (`health`).
-    fn publish(&self, health: &mut Health, snapshot: Snapshot<K, S>) -> Option<Report<K, S>> {
+    /// mode it makes, if any, and the set it replaced. The caller holds the health lock
+    /// (`health`), and drops the replaced set once it has let go of the lock: that may drop
+    /// services discovery removed, whose `Drop` is the user's and may panic.
+    fn publish(&self, health: &mut Health, snapshot: Snapshot<K, S>) -> Published<K, S> {
         let len = snapshot.len();
         let unhealthy = snapshot
             .endpoints
             .iter()
             .filter(|e| !e.stats.healthy())
             .count();
-        let before = std::mem::replace(
+        let replaced = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
             Arc::new(snapshot),
-        )
-        .len();
+        );
+        let before = replaced.len();
         self.store_unhealthy(unhealthy);
         self.version.fetch_add(1, Release);
         // By the change, so that balancers sharing a name sum their sets, and one that is dropped
@@ -414,7 +416,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
         let panic = self.health_changed(health, len);
         self.changed.notify_waiters();
-        panic
+        (panic, replaced)
     }
 
     /// Applies one discovery change.
@@ -426,7 +428,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// Applies discovery changes in order, as one at a time would, and publishes the set they
     /// leave once: the set is rebuilt once for them all, and no call sees some of them applied
     /// and not the others. Removes of keys not in the set change nothing, and changes made only of
-    /// them publish nothing.
+    /// them publish nothing. A change whose key's `Hash`, `Eq` or `EndpointMeta` panics is
+    /// skipped and logged, leaving the set as it was before it; the changes after it are applied.
+    /// A service whose `Drop` panics when the set it leaves is freed loses the panic, logged, and
+    /// the changes stand.
     pub(crate) fn apply_batch(&self, changes: impl IntoIterator<Item = Change<K, S>>) {
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
@@ -434,23 +439,53 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let mut endpoints = old.endpoints.clone();
         let mut reports = Vec::new();
         for change in changes {
-            self.apply_one(
-                &mut health.zones,
-                &mut endpoints,
-                old.local_zone,
-                change,
-                &mut reports,
-            );
+            // `apply_one` runs the key's code before it changes anything, so a change that
+            // panics leaves `endpoints`, `zones` and `reports` as they were.
+            let applied = catch_unwind(AssertUnwindSafe(|| {
+                self.apply_one(
+                    &mut health.zones,
+                    &mut endpoints,
+                    old.local_zone,
+                    change,
+                    &mut reports,
+                )
+            }));
+            if let Err(panic) = applied {
+                caught(
+                    || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not apply a discovery change; skipping it"),
+                );
+                caught(|| drop(panic));
+            }
         }
+        let mut replaced = None;
         if !reports.is_empty() {
             // Published under the health lock, so the unhealthy count cannot race an ejection.
-            let panic = self.publish(
+            let (panic, set) = self.publish(
                 health,
                 Snapshot::build(endpoints, &self.settings.picker, old.local_zone),
             );
+            replaced = Some(set);
             self.report(reports.into_iter().chain(panic));
         }
         drop(guard);
+        // The set replaced, freed once no call holds it: here, the services discovery removed
+        // or replaced are dropped unless a call or a probe still holds one.
+        self.guarded("freeing the endpoints discovery replaced", || {
+            drop(replaced);
+            drop(old);
+        });
+    }
+
+    /// Runs `f`, which runs the user's code (a key's `Hash` or `Eq`, a service's `Drop`) on the
+    /// background task: a panic is caught and logged with what the task was `doing`, and the
+    /// task goes on, so discovery, outlier detection and health checks keep running.
+    fn guarded(&self, doing: &str, f: impl FnOnce()) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+            caught(
+                || tracing::error!(name = %self.name, doing, panic = panics::message(&*panic), "seawall balance caught a panic in an endpoint's key or service; going on"),
+            );
+            caught(|| drop(panic));
+        }
     }
 
     /// Applies one discovery change to `endpoints`, the set being built, with `zones` the zone
@@ -465,9 +500,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     ) {
         match change {
             Change::Insert(key, service) => {
+                // The key's own code (`Eq`, `Hash`, `EndpointMeta`) runs first, before anything
+                // changes: one that panics leaves the set and the zone ids as they were.
                 // A key already in the set is the same endpoint with a new weight, zone or
                 // service: it keeps its place, statistics and health.
                 let present = endpoints.iter().position(|e| e.key == key);
+                let key_hash = stable_hash(&key);
+                let weight = key.weight().max(1);
                 let zone = match key.zone() {
                     None => u16::MAX - 1,
                     Some(z) => {
@@ -500,8 +539,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     }
                 };
                 let endpoint = Arc::new(Endpoint {
-                    key_hash: stable_hash(&key),
-                    weight: key.weight().max(1),
+                    key_hash,
+                    weight,
                     zone,
                     stats: present.map_or_else(Arc::default, |i| endpoints[i].stats.clone()),
                     service,
@@ -517,9 +556,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 }
             }
             Change::Remove(key) => {
-                let before = endpoints.len();
-                endpoints.retain(|e| e.key != key);
-                if endpoints.len() < before {
+                // Keys are unique in the set. Found before anything is removed, so a key whose
+                // `Eq` panics leaves the set as it was.
+                if let Some(i) = endpoints.iter().position(|e| e.key == key) {
+                    endpoints.remove(i);
                     reports.push(Report::Removed { key });
                 }
             }
@@ -964,6 +1004,10 @@ where
     }))
 }
 
+/// What publishing a set gives: the report of the change of panic mode it made, if any, and the
+/// set it replaced.
+type Published<K, S> = (Option<Report<K, S>>, Arc<Snapshot<K, S>>);
+
 /// Spawns the task that applies discovery changes and runs health checks for `shared`.
 ///
 /// The task holds only a weak reference: it ends when the last balancer is dropped (which also
@@ -1028,7 +1072,7 @@ async fn run<K, S, C, D>(
                 let Some(shared) = weak.upgrade() else { return };
                 for change in &batch {
                     let (Change::Insert(key, _) | Change::Remove(key)) = change;
-                    probes.cancel(key);
+                    shared.guarded("cancelling a health check", || probes.cancel(key));
                 }
                 if !batch.is_empty() {
                     errors_in_a_row = 0;
@@ -1083,16 +1127,21 @@ async fn run<K, S, C, D>(
                 for ep in &set.endpoints {
                     // An endpoint whose last probe still runs is not probed again until it ends
                     // (as Envoy does), so verdicts apply in the order the probes started.
-                    if !probes.running.contains_key(&ep.key) {
-                        probes.start(ep.key.clone(), check.timeout, probe, ep.service.clone());
-                    }
+                    shared.guarded("starting a health check", || {
+                        if !probes.running.contains_key(&ep.key) {
+                            probes.start(ep.key.clone(), check.timeout, probe, ep.service.clone());
+                        }
+                    });
                 }
             }
             Some(result) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
                 let Some(shared) = weak.upgrade() else { return };
-                let woken = probes
-                    .finished(result)
-                    .is_some_and(|(key, ok)| shared.probed(&key, ok));
+                let mut woken = false;
+                shared.guarded("applying a health check's verdict", || {
+                    woken = probes
+                        .finished(result)
+                        .is_some_and(|(key, ok)| shared.probed(&key, ok));
+                });
                 // The probe's task has ended and dropped its clone of the endpoint's service,
                 // with any capacity the probe held (a concurrency limit's permit). A waiting call
                 // listens only on the endpoint it holds, so whatever the verdict (a probe that
@@ -1822,6 +1871,145 @@ mod tests {
         assert_eq!(shared.unhealthy.load(Relaxed), 0);
         let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
         assert_eq!(*events.lock().unwrap(), vec![added("0"), added("2")]);
+    }
+
+    /// A key whose `Hash` panics for 99.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Unhashable(usize);
+
+    impl std::hash::Hash for Unhashable {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            assert_ne!(self.0, 99, "key 99 cannot be hashed");
+            self.0.hash(state);
+        }
+    }
+
+    impl crate::EndpointMeta for Unhashable {}
+
+    /// A service whose `Drop` panics once `armed`, unless it is dropped while unwinding.
+    #[derive(Clone)]
+    struct Bomb(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if self.0.load(Relaxed) && !std::thread::panicking() {
+                self.0.store(false, Relaxed);
+                panic!("service cannot be dropped");
+            }
+        }
+    }
+
+    /// A discovery stream fed by the returned sender, one change at a time.
+    fn fed<K: Eq + Send + 'static, S: Send + 'static>() -> (
+        tokio::sync::mpsc::UnboundedSender<Change<K, S>>,
+        impl Discover<Key = K, Service = S, Error = String> + Send + 'static,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx).map(|change| change.map(Ok::<_, String>))
+        });
+        (tx, stream)
+    }
+
+    /// Outlier detection that ejects on one failure for 10 s, and runs every second.
+    fn eject_at_once() -> Settings {
+        round_robin(
+            0.0,
+            crate::OutlierDetection {
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(10),
+                max_ejection_percent: 1.0,
+                consecutive_failures: Some(1),
+                ..crate::OutlierDetection::disabled()
+            },
+        )
+    }
+
+    /// A change whose key's `Hash` panics is skipped, and the changes with it and after it are
+    /// applied: the background task goes on applying discovery and returning ejected endpoints.
+    #[tokio::test(start_paused = true)]
+    async fn a_change_whose_key_panics_is_skipped_and_the_task_goes_on() {
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..3 {
+            tx.send(Change::Insert(Unhashable(i), "a")).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), [0, 1, 2].map(Unhashable));
+        let set = shared.current();
+        shared.record(&set.endpoints[0], Outcome::Failure, None, None);
+        assert!(set.endpoints[0].stats.ejected.load(Relaxed));
+
+        // Ready together: applied as one batch, without 99.
+        tx.send(Change::Insert(Unhashable(99), "a")).unwrap();
+        tx.send(Change::Insert(Unhashable(3), "a")).unwrap();
+        // Ejected at 1 ms for 10 s: back at the pass of 11 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
+        assert_eq!(shared.unhealthy.load(Relaxed), 0);
+        assert_eq!(keys(&shared), [0, 1, 2, 3].map(Unhashable));
+
+        tx.send(Change::Insert(Unhashable(4), "a")).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), [0, 1, 2, 3, 4].map(Unhashable));
+    }
+
+    /// A zoned key whose `Hash` panics takes no zone id: the next new zone gets the id it would
+    /// have got had the change never come.
+    #[test]
+    fn a_change_whose_key_panics_leaves_the_zones_as_they_were() {
+        let shared = Shared::<Tagged<Unhashable>, (), _>::for_tests(Picker::zone_aware("local"));
+        shared.apply(Change::Insert(
+            Tagged::new(Unhashable(1)).with_zone("a"),
+            (),
+        ));
+        let before = shared.health.lock().unwrap().zones.clone();
+        shared.apply(Change::Insert(
+            Tagged::new(Unhashable(99)).with_zone("b"),
+            (),
+        ));
+        assert_eq!(shared.health.lock().unwrap().zones, before);
+    }
+
+    /// A removed service whose `Drop` panics when the set it leaves is freed does not stop the
+    /// background task: the removal stands, an ejected endpoint still returns, and discovery
+    /// is still applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_service_whose_drop_panics_does_not_stop_the_task() {
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for i in 0..3usize {
+            tx.send(Change::Insert(i, Bomb(armed.clone()))).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let stats = shared.current().endpoints[0].stats.clone();
+        shared.record(&shared.current().endpoints[0], Outcome::Failure, None, None);
+        assert!(stats.ejected.load(Relaxed));
+
+        armed.store(true, Relaxed);
+        tx.send(Change::Remove(2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!armed.load(Relaxed), "the removed service was dropped");
+        assert_eq!(keys(&shared), vec![0, 1]);
+
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!stats.ejected.load(Relaxed));
+        tx.send(Change::Insert(3, Bomb(Arc::default()))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0, 1, 3]);
     }
 
     /// A subscriber that panics on every event loses the balancer its log lines, those of the
