@@ -1055,8 +1055,13 @@ async fn run<K, S, C, D>(
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probes = Probes::default();
     // After errors in a row, discovery is read again only after a pause, so a source that fails at
-    // once every time neither spins the task nor floods the log.
+    // once every time neither spins the task nor floods the log. Errors are in a row while each
+    // comes, once reading has resumed after the pause the one before it got, within the pause
+    // it would get itself: a source that errs on a failed refresh and sends nothing on a good one
+    // that changed nothing is not made to wait for errors far apart.
     let mut errors_in_a_row = 0u32;
+    // When reading resumed (or resumes) after the last error's pause.
+    let mut resumed_at = Instant::now();
     let resume = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(resume);
     let mut paused = false;
@@ -1085,8 +1090,14 @@ async fn run<K, S, C, D>(
                         None
                     }
                     Stop::Error(error) => {
+                        let now = Instant::now();
+                        let quiet = now.saturating_duration_since(resumed_at);
+                        if quiet > discovery_pause(errors_in_a_row) {
+                            errors_in_a_row = 0;
+                        }
                         let pause = discovery_pause(errors_in_a_row);
                         errors_in_a_row = errors_in_a_row.saturating_add(1);
+                        resumed_at = deadline_after(now, pause);
                         tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints");
                         Some(pause)
                     }
@@ -2010,6 +2021,59 @@ mod tests {
         tx.send(Change::Insert(3, Bomb(Arc::default()))).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(keys(&shared), vec![0, 1, 3]);
+    }
+
+    /// Sends a discovery stream its changes and errors.
+    type Feed = tokio::sync::mpsc::UnboundedSender<Result<Change<usize, &'static str>, String>>;
+
+    /// A discovery stream fed by the returned sender, errors included.
+    fn fallible() -> (
+        Feed,
+        impl Discover<Key = usize, Service = &'static str, Error = String> + Send + 'static,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            tx,
+            futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+        )
+    }
+
+    /// A source that errs on a failed refresh and sends nothing on a good one: errors an hour
+    /// apart are not in a row, so the second is not followed by a pause, and a change right after
+    /// it is applied at once.
+    #[tokio::test(start_paused = true)]
+    async fn discovery_errors_far_apart_are_not_in_a_row() {
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        let (tx, stream) = fallible();
+        spawn(&shared, stream, None);
+        tx.send(Err("refresh failed".into())).unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tx.send(Err("refresh failed again".into())).unwrap();
+        tx.send(Ok(Change::Insert(1, "a"))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![1]);
+    }
+
+    /// A source that errs every time it is read is still read less and less often: at 0, 0, 50,
+    /// 150, 350 and 750 ms in its first second (pauses of 0, 50, 100, 200 and 400 ms).
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_errs_every_time_is_read_after_growing_pauses() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let stream = futures_util::stream::poll_fn(move |_| {
+            // Bounded, so a task that does not pause ends its reads rather than spin.
+            if counted.fetch_add(1, Relaxed) < 20 {
+                Poll::Ready(Some(Err::<Change<usize, &'static str>, _>(
+                    "down".to_owned(),
+                )))
+            } else {
+                Poll::Pending
+            }
+        });
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        spawn(&shared, stream, None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(reads.load(Relaxed), 6);
     }
 
     /// A subscriber that panics on every event loses the balancer its log lines, those of the
