@@ -1,13 +1,15 @@
 //! State changes are `tracing` events: every breaker transition, every ejection and return of an
-//! endpoint, every endpoint added, a balancer entering and leaving panic mode, and every bulkhead
-//! rejection, each with the policy's name.
+//! endpoint, every endpoint added, a balancer entering and leaving panic mode, every bulkhead
+//! rejection and a fallback giving up on its inner service, each with the policy's name.
 
 use seawall::{
     balance::{BalanceLayer, OutlierDetection, Picker},
     breaker::{BreakerLayer, State},
     bulkhead::{BulkheadLayer, Full},
     core::error::is,
-    discover, BoxError, ServiceBuilderExt,
+    discover,
+    fallback::FallbackLayer,
+    BoxError, ServiceBuilderExt,
 };
 use std::{
     fmt,
@@ -322,4 +324,56 @@ async fn bulkhead_rejections_are_traced() {
     let rejected = capture.with_message("bulkhead full, call rejected");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].field("name"), Some("traced-bulkhead"));
+}
+
+/// An inner service whose readiness always fails, as a `Buffer` whose worker is gone does.
+#[derive(Clone)]
+struct WorkerGone;
+
+impl Service<()> for WorkerGone {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Err("worker gone".into()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        unreachable!("never ready, so never called")
+    }
+}
+
+/// A fallback giving up on its inner service warns once per layer: callers that clone the service
+/// per call see each clone keep the error, and every one after the first logs at debug.
+#[tokio::test(start_paused = true)]
+async fn fallback_giving_up_on_its_inner_service_warns_once() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let root = FallbackLayer::builder()
+        .name("traced-fallback")
+        .build_fn(|_failed| Ok(()))
+        .unwrap()
+        .layer(WorkerGone);
+    for _ in 0..3 {
+        root.clone().oneshot(()).await.unwrap();
+    }
+
+    let gave_up = capture.with_message(
+        "seawall fallback: inner service failed readiness; answering every call from the fallback",
+    );
+    let levels: Vec<Level> = gave_up.iter().map(|e| e.level).collect();
+    assert_eq!(
+        levels,
+        [Level::WARN, Level::DEBUG, Level::DEBUG],
+        "{gave_up:?}"
+    );
+    for event in &gave_up {
+        assert_eq!(event.field("name"), Some("traced-fallback"));
+        assert_eq!(event.field("error"), Some("worker gone"));
+    }
 }

@@ -7,7 +7,11 @@ use crate::{
 use seawall_core::{
     classify::DefaultClassifier, error, BoxError, ConfigError, Listener, Listeners, Name,
 };
-use std::{error::Error, fmt, sync::Arc};
+use std::{
+    error::Error,
+    fmt,
+    sync::{atomic::AtomicBool, Arc},
+};
 
 /// Builds a [`FallbackLayer`]; see [`FallbackLayer::builder`].
 ///
@@ -155,6 +159,7 @@ impl<C, X> FallbackBuilder<C, X> {
             errors: self.errors.map(Vec::into_boxed_slice),
             name,
             listeners: self.listeners,
+            inner_failed: AtomicBool::new(false),
         });
         Ok(FallbackLayer::from_parts(shared, self.context))
     }

@@ -1,6 +1,10 @@
 use crate::{config::FallbackBuilder, context::NoContext, Fallback, FallbackEvent};
 use seawall_core::{Listeners, Name};
-use std::{error::Error, fmt, sync::Arc};
+use std::{
+    error::Error,
+    fmt,
+    sync::{atomic::AtomicBool, Arc},
+};
 use tower_layer::Layer;
 
 pub(crate) type ErrorPredicate = Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Send + Sync>;
@@ -25,6 +29,9 @@ pub(crate) struct Shared<H, C> {
     pub(crate) errors: Option<Box<[ErrorPredicate]>>,
     pub(crate) name: Name,
     pub(crate) listeners: Listeners<FallbackEvent>,
+    /// Whether a service of the layer kept a readiness error yet: the first is logged at `warn`,
+    /// later ones at `debug`.
+    pub(crate) inner_failed: AtomicBool,
 }
 
 impl<H, C> Shared<H, C> {

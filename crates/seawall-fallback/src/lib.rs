@@ -34,8 +34,10 @@
 //! sends the request belongs in [`build_service`](FallbackBuilder::build_service).
 //!
 //! A readiness error of the inner service that the layer handles is kept: every later call is
-//! answered from the fallback, and the failed service is dropped (see [`Fallback`]). This is
-//! reported once, with a `warn` `tracing` event and [`FallbackEvent::InnerFailed`].
+//! answered from the fallback, and the failed service is dropped (see [`Fallback`]). The service
+//! that keeps it reports it with [`FallbackEvent::InnerFailed`] and a `tracing` event, at `warn`
+//! the first time a service of the layer keeps such an error and at `debug` after that. A service
+//! cloned per call (`client.clone().oneshot(req)`) keeps the error, and reports it, on each call.
 //!
 //! # Where it goes
 //!
@@ -181,6 +183,7 @@ pub enum FallbackEvent {
     Failed,
     /// The inner service failed to get ready with an error the layer handles and was dropped:
     /// this service, and the clones made of it from now on, answer every call from the fallback
-    /// (see [`Fallback`]). Reported once per service, when `poll_ready` keeps the error.
+    /// (see [`Fallback`]). Reported once per service, when `poll_ready` keeps the error: a service
+    /// cloned per call, each clone failing to get ready, reports on each call.
     InnerFailed,
 }

@@ -7,7 +7,7 @@ use seawall_core::{BoxError, Classify};
 use std::{
     error::Error,
     fmt,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     task::{ready, Context, Poll},
 };
 use tokio::time::Instant;
@@ -27,8 +27,10 @@ use tower_service::Service;
 /// then on [`get_ref`](Self::get_ref), [`get_mut`](Self::get_mut) and
 /// [`into_inner`](Self::into_inner) return `None`. A clone of a failed `Fallback` is failed too,
 /// with the same error; a clone made before the failure keeps its own inner service. Each service
-/// that keeps such an error reports it once, when `poll_ready` keeps it: a `warn` `tracing` event
-/// and [`FallbackEvent::InnerFailed`](crate::FallbackEvent::InnerFailed) to the listeners.
+/// that keeps such an error reports it once, when `poll_ready` keeps it:
+/// [`FallbackEvent::InnerFailed`](crate::FallbackEvent::InnerFailed) to the listeners, and a
+/// `tracing` event, at `warn` for the first service of the layer to keep one and at `debug` for
+/// the later ones. A service cloned per call whose clones fail to get ready reports on each call.
 /// Readiness errors the layer does not handle are returned as they are.
 ///
 /// So this layer belongs above a balancer (outermost, as in the canonical stack), never on each
@@ -214,11 +216,19 @@ impl<S, H, C, X> Fallback<S, H, C, X> {
             return Err(error);
         }
         let shared = &*self.shared;
-        tracing::warn!(
-            name = %shared.name,
-            error = %error,
-            "seawall fallback: inner service failed readiness; answering every call from the fallback"
-        );
+        if shared.inner_failed.swap(true, Ordering::Relaxed) {
+            tracing::debug!(
+                name = %shared.name,
+                error = %error,
+                "seawall fallback: inner service failed readiness; answering every call from the fallback"
+            );
+        } else {
+            tracing::warn!(
+                name = %shared.name,
+                error = %error,
+                "seawall fallback: inner service failed readiness; answering every call from the fallback"
+            );
+        }
         shared
             .listeners
             .emit(&shared.name, &FallbackEvent::InnerFailed);
