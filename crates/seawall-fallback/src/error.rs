@@ -33,6 +33,12 @@ use std::{error::Error, fmt, sync::Arc};
 /// of one's own that sends nothing marks its errors as never sent (a
 /// [`NotSent`](seawall_core::error::NotSent) as their `source()`) to keep the call not sent.
 ///
+/// A call answered from the fallback after a kept readiness error of the inner service (see
+/// [`Fallback`](crate::Fallback)) never reached the inner service, but its original is that
+/// readiness error: when the fallback fails too, even a `build_fn` closure, the call counts as
+/// never sent only if the readiness error proves it ([`not_sent`]), and as possibly sent otherwise
+/// (a `Buffer` whose worker is gone).
+///
 /// [`fallback_error`]: FallbackFailed::fallback_error
 /// [`original`]: FallbackFailed::original
 #[derive(Debug)]
@@ -44,9 +50,9 @@ pub struct FallbackFailed {
 }
 
 impl FallbackFailed {
-    /// `may_send`: whether the fallback may have sent a request (see
-    /// [`ContextHandler::may_send`](crate::ContextHandler::may_send)). A fallback error with a
-    /// [`SentEarlier`] in its chain says it did, whatever `may_send` is.
+    /// `may_send`: whether the fallback may have sent a request in this call (see
+    /// [`ContextHandler::may_have_sent`](crate::ContextHandler::may_have_sent)). A fallback error
+    /// with a [`SentEarlier`] in its chain says it did, whatever `may_send` is.
     pub(crate) fn new(
         original: Arc<dyn Error + Send + Sync>,
         fallback: BoxError,
