@@ -108,8 +108,12 @@ pub trait FallbackHandler<Res> {
     }
 
     /// Whether the fallback may have sent a request in the call whose `future` failed:
-    /// [`may_send`](Self::may_send) unless overridden. [`FromService`] answers `false` when its
-    /// service failed to get ready, and so was never called.
+    /// [`may_send`](Self::may_send) unless overridden. Asked only after `future` returned `Err`,
+    /// never of one still running or one that answered. [`FromService`] answers `false` when its
+    /// service failed to get ready, and so was never called; a handler that wraps a `FromService`
+    /// asks it in turn. The other way to say that a fallback sent nothing is its error: one with a
+    /// [`NotSent`](seawall_core::error::NotSent) as its source keeps a call never sent never sent,
+    /// whatever this answers.
     fn may_have_sent(&self, future: &Self::Future) -> bool {
         let _ = future;
         self.may_send()
@@ -139,8 +143,12 @@ pub trait ContextHandler<Res, Ctx> {
     }
 
     /// Whether the fallback may have sent a request in the call whose `future` failed:
-    /// [`may_send`](Self::may_send) unless overridden. [`FromService`] answers `false` when its
-    /// service failed to get ready, and so was never called.
+    /// [`may_send`](Self::may_send) unless overridden. Asked only after `future` returned `Err`,
+    /// never of one still running or one that answered. [`FromService`] answers `false` when its
+    /// service failed to get ready, and so was never called; a handler that wraps a `FromService`
+    /// asks it in turn. The other way to say that a fallback sent nothing is its error: one with a
+    /// [`NotSent`](seawall_core::error::NotSent) as its source keeps a call never sent never sent,
+    /// whatever this answers.
     fn may_have_sent(&self, future: &Self::Future) -> bool {
         let _ = future;
         self.may_send()
@@ -320,8 +328,9 @@ impl<T: fmt::Debug> fmt::Debug for FromService<T> {
 
 pin_project! {
     /// One call of a [`FromService`] fallback: drives its clone of the service to readiness, then
-    /// calls it, as tower's [`Oneshot`](tower::util::Oneshot) does, and tells whether it was
-    /// called ([`called`](Self::called)).
+    /// calls it, as tower's [`Oneshot`](tower::util::Oneshot) does. Whether it got as far as the
+    /// call is what `FromService` answers to
+    /// [`may_have_sent`](FallbackHandler::may_have_sent).
     pub struct FallbackCall<T, Req>
     where
         T: Service<Req>,
@@ -352,7 +361,7 @@ impl<T: Service<Req>, Req> FallbackCall<T, Req> {
 
     /// Whether the service was called: `false` while it is getting ready, and after its
     /// `poll_ready` failed.
-    pub fn called(&self) -> bool {
+    pub(crate) fn called(&self) -> bool {
         matches!(self.state, CallState::Called { .. })
     }
 }
