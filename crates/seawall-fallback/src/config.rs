@@ -1,17 +1,13 @@
 use crate::{
     context::{NoContext, WithRequest},
     handler::{FromFn, FromService},
-    layer::{ErrorPredicate, Shared},
+    layer::{ErrorPredicate, Shared, WarnEvery},
     Failed, FallbackEvent, FallbackLayer,
 };
 use seawall_core::{
     classify::DefaultClassifier, error, BoxError, ConfigError, Listener, Listeners, Name,
 };
-use std::{
-    error::Error,
-    fmt,
-    sync::{atomic::AtomicBool, Arc},
-};
+use std::{error::Error, fmt, sync::Arc};
 
 /// Builds a [`FallbackLayer`]; see [`FallbackLayer::builder`].
 ///
@@ -159,7 +155,7 @@ impl<C, X> FallbackBuilder<C, X> {
             errors: self.errors.map(Vec::into_boxed_slice),
             name,
             listeners: self.listeners,
-            inner_failed: AtomicBool::new(false),
+            inner_failed: WarnEvery::new(),
         });
         Ok(FallbackLayer::from_parts(shared, self.context))
     }

@@ -3,8 +3,13 @@ use seawall_core::{Listeners, Name};
 use std::{
     error::Error,
     fmt,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 pub(crate) type ErrorPredicate = Arc<dyn Fn(&(dyn Error + 'static)) -> bool + Send + Sync>;
@@ -29,9 +34,43 @@ pub(crate) struct Shared<H, C> {
     pub(crate) errors: Option<Box<[ErrorPredicate]>>,
     pub(crate) name: Name,
     pub(crate) listeners: Listeners<FallbackEvent>,
-    /// Whether a service of the layer kept a readiness error yet: the first is logged at `warn`,
-    /// later ones at `debug`.
-    pub(crate) inner_failed: AtomicBool,
+    /// When a service of the layer last logged a kept readiness error at `warn`.
+    pub(crate) inner_failed: WarnEvery,
+}
+
+/// How often a layer logs its services' kept readiness errors at `warn`: at most once per
+/// [`WARN_EVERY`]; the others are logged at `debug`.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// When a layer last warned, as milliseconds after `since`, plus one (0: never).
+#[derive(Debug)]
+pub(crate) struct WarnEvery {
+    since: Instant,
+    last: AtomicU64,
+}
+
+impl WarnEvery {
+    pub(crate) fn new() -> Self {
+        WarnEvery {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this report is logged at `warn`: the layer's first, or the first [`WARN_EVERY`]
+    /// or more after the last one that was.
+    pub(crate) fn warn_now(&self) -> bool {
+        let now = u64::try_from(self.since.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let last = self.last.load(Ordering::Relaxed);
+        let every = WARN_EVERY.as_millis() as u64;
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl<H, C> Shared<H, C> {

@@ -36,8 +36,10 @@
 //! A readiness error of the inner service that the layer handles is kept: every later call is
 //! answered from the fallback, and the failed service is dropped (see [`Fallback`]). The service
 //! that keeps it reports it with [`FallbackEvent::InnerFailed`] and a `tracing` event, at `warn`
-//! the first time a service of the layer keeps such an error and at `debug` after that. A service
-//! cloned per call (`client.clone().oneshot(req)`) keeps the error, and reports it, on each call.
+//! at most once a minute per layer (the first time a service of the layer keeps such an error,
+//! then the first time a minute or more after the last warning) and at `debug` otherwise. A
+//! service cloned per call (`client.clone().oneshot(req)`) keeps the error, and reports it, on
+//! each call.
 //!
 //! # Where it goes
 //!

@@ -7,7 +7,7 @@ use seawall_core::{BoxError, Classify};
 use std::{
     error::Error,
     fmt,
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 use tokio::time::Instant;
@@ -29,8 +29,9 @@ use tower_service::Service;
 /// with the same error; a clone made before the failure keeps its own inner service. Each service
 /// that keeps such an error reports it once, when `poll_ready` keeps it:
 /// [`FallbackEvent::InnerFailed`](crate::FallbackEvent::InnerFailed) to the listeners, and a
-/// `tracing` event, at `warn` for the first service of the layer to keep one and at `debug` for
-/// the later ones. A service cloned per call whose clones fail to get ready reports on each call.
+/// `tracing` event, at `warn` at most once a minute per layer (for the first service of the
+/// layer to keep one, then for the first a minute or more after the last warning) and at `debug`
+/// otherwise. A service cloned per call whose clones fail to get ready reports on each call.
 /// Readiness errors the layer does not handle are returned as they are.
 ///
 /// So this layer belongs above a balancer (outermost, as in the canonical stack), never on each
@@ -216,7 +217,7 @@ impl<S, H, C, X> Fallback<S, H, C, X> {
             return Err(error);
         }
         let shared = &*self.shared;
-        if shared.inner_failed.swap(true, Ordering::Relaxed) {
+        if !shared.inner_failed.warn_now() {
             tracing::debug!(
                 name = %shared.name,
                 error = %error,
