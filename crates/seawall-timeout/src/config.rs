@@ -64,7 +64,8 @@ impl TimeoutConfigBuilder {
     /// Whether to fail the call at a deadline the request already carries (from an outer
     /// timeout or from the caller) when it is earlier than this layer's own. Default `true`.
     ///
-    /// With `false` the layer fires only at its own deadline and leaves an earlier one to the
+    /// With `false` the layer fires only at its own deadline (or at the request's, when that is
+    /// at most a millisecond later: below) and leaves an earlier one to the
     /// layer that enforces it further out, which cancels the call by dropping it; the earlier
     /// deadline stays on the request for inner layers either way. This is for a timeout under a
     /// layer that counts outcomes, such as the per-try timeout under a per-endpoint breaker or
@@ -73,12 +74,16 @@ impl TimeoutConfigBuilder {
     /// its own timeout, the caller was impatient. Only turn it off where a layer further out does
     /// enforce the deadline, or calls can outlive it.
     ///
-    /// When the earlier deadline is due on this layer's timer tick or before it (it came first,
-    /// or less than a tick after this layer's own, or the task was polled only after both had
-    /// passed), this layer's cut is held for one poll: it drops the inner future, wakes the task
-    /// and stays pending, so the layer further out, whose timer has fired too, cancels the call
-    /// in the same pass and nothing below sees an `Elapsed`. With no such layer the call fails
-    /// with `Elapsed` (and is reported) on the next poll.
+    /// A deadline on the request at most a millisecond (a tick of tokio's timer, which rounds each
+    /// deadline up to one) after this layer's own would fire on the tick after this layer's
+    /// timer: the call is timed at that deadline instead, which stays on the request, so both
+    /// timers fire on one tick, and the call may run up to a millisecond past `timeout`. When the
+    /// request's deadline is at or before the one the call is timed at and both have passed (on
+    /// one tick, or because the task was polled only after both), this layer's cut is held for
+    /// one poll: it drops the inner future, wakes the task and stays pending, so the layer
+    /// further out, whose timer has fired too, cancels the call in the same pass and nothing
+    /// below sees an `Elapsed`. With no such layer the call fails with `Elapsed` (and is
+    /// reported) on the next poll.
     pub fn enforce_outer_deadline(mut self, enforce: bool) -> Self {
         self.enforce_outer = enforce;
         self

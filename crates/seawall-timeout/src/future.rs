@@ -22,11 +22,14 @@ pin_project! {
     /// had already passed when it was made has no inner future (the inner service was not
     /// called) and fails with [`Elapsed`] on its first poll.
     ///
-    /// A layer that leaves an earlier deadline to a layer further out (a per-try timeout), given
-    /// one at, before or less than a timer tick after its own, cuts the call one poll late: it
-    /// drops the inner future, wakes the task and stays pending, so the layer further out, whose
-    /// timer has fired too and which polls this future before its timer, cancels the call. Only
-    /// if nothing does is the call failed with [`Elapsed`], and reported, on the next poll.
+    /// A layer that leaves the call's deadline to a layer further out (a per-try timeout) times a
+    /// call whose deadline is at most a millisecond (a tick of tokio's timer) after its own at
+    /// that deadline, so both timers fire on one tick: the call may run up to a millisecond past
+    /// the layer's timeout. Given a call's deadline at or before the one it times the call at, it
+    /// cuts the call one poll late: it drops the inner future, wakes the task and stays pending,
+    /// so the layer further out, whose timer has fired too and which polls this future before its
+    /// timer, cancels the call. Only if nothing does is the call failed with [`Elapsed`], and
+    /// reported, on the next poll.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -65,8 +68,8 @@ impl<F> ResponseFuture<F> {
     /// A call made at `started`, with the inner service's future, or `None` when the inner
     /// service was not called (its `deadline` had already passed): that call fails with
     /// [`Elapsed`] on its first poll. `outer_first` says that a layer further out enforces a
-    /// deadline due no later than a timer tick after this one's, and should be left to cut the
-    /// call when both have passed.
+    /// deadline due no later than `deadline`, and should be left to cut the call when both have
+    /// passed.
     #[inline]
     pub(crate) fn new(
         inner: Option<F>,

@@ -114,8 +114,9 @@ impl TimeoutLayer {
 
     /// This policy (its duration, name, listeners and propagation) set up to time one attempt
     /// under a retry: it ignores a request's [`TimeoutOverride`](crate::TimeoutOverride) and
-    /// fires only at its own deadline, leaving an earlier deadline on the request to the layer
-    /// further out that enforces it (as
+    /// fires only at its own deadline (or at the request's, when that is at most a millisecond
+    /// later), leaving an earlier deadline on the request to the layer further out that
+    /// enforces it (as
     /// [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) does).
     /// Unlike a layer built with [`honor_override(false)`](TimeoutConfigBuilder::honor_override),
     /// which ignores both overrides, it reads the per-try one.

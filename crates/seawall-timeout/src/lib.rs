@@ -13,10 +13,11 @@
 //! 2. capped by a [`Deadline`] the request already carries, from an outer timeout or from the
 //!    caller; the earlier of the two wins. A layer built with
 //!    [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) leaves an
-//!    earlier deadline to the layer further out that enforces it and fires only at its own; when
-//!    both have passed by the time its timer fires (the same tick, a late poll), it holds its cut
-//!    for one poll so that layer cancels the call, and fails with [`Elapsed`] on the next poll
-//!    only if nothing did.
+//!    earlier deadline to the layer further out that enforces it and fires only at its own (or
+//!    at the request's, when that is at most a millisecond later, so both timers fire on one
+//!    tick: the call may run up to a millisecond past its timeout); when both have passed by the
+//!    time its timer fires (the same tick, a late poll), it holds its cut for one poll so that
+//!    layer cancels the call, and fails with [`Elapsed`] on the next poll only if nothing did.
 //!
 //! Build a per-try timeout under a retry with [`TimeoutLayer::per_try`]: it ignores a
 //! `TimeoutOverride`, leaves an earlier deadline to the layer further out, and reads a request's

@@ -16,7 +16,8 @@ use tower_service::Service;
 
 /// One tick of tokio's timer: how long before `call` a deadline this layer enforces must have
 /// passed for the call not to be made, and how much later than this layer's own deadline one left
-/// to a layer further out may be and still be due with it.
+/// to a layer further out may be for the call to be timed at it, so that both timers fire on one
+/// tick.
 const TICK: Duration = Duration::from_millis(1);
 
 /// Fails calls to `S` that do not answer by their deadline; see the [crate docs](crate).
@@ -102,6 +103,11 @@ where
         };
         let own = deadline_after(now, timeout);
         let outer = req.deadline();
+        // A deadline left to a layer further out that is due with this one's (within a tick
+        // after it, as tokio's timer rounds both up to a tick) or before it is that layer's to
+        // cut: when both have passed this layer holds its cut for one poll (see `ResponseFuture`).
+        let outer_first = !self.shared.enforce_outer
+            && outer.is_some_and(|outer| outer.saturating_duration_since(own) <= TICK);
         let (deadline, send) = match outer {
             // An earlier deadline stays on the request; this layer enforces it unless a layer
             // further out does. One that passed a timer tick or more ago is not sent: nothing sent
@@ -112,6 +118,10 @@ where
                 (outer, now.saturating_duration_since(outer) < TICK)
             }
             Some(outer) if outer <= own => (own, true),
+            // One left to a layer further out and due within a tick after this one's would fire
+            // on the tick after this one's timer: the call is timed at it instead, so both timers
+            // fire on one tick, and it stays on the request.
+            Some(outer) if outer_first => (outer, true),
             _ => {
                 if self.shared.propagate {
                     req.set_deadline(own);
@@ -119,11 +129,6 @@ where
                 (own, true)
             }
         };
-        // A deadline left to a layer further out that is due with this one's (within a tick
-        // after it, as tokio's timer rounds both up to a tick) or before it is that layer's to
-        // cut: when both have passed this layer holds its cut for one poll (see `ResponseFuture`).
-        let outer_first = !self.shared.enforce_outer
-            && outer.is_some_and(|outer| outer.saturating_duration_since(own) <= TICK);
         // One place builds the response future, sent or not, so it is built where it is returned.
         let future = send.then(|| self.inner.call(req));
         ResponseFuture::new(

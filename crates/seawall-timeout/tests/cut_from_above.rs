@@ -62,6 +62,53 @@ async fn a_total_timeout_due_just_after_on_the_same_tick_cuts_the_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_total_timeout_due_on_the_next_tick_cuts_the_attempt() {
+    // 5000 ms and 5000.5 ms: on their own the timers would be due on the 5000 and 5001 ms ticks.
+    // The attempt is timed at the call's deadline, due within a tick of its own, so the total
+    // timeout cuts it on the 5001 ms tick, and the request carries the call's deadline.
+    let (per_try, events) = per_try(Duration::from_secs(5));
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_micros(5_000_500)))
+        .layer(per_try)
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(5001));
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(start + Duration::from_micros(5_000_500))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_due_more_than_a_tick_later_leaves_the_attempt_to_the_per_try_timeout() {
+    // 5000 ms and 5001.5 ms: the per-try timeout fires first, and reports it.
+    let (per_try, events) = per_try(Duration::from_secs(5));
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_micros(5_001_500)))
+        .layer(per_try)
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [TimeoutEvent::Elapsed {
+            budget: Duration::from_secs(5)
+        }]
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(start + Duration::from_secs(5))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_late_poll_past_both_deadlines_leaves_the_cut_to_the_total_timeout() {
     let (per_try, events) = per_try(Duration::from_millis(2500));
     let svc = ServiceBuilder::new()

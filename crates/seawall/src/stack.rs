@@ -36,7 +36,11 @@
 //!   request's `PerTryTimeoutOverride` when it carries one) is charged a failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
 //!   cancelled from above and counts against no endpoint, even when both deadlines have passed
 //!   by the time it is polled (the same timer tick, a late poll): the per-try timeout then holds
-//!   its cut for one poll and leaves it to the total timeout.
+//!   its cut for one poll and leaves it to the total timeout. A call's deadline at most a
+//!   millisecond (a tick of tokio's timer) after the attempt's own (a total timeout of 5000.5 ms
+//!   over a per-try one of 5 s) would fire on the next tick: the per-try timeout times the
+//!   attempt at the call's deadline instead, so both fire on one tick and the attempt may run up
+//!   to a millisecond past its per-try timeout.
 //!
 //! `docs/composition.md` in the repository explains what each reordering does.
 //!
@@ -756,8 +760,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
             check_positive_duration("per_try_timeout", per_try.timeout())?;
         }
         if let (Some(total), Some(per_try)) = (self.total.duration, &self.per_try_timeout) {
-            // One as long as the total leaves no attempt for the retry after a cut one, and
-            // fires on the total timeout's tick.
+            // One as long as the total or longer leaves no attempt for the retry after a cut one:
+            // the call's deadline, due no later than the first attempt's own, cuts it. (One
+            // shorter by a millisecond or less is timed at the call's deadline, and cut with the
+            // call on the total timeout's tick.)
             if per_try.timeout() >= total {
                 return Err(ConfigError::conflict(
                     "per_try_timeout",

@@ -1154,6 +1154,39 @@ async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() 
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// A total timeout due half a millisecond after the per-try timeout, on the timer's next tick:
+/// the attempt is timed at the call's deadline, the total timeout cuts it, and the endpoint is
+/// not charged for it.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_on_the_tick_after_its_own_counts_against_no_endpoint() {
+    let calls = Calls::default();
+    let breakers = endpoint_breakers();
+    let client = ClientStack::builder()
+        .timeout(Duration::from_micros(5_000_500))
+        .without_retry()
+        .without_breaker()
+        .balance(
+            BalanceLayer::builder()
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection::disabled()),
+        )
+        .endpoint_breakers(breakers.clone())
+        .per_try_timeout(Duration::from_secs(5))
+        .build(endpoints(&["hung"], &calls))
+        .unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let err = client.clone().oneshot(Req::default()).await.unwrap_err();
+        assert!(is::<Elapsed>(&*err), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_millis(5001));
+    }
+    assert_eq!(calls.get("hung"), 3);
+    let breaker = breakers.handle(&"hung").unwrap();
+    assert_eq!(breaker.snapshot().failures, 0);
+    assert_eq!(breaker.state(), State::Closed);
+}
+
 /// A call whose deadline passed a millisecond (a timer tick) before it was made fails with
 /// `Elapsed` at once and sends nothing: no endpoint is called, and neither breaker nor the
 /// bulkhead counts it. So in the total timeout's place without a total timeout.
