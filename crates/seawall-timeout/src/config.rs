@@ -81,9 +81,12 @@ impl TimeoutConfigBuilder {
     /// request's deadline is at or before the one the call is timed at and both have passed (on
     /// one tick, or because the task was polled only after both), this layer's cut is held for
     /// one poll: it drops the inner future, wakes the task and stays pending, so the layer
-    /// further out, whose timer has fired too, cancels the call in the same pass and nothing
-    /// below sees an `Elapsed`. With no such layer the call fails with `Elapsed` (and is
-    /// reported) on the next poll.
+    /// further out, whose timer has fired too, cancels the call in the same pass and, in the
+    /// common case, nothing below sees an `Elapsed`. With no such layer the call fails with
+    /// `Elapsed` (and is reported) on the next poll, and so it does, once, in two corners: a
+    /// task out of tokio's cooperative budget (one driving many calls that time out on one tick)
+    /// finds the outer timer pending, and the multi-thread runtime fires due timers in batches,
+    /// so the outer one may fire after this layer's held poll.
     pub fn enforce_outer_deadline(mut self, enforce: bool) -> Self {
         self.enforce_outer = enforce;
         self

@@ -28,8 +28,10 @@ pin_project! {
     /// the layer's timeout. Given a call's deadline at or before the one it times the call at, it
     /// cuts the call one poll late: it drops the inner future, wakes the task and stays pending,
     /// so the layer further out, whose timer has fired too and which polls this future before its
-    /// timer, cancels the call. Only if nothing does is the call failed with [`Elapsed`], and
-    /// reported, on the next poll.
+    /// timer, cancels the call in the common case. Only if nothing does (no such layer, or, once,
+    /// a task out of tokio's cooperative budget or timers fired in separate batches: see
+    /// [`enforce_outer_deadline`](crate::TimeoutConfigBuilder::enforce_outer_deadline)) is the
+    /// call failed with [`Elapsed`], and reported, on the next poll.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -164,10 +166,12 @@ where
 /// Fails the call with [`Elapsed`], or, when the call's deadline is a layer's further out and due
 /// no later than this one's tick, drops the inner future and stays pending for one poll.
 ///
-/// That layer's timer has fired by the time this one's has (on the same tick or an earlier one),
-/// and it polls this future before its timer, in the same pass: it cancels the call, and the
-/// layers in between (a breaker, outlier detection, a retry) see no `Elapsed` to count against
-/// the endpoint. The task is woken so that, with no such layer, the call fails on the next poll.
+/// That layer's timer is due on the same tick as this one's or an earlier one, and it polls this
+/// future before its timer, in the same pass: it usually cancels the call, and the layers in
+/// between (a breaker, outlier detection, a retry) see no `Elapsed` to count against the
+/// endpoint. The task is woken so that, with no such layer, the call fails on the next poll; so
+/// it does when that layer's timer was seen pending (a task out of tokio's cooperative budget,
+/// timers fired in separate batches by the multi-thread runtime).
 #[cold]
 #[inline(never)]
 fn cut<F, T>(

@@ -125,8 +125,8 @@ impl TimeoutLayer {
     /// instead, longer or shorter, for every attempt of that request: one slow method can be
     /// given longer attempts while every other keeps this timeout. The call's deadline still
     /// bounds each attempt as it bounds one timed by the layer's own duration (the total timeout
-    /// above cuts it, even when both timers fire on the same tick or the attempt is polled only
-    /// after both deadlines: this layer then holds its cut for one poll, see
+    /// above cuts it, in the common case even when both timers fire on the same tick or the
+    /// attempt is polled only after both deadlines: this layer then holds its cut for one poll, see
     /// [`enforce_outer_deadline`](TimeoutConfigBuilder::enforce_outer_deadline)), and the total
     /// timeout ignores a `PerTryTimeoutOverride`. An override of
     /// `Duration::ZERO` is ignored (this layer's duration applies): it would cut every attempt

@@ -17,7 +17,9 @@
 //!    at the request's, when that is at most a millisecond later, so both timers fire on one
 //!    tick: the call may run up to a millisecond past its timeout); when both have passed by the
 //!    time its timer fires (the same tick, a late poll), it holds its cut for one poll so that
-//!    layer cancels the call, and fails with [`Elapsed`] on the next poll only if nothing did.
+//!    layer cancels the call (in the common case: a task out of tokio's cooperative budget, or
+//!    timers fired in separate batches, can let this layer's `Elapsed` through once), and fails
+//!    with [`Elapsed`] on the next poll only if nothing did.
 //!
 //! Build a per-try timeout under a retry with [`TimeoutLayer::per_try`]: it ignores a
 //! `TimeoutOverride`, leaves an earlier deadline to the layer further out, and reads a request's

@@ -36,7 +36,9 @@
 //!   request's `PerTryTimeoutOverride` when it carries one) is charged a failure; an attempt cut by the call's deadline (an impatient caller, the total timeout) is
 //!   cancelled from above and counts against no endpoint, even when both deadlines have passed
 //!   by the time it is polled (the same timer tick, a late poll): the per-try timeout then holds
-//!   its cut for one poll and leaves it to the total timeout. A call's deadline at most a
+//!   its cut for one poll and leaves it to the total timeout (in the common case: a task out of
+//!   tokio's cooperative budget, or timers fired in separate batches, can let the per-try
+//!   timeout's `Elapsed` through once). A call's deadline at most a
 //!   millisecond (a tick of tokio's timer) after the attempt's own (a total timeout of 5000.5 ms
 //!   over a per-try one of 5 s) would fire on the next tick: the per-try timeout times the
 //!   attempt at the call's deadline instead, so both fire on one tick and the attempt may run up
@@ -74,7 +76,10 @@
 //!
 //! [`build`](ClientStackBuilder::build) checks that the pieces agree (a per-try timeout that is
 //! not shorter than the total one is an error, the default 10 s one under a total timeout of
-//! 10 s or less included, as in Polly, and so is a zero total or per-try timeout; so are per-endpoint breakers named like the default dependency
+//! 10 s or less included, as in Polly, and so is a zero total or per-try timeout, though not a
+//! request's [`TimeoutOverride`](crate::timeout::TimeoutOverride) of `Duration::ZERO`, which the
+//! total timeout honours: that call fails with [`Elapsed`](crate::timeout::Elapsed) unless it is
+//! answered on its first poll; so are per-endpoint breakers named like the default dependency
 //! breaker, `"breaker"`, since their metrics would add up with its own, a total timeout
 //! built with `enforce_outer_deadline(false)`, which would leave a caller's deadline to no
 //! layer, and one built with `propagate_deadline(false)`, which would hide the call's deadline
@@ -437,7 +442,10 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     }
 
     /// The total timeout: a `Duration` or a [`TimeoutLayer`]. It bounds the whole call, retries
-    /// included, and must be greater than zero ([`build`](Self::build) checks).
+    /// included, and must be greater than zero ([`build`](Self::build) checks). The check is the
+    /// builder's: the total timeout honours a request's
+    /// [`TimeoutOverride`](crate::timeout::TimeoutOverride) of `Duration::ZERO`, and that call
+    /// fails with [`Elapsed`](crate::timeout::Elapsed) unless it is answered on its first poll.
     ///
     /// It is the stack's one layer that fails a call at an earlier deadline the caller put on
     /// the request (the per-try timeout never does), so [`build`](Self::build) rejects a layer
