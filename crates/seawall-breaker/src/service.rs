@@ -29,7 +29,7 @@ use tower_service::Service;
 /// inner service, and the response future fails with [`Open`](crate::Open) (or, with the
 /// `backpressure` option, `poll_ready` stays pending until the breaker admits calls again, except
 /// for a call whose permit went stale after its inner service was polled: that one fails with
-/// `Open` too, as below). Cloning the service does not clone a reservation. As with every tower
+/// `Open` too, as below, if it is called right away; polled ready again first, it waits). Cloning the service does not clone a reservation. As with every tower
 /// service, `call` panics unless `poll_ready` returned `Ready(Ok(()))` first.
 ///
 /// Needs `S: Clone`. A permit reserved while the inner service was getting ready can go stale
@@ -360,9 +360,11 @@ impl<S, C> Breaker<S, C> {
     {
         // A rejection decided by an earlier poll is looked at again: the breaker may have
         // recovered since (a reset, the wait over), and a caller that polls ready again before
-        // calling must not get a stale `Open`.
+        // calling must not get a stale `Open`. With backpressure, a caller rejected because its
+        // inner service had been polled (that readiness is dropped by now) and polling again
+        // asks afresh, and so waits, holding nothing below.
         if let Next::Rejected = self.slot.next {
-            if self.is_call_permitted() {
+            if (self.slot.shared.backpressure && !self.inner_polled) || self.is_call_permitted() {
                 self.slot.next = Next::Undecided;
             }
         }

@@ -108,6 +108,43 @@ async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpress
     assert_eq!(call.await.unwrap(), "ok");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_caller_rejected_for_a_stale_reservation_waits_when_it_polls_again_with_backpressure() {
+    let layer = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .backpressure(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
+
+    // Admitted while Closed; the inner service is not ready yet.
+    inner.allow(0);
+    assert_pending!(svc.poll_ready());
+    handle.force_open();
+    inner.allow(1);
+    assert_ready_ok!(
+        svc.poll_ready(),
+        "a caller whose inner service was polled is not kept waiting"
+    );
+    // Its readiness dropped, the caller polls again instead of calling: it waits.
+    assert_pending!(
+        svc.poll_ready(),
+        "polled again before calling, the caller waits"
+    );
+    assert_pending!(svc.poll_ready(), "and again");
+    assert_eq!(handle.snapshot().rejected, 0, "no call was rejected");
+
+    handle.reset();
+    assert!(svc.is_woken(), "woken by the change");
+    assert_ready_ok!(svc.poll_ready());
+    let call = svc.call("after reset");
+    let (request, respond) = inner.next_request().await.unwrap();
+    assert_eq!(request, "after reset");
+    respond.send_response("ok");
+    assert_eq!(call.await.unwrap(), "ok");
+}
+
 /// An inner service that is never ready and counts how often it is polled.
 #[derive(Clone, Default)]
 struct NeverReady(Arc<AtomicUsize>);
