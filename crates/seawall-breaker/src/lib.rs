@@ -24,9 +24,9 @@
 //!
 //! # What sets it apart
 //!
-//! - **Several probes, judged by rate.** HalfOpen admits up to `permitted_probes` trial calls (an
-//!   ignored or cancelled one hands its slot back) and decides once that many results are in, by
-//!   the same thresholds as Closed.
+//! - **Several probes, judged by rate.** HalfOpen lets at most `permitted_probes` trial calls
+//!   out at once (an ignored or cancelled one hands its slot back) and decides once that many
+//!   results are in, by the same thresholds as Closed.
 //! - **Hung probes are bounded.** A HalfOpen whose probes in flight have not answered within
 //!   `max_wait_in_half_open` opens again instead of waiting forever; while no probe is in
 //!   flight nothing is bounded, and the results already in are kept for the next probes.
@@ -42,10 +42,11 @@
 //!   `fetch_add` to record in a count window (two more when the outcome differs from the one it
 //!   pushes out of the window), or in a time window a compare-and-swap on the call's bucket and a
 //!   read of the other buckets' sum, taken once per bucket, whatever the number of buckets; no
-//!   clock read unless a time window (once, at completion), a slow-call rule or a classifier
-//!   that looks at durations (at the start) needs one. The state machine
-//!   lives in [`state`] and [`window`], free of tower types, and is checked against a reference
-//!   model with proptest and for concurrency with loom.
+//!   clock read unless a time window (once, at completion, for the call's bucket), a slow-call
+//!   rule or a classifier that looks at durations (twice: at the start and at completion, for the
+//!   call's duration) needs one; with both, three. The state machine lives in [`state`] and
+//!   [`window`], free of tower types, and is checked against a reference model with proptest and
+//!   for concurrency with loom.
 //!
 //! # Defaults
 //!
