@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | [`Aimd`] | loss (failures, calls slower than a timeout) | +1 while busy, ×`backoff_ratio` on a loss | TCP Reno's additive-increase/multiplicative-decrease |
 //! | [`Gradient2`] | latency: short-term RTT against an exponentially smoothed long-term RTT, with a tolerance; and loss | `limit × gradient + queue_size`, smoothed; halved (before smoothing) on a loss | Netflix `Gradient2Limit` |
-//! | [`Vegas`] | latency: RTT against the no-load RTT (the minimum seen, re-probed now and then); and loss | ± log10(limit) steps by estimated queue size; − log10(limit) on a loss | TCP Vegas (Brakmo & Peterson, 1995) |
+//! | [`Vegas`] | latency: RTT against the no-load RTT (the minimum seen, re-probed now and then); and loss | with `log = max(1, floor(log10(limit)))` and the estimated queue: +6·`log` at a queue up to `log`, +`log` below `alpha`, −`log` above `beta`; −`log` on a loss | TCP Vegas (Brakmo & Peterson, 1995) |
 //!
 //! Every algorithm keeps its limit within `min_limit..=max_limit` and grows only while the
 //! bulkhead is in real use (at least half the limit in flight), so an idle service does not drift
