@@ -154,6 +154,9 @@ pub struct Gradient2Builder {
     rtt_tolerance: f64,
 }
 
+/// The longest `long_window`.
+const MAX_LONG_WINDOW: usize = 1 << 30;
+
 impl Gradient2Builder {
     /// The limit before any sample. Default 20.
     pub fn initial_limit(mut self, limit: usize) -> Self {
@@ -197,7 +200,8 @@ impl Gradient2Builder {
         self
     }
 
-    /// How many times the long-term RTT a call may take before the limit shrinks, at least 1.
+    /// How many times the long-term RTT a call may take before the limit shrinks, at least 1 and
+    /// less than 2^29 + 0.5 (no [`long_window`](Self::long_window) is long enough beyond).
     /// Default 1.5: latency jitter within that does not hold the limit back. A higher tolerance
     /// needs a longer [`long_window`](Self::long_window).
     pub fn rtt_tolerance(mut self, tolerance: f64) -> Self {
@@ -209,9 +213,21 @@ impl Gradient2Builder {
     pub fn build(self) -> Result<Gradient2, ConfigError> {
         check_bounds(self.min, self.initial, self.max)?;
         config::check_rate("smoothing", self.smoothing)?;
-        config::check_range("long_window", self.long_window, 1, 1 << 30)?;
+        config::check_range("long_window", self.long_window, 1, MAX_LONG_WINDOW)?;
         config::check_range("queue_size", self.queue_size, 1, super::MAX_LIMIT)?;
         config::check_at_least_f64("rtt_tolerance", self.rtt_tolerance, 1.0)?;
+        if 2.0 * self.rtt_tolerance - 1.0 >= MAX_LONG_WINDOW as f64 {
+            // No `long_window` could be long enough for it (see below).
+            return Err(ConfigError::invalid(
+                "rtt_tolerance",
+                format!(
+                    "must be less than {}, or no long_window (at most {MAX_LONG_WINDOW}) is \
+                     greater than 2 × rtt_tolerance − 1",
+                    (MAX_LONG_WINDOW as f64 + 1.0) / 2.0
+                ),
+                self.rtt_tolerance.to_string(),
+            ));
+        }
         // The long-term average holds at least `2 / (long_window + 1)` of the current RTT, so the
         // gradient is at least `rtt_tolerance × 2 / (long_window + 1)`: at 1 or more it is
         // clamped to 1 whatever the latency.
@@ -422,6 +438,47 @@ mod tests {
             );
         }
         assert!(Gradient2::builder().rtt_tolerance(1.0).build().is_ok());
+    }
+
+    /// A tolerance no `long_window` can be long enough for is the tolerance's fault, whatever
+    /// the window.
+    #[test]
+    fn a_tolerance_too_large_for_any_long_window_is_rejected_as_the_tolerance() {
+        for tolerance in [1e300, f64::MAX, (MAX_LONG_WINDOW as f64 + 1.0) / 2.0] {
+            for window in [600, MAX_LONG_WINDOW] {
+                let e = Gradient2::builder()
+                    .rtt_tolerance(tolerance)
+                    .long_window(window)
+                    .build()
+                    .unwrap_err();
+                assert_eq!(e.field(), "rtt_tolerance", "tolerance {tolerance}");
+            }
+        }
+        let e = Gradient2::builder()
+            .rtt_tolerance(1e300)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "rtt_tolerance must be less than 536870912.5, or no long_window (at most \
+                 1073741824) is greater than 2 × rtt_tolerance − 1, got {}",
+                1e300
+            )
+        );
+        // The largest tolerance with a window long enough for it still builds.
+        assert!(Gradient2::builder()
+            .rtt_tolerance(MAX_LONG_WINDOW as f64 / 2.0)
+            .long_window(MAX_LONG_WINDOW)
+            .build()
+            .is_ok());
+        // A tolerance some window fits, with a window too short, still names the window.
+        let e = Gradient2::builder()
+            .rtt_tolerance(1e6)
+            .long_window(600)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "long_window");
     }
 
     /// The gradient is at least `rtt_tolerance × 2 / (long_window + 1)`: a window at which that
