@@ -50,10 +50,11 @@ pin_project! {
 
 pin_project! {
     // A call that has yet to start: it waits at `place` for a permit until `sleep` fires (no
-    // place: the permit is in the future's `permit`), then for its service to be ready.
+    // place and no timer: the permit is in the future's `permit`), then for its service to be
+    // ready.
     struct Wait<S, Req> {
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         place: Option<Place>,
         call: Option<(S, Req)>,
     }
@@ -95,7 +96,7 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
         classifier: Option<Arc<C>>,
     ) -> Self {
         let wait = Wait {
-            sleep: tokio::time::sleep_until(deadline),
+            sleep: Some(tokio::time::sleep_until(deadline)),
             place: Some(place),
             call: Some((service, request)),
         };
@@ -119,8 +120,8 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
         classifier: Option<Arc<C>>,
     ) -> Self {
         let wait = Wait {
-            // Never polled: the permit is taken already.
-            sleep: tokio::time::sleep_until(Instant::now()),
+            // The permit is taken already: no timer, and no clock read.
+            sleep: None,
             place: None,
             call: Some((service, request)),
         };
@@ -239,8 +240,12 @@ where
                     .as_mut()
                     .project();
                 if let Some(place) = wait.place.as_mut() {
+                    let sleep = wait
+                        .sleep
+                        .as_pin_mut()
+                        .expect("a queued call has its max_wait timer");
                     // A permit handed over as the timer fires is taken: the call goes on.
-                    match ready!(place.poll_until(cx, wait.sleep)) {
+                    match ready!(place.poll_until(cx, sleep)) {
                         Ok(permit) => *this.permit = Some(permit),
                         // Its timer fired first, or a permit handed out after its deadline
                         // passed over it.

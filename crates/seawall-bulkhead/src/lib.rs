@@ -96,11 +96,12 @@
 //! call that waits in its future allocates twice: its place in the queue (an `Arc` the queue
 //! shares) and its waiting state (a `Box` of its timer, request and inner service clone); a call
 //! that could wait and found a permit freed between `poll_ready` and `call` allocates the latter
-//! alone, and one waiting in `poll_ready` with backpressure the former alone. Fixed limits
-//! read the clock only for a call that waits (once, for its `max_wait` deadline, also when a
-//! permit freed between `poll_ready` and `call`) and when a returned permit goes to a waiter
-//! (once, to pass over waiters whose `max_wait` has passed); adaptive limits read it twice per
-//! call (when it starts and when it answers: the classifier and the algorithm get the same
+//! alone (with no timer), and one waiting in `poll_ready` with backpressure the former alone. Fixed
+//! limits read the clock only for a call that may wait and finds no permit free in `call` (once,
+//! for its `max_wait` deadline, even if a permit frees as it joins the queue; a call that finds one
+//! free in `call` reads none, and its future sets no timer) and when a returned permit goes to a
+//! waiter (once, to pass over waiters whose `max_wait` has passed); adaptive limits read it twice
+//! per call (when it starts and when it answers: the classifier and the algorithm get the same
 //! duration), once more when a body held with
 //! [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) ends later, and update
 //! the algorithm under a mutex. The accounting is model-checked with loom (`tests/loom.rs`) and

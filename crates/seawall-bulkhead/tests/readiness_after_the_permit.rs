@@ -214,3 +214,27 @@ async fn a_call_ready_while_full_runs_when_a_permit_frees_before_it_is_called() 
         assert_eq!((handle.in_flight(), handle.waiting()), (0, 0));
     }
 }
+
+/// A call that finds a permit freed by `call` sets no `max_wait` timer: it runs on a runtime
+/// without a time driver, as a call admitted at once does.
+#[test]
+fn a_call_ready_while_full_needs_no_timer_when_a_permit_frees_before_it_is_called() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (layer, _) in layers() {
+            let handle = layer.handle();
+            let gate = Gate::ready();
+            let mut a = layer.layer(gate.clone());
+            assert_ready!(task::spawn(()).enter(|cx, _| a.poll_ready(cx))).unwrap();
+            let a = a.call(1);
+            let mut b = layer.layer(gate.clone());
+            assert_ready!(task::spawn(()).enter(|cx, _| b.poll_ready(cx))).unwrap();
+            drop(a);
+
+            assert_eq!(b.call(2).await.unwrap(), 2);
+            assert_eq!(handle.available(), 1, "every permit came back");
+        }
+    });
+}
