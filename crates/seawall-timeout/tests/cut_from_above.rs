@@ -84,6 +84,26 @@ async fn a_total_timeout_due_on_the_next_tick_cuts_the_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_total_timeout_due_exactly_a_tick_later_cuts_the_attempt() {
+    // 5000 ms and 5001 ms: a tick apart at most, so the attempt is timed at the call's deadline.
+    let (per_try, events) = per_try(Duration::from_secs(5));
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(5001)))
+        .layer(per_try)
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(5001));
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(start + Duration::from_millis(5001))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_total_timeout_due_more_than_a_tick_later_leaves_the_attempt_to_the_per_try_timeout() {
     // 5000 ms and 5001.5 ms: the per-try timeout fires first, and reports it.
     let (per_try, events) = per_try(Duration::from_secs(5));
