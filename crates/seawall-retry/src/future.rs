@@ -175,8 +175,8 @@ enum Timed {
     /// The attempt's own timeout: an attempt cut by it failed, and may be retried.
     Attempt,
     /// The call's deadline (or the one the attempt's request carries, when earlier), earlier
-    /// than the attempt's own timeout or less than a timer tick ([`TIMER_RESOLUTION`]) after it,
-    /// so that the two would fire on the same tick: an attempt cut by it is cancelled and counts
+    /// than the attempt's own timeout or at most a timer tick ([`TIMER_RESOLUTION`]) after it,
+    /// so that the two may fire on the same tick, or a tick apart: an attempt cut by it is cancelled and counts
     /// for nothing, as when a timeout above cancels it, and the call fails with `Elapsed`.
     Call,
 }

@@ -75,8 +75,8 @@ impl TimeoutConfigBuilder {
     /// enforce the deadline, or calls can outlive it.
     ///
     /// A deadline on the request at most a millisecond (a tick of tokio's timer, which rounds each
-    /// deadline up to one) after this layer's own would fire on the tick after this layer's
-    /// timer: the call is timed at that deadline instead, which stays on the request, so both
+    /// deadline up to one) after this layer's own may fire on the tick after this layer's timer:
+    /// the call is timed at that deadline instead, which stays on the request, so both
     /// timers fire on one tick, and the call may run up to a millisecond past `timeout`. When the
     /// request's deadline is at or before the one the call is timed at and both have passed (on
     /// one tick, or because the task was polled only after both), this layer's cut is held for

@@ -118,8 +118,8 @@ where
                 (outer, now.saturating_duration_since(outer) < TICK)
             }
             Some(outer) if outer <= own => (own, true),
-            // One left to a layer further out and due within a tick after this one's would fire
-            // on the tick after this one's timer: the call is timed at it instead, so both timers
+            // One left to a layer further out and due within a tick after this one's may fire on
+            // the tick after this one's timer: the call is timed at it instead, so both timers
             // fire on one tick, and it stays on the request.
             Some(outer) if outer_first => (outer, true),
             _ => {

@@ -40,7 +40,7 @@
 //!   tokio's cooperative budget, or timers fired in separate batches, can let the per-try
 //!   timeout's `Elapsed` through once). A call's deadline at most a
 //!   millisecond (a tick of tokio's timer) after the attempt's own (a total timeout of 5000.5 ms
-//!   over a per-try one of 5 s) would fire on the next tick: the per-try timeout times the
+//!   over a per-try one of 5 s) may fire on the next tick: the per-try timeout times the
 //!   attempt at the call's deadline instead, so both fire on one tick and the attempt may run up
 //!   to a millisecond past its per-try timeout.
 //!
