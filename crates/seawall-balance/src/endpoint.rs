@@ -160,8 +160,9 @@ pub(crate) struct Stats {
     /// the last outlier detection pass, which adds in
     /// [`interval_samples`](Stats::interval_samples).
     pub(crate) latency_samples: AtomicU32,
-    /// Successful timed calls since the last outlier detection pass, which resets it.
-    pub(crate) interval_samples: AtomicU32,
+    /// Successful timed calls since the last outlier detection pass, which resets it. A u64:
+    /// `interval` has no upper bound, and 100,000 calls a second pass `u32::MAX` in 12 hours.
+    pub(crate) interval_samples: AtomicU64,
     /// Their summed latency in nanoseconds, reset with
     /// [`interval_samples`](Stats::interval_samples). A call ending while the pass reads them
     /// may count in one interval and its latency in the next; a u64 of nanoseconds holds over
@@ -187,7 +188,7 @@ impl Default for Stats {
             peak: AtomicU64::new(NONE),
             latency: AtomicU64::new(NONE),
             latency_samples: AtomicU32::new(0),
-            interval_samples: AtomicU32::new(0),
+            interval_samples: AtomicU64::new(0),
             interval_latency_ns: AtomicU64::new(0),
             slow_since: AtomicU64::new(NONE),
             successes: AtomicU32::new(0),
@@ -325,9 +326,12 @@ impl Stats {
     pub(crate) fn take_interval_latency(&self) -> Option<f64> {
         let samples = self.interval_samples.swap(0, Relaxed);
         let sum = self.interval_latency_ns.swap(0, Relaxed);
-        let total = self.latency_samples.load(Relaxed).saturating_add(samples);
+        let total = self
+            .latency_samples
+            .load(Relaxed)
+            .saturating_add(u32::try_from(samples).unwrap_or(u32::MAX));
         self.latency_samples.store(total, Relaxed);
-        (samples > 0).then(|| sum as f64 / f64::from(samples))
+        (samples > 0).then(|| sum as f64 / samples as f64)
     }
 
     /// The latency EWMA in nanoseconds, if any call has completed.
@@ -713,6 +717,20 @@ mod tests {
         stats.record_latency(2 * SECOND, || 2 * SECOND, 1e6, TAU);
         assert_eq!(stats.take_interval_latency(), Some(1e6));
         assert_eq!(stats.latency_samples.load(Relaxed), 3);
+    }
+
+    /// An interval long enough for more than `u32::MAX` calls (100,000 a second for 12 hours)
+    /// counts them all: its mean is that of its calls, not one over a count that wrapped to 0.
+    #[test]
+    fn an_interval_of_more_than_u32_max_calls_keeps_its_mean() {
+        let stats = Stats::default();
+        stats.interval_samples.store(u32::MAX.into(), Relaxed);
+        stats
+            .interval_latency_ns
+            .store(u64::from(u32::MAX) * 1_000_000, Relaxed);
+        stats.record_latency(0, || 0, 1e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(1e6));
+        assert_eq!(stats.latency_samples.load(Relaxed), u32::MAX);
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:
