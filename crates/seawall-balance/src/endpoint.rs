@@ -4,7 +4,10 @@ use std::{
     fmt,
     hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicBool, AtomicU32, AtomicU64,
+        Ordering::{Acquire, Relaxed, Release},
+    },
     sync::Arc,
 };
 
@@ -163,11 +166,13 @@ pub(crate) struct Stats {
     /// Successful timed calls since the last outlier detection pass, which resets it. A u64:
     /// `interval` has no upper bound, and 100,000 calls a second pass `u32::MAX` in 12 hours.
     pub(crate) interval_samples: AtomicU64,
-    /// Their summed latency in nanoseconds, reset with
-    /// [`interval_samples`](Stats::interval_samples). A call ending while the pass reads them
-    /// may count in one interval and its latency in the next; a u64 of nanoseconds holds over
-    /// 500 years of summed latency, which no interval reaches.
-    pub(crate) interval_latency_ns: AtomicU64,
+    /// Their summed latency in nanoseconds, shifted left by [`INTERVAL_TAG_BITS`], and in the
+    /// bits below it how many calls the sum holds (modulo 2^8), so that the pass can tell which
+    /// calls it counted have not added their latency yet (see
+    /// [`take_interval_latency`](Stats::take_interval_latency)). Reset with
+    /// [`interval_samples`](Stats::interval_samples). 56 bits of nanoseconds hold over two
+    /// years of summed latency per interval.
+    pub(crate) interval_latency: AtomicU64,
     /// Since when the latency has been an outlier; [`NONE`] when it is not.
     pub(crate) slow_since: AtomicU64,
     pub(crate) successes: AtomicU32,
@@ -189,7 +194,7 @@ impl Default for Stats {
             latency: AtomicU64::new(NONE),
             latency_samples: AtomicU32::new(0),
             interval_samples: AtomicU64::new(0),
-            interval_latency_ns: AtomicU64::new(0),
+            interval_latency: AtomicU64::new(0),
             slow_since: AtomicU64::new(NONE),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
@@ -316,16 +321,46 @@ impl Stats {
         update(&self.latency, |bits| {
             next_latency(bits, now(bits, read, &clock, tau_ns), rtt_ns, tau_ns)
         });
+        self.count_interval_call();
+        self.add_interval_latency(rtt_ns);
+    }
+
+    /// A call's first step in the interval: it counts itself.
+    #[inline]
+    fn count_interval_call(&self) {
         self.interval_samples.fetch_add(1, Relaxed);
-        self.interval_latency_ns.fetch_add(rtt_ns as u64, Relaxed);
+    }
+
+    /// A call's second step: it adds its latency to the sum and one to the tag. Release: a pass
+    /// that takes the sum with it sees the call's count too.
+    #[inline]
+    fn add_interval_latency(&self, rtt_ns: f64) {
+        self.interval_latency
+            .fetch_add(((rtt_ns as u64) << INTERVAL_TAG_BITS) | 1, Release);
     }
 
     /// The mean latency in nanoseconds of the successful calls since the last outlier detection
     /// pass, `None` if there were none; resets the interval and adds its calls to
     /// [`latency_samples`](Stats::latency_samples). Called by the pass alone.
+    ///
+    /// A call counts itself, then adds its latency; the pass takes the sum, then the count. A
+    /// call whose latency is in the sum taken has its count in the count taken (the sum's
+    /// acquire sees it), but a call between its two steps may be counted with its latency still
+    /// to come: it would leave this interval a count without its latency (a mean too low, read as
+    /// "not slow") and the next a latency without its count (a mean too high). The tag tells
+    /// how many such calls there are, as long as fewer than 2^8 are between their steps at
+    /// once: the count taken less the calls in the sum, modulo 2^8. Their counts are put back,
+    /// so each such call lands whole in the next interval. The tag's carries into the sum (one
+    /// nanosecond each 2^8 calls, as it counts from 0 at each take) are taken off again.
     pub(crate) fn take_interval_latency(&self) -> Option<f64> {
-        let samples = self.interval_samples.swap(0, Relaxed);
-        let sum = self.interval_latency_ns.swap(0, Relaxed);
+        let tagged = self.interval_latency.swap(0, Acquire);
+        let counted = self.interval_samples.swap(0, Relaxed);
+        let pending = counted.wrapping_sub(tagged) & INTERVAL_TAG_MASK;
+        if pending > 0 {
+            self.interval_samples.fetch_add(pending, Relaxed);
+        }
+        let samples = counted - pending;
+        let sum = (tagged >> INTERVAL_TAG_BITS).wrapping_sub(samples >> INTERVAL_TAG_BITS);
         let total = self
             .latency_samples
             .load(Relaxed)
@@ -339,6 +374,11 @@ impl Stats {
         Estimate::read(self.latency.load(Relaxed)).map(|e| e.value)
     }
 }
+
+/// The low bits of [`Stats::interval_latency`] that count the calls its sum holds.
+const INTERVAL_TAG_BITS: u32 = 8;
+
+const INTERVAL_TAG_MASK: u64 = (1 << INTERVAL_TAG_BITS) - 1;
 
 /// The tick an update of the estimate `bits` is made at: that of `read`, the time its caller
 /// read, unless the estimate looks a decay period old or more at `read`, when the clock is read
@@ -719,15 +759,47 @@ mod tests {
         assert_eq!(stats.latency_samples.load(Relaxed), 3);
     }
 
+    /// A pass that takes the interval while a call is between counting itself and adding its
+    /// latency: the call's count and its latency land in the same take, a later one, so no
+    /// interval has a count without its latency (a mean of 0, "not slow") or a latency without
+    /// its count (a mean too high, a false slow streak).
+    #[test]
+    fn a_call_recorded_across_a_pass_lands_whole_in_one_interval() {
+        let stats = Stats::default();
+        stats.count_interval_call();
+        assert_eq!(stats.take_interval_latency(), None);
+        stats.add_interval_latency(5e6);
+        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        assert_eq!(stats.take_interval_latency(), None);
+
+        stats.record_latency(0, || 0, 5e6, TAU);
+        stats.count_interval_call();
+        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        stats.add_interval_latency(5e6);
+        stats.record_latency(0, || 0, 5e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        assert_eq!(stats.latency_samples.load(Relaxed), 4);
+
+        // More calls than the tag counts to: its carries do not reach the mean.
+        for _ in 0..300 {
+            stats.record_latency(0, || 0, 5e6, TAU);
+        }
+        stats.count_interval_call();
+        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        stats.add_interval_latency(5e6);
+        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        assert_eq!(stats.latency_samples.load(Relaxed), 305);
+    }
+
     /// An interval long enough for more than `u32::MAX` calls (100,000 a second for 12 hours)
     /// counts them all: its mean is that of its calls, not one over a count that wrapped to 0.
     #[test]
     fn an_interval_of_more_than_u32_max_calls_keeps_its_mean() {
         let stats = Stats::default();
-        stats.interval_samples.store(u32::MAX.into(), Relaxed);
-        stats
-            .interval_latency_ns
-            .store(u64::from(u32::MAX) * 1_000_000, Relaxed);
+        let calls = u64::from(u32::MAX);
+        stats.interval_samples.store(calls, Relaxed);
+        let one = (1_000_000 << INTERVAL_TAG_BITS) | 1;
+        stats.interval_latency.store(calls * one, Relaxed);
         stats.record_latency(0, || 0, 1e6, TAU);
         assert_eq!(stats.take_interval_latency(), Some(1e6));
         assert_eq!(stats.latency_samples.load(Relaxed), u32::MAX);
