@@ -71,7 +71,8 @@ impl Default for FailurePercentage {
 }
 
 /// Latency outlier ejection: an endpoint slower than `factor` × the median of its peers' latency
-/// at every outlier detection pass for at least `duration` is ejected, like a failing one.
+/// at every outlier detection pass at which it had successful calls, for at least `duration`, is
+/// ejected, like a failing one.
 ///
 /// Each endpoint keeps an EWMA of its successful calls' latency (time constant `decay`) and the
 /// mean latency of its successful calls since the last pass. At each pass, among the endpoints
@@ -87,12 +88,22 @@ impl Default for FailurePercentage {
 /// The EWMA needs the endpoint slow for a while before it rises above the limit; the interval's
 /// mean keeps one spike, which lifts the EWMA for several `decay`s after the endpoint has
 /// recovered, from counting for longer than its interval.
+///
+/// Each pass that finds the endpoint slow needs one of its calls since the last pass, so once
+/// `duration` is up the ejection waits for its next successful call. A PeakEWMA picker
+/// ([`Picker::P2cPeakEwma`], [`Picker::LeastPeakEwma`]) sends an endpoint it has measured as
+/// slow a call only when its peers cost more, or at the latest its trial call once its estimate
+/// is stale, the picker's `decay` after its last answer. Ejection can so come up to about one
+/// picker `decay` later than `duration`, plus that call's latency, at the pass after it answers:
+/// with the defaults (`interval` 10 s, `duration` 30 s, picker decay 10 s) and an endpoint that
+/// answers within a second or so, at the pass 30 s or 40 s after the one that first found it
+/// slow. Light traffic spaces its calls out the same way.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatencyEjection {
     /// How many times slower than the peers' median is an outlier. Default 3.
     pub factor: f64,
-    /// How long an endpoint must stay an outlier before it is ejected (checked at each pass).
-    /// Default 30 s.
+    /// How long an endpoint must stay an outlier before it is ejected (checked at each pass at
+    /// which it had successful calls; see above for how much later that can be). Default 30 s.
     pub duration: Duration,
     /// The latency EWMA's time constant: how long the EWMA takes to follow a change in the
     /// endpoint's latency. Default 10 s.
