@@ -233,7 +233,7 @@ where
     {
         match this.kind.as_mut().project() {
             KindProj::Waiting => {
-                let wait = this
+                let mut wait = this
                     .wait
                     .as_mut()
                     .expect("a waiting bulkhead call has its wait")
@@ -242,6 +242,7 @@ where
                 if let Some(place) = wait.place.as_mut() {
                     let sleep = wait
                         .sleep
+                        .as_mut()
                         .as_pin_mut()
                         .expect("a queued call has its max_wait timer");
                     // A permit handed over as the timer fires is taken: the call goes on.
@@ -252,6 +253,9 @@ where
                         Err(_) => return Self::reject_waited(this),
                     }
                     *wait.place = None;
+                    // The timer is done with: it must not wake the call at the old deadline
+                    // while the inner service gets ready.
+                    wait.sleep.set(None);
                 }
                 // With the permit, the inner service is polled ready, and only now: ready while
                 // the call waited, it would have held what its readiness takes below. `max_wait`

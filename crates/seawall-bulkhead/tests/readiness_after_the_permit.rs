@@ -118,10 +118,10 @@ fn sampled(samples: &Option<Samples>) -> usize {
         .map_or(0, |samples| samples.lock().unwrap().len())
 }
 
-/// A holds the permit and finishes while B waits; B, handed the permit, finds its inner service
-/// not ready yet.
 type Call = task::Spawn<<seawall_bulkhead::Bulkhead<Gate> as Service<u32>>::Future>;
 
+/// A holds the permit and finishes while B waits; B, handed the permit, finds its inner service
+/// not ready yet.
 fn queue_behind_a_running_call(layer: &BulkheadLayer, gate: &Gate) -> (BulkheadHandle, Call, Call) {
     let handle = layer.handle();
     let mut a = layer.layer(gate.clone());
@@ -150,6 +150,11 @@ async fn a_call_with_its_permit_holds_it_while_its_inner_service_gets_ready() {
             (handle.in_flight(), handle.waiting()),
             (1, 0),
             "B holds the permit while its inner service gets ready"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            !b.is_woken(),
+            "the max_wait timer of a call holding its permit does not wake it"
         );
         drop(b);
         assert_eq!(handle.available(), 1, "the dropped call's permit came back");
