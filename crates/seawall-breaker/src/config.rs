@@ -285,8 +285,9 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// How many trial calls HalfOpen lets out at once (an ignored or cancelled one hands its
-    /// slot back); the verdict is taken by rate once this many results are in. In `1..=1000`;
+    /// How many probe slots HalfOpen has: a probe that answers keeps its slot, an ignored or
+    /// cancelled one hands it back, and a call that finds every slot taken is rejected with
+    /// `Open`; the verdict is taken by rate once this many results are in. In `1..=1000`;
     /// default 3.
     pub fn permitted_probes(mut self, probes: u32) -> Self {
         self.permitted_probes = probes;

@@ -24,9 +24,9 @@
 //!
 //! # What sets it apart
 //!
-//! - **Several probes, judged by rate.** HalfOpen lets at most `permitted_probes` trial calls
-//!   out at once (an ignored or cancelled one hands its slot back) and decides once that many
-//!   results are in, by the same thresholds as Closed.
+//! - **Several probes, judged by rate.** HalfOpen has `permitted_probes` probe slots (a probe
+//!   that answers keeps its slot; an ignored or cancelled one hands it back) and decides once
+//!   that many results are in, by the same thresholds as Closed.
 //! - **Hung probes are bounded.** A HalfOpen whose probes in flight have not answered within
 //!   `max_wait_in_half_open` opens again instead of waiting forever; while no probe is in
 //!   flight nothing is bounded, and the results already in are kept for the next probes.
