@@ -1054,11 +1054,12 @@ async fn run<K, S, C, D>(
         tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probes = Probes::default();
-    // After errors in a row, discovery is read again only after a pause, so a source that fails at
-    // once every time neither spins the task nor floods the log. Errors are in a row while each
-    // comes, once reading has resumed after the pause the one before it got, within the pause
-    // it would get itself: a source that errs on a failed refresh and sends nothing on a good one
-    // that changed nothing is not made to wait for errors far apart.
+    // After errors in a row, discovery is read again only after a pause, so a source that fails
+    // every time neither spins the task nor floods the log. Errors are in a row while each comes
+    // within the longest pause (5 s) of reading resuming after the pause the one before it got:
+    // a source whose errors take a while to come (one that reconnects on each read) still backs
+    // off, and one that errs on a failed refresh and sends nothing on a good one that changed
+    // nothing is not made to wait for errors far apart.
     let mut errors_in_a_row = 0u32;
     // When reading resumed (or resumes) after the last error's pause.
     let mut resumed_at = Instant::now();
@@ -1092,7 +1093,10 @@ async fn run<K, S, C, D>(
                     Stop::Error(error) => {
                         let now = Instant::now();
                         let quiet = now.saturating_duration_since(resumed_at);
-                        if quiet > discovery_pause(errors_in_a_row) {
+                        // The same quiet starts afresh wherever the run is: one measured
+                        // against the run's own pause would end every run whose errors take
+                        // longer than its first pause to come.
+                        if quiet > DISCOVERY_PAUSE_MAX {
                             errors_in_a_row = 0;
                         }
                         let pause = discovery_pause(errors_in_a_row);
@@ -1338,12 +1342,16 @@ fn round_robin_start(seed: u64) -> usize {
 /// nothing after a lone error, then 50 ms doubling up to 5 s.
 fn discovery_pause(before: u32) -> Duration {
     const FIRST: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(5);
     match before {
         0 => Duration::ZERO,
-        n => FIRST.saturating_mul(1 << (n - 1).min(16)).min(MAX),
+        n => FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(DISCOVERY_PAUSE_MAX),
     }
 }
+
+/// The longest pause before discovery is read again after errors in a row.
+const DISCOVERY_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// The median of `sorted` (in ascending order, at least two values) without the value at
 /// `rank`: the median of the other values, read from the middle of `sorted` on either side of
@@ -2074,6 +2082,30 @@ mod tests {
         spawn(&shared, stream, None);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(reads.load(Relaxed), 6);
+    }
+
+    /// A source whose errors each take 100 ms to come once it is read again (a stream that
+    /// reconnects on every read against a backend that is down) still backs off: over 10 s it is
+    /// read after pauses that grow to 5 s, 9 times, not every 100 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_whose_errors_come_late_is_read_after_growing_pauses() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let mut connecting: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let sleep = connecting
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            std::task::ready!(sleep.as_mut().poll(cx));
+            connecting = None;
+            counted.fetch_add(1, Relaxed);
+            Poll::Ready(Some(Err::<Change<usize, &'static str>, _>(
+                "connection refused".to_owned(),
+            )))
+        });
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        spawn(&shared, stream, None);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(reads.load(Relaxed), 9);
     }
 
     /// A subscriber that panics on every event loses the balancer its log lines, those of the
