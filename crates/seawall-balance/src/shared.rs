@@ -1102,12 +1102,16 @@ async fn run<K, S, C, D>(
                         let pause = discovery_pause(errors_in_a_row);
                         errors_in_a_row = errors_in_a_row.saturating_add(1);
                         resumed_at = deadline_after(now, pause);
-                        tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints");
+                        // The error's `Display` and `Drop` are the user's, and so is the
+                        // subscriber: a panic in them loses the line, not the task.
+                        caught(|| tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints"));
+                        caught(|| drop(error));
                         Some(pause)
                     }
                     Stop::End => {
-                        tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints");
-                        discover = None;
+                        caught(|| tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints"));
+                        // Dropped, so what feeds it stops; its `Drop` is the user's.
+                        caught(|| drop(discover.take()));
                         None
                     }
                     Stop::Panic(panic) => {
@@ -2152,6 +2156,65 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!set.endpoints[1].stats.ejected.load(Relaxed));
         assert_eq!(shared.unhealthy.load(Relaxed), 0);
+    }
+
+    /// A subscriber that panics on the line of a discovery error loses the line, not the task:
+    /// an ejected endpoint still returns, and a change after the error is applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_panics_on_a_discovery_error_does_not_stop_the_task() {
+        let _subscriber =
+            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fallible();
+        spawn(&shared, stream, None);
+        for i in 0..2 {
+            tx.send(Ok(Change::Insert(i, "a"))).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let set = shared.current();
+        shared.record(&set.endpoints[0], Outcome::Failure, None, None);
+        assert!(set.endpoints[0].stats.ejected.load(Relaxed));
+
+        tx.send(Err("down".into())).unwrap();
+        // Ejected at 1 ms for 10 s: back at the pass of 11 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
+        tx.send(Ok(Change::Insert(2, "a"))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0, 1, 2]);
+    }
+
+    /// A subscriber that panics on the line of a discovery stream's end loses the line, not the
+    /// task: an ejected endpoint still returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_panics_on_a_discovery_end_does_not_stop_the_task() {
+        let _subscriber =
+            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fallible();
+        spawn(&shared, stream, None);
+        for i in 0..2 {
+            tx.send(Ok(Change::Insert(i, "a"))).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let set = shared.current();
+        shared.record(&set.endpoints[0], Outcome::Failure, None, None);
+        assert!(set.endpoints[0].stats.ejected.load(Relaxed));
+
+        // The stream ends once its sender is gone.
+        drop(tx);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
     }
 
     /// A stream that panics after giving changes ready at once: those changes are applied, and
