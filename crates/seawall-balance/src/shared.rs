@@ -430,8 +430,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// and not the others. Removes of keys not in the set change nothing, and changes made only of
     /// them publish nothing. A change whose key's `Hash`, `Eq` or `EndpointMeta` panics is
     /// skipped and logged, leaving the set as it was before it; the changes after it are applied.
-    /// A service whose `Drop` panics when the set it leaves is freed loses the panic, logged, and
-    /// the changes stand.
+    /// A service whose `Drop` panics when the set it leaves is freed, or when the change that
+    /// brought it is skipped, loses the panic, logged, and the changes stand: each endpoint and
+    /// each skipped change is dropped on its own, so two such services do not abort the process.
     pub(crate) fn apply_batch(&self, changes: impl IntoIterator<Item = Change<K, S>>) {
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
@@ -440,13 +441,17 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let mut reports = Vec::new();
         for change in changes {
             // `apply_one` runs the key's code before it changes anything, so a change that
-            // panics leaves `endpoints`, `zones` and `reports` as they were.
+            // panics leaves `endpoints`, `zones` and `reports` as they were. It takes the change
+            // out only once that code has run: a change it skipped is still here, and is dropped
+            // on its own below rather than while the panic unwinds, where a service whose `Drop`
+            // panics too would abort the process.
+            let mut change = Some(change);
             let applied = catch_unwind(AssertUnwindSafe(|| {
                 self.apply_one(
                     &mut health.zones,
                     &mut endpoints,
                     old.local_zone,
-                    change,
+                    &mut change,
                     &mut reports,
                 )
             }));
@@ -455,6 +460,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not apply a discovery change; skipping it"),
                 );
                 caught(|| drop(panic));
+            }
+            if change.is_some() {
+                self.guarded("dropping a skipped discovery change", || drop(change));
             }
         }
         let mut replaced = None;
@@ -470,10 +478,23 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         drop(guard);
         // The set replaced, freed once no call holds it: here, the services discovery removed
         // or replaced are dropped unless a call or a probe still holds one.
-        self.guarded("freeing the endpoints discovery replaced", || {
-            drop(replaced);
-            drop(old);
-        });
+        for set in replaced.into_iter().chain([old]) {
+            self.free(set);
+        }
+    }
+
+    /// Lets go of `set`, and if it was the last to hold it, of its endpoints one at a time, each
+    /// guarded: a service whose `Drop` panics is logged, and the others are still dropped one by
+    /// one rather than while that panic unwinds, where a second would abort the process.
+    fn free(&self, set: Arc<Snapshot<K, S>>) {
+        // `into_inner`, not `try_unwrap`: a set another thread lets go of meanwhile is still
+        // freed here, endpoint by endpoint, rather than dropped whole.
+        let Some(set) = Arc::into_inner(set) else {
+            return;
+        };
+        for ep in set.endpoints {
+            self.guarded("freeing the endpoints discovery replaced", || drop(ep));
+        }
     }
 
     /// Runs `f`, which runs the user's code (a key's `Hash` or `Eq`, a service's `Drop`) on the
@@ -489,23 +510,26 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Applies one discovery change to `endpoints`, the set being built, with `zones` the zone
-    /// ids. A change that changes the set adds its report to `reports`.
+    /// ids. A change that changes the set adds its report to `reports`. The change is taken out
+    /// of `change` only once its key's code has run: one whose key panics, or a remove of a key
+    /// not in the set, is left there for the caller to drop.
     fn apply_one(
         &self,
         zones: &mut Vec<Arc<str>>,
         endpoints: &mut Vec<Arc<Endpoint<K, S>>>,
         local_zone: u16,
-        change: Change<K, S>,
+        change: &mut Option<Change<K, S>>,
         reports: &mut Vec<Report<K, S>>,
     ) {
-        match change {
-            Change::Insert(key, service) => {
+        match change.as_ref() {
+            None => {}
+            Some(Change::Insert(key, _)) => {
                 // The key's own code (`Eq`, `Hash`, `EndpointMeta`) runs first, before anything
                 // changes: one that panics leaves the set and the zone ids as they were.
                 // A key already in the set is the same endpoint with a new weight, zone or
                 // service: it keeps its place, statistics and health.
-                let present = endpoints.iter().position(|e| e.key == key);
-                let key_hash = stable_hash(&key);
+                let present = endpoints.iter().position(|e| e.key == *key);
+                let key_hash = stable_hash(key);
                 let weight = key.weight().max(1);
                 let zone = match key.zone() {
                     None => u16::MAX - 1,
@@ -538,6 +562,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         }
                     }
                 };
+                let Some(Change::Insert(key, service)) = change.take() else {
+                    return;
+                };
                 let endpoint = Arc::new(Endpoint {
                     key_hash,
                     weight,
@@ -555,10 +582,13 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                     None => endpoints.push(endpoint),
                 }
             }
-            Change::Remove(key) => {
+            Some(Change::Remove(key)) => {
                 // Keys are unique in the set. Found before anything is removed, so a key whose
                 // `Eq` panics leaves the set as it was.
-                if let Some(i) = endpoints.iter().position(|e| e.key == key) {
+                if let Some(i) = endpoints.iter().position(|e| e.key == *key) {
+                    let Some(Change::Remove(key)) = change.take() else {
+                        return;
+                    };
                     endpoints.remove(i);
                     reports.push(Report::Removed { key });
                 }
@@ -2033,6 +2063,57 @@ mod tests {
         tx.send(Change::Insert(3, Bomb(Arc::default()))).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(keys(&shared), vec![0, 1, 3]);
+    }
+
+    /// A service whose `Drop` panics whenever it is `live`, while unwinding too: two dropped in
+    /// one unwinding abort the process.
+    #[derive(Clone)]
+    struct Live(bool);
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            assert!(!self.0, "live service cannot be dropped");
+        }
+    }
+
+    /// Two removed services whose `Drop` panics, removed together, are each dropped on their own:
+    /// both panics are caught, both removals stand, and discovery is still applied.
+    #[tokio::test(start_paused = true)]
+    async fn removed_services_whose_drops_panic_are_dropped_one_at_a_time() {
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..3usize {
+            tx.send(Change::Insert(i, Live(i != 0))).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0, 1, 2]);
+
+        tx.send(Change::Remove(1)).unwrap();
+        tx.send(Change::Remove(2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0]);
+
+        tx.send(Change::Insert(3, Live(false))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![0, 3]);
+    }
+
+    /// A skipped change's service whose `Drop` panics is dropped on its own, not while the key's
+    /// panic unwinds: the change is skipped and discovery is still applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_skipped_change_whose_service_drop_panics_is_dropped_on_its_own() {
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        tx.send(Change::Insert(Unhashable(0), Live(false))).unwrap();
+        tx.send(Change::Insert(Unhashable(99), Live(true))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![Unhashable(0)]);
+
+        tx.send(Change::Insert(Unhashable(1), Live(false))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), [0, 1].map(Unhashable));
     }
 
     /// Sends a discovery stream its changes and errors.
