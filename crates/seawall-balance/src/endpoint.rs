@@ -166,12 +166,12 @@ pub(crate) struct Stats {
     /// Successful timed calls since the last outlier detection pass, which resets it. A u64:
     /// `interval` has no upper bound, and 100,000 calls a second pass `u32::MAX` in 12 hours.
     pub(crate) interval_samples: AtomicU64,
-    /// Their summed latency in nanoseconds, shifted left by [`INTERVAL_TAG_BITS`], and in the
-    /// bits below it how many calls the sum holds (modulo 2^8), so that the pass can tell which
-    /// calls it counted have not added their latency yet (see
-    /// [`take_interval_latency`](Stats::take_interval_latency)). Reset with
-    /// [`interval_samples`](Stats::interval_samples). 56 bits of nanoseconds hold over two
-    /// years of summed latency per interval.
+    /// Their summed latency in units of [`INTERVAL_UNIT_NS`] (each call's rounded to the
+    /// nearest), shifted left by [`INTERVAL_TAG_BITS`], and in the bits below it how many calls
+    /// the sum holds (modulo 2^8), so that the pass can tell which calls it counted have not
+    /// added their latency yet (see [`take_interval_latency`](Stats::take_interval_latency)).
+    /// Reset with [`interval_samples`](Stats::interval_samples). The 56 bits of 256 ns units
+    /// hold 2^64 ns, over 580 years, of summed latency per interval.
     pub(crate) interval_latency: AtomicU64,
     /// Since when the latency has been an outlier; [`NONE`] when it is not.
     pub(crate) slow_since: AtomicU64,
@@ -336,7 +336,7 @@ impl Stats {
     #[inline]
     fn add_interval_latency(&self, rtt_ns: f64) {
         self.interval_latency
-            .fetch_add(((rtt_ns as u64) << INTERVAL_TAG_BITS) | 1, Release);
+            .fetch_add((interval_units(rtt_ns) << INTERVAL_TAG_BITS) | 1, Release);
     }
 
     /// The mean latency in nanoseconds of the successful calls since the last outlier detection
@@ -360,13 +360,13 @@ impl Stats {
             self.interval_samples.fetch_add(pending, Relaxed);
         }
         let samples = counted - pending;
-        let sum = (tagged >> INTERVAL_TAG_BITS).wrapping_sub(samples >> INTERVAL_TAG_BITS);
+        let units = (tagged >> INTERVAL_TAG_BITS).saturating_sub(samples >> INTERVAL_TAG_BITS);
         let total = self
             .latency_samples
             .load(Relaxed)
             .saturating_add(u32::try_from(samples).unwrap_or(u32::MAX));
         self.latency_samples.store(total, Relaxed);
-        (samples > 0).then(|| sum as f64 / samples as f64)
+        (samples > 0).then(|| units as f64 * INTERVAL_UNIT_NS / samples as f64)
     }
 
     /// The latency EWMA in nanoseconds, if any call has completed.
@@ -379,6 +379,16 @@ impl Stats {
 const INTERVAL_TAG_BITS: u32 = 8;
 
 const INTERVAL_TAG_MASK: u64 = (1 << INTERVAL_TAG_BITS) - 1;
+
+/// The unit [`Stats::interval_latency`] sums latencies in, in nanoseconds: 2^8, so that its 56
+/// bits of sum hold as many nanoseconds as a u64.
+const INTERVAL_UNIT_NS: f64 = (1u64 << INTERVAL_TAG_BITS) as f64;
+
+/// `rtt_ns` in units of [`INTERVAL_UNIT_NS`], rounded to the nearest (saturating, as `as` does).
+#[inline]
+fn interval_units(rtt_ns: f64) -> u64 {
+    (rtt_ns / INTERVAL_UNIT_NS).round() as u64
+}
 
 /// The tick an update of the estimate `bits` is made at: that of `read`, the time its caller
 /// read, unless the estimate looks a decay period old or more at `read`, when the clock is read
@@ -750,13 +760,18 @@ mod tests {
     #[test]
     fn the_interval_mean_is_taken_once() {
         let stats = Stats::default();
-        stats.record_latency(0, || 0, 2e6, TAU);
-        stats.record_latency(SECOND, || SECOND, 4e6, TAU);
-        assert_eq!(stats.take_interval_latency(), Some(3e6));
+        // Whole units of 256 ns, which the interval sums in.
+        stats.record_latency(0, || 0, 2.048e6, TAU);
+        stats.record_latency(SECOND, || SECOND, 4.096e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(3.072e6));
         assert_eq!(stats.take_interval_latency(), None);
-        stats.record_latency(2 * SECOND, || 2 * SECOND, 1e6, TAU);
-        assert_eq!(stats.take_interval_latency(), Some(1e6));
-        assert_eq!(stats.latency_samples.load(Relaxed), 3);
+        stats.record_latency(2 * SECOND, || 2 * SECOND, 1.024e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(1.024e6));
+        // Others are rounded to the nearest unit: off by at most half of one.
+        stats.record_latency(3 * SECOND, || 3 * SECOND, 1e6, TAU);
+        let mean = stats.take_interval_latency().unwrap();
+        assert!((mean - 1e6).abs() <= 128.0, "{mean}");
+        assert_eq!(stats.latency_samples.load(Relaxed), 4);
     }
 
     /// A pass that takes the interval while a call is between counting itself and adding its
@@ -768,26 +783,26 @@ mod tests {
         let stats = Stats::default();
         stats.count_interval_call();
         assert_eq!(stats.take_interval_latency(), None);
-        stats.add_interval_latency(5e6);
-        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        stats.add_interval_latency(5.12e6);
+        assert_eq!(stats.take_interval_latency(), Some(5.12e6));
         assert_eq!(stats.take_interval_latency(), None);
 
-        stats.record_latency(0, || 0, 5e6, TAU);
+        stats.record_latency(0, || 0, 5.12e6, TAU);
         stats.count_interval_call();
-        assert_eq!(stats.take_interval_latency(), Some(5e6));
-        stats.add_interval_latency(5e6);
-        stats.record_latency(0, || 0, 5e6, TAU);
-        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        assert_eq!(stats.take_interval_latency(), Some(5.12e6));
+        stats.add_interval_latency(5.12e6);
+        stats.record_latency(0, || 0, 5.12e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(5.12e6));
         assert_eq!(stats.latency_samples.load(Relaxed), 4);
 
         // More calls than the tag counts to: its carries do not reach the mean.
         for _ in 0..300 {
-            stats.record_latency(0, || 0, 5e6, TAU);
+            stats.record_latency(0, || 0, 5.12e6, TAU);
         }
         stats.count_interval_call();
-        assert_eq!(stats.take_interval_latency(), Some(5e6));
-        stats.add_interval_latency(5e6);
-        assert_eq!(stats.take_interval_latency(), Some(5e6));
+        assert_eq!(stats.take_interval_latency(), Some(5.12e6));
+        stats.add_interval_latency(5.12e6);
+        assert_eq!(stats.take_interval_latency(), Some(5.12e6));
         assert_eq!(stats.latency_samples.load(Relaxed), 305);
     }
 
@@ -798,11 +813,23 @@ mod tests {
         let stats = Stats::default();
         let calls = u64::from(u32::MAX);
         stats.interval_samples.store(calls, Relaxed);
-        let one = (1_000_000 << INTERVAL_TAG_BITS) | 1;
+        let one = (4_000 << INTERVAL_TAG_BITS) | 1;
         stats.interval_latency.store(calls * one, Relaxed);
-        stats.record_latency(0, || 0, 1e6, TAU);
-        assert_eq!(stats.take_interval_latency(), Some(1e6));
+        stats.record_latency(0, || 0, 1.024e6, TAU);
+        assert_eq!(stats.take_interval_latency(), Some(1.024e6));
         assert_eq!(stats.latency_samples.load(Relaxed), u32::MAX);
+    }
+
+    /// Summed latency past 2^56 ns (a mean of 2^48 ns over 300 calls; or 100,000 calls a second
+    /// for an hour at 200 ms) keeps its mean: the sum counts 256 ns units.
+    #[test]
+    fn a_sum_of_latencies_past_2_pow_56_ns_keeps_its_mean() {
+        let stats = Stats::default();
+        let rtt = (1u64 << 48) as f64;
+        for _ in 0..300 {
+            stats.record_latency(0, || 0, rtt, TAU);
+        }
+        assert_eq!(stats.take_interval_latency(), Some(rtt));
     }
 
     /// The sweep resetting a returning endpoint's latency between a call's read and its write:
