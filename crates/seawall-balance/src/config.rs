@@ -71,8 +71,8 @@ impl Default for FailurePercentage {
 }
 
 /// Latency outlier ejection: an endpoint slower than `factor` × the median of its peers' latency
-/// at every outlier detection pass at which it had successful calls, for at least `duration`, is
-/// ejected, like a failing one.
+/// at every outlier detection pass at which it had successful calls (a pass without any can only
+/// find it not slow), for at least `duration`, is ejected, like a failing one.
 ///
 /// Each endpoint keeps an EWMA of its successful calls' latency (time constant `decay`) and the
 /// mean latency of its successful calls since the last pass. At each pass, among the endpoints

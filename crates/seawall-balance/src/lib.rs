@@ -37,7 +37,8 @@
 //! success-rate and failure-percentage rules run over the interval's calls, Envoy's
 //! consecutive-failures rule ejects at once, and seawall's latency rule ejects an endpoint whose
 //! latency EWMA and mean latency since the last pass are above `factor ×` the median of its
-//! peers' EWMAs at every pass at which it had successful calls, for `duration` (see
+//! peers' EWMAs at every pass at which it had successful calls (a pass without any can only find
+//! it not slow), for `duration` (see
 //! [`LatencyEjection`]). An ejected endpoint is returned at the
 //! first pass at or after `base_ejection_time × k` (capped) is up, where k goes up by one at each
 //! ejection and down by one for each interval the endpoint ends in the set without being ejected;

@@ -11,12 +11,12 @@
 //!   while it is out. The rule ejects it at the first pass that finds it slow (its latency EWMA and
 //!   the mean of its successful calls since the last pass both above `factor` × its peers' median)
 //!   `duration` or more after the pass that first did; a pass at which it had no successful call
-//!   counts neither way. Once its first slow answers have raised its PeakEWMA estimate, the picker
+//!   can only find it not slow (when its EWMA is at or below the limit). Once its first slow answers have raised its PeakEWMA estimate, the picker
 //!   sends it a call only when its peers happen to cost more, or at the latest its trial call once
 //!   the estimate has gone stale, a picker decay (10 s) after its last answer. So the ejection
-//!   waits for such a call: up to about a picker decay after `duration` (about 11 s after it
-//!   turned slow on a quiet machine), later if a pass in between finds it not slow and its streak
-//!   starts again. How many calls it takes before then depends on the machine's timing, so only
+//!   waits for such a call: at the latest about a picker decay after `duration` (about 11 s after
+//!   it turned slow), usually sooner, as its peers' costs rise under load; later only if a pass in
+//!   between finds it not slow and its streak starts again. How many calls it takes before then depends on the machine's timing, so only
 //!   the ejection and what follows it are checked.
 //!
 //! Sockets are involved, so this runs in real time with generous bounds and bounded loops. The
@@ -196,8 +196,9 @@ async fn traffic_moves_away_from_a_dead_and_a_slow_server() {
     // Server 1 turns slow: calls still succeed. The pass after its first slow answers finds it
     // slow; it is ejected at the first pass `duration` or more later that follows another of its
     // answers, which PeakEWMA sends it at the latest a picker decay (10 s) after its last one.
-    // That is about 11 s after it turned slow when no pass in between finds it not slow. Calls
-    // keep coming meanwhile, in rounds of at least 50 ms each, for up to 30 s and 600 rounds.
+    // That is at the latest about 11 s after it turned slow when no pass in between finds it not
+    // slow, and usually sooner. Calls keep coming meanwhile, in rounds of at least 50 ms each,
+    // for up to 30 s and 600 rounds.
     servers[1].slow.store(true, Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let slow = format!("{:?}", addrs[1]);
