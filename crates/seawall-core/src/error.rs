@@ -184,6 +184,8 @@ impl Error for SentEarlier {
 /// the request may have been sent. A [`SentEarlier`] in the chain before either (a call one of
 /// whose earlier attempts was sent) ends the search: `None`. See the
 /// [module docs](self#requests-that-were-never-sent).
+///
+/// Like [`chain`], it looks at no more than the first 256 errors of the chain.
 pub fn not_sent(err: &(dyn Error + 'static)) -> Option<NotSent> {
     let mut refused = false;
     for err in chain(err) {
@@ -205,7 +207,8 @@ pub fn is_not_sent(err: &(dyn Error + 'static)) -> bool {
     not_sent(err).is_some()
 }
 
-/// Finds the first error of type `T` in `err` or its `source()` chain.
+/// Finds the first error of type `T` in `err` or its `source()` chain, among the first 256
+/// errors of the chain (see [`chain`]).
 pub fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
     chain(err).find_map(downcast_ref)
 }
@@ -218,7 +221,8 @@ pub fn downcast_ref<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> O
         .or_else(|| err.downcast_ref::<Box<T>>().map(|boxed| &**boxed))
 }
 
-/// Whether an error of type `T` is `err` or in its `source()` chain.
+/// Whether an error of type `T` is `err` or in its `source()` chain, among the first 256 errors
+/// of the chain (see [`chain`]).
 pub fn is<T: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     find::<T>(err).is_some()
 }
@@ -319,20 +323,34 @@ impl AsDynError for std::convert::Infallible {
 /// followed by the error it wraps ([`get_ref`](std::io::Error::get_ref)), not by that error's
 /// source, which is what its own `source()` gives; so is one behind an `Arc` or a `Box`, whose
 /// `source()` is the `io::Error`'s.
+///
+/// The walk ends after 256 errors, far deeper than any real chain, so an error whose `source()`
+/// leads back to itself (which safe Rust allows) cannot make it, or [`find`], [`is`] and
+/// [`not_sent`], run forever.
 pub fn chain<'a>(err: &'a (dyn Error + 'static)) -> Chain<'a> {
-    Chain { next: Some(err) }
+    Chain {
+        next: Some(err),
+        left: MAX_CHAIN_LEN,
+    }
 }
+
+/// How many errors [`chain`] visits at most: a `source()` chain that comes back on itself ends
+/// here.
+const MAX_CHAIN_LEN: usize = 256;
 
 /// Iterator over an error and its sources; see [`chain`].
 #[derive(Debug, Clone)]
 pub struct Chain<'a> {
     next: Option<&'a (dyn Error + 'static)>,
+    /// Errors still to visit before the walk ends, whatever `next` is.
+    left: usize,
 }
 
 impl<'a> Iterator for Chain<'a> {
     type Item = &'a (dyn Error + 'static);
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
         let current = unshare(self.next?);
         let io = current
             .downcast_ref::<std::io::Error>()
