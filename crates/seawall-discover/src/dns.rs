@@ -25,7 +25,7 @@ use seawall_core::{
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, SocketAddrV6},
     panic::AssertUnwindSafe,
     time::Duration,
 };
@@ -123,7 +123,12 @@ impl Dns {
     ///
     /// A `host` that is an IP address is its own endpoint: it is not looked up, nor resolved
     /// again, and needs no name server (neither [`nameservers`](DnsBuilder::nameservers) nor the
-    /// system's configuration).
+    /// system's configuration). An IPv6 address may name its interface with a numeric scope id
+    /// (`fe80::1%2`), which the endpoint keeps; an interface name (`fe80::1%eth0`) is rejected.
+    ///
+    /// A DNS answer carries no scope id: a link-local address (`fe80::/10`) found by name becomes
+    /// an endpoint with scope 0, which cannot be connected to (Linux refuses it with `EINVAL`). No
+    /// interface is guessed for it; to reach a link-local endpoint, give it as a scoped address.
     pub fn a(host: impl Into<String>, port: u16) -> DnsBuilder {
         DnsBuilder::new(Query::Ip {
             host: host.into(),
@@ -165,6 +170,9 @@ impl Dns {
     /// failure backoff. A target of `"."` means the service is not available there (RFC 2782)
     /// and is left out, as is a record with port 0, which no client can connect to. The
     /// resolution fails, keeping the last good set, only when no target gives an address.
+    /// A target's link-local IPv6 address (`fe80::/10`) becomes an endpoint without a scope id,
+    /// which cannot be connected to (see [`Dns::a`]); a link-local endpoint is given to
+    /// [`Dns::a`] as a scoped address instead.
     ///
     /// A relative `name` is tried under each search domain of the system's configuration in turn
     /// (see [`nameservers`](DnsBuilder::nameservers)), one name at a time: a name the server says
@@ -262,7 +270,8 @@ impl DnsBuilder {
     /// leaves that address out, logged as an error, until the next resolution tries it again
     /// (a host that is an IP address has none).
     ///
-    /// The host of [`Dns::a`] must be a DNS name or an IP address, the name of [`Dns::srv`] a
+    /// The host of [`Dns::a`] must be a DNS name or an IP address (an IPv6 one may have a numeric
+    /// scope id, `fe80::1%2`), the name of [`Dns::srv`] a
     /// DNS name (labels may hold underscores, as Docker's service names do): one that can never
     /// resolve (empty, the root, an empty label) is rejected here rather than failing every
     /// resolution.
@@ -294,9 +303,9 @@ impl DnsBuilder {
             return Err(ConfigError::invalid("port", "must not be 0", "0"));
         }
         let parsed = match &self.query {
-            Query::Ip { host, port } => match host.parse::<IpAddr>() {
-                Ok(ip) => Err(SocketAddr::new(ip, *port)),
-                Err(_) => Ok(Parsed::Ip(check_dns_name("host", host)?, *port)),
+            Query::Ip { host, port } => match ip_literal(host, *port)? {
+                Some(addr) => Err(addr),
+                None => Ok(Parsed::Ip(check_dns_name("host", host)?, *port)),
             },
             Query::Srv { name } => Ok(Parsed::Srv(check_dns_name("srv", name)?)),
         };
@@ -440,6 +449,29 @@ fn resolver_opts(mut opts: ResolverOpts, timeout: Duration, servers: usize) -> R
     // The CNAMEs on the way to the addresses stay in the answer, so their TTLs count.
     opts.preserve_intermediates = true;
     opts
+}
+
+/// `host` as an IP address on `port`, when it is one; `None` when it is to be looked up.
+///
+/// An IPv6 address may carry a numeric scope id (`fe80::1%2`, the interface a link-local address
+/// is reached through), which the endpoint keeps; `IpAddr` takes none, `SocketAddrV6` does. A host
+/// with a `%` is no DNS name, so one that is not such an address (an interface name as the scope,
+/// `fe80::1%eth0`) is rejected.
+fn ip_literal(host: &str, port: u16) -> Result<Option<SocketAddr>, ConfigError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, port)));
+    }
+    if !host.contains('%') {
+        return Ok(None);
+    }
+    match format!("[{host}]:{port}").parse::<SocketAddrV6>() {
+        Ok(scoped) => Ok(Some(SocketAddr::V6(scoped))),
+        Err(_) => Err(ConfigError::invalid(
+            "host",
+            "must be a DNS name, or an IP address with a numeric scope id (fe80::1%2)",
+            format!("{host:?}"),
+        )),
+    }
 }
 
 /// `name` must be a DNS name other than the root: one that a resolution could answer.

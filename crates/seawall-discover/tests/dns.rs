@@ -375,3 +375,22 @@ async fn an_address_is_never_asked_about() {
     assert_eq!(zone.queries.load(Relaxed), 0);
     assert_eq!(queued(&mut discovery), vec![]);
 }
+
+/// A link-local IPv6 address names its interface with a numeric scope id (`fe80::1%2`): the
+/// endpoint keeps it, as connecting to a link-local address needs it. A scope that is not a
+/// number (an interface name) is rejected, naming the host.
+#[tokio::test(start_paused = true)]
+async fn a_scoped_ipv6_address_keeps_its_scope_id() {
+    let mut discovery = Dns::a("fe80::1%2", 80).build(make).unwrap();
+    let changes = first_resolution(&mut discovery).await;
+    assert_eq!(changes, vec![('+', addr("[fe80::1%2]:80"), 1)]);
+    match changes[0].1 {
+        SocketAddr::V6(v6) => assert_eq!(v6.scope_id(), 2, "{v6}"),
+        other => panic!("not an IPv6 endpoint: {other}"),
+    }
+    assert_eq!(queued(&mut discovery), vec![]);
+    for host in ["fe80::1%eth0", "fe80::1%", "10.0.0.1%2", "[fe80::1%2]"] {
+        let err = Dns::a(host, 80).build(make).map(drop).expect_err(host);
+        assert_eq!(err.field(), "host", "{host:?}: {err}");
+    }
+}
