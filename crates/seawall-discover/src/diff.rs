@@ -33,8 +33,8 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
     }
 
     /// What `next` changes against the set: the keys to insert (new, or equal to a key in the
-    /// set but with other metadata) and the keys to remove, in a stable order (the order of
-    /// `next` for insertions). Of equal keys in `next`, the first counts. The set itself changes
+    /// set but with other metadata), in the order of `next`, and the keys to remove, in no
+    /// particular order. Of equal keys in `next`, the first counts. The set itself changes
     /// only as each change is [`inserted`](Self::inserted) or [`removed`](Self::removed).
     pub(crate) fn diff(&self, next: impl IntoIterator<Item = K>) -> (Vec<K>, Vec<K>) {
         let mut seen = HashSet::new();

@@ -225,6 +225,11 @@ impl DnsBuilder {
 
     /// The shortest time from the start of one resolution to the start of the next, whatever the
     /// TTL. Default 1 s.
+    ///
+    /// Against answers with a TTL of 0 (Consul's DNS interface gives its services that TTL by
+    /// default) this is the time between queries: it bounds how often the name servers are
+    /// asked, so keep it at a sensible value such as the default. Any duration above zero is
+    /// accepted, and one of a few nanoseconds sends the queries back to back.
     pub fn min_refresh(mut self, min: Duration) -> Self {
         self.min_refresh = min;
         self
