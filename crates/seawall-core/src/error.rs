@@ -335,8 +335,9 @@ pub fn chain<'a>(err: &'a (dyn Error + 'static)) -> Chain<'a> {
 }
 
 /// How many errors [`chain`] visits at most: a `source()` chain that comes back on itself ends
-/// here.
-const MAX_CHAIN_LEN: usize = 256;
+/// here. A chain this long may be cut off, so code that hands an error to another chain walker
+/// (one without a bound) can check for it first.
+pub const MAX_CHAIN_LEN: usize = 256;
 
 /// Iterator over an error and its sources; see [`chain`].
 #[derive(Debug, Clone)]

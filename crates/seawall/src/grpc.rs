@@ -350,7 +350,10 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// rejection's message and keeps `error` as its source, so `seawall::core::error::find` still
 /// finds the seawall type through the status. A `Status` under a seawall wrapper (a retry's
 /// `BudgetExhausted`) is copied out with its message, details and metadata. Anything else is
-/// mapped by [`Status::from_error`].
+/// mapped by [`Status::from_error`], except an error whose `source()` chain is
+/// [`MAX_CHAIN_LEN`](seawall_core::error::MAX_CHAIN_LEN) long or longer (one that may come back on
+/// itself, which tonic would walk forever): it becomes `Unknown` with its message, as tonic maps
+/// an error it finds nothing in.
 pub fn to_status(error: BoxError) -> Status {
     let error = match error.downcast::<Status>() {
         Ok(status) => return *status,
@@ -371,6 +374,14 @@ pub fn to_status(error: BoxError) -> Status {
     });
     let mut status = match found {
         Some(status) => status,
+        // tonic's own walk of the chain has no bound: a chain that may come back on itself gets
+        // what tonic gives an error it finds nothing in.
+        None if seawall_core::error::chain(&*error)
+            .nth(seawall_core::error::MAX_CHAIN_LEN - 1)
+            .is_some() =>
+        {
+            Status::new(Code::Unknown, error.to_string())
+        }
         None => return Status::from_error(error),
     };
     status.set_source(Arc::from(error));

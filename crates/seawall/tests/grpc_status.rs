@@ -167,6 +167,37 @@ async fn other_errors_are_mapped_as_tonic_maps_them() {
     assert_eq!(to_status(Box::new(status)).code(), Code::PermissionDenied);
 }
 
+/// An error that is its own source.
+#[derive(Debug)]
+struct Loop;
+
+impl std::fmt::Display for Loop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("loop")
+    }
+}
+
+impl std::error::Error for Loop {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self)
+    }
+}
+
+/// An error whose `source()` chain comes back on itself is mapped, not walked forever.
+#[test]
+fn an_error_whose_chain_loops_is_mapped_to_unknown() {
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let status = to_status(Box::new(Loop));
+        let _ = done.send((status.code(), status.message().to_owned()));
+    });
+    let (code, message) = answer
+        .recv_timeout(Duration::from_secs(5))
+        .expect("mapping an error whose chain loops did not end");
+    assert_eq!(code, Code::Unknown);
+    assert_eq!(message, "loop");
+}
+
 /// Fails `poll_ready` once (a connection that could not be made), then would answer.
 #[derive(Default, Clone)]
 struct FailsReadyOnce {
