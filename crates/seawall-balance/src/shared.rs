@@ -1038,6 +1038,11 @@ where
 /// set it replaced.
 type Published<K, S> = (Option<Report<K, S>>, Arc<Snapshot<K, S>>);
 
+/// The longest period the background task's timers tick at: about 30 years, the cap
+/// [`deadline_after`] puts on a far deadline. A timer works out each tick from the one before,
+/// so a longer period (`Duration::MAX`, "never") would overflow an `Instant` at the first tick.
+const LONGEST_PERIOD: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Spawns the task that applies discovery changes and runs health checks for `shared`.
 ///
 /// The task holds only a weak reference: it ends when the last balancer is dropped (which also
@@ -1075,11 +1080,13 @@ async fn run<K, S, C, D>(
     // `None` once the stream has ended or panicked: it is dropped then, and with it whatever
     // feeds it.
     let mut discover = Some(Box::pin(discover));
+    let interval = interval.min(LONGEST_PERIOD);
     let mut sweep = tokio::time::interval_at(deadline_after(Instant::now(), interval), interval);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let probe_every = probe
         .as_ref()
-        .map_or(Duration::from_secs(3600), |(c, _)| c.interval);
+        .map_or(Duration::from_secs(3600), |(c, _)| c.interval)
+        .min(LONGEST_PERIOD);
     let mut probe_tick =
         tokio::time::interval_at(deadline_after(Instant::now(), probe_every), probe_every);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

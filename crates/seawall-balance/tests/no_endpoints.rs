@@ -131,6 +131,38 @@ async fn huge_intervals_do_not_overflow_the_background_task() {
     assert_eq!(balance.oneshot(7).await.unwrap(), 0);
 }
 
+/// Intervals of `Duration::MAX` ("never"): the first tick comes about 30 years out, and the
+/// task's timers work out the tick after it without overflowing.
+#[tokio::test(start_paused = true)]
+async fn huge_intervals_survive_their_first_tick() {
+    use seawall::balance::{HealthCheck, OutlierDetection};
+    let (tx, stream) = channel::<usize, Node>();
+    let balance = BalanceLayer::builder()
+        .outlier_detection(OutlierDetection {
+            interval: Duration::MAX,
+            ..OutlierDetection::default()
+        })
+        .health_check(
+            HealthCheck {
+                interval: Duration::MAX,
+                timeout: Duration::from_secs(1),
+            },
+            |_: &usize, _: Node| async { true },
+        )
+        .build()
+        .unwrap()
+        .layer(stream);
+    tx.send(Change::Insert(0, Node::new(0))).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints().len(), 1);
+    tokio::time::advance(Duration::from_secs(86_400 * 365 * 31)).await;
+    common::settle().await;
+    // The background task is still running: it applies discovery.
+    tx.send(Change::Insert(1, Node::new(1))).unwrap();
+    common::settle().await;
+    assert_eq!(balance.endpoints().len(), 2);
+}
+
 /// Ejection times of `Duration::MAX` under a short interval: the ejection and every pass after
 /// it work out when the endpoint is due back without overflowing, and it stays out.
 #[tokio::test(start_paused = true)]
