@@ -560,10 +560,57 @@ impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
     }
 }
 
-/// A stable 64-bit hash (SipHash with fixed keys), so rings agree across processes.
+/// A stable 64-bit hash: FNV-1a, whose output its specification fixes, over the values the
+/// key's `Hash` writes, integers as little-endian bytes and `usize`/`isize` as 64-bit ones. So
+/// rings agree across processes, Rust releases and platforms for keys whose `Hash` writes the
+/// same values (std's `DefaultHasher` may change between releases, and writes integers in the
+/// platform's width and byte order).
 pub(crate) fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+    let mut hasher = Canonical(fnv::FnvHasher::default());
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Feeds the hasher it wraps the same bytes for the same values on every platform: integers as
+/// little-endian bytes, `usize` and `isize` widened to 64 bits.
+struct Canonical<H>(H);
+
+macro_rules! canonical_writes {
+    ($($method:ident($ty:ty $(as $wide:ty)?)),* $(,)?) => {
+        $(
+            #[inline]
+            fn $method(&mut self, value: $ty) {
+                self.0.write(&(value $(as $wide)?).to_le_bytes());
+            }
+        )*
+    };
+}
+
+impl<H: Hasher> Hasher for Canonical<H> {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    canonical_writes! {
+        write_u8(u8),
+        write_u16(u16),
+        write_u32(u32),
+        write_u64(u64),
+        write_u128(u128),
+        write_usize(usize as u64),
+        write_i8(i8),
+        write_i16(i16),
+        write_i32(i32),
+        write_i64(i64),
+        write_i128(i128),
+        write_isize(isize as i64),
+    }
 }
 
 /// A bit mixer (splitmix64's finalizer), so user keys that are small integers spread over the ring.
@@ -591,6 +638,32 @@ mod tests {
         assert_eq!(HashSet::from([a.clone(), b]).len(), 1);
         assert_ne!(a, Tagged::new(2u32).with_weight(3));
         assert!(a < Tagged::new(2u32));
+    }
+
+    /// The ring's hash is fixed by FNV-1a's specification over a canonical byte stream: a change
+    /// of algorithm, of integer width or of byte order changes these values.
+    #[test]
+    fn stable_hash_gives_the_same_values_everywhere() {
+        assert_eq!(stable_hash(&7usize), stable_hash(&7u64));
+        assert_eq!(stable_hash(&-7isize), stable_hash(&-7i64));
+        assert_eq!(stable_hash(&7usize), 0x4bd7_a317_074c_5b62);
+        assert_eq!(stable_hash(&7u32), 0x6d35_7266_9b2c_de42);
+        assert_eq!(stable_hash("10.0.0.1:80"), 0xa46d_681b_5828_bace);
+        assert_eq!(
+            stable_hash(&Tagged::new(7u64).with_weight(3)),
+            stable_hash(&7u64)
+        );
+    }
+
+    /// Socket addresses: std hashes an IP address as an integer read from its octets in the
+    /// platform's byte order, so these hold on little-endian platforms.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn stable_hash_of_socket_addresses_is_fixed() {
+        let v4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(stable_hash(&v4), 0x2439_a1d2_416a_f73c);
+        assert_eq!(stable_hash(&v6), 0x386e_b279_5483_6111);
     }
 
     const TAU: f64 = 10e9;

@@ -70,7 +70,11 @@ pub enum Picker {
     /// The endpoint owning the request's key (see
     /// [`hash_key`](crate::BalanceConfigBuilder::hash_key)) on a ring with `replicas` points per
     /// endpoint. A request without a key goes to a random endpoint. When the owner is unavailable
-    /// the next endpoint on the ring takes the call.
+    /// the next endpoint on the ring takes the call. Endpoint keys are hashed with FNV-1a over
+    /// the values their `Hash` writes (integers as little-endian, `usize` as 64 bits), so rings
+    /// agree across processes, Rust releases and platforms for keys whose `Hash` writes the same
+    /// values: integers and strings everywhere, `SocketAddr` on little-endian platforms (std
+    /// hashes an IP address as an integer read in the platform's byte order).
     ConsistentHash {
         /// Points per endpoint on the ring; more points spread keys more evenly.
         replicas: u32,
