@@ -277,7 +277,7 @@ where
         if n == 0 {
             return Step::Wait { unheld: false };
         }
-        let panic = shared.panicking(n);
+        let panic = shared.panicking(snapshot);
         let available = |i: usize, _key: &K| shared.available(panic, &snapshot.endpoints[i]);
         let now = if shared.settings.picker.uses_latency() {
             shared.nanos(Instant::now())
@@ -336,7 +336,7 @@ where
         mut first: Option<Polled<S, S::Error>>,
     ) -> Step<K, S> {
         let n = snapshot.len();
-        let panic = shared.panicking(n);
+        let panic = shared.panicking(snapshot);
         // Whether this call has tried no endpoint yet and never waited: only then does its
         // pick's readiness error fail it. A call that waits passes over one that fails since,
         // even after the endpoint it held left the set.

@@ -104,7 +104,7 @@ impl<K: Key, S: 'static, C, H> Balance<K, S, C, H> {
 
     /// Whether health is being ignored because too few endpoints are healthy (panic mode).
     pub fn is_panicking(&self) -> bool {
-        self.shared.panicking(self.shared.current().len())
+        self.shared.is_panicking()
     }
 
     /// The policy instance name.

@@ -2,7 +2,12 @@
 //! together (see `Shared::apply_batch`).
 
 use crate::{endpoint::Endpoint, picker::Picker};
-use std::{cmp::Ordering, collections::BinaryHeap, fmt, sync::Arc};
+use std::{
+    cmp::Ordering,
+    collections::BinaryHeap,
+    fmt,
+    sync::{atomic::AtomicUsize, Arc},
+};
 
 /// The longest weighted round robin schedule; heavier sets are scaled down to fit.
 const MAX_SCHEDULE: u64 = 1 << 16;
@@ -16,6 +21,10 @@ pub(crate) struct Snapshot<K, S> {
     pub(crate) schedule: Vec<u32>,
     /// The local zone's id, `u16::MAX` when the picker is not zone-aware.
     pub(crate) local_zone: u16,
+    /// How many of the endpoints health keeps out of the pick. Counted before the set is
+    /// published and kept up, under the health lock, while it is the set in force: a pick judges
+    /// panic mode on the count and the size of the same set.
+    pub(crate) unhealthy: AtomicUsize,
 }
 
 impl<K, S> Snapshot<K, S> {
@@ -25,6 +34,7 @@ impl<K, S> Snapshot<K, S> {
             ring: Vec::new(),
             schedule: Vec::new(),
             local_zone: u16::MAX,
+            unhealthy: AtomicUsize::new(0),
         }
     }
 
@@ -46,6 +56,7 @@ impl<K, S> Snapshot<K, S> {
             ring,
             schedule,
             local_zone,
+            unhealthy: AtomicUsize::new(0),
         }
     }
 

@@ -59,8 +59,6 @@ pub(crate) struct Shared<K, S, C> {
     /// there are some.
     pub(crate) waiting: Arc<AtomicUsize>,
     pub(crate) round_robin: AtomicUsize,
-    /// Endpoints that health checking keeps out of the pick.
-    pub(crate) unhealthy: AtomicUsize,
     pub(crate) filter: Option<Box<dyn Filter<K, S>>>,
     pub(crate) listeners: Listeners<BalanceEvent>,
     health: Mutex<Health>,
@@ -154,7 +152,6 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             // Each balancer starts its turns at a random place (the seed's), so clients started
             // together over the same discovery order do not call the same endpoints in lockstep.
             round_robin: AtomicUsize::new(round_robin_start(seed)),
-            unhealthy: AtomicUsize::new(0),
             filter,
             listeners,
             health: Mutex::new(Health {
@@ -196,14 +193,20 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .clone()
     }
 
-    /// Whether fewer than `panic_threshold` of the endpoints are healthy: then health is ignored.
+    /// Whether fewer than `panic_threshold` of the endpoints of `set` are healthy: then health is
+    /// ignored.
     #[inline]
-    pub(crate) fn panicking(&self, total: usize) -> bool {
+    pub(crate) fn panicking(&self, set: &Snapshot<K, S>) -> bool {
         panic_mode(
-            self.unhealthy.load(Relaxed),
-            total,
+            set.unhealthy.load(Relaxed),
+            set.len(),
             self.settings.panic_threshold,
         )
+    }
+
+    /// Whether a pick made now judges the balancer in panic mode.
+    pub(crate) fn is_panicking(&self) -> bool {
+        self.panicking(&self.current())
     }
 
     /// Whether endpoint `ep` may take a call: healthy (in panic mode, every endpoint is) and let
@@ -356,14 +359,15 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Brings the unhealthy endpoints gauge and panic mode up to the unhealthy count just made for
-    /// the set in force, of `total` endpoints, and returns the report of a change of panic mode,
+    /// `set`, the set in force, and returns the report of a change of panic mode,
     /// for the caller to report after the changes that made it. Called under the health lock
     /// (`health`), under which the count is made, once the changes are complete: after a batch
     /// of discovery changes, an ejection on a call's thread, an outlier detection pass or a
     /// probe's new verdict. Panic mode depends only on the set's health and size, so it is
     /// followed where those change, and picks are left alone.
-    fn health_changed(&self, health: &mut Health, total: usize) -> Option<Report<K, S>> {
-        let unhealthy = self.unhealthy.load(Relaxed);
+    fn health_changed(&self, health: &mut Health, set: &Snapshot<K, S>) -> Option<Report<K, S>> {
+        let unhealthy = set.unhealthy.load(Relaxed);
+        let total = set.len();
         let before = std::mem::replace(&mut health.gauged_unhealthy, unhealthy);
         // By the change, as the endpoints gauge is, so that balancers sharing a name sum.
         if unhealthy > before {
@@ -399,12 +403,16 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .iter()
             .filter(|e| !e.stats.healthy())
             .count();
+        // Counted into the set before it is published, so no pick sees it with another's count.
+        self.store_unhealthy(&snapshot, unhealthy);
+        let snapshot = Arc::new(snapshot);
         let replaced = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
-            Arc::new(snapshot),
+            snapshot.clone(),
         );
         let before = replaced.len();
-        self.store_unhealthy(unhealthy);
+        #[cfg(test)]
+        PANIC_AT_SWAP.with_borrow_mut(|seen| seen.push(self.is_panicking()));
         self.version.fetch_add(1, Release);
         // By the change, so that balancers sharing a name sum their sets, and one that is dropped
         // takes its set with it (see the `Drop` below). Under the health lock, as the set is, so
@@ -414,7 +422,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         } else if len < before {
             self.endpoints_gauge.decrement((before - len) as f64);
         }
-        let panic = self.health_changed(health, len);
+        let panic = self.health_changed(health, &snapshot);
         self.changed.notify_waiters();
         (panic, replaced)
     }
@@ -657,15 +665,15 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     fn recount(&self, set: &Snapshot<K, S>) {
         let unhealthy = set.endpoints.iter().filter(|e| !e.stats.healthy()).count();
-        self.store_unhealthy(unhealthy);
+        self.store_unhealthy(set, unhealthy);
     }
 
-    /// Stores `unhealthy`, just counted under the health lock, as the unhealthy count picks judge
-    /// panic mode by.
-    fn store_unhealthy(&self, unhealthy: usize) {
+    /// Stores `unhealthy`, just counted under the health lock, as the unhealthy count of `set`
+    /// that picks judge panic mode by.
+    fn store_unhealthy(&self, set: &Snapshot<K, S>, unhealthy: usize) {
         #[cfg(test)]
         UNHEALTHY_STORES.with_borrow_mut(|stores| stores.push(unhealthy));
-        self.unhealthy.store(unhealthy, Relaxed);
+        set.unhealthy.store(unhealthy, Relaxed);
     }
 
     /// Records a finished call on endpoint `ep` of the current set.
@@ -753,7 +761,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                                 });
                             if let Some(report) = ejected {
                                 self.recount(&set);
-                                let panic = self.health_changed(&mut health, set.len());
+                                let panic = self.health_changed(&mut health, &set);
                                 self.report(std::iter::once(report).chain(panic));
                                 drop(health);
                                 self.changed.notify_waiters();
@@ -919,7 +927,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             }
         }
         self.recount(&set);
-        reports.extend(self.health_changed(health, set.len()));
+        reports.extend(self.health_changed(health, &set));
         self.report(reports);
         drop(guard);
         self.changed.notify_waiters();
@@ -937,7 +945,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             return false;
         }
         self.recount(&set);
-        let panic = self.health_changed(&mut health, set.len());
+        let panic = self.health_changed(&mut health, &set);
         self.report(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
@@ -1009,14 +1017,16 @@ impl<K, S, C> Drop for Shared<K, S, C> {
 
 impl<K: fmt::Debug, S, C> fmt::Debug for Shared<K, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         f.debug_struct("Balance")
             .field("name", &self.name)
             .field("picker", &self.settings.picker)
-            .field(
-                "endpoints",
-                &*self.current.read().unwrap_or_else(PoisonError::into_inner),
-            )
-            .field("unhealthy", &self.unhealthy.load(Relaxed))
+            .field("endpoints", &*set)
+            .field("unhealthy", &set.unhealthy.load(Relaxed))
             .finish()
     }
 }
@@ -1427,6 +1437,9 @@ thread_local! {
     /// The unhealthy counts stored on this thread, in order.
     static UNHEALTHY_STORES: std::cell::RefCell<Vec<usize>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether a pick judged panic mode as each set published on this thread was swapped in.
+    static PANIC_AT_SWAP: std::cell::RefCell<Vec<bool>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -1512,7 +1525,7 @@ mod tests {
         for i in 0..2 {
             fail(&shared, &set.endpoints[i], LIMIT);
         }
-        assert_eq!(shared.unhealthy.load(Relaxed), 2);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 2);
         shared
     }
 
@@ -1620,7 +1633,39 @@ mod tests {
         shared.sweep(shared.epoch + Duration::from_secs(11));
         assert_eq!(ejected(), [false, true, true, false]);
         assert_eq!(UNHEALTHY_STORES.take(), [2]);
-        assert!(!shared.panicking(4));
+        assert!(!shared.is_panicking());
+    }
+
+    /// A batch that removes two of the five ejected endpoints of ten (threshold 0.5) publishes the
+    /// set with its own unhealthy count: a pick made as the set is swapped in judges 3 of 8 out,
+    /// not the old count of 5 against the new size, which would be panic mode never entered.
+    #[test]
+    fn a_pick_judges_panic_mode_on_the_count_of_the_set_it_reads() {
+        let shared = Shared::<usize, (), _>::new(
+            round_robin(
+                0.5,
+                crate::OutlierDetection {
+                    max_ejection_percent: 1.0,
+                    consecutive_failures: Some(1),
+                    ..crate::OutlierDetection::disabled()
+                },
+            ),
+            Listeners::default(),
+            DefaultClassifier,
+            None,
+        );
+        shared.apply_batch((0..10).map(|i| Change::Insert(i, ())));
+        let set = shared.current();
+        for ep in &set.endpoints[..5] {
+            fail(&shared, ep, 1);
+        }
+        drop(set);
+        assert!(!shared.is_panicking());
+        PANIC_AT_SWAP.take();
+        shared.apply_batch([Change::Remove(0), Change::Remove(1)]);
+        assert_eq!(PANIC_AT_SWAP.take(), [false]);
+        assert_eq!(shared.current().len(), 8);
+        assert!(!shared.is_panicking());
     }
 
     /// A subscriber that panics on the balancer's log lines loses the lines, not the events: the
@@ -1651,7 +1696,7 @@ mod tests {
         shared.apply_batch([Change::Insert(0, ()), Change::Insert(1, ())]);
         let set = shared.current();
         shared.record(&set.endpoints[1], Outcome::Failure, None, None);
-        assert!(shared.panicking(2));
+        assert!(shared.is_panicking());
         assert_eq!(
             *events.lock().unwrap(),
             [
@@ -1923,12 +1968,12 @@ mod tests {
         let set = shared.current();
         shared.record(&set.endpoints[1], Outcome::Failure, None, None);
         assert!(set.endpoints[1].stats.ejected.load(Relaxed));
-        assert_eq!(shared.unhealthy.load(Relaxed), 1);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 1);
 
         // Ejected at 1 ms for 10 s: back at the pass of 11 s.
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!set.endpoints[1].stats.ejected.load(Relaxed));
-        assert_eq!(shared.unhealthy.load(Relaxed), 0);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 0);
         let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
         assert_eq!(*events.lock().unwrap(), vec![added("0"), added("2")]);
     }
@@ -2012,7 +2057,7 @@ mod tests {
         // Ejected at 1 ms for 10 s: back at the pass of 11 s.
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
-        assert_eq!(shared.unhealthy.load(Relaxed), 0);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 0);
         assert_eq!(keys(&shared), [0, 1, 2, 3].map(Unhashable));
 
         tx.send(Change::Insert(Unhashable(4), "a")).unwrap();
@@ -2238,12 +2283,12 @@ mod tests {
         let set = shared.current();
         shared.record(&set.endpoints[1], Outcome::Failure, None, None);
         assert!(set.endpoints[1].stats.ejected.load(Relaxed));
-        assert_eq!(shared.unhealthy.load(Relaxed), 1);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 1);
 
         // Ejected at 1 ms for 10 s: back at the pass of 11 s.
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!set.endpoints[1].stats.ejected.load(Relaxed));
-        assert_eq!(shared.unhealthy.load(Relaxed), 0);
+        assert_eq!(shared.current().unhealthy.load(Relaxed), 0);
     }
 
     /// A subscriber that panics on the line of a discovery error loses the line, not the task:
