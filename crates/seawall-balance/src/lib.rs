@@ -225,8 +225,8 @@ pub enum BalanceEvent {
         /// `interval`) at or after this has passed, so it stays out up to one interval longer.
         duration: std::time::Duration,
     },
-    /// An ejected endpoint's time was up at this outlier detection pass and it takes traffic
-    /// again.
+    /// An ejected endpoint's time was up at this outlier detection pass: its ejection is over (it
+    /// takes traffic again unless its health check is failing).
     Returned {
         /// The endpoint's key.
         key: String,

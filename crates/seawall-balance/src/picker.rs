@@ -83,10 +83,11 @@ pub enum Picker {
     /// the zones that are healthy enough (every available endpoint when none is). Within the
     /// chosen zones, power of two choices by calls in flight. A call that every local endpoint
     /// has turned away (none ready) goes on to the other zones the same way. Zones come from
-    /// [`EndpointMeta::zone`](crate::EndpointMeta::zone); endpoints without a zone form one zone
-    /// of their own, and beyond 31 zones in the set at once the rest are judged together. In
-    /// panic mode zones are left aside, as in Envoy: power of two choices over every endpoint the
-    /// filter lets through.
+    /// [`EndpointMeta::zone`](crate::EndpointMeta::zone). The first 31 zones in the set at once
+    /// are judged each on its own; the endpoints without a zone are judged together as one more
+    /// zone, which also takes in the endpoints of every zone beyond the 31st. In panic mode zones
+    /// are left aside, as in Envoy: power of two choices over every endpoint the filter lets
+    /// through.
     ZoneAware {
         /// The caller's own zone.
         local_zone: Arc<str>,

@@ -493,3 +493,56 @@ fn a_layer_is_clone_with_a_probe_and_filter_that_are_not() {
         .unwrap();
     assert_clone(&layer);
 }
+
+/// An ejection that ends while the endpoint's health check fails is over (`Returned`), but the
+/// endpoint stays out: the failing health check still keeps it in `unhealthy()`.
+#[tokio::test(start_paused = true)]
+async fn an_ejection_ending_while_the_health_check_fails_leaves_the_endpoint_out() {
+    let down = Arc::new(AtomicBool::new(false));
+    let probe_down = down.clone();
+    let rec = common::Recorder::default();
+    let (balance, cluster) = cluster(
+        3,
+        BalanceLayer::builder()
+            .seed(3)
+            .picker(Picker::RoundRobin)
+            .on_event(rec.listener(tokio::time::Instant::now()))
+            .outlier_detection(OutlierDetection {
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(5),
+                max_ejection_time: Duration::from_secs(5),
+                consecutive_failures: Some(1),
+                max_ejection_percent: 1.0,
+                ..OutlierDetection::disabled()
+            })
+            .health_check(
+                HealthCheck {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                },
+                move |key: &usize, _svc: common::Node| {
+                    let fail = *key == 0 && probe_down.load(Relaxed);
+                    async move { !fail }
+                },
+            ),
+    )
+    .await;
+    cluster.node(0).fail.store(true, Relaxed);
+    common::drive(&balance, 3).await;
+    assert_eq!(balance.unhealthy(), vec![0]);
+    down.store(true, Relaxed);
+    sleep(Duration::from_secs(8)).await;
+    let events: Vec<_> = rec.take().into_iter().map(|(_, e)| e).collect();
+    let returned = BalanceEvent::Returned { key: "0".into() };
+    let probe_failed = BalanceEvent::ProbeFailed { key: "0".into() };
+    let at = |event: &BalanceEvent| events.iter().position(|e| e == event);
+    // Returned after the health check failed, with no pass between.
+    assert!(at(&probe_failed) < at(&returned), "{events:?}");
+    assert!(
+        at(&probe_failed).is_some() && at(&returned).is_some(),
+        "{events:?}"
+    );
+    assert!(!events.contains(&BalanceEvent::ProbePassed { key: "0".into() }));
+    assert_eq!(balance.unhealthy(), vec![0]);
+    assert!(!balance.is_panicking());
+}
