@@ -1638,7 +1638,9 @@ mod tests {
 
     /// A batch that removes two of the five ejected endpoints of ten (threshold 0.5) publishes the
     /// set with its own unhealthy count: a pick made as the set is swapped in judges 3 of 8 out,
-    /// not the old count of 5 against the new size, which would be panic mode never entered.
+    /// not the old count of 5 against the new size, which would be panic mode without
+    /// `PanicEntered` ever reported; and one that removes healthy endpoints is in panic mode from
+    /// the swap on, not judged on a fresh set's count of 0.
     #[test]
     fn a_pick_judges_panic_mode_on_the_count_of_the_set_it_reads() {
         let shared = Shared::<usize, (), _>::new(
@@ -1666,6 +1668,13 @@ mod tests {
         assert_eq!(PANIC_AT_SWAP.take(), [false]);
         assert_eq!(shared.current().len(), 8);
         assert!(!shared.is_panicking());
+
+        // The mirror case: removing three healthy endpoints leaves 3 of 5 out, panic mode from
+        // the swap on, not a fresh set's count of 0.
+        PANIC_AT_SWAP.take();
+        shared.apply_batch([Change::Remove(5), Change::Remove(6), Change::Remove(7)]);
+        assert_eq!(PANIC_AT_SWAP.take(), [true]);
+        assert!(shared.is_panicking());
     }
 
     /// A subscriber that panics on the balancer's log lines loses the lines, not the events: the
