@@ -75,7 +75,8 @@ impl Default for FailurePercentage {
 /// find it not slow), for at least `duration`, is ejected, like a failing one.
 ///
 /// Each endpoint keeps an EWMA of its successful calls' latency (time constant `decay`) and the
-/// mean latency of its successful calls since the last pass. At each pass, among the endpoints
+/// mean latency of its successful calls since the last pass (each call's rounded to the nearest
+/// 256 ns, so an endpoint answering in under 128 ns has a mean of 0). At each pass, among the endpoints
 /// that are not ejected and have at least `minimum_samples` successful calls (when fewer than
 /// `minimum_hosts` do, the pass finds every endpoint not slow), an endpoint is slow when its
 /// EWMA and its interval's mean are both above `factor` × the median of the others' EWMAs, and

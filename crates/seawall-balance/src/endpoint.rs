@@ -351,7 +351,7 @@ impl Stats {
     /// how many such calls there are, as long as fewer than 2^8 are between their steps at
     /// once: the count taken less the calls in the sum, modulo 2^8. Their counts are put back,
     /// so each such call lands whole in the next interval. The tag's carries into the sum (one
-    /// nanosecond each 2^8 calls, as it counts from 0 at each take) are taken off again.
+    /// 256 ns unit each 2^8 calls, as it counts from 0 at each take) are taken off again.
     pub(crate) fn take_interval_latency(&self) -> Option<f64> {
         let tagged = self.interval_latency.swap(0, Acquire);
         let counted = self.interval_samples.swap(0, Relaxed);

@@ -95,7 +95,9 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    /// The instant this call fails with [`Elapsed`] if it has not answered.
+    /// The instant this call is cut if it has not answered: it fails with [`Elapsed`] then, or,
+    /// for a layer that leaves an earlier (or at most a tick later) deadline to a layer further
+    /// out, a poll later unless that layer cancels it first.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }

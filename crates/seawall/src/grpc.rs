@@ -17,7 +17,7 @@
 //! | `bulkhead::ratelimit::Limited` | `RESOURCE_EXHAUSTED` |
 //! | `core::deadline::Elapsed` (a timeout, total or per attempt) | `DEADLINE_EXCEEDED` |
 //! | `tonic::TimeoutExpired` (a `Channel`'s own timeout: its `Endpoint::timeout`, or the `grpc-timeout` it sends) | `DEADLINE_EXCEEDED` (tonic maps it to `CANCELLED`) |
-//! | anything else | as tonic maps it (`UNAVAILABLE` for connection errors, else `UNKNOWN`) |
+//! | anything else | as tonic maps it (`UNAVAILABLE` for connection errors, else `UNKNOWN`); `UNKNOWN` for an error whose `source()` chain is [`MAX_CHAIN_LEN`](seawall_core::error::MAX_CHAIN_LEN) long or longer, which may come back on itself and which tonic's walk would not end |
 //!
 //! The table holds whichever seawall features are enabled: a rejection from `seawall-breaker`
 //! used directly, without the facade's `breaker` feature, maps the same way.

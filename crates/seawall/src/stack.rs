@@ -723,10 +723,11 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// `"per_try_timeout"` for one given no name): it
     /// ignores a request's [`TimeoutOverride`](crate::timeout::TimeoutOverride), takes its
     /// [`PerTryTimeoutOverride`](crate::timeout::PerTryTimeoutOverride) in place of its own
-    /// duration, and does not
-    /// fire at the call's deadline, which the total timeout (or, without one, the layer in its
-    /// place) enforces by cancelling the attempt, so an impatient caller's cut counts against no
-    /// endpoint.
+    /// duration, and leaves the call's deadline to the total timeout (or, without one, the layer
+    /// in its place), which enforces it by cancelling the attempt, so an impatient caller's cut
+    /// counts against no endpoint: it times an attempt at the call's deadline only when that is
+    /// at most a tick after its own, and holds its cut for a poll when the call's deadline has
+    /// passed too.
     ///
     /// It must be greater than zero (a zero one would cut every attempt not ready on its first
     /// poll, and charge its endpoint) and shorter than the total timeout, as Polly requires
