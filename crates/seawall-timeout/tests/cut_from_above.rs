@@ -30,35 +30,54 @@ fn per_try(timeout: Duration) -> (TimeoutLayer, Events) {
     (layer, events)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_total_timeout_on_the_same_tick_cuts_the_attempt() {
-    // 4999.5 ms and 5 s: both timers are due on the 5000 ms tick.
-    let (per_try, events) = per_try(Duration::from_secs(5));
+/// What a call to a hung service through a total timeout of `total` over a per-try one of
+/// `per_try` saw: how long it took to fail with `Elapsed`, the per-try layer's events and the
+/// deadline the request carried to the service.
+struct Cut {
+    after: Duration,
+    events: Vec<TimeoutEvent>,
+    sent: Option<Duration>,
+}
+
+async fn cut(total: Duration, per_try_timeout: Duration) -> Cut {
+    let (per_try, events) = per_try(per_try_timeout);
+    let seen = Seen::default();
     let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_micros(4_999_500)))
+        .layer(TimeoutLayer::new(total))
         .layer(per_try)
-        .service(recorder(Seen::default(), Duration::from_secs(10)));
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
     let start = Instant::now();
     let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(start.elapsed(), Duration::from_secs(5));
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let events = events.lock().unwrap().clone();
+    Cut {
+        after: start.elapsed(),
+        events,
+        sent: seen[0].map(|deadline| deadline - start),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_on_the_same_tick_cuts_the_attempt() {
+    // 4999.5 ms and 5 s: both timers are due on the 5000 ms tick.
+    let cut = cut(Duration::from_micros(4_999_500), Duration::from_secs(5)).await;
+    assert_eq!(cut.after, Duration::from_secs(5));
+    assert!(cut.events.is_empty(), "{:?}", cut.events);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_total_timeout_due_just_after_on_the_same_tick_cuts_the_attempt() {
     // 4999.2 ms and 4999.7 ms: the per-try deadline is the earlier, but both timers are due on
     // the 5000 ms tick, and the call's deadline has passed when either fires.
-    let (per_try, events) = per_try(Duration::from_micros(4_999_200));
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_micros(4_999_700)))
-        .layer(per_try)
-        .service(recorder(Seen::default(), Duration::from_secs(10)));
-    let start = Instant::now();
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(start.elapsed(), Duration::from_secs(5));
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    let cut = cut(
+        Duration::from_micros(4_999_700),
+        Duration::from_micros(4_999_200),
+    )
+    .await;
+    assert_eq!(cut.after, Duration::from_secs(5));
+    assert!(cut.events.is_empty(), "{:?}", cut.events);
 }
 
 #[tokio::test(start_paused = true)]
@@ -66,66 +85,33 @@ async fn a_total_timeout_due_on_the_next_tick_cuts_the_attempt() {
     // 5000 ms and 5000.5 ms: on their own the timers would be due on the 5000 and 5001 ms ticks.
     // The attempt is timed at the call's deadline, due within a tick of its own, so the total
     // timeout cuts it on the 5001 ms tick, and the request carries the call's deadline.
-    let (per_try, events) = per_try(Duration::from_secs(5));
-    let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_micros(5_000_500)))
-        .layer(per_try)
-        .service(recorder(seen.clone(), Duration::from_secs(10)));
-    let start = Instant::now();
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(start.elapsed(), Duration::from_millis(5001));
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [Some(start + Duration::from_micros(5_000_500))]
-    );
+    let cut = cut(Duration::from_micros(5_000_500), Duration::from_secs(5)).await;
+    assert_eq!(cut.after, Duration::from_millis(5001));
+    assert!(cut.events.is_empty(), "{:?}", cut.events);
+    assert_eq!(cut.sent, Some(Duration::from_micros(5_000_500)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_total_timeout_due_exactly_a_tick_later_cuts_the_attempt() {
     // 5000 ms and 5001 ms: a tick apart at most, so the attempt is timed at the call's deadline.
-    let (per_try, events) = per_try(Duration::from_secs(5));
-    let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_millis(5001)))
-        .layer(per_try)
-        .service(recorder(seen.clone(), Duration::from_secs(10)));
-    let start = Instant::now();
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(start.elapsed(), Duration::from_millis(5001));
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [Some(start + Duration::from_millis(5001))]
-    );
+    let cut = cut(Duration::from_millis(5001), Duration::from_secs(5)).await;
+    assert_eq!(cut.after, Duration::from_millis(5001));
+    assert!(cut.events.is_empty(), "{:?}", cut.events);
+    assert_eq!(cut.sent, Some(Duration::from_millis(5001)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_total_timeout_due_more_than_a_tick_later_leaves_the_attempt_to_the_per_try_timeout() {
     // 5000 ms and 5001.5 ms: the per-try timeout fires first, and reports it.
-    let (per_try, events) = per_try(Duration::from_secs(5));
-    let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_micros(5_001_500)))
-        .layer(per_try)
-        .service(recorder(seen.clone(), Duration::from_secs(10)));
-    let start = Instant::now();
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    let cut = cut(Duration::from_micros(5_001_500), Duration::from_secs(5)).await;
+    assert_eq!(cut.after, Duration::from_secs(5));
     assert_eq!(
-        *events.lock().unwrap(),
+        cut.events,
         [TimeoutEvent::Elapsed {
             budget: Duration::from_secs(5)
         }]
     );
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [Some(start + Duration::from_secs(5))]
-    );
+    assert_eq!(cut.sent, Some(Duration::from_secs(5)));
 }
 
 #[tokio::test(start_paused = true)]
