@@ -1122,14 +1122,18 @@ async fn without_a_total_timeout_a_callers_deadline_is_still_enforced_above_the_
     impatient_callers_charge_no_endpoint(client, &breakers, shorter).await;
 }
 
-/// A per-try timeout due half a millisecond before the total timeout fires on the same timer
-/// tick: the attempt is the total timeout's to cut, and the endpoint is not charged for it.
-#[tokio::test(start_paused = true)]
-async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() {
+/// Three calls to a hung endpoint through a stack with a total timeout of `total` and a per-try
+/// one of `per_try`, each cut after `cut`: the total timeout cuts them, and the endpoint's
+/// breaker counts no failure.
+async fn attempts_cut_by_the_total_timeout_charge_no_endpoint(
+    total: Duration,
+    per_try: Duration,
+    cut: Duration,
+) {
     let calls = Calls::default();
     let breakers = endpoint_breakers();
     let client = ClientStack::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(total)
         .without_retry()
         .without_breaker()
         .balance(
@@ -1138,7 +1142,7 @@ async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() 
                 .outlier_detection(OutlierDetection::disabled()),
         )
         .endpoint_breakers(breakers.clone())
-        .per_try_timeout(Duration::from_micros(4_999_500))
+        .per_try_timeout(per_try)
         .build(endpoints(&["hung"], &calls))
         .unwrap();
     tokio::task::yield_now().await;
@@ -1146,7 +1150,7 @@ async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() 
         let start = Instant::now();
         let err = client.clone().oneshot(Req::default()).await.unwrap_err();
         assert!(is::<Elapsed>(&*err), "{err}");
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(start.elapsed(), cut);
     }
     assert_eq!(calls.get("hung"), 3);
     let breaker = breakers.handle(&"hung").unwrap();
@@ -1154,37 +1158,29 @@ async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() 
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// A per-try timeout due half a millisecond before the total timeout fires on the same timer
+/// tick: the attempt is the total timeout's to cut, and the endpoint is not charged for it.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_on_the_total_timeouts_tick_counts_against_no_endpoint() {
+    attempts_cut_by_the_total_timeout_charge_no_endpoint(
+        Duration::from_secs(5),
+        Duration::from_micros(4_999_500),
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
 /// A total timeout due half a millisecond after the per-try timeout, on the timer's next tick:
 /// the attempt is timed at the call's deadline, the total timeout cuts it, and the endpoint is
 /// not charged for it.
 #[tokio::test(start_paused = true)]
 async fn an_attempt_cut_on_the_tick_after_its_own_counts_against_no_endpoint() {
-    let calls = Calls::default();
-    let breakers = endpoint_breakers();
-    let client = ClientStack::builder()
-        .timeout(Duration::from_micros(5_000_500))
-        .without_retry()
-        .without_breaker()
-        .balance(
-            BalanceLayer::builder()
-                .picker(Picker::RoundRobin)
-                .outlier_detection(OutlierDetection::disabled()),
-        )
-        .endpoint_breakers(breakers.clone())
-        .per_try_timeout(Duration::from_secs(5))
-        .build(endpoints(&["hung"], &calls))
-        .unwrap();
-    tokio::task::yield_now().await;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let err = client.clone().oneshot(Req::default()).await.unwrap_err();
-        assert!(is::<Elapsed>(&*err), "{err}");
-        assert_eq!(start.elapsed(), Duration::from_millis(5001));
-    }
-    assert_eq!(calls.get("hung"), 3);
-    let breaker = breakers.handle(&"hung").unwrap();
-    assert_eq!(breaker.snapshot().failures, 0);
-    assert_eq!(breaker.state(), State::Closed);
+    attempts_cut_by_the_total_timeout_charge_no_endpoint(
+        Duration::from_micros(5_000_500),
+        Duration::from_secs(5),
+        Duration::from_millis(5001),
+    )
+    .await;
 }
 
 /// A call whose deadline passed a millisecond (a timer tick) before it was made fails with
