@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{cluster, Recorder};
+use common::{cluster, Cluster, Node, Recorder};
 use seawall::balance::{
-    BalanceEvent, BalanceLayer, EjectReason, LatencyEjection, OutlierDetection, Picker,
+    Balance, BalanceEvent, BalanceLayer, EjectReason, LatencyEjection, OutlierDetection, Picker,
 };
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio::time::Instant;
@@ -29,10 +29,9 @@ fn latency_only() -> OutlierDetection {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_endpoint_is_ejected_after_the_duration() {
-    let rec = Recorder::default();
-    let start = Instant::now();
+/// Four nodes answering in 10 ms behind a round-robin balancer with [`latency_only`] outlier
+/// detection, reporting to `rec`.
+async fn four_at_10_ms(rec: &Recorder, start: Instant) -> (Balance<usize, Node>, Cluster) {
     let (balance, cluster) = cluster(
         4,
         BalanceLayer::builder()
@@ -45,6 +44,14 @@ async fn a_slow_endpoint_is_ejected_after_the_duration() {
     for i in 0..4 {
         cluster.node(i).delay_ms.store(10, Relaxed);
     }
+    (balance, cluster)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_is_ejected_after_the_duration() {
+    let rec = Recorder::default();
+    let start = Instant::now();
+    let (balance, cluster) = four_at_10_ms(&rec, start).await;
     cluster.node(1).delay_ms.store(100, Relaxed);
     // Calls keep coming (sequentially, about 30 ms each on average) for 12 s.
     let mut i = 0u64;
@@ -76,18 +83,7 @@ async fn a_slow_endpoint_is_ejected_after_the_duration() {
 async fn a_brief_slowdown_is_not_ejected() {
     let rec = Recorder::default();
     let start = Instant::now();
-    let (balance, cluster) = cluster(
-        4,
-        BalanceLayer::builder()
-            .seed(4)
-            .picker(Picker::RoundRobin)
-            .on_event(rec.listener(start))
-            .outlier_detection(latency_only()),
-    )
-    .await;
-    for i in 0..4 {
-        cluster.node(i).delay_ms.store(10, Relaxed);
-    }
+    let (balance, cluster) = four_at_10_ms(&rec, start).await;
     let mut i = 0u64;
     while start.elapsed() < Duration::from_secs(15) {
         // Node 2 is slow for 2 s only (less than the 5 s the rule asks for).
@@ -186,18 +182,7 @@ async fn one_stall_with_the_default_rule_is_not_ejected() {
 async fn a_slow_endpoint_is_ejected_through_intervals_without_calls() {
     let rec = Recorder::default();
     let start = Instant::now();
-    let (balance, cluster) = cluster(
-        4,
-        BalanceLayer::builder()
-            .seed(4)
-            .picker(Picker::RoundRobin)
-            .on_event(rec.listener(start))
-            .outlier_detection(latency_only()),
-    )
-    .await;
-    for i in 0..4 {
-        cluster.node(i).delay_ms.store(10, Relaxed);
-    }
+    let (balance, cluster) = four_at_10_ms(&rec, start).await;
     cluster.node(1).delay_ms.store(100, Relaxed);
     let mut i = 0u64;
     for second in (1..15).step_by(2) {
