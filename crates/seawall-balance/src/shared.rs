@@ -251,34 +251,37 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// and a subscriber that panics loses only its lines: the panic is caught and logged (a
     /// subscriber that panics on that line too loses the line), and what the balancer was doing
     /// goes on. A listener that panics is caught by `Listeners::emit`: the others still hear the
-    /// event.
+    /// event. Each report is dropped on its own once reported, guarded: it may hold the last
+    /// reference to an endpoint discovery added and replaced or removed in the same batch, whose
+    /// service's `Drop` is the user's.
     fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
         for report in reports {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(report))) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(&report))) {
                 caught(
                     || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
                 );
                 caught(|| drop(panic));
             }
+            self.guarded("freeing an endpoint change once reported", || drop(report));
         }
     }
 
-    fn report_one(&self, report: Report<K, S>) {
+    fn report_one(&self, report: &Report<K, S>) {
         let name = &self.name;
         // The weight of an endpoint discovery updated, for its line.
         let mut updated = None;
-        let event = match report {
-            Report::Added { ep, updated: u } => {
+        let event = match *report {
+            Report::Added { ref ep, updated: u } => {
                 updated = u.then_some(ep.weight);
                 BalanceEvent::EndpointAdded {
                     key: format!("{:?}", ep.key),
                 }
             }
-            Report::Removed { key } => BalanceEvent::EndpointRemoved {
+            Report::Removed { ref key } => BalanceEvent::EndpointRemoved {
                 key: format!("{key:?}"),
             },
             Report::Ejected {
-                ep,
+                ref ep,
                 reason,
                 duration,
             } => BalanceEvent::Ejected {
@@ -286,10 +289,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 reason,
                 duration,
             },
-            Report::Returned { ep } => BalanceEvent::Returned {
+            Report::Returned { ref ep } => BalanceEvent::Returned {
                 key: format!("{:?}", ep.key),
             },
-            Report::Probed { ep, ok } => {
+            Report::Probed { ref ep, ok } => {
                 let key = format!("{:?}", ep.key);
                 if ok {
                     BalanceEvent::ProbePassed { key }
@@ -2158,6 +2161,41 @@ mod tests {
         tx.send(Change::Insert(3, Live(false))).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(keys(&shared), vec![0, 3]);
+    }
+
+    /// An endpoint discovery adds and removes in the same batch is freed once its change is
+    /// reported: a service whose `Drop` panics then loses neither the listeners' events nor the
+    /// task.
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_added_and_removed_in_one_batch_is_freed_after_its_events() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Arc::new(Shared::new(
+            round_robin(0.0, crate::OutlierDetection::disabled()),
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        // Ready together: applied as one batch, in which only its report holds the endpoint.
+        tx.send(Change::Insert(0usize, Live(true))).unwrap();
+        tx.send(Change::Remove(0)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![]);
+        let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
+        let removed = BalanceEvent::EndpointRemoved { key: "0".into() };
+        assert_eq!(*events.lock().unwrap(), vec![added("0"), removed.clone()]);
+
+        tx.send(Change::Insert(1, Live(false))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![1]);
+        assert_eq!(
+            *events.lock().unwrap(),
+            vec![added("0"), removed, added("1")]
+        );
     }
 
     /// A skipped change's service whose `Drop` panics is dropped on its own, not while the key's
