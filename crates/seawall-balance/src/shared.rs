@@ -1153,25 +1153,30 @@ async fn run<K, S, C, D>(
                         errors_in_a_row = errors_in_a_row.saturating_add(1);
                         resumed_at = deadline_after(now, pause);
                         // The error's `Display` and `Drop` are the user's, and so is the
-                        // subscriber: a panic in them loses the line, not the task.
+                        // subscriber: a panic in them loses the line, not the task, and one in
+                        // the error's `Drop` is logged.
                         caught(|| tracing::warn!(name = %shared.name, %error, ?pause, "seawall balance discovery error; keeping the current endpoints"));
-                        caught(|| drop(error));
+                        shared.guarded("dropping a discovery error", || drop(error));
                         Some(pause)
                     }
                     Stop::End => {
                         caught(|| tracing::debug!(name = %shared.name, "seawall balance discovery ended; keeping the current endpoints"));
                         // Dropped, so what feeds it stops; its `Drop` is the user's.
-                        caught(|| drop(discover.take()));
+                        shared.guarded("dropping the ended discovery stream", || {
+                            drop(discover.take())
+                        });
                         None
                     }
                     Stop::Panic(panic) => {
                         // A discovery stream that panicked is not polled again: its state is
-                        // unknown. It is dropped (a drop that panics too is caught), so what
-                        // feeds it stops. The set it built is kept, and outlier detection and
+                        // unknown. It is dropped (a drop that panics too is caught and logged),
+                        // so what feeds it stops. The set it built is kept, and outlier detection and
                         // health checks go on, so ejected endpoints still return.
                         caught(|| tracing::error!(name = %shared.name, panic = panics::message(&*panic), "seawall balance discovery panicked; keeping the current endpoints"));
                         caught(|| drop(panic));
-                        caught(|| drop(discover.take()));
+                        shared.guarded("dropping the discovery stream that panicked", || {
+                            drop(discover.take())
+                        });
                         continue;
                     }
                 };
@@ -2395,6 +2400,137 @@ mod tests {
         drop(tx);
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
+    }
+
+    /// The line of a panic `guarded` caught.
+    const CAUGHT: &str = "seawall balance caught a panic in an endpoint's key or service; going on";
+
+    /// The `doing` of each [`CAUGHT`] line logged on the thread that set it as its subscriber.
+    #[derive(Clone, Default)]
+    struct Caught(Arc<Mutex<Vec<String>>>);
+
+    /// An event's fields, `(name, value)`, as `Debug` renders them.
+    struct Fields(Vec<(String, String)>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+
+    impl tracing::Subscriber for Caught {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Fields(Vec::new());
+            event.record(&mut fields);
+            let field = |name: &str| {
+                let mut values = fields.0.iter().filter(|(n, _)| n == name);
+                values.next().map(|(_, v)| v.clone())
+            };
+            if field("message").as_deref() == Some(CAUGHT) {
+                self.0.lock().unwrap().extend(field("doing"));
+            }
+        }
+
+        fn enter(&self, _: &tracing::span::Id) {}
+
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A value whose `Drop` panics, unless it is dropped while unwinding.
+    struct Unfreeable;
+
+    impl Drop for Unfreeable {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("cannot be dropped");
+            }
+        }
+    }
+
+    impl fmt::Display for Unfreeable {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("down")
+        }
+    }
+
+    /// A discovery error whose `Drop` panics is logged with what the task was doing, and the task
+    /// goes on: a change after the error is applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_discovery_error_whose_drop_panics_is_logged_and_the_task_goes_on() {
+        let caught = Caught::default();
+        let _subscriber = tracing::subscriber::set_default(caught.clone());
+        let shared = Arc::new(Shared::for_tests(Picker::RoundRobin));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        spawn(&shared, stream, None);
+        tx.send(Err(Unfreeable)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tx.send(Ok(Change::Insert(1usize, "a"))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(keys(&shared), vec![1]);
+        assert_eq!(*caught.0.lock().unwrap(), ["dropping a discovery error"]);
+    }
+
+    /// A discovery stream whose `Drop` panics when it is dropped, once it has ended or once it
+    /// has panicked, is logged with what the task was doing, and the task goes on: an ejected
+    /// endpoint still returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_discovery_stream_whose_drop_panics_is_logged_and_the_task_goes_on() {
+        for panics in [false, true] {
+            let caught = Caught::default();
+            let _subscriber = tracing::subscriber::set_default(caught.clone());
+            let shared = Arc::new(Shared::new(
+                eject_at_once(),
+                Listeners::default(),
+                DefaultClassifier,
+                None,
+            ));
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let unfreeable = Unfreeable;
+            let stream = futures_util::stream::poll_fn(move |cx| {
+                let _held = &unfreeable;
+                match rx.poll_recv(cx) {
+                    Poll::Ready(None) if panics => panic!("discovery broke"),
+                    read => read.map(|change| change.map(Ok::<_, String>)),
+                }
+            });
+            spawn(&shared, stream, None);
+            for i in 0..2usize {
+                tx.send(Change::Insert(i, "a")).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let set = shared.current();
+            shared.record(&set.endpoints[0], Outcome::Failure, None, None);
+            assert!(set.endpoints[0].stats.ejected.load(Relaxed));
+
+            // The stream ends, or panics, once its sender is gone.
+            drop(tx);
+            // Ejected at 1 ms for 10 s: back at the pass of 11 s.
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            assert!(!set.endpoints[0].stats.ejected.load(Relaxed));
+            let doing = if panics {
+                "dropping the discovery stream that panicked"
+            } else {
+                "dropping the ended discovery stream"
+            };
+            assert_eq!(*caught.0.lock().unwrap(), [doing], "panics: {panics}");
+        }
     }
 
     /// A stream that panics after giving changes ready at once: those changes are applied, and
