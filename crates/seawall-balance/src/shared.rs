@@ -2343,12 +2343,16 @@ mod tests {
         assert_eq!(shared.current().unhealthy.load(Relaxed), 0);
     }
 
-    /// A subscriber that panics on the line of a discovery error loses the line, not the task:
-    /// an ejected endpoint still returns, and a change after the error is applied.
-    #[tokio::test(start_paused = true)]
-    async fn a_subscriber_that_panics_on_a_discovery_error_does_not_stop_the_task() {
-        let _subscriber =
-            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
+    /// A balancer under a subscriber that panics on every event, fed two endpoints by a
+    /// [`fallible`] stream, the first of them ejected (at 1 ms, for 10 s); with the subscriber's
+    /// guard, the feed and the set.
+    async fn first_of_two_ejected_under_a_panicking_subscriber() -> (
+        tracing::subscriber::DefaultGuard,
+        Arc<Shared<usize, &'static str, DefaultClassifier>>,
+        Feed,
+        Arc<Snapshot<usize, &'static str>>,
+    ) {
+        let subscriber = tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
         let shared = Arc::new(Shared::new(
             eject_at_once(),
             Listeners::default(),
@@ -2364,7 +2368,15 @@ mod tests {
         let set = shared.current();
         shared.record(&set.endpoints[0], Outcome::Failure, None, None);
         assert!(set.endpoints[0].stats.ejected.load(Relaxed));
+        (subscriber, shared, tx, set)
+    }
 
+    /// A subscriber that panics on the line of a discovery error loses the line, not the task:
+    /// an ejected endpoint still returns, and a change after the error is applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_panics_on_a_discovery_error_does_not_stop_the_task() {
+        let (_subscriber, shared, tx, set) =
+            first_of_two_ejected_under_a_panicking_subscriber().await;
         tx.send(Err("down".into())).unwrap();
         // Ejected at 1 ms for 10 s: back at the pass of 11 s.
         tokio::time::sleep(Duration::from_secs(11)).await;
@@ -2378,24 +2390,8 @@ mod tests {
     /// task: an ejected endpoint still returns.
     #[tokio::test(start_paused = true)]
     async fn a_subscriber_that_panics_on_a_discovery_end_does_not_stop_the_task() {
-        let _subscriber =
-            tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
-        let shared = Arc::new(Shared::new(
-            eject_at_once(),
-            Listeners::default(),
-            DefaultClassifier,
-            None,
-        ));
-        let (tx, stream) = fallible();
-        spawn(&shared, stream, None);
-        for i in 0..2 {
-            tx.send(Ok(Change::Insert(i, "a"))).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let set = shared.current();
-        shared.record(&set.endpoints[0], Outcome::Failure, None, None);
-        assert!(set.endpoints[0].stats.ejected.load(Relaxed));
-
+        let (_subscriber, _shared, tx, set) =
+            first_of_two_ejected_under_a_panicking_subscriber().await;
         // The stream ends once its sender is gone.
         drop(tx);
         tokio::time::sleep(Duration::from_secs(11)).await;
