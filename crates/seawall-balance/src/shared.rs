@@ -441,9 +441,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     /// and not the others. Removes of keys not in the set change nothing, and changes made only of
     /// them publish nothing. A change whose key's `Hash`, `Eq` or `EndpointMeta` panics is
     /// skipped and logged, leaving the set as it was before it; the changes after it are applied.
-    /// A service whose `Drop` panics when the set it leaves is freed, or when the change that
-    /// brought it is skipped, loses the panic, logged, and the changes stand: each endpoint and
-    /// each skipped change is dropped on its own, so two such services do not abort the process.
+    /// A service whose `Drop` panics when the set it leaves is freed, when the change that
+    /// brought it is skipped, or once its change is reported (an endpoint added and then replaced
+    /// or removed in the same batch; a removed key), loses the panic, logged, and the changes
+    /// stand: each endpoint, each skipped change and each report is dropped on its own, so two
+    /// such services do not abort the process.
     pub(crate) fn apply_batch(&self, changes: impl IntoIterator<Item = Change<K, S>>) {
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         let health = &mut *guard;
@@ -508,7 +510,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
     }
 
-    /// Runs `f`, which runs the user's code (a key's `Hash` or `Eq`, a service's `Drop`) on the
+    /// Runs `f`, which runs the user's code (a key's `Hash` or `Eq`, a service's `Drop`, a
+    /// discovery error's or stream's `Drop`) on the
     /// background task: a panic is caught and logged with what the task was `doing`, and the
     /// task goes on, so discovery, outlier detection and health checks keep running.
     fn guarded(&self, doing: &str, f: impl FnOnce()) {
