@@ -201,7 +201,8 @@ pub fn bucket_ms(longest: Duration) -> u64 {
 
 /// The width of the fine time buckets in which a run that took `elapsed` counts its calls,
 /// milliseconds: the largest of 1, 2, 10, 20, 40, … ms (10 ms doubled) that is at most a
-/// sixteenth of a 200th of the run, so a run has at most 16,000 of them whatever its length.
+/// sixteenth of a 200th of the run, or 1 ms for a run too short for that (under 3.2 s, a tenth
+/// at most), so a run has at most 16,000 of them whatever its length.
 pub fn grain_ms(elapsed: Duration) -> u64 {
     grain_of(width_ms(elapsed))
 }
