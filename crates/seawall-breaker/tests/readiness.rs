@@ -69,14 +69,13 @@ async fn an_open_breaker_does_not_poll_the_inner_service() {
     );
 }
 
-/// With backpressure a caller waits for the breaker only until its inner service is polled: a
-/// caller admitted while Closed whose inner service was not ready yet when the breaker opened is
-/// rejected, as a call made after the breaker changed state is, rather than kept waiting while the
-/// inner service may hold a reservation for it (see
-/// `backpressure_does_not_wait_holding_the_inner_services_readiness`). Its inner service's
-/// readiness is dropped with the call, so polled again it waits, holding nothing.
-#[tokio::test(start_paused = true)]
-async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpressure() {
+type Mocked = mock::Spawn<Breaker<mock::Mock<&'static str, &'static str>>>;
+type MockInner = mock::Handle<&'static str, &'static str>;
+
+/// A breaker with backpressure whose caller was admitted while Closed, its inner service not
+/// ready yet; then forced open, the inner service turned ready and the caller polled ready again:
+/// it is Ready, its reservation stale.
+fn reserved_before_a_force_open() -> (BreakerHandle, Mocked, MockInner) {
     let layer = BreakerLayer::builder()
         .consecutive_failures(1)
         .backpressure(true)
@@ -84,8 +83,6 @@ async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpress
         .unwrap();
     let handle = layer.handle();
     let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
-
-    // Admitted while Closed; the inner service is not ready yet.
     inner.allow(0);
     assert_pending!(svc.poll_ready());
     handle.force_open();
@@ -94,10 +91,11 @@ async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpress
         svc.poll_ready(),
         "a caller whose inner service was polled is not kept waiting"
     );
-    assert!(rejected(&svc.call("while open").await));
-    assert_eq!(handle.snapshot().rejected, 1);
-    assert_pending!(svc.poll_ready(), "polled again, the caller waits");
+    (handle, svc, inner)
+}
 
+/// Resets the breaker and checks the waiting caller is woken and its next call goes through.
+async fn calls_after_a_reset(handle: &BreakerHandle, svc: &mut Mocked, inner: &mut MockInner) {
     handle.reset();
     assert!(svc.is_woken(), "woken by the change");
     assert_ready_ok!(svc.poll_ready());
@@ -108,25 +106,25 @@ async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpress
     assert_eq!(call.await.unwrap(), "ok");
 }
 
+/// With backpressure a caller waits for the breaker only until its inner service is polled: a
+/// caller admitted while Closed whose inner service was not ready yet when the breaker opened is
+/// rejected, as a call made after the breaker changed state is, rather than kept waiting while the
+/// inner service may hold a reservation for it (see
+/// `backpressure_does_not_wait_holding_the_inner_services_readiness`). Its inner service's
+/// readiness is dropped with the call, so polled again it waits, holding nothing.
+#[tokio::test(start_paused = true)]
+async fn a_reservation_made_before_the_breaker_opened_is_rejected_with_backpressure() {
+    let (handle, mut svc, mut inner) = reserved_before_a_force_open();
+    assert!(rejected(&svc.call("while open").await));
+    assert_eq!(handle.snapshot().rejected, 1);
+    assert_pending!(svc.poll_ready(), "polled again, the caller waits");
+
+    calls_after_a_reset(&handle, &mut svc, &mut inner).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_caller_rejected_for_a_stale_reservation_waits_when_it_polls_again_with_backpressure() {
-    let layer = BreakerLayer::builder()
-        .consecutive_failures(1)
-        .backpressure(true)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let (mut svc, mut inner) = mock::spawn_layer::<&str, &str, _>(layer);
-
-    // Admitted while Closed; the inner service is not ready yet.
-    inner.allow(0);
-    assert_pending!(svc.poll_ready());
-    handle.force_open();
-    inner.allow(1);
-    assert_ready_ok!(
-        svc.poll_ready(),
-        "a caller whose inner service was polled is not kept waiting"
-    );
+    let (handle, mut svc, mut inner) = reserved_before_a_force_open();
     // Its readiness dropped, the caller polls again instead of calling: it waits.
     assert_pending!(
         svc.poll_ready(),
@@ -135,14 +133,7 @@ async fn a_caller_rejected_for_a_stale_reservation_waits_when_it_polls_again_wit
     assert_pending!(svc.poll_ready(), "and again");
     assert_eq!(handle.snapshot().rejected, 0, "no call was rejected");
 
-    handle.reset();
-    assert!(svc.is_woken(), "woken by the change");
-    assert_ready_ok!(svc.poll_ready());
-    let call = svc.call("after reset");
-    let (request, respond) = inner.next_request().await.unwrap();
-    assert_eq!(request, "after reset");
-    respond.send_response("ok");
-    assert_eq!(call.await.unwrap(), "ok");
+    calls_after_a_reset(&handle, &mut svc, &mut inner).await;
 }
 
 /// An inner service that is never ready and counts how often it is polled.
