@@ -1,5 +1,5 @@
 use super::{
-    latency::Latencies,
+    latency::{Latencies, LONGEST},
     layer::{DelaySource, Shared},
     HedgeEvent, HedgeLayer,
 };
@@ -10,10 +10,13 @@ use crate::{
 use seawall_core::{config, ConfigError, Listener, Listeners, Name};
 use std::time::Duration;
 
+/// The most latencies a percentile period may be asked to hold.
+const MAX_MIN_DATA_POINTS: u64 = 1_000_000;
+
 /// How long a call runs before a hedge is sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HedgeDelay {
-    /// Always this long.
+    /// Always this long; at most 1 h.
     Fixed(Duration),
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
     /// HdrHistogram, two significant digits), and of those that failed, or were dropped
@@ -27,9 +30,11 @@ pub enum HedgeDelay {
         /// In `(0, 1]`; 0.95 hedges the slowest 5% of calls.
         percentile: f64,
         /// Latencies recorded (successful calls, and failures past the last bar) a period needs
-        /// before its percentile is used; a quieter period runs on until it has them.
+        /// before its percentile is used; a quieter period runs on until it has them. 1 to
+        /// 1,000,000.
         min_data_points: u64,
-        /// How often the percentile is recomputed from fresh data.
+        /// How often the percentile is recomputed from fresh data; more than zero, at most 1 h
+        /// (the longest latency the histogram records).
         period: Duration,
     },
 }
@@ -79,14 +84,18 @@ impl<P, K> HedgeConfigBuilder<P, K> {
         self
     }
 
-    /// Hedges after a fixed delay.
+    /// Hedges after a fixed delay, at most 1 h (zero sends the hedges as soon as the call is
+    /// first polled and still pending).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = HedgeDelay::Fixed(delay);
         self
     }
 
     /// Hedges after a latency percentile of recent calls (default: the 95th over 10 s periods,
-    /// from 100 recorded latencies).
+    /// from 100 recorded latencies). `percentile` is in `(0, 1]`, `min_data_points` in
+    /// `1..=1_000_000` and `period` in `(0, 1 h]`: 1 h is the longest latency the histogram
+    /// records, and a longer period, or more points than a period is ever likely to hold, would
+    /// leave the delay unknown and the calls unhedged for good.
     pub fn percentile(mut self, percentile: f64, min_data_points: u64, period: Duration) -> Self {
         self.delay = HedgeDelay::Percentile {
             percentile,
@@ -160,15 +169,25 @@ impl<P, K> HedgeConfigBuilder<P, K> {
     pub fn build(self) -> Result<HedgeLayer<P, K>, ConfigError> {
         config::check_range("max_hedges", self.max_hedges, 1, 10)?;
         let delay = match self.delay {
-            HedgeDelay::Fixed(delay) => DelaySource::Fixed(delay),
+            HedgeDelay::Fixed(delay) => {
+                config::check_range("delay", delay, Duration::ZERO, LONGEST)?;
+                DelaySource::Fixed(delay)
+            }
             HedgeDelay::Percentile {
                 percentile,
                 min_data_points,
                 period,
             } => {
                 config::check_rate("percentile", percentile)?;
-                config::check_range("min_data_points", min_data_points, 1, u64::MAX)?;
+                config::check_range("min_data_points", min_data_points, 1, MAX_MIN_DATA_POINTS)?;
                 config::check_positive_duration("period", period)?;
+                if period > LONGEST {
+                    return Err(ConfigError::invalid(
+                        "period",
+                        "must be at most 1h, the longest latency recorded",
+                        format!("{period:?}"),
+                    ));
+                }
                 DelaySource::Percentile(Latencies::new(percentile, min_data_points, period))
             }
         };
@@ -218,6 +237,59 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(e.field(), "period");
+    }
+
+    #[test]
+    fn settings_that_could_never_hedge_are_rejected() {
+        let e = HedgeLayer::builder()
+            .percentile(0.9, 10, Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "period");
+        let e = HedgeLayer::builder()
+            .percentile(0.9, 10, Duration::from_secs(3600) + Duration::from_nanos(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "period");
+        let e = HedgeLayer::builder()
+            .percentile(0.9, u64::MAX, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "min_data_points");
+        let e = HedgeLayer::builder()
+            .percentile(0.9, 1_000_001, Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "min_data_points must be in 1..=1000000, got 1000001"
+        );
+        let e = HedgeLayer::builder()
+            .delay(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "delay");
+        let e = HedgeLayer::builder()
+            .delay(Duration::from_secs(3600) + Duration::from_nanos(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), "delay");
+    }
+
+    #[test]
+    fn the_longest_settings_are_accepted() {
+        let layer = HedgeLayer::builder()
+            .percentile(0.9, 1_000_000, Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        assert_eq!(layer.current_delay(), None);
+        let layer = HedgeLayer::builder()
+            .delay(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        assert_eq!(layer.current_delay(), Some(Duration::from_secs(3600)));
+        let layer = HedgeLayer::builder().delay(Duration::ZERO).build().unwrap();
+        assert_eq!(layer.current_delay(), Some(Duration::ZERO));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 const NONE: u64 = u64::MAX;
 /// The longest latency recorded, in microseconds (1 hour); longer ones count as this.
 const HIGHEST: u64 = 3_600_000_000;
+/// [`HIGHEST`] as a duration: the longest hedge delay and percentile period a builder accepts.
+pub(super) const LONGEST: Duration = Duration::from_micros(HIGHEST);
 
 /// Latencies of the current period in an HdrHistogram; at the end of each period (once it holds
 /// at least `min_data_points` as recorded, failures left out at its end included) the percentile
