@@ -987,6 +987,30 @@ async fn a_copy_a_late_first_poll_leaves_no_room_for_is_dropped_at_that_poll() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hedgeable_call_copies_its_request_at_the_call_even_when_the_original_answers_at_once() {
+    // The copy kept for the hedge is made before the original is first polled, so a request whose
+    // clone allocates (an `http::Request`'s headers and extensions) allocates on every hedgeable
+    // call, a hedge sent or not.
+    let replicas = Replicas::new();
+    let svc = fixed(ms(50), 1).layer(replicas.service(|_| Duration::ZERO, |_| false));
+    let (req, copies) = tracked_get(Duration::from_secs(1));
+    assert_eq!(svc.oneshot(req).await.unwrap(), 0);
+    assert_eq!(replicas.calls.count(), 1, "no hedge is sent");
+    assert_eq!(copies.made(), 1, "one copy, made at the call");
+    assert_eq!(copies.alive(), 0, "and dropped with the call");
+
+    // While no percentile delay is known yet, nothing is copied.
+    let percentile = HedgeLayer::builder()
+        .percentile(0.9, 10, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (req, copies) = tracked_get(Duration::from_secs(1));
+    let svc = percentile.layer(replicas.service(|_| Duration::ZERO, |_| false));
+    svc.oneshot(req).await.unwrap();
+    assert_eq!(copies.made(), 0, "no delay known, no copy");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_last_hedge_before_the_deadline_sends_the_request_kept_not_a_copy() {
     let replicas = Replicas::new();
     let mut svc = fixed(ms(10), 2).layer(replicas.service(|_| ms(100), |_| false));

@@ -29,7 +29,10 @@ pin_project! {
     /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
     /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
     /// its hedge back. The first acceptable answer wins and every other call still running is
-    /// dropped (cancelled) at once. Allocates only when it sends a hedge. With a percentile delay,
+    /// dropped (cancelled) at once. It allocates itself only when it sends a hedge, but the copy
+    /// of the request kept for that hedge is made in `call`, for every hedgeable call once a
+    /// delay is known, a hedge sent or not: it allocates whenever the request's copy does (an
+    /// `http::Request`'s headers and extensions). With a percentile delay,
     /// a call that fails (a copy that may have been sent failed) is recorded as having taken as
     /// long as it ran until its last copy that may have been sent answered, and one dropped
     /// unanswered as long as it ran (each a lower bound on its latency), when that is longer than
