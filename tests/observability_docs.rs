@@ -246,3 +246,52 @@ fn every_tracing_event_is_in_the_table() {
         );
     }
 }
+
+/// The module path `tracing` gives a line logged in `file` (`crates/seawall-core/src/event.rs`
+/// → `seawall_core::event`).
+fn target_of(file: &str) -> String {
+    let file = file.trim_start_matches('/').replace('\\', "/");
+    let (krate, module) = file
+        .strip_prefix("crates/")
+        .and_then(|rest| rest.split_once("/src/"))
+        .expect("a file under crates/*/src");
+    let mut path = vec![krate.replace('-', "_")];
+    let module = module.strip_suffix(".rs").unwrap_or(module);
+    path.extend(
+        module
+            .split('/')
+            .filter(|&part| part != "lib" && part != "mod" && part != "main")
+            .map(str::to_owned),
+    );
+    path.join("::")
+}
+
+/// A line is filtered by its target, and the section says that target is the concern's crate: a
+/// line logged by `seawall-core` on a layer's behalf names its target in its row, or a filter on
+/// the concern's crate leaves it out unannounced.
+#[test]
+fn lines_logged_by_the_core_name_their_target() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let (_, events) = doc
+        .split_once("## `tracing` events")
+        .expect("the doc has a `tracing` events section");
+    let events = events.split("\n## ").next().unwrap_or_default();
+    let Logged { messages, .. } = logged_messages();
+    let core: Vec<_> = messages
+        .iter()
+        .filter(|(file, _)| target_of(file).starts_with("seawall_core"))
+        .collect();
+    assert!(!core.is_empty(), "found no line logged by seawall-core");
+    for (file, message) in core {
+        let target = format!("`{}`", target_of(file));
+        let row = events
+            .lines()
+            .find(|line| line.starts_with('|') && line.contains(&format!("`{message}`")))
+            .unwrap_or_else(|| panic!("{message:?} has no row in docs/observability.md"));
+        assert!(
+            row.contains(&target),
+            "the row of {message:?} does not say its target is {target}"
+        );
+    }
+}
