@@ -7,6 +7,7 @@ use crate::{
 };
 use seawall_core::{event::Listeners, metrics, Name, Outcome};
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
@@ -110,7 +111,7 @@ struct Metrics {
 /// Where a breaker publishes its state.
 enum StateGauge {
     /// `seawall_breaker_state` under the breaker's name.
-    Own(::metrics::Gauge),
+    Own(OwnGauge),
     /// A breaker of a keyed set, which carries the set's name like every other key: a state
     /// gauge of that name would show whichever key changed last. The breaker is counted in the
     /// set's `seawall_breaker_keys_open` instead, while the set holds it.
@@ -138,15 +139,100 @@ impl KeyGauge {
     }
 }
 
+/// One breaker's part of `seawall_breaker_state` under its name.
+///
+/// Breakers may share a name: a reload builds the new breaker before it drops the old. They
+/// write one series, which shows the most severe state among those alive ([`SEVERITY`]), so that
+/// neither a breaker built next to an open one nor a closed one's change hides the open one, and
+/// a dropped breaker's state is taken off (the series reads 0 when none is left). Each breaker
+/// counts its state in [`LIVE`] from its build to its drop.
+struct OwnGauge {
+    gauge: ::metrics::Gauge,
+    series: Series,
+}
+
+/// A `seawall_breaker_state` series: a name under one recorder. A breaker writes to the recorder
+/// that was current when it was built (a test may install one per thread), so breakers built
+/// under two recorders write two series and do not count together.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    /// The recorder's address: it stays put while it is installed.
+    recorder: usize,
+    name: Name,
+}
+
+/// The live breakers of each series, counted by state in [`SEVERITY`]'s order. An entry goes
+/// when its last breaker does, so the map holds no more series than live breakers.
+static LIVE: Mutex<BTreeMap<Series, [u32; SEVERITY.len()]>> = Mutex::new(BTreeMap::new());
+
+/// The states from the most severe: those that reject calls (an operator's forced open first,
+/// then open, then half-open, which lets only probes through), then the manual states that let
+/// every call through, metrics only (which still judges) before disabled, then closed.
+const SEVERITY: [State; 6] = [
+    State::ForcedOpen,
+    State::Open,
+    State::HalfOpen,
+    State::MetricsOnly,
+    State::Disabled,
+    State::Closed,
+];
+
+fn severity(state: State) -> usize {
+    match state {
+        State::ForcedOpen => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+        State::MetricsOnly => 3,
+        State::Disabled => 4,
+        State::Closed => 5,
+    }
+}
+
+impl OwnGauge {
+    /// A new breaker's part, counted as Closed.
+    fn new(name: Name) -> Self {
+        let gauge = metrics::gauge(metrics::BREAKER_STATE, &name);
+        // The recorder the gauge was just registered with.
+        let recorder =
+            ::metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>().addr());
+        let own = OwnGauge {
+            gauge,
+            series: Series { recorder, name },
+        };
+        own.count(None, Some(State::Closed));
+        own
+    }
+
+    /// Moves this breaker's count from state `from` to `to` (`None`: not counted), and
+    /// publishes the most severe state counted under the name, under the lock, so that the
+    /// last to publish leaves the state of the last count.
+    fn count(&self, from: Option<State>, to: Option<State>) {
+        let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = live.entry(self.series).or_default();
+        if let Some(from) = from {
+            counts[severity(from)] = counts[severity(from)].saturating_sub(1);
+        }
+        if let Some(to) = to {
+            counts[severity(to)] += 1;
+        }
+        let worst = counts.iter().position(|&n| n > 0).map(|i| SEVERITY[i]);
+        if worst.is_none() {
+            live.remove(&self.series);
+        }
+        self.gauge.set(worst.unwrap_or(State::Closed).as_gauge());
+    }
+}
+
 impl StateGauge {
-    fn publish(&self, state: State) {
+    /// Publishes a change of this breaker's published state from `from` to `to`.
+    fn publish(&self, from: State, to: State) {
         match self {
-            StateGauge::Own(gauge) => gauge.set(state.as_gauge()),
+            StateGauge::Own(own) => own.count(Some(from), Some(to)),
             StateGauge::Key(key) => {
                 key.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .count(matches!(
-                        state,
+                        to,
                         State::Open | State::HalfOpen | State::ForcedOpen
                     ))
             }
@@ -156,9 +242,7 @@ impl StateGauge {
 
 impl Shared {
     pub(crate) fn new(config: &BreakerConfig) -> Arc<Self> {
-        let state = metrics::gauge(metrics::BREAKER_STATE, &config.name);
-        state.set(State::Closed.as_gauge());
-        Self::with_state_gauge(config, StateGauge::Own(state))
+        Self::with_state_gauge(config, StateGauge::Own(OwnGauge::new(config.name)))
     }
 
     /// A breaker of a keyed set, counted in the set's `keys_open` gauge while it is open.
@@ -326,7 +410,7 @@ impl Observer for Shared {
             // last leaves the current state in the watch and the gauge, never a superseded one.
             self.watch.send_if_modified(|published| {
                 let now = self.machine.state();
-                self.metrics.state.publish(now);
+                self.metrics.state.publish(*published, now);
                 std::mem::replace(published, now) != now
             });
             self.notify.notify_waiters();
@@ -347,6 +431,17 @@ impl Observer for Shared {
         self.notify.notify_waiters();
         if self.eager {
             self.schedule_deadline();
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Its state goes with it: an open breaker dropped on a reload leaves no alert behind.
+        // The watch holds the state last counted (both change under the watch's lock).
+        if let StateGauge::Own(own) = &self.metrics.state {
+            let published = *self.watch.borrow();
+            own.count(Some(published), None);
         }
     }
 }

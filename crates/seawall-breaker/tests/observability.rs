@@ -147,3 +147,59 @@ async fn the_snapshot_counts_only_the_rejections_callers_get() {
     assert_eq!(recorder.counter(names::BREAKER_REJECTED, "rejects"), 1);
     assert_eq!(handle.snapshot().rejected, 1);
 }
+
+/// A reload builds the new breaker before it drops the old one: the two share the name's state
+/// gauge, which shows the more severe of their states, and a dropped breaker's state goes with
+/// it.
+#[tokio::test(start_paused = true)]
+async fn breakers_sharing_a_name_publish_the_most_severe_state() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let gauge = || recorder.gauge(names::BREAKER_STATE, "reloaded");
+    let build = || BreakerLayer::builder().name("reloaded").build().unwrap();
+
+    let old = build();
+    old.handle().force_open();
+    assert_eq!(gauge(), Some(State::ForcedOpen.as_gauge()));
+    // Built next to an open breaker: the alert stays on.
+    let new = build();
+    assert_eq!(new.handle().state(), State::Closed);
+    assert_eq!(gauge(), Some(State::ForcedOpen.as_gauge()));
+    new.handle().disable();
+    assert_eq!(gauge(), Some(State::ForcedOpen.as_gauge()));
+    // The old one dropped: the new one's state is left.
+    drop(old);
+    assert_eq!(gauge(), Some(State::Disabled.as_gauge()));
+    new.handle().reset();
+    assert_eq!(gauge(), Some(State::Closed.as_gauge()));
+}
+
+/// An open breaker dropped on a reload takes its state off the gauge: it no longer reads open
+/// with no breaker left to close it.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_breaker_takes_its_state_off_the_gauge() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = BreakerLayer::builder()
+        .name("dropped")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "dropped"),
+        Some(State::Open.as_gauge())
+    );
+    drop(layer);
+    // A service holds the breaker too.
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "dropped"),
+        Some(State::Open.as_gauge())
+    );
+    drop(svc);
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "dropped"),
+        Some(State::Closed.as_gauge())
+    );
+}

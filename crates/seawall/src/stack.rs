@@ -299,9 +299,9 @@ pub struct ClientStackBuilder<
     /// What the builder knows of the total timeout, to check it and the per-try timeout.
     total: Total,
     retry: Rt,
-    /// The default breaker is made by `build`: a breaker publishes its state gauge as soon as it
-    /// is made, and a builder that ends up with another breaker, or none, must not reset the gauge
-    /// of a live breaker of the default name.
+    /// The default breaker is made by `build`: a breaker counts in its name's state gauge as soon
+    /// as it is made, and a builder that ends up with another breaker, or none, must not count one
+    /// that never runs.
     breaker: Lazy<Br>,
     /// The dependency breaker's name, to check the per-endpoint breakers' against, where the
     /// builder knows it: the default breaker's. `None` for no breaker, and for a layer passed to
@@ -317,7 +317,7 @@ impl ClientStackBuilder {
     /// The standard stack: see the defaults in the [module docs](self).
     ///
     /// The default dependency breaker is made by [`build`](ClientStackBuilder::build), as a
-    /// breaker publishes its `seawall_breaker_state` gauge when it is made: a builder given
+    /// breaker counts in its name's `seawall_breaker_state` gauge when it is made: a builder given
     /// another breaker, or none, makes none and leaves the gauge of a breaker of the default name
     /// as it is.
     pub fn new() -> Self {

@@ -1550,9 +1550,9 @@ async fn endpoint_breakers_named_as_the_dependency_breaker_are_rejected() {
         .unwrap();
 }
 
-/// A breaker publishes its state gauge when it is made. The builder makes its default breaker only
-/// when it builds a stack with it: a builder given another breaker, or none, leaves the gauge of a
-/// live breaker of the default name as it is.
+/// A breaker counts in its name's state gauge when it is made. The builder makes its default
+/// breaker only when it builds a stack with it: a builder given another breaker, or none, leaves
+/// the gauge of a live breaker of the default name as it is.
 #[tokio::test(start_paused = true)]
 async fn a_builder_without_the_default_breaker_leaves_its_gauge_alone() {
     let recorder = TestRecorder::new();
@@ -1578,10 +1578,13 @@ async fn a_builder_without_the_default_breaker_leaves_its_gauge_alone() {
     assert_eq!(gauge(), open);
     assert_eq!(live.handle().state(), State::ForcedOpen);
 
-    // A stack built with the default breaker has a new breaker of that name, Closed.
-    ClientStack::builder()
+    // A stack built with the default breaker has a new breaker of that name, Closed: the gauge
+    // shows the more severe state of the two until the live one is dropped.
+    let _stack = ClientStack::builder()
         .build::<_, Req, &'static str>(endpoints(&["good-1"], &calls))
         .unwrap();
+    assert_eq!(gauge(), open);
+    drop(live);
     assert_eq!(gauge(), Some(State::Closed.as_gauge()));
 }
 
