@@ -378,7 +378,8 @@ impl<C, H, P, F> BalanceConfigBuilder<C, H, P, F> {
         self
     }
 
-    /// Adds a listener called on every [`BalanceEvent`].
+    /// Adds a listener called on every [`BalanceEvent`]. It runs under none of the balancer's
+    /// locks and may call the balancer; [`BalanceEvent`] says on which thread and in what order.
     pub fn on_event(mut self, listener: impl Listener<BalanceEvent>) -> Self {
         self.listeners = self.listeners.with(listener);
         self

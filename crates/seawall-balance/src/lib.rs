@@ -194,13 +194,17 @@ pub enum EjectReason {
 /// applied as one set), so a later change in the same batch may already have undone it: after
 /// `[Insert(5), Remove(5)]` the listeners hear `EndpointAdded` then `EndpointRemoved` for 5, and
 /// [`Balance::endpoints`] never held 5. A change of health is reported once it is in force (an
-/// ejected endpoint is in [`Balance::unhealthy`], and [`Balance::is_panicking`] counts it). One
-/// balancer's changes of its set and health are reported in the order they were made, and a
-/// change of panic mode right after the changes that made it (a discovery batch, an ejection, an
-/// outlier detection pass, a health check's verdict). A key whose
-/// `Debug` panics loses its event (the panic is logged at `error`); the change stands. A change
-/// whose key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not
-/// applied and reports nothing.
+/// ejected endpoint is in [`Balance::unhealthy`], and [`Balance::is_panicking`] counts it), and a
+/// change made after it, reported after it, may already have undone it. One balancer's changes of
+/// its set and health are reported in the order they were made, and a change of panic mode right
+/// after the changes that made it (a discovery batch, an ejection, an outlier detection pass, a
+/// health check's verdict). The listeners run under none of the balancer's locks, and may call
+/// it: an event is reported on the thread that made the change, or on that of another call of
+/// the balancer that was reporting at the time, after the events before it; an event a
+/// listener's own call causes is reported once that listener has returned. A key whose `Debug`
+/// panics loses its event (the panic is logged at `error`); the change stands. A change whose
+/// key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not applied
+/// and reports nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BalanceEvent {

@@ -16,7 +16,7 @@ use seawall_core::event::panics::{self, caught};
 use seawall_core::{metrics, Listeners, Name, Outcome};
 use std::{
     any::Any,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     future::{poll_fn, Future},
     panic::{catch_unwind, AssertUnwindSafe},
@@ -62,6 +62,10 @@ pub(crate) struct Shared<K, S, C> {
     pub(crate) filter: Option<Box<dyn Filter<K, S>>>,
     pub(crate) listeners: Listeners<BalanceEvent>,
     health: Mutex<Health>,
+    /// The changes made and not reported yet, in the order they were made (see
+    /// [`Shared::drain`]). Locked on its own and never held while reporting, so the listeners
+    /// run under no lock of the balancer.
+    pending: Mutex<Pending<K, S>>,
     task: Mutex<Option<AbortHandle>>,
     endpoints_gauge: metrics_handles::Gauge,
     unhealthy_gauge: metrics_handles::Gauge,
@@ -82,8 +86,33 @@ struct Health {
     panic: bool,
 }
 
+/// The reports queued for the listeners, and whether a call is reporting them.
+struct Pending<K, S> {
+    reports: VecDeque<Report<K, S>>,
+    /// Set while a call drains `reports`: the others queue theirs and leave them to it.
+    draining: bool,
+}
+
+/// Clears [`Pending::draining`] if the call draining the queue leaves it other than by finding
+/// it empty, so that the next call with reports drains them.
+struct Draining<'a, K, S> {
+    pending: &'a Mutex<Pending<K, S>>,
+    done: bool,
+}
+
+impl<K, S> Drop for Draining<'_, K, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .draining = false;
+        }
+    }
+}
+
 /// A change of the set or of an endpoint's health, logged and reported to the listeners once the
-/// state it leaves is complete (see [`Shared::report`]).
+/// state it leaves is complete (see [`Shared::drain`]).
 enum Report<K, S> {
     /// Discovery added the endpoint, or updated it when `updated`.
     Added {
@@ -159,6 +188,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 zones,
                 gauged_unhealthy: 0,
                 panic: false,
+            }),
+            pending: Mutex::new(Pending {
+                reports: VecDeque::new(),
+                draining: false,
             }),
             task: Mutex::new(None),
             endpoints_gauge: metrics::gauge(metrics::BALANCE_ENDPOINTS, &name),
@@ -243,27 +276,74 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             .min()
     }
 
-    /// Calls the listeners with the events of `reports` and logs them, in order. Called under the
-    /// health lock once the changes are complete (the set published, the unhealthy count
-    /// recounted), so the listeners hear of one balancer's changes in the order they were made.
-    /// Each report's listeners are called before its line is logged, so a subscriber that panics
-    /// on the line loses the line, not the event. A key's `Debug` that panics loses its report,
-    /// and a subscriber that panics loses only its lines: the panic is caught and logged (a
-    /// subscriber that panics on that line too loses the line), and what the balancer was doing
-    /// goes on. A listener that panics is caught by `Listeners::emit`: the others still hear the
-    /// event. Each report is dropped on its own once reported, guarded: it may hold the last
-    /// reference to an endpoint discovery added and replaced or removed in the same batch, whose
-    /// service's `Drop` is the user's.
-    fn report(&self, reports: impl IntoIterator<Item = Report<K, S>>) {
-        for report in reports {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(&report))) {
-                caught(
-                    || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
-                );
-                caught(|| drop(panic));
-            }
-            self.guarded("freeing an endpoint change once reported", || drop(report));
+    /// Queues `reports` for the listeners, in order. Called under the health lock once the changes
+    /// are complete (the set published, the unhealthy count recounted), so the queue holds one
+    /// balancer's changes in the order they were made. Returns whether it queued any: then the
+    /// caller lets go of the health lock and calls [`drain`](Self::drain).
+    fn queue(&self, reports: impl IntoIterator<Item = Report<K, S>>) -> bool {
+        let mut reports = reports.into_iter().peekable();
+        if reports.peek().is_none() {
+            return false;
         }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reports
+            .extend(reports);
+        true
+    }
+
+    /// Reports the queued changes, one at a time and in order, under no lock of the balancer: a
+    /// listener may call it, and a slow one holds up no change. A call that finds another
+    /// draining leaves its reports to it, so a change may be reported on the thread of another
+    /// call that was reporting at the time; a change a listener's own call makes is reported
+    /// once that listener has returned, after the change it heard of.
+    fn drain(&self) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.draining {
+                return;
+            }
+            pending.draining = true;
+        }
+        let mut draining = Draining {
+            pending: &self.pending,
+            done: false,
+        };
+        loop {
+            let report = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                match pending.reports.pop_front() {
+                    Some(report) => report,
+                    None => {
+                        // Cleared as the queue is found empty, under the lock the others queue
+                        // under: none of theirs is left behind.
+                        pending.draining = false;
+                        draining.done = true;
+                        return;
+                    }
+                }
+            };
+            self.report(report);
+        }
+    }
+
+    /// Calls the listeners with the event of `report` and logs it. The listeners are called
+    /// before the line is logged, so a subscriber that panics on the line loses the line, not
+    /// the event. A key's `Debug` that panics loses its report, and a subscriber that panics
+    /// loses only its lines: the panic is caught and logged (a subscriber that panics on that
+    /// line too loses the line), and what the balancer was doing goes on. A listener that panics
+    /// is caught by `Listeners::emit`: the others still hear the event. The report is dropped
+    /// once reported, guarded: it may hold the last reference to an endpoint discovery added and
+    /// replaced or removed in the same batch, whose service's `Drop` is the user's.
+    fn report(&self, report: Report<K, S>) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.report_one(&report))) {
+            caught(
+                || tracing::error!(name = %self.name, panic = panics::message(&*panic), "seawall balance could not report an endpoint change; the change stands"),
+            );
+            caught(|| drop(panic));
+        }
+        self.guarded("freeing an endpoint change once reported", || drop(report));
     }
 
     fn report_one(&self, report: &Report<K, S>) {
@@ -486,9 +566,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 Snapshot::build(endpoints, &self.settings.picker, old.local_zone),
             );
             replaced = Some(set);
-            self.report(reports.into_iter().chain(panic));
+            self.queue(reports.into_iter().chain(panic));
         }
         drop(guard);
+        if replaced.is_some() {
+            self.drain();
+        }
         // The set replaced, freed once no call holds it: here, the services discovery removed
         // or replaced are dropped unless a call or a probe still holds one.
         for set in replaced.into_iter().chain([old]) {
@@ -768,9 +851,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                             if let Some(report) = ejected {
                                 self.recount(&set);
                                 let panic = self.health_changed(&mut health, &set);
-                                self.report(std::iter::once(report).chain(panic));
+                                self.queue(std::iter::once(report).chain(panic));
                                 drop(health);
                                 self.changed.notify_waiters();
+                                self.drain();
                             }
                         }
                     }
@@ -934,28 +1018,34 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
         self.recount(&set);
         reports.extend(self.health_changed(health, &set));
-        self.report(reports);
+        let queued = self.queue(reports);
         drop(guard);
         self.changed.notify_waiters();
+        if queued {
+            self.drain();
+        }
     }
 
     /// Applies a health probe's verdict on the endpoint with `key`. Returns whether the verdict
     /// changed the endpoint's health, and so woke the calls waiting for an endpoint.
     fn probed(&self, key: &K, ok: bool) -> bool {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        let set = self.current();
-        let Some(ep) = set.endpoints.iter().find(|e| &e.key == key) else {
-            return false;
-        };
-        if ep.stats.probe_ok.swap(ok, Relaxed) == ok {
-            return false;
+        {
+            let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let set = self.current();
+            let Some(ep) = set.endpoints.iter().find(|e| &e.key == key) else {
+                return false;
+            };
+            if ep.stats.probe_ok.swap(ok, Relaxed) == ok {
+                return false;
+            }
+            self.recount(&set);
+            let panic = self.health_changed(&mut health, &set);
+            self.queue(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
         }
-        self.recount(&set);
-        let panic = self.health_changed(&mut health, &set);
-        self.report(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
         self.changed.notify_waiters();
+        self.drain();
         true
     }
 
@@ -1733,6 +1823,38 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A change made while another call drains the queue is left to it, in order after the
+    /// reports before it; and a drain that ends other than by finding the queue empty (a panic
+    /// no guard caught) clears the flag, so the next change is reported along with the one left.
+    #[test]
+    fn changes_made_while_another_call_reports_are_left_to_it() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Shared::<usize, (), _>::new(
+            round_robin(0.0, crate::OutlierDetection::disabled()),
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        );
+        let added = |key: &str| BalanceEvent::EndpointAdded { key: key.into() };
+        shared.pending.lock().unwrap().draining = true;
+        let draining = Draining {
+            pending: &shared.pending,
+            done: false,
+        };
+        shared.apply(Change::Insert(0, ()));
+        assert_eq!(shared.current().len(), 1);
+        assert!(events.lock().unwrap().is_empty());
+        assert_eq!(shared.pending.lock().unwrap().reports.len(), 1);
+        drop(draining);
+        shared.apply(Change::Insert(1, ()));
+        assert_eq!(*events.lock().unwrap(), [added("0"), added("1")]);
+        let pending = shared.pending.lock().unwrap();
+        assert!(pending.reports.is_empty() && !pending.draining);
     }
 
     fn zone_aware() -> Shared<Tagged<usize>, (), DefaultClassifier> {
