@@ -777,9 +777,13 @@ fn lines_logged_by_the_core_name_their_target() {
         .split_once("## `tracing` events")
         .expect("the doc has a `tracing` events section");
     let events = events.split("\n## ").next().unwrap_or_default();
-    let Logged { messages, .. } = logged_messages();
-    let core: Vec<_> = messages
+    let Logged { calls, .. } = logged_messages();
+    let core: Vec<_> = calls
         .iter()
+        .map(|call| {
+            let (file, _line) = call.at.rsplit_once(':').expect("`file:line`");
+            (file, &call.message)
+        })
         .filter(|(file, _)| target_of(file).starts_with("seawall_core"))
         .collect();
     assert!(!core.is_empty(), "found no line logged by seawall-core");
