@@ -1,11 +1,12 @@
-//! A gRPC client over three tonic servers on loopback: a seawall balancer over tonic `Channel`s,
-//! each behind its own circuit breaker from one `BreakerSet` keyed by address (`BreakerFilter`
-//! keeps calls off an endpoint whose breaker is open), with retries above. Statuses are
-//! classified with `GrpcClassifier`, which reads `grpc-status` from trailers-only responses (HTTP
-//! 200 with a failing gRPC status).
-//! `StatusLayer`, directly below the generated client, turns an endpoint's open breaker into
-//! `UNAVAILABLE` (tonic would report it as `UNKNOWN`), so the retry policy above needs to know
-//! only gRPC codes.
+//! A gRPC client over three tonic servers on loopback: the stack `ClientStack::grpc_builder()`
+//! sets up under a generated client, over tonic `Channel`s, each endpoint behind its own circuit
+//! breaker from one `BreakerSet` keyed by address (the balancer keeps calls off an endpoint whose
+//! breaker is open), with retries above. Every piece that counts outcomes classifies with
+//! `GrpcClassifier`, which reads `grpc-status` from trailers-only responses (HTTP 200 with a
+//! failing gRPC status): the preset's dependency breaker and balancer, and the per-endpoint
+//! breakers given one here. `StatusLayer`, directly below the generated client, turns seawall's
+//! rejections into gRPC statuses (tonic would report them as `UNKNOWN`), keeping the rejection as
+//! the status's source, and `RetryClassifier` above reads both.
 //!
 //! The stack splits at the generated client, as `docs/composition.md` lays it out: the total
 //! timeout and the retry go above it, on messages, and each attempt is called with the total
@@ -20,20 +21,20 @@
 //! ```
 //!
 //! The servers run the standard gRPC health service (`tonic-health`), so no `.proto` compiling
-//! is needed; a real service's generated client takes a balancer the same way.
+//! is needed; a real service's generated client takes the stack the same way.
 
 use seawall::{
-    balance::{BalanceEvent, BalanceLayer, BreakerFilter, OutlierDetection, Picker},
+    balance::{BalanceEvent, OutlierDetection, Picker},
     breaker::{BreakerConfig, BreakerSet, SlidingWindow, Transition},
     core::{
         classify::GrpcClassifier,
         deadline::{Deadline, RequestDeadline, WithDeadline},
-        error::find,
     },
     discover,
-    grpc::{SendDeadlineLayer, StatusLayer},
+    grpc::{RetryClassifier, SendDeadlineLayer, StatusLayer},
     retry::{Backoff, RetryEvent, RetryLayer},
-    BoxError, Name, Outcome, ServiceBuilderExt,
+    stack::ClientStack,
+    BoxError, Name, ServiceBuilderExt,
 };
 use std::{
     net::SocketAddr,
@@ -47,9 +48,9 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{
     service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Endpoint, Server},
-    Code, Status,
+    Status,
 };
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest, HealthCheckResponse};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 
 struct Backend {
@@ -88,18 +89,6 @@ async fn backend(unavailable: bool) -> Result<Backend, BoxError> {
     Ok(Backend { addr, hits, stop })
 }
 
-/// Retry UNAVAILABLE (which includes an endpoint's open breaker: another endpoint may answer) and
-/// transport errors; any other status is the answer.
-fn retryable(result: Result<&HealthCheckResponse, &BoxError>, _: Duration) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Success,
-        Err(err) => match find::<Status>(&**err) {
-            Some(status) if status.code() != Code::Unavailable => Outcome::Success,
-            _ => Outcome::Failure,
-        },
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let mut backends = Vec::new();
@@ -128,43 +117,44 @@ async fn main() -> Result<(), BoxError> {
         println!("  [breaker grpc-endpoint {addr}] {} -> {}", t.from, t.to);
     });
 
-    // One tonic Channel per address, each behind its address's breaker, telling its server the
-    // deadline.
+    // One tonic Channel per address, telling its server the deadline; the stack puts each behind
+    // its address's breaker and the per-try timeout.
     let endpoint = |addr: &SocketAddr| {
-        let breaker = breakers.get(addr);
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid uri")
             .connect_timeout(Duration::from_millis(500))
             .connect_lazy();
-        ServiceBuilder::new()
-            .with_breaker(breaker)
-            .layer(SendDeadlineLayer::new())
-            .service(channel)
+        SendDeadlineLayer::new().layer(channel)
     };
-    let balance = BalanceLayer::builder()
-        .name("grpc-health")
-        .picker(Picker::RoundRobin)
-        .classifier(GrpcClassifier::new())
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(3),
-            max_ejection_percent: 0.67,
-            ..OutlierDetection::default()
+    // Under the generated client: no retry, no total timeout of its own, `GrpcClassifier` in the
+    // dependency breaker and the balancer (`map_balance` keeps it).
+    let stack = ClientStack::grpc_builder()
+        .map_balance(|balance| {
+            balance
+                .name("grpc-health")
+                .picker(Picker::RoundRobin)
+                .outlier_detection(OutlierDetection {
+                    consecutive_failures: Some(3),
+                    max_ejection_percent: 0.67,
+                    ..OutlierDetection::default()
+                })
+                .panic_threshold(0.3)
+                .on_event(|name: &Name, event: &BalanceEvent| {
+                    if let BalanceEvent::Ejected { key, reason, .. } = event {
+                        println!("  [balance {name}] ejected {key} ({reason:?})");
+                    }
+                })
         })
-        .panic_threshold(0.3)
-        // An endpoint whose breaker would reject the call takes none.
-        .filter(BreakerFilter)
-        .on_event(|name: &Name, event: &BalanceEvent| {
-            if let BalanceEvent::Ejected { key, reason, .. } = event {
-                println!("  [balance {name}] ejected {key} ({reason:?})");
-            }
-        })
-        .build()?
-        .layer(discover::from_list(addrs.clone(), endpoint));
-    let grpc = HealthClient::new(StatusLayer::new().layer(balance));
+        .endpoint_breakers(breakers)
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(addrs.clone(), endpoint))?;
+    let grpc = HealthClient::new(StatusLayer::new().layer(stack));
 
     let retry = RetryLayer::builder()
         .name("grpc-retry")
-        .classify(retryable)
+        // UNAVAILABLE, attempts never sent and attempts the per-try timeout cut are retried;
+        // any other status is the answer.
+        .classify(RetryClassifier::new())
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(5)))
         .on_event(|name: &Name, event: &RetryEvent| {
