@@ -116,7 +116,16 @@ async fn main() -> Result<(), BoxError> {
         .with_retry(retry)
         .with_breaker(breaker)
         .map_request(WithDeadline::into_inner)
-        .service(reqwest::Client::builder().no_proxy().build()?);
+        // No redirects followed: the retry takes a refused connection as proof that a request
+        // was never sent (a POST included), which holds only for a client that makes one
+        // connection attempt per call. Following a 303 to a host that refuses connections would
+        // otherwise send a POST the server applied once more.
+        .service(
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+        );
 
     for i in 0..3 {
         let url = format!("http://{addr}/flaky").parse()?;

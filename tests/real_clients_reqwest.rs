@@ -88,8 +88,14 @@ async fn start_server() -> (SocketAddr, Arc<Hits>) {
 }
 
 fn reqwest_client() -> reqwest::Client {
-    // No proxy from the environment may stand between the test and its loopback server.
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    // No proxy from the environment may stand between the test and its loopback server. No
+    // redirects followed: the retry takes a refused connection as proof that a request was never
+    // sent, which holds only for a client that makes one connection attempt per call.
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 fn request(method: reqwest::Method, addr: SocketAddr, path: &str) -> Req {
@@ -159,6 +165,50 @@ fn retry_layer(retries: Arc<AtomicU32>) -> RetryLayer<ReqwestPolicy, fn(&Req) ->
 
 async fn text(res: reqwest::Response) -> String {
     res.text().await.unwrap()
+}
+
+/// A POST the server applies and answers with a redirect to a host that refuses connections is
+/// sent once: the client follows no redirect, so no refused connection of a later request makes
+/// the retry take the POST for one never sent.
+#[tokio::test]
+async fn a_post_answered_with_a_redirect_is_sent_once() {
+    // A port nothing listens on: connections to it are refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let orders = Arc::new(AtomicU32::new(0));
+    let placed = orders.clone();
+    let app = Router::new().route(
+        "/orders",
+        post(move || {
+            let placed = placed.clone();
+            async move {
+                placed.fetch_add(1, SeqCst);
+                (
+                    http::StatusCode::SEE_OTHER,
+                    [(http::header::LOCATION, format!("http://{closed}/orders/1"))],
+                )
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let retries = Arc::new(AtomicU32::new(0));
+    let client = ServiceBuilder::new()
+        .with_timeout(Duration::from_secs(5))
+        .with_retry(retry_layer(retries.clone()))
+        .map_request(WithDeadline::into_inner)
+        .service(reqwest_client());
+    let result = client
+        .oneshot(request(reqwest::Method::POST, addr, "/orders"))
+        .await;
+    assert_eq!(orders.load(SeqCst), 1, "{result:?}");
+    assert_eq!(retries.load(SeqCst), 0);
+    assert_eq!(result.unwrap().status(), 303);
 }
 
 #[tokio::test]

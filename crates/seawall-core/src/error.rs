@@ -30,6 +30,16 @@
 //!   were delivered, so a transport over UDP should not surface that kind as this proof (it maps
 //!   it to another kind, or wraps it so that it is not an `io::Error` of that kind).
 //!
+//! A refused connection proves only that the connection it was refused for carried nothing, and
+//! the chain does not say which request that connection was for: the proof holds for a client
+//! that makes one connection attempt per call. A client that follows redirects does not (reqwest
+//! does by default): a POST the server applied and answered with a 303 to another host, whose
+//! connection is then refused, fails with that refused connection in its chain, and a retry would
+//! send the POST again. Turn redirects off below a retry that sends unsent requests again
+//! (reqwest: `redirect(reqwest::redirect::Policy::none())`), and turn that off
+//! (`HttpPolicy::retry_unsent(false)` in `seawall-retry`) for a service made of several calls
+//! (write, then notify) whose error may carry a later call's refused connection.
+//!
 //! Nothing else counts: not a timeout (`Elapsed` is raised both before and after sending), not a
 //! reset or a broken pipe (the server may have read the request), not an io error of any other
 //! kind. Since both are looked for down the whole chain, a layer that wraps an error (a retry's
@@ -186,6 +196,10 @@ impl Error for SentEarlier {
 /// [module docs](self#requests-that-were-never-sent).
 ///
 /// Like [`chain`], it looks at no more than the first 256 errors of the chain.
+///
+/// A refused connection is proof only for a client that makes one connection attempt per call:
+/// not one that follows redirects, nor a service made of several calls whose error may carry a
+/// later call's refused connection (see the [module docs](self#requests-that-were-never-sent)).
 pub fn not_sent(err: &(dyn Error + 'static)) -> Option<NotSent> {
     let mut refused = false;
     for err in chain(err) {

@@ -292,6 +292,13 @@ impl HttpPolicy {
     /// [ignored](crate::RetryConfigBuilder::ignore_error)) or a refused connection (see
     /// [`seawall_core::error::not_sent`]). On by default: the server cannot have acted on it.
     /// Any other failure of such a request (a 503, a reset, a timeout) is returned as it is.
+    ///
+    /// A refused connection proves the request was never sent only for a client that makes one
+    /// connection attempt per call. A client below that follows redirects must not (reqwest:
+    /// `redirect(reqwest::redirect::Policy::none())`): a POST the server applied and answered
+    /// with a 303 to a host that refuses the connection would fail with that refused connection,
+    /// and be sent again. Turn this off for a service below whose error can carry a later step's
+    /// refused connection (a write, then a notification to another host).
     pub fn retry_unsent(mut self, yes: bool) -> Self {
         self.unsent = yes;
         self
