@@ -12,6 +12,7 @@
 //! |---|---|
 //! | a `tonic::Status` (the server's answer, also under `retry::BudgetExhausted`) | that status |
 //! | `breaker::Open` | `UNAVAILABLE` |
+//! | `stack::EndpointOpen` (a `ClientStack`'s per-endpoint breaker, feature `stack`) | `UNAVAILABLE` |
 //! | `balance::NoEndpoints` | `UNAVAILABLE` |
 //! | `bulkhead::Full` | `RESOURCE_EXHAUSTED` |
 //! | `bulkhead::ratelimit::Limited` | `RESOURCE_EXHAUSTED` |
@@ -346,6 +347,10 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
     if is::<seawall_breaker::Open>(error) {
         return Some(Code::Unavailable);
     }
+    #[cfg(feature = "stack")]
+    if is::<crate::stack::EndpointOpen>(error) {
+        return Some(Code::Unavailable);
+    }
     if is::<seawall_balance::NoEndpoints>(error) {
         return Some(Code::Unavailable);
     }
@@ -364,7 +369,7 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// |---|---|
 /// | `Ok` | [`Outcome::Success`] |
 /// | `breaker::Open` in the error's chain (the dependency's breaker is open) | [`Outcome::Ignored`]: returned at once, as the `ClientStack` presets' retry returns it |
-/// | an error proving the request was never sent ([`is_not_sent`](seawall_core::error::is_not_sent): a full bulkhead, a rate limit, no endpoint, a refused connection), whatever its status | [`Outcome::Failure`]: retried, a non-idempotent method included |
+/// | an error proving the request was never sent ([`is_not_sent`](seawall_core::error::is_not_sent): a full bulkhead, a rate limit, no endpoint, a `ClientStack`'s per-endpoint breaker's `EndpointOpen`, a refused connection), whatever its status | [`Outcome::Failure`]: retried, a non-idempotent method included |
 /// | `core::deadline::Elapsed` or `tonic::TimeoutExpired` in the chain (a per-try timeout cut the attempt; [`StatusLayer`] reports it as `DEADLINE_EXCEEDED`) | [`Outcome::Failure`]: retried, on another endpoint as a rule (see [`retry_timeouts`](Self::retry_timeouts)) |
 /// | a [`Status`] `UNAVAILABLE` | [`Outcome::Failure`]: retried |
 /// | any other [`Status`] (`INVALID_ARGUMENT`, `INTERNAL`, a server's `DEADLINE_EXCEEDED`, …) | [`Outcome::Ignored`]: the call's answer, returned as it is and counted by no token-bucket budget (gRPC's retry policy counts neither a success nor a failure for it) |

@@ -25,7 +25,9 @@
 //! - the **breaker** and **bulkhead** protect the dependency as a whole, over all its endpoints;
 //! - the **balancer** skips endpoints that outlier detection ejected or whose own breaker is open;
 //! - the **per-endpoint breaker** counts one endpoint's failures, per-try timeouts included,
-//!   and takes the endpoint out of the pick while it is open;
+//!   and takes the endpoint out of the pick while it is open; one that opens between the pick and
+//!   the call rejects the attempt with [`EndpointOpen`], which the retry sends to another endpoint
+//!   and the dependency breaker does not count;
 //! - the **per-try timeout** bounds one attempt on one endpoint. It is built with
 //!   [`TimeoutLayer::per_try`]: it ignores a request's
 //!   [`TimeoutOverride`](crate::timeout::TimeoutOverride) (which is for the total timeout, so a
@@ -60,7 +62,7 @@
 //! | fallback | none | none | none | [`fallback`](ClientStackBuilder::fallback) | — |
 //! | total timeout | 30 s | 30 s | none (it goes above the generated client; a caller's deadline is still enforced) | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
 //! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused connection), `Retry-After` honoured | none (it goes above the generated client, classifying with `seawall::grpc::RetryClassifier`) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
-//! | breaker | [`BreakerLayer::new`] | the same, classifying with [`HttpClassifier`]: 5xx, 429 and errors fail | the same, classifying with [`GrpcClassifier`]: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and errors fail | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
+//! | breaker | [`BreakerLayer::new`]'s, ignoring an endpoint breaker's [`EndpointOpen`] | the same, classifying with [`HttpClassifier`]: 5xx, 429 and errors fail | the same, classifying with [`GrpcClassifier`]: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and errors fail | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | the same | the same | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
 //! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection (5 failures in a row; success rate, failure percentage, latency) | the same, classifying with [`HttpClassifier`] | the same, classifying with [`GrpcClassifier`] | [`balance`](ClientStackBuilder::balance), [`map_balance`](ClientStackBuilder::map_balance) | — |
 //! | per-endpoint breakers | none | none | none | [`endpoint_breakers`](ClientStackBuilder::endpoint_breakers) | — |
@@ -177,14 +179,17 @@
 //! use seawall::{
 //!     balance::BalanceLayer,
 //!     breaker::{BreakerLayer, Open},
-//!     core::classify::HttpClassifier,
+//!     core::classify::{ClassifyExt, HttpClassifier},
 //!     retry::RetryLayer,
-//!     stack::ClientStack,
+//!     stack::{ClientStack, EndpointOpen},
 //! };
 //!
 //! let by_hand = ClientStack::builder()
 //!     .retry(RetryLayer::builder().http().ignore_error::<Open>().build()?)
-//!     .breaker(BreakerLayer::builder().build_with(HttpClassifier::new())?)
+//!     .breaker(
+//!         BreakerLayer::builder()
+//!             .build_with(HttpClassifier::new().ignore_error::<EndpointOpen>())?,
+//!     )
 //!     .balance(BalanceLayer::builder().classifier(HttpClassifier::new()));
 //! # Ok::<(), seawall::ConfigError>(())
 //! ```
@@ -194,8 +199,9 @@ use crate::{
     breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, Open},
     bulkhead::BulkheadLayer,
     core::{
-        classify::{GrpcClassifier, HttpClassifier},
+        classify::{ClassifyExt, DefaultClassifier, GrpcClassifier, HttpClassifier, IgnoreError},
         config::check_positive_duration,
+        error::{downcast_ref, NotSent},
         BoxError, ConfigError, Name, RequestDeadline,
     },
     retry::{
@@ -308,7 +314,7 @@ pub struct ClientStackBuilder<
     Fb = Identity,
     To = TimeoutLayer,
     Rt = RetryLayer<Ignoring<Classified, Open>>,
-    Br = BreakerLayer,
+    Br = BreakerLayer<IgnoreError<DefaultClassifier, EndpointOpen>>,
     Bh = BulkheadLayer,
     Ba = BalanceConfigBuilder,
     Eb = NoEndpointBreakers,
@@ -356,7 +362,7 @@ impl ClientStackBuilder {
                 .ignore_error::<Open>()
                 .build()
                 .expect("the default retry is valid"),
-            breaker: Lazy::Default(BreakerLayer::new),
+            breaker: Lazy::Default(standard_breaker),
             breaker_name: Some(breaker_name),
             bulkhead: BulkheadLayer::builder()
                 .max_concurrent(DEFAULT_BULKHEAD_LIMIT)
@@ -381,7 +387,7 @@ pub type HttpClientStackBuilder = ClientStackBuilder<
     Identity,
     TimeoutLayer,
     RetryLayer<Ignoring<HttpPolicy, Open>>,
-    BreakerLayer<HttpClassifier>,
+    BreakerLayer<IgnoreError<HttpClassifier, EndpointOpen>>,
     BulkheadLayer,
     BalanceConfigBuilder<HttpClassifier>,
     NoEndpointBreakers,
@@ -435,10 +441,18 @@ impl HttpClientStackBuilder {
     }
 }
 
-/// The HTTP preset's dependency breaker: the standard one, classifying with [`HttpClassifier`].
-fn http_breaker() -> BreakerLayer<HttpClassifier> {
+/// The standard dependency breaker: [`BreakerLayer::new`]'s, ignoring an endpoint breaker's
+/// [`EndpointOpen`].
+fn standard_breaker() -> BreakerLayer<IgnoreError<DefaultClassifier, EndpointOpen>> {
     BreakerLayer::builder()
-        .build_with(HttpClassifier::new())
+        .build_with(DefaultClassifier.ignore_error::<EndpointOpen>())
+        .expect("the default configuration is valid")
+}
+
+/// The HTTP preset's dependency breaker: the standard one, classifying with [`HttpClassifier`].
+fn http_breaker() -> BreakerLayer<IgnoreError<HttpClassifier, EndpointOpen>> {
+    BreakerLayer::builder()
+        .build_with(HttpClassifier::new().ignore_error::<EndpointOpen>())
         .expect("the default configuration is valid")
 }
 
@@ -451,7 +465,7 @@ pub type GrpcClientStackBuilder = ClientStackBuilder<
     Identity,
     TimeoutLayer,
     Identity,
-    BreakerLayer<GrpcClassifier>,
+    BreakerLayer<IgnoreError<GrpcClassifier, EndpointOpen>>,
     BulkheadLayer,
     BalanceConfigBuilder<GrpcClassifier>,
     NoEndpointBreakers,
@@ -504,9 +518,9 @@ impl GrpcClientStackBuilder {
 }
 
 /// The gRPC preset's dependency breaker: the standard one, classifying with [`GrpcClassifier`].
-fn grpc_breaker() -> BreakerLayer<GrpcClassifier> {
+fn grpc_breaker() -> BreakerLayer<IgnoreError<GrpcClassifier, EndpointOpen>> {
     BreakerLayer::builder()
-        .build_with(GrpcClassifier::new())
+        .build_with(GrpcClassifier::new().ignore_error::<EndpointOpen>())
         .expect("the default configuration is valid")
 }
 
@@ -630,6 +644,12 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
 
     /// The circuit breaker of the dependency as a whole: a [`BreakerLayer`], or any layer in its
     /// place (a `ServiceBuilder` stack, `layer_fn`, another crate's breaker).
+    ///
+    /// With [per-endpoint breakers](Self::endpoint_breakers), build it with a classifier that
+    /// ignores [`EndpointOpen`]
+    /// ([`ignore_error::<EndpointOpen>()`](crate::core::classify::ClassifyExt::ignore_error)), as
+    /// the presets' breakers are: an endpoint's breaker opening between the pick and the call is
+    /// not the dependency failing.
     ///
     /// Name it apart from the [per-endpoint breakers](Self::endpoint_breakers): the builder does
     /// not read the name of a layer passed in, so [`build`](Self::build) checks the names only
@@ -1113,7 +1133,7 @@ where
     P: Probe<D::Key, Breaker<PerTry<D::Service>, BC>>,
     BC: Clone + Send + Sync + 'static,
 {
-    type Balanced = Balance<D::Key, Breaker<PerTry<D::Service>, BC>, C, H>;
+    type Balanced = MapEndpointOpen<Balance<D::Key, Breaker<PerTry<D::Service>, BC>, C, H>>;
 
     fn balance(
         self,
@@ -1126,7 +1146,7 @@ where
         // A removed endpoint's breaker leaves the set: it no longer counts in
         // `seawall_breaker_keys_open` nor takes a place, and the key added again starts Closed.
         // One an operator put in a manual state stays: the key comes back in that state.
-        Ok(layer.layer(MapEndpoints::new(
+        let balance = layer.layer(MapEndpoints::new(
             discover,
             move |key, service| {
                 breakers
@@ -1136,7 +1156,115 @@ where
             move |key| {
                 self.remove_unless_manual(key);
             },
-        )))
+        ));
+        Ok(MapEndpointOpen { inner: balance })
+    }
+}
+
+// ===== EndpointOpen =====
+
+/// The stack's per-endpoint breaker of the endpoint the balancer picked rejected the attempt:
+/// the breaker opened between the balancer polling the endpoint ready and the call (another
+/// caller's failure tripped it, an operator forced it open, a half-open probe's time ran out).
+///
+/// It stands in for that breaker's [`Open`], which the stack keeps for the dependency's breaker:
+/// the retry returns an `Open` at once (the presets build it with
+/// [`ignore_error::<Open>()`](crate::retry::RetryConfigBuilder::ignore_error)) and a fallback
+/// built with `on_error_type::<Open>()` serves its answer for an open dependency, while an
+/// endpoint's breaker says nothing about the other endpoints. The attempt was never sent: its
+/// [`source()`](std::error::Error::source) is a [`NotSent`], and no
+/// `Open` is in its chain, so the retry sends it again, to another endpoint as a rule (a POST
+/// included: see [`not_sent`](crate::core::error::not_sent)). The presets' dependency breakers
+/// count it as neither success nor failure (their classifiers are built with
+/// [`ignore_error::<EndpointOpen>()`](crate::core::classify::ClassifyExt::ignore_error)); give a
+/// dependency breaker of your own the same, or one endpoint's breaker opening counts against the
+/// dependency. `seawall::grpc` reports it as `UNAVAILABLE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointOpen(());
+
+impl fmt::Display for EndpointOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("endpoint's circuit breaker is open")
+    }
+}
+
+/// The marker every [`EndpointOpen`] has as its source.
+static NOT_SENT: NotSent = NotSent::new();
+
+impl std::error::Error for EndpointOpen {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&NOT_SENT)
+    }
+}
+
+/// The balancer over endpoints with breakers of their own, its endpoints' [`Open`] reported as
+/// [`EndpointOpen`]. The stack puts it in place of the balancer when it has
+/// [per-endpoint breakers](ClientStackBuilder::endpoint_breakers).
+#[derive(Clone, Debug)]
+pub struct MapEndpointOpen<S> {
+    inner: S,
+}
+
+impl<S> MapEndpointOpen<S> {
+    /// The balancer.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for MapEndpointOpen<S>
+where
+    S: Service<Req, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = MapEndpointOpenFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        MapEndpointOpenFuture {
+            future: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`MapEndpointOpen`].
+    pub struct MapEndpointOpenFuture<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, T> Future for MapEndpointOpenFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().future.poll(cx).map_err(|error| {
+            // Only an endpoint's breaker rejects with `Open` below the balancer: the dependency's
+            // is above it.
+            if downcast_ref::<Open>(&*error).is_some() {
+                Box::new(EndpointOpen(())) as BoxError
+            } else {
+                error
+            }
+        })
+    }
+}
+
+impl<F> fmt::Debug for MapEndpointOpenFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapEndpointOpenFuture")
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,173 @@
+//! An endpoint's own breaker that opens between the balancer polling the endpoint ready and the
+//! call (another caller's failure trips it, a half-open probe's time runs out) rejects the
+//! attempt with `EndpointOpen`, not the dependency breaker's `Open`: the retry sends the attempt
+//! to another endpoint, and the dependency breaker counts nothing against the dependency. In
+//! paused time, on a current-thread runtime (the metrics recorder is the thread's).
+
+use seawall::{
+    balance::Picker,
+    breaker::{BreakerConfig, BreakerSet, Open},
+    core::{
+        error::{find, is_not_sent},
+        metrics::{self as names, testing::TestRecorder},
+        BoxError, RequestDeadline,
+    },
+    discover,
+    stack::{ClientStack, EndpointOpen},
+};
+use std::{
+    future::{ready, Ready},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::SeqCst},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+#[derive(Debug, Clone, Default)]
+struct Req {
+    deadline: Option<Instant>,
+}
+
+impl RequestDeadline for Req {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// An endpoint answering with its key. Endpoint "a" trips its own breaker from the set on its
+/// first `poll_ready`, after the breaker has admitted the call and polls it ready.
+#[derive(Clone)]
+struct Endpoint {
+    key: &'static str,
+    set: BreakerSet<&'static str>,
+    tripped: Arc<AtomicBool>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Service<Req> for Endpoint {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.key == "a" && !self.tripped.swap(true, SeqCst) {
+            self.set.handle(&"a").expect("a's breaker").force_open();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Req) -> Self::Future {
+        self.calls.fetch_add(1, SeqCst);
+        ready(Ok(self.key))
+    }
+}
+
+/// What the tests look at: the per-endpoint breakers, whether "a" tripped its breaker, the calls
+/// "a" and "b" answered.
+struct Setup {
+    set: BreakerSet<&'static str>,
+    tripped: Arc<AtomicBool>,
+    calls: [Arc<AtomicU32>; 2],
+}
+
+impl Setup {
+    fn new() -> Self {
+        let set = BreakerSet::new(
+            BreakerConfig::builder()
+                .name("endpoint")
+                .build_config()
+                .unwrap(),
+            16,
+        )
+        .unwrap();
+        Setup {
+            set,
+            tripped: Arc::new(AtomicBool::new(false)),
+            calls: [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))],
+        }
+    }
+
+    /// Makes endpoint `key`'s service.
+    fn endpoints(&self) -> impl FnMut(&&'static str) -> Endpoint {
+        let (set, tripped, calls) = (self.set.clone(), self.tripped.clone(), self.calls.clone());
+        move |key| Endpoint {
+            key,
+            set: set.clone(),
+            tripped: tripped.clone(),
+            calls: calls[usize::from(*key == "b")].clone(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_endpoint_breaker_opening_before_the_call_is_retried_elsewhere() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let setup = Setup::new();
+    let stack = ClientStack::builder()
+        .map_balance(|balance| balance.picker(Picker::RoundRobin))
+        .endpoint_breakers(setup.set.clone())
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(["a", "b"], setup.endpoints()))
+        .unwrap();
+    let Setup {
+        tripped,
+        calls: [a_calls, b_calls],
+        ..
+    } = setup;
+
+    // Round robin starts on one of the two: within two calls one is picked for "a".
+    for call in 0..2 {
+        let answer = stack.clone().oneshot(Req::default()).await;
+        assert_eq!(answer.unwrap(), "b", "call {call}");
+    }
+    assert!(tripped.load(SeqCst), "a was polled ready");
+    assert_eq!(a_calls.load(SeqCst), 0);
+    assert_eq!(b_calls.load(SeqCst), 2);
+    // The dependency breaker (the default one, named "breaker") counted no failure: the attempt
+    // "a"'s breaker rejected is ignored.
+    assert_eq!(recorder.counter(names::BREAKER_FAILURES, "breaker"), 0);
+    assert_eq!(recorder.counter(names::BREAKER_IGNORED, "breaker"), 1);
+    assert_eq!(recorder.counter(names::BREAKER_SUCCESSES, "breaker"), 2);
+}
+
+/// Without a retry the caller sees the rejection: an `EndpointOpen`, which proves the request
+/// was never sent and is no `Open`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_rejection_is_endpoint_open_never_sent() {
+    let setup = Setup::new();
+    let stack = ClientStack::builder()
+        .without_retry()
+        .map_balance(|balance| balance.picker(Picker::RoundRobin))
+        .endpoint_breakers(setup.set.clone())
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(["a", "b"], setup.endpoints()))
+        .unwrap();
+    let Setup {
+        tripped,
+        calls: [a_calls, _],
+        ..
+    } = setup;
+    let mut rejected = Vec::new();
+    for _ in 0..2 {
+        if let Err(error) = stack.clone().oneshot(Req::default()).await {
+            rejected.push(error);
+        }
+    }
+    assert!(tripped.load(SeqCst));
+    assert_eq!(a_calls.load(SeqCst), 0);
+    let [error] = &rejected[..] else {
+        panic!("one call rejected: {rejected:?}");
+    };
+    assert!(find::<EndpointOpen>(&**error).is_some(), "{error:?}");
+    assert!(find::<Open>(&**error).is_none(), "{error:?}");
+    assert!(is_not_sent(&**error));
+    assert_eq!(error.to_string(), "endpoint's circuit breaker is open");
+}
