@@ -42,6 +42,9 @@ use tower::{
 /// up on it (a cancellation), and the per-try timeout override it carries, if any.
 #[derive(Debug, Clone)]
 struct Req {
+    /// The call's own number among the run's calls, which the inner service answers with: set
+    /// by [`run`] (its index in the calls), so no two calls' answers are alike.
+    id: u64,
     work_ms: u64,
     /// Microseconds of work beyond `work_ms`, to answer off the timer's millisecond tick.
     work_extra_us: u64,
@@ -56,6 +59,7 @@ impl Req {
     /// deadline, no `PerTryTimeoutOverride`.
     fn new(work_ms: u64, fail: bool) -> Req {
         Req {
+            id: 0,
             work_ms,
             work_extra_us: 0,
             fail,
@@ -82,8 +86,9 @@ type Svc = BoxCloneService<Req, u64, BoxError>;
 /// One layer of a random stack (outermost first).
 #[derive(Debug, Clone)]
 enum LayerSpec {
-    /// A timeout of `ms`; with `per_try`, built as `TimeoutLayer::per_try()` (the canonical
-    /// stack's per-attempt timeout).
+    /// A timeout of `ms` ([`MAX_TIMEOUT_MS`] for `Duration::MAX`, as `without_timeout()`'s
+    /// layer has); with `per_try`, built as `TimeoutLayer::per_try()` (the canonical stack's
+    /// per-attempt timeout).
     Timeout { ms: u64, per_try: bool },
     /// A fallback answering every error with `FALLBACK`.
     TotalFallback,
@@ -452,7 +457,7 @@ impl LayerSpec {
     fn apply(&self, inner: Svc, observed: &Observed) -> Svc {
         match *self {
             LayerSpec::Timeout { ms, per_try } => {
-                let layer = TimeoutLayer::new(Duration::from_millis(ms));
+                let layer = TimeoutLayer::new(timeout_duration(ms));
                 let layer = if per_try { layer.per_try() } else { layer };
                 BoxCloneService::new(layer.layer(inner))
             }
@@ -817,9 +822,31 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
     ]
 }
 
+/// A timeout of 1–499 ms, or now and then of zero or `Duration::MAX`: both valid (a zero one
+/// answers only what is ready on its first poll; a MAX one enforces only a deadline from above,
+/// as the layer `ClientStack`'s `without_timeout()` keeps does).
 fn timeout_spec() -> impl Strategy<Value = LayerSpec> {
-    (1u64..500, prop::bool::weighted(0.25))
+    (
+        prop_oneof![
+            18 => 1u64..500,
+            1 => Just(0),
+            1 => Just(MAX_TIMEOUT_MS),
+        ],
+        prop::bool::weighted(0.25),
+    )
         .prop_map(|(ms, per_try)| LayerSpec::Timeout { ms, per_try })
+}
+
+/// The `ms` of a [`LayerSpec::Timeout`] of `Duration::MAX`.
+const MAX_TIMEOUT_MS: u64 = u64::MAX;
+
+/// The duration of a [`LayerSpec::Timeout`] of `ms`.
+fn timeout_duration(ms: u64) -> Duration {
+    if ms == MAX_TIMEOUT_MS {
+        Duration::MAX
+    } else {
+        Duration::from_millis(ms)
+    }
 }
 
 fn breaker_spec() -> impl Strategy<Value = LayerSpec> {
@@ -1407,7 +1434,7 @@ impl Service<Req> for Inner {
             if req.fail {
                 Err::<u64, BoxError>("inner failure".into())
             } else {
-                Ok(req.work_ms)
+                Ok(req.id)
             }
         })
     }
@@ -1482,7 +1509,8 @@ fn run(stack: &[LayerSpec], calls: &[Call], readiness: &[Readiness]) -> Run {
             .fold(inner, |svc, layer| layer.apply(svc, &observed));
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, c) in calls.iter().cloned().enumerate() {
+        for (i, mut c) in calls.iter().cloned().enumerate() {
+            c.req.id = i as u64;
             let svc = svc.clone();
             tasks.spawn(CALL.scope(i, async move {
                 tokio::time::sleep_until(start + Duration::from_millis(c.start_ms)).await;
@@ -1634,7 +1662,12 @@ fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
 fn guaranteed_bound(stack: &[LayerSpec], readiness: &[Readiness]) -> Option<Duration> {
     for (i, layer) in stack.iter().enumerate() {
         if let LayerSpec::Timeout { ms, .. } = layer {
-            return Some(Duration::from_millis(*ms));
+            // A timeout of `Duration::MAX` bounds nothing of its own, and extends nothing: a
+            // timeout below it may give the bound.
+            if *ms == MAX_TIMEOUT_MS {
+                continue;
+            }
+            return Some(timeout_duration(*ms));
         }
         if layer.extends_time(&stack[i + 1..], readiness) {
             return None;
@@ -1755,7 +1788,8 @@ proptest! {
 
     /// Answers are the inner service's to the call's own request, a fallback's, or an error:
     /// nothing is invented, and no call gets the answer to another's (the inner service answers
-    /// a request with its `work_ms`, and retries and hedges send copies of the same request).
+    /// a request with its call's own number, unique in the run, and retries and hedges send
+    /// copies of the same request).
     #[test]
     fn answers_come_from_the_inner_service_or_a_fallback(
         mut stack in random_stack(2..=6),
@@ -1766,10 +1800,10 @@ proptest! {
         let outcomes = run(&stack, &calls, &readiness).outcomes;
         for o in &outcomes {
             if let Ok(v) = o.result {
-                let own = calls[o.call].req.work_ms;
+                let own = o.call as u64;
                 prop_assert!(
                     v == FALLBACK || v == own,
-                    "call {} answered {v}, its request's work_ms being {own}",
+                    "call {} answered {v}, the answer to its own request being {own}",
                     o.call
                 );
             }
@@ -2371,7 +2405,7 @@ fn a_breaker_with_backpressure_does_not_restart_a_slow_readiness_for_ever() {
     // The 5 ms Open wait since is over: the caller is the next HalfOpen's probe, answered by the
     // inner service, and closes the breaker.
     let probed = run(&breaker(5), &calls, &readiness);
-    assert_eq!(answers(&probed), [failed.clone(), Ok(7)]);
+    assert_eq!(answers(&probed), [failed.clone(), Ok(1)]);
     assert_eq!(probed.inner_calls, 2);
     assert_eq!(probed.breakers[0].state, State::Closed);
 
@@ -2526,7 +2560,9 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
         let run = run(&stack, &calls, &[Readiness::Pending { ms: 30 }]);
         assert_eq!(run.inner_calls, 4, "{stack:?}");
         assert!(
-            run.outcomes.iter().all(|o| o.result == Ok(100)),
+            run.outcomes
+                .iter()
+                .all(|o| o.result.as_ref().ok() == Some(&(o.call as u64))),
             "{stack:?}"
         );
     }
@@ -2541,7 +2577,11 @@ fn backpressure_keeps_callers_waiting_instead_of_rejecting() {
     }];
     let run = run(&stack, &[call(0, true), call(150, false)], &[]);
     assert_eq!(run.inner_calls, 2);
-    assert!(run.outcomes.iter().any(|o| o.result == Ok(100)));
+    // The second call is answered by the inner service.
+    assert!(run
+        .outcomes
+        .iter()
+        .any(|o| o.call == 1 && o.result == Ok(1)));
     assert_eq!(run.breakers[0].state, State::Closed);
 }
 
