@@ -773,12 +773,16 @@ where
                         _ => std::time::Duration::ZERO,
                     };
                     let outcome = shared.classifier.classify(result.as_ref(), elapsed);
-                    shared.record(&guard.endpoint, outcome, end, guard.start);
+                    let unreported =
+                        shared.record_unreported(&guard.endpoint, outcome, end, guard.start);
                     guard.unfinished = None;
                     // Dropping the call releases the endpoint's capacity; wake calls waiting
                     // for a ready endpoint.
                     this.state.set(State::Done);
                     wake_waiters(shared);
+                    // The changes the outcome made (an ejection) are reported once the call has
+                    // let go of the endpoint, so the listeners do not hold its capacity.
+                    unreported.report();
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 StateProj::Done => panic!("balance ResponseFuture polled after completion"),

@@ -66,6 +66,9 @@ pub(crate) struct Shared<K, S, C> {
     /// [`Shared::drain`]). Locked on its own and never held while reporting, so the listeners
     /// run under no lock of the balancer.
     pending: Mutex<Pending<K, S>>,
+    /// Woken when a call that reported its own changes leaves the ones queued after them: the
+    /// background task reports those.
+    unreported: Arc<Notify>,
     task: Mutex<Option<AbortHandle>>,
     endpoints_gauge: metrics_handles::Gauge,
     unhealthy_gauge: metrics_handles::Gauge,
@@ -86,17 +89,56 @@ struct Health {
     panic: bool,
 }
 
-/// The reports queued for the listeners, and whether a call is reporting them.
+/// The reports queued for the listeners, and whether a thread is reporting them.
 struct Pending<K, S> {
     reports: VecDeque<Report<K, S>>,
-    /// Set while a call drains `reports`: the others queue theirs and leave them to it.
+    /// How many reports were ever queued: the first of `reports` is number `queued -
+    /// reports.len()`, counting from 0.
+    queued: u64,
+    /// Set while a thread drains `reports`: the others queue theirs and leave them to it.
     draining: bool,
 }
 
-/// Clears [`Pending::draining`] if the call draining the queue leaves it other than by finding
-/// it empty, so that the next call with reports drains them.
+/// Changes queued for the listeners: the reports numbered below `upto` are reported once the
+/// call that queued them reports them (see [`Shared::report_queued`]).
+#[must_use = "the changes are reported only once the call reports them"]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queued {
+    upto: u64,
+}
+
+/// The changes a call's outcome made, queued and not reported yet (see
+/// [`Shared::record_unreported`]). Dropped without [`report`](Self::report) (a panic in
+/// between), it wakes the background task, which reports them.
+#[must_use = "the changes are reported only once the call reports them"]
+pub(crate) struct Unreported<'a, K: Key, S: 'static, C> {
+    shared: &'a Shared<K, S, C>,
+    queued: Option<Queued>,
+}
+
+impl<K: Key, S: 'static, C> Unreported<'_, K, S, C> {
+    /// Reports the changes, on this thread (see [`Shared::report_queued`]).
+    pub(crate) fn report(mut self) {
+        if let Some(queued) = self.queued.take() {
+            self.shared.report_queued(queued);
+        }
+    }
+}
+
+impl<K: Key, S: 'static, C> Drop for Unreported<'_, K, S, C> {
+    fn drop(&mut self) {
+        if self.queued.is_some() {
+            self.shared.unreported.notify_one();
+        }
+    }
+}
+
+/// Clears [`Pending::draining`] if the thread draining the queue leaves it other than by the
+/// way out of [`Shared::drain`], and wakes the background task, so that the reports left are
+/// reported.
 struct Draining<'a, K, S> {
     pending: &'a Mutex<Pending<K, S>>,
+    unreported: &'a Notify,
     done: bool,
 }
 
@@ -107,6 +149,7 @@ impl<K, S> Drop for Draining<'_, K, S> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .draining = false;
+            self.unreported.notify_one();
         }
     }
 }
@@ -191,8 +234,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             }),
             pending: Mutex::new(Pending {
                 reports: VecDeque::new(),
+                queued: 0,
                 draining: false,
             }),
+            unreported: Arc::new(Notify::new()),
             task: Mutex::new(None),
             endpoints_gauge: metrics::gauge(metrics::BALANCE_ENDPOINTS, &name),
             unhealthy_gauge: metrics::gauge(metrics::BALANCE_UNHEALTHY_ENDPOINTS, &name),
@@ -278,27 +323,48 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     /// Queues `reports` for the listeners, in order. Called under the health lock once the changes
     /// are complete (the set published, the unhealthy count recounted), so the queue holds one
-    /// balancer's changes in the order they were made. Returns whether it queued any: then the
-    /// caller lets go of the health lock and calls [`drain`](Self::drain).
-    fn queue(&self, reports: impl IntoIterator<Item = Report<K, S>>) -> bool {
+    /// balancer's changes in the order they were made, each numbered one more than the one before.
+    /// Returns `None` if there were none; otherwise the caller lets go of the health lock and
+    /// reports them: [`drain_all`](Self::drain_all) on the background task,
+    /// [`report_queued`](Self::report_queued) on a call's thread.
+    fn queue(&self, reports: impl IntoIterator<Item = Report<K, S>>) -> Option<Queued> {
         let mut reports = reports.into_iter().peekable();
-        if reports.peek().is_none() {
-            return false;
-        }
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reports
-            .extend(reports);
-        true
+        reports.peek()?;
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = pending.reports.len();
+        pending.reports.extend(reports);
+        let added = (pending.reports.len() - before) as u64;
+        pending.queued += added;
+        Some(Queued {
+            upto: pending.queued,
+        })
+    }
+
+    /// Reports, on a call's thread, the changes that call queued and those queued before them
+    /// (see [`drain`](Self::drain)): never the ones queued after them, which are left to the
+    /// background task, so a call is held up by no more than the changes made before its own.
+    pub(crate) fn report_queued(&self, queued: Queued) {
+        self.drain(Some(queued.upto));
+    }
+
+    /// Reports, on the background task, every change queued (see [`drain`](Self::drain)),
+    /// those queued meanwhile included.
+    fn drain_all(&self) {
+        self.drain(None);
     }
 
     /// Reports the queued changes, one at a time and in order, under no lock of the balancer: a
-    /// listener may call it, and a slow one holds up no change. A call that finds another
-    /// draining leaves its reports to it, so a change may be reported on the thread of another
-    /// call that was reporting at the time; a change a listener's own call makes is reported
-    /// once that listener has returned, after the change it heard of.
-    fn drain(&self) {
+    /// listener may call it, and a slow one holds up no change. One thread drains at a time: a
+    /// thread that finds another draining leaves its reports to it, so a change may be reported
+    /// on the thread of another call that was reporting at the time, or on the background task.
+    /// A call drains only the reports numbered below `upto`, those queued up to its own: if
+    /// others follow, it stops there and wakes the background task, which reports the rest (all
+    /// of them, those queued meanwhile included: it is the balancer's own task). A change a
+    /// listener's own call makes is reported once that listener has returned, after the change
+    /// it heard of. Reports left behind when the task has ended (the balancer is being dropped,
+    /// or its runtime shut down) are reported by the next drain, and otherwise dropped with the
+    /// balancer.
+    fn drain(&self, upto: Option<u64>) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if pending.draining {
@@ -308,18 +374,28 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         }
         let mut draining = Draining {
             pending: &self.pending,
+            unreported: &self.unreported,
             done: false,
         };
         loop {
             let report = {
                 let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                match pending.reports.pop_front() {
+                let next = pending.queued - pending.reports.len() as u64;
+                let next = match upto {
+                    Some(upto) if next >= upto => None,
+                    _ => pending.reports.pop_front(),
+                };
+                match next {
                     Some(report) => report,
                     None => {
-                        // Cleared as the queue is found empty, under the lock the others queue
-                        // under: none of theirs is left behind.
+                        // Cleared as the queue is found empty or the call's own are reported,
+                        // under the lock the others queue under: none of theirs is left behind.
                         pending.draining = false;
                         draining.done = true;
+                        if !pending.reports.is_empty() {
+                            drop(pending);
+                            self.unreported.notify_one();
+                        }
                         return;
                     }
                 }
@@ -566,11 +642,11 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 Snapshot::build(endpoints, &self.settings.picker, old.local_zone),
             );
             replaced = Some(set);
-            self.queue(reports.into_iter().chain(panic));
+            let _ = self.queue(reports.into_iter().chain(panic));
         }
         drop(guard);
         if replaced.is_some() {
-            self.drain();
+            self.drain_all();
         }
         // The set replaced, freed once no call holds it: here, the services discovery removed
         // or replaced are dropped unless a call or a probe still holds one.
@@ -765,8 +841,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         set.unhealthy.store(unhealthy, Relaxed);
     }
 
-    /// Records a finished call on endpoint `ep` of the current set.
-    #[inline]
+    /// Records a finished call on endpoint `ep` of the current set, and reports the changes it
+    /// made (an ejection, and the change of panic mode it made).
     pub(crate) fn record(
         &self,
         ep: &Endpoint<K, S>,
@@ -774,6 +850,25 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         end: Option<Instant>,
         start: Option<Instant>,
     ) {
+        self.record_unreported(ep, outcome, end, start).report();
+    }
+
+    /// Records a finished call on endpoint `ep` of the current set, as [`record`](Self::record)
+    /// does, and leaves the changes it made queued: the caller reports them with
+    /// [`Unreported::report`] once it has let go of what it need not hold while the listeners
+    /// run. A success neither queues nor takes a lock.
+    #[inline]
+    pub(crate) fn record_unreported(
+        &self,
+        ep: &Endpoint<K, S>,
+        outcome: Outcome,
+        end: Option<Instant>,
+        start: Option<Instant>,
+    ) -> Unreported<'_, K, S, C> {
+        let mut unreported = Unreported {
+            shared: self,
+            queued: None,
+        };
         let stats = &ep.stats;
         let timing = match (start, end) {
             (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_nanos() as f64),
@@ -851,10 +946,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                             if let Some(report) = ejected {
                                 self.recount(&set);
                                 let panic = self.health_changed(&mut health, &set);
-                                self.queue(std::iter::once(report).chain(panic));
+                                unreported.queued =
+                                    self.queue(std::iter::once(report).chain(panic));
                                 drop(health);
                                 self.changed.notify_waiters();
-                                self.drain();
                             }
                         }
                     }
@@ -862,6 +957,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             }
             Outcome::Ignored => {}
         }
+        unreported
     }
 
     /// One outlier detection pass (gRFC A50), run every `interval`.
@@ -1021,8 +1117,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         let queued = self.queue(reports);
         drop(guard);
         self.changed.notify_waiters();
-        if queued {
-            self.drain();
+        if queued.is_some() {
+            self.drain_all();
         }
     }
 
@@ -1040,12 +1136,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             }
             self.recount(&set);
             let panic = self.health_changed(&mut health, &set);
-            self.queue(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
+            let _ = self.queue(std::iter::once(Report::Probed { ep: ep.clone(), ok }).chain(panic));
         }
         // Either way calls waiting for an endpoint look again: a failed probe can start panic
         // mode, which lets every endpoint take calls.
         self.changed.notify_waiters();
-        self.drain();
+        self.drain_all();
         true
     }
 
@@ -1167,7 +1263,8 @@ pub(crate) fn spawn<K, S, C, D>(
     let weak = Arc::downgrade(shared);
     let interval = shared.settings.outlier.interval;
     let check = shared.settings.health_check;
-    let handle = tokio::spawn(run(weak, discover, interval, check.zip(probe)));
+    let unreported = shared.unreported.clone();
+    let handle = tokio::spawn(run(weak, discover, interval, check.zip(probe), unreported));
     shared.set_task(handle.abort_handle());
 }
 
@@ -1176,6 +1273,7 @@ async fn run<K, S, C, D>(
     discover: D,
     interval: Duration,
     probe: Option<(crate::HealthCheck, BoxProbe<K, S>)>,
+    unreported: Arc<Notify>,
 ) where
     K: Key,
     S: Clone + Send + Sync + 'static,
@@ -1283,6 +1381,11 @@ async fn run<K, S, C, D>(
                 }
             }
             () = &mut resume, if paused => paused = false,
+            // A call reported its own changes and left those queued after them.
+            () = unreported.notified() => {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.drain_all();
+            }
             at = sweep.tick() => {
                 let Some(shared) = weak.upgrade() else { return };
                 shared.sweep(at);
@@ -1844,6 +1947,7 @@ mod tests {
         shared.pending.lock().unwrap().draining = true;
         let draining = Draining {
             pending: &shared.pending,
+            unreported: &shared.unreported,
             done: false,
         };
         shared.apply(Change::Insert(0, ()));
@@ -2544,5 +2648,63 @@ mod tests {
         assert_eq!(keys(&shared), vec![1, 2]);
         assert_eq!(shared.version.load(Acquire), 1);
         assert_eq!(Arc::strong_count(&alive), 1, "the stream is dropped");
+    }
+
+    /// A call that reports reports no further than its own changes: the changes made by others
+    /// while its listeners run (here 100 discovery changes made while a listener hears of the
+    /// call's ejection) are left to the background task, which reports them in order, so the
+    /// call is not held up for as long as changes keep coming.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_reports_no_further_than_its_own_changes() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let slot: Arc<std::sync::OnceLock<Weak<Shared<usize, (), DefaultClassifier>>>> =
+            Arc::default();
+        let (recorded, target) = (events.clone(), slot.clone());
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+                if matches!(event, BalanceEvent::Ejected { key, .. } if key == "0") {
+                    let shared = target.get().and_then(Weak::upgrade).unwrap();
+                    // Another thread's changes, one at a time, while this listener runs.
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            for i in 100..200 {
+                                shared.apply(Change::Insert(i, ()));
+                            }
+                        });
+                    });
+                }
+            }),
+            DefaultClassifier,
+            None,
+        ));
+        slot.set(Arc::downgrade(&shared)).unwrap();
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..2usize {
+            tx.send(Change::Insert(i, ())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        events.lock().unwrap().clear();
+
+        shared.record(&shared.current().endpoints[0], Outcome::Failure, None, None);
+        let ejected = BalanceEvent::Ejected {
+            key: "0".into(),
+            reason: EjectReason::ConsecutiveFailures,
+            duration: Duration::from_secs(10),
+        };
+        assert_eq!(
+            *events.lock().unwrap(),
+            vec![ejected.clone()],
+            "heard in the call"
+        );
+
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let added = (100..200).map(|i| BalanceEvent::EndpointAdded { key: i.to_string() });
+        assert_eq!(
+            *events.lock().unwrap(),
+            std::iter::once(ejected).chain(added).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! A listener may call the balancer it listens to: the listeners run under no lock of the
 //! balancer, so a call a listener makes, on its own thread and at once, records its outcome and
 //! ejects as any other. A change that call makes is reported once the listener has returned,
-//! after the change it heard of: the listeners still hear one balancer's changes in order.
+//! after the change it heard of, by the balancer's background task (the call that was reporting
+//! reports no further than its own changes): the listeners still hear one balancer's changes in
+//! order.
 
 mod common;
 
-use common::{cluster, drive, Behavior, Node};
+use common::{cluster, drive, settle, Behavior, Node};
 use futures_util::FutureExt;
 use seawall::balance::{Balance, BalanceEvent, BalanceLayer, OutlierDetection, Picker};
 use seawall::core::Name;
@@ -72,8 +74,9 @@ impl Caller {
 }
 
 /// `n` endpoints behind a balancer that ejects on the first failure and has no panic threshold,
-/// watched by `caller`; endpoint 1 fails. Calls the balancer 3 times, one call at a time, and
-/// gives the unhealthy endpoints and what the listener heard.
+/// watched by `caller`; endpoint 1 fails. Calls the balancer 3 times, one call at a time, lets the
+/// background task report what those calls left to it, and gives the unhealthy endpoints and what
+/// the listener heard.
 async fn eject_endpoint_1(n: usize, caller: Caller) -> (Vec<usize>, Vec<String>) {
     let (balance, cluster) = cluster(
         n,
@@ -94,6 +97,7 @@ async fn eject_endpoint_1(n: usize, caller: Caller) -> (Vec<usize>, Vec<String>)
     cluster.node(1).fail.store(true, Relaxed);
     // Round robin: 3 calls reach endpoint 1 whatever the turn they start at.
     drive(&balance, 3).await;
+    settle().await;
     (balance.unhealthy(), caller.stop())
 }
 
@@ -132,7 +136,8 @@ fn a_listener_that_calls_the_balancer_does_not_deadlock() {
 }
 
 /// An ejection made by a listener's own call is reported once the listener has returned, after
-/// the ejection it heard of, not inside it.
+/// the ejection it heard of, not inside it (by the background task: the call reporting the first
+/// ejection reports no further than its own changes).
 #[test]
 fn a_change_a_listener_makes_is_reported_after_the_one_it_heard() {
     let (unhealthy, heard) = bounded(|| eject_endpoint_1(3, Caller::new(2)));
