@@ -23,7 +23,8 @@ type Target = (Balance<usize, Node>, Arc<Behavior>);
 
 /// A listener that, when it hears that endpoint 1 was ejected, makes endpoint `fails` fail and
 /// calls the balancer it watches, at once and on its own thread, until a call fails (at most 4
-/// calls). It notes each ejection it hears of as it starts and as it returns.
+/// calls). It notes each ejection it hears of as it starts and as it returns, and in between the
+/// failure its calls were answered with, or that a call got no answer at once.
 #[derive(Clone)]
 struct Caller {
     fails: usize,
@@ -52,8 +53,16 @@ impl Caller {
             if let (Some((balance, node)), "1") = (target, key.as_str()) {
                 node.fail.store(true, Relaxed);
                 for _ in 0..4 {
-                    if let Some(Err(_)) = balance.clone().oneshot(0).now_or_never() {
-                        break;
+                    match balance.clone().oneshot(0).now_or_never() {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => {
+                            caller.heard.lock().unwrap().push("answered Err".into());
+                            break;
+                        }
+                        None => {
+                            caller.heard.lock().unwrap().push("no answer".into());
+                            break;
+                        }
                     }
                 }
             }
@@ -132,7 +141,7 @@ where
 fn a_listener_that_calls_the_balancer_does_not_deadlock() {
     let (unhealthy, heard) = bounded(|| eject_endpoint_1(2, Caller::new(0)));
     assert_eq!(unhealthy, vec![1]);
-    assert_eq!(heard, ["heard 1", "returned 1"]);
+    assert_eq!(heard, ["heard 1", "answered Err", "returned 1"]);
 }
 
 /// An ejection made by a listener's own call is reported once the listener has returned, after
@@ -142,5 +151,14 @@ fn a_listener_that_calls_the_balancer_does_not_deadlock() {
 fn a_change_a_listener_makes_is_reported_after_the_one_it_heard() {
     let (unhealthy, heard) = bounded(|| eject_endpoint_1(3, Caller::new(2)));
     assert_eq!(unhealthy, vec![1, 2]);
-    assert_eq!(heard, ["heard 1", "returned 1", "heard 2", "returned 2"]);
+    assert_eq!(
+        heard,
+        [
+            "heard 1",
+            "answered Err",
+            "returned 1",
+            "heard 2",
+            "returned 2"
+        ]
+    );
 }
