@@ -256,10 +256,12 @@ pub enum BalanceEvent {
     /// `seawall_balance_panic` gauge holds it, so alert on `seawall_balance_panic > 0`.
     /// Each pick judges panic mode from the count of unhealthy endpoints and the set's size; this
     /// event follows the changes of that count and size (a discovery batch, an outlier detection
-    /// pass, a health check's new verdict, or an ejection after failures in a row, made and
-    /// reported by the failing call as its failure is recorded), reported right after the change
-    /// that crossed the threshold. [`Balance::is_panicking`] holds from the change this event
-    /// reports until the one [`PanicExited`](Self::PanicExited) reports.
+    /// pass, a health check's new verdict, or an ejection after failures in a row, made by the
+    /// failing call as its failure is recorded and reported by that call unless another thread of
+    /// the balancer is reporting at the time: then that thread reports it, after the changes
+    /// before it), reported right after the change that crossed the threshold.
+    /// [`Balance::is_panicking`] holds from the change this event reports until the one
+    /// [`PanicExited`](Self::PanicExited) reports.
     PanicEntered {
         /// Endpoints ejected or failing their health check.
         unhealthy: usize,
