@@ -649,7 +649,9 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
             self.drain_all();
         }
         // The set replaced, freed once no call holds it: here, the services discovery removed
-        // or replaced are dropped unless a call or a probe still holds one.
+        // or replaced are dropped unless a call or a probe still holds one. The listeners have
+        // heard of their removal by then unless another thread was reporting when the task
+        // came to report it: then the task reports it later, once that thread wakes it.
         for set in replaced.into_iter().chain([old]) {
             self.free(set);
         }
@@ -670,9 +672,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Runs `f`, which runs the user's code (a key's `Hash` or `Eq`, a service's `Drop`, a
-    /// discovery error's or stream's `Drop`) on the
-    /// background task: a panic is caught and logged with what the task was `doing`, and the
-    /// task goes on, so discovery, outlier detection and health checks keep running.
+    /// discovery error's or stream's `Drop`): a panic is caught and logged with what was being
+    /// `doing`, and the thread goes on. Most of that code runs on the background task, which so
+    /// keeps applying discovery and running outlier detection and health checks. A change's
+    /// report is freed on the thread that reported it, which may be a call's (see
+    /// [`drain`](Self::drain)): there, an endpoint discovery added and then replaced or removed in
+    /// the same batch, which only its report holds, is dropped, and the call goes on.
     fn guarded(&self, doing: &str, f: impl FnOnce()) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
             caught(
