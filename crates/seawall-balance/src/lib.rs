@@ -199,15 +199,18 @@ pub enum EjectReason {
 /// its set and health are reported in the order they were made, and a change of panic mode right
 /// after the changes that made it (a discovery batch, an ejection, an outlier detection pass, a
 /// health check's verdict). The listeners run under none of the balancer's locks, and may call
-/// it. One thread reports a balancer's events at a time, each after the events before it: the
+/// it. One thread reports a balancer's changes at a time, each after the changes before it: the
 /// thread that made the change, that of another call of the balancer that was reporting at the
 /// time, or the balancer's background task. A call reports at most its own changes (an ejection
 /// after failures in a row) and those made before them not reported yet (a call that got its
 /// response, once it has let go of the endpoint's service); the changes made after its own are
 /// reported by the background task, so a slow listener holds up a call by no more than the
 /// changes made up to its own. An event a listener's own call causes is reported once that
-/// listener has returned. A key whose `Debug`
-/// panics loses its event (the panic is logged at `error`); the change stands. A change whose
+/// listener has returned. [`NoEndpoints`](Self::NoEndpoints) is no change of the set or of
+/// health and is not queued with them: the call that failed reports it at once on its own
+/// thread, so it may be heard before the ejection or change of panic mode that left no endpoint
+/// is, and while another thread reports changes. A key whose `Debug` panics loses its event (the
+/// panic is logged at `error`); the change stands. A change whose
 /// key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not applied
 /// and reports nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
