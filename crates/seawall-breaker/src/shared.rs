@@ -408,10 +408,14 @@ impl Observer for Shared {
             // Two changes made at once on two threads can get here in either order: publish the
             // state the breaker is in now, read under the watch's lock, so whichever publishes
             // last leaves the current state in the watch and the gauge, never a superseded one.
+            // The watch moves first: the gauge's count moves before the recorder is called, so
+            // a recorder that panics leaves the watch on the state counted, which a drop takes
+            // off (the watch keeps the value and only skips waking receivers).
             self.watch.send_if_modified(|published| {
                 let now = self.machine.state();
-                self.metrics.state.publish(*published, now);
-                std::mem::replace(published, now) != now
+                let from = std::mem::replace(published, now);
+                self.metrics.state.publish(from, now);
+                from != now
             });
             self.notify.notify_waiters();
         }

@@ -5,9 +5,17 @@
 mod common;
 
 use common::{dependency, send, Call};
+use metrics::{Key, KeyName, Metadata, SharedString, Unit};
 use seawall::breaker::{BreakerLayer, SlidingWindow, State};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
-use std::time::Duration;
+use std::{
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
 
@@ -202,4 +210,69 @@ async fn a_dropped_breaker_takes_its_state_off_the_gauge() {
         recorder.gauge(names::BREAKER_STATE, "dropped"),
         Some(State::Closed.as_gauge())
     );
+}
+
+/// A recorder whose breaker state gauge panics on the next `set` while `fail` is on, and keeps
+/// what was last set otherwise.
+#[derive(Default)]
+struct PanickingGauge {
+    fail: AtomicBool,
+    bits: AtomicU64,
+}
+
+impl metrics::GaugeFn for PanickingGauge {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        if self.fail.swap(false, Ordering::SeqCst) {
+            panic!("the recorder failed");
+        }
+        self.bits.store(value.to_bits(), Ordering::SeqCst);
+    }
+}
+
+struct PanickingRecorder(Arc<PanickingGauge>);
+
+impl metrics::Recorder for PanickingRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+        if key.name() == names::BREAKER_STATE {
+            metrics::Gauge::from_arc(self.0.clone())
+        } else {
+            metrics::Gauge::noop()
+        }
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A recorder that panics while a change is published leaves the change counted: dropping the
+/// breaker then takes off the state it was counted in, and the gauge does not read forced open
+/// for good.
+#[test]
+fn a_panicking_recorder_does_not_leave_a_dropped_breakers_state_behind() {
+    let gauge = Arc::new(PanickingGauge::default());
+    let recorder = PanickingRecorder(gauge.clone());
+    let read = || f64::from_bits(gauge.bits.load(Ordering::SeqCst));
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let layer = BreakerLayer::builder()
+        .name("panicking-recorder")
+        .build()
+        .unwrap();
+    assert_eq!(read(), State::Closed.as_gauge());
+    gauge.fail.store(true, Ordering::SeqCst);
+    let handle = layer.handle();
+    let forced = panic::catch_unwind(AssertUnwindSafe(|| handle.force_open()));
+    assert!(forced.is_err(), "the recorder's panic reaches the caller");
+    assert!(!gauge.fail.load(Ordering::SeqCst), "the gauge was set once");
+    assert_eq!(layer.handle().state(), State::ForcedOpen);
+    drop(handle);
+    drop(layer);
+    assert_eq!(read(), 0.0);
 }
