@@ -250,7 +250,10 @@ mod tests {
             .percentile(0.9, 10, Duration::from_secs(3600) + Duration::from_nanos(1))
             .build()
             .unwrap_err();
-        assert_eq!(e.field(), "period");
+        assert_eq!(
+            e.to_string(),
+            "period must be in 1ns..=3600s, got 3600.000000001s"
+        );
         let e = HedgeLayer::builder()
             .percentile(0.9, u64::MAX, Duration::from_secs(1))
             .build()
