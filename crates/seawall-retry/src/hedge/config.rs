@@ -181,13 +181,7 @@ impl<P, K> HedgeConfigBuilder<P, K> {
                 config::check_rate("percentile", percentile)?;
                 config::check_range("min_data_points", min_data_points, 1, MAX_MIN_DATA_POINTS)?;
                 config::check_positive_duration("period", period)?;
-                if period > LONGEST {
-                    return Err(ConfigError::invalid(
-                        "period",
-                        "must be at most 1h, the longest latency recorded",
-                        format!("{period:?}"),
-                    ));
-                }
+                config::check_range("period", period, Duration::from_nanos(1), LONGEST)?;
                 DelaySource::Percentile(Latencies::new(percentile, min_data_points, period))
             }
         };
