@@ -117,6 +117,20 @@ async fn hedge_wins_and_the_primary_is_dropped_at_once() {
     assert_eq!(calls[1].at - start, ms(100), "hedge sent after the delay");
 }
 
+/// A fixed delay longer than the longest latency the percentile histogram records still fires.
+#[tokio::test(start_paused = true)]
+async fn a_fixed_delay_of_hours_hedges_a_call_pending_that_long() {
+    let start = Instant::now();
+    let replicas = Replicas::new();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let latency = move |n| if n == 0 { hours(3) } else { ms(10) };
+    let mut svc = fixed(hours(2), 1).layer(replicas.service(latency, |_| false));
+    let mut fut = pin!(svc.ready().await.unwrap().call(get()));
+    assert_eq!((&mut fut).await.unwrap(), 1, "the hedge answered");
+    assert_eq!(Instant::now() - start, hours(2) + ms(10));
+    assert_eq!(replicas.calls.all()[1].at - start, hours(2));
+}
+
 #[tokio::test(start_paused = true)]
 async fn primary_can_still_win_after_a_hedge_is_sent() {
     let replicas = Replicas::new();

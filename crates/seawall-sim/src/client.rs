@@ -215,7 +215,9 @@ fn three() -> u32 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HedgeSpec {
-    /// Hedge after this fixed delay, milliseconds, at most 3,600,000; or
+    /// Hedge after this fixed delay, milliseconds, at most 3,600,000, the simulator's limit on
+    /// every duration a scenario gives, its latencies included (seawall itself accepts up to one
+    /// day); or
     #[serde(default)]
     pub delay_ms: Option<f64>,
     /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95). With
@@ -223,11 +225,13 @@ pub struct HedgeSpec {
     #[serde(default)]
     pub percentile: Option<f64>,
     /// Without `delay_ms`: how often the percentile is recomputed from the calls of the last
-    /// period, milliseconds, at most 3,600,000 (default: seawall's, 10,000).
+    /// period, milliseconds, above zero and at most 86,400,000, one day, seawall's limit (default:
+    /// seawall's, 10,000); no hedges are sent before the first period ends.
     #[serde(default)]
     pub period_ms: Option<u64>,
-    /// Without `delay_ms`: calls a period needs before its percentile is used, 1 to 1,000,000; no
-    /// hedges are sent before then (default: seawall's, 100).
+    /// Without `delay_ms`: calls a period needs before its percentile is used, 1 to
+    /// 1,000,000,000, seawall's limit; a period runs on until it has them, and no hedges are sent
+    /// before then (default: seawall's, 100).
     #[serde(default)]
     pub min_data_points: Option<u64>,
     /// Extra copies at most.

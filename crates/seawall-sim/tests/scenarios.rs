@@ -210,6 +210,27 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
         (
             scenario(
                 "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { percentile = 0.9, period_ms = 86400001 }",
+            ),
+            "hedge.period_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { percentile = 0.9, min_data_points = 1000000001 }",
+            ),
+            "hedge.min_data_points",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
+                "kind = \"seawall\"\nhedge = { delay_ms = 3600001.0 }",
+            ),
+            "hedge.delay_ms",
+        ),
+        (
+            scenario(
+                "rate_per_sec = 10.0",
                 "kind = \"seawall\"\nretry = { budget_ratio = 5000.0 }",
             ),
             "retry.budget_ratio",
@@ -250,6 +271,19 @@ fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
             Err(_) => panic!("panicked:\n{text}"),
         };
         assert!(err.contains(field), "{err} should name {field}");
+    }
+    // seawall's limits on the percentile's period and points, and the simulator's on a delay.
+    for hedge in [
+        "{ percentile = 0.9, period_ms = 86400000, min_data_points = 1000000000 }",
+        "{ delay_ms = 3600000.0 }",
+    ] {
+        let text = scenario(
+            "rate_per_sec = 10.0",
+            &format!("kind = \"seawall\"\nhedge = {hedge}"),
+        );
+        if let Err(e) = Scenario::from_toml(&text) {
+            panic!("rejected {hedge}: {e}");
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 use super::{
-    latency::{Latencies, LONGEST},
+    latency::Latencies,
     layer::{DelaySource, Shared},
     HedgeEvent, HedgeLayer,
 };
@@ -10,13 +10,18 @@ use crate::{
 use seawall_core::{config, ConfigError, Listener, Listeners, Name};
 use std::time::Duration;
 
-/// The most latencies a percentile period may be asked to hold.
-const MAX_MIN_DATA_POINTS: u64 = 1_000_000;
+/// The most latencies a percentile period may be asked to hold: a limit on plain mistakes (a
+/// period of 10 s reaches it at 100 million calls a second), not on what a period can hold.
+const MAX_MIN_DATA_POINTS: u64 = 1_000_000_000;
+
+/// The longest fixed delay and percentile period a builder accepts: one day, as for the
+/// breaker's durations. A longer one is taken for a mistake (a unit mixed up), not a setting.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a call runs before a hedge is sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HedgeDelay {
-    /// Always this long; at most 1 h.
+    /// Always this long; at most one day.
     Fixed(Duration),
     /// A percentile of recent latencies: of the calls that succeeded in the last full period (an
     /// HdrHistogram, two significant digits), and of those that failed, or were dropped
@@ -31,10 +36,10 @@ pub enum HedgeDelay {
         percentile: f64,
         /// Latencies recorded (successful calls, and failures past the last bar) a period needs
         /// before its percentile is used; a quieter period runs on until it has them. 1 to
-        /// 1,000,000.
+        /// 1,000,000,000.
         min_data_points: u64,
-        /// How often the percentile is recomputed from fresh data; more than zero, at most 1 h
-        /// (the longest latency the histogram records).
+        /// How often the percentile is recomputed from fresh data; more than zero, at most one
+        /// day. Latencies longer than 1 h are recorded as 1 h.
         period: Duration,
     },
 }
@@ -84,7 +89,7 @@ impl<P, K> HedgeConfigBuilder<P, K> {
         self
     }
 
-    /// Hedges after a fixed delay, at most 1 h (zero sends the hedges as soon as the call is
+    /// Hedges after a fixed delay, at most one day (zero sends the hedges as soon as the call is
     /// first polled and still pending).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = HedgeDelay::Fixed(delay);
@@ -93,9 +98,10 @@ impl<P, K> HedgeConfigBuilder<P, K> {
 
     /// Hedges after a latency percentile of recent calls (default: the 95th over 10 s periods,
     /// from 100 recorded latencies). `percentile` is in `(0, 1]`, `min_data_points` in
-    /// `1..=1_000_000` and `period` in `(0, 1 h]`: 1 h is the longest latency the histogram
-    /// records, and a longer period, or more points than a period is ever likely to hold, would
-    /// leave the delay unknown and the calls unhedged for good.
+    /// `1..=1_000_000_000` and `period` in `(0, 1 day]`. These limits reject settings that are
+    /// plainly mistakes; within them, no hedge is sent until a period has lasted `period` and
+    /// holds `min_data_points` latencies, so a long period or a large count delays the first
+    /// hedge for as long. Latencies longer than 1 h, the histogram's top, are recorded as 1 h.
     pub fn percentile(mut self, percentile: f64, min_data_points: u64, period: Duration) -> Self {
         self.delay = HedgeDelay::Percentile {
             percentile,
@@ -170,7 +176,7 @@ impl<P, K> HedgeConfigBuilder<P, K> {
         config::check_range("max_hedges", self.max_hedges, 1, 10)?;
         let delay = match self.delay {
             HedgeDelay::Fixed(delay) => {
-                config::check_range("delay", delay, Duration::ZERO, LONGEST)?;
+                config::check_range("delay", delay, Duration::ZERO, MAX_DURATION)?;
                 DelaySource::Fixed(delay)
             }
             HedgeDelay::Percentile {
@@ -181,7 +187,7 @@ impl<P, K> HedgeConfigBuilder<P, K> {
                 config::check_rate("percentile", percentile)?;
                 config::check_range("min_data_points", min_data_points, 1, MAX_MIN_DATA_POINTS)?;
                 config::check_positive_duration("period", period)?;
-                config::check_range("period", period, Duration::from_nanos(1), LONGEST)?;
+                config::check_range("period", period, Duration::from_nanos(1), MAX_DURATION)?;
                 DelaySource::Percentile(Latencies::new(percentile, min_data_points, period))
             }
         };
@@ -234,19 +240,20 @@ mod tests {
     }
 
     #[test]
-    fn settings_that_could_never_hedge_are_rejected() {
+    fn settings_past_the_limits_are_rejected() {
+        let day = Duration::from_secs(86_400);
         let e = HedgeLayer::builder()
             .percentile(0.9, 10, Duration::MAX)
             .build()
             .unwrap_err();
         assert_eq!(e.field(), "period");
         let e = HedgeLayer::builder()
-            .percentile(0.9, 10, Duration::from_secs(3600) + Duration::from_nanos(1))
+            .percentile(0.9, 10, day + Duration::from_nanos(1))
             .build()
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "period must be in 1ns..=3600s, got 3600.000000001s"
+            "period must be in 1ns..=86400s, got 86400.000000001s"
         );
         let e = HedgeLayer::builder()
             .percentile(0.9, u64::MAX, Duration::from_secs(1))
@@ -254,12 +261,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field(), "min_data_points");
         let e = HedgeLayer::builder()
-            .percentile(0.9, 1_000_001, Duration::from_secs(1))
+            .percentile(0.9, 1_000_000_001, Duration::from_secs(1))
             .build()
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "min_data_points must be in 1..=1000000, got 1000001"
+            "min_data_points must be in 1..=1000000000, got 1000000001"
         );
         let e = HedgeLayer::builder()
             .delay(Duration::MAX)
@@ -267,24 +274,25 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field(), "delay");
         let e = HedgeLayer::builder()
-            .delay(Duration::from_secs(3600) + Duration::from_nanos(1))
+            .delay(day + Duration::from_nanos(1))
             .build()
             .unwrap_err();
-        assert_eq!(e.field(), "delay");
+        assert_eq!(
+            e.to_string(),
+            "delay must be in 0ns..=86400s, got 86400.000000001s"
+        );
     }
 
     #[test]
     fn the_longest_settings_are_accepted() {
+        let day = Duration::from_secs(86_400);
         let layer = HedgeLayer::builder()
-            .percentile(0.9, 1_000_000, Duration::from_secs(3600))
+            .percentile(0.9, 1_000_000_000, day)
             .build()
             .unwrap();
         assert_eq!(layer.current_delay(), None);
-        let layer = HedgeLayer::builder()
-            .delay(Duration::from_secs(3600))
-            .build()
-            .unwrap();
-        assert_eq!(layer.current_delay(), Some(Duration::from_secs(3600)));
+        let layer = HedgeLayer::builder().delay(day).build().unwrap();
+        assert_eq!(layer.current_delay(), Some(day));
         let layer = HedgeLayer::builder().delay(Duration::ZERO).build().unwrap();
         assert_eq!(layer.current_delay(), Some(Duration::ZERO));
     }

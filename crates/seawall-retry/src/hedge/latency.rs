@@ -14,8 +14,6 @@ use tokio::time::Instant;
 const NONE: u64 = u64::MAX;
 /// The longest latency recorded, in microseconds (1 hour); longer ones count as this.
 const HIGHEST: u64 = 3_600_000_000;
-/// [`HIGHEST`] as a duration: the longest hedge delay and percentile period a builder accepts.
-pub(super) const LONGEST: Duration = Duration::from_micros(HIGHEST);
 
 /// Latencies of the current period in an HdrHistogram; at the end of each period (once it holds
 /// at least `min_data_points` as recorded, failures left out at its end included) the percentile
@@ -324,6 +322,22 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(l.delay(), Some(before));
+    }
+
+    /// A period longer than the longest latency recorded still ends and yields a delay.
+    #[tokio::test(start_paused = true)]
+    async fn a_period_longer_than_an_hour_yields_a_delay() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let l = Latencies::new(0.9, 10, hours(2));
+        let ms = Duration::from_millis;
+        for _ in 0..10 {
+            l.record(ms(10), Instant::now());
+            tokio::time::advance(hours(2) / 10).await;
+        }
+        assert_eq!(l.delay(), None);
+        l.record(ms(10), Instant::now());
+        let d = l.delay().unwrap();
+        assert!(d >= ms(9) && d <= ms(11), "{d:?}");
     }
 
     #[tokio::test(start_paused = true)]
