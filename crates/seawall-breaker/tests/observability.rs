@@ -212,6 +212,49 @@ async fn a_dropped_breaker_takes_its_state_off_the_gauge() {
     );
 }
 
+/// A call in flight holds its breaker too: dropped with its layer and services on a reload, the
+/// old breaker lives until its last call ends, and that call can still trip it.
+#[tokio::test(start_paused = true)]
+async fn a_call_in_flight_keeps_its_breaker_and_its_state_on_the_gauge() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = {
+        let (recorder, seen) = (recorder.clone(), seen.clone());
+        move |_: &seawall_core::Name, transition: &seawall::breaker::Transition| {
+            let gauge = recorder.gauge(names::BREAKER_STATE, "in-flight");
+            seen.lock().unwrap().push((transition.to, gauge));
+        }
+    };
+    let layer = BreakerLayer::builder()
+        .name("in-flight")
+        .consecutive_failures(1)
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let mut call = task::spawn(svc.ready().await.unwrap().call(Call::SlowFail(100)));
+    assert_pending!(call.poll());
+    drop((svc, layer, handle));
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "in-flight"),
+        Some(State::Closed.as_gauge())
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(assert_ready!(call.poll()).is_err());
+    // The failure tripped the breaker its layer, services and handle had all let go of, and the
+    // gauge read open until the call ended, when the breaker was dropped.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(State::Open, Some(State::Open.as_gauge()))]
+    );
+    assert_eq!(
+        recorder.gauge(names::BREAKER_STATE, "in-flight"),
+        Some(State::Closed.as_gauge())
+    );
+}
+
 /// A recorder whose breaker state gauge panics on the next `set` while `fail` is on, and keeps
 /// what was last set otherwise.
 #[derive(Default)]
