@@ -9,6 +9,7 @@ use seawall_core::{event::Listeners, metrics, Name, Outcome};
 use std::{
     collections::BTreeMap,
     fmt,
+    panic::{self, AssertUnwindSafe},
     sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
@@ -383,6 +384,8 @@ impl Observer for Shared {
         // and `threshold` only on a trip on a rate of the sliding window.
         let reason = transition.reason.map(OpenReason::as_str);
         let (rate, threshold) = transition.reason.and_then(OpenReason::rate).unzip();
+        // A recorder's panic, raised once the change is told to everyone.
+        let mut published = Ok(());
         if transition.metrics_only {
             tracing::info!(
                 name = %self.name,
@@ -410,11 +413,14 @@ impl Observer for Shared {
             // last leaves the current state in the watch and the gauge, never a superseded one.
             // The watch moves first: the gauge's count moves before the recorder is called, so
             // a recorder that panics leaves the watch on the state counted, which a drop takes
-            // off (the watch keeps the value and only skips waking receivers).
-            self.watch.send_if_modified(|published| {
+            // off. The panic is caught inside the closure: out of it, the watch would keep the
+            // new value without marking it changed, and subscribers would miss the change.
+            self.watch.send_if_modified(|watched| {
                 let now = self.machine.state();
-                let from = std::mem::replace(published, now);
-                self.metrics.state.publish(from, now);
+                let from = std::mem::replace(watched, now);
+                published = panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.metrics.state.publish(from, now);
+                }));
                 from != now
             });
             self.notify.notify_waiters();
@@ -422,6 +428,9 @@ impl Observer for Shared {
         self.listeners.emit(&self.name, transition);
         if self.eager && matches!(transition.to, State::Open | State::HalfOpen) {
             self.schedule_deadline();
+        }
+        if let Err(panic) = published {
+            panic::resume_unwind(panic);
         }
     }
 

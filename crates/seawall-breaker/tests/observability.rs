@@ -295,26 +295,45 @@ impl metrics::Recorder for PanickingRecorder {
     }
 }
 
-/// A recorder that panics while a change is published leaves the change counted: dropping the
-/// breaker then takes off the state it was counted in, and the gauge does not read forced open
-/// for good.
+/// A recorder that panics while a change is published leaves the change counted and told to
+/// subscribers: dropping the breaker then takes off the state it was counted in, and the gauge
+/// does not read forced open for good.
 #[test]
 fn a_panicking_recorder_does_not_leave_a_dropped_breakers_state_behind() {
     let gauge = Arc::new(PanickingGauge::default());
     let recorder = PanickingRecorder(gauge.clone());
     let read = || f64::from_bits(gauge.bits.load(Ordering::SeqCst));
     let _guard = metrics::set_default_local_recorder(&recorder);
+    let heard = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let heard = heard.clone();
+        move |_: &seawall_core::Name, _: &seawall::breaker::Transition| {
+            heard.store(true, Ordering::SeqCst);
+        }
+    };
     let layer = BreakerLayer::builder()
         .name("panicking-recorder")
+        .on_transition(listener)
         .build()
         .unwrap();
     assert_eq!(read(), State::Closed.as_gauge());
     gauge.fail.store(true, Ordering::SeqCst);
     let handle = layer.handle();
+    let mut rx = handle.subscribe();
     let forced = panic::catch_unwind(AssertUnwindSafe(|| handle.force_open()));
     assert!(forced.is_err(), "the recorder's panic reaches the caller");
     assert!(!gauge.fail.load(Ordering::SeqCst), "the gauge was set once");
     assert_eq!(layer.handle().state(), State::ForcedOpen);
+    // Subscribers and listeners hear of the change all the same.
+    assert!(
+        rx.has_changed().unwrap(),
+        "the subscriber is told of the change"
+    );
+    assert!(
+        heard.load(Ordering::SeqCst),
+        "the listener is told of the change"
+    );
+    assert_eq!(*rx.borrow_and_update(), State::ForcedOpen);
     drop(handle);
     drop(layer);
     assert_eq!(read(), 0.0);
