@@ -216,8 +216,8 @@ fn three() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct HedgeSpec {
     /// Hedge after this fixed delay, milliseconds, at most 3,600,000, the simulator's limit on
-    /// every duration a scenario gives, its latencies included (seawall itself accepts up to one
-    /// day); or
+    /// the latencies and delays it draws ([`check_ms`]): a longer delay would outlast every
+    /// simulated latency (seawall itself accepts up to one day); or
     #[serde(default)]
     pub delay_ms: Option<f64>,
     /// hedge after this latency percentile of recent calls, as a fraction (0.95 for p95). With

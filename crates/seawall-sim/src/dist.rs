@@ -48,7 +48,10 @@ pub enum Latency {
     },
 }
 
-/// The longest duration a scenario may give, in milliseconds (an hour).
+/// The longest latency or delay the simulator draws, in milliseconds (an hour): [`check_ms`]
+/// holds the latencies, fault delays and fixed hedge delay a scenario gives to it, and
+/// [`duration_ms`] clamps every drawn latency to it. Other durations (timeouts, periods,
+/// intervals, fault windows) are not held to it.
 pub const MAX_MS: f64 = 3_600_000.0;
 
 /// Checks a duration in milliseconds: a number in `[0, MAX_MS]`, naming it otherwise.
