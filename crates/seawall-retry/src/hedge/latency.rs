@@ -324,19 +324,36 @@ mod tests {
         assert_eq!(l.delay(), Some(before));
     }
 
-    /// A period longer than the longest latency recorded still ends and yields a delay.
+    /// A layer with a period longer than the longest latency recorded (an hour) builds, and the
+    /// period still ends and yields a delay.
     #[tokio::test(start_paused = true)]
     async fn a_period_longer_than_an_hour_yields_a_delay() {
+        use crate::{budget::RetryBudget, hedge::HedgeLayer};
+        use seawall_core::BoxError;
+        use tower::{Layer, Service, ServiceExt};
+
+        #[derive(Clone, Copy)]
+        struct Ping;
+        impl seawall_core::deadline::RequestDeadline for Ping {}
+
         let hours = |h: u64| Duration::from_secs(h * 3600);
-        let l = Latencies::new(0.9, 10, hours(2));
         let ms = Duration::from_millis;
+        let layer = HedgeLayer::builder()
+            .percentile(0.9, 10, hours(2))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(|_: Ping| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(())
+        }));
         for _ in 0..10 {
-            l.record(ms(10), Instant::now());
+            svc.ready().await.unwrap().call(Ping).await.unwrap();
             tokio::time::advance(hours(2) / 10).await;
         }
-        assert_eq!(l.delay(), None);
-        l.record(ms(10), Instant::now());
-        let d = l.delay().unwrap();
+        assert_eq!(layer.current_delay(), None, "the period has not ended");
+        svc.ready().await.unwrap().call(Ping).await.unwrap();
+        let d = layer.current_delay().expect("the period ended");
         assert!(d >= ms(9) && d <= ms(11), "{d:?}");
     }
 
