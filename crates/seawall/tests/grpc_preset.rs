@@ -29,6 +29,11 @@ use std::{
 use tonic::{Code, Status};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
+/// The balancer's seed in the tests that pick with round robin, so that every run starts its
+/// turns on the same endpoint (from this seed, the first of the list). The tests' assertions
+/// hold from either start.
+const SEED: u64 = 1;
+
 /// An endpoint that answers every call as a server in trouble does, trailers-only:
 /// `Ok(response)` with `grpc-status: 14` (UNAVAILABLE), counting its calls.
 fn unavailable(
@@ -92,6 +97,7 @@ async fn the_balancer_ejects_an_endpoint_answering_unavailable() {
         .map_balance(|balance| {
             balance
                 .picker(Picker::RoundRobin)
+                .seed(SEED)
                 .outlier_detection(OutlierDetection {
                     consecutive_failures: Some(3),
                     max_ejection_percent: 0.5,
@@ -221,15 +227,16 @@ where
 }
 
 /// An attempt the per-try timeout cuts on a hung endpoint is retried, and the next, on the
-/// healthy endpoint, answers: with round robin one of two calls starts on each endpoint, and
-/// both succeed.
+/// healthy endpoint, answers. Round robin's turns run on across calls and attempts, so where the
+/// first call starts decides whether the second starts on the hung endpoint too: either way
+/// both calls succeed on the healthy endpoint, after at least one cut attempt.
 #[tokio::test(start_paused = true)]
 async fn a_per_try_timeout_cut_is_retried_on_another_endpoint() {
     let (hung, good) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let (h, g) = (hung.clone(), good.clone());
     let stack = ClientStack::grpc_builder()
         .per_try_timeout(Duration::from_millis(100))
-        .map_balance(|balance| balance.picker(Picker::RoundRobin))
+        .map_balance(|balance| balance.picker(Picker::RoundRobin).seed(SEED))
         .build(discover::from_list(["hung", "good"], move |key: &&str| {
             let hits = if *key == "hung" { h.clone() } else { g.clone() };
             let never = *key == "hung";
@@ -260,6 +267,7 @@ async fn a_per_try_timeout_cut_is_retried_on_another_endpoint() {
             panic!("call {call}: {error:?} ({:?})", code(&**error));
         }
     }
-    assert_eq!(hung.load(Relaxed), 1);
+    let hung = hung.load(Relaxed);
+    assert!((1..=2).contains(&hung), "hung endpoint called {hung} times");
     assert_eq!(good.load(Relaxed), 2);
 }
