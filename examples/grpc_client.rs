@@ -153,7 +153,8 @@ async fn main() -> Result<(), BoxError> {
     let retry = RetryLayer::builder()
         .name("grpc-retry")
         // UNAVAILABLE, attempts never sent and attempts the per-try timeout cut are retried;
-        // any other status is the answer.
+        // any other status is the answer. A health check may run twice; a method that must not
+        // would take `RetryClassifier::unsent_only()`, which retries attempts never sent only.
         .classify(RetryClassifier::new())
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(5)))

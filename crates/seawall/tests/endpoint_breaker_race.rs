@@ -175,4 +175,25 @@ async fn the_rejection_is_endpoint_open_never_sent() {
     assert!(find::<Open>(&**error).is_none(), "{error:?}");
     assert!(is_not_sent(&**error));
     assert_eq!(error.to_string(), "endpoint's circuit breaker is open");
+    // A retry above a generated client sends it again, even one for a method that must not run
+    // twice: as it is, and as the status `StatusLayer` makes of it.
+    #[cfg(feature = "grpc")]
+    {
+        use seawall::{
+            core::classify::Classify,
+            grpc::{to_status, RetryClassifier},
+            Outcome,
+        };
+        let error = rejected.pop().unwrap();
+        let classify = |error: &BoxError| {
+            Classify::<(), BoxError>::classify(
+                &RetryClassifier::unsent_only(),
+                Err(error),
+                Duration::ZERO,
+            )
+        };
+        assert_eq!(classify(&error), Outcome::Failure);
+        let status: BoxError = Box::new(to_status(error));
+        assert_eq!(classify(&status), Outcome::Failure);
+    }
 }

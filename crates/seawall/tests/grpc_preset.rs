@@ -142,59 +142,58 @@ async fn the_retry_classifier_retries_unavailable_unsent_and_cut_attempts_only()
     };
     let new = RetryClassifier::new();
     let no_timeouts = RetryClassifier::new().retry_timeouts(false);
-    // The error, then the outcome with `new()` and with `retry_timeouts(false)`.
-    let table: Vec<(BoxError, Outcome, Outcome)> = vec![
+    let unsent_only = RetryClassifier::unsent_only();
+    let unsent_only_timeouts = RetryClassifier::unsent_only().retry_timeouts(true);
+    use Outcome::{Failure, Ignored};
+    // The error, then the outcome with `new()`, with `retry_timeouts(false)` and with
+    // `unsent_only()` (with `retry_timeouts(true)` too, which changes nothing).
+    let table: Vec<(BoxError, [Outcome; 3])> = vec![
         (
             status(Box::new(Elapsed::new())),
-            Outcome::Failure,
-            Outcome::Ignored,
+            [Failure, Ignored, Ignored],
         ),
         (
             status(Box::new(tonic::TimeoutExpired(()))),
-            Outcome::Failure,
-            Outcome::Ignored,
+            [Failure, Ignored, Ignored],
         ),
         (
             status(Box::new(NotSent::new())),
-            Outcome::Failure,
-            Outcome::Failure,
+            [Failure, Failure, Failure],
         ),
+        (Box::new(NotSent::new()), [Failure, Failure, Failure]),
         (
             Box::new(Status::unavailable("draining")),
-            Outcome::Failure,
-            Outcome::Failure,
+            [Failure, Failure, Ignored],
         ),
-        (status(open), Outcome::Ignored, Outcome::Ignored),
+        (status(open), [Ignored, Ignored, Ignored]),
         (
             Box::new(Status::deadline_exceeded("server")),
-            Outcome::Ignored,
-            Outcome::Ignored,
+            [Ignored, Ignored, Ignored],
         ),
         (
             Box::new(Status::internal("bug")),
-            Outcome::Ignored,
-            Outcome::Ignored,
+            [Ignored, Ignored, Ignored],
         ),
         (
             Box::new(Status::invalid_argument("bad")),
-            Outcome::Ignored,
-            Outcome::Ignored,
+            [Ignored, Ignored, Ignored],
         ),
-        (
-            "connection reset".into(),
-            Outcome::Failure,
-            Outcome::Failure,
-        ),
+        // No `Status`: the caller's own error, above the generated client.
+        ("reset".into(), [Ignored, Ignored, Ignored]),
     ];
-    for (error, with_timeouts, without_timeouts) in table {
+    for (error, [with_timeouts, without_timeouts, unsent]) in table {
         let shown = format!("{error:?}");
         assert_eq!(classify(new, &error), with_timeouts, "{shown}");
         assert_eq!(classify(no_timeouts, &error), without_timeouts, "{shown}");
+        assert_eq!(classify(unsent_only, &error), unsent, "{shown}");
+        assert_eq!(classify(unsent_only_timeouts, &error), unsent, "{shown}");
     }
-    assert_eq!(
-        Classify::<(), BoxError>::classify(&new, Ok(&()), Duration::ZERO),
-        Outcome::Success
-    );
+    for classifier in [new, no_timeouts, unsent_only] {
+        assert_eq!(
+            Classify::<(), BoxError>::classify(&classifier, Ok(&()), Duration::ZERO),
+            Outcome::Success
+        );
+    }
 }
 
 /// A stand-in for a generated client over `stack`: each call passes its deadline down, and a
