@@ -1657,17 +1657,42 @@ fn half_open_past_any_run(layer: LayerSpec) -> LayerSpec {
     }
 }
 
-/// The deadline the outermost timeout guarantees from `call`, if no layer above it can extend a
-/// call (a per-try timeout bounds a call by its own duration as well).
-fn guaranteed_bound(stack: &[LayerSpec], readiness: &[Readiness]) -> Option<Duration> {
+/// The timeout that bounds a stack's calls: the outermost of a finite duration.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    duration: Duration,
+    /// Whether it is a per-try timeout, which reads a call's `PerTryTimeoutOverride` in place of
+    /// its own duration.
+    per_try: bool,
+}
+
+impl Bound {
+    /// The time within which the timeout answers `req`, its per-try override (if it reads one)
+    /// included. A zero override is ignored, as the timeout ignores it.
+    fn for_request(self, req: &Req) -> Duration {
+        match req.per_try_timeout {
+            Some(t) if self.per_try && !t.is_zero() => t,
+            _ => self.duration,
+        }
+    }
+}
+
+/// The timeout that bounds calls from their start, if no layer above it can extend a call (a
+/// per-try timeout bounds a call by its own duration as well).
+fn guaranteed_bound(stack: &[LayerSpec], readiness: &[Readiness]) -> Option<Bound> {
     for (i, layer) in stack.iter().enumerate() {
-        if let LayerSpec::Timeout { ms, .. } = layer {
+        if let LayerSpec::Timeout { ms, per_try } = layer {
             // A timeout of `Duration::MAX` bounds nothing of its own, and extends nothing: a
-            // timeout below it may give the bound.
+            // timeout below it may give the bound. (A per-try one that reads a call's override
+            // does bound that call, by the override, as the bounding timeout below then does if
+            // it is per-try too, or by less if not.)
             if *ms == MAX_TIMEOUT_MS {
                 continue;
             }
-            return Some(timeout_duration(*ms));
+            return Some(Bound {
+                duration: timeout_duration(*ms),
+                per_try: *per_try,
+            });
         }
         if layer.extends_time(&stack[i + 1..], readiness) {
             return None;
@@ -2016,31 +2041,71 @@ fn no_response_after_its_deadline() {
                 stack.insert(place.index(first_extending + 1), timeout);
             }
             let_no_caller_give_up_on_a_buffer_over_a_retry(&mut stack, &mut calls);
-            let outcomes = run(&stack, &calls, &readiness).outcomes;
-            let Some(bound) = guaranteed_bound(&stack, &readiness) else {
-                return Ok(false);
-            };
-            let mut checked = false;
-            let first_timeout = stack.iter().find_map(|l| match l {
-                LayerSpec::Timeout { per_try, .. } => Some(*per_try),
-                _ => None,
-            });
-            for o in outcomes.iter().filter(|o| o.called) {
-                checked = true;
-                let bound = match (first_timeout, calls[o.call].req.per_try_timeout) {
-                    (Some(true), Some(t)) if !t.is_zero() => t,
-                    _ => bound,
-                };
-                prop_assert!(
-                    o.took <= bound,
-                    "took {:?} > {:?}: {:?}",
-                    o.took,
-                    bound,
-                    o.result
-                );
-            }
-            Ok(checked)
+            check_deadlines(&stack, &readiness, &calls)
         },
+    );
+}
+
+/// The check of [`no_response_after_its_deadline`] on one stack and its calls: whether a call it
+/// waited for had a bound to keep, or the call that broke its bound.
+fn check_deadlines(
+    stack: &[LayerSpec],
+    readiness: &[Readiness],
+    calls: &[Call],
+) -> Result<bool, TestCaseError> {
+    let outcomes = run(stack, calls, readiness).outcomes;
+    let Some(bound) = guaranteed_bound(stack, readiness) else {
+        return Ok(false);
+    };
+    let mut checked = false;
+    for o in outcomes.iter().filter(|o| o.called) {
+        checked = true;
+        let bound = bound.for_request(&calls[o.call].req);
+        prop_assert!(
+            o.took <= bound,
+            "took {:?} > {:?}: {:?}",
+            o.took,
+            bound,
+            o.result
+        );
+    }
+    Ok(checked)
+}
+
+/// The deadline law takes a call's per-try override from the timeout that gives the bound: here
+/// a per-try timeout under one of `Duration::MAX`, which reads the call's 300 ms override and so
+/// lets its 200 ms of work answer, past its own 50 ms.
+#[test]
+fn the_deadline_law_reads_the_override_of_the_bounding_timeout() {
+    let stack = [
+        LayerSpec::Timeout {
+            ms: MAX_TIMEOUT_MS,
+            per_try: false,
+        },
+        LayerSpec::Timeout {
+            ms: 50,
+            per_try: true,
+        },
+        LayerSpec::Breaker {
+            window: 4,
+            min_calls: 2,
+            wait_ms: 50,
+            probes: 2,
+            half_open_ms: 500,
+            backpressure: false,
+        },
+    ];
+    let mut call = Call::new(0, 200, false);
+    call.req.per_try_timeout = Some(Duration::from_millis(300));
+    let calls = [call];
+    assert!(check_deadlines(&stack, &[], &calls).unwrap());
+    // The call did answer, past the timeout's own 50 ms.
+    let outcomes = run(&stack, &calls, &[]).outcomes;
+    assert!(outcomes[0].result.is_ok(), "{:?}", outcomes[0].result);
+    assert!(
+        outcomes[0].took > Duration::from_millis(50),
+        "{:?}",
+        outcomes[0].took
     );
 }
 
