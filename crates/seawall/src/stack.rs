@@ -778,6 +778,11 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// adds it; the balancer skips an endpoint while its breaker is open
     /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
     ///
+    /// An endpoint's breaker that rejects a call the balancer gave it reports [`EndpointOpen`],
+    /// not [`Open`]: the retry sends the attempt to another endpoint. An `Open` the endpoint's
+    /// service returns itself (a breaker of yours inside it, such as one breaker of a database
+    /// every endpoint shares) reaches the caller as it is, as the dependency's `Open` would.
+    ///
     /// Name the set apart from the dependency breaker
     /// (`BreakerConfig::builder().name("users-api-endpoint")`): their events and metrics carry
     /// the name, and under one name an endpoint's failures would add up with the dependency's.
@@ -1116,7 +1121,7 @@ where
         let layer = config.build()?;
         Ok(layer.layer(MapEndpoints::new(
             discover,
-            move |_key, service| PerTry::new(service, per_try.as_ref()),
+            move |_key, service| PerTry::new(service, per_try.as_ref(), false),
             |_key| {},
         )))
     }
@@ -1151,7 +1156,7 @@ where
             move |key, service| {
                 breakers
                     .get(key)
-                    .layer(PerTry::new(service, per_try.as_ref()))
+                    .layer(PerTry::new(service, per_try.as_ref(), true))
             },
             move |key| {
                 self.remove_unless_manual(key);
@@ -1179,6 +1184,10 @@ where
 /// [`ignore_error::<EndpointOpen>()`](crate::core::classify::ClassifyExt::ignore_error)); give a
 /// dependency breaker of your own the same, or one endpoint's breaker opening counts against the
 /// dependency. `seawall::grpc` reports it as `UNAVAILABLE`.
+///
+/// Only the endpoint's breaker's own rejection becomes `EndpointOpen`: an [`Open`] the
+/// endpoint's service returns (from a breaker inside it) is passed up unchanged, an `Open` to the
+/// retry, the fallback and the dependency breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointOpen(());
 
@@ -1251,11 +1260,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().future.poll(cx).map_err(|error| {
             // Only an endpoint's breaker rejects with `Open` below the balancer: the dependency's
-            // is above it.
+            // is above it, and an `Open` of the endpoint's service comes up wrapped.
             if downcast_ref::<Open>(&*error).is_some() {
                 Box::new(EndpointOpen(())) as BoxError
             } else {
-                error
+                match error.downcast::<InnerOpen>() {
+                    Ok(inner) => inner.0,
+                    Err(error) => error,
+                }
             }
         })
     }
@@ -1265,6 +1277,35 @@ impl<F> fmt::Debug for MapEndpointOpenFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapEndpointOpenFuture")
             .finish_non_exhaustive()
+    }
+}
+
+/// An [`Open`] of an endpoint's service (not of the endpoint's breaker), wrapped on its way up
+/// from under the endpoint's breaker to [`MapEndpointOpen`], which unwraps it: the caller gets
+/// the error as the endpoint's service returned it.
+#[derive(Debug)]
+struct InnerOpen(BoxError);
+
+impl InnerOpen {
+    /// `error` wrapped if `mark` and it is an [`Open`], as it is otherwise.
+    fn mark(error: BoxError, mark: bool) -> BoxError {
+        if mark && downcast_ref::<Open>(&*error).is_some() {
+            Box::new(InnerOpen(error))
+        } else {
+            error
+        }
+    }
+}
+
+impl fmt::Display for InnerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for InnerOpen {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
@@ -1332,18 +1373,28 @@ where
 }
 
 /// One endpoint's service under its per-try timeout, if the stack has one.
+///
+/// Under a [per-endpoint breaker](ClientStackBuilder::endpoint_breakers) it also keeps an
+/// [`Open`] of the endpoint's service (a breaker of the user's inside it) apart from that
+/// breaker's own rejection on the way up: such an error is wrapped until [`MapEndpointOpen`],
+/// above the balancer, unwraps it, so only the endpoint breaker's own `Open` becomes
+/// [`EndpointOpen`]. The breaker's classifier and the balancer's see the wrapper, whose
+/// `source()` is the `Open`.
 #[derive(Clone, Debug)]
 pub struct PerTry<S> {
     inner: Either<Timeout<S>, S>,
+    /// Whether an `Open` of the endpoint's service is wrapped in an [`InnerOpen`].
+    mark_open: bool,
 }
 
 impl<S> PerTry<S> {
-    fn new(service: S, timeout: Option<&TimeoutLayer>) -> Self {
+    fn new(service: S, timeout: Option<&TimeoutLayer>, mark_open: bool) -> Self {
         PerTry {
             inner: match timeout {
                 Some(layer) => Either::Left(layer.layer(service)),
                 None => Either::Right(service),
             },
+            mark_open,
         }
     }
 
@@ -1368,15 +1419,17 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match &mut self.inner {
+        let ready = match &mut self.inner {
             Either::Left(timeout) => timeout.poll_ready(cx),
             Either::Right(service) => service.poll_ready(cx).map_err(Into::into),
-        }
+        };
+        ready.map_err(|error| InnerOpen::mark(error, self.mark_open))
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         PerTryFuture {
+            mark_open: self.mark_open,
             kind: match &mut self.inner {
                 Either::Left(timeout) => Kind::Timed {
                     future: timeout.call(req),
@@ -1394,6 +1447,7 @@ pin_project! {
     pub struct PerTryFuture<F> {
         #[pin]
         kind: Kind<F>,
+        mark_open: bool,
     }
 }
 
@@ -1414,10 +1468,13 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let output = match this.kind.project() {
             KindProj::Timed { future } => future.poll(cx),
             KindProj::Plain { future } => future.poll(cx).map_err(Into::into),
-        }
+        };
+        let mark_open = *this.mark_open;
+        output.map_err(|error| InnerOpen::mark(error, mark_open))
     }
 }
 

@@ -1,12 +1,14 @@
 //! An endpoint's own breaker that opens between the balancer polling the endpoint ready and the
 //! call (another caller's failure trips it, a half-open probe's time runs out) rejects the
 //! attempt with `EndpointOpen`, not the dependency breaker's `Open`: the retry sends the attempt
-//! to another endpoint, and the dependency breaker counts nothing against the dependency. In
-//! paused time, on a current-thread runtime (the metrics recorder is the thread's).
+//! to another endpoint, and the dependency breaker counts nothing against the dependency. A
+//! breaker inside the endpoint's service is not the endpoint's breaker: its `Open` reaches the
+//! caller as it is. In paused time, on a current-thread runtime (the metrics recorder is the
+//! thread's).
 
 use seawall::{
     balance::Picker,
-    breaker::{BreakerConfig, BreakerSet, Open},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open},
     core::{
         error::{find, is_not_sent},
         metrics::{self as names, testing::TestRecorder},
@@ -25,7 +27,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 /// The balancer's seed, so that every run starts its round robin turns on the same endpoint
 /// (from this seed, "a"). The tests' assertions hold from either start.
@@ -196,4 +198,39 @@ async fn the_rejection_is_endpoint_open_never_sent() {
         let status: BoxError = Box::new(to_status(error));
         assert_eq!(classify(&status), Outcome::Failure);
     }
+}
+
+/// A breaker of the user's inside each endpoint's service (one breaker of a database every
+/// endpoint shares, here forced open) rejects with its own `Open`, which the stack passes up as it
+/// is: it is not the endpoint's breaker's `EndpointOpen`, so the retry returns it at once, as the
+/// dependency's `Open`, and the dependency breaker counts it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_open_from_inside_an_endpoint_is_not_endpoint_open() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let setup = Setup::new();
+    let database = BreakerLayer::builder().name("database").build().unwrap();
+    database.handle().force_open();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counted = attempts.clone();
+    let stack = ClientStack::builder()
+        .map_balance(|balance| balance.picker(Picker::RoundRobin).seed(SEED))
+        .endpoint_breakers(setup.set.clone())
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(["a", "b"], move |_: &&str| {
+            let attempts = counted.clone();
+            let database =
+                database.layer(service_fn(|_: Req| async { Ok::<_, BoxError>("answered") }));
+            service_fn(move |req: Req| {
+                attempts.fetch_add(1, SeqCst);
+                database.clone().oneshot(req)
+            })
+        }))
+        .unwrap();
+    let error = stack.oneshot(Req::default()).await.unwrap_err();
+    assert!(error.downcast_ref::<Open>().is_some(), "{error:?}");
+    assert!(find::<EndpointOpen>(&*error).is_none(), "{error:?}");
+    assert_eq!(attempts.load(SeqCst), 1);
+    assert_eq!(recorder.counter(names::BREAKER_FAILURES, "breaker"), 1);
+    assert_eq!(recorder.counter(names::BREAKER_IGNORED, "breaker"), 0);
 }
