@@ -61,7 +61,7 @@
 //! |---|---|---|---|---|---|
 //! | fallback | none | none | none | [`fallback`](ClientStackBuilder::fallback) | — |
 //! | total timeout | 30 s | 30 s | none (it goes above the generated client; a caller's deadline is still enforced) | [`timeout`](ClientStackBuilder::timeout) | [`without_timeout`](ClientStackBuilder::without_timeout) (a caller's deadline is still enforced) |
-//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused connection), `Retry-After` honoured | none (it goes above the generated client, classifying with `seawall::grpc::RetryClassifier`) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
+//! | retry | [`RetryLayer::new`]'s: 3 attempts, exponential backoff, 20 % budget; and [`Open`] is not retried ([`ignore_error`](crate::retry::RetryConfigBuilder::ignore_error)). It retries every request that fails with an error, whatever its method (a POST included), and no `Ok` response (a 5xx included) | the same, with the HTTP policy ([`http`](crate::retry::RetryConfigBuilder::http)): errors, 5xx and 429 of idempotent methods only (a POST is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused connection of a client that follows no redirects, see [`HttpPolicy::retry_unsent`](crate::retry::HttpPolicy::retry_unsent)), `Retry-After` honoured | none (it goes above the generated client, classifying with `seawall::grpc::RetryClassifier`) | [`retry`](ClientStackBuilder::retry) | [`without_retry`](ClientStackBuilder::without_retry) |
 //! | breaker | [`BreakerLayer::new`]'s, ignoring an endpoint breaker's [`EndpointOpen`] | the same, classifying with [`HttpClassifier`]: 5xx, 429 and errors fail | the same, classifying with [`GrpcClassifier`]: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and errors fail | [`breaker`](ClientStackBuilder::breaker) | [`without_breaker`](ClientStackBuilder::without_breaker) |
 //! | bulkhead | 1000 calls at once, no wait | the same | the same | [`bulkhead`](ClientStackBuilder::bulkhead) | [`without_bulkhead`](ClientStackBuilder::without_bulkhead) |
 //! | balance | [`BalanceLayer::builder`] defaults: P2C PeakEWMA, outlier ejection (5 failures in a row; success rate, failure percentage, latency) | the same, classifying with [`HttpClassifier`] | the same, classifying with [`GrpcClassifier`] | [`balance`](ClientStackBuilder::balance), [`map_balance`](ClientStackBuilder::map_balance) | — |
@@ -400,10 +400,11 @@ impl HttpClientStackBuilder {
     /// - the retry is `RetryLayer::builder().http().ignore_error::<Open>()`: it retries errors,
     ///   5xx and 429 of idempotent methods only (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; a POST
     ///   is sent once, unless it was never sent: a full bulkhead or no endpoint below, a refused
-    ///   connection, see [`HttpPolicy::retry_unsent`](crate::retry::HttpPolicy::retry_unsent)) and
-    ///   honours `Retry-After`, with [`new`](ClientStackBuilder::new)'s
-    ///   attempts, backoff and budget;
-    /// - the dependency breaker is `BreakerLayer::builder().build_with(HttpClassifier::new())`
+    ///   connection of a client that follows no redirects, see
+    ///   [`HttpPolicy::retry_unsent`](crate::retry::HttpPolicy::retry_unsent)) and honours
+    ///   `Retry-After`, with [`new`](ClientStackBuilder::new)'s attempts, backoff and budget;
+    /// - the dependency breaker is
+    ///   `BreakerLayer::builder().build_with(HttpClassifier::new().ignore_error::<EndpointOpen>())`
     ///   (made by [`build`](ClientStackBuilder::build), as the standard one is);
     /// - the balancer's outlier detection and PeakEWMA classify with [`HttpClassifier`]
     ///   (`BalanceLayer::builder().classifier(HttpClassifier::new())`).
@@ -416,10 +417,12 @@ impl HttpClientStackBuilder {
     /// A piece you replace is yours, classifier included. Give a retry passed to
     /// [`retry`](ClientStackBuilder::retry) the HTTP policy
     /// (`RetryLayer::builder().http().ignore_error::<Open>()`), a breaker passed to
-    /// [`breaker`](ClientStackBuilder::breaker) and the per-endpoint breakers an
-    /// [`HttpClassifier`] (`build_with`, [`BreakerSet::with_classifier`]), and change the
-    /// balancer with [`map_balance`](ClientStackBuilder::map_balance), which keeps its
-    /// classifier, rather than [`balance`](ClientStackBuilder::balance), which replaces it.
+    /// [`breaker`](ClientStackBuilder::breaker) an [`HttpClassifier`] that ignores
+    /// [`EndpointOpen`] (`build_with(HttpClassifier::new().ignore_error::<EndpointOpen>())`, or
+    /// one endpoint's breaker opening counts against the dependency), the per-endpoint breakers
+    /// an [`HttpClassifier`] ([`BreakerSet::with_classifier`]), and change the balancer with
+    /// [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier, rather than
+    /// [`balance`](ClientStackBuilder::balance), which replaces it.
     pub fn http() -> Self {
         let standard = ClientStackBuilder::new();
         ClientStackBuilder {
@@ -484,7 +487,8 @@ impl GrpcClientStackBuilder {
     ///   the generated client too, and the layer kept in its place enforces the deadline the
     ///   function calling the client passes down (a [`Deadline`](crate::core::Deadline) in the
     ///   `tonic::Request`'s extensions);
-    /// - the dependency breaker is `BreakerLayer::builder().build_with(GrpcClassifier::new())`
+    /// - the dependency breaker is
+    ///   `BreakerLayer::builder().build_with(GrpcClassifier::new().ignore_error::<EndpointOpen>())`
     ///   (made by [`build`](ClientStackBuilder::build), as the standard one is);
     /// - the balancer's outlier detection and PeakEWMA classify with [`GrpcClassifier`]
     ///   (`BalanceLayer::builder().classifier(GrpcClassifier::new())`).
@@ -497,9 +501,11 @@ impl GrpcClientStackBuilder {
     /// [`new`](ClientStackBuilder::new)'s 10 s.
     ///
     /// A piece you replace is yours, classifier included: give a breaker passed to
-    /// [`breaker`](ClientStackBuilder::breaker) and the per-endpoint breakers a
-    /// [`GrpcClassifier`] (`build_with`, [`BreakerSet::with_classifier`]), and change the balancer
-    /// with [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier.
+    /// [`breaker`](ClientStackBuilder::breaker) a [`GrpcClassifier`] that ignores
+    /// [`EndpointOpen`] (`build_with(GrpcClassifier::new().ignore_error::<EndpointOpen>())`, or
+    /// one endpoint's breaker opening counts against the dependency), the per-endpoint breakers a
+    /// [`GrpcClassifier`] ([`BreakerSet::with_classifier`]), and change the balancer with
+    /// [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier.
     pub fn grpc() -> Self {
         let standard = ClientStackBuilder::new().without_retry().without_timeout();
         ClientStackBuilder {
