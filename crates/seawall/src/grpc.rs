@@ -387,6 +387,13 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// requests sent on it with UNAVAILABLE. For such a method use
 /// [`unsent_only`](Self::unsent_only), which retries only attempts proven never sent.
 ///
+/// Hedging with it (`HedgeLayer::builder().classify(RetryClassifier::new())`) is not gRFC A6's
+/// hedging, where a status the policy does not retry ends the hedge and is the call's answer: an
+/// [`Outcome::Ignored`] answer (`INVALID_ARGUMENT`, `ALREADY_EXISTS`) of one copy does not end the
+/// hedge, and a later [`Outcome::Failure`] of another copy ranks above it, so the caller may get
+/// that copy's UNAVAILABLE in place of the server's own answer. To hedge gRPC calls, classify with
+/// a classifier of your own that makes the codes that should end the hedge [`Outcome::Success`].
+///
 /// ```
 /// use seawall::{grpc::RetryClassifier, BoxError, Outcome};
 /// use seawall::core::classify::Classify;
