@@ -204,12 +204,12 @@ pub enum EjectReason {
 /// time, or the balancer's background task. A call reports at most its own changes (an ejection
 /// after failures in a row) and those made before them not reported yet (a call that got its
 /// response, once it has let go of the endpoint's service); the changes made after its own are
-/// reported by the background task, so a slow listener holds up a call by no more than the
-/// changes made up to its own. An event a listener's own call causes is reported once that
-/// listener has returned. [`NoEndpoints`](Self::NoEndpoints) is no change of the set or of
-/// health and is not queued with them: the call that failed reports it at once on its own
-/// thread, so it may be heard before the ejection or change of panic mode that left no endpoint
-/// is, and while another thread reports changes. A key whose `Debug` panics loses its event (the
+/// left to the background task (or to a later call reporting up to its own), so a slow listener
+/// holds up a call by no more than the changes made up to its own. An event a listener's own
+/// call causes is reported once that listener has returned. [`NoEndpoints`](Self::NoEndpoints)
+/// is no change of the set or of health and is not queued with them: the call that failed
+/// reports it at once on its own thread, so it may be heard before the ejection or change of
+/// panic mode that left no endpoint is, and while another thread reports changes. A key whose `Debug` panics loses its event (the
 /// panic is logged at `error`); the change stands. A change whose
 /// key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not applied
 /// and reports nothing.
@@ -260,9 +260,10 @@ pub enum BalanceEvent {
     /// Each pick judges panic mode from the count of unhealthy endpoints and the set's size; this
     /// event follows the changes of that count and size (a discovery batch, an outlier detection
     /// pass, a health check's new verdict, or an ejection after failures in a row, made by the
-    /// failing call as its failure is recorded and reported by that call unless another thread of
-    /// the balancer is reporting at the time: then that thread reports it, after the changes
-    /// before it), reported right after the change that crossed the threshold.
+    /// failing call as its failure is recorded and reported by that call; or, if another thread
+    /// of the balancer is reporting at the time, by that thread when the change comes before
+    /// that thread's own, else by the background task or by a later call reporting up to its
+    /// own), reported right after the change that crossed the threshold.
     /// [`Balance::is_panicking`] holds from the change this event reports until the one
     /// [`PanicExited`](Self::PanicExited) reports.
     PanicEntered {

@@ -651,7 +651,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         // The set replaced, freed once no call holds it: here, the services discovery removed
         // or replaced are dropped unless a call or a probe still holds one. The listeners have
         // heard of their removal by then unless another thread was reporting when the task
-        // came to report it: then the task reports it later, once that thread wakes it.
+        // came to report it: then the task reports it later, once that thread wakes it, or a
+        // later call reports it as it reports the changes up to its own.
         for set in replaced.into_iter().chain([old]) {
             self.free(set);
         }
