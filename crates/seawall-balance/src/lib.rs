@@ -203,16 +203,18 @@ pub enum EjectReason {
 /// thread that made the change, that of another call of the balancer that was reporting at the
 /// time, or the balancer's background task. A call reports at most its own changes (an ejection
 /// after failures in a row) and those made before them not reported yet (a call that got its
-/// response, once it has let go of the endpoint's service); the changes made after its own are
-/// left to the background task (or to a later call reporting up to its own), so a slow listener
-/// holds up a call by no more than the changes made up to its own. An event a listener's own
-/// call causes is reported once that listener has returned. [`NoEndpoints`](Self::NoEndpoints)
-/// is no change of the set or of health and is not queued with them: the call that failed
-/// reports it at once on its own thread, so it may be heard before the ejection or change of
-/// panic mode that left no endpoint is, and while another thread reports changes. A key whose `Debug` panics loses its event (the
-/// panic is logged at `error`); the change stands. A change whose
-/// key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at `error`): it is not applied
-/// and reports nothing.
+/// response, once it has let go of the endpoint's service; a call whose endpoint's readiness
+/// failed, at once during its pick, while it still holds its place: that endpoint's service and
+/// any other it waits on, with what they reserved, such as a concurrency limit's permit); the
+/// changes made after its own are left to the background task (or to a later call reporting up to
+/// its own), so a slow listener holds up a call by no more than the changes made up to its own. An
+/// event a listener's own call causes is reported once that listener has returned.
+/// [`NoEndpoints`](Self::NoEndpoints) is no change of the set or of health and is not queued with
+/// them: the call that failed reports it at once on its own thread, so it may be heard before the
+/// ejection or change of panic mode that left no endpoint is, and while another thread reports
+/// changes. A key whose `Debug` panics loses its event (the panic is logged at `error`); the change
+/// stands. A change whose key's `Hash`, `Eq` or `EndpointMeta` panics is skipped (logged at
+/// `error`): it is not applied and reports nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BalanceEvent {
