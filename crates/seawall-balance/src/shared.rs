@@ -2656,6 +2656,85 @@ mod tests {
         assert_eq!(Arc::strong_count(&alive), 1, "the stream is dropped");
     }
 
+    /// Two endpoints behind a running background task, ejecting on one failure, with the events
+    /// heard since they were added in the returned list.
+    async fn two_ejecting_at_once() -> (
+        Arc<Shared<usize, (), DefaultClassifier>>,
+        Arc<Mutex<Vec<BalanceEvent>>>,
+    ) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+            }),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..2usize {
+            tx.send(Change::Insert(i, ())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.current().len(), 2);
+        events.lock().unwrap().clear();
+        (shared, events)
+    }
+
+    fn ejected_0() -> BalanceEvent {
+        BalanceEvent::Ejected {
+            key: "0".into(),
+            reason: EjectReason::ConsecutiveFailures,
+            duration: Duration::from_secs(10),
+        }
+    }
+
+    /// The changes a call queued and never reported (a panic between recording its outcome and
+    /// reporting it) are reported by the background task, woken as they are dropped.
+    #[tokio::test(start_paused = true)]
+    async fn changes_a_call_drops_unreported_are_reported_by_the_task() {
+        let (shared, events) = two_ejecting_at_once().await;
+        let unreported =
+            shared.record_unreported(&shared.current().endpoints[0], Outcome::Failure, None, None);
+        drop(unreported);
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "not reported on the call's thread"
+        );
+        // Well before the next outlier detection pass (every second).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*events.lock().unwrap(), [ejected_0()]);
+    }
+
+    /// The changes left behind by a thread that stopped draining other than by the way out (a
+    /// panic no guard caught) are reported by the background task, woken as it stops.
+    #[tokio::test(start_paused = true)]
+    async fn changes_left_by_a_drain_that_stops_are_reported_by_the_task() {
+        let (shared, events) = two_ejecting_at_once().await;
+        shared.pending.lock().unwrap().draining = true;
+        let draining = Draining {
+            pending: &shared.pending,
+            unreported: &shared.unreported,
+            done: false,
+        };
+        // Left to the thread draining.
+        shared.record(&shared.current().endpoints[0], Outcome::Failure, None, None);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "left to the thread draining"
+        );
+        drop(draining);
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "not reported on this thread"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*events.lock().unwrap(), [ejected_0()]);
+    }
+
     /// A call that reports reports no further than its own changes: the changes made by others
     /// while its listeners run (here 100 discovery changes made while a listener hears of the
     /// call's ejection) are left to the background task, which reports them in order, so the
