@@ -7,24 +7,48 @@
 
 mod common;
 
-use common::{cluster, drive, settle, Behavior, Node};
+use common::{cluster, settle, Behavior, Node};
 use futures_util::FutureExt;
 use seawall::balance::{Balance, BalanceEvent, BalanceLayer, OutlierDetection, Picker};
 use seawall::core::Name;
 use std::{
+    cell::Cell,
     future::Future,
+    pin::Pin,
     sync::{atomic::Ordering::Relaxed, mpsc, Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 use tower::ServiceExt;
+
+thread_local! {
+    /// Set while the test's own calls of the balancer are polled, on the runtime's thread.
+    static IN_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A call of the test's, polled with [`IN_CALL`] set, so that a listener can tell whether it
+/// hears of a change inside that call's poll or on the background task.
+struct InCall<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for InCall<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        IN_CALL.set(true);
+        let poll = self.0.as_mut().poll(cx);
+        IN_CALL.set(false);
+        poll
+    }
+}
 
 /// The balancer a [`Caller`] calls, and the endpoint it makes fail first.
 type Target = (Balance<usize, Node>, Arc<Behavior>);
 
 /// A listener that, when it hears that endpoint 1 was ejected, makes endpoint `fails` fail and
 /// calls the balancer it watches, at once and on its own thread, until a call fails (at most 4
-/// calls). It notes each ejection it hears of as it starts and as it returns, and in between the
-/// failure its calls were answered with, or that a call got no answer at once.
+/// calls). It notes each ejection it hears of as it starts (and whether inside a call of the
+/// test's) and as it returns, and in between the failure its calls were answered with, or that a
+/// call got no answer at once.
 #[derive(Clone)]
 struct Caller {
     fails: usize,
@@ -47,7 +71,12 @@ impl Caller {
             let BalanceEvent::Ejected { key, .. } = event else {
                 return;
             };
-            caller.heard.lock().unwrap().push(format!("heard {key}"));
+            let inside = if IN_CALL.get() { " in a call" } else { "" };
+            caller
+                .heard
+                .lock()
+                .unwrap()
+                .push(format!("heard {key}{inside}"));
             // Taken out of the slot, so no lock of the test's is held while calling.
             let target = caller.target.lock().unwrap().clone();
             if let (Some((balance, node)), "1") = (target, key.as_str()) {
@@ -105,7 +134,9 @@ async fn eject_endpoint_1(n: usize, caller: Caller) -> (Vec<usize>, Vec<String>)
     caller.watch(&balance, cluster.behaviors[caller.fails].clone());
     cluster.node(1).fail.store(true, Relaxed);
     // Round robin: 3 calls reach endpoint 1 whatever the turn they start at.
-    drive(&balance, 3).await;
+    for i in 0..3 {
+        let _ = InCall(Box::pin(balance.clone().oneshot(i))).await;
+    }
     settle().await;
     (balance.unhealthy(), caller.stop())
 }
@@ -141,12 +172,12 @@ where
 fn a_listener_that_calls_the_balancer_does_not_deadlock() {
     let (unhealthy, heard) = bounded(|| eject_endpoint_1(2, Caller::new(0)));
     assert_eq!(unhealthy, vec![1]);
-    assert_eq!(heard, ["heard 1", "answered Err", "returned 1"]);
+    assert_eq!(heard, ["heard 1 in a call", "answered Err", "returned 1"]);
 }
 
 /// An ejection made by a listener's own call is reported once the listener has returned, after
-/// the ejection it heard of, not inside it (by the background task: the call reporting the first
-/// ejection reports no further than its own changes).
+/// the ejection it heard of, not inside it, and by the background task, not inside the call that
+/// reported the first ejection: that call reports no further than its own changes.
 #[test]
 fn a_change_a_listener_makes_is_reported_after_the_one_it_heard() {
     let (unhealthy, heard) = bounded(|| eject_endpoint_1(3, Caller::new(2)));
@@ -154,7 +185,7 @@ fn a_change_a_listener_makes_is_reported_after_the_one_it_heard() {
     assert_eq!(
         heard,
         [
-            "heard 1",
+            "heard 1 in a call",
             "answered Err",
             "returned 1",
             "heard 2",
