@@ -67,7 +67,8 @@ pub(crate) struct Shared<K, S, C> {
     /// run under no lock of the balancer.
     pending: Mutex<Pending<K, S>>,
     /// Woken when a call that reported its own changes leaves the ones queued after them: the
-    /// background task reports those.
+    /// background task reports those; and when a call reported the queue the task held
+    /// discovery back for: the task reads discovery again.
     unreported: Arc<Notify>,
     task: Mutex<Option<AbortHandle>>,
     endpoints_gauge: metrics_handles::Gauge,
@@ -97,6 +98,9 @@ struct Pending<K, S> {
     queued: u64,
     /// Set while a thread drains `reports`: the others queue theirs and leave them to it.
     draining: bool,
+    /// Set while the background task reads no discovery because `reports` holds `MAX_BATCH` or
+    /// more (see [`Shared::hold_discovery`]): the call that drains the queue wakes it.
+    discovery_held: bool,
 }
 
 /// Changes queued for the listeners: the reports numbered below `upto` are reported once the
@@ -236,6 +240,7 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                 reports: VecDeque::new(),
                 queued: 0,
                 draining: false,
+                discovery_held: false,
             }),
             unreported: Arc::new(Notify::new()),
             task: Mutex::new(None),
@@ -353,13 +358,28 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
         self.drain(None);
     }
 
+    /// Whether the background task should read no discovery for now: the queue holds `MAX_BATCH`
+    /// or more reports, left to another thread that is reporting (or to the task itself, woken
+    /// to report them). While a call reports, the task so queues fewer than two batches behind
+    /// it, not as many as discovery has ready, and a later call that reports the changes up to
+    /// its own is held up by no more than those and the ejections. Noted, so that the call that
+    /// drains the queue wakes the task even if it reports every change left (see
+    /// [`drain`](Self::drain)).
+    fn hold_discovery(&self) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.discovery_held = pending.reports.len() >= MAX_BATCH;
+        pending.discovery_held
+    }
+
     /// Reports the queued changes, one at a time and in order, under no lock of the balancer: a
     /// listener may call it, and a slow one holds up no change. One thread drains at a time: a
     /// thread that finds another draining leaves its reports to it, so a change may be reported
     /// on the thread of another call that was reporting at the time, or on the background task.
     /// A call drains only the reports numbered below `upto`, those queued up to its own: if
     /// others follow, it stops there and wakes the background task, which reports the rest (all
-    /// of them, those queued meanwhile included: it is the balancer's own task). A change a
+    /// of them, those queued meanwhile included: it is the balancer's own task); a call also
+    /// wakes the task when it holds discovery back for the queue (see
+    /// [`hold_discovery`](Self::hold_discovery)), so that it reads discovery again. A change a
     /// listener's own call makes is reported once that listener has returned, after the change
     /// it heard of. Reports left behind when the task has ended (the balancer is being dropped,
     /// or its runtime shut down) are reported by the next drain, and otherwise dropped with the
@@ -392,7 +412,8 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
                         // under the lock the others queue under: none of theirs is left behind.
                         pending.draining = false;
                         draining.done = true;
-                        if !pending.reports.is_empty() {
+                        let held = std::mem::take(&mut pending.discovery_held);
+                        if !pending.reports.is_empty() || (held && upto.is_some()) {
                             drop(pending);
                             self.unreported.notify_one();
                         }
@@ -1315,13 +1336,21 @@ async fn run<K, S, C, D>(
     let mut paused = false;
     loop {
         let mut yield_first = false;
+        // While the reports queued fill a batch, another thread (a call) is reporting, or the
+        // task is about to: discovery waits until they are reported, so the queue keeps to
+        // fewer than two batches and the ejections, however many changes discovery has ready.
+        // The task is woken by the call that reports them, or reports them itself.
+        let held = {
+            let Some(shared) = weak.upgrade() else { return };
+            shared.hold_discovery()
+        };
         tokio::select! {
             // The changes ready together (a source that sends a whole list at once) are applied
             // together: the set is rebuilt and published once for them, and no call sees part of
             // them. At most `MAX_BATCH` at a time, so a source with many ready does not hold up
             // outlier detection and health checks. A panic in the stream is caught: the task also
             // runs them, and they must go on.
-            (batch, stop) = poll_fn(|cx| poll_batch(&mut discover, cx)), if discover.is_some() && !paused => {
+            (batch, stop) = poll_fn(|cx| poll_batch(&mut discover, cx)), if discover.is_some() && !paused && !held => {
                 let Some(shared) = weak.upgrade() else { return };
                 for change in &batch {
                     let (Change::Insert(key, _) | Change::Remove(key)) = change;
@@ -1387,7 +1416,8 @@ async fn run<K, S, C, D>(
                 }
             }
             () = &mut resume, if paused => paused = false,
-            // A call reported its own changes and left those queued after them.
+            // A call reported its own changes and left those queued after them, or reported the
+            // queue discovery waits on.
             () = unreported.notified() => {
                 let Some(shared) = weak.upgrade() else { return };
                 shared.drain_all();
@@ -2733,6 +2763,124 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(*events.lock().unwrap(), [ejected_0()]);
+    }
+
+    /// Holds a listener at one event until the test lets it go.
+    struct Gate {
+        event: BalanceEvent,
+        entered: Mutex<std::sync::mpsc::Sender<()>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Gate {
+        /// A gate at `event`, the receiver told when a listener reaches it, and the sender that
+        /// lets the listener go.
+        fn at(
+            event: BalanceEvent,
+        ) -> (
+            Arc<Gate>,
+            std::sync::mpsc::Receiver<()>,
+            std::sync::mpsc::Sender<()>,
+        ) {
+            let (entered, reached) = std::sync::mpsc::channel();
+            let (release, released) = std::sync::mpsc::channel();
+            let gate = Gate {
+                event,
+                entered: Mutex::new(entered),
+                release: Mutex::new(released),
+            };
+            (Arc::new(gate), reached, release)
+        }
+
+        fn pass(&self, event: &BalanceEvent) {
+            if *event == self.event {
+                self.entered.lock().unwrap().send(()).unwrap();
+                let released = self
+                    .release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+                released.expect("the test lets the listener go");
+            }
+        }
+    }
+
+    /// While a call reports, the background task applies discovery only until a batch's worth of
+    /// reports is queued (here exactly: a channel's changes come a cooperative budget's worth at a
+    /// time), so a later call that reports the changes up to its own hears no more than a batch
+    /// of discovery's changes besides its own, however many discovery has ready; and once the
+    /// queue is reported, the task reads discovery again, whichever thread reported it.
+    #[tokio::test(start_paused = true)]
+    async fn discovery_waits_while_a_batch_of_reports_is_queued() {
+        let added = |i: usize| BalanceEvent::EndpointAdded { key: i.to_string() };
+        let (first, first_reached, first_release) = Gate::at(ejected_0());
+        let (second, second_reached, second_release) = Gate::at(added(2));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+                recorded.lock().unwrap().push(event.clone());
+                first.pass(event);
+                second.pass(event);
+            }),
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..2usize {
+            tx.send(Change::Insert(i, ())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        events.lock().unwrap().clear();
+        let wait = |reached: &std::sync::mpsc::Receiver<()>| {
+            reached.recv_timeout(Duration::from_secs(30)).unwrap();
+        };
+        let fail = |i: usize| {
+            let shared = shared.clone();
+            let ep = shared.current().endpoints[i].clone();
+            std::thread::spawn(move || shared.record(&ep, Outcome::Failure, None, None))
+        };
+
+        // A call's listener is slow to hear of its ejection while discovery has three batches
+        // ready.
+        let call = fail(0);
+        wait(&first_reached);
+        let n = 3 * MAX_BATCH;
+        for i in 2..2 + n {
+            tx.send(Change::Insert(i, ())).unwrap();
+        }
+        for _ in 0..40 {
+            tokio::task::yield_now().await;
+        }
+        first_release.send(()).unwrap();
+        call.join().unwrap();
+
+        // A second call ejects before the task runs, and reports the changes up to its own; its
+        // listener is slow to hear of the first of them, while the task runs. The rest still fill
+        // a batch, so discovery waits on them, and only this call, which reports them all, can
+        // wake the task.
+        let before = events.lock().unwrap().len();
+        let call = fail(1);
+        wait(&second_reached);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        second_release.send(()).unwrap();
+        call.join().unwrap();
+        let heard = events.lock().unwrap().len() - before;
+        assert!(
+            heard <= MAX_BATCH + 1,
+            "the second call heard {heard} changes"
+        );
+
+        // Well before the next outlier detection pass (every second).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.current().len(), 2 + n, "discovery goes on");
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 2 + n);
+        assert_eq!(events[0], ejected_0());
     }
 
     /// A call that reports reports no further than its own changes: the changes made by others
