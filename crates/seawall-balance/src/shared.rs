@@ -360,11 +360,12 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
 
     /// Whether the background task should read no discovery for now: the queue holds `MAX_BATCH`
     /// or more reports, left to another thread that is reporting (or to the task itself, woken
-    /// to report them). While a call reports, the task so queues fewer than two batches behind
-    /// it, not as many as discovery has ready, and a later call that reports the changes up to
-    /// its own is held up by no more than those and the ejections. Noted, so that the call that
-    /// drains the queue wakes the task even if it reports every change left (see
-    /// [`drain`](Self::drain)).
+    /// to report them). While a call reports, the task so queues fewer than two batches of
+    /// discovery's changes behind it, not as many as discovery has ready, and a later call that
+    /// reports the changes up to its own is held up by no more than those besides changes of
+    /// health (ejections, returns, health-check verdicts, panic mode), which are not held back.
+    /// Noted, so that the call that drains the queue wakes the task even if it reports every
+    /// change left (see [`drain`](Self::drain)).
     fn hold_discovery(&self) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.discovery_held = pending.reports.len() >= MAX_BATCH;
@@ -1338,8 +1339,10 @@ async fn run<K, S, C, D>(
         let mut yield_first = false;
         // While the reports queued fill a batch, another thread (a call) is reporting, or the
         // task is about to: discovery waits until they are reported, so the queue keeps to
-        // fewer than two batches and the ejections, however many changes discovery has ready.
-        // The task is woken by the call that reports them, or reports them itself.
+        // fewer than two batches of discovery's changes, however many discovery has ready,
+        // besides changes of health (ejections, returns, health-check verdicts, panic mode),
+        // which are not held back. The task is woken by the call that reports them, or reports
+        // them itself.
         let held = {
             let Some(shared) = weak.upgrade() else { return };
             shared.hold_discovery()
