@@ -207,8 +207,10 @@ pub enum EjectReason {
 /// failed, at once during its pick, while it still holds its place: that endpoint's service and
 /// any other it waits on, with what they reserved, such as a concurrency limit's permit); the
 /// changes made after its own are left to the background task (or to a later call reporting up to
-/// its own), so a slow listener holds up a call by no more than the changes made up to its own. An
-/// event a listener's own call causes is reported once that listener has returned.
+/// its own), so a slow listener holds up a call by no more than the changes made up to its own;
+/// while a call reports, the background task applies discovery only until 1,024 changes wait, so a
+/// slow listener also delays discovery. An event a listener's own call causes is reported once that
+/// listener has returned.
 /// [`NoEndpoints`](Self::NoEndpoints) is no change of the set or of health and is not queued with
 /// them: the call that failed reports it at once on its own thread, so it may be heard before the
 /// ejection or change of panic mode that left no endpoint is, and while another thread reports

@@ -373,9 +373,10 @@ impl<K: Key, S: 'static, C> Shared<K, S, C> {
     }
 
     /// Reports the queued changes, one at a time and in order, under no lock of the balancer: a
-    /// listener may call it, and a slow one holds up no change. One thread drains at a time: a
-    /// thread that finds another draining leaves its reports to it, so a change may be reported
-    /// on the thread of another call that was reporting at the time, or on the background task.
+    /// listener may call it, and a slow one holds up no change a call makes; discovery waits once
+    /// a batch is queued behind it. One thread drains at a time: a thread that finds another
+    /// draining leaves its reports to it, so a change may be reported on the thread of another
+    /// call that was reporting at the time, or on the background task.
     /// A call drains only the reports numbered below `upto`, those queued up to its own: if
     /// others follow, it stops there and wakes the background task, which reports the rest (all
     /// of them, those queued meanwhile included: it is the balancer's own task); a call also
