@@ -787,7 +787,18 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// An endpoint's breaker that rejects a call the balancer gave it reports [`EndpointOpen`],
     /// not [`Open`]: the retry sends the attempt to another endpoint. An `Open` the endpoint's
     /// service returns itself (a breaker of yours inside it, such as one breaker of a database
-    /// every endpoint shares) reaches the caller as it is, as the dependency's `Open` would.
+    /// every endpoint shares) reaches the caller as it is, as the dependency's `Open` would, and
+    /// counts against the endpoint like any error, in its breaker and in outlier detection: when
+    /// that shared breaker opens, the endpoints' breakers may open and outlier detection eject
+    /// them, and calls then wait for an endpoint and end late (with
+    /// [`NoEndpoints`](crate::balance::NoEndpoints) once the balancer stops waiting, or the `Open`
+    /// on a half-open breaker's probe) rather than with the `Open` at once. To keep it out, build
+    /// the set's classifier and the balancer's with
+    /// [`ignore_error::<Open>()`](crate::core::classify::ClassifyExt::ignore_error)
+    /// (`BreakerSet::with_classifier(config, capacity, HttpClassifier::new().ignore_error::<Open>())`,
+    /// `.map_balance(|balance| balance.classifier(HttpClassifier::new().ignore_error::<Open>()))`):
+    /// it finds the `Open` under the stack's wrapper, and an endpoint's breaker never classifies
+    /// its own rejection.
     ///
     /// Name the set apart from the dependency breaker
     /// (`BreakerConfig::builder().name("users-api-endpoint")`): their events and metrics carry
@@ -1193,7 +1204,9 @@ where
 ///
 /// Only the endpoint's breaker's own rejection becomes `EndpointOpen`: an [`Open`] the
 /// endpoint's service returns (from a breaker inside it) is passed up unchanged, an `Open` to the
-/// retry, the fallback and the dependency breaker.
+/// retry, the fallback and the dependency breaker. It counts against the endpoint in its breaker
+/// and in outlier detection like any error, unless their classifiers ignore `Open` (see
+/// [`endpoint_breakers`](ClientStackBuilder::endpoint_breakers)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointOpen(());
 
@@ -1385,7 +1398,8 @@ where
 /// breaker's own rejection on the way up: such an error is wrapped until [`MapEndpointOpen`],
 /// above the balancer, unwraps it, so only the endpoint breaker's own `Open` becomes
 /// [`EndpointOpen`]. The breaker's classifier and the balancer's see the wrapper, whose
-/// `source()` is the `Open`.
+/// `source()` is the `Open`: as an error, a failure for most classifiers, ignored by one built
+/// with [`ignore_error::<Open>()`](crate::core::classify::ClassifyExt::ignore_error).
 #[derive(Clone, Debug)]
 pub struct PerTry<S> {
     inner: Either<Timeout<S>, S>,

@@ -3,13 +3,15 @@
 //! attempt with `EndpointOpen`, not the dependency breaker's `Open`: the retry sends the attempt
 //! to another endpoint, and the dependency breaker counts nothing against the dependency. A
 //! breaker inside the endpoint's service is not the endpoint's breaker: its `Open` reaches the
-//! caller as it is. In paused time, on a current-thread runtime (the metrics recorder is the
+//! caller as it is, and counts against the endpoint unless the set's classifier and the
+//! balancer's ignore it. In paused time, on a current-thread runtime (the metrics recorder is the
 //! thread's).
 
 use seawall::{
     balance::Picker,
-    breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, State},
     core::{
+        classify::{ClassifyExt, DefaultClassifier},
         error::{find, is_not_sent},
         metrics::{self as names, testing::TestRecorder},
         BoxError, RequestDeadline,
@@ -233,4 +235,59 @@ async fn an_open_from_inside_an_endpoint_is_not_endpoint_open() {
     assert_eq!(attempts.load(SeqCst), 1);
     assert_eq!(recorder.counter(names::BREAKER_FAILURES, "breaker"), 1);
     assert_eq!(recorder.counter(names::BREAKER_IGNORED, "breaker"), 0);
+}
+
+/// The `Open` of a breaker inside every endpoint (one database breaker they share) counts
+/// against each endpoint, in its breaker and in outlier detection, like any error, unless the
+/// set's classifier and the balancer's ignore it: with `ignore_error::<Open>()` on both (it finds
+/// the `Open` under the stack's wrapper, and an endpoint's breaker never classifies its own
+/// rejection), every call ends with the database's `Open`, and the endpoints' breakers, which
+/// two failures would open, stay Closed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_open_from_inside_an_endpoint_counts_against_no_endpoint_once_ignored() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let ignore_open = DefaultClassifier.ignore_error::<Open>();
+    let set = BreakerSet::with_classifier(
+        BreakerConfig::builder()
+            .name("endpoint")
+            .minimum_calls(2)
+            .build_config()
+            .unwrap(),
+        16,
+        ignore_open,
+    )
+    .unwrap();
+    let database = BreakerLayer::builder().name("database").build().unwrap();
+    database.handle().force_open();
+    let stack = ClientStack::builder()
+        .without_breaker()
+        .map_balance(|balance| {
+            balance
+                .classifier(ignore_open)
+                .picker(Picker::RoundRobin)
+                .seed(SEED)
+        })
+        .endpoint_breakers(set.clone())
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(["a", "b"], move |_: &&str| {
+            let database =
+                database.layer(service_fn(|_: Req| async { Ok::<_, BoxError>("answered") }));
+            service_fn(move |req: Req| database.clone().oneshot(req))
+        }))
+        .unwrap();
+    for call in 0..10 {
+        let error = stack.clone().oneshot(Req::default()).await.unwrap_err();
+        assert!(
+            error.downcast_ref::<Open>().is_some(),
+            "call {call}: {error:?}"
+        );
+    }
+    for key in ["a", "b"] {
+        let handle = set.handle(&key).expect("a breaker per endpoint");
+        assert_eq!(handle.state(), State::Closed, "{key}");
+    }
+    assert_eq!(recorder.counter(names::BREAKER_FAILURES, "endpoint"), 0);
+    assert_eq!(recorder.counter(names::BREAKER_IGNORED, "endpoint"), 10);
+    assert_eq!(recorder.counter(names::BALANCE_EJECTIONS, "balance"), 0);
 }
