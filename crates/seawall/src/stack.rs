@@ -784,6 +784,11 @@ impl<Fb, To, Rt, Br, Bh, Ba, Eb> ClientStackBuilder<Fb, To, Rt, Br, Bh, Ba, Eb> 
     /// adds it; the balancer skips an endpoint while its breaker is open
     /// ([`BreakerFilter`]). Keep a clone of the set to look at the breakers.
     ///
+    /// A breaker per endpoint belongs here. One of your own inside the endpoint's service (built
+    /// in the discovery closure) ends the call with its [`Open`]: the presets' retry returns an
+    /// `Open` at once rather than trying another endpoint, [`BreakerFilter`] does not know it and
+    /// keeps picking the endpoint, and the dependency breaker counts it.
+    ///
     /// An endpoint's breaker that rejects a call the balancer gave it reports [`EndpointOpen`],
     /// not [`Open`]: the retry sends the attempt to another endpoint. An `Open` the endpoint's
     /// service returns itself (a breaker of yours inside it, such as one breaker of a database
