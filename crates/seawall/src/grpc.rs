@@ -376,7 +376,7 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// | `core::deadline::Elapsed` or `tonic::TimeoutExpired` in the chain (a per-try timeout cut the attempt; [`StatusLayer`] reports it as `DEADLINE_EXCEEDED`) | [`Outcome::Failure`]: retried, on another endpoint as a rule (see [`retry_timeouts`](Self::retry_timeouts)) | [`Outcome::Ignored`] |
 /// | a [`Status`] `UNAVAILABLE` | [`Outcome::Failure`]: retried | [`Outcome::Ignored`] |
 /// | any other [`Status`] (`INVALID_ARGUMENT`, `INTERNAL`, a server's `DEADLINE_EXCEEDED`, …) | [`Outcome::Ignored`]: the call's answer, returned as it is and counted by no token-bucket budget (gRPC's retry policy counts neither a success nor a failure for it) | the same |
-/// | an error with no [`Status`] in it | [`Outcome::Ignored`]: the generated client turns every error of the transport into a `Status`, so this is the caller's own error, made in the service above the client, maybe after the server answered | the same |
+/// | an error with no [`Status`] in it | [`Outcome::Ignored`]: the generated client turns every error of the transport into a `Status`, so this is the caller's own error, made in the service above the client, maybe after the server answered. tower's own `timeout::error::Elapsed` and `load_shed::error::Overloaded`, from layers between the retry and the client, are such errors and are not retried: put seawall's `TimeoutLayer::per_try` there (its `Elapsed` is the row above) or a `BulkheadLayer` (its `Full` is never sent) | the same |
 ///
 /// A per-try timeout's cut is retried because a hung endpoint would otherwise fail the call: but
 /// the server may have acted on the attempt it cut. [`retry_timeouts(false)`](Self::retry_timeouts)

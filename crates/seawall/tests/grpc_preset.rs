@@ -152,6 +152,8 @@ async fn the_retry_classifier_retries_unavailable_unsent_and_cut_attempts_only()
             status(Box::new(Elapsed::new())),
             [Failure, Ignored, Ignored],
         ),
+        // Without a `Status` around it (no `StatusLayer` below): still matched.
+        (Box::new(Elapsed::new()), [Failure, Ignored, Ignored]),
         (
             status(Box::new(tonic::TimeoutExpired(()))),
             [Failure, Ignored, Ignored],
