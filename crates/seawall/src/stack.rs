@@ -1399,16 +1399,16 @@ where
 /// One endpoint's service under its per-try timeout, if the stack has one.
 ///
 /// Under a [per-endpoint breaker](ClientStackBuilder::endpoint_breakers) it also keeps an
-/// [`Open`] of the endpoint's service (a breaker of the user's inside it) apart from that
-/// breaker's own rejection on the way up: such an error is wrapped until [`MapEndpointOpen`],
-/// above the balancer, unwraps it, so only the endpoint breaker's own `Open` becomes
-/// [`EndpointOpen`]. The breaker's classifier and the balancer's see the wrapper, whose
+/// [`Open`] a call of the endpoint's service ends with (from a breaker of the user's inside it)
+/// apart from that breaker's own rejection on the way up: such an error is wrapped until
+/// [`MapEndpointOpen`], above the balancer, unwraps it, so only the endpoint breaker's own `Open`
+/// becomes [`EndpointOpen`]. The breaker's classifier and the balancer's see the wrapper, whose
 /// `source()` is the `Open`: as an error, a failure for most classifiers, ignored by one built
 /// with [`ignore_error::<Open>()`](crate::core::classify::ClassifyExt::ignore_error).
 #[derive(Clone, Debug)]
 pub struct PerTry<S> {
     inner: Either<Timeout<S>, S>,
-    /// Whether an `Open` of the endpoint's service is wrapped in an [`InnerOpen`].
+    /// Whether an `Open` a call of the endpoint's service ends with is wrapped in an [`InnerOpen`].
     mark_open: bool,
 }
 
@@ -1444,11 +1444,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let ready = match &mut self.inner {
+        match &mut self.inner {
             Either::Left(timeout) => timeout.poll_ready(cx),
             Either::Right(service) => service.poll_ready(cx).map_err(Into::into),
-        };
-        ready.map_err(|error| InnerOpen::mark(error, self.mark_open))
+        }
     }
 
     #[inline]
