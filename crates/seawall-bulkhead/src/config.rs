@@ -74,6 +74,11 @@ impl<C, R> BulkheadConfigBuilder<C, R> {
 
     /// Decides which calls count as dropped for an adaptive limit. Default
     /// [`DefaultClassifier`] (`Err` is a failure). Unused with a fixed limit.
+    ///
+    /// An error that proves its request was never sent
+    /// ([`not_sent`](seawall_core::error::not_sent): a rejection from below, such as the
+    /// balancer's `NoEndpoints` or an inner bulkhead's [`Full`](crate::Full), or a refused
+    /// connection) is no sample whatever the classifier says: the dependency never saw the call.
     pub fn classifier<C2>(self, classifier: C2) -> BulkheadConfigBuilder<C2, R> {
         BulkheadConfigBuilder {
             name: self.name,

@@ -4,7 +4,7 @@ use crate::{
     Full,
 };
 use pin_project_lite::pin_project;
-use seawall_core::{BoxError, Classify, Outcome};
+use seawall_core::{error::not_sent, BoxError, Classify, Outcome};
 use std::{
     fmt,
     future::Future,
@@ -190,6 +190,10 @@ where
 
 impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
     /// An adaptive limit's finished call: classified, and sampled when its permit is released.
+    /// An error that proves the request was never sent ([`not_sent`]: a rejection from below, such
+    /// as the balancer's `NoEndpoints`, an inner bulkhead's `Full` or a rate limiter's `Limited`,
+    /// or a refused connection) is no sample, whatever the classifier says: the dependency never
+    /// saw the call, so it says nothing about its load.
     #[inline(never)]
     fn finish_classified<Res, E>(
         classifier: &C,
@@ -208,8 +212,14 @@ impl<F, S, Req, C, R> ResponseFuture<F, S, Req, C, R> {
         match result {
             Ok(response) => Ok(R::release(response, permit, outcome, timing, rtt)),
             Err(error) => {
+                let error = error.into();
+                let outcome = if not_sent(&*error).is_some() {
+                    Outcome::Ignored
+                } else {
+                    outcome
+                };
                 permit.finish(outcome, timing, rtt);
-                Err(error.into())
+                Err(error)
             }
         }
     }

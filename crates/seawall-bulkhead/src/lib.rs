@@ -65,7 +65,7 @@
 //! | `max_wait` | zero | reject at once when full |
 //! | `backpressure` | `false` | reject from the future; `true` waits in `poll_ready` |
 //! | `adaptive` | none | [`limit::Aimd`], [`limit::Gradient2`], [`limit::Vegas`] or your [`limit::Limit`] |
-//! | `classifier` | [`DefaultClassifier`](seawall_core::classify::DefaultClassifier) | what counts as a dropped call for an adaptive limit |
+//! | `classifier` | [`DefaultClassifier`](seawall_core::classify::DefaultClassifier) | what counts as a dropped call for an adaptive limit; a failure [never sent](seawall_core::error::not_sent) is no sample whatever it says |
 //! | release | on response | [`release_on_body_end`](BulkheadConfigBuilder::release_on_body_end) for `http` bodies |
 //! | `name` | `"bulkhead"` | label for events and metrics |
 //!

@@ -32,7 +32,8 @@
 //!
 //! Samples are fed by the bulkhead: a call's outcome comes from the layer's classifier
 //! ([`Outcome::Failure`](seawall_core::Outcome::Failure) is a drop,
-//! [`Outcome::Ignored`](seawall_core::Outcome::Ignored) and cancelled calls are not samples), and its
+//! [`Outcome::Ignored`](seawall_core::Outcome::Ignored), cancelled calls and failures that prove
+//! their request was [never sent](seawall_core::error::not_sent) are not samples), and its
 //! round-trip time is measured with `tokio::time`, so simulations in paused time are exact.
 //!
 //! Your own algorithm implements [`Limit`].

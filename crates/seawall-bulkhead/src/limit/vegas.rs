@@ -25,8 +25,8 @@ use seawall_core::{config, ConfigError};
 /// Every `probe_multiplier × limit × jitter` samples (jitter uniform in `[0.5, 1)`, from a
 /// seedable generator; at most every other sample) the no-load RTT is reset to the current sample,
 /// so the limit can follow a dependency whose baseline latency has moved. A dropped call is
-/// neither a no-load RTT nor a probe, nor counted towards one: a fast failure (a refused
-/// connection, an instant 503) would otherwise become the baseline and make every normal call
+/// neither a no-load RTT nor a probe, nor counted towards one: a fast failure (an instant 503,
+/// a connection reset) would otherwise become the baseline and make every normal call
 /// look queued.
 ///
 /// # Calls that say nothing of the dependency's cost
