@@ -773,6 +773,18 @@ where
                         _ => std::time::Duration::ZERO,
                     };
                     let outcome = shared.classifier.classify(result.as_ref(), elapsed);
+                    let result = result.map_err(Into::into);
+                    let outcome = match (&result, &shared.filter) {
+                        // The filter's own rejection (an endpoint's breaker that opened after
+                        // the pick): the call was never sent, and counts for nothing.
+                        (Err(error), Some(filter))
+                            if outcome != Outcome::Ignored
+                                && filter.rejected(&guard.endpoint.key, &**error) =>
+                        {
+                            Outcome::Ignored
+                        }
+                        _ => outcome,
+                    };
                     let unreported =
                         shared.record_unreported(&guard.endpoint, outcome, end, guard.start);
                     guard.unfinished = None;
@@ -783,7 +795,7 @@ where
                     // The changes the outcome made (an ejection) are reported once the call has
                     // let go of the endpoint, so the listeners do not hold its capacity.
                     unreported.report();
-                    return Poll::Ready(result.map_err(Into::into));
+                    return Poll::Ready(result);
                 }
                 StateProj::Done => panic!("balance ResponseFuture polled after completion"),
             }

@@ -111,6 +111,16 @@ pub trait Filter<K, S>: Send + Sync + 'static {
         None
     }
 
+    /// Whether `error`, which a call of endpoint `key`'s service ended with, is this filter's
+    /// own rejection of the call (an endpoint's breaker that opened between the pick and the
+    /// call): the call was never sent, and outlier detection and the latency-aware pickers count
+    /// it as neither success nor failure, as they do a call their classifier ignores. Asked only
+    /// of a call that ends with an error. `false` by default.
+    fn rejected(&self, key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
+        let _ = (key, error);
+        false
+    }
+
     /// Whether this filter lets every endpoint through, so the balancer can skip calling it.
     fn is_noop(&self) -> bool {
         false
@@ -156,6 +166,14 @@ impl<K, S> Filter<K, S> for NoFilter {
 /// ([`Breaker::holds_permit`](seawall_breaker::Breaker::holds_permit)); once the breaker has
 /// changed state (it re-opened, say) or was reset, the slot counts for nothing, and the call lets go of an
 /// endpoint that would reject it and picks again.
+///
+/// A call the endpoint's breaker rejects all the same (it opened between the pick and the call:
+/// another caller's failure tripped it, an operator forced it open) ends with the breaker's
+/// [`Open`](seawall_breaker::Open), which the balancer counts against the endpoint in neither
+/// outlier detection nor a latency-aware picker: the call was never sent. An `Open` the
+/// endpoint's service returns itself (a breaker inside it) cannot be told apart from it unless
+/// it comes up wrapped in an error of another type, and is not counted either; the `seawall`
+/// stack wraps it, so it counts against the endpoint as other errors do.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 #[derive(Debug, Clone, Copy, Default)]
@@ -177,5 +195,9 @@ impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
             seawall_breaker::State::Open => service.handle().remaining_wait(),
             _ => None,
         }
+    }
+
+    fn rejected(&self, _key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
+        seawall_core::error::downcast_ref::<seawall_breaker::Open>(error).is_some()
     }
 }

@@ -148,4 +148,8 @@ impl<K, S, F: Filter<K, S>> Filter<K, S> for SharedFilter<F> {
     fn available_in(&self, key: &K, service: &S) -> Option<Duration> {
         self.0.available_in(key, service)
     }
+
+    fn rejected(&self, key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
+        self.0.rejected(key, error)
+    }
 }

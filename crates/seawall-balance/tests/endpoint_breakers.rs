@@ -440,3 +440,88 @@ async fn a_call_holding_a_probe_slot_picks_again_once_the_breaker_re_opens() {
     assert_eq!(behavior.hits.load(Relaxed), 3);
     assert_eq!(breaker.handle().snapshot().probes_in_use, 1);
 }
+
+/// An endpoint that force-opens its own breaker when polled ready while `armed`, after the
+/// breaker has admitted the call: the breaker rejects the call the balancer gives it.
+#[derive(Clone)]
+struct Tripping {
+    node: Node,
+    breaker: seawall::breaker::BreakerHandle,
+    armed: Arc<AtomicBool>,
+}
+
+impl Service<u64> for Tripping {
+    type Response = usize;
+    type Error = seawall::BoxError;
+    type Future = <Node as Service<u64>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), seawall::BoxError>> {
+        if self.armed.load(Relaxed) {
+            self.breaker.force_open();
+        }
+        self.node.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.node.call(req)
+    }
+}
+
+/// An endpoint's breaker that opens between the pick and the call rejects the call with its
+/// `Open`; `BreakerFilter` names it as its own rejection, so outlier detection (five failures in
+/// a row eject) counts nothing against the endpoint, which takes its turns once the breaker is
+/// reset.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_by_the_endpoints_own_breaker_counts_nothing_against_it() {
+    let breakers: Vec<_> = (0..2).map(|_| quick_breaker(1)).collect();
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(1)
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(5),
+            ..OutlierDetection::disabled()
+        })
+        .filter(BreakerFilter)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let armed = Arc::new(AtomicBool::new(true));
+    let behaviors: Vec<_> = (0..2).map(|_| Arc::new(Behavior::default())).collect();
+    for id in 0..2usize {
+        let node = Node {
+            id,
+            behavior: behaviors[id].clone(),
+        };
+        // Only endpoint 0 trips its breaker.
+        let armed = match id {
+            0 => armed.clone(),
+            _ => Arc::new(AtomicBool::new(false)),
+        };
+        let service = breakers[id].layer(Tripping {
+            node,
+            breaker: breakers[id].handle(),
+            armed,
+        });
+        tx.send(Change::Insert(id, service)).unwrap();
+    }
+    common::settle().await;
+    let mut rejected = 0;
+    for _ in 0..10 {
+        match balance.clone().oneshot(1).await {
+            Ok(id) => assert_eq!(id, 1),
+            Err(error) => {
+                assert!(error.is::<seawall::breaker::Open>(), "{error:?}");
+                rejected += 1;
+            }
+        }
+        breakers[0].handle().reset();
+    }
+    assert_eq!(rejected, 5);
+    assert_eq!(behaviors[0].hits.load(Relaxed), 0);
+    armed.store(false, Relaxed);
+    for _ in 0..10 {
+        balance.clone().oneshot(1).await.unwrap();
+    }
+    assert_eq!(behaviors[0].hits.load(Relaxed), 5, "endpoint 0 was ejected");
+}

@@ -1205,7 +1205,10 @@ where
 /// count it as neither success nor failure (their classifiers are built with
 /// [`ignore_error::<EndpointOpen>()`](crate::core::classify::ClassifyExt::ignore_error)); give a
 /// dependency breaker of your own the same, or one endpoint's breaker opening counts against the
-/// dependency. `seawall::grpc` reports it as `UNAVAILABLE`.
+/// dependency. Nor does the balancer count it against the endpoint, in outlier detection or
+/// PeakEWMA, whatever its classifier: [`BreakerFilter`] names the breaker's rejection as its own
+/// ([`Filter::rejected`](crate::balance::Filter::rejected)). `seawall::grpc` reports it as
+/// `UNAVAILABLE`.
 ///
 /// Only the endpoint's breaker's own rejection becomes `EndpointOpen`: an [`Open`] the
 /// endpoint's service returns (from a breaker inside it) is passed up unchanged, an `Open` to the

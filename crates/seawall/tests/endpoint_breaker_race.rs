@@ -1,7 +1,8 @@
 //! An endpoint's own breaker that opens between the balancer polling the endpoint ready and the
 //! call (another caller's failure trips it, a half-open probe's time runs out) rejects the
 //! attempt with `EndpointOpen`, not the dependency breaker's `Open`: the retry sends the attempt
-//! to another endpoint, and the dependency breaker counts nothing against the dependency. A
+//! to another endpoint, the dependency breaker counts nothing against the dependency, and the
+//! balancer's outlier detection nothing against the endpoint. A
 //! breaker inside the endpoint's service is not the endpoint's breaker: its `Open` reaches the
 //! caller as it is, and counts against the endpoint unless the set's classifier and the
 //! balancer's ignore it. In paused time, on a current-thread runtime (the metrics recorder is the
@@ -200,6 +201,44 @@ async fn the_rejection_is_endpoint_open_never_sent() {
         let status: BoxError = Box::new(to_status(error));
         assert_eq!(classify(&status), Outcome::Failure);
     }
+}
+
+/// An endpoint whose breaker rejects the attempt the balancer gave it (an operator forcing it
+/// open between the pick and the call, five times, the breaker reset after each) is not charged
+/// with it: the attempt was never sent, so outlier detection, which ejects after five failures
+/// in a row, counts nothing against the endpoint and never ejects it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_endpoint_breaker_rejection_counts_nothing_against_the_endpoint() {
+    let recorder = TestRecorder::new();
+    let _recorder = recorder.install_local();
+    let setup = Setup::new();
+    let stack = ClientStack::builder()
+        .without_retry()
+        .map_balance(|balance| balance.picker(Picker::RoundRobin).seed(SEED))
+        .endpoint_breakers(setup.set.clone())
+        .per_try_timeout(Duration::from_secs(1))
+        .build(discover::from_list(["a", "b"], setup.endpoints()))
+        .unwrap();
+    let mut rejected = 0;
+    // Round robin takes turns: every other call is "a"'s, which its breaker rejects.
+    for _ in 0..10 {
+        match stack.clone().oneshot(Req::default()).await {
+            Ok(answer) => assert_eq!(answer, "b"),
+            Err(error) => {
+                assert!(find::<EndpointOpen>(&*error).is_some(), "{error:?}");
+                rejected += 1;
+            }
+        }
+        setup.set.handle(&"a").expect("a's breaker").reset();
+        setup.tripped.store(false, SeqCst);
+    }
+    assert_eq!(rejected, 5);
+    assert_eq!(setup.calls[0].load(SeqCst), 0);
+    assert_eq!(recorder.counter(names::BALANCE_EJECTIONS, "balance"), 0);
+    assert_ne!(
+        recorder.gauge(names::BALANCE_UNHEALTHY_ENDPOINTS, "balance"),
+        Some(1.0)
+    );
 }
 
 /// A breaker of the user's inside each endpoint's service (one breaker of a database every
