@@ -422,7 +422,12 @@ impl HttpClientStackBuilder {
     /// one endpoint's breaker opening counts against the dependency), the per-endpoint breakers
     /// an [`HttpClassifier`] ([`BreakerSet::with_classifier`]), and change the balancer with
     /// [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier, rather than
-    /// [`balance`](ClientStackBuilder::balance), which replaces it.
+    /// [`balance`](ClientStackBuilder::balance), which replaces it. An adaptive bulkhead passed to
+    /// [`bulkhead`](ClientStackBuilder::bulkhead) keeps its own classifier too:
+    /// `BulkheadLayer::builder().adaptive(..).classifier(HttpClassifier::new())` makes a 5xx or a
+    /// 429 a drop (with the default classifier only an error is). Whatever its classifier, an
+    /// error proving the request was never sent ([`NoEndpoints`](crate::balance::NoEndpoints) or
+    /// [`EndpointOpen`] from below) gives its limit no sample.
     pub fn http() -> Self {
         let standard = ClientStackBuilder::new();
         ClientStackBuilder {
@@ -505,7 +510,12 @@ impl GrpcClientStackBuilder {
     /// [`EndpointOpen`] (`build_with(GrpcClassifier::new().ignore_error::<EndpointOpen>())`, or
     /// one endpoint's breaker opening counts against the dependency), the per-endpoint breakers a
     /// [`GrpcClassifier`] ([`BreakerSet::with_classifier`]), and change the balancer with
-    /// [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier.
+    /// [`map_balance`](ClientStackBuilder::map_balance), which keeps its classifier. An adaptive
+    /// bulkhead passed to [`bulkhead`](ClientStackBuilder::bulkhead) keeps its own classifier
+    /// too: build it with `.classifier(GrpcClassifier::new())` for a failing status to count as a
+    /// drop. Whatever its classifier, an error proving the request was never sent
+    /// ([`NoEndpoints`](crate::balance::NoEndpoints) or [`EndpointOpen`] from below) gives its
+    /// limit no sample.
     pub fn grpc() -> Self {
         let standard = ClientStackBuilder::new().without_retry().without_timeout();
         ClientStackBuilder {
