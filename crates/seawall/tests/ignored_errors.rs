@@ -1,7 +1,8 @@
 //! A classifier built with `ignore_error::<T>()` keeps errors of type `T` out of what a policy
-//! counts: a circuit breaker (alone or in a `BreakerSet`), an adaptive bulkhead and a balancer's
-//! outlier detection over a rate limiter stay as they are under a burst of `Limited`, and still
-//! react to the dependency's own failures. Below a balancer, a per-endpoint rate limiter is built
+//! counts: a circuit breaker (alone or in a `BreakerSet`) and a balancer's outlier detection over a
+//! rate limiter stay as they are under a burst of `Limited`, and still react to the dependency's own
+//! failures. An adaptive bulkhead needs no classifier for it: a `Limited` was never sent, so it is
+//! no sample of the dependency's load. Below a balancer, a per-endpoint rate limiter is built
 //! with backpressure instead, so that its `Limited` never reaches the balancer.
 
 use seawall::{
@@ -145,36 +146,38 @@ async fn every_breaker_of_a_set_ignores_limited() {
 }
 
 /// An adaptive limit over a rate limiter: a `Limited` is no sign of load on the dependency, so it
-/// must not take the limit down; the dependency's failures still do.
+/// does not take the limit down, with the default classifier as with one that ignores it; the
+/// dependency's failures still do.
 #[tokio::test(start_paused = true)]
-async fn an_adaptive_bulkhead_ignoring_limited_keeps_its_limit_over_the_quota() {
+async fn an_adaptive_bulkhead_keeps_its_limit_over_the_quota() {
     let aimd = || Aimd::builder().initial_limit(10).build().unwrap();
-    let ignoring = BulkheadLayer::builder()
+    // The two layers differ in type: each runs the same checks.
+    macro_rules! keeps_its_limit {
+        ($layer:expr) => {
+            let layer = $layer;
+            let handle = layer.handle();
+            let svc = layer.layer(quota().layer(dependency()));
+            burst_over_the_quota(&svc).await;
+            assert_eq!(handle.limit(), 10);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(send(&svc, true).await.is_err());
+            assert!(
+                handle.limit() < 10,
+                "a failure is a drop: {}",
+                handle.limit()
+            );
+        };
+    }
+    keeps_its_limit!(BulkheadLayer::builder()
         .adaptive(aimd())
         .classifier(DefaultClassifier.ignore_error::<Limited>())
         .build()
-        .unwrap();
-    let handle = ignoring.handle();
-    let svc = ignoring.layer(quota().layer(dependency()));
-    burst_over_the_quota(&svc).await;
-    assert_eq!(handle.limit(), 10);
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(send(&svc, true).await.is_err());
-    assert!(
-        handle.limit() < 10,
-        "a failure is a drop: {}",
-        handle.limit()
-    );
-
-    // Counted, the same burst takes the limit down.
-    let counting = BulkheadLayer::builder()
+        .unwrap());
+    keeps_its_limit!(BulkheadLayer::builder()
         .adaptive(aimd())
         .classifier(DefaultClassifier)
         .build()
-        .unwrap();
-    let handle = counting.handle();
-    burst_over_the_quota(&counting.layer(quota().layer(dependency()))).await;
-    assert!(handle.limit() < 10, "{}", handle.limit());
+        .unwrap());
 }
 
 /// An endpoint behind a balancer, of one type whatever is layered over it.
