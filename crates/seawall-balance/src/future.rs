@@ -776,10 +776,15 @@ where
                     let result = result.map_err(Into::into);
                     let outcome = match (&result, &shared.filter) {
                         // The filter's own rejection (an endpoint's breaker that opened after
-                        // the pick): the call was never sent, and counts for nothing.
+                        // the pick, and admits no call now): the call was never sent, and
+                        // counts for nothing.
                         (Err(error), Some(filter))
                             if outcome != Outcome::Ignored
-                                && filter.rejected(&guard.endpoint.key, &**error) =>
+                                && filter.rejected(
+                                    &guard.endpoint.key,
+                                    &guard.endpoint.service,
+                                    &**error,
+                                ) =>
                         {
                             Outcome::Ignored
                         }

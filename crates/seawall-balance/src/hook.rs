@@ -111,13 +111,16 @@ pub trait Filter<K, S>: Send + Sync + 'static {
         None
     }
 
-    /// Whether `error`, which a call of endpoint `key`'s service ended with, is this filter's
-    /// own rejection of the call (an endpoint's breaker that opened between the pick and the
-    /// call): the call was never sent, and outlier detection and the latency-aware pickers count
-    /// it as neither success nor failure, as they do a call their classifier ignores. Asked only
+    /// Whether `error`, which a call of endpoint `key` ended with, is this filter's own
+    /// rejection of the call (an endpoint's breaker that opened between the pick and the call):
+    /// the call was never sent, and outlier detection and the latency-aware pickers count it as
+    /// neither success nor failure, as they do a call their classifier ignores. `service` is the
+    /// endpoint's service, asked right after the call ended, so the answer can rest on what the
+    /// filter would say of the endpoint now, not on the error's type alone: an error of the same
+    /// type from within the endpoint's service must still count against the endpoint. Asked only
     /// of a call that ends with an error. `false` by default.
-    fn rejected(&self, key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
-        let _ = (key, error);
+    fn rejected(&self, key: &K, service: &S, error: &(dyn std::error::Error + 'static)) -> bool {
+        let _ = (key, service, error);
         false
     }
 
@@ -169,11 +172,19 @@ impl<K, S> Filter<K, S> for NoFilter {
 ///
 /// A call the endpoint's breaker rejects all the same (it opened between the pick and the call:
 /// another caller's failure tripped it, an operator forced it open) ends with the breaker's
-/// [`Open`](seawall_breaker::Open), which the balancer counts against the endpoint in neither
-/// outlier detection nor a latency-aware picker: the call was never sent. An `Open` the
-/// endpoint's service returns itself (a breaker inside it) cannot be told apart from it unless
-/// it comes up wrapped in an error of another type, and is not counted either; the `seawall`
-/// stack wraps it, so it counts against the endpoint as other errors do.
+/// [`Open`](seawall_breaker::Open), and the breaker then admits no call (Open, ForcedOpen, or
+/// HalfOpen with every probe slot taken). The balancer counts such a call against the endpoint
+/// in neither outlier detection nor a latency-aware picker: the call was never sent. An `Open`
+/// the endpoint's service returns itself (a breaker inside it) while the endpoint's breaker
+/// admits calls counts against the endpoint as other errors do, so an endpoint whose inner
+/// breaker fails every call at once is charged for it and can be ejected. Two cases are judged
+/// by the breaker's state when the call ends, not by where the `Open` came from: an inner `Open`
+/// that ends a call while the endpoint's breaker admits none (it opened while the call was in
+/// flight) counts for nothing, and the breaker's own rejection counts against the endpoint as
+/// other errors do when, in the instant between the rejection and the balancer looking, its
+/// wait ends or a probe slot is freed (the breaker would admit a call again). The
+/// `seawall` stack wraps an inner `Open` on its way up, so there it always counts against the
+/// endpoint.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 #[derive(Debug, Clone, Copy, Default)]
@@ -197,7 +208,16 @@ impl<K, S, C> Filter<K, seawall_breaker::Breaker<S, C>> for BreakerFilter {
         }
     }
 
-    fn rejected(&self, _key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
+    fn rejected(
+        &self,
+        _key: &K,
+        service: &seawall_breaker::Breaker<S, C>,
+        error: &(dyn std::error::Error + 'static),
+    ) -> bool {
+        // The breaker's own rejection leaves it admitting no call: Open, ForcedOpen, or HalfOpen
+        // with every probe slot taken. An `Open` from behind a breaker that admits calls came
+        // from within the endpoint's service.
         seawall_core::error::downcast_ref::<seawall_breaker::Open>(error).is_some()
+            && !service.is_call_permitted()
     }
 }

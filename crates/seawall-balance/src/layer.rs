@@ -149,7 +149,7 @@ impl<K, S, F: Filter<K, S>> Filter<K, S> for SharedFilter<F> {
         self.0.available_in(key, service)
     }
 
-    fn rejected(&self, key: &K, error: &(dyn std::error::Error + 'static)) -> bool {
-        self.0.rejected(key, error)
+    fn rejected(&self, key: &K, service: &S, error: &(dyn std::error::Error + 'static)) -> bool {
+        self.0.rejected(key, service, error)
     }
 }

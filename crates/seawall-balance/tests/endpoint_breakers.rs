@@ -525,3 +525,62 @@ async fn a_rejection_by_the_endpoints_own_breaker_counts_nothing_against_it() {
     }
     assert_eq!(behaviors[0].hits.load(Relaxed), 5, "endpoint 0 was ejected");
 }
+
+/// An `Open` from a breaker inside the endpoint's service, while the endpoint's own breaker is
+/// Closed (too few calls to trip it), is the endpoint failing every call at once, not
+/// `BreakerFilter`'s rejection: outlier detection (five failures in a row eject) counts it, and
+/// ejects the endpoint.
+#[tokio::test(start_paused = true)]
+async fn an_open_from_within_the_endpoint_s_service_counts_against_it() {
+    let outer: Vec<_> = (0..2)
+        .map(|_| BreakerLayer::builder().build().unwrap())
+        .collect();
+    // Only endpoint 0 has the breaker inside its service open.
+    let inner: Vec<_> = (0..2)
+        .map(|_| BreakerLayer::builder().build().unwrap())
+        .collect();
+    inner[0].handle().force_open();
+    let (tx, stream) = channel();
+    let balance = BalanceLayer::builder()
+        .seed(1)
+        .picker(Picker::RoundRobin)
+        .outlier_detection(OutlierDetection {
+            consecutive_failures: Some(5),
+            ..OutlierDetection::disabled()
+        })
+        .filter(BreakerFilter)
+        .build()
+        .unwrap()
+        .layer(stream);
+    let behaviors: Vec<_> = (0..2).map(|_| Arc::new(Behavior::default())).collect();
+    for id in 0..2usize {
+        let node = Node {
+            id,
+            behavior: behaviors[id].clone(),
+        };
+        let service = outer[id].layer(inner[id].layer(node));
+        tx.send(Change::Insert(id, service)).unwrap();
+    }
+    common::settle().await;
+    let mut failed = 0;
+    for _ in 0..10 {
+        match balance.clone().oneshot(1).await {
+            Ok(id) => assert_eq!(id, 1),
+            Err(error) => {
+                assert!(error.is::<seawall::breaker::Open>(), "{error:?}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 5);
+    assert_eq!(outer[0].handle().state(), State::Closed);
+    inner[0].handle().reset();
+    for _ in 0..10 {
+        assert_eq!(balance.clone().oneshot(1).await.unwrap(), 1);
+    }
+    assert_eq!(
+        behaviors[0].hits.load(Relaxed),
+        0,
+        "endpoint 0 was not ejected"
+    );
+}
