@@ -180,9 +180,11 @@ impl<K, S> Filter<K, S> for NoFilter {
 /// breaker fails every call at once is charged for it and can be ejected. Two cases are judged
 /// by the breaker's state when the call ends, not by where the `Open` came from: an inner `Open`
 /// that ends a call while the endpoint's breaker admits none (it opened while the call was in
-/// flight) counts for nothing, and the breaker's own rejection counts against the endpoint as
-/// other errors do when, in the instant between the rejection and the balancer looking, its
-/// wait ends or a probe slot is freed (the breaker would admit a call again). The
+/// flight, this call's own failure included) counts for nothing, and the breaker's own rejection
+/// counts against the endpoint as other errors do when, between the rejection and the balancer
+/// looking (the rejected call may first yield to the scheduler), the breaker admits calls
+/// again: its wait ended, a probe slot freed, it closed, or it was reset, disabled or set to
+/// metrics only. The
 /// `seawall` stack wraps an inner `Open` on its way up, so there it always counts against the
 /// endpoint.
 #[cfg(feature = "breaker")]

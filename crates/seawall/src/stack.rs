@@ -1217,8 +1217,9 @@ where
 /// dependency breaker of your own the same, or one endpoint's breaker opening counts against the
 /// dependency. Nor does the balancer count it against the endpoint, in outlier detection or
 /// PeakEWMA, whatever its classifier: [`BreakerFilter`] names the breaker's rejection as its own
-/// ([`Filter::rejected`](crate::balance::Filter::rejected)), unless the breaker's wait ends or a
-/// probe slot frees in the instant before the balancer looks. `seawall::grpc` reports it as
+/// ([`Filter::rejected`](crate::balance::Filter::rejected)), unless the breaker admits calls
+/// again by the time the balancer looks (its wait ended, a probe slot freed, it closed, or it was
+/// reset; the rejected call may first yield to the scheduler). `seawall::grpc` reports it as
 /// `UNAVAILABLE`.
 ///
 /// Only the endpoint's breaker's own rejection becomes `EndpointOpen`: an [`Open`] the
