@@ -118,7 +118,7 @@ pub trait Filter<K, S>: Send + Sync + 'static {
     /// endpoint's service, asked right after the call ended, so the answer can rest on what the
     /// filter would say of the endpoint now, not on the error's type alone: an error of the same
     /// type from within the endpoint's service must still count against the endpoint. Asked only
-    /// of a call that ends with an error. `false` by default.
+    /// of a call that ends with an error its classifier did not ignore. `false` by default.
     fn rejected(&self, key: &K, service: &S, error: &(dyn std::error::Error + 'static)) -> bool {
         let _ = (key, service, error);
         false
