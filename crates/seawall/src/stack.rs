@@ -1219,7 +1219,7 @@ where
 /// PeakEWMA, whatever its classifier: [`BreakerFilter`] names the breaker's rejection as its own
 /// ([`Filter::rejected`](crate::balance::Filter::rejected)), unless the breaker admits calls
 /// again by the time the balancer looks (its wait ended, a probe slot freed, it closed, or it was
-/// reset; the rejected call may first yield to the scheduler). `seawall::grpc` reports it as
+/// reset, disabled or set to metrics only; the rejected call may first yield to the scheduler). `seawall::grpc` reports it as
 /// `UNAVAILABLE`.
 ///
 /// Only the endpoint's breaker's own rejection becomes `EndpointOpen`: an [`Open`] the
