@@ -96,7 +96,10 @@ pub enum State {
 
 impl State {
     /// The value of the state gauge: 0 Closed, 1 Open, 2 HalfOpen, 3 Disabled, 4 ForcedOpen,
-    /// 5 MetricsOnly.
+    /// 5 MetricsOnly. Breakers that share a name show the most severe of their states on the
+    /// gauge (ForcedOpen, Open, HalfOpen, MetricsOnly, Disabled, then Closed), a dropped breaker's
+    /// state is taken off, and the gauge is 0 when none is left; see `docs/circuit-breaker.md` in
+    /// the repository.
     pub fn as_gauge(self) -> f64 {
         match self {
             State::Closed => 0.0,

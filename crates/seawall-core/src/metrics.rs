@@ -33,6 +33,9 @@ pub const FALLBACK_FAILED: &str = "seawall_fallback_failed_total";
 
 // ----- breaker metric names -----
 /// Gauge: the breaker's state (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only).
+/// Breakers that share a name show the most severe of their states (forced open, open, half-open,
+/// metrics only, disabled, then closed), a dropped breaker's state is taken off, and the gauge is 0
+/// when none is left; see `docs/observability.md` in the repository.
 pub const BREAKER_STATE: &str = "seawall_breaker_state";
 /// Counter: calls through a breaker that succeeded.
 pub const BREAKER_SUCCESSES: &str = "seawall_breaker_successes_total";
