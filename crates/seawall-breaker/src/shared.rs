@@ -157,7 +157,11 @@ struct OwnGauge {
 /// under two recorders write two series and do not count together.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Series {
-    /// The recorder's address: it stays put while it is installed.
+    /// The recorder's address. The global recorder, installed for good, never moves; a local
+    /// recorder's address (one a test installs for a scope, on the stack) may be reused by a
+    /// later one once it is dropped, and [`LIVE`]'s entries last as long as their breakers, so a
+    /// breaker that outlives its local recorder may count with a breaker of the same name built
+    /// under a later recorder at that address.
     recorder: usize,
     name: Name,
 }
