@@ -2110,7 +2110,7 @@ fn the_deadline_law_reads_the_override_of_the_bounding_timeout() {
 }
 
 /// The share of its cases, in percent, in which the deadline law must see a call with a bound to
-/// keep (about 78 % do).
+/// keep (about 77 % do).
 const DEADLINE_LAW_FLOOR_PCT: usize = 65;
 
 /// The fewest cases (`SEAWALL_PROPTEST_CASES`) for which [`check_law_with_floor`] holds a law to
