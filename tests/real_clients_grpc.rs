@@ -6,16 +6,17 @@
 //! servers record the `grpc-timeout` each call arrives with.
 
 use seawall::{
-    balance::{BalanceEvent, BalanceLayer, EjectReason, OutlierDetection, Picker},
-    breaker::{BreakerLayer, Open, SlidingWindow, State},
+    balance::{BalanceEvent, EjectReason, OutlierDetection, Picker},
+    breaker::{BreakerConfig, BreakerLayer, BreakerSet, Open, SlidingWindow, State},
     core::{
-        classify::{GrpcClassifier, GrpcCode},
+        classify::{ClassifyExt, GrpcClassifier, GrpcCode},
         deadline::{Deadline, RequestDeadline, WithDeadline},
-        error::{find, is},
+        error::is,
     },
     discover,
-    grpc::{parse_timeout, HonorTimeoutLayer, SendDeadlineLayer, StatusLayer},
+    grpc::{parse_timeout, HonorTimeoutLayer, RetryClassifier, SendDeadlineLayer, StatusLayer},
     retry::{Backoff, RetryBudget, RetryEvent, RetryLayer},
+    stack::{ClientStack, EndpointOpen},
     BoxError, Name, Outcome, ServiceBuilderExt,
 };
 use std::{
@@ -33,10 +34,7 @@ use tonic::{
     Code, Status,
 };
 use tonic_health::{
-    pb::{
-        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-        HealthCheckResponse,
-    },
+    pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest},
     server::HealthReporter,
 };
 use tower::{service_fn, util::BoxCloneService, Layer, ServiceBuilder, ServiceExt};
@@ -107,17 +105,6 @@ fn check() -> HealthCheckRequest {
     }
 }
 
-/// UNAVAILABLE (and transport errors) are worth retrying; other statuses are the answer.
-fn retry_classifier(result: Result<&HealthCheckResponse, &BoxError>, _: Duration) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Success,
-        Err(err) => match find::<Status>(&**err) {
-            Some(status) if status.code() != Code::Unavailable => Outcome::Success,
-            _ => Outcome::Failure,
-        },
-    }
-}
-
 #[test]
 fn grpc_classifier_reads_trailers_only_status() {
     use seawall::core::Classify;
@@ -138,12 +125,14 @@ fn grpc_classifier_reads_trailers_only_status() {
     );
 }
 
-/// Retry over a balancer over three `Channel`s, split at the generated client as
-/// `docs/composition.md` lays it out: the total timeout and the retry above it, on messages, each
-/// attempt called with the total timeout's deadline, which `SendDeadlineLayer` on each `Channel`
-/// sends to the server. One server answers UNAVAILABLE, then another is shut down. Every call
-/// succeeds, outlier detection (by `GrpcClassifier`) ejects both, and every call reaches its
-/// server with a `grpc-timeout` within the total timeout.
+/// `ClientStack::grpc_builder()` over three `Channel`s, split at the generated client as
+/// `docs/composition.md` lays it out: `StatusLayer` under the client, the total timeout and the
+/// retry (classifying with `RetryClassifier`) above it, on messages, each attempt called with the
+/// total timeout's deadline, which `SendDeadlineLayer` on each `Channel` sends to the server. One
+/// server answers UNAVAILABLE, then another is shut down. Every call succeeds, the preset's
+/// outlier detection (by `GrpcClassifier`) ejects both, the per-endpoint breakers count the
+/// UNAVAILABLE answers, and every call reaches its server with a `grpc-timeout` within the total
+/// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_channels_route_around_unavailable_and_dead_servers() {
     let mut servers = Vec::new();
@@ -157,39 +146,52 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
     let retries = Arc::new(AtomicU32::new(0));
     let (e, r) = (ejected.clone(), retries.clone());
 
-    let balance = BalanceLayer::builder()
-        .name("grpc-cluster")
-        .picker(Picker::RoundRobin)
-        .classifier(GrpcClassifier::new())
-        .max_wait(Duration::from_secs(2))
-        .panic_threshold(0.3)
-        .outlier_detection(OutlierDetection {
-            interval: Duration::from_secs(1),
-            base_ejection_time: Duration::from_secs(60),
-            max_ejection_percent: 0.67,
-            consecutive_failures: Some(3),
-            latency: None,
-            success_rate: None,
-            failure_percentage: None,
-            ..OutlierDetection::default()
+    // Per-endpoint breakers read `grpc-status` too; `map_balance` keeps the preset's
+    // `GrpcClassifier`.
+    let endpoint_breakers = BreakerSet::with_classifier(
+        BreakerConfig::builder()
+            .name("grpc-endpoint")
+            .build_config()
+            .unwrap(),
+        16,
+        GrpcClassifier::new(),
+    )
+    .unwrap();
+    let stack = ClientStack::grpc_builder()
+        .map_balance(|balance| {
+            balance
+                .name("grpc-cluster")
+                .picker(Picker::RoundRobin)
+                .max_wait(Duration::from_secs(2))
+                .panic_threshold(0.3)
+                .outlier_detection(OutlierDetection {
+                    interval: Duration::from_secs(1),
+                    base_ejection_time: Duration::from_secs(60),
+                    max_ejection_percent: 0.67,
+                    consecutive_failures: Some(3),
+                    latency: None,
+                    success_rate: None,
+                    failure_percentage: None,
+                    ..OutlierDetection::default()
+                })
+                .on_event(move |_: &Name, event: &BalanceEvent| {
+                    if let BalanceEvent::Ejected { key, reason, .. } = event {
+                        e.lock().unwrap().push((key.clone(), *reason));
+                    }
+                })
+                .seed(5)
         })
-        .on_event(move |_: &Name, event: &BalanceEvent| {
-            if let BalanceEvent::Ejected { key, reason, .. } = event {
-                e.lock().unwrap().push((key.clone(), *reason));
-            }
-        })
-        .seed(5)
-        .build()
-        .unwrap()
-        .layer(discover::from_list(addrs.clone(), |addr: &SocketAddr| {
+        .endpoint_breakers(endpoint_breakers.clone())
+        .build(discover::from_list(addrs.clone(), |addr: &SocketAddr| {
             SendDeadlineLayer::new().layer(channel(addr))
-        }));
-    let grpc = HealthClient::new(balance);
+        }))
+        .unwrap();
+    let grpc = HealthClient::new(StatusLayer::new().layer(stack));
     let total = Duration::from_secs(5);
 
     let retry = RetryLayer::builder()
         .name("grpc-retry")
-        .classify(retry_classifier)
+        .classify(RetryClassifier::new())
         .max_attempts(3)
         .backoff(Backoff::constant(Duration::from_millis(5)))
         .budget(RetryBudget::unlimited())
@@ -229,6 +231,10 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
     }
     assert_eq!(servers[0].hits.load(SeqCst), 3);
     assert_eq!(retries.load(SeqCst), 3);
+    // Its breaker counted the three UNAVAILABLE answers, too few to open it.
+    let breaker = endpoint_breakers.handle(&addrs[0]).unwrap();
+    assert_eq!(breaker.snapshot().failures, 3);
+    assert_eq!(breaker.state(), State::Closed);
     assert_eq!(
         *ejected.lock().unwrap(),
         vec![(format!("{:?}", addrs[0]), EjectReason::ConsecutiveFailures)]
@@ -509,27 +515,28 @@ async fn slow_grpc_server(delay: Duration) -> (SocketAddr, oneshot::Sender<()>, 
 /// runs out on the same tick as the seawall timeout enforcing the caller's deadline.
 /// `SendDeadlineLayer` keeps its `TimeoutExpired` from the layers above: callers whose deadline
 /// (100 ms) is shorter than the server's answer (500 ms) get `DEADLINE_EXCEEDED` from seawall's
-/// `Elapsed`, and neither the endpoint's breaker nor the dependency's counts a failure.
+/// `Elapsed`, and neither the endpoint's breaker nor the dependency's counts a failure. The stack
+/// is `ClientStack::grpc_builder()` with its pieces given as its docs say: `GrpcClassifier` in
+/// the per-endpoint breakers and in the dependency breaker, which ignores `EndpointOpen`.
 #[tokio::test]
 async fn impatient_callers_over_a_channel_charge_no_endpoint() {
     let (addr, _stop, _reporter) = slow_grpc_server(Duration::from_millis(500)).await;
-    let endpoints = seawall::breaker::BreakerSet::new(
-        seawall::breaker::BreakerConfig::builder()
+    let endpoints = BreakerSet::with_classifier(
+        BreakerConfig::builder()
             .name("grpc-endpoint")
             .minimum_calls(3)
             .build_config()
             .unwrap(),
         16,
+        GrpcClassifier::new(),
     )
     .unwrap();
     let dependency = BreakerLayer::builder()
         .name("grpc-dependency")
         .minimum_calls(3)
-        .build()
+        .build_with(GrpcClassifier::new().ignore_error::<EndpointOpen>())
         .unwrap();
-    let stack = seawall::stack::ClientStack::builder()
-        .without_retry()
-        .without_timeout()
+    let stack = ClientStack::grpc_builder()
         .breaker(dependency.clone())
         .endpoint_breakers(endpoints.clone())
         .per_try_timeout(Duration::from_secs(2))
