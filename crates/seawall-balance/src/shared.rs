@@ -2302,6 +2302,29 @@ mod tests {
         (tx, stream)
     }
 
+    /// A balancer that ejects on one failure ([`eject_at_once`]) and tells `listeners`, fed two
+    /// endpoints, 0 and 1, by a [`fed`] stream, once both are applied; with the feed.
+    async fn two_ejecting_on_one_failure(
+        listeners: Listeners<BalanceEvent>,
+    ) -> (
+        Arc<Shared<usize, (), DefaultClassifier>>,
+        tokio::sync::mpsc::UnboundedSender<Change<usize, ()>>,
+    ) {
+        let shared = Arc::new(Shared::new(
+            eject_at_once(),
+            listeners,
+            DefaultClassifier,
+            None,
+        ));
+        let (tx, stream) = fed();
+        spawn(&shared, stream, None);
+        for i in 0..2usize {
+            tx.send(Change::Insert(i, ())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        (shared, tx)
+    }
+
     /// Outlier detection that ejects on one failure for 10 s, and runs every second.
     fn eject_at_once() -> Settings {
         round_robin(
@@ -2698,20 +2721,12 @@ mod tests {
     ) {
         let events = Arc::new(Mutex::new(Vec::new()));
         let recorded = events.clone();
-        let shared = Arc::new(Shared::new(
-            eject_at_once(),
-            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+        let (shared, _tx) = two_ejecting_on_one_failure(Listeners::default().with(
+            move |_: &Name, event: &BalanceEvent| {
                 recorded.lock().unwrap().push(event.clone());
-            }),
-            DefaultClassifier,
-            None,
-        ));
-        let (tx, stream) = fed();
-        spawn(&shared, stream, None);
-        for i in 0..2usize {
-            tx.send(Change::Insert(i, ())).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+            },
+        ))
+        .await;
         assert_eq!(shared.current().len(), 2);
         events.lock().unwrap().clear();
         (shared, events)
@@ -2820,22 +2835,14 @@ mod tests {
         let (second, second_reached, second_release) = Gate::at(added(2));
         let events = Arc::new(Mutex::new(Vec::new()));
         let recorded = events.clone();
-        let shared = Arc::new(Shared::new(
-            eject_at_once(),
-            Listeners::default().with(move |_: &Name, event: &BalanceEvent| {
+        let (shared, tx) = two_ejecting_on_one_failure(Listeners::default().with(
+            move |_: &Name, event: &BalanceEvent| {
                 recorded.lock().unwrap().push(event.clone());
                 first.pass(event);
                 second.pass(event);
-            }),
-            DefaultClassifier,
-            None,
-        ));
-        let (tx, stream) = fed();
-        spawn(&shared, stream, None);
-        for i in 0..2usize {
-            tx.send(Change::Insert(i, ())).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+            },
+        ))
+        .await;
         events.lock().unwrap().clear();
         let wait = |reached: &std::sync::mpsc::Receiver<()>| {
             reached.recv_timeout(Duration::from_secs(30)).unwrap();
