@@ -99,7 +99,8 @@ impl State {
     /// 5 MetricsOnly. Breakers that share a name show the most severe of their states on the
     /// gauge (ForcedOpen, Open, HalfOpen, MetricsOnly, Disabled, then Closed), a dropped breaker's
     /// state is taken off, and the gauge is 0 when none is left; see `docs/circuit-breaker.md` in
-    /// the repository.
+    /// the repository. A `BreakerSet`'s breakers leave this gauge alone: they are counted in
+    /// `seawall_breaker_keys_open` instead.
     pub fn as_gauge(self) -> f64 {
         match self {
             State::Closed => 0.0,

@@ -246,7 +246,9 @@
 //! ```
 //!
 //! By hand, the preset is [`builder`](ClientStack::builder) without the retry and the total
-//! timeout, and with the breaker and the balancer given a [`GrpcClassifier`]:
+//! timeout, and with the breaker and the balancer given a [`GrpcClassifier`]; as over HTTP, the
+//! breaker given this way is made at once rather than by `build`, and its name is not checked
+//! against the per-endpoint breakers':
 //!
 //! ```
 //! use seawall::{
