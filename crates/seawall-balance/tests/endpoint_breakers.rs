@@ -5,9 +5,10 @@ mod common;
 
 use common::{channel, drive_keys, Behavior, Node, Sender};
 use seawall::balance::{
-    BalanceLayer, BreakerFilter, Change, NoEndpoints, OutlierDetection, Picker,
+    BalanceLayer, BreakerFilter, Change, NoEndpoints, NoKey, NoProbe, OutlierDetection, Picker,
 };
 use seawall::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
+use seawall_core::classify::DefaultClassifier;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -467,15 +468,11 @@ impl Service<u64> for Tripping {
     }
 }
 
-/// An endpoint's breaker that opens between the pick and the call rejects the call with its
-/// `Open`; `BreakerFilter` names it as its own rejection, so outlier detection (five failures in
-/// a row eject) counts nothing against the endpoint, which takes its turns once the breaker is
-/// reset.
-#[tokio::test(start_paused = true)]
-async fn a_rejection_by_the_endpoints_own_breaker_counts_nothing_against_it() {
-    let breakers: Vec<_> = (0..2).map(|_| quick_breaker(1)).collect();
-    let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
+/// A round-robin balancer, seeded, whose outlier detection ejects an endpoint after five
+/// failures in a row, and which skips endpoints whose breakers refuse calls.
+fn ejecting_after_five_failures() -> BalanceLayer<DefaultClassifier, NoKey, NoProbe, BreakerFilter>
+{
+    BalanceLayer::builder()
         .seed(1)
         .picker(Picker::RoundRobin)
         .outlier_detection(OutlierDetection {
@@ -485,7 +482,17 @@ async fn a_rejection_by_the_endpoints_own_breaker_counts_nothing_against_it() {
         .filter(BreakerFilter)
         .build()
         .unwrap()
-        .layer(stream);
+}
+
+/// An endpoint's breaker that opens between the pick and the call rejects the call with its
+/// `Open`; `BreakerFilter` names it as its own rejection, so outlier detection (five failures in
+/// a row eject) counts nothing against the endpoint, which takes its turns once the breaker is
+/// reset.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_by_the_endpoints_own_breaker_counts_nothing_against_it() {
+    let breakers: Vec<_> = (0..2).map(|_| quick_breaker(1)).collect();
+    let (tx, stream) = channel();
+    let balance = ejecting_after_five_failures().layer(stream);
     let armed = Arc::new(AtomicBool::new(true));
     let behaviors: Vec<_> = (0..2).map(|_| Arc::new(Behavior::default())).collect();
     for id in 0..2usize {
@@ -541,17 +548,7 @@ async fn an_open_from_within_the_endpoint_s_service_counts_against_it() {
         .collect();
     inner[0].handle().force_open();
     let (tx, stream) = channel();
-    let balance = BalanceLayer::builder()
-        .seed(1)
-        .picker(Picker::RoundRobin)
-        .outlier_detection(OutlierDetection {
-            consecutive_failures: Some(5),
-            ..OutlierDetection::disabled()
-        })
-        .filter(BreakerFilter)
-        .build()
-        .unwrap()
-        .layer(stream);
+    let balance = ejecting_after_five_failures().layer(stream);
     let behaviors: Vec<_> = (0..2).map(|_| Arc::new(Behavior::default())).collect();
     for id in 0..2usize {
         let node = Node {
