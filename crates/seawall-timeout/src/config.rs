@@ -82,11 +82,13 @@ impl TimeoutConfigBuilder {
     /// one tick, or because the task was polled only after both), this layer's cut is held for
     /// one poll: it drops the inner future, wakes the task and stays pending, so the layer
     /// further out, whose timer has fired too, cancels the call in the same pass and, in the
-    /// common case, nothing below sees an `Elapsed`. With no such layer the call fails with
-    /// `Elapsed` (and is reported) on the next poll, and so it does, once, in two corners: a
-    /// task out of tokio's cooperative budget (one driving many calls that time out on one tick)
-    /// finds the outer timer pending, and the multi-thread runtime fires due timers in batches,
-    /// so the outer one may fire after this layer's held poll.
+    /// common case, nothing below sees an `Elapsed`. An answer that comes after the deadline but
+    /// before the timer's tick is dropped, and the layer waits for that tick (the outer timer is
+    /// due on it or an earlier one) before it holds its cut the same way. With no such layer the
+    /// call fails with `Elapsed` (and is reported) on the next poll, and so it does, once, in two
+    /// corners: a task out of tokio's cooperative budget (one driving many calls that time out on
+    /// one tick) finds the outer timer pending, and the multi-thread runtime fires due timers in
+    /// batches, so the outer one may fire after this layer's held poll.
     pub fn enforce_outer_deadline(mut self, enforce: bool) -> Self {
         self.enforce_outer = enforce;
         self

@@ -31,7 +31,10 @@ pin_project! {
     /// timer, cancels the call in the common case. Only if nothing does (no such layer, or, once,
     /// a task out of tokio's cooperative budget or timers fired in separate batches: see
     /// [`enforce_outer_deadline`](crate::TimeoutConfigBuilder::enforce_outer_deadline)) is the
-    /// call failed with [`Elapsed`], and reported, on the next poll.
+    /// call failed with [`Elapsed`], and reported, on the next poll. An answer that comes after
+    /// the deadline but before this layer's timer has fired is dropped, and the call waits for
+    /// that timer as if still pending before it is cut so: the layer further out, whose timer is
+    /// due on the same tick or an earlier one, may not have fired yet either.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -57,6 +60,9 @@ pin_project! {
         Called { #[pin] future: F },
         /// The deadline had passed when the call was made: the inner service was not called.
         NotCalled,
+        /// An answer came after the deadline, before this layer's timer fired, and was dropped;
+        /// the call is cut when the timer fires, as if the inner future were still pending.
+        Late,
         /// The deadline passed and the inner future was dropped; the call fails with `Elapsed`
         /// on its next poll, unless a layer further out cancels it first.
         Cut,
@@ -115,6 +121,8 @@ where
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
             InnerProj::Called { future } => future.poll(cx),
+            // A late answer was dropped: wait for this layer's timer (see `poll_late`).
+            InnerProj::Late => Poll::Pending,
             InnerProj::NotCalled | InnerProj::Cut => return elapsed(this),
             InnerProj::Done { .. } => panic!("timeout ResponseFuture polled after completion"),
         };
@@ -140,7 +148,7 @@ where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {
-    match polled {
+    let wait = match polled {
         // An answer on a later poll: the clock decides, since the timer rounds the deadline up
         // to its next tick and an answer can come after the deadline and before the timer fires.
         // An answer at the deadline itself is in time.
@@ -149,18 +157,25 @@ where
                 this.inner.set(Inner::Done { called: true });
                 return Poll::Ready(result.map_err(Into::into));
             }
+            if *this.outer_first {
+                // The layer further out cuts the call when its timer fires, on this one's tick
+                // or an earlier one, and that may not have happened yet: the answer is dropped
+                // and the call waits for this layer's timer, as if still pending.
+                this.inner.set(Inner::Late);
+            }
+            *this.outer_first
         }
         // Pending: arm the timer on the first poll. A deadline reached when the call was made (a
         // zero timeout, an outer deadline of that very instant) skips this and fires now.
-        Poll::Pending if this.sleep.is_some() || *this.deadline > *this.started => {
-            if this.sleep.is_none() {
-                this.sleep.set(Some(sleep_until(*this.deadline)));
-            }
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                ready!(sleep.poll(cx));
-            }
+        Poll::Pending => this.sleep.is_some() || *this.deadline > *this.started,
+    };
+    if wait {
+        if this.sleep.is_none() {
+            this.sleep.set(Some(sleep_until(*this.deadline)));
         }
-        Poll::Pending => {}
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            ready!(sleep.poll(cx));
+        }
     }
     cut(this, cx)
 }
@@ -171,7 +186,9 @@ where
 /// That layer's timer is due on the same tick as this one's or an earlier one, and it polls this
 /// future before its timer, in the same pass: it usually cancels the call, and the layers in
 /// between (a breaker, outlier detection, a retry) see no `Elapsed` to count against the
-/// endpoint. The task is woken so that, with no such layer, the call fails on the next poll; so
+/// endpoint. A late answer comes here only once this layer's timer has fired too (see
+/// `poll_late`): before that, the layer further out may not have fired. The task is woken so
+/// that, with no such layer, the call fails on the next poll; so
 /// it does when that layer's timer was seen pending (a task out of tokio's cooperative budget,
 /// timers fired in separate batches by the multi-thread runtime).
 #[cold]
@@ -214,7 +231,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
                 "called",
                 &!matches!(self.inner, Inner::NotCalled | Inner::Done { called: false }),
             )
-            .field("cut", &matches!(self.inner, Inner::Cut))
+            .field("cut", &matches!(self.inner, Inner::Late | Inner::Cut))
             .field("done", &matches!(self.inner, Inner::Done { .. }))
             .finish()
     }

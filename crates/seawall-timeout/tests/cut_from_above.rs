@@ -153,3 +153,56 @@ async fn with_no_layer_above_an_earlier_deadline_still_ends_in_elapsed() {
         }]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_before_the_tick_leaves_the_cut_to_the_total_timeout() {
+    // Deadlines at 5.5 ms, off the millisecond tick: both timers fire on the 6 ms one.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (per_try, events) = per_try(Duration::from_millis(5));
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(5)))
+        .layer(per_try)
+        .service(service);
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the attempt is sent");
+    // 5.7 ms: past both deadlines, before either timer has fired.
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    send.send_response("late");
+    tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
+    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_layer_above_a_late_answer_ends_in_elapsed_after_the_tick() {
+    // The request carries an earlier deadline that no layer enforces, off the millisecond tick.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (per_try, events) = per_try(Duration::from_millis(5));
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+    let svc = per_try.layer(service);
+    let mut req = http::Request::new(());
+    req.set_deadline(Instant::now() + Duration::from_millis(4));
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the attempt is sent");
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    send.send_response("late");
+    tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    assert!(call.is_woken(), "by the timer");
+    tokio_test::assert_pending!(call.poll(), "held for one poll");
+    assert!(call.is_woken(), "and woken to end");
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [TimeoutEvent::Elapsed {
+            budget: Duration::from_millis(5)
+        }]
+    );
+}
