@@ -1,6 +1,6 @@
 use crate::TimeoutEvent;
 use pin_project_lite::pin_project;
-use seawall_core::{deadline::Elapsed, metrics, BoxError, Listeners, Name};
+use seawall_core::{deadline::Elapsed, error, metrics, BoxError, Listeners, Name};
 use std::{
     fmt,
     future::Future,
@@ -17,7 +17,9 @@ pin_project! {
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
     /// once if that deadline was reached when the call was made), and an answer on a later poll
     /// is checked against the clock: one that comes at the deadline is in time, one that comes
-    /// after it is not returned, even before the timer's next tick. When the deadline passes the
+    /// after it is not returned, even before the timer's next tick (but a layer that enforces its
+    /// deadline passes on as it is an [`Elapsed`] from a layer further in that enforces it too,
+    /// and has reported it). When the deadline passes the
     /// inner future is dropped at once and the call fails with [`Elapsed`]. A call whose deadline
     /// had already passed when it was made has no inner future (the inner service was not
     /// called) and fails with [`Elapsed`] on its first poll.
@@ -162,8 +164,20 @@ where
                 // or an earlier one, and that may not have happened yet: the answer is dropped
                 // and the call waits for this layer's timer, as if still pending.
                 this.inner.set(Inner::Late);
+                true
+            } else {
+                // A layer further in that enforces this deadline too cut the call when its timer
+                // fired, on the tick after the deadline, and reported it: its `Elapsed` is passed
+                // on as it is, as one found at the deadline itself is, and reported once.
+                if let Err(err) = result {
+                    let err = err.into();
+                    if error::is::<Elapsed>(&*err) {
+                        this.inner.set(Inner::Done { called: true });
+                        return Poll::Ready(Err(err));
+                    }
+                }
+                false
             }
-            *this.outer_first
         }
         // Pending: arm the timer on the first poll. A deadline reached when the call was made (a
         // zero timeout, an outer deadline of that very instant) skips this and fires now.

@@ -28,3 +28,30 @@ async fn elapsed_calls_are_counted_under_the_policy_name() {
     assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "orders"), 2);
     assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_an_inner_layer_enforces_is_counted_once() {
+    // Deadlines off the millisecond tick: the inner layer, which enforces the outer deadline,
+    // fires on the tick after it, and the outer one finds the inner one's `Elapsed` late.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let layer = |name: &str, secs| {
+        TimeoutLayer::builder()
+            .timeout(Duration::from_secs(secs))
+            .name(name)
+            .build()
+            .unwrap()
+    };
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer("outer", 2))
+        .layer(layer("inner", 5))
+        .service(service_fn(|_: http::Request<()>| async {
+            sleep(Duration::from_secs(10)).await;
+            Ok::<_, std::io::Error>(())
+        }));
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "inner"), 1);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "outer"), 0);
+}

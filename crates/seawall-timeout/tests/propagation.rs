@@ -81,8 +81,8 @@ async fn outer_deadline_cuts_the_call(inner: TimeoutLayer) {
 async fn an_inner_timeout_enforces_the_outer_deadline() {
     // total 2s outside, a default 5s timeout inside (not a per-try one, which leaves the outer
     // deadline to the outer layer: see the per-try tests below): the inner layer sees and enforces the
-    // outer deadline, so it is the one that fires, under its name (the outer one then finds the
-    // inner one's `Elapsed` in time and passes it on).
+    // outer deadline, so it is the one that fires, under its name (the outer one then passes the
+    // inner one's `Elapsed` on, in time here, or late off the millisecond tick: see metrics.rs).
     let fired = Arc::new(Mutex::new(Vec::new()));
     let sink = fired.clone();
     let inner = TimeoutLayer::builder()
