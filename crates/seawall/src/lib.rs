@@ -108,3 +108,6 @@ pub use stack::{ClientStack, ClientStackBuilder};
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
+
+#[cfg(doctest)]
+mod doc_pages;
