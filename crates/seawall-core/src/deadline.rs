@@ -26,6 +26,14 @@
 //! impl RequestDeadline for Ping {}
 //! ```
 //!
+//! Requests of ordinary std types implement it already, carrying nothing: `()`, `bool`, `char`,
+//! the integers, `String`, `&'static str`, `Vec<T>`, and `Arc<T>` and `Rc<T>` of any `T` (a
+//! shared request cannot have a deadline written into it, so these carry none even where `T`
+//! does). A timeout over such requests applies its own duration alone, and what it computes
+//! reaches no layer under it: a per-try timeout, a retry or a hedge there does not see the
+//! call's deadline, so a retry may start an attempt the timeout above then cuts. Wrap them in a
+//! [`WithDeadline`] to propagate the deadline.
+//!
 //! Per-request overrides: a caller puts a [`TimeoutOverride`] on a request to replace the timeout
 //! layer's duration for that one request (a longer budget for a report, a shorter one for a
 //! health probe). Every timeout layer that honors overrides reads it (by default all do; a per-try
@@ -91,6 +99,22 @@ pub struct PerTryTimeoutOverride(pub Duration);
 ///
 /// Every method has a default that carries nothing, so `impl RequestDeadline for MyRequest {}` is
 /// enough for a request type that does not take part in propagation.
+///
+/// Implemented for [`http::Request`], for [`WithDeadline`], for a `Box` of any type that
+/// implements it (which it forwards to), and, carrying nothing, for ordinary std request types:
+/// `()`, `bool`, `char`, the integers, `String`, `&'static str`, `Vec<T>`, and `Arc<T>` and
+/// `Rc<T>` of any `T`. Over those a timeout applies only its own duration and propagates nothing
+/// (see the [module docs](self)); wrap them in a [`WithDeadline`] to propagate a deadline.
+///
+/// ```
+/// use seawall_core::deadline::RequestDeadline;
+///
+/// fn carries_none(request: impl RequestDeadline) -> bool {
+///     request.deadline().is_none() && request.timeout_override().is_none()
+/// }
+/// assert!(carries_none(42u32));
+/// assert!(carries_none(String::from("GET /users")));
+/// ```
 pub trait RequestDeadline {
     /// The deadline the request already carries, if any.
     fn deadline(&self) -> Option<Instant> {
@@ -162,6 +186,52 @@ impl<T: RequestDeadline + ?Sized> RequestDeadline for Box<T> {
         (**self).per_try_timeout_override()
     }
 }
+
+/// Implements [`RequestDeadline`] with its defaults, carrying nothing, for each type given.
+macro_rules! carries_no_deadline {
+    ($($t:ty),* $(,)?) => {
+        $(
+            /// Carries no deadline and no override: only a timeout's own duration applies to it,
+            /// and nothing is propagated to the layers under that timeout. Wrap it in a
+            /// [`WithDeadline`] for that.
+            impl RequestDeadline for $t {}
+        )*
+    };
+}
+
+carries_no_deadline!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    String,
+    &'static str,
+);
+
+/// Carries no deadline and no override: only a timeout's own duration applies to it, and nothing
+/// is propagated to the layers under that timeout. Wrap it in a [`WithDeadline`] for that.
+impl<T> RequestDeadline for Vec<T> {}
+
+/// Carries no deadline and no override, whatever `T` carries: a shared request cannot have a
+/// deadline written into it, so the timeouts over it see none, not even one `T` already had.
+/// Wrap it in a [`WithDeadline`] to propagate one.
+impl<T: ?Sized> RequestDeadline for std::sync::Arc<T> {}
+
+/// Carries no deadline and no override, whatever `T` carries: a shared request cannot have a
+/// deadline written into it, so the timeouts over it see none, not even one `T` already had.
+/// Wrap it in a [`WithDeadline`] to propagate one.
+impl<T: ?Sized> RequestDeadline for std::rc::Rc<T> {}
 
 /// Carries a deadline and timeout overrides next to a request of any type.
 ///

@@ -107,7 +107,10 @@
 //! ```
 //!
 //! Request types other than [`http::Request`] implement [`RequestDeadline`] (one empty `impl`
-//! block if they carry no deadline) to be retried or hedged.
+//! block if they carry no deadline) to be retried or hedged. Ordinary std request types (`u32`,
+//! `String`, `Vec<T>`, …) implement it already and carry no deadline, so a retry or a hedge over
+//! them does not see the deadline of a timeout above it; wrap them in a
+//! [`WithDeadline`](seawall_core::deadline::WithDeadline) for that.
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -41,7 +41,10 @@
 //! see it: a per-try timeout under a retry cannot outlive the total timeout above it, and the retry
 //! does not start an attempt that cannot finish. Requests carry deadlines through
 //! [`RequestDeadline`], implemented for [`http::Request`](https://docs.rs/http/1/http/request/struct.Request.html); other request types implement it in a
-//! few lines (see [`seawall_core::deadline`]).
+//! few lines (see [`seawall_core::deadline`]). Ordinary std request types (`u32`, `String`,
+//! `Vec<T>`, …) implement it already and carry no deadline: over them a timeout applies its own
+//! duration and propagates nothing; wrap them in a
+//! [`WithDeadline`](seawall_core::deadline::WithDeadline) to propagate.
 //!
 //! # Defaults
 //!
