@@ -19,6 +19,7 @@
 //! | `discover` | `discover` | endpoint discovery: static, watch channel, DNS |
 //! | `stack` | `stack` | the canonical client stack in one builder (`ClientStack`) |
 //! | `grpc` | `grpc` | gRPC status codes for seawall's rejections, below tonic's generated clients; gRPC deadlines (`grpc-timeout`) read from callers and sent to servers |
+//! | `http` | `http` | HTTP status codes and `Retry-After` for seawall's rejections, for a server answering its own callers |
 //!
 //! Every layer is an ordinary [`tower::Layer`], so it works inside [`tower::ServiceBuilder`] and
 //! behind `BoxCloneService`; [`ServiceBuilderExt`] adds methods that read naturally:
@@ -108,6 +109,10 @@ pub use stack::{ClientStack, ClientStackBuilder};
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 
 #[cfg(doctest)]
 mod doc_pages;
