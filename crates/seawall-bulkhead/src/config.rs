@@ -107,7 +107,9 @@ impl<C, R> BulkheadConfigBuilder<C, R> {
         }
     }
 
-    /// Adds a listener called on every [`BulkheadEvent`].
+    /// Adds a listener called on every [`BulkheadEvent`]. Changes of an adaptive limit made at
+    /// nearly the same time on different threads may be heard out of order:
+    /// [`BulkheadEvent::LimitChanged`] carries a generation that orders them.
     pub fn on_event(mut self, listener: impl Listener<BulkheadEvent>) -> Self {
         self.listeners = self.listeners.with(listener);
         self

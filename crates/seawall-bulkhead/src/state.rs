@@ -31,10 +31,18 @@ pub(crate) struct Shared {
     pub(crate) backpressure: bool,
     /// A call without a permit is rejected at once: `max_wait` is zero, without backpressure.
     pub(crate) fail_fast: bool,
-    adaptive: Option<Mutex<Box<dyn Limit>>>,
+    adaptive: Option<Mutex<Adaptive>>,
     pub(crate) name: Name,
     listeners: Listeners<BulkheadEvent>,
     metrics: Metrics,
+}
+
+/// An adaptive limit's algorithm, and the count of the changes it made, behind one lock.
+struct Adaptive {
+    algorithm: Box<dyn Limit>,
+    /// The generation of the last change (0 before any): raised with the limit, under the lock,
+    /// so that listeners, who hear of changes after the lock is released, can order them.
+    generation: u64,
 }
 
 impl Shared {
@@ -64,7 +72,12 @@ impl Shared {
             max_wait,
             backpressure,
             fail_fast: max_wait.is_zero() && !backpressure,
-            adaptive: adaptive.map(Mutex::new),
+            adaptive: adaptive.map(|algorithm| {
+                Mutex::new(Adaptive {
+                    algorithm,
+                    generation: 0,
+                })
+            }),
             name,
             listeners,
             metrics,
@@ -144,8 +157,9 @@ impl Shared {
         // future, and a permit in it then samples the limit, on this thread). Declared before
         // the lock, it drops after it even as a panic unwinds.
         let mut served = None;
-        let (from, to) = {
-            let mut algorithm = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
+        let (from, to, generation) = {
+            let mut adaptive = adaptive.lock().unwrap_or_else(PoisonError::into_inner);
+            let algorithm = &mut adaptive.algorithm;
             let (min, max) = algorithm.bounds();
             // Not `clamp(min, max)`: a custom algorithm's bounds are not re-validated after the
             // build, and must not panic (min above max) nor take the limit past `MAX_LIMIT`
@@ -168,17 +182,25 @@ impl Shared {
             }
             self.limit.store(to, Ordering::Release);
             // Under the lock, as the limit is: a recorder that does not add atomically still
-            // ends on the sum of the changes. Listeners run after, unlocked: one may call in.
+            // ends on the sum of the changes. Listeners run after, unlocked: one may call in, and
+            // another thread's later change may be heard first, so the generation orders them.
+            adaptive.generation += 1;
             if to > from {
                 self.metrics.limit.increment((to - from) as f64);
             } else {
                 self.metrics.limit.decrement((from - to) as f64);
             }
-            (from, to)
+            (from, to, adaptive.generation)
         };
-        tracing::debug!(name = %self.name, from, to, "bulkhead limit changed");
-        self.listeners
-            .emit(&self.name, &BulkheadEvent::LimitChanged { from, to });
+        tracing::debug!(name = %self.name, from, to, generation, "bulkhead limit changed");
+        self.listeners.emit(
+            &self.name,
+            &BulkheadEvent::LimitChanged {
+                from,
+                to,
+                generation,
+            },
+        );
         // Last, so that a waker that panics skips nothing here.
         drop(served);
     }
@@ -203,7 +225,7 @@ impl fmt::Debug for Shared {
             .field("backpressure", &self.backpressure);
         if let Some(adaptive) = &self.adaptive {
             match adaptive.try_lock() {
-                Ok(algorithm) => d.field("adaptive", &*algorithm),
+                Ok(adaptive) => d.field("adaptive", &adaptive.algorithm),
                 Err(_) => d.field("adaptive", &"<busy>"),
             };
         }
