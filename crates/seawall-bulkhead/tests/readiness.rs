@@ -721,6 +721,45 @@ async fn a_waiters_readiness_error_ends_the_call_and_gives_its_permit_back() {
     );
 }
 
+/// A waiter whose service gets ready after its permit's span and after its deadline (`max_wait`
+/// after the call) takes a permit free at once, which costs the rate nothing, and runs then: only
+/// a permit it would wait for must be due by its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_ready_past_its_deadline_takes_a_permit_free_at_once() {
+    let layer = RateLimitLayer::builder()
+        .rate(10, Duration::from_secs(1))
+        .burst(1)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = ran.clone();
+    let limit = ConcurrencyLimit::new(
+        service_fn(move |n: u32| {
+            record.lock().unwrap().push((n, start.elapsed()));
+            async move { Ok::<_, std::io::Error>(n) }
+        }),
+        1,
+    );
+    let (inner, mut blocker) = (limit.clone(), limit);
+    let mut service = layer.layer(inner);
+    service.ready().await.unwrap().call(1).await.unwrap();
+    // At 60 ms the call takes the permit due at 100 ms, usable until 110 ms, also its deadline.
+    // The limit below is held from then until 400 ms.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let waiter = tokio::spawn(service.ready().await.unwrap().call(2));
+    blocker.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(340)).await;
+    drop(blocker);
+    // Ready at 400 ms, 290 ms past its deadline, with no call admitted since: it runs at once.
+    assert_eq!(waiter.await.unwrap().unwrap(), 2);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        [(1, Duration::ZERO), (2, Duration::from_millis(400))]
+    );
+}
+
 /// A renewed permit must still be due within the call's `max_wait`: a waiter whose service gets
 /// ready after its permit's span, when the next permit is further off than that, is rejected with
 /// `Limited`, holding nothing.

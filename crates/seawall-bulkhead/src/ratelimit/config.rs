@@ -67,8 +67,10 @@ impl RateLimitConfigBuilder {
     /// [`Limited`](super::Limited). Default zero: reject at once. A waiting call polls the inner
     /// service ready only once its permit is due, so it holds nothing below while it waits; if
     /// the service gets ready after the permit's span (or the waiting future is polled after it),
-    /// the call gives the permit and the readiness back and waits for the next permit, or is
-    /// rejected if none is due within `max_wait` of the call.
+    /// the call gives the permit and the readiness back and waits for the next permit if it is due
+    /// within `max_wait` of the call. Past that deadline it still takes a permit free at once,
+    /// which costs the rate nothing, and runs; it is rejected only when no permit is due by the
+    /// deadline (or, past it, free at once).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self

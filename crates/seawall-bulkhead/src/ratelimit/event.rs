@@ -13,8 +13,8 @@ use std::time::Duration;
 pub enum RateLimitEvent {
     /// A call was rejected with [`Limited`](super::Limited): no permit within `max_wait`. A
     /// waiter whose service got ready too late for its permit (or whose future was polled late),
-    /// with no later one due within `max_wait` of the call, is rejected then, after its
-    /// `Delayed`.
+    /// with no later one due within `max_wait` of the call (past that, none free at once), is
+    /// rejected then, after its `Delayed`.
     Limited {
         /// When a permit is free again.
         retry_after: Duration,

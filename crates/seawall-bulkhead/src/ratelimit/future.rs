@@ -63,9 +63,10 @@ pin_project! {
     /// A call that must wait for its permit waits here with a clone of the inner service that
     /// nothing has polled, so it holds nothing below while it sleeps, and polls it ready once
     /// the permit is due. A call whose service gets ready only after the permit's span gives the
-    /// permit back and takes the next one due within the call's `max_wait`, or is rejected; it
-    /// gives its readiness back too, and polls its service again as long before that permit as
-    /// getting ready took (at most one interval, the first time). Dropping the future while it
+    /// permit back and takes the next one due by the call's deadline (`max_wait` after the call)
+    /// or, past that deadline, one free at once, or is rejected; it gives its readiness back too,
+    /// and polls its service again as long before that permit as getting ready took (at most one
+    /// interval, the first time). Dropping the future while it
     /// waits gives the permit back, to the next call that would otherwise wait longer.
     pub struct ResponseFuture<F, S, Req> {
         #[pin]
@@ -93,7 +94,7 @@ pin_project! {
         phase: Phase,
         // When the permit is due, in nanoseconds since the limiter's epoch.
         due: u64,
-        // The last time a permit may be due for the call: when it was made, plus `max_wait`.
+        // When the call was made, plus `max_wait`: a renewed permit is due by then, or at once.
         deadline: u64,
         // Whether the call has renewed its permit before.
         renewed: bool,
@@ -126,7 +127,8 @@ impl<F, S, Req> ResponseFuture<F, S, Req> {
     }
 
     /// A call that waits for `permit`, due at `due`, with `service`: a clone nobody polled, or,
-    /// if `ready`, the service polled ready for it. A permit it renews must be due by `deadline`.
+    /// if `ready`, the service polled ready for it. A permit it renews must be due by `deadline`,
+    /// or free at once: past `deadline` it still takes a permit it need not wait for.
     pub(crate) fn waiting(
         due: u64,
         deadline: u64,
@@ -207,7 +209,8 @@ where
                     if now > permit.usable_until(*wait.due) {
                         // Past the permit's span (the service got ready too late, or the future
                         // was polled late): starting now could put this call next to the ones
-                        // admitted since. It takes the next permit due by its deadline.
+                        // admitted since. It takes the next permit due by its deadline or, past
+                        // it, one free at once (no wait: the rate is kept whatever the time).
                         match permit.renew(now, wait.deadline.saturating_sub(now)) {
                             Ok(0) => {}
                             Ok(delay) => {
