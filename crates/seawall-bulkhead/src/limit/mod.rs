@@ -22,13 +22,13 @@
 //! | `initial_limit` | 20 | 20 | 20 |
 //! | `min_limit` | 1 | 1 | 1 |
 //! | `max_limit` | 200 | 200 | 1000 |
-//! | other | `backoff_ratio` 0.9, `timeout` 5 s | `smoothing` 0.2, `queue_size` 4, `long_window` 600, `rtt_tolerance` 1.5 | `smoothing` 1.0, `probe_multiplier` 30, `alpha` 3·log10(limit), `beta` 6·log10(limit) |
+//! | other | `backoff_ratio` 0.9, `timeout` 5 s | `smoothing` 0.2, `queue_size` 4, `long_window` 600, `rtt_tolerance` 1.5 | `smoothing` 1.0, `probe_multiplier` 30, `alpha` 3·`log`, `beta` 6·`log`, with `log = max(1, floor(log10(limit)))` |
 //!
 //! Netflix's own floors are higher (`min_limit` 20 for AIMD and Gradient2); seawall's floor of 1
 //! lets a limit follow a dependency that degrades badly. Raise it when a floor is wanted. Latency
 //! alone takes [`Gradient2`] no lower than about `2 × queue_size` (8 by default) and [`Vegas`] no
 //! lower than about 6 (its queue estimate never exceeds the limit, and only a queue above
-//! `6·log10(limit)` lowers it); only drops take them further.
+//! `6·log` lowers it, `log` being 1 below a limit of 100); only drops take them further.
 //!
 //! Samples are fed by the bulkhead: a call's outcome comes from the layer's classifier
 //! ([`Outcome::Failure`](seawall_core::Outcome::Failure) is a drop,

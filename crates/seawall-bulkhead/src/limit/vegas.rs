@@ -307,6 +307,24 @@ mod tests {
         assert_eq!(v.update(&drop), 24);
     }
 
+    /// `alpha` and `beta` are 3·`log` and 6·`log` with `log = max(1, floor(log10(limit)))`, not
+    /// 3 and 6 × log10(limit): at a limit of 20 they are 3 and 6, not 3.9 and 7.8.
+    #[test]
+    fn alpha_and_beta_are_multiples_of_the_whole_log() {
+        let noload = Duration::from_millis(10);
+        // queue = ceil(20 × (1 − 10/11.5)) = 3: not below alpha = 3, so unchanged.
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(v.update(&Sample::new(noload, 20, false)), 20);
+        assert_eq!(
+            v.update(&Sample::new(Duration::from_micros(11_500), 20, false)),
+            20
+        );
+        // queue = ceil(20 × (1 − 10/15)) = 7: above beta = 6, so − log.
+        let mut v = Vegas::builder().initial_limit(20).build().unwrap();
+        assert_eq!(v.update(&Sample::new(noload, 20, false)), 20);
+        assert_eq!(v.update(&sample(15, 20)), 19);
+    }
+
     /// Latency at the no-load RTT grows the limit to its maximum, and the estimate stops there
     /// too: the first sample with a queue takes the limit down at once.
     #[test]
