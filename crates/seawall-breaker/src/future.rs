@@ -1,6 +1,10 @@
 //! [`ResponseFuture`]: the response of a call through a breaker.
 
-use crate::{error::Open, shared::Shared, state::Permit};
+use crate::{
+    error::Open,
+    shared::{self, Shared},
+    state::Permit,
+};
 use pin_project_lite::pin_project;
 use seawall_core::{classify::Classify, BoxError, Outcome};
 use std::{
@@ -134,11 +138,15 @@ impl Guard {
         }
     }
 
-    /// Hands back the permit of a call dropped before its outcome was known.
+    /// Hands back the permit of a call dropped before its outcome was known. A change this makes
+    /// (a HalfOpen past its bound reopens) may call a metrics recorder that panics: caught here,
+    /// as the guard is dropped.
     #[cold]
     #[inline(never)]
     fn cancel(shared: Arc<Shared>, permit: Permit) {
-        shared.complete(permit, Outcome::Ignored, Duration::ZERO);
+        shared::in_drop(&shared.name, || {
+            shared.complete(permit, Outcome::Ignored, Duration::ZERO)
+        });
     }
 }
 

@@ -4,7 +4,7 @@ use crate::{
     future::{Guard, ResponseFuture},
     handle::BreakerHandle,
     layer::BreakerLayer,
-    shared::Shared,
+    shared::{self, Shared},
     state::{Permit, PermitKind, Rejected},
 };
 use seawall_core::{classify::Classify, BoxError};
@@ -81,7 +81,8 @@ enum Next {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Next::Admitted(permit) = mem::replace(&mut self.next, Next::Undecided) {
-            self.shared.release(permit);
+            let shared = &*self.shared;
+            shared::in_drop(&shared.name, || shared.release(permit));
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::{
     config::BreakerConfig,
     handle::BreakerHandle,
     layer::BreakerLayer,
+    shared,
     state::{State, Transition},
 };
 use seawall_core::{
@@ -91,7 +92,8 @@ impl<C> Drop for Entry<C> {
     /// Removed, evicted, or the set dropped: a breaker that lives on in a service no longer
     /// counts in the set's gauge.
     fn drop(&mut self) {
-        self.layer.shared.leave_set();
+        let shared = &*self.layer.shared;
+        shared::in_drop(&shared.name, || shared.leave_set());
     }
 }
 

@@ -5,8 +5,12 @@ use crate::{
     config::BreakerConfig,
     state::{Machine, Observer, OpenReason, Permit, Rejected, State, Transition},
 };
-use seawall_core::{event::Listeners, metrics, Name, Outcome};
+use seawall_core::{
+    event::{panics, Listeners},
+    metrics, Name, Outcome,
+};
 use std::{
+    any::Any,
     collections::BTreeMap,
     fmt,
     panic::{self, AssertUnwindSafe},
@@ -458,9 +462,34 @@ impl Drop for Shared {
         // The watch holds the state last counted (both change under the watch's lock).
         if let StateGauge::Own(own) = &self.metrics.state {
             let published = *self.watch.borrow();
-            own.count(Some(published), None);
+            in_drop(&self.name, || own.count(Some(published), None));
         }
     }
+}
+
+/// Runs `f`, work a destructor does on the breaker named `name`, and catches a panic of the
+/// metrics recorder (or a `tracing` subscriber) it calls: out of a destructor, the panic would
+/// abort the process if the thread were already unwinding. A change of state `f` makes stands:
+/// `on_transition` raises the recorder's panic only once the change is made and told to
+/// everyone. The panic is logged, as a listener's is.
+pub(crate) fn in_drop(name: &Name, f: impl FnOnce()) {
+    if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(f)) {
+        caught_in_drop(name, panic);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn caught_in_drop(name: &Name, panic: Box<dyn Any + Send>) {
+    let message = panics::message(&*panic);
+    panics::caught(|| {
+        tracing::error!(
+            %name,
+            panic = message,
+            "circuit breaker caught a panic of its metrics recorder in a drop; going on"
+        )
+    });
+    panics::caught(|| drop(panic));
 }
 
 impl fmt::Debug for Shared {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{dependency, send, Call};
 use metrics::{Key, KeyName, Metadata, SharedString, Unit};
-use seawall::breaker::{BreakerLayer, SlidingWindow, State};
+use seawall::breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::{
     panic::{self, AssertUnwindSafe},
@@ -255,17 +255,29 @@ async fn a_call_in_flight_keeps_its_breaker_and_its_state_on_the_gauge() {
     );
 }
 
-/// A recorder whose breaker state gauge panics on the next `set` while `fail` is on, and keeps
-/// what was last set otherwise.
+/// A recorder whose breaker state gauge and keys-open gauge panic on the next change while
+/// `fail` is on; the state gauge keeps what was last set otherwise.
 #[derive(Default)]
 struct PanickingGauge {
     fail: AtomicBool,
     bits: AtomicU64,
 }
 
+impl PanickingGauge {
+    fn fail_if_armed(&self) {
+        if self.fail.swap(false, Ordering::SeqCst) {
+            panic!("the recorder failed");
+        }
+    }
+}
+
 impl metrics::GaugeFn for PanickingGauge {
-    fn increment(&self, _: f64) {}
-    fn decrement(&self, _: f64) {}
+    fn increment(&self, _: f64) {
+        self.fail_if_armed();
+    }
+    fn decrement(&self, _: f64) {
+        self.fail_if_armed();
+    }
     fn set(&self, value: f64) {
         if self.fail.swap(false, Ordering::SeqCst) {
             panic!("the recorder failed");
@@ -284,7 +296,7 @@ impl metrics::Recorder for PanickingRecorder {
         metrics::Counter::noop()
     }
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
-        if key.name() == names::BREAKER_STATE {
+        if [names::BREAKER_STATE, names::BREAKER_KEYS_OPEN].contains(&key.name()) {
             metrics::Gauge::from_arc(self.0.clone())
         } else {
             metrics::Gauge::noop()
@@ -337,4 +349,84 @@ fn a_panicking_recorder_does_not_leave_a_dropped_breakers_state_behind() {
     drop(handle);
     drop(layer);
     assert_eq!(read(), 0.0);
+}
+
+/// A recorder that panics while a breaker's destructor runs is caught there: a panic out of a
+/// destructor aborts the process when the thread is already unwinding. The destructors that can
+/// call it: a service's handing back the probe it reserved, or a call's future handing back its
+/// probe, when the change that makes (a HalfOpen past its bound reopens) is published; the last
+/// holder of a breaker taking its state off the gauge; a keyed set letting go of an open key.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_recorder_does_not_escape_a_drop() {
+    let gauge = Arc::new(PanickingGauge::default());
+    let recorder = PanickingRecorder(gauge.clone());
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let armed = || gauge.fail.store(true, Ordering::SeqCst);
+    let fired = || !gauge.fail.load(Ordering::SeqCst);
+    let layer = BreakerLayer::builder()
+        .name("panicking-drop")
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+
+    // A probe reserved and never called, handed back as the service is dropped.
+    tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+    svc.ready().await.unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    armed();
+    let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(svc)));
+    assert!(fired(), "the recorder panicked");
+    assert!(
+        dropped.is_ok(),
+        "the recorder's panic left the service's drop"
+    );
+    assert_eq!(*handle.subscribe().borrow(), State::Open);
+
+    // A probe called and left hanging, its future dropped while the thread unwinds.
+    tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+    let mut svc = layer.layer(dependency().0);
+    let probe = svc.ready().await.unwrap().call(Call::Hang);
+    drop(svc);
+    assert_eq!(handle.state(), State::HalfOpen);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    armed();
+    let unwound = panic::catch_unwind(AssertUnwindSafe(move || {
+        let _probe = probe;
+        panic!("the caller failed");
+    }));
+    assert!(fired(), "the recorder panicked");
+    let panic = unwound.expect_err("the caller's panic goes on");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the caller failed"));
+    assert_eq!(*handle.subscribe().borrow(), State::Open);
+
+    // The breaker dropped by its last holder.
+    armed();
+    let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop((layer, handle))));
+    assert!(fired(), "the recorder panicked");
+    assert!(
+        dropped.is_ok(),
+        "the recorder's panic left the breaker's drop"
+    );
+
+    // An open key's breaker let go of by its set.
+    let config = BreakerConfig::builder()
+        .name("panicking-set")
+        .consecutive_failures(1)
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::new(config, 8).unwrap();
+    let mut a = set.get(&"a").layer(dependency().0);
+    let _ = send(&mut a, Call::Fail).await;
+    armed();
+    let removed = panic::catch_unwind(AssertUnwindSafe(|| set.remove(&"a")));
+    assert!(fired(), "the recorder panicked");
+    assert!(removed.is_ok_and(|removed| removed), "the key was removed");
 }
