@@ -268,8 +268,8 @@ async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
     assert_eq!(handle.state(), State::Open);
     assert!(!svc.is_call_permitted());
 
-    // Once the wait is over a call would be let through (it moves the breaker to HalfOpen);
-    // asking changes nothing.
+    // Once the wait is over a call would be let through (it moves the breaker to HalfOpen, as
+    // asking for the state does; asking whether a call is permitted does not, see below).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(svc.is_call_permitted());
     assert_eq!(handle.state(), State::HalfOpen);
@@ -293,6 +293,50 @@ async fn is_call_permitted_tells_whether_a_call_would_be_let_through() {
     assert!(!svc.is_call_permitted());
     handle.metrics_only();
     assert!(svc.is_call_permitted());
+}
+
+/// `is_call_permitted` answers as the next call would find the breaker, and applies no deadline
+/// itself: an Open whose wait is over stays Open, a HalfOpen past its bound stays HalfOpen, and no
+/// listener runs, until something that does apply them (a call, `state()`) comes along.
+#[tokio::test(start_paused = true)]
+async fn asking_whether_a_call_is_permitted_applies_no_deadline() {
+    let (seen, listener) = recorder();
+    let layer = breaker()
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let watched = handle.subscribe();
+    let changes = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|t| (t.from, t.to))
+            .collect::<Vec<_>>()
+    };
+    let mut svc = layer.layer(dependency().0);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(changes(), [(State::Closed, State::Open)]);
+
+    // The wait is over: a call would be let through, and the breaker is still Open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(svc.is_call_permitted());
+    assert_eq!(*watched.borrow(), State::Open);
+    assert_eq!(changes(), [(State::Closed, State::Open)]);
+
+    // A probe in flight past the bound: the breaker would reopen, and is still HalfOpen.
+    let probe = svc.ready().await.unwrap().call(Call::Hang);
+    assert_eq!(*watched.borrow(), State::HalfOpen);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!svc.is_call_permitted());
+    assert_eq!(*watched.borrow(), State::HalfOpen);
+    assert_eq!(
+        changes(),
+        [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
+    );
+    assert_eq!(handle.state(), State::Open);
+    drop(probe);
 }
 
 /// `holds_permit` tells whether a service polled ready holds a permit its breaker still honours:

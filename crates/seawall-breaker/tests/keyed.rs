@@ -287,6 +287,56 @@ async fn a_breaker_due_to_probe_is_not_listed_unhealthy() {
     assert_eq!(set.unhealthy(), ["a"]);
 }
 
+/// `unhealthy` applies no deadline: it changes no breaker's state, so no listener runs under the
+/// set's lock (one that asked the set for anything would wait on that lock for good). An Open
+/// whose wait is over stays Open, and a HalfOpen past its bound stays HalfOpen, until a call or
+/// `state()` applies them.
+#[tokio::test(start_paused = true)]
+async fn asking_for_the_unhealthy_keys_applies_no_deadline() {
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .build_config()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let set = {
+        let seen = seen.clone();
+        BreakerSet::new(config, 8)
+            .unwrap()
+            .on_transition(move |key: &&str, t: &Transition| {
+                seen.lock().unwrap().push((*key, t.from, t.to))
+            })
+    };
+    let changes = || seen.lock().unwrap().clone();
+    let mut a = set.get(&"a").layer(dependency().0);
+    let watched = set.handle(&"a").unwrap().subscribe();
+    let _ = send(&mut a, Call::Fail).await;
+    assert_eq!(changes(), [("a", State::Closed, State::Open)]);
+
+    // The wait is over: not listed, and still Open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(set.unhealthy().is_empty());
+    assert_eq!(*watched.borrow(), State::Open);
+    assert_eq!(changes(), [("a", State::Closed, State::Open)]);
+
+    // Its only probe in flight past the bound: listed, and still HalfOpen.
+    let probe = a.ready().await.unwrap().call(Call::Hang);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(set.unhealthy(), ["a"]);
+    assert_eq!(*watched.borrow(), State::HalfOpen);
+    assert_eq!(
+        changes(),
+        [
+            ("a", State::Closed, State::Open),
+            ("a", State::Open, State::HalfOpen)
+        ]
+    );
+    drop(probe);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_key_does_not_reset_what_the_set_reports() {
     let recorder = TestRecorder::new();

@@ -528,6 +528,13 @@ fn run(
                     "step {}: permits",
                     step
                 );
+                // It applies no deadline: the machine is where the model, not yet asked, is.
+                prop_assert_eq!(
+                    (machine.state(), machine.generation()),
+                    (model.state(), model.generation),
+                    "step {}: state and generation after permits",
+                    step
+                );
                 let real = machine.acquire(|| base + now, &());
                 let expected = model.acquire(now);
                 admitted = Some(real.is_ok());
