@@ -533,9 +533,9 @@ async fn run(
     // failed resolution after `min`.
     let mut failures = 0u32;
     let mut partials = 0u32;
-    // The lookups that failed (or were skipped) in the last resolution that was published, and
-    // in the failed ones since: one that fails again is logged at debug level, so a server that
-    // never answers AAAA questions warns once, while any other failure still warns.
+    // The lookups that failed (or were skipped) and have not been seen to answer since: one
+    // that fails again is logged at debug level, so a server that never answers AAAA questions
+    // warns once, while any other failure still warns (see `go_on_failing`).
     let mut failing = Failing::new();
     // The lookups that failed without an answer since a resolution was last published with
     // nothing failing without an answer: one new to it starts the backoff of partial
@@ -551,7 +551,7 @@ async fn run(
                 ttl,
                 partial,
             }) => {
-                failing = seen.lookups;
+                go_on_failing(&mut failing, seen.lookups, &seen.made, &seen.asked);
                 tracing::debug!(name = %name, ?query, count = endpoints.len(), ?ttl, partial, "seawall discover resolved");
                 kept = endpoints.len();
                 publisher.publish(endpoints);
@@ -638,6 +638,32 @@ struct Seen {
     /// The names the resolution had to look up: the host of [`Dns::a`], or every target of the
     /// SRV answer, whatever its priority and whether it was looked up or left out.
     asked: HashSet<DnsName>,
+    /// The names whose lookups the resolution made: the host of [`Dns::a`], or the targets of
+    /// the SRV records of the priorities it went through. A failed lookup of another name (a
+    /// target gone from the answer, a backup target while the primaries serve) has not been seen
+    /// to answer since.
+    made: HashSet<DnsName>,
+}
+
+/// Notes a published resolution in `failing`, the lookups that failed and have not been seen to
+/// answer since: those that failed in it (`lookups`), and those of names whose lookups it did not
+/// make (see [`Seen::made`]). A target gone from the answer, or a backup target that is not
+/// looked up while the primaries serve, that comes back and fails again does not warn again (an
+/// answer that lists some of many records at a time, Route 53 multivalue answers, takes turns
+/// among its targets); a lookup made that did not fail is dropped, so one that starts to fail
+/// later warns. Bounded as [`Streak`] is: past [`STREAK_LOOKUPS`] lookups, and eight for each name
+/// of the answer, those of the names asked (`asked`) alone are kept.
+fn go_on_failing(
+    failing: &mut Failing,
+    lookups: Failing,
+    made: &HashSet<DnsName>,
+    asked: &HashSet<DnsName>,
+) {
+    failing.retain(|(name, _)| !made.contains(name));
+    failing.extend(lookups);
+    if failing.len() > STREAK_LOOKUPS.max(asked.len().saturating_mul(8)) {
+        failing.retain(|(name, _)| asked.contains(name));
+    }
 }
 
 /// The most lookups a streak (see [`Streak`]) holds before it forgets those of names gone from
@@ -645,7 +671,8 @@ struct Seen {
 /// targets, each failing all three ways (`"A"`, `"AAAA"`, `"target"`), that the answer takes
 /// turns listing a few of is never trimmed; across rollouts that give each pod a name of its
 /// own, the streak holds no more than this, or eight lookups for each name of the answer, plus
-/// those of one resolution.
+/// those of one resolution. The lookups remembered as failing for logging (see
+/// [`go_on_failing`]) are bounded the same way.
 const STREAK_LOOKUPS: usize = 256;
 
 /// The lookups that failed without an answer (a timeout, a server failure) since a resolution
@@ -722,10 +749,10 @@ struct Resolved {
 /// addresses is skipped.
 ///
 /// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
-/// logged as a warning unless it is in `failing` (it failed the last time too), else at debug
-/// level. One that fails without an answer (not a target the server says has no addresses) is
-/// also noted in `seen` as unanswered. The names the resolution has to look up are noted in
-/// `seen` as asked.
+/// logged as a warning unless it is in `failing` (it failed before, and has not been seen to
+/// answer since), else at debug level. One that fails without an answer (not a target the
+/// server says has no addresses) is also noted in `seen` as unanswered. The names the
+/// resolution has to look up are noted in `seen` as asked, and those it looks up as made.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
@@ -780,6 +807,7 @@ async fn resolve(
     match query {
         Parsed::Ip(host, port) => {
             seen.asked.insert(host.clone());
+            seen.made.insert(host.clone());
             let mut found = lookup_ips(resolver, host, known.get(host))
                 .await
                 .map_err(|failed| failed.error)?;
@@ -820,6 +848,12 @@ async fn resolve(
             let mut failed = None;
             let mut partial = false;
             for priority in priorities {
+                seen.made.extend(
+                    records
+                        .iter()
+                        .filter(|srv| srv.priority() == priority)
+                        .map(|srv| srv.target().clone()),
+                );
                 let usable: Vec<&SRV> = records
                     .iter()
                     .filter(|srv| srv.priority() == priority)
@@ -1405,6 +1439,58 @@ mod tests {
         lookups: impl IntoIterator<Item = &'a (DnsName, &'static str)>,
     ) -> HashSet<DnsName> {
         lookups.into_iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    #[test]
+    fn a_failing_lookup_is_remembered_until_its_name_is_looked_up_again() {
+        let primary = dns_name("p.api.test.");
+        let backup = lookup("b.api.test.", "AAAA");
+        let gone = lookup("g.api.test.", "AAAA");
+        let mut failing = Failing::new();
+        // The primary fails wholly: the backup is looked up, its AAAA question unanswered; `g`
+        // is in the answer and fails too.
+        let lookups = Failing::from([
+            lookup("p.api.test.", "target"),
+            backup.clone(),
+            gone.clone(),
+        ]);
+        go_on_failing(
+            &mut failing,
+            lookups.clone(),
+            &names(&lookups),
+            &names(&lookups),
+        );
+        // The primary serves again, and `g` is gone from the answer: the backup, asked but not
+        // looked up, and `g` are still failing; the primary answered.
+        let asked = HashSet::from([primary.clone(), backup.0.clone()]);
+        go_on_failing(
+            &mut failing,
+            Failing::new(),
+            &HashSet::from([primary]),
+            &asked,
+        );
+        assert_eq!(failing, Failing::from([backup.clone(), gone.clone()]));
+        // The backup is looked up again and answers.
+        go_on_failing(&mut failing, Failing::new(), &names([&backup]), &asked);
+        assert_eq!(failing, Failing::from([gone]));
+    }
+
+    #[test]
+    fn the_lookups_remembered_as_failing_stay_bounded() {
+        // A name that never answers AAAA, beside a new name (one pod per rollout) whose lookup
+        // times out, and which is gone from the next answer.
+        let constant = lookup("c.api.test.", "AAAA");
+        let mut failing = Failing::new();
+        for i in 0..10_000 {
+            let lookups = Failing::from([
+                constant.clone(),
+                lookup(&format!("pod-{i}.api.test."), "target"),
+            ]);
+            let asked = names(&lookups);
+            go_on_failing(&mut failing, lookups, &asked, &asked);
+            assert!(failing.len() <= STREAK_LOOKUPS, "{}", failing.len());
+        }
+        assert!(failing.contains(&constant));
     }
 
     #[test]
