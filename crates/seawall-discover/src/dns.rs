@@ -624,7 +624,7 @@ struct Last {
 }
 
 /// Lookups that failed or were skipped in a resolution: the name, and what of it (`"A"`,
-/// `"AAAA"`, `"target"`).
+/// `"AAAA"`, `"target"`, or `"port0"` for a record with port 0 naming it).
 type Failing = HashSet<(DnsName, &'static str)>;
 
 /// What a resolution noted of its lookups (see [`resolve`]).
@@ -748,11 +748,12 @@ struct Resolved {
 /// them, so one lost answer does not drop its endpoints; an SRV target the server says has no
 /// addresses is skipped.
 ///
-/// A lookup that fails while others answer, or an SRV target left out, is noted in `seen`, and
-/// logged as a warning unless it is in `failing` (it failed before, and has not been seen to
-/// answer since), else at debug level. One that fails without an answer (not a target the
-/// server says has no addresses) is also noted in `seen` as unanswered. The names the
-/// resolution has to look up are noted in `seen` as asked, and those it looks up as made.
+/// A lookup that fails while others answer, an SRV target left out, or a record with port 0
+/// (noted as a `"port0"` lookup of its target) is noted in `seen`, and logged as a warning
+/// unless it is in `failing` (it failed before, and has not been seen to answer since), else at
+/// debug level. One that fails without an answer (not a target the server says has no
+/// addresses) is also noted in `seen` as unanswered. The names the resolution has to look up
+/// are noted in `seen` as asked, and those it looks up as made.
 async fn resolve(
     resolver: &TokioResolver,
     query: &Parsed,
@@ -761,7 +762,8 @@ async fn resolve(
     failing: &Failing,
     seen: &mut Seen,
 ) -> Result<Resolved, ResolveError> {
-    // Logs a failed lookup and notes it in `seen`, as unanswered when `$unanswered` holds.
+    // Logs a failed lookup (or a record with port 0) and notes it in `seen`, as unanswered when
+    // `$unanswered` holds.
     macro_rules! once {
         ($host:expr, $what:expr, $unanswered:expr, $($arg:tt)*) => {{
             let key = ($host.clone(), $what);
@@ -864,7 +866,7 @@ async fn resolve(
                             return false;
                         }
                         if srv.port() == 0 {
-                            tracing::warn!(name = %name, ?query, %target, "seawall discover skipped an SRV record with port 0");
+                            once!(target, "port0", false, name = %name, ?query, %target, "seawall discover skipped an SRV record with port 0");
                             return false;
                         }
                         true
