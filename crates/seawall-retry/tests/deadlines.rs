@@ -6,7 +6,9 @@ mod support;
 use seawall::ServiceBuilderExt;
 use seawall_core::{
     deadline::{Elapsed, RequestDeadline},
-    error, BoxError, Name,
+    error,
+    metrics::{testing::TestRecorder, TIMEOUT_ELAPSED},
+    BoxError, Name,
 };
 use seawall_retry::{Backoff, GiveUpReason, RetryBudget, RetryEvent, RetryLayer};
 use std::sync::{Arc, Mutex};
@@ -366,6 +368,31 @@ async fn an_attempt_cut_by_the_calls_deadline_counts_for_nothing() {
         .service(svc);
     assert_eq!(client.oneshot(get()).await.unwrap(), "ok 1");
     assert_eq!(calls.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_timeout_counts_a_call_cut_at_its_deadline_under_a_per_attempt_timeout() {
+    // Off the millisecond tick: the call's deadline is 350.5 ms, earlier than the attempt's own
+    // (1000.5 ms), so the retry times the attempt at it, and both timers fire on the 351 ms
+    // tick. The retry's `Elapsed` reaches the total timeout after its deadline; it is the total
+    // timeout that cut the call, and it counts it.
+    tokio::time::advance(us(500)).await;
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let (svc, calls) = hanging(usize::MAX);
+    let client = ServiceBuilder::new()
+        .with_timeout(ms(350))
+        .with_retry(
+            retry(3, ms(10))
+                .per_attempt_timeout(ms(1_000))
+                .build()
+                .unwrap(),
+        )
+        .service(svc);
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -64,6 +64,13 @@ impl TimeoutConfigBuilder {
     /// Whether to fail the call at a deadline the request already carries (from an outer
     /// timeout or from the caller) when it is earlier than this layer's own. Default `true`.
     ///
+    /// Such a deadline may be a timeout's further out, whose timer fires on the same tick as
+    /// this layer's: when the call has not answered by it, this layer drops the inner future and
+    /// holds its cut for one poll as below, so that timeout cancels the call and reports it,
+    /// once, under its own name (in the common case: see below). With no such timeout (a
+    /// deadline the caller set) the call fails with `Elapsed` on the next poll, reported under
+    /// this layer's name.
+    ///
     /// With `false` the layer fires only at its own deadline (or at the request's, when that is
     /// at most a millisecond later: below) and leaves an earlier one to the
     /// layer that enforces it further out, which cancels the call by dropping it; the earlier

@@ -1,6 +1,6 @@
 //! A per-try timeout whose timer fires together with (or after) that of the total timeout above
 //! it leaves the call to the total timeout: the attempt is cancelled from above, and the per-try
-//! layer reports nothing.
+//! layer reports nothing. So does a default timeout that enforces the total timeout's deadline.
 
 mod common;
 
@@ -18,6 +18,13 @@ type Events = Arc<Mutex<Vec<TimeoutEvent>>>;
 
 /// A per-try timeout of `timeout` whose events go to the returned list.
 fn per_try(timeout: Duration) -> (TimeoutLayer, Events) {
+    let (layer, events) = enforcing(timeout);
+    (layer.per_try(), events)
+}
+
+/// A default timeout of `timeout`, which enforces an earlier deadline on the request, whose
+/// events go to the returned list.
+fn enforcing(timeout: Duration) -> (TimeoutLayer, Events) {
     let events = Events::default();
     let sink = events.clone();
     let layer = TimeoutLayer::builder()
@@ -25,8 +32,7 @@ fn per_try(timeout: Duration) -> (TimeoutLayer, Events) {
         .name("per-try")
         .on_event(move |_: &Name, e: &TimeoutEvent| sink.lock().unwrap().push(*e))
         .build()
-        .unwrap()
-        .per_try();
+        .unwrap();
     (layer, events)
 }
 
@@ -203,6 +209,72 @@ async fn with_no_layer_above_a_late_answer_ends_in_elapsed_after_the_tick() {
         *events.lock().unwrap(),
         [TimeoutEvent::Elapsed {
             budget: Duration::from_millis(5)
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_that_enforces_the_total_deadline_leaves_the_cut_to_the_total_timeout() {
+    // Off the millisecond tick, as every real deadline is: both layers time the call at 2000.5
+    // ms, and their timers fire on one tick. The inner layer holds its cut for a poll, and the
+    // total timeout cuts the call.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (inner, events) = enforcing(Duration::from_secs(5));
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)))
+        .layer(inner)
+        .service(recorder(Seen::default(), Duration::from_secs(10)));
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_under_a_total_deadline_it_enforces_leaves_the_cut_to_the_total_timeout() {
+    // Deadlines at 5.5 ms, off the millisecond tick: both timers fire on the 6 ms one.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (inner, events) = enforcing(Duration::from_millis(50));
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(5)))
+        .layer(inner)
+        .service(service);
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the call is sent");
+    // 5.7 ms: past the deadline, before either timer has fired.
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    send.send_response("late");
+    tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
+    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_layer_above_a_deadline_the_caller_set_ends_in_elapsed_a_poll_later() {
+    // The layer enforces the caller's earlier deadline (1.5 ms, off the millisecond tick): it
+    // holds its cut for a poll, in case a layer further out enforces it too, and with none fails
+    // the call, and reports it.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (layer, events) = enforcing(Duration::from_secs(2));
+    let svc = layer.layer(recorder(Seen::default(), Duration::from_secs(10)));
+    let mut req = http::Request::new(());
+    req.set_deadline(Instant::now() + Duration::from_millis(1));
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    tokio_test::assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_micros(1_500)).await;
+    assert!(call.is_woken(), "by the timer");
+    tokio_test::assert_pending!(call.poll(), "held for one poll");
+    assert!(call.is_woken(), "and woken to end");
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [TimeoutEvent::Elapsed {
+            budget: Duration::from_millis(1)
         }]
     );
 }

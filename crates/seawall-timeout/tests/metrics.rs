@@ -32,7 +32,8 @@ async fn elapsed_calls_are_counted_under_the_policy_name() {
 #[tokio::test(start_paused = true)]
 async fn a_timeout_an_inner_layer_enforces_is_counted_once() {
     // Deadlines off the millisecond tick: the inner layer, which enforces the outer deadline,
-    // fires on the tick after it, and the outer one finds the inner one's `Elapsed` late.
+    // finds it passed on the tick after it, with the outer one's timer, and leaves the cut to the
+    // outer layer, whose deadline it is.
     tokio::time::advance(Duration::from_micros(500)).await;
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
@@ -52,6 +53,25 @@ async fn a_timeout_an_inner_layer_enforces_is_counted_once() {
         }));
     let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
     assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
-    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "inner"), 1);
-    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "outer"), 0);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "outer"), 1);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "inner"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_elapsed_from_further_in_is_counted_as_this_layers_cut() {
+    // Off the millisecond tick: the service gives up with a bare `Elapsed` of its own (as a
+    // retry's per-attempt timeout timed at the call's deadline does) after the layer's deadline,
+    // before its timer's tick. Nothing reported that one: the layer cuts the call and counts it.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let svc = TimeoutLayer::new(Duration::from_millis(100)).layer(service_fn(
+        |_: http::Request<()>| async {
+            sleep(Duration::from_micros(100_200)).await;
+            Err::<(), _>(seawall_timeout::Elapsed::new())
+        },
+    ));
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 1);
 }

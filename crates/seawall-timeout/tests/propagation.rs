@@ -78,25 +78,40 @@ async fn outer_deadline_cuts_the_call(inner: TimeoutLayer) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_inner_timeout_enforces_the_outer_deadline() {
+async fn an_inner_timeout_leaves_the_outer_deadline_it_enforces_to_the_outer_layer() {
     // total 2s outside, a default 5s timeout inside (not a per-try one, which leaves the outer
-    // deadline to the outer layer: see the per-try tests below): the inner layer sees and enforces the
-    // outer deadline, so it is the one that fires, under its name (the outer one then passes the
-    // inner one's `Elapsed` on, in time here, or late off the millisecond tick: see metrics.rs).
+    // deadline to the outer layer: see the per-try tests below): the inner layer sees and enforces
+    // the outer deadline, and both timers fire on one tick. The inner layer holds its cut for a
+    // poll, so the outer one, whose deadline it is, cuts the call and reports it, under its name
+    // (see metrics.rs for a deadline off the millisecond tick).
     let fired = Arc::new(Mutex::new(Vec::new()));
-    let sink = fired.clone();
-    let inner = TimeoutLayer::builder()
-        .timeout(Duration::from_secs(5))
-        .name("inner")
-        .on_event(
-            move |name: &seawall_core::Name, _: &seawall_timeout::TimeoutEvent| {
-                sink.lock().unwrap().push(name.to_string());
-            },
-        )
-        .build()
-        .unwrap();
-    outer_deadline_cuts_the_call(inner).await;
-    assert_eq!(*fired.lock().unwrap(), ["inner"]);
+    let layer = |name: &'static str, timeout| {
+        let sink = fired.clone();
+        TimeoutLayer::builder()
+            .timeout(timeout)
+            .name(name)
+            .on_event(
+                move |name: &seawall_core::Name, _: &seawall_timeout::TimeoutEvent| {
+                    sink.lock().unwrap().push(name.to_string());
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(layer("outer", Duration::from_secs(2)))
+        .layer(layer("inner", Duration::from_secs(5)))
+        .service(recorder(seen.clone(), Duration::from_secs(10)));
+    let start = Instant::now();
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(start + Duration::from_secs(2))]
+    );
+    assert_eq!(*fired.lock().unwrap(), ["outer"]);
 }
 
 #[tokio::test(start_paused = true)]
