@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{limit::ConcurrencyLimit, Layer, ServiceBuilder, ServiceExt};
 
 type Events = Arc<Mutex<Vec<TimeoutEvent>>>;
 
@@ -211,6 +211,34 @@ async fn with_no_layer_above_a_late_answer_ends_in_elapsed_after_the_tick() {
             budget: Duration::from_millis(5)
         }]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_and_its_attempt_are_released_when_found() {
+    // Deadlines at 5.5 ms, off the millisecond tick: the answer found at 5.7 ms is dropped then,
+    // with the attempt's future and the concurrency permit it holds, not at the 6 ms tick.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (per_try, _) = per_try(Duration::from_millis(5));
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, Arc<()>>();
+    let limited = ConcurrencyLimit::new(service, 1);
+    let mut other = tower_test::mock::Spawn::new(limited.clone());
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(5)))
+        .layer(per_try)
+        .service(limited);
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the attempt is sent");
+    tokio_test::assert_pending!(other.poll_ready(), "the attempt holds the permit");
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    let answer = Arc::new(());
+    send.send_response(answer.clone());
+    tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
+    assert_eq!(Arc::strong_count(&answer), 1, "the answer is released");
+    tokio_test::assert_ready_ok!(other.poll_ready(), "and the attempt's permit");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
