@@ -66,8 +66,10 @@ impl<P, K> RetryConfigBuilder<P, K> {
 
     /// The longest `Retry-After` honoured (default 10 s). A failed response asking for a longer
     /// pause is returned as it is rather than retried early against the server's wish; so is an
-    /// error whose [`NotSent`](seawall_core::error::NotSent) asks for one (a rate limiter's
-    /// `retry_after`).
+    /// error the policy reads a longer pause from ([`Policy::retry_after_error`](crate::Policy::retry_after_error):
+    /// gRPC's retry pushback), and one whose [`NotSent`](seawall_core::error::NotSent) asks for
+    /// one (a rate limiter's `retry_after`). A policy's pause of [`Duration::MAX`] asks for no
+    /// retry, and is not retried whatever the cap.
     ///
     /// A retry counts against a ratio budget from when it is scheduled, not when it is sent, so
     /// retries held by a pause close to the budget's `ttl` can go out in the same window as the

@@ -17,6 +17,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -442,14 +443,19 @@ where
             .delays
             .get_or_insert_with(|| settings.backoff.delays(link.next_seed()))
             .next_delay();
-        if let Ok(response) = &result {
-            if let Some(after) = link.policy.retry_after(response) {
-                if after > settings.retry_after_cap {
-                    link.on_give_up(attempts, GiveUpReason::RetryAfter);
-                    return Err(result);
-                }
-                delay = delay.max(after);
+        // The server's pause, from a failed response or an error (a gRPC pushback): the longer
+        // of it and the backoff is waited, and one over the cap, or `Duration::MAX` ("do not
+        // retry"), ends the call with this attempt's result.
+        let asked = match &result {
+            Ok(response) => link.policy.retry_after(response),
+            Err(error) => link.policy.retry_after_error(error),
+        };
+        if let Some(after) = asked {
+            if after > settings.retry_after_cap || after == Duration::MAX {
+                link.on_give_up(attempts, GiveUpReason::RetryAfter);
+                return Err(result);
             }
+            delay = delay.max(after);
         }
         // A rejection raised before sending may say how long until it would let the call through
         // (a rate limiter's): waited, and the backoff after it, so that the calls a limiter

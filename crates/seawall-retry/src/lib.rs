@@ -22,7 +22,9 @@
 //!    twice (a POST) is still sent again when an attempt proves it was never sent (a seawall
 //!    rejection below the retry, a refused connection: [`seawall_core::error::not_sent`]),
 //!    unless the policy says no ([`Policy::retries_unsent`]). A `Retry-After` on a 429 or 503,
-//!    and a rejection's own wait (a rate limiter's `retry_after`), are honoured up to a cap.
+//!    a wait the policy reads from an error ([`Policy::retry_after_error`]: gRPC's retry
+//!    pushback), and a rejection's own wait (a rate limiter's `retry_after`), are honoured up to
+//!    a cap.
 //!
 //! Each attempt goes back through the inner service's readiness, so a balancer underneath picks
 //! an endpoint afresh and a limit underneath counts every attempt.
@@ -39,7 +41,7 @@
 //! | `backoff` | exponential, full jitter, 50 ms base, ×2, 2 s cap | [`Backoff`] |
 //! | `budget` | 20% of requests + 10/s over 10 s, one per layer | [`RetryBudget`]; share one per dependency |
 //! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods (others only when never sent: [`HttpPolicy::retry_unsent`], on), `Retry-After` |
-//! | `retry_after_cap` | 10 s | a longer `Retry-After`, or a rejection's longer `retry_after`, is not retried |
+//! | `retry_after_cap` | 10 s | a longer `Retry-After` (or a policy's longer wait read from an error), or a rejection's longer `retry_after`, is not retried |
 //! | `per_attempt_timeout` | none | a request's [`PerTryTimeoutOverride`] replaces it for that request |
 //! | request copies | `Clone` | [`RetryConfigBuilder::clone_with`] for a closure |
 //! | `seed` | random | fix it in tests |
@@ -191,8 +193,10 @@ pub enum GiveUpReason {
     /// retry was scheduled, during the backoff or while waiting for the inner service to get
     /// ready for the retry (the call then fails with [`Elapsed`]).
     Deadline,
-    /// The server asked for a pause longer than `retry_after_cap`, or a rejection raised before
-    /// sending did (a rate limiter's `retry_after`).
+    /// The server asked for a pause longer than `retry_after_cap` (a `Retry-After`, or a wait the
+    /// policy reads from an error, gRPC's `grpc-retry-pushback-ms`), or asked not to be retried
+    /// at all (a negative or malformed pushback), or a rejection raised before sending asked for
+    /// a pause longer than the cap (a rate limiter's `retry_after`).
     RetryAfter,
     /// The request could not be copied for another attempt (the cloner returned `None` part way
     /// through, for a body that can no longer be replayed), so its last copy was sent as the
