@@ -155,7 +155,8 @@ async fn main() -> Result<(), BoxError> {
         // UNAVAILABLE, attempts never sent and attempts the per-try timeout cut are retried;
         // any other status is the answer. A health check may run twice; a method that must not
         // would take `RetryClassifier::unsent_only()`, which retries attempts never sent only.
-        .classify(RetryClassifier::new())
+        // As the policy, it also waits a server's `grpc-retry-pushback-ms`.
+        .policy(RetryClassifier::new())
         .max_attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(5)))
         .on_event(|name: &Name, event: &RetryEvent| {

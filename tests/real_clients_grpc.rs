@@ -191,7 +191,7 @@ async fn balanced_channels_route_around_unavailable_and_dead_servers() {
 
     let retry = RetryLayer::builder()
         .name("grpc-retry")
-        .classify(RetryClassifier::new())
+        .policy(RetryClassifier::new())
         .max_attempts(3)
         .backoff(Backoff::constant(Duration::from_millis(5)))
         .budget(RetryBudget::unlimited())
