@@ -56,8 +56,13 @@
 //!
 //! # Cost
 //!
-//! A call that succeeds first time copies its request once (when it is retryable), and the layer
-//! allocates nothing itself: the copy costs what the request's `Clone` (or the
+//! A call that succeeds first time copies its request once when it may be sent again (with
+//! `max_attempts` above 1): when it is retryable, and also when it is not but the policy's
+//! [`retries_unsent`](Policy::retries_unsent) allows it, in case an attempt proves it was never
+//! sent. [`HttpPolicy`] allows it unless built with
+//! [`retry_unsent(false)`](HttpPolicy::retry_unsent), so under
+//! [`http`](RetryConfigBuilder::http) every POST is copied too; turn that off to spare POSTs the
+//! copy. The layer allocates nothing itself: the copy costs what the request's `Clone` (or the
 //! [`clone_with`](RetryConfigBuilder::clone_with) closure) costs, which for an [`http::Request`]
 //! with headers or extensions (a deadline from a timeout above is one) means allocating. Its
 //! response future carries the policy by value and the layer's settings by an interned

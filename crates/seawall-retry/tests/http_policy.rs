@@ -224,6 +224,50 @@ async fn requests_that_cannot_be_copied_are_sent_once() {
     assert_eq!(calls.count(), 4);
 }
 
+/// What a call that succeeds first time copies: a retryable request once; under the HTTP policy a
+/// POST too (it is sent again should an attempt prove it was never sent), unless
+/// `retry_unsent(false)`; with one attempt, nothing.
+#[tokio::test(start_paused = true)]
+async fn a_post_is_copied_while_unsent_requests_are_retried() {
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    };
+
+    let copies = Arc::new(AtomicU32::new(0));
+    let counted = copies.clone();
+    let cloner = move |req: &Req| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Some(req.clone())
+    };
+    let copied = |builder: seawall_retry::RetryConfigBuilder<HttpPolicy, _>, req: Req| {
+        let copies = copies.clone();
+        async move {
+            let before = copies.load(Ordering::Relaxed);
+            let (svc, calls) = statuses(vec![(200, None)]);
+            let layer = builder.build().unwrap();
+            let res = layer.layer(svc).oneshot(req).await.unwrap();
+            assert_eq!((res.status().as_u16(), calls.count()), (200, 1));
+            copies.load(Ordering::Relaxed) - before
+        }
+    };
+    let http = || layer().clone_with(cloner.clone());
+    assert_eq!(copied(http(), get()).await, 1, "a GET");
+    assert_eq!(
+        copied(http(), post()).await,
+        1,
+        "a POST, with retry_unsent on"
+    );
+    let unsent_off = || http().policy(HttpPolicy::new().retry_unsent(false));
+    assert_eq!(copied(unsent_off(), post()).await, 0, "retry_unsent(false)");
+    assert_eq!(copied(unsent_off(), get()).await, 1, "a GET all the same");
+    assert_eq!(
+        copied(http().max_attempts(1), get()).await,
+        0,
+        "one attempt"
+    );
+}
+
 /// A request whose copy fails part way (its body can be replayed once) is sent as the last
 /// attempt, and the layer says why it stopped before `max_attempts`.
 #[tokio::test(start_paused = true)]
