@@ -13,7 +13,10 @@
 //! Two kinds:
 //!
 //! - **Ratio** (Finagle's `RetryBudget`, the default): every request deposits `ratio` of a retry,
-//!   every retry withdraws one, and deposits and withdrawals expire after `ttl`. A reserve of
+//!   every retry withdraws one. The window is kept in ten slices of a tenth of `ttl`: a deposit
+//!   counts for 0.9 to 1 × `ttl` (the rest of its slice and nine more; under load a request is
+//!   filed in a batch under the slice of the batch's first request, so it may count a little
+//!   less), a withdrawal for 1 to 1.1 × `ttl` (the rest of its slice and ten more). A reserve of
 //!   `min_per_second × ttl` retries lets quiet clients retry at all. Counting the retries taken
 //!   (see below), over any run of length `T`,
 //!   `retries ≤ ratio × requests + min_per_second × ttl × (⌊T / ttl⌋ + 1)`; within one window,
@@ -773,6 +776,31 @@ mod tests {
         }
         tokio::time::advance(Duration::from_millis(1000)).await;
         assert!(!budget.try_withdraw(), "deposits older than ttl are gone");
+    }
+
+    /// A deposit counts for the rest of its slice (a tenth of `ttl`) and nine more: 0.9 to 1 ×
+    /// `ttl`, never longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_deposit_counts_for_the_rest_of_its_slice_and_nine_more() {
+        let budget = RetryBudget::builder()
+            .ttl(Duration::from_secs(10))
+            .min_per_second(0)
+            .ratio(1.0)
+            .build()
+            .unwrap();
+        // Late in the first slice: counted 9 s later, gone 9.01 s later, short of `ttl`.
+        tokio::time::advance(Duration::from_millis(990)).await;
+        budget.deposit();
+        tokio::time::advance(Duration::from_millis(9_000)).await;
+        assert!(budget.can_retry(), "9 s after");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(!budget.can_retry(), "9.01 s after: gone with its slice");
+        // At the start of a slice: counted for the whole `ttl`, not a moment longer.
+        budget.deposit();
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(budget.can_retry(), "9.999 s after");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!budget.can_retry(), "10 s after");
     }
 
     #[tokio::test(start_paused = true)]
