@@ -351,6 +351,42 @@ async fn dropping_a_call_waiting_for_readiness_gives_up_its_place() {
     assert_ready!(ready.poll()).unwrap();
 }
 
+/// A retry taken from the budget and dropped by its caller while it waits for the inner service's
+/// readiness was never handed on: the budget gets it back.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_retry_waiting_for_readiness_gives_its_budget_back() {
+    let budget = one_retry();
+    let layer = RetryLayer::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(failing_then_hanging(|n| n == 0));
+    let mut holder = client.clone();
+
+    // The first attempt fails and takes the budget's one retry; another call takes the permit.
+    let mut waiting = tokio_test::task::spawn(client.ready().await.unwrap().call(get()));
+    assert_pending!(waiting.poll());
+    assert!(
+        !budget.can_retry(),
+        "the retry is taken when it is scheduled"
+    );
+    let mut holding = tokio_test::task::spawn(holder.ready().await.unwrap().call(get()));
+    assert_pending!(holding.poll());
+
+    // Past the backoff the retry waits for the permit, and is dropped there.
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(waiting.poll(), "waiting for the permit");
+    assert!(!budget.can_retry());
+    drop(waiting);
+    assert!(budget.can_retry(), "never handed on: given back");
+    drop(holding);
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedges_also_go_through_readiness() {
     let hedge = HedgeLayer::builder()
