@@ -26,13 +26,14 @@
 //! impl RequestDeadline for Ping {}
 //! ```
 //!
-//! Requests of ordinary std types implement it already, carrying nothing: `()`, `bool`, `char`,
-//! the integers, `String`, `&'static str`, `Vec<T>`, and `Arc<T>` and `Rc<T>` of any `T` (a
-//! shared request cannot have a deadline written into it, so these carry none even where `T`
-//! does). A timeout over such requests applies its own duration alone, and what it computes
-//! reaches no layer under it: a per-try timeout, a retry or a hedge there does not see the
-//! call's deadline, so a retry may start an attempt the timeout above then cuts. Wrap them in a
-//! [`WithDeadline`] to propagate the deadline.
+//! Requests of ordinary std types implement it already, carrying nothing, so they need no `impl`:
+//! `()`, `bool`, `char`, the integers, `String`, `&'static str`, `str`, `Vec<T>` and `[T]`.
+//! `Arc<T>` and `Rc<T>` implement it for any `T` that does, reading the deadline and overrides
+//! `T` carries; a shared request cannot have a deadline written into it, so they take no new one.
+//! A timeout over such requests applies its own duration (capped by, or replaced with, what a
+//! shared `T` carries), and the deadline it computes reaches no layer under it: a per-try timeout,
+//! a retry or a hedge there does not see it, so a retry may start an attempt the timeout above
+//! then cuts. Wrap them in a [`WithDeadline`] to propagate the deadline.
 //!
 //! Per-request overrides: a caller puts a [`TimeoutOverride`] on a request to replace the timeout
 //! layer's duration for that one request (a longer budget for a report, a shorter one for a
@@ -46,7 +47,7 @@
 //! further out enforces it (the total timeout, a `ClientStack`); a retry's per-attempt timeout
 //! enforces it itself.
 
-use std::time::Duration;
+use std::{rc::Rc, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 /// The instant by which a request must be answered, as stored in [`http::Request`] extensions.
@@ -101,10 +102,12 @@ pub struct PerTryTimeoutOverride(pub Duration);
 /// enough for a request type that does not take part in propagation.
 ///
 /// Implemented for [`http::Request`], for [`WithDeadline`], for a `Box` of any type that
-/// implements it (which it forwards to), and, carrying nothing, for ordinary std request types:
-/// `()`, `bool`, `char`, the integers, `String`, `&'static str`, `Vec<T>`, and `Arc<T>` and
-/// `Rc<T>` of any `T`. Over those a timeout applies only its own duration and propagates nothing
-/// (see the [module docs](self)); wrap them in a [`WithDeadline`] to propagate a deadline.
+/// implements it (which it forwards to), for an `Arc` or `Rc` of one (which forwards the reads and
+/// ignores [`set_deadline`](RequestDeadline::set_deadline): a shared request cannot be written),
+/// and, carrying nothing, for ordinary std request types: `()`, `bool`, `char`, the integers,
+/// `String`, `&'static str`, `str`, `Vec<T>` and `[T]`. Over these std types, shared or not, a timeout
+/// propagates nothing (see the [module docs](self)); wrap them in a [`WithDeadline`] to propagate
+/// a deadline.
 ///
 /// ```
 /// use seawall_core::deadline::RequestDeadline;
@@ -223,15 +226,45 @@ carries_no_deadline!(
 /// is propagated to the layers under that timeout. Wrap it in a [`WithDeadline`] for that.
 impl<T> RequestDeadline for Vec<T> {}
 
-/// Carries no deadline and no override, whatever `T` carries: a shared request cannot have a
-/// deadline written into it, so the timeouts over it see none, not even one `T` already had.
-/// Wrap it in a [`WithDeadline`] to propagate one.
-impl<T: ?Sized> RequestDeadline for std::sync::Arc<T> {}
+/// Carries no deadline and no override: only a timeout's own duration applies to it, and nothing
+/// is propagated to the layers under that timeout. Wrap it in a [`WithDeadline`] for that. (So an
+/// `Arc<str>` or `Box<[T]>` request carries none either.)
+impl RequestDeadline for str {}
 
-/// Carries no deadline and no override, whatever `T` carries: a shared request cannot have a
-/// deadline written into it, so the timeouts over it see none, not even one `T` already had.
-/// Wrap it in a [`WithDeadline`] to propagate one.
-impl<T: ?Sized> RequestDeadline for std::rc::Rc<T> {}
+/// Carries no deadline and no override, as [`Vec<T>`] does.
+impl<T> RequestDeadline for [T] {}
+
+/// Implements [`RequestDeadline`] for a shared pointer: reads go to the shared request, and writes
+/// are dropped, since nothing can be written into a request others may hold.
+macro_rules! shared_reads_only {
+    ($($ptr:ident),* $(,)?) => {
+        $(
+            /// Reads the deadline and the overrides the shared `T` carries. Nothing can be written
+            /// into a shared request, so
+            /// [`set_deadline`](RequestDeadline::set_deadline) does nothing: a timeout over it
+            /// applies its own duration, but the deadline it computes reaches no layer under it,
+            /// which still sees `T`'s own. Wrap it in a [`WithDeadline`] to propagate one.
+            impl<T: RequestDeadline + ?Sized> RequestDeadline for $ptr<T> {
+                #[inline]
+                fn deadline(&self) -> Option<Instant> {
+                    (**self).deadline()
+                }
+
+                #[inline]
+                fn timeout_override(&self) -> Option<Duration> {
+                    (**self).timeout_override()
+                }
+
+                #[inline]
+                fn per_try_timeout_override(&self) -> Option<Duration> {
+                    (**self).per_try_timeout_override()
+                }
+            }
+        )*
+    };
+}
+
+shared_reads_only!(Arc, Rc);
 
 /// Carries a deadline and timeout overrides next to a request of any type.
 ///

@@ -1,8 +1,9 @@
 //! A timeout, a retry and a hedge take requests of ordinary std types (`u32`, `String`, `Vec`, …)
-//! as tower's own layers do: those carry no deadline, so only a total timeout applies.
+//! as tower's own layers do: those carry no deadline, so only a total timeout applies. An `Arc` or
+//! `Rc` reads what the request it shares carries and takes no writes.
 
 use seawall::{
-    core::deadline::RequestDeadline,
+    core::deadline::{PerTryTimeoutOverride, RequestDeadline, TimeoutOverride},
     retry::{Backoff, HedgeLayer, RetryBudget, RetryLayer},
     timeout::Elapsed,
     BoxError, ServiceBuilderExt,
@@ -125,9 +126,50 @@ fn std_types_carry_no_deadline() {
     none(vec![1u8, 2, 3]);
     none(Arc::new(5u32));
     none(Rc::new(5u32));
-    // An `Arc` cannot write a deadline into what it shares, so it carries none, even over a
-    // request type that does.
-    let request = http::Request::new(());
-    let shared: Arc<http::Request<()>> = Arc::new(request);
-    none(shared);
+    none(Arc::<str>::from("GET /users"));
+    none(Rc::<[u8]>::from(vec![1u8, 2, 3]));
+}
+
+#[test]
+fn shared_requests_read_what_they_share_and_take_no_writes() {
+    fn reads_only<R: RequestDeadline>(mut shared: R, deadline: Instant) {
+        assert_eq!(shared.deadline(), Some(deadline));
+        assert_eq!(shared.timeout_override(), Some(Duration::from_secs(30)));
+        assert_eq!(
+            shared.per_try_timeout_override(),
+            Some(Duration::from_secs(2))
+        );
+        // Nothing can be written into a shared request: a write changes nothing.
+        shared.set_deadline(deadline - Duration::from_secs(1));
+        assert_eq!(shared.deadline(), Some(deadline));
+        shared.set_deadline(deadline + Duration::from_secs(1));
+        assert_eq!(shared.deadline(), Some(deadline));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let request = || {
+        let mut request = http::Request::new(());
+        request.set_deadline(deadline);
+        request
+            .extensions_mut()
+            .insert(TimeoutOverride(Duration::from_secs(30)));
+        request
+            .extensions_mut()
+            .insert(PerTryTimeoutOverride(Duration::from_secs(2)));
+        request
+    };
+    let shared = Arc::new(request());
+    reads_only(shared.clone(), deadline);
+    assert_eq!(
+        shared.deadline(),
+        Some(deadline),
+        "the shared request is unchanged"
+    );
+    reads_only(Rc::new(request()), deadline);
+    // A shared request that carries nothing reads nothing.
+    let mut bare = Arc::new(http::Request::new(()));
+    bare.set_deadline(deadline);
+    assert_eq!(bare.deadline(), None);
+    assert_eq!(bare.timeout_override(), None);
+    assert_eq!(bare.per_try_timeout_override(), None);
 }
