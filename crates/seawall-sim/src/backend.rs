@@ -2,7 +2,7 @@
 
 use crate::{
     dist::{check_ms, duration_ms, Latency},
-    scenario::{MAX_CONCURRENCY, MAX_REQUESTS},
+    scenario::{NoFields, MAX_CONCURRENCY, MAX_REQUESTS},
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use seawall_core::{BoxError, RequestDeadline};
@@ -77,7 +77,7 @@ pub struct Fault {
 
 /// What goes wrong during a [`Fault`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawFaultKind")]
 pub enum FaultKind {
     /// Every call takes `extra_ms` longer.
     Slow {
@@ -90,8 +90,7 @@ pub enum FaultKind {
     Errors {
         /// Share of calls that fail.
         error_rate: f64,
-        /// How long a failing call takes, milliseconds.
-        #[serde(default)]
+        /// How long a failing call takes, milliseconds (default 0).
         latency_ms: f64,
     },
     /// Down for the first half of every `period_ms` (rounded up), up for the second.
@@ -99,6 +98,51 @@ pub enum FaultKind {
         /// Length of one down-up cycle, milliseconds, at least 2.
         period_ms: u64,
     },
+}
+
+/// [`FaultKind`] as a scenario spells it, refusing keys on `down` (see [`NoFields`]).
+#[derive(Deserialize)]
+#[serde(
+    tag = "kind",
+    expecting = "internally tagged enum FaultKind",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+enum RawFaultKind {
+    Slow {
+        extra_ms: f64,
+    },
+    Down(NoFields),
+    Errors {
+        error_rate: f64,
+        #[serde(default)]
+        latency_ms: f64,
+    },
+    Flapping {
+        period_ms: u64,
+    },
+}
+
+impl TryFrom<RawFaultKind> for FaultKind {
+    type Error = String;
+
+    fn try_from(raw: RawFaultKind) -> Result<Self, String> {
+        Ok(match raw {
+            RawFaultKind::Slow { extra_ms } => FaultKind::Slow { extra_ms },
+            RawFaultKind::Down(rest) => {
+                rest.check("down")?;
+                FaultKind::Down
+            }
+            RawFaultKind::Errors {
+                error_rate,
+                latency_ms,
+            } => FaultKind::Errors {
+                error_rate,
+                latency_ms,
+            },
+            RawFaultKind::Flapping { period_ms } => FaultKind::Flapping { period_ms },
+        })
+    }
 }
 
 impl BackendSpec {

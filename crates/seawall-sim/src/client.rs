@@ -3,6 +3,7 @@
 use crate::{
     backend::{SimBackend, SimRequest, SimResponse},
     dist::{check_ms, duration_ms},
+    scenario::NoFields,
 };
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use seawall_balance::{BalanceLayer, OutlierDetection, Picker, Tagged};
@@ -39,7 +40,7 @@ pub type SimClient = BoxCloneService<SimRequest, SimResponse, BoxError>;
 // A configuration value, built once per run: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawClientSpec")]
 pub enum ClientSpec {
     /// Naive round robin over every backend, healthy or not.
     RoundRobin,
@@ -47,32 +48,92 @@ pub enum ClientSpec {
     TowerP2cPending,
     /// tower's `p2c::Balance` over `PeakEwma` (behind a `Buffer`).
     TowerP2cPeakEwma {
-        /// RTT assumed before the first answer, milliseconds (tower's example: 30); more than 0.
-        #[serde(default = "default_rtt_ms")]
+        /// RTT assumed before the first answer, milliseconds (default 30, tower's example's); more
+        /// than 0.
         default_rtt_ms: f64,
-        /// EWMA decay, milliseconds (tower's example: 10,000).
-        #[serde(default = "default_decay_ms")]
+        /// EWMA decay, milliseconds (default 10,000, tower's example's).
         decay_ms: f64,
     },
     /// tower's `Retry` with a `TpsBudget` (Finagle's budget as tower has it, over 10 s) around
     /// naive round robin: a failed attempt is retried at once, up to `max_attempts` attempts in
     /// all, while the budget allows. Each request deposits once, as Finagle's budget counts.
     TowerRetry {
-        /// Attempts in all, the first included.
-        #[serde(default = "three")]
+        /// Attempts in all, the first included (default 3).
         max_attempts: u32,
-        /// Retries allowed per request (`TpsBudget`'s `retry_percent`, a fraction like seawall's):
-        /// 0, 1/n, or above 1, 1000/n. `TpsBudget` withdraws a whole number of deposits per retry,
+        /// Retries allowed per request (`TpsBudget`'s `retry_percent`, a fraction like seawall's;
+        /// default 0.2): 0, 1/n, or above 1, 1000/n. `TpsBudget` withdraws a whole number of deposits per retry,
         /// `1 / budget_ratio` (or `1000 / budget_ratio`) rounded down, so it keeps no other ratio
         /// (0.6 would allow a retry per request), and the simulator rejects one.
-        #[serde(default = "retry_ratio")]
         budget_ratio: f64,
-        /// Retries a second allowed whatever the traffic.
-        #[serde(default = "ten")]
+        /// Retries a second allowed whatever the traffic (default 10).
         budget_min_per_second: u32,
     },
     /// A seawall stack: total timeout → retry → hedge → balancer, each optional but the balancer.
     Seawall(SeawallSpec),
+}
+
+/// [`ClientSpec`] as a scenario spells it, refusing keys on the kinds without fields (see
+/// [`NoFields`]).
+#[allow(clippy::large_enum_variant)]
+#[derive(Deserialize)]
+#[serde(
+    tag = "kind",
+    expecting = "internally tagged enum ClientSpec",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+enum RawClientSpec {
+    RoundRobin(NoFields),
+    TowerP2cPending(NoFields),
+    TowerP2cPeakEwma {
+        #[serde(default = "default_rtt_ms")]
+        default_rtt_ms: f64,
+        #[serde(default = "default_decay_ms")]
+        decay_ms: f64,
+    },
+    TowerRetry {
+        #[serde(default = "three")]
+        max_attempts: u32,
+        #[serde(default = "retry_ratio")]
+        budget_ratio: f64,
+        #[serde(default = "ten")]
+        budget_min_per_second: u32,
+    },
+    Seawall(SeawallSpec),
+}
+
+impl TryFrom<RawClientSpec> for ClientSpec {
+    type Error = String;
+
+    fn try_from(raw: RawClientSpec) -> Result<Self, String> {
+        Ok(match raw {
+            RawClientSpec::RoundRobin(rest) => {
+                rest.check("round_robin")?;
+                ClientSpec::RoundRobin
+            }
+            RawClientSpec::TowerP2cPending(rest) => {
+                rest.check("tower_p2c_pending")?;
+                ClientSpec::TowerP2cPending
+            }
+            RawClientSpec::TowerP2cPeakEwma {
+                default_rtt_ms,
+                decay_ms,
+            } => ClientSpec::TowerP2cPeakEwma {
+                default_rtt_ms,
+                decay_ms,
+            },
+            RawClientSpec::TowerRetry {
+                max_attempts,
+                budget_ratio,
+                budget_min_per_second,
+            } => ClientSpec::TowerRetry {
+                max_attempts,
+                budget_ratio,
+                budget_min_per_second,
+            },
+            RawClientSpec::Seawall(spec) => ClientSpec::Seawall(spec),
+        })
+    }
 }
 
 /// A seawall client stack, outer to inner: total timeout, budgeted retry, hedging, balancer.
@@ -101,7 +162,7 @@ pub struct SeawallSpec {
 
 /// The balancer's picker.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawPickerSpec")]
 pub enum PickerSpec {
     /// Each endpoint in turn.
     RoundRobin,
@@ -111,24 +172,20 @@ pub enum PickerSpec {
     LeastOutstanding,
     /// Power of d choices by calls in flight.
     P2cOutstanding {
-        /// Endpoints drawn per pick.
-        #[serde(default = "two")]
+        /// Endpoints drawn per pick (default 2).
         choices: usize,
     },
     /// The cheapest of all endpoints by PeakEWMA cost.
     LeastPeakEwma {
         /// The EWMA's time constant, milliseconds (default 10,000); also how long an estimate
         /// lasts before the endpoint gets a trial call.
-        #[serde(default)]
         decay_ms: Option<u64>,
     },
     /// Power of d choices by PeakEWMA (seawall's default picker; d = 2).
     P2cPeakEwma {
-        /// Endpoints drawn per pick.
-        #[serde(default = "two")]
+        /// Endpoints drawn per pick (default 2).
         choices: usize,
         /// The EWMA's time constant, milliseconds (default 10,000).
-        #[serde(default)]
         decay_ms: Option<u64>,
     },
     /// The backends in `local_zone` (their `zone`) while enough of them are healthy, otherwise
@@ -138,9 +195,75 @@ pub enum PickerSpec {
         local_zone: String,
         /// The share of a zone's backends that must be healthy for it to take traffic (default
         /// seawall-balance's, 0.7).
+        min_healthy_share: Option<f64>,
+    },
+}
+
+/// [`PickerSpec`] as a scenario spells it, refusing keys on the kinds without fields (see
+/// [`NoFields`]).
+#[derive(Deserialize)]
+#[serde(
+    tag = "kind",
+    expecting = "internally tagged enum PickerSpec",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+enum RawPickerSpec {
+    RoundRobin(NoFields),
+    Random(NoFields),
+    LeastOutstanding(NoFields),
+    P2cOutstanding {
+        #[serde(default = "two")]
+        choices: usize,
+    },
+    LeastPeakEwma {
+        #[serde(default)]
+        decay_ms: Option<u64>,
+    },
+    P2cPeakEwma {
+        #[serde(default = "two")]
+        choices: usize,
+        #[serde(default)]
+        decay_ms: Option<u64>,
+    },
+    ZoneAware {
+        local_zone: String,
         #[serde(default)]
         min_healthy_share: Option<f64>,
     },
+}
+
+impl TryFrom<RawPickerSpec> for PickerSpec {
+    type Error = String;
+
+    fn try_from(raw: RawPickerSpec) -> Result<Self, String> {
+        Ok(match raw {
+            RawPickerSpec::RoundRobin(rest) => {
+                rest.check("round_robin")?;
+                PickerSpec::RoundRobin
+            }
+            RawPickerSpec::Random(rest) => {
+                rest.check("random")?;
+                PickerSpec::Random
+            }
+            RawPickerSpec::LeastOutstanding(rest) => {
+                rest.check("least_outstanding")?;
+                PickerSpec::LeastOutstanding
+            }
+            RawPickerSpec::P2cOutstanding { choices } => PickerSpec::P2cOutstanding { choices },
+            RawPickerSpec::LeastPeakEwma { decay_ms } => PickerSpec::LeastPeakEwma { decay_ms },
+            RawPickerSpec::P2cPeakEwma { choices, decay_ms } => {
+                PickerSpec::P2cPeakEwma { choices, decay_ms }
+            }
+            RawPickerSpec::ZoneAware {
+                local_zone,
+                min_healthy_share,
+            } => PickerSpec::ZoneAware {
+                local_zone,
+                min_healthy_share,
+            },
+        })
+    }
 }
 
 /// The default picker is seawall-balance's default, power of two choices by PeakEWMA.

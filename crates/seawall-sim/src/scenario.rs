@@ -1,7 +1,8 @@
 //! Scenarios: a cluster, a load, and the clients to compare on it.
 
 use crate::{backend::BackendSpec, client::ClientSpec};
-use serde::Deserialize;
+use serde::{de::IgnoredAny, Deserialize};
+use std::collections::BTreeMap;
 
 /// A simulation: backends, load, clients under test.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +74,26 @@ fn check_requests(requests: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The keys given beside `kind` to a kind that has no fields, kept so that they can be refused
+/// by name. serde reads a field-less variant of an internally tagged enum without looking at the
+/// rest of its table, whatever `deny_unknown_fields` says (serde-rs/serde#2123), so an enum with
+/// such kinds is read through a private mirror whose field-less kinds hold one of these.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct NoFields(BTreeMap<String, IgnoredAny>);
+
+impl NoFields {
+    /// Refuses the first key given (in key order), naming it and `kind`.
+    pub(crate) fn check(&self, kind: &str) -> Result<(), String> {
+        match self.0.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(format!(
+                "unknown field `{key}`: kind `{kind}` has no fields"
+            )),
+        }
+    }
 }
 
 impl Scenario {

@@ -113,6 +113,83 @@ fn bad_scenarios_name_the_field() {
     assert!(Scenario::from_toml("name = 3").is_err());
 }
 
+/// A kind without fields takes no other key: a misspelled or misplaced one is an error naming it,
+/// not silently dropped (serde reads such a variant of an internally tagged enum without looking
+/// at the rest of its table, whatever `deny_unknown_fields` says).
+#[test]
+fn keys_on_kinds_without_fields_are_rejected() {
+    let scenario = |backend: &str, client: &str| {
+        format!(
+            "name = \"x\"\n[load]\nkind = \"open_loop\"\nrate_per_sec = 10.0\nrequests = 10\n\
+             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n{backend}\n\
+             [[clients]]\n{client}\n"
+        )
+    };
+    let down = |effect: &str| {
+        format!("faults = [{{ from_ms = 0, to_ms = 100, effect = {{ kind = \"down\"{effect} }} }}]")
+    };
+    let seawall = |picker: &str| format!("kind = \"seawall\"\npicker = {{ kind = \"{picker}\" }}");
+    let cases = [
+        (
+            scenario(&down(", period_ms = 200"), "kind = \"round_robin\""),
+            "period_ms",
+        ),
+        (
+            scenario("", "kind = \"round_robin\"\nretry = { max_attempts = 3 }"),
+            "retry",
+        ),
+        (
+            scenario("", "kind = \"round_robin\"\nlabel = \"rr+retry\""),
+            "label",
+        ),
+        (
+            scenario("", "kind = \"tower_p2c_pending\"\ndefault_rtt_ms = 5"),
+            "default_rtt_ms",
+        ),
+        (
+            scenario(
+                "",
+                "kind = \"seawall\"\npicker = { kind = \"least_outstanding\", choices = 3 }",
+            ),
+            "choices",
+        ),
+        (
+            scenario(
+                "",
+                "kind = \"seawall\"\npicker = { kind = \"random\", decay_ms = 100 }",
+            ),
+            "decay_ms",
+        ),
+        (
+            scenario(
+                "",
+                "kind = \"seawall\"\npicker = { kind = \"round_robin\", choices = 2 }",
+            ),
+            "choices",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = match Scenario::from_toml(&text) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted:\n{text}"),
+        };
+        assert!(err.contains(&format!("`{key}`")), "{err} should name {key}");
+    }
+    // Given alone, each of these kinds still reads.
+    for picker in ["round_robin", "random", "least_outstanding"] {
+        let text = scenario(&down(""), &seawall(picker));
+        if let Err(e) = Scenario::from_toml(&text) {
+            panic!("rejected {picker}: {e}");
+        }
+    }
+    for client in ["round_robin", "tower_p2c_pending"] {
+        let text = scenario(&down(""), &format!("kind = \"{client}\""));
+        if let Err(e) = Scenario::from_toml(&text) {
+            panic!("rejected {client}: {e}");
+        }
+    }
+}
+
 /// Values that used to pass validation and then panic during the run.
 #[test]
 fn out_of_range_clients_and_loads_are_rejected_naming_the_field() {
