@@ -1,7 +1,7 @@
 //! The clients under test, each built over the same simulated backends.
 
 use crate::{
-    backend::{SimBackend, SimRequest, SimResponse},
+    backend::{BackendSpec, SimBackend, SimRequest, SimResponse},
     dist::{check_ms, duration_ms},
     scenario::NoFields,
 };
@@ -266,6 +266,33 @@ impl TryFrom<RawPickerSpec> for PickerSpec {
     }
 }
 
+impl PickerSpec {
+    /// Checks that a zone-aware picker's local zone is some backend's: with none in it the
+    /// picker would always fall back to the other zones, under the local zone's name.
+    fn check_zone(&self, backends: &[BackendSpec]) -> Result<(), String> {
+        let PickerSpec::ZoneAware { local_zone, .. } = self else {
+            return Ok(());
+        };
+        let mut zones: Vec<&str> = Vec::new();
+        for zone in backends.iter().filter_map(|b| b.zone.as_deref()) {
+            if zone == local_zone {
+                return Ok(());
+            }
+            if !zones.contains(&zone) {
+                zones.push(zone);
+            }
+        }
+        let zones = if zones.is_empty() {
+            "no backend has a zone".to_string()
+        } else {
+            zones.join(", ")
+        };
+        Err(format!(
+            "picker.local_zone {local_zone:?} is no backend's zone ({zones})"
+        ))
+    }
+}
+
 /// The default picker is seawall-balance's default, power of two choices by PeakEWMA.
 impl Default for PickerSpec {
     fn default() -> Self {
@@ -408,13 +435,16 @@ impl ClientSpec {
         }
     }
 
-    /// Checks the parameters, naming the first bad one.
-    pub fn validate(&self, _backends: usize) -> Result<(), String> {
+    /// Checks the parameters against the scenario's `backends`, naming the first bad one.
+    pub fn validate(&self, backends: &[BackendSpec]) -> Result<(), String> {
         match self {
             ClientSpec::RoundRobin | ClientSpec::TowerP2cPending => Ok(()),
             // The seawall builders validate every value, naming the field; only laying the
             // layers over backends needs a runtime, so a scenario is checked without one.
-            ClientSpec::Seawall(spec) => spec.layers(0).map(drop),
+            ClientSpec::Seawall(spec) => {
+                spec.layers(0)?;
+                spec.picker.check_zone(backends)
+            }
             ClientSpec::TowerRetry {
                 max_attempts,
                 budget_ratio,

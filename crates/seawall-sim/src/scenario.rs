@@ -144,7 +144,7 @@ impl Scenario {
             return Err("clients must not be empty".into());
         }
         for (i, c) in self.clients.iter().enumerate() {
-            c.validate(self.backends.len())
+            c.validate(&self.backends)
                 .map_err(|e| format!("clients[{i}].{e}"))?;
         }
         Ok(())

@@ -100,3 +100,49 @@ fn a_blank_local_zone_is_rejected_naming_the_key() {
     let err = Scenario::from_toml(text).unwrap_err();
     assert!(err.contains("picker.local_zone"), "{err}");
 }
+
+/// A local zone that no backend is in (a typo, say) would leave the picker always falling back to
+/// the other zones while the report names it: it is rejected, naming the key and the zones there
+/// are.
+#[test]
+fn a_local_zone_no_backend_is_in_is_rejected_listing_the_zones() {
+    let text = |local_zone: &str, zones: &[Option<&str>]| {
+        let mut text = format!(
+            r#"
+            name = "zones"
+            [load]
+            kind = "open_loop"
+            rate_per_sec = 10.0
+            requests = 10
+            [[clients]]
+            kind = "seawall"
+            [[clients]]
+            kind = "seawall"
+            picker = {{ kind = "zone_aware", local_zone = "{local_zone}" }}
+            "#
+        );
+        for zone in zones {
+            text.push_str("[[backends]]\nlatency = { kind = \"constant\", ms = 5.0 }\n");
+            if let Some(zone) = zone {
+                text.push_str(&format!("zone = \"{zone}\"\n"));
+            }
+        }
+        text
+    };
+    let zones = [Some("a"), Some("b"), None, Some("a")];
+    let err = Scenario::from_toml(&text("c", &zones)).unwrap_err();
+    assert_eq!(
+        err,
+        "clients[1].picker.local_zone \"c\" is no backend's zone (a, b)"
+    );
+    let err = Scenario::from_toml(&text("a", &[None, None])).unwrap_err();
+    assert_eq!(
+        err,
+        "clients[1].picker.local_zone \"a\" is no backend's zone (no backend has a zone)"
+    );
+    for local_zone in ["a", "b"] {
+        if let Err(e) = Scenario::from_toml(&text(local_zone, &zones)) {
+            panic!("rejected {local_zone}: {e}");
+        }
+    }
+}
