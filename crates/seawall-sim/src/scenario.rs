@@ -32,6 +32,13 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 /// count.
 pub const MAX_REQUESTS: u64 = 10_000_000;
 
+/// The longest an open loop may take to offer its requests (`requests / rate_per_sec`), seconds:
+/// 365 days. Time is virtual, but each seawall balancer wakes once per outlier-detection interval
+/// of it: at the default 10 s, a year takes about 15 s of CPU per seawall client in a release build
+/// (with a 1 ms interval, 10,000 times as long), and the centuries that the limits on the rate and
+/// the count alone would allow would take hours.
+pub const MAX_OPEN_LOOP_SECS: u64 = 365 * 86_400;
+
 fn default_seed() -> u64 {
     1
 }
@@ -127,6 +134,12 @@ impl Scenario {
                     ));
                 }
                 check_requests(requests)?;
+                let secs = requests as f64 / rate_per_sec;
+                if secs > MAX_OPEN_LOOP_SECS as f64 {
+                    return Err(format!(
+                        "load.requests / load.rate_per_sec must be at most {MAX_OPEN_LOOP_SECS} s (365 days) of simulated time, got {secs:.0} s"
+                    ));
+                }
             }
             Load::ClosedLoop {
                 concurrency,

@@ -4,7 +4,7 @@
 use seawall_sim::{
     builtin,
     run::run,
-    scenario::{Load, MAX_CONCURRENCY, MAX_REQUESTS},
+    scenario::{Load, MAX_CONCURRENCY, MAX_OPEN_LOOP_SECS, MAX_REQUESTS},
     svg::write_svg,
     Scenario,
 };
@@ -416,6 +416,38 @@ fn request_counts_past_the_cap_are_rejected() {
         .unwrap()
         .with_requests(MAX_REQUESTS + 1);
     assert!(run(&huge, 1).unwrap_err().contains("load.requests"));
+}
+
+/// Time is virtual, but a seawall balancer still wakes once per outlier-detection interval of it:
+/// an open loop that would take centuries to offer its requests is rejected, naming the load.
+#[test]
+fn open_loops_longer_than_the_cap_are_rejected() {
+    assert_eq!(MAX_OPEN_LOOP_SECS, 365 * 86_400);
+    let text = |rate: f64, requests: u64| {
+        format!(
+            "name = \"x\"\n[load]\nkind = \"open_loop\"\nrate_per_sec = {rate:?}\nrequests = {requests}\n\
+             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n\
+             [[clients]]\nkind = \"seawall\"\n"
+        )
+    };
+    // About 317 years, and a year and a second (0.0625 is exact, as is the quotient).
+    for (rate, requests) in [(0.001, MAX_REQUESTS), (0.0625, 1_971_001)] {
+        let err = Scenario::from_toml(&text(rate, requests)).expect_err("rejected");
+        assert!(err.contains("load.rate_per_sec"), "{err}");
+    }
+    // Exactly a year, and the slowest rate over the most requests that fits.
+    for (rate, requests) in [(0.0625, 1_971_000), (0.5, MAX_REQUESTS)] {
+        if let Err(e) = Scenario::from_toml(&text(rate, requests)) {
+            panic!("rejected {requests} requests at {rate}/s: {e}");
+        }
+    }
+    // A scenario built in code is held to it too.
+    let mut slow = builtin::by_name("hard-down").unwrap();
+    slow.load = Load::OpenLoop {
+        rate_per_sec: 0.1,
+        requests: MAX_REQUESTS,
+    };
+    assert!(slow.validate().unwrap_err().contains("load.rate_per_sec"));
 }
 
 #[test]
