@@ -2,7 +2,10 @@
 //! `Send + Sync + 'static`.
 
 use seawall_bulkhead::{
-    ratelimit::{self, KeyedRateLimit, KeyedRateLimitLayer, Limited, RateLimit, RateLimitLayer},
+    ratelimit::{
+        self, KeyedRateLimit, KeyedRateLimitHandle, KeyedRateLimitLayer, Limited, RateLimit,
+        RateLimitHandle, RateLimitLayer,
+    },
     Bulkhead, BulkheadHandle, BulkheadLayer, Full, OnBodyEnd, OnResponse, Permit, PermitBody,
     ResponseFuture,
 };
@@ -31,6 +34,7 @@ fn public_types_are_send_sync_static() {
     send_sync_static::<Full>();
     send_sync_static::<RateLimitLayer>();
     send_sync_static::<RateLimit<Svc>>();
+    send_sync_static::<RateLimitHandle>();
     send_sync_static::<ratelimit::ResponseFuture<Fut, Svc, http::Request<()>>>();
     send_sync_static::<KeyedRateLimitLayer<String, fn(&http::Request<()>) -> String>>();
     send_sync_static::<KeyedRateLimit<Svc, String, fn(&http::Request<()>) -> String>>();
@@ -49,4 +53,5 @@ where
 {
     send_sync_static::<KeyedRateLimitLayer<K, F>>();
     send_sync_static::<KeyedRateLimit<Svc, K, F>>();
+    send_sync_static::<KeyedRateLimitHandle<K>>();
 }

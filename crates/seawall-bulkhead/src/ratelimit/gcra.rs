@@ -93,6 +93,57 @@ pub(crate) fn decide(
     }
 }
 
+/// A limiter's budget at one time, read without taking anything from it: what the handles show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Calls that would be admitted at once, one after another: at most the burst.
+    pub(crate) available: u64,
+    /// Nanoseconds until a call would be admitted at once: zero when one would be now, else the
+    /// `retry_after` a rejected call would be given (`u64::MAX`: no slot within the clock's range).
+    pub(crate) next_in: u64,
+}
+
+/// The budget at `now` of a limiter of TAT `tat` and holes `holes`, with the same arithmetic as
+/// [`Gcra::acquire`]: the usable holes due by `now`, then the slots after the TAT that `decide`
+/// would grant at once.
+pub(crate) fn budget(
+    tat: u64,
+    holes: Option<&Holes>,
+    now: u64,
+    interval: u64,
+    tolerance: u64,
+) -> Budget {
+    // The `k`-th call admitted at once from the TAT stores `max(tat, now) + k·T`, and is admitted
+    // while that minus `τ` is at most `now` (and it fits in a `u64`).
+    let from = tat.max(now);
+    let room = now
+        .saturating_add(tolerance)
+        .saturating_sub(from)
+        .min(u64::MAX - from);
+    let holes_free = holes.map_or(0, |holes| holes.free_at(now, interval, tolerance));
+    // Every grant's TAT is at least `T` from every other's, so at most `τ / T` fall in the span
+    // free at once; the minimum only keeps a reading taken while the holes move to that bound.
+    let available = (room / interval)
+        .saturating_add(holes_free)
+        .min(tolerance / interval);
+    if available > 0 {
+        return Budget {
+            available,
+            next_in: 0,
+        };
+    }
+    let tat_next = decide(tat, now, interval, tolerance, 0).err().unwrap_or(0);
+    let hole_next = holes
+        .and_then(|holes| holes.next_usable(now, interval))
+        .map_or(u64::MAX, |hole| {
+            hole.saturating_sub(tolerance).saturating_sub(now)
+        });
+    Budget {
+        available,
+        next_in: tat_next.min(hole_next),
+    }
+}
+
 /// The TATs of given-back grants that were not the latest, in order: the earliest is the one to
 /// take, the latest the one to fold back into the TAT. No two grants outstanding share a TAT, so
 /// no two holes do either (a slot given back twice would be kept once, letting fewer calls
@@ -131,6 +182,22 @@ impl Holes {
     pub(crate) fn remove(&mut self, tat: u64) -> bool {
         self.visit();
         self.tats.remove(&tat)
+    }
+
+    /// Holes a request at `now` could take at once: their slots have not passed
+    /// (`tat >= now + T`) and are due (`tat − τ <= now`), as in [`take`](Self::take). Reads only.
+    pub(crate) fn free_at(&self, now: u64, interval: u64, tolerance: u64) -> u64 {
+        let span = now.saturating_add(interval)..=now.saturating_add(tolerance);
+        self.tats.range(span).count() as u64
+    }
+
+    /// The earliest hole whose slot has not passed at `now`, the one [`take`](Self::take) would
+    /// look at. Reads only.
+    pub(crate) fn next_usable(&self, now: u64, interval: u64) -> Option<u64> {
+        self.tats
+            .range(now.saturating_add(interval)..)
+            .next()
+            .copied()
     }
 
     /// Takes the earliest hole whose slot has not passed at `now`, dropping those that have.
@@ -305,8 +372,19 @@ impl Gcra {
         self.holes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The budget at `now`, read without taking or moving anything: the TAT, and the holes under
+    /// their lock if there are any (so that none is counted both as a hole and in the TAT while
+    /// it folds back).
+    pub(crate) fn budget(&self, now: u64) -> Budget {
+        if self.hole_count.load(Ordering::Acquire) > 0 {
+            let holes = self.lock_holes();
+            budget(self.tat(), Some(&holes), now, self.interval, self.tolerance)
+        } else {
+            budget(self.tat(), None, now, self.interval, self.tolerance)
+        }
+    }
+
     /// The current theoretical arrival time.
-    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn tat(&self) -> u64 {
         self.tat.load(Ordering::Acquire)
     }
@@ -468,6 +546,58 @@ mod tests {
         );
         let visited = g.lock_holes().visited;
         assert!(visited < 20 * N as usize, "{visited} holes looked at");
+    }
+
+    proptest::proptest! {
+        #![proptest_config({
+            let mut config = proptest::prelude::ProptestConfig::with_cases(512);
+            if config.rng_seed == proptest::test_runner::RngSeed::Random {
+                config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x05EA_0A11);
+            }
+            config
+        })]
+
+        /// After random calls, waiters given up before their time and time passing, the budget
+        /// is what calls find: `available` calls are admitted at once, no more (at most the
+        /// burst), and the next is rejected with `next_in` as its retry, which the budget then
+        /// shows. Reading it moves nothing.
+        #[test]
+        fn the_budget_is_what_calls_find(
+            burst in 1u64..5,
+            ops in proptest::collection::vec(
+                (0u64..6, proptest::bool::weighted(0.3), proptest::prelude::any::<proptest::sample::Index>()),
+                0..60,
+            ),
+        ) {
+            const T: u64 = 100;
+            let g = Gcra::new(T, burst);
+            let mut now = 0;
+            // Grants not yet due: their waiters may still give them up.
+            let mut waiting: Vec<Grant> = Vec::new();
+            for (advance, give_up, index) in ops {
+                now += advance * T / 4;
+                waiting.retain(|grant| grant.tat - g.tolerance() > now);
+                if give_up && !waiting.is_empty() {
+                    g.refund(waiting.swap_remove(index.index(waiting.len())));
+                } else if let Ok(grant) = g.acquire(now, 4 * T) {
+                    if grant.delay > 0 {
+                        waiting.push(grant);
+                    }
+                }
+            }
+            let read = g.budget(now);
+            proptest::prop_assert!(read.available <= burst);
+            proptest::prop_assert_eq!(read.available == 0, read.next_in > 0);
+            proptest::prop_assert_eq!(g.budget(now), read, "reading moves nothing");
+            for n in 0..read.available {
+                proptest::prop_assert_eq!(g.acquire(now, 0).map(|grant| grant.delay), Ok(0), "call {}", n);
+            }
+            let retry = g.acquire(now, 0).unwrap_err();
+            if read.available == 0 {
+                proptest::prop_assert_eq!(retry, read.next_in);
+            }
+            proptest::prop_assert_eq!(g.budget(now), Budget { available: 0, next_in: retry });
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@ use super::{
     config::Validated,
     event::Reporter,
     future::{Permit, ResponseFuture},
-    gcra::{decide, nanos_since, to_nanos, usable_until, Grant, Holes},
+    gcra::{budget, decide, nanos_since, to_nanos, usable_until, Budget, Grant, Holes},
 };
 use seawall_core::{metrics, BoxError, Name};
 use std::{
@@ -328,6 +328,25 @@ impl<K: Hash + Eq> KeyedShared<K> {
         }
     }
 
+    /// `key`'s budget at `now`, read under its shard's lock without taking or moving anything: a
+    /// key not in the table (never seen, or evicted) has a whole budget, as its next call finds.
+    fn budget(&self, key: &K, now: u64) -> Budget {
+        let shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.map.get(key) {
+            Some(entry) => budget(
+                entry.tat,
+                Some(&entry.holes),
+                now,
+                self.interval,
+                self.tolerance,
+            ),
+            None => budget(0, None, now, self.interval, self.tolerance),
+        }
+    }
+
     /// Gives back a grant of the entry `id` for `key`, as [`Gcra::refund`](super::gcra::Gcra::refund):
     /// the latest moves the TAT back, any other becomes a hole, and holes at the TAT fold into it.
     /// Nothing happens if that entry was evicted since.
@@ -421,9 +440,70 @@ impl<K, F> KeyedRateLimitLayer<K, F> {
         self.shared.keys.load(Ordering::Relaxed)
     }
 
+    /// A handle on this limiter's budgets, key by key.
+    pub fn handle(&self) -> KeyedRateLimitHandle<K> {
+        KeyedRateLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The policy instance name.
     pub fn name(&self) -> &Name {
         &self.shared.report.name
+    }
+}
+
+/// A view of one keyed rate limiter's budgets, key by key, for dashboards, tests and health
+/// checks: what [`RateLimitHandle`](super::RateLimitHandle) shows of a plain limiter, for the key
+/// given.
+///
+/// Get one with [`KeyedRateLimitLayer::handle`]; it shares the layer's table, so it sees every
+/// service the layer made and every clone. A reading locks the key's shard, as a call for that
+/// key does, and neither takes a permit nor adds the key to the table: a key the table does not
+/// hold (never seen, or evicted) reads as a whole budget, which is what its next call finds.
+/// Time is tokio's clock, as for the limiter.
+pub struct KeyedRateLimitHandle<K> {
+    shared: Arc<KeyedShared<K>>,
+}
+
+impl<K: Hash + Eq> KeyedRateLimitHandle<K> {
+    /// Calls for `key` that would be admitted at once now, one after another: at most the burst.
+    /// As [`RateLimitHandle::available`](super::RateLimitHandle::available), for one key.
+    pub fn available(&self, key: &K) -> u64 {
+        self.shared.budget(key, self.shared.now()).available
+    }
+
+    /// How long until a call for `key` would be admitted at once: zero while
+    /// [`available`](Self::available) is above zero, else the
+    /// [`retry_after`](super::Limited::retry_after) a call for it rejected now would carry.
+    pub fn next_permit_in(&self, key: &K) -> Duration {
+        Duration::from_nanos(self.shared.budget(key, self.shared.now()).next_in)
+    }
+}
+
+impl<K> KeyedRateLimitHandle<K> {
+    /// Keys tracked right now (at most `max_keys`).
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.keys.load(Ordering::Relaxed)
+    }
+
+    /// The policy instance name.
+    pub fn name(&self) -> &Name {
+        &self.shared.report.name
+    }
+}
+
+impl<K> Clone for KeyedRateLimitHandle<K> {
+    fn clone(&self) -> Self {
+        KeyedRateLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedRateLimitHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
     }
 }
 

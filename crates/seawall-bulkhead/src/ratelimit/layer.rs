@@ -2,7 +2,7 @@ use super::{
     config::{RateLimitConfigBuilder, Validated},
     event::Reporter,
     future::Permit,
-    gcra::{nanos_since, to_nanos, usable_until, Gcra, Grant},
+    gcra::{nanos_since, to_nanos, usable_until, Budget, Gcra, Grant},
     RateLimit,
 };
 use seawall_core::Name;
@@ -46,6 +46,11 @@ impl Shared {
 
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// The budget now, on tokio's clock; takes nothing.
+    fn budget(&self) -> Budget {
+        self.gcra.budget(self.now())
     }
 }
 
@@ -102,6 +107,13 @@ impl RateLimitLayer {
         self.shared.clone()
     }
 
+    /// A handle on this limiter's budget: permits free now, and how long until the next one.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The policy instance name.
     pub fn name(&self) -> &Name {
         &self.shared.report.name
@@ -113,6 +125,51 @@ impl<S> Layer<S> for RateLimitLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::new(inner, self)
+    }
+}
+
+/// A view of one rate limiter's budget, for dashboards, tests and health checks.
+///
+/// Get one with [`RateLimitLayer::handle`]; it shares the layer's state, so it sees every service
+/// the layer made and every clone. Reading takes no permit and moves nothing: it reads the
+/// limiter's TAT (and, only while a dropped waiter's permit is set aside, takes the lock of those
+/// permits) on tokio's clock, the one the limiter runs on, so paused time in tests moves it too.
+/// A reading is a snapshot: calls on other threads may take the permits it counted at once.
+///
+/// There is no count of waiting calls: a waiter reserves its permit when it is called (the TAT
+/// moves on) and keeps no place in a queue, so the limiter counts none, and counting them would
+/// cost every waiter an update on its way in and out. Waits started are counted by the
+/// `seawall_ratelimit_delayed_total` metric and [`RateLimitEvent::Delayed`](super::RateLimitEvent::Delayed).
+#[derive(Clone)]
+pub struct RateLimitHandle {
+    shared: Arc<Shared>,
+}
+
+impl RateLimitHandle {
+    /// Calls that would be admitted at once now, one after another: the burst after a quiet
+    /// spell, one less for each call since, one more for each interval (`period / permits`) that
+    /// passes, and never more than the burst. Permits reserved by waiting calls are not free; one
+    /// given back by a waiter dropped before its time is, once it is due.
+    pub fn available(&self) -> u64 {
+        self.shared.budget().available
+    }
+
+    /// How long until a call would be admitted at once: zero while [`available`](Self::available)
+    /// is above zero, else the [`retry_after`](super::Limited::retry_after) a call rejected now
+    /// would carry.
+    pub fn next_permit_in(&self) -> Duration {
+        Duration::from_nanos(self.shared.budget().next_in)
+    }
+
+    /// The policy instance name.
+    pub fn name(&self) -> &Name {
+        &self.shared.report.name
+    }
+}
+
+impl fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
     }
 }
 

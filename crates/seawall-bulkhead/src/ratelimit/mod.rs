@@ -36,6 +36,9 @@
 //! [`KeyedRateLimitLayer`] keeps one budget per key computed from the request (a tenant, a user),
 //! in a bounded table that evicts idle keys.
 //!
+//! [`RateLimitLayer::handle`] reads the budget without taking from it: the permits free at once
+//! and how long until the next ([`KeyedRateLimitLayer::handle`] does the same for one key).
+//!
 //! # Defaults
 //!
 //! | option | default | note |
@@ -84,8 +87,8 @@ pub use config::{RateLimitConfigBuilder, DEFAULT_MAX_KEYS};
 pub use error::Limited;
 pub use event::RateLimitEvent;
 pub use future::ResponseFuture;
-pub use keyed::{KeyedRateLimit, KeyedRateLimitLayer};
-pub use layer::RateLimitLayer;
+pub use keyed::{KeyedRateLimit, KeyedRateLimitHandle, KeyedRateLimitLayer};
+pub use layer::{RateLimitHandle, RateLimitLayer};
 pub use service::RateLimit;
 
 #[cfg(loom)]
