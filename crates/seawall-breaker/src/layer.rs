@@ -52,15 +52,6 @@ impl<C> BreakerLayer<C> {
         }
     }
 
-    /// A breaker of a keyed set: counted in the set's `keys_open` gauge instead of setting a
-    /// state gauge of its own.
-    pub(crate) fn keyed(config: BreakerConfig, classifier: C, keys_open: ::metrics::Gauge) -> Self {
-        BreakerLayer {
-            shared: Shared::keyed(&config, keys_open),
-            classifier,
-        }
-    }
-
     /// The same breaker with another classifier (both layers share one state).
     pub fn with_classifier<C2>(self, classifier: C2) -> BreakerLayer<C2> {
         BreakerLayer {

@@ -114,6 +114,10 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(demo()).unwrap();
 //! ```
 //!
+//! For one breaker per key (per host, per endpoint), see [`BreakerSet`]; its
+//! [`keyed_layer`](BreakerSet::keyed_layer) sends each call through the breaker of the request's
+//! key, for a client that calls many hosts through one service.
+//!
 //! See `docs/circuit-breaker.md` in the repository for the semantics point by point next to
 //! Hystrix, Resilience4j and Polly, and the anti-patterns.
 //!
@@ -132,6 +136,7 @@ mod config;
 mod error;
 mod future;
 mod handle;
+mod keyed;
 mod layer;
 mod service;
 mod set;
@@ -148,6 +153,7 @@ pub use config::{
 pub use error::Open;
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
+pub use keyed::{KeyedBreaker, KeyedBreakerLayer};
 pub use layer::BreakerLayer;
 pub use service::Breaker;
 pub use set::BreakerSet;

@@ -282,7 +282,7 @@ where
 
 /// The time a call starts, for its duration.
 #[inline]
-fn call_start() -> Instant {
+pub(crate) fn call_start() -> Instant {
     #[cfg(test)]
     tests::START_READS.with(|reads| reads.set(reads.get() + 1));
     Instant::now()

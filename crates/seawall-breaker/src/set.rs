@@ -3,8 +3,9 @@
 use crate::{
     config::BreakerConfig,
     handle::BreakerHandle,
+    keyed::KeyedBreakerLayer,
     layer::BreakerLayer,
-    shared,
+    shared::{self, Shared},
     state::{State, Transition},
 };
 use seawall_core::{
@@ -41,7 +42,9 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// breaker keeps working with it; asking for the key again creates a fresh one.
 ///
 /// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
-/// and keep the layer or the service, not once per request.
+/// and keep the layer or the service, not once per request. For a service that calls many keys
+/// (a client whose requests carry their host), [`keyed_layer`](Self::keyed_layer) looks the key of
+/// each call up for it.
 ///
 /// Every breaker of the set carries the set's name, so their counters add up under it. None of
 /// them sets `seawall_breaker_state` (it would show whichever key changed last); the set reports
@@ -67,13 +70,13 @@ struct Inner<K, C> {
     config: BreakerConfig,
     classifier: C,
     capacity: usize,
-    map: Mutex<Map<K, C>>,
+    map: Mutex<Map<K>>,
     /// `seawall_breaker_keys_open`, which every breaker of the set counts itself in.
     keys_open: ::metrics::Gauge,
 }
 
-struct Map<K, C> {
-    entries: HashMap<K, Entry<C>>,
+struct Map<K> {
+    entries: HashMap<K, Entry>,
     clock: u64,
     /// Listeners told which key's breaker changed: each makes, for a key, a listener bound to it
     /// for the breaker the set creates for that key.
@@ -83,16 +86,16 @@ struct Map<K, C> {
 /// Binds a keyed listener to one key.
 type KeyListener<K> = dyn Fn(&K) -> Arc<dyn Listener<Transition>> + Send + Sync;
 
-struct Entry<C> {
-    layer: BreakerLayer<C>,
+struct Entry {
+    shared: Arc<Shared>,
     last_used: u64,
 }
 
-impl<C> Drop for Entry<C> {
+impl Drop for Entry {
     /// Removed, evicted, or the set dropped: a breaker that lives on in a service no longer
     /// counts in the set's gauge.
     fn drop(&mut self) {
-        let shared = &*self.layer.shared;
+        let shared = &*self.shared;
         shared::in_drop(&shared.name, || shared.leave_set());
     }
 }
@@ -130,7 +133,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Map<K, C>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map<K>> {
         // Nothing in the set can be left half-updated by a panic; keep going after one.
         self.inner
             .map
@@ -140,12 +143,21 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
 
     /// The breaker of `key`, created if there is none.
     pub fn get(&self, key: &K) -> BreakerLayer<C> {
+        BreakerLayer {
+            shared: self.breaker(key),
+            classifier: self.inner.classifier.clone(),
+        }
+    }
+
+    /// The breaker of `key`, created if there is none: what [`get`](Self::get) and a
+    /// [`KeyedBreaker`](crate::KeyedBreaker)'s call look up.
+    pub(crate) fn breaker(&self, key: &K) -> Arc<Shared> {
         let mut map = self.lock();
         map.clock += 1;
         let now = map.clock;
         if let Some(entry) = map.entries.get_mut(key) {
             entry.last_used = now;
-            return entry.layer.clone();
+            return entry.shared.clone();
         }
         if map.entries.len() >= self.inner.capacity {
             evict(&mut map.entries);
@@ -165,19 +177,72 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
                         listener.on_event(name, transition)
                     });
         }
-        let layer = BreakerLayer::keyed(
-            config,
-            self.inner.classifier.clone(),
-            self.inner.keys_open.clone(),
-        );
+        let shared = Shared::keyed(&config, self.inner.keys_open.clone());
         map.entries.insert(
             key.clone(),
             Entry {
-                layer: layer.clone(),
+                shared: shared.clone(),
                 last_used: now,
             },
         );
-        layer
+        shared
+    }
+
+    /// A layer whose services send each call through the breaker of its key, `key` computing a
+    /// request's key (its host, its endpoint): one service for a client that calls many hosts,
+    /// with one breaker per host. See [`KeyedBreakerLayer`] and
+    /// [`KeyedBreaker`](crate::KeyedBreaker) for how a call is decided.
+    ///
+    /// Fails, naming the field, when the set's configuration asks for
+    /// [`backpressure`](crate::BreakerConfigBuilder::backpressure): a `poll_ready` that waits for
+    /// a breaker cannot know which breaker before the request is known.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), seawall::BoxError> {
+    /// use seawall::{
+    ///     breaker::{BreakerConfig, BreakerSet, Open},
+    ///     core::error::is,
+    /// };
+    /// use tower::{service_fn, Layer, Service, ServiceExt};
+    ///
+    /// let per_host = BreakerSet::new(
+    ///     BreakerConfig::builder().name("per-host").consecutive_failures(2).build_config()?,
+    ///     1_024,
+    /// )?;
+    /// let mut client = per_host
+    ///     .keyed_layer(|req: &http::Request<()>| req.uri().authority().cloned())?
+    ///     .layer(service_fn(|req: http::Request<()>| async move {
+    ///         match req.uri().host() {
+    ///             Some("down.example") => Err::<&str, seawall::BoxError>("connection refused".into()),
+    ///             _ => Ok("ok"),
+    ///         }
+    ///     }));
+    /// let get = |uri: &str| http::Request::get(uri).body(()).unwrap();
+    ///
+    /// for _ in 0..2 {
+    ///     let _ = client.ready().await?.call(get("http://down.example/")).await;
+    /// }
+    /// // down.example's breaker is open; up.example's lets calls through.
+    /// let err = client.ready().await?.call(get("http://down.example/")).await.unwrap_err();
+    /// assert!(is::<Open>(&*err));
+    /// assert_eq!(client.ready().await?.call(get("http://up.example/")).await?, "ok");
+    /// let down = http::uri::Authority::from_static("down.example");
+    /// assert_eq!(per_host.unhealthy(), [Some(down)]);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn keyed_layer<Req, F>(&self, key: F) -> Result<KeyedBreakerLayer<K, F, C>, ConfigError>
+    where
+        F: Fn(&Req) -> K,
+    {
+        if self.inner.config.backpressure {
+            return Err(ConfigError::conflict(
+                "backpressure",
+                "is not available for a keyed breaker layer (the key is only known in call)",
+            ));
+        }
+        Ok(KeyedBreakerLayer::new(self.clone(), key))
     }
 
     /// Registers a listener told of every state change of the set's breakers with the key whose
@@ -219,7 +284,9 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
 
     /// The breaker of `key`, if there is one (does not create one).
     pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
-        self.lock().entries.get(key).map(|e| e.layer.handle())
+        self.lock().entries.get(key).map(|e| BreakerHandle {
+            shared: e.shared.clone(),
+        })
     }
 
     /// Forgets the breaker of `key`.
@@ -248,7 +315,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     pub fn remove_unless_manual(&self, key: &K) -> bool {
         let mut map = self.lock();
         match map.entries.get(key) {
-            Some(entry) if !is_manual(entry.layer.shared.machine.state()) => {
+            Some(entry) if !is_manual(entry.shared.machine.state()) => {
                 map.entries.remove(key);
                 true
             }
@@ -278,7 +345,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             .filter(|(_, e)| {
                 // Asked without applying a deadline, so no state changes and no listener runs
                 // under the set's lock.
-                let shared = &e.layer.shared;
+                let shared = &e.shared;
                 !shared.machine.permits(|| shared.now())
             })
             .map(|(k, _)| k.clone())
@@ -301,10 +368,10 @@ fn is_manual(state: State) -> bool {
 /// breaker the set no longer reaches, and its key would get a fresh twin. From 128 entries on, it
 /// removes up to a 64th of them in that order, idle Closed ones only after the first (at least
 /// one entry): an Open breaker that remembers a failing key goes only when one entry must.
-fn evict<K: Hash + Eq + Clone, C>(entries: &mut HashMap<K, Entry<C>>) {
-    let rank = |e: &Entry<C>| {
-        let in_use = Arc::strong_count(&e.layer.shared) > 1;
-        let state = e.layer.shared.machine.state();
+fn evict<K: Hash + Eq + Clone>(entries: &mut HashMap<K, Entry>) {
+    let rank = |e: &Entry| {
+        let in_use = Arc::strong_count(&e.shared) > 1;
+        let state = e.shared.machine.state();
         let manual = is_manual(state);
         let holds_failure = state != State::Closed;
         (in_use, manual, holds_failure, e.last_used)
@@ -341,6 +408,11 @@ impl<K, C> BreakerSet<K, C> {
     /// The set's name, which every breaker of the set carries in its events, logs and metrics.
     pub fn name(&self) -> &Name {
         &self.inner.config.name
+    }
+
+    /// The classifier every breaker of the set records outcomes with.
+    pub(crate) fn classifier(&self) -> &C {
+        &self.inner.classifier
     }
 }
 
