@@ -35,7 +35,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
 
     // ----- breaker methods -----
     /// Adds a [`BreakerLayer`](crate::breaker::BreakerLayer): a circuit breaker built with
-    /// `BreakerLayer::builder()`.
+    /// `BreakerLayer::builder()`. A keyed breaker
+    /// ([`BreakerSet::keyed_layer`](crate::breaker::BreakerSet::keyed_layer)) is added with
+    /// `.layer(...)`.
     #[cfg(feature = "breaker")]
     #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
     fn with_breaker<C>(
