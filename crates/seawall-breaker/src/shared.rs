@@ -321,8 +321,12 @@ impl Shared {
         self.metrics.rejected.increment(1);
     }
 
+    /// Records a call's outcome, then counts it: the machine first, so a metrics recorder that
+    /// panics in a counter cannot lose the permit (a half-open probe slot).
     #[inline]
     pub(crate) fn complete(&self, permit: Permit, outcome: Outcome, elapsed: Duration) {
+        self.machine
+            .complete(permit, outcome, elapsed, || self.now(), self);
         match outcome {
             Outcome::Success => self.metrics.successes.increment(1),
             Outcome::Failure => self.metrics.failures.increment(1),
@@ -331,8 +335,6 @@ impl Shared {
         if self.times_calls && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
             self.metrics.slow.increment(1);
         }
-        self.machine
-            .complete(permit, outcome, elapsed, || self.now(), self);
     }
 
     /// Hands back a permit that was never used for a call.

@@ -430,3 +430,94 @@ async fn a_panicking_recorder_does_not_escape_a_drop() {
     assert!(fired(), "the recorder panicked");
     assert!(removed.is_ok_and(|removed| removed), "the key was removed");
 }
+
+/// A recorder whose outcome counters (successes, failures, ignored) panic on the next increment
+/// while `fail` is on.
+#[derive(Default)]
+struct PanickingCounter {
+    fail: AtomicBool,
+}
+
+impl metrics::CounterFn for PanickingCounter {
+    fn increment(&self, _: u64) {
+        if self.fail.swap(false, Ordering::SeqCst) {
+            panic!("the recorder failed");
+        }
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+struct PanickingOutcomes(Arc<PanickingCounter>);
+
+impl metrics::Recorder for PanickingOutcomes {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
+        let outcomes = [
+            names::BREAKER_SUCCESSES,
+            names::BREAKER_FAILURES,
+            names::BREAKER_IGNORED,
+        ];
+        if outcomes.contains(&key.name()) {
+            metrics::Counter::from_arc(self.0.clone())
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A recorder that panics as a probe's outcome is counted does not cost the breaker the probe:
+/// the outcome is recorded in the breaker (the slot filled, or handed back) before the counter
+/// is called.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_outcome_counter_does_not_lose_a_probe() {
+    let counter = Arc::new(PanickingCounter::default());
+    let recorder = PanickingOutcomes(counter.clone());
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let armed = || counter.fail.store(true, Ordering::SeqCst);
+    let fired = || !counter.fail.load(Ordering::SeqCst);
+    let layer = BreakerLayer::builder()
+        .name("panicking-outcome")
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .permitted_probes(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+
+    // A probe that answers: the panic reaches the caller, and the answer closes the breaker.
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+    let mut probe = task::spawn(svc.ready().await.unwrap().call(Call::Ok));
+    assert_eq!(handle.state(), State::HalfOpen);
+    armed();
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| probe.poll()));
+    assert!(fired(), "the recorder panicked");
+    assert!(polled.is_err(), "the recorder's panic reaches the caller");
+    drop(probe);
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().probes_in_use, 0);
+
+    // A probe cancelled: the slot is handed back, and the next call is the probe.
+    let _ = send(&mut svc, Call::Fail).await;
+    tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+    let mut probe = task::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    assert_pending!(probe.poll());
+    assert_eq!(handle.snapshot().probes_in_use, 1);
+    armed();
+    drop(probe);
+    assert!(fired(), "the recorder panicked");
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_in_use, 0);
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
+}
