@@ -638,10 +638,11 @@ struct Seen {
     /// The names the resolution had to look up: the host of [`Dns::a`], or every target of the
     /// SRV answer, whatever its priority and whether it was looked up or left out.
     asked: HashSet<DnsName>,
-    /// The names whose lookups the resolution made: the host of [`Dns::a`], or the targets of
-    /// the SRV records of the priorities it went through. A failed lookup of another name (a
-    /// target gone from the answer, a backup target while the primaries serve) has not been seen
-    /// to answer since.
+    /// The names whose lookups the resolution made: the host of [`Dns::a`], or the targets
+    /// looked up at the SRV priorities it went through (not one named only by a record with port
+    /// 0 or a target of "."). A failed lookup of another name (a target gone from the answer, a
+    /// backup target while the primaries serve, a target whose record has port 0 for a while)
+    /// has not been seen to answer since.
     made: HashSet<DnsName>,
 }
 
@@ -850,12 +851,6 @@ async fn resolve(
             let mut failed = None;
             let mut partial = false;
             for priority in priorities {
-                seen.made.extend(
-                    records
-                        .iter()
-                        .filter(|srv| srv.priority() == priority)
-                        .map(|srv| srv.target().clone()),
-                );
                 let usable: Vec<&SRV> = records
                     .iter()
                     .filter(|srv| srv.priority() == priority)
@@ -878,6 +873,9 @@ async fn resolve(
                         targets.push(srv.target());
                     }
                 }
+                // Only the targets looked up: one whose record is skipped (port 0) has not been
+                // seen to answer.
+                seen.made.extend(targets.iter().copied().cloned());
                 // The targets are looked up at once, each once, up to `TARGET_LOOKUPS` at a
                 // time: targets whose server does not answer hold the resolution up for one
                 // timeout together, not one each. A lookup that ends makes room for the next at
