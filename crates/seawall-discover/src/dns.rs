@@ -575,9 +575,10 @@ async fn run(
                 }
             }
             Err(error) => {
-                // The lookups that failed on the way go on failing, as far as logging goes,
-                // until a resolution is published: one that never resolves, leaving every
-                // retry without an address, warns once.
+                // The lookups that failed on the way join those remembered as failing (see
+                // `go_on_failing`), and none of those is dropped: no name looked up gave an
+                // address. One that never resolves, leaving every retry without an address,
+                // warns once.
                 failing.extend(seen.lookups);
                 streak.failed(seen.unanswered);
                 failures = failures.saturating_add(1);
