@@ -104,8 +104,9 @@ pub(crate) struct Budget {
 }
 
 /// The budget at `now` of a limiter of TAT `tat` and holes `holes`, with the same arithmetic as
-/// [`Gcra::acquire`]: the usable holes due by `now`, then the slots after the TAT that `decide`
-/// would grant at once.
+/// [`Gcra::acquire`]: the TAT with the holes at its end folded back (as a call folds them before
+/// deciding, but without moving anything), the usable holes due by `now`, then the slots after
+/// the TAT that `decide` would grant at once.
 pub(crate) fn budget(
     tat: u64,
     holes: Option<&Holes>,
@@ -113,6 +114,10 @@ pub(crate) fn budget(
     interval: u64,
     tolerance: u64,
 ) -> Budget {
+    // A hole at the TAT is the latest slot reserved, and nobody holds it. Only a refund that moves
+    // the TAT back onto a hole another refund is putting aside leaves one there, until the next
+    // call folds it; read without folding, the reading would be low by one.
+    let tat = holes.map_or(tat, |holes| holes.folded(tat, interval));
     // The `k`-th call admitted at once from the TAT stores `max(tat, now) + k·T`, and is admitted
     // while that minus `τ` is at most `now` (and it fits in a `u64`).
     let from = tat.max(now);
@@ -120,9 +125,9 @@ pub(crate) fn budget(
         .saturating_add(tolerance)
         .saturating_sub(from)
         .min(u64::MAX - from);
-    let holes_free = holes.map_or(0, |holes| holes.free_at(now, interval, tolerance));
+    let holes_free = holes.map_or(0, |holes| holes.free_at(now, tat, interval, tolerance));
     // Every grant's TAT is at least `T` from every other's, so at most `τ / T` fall in the span
-    // free at once; the minimum only keeps a reading taken while the holes move to that bound.
+    // free at once.
     let available = (room / interval)
         .saturating_add(holes_free)
         .min(tolerance / interval);
@@ -134,7 +139,7 @@ pub(crate) fn budget(
     }
     let tat_next = decide(tat, now, interval, tolerance, 0).err().unwrap_or(0);
     let hole_next = holes
-        .and_then(|holes| holes.next_usable(now, interval))
+        .and_then(|holes| holes.next_usable(now, tat, interval))
         .map_or(u64::MAX, |hole| {
             hole.saturating_sub(tolerance).saturating_sub(now)
         });
@@ -184,20 +189,34 @@ impl Holes {
         self.tats.remove(&tat)
     }
 
-    /// Holes a request at `now` could take at once: their slots have not passed
-    /// (`tat >= now + T`) and are due (`tat − τ <= now`), as in [`take`](Self::take). Reads only.
-    pub(crate) fn free_at(&self, now: u64, interval: u64, tolerance: u64) -> u64 {
-        let span = now.saturating_add(interval)..=now.saturating_add(tolerance);
-        self.tats.range(span).count() as u64
+    /// The TAT `tat` with the holes at its end folded back, as [`Gcra::fold`] moves it. Reads
+    /// only: the holes folded stay, at or above the TAT returned.
+    pub(crate) fn folded(&self, mut tat: u64, interval: u64) -> u64 {
+        while self.tats.contains(&tat) {
+            tat -= interval;
+        }
+        tat
     }
 
-    /// The earliest hole whose slot has not passed at `now`, the one [`take`](Self::take) would
-    /// look at. Reads only.
-    pub(crate) fn next_usable(&self, now: u64, interval: u64) -> Option<u64> {
-        self.tats
-            .range(now.saturating_add(interval)..)
-            .next()
-            .copied()
+    /// Holes below `tat` (the TAT [`folded`](Self::folded)) a request at `now` could take at
+    /// once: their slots have not passed (hole `>= now + T`) and are due (hole `− τ <= now`), as
+    /// in [`take`](Self::take). Reads only.
+    pub(crate) fn free_at(&self, now: u64, tat: u64, interval: u64, tolerance: u64) -> u64 {
+        let (first, last) = (now.saturating_add(interval), now.saturating_add(tolerance));
+        if first >= tat {
+            return 0;
+        }
+        self.tats.range(first..=last.min(tat - 1)).count() as u64
+    }
+
+    /// The earliest hole below `tat` (the TAT [`folded`](Self::folded)) whose slot has not passed
+    /// at `now`, the one [`take`](Self::take) would look at. Reads only.
+    pub(crate) fn next_usable(&self, now: u64, tat: u64, interval: u64) -> Option<u64> {
+        let first = now.saturating_add(interval);
+        if first >= tat {
+            return None;
+        }
+        self.tats.range(first..tat).next().copied()
     }
 
     /// Takes the earliest hole whose slot has not passed at `now`, dropping those that have.
@@ -598,6 +617,48 @@ mod tests {
             }
             proptest::prop_assert_eq!(g.budget(now), Budget { available: 0, next_in: retry });
         }
+    }
+
+    /// A refund that moves the TAT back onto a hole another refund has just put aside, before
+    /// either folds it, leaves a hole at the TAT until the next call folds it back: the reading
+    /// folds it too, without moving it, and shows the permit the call finds.
+    #[test]
+    fn a_hole_at_the_tat_reads_as_acquire_finds_it() {
+        let g = Gcra::new(100, 1);
+        g.tat.store(200, Ordering::Release);
+        g.lock_holes().insert(200);
+        g.hole_count.store(1, Ordering::Release);
+        let read = (g.budget(50), g.budget(150));
+        assert_eq!((g.tat(), g.hole_count.load(Ordering::Relaxed)), (200, 1));
+        assert_eq!(
+            read,
+            (
+                Budget {
+                    available: 0,
+                    next_in: 50
+                },
+                Budget {
+                    available: 1,
+                    next_in: 0
+                }
+            )
+        );
+        assert_eq!(g.acquire(50, 0), Err(50));
+        assert_eq!(g.acquire(150, 0).map(|g| g.delay), Ok(0));
+        // With a burst of 2 the hole folded back is due: it is counted once, in the TAT.
+        let g = Gcra::new(100, 2);
+        g.tat.store(300, Ordering::Release);
+        g.lock_holes().insert(300);
+        g.hole_count.store(1, Ordering::Release);
+        assert_eq!(
+            g.budget(150),
+            Budget {
+                available: 1,
+                next_in: 0
+            }
+        );
+        assert_eq!(g.acquire(150, 0).map(|g| g.delay), Ok(0));
+        assert_eq!(g.acquire(150, 0), Err(50));
     }
 
     #[test]
