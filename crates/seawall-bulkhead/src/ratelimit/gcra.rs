@@ -16,7 +16,9 @@
 //! instead of moving the TAT; a hole that reaches the TAT folds back into it. Holes are kept in
 //! order, so each is put aside, taken, dropped or folded back in `O(log n)` of the holes there are;
 //! they sit under a mutex with a count beside it, so while there are none (the common case)
-//! nothing takes the lock.
+//! nothing takes the lock. Reading the budget (the handles) takes that lock too while there are
+//! holes, and counts the ones free at once one by one: up to the burst of them, with calls waiting
+//! on the lock meanwhile.
 //!
 //! Times are nanoseconds since the limiter's epoch (a `tokio::time::Instant`), so the limiter
 //! follows tokio's paused clock in tests. A TAT past the end of that clock (`u64::MAX`, about 584
@@ -125,12 +127,21 @@ pub(crate) fn budget(
         .saturating_add(tolerance)
         .saturating_sub(from)
         .min(u64::MAX - from);
-    let holes_free = holes.map_or(0, |holes| holes.free_at(now, tat, interval, tolerance));
+    let from_tat = room / interval;
     // Every grant's TAT is at least `T` from every other's, so at most `τ / T` fall in the span
-    // free at once.
-    let available = (room / interval)
-        .saturating_add(holes_free)
-        .min(tolerance / interval);
+    // free at once, holes and slots after the TAT together. The holes are counted one by one
+    // under the lock every call takes while there are some: the count stops at that bound.
+    let burst = tolerance / interval;
+    let holes_free = holes.map_or(0, |holes| {
+        holes.free_at(
+            now,
+            tat,
+            interval,
+            tolerance,
+            burst.saturating_sub(from_tat),
+        )
+    });
+    let available = from_tat + holes_free;
     if available > 0 {
         return Budget {
             available,
@@ -152,14 +163,15 @@ pub(crate) fn budget(
 /// The TATs of given-back grants that were not the latest, in order: the earliest is the one to
 /// take, the latest the one to fold back into the TAT. No two grants outstanding share a TAT, so
 /// no two holes do either (a slot given back twice would be kept once, letting fewer calls
-/// through, never more). Each step looks at one hole, in `O(log n)` of the holes there are, and
-/// the set keeps no room for more holes than it holds.
+/// through, never more). Each step of a call looks at one hole, in `O(log n)` of the holes there
+/// are; a reading of the budget looks at each hole free at once, up to the burst of them. The set
+/// keeps no room for more holes than it holds.
 #[derive(Debug, Default)]
 pub(crate) struct Holes {
     tats: BTreeSet<u64>,
-    /// Holes looked at, for the tests' bound on that work.
+    /// Holes looked at, by calls and by readings, for the tests' bound on that work.
     #[cfg(test)]
-    pub(crate) visited: usize,
+    pub(crate) visited: std::cell::Cell<usize>,
 }
 
 impl Holes {
@@ -192,21 +204,35 @@ impl Holes {
     /// The TAT `tat` with the holes at its end folded back, as [`Gcra::fold`] moves it. Reads
     /// only: the holes folded stay, at or above the TAT returned.
     pub(crate) fn folded(&self, mut tat: u64, interval: u64) -> u64 {
-        while self.tats.contains(&tat) {
+        loop {
+            self.visit();
+            if !self.tats.contains(&tat) {
+                return tat;
+            }
             tat -= interval;
         }
-        tat
     }
 
     /// Holes below `tat` (the TAT [`folded`](Self::folded)) a request at `now` could take at
-    /// once: their slots have not passed (hole `>= now + T`) and are due (hole `− τ <= now`), as
-    /// in [`take`](Self::take). Reads only.
-    pub(crate) fn free_at(&self, now: u64, tat: u64, interval: u64, tolerance: u64) -> u64 {
+    /// once, counted up to `most`: their slots have not passed (hole `>= now + T`) and are due
+    /// (hole `− τ <= now`), as in [`take`](Self::take). Reads only, one step per hole counted.
+    pub(crate) fn free_at(
+        &self,
+        now: u64,
+        tat: u64,
+        interval: u64,
+        tolerance: u64,
+        most: u64,
+    ) -> u64 {
         let (first, last) = (now.saturating_add(interval), now.saturating_add(tolerance));
         if first >= tat {
             return 0;
         }
-        self.tats.range(first..=last.min(tat - 1)).count() as u64
+        self.tats
+            .range(first..=last.min(tat - 1))
+            .take(usize::try_from(most).unwrap_or(usize::MAX))
+            .inspect(|_| self.visit())
+            .count() as u64
     }
 
     /// The earliest hole below `tat` (the TAT [`folded`](Self::folded)) whose slot has not passed
@@ -216,6 +242,7 @@ impl Holes {
         if first >= tat {
             return None;
         }
+        self.visit();
         self.tats.range(first..tat).next().copied()
     }
 
@@ -254,10 +281,10 @@ impl Holes {
     }
 
     #[inline]
-    fn visit(&mut self) {
+    fn visit(&self) {
         #[cfg(test)]
         {
-            self.visited += 1;
+            self.visited.set(self.visited.get() + 1);
         }
     }
 }
@@ -563,8 +590,44 @@ mod tests {
             (g.tat(), g.hole_count.load(Ordering::Relaxed)),
             (N / 2 * T, 0)
         );
-        let visited = g.lock_holes().visited;
+        let visited = g.lock_holes().visited.get();
         assert!(visited < 20 * N as usize, "{visited} holes looked at");
+    }
+
+    /// A burst of 10 000 and 10 000 waiters given up oldest first, all but the latest kept as
+    /// holes: a reading under the holes' lock looks at one hole per permit it counts, plus one
+    /// for the TAT, and counts no more than the burst. Once the holes have passed (the TAT alone
+    /// fills the burst), a reading looks at no hole, however many wait to be dropped.
+    #[test]
+    fn a_reading_looks_at_no_more_holes_than_the_burst() {
+        const B: u64 = 10_000;
+        const T: u64 = 1_000;
+        let g = Gcra::new(T, B);
+        for _ in 0..B {
+            assert_eq!(g.acquire(0, 0).unwrap().delay, 0);
+        }
+        let grants: Vec<Grant> = (0..B).map(|_| g.acquire(0, u64::MAX).unwrap()).collect();
+        let (latest, earlier) = grants.split_last().unwrap();
+        for grant in earlier {
+            g.refund(*grant);
+        }
+        assert_eq!(g.hole_count.load(Ordering::Relaxed), B as usize - 1);
+        let read = |now| {
+            let before = g.lock_holes().visited.get();
+            let budget = g.budget(now);
+            (budget, g.lock_holes().visited.get() - before)
+        };
+        // At `(B − 1)·T` every hole is due and none has passed; the TAT holds the latest waiter.
+        let (budget, visited) = read((B - 1) * T);
+        assert_eq!(budget.available, B - 1);
+        assert!(
+            visited as u64 <= budget.available + 1,
+            "{visited} holes looked at"
+        );
+        // Past the TAT every hole has passed: the reading counts the burst from the TAT alone.
+        let (budget, visited) = read(latest.tat + T);
+        assert_eq!(budget.available, B);
+        assert!(visited <= 1, "{visited} holes looked at");
     }
 
     proptest::proptest! {

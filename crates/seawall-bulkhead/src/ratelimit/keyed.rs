@@ -459,8 +459,10 @@ impl<K, F> KeyedRateLimitLayer<K, F> {
 ///
 /// Get one with [`KeyedRateLimitLayer::handle`]; it shares the layer's table, so it sees every
 /// service the layer made and every clone. A reading locks the key's shard, as a call for that
-/// key does, and neither takes a permit nor adds the key to the table: a key the table does not
-/// hold (never seen, or evicted) reads as a whole budget, which is what its next call finds.
+/// key does, and holds it (calls for the shard's keys wait) while it counts the key's permits
+/// given back by dropped waiters and free at once, one by one and up to the burst. It neither
+/// takes a permit nor adds the key to the table: a key the table does not hold (never seen, or
+/// evicted) reads as a whole budget, which is what its next call finds.
 /// Time is tokio's clock, as for the limiter.
 pub struct KeyedRateLimitHandle<K> {
     shared: Arc<KeyedShared<K>>,
@@ -749,7 +751,7 @@ mod tests {
         let shard = shared.shard(&KEY).lock().unwrap();
         let entry = &shard.map[&KEY];
         assert_eq!((entry.tat, entry.holes.len()), (N / 2 * T, 0));
-        let visited = entry.holes.visited;
+        let visited = entry.holes.visited.get();
         assert!(visited < 20 * N as usize, "{visited} holes looked at");
     }
 

@@ -134,7 +134,10 @@ impl<S> Layer<S> for RateLimitLayer {
 /// the layer made and every clone. Reading takes no permit and moves nothing: it reads the
 /// limiter's TAT (and, only while a dropped waiter's permit is set aside, takes the lock of those
 /// permits) on tokio's clock, the one the limiter runs on, so paused time in tests moves it too.
-/// A reading is a snapshot: calls on other threads may take the permits it counted at once.
+/// Under that lock, which every call takes while such permits are set aside, it counts the ones
+/// free at once one by one, up to the burst: with a large burst and many waiters dropped, read it
+/// at a dashboard's pace rather than on every call. A reading is a snapshot: calls on other
+/// threads may take the permits it counted at once.
 ///
 /// There is no count of waiting calls: a waiter reserves its permit when it is called (the TAT
 /// moves on) and keeps no place in a queue, so the limiter counts none, and counting them would
