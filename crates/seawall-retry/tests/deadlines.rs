@@ -396,6 +396,33 @@ async fn a_total_timeout_counts_a_call_cut_at_its_deadline_under_a_per_attempt_t
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_timeout_under_the_retry_counts_an_attempt_cut_at_the_callers_deadline() {
+    // Off the millisecond tick: the caller's deadline is 350.5 ms, earlier than the attempt's own
+    // (1000.5 ms), so the retry times the attempt at it and writes it on the attempt's request.
+    // The timeout under the retry enforces it: on the 351 ms tick, with the retry's timer, it
+    // cuts the attempt and counts it. No timeout above the retry would count the call.
+    tokio::time::advance(us(500)).await;
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let (svc, calls) = hanging(usize::MAX);
+    let client = ServiceBuilder::new()
+        .with_retry(
+            retry(3, ms(10))
+                .per_attempt_timeout(ms(1_000))
+                .build()
+                .unwrap(),
+        )
+        .layer(seawall::timeout::TimeoutLayer::new(ms(5_000)))
+        .service(svc);
+    let mut req = get();
+    req.set_deadline(Instant::now() + ms(350));
+    let err = client.oneshot(req).await.unwrap_err();
+    assert!(error::is::<Elapsed>(&*err), "{err}");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_attempt_timeout_within_a_tick_of_the_calls_deadline_is_the_calls() {
     // The attempt's own timeout ends less than a millisecond before the call's deadline, so its
     // timer fires on the call's deadline tick (100.2 and 100.6 ms both fire at 101 ms) or the one

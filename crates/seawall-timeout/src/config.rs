@@ -64,12 +64,14 @@ impl TimeoutConfigBuilder {
     /// Whether to fail the call at a deadline the request already carries (from an outer
     /// timeout or from the caller) when it is earlier than this layer's own. Default `true`.
     ///
-    /// Such a deadline may be a timeout's further out, whose timer fires on the same tick as
-    /// this layer's: when the call has not answered by it, this layer drops the inner future and
-    /// holds its cut for one poll as below, so that timeout cancels the call and reports it,
-    /// once, under its own name (in the common case: see below). With no such timeout (a
-    /// deadline the caller set) the call fails with `Elapsed` on the next poll, reported under
-    /// this layer's name.
+    /// This layer cuts the call at such a deadline as at its own: it fails with `Elapsed` and
+    /// reports it (event, metric, `tracing`) under its own name. When the deadline is a timeout's
+    /// further out, that timeout then finds this `Elapsed` after its deadline and reports the call
+    /// too, under its name: nested timeouts that both enforce the deadline each count the call.
+    /// (Only a deadline exactly on a tick of tokio's timer, as a paused test clock makes, has the
+    /// outer one find the `Elapsed` at its deadline, in time, and pass it on uncounted.) To leave
+    /// the count to the outer timeout, build the inner one with
+    /// [`TimeoutLayer::per_try`](crate::TimeoutLayer::per_try), or with this set to `false`.
     ///
     /// With `false` the layer fires only at its own deadline (or at the request's, when that is
     /// at most a millisecond later: below) and leaves an earlier one to the

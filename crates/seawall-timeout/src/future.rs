@@ -22,17 +22,21 @@ pin_project! {
     /// had already passed when it was made has no inner future (the inner service was not
     /// called) and fails with [`Elapsed`] on its first poll.
     ///
-    /// A deadline the request brings may be a layer's further out, which cuts the call when it
-    /// passes. A layer that enforces it (the default) times a call at it when it is earlier than
-    /// its own. A layer that leaves it to that layer (a per-try timeout) times a call whose
-    /// deadline is at most a millisecond (a tick of tokio's timer) after its own at that
-    /// deadline, so both timers fire on one tick: the call may run up to a millisecond past the
-    /// layer's timeout. Given a request's deadline at or before the one it times the call at,
-    /// either layer cuts the call one poll late: it drops the inner future, wakes the task and
-    /// stays pending, so the layer further out, whose timer has fired too and which polls this
-    /// future before its timer, cancels the call in the common case, and reports it, once. Only
-    /// if nothing does (no such layer, as with a deadline the caller set, or, once, a task out
-    /// of tokio's cooperative budget or timers fired in separate batches: see
+    /// A layer that enforces a deadline the request brings (the default) times a call at it when
+    /// it is earlier than its own and cuts the call there as at its own deadline: it fails with
+    /// [`Elapsed`] and reports it, under its own name. A timeout further out whose deadline it was
+    /// then finds that `Elapsed` after its deadline and counts the call too (see
+    /// [`enforce_outer_deadline`](crate::TimeoutConfigBuilder::enforce_outer_deadline)).
+    ///
+    /// A layer that leaves the call's deadline to a layer further out (a per-try timeout) times a
+    /// call whose deadline is at most a millisecond (a tick of tokio's timer) after its own at
+    /// that deadline, so both timers fire on one tick: the call may run up to a millisecond past
+    /// the layer's timeout. Given a call's deadline at or before the one it times the call at, it
+    /// cuts the call one poll late: it drops the inner future, wakes the task and stays pending,
+    /// so the layer further out, whose timer has fired too and which polls this future before its
+    /// timer, cancels the call and reports it in the common case. Only if nothing does (no such
+    /// layer, or, once, a task out of tokio's cooperative budget or timers fired in separate
+    /// batches: see
     /// [`enforce_outer_deadline`](crate::TimeoutConfigBuilder::enforce_outer_deadline)) is the
     /// call failed with [`Elapsed`], and reported, on the next poll. An answer that comes after
     /// the deadline but before this layer's timer has fired is dropped, and the call waits for
@@ -49,8 +53,8 @@ pin_project! {
         name: Name,
         // `None` unless a listener is registered, so the common case copies no reference count.
         listeners: Option<Listeners<TimeoutEvent>>,
-        // Whether the request's deadline, which a layer further out may enforce, is due with
-        // the one the call is timed at or before it: a cut is then held for one poll (see `cut`).
+        // Whether the call's deadline, left to a layer further out, is due with this one's or
+        // before it: a cut is then held for one poll (see `cut`).
         outer_first: bool,
     }
 }
@@ -78,9 +82,9 @@ pin_project! {
 impl<F> ResponseFuture<F> {
     /// A call made at `started`, with the inner service's future, or `None` when the inner
     /// service was not called (its `deadline` had already passed): that call fails with
-    /// [`Elapsed`] on its first poll. `outer_first` says that the request's deadline, which a
-    /// layer further out may enforce, is due no later than `deadline` (or within a tick of it),
-    /// and that layer should be left to cut the call when both have passed.
+    /// [`Elapsed`] on its first poll. `outer_first` says that a layer further out enforces a
+    /// deadline due no later than `deadline`, and should be left to cut the call when both have
+    /// passed.
     #[inline]
     pub(crate) fn new(
         inner: Option<F>,
@@ -105,8 +109,8 @@ impl<F> ResponseFuture<F> {
     }
 
     /// The instant this call is cut if it has not answered: it fails with [`Elapsed`] then, or,
-    /// when the request brought a deadline at or before it, a poll later unless a layer further
-    /// out cancels it first.
+    /// for a layer that leaves an earlier (or at most a tick later) deadline to a layer further
+    /// out, a poll later unless that layer cancels it first.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -183,9 +187,8 @@ where
     cut(this, cx)
 }
 
-/// Fails the call with [`Elapsed`], or, when the request's deadline, which a layer further out may
-/// enforce, is due no later than this one's tick, drops the inner future and stays pending for
-/// one poll.
+/// Fails the call with [`Elapsed`], or, when the call's deadline is a layer's further out and due
+/// no later than this one's tick, drops the inner future and stays pending for one poll.
 ///
 /// That layer's timer is due on the same tick as this one's or an earlier one, and it polls this
 /// future before its timer, in the same pass: it usually cancels the call, and the layers in

@@ -12,9 +12,10 @@
 //!    [`per_try`](TimeoutLayer::per_try), which reads a [`PerTryTimeoutOverride`] instead);
 //! 2. capped by a [`Deadline`] the request already carries, from an outer timeout or from the
 //!    caller; the earlier of the two wins. A layer that enforces an earlier deadline (the
-//!    default) holds its cut for one poll once it passes, so that a timeout further out whose
-//!    deadline it is cancels the call and reports it, once, under its own name (or, with none, as
-//!    for a deadline the caller set, fails with [`Elapsed`] on the next poll). A layer built with
+//!    default) cuts the call at it and reports it under its own name; a timeout further out whose
+//!    deadline it was then finds that [`Elapsed`] late and counts the call too, so nested
+//!    enforcing timeouts each count it (build the inner one with
+//!    [`per_try`](TimeoutLayer::per_try) to leave the count to the outer one). A layer built with
 //!    [`enforce_outer_deadline(false)`](TimeoutConfigBuilder::enforce_outer_deadline) leaves an
 //!    earlier deadline to the layer further out that enforces it and fires only at its own (or
 //!    at the request's, when that is at most a millisecond later, so both timers fire on one

@@ -103,36 +103,31 @@ where
         };
         let own = deadline_after(now, timeout);
         let outer = req.deadline();
-        // `outer_first`: the call is timed at the request's deadline, or at this layer's own with
-        // the request's due before it or within a tick after it (tokio's timer rounds both up to
-        // a tick). The request's deadline is a layer's further out, or the caller's: that layer's
-        // timer is due on this one's tick or an earlier one, so when both have passed this layer
-        // holds its cut for one poll and leaves it to that layer to cut the call and report it
-        // once (see `ResponseFuture`).
-        let (deadline, send, outer_first) = match outer {
-            // An earlier deadline stays on the request; this layer enforces it (it cuts the call
-            // a poll after the deadline if no layer further out has) unless told to leave it to a
-            // layer further out. One that passed a timer tick or more ago is not sent: nothing
-            // sent now could answer in time. A deadline a layer further out has just written
-            // (`Duration::ZERO`) passes by the nanoseconds between the two clock reads, and is
-            // still sent.
+        // A deadline left to a layer further out that is due with this one's (within a tick
+        // after it, as tokio's timer rounds both up to a tick) or before it is that layer's to
+        // cut: when both have passed this layer holds its cut for one poll (see `ResponseFuture`).
+        // A layer that enforces an earlier deadline cuts the call at it itself, and reports it.
+        let outer_first = !self.shared.enforce_outer
+            && outer.is_some_and(|outer| outer.saturating_duration_since(own) <= TICK);
+        let (deadline, send) = match outer {
+            // An earlier deadline stays on the request; this layer enforces it unless told to
+            // leave it to a layer further out. One that passed a timer tick or more ago is not
+            // sent: nothing sent now could answer in time. A deadline a layer further out has just
+            // written (`Duration::ZERO`) passes by the nanoseconds between the two clock reads,
+            // and is still sent.
             Some(outer) if outer <= own && self.shared.enforce_outer => {
-                (outer, now.saturating_duration_since(outer) < TICK, true)
+                (outer, now.saturating_duration_since(outer) < TICK)
             }
-            Some(outer) if outer <= own => (own, true, true),
+            Some(outer) if outer <= own => (own, true),
             // One left to a layer further out and due within a tick after this one's may fire on
             // the tick after this one's timer: the call is timed at it instead, so both timers
             // fire on one tick, and it stays on the request.
-            Some(outer)
-                if !self.shared.enforce_outer && outer.saturating_duration_since(own) <= TICK =>
-            {
-                (outer, true, true)
-            }
+            Some(outer) if outer_first => (outer, true),
             _ => {
                 if self.shared.propagate {
                     req.set_deadline(own);
                 }
-                (own, true, false)
+                (own, true)
             }
         };
         // One place builds the response future, sent or not, so it is built where it is returned.

@@ -29,32 +29,52 @@ async fn elapsed_calls_are_counted_under_the_policy_name() {
     assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_timeout_an_inner_layer_enforces_is_counted_once() {
-    // Deadlines off the millisecond tick: the inner layer, which enforces the outer deadline,
-    // finds it passed on the tick after it, with the outer one's timer, and leaves the cut to the
-    // outer layer, whose deadline it is.
+/// A call through an outer timeout "outer" of 2 s over `inner` over a service that takes 10 s,
+/// made off the millisecond tick, as every real call is: the counts of "outer" and "inner".
+async fn nested_counts(inner: TimeoutLayer) -> (u64, u64) {
     tokio::time::advance(Duration::from_micros(500)).await;
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let layer = |name: &str, secs| {
-        TimeoutLayer::builder()
-            .timeout(Duration::from_secs(secs))
-            .name(name)
-            .build()
-            .unwrap()
-    };
+    let outer = TimeoutLayer::builder()
+        .timeout(Duration::from_secs(2))
+        .name("outer")
+        .build()
+        .unwrap();
     let svc = tower::ServiceBuilder::new()
-        .layer(layer("outer", 2))
-        .layer(layer("inner", 5))
+        .layer(outer)
+        .layer(inner)
         .service(service_fn(|_: http::Request<()>| async {
             sleep(Duration::from_secs(10)).await;
             Ok::<_, std::io::Error>(())
         }));
     let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
     assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
-    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "outer"), 1);
-    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "inner"), 0);
+    (
+        recorder.counter(TIMEOUT_ELAPSED, "outer"),
+        recorder.counter(TIMEOUT_ELAPSED, "inner"),
+    )
+}
+
+fn inner(secs: u64) -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .timeout(Duration::from_secs(secs))
+        .name("inner")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_an_inner_layer_enforces_too_is_counted_by_both() {
+    // The inner layer enforces the outer deadline: on the tick after it, it cuts the call and
+    // counts it, and the outer one finds that `Elapsed` after its deadline and counts it too.
+    assert_eq!(nested_counts(inner(5)).await, (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_inner_layer_leaves_the_count_to_the_outer_one() {
+    // A per-try layer leaves the outer deadline to the outer layer, which cuts the call from
+    // above: only the outer layer counts it.
+    assert_eq!(nested_counts(inner(5).per_try()).await, (1, 0));
 }
 
 #[tokio::test(start_paused = true)]
