@@ -15,7 +15,8 @@ pin_project! {
     /// An answer ready on the first poll wins, whenever that poll happens (even after the
     /// deadline: a caller that polls late), and costs no clock read and no timer. Otherwise
     /// the timer is armed for the deadline computed when the call was made (or the call fails at
-    /// once if that deadline was reached when the call was made), and an answer on a later poll
+    /// once if that deadline was reached when the call was made, unless the cut is left to a
+    /// layer further out, below), and an answer on a later poll
     /// is checked against the clock: one that comes at the deadline is in time, one that comes
     /// after it is not returned, even before the timer's next tick. When the deadline passes the
     /// inner future is dropped at once and the call fails with [`Elapsed`]. A call whose deadline
@@ -41,7 +42,9 @@ pin_project! {
     /// call failed with [`Elapsed`], and reported, on the next poll. An answer that comes after
     /// the deadline but before this layer's timer has fired is dropped, and the call waits for
     /// that timer as if still pending before it is cut so: the layer further out, whose timer is
-    /// due on the same tick or an earlier one, may not have fired yet either.
+    /// due on the same tick or an earlier one, may not have fired yet either. So does a call
+    /// whose deadline was reached when it was made (a zero timeout, called after the request's
+    /// deadline by a queue between the layers): its timer is armed all the same.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -94,6 +97,9 @@ impl<F> ResponseFuture<F> {
         listeners: Option<Listeners<TimeoutEvent>>,
         outer_first: bool,
     ) -> Self {
+        // Only a layer that enforces the request's deadline skips the call, and it cuts the call
+        // itself: nothing further out is left to.
+        debug_assert!(inner.is_some() || !outer_first);
         ResponseFuture {
             inner: match inner {
                 Some(future) => Inner::Called { future },
@@ -173,8 +179,13 @@ where
             *this.outer_first
         }
         // Pending: arm the timer on the first poll. A deadline reached when the call was made (a
-        // zero timeout, an outer deadline of that very instant) skips this and fires now.
-        Poll::Pending => this.sleep.is_some() || *this.deadline > *this.started,
+        // zero timeout, an outer deadline of that very instant) skips this and fires now, unless
+        // the cut is left to a layer further out: its timer is due on the tick this deadline
+        // rounds up to or an earlier one, which may not have come yet (a call queued past the
+        // request's deadline), and a timer for a tick already processed fires at once.
+        Poll::Pending => {
+            this.sleep.is_some() || *this.deadline > *this.started || *this.outer_first
+        }
     };
     if wait {
         if this.sleep.is_none() {

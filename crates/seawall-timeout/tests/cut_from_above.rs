@@ -6,14 +6,17 @@
 mod common;
 
 use common::{recorder, Seen};
-use seawall_core::Name;
+use seawall_core::{
+    metrics::{testing::TestRecorder, TIMEOUT_ELAPSED},
+    Name,
+};
 use seawall_timeout::{Elapsed, RequestDeadline, TimeoutEvent, TimeoutLayer};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::time::Instant;
-use tower::{limit::ConcurrencyLimit, Layer, ServiceBuilder, ServiceExt};
+use tokio::{sync::Notify, time::Instant};
+use tower::{limit::ConcurrencyLimit, service_fn, Layer, ServiceBuilder, ServiceExt};
 
 type Events = Arc<Mutex<Vec<TimeoutEvent>>>;
 
@@ -311,4 +314,52 @@ async fn a_deadline_the_caller_set_ends_in_elapsed_when_the_timer_fires() {
             budget: Duration::from_millis(1)
         }]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_per_try_timeout_called_past_the_total_deadline_leaves_the_cut_to_the_total_timeout()
+{
+    // The total deadline is 5.5 ms, off the millisecond tick: its timer fires on the 6 ms one. A
+    // queue between the layers (a `Buffer`, a bulkhead's wait) holds the call until 5.7 ms, and
+    // the per-try layer's zero timeout ends when it is called, with the total deadline passed.
+    // It waits for the tick its deadline rounds up to, the total timer's, before it holds its
+    // cut, so the total timeout cuts the call and counts it.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let per_try = TimeoutLayer::builder()
+        .timeout(Duration::ZERO)
+        .name("inner")
+        .build()
+        .unwrap()
+        .per_try()
+        .layer(service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<(), std::io::Error>>()
+        }));
+    let gate = Arc::new(Notify::new());
+    let opened = gate.clone();
+    let queued = service_fn(move |req: http::Request<()>| {
+        let (gate, per_try) = (gate.clone(), per_try.clone());
+        async move {
+            gate.notified().await;
+            per_try.oneshot(req).await
+        }
+    });
+    let total = TimeoutLayer::builder()
+        .timeout(Duration::from_millis(5))
+        .name("outer")
+        .build()
+        .unwrap();
+    let mut call = tokio_test::task::spawn(total.layer(queued).oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll(), "queued");
+    // 5.7 ms: past the total deadline, before its timer has fired.
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    opened.notify_one();
+    tokio_test::assert_pending!(call.poll(), "called past the deadline");
+    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "outer"), 1);
+    assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "inner"), 0);
 }
