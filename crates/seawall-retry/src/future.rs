@@ -457,13 +457,16 @@ where
             }
             delay = delay.max(after);
         }
+        // The server's pause is never shortened to fit a deadline, as the backoff may be below.
+        let floor = asked.unwrap_or_default();
         // A rejection raised before sending may say how long until it would let the call through
         // (a rate limiter's): waited, and the backoff after it, so that the calls a limiter
         // turned away together (each told nearly the same wait) spread over the backoff rather
         // than all come back on the same tick. Capped as a server's `Retry-After` is. A call's
         // deadline with room for the `retry_after` but not for the whole backoff after it (the
         // check below would give up) shortens that backoff to what fits, up to a tick left for
-        // the attempt; one without room for the `retry_after` itself is given up on below.
+        // the attempt, but not below the server's pause: one without room for the `retry_after`
+        // and that pause is given up on below.
         if let Some(after) = unsent.and_then(|unsent| unsent.retry_after()) {
             if after > settings.retry_after_cap {
                 link.on_give_up(attempts, GiveUpReason::RetryAfter);
@@ -477,7 +480,7 @@ where
                     let room = remaining
                         .saturating_sub(after)
                         .saturating_sub(TIMER_RESOLUTION * 2);
-                    delay = delay.min(room);
+                    delay = delay.min(room).max(floor);
                 }
             }
             delay = delay.saturating_add(after);

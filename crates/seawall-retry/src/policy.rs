@@ -95,7 +95,9 @@ pub trait Policy<Req, Res> {
     /// [`Duration::MAX`] for "do not retry", returns the error as it is), and the call's deadline
     /// must leave room for it as for any backoff. A call that succeeds first time never asks it.
     /// A rejection's own [`NotSent::retry_after`](seawall_core::error::NotSent::retry_after) (a
-    /// rate limiter's) is waited as well, whatever this answers. `None` unless overridden.
+    /// rate limiter's) is waited as well, before it, unless this answer ended the call; the
+    /// deadline must then leave room for both (the backoff may be shortened to fit, this pause
+    /// is not). `None` unless overridden.
     fn retry_after_error(&self, error: &BoxError) -> Option<Duration> {
         let _ = error;
         None

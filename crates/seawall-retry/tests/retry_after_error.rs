@@ -4,7 +4,7 @@
 
 mod support;
 
-use seawall_core::{deadline::RequestDeadline, BoxError, Outcome};
+use seawall_core::{deadline::RequestDeadline, error::NotSent, BoxError, Outcome};
 use seawall_retry::{Backoff, GiveUpReason, Policy, RetryBudget, RetryEvent, RetryLayer};
 use std::{
     error::Error,
@@ -19,9 +19,10 @@ use support::{get, in_turn, ms, recording, Calls, Events, Req};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-/// A server's "busy, come back in a while", as a client of one's own reports it.
+/// A server's "busy, come back in a while", as a client of one's own reports it; with a
+/// rejection raised before sending as its source, when the request never left.
 #[derive(Debug)]
-struct Busy(Option<Duration>);
+struct Busy(Option<Duration>, Option<NotSent>);
 
 impl fmt::Display for Busy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -29,7 +30,11 @@ impl fmt::Display for Busy {
     }
 }
 
-impl Error for Busy {}
+impl Error for Busy {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.1.as_ref().map(|not_sent| not_sent as _)
+    }
+}
 
 /// Some other error, for `ignore_error`.
 #[derive(Debug)]
@@ -79,6 +84,9 @@ impl Policy<Req, &'static str> for Pausing {
 enum Answer {
     /// Busy, with the wait it asks for if any.
     Busy(Option<Duration>),
+    /// Busy, with the wait it asks for, and never sent: a `NotSent` with this `retry_after` in
+    /// its chain.
+    BusyUnsent(Duration, Duration),
     /// An error the policy does not retry.
     Other,
     Ok,
@@ -93,7 +101,11 @@ fn scripted(
 ) {
     in_turn(script, |answer| async move {
         match answer {
-            Answer::Busy(after) => Err(Box::new(Busy(after)) as BoxError),
+            Answer::Busy(after) => Err(Box::new(Busy(after, None)) as BoxError),
+            Answer::BusyUnsent(after, not_sent) => Err(Box::new(Busy(
+                Some(after),
+                Some(NotSent::with_retry_after(not_sent)),
+            )) as BoxError),
             Answer::Other => Err(Box::new(Other) as BoxError),
             Answer::Ok => Ok("ok"),
         }
@@ -224,6 +236,31 @@ async fn a_pause_the_deadline_has_no_room_for_gives_up_at_once() {
     request.set_deadline(start + ms(302));
     assert_eq!(layer.layer(svc).oneshot(request).await.unwrap(), "ok");
     assert_eq!(calls.since(start), [ms(0), ms(300)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejections_wait_does_not_let_the_deadline_cut_the_pause() {
+    // The rejection's 100 ms and the policy's 300 ms after it do not fit in 200 ms: the pause is
+    // not shortened to fit, the call gives up at once.
+    let (layer, events) = retry(Pausing::default(), None);
+    let (svc, calls) = scripted(vec![Answer::BusyUnsent(ms(300), ms(100)), Answer::Ok]);
+    let start = Instant::now();
+    let mut request = get();
+    request.set_deadline(start + ms(200));
+    let error = layer.layer(svc).oneshot(request).await.unwrap_err();
+    assert!(error.is::<Busy>(), "{error}");
+    assert_eq!(calls.count(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(gave_up(&events), [GiveUpReason::Deadline]);
+
+    // With room for both and a tick, both are waited.
+    let (layer, _) = retry(Pausing::default(), None);
+    let (svc, calls) = scripted(vec![Answer::BusyUnsent(ms(300), ms(100)), Answer::Ok]);
+    let start = Instant::now();
+    let mut request = get();
+    request.set_deadline(start + ms(402));
+    assert_eq!(layer.layer(svc).oneshot(request).await.unwrap(), "ok");
+    assert_eq!(calls.since(start), [ms(0), ms(400)]);
 }
 
 #[tokio::test(start_paused = true)]
