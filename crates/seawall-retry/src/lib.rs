@@ -168,9 +168,11 @@ pub enum RetryEvent {
     Retry {
         /// The attempt scheduled: 2 for the first retry.
         attempt: u32,
-        /// The backoff before it (or the server's `Retry-After`, if longer; the `retry_after`
-        /// of a rejection raised before sending is added to the backoff); the wait for the
-        /// service's readiness comes after.
+        /// The backoff before it (or the pause the server asked for, if longer: a `Retry-After`
+        /// read from a response by [`Policy::retry_after`], or a pause read from an error by
+        /// [`Policy::retry_after_error`], such as gRPC's retry pushback; the `retry_after` of a
+        /// rejection raised before sending is added to it); the wait for the service's readiness
+        /// comes after.
         delay: Duration,
     },
     /// A failed attempt was not retried because the budget was exhausted.
