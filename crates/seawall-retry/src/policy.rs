@@ -15,7 +15,9 @@
 //! `seawall::grpc::RetryClassifier` (the facade's `grpc` feature, with `retry`) is a policy as well
 //! as a classifier: given with [`policy`](crate::RetryConfigBuilder::policy), it also waits the
 //! pause a gRPC server asks for with `grpc-retry-pushback-ms`, and retries no failure whose
-//! pushback says not to.
+//! pushback says not to. Given as a hedge's [`policy`](crate::hedge::HedgeConfigBuilder::policy),
+//! it holds the next hedge back for that pause, and sends no further hedge after a pushback that
+//! says not to.
 //!
 //! A request was never sent when an attempt's error says so: a [`NotSent`] in its chain (every
 //! seawall rejection raised before the request is handed on has one: a full bulkhead, a rate
@@ -77,8 +79,12 @@ pub trait Policy<Req, Res> {
     /// backoff. A pause longer than the layer's
     /// [`retry_after_cap`](crate::RetryConfigBuilder::retry_after_cap) is not waited: the response
     /// is returned as it is, with a [`GiveUpReason::RetryAfter`](crate::GiveUpReason) event; so is
-    /// one of [`Duration::MAX`], which asks for no retry at all, whatever the cap. `None` unless
-    /// overridden.
+    /// one of [`Duration::MAX`], which asks for no retry at all, whatever the cap.
+    ///
+    /// A hedge reads it after a copy's failed response while another hedge may still be sent
+    /// (gRFC A6's rule for hedged calls): [`Duration::MAX`] sends no further hedge, any other
+    /// pause holds the next hedge back until at least that long after the failure, with no cap;
+    /// the copies already out run on. `None` unless overridden.
     fn retry_after(&self, response: &Res) -> Option<Duration> {
         let _ = response;
         None
@@ -97,7 +103,8 @@ pub trait Policy<Req, Res> {
     /// A rejection's own [`NotSent::retry_after`](seawall_core::error::NotSent::retry_after) (a
     /// rate limiter's) is waited as well, before it, unless this answer ended the call; the
     /// deadline must then leave room for both (the backoff may be shortened to fit, this pause
-    /// is not). `None` unless overridden.
+    /// is not). A hedge reads it after a copy's failed error as it reads
+    /// [`retry_after`](Policy::retry_after). `None` unless overridden.
     fn retry_after_error(&self, error: &BoxError) -> Option<Duration> {
         let _ = error;
         None

@@ -35,6 +35,14 @@ impl Timer {
         }
     }
 
+    /// When the armed timer fires; `None` while idle.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Timer::Armed { sleep } => Some(sleep.deadline()),
+            Timer::Idle => None,
+        }
+    }
+
     /// Ready when the armed deadline has passed; pending while idle.
     pub(crate) fn poll_elapsed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.project() {

@@ -29,7 +29,9 @@ pin_project! {
     /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
     /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
     /// its hedge back. The first acceptable answer wins and every other call still running is
-    /// dropped (cancelled) at once. It allocates itself only when it sends a hedge, but the copy
+    /// dropped (cancelled) at once. A copy that fails while another hedge may still be sent has
+    /// the policy read the pause its server asked for: "do not retry" sends no further hedge, a
+    /// pause holds the next one back. It allocates itself only when it sends a hedge, but the copy
     /// of the request kept for that hedge is made in `call`, for every hedgeable call once a
     /// delay is known, a hedge sent or not: it allocates whenever the request's copy does (an
     /// `http::Request`'s headers and extensions). With a percentile delay,
@@ -282,6 +284,22 @@ fn keep<Res>(
     }
 }
 
+/// The pause the server asked for with a failed answer: [`Policy::retry_after`] of a response,
+/// [`Policy::retry_after_error`] of an error (gRPC's retry pushback). Out of line: asked only when
+/// a copy failed and another hedge may still be sent, so a call whose first answer wins never
+/// comes here.
+#[cold]
+#[inline(never)]
+fn asked_pause<P, Req, Res>(policy: &P, result: &Result<Res, BoxError>) -> Option<Duration>
+where
+    P: Policy<Req, Res>,
+{
+    match result {
+        Ok(response) => policy.retry_after(response),
+        Err(error) => policy.retry_after_error(error),
+    }
+}
+
 /// Gives up a hedge that is due but not sent (the call has its answer, the deadline passed, the
 /// service failed): the hedge goes back to the budget, and whatever the service's readiness holds
 /// for it (a queued claim on a permit, which may already have been granted) is released by
@@ -314,6 +332,8 @@ where
         let shared = &**this.shared;
         *this.polled = true;
         loop {
+            // The longest pause the copies that failed in this pass asked for.
+            let mut pause = None;
             if let Some(primary) = this.primary.as_mut().as_pin_mut() {
                 if let Poll::Ready(result) = primary.poll(cx) {
                     this.primary.set(None);
@@ -326,6 +346,9 @@ where
                         this.hedges.clear();
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
+                    }
+                    if outcome == Outcome::Failure && this.template.is_some() {
+                        pause = pause.max(asked_pause(&shared.policy, &result));
                     }
                     keep(
                         this.failure,
@@ -367,6 +390,9 @@ where
                     shared.on_won(hedge);
                     return Poll::Ready(result);
                 }
+                if outcome == Outcome::Failure && this.template.is_some() {
+                    pause = pause.max(asked_pause(&shared.policy, &result));
+                }
                 keep(
                     this.failure,
                     result,
@@ -401,6 +427,34 @@ where
             }
             if this.template.is_none() || *this.sent >= shared.max_hedges {
                 return Poll::Pending;
+            }
+
+            // gRFC A6's rule for hedged calls: a copy that failed with "do not retry" from the
+            // server stops the hedges not yet sent, and one that asked for a pause holds the next
+            // hedge back until at least then. The copies already out run on.
+            if let Some(pause) = pause {
+                let now = Instant::now();
+                let not_before = deadline_after(now, pause);
+                if pause == Duration::MAX
+                    || this
+                        .deadline
+                        .is_some_and(|deadline| misses(deadline, not_before))
+                {
+                    tracing::debug!(name = %shared.name, ?pause, "seawall hedge: a failed copy's pause leaves no further hedge");
+                    *this.template = None;
+                    abandon_hedge(this.service, this.withdrawn, this.readying);
+                    continue;
+                }
+                if *this.due {
+                    // Due and waiting for the service to be ready: given up, and due again then.
+                    if not_before > now {
+                        abandon_hedge(this.service, this.withdrawn, this.readying);
+                        *this.due = false;
+                        this.timer.as_mut().arm(not_before);
+                    }
+                } else if this.timer.deadline().is_some_and(|due| due < not_before) {
+                    this.timer.as_mut().arm(not_before);
+                }
             }
 
             if !*this.due {
