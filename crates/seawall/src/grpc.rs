@@ -396,6 +396,11 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// hedge, and a later [`Outcome::Failure`] of another copy ranks above it, so the caller may get
 /// that copy's UNAVAILABLE in place of the server's own answer. To hedge gRPC calls, classify with
 /// a classifier of your own that makes the codes that should end the hedge [`Outcome::Success`].
+/// Given as the hedge's policy (`HedgeLayer::builder().policy(RetryClassifier::new())`), it also
+/// reads a failed copy's pushback, as gRFC A6's hedging does: a wait holds the next hedge back
+/// until at least that long after the failure, and a negative or malformed value sends no
+/// further hedge (the copies already out run on). `.classify(..)` reads none; a policy of your own
+/// reads it with [`retry_pushback`].
 ///
 /// # Server pushback
 ///
