@@ -33,7 +33,7 @@ fn enforcing(timeout: Duration) -> (TimeoutLayer, Events) {
     let sink = events.clone();
     let layer = TimeoutLayer::builder()
         .timeout(timeout)
-        .name("per-try")
+        .name("inner")
         .on_event(move |_: &Name, e: &TimeoutEvent| sink.lock().unwrap().push(*e))
         .build()
         .unwrap();
@@ -181,6 +181,31 @@ async fn a_late_answer_before_the_tick_leaves_the_cut_to_the_total_timeout() {
     tokio::time::advance(Duration::from_micros(5_200)).await;
     send.send_response("late");
     tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
+    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_error_before_the_tick_leaves_the_cut_to_the_total_timeout() {
+    // As a late answer: deadlines at 5.5 ms, off the millisecond tick, and an error found at
+    // 5.7 ms is dropped too, whatever it is, and the total timeout cuts the call on the 6 ms tick.
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (per_try, events) = per_try(Duration::from_millis(5));
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(5)))
+        .layer(per_try)
+        .service(service);
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the attempt is sent");
+    // 5.7 ms: past both deadlines, before either timer has fired.
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    send.send_error(std::io::Error::other("reset"));
+    tokio_test::assert_pending!(call.poll(), "the late error is dropped");
     tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
     tokio::time::advance(Duration::from_micros(300)).await;
     let err = tokio_test::assert_ready_err!(call.poll());
