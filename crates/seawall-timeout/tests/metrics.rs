@@ -79,19 +79,21 @@ async fn a_per_try_inner_layer_leaves_the_count_to_the_outer_one() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_elapsed_from_further_in_is_counted_as_this_layers_cut() {
-    // Off the millisecond tick: the service gives up with a bare `Elapsed` of its own (as a
-    // retry's per-attempt timeout timed at the call's deadline does) after the layer's deadline,
-    // before its timer's tick. Nothing reported that one: the layer cuts the call and counts it.
+    // Off the millisecond tick: the deadline is 100.5 ms, and the service gives up with a bare
+    // `Elapsed` of its own (as a retry's per-attempt timeout timed at the call's deadline does)
+    // at 100.7 ms, after the layer's deadline, before its timer's 101 ms tick. Nothing reported
+    // that one: the layer cuts the call when it finds it, and counts it.
     tokio::time::advance(Duration::from_micros(500)).await;
     let recorder = TestRecorder::new();
     let _guard = recorder.install_local();
-    let svc = TimeoutLayer::new(Duration::from_millis(100)).layer(service_fn(
-        |_: http::Request<()>| async {
-            sleep(Duration::from_micros(100_200)).await;
-            Err::<(), _>(seawall_timeout::Elapsed::new())
-        },
-    ));
-    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, ()>();
+    let svc = TimeoutLayer::new(Duration::from_millis(100)).layer(service);
+    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the call is sent");
+    tokio::time::advance(Duration::from_micros(100_200)).await;
+    send.send_error(seawall_timeout::Elapsed::new());
+    let err = tokio_test::assert_ready_err!(call.poll());
     assert!(err.is::<seawall_timeout::Elapsed>(), "{err}");
     assert_eq!(recorder.counter(TIMEOUT_ELAPSED, "timeout"), 1);
 }
