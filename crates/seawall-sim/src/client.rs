@@ -435,6 +435,21 @@ impl ClientSpec {
         }
     }
 
+    /// How often the client wakes whatever its load: a seawall balancer's outlier-detection
+    /// interval (`outlier.interval_ms`, 10 s by default). `None` for the other clients, whose
+    /// work follows their calls.
+    pub fn sweep_interval(&self) -> Option<Duration> {
+        let ClientSpec::Seawall(spec) = self else {
+            return None;
+        };
+        Some(
+            spec.outlier
+                .as_ref()
+                .and_then(|o| o.interval_ms)
+                .map_or(OutlierDetection::default().interval, Duration::from_millis),
+        )
+    }
+
     /// Checks the parameters against the scenario's `backends`, naming the first bad one.
     pub fn validate(&self, backends: &[BackendSpec]) -> Result<(), String> {
         match self {

@@ -32,12 +32,17 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 /// count.
 pub const MAX_REQUESTS: u64 = 10_000_000;
 
-/// The longest an open loop may take to offer its requests (`requests / rate_per_sec`), seconds:
-/// 365 days. Time is virtual, but each seawall balancer wakes once per outlier-detection interval
-/// of it: at the default 10 s, a year takes about 15 s of CPU per seawall client in a release build
-/// (with a 1 ms interval, 10,000 times as long), and the centuries that the limits on the rate and
-/// the count alone would allow would take hours.
-pub const MAX_OPEN_LOOP_SECS: u64 = 365 * 86_400;
+/// The longest an open loop may take to send its requests (`requests / rate_per_sec`), seconds:
+/// 10 years (of 365 days). Without a seawall client, a run's cost follows its calls, not its
+/// simulated time: this only keeps runs to a span that a scenario can mean.
+pub const MAX_SIMULATED_SECS: u64 = 10 * 365 * 86_400;
+
+/// The most outlier-detection intervals a seawall client's run may span: 3,153,600, a year at
+/// the default interval of 10 s. Time is virtual, but each seawall balancer wakes once per
+/// interval of it whatever the load, so a run's cost grows with its length over the interval
+/// (`clients[i].outlier.interval_ms`). An open loop that would span more to send its requests
+/// is rejected, naming the interval. See `docs/simulator.md` for what this many intervals costs.
+pub const MAX_SWEEPS: u32 = 3_153_600;
 
 fn default_seed() -> u64 {
     1
@@ -135,9 +140,9 @@ impl Scenario {
                 }
                 check_requests(requests)?;
                 let secs = requests as f64 / rate_per_sec;
-                if secs > MAX_OPEN_LOOP_SECS as f64 {
+                if secs > MAX_SIMULATED_SECS as f64 {
                     return Err(format!(
-                        "load.requests / load.rate_per_sec must be at most {MAX_OPEN_LOOP_SECS} s (365 days) of simulated time, got {secs:.0} s"
+                        "load.requests / load.rate_per_sec must be at most {MAX_SIMULATED_SECS} s (10 years) of simulated time, got {secs:.0} s"
                     ));
                 }
             }
@@ -159,6 +164,25 @@ impl Scenario {
         for (i, c) in self.clients.iter().enumerate() {
             c.validate(&self.backends)
                 .map_err(|e| format!("clients[{i}].{e}"))?;
+        }
+        if let Load::OpenLoop {
+            rate_per_sec,
+            requests,
+        } = self.load
+        {
+            let secs = requests as f64 / rate_per_sec;
+            for (i, c) in self.clients.iter().enumerate() {
+                let Some(interval) = c.sweep_interval() else {
+                    continue;
+                };
+                let sweeps = secs / interval.as_secs_f64();
+                if sweeps > f64::from(MAX_SWEEPS) {
+                    return Err(format!(
+                        "clients[{i}].outlier.interval_ms: the open loop takes {secs:.0} s (load.requests / load.rate_per_sec), {sweeps:.0} outlier-detection intervals of {} ms, and a seawall client's run may span at most {MAX_SWEEPS} (a year at the default 10,000 ms)",
+                        interval.as_millis()
+                    ));
+                }
+            }
         }
         Ok(())
     }

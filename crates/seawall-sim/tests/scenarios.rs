@@ -4,7 +4,7 @@
 use seawall_sim::{
     builtin,
     run::run,
-    scenario::{Load, MAX_CONCURRENCY, MAX_OPEN_LOOP_SECS, MAX_REQUESTS},
+    scenario::{Load, MAX_CONCURRENCY, MAX_REQUESTS, MAX_SIMULATED_SECS, MAX_SWEEPS},
     svg::write_svg,
     Scenario,
 };
@@ -418,36 +418,84 @@ fn request_counts_past_the_cap_are_rejected() {
     assert!(run(&huge, 1).unwrap_err().contains("load.requests"));
 }
 
-/// Time is virtual, but a seawall balancer still wakes once per outlier-detection interval of it:
-/// an open loop that would take centuries to offer its requests is rejected, naming the load.
+/// Time is virtual, but a seawall balancer wakes once per outlier-detection interval of it: an
+/// open loop that would span more than `MAX_SWEEPS` intervals to offer its requests is rejected,
+/// naming that client's interval. Clients without such a timer may take up to
+/// `MAX_SIMULATED_SECS`, and no open loop longer than that is accepted.
 #[test]
-fn open_loops_longer_than_the_cap_are_rejected() {
-    assert_eq!(MAX_OPEN_LOOP_SECS, 365 * 86_400);
-    let text = |rate: f64, requests: u64| {
+fn open_loops_longer_than_the_limits_are_rejected() {
+    assert_eq!(MAX_SWEEPS, 3_153_600);
+    assert_eq!(MAX_SIMULATED_SECS, 10 * 365 * 86_400);
+    let text = |rate: f64, requests: u64, clients: &str| {
         format!(
             "name = \"x\"\n[load]\nkind = \"open_loop\"\nrate_per_sec = {rate:?}\nrequests = {requests}\n\
-             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n\
-             [[clients]]\nkind = \"seawall\"\n"
+             [[backends]]\nlatency = {{ kind = \"constant\", ms = 1.0 }}\n{clients}"
         )
     };
-    // About 317 years, and a year and a second (0.0625 is exact, as is the quotient).
-    for (rate, requests) in [(0.001, MAX_REQUESTS), (0.0625, 1_971_001)] {
-        let err = Scenario::from_toml(&text(rate, requests)).expect_err("rejected");
-        assert!(err.contains("load.rate_per_sec"), "{err}");
-    }
-    // Exactly a year, and the slowest rate over the most requests that fits.
-    for (rate, requests) in [(0.0625, 1_971_000), (0.5, MAX_REQUESTS)] {
-        if let Err(e) = Scenario::from_toml(&text(rate, requests)) {
-            panic!("rejected {requests} requests at {rate}/s: {e}");
+    let seawall = |interval: &str| format!("[[clients]]\nkind = \"seawall\"\n{interval}\n");
+    let round_robin = "[[clients]]\nkind = \"round_robin\"\n";
+    let fits = |text: String| {
+        if let Err(e) = Scenario::from_toml(&text) {
+            panic!("rejected {text}: {e}");
         }
-    }
+    };
+    let names = |text: String, key: &str| {
+        let err = Scenario::from_toml(&text).expect_err("rejected");
+        assert!(err.contains(key), "{err}");
+    };
+    // At the default 10 s, exactly a year fits and a year and 16 s does not (1/16 and 1/32 are
+    // exact, as are the quotients).
+    fits(text(0.0625, 1_971_000, &seawall("")));
+    names(
+        text(0.0625, 1_971_001, &seawall("")),
+        "clients[0].outlier.interval_ms",
+    );
+    // At 1 ms, 3,153.6 s; at 60 s, six years.
+    fits(text(1.0, 3_153, &seawall("outlier = { interval_ms = 1 }")));
+    names(
+        text(1.0, 1_000_000, &seawall("outlier = { interval_ms = 1 }")),
+        "clients[0].outlier.interval_ms",
+    );
+    fits(text(
+        0.03125,
+        5_913_000,
+        &seawall("outlier = { interval_ms = 60000 }"),
+    ));
+    names(
+        text(
+            0.03125,
+            5_913_001,
+            &seawall("outlier = { interval_ms = 60000 }"),
+        ),
+        "clients[0].outlier.interval_ms",
+    );
+    // Without a seawall client, three years fit, and exactly ten (1/64 is exact);
+    // the seawall client beside them is named.
+    fits(text(0.01, 1_000_000, round_robin));
+    fits(text(0.015625, 4_927_500, round_robin));
+    names(
+        text(0.01, 1_000_000, &format!("{round_robin}{}", seawall(""))),
+        "clients[1].outlier.interval_ms",
+    );
+    // Past them, the load is named whatever the clients: 64 s more, and about 317 years.
+    names(
+        text(0.001953125, 6_159_376, round_robin),
+        "load.rate_per_sec",
+    );
+    names(text(0.001, MAX_REQUESTS, round_robin), "load.rate_per_sec");
+    // The slowest rate that fits the most requests in a year of default intervals is about
+    // 0.317/s; 0.5/s fits them.
+    fits(text(0.5, MAX_REQUESTS, &seawall("")));
     // A scenario built in code is held to it too.
     let mut slow = builtin::by_name("hard-down").unwrap();
     slow.load = Load::OpenLoop {
         rate_per_sec: 0.1,
         requests: MAX_REQUESTS,
     };
-    assert!(slow.validate().unwrap_err().contains("load.rate_per_sec"));
+    assert!(slow
+        .validate()
+        .unwrap_err()
+        .contains(".outlier.interval_ms"));
 }
 
 #[test]
