@@ -3,7 +3,7 @@
 use crate::{
     backend::{BackendSpec, SimBackend, SimRequest, SimResponse},
     dist::{check_ms, duration_ms},
-    scenario::NoFields,
+    scenario::{NoFields, MAX_SIMULATED_SECS, MAX_SWEEPS},
 };
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use seawall_balance::{BalanceLayer, OutlierDetection, Picker, Tagged};
@@ -448,6 +448,15 @@ impl ClientSpec {
                 .and_then(|o| o.interval_ms)
                 .map_or(OutlierDetection::default().interval, Duration::from_millis),
         )
+    }
+
+    /// The longest simulated time a run of the client may take: [`MAX_SIMULATED_SECS`], or for a
+    /// seawall client [`MAX_SWEEPS`] outlier-detection intervals if that is less.
+    pub fn max_simulated_time(&self) -> Duration {
+        let most = Duration::from_secs(MAX_SIMULATED_SECS);
+        self.sweep_interval().map_or(most, |interval| {
+            interval.saturating_mul(MAX_SWEEPS).min(most)
+        })
     }
 
     /// Checks the parameters against the scenario's `backends`, naming the first bad one.

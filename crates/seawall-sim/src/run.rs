@@ -4,7 +4,7 @@ use crate::{
     backend::{DispatchLog, SimBackend, SimRequest},
     client::ClientSpec,
     report::{bucket_ms, ClientReport, Report, RunSummary},
-    scenario::{Load, Scenario},
+    scenario::{Load, Scenario, MAX_SIMULATED_SECS, MAX_SWEEPS},
 };
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -66,7 +66,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     let summaries = scenario
         .clients
         .iter()
-        .map(|client| run_client(scenario, client, seed))
+        .enumerate()
+        .map(|(i, client)| {
+            run_client(scenario, client, seed).map_err(|e| format!("clients[{i}]: {e}"))
+        })
         .collect::<Result<Vec<_>, String>>()?;
     // One bucket width for every client, so their eject and readmit times are rounded alike.
     let longest = summaries
@@ -96,6 +99,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
 /// Runs one client, summarised as its run ends; the cluster and the request keys are the same for
 /// every client. Like [`run`], it blocks until the run ends, and may be called from inside a
 /// tokio runtime.
+///
+/// A run still going when its simulated time reaches the client's
+/// [`max_simulated_time`](ClientSpec::max_simulated_time) is stopped with an error saying so.
 pub fn run_client(
     scenario: &Scenario,
     client: &ClientSpec,
@@ -122,6 +128,8 @@ fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSu
         .map_err(|e| format!("cannot start the simulation runtime: {e}"))?;
     runtime.block_on(async move {
         let start = Instant::now();
+        let limit = client.max_simulated_time();
+        let end = start + limit;
         let log = Arc::new(DispatchLog::default());
         let backends: Vec<SimBackend> = scenario
             .backends
@@ -175,6 +183,9 @@ fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSu
                     // Due at id / rate, rounded once: an interval rounded to the nanosecond and
                     // then multiplied could land a send due on a tick just past it.
                     let intended = start + Duration::from_secs_f64(id as f64 / rate_per_sec);
+                    if intended >= end {
+                        return Err(stopped(client, limit, "requests still to send"));
+                    }
                     tokio::time::sleep_until(intended).await;
                     let svc = service.clone();
                     let req = request(id);
@@ -214,8 +225,19 @@ fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSu
                 }
             }
         }
-        while let Some(joined) = tasks.join_next().await {
-            joined.map_err(|e| format!("a simulated caller panicked: {e}"))?;
+        // The callers are awaited first, so the limit's timer is polled only while they are
+        // pending: it changes nothing in a run that ends before it.
+        let stop = tokio::time::sleep_until(end);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                joined = tasks.join_next() => match joined {
+                    Some(joined) => joined.map_err(|e| format!("a simulated caller panicked: {e}"))?,
+                    None => break,
+                },
+                () = &mut stop => return Err(stopped(client, limit, "calls still going")),
+            }
         }
         let elapsed = start.elapsed();
         drop((service, record));
@@ -234,4 +256,20 @@ fn simulate(scenario: &Scenario, client: &ClientSpec, seed: u64) -> Result<RunSu
         };
         Ok(RunSummary::new(scenario, raw).with_requests_that_called(log.requests_that_called()))
     })
+}
+
+/// The error of a run stopped at its limit on simulated time, `limit`, with `left` (calls still
+/// going: a closed loop's callers, calls waiting in a backend's queue; or, in an open loop not
+/// validated, requests still to send).
+fn stopped(client: &ClientSpec, limit: Duration, left: &str) -> String {
+    let secs = limit.as_secs_f64();
+    match client.sweep_interval() {
+        Some(interval) if limit < Duration::from_secs(MAX_SIMULATED_SECS) => format!(
+            "simulated time reached {secs} s with {left}, {MAX_SWEEPS} outlier-detection intervals of {} ms (outlier.interval_ms), the most a seawall client's run may span: the run was stopped",
+            interval.as_millis()
+        ),
+        _ => format!(
+            "simulated time reached {secs} s (10 years) with {left}, the most a run may take: the run was stopped"
+        ),
+    }
 }

@@ -32,8 +32,10 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 /// count.
 pub const MAX_REQUESTS: u64 = 10_000_000;
 
-/// The longest an open loop may take to send its requests (`requests / rate_per_sec`), seconds:
-/// 10 years (of 365 days). Without a seawall client, a run's cost follows its calls, not its
+/// The longest simulated time a client's run may take, seconds: 10 years (of 365 days). An open
+/// loop that would take longer to send its requests (`requests / rate_per_sec`) is rejected; a
+/// run still going when it reaches the limit (a closed loop of slow calls, a queue still draining)
+/// is stopped with an error. Without a seawall client, a run's cost follows its calls, not its
 /// simulated time: this only keeps runs to a span that a scenario can mean.
 pub const MAX_SIMULATED_SECS: u64 = 10 * 365 * 86_400;
 
@@ -41,7 +43,8 @@ pub const MAX_SIMULATED_SECS: u64 = 10 * 365 * 86_400;
 /// the default interval of 10 s. Time is virtual, but each seawall balancer wakes once per
 /// interval of it whatever the load, so a run's cost grows with its length over the interval
 /// (`clients[i].outlier.interval_ms`). An open loop that would span more to send its requests
-/// is rejected, naming the interval. See `docs/simulator.md` for what this many intervals costs.
+/// is rejected, naming the interval, and a run still going when it reaches them is stopped with
+/// an error. See `docs/simulator.md` for what this many intervals costs.
 pub const MAX_SWEEPS: u32 = 3_153_600;
 
 fn default_seed() -> u64 {
