@@ -44,7 +44,11 @@ fn an_unknown_scenario_or_an_unwritable_report_is_an_error() {
         .arg(&report)
         .output()
         .unwrap();
-    assert_clean_error(&out, "load.requests");
+    // The count is named as given, with the scenario it was given to.
+    assert_clean_error(
+        &out,
+        "error: hard-down with --requests 99999999999: load.requests must be in",
+    );
     assert!(!report.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -117,13 +117,22 @@ fn main() -> ExitCode {
             // is left as it was if the run or the table fails; if the report fails, it may
             // already have emptied or partly rewritten the file.
             let made = out.as_deref().map(open_report).transpose()?.flatten();
-            let written = run::run(&s, seed).and_then(|report| {
-                emit(&report.table())?;
-                match &out {
-                    Some(path) => svg::write_svg(&report, path).map(|()| Some(path)),
-                    None => Ok(None),
-                }
-            });
+            // A count given here is checked as the run would check it, so an error names it.
+            let checked = match requests {
+                Some(n) => s
+                    .validate()
+                    .map_err(|e| format!("{scenario} with --requests {n}: {e}")),
+                None => Ok(()),
+            };
+            let written = checked
+                .and_then(|()| run::run(&s, seed))
+                .and_then(|report| {
+                    emit(&report.table())?;
+                    match &out {
+                        Some(path) => svg::write_svg(&report, path).map(|()| Some(path)),
+                        None => Ok(None),
+                    }
+                });
             if let (Err(_), Some(made)) = (&written, made) {
                 let _ = std::fs::remove_file(made);
             }
