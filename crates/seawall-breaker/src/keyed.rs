@@ -27,9 +27,12 @@ use tower_service::Service;
 /// other hosts go on. Every service the layer builds, and every clone of those, draws on the same
 /// set, so a key has one breaker however many services call it.
 ///
-/// The key's breaker is looked up in the set on every call, under the set's lock (a hash lookup;
-/// for a key new to a full set, making room as [`BreakerSet`] describes). The set's rules apply as
-/// they are: a breaker is created the first time its key is seen, from the set's configuration;
+/// The key's breaker is looked up in the set on every call. A key the set holds costs the set's
+/// lock taken for reading, which other calls share, a hash lookup and two atomic updates (the
+/// set's clock and the key's stamp, for the least recently used order). A key new to the set
+/// takes the lock for writing, which holds up every call of every service of the set while the
+/// key is put in: for a full set, while it makes room, as [`BreakerSet`] describes, which scans
+/// every breaker of the set. The set's rules apply as they are: a breaker is created the first time its key is seen, from the set's configuration;
 /// it stays in the set, Open or not, until it is evicted to make room or removed
 /// ([`BreakerSet::remove`]), and a breaker with a call in flight counts as in use, so it is
 /// evicted after every idle one. Size the set's capacity for the keys called within a breaker's

@@ -15,7 +15,10 @@ use std::{
     collections::HashMap,
     fmt,
     hash::Hash,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
 };
 
 /// The same `u64` for the same key in every process built with the same toolchain: std's hasher
@@ -41,10 +44,18 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// Closed breakers are there. A service built from an evicted
 /// breaker keeps working with it; asking for the key again creates a fresh one.
 ///
-/// Looking a key up takes a short lock: ask once per endpoint (when the endpoint is discovered)
-/// and keep the layer or the service, not once per request. For a service that calls many keys
-/// (a client whose requests carry their host), [`keyed_layer`](Self::keyed_layer) looks the key of
-/// each call up for it.
+/// Looking up a key the set holds takes the set's lock for reading, shared with every other lookup
+/// of a key it holds, and stamps the breaker as just used: a hash lookup and two atomic updates (a
+/// clock shared by the whole set, and the breaker's stamp). A key the set does not hold takes the
+/// lock for writing, which waits for the lookups in progress and holds up every other lookup while
+/// the key is put in: for a full set, that includes making room, which scans every breaker of the
+/// set. The new breaker itself is built before the lock is taken, and breakers evicted or removed
+/// are let go of after it is released. A lookup waiting for the write lock also holds up the
+/// lookups that come after it, and waits for [`unhealthy`](Self::unhealthy), which holds the read
+/// lock while it goes through every breaker. For a service that calls many keys (a client whose
+/// requests carry their host), [`keyed_layer`](Self::keyed_layer) looks the key of each call up for
+/// it; for a service per endpoint, ask once when the endpoint is discovered and keep the layer or
+/// the service.
 ///
 /// Every breaker of the set carries the set's name, so their counters add up under it. None of
 /// them sets `seawall_breaker_state` (it would show whichever key changed last); the set reports
@@ -70,14 +81,17 @@ struct Inner<K, C> {
     config: BreakerConfig,
     classifier: C,
     capacity: usize,
-    map: Mutex<Map<K>>,
+    /// Read for a key the set holds, written to put a key in or take one out.
+    map: RwLock<Map<K>>,
+    /// Counts lookups: each stamps its breaker with the count it took, for the least recently
+    /// used order.
+    clock: AtomicU64,
     /// `seawall_breaker_keys_open`, which every breaker of the set counts itself in.
     keys_open: ::metrics::Gauge,
 }
 
 struct Map<K> {
     entries: HashMap<K, Entry>,
-    clock: u64,
     /// Listeners told which key's breaker changed: each makes, for a key, a listener bound to it
     /// for the breaker the set creates for that key.
     key_listeners: Vec<Arc<KeyListener<K>>>,
@@ -88,7 +102,10 @@ type KeyListener<K> = dyn Fn(&K) -> Arc<dyn Listener<Transition>> + Send + Sync;
 
 struct Entry {
     shared: Arc<Shared>,
-    last_used: u64,
+    /// The clock when the key was last asked for: raised under the read lock, read by an
+    /// eviction under the write lock (so while no lookup raises it, and no lookup takes a breaker
+    /// into use).
+    last_used: AtomicU64,
 }
 
 impl Drop for Entry {
@@ -124,21 +141,44 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
                 config,
                 classifier,
                 capacity,
-                map: Mutex::new(Map {
+                map: RwLock::new(Map {
                     entries: HashMap::new(),
-                    clock: 0,
                     key_listeners: Vec::new(),
                 }),
+                clock: AtomicU64::new(0),
             }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Map<K>> {
-        // Nothing in the set can be left half-updated by a panic; keep going after one.
+    // Nothing in the set can be left half-updated by a panic; keep going after one.
+    fn read(&self) -> RwLockReadGuard<'_, Map<K>> {
         self.inner
             .map
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Map<K>> {
+        self.inner
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next reading of the set's clock.
+    #[inline]
+    fn tick(&self) -> u64 {
+        self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Stamps `entry` as just used and takes its breaker. Under either lock: an eviction, under
+    /// the write lock, sees every stamp and every breaker taken into use.
+    #[inline]
+    fn used(&self, entry: &Entry) -> Arc<Shared> {
+        // The largest stamp: two lookups of the key on two threads may store theirs in either
+        // order.
+        entry.last_used.fetch_max(self.tick(), Ordering::Relaxed);
+        entry.shared.clone()
     }
 
     /// The breaker of `key`, created if there is none.
@@ -150,25 +190,34 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     }
 
     /// The breaker of `key`, created if there is none: what [`get`](Self::get) and a
-    /// [`KeyedBreaker`](crate::KeyedBreaker)'s call look up.
+    /// [`KeyedBreaker`](crate::KeyedBreaker)'s call look up. A key the set holds takes the read
+    /// lock only.
+    #[inline]
     pub(crate) fn breaker(&self, key: &K) -> Arc<Shared> {
-        let mut map = self.lock();
-        map.clock += 1;
-        let now = map.clock;
-        if let Some(entry) = map.entries.get_mut(key) {
-            entry.last_used = now;
-            return entry.shared.clone();
-        }
-        if map.entries.len() >= self.inner.capacity {
-            evict(&mut map.entries);
-        }
+        let key_listeners = {
+            let map = self.read();
+            if let Some(entry) = map.entries.get(key) {
+                return self.used(entry);
+            }
+            map.key_listeners.clone()
+        };
+        self.insert(key, &key_listeners)
+    }
+
+    /// Puts a breaker for `key` in the set, unless another thread has put one in since the read
+    /// lock was let go. The breaker is built before the write lock is taken (it registers its
+    /// metrics with the recorder), and the breakers evicted to make room are let go of after it
+    /// is released (each takes itself off `seawall_breaker_keys_open`).
+    #[cold]
+    #[inline(never)]
+    fn insert(&self, key: &K, key_listeners: &[Arc<KeyListener<K>>]) -> Arc<Shared> {
         let mut config = self.inner.config.clone();
         // A seeded set stays reproducible, but each key draws its own jitter: keys that trip
         // together (one dependency's hosts) do not probe again in lockstep.
         if let Some(seed) = config.seed {
             config.seed = Some(seed ^ key_seed(key));
         }
-        for bind in &map.key_listeners {
+        for bind in key_listeners {
             let listener = bind(key);
             config.listeners =
                 config
@@ -177,15 +226,25 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
                         listener.on_event(name, transition)
                     });
         }
-        let shared = Shared::keyed(&config, self.inner.keys_open.clone());
-        map.entries.insert(
-            key.clone(),
-            Entry {
-                shared: shared.clone(),
-                last_used: now,
-            },
-        );
-        shared
+        let built = Shared::keyed(&config, self.inner.keys_open.clone());
+        let mut map = self.write();
+        if let Some(entry) = map.entries.get(key) {
+            let shared = self.used(entry);
+            drop(map);
+            return shared;
+        }
+        let evicted = match map.entries.len() >= self.inner.capacity {
+            true => evict(&mut map.entries),
+            false => Vec::new(),
+        };
+        let entry = Entry {
+            shared: built.clone(),
+            last_used: AtomicU64::new(self.tick()),
+        };
+        map.entries.insert(key.clone(), entry);
+        drop(map);
+        drop(evicted);
+        built
     }
 
     /// A layer whose services send each call through the breaker of its key, `key` computing a
@@ -278,20 +337,22 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             let (key, listener) = (key.clone(), listener.clone());
             Arc::new(move |_: &Name, transition: &Transition| listener(&key, transition))
         };
-        self.lock().key_listeners.push(Arc::new(bind));
+        self.write().key_listeners.push(Arc::new(bind));
         self
     }
 
     /// The breaker of `key`, if there is one (does not create one).
     pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
-        self.lock().entries.get(key).map(|e| BreakerHandle {
+        self.read().entries.get(key).map(|e| BreakerHandle {
             shared: e.shared.clone(),
         })
     }
 
     /// Forgets the breaker of `key`.
     pub fn remove(&self, key: &K) -> bool {
-        self.lock().entries.remove(key).is_some()
+        // Let go of after the lock: it takes itself off `seawall_breaker_keys_open`.
+        let removed = self.write().entries.remove(key);
+        removed.is_some()
     }
 
     /// Forgets the breaker of `key` unless an operator put it in a manual state (forced open,
@@ -313,19 +374,18 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     /// breaker you changed ([`handle`](Self::handle) and [`BreakerHandle::same_breaker`]), and
     /// change the key's current breaker (from [`get`](Self::get)) if it has not.
     pub fn remove_unless_manual(&self, key: &K) -> bool {
-        let mut map = self.lock();
-        match map.entries.get(key) {
-            Some(entry) if !is_manual(entry.shared.machine.state()) => {
-                map.entries.remove(key);
-                true
-            }
-            _ => false,
-        }
+        let mut map = self.write();
+        let removed = match map.entries.get(key) {
+            Some(entry) if !is_manual(entry.shared.machine.state()) => map.entries.remove(key),
+            _ => None,
+        };
+        drop(map);
+        removed.is_some()
     }
 
     /// How many breakers the set holds.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.read().entries.len()
     }
 
     /// Whether the set holds no breaker.
@@ -339,7 +399,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     /// wait is over is not listed: the next call is its probe, and a balancer that skipped it would
     /// keep a lazy breaker Open for good.
     pub fn unhealthy(&self) -> Vec<K> {
-        self.lock()
+        self.read()
             .entries
             .iter()
             .filter(|(_, e)| {
@@ -368,24 +428,29 @@ fn is_manual(state: State) -> bool {
 /// breaker the set no longer reaches, and its key would get a fresh twin. From 128 entries on, it
 /// removes up to a 64th of them in that order, idle Closed ones only after the first (at least
 /// one entry): an Open breaker that remembers a failing key goes only when one entry must.
-fn evict<K: Hash + Eq + Clone>(entries: &mut HashMap<K, Entry>) {
+/// Returns the entries removed, for the caller to let go of once the set's lock is released.
+fn evict<K: Hash + Eq + Clone>(entries: &mut HashMap<K, Entry>) -> Vec<Entry> {
     let rank = |e: &Entry| {
         let in_use = Arc::strong_count(&e.shared) > 1;
         let state = e.shared.machine.state();
         let manual = is_manual(state);
         let holds_failure = state != State::Closed;
-        (in_use, manual, holds_failure, e.last_used)
+        (
+            in_use,
+            manual,
+            holds_failure,
+            e.last_used.load(Ordering::Relaxed),
+        )
     };
     let batch = entries.len() / 64;
     if batch <= 1 {
-        if let Some(key) = entries
+        return entries
             .iter()
             .min_by_key(|(_, e)| rank(e))
             .map(|(k, _)| k.clone())
-        {
-            entries.remove(&key);
-        }
-        return;
+            .and_then(|key| entries.remove(&key))
+            .into_iter()
+            .collect();
     }
     let mut ranked: Vec<_> = entries.iter().map(|(k, e)| (rank(e), k)).collect();
     ranked.select_nth_unstable_by_key(batch - 1, |(rank, _)| *rank);
@@ -399,9 +464,10 @@ fn evict<K: Hash + Eq + Clone>(entries: &mut HashMap<K, Entry>) {
         })
         .map(|(_, (_, k))| (*k).clone())
         .collect();
-    for key in evicted {
-        entries.remove(&key);
-    }
+    evicted
+        .iter()
+        .filter_map(|key| entries.remove(key))
+        .collect()
 }
 
 impl<K, C> BreakerSet<K, C> {

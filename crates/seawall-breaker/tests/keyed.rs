@@ -204,6 +204,40 @@ fn a_large_set_evicts_in_batches_of_idle_breakers() {
     drop(held);
 }
 
+/// Threads asking for keys at once, some new to the set and some not, get one breaker per key,
+/// and the set stays within its capacity; a key asked for by two threads at once gets one
+/// breaker, the one the set keeps.
+#[test]
+fn threads_asking_at_once_get_one_breaker_per_key() {
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .build_config()
+        .unwrap();
+    let set = BreakerSet::<u32>::new(config, 8).unwrap();
+    let barrier = std::sync::Barrier::new(4);
+    std::thread::scope(|scope| {
+        for thread in 0..4u32 {
+            let (set, barrier) = (&set, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                for i in 0..500u32 {
+                    let key = (i * 7 + thread) % 12;
+                    let layer = set.get(&key);
+                    // Kept while it is in use: a breaker in use is not evicted.
+                    let kept = set.handle(&key).expect("a breaker in use stays");
+                    assert!(kept.same_breaker(&layer.handle()), "{key}");
+                }
+            });
+        }
+    });
+    assert!(set.len() <= 8);
+    for key in 0..12 {
+        if let Some(handle) = set.handle(&key) {
+            assert!(handle.same_breaker(&set.get(&key).handle()), "{key}");
+        }
+    }
+}
+
 /// A batch takes idle Closed breakers only, beyond the one entry that must go: an idle Open
 /// breaker remembers a failing key, and one slot does not need it gone.
 #[tokio::test(start_paused = true)]

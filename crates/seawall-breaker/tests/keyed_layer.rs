@@ -14,7 +14,7 @@ use seawall::{
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{mpsc, Arc, Mutex},
     time::Duration,
 };
 use tokio_test::{assert_pending, assert_ready, task};
@@ -161,6 +161,111 @@ async fn keys_stay_in_the_set_until_evicted_by_its_rules() {
     assert_eq!(send(&mut client, "down", Call::Ok).await.unwrap(), "ok");
     assert_eq!(set.handle(&"down").unwrap().state(), State::Closed);
     drop(hung);
+}
+
+/// A host whose hash, taken while the set looks it up, can be made to wait: the first hash of a
+/// key built with [`Host::held`] tells `entered`, then waits for `go` (at most 10 s) and keeps
+/// whether it was let go in time.
+#[derive(Clone)]
+struct Host {
+    name: &'static str,
+    hold: Option<Arc<Hold>>,
+}
+
+struct Hold {
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    go: Mutex<Option<mpsc::Receiver<()>>>,
+    let_go: Mutex<Option<bool>>,
+}
+
+impl Host {
+    fn new(name: &'static str) -> Self {
+        Host { name, hold: None }
+    }
+
+    fn held(name: &'static str, entered: mpsc::Sender<()>, go: mpsc::Receiver<()>) -> Self {
+        let hold = Hold {
+            entered: Mutex::new(Some(entered)),
+            go: Mutex::new(Some(go)),
+            let_go: Mutex::new(None),
+        };
+        Host {
+            name,
+            hold: Some(Arc::new(hold)),
+        }
+    }
+}
+
+impl std::hash::Hash for Host {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(hold) = &self.hold {
+            let go = hold.go.lock().unwrap().take();
+            if let Some(go) = go {
+                let _ = hold.entered.lock().unwrap().take().unwrap().send(());
+                let let_go = go.recv_timeout(Duration::from_secs(10)).is_ok();
+                *hold.let_go.lock().unwrap() = Some(let_go);
+            }
+        }
+        self.name.hash(state);
+    }
+}
+
+impl PartialEq for Host {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Host {}
+
+/// A call to a key the set holds does not wait for the lookup of a new key (which makes room in
+/// a full set): here, the new key's lookup is held inside its key's hash until a call to a known
+/// key has completed on another thread.
+#[test]
+fn a_new_key_does_not_hold_up_the_calls_to_known_keys() {
+    let set: BreakerSet<Host> = BreakerSet::new(config().build_config().unwrap(), 2).unwrap();
+    let (dependency, _) = dependency();
+    let client = set
+        .keyed_layer(|(host, _): &(Host, Call)| host.clone())
+        .unwrap()
+        .layer(dependency.map_request(|(_, call): (Host, Call)| call));
+    let send = |mut client: KeyedBreaker<_, _, _>, request: (Host, Call)| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async move { client.ready().await?.call(request).await })
+    };
+    for known in ["a", "b"] {
+        assert_eq!(
+            send(client.clone(), (Host::new(known), Call::Ok)).unwrap(),
+            "ok"
+        );
+    }
+
+    let (entered, has_entered) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    let new = Host::held("new", entered, wait);
+    let hold = new.hold.clone().unwrap();
+    let looking_up = std::thread::spawn({
+        let client = client.clone();
+        move || send(client, (new, Call::Ok))
+    });
+    has_entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the new key's lookup started");
+    assert_eq!(
+        send(client.clone(), (Host::new("a"), Call::Ok)).unwrap(),
+        "ok"
+    );
+    let _ = go.send(());
+    assert_eq!(looking_up.join().unwrap().unwrap(), "ok");
+    assert_eq!(
+        *hold.let_go.lock().unwrap(),
+        Some(true),
+        "the call to a known key completed while the new key was looked up"
+    );
+    assert_eq!(set.len(), 2);
+    assert!(set.handle(&Host::new("new")).is_some());
 }
 
 #[tokio::test(start_paused = true)]
