@@ -1,7 +1,8 @@
 //! seawall's circuit breaker next to tower-resilience's, failsafe's and recloser's: the Closed
 //! path (a call that goes through and is recorded), the same with one call in seven failing, the
-//! Open path (a call rejected), a 2-thread contended Closed path on one shared breaker, and (with
-//! `--features count-allocs`) allocations per call for each. seawall's Closed path is also
+//! Open path (a call rejected), a 2-thread contended Closed path on one shared breaker (and, for
+//! seawall, on one key of a keyed breaker layer, which looks the key up in its set on every call),
+//! and (with `--features count-allocs`) allocations per call for each. seawall's Closed path is also
 //! measured with time windows of 10 s in 10, 100 and 1,000 buckets, which read the clock and
 //! count every call.
 //!
@@ -17,7 +18,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use failsafe::futures::CircuitBreaker as _;
-use seawall::breaker::{BreakerLayer, SlidingWindow, State};
+use seawall::breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
 use std::{
     future::{ready, Ready},
     hint::black_box,
@@ -224,6 +225,16 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // ----- 2 threads on one shared breaker (Closed path) -----
+    // The keyed layer's key is the request: both threads call key 1, which the set already holds.
+    let per_key = BreakerSet::new(
+        BreakerConfig::builder()
+            .wait_duration(DAY)
+            .build_config()
+            .unwrap(),
+        1_024,
+    )
+    .unwrap();
+    let seawall_keyed = per_key.keyed_layer(|x: &u32| *x).unwrap().layer(inner());
     let mut group = c.benchmark_group("breaker/closed-2-threads");
     group.throughput(Throughput::Elements(2));
     group.bench_function(BenchmarkId::from_parameter("seawall"), |b| {
@@ -231,6 +242,15 @@ fn bench(c: &mut Criterion) {
             two_threads(
                 iters,
                 || seawall_svc.clone(),
+                |svc| support::call(svc, 1).unwrap(),
+            )
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("seawall keyed"), |b| {
+        b.iter_custom(|iters| {
+            two_threads(
+                iters,
+                || seawall_keyed.clone(),
                 |svc| support::call(svc, 1).unwrap(),
             )
         })
@@ -261,6 +281,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+    assert_eq!(per_key.len(), 1);
+    assert_eq!(per_key.handle(&1).unwrap().state(), State::Closed);
 
     // ----- allocations per call -----
     const CALLS: u32 = 10_000;
