@@ -194,12 +194,13 @@ where
         if permit.shadowed() {
             shared.machine.count_would_have_rejected();
         }
-        let classifier = self.set.classifier();
-        let timed = shared.times_calls || classifier.uses_elapsed();
-        let classifier = classifier.clone();
-        // The guard first: if the inner `call` panics, it hands the permit back (a probe slot is
-        // freed) as it unwinds.
+        let times_calls = shared.times_calls;
+        // The guard first: if the classifier (asked next) or the inner `call` panics, the guard
+        // hands the permit back (a probe slot is freed) as it unwinds.
         let guard = Guard::new(shared, permit);
+        let classifier = self.set.classifier();
+        let timed = times_calls || classifier.uses_elapsed();
+        let classifier = classifier.clone();
         let start = timed.then(call_start);
         ResponseFuture::admitted(self.inner.call(request), guard, classifier, start)
     }

@@ -8,13 +8,20 @@ use seawall::{
     breaker::{
         BreakerConfig, BreakerSet, KeyedBreaker, KeyedBreakerLayer, Open, State, Transition,
     },
-    core::error::{is, is_not_sent},
+    core::{
+        classify::Classify,
+        error::{is, is_not_sent},
+    },
     BoxError, Outcome,
 };
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::{
     future::Future,
-    sync::{mpsc, Arc, Mutex},
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::Duration,
 };
 use tokio_test::{assert_pending, assert_ready, task};
@@ -354,6 +361,66 @@ async fn outcomes_are_classified_by_the_sets_classifier() {
     assert_eq!(set.handle(&"a").unwrap().state(), State::Closed);
     assert_eq!(send(&mut client, "a", Call::Ok).await.unwrap(), "ok");
     assert_eq!(set.handle(&"a").unwrap().state(), State::Open);
+}
+
+/// A classifier whose clone panics once `armed` is on (the next clone only).
+struct PanickingClone {
+    armed: Arc<AtomicBool>,
+}
+
+impl Clone for PanickingClone {
+    fn clone(&self) -> Self {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("the classifier failed");
+        }
+        PanickingClone {
+            armed: self.armed.clone(),
+        }
+    }
+}
+
+impl Classify<&'static str, BoxError> for PanickingClone {
+    fn classify(&self, result: Result<&&'static str, &BoxError>, _: Duration) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
+}
+
+/// A call whose classifier panics as it is cloned for the call, after the key's breaker admitted
+/// it, hands its permit back as the panic unwinds: a half-open key's only probe slot is not lost.
+#[tokio::test(start_paused = true)]
+async fn a_classifier_that_panics_in_call_does_not_keep_a_probe_slot() {
+    let armed = Arc::new(AtomicBool::new(false));
+    let classifier = PanickingClone {
+        armed: armed.clone(),
+    };
+    let set = BreakerSet::with_classifier(config().build_config().unwrap(), 8, classifier).unwrap();
+    let (dependency, reached) = dependency();
+    let mut client = set
+        .keyed_layer(by_host)
+        .unwrap()
+        .layer(dependency.map_request(|(_, call): Request| call));
+    assert!(send(&mut client, "a", Call::Fail).await.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let handle = set.handle(&"a").unwrap();
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    let ready = client.ready().await.unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let called = panic::catch_unwind(AssertUnwindSafe(|| ready.call(("a", Call::Ok))));
+    assert!(!armed.load(Ordering::SeqCst), "the classifier panicked");
+    assert!(called.is_err(), "the panic reaches the caller");
+    assert_eq!(reached.get(), 1, "the call was not made");
+    assert_eq!(handle.snapshot().probes_in_use, 0);
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert_eq!(send(&mut client, "a", Call::Ok).await.unwrap(), "ok");
+    assert_eq!(handle.state(), State::Closed);
 }
 
 /// A rejected call gives back what its inner service's readiness held (here the one place of a
