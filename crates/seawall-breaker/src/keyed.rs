@@ -39,9 +39,10 @@ use tower_service::Service;
 /// wait: a key evicted comes back with a fresh Closed breaker.
 ///
 /// What the set reports applies too: every breaker carries the set's name in its log lines and
-/// metrics (`seawall_breaker_keys_open` counts the keys not Closed), and a listener registered with
-/// [`BreakerSet::on_transition`] is told which key's breaker changed. [`BreakerSet::handle`] and
-/// [`BreakerSet::unhealthy`] tell one key's state and the keys not letting calls through.
+/// metrics (`seawall_breaker_keys_open` counts the keys open, half-open or forced open), and a
+/// listener registered with [`BreakerSet::on_transition`] is told which key's breaker changed.
+/// [`BreakerSet::handle`] and [`BreakerSet::unhealthy`] tell one key's state and the keys not
+/// letting calls through.
 ///
 /// ```
 /// use seawall::breaker::{BreakerConfig, BreakerSet};

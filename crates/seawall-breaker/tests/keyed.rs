@@ -450,6 +450,26 @@ async fn the_set_counts_its_keys_that_are_open() {
     assert_eq!(open(), Some(0.0));
 }
 
+/// Keys in a manual state that lets calls through (disabled, metrics only) are not counted open,
+/// though they are not Closed; a key forced open is.
+#[test]
+fn keys_disabled_or_metrics_only_are_not_counted_open() {
+    let recorder = TestRecorder::new();
+    let _guard = recorder.install_local();
+    let set = set(8);
+    let open = || recorder.gauge(names::BREAKER_KEYS_OPEN, "per-host");
+    set.get(&"disabled").handle().disable();
+    set.get(&"metrics-only").handle().metrics_only();
+    assert_eq!(set.handle(&"disabled").unwrap().state(), State::Disabled);
+    assert_eq!(
+        set.handle(&"metrics-only").unwrap().state(),
+        State::MetricsOnly
+    );
+    assert_eq!(open(), Some(0.0));
+    set.get(&"forced").handle().force_open();
+    assert_eq!(open(), Some(1.0));
+}
+
 /// A key whose endpoint is gone (a balancer's discovery removed it) loses its breaker, Open
 /// included, unless an operator put it in a manual state: that one is kept, so the key comes back
 /// in it rather than Closed.
