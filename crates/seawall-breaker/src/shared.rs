@@ -322,11 +322,15 @@ impl Shared {
     }
 
     /// Records a call's outcome, then counts it: the machine first, so a metrics recorder that
-    /// panics in a counter cannot lose the permit (a half-open probe slot).
+    /// panics in a counter cannot lose the permit (a half-open probe slot). A recorder's panic
+    /// while the machine publishes a change the outcome made (the state gauge) is raised once the
+    /// outcome is counted too.
     #[inline]
     pub(crate) fn complete(&self, permit: Permit, outcome: Outcome, elapsed: Duration) {
-        self.machine
-            .complete(permit, outcome, elapsed, || self.now(), self);
+        let recorded = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.machine
+                .complete(permit, outcome, elapsed, || self.now(), self)
+        }));
         match outcome {
             Outcome::Success => self.metrics.successes.increment(1),
             Outcome::Failure => self.metrics.failures.increment(1),
@@ -334,6 +338,9 @@ impl Shared {
         }
         if self.times_calls && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
             self.metrics.slow.increment(1);
+        }
+        if let Err(panic) = recorded {
+            panic::resume_unwind(panic);
         }
     }
 

@@ -286,18 +286,38 @@ impl metrics::GaugeFn for PanickingGauge {
     }
 }
 
-struct PanickingRecorder(Arc<PanickingGauge>);
+/// A recorder whose breaker state and keys-open gauges are `gauge`, and which counts the calls
+/// that failed and the calls ignored (every name together).
+struct PanickingRecorder {
+    gauge: Arc<PanickingGauge>,
+    failures: Arc<AtomicU64>,
+    ignored: Arc<AtomicU64>,
+}
+
+impl PanickingRecorder {
+    fn new(gauge: Arc<PanickingGauge>) -> Self {
+        PanickingRecorder {
+            gauge,
+            failures: Arc::default(),
+            ignored: Arc::default(),
+        }
+    }
+}
 
 impl metrics::Recorder for PanickingRecorder {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::noop()
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
+        match key.name() {
+            names::BREAKER_FAILURES => metrics::Counter::from_arc(self.failures.clone()),
+            names::BREAKER_IGNORED => metrics::Counter::from_arc(self.ignored.clone()),
+            _ => metrics::Counter::noop(),
+        }
     }
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
         if [names::BREAKER_STATE, names::BREAKER_KEYS_OPEN].contains(&key.name()) {
-            metrics::Gauge::from_arc(self.0.clone())
+            metrics::Gauge::from_arc(self.gauge.clone())
         } else {
             metrics::Gauge::noop()
         }
@@ -313,7 +333,7 @@ impl metrics::Recorder for PanickingRecorder {
 #[test]
 fn a_panicking_recorder_does_not_leave_a_dropped_breakers_state_behind() {
     let gauge = Arc::new(PanickingGauge::default());
-    let recorder = PanickingRecorder(gauge.clone());
+    let recorder = PanickingRecorder::new(gauge.clone());
     let read = || f64::from_bits(gauge.bits.load(Ordering::SeqCst));
     let _guard = metrics::set_default_local_recorder(&recorder);
     let heard = Arc::new(AtomicBool::new(false));
@@ -359,7 +379,7 @@ fn a_panicking_recorder_does_not_leave_a_dropped_breakers_state_behind() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_recorder_does_not_escape_a_drop() {
     let gauge = Arc::new(PanickingGauge::default());
-    let recorder = PanickingRecorder(gauge.clone());
+    let recorder = PanickingRecorder::new(gauge.clone());
     let _guard = metrics::set_default_local_recorder(&recorder);
     let armed = || gauge.fail.store(true, Ordering::SeqCst);
     let fired = || !gauge.fail.load(Ordering::SeqCst);
@@ -429,6 +449,47 @@ async fn a_panicking_recorder_does_not_escape_a_drop() {
     let removed = panic::catch_unwind(AssertUnwindSafe(|| set.remove(&"a")));
     assert!(fired(), "the recorder panicked");
     assert!(removed.is_ok_and(|removed| removed), "the key was removed");
+}
+
+/// A state gauge that panics as a call's outcome changes the breaker's state does not keep the
+/// outcome from being counted: the failure that trips the breaker is counted, the panic reaching
+/// the caller afterwards, and so is a probe dropped once the HalfOpen's bound is over, which
+/// reopens the breaker as the future is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_state_gauge_does_not_keep_the_outcome_from_being_counted() {
+    let gauge = Arc::new(PanickingGauge::default());
+    let recorder = PanickingRecorder::new(gauge.clone());
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let armed = || gauge.fail.store(true, Ordering::SeqCst);
+    let fired = || !gauge.fail.load(Ordering::SeqCst);
+    let layer = BreakerLayer::builder()
+        .name("panicking-gauge-outcome")
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dependency().0);
+
+    let mut call = task::spawn(svc.ready().await.unwrap().call(Call::Fail));
+    armed();
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| call.poll()));
+    assert!(fired(), "the recorder panicked");
+    assert!(polled.is_err(), "the recorder's panic reaches the caller");
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(recorder.failures.load(Ordering::SeqCst), 1);
+
+    tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+    let mut probe = task::spawn(svc.ready().await.unwrap().call(Call::Hang));
+    assert_pending!(probe.poll());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    armed();
+    drop(probe);
+    assert!(fired(), "the recorder panicked");
+    assert_eq!(*handle.subscribe().borrow(), State::Open);
+    assert_eq!(recorder.ignored.load(Ordering::SeqCst), 1);
 }
 
 /// A recorder whose outcome counters (successes, failures, ignored) panic on the next increment
