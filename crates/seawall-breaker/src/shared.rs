@@ -394,15 +394,13 @@ impl Shared {
     }
 }
 
-impl Observer for Shared {
-    fn on_transition(&self, transition: &Transition) {
-        self.metrics.transitions.increment(1);
+impl Shared {
+    /// The log line of a state change.
+    fn log(&self, transition: &Transition) {
         // Fields left out when `None`: `reason` only on a change to Open or ForcedOpen, `rate`
         // and `threshold` only on a trip on a rate of the sliding window.
         let reason = transition.reason.map(OpenReason::as_str);
         let (rate, threshold) = transition.reason.and_then(OpenReason::rate).unzip();
-        // A recorder's panic, raised once the change is told to everyone.
-        let mut published = Ok(());
         if transition.metrics_only {
             tracing::info!(
                 name = %self.name,
@@ -425,6 +423,34 @@ impl Observer for Shared {
                 threshold,
                 "circuit breaker changed state"
             );
+        }
+    }
+}
+
+/// Keeps the first of the panics caught while a change is published in `kept`; a later one's
+/// payload is dropped (a payload whose drop panics too is caught).
+fn keep_first(kept: &mut std::thread::Result<()>, next: std::thread::Result<()>) {
+    if let Err(panic) = next {
+        match kept {
+            Ok(()) => *kept = Err(panic),
+            Err(_) => panics::caught(|| drop(panic)),
+        }
+    }
+}
+
+impl Observer for Shared {
+    fn on_transition(&self, transition: &Transition) {
+        // A panic of the recorder or of a `tracing` subscriber, raised once the change is told to
+        // everyone: out of the counter or the log line, it would keep the change from the watch
+        // and the listeners, and a destructor that catches it would leave them behind for good.
+        let mut published = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.metrics.transitions.increment(1);
+        }));
+        keep_first(
+            &mut published,
+            panic::catch_unwind(AssertUnwindSafe(|| self.log(transition))),
+        );
+        if !transition.metrics_only {
             // Two changes made at once on two threads can get here in either order: publish the
             // state the breaker is in now, read under the watch's lock, so whichever publishes
             // last leaves the current state in the watch and the gauge, never a superseded one.
@@ -435,9 +461,12 @@ impl Observer for Shared {
             self.watch.send_if_modified(|watched| {
                 let now = self.machine.state();
                 let from = std::mem::replace(watched, now);
-                published = panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.metrics.state.publish(from, now);
-                }));
+                keep_first(
+                    &mut published,
+                    panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.metrics.state.publish(from, now);
+                    })),
+                );
                 from != now
             });
             self.notify.notify_waiters();
@@ -479,8 +508,9 @@ impl Drop for Shared {
 /// Runs `f`, work a destructor does on the breaker named `name`, and catches a panic of the
 /// metrics recorder (or a `tracing` subscriber) it calls: out of a destructor, the panic would
 /// abort the process if the thread were already unwinding. A change of state `f` makes stands:
-/// `on_transition` raises the recorder's panic only once the change is made and told to
-/// everyone. The panic is logged, as a listener's is.
+/// `on_transition` raises the recorder's (or the subscriber's) panic only once the change is
+/// made, published in the watch and told to the listeners, and `complete` only once the call's
+/// outcome is counted too. The panic is logged, as a listener's is.
 pub(crate) fn in_drop(name: &Name, f: impl FnOnce()) {
     if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(f)) {
         caught_in_drop(name, panic);

@@ -286,10 +286,12 @@ impl metrics::GaugeFn for PanickingGauge {
     }
 }
 
-/// A recorder whose breaker state and keys-open gauges are `gauge`, and which counts the calls
-/// that failed and the calls ignored (every name together).
+/// A recorder whose breaker state and keys-open gauges are `gauge`, whose transitions counter is
+/// `transitions` (which panics while armed), and which counts the calls that failed and the calls
+/// ignored (every name together).
 struct PanickingRecorder {
     gauge: Arc<PanickingGauge>,
+    transitions: Arc<PanickingCounter>,
     failures: Arc<AtomicU64>,
     ignored: Arc<AtomicU64>,
 }
@@ -298,6 +300,7 @@ impl PanickingRecorder {
     fn new(gauge: Arc<PanickingGauge>) -> Self {
         PanickingRecorder {
             gauge,
+            transitions: Arc::default(),
             failures: Arc::default(),
             ignored: Arc::default(),
         }
@@ -312,6 +315,7 @@ impl metrics::Recorder for PanickingRecorder {
         match key.name() {
             names::BREAKER_FAILURES => metrics::Counter::from_arc(self.failures.clone()),
             names::BREAKER_IGNORED => metrics::Counter::from_arc(self.ignored.clone()),
+            names::BREAKER_TRANSITIONS => metrics::Counter::from_arc(self.transitions.clone()),
             _ => metrics::Counter::noop(),
         }
     }
@@ -451,6 +455,67 @@ async fn a_panicking_recorder_does_not_escape_a_drop() {
     assert!(removed.is_ok_and(|removed| removed), "the key was removed");
 }
 
+/// A transitions counter, or a `tracing` subscriber, that panics as a change is made in a
+/// destructor (a service dropped with the probe it reserved, past the HalfOpen's bound) is caught
+/// there, and the change is published all the same: the watch moves and listeners hear of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_transitions_counter_or_subscriber_in_a_drop_leaves_the_change_told() {
+    let gauge = Arc::new(PanickingGauge::default());
+    let recorder = PanickingRecorder::new(gauge.clone());
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let counter = recorder.transitions.clone();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = {
+        let heard = heard.clone();
+        move |_: &seawall_core::Name, t: &seawall::breaker::Transition| {
+            heard.lock().unwrap().push((t.from, t.to));
+        }
+    };
+    let layer = BreakerLayer::builder()
+        .name("panicking-transitions")
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .max_wait_in_half_open(Duration::from_secs(1))
+        .on_transition(listener)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut watched = handle.subscribe();
+    let _ = send(&mut layer.layer(dependency().0), Call::Fail).await;
+
+    for panicking in ["transitions counter", "subscriber"] {
+        // A probe reserved once the wait is over, and kept past the HalfOpen's bound.
+        tokio::time::sleep(handle.remaining_wait().unwrap()).await;
+        let mut svc = layer.layer(dependency().0);
+        svc.ready().await.unwrap();
+        assert_eq!(*watched.borrow_and_update(), State::HalfOpen, "{panicking}");
+        heard.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let dropped = match panicking {
+            "transitions counter" => {
+                counter.fail.store(true, Ordering::SeqCst);
+                let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(svc)));
+                assert!(!counter.fail.load(Ordering::SeqCst), "the counter panicked");
+                dropped
+            }
+            _ => {
+                let _subscriber =
+                    tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
+                panic::catch_unwind(AssertUnwindSafe(|| drop(svc)))
+            }
+        };
+        assert!(dropped.is_ok(), "{panicking}: the panic left the drop");
+        assert_eq!(handle.snapshot().state, State::Open, "{panicking}");
+        assert_eq!(*watched.borrow_and_update(), State::Open, "{panicking}");
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [(State::HalfOpen, State::Open)],
+            "{panicking}"
+        );
+    }
+}
+
 /// A state gauge that panics as a call's outcome changes the breaker's state does not keep the
 /// outcome from being counted: the failure that trips the breaker is counted, the panic reaching
 /// the caller afterwards, and so is a probe dropped once the HalfOpen's bound is over, which
@@ -492,8 +557,8 @@ async fn a_panicking_state_gauge_does_not_keep_the_outcome_from_being_counted() 
     assert_eq!(recorder.ignored.load(Ordering::SeqCst), 1);
 }
 
-/// A recorder whose outcome counters (successes, failures, ignored) panic on the next increment
-/// while `fail` is on.
+/// A counter that panics on the next increment while `fail` is on: the outcome counters of
+/// [`PanickingOutcomes`], the transitions counter of [`PanickingRecorder`].
 #[derive(Default)]
 struct PanickingCounter {
     fail: AtomicBool,
