@@ -10,7 +10,7 @@
 //! | policy | retryable requests | other requests, when not sent | failures | server-requested pause |
 //! |---|---|---|---|---|
 //! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | — | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
-//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) unless opted in | retried ([`retry_unsent`](HttpPolicy::retry_unsent) turns it off) | 5xx, 429 and errors (connection refused, reset, timed out) | `Retry-After` on 429 and 503 |
+//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), others carrying an `Idempotency-Key` once opted in ([`retry_if_header`](HttpPolicy::retry_if_header)), or all ([`retry_non_idempotent`](HttpPolicy::retry_non_idempotent)) | retried ([`retry_unsent`](HttpPolicy::retry_unsent) turns it off) | 5xx, 429 and errors (connection refused, reset, timed out), or what the classifier given to [`with_classifier`](HttpPolicy::with_classifier) says | `Retry-After` on 429 and 503 |
 //!
 //! `seawall::grpc::RetryClassifier` (the facade's `grpc` feature, with `retry`) is a policy as well
 //! as a classifier: given with [`policy`](crate::RetryConfigBuilder::policy), it also waits the
@@ -39,7 +39,7 @@
 //! [`DefaultClassifier`]: seawall_core::classify::DefaultClassifier
 //! [`NotSent`]: seawall_core::error::NotSent
 
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use seawall_core::{
     classify::{self, DefaultClassifier, HttpClassifier, IgnoreError},
     BoxError, Classify, Outcome,
@@ -280,10 +280,15 @@ where
 }
 
 /// The HTTP policy: retries 5xx, 429 and connection errors, for idempotent methods only unless
-/// [`retry_non_idempotent`](HttpPolicy::retry_non_idempotent) is set, and reads `Retry-After`
-/// on 429 and 503. A request of another method is sent again only when it was never sent (a
-/// seawall rejection below the retry, a refused connection; see
-/// [`retry_unsent`](HttpPolicy::retry_unsent)).
+/// [`retry_non_idempotent`](HttpPolicy::retry_non_idempotent) is set or a request carries the
+/// header given to [`retry_if_header`](HttpPolicy::retry_if_header) (an `Idempotency-Key`:
+/// [`idempotency_key`](HttpPolicy::idempotency_key)), and reads `Retry-After` on 429 and 503. A
+/// request of another method is sent again only when it was never sent (a seawall rejection below
+/// the retry, a refused connection; see [`retry_unsent`](HttpPolicy::retry_unsent)).
+///
+/// What is a failure is decided by its classifier `C`, an [`HttpClassifier`] unless
+/// [`with_classifier`](HttpPolicy::with_classifier) gives another; which requests may be sent
+/// again, and `Retry-After`, stay as above whatever the classifier.
 ///
 /// ```
 /// use seawall_retry::policy::{HttpPolicy, Policy};
@@ -300,11 +305,12 @@ where
 /// let busy = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
 /// assert_eq!(Policy::<http::Request<()>, _>::retry_after(&policy, &busy), Some(Duration::from_secs(2)));
 /// ```
-#[derive(Debug, Clone, Copy)]
-pub struct HttpPolicy {
-    classifier: HttpClassifier,
+#[derive(Debug, Clone)]
+pub struct HttpPolicy<C = HttpClassifier> {
+    classifier: C,
     non_idempotent: bool,
     unsent: bool,
+    opt_in: Option<HeaderName>,
 }
 
 impl Default for HttpPolicy {
@@ -313,6 +319,7 @@ impl Default for HttpPolicy {
             classifier: HttpClassifier::default(),
             non_idempotent: false,
             unsent: true,
+            opt_in: None,
         }
     }
 }
@@ -323,18 +330,109 @@ impl HttpPolicy {
     pub fn new() -> Self {
         HttpPolicy::default()
     }
+}
 
-    /// Decides failures with `classifier` instead (for example one that treats 501 as final).
-    pub fn with_classifier(mut self, classifier: HttpClassifier) -> Self {
-        self.classifier = classifier;
-        self
+impl<C> HttpPolicy<C> {
+    /// Decides failures with `classifier` instead, keeping the rest of the policy: which
+    /// requests may be sent again (idempotent methods, [`retry_if_header`](Self::retry_if_header),
+    /// [`retry_non_idempotent`](Self::retry_non_idempotent), [`retry_unsent`](Self::retry_unsent))
+    /// and `Retry-After` on a 429 or 503 it calls a failure.
+    ///
+    /// `classifier` is an [`HttpClassifier`] set up otherwise (one that treats 501 as final), or
+    /// any [`Classify`] over `http::Response<B>` and [`BoxError`]: a closure
+    /// `Fn(Result<&http::Response<B>, &BoxError>, Duration) -> Outcome`, or a type of your own,
+    /// for example one that asks an `HttpClassifier` after looking at a header of its own:
+    ///
+    /// ```
+    /// use seawall_core::{classify::HttpClassifier, BoxError, Classify, Outcome};
+    /// use seawall_retry::policy::{HttpPolicy, Policy};
+    /// use std::time::Duration;
+    ///
+    /// type Response = http::Response<()>;
+    ///
+    /// let base = HttpClassifier::new();
+    /// let policy = HttpPolicy::new().with_classifier(
+    ///     move |result: Result<&Response, &BoxError>, elapsed: Duration| match result {
+    ///         // A 200 from a replica that is catching up is worth another try.
+    ///         Ok(res) if res.headers().contains_key("x-stale") => Outcome::Failure,
+    ///         _ => base.classify(result, elapsed),
+    ///     },
+    /// );
+    ///
+    /// let stale = http::Response::builder().header("x-stale", "1").body(()).unwrap();
+    /// let p: &dyn Policy<http::Request<()>, Response> = &policy;
+    /// assert_eq!(p.classify(Ok(&stale), Duration::ZERO), Outcome::Failure);
+    /// // Still only idempotent methods.
+    /// assert!(!p.is_retryable(&http::Request::post("/orders").body(()).unwrap()));
+    /// ```
+    ///
+    /// A closure is asked for every attempt's duration (its
+    /// [`uses_elapsed`](Classify::uses_elapsed) is `true`); a type of your own that never reads
+    /// it can answer `false` to spare the clock reads.
+    pub fn with_classifier<C2>(self, classifier: C2) -> HttpPolicy<C2> {
+        HttpPolicy {
+            classifier,
+            non_idempotent: self.non_idempotent,
+            unsent: self.unsent,
+            opt_in: self.opt_in,
+        }
     }
 
-    /// Also retries POST, PATCH and other non-idempotent methods. Only for servers that
-    /// deduplicate (an idempotency key), or the same order may be placed twice.
+    /// The classifier that decides failures.
+    pub fn classifier(&self) -> &C {
+        &self.classifier
+    }
+
+    /// Also retries POST, PATCH and other non-idempotent methods, every request of them. Only
+    /// for servers that deduplicate every such request, or the same order may be placed twice;
+    /// to retry only the requests that carry an idempotency key, see
+    /// [`retry_if_header`](Self::retry_if_header).
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.non_idempotent = yes;
         self
+    }
+
+    /// Also retries a request of a non-idempotent method (POST, PATCH, ...) that carries the
+    /// header `name`, whatever its value: a server that deduplicates requests by that header
+    /// acts on the second copy no more than on the first. A request without it is sent again
+    /// only when it was never sent, as before. One header: a later call replaces `name`.
+    ///
+    /// For the `Idempotency-Key` header (Stripe's API, the IETF draft
+    /// `draft-ietf-httpapi-idempotency-key-header`), use
+    /// [`idempotency_key`](Self::idempotency_key).
+    ///
+    /// The header is read from the request as the retry (or hedge) layer is given it: set it
+    /// above the layer, not in a layer below it. Every attempt must carry the same value: the
+    /// default cloner copies the request as it is; a cloner of your own must not make a new key.
+    /// Such a request is hedged as well. Nothing else changes: what is a failure is still the
+    /// classifier's to say, and the header is only looked up for a method that is not
+    /// idempotent. The policy is cloned into every call: a name made with
+    /// [`HeaderName::from_static`] (or one of `http::header`'s) is copied without touching a
+    /// reference count; one parsed at run time costs an atomic increment and decrement a call.
+    pub fn retry_if_header(mut self, name: HeaderName) -> Self {
+        self.opt_in = Some(name);
+        self
+    }
+
+    /// Also retries a request of a non-idempotent method that carries an `Idempotency-Key`
+    /// header: [`retry_if_header`](Self::retry_if_header) for `idempotency-key`, the header
+    /// Stripe's API reads and the IETF draft `draft-ietf-httpapi-idempotency-key-header`
+    /// standardises.
+    ///
+    /// ```
+    /// use seawall_retry::policy::{HttpPolicy, Policy};
+    ///
+    /// let policy = HttpPolicy::new().idempotency_key();
+    /// let p: &dyn Policy<http::Request<()>, http::Response<()>> = &policy;
+    /// let keyed = http::Request::post("/charges")
+    ///     .header("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")
+    ///     .body(())
+    ///     .unwrap();
+    /// assert!(p.is_retryable(&keyed));
+    /// assert!(!p.is_retryable(&http::Request::post("/charges").body(()).unwrap()));
+    /// ```
+    pub fn idempotency_key(self) -> Self {
+        self.retry_if_header(HeaderName::from_static("idempotency-key"))
     }
 
     /// Whether a request of a non-idempotent method (POST, PATCH, ...) is sent again when an
@@ -361,10 +459,18 @@ pub fn is_idempotent(method: &Method) -> bool {
     method.is_idempotent()
 }
 
-impl<B, RB> Policy<Request<B>, Response<RB>> for HttpPolicy {
+impl<B, RB, C> Policy<Request<B>, Response<RB>> for HttpPolicy<C>
+where
+    C: Classify<Response<RB>, BoxError>,
+{
     #[inline]
     fn is_retryable(&self, request: &Request<B>) -> bool {
-        self.non_idempotent || is_idempotent(request.method())
+        self.non_idempotent
+            || is_idempotent(request.method())
+            || self
+                .opt_in
+                .as_ref()
+                .is_some_and(|name| request.headers().contains_key(name))
     }
 
     #[inline]
@@ -374,11 +480,11 @@ impl<B, RB> Policy<Request<B>, Response<RB>> for HttpPolicy {
 
     #[inline]
     fn classify(&self, result: Result<&Response<RB>, &BoxError>, elapsed: Duration) -> Outcome {
-        Classify::<Response<RB>, BoxError>::classify(&self.classifier, result, elapsed)
+        self.classifier.classify(result, elapsed)
     }
 
     fn uses_elapsed(&self) -> bool {
-        Classify::<Response<RB>, BoxError>::uses_elapsed(&self.classifier)
+        self.classifier.uses_elapsed()
     }
 
     fn retry_after(&self, response: &Response<RB>) -> Option<Duration> {
@@ -493,6 +599,37 @@ mod tests {
             p.classify(Ok(&status(501)), Duration::ZERO),
             Outcome::Success
         );
+    }
+
+    #[test]
+    fn with_classifier_keeps_the_rest_of_the_policy() {
+        let post = Request::post("/").body(()).unwrap();
+        let keyed = Request::post("/")
+            .header("idempotency-key", "1")
+            .body(())
+            .unwrap();
+        let errors_only = |result: Result<&Response<()>, &BoxError>, _: Duration| match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
+        let p: &P = &HttpPolicy::new()
+            .retry_unsent(false)
+            .idempotency_key()
+            .with_classifier(errors_only);
+        assert_eq!(
+            p.classify(Ok(&status(503)), Duration::ZERO),
+            Outcome::Success
+        );
+        assert!(!p.retries_unsent(&post));
+        assert!(p.is_retryable(&keyed));
+        assert!(!p.is_retryable(&post));
+        assert!(p.is_retryable(&Request::get("/").body(()).unwrap()));
+        assert!(p.uses_elapsed(), "a closure is given the duration");
+        let p: &P = &HttpPolicy::new()
+            .retry_non_idempotent(true)
+            .with_classifier(errors_only);
+        assert!(p.is_retryable(&post));
+        assert!(p.retries_unsent(&post));
     }
 
     #[test]

@@ -379,6 +379,61 @@ async fn only_copyable_and_retryable_requests_hedge() {
     assert_eq!(counted.load(Ordering::SeqCst), 3, "GET is");
 }
 
+/// `.http()` hedges no POST, one with an `Idempotency-Key` included; a policy with
+/// `idempotency_key` hedges that one, and still no other POST.
+#[tokio::test(start_paused = true)]
+async fn a_post_with_an_idempotency_key_hedges_only_once_opted_in() {
+    use seawall_retry::HttpPolicy;
+
+    let counted = Arc::new(AtomicUsize::new(0));
+    let c = counted.clone();
+    let slow = service_fn(move |_: Req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(ms(500)).await;
+            Ok::<_, BoxError>(http::Response::new(()))
+        }
+    });
+    let keyed = || -> Req {
+        http::Request::post("/charges")
+            .header("idempotency-key", "k-1")
+            .body("x")
+            .unwrap()
+    };
+    let builder = || {
+        HedgeLayer::builder()
+            .delay(ms(10))
+            .max_hedges(1)
+            .budget(RetryBudget::unlimited())
+    };
+    let sent = |layer: HedgeLayer<HttpPolicy>, req: Req| {
+        let before = counted.load(Ordering::SeqCst);
+        let slow = slow.clone();
+        let counted = counted.clone();
+        async move {
+            layer.layer(slow).oneshot(req).await.unwrap();
+            counted.load(Ordering::SeqCst) - before
+        }
+    };
+    let http = builder().http().build().unwrap();
+    assert_eq!(
+        sent(http.clone(), keyed()).await,
+        1,
+        ".http(): a keyed POST"
+    );
+    assert_eq!(sent(http, get()).await, 2, ".http(): a GET");
+    let key = builder()
+        .policy(HttpPolicy::new().idempotency_key())
+        .build()
+        .unwrap();
+    assert_eq!(
+        sent(key.clone(), keyed()).await,
+        2,
+        "opted in: a keyed POST"
+    );
+    assert_eq!(sent(key, post()).await, 1, "opted in: a POST without a key");
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedge_budget_bounds_the_extra_load() {
     // Hedges for at most 10% of requests, no reserve.

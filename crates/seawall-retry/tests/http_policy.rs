@@ -2,6 +2,7 @@
 
 mod support;
 
+use seawall_core::{classify::HttpClassifier, BoxError, Classify, Outcome};
 use seawall_retry::{policy::HttpPolicy, Backoff, RetryBudget, RetryLayer};
 use std::time::Duration;
 use support::{get, ms, post, statuses, Req};
@@ -356,4 +357,215 @@ async fn a_policy_wrapped_by_ignore_error_returns_that_error_at_once() {
         .layer(svc);
     assert_eq!(client.oneshot(post()).await.unwrap().status(), 503);
     assert_eq!(calls.count(), 1, "a POST is sent once");
+}
+
+/// A classifier of one's own: the HTTP classifier's answer, and a 404 is a failure too (a replica
+/// that has not caught up yet).
+#[derive(Clone)]
+struct NotFoundIsFailure(HttpClassifier);
+
+impl<B> Classify<http::Response<B>, BoxError> for NotFoundIsFailure {
+    fn classify(
+        &self,
+        result: Result<&http::Response<B>, &BoxError>,
+        elapsed: Duration,
+    ) -> Outcome {
+        match result {
+            Ok(res) if res.status() == 404 => Outcome::Failure,
+            _ => self.0.classify(result, elapsed),
+        }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
+}
+
+/// `with_classifier` changes what is a failure, nothing else: a POST is still sent once whatever
+/// the failure, a GET is retried, and `Retry-After` is still waited.
+#[tokio::test(start_paused = true)]
+async fn a_classifier_of_ones_own_keeps_idempotency_and_retry_after() {
+    let own = || {
+        layer().policy(HttpPolicy::new().with_classifier(NotFoundIsFailure(HttpClassifier::new())))
+    };
+    for (method, status, expected) in [
+        ("GET", 404, 3),
+        ("GET", 503, 3),
+        ("GET", 200, 1),
+        ("POST", 404, 1),
+        ("POST", 503, 1),
+    ] {
+        let (svc, calls) = statuses(vec![(status, None)]);
+        let req: Req = http::Request::builder().method(method).body("x").unwrap();
+        let res = own()
+            .build()
+            .unwrap()
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+        assert_eq!(calls.count(), expected, "{method} {status}");
+    }
+
+    let (svc, calls) = statuses(vec![(503, Some("3")), (200, None)]);
+    let res = own()
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.gaps(), [Duration::from_secs(3)], "Retry-After waited");
+
+    // A closure is a classifier too.
+    let base = HttpClassifier::new();
+    let closure = HttpPolicy::new().with_classifier(
+        move |result: Result<&http::Response<()>, &BoxError>, elapsed: Duration| match result {
+            Ok(res) if res.status() == 404 => Outcome::Failure,
+            _ => base.classify(result, elapsed),
+        },
+    );
+    let layer = layer().policy(closure).build().unwrap();
+    for (req, expected) in [(get(), 3), (post(), 1)] {
+        let (svc, calls) = statuses(vec![(404, None)]);
+        layer.layer(svc).oneshot(req).await.unwrap();
+        assert_eq!(calls.count(), expected);
+    }
+}
+
+fn keyed(method: &str, header: &str) -> Req {
+    http::Request::builder()
+        .method(method)
+        .uri("/charges")
+        .header(header, "8e03978e-40d5-43e8-bc93-6894a57f9324")
+        .body("x")
+        .unwrap()
+}
+
+/// Sends `req` through `policy` over a service answering `script`, checking that every attempt
+/// carries the headers the caller set; returns the final status and the number of calls.
+async fn send_through(
+    policy: HttpPolicy,
+    script: Vec<(u16, Option<&'static str>)>,
+    req: Req,
+) -> (u16, usize) {
+    let (svc, calls) = statuses(script);
+    let sent = req.headers().clone();
+    let svc = svc.map_request(move |r: Req| {
+        assert_eq!(
+            r.headers(),
+            &sent,
+            "every attempt carries the caller's headers"
+        );
+        r
+    });
+    let res = layer()
+        .policy(policy)
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap();
+    (res.status().as_u16(), calls.count())
+}
+
+/// `idempotency_key` retries a POST or PATCH that carries an `Idempotency-Key`, and only that
+/// one; `retry_if_header` does the same for a header of one's own.
+#[tokio::test(start_paused = true)]
+async fn a_request_with_an_idempotency_key_is_retried_once_opted_in() {
+    let key = || HttpPolicy::new().idempotency_key();
+    for method in ["POST", "PATCH"] {
+        assert_eq!(
+            send_through(key(), vec![(503, None)], keyed(method, "idempotency-key")).await,
+            (503, 3),
+            "{method} with a key"
+        );
+        let plain: Req = http::Request::builder().method(method).body("x").unwrap();
+        assert_eq!(
+            send_through(key(), vec![(503, None)], plain).await,
+            (503, 1),
+            "{method} without one"
+        );
+        assert_eq!(
+            send_through(
+                HttpPolicy::new(),
+                vec![(503, None)],
+                keyed(method, "idempotency-key")
+            )
+            .await,
+            (503, 1),
+            "{method} with a key, not opted in"
+        );
+    }
+    assert_eq!(
+        send_through(
+            key(),
+            vec![(503, None), (200, None)],
+            keyed("POST", "Idempotency-Key")
+        )
+        .await,
+        (200, 2),
+        "header names are case-insensitive"
+    );
+
+    let own = || HttpPolicy::new().retry_if_header(http::HeaderName::from_static("x-dedup-id"));
+    assert_eq!(
+        send_through(own(), vec![(429, None)], keyed("POST", "x-dedup-id")).await,
+        (429, 3)
+    );
+    assert_eq!(
+        send_through(own(), vec![(429, None)], keyed("POST", "idempotency-key")).await,
+        (429, 1),
+        "another header"
+    );
+
+    // An error after sending (a reset) too.
+    let (svc, calls) = support::flaky(1);
+    let svc = svc.map_response(|_| http::Response::new(()));
+    layer()
+        .policy(key())
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(keyed("POST", "idempotency-key"))
+        .await
+        .unwrap();
+    assert_eq!(calls.count(), 2);
+}
+
+/// The key makes a request retryable, not its answer a failure: that is still the classifier's.
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_key_does_not_make_an_answer_a_failure() {
+    for status in [200, 201, 400, 404, 409] {
+        assert_eq!(
+            send_through(
+                HttpPolicy::new().idempotency_key(),
+                vec![(status, None)],
+                keyed("POST", "idempotency-key")
+            )
+            .await,
+            (status, 1),
+            "{status}"
+        );
+    }
+    let own = HttpPolicy::new()
+        .idempotency_key()
+        .with_classifier(NotFoundIsFailure(HttpClassifier::new()));
+    let (svc, calls) = statuses(vec![(404, None), (200, None)]);
+    let res = layer()
+        .policy(own)
+        .build()
+        .unwrap()
+        .layer(svc)
+        .oneshot(keyed("POST", "idempotency-key"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status().as_u16(), calls.count()),
+        (200, 2),
+        "the key is kept across with_classifier"
+    );
 }
