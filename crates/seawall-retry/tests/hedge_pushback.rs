@@ -225,7 +225,7 @@ async fn a_pause_holds_back_a_hedge_waiting_for_the_service_to_be_ready() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_pause_is_asked_only_of_a_failure_while_a_hedge_may_follow() {
+async fn the_pause_is_asked_only_of_a_failure_while_a_copy_runs_and_a_hedge_may_follow() {
     // The original wins: nothing asked.
     let policy = Pausing::default();
     let (svc, _) = scripted(vec![(ms(5), Answer::Ok)]);
@@ -265,6 +265,39 @@ async fn the_pause_is_asked_only_of_a_failure_while_a_hedge_may_follow() {
     // A failure while hedge 2 may follow: asked once.
     let policy = Pausing::default();
     original_slow_first_hedge_fails(policy.clone(), Answer::Busy(None), None).await;
+    assert_eq!(policy.asked(), 1);
+
+    // The original fails before hedge 1 is due, with no other copy running: the call ends with
+    // its failure, and nothing is asked.
+    let policy = Pausing::default();
+    let (svc, calls) = scripted(vec![(ms(5), Answer::Busy(Some(ms(5))))]);
+    let start = Instant::now();
+    let error = hedge(policy.clone(), 2)
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(error.is::<Busy>(), "{error}");
+    assert_eq!(start.elapsed(), ms(5));
+    assert_eq!(calls.count(), 1);
+    assert_eq!(policy.asked(), 0);
+
+    // The original fails at 22 ms while hedge 1 runs: asked. Hedge 1 fails at 25 ms, the last
+    // copy running, with hedge 2 still to come: the call ends, and nothing more is asked.
+    let policy = Pausing::default();
+    let (svc, calls) = scripted(vec![
+        (ms(22), Answer::Busy(None)),
+        (ms(5), Answer::Busy(Some(ms(5)))),
+    ]);
+    let start = Instant::now();
+    let error = hedge(policy.clone(), 2)
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(error.is::<Busy>(), "{error}");
+    assert_eq!(start.elapsed(), ms(25));
+    assert_eq!(calls.since(start), [ms(0), ms(20)]);
     assert_eq!(policy.asked(), 1);
 }
 

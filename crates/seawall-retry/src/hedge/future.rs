@@ -25,16 +25,16 @@ use tower_service::Service;
 pin_project! {
     /// The response future of [`Hedge`](super::Hedge).
     ///
-    /// Polls the original call first; only when it is still pending is the hedge timer armed.
-    /// When the timer fires it takes a hedge from the budget, polls the inner service ready and
-    /// sends a copy; a copy whose error proves it was never sent (a bulkhead below was full) gives
-    /// its hedge back. The first acceptable answer wins and every other call still running is
-    /// dropped (cancelled) at once. A copy that fails while another hedge may still be sent has
-    /// the policy read the pause its server asked for: "do not retry" sends no further hedge, a
-    /// pause holds the next one back. It allocates itself only when it sends a hedge, but the copy
-    /// of the request kept for that hedge is made in `call`, for every hedgeable call once a
-    /// delay is known, a hedge sent or not: it allocates whenever the request's copy does (an
-    /// `http::Request`'s headers and extensions). With a percentile delay,
+    /// Polls the original call first; only when it is still pending is the hedge timer armed. When
+    /// the timer fires it takes a hedge from the budget, polls the inner service ready and sends a
+    /// copy; a copy whose error proves it was never sent (a bulkhead below was full) gives its
+    /// hedge back. The first acceptable answer wins and every other call still running is dropped
+    /// (cancelled) at once. A copy that fails while another copy is still running and another hedge
+    /// may still be sent has the policy read the pause its server asked for: "do not retry" sends
+    /// no further hedge, a pause holds the next one back. It allocates itself only when it sends a
+    /// hedge, but the copy of the request kept for that hedge is made in `call`, for every
+    /// hedgeable call once a delay is known, a hedge sent or not: it allocates whenever the
+    /// request's copy does (an `http::Request`'s headers and extensions). With a percentile delay,
     /// a call that fails (a copy that may have been sent failed) is recorded as having taken as
     /// long as it ran until its last copy that may have been sent answered, and one dropped
     /// unanswered as long as it ran (each a lower bound on its latency), when that is longer than
@@ -286,8 +286,8 @@ fn keep<Res>(
 
 /// The pause the server asked for with a failed answer: [`Policy::retry_after`] of a response,
 /// [`Policy::retry_after_error`] of an error (gRPC's retry pushback). Out of line: asked only when
-/// a copy failed and another hedge may still be sent, so a call whose first answer wins never
-/// comes here.
+/// a copy failed while another copy is still running and another hedge may still be sent, so a
+/// call whose first answer wins, or whose last running copy fails, never comes here.
 #[cold]
 #[inline(never)]
 fn asked_pause<P, Req, Res>(policy: &P, result: &Result<Res, BoxError>) -> Option<Duration>
@@ -347,7 +347,12 @@ where
                         abandon_hedge(this.service, this.withdrawn, this.readying);
                         return Poll::Ready(result);
                     }
-                    if outcome == Outcome::Failure && this.template.is_some() {
+                    // Asked only while a hedge may follow and a copy runs on; otherwise the
+                    // call ends (or sends nothing more) and the answer would go unused.
+                    if outcome == Outcome::Failure
+                        && this.template.is_some()
+                        && !this.hedges.is_empty()
+                    {
                         pause = pause.max(asked_pause(&shared.policy, &result));
                     }
                     keep(
@@ -390,7 +395,10 @@ where
                     shared.on_won(hedge);
                     return Poll::Ready(result);
                 }
-                if outcome == Outcome::Failure && this.template.is_some() {
+                if outcome == Outcome::Failure
+                    && this.template.is_some()
+                    && (this.primary.is_some() || !this.hedges.is_empty())
+                {
                     pause = pause.max(asked_pause(&shared.policy, &result));
                 }
                 keep(
