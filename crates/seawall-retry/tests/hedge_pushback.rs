@@ -1,7 +1,8 @@
 //! A hedge and the pause a server asks for with a failed answer (`Policy::retry_after`,
-//! `Policy::retry_after_error`: gRPC's retry pushback for one), as gRFC A6 has hedged calls
-//! honour it: "do not retry" (`Duration::MAX`) sends no further hedge, and a pause holds the
-//! next hedge back until at least then; the copies already out run on. In paused time.
+//! `Policy::retry_after_error`: gRPC's retry pushback for one): "do not retry" (`Duration::MAX`)
+//! sends no further hedge, as gRFC A6 has it, and a pause holds the next hedge back until at
+//! least then, a floor that never sends it sooner than its delay (A6 would); the copies already
+//! out run on. In paused time.
 
 mod support;
 

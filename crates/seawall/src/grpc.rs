@@ -397,9 +397,11 @@ fn code_of_one(error: &(dyn Error + 'static)) -> Option<Code> {
 /// that copy's UNAVAILABLE in place of the server's own answer. To hedge gRPC calls, classify with
 /// a classifier of your own that makes the codes that should end the hedge [`Outcome::Success`].
 /// Given as the hedge's policy (`HedgeLayer::builder().policy(RetryClassifier::new())`), it also
-/// reads a failed copy's pushback, as gRFC A6's hedging does: a wait holds the next hedge back
-/// until at least that long after the failure, and a negative or malformed value sends no
-/// further hedge (the copies already out run on). `.classify(..)` reads none; a policy of your own
+/// reads a failed copy's pushback: a wait holds the next hedge back until at least that long
+/// after the failure, and a negative or malformed value sends no further hedge (the copies
+/// already out run on). The wait is a floor, never sending a hedge sooner than its delay: gRFC
+/// A6's hedging sends the next hedge when the pushback ends (and at once after a non-fatal status
+/// without one); seawall only holds it back. `.classify(..)` reads none; a policy of your own
 /// reads it with [`retry_pushback`].
 ///
 /// # Server pushback

@@ -437,9 +437,11 @@ where
                 return Poll::Pending;
             }
 
-            // gRFC A6's rule for hedged calls: a copy that failed with "do not retry" from the
-            // server stops the hedges not yet sent, and one that asked for a pause holds the next
-            // hedge back until at least then. The copies already out run on.
+            // A copy that failed with "do not retry" from the server stops the hedges not yet
+            // sent, as gRFC A6 has it; one that asked for a pause holds the next hedge back until
+            // at least then. The pause is only a floor: unlike A6, which sends the next hedge when
+            // it ends, the timer only ever moves later, never before the hedge's delay. The copies
+            // already out run on.
             if let Some(pause) = pause {
                 let now = Instant::now();
                 let not_before = deadline_after(now, pause);

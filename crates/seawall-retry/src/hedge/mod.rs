@@ -21,18 +21,19 @@
 //!   sent), and a hedge due but still waiting for the inner service to be ready is given up.
 //!   Hedging does not re-send *because* of a failure: that is what
 //!   [`RetryLayer`](crate::RetryLayer) is for.
-//! - **Server pauses** (gRFC A6's rule for hedged calls): when a copy fails
-//!   ([`Outcome::Failure`](seawall_core::Outcome)) while another copy is still running and
-//!   another hedge may still be sent, the policy is asked for the pause the server asked for
-//!   ([`retry_after`](crate::Policy::retry_after) of a response, a `Retry-After` for
-//!   [`HttpPolicy`](crate::HttpPolicy);
-//!   [`retry_after_error`](crate::Policy::retry_after_error) of an error, gRPC's retry pushback
-//!   for `seawall::grpc::RetryClassifier`). `Duration::MAX` ("do not retry") sends no further
-//!   hedge, and neither does a pause the deadline leaves no room for; any other pause holds the
-//!   next hedge back until at least that long after the failure (a hedge due and waiting for the
-//!   inner service to be ready is given up until then). No cap applies. The copies already out
-//!   run on, and the call answers as above. Nothing is asked when the first answer wins, nor of
-//!   a failure that ends the call.
+//! - **Server pauses**: when a copy fails ([`Outcome::Failure`](seawall_core::Outcome)) while
+//!   another copy is still running and another hedge may still be sent, the policy is asked for the
+//!   pause the server asked for ([`retry_after`](crate::Policy::retry_after) of a response, a
+//!   `Retry-After` for [`HttpPolicy`](crate::HttpPolicy);
+//!   [`retry_after_error`](crate::Policy::retry_after_error) of an error, gRPC's retry pushback for
+//!   `seawall::grpc::RetryClassifier`). `Duration::MAX` ("do not retry") sends no further hedge,
+//!   and neither does a pause the deadline leaves no room for; any other pause holds the next hedge
+//!   back until at least that long after the failure (a hedge due and waiting for the inner service
+//!   to be ready is given up until then). The pause is a floor: a hedge is never sent sooner than
+//!   its delay. gRFC A6 uses the same signals but sends the next hedge when the pause ends (and at
+//!   once after a non-fatal status without one); seawall only holds a hedge back. No cap applies.
+//!   The copies already out run on, and the call answers as above. Nothing is asked when the first
+//!   answer wins, nor of a failure that ends the call.
 //! - **Budget**: each hedge takes one from a [`RetryBudget`](crate::budget::RetryBudget), by
 //!   default 10% of requests over 10 s and no reserve, so hedging cannot double the load when
 //!   everything is slow at once (which is when hedges stop helping). A hedge never sent is given
