@@ -150,7 +150,10 @@ impl<P, K> HedgeConfigBuilder<P, K> {
     }
 
     /// The HTTP policy: only idempotent methods are hedged; 5xx, 429 and errors are not accepted
-    /// while another copy may still answer.
+    /// while another copy may still answer. The `Retry-After` of a 429 or 503 from a copy that
+    /// fails while another copy runs on holds the next hedge back until at least that long after
+    /// the failure, with no cap: `Retry-After: 120` delays it by two minutes, and one the deadline
+    /// leaves no room for sends no further hedge (see the [module docs](crate::hedge)).
     pub fn http(self) -> HedgeConfigBuilder<HttpPolicy, K> {
         self.policy(HttpPolicy::new())
     }

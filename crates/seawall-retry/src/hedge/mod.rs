@@ -12,7 +12,8 @@
 //!   delay follows the service when it gets faster or slower. A call that fails, or is dropped
 //!   unanswered, after running longer than the successes' percentile counts as the time it ran
 //!   (a failed call's, until its last copy that may have been sent answered).
-//! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one.
+//! - **Up to `max_hedges` copies** (default 1), each `delay` after the previous one, or later
+//!   when a server asked for a pause (below).
 //! - **Acceptable** means an [`Outcome::Success`](seawall_core::Outcome) by the policy. A
 //!   failed or ignored answer (a bulkhead's rejection of a copy) does not win while another copy
 //!   is still running; when every copy sent has answered so, the answer that tells most is
@@ -107,7 +108,8 @@ pub enum HedgeEvent {
         /// Which copy: 1 for the first hedge.
         hedge: u32,
         /// How long after the original call (with a fixed delay, after its first poll, whatever
-        /// the policy) it was sent: the delays before it plus any wait for the inner service to
+        /// the policy) it was sent: the delays before it, plus any time a pause a failed copy's
+        /// server asked for held it back past its delay, plus any wait for the inner service to
         /// be ready.
         after: Duration,
     },
