@@ -1,16 +1,18 @@
 //! What is retried (or hedged), and how requests are copied.
 //!
-//! A [`Policy`] answers four questions for the retry and hedge layers: may this request be sent
-//! more than once ([`is_retryable`](Policy::is_retryable)), may it be sent again all the same when
-//! it was never sent ([`retries_unsent`](Policy::retries_unsent)), did this attempt fail
+//! A [`Policy`] answers five questions for the retry and hedge layers: may this request be sent
+//! again after an attempt ended ([`is_retryable`](Policy::is_retryable)), may copies of it run
+//! side by side ([`is_hedgeable`](Policy::is_hedgeable), asked by the hedge only; the same answer
+//! unless overridden), may it be sent again all the same when it was never sent
+//! ([`retries_unsent`](Policy::retries_unsent)), did this attempt fail
 //! ([`classify`](Policy::classify), an [`Outcome`] as everywhere in seawall) and did the server ask
 //! for a pause ([`retry_after`](Policy::retry_after) on a failed response,
 //! [`retry_after_error`](Policy::retry_after_error) on an error). Two are ready-made:
 //!
-//! | policy | retryable requests | other requests, when not sent | failures | server-requested pause |
-//! |---|---|---|---|---|
-//! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | — | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
-//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), others carrying an `Idempotency-Key` once opted in ([`retry_if_header`](HttpPolicy::retry_if_header)), or all ([`retry_non_idempotent`](HttpPolicy::retry_non_idempotent)) | retried ([`retry_unsent`](HttpPolicy::retry_unsent) turns it off) | 5xx, 429 and errors (connection refused, reset, timed out), or what the classifier given to [`with_classifier`](HttpPolicy::with_classifier) says | `Retry-After` on 429 and 503 |
+//! | policy | retryable requests | hedged requests | other requests, when not sent | failures | server-requested pause |
+//! |---|---|---|---|---|---|
+//! | [`Classified`] around any [`seawall_core::Classify`] (default: [`DefaultClassifier`]) | all | all | — | what the classifier calls [`Outcome::Failure`] (default: every `Err`) | none |
+//! | [`HttpPolicy`] | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), others carrying an `Idempotency-Key` once opted in ([`retry_if_header`](HttpPolicy::retry_if_header)), or all ([`retry_non_idempotent`](HttpPolicy::retry_non_idempotent)) | idempotent methods, or all with [`retry_non_idempotent`](HttpPolicy::retry_non_idempotent); a key does not make a request hedged | retried ([`retry_unsent`](HttpPolicy::retry_unsent) turns it off) | 5xx, 429 and errors (connection refused, reset, timed out), or what the classifier given to [`with_classifier`](HttpPolicy::with_classifier) says | `Retry-After` on 429 and 503 |
 //!
 //! `seawall::grpc::RetryClassifier` (the facade's `grpc` feature, with `retry`) is a policy as well
 //! as a classifier: given with [`policy`](crate::RetryConfigBuilder::policy), it also waits the
@@ -52,6 +54,20 @@ pub trait Policy<Req, Res> {
     fn is_retryable(&self, request: &Req) -> bool {
         let _ = request;
         true
+    }
+
+    /// Whether a hedge may send copies of `request` while an earlier copy is still running.
+    /// [`is_retryable`](Policy::is_retryable) unless overridden; only the hedge asks it.
+    ///
+    /// Answer `false` for a request that is safe to send again only once the earlier attempt
+    /// has ended. [`HttpPolicy`] does so for a request that only its
+    /// [`retry_if_header`](HttpPolicy::retry_if_header) makes retryable: a server that
+    /// deduplicates by an idempotency key answers a copy arriving while the first is still being
+    /// processed with a 409 Conflict at once (`draft-ietf-httpapi-idempotency-key-header`,
+    /// Stripe's API), and that quick answer would win the hedge, cancelling the original that the
+    /// server goes on to perform.
+    fn is_hedgeable(&self, request: &Req) -> bool {
+        self.is_retryable(request)
     }
 
     /// Whether `request`, when [`is_retryable`](Policy::is_retryable) says no, may still be sent
@@ -158,6 +174,11 @@ where
     }
 
     #[inline]
+    fn is_hedgeable(&self, request: &Req) -> bool {
+        self.policy.is_hedgeable(request)
+    }
+
+    #[inline]
     fn retries_unsent(&self, request: &Req) -> bool {
         self.policy.retries_unsent(request)
     }
@@ -195,6 +216,11 @@ where
     #[inline]
     fn is_retryable(&self, request: &Req) -> bool {
         self.get_ref().is_retryable(request)
+    }
+
+    #[inline]
+    fn is_hedgeable(&self, request: &Req) -> bool {
+        self.get_ref().is_hedgeable(request)
     }
 
     #[inline]
@@ -284,7 +310,10 @@ where
 /// header given to [`retry_if_header`](HttpPolicy::retry_if_header) (an `Idempotency-Key`:
 /// [`idempotency_key`](HttpPolicy::idempotency_key)), and reads `Retry-After` on 429 and 503. A
 /// request of another method is sent again only when it was never sent (a seawall rejection below
-/// the retry, a refused connection; see [`retry_unsent`](HttpPolicy::retry_unsent)).
+/// the retry, a refused connection; see [`retry_unsent`](HttpPolicy::retry_unsent)). A hedge
+/// given this policy copies only the idempotent methods, or every method with
+/// `retry_non_idempotent`: the header makes a request retried, not hedged
+/// ([`Policy::is_hedgeable`]).
 ///
 /// What is a failure is decided by its classifier `C`, an [`HttpClassifier`] unless
 /// [`with_classifier`](HttpPolicy::with_classifier) gives another; which requests may be sent
@@ -404,7 +433,9 @@ impl<C> HttpPolicy<C> {
     /// The header is read from the request as the retry (or hedge) layer is given it: set it
     /// above the layer, not in a layer below it. Every attempt must carry the same value: the
     /// default cloner copies the request as it is; a cloner of your own must not make a new key.
-    /// Such a request is hedged as well. Nothing else changes: what is a failure is still the
+    /// Such a request is retried, not hedged ([`Policy::is_hedgeable`]): a server deduplicating
+    /// by the header answers a copy sent while the first is still being processed with a 409
+    /// Conflict, which would win the hedge. Nothing else changes: what is a failure is still the
     /// classifier's to say, and the header is only looked up for a method that is not
     /// idempotent. The policy is cloned into every call: a name made with
     /// [`HeaderName::from_static`] (or one of `http::header`'s) is copied without touching a
@@ -430,6 +461,8 @@ impl<C> HttpPolicy<C> {
     ///     .unwrap();
     /// assert!(p.is_retryable(&keyed));
     /// assert!(!p.is_retryable(&http::Request::post("/charges").body(()).unwrap()));
+    /// // Retried, not hedged.
+    /// assert!(!p.is_hedgeable(&keyed));
     /// ```
     pub fn idempotency_key(self) -> Self {
         self.retry_if_header(HeaderName::from_static("idempotency-key"))
@@ -471,6 +504,13 @@ where
                 .opt_in
                 .as_ref()
                 .is_some_and(|name| request.headers().contains_key(name))
+    }
+
+    /// The key header does not count: a copy sent while the first is still being processed
+    /// gets the server's 409 Conflict.
+    #[inline]
+    fn is_hedgeable(&self, request: &Request<B>) -> bool {
+        self.non_idempotent || is_idempotent(request.method())
     }
 
     #[inline]
@@ -624,12 +664,39 @@ mod tests {
         assert!(p.is_retryable(&keyed));
         assert!(!p.is_retryable(&post));
         assert!(p.is_retryable(&Request::get("/").body(()).unwrap()));
+        assert!(!p.is_hedgeable(&keyed), "retried, not hedged");
+        assert!(p.is_hedgeable(&Request::get("/").body(()).unwrap()));
         assert!(p.uses_elapsed(), "a closure is given the duration");
         let p: &P = &HttpPolicy::new()
             .retry_non_idempotent(true)
             .with_classifier(errors_only);
         assert!(p.is_retryable(&post));
+        assert!(p.is_hedgeable(&post));
         assert!(p.retries_unsent(&post));
+    }
+
+    #[test]
+    fn a_key_opts_into_retries_not_hedges_through_every_wrapper() {
+        use seawall_core::classify::ClassifyExt;
+        let keyed = Request::post("/")
+            .header("idempotency-key", "1")
+            .body(())
+            .unwrap();
+        let get = Request::get("/").body(()).unwrap();
+        let wrapped: [&P; 3] = [
+            &HttpPolicy::new().idempotency_key(),
+            &Ignoring::<_, Refused>::new(HttpPolicy::new().idempotency_key()),
+            &HttpPolicy::new()
+                .idempotency_key()
+                .ignore_error::<Refused>(),
+        ];
+        for p in wrapped {
+            assert!(p.is_retryable(&keyed));
+            assert!(!p.is_hedgeable(&keyed));
+            assert!(p.is_hedgeable(&get));
+        }
+        // A policy of one's own hedges what it retries unless it says otherwise.
+        assert!(Policy::<Ping, u8>::is_hedgeable(&SlowIsFailure, &Ping));
     }
 
     #[test]

@@ -379,10 +379,11 @@ async fn only_copyable_and_retryable_requests_hedge() {
     assert_eq!(counted.load(Ordering::SeqCst), 3, "GET is");
 }
 
-/// `.http()` hedges no POST, one with an `Idempotency-Key` included; a policy with
-/// `idempotency_key` hedges that one, and still no other POST.
+/// `.http()` hedges no POST, one with an `Idempotency-Key` included, and neither does a policy
+/// with `idempotency_key` (the key opts a request into retries only); `retry_non_idempotent`
+/// hedges every POST.
 #[tokio::test(start_paused = true)]
-async fn a_post_with_an_idempotency_key_hedges_only_once_opted_in() {
+async fn a_post_with_an_idempotency_key_is_not_hedged() {
     use seawall_retry::HttpPolicy;
 
     let counted = Arc::new(AtomicUsize::new(0));
@@ -428,10 +429,76 @@ async fn a_post_with_an_idempotency_key_hedges_only_once_opted_in() {
         .unwrap();
     assert_eq!(
         sent(key.clone(), keyed()).await,
-        2,
-        "opted in: a keyed POST"
+        1,
+        "idempotency_key: a keyed POST"
     );
-    assert_eq!(sent(key, post()).await, 1, "opted in: a POST without a key");
+    assert_eq!(
+        sent(key.clone(), post()).await,
+        1,
+        "idempotency_key: a POST without a key"
+    );
+    assert_eq!(sent(key, get()).await, 2, "idempotency_key: a GET");
+    let all = builder()
+        .policy(HttpPolicy::new().retry_non_idempotent(true))
+        .build()
+        .unwrap();
+    assert_eq!(
+        sent(all.clone(), keyed()).await,
+        2,
+        "retry_non_idempotent: a keyed POST"
+    );
+    assert_eq!(sent(all, post()).await, 2, "retry_non_idempotent: a POST");
+}
+
+/// A server that deduplicates by `Idempotency-Key` (as `draft-ietf-httpapi-idempotency-key-header`
+/// asks, and Stripe's API does) answers a request whose key is still being processed with 409 at
+/// once. A hedge of a keyed POST would arrive exactly then, and its 409 would win over the
+/// original's answer; so a hedge with `idempotency_key` sends the original alone.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_gets_the_originals_answer_not_the_servers_409() {
+    use seawall_retry::HttpPolicy;
+    use std::collections::HashSet;
+
+    let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let calls = Calls::default();
+    let server = {
+        let calls = calls.clone();
+        service_fn(move |req: Req| {
+            calls.push(&req);
+            let key = req.headers()["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let first = in_flight.lock().unwrap().insert(key.clone());
+            let in_flight = in_flight.clone();
+            async move {
+                let status = if first {
+                    tokio::time::sleep(ms(300)).await;
+                    in_flight.lock().unwrap().remove(&key);
+                    201
+                } else {
+                    409
+                };
+                let res = http::Response::builder().status(status).body(()).unwrap();
+                Ok::<_, BoxError>(res)
+            }
+        })
+    };
+    let layer = HedgeLayer::builder()
+        .policy(HttpPolicy::new().idempotency_key())
+        .delay(ms(10))
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let keyed = http::Request::post("/charges")
+        .header("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")
+        .body("x")
+        .unwrap();
+    let start = Instant::now();
+    let res = layer.layer(server).oneshot(keyed).await.unwrap();
+    assert_eq!(res.status(), 201, "the original's answer");
+    assert_eq!(start.elapsed(), ms(300));
+    assert_eq!(calls.count(), 1, "no copy sent");
 }
 
 #[tokio::test(start_paused = true)]

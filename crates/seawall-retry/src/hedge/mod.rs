@@ -44,8 +44,10 @@
 //!   refused connection). Such an answer, the original's included, takes no token from a token
 //!   bucket either, so a saturated bulkhead below does not use up the budget for hedges it never
 //!   let through.
-//! - **Only copyable, retryable requests hedge**: the policy's `is_retryable` (for HTTP:
-//!   idempotent methods) and the cloner must both agree.
+//! - **Only copyable, hedgeable requests hedge**: the policy's
+//!   [`is_hedgeable`](crate::Policy::is_hedgeable) (by default its `is_retryable`; for HTTP:
+//!   idempotent methods, or every method with `retry_non_idempotent`, but not a request that
+//!   only an idempotency key makes retryable) and the cloner must both agree.
 //! - **Deadline**: no copy is sent once the request's deadline (read through [`RequestDeadline`]
 //!   from the request as the call receives it, and given to any copy the cloner made without one
 //!   or with a later one)

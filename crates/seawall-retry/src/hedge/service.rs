@@ -95,7 +95,7 @@ where
             // No copy for a request whose deadline comes before its first hedge could start,
             // counted from the call. A fixed delay counts from the first poll, which may come
             // later still: the response future then drops a copy its first hedge could not send.
-            Some(delay) if shared.policy.is_retryable(&request) => {
+            Some(delay) if shared.policy.is_hedgeable(&request) => {
                 let due = || deadline_after(started.unwrap_or_else(Instant::now), delay);
                 match request.deadline() {
                     Some(deadline) if misses(deadline, due()) => (None, None),
