@@ -464,6 +464,29 @@ impl<C> HttpPolicy<C> {
     /// // Retried, not hedged.
     /// assert!(!p.is_hedgeable(&keyed));
     /// ```
+    ///
+    /// A retry after a per-attempt timeout or a reset usually reaches the server while it is
+    /// still processing the first attempt, and a server following the draft answers it with 409
+    /// Conflict at once. [`HttpClassifier`] counts a 4xx as an answer, so that 409 is what the
+    /// call returns, while the server goes on to perform the first attempt. A retry that arrives
+    /// once the first has completed gets the stored answer, whatever it was: a stored 5xx is
+    /// replayed, not performed again. To wait out the 409 and ask again, count it as a failure
+    /// (the retry reads no `Retry-After` on a 409: give it a backoff and attempts enough for the
+    /// server to finish; every 409 is then retried, a PUT's edit conflict included):
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use seawall_core::{classify::HttpClassifier, Outcome};
+    /// use seawall_retry::policy::{HttpPolicy, Policy};
+    /// use std::time::Duration;
+    ///
+    /// let policy = HttpPolicy::new()
+    ///     .idempotency_key()
+    ///     .with_classifier(HttpClassifier::new().with_failure(StatusCode::CONFLICT));
+    /// let p: &dyn Policy<http::Request<()>, http::Response<()>> = &policy;
+    /// let in_progress = http::Response::builder().status(409).body(()).unwrap();
+    /// assert_eq!(p.classify(Ok(&in_progress), Duration::ZERO), Outcome::Failure);
+    /// ```
     pub fn idempotency_key(self) -> Self {
         self.retry_if_header(HeaderName::from_static("idempotency-key"))
     }

@@ -569,3 +569,70 @@ async fn an_idempotency_key_does_not_make_an_answer_a_failure() {
         "the key is kept across with_classifier"
     );
 }
+
+/// A server that deduplicates by `Idempotency-Key` takes 300 ms over the first request with a key
+/// and stores its 201; a request with that key arriving meanwhile gets 409 at once, one arriving
+/// later the stored 201. A retry after a per-attempt timeout comes while the first is still being
+/// processed: its 409 is the call's answer, unless the classifier calls 409 a failure.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_retry_after_a_timeout_gets_409_unless_409_is_a_failure() {
+    use http::StatusCode;
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+    use tokio::time::Instant;
+
+    let send = |policy: HttpPolicy| async move {
+        let started = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+        let calls = support::Calls::default();
+        let counted = calls.clone();
+        let server = tower::service_fn(move |req: Req| {
+            counted.push(&req);
+            let key = req.headers()["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let now = Instant::now();
+            let first = *started.lock().unwrap().entry(key).or_insert(now);
+            let done = first + ms(300);
+            async move {
+                let status = if first == now {
+                    tokio::time::sleep_until(done).await;
+                    201
+                } else if now < done {
+                    409
+                } else {
+                    201
+                };
+                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+            }
+        });
+        let res = RetryLayer::builder()
+            .policy(policy)
+            .max_attempts(5)
+            .backoff(Backoff::constant(ms(150)))
+            .per_attempt_timeout(ms(100))
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap()
+            .layer(server)
+            .oneshot(keyed("POST", "idempotency-key"))
+            .await
+            .unwrap();
+        (res.status().as_u16(), calls.count())
+    };
+    assert_eq!(
+        send(HttpPolicy::new().idempotency_key()).await,
+        (409, 2),
+        "the server's 409 is the answer"
+    );
+    let conflict_fails = HttpPolicy::new()
+        .idempotency_key()
+        .with_classifier(HttpClassifier::new().with_failure(StatusCode::CONFLICT));
+    assert_eq!(
+        send(conflict_fails).await,
+        (201, 3),
+        "409 a failure: asked again until the stored answer"
+    );
+}
