@@ -334,13 +334,18 @@ where
 /// let busy = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
 /// assert_eq!(Policy::<http::Request<()>, _>::retry_after(&policy, &busy), Some(Duration::from_secs(2)));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct HttpPolicy<C = HttpClassifier> {
     classifier: C,
     non_idempotent: bool,
     unsent: bool,
-    opt_in: Option<HeaderName>,
+    /// A reference, not a `HeaderName`, so that the policy stays `Copy` and copying it into
+    /// every call touches no reference count.
+    opt_in: Option<&'static HeaderName>,
 }
+
+/// The name [`HttpPolicy::idempotency_key`] opts in.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 impl Default for HttpPolicy {
     fn default() -> Self {
@@ -437,12 +442,19 @@ impl<C> HttpPolicy<C> {
     /// by the header answers a copy sent while the first is still being processed with a 409
     /// Conflict, which would win the hedge. Nothing else changes: what is a failure is still the
     /// classifier's to say, and the header is only looked up for a method that is not
-    /// idempotent. The policy is cloned into every call: a name made with
-    /// [`HeaderName::from_static`] (or one of `http::header`'s) is copied without touching a
-    /// reference count; one parsed at run time costs an atomic increment and decrement a call.
-    pub fn retry_if_header(mut self, name: HeaderName) -> Self {
-        self.opt_in = Some(name);
-        self
+    /// idempotent.
+    ///
+    /// This is configuration, done once while building a layer: the policy keeps the name for
+    /// the life of the program (each call leaks one `HeaderName`; `idempotency-key` is not
+    /// leaked), so that it stays `Copy` and a call copies a pointer, touching no reference count.
+    /// Do not call it per request.
+    pub fn retry_if_header(self, name: HeaderName) -> Self {
+        let name = if name == IDEMPOTENCY_KEY {
+            &IDEMPOTENCY_KEY
+        } else {
+            Box::leak(Box::new(name))
+        };
+        self.retry_if_header_static(name)
     }
 
     /// Also retries a request of a non-idempotent method that carries an `Idempotency-Key`
@@ -488,7 +500,12 @@ impl<C> HttpPolicy<C> {
     /// assert_eq!(p.classify(Ok(&in_progress), Duration::ZERO), Outcome::Failure);
     /// ```
     pub fn idempotency_key(self) -> Self {
-        self.retry_if_header(HeaderName::from_static("idempotency-key"))
+        self.retry_if_header_static(&IDEMPOTENCY_KEY)
+    }
+
+    fn retry_if_header_static(mut self, name: &'static HeaderName) -> Self {
+        self.opt_in = Some(name);
+        self
     }
 
     /// Whether a request of a non-idempotent method (POST, PATCH, ...) is sent again when an
@@ -525,7 +542,6 @@ where
             || is_idempotent(request.method())
             || self
                 .opt_in
-                .as_ref()
                 .is_some_and(|name| request.headers().contains_key(name))
     }
 
@@ -696,6 +712,29 @@ mod tests {
         assert!(p.is_retryable(&post));
         assert!(p.is_hedgeable(&post));
         assert!(p.retries_unsent(&post));
+    }
+
+    /// The policy is copied into every retry call and its response future: the header name
+    /// adds one pointer, no drop glue and no reference count.
+    #[test]
+    fn http_policy_is_copy_and_a_header_name_costs_a_pointer() {
+        fn is_copy<T: Copy>() {}
+        is_copy::<HttpPolicy>();
+        is_copy::<Ignoring<HttpPolicy, Refused>>();
+        const _: () = assert!(
+            std::mem::size_of::<HttpPolicy>() <= std::mem::size_of::<HttpClassifier>() + 16
+        );
+        assert!(!std::mem::needs_drop::<HttpPolicy>());
+        let own = HttpPolicy::new().retry_if_header(HeaderName::from_bytes(b"x-dedup-id").unwrap());
+        let copy = own;
+        let keyed = Request::post("/")
+            .header("x-dedup-id", "1")
+            .body(())
+            .unwrap();
+        let p: &P = &own;
+        assert!(p.is_retryable(&keyed));
+        let p: &P = &copy;
+        assert!(p.is_retryable(&keyed));
     }
 
     #[test]
