@@ -18,9 +18,11 @@
 //!    [`PerTryTimeoutOverride`] replaces that timeout for each of its attempts (it starts none
 //!    where no per-attempt timeout is configured);
 //! 3. **by the policy** ([`policy`]): only failures are retried, only requests that may be sent
-//!    twice (for HTTP: idempotent methods) and can be copied. A request that may not be sent
-//!    twice (a POST) is still sent again when an attempt proves it was never sent (a seawall
-//!    rejection below the retry, a refused connection: [`seawall_core::error::not_sent`]),
+//!    twice (for HTTP: idempotent methods, and once opted in a request carrying an
+//!    `Idempotency-Key` or every request; see [`HttpPolicy`]) and can be copied. A request that
+//!    may not be sent twice (a POST) is still sent again when an attempt proves it was never
+//!    sent (a seawall rejection below the retry, a refused connection:
+//!    [`seawall_core::error::not_sent`]),
 //!    unless the policy says no ([`Policy::retries_unsent`]). A `Retry-After` on a 429 or 503,
 //!    a wait the policy reads from an error ([`Policy::retry_after_error`]: gRPC's retry
 //!    pushback), and a rejection's own wait (a rate limiter's `retry_after`), are honoured up to
@@ -40,7 +42,7 @@
 //! | `max_attempts` | 3 | the first attempt included; 1 to 100 |
 //! | `backoff` | exponential, full jitter, 50 ms base, ×2, 2 s cap | [`Backoff`] |
 //! | `budget` | 20% of requests + 10/s over 10 s, one per layer | [`RetryBudget`]; share one per dependency |
-//! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods (others only when never sent: [`HttpPolicy::retry_unsent`], on), `Retry-After` |
+//! | policy | `Err` is a failure; every request retryable | [`RetryConfigBuilder::http`] for 5xx/429, idempotent methods (others only when never sent: [`HttpPolicy::retry_unsent`], on; or carrying an idempotency key: [`HttpPolicy::idempotency_key`]), `Retry-After` |
 //! | `retry_after_cap` | 10 s | a longer `Retry-After` (or a policy's longer wait read from an error), or a rejection's longer `retry_after`, is not retried |
 //! | `per_attempt_timeout` | none | a request's [`PerTryTimeoutOverride`] replaces it for that request |
 //! | request copies | `Clone` | [`RetryConfigBuilder::clone_with`] for a closure |
