@@ -97,10 +97,11 @@ pub trait Policy<Req, Res> {
     /// is returned as it is, with a [`GiveUpReason::RetryAfter`](crate::GiveUpReason) event; so is
     /// one of [`Duration::MAX`], which asks for no retry at all, whatever the cap.
     ///
-    /// A hedge reads it after a copy's failed response while another hedge may still be sent
-    /// (gRFC A6's rule for hedged calls): [`Duration::MAX`] sends no further hedge, any other
-    /// pause holds the next hedge back until at least that long after the failure, with no cap;
-    /// the copies already out run on. `None` unless overridden.
+    /// A hedge reads it after a copy's failed response while another copy is still running and
+    /// another hedge may still be sent: [`Duration::MAX`] sends no further hedge, any other pause
+    /// holds the next hedge back until at least that long after the failure, with no cap (a floor:
+    /// unlike gRFC A6's hedging, a pause never sends a hedge sooner than its delay); the copies
+    /// already out run on. `None` unless overridden.
     fn retry_after(&self, response: &Res) -> Option<Duration> {
         let _ = response;
         None
