@@ -324,13 +324,23 @@ impl Shared {
     /// Records a call's outcome, then counts it: the machine first, so a metrics recorder that
     /// panics in a counter cannot lose the permit (a half-open probe slot). A recorder's panic
     /// while the machine publishes a change the outcome made (the state gauge) is raised once the
-    /// outcome is counted too.
+    /// outcome is counted too: [`Completing`] counts it on that (cold) path, so the call that
+    /// changes nothing runs no unwinding code of its own.
     #[inline]
     pub(crate) fn complete(&self, permit: Permit, outcome: Outcome, elapsed: Duration) {
-        let recorded = panic::catch_unwind(AssertUnwindSafe(|| {
-            self.machine
-                .complete(permit, outcome, elapsed, || self.now(), self)
-        }));
+        let completing = Completing {
+            shared: self,
+            outcome,
+            elapsed,
+        };
+        self.machine
+            .complete(permit, outcome, elapsed, || self.now(), &completing);
+        self.count(outcome, elapsed);
+    }
+
+    /// Counts a call's outcome, and whether it was slow, in the metrics.
+    #[inline]
+    fn count(&self, outcome: Outcome, elapsed: Duration) {
         match outcome {
             Outcome::Success => self.metrics.successes.increment(1),
             Outcome::Failure => self.metrics.failures.increment(1),
@@ -338,9 +348,6 @@ impl Shared {
         }
         if self.times_calls && outcome != Outcome::Ignored && self.machine.is_slow_call(elapsed) {
             self.metrics.slow.increment(1);
-        }
-        if let Err(panic) = recorded {
-            panic::resume_unwind(panic);
         }
     }
 
@@ -491,6 +498,37 @@ impl Observer for Shared {
         if self.eager {
             self.schedule_deadline();
         }
+    }
+}
+
+/// The observer of a call's completion: a change the outcome makes is published by the breaker,
+/// and a panic out of that (its recorder's or a `tracing` subscriber's) is raised only once the
+/// outcome is counted, since it skips the counting [`Shared::complete`] does after the machine.
+struct Completing<'a> {
+    shared: &'a Shared,
+    outcome: Outcome,
+    elapsed: Duration,
+}
+
+impl Observer for Completing<'_> {
+    #[cold]
+    #[inline(never)]
+    fn on_transition(&self, transition: &Transition) {
+        let published = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.shared.on_transition(transition);
+        }));
+        if let Err(panic) = published {
+            self.shared.count(self.outcome, self.elapsed);
+            panic::resume_unwind(panic);
+        }
+    }
+
+    fn on_probe_released(&self) {
+        self.shared.on_probe_released();
+    }
+
+    fn on_bound_started(&self) {
+        self.shared.on_bound_started();
     }
 }
 
