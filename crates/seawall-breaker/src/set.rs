@@ -205,7 +205,7 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
     }
 
     /// Puts a breaker for `key` in the set, unless another thread has put one in since the read
-    /// lock was let go. The breaker is built before the write lock is taken (it registers its
+    /// lock was let go (or looks `key` up again, when a listener was registered since). The breaker is built before the write lock is taken (it registers its
     /// metrics with the recorder), and the breakers evicted to make room are let go of after it
     /// is released (each takes itself off `seawall_breaker_keys_open`).
     #[cold]
@@ -232,6 +232,13 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             let shared = self.used(entry);
             drop(map);
             return shared;
+        }
+        if map.key_listeners.len() != key_listeners.len() {
+            // A listener was registered since the read lock was let go: build the breaker again
+            // with it. This ends, since the list only grows.
+            drop(map);
+            drop(built);
+            return self.breaker(key);
         }
         let evicted = match map.entries.len() >= self.inner.capacity {
             true => evict(&mut map.entries),

@@ -3,10 +3,13 @@
 
 mod common;
 
-use common::{dependency, rejected, send, Call};
+use common::{dependency, rejected, send, Call, Host};
 use seawall::breaker::{BreakerConfig, BreakerSet, State, Transition};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
-use std::time::Duration;
+use std::{
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
+};
 use tower::{Layer, Service, ServiceExt};
 
 fn set(capacity: usize) -> BreakerSet<&'static str> {
@@ -545,4 +548,42 @@ fn capacity_is_validated() {
     let config = BreakerConfig::builder().build_config().unwrap();
     let err = BreakerSet::<u32>::new(config, 0).unwrap_err();
     assert_eq!(err.to_string(), "capacity must be in 1..=1000000, got 0");
+}
+
+/// A listener registered while a new key is being looked up hears that key's breaker: the lookup
+/// took the set's listeners before the registration, and here its key's second hash (after the
+/// lookup under the read lock, the seed of its jitter, taken with no lock held) is held until the
+/// registration has returned.
+#[test]
+fn a_listener_registered_during_a_new_keys_lookup_hears_its_breaker() {
+    let config = BreakerConfig::builder()
+        .name("per-host")
+        .seed(7)
+        .build_config()
+        .unwrap();
+    let set: BreakerSet<Host> = BreakerSet::new(config, 8).unwrap();
+    // A set holding a key hashes a new one as it looks it up (an empty one does not).
+    let _ = set.get(&Host::new("known"));
+    let (entered, has_entered) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    let held = Host::held_at("held", 2, entered, wait);
+    let hold = held.hold.clone().unwrap();
+    let looking_up = std::thread::spawn({
+        let set = set.clone();
+        move || drop(set.get(&held))
+    });
+    has_entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the new key's lookup started");
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let _ = set.clone().on_transition({
+        let heard = heard.clone();
+        move |key: &Host, t: &Transition| heard.lock().unwrap().push((key.name, t.to))
+    });
+    let _ = go.send(());
+    looking_up.join().unwrap();
+    assert_eq!(*hold.let_go.lock().unwrap(), Some(true));
+
+    set.handle(&Host::new("held")).unwrap().force_open();
+    assert_eq!(*heard.lock().unwrap(), [("held", State::ForcedOpen)]);
 }

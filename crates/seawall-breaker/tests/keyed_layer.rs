@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dependency, rejected, Call, Reached};
+use common::{dependency, rejected, Call, Host, Reached};
 use seawall::{
     breaker::{
         BreakerConfig, BreakerSet, KeyedBreaker, KeyedBreakerLayer, Open, State, Transition,
@@ -173,61 +173,6 @@ async fn keys_stay_in_the_set_until_evicted_by_its_rules() {
     assert_eq!(set.handle(&"down").unwrap().state(), State::Closed);
     drop(hung);
 }
-
-/// A host whose hash, taken while the set looks it up, can be made to wait: the first hash of a
-/// key built with [`Host::held`] tells `entered`, then waits for `go` (at most 10 s) and keeps
-/// whether it was let go in time.
-#[derive(Clone)]
-struct Host {
-    name: &'static str,
-    hold: Option<Arc<Hold>>,
-}
-
-struct Hold {
-    entered: Mutex<Option<mpsc::Sender<()>>>,
-    go: Mutex<Option<mpsc::Receiver<()>>>,
-    let_go: Mutex<Option<bool>>,
-}
-
-impl Host {
-    fn new(name: &'static str) -> Self {
-        Host { name, hold: None }
-    }
-
-    fn held(name: &'static str, entered: mpsc::Sender<()>, go: mpsc::Receiver<()>) -> Self {
-        let hold = Hold {
-            entered: Mutex::new(Some(entered)),
-            go: Mutex::new(Some(go)),
-            let_go: Mutex::new(None),
-        };
-        Host {
-            name,
-            hold: Some(Arc::new(hold)),
-        }
-    }
-}
-
-impl std::hash::Hash for Host {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        if let Some(hold) = &self.hold {
-            let go = hold.go.lock().unwrap().take();
-            if let Some(go) = go {
-                let _ = hold.entered.lock().unwrap().take().unwrap().send(());
-                let let_go = go.recv_timeout(Duration::from_secs(10)).is_ok();
-                *hold.let_go.lock().unwrap() = Some(let_go);
-            }
-        }
-        self.name.hash(state);
-    }
-}
-
-impl PartialEq for Host {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-
-impl Eq for Host {}
 
 /// A call to a key the set holds does not wait for the lookup of a new key (which makes room in
 /// a full set): here, the new key's lookup is held inside its key's hash until a call to a known

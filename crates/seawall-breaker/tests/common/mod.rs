@@ -6,7 +6,7 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        mpsc, Arc, Mutex,
     },
     time::Duration,
 };
@@ -95,3 +95,75 @@ where
 pub fn rejected<T>(result: &Result<T, BoxError>) -> bool {
     matches!(result, Err(err) if is::<Open>(&**err))
 }
+
+/// A host whose hash, taken while a set looks it up, can be made to wait: the `nth` hash of a
+/// key built with [`Host::held`] (the first) or [`Host::held_at`] tells `entered`, then waits for
+/// `go` (at most 10 s) and keeps whether it was let go in time.
+#[derive(Clone)]
+pub struct Host {
+    pub name: &'static str,
+    pub hold: Option<Arc<Hold>>,
+}
+
+/// Where a [`Host`]'s lookup waits, and whether it was let go.
+pub struct Hold {
+    nth: usize,
+    hashes: AtomicUsize,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    go: Mutex<Option<mpsc::Receiver<()>>>,
+    pub let_go: Mutex<Option<bool>>,
+}
+
+impl Host {
+    pub fn new(name: &'static str) -> Self {
+        Host { name, hold: None }
+    }
+
+    pub fn held(name: &'static str, entered: mpsc::Sender<()>, go: mpsc::Receiver<()>) -> Self {
+        Host::held_at(name, 1, entered, go)
+    }
+
+    pub fn held_at(
+        name: &'static str,
+        nth: usize,
+        entered: mpsc::Sender<()>,
+        go: mpsc::Receiver<()>,
+    ) -> Self {
+        let hold = Hold {
+            nth,
+            hashes: AtomicUsize::new(0),
+            entered: Mutex::new(Some(entered)),
+            go: Mutex::new(Some(go)),
+            let_go: Mutex::new(None),
+        };
+        Host {
+            name,
+            hold: Some(Arc::new(hold)),
+        }
+    }
+}
+
+impl std::hash::Hash for Host {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(hold) = &self.hold {
+            let go = match hold.hashes.fetch_add(1, Ordering::SeqCst) + 1 == hold.nth {
+                true => hold.go.lock().unwrap().take(),
+                false => None,
+            };
+            if let Some(go) = go {
+                let _ = hold.entered.lock().unwrap().take().unwrap().send(());
+                let let_go = go.recv_timeout(Duration::from_secs(10)).is_ok();
+                *hold.let_go.lock().unwrap() = Some(let_go);
+            }
+        }
+        self.name.hash(state);
+    }
+}
+
+impl PartialEq for Host {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Host {}
