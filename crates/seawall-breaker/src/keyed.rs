@@ -28,8 +28,9 @@ use tower_service::Service;
 /// set, so a key has one breaker however many services call it.
 ///
 /// The key's breaker is looked up in the set on every call. A key the set holds costs the set's
-/// lock taken for reading, which other calls share, a hash lookup and two atomic updates (the
-/// set's clock and the key's stamp, for the least recently used order). A key new to the set
+/// lock taken for reading, which other calls share, a hash lookup and a read of the set's clock,
+/// and a write of the key's stamp (for the least recently used order) only when a key has been
+/// put in since the key was last called. A key new to the set
 /// takes the lock for writing, which holds up every call of every service of the set while the
 /// key is put in: for a full set, while it makes room, as [`BreakerSet`] describes, which scans
 /// every breaker of the set. The set's rules apply as they are: a breaker is created the first time its key is seen, from the set's configuration;

@@ -45,8 +45,11 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// breaker keeps working with it; asking for the key again creates a fresh one.
 ///
 /// Looking up a key the set holds takes the set's lock for reading, shared with every other lookup
-/// of a key it holds, and stamps the breaker as just used: a hash lookup and two atomic updates (a
-/// clock shared by the whole set, and the breaker's stamp). A key the set does not hold takes the
+/// of a key it holds, and stamps the breaker as just used: a hash lookup, a read of the set's
+/// clock, and a write of the breaker's stamp only when a key has been put in since it was last
+/// stamped (the clock moves only then), so a key asked for over and over writes no memory the other
+/// lookups share but the lock's. Breakers asked for between the same two new keys count as used at
+/// once, their order among themselves unknown. A key the set does not hold takes the
 /// lock for writing, which waits for the lookups in progress and holds up every other lookup while
 /// the key is put in: for a full set, that includes making room, which scans every breaker of the
 /// set. The new breaker itself is built before the lock is taken, and breakers evicted or removed
@@ -83,8 +86,8 @@ struct Inner<K, C> {
     capacity: usize,
     /// Read for a key the set holds, written to put a key in or take one out.
     map: RwLock<Map<K>>,
-    /// Counts lookups: each stamps its breaker with the count it took, for the least recently
-    /// used order.
+    /// Counts the keys put in, for the least recently used order: moved under the write lock
+    /// only, so every lookup under the read lock reads one value, and stamps its breaker with it.
     clock: AtomicU64,
     /// `seawall_breaker_keys_open`, which every breaker of the set counts itself in.
     keys_open: ::metrics::Gauge,
@@ -102,7 +105,7 @@ type KeyListener<K> = dyn Fn(&K) -> Arc<dyn Listener<Transition>> + Send + Sync;
 
 struct Entry {
     shared: Arc<Shared>,
-    /// The clock when the key was last asked for: raised under the read lock, read by an
+    /// The clock when the key was put in or last asked for: raised under the read lock, read by an
     /// eviction under the write lock (so while no lookup raises it, and no lookup takes a breaker
     /// into use).
     last_used: AtomicU64,
@@ -165,19 +168,16 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The next reading of the set's clock.
-    #[inline]
-    fn tick(&self) -> u64 {
-        self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     /// Stamps `entry` as just used and takes its breaker. Under either lock: an eviction, under
     /// the write lock, sees every stamp and every breaker taken into use.
     #[inline]
     fn used(&self, entry: &Entry) -> Arc<Shared> {
-        // The largest stamp: two lookups of the key on two threads may store theirs in either
-        // order.
-        entry.last_used.fetch_max(self.tick(), Ordering::Relaxed);
+        // The clock moves only under the write lock: every lookup holding a lock reads the same
+        // value, and a stamp already there is not written again, so a hot key's line stays shared.
+        let now = self.inner.clock.load(Ordering::Relaxed);
+        if entry.last_used.load(Ordering::Relaxed) < now {
+            entry.last_used.store(now, Ordering::Relaxed);
+        }
         entry.shared.clone()
     }
 
@@ -244,9 +244,12 @@ impl<K: Hash + Eq + Clone, C: Clone> BreakerSet<K, C> {
             true => evict(&mut map.entries),
             false => Vec::new(),
         };
+        // The new key ranks above the keys asked for before it, and below those asked for after.
+        let put_in = self.inner.clock.load(Ordering::Relaxed) + 1;
+        self.inner.clock.store(put_in + 1, Ordering::Relaxed);
         let entry = Entry {
             shared: built.clone(),
-            last_used: AtomicU64::new(self.tick()),
+            last_used: AtomicU64::new(put_in),
         };
         map.entries.insert(key.clone(), entry);
         drop(map);

@@ -100,6 +100,39 @@ async fn memory_is_bounded_and_failing_keys_are_kept_longest() {
     assert_eq!(set.len(), 2);
 }
 
+/// Among idle Closed breakers, the one least recently asked for is evicted: a key asked for again
+/// ranks above the keys put in or asked for before, and a key put in above those asked for before
+/// it.
+#[test]
+fn the_least_recently_used_idle_breaker_is_evicted() {
+    let set = set(3);
+    set.get(&"a");
+    set.get(&"b");
+    set.get(&"c");
+    set.get(&"a");
+    set.get(&"b");
+    set.get(&"d");
+    assert!(set.handle(&"c").is_none(), "c was asked for longest ago");
+    set.get(&"a");
+    set.get(&"e");
+    assert!(
+        set.handle(&"b").is_none(),
+        "b was asked for before d was put in"
+    );
+    set.get(&"f");
+    assert!(
+        set.handle(&"d").is_none(),
+        "d was put in before a was asked for"
+    );
+    set.get(&"f");
+    set.get(&"e");
+    set.get(&"g");
+    assert!(set.handle(&"a").is_none(), "a was asked for before f and e");
+    for key in ["e", "f", "g"] {
+        assert!(set.handle(&key).is_some(), "{key}");
+    }
+}
+
 /// A breaker an operator forced open or disabled is evicted after every other breaker no service
 /// uses: evicted, it would come back Closed the next time its key is asked for.
 #[test]
