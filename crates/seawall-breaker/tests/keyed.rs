@@ -358,7 +358,8 @@ async fn a_breaker_due_to_probe_is_not_listed_unhealthy() {
 }
 
 /// `unhealthy` applies no deadline: it changes no breaker's state, so no listener runs under the
-/// set's lock (one that asked the set for anything would wait on that lock for good). An Open
+/// set's read lock (one that asked the set for a new key would wait for that lock for good, and
+/// one that only read from it would too once a writer was queued behind the lock). An Open
 /// whose wait is over stays Open, and a HalfOpen past its bound stays HalfOpen, until a call or
 /// `state()` applies them.
 #[tokio::test(start_paused = true)]

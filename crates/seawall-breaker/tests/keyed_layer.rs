@@ -174,9 +174,10 @@ async fn keys_stay_in_the_set_until_evicted_by_its_rules() {
     drop(hung);
 }
 
-/// A call to a key the set holds does not wait for the lookup of a new key (which makes room in
-/// a full set): here, the new key's lookup is held inside its key's hash until a call to a known
-/// key has completed on another thread.
+/// A call to a key the set holds does not wait for a new key's lookup before the new key's
+/// breaker is put in (only that, which makes room in a full set, holds up the calls to known
+/// keys, briefly): here, the new key's lookup is held inside its key's first hash until a call
+/// to a known key has completed on another thread.
 #[test]
 fn a_new_key_does_not_hold_up_the_calls_to_known_keys() {
     let set: BreakerSet<Host> = BreakerSet::new(config().build_config().unwrap(), 2).unwrap();

@@ -500,9 +500,14 @@ async fn a_panicking_transitions_counter_or_subscriber_in_a_drop_leaves_the_chan
                 dropped
             }
             _ => {
-                let _subscriber =
-                    tracing::subscriber::set_default(seawall_core::event::PanickingSubscriber);
-                panic::catch_unwind(AssertUnwindSafe(|| drop(svc)))
+                let events = Arc::new(AtomicU64::new(0));
+                let _subscriber = tracing::subscriber::set_default(CountingPanics(events.clone()));
+                let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(svc)));
+                assert!(
+                    events.load(Ordering::SeqCst) >= 1,
+                    "the subscriber panicked"
+                );
+                dropped
             }
         };
         assert!(dropped.is_ok(), "{panicking}: the panic left the drop");
@@ -514,6 +519,32 @@ async fn a_panicking_transitions_counter_or_subscriber_in_a_drop_leaves_the_chan
             "{panicking}"
         );
     }
+}
+
+/// A `tracing` subscriber that counts the events it is given and panics on each.
+struct CountingPanics(Arc<AtomicU64>);
+
+impl tracing::Subscriber for CountingPanics {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("subscriber broke");
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// A state gauge that panics as a call's outcome changes the breaker's state does not keep the
