@@ -43,7 +43,8 @@ use tower_service::Service;
 /// metrics (`seawall_breaker_keys_open` counts the keys open, half-open or forced open), and a
 /// listener registered with [`BreakerSet::on_transition`] is told which key's breaker changed.
 /// [`BreakerSet::handle`] and [`BreakerSet::unhealthy`] tell one key's state and the keys not
-/// letting calls through.
+/// letting calls through. Like the set, the layer and its services are `Send` and `Sync` only
+/// when the key is both.
 ///
 /// ```
 /// use seawall::breaker::{BreakerConfig, BreakerSet};

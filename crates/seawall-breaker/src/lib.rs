@@ -38,7 +38,8 @@
 //! - **No stale results.** Every state change starts a new generation; the result of a call
 //!   admitted in an earlier generation is dropped, so a late answer cannot flip the new state.
 //! - **Fast.** The Closed path takes no lock it waits on (a time window only tries the sequence
-//!   lock of its cached sum) and allocates nothing: one atomic load to admit; one
+//!   lock of its cached sum; a keyed layer's lookup of the call's key is the exception, taking the
+//!   set's lock for reading, see [`BreakerSet`]) and allocates nothing: one atomic load to admit; one
 //!   `fetch_add` to record in a count window (two more when the outcome differs from the one it
 //!   pushes out of the window), or in a time window a compare-and-swap on the call's bucket and a
 //!   read of the other buckets' sum, taken once per bucket, whatever the number of buckets; no

@@ -53,12 +53,17 @@ fn key_seed<K: Hash>(key: &K) -> u64 {
 /// lock for writing, which waits for the lookups in progress and holds up every other lookup while
 /// the key is put in: for a full set, that includes making room, which scans every breaker of the
 /// set. The new breaker itself is built before the lock is taken, and breakers evicted or removed
-/// are let go of after it is released. A lookup waiting for the write lock also holds up the
-/// lookups that come after it, and waits for [`unhealthy`](Self::unhealthy), which holds the read
-/// lock while it goes through every breaker. For a service that calls many keys (a client whose
+/// are let go of after it is released. A lookup waiting for the write lock waits for
+/// [`unhealthy`](Self::unhealthy), which holds the read lock while it goes through every breaker,
+/// and may hold up the lookups that come after it (the standard library's lock does on Linux; it
+/// promises no order between readers and writers). For a service that calls many keys (a client whose
 /// requests carry their host), [`keyed_layer`](Self::keyed_layer) looks the key of each call up for
 /// it; for a service per endpoint, ask once when the endpoint is discovered and keep the layer or
 /// the service.
+///
+/// Lookups of one key run on several threads at once, under the read lock, so the set is `Send`
+/// and `Sync` only when its key is both (and its classifier is): a key type that is `Send` but not
+/// `Sync` (one holding a `Cell`) makes a set that cannot be shared between threads.
 ///
 /// Every breaker of the set carries the set's name, so their counters add up under it. None of
 /// them sets `seawall_breaker_state` (it would show whichever key changed last); the set reports
