@@ -6,86 +6,13 @@
 
 mod support;
 
-use seawall_core::{deadline::RequestDeadline, BoxError, Outcome};
-use seawall_retry::{HedgeLayer, Policy, RetryBudget};
-use std::{
-    error::Error,
-    fmt,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use seawall_core::{deadline::RequestDeadline, BoxError};
+use seawall_retry::{HedgeLayer, RetryBudget};
+use std::time::Duration;
+use support::pause::{Answer, Busy, Pausing};
 use support::{get, in_turn, ms, Calls, Req};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
-
-/// A server's "busy, come back in a while", as a client of one's own reports it.
-#[derive(Debug)]
-struct Busy(Option<Duration>);
-
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("busy")
-    }
-}
-
-impl Error for Busy {}
-
-/// An error the policy ignores (the server's own answer).
-#[derive(Debug)]
-struct Other;
-
-impl fmt::Display for Other {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("other")
-    }
-}
-
-impl Error for Other {}
-
-/// Fails every error but [`Other`], and reads the wait a [`Busy`] carries; counts how often it
-/// is asked.
-#[derive(Clone, Default)]
-struct Pausing {
-    asked: Arc<AtomicU32>,
-}
-
-impl Pausing {
-    fn asked(&self) -> u32 {
-        self.asked.load(Ordering::Relaxed)
-    }
-}
-
-impl Policy<Req, &'static str> for Pausing {
-    fn classify(&self, result: Result<&&'static str, &BoxError>, _: Duration) -> Outcome {
-        match result {
-            Ok(_) => Outcome::Success,
-            Err(error) if error.is::<Other>() => Outcome::Ignored,
-            Err(_) => Outcome::Failure,
-        }
-    }
-
-    fn retry_after_error(&self, error: &BoxError) -> Option<Duration> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
-        error.downcast_ref::<Busy>().and_then(|busy| busy.0)
-    }
-
-    fn uses_elapsed(&self) -> bool {
-        false
-    }
-}
-
-/// How one call of a [`scripted`] service ends.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    /// Busy, with the wait it asks for if any.
-    Busy(Option<Duration>),
-    /// An error the policy ignores.
-    Other,
-    Ok,
-}
 
 /// Answers call `n` as `script[n]` says, after its latency (the last one repeats).
 fn scripted(
@@ -96,11 +23,7 @@ fn scripted(
 ) {
     in_turn(script, |(latency, answer)| async move {
         tokio::time::sleep(latency).await;
-        match answer {
-            Answer::Busy(after) => Err(Box::new(Busy(after)) as BoxError),
-            Answer::Other => Err(Box::new(Other) as BoxError),
-            Answer::Ok => Ok("ok"),
-        }
+        answer.result()
     })
 }
 
@@ -115,35 +38,53 @@ fn hedge(policy: Pausing, max_hedges: u32) -> HedgeLayer<Pausing> {
         .unwrap()
 }
 
-/// The original answers `Ok` at 1 s; hedge 1 (sent at 20 ms) fails at 25 ms with `first`;
-/// hedge 2 answers `Ok` at once. The answer, and when each call came.
-async fn original_slow_first_hedge_fails(
+/// How a hedged call went, from its start.
+struct Hedged {
+    result: Result<&'static str, BoxError>,
+    /// When each call came.
+    at: Vec<Duration>,
+    /// When the call ended.
+    took: Duration,
+}
+
+/// Sends a request, due `deadline` from now if given, through [`hedge`] with `policy` and
+/// `max_hedges` to a service answering as `script` says.
+async fn hedged(
     policy: Pausing,
-    first: Answer,
+    max_hedges: u32,
+    script: Vec<(Duration, Answer)>,
     deadline: Option<Duration>,
-) -> (&'static str, Vec<Duration>) {
-    let (svc, calls) = scripted(vec![
-        (ms(1000), Answer::Ok),
-        (ms(5), first),
-        (ms(0), Answer::Ok),
-    ]);
+) -> Hedged {
+    let (svc, calls) = scripted(script);
     let start = Instant::now();
     let mut request = get();
     if let Some(deadline) = deadline {
         request.set_deadline(start + deadline);
     }
-    let answer = hedge(policy, 2).layer(svc).oneshot(request).await.unwrap();
-    (answer, calls.since(start))
+    let result = hedge(policy, max_hedges).layer(svc).oneshot(request).await;
+    Hedged {
+        result,
+        at: calls.since(start),
+        took: start.elapsed(),
+    }
+}
+
+/// The original answers `Ok` at 1 s; hedge 1 (sent at 20 ms) fails at 25 ms with `first`;
+/// hedge 2 answers `Ok` at once. The answer, and when each call came.
+async fn original_slow_first_hedge_fails(
+    policy: Pausing,
+    first: Answer,
+) -> (&'static str, Vec<Duration>) {
+    let script = vec![(ms(1000), Answer::Ok), (ms(5), first), (ms(0), Answer::Ok)];
+    let call = hedged(policy, 2, script, None).await;
+    (call.result.unwrap(), call.at)
 }
 
 #[tokio::test(start_paused = true)]
 async fn do_not_retry_from_a_failed_hedge_sends_no_further_hedge() {
-    let (answer, at) = original_slow_first_hedge_fails(
-        Pausing::default(),
-        Answer::Busy(Some(Duration::MAX)),
-        None,
-    )
-    .await;
+    let (answer, at) =
+        original_slow_first_hedge_fails(Pausing::default(), Answer::Busy(Some(Duration::MAX)))
+            .await;
     // Hedge 2, due at 40 ms, is never sent: the original, still running, answers.
     assert_eq!(answer, "ok");
     assert_eq!(at, [ms(0), ms(20)]);
@@ -166,8 +107,7 @@ async fn do_not_retry_leaves_the_copies_already_out_running() {
 #[tokio::test(start_paused = true)]
 async fn a_pause_from_a_failed_hedge_holds_the_next_one_back() {
     let (answer, at) =
-        original_slow_first_hedge_fails(Pausing::default(), Answer::Busy(Some(ms(500))), None)
-            .await;
+        original_slow_first_hedge_fails(Pausing::default(), Answer::Busy(Some(ms(500)))).await;
     // Hedge 2 at 25 + 500 ms, not at 40 ms; it wins.
     assert_eq!(answer, "ok");
     assert_eq!(at, [ms(0), ms(20), ms(525)]);
@@ -180,7 +120,7 @@ async fn a_pause_shorter_than_the_hedge_delay_changes_nothing() {
         Answer::Busy(Some(Duration::ZERO)),
         Answer::Busy(None),
     ] {
-        let (answer, at) = original_slow_first_hedge_fails(Pausing::default(), first, None).await;
+        let (answer, at) = original_slow_first_hedge_fails(Pausing::default(), first).await;
         assert_eq!(answer, "ok");
         assert_eq!(at, [ms(0), ms(20), ms(40)], "{first:?}");
     }
@@ -188,22 +128,15 @@ async fn a_pause_shorter_than_the_hedge_delay_changes_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pause_the_deadline_has_no_room_for_sends_no_further_hedge() {
-    let (svc, calls) = scripted(vec![
+    let script = vec![
         (ms(200), Answer::Ok),
         (ms(5), Answer::Busy(Some(ms(500)))),
         (ms(0), Answer::Ok),
-    ]);
-    let start = Instant::now();
-    let mut request = get();
-    request.set_deadline(start + ms(300));
-    let answer = hedge(Pausing::default(), 2)
-        .layer(svc)
-        .oneshot(request)
-        .await
-        .unwrap();
-    assert_eq!(answer, "ok");
-    assert_eq!(calls.since(start), [ms(0), ms(20)]);
-    assert_eq!(start.elapsed(), ms(200), "the original answered");
+    ];
+    let call = hedged(Pausing::default(), 2, script, Some(ms(300))).await;
+    assert_eq!(call.result.unwrap(), "ok");
+    assert_eq!(call.at, [ms(0), ms(20)]);
+    assert_eq!(call.took, ms(200), "the original answered");
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,76 +162,55 @@ async fn a_pause_holds_back_a_hedge_waiting_for_the_service_to_be_ready() {
 async fn the_pause_is_asked_only_of_a_failure_while_a_copy_runs_and_a_hedge_may_follow() {
     // The original wins: nothing asked.
     let policy = Pausing::default();
-    let (svc, _) = scripted(vec![(ms(5), Answer::Ok)]);
-    assert_eq!(
-        hedge(policy.clone(), 2)
-            .layer(svc)
-            .oneshot(get())
-            .await
-            .unwrap(),
-        "ok"
-    );
+    let call = hedged(policy.clone(), 2, vec![(ms(5), Answer::Ok)], None).await;
+    assert_eq!(call.result.unwrap(), "ok");
     assert_eq!(policy.asked(), 0);
 
     // An ignored answer of hedge 1: not asked, and hedge 2 goes at 40 ms.
     let policy = Pausing::default();
-    let (answer, at) = original_slow_first_hedge_fails(policy.clone(), Answer::Other, None).await;
+    let (answer, at) = original_slow_first_hedge_fails(policy.clone(), Answer::Other).await;
     assert_eq!(answer, "ok");
     assert_eq!(at, [ms(0), ms(20), ms(40)]);
     assert_eq!(policy.asked(), 0);
 
     // A failure after the last hedge was sent: no hedge left to hold back, nothing asked.
     let policy = Pausing::default();
-    let (svc, _) = scripted(vec![
+    let script = vec![
         (ms(100), Answer::Ok),
         (ms(5), Answer::Busy(Some(Duration::MAX))),
-    ]);
-    assert_eq!(
-        hedge(policy.clone(), 1)
-            .layer(svc)
-            .oneshot(get())
-            .await
-            .unwrap(),
-        "ok"
-    );
+    ];
+    let call = hedged(policy.clone(), 1, script, None).await;
+    assert_eq!(call.result.unwrap(), "ok");
     assert_eq!(policy.asked(), 0);
 
     // A failure while hedge 2 may follow: asked once.
     let policy = Pausing::default();
-    original_slow_first_hedge_fails(policy.clone(), Answer::Busy(None), None).await;
+    original_slow_first_hedge_fails(policy.clone(), Answer::Busy(None)).await;
     assert_eq!(policy.asked(), 1);
 
     // The original fails before hedge 1 is due, with no other copy running: the call ends with
     // its failure, and nothing is asked.
     let policy = Pausing::default();
-    let (svc, calls) = scripted(vec![(ms(5), Answer::Busy(Some(ms(5))))]);
-    let start = Instant::now();
-    let error = hedge(policy.clone(), 2)
-        .layer(svc)
-        .oneshot(get())
-        .await
-        .unwrap_err();
+    let script = vec![(ms(5), Answer::Busy(Some(ms(5))))];
+    let call = hedged(policy.clone(), 2, script, None).await;
+    let error = call.result.unwrap_err();
     assert!(error.is::<Busy>(), "{error}");
-    assert_eq!(start.elapsed(), ms(5));
-    assert_eq!(calls.count(), 1);
+    assert_eq!(call.took, ms(5));
+    assert_eq!(call.at.len(), 1);
     assert_eq!(policy.asked(), 0);
 
     // The original fails at 22 ms while hedge 1 runs: asked. Hedge 1 fails at 25 ms, the last
     // copy running, with hedge 2 still to come: the call ends, and nothing more is asked.
     let policy = Pausing::default();
-    let (svc, calls) = scripted(vec![
+    let script = vec![
         (ms(22), Answer::Busy(None)),
         (ms(5), Answer::Busy(Some(ms(5)))),
-    ]);
-    let start = Instant::now();
-    let error = hedge(policy.clone(), 2)
-        .layer(svc)
-        .oneshot(get())
-        .await
-        .unwrap_err();
+    ];
+    let call = hedged(policy.clone(), 2, script, None).await;
+    let error = call.result.unwrap_err();
     assert!(error.is::<Busy>(), "{error}");
-    assert_eq!(start.elapsed(), ms(25));
-    assert_eq!(calls.since(start), [ms(0), ms(20)]);
+    assert_eq!(call.took, ms(25));
+    assert_eq!(call.at, [ms(0), ms(20)]);
     assert_eq!(policy.asked(), 1);
 }
 

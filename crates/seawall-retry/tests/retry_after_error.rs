@@ -4,93 +4,13 @@
 
 mod support;
 
-use seawall_core::{deadline::RequestDeadline, error::NotSent, BoxError, Outcome};
-use seawall_retry::{Backoff, GiveUpReason, Policy, RetryBudget, RetryEvent, RetryLayer};
-use std::{
-    error::Error,
-    fmt,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use seawall_core::{deadline::RequestDeadline, BoxError};
+use seawall_retry::{Backoff, GiveUpReason, RetryBudget, RetryEvent, RetryLayer};
+use std::time::Duration;
+use support::pause::{Answer, Busy, Other, Pausing};
 use support::{get, in_turn, ms, recording, Calls, Events, Req};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
-
-/// A server's "busy, come back in a while", as a client of one's own reports it; with a
-/// rejection raised before sending as its source, when the request never left.
-#[derive(Debug)]
-struct Busy(Option<Duration>, Option<NotSent>);
-
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("busy")
-    }
-}
-
-impl Error for Busy {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.1.as_ref().map(|not_sent| not_sent as _)
-    }
-}
-
-/// Some other error, for `ignore_error`.
-#[derive(Debug)]
-struct Other;
-
-impl fmt::Display for Other {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("other")
-    }
-}
-
-impl Error for Other {}
-
-/// Retries every error, and reads the wait a [`Busy`] carries; counts how often it is asked.
-#[derive(Clone, Default)]
-struct Pausing {
-    asked: Arc<AtomicU32>,
-}
-
-impl Pausing {
-    fn asked(&self) -> u32 {
-        self.asked.load(Ordering::Relaxed)
-    }
-}
-
-impl Policy<Req, &'static str> for Pausing {
-    fn classify(&self, result: Result<&&'static str, &BoxError>, _: Duration) -> Outcome {
-        match result {
-            Ok(_) => Outcome::Success,
-            Err(error) if error.is::<Other>() => Outcome::Ignored,
-            Err(_) => Outcome::Failure,
-        }
-    }
-
-    fn retry_after_error(&self, error: &BoxError) -> Option<Duration> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
-        error.downcast_ref::<Busy>().and_then(|busy| busy.0)
-    }
-
-    fn uses_elapsed(&self) -> bool {
-        false
-    }
-}
-
-/// How one call of a [`scripted`] service ends.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    /// Busy, with the wait it asks for if any.
-    Busy(Option<Duration>),
-    /// Busy, with the wait it asks for, and never sent: a `NotSent` with this `retry_after` in
-    /// its chain.
-    BusyUnsent(Duration, Duration),
-    /// An error the policy does not retry.
-    Other,
-    Ok,
-}
 
 /// Answers each call as `script` says in turn (the last one repeats).
 fn scripted(
@@ -99,17 +19,7 @@ fn scripted(
     impl Service<Req, Response = &'static str, Error = BoxError> + Clone,
     Calls,
 ) {
-    in_turn(script, |answer| async move {
-        match answer {
-            Answer::Busy(after) => Err(Box::new(Busy(after, None)) as BoxError),
-            Answer::BusyUnsent(after, not_sent) => Err(Box::new(Busy(
-                Some(after),
-                Some(NotSent::with_retry_after(not_sent)),
-            )) as BoxError),
-            Answer::Other => Err(Box::new(Other) as BoxError),
-            Answer::Ok => Ok("ok"),
-        }
-    })
+    in_turn(script, |answer| async move { answer.result() })
 }
 
 /// A retry of three attempts with `policy`, a 10 ms backoff, no budget to run out, the default

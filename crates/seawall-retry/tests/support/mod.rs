@@ -1,6 +1,8 @@
 //! Services that record when they were called, for the retry and hedge tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pause;
+
 use seawall_core::{deadline::RequestDeadline, BoxError, Name};
 use seawall_retry::{Backoff, HttpPolicy, RetryBudget, RetryEvent, RetryLayer};
 use std::{
