@@ -8,15 +8,18 @@ mod common;
 use common::{recorder, Seen};
 use seawall_core::{
     metrics::{testing::TestRecorder, TIMEOUT_ELAPSED},
-    Name,
+    BoxError, Name,
 };
 use seawall_timeout::{Elapsed, RequestDeadline, TimeoutEvent, TimeoutLayer};
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::{sync::Notify, time::Instant};
+use tokio_test::task::Spawn;
 use tower::{limit::ConcurrencyLimit, service_fn, Layer, ServiceBuilder, ServiceExt};
+use tower_test::mock::SendResponse;
 
 type Events = Arc<Mutex<Vec<TimeoutEvent>>>;
 
@@ -38,6 +41,55 @@ fn enforcing(timeout: Duration) -> (TimeoutLayer, Events) {
         .build()
         .unwrap();
     (layer, events)
+}
+
+/// What a layer reports when it cuts a call it gave `budget`.
+fn reported(budget: Duration) -> [TimeoutEvent; 1] {
+    [TimeoutEvent::Elapsed { budget }]
+}
+
+/// A call that is late: from 0.5 ms on, off the millisecond tick, a request (due `deadline` from
+/// then, if given) goes through a total timeout of `total` (if given) over `inner` to a service
+/// that answers when told. At 5.7 ms the pending call, and the means to answer its attempt.
+async fn late(
+    total: Option<Duration>,
+    inner: TimeoutLayer,
+    deadline: Option<Duration>,
+) -> (
+    Spawn<impl Future<Output = Result<&'static str, BoxError>>>,
+    SendResponse<&'static str>,
+) {
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+    let svc = ServiceBuilder::new()
+        .option_layer(total.map(TimeoutLayer::new))
+        .layer(inner)
+        .service(service);
+    let mut req = http::Request::new(());
+    if let Some(deadline) = deadline {
+        req.set_deadline(Instant::now() + deadline);
+    }
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    tokio_test::assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.expect("the attempt is sent");
+    tokio::time::advance(Duration::from_micros(5_200)).await;
+    (call, send)
+}
+
+/// A [`late`] call through a total timeout of 5 ms over a per-try one of 5 ms, its attempt ended
+/// by `end` at 5.7 ms, past both deadlines and before either timer has fired: what it found is
+/// dropped, the call waits for the timers, and the total timeout cuts it on the 6 ms tick with
+/// the per-try layer reporting nothing.
+async fn dropped_for_the_total_timeout(end: impl FnOnce(SendResponse<&'static str>)) {
+    let (per_try, events) = per_try(Duration::from_millis(5));
+    let (mut call, send) = late(Some(Duration::from_millis(5)), per_try, None).await;
+    end(send);
+    tokio_test::assert_pending!(call.poll(), "what the attempt found is dropped");
+    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
+    tokio::time::advance(Duration::from_micros(300)).await;
+    let err = tokio_test::assert_ready_err!(call.poll());
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert!(events.lock().unwrap().is_empty(), "{events:?}");
 }
 
 /// What a call to a hung service through a total timeout of `total` over a per-try one of
@@ -115,12 +167,7 @@ async fn a_total_timeout_due_more_than_a_tick_later_leaves_the_attempt_to_the_pe
     // 5000 ms and 5001.5 ms: the per-try timeout fires first, and reports it.
     let cut = cut(Duration::from_micros(5_001_500), Duration::from_secs(5)).await;
     assert_eq!(cut.after, Duration::from_secs(5));
-    assert_eq!(
-        cut.events,
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_secs(5)
-        }]
-    );
+    assert_eq!(cut.events, reported(Duration::from_secs(5)));
     assert_eq!(cut.sent, Some(Duration::from_secs(5)));
 }
 
@@ -156,76 +203,27 @@ async fn with_no_layer_above_an_earlier_deadline_still_ends_in_elapsed() {
     assert!(call.is_woken(), "and woken to end");
     let err = tokio_test::assert_ready_err!(call.poll());
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_secs(2)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), reported(Duration::from_secs(2)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_late_answer_before_the_tick_leaves_the_cut_to_the_total_timeout() {
     // Deadlines at 5.5 ms, off the millisecond tick: both timers fire on the 6 ms one.
-    tokio::time::advance(Duration::from_micros(500)).await;
-    let (per_try, events) = per_try(Duration::from_millis(5));
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_millis(5)))
-        .layer(per_try)
-        .service(service);
-    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
-    tokio_test::assert_pending!(call.poll());
-    let (_, send) = handle.next_request().await.expect("the attempt is sent");
-    // 5.7 ms: past both deadlines, before either timer has fired.
-    tokio::time::advance(Duration::from_micros(5_200)).await;
-    send.send_response("late");
-    tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
-    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
-    tokio::time::advance(Duration::from_micros(300)).await;
-    let err = tokio_test::assert_ready_err!(call.poll());
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    dropped_for_the_total_timeout(|send| send.send_response("late")).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_late_error_before_the_tick_leaves_the_cut_to_the_total_timeout() {
     // As a late answer: deadlines at 5.5 ms, off the millisecond tick, and an error found at
     // 5.7 ms is dropped too, whatever it is, and the total timeout cuts the call on the 6 ms tick.
-    tokio::time::advance(Duration::from_micros(500)).await;
-    let (per_try, events) = per_try(Duration::from_millis(5));
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_millis(5)))
-        .layer(per_try)
-        .service(service);
-    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
-    tokio_test::assert_pending!(call.poll());
-    let (_, send) = handle.next_request().await.expect("the attempt is sent");
-    // 5.7 ms: past both deadlines, before either timer has fired.
-    tokio::time::advance(Duration::from_micros(5_200)).await;
-    send.send_error(std::io::Error::other("reset"));
-    tokio_test::assert_pending!(call.poll(), "the late error is dropped");
-    tokio_test::assert_pending!(call.poll(), "and the cut waits for the timers");
-    tokio::time::advance(Duration::from_micros(300)).await;
-    let err = tokio_test::assert_ready_err!(call.poll());
-    assert!(err.is::<Elapsed>(), "{err}");
-    assert!(events.lock().unwrap().is_empty(), "{events:?}");
+    dropped_for_the_total_timeout(|send| send.send_error(std::io::Error::other("reset"))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_no_layer_above_a_late_answer_ends_in_elapsed_after_the_tick() {
     // The request carries an earlier deadline that no layer enforces, off the millisecond tick.
-    tokio::time::advance(Duration::from_micros(500)).await;
     let (per_try, events) = per_try(Duration::from_millis(5));
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
-    let svc = per_try.layer(service);
-    let mut req = http::Request::new(());
-    req.set_deadline(Instant::now() + Duration::from_millis(4));
-    let mut call = tokio_test::task::spawn(svc.oneshot(req));
-    tokio_test::assert_pending!(call.poll());
-    let (_, send) = handle.next_request().await.expect("the attempt is sent");
-    tokio::time::advance(Duration::from_micros(5_200)).await;
+    let (mut call, send) = late(None, per_try, Some(Duration::from_millis(4))).await;
     send.send_response("late");
     tokio_test::assert_pending!(call.poll(), "the late answer is dropped");
     tokio::time::advance(Duration::from_micros(300)).await;
@@ -234,12 +232,7 @@ async fn with_no_layer_above_a_late_answer_ends_in_elapsed_after_the_tick() {
     assert!(call.is_woken(), "and woken to end");
     let err = tokio_test::assert_ready_err!(call.poll());
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_millis(5)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), reported(Duration::from_millis(5)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -283,39 +276,20 @@ async fn a_timeout_that_enforces_the_total_deadline_cuts_at_it_and_reports_it() 
         .service(recorder(Seen::default(), Duration::from_secs(10)));
     let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_secs(2)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), reported(Duration::from_secs(2)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_late_answer_under_a_total_deadline_it_enforces_is_cut_when_found() {
     // Deadlines at 5.5 ms, off the millisecond tick: both timers fire on the 6 ms one, but the
     // layer that enforces the total deadline cuts a late answer when it finds it, and reports it.
-    tokio::time::advance(Duration::from_micros(500)).await;
     let (inner, events) = enforcing(Duration::from_millis(50));
-    let (service, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::new(Duration::from_millis(5)))
-        .layer(inner)
-        .service(service);
-    let mut call = tokio_test::task::spawn(svc.oneshot(http::Request::new(())));
-    tokio_test::assert_pending!(call.poll());
-    let (_, send) = handle.next_request().await.expect("the call is sent");
     // 5.7 ms: past the deadline, before either timer has fired.
-    tokio::time::advance(Duration::from_micros(5_200)).await;
+    let (mut call, send) = late(Some(Duration::from_millis(5)), inner, None).await;
     send.send_response("late");
     let err = tokio_test::assert_ready_err!(call.poll());
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_millis(5)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), reported(Duration::from_millis(5)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -333,12 +307,7 @@ async fn a_deadline_the_caller_set_ends_in_elapsed_when_the_timer_fires() {
     assert!(call.is_woken(), "by the timer");
     let err = tokio_test::assert_ready_err!(call.poll());
     assert!(err.is::<Elapsed>(), "{err}");
-    assert_eq!(
-        *events.lock().unwrap(),
-        [TimeoutEvent::Elapsed {
-            budget: Duration::from_millis(1)
-        }]
-    );
+    assert_eq!(*events.lock().unwrap(), reported(Duration::from_millis(1)));
 }
 
 #[tokio::test(start_paused = true)]
