@@ -28,13 +28,12 @@ async fn a_family_that_answered_in_between_warns_again() {
     zone.silence_type("users.test", RecordType::AAAA, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let _discovery = Dns::a("users.test.", 80)
-        .nameservers([server])
-        .min_refresh(Duration::from_secs(1))
-        .max_refresh(Duration::from_secs(1))
-        .timeout(Duration::from_millis(500))
-        .build(common::make)
-        .unwrap();
+    let _discovery = common::discover_with_timeout(
+        Dns::a("users.test.", 80)
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(1)),
+        server,
+    );
     // A resolution each second: at 0 s the AAAA question times out after 500 ms, at 1 s it
     // answers, at 2 s it times out again.
     tokio::time::sleep_until(start + Duration::from_millis(600)).await;

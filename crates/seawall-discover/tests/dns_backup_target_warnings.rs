@@ -55,13 +55,12 @@ async fn a_backup_target_warns_again_only_once_it_answered() {
     primary_absent(&zone, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let _discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_secs(1))
-        .max_refresh(Duration::from_secs(1))
-        .timeout(Duration::from_millis(500))
-        .build(common::make)
-        .unwrap();
+    let _discovery = common::discover_with_timeout(
+        Dns::srv(format!("{SRV}."))
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(1)),
+        server,
+    );
     // A resolution each second, each done by 500 ms into it (`b`'s AAAA question times out);
     // the zone changes 600 ms in. At 0 and 1 s the primary is absent and `b` is looked up; at
     // 2 and 3 s the primary serves and `b` is left alone; at 4 s the primary is absent again.

@@ -38,13 +38,12 @@ async fn a_target_skipped_for_port_0_in_between_does_not_warn_again() {
     zone.silence_type("b.api.test", RecordType::AAAA, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let _discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_secs(1))
-        .max_refresh(Duration::from_secs(1))
-        .timeout(Duration::from_millis(500))
-        .build(common::make)
-        .unwrap();
+    let _discovery = common::discover_with_timeout(
+        Dns::srv(format!("{SRV}."))
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(1)),
+        server,
+    );
     // A resolution each second: at 0 s `b`'s AAAA question times out after 500 ms; at 1 s its
     // record has port 0 and it is not looked up; at 2 s its port is back and the AAAA question
     // times out again.

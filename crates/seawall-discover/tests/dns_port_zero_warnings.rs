@@ -31,11 +31,7 @@ async fn a_record_with_port_0_that_stays_warns_once() {
     zone.set_a("b.api.test", &[[10, 1, 0, 2]]);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let _discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .timeout(Duration::from_millis(500))
-        .build(common::make)
-        .unwrap();
+    let _discovery = common::discover_with_timeout(Dns::srv(format!("{SRV}.")), server);
     // Resolutions at 0, 1, 2, 3 and 4 s (`min_refresh` of 1 s).
     tokio::time::sleep_until(start + Duration::from_millis(4_500)).await;
     assert_eq!(

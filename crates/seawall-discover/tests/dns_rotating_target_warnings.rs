@@ -28,13 +28,12 @@ async fn a_target_failing_each_time_the_answer_lists_it_warns_once() {
     zone.silence_type("b.api.test", RecordType::AAAA, true);
     let server = zone.serve().await;
     let start = tokio::time::Instant::now();
-    let _discovery = Dns::srv(format!("{SRV}."))
-        .nameservers([server])
-        .min_refresh(Duration::from_secs(1))
-        .max_refresh(Duration::from_secs(1))
-        .timeout(Duration::from_millis(500))
-        .build(common::make)
-        .unwrap();
+    let _discovery = common::discover_with_timeout(
+        Dns::srv(format!("{SRV}."))
+            .min_refresh(Duration::from_secs(1))
+            .max_refresh(Duration::from_secs(1)),
+        server,
+    );
     // A resolution each second, its AAAA question timing out after 500 ms; at 600 ms into each,
     // the answer the next one gets turns to the other target.
     for i in 0..10u64 {
