@@ -6,7 +6,9 @@ mod common;
 
 use common::{dependency, send, Call};
 use metrics::{Key, KeyName, Metadata, SharedString, Unit};
-use seawall::breaker::{BreakerConfig, BreakerLayer, BreakerSet, SlidingWindow, State};
+use seawall::breaker::{
+    BreakerConfig, BreakerConfigBuilder, BreakerLayer, BreakerSet, SlidingWindow, State,
+};
 use seawall_core::metrics::{self as names, testing::TestRecorder};
 use std::{
     panic::{self, AssertUnwindSafe},
@@ -18,6 +20,16 @@ use std::{
 };
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
+
+/// A breaker named `name` that opens on one failure, waits 1 s, and gives its probe 1 s.
+fn opens_at_once(name: &'static str) -> BreakerConfigBuilder {
+    BreakerLayer::builder()
+        .name(name)
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .max_wait_in_half_open(Duration::from_secs(1))
+}
 
 #[tokio::test(start_paused = true)]
 async fn metrics_count_outcomes_rejections_and_transitions() {
@@ -387,14 +399,7 @@ async fn a_panicking_recorder_does_not_escape_a_drop() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let armed = || gauge.fail.store(true, Ordering::SeqCst);
     let fired = || !gauge.fail.load(Ordering::SeqCst);
-    let layer = BreakerLayer::builder()
-        .name("panicking-drop")
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .jitter(0.0)
-        .max_wait_in_half_open(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = opens_at_once("panicking-drop").build().unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
     let _ = send(&mut svc, Call::Fail).await;
@@ -471,12 +476,7 @@ async fn a_panicking_transitions_counter_or_subscriber_in_a_drop_leaves_the_chan
             heard.lock().unwrap().push((t.from, t.to));
         }
     };
-    let layer = BreakerLayer::builder()
-        .name("panicking-transitions")
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .jitter(0.0)
-        .max_wait_in_half_open(Duration::from_secs(1))
+    let layer = opens_at_once("panicking-transitions")
         .on_transition(listener)
         .build()
         .unwrap();
@@ -558,14 +558,7 @@ async fn a_panicking_state_gauge_does_not_keep_the_outcome_from_being_counted() 
     let _guard = metrics::set_default_local_recorder(&recorder);
     let armed = || gauge.fail.store(true, Ordering::SeqCst);
     let fired = || !gauge.fail.load(Ordering::SeqCst);
-    let layer = BreakerLayer::builder()
-        .name("panicking-gauge-outcome")
-        .consecutive_failures(1)
-        .wait_duration(Duration::from_secs(1))
-        .jitter(0.0)
-        .max_wait_in_half_open(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = opens_at_once("panicking-gauge-outcome").build().unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(dependency().0);
 
